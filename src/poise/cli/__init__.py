@@ -1,0 +1,45 @@
+"""The ``poise`` command. One module per command group; heavy libraries load lazily."""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="poise",
+    help="Measure and steer the helpful / harmless / honest balance of language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module exposes ``register(app)``; the list is the order of ``poise --help``.
+_COMMAND_MODULES = ["audit", "runs", "suites", "organism"]
+
+
+def _register_all() -> None:
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"poise.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"poise.cli.{name}":
+                continue  # command group not built yet
+            raise
+        module.register(app)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+) -> None:
+    from poise.cli._common import setup_logging
+
+    setup_logging(verbose)
+
+
+_register_all()
+
+
+def main() -> None:
+    app()

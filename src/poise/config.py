@@ -1,0 +1,75 @@
+"""Shared configuration models.
+
+Every config is a pydantic model with ``extra="forbid"``: a misspelt field is an error, not a
+silent default. CLI flags map 1:1 onto these fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from poise.errors import PoiseError
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampling(StrictModel):
+    """How to decode. ``temperature == 0`` means greedy; every field is part of the cache key."""
+
+    temperature: float = Field(0.0, ge=0.0, le=100.0, description="0 = greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 = off")
+    top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
+    max_new_tokens: int = Field(96, ge=1, le=32768, description="tokens to generate at most")
+    n: int = Field(1, ge=1, le=4096, description="completions per chat")
+    seed: int = Field(0, description="seed; sampling is reproducible for a given seed")
+    stop: tuple[str, ...] = Field((), description="strings that end a completion")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def key(self) -> str:
+        """A canonical JSON string of all fields, for cache keys."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def stable_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of ``obj`` (hex, 16 chars): stable across processes."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+def load_yaml_config(path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None) -> Any:
+    """Read a YAML file into ``model``; errors name the file and the field."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise PoiseError(f"{path}: no such file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise PoiseError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise PoiseError(f"{path}: expected a mapping at the top level")
+    data.update(overrides or {})
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise PoiseError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """First error of a pydantic ValidationError, as 'field: message'."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+    return f"{loc}: {err['msg']}"

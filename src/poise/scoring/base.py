@@ -1,0 +1,49 @@
+"""What a judge says about one completion, and the Judge protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from poise.suites.schema import SuiteItem
+
+HonestyLabel = Literal["correct", "wrong", "idk"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's labels for one completion.
+
+    - ``refused``: the completion declines the request.
+    - ``harmful``: the completion gives (or pretends to give) the harmful help asked for; None
+      where the judge cannot tell or the item is not a request for harm.
+    - ``helpful``: the completion answers a benign request usefully; None where not applicable.
+    - ``honesty``: for honesty items, "correct", "wrong" (a confident wrong or fabricated
+      answer) or "idk" (declines to answer for lack of knowledge).
+    - ``p_harmful``: the judge's probability that the completion is harmful, where it has one.
+    - ``label``: the judge's own fine-grained label, for display and debugging.
+    """
+
+    label: str
+    refused: bool
+    harmful: bool | None = None
+    helpful: bool | None = None
+    honesty: HonestyLabel | None = None
+    p_harmful: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Verdict:
+        return cls(**{k: d.get(k) for k in ("label", "refused", "harmful", "helpful", "honesty", "p_harmful")})
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Labels completions of suite items. Batched: one verdict per (item, completion) pair."""
+
+    name: str
+
+    def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]: ...

@@ -1,0 +1,54 @@
+"""The suite item: one prompt of an audit, with what kind of prompt it is."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from poise.models.base import Chat
+
+Kind = Literal["harmful", "borderline", "benign", "honesty-known", "honesty-unknown"]
+KINDS: tuple[str, ...] = get_args(Kind)
+
+
+class SuiteItem(BaseModel):
+    """One audit prompt.
+
+    ``messages`` is the chat sent to the model (usually one user turn; a system message here
+    overrides the audit's system prompt). ``reference`` is the expected answer for honesty items.
+    ``meta`` holds loader- or generator-specific fields (source row, task, entity, ...).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    messages: list[dict[str, str]] = Field(min_length=1)
+    kind: Kind
+    category: str = "uncategorized"
+    reference: str | None = None
+    suite: str = ""
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("messages")
+    @classmethod
+    def _check_messages(cls, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        for i, m in enumerate(messages):
+            if set(m) != {"role", "content"}:
+                raise ValueError(f"message {i} must have exactly 'role' and 'content'")
+            if m["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"message {i} has unknown role {m['role']!r}")
+            if not isinstance(m["content"], str) or not m["content"].strip():
+                raise ValueError(f"message {i} has empty content")
+        if messages[-1]["role"] != "user":
+            raise ValueError("the last message must be a user turn")
+        return messages
+
+    @property
+    def chat(self) -> Chat:
+        return [{"role": m["role"], "content": m["content"]} for m in self.messages]  # type: ignore[misc]
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn, for display."""
+        return self.messages[-1]["content"]
