@@ -1,0 +1,23 @@
+"""Confidence intervals for rates."""
+
+from __future__ import annotations
+
+import math
+
+
+def wilson_interval(successes: int, total: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927; default 95%).
+
+    Unlike the normal ("Wald") interval it stays inside [0, 1] and is sensible at k = 0 or k = n.
+    Returns (low, high); (0.0, 1.0) when ``total == 0``.
+    """
+    if total < 0 or successes < 0 or successes > total:
+        raise ValueError(f"need 0 <= successes <= total, got {successes}/{total}")
+    if total == 0:
+        return 0.0, 1.0
+    p = successes / total
+    z2 = z * z
+    denom = 1.0 + z2 / total
+    centre = (p + z2 / (2 * total)) / denom
+    half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
