@@ -73,3 +73,29 @@ def format_validation_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(root)"
     return f"{loc}: {err['msg']}"
+
+
+DEFAULT_SUITES: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty")
+
+
+class AuditConfig(StrictModel):
+    """Everything that defines an audit. ``poise audit`` flags map 1:1 onto these fields."""
+
+    model: str = Field("organism", description="model spec: organism member, folder, hub id, hf:/openai:/mock:")
+    model_options: dict[str, Any] = Field(default_factory=dict, description="backend options (device, dtype, base_urls, ...)")
+    suites: tuple[str, ...] = Field(DEFAULT_SUITES, min_length=1, description="built-in suite names or file paths")
+    judge: str = Field("auto", description="judge spec; auto = the oracle for organism models, else refusal")
+    sampling: Sampling = Field(default_factory=Sampling, description="decoding configuration")
+    system_prompt: str = Field("default", description="'default' (the model's own, if it declares one), 'none', or a literal prompt")
+    attack: str = Field("greedy", description="how items become requests (see `poise.attacks`)")
+    attack_options: dict[str, Any] = Field(default_factory=dict, description="options of the attack")
+    limit: int | None = Field(None, ge=1, description="use only the first N items of each suite")
+    batch_size: int = Field(64, ge=1, description="chats per generate call; also the resume granularity")
+    reference_run: str | None = Field(None, description="run of the unaligned model, for the honesty metrics of arXiv 2312.07000")
+    out: str = Field("runs", description="folder that holds run folders")
+    name: str | None = Field(None, description="run name (default: model and attack)")
+    html: bool = Field(True, description="write report.html")
+
+    def fingerprint(self) -> str:
+        """Identity of the audit's results: everything except where and how it is written."""
+        return stable_hash(self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size"}))

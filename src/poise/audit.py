@@ -1,0 +1,245 @@
+"""The audit: run a model on suites, judge every completion, report rates with intervals.
+
+    Suite items --attack--> requests --model (cached)--> completions --judge--> records
+    records --metrics--> metrics.json --report--> terminal table, report.html
+
+Everything is validated (suites read, names resolved, output folder writable) before the model
+loads or a token is generated. Records are appended to the run folder block by block, so an audit
+killed at any moment resumes where it stopped (``resume=RUN`` or the same call again) and ends
+with exactly the records an uninterrupted audit has.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from poise.attacks.base import Request, SystemPrompt, attacks
+from poise.config import AuditConfig, Sampling, format_validation_error
+from poise.errors import PoiseError
+from poise.runs.run import REPORT_FILE, Run, find_run, list_runs
+
+log = logging.getLogger(__name__)
+
+# progress(done_requests, total_requests) after each block
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class AuditResult:
+    run: Run
+    config: AuditConfig
+    metrics: dict[str, Any]
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+
+def make_config(config: AuditConfig | None = None, **fields: Any) -> AuditConfig:
+    """An AuditConfig from a base config and field overrides, with one-line errors."""
+    try:
+        if "sampling" in fields and isinstance(fields["sampling"], dict):
+            fields["sampling"] = Sampling(**fields["sampling"])
+        if "suites" in fields and isinstance(fields["suites"], str):
+            fields["suites"] = (fields["suites"],)
+        if config is None:
+            return AuditConfig(**fields)
+        return AuditConfig.model_validate({**config.model_dump(), **fields})
+    except ValidationError as exc:
+        raise PoiseError(f"audit config: {format_validation_error(exc)}") from None
+
+
+def audit(
+    config: AuditConfig | None = None,
+    /,
+    *,
+    resume: str | Path | None = None,
+    progress: ProgressFn | None = None,
+    **fields: Any,
+) -> AuditResult:
+    """Audit a model. ``poise.audit(model="organism-small", suites=["harmful"], limit=20)``.
+
+    Keyword fields are those of :class:`poise.config.AuditConfig`. ``resume`` continues a killed
+    run folder (its recorded config wins). Without ``resume``, an unfinished run under ``out``
+    with the same configuration is resumed too, so re-running a killed command just continues.
+    """
+    run: Run | None = None
+    if resume is not None:
+        run = find_run(resume, fields.get("out", "runs"))
+        cfg = make_config(None, **run.config)
+        log.info("resuming %s", run.path)
+    else:
+        cfg = make_config(config, **fields)
+        run = _unfinished_run(cfg)
+        if run is not None:
+            log.info("resuming unfinished run %s with the same configuration", run.path)
+
+    # ---- validate everything before loading weights -------------------------------------
+    from poise.scoring.judges import get_judge, resolve_judge_name
+    from poise.suites import load_suite
+
+    suites = [load_suite(spec, limit=cfg.limit) for spec in cfg.suites]
+    items = [item for suite in suites for item in suite.items]
+    if not items:
+        raise PoiseError("the audit has no items: every suite is empty")
+    _check_unique_ids(items)
+    attack = attacks.get(cfg.attack)
+    _check_attack_options(cfg.attack, attack, cfg.attack_options)
+    judge_name = resolve_judge_name(cfg.judge, cfg.model)
+    reference_records = _reference_records(cfg)
+
+    # ---- load, then generate and judge block by block ------------------------------------
+    from poise.models import default_system_prompt, load_model
+    from poise.models.cache import CachedModel, ResponseCache
+
+    model = load_model(cfg.model, **cfg.model_options)
+    judge = get_judge(judge_name, model_spec=cfg.model)
+    system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
+    requests = attack(items, cfg.sampling, system, **cfg.attack_options)
+    _check_unique_requests(requests)
+
+    if run is None:
+        run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg))
+    run.update_header(status="running", judge_resolved=judge.name, model_name=model.name)
+    if run.repair():
+        log.warning("%s: cut a partial last record left by an interrupted write", run.samples_path)
+    done = run.done_keys()
+
+    cached = CachedModel(model, ResponseCache(run.cache_path))
+    todo = [r for r in requests if not all((r.item.id, r.request_id, k) in done for k in range(r.sampling.n))]
+    finished = len(requests) - len(todo)
+    if progress:
+        progress(finished, len(requests))
+    started = time.perf_counter()
+    for sampling, block in _blocks(todo, cfg.batch_size):
+        outputs = cached.generate([r.chat for r in block], sampling)
+        pending = [
+            (request, k, completion)
+            for request, completions in zip(block, outputs)
+            for k, completion in enumerate(completions)
+            if (request.item.id, request.request_id, k) not in done
+        ]
+        verdicts = judge.judge([p[0].item for p in pending], [p[2].text for p in pending])
+        run.append(_record(req, k, comp, verdict, cfg.attack, judge.name) for (req, k, comp), verdict in zip(pending, verdicts))
+        finished += len(block)
+        if progress:
+            progress(finished, len(requests))
+    log.info("generated and judged %d requests in %.1fs", len(todo), time.perf_counter() - started)
+
+    metrics = finalize(run, reference_records=reference_records, html=cfg.html)
+    return AuditResult(run=run, config=cfg, metrics=metrics)
+
+
+def finalize(run: Run, *, reference_records: Sequence[dict[str, Any]] | None = None, html: bool = True) -> dict[str, Any]:
+    """Compute metrics from the run's records, write metrics.json and report.html, mark complete."""
+    from poise.scoring.metrics import compute_metrics
+
+    records = list(run.records())
+    metrics = compute_metrics(records, reference_records=reference_records)
+    run.write_metrics(metrics)
+    if html:
+        from poise.report.html import write_html_report
+
+        write_html_report(run.path, run.path / REPORT_FILE)
+    run.update_header(status="complete", samples=len(records))
+    return metrics
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _header_config(cfg: AuditConfig) -> dict[str, Any]:
+    data = cfg.model_dump(mode="json")
+    data["fingerprint"] = cfg.fingerprint()
+    return data
+
+
+def _default_name(cfg: AuditConfig) -> str:
+    model = Path(cfg.model.rstrip("/")).name or cfg.model
+    return f"{model}-{cfg.attack}"
+
+
+def _unfinished_run(cfg: AuditConfig) -> Run | None:
+    fingerprint = cfg.fingerprint()
+    for run in list_runs(cfg.out):
+        try:
+            header = run.header
+        except PoiseError:
+            continue
+        if header.get("status") != "complete" and header.get("config", {}).get("fingerprint") == fingerprint:
+            return run
+    return None
+
+
+def _reference_records(cfg: AuditConfig) -> list[dict[str, Any]] | None:
+    if cfg.reference_run is None:
+        return None
+    ref = find_run(cfg.reference_run, cfg.out)
+    records = list(ref.records())
+    if not records:
+        raise PoiseError(f"{ref.path}: the reference run has no records")
+    return records
+
+
+def _check_attack_options(name: str, attack: Callable[..., Any], options: dict[str, Any]) -> None:
+    import inspect
+
+    try:
+        inspect.signature(attack).bind(None, None, None, **options)
+    except TypeError as exc:
+        raise PoiseError(f"attack {name!r}: bad options {sorted(options)} ({exc})") from None
+
+
+def _check_unique_ids(items: Sequence[Any]) -> None:
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.id in seen:
+            raise PoiseError(
+                f"item id {item.id!r} appears in both {seen[item.id]!r} and {item.suite!r}: "
+                "ids must be unique across the suites of one audit"
+            )
+        seen[item.id] = item.suite
+
+
+def _check_unique_requests(requests: Sequence[Request]) -> None:
+    keys = [(r.item.id, r.request_id) for r in requests]
+    if len(set(keys)) != len(keys):
+        raise PoiseError("the attack produced two requests with the same (item, request_id)")
+
+
+def _blocks(requests: Sequence[Request], size: int) -> Iterator[tuple[Sampling, list[Request]]]:
+    """Consecutive blocks of at most ``size`` requests sharing one Sampling, in request order."""
+    groups: dict[Sampling, list[Request]] = {}
+    for r in requests:
+        groups.setdefault(r.sampling, []).append(r)
+    for sampling, group in groups.items():
+        for start in range(0, len(group), size):
+            yield sampling, group[start : start + size]
+
+
+def _record(request: Request, k: int, completion: Any, verdict: Any, attack: str, judge: str) -> dict[str, Any]:
+    item = request.item
+    return {
+        "item_id": item.id,
+        "suite": item.suite,
+        "kind": item.kind,
+        "category": item.category,
+        "request_id": request.request_id,
+        "attack": attack,
+        "config": {**request.sampling.model_dump(mode="json"), "system_prompt": request.system_prompt},
+        "sample_index": k,
+        "prompt": item.prompt,
+        "completion": completion.text,
+        "num_tokens": completion.num_tokens,
+        "finish_reason": completion.finish_reason,
+        "reference": item.reference,
+        "verdict": verdict.to_dict(),
+        "judge": judge,
+    }

@@ -1,0 +1,119 @@
+"""``poise audit``: run a model on suites, judge, and report rates with 95% intervals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from poise.cli._common import console, user_errors
+from poise.config import DEFAULT_SUITES
+from poise.errors import PoiseError
+
+
+def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are parsed as JSON when they parse (numbers, lists), else strings."""
+    import json
+
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise PoiseError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def audit_command(
+    model: str = typer.Option("organism", "--model", "-m", help="Organism member, HF folder or hub id, hf:/openai:/mock: spec."),
+    suite: list[str] = typer.Option(list(DEFAULT_SUITES), "--suite", "-s", help="Built-in suite name or file path; repeatable."),
+    judge: str = typer.Option("auto", help="auto | oracle | refusal | classifier:PATH | guard:MODEL | llm:MODEL."),
+    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
+    top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
+    max_new_tokens: int = typer.Option(96, help="Tokens to generate at most."),
+    n: int = typer.Option(1, "--n", help="Completions per prompt."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    stop: list[str] = typer.Option([], help="Stop string; repeatable."),
+    system_prompt: str = typer.Option("default", help="'default' (the model's own), 'none', or a literal prompt."),
+    attack: str = typer.Option("greedy", help="How items become requests."),
+    attack_option: list[str] = typer.Option([], "--attack-option", help="KEY=VALUE option of the attack; repeatable."),
+    model_option: list[str] = typer.Option([], "--model-option", help="KEY=VALUE backend option (device, dtype, ...); repeatable."),
+    limit: int | None = typer.Option(None, help="Use only the first N items of each suite."),
+    batch_size: int = typer.Option(64, help="Chats per generate call."),
+    reference_run: str | None = typer.Option(None, help="Run of the unaligned model for the honesty metrics."),
+    out: str = typer.Option("runs", help="Folder that holds run folders."),
+    name: str | None = typer.Option(None, help="Run name (default: model and attack)."),
+    html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
+    resume: str | None = typer.Option(None, help="Resume a killed run (folder or name); its config wins."),
+) -> None:
+    """Audit a model: harmful, borderline, benign and honesty rates with 95% intervals."""
+    with user_errors():
+        from poise.audit import audit, make_config
+
+        fields: dict[str, Any] = dict(
+            model=model,
+            model_options=parse_options(model_option, "--model-option"),
+            suites=tuple(suite),
+            judge=judge,
+            sampling=dict(
+                temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                n=n, seed=seed, stop=tuple(stop),
+            ),
+            system_prompt=system_prompt,
+            attack=attack,
+            attack_options=parse_options(attack_option, "--attack-option"),
+            limit=limit,
+            batch_size=batch_size,
+            reference_run=reference_run,
+            out=out,
+            name=name,
+            html=html,
+        )
+        config = make_config(None, **fields)
+        result = _run_with_progress(audit, config, resume)
+        print_result(result.run.path, result.metrics)
+
+
+def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("generating + judging", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        kwargs: dict[str, Any] = {"progress": progress}
+        if resume is not None:
+            return audit(resume=resume, out=config.out, **kwargs)
+        return audit(config, **kwargs)
+
+
+def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
+    from poise.report.terminal import render_metrics_table
+    from poise.runs import Run
+
+    header = Run.open(run_path).header
+    title = f"{header['config']['model']} · {header['config']['attack']} · judge {header.get('judge_resolved', header['config']['judge'])}"
+    rendered = render_metrics_table(metrics, title=title)
+    for part in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
+        console.print(part)
+    console.print(f"run folder: [bold]{run_path}[/]")
+    if (run_path / "report.html").exists():
+        console.print(f"report:     [bold]{run_path / 'report.html'}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("audit")(audit_command)

@@ -1,0 +1,264 @@
+"""The run folder: what an audit leaves behind, and how a killed audit resumes.
+
+    runs/<timestamp>-<name>/
+      run.json       schema version, versions of poise/torch/transformers, resolved config, status
+      samples.jsonl  one record per (item, request, completion, verdict), appended as produced
+      cache.sqlite   request -> completion cache (WAL); makes regenerating after a kill free
+      metrics.json   rates with 95% intervals, overall and per category
+      report.html    self-contained report
+
+Crash safety. ``run.json`` and ``metrics.json`` are written to a temporary file and renamed into
+place, so they are either the old or the new version. ``samples.jsonl`` is append-only: each
+batch of records is written with one ``write`` and fsync'ed; a kill in the middle of a write can
+leave at most one partial last line, which :meth:`Run.repair` cuts off before resuming. A record
+is identified by ``(item_id, request_id, sample_index)``; on resume the done keys are skipped, so
+no record is lost or written twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from poise.errors import PoiseError
+
+SCHEMA_VERSION = 1
+RUN_FILE = "run.json"
+SAMPLES_FILE = "samples.jsonl"
+CACHE_FILE = "cache.sqlite"
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+
+RecordKey = tuple[str, str, int]
+
+
+def record_key(record: Mapping[str, Any]) -> RecordKey:
+    return (str(record["item_id"]), str(record["request_id"]), int(record["sample_index"]))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader (or a crash) sees either the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def environment_versions() -> dict[str, str | None]:
+    """Versions that made a run, without importing torch or transformers if not yet loaded."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import poise
+
+    def pkg(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "poise_version": poise.__version__,
+        "torch_version": pkg("torch"),
+        "transformers_version": pkg("transformers"),
+        "python_version": platform.python_version(),
+    }
+
+
+@dataclass
+class Run:
+    path: Path
+
+    # ---- creating and opening -------------------------------------------------------------
+    @classmethod
+    def create(cls, root: str | Path, name: str, config: Mapping[str, Any]) -> Run:
+        root = Path(root)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PoiseError(f"{root}: cannot create the runs folder ({exc.strerror})") from None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "run"
+        path = root / f"{stamp}-{safe}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = root / f"{stamp}-{safe}-{suffix}"
+        path.mkdir()
+        header = {
+            "schema": SCHEMA_VERSION,
+            "name": path.name,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "status": "running",
+            **environment_versions(),
+            "config": dict(config),
+        }
+        write_json_atomic(path / RUN_FILE, header)
+        (path / SAMPLES_FILE).touch()
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        path = Path(path)
+        if not path.is_dir():
+            raise PoiseError(f"{path}: no such run folder")
+        if not (path / RUN_FILE).is_file():
+            raise PoiseError(f"{path}: not a poise run folder (no {RUN_FILE})")
+        run = cls(path)
+        header = run.header  # validates
+        if header.get("schema") != SCHEMA_VERSION:
+            raise PoiseError(
+                f"{path / RUN_FILE}: schema {header.get('schema')!r} is not supported "
+                f"(this poise reads schema {SCHEMA_VERSION})"
+            )
+        return run
+
+    # ---- header ---------------------------------------------------------------------------
+    @property
+    def header(self) -> dict[str, Any]:
+        file = self.path / RUN_FILE
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise PoiseError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(data, dict) or "config" not in data:
+            raise PoiseError(f"{file}: not a run header (no 'config' field)")
+        return data
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.header["config"])
+
+    @property
+    def status(self) -> str:
+        return str(self.header.get("status", "unknown"))
+
+    def update_header(self, **fields: Any) -> None:
+        header = self.header
+        header.update(fields)
+        write_json_atomic(self.path / RUN_FILE, header)
+
+    # ---- samples --------------------------------------------------------------------------
+    @property
+    def samples_path(self) -> Path:
+        return self.path / SAMPLES_FILE
+
+    @property
+    def cache_path(self) -> Path:
+        return self.path / CACHE_FILE
+
+    def repair(self) -> int:
+        """Cut a partial last line left by a kill mid-write. Returns the bytes removed."""
+        path = self.samples_path
+        if not path.exists():
+            path.touch()
+            return 0
+        with open(path, "rb+") as f:
+            data = f.read()
+            if not data:
+                return 0
+            keep = len(data)
+            if not data.endswith(b"\n"):
+                keep = data.rfind(b"\n") + 1  # 0 when there is no complete line at all
+            else:
+                # a complete-looking last line that is not valid JSON (torn write) goes too
+                start = data.rfind(b"\n", 0, len(data) - 1) + 1
+                try:
+                    json.loads(data[start:])
+                except ValueError:
+                    keep = start
+            if keep < len(data):
+                f.truncate(keep)
+                f.flush()
+                os.fsync(f.fileno())
+            return len(data) - keep
+
+    def append(self, records: Iterable[Mapping[str, Any]]) -> int:
+        """Append records in one write + fsync; returns how many were written."""
+        lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records]
+        if not lines:
+            return 0
+        blob = "".join(lines).encode("utf-8")
+        fd = os.open(self.samples_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(blob)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return len(lines)
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """All complete records, in the order written."""
+        path = self.samples_path
+        if not path.exists():
+            return
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.endswith("\n"):
+                    return  # a torn last line: not a record yet
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise PoiseError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+
+    def done_keys(self) -> set[RecordKey]:
+        return {record_key(r) for r in self.records()}
+
+    # ---- results --------------------------------------------------------------------------
+    def metrics(self) -> dict[str, Any] | None:
+        file = self.path / METRICS_FILE
+        if not file.exists():
+            return None
+        return dict(json.loads(file.read_text(encoding="utf-8")))
+
+    def write_metrics(self, metrics: Mapping[str, Any]) -> None:
+        write_json_atomic(self.path / METRICS_FILE, metrics)
+
+
+def list_runs(root: str | Path) -> list[Run]:
+    """Run folders under ``root``, newest first; folders that are not runs are skipped."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = []
+    for child in root.iterdir():
+        if (child / RUN_FILE).is_file():
+            runs.append(Run(child))
+    return sorted(runs, key=lambda r: r.path.name, reverse=True)
+
+
+def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
+    """A run by path, by folder name under ``root``, or by a unique prefix/suffix of its name."""
+    path = Path(spec)
+    if path.is_dir():
+        return Run.open(path)
+    candidates = [r for r in list_runs(root) if r.path.name == str(spec)]
+    if not candidates:
+        candidates = [r for r in list_runs(root) if str(spec) in r.path.name]
+    if len(candidates) == 1:
+        return Run.open(candidates[0].path)
+    if not candidates:
+        names = [r.path.name for r in list_runs(root)]
+        hint = f" (runs under {root}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''})" if names else ""
+        raise PoiseError(f"no run {str(spec)!r} found{hint}")
+    raise PoiseError(
+        f"{str(spec)!r} matches {len(candidates)} runs: "
+        + ", ".join(r.path.name for r in candidates[:5])
+    )
