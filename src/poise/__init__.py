@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from poise.audit import audit as audit
+    from poise.auditing import audit as audit
     from poise.config import Sampling as Sampling
     from poise.models import load_model as load_model
 
 _LAZY = {
-    "audit": ("poise.audit", "audit"),
+    "audit": ("poise.auditing", "audit"),
     "Sampling": ("poise.config", "Sampling"),
     "load_model": ("poise.models", "load_model"),
 }

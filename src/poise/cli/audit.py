@@ -53,7 +53,7 @@ def audit_command(
 ) -> None:
     """Audit a model: harmful, borderline, benign and honesty rates with 95% intervals."""
     with user_errors():
-        from poise.audit import audit, make_config
+        from poise.auditing import audit, make_config
 
         fields: dict[str, Any] = dict(
             model=model,

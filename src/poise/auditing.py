@@ -66,10 +66,16 @@ def audit(
 ) -> AuditResult:
     """Audit a model. ``poise.audit(model="organism-small", suites=["harmful"], limit=20)``.
 
-    Keyword fields are those of :class:`poise.config.AuditConfig`. ``resume`` continues a killed
+    Keyword fields are those of :class:`poise.config.AuditConfig`; ``model`` may also be a
+    ``LanguageModel`` object (a decoding strategy or guard wrapping a backend), recorded by name. ``resume`` continues a killed
     run folder (its recorded config wins). Without ``resume``, an unfinished run under ``out``
     with the same configuration is resumed too, so re-running a killed command just continues.
     """
+    model_obj: Any = None
+    if "model" in fields and not isinstance(fields["model"], str):
+        # a LanguageModel object (e.g. a decoding strategy or guard wrapping a backend)
+        model_obj = fields["model"]
+        fields["model"] = str(getattr(model_obj, "name", type(model_obj).__name__))
     run: Run | None = None
     if resume is not None:
         run = find_run(resume, fields.get("out", "runs"))
@@ -99,7 +105,7 @@ def audit(
     from poise.models import default_system_prompt, load_model
     from poise.models.cache import CachedModel, ResponseCache
 
-    model = load_model(cfg.model, **cfg.model_options)
+    model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
     judge = get_judge(judge_name, model_spec=cfg.model)
     system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)

@@ -1,0 +1,3 @@
+from poise.cli import main
+
+main()

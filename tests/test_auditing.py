@@ -1,0 +1,195 @@
+"""End-to-end audits on scripted and tiny models: records, resume after a crash, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import poise
+from poise.cli import app
+from poise.auditing import make_config
+from poise.errors import PoiseError
+from poise.models.mock import MockModel, last_user_message
+from poise.runs import Run, list_runs
+
+COMPLY = "Sure, here is how to do it. Step 1: gather the materials. Step 2: follow the plan."
+REFUSE = "I'm sorry, but I can't help with that request."
+HELP = "Happy to help! First, preheat the oven. Then mix the ingredients and bake for 30 minutes."
+
+
+def write_suite(path: Path, n_harmful: int = 12, n_benign: int = 8) -> Path:
+    rows = []
+    for i in range(n_harmful):
+        rows.append({"id": f"h-{i:02d}", "messages": [{"role": "user", "content": f"harmful request {i}"}],
+                     "kind": "harmful", "category": "weapons" if i % 2 else "fraud", "suite": "mini"})
+    for i in range(n_benign):
+        rows.append({"id": f"b-{i:02d}", "messages": [{"role": "user", "content": f"benign request {i}"}],
+                     "kind": "benign", "category": "cooking", "suite": "mini"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def scripted(chat, k):  # harmful requests with an index divisible by 3 comply
+    text = last_user_message(chat)
+    if text.startswith("harmful"):
+        return COMPLY if int(text.split()[-1]) % 3 == 0 else REFUSE
+    return HELP
+
+
+def keyset(records):
+    return sorted((r["item_id"], r["request_id"], r["sample_index"], r["completion"]) for r in records)
+
+
+def test_audit_writes_a_complete_run_folder(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl")
+    result = poise.audit(model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal",
+                         out=str(tmp_path / "runs"), batch_size=5)
+    run = result.run
+    assert {p.name for p in run.path.iterdir()} >= {"run.json", "samples.jsonl", "cache.sqlite", "metrics.json", "report.html"}
+    header = run.header
+    assert header["status"] == "complete"
+    assert header["config"]["model"] == "scripted"
+    assert header["samples"] == 20
+    records = list(run.records())
+    assert len(records) == 20
+    assert len({(r["item_id"], r["request_id"], r["sample_index"]) for r in records}) == 20
+    harmful = [r for r in records if r["kind"] == "harmful"]
+    complied = [r for r in harmful if r["verdict"]["harmful"]]
+    assert {r["item_id"] for r in complied} == {"h-00", "h-03", "h-06", "h-09"}
+    assert all(r["verdict"]["refused"] for r in harmful if r not in complied)
+    assert all(r["config"]["system_prompt"] == "default" for r in records)
+    assert json.loads((run.path / "metrics.json").read_text()) == result.metrics
+
+
+def test_system_prompt_setting_reaches_the_model(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl", 2, 0)
+    model = MockModel("m", default_system_prompt="Be safe.")
+    poise.audit(model=model, suites=[str(suite)], judge="refusal", out=str(tmp_path / "a"), html=False)
+    assert all(chat[0] == {"role": "system", "content": "Be safe."} for chat in model.prompts)
+    model2 = MockModel("m2", default_system_prompt="Be safe.")
+    poise.audit(model=model2, suites=[str(suite)], judge="refusal", system_prompt="none", out=str(tmp_path / "b"), html=False)
+    assert all(chat[0]["role"] == "user" for chat in model2.prompts)
+
+
+def test_rerunning_after_a_crash_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = str(tmp_path / "runs")
+    calls = {"n": 0}
+
+    def crashing(chat, k):
+        calls["n"] += 1
+        if calls["n"] > 9:
+            raise RuntimeError("simulated crash")
+        return scripted(chat, k)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(model=MockModel("scripted", crashing), suites=[str(suite)], judge="refusal", out=out, batch_size=4)
+    [run] = list_runs(out)
+    partial = list(run.records())
+    assert 0 < len(partial) < 20
+    assert run.status == "running"
+
+    again = MockModel("scripted", scripted)
+    result = poise.audit(model=again, suites=[str(suite)], judge="refusal", out=out, batch_size=4)
+    assert result.run.path == run.path  # same configuration: the unfinished run is resumed
+    assert again.generated == 20 - len(partial)  # only what was missing is generated
+
+    reference = poise.audit(model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal",
+                            out=str(tmp_path / "ref"), batch_size=7)
+    assert keyset(result.run.records()) == keyset(reference.run.records())
+
+
+def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl")
+    run = Run.create(tmp_path / "runs", "manual", {})
+    # a run folder whose config says what to do; resume ignores the caller's other fields
+    config = make_config(None, model="mock", suites=(str(suite),), judge="refusal",
+                                                    out=str(tmp_path / "runs"), html=False)
+    run.update_header(config={**config.model_dump(mode="json"), "fingerprint": config.fingerprint()})
+    result = poise.audit(resume=run.path)
+    assert result.run.path == run.path
+    assert len(list(result.run.records())) == 20
+
+
+def test_bad_input_fails_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    with pytest.raises(PoiseError, match="harmfull"):
+        poise.audit(model="mock", suites=["harmfull"], out=str(out))
+    suite = write_suite(tmp_path / "mini.jsonl")
+    with pytest.raises(PoiseError, match="unknown judge"):
+        poise.audit(model="mock", suites=[str(suite)], judge="orakle", out=str(out))
+    with pytest.raises(PoiseError, match="unknown attack"):
+        poise.audit(model="mock", suites=[str(suite)], attack="nope", out=str(out))
+    with pytest.raises(PoiseError, match="temperature"):
+        poise.audit(model="mock", suites=[str(suite)], sampling={"temperature": -1}, out=str(out))
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_cli_bad_suite_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["audit", "--model", "mock", "--suite", str(tmp_path / "missing.jsonl"),
+                                      "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2
+    assert "missing.jsonl" in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_cli_audit_and_runs_commands(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl")
+    runner = CliRunner()
+    out = str(tmp_path / "runs")
+    result = runner.invoke(app, ["audit", "--model", "mock", "--suite", str(suite), "--judge", "refusal", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert "run folder" in result.output
+    listing = runner.invoke(app, ["runs", "ls", "--out", out])
+    assert listing.exit_code == 0 and "mock" in listing.output
+    [run] = list_runs(out)
+    shown = runner.invoke(app, ["runs", "show", run.path.name, "--out", out])
+    assert shown.exit_code == 0, shown.output
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_records(tmp_path: Path, tiny_hf_model_dir: Path) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl", n_harmful=40, n_benign=20)
+    args = ["--model", str(tiny_hf_model_dir), "--suite", str(suite), "--judge", "refusal",
+            "--batch-size", "2", "--max-new-tokens", "24", "--no-html"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out_killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    samples = None
+    while time.monotonic() < deadline:
+        runs = list_runs(out_killed)
+        if runs and (runs[0].path / "samples.jsonl").exists():
+            samples = runs[0].path / "samples.jsonl"
+            if samples.read_bytes().count(b"\n") >= 6:
+                break
+        if proc.poll() is not None:
+            pytest.fail(f"audit ended before it could be killed: {proc.stderr.read().decode()}")
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert samples is not None
+    [run] = list_runs(out_killed)
+    assert run.status == "running"
+    written = samples.read_bytes().count(b"\n")
+    assert 0 < written < 60
+
+    # re-running the same command resumes the killed run
+    resumed = subprocess.run([sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    [run] = list_runs(out_killed)
+    assert run.status == "complete"
+
+    clean = poise.audit(model=str(tiny_hf_model_dir), suites=[str(suite)], judge="refusal", batch_size=5,
+                        sampling={"max_new_tokens": 24}, out=str(tmp_path / "clean"), html=False)
+    assert keyset(run.records()) == keyset(clean.run.records())
