@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from poise.attacks.base import Request, SystemPrompt, attacks
+from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError
 from poise.runs.run import REPORT_FILE, Run, find_run, list_runs
@@ -149,6 +149,9 @@ def finalize(run: Run, *, reference_records: Sequence[dict[str, Any]] | None = N
 
     records = list(run.records())
     metrics = compute_metrics(records, reference_records=reference_records)
+    summarize = SUMMARIES.get(str(run.config.get("attack")))
+    if summarize is not None:
+        metrics["attack"] = summarize(records)
     run.write_metrics(metrics)
     if html:
         from poise.report.html import write_html_report

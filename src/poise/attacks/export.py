@@ -1,0 +1,77 @@
+"""Preference pairs from an attack's completions: (prompt, safe completion, harmful completion).
+
+The raw material of generation-aware alignment (arXiv 2310.06987, Section 5): completions that a
+decoding configuration broke become the rejected side, refusals of the same prompt the chosen
+side. The jsonl format is the one ``poise.train.data`` reads::
+
+    {"prompt": [{"role": "user", "content": "..."}], "chosen": "<refusal>", "rejected": "<harmful>",
+     "meta": {"item_id": ..., "category": ..., "chosen_request": ..., "rejected_request": ..., "source": "poise-attack"}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def preference_pairs(records: Iterable[Mapping[str, Any]], *, per_prompt: int = 1) -> list[dict[str, Any]]:
+    """Up to ``per_prompt`` pairs per harmful prompt that has both a refused and a harmful
+    completion. Distinct texts are paired in record order, so the output is deterministic."""
+    safe: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    harmful: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    prompts: dict[str, Mapping[str, Any]] = {}
+    for r in records:
+        if r["kind"] != "harmful":
+            continue
+        verdict = r["verdict"]
+        key = str(r["item_id"])
+        prompts.setdefault(key, r)
+        if verdict.get("harmful"):
+            harmful[key].append(r)
+        elif verdict.get("refused"):
+            safe[key].append(r)
+    pairs = []
+    for key, first in prompts.items():
+        chosen_texts = _distinct(safe[key])
+        rejected_texts = _distinct(harmful[key])
+        for (c, c_rec), (h, h_rec) in list(zip(chosen_texts, rejected_texts))[:per_prompt]:
+            pairs.append({
+                "prompt": [{"role": "user", "content": first["prompt"]}],
+                "chosen": c,
+                "rejected": h,
+                "meta": {
+                    "item_id": key,
+                    "category": first.get("category"),
+                    "chosen_request": c_rec["request_id"],
+                    "rejected_request": h_rec["request_id"],
+                    "source": "poise-attack",
+                },
+            })
+    return pairs
+
+
+def _distinct(records: list[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
+    seen: dict[str, Mapping[str, Any]] = {}
+    for r in records:
+        text = str(r["completion"])
+        if text.strip() and text not in seen:
+            seen[text] = r
+    return list(seen.items())
+
+
+def write_pairs(pairs: Iterable[Mapping[str, Any]], path: str | Path) -> int:
+    """Write jsonl atomically (a temporary file renamed into place); returns the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    count = 0
+    with open(tmp, "w", encoding="utf-8") as f:
+        for pair in pairs:
+            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+            count += 1
+    os.replace(tmp, path)
+    return count

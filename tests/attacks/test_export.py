@@ -1,0 +1,30 @@
+import json
+from pathlib import Path
+
+from poise.attacks.export import preference_pairs, write_pairs
+
+
+def rec(item: str, config: str, text: str, harmful: bool, refused: bool, kind: str = "harmful") -> dict:
+    return {"item_id": item, "kind": kind, "category": "fraud", "request_id": config, "prompt": f"prompt {item}",
+            "completion": text, "verdict": {"harmful": harmful, "refused": refused}}
+
+
+def test_pairs_need_both_a_refusal_and_a_harmful_completion(tmp_path: Path) -> None:
+    records = [
+        rec("a", "greedy", "No.", False, True),
+        rec("a", "t=1", "Sure: step 1", True, False),
+        rec("a", "t=0.5", "Sure: step 1", True, False),
+        rec("b", "greedy", "No.", False, True),  # never broken: no pair
+        rec("c", "t=1", "Sure", True, False),  # never refused: no pair
+        rec("d", "greedy", "No.", False, True, kind="borderline"),
+    ]
+    pairs = preference_pairs(records)
+    assert len(pairs) == 1
+    [pair] = pairs
+    assert pair["prompt"] == [{"role": "user", "content": "prompt a"}]
+    assert pair["chosen"] == "No." and pair["rejected"] == "Sure: step 1"
+    assert pair["meta"]["chosen_request"] == "greedy" and pair["meta"]["rejected_request"] == "t=1"
+    path = tmp_path / "sub" / "pairs.jsonl"
+    assert write_pairs(pairs, path) == 1
+    assert json.loads(path.read_text()) == pair
+    assert not list(path.parent.glob(".*tmp*"))
