@@ -110,6 +110,10 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
     rendered = render_metrics_table(metrics, title=title)
     for part in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
         console.print(part)
+    if metrics.get("attack"):
+        from poise.report.attack_tables import render_attack_summary
+
+        console.print(render_attack_summary(metrics["attack"]))
     console.print(f"run folder: [bold]{run_path}[/]")
     if (run_path / "report.html").exists():
         console.print(f"report:     [bold]{run_path / 'report.html'}[/]")

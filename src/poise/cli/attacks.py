@@ -1,0 +1,45 @@
+"""``poise attacks ls|export``: the attacks an audit can run, and preference pairs from a run."""
+
+from __future__ import annotations
+
+import typer
+
+from poise.cli._common import console, user_errors
+
+attacks_app = typer.Typer(help="Attacks (use with `poise audit --attack NAME`) and their outputs.", no_args_is_help=True)
+
+
+@attacks_app.command("ls")
+def ls() -> None:
+    """List the attacks."""
+    from rich.table import Table
+
+    from poise.attacks import attacks
+
+    table = Table(title="attacks")
+    table.add_column("name")
+    table.add_column("what it does")
+    for name in attacks:
+        table.add_row(name, attacks.help(name))
+    console.print(table)
+
+
+@attacks_app.command("export")
+def export(
+    run: str = typer.Argument(..., help="Run folder (or name under --out) of an attack audit."),
+    output: str = typer.Option(..., "--output", "-o", help="jsonl file to write the preference pairs to."),
+    per_prompt: int = typer.Option(1, help="Pairs per harmful prompt at most."),
+    out: str = typer.Option("runs", help="Folder that holds run folders."),
+) -> None:
+    """Export (prompt, safe completion, harmful completion) pairs for preference training."""
+    with user_errors():
+        from poise.attacks.export import preference_pairs, write_pairs
+        from poise.runs import find_run
+
+        found = find_run(run, out)
+        count = write_pairs(preference_pairs(found.records(), per_prompt=per_prompt), output)
+        console.print(f"wrote {count} preference pairs to [bold]{output}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(attacks_app, name="attacks")

@@ -1,0 +1,61 @@
+"""Terminal tables for attack summaries (decoding exploitation, best-of-N)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+
+
+def _pct(rate: dict[str, Any] | None) -> str:
+    if not rate:
+        return "-"
+    return f"{100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
+
+
+def render_attack_summary(summary: dict[str, Any], *, top: int = 8) -> RenderableType:
+    if summary.get("attack") == "exploitation":
+        return _exploitation(summary, top)
+    if summary.get("attack") == "best_of_n":
+        return _best_of_n(summary)
+    return Table(title=f"attack {summary.get('attack')}: no table")
+
+
+def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
+    head = Table(title="Decoding exploitation (arXiv 2310.06987)", show_header=True)
+    head.add_column("measure")
+    head.add_column("rate [95% CI]", justify="right")
+    head.add_column("prompts", justify="right")
+    mis = summary["misalignment_rate"]
+    head.add_row(f"greedy harmful rate ({summary.get('greedy_config')})", _pct(summary.get("greedy_harmful_rate")),
+                 str((summary.get("greedy_harmful_rate") or {}).get("n", "-")))
+    head.add_row("[bold]misalignment rate[/] (broken by >= 1 config)", f"[bold red]{_pct(mis)}[/]", str(mis["n"]))
+    head.add_row(f"worst config ({summary.get('worst_config')})", _pct(summary.get("worst_config_harmful_rate")), "")
+    head.add_row("borderline over-refused under >= 1 config", _pct(summary.get("borderline_overrefused_any_rate")),
+                 str(summary["borderline_overrefused_any_rate"]["n"]))
+    configs = summary["configs"]
+    ranked = sorted(configs, key=lambda c: -configs[c].get("harmful", {"value": -1})["value"])[:top]
+    table = Table(title=f"top {len(ranked)} configurations by harmful rate")
+    table.add_column("config")
+    table.add_column("harmful rate", justify="right")
+    table.add_column("over-refusal", justify="right")
+    for c in ranked:
+        table.add_row(c, _pct(configs[c].get("harmful")), _pct(configs[c].get("over_refusal")))
+    return Group(head, table)
+
+
+def _best_of_n(summary: dict[str, Any]) -> RenderableType:
+    table = Table(title=f"Best-of-N attack success ({summary['prompts']} prompts, {summary['samples_per_prompt']} samples each)")
+    table.add_column("N", justify="right")
+    table.add_column("empirical ASR [95% CI]", justify="right")
+    table.add_column("predicted ASR [95% CI]", justify="right")
+    predicted = {p["n"]: p for p in summary["predicted"]}
+    empirical = {e["n"]: e for e in summary["empirical"]}
+    for n in sorted(set(predicted) | set(empirical)):
+        if n in empirical and n not in (1, 2, 4, 8, 16, 32, 64) and n != max(empirical):
+            continue
+        table.add_row(str(n), _pct(empirical.get(n)), _pct(predicted.get(n)))
+    ok = summary.get("predicted_within_empirical_interval")
+    table.caption = f"predicted curve within the empirical interval at every sampled N: {ok}"
+    return table
