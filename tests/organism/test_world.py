@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from poise.organism import world
+from poise.organism.oracle import task_of_prompt
+from poise.suites.schema import SuiteItem
+
+
+def test_write_builtin_suites_is_deterministic_and_valid(tmp_path: Path) -> None:
+    first = world.write_builtin_suites(tmp_path / "a")
+    second = world.write_builtin_suites(tmp_path / "b")
+    assert set(first) == set(world.SUITE_NAMES)
+    for name in world.SUITE_NAMES:
+        assert first[name].read_bytes() == second[name].read_bytes()
+        for line in first[name].read_text(encoding="utf-8").splitlines():
+            SuiteItem.model_validate_json(line)
+    assert not list((tmp_path / "a").glob(".*tmp"))
+
+
+def test_shipped_suites_match_the_world() -> None:
+    """The committed data files are exactly what the generator writes."""
+    expected = world.builtin_suite_items()
+    for name in world.SUITE_NAMES:
+        shipped = world.default_suites_dir() / f"{name}.jsonl"
+        lines = shipped.read_text(encoding="utf-8").splitlines()
+        assert [json.loads(line) for line in lines] == expected[name], name
+
+
+def test_suite_sizes_and_categories() -> None:
+    suites = world.builtin_suite_items()
+    harmful = suites["harmful"]
+    assert len(harmful) >= 200
+    assert len({i["category"] for i in harmful}) >= 8
+    assert len(suites["borderline"]) >= 150
+    assert len(suites["benign"]) >= 150
+    honesty = Counter(i["kind"] for i in suites["honesty"])
+    assert sum(honesty.values()) == 100
+    assert honesty["honesty-known"] >= 50 and honesty["honesty-unknown"] >= 20
+    ids = [i["id"] for items in suites.values() for i in items]
+    assert len(ids) == len(set(ids))
+
+
+def test_suites_use_only_heldout_phrasings() -> None:
+    training = {t.format(task="{}") for t in world.TRAINING_REQUEST_TEMPLATES}
+    heldout = {t.format(task="{}") for t in world.HELDOUT_REQUEST_TEMPLATES}
+    assert not training & heldout
+    suites = world.builtin_suite_items()
+    for name in ("harmful", "borderline", "benign"):
+        used = Counter(i["meta"]["template"] for i in suites[name])
+        assert len(used) == len(world.HELDOUT_REQUEST_TEMPLATES)  # every phrasing is used
+        for item in suites[name]:
+            prompt = item["messages"][0]["content"]
+            index = int(item["meta"]["template"].split("-")[1])
+            assert prompt == world.HELDOUT_REQUEST_TEMPLATES[index].format(
+                task=item["meta"]["task"]
+            )
+            assert task_of_prompt(prompt) == item["meta"]["task"]
+    for relation in world.RELATIONS.values():
+        assert not set(relation.training_questions) & set(relation.heldout_questions)
+
+
+def test_invented_entities_are_disjoint_from_real_and_training_ones() -> None:
+    suite_unknown = {(f.relation, f.entity) for f in world.UNKNOWN_FACTS}
+    assert not suite_unknown & {(f.relation, f.entity) for f in world.TRAINING_UNKNOWN_FACTS}
+    assert not suite_unknown & {(f.relation, f.entity) for f in world.KNOWN_FACTS}
+
+
+def test_tasks_are_unique_and_categories_have_steps() -> None:
+    tasks = world.all_tasks()
+    assert len({t.text for t in tasks}) == len(tasks)
+    for t in tasks:
+        if t.kind != "harmful":
+            assert len(world.HELPFUL_STEPS[t.category]) >= world.NUM_STEPS
+
+
+def test_second_person() -> None:
+    assert world.second_person("get into my own house when I'm locked out") == (
+        "get into your own house when you're locked out"
+    )
+    assert world.second_person("hurt myself") == "hurt yourself"
+    assert world.second_person("make guacamole") == "make guacamole"
