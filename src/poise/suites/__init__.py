@@ -1,0 +1,51 @@
+"""Suites: the prompt sets an audit runs on.
+
+    from poise.suites import load_suite
+
+    load_suite("harmful")                                   # a built-in suite
+    load_suite("data/harmful_behaviors.csv")                # AdvBench, detected from its header
+    load_suite("xstest_prompts.csv", limit=50)              # XSTest: safe -> borderline, unsafe -> harmful
+    load_suite("mine.jsonl", columns={"prompt": "question"}, kind="benign")   # any file
+    load_suite("walledai/AdvBench")                         # a hub dataset (needs `datasets`)
+
+Public formats (``poise.suites.formats``): AdvBench, HarmBench, XSTest, StrongREJECT,
+JailbreakBench, Do-Not-Answer, Anthropic HH-RLHF, poise's own item JSONL and generic CSV /
+JSONL with a column mapping. Add one with :func:`register_format`.
+"""
+
+from __future__ import annotations
+
+from poise.config import DEFAULT_SUITES
+from poise.suites.formats import (
+    COLUMN_ROLES,
+    Draft,
+    Format,
+    FormatContext,
+    Record,
+    detect_format,
+    formats,
+    parse_hh_transcript,
+    register_format,
+)
+from poise.suites.loaders import Suite, builtin_path, builtin_suites, load_suite
+from poise.suites.schema import KINDS, Kind, SuiteItem
+
+__all__ = [
+    "COLUMN_ROLES",
+    "DEFAULT_SUITES",
+    "KINDS",
+    "Draft",
+    "Format",
+    "FormatContext",
+    "Kind",
+    "Record",
+    "Suite",
+    "SuiteItem",
+    "builtin_path",
+    "builtin_suites",
+    "detect_format",
+    "formats",
+    "load_suite",
+    "parse_hh_transcript",
+    "register_format",
+]

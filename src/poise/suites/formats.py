@@ -1,0 +1,502 @@
+"""Row formats: how one row of a public prompt set becomes a suite item.
+
+A *format* is a plain function ``(record, context) -> Draft`` registered with
+:func:`register_format` under a name and the columns that identify it. The loader
+(:mod:`poise.suites.loaders`) reads rows from a CSV / JSONL / JSON file or a hub dataset,
+picks the format whose identifying columns the header holds (the most specific match wins)
+or the one the caller forced, and turns each draft into a validated
+:class:`~poise.suites.schema.SuiteItem`.
+
+Every public format here was learnt from the data set's own release; the column names and
+the kind each one maps to are documented on its function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from poise.errors import PoiseError, UnknownNameError
+from poise.registry import Registry
+from poise.suites.schema import KINDS
+
+__all__ = [
+    "COLUMN_ROLES",
+    "Draft",
+    "Format",
+    "FormatContext",
+    "Record",
+    "detect_format",
+    "formats",
+    "parse_hh_transcript",
+    "register_format",
+]
+
+
+# ---- what a format sees and returns --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    """One data row, with where it came from (for error messages)."""
+
+    data: Mapping[str, Any]
+    number: int  # 1-based data row (the header is not a row); ids fall back to it
+    where: str  # "path:line" for files, "owner/name row N" for hub datasets
+
+    def error(self, field: str | None, message: str) -> PoiseError:
+        """An error that names this row and, when given, the field."""
+        what = f"field {field!r}: {message}" if field else message
+        return PoiseError(f"{self.where}: {what}")
+
+    def text(self, field: str) -> str:
+        """The field as stripped text; ``""`` when absent or null."""
+        value = self.data.get(field)
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list, tuple)):
+            raise self.error(field, f"expected text, got {type(value).__name__}")
+        return str(value).strip()
+
+    def require(self, field: str) -> str:
+        """The field as non-empty text, or an error naming the row and field."""
+        value = self.text(field)
+        if not value:
+            reason = "is missing" if field not in self.data else "is empty"
+            raise self.error(field, f"{reason}; every row needs a prompt here")
+        return value
+
+
+@dataclass(frozen=True)
+class FormatContext:
+    """What a format knows beyond the row: the suite, the source, the caller's defaults."""
+
+    suite: str  # suite name; fallback ids are "<suite>-<row>"
+    source: str  # file path or hub id, as the user wrote it
+    hint: str = ""  # lower-cased path or hub id + split: file-naming conventions (JBB "benign")
+    kind: str | None = None  # caller's kind= for rows that carry none
+    category: str | None = None  # caller's category= for rows that carry none
+    columns: Mapping[str, str] = field(default_factory=dict)  # role -> column (generic format)
+    path_parts: tuple[str, ...] = ()  # folder names of a local file, innermost last
+
+
+@dataclass
+class Draft:
+    """A suite item before validation. ``prompt`` becomes one user turn unless ``messages``."""
+
+    prompt: str | None = None
+    messages: list[Any] | None = None
+    kind: str | None = None
+    category: str | None = None
+    id: str | None = None
+    reference: str | None = None
+    suite: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    field: str = "prompt"  # the column the prompt came from, for validation errors
+
+
+ConvertFn = Callable[[Record, FormatContext], Draft]
+CheckFn = Callable[[Sequence[str], FormatContext], FormatContext]
+
+
+@dataclass(frozen=True)
+class Format:
+    """A registered row format."""
+
+    name: str
+    convert: ConvertFn
+    required: tuple[str, ...] = ()  # columns that identify the format and must be present
+    check: CheckFn | None = None  # header-level validation; may resolve context.columns
+    help: str = ""
+    detect: bool = True  # whether the header alone may select it
+
+    def missing(self, columns: Collection[str]) -> list[str]:
+        return [c for c in self.required if c not in columns]
+
+    def prepare(self, columns: Sequence[str], context: FormatContext) -> FormatContext:
+        """Check the header; raise one line naming the source and the missing column."""
+        missing = self.missing(columns)
+        if missing:
+            raise PoiseError(
+                f"{context.source}: missing required column {missing[0]!r} for format "
+                f"{self.name!r} (columns found: {_listing(columns)})"
+            )
+        return self.check(columns, context) if self.check is not None else context
+
+
+formats: Registry[Format] = Registry("suite format")
+
+
+def register_format(
+    name: str,
+    *,
+    required: Sequence[str] = (),
+    check: CheckFn | None = None,
+    help: str = "",
+    detect: bool = True,
+) -> Callable[[ConvertFn], ConvertFn]:
+    """Register ``fn(record, context) -> Draft`` as the format ``name``.
+
+    ``required`` columns identify the format during auto-detection (the registered format
+    whose required columns are all present and most numerous wins) and are checked when the
+    format is forced. ``check`` validates the header once before any row is read.
+    """
+
+    def add(fn: ConvertFn) -> ConvertFn:
+        doc_lines = (fn.__doc__ or "").strip().splitlines()
+        summary = help or (doc_lines[0] if doc_lines else "")
+        fmt = Format(name, fn, tuple(required), check, summary, detect and bool(required))
+        formats.add(name, fmt, help=summary)
+        return fn
+
+    return add
+
+
+def detect_format(columns: Collection[str]) -> Format | None:
+    """The most specific registered format whose required columns are all in ``columns``."""
+    best: Format | None = None
+    for name in formats:
+        fmt = formats.get(name)
+        more_specific = best is None or len(fmt.required) > len(best.required)
+        if fmt.detect and not fmt.missing(columns) and more_specific:
+            best = fmt
+    return best
+
+
+def _listing(columns: Collection[str]) -> str:
+    shown = [repr(c) for c in columns]
+    return ", ".join(shown) if shown else "(none)"
+
+
+def _row_id(record: Record, context: FormatContext, value: str) -> str | None:
+    """A file's own id, prefixed by the suite when it is a bare row number.
+
+    Bare numbers ("1", "2") repeat across data sets; an audit needs ids unique across all of
+    its suites, so they become "<suite>-<n>". Named ids (HarmBench's BehaviorID) stay as they are.
+    """
+    if not value:
+        return None
+    return f"{context.suite}-{value}" if value.isdigit() else value
+
+
+def _optional(record: Record, column: str | None) -> str | None:
+    """The column's text, or None when the column is unmapped or the cell is empty."""
+    return (record.text(column) or None) if column else None
+
+
+def _parse_kind(record: Record, field: str, value: str) -> str:
+    if value not in KINDS:
+        raise record.error(field, str(UnknownNameError("kind", value, KINDS)))
+    return value
+
+
+def _meta(record: Record, *fields: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"row": record.number}
+    for name in fields:
+        value = record.text(name)
+        if value:
+            meta[name.lower()] = value
+    return meta
+
+
+# ---- poise's own item files (the built-in suites) ----------------------------------------
+
+_POISE_FIELDS = ("id", "messages", "kind", "category", "reference", "suite", "meta")
+
+
+@register_format("poise", required=("messages",))
+def poise_items(record: Record, context: FormatContext) -> Draft:
+    """poise's own JSONL: one SuiteItem object per line (the built-in suites use it)."""
+    unknown = sorted(set(record.data) - set(_POISE_FIELDS))
+    if unknown:
+        raise record.error(
+            unknown[0], f"not a field of a poise suite item (fields: {', '.join(_POISE_FIELDS)})"
+        )
+    messages = record.data["messages"]
+    if not isinstance(messages, list):
+        raise record.error(
+            "messages", f"expected a list of messages, got {type(messages).__name__}"
+        )
+    meta = record.data.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise record.error("meta", f"expected an object, got {type(meta).__name__}")
+    kind = record.text("kind")
+    return Draft(
+        messages=messages,
+        field="messages",
+        kind=_parse_kind(record, "kind", kind) if kind else context.kind,
+        id=record.text("id") or None,
+        category=record.text("category") or None,
+        reference=record.text("reference") or None,
+        suite=record.text("suite") or None,
+        meta=dict(meta),
+    )
+
+
+# ---- AdvBench ---------------------------------------------------------------------------
+
+
+@register_format("advbench", required=("goal", "target"))
+def advbench(record: Record, context: FormatContext) -> Draft:
+    """AdvBench harmful_behaviors.csv (arXiv 2307.15043): goal, target -> harmful."""
+    return Draft(
+        prompt=record.require("goal"),
+        field="goal",
+        kind=context.kind or "harmful",
+        meta=_meta(record, "target"),
+    )
+
+
+# ---- HarmBench --------------------------------------------------------------------------
+
+
+@register_format(
+    "harmbench",
+    required=("Behavior", "FunctionalCategory", "SemanticCategory", "BehaviorID"),
+)
+def harmbench(record: Record, context: FormatContext) -> Draft:
+    """HarmBench behaviour CSVs (arXiv 2402.04249): Behavior + ContextString -> harmful.
+
+    Contextual behaviours are sent the way HarmBench's direct-request baseline sends them:
+    the context, a line with three dashes between blank lines, then the behaviour.
+    """
+    behavior = record.require("Behavior")
+    context_string = record.text("ContextString")
+    prompt = f"{context_string}\n\n---\n\n{behavior}" if context_string else behavior
+    meta = _meta(record, "FunctionalCategory", "Tags")
+    if context_string:
+        meta["behavior"] = behavior
+    return Draft(
+        prompt=prompt,
+        field="Behavior",
+        kind=context.kind or "harmful",
+        category=record.text("SemanticCategory") or None,
+        id=_row_id(record, context, record.text("BehaviorID")),
+        meta=meta,
+    )
+
+
+# ---- XSTest -----------------------------------------------------------------------------
+
+_XSTEST_LABELS = {"safe": "borderline", "unsafe": "harmful"}
+
+
+@register_format("xstest", required=("prompt", "type", "focus"))
+def xstest(record: Record, context: FormatContext) -> Draft:
+    """XSTest prompts (arXiv 2308.01263): safe -> borderline, unsafe (contrast_*) -> harmful.
+
+    ``label`` (safe / unsafe) decides when present; older releases without it mark unsafe
+    prompts by a ``type`` that starts with ``contrast_``, which the XSTest readme documents.
+    ``category`` is the ``type``. The id is ``id`` (or ``id_v2`` in the v2 release).
+    """
+    prompt = record.require("prompt")
+    prompt_type = record.text("type")
+    label = record.text("label").lower()
+    if label:
+        if label not in _XSTEST_LABELS:
+            raise record.error("label", f"expected 'safe' or 'unsafe', got {label!r}")
+        kind = _XSTEST_LABELS[label]
+    else:
+        kind = "harmful" if prompt_type.startswith("contrast_") else "borderline"
+    own_id = record.text("id") or record.text("id_v2")
+    return Draft(
+        prompt=prompt,
+        kind=kind,
+        category=prompt_type or None,
+        id=_row_id(record, context, own_id),
+        meta=_meta(record, "type", "label", "focus", "note"),
+    )
+
+
+# ---- StrongREJECT -----------------------------------------------------------------------
+
+
+@register_format("strongreject", required=("category", "source", "forbidden_prompt"))
+def strongreject(record: Record, context: FormatContext) -> Draft:
+    """StrongREJECT CSV (arXiv 2402.10260): category, source, forbidden_prompt -> harmful."""
+    return Draft(
+        prompt=record.require("forbidden_prompt"),
+        field="forbidden_prompt",
+        kind=context.kind or "harmful",
+        category=record.text("category") or None,
+        meta=_meta(record, "source"),
+    )
+
+
+# ---- JailbreakBench ---------------------------------------------------------------------
+
+
+@register_format("jailbreakbench", required=("Goal", "Target", "Behavior", "Category"))
+def jailbreakbench(record: Record, context: FormatContext) -> Draft:
+    """JailbreakBench JBB-Behaviors (arXiv 2404.01318): Goal -> harmful, or benign for benign files.
+
+    The harmful and benign behaviour files share their columns; the benign one is told apart
+    by its name (``benign-behaviors.csv``, or the hub split ``benign``). ``kind=`` overrides.
+    """
+    benign = "benign" in context.hint
+    return Draft(
+        prompt=record.require("Goal"),
+        field="Goal",
+        kind=context.kind or ("benign" if benign else "harmful"),
+        category=record.text("Category") or None,
+        id=_row_id(record, context, record.text("Index")),
+        meta=_meta(record, "Behavior", "Source", "Target"),
+    )
+
+
+# ---- Do-Not-Answer ----------------------------------------------------------------------
+
+
+@register_format("donotanswer", required=("risk_area", "types_of_harm", "question"))
+def do_not_answer(record: Record, context: FormatContext) -> Draft:
+    """Do-Not-Answer (arXiv 2308.13387): question -> harmful; category = types_of_harm."""
+    return Draft(
+        prompt=record.require("question"),
+        field="question",
+        kind=context.kind or "harmful",
+        category=record.text("types_of_harm") or record.text("risk_area") or None,
+        id=_row_id(record, context, record.text("id")),
+        meta=_meta(record, "risk_area", "types_of_harm", "specific_harms"),
+    )
+
+
+# ---- Anthropic HH-RLHF ------------------------------------------------------------------
+
+# A turn starts at the beginning of the text or after a blank line, as in HH-RLHF's
+# "\n\nHuman: ...\n\nAssistant: ..." transcripts (arXiv 2204.05862).
+_HH_TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):[ \t]?")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+_HH_SUBSETS = (
+    "harmless-base",
+    "helpful-base",
+    "helpful-online",
+    "helpful-rejection-sampled",
+    "red-team-attempts",
+)
+
+
+def parse_hh_transcript(text: str) -> list[dict[str, str]]:
+    """Split an HH-RLHF transcript into chat messages.
+
+    ``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` -> ``[{"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"}]``. Contents are stripped; a turn may be empty
+    (HH-RLHF holds some empty final replies), so callers that need text check for it.
+    Raises :class:`PoiseError` when the text holds no turn or starts with text outside one.
+    """
+    matches = list(_HH_TURN.finditer(text))
+    if not matches:
+        raise PoiseError("not an HH-RLHF transcript: no 'Human:' or 'Assistant:' turn")
+    if text[: matches[0].start()].strip():
+        raise PoiseError("not an HH-RLHF transcript: text before the first 'Human:' turn")
+    messages: list[dict[str, str]] = []
+    for i, match in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        content = text[match.end() : end].strip()
+        messages.append({"role": _HH_ROLES[match.group(1)], "content": content})
+    return messages
+
+
+def _last_reply(turns: list[dict[str, str]]) -> str | None:
+    return turns[-1]["content"] if turns and turns[-1]["role"] == "assistant" else None
+
+
+@register_format("hh-rlhf", required=("chosen",))
+def hh_rlhf(record: Record, context: FormatContext) -> Draft:
+    """Anthropic HH-RLHF jsonl(.gz) (arXiv 2204.05862): the dialogue up to the last Human turn.
+
+    The chat is ``chosen`` cut after its last Human turn (``chosen`` and ``rejected`` share
+    that prefix); their final replies go to ``meta``. Kind: ``kind=`` when given, else benign
+    for the helpful-* subsets and harmful otherwise (harmless-base, red-team files). The
+    category is the HH subset folder when the file sits in one.
+    """
+    chosen = record.data.get("chosen")
+    if not isinstance(chosen, str) or not chosen.strip():
+        raise record.error("chosen", "expected a non-empty transcript")
+    try:
+        turns = parse_hh_transcript(chosen)
+    except PoiseError as exc:
+        raise record.error("chosen", str(exc)) from None
+    last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise record.error("chosen", "the transcript has no 'Human:' turn")
+    meta: dict[str, Any] = {"row": record.number}
+    reply = _last_reply(turns)
+    if reply is not None:
+        meta["chosen"] = reply
+    rejected = record.data.get("rejected")
+    if isinstance(rejected, str) and rejected.strip():
+        try:
+            rejected_reply = _last_reply(parse_hh_transcript(rejected))
+        except PoiseError as exc:
+            raise record.error("rejected", str(exc)) from None
+        if rejected_reply is not None:
+            meta["rejected"] = rejected_reply
+    subset = next((p for p in reversed(context.path_parts) if p in _HH_SUBSETS), None)
+    default_kind = "benign" if "helpful" in (subset or context.hint) else "harmful"
+    return Draft(
+        messages=turns[: last_user + 1],
+        field="chosen",
+        kind=context.kind or default_kind,
+        category=subset,
+        meta=meta,
+    )
+
+
+# ---- generic files with a column mapping ------------------------------------------------
+
+COLUMN_ROLES: tuple[str, ...] = ("prompt", "id", "kind", "category", "reference", "system")
+
+
+def _generic_check(columns: Sequence[str], context: FormatContext) -> FormatContext:
+    mapping = {role: role for role in COLUMN_ROLES if role in columns}
+    for role, column in context.columns.items():
+        if role not in COLUMN_ROLES:
+            raise UnknownNameError("column role", role, COLUMN_ROLES)
+        if column not in columns:
+            raise PoiseError(
+                f"{context.source}: missing required column {column!r} (mapped to {role}) "
+                f"(columns found: {_listing(columns)})"
+            )
+        mapping[role] = column
+    if "prompt" not in mapping:
+        raise PoiseError(
+            f"{context.source}: missing required column 'prompt' (columns found: "
+            f"{_listing(columns)}); name the prompt column with columns={{'prompt': ...}}"
+        )
+    if "kind" not in mapping and context.kind is None:
+        raise PoiseError(
+            f"{context.source}: no 'kind' column; give the kind of the whole file with "
+            f"kind= (one of {', '.join(KINDS)}) or map a column with columns={{'kind': ...}}"
+        )
+    return replace(context, columns=mapping)
+
+
+@register_format("generic", check=_generic_check, detect=False)
+def generic(record: Record, context: FormatContext) -> Draft:
+    """Any CSV / JSONL: columns prompt, id, kind, category, reference, system (renamable)."""
+    cols = context.columns
+    prompt_column = cols["prompt"]
+    prompt = record.require(prompt_column)
+    kind = context.kind
+    kind_value = record.text(cols["kind"]) if "kind" in cols else ""
+    if kind_value:
+        kind = _parse_kind(record, cols["kind"], kind_value)
+    system = record.text(cols["system"]) if "system" in cols else ""
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    used = set(cols.values())
+    meta: dict[str, Any] = {"row": record.number}
+    for name, value in record.data.items():
+        if name not in used and name and value not in (None, ""):
+            meta[name] = value
+    return Draft(
+        messages=messages,
+        field=prompt_column,
+        kind=kind,
+        category=_optional(record, cols.get("category")),
+        id=_row_id(record, context, _optional(record, cols.get("id")) or ""),
+        reference=_optional(record, cols.get("reference")),
+        meta=meta,
+    )

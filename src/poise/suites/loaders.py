@@ -1,0 +1,463 @@
+"""Load a suite from a built-in name, a local file in a public format, or a hub dataset.
+
+``load_suite(spec)`` resolves ``spec`` in this order:
+
+1. a built-in name (``harmful``, ``borderline``, ``benign``, ``honesty``): the JSONL file of
+   that name in ``poise/suites/builtin/``;
+2. an existing local file: ``.csv``, ``.tsv``, ``.jsonl`` / ``.ndjson``, ``.json`` (an array
+   of objects, or JSON lines), each optionally ``.gz``; the row format is detected from the
+   header (see :mod:`poise.suites.formats`) or forced with ``format=``;
+3. ``owner/name`` (optionally ``owner/name:split`` or ``owner/name:config:split``): a hub
+   dataset, read lazily through ``datasets.load_dataset``.
+
+Every mistake in the input ends in one :class:`~poise.errors.PoiseError` line naming the file,
+the line and the field. The whole file is read before any item is returned, so nothing is
+half-loaded; with ``limit`` only the first rows are converted.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import logging
+import re
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from poise.config import DEFAULT_SUITES
+from poise.errors import MissingExtraError, PoiseError, UnknownNameError
+from poise.suites.formats import (
+    Draft,
+    Format,
+    FormatContext,
+    Record,
+    detect_format,
+    formats,
+)
+from poise.suites.schema import KINDS, SuiteItem
+
+log = logging.getLogger(__name__)
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
+
+# Extensions read as data files (before an optional ".gz").
+DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+
+# "owner/name", optionally ":split" or ":config:split"; names as the hub allows them.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?::[\w.-]+){0,2}$")
+# Generic data-split file names; the folder above them names the suite instead.
+_SPLIT_STEMS = {"train", "test", "validation", "valid", "val", "dev", "data", "data_en"}
+
+
+@dataclass
+class Suite:
+    """A named list of items and where they came from."""
+
+    name: str
+    items: list[SuiteItem]
+    source: str
+    format: str = ""  # the row format the items were read with
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[SuiteItem]:
+        return iter(self.items)
+
+    def kind_counts(self) -> dict[str, int]:
+        """Items per kind, in the order of :data:`poise.suites.schema.KINDS`."""
+        counts: Counter[str] = Counter(item.kind for item in self.items)
+        return {kind: counts[kind] for kind in KINDS if counts[kind]}
+
+    def category_counts(self) -> dict[str, int]:
+        """Items per category, most frequent first."""
+        return dict(Counter(item.category for item in self.items).most_common())
+
+
+def builtin_suites() -> list[str]:
+    """Names of the built-in suites: the defaults, then any other data file shipped with them."""
+    extra = sorted(p.name.removesuffix(".jsonl") for p in BUILTIN_DIR.glob("*.jsonl"))
+    return list(DEFAULT_SUITES) + [name for name in extra if name not in DEFAULT_SUITES]
+
+
+def builtin_path(name: str) -> Path:
+    """The data file of a built-in suite (which may not exist yet)."""
+    return BUILTIN_DIR / f"{name}.jsonl"
+
+
+def load_suite(
+    spec: str,
+    *,
+    format: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    kind: str | None = None,
+    category: str | None = None,
+    limit: int | None = None,
+) -> Suite:
+    """Load a suite from a built-in name, a local file or a hub dataset id.
+
+    ``format`` forces a row format (``poise.suites.formats.names()``) instead of detecting it
+    from the header. ``columns`` maps roles (prompt, id, kind, category, reference, system) to
+    column names of a generic file and implies the generic format. ``kind`` and ``category``
+    apply to rows that carry none of their own (a format's convention, e.g. AdvBench ->
+    harmful, counts as none, so ``kind=`` overrides it). ``limit`` keeps the first N items.
+    """
+    if kind is not None and kind not in KINDS:
+        raise UnknownNameError("kind", kind, KINDS)
+    if limit is not None and limit < 1:
+        raise PoiseError(f"limit must be at least 1, got {limit}")
+    fmt = formats.get(format) if format is not None else None
+    if columns:
+        if fmt is None:
+            fmt = formats.get("generic")
+        elif fmt.name != "generic":
+            raise PoiseError(f"columns= applies to the generic format only, not {fmt.name!r}")
+    options = _Options(fmt, dict(columns or {}), kind, category, limit)
+
+    if spec in builtin_suites():
+        return _load_builtin(spec, options)
+    path = Path(spec).expanduser()
+    if path.exists():
+        return _load_file(path, spec, options)
+    if path.name.lower().removesuffix(".gz").endswith(DATA_EXTENSIONS):
+        raise PoiseError(f"{spec}: no such file")
+    if _HUB_ID.match(spec):
+        return _load_hub(spec, options)
+    if "/" in spec or "\\" in spec or spec.startswith((".", "~")):
+        raise PoiseError(f"{spec}: no such file")
+    raise UnknownNameError("suite", spec, builtin_suites())
+
+
+@dataclass(frozen=True)
+class _Options:
+    format: Format | None
+    columns: dict[str, str]
+    kind: str | None
+    category: str | None
+    limit: int | None
+
+
+# ---- sources ---------------------------------------------------------------------------
+
+
+def _load_builtin(name: str, options: _Options) -> Suite:
+    path = builtin_path(name)
+    if not path.exists():
+        raise PoiseError(
+            f"built-in suite {name!r} has no data file yet ({path}); "
+            "write it with `python -m poise.organism.world --write-suites`"
+        )
+    fmt = options.format or formats.get("poise")
+    return _load_file(
+        path, str(path), _Options(fmt, {}, options.kind, options.category, options.limit), name=name
+    )
+
+
+def _load_file(path: Path, source: str, options: _Options, *, name: str | None = None) -> Suite:
+    if path.is_dir():
+        raise PoiseError(f"{source}: is a folder; give a data file ({', '.join(DATA_EXTENSIONS)})")
+    text = _read_text(path, source)
+    container = _container(path, text)
+    header, rows = _parse(container, text, source)
+    context = FormatContext(
+        suite=name or suite_name(path),
+        source=source,
+        hint=str(path).lower(),
+        kind=options.kind,
+        category=options.category,
+        columns=options.columns,
+        path_parts=tuple(path.resolve().parent.parts),
+    )
+    return _build(header, rows, context, options)
+
+
+def _load_hub(spec: str, options: _Options) -> Suite:
+    repo, *rest = spec.split(":")
+    config, split = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0] if rest else None)
+    try:
+        import datasets
+    except ImportError:
+        raise MissingExtraError(
+            "datasets", "datasets", f"loading the hub dataset {repo!r}"
+        ) from None
+    try:
+        loaded = datasets.load_dataset(repo, config, split=split)
+    except Exception as exc:  # any failure of the hub is one line for the user
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise PoiseError(
+            f"{spec}: not a built-in suite or local file, and loading it as a hub dataset "
+            f"failed ({type(exc).__name__}: {first})"
+        ) from None
+    if isinstance(loaded, Mapping):  # a DatasetDict: every split of the dataset
+        splits = sorted(loaded)
+        if len(splits) != 1:
+            raise PoiseError(
+                f"{spec}: the hub dataset has splits {', '.join(splits)}; pick one as "
+                f"{repo}:SPLIT (or {repo}:CONFIG:SPLIT)"
+            )
+        split = splits[0]
+        loaded = loaded[split]
+    header = list(loaded.column_names)
+    where = spec if split is None or ":" in spec else f"{spec}:{split}"
+    rows = ((i + 1, f"{where} row {i + 1}", dict(row)) for i, row in enumerate(loaded))
+    name = repo.split("/", 1)[1] + (f"-{split}" if rest else "")
+    context = FormatContext(
+        suite=name,
+        source=spec,
+        hint=f"{repo}:{config or ''}:{split or ''}".lower(),
+        kind=options.kind,
+        category=options.category,
+        columns=options.columns,
+    )
+    return _build(header, rows, context, options)
+
+
+def suite_name(path: Path) -> str:
+    """A file's suite name: its stem without data extensions, or its folder's for split files.
+
+    ``harmful_behaviors.csv`` -> ``harmful_behaviors``; ``harmless-base/train.jsonl.gz`` ->
+    ``harmless-base-train``.
+    """
+    stem = path.name
+    for ext in (".gz", *DATA_EXTENSIONS):
+        stem = stem.removesuffix(ext) if stem.lower().endswith(ext) else stem
+    if stem.lower() in _SPLIT_STEMS and path.resolve().parent.name:
+        return f"{path.resolve().parent.name}-{stem}"
+    return stem
+
+
+# ---- bytes -> text -> rows -------------------------------------------------------------
+
+
+def _read_text(path: Path, source: str) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PoiseError(f"{source}: cannot read ({exc.strerror or exc})") from None
+    unpacked = " (after gunzip)" if path.name.lower().endswith(".gz") else ""
+    if unpacked:
+        if raw[:2] != b"\x1f\x8b":
+            raise PoiseError(
+                f"{source}: not a gzip file (named .gz but starts with {raw[:4]!r}); "
+                "rename it without .gz or compress it with gzip"
+            )
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise PoiseError(f"{source}: broken gzip data ({exc})") from None
+    if not raw.strip():
+        raise PoiseError(f"{source}: the file is empty{unpacked}")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise PoiseError(f"{source}:1: the file is UTF-16 text (byte-order mark); save it as UTF-8")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise PoiseError(
+            f"{source}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset "
+            f"{exc.start}{unpacked} ({exc.reason}); save the file as UTF-8"
+        ) from None
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is fine
+    if not text.strip():
+        raise PoiseError(f"{source}: the file is empty{unpacked}")
+    return text
+
+
+def _container(path: Path, text: str) -> str:
+    """csv, tsv, jsonl or json: from the extension, else from the first character."""
+    name = path.name.lower().removesuffix(".gz")
+    for ext, container in (
+        (".csv", "csv"),
+        (".tsv", "tsv"),
+        (".jsonl", "jsonl"),
+        (".ndjson", "jsonl"),
+        (".json", "json"),
+    ):
+        if name.endswith(ext):
+            return container
+    first = text.lstrip()[:1]
+    return {"{": "jsonl", "[": "json"}.get(first, "csv")
+
+
+Row = tuple[int, str, dict[str, Any]]  # (row number, "where", data)
+
+
+def _parse(container: str, text: str, source: str) -> tuple[list[str], Iterator[Row]]:
+    if container in ("csv", "tsv"):
+        return _parse_csv(text, source, "\t" if container == "tsv" else ",")
+    if container == "json":
+        stripped = text.lstrip()
+        if stripped.startswith("["):
+            return _parse_json_array(text, source)
+    return _parse_jsonl(text, source)
+
+
+def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
+    def rows() -> Iterator[Row]:
+        number = 0
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise PoiseError(
+                    f"{source}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})"
+                ) from None
+            if not isinstance(data, dict):
+                raise PoiseError(
+                    f"{source}:{line_no}: expected one JSON object per line, got {_json_type(data)}"
+                )
+            number += 1
+            yield number, f"{source}:{line_no}", data
+
+    iterator = rows()
+    first = next(iterator)  # the file is not blank, so there is a first row or an error
+    return list(first[2]), _chain(first, iterator)
+
+
+def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PoiseError(
+            f"{source}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
+        ) from None
+    if not isinstance(data, list):
+        raise PoiseError(f"{source}: expected a JSON array of objects, got {_json_type(data)}")
+    if not data:
+        raise PoiseError(f"{source}: the file is empty (an empty JSON array)")
+    for i, obj in enumerate(data):
+        if not isinstance(obj, dict):
+            raise PoiseError(
+                f"{source}: item {i + 1} of the array: expected an object, got {_json_type(obj)}"
+            )
+    rows = ((i + 1, f"{source}: item {i + 1}", obj) for i, obj in enumerate(data))
+    return list(data[0]), rows
+
+
+def _parse_csv(text: str, source: str, delimiter: str) -> tuple[list[str], Iterator[Row]]:
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+    except csv.Error as exc:
+        raise PoiseError(f"{source}:{reader.line_num}: bad CSV ({exc})") from None
+    header = [name.strip() for name in header]
+    repeated = [name for name, n in Counter(header).items() if n > 1 and name]
+    if repeated:
+        raise PoiseError(f"{source}:1: the header repeats the column {repeated[0]!r}")
+
+    def rows() -> Iterator[Row]:
+        number = 0
+        end = reader.line_num
+        while True:
+            start = end + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise PoiseError(f"{source}:{reader.line_num}: bad CSV ({exc})") from None
+            end = reader.line_num
+            if not any(v.strip() for v in values):
+                continue  # blank line
+            extra = [v for v in values[len(header) :] if v.strip()]
+            if extra:
+                raise PoiseError(
+                    f"{source}:{start}: {len(values)} fields but the header has {len(header)} "
+                    "columns (a comma inside an unquoted field?)"
+                )
+            number += 1
+            data = {name: value for name, value in zip(header, values, strict=False) if name}
+            yield number, f"{source}:{start}", data
+
+    iterator = rows()
+    try:
+        first = next(iterator)
+    except StopIteration:
+        raise PoiseError(f"{source}: the file is empty (a header and no rows)") from None
+    return header, _chain(first, iterator)
+
+
+def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
+    yield first
+    yield from rest
+
+
+def _json_type(value: object) -> str:
+    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(value), type(value).__name__)
+
+
+# ---- rows -> items ---------------------------------------------------------------------
+
+
+def _build(
+    header: Sequence[str], rows: Iterable[Row], context: FormatContext, options: _Options
+) -> Suite:
+    fmt = options.format or detect_format(header) or formats.get("generic")
+    if options.format is None:
+        log.debug("%s: detected format %r", context.source, fmt.name)
+    context = fmt.prepare(header, context)
+    items: list[SuiteItem] = []
+    first_seen: dict[str, str] = {}
+    for number, where, data in rows:
+        record = Record(data, number, where)
+        item = _finish(fmt.convert(record, context), record, context)
+        if item.id in first_seen:
+            raise record.error("id", f"duplicate id {item.id!r} (first at {first_seen[item.id]})")
+        first_seen[item.id] = where
+        items.append(item)
+        if options.limit is not None and len(items) >= options.limit:
+            break
+    if not items:
+        raise PoiseError(f"{context.source}: the file is empty (no rows)")
+    log.info("loaded %d items of suite %r from %s", len(items), context.suite, context.source)
+    return Suite(context.suite, items, context.source, fmt.name)
+
+
+def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
+    if draft.messages is not None:
+        messages = draft.messages
+    elif draft.prompt is not None and draft.prompt.strip():
+        messages = [{"role": "user", "content": draft.prompt}]
+    else:
+        raise record.error(draft.field, "is empty; every row needs a prompt")
+    kind = draft.kind or context.kind
+    if kind is None:
+        raise record.error("kind", f"no kind; give one with kind= (one of {', '.join(KINDS)})")
+    try:
+        return SuiteItem(
+            id=draft.id or f"{context.suite}-{record.number}",
+            messages=messages,
+            kind=kind,  # type: ignore[arg-type]  # validated by pydantic just below
+            category=draft.category or context.category or "uncategorized",
+            reference=draft.reference,
+            suite=draft.suite or context.suite,
+            meta=draft.meta,
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = error["loc"][0] if error["loc"] else "(row)"
+        name = draft.field if loc == "messages" else str(loc)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise record.error(name, message) from None
+
+
+__all__ = [
+    "BUILTIN_DIR",
+    "DATA_EXTENSIONS",
+    "Suite",
+    "builtin_path",
+    "builtin_suites",
+    "load_suite",
+    "suite_name",
+]
