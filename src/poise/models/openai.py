@@ -1,0 +1,474 @@
+"""The ``openai`` backend: a ``LanguageModel`` over any OpenAI-compatible chat endpoint.
+
+vLLM, SGLang, TGI, Ollama, llama.cpp's server and ``poise serve`` all speak the chat completions
+protocol, so this one backend is how poise scales past one machine: point it at a fleet::
+
+    model = OpenAIModel("meta-llama/Llama-3.1-8B-Instruct",
+                        base_urls=["http://gpu1:8000/v1", "http://gpu2:8000/v1"], concurrency=64)
+    model.generate(chats, Sampling(temperature=0.7, n=4, seed=1))
+
+or, through the resolver, ``openai:MODEL@http://gpu1:8000/v1,http://gpu2:8000/v1``.
+
+``generate`` stays synchronous and batch-first like every backend: inside, it runs an asyncio
+loop that fans the chats out concurrently (at most ``concurrency`` requests in flight), spreads
+them round-robin over the base URLs and retries what a busy fleet throws back (429, 5xx,
+connection errors, timeouts) with exponential backoff and jitter.
+
+The model's ``name`` is its identity in response caches and reports. The default,
+``openai:MODEL@<first base url>``, cannot see the weights behind the endpoint: when the server
+starts serving different weights under the same model name, give the model a new ``name`` (e.g.
+``name="openai:my-model@v2"``), or cached answers of the old weights will be reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from poise.config import Sampling
+from poise.errors import MissingExtraError, PoiseError
+from poise.models.base import Chat, Completion, FinishReason, TokenLogprobs
+
+if TYPE_CHECKING:
+    import openai
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Local servers (vLLM, poise serve) ignore the key but the client insists on one.
+_PLACEHOLDER_API_KEY = "EMPTY"
+# Backoff: attempt k (0-based) waits up to min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**k) seconds.
+_BACKOFF_BASE_S = 0.5
+_BACKOFF_CAP_S = 30.0
+# A server asking us to wait longer than this is treated as if it asked for the cap.
+_RETRY_AFTER_CAP_S = 60.0
+# Seeds asked of a server stay in a range every server accepts (vLLM takes int64; others int32).
+_SEED_MODULUS = 2**31 - 1
+_SPEC = re.compile(r"^openai:(?P<model>.+?)(?:@(?P<urls>https?://.*))?$")
+_OPTIONS = ("base_url", "base_urls", "api_key_env", "concurrency", "max_retries", "timeout", "name")
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError:
+        raise MissingExtraError("openai", "serve", "the openai backend") from None
+    return openai
+
+
+class OpenAIModel:
+    """A ``LanguageModel`` backed by one or more OpenAI-compatible chat completion endpoints.
+
+    Args:
+        model: the model name the server knows (the ``model`` field of each request).
+        base_urls: endpoints such as ``http://host:8000/v1``; requests go round-robin over them
+            and a retry moves to the next one. Default: ``$OPENAI_BASE_URL``, else OpenAI's API.
+        api_key_env: environment variable holding the API key (a placeholder is sent when unset,
+            which local servers accept).
+        concurrency: requests in flight at once, over all base URLs.
+        max_retries: retries of one request on 408 / 429 / 5xx / connection errors / timeouts;
+            any other 4xx is the request's fault and raises at once.
+        timeout: seconds for one request.
+        name: identity in caches and reports; default ``openai:MODEL@<first base url>``. Give a
+            new name whenever the weights behind the endpoint change.
+
+    ``score`` is not supported: chat endpoints do not return prompt log-probs portably.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_urls: Sequence[str] = (),
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 16,
+        max_retries: int = 4,
+        timeout: float = 120.0,
+        name: str | None = None,
+    ) -> None:
+        if not model:
+            raise PoiseError("openai backend: the model name is empty")
+        if isinstance(base_urls, str):
+            base_urls = [base_urls]
+        urls = [_check_url(u) for u in base_urls] or [
+            _check_url(os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
+        ]
+        if concurrency < 1:
+            raise PoiseError(f"openai backend: concurrency must be >= 1, got {concurrency}")
+        if max_retries < 0:
+            raise PoiseError(f"openai backend: max_retries must be >= 0, got {max_retries}")
+        if not timeout > 0:
+            raise PoiseError(f"openai backend: timeout must be > 0 seconds, got {timeout}")
+        _import_openai()  # fail now, not in the middle of an audit
+        self.model = model
+        self.base_urls: tuple[str, ...] = tuple(urls)
+        self.api_key_env = api_key_env
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.name = name or f"openai:{model}@{self.base_urls[0]}"
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAIModel({self.model!r}, base_urls={list(self.base_urls)!r}, name={self.name!r})"
+        )
+
+    # -- LanguageModel ---------------------------------------------------------------------------
+
+    def generate(
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
+        """``sampling.n`` completions per chat, requested concurrently.
+
+        ``progress``, when given, is called with the number of chats just finished (1 each time).
+        A request the server refuses (a 4xx other than 429) raises ``PoiseError`` with the
+        server's message; so does a request that still fails after ``max_retries`` retries.
+        """
+        if not chats:
+            return []
+        return _run_coroutine(lambda: self._generate_all(list(chats), sampling, progress))
+
+    def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
+        raise NotImplementedError(
+            f"{self.name}: the openai backend cannot score continuations, because chat "
+            "completion endpoints do not return prompt log-probs portably; use a local (hf) "
+            "model for log-prob based methods"
+        )
+
+    # -- internals -------------------------------------------------------------------------------
+
+    async def _generate_all(
+        self,
+        chats: list[Chat],
+        sampling: Sampling,
+        progress: Callable[[int], None] | None,
+    ) -> list[list[Completion]]:
+        openai = _import_openai()
+        api_key = os.environ.get(self.api_key_env) or _PLACEHOLDER_API_KEY
+        # One client per base URL, created inside this loop: an async client's connection pool
+        # belongs to the loop that made it. The client's own retries are off; ours fail over to
+        # the next base URL and honour Retry-After.
+        clients = [
+            openai.AsyncOpenAI(base_url=url, api_key=api_key, timeout=self.timeout, max_retries=0)
+            for url in self.base_urls
+        ]
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def one(index: int) -> list[Completion]:
+            async with semaphore:
+                out = await self._complete(clients, index, chats[index], sampling)
+            if progress is not None:
+                progress(1)
+            return out
+
+        tasks = [asyncio.ensure_future(one(i)) for i in range(len(chats))]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # One request failed for good: stop the rest instead of letting them run on.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        finally:
+            for client in clients:
+                await client.close()
+
+    async def _complete(
+        self, clients: list[Any], index: int, chat: Chat, sampling: Sampling
+    ) -> list[Completion]:
+        """All ``sampling.n`` completions of one chat, asking again for any the server left out
+        (llama.cpp and Ollama, for instance, ignore ``n``)."""
+        completions: list[Completion] = []
+        attempt_offset = 0
+        while len(completions) < sampling.n:
+            wanted = sampling.n - len(completions)
+            # A top-up must not repeat the samples already drawn, yet stay reproducible.
+            seed = (
+                sampling.seed
+                if not completions
+                else (sampling.seed + 1_000_003 * len(completions)) % _SEED_MODULUS
+            )
+            got, used = await self._request(
+                clients, index + attempt_offset, chat, sampling, n=wanted, seed=seed
+            )
+            attempt_offset += used
+            if not got:
+                raise PoiseError(f"{self.name}: the server returned no choices")
+            completions.extend(got[:wanted])
+        return completions
+
+    async def _request(
+        self,
+        clients: list[Any],
+        slot: int,
+        chat: Chat,
+        sampling: Sampling,
+        *,
+        n: int,
+        seed: int,
+    ) -> tuple[list[Completion], int]:
+        """One chat completion request with retries; returns the completions and the number of
+        attempts made (so a follow-up request keeps rotating over the base URLs)."""
+        openai = _import_openai()
+        kwargs = request_kwargs(self.model, chat, sampling, n=n, seed=seed)
+        last_error = ""
+        for attempt in range(self.max_retries + 1):
+            url_index = (slot + attempt) % len(clients)
+            client = clients[url_index]
+            retry_after: float | None = None
+            try:
+                response = await client.chat.completions.create(**kwargs)
+                return completions_from_response(response), attempt + 1
+            except openai.APIStatusError as exc:
+                status = exc.status_code
+                message = _server_message(exc)
+                if status not in (408, 429) and status < 500:
+                    raise PoiseError(
+                        f"{self.name}: {self.base_urls[url_index]} refused the request "
+                        f"(HTTP {status}): {message}"
+                    ) from None
+                last_error = f"HTTP {status}: {message}"
+                retry_after = _retry_after_seconds(exc.response.headers)
+            except openai.APIConnectionError as exc:  # includes APITimeoutError
+                last_error = f"{type(exc).__name__}: {exc}"
+            if attempt == self.max_retries:
+                break
+            delay = _backoff_seconds(attempt, retry_after)
+            logger.warning(
+                "%s: %s failed (%s); retry %d/%d in %.2fs",
+                self.name,
+                self.base_urls[url_index],
+                last_error,
+                attempt + 1,
+                self.max_retries,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        raise PoiseError(
+            f"{self.name}: request failed after {self.max_retries + 1} attempts: {last_error}"
+        )
+
+
+# -- request / response mapping --------------------------------------------------------------------
+
+
+def request_kwargs(
+    model: str, chat: Chat, sampling: Sampling, *, n: int, seed: int
+) -> dict[str, Any]:
+    """The keyword arguments of ``chat.completions.create`` for ``sampling``.
+
+    Greedy (``sampling.greedy``, which includes ``top_k == 1``) is sent as temperature 0 with
+    no truncation, the form every server understands. ``top_k`` is not part of the OpenAI API;
+    vLLM, SGLang and ``poise serve`` accept it in the request body, so it goes through
+    ``extra_body`` and only when it is on.
+    """
+    kwargs: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in chat],
+        "max_tokens": sampling.max_new_tokens,
+        "n": n,
+        "seed": seed,
+    }
+    if sampling.greedy:
+        kwargs["temperature"] = 0.0
+    else:
+        kwargs["temperature"] = sampling.temperature
+        kwargs["top_p"] = sampling.top_p
+        if sampling.top_k > 0:
+            kwargs["extra_body"] = {"top_k": sampling.top_k}
+    if sampling.stop:
+        kwargs["stop"] = list(sampling.stop)
+    return kwargs
+
+
+def completions_from_response(response: Any) -> list[Completion]:
+    """``Completion`` objects from a chat completion response, in choice order.
+
+    ``usage.completion_tokens`` counts all choices together: with one choice it is exact; with
+    several it is split in proportion to the length of each text (an estimate). Without usage,
+    whitespace-delimited words stand in for tokens.
+    """
+    choices = sorted(response.choices, key=lambda c: c.index)
+    texts = [(c.message.content or "") if c.message is not None else "" for c in choices]
+    usage = getattr(response, "usage", None)
+    total = getattr(usage, "completion_tokens", None) if usage is not None else None
+    if isinstance(total, int) and texts:
+        counts = _split_proportionally(total, [len(t) for t in texts])
+    else:
+        counts = [len(t.split()) for t in texts]
+    return [
+        Completion(text=text, num_tokens=count, finish_reason=_finish_reason(c.finish_reason))
+        for c, text, count in zip(choices, texts, counts, strict=True)
+    ]
+
+
+def _finish_reason(value: str | None) -> FinishReason:
+    return "length" if value == "length" else "stop"
+
+
+def _split_proportionally(total: int, weights: list[int]) -> list[int]:
+    """Integers summing to ``total``, proportional to ``weights`` (largest remainder)."""
+    if len(weights) == 1:
+        return [total]
+    weight_sum = sum(weights)
+    if weight_sum == 0:
+        weights, weight_sum = [1] * len(weights), len(weights)
+    exact = [total * w / weight_sum for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True)
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own error message (the OpenAI error body's ``message``), else the text."""
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    try:
+        text = exc.response.text.strip()
+    except Exception:
+        text = ""
+    return text[:500] or exc.message
+
+
+def _retry_after_seconds(headers: Any) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``), if any."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _backoff_seconds(attempt: int, retry_after: float | None) -> float:
+    """The server's Retry-After when it gave one, else "full jitter" exponential backoff
+    (uniform in [0, min(cap, base * 2**attempt)]), which keeps a fleet of clients from retrying
+    in lockstep."""
+    if retry_after is not None:
+        return min(retry_after, _RETRY_AFTER_CAP_S)
+    return random.uniform(0.0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
+
+
+def _check_url(url: str) -> str:
+    url = url.strip()
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise PoiseError(f"openai backend: base URL {url!r} must start with http:// or https://")
+    return url.rstrip("/")
+
+
+# -- event loop plumbing ---------------------------------------------------------------------------
+
+
+def _run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from synchronous code.
+
+    In a thread without a running loop this is ``asyncio.run``. Inside a running loop (a notebook,
+    an async application) blocking that loop's thread on itself would deadlock, so the coroutine
+    gets a private loop in a worker thread instead.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
+
+
+# -- resolver entry point --------------------------------------------------------------------------
+
+
+def load(spec: str, **options: Any) -> OpenAIModel:
+    """``openai:MODEL`` or ``openai:MODEL@URL[,URL...]`` -> :class:`OpenAIModel`.
+
+    Options: ``base_url`` (one URL), ``base_urls`` (a list or a comma-separated string),
+    ``api_key_env``, ``concurrency``, ``max_retries``, ``timeout``, ``name``. Without any URL the
+    base URL comes from ``$OPENAI_BASE_URL`` (else OpenAI's API).
+    """
+    match = _SPEC.match(spec.strip())
+    if match is None or not match.group("model").strip():
+        raise PoiseError(
+            f"bad openai model spec {spec!r}: expected openai:MODEL or "
+            "openai:MODEL@http://host:port/v1[,http://host2:port/v1]"
+        )
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise PoiseError(
+            f"unknown option(s) for the openai backend: {', '.join(unknown)} "
+            f"(known: {', '.join(_OPTIONS)})"
+        )
+    urls: list[str] = []
+    if match.group("urls"):
+        urls += _split_urls(match.group("urls"))
+    if options.get("base_url") is not None:
+        urls += _split_urls(options["base_url"])
+    if options.get("base_urls") is not None:
+        urls += _split_urls(options["base_urls"])
+    return OpenAIModel(
+        match.group("model").strip(),
+        base_urls=urls,
+        api_key_env=str(options.get("api_key_env", "OPENAI_API_KEY")),
+        concurrency=_int_option(options, "concurrency", 16),
+        max_retries=_int_option(options, "max_retries", 4),
+        timeout=_float_option(options, "timeout", 120.0),
+        name=str(options["name"]) if options.get("name") else None,
+    )
+
+
+def _split_urls(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [u for u in (p.strip() for p in value.split(",")) if u]
+    if isinstance(value, Sequence):
+        return [str(u).strip() for u in value if str(u).strip()]
+    raise PoiseError(f"openai backend: base URLs must be a string or a list, got {value!r}")
+
+
+def _int_option(options: dict[str, Any], key: str, default: int) -> int:
+    value = options.get(key, default)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise PoiseError(
+            f"openai backend: option {key} must be an integer, got {value!r}"
+        ) from None
+
+
+def _float_option(options: dict[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise PoiseError(f"openai backend: option {key} must be a number, got {value!r}") from None
