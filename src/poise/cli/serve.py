@@ -1,0 +1,69 @@
+"""``poise serve``: serve any model over an OpenAI-compatible HTTP API."""
+
+from __future__ import annotations
+
+import typer
+
+from poise.cli._common import console, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve_command(
+        model: str = typer.Option(
+            "organism", "--model", "-m", help="Model to serve: any spec load_model accepts."
+        ),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+        port: int = typer.Option(8000, "--port", help="TCP port."),
+        max_batch: int = typer.Option(32, "--max-batch", help="Most chats in one generate call."),
+        batch_window_ms: float = typer.Option(
+            5.0, "--batch-window-ms", help="How long a batch waits for more requests (ms)."
+        ),
+        max_tokens_limit: int = typer.Option(
+            2048, "--max-tokens-limit", help="Largest max_tokens a request may ask for."
+        ),
+        max_n: int = typer.Option(128, "--max-n", help="Largest n a request may ask for."),
+        served_name: str | None = typer.Option(
+            None, "--served-name", help="Model name clients send (default: the --model spec)."
+        ),
+    ) -> None:
+        """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
+        with user_errors():
+            from pydantic import ValidationError
+
+            from poise.config import format_validation_error
+            from poise.errors import MissingExtraError, PoiseError
+            from poise.models.base import LanguageModel
+            from poise.serve.schema import ServeConfig
+
+            try:
+                config = ServeConfig(
+                    model=model,
+                    host=host,
+                    port=port,
+                    max_batch=max_batch,
+                    batch_window_ms=batch_window_ms,
+                    max_tokens_limit=max_tokens_limit,
+                    max_n=max_n,
+                    served_name=served_name,
+                )
+            except ValidationError as exc:
+                raise PoiseError(f"poise serve: {format_validation_error(exc)}") from None
+            try:
+                from poise.serve.app import serve
+            except ImportError as exc:
+                raise MissingExtraError(exc.name or "fastapi", "serve", "poise serve") from None
+
+            from poise.models import load_model
+
+            with console.status(f"loading {config.model} ..."):
+                loaded = load_model(config.model)
+
+            def ready(served: LanguageModel) -> None:
+                console.print(
+                    f"serving [bold]{served.name}[/] as [bold]{config.name}[/] on "
+                    f"http://{config.host}:{config.port}/v1  (Ctrl-C to stop)",
+                    highlight=False,
+                )
+
+            serve(config, model=loaded, on_ready=ready)

@@ -1,0 +1,256 @@
+"""Collect concurrent requests into batched ``generate`` calls.
+
+A ``LanguageModel`` is batch-first: one call over 32 chats costs little more than one over a
+single chat. The server therefore never calls the model per request. Requests wait in a queue
+for up to ``window_s`` (or until ``max_batch`` chats are waiting); the batch is then split into
+groups of identical sampling parameters, and each group is one ``model.generate`` call made in a
+single worker thread, so the model is never used by two threads at once. While a call runs, new
+requests queue up and form the next batch.
+
+Seeds. A request with a seed is reproducible: it is generated with exactly its ``Sampling``.
+Requests without a seed share one freshly drawn seed per call, which keeps them batchable; since
+a backend's samples depend on (chat, seed, sample index) only, two identical chats in one call
+would get identical samples, so when sampling (not greedy) a repeated chat goes to a later call
+with another fresh seed. Identical (chat, sampling) pairs that must give identical outputs (with
+a seed, or greedy) are generated once and the result shared.
+
+A request whose client went away before its batch ran is dropped from the queue (its future is
+cancelled), so no generation is wasted on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from poise.config import Sampling
+from poise.models.base import Chat, Completion, LanguageModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The answer to one request: ``sampling.n`` completions and the prompt's token count
+    (``None`` where the model does not expose a tokenizer)."""
+
+    completions: list[Completion]
+    prompt_tokens: int | None
+
+
+@dataclass(eq=False)
+class _Queued:
+    chat: Chat
+    sampling: Sampling
+    seeded: bool
+    future: asyncio.Future[Generation]
+    chat_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.chat_key = json.dumps(self.chat, sort_keys=True, ensure_ascii=False)
+
+    @property
+    def group_key(self) -> tuple[bool, str]:
+        # Every sampling field that changes the output is in the key; the seed of an unseeded
+        # request is a placeholder and is replaced by the call's fresh seed.
+        if self.seeded:
+            return (True, self.sampling.key())
+        return (False, self.sampling.model_copy(update={"seed": 0}).key())
+
+
+def fresh_seed() -> int:
+    """A random seed for a request that did not give one."""
+    return secrets.randbits(31)
+
+
+class Batcher:
+    """Queue of pending requests in front of one ``LanguageModel``.
+
+    Use from one event loop: ``await start()``, then ``submit(...)`` from request handlers and
+    ``await`` the returned future (cancel it when the client leaves), ``await stop()`` at the end.
+    """
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        *,
+        max_batch: int = 32,
+        window_s: float = 0.005,
+        count_prompt_tokens: Callable[[Chat], int | None] | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.model = model
+        self.max_batch = max_batch
+        self.window_s = max(0.0, window_s)
+        self.count_prompt_tokens = count_prompt_tokens
+        self._queue: deque[_Queued] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self.running = 0  # chats in the generate call now running
+        self.generate_calls = 0
+        self.generated_chats = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._arrived = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="poise-generate"
+        )
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="poise-batcher")
+
+    async def stop(self) -> None:
+        """Stop batching; requests still waiting fail with ``RuntimeError``."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(RuntimeError("the server is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def submit(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> asyncio.Future[Generation]:
+        """Queue one chat; the future resolves to its :class:`Generation`.
+
+        Cancel the future to withdraw the request (a client that disconnected).
+        """
+        if self._task is None or self._arrived is None:
+            raise RuntimeError("the batcher is not started")
+        future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Queued(chat, sampling, seeded, future))
+        self._arrived.set()
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a batch (withdrawn ones excluded)."""
+        return sum(1 for item in self._queue if not item.future.done())
+
+    # -- internals -------------------------------------------------------------------------------
+
+    def _drop_withdrawn(self) -> None:
+        if any(item.future.done() for item in self._queue):
+            self._queue = deque(item for item in self._queue if not item.future.done())
+
+    async def _loop(self) -> None:
+        assert self._arrived is not None
+        while True:
+            self._drop_withdrawn()
+            if not self._queue:
+                self._arrived.clear()
+                await self._arrived.wait()
+                # A request reached an idle server: wait a moment for company. Requests that
+                # queued up behind a running call skip this; they have already waited.
+                await self._window()
+                continue
+            batch: list[_Queued] = []
+            while self._queue and len(batch) < self.max_batch:
+                batch.append(self._queue.popleft())
+            try:
+                await self._run_batch(batch)
+            except asyncio.CancelledError:
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(RuntimeError("the server is shutting down"))
+                raise
+
+    async def _window(self) -> None:
+        assert self._arrived is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.window_s
+        while self.pending < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        groups: dict[tuple[bool, str], list[_Queued]] = {}
+        for item in batch:
+            groups.setdefault(item.group_key, []).append(item)
+        for (seeded, _), items in groups.items():
+            sampling = items[0].sampling
+            if seeded or sampling.greedy:
+                await self._generate(items, sampling)
+                continue
+            # Unseeded sampling: the k-th copy of a chat goes to the k-th call so that copies
+            # get independent samples.
+            rounds: list[list[_Queued]] = []
+            seen: dict[str, int] = {}
+            for item in items:
+                k = seen.get(item.chat_key, 0)
+                seen[item.chat_key] = k + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(item)
+            for round_items in rounds:
+                await self._generate(
+                    round_items, sampling.model_copy(update={"seed": fresh_seed()})
+                )
+
+    async def _generate(self, items: list[_Queued], sampling: Sampling) -> None:
+        live = [item for item in items if not item.future.done()]
+        if not live:
+            return
+        index: dict[str, int] = {}
+        chats: list[Chat] = []
+        for item in live:
+            if item.chat_key not in index:
+                index[item.chat_key] = len(chats)
+                chats.append(item.chat)
+        assert self._executor is not None
+        loop = asyncio.get_running_loop()
+        self.running = len(live)
+        try:
+            results = await loop.run_in_executor(self._executor, self._call_model, chats, sampling)
+        except Exception as exc:
+            logger.exception("generate failed on a batch of %d chats", len(chats))
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        finally:
+            self.running = 0
+        self.generate_calls += 1
+        self.generated_chats += len(chats)
+        for item in live:
+            if not item.future.done():
+                item.future.set_result(results[index[item.chat_key]])
+
+    def _call_model(self, chats: list[Chat], sampling: Sampling) -> list[Generation]:
+        """Runs in the worker thread: the model and its tokenizer are only touched here."""
+        logger.debug("generate: %d chats, %s", len(chats), sampling.key())
+        outputs = self.model.generate(chats, sampling)
+        if len(outputs) != len(chats):
+            raise RuntimeError(
+                f"model {self.model.name!r} returned {len(outputs)} results for {len(chats)} chats"
+            )
+        return [
+            Generation(
+                completions=list(completions),
+                prompt_tokens=self.count_prompt_tokens(chat) if self.count_prompt_tokens else None,
+            )
+            for chat, completions in zip(chats, outputs, strict=True)
+        ]

@@ -1,0 +1,295 @@
+"""What ``poise serve`` accepts and answers: its config, request parsing and OpenAI-style errors.
+
+Requests follow OpenAI's chat completions schema (plus vLLM's ``top_k`` extension). Parsing is
+done by hand on top of pydantic so that every malformed request ends in the OpenAI error shape
+with status 400 and the offending ``param`` named, never a 422 or a 500::
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "top_p", "code": ...}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from poise.config import Sampling, StrictModel
+from poise.models.base import Chat, Message
+
+
+class ServeConfig(StrictModel):
+    """Settings of ``poise serve``; each field is one CLI flag."""
+
+    model: str = Field(
+        default="organism", description="model spec to serve (any name load_model takes)"
+    )
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
+    max_batch: int = Field(default=32, ge=1, le=4096, description="most chats in one generate call")
+    batch_window_ms: float = Field(
+        default=5.0, ge=0.0, le=10_000.0, description="how long a batch waits for more requests"
+    )
+    max_tokens_limit: int = Field(
+        default=2048, ge=1, le=32768, description="largest max_tokens a request may ask for"
+    )
+    max_n: int = Field(default=128, ge=1, le=4096, description="largest n a request may ask for")
+    served_name: str | None = Field(
+        default=None, description="model name clients send (default: the --model spec)"
+    )
+
+    @property
+    def name(self) -> str:
+        return self.served_name or self.model
+
+
+class RequestError(Exception):
+    """A request the server refuses, with what the OpenAI error body needs."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 400,
+        param: str | None = None,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+        self.type = type
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, param=self.param, code=self.code, type=self.type)
+
+
+def error_body(
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    type: str = "invalid_request_error",
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+# -- the request body ------------------------------------------------------------------------------
+
+
+class _TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    type: Literal["text"]
+    text: str
+
+
+class _MessageIn(BaseModel):
+    # ``name`` and other per-message fields change nothing here: ignored.
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: str
+    content: str | list[_TextPart]
+
+
+class _RequestIn(BaseModel):
+    # Strict: "0.5" is not a temperature and true is not an n. Unknown fields are checked
+    # separately (see _UNSUPPORTED) instead of being refused, because clients send many
+    # harmless ones (user, metadata, stream_options ...).
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str
+    messages: list[_MessageIn] = Field(min_length=1)
+    temperature: float | None = Field(None, ge=0.0, le=100.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    # vLLM's extension: -1 (or 0) turns it off.
+    top_k: StrictInt | None = Field(None, ge=-1)
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    n: StrictInt | None = None
+    seed: StrictInt | None = None
+    stop: str | list[str] | None = None
+    stream: StrictBool | None = None
+    stream_options: dict[str, Any] | None = None
+
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+# Parameters that change the output but that poise serve cannot honour, with the value that
+# means "off". A request that turns one on is refused rather than silently answered wrongly.
+_UNSUPPORTED: dict[str, tuple[object, ...]] = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "logit_bias": (None, {}),
+    "tools": (None, []),
+    "functions": (None, []),
+    "response_format": (None, {"type": "text"}),
+    "best_of": (None, 1),
+}
+
+_PYDANTIC_CODES = {
+    "missing": "missing_required_parameter",
+    "too_short": "invalid_value",
+    "extra_forbidden": "unknown_parameter",
+}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A parsed, validated chat completion request.
+
+    ``sampling.seed`` is the client's seed when ``seeded``; otherwise it is a placeholder and
+    the batcher draws a fresh random seed (OpenAI semantics: no seed, no reproducibility).
+    """
+
+    model: str
+    chat: Chat
+    sampling: Sampling
+    seeded: bool
+    stream: bool
+    include_usage: bool
+
+
+def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
+    """Bytes of a request body -> :class:`ChatRequest`, or :class:`RequestError` (400)."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(
+            f"the request body is not valid JSON ({exc})", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object", code="invalid_type")
+    try:
+        req = _RequestIn.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+    for key, off_values in _UNSUPPORTED.items():
+        if key in data and data[key] not in off_values:
+            raise RequestError(
+                f"{key} is not supported by poise serve", param=key, code="unsupported_parameter"
+            )
+
+    chat: Chat = []
+    for i, message in enumerate(req.messages):
+        role = _ROLES.get(message.role)
+        if role is None:
+            raise RequestError(
+                f"unknown role {message.role!r} in messages[{i}] "
+                f"(expected one of: {', '.join(_ROLES)})",
+                param=f"messages[{i}].role",
+                code="invalid_value",
+            )
+        content = (
+            message.content
+            if isinstance(message.content, str)
+            else "".join(part.text for part in message.content)
+        )
+        chat.append(Message(role=role, content=content))
+
+    if (
+        req.max_tokens is not None
+        and req.max_completion_tokens is not None
+        and req.max_tokens != req.max_completion_tokens
+    ):
+        raise RequestError(
+            "max_tokens and max_completion_tokens disagree; send only one",
+            param="max_completion_tokens",
+            code="invalid_value",
+        )
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else None
+    max_param = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, max_param = req.max_tokens, "max_tokens"
+    if max_tokens is None:
+        # OpenAI's default is "as much as allowed".
+        max_tokens = config.max_tokens_limit
+    elif not 1 <= max_tokens <= config.max_tokens_limit:
+        raise RequestError(
+            f"{max_param} must be between 1 and {config.max_tokens_limit}, got {max_tokens}",
+            param=max_param,
+            code="invalid_value",
+        )
+
+    n = 1 if req.n is None else req.n
+    if not 1 <= n <= config.max_n:
+        raise RequestError(
+            f"n must be between 1 and {config.max_n}, got {n}", param="n", code="invalid_value"
+        )
+
+    stop: tuple[str, ...] = ()
+    if req.stop is not None:
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+        if any(s == "" for s in stop):
+            raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
+
+    try:
+        sampling = Sampling(
+            # OpenAI's default temperature is 1 (sampling), not greedy.
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=max(0, req.top_k or 0),
+            max_new_tokens=max_tokens,
+            n=n,
+            seed=0 if req.seed is None else req.seed,
+            stop=stop,
+        )
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+    include_usage = bool((req.stream_options or {}).get("include_usage", False))
+    return ChatRequest(
+        model=req.model,
+        chat=chat,
+        sampling=sampling,
+        seeded=req.seed is not None,
+        stream=bool(req.stream),
+        include_usage=include_usage,
+    )
+
+
+def validation_error(exc: ValidationError) -> RequestError:
+    """The first problem of a pydantic error as a 400 naming the parameter."""
+    return error_from_details(list(exc.errors(include_url=False)))
+
+
+def error_from_details(errors: list[Any]) -> RequestError:
+    """A 400 from pydantic-style error details (``loc``, ``msg``, ``type``, ``input``), as found
+    in a ``ValidationError`` or FastAPI's ``RequestValidationError``."""
+    if not errors:
+        return RequestError("invalid request")
+    err = errors[0]
+    kind = str(err.get("type", ""))
+    if kind == "json_invalid":
+        return RequestError("the request body is not valid JSON", code="invalid_json")
+    # Drop FastAPI's "body" prefix and pydantic's union-branch names ("str", "list[_TextPart]").
+    loc = [
+        p
+        for p in err.get("loc", ())
+        if p != "body" and not (isinstance(p, str) and ("[" in p or p in {"str", "list"}))
+    ]
+    param = _param_path(loc)
+    if kind == "missing":
+        message = f"{param} is required"
+    else:
+        message = f"{param}: {err.get('msg', 'invalid value')}" if param else str(err.get("msg"))
+        value = err.get("input")
+        if isinstance(value, (str, int, float, bool)):
+            message += f" (got {value!r})"
+    code = _PYDANTIC_CODES.get(kind, "invalid_type" if kind.endswith("_type") else "invalid_value")
+    return RequestError(message, param=param or None, code=code)
+
+
+def _param_path(loc: list[Any]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
