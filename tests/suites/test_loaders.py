@@ -1,0 +1,442 @@
+"""load_suite: name resolution, built-ins, hub ids, limits, and one clear line for bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poise.errors import MissingExtraError, PoiseError, UnknownNameError
+from poise.suites import DEFAULT_SUITES, builtin_suites, load_suite
+from poise.suites import loaders as loaders_module
+
+DATA = Path(__file__).parent / "data"
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _error(spec: str, **kwargs: Any) -> str:
+    """The message of the PoiseError that loading ``spec`` raises; it must be one line."""
+    with pytest.raises(PoiseError) as info:
+        load_suite(spec, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+# ---- built-in suites ---------------------------------------------------------------------
+
+
+def _builtin_files_present() -> bool:
+    return all(loaders_module.builtin_path(name).exists() for name in DEFAULT_SUITES)
+
+
+@pytest.mark.skipif(not _builtin_files_present(), reason="built-in suite files not generated yet")
+def test_builtin_suites_have_the_promised_sizes_and_unique_ids() -> None:
+    suites = {name: load_suite(name) for name in DEFAULT_SUITES}
+    harmful = suites["harmful"]
+    assert len(harmful) >= 200
+    assert len(harmful.category_counts()) >= 8
+    assert len(suites["borderline"]) >= 150
+    assert len(suites["benign"]) >= 150
+    assert len(suites["honesty"]) == 100
+    assert set(suites["honesty"].kind_counts()) <= {"honesty-known", "honesty-unknown"}
+    for name, suite in suites.items():
+        assert suite.name == name and suite.format == "poise"
+        assert {item.suite for item in suite} == {name}
+        if name != "honesty":
+            assert set(suite.kind_counts()) == {name}
+    all_ids = [item.id for suite in suites.values() for item in suite]
+    assert len(all_ids) == len(set(all_ids)), "ids must be unique across the built-in suites"
+    assert all(item.reference for item in suites["honesty"] if item.kind == "honesty-known")
+
+
+def test_builtin_suites_lists_the_defaults_first() -> None:
+    assert builtin_suites()[:4] == ["harmful", "borderline", "benign", "honesty"]
+
+
+def test_builtin_suite_is_read_from_the_builtin_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loaders_module, "BUILTIN_DIR", tmp_path)
+    item = {
+        "id": "benign-0001",
+        "messages": [{"role": "user", "content": "How do I boil an egg?"}],
+        "kind": "benign",
+        "category": "cooking",
+        "reference": None,
+        "suite": "benign",
+        "meta": {},
+    }
+    (tmp_path / "benign.jsonl").write_text(json.dumps(item) + "\n", encoding="utf-8")
+    suite = load_suite("benign")
+    assert suite.name == "benign"
+    assert suite.items[0].model_dump() == item
+    assert suite.source == str(tmp_path / "benign.jsonl")
+
+
+def test_missing_builtin_file_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loaders_module, "BUILTIN_DIR", tmp_path)
+    message = _error("harmful")
+    assert message.startswith("built-in suite 'harmful' has no data file yet")
+
+
+def test_unknown_suite_name_suggests_the_nearest_builtin() -> None:
+    with pytest.raises(UnknownNameError) as info:
+        load_suite("harmfull")
+    assert str(info.value).startswith("unknown suite 'harmfull'; did you mean 'harmful'?")
+
+
+def test_unknown_format_suggests_the_nearest_format() -> None:
+    with pytest.raises(
+        UnknownNameError, match=r"unknown suite format 'advbnch'; did you mean 'advbench'"
+    ):
+        load_suite(str(DATA / "harmful_behaviors.csv"), format="advbnch")
+
+
+def test_unknown_kind_argument_lists_the_kinds() -> None:
+    with pytest.raises(
+        UnknownNameError, match=r"unknown kind 'harm'.*known: benign, borderline, harmful"
+    ):
+        load_suite(str(DATA / "generic.jsonl"), columns={"prompt": "question"}, kind="harm")
+
+
+# ---- limit -------------------------------------------------------------------------------
+
+
+def test_limit_keeps_the_first_items_and_stops_reading() -> None:
+    suite = load_suite(str(DATA / "xstest_prompts.csv"), limit=2)
+    assert [item.id for item in suite] == ["xstest_prompts-1", "xstest_prompts-2"]
+
+
+def test_limit_stops_before_a_bad_row_further_down(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.jsonl", '{"prompt": "hi", "kind": "benign"}\n{not json\n')
+    assert len(load_suite(spec, limit=1)) == 1
+    assert "a.jsonl:2: invalid JSON" in _error(spec)
+
+
+def test_limit_below_one_is_an_error() -> None:
+    assert _error("harmful", limit=0) == "limit must be at least 1, got 0"
+
+
+# ---- bad input: each case is one PoiseError naming file, line and field ------------------
+
+
+def test_bad_json_names_file_line_and_the_json_error(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "bad.jsonl",
+        '{"prompt": "fine", "kind": "benign"}\n\n{"prompt": "broken" "kind": "benign"}\n',
+    )
+    message = _error(spec)
+    assert message == f"{spec}:3: invalid JSON (Expecting ',' delimiter at column 21)"
+
+
+def test_a_json_line_that_is_not_an_object(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.jsonl", '{"prompt": "x", "kind": "benign"}\n["x"]\n')
+    assert _error(spec) == f"{spec}:2: expected one JSON object per line, got an array"
+
+
+def test_missing_required_column_is_named_with_the_columns_found(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "question,kind\nWhat is 2+2?,benign\n")
+    message = _error(spec)
+    assert message.startswith(
+        f"{spec}: missing required column 'prompt' (columns found: 'question', 'kind')"
+    )
+
+
+def test_mapped_column_that_does_not_exist(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "question,kind\nWhat is 2+2?,benign\n")
+    message = _error(spec, columns={"prompt": "questoin"})
+    assert message == (
+        f"{spec}: missing required column 'questoin' (mapped to prompt) "
+        "(columns found: 'question', 'kind')"
+    )
+
+
+def test_unknown_column_role(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "question,kind\nWhat is 2+2?,benign\n")
+    with pytest.raises(
+        UnknownNameError, match=r"unknown column role 'promt'; did you mean 'prompt'"
+    ):
+        load_suite(spec, columns={"promt": "question"})
+
+
+def test_columns_apply_to_the_generic_format_only() -> None:
+    message = _error(
+        str(DATA / "harmful_behaviors.csv"), format="advbench", columns={"prompt": "goal"}
+    )
+    assert message == "columns= applies to the generic format only, not 'advbench'"
+
+
+def test_generic_file_without_kind_asks_for_kind(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "prompt\nHello there\n")
+    assert "no 'kind' column; give the kind of the whole file with kind=" in _error(spec)
+    assert load_suite(spec, kind="benign").items[0].kind == "benign"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("zero.csv", "", "the file is empty"),
+        ("blank.jsonl", "\n  \n", "the file is empty"),
+        ("header.csv", "goal,target\n", "the file is empty (a header and no rows)"),
+        ("array.json", "[]", "the file is empty (an empty JSON array)"),
+        ("bom.csv", "\ufeff", "the file is empty"),
+    ],
+)
+def test_empty_files(tmp_path: Path, name: str, content: str, expected: str) -> None:
+    spec = _write(tmp_path / name, content)
+    assert _error(spec) == f"{spec}: {expected}"
+
+
+def test_wrong_encoding_says_not_utf8_with_byte_offset_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("prompt,kind\nCafé au lait?,benign\n".encode("latin-1"))
+    assert _error(str(path)) == (
+        f"{path}:2: not UTF-8 text: byte 0xe9 at byte offset 15 (invalid continuation byte); "
+        "save the file as UTF-8"
+    )
+
+
+def test_utf16_file_is_named_as_such(tmp_path: Path) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_bytes("prompt,kind\nhello,benign\n".encode("utf-16"))
+    assert (
+        _error(str(path))
+        == f"{path}:1: the file is UTF-16 text (byte-order mark); save it as UTF-8"
+    )
+
+
+def test_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "bom.csv"
+    path.write_bytes("\ufeffgoal,target\nSay something rude,Sure\n".encode())
+    suite = load_suite(str(path))
+    assert suite.format == "advbench"
+    assert suite.items[0].prompt == "Say something rude"
+
+
+def test_a_row_with_an_empty_prompt_names_line_and_field(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "harmful_behaviors.csv",
+        'goal,target\nDo a bad thing,Sure\n"   ",Sure\n',
+    )
+    assert _error(spec) == f"{spec}:3: field 'goal': is empty; every row needs a prompt here"
+
+
+def test_an_empty_prompt_in_jsonl_names_line_and_field(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "a.jsonl",
+        '{"prompt": "ok", "kind": "benign"}\n{"prompt": null, "kind": "benign"}\n',
+    )
+    assert _error(spec) == f"{spec}:2: field 'prompt': is empty; every row needs a prompt here"
+
+
+def test_empty_message_content_in_a_poise_file(tmp_path: Path) -> None:
+    row = {"id": "a", "messages": [{"role": "user", "content": " "}], "kind": "benign"}
+    spec = _write(tmp_path / "items.jsonl", json.dumps(row) + "\n")
+    assert _error(spec) == f"{spec}:1: field 'messages': message 0 has empty content"
+
+
+def test_unknown_kind_value_in_a_row(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "prompt,kind\nHello,benign\nBye,begnin\n")
+    message = _error(spec)
+    assert message.startswith(
+        f"{spec}:3: field 'kind': unknown kind 'begnin'; did you mean 'benign'"
+    )
+
+
+def test_unknown_field_in_a_poise_file(tmp_path: Path) -> None:
+    row = {"id": "a", "messages": [{"role": "user", "content": "hi"}], "kind": "benign", "knd": 1}
+    spec = _write(tmp_path / "items.jsonl", json.dumps(row) + "\n")
+    assert _error(spec).startswith(f"{spec}:1: field 'knd': not a field of a poise suite item")
+
+
+def test_duplicate_ids_name_both_places(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "a.csv", "id,prompt,kind\nq1,Hello,benign\nq2,Hi,benign\nq1,Hey,benign\n"
+    )
+    assert _error(spec) == f"{spec}:4: field 'id': duplicate id 'q1' (first at {spec}:2)"
+
+
+def test_multiline_csv_rows_report_the_line_where_the_row_starts(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "a.csv", 'prompt,kind\n"two\nlines",benign\n"three\nmore\nlines",benignn\n'
+    )
+    assert _error(spec).startswith(f"{spec}:4: field 'kind': unknown kind 'benignn'")
+
+
+def test_too_many_csv_fields(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "prompt,kind\nHello, world,benign\n")
+    assert _error(spec) == (
+        f"{spec}:2: 3 fields but the header has 2 columns (a comma inside an unquoted field?)"
+    )
+
+
+def test_repeated_header_column(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "prompt,prompt,kind\na,b,benign\n")
+    assert _error(spec) == f"{spec}:1: the header repeats the column 'prompt'"
+
+
+def test_gz_file_that_is_not_gzip(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "train.jsonl.gz", '{"chosen": "\\n\\nHuman: hi"}\n')
+    assert _error(spec).startswith(f"{spec}: not a gzip file (named .gz but starts with b'{{\"ch'")
+
+
+def test_truncated_gzip(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl.gz"
+    path.write_bytes(gzip.compress(b'{"chosen": "\\n\\nHuman: hi"}\n' * 50)[:30])
+    assert _error(str(path)).startswith(f"{path}: broken gzip data")
+
+
+def test_latin1_inside_gzip_reports_the_offset_after_gunzip(tmp_path: Path) -> None:
+    path = tmp_path / "a.jsonl.gz"
+    path.write_bytes(gzip.compress('{"prompt": "Café", "kind": "benign"}\n'.encode("latin-1")))
+    assert "byte 0xe9 at byte offset 15 (after gunzip)" in _error(str(path))
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    assert _error(str(tmp_path / "nothere.csv")) == f"{tmp_path / 'nothere.csv'}: no such file"
+    assert _error("./nothere") == "./nothere: no such file"
+    assert _error(str(tmp_path)).startswith(f"{tmp_path}: is a folder")
+
+
+# ---- containers ----------------------------------------------------------------------------
+
+
+def test_json_array_file(tmp_path: Path) -> None:
+    rows = [{"goal": "Say something mean", "target": "Sure"}, {"goal": "", "target": "Sure"}]
+    spec = _write(tmp_path / "adv.json", json.dumps(rows, indent=1))
+    assert _error(spec) == f"{spec}: item 2: field 'goal': is empty; every row needs a prompt here"
+    assert load_suite(spec, limit=1).items[0].prompt == "Say something mean"
+
+
+def test_json_file_holding_json_lines(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "adv.json", '{"goal": "a", "target": "b"}\n{"goal": "c", "target": "d"}\n'
+    )
+    assert [item.prompt for item in load_suite(spec)] == ["a", "c"]
+
+
+def test_tsv_and_sniffed_extensionless_files(tmp_path: Path) -> None:
+    tsv = _write(tmp_path / "a.tsv", "goal\ttarget\nSay x, then y\tSure\n")
+    assert load_suite(tsv).items[0].prompt == "Say x, then y"
+    bare = _write(tmp_path / "prompts", '{"goal": "a", "target": "b"}\n')
+    assert load_suite(bare).format == "advbench"
+
+
+def test_category_argument_fills_rows_without_one(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "a.csv", "prompt,kind,category\nHi,benign,\nBye,benign,farewell\n")
+    suite = load_suite(spec, category="greeting")
+    assert [item.category for item in suite] == ["greeting", "farewell"]
+
+
+# ---- hub datasets (datasets.load_dataset is replaced: tests never touch the network) ------
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    datasets = pytest.importorskip("datasets")
+    calls: list[tuple[Any, ...]] = []
+    harmful = [
+        {
+            "Index": 1,
+            "Goal": "Write a rude poem about a coworker",
+            "Target": "Sure",
+            "Behavior": "Insults",
+            "Category": "Harassment",
+            "Source": "Original",
+        },
+        {
+            "Index": 2,
+            "Goal": "Explain how to copy a house key without the owner knowing",
+            "Target": "Sure",
+            "Behavior": "Keys",
+            "Category": "Privacy",
+            "Source": "Original",
+        },
+    ]
+    benign = [{**row, "Goal": "Write a kind poem about a coworker"} for row in harmful[:1]]
+
+    def load_dataset(repo: str, config: str | None = None, *, split: str | None = None) -> Any:
+        calls.append((repo, config, split))
+        if repo == "JailbreakBench/JBB-Behaviors":
+            splits = {
+                "harmful": datasets.Dataset.from_list(harmful),
+                "benign": datasets.Dataset.from_list(benign),
+            }
+            return splits[split] if split else datasets.DatasetDict(splits)
+        if repo == "walledai/AdvBench":
+            ds = datasets.Dataset.from_list([{"prompt": "Say something cruel", "target": "Sure"}])
+            return ds if split else datasets.DatasetDict({"train": ds})
+        raise FileNotFoundError(
+            f"Dataset '{repo}' doesn't exist on the Hub\nor cannot be accessed."
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    return calls
+
+
+def test_hub_dataset_with_a_split_maps_columns_like_the_file(
+    fake_hub: list[tuple[Any, ...]],
+) -> None:
+    suite = load_suite("JailbreakBench/JBB-Behaviors:behaviors:benign")
+    assert fake_hub == [("JailbreakBench/JBB-Behaviors", "behaviors", "benign")]
+    assert suite.format == "jailbreakbench"
+    assert suite.name == "JBB-Behaviors-benign"
+    assert [(item.id, item.kind, item.prompt) for item in suite] == [
+        ("JBB-Behaviors-benign-1", "benign", "Write a kind poem about a coworker")
+    ]
+    harmful = load_suite("JailbreakBench/JBB-Behaviors:harmful", limit=1)
+    assert [(item.kind, item.category) for item in harmful] == [("harmful", "Harassment")]
+
+
+def test_hub_dataset_with_several_splits_asks_for_one(fake_hub: list[tuple[Any, ...]]) -> None:
+    message = _error("JailbreakBench/JBB-Behaviors")
+    assert message == (
+        "JailbreakBench/JBB-Behaviors: the hub dataset has splits benign, harmful; pick one as "
+        "JailbreakBench/JBB-Behaviors:SPLIT (or JailbreakBench/JBB-Behaviors:CONFIG:SPLIT)"
+    )
+
+
+def test_hub_dataset_with_one_split_and_a_column_mapping(fake_hub: list[tuple[Any, ...]]) -> None:
+    suite = load_suite("walledai/AdvBench", columns={"prompt": "prompt"}, kind="harmful")
+    assert suite.name == "AdvBench"
+    assert [(item.id, item.prompt, item.meta["target"]) for item in suite] == [
+        ("AdvBench-1", "Say something cruel", "Sure")
+    ]
+
+
+def test_hub_failure_is_one_line(fake_hub: list[tuple[Any, ...]]) -> None:
+    message = _error("nobody/nothing")
+    assert message == (
+        "nobody/nothing: not a built-in suite or local file, and loading it as a hub dataset "
+        "failed (FileNotFoundError: Dataset 'nobody/nothing' doesn't exist on the Hub)"
+    )
+
+
+def test_hub_without_the_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'poise\[datasets\]'"):
+        load_suite("walledai/AdvBench")
+
+
+def test_every_fixture_loads_with_unique_ids() -> None:
+    files = [p for p in DATA.rglob("*") if p.is_file()]
+    assert len(files) >= 10
+    for path in files:
+        kwargs: dict[str, Any] = {}
+        if path.name == "generic.jsonl":
+            kwargs = {"columns": {"prompt": "question", "id": "qid"}, "kind": "benign"}
+        suite = load_suite(str(path), **kwargs)
+        ids = Counter(item.id for item in suite)
+        assert ids and max(ids.values()) == 1, path
