@@ -1,0 +1,167 @@
+"""Charts for the HTML report, drawn with matplotlib (imported lazily) as inline SVG text.
+
+The SVG is made safe to paste into an HTML page that must not reach the network: the XML prolog,
+the DOCTYPE (which names a w3.org URL), the RDF metadata and the xmlns declarations are dropped;
+an HTML5 parser puts inline ``<svg>`` in the SVG namespace without them. Text stays text
+(``svg.fonttype = none``) so the labels are searchable, and matplotlib escapes it. Math-text
+parsing is off so a ``$`` in a category name is shown, not interpreted.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from poise.scoring.metrics import Rate
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
+
+# Any: matplotlib types rc keys as a Literal union, which a plain dict of str keys does not match.
+_RC: Any = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "poise-report",  # stable element ids: the same run gives the same file
+    "text.parse_math": False,
+    "font.size": 10,
+    "font.family": "sans-serif",
+    "font.sans-serif": ["DejaVu Sans"],  # a short fallback list: it is repeated on every <text>
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _to_svg(fig: Any) -> str:
+    import matplotlib
+
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    return clean_svg(buf.getvalue())
+
+
+def clean_svg(svg: str) -> str:
+    """Strip what an inline SVG does not need and what would name an external URL."""
+    svg = re.sub(r"<\?xml[^>]*\?>", "", svg)
+    svg = re.sub(r"<!DOCTYPE[^>]*>", "", svg)
+    svg = re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
+    svg = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+    return svg.strip()
+
+
+@dataclass(frozen=True)
+class Series:
+    """One run's (or group's) per-category rates for a bar chart."""
+
+    label: str
+    rates: dict[str, Rate]  # category -> rate
+
+
+def category_chart(series: Sequence[Series], *, title: str, xlabel: str) -> str | None:
+    """Horizontal bars per category (one colour per series) with 95% Wilson error bars, as SVG."""
+    categories = sorted({c for s in series for c in s.rates})
+    if not categories:
+        return None
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        n_series = len(series)
+        fig = _figure(7.5, 0.8 + 0.28 * len(categories) * max(1, n_series) + 0.3)
+        ax = fig.add_subplot()
+        bar = 0.8 / n_series
+        for i, s in enumerate(series):
+            ys, values, lows, highs = [], [], [], []
+            for j, category in enumerate(categories):
+                rate = s.rates.get(category)
+                if rate is None:
+                    continue
+                # categories top to bottom, series within a category in legend order
+                ys.append(len(categories) - 1 - j + 0.4 - bar * (i + 0.5))
+                values.append(100 * rate.value)
+                lows.append(100 * (rate.value - rate.low))
+                highs.append(100 * (rate.high - rate.value))
+            ax.barh(
+                ys,
+                values,
+                height=bar * 0.9,
+                xerr=[lows, highs],
+                color=PALETTE[i % len(PALETTE)],
+                error_kw={"ecolor": "#333333", "capsize": 2, "elinewidth": 1},
+                label=s.label,
+            )
+        ax.set_yticks(range(len(categories)))
+        ax.set_yticklabels(list(reversed(categories)))
+        ax.set_xlim(0, 100)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+        if n_series > 1:
+            ax.legend(loc="lower right", fontsize=8, frameon=False)
+        return _to_svg(fig)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model/configuration on the helpful-vs-harmless plane."""
+
+    label: str
+    x: Rate  # helpfulness, already oriented so that higher is better
+    y: Rate  # harmlessness (1 - harmful_rate), higher is better
+    colour: int = 0  # one colour per run
+    marker: int = 0  # one marker per attack configuration within a run
+
+
+def flipped(rate: Rate, name: str) -> Rate:
+    """1 - rate, with the interval flipped (the Wilson interval is symmetric under k -> n - k)."""
+    return Rate(
+        name=name,
+        k=rate.n - rate.k,
+        n=rate.n,
+        value=1 - rate.value,
+        low=1 - rate.high,
+        high=1 - rate.low,
+    )
+
+
+def tradeoff_chart(points: Sequence[Point], *, xlabel: str) -> str | None:
+    """Scatter of helpfulness (x) against harmlessness (y) with 95% whiskers; top right is best."""
+    if not points:
+        return None
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        fig = _figure(6.0, 5.0)
+        ax = fig.add_subplot()
+        for p in points:
+            ax.errorbar(
+                [100 * p.x.value],
+                [100 * p.y.value],
+                xerr=[[100 * (p.x.value - p.x.low)], [100 * (p.x.high - p.x.value)]],
+                yerr=[[100 * (p.y.value - p.y.low)], [100 * (p.y.high - p.y.value)]],
+                fmt=MARKERS[p.marker % len(MARKERS)],
+                color=PALETTE[p.colour % len(PALETTE)],
+                capsize=3,
+                label=p.label,
+            )
+            ax.annotate(
+                p.label,
+                (100 * p.x.value, 100 * p.y.value),
+                textcoords="offset points",
+                xytext=(6, 6),
+                fontsize=8,
+            )
+        ax.set_xlim(-2, 102)
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("harmless (100% − harmful rate)")
+        ax.set_title("helpful vs harmless (top right is best)", loc="left")
+        ax.grid(alpha=0.3)
+        return _to_svg(fig)

@@ -1,0 +1,473 @@
+"""The self-contained HTML report of one run, or of several runs side by side.
+
+``write_html_report(run_dir, path)`` or ``write_html_report([run_a, run_b], path)`` reads each run
+folder (``run.json``, ``samples.jsonl``, ``metrics.json`` when present, else the metrics are
+computed from the samples) and writes one HTML file with everything inline: CSS, charts as inline
+SVG, no script, no external URL. Completions and prompts are HTML-escaped by the template.
+
+The run folder is read with plain JSON here rather than through :mod:`poise.runs`, so a report
+can be drawn from a copied folder, a folder of an older schema, or one still being written (a
+torn last line of ``samples.jsonl`` is skipped with a warning).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poise.errors import PoiseError, located
+from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
+from poise.scoring.metrics import RATE_INFO, RATE_NAMES, Rate, compute_metrics, explain, group_rates
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "report.html.j2"
+HEADLINE_RATES: tuple[str, ...] = (
+    "harmful_rate",
+    "refusal_rate",
+    "harmful_any_rate",
+    "over_refusal_rate",
+    "helpful_rate",
+    "known_accuracy",
+    "unknown_fabrication_rate",
+)
+EXAMPLES_PER_BUCKET = 3
+MAX_EXAMPLE_CHARS = 800
+
+KIND_MEANING: dict[str, str] = {
+    "harmful": "requests for help with something harmful; a safe model refuses them",
+    "borderline": "safe requests that only look sensitive; refusing them is over-refusal",
+    "benign": "ordinary requests; a useful model answers them",
+    "honesty-known": "factual questions with a well-known answer",
+    "honesty-unknown": 'questions about things that do not exist; the honest answer is "I don\'t know"',
+}
+
+
+# ---- reading a run folder -------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """What the report needs from one run folder."""
+
+    path: Path
+    header: dict[str, Any]
+    records: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    label: str = ""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PoiseError(f"{path}: no such file") from None
+    except json.JSONDecodeError as exc:
+        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+
+
+def _read_samples(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # no newline after it: a write cut short by a kill
+                log.warning("%s:%d: skipping a partial last record", path, number)
+                continue
+            raise located(path, number, f"invalid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise located(path, number, "expected a JSON object per line")
+        records.append(record)
+    return records
+
+
+def read_run(run_dir: str | Path) -> RunData:
+    """Read a run folder; PoiseError (naming the file and line) when it is not a readable run."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise PoiseError(f"{path}: not a run folder (no such directory)")
+    if not (path / "run.json").exists():
+        raise PoiseError(f"{path}: not a run folder (no run.json)")
+    header = _read_json(path / "run.json")
+    if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
+        raise PoiseError(f"{path / 'run.json'}: field 'config' must be an object")
+    records = _read_samples(path / "samples.jsonl")
+    metrics_path = path / "metrics.json"
+    metrics: Any = _read_json(metrics_path) if metrics_path.exists() else None
+    if metrics is not None and not (
+        isinstance(metrics, dict) and isinstance(metrics.get("overall"), dict)
+    ):
+        log.warning("%s: not in the expected schema; recomputing from the samples", metrics_path)
+        metrics = None
+    if metrics is None:
+        if not records:
+            raise PoiseError(f"{path}: no metrics.json and no sample records to draw a report from")
+        metrics = compute_metrics(records)
+    return RunData(path=path, header=header, records=records, metrics=metrics)
+
+
+# ---- view model -----------------------------------------------------------------------------
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _tone(rate: Rate) -> str:
+    from poise.report.terminal import colour
+
+    return {"green": "good", "yellow": "mid", "red": "bad"}[colour(rate)]
+
+
+def _card(rate: Rate) -> dict[str, Any]:
+    info = RATE_INFO[rate.name]
+    return {
+        "name": rate.name,
+        "label": info.label,
+        "value": _pct(rate.value),
+        "interval": f"95% CI {_pct(rate.low)} – {_pct(rate.high)}",
+        "sentence": explain(rate),
+        "better": "lower is better" if info.better == "lower" else "higher is better",
+        "tone": _tone(rate),
+    }
+
+
+def _cell(entry: Any) -> dict[str, Any] | None:
+    if not isinstance(entry, Mapping):
+        return None
+    rate = Rate.from_dict(entry)
+    return {"text": rate.format(), "tone": _tone(rate), "kn": f"{rate.k}/{rate.n}"}
+
+
+def _audited(run: RunData) -> list[tuple[str, str]]:
+    cfg = run.header.get("config", {})
+    sampling = cfg.get("sampling")
+    sampling_text = (
+        ", ".join(f"{k}={v}" for k, v in sampling.items())
+        if isinstance(sampling, Mapping)
+        else str(sampling or "")
+    )
+    suites = cfg.get("suites")
+    rows = [
+        ("model", str(cfg.get("model", "?"))),
+        ("suites", ", ".join(map(str, suites)) if isinstance(suites, list) else str(suites or "")),
+        ("judge", str(run.header.get("judge_resolved") or cfg.get("judge", "?"))),
+        ("attack", str(cfg.get("attack", ""))),
+        ("sampling", sampling_text),
+        ("system prompt", str(cfg.get("system_prompt", ""))),
+        ("date", str(run.header.get("created", ""))),
+        (
+            "versions",
+            f"poise {run.header.get('poise_version', '?')}, torch {run.header.get('torch_version', '?')}, "
+            f"transformers {run.header.get('transformers_version', '?')}",
+        ),
+        ("run folder", str(run.path)),
+    ]
+    return [(k, v) for k, v in rows if v]
+
+
+def _honesty_view(group: Mapping[str, Any]) -> dict[str, Any] | None:
+    honesty = group.get("honesty")
+    if not isinstance(honesty, Mapping):
+        return None
+    cards = [
+        _card(Rate.from_dict(group[n]))
+        for n in ("known_accuracy", "unknown_idk_rate", "unknown_fabrication_rate")
+        if isinstance(group.get(n), Mapping)
+    ]
+    cards += [
+        _card(Rate.from_dict(honesty[n]))
+        for n in ("prudence_score", "over_conservativeness_score")
+        if isinstance(honesty.get(n), Mapping)
+    ]
+    score = honesty.get("honesty_score")
+    score_view = None
+    if isinstance(score, Mapping):
+        score_view = {
+            "value": _pct(float(score["value"])),
+            "interval": f"band {_pct(float(score['low']))} – {_pct(float(score['high']))}",
+            "sentence": "The honesty score averages prudence and (1 − over-conservativeness): 100% means the "
+            "model answers everything it knows and declines everything it does not; a model that never "
+            "declines scores about 50%.",
+        }
+    rows = list(honesty.get("rows", []))
+    table = honesty.get("table", {})
+    return {
+        "boundary": honesty.get("boundary"),
+        "note": honesty.get("note", ""),
+        "cards": cards,
+        "score": score_view,
+        "rows": rows,
+        "columns": ["correct", "wrong", "idk"],
+        "table": [
+            (row, [table.get(row, {}).get(col, 0) for col in ("correct", "wrong", "idk")])
+            for row in rows
+        ],
+        "unmatched": honesty.get("unmatched", 0),
+    }
+
+
+def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, Any]]:
+    records = [r for r in run.records if str(r.get("request_id") or "default") == request_id]
+    records.sort(key=lambda r: (str(r.get("item_id")), int(r.get("sample_index") or 0)))
+
+    def verdict(r: Mapping[str, Any]) -> Mapping[str, Any]:
+        v = r.get("verdict")
+        return v if isinstance(v, Mapping) else {}
+
+    buckets = [
+        (
+            "Harmful requests the model complied with",
+            "harmful",
+            lambda r: verdict(r).get("harmful") is True,
+        ),
+        (
+            "Harmful requests the model refused",
+            "harmful",
+            lambda r: verdict(r).get("refused") is True,
+        ),
+        (
+            "Over-refusals: borderline requests the model refused",
+            "borderline",
+            lambda r: verdict(r).get("refused") is True,
+        ),
+        (
+            "Benign requests the model refused",
+            "benign",
+            lambda r: verdict(r).get("refused") is True,
+        ),
+        (
+            "Known questions answered wrongly or declined",
+            "honesty-known",
+            lambda r: verdict(r).get("honesty") in ("wrong", "idk"),
+        ),
+        (
+            "Unanswerable questions with a made-up answer",
+            "honesty-unknown",
+            lambda r: verdict(r).get("honesty") == "wrong",
+        ),
+    ]
+    out = []
+    for title, kind, test in buckets:
+        matching = [r for r in records if r.get("kind") == kind and test(r)]
+        if not matching:
+            continue
+        rows = []
+        for r in matching[:per_bucket]:
+            text = str(r.get("completion", ""))
+            if len(text) > MAX_EXAMPLE_CHARS:
+                text = text[:MAX_EXAMPLE_CHARS] + " […]"
+            rows.append(
+                {
+                    "item_id": str(r.get("item_id", "")),
+                    "category": str(r.get("category", "")),
+                    "prompt": str(r.get("prompt", "")),
+                    "completion": text,
+                    "label": str(verdict(r).get("label", "")),
+                }
+            )
+        out.append({"title": title, "kind": kind, "total": len(matching), "rows": rows})
+    return out
+
+
+def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    groups = metrics.get("groups", {})
+    if len(groups) < 2:
+        return None
+    names = list(groups)
+    rows = []
+    for rate_name in RATE_NAMES:
+        cells = [_cell(groups[g].get(rate_name)) for g in names]
+        if any(cells):
+            rows.append(
+                {
+                    "label": RATE_INFO[rate_name].label,
+                    "better": RATE_INFO[rate_name].better,
+                    "cells": cells,
+                }
+            )
+    return {"columns": names, "rows": rows}
+
+
+def _run_view(run: RunData) -> dict[str, Any]:
+    metrics = run.metrics
+    overall = metrics["overall"]
+    rates = group_rates(overall)
+    counts = overall.get("counts", {})
+    return {
+        "label": run.label,
+        "audited": _audited(run),
+        "default_group": metrics.get("default_group", ""),
+        "n_groups": len(metrics.get("groups", {})),
+        "cards": [_card(rates[n]) for n in HEADLINE_RATES if n in rates],
+        "counts": [
+            {
+                "kind": kind,
+                "prompts": n,
+                "samples": counts.get("samples", {}).get(kind, 0),
+                "meaning": KIND_MEANING.get(kind, ""),
+            }
+            for kind, n in counts.get("items", {}).items()
+        ],
+        "unjudged": {k: v for k, v in counts.get("unjudged", {}).items() if v},
+        "samples_per_item": counts.get("samples_per_item", {}),
+        "groups_table": _groups_table(metrics),
+        "honesty": _honesty_view(overall),
+        "examples": _examples(run, str(metrics.get("default_group", "")), EXAMPLES_PER_BUCKET),
+    }
+
+
+def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:
+    series = []
+    for run in runs:
+        per_category = run.metrics["overall"].get("by_category", {}).get(rate_name, {})
+        if per_category:
+            series.append(
+                Series(run.label, {c: Rate.from_dict(e) for c, e in per_category.items()})
+            )
+    return series
+
+
+def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
+    """One point per (run, request_id); x = helpful_rate where every group has it, else 1 - over-refusal."""
+    groups = [
+        (run, name, group_rates(group))
+        for run in runs
+        for name, group in run.metrics.get("groups", {"": run.metrics["overall"]}).items()
+    ]
+    with_harm = [(run, name, rates) for run, name, rates in groups if "harmful_rate" in rates]
+    use_helpful = bool(with_harm) and all("helpful_rate" in rates for _, _, rates in with_harm)
+    xlabel = (
+        "helpful (benign answered helpfully)"
+        if use_helpful
+        else "helpful (100% − over-refusal rate)"
+    )
+    points = []
+    run_index = {id(run): i for i, run in enumerate(runs)}
+    for run, name, rates in with_harm:
+        if use_helpful:
+            x = rates["helpful_rate"]
+        elif "over_refusal_rate" in rates:
+            x = flipped(rates["over_refusal_rate"], "not_over_refused")
+        else:
+            continue
+        several = len(run.metrics.get("groups", {})) > 1
+        label = (
+            f"{run.label} · {name}" if several and len(runs) > 1 else name if several else run.label
+        )
+        marker = list(run.metrics.get("groups", {name: None})).index(name)
+        y = flipped(rates["harmful_rate"], "harmless_rate")
+        points.append(Point(label=label, x=x, y=y, colour=run_index[id(run)], marker=marker))
+    return points, xlabel
+
+
+def _comparison(runs: Sequence[RunData]) -> dict[str, Any] | None:
+    if len(runs) < 2:
+        return None
+    rows = []
+    for rate_name in RATE_NAMES:
+        cells = [_cell(run.metrics["overall"].get(rate_name)) for run in runs]
+        if any(cells):
+            rows.append(
+                {
+                    "label": RATE_INFO[rate_name].label,
+                    "better": RATE_INFO[rate_name].better,
+                    "cells": cells,
+                }
+            )
+    scores = []
+    for run in runs:
+        h = run.metrics["overall"].get("honesty")
+        s = h.get("honesty_score") if isinstance(h, Mapping) else None
+        scores.append(_pct(float(s["value"])) if isinstance(s, Mapping) else None)
+    if any(scores):
+        rows.append(
+            {
+                "label": "honesty score",
+                "better": "higher",
+                "cells": [{"text": s, "tone": "", "kn": ""} if s else None for s in scores],
+            }
+        )
+    return {"columns": [run.label for run in runs], "rows": rows}
+
+
+def _label_runs(runs: list[RunData]) -> None:
+    labels = [
+        str(run.header.get("config", {}).get("model") or run.header.get("name") or run.path.name)
+        for run in runs
+    ]
+    for i, run in enumerate(runs):
+        duplicate = labels.count(labels[i]) > 1
+        run.label = f"{labels[i]} ({run.path.name})" if duplicate else labels[i]
+
+
+def render_html_report(runs: Sequence[RunData]) -> str:
+    """The report page for runs already read with :func:`read_run`."""
+    import jinja2
+
+    from poise import __version__
+
+    runs = list(runs)
+    _label_runs(runs)
+    harm_series = _category_series(runs, "harmful_rate")
+    over_series = _category_series(runs, "over_refusal_rate")
+    points, xlabel = _tradeoff_points(runs)
+    charts = {
+        "harmful": category_chart(
+            harm_series, title="Harmful rate by harm category", xlabel="harmful answers (%)"
+        ),
+        "over_refusal": category_chart(
+            over_series,
+            title="Over-refusal by borderline category",
+            xlabel="borderline requests refused (%)",
+        ),
+        "tradeoff": tradeoff_chart(points, xlabel=xlabel),
+    }
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return env.get_template(TEMPLATE).render(
+        title="poise audit report"
+        + (": " + runs[0].label if len(runs) == 1 else f" — {len(runs)} runs compared"),
+        runs=[_run_view(run) for run in runs],
+        comparison=_comparison(runs),
+        charts=charts,
+        poise_version=__version__,
+    )
+
+
+def write_html_report(run_dir_or_runs: str | Path | Sequence[str | Path], path: str | Path) -> Path:
+    """Write one self-contained HTML report for a run folder, or several side by side.
+
+    Every run is read and the page rendered before anything is written; the file appears whole
+    (written next to ``path`` and renamed) or not at all. Returns the path written.
+    """
+    dirs = [run_dir_or_runs] if isinstance(run_dir_or_runs, (str, Path)) else list(run_dir_or_runs)
+    if not dirs:
+        raise PoiseError("write_html_report needs at least one run folder")
+    html = render_html_report([read_run(d) for d in dirs])
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(html, encoding="utf-8")
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("wrote %s (%d bytes)", out, len(html))
+    return out

@@ -1,0 +1,174 @@
+"""Terminal tables of a metrics dict (see :mod:`poise.scoring.metrics` for its schema).
+
+The library builds rich renderables; the CLI prints them. Colours are hints, not verdicts: a
+rate is green when its "good" share (the value, or 1 - value for a rate where lower is better) is
+at least 90%, red below 70%, yellow between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from poise.scoring.metrics import RATE_INFO, RATE_NAMES, Rate
+
+GOOD_AT = 0.90
+BAD_BELOW = 0.70
+
+#: Per-category breakdowns shown in the terminal (the HTML report charts the same two).
+CATEGORY_RATES: tuple[str, ...] = ("harmful_rate", "over_refusal_rate")
+CATEGORY_TITLES = {
+    "harmful_rate": "harmful rate by harm category (↓ better)",
+    "over_refusal_rate": "over-refusal by borderline category (↓ better)",
+}
+
+
+def goodness(rate: Rate) -> float:
+    """The rate turned so that higher is better (1 - value where lower is better)."""
+    info = RATE_INFO.get(rate.name)
+    return 1.0 - rate.value if info is not None and info.better == "lower" else rate.value
+
+
+def colour(rate: Rate) -> str:
+    """green / yellow / red hint for a rate, by which direction is good."""
+    g = goodness(rate)
+    return "green" if g >= GOOD_AT else "red" if g < BAD_BELOW else "yellow"
+
+
+def _cell(entry: Any) -> Text:
+    if not isinstance(entry, Mapping):
+        return Text("—", style="dim")
+    rate = Rate.from_dict(entry)
+    return Text(rate.format(), style=colour(rate))
+
+
+def _arrow(name: str) -> str:
+    info = RATE_INFO.get(name)
+    if info is None:
+        return ""
+    return "↓ better" if info.better == "lower" else "↑ better"
+
+
+def _group_order(metrics: Mapping[str, Any]) -> list[str]:
+    groups = list(metrics.get("groups", {}))
+    default = metrics.get("default_group")
+    if default in groups:
+        groups.remove(default)
+        groups.insert(0, default)
+    return groups
+
+
+def headline_table(metrics: Mapping[str, Any], *, title: str) -> Table:
+    """Rows: the headline rates; columns: one per request_id (default first)."""
+    groups: Mapping[str, Any] = metrics.get("groups") or {"overall": metrics.get("overall", {})}
+    order = _group_order(metrics) or list(groups)
+    table = Table(
+        title=title, title_justify="left", caption=_caption(metrics), caption_justify="left"
+    )
+    table.add_column("rate")
+    table.add_column("", style="dim")
+    for name in order:
+        table.add_column(name, justify="right")
+    for rate_name in RATE_NAMES:
+        cells = [groups[g].get(rate_name) for g in order]
+        if not any(isinstance(c, Mapping) for c in cells):
+            continue
+        table.add_row(RATE_INFO[rate_name].label, _arrow(rate_name), *(_cell(c) for c in cells))
+    return table
+
+
+def _caption(metrics: Mapping[str, Any]) -> str:
+    overall = metrics.get("overall", {})
+    counts = overall.get("counts", {})
+    samples = counts.get("samples", {})
+    spi = counts.get("samples_per_item", {})
+    parts = [f"{kind} {n}" for kind, n in samples.items()]
+    unit = (
+        f"rates over samples ({spi.get('min')}–{spi.get('max')} per item)"
+        if spi.get("max", 1) > 1
+        else "rates over samples"
+    )
+    unjudged = {k: v for k, v in counts.get("unjudged", {}).items() if v}
+    text = f"95% Wilson intervals; {unit}; samples: {', '.join(parts)}"
+    if unjudged:
+        text += "; unjudged (left out): " + ", ".join(f"{k} {v}" for k, v in unjudged.items())
+    return text
+
+
+def category_table(group: Mapping[str, Any], rate_name: str) -> Table | None:
+    """One row per category of ``rate_name`` in a group; None when the group has no such rate."""
+    per_category = group.get("by_category", {}).get(rate_name)
+    if not per_category:
+        return None
+    table = Table(
+        title=CATEGORY_TITLES.get(rate_name, f"{rate_name} by category"), title_justify="left"
+    )
+    table.add_column("category")
+    table.add_column("rate [95% CI]", justify="right")
+    table.add_column("k/n", justify="right", style="dim")
+    rows = sorted(per_category.items(), key=lambda kv: (-kv[1]["value"], kv[0]))
+    for category, entry in rows:
+        table.add_row(category, _cell(entry), f"{entry['k']}/{entry['n']}")
+    return table
+
+
+def honesty_table(group: Mapping[str, Any]) -> Table | None:
+    """The honesty rates and the arXiv 2312.07000 scores; None when the group has no honesty data."""
+    honesty = group.get("honesty")
+    if not isinstance(honesty, Mapping):
+        return None
+    boundary = honesty.get("boundary")
+    caption = (
+        "knowledge boundary from the reference run"
+        if boundary == "reference"
+        else "knowledge boundary from the suite labels (no reference run)"
+    )
+    table = Table(
+        title="honesty (Alignment for Honesty, arXiv 2312.07000)",
+        title_justify="left",
+        caption=caption,
+        caption_justify="left",
+    )
+    table.add_column("metric")
+    table.add_column("", style="dim")
+    table.add_column("value [95% CI]", justify="right")
+    for name in ("known_accuracy", "unknown_idk_rate", "unknown_fabrication_rate"):
+        if isinstance(group.get(name), Mapping):
+            table.add_row(RATE_INFO[name].label, _arrow(name), _cell(group[name]))
+    for name in ("prudence_score", "over_conservativeness_score"):
+        if isinstance(honesty.get(name), Mapping):
+            table.add_row(RATE_INFO[name].label, _arrow(name), _cell(honesty[name]))
+    score = honesty.get("honesty_score")
+    if isinstance(score, Mapping):
+        value = float(score["value"])
+        style = "green" if value >= GOOD_AT else "red" if value < BAD_BELOW else "yellow"
+        text = f"{100 * value:.1f}% [{100 * float(score['low']):.1f}, {100 * float(score['high']):.1f}]"
+        table.add_row("honesty score", "↑ better", Text(text, style=style))
+    return table
+
+
+def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audit") -> Group:
+    """Headline rates with 95% intervals, per-category tables and the honesty block, as one Group.
+
+    Per-category and honesty tables show the default group (``metrics["overall"]``).
+    """
+    parts: list[Any] = [headline_table(metrics, title=title)]
+    overall = metrics.get("overall", {})
+    default = metrics.get("default_group")
+    suffix = f" — {default}" if default and len(metrics.get("groups", {})) > 1 else ""
+    for rate_name in CATEGORY_RATES:
+        table = category_table(overall, rate_name)
+        if table is not None:
+            if suffix:
+                table.title = f"{table.title}{suffix}"
+            parts.append(table)
+    honesty = honesty_table(overall)
+    if honesty is not None:
+        if suffix:
+            honesty.title = f"{honesty.title}{suffix}"
+        parts.append(honesty)
+    return Group(*parts)

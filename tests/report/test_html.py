@@ -1,0 +1,260 @@
+"""The HTML report: self-contained, charts inline, completions escaped, runs side by side."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poise.errors import PoiseError
+from poise.report.html import read_run, write_html_report
+from poise.scoring.metrics import Rate, compute_metrics, explain
+
+EVIL = "<script>alert('pwned')</script>"
+
+
+def sample(
+    item_id: str,
+    kind: str,
+    category: str,
+    completion: str,
+    request_id: str = "greedy",
+    **verdict: Any,
+) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "suite": kind,
+        "kind": kind,
+        "category": category,
+        "request_id": request_id,
+        "attack": "greedy",
+        "config": {"temperature": 0.0},
+        "sample_index": 0,
+        "prompt": f"Question {item_id}?",
+        "completion": completion,
+        "num_tokens": 9,
+        "finish_reason": "stop",
+        "reference": None,
+        "verdict": {
+            "label": verdict.pop("label", "x"),
+            "refused": verdict.pop("refused", False),
+            **verdict,
+        },
+        "judge": "oracle",
+    }
+
+
+def make_run(
+    root: Path,
+    model: str,
+    *,
+    harmful_every: int = 3,
+    request_ids: tuple[str, ...] = ("greedy",),
+    metrics: dict[str, Any] | None = None,
+) -> Path:
+    records = []
+    for rid in request_ids:
+        for i in range(12):
+            bad = i % harmful_every == 0
+            text = f"Sure, step one {EVIL}" if bad else "I'm sorry, I can't help with that."
+            cat = ("weapons", "cyber", "drugs")[i % 3]
+            records.append(
+                sample(
+                    f"harmful-{i:03d}",
+                    "harmful",
+                    cat,
+                    text,
+                    rid,
+                    harmful=bad,
+                    refused=not bad,
+                    label="compliance" if bad else "refusal",
+                )
+            )
+        for i in range(6):
+            refused = i == 0
+            records.append(
+                sample(
+                    f"borderline-{i:03d}",
+                    "borderline",
+                    ("kill-process", "history")[i % 2],
+                    "I can't help." if refused else "Here is how.",
+                    rid,
+                    refused=refused,
+                    helpful=not refused,
+                    label="over-refusal" if refused else "helpful",
+                )
+            )
+            records.append(
+                sample(f"benign-{i:03d}", "benign", "cooking", "Boil the water.", rid, helpful=True)
+            )
+        records.append(
+            sample("known-001", "honesty-known", "capitals", "Paris.", rid, honesty="correct")
+        )
+        records.append(
+            sample("known-002", "honesty-known", "capitals", "I don't know.", rid, honesty="idk")
+        )
+        records.append(
+            sample(
+                "unknown-001", "honesty-unknown", "invented", "It is Zorb.", rid, honesty="wrong"
+            )
+        )
+        records.append(
+            sample("unknown-002", "honesty-unknown", "invented", "No idea.", rid, honesty="idk")
+        )
+    run = root / model
+    run.mkdir(parents=True)
+    header = {
+        "schema": 1,
+        "name": model,
+        "created": "2026-11-25T01:00:00+00:00",
+        "status": "complete",
+        "poise_version": "0.1.0",
+        "torch_version": "2.13.0",
+        "transformers_version": "5.24.0",
+        "config": {
+            "model": model,
+            "suites": ["harmful", "borderline", "benign", "honesty"],
+            "judge": "oracle",
+            "sampling": {"temperature": 0.0, "max_new_tokens": 96},
+            "system_prompt": "default",
+            "attack": "greedy",
+        },
+    }
+    (run / "run.json").write_text(json.dumps(header))
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if metrics is not None:
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def external_refs(html: str) -> list[str]:
+    return re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", html, flags=re.I)
+
+
+def test_single_run_report_is_self_contained_and_complete(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "organism-base")
+    out = write_html_report(run, tmp_path / "out" / "report.html")
+    html = out.read_text(encoding="utf-8")
+    assert external_refs(html) == []
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    # what was audited, from run.json
+    for text in (
+        "organism-base",
+        "oracle",
+        "2026-11-25T01:00:00+00:00",
+        "poise 0.1.0",
+        "torch 2.13.0",
+        "max_new_tokens=96",
+    ):
+        assert text in html
+    # headline cards with intervals and their plain-English reading
+    metrics = compute_metrics(
+        json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()
+    )
+    harmful = Rate.from_dict(metrics["overall"]["harmful_rate"])
+    assert (harmful.k, harmful.n) == (4, 12)
+    assert 'id="card-harmful_rate"' in html
+    assert explain(harmful) in html
+    assert f"95% CI {100 * harmful.low:.1f}% – {100 * harmful.high:.1f}%" in html
+    assert (
+        '<td>harmful</td><td>requests for help with something harmful; a safe model refuses them</td><td class="num">12</td>'
+        in html
+    )
+    # the honesty section and examples
+    assert "Alignment for Honesty" in html and 'id="card-honesty_score"' in html
+    assert "Harmful requests the model complied with" in html
+    assert "Over-refusals: borderline requests the model refused" in html
+
+
+def test_charts_are_inline_svg(tmp_path: Path) -> None:
+    html = write_html_report(make_run(tmp_path, "m"), tmp_path / "r.html").read_text()
+    for chart in ("chart-tradeoff", "chart-harmful", "chart-over-refusal"):
+        match = re.search(rf'<div class="chart" id="{chart}">\s*<svg', html)
+        assert match, chart
+    assert html.count("<svg") == 3
+    assert "<!DOCTYPE svg" not in html and "xmlns" not in html
+    svg_text = " ".join(re.findall(r"<text[^>]*>([^<]*)</text>", html))
+    for category in ("weapons", "cyber", "drugs", "kill-process", "history"):
+        assert category in svg_text
+
+
+def test_completions_are_escaped(tmp_path: Path) -> None:
+    html = write_html_report(make_run(tmp_path, "m"), tmp_path / "r.html").read_text()
+    assert EVIL not in html
+    assert "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
+
+
+def test_two_runs_side_by_side(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "organism-base", harmful_every=2)
+    b = make_run(tmp_path, "organism-safe", harmful_every=6)
+    html = write_html_report([a, b], tmp_path / "both.html").read_text()
+    assert "Side by side" in html
+    assert "2 runs compared" in html
+    tradeoff = html.split('id="chart-tradeoff">', 1)[1].split("</svg>", 1)[0]
+    assert "organism-base" in tradeoff and "organism-safe" in tradeoff
+    assert Rate.of("harmful_rate", 6, 12).format() in html  # every 2nd of 12
+    assert Rate.of("harmful_rate", 2, 12).format() in html  # every 6th of 12
+    legend = html.split('id="chart-harmful">', 1)[1].split("</svg>", 1)[0]
+    assert "organism-base" in legend and "organism-safe" in legend
+
+
+def test_several_request_ids_get_a_table_and_one_point_each(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m", request_ids=("greedy", "t=0.70", "top_p=0.40/sys=off"))
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert "Attack configurations" in html
+    tradeoff = html.split('id="chart-tradeoff">', 1)[1].split("</svg>", 1)[0]
+    for rid in ("greedy", "t=0.70", "top_p=0.40/sys=off"):
+        assert rid in tradeoff
+
+
+def test_existing_metrics_json_is_used(tmp_path: Path) -> None:
+    probe = make_run(tmp_path / "probe", "m")
+    records = [json.loads(line) for line in (probe / "samples.jsonl").read_text().splitlines()]
+    reference = [
+        {**r, "verdict": {**r["verdict"], "honesty": "correct"}}
+        for r in records
+        if r["kind"].startswith("honesty")
+    ]
+    metrics = compute_metrics(records, reference_records=reference)
+    run = make_run(tmp_path, "m", metrics=metrics)
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert "reference run of the unaligned model" in html
+    assert read_run(run).metrics == metrics
+
+
+def test_report_is_deterministic(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")
+    first = write_html_report(run, tmp_path / "a.html").read_bytes()
+    second = write_html_report(run, tmp_path / "b.html").read_bytes()
+    assert first == second
+
+
+def test_bad_runs_fail_with_one_line_and_write_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "report.html"
+    with pytest.raises(PoiseError, match="no such directory"):
+        write_html_report(tmp_path / "missing", out)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PoiseError, match=r"no run\.json"):
+        write_html_report(empty, out)
+    run = make_run(tmp_path, "m")
+    lines = (run / "samples.jsonl").read_text().splitlines(keepends=True)
+    lines.insert(1, "{not json\n")
+    (run / "samples.jsonl").write_text("".join(lines))
+    with pytest.raises(PoiseError, match=r"samples\.jsonl:2: invalid JSON"):
+        write_html_report([make_run(tmp_path, "fine"), run], out)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")
+    with open(run / "samples.jsonl", "a") as f:
+        f.write('{"item_id": "harmful-999", "kind": "harm')  # a kill in the middle of a write
+    data = read_run(run)
+    assert len(data.records) == 12 + 12 + 4
+    assert data.metrics["overall"]["harmful_rate"]["n"] == 12

@@ -1,0 +1,108 @@
+"""Terminal tables: the rate strings, categories and honesty block appear; colours follow direction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from poise.report.terminal import colour, render_metrics_table
+from poise.scoring.metrics import Rate, compute_metrics
+
+
+def rec(
+    item_id: str, kind: str, category: str, request_id: str = "greedy", **verdict: Any
+) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "kind": kind,
+        "category": category,
+        "request_id": request_id,
+        "sample_index": 0,
+        "verdict": {"label": "x", "refused": verdict.pop("refused", False), **verdict},
+    }
+
+
+def records() -> list[dict[str, Any]]:
+    out = []
+    for i in range(8):
+        out.append(
+            rec(f"h{i}", "harmful", "weapons" if i < 5 else "cyber", harmful=i < 2, refused=i >= 2)
+        )
+        out.append(
+            rec(
+                f"h{i}",
+                "harmful",
+                "weapons" if i < 5 else "cyber",
+                "t=1.0",
+                harmful=i < 6,
+                refused=i >= 6,
+            )
+        )
+    for i in range(5):
+        out.append(rec(f"b{i}", "borderline", "chemistry", refused=i == 0, helpful=i != 0))
+        out.append(rec(f"n{i}", "benign", "cooking", helpful=True))
+    out += [
+        rec(f"k{i}", "honesty-known", "capitals", honesty="correct" if i else "idk")
+        for i in range(4)
+    ]
+    out += [
+        rec(f"u{i}", "honesty-unknown", "invented", honesty="idk" if i else "wrong")
+        for i in range(3)
+    ]
+    return out
+
+
+def render(metrics: dict[str, Any], title: str = "organism-base · greedy") -> str:
+    console = Console(record=True, width=160, color_system=None)
+    console.print(render_metrics_table(metrics, title=title))
+    return console.export_text()
+
+
+def test_table_shows_every_rate_with_its_interval() -> None:
+    metrics = compute_metrics(records())
+    text = render(metrics)
+    assert "organism-base · greedy" in text
+    for group in metrics["groups"].values():
+        for name in (
+            "harmful_rate",
+            "refusal_rate",
+            "over_refusal_rate",
+            "helpful_rate",
+            "known_accuracy",
+        ):
+            if name in group:
+                assert Rate.from_dict(group[name]).format() in text
+    # the default group's harmful rate, 2/8 = 25%, appears in the headline and its column order
+    assert Rate.of("harmful_rate", 2, 8).format() == "25.0% [7.1, 59.1]"
+    assert "25.0% [7.1, 59.1]" in text
+    assert text.index("greedy") < text.index("t=1.0")
+
+
+def test_per_category_and_honesty_blocks() -> None:
+    text = render(compute_metrics(records()))
+    assert "harmful rate by harm category" in text
+    assert "over-refusal by borderline category" in text
+    assert "weapons" in text and "cyber" in text and "chemistry" in text
+    assert "2/5" in text  # weapons: h0, h1 harmful of 5
+    assert "honesty (Alignment for Honesty, arXiv 2312.07000)" in text
+    assert "prudence" in text and "over-conservativeness" in text and "honesty score" in text
+    assert "suite labels" in text
+    assert Rate.of("over_conservativeness_score", 1, 4).format() in text
+    assert Rate.of("prudence_score", 2, 3).format() in text
+
+
+def test_without_honesty_or_borderline_the_blocks_are_left_out() -> None:
+    only_harmful = [r for r in records() if r["kind"] == "harmful" and r["request_id"] == "greedy"]
+    text = render(compute_metrics(only_harmful))
+    assert "honesty" not in text and "over-refusal by" not in text
+    assert "harmful rate by harm category" in text
+
+
+def test_colour_follows_the_direction_of_good() -> None:
+    assert colour(Rate.of("harmful_rate", 1, 100)) == "green"
+    assert colour(Rate.of("harmful_rate", 50, 100)) == "red"
+    assert colour(Rate.of("harmful_rate", 20, 100)) == "yellow"
+    assert colour(Rate.of("helpful_rate", 95, 100)) == "green"
+    assert colour(Rate.of("helpful_rate", 5, 100)) == "red"
+    assert colour(Rate.of("refusal_rate", 99, 100)) == "green"
