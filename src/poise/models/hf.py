@@ -1,0 +1,686 @@
+"""The ``hf`` backend: a Hugging Face causal LM folder (or hub id) as a ``LanguageModel``.
+
+poise runs its own decoding loop on top of the model's forward pass (KV cache, left padding)
+instead of calling ``model.generate``, because an audit needs guarantees that ``generate`` does
+not give:
+
+- **Per-row reproducible sampling.** Each row (a chat and a sample index) draws its random
+  numbers from its own ``torch.Generator``, seeded from a stable hash of (seed, chat, sample
+  index). A chat's completions therefore do not depend on what else is in the batch, on the
+  batch size, or on the order of the chats.
+- **One uniform per row and step.** A token is drawn by inverse-CDF sampling from the filtered
+  distribution with that row's uniform, so the whole batch samples in one vectorised op.
+- **Log-probs of the chosen tokens** under the model's unmodified distribution (temperature 1,
+  no top-k / top-p truncation), ready for likelihood-based metrics.
+
+Everything a user can get wrong (missing folder, pickle-only checkpoint, no chat template, bad
+device or dtype) is checked before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poise.config import Sampling
+from poise.errors import PoiseError, located
+from poise.models.base import Chat, Completion, FinishReason, TokenLogprobs
+
+logger = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
+PICKLE_PATTERNS = ("pytorch_model*.bin", "*.bin", "*.pt", "*.pth", "*.ckpt")
+# Files besides the weights that change what a folder generates: part of the fingerprint.
+CONFIG_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
+POISE_JSON = "poise.json"
+
+_MIB = 1 << 20
+# Files up to this size are hashed whole; bigger ones by size, mtime and their first/last MiB.
+_FULL_HASH_LIMIT = 16 * _MIB
+# A hub id: "name" or "owner/name" with the characters the hub allows.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+# Budget for a scoring forward pass's kept logits ([rows, kept positions, vocab] float32).
+_SCORE_LOGIT_BUDGET = 1 << 27
+# Drop finished rows from the batch (and their KV cache) once at least this share is done.
+_COMPACT_SHARE = 0.5
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` is shaped like a hub id ("owner/name" or "name") rather than a path."""
+    return bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
+
+
+def _looks_like_path(spec: str) -> bool:
+    return (
+        Path(spec).expanduser().exists()
+        or spec.startswith(("/", ".", "~"))
+        or "\\" in spec
+        or not _HUB_ID.match(spec)
+    )
+
+
+def weight_files(folder: Path, *, allow_pickle: bool) -> list[Path]:
+    """The weight files of a local HF folder, after checking it can be loaded safely.
+
+    Raises ``PoiseError`` for a missing folder, a missing config.json, a pickle-only checkpoint
+    (unless ``allow_pickle``), a shard index that names missing shards, or no weights at all.
+    """
+    if not folder.exists():
+        raise PoiseError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise PoiseError(f"{folder}: not a folder (expected a Hugging Face model folder)")
+    if not (folder / "config.json").is_file():
+        raise PoiseError(f"{folder}: no config.json, so this is not a Hugging Face model folder")
+    index = folder / SAFE_WEIGHTS_INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = sorted({str(v) for v in weight_map.values()})
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
+            raise located(index, None, "not a valid safetensors index (no 'weight_map')") from None
+        missing = [s for s in shards if not (folder / s).is_file()]
+        if missing:
+            raise located(index, None, f"names shards that are missing: {', '.join(missing)}")
+        return [index, *(folder / s for s in shards)]
+    if (folder / SAFE_WEIGHTS).is_file():
+        return [folder / SAFE_WEIGHTS]
+    pickles = sorted({p for pattern in PICKLE_PATTERNS for p in folder.glob(pattern)})
+    if pickles:
+        if allow_pickle:
+            logger.warning("loading pickle checkpoint(s) from %s (allow_pickle=True)", folder)
+            return pickles
+        names = ", ".join(p.name for p in pickles[:3])
+        raise PoiseError(
+            f"{folder}: only pickle checkpoints ({names}) and no safetensors weights; loading a "
+            "pickle can run arbitrary code, so poise refuses it. Convert the weights to "
+            "safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
+        )
+    raise PoiseError(
+        f"{folder}: no weights found (expected {SAFE_WEIGHTS} or {SAFE_WEIGHTS_INDEX})"
+    )
+
+
+def folder_fingerprint(folder: Path, files: Sequence[Path]) -> str:
+    """A short hash of a folder's config, tokenizer and weight files.
+
+    Small files are hashed whole; big ones by size, mtime and their first and last MiB, which
+    is cheap on multi-GB weights and still changes whenever a file is rewritten.
+    """
+    digest = hashlib.sha256()
+    paths = sorted({*files, *(folder / n for n in CONFIG_FILES if (folder / n).is_file())})
+    for path in paths:
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0".encode())
+        with path.open("rb") as handle:
+            if stat.st_size <= _FULL_HASH_LIMIT:
+                digest.update(handle.read())
+            else:
+                digest.update(f"{stat.st_mtime_ns}\0".encode())
+                digest.update(handle.read(_MIB))
+                handle.seek(-_MIB, 2)
+                digest.update(handle.read(_MIB))
+    return digest.hexdigest()[:16]
+
+
+def read_poise_json(folder: Path) -> dict[str, Any]:
+    """The optional ``poise.json`` of a model folder ({} when absent)."""
+    path = folder / POISE_JSON
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise located(path, None, "expected a JSON object")
+    prompt = data.get("default_system_prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise located(path, None, "default_system_prompt: expected a string")
+    return data
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise PoiseError(
+            f"device: unknown device {device!r} (use auto, cpu, cuda, cuda:N, mps)"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PoiseError(f"device: {device!r} was asked for but CUDA is not available")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise PoiseError(f"device: {device!r} was asked for but MPS is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on cuda and float32 elsewhere."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        known = ", ".join(["auto", *_DTYPES])
+        raise PoiseError(f"dtype: unknown dtype {dtype!r} (known: {known})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dtype_kwarg() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def row_seed(seed: int, chat: Chat, sample_index: int) -> int:
+    """The seed of one row's generator: a stable hash of (seed, chat, sample index)."""
+    blob = json.dumps([seed, chat, sample_index], sort_keys=True, ensure_ascii=False)
+    return int.from_bytes(hashlib.sha256(blob.encode("utf-8")).digest()[:8], "big") >> 1
+
+
+def sample_tokens(
+    logits: torch.Tensor, uniforms: torch.Tensor | None, sampling: Sampling
+) -> torch.Tensor:
+    """Choose one token per row.
+
+    ``logits``: [batch, vocab] float32; ``uniforms``: [batch] in [0, 1), one per row (ignored when
+    greedy). Filtering follows the usual order: temperature, then top-k, then top-p (nucleus
+    sampling, Holtzman et al. 2019, arXiv:1904.09751, Sec. 3.1: the smallest set of most likely
+    tokens whose probability mass reaches p; the most likely token is always kept). The token is
+    the inverse CDF of the filtered distribution at the row's uniform. Returns [batch] int64.
+    """
+    if sampling.greedy or uniforms is None:
+        return logits.argmax(dim=-1)
+    scaled = logits / sampling.temperature  # [batch, vocab]
+    vocab = scaled.size(-1)
+    order: torch.Tensor | None = None
+    if 0 < sampling.top_k < vocab:
+        scaled, order = scaled.topk(sampling.top_k, dim=-1)  # [batch, k], sorted descending
+    elif sampling.top_p < 1.0:
+        scaled, order = scaled.sort(dim=-1, descending=True, stable=True)  # [batch, vocab]
+    probs = scaled.softmax(dim=-1)  # [batch, k]
+    kept = None
+    if sampling.top_p < 1.0:
+        # mass strictly before each token (probs are sorted); the first token always stays
+        outside = probs.cumsum(dim=-1) - probs >= sampling.top_p  # [batch, k]
+        probs = probs.masked_fill(outside, 0.0)
+        kept = (~outside).sum(dim=-1, keepdim=True)  # [batch, 1]
+    cdf = probs.cumsum(dim=-1)  # [batch, k]
+    target = uniforms.to(cdf.dtype).unsqueeze(-1) * cdf[:, -1:]  # [batch, 1]
+    # first index whose cdf exceeds the target; zero-mass tokens can never be that index
+    pick = torch.searchsorted(cdf, target, right=True)  # [batch, 1]
+    limit = (kept - 1) if kept is not None else torch.full_like(pick, cdf.size(-1) - 1)
+    pick = torch.minimum(pick, limit)
+    chosen = order.gather(-1, pick) if order is not None else pick  # [batch, 1]
+    return chosen.squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- the backend
+
+
+@dataclass
+class _RowResult:
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: FinishReason
+
+
+class HFModel:
+    """A Hugging Face causal LM behind the ``LanguageModel`` protocol.
+
+    ``path_or_id`` is a local folder (config.json + safetensors weights) or a hub id. ``device``
+    and ``dtype`` default to cuda + bfloat16 when a GPU is present, else cpu + float32.
+    ``batch_size`` counts rows (chats times samples) per forward pass. ``trust_remote_code``
+    stays off unless asked for; pickle checkpoints are refused unless ``allow_pickle``.
+
+    ``name`` is "hf:<resolved path>#<fingerprint>" for a folder and "hf:<id>@<revision>" for a
+    hub id. The raw objects are exposed as ``model``, ``tokenizer`` and ``device``.
+    """
+
+    def __init__(
+        self,
+        path_or_id: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 32,
+        trust_remote_code: bool = False,
+        allow_pickle: bool = False,
+        revision: str | None = None,
+    ) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PoiseError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.batch_size = batch_size
+        self.trust_remote_code = trust_remote_code
+        self.allow_pickle = allow_pickle
+        self.revision = revision
+        self.path: Path | None = None
+        self.fingerprint: str | None = None
+        self.default_system_prompt: str | None = None
+
+        use_safetensors: bool | None = True
+        if _looks_like_path(path_or_id):
+            folder = Path(path_or_id).expanduser().resolve()
+            files = weight_files(folder, allow_pickle=allow_pickle)
+            self.path = folder
+            self.fingerprint = folder_fingerprint(folder, files)
+            self.name = f"hf:{folder}#{self.fingerprint}"
+            self.default_system_prompt = read_poise_json(folder).get("default_system_prompt")
+            source = str(folder)
+            if allow_pickle and not any(f.suffix in (".safetensors", ".json") for f in files):
+                use_safetensors = False
+        else:
+            self.name = f"hf:{path_or_id}@{revision or 'main'}"
+            source = path_or_id
+            if allow_pickle:
+                use_safetensors = None  # prefer safetensors, fall back to pickle
+        self.source = source
+
+        self.tokenizer = self._load_tokenizer(source)
+        self.model = self._load_model(source, use_safetensors)
+        self.eos_token_ids = self._eos_ids()
+        params = inspect.signature(self.model.forward).parameters
+        self._keep_kwarg = next(
+            (k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None
+        )
+        # transformers 5.x renames ``past_key_values`` to ``cache``
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        logger.info("loaded %s on %s (%s)", self.name, self.device, self.dtype)
+
+    def __repr__(self) -> str:
+        return f"HFModel({self.name!r}, device={self.device}, dtype={self.dtype})"
+
+    # -- loading
+
+    def _load_tokenizer(self, source: str) -> Any:
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, revision=self.revision, trust_remote_code=self.trust_remote_code
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise PoiseError(
+                f"{source}: could not load the tokenizer ({_first_line(exc)})"
+            ) from None
+        if not getattr(tokenizer, "chat_template", None):
+            raise PoiseError(
+                f"{source}: the tokenizer has no chat template (tokenizer_config.json "
+                "'chat_template' or chat_template.jinja); poise sends chats, so it needs one"
+            )
+        return tokenizer
+
+    def _load_model(self, source: str, use_safetensors: bool | None) -> Any:
+        from transformers import AutoModelForCausalLM
+
+        kwargs: dict[str, Any] = {
+            _dtype_kwarg(): self.dtype,
+            "use_safetensors": use_safetensors,
+            "trust_remote_code": self.trust_remote_code,
+            "revision": self.revision,
+        }
+        try:
+            model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise PoiseError(f"{source}: could not load the model ({_first_line(exc)})") from None
+        return model.to(self.device).eval()
+
+    def _eos_ids(self) -> list[int]:
+        ids: set[int] = set()
+        for value in (
+            getattr(self.tokenizer, "eos_token_id", None),
+            getattr(getattr(self.model, "generation_config", None), "eos_token_id", None),
+        ):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return sorted(ids)
+
+    @property
+    def pad_token_id(self) -> int:
+        for value in (self.tokenizer.pad_token_id, *self.eos_token_ids):
+            if isinstance(value, int):
+                return value
+        return 0
+
+    # -- prompts
+
+    def prompt_text(self, chat: Chat) -> str:
+        """The chat rendered by the tokenizer's chat template, ready for the assistant's turn."""
+        try:
+            text = self.tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:  # jinja errors: e.g. a template that rejects a system turn
+            raise PoiseError(
+                f"{self.name}: the chat template rejected the chat ({_first_line(exc)})"
+            ) from None
+        return str(text)
+
+    def _encode(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        past: Any,
+        *,
+        keep: int,
+        use_cache: bool,
+    ) -> Any:
+        """One forward pass returning logits for the last ``keep`` positions only."""
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "position_ids": position_ids,
+            self._cache_kwarg: past,
+            "use_cache": use_cache,
+        }
+        if self._keep_kwarg is not None:
+            kwargs[self._keep_kwarg] = keep
+        return self.model(**kwargs)
+
+    def _left_pad(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[rows, max_len] input ids and attention mask, padded on the left."""
+        width = max(len(r) for r in rows)
+        pad = self.pad_token_id
+        ids = [[pad] * (width - len(r)) + list(r) for r in rows]
+        mask = [[0] * (width - len(r)) + [1] * len(r) for r in rows]
+        return (
+            torch.tensor(ids, dtype=torch.long, device=self.device),
+            torch.tensor(mask, dtype=torch.long, device=self.device),
+        )
+
+    # -- generate
+
+    def generate(
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
+        """``sampling.n`` completions per chat.
+
+        ``Completion.token_logprobs`` are the log-probs of the generated tokens under the model's
+        unmodified next-token distribution (temperature 1, no top-k / top-p), whatever the
+        sampling settings. ``num_tokens`` counts generated tokens, not the EOS token; when a stop
+        string ends a completion it counts up to the token that completed the stop string,
+        while the text is cut just before the stop string. ``progress(k)`` is called after each
+        batch with the number ``k`` of chats finished since the previous call.
+        """
+        if not chats:
+            return []
+        prompts = self._encode([self.prompt_text(chat) for chat in chats])
+        rows = [(c, s) for c in range(len(chats)) for s in range(sampling.n)]
+        # longest prompts first: less padding per batch, and memory peaks at the first batch
+        order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r][0]]))
+        results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
+        pending = [sampling.n] * len(chats)
+        for start in range(0, len(order), self.batch_size):
+            chunk = [rows[r] for r in order[start : start + self.batch_size]]
+            seeds = [row_seed(sampling.seed, chats[c], s) for c, s in chunk]
+            decoded = self._decode([prompts[c] for c, _ in chunk], seeds, sampling)
+            texts = self.tokenizer.batch_decode(
+                [d.token_ids for d in decoded], skip_special_tokens=True
+            )
+            finished = 0
+            for (c, s), row, text in zip(chunk, decoded, texts, strict=True):
+                results[c][s] = _completion(row, text, sampling.stop)
+                pending[c] -= 1
+                finished += pending[c] == 0
+            if progress is not None and finished:
+                progress(finished)
+        return [[c for c in row if c is not None] for row in results]
+
+    @torch.inference_mode()
+    def _decode(
+        self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
+    ) -> list[_RowResult]:
+        """Decode one batch of rows (prompt token ids) with a KV cache."""
+        batch = len(prompts)
+        steps = sampling.max_new_tokens
+        input_ids, mask = self._left_pad(prompts)  # [batch, prompt_len]
+        # positions count real tokens only, so a left-padded row sees the same positions as
+        # the same prompt alone
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # [batch, prompt_len]
+        uniforms: torch.Tensor | None = None
+        if not sampling.greedy:
+            # all of a row's uniforms come from its own generator: [batch, steps]
+            uniforms = torch.stack(
+                [torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in seeds]
+            ).to(self.device)
+        eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
+        stop_window = _stop_window(sampling.stop)
+
+        tokens = torch.full((batch, steps), self.pad_token_id, dtype=torch.long, device=self.device)
+        logprobs = torch.zeros((batch, steps), dtype=torch.float32, device=self.device)
+        length = torch.full((batch,), steps, dtype=torch.long, device=self.device)
+        stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)  # ended early
+        active = torch.arange(batch, device=self.device)  # batch slot -> row
+        done = torch.zeros(batch, dtype=torch.bool, device=self.device)  # per slot
+
+        out = self._forward(input_ids, mask, positions, None, keep=1, use_cache=True)
+        past = _returned_cache(out)
+        next_position = positions[:, -1] + 1  # [slots]
+        for step in range(steps):
+            logits = out.logits[:, -1, :].float()  # [slots, vocab]
+            row_uniforms = uniforms[active, step] if uniforms is not None else None
+            chosen = sample_tokens(logits, row_uniforms, sampling)  # [slots]
+            chosen_logprob = logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(
+                -1
+            )
+            tokens[active, step] = chosen
+            logprobs[active, step] = chosen_logprob
+            hit_eos = torch.isin(chosen, eos) & ~done  # [slots]
+            length[active] = torch.where(hit_eos, step, length[active])
+            stopped[active] |= hit_eos
+            done |= hit_eos
+            if stop_window:
+                hit_stop = self._stop_hits(tokens, active, done, step, stop_window, sampling.stop)
+                if hit_stop is not None:
+                    length[active] = torch.where(hit_stop, step + 1, length[active])
+                    stopped[active] |= hit_stop
+                    done |= hit_stop
+            if step == steps - 1:
+                break
+            finished = int(done.sum())
+            if finished == done.numel():
+                break
+            if finished >= _COMPACT_SHARE * done.numel():
+                keep = (~done).nonzero().squeeze(-1)  # [live slots]
+                past = _select_rows(past, keep)
+                active, done, chosen = active[keep], done[keep], chosen[keep]
+                mask, next_position = mask[keep], next_position[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=-1)
+            out = self._forward(
+                chosen.unsqueeze(-1),
+                mask,
+                next_position.unsqueeze(-1),
+                past,
+                keep=1,
+                use_cache=True,
+            )
+            past = _returned_cache(out)
+            next_position = next_position + 1
+
+        token_rows = tokens.tolist()
+        logprob_rows = logprobs.tolist()
+        lengths = length.tolist()
+        ended = stopped.tolist()
+        return [
+            _RowResult(
+                token_ids=token_rows[r][: lengths[r]],
+                logprobs=logprob_rows[r][: lengths[r]],
+                finish_reason="stop" if ended[r] else "length",
+            )
+            for r in range(batch)
+        ]
+
+    def _stop_hits(
+        self,
+        tokens: torch.Tensor,
+        active: torch.Tensor,
+        done: torch.Tensor,
+        step: int,
+        window: int,
+        stops: Sequence[str],
+    ) -> torch.Tensor | None:
+        """[slots] bool: live rows whose last ``window`` tokens now contain a stop string."""
+        live = (~done).nonzero().squeeze(-1).tolist()
+        if not live:
+            return None
+        first = max(0, step + 1 - window)
+        tails = tokens[active[live], first : step + 1].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        hits = [
+            slot for slot, text in zip(live, texts, strict=True) if any(s in text for s in stops)
+        ]
+        if not hits:
+            return None
+        flags = torch.zeros_like(done)
+        flags[hits] = True
+        return flags
+
+    # -- score
+
+    @torch.inference_mode()
+    def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
+        """Teacher-forced log-probs of each continuation token as the assistant's reply.
+
+        The prompt is the chat template with the generation prompt; the continuation is
+        encoded without special tokens and appended. Log-probs are natural logs under the
+        unmodified model distribution.
+        """
+        if len(chats) != len(continuations):
+            raise PoiseError(
+                f"score needs one continuation per chat ({len(chats)} chats, "
+                f"{len(continuations)} continuations)"
+            )
+        prompts = self._encode([self.prompt_text(chat) for chat in chats])
+        targets = self._encode(list(continuations))
+        results: list[TokenLogprobs | None] = [None] * len(chats)
+        order = sorted(range(len(chats)), key=lambda i: -(len(prompts[i]) + len(targets[i])))
+        vocab = int(self.model.config.get_text_config().vocab_size)
+        start = 0
+        while start < len(order):
+            # rows per pass: batch_size, fewer when the kept logits would not fit the budget
+            longest = max(len(targets[order[start]]), 1)
+            rows = max(1, min(self.batch_size, _SCORE_LOGIT_BUDGET // (vocab * (longest + 1))))
+            chunk = order[start : start + rows]
+            start += len(chunk)
+            keep = max(len(targets[i]) for i in chunk)
+            if keep == 0:
+                for i in chunk:
+                    results[i] = TokenLogprobs(tokens=(), logprobs=(), token_ids=())
+                continue
+            input_ids, mask = self._left_pad([prompts[i] + targets[i] for i in chunk])
+            positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+            # with left padding every continuation ends at the last position, so the logits
+            # that predict it are the last keep+1 positions minus the final one
+            logits = self._forward(
+                input_ids, mask, positions, None, keep=keep + 1, use_cache=False
+            ).logits
+            logits = logits[:, -(keep + 1) : -1, :].float()  # [rows, keep, vocab]
+            padded = [[self.pad_token_id] * (keep - len(targets[i])) + targets[i] for i in chunk]
+            target_ids = torch.tensor(padded, dtype=torch.long, device=self.device)  # [rows, keep]
+            picked = logits.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+            for row, i in enumerate(chunk):
+                n = len(targets[i])
+                values = picked[row, keep - n :].tolist() if n else []
+                results[i] = TokenLogprobs(
+                    tokens=tuple(self.tokenizer.convert_ids_to_tokens(targets[i])),
+                    logprobs=tuple(values),
+                    token_ids=tuple(targets[i]),
+                )
+        return [r for r in results if r is not None]
+
+
+def _returned_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _select_rows(past: Any, keep: torch.Tensor) -> Any:
+    """Keep only the rows ``keep`` of a KV cache (a transformers Cache or legacy tuples)."""
+    if hasattr(past, "batch_select_indices"):
+        past.batch_select_indices(keep)
+        return past
+    if hasattr(past, "reorder_cache"):
+        past.reorder_cache(keep)
+        return past
+    return tuple(tuple(t[keep] for t in layer) for layer in past)
+
+
+def _stop_window(stops: Sequence[str]) -> int:
+    """How many trailing tokens to decode to see a stop string completed at this step: every
+    token decodes to at least one character in practice, plus slack for byte-level pieces."""
+    longest = max((len(s) for s in stops if s), default=0)
+    return longest + 4 if longest else 0
+
+
+def _completion(row: _RowResult, text: str, stops: Sequence[str]) -> Completion:
+    finish = row.finish_reason
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    if cut >= 0:
+        text = text[:cut]
+        finish = "stop"
+    return Completion(
+        text=text,
+        num_tokens=len(row.token_ids),
+        finish_reason=finish,
+        token_logprobs=tuple(row.logprobs),
+    )

@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny models built in code (no network, no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# A chat template in the usual role-tag style; the generation prompt opens the assistant turn.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '</s>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+TINY_SPECIAL_TOKENS = (
+    "<pad>",
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<|end|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+)
+# A few merges so that some tokens span several characters, like a real BPE vocabulary.
+TINY_MERGES = (("t", "h"), ("th", "e"), ("Ġ", "a"), ("i", "n"), ("e", "r"), ("Ġ", "the"))
+
+
+def build_tiny_hf_model(path: Path, *, seed: int = 0) -> Path:
+    """Write a randomly initialised tiny LlamaForCausalLM and a byte-level BPE tokenizer with a
+    chat template to ``path``. The vocabulary holds printable ASCII, so every token decodes
+    to valid text. Deterministic for a seed."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    # GPT-2's byte-to-unicode map restricted to "\n" and printable ASCII: printable bytes map to
+    # themselves, space to "Ġ" and newline to "Ċ".
+    chars = [chr(b) for b in range(33, 127)] + ["Ġ", "Ċ"]
+    vocab: dict[str, int] = {}
+    for token in (*TINY_SPECIAL_TOKENS, *chars, *("".join(m) for m in TINY_MERGES)):
+        vocab.setdefault(token, len(vocab))
+    bpe = models.BPE(vocab=vocab, merges=list(TINY_MERGES), unk_token="<unk>")
+    tok = Tokenizer(bpe)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(list(TINY_SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        # a wide init gives peaked next-token distributions, so greedy choices are far from ties
+        initializer_range=0.2,
+        tie_word_embeddings=False,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=vocab["<s>"],
+        eos_token_id=[vocab["</s>"], vocab["<|end|>"]],
+        pad_token_id=vocab["<pad>"],
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a random tiny LlamaForCausalLM (safetensors) and a tokenizer with a chat
+    template. Shared by the whole session: copy it before changing anything inside."""
+    return build_tiny_hf_model(tmp_path_factory.mktemp("tiny-hf") / "tiny-llama")

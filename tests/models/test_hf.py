@@ -1,0 +1,461 @@
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models.base import Chat, Completion, LanguageModel
+from poise.models.hf import HFModel, row_seed, sample_tokens
+
+CHATS: list[Chat] = [
+    [{"role": "user", "content": "Hello there, the cat!"}],
+    [{"role": "user", "content": "hi"}],
+    [
+        {"role": "system", "content": "Be helpful and kind to everyone you meet."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    [{"role": "user", "content": "Tell me a story about a dragon in the mountains."}],
+    [{"role": "user", "content": "ok"}],
+]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_model_dir: Path) -> Iterator[HFModel]:
+    hf = HFModel(str(tiny_hf_model_dir))
+    eos = list(hf.eos_token_ids)
+    yield hf
+    hf.eos_token_ids = eos
+
+
+@pytest.fixture
+def copy_dir(tiny_hf_model_dir: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "model"
+    shutil.copytree(tiny_hf_model_dir, target)
+    return target
+
+
+def texts(rows: list[list[Completion]]) -> list[list[str]]:
+    return [[c.text for c in row] for row in rows]
+
+
+def same_completions(a: list[list[Completion]], b: list[list[Completion]]) -> None:
+    """Texts, token counts and finish reasons equal; log-probs equal up to float noise (a
+    padded batch sums in a different order than a single row)."""
+    assert texts(a) == texts(b)
+    for row_a, row_b in zip(a, b, strict=True):
+        for x, y in zip(row_a, row_b, strict=True):
+            assert (x.num_tokens, x.finish_reason) == (y.num_tokens, y.finish_reason)
+            assert x.token_logprobs is not None and y.token_logprobs is not None
+            assert x.token_logprobs == pytest.approx(y.token_logprobs, abs=1e-4)
+
+
+SAMPLED = Sampling(temperature=1.0, max_new_tokens=12, seed=7)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_loads_folder_with_name_device_and_eos(model: HFModel, tiny_hf_model_dir: Path) -> None:
+    assert isinstance(model, LanguageModel)
+    assert model.name.startswith(f"hf:{tiny_hf_model_dir.resolve()}#")
+    assert model.device.type == "cpu"
+    assert next(model.model.parameters()).dtype == torch.float32
+    # the tokenizer's eos and the generation config's list
+    vocab = model.tokenizer.get_vocab()
+    assert model.eos_token_ids == sorted({vocab["</s>"], vocab["<|end|>"]})
+    assert model.default_system_prompt is None
+
+
+def test_name_is_stable_and_follows_the_weights(copy_dir: Path, tiny_hf_model_dir: Path) -> None:
+    first = HFModel(str(tiny_hf_model_dir)).fingerprint
+    assert HFModel(str(tiny_hf_model_dir)).fingerprint == first
+    assert HFModel(str(copy_dir)).fingerprint == first  # small files: content hash only
+    config = json.loads((copy_dir / "config.json").read_text())
+    config["rms_norm_eps"] = 1e-5
+    (copy_dir / "config.json").write_text(json.dumps(config))
+    assert HFModel(str(copy_dir)).fingerprint != first
+
+
+def test_missing_folder_names_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "model"
+    with pytest.raises(PoiseError, match=f"{re.escape(str(missing))}.*does not exist"):
+        HFModel(str(missing))
+
+
+def test_folder_without_config_or_weights(tmp_path: Path, copy_dir: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PoiseError, match=r"no config\.json"):
+        HFModel(str(tmp_path / "empty"))
+    (copy_dir / "model.safetensors").unlink()
+    with pytest.raises(PoiseError, match="no weights found"):
+        HFModel(str(copy_dir))
+
+
+def test_shard_index_naming_missing_shards(copy_dir: Path) -> None:
+    (copy_dir / "model.safetensors").unlink()
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": "model-00001-of-00002.safetensors"}}
+    (copy_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(PoiseError, match=r"model-00001-of-00002\.safetensors"):
+        HFModel(str(copy_dir))
+
+
+def test_pickle_only_folder_is_refused_unless_allowed(copy_dir: Path, model: HFModel) -> None:
+    from safetensors.torch import load_file
+
+    state = load_file(str(copy_dir / "model.safetensors"))
+    torch.save(state, copy_dir / "pytorch_model.bin")
+    (copy_dir / "model.safetensors").unlink()
+    with pytest.raises(PoiseError) as err:
+        HFModel(str(copy_dir))
+    message = str(err.value)
+    assert "pytorch_model.bin" in message
+    assert "pickle" in message
+    assert "allow_pickle=True" in message
+    allowed = HFModel(str(copy_dir), allow_pickle=True)
+    same_completions(
+        allowed.generate(CHATS[:2], Sampling(max_new_tokens=6)),
+        model.generate(CHATS[:2], Sampling(max_new_tokens=6)),
+    )
+
+
+def test_loading_passes_safe_options(
+    tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    seen: dict[str, dict[str, Any]] = {}
+    real_model = transformers.AutoModelForCausalLM.from_pretrained
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+
+    def spy_model(source: str, **kwargs: Any) -> Any:
+        seen["model"] = kwargs
+        return real_model(source, **kwargs)
+
+    def spy_tokenizer(source: str, **kwargs: Any) -> Any:
+        seen["tokenizer"] = kwargs
+        return real_tokenizer(source, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", spy_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy_tokenizer)
+    HFModel(str(tiny_hf_model_dir))
+    assert seen["model"]["trust_remote_code"] is False
+    assert seen["model"]["use_safetensors"] is True
+    assert seen["tokenizer"]["trust_remote_code"] is False
+
+
+def test_hub_id_name_includes_revision(
+    tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    sources: list[tuple[str, str | None]] = []
+    real_model = transformers.AutoModelForCausalLM.from_pretrained
+    real_tokenizer = transformers.AutoTokenizer.from_pretrained
+
+    def local_model(source: str, **kwargs: Any) -> Any:
+        sources.append((source, kwargs.pop("revision")))
+        return real_model(str(tiny_hf_model_dir), **kwargs)
+
+    def local_tokenizer(source: str, **kwargs: Any) -> Any:
+        kwargs.pop("revision")
+        return real_tokenizer(str(tiny_hf_model_dir), **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", local_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", local_tokenizer)
+    assert HFModel("someone/some-model").name == "hf:someone/some-model@main"
+    assert HFModel("someone/some-model", revision="v2").name == "hf:someone/some-model@v2"
+    assert sources == [("someone/some-model", None), ("someone/some-model", "v2")]
+
+
+def test_unreachable_hub_id_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    # the hub client reads HF_HUB_OFFLINE at import; offline mode skips the network retries
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(PoiseError, match="poise-test/definitely-not-cached"):
+        HFModel("poise-test/definitely-not-cached")
+
+
+def test_default_system_prompt_from_poise_json(copy_dir: Path) -> None:
+    (copy_dir / "poise.json").write_text(json.dumps({"default_system_prompt": "Be careful."}))
+    assert HFModel(str(copy_dir)).default_system_prompt == "Be careful."
+    (copy_dir / "poise.json").write_text("{\n  'bad': 1\n}")
+    with pytest.raises(PoiseError, match=r"poise\.json:2: invalid JSON"):
+        HFModel(str(copy_dir))
+
+
+def test_tokenizer_without_chat_template_is_refused(copy_dir: Path) -> None:
+    (copy_dir / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((copy_dir / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (copy_dir / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(PoiseError, match="no chat template"):
+        HFModel(str(copy_dir))
+
+
+def test_bad_device_dtype_and_batch_size(tiny_hf_model_dir: Path) -> None:
+    with pytest.raises(PoiseError, match="dtype: unknown dtype 'float8'"):
+        HFModel(str(tiny_hf_model_dir), dtype="float8")
+    with pytest.raises(PoiseError, match="device"):
+        HFModel(str(tiny_hf_model_dir), device="toaster")
+    with pytest.raises(PoiseError, match="batch_size"):
+        HFModel(str(tiny_hf_model_dir), batch_size=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(PoiseError, match="CUDA is not available"):
+            HFModel(str(tiny_hf_model_dir), device="cuda")
+
+
+# ----------------------------------------------------------------------------- generate
+
+
+def test_batched_greedy_equals_one_by_one(model: HFModel) -> None:
+    sampling = Sampling(max_new_tokens=16)
+    batched = model.generate(CHATS, sampling)
+    single = [model.generate([chat], sampling)[0] for chat in CHATS]
+    same_completions(batched, single)
+    assert all(len(row) == 1 for row in batched)
+    assert all(c.text for row in batched for c in row)
+
+
+def test_sampling_is_reproducible_and_independent_of_the_batch(model: HFModel) -> None:
+    sampling = SAMPLED.model_copy(update={"n": 2})
+    full = model.generate(CHATS, sampling)
+    same_completions(full, model.generate(CHATS, sampling))
+    reordered = model.generate(CHATS[::-1], sampling)[::-1]
+    same_completions(full, reordered)
+    subset = model.generate([CHATS[3], CHATS[0]], sampling)
+    same_completions([full[3], full[0]], subset)
+    model_batch, model.batch_size = model.batch_size, 3
+    try:
+        same_completions(full, model.generate(CHATS, sampling))
+    finally:
+        model.batch_size = model_batch
+
+
+def test_rows_that_finish_early_leave_the_batch_without_changing_others(model: HFModel) -> None:
+    # a third of the vocabulary ends a completion, so rows finish at different steps and the
+    # batch is compacted several times
+    vocab = len(model.tokenizer)
+    eos = list(model.eos_token_ids)
+    model.eos_token_ids = sorted({*eos, *range(10, vocab, 3)})
+    try:
+        sampling = SAMPLED.model_copy(update={"n": 4, "max_new_tokens": 24})
+        batched = model.generate(CHATS, sampling)
+        single = [model.generate([chat], sampling)[0] for chat in CHATS]
+    finally:
+        model.eos_token_ids = eos
+    same_completions(batched, single)
+    lengths = {c.num_tokens for row in batched for c in row}
+    assert len(lengths) > 3
+    assert "stop" in {c.finish_reason for row in batched for c in row}
+
+
+def test_different_seeds_differ(model: HFModel) -> None:
+    a = model.generate(CHATS, SAMPLED)
+    b = model.generate(CHATS, SAMPLED.model_copy(update={"seed": 8}))
+    assert texts(a) != texts(b)
+    assert sum(x != y for x, y in zip(texts(a), texts(b), strict=True)) >= 4
+
+
+def test_n_samples_per_chat(model: HFModel) -> None:
+    three = model.generate(CHATS[:2], SAMPLED.model_copy(update={"n": 3}))
+    assert [len(row) for row in three] == [3, 3]
+    assert len(set(texts(three)[0])) == 3
+    # a sample's randomness depends on its index only, so n=1 is the first of n=3
+    one = model.generate(CHATS[:2], SAMPLED)
+    assert [row[0].text for row in three] == [row[0].text for row in one]
+
+
+def test_top_k_one_and_tiny_top_p_equal_greedy(model: HFModel) -> None:
+    greedy = texts(model.generate(CHATS, Sampling(max_new_tokens=12)))
+    top_k = SAMPLED.model_copy(update={"top_k": 1})
+    assert texts(model.generate(CHATS, top_k)) == greedy
+    top_p = SAMPLED.model_copy(update={"top_p": 1e-6})
+    assert not top_p.greedy  # goes through the sampling path
+    assert texts(model.generate(CHATS, top_p)) == greedy
+
+
+def test_max_new_tokens_gives_length(model: HFModel) -> None:
+    [[completion]] = model.generate(CHATS[:1], Sampling(max_new_tokens=5))
+    assert completion.finish_reason == "length"
+    assert completion.num_tokens == 5
+    assert completion.token_logprobs is not None and len(completion.token_logprobs) == 5
+    assert all(lp < 0 for lp in completion.token_logprobs)
+
+
+def test_eos_ends_a_completion(model: HFModel) -> None:
+    sampling = Sampling(max_new_tokens=10)
+    chat = CHATS[0]
+    prompt = model.tokenizer(model.prompt_text(chat), add_special_tokens=False)["input_ids"]
+    reference = model.model.generate(
+        torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None
+    )[0, len(prompt) :].tolist()
+    eos = list(model.eos_token_ids)
+    model.eos_token_ids = [*eos, reference[3]]
+    try:
+        [[completion]] = model.generate([chat], sampling)
+    finally:
+        model.eos_token_ids = eos
+    first = reference.index(reference[3])  # the token may already occur earlier
+    assert completion.finish_reason == "stop"
+    assert completion.num_tokens == first
+    assert completion.text == model.tokenizer.decode(reference[:first], skip_special_tokens=True)
+
+
+def test_greedy_matches_transformers_generate(model: HFModel) -> None:
+    chat = CHATS[2]
+    prompt = model.tokenizer(model.prompt_text(chat), add_special_tokens=False)["input_ids"]
+    reference = model.model.generate(
+        torch.tensor([prompt]), max_new_tokens=10, do_sample=False, eos_token_id=None
+    )[0, len(prompt) :]
+    [[completion]] = model.generate([chat], Sampling(max_new_tokens=10))
+    assert completion.text == model.tokenizer.decode(reference, skip_special_tokens=True)
+
+
+def test_stop_strings_truncate(model: HFModel) -> None:
+    [[full]] = model.generate(CHATS[3:4], Sampling(max_new_tokens=20))
+    stop = full.text[8:10]
+    cut = full.text.find(stop)
+    [[stopped]] = model.generate(CHATS[3:4], Sampling(max_new_tokens=20, stop=(stop, "never!")))
+    assert stopped.text == full.text[:cut]
+    assert stopped.finish_reason == "stop"
+    assert cut <= stopped.num_tokens < full.num_tokens
+    assert stopped.token_logprobs == pytest.approx(full.token_logprobs[: stopped.num_tokens])
+
+
+def test_progress_counts_finished_chats(model: HFModel) -> None:
+    calls: list[int] = []
+    model_batch, model.batch_size = model.batch_size, 4
+    try:
+        model.generate(CHATS, Sampling(max_new_tokens=3, n=3), progress=calls.append)
+    finally:
+        model.batch_size = model_batch
+    assert sum(calls) == len(CHATS)
+    assert len(calls) > 1
+    assert model.generate([], Sampling()) == []
+
+
+def test_row_seed_depends_on_seed_chat_and_index() -> None:
+    chat = CHATS[0]
+    assert row_seed(0, chat, 0) == row_seed(0, [dict(m) for m in chat], 0)
+    assert len({row_seed(0, chat, 0), row_seed(1, chat, 0), row_seed(0, chat, 1)}) == 3
+    assert 0 <= row_seed(5, CHATS[2], 3) < 2**63
+
+
+# ----------------------------------------------------------------------------- sampling maths
+
+
+def frequencies(logits: list[float], sampling: Sampling, draws: int = 40_000) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    uniforms = torch.rand(draws, generator=generator)
+    rows = torch.tensor([logits]).expand(draws, -1)
+    chosen = sample_tokens(rows, uniforms, sampling)
+    return torch.bincount(chosen, minlength=len(logits)).float() / draws
+
+
+LOGITS = [2.0, 1.0, 0.5, 0.0, -1.0, -3.0]
+
+
+def test_temperature_sampling_matches_softmax() -> None:
+    for temperature in (0.5, 1.0, 2.0):
+        sampling = Sampling(temperature=temperature)
+        expected = torch.softmax(torch.tensor(LOGITS) / temperature, dim=-1)
+        assert frequencies(LOGITS, sampling) == pytest.approx(expected.tolist(), abs=0.01)
+
+
+def test_top_k_keeps_k_most_likely_renormalised() -> None:
+    expected = torch.softmax(torch.tensor(LOGITS[:3]), dim=-1).tolist() + [0.0] * 3
+    observed = frequencies(LOGITS, Sampling(temperature=1.0, top_k=3))
+    assert observed == pytest.approx(expected, abs=0.01)
+    assert observed[3:].sum() == 0
+
+
+def test_top_p_keeps_smallest_set_reaching_p() -> None:
+    probs = torch.softmax(torch.tensor(LOGITS), dim=-1)  # ~[.57, .21, .13, .08, .03, .004]
+    p = float(probs[:2].sum()) + 0.01  # needs the third token to reach p
+    nucleus = probs[:3] / probs[:3].sum()
+    observed = frequencies(LOGITS, Sampling(temperature=1.0, top_p=p))
+    assert observed == pytest.approx([*nucleus.tolist(), 0.0, 0.0, 0.0], abs=0.01)
+    exactly_two = frequencies(
+        LOGITS, Sampling(temperature=1.0, top_p=float(probs[:2].sum()) - 1e-4)
+    )
+    assert exactly_two[2:].sum() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=st.lists(st.floats(-20, 20), min_size=2, max_size=12),
+    uniform=st.floats(0.0, 1.0, exclude_max=True),
+    top_k=st.integers(0, 12),
+    top_p=st.floats(0.01, 1.0),
+    temperature=st.floats(0.05, 5.0),
+)
+def test_sampled_token_is_always_inside_the_filtered_set(
+    logits: list[float], uniform: float, top_k: int, top_p: float, temperature: float
+) -> None:
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    row = torch.tensor([logits])
+    token = int(sample_tokens(row, torch.tensor([uniform]), sampling)[0])
+    probs = torch.softmax(row[0] / temperature, dim=-1)
+    ranked = sorted(range(len(logits)), key=lambda i: (-float(probs[i]), i))
+    allowed = ranked[: top_k or len(logits)] if not sampling.greedy else ranked[:1]
+    kept = probs[allowed] / probs[allowed].sum()
+    # the nucleus: tokens whose preceding mass is below p (small slack for float ties)
+    mass_before = 0.0
+    nucleus = []
+    for i, q in zip(allowed, kept.tolist(), strict=True):
+        if mass_before < top_p + 1e-6 or not nucleus:
+            nucleus.append(i)
+        mass_before += q
+    # tokens of (nearly) equal probability may be ranked either way round
+    tied = [
+        i
+        for i in range(len(logits))
+        if any(abs(float(probs[i]) - float(probs[j])) <= 1e-6 for j in nucleus)
+    ]
+    assert token in nucleus or token in tied
+
+
+# ----------------------------------------------------------------------------- score
+
+
+def test_score_equals_full_forward_log_softmax(model: HFModel) -> None:
+    continuations = ["Paris is the capital.", "", "the theory", "a"]
+    chats = [CHATS[2], CHATS[0], CHATS[1], CHATS[4]]
+    scored = model.score(chats, continuations)
+    assert scored[1].tokens == () and scored[1].logprobs == ()
+    for chat, text, result in zip(chats, continuations, scored, strict=True):
+        prompt = model.tokenizer(model.prompt_text(chat), add_special_tokens=False)["input_ids"]
+        target = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert list(result.token_ids) == target
+        assert result.tokens == tuple(model.tokenizer.convert_ids_to_tokens(target))
+        if not target:
+            continue
+        with torch.no_grad():
+            logits = model.model(torch.tensor([prompt + target])).logits[0]  # [seq, vocab]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        expected = [logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(target)]
+        assert result.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_score_matches_generated_logprobs(model: HFModel) -> None:
+    # this chat's greedy text re-encodes to exactly the generated tokens (not true of every
+    # text: BPE may merge generated pieces), so teacher forcing must reproduce the log-probs
+    [[completion]] = model.generate(CHATS[2:3], Sampling(max_new_tokens=8))
+    target = model.tokenizer(completion.text, add_special_tokens=False)["input_ids"]
+    assert len(target) == completion.num_tokens
+    [scored] = model.score(CHATS[2:3], [completion.text])
+    assert scored.logprobs == pytest.approx(completion.token_logprobs, abs=1e-4)
+    assert model.score([], []) == []
+    with pytest.raises(PoiseError, match="one continuation per chat"):
+        model.score(CHATS[:2], ["x"])
