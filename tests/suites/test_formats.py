@@ -14,7 +14,7 @@ from poise.suites import (
     Draft,
     Record,
     detect_format,
-    formats,
+    format_registry,
     load_suite,
     parse_hh_transcript,
     register_format,
@@ -298,9 +298,9 @@ def test_register_format_adds_a_detectable_format(tmp_path: Path) -> None:
         """A quiz file: questions with known answers."""
         return Draft(
             prompt=record.require("quiz_question"),
-            field="quiz_question",
+            prompt_field="quiz_question",
             kind="honesty-known",
-            reference=record.require("quiz_answer"),
+            reference=record.require("quiz_answer", "an answer"),
         )
 
     try:
@@ -309,10 +309,10 @@ def test_register_format_adds_a_detectable_format(tmp_path: Path) -> None:
         suite = load_suite(str(path))
         assert suite.format == "test-quiz"
         assert suite.items[0].reference == "4"
-        assert formats.help("test-quiz") == "A quiz file: questions with known answers."
+        assert format_registry.help("test-quiz") == "A quiz file: questions with known answers."
     finally:
-        formats._entries.pop("test-quiz")
-        formats._help.pop("test-quiz")
+        format_registry._entries.pop("test-quiz")
+        format_registry._help.pop("test-quiz")
 
 
 def test_hh_rlhf_broken_rejected_transcript_names_the_rejected_field(tmp_path: Path) -> None:

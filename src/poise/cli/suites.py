@@ -75,7 +75,7 @@ def ls() -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        from poise.suites import builtin_path, builtin_suites, formats, load_suite
+        from poise.suites import builtin_path, builtin_suites, format_registry, load_suite
 
         table = Table(title="built-in suites")
         for col in ("name", "items", "kinds", "categories", "source"):
@@ -98,8 +98,8 @@ def ls() -> None:
         fmt_table = Table(title="formats (files and hub datasets; detected from the columns)")
         for col in ("format", "detected by columns", "what"):
             fmt_table.add_column(col, overflow="fold")
-        for name in formats:
-            fmt = formats.get(name)
+        for name in format_registry:
+            fmt = format_registry.get(name)
             detected_by = (
                 ", ".join(fmt.required) if fmt.detect else "(fallback; --column ROLE=NAME)"
             )

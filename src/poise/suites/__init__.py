@@ -23,7 +23,7 @@ from poise.suites.formats import (
     FormatContext,
     Record,
     detect_format,
-    formats,
+    format_registry,
     parse_hh_transcript,
     register_format,
 )
@@ -44,7 +44,7 @@ __all__ = [
     "builtin_path",
     "builtin_suites",
     "detect_format",
-    "formats",
+    "format_registry",
     "load_suite",
     "parse_hh_transcript",
     "register_format",

@@ -29,7 +29,7 @@ __all__ = [
     "FormatContext",
     "Record",
     "detect_format",
-    "formats",
+    "format_registry",
     "parse_hh_transcript",
     "register_format",
 ]
@@ -60,12 +60,12 @@ class Record:
             raise self.error(field, f"expected text, got {type(value).__name__}")
         return str(value).strip()
 
-    def require(self, field: str) -> str:
+    def require(self, field: str, what: str = "a prompt") -> str:
         """The field as non-empty text, or an error naming the row and field."""
         value = self.text(field)
         if not value:
             reason = "is missing" if field not in self.data else "is empty"
-            raise self.error(field, f"{reason}; every row needs a prompt here")
+            raise self.error(field, f"{reason}; every row needs {what} here")
         return value
 
 
@@ -75,7 +75,7 @@ class FormatContext:
 
     suite: str  # suite name; fallback ids are "<suite>-<row>"
     source: str  # file path or hub id, as the user wrote it
-    hint: str = ""  # lower-cased path or hub id + split: file-naming conventions (JBB "benign")
+    hint: str = ""  # lower-cased file name, or hub id:config:split; for naming conventions
     kind: str | None = None  # caller's kind= for rows that carry none
     category: str | None = None  # caller's category= for rows that carry none
     columns: Mapping[str, str] = field(default_factory=dict)  # role -> column (generic format)
@@ -94,7 +94,7 @@ class Draft:
     reference: str | None = None
     suite: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    field: str = "prompt"  # the column the prompt came from, for validation errors
+    prompt_field: str = "prompt"  # the column the prompt came from, for validation errors
 
 
 ConvertFn = Callable[[Record, FormatContext], Draft]
@@ -126,7 +126,7 @@ class Format:
         return self.check(columns, context) if self.check is not None else context
 
 
-formats: Registry[Format] = Registry("suite format")
+format_registry: Registry[Format] = Registry("suite format")
 
 
 def register_format(
@@ -148,7 +148,7 @@ def register_format(
         doc_lines = (fn.__doc__ or "").strip().splitlines()
         summary = help or (doc_lines[0] if doc_lines else "")
         fmt = Format(name, fn, tuple(required), check, summary, detect and bool(required))
-        formats.add(name, fmt, help=summary)
+        format_registry.add(name, fmt, help=summary)
         return fn
 
     return add
@@ -157,8 +157,8 @@ def register_format(
 def detect_format(columns: Collection[str]) -> Format | None:
     """The most specific registered format whose required columns are all in ``columns``."""
     best: Format | None = None
-    for name in formats:
-        fmt = formats.get(name)
+    for name in format_registry:
+        fmt = format_registry.get(name)
         more_specific = best is None or len(fmt.required) > len(best.required)
         if fmt.detect and not fmt.missing(columns) and more_specific:
             best = fmt
@@ -171,7 +171,7 @@ def _listing(columns: Collection[str]) -> str:
 
 
 def _row_id(record: Record, context: FormatContext, value: str) -> str | None:
-    """A file's own id, prefixed by the suite when it is a bare row number.
+    """A file's own id, prefixed by the suite when it is a bare number.
 
     Bare numbers ("1", "2") repeat across data sets; an audit needs ids unique across all of
     its suites, so they become "<suite>-<n>". Named ids (HarmBench's BehaviorID) stay as they are.
@@ -225,7 +225,7 @@ def poise_items(record: Record, context: FormatContext) -> Draft:
     kind = record.text("kind")
     return Draft(
         messages=messages,
-        field="messages",
+        prompt_field="messages",
         kind=_parse_kind(record, "kind", kind) if kind else context.kind,
         id=record.text("id") or None,
         category=record.text("category") or None,
@@ -243,7 +243,7 @@ def advbench(record: Record, context: FormatContext) -> Draft:
     """AdvBench harmful_behaviors.csv (arXiv 2307.15043): goal, target -> harmful."""
     return Draft(
         prompt=record.require("goal"),
-        field="goal",
+        prompt_field="goal",
         kind=context.kind or "harmful",
         meta=_meta(record, "target"),
     )
@@ -270,7 +270,7 @@ def harmbench(record: Record, context: FormatContext) -> Draft:
         meta["behavior"] = behavior
     return Draft(
         prompt=prompt,
-        field="Behavior",
+        prompt_field="Behavior",
         kind=context.kind or "harmful",
         category=record.text("SemanticCategory") or None,
         id=_row_id(record, context, record.text("BehaviorID")),
@@ -318,7 +318,7 @@ def strongreject(record: Record, context: FormatContext) -> Draft:
     """StrongREJECT CSV (arXiv 2402.10260): category, source, forbidden_prompt -> harmful."""
     return Draft(
         prompt=record.require("forbidden_prompt"),
-        field="forbidden_prompt",
+        prompt_field="forbidden_prompt",
         kind=context.kind or "harmful",
         category=record.text("category") or None,
         meta=_meta(record, "source"),
@@ -338,7 +338,7 @@ def jailbreakbench(record: Record, context: FormatContext) -> Draft:
     benign = "benign" in context.hint
     return Draft(
         prompt=record.require("Goal"),
-        field="Goal",
+        prompt_field="Goal",
         kind=context.kind or ("benign" if benign else "harmful"),
         category=record.text("Category") or None,
         id=_row_id(record, context, record.text("Index")),
@@ -354,7 +354,7 @@ def do_not_answer(record: Record, context: FormatContext) -> Draft:
     """Do-Not-Answer (arXiv 2308.13387): question -> harmful; category = types_of_harm."""
     return Draft(
         prompt=record.require("question"),
-        field="question",
+        prompt_field="question",
         kind=context.kind or "harmful",
         category=record.text("types_of_harm") or record.text("risk_area") or None,
         id=_row_id(record, context, record.text("id")),
@@ -423,7 +423,7 @@ def hh_rlhf(record: Record, context: FormatContext) -> Draft:
         raise record.error("chosen", "the transcript has no 'Human:' turn")
     meta: dict[str, Any] = {"row": record.number}
     reply = _last_reply(turns)
-    if reply is not None:
+    if reply:  # HH-RLHF holds some empty final replies; they say nothing
         meta["chosen"] = reply
     rejected = record.data.get("rejected")
     if isinstance(rejected, str) and rejected.strip():
@@ -431,13 +431,13 @@ def hh_rlhf(record: Record, context: FormatContext) -> Draft:
             rejected_reply = _last_reply(parse_hh_transcript(rejected))
         except PoiseError as exc:
             raise record.error("rejected", str(exc)) from None
-        if rejected_reply is not None:
+        if rejected_reply:
             meta["rejected"] = rejected_reply
     subset = next((p for p in reversed(context.path_parts) if p in _HH_SUBSETS), None)
     default_kind = "benign" if "helpful" in (subset or context.hint) else "harmful"
     return Draft(
         messages=turns[: last_user + 1],
-        field="chosen",
+        prompt_field="chosen",
         kind=context.kind or default_kind,
         category=subset,
         meta=meta,
@@ -493,7 +493,7 @@ def generic(record: Record, context: FormatContext) -> Draft:
             meta[name] = value
     return Draft(
         messages=messages,
-        field=prompt_column,
+        prompt_field=prompt_column,
         kind=kind,
         category=_optional(record, cols.get("category")),
         id=_row_id(record, context, _optional(record, cols.get("id")) or ""),

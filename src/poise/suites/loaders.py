@@ -40,7 +40,7 @@ from poise.suites.formats import (
     FormatContext,
     Record,
     detect_format,
-    formats,
+    format_registry,
 )
 from poise.suites.schema import KINDS, SuiteItem
 
@@ -54,7 +54,7 @@ DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
 # "owner/name", optionally ":split" or ":config:split"; names as the hub allows them.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?::[\w.-]+){0,2}$")
 # Generic data-split file names; the folder above them names the suite instead.
-_SPLIT_STEMS = {"train", "test", "validation", "valid", "val", "dev", "data", "data_en"}
+_SPLIT_STEMS = {"train", "test", "validation", "valid", "val", "dev"}
 
 
 @dataclass
@@ -104,7 +104,7 @@ def load_suite(
 ) -> Suite:
     """Load a suite from a built-in name, a local file or a hub dataset id.
 
-    ``format`` forces a row format (``poise.suites.formats.names()``) instead of detecting it
+    ``format`` forces a row format (``poise.suites.format_registry.names()``) instead of detecting it
     from the header. ``columns`` maps roles (prompt, id, kind, category, reference, system) to
     column names of a generic file and implies the generic format. ``kind`` and ``category``
     apply to rows that carry none of their own (a format's convention, e.g. AdvBench ->
@@ -114,10 +114,10 @@ def load_suite(
         raise UnknownNameError("kind", kind, KINDS)
     if limit is not None and limit < 1:
         raise PoiseError(f"limit must be at least 1, got {limit}")
-    fmt = formats.get(format) if format is not None else None
+    fmt = format_registry.get(format) if format is not None else None
     if columns:
         if fmt is None:
-            fmt = formats.get("generic")
+            fmt = format_registry.get("generic")
         elif fmt.name != "generic":
             raise PoiseError(f"columns= applies to the generic format only, not {fmt.name!r}")
     options = _Options(fmt, dict(columns or {}), kind, category, limit)
@@ -155,7 +155,7 @@ def _load_builtin(name: str, options: _Options) -> Suite:
             f"built-in suite {name!r} has no data file yet ({path}); "
             "write it with `python -m poise.organism.world --write-suites`"
         )
-    fmt = options.format or formats.get("poise")
+    fmt = options.format or format_registry.get("poise")
     return _load_file(
         path, str(path), _Options(fmt, {}, options.kind, options.category, options.limit), name=name
     )
@@ -170,7 +170,7 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
     context = FormatContext(
         suite=name or suite_name(path),
         source=source,
-        hint=str(path).lower(),
+        hint=path.name.lower(),
         kind=options.kind,
         category=options.category,
         columns=options.columns,
@@ -228,7 +228,8 @@ def suite_name(path: Path) -> str:
     """
     stem = path.name
     for ext in (".gz", *DATA_EXTENSIONS):
-        stem = stem.removesuffix(ext) if stem.lower().endswith(ext) else stem
+        if stem.lower().endswith(ext):
+            stem = stem[: -len(ext)]
     if stem.lower() in _SPLIT_STEMS and path.resolve().parent.name:
         return f"{path.resolve().parent.name}-{stem}"
     return stem
@@ -403,7 +404,7 @@ def _json_type(value: object) -> str:
 def _build(
     header: Sequence[str], rows: Iterable[Row], context: FormatContext, options: _Options
 ) -> Suite:
-    fmt = options.format or detect_format(header) or formats.get("generic")
+    fmt = options.format or detect_format(header) or format_registry.get("generic")
     if options.format is None:
         log.debug("%s: detected format %r", context.source, fmt.name)
     context = fmt.prepare(header, context)
@@ -430,7 +431,7 @@ def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
     elif draft.prompt is not None and draft.prompt.strip():
         messages = [{"role": "user", "content": draft.prompt}]
     else:
-        raise record.error(draft.field, "is empty; every row needs a prompt")
+        raise record.error(draft.prompt_field, "is empty; every row needs a prompt")
     kind = draft.kind or context.kind
     if kind is None:
         raise record.error("kind", f"no kind; give one with kind= (one of {', '.join(KINDS)})")
@@ -447,7 +448,7 @@ def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = error["loc"][0] if error["loc"] else "(row)"
-        name = draft.field if loc == "messages" else str(loc)
+        name = draft.prompt_field if loc == "messages" else str(loc)
         message = str(error["msg"]).removeprefix("Value error, ")
         raise record.error(name, message) from None
 
