@@ -67,7 +67,7 @@ def test_builtin_suite_is_read_from_the_builtin_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(loaders_module, "BUILTIN_DIR", tmp_path)
-    item = {
+    item: dict[str, Any] = {
         "id": "benign-0001",
         "messages": [{"role": "user", "content": "How do I boil an egg?"}],
         "kind": "benign",
