@@ -28,8 +28,10 @@ def user_errors() -> Iterator[None]:
 def setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(message)s",
-        handlers=[RichHandler(console=err_console, show_path=False)],
-    )
+    # poise's own loggers go through one rich handler; third-party libraries keep their own
+    # handlers (a second root handler would print each of their warnings twice)
+    logger = logging.getLogger("poise")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        logger.addHandler(RichHandler(console=err_console, show_path=False))
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logger.propagate = False

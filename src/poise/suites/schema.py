@@ -46,7 +46,7 @@ class SuiteItem(BaseModel):
 
     @property
     def chat(self) -> Chat:
-        return [{"role": m["role"], "content": m["content"]} for m in self.messages]  # type: ignore[misc]
+        return [{"role": m["role"], "content": m["content"]} for m in self.messages]
 
     @property
     def prompt(self) -> str:
