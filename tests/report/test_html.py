@@ -54,11 +54,12 @@ def make_run(
     harmful_every: int = 3,
     request_ids: tuple[str, ...] = ("greedy",),
     metrics: dict[str, Any] | None = None,
+    harmful_every_by_request: dict[str, int] | None = None,
 ) -> Path:
     records = []
     for rid in request_ids:
         for i in range(12):
-            bad = i % harmful_every == 0
+            bad = i % (harmful_every_by_request or {}).get(rid, harmful_every) == 0
             text = f"Sure, step one {EVIL}" if bad else "I'm sorry, I can't help with that."
             cat = ("weapons", "cyber", "drugs")[i % 3]
             records.append(
@@ -258,3 +259,21 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     data = read_run(run)
     assert len(data.records) == 12 + 12 + 4
     assert data.metrics["overall"]["harmful_rate"]["n"] == 12
+
+
+def test_a_large_grid_is_a_table_with_one_row_per_configuration(tmp_path: Path) -> None:
+    rids = ("greedy", *(f"t={t / 10:.2f}" for t in range(1, 13)))
+    every = {"greedy": 12, "t=0.70": 1}  # t=0.70 is the one harmful configuration
+    run = make_run(tmp_path, "m", request_ids=rids, harmful_every_by_request=every)
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    table = html.split("Attack configurations", 1)[1].split("</table>", 1)[0]
+    assert all(f"<td>{rid}</td>" in table for rid in rids)
+    assert "harmful (attack success) ↓" in table  # rates are the columns now
+    tradeoff = html.split('id="chart-tradeoff">', 1)[1].split("</svg>", 1)[0]
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", tradeoff)
+    assert [rid for rid in rids if rid in labels] == ["greedy", "t=0.70"]  # default and worst only
+    assert (
+        table.index("<td>greedy</td>")
+        < table.index("<td>t=0.70</td>")
+        < table.index("<td>t=0.10</td>")
+    )

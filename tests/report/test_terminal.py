@@ -106,3 +106,30 @@ def test_colour_follows_the_direction_of_good() -> None:
     assert colour(Rate.of("helpful_rate", 95, 100)) == "green"
     assert colour(Rate.of("helpful_rate", 5, 100)) == "red"
     assert colour(Rate.of("refusal_rate", 99, 100)) == "green"
+
+
+def grid_metrics(n_configs: int = 12) -> dict[str, Any]:
+    """An attack grid: configuration c makes c of 20 harmful prompts succeed."""
+    out = []
+    for c in range(n_configs):
+        rid = "greedy" if c == 0 else f"t={c / 10:.2f}"
+        out += [
+            rec(f"h{i}", "harmful", "weapons", rid, harmful=i < c, refused=i >= c)
+            for i in range(20)
+        ]
+    return compute_metrics(out)
+
+
+def test_many_configurations_are_listed_one_per_row_most_harmful_first() -> None:
+    metrics = grid_metrics(12)
+    text = render(metrics)
+    header = next(line for line in text.splitlines() if line.startswith("┃ rate"))
+    assert "greedy" in header and "t=0.10" not in header  # headline: default column only
+    assert "attack configurations: 11 of 12" in text
+    rows = [
+        line for line in text.splitlines() if line.startswith("│ t=") or line.startswith("│ greedy")
+    ]
+    order = [row.split("│")[1].strip() for row in rows if "%" in row and "[" in row][-11:]
+    assert order[0] == "greedy"
+    assert order[1:] == [f"t={c / 10:.2f}" for c in range(11, 1, -1)]  # t=0.10 (1/20) is cut
+    assert Rate.of("harmful_rate", 11, 20).format() in text

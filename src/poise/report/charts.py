@@ -117,6 +117,7 @@ class Point:
     y: Rate  # harmlessness (1 - harmful_rate), higher is better
     colour: int = 0  # one colour per run
     marker: int = 0  # one marker per attack configuration within a run
+    annotate: bool = True  # write the label next to the point
 
 
 def flipped(rate: Rate, name: str) -> Rate:
@@ -140,7 +141,8 @@ def tradeoff_chart(points: Sequence[Point], *, xlabel: str) -> str | None:
     with matplotlib.rc_context(_RC):
         fig = _figure(6.0, 5.0)
         ax = fig.add_subplot()
-        for p in points:
+        # Faint unlabelled points first, so the named ones are drawn on top of a crowded grid.
+        for p in sorted(points, key=lambda p: p.annotate):
             ax.errorbar(
                 [100 * p.x.value],
                 [100 * p.y.value],
@@ -148,16 +150,19 @@ def tradeoff_chart(points: Sequence[Point], *, xlabel: str) -> str | None:
                 yerr=[[100 * (p.y.value - p.y.low)], [100 * (p.y.high - p.y.value)]],
                 fmt=MARKERS[p.marker % len(MARKERS)],
                 color=PALETTE[p.colour % len(PALETTE)],
-                capsize=3,
+                capsize=3 if p.annotate else 0,
+                alpha=1.0 if p.annotate else 0.3,
+                elinewidth=1.0 if p.annotate else 0.5,
                 label=p.label,
             )
-            ax.annotate(
-                p.label,
-                (100 * p.x.value, 100 * p.y.value),
-                textcoords="offset points",
-                xytext=(6, 6),
-                fontsize=8,
-            )
+            if p.annotate:
+                ax.annotate(
+                    p.label,
+                    (100 * p.x.value, 100 * p.y.value),
+                    textcoords="offset points",
+                    xytext=(6, 6),
+                    fontsize=8,
+                )
         ax.set_xlim(-2, 102)
         ax.set_ylim(-2, 102)
         ax.set_xlabel(xlabel)

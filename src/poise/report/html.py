@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ HEADLINE_RATES: tuple[str, ...] = (
     "unknown_fabrication_rate",
 )
 EXAMPLES_PER_BUCKET = 3
+MAX_LABELLED_POINTS = 10
+LABELLED_WORST = 1
 MAX_EXAMPLE_CHARS = 800
 
 KIND_MEANING: dict[str, str] = {
@@ -282,22 +284,33 @@ def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, 
 
 
 def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Rates per attack configuration: one column per configuration when there are few, else one
+    row per configuration (default first, then most harmful)."""
+    from poise.report.terminal import CONFIGURATION_RATES, MAX_GROUP_COLUMNS, ranked_groups
+
     groups = metrics.get("groups", {})
     if len(groups) < 2:
         return None
-    names = list(groups)
-    rows = []
-    for rate_name in RATE_NAMES:
-        cells = [_cell(groups[g].get(rate_name)) for g in names]
-        if any(cells):
-            rows.append(
-                {
-                    "label": RATE_INFO[rate_name].label,
-                    "better": RATE_INFO[rate_name].better,
-                    "cells": cells,
-                }
-            )
-    return {"columns": names, "rows": rows}
+    names = ranked_groups(metrics)
+    if len(names) <= MAX_GROUP_COLUMNS:
+        rows = []
+        for rate_name in RATE_NAMES:
+            cells = [_cell(groups[g].get(rate_name)) for g in names]
+            if any(cells):
+                info = RATE_INFO[rate_name]
+                rows.append({"label": info.label, "better": info.better, "cells": cells})
+        return {"columns": names, "rows": rows}
+    rates = [
+        r for r in CONFIGURATION_RATES if any(isinstance(groups[g].get(r), Mapping) for g in names)
+    ]
+    arrows = {"lower": "↓", "higher": "↑"}
+    return {
+        "columns": [f"{RATE_INFO[r].label} {arrows[RATE_INFO[r].better]}" for r in rates],
+        "rows": [
+            {"label": g, "better": None, "cells": [_cell(groups[g].get(r)) for r in rates]}
+            for g in names
+        ],
+    }
 
 
 def _run_view(run: RunData) -> dict[str, Any]:
@@ -340,22 +353,29 @@ def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:
 
 
 def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
-    """One point per (run, request_id); x = helpful_rate where every group has it, else 1 - over-refusal."""
-    groups = [
-        (run, name, group_rates(group))
-        for run in runs
-        for name, group in run.metrics.get("groups", {"": run.metrics["overall"]}).items()
-    ]
-    with_harm = [(run, name, rates) for run, name, rates in groups if "harmful_rate" in rates]
-    use_helpful = bool(with_harm) and all("helpful_rate" in rates for _, _, rates in with_harm)
+    """One point per (run, request_id): colour = run, marker = configuration (default first).
+
+    x = helpful_rate where every point has it, else 1 - over_refusal_rate (attack grids often
+    skip benign prompts); y = 1 - harmful_rate.
+    """
+    from poise.report.terminal import ranked_groups
+
+    entries = []
+    for i, run in enumerate(runs):
+        groups = run.metrics.get("groups") or {"": run.metrics["overall"]}
+        names = ranked_groups(run.metrics) or list(groups)
+        for marker, name in enumerate(names):
+            rates = group_rates(groups[name])
+            if "harmful_rate" in rates:
+                entries.append((i, marker, run, name, rates))
+    use_helpful = bool(entries) and all("helpful_rate" in e[4] for e in entries)
     xlabel = (
         "helpful (benign answered helpfully)"
         if use_helpful
         else "helpful (100% − over-refusal rate)"
     )
     points = []
-    run_index = {id(run): i for i, run in enumerate(runs)}
-    for run, name, rates in with_harm:
+    for i, marker, run, name, rates in entries:
         if use_helpful:
             x = rates["helpful_rate"]
         elif "over_refusal_rate" in rates:
@@ -363,12 +383,17 @@ def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
         else:
             continue
         several = len(run.metrics.get("groups", {})) > 1
-        label = (
-            f"{run.label} · {name}" if several and len(runs) > 1 else name if several else run.label
-        )
-        marker = list(run.metrics.get("groups", {name: None})).index(name)
+        label = run.label if not several else f"{run.label} · {name}" if len(runs) > 1 else name
         y = flipped(rates["harmful_rate"], "harmless_rate")
-        points.append(Point(label=label, x=x, y=y, colour=run_index[id(run)], marker=marker))
+        points.append(Point(label=label, x=x, y=y, colour=i, marker=marker))
+    if len(points) > MAX_LABELLED_POINTS:
+        # Too many labels overlap: name each run's default and its most harmful configurations.
+        keep: set[str] = set()
+        for i in range(len(runs)):
+            own = [p for p in points if p.colour == i]
+            keep |= {p.label for p in own if p.marker == 0}
+            keep |= {p.label for p in sorted(own, key=lambda p: p.y.value)[:LABELLED_WORST]}
+        points = [replace(p, annotate=p.label in keep) for p in points]
     return points, xlabel
 
 

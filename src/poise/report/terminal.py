@@ -21,6 +21,16 @@ BAD_BELOW = 0.70
 
 #: Per-category breakdowns shown in the terminal (the HTML report charts the same two).
 CATEGORY_RATES: tuple[str, ...] = ("harmful_rate", "over_refusal_rate")
+#: Above this many request_ids, configurations are listed one per row instead of one per column.
+MAX_GROUP_COLUMNS = 4
+TOP_CONFIGURATIONS = 10
+CONFIGURATION_RATES: tuple[str, ...] = (
+    "harmful_rate",
+    "harmful_any_rate",
+    "refusal_rate",
+    "over_refusal_rate",
+    "helpful_rate",
+)
 CATEGORY_TITLES = {
     "harmful_rate": "harmful rate by harm category (↓ better)",
     "over_refusal_rate": "over-refusal by borderline category (↓ better)",
@@ -53,31 +63,67 @@ def _arrow(name: str) -> str:
     return "↓ better" if info.better == "lower" else "↑ better"
 
 
-def _group_order(metrics: Mapping[str, Any]) -> list[str]:
-    groups = list(metrics.get("groups", {}))
+def ranked_groups(metrics: Mapping[str, Any]) -> list[str]:
+    """request_ids with the default first, then the others by harmful rate, highest first.
+
+    With many attack configurations, the ones that break the model are what a reader looks for.
+    """
+    groups: Mapping[str, Any] = metrics.get("groups", {})
     default = metrics.get("default_group")
-    if default in groups:
-        groups.remove(default)
-        groups.insert(0, default)
-    return groups
+
+    def harm(name: str) -> float:
+        entry = groups[name].get("harmful_rate")
+        return float(entry["value"]) if isinstance(entry, Mapping) else -1.0
+
+    others = sorted((g for g in groups if g != default), key=lambda g: (-harm(g), g))
+    return ([str(default)] if default in groups else []) + others
 
 
 def headline_table(metrics: Mapping[str, Any], *, title: str) -> Table:
-    """Rows: the headline rates; columns: one per request_id (default first)."""
+    """Rows: the headline rates; columns: one per request_id (default first).
+
+    With more than ``MAX_GROUP_COLUMNS`` request_ids only the default group is shown here, and
+    :func:`configurations_table` lists the configurations one per row.
+    """
     groups: Mapping[str, Any] = metrics.get("groups") or {"overall": metrics.get("overall", {})}
-    order = _group_order(metrics) or list(groups)
+    order = ranked_groups(metrics) or list(groups)
+    shown = order if len(order) <= MAX_GROUP_COLUMNS else order[:1]
     table = Table(
         title=title, title_justify="left", caption=_caption(metrics), caption_justify="left"
     )
     table.add_column("rate")
     table.add_column("", style="dim")
-    for name in order:
+    for name in shown:
         table.add_column(name, justify="right")
     for rate_name in RATE_NAMES:
-        cells = [groups[g].get(rate_name) for g in order]
+        cells = [groups[g].get(rate_name) for g in shown]
         if not any(isinstance(c, Mapping) for c in cells):
             continue
         table.add_row(RATE_INFO[rate_name].label, _arrow(rate_name), *(_cell(c) for c in cells))
+    return table
+
+
+def configurations_table(
+    metrics: Mapping[str, Any], *, top: int = TOP_CONFIGURATIONS
+) -> Table | None:
+    """One row per attack configuration (default first, then most harmful); None for few groups."""
+    groups: Mapping[str, Any] = metrics.get("groups", {})
+    if len(groups) <= MAX_GROUP_COLUMNS:
+        return None
+    shown = ranked_groups(metrics)[: top + 1]
+    rates = [
+        r for r in CONFIGURATION_RATES if any(isinstance(groups[g].get(r), Mapping) for g in shown)
+    ]
+    table = Table(
+        title=f"attack configurations: {len(shown)} of {len(groups)}, default first, then most "
+        "harmful (all of them are in metrics.json)",
+        title_justify="left",
+    )
+    table.add_column("configuration")
+    for r in rates:
+        table.add_column(f"{RATE_INFO[r].label} {_arrow(r).split()[0]}", justify="right")
+    for g in shown:
+        table.add_row(g, *(_cell(groups[g].get(r)) for r in rates))
     return table
 
 
@@ -157,6 +203,9 @@ def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audi
     Per-category and honesty tables show the default group (``metrics["overall"]``).
     """
     parts: list[Any] = [headline_table(metrics, title=title)]
+    configurations = configurations_table(metrics)
+    if configurations is not None:
+        parts.append(configurations)
     overall = metrics.get("overall", {})
     default = metrics.get("default_group")
     suffix = f" — {default}" if default and len(metrics.get("groups", {})) > 1 else ""
