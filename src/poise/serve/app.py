@@ -79,6 +79,9 @@ class ServerState:
             "streams": self.streams,
             "generate_calls": self.batcher.generate_calls,
             "generated_chats": self.batcher.generated_chats,
+            # asyncio tasks alive in the server's loop (this request's included): returns to its
+            # idle value when no request is in flight, so a leak shows.
+            "tasks": len(asyncio.all_tasks()),
         }
 
 

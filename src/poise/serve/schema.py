@@ -164,6 +164,10 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         ) from None
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object", code="invalid_type")
+    if data.get("messages") == []:
+        raise RequestError(
+            "messages must hold at least one message", param="messages", code="invalid_value"
+        )
     try:
         req = _RequestIn.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,377 @@
+"""The openai backend against small fake OpenAI-compatible servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+import poise.models.openai as openai_backend
+from poise.config import Sampling
+from poise.errors import MissingExtraError, PoiseError
+from poise.models.base import Chat, LanguageModel
+from poise.models.openai import OpenAIModel, load
+
+# What a fake server answers: status, extra headers, JSON body.
+Reply = tuple[int, dict[str, str], dict[str, Any]]
+
+
+def ok(texts: list[str], finish: str = "stop", completion_tokens: int | None = None) -> Reply:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish}
+            for i, t in enumerate(texts)
+        ],
+    }
+    if completion_tokens is not None:
+        body["usage"] = {
+            "prompt_tokens": 3,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 3 + completion_tokens,
+        }
+    return 200, {}, body
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return (
+        status,
+        headers or {},
+        {"error": {"message": message, "type": "x", "param": None, "code": None}},
+    )
+
+
+def echo(request: dict[str, Any]) -> Reply:
+    """Answers with the last user message and the n asked for."""
+    content = request["messages"][-1]["content"]
+    return ok([f"{content}#{i}" for i in range(request.get("n", 1))], completion_tokens=4)
+
+
+@dataclass
+class FakeServer:
+    """A threaded HTTP server answering /v1/chat/completions from a script.
+
+    ``script`` is a list of replies used in order (the last one repeats) or a function of the
+    request body. Every request body is recorded.
+    """
+
+    script: list[Reply] | Callable[[dict[str, Any]], Reply]
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        fake = self
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", 0))
+                request = json.loads(self.rfile.read(length))
+                with lock:
+                    fake.requests.append(request)
+                    fake.times.append(time.monotonic())
+                    number = len(fake.requests)
+                script = fake.script
+                if callable(script):
+                    status, headers, body = script(request)
+                else:
+                    status, headers, body = script[min(number, len(script)) - 1]
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., FakeServer]]:
+    servers: list[FakeServer] = []
+
+    def make(script: list[Reply] | Callable[[dict[str, Any]], Reply]) -> FakeServer:
+        servers.append(FakeServer(script))
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_backend, "_BACKOFF_BASE_S", 0.01)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+
+
+def chat(text: str) -> Chat:
+    return [{"role": "user", "content": text}]
+
+
+def test_is_a_language_model(fake_server: Callable[..., FakeServer]) -> None:
+    assert isinstance(OpenAIModel("m", base_urls=["http://127.0.0.1:1/v1"]), LanguageModel)
+
+
+def test_generate_maps_the_response(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server([ok(["a b c"], finish="length", completion_tokens=7)])
+    model = OpenAIModel("m", base_urls=[server.url])
+    [[completion]] = model.generate([chat("hi")], Sampling())
+    assert completion.text == "a b c"
+    assert completion.num_tokens == 7
+    assert completion.finish_reason == "length"
+    assert model.generate([], Sampling()) == []
+
+
+def test_sampling_maps_onto_the_request(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server(echo)
+    model = OpenAIModel("my-model", base_urls=[server.url])
+    system_chat: Chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    model.generate(
+        [system_chat],
+        Sampling(
+            temperature=0.7, top_p=0.9, top_k=40, max_new_tokens=33, n=2, seed=5, stop=("X", "Y")
+        ),
+    )
+    model.generate([chat("greedy")], Sampling(top_p=0.5, seed=2))
+    model.generate([chat("no top_k")], Sampling(temperature=1.0))
+    model.generate([chat("top_k one")], Sampling(temperature=1.0, top_k=1))
+    sampled, greedy, plain, top_k_one = server.requests
+    assert sampled == {
+        "model": "my-model",
+        "messages": system_chat,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 40,  # extra_body puts it at the top level of the JSON body, as vLLM expects
+        "max_tokens": 33,
+        "n": 2,
+        "seed": 5,
+        "stop": ["X", "Y"],
+    }
+    assert greedy["temperature"] == 0.0 and "top_p" not in greedy and "top_k" not in greedy
+    assert "top_k" not in plain and "stop" not in plain
+    assert top_k_one["temperature"] == 0.0 and "top_k" not in top_k_one  # top_k 1 is greedy
+
+
+def test_retries_on_429_and_503_then_succeeds(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server(
+        [
+            error(429, "slow down", {"retry-after": "0.3"}),
+            error(503, "overloaded"),
+            ok(["finally"], completion_tokens=1),
+        ]
+    )
+    model = OpenAIModel("m", base_urls=[server.url], max_retries=4)
+    [[completion]] = model.generate([chat("x")], Sampling())
+    assert completion.text == "finally"
+    assert len(server.requests) == 3
+    # Retry-After was honoured (the backoff alone would be at most 0.01 s here).
+    assert server.times[1] - server.times[0] >= 0.29
+
+
+def test_retries_on_connection_errors_by_moving_to_the_next_url(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    with socket.socket() as sock:  # a port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    server = fake_server(echo)
+    model = OpenAIModel("m", base_urls=[dead, server.url], max_retries=2)
+    out = model.generate([chat("a"), chat("b"), chat("c")], Sampling())
+    assert [row[0].text for row in out] == ["a#0", "b#0", "c#0"]
+    assert len(server.requests) == 3
+
+
+def test_gives_up_after_max_retries(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server([error(500, "broken")])
+    model = OpenAIModel("m", base_urls=[server.url], max_retries=2)
+    with pytest.raises(PoiseError, match=r"after 3 attempts: HTTP 500: broken"):
+        model.generate([chat("x")], Sampling())
+    assert len(server.requests) == 3
+
+
+def test_no_retry_on_400_and_the_servers_message_is_shown(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server([error(400, "max_tokens must be at most 2048")])
+    model = OpenAIModel("m", base_urls=[server.url], max_retries=4)
+    with pytest.raises(PoiseError) as info:
+        model.generate([chat("x")], Sampling())
+    message = str(info.value)
+    assert "HTTP 400" in message and "max_tokens must be at most 2048" in message
+    assert "\n" not in message
+    assert len(server.requests) == 1
+
+
+def test_requests_spread_round_robin_over_base_urls(fake_server: Callable[..., FakeServer]) -> None:
+    first, second = fake_server(echo), fake_server(echo)
+    model = OpenAIModel("m", base_urls=[first.url, second.url], concurrency=4)
+    out = model.generate([chat(f"q{i}") for i in range(10)], Sampling())
+    assert [row[0].text for row in out] == [f"q{i}#0" for i in range(10)]
+    assert len(first.requests) == len(second.requests) == 5
+    assert {r["messages"][0]["content"] for r in first.requests} == {
+        f"q{i}" for i in range(0, 10, 2)
+    }
+
+
+def test_asks_again_when_the_server_returns_fewer_than_n(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    def one_choice(request: dict[str, Any]) -> Reply:
+        return ok([f"seed {request['seed']}"], completion_tokens=2)
+
+    server = fake_server(one_choice)
+    model = OpenAIModel("m", base_urls=[server.url])
+    [row] = model.generate([chat("x")], Sampling(temperature=1.0, n=3, seed=7))
+    assert len(row) == 3
+    assert [r["n"] for r in server.requests] == [3, 2, 1]
+    # The follow-ups use other (derived, reproducible) seeds, so the samples differ.
+    assert len({c.text for c in row}) == 3
+    [again] = model.generate([chat("x")], Sampling(temperature=1.0, n=3, seed=7))
+    assert again == row
+
+
+def test_token_counts_are_split_over_choices(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server([ok(["aaaa", "aaaaaaaaaaaa"], completion_tokens=8)])
+    model = OpenAIModel("m", base_urls=[server.url])
+    [row] = model.generate([chat("x")], Sampling(n=2))
+    assert [c.num_tokens for c in row] == [2, 6]
+
+
+def test_concurrency_is_bounded(fake_server: Callable[..., FakeServer]) -> None:
+    active = 0
+    most = 0
+    lock = threading.Lock()
+
+    def slow(request: dict[str, Any]) -> Reply:
+        nonlocal active, most
+        with lock:
+            active += 1
+            most = max(most, active)
+        time.sleep(0.05)
+        with lock:
+            active -= 1
+        return echo(request)
+
+    server = fake_server(slow)
+    model = OpenAIModel("m", base_urls=[server.url], concurrency=3)
+    out = model.generate([chat(str(i)) for i in range(9)], Sampling())
+    assert [row[0].text for row in out] == [f"{i}#0" for i in range(9)]
+    assert most == 3
+
+
+def test_works_inside_a_running_event_loop(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server(echo)
+    model = OpenAIModel("m", base_urls=[server.url])
+
+    async def main() -> str:
+        return model.generate([chat("loop")], Sampling())[0][0].text
+
+    assert asyncio.run(main()) == "loop#0"
+    # and from a plain worker thread
+    results: list[str] = []
+    thread = threading.Thread(
+        target=lambda: results.append(model.generate([chat("thread")], Sampling())[0][0].text)
+    )
+    thread.start()
+    thread.join()
+    assert results == ["thread#0"]
+
+
+def test_progress_counts_finished_chats(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server(echo)
+    seen: list[int] = []
+    OpenAIModel("m", base_urls=[server.url]).generate(
+        [chat("a"), chat("b"), chat("c")], Sampling(), progress=seen.append
+    )
+    assert sum(seen) == 3
+
+
+def test_score_is_not_supported() -> None:
+    model = OpenAIModel("m", base_urls=["http://127.0.0.1:1/v1"])
+    with pytest.raises(NotImplementedError, match="log-probs"):
+        model.score([chat("x")], ["y"])
+
+
+def test_load_parses_specs_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = load("openai:org/model-7b@http://a:8000/v1,http://b:8000/v1/")
+    assert model.model == "org/model-7b"
+    assert model.base_urls == ("http://a:8000/v1", "http://b:8000/v1")
+    assert model.name == "openai:org/model-7b@http://a:8000/v1"
+
+    model = load("openai:m", base_urls="http://x:1/v1, http://y:2/v1", concurrency="8", name="m@v2")
+    assert model.base_urls == ("http://x:1/v1", "http://y:2/v1")
+    assert model.concurrency == 8
+    assert model.name == "m@v2"
+
+    assert load("openai:m", base_url="http://z:3/v1").base_urls == ("http://z:3/v1",)
+
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://from-env:9/v1")
+    assert load("openai:m").base_urls == ("http://from-env:9/v1",)
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    assert load("openai:m").base_urls == ("https://api.openai.com/v1",)
+
+
+@pytest.mark.parametrize(
+    ("spec", "options", "match"),
+    [
+        ("openai:", {}, "bad openai model spec"),
+        ("gpt-4", {}, "bad openai model spec"),
+        ("openai:m", {"base_urls": "ftp://x"}, "must start with http"),
+        ("openai:m", {"concurency": 4}, r"unknown option\(s\).*concurency.*known: .*concurrency"),
+        ("openai:m", {"concurrency": 0}, "concurrency must be >= 1"),
+        ("openai:m", {"max_retries": "many"}, "max_retries must be an integer"),
+        ("openai:m", {"timeout": 0}, "timeout must be > 0"),
+    ],
+)
+def test_load_errors_are_one_clear_line(spec: str, options: dict[str, Any], match: str) -> None:
+    with pytest.raises(PoiseError, match=match) as info:
+        load(spec, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_openai_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openai", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'poise\[serve\]'"):
+        OpenAIModel("m", base_urls=["http://127.0.0.1:1/v1"])
+
+
+def test_backoff_and_retry_after_parsing() -> None:
+    assert openai_backend._retry_after_seconds({"retry-after": "2"}) == 2.0
+    assert openai_backend._retry_after_seconds({"retry-after-ms": "250"}) == 0.25
+    assert openai_backend._retry_after_seconds({"retry-after": "soon"}) is None
+    assert openai_backend._retry_after_seconds({}) is None
+    http_date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 30))
+    assert 25 <= (openai_backend._retry_after_seconds({"retry-after": http_date}) or 0) <= 31
+    assert openai_backend._backoff_seconds(0, 5.0) == 5.0
+    assert openai_backend._backoff_seconds(0, 1e6) == openai_backend._RETRY_AFTER_CAP_S
+    delays = [openai_backend._backoff_seconds(3, None) for _ in range(200)]
+    assert min(delays) >= 0 and max(delays) <= 0.01 * 2**3  # base patched to 0.01
+    assert len(set(delays)) > 100  # jittered, not in lockstep

@@ -1,0 +1,252 @@
+"""The server in a thread of the test process, over a scripted model (fast, real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models.base import Chat
+from poise.models.openai import OpenAIModel
+
+from .helpers import EchoModel, ThreadServer, read_sse, stream_texts
+
+StartServer = Callable[..., ThreadServer]
+
+
+def chat(text: str) -> Chat:
+    return [{"role": "user", "content": text}]
+
+
+def ask(server: ThreadServer, text: str, **fields: Any) -> httpx.Response:
+    payload = {"model": server.state.config.name, "messages": chat(text), **fields}
+    return httpx.post(f"{server.base_url}/chat/completions", json=payload, timeout=30)
+
+
+def ask_stream(server: ThreadServer, text: str, **fields: Any) -> list[dict[str, Any]]:
+    payload = {"model": server.state.config.name, "messages": chat(text), "stream": True, **fields}
+    with httpx.stream(
+        "POST", f"{server.base_url}/chat/completions", json=payload, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        chunks, done = read_sse(list(response.iter_lines()))
+    assert done
+    return chunks
+
+
+def wait_until_idle(
+    server: ThreadServer, baseline_tasks: int, timeout: float = 10.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = server.health()
+        idle = (
+            health["pending"] == health["running"] == health["waiting"] == health["streams"] == 0
+            and health["tasks"] <= baseline_tasks
+        )
+        if idle or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
+
+
+def test_response_has_the_openai_shape(start_server: StartServer, echo_model: EchoModel) -> None:
+    server = start_server(echo_model)
+    response = ask(server, "hello", temperature=0, max_tokens=4)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"].startswith("chatcmpl-")
+    assert body["object"] == "chat.completion"
+    assert isinstance(body["created"], int)
+    assert body["model"] == "echo"
+    [choice] = body["choices"]
+    expected = echo_model.reply(chat("hello"), Sampling(max_new_tokens=4), 0)
+    assert choice["index"] == 0
+    assert choice["message"] == {"role": "assistant", "content": expected.text}
+    assert choice["finish_reason"] == "length"  # the echo model has 6 words, 4 allowed
+    assert body["usage"]["completion_tokens"] == 4
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 4
+
+
+def test_models_and_health(start_server: StartServer, echo_model: EchoModel) -> None:
+    server = start_server(echo_model, served_name="my-model")
+    models = httpx.get(f"{server.base_url}/models").json()
+    assert [m["id"] for m in models["data"]] == ["my-model"]
+    assert httpx.get(f"{server.base_url}/models/my-model").status_code == 200
+    assert httpx.get(f"{server.base_url}/models/other").status_code == 404
+    health = server.health()
+    assert health["status"] == "ok" and health["model"] == "my-model"
+    # The model's own name is accepted too; any other name is a 404 naming the served one.
+    assert ask(server, "x").status_code == 200
+    payload = {"model": "echo", "messages": chat("x")}
+    assert httpx.post(f"{server.base_url}/chat/completions", json=payload).status_code == 200
+    payload["model"] = "gpt-4"
+    response = httpx.post(f"{server.base_url}/chat/completions", json=payload)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+    assert "my-model" in response.json()["error"]["message"]
+
+
+def test_openai_backend_gets_the_in_process_completions(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    server = start_server(echo_model)
+    remote = OpenAIModel("echo", base_urls=[server.base_url], concurrency=8)
+    chats = [chat(f"question {i}") for i in range(12)]
+    for sampling in (
+        Sampling(max_new_tokens=5),  # greedy
+        Sampling(temperature=0.8, top_k=20, seed=3, n=3),
+        Sampling(temperature=1.0, seed=4, n=2, max_new_tokens=2),
+    ):
+        local = echo_model.generate(chats, sampling)
+        got = remote.generate(chats, sampling)
+        assert [[(c.text, c.finish_reason) for c in row] for row in got] == [
+            [(c.text, c.finish_reason) for c in row] for row in local
+        ]
+    # The server batched the concurrent requests rather than calling the model per chat.
+    assert len(echo_model.calls) < 3 * 3 + 12 * 3
+
+
+def test_seeds_reproduce_and_missing_seeds_do_not(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    server = start_server(echo_model)
+
+    def text(**fields: Any) -> str:
+        return str(
+            ask(server, "roll", temperature=1.0, **fields).json()["choices"][0]["message"][
+                "content"
+            ]
+        )
+
+    assert text(seed=1) == text(seed=1)
+    assert text(seed=1) != text(seed=2)
+    assert len({text() for _ in range(4)}) == 4
+
+
+def test_n_choices(start_server: StartServer, echo_model: EchoModel) -> None:
+    server = start_server(echo_model)
+    body = ask(server, "several", temperature=1.0, n=3, seed=9).json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    contents = [c["message"]["content"] for c in body["choices"]]
+    sampling = Sampling(temperature=1.0, n=3, seed=9, max_new_tokens=2048)
+    assert contents == [echo_model.reply(chat("several"), sampling, i).text for i in range(3)]
+    assert len(set(contents)) == 3
+
+
+def test_stream_concatenates_to_the_full_text(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    server = start_server(echo_model)
+    fields = {"temperature": 1.0, "seed": 11, "n": 2, "max_tokens": 5}
+    full = ask(server, "stream me", **fields).json()
+    chunks = ask_stream(server, "stream me", stream_options={"include_usage": True}, **fields)
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert stream_texts(chunks) == {c["index"]: c["message"]["content"] for c in full["choices"]}
+    for index in (0, 1):
+        mine = [
+            c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["index"] == index
+        ]
+        assert mine[0]["delta"]["role"] == "assistant"
+        assert len(mine) > 3  # streamed in pieces, not in one delta
+        assert [m["finish_reason"] for m in mine[:-1]] == [None] * (len(mine) - 1)
+        assert mine[-1]["finish_reason"] == full["choices"][index]["finish_reason"]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == full["usage"]["completion_tokens"]
+
+
+def test_model_failure_is_a_500_and_the_server_keeps_going(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    server = start_server(echo_model)
+    response = ask(server, "FAIL please")
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert ask(server, "fine").status_code == 200
+
+
+def test_model_refusing_a_value_is_a_400(start_server: StartServer) -> None:
+    class Picky(EchoModel):
+        def generate(self, chats: Any, sampling: Sampling) -> Any:
+            raise PoiseError("prompt is longer than the context (512 tokens)")
+
+    response = ask(start_server(Picky("picky")), "long")
+    assert response.status_code == 400
+    assert "longer than the context" in response.json()["error"]["message"]
+
+
+def test_client_gone_before_its_batch_is_not_generated(start_server: StartServer) -> None:
+    model = EchoModel("slow", delay=1.0)
+    server = start_server(model, batch_window_ms=0)
+    baseline = server.health()["tasks"]
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            busy = asyncio.create_task(
+                client.post("/chat/completions", json={"model": "slow", "messages": chat("busy")})
+            )
+            await asyncio.sleep(0.3)  # "busy" is being generated now
+            with pytest.raises(httpx.ReadTimeout):
+                await client.post(
+                    "/chat/completions",
+                    json={"model": "slow", "messages": chat("impatient")},
+                    timeout=0.3,
+                )
+            assert (await busy).status_code == 200
+
+    asyncio.run(main())
+    health = wait_until_idle(server, baseline)
+    assert health["pending"] == health["waiting"] == 0
+    assert model.seen_messages() == ["busy"]
+
+
+def test_disconnect_mid_stream_does_not_disturb_the_others(start_server: StartServer) -> None:
+    model = EchoModel("long")
+    server = start_server(model)
+    baseline = server.health()["tasks"]
+    long_text = "WORDS=4000"  # 4,000 words: far more than socket buffers hold
+    sampling = Sampling(temperature=1.0, seed=1, max_new_tokens=2048)
+    expected = model.reply(chat(long_text), sampling, 0).text
+
+    async def full_stream(client: httpx.AsyncClient) -> str:
+        payload = {"model": "long", "messages": chat(long_text), "stream": True, "seed": 1}
+        async with client.stream("POST", "/chat/completions", json=payload) as response:
+            chunks, done = read_sse([line async for line in response.aiter_lines()])
+        assert done
+        return stream_texts(chunks)[0]
+
+    async def leave_early(client: httpx.AsyncClient) -> int:
+        payload = {"model": "long", "messages": chat(long_text), "stream": True, "seed": 1}
+        received = 0
+        async with client.stream("POST", "/chat/completions", json=payload) as response:
+            async for _ in response.aiter_lines():
+                received += 1
+                if received == 5:
+                    break  # leaving the block closes the connection mid-stream
+        return received
+
+    async def main() -> list[Any]:
+        limits = httpx.Limits(max_connections=20)
+        async with (
+            httpx.AsyncClient(base_url=server.base_url, timeout=60, limits=limits) as client,
+            httpx.AsyncClient(base_url=server.base_url, timeout=60) as quitter,
+        ):
+            jobs = [full_stream(client) for _ in range(6)] + [
+                leave_early(quitter) for _ in range(3)
+            ]
+            return list(await asyncio.wait_for(asyncio.gather(*jobs), timeout=120))
+
+    results = asyncio.run(main())
+    assert results[:6] == [expected] * 6
+    assert results[6:] == [5, 5, 5]
+    health = wait_until_idle(server, baseline)
+    assert health["streams"] == health["pending"] == health["waiting"] == 0
+    assert health["tasks"] <= baseline
+    assert ask(server, "still there?").status_code == 200

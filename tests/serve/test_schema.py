@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from poise.config import Sampling
+from poise.serve.schema import RequestError, ServeConfig, parse_request
+
+CONFIG = ServeConfig(max_tokens_limit=256, max_n=8, served_name="m")
+
+
+def body(**fields: Any) -> bytes:
+    data: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    data.update(fields)
+    return json.dumps(data).encode()
+
+
+def test_defaults_follow_openai() -> None:
+    req = parse_request(body(), CONFIG)
+    assert req.model == "m"
+    assert req.chat == [{"role": "user", "content": "hi"}]
+    # OpenAI's default is sampling at temperature 1, as many tokens as allowed, no seed.
+    assert req.sampling == Sampling(temperature=1.0, max_new_tokens=256)
+    assert not req.seeded and not req.stream and not req.include_usage
+
+
+def test_sampling_fields_map_onto_sampling() -> None:
+    req = parse_request(
+        body(temperature=0.5, top_p=0.9, top_k=40, max_tokens=12, n=3, seed=7, stop="END"),
+        CONFIG,
+    )
+    assert req.sampling == Sampling(
+        temperature=0.5, top_p=0.9, top_k=40, max_new_tokens=12, n=3, seed=7, stop=("END",)
+    )
+    assert req.seeded
+
+
+def test_extensions_and_aliases() -> None:
+    req = parse_request(
+        body(
+            messages=[
+                {"role": "developer", "content": "be brief"},
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}],
+                },
+            ],
+            top_k=-1,
+            max_completion_tokens=5,
+            stop=["x", "y"],
+            stream=True,
+            stream_options={"include_usage": True},
+            user="someone",  # harmless unknown fields are ignored
+        ),
+        CONFIG,
+    )
+    assert req.chat == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "ab"},
+    ]
+    assert req.sampling.top_k == 0
+    assert req.sampling.max_new_tokens == 5
+    assert req.sampling.stop == ("x", "y")
+    assert req.stream and req.include_usage
+
+
+# (body, param, code) of requests that must be refused with a 400.
+MALFORMED: list[tuple[bytes, str | None, str]] = [
+    (b"{not json", None, "invalid_json"),
+    (b"\xff\xfe", None, "invalid_json"),
+    (b"[1, 2]", None, "invalid_type"),
+    (json.dumps({"model": "m"}).encode(), "messages", "missing_required_parameter"),
+    (body(messages=[]), "messages", "invalid_value"),
+    (body(messages="hi"), "messages", "invalid_type"),
+    (body(messages=[{"role": "user"}]), "messages[0].content", "missing_required_parameter"),
+    (body(messages=[{"role": "user", "content": 3}]), "messages[0].content", "invalid_type"),
+    (body(messages=[{"role": "robot", "content": "x"}]), "messages[0].role", "invalid_value"),
+    (body(messages=[{"role": "tool", "content": "x"}]), "messages[0].role", "invalid_value"),
+    (
+        json.dumps({"messages": [{"role": "user", "content": "x"}]}).encode(),
+        "model",
+        "missing_required_parameter",
+    ),
+    (body(temperature=-0.1), "temperature", "invalid_value"),
+    (body(temperature="hot"), "temperature", "invalid_type"),
+    (body(top_p=0), "top_p", "invalid_value"),
+    (body(top_p=1.5), "top_p", "invalid_value"),
+    (body(top_k=-2), "top_k", "invalid_value"),
+    (body(max_tokens=0), "max_tokens", "invalid_value"),
+    (body(max_tokens=257), "max_tokens", "invalid_value"),
+    (body(max_tokens=1.5), "max_tokens", "invalid_type"),
+    (body(max_completion_tokens=1000), "max_completion_tokens", "invalid_value"),
+    (body(max_tokens=3, max_completion_tokens=4), "max_completion_tokens", "invalid_value"),
+    (body(n=0), "n", "invalid_value"),
+    (body(n=9), "n", "invalid_value"),
+    (body(n=True), "n", "invalid_type"),
+    (body(seed="1"), "seed", "invalid_type"),
+    (body(stop=[""]), "stop", "invalid_value"),
+    (body(stop=5), "stop", "invalid_type"),
+    (body(stream="yes"), "stream", "invalid_type"),
+    (body(logprobs=True), "logprobs", "unsupported_parameter"),
+    (body(presence_penalty=0.5), "presence_penalty", "unsupported_parameter"),
+]
+
+
+@pytest.mark.parametrize(("raw", "param", "code"), MALFORMED)
+def test_malformed_requests_are_400_with_the_param(
+    raw: bytes, param: str | None, code: str
+) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(raw, CONFIG)
+    err = info.value
+    assert err.status == 400
+    assert err.param == param
+    assert err.code == code
+    assert err.body()["error"]["type"] == "invalid_request_error"
+    assert err.message and "\n" not in err.message
+
+
+def test_harmless_off_values_of_unsupported_parameters_pass() -> None:
+    parse_request(body(logprobs=False, presence_penalty=0, frequency_penalty=0.0, tools=[]), CONFIG)
+
+
+def test_config_name_defaults_to_the_model_spec() -> None:
+    assert ServeConfig(model="organism-small").name == "organism-small"
+    assert ServeConfig(model="organism-small", served_name="x").name == "x"
