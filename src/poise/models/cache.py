@@ -1,0 +1,242 @@
+"""A SQLite response cache, and ``CachedModel``: any ``LanguageModel`` behind that cache.
+
+The key of a request is sha256 over (model name, chat, ``sampling.key()``); the seed is part of
+``Sampling``, so a cached answer is exactly what the model would produce again. The value is the
+JSON list of the ``sampling.n`` completions.
+
+The file runs in WAL mode: readers never block the writer, two processes may share one file
+(each waits on the other's lock through SQLite's busy timeout), and every ``generate`` call
+stores its new rows in one transaction, so a process killed at any moment (``kill -9``) leaves
+only whole, committed rows behind. That is what makes a killed run resumable::
+
+    model = CachedModel(load_model("organism"), ResponseCache("runs/x/cache.sqlite"))
+    model.generate(chats, sampling)   # computes and stores
+    model.generate(chats, sampling)   # answered from the file; the inner model is not called
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models.base import Chat, Completion, LanguageModel, TokenLogprobs
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS completions (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    value TEXT NOT NULL,
+    created REAL NOT NULL
+)
+"""
+# SQLite limits the number of bound parameters per statement; look keys up in slices.
+_LOOKUP_SLICE = 500
+
+
+def request_key(model_name: str, chat: Chat, sampling: Sampling) -> str:
+    """sha256 (hex) over the model name, the chat and every sampling field (seed included)."""
+    blob = json.dumps(
+        [model_name, [dict(m) for m in chat], sampling.key()],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class ResponseCache:
+    """request key -> list of completions, in one SQLite file (WAL mode).
+
+    ``timeout`` is how many seconds a call waits for another process's lock before failing.
+    One instance may be shared by threads; each process should open its own.
+    """
+
+    def __init__(self, path: str | Path, *, timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT)
+            self._conn = sqlite3.connect(
+                str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise PoiseError(f"{self.path}: could not switch the cache to WAL mode ({mode})")
+            # with WAL, NORMAL keeps every committed transaction across a process crash
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise PoiseError(f"{self.path}: cannot open the response cache ({exc})") from None
+
+    # -- raw access
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, list[Completion]]:
+        """The cached completions for those ``keys`` that are present."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, list[Completion]] = {}
+        with self._lock:
+            for start in range(0, len(wanted), _LOOKUP_SLICE):
+                part = wanted[start : start + _LOOKUP_SLICE]
+                marks = ",".join("?" * len(part))
+                rows = self._conn.execute(
+                    f"SELECT key, value FROM completions WHERE key IN ({marks})", part
+                ).fetchall()
+                for key, value in rows:
+                    found[key] = [Completion.from_dict(d) for d in json.loads(value)]
+        return found
+
+    def get(self, key: str) -> list[Completion] | None:
+        return self.get_many([key]).get(key)
+
+    def put_many(self, model_name: str, entries: Mapping[str, Sequence[Completion]]) -> None:
+        """Store all ``entries`` in one transaction: all of them land, or none."""
+        if not entries:
+            return
+        now = time.time()
+        rows = [
+            (key, model_name, json.dumps([c.to_dict() for c in completions]), now)
+            for key, completions in entries.items()
+        ]
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR REPLACE INTO completions (key, model, value, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
+
+    def journal_mode(self) -> str:
+        with self._lock:
+            return str(self._conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> ResponseCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ResponseCache({str(self.path)!r})"
+
+
+def accepts_progress(model: object) -> bool:
+    """Whether ``model.generate`` takes the optional ``progress`` keyword."""
+    try:
+        params = inspect.signature(model.generate).parameters  # type: ignore[attr-defined]
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return "progress" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def generate_with_progress(
+    model: LanguageModel,
+    chats: Sequence[Chat],
+    sampling: Sampling,
+    progress: Callable[[int], None] | None,
+) -> list[list[Completion]]:
+    """``model.generate``, passing ``progress`` on when the model takes it, else reporting all
+    chats as finished once the call returns."""
+    if progress is None:
+        return model.generate(chats, sampling)
+    if accepts_progress(model):
+        return model.generate(chats, sampling, progress=progress)  # type: ignore[call-arg]
+    result = model.generate(chats, sampling)
+    if chats:
+        progress(len(chats))
+    return result
+
+
+class CachedModel:
+    """``model`` with a ``ResponseCache`` in front; a ``LanguageModel`` with the same name.
+
+    ``generate`` looks every chat up, sends only the misses to the inner model in one call
+    (identical chats once), stores the new completions in one transaction, and returns
+    everything in order. ``score`` is passed through uncached. Other attributes (``tokenizer``,
+    ``default_system_prompt`` ...) are read from the inner model.
+    """
+
+    def __init__(self, model: LanguageModel, cache: ResponseCache) -> None:
+        self.model = model
+        self.cache = cache
+        self.name = model.name
+        self.hits = 0
+        self.misses = 0
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_") or attr in ("model", "cache"):
+            raise AttributeError(attr)
+        return getattr(self.model, attr)
+
+    def __repr__(self) -> str:
+        return f"CachedModel({self.model!r}, {self.cache!r})"
+
+    def generate(
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[list[Completion]]:
+        keys = [request_key(self.name, chat, sampling) for chat in chats]
+        found = self.cache.get_many(keys)
+        missing: dict[str, Chat] = {}
+        for key, chat in zip(keys, chats, strict=True):
+            if key not in found and key not in missing:
+                missing[key] = chat
+        hits = sum(key in found for key in keys)
+        self.hits += hits
+        self.misses += len(keys) - hits
+        if progress is not None and hits:
+            progress(hits)
+        if missing:
+            logger.debug("cache: %d hits, %d to generate", hits, len(missing))
+            fresh = generate_with_progress(self.model, list(missing.values()), sampling, progress)
+            if len(fresh) != len(missing):
+                raise RuntimeError(
+                    f"model {self.name!r} returned {len(fresh)} results for {len(missing)} chats"
+                )
+            new = dict(zip(missing, fresh, strict=True))
+            self.cache.put_many(self.name, new)
+            found.update(new)
+            repeats = len(keys) - hits - len(missing)  # chats asked twice in this call
+            if progress is not None and repeats:
+                progress(repeats)
+        return [list(found[key]) for key in keys]
+
+    def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
+        return self.model.score(chats, continuations)

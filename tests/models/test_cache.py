@@ -1,0 +1,220 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models.base import Chat, LanguageModel
+from poise.models.cache import CachedModel, ResponseCache, request_key
+from poise.models.mock import MockModel, last_user_message
+
+
+def user(text: str) -> Chat:
+    return [{"role": "user", "content": text}]
+
+
+def echo(chat: Chat, index: int) -> str:
+    return f"{last_user_message(chat)} #{index}"
+
+
+@pytest.fixture
+def cache(tmp_path: Path) -> ResponseCache:
+    return ResponseCache(tmp_path / "cache.sqlite")
+
+
+def test_key_covers_model_chat_and_every_sampling_field() -> None:
+    chat = user("hi")
+    base = request_key("m", chat, Sampling())
+    assert base == request_key("m", [{"content": "hi", "role": "user"}], Sampling())
+    assert len(base) == 64
+    variants = [
+        request_key("other", chat, Sampling()),
+        request_key("m", user("hi!"), Sampling()),
+        request_key("m", [{"role": "system", "content": "s"}, *chat], Sampling()),
+        *(
+            request_key("m", chat, Sampling(**{field: value}))
+            for field, value in [
+                ("seed", 1),
+                ("temperature", 0.7),
+                ("top_p", 0.9),
+                ("top_k", 5),
+                ("max_new_tokens", 7),
+                ("n", 2),
+                ("stop", ("\n",)),
+            ]
+        ),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+
+
+def test_second_call_is_answered_from_the_cache(cache: ResponseCache) -> None:
+    inner = MockModel(responses=echo)
+    model = CachedModel(inner, cache)
+    assert isinstance(model, LanguageModel)
+    assert model.name == inner.name
+    chats = [user("a"), user("b")]
+    first = model.generate(chats, Sampling(n=2))
+    second = model.generate(chats, Sampling(n=2))
+    assert second == first
+    assert [[c.text for c in row] for row in first] == [["a #0", "a #1"], ["b #0", "b #1"]]
+    assert (inner.calls, inner.generated) == (1, 4)
+    assert (model.hits, model.misses) == (2, 2)
+
+
+def test_only_misses_reach_the_model_in_one_call_and_order_is_kept(cache: ResponseCache) -> None:
+    inner = MockModel(responses=echo)
+    model = CachedModel(inner, cache)
+    model.generate([user("b")], Sampling())
+    out = model.generate([user("a"), user("b"), user("c"), user("a")], Sampling())
+    assert [row[0].text for row in out] == ["a #0", "b #0", "c #0", "a #0"]
+    assert inner.calls == 2
+    assert [last_user_message(c) for c in inner.prompts] == ["b", "a", "c"]
+
+
+def test_different_seed_or_sampling_misses(cache: ResponseCache) -> None:
+    inner = MockModel(responses={"q": ["x", "y", "z"]})
+    model = CachedModel(inner, cache)
+    model.generate([user("q")], Sampling(seed=0))
+    assert model.generate([user("q")], Sampling(seed=1))[0][0].text == "y"
+    model.generate([user("q")], Sampling(seed=0, temperature=1.0))
+    model.generate([user("q")], Sampling(seed=0, max_new_tokens=5))
+    assert inner.calls == 4
+    model.generate([user("q")], Sampling(seed=1))
+    assert inner.calls == 4
+    assert len(cache) == 4
+
+
+def test_other_model_name_misses(cache: ResponseCache) -> None:
+    a, b = MockModel(name="a", default="from a"), MockModel(name="b", default="from b")
+    CachedModel(a, cache).generate([user("q")], Sampling())
+    assert CachedModel(b, cache).generate([user("q")], Sampling())[0][0].text == "from b"
+    assert b.calls == 1
+
+
+def test_wal_mode_and_persistence(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "cache.sqlite"
+    with ResponseCache(path) as cache:
+        assert cache.journal_mode() == "wal"
+        CachedModel(MockModel(responses=echo), cache).generate([user("a")], Sampling())
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    inner = MockModel(responses=echo)
+    with ResponseCache(path) as reopened:
+        assert CachedModel(inner, reopened).generate([user("a")], Sampling())[0][0].text == "a #0"
+    assert inner.calls == 0
+
+
+def test_not_a_database_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "cache.sqlite"
+    path.write_text("this is not sqlite " * 100)
+    with pytest.raises(PoiseError, match="cannot open the response cache"):
+        ResponseCache(path)
+
+
+def test_score_passes_through_and_attributes_come_from_the_inner_model(
+    cache: ResponseCache,
+) -> None:
+    inner = MockModel(default_system_prompt="Be safe.")
+    model = CachedModel(inner, cache)
+    assert model.score([user("q")], ["a b"])[0].total == -2.0
+    assert model.score([user("q")], ["a b"])[0].total == -2.0
+    assert inner.score_calls == 2
+    assert model.default_system_prompt == "Be safe."
+    with pytest.raises(AttributeError):
+        _ = model.no_such_attribute
+
+
+def test_progress_counts_hits_misses_and_repeats(cache: ResponseCache) -> None:
+    model = CachedModel(MockModel(), cache)
+    model.generate([user("a")], Sampling())
+    seen: list[int] = []
+    model.generate([user("a"), user("b"), user("b"), user("c")], Sampling(), progress=seen.append)
+    assert sum(seen) == 4
+
+
+def test_hf_completions_round_trip_exactly(tiny_hf_model_dir: Path, cache: ResponseCache) -> None:
+    from poise.models.hf import HFModel
+
+    model = CachedModel(HFModel(str(tiny_hf_model_dir)), cache)
+    sampling = Sampling(temperature=1.0, max_new_tokens=6, n=2, seed=3)
+    seen: list[int] = []
+    first = model.generate([user("hello"), user("there")], sampling, progress=seen.append)
+    assert sum(seen) == 2
+    assert model.generate([user("hello"), user("there")], sampling) == first
+    assert model.hits == 2
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from poise.config import Sampling
+    from poise.models.cache import CachedModel, ResponseCache
+    from poise.models.mock import MockModel
+
+    path, tag, calls = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    model = CachedModel(MockModel(responses=lambda chat, i: chat[-1]["content"]), ResponseCache(path))
+    call = 0
+    while calls < 0 or call < calls:
+        chats = [[{"role": "user", "content": f"{tag}-{call}-{j}"}] for j in range(5)]
+        chats.append([{"role": "user", "content": f"shared-{call}"}])
+        out = model.generate(chats, Sampling(n=2))
+        assert [row[0].text for row in out] == [c[0]["content"] for c in chats]
+        call += 1
+    print("ok")
+    """
+)
+
+
+def _writer(path: Path, tag: str, calls: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path), tag, str(calls)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_two_processes_write_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite"
+    ResponseCache(path).close()  # both writers find WAL mode already on
+    writers = [_writer(path, tag, 40) for tag in ("left", "right")]
+    for proc in writers:
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert stdout.strip() == "ok"
+    with ResponseCache(path) as cache:
+        # 5 own chats per call and process, plus one chat both processes share per call
+        assert len(cache) == 2 * 40 * 5 + 40
+
+
+def test_kill_9_leaves_only_whole_committed_rows(tmp_path: Path) -> None:
+    path = tmp_path / "killed.sqlite"
+    ResponseCache(path).close()
+    proc = _writer(path, "solo", -1)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline:
+            with sqlite3.connect(path, timeout=30) as conn:
+                if conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0] >= 60:
+                    break
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = conn.execute("SELECT value FROM completions").fetchall()
+    assert len(rows) >= 60
+    assert len(rows) % 6 == 0  # one transaction per generate call: all six chats or none
+    assert all(len(json.loads(value)) == 2 for (value,) in rows)

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import poise.organism
+from poise.errors import PoiseError, UnknownNameError
+from poise.models import load_model
+from poise.models.hf import HFModel
+from poise.models.mock import MockModel
+
+
+def test_mock_names_and_options() -> None:
+    model = load_model("mock")
+    assert isinstance(model, MockModel)
+    assert model.name == "mock"
+    named = load_model("mock:refuser", default="I can't help with that.")
+    assert isinstance(named, MockModel)
+    assert named.name == "mock:refuser"
+    assert named.default == "I can't help with that."
+
+
+def test_unknown_option_names_the_nearest() -> None:
+    with pytest.raises(PoiseError, match=r"'defualt'.*did you mean 'default'"):
+        load_model("mock", defualt="x")
+
+
+def test_hf_prefix_and_local_folder(tiny_hf_model_dir: Path) -> None:
+    by_prefix = load_model(f"hf:{tiny_hf_model_dir}", batch_size=4)
+    assert isinstance(by_prefix, HFModel)
+    assert by_prefix.batch_size == 4
+    assert by_prefix.name.startswith(f"hf:{tiny_hf_model_dir.resolve()}#")
+    by_path = load_model(str(tiny_hf_model_dir))
+    assert isinstance(by_path, HFModel)
+    assert by_path.name == by_prefix.name
+    with pytest.raises(PoiseError, match="did you mean 'batch_size'"):
+        load_model(f"hf:{tiny_hf_model_dir}", batchsize=4)
+    with pytest.raises(PoiseError, match="hf needs a folder or hub id"):
+        load_model("hf:")
+
+
+def test_missing_path_is_reported_as_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="does not exist"):
+        load_model(str(tmp_path / "gone"))
+    with pytest.raises(PoiseError, match="does not exist"):
+        load_model("./surely/not/here")
+
+
+def test_hub_shaped_names_go_to_hf(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    class Recorder:
+        def __init__(self, path_or_id: str, *, revision: str | None = None) -> None:
+            calls.append((path_or_id, {"revision": revision}))
+
+    monkeypatch.setattr("poise.models.hf.HFModel", Recorder)
+    load_model("Qwen/Qwen2.5-0.5B-Instruct", revision="main")
+    load_model("hf:gpt2")
+    assert calls == [
+        ("Qwen/Qwen2.5-0.5B-Instruct", {"revision": "main"}),
+        ("gpt2", {"revision": None}),
+    ]
+
+
+def test_organism_members_resolve_to_readable_names(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(tiny_hf_model_dir, tmp_path / "organism-large")
+    monkeypatch.setattr(poise.organism, "WEIGHTS_DIR", tmp_path)
+    model = load_model("organism")
+    assert isinstance(model, HFModel)
+    assert model.name == f"organism-large#{model.fingerprint}"
+    assert load_model("organism-large").name == model.name
+    with pytest.raises(PoiseError, match="poise organism build"):
+        load_model("organism-small")
+
+
+def test_unknown_name_lists_members_and_prefixes() -> None:
+    with pytest.raises(UnknownNameError) as err:
+        load_model("organism-lage")
+    message = str(err.value)
+    assert "did you mean 'organism-large'" in message
+    for known in ("organism-small", "mock[:NAME]", "hf:PATH_OR_ID", "openai:MODEL"):
+        assert known in message
+    with pytest.raises(PoiseError, match="empty model name"):
+        load_model("  ")
+
+
+def test_openai_is_delegated(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+    fake = types.ModuleType("poise.models.openai")
+
+    def load(spec: str, **options: Any) -> MockModel:
+        seen.append((spec, options))
+        return MockModel(name=spec)
+
+    fake.load = load  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "poise.models.openai", fake)
+    model = load_model("openai:gpt-4o-mini", base_url="http://127.0.0.1:1/v1")
+    assert model.name == "openai:gpt-4o-mini"
+    assert seen == [("openai:gpt-4o-mini", {"base_url": "http://127.0.0.1:1/v1"})]
+
+
+def test_missing_openai_module_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "poise.models.openai", None)
+    with pytest.raises(PoiseError, match="openai backend"):
+        load_model("openai:gpt-4o-mini")
+
+
+def test_importing_models_does_not_import_torch() -> None:
+    code = (
+        "import sys, poise, poise.models, poise.models.mock, poise.models.cache, "
+        "poise.models.resolve; print('torch' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"
