@@ -79,7 +79,8 @@ def audit(
     run: Run | None = None
     if resume is not None:
         run = find_run(resume, fields.get("out", "runs"))
-        cfg = make_config(None, **run.config)
+        recorded = {k: v for k, v in run.config.items() if k != "fingerprint"}
+        cfg = make_config(None, **recorded)
         log.info("resuming %s", run.path)
     else:
         cfg = make_config(config, **fields)
@@ -153,11 +154,11 @@ def finalize(run: Run, *, reference_records: Sequence[dict[str, Any]] | None = N
     if summarize is not None:
         metrics["attack"] = summarize(records)
     run.write_metrics(metrics)
-    if html:
+    run.update_header(status="complete", samples=len(records))
+    if html:  # after the status, so the report shows the run as complete
         from poise.report.html import write_html_report
 
         write_html_report(run.path, run.path / REPORT_FILE)
-    run.update_header(status="complete", samples=len(records))
     return metrics
 
 

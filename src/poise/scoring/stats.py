@@ -20,4 +20,7 @@ def wilson_interval(successes: int, total: int, z: float = 1.959963984540054) ->
     denom = 1.0 + z2 / total
     centre = (p + z2 / (2 * total)) / denom
     half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # at k = 0 (k = n) the exact bound is 0 (1); rounding would leave it a few ulps off
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == total else min(1.0, centre + half)
+    return low, high

@@ -1,0 +1,44 @@
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from poise.scoring.stats import wilson_interval
+
+
+def closed_form(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = k / n
+    centre = (2 * n * p + z * z) / (2 * (n + z * z))
+    half = z * math.sqrt(z * z + 4 * n * p * (1 - p)) / (2 * (n + z * z))
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize("k,n", [(1, 10), (5, 10), (37, 200), (199, 200)])
+def test_matches_the_closed_form(k: int, n: int) -> None:
+    low, high = wilson_interval(k, n)
+    exp_low, exp_high = closed_form(k, n)
+    assert math.isclose(low, exp_low, abs_tol=1e-12) and math.isclose(high, exp_high, abs_tol=1e-12)
+
+
+def test_known_value() -> None:
+    # 50/100 at 95%: 0.5 -/+ 0.0962 (tabulated)
+    low, high = wilson_interval(50, 100)
+    assert round(low, 4) == 0.4038 and round(high, 4) == 0.5962
+
+
+@given(st.integers(1, 3000).flatmap(lambda n: st.tuples(st.integers(0, n), st.just(n))))
+def test_interval_contains_the_estimate_and_stays_in_range(kn: tuple[int, int]) -> None:
+    k, n = kn
+    low, high = wilson_interval(k, n)
+    assert 0.0 <= low <= k / n <= high <= 1.0
+    if k == 0:
+        assert low == 0.0
+    if k == n:
+        assert high == 1.0
+
+
+def test_empty_and_invalid() -> None:
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
