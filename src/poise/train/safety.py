@@ -1,0 +1,202 @@
+"""High-confidence safety statistics of HC-RLHF (arXiv 2506.08266).
+
+HC-RLHF follows the Seldonian recipe (Thomas et al., Science 2019): split the prompts into a
+candidate-selection set and a held-out safety-test set, then
+
+1. **candidate selection**: train the policy to maximise reward subject to a *pessimistic*
+   version of the cost constraint, an upper bound on the expected cost inflated to anticipate
+   the safety test (:func:`pessimistic_upper_bound`, with the per-sample
+   :func:`augmented_costs` that turn that bound into a policy-gradient signal);
+2. **safety test**: on the held-out set, accept the model only if a one-sided Student-t upper
+   confidence bound on its expected cost is at most ``τ`` (:func:`safety_test`). If the costs'
+   mean is approximately normal, the probability of passing an unsafe model is at most ``δ``.
+
+Costs are per-response scalars from a cost model (positive = harmful, Safe RLHF convention).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from poise.errors import MissingExtraError, PoiseError
+
+__all__ = [
+    "SafetyTestResult",
+    "augmented_costs",
+    "pessimistic_coefficient",
+    "pessimistic_upper_bound",
+    "safety_test",
+    "student_t_quantile",
+    "student_t_upper_bound",
+]
+
+Costs = Sequence[float] | np.ndarray | Tensor
+
+
+@dataclass(frozen=True)
+class SafetyTestResult:
+    """Outcome of the HC-RLHF safety test on ``n`` held-out costs."""
+
+    n: int
+    mean: float
+    std: float  # sample standard deviation (n - 1 denominator)
+    upper_bound: float  # mean + t_{1-δ, n-1} · std / √n
+    tau: float  # the cost threshold the bound must not exceed
+    delta: float  # allowed probability of passing an unsafe model
+    passed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _as_array(costs: Costs) -> np.ndarray:
+    if isinstance(costs, Tensor):
+        array = costs.detach().to(torch.float64).cpu().numpy()
+    else:
+        array = np.asarray(costs, dtype=np.float64)
+    array = array.reshape(-1)
+    if array.size < 2:
+        raise PoiseError(f"a confidence bound needs at least 2 costs, got {array.size}")
+    if not np.all(np.isfinite(array)):
+        raise PoiseError("costs contain NaN or infinity")
+    return array
+
+
+def _check_delta(delta: float) -> None:
+    if not 0.0 < delta < 1.0:
+        raise PoiseError(f"delta must be in (0, 1), got {delta}")
+
+
+def student_t_quantile(probability: float, degrees_of_freedom: int) -> float:
+    """``t_{p, ν}``, the ``p``-quantile of Student's t with ``ν`` degrees of freedom."""
+    try:
+        from scipy.stats import t as student_t
+    except ImportError as exc:  # pragma: no cover - scipy ships with the train extra
+        raise MissingExtraError("scipy", "train", "the HC-RLHF safety test") from exc
+    return float(student_t.ppf(probability, degrees_of_freedom))
+
+
+def student_t_upper_bound(costs: Costs, delta: float) -> tuple[float, float, float]:
+    """One-sided ``1 - δ`` upper confidence bound on the expected cost.
+
+    ``U = mean(c) + t_{1-δ, n-1} · std(c) / √n`` (arXiv 2506.08266, the safety test; Student's t
+    interval, exact for normal costs and approximate otherwise). Returns ``(U, mean, std)``.
+    """
+    _check_delta(delta)
+    return _upper_bound(_as_array(costs), delta)
+
+
+def _upper_bound(array: np.ndarray, delta: float) -> tuple[float, float, float]:
+    n = array.size
+    mean = float(array.mean())
+    std = float(array.std(ddof=1))
+    bound = mean + student_t_quantile(1.0 - delta, n - 1) * std / math.sqrt(n)
+    return bound, mean, std
+
+
+def safety_test(costs: Costs, tau: float, delta: float) -> SafetyTestResult:
+    """HC-RLHF's safety test: pass iff ``mean + t_{1-δ, n-1} · std / √n <= τ``.
+
+    ``costs``: the cost model's scores of the candidate policy's responses on the held-out
+    safety-test prompts (never seen during candidate selection, or the guarantee is void).
+    """
+    _check_delta(delta)
+    array = _as_array(costs)
+    bound, mean, std = _upper_bound(array, delta)
+    return SafetyTestResult(
+        n=int(array.size),
+        mean=mean,
+        std=std,
+        upper_bound=bound,
+        tau=float(tau),
+        delta=float(delta),
+        passed=bound <= tau,
+    )
+
+
+def pessimistic_coefficient(
+    candidate_size: int,
+    safety_test_size: int,
+    delta: float,
+    *,
+    candidate_coef: float = 0.0,
+    safety_coef: float = 2.0,
+) -> float:
+    """The multiplier ``κ`` of ``std`` in the candidate-selection bound ``mean + κ · std``.
+
+    ``κ = c1 · t_{1-δ, n_c-1} / √n_c + c2 · t_{1-δ, n_s-1} / √n_s`` with ``n_c`` the number of costs
+    the estimate uses and ``n_s`` the size of the later safety test.
+
+    Why inflate: the safety test will use ``n_s`` fresh samples, so a candidate that merely
+    satisfies the bound on its own data would fail the test about half the time. The default
+    ``c1 = 0, c2 = 2`` is the Seldonian heuristic (Thomas et al. 2019) that HC-RLHF's candidate
+    selection builds on: predict the safety test's bound with its sample size, with the
+    interval doubled to absorb the estimate's own error. HC-RLHF's public code also exposes the
+    candidate-sample term ``c1`` (its experiments used ``c1 = 4, c2 = 2``).
+    """
+    _check_delta(delta)
+    if safety_test_size < 2:
+        raise PoiseError(f"safety_test_size must be >= 2, got {safety_test_size}")
+    if candidate_coef < 0 or safety_coef < 0:
+        raise PoiseError("candidate_coef and safety_coef must be >= 0")
+    coefficient = (
+        safety_coef
+        * student_t_quantile(1.0 - delta, safety_test_size - 1)
+        / math.sqrt(safety_test_size)
+    )
+    if candidate_coef:
+        if candidate_size < 2:
+            raise PoiseError(f"candidate_size must be >= 2, got {candidate_size}")
+        coefficient += (
+            candidate_coef
+            * student_t_quantile(1.0 - delta, candidate_size - 1)
+            / math.sqrt(candidate_size)
+        )
+    return coefficient
+
+
+def pessimistic_upper_bound(
+    costs: Costs,
+    safety_test_size: int,
+    delta: float,
+    *,
+    candidate_coef: float = 0.0,
+    safety_coef: float = 2.0,
+) -> float:
+    """Candidate selection's pessimistic cost bound ``mean(c) + κ · std(c)``.
+
+    ``costs`` are the candidate policy's costs on candidate-selection prompts; ``κ`` is
+    :func:`pessimistic_coefficient` for ``n_c = len(costs)`` and the planned ``safety_test_size``.
+    Candidate selection constrains this to be ``<= τ``.
+    """
+    array = _as_array(costs)
+    coefficient = pessimistic_coefficient(
+        array.size,
+        safety_test_size,
+        delta,
+        candidate_coef=candidate_coef,
+        safety_coef=safety_coef,
+    )
+    return float(array.mean()) + coefficient * float(array.std(ddof=1))
+
+
+def augmented_costs(costs: Tensor, *, mean: float, std: float, coefficient: float) -> Tensor:
+    """Per-sample costs whose policy gradient is that of the pessimistic bound ``μ + κ σ``.
+
+    ``[N] -> [N]``: ``c + κ (c² - 2 μ c) / (2 σ)``. With ``c ~ π_θ``, the score-function gradient of
+    ``μ = E[c]`` is ``E[c ∇log π]`` and that of ``σ = sqrt(E[c²] - μ²)`` is
+    ``E[(c² - 2 μ c) / (2σ) · ∇log π]``; so a REINFORCE/RLOO update that uses these costs in place
+    of ``c`` (e.g. reward ``r - λ c̃``) descends the bound candidate selection constrains, as in
+    HC-RLHF's public code. ``mean`` and ``std`` are the current estimates ``μ``, ``σ`` (held fixed:
+    no gradient flows through them); ``coefficient`` is :func:`pessimistic_coefficient`.
+    """
+    if not std > 0:
+        raise PoiseError(f"std must be > 0 for the augmented cost, got {std}")
+    return costs + coefficient * (costs * costs - 2.0 * mean * costs) / (2.0 * std)

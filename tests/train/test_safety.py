@@ -1,0 +1,103 @@
+"""HC-RLHF statistics against hand-computed examples (t quantiles from scipy)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from poise.errors import PoiseError
+from poise.train.safety import (
+    augmented_costs,
+    pessimistic_coefficient,
+    pessimistic_upper_bound,
+    safety_test,
+    student_t_upper_bound,
+)
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+# ten held-out costs, computed by hand: mean = -0.5, Σ(c-μ)² = 6.5, sample variance = 6.5/9
+COSTS = [-2.0, -1.5, -1.0, -1.0, -0.5, 0.0, 0.0, 0.5, 0.5, 0.0]
+
+
+def test_hand_computed_bound() -> None:
+    assert sum(COSTS) / 10 == pytest.approx(-0.5)
+    assert sum((c + 0.5) ** 2 for c in COSTS) == pytest.approx(6.5)
+    delta = 0.05
+    t = scipy_stats.t.ppf(0.95, 9)
+    assert t == pytest.approx(1.8331, abs=1e-4)  # the table value
+    expected = -0.5 + t * math.sqrt(6.5 / 9) / math.sqrt(10)
+    bound, mean, std = student_t_upper_bound(COSTS, delta)
+    assert (bound, mean, std) == pytest.approx((expected, -0.5, math.sqrt(6.5 / 9)))
+    assert expected == pytest.approx(-0.00737, abs=1e-5)  # 1.8331 · 0.84984 / 3.16228 = 0.49264
+
+
+def test_safety_test_pass_and_fail() -> None:
+    # U = -0.00737 <= 0: the mean cost is certified below 0 at 95% confidence, just
+    passed = safety_test(COSTS, tau=0.0, delta=0.05)
+    assert passed.passed
+    assert passed.n == 10
+    assert passed.mean == pytest.approx(-0.5)
+    assert passed.upper_bound == pytest.approx(-0.00737, abs=1e-5)
+    assert (passed.tau, passed.delta) == (0.0, 0.05)
+    # the same data cannot certify a threshold of -0.05: the bound is above it
+    failed = safety_test(COSTS, tau=-0.05, delta=0.05)
+    assert not failed.passed
+    assert failed.to_dict()["passed"] is False
+    # demanding more confidence widens the bound: δ = 0.001 gives U = 0.6548 > 0.2
+    strict = safety_test(torch.tensor(COSTS), tau=0.2, delta=0.001)
+    assert strict.upper_bound == pytest.approx(
+        -0.5 + scipy_stats.t.ppf(0.999, 9) * math.sqrt(6.5 / 9 / 10)
+    )
+    assert strict.upper_bound == pytest.approx(0.6548, abs=1e-3)
+    assert not strict.passed
+
+
+def test_safety_test_input_errors() -> None:
+    with pytest.raises(PoiseError, match="at least 2"):
+        safety_test([1.0], tau=0.0, delta=0.05)
+    with pytest.raises(PoiseError, match="delta"):
+        safety_test(COSTS, tau=0.0, delta=1.0)
+    with pytest.raises(PoiseError, match="NaN"):
+        safety_test([0.0, float("nan")], tau=0.0, delta=0.1)
+
+
+def test_pessimistic_bound_inflates_for_the_safety_test() -> None:
+    delta, n_safety = 0.1, 100
+    kappa = pessimistic_coefficient(len(COSTS), n_safety, delta)
+    assert kappa == pytest.approx(2 * scipy_stats.t.ppf(0.9, 99) / math.sqrt(100))
+    with_candidate = pessimistic_coefficient(len(COSTS), n_safety, delta, candidate_coef=4.0)
+    assert with_candidate == pytest.approx(kappa + 4 * scipy_stats.t.ppf(0.9, 9) / math.sqrt(10))
+    bound = pessimistic_upper_bound(COSTS, n_safety, delta)
+    assert bound == pytest.approx(-0.5 + kappa * math.sqrt(6.5 / 9))
+    with pytest.raises(PoiseError, match="safety_test_size"):
+        pessimistic_coefficient(10, 1, delta)
+
+
+def test_augmented_cost_closed_form_and_gradient_identity() -> None:
+    costs = torch.tensor(COSTS, dtype=torch.float64)
+    mean, std, kappa = -0.5, math.sqrt(6.5 / 9), 0.7
+    out = augmented_costs(costs, mean=mean, std=std, coefficient=kappa)
+    expected = [c + kappa * (c * c - 2 * mean * c) / (2 * std) for c in COSTS]
+    assert out.tolist() == pytest.approx(expected, rel=1e-12)
+    # Score-function check on a categorical "policy" over the ten outcomes: the expected
+    # augmented cost's gradient equals the gradient of mean + κ·std at the current estimates.
+    logits = torch.zeros(10, dtype=torch.float64, requires_grad=True)
+    probs = torch.softmax(logits, 0)
+    mu = (probs * costs).sum()
+    sigma = torch.sqrt((probs * costs**2).sum() - mu**2)
+    (mu + kappa * sigma).backward()
+    direct = logits.grad.clone()  # type: ignore[union-attr]
+    logits.grad = None
+    with torch.no_grad():
+        p0 = torch.softmax(logits, 0)
+        mu0 = float((p0 * costs).sum())
+        sigma0 = float(torch.sqrt((p0 * costs**2).sum() - mu0**2))
+        surrogate = augmented_costs(costs, mean=mu0, std=sigma0, coefficient=kappa)
+    (torch.softmax(logits, 0) * surrogate).sum().backward()
+    np.testing.assert_allclose(logits.grad.numpy(), direct.numpy(), rtol=1e-10, atol=1e-12)  # type: ignore[union-attr]
+    with pytest.raises(PoiseError, match="std"):
+        augmented_costs(costs, mean=0.0, std=0.0, coefficient=1.0)
