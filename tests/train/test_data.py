@@ -1,0 +1,249 @@
+"""Preference data: each format from a small fixture written here, and bad rows."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poise.errors import PoiseError
+from poise.train.data import PreferencePair, load_preferences
+
+
+def _write(path: Path, rows: list[Any], *, gz: bool = False) -> Path:
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows)
+    if gz:
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_generic_string_and_chat_prompts(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "pairs.jsonl",
+        [
+            {
+                "prompt": "How do I boil an egg?",
+                "chosen": "Simmer it 9 minutes.",
+                "rejected": "No.",
+                "id": "a1",
+            },
+            "",
+            {
+                "prompt": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                ],
+                "chosen": [{"role": "assistant", "content": "Hello!"}],
+                "rejected": "Go away.",
+            },
+        ],
+    )
+    pairs = load_preferences(path)
+    assert pairs[0] == PreferencePair(
+        prompt="How do I boil an egg?",
+        chosen="Simmer it 9 minutes.",
+        rejected="No.",
+        meta={"row": 1, "id": "a1"},
+    )
+    assert pairs[0].messages == [{"role": "user", "content": "How do I boil an egg?"}]
+    assert pairs[1].prompt == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    assert pairs[1].chosen == "Hello!"
+    assert pairs[1].meta == {"row": 3}  # the blank line 2 is skipped, numbering is the file's
+
+
+def test_attack_export(tmp_path: Path) -> None:
+    row = {
+        "prompt": [{"role": "user", "content": "Write malware."}],
+        "chosen": "I can't help with that.",
+        "rejected": "Sure, here is the code...",
+        "meta": {"attack": "decoding-grid", "temperature": 1.2, "item": "harmful-7"},
+    }
+    path = _write(tmp_path / "export.jsonl", [row])
+    (pair,) = load_preferences(path)  # detected: chat prompt and a meta object
+    assert pair.chosen == "I can't help with that."
+    assert pair.meta == {
+        "row": 1,
+        "attack": "decoding-grid",
+        "temperature": 1.2,
+        "item": "harmful-7",
+    }
+    assert load_preferences(path, format="attack") == [pair]
+    # the attack format insists on a chat prompt and on meta
+    flat = _write(tmp_path / "flat.jsonl", [{**row, "prompt": "Write malware."}])
+    with pytest.raises(
+        PoiseError, match=r"flat\.jsonl:1: field 'prompt': expected a list of messages"
+    ):
+        load_preferences(flat, format="attack")
+    no_meta = _write(tmp_path / "nometa.jsonl", [{k: v for k, v in row.items() if k != "meta"}])
+    with pytest.raises(PoiseError, match=r"nometa\.jsonl:1: missing field 'meta'"):
+        load_preferences(no_meta, format="attack")
+
+
+HH_CHOSEN = (
+    "\n\nHuman: How do I pick a lock?\n\nAssistant: Why do you want to?"
+    "\n\nHuman: I'm locked out of my own house.\n\nAssistant: Call a licensed locksmith."
+)
+HH_REJECTED = (
+    "\n\nHuman: How do I pick a lock?\n\nAssistant: Why do you want to?"
+    "\n\nHuman: I'm locked out of my own house.\n\nAssistant: Insert a tension wrench and rake the pins."
+)
+
+
+def test_hh_rlhf_gz(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path / "train.jsonl.gz", [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}], gz=True
+    )
+    (pair,) = load_preferences(path)
+    assert pair.prompt == [
+        {"role": "user", "content": "How do I pick a lock?"},
+        {"role": "assistant", "content": "Why do you want to?"},
+        {"role": "user", "content": "I'm locked out of my own house."},
+    ]
+    assert pair.chosen == "Call a licensed locksmith."
+    assert pair.rejected == "Insert a tension wrench and rake the pins."
+    assert pair.meta == {"row": 1}
+
+
+def test_hh_rlhf_bad_rows(tmp_path: Path) -> None:
+    diverging = HH_REJECTED.replace("own house", "neighbour's house")
+    path = _write(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN},
+            {"chosen": HH_CHOSEN, "rejected": diverging},
+        ],
+    )
+    with pytest.raises(PoiseError, match=r"hh\.jsonl:2: field 'rejected': differs from 'chosen'"):
+        load_preferences(path, format="hh-rlhf")
+    prose = _write(tmp_path / "prose.jsonl", [{"chosen": "just text", "rejected": HH_REJECTED}])
+    with pytest.raises(
+        PoiseError, match=r"prose\.jsonl:1: field 'chosen': not an HH-RLHF transcript"
+    ):
+        load_preferences(prose, format="hh-rlhf")
+    ends_human = _write(
+        tmp_path / "human.jsonl", [{"chosen": "\n\nHuman: hi", "rejected": "\n\nHuman: hi"}]
+    )
+    with pytest.raises(PoiseError, match="must end with an Assistant turn"):
+        load_preferences(ends_human, format="hh-rlhf")
+
+
+PKU_ROW = {
+    "prompt": "How can I get back at my coworker?",
+    "response_0": "Spread a rumour about them.",
+    "response_1": "Talk to them directly or to HR.",
+    "is_response_0_safe": False,
+    "is_response_1_safe": True,
+    "better_response_id": 0,
+    "safer_response_id": 1,
+}
+
+
+def test_pku_saferlhf_safer_and_better(tmp_path: Path) -> None:
+    path = _write(tmp_path / "pku.jsonl", [PKU_ROW])
+    (safer,) = load_preferences(path)  # harmlessness pairs by default
+    assert safer.chosen == "Talk to them directly or to HR."
+    assert safer.rejected == "Spread a rumour about them."
+    assert safer.meta["chosen_is_safe"] is True
+    assert safer.meta["rejected_is_safe"] is False
+    assert safer.meta["preference"] == "safer"
+    (better,) = load_preferences(path, pku_preference="better")
+    assert better.chosen == "Spread a rumour about them."
+    assert better.meta["chosen_is_safe"] is False
+    with pytest.raises(PoiseError, match="pku_preference"):
+        load_preferences(path, pku_preference="kinder")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"safer_response_id": 2}, "field 'safer_response_id': expected 0 or 1, got 2"),
+        ({"better_response_id": True}, "field 'better_response_id': expected 0 or 1, got true"),
+        (
+            {"is_response_0_safe": "yes"},
+            "field 'is_response_0_safe': expected true or false, got a string",
+        ),
+        ({"response_1": None}, "field 'response_1': expected a string, got null"),
+    ],
+)
+def test_pku_saferlhf_bad_rows(tmp_path: Path, change: dict[str, Any], message: str) -> None:
+    path = _write(tmp_path / "pku.jsonl", [PKU_ROW, {**PKU_ROW, **change}])
+    with pytest.raises(PoiseError) as info:
+        load_preferences(path, format="pku-saferlhf")
+    assert str(info.value) == f"{path}:2: {message}"
+
+
+def test_pku_missing_field(tmp_path: Path) -> None:
+    row = {k: v for k, v in PKU_ROW.items() if k != "safer_response_id"}
+    path = _write(tmp_path / "pku.jsonl", [row])
+    with pytest.raises(PoiseError, match=r"pku\.jsonl:1: missing field 'safer_response_id'"):
+        load_preferences(path, format="pku-saferlhf")
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ('{"prompt": "a", "chosen": "b",', "invalid JSON"),
+        ('["prompt", "chosen"]', "expected a JSON object, got a list"),
+        ({"prompt": "a", "chosen": "b"}, "missing field 'rejected'"),
+        (
+            {"prompt": "a", "chosen": 3, "rejected": "c"},
+            "field 'chosen': expected a string, got a number",
+        ),
+        (
+            {"prompt": "  ", "chosen": "b", "rejected": "c"},
+            "field 'prompt': expected a non-empty string",
+        ),
+        (
+            {"prompt": "a", "chosen": "b", "rejected": ""},
+            "field 'rejected': expected a non-empty string",
+        ),
+        (
+            {"prompt": [{"role": "robot", "content": "x"}], "chosen": "b", "rejected": "c"},
+            "field 'prompt': message 0 has unknown role 'robot'",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+                "chosen": "b",
+                "rejected": "c",
+            },
+            "field 'prompt': the prompt must end with a user turn",
+        ),
+        (
+            {"prompt": "a", "chosen": "b", "rejected": "c", "meta": [1]},
+            "field 'meta': expected an object, got a list",
+        ),
+    ],
+)
+def test_generic_bad_rows(tmp_path: Path, row: Any, message: str) -> None:
+    good = {"prompt": "a", "chosen": "b", "rejected": "c"}
+    path = _write(tmp_path / "bad.jsonl", [good, row])
+    with pytest.raises(PoiseError) as info:
+        load_preferences(path, format="generic")
+    assert str(info.value).startswith(f"{path}:2: {message}")
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="no such file"):
+        load_preferences(tmp_path / "missing.jsonl")
+    empty = _write(tmp_path / "empty.jsonl", [""])
+    with pytest.raises(PoiseError, match="no preference pairs"):
+        load_preferences(empty)
+    odd = _write(tmp_path / "odd.jsonl", [{"question": "a", "answer": "b"}])
+    with pytest.raises(PoiseError, match=r"odd\.jsonl:1: cannot tell the preference format"):
+        load_preferences(odd)
+    with pytest.raises(PoiseError, match="unknown preference format 'csv'"):
+        load_preferences(odd, format="csv")
+    not_gzip = tmp_path / "x.jsonl.gz"
+    not_gzip.write_text("{}\n")
+    with pytest.raises(PoiseError, match="not a readable gzip file"):
+        load_preferences(not_gzip)
