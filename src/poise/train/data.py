@@ -37,6 +37,7 @@ from typing import Any, Literal, get_args
 
 from poise.errors import PoiseError, located
 from poise.models.base import Chat, Message
+from poise.suites import parse_hh_transcript  # shared with the suite loader: one HH reader
 
 __all__ = [
     "PREFERENCE_FORMATS",
@@ -199,9 +200,6 @@ def _generic(row: _Row, *, attack: bool = False) -> PreferencePair:
 
 
 def _hh_rlhf(row: _Row) -> PreferencePair:
-    # The transcript parser is shared with the suite loader, so both read HH-RLHF alike.
-    from poise.suites import parse_hh_transcript
-
     turns: dict[str, Chat] = {}
     for name in ("chosen", "rejected"):
         text = row.text(name)

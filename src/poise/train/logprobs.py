@@ -61,7 +61,8 @@ def sequence_logprobs(logits: Tensor, labels: Tensor, mask: Tensor) -> Tensor:
     counted = mask[:, 1:].bool()  # [B, T-1]
     # Ignored labels (e.g. -100) must still be valid indices for gather; they are zeroed below.
     safe_targets = torch.where(counted, targets, torch.zeros_like(targets)).long()
-    # log_softmax(x)[y] = x[y] - logsumexp(x): never materialises a second [B, T, V] tensor.
+    # log_softmax(x)[y] = x[y] - logsumexp(x): autograd keeps only the logits (alive anyway) and
+    # a [B, T-1] result, where log_softmax would keep a second [B, T-1, V] tensor for backward.
     picked = predicting.gather(-1, safe_targets.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
     token_logps = picked - torch.logsumexp(predicting, dim=-1)  # [B, T-1]
     out[:, 1:] = torch.where(counted, token_logps, torch.zeros_like(token_logps))
