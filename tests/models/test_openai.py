@@ -375,3 +375,16 @@ def test_backoff_and_retry_after_parsing() -> None:
     delays = [openai_backend._backoff_seconds(3, None) for _ in range(200)]
     assert min(delays) >= 0 and max(delays) <= 0.01 * 2**3  # base patched to 0.01
     assert len(set(delays)) > 100  # jittered, not in lockstep
+
+
+def test_the_resolver_hands_openai_specs_to_this_backend() -> None:
+    from poise.models import load_model
+
+    model = load_model("openai:served@http://127.0.0.1:1/v1", concurrency=2)
+    assert isinstance(model, OpenAIModel)
+    assert (model.model, model.base_urls, model.concurrency) == (
+        "served",
+        ("http://127.0.0.1:1/v1",),
+        2,
+    )
+    assert model.name == "openai:served@http://127.0.0.1:1/v1"

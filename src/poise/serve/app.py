@@ -157,6 +157,7 @@ def serve(
     """Load ``config.model`` (unless ``model`` is given) and serve it until interrupted."""
     import uvicorn
 
+    check_port(config.host, config.port)
     if model is None:
         from poise.models import load_model
 
@@ -175,6 +176,26 @@ def serve(
         workers=1,
         timeout_graceful_shutdown=5,
     )
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail early, before a model is loaded, when ``host:port`` cannot be listened on."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise PoiseError(f"poise serve: cannot resolve host {host!r}: {exc}") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # As uvicorn does, so that a port in TIME_WAIT is not reported as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise PoiseError(
+                f"poise serve: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
 
 
 # -- request handling -------------------------------------------------------------------------------

@@ -1,0 +1,77 @@
+"""``poise serve`` refuses bad settings with one line and exit code 2, before loading a model."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+import poise.models
+from poise.cli import app
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, ["serve", *args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(spec: str, **options: object) -> None:
+        raise AssertionError(f"the model {spec!r} was loaded before the settings were checked")
+
+    monkeypatch.setattr(poise.models, "load_model", refuse)
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+def test_help_lists_the_flags() -> None:
+    code, output = run("--help")
+    assert code == 0
+    for flag in ("--model", "--host", "--port", "--max-batch", "--batch-window-ms"):
+        assert flag in output
+    assert "--max-tokens-limit" in output and "--served-name" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["--max-batch", "0"], "max_batch"),
+        (["--batch-window-ms", "-1"], "batch_window_ms"),
+        (["--max-tokens-limit", "0"], "max_tokens_limit"),
+        (["--port", "70000"], "port"),
+        (["--max-n", "0"], "max_n"),
+    ],
+)
+def test_bad_values_name_the_field(args: list[str], field: str, no_model_loading: None) -> None:
+    code, output = run(*args)
+    assert code == 2
+    assert "error:" in output and field in output
+    assert len(output.strip().splitlines()) == 1
+
+
+def test_a_taken_port_is_reported_before_loading(busy_port: int, no_model_loading: None) -> None:
+    code, output = run("--port", str(busy_port))
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{busy_port}" in output
+
+
+def test_unknown_model_names_the_nearest(unused_port: int) -> None:
+    code, output = run("--model", "organizm", "--port", str(unused_port))
+    assert code == 2
+    assert "organizm" in output and "organism" in output
+
+
+@pytest.fixture
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

@@ -1,0 +1,255 @@
+"""``poise serve`` as a real subprocess on 127.0.0.1: the CLI path end to end, malformed requests,
+a bounded load test, and (slow) a tiny Hugging Face model served and compared in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from poise.config import Sampling
+from poise.models import load_model
+from poise.models.base import Chat
+from poise.models.openai import OpenAIModel
+
+from .helpers import ServeProcess, read_sse, start_serve_process, stream_texts
+
+MAX_TOKENS_LIMIT = 64
+
+
+def chat(text: str) -> Chat:
+    return [{"role": "user", "content": text}]
+
+
+@pytest.fixture(scope="module")
+def mock_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    server = start_serve_process(
+        ["--model", "mock", "--max-tokens-limit", str(MAX_TOKENS_LIMIT), "--max-n", "8"], log
+    )
+    yield server
+    server.stop()
+
+
+def post(server: ServeProcess, payload: Any, **kwargs: Any) -> httpx.Response:
+    if isinstance(payload, (bytes, str)):
+        return httpx.post(
+            f"{server.base_url}/chat/completions",
+            content=payload,
+            headers={"content-type": "application/json"},
+            timeout=30,
+            **kwargs,
+        )
+    return httpx.post(f"{server.base_url}/chat/completions", json=payload, timeout=30, **kwargs)
+
+
+def wait_until_idle(server: ServeProcess, timeout: float = 10.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = server.health()
+        busy = health["pending"] + health["running"] + health["waiting"] + health["streams"]
+        if busy == 0 or time.monotonic() > deadline:
+            return health
+        time.sleep(0.05)
+
+
+def test_health_and_models(mock_server: ServeProcess) -> None:
+    health = mock_server.health()
+    assert health["status"] == "ok"
+    assert health["model"] == "mock"
+    models = httpx.get(f"{mock_server.base_url}/models").json()
+    assert [m["id"] for m in models["data"]] == ["mock"]
+
+
+def test_openai_backend_matches_the_model_in_process(mock_server: ServeProcess) -> None:
+    remote = OpenAIModel("mock", base_urls=[mock_server.base_url])
+    local = load_model("mock")
+    chats = [chat(f"q{i}") for i in range(5)]
+    for sampling in (
+        Sampling(max_new_tokens=16),
+        Sampling(temperature=1.0, n=3, seed=4, max_new_tokens=16),
+        Sampling(temperature=1.0, n=2, seed=4, max_new_tokens=16, stop=("..",)),
+    ):
+        got = remote.generate(chats, sampling)
+        want = local.generate(chats, sampling)
+        assert [[(c.text, c.finish_reason) for c in row] for row in got] == [
+            [(c.text, c.finish_reason) for c in row] for row in want
+        ]
+        assert all(len(row) == sampling.n for row in got)
+
+
+def test_streaming_chunks_concatenate_to_the_full_text(mock_server: ServeProcess) -> None:
+    payload = {"model": "mock", "messages": chat("hi"), "n": 2, "seed": 3, "max_tokens": 8}
+    full = post(mock_server, payload).json()
+    with httpx.stream(
+        "POST",
+        f"{mock_server.base_url}/chat/completions",
+        json={**payload, "stream": True},
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200
+        chunks, done = read_sse(list(response.iter_lines()))
+    assert done
+    assert stream_texts(chunks) == {c["index"]: c["message"]["content"] for c in full["choices"]}
+    finals = [c["choices"][0] for c in chunks if c["choices"][0]["finish_reason"] is not None]
+    assert [f["index"] for f in finals] == [0, 1]
+
+
+GOOD: dict[str, Any] = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+
+# (body, expected status, expected param)
+MALFORMED: list[tuple[Any, int, str | None]] = [
+    ('{"model": "mock", "messages": [', 400, None),  # bad JSON
+    ("", 400, None),
+    ("null", 400, None),
+    ({"model": "mock"}, 400, "messages"),
+    ({**GOOD, "messages": []}, 400, "messages"),
+    (
+        {**GOOD, "messages": [{"role": "user", "content": ["not", "parts"]}]},
+        400,
+        "messages[0].content",
+    ),
+    ({**GOOD, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages[0].role"),
+    ({**GOOD, "messages": [{"content": "hi"}]}, 400, "messages[0].role"),
+    ({**GOOD, "temperature": -1}, 400, "temperature"),
+    ({**GOOD, "temperature": "warm"}, 400, "temperature"),
+    ({**GOOD, "top_p": 0}, 400, "top_p"),
+    ({**GOOD, "top_p": 1.01}, 400, "top_p"),
+    ({**GOOD, "max_tokens": 0}, 400, "max_tokens"),
+    ({**GOOD, "max_tokens": MAX_TOKENS_LIMIT + 1}, 400, "max_tokens"),
+    ({**GOOD, "max_completion_tokens": -5}, 400, "max_completion_tokens"),
+    ({**GOOD, "n": 0}, 400, "n"),
+    ({**GOOD, "n": 9}, 400, "n"),
+    ({**GOOD, "n": "two"}, 400, "n"),
+    ({**GOOD, "seed": 1.5}, 400, "seed"),
+    ({**GOOD, "stop": {"a": 1}}, 400, "stop"),
+    ({**GOOD, "model": "not-served"}, 404, "model"),
+    ({**GOOD, "model": 7}, 400, "model"),
+]
+
+
+def test_malformed_requests_get_openai_errors_and_the_server_keeps_answering(
+    mock_server: ServeProcess,
+) -> None:
+    for payload, status, param in MALFORMED:
+        response = post(mock_server, payload)
+        assert response.status_code == status, (payload, response.text)
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["type"] == "invalid_request_error"
+        assert error["param"] == param, (payload, error)
+        assert isinstance(error["message"], str) and error["message"]
+    # FastAPI's own answers use the same shape.
+    missing = httpx.get(f"{mock_server.url}/v2/nothing")
+    assert missing.status_code == 404 and "error" in missing.json()
+    wrong_method = httpx.get(f"{mock_server.base_url}/chat/completions")
+    assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    assert mock_server.process.poll() is None
+    assert post(mock_server, GOOD).status_code == 200
+    assert mock_server.health()["status"] == "ok"
+
+
+def test_load_many_concurrent_streaming_clients(mock_server: ServeProcess) -> None:
+    clients = 60
+    calls_before = mock_server.health()["generate_calls"]
+
+    async def one(client: httpx.AsyncClient, i: int) -> str:
+        payload = {**GOOD, "messages": chat(f"load {i}"), "stream": True, "seed": i % 3}
+        async with client.stream("POST", "/chat/completions", json=payload) as response:
+            assert response.status_code == 200
+            chunks, done = read_sse([line async for line in response.aiter_lines()])
+        assert done, f"client {i}: no [DONE]"
+        return stream_texts(chunks)[0]
+
+    async def main() -> list[str]:
+        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+        async with httpx.AsyncClient(
+            base_url=mock_server.base_url, timeout=60, limits=limits
+        ) as client:
+            return list(
+                await asyncio.wait_for(
+                    asyncio.gather(*(one(client, i) for i in range(clients))), timeout=120
+                )
+            )
+
+    texts = asyncio.run(main())
+    assert texts == ["..."] * clients  # the mock's default reply, for every client
+    health = wait_until_idle(mock_server)
+    assert health["pending"] == health["streams"] == health["waiting"] == 0
+    # 60 requests in 3 seed groups were answered by far fewer than 60 generate calls.
+    assert health["generate_calls"] - calls_before < clients / 2
+    assert post(mock_server, GOOD).status_code == 200
+
+
+def test_a_client_leaving_mid_stream_does_not_disturb_the_others(mock_server: ServeProcess) -> None:
+    async def full(client: httpx.AsyncClient, i: int) -> bool:
+        payload = {**GOOD, "messages": chat(f"stay {i}"), "stream": True}
+        async with client.stream("POST", "/chat/completions", json=payload) as response:
+            _, done = read_sse([line async for line in response.aiter_lines()])
+        return done
+
+    async def leave(client: httpx.AsyncClient) -> bool:
+        payload = {**GOOD, "messages": chat("leave"), "stream": True}
+        async with client.stream("POST", "/chat/completions", json=payload) as response:
+            async for line in response.aiter_lines():
+                json.loads(line[len("data: ") :])
+                return False  # gone after the first chunk
+        return True
+
+    async def main() -> list[bool]:
+        async with (
+            httpx.AsyncClient(base_url=mock_server.base_url, timeout=60) as stayer,
+            httpx.AsyncClient(base_url=mock_server.base_url, timeout=60) as leaver,
+        ):
+            jobs = [full(stayer, i) for i in range(10)] + [leave(leaver) for _ in range(5)]
+            return list(await asyncio.wait_for(asyncio.gather(*jobs), timeout=60))
+
+    results = asyncio.run(main())
+    assert results == [True] * 10 + [False] * 5
+    health = wait_until_idle(mock_server)
+    assert health["pending"] == health["streams"] == health["waiting"] == 0
+    assert post(mock_server, GOOD).status_code == 200
+
+
+@pytest.mark.slow
+def test_tiny_hf_model_served_matches_in_process(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    server = start_serve_process(
+        ["--model", str(tiny_hf_model_dir), "--served-name", "tiny", "--max-batch", "8"],
+        tmp_path / "serve.log",
+    )
+    try:
+        local = load_model(str(tiny_hf_model_dir))
+        remote = OpenAIModel("tiny", base_urls=[server.base_url], concurrency=4)
+        chats = [chat("hello there"), chat("what is the capital of France?"), chat("a b c")]
+        greedy = Sampling(max_new_tokens=12)
+        assert [[c.text for c in row] for row in remote.generate(chats, greedy)] == [
+            [c.text for c in row] for row in local.generate(chats, greedy)
+        ]
+        sampled = Sampling(temperature=1.0, top_k=50, n=3, seed=123, max_new_tokens=12)
+        first = remote.generate(chats, sampled)
+        assert first == remote.generate(chats, sampled)  # a seed reproduces
+        assert [[c.text for c in row] for row in first] == [
+            [c.text for c in row] for row in local.generate(chats, sampled)
+        ]
+        assert all(len(row) == 3 for row in first)
+
+        payload = {"model": "tiny", "messages": chats[1], "max_tokens": 12, "seed": 5}
+        full = httpx.post(f"{server.base_url}/chat/completions", json=payload, timeout=60).json()
+        with httpx.stream(
+            "POST",
+            f"{server.base_url}/chat/completions",
+            json={**payload, "stream": True},
+            timeout=60,
+        ) as response:
+            chunks, done = read_sse(list(response.iter_lines()))
+        assert done
+        assert stream_texts(chunks)[0] == full["choices"][0]["message"]["content"]
+        assert full["usage"]["prompt_tokens"] > 0  # counted with the model's chat template
+    finally:
+        server.stop()
