@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import sys
@@ -95,7 +96,9 @@ class FakeServer:
                 for key, value in headers.items():
                     self.send_header(key, value)
                 self.end_headers()
-                self.wfile.write(data)
+                # A client that timed out has left.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -209,6 +212,21 @@ def test_retries_on_connection_errors_by_moving_to_the_next_url(
     assert len(server.requests) == 3
 
 
+def test_retries_after_a_timeout(fake_server: Callable[..., FakeServer]) -> None:
+    def first_too_slow(request: dict[str, Any]) -> Reply:
+        if request["messages"][0]["content"] == "x" and not slow_done.is_set():
+            slow_done.set()
+            time.sleep(1.0)
+        return echo(request)
+
+    slow_done = threading.Event()
+    server = fake_server(first_too_slow)
+    model = OpenAIModel("m", base_urls=[server.url], timeout=0.3, max_retries=2)
+    [[completion]] = model.generate([chat("x")], Sampling())
+    assert completion.text == "x#0"
+    assert len(server.requests) == 2
+
+
 def test_gives_up_after_max_retries(fake_server: Callable[..., FakeServer]) -> None:
     server = fake_server([error(500, "broken")])
     model = OpenAIModel("m", base_urls=[server.url], max_retries=2)
@@ -261,7 +279,7 @@ def test_asks_again_when_the_server_returns_fewer_than_n(
 def test_token_counts_are_split_over_choices(fake_server: Callable[..., FakeServer]) -> None:
     server = fake_server([ok(["aaaa", "aaaaaaaaaaaa"], completion_tokens=8)])
     model = OpenAIModel("m", base_urls=[server.url])
-    [row] = model.generate([chat("x")], Sampling(n=2))
+    [row] = model.generate([chat("x")], Sampling(temperature=1.0, n=2))
     assert [c.num_tokens for c in row] == [2, 6]
 
 
@@ -388,3 +406,10 @@ def test_the_resolver_hands_openai_specs_to_this_backend() -> None:
         2,
     )
     assert model.name == "openai:served@http://127.0.0.1:1/v1"
+
+
+def test_greedy_n_asks_for_one_completion(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server(echo)
+    [row] = OpenAIModel("m", base_urls=[server.url]).generate([chat("g")], Sampling(n=3))
+    assert [c.text for c in row] == ["g#0"] * 3
+    assert [r["n"] for r in server.requests] == [1]

@@ -192,7 +192,16 @@ class OpenAIModel:
         self, clients: list[Any], index: int, chat: Chat, sampling: Sampling
     ) -> list[Completion]:
         """All ``sampling.n`` completions of one chat, asking again for any the server left out
-        (llama.cpp and Ollama, for instance, ignore ``n``)."""
+        (llama.cpp and Ollama, for instance, ignore ``n``).
+
+        Greedy completions are all the same, so one is requested and repeated: some servers
+        (older vLLM) refuse ``n > 1`` at temperature 0, and the rest would decode it n times.
+        """
+        if sampling.greedy and sampling.n > 1:
+            [completion] = await self._complete(
+                clients, index, chat, sampling.model_copy(update={"n": 1})
+            )
+            return [completion] * sampling.n
         completions: list[Completion] = []
         attempt_offset = 0
         while len(completions) < sampling.n:
