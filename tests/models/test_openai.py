@@ -151,6 +151,9 @@ def test_generate_maps_the_response(fake_server: Callable[..., FakeServer]) -> N
     assert completion.num_tokens == 7
     assert completion.finish_reason == "length"
     assert model.generate([], Sampling()) == []
+    for reason, mapped in [("stop", "stop"), ("content_filter", "guard"), ("tool_calls", "stop")]:
+        server.script = [ok(["t"], finish=reason)]
+        assert model.generate([chat("hi")], Sampling())[0][0].finish_reason == mapped
 
 
 def test_sampling_maps_onto_the_request(fake_server: Callable[..., FakeServer]) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat
+from poise.models.base import Chat, Completion
 from poise.models.openai import OpenAIModel
 
 from .helpers import EchoModel, ThreadServer, read_sse, stream_texts
@@ -250,3 +250,14 @@ def test_disconnect_mid_stream_does_not_disturb_the_others(start_server: StartSe
     assert health["streams"] == health["pending"] == health["waiting"] == 0
     assert health["tasks"] <= baseline
     assert ask(server, "still there?").status_code == 200
+
+
+def test_a_guard_stop_round_trips_as_content_filter(start_server: StartServer) -> None:
+    class Guarded(EchoModel):
+        def generate(self, chats: Any, sampling: Sampling) -> Any:
+            return [[Completion("I must stop here.", 4, "guard")] for _ in chats]
+
+    server = start_server(Guarded("guarded"))
+    assert ask(server, "x").json()["choices"][0]["finish_reason"] == "content_filter"
+    remote = OpenAIModel("guarded", base_urls=[server.base_url])
+    assert remote.generate([chat("x")], Sampling())[0][0].finish_reason == "guard"

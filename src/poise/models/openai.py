@@ -327,7 +327,13 @@ def completions_from_response(response: Any) -> list[Completion]:
 
 
 def _finish_reason(value: str | None) -> FinishReason:
-    return "length" if value == "length" else "stop"
+    # A server-side content filter stopped the text: poise's name for that is "guard" (and
+    # poise serve reports its guards' stops as "content_filter"). Anything else ended normally.
+    if value == "length":
+        return "length"
+    if value == "content_filter":
+        return "guard"
+    return "stop"
 
 
 def _split_proportionally(total: int, weights: list[int]) -> list[int]:
