@@ -48,6 +48,7 @@ def test_help_lists_the_flags() -> None:
         (["--batch-window-ms", "-1"], "batch_window_ms"),
         (["--max-tokens-limit", "0"], "max_tokens_limit"),
         (["--port", "70000"], "port"),
+        (["--port", "0"], "port"),
         (["--max-n", "0"], "max_n"),
     ],
 )

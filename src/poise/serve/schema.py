@@ -26,7 +26,7 @@ class ServeConfig(StrictModel):
         default="organism", description="model spec to serve (any name load_model takes)"
     )
     host: str = Field(default="127.0.0.1", description="interface to listen on")
-    port: int = Field(default=8000, ge=0, le=65535, description="TCP port")
+    port: int = Field(default=8000, ge=1, le=65535, description="TCP port")
     max_batch: int = Field(default=32, ge=1, le=4096, description="most chats in one generate call")
     batch_window_ms: float = Field(
         default=5.0, ge=0.0, le=10_000.0, description="how long a batch waits for more requests"
