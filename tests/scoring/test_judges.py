@@ -603,3 +603,15 @@ def test_classifier_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(PoiseError, match=r"no \*\.safetensors weights \(found pytorch_model\.bin"):
         get_judge(f"classifier:{tmp_path}")
+
+
+def test_classifier_accepts_organism_members(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import poise.organism
+
+    monkeypatch.setattr(poise.organism, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(PoiseError, match=r"organism-cost.*poise organism build"):
+        get_judge("classifier:organism-cost")
+    _tiny_classifier(tmp_path / "organism-cost", num_labels=1)
+    assert get_judge("classifier:organism-cost").name == "classifier:organism-cost"

@@ -344,10 +344,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _check_classifier_source(path: str) -> str:
-    """A local folder with config.json and safetensors weights, or a hub id (org/name)."""
+    """A local folder with config.json and safetensors weights, an organism member
+    (``organism-cost``, ``organism-reward``), or a hub id (org/name)."""
     if not path:
         raise PoiseError("judge 'classifier' needs a folder: classifier:PATH")
-    folder = Path(path).expanduser()
+    from poise.organism import is_member, member_path
+
+    folder = member_path(path) if is_member(path) else Path(path).expanduser()
     if folder.exists():
         if not folder.is_dir():
             raise PoiseError(
