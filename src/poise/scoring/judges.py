@@ -6,7 +6,7 @@
 spec                judge
 ==================  ===========================================================================
 ``refusal``         the refusal detector and honesty scorer (alias ``heuristic``); no model
-``classifier:PATH`` a Hugging Face sequence-classification folder (guard classifier, cost model)
+``classifier:PATH`` a HF sequence-classification folder or organism member (guard, cost model)
 ``guard:MODEL``     a generative guard LM asked "safe" or "unsafe"; P(unsafe) from its log-probs
 ``llm:MODEL``       an LLM with a Jinja2 rubric that ends in ``VERDICT: <label>``
 ``oracle``          the bundled organism's exact judge
