@@ -66,6 +66,7 @@ def register(app: typer.Typer) -> None:
                     f"serving [bold]{served.name}[/] as [bold]{config.name}[/] on "
                     f"http://{config.host}:{config.port}/v1  (Ctrl-C to stop)",
                     highlight=False,
+                    soft_wrap=True,
                 )
 
             serve(config, model=loaded, on_ready=ready)
