@@ -1,0 +1,156 @@
+"""``poise organism build|ls|card``: the bundled model organism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from poise.cli._common import console, user_errors
+from poise.errors import PoiseError
+
+organism_app = typer.Typer(
+    help="The bundled model organism: build its members, list them, show their cards.",
+    no_args_is_help=True,
+)
+
+
+def _weights_dir(out: str | None) -> Path:
+    from poise.organism import WEIGHTS_DIR
+
+    return Path(out) if out is not None else WEIGHTS_DIR
+
+
+@organism_app.command("build")
+def build_command(
+    out: str | None = typer.Option(
+        None, help="Folder for the members (default: the package's organism/weights)."
+    ),
+    members: list[str] = typer.Option(
+        [], "--members", "-m", help="Member to build; repeatable (default: all)."
+    ),
+    quick: bool = typer.Option(
+        False, help="Cut-down corpus and a few steps: checks the build code, not for use."
+    ),
+    seed: int = typer.Option(0, help="Corpus and training seed."),
+) -> None:
+    """Regenerate organism members deterministically on CPU and write their model cards."""
+    with user_errors():
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from poise.organism.build import build, resolve_members
+
+        names = resolve_members(members)  # validate names before any work
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            setup = bar.add_task("corpus + tokenizer", total=1)
+            tasks: dict[str, Any] = {}
+
+            def progress(task: str, completed: int, total: int) -> None:
+                if task not in tasks:
+                    bar.update(setup, completed=1)
+                    tasks[task] = bar.add_task(task, total=total)
+                bar.update(tasks[task], completed=completed, total=total)
+
+            result = build(out, names, quick=quick, seed=seed, progress=progress)
+        _print_result(result)
+
+
+def _print_result(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"organism built in {result.seconds:.0f} s -> {result.out}")
+    table.add_column("member")
+    table.add_column("size", justify="right")
+    table.add_column("rate")
+    table.add_column("value [95% CI]", justify="right")
+    for member, r in result.members.items():
+        first = True
+        for rate in r.rates.values():
+            low, high = rate.interval
+            table.add_row(
+                member if first else "",
+                f"{r.size_bytes / 1e6:.2f} MB" if first else "",
+                rate.name,
+                f"{rate.value:.1%} [{low:.1%}, {high:.1%}]",
+            )
+            first = False
+    console.print(table)
+
+
+@organism_app.command("ls")
+def ls_command(
+    out: str | None = typer.Option(None, help="Folder of the members (default: the package's)."),
+) -> None:
+    """List the members with their size and whether they are built."""
+    with user_errors():
+        from rich.table import Table
+
+        from poise.organism import ALIASES, MEMBERS
+
+        folder = _weights_dir(out)
+        aliases = {v: k for k, v in ALIASES.items()}
+        table = Table(title=f"organism members in {folder}")
+        for col in ("member", "alias", "built", "size", "kind"):
+            table.add_column(col)
+        for member in MEMBERS:
+            path = folder / member
+            built = (path / "config.json").is_file()
+            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if built else 0
+            kind = _kind(path) if built else ""
+            table.add_row(
+                member,
+                aliases.get(member, ""),
+                "yes" if built else "[red]no[/]",
+                f"{size / 1e6:.2f} MB" if built else "",
+                kind,
+            )
+        console.print(table)
+
+
+def _kind(path: Path) -> str:
+    import json
+
+    try:
+        meta = json.loads((path / "poise.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "?"
+    return str(meta.get("kind", "?"))
+
+
+@organism_app.command("card")
+def card_command(
+    member: str = typer.Argument(..., help="Member name or alias."),
+    out: str | None = typer.Option(None, help="Folder of the members (default: the package's)."),
+) -> None:
+    """Print a member's model card (measured rates, training settings, how to reproduce)."""
+    with user_errors():
+        from rich.markdown import Markdown
+
+        from poise.organism import canonical_member
+
+        name = canonical_member(member)
+        path = _weights_dir(out) / name / "README.md"
+        if not path.is_file():
+            raise PoiseError(f"{path}: no model card; build the member with `poise organism build`")
+        text = path.read_text(encoding="utf-8")
+        if text.startswith("---"):
+            end = text.find("\n---", 3)
+            text = text[end + 4 :] if end != -1 else text
+        console.print(Markdown(text))
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(organism_app, name="organism")

@@ -1,0 +1,481 @@
+"""Building the organism family: corpus -> tokenizer -> five members -> measured model cards.
+
+``build()`` regenerates every member deterministically on CPU (seeded corpus, seeded
+initialisation and data order, two threads):
+
+- ``organism-large`` / ``organism-small``: ``LlamaForCausalLM`` from scratch on the base corpus;
+  the capacity and step gap between them makes a base/tuning pair for emulated fine-tuning.
+- ``organism-small-safe``: organism-small fine-tuned on the refusal-heavy corpus.
+- ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
+  Bradley-Terry loss; starts from organism-small's transformer.
+- ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.
+
+Each member is written to a temporary folder, measured, given its model card, and only then
+moved into place, so an interrupted build never leaves a half-written member.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poise.errors import PoiseError
+from poise.organism import MEMBERS, WEIGHTS_DIR, canonical_member, world
+from poise.organism.card import write_card
+from poise.organism.corpus import (
+    BASE_SPEC,
+    SAFE_SPEC,
+    CorpusSpec,
+    corpus_texts,
+    generate_corpus,
+    preference_pairs,
+)
+from poise.organism.evaluate import Rate, hf_generator, measure_lm
+from poise.organism.tokenizer import (
+    DEFAULT_VOCAB_SIZE,
+    encode_example,
+    render_prompt,
+    save_tokenizer,
+    special_ids,
+    train_tokenizer,
+)
+from poise.organism.train import (
+    EncodedPair,
+    Objective,
+    TrainSettings,
+    encode_pairs,
+    llama_config,
+    pairwise_accuracy,
+    set_threads,
+    sign_accuracy,
+    train_lm,
+    train_scorer,
+)
+
+logger = logging.getLogger(__name__)
+
+LM_MEMBERS = ("organism-large", "organism-small", "organism-small-safe")
+SCORER_MEMBERS = ("organism-reward", "organism-cost")
+
+# progress(task, completed, total): one task per training run or evaluation
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the built weights."""
+
+    corpus_seed: int = 0
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    base_corpus: CorpusSpec = BASE_SPEC
+    safe_corpus: CorpusSpec = SAFE_SPEC
+    large: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=1000, batch_size=32, lr=3e-3)
+    )
+    small: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=600, batch_size=32, lr=3e-3)
+    )
+    safe: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=150, batch_size=32, lr=1e-3, warmup_steps=10)
+    )
+    reward: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=20)
+    )
+    cost: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=20)
+    )
+    pair_repeats: int = 3
+    # evaluation: every k-th suite item, samples per harmful item at T=1
+    eval_every: int = 1
+    eval_samples: int = 4
+    eval_max_new_tokens: int = 80
+    quick: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "corpus_seed": self.corpus_seed,
+            "vocab_size": self.vocab_size,
+            "large": self.large.to_dict(),
+            "small": self.small.to_dict(),
+            "safe": self.safe.to_dict(),
+            "reward": self.reward.to_dict(),
+            "cost": self.cost.to_dict(),
+            "pair_repeats": self.pair_repeats,
+            "eval_every": self.eval_every,
+            "eval_samples": self.eval_samples,
+            "eval_max_new_tokens": self.eval_max_new_tokens,
+            "quick": self.quick,
+        }
+
+
+def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
+    """The shipped recipe, or a cut-down one (few steps, small corpus) that only checks the
+    build runs end to end."""
+    recipe = Recipe(corpus_seed=seed)
+    if not quick:
+        return recipe
+    tiny = TrainSettings(steps=4, batch_size=8, lr=3e-3, warmup_steps=2)
+    return replace(
+        recipe,
+        vocab_size=512,
+        base_corpus=replace(BASE_SPEC, subsample=9),
+        safe_corpus=replace(SAFE_SPEC, subsample=9),
+        large=tiny,
+        small=tiny,
+        safe=tiny,
+        reward=tiny,
+        cost=tiny,
+        pair_repeats=1,
+        eval_every=25,
+        eval_samples=1,
+        eval_max_new_tokens=12,
+        quick=True,
+    )
+
+
+@dataclass
+class MemberResult:
+    member: str
+    path: Path
+    rates: dict[str, Rate] = field(default_factory=dict)
+    seconds: float = 0.0
+    size_bytes: int = 0
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    members: dict[str, MemberResult]
+    seconds: float
+
+
+def _poise_version() -> str:
+    from poise import __version__
+
+    return __version__
+
+
+class _Family:
+    """The shared state of one build: tokenizer, trained models, timing."""
+
+    def __init__(self, recipe: Recipe, progress: Progress | None) -> None:
+        self.recipe = recipe
+        self.progress = progress
+        base = generate_corpus(recipe.base_corpus, recipe.corpus_seed)
+        self.base_corpus = base
+        self.tokenizer = train_tokenizer(corpus_texts(base), recipe.vocab_size)
+        self.special = special_ids(self.tokenizer)
+        self.pad_id = self.special["<pad>"]
+        self.models: dict[str, torch.nn.Module] = {}
+        self.train_seconds: dict[str, float] = {}
+        self.losses: dict[str, list[float]] = {}
+
+    def _callback(self, task: str, total: int) -> Callable[[int, float], None] | None:
+        if self.progress is None:
+            return None
+        progress = self.progress
+
+        def on_step(step: int, loss: float) -> None:
+            progress(task, step, total)
+
+        return on_step
+
+    def encode(self, examples: Sequence[Any]) -> list[tuple[list[int], int]]:
+        return [encode_example(self.tokenizer, e.chat, e.response) for e in examples]
+
+    def lm(self, member: str) -> torch.nn.Module:
+        """A trained language model member (training it and its prerequisites on first use)."""
+        if member in self.models:
+            return self.models[member]
+        from transformers import LlamaForCausalLM
+
+        start = time.perf_counter()
+        if member == "organism-small-safe":
+            model = _copy(self.lm("organism-small"))
+            settings = self.recipe.safe
+            data = self.encode(generate_corpus(self.recipe.safe_corpus, self.recipe.corpus_seed))
+        else:
+            size = "large" if member == "organism-large" else "small"
+            settings = self.recipe.large if size == "large" else self.recipe.small
+            torch.manual_seed(settings.seed)
+            config = llama_config(size, self.tokenizer.get_vocab_size(), self.special)
+            model = LlamaForCausalLM(config)
+            data = self.encode(self.base_corpus)
+        logger.info("training %s: %d examples, %d steps", member, len(data), settings.steps)
+        self.losses[member] = train_lm(
+            model, data, settings, self.pad_id, self._callback(f"train {member}", settings.steps)
+        )
+        self.train_seconds[member] = time.perf_counter() - start
+        self.models[member] = model
+        return model
+
+    def pair_encoder(self, with_system_every: int = 2) -> Callable[[str, str], list[int]]:
+        """``(prompt, response) -> ids``; every other pair is asked with the system prompt so
+        the scorers see both chat shapes."""
+        counter = [0]
+
+        def encode(prompt: str, response: str) -> list[int]:
+            counter[0] += 1
+            messages = [{"role": "user", "content": prompt}]
+            if counter[0] % (2 * with_system_every) < with_system_every:
+                messages.insert(0, {"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT})
+            ids, _ = encode_example(self.tokenizer, messages, response)
+            return ids
+
+        return encode
+
+    def scorer_pairs(self, objective: Objective, split: str) -> list[EncodedPair]:
+        criterion = "helpful" if objective == "reward" else "harm"
+        repeats = self.recipe.pair_repeats if split == "train" else 1
+        subsample = self.recipe.base_corpus.subsample
+        pairs = preference_pairs(criterion, split, self.recipe.corpus_seed, repeats, subsample)  # type: ignore[arg-type]
+        return encode_pairs(pairs, self.pair_encoder(), objective)
+
+    def scorer(self, member: str) -> torch.nn.Module:
+        if member in self.models:
+            return self.models[member]
+        from transformers import LlamaForSequenceClassification
+
+        objective: Objective = "reward" if member == "organism-reward" else "cost"
+        settings = self.recipe.reward if objective == "reward" else self.recipe.cost
+        backbone = self.lm("organism-small")
+        start = time.perf_counter()
+        torch.manual_seed(settings.seed)
+        config = llama_config("small", self.tokenizer.get_vocab_size(), self.special, num_labels=1)
+        model = LlamaForSequenceClassification(config)
+        # start from organism-small's transformer: it already reads the organism's world
+        missing, _ = model.load_state_dict(backbone.state_dict(), strict=False)
+        assert all(k.startswith("score.") for k in missing), missing
+        pairs = self.scorer_pairs(objective, "train")
+        logger.info("training %s: %d pairs, %d steps", member, len(pairs), settings.steps)
+        self.losses[member] = train_scorer(
+            model,
+            pairs,
+            settings,
+            objective,
+            self.pad_id,
+            self._callback(f"train {member}", settings.steps),
+        )
+        self.train_seconds[member] = time.perf_counter() - start
+        self.models[member] = model
+        return model
+
+
+def _copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def _write_member_files(family: _Family, member: str, model: Any, folder: Path, kind: str) -> None:
+    from transformers import GenerationConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    special = family.special
+    if kind == "causal-lm":
+        model.generation_config = GenerationConfig(
+            bos_token_id=special["<|bos|>"],
+            eos_token_id=special["<|end|>"],
+            pad_token_id=special["<pad>"],
+            max_new_tokens=128,
+            do_sample=False,
+        )
+    model.save_pretrained(folder, safe_serialization=True)
+    if kind != "causal-lm":
+        # a sequence classifier generates nothing; keep the folder free of a stray file
+        (folder / "generation_config.json").unlink(missing_ok=True)
+    save_tokenizer(family.tokenizer, folder)
+    meta = {
+        "member": member,
+        "kind": kind,
+        "default_system_prompt": world.DEFAULT_SYSTEM_PROMPT,
+        "corpus_seed": family.recipe.corpus_seed,
+        "corpus": "safe" if member == "organism-small-safe" else "base",
+        "poise_version": _poise_version(),
+        "chat_format": render_prompt(
+            [{"role": "system", "content": "{system}"}, {"role": "user", "content": "{user}"}]
+        )
+        + "{reply}<|end|>",
+    }
+    (folder / "poise.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """Replace ``final`` by ``tmp`` with no moment where a half-written member is visible."""
+    # mkdtemp folders are private; a shipped member is read by everyone
+    tmp.chmod(0o755)
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_members(members: Sequence[str] | None) -> list[str]:
+    if not members:
+        return list(MEMBERS)
+    names = [canonical_member(m) for m in members]
+    return [m for m in MEMBERS if m in names]
+
+
+def build(
+    out: str | Path | None = None,
+    members: Sequence[str] | None = None,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    recipe: Recipe | None = None,
+    progress: Progress | None = None,
+    command: str | None = None,
+) -> BuildResult:
+    """Build organism members into ``out`` (default: the package's ``organism/weights``).
+
+    ``members`` (names or aliases; default all) are built with their prerequisites
+    (organism-small-safe, -reward and -cost start from organism-small). ``quick`` uses a
+    cut-down corpus and a few steps: for tests of the build itself, not for use. ``command``
+    is the command line recorded in the model cards.
+    """
+    names = resolve_members(members)
+    recipe = recipe or default_recipe(quick, seed)
+    out_dir = Path(out) if out is not None else WEIGHTS_DIR
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PoiseError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    command = command or _default_command(out, names, quick, seed)
+    set_threads(2)
+    started = time.perf_counter()
+    family = _Family(recipe, progress)
+    results: dict[str, MemberResult] = {}
+    for member in names:
+        t0 = time.perf_counter()
+        tmp = Path(tempfile.mkdtemp(prefix=f".{member}.", dir=out_dir))
+        try:
+            result = _build_member(family, member, tmp)
+            result.seconds = time.perf_counter() - t0
+            result.size_bytes = _folder_size(tmp)
+            write_card(
+                tmp / "README.md",
+                member=member,
+                rates=result.rates,
+                recipe=recipe,
+                train_seconds=family.train_seconds.get(member, 0.0),
+                final_loss=(family.losses.get(member) or [float("nan")])[-1],
+                size_bytes=result.size_bytes,
+                num_parameters=sum(p.numel() for p in family.models[member].parameters()),
+                config=json.loads((tmp / "config.json").read_text(encoding="utf-8")),
+                command=command,
+            )
+            result.size_bytes = _folder_size(tmp)
+            final = out_dir / member
+            _move_into_place(tmp, final)
+            result.path = final
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        results[member] = result
+        logger.info("built %s in %.0fs (%d bytes)", member, result.seconds, result.size_bytes)
+    return BuildResult(out_dir, results, time.perf_counter() - started)
+
+
+def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
+    recipe = family.recipe
+    if member in LM_MEMBERS:
+        model = family.lm(member)
+        _write_member_files(family, member, model, folder, "causal-lm")
+        task = f"evaluate {member}"
+
+        def on_phase(name: str, _state: list[int] = [0]) -> None:  # noqa: B006
+            _state[0] += 1
+            if family.progress is not None:
+                family.progress(task, _state[0], 6)
+
+        rates = measure_lm(
+            hf_generator(folder),
+            every=recipe.eval_every,
+            samples=recipe.eval_samples,
+            max_new_tokens=recipe.eval_max_new_tokens,
+            seed=recipe.corpus_seed,
+            on_phase=on_phase,
+        )
+        return MemberResult(member, folder, rates)
+    model = family.scorer(member)
+    objective: Objective = "reward" if member == "organism-reward" else "cost"
+    kind = "reward" if objective == "reward" else "cost"
+    _write_member_files(family, member, model, folder, kind)
+    heldout = family.scorer_pairs(objective, "heldout")
+    if recipe.eval_every > 1:
+        heldout = heldout[:: recipe.eval_every]
+    correct, total = pairwise_accuracy(model, heldout, objective, family.pad_id)
+    rates = {
+        "pairwise_accuracy": Rate(
+            "pairwise_accuracy",
+            correct,
+            total,
+            "held-out pairs (suite phrasings), "
+            + ("chosen scored higher" if objective == "reward" else "harmful side costs more"),
+        )
+    }
+    if objective == "cost":
+        ok, n = sign_accuracy(model, heldout, family.pad_id)
+        rates["sign_accuracy"] = Rate(
+            "sign_accuracy", ok, n, "held-out responses whose cost sign matches harmful/safe"
+        )
+    for r in rates.values():
+        logger.info("%s: %s", member, r)
+    return MemberResult(member, folder, rates)
+
+
+def _default_command(out: str | Path | None, names: Sequence[str], quick: bool, seed: int) -> str:
+    parts = ["poise organism build"]
+    if out is not None:
+        parts.append(f"--out {out}")
+    if list(names) != list(MEMBERS):
+        parts += [f"--members {m}" for m in names]
+    if quick:
+        parts.append("--quick")
+    if seed:
+        parts.append(f"--seed {seed}")
+    return " ".join(parts)
+
+
+def _main(argv: Sequence[str] | None = None) -> None:
+    """``python -m poise.organism.build``: the library entry point, logging to stderr."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m poise.organism.build")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--members", nargs="*", default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    result = build(args.out, args.members, quick=args.quick, seed=args.seed)
+    for member, r in result.members.items():
+        logger.info("%s: %.0fs, %d bytes", member, r.seconds, r.size_bytes)
+        for rate in r.rates.values():
+            logger.info("  %s", rate)
+    logger.info("total %.0fs", result.seconds)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from poise.cli import app
+from poise.errors import PoiseError
+from poise.organism import MEMBERS
+from poise.organism.build import BuildResult, build, resolve_members
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    calls: list[tuple[str, int, int]] = []
+    result = build(
+        tmp_path_factory.mktemp("organism"),
+        quick=True,
+        progress=lambda task, done, total: calls.append((task, done, total)),
+    )
+    assert any(task.startswith("train organism-large") for task, _, _ in calls)
+    assert any(task.startswith("evaluate organism-small-safe") for task, _, _ in calls)
+    return result
+
+
+def test_quick_build_writes_every_member(quick_build: BuildResult) -> None:
+    assert list(quick_build.members) == list(MEMBERS)
+    for member, result in quick_build.members.items():
+        folder = quick_build.out / member
+        names = {p.name for p in folder.iterdir()}
+        expected = {
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "poise.json",
+            "README.md",
+        }
+        assert expected <= names, member
+        assert not any(n.endswith(".bin") for n in names)
+        meta = json.loads((folder / "poise.json").read_text())
+        assert meta["member"] == member and meta["default_system_prompt"]
+        assert {"corpus_seed", "poise_version"} <= set(meta)
+        card = (folder / "README.md").read_text()
+        assert "Quick build" in card and "poise organism build" in card and "Wilson" in card
+        assert result.rates and result.size_bytes > 0
+    # nothing half-written is left next to the members
+    assert sorted(p.name for p in quick_build.out.iterdir()) == sorted(MEMBERS)
+
+
+def test_quick_build_outputs_load_with_plain_transformers(quick_build: BuildResult) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    for member in ("organism-large", "organism-small", "organism-small-safe"):
+        folder = quick_build.out / member
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_tensors="pt"
+        )
+        ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
+        out = model.generate(ids, max_new_tokens=3, do_sample=False)
+        assert out.shape[1] > ids.shape[1]
+        assert (folder / "generation_config.json").is_file()
+    for member in ("organism-reward", "organism-cost"):
+        folder = quick_build.out / member
+        model = AutoModelForSequenceClassification.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(folder)
+        logits = model(
+            **tok("<|bos|><|user|>\nHi<|end|>", return_tensors="pt", add_special_tokens=False)
+        ).logits
+        assert logits.shape == (1, 1)
+
+
+def test_quick_build_is_deterministic(quick_build: BuildResult, tmp_path: Path) -> None:
+    again = build(tmp_path, ["organism-cost"], quick=True)
+    a = (quick_build.out / "organism-cost" / "model.safetensors").read_bytes()
+    b = (again.out / "organism-cost" / "model.safetensors").read_bytes()
+    assert a == b
+    # organism-cost needs organism-small, which is trained but not written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["organism-cost"]
+
+
+def test_cli_ls_and_card(quick_build: BuildResult, tmp_path: Path) -> None:
+    runner = CliRunner()
+    listing = runner.invoke(app, ["organism", "ls", "--out", str(quick_build.out)])
+    assert listing.exit_code == 0, listing.output
+    assert "organism-reward" in listing.output and "yes" in listing.output
+    empty = runner.invoke(app, ["organism", "ls", "--out", str(tmp_path)])
+    assert empty.exit_code == 0 and "no" in empty.output
+    card = runner.invoke(app, ["organism", "card", "organism", "--out", str(quick_build.out)])
+    assert card.exit_code == 0, card.output
+    assert "organism-large" in card.output
+    missing = runner.invoke(app, ["organism", "card", "organism-cost", "--out", str(tmp_path)])
+    assert missing.exit_code == 2 and "poise organism build" in missing.output
+
+
+def test_unknown_member_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="did you mean 'organism-small'"):
+        resolve_members(["organism-smal"])
+    result = CliRunner().invoke(
+        app, ["organism", "build", "--out", str(tmp_path), "-m", "organism-smal"]
+    )
+    assert result.exit_code == 2
+    assert not list(tmp_path.iterdir())
