@@ -192,7 +192,8 @@ def test_client_gone_before_its_batch_is_not_generated(start_server: StartServer
             busy = asyncio.create_task(
                 client.post("/chat/completions", json={"model": "slow", "messages": chat("busy")})
             )
-            await asyncio.sleep(0.3)  # "busy" is being generated now
+            while (await client.get(f"{server.url}/health")).json()["running"] == 0:
+                await asyncio.sleep(0.02)  # wait until "busy" is being generated
             with pytest.raises(httpx.ReadTimeout):
                 await client.post(
                     "/chat/completions",

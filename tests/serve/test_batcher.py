@@ -140,7 +140,8 @@ def test_withdrawn_request_is_not_generated() -> None:
 
     async def body(batcher: Batcher) -> int:
         first = batcher.submit(chat("busy"), Sampling(), seeded=True)
-        await asyncio.sleep(0.1)  # the first call is running now
+        while batcher.running == 0:  # wait until the first call runs
+            await asyncio.sleep(0.01)
         gone = batcher.submit(chat("gone"), Sampling(), seeded=True)
         kept = batcher.submit(chat("kept"), Sampling(), seeded=True)
         assert batcher.pending == 2
@@ -176,7 +177,8 @@ def test_stop_fails_waiting_requests() -> None:
         batcher = Batcher(model, window_s=0.0)
         await batcher.start()
         running = batcher.submit(chat("a"), Sampling(), seeded=True)
-        await asyncio.sleep(0.05)
+        while batcher.running == 0:
+            await asyncio.sleep(0.01)
         waiting = batcher.submit(chat("b"), Sampling(), seeded=True)
         await batcher.stop()
         for future in (running, waiting):
