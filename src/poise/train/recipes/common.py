@@ -1,0 +1,1173 @@
+"""What every training recipe shares: its config base, accelerate, LoRA, checkpoints, the output.
+
+A recipe (``dpo.py``, ``modpo.py``, ``reward.py``, ``safe_rl.py``) is a short loop built from
+these pieces::
+
+    config = DPOConfig(model=..., data=..., output=...)      # pydantic, extra="forbid"
+    out = OutputFolder.prepare(config, "dpo")                # validate the output folder
+    ...parse data, check the model folder...                 # validate before loading weights
+    session = Session.start(config, out, model, tokenizer)   # accelerate, LoRA, optimizer, resume
+    for batch in session.batches(len(pairs)):                # epochs, shards, accumulation
+        session.backward(loss_sum / session.rows_in_step)
+        if session.step_done():                              # clip, optimizer step, checkpoint
+            session.log(metrics)
+    session.finish(final_metrics)                            # HF folder + poise_train.json
+
+**The output folder** is an ordinary Hugging Face folder (``config.json``, ``model.safetensors``,
+tokenizer files, ``generation_config.json``) plus ``poise.json`` (the source model's default
+system prompt, so audits of the trained model use it too), ``poise_train.json`` (recipe,
+resolved config, versions, data fingerprint, final metrics, status), ``train_log.jsonl`` (one
+line per logged step) and ``checkpoints/step-N/`` (``accelerate`` states: weights, optimizer,
+scheduler, RNG, and the step, from which the data position follows).
+
+**Resume.** Re-running the same command (or passing ``resume=True``) on a folder whose run did
+not finish continues from its last checkpoint. The data order of an epoch is a permutation
+seeded by ``(seed, epoch)`` and the step counter fixes the position in it, so a resumed run
+ends with the same weights as an uninterrupted one. A finished folder with the same config is
+left alone; a different config is an error unless ``overwrite=True``.
+
+**Distributed.** ``accelerate launch -m poise.cli train dpo ...`` runs the same code on several
+processes (DDP, DeepSpeed, FSDP through accelerate's config). Each process takes its own rows of
+every global batch; ``batch_size`` counts rows per process and micro-step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from poise.config import format_validation_error
+from poise.errors import MissingExtraError, PoiseError
+
+if TYPE_CHECKING:
+    import torch
+
+logger = logging.getLogger(__name__)
+
+TRAIN_JSON = "poise_train.json"
+TRAIN_LOG = "train_log.jsonl"
+POISE_JSON = "poise.json"
+CHECKPOINTS = "checkpoints"
+SCHEMA_VERSION = 1
+# Fields that say where or how often to write, not what is trained: excluded from the identity
+# of a run, so changing them does not block a resume.
+NON_IDENTITY_FIELDS = frozenset(
+    {"output", "resume", "overwrite", "save_steps", "save_total_limit", "log_steps"}
+)
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+def split_list(value: Any) -> Any:
+    """``"a,b"`` -> ``("a", "b")``: list fields also accept one comma-separated string."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class TrainConfig(BaseModel):
+    """Fields shared by every recipe. ``poise train <recipe>`` flags map 1:1 onto them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(
+        ..., description="model to train: an organism member or a Hugging Face folder"
+    )
+    output: str = Field(..., description="output folder (an HF model folder when done)")
+    epochs: int = Field(1, ge=1, description="passes over the data")
+    max_steps: int | None = Field(
+        None, ge=1, description="optimizer steps to run; overrides epochs when set"
+    )
+    lr: float = Field(1e-6, gt=0, description="peak learning rate (AdamW)")
+    lr_scheduler: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="learning-rate schedule after warm-up"
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip gradients to this norm; 0 = off")
+    batch_size: int = Field(8, ge=1, description="rows per process and micro-step")
+    grad_accum: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    max_length: int = Field(
+        1024, ge=8, description="tokens per sequence at most (prompt cut from the left first)"
+    )
+    seed: int = Field(0, description="seed of initialisation, data order and sampling")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="autocast precision (fp16 needs CUDA); master weights stay float32"
+    )
+    cpu: bool = Field(False, description="train on CPU even when a GPU is present")
+    lora_r: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning")
+    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
+    lora_targets: tuple[str, ...] = Field(
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        min_length=1,
+        description="module names that get LoRA adapters (comma-separated), or all-linear",
+    )
+    merge: bool = Field(
+        True, description="merge LoRA adapters into the weights on save (else save the adapter)"
+    )
+    limit: int | None = Field(None, ge=1, description="use only the first N rows of the data")
+    save_steps: int = Field(100, ge=0, description="checkpoint every N optimizer steps; 0 = never")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints to keep (oldest deleted)")
+    log_steps: int = Field(1, ge=1, description="append metrics to train_log.jsonl every N steps")
+    resume: bool = Field(
+        False, description="require resuming from the last checkpoint in OUTPUT/checkpoints"
+    )
+    overwrite: bool = Field(
+        False, description="replace an output folder written by another poise train run"
+    )
+
+    _split_targets = field_validator("lora_targets", mode="before")(split_list)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what is trained (a resume needs them unchanged)."""
+        return self.model_dump(mode="json", exclude=set(NON_IDENTITY_FIELDS))
+
+
+def make_config(cls: type[Any], config: Any = None, **fields: Any) -> Any:
+    """``cls`` from an optional base config and field overrides, with a one-line error."""
+    try:
+        if config is None:
+            return cls(**fields)
+        if not isinstance(config, cls):
+            raise PoiseError(f"expected a {cls.__name__}, got {type(config).__name__}")
+        return cls.model_validate({**config.model_dump(), **fields})
+    except ValidationError as exc:
+        raise PoiseError(f"{cls.__name__}: {format_validation_error(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# model folders
+
+
+def resolve_model_folder(spec: str, what: str = "model") -> Path:
+    """An organism member name or a local HF folder -> the folder, checked before any load.
+
+    The folder needs ``config.json`` and safetensors weights (a pickle-only checkpoint is
+    refused, as by poise's model backend).
+    """
+    from poise.organism import is_member, member_path
+
+    if is_member(spec):
+        return member_path(spec)
+    folder = Path(spec).expanduser()
+    if not folder.exists():
+        raise PoiseError(f"{what}: {spec!r} is neither an organism member nor an existing folder")
+    from poise.models.hf import weight_files
+
+    try:
+        weight_files(folder, allow_pickle=False)
+    except PoiseError as exc:
+        raise PoiseError(f"{what}: {exc}") from None
+    return folder.resolve()
+
+
+def model_architectures(folder: Path) -> list[str]:
+    """``architectures`` of a folder's config.json (for checking causal LM vs classifier)."""
+    try:
+        data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PoiseError(f"{folder / 'config.json'}: cannot read ({exc})") from None
+    archs = data.get("architectures") or []
+    return [str(a) for a in archs] if isinstance(archs, list) else []
+
+
+def is_classifier_folder(folder: Path) -> bool:
+    return any(a.endswith("ForSequenceClassification") for a in model_architectures(folder))
+
+
+def load_tokenizer(folder: Path, *, need_chat_template: bool = True) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as exc:
+        raise PoiseError(f"{folder}: could not load the tokenizer ({exc})") from None
+    if need_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise PoiseError(
+            f"{folder}: the tokenizer has no chat template; poise trains on chats "
+            "(use --from-base for a base model without one)"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(folder: Path | str) -> Any:
+    """A causal LM in float32 (the master weights; mixed precision is autocast on top)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=torch.float32, use_safetensors=True
+        )
+    except (OSError, ValueError) as exc:
+        raise PoiseError(f"{folder}: could not load the model ({_first_line(exc)})") from None
+    return model
+
+
+def load_classifier(folder: Path | str, pad_token_id: int | None) -> Any:
+    """A one-output sequence classifier (reward or cost model) in float32.
+
+    From a causal LM folder the score head is new (randomly initialised); from a classifier
+    folder it is kept. ``pad_token_id`` is set in the config because the classifier reads its
+    score at the last non-padding token.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), num_labels=1, dtype=torch.float32, use_safetensors=True
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise PoiseError(f"{folder}: could not load a classifier ({_first_line(exc)})") from None
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_poise_json(folder: Path) -> dict[str, Any]:
+    path = folder / POISE_JSON
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --------------------------------------------------------------------------------------------
+# chats -> token ids
+
+
+Messages = list[dict[str, str]]
+
+# The dialogue format for a base model that has no chat template (Direct Harmless RLHF setting,
+# arXiv 2403.02513): plain "User:/Assistant:" turns, written into the trained model's tokenizer
+# as its chat template so that audits of the result prompt it the way it was trained.
+PLAIN_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n' }}"
+    "{% else %}{{ 'Assistant: ' + message['content'] + eos_token + '\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+
+def as_messages(prompt: str | Sequence[Mapping[str, str]]) -> Messages:
+    """A prompt string becomes one user turn; a messages list is copied."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+
+
+class ChatEncoder:
+    """Token ids of a prompt and of an assistant response, as the model sees them at inference.
+
+    The prompt is the chat template with the generation prompt (what poise's HF backend feeds
+    before generating); the response is encoded separately and appended, ending with the
+    template's end-of-turn marker up to and including the EOS token, so training teaches the
+    model to stop. Encoding the two parts separately reproduces the token boundary of
+    generation (where the prompt is encoded alone), which a joint encoding can blur.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, *, plain: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if plain:
+            tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        self.eos_strings = self._eos_strings()
+        self.response_prefix, self.response_suffix = self._response_frame()
+
+    def _eos_strings(self) -> list[str]:
+        tok = self.tokenizer
+        strings = [tok.eos_token] if tok.eos_token else []
+        for token_id in _eos_ids(tok):
+            text = tok.convert_ids_to_tokens(token_id)
+            if isinstance(text, str) and text not in strings:
+                strings.append(text)
+        return strings
+
+    def _response_frame(self) -> tuple[str, str]:
+        """What the template writes around an assistant message's content, found with a probe."""
+        probe = "PoIsEpRoBe"
+        chat: Messages = [{"role": "user", "content": "hi"}]
+        prompt = self.prompt_text(chat)
+        full = self.render([*chat, {"role": "assistant", "content": probe}])
+        eos = self.eos_strings[0] if self.eos_strings else ""
+        if not full.startswith(prompt) or probe not in full[len(prompt) :]:
+            return "", eos
+        rest = full[len(prompt) :]
+        at = rest.index(probe)
+        before, after = rest[:at], rest[at + len(probe) :]
+        ends = [(after.find(e), e) for e in self.eos_strings if e and e in after]
+        if ends:
+            pos, text = min(ends)
+            return before, after[: pos + len(text)]
+        return before, eos
+
+    def render(self, messages: Messages) -> str:
+        try:
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False))
+        except Exception as exc:  # jinja errors, e.g. a template that rejects a system turn
+            raise PoiseError(f"the chat template rejected a chat ({_first_line(exc)})") from None
+
+    def prompt_text(self, messages: Messages) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=False
+            )
+        except Exception as exc:
+            raise PoiseError(f"the chat template rejected a chat ({_first_line(exc)})") from None
+        return str(text)
+
+    def ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, messages: Messages) -> list[int]:
+        return self.ids(self.prompt_text(messages))
+
+    def response_ids(self, response: str) -> list[int]:
+        return self.ids(self.response_prefix + response + self.response_suffix)
+
+    def fit(self, prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
+        """Cut a (prompt, response) to ``max_length``: the prompt loses its oldest tokens first
+        (down to half the budget), then the response loses its end."""
+        budget = self.max_length
+        if len(prompt) + len(response) <= budget:
+            return prompt, response
+        keep_prompt = max(budget - len(response), min(len(prompt), budget // 2))
+        prompt = prompt[len(prompt) - keep_prompt :] if keep_prompt else []
+        return prompt, response[: budget - len(prompt)]
+
+    def classifier_ids(self, messages: Messages, response: str) -> list[int]:
+        """The conversation as a reward or cost model reads it: the prompt and the response
+        exactly as the policy sees them, cut from the left (the score is read at the end)."""
+        ids = self.prompt_ids(messages) + self.response_ids(response)
+        return ids[-self.max_length :]
+
+
+def _eos_ids(tokenizer: Any, model: Any = None) -> list[int]:
+    ids: set[int] = set()
+    values = [getattr(tokenizer, "eos_token_id", None)]
+    if model is not None:
+        values.append(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    for value in values:
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+def pad_rows(
+    rows: Sequence[Sequence[int]], pad_id: int, *, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[N, T]`` ids and attention mask of ``rows`` padded to the longest (right by default)."""
+    import torch
+
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if not row:
+            continue
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def sequence_batch(
+    pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``response_mask`` (all ``[N, T]``) of
+    (prompt ids, response ids) rows; ``response_mask`` is 1 on the response tokens only."""
+    import torch
+
+    input_ids, attention_mask = pad_rows([p + r for p, r in pairs], pad_id)
+    response_mask = torch.zeros_like(attention_mask)
+    for i, (prompt, response) in enumerate(pairs):
+        response_mask[i, len(prompt) : len(prompt) + len(response)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_mask": response_mask,
+    }
+
+
+def classifier_scores(
+    model: Any,
+    rows: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    batch_size: int = 16,
+    device: Any = None,
+) -> torch.Tensor:
+    """``[N]`` float32 scores of a one-output sequence classifier on token-id rows.
+
+    Rows are right-padded; the model reads its score at each row's last non-padding token.
+    """
+    import torch
+
+    device = device if device is not None else next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            ids, mask = pad_rows(rows[start : start + batch_size], pad_id)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            out.append(logits[:, 0].float())  # [rows]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """sha256 of a file's bytes (16 hex chars)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic (train, held-out) index lists; held-out has round(n * fraction) rows and
+    at least one when ``fraction > 0`` and ``n > 1``."""
+    import torch
+
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    k = min(n - 1, max(1, round(n * fraction)))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919)).tolist()
+    held = sorted(order[:k])
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], held
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of ``n`` rows in ``epoch``: a permutation seeded by (seed, epoch) only, so a
+    resumed run sees exactly the rows an uninterrupted one would."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# the output folder
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import poise
+
+    versions = {"poise": poise.__version__}
+    for name in ("torch", "transformers", "accelerate", "peft"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class OutputFolder:
+    """The output folder of one training run and what is known about its previous state."""
+
+    path: Path
+    recipe: str
+    config: TrainConfig
+    status: Literal["new", "running", "complete"] = "new"
+
+    @classmethod
+    def prepare(cls, config: TrainConfig, recipe: str) -> OutputFolder:
+        """Check the output folder (before anything is loaded) and decide: fresh start,
+        resume, already done, or an error. Writes nothing."""
+        path = Path(config.output).expanduser()
+        out = cls(path=path, recipe=recipe, config=config)
+        if path.exists() and not path.is_dir():
+            raise PoiseError(f"output: {path} exists and is not a folder")
+        if not path.exists() or not any(path.iterdir()):
+            if config.resume:
+                raise PoiseError(f"resume: {path} holds no run to resume")
+            return out
+        header = path / TRAIN_JSON
+        if not header.is_file():
+            raise PoiseError(
+                f"output: {path} is not empty and was not written by `poise train`; "
+                "choose another --output"
+            )
+        try:
+            previous = json.loads(header.read_text(encoding="utf-8"))
+            old_recipe, old_identity = previous["recipe"], previous["identity"]
+            status = previous["status"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise PoiseError(f"{header}: not a valid poise_train.json") from None
+        same = old_recipe == recipe and old_identity == config.identity()
+        if not same:
+            if config.overwrite:
+                return out  # cleared by begin()
+            raise PoiseError(
+                f"output: {path} holds a `poise train {old_recipe}` run with a different "
+                f"configuration ({_first_difference(old_recipe, old_identity, recipe, config)}); "
+                "pass --overwrite or choose another --output"
+            )
+        if config.overwrite:
+            return out
+        out.status = "complete" if status == "complete" else "running"
+        if config.resume and out.status == "running" and out.last_checkpoint() is None:
+            raise PoiseError(f"resume: {path / CHECKPOINTS} holds no checkpoint")
+        return out
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = []
+        for child in self.checkpoints_dir.iterdir():
+            name = child.name
+            if child.is_dir() and name.startswith("step-") and name[5:].isdigit():
+                found.append((int(name[5:]), child))
+        return sorted(found)
+
+    def last_checkpoint(self) -> tuple[int, Path] | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def begin(self, data: Mapping[str, Any]) -> None:
+        """Mark the folder as this run's (status "running"); clear it first when overwriting
+        a different run."""
+        if self.config.overwrite and self.path.exists():
+            for child in self.path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        self.path.mkdir(parents=True, exist_ok=True)
+        if self.status == "running":
+            return  # keep the header of the run being resumed
+        self.write_header(status="running", data=data, metrics={})
+
+    def header(self) -> dict[str, Any]:
+        return dict(json.loads((self.path / TRAIN_JSON).read_text(encoding="utf-8")))
+
+    def write_header(
+        self,
+        *,
+        status: str,
+        data: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        write_json_atomic(
+            self.path / TRAIN_JSON,
+            {
+                "schema_version": SCHEMA_VERSION,
+                "recipe": self.recipe,
+                "status": status,
+                "config": self.config.model_dump(mode="json"),
+                "identity": self.config.identity(),
+                "versions": library_versions(),
+                "data": dict(data),
+                "metrics": dict(metrics),
+                **(dict(extra) if extra else {}),
+            },
+        )
+
+
+def _first_difference(old_recipe: str, old: Any, recipe: str, config: TrainConfig) -> str:
+    if old_recipe != recipe:
+        return f"recipe {old_recipe!r} != {recipe!r}"
+    new = config.identity()
+    if isinstance(old, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return f"{key}: {old.get(key)!r} != {new.get(key)!r}"
+    return "unreadable previous config"
+
+
+# --------------------------------------------------------------------------------------------
+# the session: accelerate, LoRA, optimizer, schedule, checkpoints, logs
+
+
+@dataclass
+class StepProgress:
+    """What the CLI shows after each optimizer step."""
+
+    step: int
+    total_steps: int
+    metrics: dict[str, float]
+
+
+ProgressFn = Callable[[StepProgress], None]
+
+
+@dataclass
+class TrainResult:
+    """A finished (or already finished) run."""
+
+    output: Path
+    recipe: str
+    steps: int
+    metrics: dict[str, Any]
+    resumed_from: int | None = None
+    skipped: bool = False  # the folder already held this finished run
+
+
+class TrainState:
+    """The step counter (and recipe extras such as the Lagrange multiplier), checkpointed with
+    accelerate's ``register_for_checkpointing``. The data position follows from ``step``."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.extra: dict[str, float] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "extra": dict(self.extra)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.extra = {str(k): float(v) for k, v in dict(state.get("extra", {})).items()}
+
+
+def check_precision(config: TrainConfig) -> None:
+    """fp16 autocast needs a GPU; say so before loading anything."""
+    import torch
+
+    if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
+        raise PoiseError("mixed_precision: fp16 needs CUDA; use bf16 or no on CPU")
+
+
+def check_lora_available(config: TrainConfig) -> None:
+    if config.lora_r > 0:
+        try:
+            import peft  # noqa: F401
+        except ImportError:
+            raise MissingExtraError("peft", "train", "LoRA (--lora-r)") from None
+
+
+def apply_lora(model: Any, config: TrainConfig, *, task_type: str = "CAUSAL_LM") -> Any:
+    """Wrap ``model`` with LoRA adapters (arXiv 2106.09685) when ``config.lora_r > 0``.
+
+    Only the adapters train; for a classifier the new score head trains too
+    (``modules_to_save``), since a reward model with a random frozen head learns nothing.
+    """
+    if config.lora_r == 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets: str | list[str] = (
+        "all-linear" if config.lora_targets == ("all-linear",) else list(config.lora_targets)
+    )
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=targets,
+        task_type=task_type,
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise PoiseError(f"lora_targets: {_first_line(exc)}") from None
+
+
+class Session:
+    """One training run on accelerate: the loop's bookkeeping, kept out of the recipes.
+
+    Use :meth:`start`, iterate :meth:`micro_batches`, call :meth:`backward` on each micro-batch's
+    loss and :meth:`step_done` after it; finish with :meth:`finish`.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: OutputFolder,
+        accelerator: Any,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        tokenizer: Any,
+        state: TrainState,
+        total_steps: int,
+        steps_per_epoch: int,
+        rows_per_epoch: int,
+        data_info: Mapping[str, Any],
+        progress: ProgressFn | None,
+    ) -> None:
+        self.config = config
+        self.out = out
+        self.accelerator = accelerator
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.state = state
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch
+        self.rows_per_epoch = rows_per_epoch
+        self.data_info = dict(data_info)
+        self.progress = progress
+        self.resumed_from: int | None = None
+        self.rows_in_step = 0
+        self._micro_target = 1
+        self._micro_in_step = 0
+        self._step_metrics: list[dict[str, float]] = []
+        self._started = time.perf_counter()
+        self.last_metrics: dict[str, float] = {}
+
+    # -- setup
+
+    @classmethod
+    def start(
+        cls,
+        config: TrainConfig,
+        out: OutputFolder,
+        model: Any,
+        tokenizer: Any,
+        *,
+        rows_per_epoch: int,
+        data_info: Mapping[str, Any],
+        progress: ProgressFn | None = None,
+        steps_per_epoch: int | None = None,
+        lora_task_type: str = "CAUSAL_LM",
+        extra_state: Mapping[str, float] | None = None,
+    ) -> Session:
+        """Accelerator, LoRA, AdamW, the schedule; resumes from the last checkpoint if any.
+
+        ``steps_per_epoch`` defaults to the optimizer steps needed to see ``rows_per_epoch``
+        rows once (on-policy recipes pass their own).
+        """
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
+        set_seed(config.seed)
+        model = apply_lora(model, config, task_type=lora_task_type)
+        if steps_per_epoch is None:
+            world = accelerator.num_processes
+            rows_per_process = math.ceil(rows_per_epoch / world)
+            micro = math.ceil(rows_per_process / config.batch_size)
+            steps_per_epoch = max(1, math.ceil(micro / config.grad_accum))
+        total = (
+            config.max_steps if config.max_steps is not None else steps_per_epoch * config.epochs
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        scheduler = _make_scheduler(optimizer, config, total)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        state = TrainState()
+        state.extra.update(extra_state or {})
+        accelerator.register_for_checkpointing(scheduler, state)
+        session = cls(
+            config,
+            out,
+            accelerator,
+            model,
+            optimizer,
+            scheduler,
+            tokenizer,
+            state,
+            total,
+            steps_per_epoch,
+            rows_per_epoch,
+            data_info,
+            progress,
+        )
+        if accelerator.is_main_process:
+            out.begin(data_info)
+        accelerator.wait_for_everyone()
+        last = out.last_checkpoint() if out.status == "running" else None
+        if last is not None:
+            accelerator.load_state(str(last[1]))
+            session.resumed_from = session.state.step
+            session._trim_log()
+            logger.info("resumed from %s (step %d)", last[1], session.state.step)
+        elif accelerator.is_main_process:
+            (out.path / TRAIN_LOG).unlink(missing_ok=True)
+        return session
+
+    @property
+    def device(self) -> Any:
+        return self.accelerator.device
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    @property
+    def micro_in_step(self) -> int:
+        """Micro-batches of the current optimizer step already passed to :meth:`backward`."""
+        return self._micro_in_step
+
+    @property
+    def at_step_end(self) -> bool:
+        """True between the backward of a step's last micro-batch and :meth:`step_done`: the
+        moment for step-level updates that must be in that step's checkpoint."""
+        return self._micro_in_step >= self._micro_target
+
+    # -- data
+
+    def micro_batches(self, rows: int) -> Iterator[list[int]]:
+        """This process's row indices of each remaining micro-batch, from the resume point on.
+
+        Every epoch is :func:`epoch_order`, padded by wrapping around to a multiple of the
+        number of processes (so every process gets the same number of rows) and dealt out
+        round-robin; each process cuts its share into micro-batches of ``batch_size`` and groups
+        ``grad_accum`` of them per optimizer step. Before the first micro-batch of a step,
+        :attr:`rows_in_step` is set to this process's rows in that step (divide the summed loss
+        by it, so that a step's gradient is the mean over its rows however it is split).
+        """
+        world = self.accelerator.num_processes
+        rank = self.accelerator.process_index
+        size, accum = self.config.batch_size, self.config.grad_accum
+        while not self.done:
+            epoch, step_in_epoch = divmod(self.state.step, self.steps_per_epoch)
+            order = epoch_order(rows, self.config.seed, epoch)
+            if len(order) % world:
+                order += order[: world - len(order) % world]
+            mine = order[rank::world]
+            micro = [mine[i : i + size] for i in range(0, len(mine), size)]
+            groups = [micro[i : i + accum] for i in range(0, len(micro), accum)]
+            for group in groups[step_in_epoch:]:
+                self.rows_in_step = sum(len(b) for b in group)
+                self._micro_target = len(group)
+                yield from group
+                if self.done:
+                    return
+
+    # -- optimisation
+
+    def backward(self, loss: torch.Tensor, metrics: Mapping[str, float] | None = None) -> None:
+        """Backward of one micro-batch's share of the step loss (already divided by
+        :attr:`rows_in_step`), skipping gradient sync until the step's last micro-batch."""
+        self._micro_in_step += 1
+        last = self._micro_in_step >= self._micro_target
+        if last:
+            self.accelerator.backward(loss)
+        else:
+            with self.accelerator.no_sync(self.model):
+                self.accelerator.backward(loss)
+        if metrics:
+            self._step_metrics.append({k: float(v) for k, v in metrics.items()})
+
+    def step_done(self) -> bool:
+        """After a micro-batch: at a step boundary clip, step, checkpoint and report; True then."""
+        if self._micro_in_step < self._micro_target:
+            return False
+        if self.config.max_grad_norm > 0:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        if not self.accelerator.optimizer_step_was_skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._micro_in_step = 0
+        self.state.step += 1
+        metrics = self._reduce_step_metrics()
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
+        self.last_metrics = metrics
+        if self.config.save_steps and self.state.step % self.config.save_steps == 0:
+            self.checkpoint()
+        if self.accelerator.is_main_process and (
+            self.state.step % self.config.log_steps == 0 or self.done
+        ):
+            self._append_log(metrics)
+        if self.progress is not None and self.accelerator.is_main_process:
+            self.progress(StepProgress(self.state.step, self.total_steps, metrics))
+        return True
+
+    def _reduce_step_metrics(self) -> dict[str, float]:
+        """Row-weighted means of the step's micro-batch metrics, averaged over processes."""
+        import torch
+
+        rows = self._step_metrics
+        self._step_metrics = []
+        if not rows:
+            return {}
+        keys = sorted({k for r in rows for k in r if k != "rows"})
+        means = []
+        for key in keys:
+            weighted = [(r[key], r.get("rows", 1.0)) for r in rows if key in r]
+            means.append(sum(v * w for v, w in weighted) / sum(w for _, w in weighted))
+        values = torch.tensor(means, dtype=torch.float64, device=self.device)
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="mean")
+        return {k: float(v) for k, v in zip(keys, values.tolist(), strict=True)}
+
+    def log_extra(self, metrics: Mapping[str, float]) -> None:
+        """Metrics known only at the step's end (e.g. λ after its update) for the next report."""
+        self._step_metrics.append({k: float(v) for k, v in metrics.items()})
+
+    # -- checkpoints and logs
+
+    def checkpoint(self) -> Path:
+        """``checkpoints/step-N``: written under a temporary name and renamed when complete,
+        so the last checkpoint is never a half-written one."""
+        final = self.out.checkpoints_dir / f"step-{self.state.step}"
+        partial = self.out.checkpoints_dir / f".partial-step-{self.state.step}"
+        if self.accelerator.is_main_process:
+            if partial.exists():
+                shutil.rmtree(partial)
+            partial.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(partial))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(partial, final)
+            for _, old in self.out.checkpoints()[: -self.config.save_total_limit]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def _append_log(self, metrics: Mapping[str, float]) -> None:
+        record = {"step": self.state.step, "time_s": round(time.perf_counter() - self._started, 3)}
+        record.update(metrics)
+        with (self.out.path / TRAIN_LOG).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _trim_log(self) -> None:
+        """Drop log lines past the resumed step (written after the checkpoint was taken)."""
+        path = self.out.path / TRAIN_LOG
+        if not self.accelerator.is_main_process or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if int(json.loads(line)["step"]) <= self.state.step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):
+                break  # a torn last line from a kill
+        path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.out.path / TRAIN_LOG
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+    # -- the end
+
+    def finish(
+        self,
+        metrics: Mapping[str, Any],
+        *,
+        source: Path,
+        extra: Mapping[str, Any] | None = None,
+        save_model: Callable[[Path], None] | None = None,
+    ) -> TrainResult:
+        """Write the HF folder (merged LoRA unless ``merge=False``), then mark it complete.
+
+        Files are written into a temporary folder inside the output and moved into place, and
+        ``poise_train.json`` says "complete" only after all of them are there.
+        """
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            staging = Path(tempfile.mkdtemp(dir=self.out.path, prefix=".final-"))
+            try:
+                if save_model is not None:
+                    save_model(staging)
+                else:
+                    self.save_model(staging, source)
+                for child in staging.iterdir():
+                    os.replace(child, self.out.path / child.name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            final_metrics = {
+                **dict(metrics),
+                "steps": self.state.step,
+                "train_seconds": round(time.perf_counter() - self._started, 2),
+            }
+            self.out.write_header(
+                status="complete",
+                data=self.data_info,
+                metrics=final_metrics,
+                extra={"source_model": str(source), **dict(extra or {})},
+            )
+        accelerator.wait_for_everyone()
+        return TrainResult(
+            output=self.out.path,
+            recipe=self.out.recipe,
+            steps=self.state.step,
+            metrics=dict(metrics),
+            resumed_from=self.resumed_from,
+        )
+
+    def save_model(self, folder: Path, source: Path) -> None:
+        """The trained weights (in the source's dtype), tokenizer and poise.json into ``folder``."""
+        model = self.unwrapped
+        lora = self.config.lora_r > 0
+        if lora and self.config.merge:
+            model = model.merge_and_unload()
+        if not lora or self.config.merge:
+            dtype = _source_dtype(source)
+            if dtype is not None:
+                model = model.to(dtype)
+        model.save_pretrained(str(folder), safe_serialization=True)
+        self.tokenizer.save_pretrained(str(folder))
+        meta = read_poise_json(source)
+        poise_meta: dict[str, Any] = {"base_model": str(source), "trained_by": self.out.recipe}
+        if isinstance(meta.get("default_system_prompt"), str):
+            poise_meta["default_system_prompt"] = meta["default_system_prompt"]
+        write_json_atomic(folder / POISE_JSON, poise_meta)
+
+
+# --------------------------------------------------------------------------------------------
+# policy log-probs and the frozen reference
+
+
+def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
+    """``[2B, T]`` per-token log-probs of the response tokens (0 elsewhere)."""
+    from poise.train.logprobs import sequence_logprobs
+
+    input_ids = batch["input_ids"].to(device)
+    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits
+    return sequence_logprobs(logits.float(), input_ids, batch["response_mask"].to(device))
+
+
+class Reference:
+    """The frozen reference policy: a separate model, or the policy with its LoRA adapters off."""
+
+    def __init__(self, model: Any | None, session: Session) -> None:
+        self.model = model
+        self.session = session
+
+    @classmethod
+    def load(cls, ref_folder: Path | None, source: Path, session: Session) -> Reference:
+        if ref_folder is None and session.config.lora_r > 0:
+            return cls(None, session)
+        model = load_causal_lm(ref_folder or source)
+        model.requires_grad_(False)
+        model.eval()
+        model.to(session.device)
+        return cls(model, session)
+
+    def logps(self, batch: dict[str, Any]) -> Any:
+        import torch
+
+        session = self.session
+        with torch.no_grad(), session.accelerator.autocast():
+            if self.model is not None:
+                return token_logps(self.model, batch, session.device)
+            adapters: AbstractContextManager[Any] = (
+                session.unwrapped.disable_adapter() if session.config.lora_r > 0 else nullcontext()
+            )
+            with adapters:
+                return token_logps(session.model, batch, session.device)
+
+
+class Scorer:
+    """A frozen reward or cost model with its own tokenizer: (chat, response) -> score."""
+
+    def __init__(self, folder: Path, max_length: int, device: Any) -> None:
+        self.tokenizer = load_tokenizer(folder, need_chat_template=False)
+        self.encoder = ChatEncoder(
+            self.tokenizer, max_length, plain=not self.tokenizer.chat_template
+        )
+        self.model = load_classifier(folder, self.tokenizer.pad_token_id).to(device).eval()
+        self.model.requires_grad_(False)
+
+    def __call__(self, chats: Sequence[Messages], responses: Sequence[str]) -> Any:
+        rows = [self.encoder.classifier_ids(c, r) for c, r in zip(chats, responses, strict=True)]
+        return classifier_scores(self.model, rows, self.tokenizer.pad_token_id)  # [N]
+
+
+def to_cost(scores: Any, transform: str) -> Any:
+    import torch
+
+    return torch.sigmoid(scores) if transform == "sigmoid" else scores
+
+
+def _source_dtype(source: Path) -> Any:
+    import torch
+
+    try:
+        data = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    name = data.get("dtype") or data.get("torch_dtype")
+    value = getattr(torch, str(name), None) if name else None
+    return value if isinstance(value, torch.dtype) else None
+
+
+def _make_scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any:
+    """Linear warm-up over ``warmup_ratio`` of the steps, then constant, linear or cosine decay."""
+    import torch
+
+    warmup = int(total_steps * config.warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if config.lr_scheduler == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if config.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def finished_result(out: OutputFolder) -> TrainResult:
+    """The result of a folder that already holds this finished run."""
+    header = out.header()
+    metrics = dict(header.get("metrics", {}))
+    return TrainResult(
+        output=out.path,
+        recipe=out.recipe,
+        steps=int(metrics.get("steps", 0)),
+        metrics=metrics,
+        skipped=True,
+    )

@@ -1,0 +1,408 @@
+"""``poise train safe-rl``: on-policy RL for reward under a cost constraint (Safe RLHF).
+
+Safe RLHF (arXiv 2310.12773) maximises a reward model's score subject to ``E[cost] <= d`` by a
+Lagrangian: the policy ascends ``(A_R - λ A_C) / (1 + λ)`` while ``λ`` grows when the batch's cost
+exceeds the limit and shrinks when it does not. Each step:
+
+1. sample ``samples_per_prompt`` completions for each prompt of the batch from the policy;
+2. score them with the reward model and the cost model;
+3. RLOO advantages (arXiv 2402.14740) for reward and for cost, within each prompt's group;
+4. loss ``-A · log π(y|x) + kl_coef · KL`` per completion: one REINFORCE step on the whole
+   completion (the policy sampled it, so no importance ratio is needed) with a per-token KL
+   penalty to the frozen reference, the **k3 estimator** ``exp(q - p) - (q - p) - 1`` (``p``, ``q``
+   the policy's and the reference's token log-probs; Schulman 2020, as in GRPO arXiv 2402.03300
+   Eq. 4), summed over the completion;
+5. update ``λ`` in log space (Safe RLHF §3.3) from the step's mean cost versus ``cost_limit``.
+
+**Cost units.** With ``cost_transform="sigmoid"`` (the default) a response's cost is
+``σ(cost model score)``, the model's probability that it is harmful, in [0, 1]: ``cost_limit`` is
+then a bound on the expected probability of harm (e.g. 0.1), and ``poise gate`` uses the same
+units. ``"raw"`` keeps the score itself (Safe RLHF's convention; its limit is usually 0).
+
+**--high-confidence** (HC-RLHF, arXiv 2506.08266): a share of the prompts is held out for a
+safety test. While training, ``λ`` follows the *pessimistic* bound ``mean + κ · std`` of the
+step's costs (κ anticipates the safety test's size, :func:`poise.train.safety.pessimistic_coefficient`)
+and the cost advantages use the matching per-sample augmented costs. At the end the model
+answers the held-out prompts and passes if ``mean + t_{1-δ,n-1} std/√n <= cost_limit``; the
+result (PASS/FAIL, n, mean, std, bound) goes into ``poise_train.json``.
+
+**--from-base** (Direct Harmless RLHF, arXiv 2403.02513: RL straight from a base model, no SFT):
+no chat tuning is assumed, so (1) prompts are plain ``User: ...`` / ``Assistant:`` turns instead
+of the model's chat template, and that format is written into the trained model's tokenizer as
+its chat template, so audits prompt it as it was trained; (2) no default system prompt;
+(3) a completion ends at EOS or where the model starts a new ``User:`` turn (later tokens are
+masked out of the loss); (4) the KL reference is the base model itself (there is no SFT model).
+
+Assumptions: prompts are chats ending with a user turn (a suite or a file ``poise.suites``
+reads); reward and cost models are one-output sequence classifiers that read the conversation
+through their own chat templates; every process samples its own prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from poise.errors import PoiseError
+from poise.train.recipes.common import (
+    ChatEncoder,
+    Messages,
+    OutputFolder,
+    ProgressFn,
+    Reference,
+    Scorer,
+    Session,
+    TrainConfig,
+    TrainResult,
+    as_messages,
+    check_lora_available,
+    check_precision,
+    finished_result,
+    is_classifier_folder,
+    load_causal_lm,
+    load_tokenizer,
+    make_config,
+    pad_rows,
+    read_poise_json,
+    resolve_model_folder,
+    sequence_batch,
+    split_holdout,
+    to_cost,
+    token_logps,
+)
+
+logger = logging.getLogger(__name__)
+
+BASE_STOP = "\nUser:"
+
+
+class SafeRLConfig(TrainConfig):
+    """``poise train safe-rl``."""
+
+    reward_model: str = Field(..., description="reward model: organism member or classifier folder")
+    cost_model: str = Field(..., description="cost model (positive = harmful): member or folder")
+    prompts: str = Field(..., description="training prompts: a built-in suite name or a suite file")
+    batch_size: int = Field(8, ge=1, description="prompts per process and micro-step")
+    samples_per_prompt: int = Field(
+        4, ge=2, description="completions sampled per prompt (the RLOO group)"
+    )
+    cost_limit: float = Field(0.1, description="the constraint's limit d on the expected cost")
+    cost_transform: Literal["sigmoid", "raw"] = Field(
+        "sigmoid", description="cost = sigmoid(cost model score) (a probability) or the raw score"
+    )
+    kl_coef: float = Field(0.05, ge=0, description="weight of the per-token k3 KL penalty")
+    lambda_init: float = Field(1.0, gt=0, description="initial Lagrange multiplier")
+    lambda_lr: float = Field(0.1, ge=0, description="learning rate of log λ")
+    lambda_max: float | None = Field(None, gt=0, description="cap on the Lagrange multiplier")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the policy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 = off")
+    max_new_tokens: int = Field(128, ge=1, description="tokens per completion at most")
+    system_prompt: str = Field(
+        "default",
+        description="'default' (the model's own, if it declares one), 'none', or a literal prompt",
+    )
+    from_base: bool = Field(
+        False, description="start from a base LM without chat tuning (Direct Harmless RLHF)"
+    )
+    high_confidence: bool = Field(
+        False, description="HC-RLHF: pessimistic constraint and a final safety test"
+    )
+    delta: float = Field(
+        0.05, gt=0, lt=1, description="HC-RLHF: allowed chance to pass an unsafe model"
+    )
+    safety_fraction: float = Field(
+        0.3, gt=0, lt=1, description="HC-RLHF: share of prompts held out for the safety test"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# pieces
+
+
+def load_prompts(config: SafeRLConfig, system: str | None) -> list[Messages]:
+    """The prompts as chats; an item's own system message wins over ``system``."""
+    from poise.suites import load_suite
+
+    suite = load_suite(config.prompts, limit=config.limit)
+    if not suite.items:
+        raise PoiseError(f"prompts: {config.prompts} holds no prompts")
+    chats = []
+    for item in suite.items:
+        chat = as_messages(item.messages)
+        if system is not None and not any(m["role"] == "system" for m in chat):
+            chat = [{"role": "system", "content": system}, *chat]
+        chats.append(chat)
+    return chats
+
+
+def system_prompt(config: SafeRLConfig, source: Path) -> str | None:
+    if config.system_prompt == "none" or (config.from_base and config.system_prompt == "default"):
+        return None
+    if config.system_prompt == "default":
+        value = read_poise_json(source).get("default_system_prompt")
+        return value if isinstance(value, str) and value else None
+    return config.system_prompt
+
+
+def _row_seed(*parts: object) -> int:
+    blob = ":".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
+
+
+def sample(
+    session: Session,
+    encoder: ChatEncoder,
+    chats: Sequence[Messages],
+    n: int,
+    config: SafeRLConfig,
+    seed: int,
+) -> tuple[list[list[int]], list[list[int]], list[str]]:
+    """``n`` completions per chat from the current policy: (prompt ids, response ids, texts),
+    each ``len(chats) * n`` long with a chat's completions consecutive.
+
+    A response keeps its tokens up to and including the first EOS; with ``from_base`` it also
+    ends where the model opens a new ``User:`` turn.
+    """
+    import torch
+
+    tokenizer = encoder.tokenizer
+    model = session.unwrapped
+    eos = sorted(set(_eos(tokenizer, model)))
+    prompts = [encoder.prompt_ids(c) for c in chats]
+    ids, mask = pad_rows(prompts, tokenizer.pad_token_id, left=True)
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    with torch.no_grad(), session.accelerator.autocast():
+        generated = model.generate(
+            input_ids=ids.to(session.device),
+            attention_mask=mask.to(session.device),
+            do_sample=True,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            top_k=0,
+            max_new_tokens=config.max_new_tokens,
+            num_return_sequences=n,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=eos,
+        )
+    model.train(was_training)
+    new_tokens = generated[:, ids.shape[1] :].tolist()
+    prompt_rows, responses, texts = [], [], []
+    for row, tokens in enumerate(new_tokens):
+        cut = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+        tokens = tokens[:cut]
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if config.from_base and BASE_STOP in text:
+            tokens, text = _cut_at_stop(tokenizer, tokens, BASE_STOP)
+        prompt_rows.append(prompts[row // n])
+        responses.append(tokens)
+        texts.append(text)
+    return prompt_rows, responses, texts
+
+
+def _cut_at_stop(tokenizer: Any, tokens: list[int], stop: str) -> tuple[list[int], str]:
+    """The shortest prefix of ``tokens`` whose text reaches ``stop``, and the text before it."""
+    for end in range(1, len(tokens) + 1):
+        text = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+        if stop in text:
+            return tokens[:end], text[: text.index(stop)]
+    return tokens, tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def _eos(tokenizer: Any, model: Any) -> list[int]:
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    value = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(value, int):
+        ids.append(value)
+    elif isinstance(value, (list, tuple)):
+        ids.extend(int(v) for v in value)
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# the recipe
+
+
+def train_safe_rl(
+    config: SafeRLConfig | None = None, /, *, progress: ProgressFn | None = None, **fields: Any
+) -> TrainResult:
+    """Safe RLHF (optionally HC-RLHF, optionally from a base model). Keyword ``fields`` are
+    those of :class:`SafeRLConfig`."""
+    import torch
+
+    from poise.train.advantages import (
+        log_lagrange_multiplier_step,
+        rloo_advantages,
+        safe_rlhf_advantages,
+    )
+    from poise.train.logprobs import masked_sum, sequence_lengths
+    from poise.train.safety import augmented_costs, pessimistic_coefficient, pessimistic_upper_bound
+
+    config = make_config(SafeRLConfig, config, **fields)
+    # ---- validate before loading weights
+    out = OutputFolder.prepare(config, "safe-rl")
+    source = resolve_model_folder(config.model)
+    folders = {}
+    for name in ("reward_model", "cost_model"):
+        folders[name] = resolve_model_folder(getattr(config, name), name)
+        if not is_classifier_folder(folders[name]):
+            raise PoiseError(f"{name}: {folders[name]} is not a sequence-classification model")
+    check_precision(config)
+    check_lora_available(config)
+    system = system_prompt(config, source)
+    chats = load_prompts(config, system)
+    train_idx, safety_idx = (
+        split_holdout(len(chats), config.safety_fraction, config.seed)
+        if config.high_confidence
+        else (list(range(len(chats))), [])
+    )
+    if config.high_confidence and len(safety_idx) < 2:
+        raise PoiseError("high_confidence: the safety test needs at least 2 held-out prompts")
+    if out.status == "complete":
+        return finished_result(out)
+    tokenizer = load_tokenizer(source, need_chat_template=not config.from_base)
+    tokenizer.padding_side = "left"
+    encoder = ChatEncoder(tokenizer, config.max_length, plain=config.from_base)
+
+    # ---- load
+    session = Session.start(
+        config,
+        out,
+        load_causal_lm(source),
+        tokenizer,
+        rows_per_epoch=len(train_idx),
+        data_info={
+            "prompts": config.prompts,
+            "train_prompts": len(train_idx),
+            "safety_prompts": len(safety_idx),
+            "system_prompt": system,
+        },
+        progress=progress,
+        extra_state={"log_lambda": math.log(config.lambda_init)},
+    )
+    reference = Reference.load(None, source, session)
+    reward_model = Scorer(folders["reward_model"], config.max_length, session.device)
+    cost_model = Scorer(folders["cost_model"], config.max_length, session.device)
+    k = config.samples_per_prompt
+    kappa = (
+        pessimistic_coefficient(config.batch_size * k, len(safety_idx), config.delta)
+        if config.high_confidence
+        else 0.0
+    )
+    rank = session.accelerator.process_index
+    step_costs: list[Any] = []
+
+    # ---- train
+    session.model.train()
+    for rows in session.micro_batches(len(train_idx)):
+        batch_chats = [chats[train_idx[i]] for i in rows]
+        seed = _row_seed(config.seed, session.state.step, session.micro_in_step, rank)
+        prompt_ids, response_ids, texts = sample(session, encoder, batch_chats, k, config, seed)
+        group_chats = [c for c in batch_chats for _ in range(k)]
+        rewards = reward_model(group_chats, texts)  # [N = B * k]
+        costs = to_cost(cost_model(group_chats, texts), config.cost_transform)  # [N]
+        step_costs.append(costs)
+        lam = math.exp(session.state.extra["log_lambda"])
+
+        constrained = costs
+        if config.high_confidence and float(costs.std()) > 0:
+            # HC-RLHF: the gradient of the pessimistic bound mean + κ·std, per sample
+            constrained = augmented_costs(
+                costs, mean=float(costs.mean()), std=float(costs.std()), coefficient=kappa
+            )
+        advantages = safe_rlhf_advantages(
+            rloo_advantages(rewards, k), rloo_advantages(constrained, k), lam
+        ).to(session.device)  # [N]
+
+        batch = sequence_batch(
+            list(zip(prompt_ids, response_ids, strict=True)), tokenizer.pad_token_id
+        )
+        mask = batch["response_mask"].to(session.device)  # [N, T]
+        policy = token_logps(session.model, batch, session.device)  # [N, T]
+        ref = reference.logps(batch)  # [N, T]
+        log_ratio = (ref - policy) * mask  # [N, T], q - p
+        k3 = torch.exp(log_ratio) - log_ratio - 1.0  # [N, T], >= 0; 0 off the mask
+        per_sequence = -advantages * masked_sum(policy, mask) + config.kl_coef * masked_sum(
+            k3, mask
+        )
+        session.backward(
+            per_sequence.sum() / (session.rows_in_step * k),
+            {
+                "loss": float(per_sequence.detach().mean()),
+                "reward": float(rewards.mean()),
+                "cost": float(costs.mean()),
+                "kl": float(masked_sum(-log_ratio.detach(), mask).mean()),
+                "lambda": lam,
+                "response_tokens": float(sequence_lengths(mask).float().mean()),
+                "rows": float(len(texts)),
+            },
+        )
+        if session.at_step_end:
+            all_costs = session.accelerator.gather(torch.cat(step_costs).to(session.device))
+            step_costs = []
+            estimate = (
+                pessimistic_upper_bound(all_costs, len(safety_idx), config.delta)
+                if config.high_confidence
+                else float(all_costs.mean())
+            )
+            session.state.extra["log_lambda"] = log_lagrange_multiplier_step(
+                session.state.extra["log_lambda"],
+                estimate,
+                config.cost_limit,
+                config.lambda_lr,
+                max_multiplier=config.lambda_max,
+            )
+            session.log_extra({"cost_estimate": estimate})
+        session.step_done()
+
+    # ---- summarise, safety test, save
+    history = session.history()
+    metrics: dict[str, Any] = {**_summary(history), **session.last_metrics}
+    metrics["lambda_final"] = math.exp(session.state.extra["log_lambda"])
+    extra: dict[str, Any] = {}
+    if config.high_confidence:
+        result = _safety_test(session, encoder, cost_model, [chats[i] for i in safety_idx], config)
+        extra["safety_test"] = {**result.to_dict(), "verdict": "PASS" if result.passed else "FAIL"}
+        metrics["safety_test/passed"] = result.passed
+        metrics["safety_test/upper_bound"] = result.upper_bound
+    return session.finish(metrics, source=source, extra=extra)
+
+
+def _summary(history: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Reward, cost and KL over the first and the last tenth of the logged steps."""
+    summary: dict[str, float] = {}
+    for key in ("reward", "cost", "kl"):
+        values = [float(h[key]) for h in history if key in h]
+        if values:
+            n = max(1, len(values) // 10)
+            summary[f"{key}_start"] = sum(values[:n]) / n
+            summary[f"{key}_end"] = sum(values[-n:]) / n
+    return summary
+
+
+def _safety_test(
+    session: Session,
+    encoder: ChatEncoder,
+    cost_model: Scorer,
+    chats: Sequence[Messages],
+    config: SafeRLConfig,
+) -> Any:
+    """HC-RLHF's safety test: one completion per held-out prompt (so the costs are i.i.d.)."""
+    import torch
+
+    from poise.train.safety import safety_test
+
+    costs = []
+    for start in range(0, len(chats), config.batch_size):
+        chunk = list(chats[start : start + config.batch_size])
+        seed = _row_seed(config.seed, "safety-test", start)
+        _, _, texts = sample(session, encoder, chunk, 1, config, seed)
+        costs.append(to_cost(cost_model(chunk, texts), config.cost_transform))
+    return safety_test(torch.cat(costs), config.cost_limit, config.delta)
