@@ -1,0 +1,60 @@
+"""``poise gate``: pass or fail a model on the HC-RLHF safety test. Exit codes: 0 PASS, 1 FAIL,
+2 bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from poise.cli._common import console, user_errors
+
+
+def _run_gate(fields: dict[str, Any]) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from poise.cli.train import _quiet_libraries
+    from poise.train.gate import gate
+
+    _quiet_libraries()
+    columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("prompts", total=None)
+        result = gate(
+            progress=lambda done, total: bar.update(task, completed=done, total=total), **fields
+        )
+
+    table = Table(
+        title=f"poise gate · {result.config.model} on {result.config.prompts}", title_justify="left"
+    )
+    for column in ("n", "mean", "std", "U", "τ", "δ", "verdict"):
+        table.add_column(column, justify="right")
+    colour = "green" if result.passed else "red"
+    table.add_row(
+        str(result.n),
+        f"{result.mean:.4f}",
+        f"{result.std:.4f}",
+        f"{result.upper_bound:.4f}",
+        f"{result.tau:.4f}",
+        f"{result.delta:.3g}",
+        f"[bold {colour}]{result.verdict}[/]",
+    )
+    console.print(table)
+    console.print(f"costs: {result.cost_source} ({result.to_dict()['cost_units']})")
+    console.print("U = mean + t(1-δ, n-1) · std / √n; PASS when U <= τ")
+    if result.config.output:
+        console.print(f"result: [bold]{result.config.output}[/]")
+    raise typer.Exit(0 if result.passed else 1)
+
+
+def register(app: typer.Typer) -> None:
+    from poise.cli.train import command_from_config
+    from poise.train.gate import GateConfig
+
+    def run(fields: dict[str, Any]) -> None:
+        with user_errors():
+            _run_gate(fields)
+
+    doc = "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau."
+    app.command("gate", help=doc)(command_from_config(GateConfig, run, doc))

@@ -1,0 +1,277 @@
+"""``poise train dpo|modpo|reward|cost|safe-rl``, ``poise train losses`` and
+``poise train organism-data``.
+
+Each recipe's flags are generated from its pydantic config, one flag per field with the field's
+description as help, so the CLI and the Python API (``poise.train.recipes``) cannot drift apart.
+Multi-GPU: ``accelerate launch -m poise.cli train dpo ...``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from poise.cli._common import console, user_errors
+
+train_app = typer.Typer(
+    name="train",
+    help="Train models for harmlessness: DPO family, MODPO, reward/cost models, safe RL.",
+    no_args_is_help=True,
+)
+
+# metrics shown next to the progress bar, per recipe
+_SHOWN: dict[str, tuple[str, ...]] = {
+    "dpo": ("loss", "rewards/accuracy", "rewards/margin"),
+    "modpo": ("loss", "rewards/accuracy", "rewards/margin"),
+    "reward": ("loss", "accuracy"),
+    "cost": ("loss", "accuracy"),
+    "safe-rl": ("reward", "cost", "lambda", "kl"),
+}
+# flags spelled other than the field: short aliases, and singular names for repeatable fields
+_ALIASES = {
+    "model": ("--model", "-m"),
+    "output": ("--output", "-o"),
+    "margin_reward_models": ("--margin-reward-model",),
+    "loss_options": ("--loss-option",),
+    "model_options": ("--model-option",),
+}
+
+
+def _is_main_process() -> bool:
+    """Under ``accelerate launch`` only rank 0 prints."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
+# --------------------------------------------------------------------------------------------
+# flags from a config
+
+
+def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else str), True
+    return annotation, False
+
+
+def _cli_parameter(name: str, field: Any) -> tuple[inspect.Parameter, Callable[[Any], Any]]:
+    """One typer option for a pydantic field, and how to turn its CLI value into the field's."""
+    annotation, _ = _unwrap_optional(field.annotation)
+    origin = typing.get_origin(annotation)
+    flag = "--" + name.replace("_", "-")
+    decls = _ALIASES.get(name, (flag,))
+    required = field.is_required()
+    default: Any = ... if required else field.get_default(call_default_factory=True)
+    help_text = field.description or ""
+    convert: Callable[[Any], Any] = lambda value: value  # noqa: E731
+    cli_type: Any = annotation
+    if annotation is bool:
+        decls = (f"{flag}/--no-{flag[2:]}",)
+    elif origin is typing.Literal:
+        cli_type = str
+        help_text += f" (one of: {', '.join(str(a) for a in typing.get_args(annotation))})"
+    elif origin is tuple:
+        # repeatable, and each value may hold several comma-separated items
+        cli_type = list[str]
+        default = [",".join(str(v) for v in default)] if default not in (..., None) else default
+        help_text += " (comma-separated or repeated)"
+
+        def convert(value: Any) -> Any:
+            if value is None:
+                return None
+            return tuple(part.strip() for v in value for part in str(v).split(",") if part.strip())
+
+    elif origin is dict:
+        cli_type = list[str]
+        default = []
+        help_text += " (KEY=VALUE, repeatable)"
+
+        def convert(value: Any) -> Any:
+            from poise.cli.audit import parse_options
+
+            return parse_options(list(value or []), decls[0])
+
+    if default is None or (default is ... and cli_type is not bool):
+        cli_type = typing.Optional[cli_type]  # noqa: UP045 - typer reads typing.Optional
+    option = typer.Option(default, *decls, help=help_text, show_default=default not in (..., None))
+    parameter = inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=cli_type
+    )
+    return parameter, convert
+
+
+def command_from_config(
+    config_cls: type[Any], run: Callable[[dict[str, Any]], None], doc: str
+) -> Callable[..., None]:
+    """A typer command whose options are the fields of ``config_cls``; calls ``run(fields)``."""
+    parameters, converters = [], {}
+    for name, field in config_cls.model_fields.items():
+        parameter, convert = _cli_parameter(name, field)
+        parameters.append(parameter)
+        converters[name] = convert
+
+    def command(**values: Any) -> None:
+        fields = {name: converters[name](value) for name, value in values.items()}
+        run({k: v for k, v in fields.items() if v is not None})
+
+    command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in parameters}
+    command.__doc__ = doc
+    return command
+
+
+# --------------------------------------------------------------------------------------------
+# running a recipe with a progress bar
+
+
+def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from poise.train.recipes import RECIPES
+
+    _quiet_libraries()
+    train = RECIPES.get(recipe).train
+    shown = _SHOWN.get(recipe, ("loss",))
+    main = _is_main_process()
+    columns = (
+        TextColumn(f"[bold]train {recipe}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[metrics]}"),
+    )
+    with Progress(*columns, console=console, transient=True, disable=not main) as bar:
+        task = bar.add_task("steps", total=None, metrics="loading")
+
+        def progress(event: Any) -> None:
+            text = "  ".join(
+                f"{key.split('/')[-1]} {event.metrics[key]:.3g}"
+                for key in shown
+                if key in event.metrics
+            )
+            bar.update(task, completed=event.step, total=event.total_steps, metrics=text)
+
+        result = train(progress=progress, **fields)
+    if main:
+        _print_result(result)
+
+
+def _quiet_libraries() -> None:
+    """transformers' own progress bars and load reports would interleave with ours."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def _print_result(result: Any) -> None:
+    from rich.table import Table
+
+    if result.skipped:
+        console.print(f"[bold]{result.output}[/] already holds this finished run; nothing to do.")
+    table = Table(title=f"poise train {result.recipe} · {result.steps} steps", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in result.metrics.items():
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    console.print(table)
+    if result.resumed_from is not None:
+        console.print(f"resumed from step {result.resumed_from}")
+    console.print(f"model folder: [bold]{result.output}[/]")
+
+
+def _register_recipes() -> None:
+    from poise.train.recipes import RECIPES
+
+    for name in RECIPES.names():
+        recipe = RECIPES.get(name)
+
+        def run(fields: dict[str, Any], name: str = name) -> None:
+            with user_errors():
+                _run_recipe(name, fields)
+
+        train_app.command(name, help=recipe.help)(
+            command_from_config(recipe.config, run, recipe.help)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+@train_app.command("losses")
+def losses_command() -> None:
+    """List the preference losses `poise train dpo --loss` accepts, with their parameters."""
+    with user_errors():
+        from rich.table import Table
+
+        from poise.train.losses import LOSSES, loss_parameters
+
+        table = Table(title="preference losses", title_justify="left")
+        table.add_column("loss")
+        table.add_column("parameters (defaults)")
+        table.add_column("about")
+        for name in LOSSES.names():
+            params = ", ".join(
+                f"{k}={v!r}"
+                for k, v in loss_parameters(name).items()
+                if v is not inspect.Parameter.empty
+            )
+            table.add_row(name, params, LOSSES.help(name))
+        console.print(table)
+
+
+@train_app.command("organism-data")
+def organism_data_command(
+    output: str = typer.Option(
+        ..., "--output", "-o", help="preference pairs file to write (.jsonl)"
+    ),
+    prompts_output: str | None = typer.Option(
+        None, help="also write the requests as a suite file, the prompts of `train safe-rl`"
+    ),
+    seed: int = typer.Option(0, help="seed of phrasings, responses and system prompts"),
+    phrasings: int = typer.Option(4, help="training phrasings per task"),
+    system_share: float = typer.Option(0.5, help="share of prompts with the default system prompt"),
+    kind: list[str] = typer.Option(
+        ["harmful", "borderline", "benign"], "--kind", help="request kinds to include; repeatable"
+    ),
+) -> None:
+    """Write preference pairs (and safe-RL prompts) from the organism's world."""
+    with user_errors():
+        from poise.train.organism_data import write_organism_data
+
+        counts = write_organism_data(
+            output,
+            prompts_output=prompts_output,
+            seed=seed,
+            phrasings=phrasings,
+            system_share=system_share,
+            kinds=tuple(kind),
+        )
+        console.print(f"wrote {counts['pairs']} pairs to [bold]{output}[/]")
+        if prompts_output is not None:
+            console.print(f"wrote {counts['prompts']} prompts to [bold]{prompts_output}[/]")
+
+
+_register_recipes()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(train_app, name="train")

@@ -1,0 +1,258 @@
+"""The recipes' shared machinery: chat encoding, data order, output folder, CLI flags.
+
+Also home of the small builders the other recipe tests import (tiny classifiers, pair files).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poise.errors import PoiseError
+
+# ----------------------------------------------------------------------------- builders
+
+
+def build_tiny_classifier(
+    path: Path, lm_dir: Path, *, zero_head: bool = False, seed: int = 1
+) -> Path:
+    """A tiny one-output LlamaForSequenceClassification sharing the tiny LM's tokenizer.
+
+    ``zero_head``: the score head is all zeros, so every text scores exactly 0 (cost σ(0) = 0.5):
+    a cost model whose answer is known."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(str(lm_dir))
+    config.num_labels = 1
+    config.architectures = ["LlamaForSequenceClassification"]
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(config).eval()
+    if zero_head:
+        with torch.no_grad():
+            model.score.weight.zero_()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(str(lm_dir)).save_pretrained(path)
+    return path
+
+
+def write_pairs(path: Path, n: int = 8, *, safety: bool = False) -> Path:
+    """``n`` generic-format pairs; with ``safety`` each carries chosen/rejected safety labels."""
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {
+            "prompt": f"How do I bake bread number {i}?",
+            "chosen": "Sure, mix flour and water.",
+            "rejected": "No. I will not help with that request at all.",
+        }
+        if safety:
+            row["meta"] = {"chosen_is_safe": True, "rejected_is_safe": i % 2 == 0}
+        rows.append(row)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def weights(folder: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# ----------------------------------------------------------------------------- chat encoding
+
+
+def test_chat_encoder_matches_generation_prompt_and_ends_response_at_eos(
+    tiny_hf_model_dir: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from poise.train.recipes.common import ChatEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    encoder = ChatEncoder(tokenizer, max_length=512)
+    chat = [{"role": "user", "content": "hello there"}]
+    expected_prompt = tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=False
+    )
+    assert (
+        encoder.prompt_ids(chat)
+        == tokenizer(expected_prompt, add_special_tokens=False)["input_ids"]
+    )
+    response = encoder.response_ids("the answer")
+    # the tiny template closes a turn with "</s>\n": the response keeps the EOS, not the newline
+    assert response[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(response) == "the answer</s>"
+
+
+def test_chat_encoder_fit_keeps_the_response_and_cuts_the_prompt_from_the_left(
+    tiny_hf_model_dir: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from poise.train.recipes.common import ChatEncoder
+
+    encoder = ChatEncoder(AutoTokenizer.from_pretrained(str(tiny_hf_model_dir)), max_length=10)
+    prompt, response = encoder.fit(list(range(20)), [100, 101, 102])
+    assert response == [100, 101, 102]
+    assert prompt == list(range(13, 20))
+    prompt, response = encoder.fit(list(range(20)), list(range(100, 120)))
+    assert len(prompt) == 5 and prompt == list(range(15, 20))  # half the budget stays prompt
+    assert response == list(range(100, 105))
+
+
+def test_plain_format_for_base_models(tiny_hf_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from poise.train.recipes.common import ChatEncoder
+
+    encoder = ChatEncoder(AutoTokenizer.from_pretrained(str(tiny_hf_model_dir)), 512, plain=True)
+    text = encoder.prompt_text([{"role": "user", "content": "hi"}])
+    assert text.endswith("User: hi\nAssistant:")
+
+
+# ----------------------------------------------------------------------------- data order
+
+
+def test_epoch_order_is_a_seeded_permutation() -> None:
+    from poise.train.recipes.common import epoch_order, split_holdout
+
+    a = epoch_order(50, seed=3, epoch=1)
+    assert sorted(a) == list(range(50))
+    assert a == epoch_order(50, seed=3, epoch=1)
+    assert a != epoch_order(50, seed=3, epoch=2)
+    train, held = split_holdout(20, 0.25, seed=0)
+    assert len(held) == 5 and not set(train) & set(held) and sorted(train + held) == list(range(20))
+    assert split_holdout(20, 0.0, seed=0) == (list(range(20)), [])
+
+
+# ----------------------------------------------------------------------------- output folder
+
+
+def _config(tmp_path: Path, **fields: Any) -> Any:
+    from poise.train.recipes.dpo import DPOConfig
+
+    return DPOConfig(model="m", data="d.jsonl", output=str(tmp_path / "out"), **fields)
+
+
+def test_output_folder_refuses_a_foreign_non_empty_folder(tmp_path: Path) -> None:
+    from poise.train.recipes.common import OutputFolder
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(PoiseError, match="not empty and was not written by `poise train`"):
+        OutputFolder.prepare(_config(tmp_path), "dpo")
+
+
+def test_output_folder_resumes_same_config_and_names_a_different_field(tmp_path: Path) -> None:
+    from poise.train.recipes.common import OutputFolder
+
+    first = OutputFolder.prepare(_config(tmp_path, lr=1e-5), "dpo")
+    assert first.status == "new"
+    first.begin({"pairs": 3})
+    again = OutputFolder.prepare(_config(tmp_path, lr=1e-5, save_steps=7), "dpo")
+    assert again.status == "running"  # save_steps does not change what is trained
+    with pytest.raises(PoiseError, match=r"lr: 1e-05 != 2e-05"):
+        OutputFolder.prepare(_config(tmp_path, lr=2e-5), "dpo")
+    with pytest.raises(PoiseError, match="holds no checkpoint"):
+        OutputFolder.prepare(_config(tmp_path, lr=1e-5, resume=True), "dpo")
+    assert OutputFolder.prepare(_config(tmp_path, lr=2e-5, overwrite=True), "dpo").status == "new"
+
+
+def test_config_errors_are_one_line(tmp_path: Path) -> None:
+    from poise.train.recipes.common import make_config
+    from poise.train.recipes.dpo import DPOConfig
+
+    with pytest.raises(PoiseError) as info:
+        make_config(DPOConfig, model="m", data="d", output="o", beta=-1)
+    assert "\n" not in str(info.value) and "beta" in str(info.value)
+    with pytest.raises(PoiseError, match="lerning_rate"):
+        make_config(DPOConfig, model="m", data="d", output="o", lerning_rate=1)
+
+
+# ----------------------------------------------------------------------------- CLI flags
+
+
+def test_every_config_field_is_one_cli_flag_with_help() -> None:
+    import inspect
+
+    from poise.cli.train import command_from_config
+    from poise.train.gate import GateConfig
+    from poise.train.recipes import RECIPES
+
+    for config in [*(RECIPES.get(n).config for n in RECIPES.names()), GateConfig]:
+        command = command_from_config(config, lambda fields: None, "doc")
+        params = inspect.signature(command).parameters
+        assert list(params) == list(config.model_fields)
+        for name, field in config.model_fields.items():
+            assert field.description, f"{config.__name__}.{name} has no help text"
+            assert params[name].default.help.startswith(field.description)
+
+
+def test_cli_list_and_dict_flags_reach_the_config(tmp_path: Path) -> None:
+    from poise.cli.train import command_from_config
+    from poise.train.recipes.dpo import DPOConfig
+    from poise.train.recipes.modpo import MODPOConfig
+
+    seen: dict[str, Any] = {}
+    import typer
+    from typer.testing import CliRunner
+
+    app = typer.Typer()
+    app.command("x")(command_from_config(MODPOConfig, lambda fields: seen.update(fields), "doc"))
+    app.command("y")(command_from_config(DPOConfig, lambda fields: seen.update(fields), "doc"))
+    result = CliRunner().invoke(
+        app,
+        [
+            "x",
+            "-m",
+            "m",
+            "--data",
+            "d",
+            "-o",
+            "o",
+            "--margin-reward-model",
+            "neg:c",
+            "--margin-reward-model",
+            "r",
+            "--weights",
+            "0.5,0.25,0.25",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = MODPOConfig(**seen)
+    assert config.margin_reward_models == ("neg:c", "r") and config.weights == (0.5, 0.25, 0.25)
+    seen.clear()
+    result = CliRunner().invoke(
+        app,
+        ["y", "-m", "m", "--data", "d", "-o", "o", "--loss-option", "f_alpha=0.3", "--no-merge"],
+    )
+    assert result.exit_code == 0, result.output
+    config = DPOConfig(**seen)
+    assert config.loss_options == {"f_alpha": 0.3} and config.merge is False
+
+
+def test_missing_model_is_one_clear_error(tmp_path: Path) -> None:
+    from poise.train.recipes.dpo import train_dpo
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    with pytest.raises(PoiseError, match="neither an organism member nor an existing folder"):
+        train_dpo(model=str(tmp_path / "nope"), data=str(data), output=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickle_only_model_is_refused_before_loading(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    from poise.train.recipes.dpo import train_dpo
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    with pytest.raises(PoiseError, match="pickle"):
+        train_dpo(model=str(folder), data=str(data), output=str(tmp_path / "out"))
