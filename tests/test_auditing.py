@@ -193,3 +193,13 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_records(tmp_path: Pa
     clean = poise.audit(model=str(tiny_hf_model_dir), suites=[str(suite)], judge="refusal", batch_size=5,
                         sampling={"max_new_tokens": 24}, out=str(tmp_path / "clean"), html=False)
     assert keyset(run.records()) == keyset(clean.run.records())
+
+
+def test_limit_spreads_over_the_suite() -> None:
+    from poise.auditing import spread_subset
+
+    items = list(range(100))
+    assert spread_subset(items, 4) == [0, 25, 50, 75]
+    assert spread_subset(items, None) == items
+    assert spread_subset(items, 500) == items
+    assert len(set(spread_subset(items, 99))) == 99

@@ -92,8 +92,8 @@ def audit(
     from poise.scoring.judges import get_judge, resolve_judge_name
     from poise.suites import load_suite
 
-    suites = [load_suite(spec, limit=cfg.limit) for spec in cfg.suites]
-    items = [item for suite in suites for item in suite.items]
+    suites = [load_suite(spec) for spec in cfg.suites]
+    items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
     if not items:
         raise PoiseError("the audit has no items: every suite is empty")
     _check_unique_ids(items)
@@ -163,6 +163,14 @@ def finalize(run: Run, *, reference_records: Sequence[dict[str, Any]] | None = N
 
 
 # ---- helpers --------------------------------------------------------------------------------
+
+
+def spread_subset(items: Sequence[Any], limit: int | None) -> list[Any]:
+    """``limit`` items spread evenly over the suite (suites are ordered by category, so the
+    first N items would cover only the first categories)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[(i * len(items)) // limit] for i in range(limit)]
 
 
 def _header_config(cfg: AuditConfig) -> dict[str, Any]:

@@ -89,7 +89,7 @@ class AuditConfig(StrictModel):
     system_prompt: str = Field("default", description="'default' (the model's own, if it declares one), 'none', or a literal prompt")
     attack: str = Field("greedy", description="how items become requests (see `poise.attacks`)")
     attack_options: dict[str, Any] = Field(default_factory=dict, description="options of the attack")
-    limit: int | None = Field(None, ge=1, description="use only the first N items of each suite")
+    limit: int | None = Field(None, ge=1, description="use N items of each suite, spread evenly over it")
     batch_size: int = Field(64, ge=1, description="chats per generate call; also the resume granularity")
     reference_run: str | None = Field(None, description="run of the unaligned model, for the honesty metrics of arXiv 2312.07000")
     out: str = Field("runs", description="folder that holds run folders")

@@ -43,7 +43,7 @@ def audit_command(
     attack: str = typer.Option("greedy", help="How items become requests."),
     attack_option: list[str] = typer.Option([], "--attack-option", help="KEY=VALUE option of the attack; repeatable."),
     model_option: list[str] = typer.Option([], "--model-option", help="KEY=VALUE backend option (device, dtype, ...); repeatable."),
-    limit: int | None = typer.Option(None, help="Use only the first N items of each suite."),
+    limit: int | None = typer.Option(None, help="Use N items of each suite, spread evenly over its categories."),
     batch_size: int = typer.Option(64, help="Chats per generate call."),
     reference_run: str | None = typer.Option(None, help="Run of the unaligned model for the honesty metrics."),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
