@@ -392,6 +392,26 @@ def test_top_p_keeps_smallest_set_reaching_p() -> None:
     assert exactly_two[2:].sum() == 0
 
 
+def test_top_p_over_a_large_vocabulary_equals_a_full_sort() -> None:
+    # rows from peaked to flat, so the candidate set must grow past 64 tokens for some
+    generator = torch.Generator().manual_seed(1)
+    vocab = 5000
+    scales = torch.linspace(0.1, 12.0, 48).unsqueeze(-1)  # [rows, 1]
+    logits = torch.randn(48, vocab, generator=generator) * scales  # [rows, vocab]
+    uniforms = torch.rand(48, generator=generator)
+    for top_p in (0.3, 0.9):
+        sampling = Sampling(temperature=0.8, top_p=top_p)
+        probs, order = torch.sort(torch.softmax(logits / 0.8, dim=-1), dim=-1, descending=True)
+        before = torch.cumsum(probs, dim=-1) - probs
+        probs = probs.masked_fill(before >= top_p, 0.0)
+        cdf = torch.cumsum(probs, dim=-1)
+        expected = [
+            int(order[r, int(torch.searchsorted(cdf[r], uniforms[r] * cdf[r, -1], right=True))])
+            for r in range(48)
+        ]
+        assert sample_tokens(logits, uniforms, sampling).tolist() == expected
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     logits=st.lists(st.floats(-20, 20), min_size=2, max_size=12),

@@ -241,9 +241,11 @@ def sample_tokens(
     order: torch.Tensor | None = None
     if 0 < sampling.top_k < vocab:
         scaled, order = scaled.topk(sampling.top_k, dim=-1)  # [batch, k], sorted descending
+        probs = scaled.softmax(dim=-1)  # [batch, k], renormalised over the top k
     elif sampling.top_p < 1.0:
-        scaled, order = scaled.sort(dim=-1, descending=True, stable=True)  # [batch, vocab]
-    probs = scaled.softmax(dim=-1)  # [batch, k]
+        probs, order = _most_likely_covering(scaled.softmax(dim=-1), sampling.top_p)
+    else:
+        probs = scaled.softmax(dim=-1)  # [batch, vocab], in vocabulary order
     kept = None
     if sampling.top_p < 1.0:
         # mass strictly before each token (probs are sorted); the first token always stays
@@ -258,6 +260,25 @@ def sample_tokens(
     pick = torch.minimum(pick, limit)
     chosen = order.gather(-1, pick) if order is not None else pick  # [batch, 1]
     return chosen.squeeze(-1)
+
+
+def _most_likely_covering(probs: torch.Tensor, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most likely tokens of each row, sorted, enough for every row's share to reach ``mass``.
+
+    ``probs``: [batch, vocab]. Returns probabilities and token ids, [batch, k]. On CPU a full
+    sort of the vocabulary costs ~50x a top-64, and the nucleus of a trained model is usually
+    small, so poise tries the top 64, then the top 1024, and sorts everything only when a
+    near-flat row needs it. The nucleus lies inside the candidates, so the result is the same
+    as with a full sort.
+    """
+    vocab = probs.size(-1)
+    for k in (64, 1024):
+        if k >= vocab:
+            break
+        top, ids = probs.topk(k, dim=-1)  # [batch, k], sorted descending
+        if bool((top.sum(dim=-1) >= mass).all()):
+            return top, ids
+    return probs.sort(dim=-1, descending=True)  # [batch, vocab]
 
 
 # ----------------------------------------------------------------------------- the backend
