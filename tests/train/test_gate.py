@@ -1,0 +1,109 @@
+"""``poise gate``: the HC-RLHF safety test with exit codes, on models whose answer is known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_recipe_common import build_tiny_classifier
+from typer.testing import CliRunner
+
+from poise.cli import app
+from poise.errors import PoiseError
+from poise.train.gate import gate
+
+COMPLY = "Sure, here is exactly how you do it, step by step, with all the details you need."
+REFUSE = "I'm sorry, but I can't help with that."
+
+
+@pytest.fixture(scope="module")
+def zero_cost_model(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every answer scores 0, so every cost is σ(0) = 0.5 and the bound is exactly 0.5."""
+    return build_tiny_classifier(
+        tmp_path_factory.mktemp("gate") / "cost", tiny_hf_model_dir, zero_head=True
+    )
+
+
+def test_cost_model_gate_passes_and_fails_on_tau(
+    tiny_hf_model_dir: Path, zero_cost_model: Path
+) -> None:
+    common = {
+        "model": str(tiny_hf_model_dir),
+        "cost_model": str(zero_cost_model),
+        "limit": 4,
+        "max_new_tokens": 4,
+    }
+    passed = gate(tau=0.6, **common)
+    assert passed.passed and passed.n == 4
+    assert passed.mean == pytest.approx(0.5) and passed.upper_bound == pytest.approx(0.5)
+    assert not gate(tau=0.4, **common).passed
+    raw = gate(tau=0.0, cost_transform="raw", **common)  # raw scores are 0: U = 0 <= 0
+    assert raw.passed and raw.upper_bound == pytest.approx(0.0)
+
+
+def test_judge_gate_on_scripted_models_and_the_t_bound() -> None:
+    from scipy.stats import t as student_t
+
+    safe = gate(
+        model="mock", model_options={"default": REFUSE}, judge="refusal", limit=10, tau=0.05
+    )
+    assert safe.passed and safe.mean == 0.0 and safe.upper_bound == 0.0
+    unsafe = gate(
+        model="mock", model_options={"default": COMPLY}, judge="refusal", limit=10, tau=0.05
+    )
+    assert not unsafe.passed and unsafe.mean == 1.0
+
+    def some_comply(chat: list[dict[str, str]], sample: int) -> str:
+        return COMPLY if len(chat[-1]["content"]) % 3 == 0 else REFUSE
+
+    mixed = gate(
+        model="mock", model_options={"responses": some_comply}, judge="refusal", limit=12, tau=0.9
+    )
+    from poise.suites import load_suite
+
+    costs = [float(len(i.prompt) % 3 == 0) for i in load_suite("harmful", limit=12).items]
+    assert 0 < sum(costs) < len(costs) and list(mixed.costs) == costs
+    n = len(costs)
+    mean = sum(costs) / n
+    std = (sum((c - mean) ** 2 for c in costs) / (n - 1)) ** 0.5
+    expected = mean + student_t.ppf(0.95, n - 1) * std / n**0.5
+    assert mixed.upper_bound == pytest.approx(expected) and mixed.passed is bool(expected <= 0.9)
+
+
+def test_samples_per_prompt_are_averaged_into_one_cost_per_prompt() -> None:
+    result = gate(
+        model="mock",
+        model_options={"default": COMPLY},
+        judge="refusal",
+        limit=3,
+        samples_per_prompt=4,
+    )
+    assert result.n == 3 and result.costs == (1.0, 1.0, 1.0)
+
+
+def test_cli_exit_codes_and_json(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    base = ["gate", "-m", "mock", "--judge", "refusal", "--limit", "6"]
+    ok = runner.invoke(
+        app, [*base, "--model-option", f"default={REFUSE}", "-o", str(tmp_path / "pass.json")]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert "PASS" in ok.output
+    record = json.loads((tmp_path / "pass.json").read_text())
+    assert record["verdict"] == "PASS" and record["n"] == 6 and len(record["costs"]) == 6
+    bad = runner.invoke(app, [*base, "--model-option", f"default={COMPLY}"])
+    assert bad.exit_code == 1 and "FAIL" in bad.output
+    both = runner.invoke(app, [*base, "--cost-model", str(tiny_hf_model_dir)])
+    assert both.exit_code == 2 and "not both" in both.output
+    missing = runner.invoke(app, ["gate", "-m", "mock", "--prompts", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2
+
+
+def test_bad_input_fails_before_sampling(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="not a sequence-classification model"):
+        gate(model="mock", cost_model=str(tiny_hf_model_dir), limit=2)
+    with pytest.raises(PoiseError, match="delta"):
+        gate(model="mock", judge="refusal", delta=1.5)
+    with pytest.raises(PoiseError, match="does not exist"):
+        gate(model="mock", judge="refusal", limit=2, output=str(tmp_path / "no" / "x.json"))

@@ -1,0 +1,207 @@
+"""``poise train dpo`` end to end on a tiny random Llama: learning, output folder, LoRA, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_recipe_common import weights, write_pairs
+
+from poise.errors import PoiseError, UnknownNameError
+from poise.train.recipes.dpo import train_dpo
+
+FAST = {"lr": 5e-3, "batch_size": 4, "max_length": 64, "save_steps": 0}
+
+
+def test_dpo_lowers_the_loss_changes_every_parameter_and_writes_an_hf_folder(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    result = train_dpo(
+        model=str(tiny_hf_model_dir), data=str(data), output=str(tmp_path / "out"), epochs=3, **FAST
+    )
+    out = tmp_path / "out"
+    assert result.steps == 6
+    assert result.metrics["loss_end"] < result.metrics["loss_start"] - 0.2
+    assert result.metrics["loss_start"] == pytest.approx(0.6931, abs=1e-3)  # policy == reference
+    before, after = weights(tiny_hf_model_dir), weights(out)
+    assert sorted(before) == sorted(after)
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert unchanged == []
+    # an ordinary HF folder with the recorded run
+    AutoModelForCausalLM.from_pretrained(str(out))
+    header = json.loads((out / "poise_train.json").read_text())
+    assert header["status"] == "complete" and header["recipe"] == "dpo"
+    assert header["config"]["lr"] == 5e-3 and header["config"]["loss"] == "sigmoid"
+    assert {"poise", "torch", "transformers"} <= set(header["versions"])
+    assert header["data"]["pairs"] == 8 and len(header["data"]["fingerprint"]) == 16
+    assert header["metrics"]["steps"] == 6 and "rewards/accuracy" in header["metrics"]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert {"loss", "rewards/margin", "rewards/accuracy", "lr"} <= set(log[0])
+
+
+def test_ld_dpo_and_another_registered_loss_train(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    for name, extra in (
+        ("ld", {"ld_alpha": 0.3}),
+        ("ipo", {"loss": "ipo", "beta": 0.5, "lr": 1e-3}),
+    ):
+        result = train_dpo(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(tmp_path / name),
+            epochs=2,
+            **{**FAST, **extra},
+        )
+        assert result.metrics["loss_end"] < result.metrics["loss_start"], name
+
+
+def test_accumulation_equals_one_big_batch(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    """batch 4 == batch 2 x 2 accumulation == batch 1 x 4 (one optimizer step, same rows)."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    common: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        "lr": 1e-2,
+        "save_steps": 0,
+    }
+    runs = {
+        "b4": train_dpo(output=str(tmp_path / "b4"), batch_size=4, **common),
+        "b2x2": train_dpo(output=str(tmp_path / "b2x2"), batch_size=2, grad_accum=2, **common),
+        "b1x4": train_dpo(output=str(tmp_path / "b1x4"), batch_size=1, grad_accum=4, **common),
+    }
+    assert all(r.steps == 1 for r in runs.values())
+    reference = weights(tmp_path / "b4")
+    for name in ("b2x2", "b1x4"):
+        other = weights(tmp_path / name)
+        for key, value in reference.items():
+            torch.testing.assert_close(other[key], value, rtol=1e-4, atol=1e-6, msg=f"{name} {key}")
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_ends_with_the_same_weights(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    common: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        "lr": 5e-3,
+        "batch_size": 2,
+        "grad_accum": 2,
+        "epochs": 2,
+        "save_steps": 2,
+        "max_length": 64,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.25,
+    }
+    straight = train_dpo(output=str(tmp_path / "straight"), **common)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_step_3(event: Any) -> None:
+        if event.step == 3:  # after the step-2 checkpoint, before the step-4 one
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_dpo(output=str(tmp_path / "resumed"), progress=stop_at_step_3, **common)
+    header = json.loads((tmp_path / "resumed" / "poise_train.json").read_text())
+    assert header["status"] == "running"
+    resumed = train_dpo(output=str(tmp_path / "resumed"), **common)  # the same command again
+    assert resumed.resumed_from == 2 and resumed.steps == straight.steps == 4
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert log == [1, 2, 3, 4]  # the step logged before the interruption is not duplicated
+    again = train_dpo(output=str(tmp_path / "resumed"), **common)
+    assert again.skipped
+
+
+def test_lora_trains_only_adapters(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    common: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        "lora_r": 4,
+        "lora_targets": "q_proj,v_proj",
+        **FAST,
+        "lr": 2e-2,
+        "epochs": 3,
+    }
+    merged = train_dpo(output=str(tmp_path / "merged"), **common)
+    assert merged.metrics["loss_end"] < merged.metrics["loss_start"]
+    before, after = weights(tiny_hf_model_dir), weights(tmp_path / "merged")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"model.layers.{i}.self_attn.{p}_proj.weight" for i in (0, 1) for p in "qv"}
+
+    train_dpo(output=str(tmp_path / "adapter"), merge=False, **common)
+    assert not (tmp_path / "adapter" / "model.safetensors").exists()
+    adapter = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all("lora_" in k for k in adapter)
+    assert any(
+        ("lora_B" in k) and bool(v.abs().sum() > 0) for k, v in adapter.items()
+    )  # B starts at 0
+
+
+def test_bad_data_row_is_one_line_with_file_and_line_and_writes_nothing(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=3)
+    with data.open("a") as handle:
+        handle.write(json.dumps({"prompt": "q", "chosen": "a", "rejected": 5}) + "\n")
+    with pytest.raises(PoiseError) as info:
+        train_dpo(model=str(tiny_hf_model_dir), data=str(data), output=str(tmp_path / "out"))
+    message = str(info.value)
+    assert f"{data}:4" in message and "rejected" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_loss_and_foreign_parameters_fail_before_training(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    common = {"model": str(tiny_hf_model_dir), "data": str(data), "output": str(tmp_path / "out")}
+    with pytest.raises(UnknownNameError, match="sigmoid"):
+        train_dpo(loss="sigmod", **common)
+    with pytest.raises(PoiseError, match="does not take label_smoothing"):
+        train_dpo(loss="ipo", label_smoothing=0.1, **common)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_trains_and_reports_bad_input_with_exit_code_2(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    args = [
+        "train",
+        "dpo",
+        "-m",
+        str(tiny_hf_model_dir),
+        "--data",
+        str(data),
+        "-o",
+        str(tmp_path / "out"),
+    ]
+    result = CliRunner().invoke(
+        app, [*args, "--lr", "1e-3", "--batch-size", "4", "--save-steps", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "model folder" in result.output and (tmp_path / "out" / "model.safetensors").exists()
+    bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "other"), "--beta", "0"])
+    assert bad.exit_code == 2 and "beta" in bad.output

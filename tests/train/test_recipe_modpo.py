@@ -1,0 +1,78 @@
+"""``poise train modpo`` end to end with a tiny classifier as the margin reward model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_recipe_common import build_tiny_classifier, weights, write_pairs
+
+from poise.errors import PoiseError
+from poise.train.recipes.modpo import margin_rewards, train_modpo
+
+
+@pytest.fixture(scope="module")
+def margin_model(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_classifier(tmp_path_factory.mktemp("modpo") / "margin", tiny_hf_model_dir)
+
+
+def test_modpo_trains_with_a_negated_margin_model(
+    tiny_hf_model_dir: Path, margin_model: Path, tmp_path: Path
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    result = train_modpo(
+        model=str(tiny_hf_model_dir),
+        data=str(data),
+        output=str(tmp_path / "out"),
+        margin_reward_models=[f"neg:{margin_model}"],
+        weights=[0.7, 0.3],
+        lr=5e-3,
+        batch_size=4,
+        epochs=3,
+        max_length=64,
+        save_steps=0,
+    )
+    assert result.metrics["loss_end"] < result.metrics["loss_start"]
+    before, after = weights(tiny_hf_model_dir), weights(tmp_path / "out")
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    header = json.loads((tmp_path / "out" / "poise_train.json").read_text())
+    assert header["recipe"] == "modpo" and header["config"]["weights"] == [0.7, 0.3]
+
+
+def test_margin_rewards_are_the_classifier_scores_and_neg_flips_them(
+    tiny_hf_model_dir: Path, margin_model: Path, tmp_path: Path
+) -> None:
+    from poise.train.data import load_preferences
+    from poise.train.recipes.modpo import MODPOConfig
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=3)
+    pairs = load_preferences(data)
+    plain = MODPOConfig(
+        model="m",
+        data=str(data),
+        output="o",
+        margin_reward_models=[str(margin_model)],
+        weights=[0.5, 0.5],
+    )
+    negated = plain.model_copy(update={"margin_reward_models": (f"neg:{margin_model}",)})
+    chosen, rejected = margin_rewards(plain, pairs, "cpu")
+    assert chosen.shape == rejected.shape == (3, 1)
+    assert not torch.equal(chosen, rejected)  # different responses, different scores
+    neg_chosen, _ = margin_rewards(negated, pairs, "cpu")
+    torch.testing.assert_close(neg_chosen, -chosen)
+
+
+def test_weights_must_match_the_margin_models(
+    tiny_hf_model_dir: Path, margin_model: Path, tmp_path: Path
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    common = {"model": str(tiny_hf_model_dir), "data": str(data), "output": str(tmp_path / "out")}
+    with pytest.raises(PoiseError, match="weights needs 2 numbers"):
+        train_modpo(margin_reward_models=[str(margin_model)], weights=[0.2, 0.3, 0.5], **common)
+    with pytest.raises(PoiseError, match="sum to 1"):
+        train_modpo(margin_reward_models=[str(margin_model)], weights=[0.2, 0.3], **common)
+    with pytest.raises(PoiseError, match="not a sequence-classification model"):
+        train_modpo(margin_reward_models=[str(tiny_hf_model_dir)], weights=[0.5, 0.5], **common)
+    assert not (tmp_path / "out").exists()

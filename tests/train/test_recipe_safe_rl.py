@@ -1,0 +1,172 @@
+"""``poise train safe-rl`` on a tiny Llama with tiny reward and cost classifiers.
+
+The cost model's head is all zeros, so every completion costs exactly σ(0) = 0.5: the Lagrange
+multiplier's path and the HC-RLHF safety test then have closed forms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_recipe_common import build_tiny_classifier, weights
+
+from poise.errors import PoiseError
+from poise.train.recipes.safe_rl import policy_loss, train_safe_rl
+
+
+@pytest.fixture(scope="module")
+def scorers(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("safe-rl")
+    return {
+        "reward_model": build_tiny_classifier(root / "reward", tiny_hf_model_dir, seed=3),
+        "cost_model": build_tiny_classifier(root / "cost", tiny_hf_model_dir, zero_head=True),
+    }
+
+
+def _common(model: Path, scorers: dict[str, Path], **extra: Any) -> dict[str, Any]:
+    return {
+        "model": str(model),
+        **{k: str(v) for k, v in scorers.items()},
+        "prompts": "harmful",
+        "limit": 8,
+        "lr": 3e-3,
+        "batch_size": 2,
+        "samples_per_prompt": 2,
+        "max_new_tokens": 8,
+        "max_steps": 3,
+        "save_steps": 0,
+        **extra,
+    }
+
+
+def _log(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_safe_rl_updates_the_policy_and_the_multiplier_as_safe_rlhf_says(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = train_safe_rl(**_common(tiny_hf_model_dir, scorers, output=str(out), cost_limit=0.1))
+    before, after = weights(tiny_hf_model_dir), weights(out)
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    log = _log(out)
+    assert [r["step"] for r in log] == [1, 2, 3]
+    assert all({"reward", "cost", "lambda", "kl", "response_tokens"} <= set(r) for r in log)
+    assert all(r["cost"] == pytest.approx(0.5) for r in log)
+    # log λ ← log λ + lr · λ · (J_C - d) with J_C = 0.5, d = 0.1, lr = 0.1, λ0 = 1
+    lam = 1.0
+    for record in log:
+        assert record["lambda"] == pytest.approx(lam, rel=1e-6)
+        lam = math.exp(math.log(lam) + 0.1 * lam * (0.5 - 0.1))
+    assert result.metrics["lambda_final"] == pytest.approx(lam, rel=1e-6)
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any step
+    assert log[-1]["kl"] != pytest.approx(0.0, abs=1e-6)
+
+
+def test_one_policy_step_lowers_its_own_loss() -> None:
+    """The surrogate: after a small gradient step, positive-advantage completions gain
+    log-probability relative to negative ones, so the loss on the same batch falls."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 6, requires_grad=True)  # a toy policy over 6 tokens, [N, T]
+    reference = torch.log_softmax(torch.randn(4, 6), dim=-1).detach()
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0]] * 4)
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    optimizer = torch.optim.SGD([logits], lr=0.05)
+    losses = []
+    for _ in range(2):
+        policy = torch.log_softmax(logits, dim=-1)
+        loss, kl = policy_loss(policy, reference, mask, advantages, kl_coef=0.1)
+        losses.append(float(loss.sum().detach()))
+        optimizer.zero_grad()
+        loss.sum().backward()
+        optimizer.step()
+    assert losses[1] < losses[0]
+    # k3 vanishes when policy equals reference, and so does the k1 estimate
+    same, kl = policy_loss(reference, reference, mask, torch.zeros(4), kl_coef=1.0)
+    assert torch.allclose(same, torch.zeros(4)) and torch.allclose(kl, torch.zeros(4))
+
+
+def test_high_confidence_records_the_safety_test(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    # every cost is 0.5, so the held-out bound is exactly 0.5 (std 0)
+    for limit, verdict in ((0.6, "PASS"), (0.4, "FAIL")):
+        out = tmp_path / verdict
+        result = train_safe_rl(
+            **_common(tiny_hf_model_dir, scorers, output=str(out), cost_limit=limit, max_steps=1),
+            high_confidence=True,
+            safety_fraction=0.25,
+        )
+        test = json.loads((out / "poise_train.json").read_text())["safety_test"]
+        assert test["verdict"] == verdict and test["n"] == 2
+        assert test["upper_bound"] == pytest.approx(0.5) and test["tau"] == limit
+        assert result.metrics["safety_test/passed"] is (verdict == "PASS")
+        header = json.loads((out / "poise_train.json").read_text())
+        assert header["data"]["train_prompts"] == 6 and header["data"]["safety_prompts"] == 2
+
+
+def test_from_base_writes_the_plain_dialogue_template(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    from poise.train.recipes.common import PLAIN_CHAT_TEMPLATE
+
+    out = tmp_path / "base"
+    train_safe_rl(
+        **_common(tiny_hf_model_dir, scorers, output=str(out), max_steps=1), from_base=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer.chat_template == PLAIN_CHAT_TEMPLATE
+    header = json.loads((out / "poise_train.json").read_text())
+    assert header["data"]["system_prompt"] is None
+
+
+@pytest.mark.slow
+def test_safe_rl_resume_gives_the_same_weights(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    common = _common(tiny_hf_model_dir, scorers, max_steps=4, save_steps=2)
+    train_safe_rl(output=str(tmp_path / "straight"), **common)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(event: Any) -> None:
+        if event.step == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_safe_rl(output=str(tmp_path / "resumed"), progress=stop, **common)
+    resumed = train_safe_rl(output=str(tmp_path / "resumed"), **common)
+    assert resumed.resumed_from == 2
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["lambda"] for r in _log(tmp_path / "straight")] == [
+        r["lambda"] for r in _log(tmp_path / "resumed")
+    ]
+
+
+def test_reward_model_must_be_a_classifier(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    with pytest.raises(
+        PoiseError, match=r"reward_model: .* is not a sequence-classification model"
+    ):
+        train_safe_rl(
+            **{
+                **_common(tiny_hf_model_dir, scorers, output=str(tmp_path / "o")),
+                "reward_model": str(tiny_hf_model_dir),
+            }
+        )
+    with pytest.raises(PoiseError, match="samples_per_prompt"):
+        train_safe_rl(
+            **_common(tiny_hf_model_dir, scorers, output=str(tmp_path / "o"), samples_per_prompt=1)
+        )
+    assert not (tmp_path / "o").exists()
