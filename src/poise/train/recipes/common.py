@@ -41,6 +41,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -711,7 +712,10 @@ def apply_lora(model: Any, config: TrainConfig, *, task_type: str = "CAUSAL_LM")
         task_type=task_type,
     )
     try:
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft asks transformers a question that transformers 5 marks as deprecated
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            return get_peft_model(model, lora)
     except ValueError as exc:
         raise PoiseError(f"lora_targets: {_first_line(exc)}") from None
 

@@ -226,6 +226,26 @@ def _eos(tokenizer: Any, model: Any) -> list[int]:
     return ids
 
 
+def policy_loss(policy: Any, reference: Any, mask: Any, advantages: Any, kl_coef: float) -> Any:
+    """Per-completion loss ``-A · Σ_t log π(y_t) + kl_coef · Σ_t k3_t`` and the k1 KL estimate.
+
+    ``policy``, ``reference``: ``[N, T]`` token log-probs of the sampled completions; ``mask``:
+    ``[N, T]`` 1 on completion tokens; ``advantages``: ``[N]``. REINFORCE on the whole completion
+    (arXiv 2402.14740 treats it as one action), on-policy so no importance ratio. The KL penalty
+    is the k3 estimator ``exp(q - p) - (q - p) - 1 >= 0`` per token (Schulman 2020; GRPO arXiv
+    2402.03300 Eq. 4), unbiased for KL(π || π_ref) on samples of π, with low variance. Returns
+    ``(losses [N], kl [N])`` where ``kl`` is ``Σ_t (p - q)``, the k1 estimate, for logging.
+    """
+    import torch
+
+    from poise.train.logprobs import masked_sum
+
+    log_ratio = (reference - policy) * mask  # [N, T]: q - p, 0 off the mask
+    k3 = torch.exp(log_ratio) - log_ratio - 1.0  # [N, T]: >= 0, and 0 off the mask
+    losses = -advantages * masked_sum(policy, mask) + kl_coef * masked_sum(k3, mask)  # [N]
+    return losses, masked_sum(-log_ratio.detach(), mask)
+
+
 # --------------------------------------------------------------------------------------------
 # the recipe
 
@@ -242,7 +262,7 @@ def train_safe_rl(
         rloo_advantages,
         safe_rlhf_advantages,
     )
-    from poise.train.logprobs import masked_sum, sequence_lengths
+    from poise.train.logprobs import sequence_lengths
     from poise.train.safety import augmented_costs, pessimistic_coefficient, pessimistic_upper_bound
 
     config = make_config(SafeRLConfig, config, **fields)
@@ -327,18 +347,14 @@ def train_safe_rl(
         mask = batch["response_mask"].to(session.device)  # [N, T]
         policy = token_logps(session.model, batch, session.device)  # [N, T]
         ref = reference.logps(batch)  # [N, T]
-        log_ratio = (ref - policy) * mask  # [N, T], q - p
-        k3 = torch.exp(log_ratio) - log_ratio - 1.0  # [N, T], >= 0; 0 off the mask
-        per_sequence = -advantages * masked_sum(policy, mask) + config.kl_coef * masked_sum(
-            k3, mask
-        )
+        per_sequence, kl = policy_loss(policy, ref, mask, advantages, config.kl_coef)  # [N], [N]
         session.backward(
             per_sequence.sum() / (session.rows_in_step * k),
             {
                 "loss": float(per_sequence.detach().mean()),
                 "reward": float(rewards.mean()),
                 "cost": float(costs.mean()),
-                "kl": float(masked_sum(-log_ratio.detach(), mask).mean()),
+                "kl": float(kl.mean()),
                 "lambda": lam,
                 "response_tokens": float(sequence_lengths(mask).float().mean()),
                 "rows": float(len(texts)),
