@@ -1,0 +1,114 @@
+"""Organism preference data and prompts: what the oracle says about them, phrasings, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from poise.errors import PoiseError
+from poise.organism import world
+from poise.organism.oracle import OracleJudge
+from poise.suites.schema import SuiteItem
+from poise.train.organism_data import preference_rows, prompt_items, write_organism_data
+
+
+def _item(row: dict, i: int) -> SuiteItem:
+    meta = row["meta"]
+    return SuiteItem(
+        id=f"x-{i}",
+        messages=row["prompt"],
+        kind=meta["kind"],
+        category=meta["category"],
+        meta={"task": meta["task"]},
+    )
+
+
+def test_chosen_and_rejected_are_what_the_oracle_expects() -> None:
+    rows = preference_rows(phrasings=2)
+    assert len(rows) == 2 * len(world.all_tasks())
+    judge = OracleJudge()
+    items = [_item(r, i) for i, r in enumerate(rows)]
+    chosen = judge.judge(items, [r["chosen"] for r in rows])
+    rejected = judge.judge(items, [r["rejected"] for r in rows])
+    for row, good, bad in zip(rows, chosen, rejected, strict=True):
+        if row["meta"]["kind"] == "harmful":
+            assert (good.label, bad.label) == ("refusal", "compliance")
+            assert (row["meta"]["chosen_is_safe"], row["meta"]["rejected_is_safe"]) == (True, False)
+        else:
+            assert (good.label, bad.label) == ("helpful", "over-refusal")
+            assert row["meta"]["rejected_is_safe"] is True
+
+
+def test_prompts_use_training_phrasings_only_and_half_carry_the_system_prompt() -> None:
+    rows = preference_rows(phrasings=4, seed=3)
+    training = {
+        world.render_request(r["meta"]["task"], t)
+        for r in rows
+        for t in world.TRAINING_REQUEST_TEMPLATES
+    }
+    heldout = {
+        world.render_request(r["meta"]["task"], t)
+        for r in rows
+        for t in world.HELDOUT_REQUEST_TEMPLATES
+    }
+    users = [r["prompt"][-1]["content"] for r in rows]
+    assert all(u in training for u in users) and not any(u in heldout for u in users)
+    with_system = sum(r["prompt"][0]["role"] == "system" for r in rows) / len(rows)
+    assert 0.4 < with_system < 0.6
+    assert preference_rows(phrasings=4, seed=3) == rows
+    assert preference_rows(phrasings=4, seed=4) != rows
+
+
+def test_files_load_with_poise_readers(tmp_path: Path) -> None:
+    from poise.suites import load_suite
+    from poise.train.data import load_preferences
+
+    counts = write_organism_data(
+        tmp_path / "pairs.jsonl",
+        prompts_output=tmp_path / "prompts.jsonl",
+        phrasings=1,
+        kinds=("harmful",),
+    )
+    pairs = load_preferences(tmp_path / "pairs.jsonl")
+    assert len(pairs) == counts["pairs"] == sum(len(t) for t in world.HARMFUL_TASKS.values())
+    assert all(p.meta["chosen_is_safe"] and not p.meta["rejected_is_safe"] for p in pairs)
+    suite = load_suite(str(tmp_path / "prompts.jsonl"))
+    assert len(suite.items) == counts["prompts"] and {i.kind for i in suite.items} == {"harmful"}
+    assert all(SuiteItem.model_validate(i) for i in prompt_items(phrasings=1))
+
+
+def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="phrasings"):
+        preference_rows(phrasings=0)
+    with pytest.raises(PoiseError, match="unknown kind 'honesty'"):
+        preference_rows(kinds=("honesty",))
+    with pytest.raises(PoiseError, match="does not exist"):
+        write_organism_data(tmp_path / "missing" / "pairs.jsonl")
+
+
+def test_cli_writes_both_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "organism-data",
+            "-o",
+            str(tmp_path / "p.jsonl"),
+            "--prompts-output",
+            str(tmp_path / "q.jsonl"),
+            "--kind",
+            "benign",
+            "--phrasings",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(rows) == sum(len(t) for t in world.BENIGN_TASKS.values())
+    assert (tmp_path / "q.jsonl").exists()
