@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel
-from poise.models.hf import HFModel, row_seed, sample_tokens
+from poise.models.hf import HFModel, NucleusSearch, row_seed, sample_tokens
 
 CHATS: list[Chat] = [
     [{"role": "user", "content": "Hello there, the cat!"}],
@@ -399,7 +400,9 @@ def test_top_p_over_a_large_vocabulary_equals_a_full_sort() -> None:
     scales = torch.linspace(0.1, 12.0, 48).unsqueeze(-1)  # [rows, 1]
     logits = torch.randn(48, vocab, generator=generator) * scales  # [rows, vocab]
     uniforms = torch.rand(48, generator=generator)
-    for top_p in (0.3, 0.9):
+    peaked = slice(40, 48)  # top 64 tokens hold the nucleus of these rows
+    search = NucleusSearch(retry_every=3)  # state carried across calls must not matter
+    for top_p in (0.3, 0.9, 0.3, 0.9):
         sampling = Sampling(temperature=0.8, top_p=top_p)
         probs, order = torch.sort(torch.softmax(logits / 0.8, dim=-1), dim=-1, descending=True)
         before = torch.cumsum(probs, dim=-1) - probs
@@ -409,6 +412,11 @@ def test_top_p_over_a_large_vocabulary_equals_a_full_sort() -> None:
             int(order[r, int(torch.searchsorted(cdf[r], uniforms[r] * cdf[r, -1], right=True))])
             for r in range(48)
         ]
+        assert sample_tokens(logits, uniforms, sampling, search).tolist() == expected
+        assert (
+            sample_tokens(logits[peaked], uniforms[peaked], sampling, search).tolist()
+            == (expected[peaked])
+        )
         assert sample_tokens(logits, uniforms, sampling).tolist() == expected
 
 
@@ -479,3 +487,18 @@ def test_score_matches_generated_logprobs(model: HFModel) -> None:
     assert model.score([], []) == []
     with pytest.raises(PoiseError, match="one continuation per chat"):
         model.score(CHATS[:2], ["x"])
+
+
+def test_empty_prompt_is_refused(model: HFModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model, "prompt_text", lambda chat: "")
+    with pytest.raises(PoiseError, match="chat 0 renders to an empty prompt"):
+        model.generate(CHATS[:1], Sampling())
+
+
+def test_bfloat16_weights_generate(tiny_hf_model_dir: Path) -> None:
+    half = HFModel(str(tiny_hf_model_dir), dtype="bf16")
+    assert next(half.model.parameters()).dtype == torch.bfloat16
+    [[completion]] = half.generate(CHATS[:1], Sampling(max_new_tokens=4))
+    assert completion.num_tokens == 4
+    assert completion.token_logprobs is not None
+    assert all(math.isfinite(lp) and lp < 0 for lp in completion.token_logprobs)

@@ -224,7 +224,10 @@ def row_seed(seed: int, chat: Chat, sample_index: int) -> int:
 
 
 def sample_tokens(
-    logits: torch.Tensor, uniforms: torch.Tensor | None, sampling: Sampling
+    logits: torch.Tensor,
+    uniforms: torch.Tensor | None,
+    sampling: Sampling,
+    nucleus: NucleusSearch | None = None,
 ) -> torch.Tensor:
     """Choose one token per row.
 
@@ -233,6 +236,7 @@ def sample_tokens(
     sampling, Holtzman et al. 2019, arXiv:1904.09751, Sec. 3.1: the smallest set of most likely
     tokens whose probability mass reaches p; the most likely token is always kept). The token is
     the inverse CDF of the filtered distribution at the row's uniform. Returns [batch] int64.
+    ``nucleus`` carries the top-p search state from one decoding step to the next (speed only).
     """
     if sampling.greedy or uniforms is None:
         return logits.argmax(dim=-1)
@@ -243,7 +247,8 @@ def sample_tokens(
         scaled, order = scaled.topk(sampling.top_k, dim=-1)  # [batch, k], sorted descending
         probs = scaled.softmax(dim=-1)  # [batch, k], renormalised over the top k
     elif sampling.top_p < 1.0:
-        probs, order = _most_likely_covering(scaled.softmax(dim=-1), sampling.top_p)
+        search = nucleus if nucleus is not None else NucleusSearch()
+        probs, order = search.candidates(scaled.softmax(dim=-1), sampling.top_p)
     else:
         probs = scaled.softmax(dim=-1)  # [batch, vocab], in vocabulary order
     kept = None
@@ -262,23 +267,41 @@ def sample_tokens(
     return chosen.squeeze(-1)
 
 
-def _most_likely_covering(probs: torch.Tensor, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The most likely tokens of each row, sorted, enough for every row's share to reach ``mass``.
+class NucleusSearch:
+    """Finds, per decoding step, the most likely tokens of each row (sorted) that hold at least
+    the top-p mass, without sorting the whole vocabulary when a top-k suffices.
 
-    ``probs``: [batch, vocab]. Returns probabilities and token ids, [batch, k]. On CPU a full
-    sort of the vocabulary costs ~50x a top-64, and the nucleus of a trained model is usually
-    small, so poise tries the top 64, then the top 1024, and sorts everything only when a
-    near-flat row needs it. The nucleus lies inside the candidates, so the result is the same
-    as with a full sort.
+    On CPU a full sort of a 32k vocabulary costs ~40x a top-64, and the nucleus of a trained
+    model is usually small, so the search tries the top 64, then the top 1024, then sorts all.
+    Near-flat distributions need the full sort step after step, so after a miss the next steps
+    start at the size that worked and only retry the small sizes every ``retry_every`` steps.
+    The nucleus always lies inside the candidates, so the chosen tokens are the same as with a
+    full sort: this state only changes the cost, never the result.
     """
-    vocab = probs.size(-1)
-    for k in (64, 1024):
-        if k >= vocab:
-            break
-        top, ids = probs.topk(k, dim=-1)  # [batch, k], sorted descending
-        if bool((top.sum(dim=-1) >= mass).all()):
-            return top, ids
-    return probs.sort(dim=-1, descending=True)  # [batch, vocab]
+
+    SIZES = (64, 1024)
+
+    def __init__(self, retry_every: int = 16) -> None:
+        self.retry_every = retry_every
+        self._start = 0
+        self._calls = 0
+
+    def candidates(self, probs: torch.Tensor, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``probs``: [batch, vocab] -> (probabilities, token ids), each [batch, k]."""
+        self._calls += 1
+        if self._calls % self.retry_every == 0:
+            self._start = 0
+        vocab = probs.size(-1)
+        for level in range(self._start, len(self.SIZES)):
+            k = self.SIZES[level]
+            if k >= vocab:
+                break
+            top, ids = probs.topk(k, dim=-1)  # [batch, k], sorted descending
+            if bool((top.sum(dim=-1) >= mass).all()):
+                self._start = level
+                return top, ids
+        self._start = len(self.SIZES)
+        return probs.sort(dim=-1, descending=True)  # [batch, vocab]
 
 
 # ----------------------------------------------------------------------------- the backend
@@ -426,6 +449,13 @@ class HFModel:
             ) from None
         return str(text)
 
+    def _encode_prompts(self, chats: Sequence[Chat]) -> list[list[int]]:
+        prompts = self._encode([self.prompt_text(chat) for chat in chats])
+        for index, ids in enumerate(prompts):
+            if not ids:
+                raise PoiseError(f"{self.name}: chat {index} renders to an empty prompt")
+        return prompts
+
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
@@ -485,7 +515,7 @@ class HFModel:
         """
         if not chats:
             return []
-        prompts = self._encode([self.prompt_text(chat) for chat in chats])
+        prompts = self._encode_prompts(chats)
         rows = [(c, s) for c in range(len(chats)) for s in range(sampling.n)]
         # longest prompts first: less padding per batch, and memory peaks at the first batch
         order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r][0]]))
@@ -526,6 +556,7 @@ class HFModel:
             ).to(self.device)
         eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
         stop_window = _stop_window(sampling.stop)
+        nucleus = NucleusSearch()
 
         tokens = torch.full((batch, steps), self.pad_token_id, dtype=torch.long, device=self.device)
         logprobs = torch.zeros((batch, steps), dtype=torch.float32, device=self.device)
@@ -540,7 +571,7 @@ class HFModel:
         for step in range(steps):
             logits = out.logits[:, -1, :].float()  # [slots, vocab]
             row_uniforms = uniforms[active, step] if uniforms is not None else None
-            chosen = sample_tokens(logits, row_uniforms, sampling)  # [slots]
+            chosen = sample_tokens(logits, row_uniforms, sampling, nucleus)  # [slots]
             chosen_logprob = logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(
                 -1
             )
@@ -631,7 +662,7 @@ class HFModel:
                 f"score needs one continuation per chat ({len(chats)} chats, "
                 f"{len(continuations)} continuations)"
             )
-        prompts = self._encode([self.prompt_text(chat) for chat in chats])
+        prompts = self._encode_prompts(chats)
         targets = self._encode(list(continuations))
         results: list[TokenLogprobs | None] = [None] * len(chats)
         order = sorted(range(len(chats)), key=lambda i: -(len(prompts[i]) + len(targets[i])))
