@@ -572,9 +572,9 @@ class HFModel:
             logits = out.logits[:, -1, :].float()  # [slots, vocab]
             row_uniforms = uniforms[active, step] if uniforms is not None else None
             chosen = sample_tokens(logits, row_uniforms, sampling, nucleus)  # [slots]
-            chosen_logprob = logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(
-                -1
-            )
+            # log-prob under the unmodified distribution: logit minus log-partition, [slots]
+            chosen_logit = logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
+            chosen_logprob = chosen_logit - logits.logsumexp(dim=-1)
             tokens[active, step] = chosen
             logprobs[active, step] = chosen_logprob
             hit_eos = torch.isin(chosen, eos) & ~done  # [slots]
