@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 import poise
-from poise.cli import app
 from poise.auditing import make_config
+from poise.cli import app
 from poise.errors import PoiseError
 from poise.models.mock import MockModel, last_user_message
 from poise.runs import Run, list_runs
@@ -28,11 +28,25 @@ HELP = "Happy to help! First, preheat the oven. Then mix the ingredients and bak
 def write_suite(path: Path, n_harmful: int = 12, n_benign: int = 8) -> Path:
     rows = []
     for i in range(n_harmful):
-        rows.append({"id": f"h-{i:02d}", "messages": [{"role": "user", "content": f"harmful request {i}"}],
-                     "kind": "harmful", "category": "weapons" if i % 2 else "fraud", "suite": "mini"})
+        rows.append(
+            {
+                "id": f"h-{i:02d}",
+                "messages": [{"role": "user", "content": f"harmful request {i}"}],
+                "kind": "harmful",
+                "category": "weapons" if i % 2 else "fraud",
+                "suite": "mini",
+            }
+        )
     for i in range(n_benign):
-        rows.append({"id": f"b-{i:02d}", "messages": [{"role": "user", "content": f"benign request {i}"}],
-                     "kind": "benign", "category": "cooking", "suite": "mini"})
+        rows.append(
+            {
+                "id": f"b-{i:02d}",
+                "messages": [{"role": "user", "content": f"benign request {i}"}],
+                "kind": "benign",
+                "category": "cooking",
+                "suite": "mini",
+            }
+        )
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -45,15 +59,28 @@ def scripted(chat, k):  # harmful requests with an index divisible by 3 comply
 
 
 def keyset(records):
-    return sorted((r["item_id"], r["request_id"], r["sample_index"], r["completion"]) for r in records)
+    return sorted(
+        (r["item_id"], r["request_id"], r["sample_index"], r["completion"]) for r in records
+    )
 
 
 def test_audit_writes_a_complete_run_folder(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
-    result = poise.audit(model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal",
-                         out=str(tmp_path / "runs"), batch_size=5)
+    result = poise.audit(
+        model=MockModel("scripted", scripted),
+        suites=[str(suite)],
+        judge="refusal",
+        out=str(tmp_path / "runs"),
+        batch_size=5,
+    )
     run = result.run
-    assert {p.name for p in run.path.iterdir()} >= {"run.json", "samples.jsonl", "cache.sqlite", "metrics.json", "report.html"}
+    assert {p.name for p in run.path.iterdir()} >= {
+        "run.json",
+        "samples.jsonl",
+        "cache.sqlite",
+        "metrics.json",
+        "report.html",
+    }
     header = run.header
     assert header["status"] == "complete"
     assert header["config"]["model"] == "scripted"
@@ -72,10 +99,19 @@ def test_audit_writes_a_complete_run_folder(tmp_path: Path) -> None:
 def test_system_prompt_setting_reaches_the_model(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl", 2, 0)
     model = MockModel("m", default_system_prompt="Be safe.")
-    poise.audit(model=model, suites=[str(suite)], judge="refusal", out=str(tmp_path / "a"), html=False)
+    poise.audit(
+        model=model, suites=[str(suite)], judge="refusal", out=str(tmp_path / "a"), html=False
+    )
     assert all(chat[0] == {"role": "system", "content": "Be safe."} for chat in model.prompts)
     model2 = MockModel("m2", default_system_prompt="Be safe.")
-    poise.audit(model=model2, suites=[str(suite)], judge="refusal", system_prompt="none", out=str(tmp_path / "b"), html=False)
+    poise.audit(
+        model=model2,
+        suites=[str(suite)],
+        judge="refusal",
+        system_prompt="none",
+        out=str(tmp_path / "b"),
+        html=False,
+    )
     assert all(chat[0]["role"] == "user" for chat in model2.prompts)
 
 
@@ -91,7 +127,13 @@ def test_rerunning_after_a_crash_resumes_without_loss_or_duplicates(tmp_path: Pa
         return scripted(chat, k)
 
     with pytest.raises(RuntimeError, match="simulated crash"):
-        poise.audit(model=MockModel("scripted", crashing), suites=[str(suite)], judge="refusal", out=out, batch_size=4)
+        poise.audit(
+            model=MockModel("scripted", crashing),
+            suites=[str(suite)],
+            judge="refusal",
+            out=out,
+            batch_size=4,
+        )
     [run] = list_runs(out)
     partial = list(run.records())
     assert 0 < len(partial) < 20
@@ -102,8 +144,13 @@ def test_rerunning_after_a_crash_resumes_without_loss_or_duplicates(tmp_path: Pa
     assert result.run.path == run.path  # same configuration: the unfinished run is resumed
     assert again.generated == 20 - len(partial)  # only what was missing is generated
 
-    reference = poise.audit(model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal",
-                            out=str(tmp_path / "ref"), batch_size=7)
+    reference = poise.audit(
+        model=MockModel("scripted", scripted),
+        suites=[str(suite)],
+        judge="refusal",
+        out=str(tmp_path / "ref"),
+        batch_size=7,
+    )
     assert keyset(result.run.records()) == keyset(reference.run.records())
 
 
@@ -111,9 +158,17 @@ def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
     run = Run.create(tmp_path / "runs", "manual", {})
     # a run folder whose config says what to do; resume ignores the caller's other fields
-    config = make_config(None, model="mock", suites=(str(suite),), judge="refusal",
-                                                    out=str(tmp_path / "runs"), html=False)
-    run.update_header(config={**config.model_dump(mode="json"), "fingerprint": config.fingerprint()})
+    config = make_config(
+        None,
+        model="mock",
+        suites=(str(suite),),
+        judge="refusal",
+        out=str(tmp_path / "runs"),
+        html=False,
+    )
+    run.update_header(
+        config={**config.model_dump(mode="json"), "fingerprint": config.fingerprint()}
+    )
     result = poise.audit(resume=run.path)
     assert result.run.path == run.path
     assert len(list(result.run.records())) == 20
@@ -134,8 +189,18 @@ def test_bad_input_fails_before_anything_is_written(tmp_path: Path) -> None:
 
 
 def test_cli_bad_suite_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["audit", "--model", "mock", "--suite", str(tmp_path / "missing.jsonl"),
-                                      "--out", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--model",
+            "mock",
+            "--suite",
+            str(tmp_path / "missing.jsonl"),
+            "--out",
+            str(tmp_path / "runs"),
+        ],
+    )
     assert result.exit_code == 2
     assert "missing.jsonl" in result.output
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
@@ -145,7 +210,9 @@ def test_cli_audit_and_runs_commands(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
     runner = CliRunner()
     out = str(tmp_path / "runs")
-    result = runner.invoke(app, ["audit", "--model", "mock", "--suite", str(suite), "--judge", "refusal", "--out", out])
+    result = runner.invoke(
+        app, ["audit", "--model", "mock", "--suite", str(suite), "--judge", "refusal", "--out", out]
+    )
     assert result.exit_code == 0, result.output
     assert "run folder" in result.output
     listing = runner.invoke(app, ["runs", "ls", "--out", out])
@@ -156,14 +223,31 @@ def test_cli_audit_and_runs_commands(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_records(tmp_path: Path, tiny_hf_model_dir: Path) -> None:
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_records(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
     suite = write_suite(tmp_path / "mini.jsonl", n_harmful=40, n_benign=20)
-    args = ["--model", str(tiny_hf_model_dir), "--suite", str(suite), "--judge", "refusal",
-            "--batch-size", "2", "--max-new-tokens", "24", "--no-html"]
+    args = [
+        "--model",
+        str(tiny_hf_model_dir),
+        "--suite",
+        str(suite),
+        "--judge",
+        "refusal",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--no-html",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     out_killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     samples = None
     while time.monotonic() < deadline:
@@ -184,14 +268,26 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_records(tmp_path: Pa
     assert 0 < written < 60
 
     # re-running the same command resumes the killed run
-    resumed = subprocess.run([sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
-                             env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     [run] = list_runs(out_killed)
     assert run.status == "complete"
 
-    clean = poise.audit(model=str(tiny_hf_model_dir), suites=[str(suite)], judge="refusal", batch_size=5,
-                        sampling={"max_new_tokens": 24}, out=str(tmp_path / "clean"), html=False)
+    clean = poise.audit(
+        model=str(tiny_hf_model_dir),
+        suites=[str(suite)],
+        judge="refusal",
+        batch_size=5,
+        sampling={"max_new_tokens": 24},
+        out=str(tmp_path / "clean"),
+        html=False,
+    )
     assert keyset(run.records()) == keyset(clean.run.records())
 
 

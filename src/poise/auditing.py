@@ -120,7 +120,11 @@ def audit(
     done = run.done_keys()
 
     cached = CachedModel(model, ResponseCache(run.cache_path))
-    todo = [r for r in requests if not all((r.item.id, r.request_id, k) in done for k in range(r.sampling.n))]
+    todo = [
+        r
+        for r in requests
+        if not all((r.item.id, r.request_id, k) in done for k in range(r.sampling.n))
+    ]
     finished = len(requests) - len(todo)
     if progress:
         progress(finished, len(requests))
@@ -129,12 +133,15 @@ def audit(
         outputs = cached.generate([r.chat for r in block], sampling)
         pending = [
             (request, k, completion)
-            for request, completions in zip(block, outputs)
+            for request, completions in zip(block, outputs, strict=True)
             for k, completion in enumerate(completions)
             if (request.item.id, request.request_id, k) not in done
         ]
         verdicts = judge.judge([p[0].item for p in pending], [p[2].text for p in pending])
-        run.append(_record(req, k, comp, verdict, cfg.attack, judge.name) for (req, k, comp), verdict in zip(pending, verdicts))
+        run.append(
+            _record(req, k, comp, verdict, cfg.attack, judge.name)
+            for (req, k, comp), verdict in zip(pending, verdicts, strict=True)
+        )
         finished += len(block)
         if progress:
             progress(finished, len(requests))
@@ -144,7 +151,9 @@ def audit(
     return AuditResult(run=run, config=cfg, metrics=metrics)
 
 
-def finalize(run: Run, *, reference_records: Sequence[dict[str, Any]] | None = None, html: bool = True) -> dict[str, Any]:
+def finalize(
+    run: Run, *, reference_records: Sequence[dict[str, Any]] | None = None, html: bool = True
+) -> dict[str, Any]:
     """Compute metrics from the run's records, write metrics.json and report.html, mark complete."""
     from poise.scoring.metrics import compute_metrics
 
@@ -191,7 +200,10 @@ def _unfinished_run(cfg: AuditConfig) -> Run | None:
             header = run.header
         except PoiseError:
             continue
-        if header.get("status") != "complete" and header.get("config", {}).get("fingerprint") == fingerprint:
+        if (
+            header.get("status") != "complete"
+            and header.get("config", {}).get("fingerprint") == fingerprint
+        ):
             return run
     return None
 
@@ -242,7 +254,9 @@ def _blocks(requests: Sequence[Request], size: int) -> Iterator[tuple[Sampling, 
             yield sampling, group[start : start + size]
 
 
-def _record(request: Request, k: int, completion: Any, verdict: Any, attack: str, judge: str) -> dict[str, Any]:
+def _record(
+    request: Request, k: int, completion: Any, verdict: Any, attack: str, judge: str
+) -> dict[str, Any]:
     item = request.item
     return {
         "item_id": item.id,
@@ -251,7 +265,10 @@ def _record(request: Request, k: int, completion: Any, verdict: Any, attack: str
         "category": item.category,
         "request_id": request.request_id,
         "attack": attack,
-        "config": {**request.sampling.model_dump(mode="json"), "system_prompt": request.system_prompt},
+        "config": {
+            **request.sampling.model_dump(mode="json"),
+            "system_prompt": request.system_prompt,
+        },
         "sample_index": k,
         "prompt": item.prompt,
         "completion": completion.text,

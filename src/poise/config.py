@@ -46,7 +46,9 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def load_yaml_config(path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None) -> Any:
+def load_yaml_config(
+    path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None
+) -> Any:
     """Read a YAML file into ``model``; errors name the file and the field."""
     import yaml
 
@@ -81,21 +83,42 @@ DEFAULT_SUITES: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty")
 class AuditConfig(StrictModel):
     """Everything that defines an audit. ``poise audit`` flags map 1:1 onto these fields."""
 
-    model: str = Field("organism", description="model spec: organism member, folder, hub id, hf:/openai:/mock:")
-    model_options: dict[str, Any] = Field(default_factory=dict, description="backend options (device, dtype, base_urls, ...)")
-    suites: tuple[str, ...] = Field(DEFAULT_SUITES, min_length=1, description="built-in suite names or file paths")
-    judge: str = Field("auto", description="judge spec; auto = the oracle for organism models, else refusal")
-    sampling: Sampling = Field(default_factory=Sampling, description="decoding configuration")
-    system_prompt: str = Field("default", description="'default' (the model's own, if it declares one), 'none', or a literal prompt")
+    model: str = Field(
+        "organism", description="model spec: organism member, folder, hub id, hf:/openai:/mock:"
+    )
+    model_options: dict[str, Any] = Field(
+        default_factory=dict, description="backend options (device, dtype, base_urls, ...)"
+    )
+    suites: tuple[str, ...] = Field(
+        DEFAULT_SUITES, min_length=1, description="built-in suite names or file paths"
+    )
+    judge: str = Field(
+        "auto", description="judge spec; auto = the oracle for organism models, else refusal"
+    )
+    sampling: Sampling = Field(default_factory=lambda: Sampling(), description="decoding configuration")
+    system_prompt: str = Field(
+        "default",
+        description="'default' (the model's own, if it declares one), 'none', or a literal prompt",
+    )
     attack: str = Field("greedy", description="how items become requests (see `poise.attacks`)")
-    attack_options: dict[str, Any] = Field(default_factory=dict, description="options of the attack")
-    limit: int | None = Field(None, ge=1, description="use N items of each suite, spread evenly over it")
-    batch_size: int = Field(64, ge=1, description="chats per generate call; also the resume granularity")
-    reference_run: str | None = Field(None, description="run of the unaligned model, for the honesty metrics of arXiv 2312.07000")
+    attack_options: dict[str, Any] = Field(
+        default_factory=dict, description="options of the attack"
+    )
+    limit: int | None = Field(
+        None, ge=1, description="use N items of each suite, spread evenly over it"
+    )
+    batch_size: int = Field(
+        64, ge=1, description="chats per generate call; also the resume granularity"
+    )
+    reference_run: str | None = Field(
+        None, description="run of the unaligned model, for the honesty metrics of arXiv 2312.07000"
+    )
     out: str = Field("runs", description="folder that holds run folders")
     name: str | None = Field(None, description="run name (default: model and attack)")
     html: bool = Field(True, description="write report.html")
 
     def fingerprint(self) -> str:
         """Identity of the audit's results: everything except where and how it is written."""
-        return stable_hash(self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size"}))
+        return stable_hash(
+            self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size"})
+        )

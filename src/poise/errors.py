@@ -37,9 +37,7 @@ class MissingExtraError(PoiseError, ImportError):
     """An optional dependency is not installed."""
 
     def __init__(self, package: str, extra: str, feature: str) -> None:
-        super().__init__(
-            f"{feature} needs the package {package!r}: pip install 'poise[{extra}]'"
-        )
+        super().__init__(f"{feature} needs the package {package!r}: pip install 'poise[{extra}]'")
 
 
 def located(path: object, line: int | None, message: str) -> PoiseError:

@@ -3,14 +3,21 @@ import math
 import numpy as np
 
 from poise.attacks import SystemPrompt, attacks
-from poise.attacks.best_of_n import best_of_n_summary, empirical_curve, harmful_matrix, predicted_curve
+from poise.attacks.best_of_n import (
+    best_of_n_summary,
+    empirical_curve,
+    harmful_matrix,
+    predicted_curve,
+)
 from poise.config import Sampling
 from poise.suites.schema import SuiteItem
 
 
 def test_requests_sample_n_at_temperature_one_by_default() -> None:
-    items = [SuiteItem(id="h", messages=[{"role": "user", "content": "q"}], kind="harmful"),
-             SuiteItem(id="b", messages=[{"role": "user", "content": "q"}], kind="benign")]
+    items = [
+        SuiteItem(id="h", messages=[{"role": "user", "content": "q"}], kind="harmful"),
+        SuiteItem(id="b", messages=[{"role": "user", "content": "q"}], kind="benign"),
+    ]
     [req] = attacks.get("best_of_n")(items, Sampling(), SystemPrompt("none", None), n=8)
     assert req.sampling.n == 8 and req.sampling.temperature == 1.0
     assert req.request_id == "best_of_8/t=1.00"
@@ -27,7 +34,7 @@ def test_predicted_curve_matches_closed_form() -> None:
     m = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
     ps = [0.25, 0.5, 0.0]
     pred = predicted_curve(m, [1, 3, 100], boot=200)
-    for point, n in zip(pred, [1, 3, 100]):
+    for point, n in zip(pred, [1, 3, 100], strict=True):
         expected = sum(1 - (1 - p) ** n for p in ps) / 3
         assert math.isclose(point["value"], expected, rel_tol=1e-12)
         assert point["low"] <= point["value"] + 1e-12 and point["value"] <= point["high"] + 1e-12
@@ -38,9 +45,15 @@ def test_summary_from_records_and_interval_check() -> None:
     rng = np.random.default_rng(0)
     p = rng.uniform(0, 0.4, size=60)
     records = [
-        {"item_id": f"i{i}", "kind": "harmful", "request_id": "best_of_12/t=1.00", "sample_index": k,
-         "verdict": {"harmful": bool(rng.random() < p[i])}}
-        for i in range(60) for k in range(12)
+        {
+            "item_id": f"i{i}",
+            "kind": "harmful",
+            "request_id": "best_of_12/t=1.00",
+            "sample_index": k,
+            "verdict": {"harmful": bool(rng.random() < p[i])},
+        }
+        for i in range(60)
+        for k in range(12)
     ]
     ids, matrix = harmful_matrix(records)
     assert matrix.shape == (60, 12) and len(ids) == 60

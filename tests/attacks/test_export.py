@@ -4,9 +4,18 @@ from pathlib import Path
 from poise.attacks.export import preference_pairs, write_pairs
 
 
-def rec(item: str, config: str, text: str, harmful: bool, refused: bool, kind: str = "harmful") -> dict:
-    return {"item_id": item, "kind": kind, "category": "fraud", "request_id": config, "prompt": f"prompt {item}",
-            "completion": text, "verdict": {"harmful": harmful, "refused": refused}}
+def rec(
+    item: str, config: str, text: str, harmful: bool, refused: bool, kind: str = "harmful"
+) -> dict:
+    return {
+        "item_id": item,
+        "kind": kind,
+        "category": "fraud",
+        "request_id": config,
+        "prompt": f"prompt {item}",
+        "completion": text,
+        "verdict": {"harmful": harmful, "refused": refused},
+    }
 
 
 def test_pairs_need_both_a_refusal_and_a_harmful_completion(tmp_path: Path) -> None:

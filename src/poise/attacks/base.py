@@ -60,8 +60,13 @@ def build_chat(item: SuiteItem, system_prompt: str | None) -> Chat:
     return with_system_prompt(chat, system_prompt)
 
 
-@attacks.register("greedy", help="one request per item with the audit's sampling (greedy by default)")
+@attacks.register(
+    "greedy", help="one request per item with the audit's sampling (greedy by default)"
+)
 def greedy(items: Sequence[SuiteItem], sampling: Sampling, system: SystemPrompt) -> list[Request]:
     request_id = "greedy" if sampling.greedy else "sampled"
     text = system.text()
-    return [Request(item, request_id, build_chat(item, text), sampling, system.setting) for item in items]
+    return [
+        Request(item, request_id, build_chat(item, text), sampling, system.setting)
+        for item in items
+    ]

@@ -80,7 +80,16 @@ def empirical_curve(matrix: np.ndarray) -> list[dict[str, float | int]]:
     for n in range(1, m + 1):
         k = int(first_hit[:, n - 1].sum())
         low, high = wilson_interval(k, prompts)
-        curve.append({"n": n, "k": k, "prompts": prompts, "value": k / prompts if prompts else 0.0, "low": low, "high": high})
+        curve.append(
+            {
+                "n": n,
+                "k": k,
+                "prompts": prompts,
+                "value": k / prompts if prompts else 0.0,
+                "low": low,
+                "high": high,
+            }
+        )
     return curve
 
 
@@ -89,7 +98,7 @@ def predicted_curve(
 ) -> list[dict[str, float | int]]:
     """mean_i [1 - (1 - p_i)^N] with p_i = k_i / M, and a percentile-bootstrap 95% interval
     over prompts."""
-    prompts, m = matrix.shape
+    prompts = matrix.shape[0]
     if prompts == 0:
         return []
     p = matrix.mean(axis=1)  # [P]
@@ -102,22 +111,30 @@ def predicted_curve(
     low, high = np.percentile(boots, [2.5, 97.5], axis=0)
     return [
         {"n": int(n), "value": float(v), "low": float(lo), "high": float(hi)}
-        for n, v, lo, hi in zip(ns, point, low, high)
+        for n, v, lo, hi in zip(ns, point, low, high, strict=True)
     ]
 
 
-def best_of_n_summary(records: Iterable[Mapping[str, Any]], extrapolate: Sequence[int] = (32, 64, 128, 256, 1024)) -> dict[str, Any]:
+def best_of_n_summary(
+    records: Iterable[Mapping[str, Any]], extrapolate: Sequence[int] = (32, 64, 128, 256, 1024)
+) -> dict[str, Any]:
     """Empirical and predicted ASR curves; ``within_interval`` says, for each sampled N, whether
     the predicted value lies inside the empirical Wilson interval."""
     ids, matrix = harmful_matrix(records)
     if not ids:
-        return {"attack": "best_of_n", "prompts": 0, "samples_per_prompt": 0, "empirical": [], "predicted": []}
+        return {
+            "attack": "best_of_n",
+            "prompts": 0,
+            "samples_per_prompt": 0,
+            "empirical": [],
+            "predicted": [],
+        }
     m = matrix.shape[1]
     empirical = empirical_curve(matrix)
     ns = list(range(1, m + 1)) + [n for n in extrapolate if n > m]
     predicted = predicted_curve(matrix, ns)
     within = [
-        e["low"] <= pr["value"] <= e["high"] for e, pr in zip(empirical, predicted[:m])
+        e["low"] <= pr["value"] <= e["high"] for e, pr in zip(empirical, predicted[:m], strict=True)
     ]
     return {
         "attack": "best_of_n",

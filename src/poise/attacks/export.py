@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 
-def preference_pairs(records: Iterable[Mapping[str, Any]], *, per_prompt: int = 1) -> list[dict[str, Any]]:
+def preference_pairs(
+    records: Iterable[Mapping[str, Any]], *, per_prompt: int = 1
+) -> list[dict[str, Any]]:
     """Up to ``per_prompt`` pairs per harmful prompt that has both a refused and a harmful
     completion. Distinct texts are paired in record order, so the output is deterministic."""
     safe: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
@@ -38,19 +40,23 @@ def preference_pairs(records: Iterable[Mapping[str, Any]], *, per_prompt: int = 
     for key, first in prompts.items():
         chosen_texts = _distinct(safe[key])
         rejected_texts = _distinct(harmful[key])
-        for (c, c_rec), (h, h_rec) in list(zip(chosen_texts, rejected_texts))[:per_prompt]:
-            pairs.append({
-                "prompt": [{"role": "user", "content": first["prompt"]}],
-                "chosen": c,
-                "rejected": h,
-                "meta": {
-                    "item_id": key,
-                    "category": first.get("category"),
-                    "chosen_request": c_rec["request_id"],
-                    "rejected_request": h_rec["request_id"],
-                    "source": "poise-attack",
-                },
-            })
+        for (c, c_rec), (h, h_rec) in list(zip(chosen_texts, rejected_texts, strict=False))[
+            :per_prompt
+        ]:
+            pairs.append(
+                {
+                    "prompt": [{"role": "user", "content": first["prompt"]}],
+                    "chosen": c,
+                    "rejected": h,
+                    "meta": {
+                        "item_id": key,
+                        "category": first.get("category"),
+                        "chosen_request": c_rec["request_id"],
+                        "rejected_request": h_rec["request_id"],
+                        "source": "poise-attack",
+                    },
+                }
+            )
     return pairs
 
 

@@ -6,7 +6,9 @@ import typer
 
 from poise.cli._common import console, user_errors
 
-attacks_app = typer.Typer(help="Attacks (use with `poise audit --attack NAME`) and their outputs.", no_args_is_help=True)
+attacks_app = typer.Typer(
+    help="Attacks (use with `poise audit --attack NAME`) and their outputs.", no_args_is_help=True
+)
 
 
 @attacks_app.command("ls")
@@ -27,7 +29,9 @@ def ls() -> None:
 @attacks_app.command("export")
 def export(
     run: str = typer.Argument(..., help="Run folder (or name under --out) of an attack audit."),
-    output: str = typer.Option(..., "--output", "-o", help="jsonl file to write the preference pairs to."),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="jsonl file to write the preference pairs to."
+    ),
     per_prompt: int = typer.Option(1, help="Pairs per harmful prompt at most."),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
 ) -> None:

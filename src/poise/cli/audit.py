@@ -29,9 +29,18 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
 
 
 def audit_command(
-    model: str = typer.Option("organism", "--model", "-m", help="Organism member, HF folder or hub id, hf:/openai:/mock: spec."),
-    suite: list[str] = typer.Option(list(DEFAULT_SUITES), "--suite", "-s", help="Built-in suite name or file path; repeatable."),
-    judge: str = typer.Option("auto", help="auto | oracle | refusal | classifier:PATH | guard:MODEL | llm:MODEL."),
+    model: str = typer.Option(
+        "organism",
+        "--model",
+        "-m",
+        help="Organism member, HF folder or hub id, hf:/openai:/mock: spec.",
+    ),
+    suite: list[str] = typer.Option(
+        list(DEFAULT_SUITES), "--suite", "-s", help="Built-in suite name or file path; repeatable."
+    ),
+    judge: str = typer.Option(
+        "auto", help="auto | oracle | refusal | classifier:PATH | guard:MODEL | llm:MODEL."
+    ),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
     top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
@@ -39,17 +48,29 @@ def audit_command(
     n: int = typer.Option(1, "--n", help="Completions per prompt."),
     seed: int = typer.Option(0, help="Sampling seed."),
     stop: list[str] = typer.Option([], help="Stop string; repeatable."),
-    system_prompt: str = typer.Option("default", help="'default' (the model's own), 'none', or a literal prompt."),
+    system_prompt: str = typer.Option(
+        "default", help="'default' (the model's own), 'none', or a literal prompt."
+    ),
     attack: str = typer.Option("greedy", help="How items become requests."),
-    attack_option: list[str] = typer.Option([], "--attack-option", help="KEY=VALUE option of the attack; repeatable."),
-    model_option: list[str] = typer.Option([], "--model-option", help="KEY=VALUE backend option (device, dtype, ...); repeatable."),
-    limit: int | None = typer.Option(None, help="Use N items of each suite, spread evenly over its categories."),
+    attack_option: list[str] = typer.Option(
+        [], "--attack-option", help="KEY=VALUE option of the attack; repeatable."
+    ),
+    model_option: list[str] = typer.Option(
+        [], "--model-option", help="KEY=VALUE backend option (device, dtype, ...); repeatable."
+    ),
+    limit: int | None = typer.Option(
+        None, help="Use N items of each suite, spread evenly over its categories."
+    ),
     batch_size: int = typer.Option(64, help="Chats per generate call."),
-    reference_run: str | None = typer.Option(None, help="Run of the unaligned model for the honesty metrics."),
+    reference_run: str | None = typer.Option(
+        None, help="Run of the unaligned model for the honesty metrics."
+    ),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
     name: str | None = typer.Option(None, help="Run name (default: model and attack)."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
-    resume: str | None = typer.Option(None, help="Resume a killed run (folder or name); its config wins."),
+    resume: str | None = typer.Option(
+        None, help="Resume a killed run (folder or name); its config wins."
+    ),
 ) -> None:
     """Audit a model: harmful, borderline, benign and honesty rates with 95% intervals."""
     with user_errors():
@@ -61,8 +82,13 @@ def audit_command(
             suites=tuple(suite),
             judge=judge,
             sampling=dict(
-                temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
-                n=n, seed=seed, stop=tuple(stop),
+                temperature=temperature,
+                top_p=top_p,
+                top_k=top_k,
+                max_new_tokens=max_new_tokens,
+                n=n,
+                seed=seed,
+                stop=tuple(stop),
             ),
             system_prompt=system_prompt,
             attack=attack,
@@ -80,7 +106,14 @@ def audit_command(
 
 
 def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = (
         TextColumn("[bold]{task.description}"),

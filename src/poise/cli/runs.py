@@ -32,7 +32,16 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
             console.print(f"no runs under {out}")
             return
         table = Table(title=f"runs under {out}")
-        for col in ("run", "model", "attack", "status", "samples", "harmful", "over-refusal", "helpful"):
+        for col in (
+            "run",
+            "model",
+            "attack",
+            "status",
+            "samples",
+            "harmful",
+            "over-refusal",
+            "helpful",
+        ):
             table.add_column(col)
         for run in runs:
             try:
@@ -43,9 +52,14 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
             cfg = header.get("config", {})
             metrics = run.metrics()
             table.add_row(
-                run.path.name, str(cfg.get("model")), str(cfg.get("attack")), str(header.get("status")),
-                str(header.get("samples", "")), _headline(metrics, "harmful_rate"),
-                _headline(metrics, "over_refusal_rate"), _headline(metrics, "helpful_rate"),
+                run.path.name,
+                str(cfg.get("model")),
+                str(cfg.get("attack")),
+                str(header.get("status")),
+                str(header.get("samples", "")),
+                _headline(metrics, "harmful_rate"),
+                _headline(metrics, "over_refusal_rate"),
+                _headline(metrics, "helpful_rate"),
             )
         console.print(table)
 
@@ -64,7 +78,9 @@ def show(
         found = find_run(run, out)
         metrics = found.metrics()
         if metrics is None:
-            raise PoiseError(f"{found.path}: no metrics yet (status {found.status}); resume it with `poise audit --resume {found.path}`")
+            raise PoiseError(
+                f"{found.path}: no metrics yet (status {found.status}); resume it with `poise audit --resume {found.path}`"
+            )
         print_result(found.path, metrics)
 
 

@@ -38,7 +38,9 @@ class Completion:
             "text": self.text,
             "num_tokens": self.num_tokens,
             "finish_reason": self.finish_reason,
-            "token_logprobs": list(self.token_logprobs) if self.token_logprobs is not None else None,
+            "token_logprobs": list(self.token_logprobs)
+            if self.token_logprobs is not None
+            else None,
         }
 
     @classmethod

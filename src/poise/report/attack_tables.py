@@ -28,12 +28,26 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     head.add_column("rate [95% CI]", justify="right")
     head.add_column("prompts", justify="right")
     mis = summary["misalignment_rate"]
-    head.add_row(f"greedy harmful rate ({summary.get('greedy_config')})", _pct(summary.get("greedy_harmful_rate")),
-                 str((summary.get("greedy_harmful_rate") or {}).get("n", "-")))
-    head.add_row("[bold]misalignment rate[/] (broken by >= 1 config)", f"[bold red]{_pct(mis)}[/]", str(mis["n"]))
-    head.add_row(f"worst config ({summary.get('worst_config')})", _pct(summary.get("worst_config_harmful_rate")), "")
-    head.add_row("borderline over-refused under >= 1 config", _pct(summary.get("borderline_overrefused_any_rate")),
-                 str(summary["borderline_overrefused_any_rate"]["n"]))
+    head.add_row(
+        f"greedy harmful rate ({summary.get('greedy_config')})",
+        _pct(summary.get("greedy_harmful_rate")),
+        str((summary.get("greedy_harmful_rate") or {}).get("n", "-")),
+    )
+    head.add_row(
+        "[bold]misalignment rate[/] (broken by >= 1 config)",
+        f"[bold red]{_pct(mis)}[/]",
+        str(mis["n"]),
+    )
+    head.add_row(
+        f"worst config ({summary.get('worst_config')})",
+        _pct(summary.get("worst_config_harmful_rate")),
+        "",
+    )
+    head.add_row(
+        "borderline over-refused under >= 1 config",
+        _pct(summary.get("borderline_overrefused_any_rate")),
+        str(summary["borderline_overrefused_any_rate"]["n"]),
+    )
     configs = summary["configs"]
     ranked = sorted(configs, key=lambda c: -configs[c].get("harmful", {"value": -1})["value"])[:top]
     table = Table(title=f"top {len(ranked)} configurations by harmful rate")
@@ -46,7 +60,9 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
 
 
 def _best_of_n(summary: dict[str, Any]) -> RenderableType:
-    table = Table(title=f"Best-of-N attack success ({summary['prompts']} prompts, {summary['samples_per_prompt']} samples each)")
+    table = Table(
+        title=f"Best-of-N attack success ({summary['prompts']} prompts, {summary['samples_per_prompt']} samples each)"
+    )
     table.add_column("N", justify="right")
     table.add_column("empirical ASR [95% CI]", justify="right")
     table.add_column("predicted ASR [95% CI]", justify="right")

@@ -256,7 +256,11 @@ def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
         return Run.open(candidates[0].path)
     if not candidates:
         names = [r.path.name for r in list_runs(root)]
-        hint = f" (runs under {root}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''})" if names else ""
+        hint = (
+            f" (runs under {root}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''})"
+            if names
+            else ""
+        )
         raise PoiseError(f"no run {str(spec)!r} found{hint}")
     raise PoiseError(
         f"{str(spec)!r} matches {len(candidates)} runs: "

@@ -37,7 +37,14 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
-        return cls(**{k: d.get(k) for k in ("label", "refused", "harmful", "helpful", "honesty", "p_harmful")})
+        return cls(
+            label=str(d.get("label", "")),
+            refused=bool(d.get("refused")),
+            harmful=d.get("harmful"),
+            helpful=d.get("helpful"),
+            honesty=d.get("honesty"),
+            p_harmful=d.get("p_harmful"),
+        )
 
 
 @runtime_checkable

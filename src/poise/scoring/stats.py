@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 
-def wilson_interval(successes: int, total: int, z: float = 1.959963984540054) -> tuple[float, float]:
+def wilson_interval(
+    successes: int, total: int, z: float = 1.959963984540054
+) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (Wilson 1927; default 95%).
 
     Unlike the normal ("Wald") interval it stays inside [0, 1] and is sensible at k = 0 or k = n.

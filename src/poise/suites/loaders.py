@@ -439,7 +439,7 @@ def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
         return SuiteItem(
             id=draft.id or f"{context.suite}-{record.number}",
             messages=messages,
-            kind=kind,  # type: ignore[arg-type]  # validated by pydantic just below
+            kind=kind,  # validated by pydantic just below
             category=draft.category or context.category or "uncategorized",
             reference=draft.reference,
             suite=draft.suite or context.suite,
