@@ -407,17 +407,27 @@ def pad_rows(
 def sequence_batch(
     pairs: Sequence[tuple[list[int], list[int]]], pad_id: int
 ) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``response_mask`` (all ``[N, T]``) of
-    (prompt ids, response ids) rows; ``response_mask`` is 1 on the response tokens only."""
+    """A batch of (prompt ids, response ids) rows for :func:`token_logps`.
+
+    Rows are LEFT-padded so that every response ends in the last column; then only the last
+    ``K = longest response + 1`` positions need logits (the ``+ 1`` predicts the first response
+    token), which spares the ``[N, T, V]`` logits of the prompts. ``input_ids``,
+    ``attention_mask`` and ``position_ids`` (counting real tokens only, so padding does not shift
+    positions) are ``[N, T]``; ``response_mask`` is ``[N, K]``, aligned with the last ``K``
+    columns, 1 on response tokens.
+    """
     import torch
 
-    input_ids, attention_mask = pad_rows([p + r for p, r in pairs], pad_id)
-    response_mask = torch.zeros_like(attention_mask)
-    for i, (prompt, response) in enumerate(pairs):
-        response_mask[i, len(prompt) : len(prompt) + len(response)] = 1
+    input_ids, attention_mask = pad_rows([p + r for p, r in pairs], pad_id, left=True)
+    keep = min(input_ids.shape[1], max((len(r) for _, r in pairs), default=0) + 1)
+    response_mask = torch.zeros((len(pairs), keep), dtype=torch.long)
+    for i, (_, response) in enumerate(pairs):
+        if response:
+            response_mask[i, keep - len(response) :] = 1
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
+        "position_ids": (attention_mask.cumsum(dim=-1) - 1).clamp(min=0),
         "response_mask": response_mask,
     }
 
@@ -441,7 +451,9 @@ def classifier_scores(
     with torch.no_grad():
         for start in range(0, len(rows), batch_size):
             ids, mask = pad_rows(rows[start : start + batch_size], pad_id)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logits = model(
+                input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False
+            ).logits
             out.append(logits[:, 0].float())  # [rows]
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -1072,12 +1084,37 @@ class Session:
 
 
 def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
-    """``[2B, T]`` per-token log-probs of the response tokens (0 elsewhere)."""
+    """``[N, K]`` per-token log-probs of the response tokens of a :func:`sequence_batch`
+    (aligned with its ``response_mask``, 0 elsewhere). Logits are computed for the last ``K``
+    positions only, where the model's forward supports it."""
     from poise.train.logprobs import sequence_logprobs
 
     input_ids = batch["input_ids"].to(device)
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device)).logits
-    return sequence_logprobs(logits.float(), input_ids, batch["response_mask"].to(device))
+    mask = batch["response_mask"].to(device)
+    keep = mask.shape[1]
+    kwargs: dict[str, Any] = {
+        "input_ids": input_ids,
+        "attention_mask": batch["attention_mask"].to(device),
+        "position_ids": batch["position_ids"].to(device),
+        "use_cache": False,  # a training forward needs no KV cache
+    }
+    keep_kwarg = _logits_to_keep_kwarg(model)
+    if keep_kwarg is not None:
+        kwargs[keep_kwarg] = keep
+    logits = model(**kwargs).logits[:, -keep:, :]  # [N, K, V]
+    return sequence_logprobs(logits.float(), input_ids[:, -keep:], mask)
+
+
+def _logits_to_keep_kwarg(model: Any) -> str | None:
+    """The forward argument that limits logits to the last positions (renamed in transformers
+    4.50), looked up on the underlying model class through DDP and PEFT wrappers."""
+    import inspect
+
+    base = getattr(model, "module", model)
+    if hasattr(base, "get_base_model"):
+        base = base.get_base_model()
+    params = inspect.signature(type(base).forward).parameters
+    return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
 
 
 class Reference:

@@ -128,8 +128,8 @@ def encode_pairs(encoder: ChatEncoder, pairs: Sequence[Any]) -> list[EncodedPair
 
 
 def pair_batch(encoded: Sequence[EncodedPair], pad_id: int) -> dict[str, Any]:
-    """Chosen rows then rejected rows: ``input_ids``, ``attention_mask``, ``response_mask``,
-    each ``[2B, T]``."""
+    """Chosen rows then rejected rows, as a :func:`sequence_batch`: ``input_ids`` etc.
+    ``[2B, T]`` and ``response_mask`` ``[2B, K]``."""
     rows = [(p, c) for p, c, _ in encoded] + [(p, r) for p, _, r in encoded]
     return sequence_batch(rows, pad_id)
 
@@ -155,7 +155,7 @@ def loss_params(config: DPOConfig) -> dict[str, Any]:
 def dpo_losses(
     config: DPOConfig, params: dict[str, Any], policy: Any, reference: Any, mask: Any
 ) -> Any:
-    """Per-pair loss and implicit rewards from ``[2B, T]`` token log-probs and response mask."""
+    """Per-pair loss and implicit rewards from ``[2B, K]`` token log-probs and response mask."""
     from poise.train.logprobs import masked_sum
     from poise.train.losses import ld_dpo_loss, preference_loss
 
@@ -278,8 +278,8 @@ def train_dpo(
     for rows in session.micro_batches(len(train_idx)):
         batch = pair_batch([encoded[train_idx[i]] for i in rows], pad)
         mask = batch["response_mask"].to(session.device)
-        policy = token_logps(session.model, batch, session.device)  # [2B, T]
-        ref = reference.logps(batch)  # [2B, T]
+        policy = token_logps(session.model, batch, session.device)  # [2B, K]
+        ref = reference.logps(batch)  # [2B, K]
         out_loss = dpo_losses(config, params, policy, ref, mask)
         session.backward(
             out_loss.losses.sum() / session.rows_in_step, reward_metrics(out_loss, policy, mask)

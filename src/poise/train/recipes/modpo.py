@@ -169,7 +169,7 @@ def train_modpo(
         batch = pair_batch([encoded[i] for i in rows], pad)
         mask = batch["response_mask"].to(session.device)
         with session.accelerator.autocast():
-            policy = token_logps(session.model, batch, session.device)  # [2B, T]
+            policy = token_logps(session.model, batch, session.device)  # [2B, K]
         ref = reference.logps(batch)
         half = len(rows)
         sums, ref_sums = masked_sum(policy, mask), masked_sum(ref, mask)  # [2B]

@@ -160,13 +160,12 @@ def _train(config: Any, kind: Kind, progress: ProgressFn | None) -> TrainResult:
         input_ids, mask = pad_rows(
             [encoded[i][0] for i in rows] + [encoded[i][1] for i in rows], pad
         )
-        logits = (
-            session.model(
-                input_ids=input_ids.to(session.device), attention_mask=mask.to(session.device)
-            )
-            .logits[:, 0]
-            .float()
-        )  # [2B]
+        out = session.model(
+            input_ids=input_ids.to(session.device),
+            attention_mask=mask.to(session.device),
+            use_cache=False,
+        )
+        logits = out.logits[:, 0].float()  # [2B]
         return logits[: len(rows)], logits[len(rows) :]
 
     def losses(chosen: Any, rejected: Any, rows: list[int]) -> Any:

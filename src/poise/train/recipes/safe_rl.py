@@ -229,8 +229,8 @@ def _eos(tokenizer: Any, model: Any) -> list[int]:
 def policy_loss(policy: Any, reference: Any, mask: Any, advantages: Any, kl_coef: float) -> Any:
     """Per-completion loss ``-A · Σ_t log π(y_t) + kl_coef · Σ_t k3_t`` and the k1 KL estimate.
 
-    ``policy``, ``reference``: ``[N, T]`` token log-probs of the sampled completions; ``mask``:
-    ``[N, T]`` 1 on completion tokens; ``advantages``: ``[N]``. REINFORCE on the whole completion
+    ``policy``, ``reference``: ``[N, K]`` token log-probs of the sampled completions; ``mask``:
+    ``[N, K]`` 1 on completion tokens; ``advantages``: ``[N]``. REINFORCE on the whole completion
     (arXiv 2402.14740 treats it as one action), on-policy so no importance ratio. The KL penalty
     is the k3 estimator ``exp(q - p) - (q - p) - 1 >= 0`` per token (Schulman 2020; GRPO arXiv
     2402.03300 Eq. 4), unbiased for KL(π || π_ref) on samples of π, with low variance. Returns
@@ -240,8 +240,8 @@ def policy_loss(policy: Any, reference: Any, mask: Any, advantages: Any, kl_coef
 
     from poise.train.logprobs import masked_sum
 
-    log_ratio = (reference - policy) * mask  # [N, T]: q - p, 0 off the mask
-    k3 = torch.exp(log_ratio) - log_ratio - 1.0  # [N, T]: >= 0, and 0 off the mask
+    log_ratio = (reference - policy) * mask  # [N, K]: q - p, 0 off the mask
+    k3 = torch.exp(log_ratio) - log_ratio - 1.0  # [N, K]: >= 0, and 0 off the mask
     losses = -advantages * masked_sum(policy, mask) + kl_coef * masked_sum(k3, mask)  # [N]
     return losses, masked_sum(-log_ratio.detach(), mask)
 
@@ -344,9 +344,9 @@ def train_safe_rl(
         batch = sequence_batch(
             list(zip(prompt_ids, response_ids, strict=True)), tokenizer.pad_token_id
         )
-        mask = batch["response_mask"].to(session.device)  # [N, T]
-        policy = token_logps(session.model, batch, session.device)  # [N, T]
-        ref = reference.logps(batch)  # [N, T]
+        mask = batch["response_mask"].to(session.device)  # [N, K]
+        policy = token_logps(session.model, batch, session.device)  # [N, K]
+        ref = reference.logps(batch)  # [N, K]
         per_sequence, kl = policy_loss(policy, ref, mask, advantages, config.kl_coef)  # [N], [N]
         session.backward(
             per_sequence.sum() / (session.rows_in_step * k),
