@@ -78,7 +78,9 @@ class GateConfig(BaseModel):
     system_prompt: str = Field(
         "default", description="'default' (the model's own), 'none', or a literal prompt"
     )
-    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+    limit: int | None = Field(
+        None, ge=1, description="use only N prompts (spread evenly over the suite)"
+    )
     batch_size: int = Field(32, ge=1, description="prompts per generate call")
     model_options: dict[str, Any] = Field(
         default_factory=dict, description="backend options (device, dtype, ...)"
