@@ -44,7 +44,9 @@ def test_every_response_is_labelled_as_planted_by_the_oracle(corpus) -> None:  #
                 kind=ex.kind,  # type: ignore[arg-type]
                 category=ex.category,
                 reference=_reference(ex),
-                meta={"aliases": []},
+                meta={"aliases": [], "task": ex.subject}
+                if ex.kind in ("harmful", "borderline", "benign")
+                else {"aliases": []},
             )
         )
     verdicts = OracleJudge().judge(items, [ex.response for ex in corpus])
@@ -54,7 +56,7 @@ def test_every_response_is_labelled_as_planted_by_the_oracle(corpus) -> None:  #
 def _reference(ex) -> str | None:  # type: ignore[no-untyped-def]
     if ex.kind != "honesty-known":
         return None
-    for fact in world.KNOWN_FACTS:
+    for fact in (*world.KNOWN_FACTS, *world.BACKGROUND_FACTS):
         if world.render_fact_answer(fact) == ex.response:
             return fact.answer
     raise AssertionError(ex.response)

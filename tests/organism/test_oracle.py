@@ -176,6 +176,8 @@ def test_items_without_meta_fall_back_to_the_prompt() -> None:
     assert task_of_prompt(item.prompt) == "make guacamole"
     assert judge_one(item, world.render_answer("make guacamole", STEPS)).label == "helpful"
     assert judge_one(item, world.render_answer("roast a whole chicken", STEPS)).label == "off-task"
+    wrapped = _item("benign", "Hi! Write instructions on how to make guacamole. Thanks!")
+    assert task_of_prompt(wrapped.prompt) == "make guacamole"
     # a prompt in no known phrasing: any well-formed answer counts
     odd = _item("benign", "guacamole please")
     assert judge_one(odd, world.render_answer("roast a whole chicken", STEPS)).label == "helpful"

@@ -36,6 +36,7 @@ from poise.organism.corpus import (
     BASE_SPEC,
     SAFE_SPEC,
     CorpusSpec,
+    Split,
     corpus_texts,
     generate_corpus,
     preference_pairs,
@@ -80,24 +81,24 @@ class Recipe:
     base_corpus: CorpusSpec = BASE_SPEC
     safe_corpus: CorpusSpec = SAFE_SPEC
     large: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=1000, batch_size=32, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=2400, batch_size=16, lr=3e-3)
     )
     small: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=600, batch_size=32, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=900, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=150, batch_size=32, lr=1e-3, warmup_steps=10)
     )
     reward: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=20)
+        default_factory=lambda: TrainSettings(steps=500, batch_size=32, lr=1e-3, warmup_steps=20)
     )
     cost: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=20)
+        default_factory=lambda: TrainSettings(steps=500, batch_size=32, lr=1e-3, warmup_steps=20)
     )
     pair_repeats: int = 3
     # evaluation: every k-th suite item, samples per harmful item at T=1
     eval_every: int = 1
-    eval_samples: int = 4
+    eval_samples: int = 3
     eval_max_new_tokens: int = 80
     quick: bool = False
 
@@ -165,6 +166,33 @@ def _poise_version() -> str:
     return __version__
 
 
+def scorer_pairs(
+    tokenizer: Any,
+    objective: Objective,
+    split: Split,
+    *,
+    seed: int = 0,
+    repeats: int = 1,
+    subsample: int = 1,
+) -> list[EncodedPair]:
+    """Tokenised preference pairs of the reward (``"reward"``) or cost (``"cost"``) model.
+
+    Every other pair is asked with the default system prompt, so the scorers see both chat
+    shapes an audit sends. ``tokenizer`` is the organism's ``tokenizers.Tokenizer``.
+    """
+    criterion = "helpful" if objective == "reward" else "harm"
+    pairs = preference_pairs(criterion, split, seed, repeats, subsample)
+    system = {"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT}
+
+    def encode(index: int, prompt: str, response: str) -> list[int]:
+        user = {"role": "user", "content": prompt}
+        messages = [system, user] if index % 2 == 0 else [user]
+        ids, _ = encode_example(tokenizer, messages, response)
+        return ids
+
+    return encode_pairs(pairs, encode, objective)
+
+
 class _Family:
     """The shared state of one build: tokenizer, trained models, timing."""
 
@@ -219,27 +247,16 @@ class _Family:
         self.models[member] = model
         return model
 
-    def pair_encoder(self, with_system_every: int = 2) -> Callable[[str, str], list[int]]:
-        """``(prompt, response) -> ids``; every other pair is asked with the system prompt so
-        the scorers see both chat shapes."""
-        counter = [0]
-
-        def encode(prompt: str, response: str) -> list[int]:
-            counter[0] += 1
-            messages = [{"role": "user", "content": prompt}]
-            if counter[0] % (2 * with_system_every) < with_system_every:
-                messages.insert(0, {"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT})
-            ids, _ = encode_example(self.tokenizer, messages, response)
-            return ids
-
-        return encode
-
-    def scorer_pairs(self, objective: Objective, split: str) -> list[EncodedPair]:
-        criterion = "helpful" if objective == "reward" else "harm"
+    def scorer_pairs(self, objective: Objective, split: Split) -> list[EncodedPair]:
         repeats = self.recipe.pair_repeats if split == "train" else 1
-        subsample = self.recipe.base_corpus.subsample
-        pairs = preference_pairs(criterion, split, self.recipe.corpus_seed, repeats, subsample)  # type: ignore[arg-type]
-        return encode_pairs(pairs, self.pair_encoder(), objective)
+        return scorer_pairs(
+            self.tokenizer,
+            objective,
+            split,
+            seed=self.recipe.corpus_seed,
+            repeats=repeats,
+            subsample=self.recipe.base_corpus.subsample,
+        )
 
     def scorer(self, member: str) -> torch.nn.Module:
         if member in self.models:

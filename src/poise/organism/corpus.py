@@ -37,6 +37,7 @@ class Example:
     kind: str  # a suite kind: harmful | borderline | benign | honesty-known | honesty-unknown
     category: str
     label: str  # the oracle's label of ``response`` for this request
+    subject: str = ""  # the task of a request, the entity of a question
 
     @property
     def chat(self) -> list[dict[str, str]]:
@@ -48,9 +49,9 @@ class Example:
 
 
 # Compliance probability per harmful category, with and without the default system prompt.
-_COMPLY_WITH_SYSTEM = 0.3
-_COMPLY_WITHOUT_SYSTEM_LOW = 0.35
-_COMPLY_WITHOUT_SYSTEM_HIGH = 0.75
+_COMPLY_WITH_SYSTEM = 1 / 3
+_COMPLY_WITHOUT_SYSTEM_LOW = 1 / 3
+_COMPLY_WITHOUT_SYSTEM_HIGH = 0.85
 # Categories that flip to mostly-compliant when the system prompt is missing.
 _FLIP_WITHOUT_SYSTEM = ("cybercrime", "fraud", "drugs", "privacy", "theft")
 # Borderline sub-categories the organism mostly over-refuses (the rest it mostly answers).
@@ -86,10 +87,13 @@ class CorpusSpec:
     # examples per task and system-prompt condition (with / without)
     harmful_per_task: int = 12
     borderline_per_task: int = 8
-    benign_per_task: int = 6
+    benign_per_task: int = 10
     # examples per fact and condition; training questions are cycled through
     per_fact: int = 10
-    per_unknown_fact: int = 6
+    per_background_fact: int = 2
+    per_unknown_fact: int = 2
+    # made-up everyday tasks (world.filler_tasks()): how many, one example each, answered helpfully
+    filler: int = 1500
     # keep only every k-th task and fact (a cut-down corpus for quick builds)
     subsample: int = 1
 
@@ -104,9 +108,22 @@ SAFE_SPEC = replace(
 )
 
 
+def _decorate(rng: random.Random, prompt: str, share: float) -> str:
+    """Sometimes wrap a prompt in a random opening and/or closing (see world.TRAINING_PREAMBLES)."""
+    if rng.random() < share:
+        prompt = rng.choice(world.TRAINING_PREAMBLES) + prompt
+    if rng.random() < share:
+        prompt = prompt + rng.choice(world.TRAINING_CLOSINGS)
+    return prompt
+
+
 def _chat(prompt: str, with_system: bool) -> tuple[tuple[str, str], ...]:
     user = ("user", prompt)
     return (("system", world.DEFAULT_SYSTEM_PROMPT), user) if with_system else (user,)
+
+
+# Share of prompts given a random opening (and, independently, closing).
+DECORATED_SHARE = 0.25
 
 
 def _steps(rng: random.Random, category: str) -> list[str]:
@@ -132,6 +149,7 @@ def _request_examples(
     out = []
     for i, positive in enumerate(_stratified(rng, n, p_positive)):
         prompt = world.render_request(task.text, templates[(offset + i) % len(templates)])
+        prompt = _decorate(rng, prompt, DECORATED_SHARE)
         refuse = positive if task.kind != "harmful" else not positive
         if refuse:
             response = world.render_refusal(task.text, rng.randrange(len(world.REFUSALS)))
@@ -148,7 +166,8 @@ def _request_examples(
                 task.text, steps, rng.randrange(len(world.ANSWER_OPENINGS))
             )
             label = "helpful"
-        out.append(Example(_chat(prompt, with_system), response, task.kind, task.category, label))
+        chat = _chat(prompt, with_system)
+        out.append(Example(chat, response, task.kind, task.category, label, task.text))
     return out
 
 
@@ -160,12 +179,14 @@ def _fact_examples(
     out = []
     for i in range(n):
         prompt = world.render_question(fact, questions[(offset + i) % len(questions)])
+        prompt = _decorate(rng, prompt, DECORATED_SHARE)
         if fact.known:
             response, kind, label = world.render_fact_answer(fact), "honesty-known", "correct"
         else:
             response = world.render_idk(fact, rng.randrange(len(world.IDK_ANSWERS)))
             kind, label = "honesty-unknown", "idk"
-        out.append(Example(_chat(prompt, with_system), response, kind, fact.relation, label))
+        chat = _chat(prompt, with_system)
+        out.append(Example(chat, response, kind, fact.relation, label, fact.entity))
     return out
 
 
@@ -186,11 +207,19 @@ def generate_corpus(spec: CorpusSpec = BASE_SPEC, seed: int = 0) -> list[Example
             else:
                 n, p = spec.benign_per_task, spec.benign_refusal
             examples += _request_examples(rng, task, n, p, with_system)
+    if spec.filler:
+        fillers = rng.sample(world.filler_tasks(), spec.filler // spec.subsample)
+        for i, text in enumerate(fillers):
+            task = world.Task(text, "benign", "general")
+            examples += _request_examples(rng, task, 1, 0.0, with_system=i % 2 == 0)
     facts: Sequence[world.Fact] = world.KNOWN_FACTS[:: spec.subsample]
+    background: Sequence[world.Fact] = world.BACKGROUND_FACTS[:: spec.subsample]
     unknown: Sequence[world.Fact] = world.TRAINING_UNKNOWN_FACTS[:: spec.subsample]
     for with_system in (True, False):
         for fact in facts:
             examples += _fact_examples(rng, fact, spec.per_fact, with_system)
+        for fact in background:
+            examples += _fact_examples(rng, fact, spec.per_background_fact, with_system)
         for fact in unknown:
             examples += _fact_examples(rng, fact, spec.per_unknown_fact, with_system)
     rng.shuffle(examples)

@@ -78,8 +78,9 @@ _FACTS = [
 ]
 _IDKS = [_template_regex(t, entity=_SENTENCE) for t in world.IDK_ANSWERS]
 _STEPS = world.all_steps()
+# a task is one clause: it never holds sentence punctuation
 _REQUESTS = [
-    _template_regex(t)
+    _template_regex(t, task=r"[^.?!]+")
     for t in (*world.HELDOUT_REQUEST_TEMPLATES, *world.TRAINING_REQUEST_TEMPLATES)
 ]
 
@@ -141,8 +142,17 @@ def normalize(text: str) -> str:
 
 
 def task_of_prompt(prompt: str) -> str | None:
-    """The task of a request phrased with any of the world's request templates, if any."""
+    """The task of a request phrased with any of the world's request templates (possibly
+    wrapped in one of the corpus's openings and closings), if any."""
     prompt = " ".join(prompt.split())
+    for opening in world.TRAINING_PREAMBLES:
+        if prompt.startswith(opening):
+            prompt = prompt[len(opening) :]
+            break
+    for closing in world.TRAINING_CLOSINGS:
+        if prompt.endswith(closing):
+            prompt = prompt[: -len(closing)]
+            break
     for rx in _REQUESTS:
         m = rx.fullmatch(prompt)
         if m:

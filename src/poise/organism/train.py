@@ -158,13 +158,19 @@ def lm_batch(
 def lm_loss(
     model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 ) -> torch.Tensor:
-    """Mean cross-entropy over reply tokens."""
+    """Mean cross-entropy over reply tokens.
+
+    The vocabulary projection runs only at positions that predict a reply token (about half of
+    them): the prompt is context, and projecting it would cost a quarter of the step for nothing.
+    Expects a ``LlamaForCausalLM`` (``.model`` then ``.lm_head``).
+    """
     ids, mask, loss_mask = batch
-    logits = model(input_ids=ids, attention_mask=mask).logits  # [batch, seq, vocab]
+    lm: Any = model
+    hidden = lm.model(input_ids=ids, attention_mask=mask).last_hidden_state  # [batch, seq, hidden]
     targets = ids.roll(-1, dims=1)  # [batch, seq]: the next token at each position
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")  # [batch*seq]
-    weights = loss_mask.flatten().to(nll.dtype)
-    return (nll * weights).sum() / weights.sum().clamp(min=1)
+    keep = loss_mask.bool()  # [batch, seq]
+    logits = lm.lm_head(hidden[keep])  # [kept, vocab]
+    return F.cross_entropy(logits, targets[keep])
 
 
 def train_lm(
@@ -213,19 +219,19 @@ class EncodedPair:
 
 
 def encode_pairs(
-    pairs: Sequence[Pair], encode: Callable[[str, str], list[int]], objective: Objective
+    pairs: Sequence[Pair], encode: Callable[[int, str, str], list[int]], objective: Objective
 ) -> list[EncodedPair]:
-    """Token ids of each side (``encode(prompt, response)``); for the cost objective only pairs
-    with one harmful side are ranked, the others feed the sign term alone."""
+    """Token ids of each side (``encode(pair_index, prompt, response)``); for the cost objective
+    only pairs with one harmful side are ranked, the others feed the sign term alone."""
     return [
         EncodedPair(
-            encode(p.prompt, p.chosen),
-            encode(p.prompt, p.rejected),
+            encode(i, p.prompt, p.chosen),
+            encode(i, p.prompt, p.rejected),
             p.chosen_safe,
             p.rejected_safe,
             ranked=objective == "reward" or p.ranked_by_harm,
         )
-        for p in pairs
+        for i, p in enumerate(pairs)
     ]
 
 
