@@ -84,13 +84,27 @@ def test_accumulation_equals_one_big_batch(tiny_hf_model_dir: Path, tmp_path: Pa
             torch.testing.assert_close(other[key], value, rtol=1e-4, atol=1e-6, msg=f"{name} {key}")
 
 
+def _tied_copy(source: Path, target: Path) -> Path:
+    """The tiny model with tied input and output embeddings (as the organism and many real
+    models have): checkpoints store the shared tensor once, and resuming must restore it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(source))
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(str(source)).save_pretrained(target)
+    return target
+
+
 @pytest.mark.slow
 def test_resume_after_interruption_ends_with_the_same_weights(
     tiny_hf_model_dir: Path, tmp_path: Path
 ) -> None:
     data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    tied = _tied_copy(tiny_hf_model_dir, tmp_path / "tied")
     common: dict[str, Any] = {
-        "model": str(tiny_hf_model_dir),
+        "model": str(tied),
         "data": str(data),
         "lr": 5e-3,
         "batch_size": 2,

@@ -975,7 +975,15 @@ class Session:
                 shutil.rmtree(partial)
             partial.mkdir(parents=True)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(partial))
+        # accelerate warns on every save that tied embeddings are stored once; resuming
+        # restores them (tested), so the warning is noise here
+        shared = logging.getLogger("accelerate.utils.other")
+        level = shared.level
+        shared.setLevel(logging.ERROR)
+        try:
+            self.accelerator.save_state(str(partial))
+        finally:
+            shared.setLevel(level)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
             if final.exists():
