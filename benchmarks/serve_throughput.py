@@ -12,10 +12,14 @@ made in each phase, and whether both phases produced identical completions (gree
 must not depend on the batch).
 
     python benchmarks/serve_throughput.py [--model organism] [--requests 128] [--concurrency 32]
-        [--max-tokens 48] [--max-batch 32] [--batch-window-ms 5]
+        [--max-tokens 48] [--max-batch 32] [--batch-window-ms 5] [--threads 1]
 
 When the organism is not built yet, the benchmark says so and serves a randomly initialised
 tiny Llama built by the test fixtures instead (its figures are then not comparable).
+
+The server runs with one torch thread by default (``--threads``): on a machine whose cores are
+shared, several OpenMP threads per process oversubscribe the cores and batched matrix products
+slow down by orders of magnitude, which would measure the neighbours rather than the server.
 """
 
 from __future__ import annotations
@@ -112,6 +116,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batch-window-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the server (OMP_NUM_THREADS); 0 = torch's default",
+    )
     args = parser.parse_args()
 
     from poise.config import Sampling
@@ -128,10 +138,11 @@ def main() -> None:
             "--served-name", "bench", "--host", "127.0.0.1", "--port", str(port),
             "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.batch_window_ms),
         ]  # fmt: skip
+        env = {**os.environ, "NO_COLOR": "1"}
+        if args.threads > 0:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
         with log.open("wb") as sink:
-            server = subprocess.Popen(
-                command, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"}
-            )
+            server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
         try:
             wait_healthy(url, server, log, timeout=300)
             chats = prompts(args.requests)
@@ -157,7 +168,11 @@ def main() -> None:
     rate_batched, rate_single = k / t_batched, k / t_single
     tokens = sum(c.num_tokens for row in batched_out for c in row)
     print(f"model: {args.model if model == args.model else model + ' (fallback)'}")
-    print(f"{k} greedy requests, max_tokens={args.max_tokens}, {tokens} completion tokens")
+    threads = args.threads or "torch default"
+    print(
+        f"{k} greedy requests, max_tokens={args.max_tokens}, {tokens} completion tokens, "
+        f"server threads: {threads}"
+    )
     print(
         f"(a) {args.concurrency} concurrent clients: {rate_batched:7.2f} req/s "
         f"({t_batched:6.2f} s, {calls_1 - calls_0} generate calls)"
@@ -172,7 +187,8 @@ def main() -> None:
     reproduce = ["python", "benchmarks/serve_throughput.py", "--model", args.model,
                  "--requests", str(k), "--concurrency", str(args.concurrency),
                  "--max-tokens", str(args.max_tokens), "--max-batch", str(args.max_batch),
-                 "--batch-window-ms", str(args.batch_window_ms)]  # fmt: skip
+                 "--batch-window-ms", str(args.batch_window_ms),
+                 "--threads", str(args.threads)]  # fmt: skip
     print(f"reproduce: {shlex.join(reproduce)}")
 
 
