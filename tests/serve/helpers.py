@@ -142,7 +142,9 @@ def start_serve_process(args: Sequence[str], log: Path, *, timeout: float = 120.
         "--port",
         str(port),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
+    # One torch thread: the cores are shared with the test process (and CI neighbours), and
+    # oversubscribed OpenMP threads slow batched decoding by orders of magnitude.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
     with log.open("wb") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     handle = ServeProcess(f"http://127.0.0.1:{port}", process, log)
