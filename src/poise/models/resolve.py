@@ -64,17 +64,17 @@ def _load_hf(name: str, **options: Any) -> LanguageModel:
 
 
 @backends.register("openai", help="an OpenAI-compatible endpoint (poise.models.openai)")
-def _load_openai(name: str, **options: Any) -> LanguageModel:
+def _load_openai(spec: str, **options: Any) -> LanguageModel:
     try:
         module = importlib.import_module("poise.models.openai")
     except ModuleNotFoundError as exc:
         if exc.name != "poise.models.openai":
             raise
         raise PoiseError(
-            f"model {name!r}: the openai backend (poise.models.openai) is not part of this "
+            f"model {spec!r}: the openai backend (poise.models.openai) is not part of this "
             "installation of poise"
         ) from None
-    loaded: LanguageModel = module.load(name, **options)
+    loaded: LanguageModel = module.load(spec, **options)
     return loaded
 
 
