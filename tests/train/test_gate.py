@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_recipe_common import build_tiny_classifier
+from test_recipe_common import build_tiny_classifier, one_torch_thread  # noqa: F401
 from typer.testing import CliRunner
 
 from poise.cli import app

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,18 @@ import pytest
 from poise.errors import PoiseError
 
 # ----------------------------------------------------------------------------- builders
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread; on shared cores more threads only contend.
+    Imported by the other recipe test modules, so it applies there too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def build_tiny_classifier(

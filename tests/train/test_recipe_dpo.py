@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_recipe_common import weights, write_pairs
+from test_recipe_common import one_torch_thread, weights, write_pairs  # noqa: F401
 
 from poise.errors import PoiseError, UnknownNameError
 from poise.train.recipes.dpo import train_dpo
@@ -97,7 +97,6 @@ def _tied_copy(source: Path, target: Path) -> Path:
     return target
 
 
-@pytest.mark.slow
 def test_resume_after_interruption_ends_with_the_same_weights(
     tiny_hf_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipe_common import build_tiny_classifier, weights, write_pairs
+from test_recipe_common import build_tiny_classifier, one_torch_thread, weights, write_pairs  # noqa: F401
 
 from poise.errors import PoiseError
 from poise.train.recipes.modpo import margin_rewards, train_modpo

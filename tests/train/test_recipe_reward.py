@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipe_common import weights, write_pairs
+from test_recipe_common import one_torch_thread, weights, write_pairs  # noqa: F401
 
 from poise.errors import PoiseError
 from poise.train.recipes.reward import train_cost, train_reward

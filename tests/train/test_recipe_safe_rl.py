@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_recipe_common import build_tiny_classifier, weights
+from test_recipe_common import build_tiny_classifier, one_torch_thread, weights  # noqa: F401
 
 from poise.errors import PoiseError
 from poise.train.recipes.safe_rl import policy_loss, train_safe_rl
@@ -128,7 +128,6 @@ def test_from_base_writes_the_plain_dialogue_template(
     assert header["data"]["system_prompt"] is None
 
 
-@pytest.mark.slow
 def test_safe_rl_resume_gives_the_same_weights(
     tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
 ) -> None:
