@@ -1,8 +1,9 @@
 """DPO training throughput and peak memory: ``poise train dpo`` against TRL's ``DPOTrainer``.
 
 Both sides train the same model on the same preference pairs with the same batch size, sequence
-budget, learning rate, beta, loss (sigmoid DPO), reference model (a frozen copy), precision and
-number of optimizer steps, each in its own child process of this one invocation (so the peak
+budget, learning rate, beta, loss (sigmoid DPO), reference model (a frozen copy), precision,
+activation checkpointing (off unless asked; TRL's own default is on) and number of optimizer
+steps, each in its own child process of this one invocation (so the peak
 memory of one side does not hide the other's). Printed: pairs per second over the steps after
 warm-up, peak memory, and the ratios poise / TRL.
 
@@ -211,6 +212,7 @@ def run_poise(args: argparse.Namespace, clock: StepClock) -> None:
         save_steps=0,
         lr_scheduler="constant",
         mixed_precision="bf16" if args.bf16 else "no",
+        gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
         progress=lambda event: clock.tick(),
     )
@@ -255,6 +257,7 @@ def run_trl(args: argparse.Namespace, clock: StepClock) -> None:
         logging_steps=10**6,
         use_cpu=not torch.cuda.is_available(),
         bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,  # TRL's default is True
         seed=args.seed,
         dataloader_num_workers=0,
         disable_tqdm=True,
@@ -306,6 +309,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per side")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="activation checkpointing on both sides",
+    )
     parser.add_argument("--child", choices=["poise", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -325,6 +333,8 @@ def main(argv: list[str] | None = None) -> None:
     ]  # fmt: skip
     if args.bf16:
         passthrough.append("--bf16")
+    if args.gradient_checkpointing:
+        passthrough.append("--gradient-checkpointing")
     results = {}
     for side in ("poise", "trl"):
         done = subprocess.run(
@@ -343,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     memory_keys = ["cuda_peak_mb"] if "cuda_peak_mb" in poise else ["rss_peak_mb", "train_mem_mb"]
     print(
         f"model {model} · {args.pairs} pairs · batch {args.batch_size} · max_length {args.max_length} · "
-        f"{args.steps} steps ({args.warmup} warm-up) · {'bf16' if args.bf16 else 'fp32'} · {args.threads} threads"
+        f"{args.steps} steps ({args.warmup} warm-up) · {'bf16' if args.bf16 else 'fp32'} · "
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} · {args.threads} threads"
     )
     print(f"{'':16}{'poise':>12}{'trl':>12}{'poise/trl':>12}")
     for key in ["pairs_per_s", *memory_keys, "wall_s"]:

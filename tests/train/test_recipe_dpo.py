@@ -218,3 +218,20 @@ def test_cli_trains_and_reports_bad_input_with_exit_code_2(
     assert "model folder" in result.output and (tmp_path / "out" / "model.safetensors").exists()
     bad = CliRunner().invoke(app, [*args[:-1], str(tmp_path / "other"), "--beta", "0"])
     assert bad.exit_code == 2 and "beta" in bad.output
+
+
+def test_gradient_checkpointing_changes_memory_not_the_result(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    common: dict[str, Any] = {"model": str(tiny_hf_model_dir), "data": str(data), **FAST}
+    train_dpo(output=str(tmp_path / "plain"), **common)
+    train_dpo(output=str(tmp_path / "ckpt"), gradient_checkpointing=True, **common)
+    train_dpo(output=str(tmp_path / "lora"), gradient_checkpointing=True, lora_r=2, **common)
+    plain, ckpt = weights(tmp_path / "plain"), weights(tmp_path / "ckpt")
+    for key, value in plain.items():
+        torch.testing.assert_close(ckpt[key], value, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(
+        weights(tmp_path / "lora")["model.layers.0.self_attn.q_proj.weight"],
+        weights(tiny_hf_model_dir)["model.layers.0.self_attn.q_proj.weight"],
+    )

@@ -111,6 +111,9 @@ class TrainConfig(BaseModel):
         "no", description="autocast precision (fp16 needs CUDA); master weights stay float32"
     )
     cpu: bool = Field(False, description="train on CPU even when a GPU is present")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass: less memory, more time"
+    )
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning")
     lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (alpha / r)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
@@ -732,6 +735,16 @@ def apply_lora(model: Any, config: TrainConfig, *, task_type: str = "CAUSAL_LM")
         raise PoiseError(f"lora_targets: {_first_line(exc)}") from None
 
 
+def _enable_checkpointing(model: Any) -> None:
+    """Activation checkpointing, non-reentrant (so it also works when only LoRA adapters need
+    gradients). transformers 5 renamed the method; older versions have the old name only."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 class Session:
     """One training run on accelerate: the loop's bookkeeping, kept out of the recipes.
 
@@ -804,6 +817,8 @@ class Session:
 
         accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
         set_seed(config.seed)
+        if config.gradient_checkpointing:
+            _enable_checkpointing(model)
         model = apply_lora(model, config, task_type=lora_task_type)
         if steps_per_epoch is None:
             world = accelerator.num_processes
