@@ -10,7 +10,7 @@ one process, and prints the wall time of each and the ratios:
 3. ``raw batched``: one ``model.generate`` call over all prompts with left padding, the limit for
    this backend (no judging, no records).
 
-    python benchmarks/audit_throughput.py [--model organism] [--limit 0] [--batch-size 128]
+    python benchmarks/audit_throughput.py [--model organism] [--limit 0] [--batch-size 128] [--threads 1]
 
 Goals (issue: foundation): poise >= 5x the per-prompt loop and within 15% of raw batched.
 """
@@ -31,13 +31,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for all three sides (1 keeps a shared machine from distorting the figures)",
+    )
+    parser.add_argument(
         "--loop-sample",
         type=int,
         default=120,
         help="prompts timed in the per-prompt loop (extrapolated)",
     )
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
 
     import poise
     from poise.attacks import SystemPrompt, attacks
