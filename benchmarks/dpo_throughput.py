@@ -289,6 +289,27 @@ def child(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- the parent
 
 
+def run_child(side: str, passthrough: list[str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", side, *passthrough],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
+    if done.returncode != 0 or not lines:
+        sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+        raise SystemExit(f"the {side} side failed (exit {done.returncode})")
+    return dict(json.loads(lines[-1][len(MARKER) :]))
+
+
+def median_result(values: list[dict[str, Any]]) -> dict[str, Any]:
+    import statistics
+
+    numeric = [k for k, v in values[0].items() if isinstance(v, (int, float))]
+    return {k: statistics.median(v[k] for v in values) for k in numeric}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -307,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="first steps not timed")
     parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per side")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per side")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per side (median reported)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides")
     parser.add_argument(
         "--gradient-checkpointing",
@@ -335,26 +357,20 @@ def main(argv: list[str] | None = None) -> None:
         passthrough.append("--bf16")
     if args.gradient_checkpointing:
         passthrough.append("--gradient-checkpointing")
-    results = {}
-    for side in ("poise", "trl"):
-        done = subprocess.run(
-            [sys.executable, __file__, "--child", side, *passthrough],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
-        )
-        lines = [line for line in done.stdout.splitlines() if line.startswith(MARKER)]
-        if done.returncode != 0 or not lines:
-            sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
-            raise SystemExit(f"the {side} side failed (exit {done.returncode})")
-        results[side] = json.loads(lines[-1][len(MARKER) :])
-
+    # sides alternate (poise, trl, trl, poise, ...) so that a change in the machine's load
+    # falls on both; each figure is the median over the repeats
+    runs: dict[str, list[dict[str, Any]]] = {"poise": [], "trl": []}
+    for repeat in range(args.repeats):
+        for side in ("poise", "trl") if repeat % 2 == 0 else ("trl", "poise"):
+            runs[side].append(run_child(side, passthrough))
+    results = {side: median_result(values) for side, values in runs.items()}
     poise, trl = results["poise"], results["trl"]
     memory_keys = ["cuda_peak_mb"] if "cuda_peak_mb" in poise else ["rss_peak_mb", "train_mem_mb"]
     print(
         f"model {model} · {args.pairs} pairs · batch {args.batch_size} · max_length {args.max_length} · "
         f"{args.steps} steps ({args.warmup} warm-up) · {'bf16' if args.bf16 else 'fp32'} · "
-        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} · {args.threads} threads"
+        f"gradient checkpointing {'on' if args.gradient_checkpointing else 'off'} · "
+        f"{args.threads} threads · median of {args.repeats}"
     )
     print(f"{'':16}{'poise':>12}{'trl':>12}{'poise/trl':>12}")
     for key in ["pairs_per_s", *memory_keys, "wall_s"]:
