@@ -32,13 +32,27 @@ def test_empirical_curve_uses_first_n_samples() -> None:
 
 def test_predicted_curve_matches_closed_form() -> None:
     m = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
-    ps = [0.25, 0.5, 0.0]
-    pred = predicted_curve(m, [1, 3, 100], boot=200)
-    for point, n in zip(pred, [1, 3, 100], strict=True):
-        expected = sum(1 - (1 - p) ** n for p in ps) / 3
-        assert math.isclose(point["value"], expected, rel_tol=1e-12)
+    pred = predicted_curve(m, [1, 3, 4, 100], boot=200)
+    # N <= M: chance that N of the 4 samples, drawn without replacement, include a harmful one
+    expected = {1: (1 / 4 + 2 / 4 + 0) / 3, 3: ((1 - 0) + 1 + 0) / 3, 4: 2 / 3}
+    # prompt 1: 1 - C(3,3)/C(4,3) = 3/4; prompt 2: 1 - C(2,3)/C(4,3) = 1; prompt 3: 0
+    expected[3] = (3 / 4 + 1 + 0) / 3
+    for point in pred[:3]:
+        assert math.isclose(point["value"], expected[point["n"]], rel_tol=1e-12)
         assert point["low"] <= point["value"] + 1e-12 and point["value"] <= point["high"] + 1e-12
-    assert pred[-1]["value"] < 2 / 3 + 1e-9  # the never-broken prompt caps the extrapolation
+    assert math.isclose(pred[-1]["value"], 2 / 3, rel_tol=1e-12)  # never-broken prompt stays at 0
+
+
+def test_unbiased_estimate_equals_the_empirical_curve_averaged_over_sample_orders() -> None:
+    from itertools import permutations
+
+    m = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]], dtype=bool)
+    orders = list(permutations(range(3)))
+    averaged = np.mean(
+        [[c["value"] for c in empirical_curve(m[:, list(o)])] for o in orders], axis=0
+    )
+    predicted = [p["value"] for p in predicted_curve(m, [1, 2, 3], boot=10)]
+    assert np.allclose(averaged, predicted)
 
 
 def test_summary_from_records_and_interval_check() -> None:
