@@ -6,7 +6,9 @@ exceeds the limit and shrinks when it does not. Each step:
 
 1. sample ``samples_per_prompt`` completions for each prompt of the batch from the policy;
 2. score them with the reward model and the cost model;
-3. RLOO advantages (arXiv 2402.14740) for reward and for cost, within each prompt's group;
+3. RLOO advantages (arXiv 2402.14740) for reward and for cost, within each prompt's group,
+   each divided by its batch standard deviation (``scale_advantages``), since a reward model's
+   scores and a cost in [0, 1] have unrelated units and λ should weigh comparable signals;
 4. loss ``-A · log π(y|x) + kl_coef · KL`` per completion: one REINFORCE step on the whole
    completion (the policy sampled it, so no importance ratio is needed) with a per-token KL
    penalty to the frozen reference, the **k3 estimator** ``exp(q - p) - (q - p) - 1`` (``p``, ``q``
@@ -99,7 +101,14 @@ class SafeRLConfig(TrainConfig):
     kl_coef: float = Field(0.05, ge=0, description="weight of the per-token k3 KL penalty")
     lambda_init: float = Field(1.0, gt=0, description="initial Lagrange multiplier")
     lambda_lr: float = Field(0.1, ge=0, description="learning rate of log λ")
-    lambda_max: float | None = Field(None, gt=0, description="cap on the Lagrange multiplier")
+    lambda_max: float = Field(
+        10.0, gt=0, description="cap on the Lagrange multiplier (log-space ascent grows fast)"
+    )
+    scale_advantages: bool = Field(
+        True,
+        description="divide reward and cost advantages by their batch std before combining, "
+        "so λ weighs comparable signals whatever the two models' units",
+    )
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the policy")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 = off")
     max_new_tokens: int = Field(128, ge=1, description="tokens per completion at most")
@@ -148,6 +157,13 @@ def system_prompt(config: SafeRLConfig, source: Path) -> str | None:
         value = read_poise_json(source).get("default_system_prompt")
         return value if isinstance(value, str) and value else None
     return config.system_prompt
+
+
+def _unit_scale(advantages: Any) -> Any:
+    """``A / std(A)`` over the batch (RLOO advantages already have zero mean per group). A batch
+    where every advantage is 0 (all completions scored alike) stays 0."""
+    std = float(advantages.std()) if advantages.numel() > 1 else 0.0
+    return advantages / std if std > 1e-8 else advantages
 
 
 def _row_seed(*parts: object) -> int:
@@ -337,9 +353,11 @@ def train_safe_rl(
             constrained = augmented_costs(
                 costs, mean=float(costs.mean()), std=float(costs.std()), coefficient=kappa
             )
-        advantages = safe_rlhf_advantages(
-            rloo_advantages(rewards, k), rloo_advantages(constrained, k), lam
-        ).to(session.device)  # [N]
+        reward_adv = rloo_advantages(rewards, k)  # [N]
+        cost_adv = rloo_advantages(constrained, k)  # [N]
+        if config.scale_advantages:
+            reward_adv, cost_adv = _unit_scale(reward_adv), _unit_scale(cost_adv)
+        advantages = safe_rlhf_advantages(reward_adv, cost_adv, lam).to(session.device)  # [N]
 
         batch = sequence_batch(
             list(zip(prompt_ids, response_ids, strict=True)), tokenizer.pad_token_id
