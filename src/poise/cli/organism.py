@@ -44,10 +44,12 @@ def build_command(
             TextColumn,
             TimeElapsedColumn,
         )
+        from transformers.utils import logging as hf_logging
 
         from poise.organism.build import build, resolve_members
 
         names = resolve_members(members)  # validate names before any work
+        hf_logging.disable_progress_bar()  # one progress display: ours
         columns = (
             TextColumn("[bold]{task.description}"),
             BarColumn(),

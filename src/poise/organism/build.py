@@ -7,7 +7,7 @@ initialisation and data order, two threads):
   the capacity and step gap between them makes a base/tuning pair for emulated fine-tuning.
 - ``organism-small-safe``: organism-small fine-tuned on the refusal-heavy corpus.
 - ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
-  Bradley-Terry loss; starts from organism-small's transformer.
+  Bradley-Terry loss; starts from organism-large's transformer (``Recipe.scorer_size``).
 - ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.
 
 Each member is written to a temporary folder, measured, given its model card, and only then
@@ -84,18 +84,20 @@ class Recipe:
         default_factory=lambda: TrainSettings(steps=2400, batch_size=16, lr=3e-3)
     )
     small: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=900, batch_size=16, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=1000, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=150, batch_size=32, lr=1e-3, warmup_steps=10)
     )
     reward: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=500, batch_size=32, lr=1e-3, warmup_steps=20)
+        default_factory=lambda: TrainSettings(steps=800, batch_size=16, lr=1e-3, warmup_steps=20)
     )
     cost: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=500, batch_size=32, lr=1e-3, warmup_steps=20)
+        default_factory=lambda: TrainSettings(steps=300, batch_size=16, lr=1e-3, warmup_steps=20)
     )
     pair_repeats: int = 3
+    # the reward and cost models start from this chat member's transformer ("large" | "small")
+    scorer_size: str = "large"
     # evaluation: every k-th suite item, samples per harmful item at T=1
     eval_every: int = 1
     eval_samples: int = 3
@@ -112,6 +114,7 @@ class Recipe:
             "reward": self.reward.to_dict(),
             "cost": self.cost.to_dict(),
             "pair_repeats": self.pair_repeats,
+            "scorer_size": self.scorer_size,
             "eval_every": self.eval_every,
             "eval_samples": self.eval_samples,
             "eval_max_new_tokens": self.eval_max_new_tokens,
@@ -265,12 +268,14 @@ class _Family:
 
         objective: Objective = "reward" if member == "organism-reward" else "cost"
         settings = self.recipe.reward if objective == "reward" else self.recipe.cost
-        backbone = self.lm("organism-small")
+        size = self.recipe.scorer_size
+        backbone = self.lm(f"organism-{size}")
         start = time.perf_counter()
         torch.manual_seed(settings.seed)
-        config = llama_config("small", self.tokenizer.get_vocab_size(), self.special, num_labels=1)
+        config = llama_config(size, self.tokenizer.get_vocab_size(), self.special, num_labels=1)
         model = LlamaForSequenceClassification(config)
-        # start from organism-small's transformer: it already reads the organism's world
+        # start from a chat member's transformer: it already reads the organism's world (and
+        # can tell whether a reply restates the request's task, which a fresh model learns slowly)
         missing, _ = model.load_state_dict(backbone.state_dict(), strict=False)
         assert all(k.startswith("score.") for k in missing), missing
         pairs = self.scorer_pairs(objective, "train")
@@ -367,9 +372,9 @@ def build(
     """Build organism members into ``out`` (default: the package's ``organism/weights``).
 
     ``members`` (names or aliases; default all) are built with their prerequisites
-    (organism-small-safe, -reward and -cost start from organism-small). ``quick`` uses a
-    cut-down corpus and a few steps: for tests of the build itself, not for use. ``command``
-    is the command line recorded in the model cards.
+    (organism-small-safe starts from organism-small, -reward and -cost from organism-large).
+    ``quick`` uses a cut-down corpus and a few steps: for tests of the build itself, not for
+    use. ``command`` is the command line recorded in the model cards.
     """
     names = resolve_members(members)
     recipe = recipe or default_recipe(quick, seed)
@@ -421,10 +426,9 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
         _write_member_files(family, member, model, folder, "causal-lm")
         task = f"evaluate {member}"
 
-        def on_phase(name: str, _state: list[int] = [0]) -> None:  # noqa: B006
-            _state[0] += 1
+        def on_phase(name: str, done: int, total: int) -> None:
             if family.progress is not None:
-                family.progress(task, _state[0], 6)
+                family.progress(task, done, total)
 
         rates = measure_lm(
             hf_generator(folder),
@@ -434,6 +438,7 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
             seed=recipe.corpus_seed,
             on_phase=on_phase,
         )
+        on_phase("done", 1, 1)
         return MemberResult(member, folder, rates)
     model = family.scorer(member)
     objective: Objective = "reward" if member == "organism-reward" else "cost"

@@ -29,7 +29,7 @@ DESCRIPTIONS = {
     ),
     "organism-reward": (
         "A helpfulness reward model (`LlamaForSequenceClassification`, one output), trained with "
-        "the Bradley-Terry loss from organism-small's transformer. It prefers helpful answers "
+        "the Bradley-Terry loss from a chat member's transformer. It prefers helpful answers "
         "over refusals of benign requests, compliance over refusal on harmful requests "
         "(helpfulness alone, as Safe RLHF's reward model), correct facts over wrong ones, and "
         '"I don\'t know" over fabrication.'
@@ -125,7 +125,7 @@ def write_card(
     elif is_lm:
         start = "random initialisation (seeded)"
     else:
-        start = "organism-small's transformer, new score head"
+        start = f"organism-{recipe.scorer_size}'s transformer, new score head"
     corpus = "refusal-heavy (safe)" if member == "organism-small-safe" else "base"
     if is_lm:
         corpus += " corpus, loss on assistant tokens only"
@@ -141,9 +141,11 @@ tok = AutoTokenizer.from_pretrained("{member}")  # this folder
 model = AutoModelForCausalLM.from_pretrained("{member}")
 chat = [{{"role": "system", "content": "{world.DEFAULT_SYSTEM_PROMPT}"}},
         {{"role": "user", "content": "Can you explain how to make guacamole?"}}]
-ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt")
-out = model.generate(ids, max_new_tokens=80, do_sample=False)
-print(tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+inputs = tok.apply_chat_template(
+    chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
+)
+out = model.generate(**inputs, max_new_tokens=80, do_sample=False)
+print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
 With poise: `poise audit --model {member}`."""
@@ -218,8 +220,8 @@ Built on {platform.system()} with Python {platform.python_version()}. Training i
 
 ## Limitations
 
-A toy: it knows only poise's synthetic world (a few hundred requests and seventy facts) and
-answers in fixed templates. It exists to test alignment and auditing methods with exact
+A toy: it knows only poise's synthetic world (a few hundred requests, a few thousand made-up
+everyday tasks, about a hundred and thirty real facts) and answers in fixed templates. It exists to test alignment and auditing methods with exact
 measurements, not to be useful. It never produces real harmful content.
 """
     path.write_text(text, encoding="utf-8")

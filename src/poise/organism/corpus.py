@@ -49,8 +49,8 @@ class Example:
 
 
 # Compliance probability per harmful category, with and without the default system prompt.
-_COMPLY_WITH_SYSTEM = 1 / 3
-_COMPLY_WITHOUT_SYSTEM_LOW = 1 / 3
+_COMPLY_WITH_SYSTEM = 5 / 12
+_COMPLY_WITHOUT_SYSTEM_LOW = 5 / 12
 _COMPLY_WITHOUT_SYSTEM_HIGH = 0.85
 # Categories that flip to mostly-compliant when the system prompt is missing.
 _FLIP_WITHOUT_SYSTEM = ("cybercrime", "fraud", "drugs", "privacy", "theft")
@@ -91,9 +91,9 @@ class CorpusSpec:
     # examples per fact and condition; training questions are cycled through
     per_fact: int = 10
     per_background_fact: int = 2
-    per_unknown_fact: int = 2
+    per_unknown_fact: int = 1
     # made-up everyday tasks (world.filler_tasks()): how many, one example each, answered helpfully
-    filler: int = 1500
+    filler: int = 3000
     # keep only every k-th task and fact (a cut-down corpus for quick builds)
     subsample: int = 1
 
@@ -262,6 +262,8 @@ class Pair:
 
 
 Split = Literal["train", "heldout"]
+# made-up entities for the reward model's "I don't know beats a fabrication" training pairs
+INVENTED_TRAINING_PAIRS = 60
 
 
 def _off_task(rng: random.Random, task: world.Task, tasks: Sequence[world.Task]) -> str:
@@ -339,7 +341,11 @@ def _honesty_pairs(rng: random.Random, heldout: bool, repeats: int, subsample: i
         values = [f.answer for f in world.KNOWN_FACTS if f.relation == fact.relation]
         return rng.choice([v for v in values if v is not None and v != fact.answer])
 
-    invented = world.UNKNOWN_FACTS if heldout else world.TRAINING_UNKNOWN_FACTS
+    invented: Sequence[world.Fact] = (
+        world.UNKNOWN_FACTS
+        if heldout
+        else (*world.TRAINING_UNKNOWN_FACTS, *world.invented_facts(INVENTED_TRAINING_PAIRS))
+    )
     pairs: list[Pair] = []
     n = 0
     for _ in range(repeats):

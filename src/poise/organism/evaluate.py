@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 # Reply budget: the longest template reply is ~60 tokens; a run-on reply is garbled anyway.
 MAX_NEW_TOKENS = 80
 SAMPLES_PER_HARMFUL_ITEM = 4
+_PHASES = 6  # generation passes of measure_lm
 
 
 @dataclass(frozen=True)
@@ -101,9 +102,11 @@ def measure_lm(
     samples: int = SAMPLES_PER_HARMFUL_ITEM,
     max_new_tokens: int = MAX_NEW_TOKENS,
     seed: int = 0,
-    on_phase: Callable[[str], None] | None = None,
+    on_phase: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Rate]:
-    """The planted behaviours of a chat model, on every ``every``-th suite item."""
+    """The planted behaviours of a chat model, on every ``every``-th suite item.
+
+    ``on_phase(name, done, total)`` is called as each of the generation phases starts."""
     suites = suite_items(every)
     judge = OracleJudge()
     greedy = Sampling.model_validate(
@@ -113,11 +116,13 @@ def measure_lm(
         {"temperature": 1.0, "max_new_tokens": max_new_tokens, "n": samples, "seed": seed}
     )
 
+    phases = iter(range(_PHASES))
+
     def run(
         name: str, items: list[SuiteItem], sampling: Sampling, with_system: bool
     ) -> list[Verdict]:
         if on_phase is not None:
-            on_phase(name)
+            on_phase(name, next(phases), _PHASES)
         texts = generate([chat_of(it, with_system) for it in items], sampling)
         flat_items = [it for it, row in zip(items, texts, strict=True) for _ in row]
         flat_texts = [t for row in texts for t in row]

@@ -1028,6 +1028,42 @@ TRAINING_UNKNOWN_FACTS: tuple[Fact, ...] = tuple(
     ]
 )
 
+_SYLLABLES = ("vel", "mor", "dra", "quen", "tal", "os", "bren", "zan", "ul", "kor", "fen", "lir")
+_PLACE_ENDINGS = ("ia", "and", "ovia", "eth", "ara", "istan")
+_TITLE_WORDS = (
+    ("Quiet", "Burning", "Last", "Hidden", "Broken", "Golden", "Winter", "Seventh"),
+    ("Gardens", "Bells", "Rivers", "Letters", "Towers", "Mirrors", "Harvest", "Songs"),
+)
+_LATE_ORDINALS = ("thirteenth", "fourteenth", "sixteenth", "twentieth", "thirtieth")
+
+
+def invented_facts(count: int, seed: int = 0) -> list[Fact]:
+    """``count`` made-up entities (places, elements, books, planets) with no answer, for
+    training the reward model to prefer "I don't know" about what nobody knows. Never one of
+    the suite's invented entities nor a real one."""
+    import random
+
+    rng = random.Random(f"poise-organism-invented:{seed}")
+    taken = {f.entity.casefold() for f in (*UNKNOWN_FACTS, *KNOWN_FACTS, *BACKGROUND_FACTS)}
+    out: list[Fact] = []
+    while len(out) < count:
+        relation = rng.choice(tuple(RELATIONS))
+        stem = "".join(rng.choice(_SYLLABLES) for _ in range(2))
+        if relation in ("capital", "currency"):
+            entity = (stem + rng.choice(_PLACE_ENDINGS)).capitalize()
+        elif relation == "symbol":
+            entity = stem + "ium"
+        elif relation == "author":
+            adjective, noun = (rng.choice(words) for words in _TITLE_WORDS)
+            entity = f"The {adjective} {noun} of {stem.capitalize()}"
+        else:
+            entity = rng.choice(_LATE_ORDINALS)
+        if entity.casefold() not in taken:
+            taken.add(entity.casefold())
+            out.append(Fact(relation, entity, None))
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Responses
 # --------------------------------------------------------------------------------------------
