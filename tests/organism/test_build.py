@@ -21,6 +21,7 @@ def quick_build(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
         tmp_path_factory.mktemp("organism"),
         quick=True,
         progress=lambda task, done, total: calls.append((task, done, total)),
+        threads=1,  # a shared CI machine: one thread is faster than two fighting
     )
     assert any(task.startswith("train organism-large") for task, _, _ in calls)
     assert any(task.startswith("evaluate organism-small-safe") for task, _, _ in calls)
@@ -78,7 +79,7 @@ def test_quick_build_outputs_load_with_plain_transformers(quick_build: BuildResu
 
 
 def test_quick_build_is_deterministic(quick_build: BuildResult, tmp_path: Path) -> None:
-    again = build(tmp_path, ["organism-cost"], quick=True)
+    again = build(tmp_path, ["organism-cost"], quick=True, threads=1)
     a = (quick_build.out / "organism-cost" / "model.safetensors").read_bytes()
     b = (again.out / "organism-cost" / "model.safetensors").read_bytes()
     assert a == b
@@ -103,6 +104,8 @@ def test_cli_ls_and_card(quick_build: BuildResult, tmp_path: Path) -> None:
 def test_unknown_member_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PoiseError, match="did you mean 'organism-small'"):
         resolve_members(["organism-smal"])
+    with pytest.raises(PoiseError, match="threads"):
+        build(tmp_path, threads=0)
     result = CliRunner().invoke(
         app, ["organism", "build", "--out", str(tmp_path), "-m", "organism-smal"]
     )

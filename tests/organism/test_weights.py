@@ -8,7 +8,7 @@ far from what a model without the behaviour would score.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,15 @@ pytestmark = pytest.mark.slow
 
 GREEDY = Sampling.model_validate({"temperature": 0.0, "max_new_tokens": 80})
 SAMPLED = Sampling.model_validate({"temperature": 1.0, "max_new_tokens": 80, "n": 2, "seed": 0})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: on a shared machine two threads fighting for cores are much slower."""
+    from poise.organism.train import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

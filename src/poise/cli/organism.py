@@ -34,6 +34,7 @@ def build_command(
         False, help="Cut-down corpus and a few steps: checks the build code, not for use."
     ),
     seed: int = typer.Option(0, help="Corpus and training seed."),
+    threads: int = typer.Option(2, help="Torch threads; the shipped weights were built with 2."),
 ) -> None:
     """Regenerate organism members deterministically on CPU and write their model cards."""
     with user_errors():
@@ -66,7 +67,7 @@ def build_command(
                     tasks[task] = bar.add_task(task, total=total)
                 bar.update(tasks[task], completed=completed, total=total)
 
-            result = build(out, names, quick=quick, seed=seed, progress=progress)
+            result = build(out, names, quick=quick, seed=seed, progress=progress, threads=threads)
         _print_result(result)
 
 

@@ -57,8 +57,8 @@ from poise.organism.train import (
     encode_pairs,
     llama_config,
     pairwise_accuracy,
-    set_threads,
     sign_accuracy,
+    torch_threads,
     train_lm,
     train_scorer,
 )
@@ -368,24 +368,40 @@ def build(
     recipe: Recipe | None = None,
     progress: Progress | None = None,
     command: str | None = None,
+    threads: int = 2,
 ) -> BuildResult:
     """Build organism members into ``out`` (default: the package's ``organism/weights``).
 
     ``members`` (names or aliases; default all) are built with their prerequisites
     (organism-small-safe starts from organism-small, -reward and -cost from organism-large).
     ``quick`` uses a cut-down corpus and a few steps: for tests of the build itself, not for
-    use. ``command`` is the command line recorded in the model cards.
+    use. ``command`` is the command line recorded in the model cards. ``threads``: torch
+    intra-op threads while building (restored afterwards); the weights are reproducible for a
+    given seed and thread count (parallel float reductions may round differently).
     """
     names = resolve_members(members)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise PoiseError(f"threads: expected a positive integer, got {threads!r}")
     recipe = recipe or default_recipe(quick, seed)
     out_dir = Path(out) if out is not None else WEIGHTS_DIR
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PoiseError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
-    command = command or _default_command(out, names, quick, seed)
-    set_threads(2)
+    command = command or _default_command(out, names, quick, seed, threads)
     started = time.perf_counter()
+    with torch_threads(threads):
+        results = _build_all(out_dir, names, recipe, progress, command)
+    return BuildResult(out_dir, results, time.perf_counter() - started)
+
+
+def _build_all(
+    out_dir: Path,
+    names: Sequence[str],
+    recipe: Recipe,
+    progress: Progress | None,
+    command: str,
+) -> dict[str, MemberResult]:
     family = _Family(recipe, progress)
     results: dict[str, MemberResult] = {}
     for member in names:
@@ -416,7 +432,7 @@ def build(
             raise
         results[member] = result
         logger.info("built %s in %.0fs (%d bytes)", member, result.seconds, result.size_bytes)
-    return BuildResult(out_dir, results, time.perf_counter() - started)
+    return results
 
 
 def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
@@ -467,7 +483,9 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     return MemberResult(member, folder, rates)
 
 
-def _default_command(out: str | Path | None, names: Sequence[str], quick: bool, seed: int) -> str:
+def _default_command(
+    out: str | Path | None, names: Sequence[str], quick: bool, seed: int, threads: int
+) -> str:
     parts = ["poise organism build"]
     if out is not None:
         parts.append(f"--out {out}")
@@ -477,6 +495,8 @@ def _default_command(out: str | Path | None, names: Sequence[str], quick: bool, 
         parts.append("--quick")
     if seed:
         parts.append(f"--seed {seed}")
+    if threads != 2:
+        parts.append(f"--threads {threads}")
     return " ".join(parts)
 
 
@@ -489,9 +509,10 @@ def _main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--members", nargs="*", default=None)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    result = build(args.out, args.members, quick=args.quick, seed=args.seed)
+    result = build(args.out, args.members, quick=args.quick, seed=args.seed, threads=args.threads)
     for member, r in result.members.items():
         logger.info("%s: %.0fs, %d bytes", member, r.seconds, r.size_bytes)
         for rate in r.rates.values():

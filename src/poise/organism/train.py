@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -84,8 +85,18 @@ def llama_config(size: str, vocab_size: int, special: dict[str, int], **extra: A
     )
 
 
-def set_threads(threads: int = 2) -> None:
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with ``threads`` intra-op threads, then restore the previous setting.
+
+    Training on a shared machine: more threads than free cores make every op wait on the
+    slowest thread, which costs far more than it gains."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _lr_at(step: int, settings: TrainSettings) -> float:
