@@ -49,7 +49,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
@@ -128,6 +128,14 @@ class SafeRLConfig(TrainConfig):
     safety_fraction: float = Field(
         0.3, gt=0, lt=1, description="HC-RLHF: share of prompts held out for the safety test"
     )
+
+    @model_validator(mode="after")
+    def _check_lambda(self) -> SafeRLConfig:
+        if self.lambda_init > self.lambda_max:
+            raise ValueError(
+                f"lambda_init ({self.lambda_init}) must not exceed lambda_max ({self.lambda_max})"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------------------------
