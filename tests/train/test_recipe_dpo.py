@@ -235,3 +235,19 @@ def test_gradient_checkpointing_changes_memory_not_the_result(
         weights(tmp_path / "lora")["model.layers.0.self_attn.q_proj.weight"],
         weights(tiny_hf_model_dir)["model.layers.0.self_attn.q_proj.weight"],
     )
+
+
+def test_ref_model_and_precision_options(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    from conftest import build_tiny_hf_model
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    common: dict[str, Any] = {"model": str(tiny_hf_model_dir), "data": str(data), **FAST}
+    # another reference: the policy starts away from it, so the first loss is not log 2
+    other = build_tiny_hf_model(tmp_path / "other-ref", seed=5)
+    with_ref = train_dpo(output=str(tmp_path / "ref"), ref_model=str(other), **common)
+    assert with_ref.metrics["loss_start"] != pytest.approx(0.6931, abs=1e-3)
+    bf16 = train_dpo(output=str(tmp_path / "bf16"), mixed_precision="bf16", epochs=2, **common)
+    assert bf16.metrics["loss_end"] < bf16.metrics["loss_start"]
+    if not torch.cuda.is_available():
+        with pytest.raises(PoiseError, match="fp16 needs CUDA"):
+            train_dpo(output=str(tmp_path / "fp16"), mixed_precision="fp16", **common)

@@ -813,8 +813,14 @@ class Session:
         """
         import torch
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import set_seed
 
+        # accelerate keeps one AcceleratorState per process and refuses a second Accelerator
+        # with another precision; a library call must not depend on what ran before it, so the
+        # state is cleared (the distributed PartialState, the process group, is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
+        GradientState._reset_state()
         accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu)
         set_seed(config.seed)
         if config.gradient_checkpointing:
