@@ -251,3 +251,26 @@ def test_ref_model_and_precision_options(tiny_hf_model_dir: Path, tmp_path: Path
     if not torch.cuda.is_available():
         with pytest.raises(PoiseError, match="fp16 needs CUDA"):
             train_dpo(output=str(tmp_path / "fp16"), mixed_precision="fp16", **common)
+
+
+@pytest.mark.slow
+def test_every_registered_loss_trains_with_its_own_defaults(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    import math
+
+    from poise.train.losses import LOSSES
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    for name in LOSSES.names():
+        result = train_dpo(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(tmp_path / name),
+            loss=name,
+            lr=1e-3,
+            batch_size=2,
+            max_length=64,
+            save_steps=0,
+        )
+        assert result.steps == 1 and math.isfinite(result.metrics["loss"]), name

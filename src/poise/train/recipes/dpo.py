@@ -81,8 +81,11 @@ class DPOConfig(PreferenceDataConfig):
         le=1,
         description="LD-DPO: weight of the tokens beyond the shorter response (1 = plain DPO)",
     )
-    label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="probability that a label is flipped (cDPO / robust DPO)"
+    label_smoothing: float | None = Field(
+        None,
+        ge=0,
+        lt=0.5,
+        description="probability that a label is flipped (cDPO / robust DPO); default: the loss's own",
     )
     loss_options: dict[str, Any] = Field(
         default_factory=dict, description="other keyword parameters of the loss (KEY=VALUE)"
@@ -141,7 +144,7 @@ def loss_params(config: DPOConfig) -> dict[str, Any]:
     LOSSES.get(config.loss)  # unknown name -> UnknownNameError with the nearest names
     accepted = loss_parameters(config.loss)
     params: dict[str, Any] = {"beta": config.beta, **config.loss_options}
-    if "label_smoothing" in accepted or config.label_smoothing:
+    if config.label_smoothing is not None:
         params["label_smoothing"] = config.label_smoothing
     unknown = sorted(set(params) - set(accepted))
     if unknown:
