@@ -1058,6 +1058,10 @@ class Session:
         """
         accelerator = self.accelerator
         accelerator.wait_for_everyone()
+        # every process takes part: under DeepSpeed ZeRO-3 or FSDP this gathers the shards
+        self._full_state = (
+            accelerator.get_state_dict(self.model) if self.config.lora_r == 0 else None
+        )
         if accelerator.is_main_process:
             staging = Path(tempfile.mkdtemp(dir=self.out.path, prefix=".final-"))
             try:
@@ -1095,11 +1099,14 @@ class Session:
         lora = self.config.lora_r > 0
         if lora and self.config.merge:
             model = model.merge_and_unload()
+        state = getattr(self, "_full_state", None) if not lora else None
         if not lora or self.config.merge:
             dtype = _source_dtype(source)
             if dtype is not None:
                 model = model.to(dtype)
-        model.save_pretrained(str(folder), safe_serialization=True)
+                if state is not None:
+                    state = {k: v.to(dtype) for k, v in state.items()}
+        model.save_pretrained(str(folder), state_dict=state, safe_serialization=True)
         self.tokenizer.save_pretrained(str(folder))
         meta = read_poise_json(source)
         poise_meta: dict[str, Any] = {"base_model": str(source), "trained_by": self.out.recipe}
