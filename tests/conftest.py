@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,11 @@ def tiny_hf_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a random tiny LlamaForCausalLM (safetensors) and a tokenizer with a chat
     template. Shared by the whole session: copy it before changing anything inside."""
     return build_tiny_hf_model(tmp_path_factory.mktemp("tiny-hf") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def build_tiny_model() -> Callable[..., Path]:
+    """The builder behind ``tiny_hf_model_dir``, for tests that need a second model (another
+    seed). A fixture rather than an import: several ``conftest`` modules exist under tests/,
+    so ``from conftest import ...`` resolves to whichever was imported first."""
+    return build_tiny_hf_model

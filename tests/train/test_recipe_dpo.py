@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +238,13 @@ def test_gradient_checkpointing_changes_memory_not_the_result(
     )
 
 
-def test_ref_model_and_precision_options(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
-    from conftest import build_tiny_hf_model
-
+def test_ref_model_and_precision_options(
+    tiny_hf_model_dir: Path, tmp_path: Path, build_tiny_model: Callable[..., Path]
+) -> None:
     data = write_pairs(tmp_path / "pairs.jsonl", n=4)
     common: dict[str, Any] = {"model": str(tiny_hf_model_dir), "data": str(data), **FAST}
     # another reference: the policy starts away from it, so the first loss is not log 2
-    other = build_tiny_hf_model(tmp_path / "other-ref", seed=5)
+    other = build_tiny_model(tmp_path / "other-ref", seed=5)
     with_ref = train_dpo(output=str(tmp_path / "ref"), ref_model=str(other), **common)
     assert with_ref.metrics["loss_start"] != pytest.approx(0.6931, abs=1e-3)
     bf16 = train_dpo(output=str(tmp_path / "bf16"), mixed_precision="bf16", epochs=2, **common)
