@@ -113,17 +113,29 @@ def test_hh_rlhf_gz(tmp_path: Path) -> None:
     assert pair.meta == {"row": 1}
 
 
-def test_hh_rlhf_bad_rows(tmp_path: Path) -> None:
+def test_hh_rlhf_rows_whose_dialogues_diverge_are_skipped_and_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     diverging = HH_REJECTED.replace("own house", "neighbour's house")
     path = _write(
         tmp_path / "hh.jsonl",
         [
-            {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN},
+            {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},
             {"chosen": HH_CHOSEN, "rejected": diverging},
+            {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN},
         ],
     )
-    with pytest.raises(PoiseError, match=r"hh\.jsonl:2: field 'rejected': differs from 'chosen'"):
-        load_preferences(path, format="hh-rlhf")
+    with caplog.at_level("WARNING", logger="poise.train.data"):
+        pairs = load_preferences(path, format="hh-rlhf")
+    assert [p.meta["row"] for p in pairs] == [1, 3]
+    assert "skipped 1 HH-RLHF row(s)" in caplog.text and "(lines 2)" in caplog.text
+    # a file of such rows only has nothing to train on: one error, not an empty list
+    only = _write(tmp_path / "only.jsonl", [{"chosen": HH_CHOSEN, "rejected": diverging}])
+    with pytest.raises(PoiseError, match=r"only\.jsonl: skipped 1 .* no preference pairs"):
+        load_preferences(only, format="hh-rlhf")
+
+
+def test_hh_rlhf_bad_rows(tmp_path: Path) -> None:
     prose = _write(tmp_path / "prose.jsonl", [{"chosen": "just text", "rejected": HH_REJECTED}])
     with pytest.raises(
         PoiseError, match=r"prose\.jsonl:1: field 'chosen': not an HH-RLHF transcript"

@@ -14,7 +14,9 @@ Formats (``format=`` or detected from the first row):
   "rejected": <harmful completion>, "meta": {...}}``; the prompt must be a chat and meta present.
 - ``hh-rlhf``: Anthropic HH-RLHF jsonl(.gz) (arXiv 2204.05862): ``chosen`` and ``rejected`` are
   whole "\\n\\nHuman: …\\n\\nAssistant: …" transcripts sharing every turn but the final Assistant
-  reply; the shared dialogue becomes the prompt, the two final replies the responses.
+  reply; the shared dialogue becomes the prompt, the two final replies the responses. Rows
+  whose two dialogues differ before the final reply (the public files hold a few) are skipped
+  with one warning that counts them and names their lines.
 - ``pku-saferlhf``: PKU-SafeRLHF rows (arXiv 2406.15513) ``prompt, response_0, response_1,
   better_response_id, safer_response_id, is_response_0_safe, is_response_1_safe``; the pair
   follows ``safer_response_id`` (harmlessness, the default) or ``better_response_id``
@@ -199,7 +201,13 @@ def _generic(row: _Row, *, attack: bool = False) -> PreferencePair:
     )
 
 
-def _hh_rlhf(row: _Row) -> PreferencePair:
+def _hh_rlhf(row: _Row) -> PreferencePair | None:
+    """The row's pair, or None when its two dialogues differ before the final reply.
+
+    A few rows of the public HH-RLHF files are like that (the two transcripts were sampled from
+    different conversations): well-formed, but not a preference between two replies to one
+    prompt. They are skipped and counted, not treated as a malformed file.
+    """
     turns: dict[str, Chat] = {}
     for name in ("chosen", "rejected"):
         text = row.text(name)
@@ -211,10 +219,10 @@ def _hh_rlhf(row: _Row) -> PreferencePair:
             raise row.error(name, "the transcript must end with an Assistant turn")
         turns[name] = [Message(role=m["role"], content=m["content"]) for m in parsed]
     prompt = turns["chosen"][:-1]
-    if prompt != turns["rejected"][:-1]:
-        raise row.error("rejected", "differs from 'chosen' before the final Assistant turn")
     if not prompt or prompt[-1]["role"] != "user":
         raise row.error("chosen", "no Human turn before the final Assistant turn")
+    if prompt != turns["rejected"][:-1]:
+        return None
     # HH-RLHF holds a few empty final replies; they are data, not a malformed row.
     return PreferencePair(
         prompt=prompt,
@@ -299,7 +307,7 @@ def load_preferences(
             ``"better"`` (helpfulness pairs).
 
     Returns the pairs in file order. Raises :class:`PoiseError` (``file:line: field …``) on the
-    first bad row, an unknown format, or a file with no pairs; nothing is returned half-read.
+    first malformed row, an unknown format, or a file with no pairs; nothing is returned half-read.
     """
     if format is not None and format not in PREFERENCE_FORMATS:
         raise PoiseError(
@@ -309,6 +317,7 @@ def load_preferences(
         raise PoiseError(f"pku_preference must be 'safer' or 'better', got {pku_preference!r}")
     source = Path(path)
     pairs: list[PreferencePair] = []
+    diverging: list[int] = []  # HH-RLHF rows whose two dialogues differ before the last reply
     chosen_format = format
     for row in _rows(source):
         if chosen_format is None:
@@ -317,9 +326,22 @@ def load_preferences(
         if chosen_format == "pku-saferlhf":
             pairs.append(_pku_saferlhf(row, pku_preference))
         elif chosen_format == "hh-rlhf":
-            pairs.append(_hh_rlhf(row))
+            pair = _hh_rlhf(row)
+            if pair is None:
+                diverging.append(row.line)
+            else:
+                pairs.append(pair)
         else:
             pairs.append(_generic(row, attack=chosen_format == "attack"))
+    if diverging:
+        shown = ", ".join(str(n) for n in diverging[:5]) + (", ..." if len(diverging) > 5 else "")
+        message = (
+            f"{source}: skipped {len(diverging)} HH-RLHF row(s) whose 'chosen' and 'rejected' "
+            f"dialogues differ before the final Assistant turn (lines {shown})"
+        )
+        if not pairs:
+            raise PoiseError(message + "; no preference pairs are left")
+        logger.warning("%s", message)
     if not pairs:
         raise PoiseError(f"{source}: no preference pairs (the file is empty)")
     return pairs
