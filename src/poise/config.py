@@ -95,7 +95,9 @@ class AuditConfig(StrictModel):
     judge: str = Field(
         "auto", description="judge spec; auto = the oracle for organism models, else refusal"
     )
-    sampling: Sampling = Field(default_factory=lambda: Sampling(), description="decoding configuration")
+    sampling: Sampling = Field(
+        default_factory=lambda: Sampling(), description="decoding configuration"
+    )
     system_prompt: str = Field(
         "default",
         description="'default' (the model's own, if it declares one), 'none', or a literal prompt",
