@@ -10,7 +10,7 @@ one process, and prints the wall time of each and the ratios:
 3. ``raw batched``: one ``model.generate`` call over all prompts with left padding, the limit for
    this backend (no judging, no records).
 
-    python benchmarks/audit_throughput.py [--model organism] [--limit 0] [--batch-size 128] [--threads 1]
+    python benchmarks/audit_throughput.py [--model organism] [--limit 0] [--batch-size N] [--repeats 3] [--threads 1]
 
 Goals (issue: foundation): poise >= 5x the per-prompt loop and within 15% of raw batched.
 """
@@ -18,8 +18,10 @@ Goals (issue: foundation): poise >= 5x the per-prompt loop and within 15% of raw
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from typing import Any
 
 import torch
 
@@ -28,7 +30,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="organism")
     parser.add_argument("--limit", type=int, default=0, help="items per suite (0 = all)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="the audit's chats per generate call (default: poise's own default)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side (median)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
         "--threads",
@@ -47,6 +55,7 @@ def main() -> None:
 
     import poise
     from poise.attacks import SystemPrompt, attacks
+    from poise.auditing import spread_subset
     from poise.config import DEFAULT_SUITES, Sampling
     from poise.models import default_system_prompt, load_model
     from poise.suites import load_suite
@@ -73,39 +82,56 @@ def main() -> None:
         f"{len(prompts)} prompts, max_new_tokens={args.max_new_tokens}, threads={torch.get_num_threads()}"
     )
 
-    # 1. poise: the whole audit, uncached
-    with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
-        poise.audit(
-            model=args.model,
-            sampling={"max_new_tokens": args.max_new_tokens},
-            limit=limit,
-            out=out,
-            html=False,
-            batch_size=args.batch_size,
-        )
-        t_poise = time.perf_counter() - start
-    print(f"poise audit (batched backend, judged, recorded): {t_poise:8.2f} s")
+    audit_options: dict[str, Any] = {"sampling": {"max_new_tokens": args.max_new_tokens}}
+    if args.batch_size is not None:
+        audit_options["batch_size"] = args.batch_size
 
-    # 2. per-prompt loop over a sample of prompts, extrapolated to all of them
-    sample = prompts[: args.loop_sample]
-    start = time.perf_counter()
-    with torch.inference_mode():
-        for text in sample:
-            enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    def run_poise() -> float:
+        """The whole audit, uncached (a fresh output folder each time)."""
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            poise.audit(model=args.model, limit=limit, out=out, html=False, **audit_options)
+            return time.perf_counter() - start
+
+    # prompts spread evenly over the suites: the suites are ordered (harmful first, whose
+    # refusals are short), so the first N prompts would under-sample long answers
+    sample = spread_subset(prompts, args.loop_sample)
+
+    def run_loop() -> float:
+        """``model.generate`` once per prompt over the sample, extrapolated to all prompts."""
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for text in sample:
+                enc = tok(text, return_tensors="pt", add_special_tokens=False)
+                hf.generate(
+                    **enc, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad
+                )
+        return (time.perf_counter() - start) * len(prompts) / len(sample)
+
+    def run_raw() -> float:
+        """One raw batched ``model.generate`` call over every prompt."""
+        tok.padding_side = "left"
+        start = time.perf_counter()
+        with torch.inference_mode():
+            enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
             hf.generate(
                 **enc, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad
             )
-    t_loop = (time.perf_counter() - start) * len(prompts) / len(sample)
-    print(f"per-prompt model.generate loop (extrapolated from {len(sample)}): {t_loop:8.2f} s")
+        return time.perf_counter() - start
 
-    # 3. one raw batched generate call
-    tok.padding_side = "left"
-    start = time.perf_counter()
+    # warm-up: the first forward passes of a process pay one-off kernel set-up
     with torch.inference_mode():
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        hf.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False, pad_token_id=pad)
-    t_raw = time.perf_counter() - start
+        enc = tok(prompts[:4], return_tensors="pt", padding=True, add_special_tokens=False)
+        hf.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=pad)
+    times: dict[str, list[float]] = {"poise": [], "loop": [], "raw": []}
+    for _ in range(args.repeats):  # sides alternate, so load on a shared machine hits all
+        times["poise"].append(run_poise())
+        times["loop"].append(run_loop())
+        times["raw"].append(run_raw())
+    t_poise, t_loop, t_raw = (statistics.median(times[k]) for k in ("poise", "loop", "raw"))
+    print(f"medians of {args.repeats} repeats")
+    print(f"poise audit (batched backend, judged, recorded): {t_poise:8.2f} s")
+    print(f"per-prompt model.generate loop (extrapolated from {len(sample)}): {t_loop:8.2f} s")
     print(f"raw batched model.generate (one call):           {t_raw:8.2f} s")
 
     print()

@@ -110,7 +110,7 @@ class AuditConfig(StrictModel):
         None, ge=1, description="use N items of each suite, spread evenly over it"
     )
     batch_size: int = Field(
-        64, ge=1, description="chats per generate call; also the resume granularity"
+        256, ge=1, description="chats per generate call; also the resume granularity"
     )
     reference_run: str | None = Field(
         None, description="run of the unaligned model, for the honesty metrics of arXiv 2312.07000"

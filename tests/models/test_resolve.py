@@ -14,6 +14,7 @@ from poise.errors import PoiseError, UnknownNameError
 from poise.models import load_model
 from poise.models.hf import HFModel
 from poise.models.mock import MockModel
+from poise.models.resolve import ORGANISM_BATCH_SIZE
 
 
 def test_mock_names_and_options() -> None:
@@ -77,6 +78,10 @@ def test_organism_members_resolve_to_readable_names(
     assert isinstance(model, HFModel)
     assert model.name == f"organism-large#{model.fingerprint}"
     assert load_model("organism-large").name == model.name
+    # organism members decode in large batches unless the caller says otherwise
+    assert model.batch_size == ORGANISM_BATCH_SIZE > 32
+    assert load_model("organism", batch_size=4).batch_size == 4  # type: ignore[attr-defined]
+    assert load_model(str(tiny_hf_model_dir)).batch_size == 32  # type: ignore[attr-defined]
     with pytest.raises(PoiseError, match="poise organism build"):
         load_model("organism-small")
 

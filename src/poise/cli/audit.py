@@ -61,7 +61,9 @@ def audit_command(
     limit: int | None = typer.Option(
         None, help="Use N items of each suite, spread evenly over its categories."
     ),
-    batch_size: int = typer.Option(64, help="Chats per generate call."),
+    batch_size: int = typer.Option(
+        256, help="Chats per generate call (the backend splits them into its own batches)."
+    ),
     reference_run: str | None = typer.Option(
         None, help="Run of the unaligned model for the honesty metrics."
     ),

@@ -63,7 +63,9 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?
 # Budget for a scoring forward pass's kept logits ([rows, kept positions, vocab] float32).
 _SCORE_LOGIT_BUDGET = 1 << 27
 # Drop finished rows from the batch (and their KV cache) once at least this share is done.
-_COMPACT_SHARE = 0.5
+# Compacting copies the cache, so not after every finished row; at 0.25 the audit benchmark on
+# organism-large ran ~8% faster than at 0.5 (short refusals end early and stop costing compute).
+_COMPACT_SHARE = 0.25
 
 _DTYPES = {
     "float32": torch.float32,

@@ -33,6 +33,7 @@ backends: Registry[Backend] = Registry("model backend")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # how a backend prefix is shown in "known" listings
 _PREFIX_HINTS = {"mock": "mock[:NAME]", "hf": "hf:PATH_OR_ID", "openai": "openai:MODEL"}
+ORGANISM_BATCH_SIZE = 128  # rows per forward pass for organism members unless model options say
 
 
 def check_options(backend: str, options: Mapping[str, object], allowed: Iterable[str]) -> None:
@@ -89,6 +90,9 @@ def _organism(spec: str, options: Mapping[str, Any]) -> LanguageModel:
     from poise.organism import canonical_member, member_path
 
     member = canonical_member(spec)
+    # The organism is tiny: 128 rows per forward pass cost a few MB, and per-step overhead,
+    # not compute, is what a small batch pays for (BENCHMARKS.md, audit throughput).
+    options = {"batch_size": ORGANISM_BATCH_SIZE, **options}
     model = _hf(str(member_path(member)), options)
     model.name = f"{member}#{model.fingerprint}"
     loaded: LanguageModel = model
