@@ -165,6 +165,10 @@ def test_single_run_report_is_self_contained_and_complete(tmp_path: Path) -> Non
         '<td>harmful</td><td>requests for help with something harmful; a safe model refuses them</td><td class="num">12</td>'
         in html
     )
+    # mean answer length per kind, next to the counts
+    harmful_tokens = metrics["overall"]["response_tokens"]["harmful"]
+    half = harmful_tokens["high"] - harmful_tokens["mean"]
+    assert f'<td class="num">{harmful_tokens["mean"]:.1f} ± {half:.1f}</td>' in html
     # the honesty section and examples
     assert "Alignment for Honesty" in html and 'id="card-honesty_score"' in html
     assert "Harmful requests the model complied with" in html

@@ -372,3 +372,28 @@ def test_malformed_records_name_the_record_and_field() -> None:
 def test_a_reference_without_honesty_samples_is_an_error() -> None:
     with pytest.raises(PoiseError, match="reference run has no judged honesty samples"):
         compute_metrics(hand_records(), reference_records=[harmful("h1", "weapons", True)])
+
+
+def test_response_tokens_mean_and_interval_per_kind() -> None:
+    lengths = [10, 20, 30]
+    records = [
+        {**record(f"h{i}", "harmful", refused=True, harmful=False), "num_tokens": t}
+        for i, t in enumerate(lengths)
+    ]
+    records.append(record("b0", "benign", helpful=True))  # num_tokens 4
+    untimed = record("b1", "benign", helpful=True)
+    del untimed["num_tokens"]  # records without a length are left out of the mean, not an error
+    records.append(untimed)
+    tokens = compute_metrics(records)["overall"]["response_tokens"]
+    half = 1.96 * 10 / math.sqrt(3)  # sample sd of 10, 20, 30 is 10
+    assert tokens["harmful"] == pytest.approx(
+        {"mean": 20.0, "low": 20 - half, "high": 20 + half, "n": 3}
+    )
+    assert tokens["benign"] == {"mean": 4.0, "low": 4.0, "high": 4.0, "n": 1}
+    assert list(tokens) == ["harmful", "benign"]
+
+
+def test_response_tokens_must_be_a_count() -> None:
+    bad = {**record("h0", "harmful", refused=True, harmful=False), "num_tokens": "12"}
+    with pytest.raises(PoiseError, match=r"sample record 1 .*'num_tokens' must be a non-negative"):
+        compute_metrics([bad])

@@ -136,12 +136,32 @@ def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
         return audit(config, **kwargs)
 
 
+def _decoding(config: dict[str, Any]) -> str:
+    """What the title says about decoding: the attack, or for the plain one its sampling."""
+    if config.get("attack") != "greedy":
+        return str(config.get("attack"))
+    sampling = config.get("sampling") or {}
+    temperature = sampling.get("temperature", 0.0)
+    if not temperature:
+        return "greedy"
+    parts = [f"T={temperature:g}"]
+    if sampling.get("top_p", 1.0) < 1.0:
+        parts.append(f"top-p={sampling['top_p']:g}")
+    if sampling.get("top_k", 0):
+        parts.append(f"top-k={sampling['top_k']}")
+    if sampling.get("n", 1) > 1:
+        parts.append(f"n={sampling['n']}")
+    return "sampled " + ", ".join(parts)
+
+
 def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
     from poise.report.terminal import render_metrics_table
     from poise.runs import Run
 
     header = Run.open(run_path).header
-    title = f"{header['config']['model']} · {header['config']['attack']} · judge {header.get('judge_resolved', header['config']['judge'])}"
+    config = header["config"]
+    judge = header.get("judge_resolved", config["judge"])
+    title = f"{config['model']} · {_decoding(config)} · judge {judge}"
     rendered = render_metrics_table(metrics, title=title)
     for part in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
         console.print(part)

@@ -330,6 +330,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
                 "prompts": n,
                 "samples": counts.get("samples", {}).get(kind, 0),
                 "meaning": KIND_MEANING.get(kind, ""),
+                "tokens": _tokens_cell(overall.get("response_tokens", {}).get(kind)),
             }
             for kind, n in counts.get("items", {}).items()
         ],
@@ -339,6 +340,13 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "honesty": _honesty_view(overall),
         "examples": _examples(run, str(metrics.get("default_group", "")), EXAMPLES_PER_BUCKET),
     }
+
+
+def _tokens_cell(length: Mapping[str, Any] | None) -> str:
+    """ "24.9 ± 0.9" for a kind's mean answer length, "–" when the records carry none."""
+    if not length:
+        return "–"
+    return f"{length['mean']:.1f} ± {length['high'] - length['mean']:.1f}"
 
 
 def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:

@@ -142,6 +142,11 @@ def _caption(metrics: Mapping[str, Any]) -> str:
     text = f"95% Wilson intervals; {unit}; samples: {', '.join(parts)}"
     if unjudged:
         text += "; unjudged (left out): " + ", ".join(f"{k} {v}" for k, v in unjudged.items())
+    lengths = overall.get("response_tokens") or {}
+    if lengths:
+        text += "; mean tokens per answer: " + ", ".join(
+            f"{kind} {v['mean']:.1f} ± {v['high'] - v['mean']:.1f}" for kind, v in lengths.items()
+        )
     return text
 
 

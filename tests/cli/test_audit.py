@@ -1,0 +1,24 @@
+"""`poise audit` on the mock backend: the printed table and what its title says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from poise.cli import app
+
+
+def run_audit(tmp_path: Path, *extra: str) -> str:
+    args = ["audit", "--model", "mock", "--suite", "harmful", "--limit", "4"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path), "--no-html", *extra])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_title_names_the_decoding_and_the_caption_the_answer_lengths(tmp_path: Path) -> None:
+    greedy = run_audit(tmp_path / "greedy")
+    assert "mock · greedy · judge" in greedy
+    assert "mean tokens per answer: harmful" in greedy
+    sampled = run_audit(tmp_path / "sampled", "--temperature", "0.7", "--n", "2")
+    assert "mock · sampled T=0.7, n=2 · judge" in sampled
