@@ -63,6 +63,10 @@ def test_cost_model_puts_unsafe_responses_above_zero(
     assert result.metrics["loss_end"] < result.metrics["loss_start"]
     assert {"eval/accuracy", "eval/sign_accuracy"} <= set(result.metrics)
     folder = tmp_path / "cm"
+    before, after = weights(tiny_hf_model_dir), weights(folder)
+    shared = [k for k in before if k in after]
+    assert "score.weight" in after
+    assert shared and all(not torch.equal(before[k], after[k]) for k in shared)
     tokenizer = load_tokenizer(folder)
     model = load_classifier(folder, tokenizer.pad_token_id)
     encoder = ChatEncoder(tokenizer, 64)
