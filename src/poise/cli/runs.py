@@ -42,7 +42,12 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
             "over-refusal",
             "helpful",
         ):
-            table.add_column(col)
+            if col == "run":
+                # never cut: a run name is what the user copies into --resume or `runs show`
+                longest = max(len(r.path.name) for r in runs)
+                table.add_column(col, no_wrap=True, min_width=longest)
+            else:
+                table.add_column(col)
         for run in runs:
             try:
                 header = run.header
