@@ -215,9 +215,10 @@ def test_cli_audit_and_runs_commands(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "run folder" in result.output
-    listing = runner.invoke(app, ["runs", "ls", "--out", out])
+    listing = runner.invoke(app, ["runs", "ls", "--out", out], env={"COLUMNS": "80"})
     assert listing.exit_code == 0 and "mock" in listing.output
     [run] = list_runs(out)
+    assert run.path.name in listing.output  # whole, even on an 80-column terminal
     shown = runner.invoke(app, ["runs", "show", run.path.name, "--out", out])
     assert shown.exit_code == 0, shown.output
 
