@@ -269,3 +269,80 @@ def test_pickle_only_model_is_refused_before_loading(
     data = write_pairs(tmp_path / "pairs.jsonl")
     with pytest.raises(PoiseError, match="pickle"):
         train_dpo(model=str(folder), data=str(data), output=str(tmp_path / "out"))
+
+
+def _batch_and_model(tiny_hf_model_dir: Path, **config_changes: Any) -> tuple[Any, Any]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from poise.train.recipes.common import sequence_batch
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_hf_model_dir))
+    for key, value in config_changes.items():
+        setattr(model.config, key, value)
+    generator = torch.Generator().manual_seed(0)
+    rows = [
+        (
+            torch.randint(8, 90, (p,), generator=generator).tolist(),
+            torch.randint(8, 90, (r,), generator=generator).tolist(),
+        )
+        for p, r in ((5, 7), (9, 3), (2, 11), (6, 1), (4, 8))
+    ]  # 5 rows: the head runs in chunks of 2, 2, 1
+    return sequence_batch(rows, pad_id=0), model
+
+
+def _full_logits_logps(model: Any, batch: dict[str, Any]) -> Any:
+    from poise.train.logprobs import sequence_logprobs
+
+    keep = batch["response_mask"].shape[1]
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+    ).logits[:, -keep:, :]
+    return sequence_logprobs(logits.float(), batch["input_ids"][:, -keep:], batch["response_mask"])
+
+
+def test_chunked_head_gives_the_full_logits_values_and_gradients(tiny_hf_model_dir: Path) -> None:
+    import torch
+
+    from poise.train.recipes import common
+
+    batch, model = _batch_and_model(tiny_hf_model_dir)
+    expected = _full_logits_logps(model, batch)  # [N, K]
+    expected.sum().backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    got = common.token_logps(model, batch, "cpu")
+    assert common._PLAIN_HEAD[model] is True  # the chunked path was taken
+    got.sum().backward()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert (got[batch["response_mask"] == 0] == 0).all()
+    for name, grad in want.items():
+        param = dict(model.named_parameters())[name]
+        torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6, msg=name)
+    with torch.no_grad():  # the reference's path: no checkpointing, same numbers
+        torch.testing.assert_close(common.token_logps(model, batch, "cpu"), expected.detach())
+
+
+def test_heads_that_are_not_plain_use_full_logits(tiny_hf_model_dir: Path) -> None:
+    import torch
+
+    from poise.train.recipes import common
+
+    # a soft-capped head (Gemma-style config field): never applied by poise
+    batch, capped = _batch_and_model(tiny_hf_model_dir, final_logit_softcapping=30.0)
+    assert common._output_head(capped) is None
+    # a head whose logits differ from head(hidden) at run time: checked once, then full logits
+    batch, scaled = _batch_and_model(tiny_hf_model_dir)
+    original = scaled.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        out = original(*args, **kwargs)
+        out.logits = out.logits * 2.0
+        return out
+
+    scaled.forward = forward
+    got = common.token_logps(scaled, batch, "cpu")
+    assert common._PLAIN_HEAD[scaled] is False
+    torch.testing.assert_close(got, _full_logits_logps(scaled, batch))

@@ -42,6 +42,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -1119,15 +1120,37 @@ class Session:
 # policy log-probs and the frozen reference
 
 
+# The LM head's logits are the largest activation of a preference step on a large vocabulary
+# ([rows, K, V] float32, e.g. 16 x 512 x 152k = 5 GB). Where a model's logits are exactly its
+# output embedding applied to the last hidden state, poise applies the head itself, a few rows
+# at a time under activation checkpointing, so backward keeps only the [rows, K] log-probs and
+# recomputes one chunk's logits at a time (one extra head matmul per step).
+_HEAD_CHUNKS = 4  # row chunks per batch: the logits alive at once are about 1/4 of the batch's
+_HEAD_CHUNK_BYTES = 1 << 26  # and at most 64 MiB of float32 logits per chunk
+# Config fields of architectures whose logits are not the plain head (soft-capping, scaling).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+# model -> whether its logits were verified to equal head(last hidden state)
+_PLAIN_HEAD: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+
+
 def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
     """``[N, K]`` per-token log-probs of the response tokens of a :func:`sequence_batch`
-    (aligned with its ``response_mask``, 0 elsewhere). Logits are computed for the last ``K``
-    positions only, where the model's forward supports it."""
+    (aligned with its ``response_mask``, 0 elsewhere).
+
+    Where the model's logits are its output embedding applied to the last hidden state (Llama,
+    Qwen, Mistral, ...: not soft-capped or scaled heads, not FSDP / ZeRO-3 shards), the head is
+    applied here in checkpointed row chunks instead of materialising all ``[N, K, V]`` logits
+    for backward. The first call on a model checks that against the model's own last-position
+    logits; a model that fails the check uses full logits from then on (so every call on a
+    model takes the same path, and a resumed run computes exactly what an uninterrupted one
+    does). Both paths give the same numbers (tests/train/test_recipe_common.py).
+    """
     from poise.train.logprobs import sequence_logprobs
 
     input_ids = batch["input_ids"].to(device)
     mask = batch["response_mask"].to(device)
     keep = mask.shape[1]
+    labels = input_ids[:, -keep:]  # [N, K]
     kwargs: dict[str, Any] = {
         "input_ids": input_ids,
         "attention_mask": batch["attention_mask"].to(device),
@@ -1135,10 +1158,113 @@ def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
         "use_cache": False,  # a training forward needs no KV cache
     }
     keep_kwarg = _logits_to_keep_kwarg(model)
+    head = _output_head(model) if keep_kwarg is not None and _PLAIN_HEAD.get(model, True) else None
+    if head is not None:
+        assert keep_kwarg is not None
+        kwargs[keep_kwarg] = 1  # the model's own logits: the last position only, for the check
+        out = model(**kwargs, output_hidden_states=True)
+        if model in _PLAIN_HEAD or _head_matches(model, head, out, out.logits):
+            _PLAIN_HEAD[model] = True
+            hidden = out.hidden_states[-1][:, -keep:, :]  # [N, K, H]
+            return chunked_head_logps(head, hidden, labels, mask)  # [N, K]
+        _PLAIN_HEAD[model] = False  # checked once per model; this call runs again in full
+        del out
     if keep_kwarg is not None:
         kwargs[keep_kwarg] = keep
     logits = model(**kwargs).logits[:, -keep:, :]  # [N, K, V]
-    return sequence_logprobs(logits.float(), input_ids[:, -keep:], mask)
+    return sequence_logprobs(logits.float(), labels, mask)
+
+
+def chunked_head_logps(head: Any, hidden: Any, labels: Any, mask: Any) -> Any:
+    """:func:`poise.train.logprobs.sequence_logprobs` of ``head(hidden)`` without keeping the
+    logits: ``hidden`` ``[N, K, H]``, ``labels`` and ``mask`` ``[N, K]`` -> ``[N, K]``.
+
+    Rows go through the head in chunks; with gradients on, each chunk runs under non-reentrant
+    activation checkpointing, so backward recomputes its logits instead of storing them.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from poise.train.logprobs import sequence_logprobs
+
+    weight = head.weight  # [V, H]
+    rows_total, keep, _ = hidden.shape
+    by_budget = max(1, _HEAD_CHUNK_BYTES // max(1, keep * weight.shape[0] * 4))
+    rows = max(1, min(math.ceil(rows_total / _HEAD_CHUNKS), by_budget))
+    # under mixed precision the model's forward ran its head in autocast: do the same
+    cast = hidden.dtype != weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
+
+    def piece(h: Any, y: Any, m: Any) -> Any:
+        context: AbstractContextManager[Any] = (
+            torch.autocast(device_type=h.device.type, dtype=h.dtype) if cast else nullcontext()
+        )
+        with context:
+            logits = head(h)  # [rows, K, V]
+        return sequence_logprobs(logits.float(), y, m)  # [rows, K]
+
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    parts = []
+    for start in range(0, rows_total, rows):
+        args = (
+            hidden[start : start + rows],
+            labels[start : start + rows],
+            mask[start : start + rows],
+        )
+        parts.append(checkpoint(piece, *args, use_reentrant=False) if grad else piece(*args))
+    return torch.cat(parts)  # [N, K]
+
+
+def _output_head(model: Any) -> Any | None:
+    """The model's output embedding (LM head) when poise may apply it itself, else None."""
+    name = type(model).__name__
+    if "FullyShardedDataParallel" in name or "DeepSpeedEngine" in name:
+        return None  # sharded parameters are only whole inside the wrapped forward
+    base = getattr(model, "module", model)
+    getter = getattr(base, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    weight = getattr(head, "weight", None)
+    if head is None or weight is None or getattr(head, "bias", None) is not None:
+        return None
+    if hasattr(weight, "ds_id") or type(weight).__name__ == "DTensor":
+        return None  # ZeRO-3 / FSDP2 shards
+    config = getattr(base, "config", None)
+    get_text = getattr(config, "get_text_config", None)
+    text_config = get_text() if callable(get_text) else config
+    for field in _LOGIT_TRANSFORMS:
+        value = getattr(text_config, field, None)
+        if value not in (None, 1, 1.0):
+            return None
+    return head
+
+
+def _head_matches(model: Any, head: Any, out: Any, logits: Any) -> bool:
+    """Whether the model's last-position logits equal ``head(last hidden state)``."""
+    import torch
+
+    hidden_states = getattr(out, "hidden_states", None)
+    if not hidden_states:
+        return False
+    with torch.no_grad():
+        hidden = hidden_states[-1][:, -1:, :]  # [N, 1, H]
+        weight = head.weight
+        cast = hidden.dtype != weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
+        context: AbstractContextManager[Any] = (
+            torch.autocast(device_type=hidden.device.type, dtype=hidden.dtype)
+            if cast
+            else nullcontext()
+        )
+        with context:
+            mine = head(hidden).float()  # [N, 1, V]
+        theirs = logits[:, -1:, :].float()
+        if mine.shape != theirs.shape:
+            return False
+        tolerance = 1e-3 * (1.0 + float(theirs.abs().max()))
+        matches = bool((mine - theirs).abs().max() <= tolerance)
+    if not matches:
+        logger.info(
+            "%s: logits are not the plain LM head; log-probs use full logits", type(model).__name__
+        )
+    return matches
 
 
 def _logits_to_keep_kwarg(model: Any) -> str | None:
