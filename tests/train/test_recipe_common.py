@@ -323,6 +323,10 @@ def test_chunked_head_gives_the_full_logits_values_and_gradients(tiny_hf_model_d
         torch.testing.assert_close(param.grad, grad, rtol=1e-4, atol=1e-6, msg=name)
     with torch.no_grad():  # the reference's path: no checkpointing, same numbers
         torch.testing.assert_close(common.token_logps(model, batch, "cpu"), expected.detach())
+        # a frozen reference is first called without gradients: checked through its decoder
+        _, reference = _batch_and_model(tiny_hf_model_dir)
+        torch.testing.assert_close(common.token_logps(reference, batch, "cpu"), expected.detach())
+        assert common._PLAIN_HEAD[reference] is True
 
 
 def test_heads_that_are_not_plain_use_full_logits(tiny_hf_model_dir: Path) -> None:

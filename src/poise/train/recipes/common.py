@@ -1145,6 +1145,8 @@ def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
     model takes the same path, and a resumed run computes exactly what an uninterrupted one
     does). Both paths give the same numbers (tests/train/test_recipe_common.py).
     """
+    import torch
+
     from poise.train.logprobs import sequence_logprobs
 
     input_ids = batch["input_ids"].to(device)
@@ -1159,20 +1161,28 @@ def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
     }
     keep_kwarg = _logits_to_keep_kwarg(model)
     head = _output_head(model) if keep_kwarg is not None and _PLAIN_HEAD.get(model, True) else None
-    if head is not None:
-        assert keep_kwarg is not None
-        kwargs[keep_kwarg] = 1  # the model's own logits: the last position only, for the check
-        out = model(**kwargs, output_hidden_states=True)
-        if model in _PLAIN_HEAD or _head_matches(model, head, out, out.logits):
+    decoder = None if head is None or torch.is_grad_enabled() else _decoder(model)
+    if head is not None and keep_kwarg is not None and (torch.is_grad_enabled() or decoder):
+        checked = model in _PLAIN_HEAD
+        if decoder is None:
+            # with gradients, through the model's own forward (DDP's hooks run); its hidden
+            # states are kept for backward anyway, so asking for them costs nothing
+            out = model(**kwargs, output_hidden_states=True, **{keep_kwarg: 1})
+            hidden = out.hidden_states[-1]  # [N, T, H]
+            logits = out.logits  # [N, 1, V]
+        else:
+            # without gradients all hidden states would outlive the forward: take the last only
+            hidden = decoder(**kwargs).last_hidden_state  # [N, T, H]
+            logits = None if checked else model(**kwargs, **{keep_kwarg: 1}).logits
+        if checked or _head_matches(model, head, hidden[:, -1:, :], logits):
             _PLAIN_HEAD[model] = True
-            hidden = out.hidden_states[-1][:, -keep:, :]  # [N, K, H]
-            return chunked_head_logps(head, hidden, labels, mask)  # [N, K]
+            return chunked_head_logps(head, hidden[:, -keep:, :], labels, mask)  # [N, K]
         _PLAIN_HEAD[model] = False  # checked once per model; this call runs again in full
-        del out
+        del hidden, logits
     if keep_kwarg is not None:
         kwargs[keep_kwarg] = keep
-    logits = model(**kwargs).logits[:, -keep:, :]  # [N, K, V]
-    return sequence_logprobs(logits.float(), labels, mask)
+    full = model(**kwargs).logits[:, -keep:, :]  # [N, K, V]
+    return sequence_logprobs(full.float(), labels, mask)
 
 
 def chunked_head_logps(head: Any, hidden: Any, labels: Any, mask: Any) -> Any:
@@ -1237,15 +1247,25 @@ def _output_head(model: Any) -> Any | None:
     return head
 
 
-def _head_matches(model: Any, head: Any, out: Any, logits: Any) -> bool:
-    """Whether the model's last-position logits equal ``head(last hidden state)``."""
+def _decoder(model: Any) -> Any | None:
+    """The model's decoder stack (its ``last_hidden_state`` feeds the head), through DDP and
+    PEFT wrappers; None when the model does not expose one."""
+    base = getattr(model, "module", model)
+    if hasattr(base, "get_base_model"):
+        base = base.get_base_model()
+    getter = getattr(base, "get_decoder", None)
+    decoder = getter() if callable(getter) else None
+    return decoder if decoder is not None and decoder is not base else None
+
+
+def _head_matches(model: Any, head: Any, hidden: Any, logits: Any) -> bool:
+    """Whether ``head(hidden)`` equals the model's own ``logits`` (``[N, 1, H]`` and
+    ``[N, 1, V]``: the last position)."""
     import torch
 
-    hidden_states = getattr(out, "hidden_states", None)
-    if not hidden_states:
+    if logits is None:
         return False
     with torch.no_grad():
-        hidden = hidden_states[-1][:, -1:, :]  # [N, 1, H]
         weight = head.weight
         cast = hidden.dtype != weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
         context: AbstractContextManager[Any] = (
@@ -1255,14 +1275,15 @@ def _head_matches(model: Any, head: Any, out: Any, logits: Any) -> bool:
         )
         with context:
             mine = head(hidden).float()  # [N, 1, V]
-        theirs = logits[:, -1:, :].float()
+        theirs = logits.float()
         if mine.shape != theirs.shape:
             return False
         tolerance = 1e-3 * (1.0 + float(theirs.abs().max()))
         matches = bool((mine - theirs).abs().max() <= tolerance)
     if not matches:
         logger.info(
-            "%s: logits are not the plain LM head; log-probs use full logits", type(model).__name__
+            "%s: logits are not the plain LM head; log-probs use full logits",
+            type(model).__name__,
         )
     return matches
 

@@ -281,8 +281,10 @@ def train_dpo(
     for rows in session.micro_batches(len(train_idx)):
         batch = pair_batch([encoded[train_idx[i]] for i in rows], pad)
         mask = batch["response_mask"].to(session.device)
-        policy = token_logps(session.model, batch, session.device)  # [2B, K]
+        # the reference first: its forward's transient memory is freed before the policy's
+        # activations are held for backward, instead of stacking on top of them
         ref = reference.logps(batch)  # [2B, K]
+        policy = token_logps(session.model, batch, session.device)  # [2B, K]
         out_loss = dpo_losses(config, params, policy, ref, mask)
         session.backward(
             out_loss.losses.sum() / session.rows_in_step, reward_metrics(out_loss, policy, mask)

@@ -168,9 +168,9 @@ def train_modpo(
     def losses(rows: list[int]) -> tuple[Any, dict[str, float]]:
         batch = pair_batch([encoded[i] for i in rows], pad)
         mask = batch["response_mask"].to(session.device)
+        ref = reference.logps(batch)  # first: its transient memory is gone before the policy's
         with session.accelerator.autocast():
             policy = token_logps(session.model, batch, session.device)  # [2B, K]
-        ref = reference.logps(batch)
         half = len(rows)
         sums, ref_sums = masked_sum(policy, mask), masked_sum(ref, mask)  # [2B]
         result = modpo_loss(

@@ -371,8 +371,8 @@ def train_safe_rl(
             list(zip(prompt_ids, response_ids, strict=True)), tokenizer.pad_token_id
         )
         mask = batch["response_mask"].to(session.device)  # [N, K]
+        ref = reference.logps(batch)  # [N, K]; first, so its memory is freed before backward's
         policy = token_logps(session.model, batch, session.device)  # [N, K]
-        ref = reference.logps(batch)  # [N, K]
         per_sequence, kl = policy_loss(policy, ref, mask, advantages, config.kl_coef)  # [N], [N]
         session.backward(
             per_sequence.sum() / (session.rows_in_step * k),
