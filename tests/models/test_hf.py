@@ -173,6 +173,7 @@ def test_hub_id_name_includes_revision(
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", local_model)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", local_tokenizer)
+    monkeypatch.setattr("poise.models.hf.hub_access", lambda *a, **k: {})  # as if online
     assert HFModel("someone/some-model").name == "hf:someone/some-model@main"
     assert HFModel("someone/some-model", revision="v2").name == "hf:someone/some-model@v2"
     assert sources == [("someone/some-model", None), ("someone/some-model", "v2")]
@@ -502,3 +503,45 @@ def test_bfloat16_weights_generate(tiny_hf_model_dir: Path) -> None:
     assert completion.num_tokens == 4
     assert completion.token_logprobs is not None
     assert all(math.isfinite(lp) and lp < 0 for lp in completion.token_logprobs)
+
+
+def _no_network(monkeypatch: pytest.MonkeyPatch, *, cached: bool) -> None:
+    import socket
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    found = "/cache/models--owner--model/snapshots/abc/config.json" if cached else None
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: found)
+
+
+def test_hub_id_without_network_fails_at_once_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from poise.models.hf import HFModel, hub_access
+
+    _no_network(monkeypatch, cached=False)
+    with pytest.raises(
+        PoiseError,
+        match=r"owner/model: not in the local Hugging Face cache.*hf download owner/model",
+    ):
+        hub_access("owner/model")
+    with pytest.raises(PoiseError, match="cannot be reached"):
+        HFModel("owner/model")  # before any download is attempted
+
+
+def test_hub_id_without_network_but_cached_loads_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poise.models.hf import hub_access
+
+    _no_network(monkeypatch, cached=True)
+    assert hub_access("owner/model") == {"local_files_only": True}
+    # behind a proxy a direct connection says nothing: leave it to the hub client
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert hub_access("owner/model") == {}

@@ -86,6 +86,46 @@ def is_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_access(
+    repo_id: str, revision: str | None = None, *, timeout: float = 3.0
+) -> dict[str, Any]:
+    """Extra ``from_pretrained`` options for a hub id, decided before any download is tried.
+
+    ``{}`` when the hub is reachable (or when that cannot be probed: offline mode already set, or
+    a proxy in between); ``{"local_files_only": True}`` when the hub cannot be reached but the
+    repository is in the local cache; otherwise a :class:`PoiseError` at once. Without this a
+    machine with no network spends most of a minute in the hub client's retries before failing.
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in _PROXY_VARIABLES):
+        return {}
+    endpoint = urlparse(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+        return {}
+    except OSError:
+        pass
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    if isinstance(cached, str):
+        logger.info("%s: %s cannot be reached; using the local cache", repo_id, host)
+        return {"local_files_only": True}
+    raise PoiseError(
+        f"{repo_id}: not in the local Hugging Face cache, and {constants.ENDPOINT} cannot be "
+        "reached (no network?); download it where there is network "
+        f"(hf download {repo_id}) or pass a local folder"
+    )
+
+
 def _looks_like_path(spec: str) -> bool:
     return (
         Path(spec).expanduser().exists()
@@ -350,6 +390,7 @@ class HFModel:
         self.path: Path | None = None
         self.fingerprint: str | None = None
         self.default_system_prompt: str | None = None
+        self._hub_options: dict[str, Any] = {}
 
         use_safetensors: bool | None = True
         if _looks_like_path(path_or_id):
@@ -367,6 +408,7 @@ class HFModel:
             source = path_or_id
             if allow_pickle:
                 use_safetensors = None  # prefer safetensors, fall back to pickle
+            self._hub_options = hub_access(path_or_id, revision)
         self.source = source
 
         self.tokenizer = self._load_tokenizer(source)
@@ -390,7 +432,10 @@ class HFModel:
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(
-                source, revision=self.revision, trust_remote_code=self.trust_remote_code
+                source,
+                revision=self.revision,
+                trust_remote_code=self.trust_remote_code,
+                **self._hub_options,
             )
         except (OSError, ValueError, KeyError) as exc:
             raise PoiseError(
@@ -411,6 +456,7 @@ class HFModel:
             "use_safetensors": use_safetensors,
             "trust_remote_code": self.trust_remote_code,
             "revision": self.revision,
+            **self._hub_options,
         }
         try:
             model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
