@@ -385,7 +385,7 @@ def test_response_tokens_mean_and_interval_per_kind() -> None:
     del untimed["num_tokens"]  # records without a length are left out of the mean, not an error
     records.append(untimed)
     tokens = compute_metrics(records)["overall"]["response_tokens"]
-    half = 1.96 * 10 / math.sqrt(3)  # sample sd of 10, 20, 30 is 10
+    half = 1.959963984540054 * 10 / math.sqrt(3)  # z(0.975); sample sd of 10, 20, 30 is 10
     assert tokens["harmful"] == pytest.approx(
         {"mean": 20.0, "low": 20 - half, "high": 20 + half, "n": 3}
     )

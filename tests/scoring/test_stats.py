@@ -42,3 +42,13 @@ def test_empty_and_invalid() -> None:
     assert wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError):
         wilson_interval(3, 2)
+
+
+def test_mean_interval_closed_form() -> None:
+    from poise.scoring.stats import mean_interval
+
+    half = 1.959963984540054 * 10 / math.sqrt(3)  # sample sd of 10, 20, 30 is 10
+    assert mean_interval([10, 20, 30]) == pytest.approx((20.0, 20 - half, 20 + half))
+    assert mean_interval([7]) == (7.0, 7.0, 7.0)
+    with pytest.raises(ValueError, match="at least one value"):
+        mean_interval([])

@@ -22,7 +22,15 @@ from typing import Any
 
 from poise.errors import PoiseError, located
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
-from poise.scoring.metrics import RATE_INFO, RATE_NAMES, Rate, compute_metrics, explain, group_rates
+from poise.scoring.metrics import (
+    RATE_INFO,
+    RATE_NAMES,
+    Rate,
+    compute_metrics,
+    explain,
+    format_tokens,
+    group_rates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -318,6 +326,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
     overall = metrics["overall"]
     rates = group_rates(overall)
     counts = overall.get("counts", {})
+    lengths = overall.get("response_tokens", {})
     return {
         "label": run.label,
         "audited": _audited(run),
@@ -330,7 +339,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
                 "prompts": n,
                 "samples": counts.get("samples", {}).get(kind, 0),
                 "meaning": KIND_MEANING.get(kind, ""),
-                "tokens": _tokens_cell(overall.get("response_tokens", {}).get(kind)),
+                "tokens": format_tokens(lengths[kind]) if kind in lengths else "–",
             }
             for kind, n in counts.get("items", {}).items()
         ],
@@ -340,13 +349,6 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "honesty": _honesty_view(overall),
         "examples": _examples(run, str(metrics.get("default_group", "")), EXAMPLES_PER_BUCKET),
     }
-
-
-def _tokens_cell(length: Mapping[str, Any] | None) -> str:
-    """ "24.9 ± 0.9" for a kind's mean answer length, "–" when the records carry none."""
-    if not length:
-        return "–"
-    return f"{length['mean']:.1f} ± {length['high'] - length['mean']:.1f}"
 
 
 def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:

@@ -14,7 +14,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from poise.scoring.metrics import RATE_INFO, RATE_NAMES, Rate
+from poise.scoring.metrics import RATE_INFO, RATE_NAMES, Rate, format_tokens
 
 GOOD_AT = 0.90
 BAD_BELOW = 0.70
@@ -145,7 +145,7 @@ def _caption(metrics: Mapping[str, Any]) -> str:
     lengths = overall.get("response_tokens") or {}
     if lengths:
         text += "; mean tokens per answer: " + ", ".join(
-            f"{kind} {v['mean']:.1f} ± {v['high'] - v['mean']:.1f}" for kind, v in lengths.items()
+            f"{kind} {format_tokens(v)}" for kind, v in lengths.items()
         )
     return text
 

@@ -92,14 +92,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from poise.errors import PoiseError
-from poise.scoring.stats import wilson_interval
+from poise.scoring.stats import mean_interval, wilson_interval
 from poise.suites.schema import KINDS
 
 log = logging.getLogger(__name__)
@@ -578,25 +577,24 @@ def _by_category(samples: list[_Sample], worst_of_n: bool) -> dict[str, dict[str
     return {name: out[name] for name in RATE_NAMES if name in out}
 
 
-def response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, float | int]]:
-    """Mean generated tokens per sample for each kind, with a normal-approximation 95% interval
-    (mean ± 1.96 s/sqrt(n)): verbosity is what length-desensitised training (LD-DPO, arXiv
-    2409.06411) changes, so an audit reports it next to the rates."""
+def _response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, float | int]]:
+    """Mean generated tokens per sample for each kind, with a normal-approximation 95% interval:
+    verbosity is what length-desensitised training (LD-DPO, arXiv 2409.06411) changes, so an
+    audit reports it next to the rates. Lengths cannot be negative, so ``low`` stops at 0."""
     per_kind: dict[str, list[int]] = {}
     for s in samples:
         if s.num_tokens is not None:
             per_kind.setdefault(s.kind, []).append(s.num_tokens)
     out: dict[str, dict[str, float | int]] = {}
-    for kind in KINDS:
-        values = per_kind.get(kind)
-        if not values:
-            continue
-        n = len(values)
-        mean = sum(values) / n
-        var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
-        half = 1.96 * math.sqrt(var / n)
-        out[kind] = {"mean": mean, "low": max(0.0, mean - half), "high": mean + half, "n": n}
+    for kind in (k for k in KINDS if k in per_kind):
+        mean, low, high = mean_interval(per_kind[kind])
+        out[kind] = {"mean": mean, "low": max(0.0, low), "high": high, "n": len(per_kind[kind])}
     return out
+
+
+def format_tokens(length: Mapping[str, Any]) -> str:
+    """A ``response_tokens`` entry as "24.9 ± 0.9" (mean and the interval's half-width)."""
+    return f"{length['mean']:.1f} ± {length['high'] - length['mean']:.1f}"
 
 
 def _group_metrics(
@@ -615,7 +613,7 @@ def _group_metrics(
     }
     group.update({name: rate.to_dict() for name, rate in _group_rates(samples, worst_of_n).items()})
     group["by_category"] = _by_category(samples, worst_of_n)
-    lengths = response_tokens(samples)
+    lengths = _response_tokens(samples)
     if lengths:
         group["response_tokens"] = lengths
     group["honesty"] = _honesty(samples, reference)

@@ -1,8 +1,10 @@
-"""Confidence intervals for rates."""
+"""Confidence intervals for rates and means."""
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections.abc import Sequence
 
 
 def wilson_interval(
@@ -26,3 +28,15 @@ def wilson_interval(
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == total else min(1.0, centre + half)
     return low, high
+
+
+def mean_interval(
+    values: Sequence[float], z: float = 1.959963984540054
+) -> tuple[float, float, float]:
+    """Mean and normal-approximation interval ``mean ± z · s / sqrt(n)`` (``s`` the sample
+    standard deviation; default 95%). Returns (mean, low, high); a single value has no spread."""
+    if not values:
+        raise ValueError("mean_interval needs at least one value")
+    mean = statistics.fmean(values)
+    half = z * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return mean, mean - half, mean + half

@@ -1201,16 +1201,9 @@ def chunked_head_logps(head: Any, hidden: Any, labels: Any, mask: Any) -> Any:
     rows_total, keep, _ = hidden.shape
     by_budget = max(1, _HEAD_CHUNK_BYTES // max(1, keep * weight.shape[0] * 4))
     rows = max(1, min(math.ceil(rows_total / _HEAD_CHUNKS), by_budget))
-    # under mixed precision the model's forward ran its head in autocast: do the same
-    cast = hidden.dtype != weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
 
     def piece(h: Any, y: Any, m: Any) -> Any:
-        context: AbstractContextManager[Any] = (
-            torch.autocast(device_type=h.device.type, dtype=h.dtype) if cast else nullcontext()
-        )
-        with context:
-            logits = head(h)  # [rows, K, V]
-        return sequence_logprobs(logits.float(), y, m)  # [rows, K]
+        return sequence_logprobs(_apply_head(head, h), y, m)  # [rows, K]
 
     grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     parts = []
@@ -1224,12 +1217,34 @@ def chunked_head_logps(head: Any, hidden: Any, labels: Any, mask: Any) -> Any:
     return torch.cat(parts)  # [N, K]
 
 
+def _apply_head(head: Any, hidden: Any) -> Any:
+    """Float32 logits ``head(hidden)``: ``[..., H] -> [..., V]``. Under mixed precision the
+    model's own forward ran its head in autocast (half-precision hidden states, float32 weight),
+    so this does the same and the numbers match the model's."""
+    import torch
+
+    cast = hidden.dtype != head.weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
+    context: AbstractContextManager[Any] = (
+        torch.autocast(device_type=hidden.device.type, dtype=hidden.dtype)
+        if cast
+        else nullcontext()
+    )
+    with context:
+        return head(hidden).float()
+
+
+def _unwrap(model: Any) -> Any:
+    """The transformers model under DDP (``.module``) and PEFT (``get_base_model``) wrappers."""
+    base = getattr(model, "module", model)
+    return base.get_base_model() if hasattr(base, "get_base_model") else base
+
+
 def _output_head(model: Any) -> Any | None:
     """The model's output embedding (LM head) when poise may apply it itself, else None."""
     name = type(model).__name__
     if "FullyShardedDataParallel" in name or "DeepSpeedEngine" in name:
         return None  # sharded parameters are only whole inside the wrapped forward
-    base = getattr(model, "module", model)
+    base = _unwrap(model)
     getter = getattr(base, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
     weight = getattr(head, "weight", None)
@@ -1250,9 +1265,7 @@ def _output_head(model: Any) -> Any | None:
 def _decoder(model: Any) -> Any | None:
     """The model's decoder stack (its ``last_hidden_state`` feeds the head), through DDP and
     PEFT wrappers; None when the model does not expose one."""
-    base = getattr(model, "module", model)
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
+    base = _unwrap(model)
     getter = getattr(base, "get_decoder", None)
     decoder = getter() if callable(getter) else None
     return decoder if decoder is not None and decoder is not base else None
@@ -1266,15 +1279,7 @@ def _head_matches(model: Any, head: Any, hidden: Any, logits: Any) -> bool:
     if logits is None:
         return False
     with torch.no_grad():
-        weight = head.weight
-        cast = hidden.dtype != weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16)
-        context: AbstractContextManager[Any] = (
-            torch.autocast(device_type=hidden.device.type, dtype=hidden.dtype)
-            if cast
-            else nullcontext()
-        )
-        with context:
-            mine = head(hidden).float()  # [N, 1, V]
+        mine = _apply_head(head, hidden)  # [N, 1, V]
         theirs = logits.float()
         if mine.shape != theirs.shape:
             return False
@@ -1293,10 +1298,7 @@ def _logits_to_keep_kwarg(model: Any) -> str | None:
     4.50), looked up on the underlying model class through DDP and PEFT wrappers."""
     import inspect
 
-    base = getattr(model, "module", model)
-    if hasattr(base, "get_base_model"):
-        base = base.get_base_model()
-    params = inspect.signature(type(base).forward).parameters
+    params = inspect.signature(type(_unwrap(model)).forward).parameters
     return next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
 
 
