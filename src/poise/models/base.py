@@ -6,19 +6,33 @@ runs unchanged on ``base``, ``eft(base, ...)`` or ``guarded(bon(base, ...), ...)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypedDict, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
+from poise.chat import Chat, Message, with_system_prompt
 from poise.config import Sampling
 
+if TYPE_CHECKING:
+    import torch
 
-class Message(TypedDict):
-    role: str  # "system" | "user" | "assistant"
-    content: str
-
-
-Chat = list[Message]
+__all__ = [
+    "Capabilities",
+    "Chat",
+    "Completion",
+    "Engine",
+    "FinishReason",
+    "LanguageModel",
+    "LogitsHook",
+    "Message",
+    "ModelBase",
+    "ProgressFn",
+    "StepView",
+    "StreamEvent",
+    "TokenLogprobs",
+    "default_system_prompt",
+    "with_system_prompt",
+]
 
 FinishReason = Literal["stop", "length", "guard"]
 
@@ -67,36 +81,152 @@ class TokenLogprobs:
         return float(sum(self.logprobs))
 
 
+# progress(k): k more chats finished since the previous call
+ProgressFn = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do beyond ``generate``. Declared by each model, never probed.
+
+    - ``score``: teacher-forced per-token log-probs (``score``).
+    - ``stream``: ``stream(chats, sampling)`` yields each row's new text as it is decoded.
+    - ``step``: a token-level step: ``generate`` / ``stream`` / ``engine`` take a ``logits_hook``
+      that sees (and may change) every step's next-token logits for the whole batch, and the
+      model exposes ``prefill`` / ``DecodeState.step`` for strategies that drive several models
+      in lockstep (emulated fine-tuning, reward-guided search).
+    - ``engine``: ``engine()`` returns an :class:`Engine`, a continuous batch that admits new
+      requests at step boundaries (``poise serve`` uses it).
+    """
+
+    score: bool = False
+    stream: bool = False
+    step: bool = False
+    engine: bool = False
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """New text of one row (one chat and sample index), as it is decoded.
+
+    ``key`` names the row's request: the chat's index for ``stream(chats, ...)``, the id given
+    to ``Engine.add`` for an engine. The ``text`` of a row's events concatenated is exactly the
+    row's final ``Completion.text`` (text that could still turn into a stop string or an
+    incomplete character is held back). The row's last event carries its ``completion``.
+    """
+
+    key: Hashable
+    sample_index: int
+    text: str
+    completion: Completion | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.completion is not None
+
+
+@dataclass
+class StepView:
+    """What a logits hook sees at one decoding step, for the rows still decoding.
+
+    ``logits``: [rows, vocab] float32 next-token logits (before temperature / top-k / top-p).
+    ``rows``: [rows] int64, which rows these are: for ``generate`` / ``stream`` the index into
+    the flattened (chat, sample) rows ``chat * n + sample``; for an engine, the engine's row ids.
+    ``generated``: [rows] int64, how many tokens each row has generated before this step.
+    ``tokens``: the tokens each row generated so far (a list of [generated[i]] int64 tensors).
+    """
+
+    logits: torch.Tensor
+    rows: torch.Tensor
+    generated: torch.Tensor
+    tokens: list[torch.Tensor]
+
+
+# A logits hook returns the changed logits ([rows, vocab]) or None to keep them. It must treat
+# each row independently (a row's output may not depend on which other rows share the batch).
+LogitsHook = Callable[[StepView], "torch.Tensor | None"]
+
+
 @runtime_checkable
 class LanguageModel(Protocol):
     """Anything that turns chats into completions.
 
     ``name`` is a stable identity used in cache keys and reports: two models with the same name
-    must produce the same outputs for the same inputs.
+    must produce the same outputs for the same inputs. ``spec`` is the string that rebuilds the
+    model through ``poise.models.load_model`` (recorded in run.json); ``None`` for a model that
+    cannot be rebuilt from a string. The other attributes are declarations that audits, the
+    server and wrappers read instead of probing: ``capabilities``, ``default_system_prompt``,
+    ``recommended_judge`` (a judge spec, e.g. ``"oracle"`` for organism members) and
+    ``tokenizer`` (a Hugging Face tokenizer or None). :class:`ModelBase` gives the defaults.
     """
 
     name: str
+    spec: str | None
+    capabilities: Capabilities
+    default_system_prompt: str | None
+    recommended_judge: str | None
+    tokenizer: Any
 
-    def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[list[Completion]]:
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
         """One list of ``sampling.n`` completions per chat; batched inside; deterministic for
-        a given ``sampling.seed`` (a chat's completions do not depend on the rest of the batch)."""
+        a given ``sampling.seed`` (a chat's completions do not depend on the rest of the batch).
+        ``progress(k)`` is called as chats finish, ``k`` the number finished since last call."""
         ...
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
         """Per-token log-probs of ``continuations[i]`` as the assistant's reply to ``chats[i]``.
-        Backends that cannot do this raise ``NotImplementedError``."""
+        Backends that cannot do this (``capabilities.score`` false) raise
+        ``NotImplementedError``."""
         ...
 
 
-def default_system_prompt(model: object) -> str | None:
+class ModelBase:
+    """Defaults of the declarations of :class:`LanguageModel`, for backends to inherit."""
+
+    name: str
+    spec: str | None = None
+    capabilities: Capabilities = Capabilities()
+    default_system_prompt: str | None = None
+    recommended_judge: str | None = None
+    tokenizer: Any = None
+
+    def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
+        raise NotImplementedError(f"{self.name}: this model cannot score continuations")
+
+    def stream(self, chats: Sequence[Chat], sampling: Sampling) -> Iterator[StreamEvent]:
+        """Each row's text as it is decoded. This default, for models without the ``stream``
+        capability, generates everything first and yields each row once."""
+        results = self.generate(chats, sampling)  # type: ignore[attr-defined]
+        for index, completions in enumerate(results):
+            for sample, completion in enumerate(completions):
+                yield StreamEvent(index, sample, completion.text, completion)
+
+
+class Engine(Protocol):
+    """A continuous batch (``capabilities.engine``): requests join at step boundaries.
+
+    Driven from one thread: ``add`` and ``cancel`` between calls of ``step``. ``step`` advances
+    every live row by one token (prefilling rows added since the last step first) and returns the
+    events of that step; a request with ``sampling.n > 1`` is ``n`` rows with sample indices
+    ``0..n-1``, seeded as ``generate`` seeds them, so an engine's completions equal
+    ``generate``'s for the same chat and sampling.
+    """
+
+    def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None: ...
+
+    def cancel(self, key: Hashable) -> None: ...
+
+    def step(self) -> list[StreamEvent]: ...
+
+    @property
+    def idle(self) -> bool:
+        """No row is waiting or decoding."""
+        ...
+
+
+def default_system_prompt(model: LanguageModel) -> str | None:
     """The system prompt a model declares as its recommended default, if any."""
-    value = getattr(model, "default_system_prompt", None)
+    value = model.default_system_prompt
     return value if isinstance(value, str) and value else None
-
-
-def with_system_prompt(chat: Chat, system_prompt: str | None) -> Chat:
-    """``chat`` with its system message replaced by ``system_prompt`` (removed when None)."""
-    rest = [m for m in chat if m["role"] != "system"]
-    if system_prompt is None:
-        return rest
-    return [{"role": "system", "content": system_prompt}, *rest]

@@ -174,7 +174,7 @@ def generate_with_progress(
     if progress is None:
         return model.generate(chats, sampling)
     if accepts_progress(model):
-        return model.generate(chats, sampling, progress=progress)  # type: ignore[call-arg]
+        return model.generate(chats, sampling, progress=progress)
     result = model.generate(chats, sampling)
     if chats:
         progress(len(chats))

@@ -33,7 +33,14 @@ import torch
 
 from poise.config import Sampling
 from poise.errors import PoiseError, located
-from poise.models.base import Chat, Completion, FinishReason, TokenLogprobs
+from poise.models.base import (
+    Capabilities,
+    Chat,
+    Completion,
+    FinishReason,
+    ModelBase,
+    TokenLogprobs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -356,7 +363,7 @@ class _RowResult:
     finish_reason: FinishReason
 
 
-class HFModel:
+class HFModel(ModelBase):
     """A Hugging Face causal LM behind the ``LanguageModel`` protocol.
 
     ``path_or_id`` is a local folder (config.json + safetensors weights) or a hub id. ``device``
@@ -367,6 +374,8 @@ class HFModel:
     ``name`` is "hf:<resolved path>#<fingerprint>" for a folder and "hf:<id>@<revision>" for a
     hub id. The raw objects are exposed as ``model``, ``tokenizer`` and ``device``.
     """
+
+    capabilities = Capabilities(score=True)
 
     def __init__(
         self,

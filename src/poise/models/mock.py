@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 from poise.config import Sampling
-from poise.models.base import Chat, Completion, FinishReason, TokenLogprobs
+from poise.models.base import Capabilities, Chat, Completion, FinishReason, ModelBase, TokenLogprobs
 
 Script = Mapping[str, str | Sequence[str]] | Callable[[Chat, int], str]
 
@@ -34,7 +34,7 @@ def last_user_message(chat: Chat) -> str:
     return ""
 
 
-class MockModel:
+class MockModel(ModelBase):
     """A deterministic, scripted language model.
 
     - ``responses`` as a mapping: the last user message selects the reply; a sequence of replies
@@ -62,6 +62,7 @@ class MockModel:
         self.responses = responses
         self.default = default
         self.scores = scores
+        self.capabilities = Capabilities(score=scores)
         self.default_system_prompt = default_system_prompt
         self.calls = 0
         self.generated = 0

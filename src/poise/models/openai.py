@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from poise.config import Sampling
 from poise.errors import MissingExtraError, PoiseError
-from poise.models.base import Chat, Completion, FinishReason, TokenLogprobs
+from poise.models.base import Chat, Completion, FinishReason, ModelBase, TokenLogprobs
 
 if TYPE_CHECKING:
     import openai
@@ -66,7 +66,7 @@ def _import_openai() -> Any:
     return openai
 
 
-class OpenAIModel:
+class OpenAIModel(ModelBase):
     """A ``LanguageModel`` backed by one or more OpenAI-compatible chat completion endpoints.
 
     Args:
