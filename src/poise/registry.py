@@ -1,62 +1,188 @@
-"""One small registry for every pluggable kind (models, suites, judges, attacks, losses, ...).
+"""One small registry for every pluggable kind (backends, strategies, judges, attacks, losses ...).
 
 Usage::
 
-    judges = Registry("judge")
+    strategies = Registry("decoding strategy")
 
-    @judges.register("refusal")
-    def make_refusal_judge(**kwargs): ...
+    @strategies.register("logit_temperature", help="scale next-token logits by 1/t",
+                         reference="arXiv 1503.02531")
+    class LogitTemperature(WrappedModel): ...
 
-    judges.get("refusal")  # -> the registered object, or UnknownNameError with close matches
+    strategies.get("logit_temperature")         # the registered object
+    strategies.build("logit_temperature", base, t=0.7)   # options checked, then called
+
+One naming style for every registry: snake_case (``best_of_n``, ``safe_rl``, ``hh_rlhf``), the
+style of Python identifiers and of the keyword options that follow the name in a model spec.
+Names users may have typed in an older style stay as deprecated aliases (``alias``): they resolve,
+with a ``DeprecationWarning`` that names the new name.
+
+An unknown name, or an unknown option of :meth:`Registry.build`, is an
+:class:`~poise.errors.UnknownNameError` that lists the nearest valid names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+import inspect
+import re
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from poise.errors import UnknownNameError
+from poise.errors import PoiseError, UnknownNameError
 
 T = TypeVar("T")
 
+NAME_STYLE = re.compile(r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """A registered object with its one line of help and its reference (arXiv id or URL)."""
+
+    name: str
+    obj: T
+    help: str
+    reference: str | None
+
+
+def _first_doc_line(obj: object) -> str:
+    lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+    return lines[0].strip() if lines else ""
+
 
 class Registry(Generic[T]):
+    """Objects of one kind by name (see the module docstring)."""
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._entries: dict[str, T] = {}
-        self._help: dict[str, str] = {}
+        self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}  # deprecated name -> current name
 
-    def register(self, name: str, *, help: str = "") -> Callable[[T], T]:
+    # -- registering
+
+    def register(
+        self, name: str, *, help: str = "", reference: str | None = None
+    ) -> Callable[[T], T]:
+        """Decorator form of :meth:`add`."""
+
         def add(obj: T) -> T:
-            self.add(name, obj, help=help)
+            self.add(name, obj, help=help, reference=reference)
             return obj
 
         return add
 
-    def add(self, name: str, obj: T, *, help: str = "") -> None:
-        if name in self._entries and self._entries[name] is not obj:
+    def add(self, name: str, obj: T, *, help: str = "", reference: str | None = None) -> None:
+        """Register ``obj`` as ``name`` (snake_case). ``help`` defaults to the first line of the
+        object's docstring."""
+        if not NAME_STYLE.match(name):
+            raise ValueError(f"{self.kind} name {name!r} is not snake_case (e.g. 'best_of_n')")
+        current = self._entries.get(name)
+        if current is not None and current.obj is not obj:
             raise ValueError(f"{self.kind} {name!r} is already registered")
-        self._entries[name] = obj
-        doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()[:1]
-        self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+        if name in self._aliases:
+            raise ValueError(f"{self.kind} {name!r} is already a deprecated alias")
+        self._entries[name] = Entry(name, obj, help or _first_doc_line(obj), reference)
+
+    def alias(self, old: str, new: str) -> None:
+        """Keep ``old`` (any style) working as a deprecated name of the registered ``new``."""
+        if new not in self._entries:
+            raise ValueError(f"{self.kind} {new!r} is not registered")
+        if old in self._entries:
+            raise ValueError(f"{self.kind} {old!r} is registered; it cannot be an alias")
+        self._aliases[old] = new
+
+    # -- looking up
+
+    def canonical(self, name: str) -> str:
+        """The registered name of ``name``: itself, or the current name of a deprecated alias
+        (with a ``DeprecationWarning``); an unknown name is an ``UnknownNameError``."""
+        if name in self._entries:
+            return name
+        new = self._aliases.get(name)
+        if new is not None:
+            warnings.warn(
+                f"{self.kind} {name!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=3
+            )
+            return new
+        raise UnknownNameError(self.kind, name, self.names())
+
+    def entry(self, name: str) -> Entry[T]:
+        return self._entries[self.canonical(name)]
 
     def get(self, name: str) -> T:
-        try:
-            return self._entries[name]
-        except KeyError:
-            raise UnknownNameError(self.kind, name, self._entries) from None
+        return self.entry(name).obj
 
     def help(self, name: str) -> str:
-        return self._help.get(name, "")
+        return self.entry(name).help
+
+    def reference(self, name: str) -> str | None:
+        return self.entry(name).reference
 
     def names(self) -> list[str]:
+        """Registered names, sorted (deprecated aliases are not listed)."""
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    # -- building
+
+    def options(self, name: str) -> dict[str, inspect.Parameter]:
+        """The keyword options the entry ``name`` takes (its signature's keyword parameters,
+        leading positional-only / positional parameters without defaults excluded)."""
+        return keyword_options(self.get(name))
+
+    def check_options(self, name: str, options: Mapping[str, object]) -> None:
+        """Refuse option names the entry does not take, naming the nearest valid ones."""
+        name = self.canonical(name)
+        obj = self._entries[name].obj
+        if _takes_any_keyword(obj):
+            return
+        valid = keyword_options(obj)
+        for option in options:
+            if option not in valid:
+                raise UnknownNameError(f"option of {self.kind} {name!r}:", option, valid)
+
+    def build(self, name: str, /, *args: Any, **options: Any) -> Any:
+        """Call the entry ``name`` with ``args`` and ``options`` after checking the option names
+        once against its signature (a typo names the nearest valid options)."""
+        name = self.canonical(name)
+        self.check_options(name, options)
+        obj: Any = self._entries[name].obj
+        try:
+            inspect.signature(obj).bind(*args, **options)
+        except TypeError as exc:
+            raise PoiseError(f"{self.kind} {name!r}: {exc}") from None
+        except ValueError:  # no signature (a builtin): let the call itself check
+            pass
+        return obj(*args, **options)
+
+
+def keyword_options(obj: object) -> dict[str, inspect.Parameter]:
+    """The parameters of ``obj`` that can be given by keyword and have a default, or are
+    keyword-only: the options of a registered factory."""
+    try:
+        params = inspect.signature(obj).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return {}
+    return {
+        p.name: p
+        for p in params.values()
+        if p.kind is p.KEYWORD_ONLY
+        or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
+    }
+
+
+def _takes_any_keyword(obj: object) -> bool:
+    try:
+        params = inspect.signature(obj).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind is p.VAR_KEYWORD for p in params.values())

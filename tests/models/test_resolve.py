@@ -14,7 +14,7 @@ from poise.errors import PoiseError, UnknownNameError
 from poise.models import load_model
 from poise.models.hf import HFModel
 from poise.models.mock import MockModel
-from poise.models.resolve import ORGANISM_BATCH_SIZE
+from poise.organism import ORGANISM_BATCH_SIZE
 
 
 def test_mock_names_and_options() -> None:
@@ -57,6 +57,8 @@ def test_hub_shaped_names_go_to_hf(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, dict[str, Any]]] = []
 
     class Recorder:
+        path = None  # a hub id, not a folder
+
         def __init__(self, path_or_id: str, *, revision: str | None = None) -> None:
             calls.append((path_or_id, {"revision": revision}))
 

@@ -87,7 +87,7 @@ def test_heuristic_alias_and_options() -> None:
     assert judge.name == "refusal"
     [v] = judge.judge([BENIGN], ["Yes."])
     assert v.helpful is True
-    with pytest.raises(PoiseError, match=r"has no option 'treshold'.*min_words"):
+    with pytest.raises(PoiseError, match=r"unknown option of judge 'refusal': 'treshold'.*min_words"):
         get_judge("refusal", treshold=0.3)
     with pytest.raises(PoiseError, match="min_words"):
         get_judge("refusal", min_words=0)

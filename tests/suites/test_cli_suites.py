@@ -65,7 +65,7 @@ def test_ls_lists_builtins_with_counts_and_the_formats(
         "strongreject",
         "jailbreakbench",
         "donotanswer",
-        "hh-rlhf",
+        "hh_rlhf",
         "generic",
     ):
         assert any(line.startswith(f"│ {fmt} ") for line in lines), fmt

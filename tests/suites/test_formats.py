@@ -153,7 +153,7 @@ def test_do_not_answer_question_with_types_of_harm_falling_back_to_risk_area() -
 
 def test_hh_rlhf_gz_keeps_the_dialogue_up_to_the_last_human_turn() -> None:
     suite = load_suite(str(DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"))
-    assert suite.format == "hh-rlhf"
+    assert suite.format == "hh_rlhf"
     assert suite.name == "harmless-base-test"
     first = suite.items[0]
     assert first.messages == [
@@ -270,7 +270,7 @@ def test_poise_item_jsonl_round_trips_suite_items() -> None:
         (["category", "source", "forbidden_prompt"], "strongreject"),
         (["Index", "Goal", "Target", "Behavior", "Category", "Source"], "jailbreakbench"),
         (["id", "risk_area", "types_of_harm", "specific_harms", "question"], "donotanswer"),
-        (["chosen", "rejected"], "hh-rlhf"),
+        (["chosen", "rejected"], "hh_rlhf"),
         (["id", "messages", "kind"], "poise"),
     ],
 )
@@ -293,7 +293,7 @@ def test_forcing_a_format_reports_its_missing_column_and_the_columns_found(tmp_p
 
 
 def test_register_format_adds_a_detectable_format(tmp_path: Path) -> None:
-    @register_format("test-quiz", required=("quiz_question", "quiz_answer"))
+    @register_format("test_quiz", required=("quiz_question", "quiz_answer"))
     def quiz(record: Record, context: object) -> Draft:
         """A quiz file: questions with known answers."""
         return Draft(
@@ -307,12 +307,11 @@ def test_register_format_adds_a_detectable_format(tmp_path: Path) -> None:
         path = tmp_path / "quiz.csv"
         path.write_text("quiz_question,quiz_answer\nWhat is 2+2?,4\n", encoding="utf-8")
         suite = load_suite(str(path))
-        assert suite.format == "test-quiz"
+        assert suite.format == "test_quiz"
         assert suite.items[0].reference == "4"
-        assert format_registry.help("test-quiz") == "A quiz file: questions with known answers."
+        assert format_registry.help("test_quiz") == "A quiz file: questions with known answers."
     finally:
-        format_registry._entries.pop("test-quiz")
-        format_registry._help.pop("test-quiz")
+        format_registry._entries.pop("test_quiz")
 
 
 def test_hh_rlhf_broken_rejected_transcript_names_the_rejected_field(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Attacks turn suite items into requests: the chat to send and how to decode it.
 
 The plain audit is the ``greedy`` attack (one request per item with the audit's own sampling).
-Other attacks (a grid of decoding configurations, best-of-N sampling) return several requests per
+Other attacks (a grid of decoding configurations, worst-of-N sampling) return several requests per
 item, each with its own ``request_id``, so metrics can be computed per configuration.
 """
 

@@ -31,7 +31,7 @@ _SHOWN: dict[str, tuple[str, ...]] = {
     "modpo": ("loss", "rewards/accuracy", "rewards/margin"),
     "reward": ("loss", "accuracy"),
     "cost": ("loss", "accuracy"),
-    "safe-rl": ("reward", "cost", "lambda", "kl"),
+    "safe_rl": ("reward", "cost", "lambda", "kl"),
 }
 # flags spelled other than the field: short aliases, and singular names for repeatable fields
 _ALIASES = {
@@ -207,7 +207,8 @@ def _register_recipes() -> None:
             with user_errors():
                 _run_recipe(name, fields)
 
-        train_app.command(name, help=recipe.help)(
+        # registry names are snake_case; command names are kebab-case (``poise train safe-rl``)
+        train_app.command(name.replace("_", "-"), help=recipe.help)(
             command_from_config(recipe.config, run, recipe.help)
         )
 

@@ -1,0 +1,23 @@
+"""Decoding strategies: models that wrap models and change how they decode.
+
+Each strategy is one module, registered in :data:`strategies` under a snake_case name, with one
+line of help and its reference; a model spec names it as a call
+(``logit_temperature(organism-small, t=0.8)``, see :mod:`poise.models.spec`). A strategy is a
+:class:`~poise.models.wrapped.WrappedModel`, so every audit, the gate and ``poise serve`` run on
+it unchanged. Strategies that change next-token distributions do it through the token-level step
+(``capabilities.step``: a ``logits_hook`` on the inner model's ``generate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from poise.models.base import LanguageModel
+from poise.registry import Registry
+
+__all__ = ["strategies"]
+
+strategies: Registry[Callable[..., LanguageModel]] = Registry("decoding strategy")
+
+# the built-in strategies register themselves on import
+from poise.decoding import temperature as _temperature  # noqa: E402, F401

@@ -1,0 +1,16 @@
+"""Guards: models that wrap models and stop or replace unsafe answers (finish_reason "guard").
+
+Each guard is one module, registered in :data:`guards` under a snake_case name; a model spec names
+it as a call (``guarded(MODEL, monitor=...)``, see :mod:`poise.models.spec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from poise.models.base import LanguageModel
+from poise.registry import Registry
+
+__all__ = ["guards"]
+
+guards: Registry[Callable[..., LanguageModel]] = Registry("guard")

@@ -17,20 +17,20 @@ only whole, committed rows behind. That is what makes a killed run resumable::
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion, LanguageModel, TokenLogprobs
+from poise.models.base import Chat, Completion, LanguageModel, ProgressFn
+from poise.models.wrapped import WrappedModel
 
 logger = logging.getLogger(__name__)
 
@@ -154,53 +154,26 @@ class ResponseCache:
         return f"ResponseCache({str(self.path)!r})"
 
 
-def accepts_progress(model: object) -> bool:
-    """Whether ``model.generate`` takes the optional ``progress`` keyword."""
-    try:
-        params = inspect.signature(model.generate).parameters  # type: ignore[attr-defined]
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return "progress" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def generate_with_progress(
-    model: LanguageModel,
-    chats: Sequence[Chat],
-    sampling: Sampling,
-    progress: Callable[[int], None] | None,
-) -> list[list[Completion]]:
-    """``model.generate``, passing ``progress`` on when the model takes it, else reporting all
-    chats as finished once the call returns."""
-    if progress is None:
-        return model.generate(chats, sampling)
-    if accepts_progress(model):
-        return model.generate(chats, sampling, progress=progress)
-    result = model.generate(chats, sampling)
-    if chats:
-        progress(len(chats))
-    return result
-
-
-class CachedModel:
-    """``model`` with a ``ResponseCache`` in front; a ``LanguageModel`` with the same name.
+class CachedModel(WrappedModel):
+    """``model`` with a ``ResponseCache`` in front: a transparent
+    :class:`~poise.models.wrapped.WrappedModel`, with the inner model's name and spec (a cached
+    answer is exactly the inner model's answer).
 
     ``generate`` looks every chat up, sends only the misses to the inner model in one call
     (identical chats once), stores the new completions in one transaction, and returns
-    everything in order. ``score`` is passed through uncached. Other attributes (``tokenizer``,
-    ``default_system_prompt`` ...) are read from the inner model.
+    everything in order. ``score`` is passed through uncached; the default system prompt, the
+    tokenizer and the recommended judge are the inner model's.
     """
 
+    kind = "cache"
+    transparent = True
+
     def __init__(self, model: LanguageModel, cache: ResponseCache) -> None:
+        super().__init__(model)
         self.model = model
         self.cache = cache
-        self.name = model.name
         self.hits = 0
         self.misses = 0
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("_") or attr in ("model", "cache"):
-            raise AttributeError(attr)
-        return getattr(self.model, attr)
 
     def __repr__(self) -> str:
         return f"CachedModel({self.model!r}, {self.cache!r})"
@@ -210,7 +183,7 @@ class CachedModel:
         chats: Sequence[Chat],
         sampling: Sampling,
         *,
-        progress: Callable[[int], None] | None = None,
+        progress: ProgressFn | None = None,
     ) -> list[list[Completion]]:
         keys = [request_key(self.name, chat, sampling) for chat in chats]
         found = self.cache.get_many(keys)
@@ -225,7 +198,7 @@ class CachedModel:
             progress(hits)
         if missing:
             logger.debug("cache: %d hits, %d to generate", hits, len(missing))
-            fresh = generate_with_progress(self.model, list(missing.values()), sampling, progress)
+            fresh = self.model.generate(list(missing.values()), sampling, progress=progress)
             if len(fresh) != len(missing):
                 raise RuntimeError(
                     f"model {self.name!r} returned {len(fresh)} results for {len(missing)} chats"
@@ -237,6 +210,3 @@ class CachedModel:
             if progress is not None and repeats:
                 progress(repeats)
         return [list(found[key]) for key in keys]
-
-    def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
-        return self.model.score(chats, continuations)

@@ -1,16 +1,19 @@
-"""From a model name to a ``LanguageModel``.
+"""From a model spec to a ``LanguageModel``.
 
-Names resolve in this order:
+A spec is parsed first (:mod:`poise.models.spec`), and every name in it is checked before any
+weights load: strategies and guards against their registries (with their options), and each
+model name resolved, in this order:
 
 1. a backend prefix: ``mock`` / ``mock:NAME``, ``hf:PATH_OR_ID``, ``openai:...`` (the prefixes
    live in the ``backends`` registry, so a new backend is one ``backends.add`` away);
-2. a bundled organism member: ``organism``, ``organism-small``, ... (named readably, e.g.
-   ``organism-large#<fingerprint>``);
+2. a name a plugin registered in ``resolvers`` (the bundled organism registers ``organism``,
+   ``organism-small``, ...: named readably, e.g. ``organism-large#<fingerprint>``);
 3. an existing local folder, or anything written as a path (a missing one is reported as such);
 4. something shaped like a hub id, ``owner/name``, handed to the ``hf`` backend.
 
-Anything else is an ``UnknownNameError`` that lists the organism members and the prefixes.
-Options are checked against what the backend takes before anything is loaded.
+Anything else is an ``UnknownNameError`` that lists the registered names and the prefixes.
+Backend options are checked against what the backend takes before anything is loaded; they
+apply to every model named in the spec. The built model's ``spec`` is the canonical spec.
 """
 
 from __future__ import annotations
@@ -18,13 +21,27 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from poise.errors import PoiseError, UnknownNameError
 from poise.models.base import LanguageModel
-from poise.registry import Registry
+from poise.models.spec import Call, Name, Node, SpecError, Str, Value, parse_spec
+from poise.plugins import load_plugins
+from poise.registry import Registry, keyword_options
+
+__all__ = [
+    "Resolver",
+    "backends",
+    "check_spec",
+    "load_model",
+    "model_folder",
+    "recommended_judge",
+    "resolvers",
+    "wrapper_registries",
+]
 
 Backend = Callable[..., LanguageModel]
 
@@ -33,7 +50,72 @@ backends: Registry[Backend] = Registry("model backend")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # how a backend prefix is shown in "known" listings
 _PREFIX_HINTS = {"mock": "mock[:NAME]", "hf": "hf:PATH_OR_ID", "openai": "openai:MODEL"}
-ORGANISM_BATCH_SIZE = 128  # rows per forward pass for organism members unless model options say
+
+
+@dataclass(frozen=True)
+class Resolver:
+    """Names a plugin gives to Hugging Face folders (the organism's members).
+
+    ``names()`` lists the names it resolves (aliases included), ``canonical(name)`` maps one to
+    its canonical name (the model's ``spec``), ``folder(canonical)`` returns its folder or raises
+    a ``PoiseError`` saying how to build it. The models it builds are named
+    ``<canonical>#<fingerprint>``, declare ``recommended_judge``, and decode with ``options``
+    (backend defaults the caller may override). A folder given by path that is one of its
+    folders gets the same ``recommended_judge``.
+    """
+
+    names: Callable[[], Sequence[str]]
+    canonical: Callable[[str], str]
+    folder: Callable[[str], Path]
+    recommended_judge: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def claims(self, name: str) -> bool:
+        return name in self.names()
+
+    def owns_folder(self, folder: Path) -> bool:
+        try:
+            target = folder.expanduser().resolve()
+        except (OSError, RuntimeError):
+            return False
+        for name in self.names():
+            try:
+                if self.folder(self.canonical(name)).resolve() == target:
+                    return True
+            except PoiseError:  # a member not built: not this folder
+                continue
+        return False
+
+
+resolvers: Registry[Resolver] = Registry("model resolver")
+
+# the registries whose entries a spec writes as calls: module, attribute
+_WRAPPER_REGISTRIES: tuple[tuple[str, str], ...] = (
+    ("poise.decoding", "strategies"),
+    ("poise.guards", "guards"),
+)
+
+
+def wrapper_registries() -> list[Registry[Any]]:
+    """The registries of strategies and guards (imported on first use)."""
+    return [
+        getattr(importlib.import_module(module), attribute)
+        for module, attribute in _WRAPPER_REGISTRIES
+    ]
+
+
+def _wrapper_registry(kind: str) -> Registry[Any] | None:
+    for registry in wrapper_registries():
+        if kind in registry:
+            return registry
+    return None
+
+
+def _wrapper_names() -> list[str]:
+    return sorted({name for registry in wrapper_registries() for name in registry.names()})
+
+
+# ---- backends -------------------------------------------------------------------------------
 
 
 def check_options(backend: str, options: Mapping[str, object], allowed: Iterable[str]) -> None:
@@ -54,14 +136,18 @@ def _load_mock(name: str, **options: Any) -> LanguageModel:
     from poise.models.mock import MockModel
 
     check_options("mock", options, set(_keyword_options(MockModel)) - {"name"})
-    return MockModel(name=name, **options)
+    model = MockModel(name=name, **options)
+    model.spec = name
+    return model
 
 
 @backends.register("hf", help="a Hugging Face folder or hub id (poise.models.hf.HFModel)")
 def _load_hf(name: str, **options: Any) -> LanguageModel:
     if not name.startswith("hf:") or not name[3:].strip():
         raise PoiseError(f"model {name!r}: hf needs a folder or hub id, e.g. hf:Qwen/Qwen2.5-0.5B")
-    return _hf(name[3:].strip(), options)
+    model = _hf(name[3:].strip(), options)
+    model.spec = name
+    return model  # type: ignore[no-any-return]
 
 
 @backends.register("openai", help="an OpenAI-compatible endpoint (poise.models.openai)")
@@ -76,6 +162,7 @@ def _load_openai(spec: str, **options: Any) -> LanguageModel:
             "installation of poise"
         ) from None
     loaded: LanguageModel = module.load(spec, **options)
+    loaded.spec = spec
     return loaded
 
 
@@ -83,43 +170,244 @@ def _hf(path_or_id: str, options: Mapping[str, Any]) -> Any:
     from poise.models.hf import HFModel
 
     check_options("hf", options, _keyword_options(HFModel.__init__)[1:])
-    return HFModel(path_or_id, **options)
+    model = HFModel(path_or_id, **options)
+    load_plugins()
+    if model.path is not None:  # a folder: a plugin's folder keeps its judge when given by path
+        for name in resolvers:
+            resolver = resolvers.get(name)
+            if resolver.owns_folder(model.path):
+                model.recommended_judge = resolver.recommended_judge
+                break
+    return model
 
 
-def _organism(spec: str, options: Mapping[str, Any]) -> LanguageModel:
-    from poise.organism import canonical_member, member_path
+# ---- names ----------------------------------------------------------------------------------
 
-    member = canonical_member(spec)
-    # The organism is tiny: 128 rows per forward pass cost a few MB, and per-step overhead,
-    # not compute, is what a small batch pays for (BENCHMARKS.md, audit throughput).
-    options = {"batch_size": ORGANISM_BATCH_SIZE, **options}
-    model = _hf(str(member_path(member)), options)
-    model.name = f"{member}#{model.fingerprint}"
-    loaded: LanguageModel = model
-    return loaded
+
+def _resolver_for(name: str) -> Resolver | None:
+    load_plugins()
+    for key in resolvers:
+        resolver = resolvers.get(key)
+        if resolver.claims(name):
+            return resolver
+    return None
 
 
 def _known_names() -> list[str]:
-    from poise.organism import ALIASES, MEMBERS
+    load_plugins()
+    names = [n for key in resolvers for n in resolvers.get(key).names()]
+    prefixes = [_PREFIX_HINTS.get(b, f"{b}:...") for b in backends.names()]
+    return [*names, *prefixes]
 
-    return [*MEMBERS, *ALIASES, *(_PREFIX_HINTS.get(b, f"{b}:...") for b in backends.names())]
+
+def _prefix(spec: str) -> str | None:
+    prefix = spec.split(":", 1)[0]
+    if prefix in backends and (spec == prefix or spec[len(prefix)] == ":"):
+        return prefix
+    return None
+
+
+def _is_path(spec: str) -> bool:
+    return Path(spec).expanduser().exists() or spec.startswith(("/", ".", "~")) or "\\" in spec
+
+
+def model_folder(name: str) -> Path | None:
+    """The Hugging Face folder a plugin's model name stands for (``organism-small`` -> its
+    folder; a ``PoiseError`` if it is not built), or None for any other name."""
+    resolver = _resolver_for(name)
+    return None if resolver is None else resolver.folder(resolver.canonical(name))
+
+
+def _check_name(spec: str) -> None:
+    """Everything about a model name that can be checked without loading it."""
+    if not spec:
+        raise PoiseError("model: empty model name")
+    if _prefix(spec) is not None:
+        return
+    resolver = _resolver_for(spec)
+    if resolver is not None:
+        resolver.folder(resolver.canonical(spec))  # not built: says how to build it
+        return
+    if _is_path(spec):
+        folder = Path(spec).expanduser()
+        if not folder.exists():
+            raise PoiseError(f"model folder {folder} does not exist")
+        return
+    if _HUB_ID.match(spec):
+        return
+    raise UnknownNameError("model", spec, _known_names())
+
+
+def _load_name(spec: str, options: Mapping[str, Any]) -> LanguageModel:
+    prefix = _prefix(spec)
+    if prefix is not None:
+        return backends.get(prefix)(spec, **options)
+    resolver = _resolver_for(spec)
+    if resolver is not None:
+        member = resolver.canonical(spec)
+        model = _hf(str(resolver.folder(member)), {**resolver.options, **options})
+        model.name = f"{member}#{model.fingerprint}"
+        model.spec = member
+        model.recommended_judge = resolver.recommended_judge
+        return model  # type: ignore[no-any-return]
+    if _is_path(spec) or _HUB_ID.match(spec):
+        model = _hf(spec, options)  # a missing folder fails there, naming the path
+        model.spec = str(model.path) if model.path is not None else spec
+        return model  # type: ignore[no-any-return]
+    raise UnknownNameError("model", spec, _known_names())
+
+
+# ---- specs ----------------------------------------------------------------------------------
+
+
+def _model_parameters(factory: Callable[..., object]) -> set[str]:
+    """Options of a strategy that are models: parameters annotated with ``LanguageModel``."""
+    return {
+        name
+        for name, param in keyword_options(factory).items()
+        if "LanguageModel" in str(param.annotation)
+    }
+
+
+def _positional_models(factory: Callable[..., object]) -> tuple[int, int | None]:
+    """How many positional models a strategy takes: (required, at most or None for any)."""
+    params = inspect.signature(factory).parameters.values()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return len([p for p in positional if p.default is p.empty]), None
+    required = [p for p in positional if p.default is p.empty]
+    return len(required), len(required)
+
+
+def _fail(text: str, column: int, exc: PoiseError) -> SpecError:
+    reason = str(exc).split("\n", 1)[0]
+    return SpecError(text, column, reason)
+
+
+def check_spec(text: str) -> Node:
+    """Parse ``text`` and check every strategy, guard, option and model name in it without
+    loading anything; errors point at the column."""
+    stripped = text.strip()
+    if stripped and Path(stripped).expanduser().exists():
+        node: Node = Name(stripped)  # an existing folder named like a call is a folder
+    else:
+        node = parse_spec(text)
+    if isinstance(node, Name):
+        _check_name(node.text)
+    else:
+        _check_node(text, node)
+    return node
+
+
+def _check_node(text: str, node: Node) -> None:
+    if isinstance(node, (Name, Str)):
+        try:
+            _check_name(node.text)
+        except PoiseError as exc:
+            raise _fail(text, node.column, exc) from None
+        return
+    registry = _wrapper_registry(node.kind)
+    if registry is None:
+        known = _wrapper_names()
+        raise _fail(text, node.column, UnknownNameError("strategy or guard", node.kind, known))
+    factory = registry.get(node.kind)
+    low, high = _positional_models(factory)
+    count = len(node.args)
+    if count < low or (high is not None and count > high):
+        want = f"{low}" if low == high else f"at least {low}" if high is None else f"{low}-{high}"
+        raise SpecError(
+            text, node.column, f"{node.kind} takes {want} model(s) before its options, got {count}"
+        )
+    valid = keyword_options(factory)
+    models = _model_parameters(factory)
+    for key, value in node.options:
+        if key not in valid:
+            raise _fail(
+                text,
+                node.column,
+                UnknownNameError(f"option of {node.kind!r}:", key, sorted(valid)),
+            )
+        if key in models:
+            if not isinstance(value, (Name, Str, Call)):
+                raise SpecError(text, node.column, f"{node.kind}: option {key!r} is a model")
+            _check_node(text, value)
+        elif isinstance(value, Call):
+            raise SpecError(text, value.column, f"{node.kind}: option {key!r} is not a model")
+    for arg in node.args:
+        _check_node(text, arg)
+
+
+def _option_value(value: Value) -> object:
+    if isinstance(value, (Name, Str)):
+        return value.text
+    return value
+
+
+def _coerce(kind: str, key: str, value: object, param: inspect.Parameter) -> object:
+    """An int where the option is a float becomes a float, so ``t=1`` and ``t=1.0`` are one
+    spec (and one cache key)."""
+    annotation = str(param.annotation)
+    default = param.default
+    wants_float = annotation == "float" or (
+        isinstance(default, float) and "int" not in annotation and "str" not in annotation
+    )
+    if wants_float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _build(text: str, node: Node, options: Mapping[str, Any]) -> LanguageModel:
+    if isinstance(node, (Name, Str)):
+        return _load_name(node.text, options)
+    registry = _wrapper_registry(node.kind)
+    assert registry is not None  # checked
+    factory = registry.get(node.kind)
+    valid = keyword_options(factory)
+    models = _model_parameters(factory)
+    inner = [_build(text, arg, options) for arg in node.args]
+    kwargs: dict[str, object] = {}
+    for key, value in node.options:
+        if key in models:
+            assert isinstance(value, (Name, Str, Call))
+            kwargs[key] = _build(text, value, options)
+        else:
+            kwargs[key] = _coerce(node.kind, key, _option_value(value), valid[key])
+    model: LanguageModel = registry.build(node.kind, *inner, **kwargs)
+    return model
 
 
 def load_model(spec: str, **options: Any) -> LanguageModel:
-    """Resolve ``spec`` to a ``LanguageModel`` (see the module docstring for the order)."""
-    from poise.organism import is_member
+    """Resolve ``spec`` to a ``LanguageModel`` (see the module docstring). Every name in the
+    spec is checked before any model loads; ``options`` are backend options."""
+    node = check_spec(spec)
+    if isinstance(node, Name):
+        return _load_name(node.text, options)
+    return _build(spec, node, options)
 
-    spec = spec.strip()
-    if not spec:
-        raise PoiseError("model: empty model name")
-    prefix = spec.split(":", 1)[0]
-    if prefix in backends and (spec == prefix or spec[len(prefix)] == ":"):
-        return backends.get(prefix)(spec, **options)
-    if is_member(spec):
-        return _organism(spec, options)
-    path = Path(spec).expanduser()
-    if path.exists() or spec.startswith(("/", ".", "~")) or "\\" in spec:
-        return _hf(spec, options)  # a missing folder fails there, naming the path
-    if _HUB_ID.match(spec):
-        return _hf(spec, options)
-    raise UnknownNameError("model", spec, _known_names())
+
+def recommended_judge(model: LanguageModel | str) -> str | None:
+    """The judge a model declares (``model.recommended_judge``). For a spec string, the same
+    answer without loading weights: a wrapper recommends its first inner model's judge (what
+    :class:`~poise.models.wrapped.WrappedModel` passes through), a plugin's name its resolver's,
+    a folder its owner's, anything else none."""
+    if not isinstance(model, str):
+        return model.recommended_judge
+    node: Node = parse_spec(model)
+    while isinstance(node, Call):
+        if not node.args:
+            return None
+        node = node.args[0]
+    name = node.text
+    resolver = _resolver_for(name)
+    if resolver is not None:
+        return resolver.recommended_judge
+    if _prefix(name) == "hf":
+        name = name[3:].strip()
+    elif _prefix(name) is not None:
+        return None
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        for key in resolvers:
+            if resolvers.get(key).owns_folder(folder):
+                return resolvers.get(key).recommended_judge
+    return None

@@ -2,13 +2,21 @@
 
 Members live as plain Hugging Face folders under ``organism/weights/<member>/``. ``organism`` is
 an alias of ``organism-large``, the default model of ``poise audit``.
+
+The organism is a plugin: importing this package registers its members with the model resolver
+(``poise.models.resolve.resolvers``; members declare the ``oracle`` as their recommended judge)
+and its oracle with the judges. The core lists it by module name in ``poise.plugins.PLUGINS``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from poise.errors import PoiseError, UnknownNameError
+
+if TYPE_CHECKING:
+    from poise.scoring.base import Judge
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -43,3 +51,47 @@ def member_path(name: str) -> Path:
             f"organism member {member!r} is not built at {path}: run `poise organism build`"
         )
     return path
+
+
+# The organism is a plugin of the core (listed in poise.plugins.PLUGINS): on import it registers
+# its members with the model resolver and its oracle with the judges. models/ and scoring/ never
+# import this package.
+
+ORGANISM_BATCH_SIZE = 128  # rows per forward pass for members unless model options say
+
+
+def make_oracle_judge(arg: str | None) -> Judge:
+    """The organism's exact judge (it knows what every member was trained to do)."""
+    try:
+        from poise.organism.oracle import OracleJudge
+    except ImportError as exc:
+        raise PoiseError(f"the oracle judge is not available ({exc})") from None
+    judge: Judge = OracleJudge()
+    return judge
+
+
+def _register() -> None:
+    from poise.models.resolve import Resolver, resolvers
+    from poise.scoring.judges import judges
+
+    resolvers.add(
+        "organism",
+        Resolver(
+            names=lambda: (*MEMBERS, *ALIASES),
+            canonical=canonical_member,
+            folder=member_path,
+            recommended_judge="oracle",
+            # The organism is tiny: 128 rows per forward pass cost a few MB, and per-step
+            # overhead, not compute, is what a small batch pays for (BENCHMARKS.md).
+            options={"batch_size": ORGANISM_BATCH_SIZE},
+        ),
+        help="the bundled organism's members (organism, organism-small, ...)",
+    )
+    judges.add(
+        "oracle",
+        make_oracle_judge,
+        help="the bundled organism's exact judge (for organism members)",
+    )
+
+
+_register()

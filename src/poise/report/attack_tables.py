@@ -1,4 +1,4 @@
-"""Terminal tables for attack summaries (decoding exploitation, best-of-N)."""
+"""Terminal tables for attack summaries (decoding exploitation, worst-of-N)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def _pct(rate: dict[str, Any] | None) -> str:
 def render_attack_summary(summary: dict[str, Any], *, top: int = 8) -> RenderableType:
     if summary.get("attack") == "exploitation":
         return _exploitation(summary, top)
-    if summary.get("attack") == "best_of_n":
-        return _best_of_n(summary)
+    if summary.get("attack") in ("worst_of_n", "best_of_n"):  # best_of_n: runs before 0.2
+        return _worst_of_n(summary)
     return Table(title=f"attack {summary.get('attack')}: no table")
 
 
@@ -59,9 +59,9 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     return Group(head, table)
 
 
-def _best_of_n(summary: dict[str, Any]) -> RenderableType:
+def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
     table = Table(
-        title=f"Best-of-N attack success ({summary['prompts']} prompts, {summary['samples_per_prompt']} samples each)"
+        title=f"Worst-of-N attack success ({summary['prompts']} prompts, {summary['samples_per_prompt']} samples each)"
     )
     table.add_column("N", justify="right")
     table.add_column("empirical ASR [95% CI]", justify="right")

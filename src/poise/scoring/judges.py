@@ -9,8 +9,8 @@ spec                judge
 ``classifier:PATH`` a HF sequence-classification folder or organism member (guard, cost model)
 ``guard:MODEL``     a generative guard LM asked "safe" or "unsafe"; P(unsafe) from its log-probs
 ``llm:MODEL``       an LLM with a Jinja2 rubric that ends in ``VERDICT: <label>``
-``oracle``          the bundled organism's exact judge
-``auto``            ``oracle`` for an organism member, else ``refusal`` (:func:`resolve_judge_name`)
+``oracle``          the bundled organism's exact judge (registered by the organism plugin)
+``auto``            the audited model's ``recommended_judge``, else ``refusal``
 ==================  ===========================================================================
 
 Options are keyword arguments (``get_judge("classifier:./cost", threshold=0.7)``); an unknown
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from poise.errors import PoiseError, UnknownNameError, located
+from poise.plugins import load_plugins
 from poise.registry import Registry
 from poise.scoring.base import Judge, Verdict
 from poise.scoring.honesty import honesty_label
@@ -344,13 +345,13 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def _check_classifier_source(path: str) -> str:
-    """A local folder with config.json and safetensors weights, an organism member
-    (``organism-cost``, ``organism-reward``), or a hub id (org/name)."""
+    """A local folder with config.json and safetensors weights, a plugin's model name (the
+    organism's ``organism-cost``, ``organism-reward``), or a hub id (org/name)."""
     if not path:
         raise PoiseError("judge 'classifier' needs a folder: classifier:PATH")
-    from poise.organism import is_member, member_path
+    from poise.models.resolve import model_folder
 
-    folder = member_path(path) if is_member(path) else Path(path).expanduser()
+    folder = model_folder(path) or Path(path).expanduser()
     if folder.exists():
         if not folder.is_dir():
             raise PoiseError(
@@ -834,31 +835,9 @@ def make_llm_judge(
 # oracle and auto
 
 
-@judges.register("oracle", help="the bundled organism's exact judge")
-def make_oracle_judge(arg: str | None) -> Judge:
-    try:
-        from poise.organism.oracle import OracleJudge
-    except ImportError as exc:
-        raise PoiseError(f"the oracle judge is not available ({exc})") from None
-    judge: Judge = OracleJudge()
-    return judge
-
-
-@judges.register("auto", help="oracle for an organism member, else refusal")
+@judges.register("auto", help="the audited model's recommended judge, else refusal")
 def make_auto_judge(arg: str | None) -> Judge:  # pragma: no cover - get_judge resolves auto first
-    raise PoiseError("judge 'auto' needs the audited model: get_judge('auto', model_spec=...)")
-
-
-def _is_organism(model_spec: str) -> bool:
-    from poise.organism import WEIGHTS_DIR, is_member
-
-    if is_member(model_spec):
-        return True
-    try:
-        path = Path(model_spec).expanduser().resolve()
-    except (OSError, RuntimeError):
-        return False
-    return path.is_dir() and WEIGHTS_DIR.resolve() in path.parents
+    raise PoiseError("judge 'auto' needs the audited model: get_judge('auto', audited=MODEL)")
 
 
 def parse_judge_spec(spec: str) -> tuple[str, str | None]:
@@ -866,6 +845,7 @@ def parse_judge_spec(spec: str) -> tuple[str, str | None]:
 
     Checks the name is registered and the argument is present exactly when the judge takes one.
     """
+    load_plugins()  # plugins register judges (the organism's oracle)
     name, sep, arg = spec.strip().partition(":")
     name = name.strip()
     if name not in judges:
@@ -879,31 +859,46 @@ def parse_judge_spec(spec: str) -> tuple[str, str | None]:
     return name, None
 
 
-def resolve_judge_name(judge: str, model_spec: str) -> str:
-    """The judge spec an audit uses: ``auto`` becomes ``oracle`` when ``model_spec`` names an
-    organism member (or a folder under the organism's weights), else ``refusal``; any other spec
-    is checked (name known, argument present) and returned unchanged."""
+def resolve_judge_name(judge: str, model: LanguageModel | str) -> str:
+    """The judge spec an audit uses: ``auto`` becomes the audited model's recommended judge
+    (``model.recommended_judge``, passed through wrappers; organism members recommend
+    ``oracle``), else ``refusal``. ``model`` is the model or its spec (resolved without loading
+    weights, :func:`poise.models.resolve.recommended_judge`). Any other judge spec is checked
+    (name known, argument present) and returned unchanged."""
     name, _ = parse_judge_spec(judge)
-    if name == "auto":
-        return "oracle" if _is_organism(model_spec) else "refusal"
-    return judge.strip()
+    if name != "auto":
+        return judge.strip()
+    from poise.models.resolve import recommended_judge
+
+    recommended = recommended_judge(model)
+    if recommended is None:
+        return "refusal"
+    if parse_judge_spec(recommended)[0] == "auto":
+        raise PoiseError(f"model {_model_label(model)}: its recommended judge cannot be 'auto'")
+    return recommended
 
 
-def get_judge(spec: str, *, model_spec: str | None = None, **options: Any) -> Judge:
-    """Build the judge ``spec`` names (see the module docstring). ``model_spec`` is the audited
-    model, needed only to resolve ``auto``; ``options`` are the judge's keyword options."""
+def _model_label(model: LanguageModel | str) -> str:
+    return repr(model if isinstance(model, str) else model.name)
+
+
+def get_judge(
+    spec: str,
+    *,
+    audited: LanguageModel | str | None = None,
+    model_spec: str | None = None,
+    **options: Any,
+) -> Judge:
+    """Build the judge ``spec`` names (see the module docstring). ``audited`` is the audited
+    model or its spec (``model_spec`` is its older name), needed only to resolve ``auto``;
+    ``options`` are the judge's keyword options."""
     name, arg = parse_judge_spec(spec)
     if name == "auto":
-        if model_spec is None:
+        target = audited if audited is not None else model_spec
+        if target is None:
             raise PoiseError(
-                "judge 'auto' needs the audited model: get_judge('auto', model_spec=...)"
+                "judge 'auto' needs the audited model: get_judge('auto', audited=MODEL)"
             )
-        return get_judge(resolve_judge_name(spec, model_spec), **options)
-    factory = judges.get(name)
-    params = inspect.signature(factory).parameters
-    accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        valid = ", ".join(accepted) if accepted else "none"
-        raise PoiseError(f"judge {name!r} has no option {unknown[0]!r} (options: {valid})")
-    return factory(arg, **options)
+        return get_judge(resolve_judge_name(spec, target), **options)
+    judges.check_options(name, options)
+    return judges.build(name, arg, **options)

@@ -402,7 +402,7 @@ def _last_reply(turns: list[dict[str, str]]) -> str | None:
     return turns[-1]["content"] if turns and turns[-1]["role"] == "assistant" else None
 
 
-@register_format("hh-rlhf", required=("chosen",))
+@register_format("hh_rlhf", required=("chosen",))
 def hh_rlhf(record: Record, context: FormatContext) -> Draft:
     """Anthropic HH-RLHF jsonl(.gz) (arXiv 2204.05862): the dialogue up to the last Human turn.
 
@@ -471,6 +471,9 @@ def _generic_check(columns: Sequence[str], context: FormatContext) -> FormatCont
             f"kind= (one of {', '.join(KINDS)}) or map a column with columns={{'kind': ...}}"
         )
     return replace(context, columns=mapping)
+
+
+format_registry.alias("hh-rlhf", "hh_rlhf")  # the name before registries were snake_case
 
 
 @register_format("generic", check=_generic_check, detect=False)

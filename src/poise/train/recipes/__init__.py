@@ -62,7 +62,7 @@ RECIPES.add(
     "cost", Recipe(CostConfig, train_cost, "A Safe RLHF cost model: cost > 0 means harmful.")
 )
 RECIPES.add(
-    "safe-rl",
+    "safe_rl",
     Recipe(
         SafeRLConfig,
         train_safe_rl,
@@ -71,6 +71,9 @@ RECIPES.add(
 )
 
 
+RECIPES.alias("safe-rl", "safe_rl")
+
+
 def train(recipe: str, config: TrainConfig | None = None, /, **fields: Any) -> TrainResult:
-    """Run the recipe ``recipe`` (``dpo``, ``modpo``, ``reward``, ``cost``, ``safe-rl``)."""
+    """Run the recipe ``recipe`` (``dpo``, ``modpo``, ``reward``, ``cost``, ``safe_rl``)."""
     return RECIPES.get(recipe).train(config, **fields)

@@ -1,10 +1,11 @@
 import math
 
 import numpy as np
+import pytest
 
 from poise.attacks import SystemPrompt, attacks
-from poise.attacks.best_of_n import (
-    best_of_n_summary,
+from poise.attacks.worst_of_n import (
+    worst_of_n_summary,
     empirical_curve,
     harmful_matrix,
     predicted_curve,
@@ -18,9 +19,15 @@ def test_requests_sample_n_at_temperature_one_by_default() -> None:
         SuiteItem(id="h", messages=[{"role": "user", "content": "q"}], kind="harmful"),
         SuiteItem(id="b", messages=[{"role": "user", "content": "q"}], kind="benign"),
     ]
-    [req] = attacks.get("best_of_n")(items, Sampling(), SystemPrompt("none", None), n=8)
+    [req] = attacks.get("worst_of_n")(items, Sampling(), SystemPrompt("none", None), n=8)
     assert req.sampling.n == 8 and req.sampling.temperature == 1.0
-    assert req.request_id == "best_of_8/t=1.00"
+    assert req.request_id == "worst_of_8/t=1.00"
+
+
+def test_best_of_n_is_a_deprecated_alias_of_worst_of_n() -> None:
+    with pytest.warns(DeprecationWarning, match="'best_of_n' is deprecated; use 'worst_of_n'"):
+        assert attacks.get("best_of_n") is attacks.get("worst_of_n")
+    assert "best_of_n" not in attacks.names()
 
 
 def test_empirical_curve_uses_first_n_samples() -> None:
@@ -71,7 +78,7 @@ def test_summary_from_records_and_interval_check() -> None:
     ]
     ids, matrix = harmful_matrix(records)
     assert matrix.shape == (60, 12) and len(ids) == 60
-    summary = best_of_n_summary(records, extrapolate=(100,))
+    summary = worst_of_n_summary(records, extrapolate=(100,))
     assert summary["samples_per_prompt"] == 12
     assert [e["n"] for e in summary["empirical"]] == list(range(1, 13))
     assert summary["predicted"][-1]["n"] == 100

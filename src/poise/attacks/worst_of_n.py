@@ -1,5 +1,6 @@
-"""Best-of-N (worst-of-N) sampling attack: sample N completions per prompt and count the prompt as
-broken when at least one is harmful (the best-of-N jailbreak discussed in "InfAlign",
+"""Worst-of-N sampling attack: sample N completions per prompt and count the prompt as broken
+when at least one is harmful, the worst of N samples for the defender (the "best-of-N" jailbreak,
+named from the attacker's side, discussed in "InfAlign",
 arXiv 2412.19792, and the sampling attack of arXiv 2310.06987).
 
 Two curves of attack success rate (ASR) against N:
@@ -30,8 +31,12 @@ from poise.suites.schema import SuiteItem
 DEFAULT_N = 16
 
 
-@attacks.register("best_of_n", help="N samples per harmful prompt at temperature 1; ASR(N) curves")
-def best_of_n(
+@attacks.register(
+    "worst_of_n",
+    help="N samples per harmful prompt at temperature 1; ASR(N) curves",
+    reference="arXiv 2412.19792",
+)
+def worst_of_n(
     items: Sequence[SuiteItem],
     sampling: Sampling,
     system: SystemPrompt,
@@ -42,10 +47,10 @@ def best_of_n(
     """One request of ``n`` samples per item. The audit's sampling applies, except that greedy
     (temperature 0) becomes temperature 1, since N greedy samples are one sample."""
     if n < 1:
-        raise PoiseError(f"best_of_n: n must be >= 1, got {n}")
+        raise PoiseError(f"worst_of_n: n must be >= 1, got {n}")
     temp = temperature if temperature is not None else (sampling.temperature or 1.0)
     config = sampling.model_copy(update={"n": n, "temperature": temp})
-    request_id = f"best_of_{n}/t={temp:.2f}"
+    request_id = f"worst_of_{n}/t={temp:.2f}"
     text = system.text()
     requests = [
         Request(item, request_id, build_chat(item, text), config, system.setting)
@@ -53,8 +58,12 @@ def best_of_n(
         if item.kind in kinds
     ]
     if not requests:
-        raise PoiseError(f"best_of_n: no items of kind {list(kinds)} in the suites")
+        raise PoiseError(f"worst_of_n: no items of kind {list(kinds)} in the suites")
     return requests
+
+
+# its name until 0.1: "best" from the attacker's side; best-of-N is now a decoding strategy
+attacks.alias("best_of_n", "worst_of_n")
 
 
 def harmful_matrix(records: Iterable[Mapping[str, Any]]) -> tuple[list[str], np.ndarray]:
@@ -131,7 +140,7 @@ def predicted_curve(
     ]
 
 
-def best_of_n_summary(
+def worst_of_n_summary(
     records: Iterable[Mapping[str, Any]], extrapolate: Sequence[int] = (32, 64, 128, 256, 1024)
 ) -> dict[str, Any]:
     """Empirical and predicted ASR curves; ``within_interval`` says, for each sampled N, whether
@@ -139,7 +148,7 @@ def best_of_n_summary(
     ids, matrix = harmful_matrix(records)
     if not ids:
         return {
-            "attack": "best_of_n",
+            "attack": "worst_of_n",
             "prompts": 0,
             "samples_per_prompt": 0,
             "empirical": [],
@@ -153,7 +162,7 @@ def best_of_n_summary(
         e["low"] <= pr["value"] <= e["high"] for e, pr in zip(empirical, predicted[:m], strict=True)
     ]
     return {
-        "attack": "best_of_n",
+        "attack": "worst_of_n",
         "prompts": len(ids),
         "samples_per_prompt": m,
         "empirical": empirical,

@@ -1,0 +1,66 @@
+"""``logit_temperature(MODEL, t=0.7)``: the inner model's next-token logits divided by ``t``.
+
+The smallest strategy built on the token-level step: a logits hook that scales every step's
+logits, ``softmax(z / t)`` (the temperature of Boltzmann sampling; in language models e.g.
+arXiv 1503.02531, Section 2). The audit's own ``sampling.temperature`` T still applies after the
+hook, so sampling runs at an effective temperature of ``t * T``; greedy decoding is unchanged
+(dividing by ``t > 0`` keeps the argmax). Its use is as a test of the step seam (wrapped models
+built on the hook, their names, specs and resumable runs) and as a sharpening or flattening
+knob that composes with other strategies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from poise.config import Sampling
+from poise.decoding import strategies
+from poise.errors import PoiseError
+from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn, StepView
+from poise.models.wrapped import WrappedModel
+
+if TYPE_CHECKING:
+    import torch
+
+
+def require_step(kind: str, model: LanguageModel) -> None:
+    """Refuse an inner model without the token-level step, naming it."""
+    if not model.capabilities.step:
+        raise PoiseError(
+            f"{kind} needs a model with a token-level step (capabilities.step), and "
+            f"{model.name!r} has none: use a local Hugging Face model (hf backend)"
+        )
+
+
+@strategies.register(
+    "logit_temperature",
+    help="divide the next-token logits by t (through the step hook)",
+    reference="arXiv 1503.02531",
+)
+class LogitTemperature(WrappedModel):
+    """The inner model with its next-token logits divided by ``t`` at every step."""
+
+    kind = "logit_temperature"
+
+    def __init__(self, model: LanguageModel, *, t: float = 1.0) -> None:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+            raise PoiseError(f"logit_temperature: t must be a positive number, got {t!r}")
+        require_step(self.kind, model)
+        super().__init__(model, t=float(t))
+        self.t = float(t)
+        # the tempered distribution is not the inner model's: no pass-through score
+        self.capabilities = Capabilities(score=False)
+
+    def hook(self, view: StepView) -> torch.Tensor:
+        return view.logits / self.t  # [rows, vocab]; each row on its own
+
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
+        inner: Any = self.inner  # capabilities.step: generate takes a logits_hook
+        result: list[list[Completion]] = inner.generate(
+            chats, sampling, progress=progress, logits_hook=self.hook
+        )
+        return result
