@@ -67,29 +67,36 @@ def audit(
     """Audit a model. ``poise.audit(model="organism-small", suites=["harmful"], limit=20)``.
 
     Keyword fields are those of :class:`poise.config.AuditConfig`; ``model`` may also be a
-    ``LanguageModel`` object (a decoding strategy or guard wrapping a backend), recorded by name. ``resume`` continues a killed
-    run folder (its recorded config wins). Without ``resume``, an unfinished run under ``out``
-    with the same configuration is resumed too, so re-running a killed command just continues.
+    ``LanguageModel`` object (a decoding strategy or guard wrapping a backend), recorded by its
+    ``spec``, so ``resume`` (and ``poise audit --resume``) rebuild the same model. An object
+    without a spec is recorded by name and its run can be resumed only by passing the object
+    again (``poise.audit(model=obj, resume=RUN)``). ``resume`` continues a killed run folder (its
+    recorded config wins). Without ``resume``, an unfinished run under ``out`` with the same
+    configuration is resumed too, so re-running a killed command just continues.
     """
     model_obj: Any = None
     if "model" in fields and not isinstance(fields["model"], str):
         # a LanguageModel object (e.g. a decoding strategy or guard wrapping a backend)
         model_obj = fields["model"]
-        fields["model"] = str(getattr(model_obj, "name", type(model_obj).__name__))
+        fields["model"] = model_obj.spec if model_obj.spec is not None else model_obj.name
     run: Run | None = None
     if resume is not None:
         run = find_run(resume, fields.get("out", "runs"))
         recorded = {k: v for k, v in run.config.items() if k != "fingerprint"}
         cfg = make_config(None, **recorded)
+        _check_resumable(run, cfg, model_obj)
         log.info("resuming %s", run.path)
     else:
         cfg = make_config(config, **fields)
+        if cfg.attack in attacks and attacks.canonical(cfg.attack) != cfg.attack:
+            cfg = cfg.model_copy(update={"attack": attacks.canonical(cfg.attack)})
         run = _unfinished_run(cfg)
         if run is not None:
             log.info("resuming unfinished run %s with the same configuration", run.path)
 
     # ---- validate everything before loading weights -------------------------------------
-    from poise.scoring.judges import get_judge, resolve_judge_name
+    from poise.models.resolve import check_spec
+    from poise.scoring.judges import get_judge, parse_judge_spec, resolve_judge_name
     from poise.suites import load_suite
 
     suites = [load_suite(spec) for spec in cfg.suites]
@@ -99,7 +106,9 @@ def audit(
     _check_unique_ids(items)
     attack = attacks.get(cfg.attack)
     _check_attack_options(cfg.attack, attack, cfg.attack_options)
-    judge_name = resolve_judge_name(cfg.judge, cfg.model)
+    parse_judge_spec(cfg.judge)
+    if model_obj is None:
+        check_spec(cfg.model)
     reference_records = _reference_records(cfg)
 
     # ---- load, then generate and judge block by block ------------------------------------
@@ -107,14 +116,18 @@ def audit(
     from poise.models.cache import CachedModel, ResponseCache
 
     model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
-    judge = get_judge(judge_name, model_spec=cfg.model)
+    # the judge follows the model: `auto` is what the model (through its wrappers) recommends
+    judge = get_judge(resolve_judge_name(cfg.judge, model))
     system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)
     _check_unique_requests(requests)
 
     if run is None:
         run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg))
-    run.update_header(status="running", judge_resolved=judge.name, model_name=model.name)
+    # model_spec rebuilds the model on resume; None: an object that only its owner can pass again
+    run.update_header(
+        status="running", judge_resolved=judge.name, model_name=model.name, model_spec=model.spec
+    )
     if run.repair():
         log.warning("%s: cut a partial last record left by an interrupted write", run.samples_path)
     done = run.done_keys()
@@ -189,8 +202,27 @@ def _header_config(cfg: AuditConfig) -> dict[str, Any]:
 
 
 def _default_name(cfg: AuditConfig) -> str:
-    model = Path(cfg.model.rstrip("/")).name or cfg.model
-    return f"{model}-{cfg.attack}"
+    from poise.models.spec import short_name
+
+    return f"{short_name(cfg.model)}-{cfg.attack}"
+
+
+def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:
+    """A run of a model object without a spec resumes only with that object passed again; an
+    object passed to resume must be the recorded model."""
+    header = run.header
+    if model_obj is not None:
+        given = model_obj.spec if model_obj.spec is not None else model_obj.name
+        if given != cfg.model:
+            raise PoiseError(
+                f"{run.path}: the run audited {cfg.model!r}, not the model given ({given!r})"
+            )
+    elif "model_spec" in header and header["model_spec"] is None:
+        raise PoiseError(
+            f"{run.path}: the run audited a model object without a spec "
+            f"({header.get('model_name')!r}), which cannot be rebuilt from run.json; resume it "
+            "in Python with poise.audit(model=<that model>, resume=RUN)"
+        )
 
 
 def _unfinished_run(cfg: AuditConfig) -> Run | None:

@@ -5,10 +5,10 @@ import pytest
 
 from poise.attacks import SystemPrompt, attacks
 from poise.attacks.worst_of_n import (
-    worst_of_n_summary,
     empirical_curve,
     harmful_matrix,
     predicted_curve,
+    worst_of_n_summary,
 )
 from poise.config import Sampling
 from poise.suites.schema import SuiteItem

@@ -11,7 +11,7 @@ import pytest
 
 from poise.config import Sampling
 from poise.errors import PoiseError, UnknownNameError
-from poise.models.base import Chat, Completion, TokenLogprobs
+from poise.models.base import Capabilities, Chat, Completion, ModelBase, ProgressFn, TokenLogprobs
 from poise.scoring.base import Judge, Verdict
 from poise.scoring.judges import (
     RUBRIC_LABELS,
@@ -87,7 +87,9 @@ def test_heuristic_alias_and_options() -> None:
     assert judge.name == "refusal"
     [v] = judge.judge([BENIGN], ["Yes."])
     assert v.helpful is True
-    with pytest.raises(PoiseError, match=r"unknown option of judge 'refusal': 'treshold'.*min_words"):
+    with pytest.raises(
+        PoiseError, match=r"unknown option of judge 'refusal': 'treshold'.*min_words"
+    ):
         get_judge("refusal", treshold=0.3)
     with pytest.raises(PoiseError, match="min_words"):
         get_judge("refusal", min_words=0)
@@ -180,8 +182,10 @@ def test_oracle_factory_imports_lazily(monkeypatch: pytest.MonkeyPatch) -> None:
 # scripted language models for guard: and llm:
 
 
-class ScriptedGuard:
+class ScriptedGuard(ModelBase):
     """score(): log-probs per guard word, chosen by whether the judged response contains BAD."""
+
+    capabilities = Capabilities(score=True)
 
     def __init__(
         self, unsafe_lp: float = -0.1, safe_lp: float = -3.0, multi_token: bool = False
@@ -192,7 +196,9 @@ class ScriptedGuard:
         self.score_calls: list[int] = []
         self.prompts: list[str] = []
 
-    def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[list[Completion]]:
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
         raise AssertionError("the guard judge must not generate")
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
@@ -216,7 +222,7 @@ class ScriptedGuard:
         return out
 
 
-class ScriptedLLM:
+class ScriptedLLM(ModelBase):
     """generate(): returns the scripted outputs in order; records the chats and sampling."""
 
     def __init__(self, outputs: Sequence[str]) -> None:
@@ -225,7 +231,9 @@ class ScriptedLLM:
         self.chats: list[Chat] = []
         self.samplings: list[Sampling] = []
 
-    def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[list[Completion]]:
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
         self.chats += list(chats)
         self.samplings.append(sampling)
         return [[Completion(text=self.outputs.pop(0), num_tokens=5)] for _ in chats]

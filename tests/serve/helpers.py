@@ -19,14 +19,21 @@ from typing import Any
 import httpx
 
 from poise.config import Sampling
-from poise.models.base import Chat, Completion, TokenLogprobs
+from poise.models.base import (
+    Capabilities,
+    Chat,
+    Completion,
+    ModelBase,
+    ProgressFn,
+    TokenLogprobs,
+)
 
 
 def last_user(chat: Chat) -> str:
     return next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
 
 
-class EchoModel:
+class EchoModel(ModelBase):
     """A deterministic LanguageModel whose replies show what the server asked of it.
 
     A reply is ``words`` pseudo-random words derived from the last user message and, when
@@ -34,6 +41,8 @@ class EchoModel:
     ``max_new_tokens`` words. ``delay`` seconds of sleep per call stand in for real work.
     Records every call and the most calls that ever ran at once.
     """
+
+    capabilities = Capabilities(score=True)
 
     def __init__(self, name: str = "echo", *, words: int = 6, delay: float = 0.0) -> None:
         self.name = name
@@ -56,7 +65,9 @@ class EchoModel:
         words = words[: sampling.max_new_tokens]
         return Completion(text=" ".join(words), num_tokens=len(words), finish_reason=finish)
 
-    def generate(self, chats: Sequence[Chat], sampling: Sampling) -> list[list[Completion]]:
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
         with self._lock:
             self._active += 1
             self.max_active = max(self.max_active, self._active)

@@ -174,7 +174,7 @@ def test_model_failure_is_a_500_and_the_server_keeps_going(
 
 def test_model_refusing_a_value_is_a_400(start_server: StartServer) -> None:
     class Picky(EchoModel):
-        def generate(self, chats: Any, sampling: Sampling) -> Any:
+        def generate(self, chats: Any, sampling: Sampling, *, progress: Any = None) -> Any:
             raise PoiseError("prompt is longer than the context (512 tokens)")
 
     response = ask(start_server(Picky("picky")), "long")
@@ -255,7 +255,7 @@ def test_disconnect_mid_stream_does_not_disturb_the_others(start_server: StartSe
 
 def test_a_guard_stop_round_trips_as_content_filter(start_server: StartServer) -> None:
     class Guarded(EchoModel):
-        def generate(self, chats: Any, sampling: Sampling) -> Any:
+        def generate(self, chats: Any, sampling: Sampling, *, progress: Any = None) -> Any:
             return [[Completion("I must stop here.", 4, "guard")] for _ in chats]
 
     server = start_server(Guarded("guarded"))

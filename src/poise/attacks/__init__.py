@@ -5,8 +5,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from poise.attacks.base import Request, SystemPrompt, attacks, build_chat
-from poise.attacks.worst_of_n import worst_of_n_summary
 from poise.attacks.exploitation import exploitation_summary
+from poise.attacks.worst_of_n import worst_of_n_summary
 
 # attack name -> summary of its records (added to metrics.json under "attack")
 SUMMARIES: dict[str, Callable[[Iterable[Mapping[str, Any]]], dict[str, Any]]] = {

@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from poise.config import Sampling
 from poise.errors import PoiseError

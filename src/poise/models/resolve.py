@@ -147,7 +147,7 @@ def _load_hf(name: str, **options: Any) -> LanguageModel:
         raise PoiseError(f"model {name!r}: hf needs a folder or hub id, e.g. hf:Qwen/Qwen2.5-0.5B")
     model = _hf(name[3:].strip(), options)
     model.spec = name
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 @backends.register("openai", help="an OpenAI-compatible endpoint (poise.models.openai)")
@@ -249,11 +249,11 @@ def _load_name(spec: str, options: Mapping[str, Any]) -> LanguageModel:
         model.name = f"{member}#{model.fingerprint}"
         model.spec = member
         model.recommended_judge = resolver.recommended_judge
-        return model  # type: ignore[no-any-return]
+        return model
     if _is_path(spec) or _HUB_ID.match(spec):
         model = _hf(spec, options)  # a missing folder fails there, naming the path
         model.spec = str(model.path) if model.path is not None else spec
-        return model  # type: ignore[no-any-return]
+        return model
     raise UnknownNameError("model", spec, _known_names())
 
 

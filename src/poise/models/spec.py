@@ -51,6 +51,7 @@ __all__ = [
     "format_value",
     "is_call",
     "parse_spec",
+    "short_name",
 ]
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -171,7 +172,9 @@ class _Parser:
                 element_start = self.pos
                 node = self.element()
                 if options:
-                    self.fail("a model after an option: positional models come first", element_start)
+                    self.fail(
+                        "a model after an option: positional models come first", element_start
+                    )
                 args.append(node)
             self.skip()
             if self.peek() == ",":
@@ -298,3 +301,22 @@ def format_spec(node: Node) -> str:
     if isinstance(node, Name):
         return node.text
     return format_value(node)
+
+
+def short_name(text: str) -> str:
+    """A short readable name for folders: ``logit_temperature(organism-small, t=0.8)`` ->
+    ``logit_temperature-organism-small``; a path -> its last part."""
+    try:
+        node = parse_spec(text)
+    except PoiseError:
+        node = Name(text.strip())
+    parts: list[str] = []
+    while isinstance(node, Call) and node.args:
+        parts.append(node.kind)
+        node = node.args[0]
+    if isinstance(node, Call):
+        parts.append(node.kind)
+    else:
+        leaf = node.text.rstrip("/")
+        parts.append(leaf.rsplit("/", 1)[-1] or leaf)
+    return "-".join(parts)

@@ -103,8 +103,7 @@ class WrappedModel(ModelBase):
         self.tokenizer = inner.tokenizer
         self.recommended_judge = inner.recommended_judge
         self.capabilities = Capabilities(
-            score=inner.capabilities.score
-            and (self.transparent or self.preserves_distribution)
+            score=inner.capabilities.score and (self.transparent or self.preserves_distribution)
         )
 
     def __repr__(self) -> str:

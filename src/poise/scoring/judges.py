@@ -22,7 +22,6 @@ option is an error naming the valid ones. Model-backed judges decide ``harmful``
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import re
