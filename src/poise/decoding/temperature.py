@@ -12,13 +12,22 @@ knob that composes with other strategies.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from poise.config import Sampling
 from poise.decoding import strategies
 from poise.errors import PoiseError
-from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn, StepView
+from poise.models.base import (
+    Capabilities,
+    Chat,
+    Completion,
+    Engine,
+    LanguageModel,
+    ProgressFn,
+    StepView,
+    StreamEvent,
+)
 from poise.models.wrapped import WrappedModel
 
 if TYPE_CHECKING:
@@ -50,8 +59,11 @@ class LogitTemperature(WrappedModel):
         require_step(self.kind, model)
         super().__init__(model, t=float(t))
         self.t = float(t)
-        # the tempered distribution is not the inner model's: no pass-through score
-        self.capabilities = Capabilities(score=False)
+        # the tempered distribution is not the inner model's: no pass-through score. Streams and
+        # an engine pass through with the hook where the inner model has them.
+        self.capabilities = Capabilities(
+            score=False, stream=model.capabilities.stream, engine=model.capabilities.engine
+        )
 
     def hook(self, view: StepView) -> torch.Tensor:
         return view.logits / self.t  # [rows, vocab]; each row on its own
@@ -64,3 +76,17 @@ class LogitTemperature(WrappedModel):
             chats, sampling, progress=progress, logits_hook=self.hook
         )
         return result
+
+    def stream(self, chats: Sequence[Chat], sampling: Sampling) -> Iterator[StreamEvent]:
+        inner: Any = self.inner
+        if not self.capabilities.stream:
+            yield from super().stream(chats, sampling)
+            return
+        yield from inner.stream(chats, sampling, logits_hook=self.hook)
+
+    def engine(self) -> Engine:
+        if not self.capabilities.engine:
+            raise PoiseError(f"{self.name}: {self.inner.name!r} has no engine")
+        inner: Any = self.inner
+        engine: Engine = inner.engine(logits_hook=self.hook)
+        return engine

@@ -320,19 +320,18 @@ def _check_node(text: str, node: Node) -> None:
         )
     valid = keyword_options(factory)
     models = _model_parameters(factory)
-    for key, value in node.options:
+    for index, (key, value) in enumerate(node.options):
+        column = node.option_column(index)
         if key not in valid:
             raise _fail(
-                text,
-                node.column,
-                UnknownNameError(f"option of {node.kind!r}:", key, sorted(valid)),
+                text, column, UnknownNameError(f"option of {node.kind!r}:", key, sorted(valid))
             )
         if key in models:
             if not isinstance(value, (Name, Str, Call)):
-                raise SpecError(text, node.column, f"{node.kind}: option {key!r} is a model")
+                raise SpecError(text, column, f"{node.kind}: option {key!r} is a model")
             _check_node(text, value)
         elif isinstance(value, Call):
-            raise SpecError(text, value.column, f"{node.kind}: option {key!r} is not a model")
+            raise SpecError(text, column, f"{node.kind}: option {key!r} is not a model")
     for arg in node.args:
         _check_node(text, arg)
 

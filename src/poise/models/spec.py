@@ -88,9 +88,11 @@ class Call:
     args: tuple[Node, ...] = ()
     options: tuple[tuple[str, Value], ...] = ()
     column: int = field(default=1, compare=False)
+    # the column of each option's key, for error messages
+    option_columns: tuple[int, ...] = field(default=(), compare=False)
 
-    def option(self, key: str) -> Value | None:
-        return dict(self.options).get(key)
+    def option_column(self, index: int) -> int:
+        return self.option_columns[index] if index < len(self.option_columns) else self.column
 
 
 Node = Union[Name, Str, Call]  # noqa: UP007 - a runtime alias
@@ -156,17 +158,19 @@ class _Parser:
         self.pos = match.end()
         args: list[Node] = []
         options: dict[str, Value] = {}
+        columns: list[int] = []
         while True:
             self.skip()
             if self.peek() == ")":
                 self.pos += 1
-                return Call(kind, tuple(args), tuple(options.items()), start + 1)
+                return Call(kind, tuple(args), tuple(options.items()), start + 1, tuple(columns))
             keyword = _KEYWORD_START.match(self.text, self.pos)
             if keyword is not None:
                 key = keyword.group(1)
                 if key in options:
                     self.fail(f"option {key!r} given twice", keyword.start(1))
                 self.pos = keyword.end()
+                columns.append(keyword.start(1) + 1)
                 options[key] = self.value()
             else:
                 element_start = self.pos

@@ -1,0 +1,99 @@
+"""Registry: one way to build, options checked once, nearest names, one naming style."""
+
+from __future__ import annotations
+
+import pytest
+
+from poise.errors import PoiseError, UnknownNameError
+from poise.registry import NAME_STYLE, Registry
+
+
+def make_registry() -> Registry[object]:
+    things: Registry[object] = Registry("widget")
+
+    @things.register("round_widget", help="a round one", reference="arXiv 0000.00000")
+    def round_widget(size: int, *, radius: float = 1.0, colour: str = "red") -> tuple[object, ...]:
+        return ("round", size, radius, colour)
+
+    @things.register("square_widget")
+    def square_widget(*, side: float = 2.0) -> tuple[object, ...]:
+        """A square one.
+
+        More text that is not the help line.
+        """
+        return ("square", side)
+
+    return things
+
+
+def test_build_checks_options_then_calls() -> None:
+    things = make_registry()
+    assert things.build("round_widget", 3, radius=2.5) == ("round", 3, 2.5, "red")
+    with pytest.raises(UnknownNameError, match=r"'raduis'; did you mean 'radius'"):
+        things.build("round_widget", 3, raduis=2.5)
+    with pytest.raises(PoiseError, match=r"widget 'round_widget': missing a required argument"):
+        things.build("round_widget", radius=1.0)
+
+
+def test_unknown_names_suggest_the_nearest() -> None:
+    things = make_registry()
+    with pytest.raises(UnknownNameError, match=r"unknown widget 'round_widgt'; did you mean"):
+        things.get("round_widgt")
+    with pytest.raises(UnknownNameError, match="known: round_widget, square_widget"):
+        things.build("hexagon")
+
+
+def test_help_and_reference() -> None:
+    things = make_registry()
+    assert things.help("round_widget") == "a round one"
+    assert things.reference("round_widget") == "arXiv 0000.00000"
+    assert things.help("square_widget") == "A square one."  # first docstring line
+    assert things.reference("square_widget") is None
+    assert set(things.options("round_widget")) == {"radius", "colour"}
+
+
+def test_names_are_snake_case_and_aliases_are_deprecated() -> None:
+    things = make_registry()
+    with pytest.raises(ValueError, match="not snake_case"):
+        things.add("Kebab-Name", object())
+    things.alias("round-widget", "round_widget")
+    assert "round-widget" in things
+    assert "round-widget" not in things.names()
+    with pytest.warns(DeprecationWarning, match="'round-widget' is deprecated; use 'round_widget'"):
+        assert things.build("round-widget", 1) == ("round", 1, 1.0, "red")
+    with pytest.raises(ValueError, match="already registered"):
+        things.add("round_widget", object())
+
+
+def test_every_registry_of_poise_uses_one_naming_style() -> None:
+    import poise.attacks
+    import poise.decoding
+    import poise.guards
+    import poise.models.resolve
+    import poise.organism  # noqa: F401  (registers its resolver and its judge)
+    import poise.scoring.judges
+    import poise.suites.formats
+    import poise.train.losses.preference
+    import poise.train.recipes
+
+    registries: list[Registry[object]] = [
+        poise.attacks.attacks,  # type: ignore[list-item]
+        poise.decoding.strategies,  # type: ignore[list-item]
+        poise.guards.guards,  # type: ignore[list-item]
+        poise.models.resolve.backends,  # type: ignore[list-item]
+        poise.models.resolve.resolvers,  # type: ignore[list-item]
+        poise.scoring.judges.judges,  # type: ignore[list-item]
+        poise.suites.formats.format_registry,  # type: ignore[list-item]
+        poise.train.losses.preference.LOSSES,  # type: ignore[list-item]
+        poise.train.recipes.RECIPES,  # type: ignore[list-item]
+    ]
+    for registry in registries:
+        for name in registry.names():
+            assert NAME_STYLE.match(name), f"{registry.kind} {name!r}"
+    # names users typed before stay usable
+    with pytest.warns(DeprecationWarning):
+        assert poise.train.recipes.RECIPES.canonical("safe-rl") == "safe_rl"
+    with pytest.warns(DeprecationWarning):
+        assert poise.suites.formats.format_registry.canonical("hh-rlhf") == "hh_rlhf"
+    with pytest.warns(DeprecationWarning):
+        assert poise.attacks.attacks.canonical("best_of_n") == "worst_of_n"
