@@ -17,7 +17,7 @@ side imports differ and would otherwise blur the comparison).
     python benchmarks/dpo_throughput.py --model random --hidden 256 --layers 4 --steps 30
     python benchmarks/dpo_throughput.py --model path/to/hf-folder --batch-size 4
 
-Data: the organism's preference pairs (``poise.train.organism_data``), which need no weights.
+Data: the organism's preference pairs (``poise.organism.data``), which need no weights.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MARKER = "DPO-BENCH-RESULT "
 
 
 def write_data(folder: Path, pairs: int, seed: int) -> Path:
-    from poise.train.organism_data import preference_rows, write_jsonl
+    from poise.organism.data import preference_rows, write_jsonl
 
     rows = preference_rows(seed=seed, phrasings=4)
     if pairs > len(rows):

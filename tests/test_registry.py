@@ -70,7 +70,7 @@ def test_every_registry_of_poise_uses_one_naming_style() -> None:
     import poise.decoding
     import poise.guards
     import poise.models.resolve
-    import poise.organism  # noqa: F401  (registers its resolver and its judge)
+    import poise.organism  # registers its resolver and its judge
     import poise.scoring.judges
     import poise.suites.formats
     import poise.train.losses.preference

@@ -212,7 +212,7 @@ def test_a_run_of_an_object_without_a_spec_resumes_only_with_the_object(tmp_path
     assert header["model_spec"] is None and header["config"]["model"] == "scripted-in-python"
     assert header["judge_resolved"] == "refusal"
     with pytest.raises(
-        PoiseError, match="without a spec .* poise.audit\\(model=<that model>, resume=RUN\\)"
+        PoiseError, match=r"without a spec .* poise.audit\(model=<that model>, resume=RUN\)"
     ):
         poise.audit(resume=result.path, out=str(tmp_path))
     poise.audit(model=model, resume=result.path, out=str(tmp_path))  # the object itself: fine

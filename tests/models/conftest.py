@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from strategy_doubles import suffix_strategy  # noqa: F401  (a fixture for these tests)
 
 
 @pytest.fixture(autouse=True)

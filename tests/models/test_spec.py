@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from strategy_doubles import Suffix, suffix_strategy  # noqa: F401  (fixture)
+from strategy_doubles import Suffix
 
 from poise.errors import PoiseError, UnknownNameError
 from poise.models import load_model
@@ -178,7 +178,7 @@ def test_names_are_checked_before_anything_loads(
     monkeypatch.setattr(MockModel, "__init__", counting)
     with pytest.raises(SpecError, match="tmes"):
         load_model("test_suffix(mock, other=test_suffix(mock, tmes=1))")
-    with pytest.raises(SpecError, match="model folder .* does not exist"):
+    with pytest.raises(SpecError, match=r"model folder .* does not exist"):
         load_model("test_suffix(mock, other=./surely/not/here)")
     assert built == []
 
@@ -208,7 +208,7 @@ def test_an_existing_folder_named_like_a_call_is_a_folder(tmp_path: Path) -> Non
     odd = tmp_path / "f(x)"
     odd.mkdir()
     assert check_spec(str(odd)) == Name(str(odd))
-    with pytest.raises(PoiseError, match="no config.json"):
+    with pytest.raises(PoiseError, match=r"no config\.json"):
         load_model(str(odd))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from strategy_doubles import Suffix, suffix_strategy  # noqa: F401  (fixture)
+from strategy_doubles import Suffix
 
 from poise.config import Sampling
 from poise.models import load_model

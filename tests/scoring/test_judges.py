@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 import sys
+import tempfile
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -147,6 +148,46 @@ def test_auto_resolution_of_organism_weight_folder(tmp_path: Path) -> None:
     member = WEIGHTS_DIR / "organism-small"
     if member.is_dir():
         assert resolve_judge_name("auto", str(member)) == "oracle"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "organism-small",
+        "organism",
+        "logit_temperature(organism-small, t=0.8)",
+        "mock",
+        "mock:x",
+    ],
+)
+def test_the_judge_follows_the_model_object_and_its_spec_alike(spec: str) -> None:
+    """``auto`` reads the model's declared judge, through wrappers and the cache, and the spec
+    (resolved without loading weights) gives the same answer as the built object."""
+    from poise.models import load_model
+    from poise.models.cache import CachedModel, ResponseCache
+
+    try:
+        model = load_model(spec)
+    except PoiseError as exc:
+        pytest.skip(f"the organism is not built: {exc}")
+    expected = "refusal" if spec.startswith("mock") else "oracle"
+    assert resolve_judge_name("auto", spec) == expected
+    assert resolve_judge_name("auto", model) == expected
+    cached = CachedModel(model, ResponseCache(Path(tempfile.mkdtemp()) / "c.sqlite"))
+    assert resolve_judge_name("auto", cached) == expected
+    assert get_judge("auto", audited=model).name == expected
+
+
+def test_a_model_declares_its_judge() -> None:
+    from poise.models.mock import MockModel
+
+    model = MockModel("m")
+    assert resolve_judge_name("auto", model) == "refusal"
+    model.recommended_judge = "classifier:/some/guard"
+    assert resolve_judge_name("auto", model) == "classifier:/some/guard"
+    model.recommended_judge = "auto"
+    with pytest.raises(PoiseError, match="recommended judge cannot be 'auto'"):
+        resolve_judge_name("auto", model)
 
 
 def test_resolution_keeps_explicit_specs_and_checks_them() -> None:

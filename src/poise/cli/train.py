@@ -256,7 +256,7 @@ def organism_data_command(
 ) -> None:
     """Write preference pairs (and safe-RL prompts) from the organism's world."""
     with user_errors():
-        from poise.train.organism_data import write_organism_data
+        from poise.organism.data import write_organism_data
 
         counts = write_organism_data(
             output,

@@ -161,15 +161,17 @@ def make_config(cls: type[Any], config: Any = None, **fields: Any) -> Any:
 
 
 def resolve_model_folder(spec: str, what: str = "model") -> Path:
-    """An organism member name or a local HF folder -> the folder, checked before any load.
+    """A registered model name (an organism member) or a local HF folder -> the folder, checked
+    before any load.
 
     The folder needs ``config.json`` and safetensors weights (a pickle-only checkpoint is
     refused, as by poise's model backend).
     """
-    from poise.organism import is_member, member_path
+    from poise.models.resolve import model_folder
 
-    if is_member(spec):
-        return member_path(spec)
+    registered = model_folder(spec)
+    if registered is not None:
+        return registered
     folder = Path(spec).expanduser()
     if not folder.exists():
         raise PoiseError(f"{what}: {spec!r} is neither an organism member nor an existing folder")

@@ -9,9 +9,9 @@ import pytest
 
 from poise.errors import PoiseError
 from poise.organism import world
+from poise.organism.data import preference_rows, prompt_items, write_organism_data
 from poise.organism.oracle import OracleJudge
 from poise.suites.schema import SuiteItem
-from poise.train.organism_data import preference_rows, prompt_items, write_organism_data
 
 
 def _item(row: dict, i: int) -> SuiteItem:
