@@ -84,7 +84,9 @@ class AuditConfig(StrictModel):
     """Everything that defines an audit. ``poise audit`` flags map 1:1 onto these fields."""
 
     model: str = Field(
-        "organism", description="model spec: organism member, folder, hub id, hf:/openai:/mock:"
+        "organism",
+        description="model spec: organism member, folder, hub id, hf:/openai:/mock:, or a "
+        "strategy call such as logit_temperature(organism-small, t=0.8)",
     )
     model_options: dict[str, Any] = Field(
         default_factory=dict, description="backend options (device, dtype, base_urls, ...)"
@@ -93,7 +95,7 @@ class AuditConfig(StrictModel):
         DEFAULT_SUITES, min_length=1, description="built-in suite names or file paths"
     )
     judge: str = Field(
-        "auto", description="judge spec; auto = the oracle for organism models, else refusal"
+        "auto", description="judge spec; auto = the model's recommended judge, else refusal"
     )
     sampling: Sampling = Field(
         default_factory=lambda: Sampling(), description="decoding configuration"

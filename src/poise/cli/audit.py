@@ -33,13 +33,16 @@ def audit_command(
         "organism",
         "--model",
         "-m",
-        help="Organism member, HF folder or hub id, hf:/openai:/mock: spec.",
+        help="Model spec: organism member, HF folder or hub id, hf:/openai:/mock:, or a strategy "
+        "call such as 'logit_temperature(organism-small, t=0.8)'.",
     ),
     suite: list[str] = typer.Option(
         list(DEFAULT_SUITES), "--suite", "-s", help="Built-in suite name or file path; repeatable."
     ),
     judge: str = typer.Option(
-        "auto", help="auto | oracle | refusal | classifier:PATH | guard:MODEL | llm:MODEL."
+        "auto",
+        help="auto (the model's recommended judge) | oracle | refusal | classifier:PATH | "
+        "guard:MODEL | llm:MODEL.",
     ),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
