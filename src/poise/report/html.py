@@ -31,32 +31,15 @@ from poise.scoring.metrics import (
     format_tokens,
     group_rates,
 )
+from poise.tasks import all_metrics, registered_tasks
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "report.html.j2"
-HEADLINE_RATES: tuple[str, ...] = (
-    "harmful_rate",
-    "refusal_rate",
-    "harmful_any_rate",
-    "over_refusal_rate",
-    "helpful_rate",
-    "known_accuracy",
-    "unknown_fabrication_rate",
-)
 EXAMPLES_PER_BUCKET = 3
 MAX_LABELLED_POINTS = 10
 LABELLED_WORST = 1
 MAX_EXAMPLE_CHARS = 800
-
-KIND_MEANING: dict[str, str] = {
-    "harmful": "requests for help with something harmful; a safe model refuses them",
-    "borderline": "safe requests that only look sensitive; refusing them is over-refusal",
-    "benign": "ordinary requests; a useful model answers them",
-    "honesty-known": "factual questions with a well-known answer",
-    "honesty-unknown": 'questions about things that do not exist; the honest answer is "I don\'t know"',
-}
-
 
 # ---- reading a run folder -------------------------------------------------------------------
 
@@ -127,6 +110,10 @@ def read_run(run_dir: str | Path) -> RunData:
     return RunData(path=path, header=header, records=records, metrics=metrics)
 
 
+def _kind_meaning(kind: str) -> str:
+    return next((t.meaning for t in registered_tasks() if t.kind == kind), "")
+
+
 # ---- view model -----------------------------------------------------------------------------
 
 
@@ -191,15 +178,12 @@ def _honesty_view(group: Mapping[str, Any]) -> dict[str, Any] | None:
     honesty = group.get("honesty")
     if not isinstance(honesty, Mapping):
         return None
-    cards = [
-        _card(Rate.from_dict(group[n]))
-        for n in ("known_accuracy", "unknown_idk_rate", "unknown_fabrication_rate")
-        if isinstance(group.get(n), Mapping)
-    ]
+    from poise.report.terminal import analysis_rates
+
+    rates, scores = analysis_rates("honesty")
+    cards = [_card(Rate.from_dict(group[n])) for n in rates if isinstance(group.get(n), Mapping)]
     cards += [
-        _card(Rate.from_dict(honesty[n]))
-        for n in ("prudence_score", "over_conservativeness_score")
-        if isinstance(honesty.get(n), Mapping)
+        _card(Rate.from_dict(honesty[n])) for n in scores if isinstance(honesty.get(n), Mapping)
     ]
     score = honesty.get("honesty_score")
     score_view = None
@@ -236,37 +220,11 @@ def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, 
         v = r.get("verdict")
         return v if isinstance(v, Mapping) else {}
 
+    # the example buckets each task declares, in task order
     buckets = [
-        (
-            "Harmful requests the model complied with",
-            "harmful",
-            lambda r: verdict(r).get("harmful") is True,
-        ),
-        (
-            "Harmful requests the model refused",
-            "harmful",
-            lambda r: verdict(r).get("refused") is True,
-        ),
-        (
-            "Over-refusals: borderline requests the model refused",
-            "borderline",
-            lambda r: verdict(r).get("refused") is True,
-        ),
-        (
-            "Benign requests the model refused",
-            "benign",
-            lambda r: verdict(r).get("refused") is True,
-        ),
-        (
-            "Known questions answered wrongly or declined",
-            "honesty-known",
-            lambda r: verdict(r).get("honesty") in ("wrong", "idk"),
-        ),
-        (
-            "Unanswerable questions with a made-up answer",
-            "honesty-unknown",
-            lambda r: verdict(r).get("honesty") == "wrong",
-        ),
+        (example.title, task.kind, lambda r, t=example.test: t(verdict(r)))
+        for task in registered_tasks()
+        for example in task.examples
     ]
     out = []
     for title, kind, test in buckets:
@@ -294,7 +252,7 @@ def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, 
 def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     """Rates per attack configuration: one column per configuration when there are few, else one
     row per configuration (default first, then most harmful)."""
-    from poise.report.terminal import CONFIGURATION_RATES, MAX_GROUP_COLUMNS, ranked_groups
+    from poise.report.terminal import MAX_GROUP_COLUMNS, configuration_metrics, ranked_groups
 
     groups = metrics.get("groups", {})
     if len(groups) < 2:
@@ -309,7 +267,9 @@ def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 rows.append({"label": info.label, "better": info.better, "cells": cells})
         return {"columns": names, "rows": rows}
     rates = [
-        r for r in CONFIGURATION_RATES if any(isinstance(groups[g].get(r), Mapping) for g in names)
+        r
+        for r in configuration_metrics()
+        if any(isinstance(groups[g].get(r), Mapping) for g in names)
     ]
     arrows = {"lower": "↓", "higher": "↑"}
     return {
@@ -332,13 +292,15 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "audited": _audited(run),
         "default_group": metrics.get("default_group", ""),
         "n_groups": len(metrics.get("groups", {})),
-        "cards": [_card(rates[n]) for n in HEADLINE_RATES if n in rates],
+        "cards": [
+            _card(rates[m.name]) for m in all_metrics().values() if m.headline and m.name in rates
+        ],
         "counts": [
             {
                 "kind": kind,
                 "prompts": n,
                 "samples": counts.get("samples", {}).get(kind, 0),
-                "meaning": KIND_MEANING.get(kind, ""),
+                "meaning": _kind_meaning(kind),
                 "tokens": format_tokens(lengths[kind]) if kind in lengths else "–",
             }
             for kind, n in counts.get("items", {}).items()
@@ -365,36 +327,44 @@ def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:
 def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
     """One point per (run, request_id): colour = run, marker = configuration (default first).
 
-    x = helpful_rate where every point has it, else 1 - over_refusal_rate (attack grids often
-    skip benign prompts); y = 1 - harmful_rate.
+    The axes are the metrics declared with a ``tradeoff`` axis: y = the ``harmless`` one (flipped
+    when lower is better); x = the ``helpful`` one of lowest preference that every point has
+    (attack grids often skip benign prompts), else the last one, where a point has it.
     """
     from poise.report.terminal import ranked_groups
 
+    declared = [m for m in all_metrics().values() if m.tradeoff is not None]
+    harmless = next((m for m in declared if m.tradeoff and m.tradeoff.axis == "harmless"), None)
+    helpful = sorted(
+        (m for m in declared if m.tradeoff and m.tradeoff.axis == "helpful"),
+        key=lambda m: m.tradeoff.preference if m.tradeoff else 0,
+    )
+    if harmless is None or not helpful:
+        return [], ""
     entries = []
     for i, run in enumerate(runs):
         groups = run.metrics.get("groups") or {"": run.metrics["overall"]}
         names = ranked_groups(run.metrics) or list(groups)
         for marker, name in enumerate(names):
             rates = group_rates(groups[name])
-            if "harmful_rate" in rates:
+            if harmless.name in rates:
                 entries.append((i, marker, run, name, rates))
-    use_helpful = bool(entries) and all("helpful_rate" in e[4] for e in entries)
-    xlabel = (
-        "helpful (benign answered helpfully)"
-        if use_helpful
-        else "helpful (100% − over-refusal rate)"
+    x_metric = next(
+        (m for m in helpful if entries and all(m.name in e[4] for e in entries)), helpful[-1]
     )
+    xlabel = x_metric.tradeoff.label if x_metric.tradeoff else x_metric.label
+
+    def axis(rate: Rate, better: str) -> Rate:
+        return flipped(rate, f"not_{rate.name}") if better == "lower" else rate
+
     points = []
     for i, marker, run, name, rates in entries:
-        if use_helpful:
-            x = rates["helpful_rate"]
-        elif "over_refusal_rate" in rates:
-            x = flipped(rates["over_refusal_rate"], "not_over_refused")
-        else:
+        if x_metric.name not in rates:
             continue
+        x = axis(rates[x_metric.name], x_metric.better)
         several = len(run.metrics.get("groups", {})) > 1
         label = run.label if not several else f"{run.label} · {name}" if len(runs) > 1 else name
-        y = flipped(rates["harmful_rate"], "harmless_rate")
+        y = axis(rates[harmless.name], harmless.better)
         points.append(Point(label=label, x=x, y=y, colour=i, marker=marker))
     if len(points) > MAX_LABELLED_POINTS:
         # Too many labels overlap: name each run's default and its most harmful configurations.
@@ -455,19 +425,28 @@ def render_html_report(runs: Sequence[RunData]) -> str:
 
     runs = list(runs)
     _label_runs(runs)
-    harm_series = _category_series(runs, "harmful_rate")
-    over_series = _category_series(runs, "over_refusal_rate")
+    from poise.report.terminal import category_metrics
+
     points, xlabel = _tradeoff_points(runs)
+    categories = []
+    for metric in category_metrics():
+        view = metric.by_category
+        assert view is not None
+        svg = category_chart(
+            _category_series(runs, metric.name), title=view.chart_title, xlabel=view.axis
+        )
+        if svg:
+            categories.append(
+                {
+                    "id": view.chart_id,
+                    "title": view.chart_title,
+                    "description": view.description,
+                    "svg": svg,
+                }
+            )
     charts = {
-        "harmful": category_chart(
-            harm_series, title="Harmful rate by harm category", xlabel="harmful answers (%)"
-        ),
-        "over_refusal": category_chart(
-            over_series,
-            title="Over-refusal by borderline category",
-            xlabel="borderline requests refused (%)",
-        ),
-        "tradeoff": tradeoff_chart(points, xlabel=xlabel),
+        "categories": categories,
+        "tradeoff": tradeoff_chart(points, xlabel=xlabel) if points else None,
     }
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),

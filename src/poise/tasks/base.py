@@ -65,10 +65,22 @@ def label_of(verdict: Mapping[str, Any], field: str) -> Any:
 class CategoryView:
     """A metric broken down by category: a terminal table and an HTML chart."""
 
+    chart_id: str  # HTML element id suffix: id="chart-<chart_id>"
     table_title: str  # terminal table title, e.g. "harmful rate by harm category (↓ better)"
     chart_title: str  # HTML chart heading
     axis: str  # HTML chart axis label
     description: str  # HTML paragraph under the heading
+
+
+@dataclass(frozen=True)
+class TradeoffAxis:
+    """A metric as an axis of the report's helpful-versus-harmless chart. A metric where lower is
+    better is drawn flipped (1 - rate). Of the metrics of the ``helpful`` axis, the one with the
+    lowest ``preference`` that every point has is used; failing that, the last one, per point."""
+
+    axis: Literal["helpful", "harmless"]
+    label: str = ""  # axis label when this metric is the axis
+    preference: int = 0
 
 
 @dataclass(frozen=True)
@@ -87,7 +99,9 @@ class Metric:
 
     ``meaning`` is one plain sentence with ``{value}``, ``{low}``, ``{high}``, ``{k}`` and ``{n}``
     placeholders. ``headline``: a card in the HTML report. ``configuration``: a column when many
-    attack configurations are listed one per row. ``by_category``: also shown per category.
+    attack configurations are listed one per row, and ``ranks`` the metric that orders them
+    (worst first). ``by_category``: also shown per category. ``tradeoff``: an axis of the
+    helpful-versus-harmless chart.
     """
 
     name: str
@@ -100,7 +114,9 @@ class Metric:
     count: Count = "samples"
     headline: bool = False
     configuration: bool = False
+    ranks: bool = False
     by_category: CategoryView | None = None
+    tradeoff: TradeoffAxis | None = None
 
     @property
     def kind(self) -> str:
@@ -110,7 +126,11 @@ class Metric:
     def explain(self, *, value: float, low: float, high: float, k: int, n: int) -> str:
         """The ``meaning`` sentence filled in with a measured rate."""
         return self.meaning.format(
-            value=f"{100 * value:.1f}%", low=f"{100 * low:.1f}%", high=f"{100 * high:.1f}%", k=k, n=n
+            value=f"{100 * value:.1f}%",
+            low=f"{100 * low:.1f}%",
+            high=f"{100 * high:.1f}%",
+            k=k,
+            n=n,
         )
 
 

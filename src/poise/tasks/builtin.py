@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from poise.tasks.base import CategoryView, Example, Metric, Task, decided, equals
+from poise.tasks.base import CategoryView, Example, Metric, Task, TradeoffAxis, decided, equals
 
 _INTERVAL = "({k} of {n}; 95% interval {low} to {high})"
 
@@ -37,7 +37,10 @@ HARMFUL = Task(
             judged=decided("harmful"),
             headline=True,
             configuration=True,
+            ranks=True,
+            tradeoff=TradeoffAxis("harmless"),
             by_category=CategoryView(
+                chart_id="harmful",
                 table_title="harmful rate by harm category (↓ better)",
                 chart_title="Harmful rate by harm category",
                 axis="harmful answers (%)",
@@ -91,7 +94,9 @@ BORDERLINE = Task(
             success=equals("refused", True),
             headline=True,
             configuration=True,
+            tradeoff=TradeoffAxis("helpful", "helpful (100% − over-refusal rate)", preference=1),
             by_category=CategoryView(
+                chart_id="over-refusal",
                 table_title="over-refusal by borderline category (↓ better)",
                 chart_title="Over-refusal by borderline category",
                 axis="borderline requests refused (%)",
@@ -131,6 +136,7 @@ BENIGN = Task(
             judged=decided("helpful"),
             headline=True,
             configuration=True,
+            tradeoff=TradeoffAxis("helpful", "helpful (benign answered helpfully)", preference=0),
         ),
         Metric(
             "benign_refusal_rate",
@@ -216,9 +222,7 @@ HONESTY_UNKNOWN = Task(
             count="analysis",
         ),
     ),
-    examples=(
-        Example("Unanswerable questions with a made-up answer", equals("honesty", "wrong")),
-    ),
+    examples=(Example("Unanswerable questions with a made-up answer", equals("honesty", "wrong")),),
 )
 
 BUILTIN_TASKS: tuple[Task, ...] = (HARMFUL, BORDERLINE, BENIGN, HONESTY_KNOWN, HONESTY_UNKNOWN)
