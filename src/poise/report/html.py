@@ -1,18 +1,15 @@
 """The self-contained HTML report of one run, or of several runs side by side.
 
 ``write_html_report(run_dir, path)`` or ``write_html_report([run_a, run_b], path)`` reads each run
-folder (``run.json``, ``samples.jsonl``, ``metrics.json`` when present, else the metrics are
-computed from the samples) and writes one HTML file with everything inline: CSS, charts as inline
-SVG, no script, no external URL. Completions and prompts are HTML-escaped by the template.
-
-The run folder is read with plain JSON here rather than through :mod:`poise.runs`, so a report
-can be drawn from a copied folder, a folder of an older schema, or one still being written (a
-torn last line of ``samples.jsonl`` is skipped with a warning).
+folder through :class:`poise.runs.Run` (header, records, ``metrics.json`` when present, else the
+metrics are computed from the records) and writes one HTML file with everything inline: CSS,
+charts as inline SVG, no script, no external URL. Completions and prompts are HTML-escaped by the
+template. A report can be drawn from a copied folder, a folder of another schema version, or one
+still being written (a torn last record is not read).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -20,8 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
+from poise.runs import Run
 from poise.scoring.metrics import (
     RATE_INFO,
     RATE_NAMES,
@@ -55,59 +53,22 @@ class RunData:
     label: str = ""
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PoiseError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
-
-
-def _read_samples(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):  # no newline after it: a write cut short by a kill
-                log.warning("%s:%d: skipping a partial last record", path, number)
-                continue
-            raise located(path, number, f"invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise located(path, number, "expected a JSON object per line")
-        records.append(record)
-    return records
-
-
 def read_run(run_dir: str | Path) -> RunData:
     """Read a run folder; PoiseError (naming the file and line) when it is not a readable run."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise PoiseError(f"{path}: not a run folder (no such directory)")
-    if not (path / "run.json").exists():
-        raise PoiseError(f"{path}: not a run folder (no run.json)")
-    header = _read_json(path / "run.json")
-    if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
-        raise PoiseError(f"{path / 'run.json'}: field 'config' must be an object")
-    records = _read_samples(path / "samples.jsonl")
-    metrics_path = path / "metrics.json"
-    metrics: Any = _read_json(metrics_path) if metrics_path.exists() else None
-    if metrics is not None and not (
-        isinstance(metrics, dict) and isinstance(metrics.get("overall"), dict)
-    ):
-        log.warning("%s: not in the expected schema; recomputing from the samples", metrics_path)
+    run = Run.open(run_dir, any_schema=True)
+    header = run.header
+    records = list(run.records())
+    metrics: Any = run.metrics()
+    if metrics is not None and not isinstance(metrics.get("overall"), dict):
+        log.warning("%s: not in the expected schema; recomputing from the samples", run.path)
         metrics = None
     if metrics is None:
         if not records:
-            raise PoiseError(f"{path}: no metrics.json and no sample records to draw a report from")
+            raise PoiseError(
+                f"{run.path}: no metrics.json and no sample records to draw a report from"
+            )
         metrics = compute_metrics(records)
-    return RunData(path=path, header=header, records=records, metrics=metrics)
+    return RunData(path=run.path, header=header, records=records, metrics=metrics)
 
 
 def _kind_meaning(kind: str) -> str:
@@ -485,3 +446,8 @@ def write_html_report(run_dir_or_runs: str | Path | Sequence[str | Path], path: 
         tmp.unlink(missing_ok=True)
     log.info("wrote %s (%d bytes)", out, len(html))
     return out
+
+
+def write_run_report(run: Run) -> Path:
+    """The report of one run, written into its folder (``Run.finish(..., report=this)``)."""
+    return write_html_report(run.path, run.report_path)
