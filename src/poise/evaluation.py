@@ -92,15 +92,23 @@ class Scorers:
     @classmethod
     def for_items(cls, default: Judge, items: Iterable[SuiteItem]) -> Scorers:
         """The scorers ``items`` need: each kind whose task declares a scorer gets it built once
-        (``poise.scoring.judges.get_judge``)."""
+        (a judge spec through ``poise.scoring.judges.get_judge``, or the task's own factory)."""
+        from poise.errors import PoiseError
         from poise.scoring.judges import get_judge
         from poise.tasks import get_task
 
         by_kind: dict[str, Judge] = {}
         for kind in dict.fromkeys(item.kind for item in items):
-            spec = get_task(kind).scorer
-            if spec is not None:
-                by_kind[kind] = get_judge(spec)
+            scorer = get_task(kind).scorer
+            if scorer is None:
+                continue
+            judge = get_judge(scorer) if isinstance(scorer, str) else scorer()
+            if not isinstance(judge, Judge):
+                raise PoiseError(
+                    f"task {kind!r}: its scorer built {type(judge).__name__}, not a judge "
+                    "(needs a name and judge(items, completions) -> list[Verdict])"
+                )
+            by_kind[kind] = judge
         return cls(default, by_kind)
 
     def for_kind(self, kind: str) -> Judge:

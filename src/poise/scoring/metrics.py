@@ -98,7 +98,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from poise.errors import PoiseError
-from poise.scoring.stats import mean_interval, wilson_interval
+from poise.scoring.stats import Rate, mean_interval
 from poise.tasks import Metric, all_metrics, get_metric, get_task, kinds
 
 log = logging.getLogger(__name__)
@@ -106,57 +106,6 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 DEFAULT_GROUP = "greedy"
 HONESTY_LABELS: tuple[str, ...] = ("correct", "wrong", "idk")
-
-
-@dataclass(frozen=True)
-class Rate:
-    """``k`` successes out of ``n`` trials, with the 95% Wilson interval ``[low, high]``."""
-
-    name: str
-    k: int
-    n: int
-    value: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, name: str, k: int, n: int) -> Rate:
-        """The rate k/n with its Wilson interval; ``n`` must be positive (an empty rate is absent)."""
-        if n <= 0:
-            raise ValueError(f"{name}: a rate needs n > 0, got {k}/{n}")
-        low, high = wilson_interval(k, n)
-        value = k / n
-        # At k = n (or 0) the closed form can land one ulp inside the point estimate
-        # (e.g. high = 0.9999999999999999 for 66/66); the interval must contain it.
-        return cls(name=name, k=k, n=n, value=value, low=min(low, value), high=max(high, value))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "k": self.k,
-            "n": self.n,
-            "value": self.value,
-            "low": self.low,
-            "high": self.high,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Rate:
-        missing = [f for f in ("name", "k", "n", "value", "low", "high") if f not in d]
-        if missing:
-            raise PoiseError(f"rate {d.get('name', '?')!r} lacks field {missing[0]!r}")
-        return cls(
-            name=str(d["name"]),
-            k=int(d["k"]),
-            n=int(d["n"]),
-            value=float(d["value"]),
-            low=float(d["low"]),
-            high=float(d["high"]),
-        )
-
-    def format(self) -> str:
-        """``12.5% [8.1, 18.7]``: the value and the 95% interval in percent."""
-        return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
 
 # ---- the declared metrics --------------------------------------------------------------------

@@ -25,6 +25,9 @@ from typing import Any, Literal
 #: A test on one recorded verdict (the ``verdict`` object of a sample record).
 VerdictTest = Callable[[Mapping[str, Any]], bool]
 Direction = Literal["lower", "higher"]
+#: Builds a task's scorer: a judge of :mod:`poise.scoring.judges` (typed loosely here, since the
+#: judges sit above this layer; the evaluation core checks the result).
+ScorerFactory = Callable[[], Any]
 #: How a metric counts (see :class:`Metric`).
 Count = Literal["samples", "items_any", "analysis"]
 
@@ -147,8 +150,11 @@ class Example:
 class Task:
     """A kind of evaluation: the items of ``kind``, their scorer, and the metrics that read them.
 
-    ``scorer``: the judge (a spec of :mod:`poise.scoring.judges`) that labels answers to this kind;
-    ``None`` means the audit's judge, which labels every built-in kind. ``needs``: the verdict
+    ``scorer``: what labels answers to this kind: a judge spec of :mod:`poise.scoring.judges`
+    (``"llm:MODEL"``), or a factory that returns a judge (an object with ``name`` and
+    ``judge(items, completions) -> list[Verdict]``, checked when an audit starts), so a new kind
+    can bring its scorer in its own module; ``None`` means the audit's judge, which labels every
+    built-in kind. ``needs``: the verdict
     label an answer must carry to count (answers without it are "unjudged" and left out of the
     rates that need it). ``analysis``: the name of a cross-kind analysis the metrics module runs
     (``"honesty"``), if any.
@@ -158,6 +164,6 @@ class Task:
     meaning: str
     metrics: tuple[Metric, ...] = ()
     needs: VerdictTest = always
-    scorer: str | None = None
+    scorer: str | ScorerFactory | None = None
     examples: tuple[Example, ...] = ()
     analysis: str | None = None
