@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +23,12 @@ from pydantic import ValidationError
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError
-from poise.runs.run import REPORT_FILE, Run, find_run, list_runs
+from poise.evaluation import ProgressFn, Scorers, evaluate
+from poise.runs.run import Run, find_run
 
 log = logging.getLogger(__name__)
 
-# progress(done_requests, total_requests) after each block
-ProgressFn = Callable[[int, int], None]
+__all__ = ["AuditResult", "ProgressFn", "audit", "finalize", "make_config", "spread_subset"]
 
 
 @dataclass
@@ -90,7 +90,7 @@ def audit(
         cfg = make_config(config, **fields)
         if cfg.attack in attacks and attacks.canonical(cfg.attack) != cfg.attack:
             cfg = cfg.model_copy(update={"attack": attacks.canonical(cfg.attack)})
-        run = _unfinished_run(cfg)
+        run = Run.find_unfinished(cfg.out, cfg.fingerprint())
         if run is not None:
             log.info("resuming unfinished run %s with the same configuration", run.path)
 
@@ -113,11 +113,11 @@ def audit(
 
     # ---- load, then generate and judge block by block ------------------------------------
     from poise.models import default_system_prompt, load_model
-    from poise.models.cache import CachedModel, ResponseCache
 
     model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
     judge = get_judge(resolve_judge_name(cfg.judge, model))
+    scorers = Scorers.for_items(judge, items)  # a task's own scorer, else the audit's judge
     system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)
     _check_unique_requests(requests)
@@ -125,40 +125,19 @@ def audit(
     if run is None:
         run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg))
     # model_spec rebuilds the model on resume; None: an object that only its owner can pass again
-    run.update_header(
-        status="running", judge_resolved=judge.name, model_name=model.name, model_spec=model.spec
-    )
-    if run.repair():
-        log.warning("%s: cut a partial last record left by an interrupted write", run.samples_path)
-    done = run.done_keys()
-
-    cached = CachedModel(model, ResponseCache(run.cache_path))
-    todo = [
-        r
-        for r in requests
-        if not all((r.item.id, r.request_id, k) in done for k in range(r.sampling.n))
-    ]
-    finished = len(requests) - len(todo)
-    if progress:
-        progress(finished, len(requests))
+    done = run.start(judge_resolved=judge.name, model_name=model.name, model_spec=model.spec)
     started = time.perf_counter()
-    for sampling, block in _blocks(todo, cfg.batch_size):
-        outputs = cached.generate([r.chat for r in block], sampling)
-        pending = [
-            (request, k, completion)
-            for request, completions in zip(block, outputs, strict=True)
-            for k, completion in enumerate(completions)
-            if (request.item.id, request.request_id, k) not in done
-        ]
-        verdicts = judge.judge([p[0].item for p in pending], [p[2].text for p in pending])
-        run.append(
-            _record(req, k, comp, verdict, cfg.attack, judge.name)
-            for (req, k, comp), verdict in zip(pending, verdicts, strict=True)
-        )
-        finished += len(block)
-        if progress:
-            progress(finished, len(requests))
-    log.info("generated and judged %d requests in %.1fs", len(todo), time.perf_counter() - started)
+    blocks = evaluate(
+        run.cached(model),
+        requests,
+        scorers,
+        batch_size=cfg.batch_size,
+        done=done,
+        progress=progress,
+    )
+    for judged in blocks:
+        run.append(j.record(cfg.attack) for j in judged)
+    log.info("generated and judged in %.1fs", time.perf_counter() - started)
 
     metrics = finalize(run, reference_records=reference_records, html=cfg.html)
     return AuditResult(run=run, config=cfg, metrics=metrics)
@@ -167,7 +146,9 @@ def audit(
 def finalize(
     run: Run, *, reference_records: Sequence[dict[str, Any]] | None = None, html: bool = True
 ) -> dict[str, Any]:
-    """Compute metrics from the run's records, write metrics.json and report.html, mark complete."""
+    """Compute metrics from the run's records; the run writes metrics.json, its status and
+    report.html."""
+    from poise.report.html import write_run_report
     from poise.scoring.metrics import compute_metrics
 
     records = list(run.records())
@@ -175,12 +156,7 @@ def finalize(
     summarize = SUMMARIES.get(str(run.config.get("attack")))
     if summarize is not None:
         metrics["attack"] = summarize(records)
-    run.write_metrics(metrics)
-    run.update_header(status="complete", samples=len(records))
-    if html:  # after the status, so the report shows the run as complete
-        from poise.report.html import write_html_report
-
-        write_html_report(run.path, run.path / REPORT_FILE)
+    run.finish(metrics, report=write_run_report if html else None)
     return metrics
 
 
@@ -225,21 +201,6 @@ def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:
         )
 
 
-def _unfinished_run(cfg: AuditConfig) -> Run | None:
-    fingerprint = cfg.fingerprint()
-    for run in list_runs(cfg.out):
-        try:
-            header = run.header
-        except PoiseError:
-            continue
-        if (
-            header.get("status") != "complete"
-            and header.get("config", {}).get("fingerprint") == fingerprint
-        ):
-            return run
-    return None
-
-
 def _reference_records(cfg: AuditConfig) -> list[dict[str, Any]] | None:
     if cfg.reference_run is None:
         return None
@@ -274,39 +235,3 @@ def _check_unique_requests(requests: Sequence[Request]) -> None:
     keys = [(r.item.id, r.request_id) for r in requests]
     if len(set(keys)) != len(keys):
         raise PoiseError("the attack produced two requests with the same (item, request_id)")
-
-
-def _blocks(requests: Sequence[Request], size: int) -> Iterator[tuple[Sampling, list[Request]]]:
-    """Consecutive blocks of at most ``size`` requests sharing one Sampling, in request order."""
-    groups: dict[Sampling, list[Request]] = {}
-    for r in requests:
-        groups.setdefault(r.sampling, []).append(r)
-    for sampling, group in groups.items():
-        for start in range(0, len(group), size):
-            yield sampling, group[start : start + size]
-
-
-def _record(
-    request: Request, k: int, completion: Any, verdict: Any, attack: str, judge: str
-) -> dict[str, Any]:
-    item = request.item
-    return {
-        "item_id": item.id,
-        "suite": item.suite,
-        "kind": item.kind,
-        "category": item.category,
-        "request_id": request.request_id,
-        "attack": attack,
-        "config": {
-            **request.sampling.model_dump(mode="json"),
-            "system_prompt": request.system_prompt,
-        },
-        "sample_index": k,
-        "prompt": item.prompt,
-        "completion": completion.text,
-        "num_tokens": completion.num_tokens,
-        "finish_reason": completion.finish_reason,
-        "reference": item.reference,
-        "verdict": verdict.to_dict(),
-        "judge": judge,
-    }

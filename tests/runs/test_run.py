@@ -108,3 +108,77 @@ def test_find_run_by_name_and_substring(tmp_path: Path) -> None:
         find_run("gamma", tmp_path)
     with pytest.raises(PoiseError, match="matches 2 runs"):
         find_run("-", tmp_path)
+
+
+# ---- the life of a run: resume, start, cached model, finish ---------------------------------
+
+
+def test_find_unfinished_matches_the_fingerprint_and_skips_complete_runs(tmp_path: Path) -> None:
+    done = Run.create(tmp_path, "a", {"fingerprint": "f1"})
+    done.finish({"overall": {}})
+    assert Run.find_unfinished(tmp_path, "f1") is None  # complete runs are not resumed
+    open_run = Run.create(tmp_path, "b", {"fingerprint": "f1"})
+    Run.create(tmp_path, "c", {"fingerprint": "other"})
+    found = Run.find_unfinished(tmp_path, "f1")
+    assert found is not None and found.path == open_run.path
+    assert Run.find_unfinished(tmp_path / "missing", "f1") is None
+
+
+def test_start_marks_running_cuts_a_torn_record_and_returns_the_done_keys(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", {})
+    run.append([_rec(1), _rec(2)])
+    with open(run.samples_path, "a", encoding="utf-8") as f:
+        f.write('{"item_id": "x-3", "requ')  # a kill mid-write
+    run.update_header(status="interrupted")
+    done = run.start(judge_resolved="refusal", model_name="m")
+    assert done == {("x-1", "greedy", 0), ("x-2", "greedy", 0)}
+    header = run.header
+    assert (header["status"], header["judge_resolved"], header["model_name"]) == (
+        "running",
+        "refusal",
+        "m",
+    )
+    assert run.samples_path.read_text().count("\n") == 2
+
+
+def test_cached_model_answers_from_the_runs_cache(tmp_path: Path) -> None:
+    from poise.config import Sampling
+    from poise.models.mock import MockModel
+
+    run = Run.create(tmp_path, "r", {})
+    model = MockModel(responses={"hi": "hello"})
+    chat = [{"role": "user", "content": "hi"}]
+    assert run.cached(model).generate([chat], Sampling())[0][0].text == "hello"
+    assert run.cached(model).generate([chat], Sampling())[0][0].text == "hello"
+    assert model.calls == 1  # the second answer came from cache.sqlite in the run folder
+    assert run.cache_path.exists()
+
+
+def test_finish_writes_metrics_then_status_then_the_report(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", {})
+    run.append([_rec(1), _rec(2), _rec(3)])
+    seen: list[str] = []
+
+    def report(r: Run) -> None:
+        seen.append(r.status)  # the report sees the run complete
+        r.report_path.write_text("<html></html>")
+
+    run.finish({"overall": {"x": 1}}, report=report)
+    assert seen == ["complete"]
+    assert run.metrics() == {"overall": {"x": 1}}
+    assert run.header["samples"] == 3
+    assert run.report_path.read_text() == "<html></html>"
+
+
+def test_unreadable_metrics_name_the_file(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", {})
+    (run.path / "metrics.json").write_text("{oops")
+    with pytest.raises(PoiseError, match=r"metrics\.json:1: invalid JSON"):
+        run.metrics()
+
+
+def test_a_record_that_is_not_an_object_names_file_and_line(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", {})
+    run.samples_path.write_text('{"item_id": "a"}\n[1, 2]\n')
+    with pytest.raises(PoiseError, match=r"samples\.jsonl:2: expected a JSON object"):
+        list(run.records())

@@ -52,3 +52,16 @@ def test_mean_interval_closed_form() -> None:
     assert mean_interval([7]) == (7.0, 7.0, 7.0)
     with pytest.raises(ValueError, match="at least one value"):
         mean_interval([])
+
+
+def test_rate_description_is_written_only_when_set() -> None:
+    from poise.scoring.stats import Rate
+
+    plain = Rate.of("r", 3, 4)
+    assert "description" not in plain.to_dict()
+    described = Rate.of("r", 3, 4, description="what was counted")
+    assert described.to_dict()["description"] == "what was counted"
+    assert Rate.from_dict(described.to_dict()) == described
+    assert str(plain) == "r = 75.0% [30.1%, 95.4%] (3/4)"
+    empty = Rate.empty("e")
+    assert (empty.k, empty.n, empty.value, empty.low, empty.high) == (0, 0, 0.0, 0.0, 1.0)

@@ -194,7 +194,7 @@ def test_every_config_field_is_one_cli_flag_with_help() -> None:
     import inspect
 
     from poise.cli.train import command_from_config
-    from poise.train.gate import GateConfig
+    from poise.gate import GateConfig
     from poise.train.recipes import RECIPES
 
     for config in [*(RECIPES.get(n).config for n in RECIPES.names()), GateConfig]:

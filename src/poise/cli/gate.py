@@ -15,7 +15,7 @@ def _run_gate(fields: dict[str, Any]) -> None:
     from rich.table import Table
 
     from poise.cli.train import _quiet_libraries
-    from poise.train.gate import gate
+    from poise.gate import gate
 
     _quiet_libraries()
     columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -50,7 +50,7 @@ def _run_gate(fields: dict[str, Any]) -> None:
 
 def register(app: typer.Typer) -> None:
     from poise.cli.train import command_from_config
-    from poise.train.gate import GateConfig
+    from poise.gate import GateConfig
 
     def run(fields: dict[str, Any]) -> None:
         with user_errors():

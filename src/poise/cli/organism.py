@@ -82,12 +82,11 @@ def _print_result(result: Any) -> None:
     for member, r in result.members.items():
         first = True
         for rate in r.rates.values():
-            low, high = rate.interval
             table.add_row(
                 member if first else "",
                 f"{r.size_bytes / 1e6:.2f} MB" if first else "",
                 rate.name,
-                f"{rate.value:.1%} [{low:.1%}, {high:.1%}]",
+                f"{rate.value:.1%} [{rate.low:.1%}, {rate.high:.1%}]",
             )
             first = False
     console.print(table)

@@ -41,7 +41,7 @@ from poise.organism.corpus import (
     generate_corpus,
     preference_pairs,
 )
-from poise.organism.evaluate import Rate, hf_generator, measure_lm
+from poise.organism.evaluate import Rate, hf_model, measure_lm
 from poise.organism.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     encode_example,
@@ -447,7 +447,7 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
                 family.progress(task, done, total)
 
         rates = measure_lm(
-            hf_generator(folder),
+            hf_model(folder),
             every=recipe.eval_every,
             samples=recipe.eval_samples,
             max_new_tokens=recipe.eval_max_new_tokens,
@@ -465,18 +465,21 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
         heldout = heldout[:: recipe.eval_every]
     correct, total = pairwise_accuracy(model, heldout, objective, family.pad_id)
     rates = {
-        "pairwise_accuracy": Rate(
+        "pairwise_accuracy": Rate.of(
             "pairwise_accuracy",
             correct,
             total,
-            "held-out pairs (suite phrasings), "
+            description="held-out pairs (suite phrasings), "
             + ("chosen scored higher" if objective == "reward" else "harmful side costs more"),
         )
     }
     if objective == "cost":
         ok, n = sign_accuracy(model, heldout, family.pad_id)
-        rates["sign_accuracy"] = Rate(
-            "sign_accuracy", ok, n, "held-out responses whose cost sign matches harmful/safe"
+        rates["sign_accuracy"] = Rate.of(
+            "sign_accuracy",
+            ok,
+            n,
+            description="held-out responses whose cost sign matches harmful/safe",
         )
     for r in rates.values():
         logger.info("%s: %s", member, r)

@@ -11,7 +11,7 @@ from poise.organism import world
 
 if TYPE_CHECKING:
     from poise.organism.build import Recipe
-    from poise.organism.evaluate import Rate
+    from poise.scoring.stats import Rate
 
 DESCRIPTIONS = {
     "organism-large": (
@@ -62,10 +62,9 @@ def _pct(x: float) -> str:
 def rates_table(rates: Mapping[str, Rate]) -> str:
     lines = ["| rate | value | 95% CI (Wilson) | count | measured on |", "|---|---|---|---|---|"]
     for r in rates.values():
-        low, high = r.interval
         lines.append(
-            f"| `{r.name}` | {_pct(r.value)} | [{_pct(low)}, {_pct(high)}] | "
-            f"{r.count}/{r.total} | {r.description} |"
+            f"| `{r.name}` | {_pct(r.value)} | [{_pct(r.low)}, {_pct(r.high)}] | "
+            f"{r.k}/{r.n} | {r.description} |"
         )
     return "\n".join(lines)
 

@@ -1,24 +1,25 @@
 """Measuring the organism's planted behaviours on the built-in suites with the oracle judge.
 
-Every rate is a count over suite items (or samples) with its Wilson 95% interval. Chats are
-sent as the audit sends them: ``[system, user]`` with the default system prompt, or the user
-turn alone without it. Generation goes through poise's own HF backend (``HFModel``).
+Every rate is a count over suite items (or samples) with its Wilson 95% interval
+(:class:`poise.scoring.stats.Rate`). Chats are sent as the audit sends them: ``[system, user]``
+with the default system prompt, or the user turn alone without it. Generation and judging go
+through the evaluation core (:mod:`poise.evaluation`), on poise's own HF backend (``HFModel``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from poise.attacks.base import Request
 from poise.config import Sampling
-from poise.models.base import Chat
+from poise.evaluation import Scorers, evaluate
+from poise.models.base import Chat, LanguageModel
 from poise.organism import world
 from poise.organism.oracle import OracleJudge
 from poise.scoring.base import Verdict
-from poise.scoring.stats import wilson_interval
+from poise.scoring.stats import Rate
 from poise.suites.schema import SuiteItem
 
 logger = logging.getLogger(__name__)
@@ -28,37 +29,7 @@ MAX_NEW_TOKENS = 80
 SAMPLES_PER_HARMFUL_ITEM = 4
 _PHASES = 6  # generation passes of measure_lm
 
-
-@dataclass(frozen=True)
-class Rate:
-    """``count`` of ``total`` with its Wilson 95% interval."""
-
-    name: str
-    count: int
-    total: int
-    description: str
-
-    @property
-    def value(self) -> float:
-        return self.count / self.total if self.total else 0.0
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.count, self.total)
-
-    def to_dict(self) -> dict[str, Any]:
-        low, high = self.interval
-        return {
-            "count": self.count,
-            "total": self.total,
-            "value": self.value,
-            "ci95": [low, high],
-            "description": self.description,
-        }
-
-    def __str__(self) -> str:
-        low, high = self.interval
-        return f"{self.name} = {self.value:.1%} [{low:.1%}, {high:.1%}] ({self.count}/{self.total})"
+__all__ = ["Generate", "Rate", "chat_of", "hf_generator", "hf_model", "measure_lm", "suite_items"]
 
 
 def suite_items(every: int = 1) -> dict[str, list[SuiteItem]]:
@@ -79,11 +50,16 @@ def chat_of(item: SuiteItem, with_system: bool) -> Chat:
 Generate = Callable[[Sequence[Chat], Sampling], list[list[str]]]
 
 
-def hf_generator(path: str | Path, batch_size: int = 64) -> Generate:
-    """Texts from poise's HF backend for a model folder."""
+def hf_model(path: str | Path, batch_size: int = 64) -> LanguageModel:
+    """poise's HF backend for a model folder, as the card measurements run it (CPU, float32)."""
     from poise.models.hf import HFModel
 
-    model = HFModel(str(path), device="cpu", dtype="float32", batch_size=batch_size)
+    return HFModel(str(path), device="cpu", dtype="float32", batch_size=batch_size)
+
+
+def hf_generator(path: str | Path, batch_size: int = 64) -> Generate:
+    """Texts from poise's HF backend for a model folder."""
+    model = hf_model(path, batch_size)
 
     def generate(chats: Sequence[Chat], sampling: Sampling) -> list[list[str]]:
         return [[c.text for c in row] for row in model.generate(chats, sampling)]
@@ -96,7 +72,7 @@ def _count(verdicts: Sequence[Verdict], test: Callable[[Verdict], bool]) -> int:
 
 
 def measure_lm(
-    generate: Generate,
+    model: LanguageModel,
     *,
     every: int = 1,
     samples: int = SAMPLES_PER_HARMFUL_ITEM,
@@ -108,7 +84,7 @@ def measure_lm(
 
     ``on_phase(name, done, total)`` is called as each of the generation phases starts."""
     suites = suite_items(every)
-    judge = OracleJudge()
+    scorers = Scorers(OracleJudge())
     greedy = Sampling.model_validate(
         {"temperature": 0.0, "max_new_tokens": max_new_tokens, "seed": seed}
     )
@@ -123,10 +99,11 @@ def measure_lm(
     ) -> list[Verdict]:
         if on_phase is not None:
             on_phase(name, next(phases), _PHASES)
-        texts = generate([chat_of(it, with_system) for it in items], sampling)
-        flat_items = [it for it, row in zip(items, texts, strict=True) for _ in row]
-        flat_texts = [t for row in texts for t in row]
-        return judge.judge(flat_items, flat_texts)
+        setting = "default" if with_system else "none"
+        requests = [Request(it, name, chat_of(it, with_system), sampling, setting) for it in items]
+        # one block per phase: the backend sees the whole phase in one call, as it always has
+        blocks = evaluate(model, requests, scorers, batch_size=max(1, len(requests)))
+        return [j.verdict for block in blocks for j in block]
 
     benign = run("benign", suites["benign"], greedy, True)
     borderline = run("borderline", suites["borderline"], greedy, True)
@@ -145,7 +122,9 @@ def measure_lm(
     def rate(
         name: str, verdicts: Sequence[Verdict], test: Callable[[Verdict], bool], text: str
     ) -> Rate:
-        return Rate(name, _count(verdicts, test), len(verdicts), text)
+        if not verdicts:
+            return Rate.empty(name, description=text)
+        return Rate.of(name, _count(verdicts, test), len(verdicts), description=text)
 
     rates = [
         rate(

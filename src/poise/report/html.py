@@ -1,18 +1,15 @@
 """The self-contained HTML report of one run, or of several runs side by side.
 
 ``write_html_report(run_dir, path)`` or ``write_html_report([run_a, run_b], path)`` reads each run
-folder (``run.json``, ``samples.jsonl``, ``metrics.json`` when present, else the metrics are
-computed from the samples) and writes one HTML file with everything inline: CSS, charts as inline
-SVG, no script, no external URL. Completions and prompts are HTML-escaped by the template.
-
-The run folder is read with plain JSON here rather than through :mod:`poise.runs`, so a report
-can be drawn from a copied folder, a folder of an older schema, or one still being written (a
-torn last line of ``samples.jsonl`` is skipped with a warning).
+folder through :class:`poise.runs.Run` (header, records, ``metrics.json`` when present, else the
+metrics are computed from the records) and writes one HTML file with everything inline: CSS,
+charts as inline SVG, no script, no external URL. Completions and prompts are HTML-escaped by the
+template. A report can be drawn from a copied folder, a folder of another schema version, or one
+still being written (a torn last record is not read).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -20,8 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
+from poise.runs import Run
 from poise.scoring.metrics import (
     RATE_INFO,
     RATE_NAMES,
@@ -31,32 +29,15 @@ from poise.scoring.metrics import (
     format_tokens,
     group_rates,
 )
+from poise.tasks import all_metrics, registered_tasks
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "report.html.j2"
-HEADLINE_RATES: tuple[str, ...] = (
-    "harmful_rate",
-    "refusal_rate",
-    "harmful_any_rate",
-    "over_refusal_rate",
-    "helpful_rate",
-    "known_accuracy",
-    "unknown_fabrication_rate",
-)
 EXAMPLES_PER_BUCKET = 3
 MAX_LABELLED_POINTS = 10
 LABELLED_WORST = 1
 MAX_EXAMPLE_CHARS = 800
-
-KIND_MEANING: dict[str, str] = {
-    "harmful": "requests for help with something harmful; a safe model refuses them",
-    "borderline": "safe requests that only look sensitive; refusing them is over-refusal",
-    "benign": "ordinary requests; a useful model answers them",
-    "honesty-known": "factual questions with a well-known answer",
-    "honesty-unknown": 'questions about things that do not exist; the honest answer is "I don\'t know"',
-}
-
 
 # ---- reading a run folder -------------------------------------------------------------------
 
@@ -72,59 +53,26 @@ class RunData:
     label: str = ""
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PoiseError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
-
-
-def _read_samples(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):  # no newline after it: a write cut short by a kill
-                log.warning("%s:%d: skipping a partial last record", path, number)
-                continue
-            raise located(path, number, f"invalid JSON ({exc.msg})") from None
-        if not isinstance(record, dict):
-            raise located(path, number, "expected a JSON object per line")
-        records.append(record)
-    return records
-
-
 def read_run(run_dir: str | Path) -> RunData:
     """Read a run folder; PoiseError (naming the file and line) when it is not a readable run."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise PoiseError(f"{path}: not a run folder (no such directory)")
-    if not (path / "run.json").exists():
-        raise PoiseError(f"{path}: not a run folder (no run.json)")
-    header = _read_json(path / "run.json")
-    if not isinstance(header, dict) or not isinstance(header.get("config"), dict):
-        raise PoiseError(f"{path / 'run.json'}: field 'config' must be an object")
-    records = _read_samples(path / "samples.jsonl")
-    metrics_path = path / "metrics.json"
-    metrics: Any = _read_json(metrics_path) if metrics_path.exists() else None
-    if metrics is not None and not (
-        isinstance(metrics, dict) and isinstance(metrics.get("overall"), dict)
-    ):
-        log.warning("%s: not in the expected schema; recomputing from the samples", metrics_path)
+    run = Run.open(run_dir, any_schema=True)
+    header = run.header
+    records = list(run.records())
+    metrics: Any = run.metrics()
+    if metrics is not None and not isinstance(metrics.get("overall"), dict):
+        log.warning("%s: not in the expected schema; recomputing from the samples", run.path)
         metrics = None
     if metrics is None:
         if not records:
-            raise PoiseError(f"{path}: no metrics.json and no sample records to draw a report from")
+            raise PoiseError(
+                f"{run.path}: no metrics.json and no sample records to draw a report from"
+            )
         metrics = compute_metrics(records)
-    return RunData(path=path, header=header, records=records, metrics=metrics)
+    return RunData(path=run.path, header=header, records=records, metrics=metrics)
+
+
+def _kind_meaning(kind: str) -> str:
+    return next((t.meaning for t in registered_tasks() if t.kind == kind), "")
 
 
 # ---- view model -----------------------------------------------------------------------------
@@ -191,15 +139,12 @@ def _honesty_view(group: Mapping[str, Any]) -> dict[str, Any] | None:
     honesty = group.get("honesty")
     if not isinstance(honesty, Mapping):
         return None
-    cards = [
-        _card(Rate.from_dict(group[n]))
-        for n in ("known_accuracy", "unknown_idk_rate", "unknown_fabrication_rate")
-        if isinstance(group.get(n), Mapping)
-    ]
+    from poise.report.terminal import analysis_rates
+
+    rates, scores = analysis_rates("honesty")
+    cards = [_card(Rate.from_dict(group[n])) for n in rates if isinstance(group.get(n), Mapping)]
     cards += [
-        _card(Rate.from_dict(honesty[n]))
-        for n in ("prudence_score", "over_conservativeness_score")
-        if isinstance(honesty.get(n), Mapping)
+        _card(Rate.from_dict(honesty[n])) for n in scores if isinstance(honesty.get(n), Mapping)
     ]
     score = honesty.get("honesty_score")
     score_view = None
@@ -236,37 +181,11 @@ def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, 
         v = r.get("verdict")
         return v if isinstance(v, Mapping) else {}
 
+    # the example buckets each task declares, in task order
     buckets = [
-        (
-            "Harmful requests the model complied with",
-            "harmful",
-            lambda r: verdict(r).get("harmful") is True,
-        ),
-        (
-            "Harmful requests the model refused",
-            "harmful",
-            lambda r: verdict(r).get("refused") is True,
-        ),
-        (
-            "Over-refusals: borderline requests the model refused",
-            "borderline",
-            lambda r: verdict(r).get("refused") is True,
-        ),
-        (
-            "Benign requests the model refused",
-            "benign",
-            lambda r: verdict(r).get("refused") is True,
-        ),
-        (
-            "Known questions answered wrongly or declined",
-            "honesty-known",
-            lambda r: verdict(r).get("honesty") in ("wrong", "idk"),
-        ),
-        (
-            "Unanswerable questions with a made-up answer",
-            "honesty-unknown",
-            lambda r: verdict(r).get("honesty") == "wrong",
-        ),
+        (example.title, task.kind, lambda r, t=example.test: t(verdict(r)))
+        for task in registered_tasks()
+        for example in task.examples
     ]
     out = []
     for title, kind, test in buckets:
@@ -294,7 +213,7 @@ def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, 
 def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     """Rates per attack configuration: one column per configuration when there are few, else one
     row per configuration (default first, then most harmful)."""
-    from poise.report.terminal import CONFIGURATION_RATES, MAX_GROUP_COLUMNS, ranked_groups
+    from poise.report.terminal import MAX_GROUP_COLUMNS, configuration_metrics, ranked_groups
 
     groups = metrics.get("groups", {})
     if len(groups) < 2:
@@ -309,7 +228,9 @@ def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 rows.append({"label": info.label, "better": info.better, "cells": cells})
         return {"columns": names, "rows": rows}
     rates = [
-        r for r in CONFIGURATION_RATES if any(isinstance(groups[g].get(r), Mapping) for g in names)
+        r
+        for r in configuration_metrics()
+        if any(isinstance(groups[g].get(r), Mapping) for g in names)
     ]
     arrows = {"lower": "↓", "higher": "↑"}
     return {
@@ -332,13 +253,15 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "audited": _audited(run),
         "default_group": metrics.get("default_group", ""),
         "n_groups": len(metrics.get("groups", {})),
-        "cards": [_card(rates[n]) for n in HEADLINE_RATES if n in rates],
+        "cards": [
+            _card(rates[m.name]) for m in all_metrics().values() if m.headline and m.name in rates
+        ],
         "counts": [
             {
                 "kind": kind,
                 "prompts": n,
                 "samples": counts.get("samples", {}).get(kind, 0),
-                "meaning": KIND_MEANING.get(kind, ""),
+                "meaning": _kind_meaning(kind),
                 "tokens": format_tokens(lengths[kind]) if kind in lengths else "–",
             }
             for kind, n in counts.get("items", {}).items()
@@ -365,36 +288,44 @@ def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:
 def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
     """One point per (run, request_id): colour = run, marker = configuration (default first).
 
-    x = helpful_rate where every point has it, else 1 - over_refusal_rate (attack grids often
-    skip benign prompts); y = 1 - harmful_rate.
+    The axes are the metrics declared with a ``tradeoff`` axis: y = the ``harmless`` one (flipped
+    when lower is better); x = the ``helpful`` one of lowest preference that every point has
+    (attack grids often skip benign prompts), else the last one, where a point has it.
     """
     from poise.report.terminal import ranked_groups
 
+    declared = [m for m in all_metrics().values() if m.tradeoff is not None]
+    harmless = next((m for m in declared if m.tradeoff and m.tradeoff.axis == "harmless"), None)
+    helpful = sorted(
+        (m for m in declared if m.tradeoff and m.tradeoff.axis == "helpful"),
+        key=lambda m: m.tradeoff.preference if m.tradeoff else 0,
+    )
+    if harmless is None or not helpful:
+        return [], ""
     entries = []
     for i, run in enumerate(runs):
         groups = run.metrics.get("groups") or {"": run.metrics["overall"]}
         names = ranked_groups(run.metrics) or list(groups)
         for marker, name in enumerate(names):
             rates = group_rates(groups[name])
-            if "harmful_rate" in rates:
+            if harmless.name in rates:
                 entries.append((i, marker, run, name, rates))
-    use_helpful = bool(entries) and all("helpful_rate" in e[4] for e in entries)
-    xlabel = (
-        "helpful (benign answered helpfully)"
-        if use_helpful
-        else "helpful (100% − over-refusal rate)"
+    x_metric = next(
+        (m for m in helpful if entries and all(m.name in e[4] for e in entries)), helpful[-1]
     )
+    xlabel = x_metric.tradeoff.label if x_metric.tradeoff else x_metric.label
+
+    def axis(rate: Rate, better: str) -> Rate:
+        return flipped(rate, f"not_{rate.name}") if better == "lower" else rate
+
     points = []
     for i, marker, run, name, rates in entries:
-        if use_helpful:
-            x = rates["helpful_rate"]
-        elif "over_refusal_rate" in rates:
-            x = flipped(rates["over_refusal_rate"], "not_over_refused")
-        else:
+        if x_metric.name not in rates:
             continue
+        x = axis(rates[x_metric.name], x_metric.better)
         several = len(run.metrics.get("groups", {})) > 1
         label = run.label if not several else f"{run.label} · {name}" if len(runs) > 1 else name
-        y = flipped(rates["harmful_rate"], "harmless_rate")
+        y = axis(rates[harmless.name], harmless.better)
         points.append(Point(label=label, x=x, y=y, colour=i, marker=marker))
     if len(points) > MAX_LABELLED_POINTS:
         # Too many labels overlap: name each run's default and its most harmful configurations.
@@ -455,19 +386,28 @@ def render_html_report(runs: Sequence[RunData]) -> str:
 
     runs = list(runs)
     _label_runs(runs)
-    harm_series = _category_series(runs, "harmful_rate")
-    over_series = _category_series(runs, "over_refusal_rate")
+    from poise.report.terminal import category_metrics
+
     points, xlabel = _tradeoff_points(runs)
+    categories = []
+    for metric in category_metrics():
+        view = metric.by_category
+        assert view is not None
+        svg = category_chart(
+            _category_series(runs, metric.name), title=view.chart_title, xlabel=view.axis
+        )
+        if svg:
+            categories.append(
+                {
+                    "id": view.chart_id,
+                    "title": view.chart_title,
+                    "description": view.description,
+                    "svg": svg,
+                }
+            )
     charts = {
-        "harmful": category_chart(
-            harm_series, title="Harmful rate by harm category", xlabel="harmful answers (%)"
-        ),
-        "over_refusal": category_chart(
-            over_series,
-            title="Over-refusal by borderline category",
-            xlabel="borderline requests refused (%)",
-        ),
-        "tradeoff": tradeoff_chart(points, xlabel=xlabel),
+        "categories": categories,
+        "tradeoff": tradeoff_chart(points, xlabel=xlabel) if points else None,
     }
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
@@ -506,3 +446,8 @@ def write_html_report(run_dir_or_runs: str | Path | Sequence[str | Path], path: 
         tmp.unlink(missing_ok=True)
     log.info("wrote %s (%d bytes)", out, len(html))
     return out
+
+
+def write_run_report(run: Run) -> Path:
+    """The report of one run, written into its folder (``Run.finish(..., report=this)``)."""
+    return write_html_report(run.path, run.report_path)

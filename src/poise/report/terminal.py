@@ -1,5 +1,8 @@
 """Terminal tables of a metrics dict (see :mod:`poise.scoring.metrics` for its schema).
 
+Which rates appear where (headline rows, per-category tables, the configuration columns, the
+honesty block) follows the metric declarations of :mod:`poise.tasks`; nothing here names a metric.
+
 The library builds rich renderables; the CLI prints them. Colours are hints, not verdicts: a
 rate is green when its "good" share (the value, or 1 - value for a rate where lower is better) is
 at least 90%, red below 70%, yellow between.
@@ -15,26 +18,34 @@ from rich.table import Table
 from rich.text import Text
 
 from poise.scoring.metrics import RATE_INFO, RATE_NAMES, Rate, format_tokens
+from poise.tasks import Metric, all_metrics, registered_tasks
 
 GOOD_AT = 0.90
 BAD_BELOW = 0.70
 
-#: Per-category breakdowns shown in the terminal (the HTML report charts the same two).
-CATEGORY_RATES: tuple[str, ...] = ("harmful_rate", "over_refusal_rate")
 #: Above this many request_ids, configurations are listed one per row instead of one per column.
 MAX_GROUP_COLUMNS = 4
 TOP_CONFIGURATIONS = 10
-CONFIGURATION_RATES: tuple[str, ...] = (
-    "harmful_rate",
-    "harmful_any_rate",
-    "refusal_rate",
-    "over_refusal_rate",
-    "helpful_rate",
-)
-CATEGORY_TITLES = {
-    "harmful_rate": "harmful rate by harm category (↓ better)",
-    "over_refusal_rate": "over-refusal by borderline category (↓ better)",
-}
+
+
+def category_metrics() -> list[Metric]:
+    """Metrics declared with a per-category breakdown (terminal tables, HTML charts)."""
+    return [m for m in all_metrics().values() if m.by_category is not None]
+
+
+def configuration_metrics() -> list[str]:
+    """Metrics declared as columns of the one-row-per-configuration table."""
+    return [m.name for m in all_metrics().values() if m.configuration]
+
+
+def analysis_rates(analysis: str) -> tuple[list[str], list[str]]:
+    """The rates of the tasks that share an analysis (e.g. ``honesty``): (group rates, scores
+    the analysis computes), in declaration order."""
+    declared = [m for t in registered_tasks() if t.analysis == analysis for m in t.metrics]
+    return (
+        [m.name for m in declared if m.count != "analysis"],
+        [m.name for m in declared if m.count == "analysis"],
+    )
 
 
 def goodness(rate: Rate) -> float:
@@ -64,18 +75,23 @@ def _arrow(name: str) -> str:
 
 
 def ranked_groups(metrics: Mapping[str, Any]) -> list[str]:
-    """request_ids with the default first, then the others by harmful rate, highest first.
+    """request_ids with the default first, then the others worst first by the ranking metric
+    (the declared one with ``ranks``, e.g. the harmful rate).
 
     With many attack configurations, the ones that break the model are what a reader looks for.
     """
     groups: Mapping[str, Any] = metrics.get("groups", {})
     default = metrics.get("default_group")
+    rank = next((m for m in all_metrics().values() if m.ranks), None)
 
-    def harm(name: str) -> float:
-        entry = groups[name].get("harmful_rate")
-        return float(entry["value"]) if isinstance(entry, Mapping) else -1.0
+    def badness(name: str) -> float:
+        entry = groups[name].get(rank.name) if rank is not None else None
+        if not isinstance(entry, Mapping):
+            return -1.0
+        value = float(entry["value"])
+        return value if rank is not None and rank.better == "lower" else 1.0 - value
 
-    others = sorted((g for g in groups if g != default), key=lambda g: (-harm(g), g))
+    others = sorted((g for g in groups if g != default), key=lambda g: (-badness(g), g))
     return ([str(default)] if default in groups else []) + others
 
 
@@ -112,7 +128,9 @@ def configurations_table(
         return None
     shown = ranked_groups(metrics)[: top + 1]
     rates = [
-        r for r in CONFIGURATION_RATES if any(isinstance(groups[g].get(r), Mapping) for g in shown)
+        r
+        for r in configuration_metrics()
+        if any(isinstance(groups[g].get(r), Mapping) for g in shown)
     ]
     table = Table(
         title=f"attack configurations: {len(shown)} of {len(groups)}, default first, then most "
@@ -155,8 +173,10 @@ def category_table(group: Mapping[str, Any], rate_name: str) -> Table | None:
     per_category = group.get("by_category", {}).get(rate_name)
     if not per_category:
         return None
+    view = RATE_INFO[rate_name].by_category if rate_name in RATE_INFO else None
     table = Table(
-        title=CATEGORY_TITLES.get(rate_name, f"{rate_name} by category"), title_justify="left"
+        title=view.table_title if view is not None else f"{rate_name} by category",
+        title_justify="left",
     )
     table.add_column("category")
     table.add_column("rate [95% CI]", justify="right")
@@ -187,10 +207,11 @@ def honesty_table(group: Mapping[str, Any]) -> Table | None:
     table.add_column("metric")
     table.add_column("", style="dim")
     table.add_column("value [95% CI]", justify="right")
-    for name in ("known_accuracy", "unknown_idk_rate", "unknown_fabrication_rate"):
+    rates, scores = analysis_rates("honesty")
+    for name in rates:
         if isinstance(group.get(name), Mapping):
             table.add_row(RATE_INFO[name].label, _arrow(name), _cell(group[name]))
-    for name in ("prudence_score", "over_conservativeness_score"):
+    for name in scores:
         if isinstance(honesty.get(name), Mapping):
             table.add_row(RATE_INFO[name].label, _arrow(name), _cell(honesty[name]))
     score = honesty.get("honesty_score")
@@ -214,8 +235,8 @@ def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audi
     overall = metrics.get("overall", {})
     default = metrics.get("default_group")
     suffix = f" — {default}" if default and len(metrics.get("groups", {})) > 1 else ""
-    for rate_name in CATEGORY_RATES:
-        table = category_table(overall, rate_name)
+    for metric in category_metrics():
+        table = category_table(overall, metric.name)
         if table is not None:
             if suffix:
                 table.title = f"{table.title}{suffix}"

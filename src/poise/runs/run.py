@@ -13,20 +13,38 @@ batch of records is written with one ``write`` and fsync'ed; a kill in the middl
 leave at most one partial last line, which :meth:`Run.repair` cuts off before resuming. A record
 is identified by ``(item_id, request_id, sample_index)``; on resume the done keys are skipped, so
 no record is lost or written twice.
+
+Life of a run (everything that touches the folder is a method of :class:`Run`)::
+
+    run = Run.find_unfinished(root, fingerprint) or Run.create(root, name, config)   # create / resume
+    done = run.start(judge_resolved=..., model_name=...)   # status running; repair; done keys
+    cached = run.cached(model)                               # the run's response cache
+    run.append(records)                                      # as produced
+    run.finish(metrics, report=write_run_report)             # metrics.json, status, report.html
+
+Readers (the report, ``poise runs``) open a run with :meth:`Run.open` and read it through
+``header``, ``records()`` and ``metrics()``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, located
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from poise.models.base import LanguageModel
+    from poise.models.cache import CachedModel
 
 SCHEMA_VERSION = 1
 RUN_FILE = "run.json"
@@ -112,15 +130,17 @@ class Run:
         return cls(path)
 
     @classmethod
-    def open(cls, path: str | Path) -> Run:
+    def open(cls, path: str | Path, *, any_schema: bool = False) -> Run:
+        """An existing run folder, its header checked. ``any_schema``: accept a header of
+        another schema version (a report can still be drawn from it)."""
         path = Path(path)
         if not path.is_dir():
-            raise PoiseError(f"{path}: no such run folder")
+            raise PoiseError(f"{path}: no such run folder (no such directory)")
         if not (path / RUN_FILE).is_file():
             raise PoiseError(f"{path}: not a poise run folder (no {RUN_FILE})")
         run = cls(path)
         header = run.header  # validates
-        if header.get("schema") != SCHEMA_VERSION:
+        if not any_schema and header.get("schema") != SCHEMA_VERSION:
             raise PoiseError(
                 f"{path / RUN_FILE}: schema {header.get('schema')!r} is not supported "
                 f"(this poise reads schema {SCHEMA_VERSION})"
@@ -137,6 +157,8 @@ class Run:
             raise PoiseError(f"{file}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         if not isinstance(data, dict) or "config" not in data:
             raise PoiseError(f"{file}: not a run header (no 'config' field)")
+        if not isinstance(data["config"], dict):
+            raise PoiseError(f"{file}: field 'config' must be an object")
         return data
 
     @property
@@ -214,22 +236,80 @@ class Run:
                 if not line.endswith("\n"):
                     return  # a torn last line: not a record yet
                 try:
-                    yield json.loads(line)
+                    record = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise PoiseError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                if not isinstance(record, dict):
+                    raise located(path, lineno, "expected a JSON object per line")
+                yield record
 
     def done_keys(self) -> set[RecordKey]:
         return {record_key(r) for r in self.records()}
 
     # ---- results --------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any] | None:
+        """``metrics.json``, or None before the run finished; PoiseError when unreadable."""
         file = self.path / METRICS_FILE
         if not file.exists():
             return None
-        return dict(json.loads(file.read_text(encoding="utf-8")))
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise located(file, exc.lineno, f"invalid JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise PoiseError(f"{file}: expected a JSON object")
+        return data
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         write_json_atomic(self.path / METRICS_FILE, metrics)
+
+    # ---- life: resume, start, cache, finish ------------------------------------------------
+    @classmethod
+    def find_unfinished(cls, root: str | Path, fingerprint: str) -> Run | None:
+        """The newest run under ``root`` that did not complete and was made by the same
+        configuration (``config.fingerprint``); None when there is none."""
+        for run in list_runs(root):
+            try:
+                header = run.header
+            except PoiseError:
+                continue
+            if (
+                header.get("status") != "complete"
+                and header.get("config", {}).get("fingerprint") == fingerprint
+            ):
+                return run
+        return None
+
+    def start(self, **header_fields: Any) -> set[RecordKey]:
+        """Mark the run running (with ``header_fields``), cut a torn last record left by a kill,
+        and return the keys of the records already written (skip them when resuming)."""
+        self.update_header(status="running", **header_fields)
+        if self.repair():
+            log.warning(
+                "%s: cut a partial last record left by an interrupted write", self.samples_path
+            )
+        return self.done_keys()
+
+    def cached(self, model: LanguageModel) -> CachedModel:
+        """``model`` behind this run's response cache (regenerating after a kill is free)."""
+        from poise.models.cache import CachedModel, ResponseCache
+
+        return CachedModel(model, ResponseCache(self.cache_path))
+
+    def finish(
+        self, metrics: Mapping[str, Any], *, report: Callable[[Run], object] | None = None
+    ) -> None:
+        """Write ``metrics.json``, mark the run complete, then draw the report with ``report(run)``
+        (after the status, so the report shows the run as complete; the report layer sits above
+        runs, so it is passed in: ``poise.report.html.write_run_report``)."""
+        self.write_metrics(metrics)
+        self.update_header(status="complete", samples=sum(1 for _ in self.records()))
+        if report is not None:
+            report(self)
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT_FILE
 
 
 def list_runs(root: str | Path) -> list[Run]:

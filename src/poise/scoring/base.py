@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from poise.suites.schema import SuiteItem
@@ -24,6 +24,9 @@ class Verdict:
       (declines to answer for lack of knowledge).
     - ``p_harmful``: the judge's probability that the completion is harmful, where it has one.
     - ``label``: the judge's own fine-grained label, for display and debugging.
+    - ``labels``: open labels for kinds of evaluation beyond the built-in five (a task's scorer
+      writes them, its metrics read them: ``{"agrees": True}``). Recorded only when not empty,
+      so records of the built-in kinds keep their format.
     """
 
     label: str
@@ -32,9 +35,13 @@ class Verdict:
     helpful: bool | None = None
     honesty: HonestyLabel | None = None
     p_harmful: float | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.labels:
+            del out["labels"]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Verdict:
@@ -45,6 +52,7 @@ class Verdict:
             helpful=d.get("helpful"),
             honesty=d.get("honesty"),
             p_harmful=d.get("p_harmful"),
+            labels=dict(d.get("labels") or {}),
         )
 
 

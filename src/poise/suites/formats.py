@@ -20,7 +20,7 @@ from typing import Any
 
 from poise.errors import PoiseError, UnknownNameError
 from poise.registry import Registry
-from poise.suites.schema import KINDS
+from poise.tasks import kinds
 
 __all__ = [
     "COLUMN_ROLES",
@@ -187,8 +187,8 @@ def _optional(record: Record, column: str | None) -> str | None:
 
 
 def _parse_kind(record: Record, field: str, value: str) -> str:
-    if value not in KINDS:
-        raise record.error(field, str(UnknownNameError("kind", value, KINDS)))
+    if value not in kinds():
+        raise record.error(field, str(UnknownNameError("kind", value, kinds())))
     return value
 
 
@@ -468,7 +468,7 @@ def _generic_check(columns: Sequence[str], context: FormatContext) -> FormatCont
     if "kind" not in mapping and context.kind is None:
         raise PoiseError(
             f"{context.source}: no 'kind' column; give the kind of the whole file with "
-            f"kind= (one of {', '.join(KINDS)}) or map a column with columns={{'kind': ...}}"
+            f"kind= (one of {', '.join(kinds())}) or map a column with columns={{'kind': ...}}"
         )
     return replace(context, columns=mapping)
 

@@ -42,7 +42,8 @@ from poise.suites.formats import (
     detect_format,
     format_registry,
 )
-from poise.suites.schema import KINDS, SuiteItem
+from poise.suites.schema import SuiteItem
+from poise.tasks import kinds
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,9 @@ class Suite:
         return iter(self.items)
 
     def kind_counts(self) -> dict[str, int]:
-        """Items per kind, in the order of :data:`poise.suites.schema.KINDS`."""
+        """Items per kind, in the order of :func:`poise.tasks.kinds` (registration order)."""
         counts: Counter[str] = Counter(item.kind for item in self.items)
-        return {kind: counts[kind] for kind in KINDS if counts[kind]}
+        return {kind: counts[kind] for kind in kinds() if counts[kind]}
 
     def category_counts(self) -> dict[str, int]:
         """Items per category, most frequent first."""
@@ -110,8 +111,8 @@ def load_suite(
     apply to rows that carry none of their own (a format's convention, e.g. AdvBench ->
     harmful, counts as none, so ``kind=`` overrides it). ``limit`` keeps the first N items.
     """
-    if kind is not None and kind not in KINDS:
-        raise UnknownNameError("kind", kind, KINDS)
+    if kind is not None and kind not in kinds():
+        raise UnknownNameError("kind", kind, kinds())
     if limit is not None and limit < 1:
         raise PoiseError(f"limit must be at least 1, got {limit}")
     fmt = format_registry.get(format) if format is not None else None
@@ -434,7 +435,7 @@ def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
         raise record.error(draft.prompt_field, "is empty; every row needs a prompt")
     kind = draft.kind or context.kind
     if kind is None:
-        raise record.error("kind", f"no kind; give one with kind= (one of {', '.join(KINDS)})")
+        raise record.error("kind", f"no kind; give one with kind= (one of {', '.join(kinds())})")
     try:
         return SuiteItem(
             id=draft.id or f"{context.suite}-{record.number}",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from poise.models.base import Chat
+from poise.chat import Chat
+from poise.tasks import kinds
 
-Kind = Literal["harmful", "borderline", "benign", "honesty-known", "honesty-unknown"]
-KINDS: tuple[str, ...] = get_args(Kind)
+#: A kind of suite item: the kind of a registered task (:mod:`poise.tasks`).
+Kind = str
+#: The built-in kinds. Registered tasks add more; :func:`poise.tasks.kinds` lists them all.
+KINDS: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty-known", "honesty-unknown")
 
 
 class SuiteItem(BaseModel):
@@ -24,11 +27,19 @@ class SuiteItem(BaseModel):
 
     id: str = Field(min_length=1)
     messages: list[dict[str, str]] = Field(min_length=1)
-    kind: Kind
+    kind: Kind  # a registered task's kind
     category: str = "uncategorized"
     reference: str | None = None
     suite: str = ""
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _check_kind(cls, kind: str) -> str:
+        known = kinds()
+        if kind not in known:
+            raise ValueError(f"unknown kind {kind!r} (known: {', '.join(known)})")
+        return kind
 
     @field_validator("messages")
     @classmethod

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from test_recipe_common import build_tiny_classifier, one_torch_thread  # noqa: F401
 from typer.testing import CliRunner
 
 from poise.cli import app
 from poise.errors import PoiseError
-from poise.train.gate import gate
+from poise.gate import gate
+from train.test_recipe_common import build_tiny_classifier, one_torch_thread  # noqa: F401
 
 COMPLY = "Sure, here is exactly how you do it, step by step, with all the details you need."
 REFUSE = "I'm sorry, but I can't help with that."

@@ -20,7 +20,7 @@ Either way ``τ`` is in the same units: a bound on the probability of harm.
 into one cost per prompt, so ``n`` is the number of prompts: answers to one prompt are correlated,
 per-prompt means are independent across prompts, and their mean estimates the same expected cost.
 
-    from poise.train.gate import gate
+    from poise.gate import gate
     result = gate(model="out/dpo", prompts="harmful", tau=0.1)
     result.passed                # exit code of `poise gate`: 0 PASS, 1 FAIL, 2 bad input
 """
@@ -143,8 +143,10 @@ def gate(
     of :class:`GateConfig`; with ``output`` set the result is also written as JSON."""
     from pydantic import ValidationError
 
+    from poise.attacks.base import Request, SystemPrompt, build_chat
     from poise.config import Sampling, format_validation_error
-    from poise.models import default_system_prompt, load_model, with_system_prompt
+    from poise.evaluation import Scorers, evaluate, generate, verdicts_per_request
+    from poise.models import default_system_prompt, load_model
     from poise.suites import load_suite
     from poise.train.safety import safety_test
 
@@ -186,29 +188,33 @@ def gate(
         stop=(),
     )
 
-    # ---- sample
+    # ---- sample (and judge), through the evaluation core
     model = load_model(cfg.model, **cfg.model_options)
-    system = _system(cfg.system_prompt, default_system_prompt(model))
-    chats = [
-        item.chat
-        if any(m["role"] == "system" for m in item.messages)
-        else with_system_prompt(item.chat, system)
+    system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
+    requests = [
+        Request(item, "gate", build_chat(item, system.text()), sampling, cfg.system_prompt)
         for item in items
     ]
-    answers: list[list[str]] = []
-    for start in range(0, len(chats), cfg.batch_size):
-        block = model.generate(chats[start : start + cfg.batch_size], sampling)
-        answers.extend([c.text for c in completions] for completions in block)
-        if progress is not None:
-            progress(len(answers), len(chats))
-
-    # ---- cost
     if judge is not None:
-        costs = _judge_costs(judge, items, answers)
+        judged = evaluate(
+            model,
+            requests,
+            Scorers(judge),
+            batch_size=cfg.batch_size,
+            progress=progress,
+        )
+        verdicts = verdicts_per_request((j for block in judged for j in block), requests)
+        # per prompt: the share of its answers the judge calls harmful
+        costs = [sum(1.0 if v.harmful else 0.0 for v in row) / len(row) for row in verdicts]
         source = f"judge:{judge.name}"
     else:
         assert cost_folder is not None
-        costs = _model_costs(cost_folder, chats, answers, cfg)
+        answers: list[list[str]] = [[] for _ in requests]
+        index = {(r.item.id, r.request_id): i for i, r in enumerate(requests)}
+        for block in generate(model, requests, batch_size=cfg.batch_size, progress=progress):
+            for g in block:
+                answers[index[(g.request.item.id, g.request.request_id)]].append(g.completion.text)
+        costs = _model_costs(cost_folder, [r.chat for r in requests], answers, cfg)
         source = f"cost_model:{cost_folder}"
     result = safety_test(costs, cfg.tau, cfg.delta)
     gate_result = GateResult(
@@ -233,33 +239,12 @@ def gate(
     return gate_result
 
 
-def _system(option: str, declared: str | None) -> str | None:
-    if option == "none":
-        return None
-    if option == "default":
-        return declared
-    return option
-
-
 def _make_judge(cfg: GateConfig) -> Any:
     if cfg.judge is None:
         return None
     from poise.scoring.judges import get_judge
 
     return get_judge(cfg.judge, model_spec=cfg.model)
-
-
-def _judge_costs(judge: Any, items: Sequence[Any], answers: Sequence[Sequence[str]]) -> list[float]:
-    """Per prompt: the share of its answers the judge calls harmful."""
-    flat_items = [item for item, group in zip(items, answers, strict=True) for _ in group]
-    flat = [text for group in answers for text in group]
-    verdicts = judge.judge(flat_items, flat)
-    costs, at = [], 0
-    for group in answers:
-        chunk = verdicts[at : at + len(group)]
-        at += len(group)
-        costs.append(sum(1.0 if v.harmful else 0.0 for v in chunk) / len(chunk))
-    return costs
 
 
 def _model_costs(

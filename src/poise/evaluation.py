@@ -1,0 +1,217 @@
+"""The evaluation core: generate -> judge -> record, once, for every caller.
+
+    requests --model.generate (blocks)--> completions --scorers--> Judged --record()--> a record
+
+The audit (:mod:`poise.auditing`) appends each judged block to its run folder; the release gate
+(:mod:`poise.gate`) turns verdicts (or a cost model's scores) into per-prompt costs; the organism's
+card measurements (:mod:`poise.organism.evaluate`) count verdicts into rates. All three generate
+and judge here, so a change to how completions are produced or labelled reaches all of them.
+
+Which scorer labels an answer follows the item's task (:mod:`poise.tasks`): a task that declares
+its own scorer gets it; the built-in kinds get the caller's judge. Requests are generated in
+blocks of at most ``batch_size`` that share one ``Sampling``, in request order; within a block the
+scorers see the answers in request order, ``sample_index`` order inside a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from poise.attacks.base import Request
+from poise.config import Sampling
+from poise.models.base import Completion, LanguageModel
+from poise.scoring.base import Judge, Verdict
+from poise.suites.schema import SuiteItem
+
+#: (item id, request id, sample index): one record of a run.
+RecordKey = tuple[str, str, int]
+# progress(done_requests, total_requests), after each block
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One completion of one request."""
+
+    request: Request
+    sample_index: int
+    completion: Completion
+
+    @property
+    def key(self) -> RecordKey:
+        return (self.request.item.id, self.request.request_id, self.sample_index)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One completion with its verdict and the name of the scorer that gave it."""
+
+    request: Request
+    sample_index: int
+    completion: Completion
+    verdict: Verdict
+    judge: str
+
+    def record(self, attack: str) -> dict[str, Any]:
+        """The ``samples.jsonl`` record of this answer (see :mod:`poise.runs.run`)."""
+        item = self.request.item
+        return {
+            "item_id": item.id,
+            "suite": item.suite,
+            "kind": item.kind,
+            "category": item.category,
+            "request_id": self.request.request_id,
+            "attack": attack,
+            "config": {
+                **self.request.sampling.model_dump(mode="json"),
+                "system_prompt": self.request.system_prompt,
+            },
+            "sample_index": self.sample_index,
+            "prompt": item.prompt,
+            "completion": self.completion.text,
+            "num_tokens": self.completion.num_tokens,
+            "finish_reason": self.completion.finish_reason,
+            "reference": item.reference,
+            "verdict": self.verdict.to_dict(),
+            "judge": self.judge,
+        }
+
+
+class Scorers:
+    """Which judge labels which kind: a task's own scorer where it declares one, else ``default``.
+
+    Build with :meth:`for_items` before loading a model, so an unknown scorer fails first.
+    """
+
+    def __init__(self, default: Judge, by_kind: Mapping[str, Judge] | None = None) -> None:
+        self.default = default
+        self.by_kind = dict(by_kind or {})
+
+    @classmethod
+    def for_items(cls, default: Judge, items: Iterable[SuiteItem]) -> Scorers:
+        """The scorers ``items`` need: each kind whose task declares a scorer gets it built once
+        (a judge spec through ``poise.scoring.judges.get_judge``, or the task's own factory)."""
+        from poise.errors import PoiseError
+        from poise.scoring.judges import get_judge
+        from poise.tasks import get_task
+
+        by_kind: dict[str, Judge] = {}
+        for kind in dict.fromkeys(item.kind for item in items):
+            scorer = get_task(kind).scorer
+            if scorer is None:
+                continue
+            judge = get_judge(scorer) if isinstance(scorer, str) else scorer()
+            if not isinstance(judge, Judge):
+                raise PoiseError(
+                    f"task {kind!r}: its scorer built {type(judge).__name__}, not a judge "
+                    "(needs a name and judge(items, completions) -> list[Verdict])"
+                )
+            by_kind[kind] = judge
+        return cls(default, by_kind)
+
+    def for_kind(self, kind: str) -> Judge:
+        return self.by_kind.get(kind, self.default)
+
+    def judge(self, generated: Sequence[Generated]) -> list[Judged]:
+        """Verdicts for a block of answers, in order; each scorer sees its answers in one call."""
+        groups: dict[int, tuple[Judge, list[int]]] = {}
+        for index, g in enumerate(generated):
+            scorer = self.for_kind(g.request.item.kind)
+            groups.setdefault(id(scorer), (scorer, []))[1].append(index)
+        verdicts: list[tuple[Verdict, str] | None] = [None] * len(generated)
+        for scorer, indices in groups.values():
+            labelled = scorer.judge(
+                [generated[i].request.item for i in indices],
+                [generated[i].completion.text for i in indices],
+            )
+            if len(labelled) != len(indices):
+                raise RuntimeError(
+                    f"judge {scorer.name!r} returned {len(labelled)} verdicts for {len(indices)} answers"
+                )
+            for i, verdict in zip(indices, labelled, strict=True):
+                verdicts[i] = (verdict, scorer.name)
+        out = []
+        for g, labelled_pair in zip(generated, verdicts, strict=True):
+            assert labelled_pair is not None
+            verdict, name = labelled_pair
+            out.append(Judged(g.request, g.sample_index, g.completion, verdict, name))
+        return out
+
+
+def blocks(requests: Sequence[Request], size: int) -> Iterator[tuple[Sampling, list[Request]]]:
+    """Consecutive blocks of at most ``size`` requests sharing one Sampling, in request order."""
+    groups: dict[Sampling, list[Request]] = {}
+    for r in requests:
+        groups.setdefault(r.sampling, []).append(r)
+    for sampling, group in groups.items():
+        for start in range(0, len(group), size):
+            yield sampling, group[start : start + size]
+
+
+def generate(
+    model: LanguageModel,
+    requests: Sequence[Request],
+    *,
+    batch_size: int,
+    done: Collection[RecordKey] = (),
+    progress: ProgressFn | None = None,
+) -> Iterator[list[Generated]]:
+    """Completions of ``requests``, block by block (see :func:`blocks`).
+
+    Requests whose every sample is in ``done`` are skipped; of a partly done request only the
+    missing samples are yielded (the model still generates the request whole, so a resumed run
+    sees the same completions). ``progress(done_requests, total)`` is called once at the start
+    and after each block.
+    """
+    todo = [
+        r
+        for r in requests
+        if not all((r.item.id, r.request_id, k) in done for k in range(r.sampling.n))
+    ]
+    finished = len(requests) - len(todo)
+    if progress:
+        progress(finished, len(requests))
+    for sampling, block in blocks(todo, batch_size):
+        outputs = model.generate([r.chat for r in block], sampling)
+        yield [
+            g
+            for request, completions in zip(block, outputs, strict=True)
+            for k, completion in enumerate(completions)
+            if (g := Generated(request, k, completion)).key not in done
+        ]
+        finished += len(block)
+        if progress:
+            progress(finished, len(requests))
+
+
+def evaluate(
+    model: LanguageModel,
+    requests: Sequence[Request],
+    scorers: Scorers,
+    *,
+    batch_size: int,
+    done: Collection[RecordKey] = (),
+    progress: ProgressFn | None = None,
+) -> Iterator[list[Judged]]:
+    """Generate and judge ``requests`` block by block (see :func:`generate`); each yielded list
+    is one block's judged answers in request order."""
+    for generated in generate(model, requests, batch_size=batch_size, done=done, progress=progress):
+        yield scorers.judge(generated)
+
+
+def verdicts_per_request(
+    judged: Iterable[Judged], requests: Sequence[Request]
+) -> list[list[Verdict]]:
+    """The verdicts of each request, in request order and ``sample_index`` order."""
+    per: dict[tuple[str, str], list[Judged]] = {}
+    for j in judged:
+        per.setdefault((j.request.item.id, j.request.request_id), []).append(j)
+    return [
+        [
+            j.verdict
+            for j in sorted(per.get((r.item.id, r.request_id), []), key=lambda j: j.sample_index)
+        ]
+        for r in requests
+    ]

@@ -1,0 +1,116 @@
+"""Kinds of evaluation: each task binds a kind of suite item to its scorer and its metrics.
+
+    from poise.tasks import Metric, Task, register_task
+    register_task(Task(kind="sycophancy", meaning="...", scorer=SycophancyJudge, metrics=(...,)))
+
+Registering a task makes its kind valid in suites, its scorer label its answers in an audit, and
+its metrics appear in ``metrics.json``, the terminal table and the HTML report. The five built-in
+kinds (harmful, borderline, benign, honesty-known, honesty-unknown) are tasks like any other
+(:mod:`poise.tasks.builtin`). Order of registration is the order of display.
+"""
+
+from __future__ import annotations
+
+from poise.errors import PoiseError, UnknownNameError
+from poise.tasks.base import (
+    CategoryView,
+    Count,
+    Direction,
+    Example,
+    Metric,
+    ScorerFactory,
+    Task,
+    TradeoffAxis,
+    VerdictTest,
+    always,
+    decided,
+    equals,
+    label_of,
+)
+
+__all__ = [
+    "CategoryView",
+    "Count",
+    "Direction",
+    "Example",
+    "Metric",
+    "ScorerFactory",
+    "Task",
+    "TradeoffAxis",
+    "VerdictTest",
+    "all_metrics",
+    "always",
+    "decided",
+    "equals",
+    "get_metric",
+    "get_task",
+    "kinds",
+    "label_of",
+    "register_task",
+    "registered_tasks",
+    "unregister_task",
+]
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Add a kind of evaluation. Its kind and metric names must be new. Returns the task."""
+    if task.kind in _TASKS and _TASKS[task.kind] is not task:
+        raise PoiseError(f"task {task.kind!r} is already registered")
+    if not task.kind or task.kind != task.kind.strip():
+        raise PoiseError(f"task kind {task.kind!r} must be a non-empty name without spaces around")
+    taken = {m.name: t.kind for t in _TASKS.values() if t is not task for m in t.metrics}
+    for metric in task.metrics:
+        if metric.name in taken:
+            raise PoiseError(
+                f"task {task.kind!r}: metric {metric.name!r} is already declared by task "
+                f"{taken[metric.name]!r}"
+            )
+        if not metric.kinds:
+            raise PoiseError(f"task {task.kind!r}: metric {metric.name!r} reads no kind")
+    _TASKS[task.kind] = task
+    _cache.clear()
+    return task
+
+
+def unregister_task(kind: str) -> None:
+    """Remove a registered task (for tests and plugins that register temporarily)."""
+    _TASKS.pop(kind, None)
+    _cache.clear()
+
+
+def get_task(kind: str) -> Task:
+    """The task of ``kind``; UnknownNameError (with close names) when none is registered."""
+    try:
+        return _TASKS[kind]
+    except KeyError:
+        raise UnknownNameError("kind", kind, _TASKS) from None
+
+
+def kinds() -> tuple[str, ...]:
+    """Every registered kind, in registration order."""
+    return tuple(_TASKS)
+
+
+def registered_tasks() -> tuple[Task, ...]:
+    return tuple(_TASKS.values())
+
+
+_cache: dict[str, dict[str, Metric]] = {}
+
+
+def all_metrics() -> dict[str, Metric]:
+    """Every declared metric by name, in display order (tasks in registration order)."""
+    if "all" not in _cache:
+        _cache["all"] = {m.name: m for t in _TASKS.values() for m in t.metrics}
+    return _cache["all"]
+
+
+def get_metric(name: str) -> Metric | None:
+    return all_metrics().get(name)
+
+
+from poise.tasks import builtin as _builtin  # noqa: E402  (registers the built-in tasks)
+
+del _builtin

@@ -1,0 +1,70 @@
+"""The task registry and the built-in declarations."""
+
+from __future__ import annotations
+
+import pytest
+
+from poise.errors import PoiseError, UnknownNameError
+from poise.tasks import (
+    Metric,
+    Task,
+    all_metrics,
+    equals,
+    get_metric,
+    get_task,
+    kinds,
+    label_of,
+    register_task,
+    unregister_task,
+)
+
+
+def test_the_builtin_kinds_and_metrics_in_display_order() -> None:
+    assert kinds()[:5] == ("harmful", "borderline", "benign", "honesty-known", "honesty-unknown")
+    assert list(all_metrics())[:12] == [
+        "harmful_rate",
+        "refusal_rate",
+        "harmful_any_rate",
+        "over_refusal_rate",
+        "borderline_helpful_rate",
+        "helpful_rate",
+        "benign_refusal_rate",
+        "known_accuracy",
+        "unknown_idk_rate",
+        "unknown_fabrication_rate",
+        "prudence_score",
+        "over_conservativeness_score",
+    ]
+    for metric in all_metrics().values():
+        assert metric.kinds and set(metric.kinds) <= set(kinds())
+        assert metric.better in ("lower", "higher") and metric.label and metric.meaning
+
+
+def test_every_builtin_metric_reads_its_declared_kind() -> None:
+    harmful = get_metric("harmful_rate")
+    assert harmful is not None and harmful.kind == "harmful"
+    assert harmful.success({"refused": False, "harmful": True})
+    assert not harmful.success({"refused": True, "harmful": False})
+    assert not harmful.judged({"refused": True, "harmful": None})  # unjudged: left out
+
+
+def test_open_labels_are_read_beside_the_fixed_fields() -> None:
+    verdict = {"refused": False, "labels": {"agrees": True}}
+    assert label_of(verdict, "agrees") is True
+    assert label_of(verdict, "refused") is False
+    assert label_of(verdict, "missing") is None
+    assert equals("agrees", True)(verdict) and not equals("agrees", False)(verdict)
+
+
+def test_duplicates_are_refused_and_unregistering_removes() -> None:
+    with pytest.raises(PoiseError, match="task 'harmful' is already registered"):
+        register_task(Task(kind="harmful", meaning="again"))
+    clash = Metric("harmful_rate", ("x-kind",), "lower", "l", "m")
+    with pytest.raises(PoiseError, match="metric 'harmful_rate' is already declared by task"):
+        register_task(Task(kind="x-kind", meaning="m", metrics=(clash,)))
+    assert "x-kind" not in kinds()
+    register_task(Task(kind="x-kind", meaning="m"))
+    assert "x-kind" in kinds()
+    unregister_task("x-kind")
+    with pytest.raises(UnknownNameError, match="unknown kind 'x-kind'"):
+        get_task("x-kind")

@@ -1,0 +1,112 @@
+"""The evaluation core: blocks, skipping what is done, routing kinds to their scorers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from poise.attacks.base import Request
+from poise.config import Sampling
+from poise.evaluation import Scorers, blocks, evaluate, generate, verdicts_per_request
+from poise.models.mock import MockModel, last_user_message
+from poise.scoring.base import Verdict
+from poise.scoring.judges import RefusalJudge
+from poise.suites.schema import SuiteItem
+
+GREEDY = Sampling()
+SAMPLED = Sampling(temperature=1.0, n=2, seed=0)
+
+
+def item(i: int, kind: str = "benign") -> SuiteItem:
+    return SuiteItem(id=f"i{i}", messages=[{"role": "user", "content": f"q{i}"}], kind=kind)
+
+
+def request(i: int, sampling: Sampling = GREEDY, kind: str = "benign") -> Request:
+    it = item(i, kind)
+    return Request(it, "r", it.chat, sampling, "default")
+
+
+class Echo:
+    """A judge that records what it saw and labels every answer with its own name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: list[list[str]] = []
+
+    def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
+        self.seen.append([it.id for it in items])
+        return [Verdict(label=self.name, refused=False) for _ in items]
+
+
+def test_blocks_share_one_sampling_keep_order_and_size() -> None:
+    requests = [request(0), request(1, SAMPLED), request(2), request(3), request(4, SAMPLED)]
+    got = [(s, [r.item.id for r in block]) for s, block in blocks(requests, 2)]
+    assert got == [(GREEDY, ["i0", "i2"]), (GREEDY, ["i3"]), (SAMPLED, ["i1", "i4"])]
+
+
+def test_generate_skips_done_samples_and_reports_progress() -> None:
+    model = MockModel(responses=lambda chat, k: f"{last_user_message(chat)}/{k}")
+    requests = [request(i, SAMPLED) for i in range(3)]
+    done = {("i0", "r", 0), ("i0", "r", 1), ("i1", "r", 0)}  # i0 finished, i1 half done
+    seen: list[tuple[int, int]] = []
+    out = [
+        g
+        for b in generate(
+            model, requests, batch_size=8, done=done, progress=lambda *a: seen.append(a)
+        )
+        for g in b
+    ]
+    assert [(g.request.item.id, g.sample_index, g.completion.text) for g in out] == [
+        ("i1", 1, "q1/1"),
+        ("i2", 0, "q2/0"),
+        ("i2", 1, "q2/1"),
+    ]
+    assert seen == [(1, 3), (3, 3)]
+    assert model.prompts == [requests[1].chat, requests[2].chat]  # i0 was not generated again
+
+
+def test_each_kind_goes_to_its_scorer_in_one_call_per_block() -> None:
+    default, honest = Echo("default"), Echo("honesty-scorer")
+    scorers = Scorers(default, {"honesty-known": honest})
+    requests = [
+        request(0),
+        request(1, kind="honesty-known"),
+        request(2),
+        request(3, kind="honesty-known"),
+    ]
+    judged = [j for b in evaluate(MockModel(), requests, scorers, batch_size=8) for j in b]
+    assert [(j.request.item.id, j.judge, j.verdict.label) for j in judged] == [
+        ("i0", "default", "default"),
+        ("i1", "honesty-scorer", "honesty-scorer"),
+        ("i2", "default", "default"),
+        ("i3", "honesty-scorer", "honesty-scorer"),
+    ]
+    assert default.seen == [["i0", "i2"]] and honest.seen == [["i1", "i3"]]
+    per = verdicts_per_request(judged, requests)
+    assert [len(v) for v in per] == [1, 1, 1, 1]
+
+
+def test_the_record_keeps_the_audit_format() -> None:
+    judged = next(
+        iter(
+            evaluate(MockModel(default="No."), [request(0)], Scorers(RefusalJudge()), batch_size=1)
+        )
+    )
+    record = judged[0].record("greedy")
+    assert list(record) == [
+        "item_id",
+        "suite",
+        "kind",
+        "category",
+        "request_id",
+        "attack",
+        "config",
+        "sample_index",
+        "prompt",
+        "completion",
+        "num_tokens",
+        "finish_reason",
+        "reference",
+        "verdict",
+        "judge",
+    ]
+    assert "labels" not in record["verdict"] and record["judge"] == "refusal"
