@@ -19,15 +19,15 @@ from typing import Any
 import httpx
 
 from poise.config import Sampling
-from poise.models.base import Chat, Completion, TokenLogprobs
+from poise.models.base import Chat, Completion, ModelBase, TokenLogprobs
 
 
 def last_user(chat: Chat) -> str:
     return next((m["content"] for m in reversed(chat) if m["role"] == "user"), "")
 
 
-class EchoModel:
-    """A deterministic LanguageModel whose replies show what the server asked of it.
+class EchoModel(ModelBase):
+    """A deterministic LanguageModel (no engine, no streaming: the server's fallback path) whose replies show what the server asked of it.
 
     A reply is ``words`` pseudo-random words derived from the last user message and, when
     sampling, from the seed and the sample index (greedy replies ignore both), cut at
