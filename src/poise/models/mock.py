@@ -198,9 +198,10 @@ class MockEngine:
     ``add`` computes each row's completion as ``MockModel.generate`` would (same reply, seed,
     stop strings and token limit) and queues it; every ``step`` emits one more token of every
     live row, the row's last event carrying its completion. A row added between two steps joins
-    at the next one, like a real engine's prefill at a step boundary. ``steps`` counts steps and
-    ``added_at[key]`` records how many steps had run when ``key`` was added, so tests can prove
-    that a request joined a running batch.
+    at the next one, like a real engine's prefill at a step boundary. ``steps`` counts steps,
+    ``added_at[key]`` records how many steps had run when ``key`` was added (so tests can prove
+    that a request joined a running batch), ``samplings[key]`` what it was added with and
+    ``cancelled`` the keys cancelled while they had rows.
     """
 
     def __init__(self, model: MockModel) -> None:
@@ -208,6 +209,7 @@ class MockEngine:
         self.rows: list[_MockRow] = []
         self.steps = 0
         self.added_at: dict[Hashable, int] = {}
+        self.samplings: dict[Hashable, Sampling] = {}
         self.cancelled: list[Hashable] = []
 
     def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None:
@@ -220,6 +222,7 @@ class MockEngine:
             rows.append(_MockRow(key, sample, _TOKEN.findall(completion.text), completion))
         self.rows.extend(rows)
         self.added_at[key] = self.steps
+        self.samplings[key] = sampling
 
     def cancel(self, key: Hashable) -> None:
         before = len(self.rows)
