@@ -96,6 +96,7 @@ def test_a_request_joins_the_running_batch(start_server: StartServer) -> None:
     engine = engine_of(server)
     long_key, short_key = sorted(engine.added_at, key=engine.added_at.__getitem__)
     # "short" was added mid-decode (not after "long"'s 60 steps), and both shared the steps.
+    assert engine.added_at[long_key] == 0
     assert 5 <= engine.added_at[short_key] < 60 - 4
     assert engine.steps == 60
     # ... and its answer came back while "long" was still streaming.
