@@ -24,8 +24,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +36,12 @@ from poise.models.base import (
     Capabilities,
     Chat,
     Completion,
-    FinishReason,
+    LogitsHook,
     ModelBase,
+    StreamEvent,
     TokenLogprobs,
 )
+from poise.models.decode import Batcher, DecodeState, HFEngine, KVCache, make_rows
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +70,6 @@ _FULL_HASH_LIMIT = 16 * _MIB
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 # Budget for a scoring forward pass's kept logits ([rows, kept positions, vocab] float32).
 _SCORE_LOGIT_BUDGET = 1 << 27
-# Drop finished rows from the batch (and their KV cache) once at least this share is done.
-# Compacting copies the cache, so not after every finished row; at 0.25 the audit benchmark on
-# organism-large ran ~8% faster than at 0.5 (short refusals end early and stop costing compute).
-_COMPACT_SHARE = 0.25
 
 _DTYPES = {
     "float32": torch.float32,
@@ -356,13 +353,6 @@ class NucleusSearch:
 # ----------------------------------------------------------------------------- the backend
 
 
-@dataclass
-class _RowResult:
-    token_ids: list[int]
-    logprobs: list[float]
-    finish_reason: FinishReason
-
-
 class HFModel(ModelBase):
     """A Hugging Face causal LM behind the ``LanguageModel`` protocol.
 
@@ -375,7 +365,7 @@ class HFModel(ModelBase):
     hub id. The raw objects are exposed as ``model``, ``tokenizer`` and ``device``.
     """
 
-    capabilities = Capabilities(score=True)
+    capabilities = Capabilities(score=True, stream=True, step=True, engine=True)
 
     def __init__(
         self,
@@ -552,7 +542,51 @@ class HFModel(ModelBase):
             torch.tensor(mask, dtype=torch.long, device=self.device),
         )
 
+    # -- the token-level step
+
+    def _step_logits(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """[rows, vocab] float32 next-token logits after feeding ``input_ids`` [rows, new]."""
+        out = self._forward(input_ids, mask, positions, cache, keep=1, use_cache=True)
+        return out.logits[:, -1, :].float()
+
+    @torch.inference_mode()
+    def prefill(
+        self, prompts: Sequence[Chat] | Sequence[Sequence[int]], *, reserve: int = 0
+    ) -> DecodeState:
+        """Run the prompts (chats, or prompt token ids) through the model, left-padded, and
+        return the batch's :class:`DecodeState`: ``state.logits`` [rows, vocab] are the
+        next-token logits, ``state.step(tokens)`` feeds one token per row. ``reserve``: cache
+        columns to allocate for the steps to come (the cache grows past it when needed)."""
+        if not prompts:
+            raise PoiseError(f"{self.name}: prefill needs at least one prompt")
+        token_ids: list[list[int]]
+        if all(isinstance(p, Sequence) and p and isinstance(p[0], int) for p in prompts):
+            token_ids = [list(p) for p in prompts]  # type: ignore[arg-type]
+        else:
+            token_ids = self._encode_prompts(prompts)  # type: ignore[arg-type]
+        input_ids, mask = self._left_pad(token_ids)  # [rows, width]
+        # positions count real tokens only, so a left-padded row sees the same positions as
+        # the same prompt alone
+        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # [rows, width]
+        cache = KVCache(self.model.config, reserve)
+        logits = self._step_logits(input_ids, mask, positions, cache.cache)
+        return DecodeState(self._step_logits, cache, mask, positions[:, -1] + 1, logits)
+
     # -- generate
+
+    def _batcher(self, logits_hook: LogitsHook | None, *, stream: bool) -> Batcher:
+        return Batcher(self, capacity=self.batch_size, logits_hook=logits_hook, stream=stream)
+
+    def _queue(self, batcher: Batcher, chats: Sequence[Chat], sampling: Sampling) -> None:
+        """Queue every (chat, sample) row, longest prompts first (less padding per batch, and
+        memory peaks at the first batch). Row ids are ``chat * n + sample``."""
+        prompts = self._encode_prompts(chats)
+        for c in sorted(range(len(chats)), key=lambda c: -len(prompts[c])):
+            ids = range(c * sampling.n, (c + 1) * sampling.n)
+            for row in make_rows(c, chats[c], prompts[c], sampling, ids):
+                batcher.add(row)
 
     def generate(
         self,
@@ -560,149 +594,66 @@ class HFModel(ModelBase):
         sampling: Sampling,
         *,
         progress: Callable[[int], None] | None = None,
+        logits_hook: LogitsHook | None = None,
     ) -> list[list[Completion]]:
         """``sampling.n`` completions per chat.
 
-        ``Completion.token_logprobs`` are the log-probs of the generated tokens under the model's
-        unmodified next-token distribution (temperature 1, no top-k / top-p), whatever the
-        sampling settings. ``num_tokens`` counts generated tokens, not the EOS token; when a stop
-        string ends a completion it counts up to the token that completed the stop string,
-        while the text is cut just before the stop string. ``progress(k)`` is called after each
-        batch with the number ``k`` of chats finished since the previous call.
+        ``Completion.token_logprobs`` are the log-probs of the generated tokens under the
+        model's next-token distribution (as changed by ``logits_hook``, if any) at temperature 1
+        with no top-k / top-p, whatever the sampling settings. ``num_tokens`` counts generated
+        tokens, not the EOS token; when a stop string ends a completion it counts up to the
+        token that completed the stop string, while the text is cut just before the stop
+        string. ``progress(k)`` is called as chats finish, ``k`` the number finished since the
+        previous call. ``logits_hook`` sees every step's logits for the live rows
+        (:class:`poise.models.base.StepView`) and may return changed ones to sample from.
+
+        Rows are decoded ``batch_size`` at a time as one continuous batch: once a quarter of
+        the batch is done, finished rows leave and waiting rows are prefilled and join.
         """
         if not chats:
             return []
-        prompts = self._encode_prompts(chats)
-        rows = [(c, s) for c in range(len(chats)) for s in range(sampling.n)]
-        # longest prompts first: less padding per batch, and memory peaks at the first batch
-        order = sorted(range(len(rows)), key=lambda r: -len(prompts[rows[r][0]]))
+        batcher = self._batcher(logits_hook, stream=False)
+        self._queue(batcher, chats, sampling)
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
         pending = [sampling.n] * len(chats)
-        for start in range(0, len(order), self.batch_size):
-            chunk = [rows[r] for r in order[start : start + self.batch_size]]
-            seeds = [row_seed(sampling.seed, chats[c], s) for c, s in chunk]
-            decoded = self._decode([prompts[c] for c, _ in chunk], seeds, sampling)
-            texts = self.tokenizer.batch_decode(
-                [d.token_ids for d in decoded], skip_special_tokens=True
-            )
+        while not batcher.idle:
+            finished_rows = [row for row, _ in batcher.step() if row.finish is not None]
+            if not finished_rows:
+                continue
             finished = 0
-            for (c, s), row, text in zip(chunk, decoded, texts, strict=True):
-                results[c][s] = _completion(row, text, sampling.stop)
+            for row, completion in zip(
+                finished_rows, batcher.completions(finished_rows), strict=True
+            ):
+                c = int(row.key)  # type: ignore[call-overload]
+                results[c][row.sample_index] = completion
                 pending[c] -= 1
                 finished += pending[c] == 0
             if progress is not None and finished:
                 progress(finished)
         return [[c for c in row if c is not None] for row in results]
 
-    @torch.inference_mode()
-    def _decode(
-        self, prompts: Sequence[Sequence[int]], seeds: Sequence[int], sampling: Sampling
-    ) -> list[_RowResult]:
-        """Decode one batch of rows (prompt token ids) with a KV cache."""
-        batch = len(prompts)
-        steps = sampling.max_new_tokens
-        input_ids, mask = self._left_pad(prompts)  # [batch, prompt_len]
-        # positions count real tokens only, so a left-padded row sees the same positions as
-        # the same prompt alone
-        positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # [batch, prompt_len]
-        uniforms: torch.Tensor | None = None
-        if not sampling.greedy:
-            # all of a row's uniforms come from its own generator: [batch, steps]
-            uniforms = torch.stack(
-                [torch.rand(steps, generator=torch.Generator().manual_seed(s)) for s in seeds]
-            ).to(self.device)
-        eos = torch.tensor(self.eos_token_ids or [-1], device=self.device)
-        stop_window = _stop_window(sampling.stop)
-        nucleus = NucleusSearch()
-
-        tokens = torch.full((batch, steps), self.pad_token_id, dtype=torch.long, device=self.device)
-        logprobs = torch.zeros((batch, steps), dtype=torch.float32, device=self.device)
-        length = torch.full((batch,), steps, dtype=torch.long, device=self.device)
-        stopped = torch.zeros(batch, dtype=torch.bool, device=self.device)  # ended early
-        active = torch.arange(batch, device=self.device)  # batch slot -> row
-        done = torch.zeros(batch, dtype=torch.bool, device=self.device)  # per slot
-
-        out = self._forward(input_ids, mask, positions, None, keep=1, use_cache=True)
-        past = _returned_cache(out)
-        next_position = positions[:, -1] + 1  # [slots]
-        for step in range(steps):
-            logits = out.logits[:, -1, :].float()  # [slots, vocab]
-            row_uniforms = uniforms[active, step] if uniforms is not None else None
-            chosen = sample_tokens(logits, row_uniforms, sampling, nucleus)  # [slots]
-            # log-prob under the unmodified distribution: logit minus log-partition, [slots]
-            chosen_logit = logits.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-            chosen_logprob = chosen_logit - logits.logsumexp(dim=-1)
-            tokens[active, step] = chosen
-            logprobs[active, step] = chosen_logprob
-            hit_eos = torch.isin(chosen, eos) & ~done  # [slots]
-            length[active] = torch.where(hit_eos, step, length[active])
-            stopped[active] |= hit_eos
-            done |= hit_eos
-            if stop_window:
-                hit_stop = self._stop_hits(tokens, active, done, step, stop_window, sampling.stop)
-                if hit_stop is not None:
-                    length[active] = torch.where(hit_stop, step + 1, length[active])
-                    stopped[active] |= hit_stop
-                    done |= hit_stop
-            if step == steps - 1:
-                break
-            finished = int(done.sum())
-            if finished == done.numel():
-                break
-            if finished >= _COMPACT_SHARE * done.numel():
-                keep = (~done).nonzero().squeeze(-1)  # [live slots]
-                past = _select_rows(past, keep)
-                active, done, chosen = active[keep], done[keep], chosen[keep]
-                mask, next_position = mask[keep], next_position[keep]
-            mask = torch.cat([mask, mask.new_ones((mask.size(0), 1))], dim=-1)
-            out = self._forward(
-                chosen.unsqueeze(-1),
-                mask,
-                next_position.unsqueeze(-1),
-                past,
-                keep=1,
-                use_cache=True,
-            )
-            past = _returned_cache(out)
-            next_position = next_position + 1
-
-        token_rows = tokens.tolist()
-        logprob_rows = logprobs.tolist()
-        lengths = length.tolist()
-        ended = stopped.tolist()
-        return [
-            _RowResult(
-                token_ids=token_rows[r][: lengths[r]],
-                logprobs=logprob_rows[r][: lengths[r]],
-                finish_reason="stop" if ended[r] else "length",
-            )
-            for r in range(batch)
-        ]
-
-    def _stop_hits(
+    def stream(
         self,
-        tokens: torch.Tensor,
-        active: torch.Tensor,
-        done: torch.Tensor,
-        step: int,
-        window: int,
-        stops: Sequence[str],
-    ) -> torch.Tensor | None:
-        """[slots] bool: live rows whose last ``window`` tokens now contain a stop string."""
-        live = (~done).nonzero().squeeze(-1).tolist()
-        if not live:
-            return None
-        first = max(0, step + 1 - window)
-        tails = tokens[active[live], first : step + 1].tolist()
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        hits = [
-            slot for slot, text in zip(live, texts, strict=True) if any(s in text for s in stops)
-        ]
-        if not hits:
-            return None
-        flags = torch.zeros_like(done)
-        flags[hits] = True
-        return flags
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        *,
+        logits_hook: LogitsHook | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Each row's new text as it is decoded (``StreamEvent.key`` is the chat's index). A
+        row's texts concatenate to its ``generate`` completion's text; its last event carries
+        that completion. Text that could still become a stop string, an incomplete character
+        or trailing whitespace is held back until it is settled."""
+        if not chats:
+            return
+        batcher = self._batcher(logits_hook, stream=True)
+        self._queue(batcher, chats, sampling)
+        while not batcher.idle:
+            yield from batcher.events(batcher.step())
+
+    def engine(self, *, logits_hook: LogitsHook | None = None) -> HFEngine:
+        """A continuous batch of up to ``batch_size`` rows (the ``Engine`` protocol), for a
+        server: requests join and leave at step boundaries."""
+        return HFEngine(self, logits_hook=logits_hook)
 
     # -- score
 
@@ -756,40 +707,3 @@ class HFModel(ModelBase):
                     token_ids=tuple(targets[i]),
                 )
         return [r for r in results if r is not None]
-
-
-def _returned_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _select_rows(past: Any, keep: torch.Tensor) -> Any:
-    """Keep only the rows ``keep`` of a KV cache (a transformers Cache or legacy tuples)."""
-    if hasattr(past, "batch_select_indices"):
-        past.batch_select_indices(keep)
-        return past
-    if hasattr(past, "reorder_cache"):
-        past.reorder_cache(keep)
-        return past
-    return tuple(tuple(t[keep] for t in layer) for layer in past)
-
-
-def _stop_window(stops: Sequence[str]) -> int:
-    """How many trailing tokens to decode to see a stop string completed at this step: every
-    token decodes to at least one character in practice, plus slack for byte-level pieces."""
-    longest = max((len(s) for s in stops if s), default=0)
-    return longest + 4 if longest else 0
-
-
-def _completion(row: _RowResult, text: str, stops: Sequence[str]) -> Completion:
-    finish = row.finish_reason
-    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
-    if cut >= 0:
-        text = text[:cut]
-        finish = "stop"
-    return Completion(
-        text=text,
-        num_tokens=len(row.token_ids),
-        finish_reason=finish,
-        token_logprobs=tuple(row.logprobs),
-    )

@@ -1,0 +1,333 @@
+"""The token-level seam of the hf backend: prefill / step, the logits hook, streaming and the
+continuous-batching engine."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from poise.config import Sampling
+from poise.models.base import Chat, Completion, StepView, StreamEvent
+from poise.models.hf import HFModel
+
+CHATS: list[Chat] = [
+    [{"role": "user", "content": "Hello there, the cat!"}],
+    [{"role": "user", "content": "hi"}],
+    [
+        {"role": "system", "content": "Be helpful and kind to everyone you meet."},
+        {"role": "user", "content": "What is the capital of France?"},
+    ],
+    [{"role": "user", "content": "Tell me a story about a dragon in the mountains."}],
+    [{"role": "user", "content": "ok"}],
+]
+GREEDY = Sampling(max_new_tokens=16)
+SAMPLED = Sampling(temperature=1.0, max_new_tokens=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_model_dir: Path) -> Iterator[HFModel]:
+    hf = HFModel(str(tiny_hf_model_dir), device="cpu")
+    eos = list(hf.eos_token_ids)
+    yield hf
+    hf.eos_token_ids = eos
+
+
+@pytest.fixture
+def early_eos(model: HFModel) -> Iterator[None]:
+    """A third of the vocabulary ends a completion, so rows finish at different steps."""
+    eos = list(model.eos_token_ids)
+    model.eos_token_ids = sorted({*eos, *range(10, len(model.tokenizer), 3)})
+    yield
+    model.eos_token_ids = eos
+
+
+def same(a: Completion, b: Completion) -> bool:
+    """Equal completions; log-probs up to float noise (a row's floats may depend on how wide
+    the batch's padding is, which differs between an engine and ``generate``)."""
+    assert (a.text, a.num_tokens, a.finish_reason) == (b.text, b.num_tokens, b.finish_reason)
+    assert a.token_logprobs is not None and b.token_logprobs is not None
+    assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+    return True
+
+
+def full_forward_logits(model: HFModel, ids: list[int]) -> torch.Tensor:
+    """[vocab] the last position's logits of one unpadded sequence, no cache."""
+    with torch.inference_mode():
+        return model.model(torch.tensor([ids])).logits[0, -1].float()
+
+
+# ----------------------------------------------------------------------------- prefill / step
+
+
+def test_prefill_and_step_equal_a_full_forward(model: HFModel) -> None:
+    prompts = model._encode_prompts(CHATS)
+    state = model.prefill(CHATS, reserve=2)  # chats or token ids
+    assert state.logits.shape == (len(CHATS), len(model.tokenizer))
+    for row, prompt in enumerate(prompts):
+        expected = full_forward_logits(model, prompt)
+        assert torch.allclose(state.logits[row], expected, atol=1e-5)
+    # more steps than reserved, so the cache grows
+    fed: list[list[int]] = [list(p) for p in prompts]
+    for _ in range(4):
+        tokens = state.logits.argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):
+            fed[row].append(token)
+        state.step(tokens)
+    for row, ids in enumerate(fed):
+        assert torch.allclose(state.logits[row], full_forward_logits(model, ids), atol=1e-5)
+
+
+def test_keep_and_extend_merge_batches_at_a_step_boundary(model: HFModel) -> None:
+    prompts = model._encode_prompts(CHATS)
+    state = model.prefill(prompts[:3])
+    fed = [list(p) for p in prompts[:3]]
+    for _ in range(3):
+        tokens = state.logits.argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):
+            fed[row].append(token)
+        state.step(tokens)
+    # the longest prompt leaves: the cache's all-padding columns are dropped
+    longest = max(range(3), key=lambda r: len(prompts[r]))
+    kept = [r for r in range(3) if r != longest]
+    width = state.mask.size(1)
+    state.keep(kept)
+    fed = [fed[r] for r in kept]
+    assert state.mask.size(1) < width
+    assert bool(state.mask[:, 0].any())
+    # two new rows join; one of them longer than anything running
+    newcomer = [*prompts[3:], prompts[3] + prompts[0]]
+    state.extend(model.prefill(newcomer))
+    fed += [list(p) for p in newcomer]
+    assert len(state) == len(fed)
+    for _ in range(3):
+        tokens = state.logits.argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):
+            fed[row].append(token)
+        state.step(tokens)
+    for row, ids in enumerate(fed):
+        assert torch.allclose(state.logits[row], full_forward_logits(model, ids), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the logits hook
+
+
+def test_hook_sees_every_live_row_each_step(model: HFModel, early_eos: None) -> None:
+    sampling = SAMPLED.model_copy(update={"n": 2})
+    views: list[tuple[list[int], list[int], list[list[int]]]] = []
+
+    def hook(view: StepView) -> None:
+        assert view.logits.shape == (len(view.rows), len(model.tokenizer))
+        views.append(
+            (view.rows.tolist(), view.generated.tolist(), [t.tolist() for t in view.tokens])
+        )
+
+    results = model.generate(CHATS, sampling, logits_hook=hook)
+    completions = {c * 2 + s: results[c][s] for c in range(len(CHATS)) for s in range(2)}
+    # each row is shown at every step until it ends: generated = 0, 1, ..., its last step
+    seen: dict[int, list[int]] = defaultdict(list)
+    for rows, generated, tokens in views:
+        for row, count, so_far in zip(rows, generated, tokens, strict=True):
+            seen[row].append(count)
+            assert len(so_far) == count
+    assert set(seen) == set(completions)
+    for row, counts in seen.items():
+        completion = completions[row]
+        steps = completion.num_tokens + (completion.finish_reason == "stop")
+        assert counts == list(range(steps))
+    assert len({len(rows) for rows, _, _ in views}) > 1  # rows left the batch
+
+
+def test_a_hook_returning_none_is_bit_identical(model: HFModel, early_eos: None) -> None:
+    for sampling in (GREEDY, SAMPLED.model_copy(update={"n": 2, "top_p": 0.9})):
+        plain = model.generate(CHATS, sampling)
+        hooked = model.generate(CHATS, sampling, logits_hook=lambda view: None)
+        assert hooked == plain
+
+
+def test_a_hook_that_bans_a_token_removes_it(model: HFModel) -> None:
+    plain = model.generate(CHATS, GREEDY)
+    text = "".join(c.text for row in plain for c in row)
+    banned_char = max(set(text) - {" "}, key=text.count)
+    banned = model.tokenizer.convert_tokens_to_ids(banned_char)
+
+    def ban(view: StepView) -> torch.Tensor:
+        logits = view.logits.clone()
+        logits[:, banned] = float("-inf")
+        return logits
+
+    hooked = model.generate(CHATS, SAMPLED.model_copy(update={"n": 2}), logits_hook=ban)
+    greedy = model.generate(CHATS, GREEDY, logits_hook=ban)
+    for rows in (hooked, greedy):
+        assert all(banned_char not in c.text for row in rows for c in row)
+    assert greedy != plain
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_a_logit_temperature_hook_equals_sampling_at_that_temperature(
+    model: HFModel, temperature: float
+) -> None:
+    hot = SAMPLED.model_copy(update={"temperature": temperature, "n": 2})
+    expected = model.generate(CHATS, hot)
+
+    def scale(view: StepView) -> torch.Tensor:
+        return view.logits / temperature
+
+    hooked = model.generate(CHATS, SAMPLED.model_copy(update={"n": 2}), logits_hook=scale)
+    assert [[(c.text, c.num_tokens) for c in row] for row in hooked] == [
+        [(c.text, c.num_tokens) for c in row] for row in expected
+    ]
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def joined(events: list[StreamEvent]) -> dict[tuple[Hashable, int], tuple[str, Completion]]:
+    texts: dict[tuple[Hashable, int], str] = defaultdict(str)
+    final: dict[tuple[Hashable, int], Completion] = {}
+    for event in events:
+        key = (event.key, event.sample_index)
+        assert key not in final, "an event after the row's last one"
+        texts[key] += event.text
+        if event.completion is not None:
+            final[key] = event.completion
+    assert set(texts) == set(final)
+    return {key: (texts[key], final[key]) for key in final}
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        GREEDY.model_copy(update={"max_new_tokens": 24}),
+        SAMPLED.model_copy(update={"n": 3, "max_new_tokens": 24}),
+    ],
+)
+def test_stream_texts_join_to_generate_texts(model: HFModel, sampling: Sampling) -> None:
+    plain = model.generate(CHATS, sampling)
+    # stop strings taken from the outputs, so some rows do stop
+    stops = tuple({c.text[5:7] for row in plain for c in row if len(c.text) > 8})[:3]
+    for current in (sampling, sampling.model_copy(update={"stop": stops})):
+        expected = model.generate(CHATS, current)
+        events = list(model.stream(CHATS, current))
+        rows = joined(events)
+        assert len(rows) == len(CHATS) * current.n
+        for (chat, sample), (text, completion) in rows.items():
+            assert completion == expected[int(chat)][sample]  # type: ignore[call-overload]
+            assert text == completion.text
+        # text arrives while decoding, not only at the end
+        assert sum(bool(e.text) and e.completion is None for e in events) > len(CHATS)
+    assert any(c.finish_reason == "stop" for row in expected for c in row)
+
+
+def test_stream_holds_back_a_possible_stop_string(model: HFModel) -> None:
+    [[full]] = model.generate(CHATS[3:4], Sampling(max_new_tokens=24))
+    stop = full.text[10:13]
+    sampling = Sampling(max_new_tokens=24, stop=(stop,))
+    events = list(model.stream(CHATS[3:4], sampling))
+    assert "".join(e.text for e in events) == full.text[: full.text.find(stop)]
+    for event in events:
+        assert stop not in event.text
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+def run_engine(
+    engine: object, schedule: dict[int, list[tuple[str, Chat, Sampling]]], steps: int = 200
+) -> dict[tuple[Hashable, int], tuple[str, Completion]]:
+    """Step an engine, adding requests at the given steps, until it is idle."""
+    events: list[StreamEvent] = []
+    for step in range(steps):
+        for key, chat, sampling in schedule.get(step, []):
+            engine.add(key, chat, sampling)  # type: ignore[attr-defined]
+        events += engine.step()  # type: ignore[attr-defined]
+        if engine.idle and step >= max(schedule):  # type: ignore[attr-defined]
+            break
+    assert engine.idle  # type: ignore[attr-defined]
+    return joined(events)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, SAMPLED.model_copy(update={"n": 2})])
+def test_engine_rows_added_mid_batch_get_generate_completions(
+    model: HFModel, sampling: Sampling
+) -> None:
+    expected = model.generate(CHATS, sampling)
+    schedule = {0: [("a", CHATS[0], sampling), ("b", CHATS[1], sampling)]}
+    schedule[3] = [("c", CHATS[2], sampling)]
+    schedule[5] = [("d", CHATS[3], sampling), ("e", CHATS[4], sampling)]
+    rows = run_engine(model.engine(), schedule)
+    assert len(rows) == len(CHATS) * sampling.n
+    for (key, sample), (text, completion) in rows.items():
+        assert same(completion, expected["abcde".index(str(key))][sample])
+        assert text == completion.text
+
+
+def test_engine_rows_wait_for_capacity(model: HFModel) -> None:
+    expected = model.generate(CHATS, SAMPLED)
+    engine = model.engine()
+    engine._batcher.capacity = 2  # type: ignore[attr-defined]
+    rows = run_engine(engine, {0: [(str(i), chat, SAMPLED) for i, chat in enumerate(CHATS)]})
+    assert len(rows) == len(CHATS)
+    for (key, _), (_, completion) in rows.items():
+        assert same(completion, expected[int(str(key))][0])
+
+
+def test_engine_per_row_samplings(model: HFModel, early_eos: None) -> None:
+    samplings = [
+        GREEDY,
+        SAMPLED,
+        SAMPLED.model_copy(update={"temperature": 0.7, "top_k": 5, "seed": 11}),
+        SAMPLED.model_copy(update={"top_p": 0.8, "max_new_tokens": 6, "n": 2}),
+        GREEDY.model_copy(update={"stop": ("e",), "max_new_tokens": 30}),
+    ]
+    schedule = {0: [(str(i), CHATS[i], s) for i, s in enumerate(samplings[:3])]}
+    schedule[2] = [(str(i), CHATS[i], s) for i, s in enumerate(samplings) if i >= 3]
+    rows = run_engine(model.engine(), schedule)
+    for i, sampling in enumerate(samplings):
+        [expected] = model.generate([CHATS[i]], sampling)
+        for sample in range(sampling.n):
+            text, completion = rows[(str(i), sample)]
+            assert same(completion, expected[sample])
+            assert text == completion.text
+
+
+def test_engine_cancel_drops_a_request(model: HFModel) -> None:
+    long = GREEDY.model_copy(update={"max_new_tokens": 12})
+    engine = model.engine()
+    for i, chat in enumerate(CHATS[:3]):
+        engine.add(str(i), chat, long)
+    engine.add("waiting-never-runs", CHATS[3], long)
+    engine.cancel("waiting-never-runs")
+    events = engine.step() + engine.step()
+    engine.cancel("1")
+    engine.cancel("unknown")  # ignored
+    while not engine.idle:
+        events += engine.step()
+    later = joined([e for e in events if e.key != "1"])
+    assert set(later) == {("0", 0), ("2", 0)}
+    assert not any(e.key == "waiting-never-runs" for e in events)
+    assert all(e.completion is None for e in events if e.key == "1")
+    expected = model.generate(CHATS[:3], long)
+    assert same(later[("2", 0)][1], expected[2][0])
+    # a cancelled key may be used again
+    engine.add("1", CHATS[1], long)
+    rest = joined([e for _ in range(20) for e in engine.step()])
+    assert same(rest[("1", 0)][1], expected[1][0])
+    assert engine.idle
+
+
+def test_engine_refuses_a_running_key(model: HFModel) -> None:
+    from poise.errors import PoiseError
+
+    engine = model.engine()
+    engine.add("x", CHATS[0], GREEDY)
+    with pytest.raises(PoiseError, match="already running"):
+        engine.add("x", CHATS[1], GREEDY)
+
+
+def test_capabilities_are_declared(model: HFModel) -> None:
+    caps = model.capabilities
+    assert (caps.score, caps.stream, caps.step, caps.engine) == (True, True, True, True)
