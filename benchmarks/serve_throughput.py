@@ -1,38 +1,49 @@
-"""Serve throughput: what request batching in ``poise serve`` buys over one request at a time.
+"""Serving benchmarks of ``poise serve``, three modes, each running all its sides in one invocation.
 
-Starts ``poise serve`` over a model (the organism by default) as a subprocess on 127.0.0.1 and
-sends the same K greedy chat requests twice with poise's ``openai`` backend:
+``batching`` (default): what batching buys over one request at a time. Serves a model (the
+organism by default) and sends the same K greedy requests twice with poise's ``openai`` backend:
+(a) from 32 concurrent clients, (b) one at a time. Prints requests/s of both and the ratio (goal
+>= 4x), and whether both phases gave identical completions.
 
-(a) from 32 concurrent clients (``OpenAIModel(concurrency=32)``), which the server batches into
-    shared ``generate`` calls;
-(b) one at a time (``OpenAIModel(concurrency=1)``), so every request is its own call.
+``latency``: a streamed 96-token greedy answer's first content chunk must arrive within 25% of
+the total response time (goal), and the streamed text must equal the non-streamed text. Serves a
+~90M-parameter Llama built in code (hidden 640, 10 layers, vocab 32k), sends the plain request
+and the streamed one, repeats, and prints both times, the share and the text check.
 
-It prints requests/s of both, the ratio (goal: >= 4x), how many ``generate`` calls the server
-made in each phase, and whether both phases produced identical completions (greedy decoding
-must not depend on the batch).
+``transformers``: throughput and time to first token against ``transformers serve
+--continuous-batching`` on that same model folder. Each server runs alone, in turn, with the
+same torch threads; 32 concurrent clients send K streamed greedy requests (``max_tokens`` 64),
+after a warm-up round. Prints completion tokens/s (counted from each server's ``usage``), the
+median and p90 time to first content chunk, the ratios (goal: >= 1.5x throughput, time to first
+token no worse), and whether the two servers' greedy texts agree.
 
-    python benchmarks/serve_throughput.py [--model organism] [--requests 128] [--concurrency 32]
-        [--max-tokens 48] [--max-batch 32] [--batch-window-ms 5] [--threads 1]
+    python benchmarks/serve_throughput.py [--mode batching] [--model organism] [--requests 128]
+    python benchmarks/serve_throughput.py --mode latency [--max-tokens 96] [--repeats 3]
+    python benchmarks/serve_throughput.py --mode transformers [--requests 128] [--max-tokens 64]
 
-When the organism is not built yet, the benchmark says so and serves a randomly initialised
-tiny Llama built by the test fixtures instead (its figures are then not comparable).
-
-The server runs with one torch thread by default (``--threads``): on a machine whose cores are
-shared, several OpenMP threads per process oversubscribe the cores and batched matrix products
-slow down by orders of magnitude, which would measure the neighbours rather than the server.
+Everything runs on 127.0.0.1 with ``HF_HUB_OFFLINE=1``; the built model lives in a temporary
+folder. Servers run with one torch thread by default (``--threads``): on a machine whose cores
+are shared, several OpenMP threads per process oversubscribe the cores and batched matrix
+products slow down by orders of magnitude, which would measure the neighbours, not the server.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
+import itertools
+import json
 import os
 import shlex
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +56,9 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- models ------------------------------------------------------------------------------------------
 
 
 def resolve_model(spec: str, workdir: Path) -> str:
@@ -73,6 +87,83 @@ def resolve_model(spec: str, workdir: Path) -> str:
     return str(folder)
 
 
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '</s>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+
+
+def build_llama_90m(path: Path, *, seed: int = 0) -> Path:
+    """A randomly initialised ~90M-parameter Llama (hidden 640, 10 layers of 10 heads, MLP 1728,
+    vocab 32,000, untied head) with a byte-level BPE tokenizer and a chat template, saved to
+    ``path`` (safetensors, float32). The vocabulary is printable ASCII plus merges of two
+    characters and of a letter and a letter pair, so every token decodes to valid text."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    vocab_size = 32_000
+    specials = ["<pad>", "<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+    chars = [chr(b) for b in range(33, 127)] + ["Ġ", "Ċ"]  # GPT-2's byte map: space, newline
+    vocab: dict[str, int] = {}
+    for token in (*specials, *chars):
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    letters = [c for c in chars if c.isalpha()] + ["Ġ"]
+    pairs = itertools.product(chars, chars)
+    triples = itertools.product(letters, ["".join(p) for p in itertools.product(letters, letters)])
+    for left, right in itertools.chain(pairs, triples):
+        if len(vocab) >= vocab_size:
+            break
+        if left + right not in vocab:
+            merges.append((left, right))
+            vocab[left + right] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(specials)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=640,
+        intermediate_size=1728,
+        num_hidden_layers=10,
+        num_attention_heads=10,
+        num_key_value_heads=10,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        bos_token_id=vocab["<s>"],
+        eos_token_id=vocab["</s>"],
+        pad_token_id=vocab["<pad>"],
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=vocab["<s>"], eos_token_id=vocab["</s>"], pad_token_id=vocab["<pad>"]
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model: random Llama, {params / 1e6:.1f}M parameters, built in {path}")
+    return path
+
+
 def prompts(count: int) -> list[list[dict[str, str]]]:
     """``count`` distinct user prompts from the built-in suites (cycled with a suffix if short)."""
     texts: list[str] = []
@@ -89,107 +180,371 @@ def prompts(count: int) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": t}] for t in chosen]
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+# -- servers -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server subprocess on 127.0.0.1."""
+
+    name: str
+    url: str
+    model_field: str  # what requests send as "model"
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+
+def server_env(threads: int) -> dict[str, str]:
+    env = {**os.environ, "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if threads > 0:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+def start(
+    name: str, command: list[str], url: str, model_field: str, log: Path, threads: int
+) -> Server:
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            command, stdout=sink, stderr=subprocess.STDOUT, env=server_env(threads)
+        )
+    server = Server(name, url, model_field, process, log)
+    deadline = time.monotonic() + 300
     while True:
         if process.poll() is not None:
-            raise SystemExit(f"poise serve exited ({process.returncode}):\n{log.read_text()}")
+            raise SystemExit(f"{name} exited ({process.returncode}):\n{log.read_text()}")
         try:
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
+                return server
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise SystemExit(f"poise serve did not become healthy:\n{log.read_text()}")
+            server.stop()
+            raise SystemExit(f"{name} did not become healthy:\n{log.read_text()}")
         time.sleep(0.2)
+
+
+def start_poise(
+    model: str, workdir: Path, threads: int, max_batch: int = 32, window_ms: float = 5.0
+) -> Server:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "poise.cli", "serve", "--model", model,
+        "--served-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+        "--max-batch", str(max_batch), "--batch-window-ms", str(window_ms),
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    return start("poise serve", command, url, "bench", workdir / "poise.log", threads)
+
+
+def start_transformers(model: str, workdir: Path, threads: int) -> Server:
+    port = free_port()
+    executable = Path(sys.executable).with_name("transformers")
+    command = [
+        str(executable), "serve", model, "--continuous-batching", "--device", "cpu",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    return start("transformers serve", command, url, model, workdir / "transformers.log", threads)
 
 
 def health(url: str) -> dict[str, Any]:
     return dict(httpx.get(f"{url}/health", timeout=10).json())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--model", default="organism", help="model spec to serve")
-    parser.add_argument("--requests", type=int, default=128, help="K: requests per phase")
-    parser.add_argument("--concurrency", type=int, default=32, help="clients in phase (a)")
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--max-batch", type=int, default=32)
-    parser.add_argument("--batch-window-ms", type=float, default=5.0)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads of the server (OMP_NUM_THREADS); 0 = torch's default",
-    )
-    args = parser.parse_args()
+# -- clients -----------------------------------------------------------------------------------------
 
+
+@dataclass
+class Answer:
+    text: str
+    tokens: int  # completion tokens as the server's usage reports them
+    first_chunk_s: float | None  # request sent -> first non-empty content delta
+    total_s: float
+
+
+async def streamed(
+    client: httpx.AsyncClient, server: Server, chat: list[dict[str, str]], max_tokens: int
+) -> Answer:
+    body = {
+        "model": server.model_field,
+        "messages": chat,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    sent = time.perf_counter()
+    first: float | None = None
+    text, tokens, chunks = "", 0, 0
+    async with client.stream("POST", f"{server.url}/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise SystemExit(
+                f"{server.name}: HTTP {response.status_code}: {await response.aread()}"
+            )
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: ") :])
+            if "error" in chunk:
+                raise SystemExit(f"{server.name}: {chunk['error']}")
+            for choice in chunk.get("choices") or []:
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    if first is None:
+                        first = time.perf_counter() - sent
+                    text += content
+                    chunks += 1
+            if chunk.get("usage"):
+                tokens = int(chunk["usage"]["completion_tokens"])
+    return Answer(text, tokens or chunks, first, time.perf_counter() - sent)
+
+
+async def plain(
+    client: httpx.AsyncClient, server: Server, chat: list[dict[str, str]], max_tokens: int
+) -> Answer:
+    body = {
+        "model": server.model_field,
+        "messages": chat,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    sent = time.perf_counter()
+    response = await client.post(f"{server.url}/v1/chat/completions", json=body)
+    total = time.perf_counter() - sent
+    if response.status_code != 200:
+        raise SystemExit(f"{server.name}: HTTP {response.status_code}: {response.text}")
+    data = response.json()
+    return Answer(
+        data["choices"][0]["message"]["content"],
+        int(data["usage"]["completion_tokens"]),
+        None,
+        total,
+    )
+
+
+async def load(
+    server: Server, chats: Sequence[list[dict[str, str]]], clients: int, max_tokens: int
+) -> tuple[list[Answer], float]:
+    """``clients`` concurrent clients streaming ``chats`` (each client takes the next chat when
+    its answer is complete); the answers in the order of ``chats`` and the wall time."""
+    answers: list[Answer | None] = [None] * len(chats)
+    queue = iter(range(len(chats)))
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        for index in queue:
+            answers[index] = await streamed(client, server, chats[index], max_tokens)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(clients)))
+        wall = time.perf_counter() - start
+    return [a for a in answers if a is not None], wall
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# -- modes -------------------------------------------------------------------------------------------
+
+
+def mode_batching(args: argparse.Namespace, workdir: Path) -> None:
     from poise.config import Sampling
     from poise.models.openai import OpenAIModel
 
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        model = resolve_model(args.model, workdir)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = workdir / "serve.log"
-        command = [
-            sys.executable, "-m", "poise.cli", "serve", "--model", model,
-            "--served-name", "bench", "--host", "127.0.0.1", "--port", str(port),
-            "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.batch_window_ms),
-        ]  # fmt: skip
-        env = {**os.environ, "NO_COLOR": "1"}
-        if args.threads > 0:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-        with log.open("wb") as sink:
-            server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_healthy(url, server, log, timeout=300)
-            chats = prompts(args.requests)
-            sampling = Sampling(max_new_tokens=args.max_tokens)  # greedy
-            concurrent = OpenAIModel("bench", base_urls=[f"{url}/v1"], concurrency=args.concurrency)
-            sequential = OpenAIModel("bench", base_urls=[f"{url}/v1"], concurrency=1)
-            concurrent.generate(chats[: args.concurrency], sampling)  # warm-up (not timed)
+    model = resolve_model(args.model, workdir)
+    server = start_poise(model, workdir, args.threads, args.max_batch, args.batch_window_ms)
+    url = server.url
+    try:
+        chats = prompts(args.requests)
+        sampling = Sampling(max_new_tokens=args.max_tokens)  # greedy
+        concurrent = OpenAIModel("bench", base_urls=[f"{url}/v1"], concurrency=args.concurrency)
+        sequential = OpenAIModel("bench", base_urls=[f"{url}/v1"], concurrency=1)
+        concurrent.generate(chats[: args.concurrency], sampling)  # warm-up (not timed)
 
-            calls_0 = health(url)["generate_calls"]
-            start = time.perf_counter()
-            batched_out = concurrent.generate(chats, sampling)
-            t_batched = time.perf_counter() - start
-            calls_1 = health(url)["generate_calls"]
-            start = time.perf_counter()
-            single_out = sequential.generate(chats, sampling)
-            t_single = time.perf_counter() - start
-            calls_2 = health(url)["generate_calls"]
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+        h0 = health(url)
+        start_time = time.perf_counter()
+        batched_out = concurrent.generate(chats, sampling)
+        t_batched = time.perf_counter() - start_time
+        h1 = health(url)
+        start_time = time.perf_counter()
+        single_out = sequential.generate(chats, sampling)
+        t_single = time.perf_counter() - start_time
+        h2 = health(url)
+    finally:
+        server.stop()
+
+    def work(before: dict[str, Any], after: dict[str, Any]) -> str:
+        if after.get("batching") == "continuous":
+            return f"{after['steps'] - before['steps']} engine steps"
+        return f"{after['generate_calls'] - before['generate_calls']} generate calls"
 
     k = args.requests
     rate_batched, rate_single = k / t_batched, k / t_single
     tokens = sum(c.num_tokens for row in batched_out for c in row)
     print(f"model: {args.model if model == args.model else model + ' (fallback)'}")
-    threads = args.threads or "torch default"
+    print(f"batching: {h2.get('batching', 'batch')}")
     print(
         f"{k} greedy requests, max_tokens={args.max_tokens}, {tokens} completion tokens, "
-        f"server threads: {threads}"
+        f"server threads: {args.threads or 'torch default'}"
     )
     print(
         f"(a) {args.concurrency} concurrent clients: {rate_batched:7.2f} req/s "
-        f"({t_batched:6.2f} s, {calls_1 - calls_0} generate calls)"
+        f"({t_batched:6.2f} s, {work(h0, h1)})"
     )
-    print(
-        f"(b) one at a time:        {rate_single:7.2f} req/s "
-        f"({t_single:6.2f} s, {calls_2 - calls_1} generate calls)"
-    )
+    print(f"(b) one at a time:        {rate_single:7.2f} req/s ({t_single:6.2f} s, {work(h1, h2)})")
     print(f"ratio (a)/(b): {rate_batched / rate_single:.2f}x (goal >= 4x)")
     same = [[c.text for c in r] for r in batched_out] == [[c.text for c in r] for r in single_out]
     print(f"identical completions in both phases: {'yes' if same else 'NO'}")
-    reproduce = ["python", "benchmarks/serve_throughput.py", "--model", args.model,
-                 "--requests", str(k), "--concurrency", str(args.concurrency),
-                 "--max-tokens", str(args.max_tokens), "--max-batch", str(args.max_batch),
-                 "--batch-window-ms", str(args.batch_window_ms),
-                 "--threads", str(args.threads)]  # fmt: skip
-    print(f"reproduce: {shlex.join(reproduce)}")
+
+
+def mode_latency(args: argparse.Namespace, workdir: Path) -> None:
+    folder = build_llama_90m(workdir / "llama-90m")
+    server = start_poise(str(folder), workdir, args.threads)
+    chat = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    rows: list[tuple[Answer, Answer]] = []
+    try:
+        print(f"batching: {health(server.url).get('batching', 'batch')}")
+
+        async def one_round() -> tuple[Answer, Answer]:
+            async with httpx.AsyncClient(timeout=600) as client:
+                whole = await plain(client, server, chat, args.max_tokens)
+                stream = await streamed(client, server, chat, args.max_tokens)
+            return whole, stream
+
+        asyncio.run(one_round())  # warm-up (not counted)
+        for _ in range(args.repeats):
+            rows.append(asyncio.run(one_round()))
+    finally:
+        server.stop()
+
+    print(
+        f"one streamed greedy request at a time, max_tokens={args.max_tokens}, threads {args.threads}"
+    )
+    shares = []
+    for i, (whole, stream) in enumerate(rows):
+        assert stream.first_chunk_s is not None, "the stream sent no content"
+        share = stream.first_chunk_s / stream.total_s
+        shares.append(share)
+        print(
+            f"  round {i + 1}: {stream.tokens} tokens; first content chunk {stream.first_chunk_s:.3f} s "
+            f"of {stream.total_s:.3f} s = {share:.1%}; non-streamed {whole.total_s:.3f} s; "
+            f"streamed text == non-streamed text: {'yes' if stream.text == whole.text else 'NO'}"
+        )
+    share = statistics.median(shares)
+    same = all(stream.text == whole.text for whole, stream in rows)
+    full = all(stream.tokens == args.max_tokens for _, stream in rows)
+    print(f"median share: {share:.1%} (goal <= 25%: {'met' if share <= 0.25 else 'NOT met'})")
+    print(f"streamed text == non-streamed text in every round: {'yes' if same else 'NO'}")
+    if not full:
+        print(f"note: an answer ended before {args.max_tokens} tokens (the model chose EOS)")
+    if not same or share > 0.25:
+        raise SystemExit(1)
+
+
+def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
+    folder = str(build_llama_90m(workdir / "llama-90m"))
+    chats = prompts(args.requests)
+    warm = prompts(args.concurrency)
+    results: dict[str, list[tuple[list[Answer], float]]] = {"poise": [], "transformers": []}
+    sides = ["poise", "transformers"]
+    for repeat in range(args.repeats):
+        for side in sides if repeat % 2 == 0 else sides[::-1]:
+            server = (
+                start_poise(folder, workdir, args.threads, args.max_batch, args.batch_window_ms)
+                if side == "poise"
+                else start_transformers(folder, workdir, args.threads)
+            )
+            try:
+                asyncio.run(load(server, warm, args.concurrency, args.max_tokens))  # warm-up
+                answers, wall = asyncio.run(load(server, chats, args.concurrency, args.max_tokens))
+            finally:
+                server.stop()
+            tokens = sum(a.tokens for a in answers)
+            ttft = [a.first_chunk_s for a in answers if a.first_chunk_s is not None]
+            print(
+                f"  {side:12s} repeat {repeat + 1}: {wall:6.2f} s, {tokens} tokens, "
+                f"{tokens / wall:7.1f} tokens/s, TTFT median {statistics.median(ttft):.2f} s, "
+                f"p90 {quantile(ttft, 0.9):.2f} s"
+            )
+            results[side].append((answers, wall))
+
+    def summary(side: str) -> tuple[float, float, float]:
+        rates, medians, p90s = [], [], []
+        for answers, wall in results[side]:
+            rates.append(sum(a.tokens for a in answers) / wall)
+            ttft = [a.first_chunk_s for a in answers if a.first_chunk_s is not None]
+            medians.append(statistics.median(ttft))
+            p90s.append(quantile(ttft, 0.9))
+        return statistics.median(rates), statistics.median(medians), statistics.median(p90s)
+
+    ours, theirs = summary("poise"), summary("transformers")
+    print(
+        f"{args.requests} streamed greedy requests, {args.concurrency} concurrent clients, "
+        f"max_tokens={args.max_tokens}, server threads {args.threads}, medians of {args.repeats}"
+    )
+    print("| side | tokens/s | TTFT median | TTFT p90 |")
+    print("|---|---|---|---|")
+    for side, (rate, median, p90) in (("poise serve", ours), ("transformers serve --cb", theirs)):
+        print(f"| {side} | {rate:.1f} | {median:.2f} s | {p90:.2f} s |")
+    ratio = ours[0] / theirs[0]
+    print(
+        f"throughput poise / transformers: {ratio:.2f}x (goal >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})"
+    )
+    print(
+        f"TTFT median poise / transformers: {ours[1] / theirs[1]:.2f}x "
+        f"(goal <= 1.0x: {'met' if ours[1] <= theirs[1] else 'NOT met'})"
+    )
+    ours_text = [a.text for a in results["poise"][0][0]]
+    theirs_text = [a.text for a in results["transformers"][0][0]]
+    agree = sum(a == b for a, b in zip(ours_text, theirs_text, strict=True))
+    print(f"greedy texts identical between the servers: {agree} of {len(ours_text)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--mode", choices=["batching", "latency", "transformers"], default="batching"
+    )
+    parser.add_argument("--model", default="organism", help="model spec to serve (batching mode)")
+    parser.add_argument("--requests", type=int, default=128, help="K: requests per phase")
+    parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="default: 48, 96 or 64 by mode"
+    )
+    parser.add_argument("--max-batch", type=int, default=32)
+    parser.add_argument("--batch-window-ms", type=float, default=5.0)
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="default: 3 (latency), 1 (transformers)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the servers (OMP_NUM_THREADS); 0 = torch's default",
+    )
+    args = parser.parse_args()
+    if args.max_tokens is None:
+        args.max_tokens = {"batching": 48, "latency": 96, "transformers": 64}[args.mode]
+    if args.repeats is None:
+        args.repeats = 3 if args.mode == "latency" else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        {"batching": mode_batching, "latency": mode_latency, "transformers": mode_transformers}[
+            args.mode
+        ](args, Path(tmp))
+    print(f"reproduce: {shlex.join(['python', 'benchmarks/serve_throughput.py', *sys.argv[1:]])}")
 
 
 if __name__ == "__main__":

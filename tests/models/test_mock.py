@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 from poise.config import Sampling
-from poise.models.base import Chat, LanguageModel
-from poise.models.mock import MockModel, last_user_message
+from poise.models.base import Chat, LanguageModel, StreamEvent
+from poise.models.mock import MockEngine, MockModel, last_user_message
 
 
 def user(text: str) -> Chat:
@@ -78,3 +78,70 @@ def test_score_is_minus_one_per_token_or_not_implemented() -> None:
         MockModel(scores=False).score([user("q")], ["a"])
     with pytest.raises(ValueError):
         model.score([user("q")], [])
+
+
+def run_engine(engine: MockEngine, steps: int | None = None) -> list[StreamEvent]:
+    events: list[StreamEvent] = []
+    while not engine.idle and (steps is None or steps > 0):
+        events += engine.step()
+        steps = None if steps is None else steps - 1
+    return events
+
+
+def texts_by_row(events: list[StreamEvent]) -> dict[tuple[object, int], str]:
+    out: dict[tuple[object, int], str] = {}
+    for event in events:
+        out[event.key, event.sample_index] = out.get((event.key, event.sample_index), "") + (
+            event.text
+        )
+    return out
+
+
+def test_engine_completions_equal_generate_and_stream_a_token_per_step() -> None:
+    model = MockModel(
+        responses={"a": "one two three four five", "b": ["x y", "p q r stop s t"]},
+        default="fine",
+    )
+    assert model.capabilities.engine and model.capabilities.stream
+    chats = [[{"role": "user", "content": text}] for text in ("a", "b", "c")]
+    for sampling in (
+        Sampling(),
+        Sampling(max_new_tokens=3),
+        Sampling(temperature=1.0, n=3, seed=1, stop=("stop",)),
+    ):
+        engine = model.engine()
+        for key, chat in enumerate(chats):
+            engine.add(key, chat, sampling)
+        events = run_engine(engine)
+        expected = model.generate(chats, sampling)
+        finished = {(e.key, e.sample_index): e.completion for e in events if e.finished}
+        for key, row in enumerate(expected):
+            for sample, completion in enumerate(row):
+                assert finished[key, sample] == completion
+                assert texts_by_row(events)[key, sample] == completion.text
+        # One token per row per step: the longest row sets the number of steps.
+        assert engine.steps == max(max(c.num_tokens for c in row) for row in expected)
+        streamed = list(model.stream(chats, sampling))
+        assert texts_by_row(streamed) == texts_by_row(events)
+
+
+def test_engine_admits_rows_between_steps_and_cancels() -> None:
+    model = MockModel(responses={"long": " ".join(f"w{i}" for i in range(10)), "short": "a b"})
+    engine = model.engine()
+    engine.add("first", [{"role": "user", "content": "long"}], Sampling())
+    run_engine(engine, steps=3)
+    engine.add("second", [{"role": "user", "content": "short"}], Sampling())
+    engine.add("gone", [{"role": "user", "content": "long"}], Sampling())
+    assert engine.added_at == {"first": 0, "second": 3, "gone": 3}
+    events = engine.step()
+    assert {e.key for e in events} == {"first", "second", "gone"}
+    engine.cancel("gone")
+    done: dict[object, int] = {}
+    while not engine.idle:
+        for event in engine.step():
+            assert event.key != "gone"
+            if event.finished:
+                done[event.key] = engine.steps
+    assert engine.cancelled == ["gone"]
+    assert done == {"second": 5, "first": 10}  # "second" finished while "first" was decoding
+    assert engine.idle and engine.step() == []

@@ -34,7 +34,8 @@ def last_user(chat: Chat) -> str:
 
 
 class EchoModel(ModelBase):
-    """A deterministic LanguageModel whose replies show what the server asked of it.
+    """A deterministic LanguageModel whose replies show what the server asked of it. It has
+    no engine and does not stream: the server's fallback path.
 
     A reply is ``words`` pseudo-random words derived from the last user message and, when
     sampling, from the seed and the sample index (greedy replies ignore both), cut at
@@ -42,7 +43,7 @@ class EchoModel(ModelBase):
     Records every call and the most calls that ever ran at once.
     """
 
-    capabilities = Capabilities(score=True)
+    capabilities = Capabilities()
 
     def __init__(self, name: str = "echo", *, words: int = 6, delay: float = 0.0) -> None:
         self.name = name

@@ -15,9 +15,15 @@ def register(app: typer.Typer) -> None:
         ),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
         port: int = typer.Option(8000, "--port", help="TCP port."),
-        max_batch: int = typer.Option(32, "--max-batch", help="Most chats in one generate call."),
+        max_batch: int = typer.Option(
+            32,
+            "--max-batch",
+            help="Most rows decoding together (continuous batching) or chats in one generate call.",
+        ),
         batch_window_ms: float = typer.Option(
-            5.0, "--batch-window-ms", help="How long a batch waits for more requests (ms)."
+            5.0,
+            "--batch-window-ms",
+            help="How long an idle server waits for more requests before it starts (ms).",
         ),
         max_tokens_limit: int = typer.Option(
             2048, "--max-tokens-limit", help="Largest max_tokens a request may ask for."

@@ -8,16 +8,31 @@ so a test can assert that a cache answered instead::
     model = MockModel(responses={"hi": "hello", "joke": ["a", "b"]}, default="I can't help.")
     model.generate([[{"role": "user", "content": "hi"}]], Sampling())  # [[Completion("hello", ...)]]
     model.calls, model.generated  # 1, 1
+
+It also declares the ``stream`` and ``engine`` capabilities: ``engine()`` returns a
+:class:`MockEngine`, a continuous batch that emits each row's reply one token per step, so the
+server's continuous batching and streaming can be tested without weights. Its completions equal
+``generate``'s.
 """
 
 from __future__ import annotations
 
 import re
+import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from poise.config import Sampling
-from poise.models.base import Capabilities, Chat, Completion, FinishReason, ModelBase, TokenLogprobs
+from poise.models.base import (
+    Capabilities,
+    Chat,
+    Completion,
+    FinishReason,
+    ModelBase,
+    StreamEvent,
+    TokenLogprobs,
+)
 
 Script = Mapping[str, str | Sequence[str]] | Callable[[Chat, int], str]
 
@@ -47,6 +62,10 @@ class MockModel(ModelBase):
     ``prompts`` records every chat sent to ``generate`` (in order), so tests can see cache hits.
     ``score`` returns -1.0 per whitespace token of the continuation, or raises
     ``NotImplementedError`` when ``scores=False`` (like an endpoint without log-probs).
+
+    ``engine()`` returns a fresh :class:`MockEngine` (``engines`` lists those made);
+    ``step_delay`` seconds of sleep per engine step stand in for a forward pass. ``stream``
+    runs a private engine to completion, so streamed text is the engine's.
     """
 
     def __init__(
@@ -57,13 +76,16 @@ class MockModel(ModelBase):
         *,
         scores: bool = True,
         default_system_prompt: str | None = None,
+        step_delay: float = 0.0,
     ) -> None:
         self.name = name
         self.responses = responses
         self.default = default
         self.scores = scores
-        self.capabilities = Capabilities(score=scores)
+        self.capabilities = Capabilities(score=scores, stream=True, engine=True)
         self.default_system_prompt = default_system_prompt
+        self.step_delay = step_delay
+        self.engines: list[MockEngine] = []
         self.calls = 0
         self.generated = 0
         self.score_calls = 0
@@ -103,6 +125,20 @@ class MockModel(ModelBase):
         if progress is not None and chats:
             progress(len(chats))
         return results
+
+    def engine(self) -> MockEngine:
+        """A new continuous batch over this model."""
+        engine = MockEngine(self)
+        self.engines.append(engine)
+        return engine
+
+    def stream(self, chats: Sequence[Chat], sampling: Sampling) -> Iterator[StreamEvent]:
+        """Each row's text a token at a time (a private engine run to completion)."""
+        engine = MockEngine(self)
+        for index, chat in enumerate(chats):
+            engine.add(index, chat, sampling)
+        while not engine.idle:
+            yield from engine.step()
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
         if not self.scores:
@@ -145,3 +181,76 @@ def _shape(text: str, sampling: Sampling) -> Completion:
         finish_reason=finish,
         token_logprobs=tuple(-1.0 for _ in tokens),
     )
+
+
+@dataclass
+class _MockRow:
+    key: Hashable
+    sample_index: int
+    pieces: list[str]  # the completion's tokens, emitted one per step
+    completion: Completion
+    emitted: int = 0
+
+
+class MockEngine:
+    """A continuous batch over a :class:`MockModel` (the ``Engine`` protocol).
+
+    ``add`` computes each row's completion as ``MockModel.generate`` would (same reply, seed,
+    stop strings and token limit) and queues it; every ``step`` emits one more token of every
+    live row, the row's last event carrying its completion. A row added between two steps joins
+    at the next one, like a real engine's prefill at a step boundary. ``steps`` counts steps,
+    ``added_at[key]`` records how many steps had run when ``key`` was added (so tests can prove
+    that a request joined a running batch), ``samplings[key]`` what it was added with and
+    ``cancelled`` the keys cancelled while they had rows.
+    """
+
+    def __init__(self, model: MockModel) -> None:
+        self.model = model
+        self.rows: list[_MockRow] = []
+        self.steps = 0
+        self.added_at: dict[Hashable, int] = {}
+        self.samplings: dict[Hashable, Sampling] = {}
+        self.cancelled: list[Hashable] = []
+
+    def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None:
+        if any(row.key == key for row in self.rows):
+            raise ValueError(f"key {key!r} is already in the batch")
+        rows = []
+        for sample in range(sampling.n):
+            # The reply is computed first, so a scripted failure fails the add, not a step.
+            completion = _shape(self.model.reply(chat, sample, sampling.seed), sampling)
+            rows.append(_MockRow(key, sample, _TOKEN.findall(completion.text), completion))
+        self.rows.extend(rows)
+        self.added_at[key] = self.steps
+        self.samplings[key] = sampling
+
+    def cancel(self, key: Hashable) -> None:
+        before = len(self.rows)
+        self.rows = [row for row in self.rows if row.key != key]
+        if len(self.rows) != before:
+            self.cancelled.append(key)
+
+    def step(self) -> list[StreamEvent]:
+        if not self.rows:
+            return []
+        if self.model.step_delay:
+            time.sleep(self.model.step_delay)
+        self.steps += 1
+        events: list[StreamEvent] = []
+        live: list[_MockRow] = []
+        for row in self.rows:
+            # An empty completion still takes one step to report.
+            text = row.pieces[row.emitted] if row.emitted < len(row.pieces) else ""
+            row.emitted += 1
+            done = row.emitted >= len(row.pieces)
+            events.append(
+                StreamEvent(row.key, row.sample_index, text, row.completion if done else None)
+            )
+            if not done:
+                live.append(row)
+        self.rows = live
+        return events
+
+    @property
+    def idle(self) -> bool:
+        return not self.rows

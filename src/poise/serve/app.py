@@ -1,8 +1,11 @@
 """``poise serve``: an OpenAI-compatible HTTP server over any ``LanguageModel``.
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (with
-``stream: true`` answered as server-sent events). Concurrent requests are batched into
-``generate`` calls by :class:`~poise.serve.batcher.Batcher`. Every refused request gets an
+``stream: true`` answered as server-sent events). A model with the ``engine`` capability is
+served by continuous batching (:class:`~poise.serve.continuous.ContinuousBatcher`): requests join
+the running batch at the next decoding step and a stream sends each token's text as soon as it is
+decoded. Other models are served by :class:`~poise.serve.batcher.Batcher`, which batches
+concurrent requests into ``generate`` (or ``stream``) calls. Every refused request gets an
 OpenAI-style JSON error (400 for a malformed request, 404 for an unknown model or route);
 an unexpected failure is logged and answered with a 500 JSON error, and the server keeps going.
 
@@ -21,11 +24,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -33,9 +35,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
+from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion, LanguageModel
-from poise.serve.batcher import Batcher, Generation
+from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
+from poise.serve.batcher import Batcher, text_pieces
+from poise.serve.continuous import ContinuousBatcher
 from poise.serve.schema import (
     ChatRequest,
     RequestError,
@@ -44,41 +48,78 @@ from poise.serve.schema import (
     error_from_details,
     parse_request,
 )
+from poise.serve.ticket import Generation, Ticket
+
+__all__ = ["check_port", "create_app", "prompt_token_counter", "serve", "text_pieces"]
 
 logger = logging.getLogger(__name__)
 
-# A streamed completion is cut into word-sized pieces: each piece is a run of whitespace and the
-# following word, so the pieces concatenate to the text exactly.
-_PIECE = re.compile(r"\s*\S+|\s+")
 _FINISH_REASONS = {"stop": "stop", "length": "length", "guard": "content_filter"}
+T = TypeVar("T")
+
+
+class Scheduler(Protocol):
+    """What the handlers need of a batcher (both batchers implement it)."""
+
+    @property
+    def pending(self) -> int: ...
+
+    @property
+    def running(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> Ticket: ...
 
 
 class ServerState:
-    """What the handlers share: the model, its batcher and a few live counters."""
+    """What the handlers share: the model, its scheduler and a few live counters."""
 
     def __init__(self, model: LanguageModel, config: ServeConfig) -> None:
         self.model = model
         self.config = config
-        self.batcher = Batcher(
-            model,
-            max_batch=config.max_batch,
-            window_s=config.batch_window_ms / 1000.0,
-            count_prompt_tokens=prompt_token_counter(model),
-        )
+        self.scheduler: Scheduler
+        if model.capabilities.engine:
+            self.scheduler = ContinuousBatcher(
+                model,
+                max_rows=config.max_batch,
+                window_s=config.batch_window_ms / 1000.0,
+                count_prompt_tokens=prompt_token_counter(model),
+            )
+        else:
+            self.scheduler = Batcher(
+                model,
+                max_batch=config.max_batch,
+                window_s=config.batch_window_ms / 1000.0,
+                count_prompt_tokens=prompt_token_counter(model),
+            )
         self.streams = 0  # streaming responses being written
-        self.waiting = 0  # handlers waiting for their generation
+        self.waiting = 0  # handlers waiting for their generation (or its first event)
         self.created = int(time.time())
 
     def health(self) -> dict[str, Any]:
+        scheduler = self.scheduler
+        continuous = isinstance(scheduler, ContinuousBatcher)
+        steps = scheduler.steps if isinstance(scheduler, ContinuousBatcher) else 0
+        calls, chats = (
+            (scheduler.generate_calls, scheduler.generated_chats)
+            if isinstance(scheduler, Batcher)
+            else (0, 0)
+        )
         return {
             "status": "ok",
             "model": self.config.name,
-            "pending": self.batcher.pending,
-            "running": self.batcher.running,
+            # "continuous" (an engine stepped by one worker) or "batch" (generate calls)
+            "batching": "continuous" if continuous else "batch",
+            "pending": scheduler.pending,
+            "running": scheduler.running,
             "waiting": self.waiting,
             "streams": self.streams,
-            "generate_calls": self.batcher.generate_calls,
-            "generated_chats": self.batcher.generated_chats,
+            "steps": steps,
+            "generate_calls": calls,
+            "generated_chats": chats,
             # asyncio tasks alive in the server's loop (this request's included): returns to its
             # idle value when no request is in flight, so a leak shows.
             "tasks": len(asyncio.all_tasks()),
@@ -92,11 +133,11 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await state.batcher.start()
+        await state.scheduler.start()
         try:
             yield
         finally:
-            await state.batcher.stop()
+            await state.scheduler.stop()
 
     app = FastAPI(title="poise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.poise = state
@@ -122,13 +163,7 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
             parsed = parse_request(await request.body(), config)
             if parsed.model not in _accepted_names(state):
                 raise _unknown_model(parsed.model, state)
-            generation = await _generate_unless_gone(state, request, parsed)
-            if generation is None:
-                # Nobody is listening any more; this response is never read.
-                return Response(status_code=499)
-            if parsed.stream:
-                return _TrackedStream(state, _sse_events(state, parsed, generation))
-            return JSONResponse(_completion_body(state, parsed, generation))
+            return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
         except PoiseError as exc:
@@ -201,30 +236,54 @@ def check_port(host: str, port: int) -> None:
 # -- request handling -------------------------------------------------------------------------------
 
 
-async def _generate_unless_gone(
-    state: ServerState, request: Request, parsed: ChatRequest
-) -> Generation | None:
-    """Queue the request and wait for its generation; ``None`` if the client disconnected first
-    (the request is then withdrawn from the queue, so nothing is generated for it)."""
-    future = state.batcher.submit(parsed.chat, parsed.sampling, seeded=parsed.seeded)
+class _Gone(Exception):
+    """The client disconnected while its handler waited."""
+
+
+async def _answer(state: ServerState, request: Request, parsed: ChatRequest) -> Response:
+    """Open the request's ticket; a plain response waits for every row, a stream for the first
+    events only (so that a request the model refuses still gets an error status), then sends the
+    rest as they are decoded. A client that leaves cancels its rows."""
+    ticket = state.scheduler.open(parsed.chat, parsed.sampling, seeded=parsed.seeded)
+    handed_over = False
+    try:
+        if not parsed.stream:
+            generation = await _unless_gone(state, request, ticket.generation())
+            return JSONResponse(_completion_body(state, parsed, generation))
+        events = ticket.events()
+        first = await _unless_gone(state, request, _first_event(events))
+        handed_over = True
+        return _TrackedStream(state, _sse_events(state, parsed, ticket, first, events))
+    except _Gone:
+        # Nobody is listening any more; this response is never read.
+        return Response(status_code=499)
+    finally:
+        if not handed_over:
+            ticket.cancel()  # no-op for a finished ticket
+
+
+async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
+    return await anext(events, None)
+
+
+async def _unless_gone(state: ServerState, request: Request, waiting: Awaitable[T]) -> T:
+    """``await waiting``, unless the client disconnects first (then :class:`_Gone`)."""
+    task: asyncio.Future[T] = asyncio.ensure_future(waiting)
     watcher: asyncio.Future[None] = asyncio.ensure_future(_wait_for_disconnect(request))
     state.waiting += 1
     try:
-        waits: set[asyncio.Future[Any]] = {future, watcher}
+        waits: set[asyncio.Future[Any]] = {task, watcher}
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
         state.waiting -= 1
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        if not future.done():
-            future.cancel()
-    if future.cancelled():
-        return None
-    exc = future.exception()
-    if exc is not None:
-        raise exc
-    return future.result()
+        for future in (watcher, task):
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await future
+    if task.cancelled():
+        raise _Gone
+    return task.result()
 
 
 async def _wait_for_disconnect(request: Request) -> None:
@@ -295,26 +354,26 @@ def _completion_body(
 # -- streaming --------------------------------------------------------------------------------------
 
 
-def text_pieces(text: str) -> list[str]:
-    """``text`` cut into word-sized pieces whose concatenation is ``text``."""
-    return _PIECE.findall(text)
-
-
 async def _sse_events(
-    state: ServerState, parsed: ChatRequest, generation: Generation
+    state: ServerState,
+    parsed: ChatRequest,
+    ticket: Ticket,
+    first: StreamEvent | None,
+    events: AsyncIterator[StreamEvent],
 ) -> AsyncIterator[bytes]:
-    """The completions as server-sent events.
+    """The request's events as server-sent events, in OpenAI's streaming protocol: a role delta
+    per choice, a content delta per event (a token's text from an engine or a streaming model,
+    a word-sized piece of the finished text from a model that can only ``generate``), a chunk
+    with each choice's ``finish_reason``, the usage if asked for, ``data: [DONE]``.
 
-    ``LanguageModel.generate`` returns whole completions, so this streams the finished text in
-    word-sized chunks: a client sees OpenAI's streaming protocol (a role delta, content deltas,
-    a final chunk with ``finish_reason``, ``data: [DONE]``) but not earlier tokens. Token-level
-    streaming needs a streaming generate in the model protocol (later, for guards).
+    A failure after the first event can no longer change the status: it is sent as an
+    ``error`` object (as vLLM does) and the stream ends without ``[DONE]``.
     """
     completion_id = _completion_id()
     created = int(time.time())
 
-    def event(index: int, delta: dict[str, str], finish: str | None) -> bytes:
-        chunk = {
+    def chunk(index: int, delta: dict[str, str], finish: str | None) -> bytes:
+        body = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
@@ -323,26 +382,56 @@ async def _sse_events(
                 {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
             ],
         }
-        return b"data: " + json.dumps(chunk, ensure_ascii=False).encode("utf-8") + b"\n\n"
+        return _sse(body)
 
-    for index, completion in enumerate(generation.completions):
-        yield event(index, {"role": "assistant", "content": ""}, None)
-        for piece in text_pieces(completion.text):
-            yield event(index, {"content": piece}, None)
-            # Let other connections write between chunks.
-            await asyncio.sleep(0)
-        yield event(index, {}, _finish(completion))
-    if parsed.include_usage:
-        usage_chunk = {
-            "id": completion_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": state.config.name,
-            "choices": [],
-            "usage": _usage(generation),
-        }
-        yield b"data: " + json.dumps(usage_chunk).encode("utf-8") + b"\n\n"
-    yield b"data: [DONE]\n\n"
+    def for_event(event: StreamEvent) -> bytes:
+        out = b""
+        if event.text:
+            out += chunk(event.sample_index, {"content": event.text}, None)
+        if event.completion is not None:
+            out += chunk(event.sample_index, {}, _finish(event.completion))
+        return out
+
+    try:
+        yield b"".join(
+            chunk(i, {"role": "assistant", "content": ""}, None) for i in range(ticket.n)
+        )
+        if first is not None:
+            yield for_event(first)
+        try:
+            async for event in events:
+                piece = for_event(event)
+                if piece:
+                    yield piece
+        except Exception as exc:
+            logger.exception("a streamed generation failed after its first event")
+            yield _sse(
+                error_body(
+                    str(exc) if isinstance(exc, PoiseError) else "internal server error",
+                    type="server_error",
+                    code="internal_error",
+                )
+            )
+            return
+        if parsed.include_usage:
+            yield _sse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": state.config.name,
+                    "choices": [],
+                    "usage": _usage(ticket.result()),
+                }
+            )
+        yield b"data: [DONE]\n\n"
+    finally:
+        ticket.cancel()  # a client that left mid-stream: its rows stop decoding
+        await events.aclose()  # type: ignore[attr-defined]
+
+
+def _sse(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n"
 
 
 def _finish(completion: Completion) -> str:

@@ -1,4 +1,8 @@
-"""Collect concurrent requests into batched ``generate`` calls.
+"""Collect concurrent requests into batched ``generate`` calls (models without an engine).
+
+Models with the ``engine`` capability are served by continuous batching instead
+(:mod:`poise.serve.continuous`); this batcher serves the others (the openai backend, wrappers
+that cannot step).
 
 A ``LanguageModel`` is batch-first: one call over 32 chats costs little more than one over a
 single chat. The server therefore never calls the model per request. Requests wait in a queue
@@ -16,6 +20,10 @@ a seed, or greedy) are generated once and the result shared.
 
 A request whose client went away before its batch ran is dropped from the queue (its future is
 cancelled), so no generation is wasted on it.
+
+Streaming. :meth:`Batcher.open` answers with a :class:`~poise.serve.ticket.Ticket`. For a model
+with the ``stream`` capability the call is ``model.stream`` and each row's text reaches its
+tickets as it is decoded; otherwise the finished text is cut into word-sized events.
 """
 
 from __future__ import annotations
@@ -25,24 +33,41 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import secrets
+import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from poise.config import Sampling
-from poise.models.base import Chat, Completion, LanguageModel
+from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
+from poise.serve.ticket import Generation, Ticket, fresh_seed
+
+__all__ = ["Batcher", "Generation", "fresh_seed", "text_pieces"]
 
 logger = logging.getLogger(__name__)
 
+# A finished text is streamed in word-sized pieces: each piece is a run of whitespace and the
+# following word, so the pieces concatenate to the text exactly.
+_PIECE = re.compile(r"\s*\S+|\s+")
 
-@dataclass(frozen=True)
-class Generation:
-    """The answer to one request: ``sampling.n`` completions and the prompt's token count
-    (``None`` where the model does not expose a tokenizer)."""
+# Receives a row's stream events (and the prompt's token count) in the event loop's thread.
+Listener = Callable[[Sequence[StreamEvent], "int | None"], None]
 
-    completions: list[Completion]
-    prompt_tokens: int | None
+
+def text_pieces(text: str) -> list[str]:
+    """``text`` cut into word-sized pieces whose concatenation is ``text``."""
+    return _PIECE.findall(text)
+
+
+def whole_text_events(completions: Sequence[Completion]) -> list[StreamEvent]:
+    """Finished completions as stream events, one per word-sized piece (for models that cannot
+    stream); the last event of each row carries its completion."""
+    events: list[StreamEvent] = []
+    for sample, completion in enumerate(completions):
+        pieces = text_pieces(completion.text) or [""]
+        events += [StreamEvent(0, sample, piece) for piece in pieces[:-1]]
+        events.append(StreamEvent(0, sample, pieces[-1], completion))
+    return events
 
 
 @dataclass(eq=False)
@@ -51,6 +76,7 @@ class _Queued:
     sampling: Sampling
     seeded: bool
     future: asyncio.Future[Generation]
+    listener: Listener | None = None
     chat_key: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,11 +89,6 @@ class _Queued:
         if self.seeded:
             return (True, self.sampling.key())
         return (False, self.sampling.model_copy(update={"seed": 0}).key())
-
-
-def fresh_seed() -> int:
-    """A random seed for a request that did not give one."""
-    return secrets.randbits(31)
 
 
 class Batcher:
@@ -127,17 +148,49 @@ class Batcher:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def submit(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> asyncio.Future[Generation]:
+    def submit(
+        self, chat: Chat, sampling: Sampling, *, seeded: bool, listener: Listener | None = None
+    ) -> asyncio.Future[Generation]:
         """Queue one chat; the future resolves to its :class:`Generation`.
 
-        Cancel the future to withdraw the request (a client that disconnected).
+        Cancel the future to withdraw the request (a client that disconnected). ``listener``,
+        for a model with the ``stream`` capability, receives the row's events as decoded.
         """
         if self._task is None or self._arrived is None:
             raise RuntimeError("the batcher is not started")
         future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(chat, sampling, seeded, future))
+        self._queue.append(_Queued(chat, sampling, seeded, future, listener))
         self._arrived.set()
         return future
+
+    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> Ticket:
+        """Queue one chat and answer with a :class:`Ticket` of its events (the server's common
+        interface with :class:`~poise.serve.continuous.ContinuousBatcher`)."""
+        streams = self.model.capabilities.stream
+        ticket = Ticket(sampling.n)
+        future = self.submit(
+            chat, sampling, seeded=seeded, listener=ticket.deliver if streams else None
+        )
+
+        def withdraw(_: Ticket) -> None:
+            future.cancel()
+
+        ticket.on_cancel = withdraw
+
+        def finished(done: asyncio.Future[Generation]) -> None:
+            if done.cancelled():
+                return
+            exc = done.exception()
+            if exc is not None:
+                ticket.fail(exc)
+                return
+            generation = done.result()
+            ticket.prompt_tokens = generation.prompt_tokens
+            if not streams:
+                ticket.deliver(whole_text_events(generation.completions))
+
+        future.add_done_callback(finished)
+        return ticket
 
     @property
     def pending(self) -> int:
@@ -220,11 +273,19 @@ class Batcher:
             if item.chat_key not in index:
                 index[item.chat_key] = len(chats)
                 chats.append(item.chat)
+        listeners: list[list[Listener]] = [[] for _ in chats]
+        for item in live:
+            if item.listener is not None:
+                listeners[index[item.chat_key]].append(item.listener)
         assert self._executor is not None
         loop = asyncio.get_running_loop()
         self.running = len(live)
+
+        def call() -> list[Generation]:
+            return self._call_model(chats, sampling, listeners, loop)
+
         try:
-            results = await loop.run_in_executor(self._executor, self._call_model, chats, sampling)
+            results = await loop.run_in_executor(self._executor, call)
         except Exception as exc:
             logger.exception("generate failed on a batch of %d chats", len(chats))
             for item in live:
@@ -239,18 +300,56 @@ class Batcher:
             if not item.future.done():
                 item.future.set_result(results[index[item.chat_key]])
 
-    def _call_model(self, chats: list[Chat], sampling: Sampling) -> list[Generation]:
+    def _call_model(
+        self,
+        chats: list[Chat],
+        sampling: Sampling,
+        listeners: list[list[Listener]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> list[Generation]:
         """Runs in the worker thread: the model and its tokenizer are only touched here."""
         logger.debug("generate: %d chats, %s", len(chats), sampling.key())
-        outputs = self.model.generate(chats, sampling)
+        prompt_tokens = [
+            self.count_prompt_tokens(chat) if self.count_prompt_tokens else None for chat in chats
+        ]
+        if self.model.capabilities.stream and any(listeners):
+            outputs = self._stream(chats, sampling, listeners, prompt_tokens, loop)
+        else:
+            outputs = self.model.generate(chats, sampling)
         if len(outputs) != len(chats):
             raise RuntimeError(
                 f"model {self.model.name!r} returned {len(outputs)} results for {len(chats)} chats"
             )
         return [
-            Generation(
-                completions=list(completions),
-                prompt_tokens=self.count_prompt_tokens(chat) if self.count_prompt_tokens else None,
-            )
-            for chat, completions in zip(chats, outputs, strict=True)
+            Generation(completions=list(completions), prompt_tokens=count)
+            for count, completions in zip(prompt_tokens, outputs, strict=True)
         ]
+
+    def _stream(
+        self,
+        chats: list[Chat],
+        sampling: Sampling,
+        listeners: list[list[Listener]],
+        prompt_tokens: list[int | None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> list[list[Completion]]:
+        """``model.stream`` over the batch, handing each event to its row's listeners."""
+
+        def hand_over(row: int, event: StreamEvent) -> None:
+            for listener in listeners[row]:
+                listener([event], prompt_tokens[row])
+
+        results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
+        # ``stream`` is declared by the ``stream`` capability, not by the protocol.
+        events: Iterator[StreamEvent] = self.model.stream(chats, sampling)  # type: ignore[attr-defined]
+        for event in events:
+            row = event.key  # the chat's index in ``chats``
+            assert isinstance(row, int)
+            if event.completion is not None:
+                results[row][event.sample_index] = event.completion
+            if listeners[row]:
+                loop.call_soon_threadsafe(hand_over, row, event)
+        complete = [[c for c in row if c is not None] for row in results]
+        if any(len(row) != sampling.n for row in complete):
+            raise RuntimeError(f"model {self.model.name!r} left rows of its stream unfinished")
+        return complete

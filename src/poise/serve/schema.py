@@ -27,9 +27,17 @@ class ServeConfig(StrictModel):
     )
     host: str = Field(default="127.0.0.1", description="interface to listen on")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port")
-    max_batch: int = Field(default=32, ge=1, le=4096, description="most chats in one generate call")
+    max_batch: int = Field(
+        default=32,
+        ge=1,
+        le=4096,
+        description="most rows decoding together (engine) or chats in one generate call",
+    )
     batch_window_ms: float = Field(
-        default=5.0, ge=0.0, le=10_000.0, description="how long a batch waits for more requests"
+        default=5.0,
+        ge=0.0,
+        le=10_000.0,
+        description="how long an idle server waits for more requests before it starts",
     )
     max_tokens_limit: int = Field(
         default=2048, ge=1, le=32768, description="largest max_tokens a request may ask for"

@@ -1,0 +1,266 @@
+"""Continuous batching: requests join a running batch at step boundaries.
+
+For a model with the ``engine`` capability the server runs one worker thread that owns
+``engine = model.engine()`` (an :class:`~poise.models.base.Engine`). Each turn of its loop it
+
+1. cancels the rows of requests whose clients went away,
+2. adds the requests that arrived since the last step (while fewer than ``max_rows`` rows are
+   decoding; the rest wait their turn), and
+3. calls ``engine.step()``, which prefills the new rows and advances every row by one token,
+   and hands the step's :class:`~poise.models.base.StreamEvent` s to the event loop in one
+   ``loop.call_soon_threadsafe`` call, which routes each to its request's
+   :class:`~poise.serve.ticket.Ticket`.
+
+So a request never waits for another to finish (only for the step in progress), and a streamed
+response gets each token's text as soon as it is decoded. The engine and the model's tokenizer
+are touched only in the worker thread.
+
+Seeds. A request with a seed is generated with exactly its ``Sampling`` (an engine seeds each
+row from the seed, the chat and the sample index, as ``generate`` does, so the answer does not
+depend on the rest of the batch). A request without one gets a fresh random seed of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from poise.config import Sampling
+from poise.models.base import Chat, Engine, LanguageModel, StreamEvent
+from poise.serve.ticket import Ticket, fresh_seed
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN = "the server is shutting down"
+
+
+@dataclass(eq=False)
+class _Request:
+    key: int
+    chat: Chat
+    sampling: Sampling
+    ticket: Ticket
+    rows_left: int = 0
+
+
+# What the worker hands the event loop: per ticket, its events of a step or its failure.
+_Delivery = tuple[Ticket, "Sequence[StreamEvent] | BaseException", "int | None"]
+
+
+class ContinuousBatcher:
+    """One worker thread stepping one engine; requests join at step boundaries.
+
+    Use from one event loop: ``await start()``, ``open(...)`` from request handlers (read or
+    cancel the returned ticket), ``await stop()`` at the end.
+    """
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        *,
+        max_rows: int = 32,
+        window_s: float = 0.005,
+        count_prompt_tokens: Callable[[Chat], int | None] | None = None,
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError("max_rows must be >= 1")
+        if not model.capabilities.engine:
+            raise ValueError(f"model {model.name!r} does not declare the engine capability")
+        self.model = model
+        self.max_rows = max_rows
+        self.window_s = max(0.0, window_s)
+        self.count_prompt_tokens = count_prompt_tokens
+        self._keys = itertools.count()
+        self._wake = threading.Condition()
+        # Guarded by _wake: what handlers asked for since the worker last looked.
+        self._arrivals: deque[_Request] = deque()
+        self._cancels: list[int] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Only in the event loop's thread: every ticket not yet done, by key.
+        self._open: dict[int, Ticket] = {}
+        # Written by the worker, read by /health.
+        self._waiting = 0  # requests the worker holds back (the engine has max_rows rows)
+        self.running = 0  # rows in the engine
+        self.steps = 0
+        self.admitted = 0
+        self.engine: Engine | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        # Made here, so that a model that cannot make one fails the server's start.
+        self.engine = self.model.engine()  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._work, name="poise-engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        """Stop the worker (after the step in progress); open requests fail with
+        ``RuntimeError``."""
+        if self._thread is None:
+            return
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        thread, self._thread = self._thread, None
+        await asyncio.to_thread(thread.join, 30.0)
+        for ticket in list(self._open.values()):
+            ticket.fail(RuntimeError(SHUTDOWN))
+        self._open.clear()
+
+    # -- API -------------------------------------------------------------------------------------
+
+    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> Ticket:
+        """Queue one request; its rows join the engine at the next step boundary."""
+        if self._thread is None:
+            raise RuntimeError("the batcher is not started")
+        if not seeded:
+            # Rows are seeded per (seed, chat, sample), so a seed of its own per request keeps
+            # two identical unseeded requests independent without costing any batching.
+            sampling = sampling.model_copy(update={"seed": fresh_seed()})
+        key = next(self._keys)
+        ticket = Ticket(sampling.n, on_cancel=lambda _: self._cancel(key))
+        self._open[key] = ticket
+        with self._wake:
+            self._arrivals.append(_Request(key, chat, sampling, ticket))
+            self._wake.notify()
+        return ticket
+
+    @property
+    def pending(self) -> int:
+        """Requests not yet added to the engine."""
+        return len(self._arrivals) + self._waiting
+
+    # -- the event loop's side -------------------------------------------------------------------
+
+    def _cancel(self, key: int) -> None:
+        self._open.pop(key, None)
+        with self._wake:
+            self._cancels.append(key)
+            self._wake.notify()
+
+    def _deliver(self, deliveries: list[_Delivery]) -> None:
+        for ticket, item, prompt_tokens in deliveries:
+            if isinstance(item, BaseException):
+                ticket.fail(item)
+            else:
+                ticket.deliver(item, prompt_tokens)
+        for key in [key for key, ticket in self._open.items() if ticket.done]:
+            del self._open[key]
+
+    # -- the worker thread -----------------------------------------------------------------------
+
+    def _post(self, deliveries: list[_Delivery]) -> None:
+        if not deliveries or self._loop is None:
+            return
+        # RuntimeError: the loop closed under a server that is going away.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._deliver, deliveries)
+
+    def _work(self) -> None:
+        assert self.engine is not None
+        live: dict[int, _Request] = {}
+        waiting: deque[_Request] = deque()
+        while True:
+            cancels = self._collect(waiting, idle=not live)
+            if cancels is None:
+                return
+            for key in cancels:
+                if key in live:
+                    self.engine.cancel(key)
+                    self.running -= live.pop(key).rows_left
+            if cancels:
+                dropped = set(cancels)
+                waiting = deque(r for r in waiting if r.key not in dropped)
+            deliveries: list[_Delivery] = []
+            while waiting and (not live or self.running + waiting[0].sampling.n <= self.max_rows):
+                request = waiting.popleft()
+                try:
+                    prompt_tokens = (
+                        self.count_prompt_tokens(request.chat) if self.count_prompt_tokens else None
+                    )
+                    self.engine.add(request.key, request.chat, request.sampling)
+                except Exception as exc:
+                    # A request the engine refuses (e.g. a prompt longer than the context)
+                    # fails alone.
+                    deliveries.append((request.ticket, exc, None))
+                    continue
+                request.rows_left = request.sampling.n
+                live[request.key] = request
+                self.running += request.sampling.n
+                self.admitted += 1
+                # The prompt's length rides with the request's first events.
+                deliveries.append((request.ticket, (), prompt_tokens))
+            self._waiting = len(waiting)
+            if live:
+                try:
+                    events = self.engine.step()
+                except Exception as exc:
+                    # The batch's state is unknown after a failed step: fail the requests in it
+                    # and start over with a fresh engine; waiting requests go on.
+                    logger.exception("an engine step failed; %d requests fail", len(live))
+                    deliveries.extend((r.ticket, exc, None) for r in live.values())
+                    live.clear()
+                    self.running = 0
+                    self._post(deliveries)
+                    self.engine = self.model.engine()  # type: ignore[attr-defined]
+                    continue
+                self.steps += 1
+                deliveries.extend(self._route(events, live))
+            self._post(deliveries)
+
+    def _route(self, events: Sequence[StreamEvent], live: dict[int, _Request]) -> list[_Delivery]:
+        by_key: dict[int, list[StreamEvent]] = {}
+        for event in events:
+            by_key.setdefault(event.key, []).append(event)  # type: ignore[arg-type]
+        out: list[_Delivery] = []
+        for key, mine in by_key.items():
+            request = live.get(key)
+            if request is None:
+                continue  # cancelled in the meantime
+            finished = sum(1 for event in mine if event.completion is not None)
+            request.rows_left -= finished
+            self.running -= finished
+            if request.rows_left <= 0:
+                del live[key]
+            out.append((request.ticket, mine, None))
+        return out
+
+    def _collect(self, waiting: deque[_Request], *, idle: bool) -> list[int] | None:
+        """New arrivals into ``waiting``; the keys to cancel; ``None`` when stopping. An idle
+        worker sleeps until a request arrives, then waits up to ``window_s`` for company so
+        that a burst of requests is prefilled together."""
+        with self._wake:
+            if idle and not waiting:
+                while not self._arrivals and not self._stopping:
+                    self._wake.wait()
+                if self.window_s and not self._stopping:
+                    deadline = _now() + self.window_s
+                    while (
+                        not self._stopping
+                        and sum(r.sampling.n for r in self._arrivals) < self.max_rows
+                        and (remaining := deadline - _now()) > 0
+                    ):
+                        self._wake.wait(remaining)
+            if self._stopping:
+                return None
+            waiting.extend(self._arrivals)
+            self._arrivals.clear()
+            cancels, self._cancels = self._cancels, []
+            return cancels
+
+
+def _now() -> float:
+    return time.monotonic()

@@ -1,0 +1,319 @@
+"""Continuous batching: the server over a model's engine (the mock engine here, the HF engine in
+``test_hf_engine.py``), in a thread of the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import httpx
+import pytest
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models.base import Capabilities, Chat, StreamEvent
+from poise.models.mock import MockEngine, MockModel
+
+from .helpers import ThreadServer, read_sse, stream_texts
+
+StartServer = Callable[..., ThreadServer]
+
+
+def chat(text: str) -> Chat:
+    return [{"role": "user", "content": text}]
+
+
+def words(count: int, tag: str = "w") -> str:
+    return " ".join(f"{tag}{i}" for i in range(count))
+
+
+def payload(server: ThreadServer, text: str, **fields: Any) -> dict[str, Any]:
+    return {"model": server.state.config.name, "messages": chat(text), **fields}
+
+
+def engine_of(server: ThreadServer) -> MockEngine:
+    engine = server.state.scheduler.engine
+    assert isinstance(engine, MockEngine)
+    return engine
+
+
+async def timed_stream(
+    client: httpx.AsyncClient, body: dict[str, Any], stop_after: int | None = None
+) -> tuple[list[tuple[float, dict[str, Any]]], bool]:
+    """The stream's chunks with their arrival times (perf_counter); whether [DONE] came."""
+    got: list[tuple[float, dict[str, Any]]] = []
+    lines: list[str] = []
+    async with client.stream("POST", "/chat/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200, await r.aread()
+        async for line in r.aiter_lines():
+            lines.append(line)
+            if line.startswith("data: {"):
+                chunks, _ = read_sse([line])
+                got.append((time.perf_counter(), chunks[0]))
+                if stop_after is not None and len(got) >= stop_after:
+                    return got, False
+    _, done = read_sse(lines)
+    return got, done
+
+
+def content_times(chunks: list[tuple[float, dict[str, Any]]]) -> list[float]:
+    return [t for t, c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
+
+
+def test_health_says_continuous(start_server: StartServer) -> None:
+    server = start_server(MockModel())
+    health = server.health()
+    assert health["batching"] == "continuous"
+    assert health["steps"] == 0
+
+
+def test_a_request_joins_the_running_batch(start_server: StartServer) -> None:
+    """ "short" arrives while "long" is mid-decode, finishes first, and the engine's step count
+    shows that it joined the running batch instead of waiting for "long" to end."""
+    model = MockModel(responses={"long": words(60), "short": words(4, "s")}, step_delay=0.02)
+    server = start_server(model)
+
+    async def main() -> tuple[list[tuple[float, dict[str, Any]]], float, str]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            long_task = asyncio.create_task(
+                timed_stream(client, payload(server, "long", max_tokens=100))
+            )
+            while server.health()["steps"] < 5:
+                await asyncio.sleep(0.01)
+            response = await client.post(
+                "/chat/completions", json=payload(server, "short", max_tokens=100)
+            )
+            short_done = time.perf_counter()
+            assert response.status_code == 200
+            chunks, done = await long_task
+            assert done
+            return chunks, short_done, response.json()["choices"][0]["message"]["content"]
+
+    chunks, short_done, short_text = asyncio.run(main())
+    assert short_text == words(4, "s")
+    engine = engine_of(server)
+    long_key, short_key = sorted(engine.added_at, key=engine.added_at.__getitem__)
+    # "short" was added mid-decode (not after "long"'s 60 steps), and both shared the steps.
+    assert engine.added_at[long_key] == 0
+    assert 5 <= engine.added_at[short_key] < 60 - 4
+    assert engine.steps == 60
+    # ... and its answer came back while "long" was still streaming.
+    assert short_done < content_times(chunks)[-1]
+    assert stream_texts([c for _, c in chunks])[0] == words(60)
+
+
+def test_stream_chunks_arrive_as_decoded(start_server: StartServer) -> None:
+    model = MockModel(responses={"long": words(40)}, step_delay=0.02)
+    server = start_server(model)
+
+    async def main() -> tuple[list[tuple[float, dict[str, Any]]], float]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            start = time.perf_counter()
+            chunks, done = await timed_stream(client, payload(server, "long", max_tokens=100))
+            assert done
+            return chunks, start
+
+    chunks, start = asyncio.run(main())
+    times = content_times(chunks)
+    assert len(times) == 40  # one content chunk per decoded token
+    total = times[-1] - start
+    assert total > 0.6  # 40 steps of 20 ms
+    # The first token arrives after about one step, not at the end.
+    assert times[0] - start < 0.25 * total
+    # Chunks are spread over the decode, not sent in one burst.
+    assert times[len(times) // 2] - start > 0.3 * total
+
+
+def test_streamed_equals_plain_and_generate_with_n(start_server: StartServer) -> None:
+    replies = [f"{words(3 + k, f'r{k}-')} stop {words(2)}" for k in range(5)]
+    model = MockModel(responses={"many": replies})
+    server = start_server(model)
+    fields = {"temperature": 1.0, "n": 4, "seed": 7, "max_tokens": 6, "stop": ["stop"]}
+    plain = httpx.post(
+        f"{server.base_url}/chat/completions", json=payload(server, "many", **fields), timeout=30
+    ).json()
+    sampling = Sampling(temperature=1.0, n=4, seed=7, max_new_tokens=6, stop=("stop",))
+    [expected] = model.generate([chat("many")], sampling)
+    assert [c["message"]["content"] for c in plain["choices"]] == [c.text for c in expected]
+    assert [c["finish_reason"] for c in plain["choices"]] == [c.finish_reason for c in expected]
+    assert plain["usage"]["completion_tokens"] == sum(c.num_tokens for c in expected)
+
+    async def main() -> list[tuple[float, dict[str, Any]]]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            body = payload(server, "many", stream_options={"include_usage": True}, **fields)
+            chunks, done = await timed_stream(client, body)
+            assert done
+            return chunks
+
+    chunks = [c for _, c in asyncio.run(main())]
+    assert stream_texts(chunks) == {i: c.text for i, c in enumerate(expected)}
+    finals = {
+        c["choices"][0]["index"]: c["choices"][0]["finish_reason"]
+        for c in chunks
+        if c["choices"] and c["choices"][0]["finish_reason"]
+    }
+    assert finals == {i: c["finish_reason"] for i, c in enumerate(plain["choices"])}
+    assert chunks[-1]["usage"] == plain["usage"]
+    # The four rows were decoded together: their chunks interleave.
+    order = [c["choices"][0]["index"] for c in chunks if c["choices"]]
+    assert order[4:8] == [0, 1, 2, 3]
+
+
+def test_unseeded_requests_get_their_own_seeds(start_server: StartServer) -> None:
+    model = MockModel(responses={"roll": [f"reply {k}" for k in range(1000)]})
+    server = start_server(model)
+    for seed in (None, None, None, 5, 5):
+        fields = {"temperature": 1.0} if seed is None else {"temperature": 1.0, "seed": seed}
+        response = httpx.post(
+            f"{server.base_url}/chat/completions", json=payload(server, "roll", **fields)
+        )
+        assert response.status_code == 200
+    seeds = [s.seed for s in engine_of(server).samplings.values()]
+    assert len(set(seeds[:3])) == 3 and seeds[3:] == [5, 5]
+
+
+def test_a_client_that_leaves_cancels_its_rows(start_server: StartServer) -> None:
+    model = MockModel(responses={"long": words(500)}, step_delay=0.01)
+    server = start_server(model)
+    baseline = server.health()["tasks"]
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            body = payload(server, "long", max_tokens=1000)
+            _, done = await timed_stream(client, body, stop_after=5)
+            assert not done
+            with pytest.raises(httpx.ReadTimeout):  # a plain request whose client gives up
+                await client.post("/chat/completions", json=body, timeout=0.3)
+
+    asyncio.run(main())
+    engine = engine_of(server)
+    deadline = time.monotonic() + 10
+    while len(engine.cancelled) < 2 or not engine.idle:
+        assert time.monotonic() < deadline, (engine.cancelled, engine.steps)
+        time.sleep(0.02)
+    assert engine.steps < 200  # far from the 500 tokens of either request
+    health = server.health()
+    while health["tasks"] > baseline or health["streams"] or health["waiting"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+        health = server.health()
+    assert health["running"] == health["pending"] == 0
+    assert (
+        httpx.post(f"{server.base_url}/chat/completions", json=payload(server, "x")).status_code
+        == 200
+    )
+
+
+def test_max_batch_caps_the_rows_decoded_together(start_server: StartServer) -> None:
+    model = MockModel(responses={"q": words(10)}, step_delay=0.005)
+    server = start_server(model, max_batch=4)
+
+    async def main() -> list[str]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            replies = await asyncio.gather(
+                *(client.post("/chat/completions", json=payload(server, "q")) for _ in range(10))
+            )
+            return [r.json()["choices"][0]["message"]["content"] for r in replies]
+
+    assert asyncio.run(main()) == [words(10)] * 10
+    # 10 requests of 10 tokens, at most 4 at a time: at least 3 rounds of 10 steps.
+    assert engine_of(server).steps >= 30
+
+
+class _Failing(MockModel):
+    """Refuses prompts with "LONG" (as a backend refuses a prompt longer than its context), fails
+    on "FAIL" when adding, and fails a whole step once a "CRASH" row is in the batch."""
+
+    def reply(self, chat: Chat, sample_index: int, seed: int = 0) -> str:
+        text = chat[-1]["content"]
+        if text.startswith("LONG"):
+            raise PoiseError("the prompt is longer than the context (512 tokens)")
+        if text.startswith("FAIL"):
+            raise RuntimeError("scripted failure")
+        return super().reply(chat, sample_index, seed)
+
+    def engine(self) -> MockEngine:
+        engine = _CrashingEngine(self)
+        self.engines.append(engine)
+        return engine
+
+
+class _CrashingEngine(MockEngine):
+    def __init__(self, model: MockModel) -> None:
+        super().__init__(model)
+        self.crash: set[Hashable] = set()
+
+    def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None:
+        super().add(key, chat, sampling)
+        if chat[-1]["content"] == "CRASH":
+            self.crash.add(key)
+
+    def step(self) -> list[StreamEvent]:
+        if self.crash:
+            raise RuntimeError("the step failed")
+        return super().step()
+
+
+def test_errors_keep_their_status_and_the_server_keeps_going(start_server: StartServer) -> None:
+    model = _Failing(responses={"ok": "fine thanks"})
+    server = start_server(model, max_tokens_limit=64)
+
+    def post(text: str, **fields: Any) -> httpx.Response:
+        return httpx.post(
+            f"{server.base_url}/chat/completions", json=payload(server, text, **fields), timeout=30
+        )
+
+    def post_stream(text: str) -> httpx.Response:
+        with httpx.stream(
+            "POST",
+            f"{server.base_url}/chat/completions",
+            json=payload(server, text, stream=True),
+            timeout=30,
+        ) as response:
+            response.read()
+            return response
+
+    assert post("ok", max_tokens=65).json()["error"]["param"] == "max_tokens"
+    for send in (post, post_stream):
+        refused = send("LONG prompt")
+        assert refused.status_code == 400
+        assert "longer than the context" in refused.json()["error"]["message"]
+        failed = send("FAIL now")
+        assert failed.status_code == 500
+        assert failed.json()["error"]["type"] == "server_error"
+        assert send("ok").status_code == 200
+    first_engine = engine_of(server)
+    crashed = post("CRASH")
+    assert crashed.status_code == 500
+    # A failed step fails the requests in it; a fresh engine serves the next ones.
+    assert post("ok").json()["choices"][0]["message"]["content"] == "fine thanks"
+    assert engine_of(server) is not first_engine
+    assert server.health()["running"] == 0
+
+
+def test_a_model_that_streams_without_an_engine_streams_through_the_batcher(
+    start_server: StartServer,
+) -> None:
+    class StreamOnly(MockModel):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.capabilities = Capabilities(stream=True)
+
+    model = StreamOnly(responses={"long": words(30)}, step_delay=0.03)
+    server = start_server(model)
+    assert server.health()["batching"] == "batch"
+
+    async def main() -> tuple[list[tuple[float, dict[str, Any]]], float]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            start = time.perf_counter()
+            chunks, done = await timed_stream(client, payload(server, "long", max_tokens=50))
+            assert done
+            return chunks, start
+
+    chunks, start = asyncio.run(main())
+    times = content_times(chunks)
+    assert stream_texts([c for _, c in chunks])[0] == words(30)
+    assert times[0] - start < 0.5 * (times[-1] - start)  # streamed, not the finished text
+    assert server.health()["generate_calls"] == 1
