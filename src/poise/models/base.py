@@ -181,6 +181,12 @@ class LanguageModel(Protocol):
         ``NotImplementedError``."""
         ...
 
+    def stream(self, chats: Sequence[Chat], sampling: Sampling) -> Iterator[StreamEvent]:
+        """Each row's text as it is decoded (``StreamEvent.key`` is the chat's index); the row's
+        event texts join to its ``generate`` text. A model without ``capabilities.stream``
+        yields each row once, after generating it (``ModelBase.stream``)."""
+        ...
+
 
 class ModelBase:
     """Defaults of the declarations of :class:`LanguageModel`, for backends to inherit."""

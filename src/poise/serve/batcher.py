@@ -340,8 +340,7 @@ class Batcher:
                 listener([event], prompt_tokens[row])
 
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
-        # ``stream`` is declared by the ``stream`` capability, not by the protocol.
-        events: Iterator[StreamEvent] = self.model.stream(chats, sampling)  # type: ignore[attr-defined]
+        events: Iterator[StreamEvent] = self.model.stream(chats, sampling)
         for event in events:
             row = event.key  # the chat's index in ``chats``
             assert isinstance(row, int)
