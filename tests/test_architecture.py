@@ -66,3 +66,12 @@ def test_the_core_loads_without_the_organism() -> None:
         "assert 'poise.organism' not in sys.modules, 'imported at load time'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_layers_of_the_design_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The import-linter contract in pyproject.toml (the layers of docs/design.md) is kept."""
+    from importlinter.cli import lint_imports
+
+    root = SRC.parents[1]
+    monkeypatch.chdir(root)
+    assert lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True) == 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from poise._version import __version__
 
 if TYPE_CHECKING:
     from poise.auditing import audit as audit

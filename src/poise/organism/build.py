@@ -164,7 +164,7 @@ class BuildResult:
 
 
 def _poise_version() -> str:
-    from poise import __version__
+    from poise._version import __version__
 
     return __version__
 

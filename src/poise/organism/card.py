@@ -95,7 +95,7 @@ def write_card(
     command: str,
 ) -> None:
     """Write ``member``'s model card to ``path``."""
-    from poise import __version__
+    from poise._version import __version__
 
     is_lm = member not in ("organism-reward", "organism-cost")
     pipeline = "text-generation" if is_lm else "text-classification"

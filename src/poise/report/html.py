@@ -382,7 +382,7 @@ def render_html_report(runs: Sequence[RunData]) -> str:
     """The report page for runs already read with :func:`read_run`."""
     import jinja2
 
-    from poise import __version__
+    from poise._version import __version__
 
     runs = list(runs)
     _label_runs(runs)

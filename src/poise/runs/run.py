@@ -81,7 +81,7 @@ def environment_versions() -> dict[str, str | None]:
     """Versions that made a run, without importing torch or transformers if not yet loaded."""
     from importlib.metadata import PackageNotFoundError, version
 
-    import poise
+    from poise._version import __version__
 
     def pkg(name: str) -> str | None:
         try:
@@ -90,7 +90,7 @@ def environment_versions() -> dict[str, str | None]:
             return None
 
     return {
-        "poise_version": poise.__version__,
+        "poise_version": __version__,
         "torch_version": pkg("torch"),
         "transformers_version": pkg("transformers"),
         "python_version": platform.python_version(),

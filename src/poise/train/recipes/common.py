@@ -507,9 +507,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    import poise
+    from poise._version import __version__
 
-    versions = {"poise": poise.__version__}
+    versions = {"poise": __version__}
     for name in ("torch", "transformers", "accelerate", "peft"):
         try:
             versions[name] = md.version(name)
