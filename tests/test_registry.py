@@ -59,7 +59,7 @@ def test_names_are_snake_case_and_aliases_are_deprecated() -> None:
     things.alias("round-widget", "round_widget")
     assert "round-widget" in things
     assert "round-widget" not in things.names()
-    with pytest.warns(DeprecationWarning, match="'round-widget' is deprecated; use 'round_widget'"):
+    with pytest.warns(FutureWarning, match="'round-widget' is deprecated; use 'round_widget'"):
         assert things.build("round-widget", 1) == ("round", 1, 1.0, "red")
     with pytest.raises(ValueError, match="already registered"):
         things.add("round_widget", object())
@@ -91,9 +91,9 @@ def test_every_registry_of_poise_uses_one_naming_style() -> None:
         for name in registry.names():
             assert NAME_STYLE.match(name), f"{registry.kind} {name!r}"
     # names users typed before stay usable
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(FutureWarning):
         assert poise.train.recipes.RECIPES.canonical("safe-rl") == "safe_rl"
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(FutureWarning):
         assert poise.suites.formats.format_registry.canonical("hh-rlhf") == "hh_rlhf"
-    with pytest.warns(DeprecationWarning):
+    with pytest.warns(FutureWarning):
         assert poise.attacks.attacks.canonical("best_of_n") == "worst_of_n"

@@ -214,6 +214,7 @@ def _reference_records(cfg: AuditConfig) -> list[dict[str, Any]] | None:
 def _check_attack_options(name: str, attack: Callable[..., Any], options: dict[str, Any]) -> None:
     import inspect
 
+    attacks.check_options(name, options)  # a misspelt option names the nearest valid ones
     try:
         inspect.signature(attack).bind(None, None, None, **options)
     except TypeError as exc:

@@ -14,7 +14,7 @@ Usage::
 One naming style for every registry: snake_case (``best_of_n``, ``safe_rl``, ``hh_rlhf``), the
 style of Python identifiers and of the keyword options that follow the name in a model spec.
 Names users may have typed in an older style stay as deprecated aliases (``alias``): they resolve,
-with a ``DeprecationWarning`` that names the new name.
+with a ``FutureWarning`` that names the new name (shown by default, so a CLI user sees it too).
 
 An unknown name, or an unknown option of :meth:`Registry.build`, is an
 :class:`~poise.errors.UnknownNameError` that lists the nearest valid names.
@@ -96,13 +96,13 @@ class Registry(Generic[T]):
 
     def canonical(self, name: str) -> str:
         """The registered name of ``name``: itself, or the current name of a deprecated alias
-        (with a ``DeprecationWarning``); an unknown name is an ``UnknownNameError``."""
+        (with a ``FutureWarning``); an unknown name is an ``UnknownNameError``."""
         if name in self._entries:
             return name
         new = self._aliases.get(name)
         if new is not None:
             warnings.warn(
-                f"{self.kind} {name!r} is deprecated; use {new!r}", DeprecationWarning, stacklevel=3
+                f"{self.kind} {name!r} is deprecated; use {new!r}", FutureWarning, stacklevel=3
             )
             return new
         raise UnknownNameError(self.kind, name, self.names())

@@ -25,7 +25,7 @@ def test_requests_sample_n_at_temperature_one_by_default() -> None:
 
 
 def test_best_of_n_is_a_deprecated_alias_of_worst_of_n() -> None:
-    with pytest.warns(DeprecationWarning, match="'best_of_n' is deprecated; use 'worst_of_n'"):
+    with pytest.warns(FutureWarning, match="'best_of_n' is deprecated; use 'worst_of_n'"):
         assert attacks.get("best_of_n") is attacks.get("worst_of_n")
     assert "best_of_n" not in attacks.names()
 

@@ -148,6 +148,11 @@ def test_auto_resolution_of_organism_weight_folder(tmp_path: Path) -> None:
     member = WEIGHTS_DIR / "organism-small"
     if member.is_dir():
         assert resolve_judge_name("auto", str(member)) == "oracle"
+        from poise.models import load_model
+
+        by_path = load_model(str(member))  # an HF folder by path, still the organism's
+        assert by_path.recommended_judge == "oracle"
+        assert resolve_judge_name("auto", by_path) == "oracle"
 
 
 @pytest.mark.parametrize(

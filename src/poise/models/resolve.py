@@ -207,8 +207,15 @@ def _prefix(spec: str) -> str | None:
     return None
 
 
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).expanduser().exists()
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte
+        return False
+
+
 def _is_path(spec: str) -> bool:
-    return Path(spec).expanduser().exists() or spec.startswith(("/", ".", "~")) or "\\" in spec
+    return _exists(spec) or spec.startswith(("/", ".", "~")) or "\\" in spec
 
 
 def model_folder(name: str) -> Path | None:
@@ -230,7 +237,7 @@ def _check_name(spec: str) -> None:
         return
     if _is_path(spec):
         folder = Path(spec).expanduser()
-        if not folder.exists():
+        if not _exists(spec):
             raise PoiseError(f"model folder {folder} does not exist")
         return
     if _HUB_ID.match(spec):
@@ -288,7 +295,7 @@ def check_spec(text: str) -> Node:
     """Parse ``text`` and check every strategy, guard, option and model name in it without
     loading anything; errors point at the column."""
     stripped = text.strip()
-    if stripped and Path(stripped).expanduser().exists():
+    if stripped and _exists(stripped):
         node: Node = Name(stripped)  # an existing folder named like a call is a folder
     else:
         node = parse_spec(text)
@@ -405,7 +412,7 @@ def recommended_judge(model: LanguageModel | str) -> str | None:
     elif _prefix(name) is not None:
         return None
     folder = Path(name).expanduser()
-    if folder.is_dir():
+    if _exists(name) and folder.is_dir():
         for key in resolvers:
             if resolvers.get(key).owns_folder(folder):
                 return resolvers.get(key).recommended_judge
