@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError
-from poise.evaluation import ProgressFn, Scorers, evaluate
+from poise.evaluation import ProgressFn, Scorers, evaluate, task_scorers
 from poise.runs.run import Run, find_run
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def audit(
     attack = attacks.get(cfg.attack)
     _check_attack_options(cfg.attack, attack, cfg.attack_options)
     judge_name = resolve_judge_name(cfg.judge, cfg.model)
+    own_scorers = task_scorers(items)  # kinds whose task brings its own scorer
     reference_records = _reference_records(cfg)
 
     # ---- load, then generate and judge block by block ------------------------------------
@@ -107,7 +108,6 @@ def audit(
 
     model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
     judge = get_judge(judge_name, model_spec=cfg.model)
-    scorers = Scorers.for_items(judge, items)  # a task's own scorer, else the audit's judge
     system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)
     _check_unique_requests(requests)
@@ -119,7 +119,7 @@ def audit(
     blocks = evaluate(
         run.cached(model),
         requests,
-        scorers,
+        Scorers(judge, own_scorers),  # a task's own scorer, else the audit's judge
         batch_size=cfg.batch_size,
         done=done,
         progress=progress,
@@ -145,7 +145,7 @@ def finalize(
     summarize = SUMMARIES.get(str(run.config.get("attack")))
     if summarize is not None:
         metrics["attack"] = summarize(records)
-    run.finish(metrics, report=write_run_report if html else None)
+    run.finish(metrics, samples=len(records), report=write_run_report if html else None)
     return metrics
 
 
