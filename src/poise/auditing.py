@@ -97,10 +97,10 @@ def audit(
     if not items:
         raise PoiseError("the audit has no items: every suite is empty")
     _check_unique_ids(items)
+    own_scorers = task_scorers(items)  # kinds whose task brings its own scorer
     attack = attacks.get(cfg.attack)
     _check_attack_options(cfg.attack, attack, cfg.attack_options)
     judge_name = resolve_judge_name(cfg.judge, cfg.model)
-    own_scorers = task_scorers(items)  # kinds whose task brings its own scorer
     reference_records = _reference_records(cfg)
 
     # ---- load, then generate and judge block by block ------------------------------------
