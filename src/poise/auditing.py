@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError
-from poise.evaluation import ProgressFn, Scorers, evaluate
+from poise.evaluation import ProgressFn, Scorers, evaluate, task_scorers
 from poise.runs.run import Run, find_run
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def audit(
     if not items:
         raise PoiseError("the audit has no items: every suite is empty")
     _check_unique_ids(items)
+    own_scorers = task_scorers(items)  # kinds whose task brings its own scorer
     attack = attacks.get(cfg.attack)
     _check_attack_options(cfg.attack, attack, cfg.attack_options)
     parse_judge_spec(cfg.judge)
@@ -117,7 +118,6 @@ def audit(
     model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
     judge = get_judge(resolve_judge_name(cfg.judge, model))
-    scorers = Scorers.for_items(judge, items)  # a task's own scorer, else the audit's judge
     system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)
     _check_unique_requests(requests)
@@ -130,7 +130,7 @@ def audit(
     blocks = evaluate(
         run.cached(model),
         requests,
-        scorers,
+        Scorers(judge, own_scorers),  # a task's own scorer, else the audit's judge
         batch_size=cfg.batch_size,
         done=done,
         progress=progress,
@@ -156,7 +156,7 @@ def finalize(
     summarize = SUMMARIES.get(str(run.config.get("attack")))
     if summarize is not None:
         metrics["attack"] = summarize(records)
-    run.finish(metrics, report=write_run_report if html else None)
+    run.finish(metrics, samples=len(records), report=write_run_report if html else None)
     return metrics
 
 

@@ -80,10 +80,8 @@ class Judged:
 
 
 class Scorers:
-    """Which judge labels which kind: a task's own scorer where it declares one, else ``default``.
-
-    Build with :meth:`for_items` before loading a model, so an unknown scorer fails first.
-    """
+    """Which judge labels which kind: a task's own scorer where it declares one, else ``default``
+    (``by_kind`` from :func:`task_scorers`, built before the model loads)."""
 
     def __init__(self, default: Judge, by_kind: Mapping[str, Judge] | None = None) -> None:
         self.default = default
@@ -91,25 +89,8 @@ class Scorers:
 
     @classmethod
     def for_items(cls, default: Judge, items: Iterable[SuiteItem]) -> Scorers:
-        """The scorers ``items`` need: each kind whose task declares a scorer gets it built once
-        (a judge spec through ``poise.scoring.judges.get_judge``, or the task's own factory)."""
-        from poise.errors import PoiseError
-        from poise.scoring.judges import get_judge
-        from poise.tasks import get_task
-
-        by_kind: dict[str, Judge] = {}
-        for kind in dict.fromkeys(item.kind for item in items):
-            scorer = get_task(kind).scorer
-            if scorer is None:
-                continue
-            judge = get_judge(scorer) if isinstance(scorer, str) else scorer()
-            if not isinstance(judge, Judge):
-                raise PoiseError(
-                    f"task {kind!r}: its scorer built {type(judge).__name__}, not a judge "
-                    "(needs a name and judge(items, completions) -> list[Verdict])"
-                )
-            by_kind[kind] = judge
-        return cls(default, by_kind)
+        """``default`` plus the scorers the tasks of ``items`` declare (:func:`task_scorers`)."""
+        return cls(default, task_scorers(items))
 
     def for_kind(self, kind: str) -> Judge:
         return self.by_kind.get(kind, self.default)
@@ -138,6 +119,30 @@ class Scorers:
             verdict, name = labelled_pair
             out.append(Judged(g.request, g.sample_index, g.completion, verdict, name))
         return out
+
+
+def task_scorers(items: Iterable[SuiteItem]) -> dict[str, Judge]:
+    """The scorers the kinds of ``items`` declare, each built once: a judge spec through
+    ``poise.scoring.judges.get_judge``, or the task's own factory (checked to be a judge). Kinds
+    whose task declares none are left out (the caller's judge labels them). Call it before
+    loading a model, so a broken scorer fails first."""
+    from poise.errors import PoiseError
+    from poise.scoring.judges import get_judge
+    from poise.tasks import get_task
+
+    by_kind: dict[str, Judge] = {}
+    for kind in dict.fromkeys(item.kind for item in items):
+        scorer = get_task(kind).scorer
+        if scorer is None:
+            continue
+        judge = get_judge(scorer) if isinstance(scorer, str) else scorer()
+        if not isinstance(judge, Judge):
+            raise PoiseError(
+                f"task {kind!r}: its scorer built {type(judge).__name__}, not a judge "
+                "(needs a name and judge(items, completions) -> list[Verdict])"
+            )
+        by_kind[kind] = judge
+    return by_kind
 
 
 def blocks(requests: Sequence[Request], size: int) -> Iterator[tuple[Sampling, list[Request]]]:

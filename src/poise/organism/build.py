@@ -41,7 +41,7 @@ from poise.organism.corpus import (
     generate_corpus,
     preference_pairs,
 )
-from poise.organism.evaluate import Rate, hf_model, measure_lm
+from poise.organism.evaluate import hf_model, measure_lm
 from poise.organism.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     encode_example,
@@ -62,6 +62,7 @@ from poise.organism.train import (
     train_lm,
     train_scorer,
 )
+from poise.scoring.stats import Rate
 
 logger = logging.getLogger(__name__)
 

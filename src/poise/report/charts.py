@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from poise.scoring.metrics import Rate
+from poise.scoring.stats import Rate
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")

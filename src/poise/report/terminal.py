@@ -17,7 +17,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from poise.scoring.metrics import RATE_INFO, RATE_NAMES, Rate, format_tokens
+from poise.scoring.metrics import RATE_INFO, RATE_NAMES, format_tokens
+from poise.scoring.stats import Rate
 from poise.tasks import Metric, all_metrics, registered_tasks
 
 GOOD_AT = 0.90

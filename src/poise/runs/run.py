@@ -297,13 +297,20 @@ class Run:
         return CachedModel(model, ResponseCache(self.cache_path))
 
     def finish(
-        self, metrics: Mapping[str, Any], *, report: Callable[[Run], object] | None = None
+        self,
+        metrics: Mapping[str, Any],
+        *,
+        samples: int | None = None,
+        report: Callable[[Run], object] | None = None,
     ) -> None:
         """Write ``metrics.json``, mark the run complete, then draw the report with ``report(run)``
         (after the status, so the report shows the run as complete; the report layer sits above
-        runs, so it is passed in: ``poise.report.html.write_run_report``)."""
+        runs, so it is passed in: ``poise.report.html.write_run_report``). ``samples``: the number
+        of records, when the caller has just counted them (else they are counted here)."""
         self.write_metrics(metrics)
-        self.update_header(status="complete", samples=sum(1 for _ in self.records()))
+        if samples is None:
+            samples = sum(1 for _ in self.records())
+        self.update_header(status="complete", samples=samples)
         if report is not None:
             report(self)
 
