@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -103,3 +103,15 @@ def build_tiny_model() -> Callable[..., Path]:
     seed). A fixture rather than an import: several ``conftest`` modules exist under tests/,
     so ``from conftest import ...`` resolves to whichever was imported first."""
     return build_tiny_hf_model
+
+
+@pytest.fixture(autouse=True)
+def _restore_poise_logger() -> Iterator[None]:
+    """The CLI routes the ``poise`` logger to its own handler and stops propagation; a CLI test
+    run in-process would otherwise hide later tests' log records from ``caplog``."""
+    import logging
+
+    logger = logging.getLogger("poise")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
