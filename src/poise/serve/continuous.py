@@ -93,6 +93,7 @@ class ContinuousBatcher:
         self.steps = 0
         self.admitted = 0
         self.engine: Engine | None = None
+        self._broken: BaseException | None = None  # the engine failed beyond repair
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -126,6 +127,8 @@ class ContinuousBatcher:
         """Queue one request; its rows join the engine at the next step boundary."""
         if self._thread is None:
             raise RuntimeError("the batcher is not started")
+        if self._broken is not None:
+            raise RuntimeError(f"the engine failed: {self._broken}")
         if not seeded:
             # Rows are seeded per (seed, chat, sample), so a seed of its own per request keeps
             # two identical unseeded requests independent without costing any batching.
@@ -170,56 +173,70 @@ class ContinuousBatcher:
             self._loop.call_soon_threadsafe(self._deliver, deliveries)
 
     def _work(self) -> None:
-        assert self.engine is not None
         live: dict[int, _Request] = {}
         waiting: deque[_Request] = deque()
         while True:
-            cancels = self._collect(waiting, idle=not live)
-            if cancels is None:
-                return
-            for key in cancels:
-                if key in live:
-                    self.engine.cancel(key)
-                    self.running -= live.pop(key).rows_left
-            if cancels:
-                dropped = set(cancels)
-                waiting = deque(r for r in waiting if r.key not in dropped)
-            deliveries: list[_Delivery] = []
-            while waiting and (not live or self.running + waiting[0].sampling.n <= self.max_rows):
-                request = waiting.popleft()
+            try:
+                if not self._turn(live, waiting):
+                    return
+            except Exception as exc:
+                # The batch's state is unknown after a failed step (or a failed cancel): fail
+                # the requests in it and start over with a fresh engine; waiting requests go on.
+                logger.exception("the engine failed; %d requests fail", len(live))
+                self._post([(r.ticket, exc, None) for r in live.values()])
+                live.clear()
+                self.running = 0
                 try:
-                    prompt_tokens = (
-                        self.count_prompt_tokens(request.chat) if self.count_prompt_tokens else None
-                    )
-                    self.engine.add(request.key, request.chat, request.sampling)
-                except Exception as exc:
-                    # A request the engine refuses (e.g. a prompt longer than the context)
-                    # fails alone.
-                    deliveries.append((request.ticket, exc, None))
-                    continue
-                request.rows_left = request.sampling.n
-                live[request.key] = request
-                self.running += request.sampling.n
-                self.admitted += 1
-                # The prompt's length rides with the request's first events.
-                deliveries.append((request.ticket, (), prompt_tokens))
-            self._waiting = len(waiting)
-            if live:
-                try:
-                    events = self.engine.step()
-                except Exception as exc:
-                    # The batch's state is unknown after a failed step: fail the requests in it
-                    # and start over with a fresh engine; waiting requests go on.
-                    logger.exception("an engine step failed; %d requests fail", len(live))
-                    deliveries.extend((r.ticket, exc, None) for r in live.values())
-                    live.clear()
-                    self.running = 0
-                    self._post(deliveries)
                     self.engine = self.model.engine()  # type: ignore[attr-defined]
-                    continue
-                self.steps += 1
-                deliveries.extend(self._route(events, live))
-            self._post(deliveries)
+                except Exception as fatal:
+                    logger.exception("could not make a fresh engine; the server cannot generate")
+                    self._broken = fatal
+                    self._post([(r.ticket, fatal, None) for r in waiting])
+                    return
+
+    def _turn(self, live: dict[int, _Request], waiting: deque[_Request]) -> bool:
+        """Cancel, admit, step once and hand the events over; ``False`` when stopping."""
+        engine = self.engine
+        assert engine is not None
+        cancels = self._collect(waiting, idle=not live)
+        if cancels is None:
+            return False
+        for key in cancels:
+            if key in live:
+                engine.cancel(key)
+                self.running -= live.pop(key).rows_left
+        if cancels:
+            dropped = set(cancels)
+            kept = [r for r in waiting if r.key not in dropped]
+            waiting.clear()
+            waiting.extend(kept)
+        deliveries: list[_Delivery] = []
+        while waiting and (not live or self.running + waiting[0].sampling.n <= self.max_rows):
+            request = waiting.popleft()
+            try:
+                prompt_tokens = (
+                    self.count_prompt_tokens(request.chat) if self.count_prompt_tokens else None
+                )
+                engine.add(request.key, request.chat, request.sampling)
+            except Exception as exc:
+                # A request the engine refuses (e.g. a prompt longer than the context) fails
+                # alone.
+                deliveries.append((request.ticket, exc, None))
+                continue
+            request.rows_left = request.sampling.n
+            live[request.key] = request
+            self.running += request.sampling.n
+            self.admitted += 1
+            # The prompt's length rides ahead of the request's first events.
+            deliveries.append((request.ticket, (), prompt_tokens))
+        self._waiting = len(waiting)
+        # Hand over the refusals first: a step can take a while.
+        self._post(deliveries)
+        if live:
+            events = engine.step()
+            self.steps += 1
+            self._post(self._route(events, live))
+        return True
 
     def _route(self, events: Sequence[StreamEvent], live: dict[int, _Request]) -> list[_Delivery]:
         by_key: dict[int, list[StreamEvent]] = {}
