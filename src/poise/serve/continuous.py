@@ -4,15 +4,24 @@ For a model with the ``engine`` capability the server runs one worker thread tha
 ``engine = model.engine()`` (an :class:`~poise.models.base.Engine`). Each turn of its loop it
 
 1. cancels the rows of requests whose clients went away,
-2. adds the requests that arrived since the last step (while fewer than ``max_rows`` rows are
-   decoding; the rest wait their turn), and
+2. adds the requests that arrived since the last step, at most ``join_rows`` new rows a step
+   and while fewer than ``max_rows`` rows are decoding (the rest wait their turn), and
 3. calls ``engine.step()``, which prefills the new rows and advances every row by one token,
    and hands the step's :class:`~poise.models.base.StreamEvent` s to the event loop in one
    ``loop.call_soon_threadsafe`` call, which routes each to its request's
    :class:`~poise.serve.ticket.Ticket`.
 
 So a request never waits for another to finish (only for the step in progress), and a streamed
-response gets each token's text as soon as it is decoded. The engine and the model's tokenizer
+response gets each token's text as soon as it is decoded.
+
+``join_rows`` spreads a burst's prefill over several steps. Prefill is costly: on one CPU
+thread, for a ~90M-parameter Llama, the prefill of one 42-token prompt took about 0.27 s, two
+thirds of a decoding step of 32 rows (0.42 s), so a burst of 32 prompts prefilled at once took
+about 20 decoding steps, and every request of the burst waited for all of it. Joining 8 rows a
+step gives the first 8 their first token after a quarter of that, and rows that join at
+different steps also finish at different steps, so later requests arrive spread out and join at
+the next step (32 clients, 64-token answers: median time to first token 3.9 s against 7.9 s
+with all 32 joining at once, at equal throughput; see BENCHMARKS.md). The engine and the model's tokenizer
 are touched only in the worker thread.
 
 Seeds. A request with a seed is generated with exactly its ``Sampling`` (an engine seeds each
@@ -66,15 +75,17 @@ class ContinuousBatcher:
         model: LanguageModel,
         *,
         max_rows: int = 32,
+        join_rows: int = 8,
         window_s: float = 0.005,
         count_prompt_tokens: Callable[[Chat], int | None] | None = None,
     ) -> None:
-        if max_rows < 1:
-            raise ValueError("max_rows must be >= 1")
+        if max_rows < 1 or join_rows < 1:
+            raise ValueError("max_rows and join_rows must be >= 1")
         if not model.capabilities.engine:
             raise ValueError(f"model {model.name!r} does not declare the engine capability")
         self.model = model
         self.max_rows = max_rows
+        self.join_rows = join_rows
         self.window_s = max(0.0, window_s)
         self.count_prompt_tokens = count_prompt_tokens
         self._keys = itertools.count()
@@ -211,7 +222,15 @@ class ContinuousBatcher:
             waiting.clear()
             waiting.extend(kept)
         deliveries: list[_Delivery] = []
-        while waiting and (not live or self.running + waiting[0].sampling.n <= self.max_rows):
+        joined = 0
+        while (
+            waiting
+            and (
+                # At most join_rows new rows a step (at least one request), within max_rows.
+                not joined or joined + waiting[0].sampling.n <= self.join_rows
+            )
+            and (not live or self.running + waiting[0].sampling.n <= self.max_rows)
+        ):
             request = waiting.popleft()
             try:
                 prompt_tokens = (
@@ -226,6 +245,7 @@ class ContinuousBatcher:
             request.rows_left = request.sampling.n
             live[request.key] = request
             self.running += request.sampling.n
+            joined += request.sampling.n
             self.admitted += 1
             # The prompt's length rides ahead of the request's first events.
             deliveries.append((request.ticket, (), prompt_tokens))
