@@ -47,6 +47,8 @@ __all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache"]
 # Compacting copies the cache, so not after every finished row; at 0.25 the audit benchmark on
 # organism-large ran ~8% faster than at 0.5 (short refusals end early and stop costing compute).
 COMPACT_SHARE = 0.25
+# Largest share of padding in a prefill forward before the rows are split into groups.
+PREFILL_WASTE = 0.125
 # Columns a cache grows by at least when its buffer is full.
 _GROW_COLUMNS = 64
 
@@ -84,8 +86,8 @@ class _BufferLayer:
         rows, heads, _, dim = key_states.shape
         capacity = key_states.size(-2) + max(self.reserve, 1)
         self.device = key_states.device
-        self.key_buffer = key_states.new_zeros((rows, heads, capacity, dim))
-        self.value_buffer = value_states.new_zeros((rows, value_states.size(1), capacity, dim))
+        self.key_buffer = key_states.new_empty((rows, heads, capacity, dim))
+        self.value_buffer = value_states.new_empty((rows, value_states.size(1), capacity, dim))
         self.is_initialized = True
 
     def _views(self) -> None:
@@ -111,21 +113,16 @@ class _BufferLayer:
         assert self.keys is not None and self.values is not None
         return self.keys, self.values
 
-    def resize(self, capacity: int, rows: torch.Tensor | None = None) -> None:
-        """Copy the live columns (of ``rows``, default all) into a new buffer of ``capacity``."""
+    def resize(self, capacity: int) -> None:
+        """Move the live columns to the front of a new buffer of ``capacity`` columns."""
         assert self.key_buffer is not None and self.value_buffer is not None
-        keys = self.key_buffer[:, :, self.start : self.end]
-        values = self.value_buffer[:, :, self.start : self.end]
-        if rows is not None:
-            keys, values = keys[rows], values[rows]
         width = self.end - self.start
-        shape = list(keys.shape)
-        shape[2] = capacity
-        self.key_buffer = keys.new_zeros(shape)
-        self.key_buffer[:, :, :width] = keys
-        shape[1] = values.size(1)
-        self.value_buffer = values.new_zeros(shape)
-        self.value_buffer[:, :, :width] = values
+        for name in ("key_buffer", "value_buffer"):
+            old = getattr(self, name)
+            # columns past the live ones are written before they are read: no need to zero
+            new = old.new_empty((old.size(0), old.size(1), capacity, old.size(3)))
+            new[:, :, :width] = old[:, :, self.start : self.end]
+            setattr(self, name, new)
         self.start, self.end = 0, width
         self._views()
 
@@ -137,8 +134,11 @@ class _BufferLayer:
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
-            assert self.key_buffer is not None
-            self.resize(self.key_buffer.size(2) - self.start, rows=indices)
+            assert self.key_buffer is not None and self.value_buffer is not None
+            # one gather of the whole buffer; its free columns come along unread
+            self.key_buffer = self.key_buffer[indices]
+            self.value_buffer = self.value_buffer[indices]
+            self._views()
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         self.batch_select_indices(beam_idx)
@@ -198,27 +198,26 @@ class KVCache:
                 layer.start += columns
                 layer._views()
 
-    def merge(self, other: KVCache, reserve: int) -> None:
-        """Append ``other``'s rows after this cache's rows, both right-aligned (left padding) to
-        the wider of the two; the buffers get ``reserve`` free columns."""
-        if not (self.mergeable and other.mergeable):
+    def merge(self, others: Sequence[KVCache], reserve: int) -> None:
+        """Append the rows of ``others`` after this cache's rows, all right-aligned (left
+        padding) to the widest; the buffers get ``reserve`` free columns."""
+        if not all(c.mergeable for c in (self, *others)):
             raise PoiseError("this model's KV cache cannot merge batches (not plain attention)")
-        width = max(self.width, other.width)
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            parts = []
-            for layer in (mine, theirs):
-                keys, values = layer.keys, layer.values  # [rows, heads, live, dim]
-                pad = width - (layer.end - layer.start)
-                parts.append((keys, values, pad))
-            rows = sum(p[0].size(0) for p in parts)
-            k0, v0 = parts[0][0], parts[0][1]
-            key_buffer = k0.new_zeros((rows, k0.size(1), width + reserve, k0.size(3)))
-            value_buffer = v0.new_zeros((rows, v0.size(1), width + reserve, v0.size(3)))
+        width = max(c.width for c in (self, *others))
+        for index, mine in enumerate(self.cache.layers):
+            layers = [mine, *(c.cache.layers[index] for c in others)]
+            rows = sum(layer.keys.size(0) for layer in layers)
+            k0, v0 = mine.keys, mine.values  # [rows, heads, live, dim]
+            key_buffer = k0.new_empty((rows, k0.size(1), width + reserve, k0.size(3)))
+            value_buffer = v0.new_empty((rows, v0.size(1), width + reserve, v0.size(3)))
             row = 0
-            for keys, values, pad in parts:
-                n = keys.size(0)
-                key_buffer[row : row + n, :, pad:width] = keys
-                value_buffer[row : row + n, :, pad:width] = values
+            for layer in layers:
+                n, pad = layer.keys.size(0), width - (layer.end - layer.start)
+                # padding is masked out, but must be finite (0 x NaN is NaN)
+                key_buffer[row : row + n, :, :pad] = 0
+                value_buffer[row : row + n, :, :pad] = 0
+                key_buffer[row : row + n, :, pad:width] = layer.keys
+                value_buffer[row : row + n, :, pad:width] = layer.values
                 row += n
             mine.key_buffer, mine.value_buffer = key_buffer, value_buffer
             mine.start, mine.end = 0, width
@@ -298,20 +297,23 @@ class DecodeState:
                 self.mask = self.mask[:, leading:]
 
     @torch.inference_mode()
-    def extend(self, other: DecodeState, *, reserve: int = 0) -> None:
-        """Append ``other``'s rows (a batch prefilled separately) after this state's rows.
+    def extend(self, *others: DecodeState, reserve: int = 0) -> None:
+        """Append the rows of ``others`` (batches prefilled separately) after this state's rows.
 
-        Both are left-padded to the wider one. ``reserve`` free cache columns are allocated for
-        the steps to come. ``other`` must not be used afterwards."""
-        width = max(self.mask.size(1), other.mask.size(1))
+        All are left-padded to the widest one, in one copy of the caches. ``reserve`` free
+        cache columns are allocated for the steps to come. ``others`` must not be used
+        afterwards."""
+        if not others:
+            return
+        width = max(s.mask.size(1) for s in (self, *others))
 
         def padded(mask: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.pad(mask, (width - mask.size(1), 0))
 
-        self.cache.merge(other.cache, reserve)
-        self.mask = torch.cat([padded(self.mask), padded(other.mask)])
-        self.positions = torch.cat([self.positions, other.positions])
-        self.logits = torch.cat([self.logits, other.logits])
+        self.cache.merge([o.cache for o in others], reserve)
+        self.mask = torch.cat([padded(s.mask) for s in (self, *others)])
+        self.positions = torch.cat([s.positions for s in (self, *others)])
+        self.logits = torch.cat([s.logits for s in (self, *others)])
 
 
 # ----------------------------------------------------------------------------- the batcher
@@ -328,6 +330,27 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """``text`` up to the first stop string, and whether one was found."""
     cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def prefill_groups(lengths: Sequence[int], waste: float = PREFILL_WASTE) -> list[list[int]]:
+    """Split rows (their prompt lengths) into groups prefilled separately, so that padding
+    stays under ``waste`` of each group's computed positions: a left-padded prefill computes
+    every padding position of every layer, which on prompts of mixed lengths can cost as much
+    as the real ones. Groups hold rows of similar lengths (longest first); returns indices."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    real = 0
+    for i in order:
+        if groups:
+            group = groups[-1]
+            width = lengths[group[0]]
+            if width * (len(group) + 1) * (1 - waste) <= real + lengths[i]:
+                group.append(i)
+                real += lengths[i]
+                continue
+        groups.append([i])
+        real = lengths[i]
+    return groups
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
@@ -493,12 +516,20 @@ class Batcher:
             return  # this model's cache cannot merge: the next rows start a new batch
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         reserve = max(r.sampling.max_new_tokens for r in (*admitted, *self.live))
-        fresh = self.model.prefill([r.prompt for r in admitted], reserve=reserve)
+        groups = prefill_groups([len(r.prompt) for r in admitted])
+        if len(groups) > 1 and not self.model.prefill_merges:
+            groups = [list(range(len(admitted)))]
+        states = [
+            self.model.prefill([admitted[i].prompt for i in g], reserve=reserve) for g in groups
+        ]
+        rows = [admitted[i] for g in groups for i in g]
         if self.state is None:
-            self.state, self.live = fresh, admitted
+            self.state, self.live = states[0], rows
+            states = states[1:]
         else:
-            self.state.extend(fresh, reserve=reserve)
-            self.live = [*self.live, *admitted]
+            self.live = [*self.live, *rows]
+        if states:
+            self.state.extend(*states, reserve=reserve)
 
     def _view(self, logits: torch.Tensor, rows: list[_Row]) -> StepView:
         device = logits.device

@@ -419,6 +419,8 @@ class HFModel(ModelBase):
         )
         # transformers 5.x renames ``past_key_values`` to ``cache``
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        # whether decode states of this model can merge (plain attention layers only)
+        self.prefill_merges = KVCache(self.model.config, 0).mergeable
         logger.info("loaded %s on %s (%s)", self.name, self.device, self.dtype)
 
     def __repr__(self) -> str:
