@@ -234,13 +234,19 @@ def start(
 
 
 def start_poise(
-    model: str, workdir: Path, threads: int, max_batch: int = 32, window_ms: float = 5.0
+    model: str,
+    workdir: Path,
+    threads: int,
+    max_batch: int = 32,
+    window_ms: float = 5.0,
+    join_rows: int = 8,
 ) -> Server:
     port = free_port()
     command = [
         sys.executable, "-m", "poise.cli", "serve", "--model", model,
         "--served-name", "bench", "--host", "127.0.0.1", "--port", str(port),
         "--max-batch", str(max_batch), "--batch-window-ms", str(window_ms),
+        "--join-rows", str(join_rows),
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     return start("poise serve", command, url, "bench", workdir / "poise.log", threads)
@@ -459,11 +465,18 @@ def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
     chats = prompts(args.requests)
     warm = prompts(args.concurrency)
     results: dict[str, list[tuple[list[Answer], float]]] = {"poise": [], "transformers": []}
-    sides = ["poise", "transformers"]
+    sides = args.sides
     for repeat in range(args.repeats):
         for side in sides if repeat % 2 == 0 else sides[::-1]:
             server = (
-                start_poise(folder, workdir, args.threads, args.max_batch, args.batch_window_ms)
+                start_poise(
+                    folder,
+                    workdir,
+                    args.threads,
+                    args.max_batch,
+                    args.batch_window_ms,
+                    args.join_rows,
+                )
                 if side == "poise"
                 else start_transformers(folder, workdir, args.threads)
             )
@@ -490,6 +503,8 @@ def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
             p90s.append(quantile(ttft, 0.9))
         return statistics.median(rates), statistics.median(medians), statistics.median(p90s)
 
+    if len(sides) < 2:
+        return
     ours, theirs = summary("poise"), summary("transformers")
     print(
         f"{args.requests} streamed greedy requests, {args.concurrency} concurrent clients, "
@@ -526,6 +541,14 @@ def main() -> None:
     )
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--batch-window-ms", type=float, default=5.0)
+    parser.add_argument("--join-rows", type=int, default=8, help="poise serve --join-rows")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=["poise", "transformers"],
+        default=["poise", "transformers"],
+        help="transformers mode: the servers to run (both for the ratios)",
+    )
     parser.add_argument(
         "--repeats", type=int, default=None, help="default: 3 (latency), 1 (transformers)"
     )

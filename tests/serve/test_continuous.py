@@ -317,3 +317,20 @@ def test_a_model_that_streams_without_an_engine_streams_through_the_batcher(
     assert stream_texts([c for _, c in chunks])[0] == words(30)
     assert times[0] - start < 0.5 * (times[-1] - start)  # streamed, not the finished text
     assert server.health()["generate_calls"] == 1
+
+
+def test_a_burst_joins_a_few_rows_a_step(start_server: StartServer) -> None:
+    model = MockModel(responses={"q": words(12)}, step_delay=0.005)
+    server = start_server(model, join_rows=4, batch_window_ms=1000)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            replies = await asyncio.gather(
+                *(client.post("/chat/completions", json=payload(server, "q")) for _ in range(10))
+            )
+            assert all(r.status_code == 200 for r in replies)
+
+    asyncio.run(main())
+    joined_at = sorted(engine_of(server).added_at.values())
+    # The burst arrived within the window; it joined 4, 4 and 2 rows at three steps in a row.
+    assert joined_at == [0] * 4 + [1] * 4 + [2] * 2

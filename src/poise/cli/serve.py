@@ -20,6 +20,11 @@ def register(app: typer.Typer) -> None:
             "--max-batch",
             help="Most rows decoding together (continuous batching) or chats in one generate call.",
         ),
+        join_rows: int = typer.Option(
+            8,
+            "--join-rows",
+            help="Most new rows that join a running batch at one step (continuous batching).",
+        ),
         batch_window_ms: float = typer.Option(
             5.0,
             "--batch-window-ms",
@@ -48,6 +53,7 @@ def register(app: typer.Typer) -> None:
                     host=host,
                     port=port,
                     max_batch=max_batch,
+                    join_rows=join_rows,
                     batch_window_ms=batch_window_ms,
                     max_tokens_limit=max_tokens_limit,
                     max_n=max_n,

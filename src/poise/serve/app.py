@@ -85,6 +85,7 @@ class ServerState:
             self.scheduler = ContinuousBatcher(
                 model,
                 max_rows=config.max_batch,
+                join_rows=config.join_rows,
                 window_s=config.batch_window_ms / 1000.0,
                 count_prompt_tokens=prompt_token_counter(model),
             )

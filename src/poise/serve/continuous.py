@@ -4,15 +4,24 @@ For a model with the ``engine`` capability the server runs one worker thread tha
 ``engine = model.engine()`` (an :class:`~poise.models.base.Engine`). Each turn of its loop it
 
 1. cancels the rows of requests whose clients went away,
-2. adds the requests that arrived since the last step (while fewer than ``max_rows`` rows are
-   decoding; the rest wait their turn), and
+2. adds the requests that arrived since the last step, at most ``join_rows`` new rows a step
+   and while fewer than ``max_rows`` rows are decoding (the rest wait their turn), and
 3. calls ``engine.step()``, which prefills the new rows and advances every row by one token,
    and hands the step's :class:`~poise.models.base.StreamEvent` s to the event loop in one
    ``loop.call_soon_threadsafe`` call, which routes each to its request's
    :class:`~poise.serve.ticket.Ticket`.
 
 So a request never waits for another to finish (only for the step in progress), and a streamed
-response gets each token's text as soon as it is decoded. The engine and the model's tokenizer
+response gets each token's text as soon as it is decoded.
+
+``join_rows`` spreads a burst's prefill over several steps. Prefill is costly: on one CPU
+thread, for a ~90M-parameter Llama, the prefill of one 42-token prompt took about 0.27 s, two
+thirds of a decoding step of 32 rows (0.42 s), so a burst of 32 prompts prefilled at once took
+about 20 decoding steps, and every request of the burst waited for all of it. Joining 8 rows a
+step gives the first 8 their first token after a quarter of that, and rows that join at
+different steps also finish at different steps, so later requests arrive spread out and join at
+the next step (32 clients, 64-token answers: median time to first token 3.9 s against 7.9 s
+with all 32 joining at once, at equal throughput; see BENCHMARKS.md). The engine and the model's tokenizer
 are touched only in the worker thread.
 
 Seeds. A request with a seed is generated with exactly its ``Sampling`` (an engine seeds each
@@ -66,15 +75,17 @@ class ContinuousBatcher:
         model: LanguageModel,
         *,
         max_rows: int = 32,
+        join_rows: int = 8,
         window_s: float = 0.005,
         count_prompt_tokens: Callable[[Chat], int | None] | None = None,
     ) -> None:
-        if max_rows < 1:
-            raise ValueError("max_rows must be >= 1")
+        if max_rows < 1 or join_rows < 1:
+            raise ValueError("max_rows and join_rows must be >= 1")
         if not model.capabilities.engine:
             raise ValueError(f"model {model.name!r} does not declare the engine capability")
         self.model = model
         self.max_rows = max_rows
+        self.join_rows = join_rows
         self.window_s = max(0.0, window_s)
         self.count_prompt_tokens = count_prompt_tokens
         self._keys = itertools.count()
@@ -93,6 +104,7 @@ class ContinuousBatcher:
         self.steps = 0
         self.admitted = 0
         self.engine: Engine | None = None
+        self._broken: BaseException | None = None  # the engine failed beyond repair
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -126,6 +138,8 @@ class ContinuousBatcher:
         """Queue one request; its rows join the engine at the next step boundary."""
         if self._thread is None:
             raise RuntimeError("the batcher is not started")
+        if self._broken is not None:
+            raise RuntimeError(f"the engine failed: {self._broken}")
         if not seeded:
             # Rows are seeded per (seed, chat, sample), so a seed of its own per request keeps
             # two identical unseeded requests independent without costing any batching.
@@ -170,56 +184,79 @@ class ContinuousBatcher:
             self._loop.call_soon_threadsafe(self._deliver, deliveries)
 
     def _work(self) -> None:
-        assert self.engine is not None
         live: dict[int, _Request] = {}
         waiting: deque[_Request] = deque()
         while True:
-            cancels = self._collect(waiting, idle=not live)
-            if cancels is None:
-                return
-            for key in cancels:
-                if key in live:
-                    self.engine.cancel(key)
-                    self.running -= live.pop(key).rows_left
-            if cancels:
-                dropped = set(cancels)
-                waiting = deque(r for r in waiting if r.key not in dropped)
-            deliveries: list[_Delivery] = []
-            while waiting and (not live or self.running + waiting[0].sampling.n <= self.max_rows):
-                request = waiting.popleft()
+            try:
+                if not self._turn(live, waiting):
+                    return
+            except Exception as exc:
+                # The batch's state is unknown after a failed step (or a failed cancel): fail
+                # the requests in it and start over with a fresh engine; waiting requests go on.
+                logger.exception("the engine failed; %d requests fail", len(live))
+                self._post([(r.ticket, exc, None) for r in live.values()])
+                live.clear()
+                self.running = 0
                 try:
-                    prompt_tokens = (
-                        self.count_prompt_tokens(request.chat) if self.count_prompt_tokens else None
-                    )
-                    self.engine.add(request.key, request.chat, request.sampling)
-                except Exception as exc:
-                    # A request the engine refuses (e.g. a prompt longer than the context)
-                    # fails alone.
-                    deliveries.append((request.ticket, exc, None))
-                    continue
-                request.rows_left = request.sampling.n
-                live[request.key] = request
-                self.running += request.sampling.n
-                self.admitted += 1
-                # The prompt's length rides with the request's first events.
-                deliveries.append((request.ticket, (), prompt_tokens))
-            self._waiting = len(waiting)
-            if live:
-                try:
-                    events = self.engine.step()
-                except Exception as exc:
-                    # The batch's state is unknown after a failed step: fail the requests in it
-                    # and start over with a fresh engine; waiting requests go on.
-                    logger.exception("an engine step failed; %d requests fail", len(live))
-                    deliveries.extend((r.ticket, exc, None) for r in live.values())
-                    live.clear()
-                    self.running = 0
-                    self._post(deliveries)
                     self.engine = self.model.engine()  # type: ignore[attr-defined]
-                    continue
-                self.steps += 1
-                deliveries.extend(self._route(events, live))
-            self._post(deliveries)
+                except Exception as fatal:
+                    logger.exception("could not make a fresh engine; the server cannot generate")
+                    self._broken = fatal
+                    self._post([(r.ticket, fatal, None) for r in waiting])
+                    return
+
+    def _turn(self, live: dict[int, _Request], waiting: deque[_Request]) -> bool:
+        """Cancel, admit, step once and hand the events over; ``False`` when stopping."""
+        engine = self.engine
+        assert engine is not None
+        cancels = self._collect(waiting, idle=not live)
+        if cancels is None:
+            return False
+        for key in cancels:
+            if key in live:
+                engine.cancel(key)
+                self.running -= live.pop(key).rows_left
+        if cancels:
+            dropped = set(cancels)
+            kept = [r for r in waiting if r.key not in dropped]
+            waiting.clear()
+            waiting.extend(kept)
+        deliveries: list[_Delivery] = []
+        joined = 0
+        while (
+            waiting
+            and (
+                # At most join_rows new rows a step (at least one request), within max_rows.
+                not joined or joined + waiting[0].sampling.n <= self.join_rows
+            )
+            and (not live or self.running + waiting[0].sampling.n <= self.max_rows)
+        ):
+            request = waiting.popleft()
+            try:
+                prompt_tokens = (
+                    self.count_prompt_tokens(request.chat) if self.count_prompt_tokens else None
+                )
+                engine.add(request.key, request.chat, request.sampling)
+            except Exception as exc:
+                # A request the engine refuses (e.g. a prompt longer than the context) fails
+                # alone.
+                deliveries.append((request.ticket, exc, None))
+                continue
+            request.rows_left = request.sampling.n
+            live[request.key] = request
+            self.running += request.sampling.n
+            joined += request.sampling.n
+            self.admitted += 1
+            # The prompt's length rides ahead of the request's first events.
+            deliveries.append((request.ticket, (), prompt_tokens))
+        self._waiting = len(waiting)
+        # Hand over the refusals first: a step can take a while.
+        self._post(deliveries)
+        if live:
+            events = engine.step()
+            self.steps += 1
+            self._post(self._route(events, live))
+        return True
 
     def _route(self, events: Sequence[StreamEvent], live: dict[int, _Request]) -> list[_Delivery]:
         by_key: dict[int, list[StreamEvent]] = {}

@@ -33,6 +33,12 @@ class ServeConfig(StrictModel):
         le=4096,
         description="most rows decoding together (engine) or chats in one generate call",
     )
+    join_rows: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="most new rows that join a running batch at one step (continuous batching)",
+    )
     batch_window_ms: float = Field(
         default=5.0,
         ge=0.0,
