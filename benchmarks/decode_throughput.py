@@ -16,7 +16,7 @@ It checks that the three produce the same greedy tokens, prints tokens/s and the
 CPU's matmul rate at the model's shapes (one thread), poise's rate as a share of it, and a
 short profile of the poise side (``--profile``).
 
-    python benchmarks/decode_throughput.py [--prompts 256] [--new-tokens 64] [--batch-size 128] [--repeats 1] [--profile]
+    python benchmarks/decode_throughput.py [--prompts 256] [--new-tokens 64] [--batch-size 128 32] [--repeats 1] [--profile]
 
 Goal (issue: one open core for steering): poise >= 1.3x the length-sorted chunked generate.
 """
@@ -47,8 +47,12 @@ def build_model(path: Path, *, vocab: int = 32000, seed: int = 0) -> Path:
     """A random ~90M Llama and a word-level tokenizer of ``vocab`` entries, saved to ``path``.
     No EOS token anywhere, so greedy decoding always runs to ``max_new_tokens``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-    from transformers import PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     words = {token: i for i, token in enumerate(SPECIALS)}
     for i in range(vocab - len(SPECIALS)):
@@ -92,15 +96,16 @@ def make_chats(count: int, vocab: int, seed: int = 0) -> list[list[dict[str, str
 
 
 def matmul_rate(rows: int, repeats: int = 30) -> float:
-    """GFLOP/s of ``[rows, 640] x [640, 1728]`` (the MLP's up projection) on this thread."""
+    """GFLOP/s (per CPU second) of ``[rows, 640] x [640, 1728]`` (the MLP's up projection) on
+    this thread."""
     a, b = torch.randn(rows, 640), torch.randn(640, 1728)
     out = torch.empty(rows, 1728)
     for _ in range(3):
         torch.mm(a, b, out=out)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(repeats):
         torch.mm(a, b, out=out)
-    return 2 * rows * 640 * 1728 * repeats / (time.perf_counter() - start) / 1e9
+    return 2 * rows * 640 * 1728 * repeats / (time.process_time() - start) / 1e9
 
 
 def matmul_params(model: Any) -> int:
@@ -108,17 +113,25 @@ def matmul_params(model: Any) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    """(CPU seconds of this process, wall seconds, result). On one thread the CPU time is the
+    work done; on a shared machine the wall time also counts the time other jobs ran."""
+    cpu, wall = time.process_time(), time.perf_counter()
     result = fn()
-    return time.perf_counter() - start, result
+    return time.process_time() - cpu, time.perf_counter() - wall, result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=256)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=128, help="poise's rows per step")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[128, 32],
+        help="poise's rows per step (one poise side per value)",
+    )
     parser.add_argument("--chunk", type=int, default=32, help="prompts per generate call")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each side (median)")
     parser.add_argument("--threads", type=int, default=1)
@@ -131,7 +144,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = build_model(Path(tmp) / "llama-90m")
-        model = HFModel(str(folder), device="cpu", dtype="float32", batch_size=args.batch_size)
+        model = HFModel(str(folder), device="cpu", dtype="float32")
     hf, tok = model.model, model.tokenizer
     assert not model.eos_token_ids, "the benchmark model must have no EOS"
     vocab = int(hf.config.vocab_size)
@@ -169,17 +182,23 @@ def main() -> None:
                     eos_token_id=None,
                 )
                 new = out[:, enc["input_ids"].size(1) :]
-                for i, text in zip(chunk, tok.batch_decode(new, skip_special_tokens=True)):
+                for i, text in zip(
+                    chunk, tok.batch_decode(new, skip_special_tokens=True), strict=True
+                ):
                     texts[i] = text
         return texts
 
-    def run_poise() -> list[str]:
-        return [row[0].text for row in model.generate(chats, sampling)]
+    def run_poise(batch_size: int) -> Callable[[], list[str]]:
+        def run() -> list[str]:
+            model.batch_size = batch_size
+            return [row[0].text for row in model.generate(chats, sampling)]
+
+        return run
 
     given = list(range(len(prompts)))
     by_length = sorted(given, key=lambda i: lengths[i])
     sides: dict[str, Callable[[], list[str]]] = {
-        "poise": run_poise,
+        **{f"poise@{b}": run_poise(b) for b in args.batch_size},
         "chunked": lambda: hf_generate(given),
         "sorted": lambda: hf_generate(by_length),
     }
@@ -189,60 +208,76 @@ def main() -> None:
     outputs: dict[str, list[str]] = {}
     for _ in range(args.repeats):  # sides alternate, so load on a shared machine hits all
         for name, side in sides.items():
-            seconds, outputs[name] = timed(side)
+            seconds, wall, outputs[name] = timed(side)
             times[name].append(seconds)
-            print(f"  {name:8s} {seconds:7.1f} s")
+            print(f"  {name:8s} {seconds:7.1f} CPU s ({wall:.1f} s wall)")
     tokens = len(chats) * args.new_tokens
     rate = {name: tokens / statistics.median(t) for name, t in times.items()}
-    print(f"medians of {args.repeats} run(s); {tokens} new tokens per side")
-    print(f"poise HFModel.generate (batch {args.batch_size}):     {rate['poise']:7.1f} tokens/s")
-    print(f"transformers generate, chunks of {args.chunk}:       {rate['chunked']:7.1f} tokens/s")
+    print(f"medians of {args.repeats} run(s); {tokens} new tokens per side; tokens per CPU second")
+    for b in args.batch_size:
+        print(f"poise HFModel.generate, batch {b:3d}:           {rate[f'poise@{b}']:7.1f} tokens/s")
+    print(f"transformers generate, chunks of {args.chunk}:        {rate['chunked']:7.1f} tokens/s")
     print(f"transformers generate, sorted chunks of {args.chunk}: {rate['sorted']:7.1f} tokens/s")
-    print(f"poise vs chunked: {rate['poise'] / rate['chunked']:5.2f}x")
-    print(f"poise vs sorted:  {rate['poise'] / rate['sorted']:5.2f}x   (goal >= 1.3x)")
-    for name in ("chunked", "sorted"):
-        same = sum(a == b for a, b in zip(outputs["poise"], outputs[name], strict=True))
-        print(f"greedy outputs equal to {name}: {same}/{len(chats)}")
+    for b in args.batch_size:
+        name = f"poise@{b}"
+        print(
+            f"{name}: {rate[name] / rate['chunked']:5.2f}x chunked, "
+            f"{rate[name] / rate['sorted']:5.2f}x sorted (goal >= 1.3x)"
+        )
+        for other in ("chunked", "sorted"):
+            same = sum(a == b for a, b in zip(outputs[name], outputs[other], strict=True))
+            print(f"  greedy outputs equal to {other}: {same}/{len(chats)}")
 
-    # the matmul rate at these shapes, and poise's share of it
+    # the matmul rate at these shapes (decode steps: rows = batch; prefill: rows = tokens), and
+    # each side's share of the best of them
     print()
-    for rows in (32, args.batch_size):
-        print(f"matmul [{rows},640]x[640,1728], one thread: {matmul_rate(rows):6.1f} GFLOP/s")
-    peak = matmul_rate(args.batch_size)
+    rates = {rows: matmul_rate(rows) for rows in sorted({32, *args.batch_size, 2048})}
+    for rows, value in rates.items():
+        print(f"matmul [{rows},640]x[640,1728], one thread: {value:6.1f} GFLOP/s")
+    peak = max(rates.values())
     layer_params = linear - hf.lm_head.weight.numel()
     # prefill runs every prompt token through the layers and the LM head only at the last one;
     # each new token runs through the layers and the LM head (attention scores not counted)
     flops = 2 * (sum(lengths) * layer_params + tokens * linear)
-    seconds = statistics.median(times["poise"])
     print(
-        f"poise: {flops / seconds / 1e9:.1f} GFLOP/s of matrix multiplies "
-        f"({flops / 1e9:.0f} GFLOP in {seconds:.1f} s) = {flops / seconds / 1e9 / peak:.0%} "
-        f"of the matmul rate; per new token 2 x {linear / 1e6:.0f}M = "
-        f"{2 * linear / 1e9:.2f} GFLOP"
+        f"work: {flops / 1e9:.0f} GFLOP of matrix multiplies ({sum(lengths)} prompt tokens, "
+        f"{tokens} new tokens at 2 x {linear / 1e6:.0f}M = {2 * linear / 1e9:.2f} GFLOP each)"
     )
+    for name, t in times.items():
+        achieved = flops / statistics.median(t) / 1e9
+        print(f"{name:10s} {achieved:5.1f} GFLOP/s = {achieved / peak:4.0%} of {peak:.1f} GFLOP/s")
 
     if args.profile:
-        profile(model, chats[:64], Sampling(max_new_tokens=16))
+        profile(model, chats[: max(args.batch_size)])
 
 
-def profile(model: Any, chats: list[Any], sampling: Any) -> None:
-    """Where a short poise run spends its time, by operator (self CPU time)."""
+def profile(model: Any, chats: list[Any], steps: int = 12) -> None:
+    """Where poise's decoding steps spend their CPU time, by operator: ``chats`` prefilled as
+    one batch, then ``steps`` steps of ``DecodeState.step`` (greedy tokens) under the profiler."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
+    state = model.prefill(chats, reserve=steps + 4)
+    for _ in range(3):
+        state.step(state.logits.argmax(dim=-1))
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         start = time.perf_counter()
-        model.generate(chats, sampling)
-        wall = time.perf_counter() - start
+        for _ in range(steps):
+            state.step(state.logits.argmax(dim=-1))
+        cpu = time.perf_counter() - start  # the profiler times operators by the wall clock
     events = prof.key_averages()
     total_ops = sum(e.self_cpu_time_total for e in events) / 1e6
     print()
-    print(f"profile: {len(chats)} chats x {sampling.max_new_tokens} tokens, {wall:.2f} s wall")
-    print(f"{'operator':40s} {'self s':>8s} {'share':>6s}")
-    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:14]:
+    print(
+        f"profile of {steps} decoding steps, {len(state)} rows, cache width "
+        f"{state.mask.size(1)}: {cpu / steps * 1e3:.0f} ms per step (wall)"
+    )
+    print(f"{'operator':52s} {'self s':>7s} {'share':>6s}")
+    for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
         seconds = event.self_cpu_time_total / 1e6
-        print(f"{event.key:40s} {seconds:8.3f} {seconds / wall:6.1%}")
-    print(f"{'(python and the profiler, outside ops)':40s} {wall - total_ops:8.3f}")
+        print(f"{event.key:52s} {seconds:7.3f} {seconds / cpu:6.1%}")
+    rest = cpu - total_ops
+    print(f"{'(outside operators: python, the profiler)':52s} {rest:7.3f} {rest / cpu:6.1%}")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,10 @@ __all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache"]
 COMPACT_SHARE = 0.25
 # Largest share of padding in a prefill forward before the rows are split into groups.
 PREFILL_WASTE = 0.125
-# Columns a cache grows by at least when its buffer is full.
+# Columns a cache grows by at least when its buffer is full (or by half its width).
 _GROW_COLUMNS = 64
+# Free columns allocated ahead at most (a row asking for 32k new tokens grows as it goes).
+MAX_RESERVE = 512
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -76,7 +78,7 @@ class _BufferLayer:
 
     def __init__(self, reserve: int = 0) -> None:
         super().__init__()
-        self.reserve = reserve
+        self.reserve = min(reserve, MAX_RESERVE)
         self.start = 0
         self.end = 0
         self.key_buffer: torch.Tensor | None = None
@@ -104,7 +106,8 @@ class _BufferLayer:
         assert self.key_buffer is not None and self.value_buffer is not None
         new = key_states.size(-2)
         if self.end + new > self.key_buffer.size(2):
-            self.resize(self.end - self.start + new + max(self.reserve, _GROW_COLUMNS))
+            width = self.end - self.start + new
+            self.resize(width + max(self.reserve, _GROW_COLUMNS, width // 2))
             assert self.key_buffer is not None and self.value_buffer is not None
         self.key_buffer[:, :, self.end : self.end + new] = key_states
         self.value_buffer[:, :, self.end : self.end + new] = value_states
@@ -208,8 +211,9 @@ class KVCache:
             layers = [mine, *(c.cache.layers[index] for c in others)]
             rows = sum(layer.keys.size(0) for layer in layers)
             k0, v0 = mine.keys, mine.values  # [rows, heads, live, dim]
-            key_buffer = k0.new_empty((rows, k0.size(1), width + reserve, k0.size(3)))
-            value_buffer = v0.new_empty((rows, v0.size(1), width + reserve, v0.size(3)))
+            capacity = width + max(min(reserve, MAX_RESERVE), 1)
+            key_buffer = k0.new_empty((rows, k0.size(1), capacity, k0.size(3)))
+            value_buffer = v0.new_empty((rows, v0.size(1), capacity, v0.size(3)))
             row = 0
             for layer in layers:
                 n, pad = layer.keys.size(0), width - (layer.end - layer.start)
@@ -221,7 +225,7 @@ class KVCache:
                 row += n
             mine.key_buffer, mine.value_buffer = key_buffer, value_buffer
             mine.start, mine.end = 0, width
-            mine.reserve = max(mine.reserve, reserve)
+            mine.reserve = max(mine.reserve, min(reserve, MAX_RESERVE))
             mine._views()
 
 
@@ -469,7 +473,11 @@ class Batcher:
             return []
         state, live = self.state, self.live
         decoding = [i for i, r in enumerate(live) if not r.done]
-        index = None if len(decoding) == len(live) else torch.tensor(decoding, dtype=torch.long)
+        index = (
+            None
+            if len(decoding) == len(live)
+            else torch.tensor(decoding, device=state.logits.device)
+        )
         logits = state.logits if index is None else state.logits[index]  # [decoding, vocab]
         rows = [live[i] for i in decoding]
         if self.hook is not None:
@@ -493,7 +501,7 @@ class Batcher:
         if index is None:
             feed = chosen
         else:
-            feed = torch.full((len(live),), self.model.pad_token_id, dtype=torch.long)
+            feed = chosen.new_full((len(live),), self.model.pad_token_id)
             feed[index] = chosen
         done = sum(r.done for r in live)
         if done == len(live):
@@ -505,7 +513,7 @@ class Batcher:
                 state.keep(kept_index)
                 feed = feed[kept_index]
                 self.live = [live[i] for i in kept]
-            state.step(feed.to(self.model.device))
+            state.step(feed)
         return news
 
     def _admit(self) -> None:

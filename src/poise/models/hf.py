@@ -1,8 +1,8 @@
 """The ``hf`` backend: a Hugging Face causal LM folder (or hub id) as a ``LanguageModel``.
 
-poise runs its own decoding loop on top of the model's forward pass (KV cache, left padding)
-instead of calling ``model.generate``, because an audit needs guarantees that ``generate`` does
-not give:
+poise runs its own decoding loop on top of the model's forward pass (KV cache, left padding;
+the loop, its cache and the token-level step live in ``poise.models.decode``) instead of calling
+``model.generate``, because an audit needs guarantees that ``generate`` does not give:
 
 - **Per-row reproducible sampling.** Each row (a chat and a sample index) draws its random
   numbers from its own ``torch.Generator``, seeded from a stable hash of (seed, chat, sample
@@ -12,6 +12,10 @@ not give:
   distribution with that row's uniform, so the whole batch samples in one vectorised op.
 - **Log-probs of the chosen tokens** under the model's unmodified distribution (temperature 1,
   no top-k / top-p truncation), ready for likelihood-based metrics.
+
+- **A seam at every token.** ``prefill`` / ``DecodeState.step`` for strategies that drive
+  several models in lockstep, a ``logits_hook`` on ``generate`` / ``stream`` / ``engine``, text
+  streamed as it is decoded, and a continuous batch (rows join as others finish) under all.
 
 Everything a user can get wrong (missing folder, pickle-only checkpoint, no chat template, bad
 device or dtype) is checked before any weights are loaded.
