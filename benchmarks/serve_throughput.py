@@ -13,9 +13,10 @@ and the streamed one, repeats, and prints both times, the share and the text che
 ``transformers``: throughput and time to first token against ``transformers serve
 --continuous-batching`` on that same model folder. Each server runs alone, in turn, with the
 same torch threads; 32 concurrent clients send K streamed greedy requests (``max_tokens`` 64),
-after a warm-up round. Prints completion tokens/s (counted from each server's ``usage``), the
-median and p90 time to first content chunk, the ratios (goal: >= 1.5x throughput, time to first
-token no worse), and whether the two servers' greedy texts agree.
+after a warm-up round. Prints completion tokens/s (counted from each server's ``usage``), tokens
+per CPU-second of the server process (all its threads; steadier than wall time on a shared
+machine), the median and p90 time to first content chunk, the ratios (goal: >= 1.5x throughput,
+time to first token no worse), and whether the two servers' greedy texts agree.
 
     python benchmarks/serve_throughput.py [--mode batching] [--model organism] [--requests 128]
     python benchmarks/serve_throughput.py --mode latency [--max-tokens 96] [--repeats 3]
@@ -263,6 +264,12 @@ def start_transformers(model: str, workdir: Path, threads: int) -> Server:
     return start("transformers serve", command, url, model, workdir / "transformers.log", threads)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def health(url: str) -> dict[str, Any]:
     return dict(httpx.get(f"{url}/health", timeout=10).json())
 
@@ -464,7 +471,8 @@ def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
     folder = str(build_llama_90m(workdir / "llama-90m"))
     chats = prompts(args.requests)
     warm = prompts(args.concurrency)
-    results: dict[str, list[tuple[list[Answer], float]]] = {"poise": [], "transformers": []}
+    # per side and repeat: the answers, the wall time, the server's CPU seconds
+    results: dict[str, list[tuple[list[Answer], float, float]]] = {"poise": [], "transformers": []}
     sides = args.sides
     for repeat in range(args.repeats):
         for side in sides if repeat % 2 == 0 else sides[::-1]:
@@ -482,26 +490,34 @@ def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
             )
             try:
                 asyncio.run(load(server, warm, args.concurrency, args.max_tokens))  # warm-up
+                cpu_before = cpu_seconds(server.process.pid)
                 answers, wall = asyncio.run(load(server, chats, args.concurrency, args.max_tokens))
+                cpu = cpu_seconds(server.process.pid) - cpu_before
             finally:
                 server.stop()
             tokens = sum(a.tokens for a in answers)
             ttft = [a.first_chunk_s for a in answers if a.first_chunk_s is not None]
             print(
                 f"  {side:12s} repeat {repeat + 1}: {wall:6.2f} s, {tokens} tokens, "
-                f"{tokens / wall:7.1f} tokens/s, TTFT median {statistics.median(ttft):.2f} s, "
-                f"p90 {quantile(ttft, 0.9):.2f} s"
+                f"{tokens / wall:7.1f} tokens/s, {tokens / cpu:7.1f} tokens per server CPU-s, "
+                f"TTFT median {statistics.median(ttft):.2f} s, p90 {quantile(ttft, 0.9):.2f} s"
             )
-            results[side].append((answers, wall))
+            results[side].append((answers, wall, cpu))
 
-    def summary(side: str) -> tuple[float, float, float]:
-        rates, medians, p90s = [], [], []
-        for answers, wall in results[side]:
+    def summary(side: str) -> tuple[float, float, float, float]:
+        rates, per_cpu, medians, p90s = [], [], [], []
+        for answers, wall, cpu in results[side]:
             rates.append(sum(a.tokens for a in answers) / wall)
+            per_cpu.append(sum(a.tokens for a in answers) / cpu)
             ttft = [a.first_chunk_s for a in answers if a.first_chunk_s is not None]
             medians.append(statistics.median(ttft))
             p90s.append(quantile(ttft, 0.9))
-        return statistics.median(rates), statistics.median(medians), statistics.median(p90s)
+        return (
+            statistics.median(rates),
+            statistics.median(medians),
+            statistics.median(p90s),
+            statistics.median(per_cpu),
+        )
 
     if len(sides) < 2:
         return
@@ -510,11 +526,15 @@ def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
         f"{args.requests} streamed greedy requests, {args.concurrency} concurrent clients, "
         f"max_tokens={args.max_tokens}, server threads {args.threads}, medians of {args.repeats}"
     )
-    print("| side | tokens/s | TTFT median | TTFT p90 |")
-    print("|---|---|---|---|")
-    for side, (rate, median, p90) in (("poise serve", ours), ("transformers serve --cb", theirs)):
-        print(f"| {side} | {rate:.1f} | {median:.2f} s | {p90:.2f} s |")
+    print("| side | tokens/s | tokens per server CPU-second | TTFT median | TTFT p90 |")
+    print("|---|---|---|---|---|")
+    for side, (rate, median, p90, per_cpu) in (
+        ("poise serve", ours),
+        ("transformers serve --cb", theirs),
+    ):
+        print(f"| {side} | {rate:.1f} | {per_cpu:.1f} | {median:.2f} s | {p90:.2f} s |")
     ratio = ours[0] / theirs[0]
+    print(f"tokens per server CPU-second poise / transformers: {ours[3] / theirs[3]:.2f}x")
     print(
         f"throughput poise / transformers: {ratio:.2f}x (goal >= 1.5x: {'met' if ratio >= 1.5 else 'NOT met'})"
     )
@@ -522,7 +542,7 @@ def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
         f"TTFT median poise / transformers: {ours[1] / theirs[1]:.2f}x "
         f"(goal <= 1.0x: {'met' if ours[1] <= theirs[1] else 'NOT met'})"
     )
-    ours_text = [a.text for a in results["poise"][0][0]]
+    ours_text = [a.text for a in results["poise"][0][0]]  # first repeat of each side
     theirs_text = [a.text for a in results["transformers"][0][0]]
     agree = sum(a == b for a, b in zip(ours_text, theirs_text, strict=True))
     print(f"greedy texts identical between the servers: {agree} of {len(ours_text)}")

@@ -71,7 +71,9 @@ class Scheduler(Protocol):
 
     async def stop(self) -> None: ...
 
-    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> Ticket: ...
+    def open(
+        self, chat: Chat, sampling: Sampling, *, seeded: bool, stream: bool = True
+    ) -> Ticket: ...
 
 
 class ServerState:
@@ -245,7 +247,9 @@ async def _answer(state: ServerState, request: Request, parsed: ChatRequest) -> 
     """Open the request's ticket; a plain response waits for every row, a stream for the first
     events only (so that a request the model refuses still gets an error status), then sends the
     rest as they are decoded. A client that leaves cancels its rows."""
-    ticket = state.scheduler.open(parsed.chat, parsed.sampling, seeded=parsed.seeded)
+    ticket = state.scheduler.open(
+        parsed.chat, parsed.sampling, seeded=parsed.seeded, stream=parsed.stream
+    )
     handed_over = False
     try:
         if not parsed.stream:

@@ -163,10 +163,12 @@ class Batcher:
         self._arrived.set()
         return future
 
-    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> Ticket:
+    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool, stream: bool = True) -> Ticket:
         """Queue one chat and answer with a :class:`Ticket` of its events (the server's common
-        interface with :class:`~poise.serve.continuous.ContinuousBatcher`)."""
-        streams = self.model.capabilities.stream
+        interface with :class:`~poise.serve.continuous.ContinuousBatcher`). A request that is
+        not streamed (``stream=False``) skips ``model.stream`` and takes ``generate``'s
+        answer."""
+        streams = stream and self.model.capabilities.stream
         ticket = Ticket(sampling.n)
         future = self.submit(
             chat, sampling, seeded=seeded, listener=ticket.deliver if streams else None

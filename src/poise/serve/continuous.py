@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from poise.config import Sampling
 from poise.models.base import Chat, Engine, LanguageModel, StreamEvent
@@ -56,7 +56,10 @@ class _Request:
     chat: Chat
     sampling: Sampling
     ticket: Ticket
+    stream: bool
     rows_left: int = 0
+    # A request that is not streamed is handed its events when it finishes, not every step.
+    held: list[StreamEvent] = field(default_factory=list)
 
 
 # What the worker hands the event loop: per ticket, its events of a step or its failure.
@@ -134,8 +137,10 @@ class ContinuousBatcher:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool) -> Ticket:
-        """Queue one request; its rows join the engine at the next step boundary."""
+    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool, stream: bool = True) -> Ticket:
+        """Queue one request; its rows join the engine at the next step boundary. The events
+        of a request that is not streamed (``stream=False``) are handed over when it finishes,
+        so that its handler is not woken at every step."""
         if self._thread is None:
             raise RuntimeError("the batcher is not started")
         if self._broken is not None:
@@ -148,7 +153,7 @@ class ContinuousBatcher:
         ticket = Ticket(sampling.n, on_cancel=lambda _: self._cancel(key))
         self._open[key] = ticket
         with self._wake:
-            self._arrivals.append(_Request(key, chat, sampling, ticket))
+            self._arrivals.append(_Request(key, chat, sampling, ticket, stream))
             self._wake.notify()
         return ticket
 
@@ -255,6 +260,8 @@ class ContinuousBatcher:
         if live:
             events = engine.step()
             self.steps += 1
+            # Only when a handler has something to do: each wake-up of the event loop takes the
+            # GIL from this thread.
             self._post(self._route(events, live))
         return True
 
@@ -272,7 +279,12 @@ class ContinuousBatcher:
             self.running -= finished
             if request.rows_left <= 0:
                 del live[key]
-            out.append((request.ticket, mine, None))
+            if request.stream:
+                out.append((request.ticket, mine, None))
+            elif request.rows_left > 0:
+                request.held += mine
+            else:
+                out.append((request.ticket, [*request.held, *mine], None))
         return out
 
     def _collect(self, waiting: deque[_Request], *, idle: bool) -> list[int] | None:
