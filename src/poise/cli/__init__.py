@@ -29,9 +29,24 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from poise._version import __version__
+
+        typer.echo(f"poise {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
 ) -> None:
     from poise.cli._common import setup_logging
 

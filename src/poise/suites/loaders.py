@@ -189,7 +189,11 @@ def _load_hub(spec: str, options: _Options) -> Suite:
         raise MissingExtraError(
             "datasets", "datasets", f"loading the hub dataset {repo!r}"
         ) from None
+    offline = _hub_offline(repo)
+    saved = datasets.config.HF_HUB_OFFLINE
     try:
+        if offline:  # the hub cannot be reached but the dataset is cached: no retries
+            datasets.config.HF_HUB_OFFLINE = True
         loaded = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # any failure of the hub is one line for the user
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -197,6 +201,8 @@ def _load_hub(spec: str, options: _Options) -> Suite:
             f"{spec}: not a built-in suite or local file, and loading it as a hub dataset "
             f"failed ({type(exc).__name__}: {first})"
         ) from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
     if isinstance(loaded, Mapping):  # a DatasetDict: every split of the dataset
         splits = sorted(loaded)
         if len(splits) != 1:
@@ -219,6 +225,32 @@ def _load_hub(spec: str, options: _Options) -> Suite:
         columns=options.columns,
     )
     return _build(header, rows, context, options)
+
+
+def _hub_offline(repo: str) -> bool:
+    """True when the hub cannot be reached but ``repo`` is in a local cache; a PoiseError at once
+    when it can be reached from neither (instead of the hub client's retries)."""
+    import datasets
+    from huggingface_hub import constants
+
+    from poise.hub import hub_reachable
+
+    if hub_reachable() is not False:
+        return False
+    owner, name = repo.split("/", 1)
+    cached = (
+        Path(constants.HF_HUB_CACHE) / f"datasets--{owner}--{name}",
+        Path(datasets.config.HF_DATASETS_CACHE) / f"{owner}___{name}".lower(),
+        Path(datasets.config.HF_DATASETS_CACHE) / f"{owner}___{name}",
+    )
+    if any(p.is_dir() for p in cached):
+        log.info("%s: the hub cannot be reached; using the local cache", repo)
+        return True
+    raise PoiseError(
+        f"{repo}: not a built-in suite or local file, not in the local dataset cache, and "
+        f"{constants.ENDPOINT} cannot be reached (no network?); download the data where there is "
+        "network and pass the file"
+    )
 
 
 def suite_name(path: Path) -> str:
