@@ -140,8 +140,10 @@ def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
         TimeRemainingColumn,
     )
 
+    from poise.errors import require_extra
     from poise.train.recipes import RECIPES
 
+    require_extra("accelerate", "train", f"poise train {recipe.replace('_', '-')}")
     _quiet_libraries()
     train = RECIPES.get(recipe).train
     shown = _SHOWN.get(recipe, ("loss",))
