@@ -99,7 +99,7 @@ def audit(
     from poise.scoring.judges import get_judge, parse_judge_spec, resolve_judge_name
     from poise.suites import load_suite
 
-    suites = [load_suite(spec) for spec in cfg.suites]
+    suites = [load_suite(spec, **cfg.suite_options()) for spec in cfg.suites]
     items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
     if not items:
         raise PoiseError("the audit has no items: every suite is empty")

@@ -80,7 +80,39 @@ def format_validation_error(exc: ValidationError) -> str:
 DEFAULT_SUITES: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty")
 
 
-class AuditConfig(StrictModel):
+class SuiteOptions(BaseModel):
+    """How suite files are read (the options of ``poise suites show``), for every command that
+    reads suites. They apply to files and hub datasets, not to built-in suite names."""
+
+    suite_format: str | None = Field(
+        None,
+        description="row format of the suite files instead of detecting it (`poise suites ls`)",
+    )
+    suite_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="ROLE=COLUMN for generic suite files (prompt, id, kind, category, reference, "
+        "system), e.g. prompt=question",
+    )
+    suite_kind: str | None = Field(
+        None, description="kind of suite rows that carry none (harmful, borderline, benign, ...)"
+    )
+    suite_category: str | None = Field(None, description="category of suite rows that carry none")
+
+    def suite_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``poise.suites.load_suite``."""
+        return {
+            "format": self.suite_format,
+            "columns": dict(self.suite_columns) or None,
+            "kind": self.suite_kind,
+            "category": self.suite_category,
+        }
+
+    def suite_options_set(self) -> set[str]:
+        """The suite option fields that differ from their defaults (part of a fingerprint)."""
+        return {name for name in SuiteOptions.model_fields if getattr(self, name)}
+
+
+class AuditConfig(StrictModel, SuiteOptions):
     """Everything that defines an audit. ``poise audit`` flags map 1:1 onto these fields."""
 
     model: str = Field(
@@ -123,6 +155,9 @@ class AuditConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """Identity of the audit's results: everything except where and how it is written."""
+        # suite options left unset are left out, so runs from before they existed keep their
+        # fingerprint (and resume)
+        unset = set(SuiteOptions.model_fields) - self.suite_options_set()
         return stable_hash(
-            self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size"})
+            self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size", *unset})
         )

@@ -40,6 +40,11 @@ _ALIASES = {
     "margin_reward_models": ("--margin-reward-model",),
     "loss_options": ("--loss-option",),
     "model_options": ("--model-option",),
+    # the suite options, spelled as `poise suites show` spells them
+    "suite_format": ("--format",),
+    "suite_columns": ("--column",),
+    "suite_kind": ("--kind",),
+    "suite_category": ("--category",),
 }
 
 
