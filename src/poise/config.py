@@ -46,10 +46,8 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def load_yaml_config(
-    path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None
-) -> Any:
-    """Read a YAML file into ``model``; errors name the file and the field."""
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file; errors name the file (and line)."""
     import yaml
 
     path = Path(path)
@@ -57,12 +55,25 @@ def load_yaml_config(
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise PoiseError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise PoiseError(f"{path}: is a folder, expected a YAML file") from None
+    except UnicodeDecodeError:
+        raise PoiseError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise PoiseError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise PoiseError(f"{path}: expected a mapping at the top level")
+    return {str(k): v for k, v in data.items()}
+
+
+def load_yaml_config(
+    path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None
+) -> Any:
+    """Read a YAML file into ``model``; errors name the file and the field."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
     data.update(overrides or {})
     try:
         return model.model_validate(data)

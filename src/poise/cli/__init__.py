@@ -6,7 +6,10 @@ import importlib
 
 import typer
 
+from poise.cli._config import PoiseGroup
+
 app = typer.Typer(
+    cls=PoiseGroup,  # --config FILE.yaml on every command
     name="poise",
     help="Measure and steer the helpful / harmless / honest balance of language models.",
     no_args_is_help=True,
