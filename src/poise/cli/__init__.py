@@ -18,7 +18,17 @@ app = typer.Typer(
 )
 
 # Each module exposes ``register(app)``; the list is the order of ``poise --help``.
-_COMMAND_MODULES = ["audit", "runs", "attacks", "suites", "organism", "serve", "train", "gate"]
+_COMMAND_MODULES = [
+    "audit",
+    "runs",
+    "compare",
+    "attacks",
+    "suites",
+    "organism",
+    "serve",
+    "train",
+    "gate",
+]
 
 
 def _register_all() -> None:

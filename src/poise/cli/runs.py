@@ -114,5 +114,24 @@ def show(
         print_result(found.path, metrics)
 
 
+@runs_app.command("export")
+def export(
+    run: str = typer.Argument(..., help="Run folder, or its name under --out."),
+    csv: str = typer.Option(
+        ..., "--csv", help="CSV file for the samples; the metrics go to <name>-metrics.csv."
+    ),
+    out: str = typer.Option("runs", help="Folder that holds run folders."),
+) -> None:
+    """Export a run as tidy CSV: one row per sample (flat columns, run and model named) and one
+    row per metric."""
+    with user_errors():
+        from poise.report.compare import export_run_csv
+        from poise.runs import find_run
+
+        samples, metrics, n_samples, n_metrics = export_run_csv(find_run(run, out).path, csv)
+        console.print(f"wrote {n_samples} sample rows to {samples}", highlight=False)
+        console.print(f"wrote {n_metrics} metric rows to {metrics}", highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(runs_app, name="runs")
