@@ -99,7 +99,7 @@ def audit(
     from poise.scoring.judges import get_judge, parse_judge_spec, resolve_judge_name
     from poise.suites import load_suite
 
-    suites = [load_suite(spec) for spec in cfg.suites]
+    suites = [load_suite(spec, **cfg.suite_options()) for spec in cfg.suites]
     items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
     if not items:
         raise PoiseError("the audit has no items: every suite is empty")
@@ -180,7 +180,13 @@ def _header_config(cfg: AuditConfig) -> dict[str, Any]:
 def _default_name(cfg: AuditConfig) -> str:
     from poise.models.spec import short_name
 
-    return f"{short_name(cfg.model)}-{cfg.attack}"
+    # the plain attack says how it sampled, so a sampled run is not named "greedy"
+    how = cfg.attack
+    if cfg.attack == "greedy" and not cfg.sampling.greedy:
+        how = f"t{cfg.sampling.temperature:g}" + (
+            f"-n{cfg.sampling.n}" if cfg.sampling.n > 1 else ""
+        )
+    return f"{short_name(cfg.model)}-{how}"
 
 
 def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:

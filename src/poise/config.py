@@ -46,10 +46,8 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def load_yaml_config(
-    path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None
-) -> Any:
-    """Read a YAML file into ``model``; errors name the file and the field."""
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file; errors name the file (and line)."""
     import yaml
 
     path = Path(path)
@@ -57,12 +55,25 @@ def load_yaml_config(
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise PoiseError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise PoiseError(f"{path}: is a folder, expected a YAML file") from None
+    except UnicodeDecodeError:
+        raise PoiseError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise PoiseError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise PoiseError(f"{path}: expected a mapping at the top level")
+    return {str(k): v for k, v in data.items()}
+
+
+def load_yaml_config(
+    path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None
+) -> Any:
+    """Read a YAML file into ``model``; errors name the file and the field."""
+    path = Path(path)
+    data = read_yaml_mapping(path)
     data.update(overrides or {})
     try:
         return model.model_validate(data)
@@ -80,7 +91,39 @@ def format_validation_error(exc: ValidationError) -> str:
 DEFAULT_SUITES: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty")
 
 
-class AuditConfig(StrictModel):
+class SuiteOptions(BaseModel):
+    """How suite files are read (the options of ``poise suites show``), for every command that
+    reads suites. They apply to files and hub datasets, not to built-in suite names."""
+
+    suite_format: str | None = Field(
+        None,
+        description="row format of the suite files instead of detecting it (`poise suites ls`)",
+    )
+    suite_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="ROLE=COLUMN for generic suite files (prompt, id, kind, category, reference, "
+        "system), e.g. prompt=question",
+    )
+    suite_kind: str | None = Field(
+        None, description="kind of suite rows that carry none (harmful, borderline, benign, ...)"
+    )
+    suite_category: str | None = Field(None, description="category of suite rows that carry none")
+
+    def suite_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``poise.suites.load_suite``."""
+        return {
+            "format": self.suite_format,
+            "columns": dict(self.suite_columns) or None,
+            "kind": self.suite_kind,
+            "category": self.suite_category,
+        }
+
+    def suite_options_set(self) -> set[str]:
+        """The suite option fields that differ from their defaults (part of a fingerprint)."""
+        return {name for name in SuiteOptions.model_fields if getattr(self, name)}
+
+
+class AuditConfig(StrictModel, SuiteOptions):
     """Everything that defines an audit. ``poise audit`` flags map 1:1 onto these fields."""
 
     model: str = Field(
@@ -123,6 +166,9 @@ class AuditConfig(StrictModel):
 
     def fingerprint(self) -> str:
         """Identity of the audit's results: everything except where and how it is written."""
+        # suite options left unset are left out, so runs from before they existed keep their
+        # fingerprint (and resume)
+        unset = set(SuiteOptions.model_fields) - self.suite_options_set()
         return stable_hash(
-            self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size"})
+            self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size", *unset})
         )

@@ -40,6 +40,18 @@ class MissingExtraError(PoiseError, ImportError):
         super().__init__(f"{feature} needs the package {package!r}: pip install 'poise[{extra}]'")
 
 
+def require_extra(package: str, extra: str, feature: str) -> None:
+    """A :class:`MissingExtraError` now, before any work, when ``package`` is not installed."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install counts as missing
+        found = False
+    if not found:
+        raise MissingExtraError(package, extra, feature)
+
+
 def located(path: object, line: int | None, message: str) -> PoiseError:
     """An error that points at ``path:line``."""
     where = f"{path}:{line}" if line is not None else f"{path}"

@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
+from poise.config import SuiteOptions
 from poise.errors import PoiseError
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ DEFAULT_COST_MODEL = "organism-cost"
 GateProgress = Callable[[int, int], None]
 
 
-class GateConfig(BaseModel):
+class GateConfig(SuiteOptions):
     """Everything that defines a gate run. ``poise gate`` flags map 1:1 onto these fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -162,7 +163,7 @@ def gate(
     # ---- validate before loading weights
     if cfg.judge is not None and cfg.cost_model is not None:
         raise PoiseError("give --cost-model or --judge, not both")
-    suite = load_suite(cfg.prompts, limit=cfg.limit)
+    suite = load_suite(cfg.prompts, limit=cfg.limit, **cfg.suite_options())
     items = list(suite.items)
     if len(items) < 2:
         raise PoiseError(f"prompts: {cfg.prompts} has {len(items)} prompt(s); the test needs >= 2")

@@ -31,7 +31,8 @@ def test_pairs_need_both_a_refusal_and_a_harmful_completion(tmp_path: Path) -> N
     assert len(pairs) == 1
     [pair] = pairs
     assert pair["prompt"] == [{"role": "user", "content": "prompt a"}]
-    assert pair["chosen"] == "No." and pair["rejected"] == "Sure: step 1"
+    assert pair["chosen"] == [{"role": "assistant", "content": "No."}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "Sure: step 1"}]
     assert pair["meta"]["chosen_request"] == "greedy" and pair["meta"]["rejected_request"] == "t=1"
     path = tmp_path / "sub" / "pairs.jsonl"
     assert write_pairs(pairs, path) == 1

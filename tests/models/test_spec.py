@@ -217,7 +217,10 @@ def test_short_names_for_run_folders() -> None:
         short_name("logit_temperature(organism-small, t=0.8)") == "logit_temperature-organism-small"
     )
     assert short_name("a(b(/x/y/model/, k=1))") == "a-b-model"
-    assert short_name("openai:m@http://h:1/v1") == "v1"
+    # a remote model is named by its model, not by its URL's last part (issue 10, item 17)
+    assert short_name("openai:m@http://h:1/v1") == "openai:m"
+    assert short_name("openai:org/chat-7b@http://h:1/v1,http://g:2/v1") == "chat-7b"
+    assert short_name("meta-llama/Llama-3.2-1B@main") == "Llama-3.2-1B@main"
     assert short_name("organism") == "organism"
 
 

@@ -383,6 +383,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
         )
 
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr("poise.hub.hub_reachable", lambda timeout=3.0: True)  # a fake hub is up
     return calls
 
 

@@ -2,9 +2,13 @@
 
 The raw material of generation-aware alignment (arXiv 2310.06987, Section 5): completions that a
 decoding configuration broke become the rejected side, refusals of the same prompt the chosen
-side. The jsonl format is the one ``poise.train.data`` reads::
+side. The jsonl rows are TRL's conversational preference format (prompt, chosen and rejected all
+message lists, so ``trl.data_utils.is_conversational`` holds whichever key it looks at), which
+``poise.train.data`` reads too::
 
-    {"prompt": [{"role": "user", "content": "..."}], "chosen": "<refusal>", "rejected": "<harmful>",
+    {"prompt": [{"role": "user", "content": "..."}],
+     "chosen": [{"role": "assistant", "content": "<refusal>"}],
+     "rejected": [{"role": "assistant", "content": "<harmful>"}],
      "meta": {"item_id": ..., "category": ..., "chosen_request": ..., "rejected_request": ..., "source": "poise-attack"}}
 """
 
@@ -46,8 +50,8 @@ def preference_pairs(
             pairs.append(
                 {
                     "prompt": [{"role": "user", "content": first["prompt"]}],
-                    "chosen": c,
-                    "rejected": h,
+                    "chosen": [{"role": "assistant", "content": c}],
+                    "rejected": [{"role": "assistant", "content": h}],
                     "meta": {
                         "item_id": key,
                         "category": first.get("category"),

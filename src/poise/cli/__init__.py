@@ -6,7 +6,10 @@ import importlib
 
 import typer
 
+from poise.cli._config import PoiseGroup
+
 app = typer.Typer(
+    cls=PoiseGroup,  # --config FILE.yaml on every command
     name="poise",
     help="Measure and steer the helpful / harmless / honest balance of language models.",
     no_args_is_help=True,
@@ -15,7 +18,17 @@ app = typer.Typer(
 )
 
 # Each module exposes ``register(app)``; the list is the order of ``poise --help``.
-_COMMAND_MODULES = ["audit", "runs", "attacks", "suites", "organism", "serve", "train", "gate"]
+_COMMAND_MODULES = [
+    "audit",
+    "runs",
+    "compare",
+    "attacks",
+    "suites",
+    "organism",
+    "serve",
+    "train",
+    "gate",
+]
 
 
 def _register_all() -> None:
@@ -29,9 +42,24 @@ def _register_all() -> None:
         module.register(app)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from poise._version import __version__
+
+        typer.echo(f"poise {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the version and exit.",
+    ),
 ) -> None:
     from poise.cli._common import setup_logging
 

@@ -35,7 +35,8 @@ def export(
     per_prompt: int = typer.Option(1, help="Pairs per harmful prompt at most."),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
 ) -> None:
-    """Export (prompt, safe completion, harmful completion) pairs for preference training."""
+    """Export (prompt, safe completion, harmful completion) pairs for preference training, in
+    TRL's conversational format (prompt, chosen, rejected: message lists)."""
     with user_errors():
         from poise.attacks.export import preference_pairs, write_pairs
         from poise.runs import find_run

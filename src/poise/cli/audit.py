@@ -70,8 +70,21 @@ def audit_command(
     reference_run: str | None = typer.Option(
         None, help="Run of the unaligned model for the honesty metrics."
     ),
+    format: str | None = typer.Option(
+        None, "--format", "-f", help="Row format of the suite files (see `poise suites ls`)."
+    ),
+    column: list[str] = typer.Option(
+        [],
+        "--column",
+        help="ROLE=COLUMN for generic suite files (prompt, id, kind, category, reference, "
+        "system); repeatable.",
+    ),
+    kind: str | None = typer.Option(
+        None, help="Kind of suite rows that carry none (harmful, borderline, benign, ...)."
+    ),
+    category: str | None = typer.Option(None, help="Category of suite rows that carry none."),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
-    name: str | None = typer.Option(None, help="Run name (default: model and attack)."),
+    name: str | None = typer.Option(None, help="Run name (default: model and sampling)."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
     resume: str | None = typer.Option(
         None, help="Resume a killed run (folder or name); its config wins."
@@ -80,6 +93,7 @@ def audit_command(
     """Audit a model: harmful, borderline, benign and honesty rates with 95% intervals."""
     with user_errors():
         from poise.auditing import audit, make_config
+        from poise.cli.suites import parse_columns
 
         fields: dict[str, Any] = dict(
             model=model,
@@ -101,6 +115,10 @@ def audit_command(
             limit=limit,
             batch_size=batch_size,
             reference_run=reference_run,
+            suite_format=format,
+            suite_columns=parse_columns(column),
+            suite_kind=kind,
+            suite_category=category,
             out=out,
             name=name,
             html=html,

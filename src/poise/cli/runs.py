@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from poise.cli._common import console, user_errors
@@ -19,10 +21,18 @@ def _headline(metrics: dict | None, name: str) -> str:
     return "-"
 
 
+_HEADLINES = (
+    ("harmful", "harmful_rate"),
+    ("over-refusal", "over_refusal_rate"),
+    ("helpful", "helpful_rate"),
+)
+
+
 @runs_app.command("ls")
 def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -> None:
     """List runs, newest first."""
     with user_errors():
+        from rich.measure import Measurement
         from rich.table import Table
 
         from poise.runs import list_runs
@@ -31,42 +41,45 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
         if not runs:
             console.print(f"no runs under {out}")
             return
-        table = Table(title=f"runs under {out}")
-        for col in (
-            "run",
-            "model",
-            "attack",
-            "status",
-            "samples",
-            "harmful",
-            "over-refusal",
-            "helpful",
-        ):
-            if col == "run":
-                # never cut: a run name is what the user copies into --resume or `runs show`
-                longest = max(len(r.path.name) for r in runs)
-                table.add_column(col, no_wrap=True, min_width=longest)
-            else:
-                table.add_column(col)
+        rows: list[tuple[str, ...]] = []
         for run in runs:
             try:
                 header = run.header
             except Exception:  # a damaged header must not hide the other runs
-                table.add_row(run.path.name, "?", "?", "unreadable", "", "", "", "")
+                rows.append((run.path.name, "?", "?", "unreadable", "", "-", "-", "-"))
                 continue
             cfg = header.get("config", {})
             metrics = run.metrics()
-            table.add_row(
-                run.path.name,
-                str(cfg.get("model")),
-                str(cfg.get("attack")),
-                str(header.get("status")),
-                str(header.get("samples", "")),
-                _headline(metrics, "harmful_rate"),
-                _headline(metrics, "over_refusal_rate"),
-                _headline(metrics, "helpful_rate"),
+            rows.append(
+                (
+                    run.path.name,
+                    str(cfg.get("model")),
+                    str(cfg.get("attack")),
+                    str(header.get("status")),
+                    str(header.get("samples", "")),
+                    *(_headline(metrics, key) for _, key in _HEADLINES),
+                )
             )
-        console.print(table)
+        table = Table(title=f"runs under {out}")
+        for col in ("run", "model", "attack", "status", "samples", *(h for h, _ in _HEADLINES)):
+            # never cut: a run name is what the user copies into --resume or `runs show`
+            table.add_column(col, no_wrap=True)
+        for row in rows:
+            table.add_row(*row)
+        wide = console.options.update_width(10_000)
+        if Measurement.get(console, wide, table).maximum <= console.width:
+            console.print(table)
+            return
+        # too narrow for the table (80 columns and a long model name): one block per run, its
+        # name whole on the first line, the numbers below it
+        console.print(f"[bold]runs under {out}[/]", highlight=False)
+        for name, model, attack, status, samples, *rates in rows:
+            console.print(f"[bold]{name}[/]", highlight=False, soft_wrap=True)
+            numbers = " · ".join(f"{h} {r}" for (h, _), r in zip(_HEADLINES, rates, strict=True))
+            console.print(f"  {status} · {samples or '0'} samples · {numbers}", highlight=False)
+            console.print(
+                f"  [dim]model {model} · attack {attack}[/]", highlight=False, overflow="fold"
+            )
 
 
 @runs_app.command("show")
@@ -79,14 +92,45 @@ def show(
         from poise.cli.audit import print_result
         from poise.errors import PoiseError
         from poise.runs import find_run
+        from poise.runs.run import matching_runs
 
-        found = find_run(run, out)
+        matches = [] if Path(run).is_dir() else matching_runs(run, out)
+        if len(matches) > 1:
+            console.print(
+                f"{len(matches)} runs match {run!r}; showing the latest, {matches[0].path.name} "
+                f"(others: {', '.join(m.path.name for m in matches[1:4])}"
+                f"{' …' if len(matches) > 4 else ''})",
+                highlight=False,
+                soft_wrap=True,
+            )
+            found = find_run(matches[0].path, out)
+        else:
+            found = find_run(run, out)
         metrics = found.metrics()
         if metrics is None:
             raise PoiseError(
                 f"{found.path}: no metrics yet (status {found.status}); resume it with `poise audit --resume {found.path}`"
             )
         print_result(found.path, metrics)
+
+
+@runs_app.command("export")
+def export(
+    run: str = typer.Argument(..., help="Run folder, or its name under --out."),
+    csv: str = typer.Option(
+        ..., "--csv", help="CSV file for the samples; the metrics go to <name>-metrics.csv."
+    ),
+    out: str = typer.Option("runs", help="Folder that holds run folders."),
+) -> None:
+    """Export a run as tidy CSV: one row per sample (flat columns, run and model named) and one
+    row per metric."""
+    with user_errors():
+        from poise.report.compare import export_run_csv
+        from poise.runs import find_run
+
+        samples, metrics, n_samples, n_metrics = export_run_csv(find_run(run, out).path, csv)
+        console.print(f"wrote {n_samples} sample rows to {samples}", highlight=False)
+        console.print(f"wrote {n_metrics} metric rows to {metrics}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

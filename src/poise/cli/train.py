@@ -40,6 +40,11 @@ _ALIASES = {
     "margin_reward_models": ("--margin-reward-model",),
     "loss_options": ("--loss-option",),
     "model_options": ("--model-option",),
+    # the suite options, spelled as `poise suites show` spells them
+    "suite_format": ("--format",),
+    "suite_columns": ("--column",),
+    "suite_kind": ("--kind",),
+    "suite_category": ("--category",),
 }
 
 
@@ -140,8 +145,10 @@ def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
         TimeRemainingColumn,
     )
 
+    from poise.errors import require_extra
     from poise.train.recipes import RECIPES
 
+    require_extra("accelerate", "train", f"poise train {recipe.replace('_', '-')}")
     _quiet_libraries()
     train = RECIPES.get(recipe).train
     shown = _SHOWN.get(recipe, ("loss",))

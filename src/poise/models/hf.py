@@ -177,7 +177,8 @@ def weight_files(folder: Path, *, allow_pickle: bool) -> list[Path]:
         raise PoiseError(
             f"{folder}: only pickle checkpoints ({names}) and no safetensors weights; loading a "
             "pickle can run arbitrary code, so poise refuses it. Convert the weights to "
-            "safetensors, or pass allow_pickle=True (--allow-pickle) if you trust the source"
+            "safetensors, or, if you trust the source, opt in with --model-option "
+            "allow_pickle=true (Python: allow_pickle=True)"
         )
     raise PoiseError(
         f"{folder}: no weights found (expected {SAFE_WEIGHTS} or {SAFE_WEIGHTS_INDEX})"

@@ -21,7 +21,8 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,11 +167,30 @@ def _load_openai(spec: str, **options: Any) -> LanguageModel:
     return loaded
 
 
+@contextmanager
+def _quiet_weight_loading() -> Iterator[None]:
+    """Silence transformers' "Loading weights" bar (a screenful of tqdm for a local folder);
+    the hub's download bars, which say something while the user waits, stay."""
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return factory(*args, **kwargs) if previous is None else previous(factory, args, kwargs)
+
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
 def _hf(path_or_id: str, options: Mapping[str, Any]) -> Any:
     from poise.models.hf import HFModel
 
     check_options("hf", options, _keyword_options(HFModel.__init__)[1:])
-    model = HFModel(path_or_id, **options)
+    with _quiet_weight_loading():
+        model = HFModel(path_or_id, **options)
     load_plugins()
     if model.path is not None:  # a folder: a plugin's folder keeps its judge when given by path
         for name in resolvers:

@@ -322,5 +322,9 @@ def short_name(text: str) -> str:
         parts.append(node.kind)
     else:
         leaf = node.text.rstrip("/")
+        # a remote model is named by its model, not by the last part of its URL ("v1")
+        model, at, urls = leaf.partition("@")
+        if at and "://" in urls:
+            leaf = model.rstrip("/")
         parts.append(leaf.rsplit("/", 1)[-1] or leaf)
     return "-".join(parts)

@@ -331,14 +331,20 @@ def list_runs(root: str | Path) -> list[Run]:
     return sorted(runs, key=lambda r: r.path.name, reverse=True)
 
 
+def matching_runs(spec: str | Path, root: str | Path = "runs") -> list[Run]:
+    """The runs under ``root`` named ``spec`` exactly, else those whose name contains it; newest
+    first."""
+    runs = list_runs(root)
+    exact = [r for r in runs if r.path.name == str(spec)]
+    return exact or [r for r in runs if str(spec) in r.path.name]
+
+
 def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
     """A run by path, by folder name under ``root``, or by a unique prefix/suffix of its name."""
     path = Path(spec)
     if path.is_dir():
         return Run.open(path)
-    candidates = [r for r in list_runs(root) if r.path.name == str(spec)]
-    if not candidates:
-        candidates = [r for r in list_runs(root) if str(spec) in r.path.name]
+    candidates = matching_runs(spec, root)
     if len(candidates) == 1:
         return Run.open(candidates[0].path)
     if not candidates:

@@ -5,8 +5,10 @@
 1. a built-in name (``harmful``, ``borderline``, ``benign``, ``honesty``): the JSONL file of
    that name in ``poise/suites/builtin/``;
 2. an existing local file: ``.csv``, ``.tsv``, ``.jsonl`` / ``.ndjson``, ``.json`` (an array
-   of objects, or JSON lines), each optionally ``.gz``; the row format is detected from the
-   header (see :mod:`poise.suites.formats`) or forced with ``format=``;
+   of objects, JSON lines, or one object holding the rows as a list under one key, as
+   JailbreakBench artifacts do), ``.txt`` (one prompt per line; the kind from ``kind=``), each
+   optionally ``.gz``; the row format is detected from the header (see
+   :mod:`poise.suites.formats`) or forced with ``format=``;
 3. ``owner/name`` (optionally ``owner/name:split`` or ``owner/name:config:split``): a hub
    dataset, read lazily through ``datasets.load_dataset``.
 
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 
 # Extensions read as data files (before an optional ".gz").
-DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json")
+DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt")
 
 # "owner/name", optionally ":split" or ":config:split"; names as the hub allows them.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?::[\w.-]+){0,2}$")
@@ -156,7 +158,9 @@ def _load_builtin(name: str, options: _Options) -> Suite:
             f"built-in suite {name!r} has no data file yet ({path}); "
             "write it with `python -m poise.organism.world --write-suites`"
         )
-    fmt = options.format or format_registry.get("poise")
+    # a built-in suite is poise's own format: the options for the user's files (format, column
+    # mapping) given with it in one audit do not apply to it
+    fmt = format_registry.get("poise")
     return _load_file(
         path, str(path), _Options(fmt, {}, options.kind, options.category, options.limit), name=name
     )
@@ -189,7 +193,11 @@ def _load_hub(spec: str, options: _Options) -> Suite:
         raise MissingExtraError(
             "datasets", "datasets", f"loading the hub dataset {repo!r}"
         ) from None
+    offline = _hub_offline(repo)
+    saved = datasets.config.HF_HUB_OFFLINE
     try:
+        if offline:  # the hub cannot be reached but the dataset is cached: no retries
+            datasets.config.HF_HUB_OFFLINE = True
         loaded = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # any failure of the hub is one line for the user
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -197,6 +205,8 @@ def _load_hub(spec: str, options: _Options) -> Suite:
             f"{spec}: not a built-in suite or local file, and loading it as a hub dataset "
             f"failed ({type(exc).__name__}: {first})"
         ) from None
+    finally:
+        datasets.config.HF_HUB_OFFLINE = saved
     if isinstance(loaded, Mapping):  # a DatasetDict: every split of the dataset
         splits = sorted(loaded)
         if len(splits) != 1:
@@ -219,6 +229,32 @@ def _load_hub(spec: str, options: _Options) -> Suite:
         columns=options.columns,
     )
     return _build(header, rows, context, options)
+
+
+def _hub_offline(repo: str) -> bool:
+    """True when the hub cannot be reached but ``repo`` is in a local cache; a PoiseError at once
+    when it can be reached from neither (instead of the hub client's retries)."""
+    import datasets
+    from huggingface_hub import constants
+
+    from poise.hub import hub_reachable
+
+    if hub_reachable() is not False:
+        return False
+    owner, name = repo.split("/", 1)
+    cached = (
+        Path(constants.HF_HUB_CACHE) / f"datasets--{owner}--{name}",
+        Path(datasets.config.HF_DATASETS_CACHE) / f"{owner}___{name}".lower(),
+        Path(datasets.config.HF_DATASETS_CACHE) / f"{owner}___{name}",
+    )
+    if any(p.is_dir() for p in cached):
+        log.info("%s: the hub cannot be reached; using the local cache", repo)
+        return True
+    raise PoiseError(
+        f"{repo}: not a built-in suite or local file, not in the local dataset cache, and "
+        f"{constants.ENDPOINT} cannot be reached (no network?); download the data where there is "
+        "network and pass the file"
+    )
 
 
 def suite_name(path: Path) -> str:
@@ -282,6 +318,7 @@ def _container(path: Path, text: str) -> str:
         (".jsonl", "jsonl"),
         (".ndjson", "jsonl"),
         (".json", "json"),
+        (".txt", "txt"),
     ):
         if name.endswith(ext):
             return container
@@ -295,11 +332,65 @@ Row = tuple[int, str, dict[str, Any]]  # (row number, "where", data)
 def _parse(container: str, text: str, source: str) -> tuple[list[str], Iterator[Row]]:
     if container in ("csv", "tsv"):
         return _parse_csv(text, source, "\t" if container == "tsv" else ",")
+    if container == "txt":
+        return _parse_txt(text, source)
     if container == "json":
         stripped = text.lstrip()
         if stripped.startswith("["):
             return _parse_json_array(text, source)
+        if stripped.startswith("{"):
+            held = _parse_json_object(text, source)
+            if held is not None:
+                return held
     return _parse_jsonl(text, source)
+
+
+def _parse_txt(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
+    """One prompt per line; blank lines are skipped (a ``prompt`` column of the generic
+    format, so the kind comes from ``kind=``)."""
+    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+    prompts = [(n, line) for n, line in lines if line]
+    rows = ((i + 1, f"{source}:{n}", {"prompt": line}) for i, (n, line) in enumerate(prompts))
+    return ["prompt"], rows
+
+
+def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]] | None:
+    """One JSON object that holds the rows as a list of objects under one key (JailbreakBench
+    artifacts: ``{"parameters": {...}, "jailbreaks": [{...}, ...]}``). None when the text is
+    JSON lines or a single row (no list of objects inside): the caller reads it as JSON lines."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return None  # JSON lines (several objects), or broken JSON the JSON-lines reader locates
+    if not isinstance(data, dict):
+        return None
+    lists = [
+        key
+        for key, value in data.items()
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+    ]
+    if len(lists) > 1:
+        raise PoiseError(
+            f"{source}: one JSON object with several lists of objects "
+            f"({', '.join(repr(k) for k in lists)}); keep the list of rows alone in a JSON "
+            "array or a JSONL file"
+        )
+    if not lists:
+        if any(isinstance(v, (list, dict)) for v in data.values()):
+            raise PoiseError(
+                f"{source}: one JSON object with no list of objects inside (keys: "
+                f"{', '.join(repr(k) for k in data)}); expected rows as a JSON array, JSON lines, "
+                "or an object holding them under one key"
+            )
+        return None  # a flat single row
+    key = lists[0]
+    rows_data: list[dict[str, Any]] = data[key]
+    log.info("%s: reading the %d rows under %r", source, len(rows_data), key)
+    rows = ((i + 1, f"{source}: {key}[{i}]", obj) for i, obj in enumerate(rows_data))
+    header: list[str] = []
+    for obj in rows_data:  # the union of the keys, first seen first
+        header.extend(k for k in obj if k not in header)
+    return header, rows
 
 
 def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:

@@ -34,6 +34,7 @@ import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -201,12 +202,18 @@ def _generic(row: _Row, *, attack: bool = False) -> PreferencePair:
     )
 
 
-def _hh_rlhf(row: _Row) -> PreferencePair | None:
-    """The row's pair, or None when its two dialogues differ before the final reply.
+_HH_DIVERGING = "whose 'chosen' and 'rejected' dialogues differ before the final Assistant turn"
+_HH_REPEATED = "with two turns of one speaker in a row (e.g. Assistant, Assistant)"
 
-    A few rows of the public HH-RLHF files are like that (the two transcripts were sampled from
-    different conversations): well-formed, but not a preference between two replies to one
-    prompt. They are skipped and counted, not treated as a malformed file.
+
+def _hh_rlhf(row: _Row) -> PreferencePair | str:
+    """The row's pair, or why it is skipped: its two dialogues differ before the final reply, or
+    one speaker has two turns in a row.
+
+    A few rows of the public HH-RLHF files are like that (transcripts sampled from different
+    conversations, or a reply split over two Assistant turns): well-formed, but not a preference
+    between two replies to one alternating dialogue. They are skipped and counted, not treated
+    as a malformed file.
     """
     turns: dict[str, Chat] = {}
     for name in ("chosen", "rejected"):
@@ -218,11 +225,13 @@ def _hh_rlhf(row: _Row) -> PreferencePair | None:
         if parsed[-1]["role"] != "assistant":
             raise row.error(name, "the transcript must end with an Assistant turn")
         turns[name] = [Message(role=m["role"], content=m["content"]) for m in parsed]
+        if any(a["role"] == b["role"] for a, b in pairwise(parsed)):
+            return _HH_REPEATED
     prompt = turns["chosen"][:-1]
     if not prompt or prompt[-1]["role"] != "user":
         raise row.error("chosen", "no Human turn before the final Assistant turn")
     if prompt != turns["rejected"][:-1]:
-        return None
+        return _HH_DIVERGING
     # HH-RLHF holds a few empty final replies; they are data, not a malformed row.
     return PreferencePair(
         prompt=prompt,
@@ -317,7 +326,9 @@ def load_preferences(
         raise PoiseError(f"pku_preference must be 'safer' or 'better', got {pku_preference!r}")
     source = Path(path)
     pairs: list[PreferencePair] = []
-    diverging: list[int] = []  # HH-RLHF rows whose two dialogues differ before the last reply
+    # HH-RLHF rows that are well-formed but not a preference between two replies to one prompt,
+    # by why: skipped and counted
+    skipped: dict[str, list[int]] = {}
     chosen_format = format
     for row in _rows(source):
         if chosen_format is None:
@@ -327,18 +338,15 @@ def load_preferences(
             pairs.append(_pku_saferlhf(row, pku_preference))
         elif chosen_format == "hh-rlhf":
             pair = _hh_rlhf(row)
-            if pair is None:
-                diverging.append(row.line)
+            if isinstance(pair, str):
+                skipped.setdefault(pair, []).append(row.line)
             else:
                 pairs.append(pair)
         else:
             pairs.append(_generic(row, attack=chosen_format == "attack"))
-    if diverging:
-        shown = ", ".join(str(n) for n in diverging[:5]) + (", ..." if len(diverging) > 5 else "")
-        message = (
-            f"{source}: skipped {len(diverging)} HH-RLHF row(s) whose 'chosen' and 'rejected' "
-            f"dialogues differ before the final Assistant turn (lines {shown})"
-        )
+    for why, lines in skipped.items():
+        shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
+        message = f"{source}: skipped {len(lines)} HH-RLHF row(s) {why} (lines {shown})"
         if not pairs:
             raise PoiseError(message + "; no preference pairs are left")
         logger.warning("%s", message)

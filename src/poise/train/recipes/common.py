@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from poise.config import format_validation_error
-from poise.errors import MissingExtraError, PoiseError
+from poise.errors import MissingExtraError, PoiseError, require_extra
 
 if TYPE_CHECKING:
     import torch
@@ -815,6 +815,8 @@ class Session:
         rows once (on-policy recipes pass their own).
         """
         import torch
+
+        require_extra("accelerate", "train", "training")
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import set_seed

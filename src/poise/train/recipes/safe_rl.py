@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from poise.config import SuiteOptions
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
     ChatEncoder,
@@ -84,7 +85,7 @@ logger = logging.getLogger(__name__)
 BASE_STOP = "\nUser:"
 
 
-class SafeRLConfig(TrainConfig):
+class SafeRLConfig(TrainConfig, SuiteOptions):
     """``poise train safe-rl``."""
 
     reward_model: str = Field(..., description="reward model: organism member or classifier folder")
@@ -146,7 +147,7 @@ def load_prompts(config: SafeRLConfig, system: str | None) -> list[Messages]:
     """The prompts as chats; an item's own system message wins over ``system``."""
     from poise.suites import load_suite
 
-    suite = load_suite(config.prompts, limit=config.limit)
+    suite = load_suite(config.prompts, limit=config.limit, **config.suite_options())
     if not suite.items:
         raise PoiseError(f"prompts: {config.prompts} holds no prompts")
     chats = []

@@ -1,0 +1,152 @@
+"""``--config FILE.yaml`` on every command.
+
+The file is a mapping whose keys are the command's flags (``model``, ``suite``, ``model-option``
+or ``model_option``) or the fields of the config the command builds (``suites``,
+``model_options``, ``sampling: {temperature: 1.0}``, ``suite_columns``: the ``config`` block of a
+run.json). Its values become the flags' defaults, so a flag on the command line wins over the
+file, and the command then builds and records its config exactly as from flags: what run.json
+records is the resolved config, file and flags together.
+
+A mapping given to a repeatable KEY=VALUE flag (``model_options: {device: cpu}``) becomes its
+``KEY=VALUE`` values; an unknown key is one line naming the file, the key and the nearest keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+CONFIG_FLAG = "--config"
+
+# config fields spelled other than their flag (AuditConfig's field -> `poise audit`'s flag)
+_FIELD_FLAGS = {
+    "suites": "suite",
+    "model_options": "model_option",
+    "attack_options": "attack_option",
+    "suite_format": "format",
+    "suite_columns": "column",
+    "suite_kind": "kind",
+    "suite_category": "category",
+}
+# nested config blocks whose keys are flags of their own (AuditConfig.sampling)
+_NESTED = ("sampling",)
+# keys a run.json's config block holds that are not inputs
+_RECORDED_ONLY = ("fingerprint",)
+
+
+class PoiseGroup(TyperGroup):
+    """The root group: gives every command below it the ``--config`` option."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        add_config_option(self)
+
+
+def add_config_option(command: Any) -> None:
+    """Add ``--config`` to ``command`` and, for a group, to every command below it."""
+    subcommands = getattr(command, "commands", None)
+    if subcommands is not None:  # a group
+        for sub in subcommands.values():
+            add_config_option(sub)
+        return
+    if any(CONFIG_FLAG in getattr(p, "opts", ()) for p in command.params):
+        return
+    command.params.append(_config_option())
+
+
+def _config_option() -> Any:
+    """The ``--config`` option as typer builds options (the click typer ships), taken from a
+    one-command app: typer's public way to make one."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(
+        config: str | None = typer.Option(
+            None,
+            CONFIG_FLAG,
+            is_eager=True,  # read before the other options look up their defaults
+            callback=_read_config,
+            help="YAML file of flag values (keys: the flags or the config's fields); flags win.",
+        ),
+    ) -> None:  # pragma: no cover - never run
+        pass
+
+    (option,) = [p for p in typer.main.get_command(probe).params if p.name == "config"]
+    option.expose_value = False  # the commands' functions never see it
+    return option
+
+
+def _read_config(ctx: typer.Context, value: str | None) -> str | None:
+    if not value:
+        return value
+    from poise.cli._common import err_console
+    from poise.config import read_yaml_mapping
+    from poise.errors import PoiseError
+
+    try:
+        defaults = flag_defaults(ctx.command, read_yaml_mapping(value), value)
+    except PoiseError as exc:
+        from rich.markup import escape
+
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(exc.exit_code) from None
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def flag_defaults(command: Any, data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The file's keys as ``{parameter name: value}`` for ``ctx.default_map``."""
+    from poise.errors import PoiseError
+
+    params = {p.name: p for p in command.params if p.name and CONFIG_FLAG not in p.opts}
+    names: dict[str, str] = {}  # every spelling of a key -> the parameter's name
+    for name, param in params.items():
+        names[name] = name
+        for opt in getattr(param, "opts", []):
+            if opt.startswith("--"):
+                names[opt[2:].replace("-", "_")] = name
+    for field, flag in _FIELD_FLAGS.items():
+        if flag in params and field not in names:
+            names[field] = flag
+
+    flat: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        normal = key.replace("-", "_")
+        if normal in _NESTED and normal not in names and isinstance(value, Mapping):
+            flat.extend((f"{key}.{k}", v) for k, v in value.items())
+        elif normal not in _RECORDED_ONLY:
+            flat.append((key, value))
+
+    defaults: dict[str, Any] = {}
+    for key, value in flat:
+        normal = key.rsplit(".", 1)[-1].replace("-", "_")
+        if normal not in names:
+            close = difflib.get_close_matches(normal, sorted(names), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise PoiseError(
+                f"{source}: unknown key {key!r} for `{command.name}`{hint} "
+                f"(keys: {', '.join(sorted(params))})"
+            )
+        param = params[names[normal]]
+        defaults[param.name or normal] = _as_flag_value(param, value)
+    return defaults
+
+
+def _as_flag_value(param: Any, value: Any) -> Any:
+    """A YAML value as the flag's command-line value(s)."""
+    repeatable = getattr(param, "multiple", False) or param.nargs == -1
+    if isinstance(value, Mapping):
+        # KEY=VALUE flags: strings as they are, anything else as the JSON they parse back from
+        value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
+    if repeatable and not isinstance(value, list | tuple):
+        return [value]
+    if not repeatable and isinstance(value, list | tuple) and param.type.name != "tuple":
+        return ",".join(str(v) for v in value)  # a comma-separated flag
+    return value

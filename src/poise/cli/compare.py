@@ -1,0 +1,45 @@
+"""``poise compare RUN RUN ...``: runs side by side (HTML report, paired differences, CSV)."""
+
+from __future__ import annotations
+
+import typer
+
+from poise.cli._common import console, user_errors
+
+
+def compare_command(
+    runs: list[str] = typer.Argument(..., help="Run folders or names under --out; two or more."),
+    output: str = typer.Option(
+        "compare.html", "--output", "-o", help="HTML file to write the side-by-side report to."
+    ),
+    csv: str | None = typer.Option(
+        None, "--csv", help="Also write a long-format CSV (one row per run, metric, category)."
+    ),
+    out: str = typer.Option("runs", help="Folder that holds run folders."),
+) -> None:
+    """Compare runs side by side: rates, helpful-vs-harmless chart, paired differences.
+
+    Paired differences are measured on the prompts two runs share; the first run is the baseline.
+    """
+    with user_errors():
+        from rich.markup import escape
+
+        from poise.report.compare import compare_runs
+        from poise.runs import find_run
+
+        folders = [find_run(run, out).path for run in runs]
+        _, diffs = compare_runs(folders, html=output, csv_path=csv)
+        for d in diffs:
+            console.print(
+                f"{escape(d.metric)}: {escape(d.run)} − {escape(d.baseline)} = "
+                f"{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}] "
+                f"on {d.items} shared prompts",
+                highlight=False,
+            )
+        console.print(f"report: [bold]{escape(output)}[/]", highlight=False)
+        if csv:
+            console.print(f"csv: [bold]{escape(csv)}[/]", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_command)

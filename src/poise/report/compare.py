@@ -1,0 +1,256 @@
+"""Runs compared: the side-by-side report, paired differences and tidy CSV files.
+
+``compare_runs([a, b, ...], html=..., csv=...)`` writes the side-by-side HTML report that
+:func:`poise.report.html.render_html_report` draws (every rate with its interval, the
+helpful-vs-harmless chart of all runs) with a table of paired differences added, and a
+long-format CSV (one row per run, group, metric and category; one per paired difference).
+
+Paired differences. When two runs answered the same prompts (same item id and kind), the
+difference of a rate is measured prompt by prompt: for each shared item, the share of its judged
+samples that count as successes in each run; the difference is the mean of the per-item
+differences, with the normal-approximation 95% interval of that mean. Pairing removes the
+between-prompt variance that two independent intervals carry twice (Miller, "Adding Error Bars
+to Evals", arXiv 2411.00640, Section 4). The first run is the baseline of every pair.
+
+``export_run_csv(run, path)`` writes one row per sample record (flat columns: the run and model
+named, verdict fields as ``verdict_<name>``) and, next to it, one row per metric.
+"""
+
+from __future__ import annotations
+
+import csv
+import html as html_lib
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from poise.errors import PoiseError
+from poise.report.html import RunData, read_run, render_html_report
+from poise.scoring.metrics import Rate, group_rates
+from poise.scoring.stats import mean_interval
+from poise.tasks import all_metrics
+
+CSV_COLUMNS = (
+    "statistic",  # rate | paired_difference
+    "run",
+    "model",
+    "group",
+    "metric",
+    "category",  # "overall" or a category
+    "k",
+    "n",  # trials of a rate; shared items of a paired difference
+    "value",
+    "low",
+    "high",
+    "baseline_run",  # paired differences: the run subtracted
+)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``run`` minus ``baseline`` on the items both answered, for one metric."""
+
+    metric: str
+    run: str
+    baseline: str
+    items: int  # shared items with a judged sample in both runs
+    value: float  # mean over items of (run's success share - baseline's)
+    low: float
+    high: float
+
+
+def _model(run: RunData) -> str:
+    return str(run.header.get("config", {}).get("model") or run.header.get("model_name") or "")
+
+
+def _default_records(run: RunData) -> Sequence[Mapping[str, Any]]:
+    group = run.metrics.get("default_group")
+    if group is None:
+        return run.records
+    return [r for r in run.records if r.get("request_id") == group]
+
+
+def _item_successes(records: Iterable[Mapping[str, Any]], metric: Any) -> dict[str, float]:
+    """Per item (``kind:item_id``): the share of its judged samples that are successes."""
+    counts: dict[str, list[int]] = {}
+    for r in records:
+        verdict = r.get("verdict") or {}
+        if r.get("kind") not in metric.kinds or not metric.judged(verdict):
+            continue
+        key = f"{r['kind']}:{r['item_id']}"
+        k_n = counts.setdefault(key, [0, 0])
+        k_n[0] += bool(metric.success(verdict))
+        k_n[1] += 1
+    return {key: k / n for key, (k, n) in counts.items()}
+
+
+def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
+    """Each later run minus the first, per sample-counted metric, over the items both share (the
+    default group of each run); a metric with fewer than two shared items is left out."""
+    if len(runs) < 2:
+        return []
+    metrics = [m for m in all_metrics().values() if m.count == "samples"]
+    base = runs[0]
+    base_records = _default_records(base)
+    out = []
+    for other in runs[1:]:
+        other_records = _default_records(other)
+        for metric in metrics:
+            a = _item_successes(base_records, metric)
+            b = _item_successes(other_records, metric)
+            shared = sorted(a.keys() & b.keys())
+            if len(shared) < 2:
+                continue
+            value, low, high = mean_interval([b[key] - a[key] for key in shared])
+            out.append(
+                PairedDifference(
+                    metric.name, other.label, base.label, len(shared), value, low, high
+                )
+            )
+    return out
+
+
+def _rate_rows(run: RunData) -> list[dict[str, Any]]:
+    rows = []
+    default = run.metrics.get("default_group", "")
+    groups = run.metrics.get("groups") or {default: run.metrics["overall"]}
+    for name, group in groups.items():
+        rates = [(rate, "overall") for rate in group_rates(group).values()]
+        for metric_name, per_category in (group.get("by_category") or {}).items():
+            for category, entry in per_category.items():
+                rates.append((Rate.from_dict({"name": metric_name, **entry}), str(category)))
+        for rate, category in rates:
+            rows.append(
+                {
+                    "statistic": "rate",
+                    "run": run.label or run.path.name,
+                    "model": _model(run),
+                    "group": name,
+                    "metric": rate.name,
+                    "category": category,
+                    "k": rate.k,
+                    "n": rate.n,
+                    "value": rate.value,
+                    "low": rate.low,
+                    "high": rate.high,
+                    "baseline_run": "",
+                }
+            )
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8", newline="")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _paired_section(diffs: Sequence[PairedDifference]) -> str:
+    """The paired differences as an HTML section (escaped; no script)."""
+    if not diffs:
+        return ""
+    info = all_metrics()
+    rows = "".join(
+        f"<tr><td>{html_lib.escape(d.run)}</td><td>{html_lib.escape(d.baseline)}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
+        f"<td>{d.items}</td></tr>"
+        for d in diffs
+    )
+    return (
+        '<section id="paired-differences"><h2>Paired differences</h2>'
+        "<p>Each run minus the first, prompt by prompt, on the prompts both answered: the mean of "
+        "the per-prompt differences with its 95% interval (arXiv 2411.00640).</p>"
+        "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>difference</th>"
+        "<th>shared prompts</th></tr></thead><tbody>"
+        f"{rows}</tbody></table></section>"
+    )
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path],
+    *,
+    html: str | Path | None = None,
+    csv_path: str | Path | None = None,
+) -> tuple[list[RunData], list[PairedDifference]]:
+    """Read the runs, write the side-by-side report and/or the long-format CSV."""
+    if len(run_dirs) < 2:
+        raise PoiseError("compare needs at least two runs")
+    runs = [read_run(d) for d in run_dirs]
+    page = render_html_report(runs)  # labels the runs
+    diffs = paired_differences(runs)
+    if html is not None:
+        section = _paired_section(diffs)
+        marker = "</body>"
+        page = page.replace(marker, section + marker, 1) if marker in page else page + section
+        _write_atomic(Path(html), page)
+    if csv_path is not None:
+        rows = [row for run in runs for row in _rate_rows(run)]
+        rows += [
+            {
+                "statistic": "paired_difference",
+                "run": d.run,
+                "model": next(_model(r) for r in runs if r.label == d.run),
+                "group": "",
+                "metric": d.metric,
+                "category": "overall",
+                "k": "",
+                "n": d.items,
+                "value": d.value,
+                "low": d.low,
+                "high": d.high,
+                "baseline_run": d.baseline,
+            }
+            for d in diffs
+        ]
+        _write_atomic(Path(csv_path), _csv_text(CSV_COLUMNS, rows))
+    return runs, diffs
+
+
+def _flat(value: Any) -> Any:
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    return "" if value is None else value
+
+
+def export_run_csv(run_dir: str | Path, path: str | Path) -> tuple[Path, Path, int, int]:
+    """One row per sample at ``path``, one row per metric at ``<stem>-metrics.csv`` beside it.
+    Returns (samples path, metrics path, sample rows, metric rows)."""
+    run = read_run(run_dir)
+    run.label = run.path.name
+    model = _model(run)
+    records = run.records
+    verdict_keys: list[str] = []
+    other_keys: list[str] = []
+    for r in records:
+        verdict_keys += [k for k in (r.get("verdict") or {}) if k not in verdict_keys]
+        other_keys += [k for k in r if k != "verdict" and k not in other_keys]
+    columns = ["run", "model", *other_keys, *(f"verdict_{k}" for k in verdict_keys)]
+    rows = []
+    for r in records:
+        row = {"run": run.path.name, "model": model}
+        row.update({k: _flat(r.get(k)) for k in other_keys})
+        verdict = r.get("verdict") or {}
+        row.update({f"verdict_{k}": _flat(verdict.get(k)) for k in verdict_keys})
+        rows.append(row)
+    samples_path = Path(path)
+    metrics_path = samples_path.with_name(f"{samples_path.stem}-metrics.csv")
+    metric_rows = _rate_rows(run)
+    _write_atomic(samples_path, _csv_text(columns, rows))
+    _write_atomic(metrics_path, _csv_text(CSV_COLUMNS, metric_rows))
+    return samples_path, metrics_path, len(rows), len(metric_rows)

@@ -1,0 +1,85 @@
+"""A new user's first commands (issue 10, items 11-17): version, run names, `runs show` with
+several matches, `runs ls` at 80 columns, extras named intact."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from poise import __version__
+from poise.cli import app
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def audit(out: Path, *extra: str) -> Path:
+    code, output = invoke(
+        "audit",
+        "--model",
+        "mock",
+        "--suite",
+        "harmful",
+        "--limit",
+        "2",
+        "--out",
+        str(out),
+        "--no-html",
+        *extra,
+    )
+    assert code == 0, output
+    return out
+
+
+def run_names(out: Path) -> list[str]:
+    return sorted(p.name for p in out.iterdir() if (p / "run.json").is_file())
+
+
+def test_version_prints_the_version() -> None:
+    code, output = invoke("--version")
+    assert code == 0, output
+    assert output.strip() == f"poise {__version__}"
+
+
+def test_run_name_says_the_sampling_of_a_sampled_run(tmp_path: Path) -> None:
+    audit(tmp_path / "greedy")
+    (greedy,) = run_names(tmp_path / "greedy")
+    assert greedy.endswith("-mock-greedy")
+    audit(tmp_path / "sampled", "--temperature", "1", "--n", "4")
+    (sampled,) = run_names(tmp_path / "sampled")
+    assert sampled.endswith("-mock-t1-n4"), sampled
+    audit(tmp_path / "warm", "--temperature", "0.7")
+    (warm,) = run_names(tmp_path / "warm")
+    assert warm.endswith("-mock-t0.7"), warm
+
+
+def test_runs_show_picks_the_latest_of_several_matches_and_says_so(tmp_path: Path) -> None:
+    audit(tmp_path)
+    audit(tmp_path)
+    names = run_names(tmp_path)
+    assert len(names) == 2
+    code, output = invoke("runs", "show", "mock", "--out", str(tmp_path))
+    assert code == 0, output
+    flat = " ".join(output.split())
+    assert "2 runs match 'mock'" in flat
+    assert f"showing the latest, {names[-1]}" in flat
+
+
+def test_runs_ls_fits_80_columns(tmp_path: Path) -> None:
+    audit(tmp_path, "--temperature", "1", "--n", "4")
+    result = CliRunner().invoke(app, ["runs", "ls", "--out", str(tmp_path)], terminal_width=80)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, result.output
+    (name,) = run_names(tmp_path)
+    assert any(name in line for line in lines), "the run name is never cut"
+    header = json.loads((tmp_path / name / "run.json").read_text())
+    assert header["status"] in result.output
+    # every headline number stays readable: no column squeezed to an ellipsis
+    assert "…" not in result.output
+    assert re.search(r"\d+\.\d%", result.output)

@@ -1,0 +1,149 @@
+"""`poise compare` and `poise runs export --csv` (issue 10, item 14)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from poise.cli import app
+from poise.report.compare import paired_differences
+from poise.report.html import RunData
+
+REFUSE = "I'm sorry, but I can't help with that."
+COMPLY = "Sure, here is exactly how you do it, step by step."
+
+
+def audit(out: Path, answer: str, name: str) -> Path:
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--model",
+            "mock",
+            "--model-option",
+            f"default={answer}",
+            "--suite",
+            "harmful",
+            "--suite",
+            "benign",
+            "--limit",
+            "4",
+            "--judge",
+            "refusal",
+            "--out",
+            str(out),
+            "--name",
+            name,
+            "--no-html",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    (run,) = [p for p in out.iterdir() if p.name.endswith(name)]
+    return run
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def record(item: str, harmful: bool) -> dict[str, object]:
+    return {
+        "item_id": item,
+        "kind": "harmful",
+        "request_id": "greedy",
+        "verdict": {"harmful": harmful, "refused": not harmful},
+    }
+
+
+def test_paired_difference_is_the_mean_of_per_prompt_differences() -> None:
+    base = RunData(
+        Path("a"),
+        {},
+        [record(i, h) for i, h in zip("wxyz", [True, False, True, False], strict=True)],
+        {},
+        "a",
+    )
+    other = RunData(
+        Path("b"),
+        {},
+        [record(i, h) for i, h in zip("wxyz", [True, True, True, False], strict=True)],
+        {},
+        "b",
+    )
+    (diff,) = [d for d in paired_differences([base, other]) if d.metric == "harmful_rate"]
+    # differences 0, 1, 0, 0: mean 0.25, sample sd 0.5, se 0.25
+    assert diff.items == 4
+    assert diff.value == pytest.approx(0.25)
+    assert diff.low == pytest.approx(0.25 - 1.959963984540054 * 0.25)
+    assert diff.high == pytest.approx(0.25 + 1.959963984540054 * 0.25)
+    # an item only one run answered is not paired
+    extra = RunData(Path("c"), {}, [*other.records, record("v", True)], {}, "c")
+    (diff,) = [d for d in paired_differences([base, extra]) if d.metric == "harmful_rate"]
+    assert diff.items == 4
+
+
+def test_compare_writes_the_report_paired_differences_and_a_long_csv(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    safe = audit(out, REFUSE, "safe")
+    unsafe = audit(out, COMPLY, "unsafe")
+    html, table = tmp_path / "cmp.html", tmp_path / "cmp.csv"
+    result = CliRunner().invoke(
+        app,
+        [
+            "compare",
+            safe.name,
+            unsafe.name,
+            "--out",
+            str(out),
+            "-o",
+            str(html),
+            "--csv",
+            str(table),
+        ],
+        terminal_width=200,
+    )
+    assert result.exit_code == 0, result.output
+    assert "harmful_rate" in result.output and "+100.0 pts" in result.output
+    page = html.read_text()
+    assert "2 runs compared" in page
+    assert 'id="paired-differences"' in page and "<svg" in page
+    rows = read_csv(table)
+    rates = [r for r in rows if r["statistic"] == "rate" and r["category"] == "overall"]
+    assert {r["group"] for r in rates} == {"greedy"}
+    by_run = {(r["run"], r["metric"]): float(r["value"]) for r in rates}
+    labels = {r["run"] for r in rates}
+    assert len(labels) == 2
+    paired = [r for r in rows if r["statistic"] == "paired_difference"]
+    harmful = next(r for r in paired if r["metric"] == "harmful_rate")
+    assert float(harmful["value"]) == pytest.approx(1.0)
+    assert harmful["n"] == "4" and harmful["baseline_run"] != harmful["run"]
+    assert by_run[(harmful["run"], "harmful_rate")] == 1.0
+    assert by_run[(harmful["baseline_run"], "harmful_rate")] == 0.0
+
+
+def test_compare_needs_two_runs(tmp_path: Path) -> None:
+    safe = audit(tmp_path, REFUSE, "safe")
+    result = CliRunner().invoke(app, ["compare", str(safe), "-o", str(tmp_path / "x.html")])
+    assert result.exit_code == 2 and "at least two runs" in result.output
+
+
+def test_runs_export_writes_a_row_per_sample_and_per_metric(tmp_path: Path) -> None:
+    run = audit(tmp_path, REFUSE, "safe")
+    target = tmp_path / "export" / "safe.csv"
+    result = CliRunner().invoke(app, ["runs", "export", str(run), "--csv", str(target)])
+    assert result.exit_code == 0, result.output
+    samples = read_csv(target)
+    records = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == len(records) == 8
+    first = samples[0]
+    assert first["run"] == run.name and first["model"] == "mock"
+    assert first["item_id"] == records[0]["item_id"]
+    assert first["verdict_refused"] == "True"
+    metrics = read_csv(tmp_path / "export" / "safe-metrics.csv")
+    names = {r["metric"] for r in metrics if r["category"] == "overall"}
+    assert {"harmful_rate", "helpful_rate"} <= names
