@@ -24,19 +24,32 @@ Life of a run (everything that touches the folder is a method of :class:`Run`)::
 
 Readers (the report, ``poise runs``) open a run with :meth:`Run.open` and read it through
 ``header``, ``records()`` and ``metrics()``.
+
+One writer at a time. A process that writes a run holds an exclusive ``flock`` on ``.lock`` in its
+folder, from :meth:`Run.lock` (or :meth:`Run.start`) to :meth:`Run.finish` / :meth:`Run.unlock`.
+The operating system drops the lock when the process ends, however it ends, so ``kill -9`` never
+leaves a stale lock behind; a second process that tries to adopt the same run gets a
+:class:`PoiseError`. A run whose header says ``running`` while nobody holds its lock was
+interrupted (:attr:`Run.state`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is on the user
+    fcntl = None  # type: ignore[assignment]
 
 from poise.errors import PoiseError, located
 
@@ -52,6 +65,7 @@ SAMPLES_FILE = "samples.jsonl"
 CACHE_FILE = "cache.sqlite"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
+LOCK_FILE = ".lock"
 
 RecordKey = tuple[str, str, int]
 
@@ -100,6 +114,7 @@ def environment_versions() -> dict[str, str | None]:
 @dataclass
 class Run:
     path: Path
+    _lock: IO[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
@@ -168,6 +183,74 @@ class Run:
     @property
     def status(self) -> str:
         return str(self.header.get("status", "unknown"))
+
+    @property
+    def state(self) -> str:
+        """The status as a user sees it: ``running`` only while a process holds the run's lock;
+        a run whose header says ``running`` and whose lock is free was killed: ``interrupted``."""
+        status = self.status
+        if status == "running" and self._lock is None and not self.is_locked():
+            return "interrupted"
+        return status
+
+    # ---- one writer: the run's lock --------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def lock(self) -> Run:
+        """Take the run's exclusive lock (held until :meth:`unlock`, :meth:`finish` or the end of
+        the process). PoiseError when another process holds it. Taking it twice is a no-op."""
+        if self._lock is not None or fcntl is None:
+            return self
+        try:
+            handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held open
+        except OSError as exc:
+            raise PoiseError(
+                f"{self.lock_path}: cannot open the run's lock ({exc.strerror})"
+            ) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise PoiseError(
+                    f"{self.lock_path}: cannot lock the run ({exc.strerror})"
+                ) from None
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise PoiseError(
+                f"{self.path}: another poise process{who} is writing this run; wait for it to "
+                "finish, or write to another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+        return self
+
+    def unlock(self) -> None:
+        """Release the run's lock (closing the file drops the flock)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def is_locked(self) -> bool:
+        """Whether some process (this one included, through another ``Run``) holds the lock."""
+        if fcntl is None or not self.lock_path.is_file():
+            return False
+        try:
+            with open(self.lock_path, encoding="utf-8") as handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    return True
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                return False
+        except OSError:
+            return False
 
     def update_header(self, **fields: Any) -> None:
         header = self.header
@@ -281,8 +364,10 @@ class Run:
         return None
 
     def start(self, **header_fields: Any) -> set[RecordKey]:
-        """Mark the run running (with ``header_fields``), cut a torn last record left by a kill,
-        and return the keys of the records already written (skip them when resuming)."""
+        """Take the run's lock, mark the run running (with ``header_fields``), cut a torn last
+        record left by a kill, and return the keys of the records already written (skip them
+        when resuming)."""
+        self.lock()
         self.update_header(status="running", **header_fields)
         if self.repair():
             log.warning(
@@ -313,6 +398,7 @@ class Run:
         self.update_header(status="complete", samples=samples)
         if report is not None:
             report(self)
+        self.unlock()
 
     @property
     def report_path(self) -> Path:
