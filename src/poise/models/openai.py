@@ -243,6 +243,9 @@ class OpenAIModel(ModelBase):
             try:
                 response = await client.chat.completions.create(**kwargs)
                 return completions_from_response(response), attempt + 1
+            except NotAChatCompletion as exc:
+                # a proxy's HTML page or an error object sent with 200: retried like a 5xx
+                last_error = f"HTTP 200, but the body is not a chat completion ({exc})"
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = _server_message(exc)
@@ -305,14 +308,39 @@ def request_kwargs(
     return kwargs
 
 
+class NotAChatCompletion(Exception):
+    """A 200 response whose body is not a chat completion (an HTML page from a proxy, an error
+    object, JSON without ``choices``); its message says what came instead."""
+
+
+def _check_chat_completion(response: Any) -> list[Any]:
+    """The choices of ``response``; NotAChatCompletion when it is not a chat completion."""
+    if isinstance(response, (str, bytes)):
+        text = response.decode("utf-8", "replace") if isinstance(response, bytes) else response
+        snippet = " ".join(text.split())[:80]
+        raise NotAChatCompletion(f"got text: {snippet!r}" if snippet else "got an empty body")
+    choices = getattr(response, "choices", None)
+    if choices is None:
+        raise NotAChatCompletion("JSON without 'choices'")
+    if not isinstance(choices, list):
+        raise NotAChatCompletion(f"'choices' is a {type(choices).__name__}, not a list")
+    for choice in choices:
+        if getattr(choice, "message", None) is None or not isinstance(
+            getattr(choice, "index", None), int
+        ):
+            raise NotAChatCompletion("a choice without a message or an index")
+    return choices
+
+
 def completions_from_response(response: Any) -> list[Completion]:
     """``Completion`` objects from a chat completion response, in choice order.
 
     ``usage.completion_tokens`` counts all choices together: with one choice it is exact; with
     several it is split in proportion to the length of each text (an estimate). Without usage,
-    whitespace-delimited words stand in for tokens.
+    whitespace-delimited words stand in for tokens. Raises :class:`NotAChatCompletion` when the
+    response is not a chat completion.
     """
-    choices = sorted(response.choices, key=lambda c: c.index)
+    choices = sorted(_check_chat_completion(response), key=lambda c: c.index)
     texts = [(c.message.content or "") if c.message is not None else "" for c in choices]
     usage = getattr(response, "usage", None)
     total = getattr(usage, "completion_tokens", None) if usage is not None else None
