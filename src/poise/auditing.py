@@ -160,8 +160,8 @@ def _audit(
 def finalize(
     run: Run, *, reference_records: Sequence[dict[str, Any]] | None = None, html: bool = True
 ) -> dict[str, Any]:
-    """Compute metrics from the run's records; the run writes metrics.json, its status and
-    report.html."""
+    """Compute metrics from the run's records; the run writes metrics.json, report.html and
+    then its status."""
     from poise.report.html import write_run_report
     from poise.scoring.metrics import compute_metrics
 

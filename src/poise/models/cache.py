@@ -16,13 +16,15 @@ only whole, committed rows behind. That is what makes a killed run resumable::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -90,7 +92,7 @@ class ResponseCache:
         """The cached completions for those ``keys`` that are present."""
         wanted = list(dict.fromkeys(keys))
         found: dict[str, list[Completion]] = {}
-        with self._lock:
+        with self._lock, self._errors("read"):
             for start in range(0, len(wanted), _LOOKUP_SLICE):
                 part = wanted[start : start + _LOOKUP_SLICE]
                 marks = ",".join("?" * len(part))
@@ -100,6 +102,19 @@ class ResponseCache:
                 for key, value in rows:
                     found[key] = [Completion.from_dict(d) for d in json.loads(value)]
         return found
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """A SQLite or OS error (a full disk, a damaged file) as one line naming the file."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            hint = ""
+            if "full" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC:
+                hint = "; free some space and run the same command again to resume"
+            raise PoiseError(
+                f"{self.path}: cannot {doing} the response cache ({exc}){hint}"
+            ) from None
 
     def get(self, key: str) -> list[Completion] | None:
         return self.get_many([key]).get(key)
@@ -113,7 +128,7 @@ class ResponseCache:
             (key, model_name, json.dumps([c.to_dict() for c in completions]), now)
             for key, completions in entries.items()
         ]
-        with self._lock:
+        with self._lock, self._errors("write to"):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
@@ -121,10 +136,11 @@ class ResponseCache:
                     "VALUES (?, ?, ?, ?)",
                     rows,
                 )
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def __len__(self) -> int:
         with self._lock:

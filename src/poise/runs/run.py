@@ -8,7 +8,8 @@
       report.html    self-contained report
 
 Crash safety. ``run.json`` and ``metrics.json`` are written to a temporary file and renamed into
-place, so they are either the old or the new version. ``samples.jsonl`` is append-only: each
+place, so they are either the old or the new version; temporary files a kill left behind are
+removed when the run starts again, and a failed write (a full disk) is one line, not a traceback. ``samples.jsonl`` is append-only: each
 batch of records is written with one ``write`` and fsync'ed; a kill in the middle of a write can
 leave at most one partial last line, which :meth:`Run.repair` cuts off before resuming. A record
 is identified by ``(item_id, request_id, sample_index)``; on resume the done keys are skipped, so
@@ -20,7 +21,7 @@ Life of a run (everything that touches the folder is a method of :class:`Run`)::
     done = run.start(judge_resolved=..., model_name=...)   # status running; repair; done keys
     cached = run.cached(model)                               # the run's response cache
     run.append(records)                                      # as produced
-    run.finish(metrics, report=write_run_report)             # metrics.json, status, report.html
+    run.finish(metrics, report=write_run_report)             # metrics.json, report.html, then status
 
 Readers (the report, ``poise runs``) open a run with :meth:`Run.open` and read it through
 ``header``, ``records()`` and ``metrics()``.
@@ -74,21 +75,37 @@ def record_key(record: Mapping[str, Any]) -> RecordKey:
     return (str(record["item_id"]), str(record["request_id"]), int(record["sample_index"]))
 
 
+def write_error(path: Path, exc: OSError) -> PoiseError:
+    """One line for a failed write (a full disk, a read-only folder), naming the file."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return PoiseError(
+            f"{path}: the disk is full ({reason}); free some space and run the same command "
+            "again to resume"
+        )
+    return PoiseError(f"{path}: cannot write ({reason})")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) sees either the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    write_text_atomic(path, text, fsync=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
+    """Write ``text`` next to ``path`` and rename it into place; PoiseError on a failed write
+    (the temporary file is removed)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
 
 
 def environment_versions() -> dict[str, str | None]:
@@ -266,13 +283,33 @@ class Run:
     def cache_path(self) -> Path:
         return self.path / CACHE_FILE
 
+    def check_samples_file(self) -> None:
+        """PoiseError unless ``samples.jsonl`` is a regular file (or absent): a symbolic link
+        would make poise cut or append to a file outside the run folder."""
+        path = self.samples_path
+        if path.is_symlink():
+            raise PoiseError(
+                f"{path}: is a symbolic link (to {os.readlink(path)}); a run's samples must be a "
+                "regular file, so poise will not write through it (copy the file in its place)"
+            )
+        if path.exists() and not path.is_file():
+            raise PoiseError(f"{path}: is not a regular file")
+
     def repair(self) -> int:
         """Cut a partial last line left by a kill mid-write. Returns the bytes removed."""
+        self.check_samples_file()
         path = self.samples_path
+        try:
+            return self._repair(path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+
+    def _repair(self, path: Path) -> int:
         if not path.exists():
             path.touch()
             return 0
-        with open(path, "rb+") as f:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, "rb+") as f:
             data = f.read()
             if not data:
                 return 0
@@ -298,13 +335,22 @@ class Run:
         if not lines:
             return 0
         blob = "".join(lines).encode("utf-8")
-        fd = os.open(self.samples_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.samples_path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.check_samples_file()
+            raise write_error(self.samples_path, exc) from None
         try:
             view = memoryview(blob)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
+        except OSError as exc:
+            # a short write leaves a torn last line, which the next start cuts off
+            raise write_error(self.samples_path, exc) from None
         finally:
             os.close(fd)
         return len(lines)
@@ -368,12 +414,28 @@ class Run:
         record left by a kill, and return the keys of the records already written (skip them
         when resuming)."""
         self.lock()
+        self.check_samples_file()
+        self.remove_temporary_files()
         self.update_header(status="running", **header_fields)
         if self.repair():
             log.warning(
                 "%s: cut a partial last record left by an interrupted write", self.samples_path
             )
         return self.done_keys()
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove what a killed writer left half-done (``.run.json.tmp-*``, ``.metrics.json.tmp-*``,
+        ``.report.html.tmp-*``); call it holding the lock. Returns the files removed."""
+        removed = []
+        for tmp in self.path.glob(".*.tmp-*"):
+            if tmp.is_file() or tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        if removed:
+            log.info(
+                "%s: removed %d temporary file(s) left by a killed run", self.path, len(removed)
+            )
+        return removed
 
     def cached(self, model: LanguageModel) -> CachedModel:
         """``model`` behind this run's response cache (regenerating after a kill is free)."""
@@ -388,16 +450,18 @@ class Run:
         samples: int | None = None,
         report: Callable[[Run], object] | None = None,
     ) -> None:
-        """Write ``metrics.json``, mark the run complete, then draw the report with ``report(run)``
-        (after the status, so the report shows the run as complete; the report layer sits above
-        runs, so it is passed in: ``poise.report.html.write_run_report``). ``samples``: the number
-        of records, when the caller has just counted them (else they are counted here)."""
+        """Write ``metrics.json``, draw the report with ``report(run)``, then mark the run
+        complete and release its lock. The status comes last, so a run killed before it is still
+        unfinished and the same command resumes it and writes what is missing (a ``complete`` run
+        always has its metrics and report). The report layer sits above runs, so it is passed
+        in: ``poise.report.html.write_run_report``. ``samples``: the number of records, when the
+        caller has just counted them (else they are counted here)."""
         self.write_metrics(metrics)
         if samples is None:
             samples = sum(1 for _ in self.records())
-        self.update_header(status="complete", samples=samples)
         if report is not None:
             report(self)
+        self.update_header(status="complete", samples=samples)
         self.unlock()
 
     @property
