@@ -12,11 +12,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from chat_endpoint import Endpoint
+from chat_endpoint import REFUSE, Answer, Endpoint, completion
 from poise.cli import app
 from poise.runs import list_runs
 
@@ -143,3 +144,45 @@ def test_a_run_killed_with_kill_9_shows_as_interrupted(
     assert again.returncode == 0
     [run] = list_runs(out)
     assert run.state == "complete" and len(list(run.records())) == 4
+
+
+# ---- 2. one request failing for good loses no other answer -----------------------------------
+
+
+def test_an_audit_keeps_every_answer_when_one_request_fails_and_resume_retries_it(
+    tmp_path: Path, endpoint: Callable[..., Endpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poise.models.openai as openai_backend
+
+    monkeypatch.setattr(openai_backend, "_BACKOFF_BASE_S", 0.01)
+    broken = {"harmful request 3"}
+
+    def reply(request: dict[str, Any]) -> Answer:
+        if request["messages"][-1]["content"] in broken:
+            return 503, "application/json", b'{"error": {"message": "overloaded"}}'
+        return completion(REFUSE)
+
+    server = endpoint(reply)
+    suite = write_suite(tmp_path / "mini.jsonl", 8)
+    argv = audit_argv(f"openai:m@{server.url}", suite, tmp_path / "runs")
+    argv += ["--model-option", "max_retries=1"]  # one block of 8 (batch size 256)
+    failed = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert failed.exit_code == 2, failed.output
+    line = failed.output.strip().splitlines()[-1]
+    assert (
+        "1 requests failed: item h-03 (greedy): request failed after 2 attempts: HTTP 503" in line
+    )
+    assert "run the same command again" in line and "Traceback" not in failed.output
+    [run] = list_runs(tmp_path / "runs")
+    assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(8) if i != 3]
+    assert run.state == "interrupted"
+
+    broken.clear()
+    asked = len(server.requests)
+    again = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert again.exit_code == 0, again.output
+    [run] = list_runs(tmp_path / "runs")
+    assert run.status == "complete"
+    assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(8)]
+    # only the failed request was asked again
+    assert [r["messages"][-1]["content"] for r in server.requests[asked:]] == ["harmful request 3"]

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError
-from poise.evaluation import ProgressFn, Scorers, evaluate, task_scorers
+from poise.evaluation import ProgressFn, RequestsFailed, Scorers, evaluate, task_scorers
 from poise.runs.run import Run, find_run
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,16 @@ def _audit(
             done=done,
             progress=progress,
         )
-        for judged in blocks:
-            run.append(j.record(cfg.attack) for j in judged)
+        try:
+            for judged in blocks:
+                run.append(j.record(cfg.attack) for j in judged)
+        except RequestsFailed as exc:
+            # every answer that came back is recorded (and cached); the failed ones are not done
+            # keys, so the same command (or --resume) asks for exactly those again
+            raise PoiseError(
+                f"{run.path}: {exc}; every other answer is recorded: run the same command "
+                f"again (or poise audit --resume {run.path}) to retry the failed ones"
+            ) from None
         log.info("generated and judged in %.1fs", time.perf_counter() - started)
 
         metrics = finalize(run, reference_records=reference_records, html=cfg.html)
