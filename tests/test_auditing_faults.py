@@ -169,9 +169,7 @@ def test_an_audit_keeps_every_answer_when_one_request_fails_and_resume_retries_i
     failed = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
     assert failed.exit_code == 2, failed.output
     line = failed.output.strip().splitlines()[-1]
-    assert (
-        "1 requests failed: item h-03 (greedy): request failed after 2 attempts: HTTP 503" in line
-    )
+    assert "1 request failed: item h-03 (greedy): request failed after 2 attempts: HTTP 503" in line
     assert "run the same command again" in line and "Traceback" not in failed.output
     [run] = list_runs(tmp_path / "runs")
     assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(8) if i != 3]

@@ -154,8 +154,8 @@ def _audit(
             # every answer that came back is recorded (and cached); the failed ones are not done
             # keys, so the same command (or --resume) asks for exactly those again
             raise PoiseError(
-                f"{run.path}: {exc}; every other answer is recorded: run the same command "
-                f"again (or poise audit --resume {run.path}) to retry the failed ones"
+                f"{run.path}: {exc}; the answers that came back are recorded: run the same "
+                f"command again (or poise audit --resume {run.path}) to retry the failed ones"
             ) from None
         log.info("generated and judged in %.1fs", time.perf_counter() - started)
 

@@ -168,7 +168,8 @@ class RequestsFailed(PoiseError):
         )
         more = f"; and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
         rest = f"; {not_tried} requests not tried" if not_tried else ""
-        super().__init__(f"{len(self.failed)} requests failed: {shown}{more}{rest}")
+        count = f"{len(self.failed)} request{'s' if len(self.failed) != 1 else ''}"
+        super().__init__(f"{count} failed: {shown}{more}{rest}")
 
 
 def generate(
