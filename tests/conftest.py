@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from chat_endpoint import endpoint  # noqa: F401  (a fake chat endpoint for any test)
+
 # A chat template in the usual role-tag style; the generation prompt opens the assistant turn.
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}"

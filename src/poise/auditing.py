@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError
-from poise.evaluation import ProgressFn, Scorers, evaluate, task_scorers
+from poise.evaluation import ProgressFn, RequestsFailed, Scorers, evaluate, task_scorers
 from poise.runs.run import Run, find_run
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,7 @@ def audit(
         recorded = {k: v for k, v in run.config.items() if k != "fingerprint"}
         cfg = make_config(None, **recorded)
         _check_resumable(run, cfg, model_obj)
+        run.lock()  # one writer: a second process resuming it stops here, before any work
         log.info("resuming %s", run.path)
     else:
         cfg = make_config(config, **fields)
@@ -92,8 +93,18 @@ def audit(
             cfg = cfg.model_copy(update={"attack": attacks.canonical(cfg.attack)})
         run = Run.find_unfinished(cfg.out, cfg.fingerprint())
         if run is not None:
+            run.lock()  # one writer: a second process adopting it stops here, before any work
             log.info("resuming unfinished run %s with the same configuration", run.path)
+    try:
+        return _audit(cfg, run, model_obj, progress)
+    finally:
+        if run is not None:
+            run.unlock()
 
+
+def _audit(
+    cfg: AuditConfig, run: Run | None, model_obj: Any, progress: ProgressFn | None
+) -> AuditResult:
     # ---- validate everything before loading weights -------------------------------------
     from poise.models.resolve import check_spec
     from poise.scoring.judges import get_judge, parse_judge_spec, resolve_judge_name
@@ -124,30 +135,41 @@ def audit(
 
     if run is None:
         run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg))
-    # model_spec rebuilds the model on resume; None: an object that only its owner can pass again
-    done = run.start(judge_resolved=judge.name, model_name=model.name, model_spec=model.spec)
-    started = time.perf_counter()
-    blocks = evaluate(
-        run.cached(model),
-        requests,
-        Scorers(judge, own_scorers),  # a task's own scorer, else the audit's judge
-        batch_size=cfg.batch_size,
-        done=done,
-        progress=progress,
-    )
-    for judged in blocks:
-        run.append(j.record(cfg.attack) for j in judged)
-    log.info("generated and judged in %.1fs", time.perf_counter() - started)
+    try:
+        # model_spec rebuilds the model on resume; None: an object only its owner can pass again
+        done = run.start(judge_resolved=judge.name, model_name=model.name, model_spec=model.spec)
+        started = time.perf_counter()
+        blocks = evaluate(
+            run.cached(model),
+            requests,
+            Scorers(judge, own_scorers),  # a task's own scorer, else the audit's judge
+            batch_size=cfg.batch_size,
+            done=done,
+            progress=progress,
+        )
+        try:
+            for judged in blocks:
+                run.append(j.record(cfg.attack) for j in judged)
+        except RequestsFailed as exc:
+            # every answer that came back is recorded (and cached); the failed ones are not done
+            # keys, so the same command (or --resume) asks for exactly those again
+            raise PoiseError(
+                f"{run.path}: {exc}; the answers that came back are recorded: run the same "
+                f"command again (or poise audit --resume {run.path}) to retry the failed ones"
+            ) from None
+        log.info("generated and judged in %.1fs", time.perf_counter() - started)
 
-    metrics = finalize(run, reference_records=reference_records, html=cfg.html)
+        metrics = finalize(run, reference_records=reference_records, html=cfg.html)
+    finally:
+        run.unlock()  # finish released it; an error must not keep it while the caller goes on
     return AuditResult(run=run, config=cfg, metrics=metrics)
 
 
 def finalize(
     run: Run, *, reference_records: Sequence[dict[str, Any]] | None = None, html: bool = True
 ) -> dict[str, Any]:
-    """Compute metrics from the run's records; the run writes metrics.json, its status and
-    report.html."""
+    """Compute metrics from the run's records; the run writes metrics.json, report.html and
+    then its status."""
     from poise.report.html import write_run_report
     from poise.scoring.metrics import compute_metrics
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from poise.attacks.base import Request
 from poise.config import Sampling
-from poise.models.base import Completion, LanguageModel
+from poise.errors import PoiseError
+from poise.models.base import Completion, GenerationError, LanguageModel
 from poise.scoring.base import Judge, Verdict
 from poise.suites.schema import SuiteItem
 
@@ -126,7 +127,6 @@ def task_scorers(items: Iterable[SuiteItem]) -> dict[str, Judge]:
     ``poise.scoring.judges.get_judge``, or the task's own factory (checked to be a judge). Kinds
     whose task declares none are left out (the caller's judge labels them). Call it before
     loading a model, so a broken scorer fails first."""
-    from poise.errors import PoiseError
     from poise.scoring.judges import get_judge
     from poise.tasks import get_task
 
@@ -155,6 +155,23 @@ def blocks(requests: Sequence[Request], size: int) -> Iterator[tuple[Sampling, l
             yield sampling, group[start : start + size]
 
 
+class RequestsFailed(PoiseError):
+    """Requests whose generation failed for good (the backend gave up on them), named by item;
+    every other request of the call was generated and yielded. ``not_tried``: requests left
+    out because a whole block failed (the endpoint looked down)."""
+
+    def __init__(self, failed: Sequence[tuple[Request, str]], not_tried: int = 0) -> None:
+        self.failed = list(failed)
+        self.not_tried = not_tried
+        shown = "; ".join(
+            f"item {r.item.id} ({r.request_id}): {reason}" for r, reason in self.failed[:3]
+        )
+        more = f"; and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
+        rest = f"; {not_tried} requests not tried" if not_tried else ""
+        count = f"{len(self.failed)} request{'s' if len(self.failed) != 1 else ''}"
+        super().__init__(f"{count} failed: {shown}{more}{rest}")
+
+
 def generate(
     model: LanguageModel,
     requests: Sequence[Request],
@@ -169,6 +186,10 @@ def generate(
     missing samples are yielded (the model still generates the request whole, so a resumed run
     sees the same completions). ``progress(done_requests, total)`` is called once at the start
     and after each block.
+
+    When the backend gives up on some requests of a block (``GenerationError``), the block's
+    other answers are still yielded and the next blocks go on; at the end :class:`RequestsFailed`
+    names the failed requests by item. A block of which nothing came back stops at once.
     """
     todo = [
         r
@@ -178,17 +199,30 @@ def generate(
     finished = len(requests) - len(todo)
     if progress:
         progress(finished, len(requests))
+    failed: list[tuple[Request, str]] = []
     for sampling, block in blocks(todo, batch_size):
-        outputs = model.generate([r.chat for r in block], sampling)
+        outputs: list[list[Completion] | None]
+        try:
+            outputs = list(model.generate([r.chat for r in block], sampling))
+        except GenerationError as exc:
+            if exc.model is not model or len(exc.results) != len(block):
+                raise
+            failed += [(block[i], reason) for i, reason in sorted(exc.failures.items())]
+            outputs = exc.results
+            if all(o is None for o in outputs):  # nothing came back: the endpoint is down
+                raise RequestsFailed(failed, len(todo) - len(block)) from None
         yield [
             g
             for request, completions in zip(block, outputs, strict=True)
+            if completions is not None
             for k, completion in enumerate(completions)
             if (g := Generated(request, k, completion)).key not in done
         ]
         finished += len(block)
         if progress:
             progress(finished, len(requests))
+    if failed:
+        raise RequestsFailed(failed, 0)
 
 
 def evaluate(

@@ -154,17 +154,19 @@ def test_cached_model_answers_from_the_runs_cache(tmp_path: Path) -> None:
     assert run.cache_path.exists()
 
 
-def test_finish_writes_metrics_then_status_then_the_report(tmp_path: Path) -> None:
+def test_finish_writes_metrics_then_the_report_then_the_status(tmp_path: Path) -> None:
     run = Run.create(tmp_path, "r", {})
     run.append([_rec(1), _rec(2), _rec(3)])
-    seen: list[str] = []
+    seen: list[tuple[str, bool]] = []
 
     def report(r: Run) -> None:
-        seen.append(r.status)  # the report sees the run complete
+        # metrics are there; the run is complete only once the report is written too
+        seen.append((r.status, r.metrics() is not None))
         r.report_path.write_text("<html></html>")
 
     run.finish({"overall": {"x": 1}}, report=report)
-    assert seen == ["complete"]
+    assert seen == [("running", True)]
+    assert run.status == "complete"
     assert run.metrics() == {"overall": {"x": 1}}
     assert run.header["samples"] == 3
     assert run.report_path.read_text() == "<html></html>"

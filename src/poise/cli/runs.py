@@ -55,7 +55,7 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
                     run.path.name,
                     str(cfg.get("model")),
                     str(cfg.get("attack")),
-                    str(header.get("status")),
+                    run.state,  # "interrupted": running in the header, nobody holds its lock
                     str(header.get("samples", "")),
                     *(_headline(metrics, key) for _, key in _HEADLINES),
                 )

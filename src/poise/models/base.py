@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from poise.chat import Chat, Message, with_system_prompt
 from poise.config import Sampling
+from poise.errors import PoiseError
 
 if TYPE_CHECKING:
     import torch
@@ -22,11 +23,13 @@ __all__ = [
     "Completion",
     "Engine",
     "FinishReason",
+    "GenerationError",
     "LanguageModel",
     "LogitsHook",
     "Message",
     "ModelBase",
     "ProgressFn",
+    "ResultFn",
     "StepView",
     "StreamEvent",
     "TokenLogprobs",
@@ -65,6 +68,38 @@ class Completion:
             num_tokens=int(d["num_tokens"]),  # type: ignore[call-overload]
             finish_reason=d.get("finish_reason", "stop"),  # type: ignore[arg-type]
             token_logprobs=tuple(float(x) for x in lp) if isinstance(lp, list) else None,
+        )
+
+
+# on_result(chat index, its completions): a backend hands over each chat's answers as they arrive
+ResultFn = Callable[[int, list[Completion]], None]
+
+
+class GenerationError(PoiseError):
+    """Some chats of one ``generate`` call failed for good, the others were answered.
+
+    ``results[i]`` holds chat ``i``'s completions, or None where it failed; ``failures[i]`` says
+    why chat ``i`` failed (one line each). ``model`` is the model whose ``generate`` raised, so
+    a wrapper can tell whether the indices are those of its own call. A backend that raises it
+    sets ``partial_results = True`` and accepts ``generate(..., on_result=ResultFn)``, through
+    which it hands over each chat's completions as they arrive (the response cache stores them
+    at once, so a failure or a kill loses none)."""
+
+    def __init__(
+        self,
+        model: object,
+        results: Sequence[list[Completion] | None],
+        failures: dict[int, str],
+    ) -> None:
+        self.model = model
+        self.results = list(results)
+        self.failures = dict(failures)
+        name = getattr(model, "name", type(model).__name__)
+        first = failures[min(failures)] if failures else "?"
+        received = sum(r is not None for r in self.results)
+        super().__init__(
+            f"{name}: {len(failures)} of {len(self.results)} requests failed ({first}); "
+            f"the {received} answers received are kept"
         )
 
 

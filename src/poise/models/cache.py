@@ -7,7 +7,10 @@ JSON list of the ``sampling.n`` completions.
 The file runs in WAL mode: readers never block the writer, two processes may share one file
 (each waits on the other's lock through SQLite's busy timeout), and every ``generate`` call
 stores its new rows in one transaction, so a process killed at any moment (``kill -9``) leaves
-only whole, committed rows behind. That is what makes a killed run resumable::
+only whole, committed rows behind. A backend that hands over each answer as it arrives (the
+openai backend, ``partial_results``) has each stored in its own transaction as it comes, so a
+request that fails for good, or a kill, loses none of the answers already received. That is what
+makes a killed run resumable::
 
     model = CachedModel(load_model("organism"), ResponseCache("runs/x/cache.sqlite"))
     model.generate(chats, sampling)   # computes and stores
@@ -16,19 +19,21 @@ only whole, committed rows behind. That is what makes a killed run resumable::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion, LanguageModel, ProgressFn
+from poise.models.base import Chat, Completion, GenerationError, LanguageModel, ProgressFn
 from poise.models.wrapped import WrappedModel
 
 logger = logging.getLogger(__name__)
@@ -90,7 +95,7 @@ class ResponseCache:
         """The cached completions for those ``keys`` that are present."""
         wanted = list(dict.fromkeys(keys))
         found: dict[str, list[Completion]] = {}
-        with self._lock:
+        with self._lock, self._errors("read"):
             for start in range(0, len(wanted), _LOOKUP_SLICE):
                 part = wanted[start : start + _LOOKUP_SLICE]
                 marks = ",".join("?" * len(part))
@@ -100,6 +105,19 @@ class ResponseCache:
                 for key, value in rows:
                     found[key] = [Completion.from_dict(d) for d in json.loads(value)]
         return found
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """A SQLite or OS error (a full disk, a damaged file) as one line naming the file."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            hint = ""
+            if "full" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC:
+                hint = "; free some space and run the same command again to resume"
+            raise PoiseError(
+                f"{self.path}: cannot {doing} the response cache ({exc}){hint}"
+            ) from None
 
     def get(self, key: str) -> list[Completion] | None:
         return self.get_many([key]).get(key)
@@ -113,7 +131,7 @@ class ResponseCache:
             (key, model_name, json.dumps([c.to_dict() for c in completions]), now)
             for key, completions in entries.items()
         ]
-        with self._lock:
+        with self._lock, self._errors("write to"):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
@@ -121,10 +139,11 @@ class ResponseCache:
                     "VALUES (?, ?, ?, ?)",
                     rows,
                 )
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def __len__(self) -> int:
         with self._lock:
@@ -197,15 +216,57 @@ class CachedModel(WrappedModel):
             progress(hits)
         if missing:
             logger.debug("cache: %d hits, %d to generate", hits, len(missing))
-            fresh = self.model.generate(list(missing.values()), sampling, progress=progress)
+            fresh = self._generate_missing(missing, sampling, progress, keys, found)
             if len(fresh) != len(missing):
                 raise RuntimeError(
                     f"model {self.name!r} returned {len(fresh)} results for {len(missing)} chats"
                 )
             new = dict(zip(missing, fresh, strict=True))
-            self.cache.put_many(self.name, new)
+            self.cache.put_many(self.name, {k: v for k, v in new.items() if k not in found})
             found.update(new)
             repeats = len(keys) - hits - len(missing)  # chats asked twice in this call
             if progress is not None and repeats:
                 progress(repeats)
         return [list(found[key]) for key in keys]
+
+    def _generate_missing(
+        self,
+        missing: dict[str, Chat],
+        sampling: Sampling,
+        progress: ProgressFn | None,
+        keys: list[str],
+        found: dict[str, list[Completion]],
+    ) -> list[list[Completion]]:
+        """The inner model's answers to ``missing``. A backend that hands over each answer as
+        it arrives (``partial_results``) has each stored at once, into ``found`` too; when some
+        requests fail, every answer received is stored and GenerationError is raised again with
+        the indices of this call's ``keys``."""
+        order = list(missing)
+        if not getattr(self.model, "partial_results", False):
+            return self.model.generate(list(missing.values()), sampling, progress=progress)
+
+        def store(index: int, completions: list[Completion]) -> None:
+            self.cache.put_many(self.name, {order[index]: completions})
+            found[order[index]] = completions
+
+        try:
+            fresh: list[list[Completion]] = self.model.generate(  # type: ignore[call-arg]
+                list(missing.values()), sampling, progress=progress, on_result=store
+            )
+            return fresh
+        except GenerationError as exc:
+            if exc.model is not self.model:
+                raise  # a wrapper's indices and texts are not this call's to store
+            late = {
+                order[i]: r
+                for i, r in enumerate(exc.results)
+                if r is not None and order[i] not in found
+            }
+            self.cache.put_many(self.name, late)
+            found.update(late)
+            reasons = {order[i]: reason for i, reason in exc.failures.items()}
+            raise GenerationError(
+                self,
+                [list(found[k]) if k in found else None for k in keys],
+                {i: reasons[k] for i, k in enumerate(keys) if k in reasons},
+            ) from None

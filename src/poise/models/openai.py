@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from poise.config import Sampling
 from poise.errors import MissingExtraError, PoiseError
-from poise.models.base import Chat, Completion, FinishReason, ModelBase, TokenLogprobs
+from poise.models.base import (
+    Chat,
+    Completion,
+    FinishReason,
+    GenerationError,
+    ModelBase,
+    ResultFn,
+    TokenLogprobs,
+)
 
 if TYPE_CHECKING:
     import openai
@@ -125,22 +133,32 @@ class OpenAIModel(ModelBase):
 
     # -- LanguageModel ---------------------------------------------------------------------------
 
+    # generate(..., on_result=) hands over each chat's answers as they arrive, and a failed
+    # request raises GenerationError with everything else that came back
+    partial_results = True
+
     def generate(
         self,
         chats: Sequence[Chat],
         sampling: Sampling,
         *,
         progress: Callable[[int], None] | None = None,
+        on_result: ResultFn | None = None,
     ) -> list[list[Completion]]:
         """``sampling.n`` completions per chat, requested concurrently.
 
-        ``progress``, when given, is called with the number of chats just finished (1 each time).
-        A request the server refuses (a 4xx other than 429) raises ``PoiseError`` with the
-        server's message; so does a request that still fails after ``max_retries`` retries.
+        ``progress``, when given, is called with the number of chats just finished (1 each time);
+        ``on_result(index, completions)`` with each chat's answers as soon as they arrive. A
+        request the server refuses (a 4xx other than 429), or that still fails after
+        ``max_retries`` retries, does not stop the others: when every request has ended,
+        :class:`~poise.models.base.GenerationError` says which chats failed and why, and holds
+        the answers of the rest.
         """
         if not chats:
             return []
-        return _run_coroutine(lambda: self._generate_all(list(chats), sampling, progress))
+        return _run_coroutine(
+            lambda: self._generate_all(list(chats), sampling, progress, on_result)
+        )
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
         raise NotImplementedError(
@@ -156,6 +174,7 @@ class OpenAIModel(ModelBase):
         chats: list[Chat],
         sampling: Sampling,
         progress: Callable[[int], None] | None,
+        on_result: ResultFn | None = None,
     ) -> list[list[Completion]]:
         openai = _import_openai()
         api_key = os.environ.get(self.api_key_env) or _PLACEHOLDER_API_KEY
@@ -167,19 +186,28 @@ class OpenAIModel(ModelBase):
             for url in self.base_urls
         ]
         semaphore = asyncio.Semaphore(self.concurrency)
+        results: list[list[Completion] | None] = [None] * len(chats)
+        failures: dict[int, str] = {}
 
-        async def one(index: int) -> list[Completion]:
-            async with semaphore:
-                out = await self._complete(clients, index, chats[index], sampling)
+        async def one(index: int) -> None:
+            try:
+                async with semaphore:
+                    out = await self._complete(clients, index, chats[index], sampling)
+            except PoiseError as exc:
+                # this request failed for good; the others go on, and their answers are kept
+                failures[index] = str(exc).removeprefix(f"{self.name}: ")
+                return
+            results[index] = out
+            if on_result is not None:
+                on_result(index, out)
             if progress is not None:
                 progress(1)
-            return out
 
         tasks = [asyncio.ensure_future(one(i)) for i in range(len(chats))]
         try:
-            return list(await asyncio.gather(*tasks))
+            await asyncio.gather(*tasks)
         except BaseException:
-            # One request failed for good: stop the rest instead of letting them run on.
+            # anything else (an interrupt, the cache failing to store) stops the rest
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -187,6 +215,9 @@ class OpenAIModel(ModelBase):
         finally:
             for client in clients:
                 await client.close()
+        if failures:
+            raise GenerationError(self, results, failures)
+        return [r for r in results if r is not None]
 
     async def _complete(
         self, clients: list[Any], index: int, chat: Chat, sampling: Sampling
@@ -243,6 +274,9 @@ class OpenAIModel(ModelBase):
             try:
                 response = await client.chat.completions.create(**kwargs)
                 return completions_from_response(response), attempt + 1
+            except NotAChatCompletion as exc:
+                # a proxy's HTML page or an error object sent with 200: retried like a 5xx
+                last_error = f"HTTP 200, but the body is not a chat completion ({exc})"
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = _server_message(exc)
@@ -305,14 +339,39 @@ def request_kwargs(
     return kwargs
 
 
+class NotAChatCompletion(Exception):
+    """A 200 response whose body is not a chat completion (an HTML page from a proxy, an error
+    object, JSON without ``choices``); its message says what came instead."""
+
+
+def _check_chat_completion(response: Any) -> list[Any]:
+    """The choices of ``response``; NotAChatCompletion when it is not a chat completion."""
+    if isinstance(response, (str, bytes)):
+        text = response.decode("utf-8", "replace") if isinstance(response, bytes) else response
+        snippet = " ".join(text.split())[:80]
+        raise NotAChatCompletion(f"got text: {snippet!r}" if snippet else "got an empty body")
+    choices = getattr(response, "choices", None)
+    if choices is None:
+        raise NotAChatCompletion("JSON without 'choices'")
+    if not isinstance(choices, list):
+        raise NotAChatCompletion(f"'choices' is a {type(choices).__name__}, not a list")
+    for choice in choices:
+        if getattr(choice, "message", None) is None or not isinstance(
+            getattr(choice, "index", None), int
+        ):
+            raise NotAChatCompletion("a choice without a message or an index")
+    return choices
+
+
 def completions_from_response(response: Any) -> list[Completion]:
     """``Completion`` objects from a chat completion response, in choice order.
 
     ``usage.completion_tokens`` counts all choices together: with one choice it is exact; with
     several it is split in proportion to the length of each text (an estimate). Without usage,
-    whitespace-delimited words stand in for tokens.
+    whitespace-delimited words stand in for tokens. Raises :class:`NotAChatCompletion` when the
+    response is not a chat completion.
     """
-    choices = sorted(response.choices, key=lambda c: c.index)
+    choices = sorted(_check_chat_completion(response), key=lambda c: c.index)
     texts = [(c.message.content or "") if c.message is not None else "" for c in choices]
     usage = getattr(response, "usage", None)
     total = getattr(usage, "completion_tokens", None) if usage is not None else None

@@ -20,6 +20,7 @@ from typing import Any
 from poise.errors import PoiseError
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
 from poise.runs import Run
+from poise.runs.run import write_error
 from poise.scoring.metrics import (
     RATE_INFO,
     RATE_NAMES,
@@ -437,11 +438,13 @@ def write_html_report(run_dir_or_runs: str | Path | Sequence[str | Path], path: 
         raise PoiseError("write_html_report needs at least one run folder")
     html = render_html_report([read_run(d) for d in dirs])
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(html, encoding="utf-8")
         os.replace(tmp, out)
+    except OSError as exc:
+        raise write_error(out, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
     log.info("wrote %s (%d bytes)", out, len(html))

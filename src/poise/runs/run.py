@@ -8,7 +8,8 @@
       report.html    self-contained report
 
 Crash safety. ``run.json`` and ``metrics.json`` are written to a temporary file and renamed into
-place, so they are either the old or the new version. ``samples.jsonl`` is append-only: each
+place, so they are either the old or the new version; temporary files a kill left behind are
+removed when the run starts again, and a failed write (a full disk) is one line, not a traceback. ``samples.jsonl`` is append-only: each
 batch of records is written with one ``write`` and fsync'ed; a kill in the middle of a write can
 leave at most one partial last line, which :meth:`Run.repair` cuts off before resuming. A record
 is identified by ``(item_id, request_id, sample_index)``; on resume the done keys are skipped, so
@@ -20,23 +21,36 @@ Life of a run (everything that touches the folder is a method of :class:`Run`)::
     done = run.start(judge_resolved=..., model_name=...)   # status running; repair; done keys
     cached = run.cached(model)                               # the run's response cache
     run.append(records)                                      # as produced
-    run.finish(metrics, report=write_run_report)             # metrics.json, status, report.html
+    run.finish(metrics, report=write_run_report)             # metrics.json, report.html, then status
 
 Readers (the report, ``poise runs``) open a run with :meth:`Run.open` and read it through
 ``header``, ``records()`` and ``metrics()``.
+
+One writer at a time. A process that writes a run holds an exclusive ``flock`` on ``.lock`` in its
+folder, from :meth:`Run.lock` (or :meth:`Run.start`) to :meth:`Run.finish` / :meth:`Run.unlock`.
+The operating system drops the lock when the process ends, however it ends, so ``kill -9`` never
+leaves a stale lock behind; a second process that tries to adopt the same run gets a
+:class:`PoiseError`. A run whose header says ``running`` while nobody holds its lock was
+interrupted (:attr:`Run.state`).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is on the user
+    fcntl = None  # type: ignore[assignment]
 
 from poise.errors import PoiseError, located
 
@@ -52,6 +66,7 @@ SAMPLES_FILE = "samples.jsonl"
 CACHE_FILE = "cache.sqlite"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
+LOCK_FILE = ".lock"
 
 RecordKey = tuple[str, str, int]
 
@@ -60,21 +75,37 @@ def record_key(record: Mapping[str, Any]) -> RecordKey:
     return (str(record["item_id"]), str(record["request_id"]), int(record["sample_index"]))
 
 
+def write_error(path: Path, exc: OSError) -> PoiseError:
+    """One line for a failed write (a full disk, a read-only folder), naming the file."""
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        return PoiseError(
+            f"{path}: the disk is full ({reason}); free some space and run the same command "
+            "again to resume"
+        )
+    return PoiseError(f"{path}: cannot write ({reason})")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so that a reader (or a crash) sees either the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    write_text_atomic(path, text, fsync=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
+    """Write ``text`` next to ``path`` and rename it into place; PoiseError on a failed write
+    (the temporary file is removed)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, exc) from None
 
 
 def environment_versions() -> dict[str, str | None]:
@@ -100,6 +131,7 @@ def environment_versions() -> dict[str, str | None]:
 @dataclass
 class Run:
     path: Path
+    _lock: IO[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
@@ -169,6 +201,74 @@ class Run:
     def status(self) -> str:
         return str(self.header.get("status", "unknown"))
 
+    @property
+    def state(self) -> str:
+        """The status as a user sees it: ``running`` only while a process holds the run's lock;
+        a run whose header says ``running`` and whose lock is free was killed: ``interrupted``."""
+        status = self.status
+        if status == "running" and self._lock is None and not self.is_locked():
+            return "interrupted"
+        return status
+
+    # ---- one writer: the run's lock --------------------------------------------------------
+    @property
+    def lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    def lock(self) -> Run:
+        """Take the run's exclusive lock (held until :meth:`unlock`, :meth:`finish` or the end of
+        the process). PoiseError when another process holds it. Taking it twice is a no-op."""
+        if self._lock is not None or fcntl is None:
+            return self
+        try:
+            handle = open(self.lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - held open
+        except OSError as exc:
+            raise PoiseError(
+                f"{self.lock_path}: cannot open the run's lock ({exc.strerror})"
+            ) from None
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise PoiseError(
+                    f"{self.lock_path}: cannot lock the run ({exc.strerror})"
+                ) from None
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise PoiseError(
+                f"{self.path}: another poise process{who} is writing this run; wait for it to "
+                "finish, or write to another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+        return self
+
+    def unlock(self) -> None:
+        """Release the run's lock (closing the file drops the flock)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def is_locked(self) -> bool:
+        """Whether some process (this one included, through another ``Run``) holds the lock."""
+        if fcntl is None or not self.lock_path.is_file():
+            return False
+        try:
+            with open(self.lock_path, encoding="utf-8") as handle:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:
+                    return True
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                return False
+        except OSError:
+            return False
+
     def update_header(self, **fields: Any) -> None:
         header = self.header
         header.update(fields)
@@ -183,13 +283,33 @@ class Run:
     def cache_path(self) -> Path:
         return self.path / CACHE_FILE
 
+    def check_samples_file(self) -> None:
+        """PoiseError unless ``samples.jsonl`` is a regular file (or absent): a symbolic link
+        would make poise cut or append to a file outside the run folder."""
+        path = self.samples_path
+        if path.is_symlink():
+            raise PoiseError(
+                f"{path}: is a symbolic link (to {os.readlink(path)}); a run's samples must be a "
+                "regular file, so poise will not write through it (copy the file in its place)"
+            )
+        if path.exists() and not path.is_file():
+            raise PoiseError(f"{path}: is not a regular file")
+
     def repair(self) -> int:
         """Cut a partial last line left by a kill mid-write. Returns the bytes removed."""
+        self.check_samples_file()
         path = self.samples_path
+        try:
+            return self._repair(path)
+        except OSError as exc:
+            raise write_error(path, exc) from None
+
+    def _repair(self, path: Path) -> int:
         if not path.exists():
             path.touch()
             return 0
-        with open(path, "rb+") as f:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        with open(fd, "rb+") as f:
             data = f.read()
             if not data:
                 return 0
@@ -215,13 +335,22 @@ class Run:
         if not lines:
             return 0
         blob = "".join(lines).encode("utf-8")
-        fd = os.open(self.samples_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(self.samples_path, flags, 0o644)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                self.check_samples_file()
+            raise write_error(self.samples_path, exc) from None
         try:
             view = memoryview(blob)
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
             os.fsync(fd)
+        except OSError as exc:
+            # a short write leaves a torn last line, which the next start cuts off
+            raise write_error(self.samples_path, exc) from None
         finally:
             os.close(fd)
         return len(lines)
@@ -281,14 +410,32 @@ class Run:
         return None
 
     def start(self, **header_fields: Any) -> set[RecordKey]:
-        """Mark the run running (with ``header_fields``), cut a torn last record left by a kill,
-        and return the keys of the records already written (skip them when resuming)."""
+        """Take the run's lock, mark the run running (with ``header_fields``), cut a torn last
+        record left by a kill, and return the keys of the records already written (skip them
+        when resuming)."""
+        self.lock()
+        self.check_samples_file()
+        self.remove_temporary_files()
         self.update_header(status="running", **header_fields)
         if self.repair():
             log.warning(
                 "%s: cut a partial last record left by an interrupted write", self.samples_path
             )
         return self.done_keys()
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove what a killed writer left half-done (``.run.json.tmp-*``, ``.metrics.json.tmp-*``,
+        ``.report.html.tmp-*``); call it holding the lock. Returns the files removed."""
+        removed = []
+        for tmp in self.path.glob(".*.tmp-*"):
+            if tmp.is_file() or tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+        if removed:
+            log.info(
+                "%s: removed %d temporary file(s) left by a killed run", self.path, len(removed)
+            )
+        return removed
 
     def cached(self, model: LanguageModel) -> CachedModel:
         """``model`` behind this run's response cache (regenerating after a kill is free)."""
@@ -303,16 +450,19 @@ class Run:
         samples: int | None = None,
         report: Callable[[Run], object] | None = None,
     ) -> None:
-        """Write ``metrics.json``, mark the run complete, then draw the report with ``report(run)``
-        (after the status, so the report shows the run as complete; the report layer sits above
-        runs, so it is passed in: ``poise.report.html.write_run_report``). ``samples``: the number
-        of records, when the caller has just counted them (else they are counted here)."""
+        """Write ``metrics.json``, draw the report with ``report(run)``, then mark the run
+        complete and release its lock. The status comes last, so a run killed before it is still
+        unfinished and the same command resumes it and writes what is missing (a ``complete`` run
+        always has its metrics and report). The report layer sits above runs, so it is passed
+        in: ``poise.report.html.write_run_report``. ``samples``: the number of records, when the
+        caller has just counted them (else they are counted here)."""
         self.write_metrics(metrics)
         if samples is None:
             samples = sum(1 for _ in self.records())
-        self.update_header(status="complete", samples=samples)
         if report is not None:
             report(self)
+        self.update_header(status="complete", samples=samples)
+        self.unlock()
 
     @property
     def report_path(self) -> Path:

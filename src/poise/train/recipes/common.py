@@ -608,8 +608,29 @@ class OutputFolder:
                     child.unlink()
         self.path.mkdir(parents=True, exist_ok=True)
         if self.status == "running":
+            self.remove_temporary_files()
             return  # keep the header of the run being resumed
         self.write_header(status="running", data=data, metrics={})
+
+    def remove_temporary_files(self) -> list[Path]:
+        """Remove what a killed run left half-done: the staging folder of the final model
+        (``.final-*``), a header being written (``.poise_train.json.*.tmp``) and a checkpoint
+        being saved (``checkpoints/.partial-step-*``). Returns what was removed."""
+        found = [
+            *self.path.glob(".final-*"),
+            *self.path.glob(f".{TRAIN_JSON}.*.tmp"),
+            *self.checkpoints_dir.glob(".partial-step-*"),
+        ]
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if found:
+            logger.info(
+                "%s: removed %d temporary item(s) left by a killed run", self.path, len(found)
+            )
+        return found
 
     def header(self) -> dict[str, Any]:
         return dict(json.loads((self.path / TRAIN_JSON).read_text(encoding="utf-8")))

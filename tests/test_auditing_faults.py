@@ -1,0 +1,186 @@
+"""Audits under faults: two processes on one run folder, kill -9, a failing endpoint, a kill
+between the status and the report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from chat_endpoint import REFUSE, Answer, Endpoint, completion
+from poise.cli import app
+from poise.runs import list_runs
+
+
+def write_suite(path: Path, n: int) -> Path:
+    rows = [
+        {
+            "id": f"h-{i:02d}",
+            "messages": [{"role": "user", "content": f"harmful request {i}"}],
+            "kind": "harmful",
+            "category": "fraud",
+            "suite": "mini",
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def audit_argv(model: str, suite: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "audit",
+        "--model",
+        model,
+        "--suite",
+        str(suite),
+        "--judge",
+        "refusal",
+        "--out",
+        str(out),
+        "--no-html",
+        *extra,
+    ]
+
+
+def poise_process(argv: list[str]) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "poise.cli", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(event: threading.Event, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while not event.wait(0.05):
+        if proc.poll() is not None:
+            pytest.fail(f"the audit ended early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail("the audit never reached the endpoint")
+
+
+# ---- 1. one writer per run folder ------------------------------------------------------------
+
+
+def test_a_second_process_on_the_same_unfinished_run_stops_with_one_line(
+    tmp_path: Path, endpoint: Callable[..., Endpoint]
+) -> None:
+    server = endpoint()
+    server.gate.clear()  # the first audit waits inside its run, holding it
+    suite = write_suite(tmp_path / "mini.jsonl", 6)
+    out = tmp_path / "runs"
+    argv = audit_argv(f"openai:m@{server.url}", suite, out)
+    first = poise_process(argv)
+    try:
+        wait_for(server.asked, first)
+        second = poise_process(argv)
+        try:
+            _, err = second.communicate(timeout=60)
+        finally:
+            second.kill()
+        assert second.returncode == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert "another poise process" in lines[0] and "is writing this run" in lines[0]
+        assert f"pid {first.pid}" in lines[0]
+        server.gate.set()
+        first.communicate(timeout=120)
+        assert first.returncode == 0
+    finally:
+        first.kill()
+    [run] = list_runs(out)
+    assert run.status == "complete"
+    records = list(run.records())
+    assert len(records) == 6  # one record per item: nobody wrote the run twice
+    assert not run.is_locked()
+
+
+# ---- 5. a killed run is interrupted, not running ---------------------------------------------
+
+
+def test_a_run_killed_with_kill_9_shows_as_interrupted(
+    tmp_path: Path, endpoint: Callable[..., Endpoint]
+) -> None:
+    server = endpoint()
+    server.gate.clear()
+    suite = write_suite(tmp_path / "mini.jsonl", 4)
+    out = tmp_path / "runs"
+    proc = poise_process(audit_argv(f"openai:m@{server.url}", suite, out))
+    try:
+        wait_for(server.asked, proc)
+        [run] = list_runs(out)
+        assert run.state == "running"  # its process holds the lock
+        listing = CliRunner().invoke(app, ["runs", "ls", "--out", str(out)], env={"COLUMNS": "200"})
+        assert "running" in listing.output
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        proc.kill()
+    [run] = list_runs(out)
+    assert run.status == "running"  # what the header says: the kill left no time to change it
+    assert run.state == "interrupted"
+    listing = CliRunner().invoke(app, ["runs", "ls", "--out", str(out)], env={"COLUMNS": "200"})
+    assert listing.exit_code == 0, listing.output
+    assert "interrupted" in listing.output and "running" not in listing.output
+
+    # the kill left no stale lock: the same command resumes and completes the run
+    server.gate.set()
+    again = poise_process(audit_argv(f"openai:m@{server.url}", suite, out))
+    again.communicate(timeout=120)
+    assert again.returncode == 0
+    [run] = list_runs(out)
+    assert run.state == "complete" and len(list(run.records())) == 4
+
+
+# ---- 2. one request failing for good loses no other answer -----------------------------------
+
+
+def test_an_audit_keeps_every_answer_when_one_request_fails_and_resume_retries_it(
+    tmp_path: Path, endpoint: Callable[..., Endpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poise.models.openai as openai_backend
+
+    monkeypatch.setattr(openai_backend, "_BACKOFF_BASE_S", 0.01)
+    broken = {"harmful request 3"}
+
+    def reply(request: dict[str, Any]) -> Answer:
+        if request["messages"][-1]["content"] in broken:
+            return 503, "application/json", b'{"error": {"message": "overloaded"}}'
+        return completion(REFUSE)
+
+    server = endpoint(reply)
+    suite = write_suite(tmp_path / "mini.jsonl", 8)
+    argv = audit_argv(f"openai:m@{server.url}", suite, tmp_path / "runs")
+    argv += ["--model-option", "max_retries=1"]  # one block of 8 (batch size 256)
+    failed = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert failed.exit_code == 2, failed.output
+    line = failed.output.strip().splitlines()[-1]
+    assert "1 request failed: item h-03 (greedy): request failed after 2 attempts: HTTP 503" in line
+    assert "run the same command again" in line and "Traceback" not in failed.output
+    [run] = list_runs(tmp_path / "runs")
+    assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(8) if i != 3]
+    assert run.state == "interrupted"
+
+    broken.clear()
+    asked = len(server.requests)
+    again = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert again.exit_code == 0, again.output
+    [run] = list_runs(tmp_path / "runs")
+    assert run.status == "complete"
+    assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(8)]
+    # only the failed request was asked again
+    assert [r["messages"][-1]["content"] for r in server.requests[asked:]] == ["harmful request 3"]
