@@ -4,6 +4,7 @@ organism, which is a plugin that registers itself with the core."""
 from __future__ import annotations
 
 import ast
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -74,4 +75,14 @@ def test_the_layers_of_the_design_hold(monkeypatch: pytest.MonkeyPatch) -> None:
 
     root = SRC.parents[1]
     monkeypatch.chdir(root)
-    assert lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True) == 0
+    # lint_imports configures logging with dictConfig, which disables every logger that exists
+    # (later tests' caplog would see nothing from them): put them back as they were
+    loggers = [
+        lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    disabled = [lg.disabled for lg in loggers]
+    try:
+        assert lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True) == 0
+    finally:
+        for lg, was in zip(loggers, disabled, strict=True):
+            lg.disabled = was
