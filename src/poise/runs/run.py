@@ -145,10 +145,15 @@ class Run:
         safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-") or "run"
         path = root / f"{stamp}-{safe}"
         suffix = 1
-        while path.exists():
-            suffix += 1
-            path = root / f"{stamp}-{safe}-{suffix}"
-        path.mkdir()
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:  # another run of that name this second (or another process)
+                suffix += 1
+                path = root / f"{stamp}-{safe}-{suffix}"
+            except OSError as exc:
+                raise write_error(path, exc) from None
         header = {
             "schema": SCHEMA_VERSION,
             "name": path.name,
@@ -158,7 +163,10 @@ class Run:
             "config": dict(config),
         }
         write_json_atomic(path / RUN_FILE, header)
-        (path / SAMPLES_FILE).touch()
+        try:
+            (path / SAMPLES_FILE).touch()
+        except OSError as exc:
+            raise write_error(path / SAMPLES_FILE, exc) from None
         return cls(path)
 
     @classmethod
