@@ -70,8 +70,22 @@ def test_the_core_loads_without_the_organism() -> None:
 
 def test_the_layers_of_the_design_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     """The import-linter contract in pyproject.toml (the layers of docs/design.md) is kept."""
+    import logging
+
     from importlinter.cli import lint_imports
 
     root = SRC.parents[1]
     monkeypatch.chdir(root)
-    assert lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True) == 0
+    # import-linter configures logging with dictConfig, which disables every logger that exists
+    # already (poise's included): later tests' caplog would see nothing from them
+    loggers = [
+        logger
+        for logger in logging.root.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    disabled = [logger.disabled for logger in loggers]
+    try:
+        assert lint_imports(config_filename=str(root / "pyproject.toml"), no_cache=True) == 0
+    finally:
+        for logger, was in zip(loggers, disabled, strict=True):
+            logger.disabled = was
