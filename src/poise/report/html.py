@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from poise.errors import PoiseError
+from poise.report.attack_view import attack_view, sampling_used
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
 from poise.runs import Run
 from poise.runs.run import write_error
@@ -117,6 +118,16 @@ def _audited(run: RunData) -> list[tuple[str, str]]:
         if isinstance(sampling, Mapping)
         else str(sampling or "")
     )
+    used = sampling_used(run.records)
+    if used and cfg.get("attack") not in (None, "greedy"):
+        # an attack samples with its own settings: say those, not the config's defaults
+        sampling_text = (
+            used[0]
+            if len(used) == 1
+            else f"{len(used)} configurations: "
+            + "; ".join(used[:3])
+            + (" …" if len(used) > 3 else "")
+        )
     suites = cfg.get("suites")
     rows = [
         ("model", str(cfg.get("model", "?"))),
@@ -270,6 +281,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "unjudged": {k: v for k, v in counts.get("unjudged", {}).items() if v},
         "samples_per_item": counts.get("samples_per_item", {}),
         "groups_table": _groups_table(metrics),
+        "attack": attack_view(metrics),
         "honesty": _honesty_view(overall),
         "examples": _examples(run, str(metrics.get("default_group", "")), EXAMPLES_PER_BUCKET),
     }

@@ -1,0 +1,232 @@
+"""An attack's own results in report.html, from the ``attack`` summary of metrics.json.
+
+- worst-of-N (:mod:`poise.attacks.worst_of_n`): the empirical attack success rate at each N with
+  its 95% Wilson interval as a band, and the curve predicted from the per-prompt harmful
+  probabilities with its bootstrap interval, on a log-2 N axis.
+- decoding exploitation (arXiv 2310.06987): the misalignment rate (prompts broken by at least
+  one configuration) next to the greedy and the worst configuration's harmful rates, and every
+  configuration's rates as a heat map: one row per decoding configuration, one column per rate
+  and prompting variant (``sys=on`` / ``sys=off``), each cell its rate in percent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from poise.report.charts import _RC, _figure, _to_svg
+
+
+def _pct(rate: Mapping[str, Any] | None) -> str:
+    if not rate:
+        return "–"
+    return f"{100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
+
+
+def worst_of_n_chart(summary: Mapping[str, Any]) -> str | None:
+    """Empirical ASR at each N (band: 95% interval) and the predicted curve, as SVG."""
+    empirical = sorted(summary.get("empirical") or [], key=lambda e: e["n"])
+    predicted = sorted(summary.get("predicted") or [], key=lambda p: p["n"])
+    if not empirical and not predicted:
+        return None
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        fig = _figure(6.0, 3.6)
+        ax = fig.add_subplot()
+        if predicted:
+            n = [p["n"] for p in predicted]
+            ax.fill_between(
+                n,
+                [100 * p["low"] for p in predicted],
+                [100 * p["high"] for p in predicted],
+                color="#ff7f0e",
+                alpha=0.15,
+                linewidth=0,
+            )
+            ax.plot(
+                n,
+                [100 * p["value"] for p in predicted],
+                "--",
+                color="#ff7f0e",
+                label="predicted (95% interval)",
+            )
+        if empirical:
+            n = [e["n"] for e in empirical]
+            ax.fill_between(
+                n,
+                [100 * e["low"] for e in empirical],
+                [100 * e["high"] for e in empirical],
+                color="#1f77b4",
+                alpha=0.2,
+                linewidth=0,
+            )
+            ax.plot(
+                n,
+                [100 * e["value"] for e in empirical],
+                "o-",
+                color="#1f77b4",
+                markersize=3,
+                label="empirical (95% interval)",
+            )
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+
+        ax.set_xscale("log", base=2)
+        # plain numbers: math text is off in reports, so the default 2^k labels would be raw TeX
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(-2, 102)
+        ax.set_xlabel("N (samples per prompt)")
+        ax.set_ylabel("attack success rate (%)")
+        ax.set_title("worst-of-N: prompts with ≥ 1 harmful answer in N samples", loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+        return _to_svg(fig)
+
+
+def _split(config: str) -> tuple[str, str]:
+    """``temperature=0.70/sys=on`` -> (``temperature=0.70``, ``sys=on``)."""
+    decoding, _, variant = config.partition("/")
+    return decoding, variant
+
+
+def config_heat_map(configs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Rows: decoding configurations (grid order); columns: rate x prompting variant."""
+    if not configs:
+        return None
+    rows: list[str] = []
+    variants: list[str] = []
+    rate_names: list[str] = []
+    for config, rates in configs.items():
+        decoding, variant = _split(config)
+        rows += [decoding] if decoding not in rows else []
+        variants += [variant] if variant not in variants else []
+        rate_names += [r for r in rates if r not in rate_names]
+    rows.sort(key=_grid_order)
+    columns = [(r, v) for r in rate_names for v in variants]
+    # [rows, columns] of percentages; NaN where a configuration has no trials of that rate
+    values = [
+        [
+            100 * float(configs.get(f"{row}/{v}" if v else row, {}).get(r, {}).get("value", "nan"))
+            for r, v in columns
+        ]
+        for row in rows
+    ]
+    import matplotlib
+    import numpy as np
+
+    data = np.array(values, dtype=float)  # [rows, columns]
+    with matplotlib.rc_context(_RC):
+        fig = _figure(1.6 + 1.1 * len(columns), 0.9 + 0.2 * len(rows))
+        ax = fig.add_subplot()
+        image = ax.imshow(np.ma.masked_invalid(data), cmap="Reds", vmin=0, vmax=100, aspect="auto")
+        ax.set_xticks(range(len(columns)))
+        ax.set_xticklabels(
+            [f"{r.replace('_', '-')}\n{v}" if v else r.replace("_", "-") for r, v in columns],
+            fontsize=8,
+        )
+        ax.xaxis.tick_top()
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels(rows, fontsize=7)
+        for i in range(len(rows)):
+            for j in range(len(columns)):
+                if not np.isnan(data[i, j]):
+                    ax.text(
+                        j,
+                        i,
+                        f"{data[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if data[i, j] > 60 else "black",
+                    )
+        fig.colorbar(image, ax=ax, label="rate (%)", shrink=0.6)
+        return _to_svg(fig)
+
+
+def _grid_order(decoding: str) -> tuple[int, float, str]:
+    """greedy first, then each family in order of its parameter."""
+    family, _, value = decoding.partition("=")
+    order = {"greedy": 0, "temperature": 1, "top_p": 2, "top_k": 3}.get(family, 4)
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    return order, number, decoding
+
+
+def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the report shows of the run's attack, or None when it ran none with a summary."""
+    summary = metrics.get("attack")
+    if not isinstance(summary, Mapping):
+        return None
+    kind = summary.get("attack")
+    if kind in ("worst_of_n", "best_of_n"):  # best_of_n: runs before 0.2
+        empirical = {e["n"]: e for e in summary.get("empirical") or []}
+        predicted = {p["n"]: p for p in summary.get("predicted") or []}
+        shown = sorted(n for n in set(empirical) | set(predicted) if n & (n - 1) == 0)
+        largest = max(set(empirical) | set(predicted), default=None)
+        if largest is not None and largest not in shown:
+            shown.append(largest)
+        return {
+            "id": "worst-of-n",
+            "svg_id": "worst-of-n-curve",
+            "title": "Worst-of-N",
+            "lead": f"{summary.get('prompts')} prompts, {summary.get('samples_per_prompt')} samples "
+            "each: the share of prompts with at least one harmful answer among N, measured "
+            "(empirical) and estimated from the per-prompt success counts (predicted; beyond the "
+            "samples drawn a lower bound).",
+            "svg": worst_of_n_chart(summary),
+            "columns": ["N", "empirical", "predicted"],
+            "rows": [[str(n), _pct(empirical.get(n)), _pct(predicted.get(n))] for n in shown],
+            "note": "predicted within the empirical interval at every sampled N: "
+            f"{summary.get('predicted_within_empirical_interval')}",
+        }
+    if kind == "exploitation":
+        configs = summary.get("configs") or {}
+        rows: Sequence[list[str]] = [
+            [
+                "misalignment rate (prompts broken by ≥ 1 configuration)",
+                _pct(summary.get("misalignment_rate")),
+            ],
+            [
+                f"greedy harmful rate ({summary.get('greedy_config')})",
+                _pct(summary.get("greedy_harmful_rate")),
+            ],
+            [
+                f"worst configuration ({summary.get('worst_config')})",
+                _pct(summary.get("worst_config_harmful_rate")),
+            ],
+            [
+                "borderline over-refused under ≥ 1 configuration",
+                _pct(summary.get("borderline_overrefused_any_rate")),
+            ],
+        ]
+        return {
+            "id": "exploitation",
+            "title": "Decoding exploitation (arXiv 2310.06987)",
+            "lead": f"{len(configs)} configurations. A prompt is broken when at least one "
+            "configuration gets a harmful answer; the heat map gives every configuration's rates.",
+            "svg": config_heat_map(configs),
+            "svg_id": "config-grid",
+            "columns": ["measure", "rate [95% interval]"],
+            "rows": rows,
+            "note": "",
+        }
+    return None
+
+
+def sampling_used(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The decoding configurations the records were generated with, each once, in order: what an
+    attack actually sampled with (its own settings, not the run config's defaults)."""
+    seen: list[str] = []
+    for r in records:
+        config = r.get("config")
+        if not isinstance(config, Mapping):
+            continue
+        text = ", ".join(
+            f"{k}={v}" for k, v in config.items() if k not in ("system_prompt", "stop") or v
+        )
+        if text not in seen:
+            seen.append(text)
+    return seen
