@@ -267,8 +267,7 @@ def test_engine_rows_added_mid_batch_get_generate_completions(
 
 def test_engine_rows_wait_for_capacity(model: HFModel) -> None:
     expected = model.generate(CHATS, SAMPLED)
-    engine = model.engine()
-    engine._batcher.capacity = 2  # type: ignore[attr-defined]
+    engine = model.engine(capacity=2)
     rows = run_engine(engine, {0: [(str(i), chat, SAMPLED) for i, chat in enumerate(CHATS)]})
     assert len(rows) == len(CHATS)
     for (key, _), (_, completion) in rows.items():
@@ -331,3 +330,30 @@ def test_engine_refuses_a_running_key(model: HFModel) -> None:
 def test_capabilities_are_declared(model: HFModel) -> None:
     caps = model.capabilities
     assert (caps.score, caps.stream, caps.step, caps.engine) == (True, True, True, True)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_held_back_text_covers_partial_characters_stop_prefixes_and_spaces() -> None:
+    from poise.models.decode import _held_back
+
+    assert _held_back("caf\ufffd", ()) == 1  # an incomplete UTF-8 character
+    assert _held_back("Hello wor", ("world!",)) == 4  # could still become the stop string (+ space)
+    assert _held_back("Hello wor", ("xyz",)) == 0
+    assert _held_back("Hello \n", ()) == 2  # whitespace may be cleaned up by the next token
+    assert _held_back("Hello", ("lo",)) == 0  # a whole stop string has already ended the row
+
+
+def test_prefill_groups_bound_the_padding() -> None:
+    from poise.models.decode import PREFILL_WASTE, prefill_groups
+
+    lengths = [5, 100, 98, 7, 60, 6, 97, 59, 99]
+    groups = prefill_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        width = max(lengths[i] for i in group)
+        real = sum(lengths[i] for i in group)
+        assert width * len(group) * (1 - PREFILL_WASTE) <= real
+    assert groups == [[1, 8, 2, 6, 4], [7], [3, 5], [0]]  # longest first, greedily
+    assert prefill_groups([10] * 7) == [list(range(7))]
