@@ -222,6 +222,19 @@ def test_stream_texts_join_to_generate_texts(model: HFModel, sampling: Sampling)
     assert any(c.finish_reason == "stop" for row in expected for c in row)
 
 
+def test_stream_with_a_hook_equals_generate_with_it(model: HFModel) -> None:
+    def cool(view: StepView) -> torch.Tensor:
+        return view.logits * 2.0
+
+    sampling = SAMPLED.model_copy(update={"n": 2})
+    expected = model.generate(CHATS, sampling, logits_hook=cool)
+    rows = joined(list(model.stream(CHATS, sampling, logits_hook=cool)))
+    for (chat, sample), (text, completion) in rows.items():
+        assert completion == expected[int(chat)][sample]  # type: ignore[call-overload]
+        assert text == completion.text
+    assert expected != model.generate(CHATS, sampling)
+
+
 def test_stream_holds_back_a_possible_stop_string(model: HFModel) -> None:
     [[full]] = model.generate(CHATS[3:4], Sampling(max_new_tokens=24))
     stop = full.text[10:13]
