@@ -306,6 +306,30 @@ def test_engine_per_row_samplings(model: HFModel, early_eos: None) -> None:
             assert text == completion.text
 
 
+def test_engine_random_arrivals_match_generate(model: HFModel, early_eos: None) -> None:
+    import random
+
+    rng = random.Random(0)
+    samplings = [
+        GREEDY,
+        SAMPLED.model_copy(update={"seed": 5, "n": 2}),
+        SAMPLED.model_copy(update={"top_k": 7, "max_new_tokens": 9}),
+    ]
+    schedule: dict[int, list[tuple[str, Chat, Sampling]]] = defaultdict(list)
+    requests = {}
+    for i in range(12):
+        chat, sampling = rng.choice(CHATS), rng.choice(samplings)
+        requests[str(i)] = (chat, sampling)
+        schedule[rng.randrange(12)].append((str(i), chat, sampling))
+    rows = run_engine(model.engine(capacity=4), dict(schedule))
+    assert len(rows) == sum(s.n for _, s in requests.values())
+    for (key, sample), (text, completion) in rows.items():
+        chat, sampling = requests[str(key)]
+        [expected] = model.generate([chat], sampling)
+        assert same(completion, expected[sample])
+        assert text == completion.text
+
+
 def test_engine_cancel_drops_a_request(model: HFModel) -> None:
     long = GREEDY.model_copy(update={"max_new_tokens": 12})
     engine = model.engine()
