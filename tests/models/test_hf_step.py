@@ -222,6 +222,19 @@ def test_stream_texts_join_to_generate_texts(model: HFModel, sampling: Sampling)
     assert any(c.finish_reason == "stop" for row in expected for c in row)
 
 
+def test_stream_with_a_hook_equals_generate_with_it(model: HFModel) -> None:
+    def cool(view: StepView) -> torch.Tensor:
+        return view.logits * 2.0
+
+    sampling = SAMPLED.model_copy(update={"n": 2})
+    expected = model.generate(CHATS, sampling, logits_hook=cool)
+    rows = joined(list(model.stream(CHATS, sampling, logits_hook=cool)))
+    for (chat, sample), (text, completion) in rows.items():
+        assert completion == expected[int(chat)][sample]  # type: ignore[call-overload]
+        assert text == completion.text
+    assert expected != model.generate(CHATS, sampling)
+
+
 def test_stream_holds_back_a_possible_stop_string(model: HFModel) -> None:
     [[full]] = model.generate(CHATS[3:4], Sampling(max_new_tokens=24))
     stop = full.text[10:13]
@@ -267,8 +280,7 @@ def test_engine_rows_added_mid_batch_get_generate_completions(
 
 def test_engine_rows_wait_for_capacity(model: HFModel) -> None:
     expected = model.generate(CHATS, SAMPLED)
-    engine = model.engine()
-    engine._batcher.capacity = 2  # type: ignore[attr-defined]
+    engine = model.engine(capacity=2)
     rows = run_engine(engine, {0: [(str(i), chat, SAMPLED) for i, chat in enumerate(CHATS)]})
     assert len(rows) == len(CHATS)
     for (key, _), (_, completion) in rows.items():
@@ -292,6 +304,30 @@ def test_engine_per_row_samplings(model: HFModel, early_eos: None) -> None:
             text, completion = rows[(str(i), sample)]
             assert same(completion, expected[sample])
             assert text == completion.text
+
+
+def test_engine_random_arrivals_match_generate(model: HFModel, early_eos: None) -> None:
+    import random
+
+    rng = random.Random(0)
+    samplings = [
+        GREEDY,
+        SAMPLED.model_copy(update={"seed": 5, "n": 2}),
+        SAMPLED.model_copy(update={"top_k": 7, "max_new_tokens": 9}),
+    ]
+    schedule: dict[int, list[tuple[str, Chat, Sampling]]] = defaultdict(list)
+    requests = {}
+    for i in range(12):
+        chat, sampling = rng.choice(CHATS), rng.choice(samplings)
+        requests[str(i)] = (chat, sampling)
+        schedule[rng.randrange(12)].append((str(i), chat, sampling))
+    rows = run_engine(model.engine(capacity=4), dict(schedule))
+    assert len(rows) == sum(s.n for _, s in requests.values())
+    for (key, sample), (text, completion) in rows.items():
+        chat, sampling = requests[str(key)]
+        [expected] = model.generate([chat], sampling)
+        assert same(completion, expected[sample])
+        assert text == completion.text
 
 
 def test_engine_cancel_drops_a_request(model: HFModel) -> None:
@@ -331,3 +367,30 @@ def test_engine_refuses_a_running_key(model: HFModel) -> None:
 def test_capabilities_are_declared(model: HFModel) -> None:
     caps = model.capabilities
     assert (caps.score, caps.stream, caps.step, caps.engine) == (True, True, True, True)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def test_held_back_text_covers_partial_characters_stop_prefixes_and_spaces() -> None:
+    from poise.models.decode import _held_back
+
+    assert _held_back("caf\ufffd", ()) == 1  # an incomplete UTF-8 character
+    assert _held_back("Hello wor", ("world!",)) == 4  # could still become the stop string (+ space)
+    assert _held_back("Hello wor", ("xyz",)) == 0
+    assert _held_back("Hello \n", ()) == 2  # whitespace may be cleaned up by the next token
+    assert _held_back("Hello", ("lo",)) == 0  # a whole stop string has already ended the row
+
+
+def test_prefill_groups_bound_the_padding() -> None:
+    from poise.models.decode import PREFILL_WASTE, prefill_groups
+
+    lengths = [5, 100, 98, 7, 60, 6, 97, 59, 99]
+    groups = prefill_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        width = max(lengths[i] for i in group)
+        real = sum(lengths[i] for i in group)
+        assert width * len(group) * (1 - PREFILL_WASTE) <= real
+    assert groups == [[1, 8, 2, 6, 4], [7], [3, 5], [0]]  # longest first, greedily
+    assert prefill_groups([10] * 7) == [list(range(7))]

@@ -466,7 +466,8 @@ class Batcher:
         """Admit waiting rows, choose one token for every live row, and feed the tokens.
 
         Returns ``(row, new_text)`` for rows with news: streamed text (when streaming) and every
-        row that finished at this step (``row.finish`` set; its text comes from :meth:`finish`).
+        row that finished at this step (``row.finish`` set; :meth:`completions` and
+        :meth:`events` turn them into completions and stream events).
         """
         self._admit()
         if self.state is None:

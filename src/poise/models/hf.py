@@ -657,10 +657,12 @@ class HFModel(ModelBase):
         while not batcher.idle:
             yield from batcher.events(batcher.step())
 
-    def engine(self, *, logits_hook: LogitsHook | None = None) -> HFEngine:
-        """A continuous batch of up to ``batch_size`` rows (the ``Engine`` protocol), for a
-        server: requests join and leave at step boundaries."""
-        return HFEngine(self, logits_hook=logits_hook)
+    def engine(
+        self, *, logits_hook: LogitsHook | None = None, capacity: int | None = None
+    ) -> HFEngine:
+        """A continuous batch of up to ``capacity`` rows (default ``batch_size``; the ``Engine``
+        protocol), for a server: requests join and leave at step boundaries."""
+        return HFEngine(self, logits_hook=logits_hook, capacity=capacity)
 
     # -- score
 

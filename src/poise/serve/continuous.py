@@ -12,7 +12,8 @@ For a model with the ``engine`` capability the server runs one worker thread tha
    :class:`~poise.serve.ticket.Ticket`.
 
 So a request never waits for another to finish (only for the step in progress), and a streamed
-response gets each token's text as soon as it is decoded.
+response gets each token's text as soon as it is decoded. The engine and the model's tokenizer
+are touched only in the worker thread.
 
 ``join_rows`` spreads a burst's prefill over several steps. Prefill is costly: on one CPU
 thread, for a ~90M-parameter Llama, the prefill of one 42-token prompt took about 0.27 s, two
@@ -20,9 +21,8 @@ thirds of a decoding step of 32 rows (0.42 s), so a burst of 32 prompts prefille
 about 20 decoding steps, and every request of the burst waited for all of it. Joining 8 rows a
 step gives the first 8 their first token after a quarter of that, and rows that join at
 different steps also finish at different steps, so later requests arrive spread out and join at
-the next step (32 clients, 64-token answers: median time to first token 3.9 s against 7.9 s
-with all 32 joining at once, at equal throughput; see BENCHMARKS.md). The engine and the model's tokenizer
-are touched only in the worker thread.
+the next step (32 clients, 64-token answers, one run each: median time to first token 3.9 s
+against 7.9 s with all 32 joining at once, and no lower throughput; see BENCHMARKS.md).
 
 Seeds. A request with a seed is generated with exactly its ``Sampling`` (an engine seeds each
 row from the seed, the chat and the sample index, as ``generate`` does, so the answer does not
