@@ -394,3 +394,23 @@ def test_prefill_groups_bound_the_padding() -> None:
         assert width * len(group) * (1 - PREFILL_WASTE) <= real
     assert groups == [[1, 8, 2, 6, 4], [7], [3, 5], [0]]  # longest first, greedily
     assert prefill_groups([10] * 7) == [list(range(7))]
+
+
+def test_engine_request_not_streamed_gets_only_its_final_event(model: HFModel) -> None:
+    """``stream=False``: no text events while decoding, and the final event carries the whole
+    text, equal to generate's (the server hands non-streamed requests their answer this way)."""
+    sampling = Sampling(max_new_tokens=10)
+    chats = CHATS[:3]
+    expected = model.generate(chats, sampling)
+    engine = model.engine()
+    for index, chat in enumerate(chats):
+        engine.add(index, chat, sampling, stream=index != 1)
+    events = []
+    while not engine.idle:
+        events += engine.step()
+    quiet = [e for e in events if e.key == 1]
+    assert len(quiet) == 1 and quiet[0].completion is not None
+    assert quiet[0].text == quiet[0].completion.text == expected[1][0].text
+    for key in (0, 2):
+        mine = [e for e in events if e.key == key]
+        assert "".join(e.text for e in mine) == expected[key][0].text

@@ -245,8 +245,8 @@ class _CrashingEngine(MockEngine):
         super().__init__(model)
         self.crash: set[Hashable] = set()
 
-    def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None:
-        super().add(key, chat, sampling)
+    def add(self, key: Hashable, chat: Chat, sampling: Sampling, *, stream: bool = True) -> None:
+        super().add(key, chat, sampling, stream=stream)
         if chat[-1]["content"] == "CRASH":
             self.crash.add(key)
 

@@ -252,10 +252,14 @@ class Engine(Protocol):
     every live row by one token (prefilling rows added since the last step first) and returns the
     events of that step; a request with ``sampling.n > 1`` is ``n`` rows with sample indices
     ``0..n-1``, seeded as ``generate`` seeds them, so an engine's completions equal
-    ``generate``'s for the same chat and sampling.
+    ``generate``'s for the same chat and sampling. A request added with ``stream=False`` gets
+    no text events while it decodes, only its final events (with the whole text): an engine
+    need not detokenize it step by step.
     """
 
-    def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None: ...
+    def add(
+        self, key: Hashable, chat: Chat, sampling: Sampling, *, stream: bool = True
+    ) -> None: ...
 
     def cancel(self, key: Hashable) -> None: ...
 

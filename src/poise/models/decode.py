@@ -392,6 +392,7 @@ class _Row:
     length: int = 0  # tokens that count, once finished
     streamed: str = ""
     cancelled: bool = False
+    stream: bool = True  # send text as decoded (else only the final event carries it)
 
     @property
     def done(self) -> bool:
@@ -603,7 +604,7 @@ class Batcher:
                 row.finish, row.length = "length", len(row.tokens)
         news: list[tuple[_Row, str]] = [(r, "") for r in rows if r.finish is not None]
         if self.stream:
-            streaming = [r for r in rows if r.finish is None]
+            streaming = [r for r in rows if r.finish is None and r.stream]
             if streaming:
                 texts = self.model.tokenizer.batch_decode(
                     [r.tokens for r in streaming], skip_special_tokens=True
@@ -707,14 +708,16 @@ class HFEngine:
         self._remaining: dict[Hashable, int] = {}  # request -> rows not finished
         self._next_row = 0
 
-    def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None:
-        """Queue a request; its rows join the batch at the next ``step``."""
+    def add(self, key: Hashable, chat: Chat, sampling: Sampling, *, stream: bool = True) -> None:
+        """Queue a request; its rows join the batch at the next ``step``. With ``stream=False``
+        its text is not decoded step by step: its final events carry the whole text."""
         if key in self._remaining:
             raise PoiseError(f"engine: request {key!r} is already running")
         (prompt,) = self.model._encode_prompts([chat])
         ids = range(self._next_row, self._next_row + sampling.n)
         self._next_row += sampling.n
         for row in make_rows(key, chat, prompt, sampling, ids):
+            row.stream = stream
             self._batcher.add(row)
         self._remaining[key] = sampling.n
 

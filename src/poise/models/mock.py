@@ -190,6 +190,7 @@ class _MockRow:
     pieces: list[str]  # the completion's tokens, emitted one per step
     completion: Completion
     emitted: int = 0
+    stream: bool = True
 
 
 class MockEngine:
@@ -212,14 +213,16 @@ class MockEngine:
         self.samplings: dict[Hashable, Sampling] = {}
         self.cancelled: list[Hashable] = []
 
-    def add(self, key: Hashable, chat: Chat, sampling: Sampling) -> None:
+    def add(self, key: Hashable, chat: Chat, sampling: Sampling, *, stream: bool = True) -> None:
         if any(row.key == key for row in self.rows):
             raise ValueError(f"key {key!r} is already in the batch")
         rows = []
         for sample in range(sampling.n):
             # The reply is computed first, so a scripted failure fails the add, not a step.
             completion = _shape(self.model.reply(chat, sample, sampling.seed), sampling)
-            rows.append(_MockRow(key, sample, _TOKEN.findall(completion.text), completion))
+            rows.append(
+                _MockRow(key, sample, _TOKEN.findall(completion.text), completion, stream=stream)
+            )
         self.rows.extend(rows)
         self.added_at[key] = self.steps
         self.samplings[key] = sampling
@@ -243,9 +246,15 @@ class MockEngine:
             text = row.pieces[row.emitted] if row.emitted < len(row.pieces) else ""
             row.emitted += 1
             done = row.emitted >= len(row.pieces)
-            events.append(
-                StreamEvent(row.key, row.sample_index, text, row.completion if done else None)
-            )
+            if not row.stream:  # no text while decoding; the final event carries all of it
+                if done:
+                    events.append(
+                        StreamEvent(row.key, row.sample_index, row.completion.text, row.completion)
+                    )
+            else:
+                events.append(
+                    StreamEvent(row.key, row.sample_index, text, row.completion if done else None)
+                )
             if not done:
                 live.append(row)
         self.rows = live

@@ -241,7 +241,7 @@ class ContinuousBatcher:
                 prompt_tokens = (
                     self.count_prompt_tokens(request.chat) if self.count_prompt_tokens else None
                 )
-                engine.add(request.key, request.chat, request.sampling)
+                engine.add(request.key, request.chat, request.sampling, stream=request.stream)
             except Exception as exc:
                 # A request the engine refuses (e.g. a prompt longer than the context) fails
                 # alone.
