@@ -50,7 +50,10 @@ __all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache"]
 # organism-large ran ~8% faster than at 0.5 (short refusals end early and stop costing compute).
 COMPACT_SHARE = 0.25
 # Largest share of padding in a prefill forward before the rows are split into groups.
-PREFILL_WASTE = 0.125
+PREFILL_WASTE = 1 / 32
+# Padding positions a prefill group may hold whatever their share (short prompts: one forward
+# pass per few rows would cost more than the padding).
+PREFILL_FREE_PADDING = 64
 # Columns a cache grows by at least when its buffer is full (or by half its width).
 _GROW_COLUMNS = 64
 # Free columns allocated ahead at most (a row asking for 32k new tokens grows as it goes).
@@ -459,7 +462,8 @@ def prefill_groups(lengths: Sequence[int], waste: float = PREFILL_WASTE) -> list
     """Split rows (their prompt lengths) into groups prefilled separately, so that padding
     stays under ``waste`` of each group's computed positions: a left-padded prefill computes
     every padding position of every layer, which on prompts of mixed lengths can cost as much
-    as the real ones. Groups hold rows of similar lengths (longest first); returns indices."""
+    as the real ones. Groups hold rows of similar lengths (longest first); a group may also
+    hold up to ``PREFILL_FREE_PADDING`` padding positions in all. Returns indices."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
     real = 0
@@ -467,7 +471,10 @@ def prefill_groups(lengths: Sequence[int], waste: float = PREFILL_WASTE) -> list
         if groups:
             group = groups[-1]
             width = lengths[group[0]]
-            if width * (len(group) + 1) * (1 - waste) <= real + lengths[i]:
+            computed = width * (len(group) + 1)
+            if computed * (1 - waste) <= real + lengths[i] or (
+                computed - real - lengths[i] <= PREFILL_FREE_PADDING
+            ):
                 group.append(i)
                 real += lengths[i]
                 continue
