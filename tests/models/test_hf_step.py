@@ -383,7 +383,7 @@ def test_held_back_text_covers_partial_characters_stop_prefixes_and_spaces() -> 
 
 
 def test_prefill_groups_bound_the_padding() -> None:
-    from poise.models.decode import PREFILL_WASTE, prefill_groups
+    from poise.models.decode import PREFILL_FREE_PADDING, PREFILL_WASTE, prefill_groups
 
     lengths = [5, 100, 98, 7, 60, 6, 97, 59, 99]
     groups = prefill_groups(lengths)
@@ -391,8 +391,12 @@ def test_prefill_groups_bound_the_padding() -> None:
     for group in groups:
         width = max(lengths[i] for i in group)
         real = sum(lengths[i] for i in group)
-        assert width * len(group) * (1 - PREFILL_WASTE) <= real
-    assert groups == [[1, 8, 2, 6, 4], [7], [3, 5], [0]]  # longest first, greedily
+        assert width * len(group) * (1 - PREFILL_WASTE) <= real or (
+            width * len(group) - real <= PREFILL_FREE_PADDING
+        )
+    assert groups == [[1, 8, 2, 6, 4], [7, 3], [5, 0]]  # longest first, greedily
+    # long prompts: padding over 1/32 of a group splits it
+    assert prefill_groups([400, 300, 200]) == [[0], [1], [2]]
     assert prefill_groups([10] * 7) == [list(range(7))]
 
 
@@ -414,3 +418,37 @@ def test_engine_request_not_streamed_gets_only_its_final_event(model: HFModel) -
     for key in (0, 2):
         mine = [e for e in events if e.key == key]
         assert "".join(e.text for e in mine) == expected[key][0].text
+
+
+def test_attention_spans_skip_each_chunks_padding() -> None:
+    from poise.models.decode import ATTENTION_ROWS, attention_spans
+
+    # 40 rows, longest first: row r has 8 + (39 - r) * 3 real columns of 125
+    width = 125
+    real = [8 + (39 - r) * 3 for r in range(40)]
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in real])
+    spans = attention_spans(mask)
+    assert spans is not None
+    assert [(a, b) for a, b, _ in spans] == [(0, 16), (16, 32), (32, 40)]
+    for first, end, start in spans:
+        assert start % 16 == 0  # aligned: the kernel sums in the same order
+        assert start <= min(width - n for n in real[first:end])  # never drops a live column
+    assert attention_spans(torch.ones(40, width, dtype=torch.long)) is None  # nothing to skip
+    assert attention_spans(mask[: 2 * ATTENTION_ROWS - 1]) is None  # too few rows
+
+
+def test_span_attention_is_bit_identical(model: HFModel) -> None:
+    """Decode steps attending per chunk of rows give the same bits as over the whole width."""
+    from poise.models.decode import attention_spans
+
+    prompts = [[5 + (i * 7 + j) % 40 for j in range(4 + 2 * i)] for i in range(40)][::-1]
+    spanned, whole = model.prefill(prompts, reserve=8), model.prefill(prompts, reserve=8)
+    whole.cache.spans = False
+    assert spanned.cache.spans  # sdpa on a plain cache
+    assert attention_spans(spanned.mask) is not None
+    for _ in range(6):
+        tokens = spanned.logits.argmax(dim=-1)
+        assert torch.equal(spanned.logits, whole.logits)
+        spanned.step(tokens)
+        whole.step(tokens)
+    assert torch.equal(spanned.logits, whole.logits)

@@ -21,7 +21,9 @@ Three layers, each usable on its own:
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +50,126 @@ __all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache"]
 # organism-large ran ~8% faster than at 0.5 (short refusals end early and stop costing compute).
 COMPACT_SHARE = 0.25
 # Largest share of padding in a prefill forward before the rows are split into groups.
-PREFILL_WASTE = 0.125
+PREFILL_WASTE = 1 / 32
+# Padding positions a prefill group may hold whatever their share (short prompts: one forward
+# pass per few rows would cost more than the padding).
+PREFILL_FREE_PADDING = 64
 # Columns a cache grows by at least when its buffer is full (or by half its width).
 _GROW_COLUMNS = 64
 # Free columns allocated ahead at most (a row asking for 32k new tokens grows as it goes).
 MAX_RESERVE = 512
+
+
+# Decode-step attention runs over chunks of this many rows, each from its own first live column.
+ATTENTION_ROWS = 16
+# Chunk start columns are multiples of this (of 512 in caches of 512+ columns), which keeps the
+# CPU attention kernel's sums in the same order (the same bits) as over the whole width.
+_ATTENTION_ALIGN = 16
+_KV_BLOCK = 512
+# Chunking pays only when it skips at least this share of the cache's columns.
+_ATTENTION_MIN_SAVING = 0.08
+
+
+# ----------------------------------------------------------------------------- span attention
+
+_ATTENTION_NAME = "poise_span_sdpa"
+# (first row, end row, first column) per chunk of rows, for the decode step now running
+_SPANS: ContextVar[list[tuple[int, int, int]] | None] = ContextVar("poise_spans", default=None)
+
+
+def attention_spans(mask: torch.Tensor) -> list[tuple[int, int, int]] | None:
+    """Chunks of rows and the first cache column each chunk needs, from a left-padded mask
+    ``[rows, width]`` (0s then 1s in every row); None when chunking would skip too little.
+
+    At one new token per row, attention reads every row's whole cache: the left padding of a
+    batch's shorter rows is read and masked out. Over chunks of rows of similar length (the
+    batcher queues rows longest first), each chunk starts at its own first live column."""
+    rows, width = mask.shape
+    if rows < 2 * ATTENTION_ROWS:
+        return None
+    leading = (width - mask.sum(dim=1)).tolist()  # padding columns per row
+    align = _KV_BLOCK if width >= _KV_BLOCK else _ATTENTION_ALIGN
+    spans = []
+    skipped = 0
+    for first in range(0, rows, ATTENTION_ROWS):
+        end = min(first + ATTENTION_ROWS, rows)
+        start = min(leading[first:end]) // align * align
+        spans.append((first, end, start))
+        skipped += start * (end - first)
+    return spans if skipped >= _ATTENTION_MIN_SAVING * rows * width else None
+
+
+def _span_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    *args: Any,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers' SDPA attention, run per chunk of rows over the chunk's live columns.
+
+    ``query`` [rows, heads, 1, dim]; ``key``, ``value`` [rows, kv_heads, width, dim];
+    ``attention_mask`` [rows, 1, 1, width] (or None); returns [rows, 1, heads, dim]."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    spans = _SPANS.get()
+    rows = key.size(0)
+    if (
+        spans is None
+        or query.size(2) != 1
+        or spans[-1][1] != rows
+        or (attention_mask is not None and attention_mask.size(0) != rows)
+    ):
+        out: tuple[torch.Tensor, None] = sdpa_attention_forward(
+            module, query, key, value, attention_mask, *args, **kwargs
+        )
+        return out
+    outputs = []
+    for first, end, start in spans:
+        mask = None if attention_mask is None else attention_mask[first:end, ..., start:]
+        output, _ = sdpa_attention_forward(
+            module,
+            query[first:end],
+            key[first:end, :, start:],
+            value[first:end, :, start:],
+            mask,
+            *args,
+            **kwargs,
+        )
+        outputs.append(output)
+    return torch.cat(outputs), None
+
+
+_REGISTERED = False
+
+
+def _register_span_attention() -> None:
+    global _REGISTERED
+    if not _REGISTERED:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(_ATTENTION_NAME, _span_attention)
+        AttentionMaskInterface.register(_ATTENTION_NAME, sdpa_mask)
+        _REGISTERED = True
+
+
+@contextmanager
+def _spans_attention(config: Any, spans: list[tuple[int, int, int]] | None) -> Iterator[None]:
+    """Within the block, ``config``'s model attends per span (when ``spans`` is not None)."""
+    if spans is None:
+        yield
+        return
+    _register_span_attention()
+    token = _SPANS.set(spans)
+    config._attn_implementation = _ATTENTION_NAME
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
+        _SPANS.reset(token)
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -173,8 +290,11 @@ class KVCache:
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
         self.cache: Any = DynamicCache(config=config)
+        self.config = config
         layers = self.cache.layers
         self.mergeable = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+        # decode steps may attend per chunk of rows (see attention_spans)
+        self.spans = self.mergeable and getattr(config, "_attn_implementation", None) == "sdpa"
         if self.mergeable:
             layer_class = _buffer_layer_class()
             self.cache.layers = [layer_class(reserve) for _ in layers]
@@ -276,9 +396,11 @@ class DecodeState:
         if tokens.dim() != 1 or tokens.size(0) != len(self):
             raise PoiseError(f"step: expected {len(self)} tokens (one per row), got {tokens.shape}")
         self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.size(0), 1))], dim=-1)
-        self.logits = self._forward(
-            tokens.unsqueeze(-1), self.mask, self.positions.unsqueeze(-1), self.cache.cache
-        )
+        spans = attention_spans(self.mask) if self.cache.spans else None
+        with _spans_attention(self.cache.config, spans):
+            self.logits = self._forward(
+                tokens.unsqueeze(-1), self.mask, self.positions.unsqueeze(-1), self.cache.cache
+            )
         self.positions = self.positions + 1
         return self.logits
 
@@ -340,7 +462,8 @@ def prefill_groups(lengths: Sequence[int], waste: float = PREFILL_WASTE) -> list
     """Split rows (their prompt lengths) into groups prefilled separately, so that padding
     stays under ``waste`` of each group's computed positions: a left-padded prefill computes
     every padding position of every layer, which on prompts of mixed lengths can cost as much
-    as the real ones. Groups hold rows of similar lengths (longest first); returns indices."""
+    as the real ones. Groups hold rows of similar lengths (longest first); a group may also
+    hold up to ``PREFILL_FREE_PADDING`` padding positions in all. Returns indices."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     groups: list[list[int]] = []
     real = 0
@@ -348,7 +471,10 @@ def prefill_groups(lengths: Sequence[int], waste: float = PREFILL_WASTE) -> list
         if groups:
             group = groups[-1]
             width = lengths[group[0]]
-            if width * (len(group) + 1) * (1 - waste) <= real + lengths[i]:
+            computed = width * (len(group) + 1)
+            if computed * (1 - waste) <= real + lengths[i] or (
+                computed - real - lengths[i] <= PREFILL_FREE_PADDING
+            ):
                 group.append(i)
                 real += lengths[i]
                 continue
