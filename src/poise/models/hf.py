@@ -94,9 +94,6 @@ def is_hub_id(spec: str) -> bool:
     return bool(_HUB_ID.match(spec)) and not Path(spec).expanduser().exists()
 
 
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-
-
 def hub_access(
     repo_id: str, revision: str | None = None, *, timeout: float = 3.0
 ) -> dict[str, Any]:
@@ -106,26 +103,17 @@ def hub_access(
     a proxy in between); ``{"local_files_only": True}`` when the hub cannot be reached but the
     repository is in the local cache; otherwise a :class:`PoiseError` at once. Without this a
     machine with no network spends most of a minute in the hub client's retries before failing.
+    The probe is :func:`poise.hub.hub_reachable`, shared with the hub dataset loader.
     """
-    import os
-    import socket
-    from urllib.parse import urlparse
-
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in _PROXY_VARIABLES):
+    from poise.hub import hub_reachable
+
+    if hub_reachable(timeout) is not False:
         return {}
-    endpoint = urlparse(constants.ENDPOINT)
-    host = endpoint.hostname or "huggingface.co"
-    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-        return {}
-    except OSError:
-        pass
     cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
     if isinstance(cached, str):
-        logger.info("%s: %s cannot be reached; using the local cache", repo_id, host)
+        logger.info("%s: %s cannot be reached; using the local cache", repo_id, constants.ENDPOINT)
         return {"local_files_only": True}
     raise PoiseError(
         f"{repo_id}: not in the local Hugging Face cache, and {constants.ENDPOINT} cannot be "
