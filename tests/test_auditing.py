@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 import poise
+from killing import kill_after_records
 from poise.auditing import make_config
 from poise.cli import app
 from poise.errors import PoiseError
@@ -241,28 +240,10 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_records(
         "24",
         "--no-html",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     out_killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    samples = kill_after_records(
+        [sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)], out_killed
     )
-    deadline = time.monotonic() + 120
-    samples = None
-    while time.monotonic() < deadline:
-        runs = list_runs(out_killed)
-        if runs and (runs[0].path / "samples.jsonl").exists():
-            samples = runs[0].path / "samples.jsonl"
-            if samples.read_bytes().count(b"\n") >= 6:
-                break
-        if proc.poll() is not None:
-            pytest.fail(f"audit ended before it could be killed: {proc.stderr.read().decode()}")
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert samples is not None
     [run] = list_runs(out_killed)
     assert run.status == "running"
     written = samples.read_bytes().count(b"\n")
@@ -271,7 +252,7 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_records(
     # re-running the same command resumes the killed run
     resumed = subprocess.run(
         [sys.executable, "-m", "poise.cli", "audit", *args, "--out", str(out_killed)],
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
         timeout=300,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 import torch
 
 import poise
+from killing import kill_after_records
 from poise.config import Sampling
 from poise.decoding import strategies
 from poise.decoding.temperature import LogitTemperature
@@ -140,24 +139,7 @@ def test_kill_9_mid_run_of_a_wrapped_object_resumes_from_its_run_folder(tmp_path
         poise.audit(model=model, out={str(out_killed)!r}, batch_size=2, **{SETTINGS!r})
         """
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 180
-    samples = None
-    while time.monotonic() < deadline:
-        runs = list_runs(out_killed)
-        if runs and (runs[0].path / "samples.jsonl").exists():
-            samples = runs[0].path / "samples.jsonl"
-            if samples.read_bytes().count(b"\n") >= 6:
-                break
-        if proc.poll() is not None:
-            pytest.fail(f"audit ended before it could be killed: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        time.sleep(0.02)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert samples is not None
+    samples = kill_after_records([sys.executable, "-c", script], out_killed, timeout=180)
     [run] = list_runs(out_killed)
     assert run.status == "running"
     header = json.loads((run.path / "run.json").read_text())
@@ -179,7 +161,7 @@ def test_kill_9_mid_run_of_a_wrapped_object_resumes_from_its_run_folder(tmp_path
             "--out",
             str(out_killed),
         ],
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         capture_output=True,
         text=True,
         timeout=300,
