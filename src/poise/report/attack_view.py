@@ -34,41 +34,25 @@ def worst_of_n_chart(summary: Mapping[str, Any]) -> str | None:
     with matplotlib.rc_context(_RC):
         fig = _figure(6.0, 3.6)
         ax = fig.add_subplot()
-        if predicted:
-            n = [p["n"] for p in predicted]
-            ax.fill_between(
-                n,
-                [100 * p["low"] for p in predicted],
-                [100 * p["high"] for p in predicted],
-                color="#ff7f0e",
-                alpha=0.15,
-                linewidth=0,
-            )
-            ax.plot(
-                n,
-                [100 * p["value"] for p in predicted],
-                "--",
-                color="#ff7f0e",
-                label="predicted (95% interval)",
-            )
-        if empirical:
-            n = [e["n"] for e in empirical]
-            ax.fill_between(
-                n,
-                [100 * e["low"] for e in empirical],
-                [100 * e["high"] for e in empirical],
-                color="#1f77b4",
-                alpha=0.2,
-                linewidth=0,
-            )
-            ax.plot(
-                n,
-                [100 * e["value"] for e in empirical],
-                "o-",
-                color="#1f77b4",
-                markersize=3,
-                label="empirical (95% interval)",
-            )
+        # (points, colour, fill alpha, line style, label): the prediction under the measurement
+        curves = (
+            (predicted, "#ff7f0e", 0.15, {"linestyle": "--"}, "predicted (95% interval)"),
+            (
+                empirical,
+                "#1f77b4",
+                0.2,
+                {"marker": "o", "markersize": 3},
+                "empirical (95% interval)",
+            ),
+        )
+        for points, color, alpha, style, label in curves:
+            if not points:
+                continue
+            n = [p["n"] for p in points]
+            low = [100 * p["low"] for p in points]
+            high = [100 * p["high"] for p in points]
+            ax.fill_between(n, low, high, color=color, alpha=alpha, linewidth=0)
+            ax.plot(n, [100 * p["value"] for p in points], color=color, label=label, **style)
         from matplotlib.ticker import FuncFormatter, NullFormatter
 
         ax.set_xscale("log", base=2)
