@@ -204,19 +204,27 @@ class Server:
                 self.process.wait(timeout=30)
 
 
-def server_env(threads: int) -> dict[str, str]:
+def server_env(threads: int, src: Path | None = None) -> dict[str, str]:
     env = {**os.environ, "NO_COLOR": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if src is not None:  # serve poise from another source tree (the --against side)
+        env["PYTHONPATH"] = str(src)
     if threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     return env
 
 
 def start(
-    name: str, command: list[str], url: str, model_field: str, log: Path, threads: int
+    name: str,
+    command: list[str],
+    url: str,
+    model_field: str,
+    log: Path,
+    threads: int,
+    src: Path | None = None,
 ) -> Server:
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            command, stdout=sink, stderr=subprocess.STDOUT, env=server_env(threads)
+            command, stdout=sink, stderr=subprocess.STDOUT, env=server_env(threads, src)
         )
     server = Server(name, url, model_field, process, log)
     deadline = time.monotonic() + 300
@@ -240,17 +248,20 @@ def start_poise(
     threads: int,
     max_batch: int = 32,
     window_ms: float = 5.0,
-    join_rows: int = 8,
+    join_rows: int | None = 8,
+    src: Path | None = None,
 ) -> Server:
     port = free_port()
     command = [
         sys.executable, "-m", "poise.cli", "serve", "--model", model,
         "--served-name", "bench", "--host", "127.0.0.1", "--port", str(port),
         "--max-batch", str(max_batch), "--batch-window-ms", str(window_ms),
-        "--join-rows", str(join_rows),
     ]  # fmt: skip
+    if join_rows is not None:  # a server from before continuous batching has no --join-rows
+        command += ["--join-rows", str(join_rows)]
     url = f"http://127.0.0.1:{port}"
-    return start("poise serve", command, url, "bench", workdir / "poise.log", threads)
+    log = workdir / f"poise-{'against' if src else 'this'}.log"
+    return start("poise serve", command, url, "bench", log, threads, src)
 
 
 def start_transformers(model: str, workdir: Path, threads: int) -> Server:
@@ -378,7 +389,9 @@ def mode_batching(args: argparse.Namespace, workdir: Path) -> None:
     from poise.models.openai import OpenAIModel
 
     model = resolve_model(args.model, workdir)
-    server = start_poise(model, workdir, args.threads, args.max_batch, args.batch_window_ms)
+    server = start_poise(
+        model, workdir, args.threads, args.max_batch, args.batch_window_ms, args.join_rows
+    )
     url = server.url
     try:
         chats = prompts(args.requests)
@@ -421,6 +434,68 @@ def mode_batching(args: argparse.Namespace, workdir: Path) -> None:
     print(f"ratio (a)/(b): {rate_batched / rate_single:.2f}x (goal >= 4x)")
     same = [[c.text for c in r] for r in batched_out] == [[c.text for c in r] for r in single_out]
     print(f"identical completions in both phases: {'yes' if same else 'NO'}")
+
+
+def mode_against(args: argparse.Namespace, workdir: Path) -> None:
+    """This tree's ``poise serve`` against another source tree's (``--against SRC``), in turn.
+
+    Each round starts both servers one after the other and sends each the same K greedy requests
+    from ``--concurrency`` clients after a warm-up; it prints requests/s (wall) and the server
+    process's CPU milliseconds per request (all threads; steadier than wall time on a shared
+    machine), then the medians and their ratios.
+    """
+    from poise.config import Sampling
+    from poise.models.openai import OpenAIModel
+
+    if args.against is None:
+        raise SystemExit("--mode against needs --against SRC (a poise source tree's src folder)")
+    against = Path(args.against).resolve()
+    model = resolve_model(args.model, workdir)
+    chats = prompts(args.requests)
+    sampling = Sampling(max_new_tokens=args.max_tokens)  # greedy
+    rates: dict[str, list[float]] = {"this": [], "against": []}
+    cpu_ms: dict[str, list[float]] = {"this": [], "against": []}
+    texts: dict[str, list[list[str]]] = {}
+    for _ in range(args.repeats):
+        for side in ("this", "against"):
+            src = against if side == "against" else None
+            join = args.join_rows if side == "this" else args.against_join_rows
+            server = start_poise(
+                model, workdir, args.threads, args.max_batch, args.batch_window_ms, join, src
+            )
+            try:
+                client = OpenAIModel(
+                    "bench", base_urls=[f"{server.url}/v1"], concurrency=args.concurrency
+                )
+                client.generate(chats[: args.concurrency], sampling)  # warm-up (not timed)
+                cpu0, t0 = cpu_seconds(server.process.pid), time.perf_counter()
+                out = client.generate(chats, sampling)
+                wall = time.perf_counter() - t0
+                cpu = cpu_seconds(server.process.pid) - cpu0
+            finally:
+                server.stop()
+            rates[side].append(len(chats) / wall)
+            cpu_ms[side].append(1000 * cpu / len(chats))
+            texts[side] = [[c.text for c in row] for row in out]
+            print(
+                f"{side:>8}: {rates[side][-1]:7.2f} req/s, "
+                f"{cpu_ms[side][-1]:6.2f} server CPU-ms per request"
+            )
+    med = {side: statistics.median(v) for side, v in rates.items()}
+    med_cpu = {side: statistics.median(v) for side, v in cpu_ms.items()}
+    print(
+        f"model: {args.model}; {len(chats)} greedy requests, max_tokens={args.max_tokens}, "
+        f"{args.concurrency} clients, {args.repeats} rounds, against {against}"
+    )
+    print(
+        f"median req/s: this {med['this']:.2f}, against {med['against']:.2f}: "
+        f"{med['this'] / med['against']:.2f}x"
+    )
+    print(
+        f"median server CPU-ms per request: this {med_cpu['this']:.2f}, against "
+        f"{med_cpu['against']:.2f}: {med_cpu['against'] / med_cpu['this']:.2f}x (>1: this is cheaper)"
+    )
+    print(f"identical completions: {'yes' if texts['this'] == texts['against'] else 'NO'}")
 
 
 def mode_latency(args: argparse.Namespace, workdir: Path) -> None:
@@ -551,7 +626,16 @@ def mode_transformers(args: argparse.Namespace, workdir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
-        "--mode", choices=["batching", "latency", "transformers"], default="batching"
+        "--mode", choices=["batching", "latency", "transformers", "against"], default="batching"
+    )
+    parser.add_argument(
+        "--against", default=None, help="against mode: another poise source tree's src folder"
+    )
+    parser.add_argument(
+        "--against-join-rows",
+        type=int,
+        default=None,
+        help="against mode: --join-rows for the other tree's server (default: do not pass it)",
     )
     parser.add_argument("--model", default="organism", help="model spec to serve (batching mode)")
     parser.add_argument("--requests", type=int, default=128, help="K: requests per phase")
@@ -580,13 +664,19 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.max_tokens is None:
-        args.max_tokens = {"batching": 48, "latency": 96, "transformers": 64}[args.mode]
-    if args.repeats is None:
-        args.repeats = 3 if args.mode == "latency" else 1
-    with tempfile.TemporaryDirectory() as tmp:
-        {"batching": mode_batching, "latency": mode_latency, "transformers": mode_transformers}[
+        args.max_tokens = {"batching": 48, "latency": 96, "transformers": 64, "against": 48}[
             args.mode
-        ](args, Path(tmp))
+        ]
+    if args.repeats is None:
+        args.repeats = {"latency": 3, "against": 3}.get(args.mode, 1)
+    with tempfile.TemporaryDirectory() as tmp:
+        modes = {
+            "batching": mode_batching,
+            "latency": mode_latency,
+            "transformers": mode_transformers,
+            "against": mode_against,
+        }
+        modes[args.mode](args, Path(tmp))
     print(f"reproduce: {shlex.join(['python', 'benchmarks/serve_throughput.py', *sys.argv[1:]])}")
 
 

@@ -81,7 +81,10 @@ def test_prefill_and_step_equal_a_full_forward(model: HFModel) -> None:
         assert torch.allclose(state.logits[row], full_forward_logits(model, ids), atol=1e-5)
 
 
-def test_keep_and_extend_merge_batches_at_a_step_boundary(model: HFModel) -> None:
+@pytest.mark.parametrize("in_one_copy", [False, True], ids=["keep-then-extend", "extend-keep"])
+def test_keep_and_extend_merge_batches_at_a_step_boundary(
+    model: HFModel, in_one_copy: bool
+) -> None:
     prompts = model._encode_prompts(CHATS)
     state = model.prefill(prompts[:3])
     fed = [list(p) for p in prompts[:3]]
@@ -94,13 +97,16 @@ def test_keep_and_extend_merge_batches_at_a_step_boundary(model: HFModel) -> Non
     longest = max(range(3), key=lambda r: len(prompts[r]))
     kept = [r for r in range(3) if r != longest]
     width = state.mask.size(1)
-    state.keep(kept)
-    fed = [fed[r] for r in kept]
-    assert state.mask.size(1) < width
-    assert bool(state.mask[:, 0].any())
     # two new rows join; one of them longer than anything running
     newcomer = [*prompts[3:], prompts[3] + prompts[0]]
-    state.extend(model.prefill(newcomer))
+    if in_one_copy:  # the leaving row is dropped in the merge's copy of the cache
+        state.extend(model.prefill(newcomer), keep=kept)
+    else:
+        state.keep(kept)
+        assert state.mask.size(1) < width
+        assert bool(state.mask[:, 0].any())
+        state.extend(model.prefill(newcomer))
+    fed = [fed[r] for r in kept]
     fed += [list(p) for p in newcomer]
     assert len(state) == len(fed)
     for _ in range(3):

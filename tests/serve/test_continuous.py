@@ -334,3 +334,57 @@ def test_a_burst_joins_a_few_rows_a_step(start_server: StartServer) -> None:
     joined_at = sorted(engine_of(server).added_at.values())
     # The burst arrived within the window; it joined 4, 4 and 2 rows at three steps in a row.
     assert joined_at == [0] * 4 + [1] * 4 + [2] * 2
+
+
+def _join_steps(server: ThreadServer, gap_s: float) -> tuple[int, int, int]:
+    """A long request runs; "a" arrives at step 5 and "b" ``gap_s`` later. Returns the steps
+    at which "a" arrived, "a" joined and "b" joined."""
+
+    async def main() -> int:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            long_task = asyncio.create_task(
+                client.post("/chat/completions", json=payload(server, "long", max_tokens=400))
+            )
+            while server.health()["steps"] < 5:
+                await asyncio.sleep(0.002)
+            arrived = int(server.health()["steps"])
+            a = asyncio.create_task(client.post("/chat/completions", json=payload(server, "a")))
+            await asyncio.sleep(gap_s)
+            b = asyncio.create_task(client.post("/chat/completions", json=payload(server, "b")))
+            assert all(r.status_code == 200 for r in await asyncio.gather(long_task, a, b))
+            return arrived
+
+    arrived = asyncio.run(main())
+    engine = engine_of(server)
+    _, a_key, b_key = sorted(engine.added_at, key=engine.added_at.__getitem__)
+    return arrived, engine.added_at[a_key], engine.added_at[b_key]
+
+
+def test_while_steps_are_fast_a_joiner_waits_for_company(start_server: StartServer) -> None:
+    """Steps of 5 ms, join wait 2 s, join_rows 2: "a" is held back until "b" arrives ~0.3 s
+    later, and both join at one step (one prefill instead of two)."""
+    model = MockModel(
+        responses={"long": words(300), "a": words(3), "b": words(3)}, step_delay=0.005
+    )
+    server = start_server(model, join_rows=2, join_wait_ms=2000)
+    arrived, a_joined, b_joined = _join_steps(server, gap_s=0.3)
+    assert a_joined == b_joined
+    assert a_joined > arrived + 10  # it waited many steps for company
+
+
+def test_a_lone_joiner_waits_at_most_the_join_wait(start_server: StartServer) -> None:
+    model = MockModel(
+        responses={"long": words(300), "a": words(3), "b": words(3)}, step_delay=0.005
+    )
+    server = start_server(model, join_rows=2, join_wait_ms=50)
+    arrived, a_joined, b_joined = _join_steps(server, gap_s=0.5)
+    assert a_joined < b_joined  # "a" did not wait 0.5 s for "b"
+    assert a_joined <= arrived + 40  # ~50 ms of 5 ms steps, with slack for a loaded machine
+
+
+def test_while_steps_are_slow_a_joiner_joins_at_once(start_server: StartServer) -> None:
+    """Steps slower than the join wait: holding a request back would cost it a whole step."""
+    model = MockModel(responses={"long": words(60), "a": words(3), "b": words(3)}, step_delay=0.03)
+    server = start_server(model, join_rows=8, join_wait_ms=20)
+    arrived, a_joined, _ = _join_steps(server, gap_s=0.5)
+    assert a_joined <= arrived + 2

@@ -25,6 +25,14 @@ def register(app: typer.Typer) -> None:
             "--join-rows",
             help="Most new rows that join a running batch at one step (continuous batching).",
         ),
+        join_wait_ms: float = typer.Option(
+            50.0,
+            "--join-wait-ms",
+            help=(
+                "While decoding steps are faster than this, new requests wait for --join-rows "
+                "company or this long before they join a running batch (ms)."
+            ),
+        ),
         batch_window_ms: float = typer.Option(
             5.0,
             "--batch-window-ms",
@@ -54,6 +62,7 @@ def register(app: typer.Typer) -> None:
                     port=port,
                     max_batch=max_batch,
                     join_rows=join_rows,
+                    join_wait_ms=join_wait_ms,
                     batch_window_ms=batch_window_ms,
                     max_tokens_limit=max_tokens_limit,
                     max_n=max_n,

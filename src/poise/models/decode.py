@@ -321,27 +321,40 @@ class KVCache:
                 layer.start += columns
                 layer._views()
 
-    def merge(self, others: Sequence[KVCache], reserve: int) -> None:
+    def merge(
+        self,
+        others: Sequence[KVCache],
+        reserve: int,
+        keep: torch.Tensor | None = None,
+        width: int | None = None,
+    ) -> None:
         """Append the rows of ``others`` after this cache's rows, all right-aligned (left
-        padding) to the widest; the buffers get ``reserve`` free columns."""
+        padding) to ``width`` (default: the widest); the buffers get ``reserve`` free columns.
+        ``keep`` ([kept] int64): only these of this cache's own rows stay, in that order (the
+        rows a batch drops travel in the same copy). ``width`` may be narrower than this
+        cache when its first columns are padding in every kept row."""
         if not all(c.mergeable for c in (self, *others)):
             raise PoiseError("this model's KV cache cannot merge batches (not plain attention)")
-        width = max(c.width for c in (self, *others))
+        width = width if width is not None else max(c.width for c in (self, *others))
         for index, mine in enumerate(self.cache.layers):
             layers = [mine, *(c.cache.layers[index] for c in others)]
-            rows = sum(layer.keys.size(0) for layer in layers)
             k0, v0 = mine.keys, mine.values  # [rows, heads, live, dim]
+            if keep is not None:
+                k0, v0 = k0.index_select(0, keep), v0.index_select(0, keep)
+            parts = [(k0, v0), *((layer.keys, layer.values) for layer in layers[1:])]
+            rows = sum(k.size(0) for k, _ in parts)
             capacity = width + max(min(reserve, MAX_RESERVE), 1)
             key_buffer = k0.new_empty((rows, k0.size(1), capacity, k0.size(3)))
             value_buffer = v0.new_empty((rows, v0.size(1), capacity, v0.size(3)))
             row = 0
-            for layer in layers:
-                n, pad = layer.keys.size(0), width - (layer.end - layer.start)
+            for keys, values in parts:
+                n, live = keys.size(0), min(keys.size(2), width)
+                pad = width - live
                 # padding is masked out, but must be finite (0 x NaN is NaN)
                 key_buffer[row : row + n, :, :pad] = 0
                 value_buffer[row : row + n, :, :pad] = 0
-                key_buffer[row : row + n, :, pad:width] = layer.keys
-                value_buffer[row : row + n, :, pad:width] = layer.values
+                key_buffer[row : row + n, :, pad:width] = keys[:, :, keys.size(2) - live :]
+                value_buffer[row : row + n, :, pad:width] = values[:, :, values.size(2) - live :]
                 row += n
             mine.key_buffer, mine.value_buffer = key_buffer, value_buffer
             mine.start, mine.end = 0, width
@@ -423,23 +436,39 @@ class DecodeState:
                 self.mask = self.mask[:, leading:]
 
     @torch.inference_mode()
-    def extend(self, *others: DecodeState, reserve: int = 0) -> None:
+    def extend(
+        self,
+        *others: DecodeState,
+        reserve: int = 0,
+        keep: torch.Tensor | Sequence[int] | None = None,
+    ) -> None:
         """Append the rows of ``others`` (batches prefilled separately) after this state's rows.
 
         All are left-padded to the widest one, in one copy of the caches. ``reserve`` free
-        cache columns are allocated for the steps to come. ``others`` must not be used
+        cache columns are allocated for the steps to come. ``keep``: only these of this state's
+        rows stay (as :meth:`keep`, in the same copy). ``others`` must not be used
         afterwards."""
         if not others:
+            if keep is not None:
+                self.keep(keep)
             return
-        width = max(s.mask.size(1) for s in (self, *others))
+        index = None
+        mask, positions, logits = self.mask, self.positions, self.logits
+        if keep is not None:
+            index = torch.as_tensor(keep, dtype=torch.long, device=self.logits.device)
+            mask, positions, logits = mask[index], positions[index], logits[index]
+            live = mask.any(dim=0)  # [width]: drop columns that are padding in every kept row
+            leading = int(live.int().argmax()) if bool(live.any()) else mask.size(1)
+            mask = mask[:, leading:]
+        width = max(m.size(1) for m in (mask, *(o.mask for o in others)))
 
         def padded(mask: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.pad(mask, (width - mask.size(1), 0))
 
-        self.cache.merge([o.cache for o in others], reserve)
-        self.mask = torch.cat([padded(s.mask) for s in (self, *others)])
-        self.positions = torch.cat([s.positions for s in (self, *others)])
-        self.logits = torch.cat([s.logits for s in (self, *others)])
+        self.cache.merge([o.cache for o in others], reserve, keep=index, width=width)
+        self.mask = torch.cat([padded(m) for m in (mask, *(o.mask for o in others))])
+        self.positions = torch.cat([positions, *(o.positions for o in others)])
+        self.logits = torch.cat([logits, *(o.logits for o in others)])
 
 
 # ----------------------------------------------------------------------------- the batcher
@@ -645,7 +674,7 @@ class Batcher:
         return news
 
     def _admit(self) -> None:
-        free = self.capacity - len(self.live)
+        free = self.capacity - sum(not r.done for r in self.live)
         if not self.waiting or free <= 0:
             return
         if self.state is not None and not self.state.mergeable:
@@ -659,13 +688,18 @@ class Batcher:
             self.model.prefill([admitted[i].prompt for i in g], reserve=reserve) for g in groups
         ]
         rows = [admitted[i] for g in groups for i in g]
+        keep = None
         if self.state is None:
             self.state, self.live = states[0], rows
             states = states[1:]
         else:
-            self.live = [*self.live, *rows]
+            # rows already finished leave in the same copy of the cache as the new ones join
+            kept = [i for i, r in enumerate(self.live) if not r.done]
+            if len(kept) < len(self.live):
+                keep = kept
+            self.live = [*(self.live[i] for i in kept), *rows]
         if states:
-            self.state.extend(*states, reserve=reserve)
+            self.state.extend(*states, reserve=reserve, keep=keep)
 
     def _view(self, logits: torch.Tensor, rows: list[_Row]) -> StepView:
         device = logits.device

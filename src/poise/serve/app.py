@@ -88,6 +88,7 @@ class ServerState:
                 model,
                 max_rows=config.max_batch,
                 join_rows=config.join_rows,
+                join_wait_s=config.join_wait_ms / 1000.0,
                 window_s=config.batch_window_ms / 1000.0,
                 count_prompt_tokens=prompt_token_counter(model),
             )

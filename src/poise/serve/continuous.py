@@ -24,6 +24,12 @@ different steps also finish at different steps, so later requests arrive spread 
 the next step (32 clients, 64-token answers, one run each: median time to first token 3.9 s
 against 7.9 s with all 32 joining at once, and no lower throughput; see BENCHMARKS.md).
 
+``join_wait_s`` is the other side of that trade, for small models. There a prefill forward costs
+about as much as a decoding step whatever its rows, so joining one row at a time adds a forward
+per request. While steps are faster than ``join_wait_s`` (50 ms by default), requests that
+arrive during decoding wait until ``join_rows`` rows wait or the oldest has waited that long,
+and join together. Steps slower than that (a real-size model) admit at once, as above.
+
 Seeds. A request with a seed is generated with exactly its ``Sampling`` (an engine seeds each
 row from the seed, the chat and the sample index, as ``generate`` does, so the answer does not
 depend on the rest of the batch). A request without one gets a fresh random seed of its own.
@@ -57,6 +63,7 @@ class _Request:
     sampling: Sampling
     ticket: Ticket
     stream: bool
+    arrived: float = field(default_factory=lambda: _now())
     rows_left: int = 0
     # A request that is not streamed is handed its events when it finishes, not every step.
     held: list[StreamEvent] = field(default_factory=list)
@@ -80,6 +87,7 @@ class ContinuousBatcher:
         max_rows: int = 32,
         join_rows: int = 8,
         window_s: float = 0.005,
+        join_wait_s: float = 0.05,
         count_prompt_tokens: Callable[[Chat], int | None] | None = None,
     ) -> None:
         if max_rows < 1 or join_rows < 1:
@@ -90,6 +98,8 @@ class ContinuousBatcher:
         self.max_rows = max_rows
         self.join_rows = join_rows
         self.window_s = max(0.0, window_s)
+        self.join_wait_s = max(0.0, join_wait_s)
+        self._step_s = 0.0  # how long the last step took
         self.count_prompt_tokens = count_prompt_tokens
         self._keys = itertools.count()
         self._wake = threading.Condition()
@@ -228,8 +238,10 @@ class ContinuousBatcher:
             waiting.extend(kept)
         deliveries: list[_Delivery] = []
         joined = 0
+        join = bool(waiting) and self._join_now(live, waiting)
         while (
-            waiting
+            join
+            and waiting
             and (
                 # At most join_rows new rows a step (at least one request), within max_rows.
                 not joined or joined + waiting[0].sampling.n <= self.join_rows
@@ -258,12 +270,30 @@ class ContinuousBatcher:
         # Hand over the refusals first: a step can take a while.
         self._post(deliveries)
         if live:
+            started = _now()
             events = engine.step()
+            self._step_s = _now() - started
             self.steps += 1
             # Only when a handler has something to do: each wake-up of the event loop takes the
             # GIL from this thread.
             self._post(self._route(events, live))
         return True
+
+    def _join_now(self, live: dict[int, _Request], waiting: deque[_Request]) -> bool:
+        """Whether the waiting requests join the batch at this step.
+
+        Each join costs the batch a prefill forward, whose fixed cost is about one decoding
+        step on a small model. While steps are fast (under ``join_wait_s``), waiting requests
+        are held back until ``join_rows`` rows wait or the oldest has waited ``join_wait_s``,
+        so that they join in fewer, larger groups; a wait that short is below the noise of a
+        request's latency. While steps are slow (a real-size model), holding a request back
+        would cost it a whole step, so it joins at once.
+        """
+        if not live or self._step_s >= self.join_wait_s:
+            return True
+        rows = sum(r.sampling.n for r in waiting)
+        free = self.max_rows - self.running
+        return rows >= min(self.join_rows, free) or _now() - waiting[0].arrived >= self.join_wait_s
 
     def _route(self, events: Sequence[StreamEvent], live: dict[int, _Request]) -> list[_Delivery]:
         by_key: dict[int, list[StreamEvent]] = {}

@@ -39,6 +39,15 @@ class ServeConfig(StrictModel):
         le=4096,
         description="most new rows that join a running batch at one step (continuous batching)",
     )
+    join_wait_ms: float = Field(
+        default=50.0,
+        ge=0.0,
+        le=10_000.0,
+        description=(
+            "while decoding steps are faster than this, new requests wait for join_rows "
+            "company or this long before they join (fewer prefill passes on small models)"
+        ),
+    )
     batch_window_ms: float = Field(
         default=5.0,
         ge=0.0,
