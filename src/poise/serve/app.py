@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
+from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
 from poise.serve.continuous import ContinuousBatcher
 from poise.serve.schema import (
@@ -145,6 +146,8 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
     app = FastAPI(title="poise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.poise = state
     _install_error_handlers(app)
+    # The API key and the body size limit, in front of every route (see poise.serve.access).
+    app.add_middleware(AccessGuard, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -52,6 +52,17 @@ class ServeConfig(StrictModel):
     served_name: str | None = Field(
         default=None, description="model name clients send (default: the --model spec)"
     )
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="API key clients must send (Authorization: Bearer KEY) on every route but "
+        "/health; none: no key asked",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="largest request body accepted, in bytes (a larger one gets a 413)",
+    )
 
     @property
     def name(self) -> str:
