@@ -259,3 +259,28 @@ def test_file_level_errors(tmp_path: Path) -> None:
     not_gzip.write_text("{}\n")
     with pytest.raises(PoiseError, match="not a readable gzip file"):
         load_preferences(not_gzip)
+
+
+def test_deeply_nested_json_and_a_fifo_are_one_line(tmp_path: Path) -> None:
+    import os
+    import threading
+    import time
+
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' + "[" * 100_000 + "\n")
+    with pytest.raises(PoiseError, match=r"deep\.jsonl:2: invalid JSON \(nested too deeply"):
+        load_preferences(deep)
+
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+
+    def unblock() -> None:  # should the loader open the FIFO, let the test end anyway
+        time.sleep(10)
+        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "w"):
+            pass
+
+    threading.Thread(target=unblock, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(PoiseError, match=r"pairs\.jsonl: not a regular file"):
+        load_preferences(fifo)
+    assert time.monotonic() - started < 5

@@ -187,6 +187,10 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         raise RequestError(
             f"the request body is not valid JSON ({exc})", code="invalid_json"
         ) from None
+    except RecursionError:
+        raise RequestError(
+            "the request body is not valid JSON here (nested too deeply)", code="invalid_json"
+        ) from None
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object", code="invalid_type")
     if data.get("messages") == []:
@@ -219,6 +223,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
             if isinstance(message.content, str)
             else "".join(part.text for part in message.content)
         )
+        _check_text(content, f"messages[{i}].content")
         chat.append(Message(role=role, content=content))
 
     if (
@@ -256,6 +261,8 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
         if any(s == "" for s in stop):
             raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
+        for text in stop:
+            _check_text(text, "stop")
 
     try:
         sampling = Sampling(
@@ -280,6 +287,21 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         stream=bool(req.stream),
         include_usage=include_usage,
     )
+
+
+def _check_text(text: str, param: str) -> None:
+    """Refuse text that is not valid Unicode: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no tokenizer can encode. The request's fault, so a 400 for it alone
+    rather than a failure of the batch it would join."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{param} holds a lone surrogate ({text[exc.start]!r} at character {exc.start}), "
+            "which is not valid Unicode text",
+            param=param,
+            code="invalid_value",
+        ) from None
 
 
 def validation_error(exc: ValidationError) -> RequestError:
