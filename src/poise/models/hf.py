@@ -501,7 +501,20 @@ class HFModel(ModelBase):
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        try:
+            encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        except Exception as exc:  # e.g. a lone surrogate: the text's fault, not the model's
+            which = ""
+            if len(texts) > 1:
+                for index, text in enumerate(texts):
+                    try:
+                        self.tokenizer([text], add_special_tokens=False)
+                    except Exception:
+                        which = f" {index}"
+                        break
+            raise PoiseError(
+                f"{self.name}: the tokenizer could not encode text{which} ({_first_line(exc)})"
+            ) from None
         return [list(ids) for ids in encoded]
 
     def _forward(

@@ -18,6 +18,10 @@ would get identical samples, so when sampling (not greedy) a repeated chat goes 
 with another fresh seed. Identical (chat, sampling) pairs that must give identical outputs (with
 a seed, or greedy) are generated once and the result shared.
 
+A call that fails fails no request by itself when it held several chats: each chat is then
+generated alone (a streamed row sends only the text it had not sent yet), so a request whose chat
+the model refuses (a PoiseError: 400) or cannot generate (500) fails alone.
+
 A request whose client went away before its batch ran is dropped from the queue (its future is
 cancelled), so no generation is wasted on it.
 
@@ -39,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from poise.config import Sampling
+from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
 from poise.serve.ticket import Generation, Ticket, fresh_seed
 
@@ -89,6 +94,35 @@ class _Queued:
         if self.seeded:
             return (True, self.sampling.key())
         return (False, self.sampling.model_copy(update={"seed": 0}).key())
+
+
+class _Sent:
+    """What one chat's listeners have been sent, per sample, across calls of the model: when a
+    batch fails after some rows streamed and a chat is generated again alone, the replay (the
+    same chat, sampling and seed give the same text) sends only what was not sent before."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}  # characters sent, by sample index
+        self.finished: set[int] = set()
+        self.seen: dict[int, int] = {}  # characters of the current call's events so far
+
+    def restart(self) -> None:
+        self.seen = {}
+
+    def news(self, event: StreamEvent) -> StreamEvent | None:
+        """``event`` less the text sent already; ``None`` when nothing is new."""
+        sample = event.sample_index
+        if sample in self.finished:
+            return None
+        start = self.seen.get(sample, 0)
+        self.seen[sample] = start + len(event.text)
+        text = event.text[max(0, self.sent.get(sample, 0) - start) :]
+        self.sent[sample] = max(self.sent.get(sample, 0), self.seen[sample])
+        if event.completion is not None:
+            self.finished.add(sample)
+        elif not text:
+            return None
+        return StreamEvent(event.key, sample, text, event.completion)
 
 
 class Batcher:
@@ -283,24 +317,54 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self.running = len(live)
 
-        def call() -> list[Generation]:
-            return self._call_model(chats, sampling, listeners, loop)
+        sent = [_Sent() for _ in chats]
+
+        def call() -> list[Generation | Exception]:
+            try:
+                return list(self._call_model(chats, sampling, listeners, loop, sent))
+            except Exception as exc:
+                if len(chats) == 1:
+                    return [exc]
+            # One bad chat (a text the tokenizer refuses ...) must not fail the others: each
+            # chat is generated again alone, and only the ones that fail alone fail.
+            logger.warning(
+                "generate failed on a batch of %d chats; each is generated alone", len(chats)
+            )
+            return [
+                self._alone(chat, sampling, mine, loop, log)
+                for chat, mine, log in zip(chats, listeners, sent, strict=True)
+            ]
 
         try:
             results = await loop.run_in_executor(self._executor, call)
-        except Exception as exc:
-            logger.exception("generate failed on a batch of %d chats", len(chats))
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
         finally:
             self.running = 0
         self.generate_calls += 1
         self.generated_chats += len(chats)
         for item in live:
-            if not item.future.done():
-                item.future.set_result(results[index[item.chat_key]])
+            if item.future.done():
+                continue
+            result = results[index[item.chat_key]]
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _alone(
+        self,
+        chat: Chat,
+        sampling: Sampling,
+        listeners: list[Listener],
+        loop: asyncio.AbstractEventLoop,
+        sent: _Sent,
+    ) -> Generation | Exception:
+        try:
+            (result,) = self._call_model([chat], sampling, [listeners], loop, [sent])
+        except Exception as exc:
+            if not isinstance(exc, PoiseError):
+                logger.exception("generate failed on a chat")
+            return exc
+        return result
 
     def _call_model(
         self,
@@ -308,6 +372,7 @@ class Batcher:
         sampling: Sampling,
         listeners: list[list[Listener]],
         loop: asyncio.AbstractEventLoop,
+        sent: list[_Sent],
     ) -> list[Generation]:
         """Runs in the worker thread: the model and its tokenizer are only touched here."""
         logger.debug("generate: %d chats, %s", len(chats), sampling.key())
@@ -315,7 +380,7 @@ class Batcher:
             self.count_prompt_tokens(chat) if self.count_prompt_tokens else None for chat in chats
         ]
         if self.model.capabilities.stream and any(listeners):
-            outputs = self._stream(chats, sampling, listeners, prompt_tokens, loop)
+            outputs = self._stream(chats, sampling, listeners, prompt_tokens, loop, sent)
         else:
             outputs = self.model.generate(chats, sampling)
         if len(outputs) != len(chats):
@@ -334,13 +399,17 @@ class Batcher:
         listeners: list[list[Listener]],
         prompt_tokens: list[int | None],
         loop: asyncio.AbstractEventLoop,
+        sent: list[_Sent],
     ) -> list[list[Completion]]:
-        """``model.stream`` over the batch, handing each event to its row's listeners."""
+        """``model.stream`` over the batch, handing each event to its row's listeners (what a
+        row's listeners were sent by an earlier, failed call is not sent again)."""
 
         def hand_over(row: int, event: StreamEvent) -> None:
             for listener in listeners[row]:
                 listener([event], prompt_tokens[row])
 
+        for log in sent:
+            log.restart()
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
         events: Iterator[StreamEvent] = self.model.stream(chats, sampling)
         for event in events:
@@ -349,7 +418,9 @@ class Batcher:
             if event.completion is not None:
                 results[row][event.sample_index] = event.completion
             if listeners[row]:
-                loop.call_soon_threadsafe(hand_over, row, event)
+                news = sent[row].news(event)
+                if news is not None:
+                    loop.call_soon_threadsafe(hand_over, row, news)
         complete = [[c for c in row if c is not None] for row in results]
         if any(len(row) != sampling.n for row in complete):
             raise RuntimeError(f"model {self.model.name!r} left rows of its stream unfinished")
