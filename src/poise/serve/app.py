@@ -38,6 +38,7 @@ from starlette.types import Receive, Scope, Send
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
+from poise.models.context import ContextLengthError, fit_context, prompt_token_count
 from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
 from poise.serve.continuous import ContinuousBatcher
@@ -51,7 +52,14 @@ from poise.serve.schema import (
 )
 from poise.serve.ticket import Generation, Ticket
 
-__all__ = ["check_port", "create_app", "prompt_token_counter", "serve", "text_pieces"]
+__all__ = [
+    "admission",
+    "check_port",
+    "create_app",
+    "prompt_token_counter",
+    "serve",
+    "text_pieces",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +81,13 @@ class Scheduler(Protocol):
     async def stop(self) -> None: ...
 
     def open(
-        self, chat: Chat, sampling: Sampling, *, seeded: bool, stream: bool = True
+        self,
+        chat: Chat,
+        sampling: Sampling,
+        *,
+        seeded: bool,
+        stream: bool = True,
+        fill: bool = False,
     ) -> Ticket: ...
 
 
@@ -90,14 +104,14 @@ class ServerState:
                 max_rows=config.max_batch,
                 join_rows=config.join_rows,
                 window_s=config.batch_window_ms / 1000.0,
-                count_prompt_tokens=prompt_token_counter(model),
+                admit=admission(model),
             )
         else:
             self.scheduler = Batcher(
                 model,
                 max_batch=config.max_batch,
                 window_s=config.batch_window_ms / 1000.0,
-                count_prompt_tokens=prompt_token_counter(model),
+                admit=admission(model),
             )
         self.streams = 0  # streaming responses being written
         self.waiting = 0  # handlers waiting for their generation (or its first event)
@@ -172,6 +186,8 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
+        except ContextLengthError as exc:
+            return _error(RequestError(str(exc), param="messages", code="context_length_exceeded"))
         except PoiseError as exc:
             # The model refused the request's values (e.g. a prompt longer than its context).
             return _error(RequestError(str(exc)))
@@ -251,7 +267,11 @@ async def _answer(state: ServerState, request: Request, parsed: ChatRequest) -> 
     events only (so that a request the model refuses still gets an error status), then sends the
     rest as they are decoded. A client that leaves cancels its rows."""
     ticket = state.scheduler.open(
-        parsed.chat, parsed.sampling, seeded=parsed.seeded, stream=parsed.stream
+        parsed.chat,
+        parsed.sampling,
+        seeded=parsed.seeded,
+        stream=parsed.stream,
+        fill=parsed.fill_max_tokens,
     )
     handed_over = False
     try:
@@ -514,20 +534,30 @@ def _install_error_handlers(app: FastAPI) -> None:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
+def admission(
+    model: LanguageModel,
+) -> Callable[[Chat, Sampling, bool], tuple[Sampling, int | None]]:
+    """What the schedulers check before a chat joins (in their worker thread, which owns the
+    tokenizer): that it fits in the model's context, and with ``fill`` (no max_tokens given) the
+    max_tokens left to it; also its prompt token count for ``usage``
+    (:func:`poise.models.context.fit_context`)."""
+
+    def admit(chat: Chat, sampling: Sampling, fill: bool) -> tuple[Sampling, int | None]:
+        return fit_context(model, chat, sampling, fill=fill)
+
+    return admit
+
+
 def prompt_token_counter(model: LanguageModel) -> Callable[[Chat], int | None] | None:
     """A function counting a chat's prompt tokens with the model's chat template, when the model
     exposes a Hugging Face tokenizer (as the hf backend does); else ``None``."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+    if model.tokenizer is None or not hasattr(model.tokenizer, "apply_chat_template"):
         return None
 
     def count(chat: Chat) -> int | None:
         try:
-            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        except Exception:
+            return prompt_token_count(model, chat)
+        except PoiseError:
             return None
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return len(ids)
 
     return count

@@ -177,6 +177,9 @@ class ChatRequest:
     seeded: bool
     stream: bool
     include_usage: bool
+    # no max_tokens given: sampling.max_new_tokens is a ceiling, and the request gets what is
+    # left of the model's context under it (poise.models.context.fit_context)
+    fill_max_tokens: bool = False
 
 
 def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
@@ -240,8 +243,10 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     max_param = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, max_param = req.max_tokens, "max_tokens"
+    fill_max_tokens = max_tokens is None
     if max_tokens is None:
-        # OpenAI's default is "as much as allowed".
+        # OpenAI's default is "as much as allowed": what is left of the context once the prompt
+        # is counted (by the scheduler, which owns the tokenizer), at most this limit.
         max_tokens = config.max_tokens_limit
     elif not 1 <= max_tokens <= config.max_tokens_limit:
         raise RequestError(
@@ -286,6 +291,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         seeded=req.seed is not None,
         stream=bool(req.stream),
         include_usage=include_usage,
+        fill_max_tokens=fill_max_tokens,
     )
 
 
