@@ -6,8 +6,12 @@ served by continuous batching (:class:`~poise.serve.continuous.ContinuousBatcher
 the running batch at the next decoding step and a stream sends each token's text as soon as it is
 decoded. Other models are served by :class:`~poise.serve.batcher.Batcher`, which batches
 concurrent requests into ``generate`` (or ``stream``) calls. Every refused request gets an
-OpenAI-style JSON error (400 for a malformed request, 404 for an unknown model or route);
-an unexpected failure is logged and answered with a 500 JSON error, and the server keeps going.
+OpenAI-style JSON error (400 for a malformed request or one longer than the model's context,
+401 for a missing or wrong API key, 404 for an unknown model or route, 413 for a body over the
+limit; see :mod:`poise.serve.access` and :mod:`poise.models.context`); an unexpected failure is
+logged and answered with a 500 JSON error, and the server keeps going. A request fails alone:
+the requests batched with it are answered as if it had not come. docs/serving.md has the
+user's view.
 
 Use from Python::
 

@@ -5,7 +5,9 @@ For a model with the ``engine`` capability the server runs one worker thread tha
 
 1. cancels the rows of requests whose clients went away,
 2. adds the requests that arrived since the last step, at most ``join_rows`` new rows a step
-   and while fewer than ``max_rows`` rows are decoding (the rest wait their turn), and
+   and while fewer than ``max_rows`` rows are decoding (the rest wait their turn); each is first
+   checked by ``admit`` (it fits in the model's context; without max_tokens it gets what is left
+   of it), and a request refused there or by ``engine.add`` fails alone, and
 3. calls ``engine.step()``, which prefills the new rows and advances every row by one token,
    and hands the step's :class:`~poise.models.base.StreamEvent` s to the event loop in one
    ``loop.call_soon_threadsafe`` call, which routes each to its request's
