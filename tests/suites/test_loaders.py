@@ -465,22 +465,14 @@ def test_deeply_nested_json_is_one_line(tmp_path: Path, name: str, text: str) ->
 
 
 def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
-    import os
-    import threading
     import time
 
-    fifo = tmp_path / "suite.jsonl"
-    os.mkfifo(fifo)
+    from fifo import fifo_at
 
-    def unblock() -> None:  # should the loader open the FIFO, let the test end anyway
-        time.sleep(10)
-        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "w"):
-            pass
-
-    threading.Thread(target=unblock, daemon=True).start()
-    started = time.monotonic()
-    message = _error(str(fifo))
-    assert time.monotonic() - started < 5
+    with fifo_at(tmp_path / "suite.jsonl") as fifo:
+        started = time.monotonic()
+        message = _error(str(fifo))
+        assert time.monotonic() - started < 5
     assert "not a regular file" in message and str(fifo) in message
 
 

@@ -262,8 +262,6 @@ def test_file_level_errors(tmp_path: Path) -> None:
 
 
 def test_deeply_nested_json_and_a_fifo_are_one_line(tmp_path: Path) -> None:
-    import os
-    import threading
     import time
 
     deep = tmp_path / "deep.jsonl"
@@ -271,16 +269,10 @@ def test_deeply_nested_json_and_a_fifo_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(PoiseError, match=r"deep\.jsonl:2: invalid JSON \(nested too deeply"):
         load_preferences(deep)
 
-    fifo = tmp_path / "pairs.jsonl"
-    os.mkfifo(fifo)
+    from fifo import fifo_at
 
-    def unblock() -> None:  # should the loader open the FIFO, let the test end anyway
-        time.sleep(10)
-        with open(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK), "w"):
-            pass
-
-    threading.Thread(target=unblock, daemon=True).start()
-    started = time.monotonic()
-    with pytest.raises(PoiseError, match=r"pairs\.jsonl: not a regular file"):
-        load_preferences(fifo)
-    assert time.monotonic() - started < 5
+    with fifo_at(tmp_path / "pairs.jsonl") as fifo:
+        started = time.monotonic()
+        with pytest.raises(PoiseError, match=r"pairs\.jsonl: not a regular file"):
+            load_preferences(fifo)
+        assert time.monotonic() - started < 5
