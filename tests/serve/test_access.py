@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -88,6 +89,21 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read(
     assert error["code"] == "request_too_large"
     assert "65536" in error["message"]
     assert echo_model.calls == []
+
+    # an async client still uploading when the server answers gets the 413 too, not a broken
+    # connection (the server reads and drops the rest of the body before answering)
+    async def upload() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+            sent = [
+                client.post(
+                    "/chat/completions",
+                    json={"model": "echo", "messages": [{"role": "user", "content": huge}]},
+                )
+                for _ in range(3)
+            ]
+            return [r.status_code for r in await asyncio.gather(*sent)]
+
+    assert asyncio.run(upload()) == [413, 413, 413]
 
     # a chunked body (no Content-Length) is cut off once it passes the limit
     def chunks() -> object:

@@ -8,9 +8,9 @@
   OpenAI-style error body (the official ``openai`` client raises ``AuthenticationError``). The key
   is compared in constant time and never echoed back.
 - **Body size.** A request body over ``ServeConfig.max_body_bytes`` gets a 413 before the app
-  reads it: at once when its ``Content-Length`` says so (nothing of it is read), else as soon as
-  the bytes received pass the limit (the rest is not kept). So a 10 MB prompt is refused without
-  ever being held in memory, parsed or tokenized.
+  sees it: when its ``Content-Length`` says so, or as soon as the bytes received pass the limit.
+  The rest of the body is read and dropped (so that the client, still sending, gets the answer),
+  never kept: a 10 MB prompt is refused without being held in memory, parsed or tokenized.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ __all__ = ["AccessGuard"]
 
 # Routes anyone may call: a load balancer's health check carries no key.
 OPEN_PATHS = frozenset({"/health"})
+# How much of a refused body is read (and dropped) so that its client gets the 413; past it the
+# connection is closed on a client still sending.
+DRAIN_BYTES = 64 * 1024 * 1024
 
 
 class AccessGuard:
@@ -63,7 +66,7 @@ class AccessGuard:
                 return
         declared = _content_length(headers.get(b"content-length"))
         if declared is not None and declared > self.max_body_bytes:
-            await _respond(send, 413, self._too_large(declared), {"connection": "close"})
+            await self._refuse(receive, send, declared, received=0)
             return
         body = bytearray()
         while True:
@@ -72,11 +75,33 @@ class AccessGuard:
                 return  # the client left before sending its body
             body += message.get("body", b"")
             if len(body) > self.max_body_bytes:
-                await _respond(send, 413, self._too_large(None), {"connection": "close"})
+                received, more = len(body), bool(message.get("more_body", False))
+                body.clear()
+                await self._refuse(receive, send, declared, received=received, more=more)
                 return
             if not message.get("more_body", False):
                 break
         await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _refuse(
+        self,
+        receive: Receive,
+        send: Send,
+        declared: int | None,
+        *,
+        received: int,
+        more: bool = True,
+    ) -> None:
+        """A 413. The rest of the body is read and dropped first (up to ``DRAIN_BYTES``): a
+        client still sending when the connection closes sees a broken connection, not the
+        answer. Nothing of it is kept."""
+        while more and received <= max(DRAIN_BYTES, 4 * self.max_body_bytes):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            received += len(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        await _respond(send, 413, self._too_large(declared), {"connection": "close"})
 
     def _key_refusal(self, header: bytes | None) -> tuple[str, str | None] | None:
         """``(message, code)`` when the request's key is missing or wrong; else ``None``."""

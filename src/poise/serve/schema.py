@@ -192,7 +192,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         ) from None
     except RecursionError:
         raise RequestError(
-            "the request body is not valid JSON here (nested too deeply)", code="invalid_json"
+            "the request body is JSON nested too deeply", code="invalid_json"
         ) from None
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object", code="invalid_type")
