@@ -281,3 +281,42 @@ def test_limit_spreads_over_the_suite() -> None:
     assert spread_subset(items, None) == items
     assert spread_subset(items, 500) == items
     assert len(set(spread_subset(items, 99))) == 99
+
+
+def test_an_item_longer_than_the_context_stops_the_audit_before_any_work(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    """The tiny model's context is 512 tokens: one long item is named in one line, before a
+    run folder is made or a token generated."""
+    rows = [
+        {"id": "short", "prompt": "hello there", "kind": "benign"},
+        {"id": "long-one", "prompt": "the cat sat on the mat " * 25, "kind": "benign"},
+    ]
+    suite = tmp_path / "mixed.jsonl"
+    suite.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = tmp_path / "runs"
+    with pytest.raises(PoiseError) as info:
+        poise.audit(
+            model=str(tiny_hf_model_dir),
+            suites=[str(suite)],
+            judge="refusal",
+            sampling={"max_new_tokens": 200},
+            out=str(out),
+            html=False,
+        )
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith("item 'long-one' of suite 'mixed'")
+    assert "max_new_tokens 200" in message
+    assert "This model's maximum context length is 512 tokens." in message
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    # with room for the answer the same item runs
+    result = poise.audit(
+        model=str(tiny_hf_model_dir),
+        suites=[str(suite)],
+        judge="refusal",
+        sampling={"max_new_tokens": 4},
+        out=str(out),
+        html=False,
+    )
+    assert len(list(result.run.records())) == 2

@@ -23,7 +23,14 @@ from pydantic import ValidationError
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError
-from poise.evaluation import ProgressFn, RequestsFailed, Scorers, evaluate, task_scorers
+from poise.evaluation import (
+    ProgressFn,
+    RequestsFailed,
+    Scorers,
+    check_context,
+    evaluate,
+    task_scorers,
+)
 from poise.runs.run import Run, find_run
 
 log = logging.getLogger(__name__)
@@ -132,6 +139,7 @@ def _audit(
     system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)
     _check_unique_requests(requests)
+    check_context(model, requests)  # an over-long item stops the audit before any work
 
     if run is None:
         run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg))

@@ -15,6 +15,7 @@ scorers see the answers in request order, ``sample_index`` order inside a reques
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from poise.attacks.base import Request
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Completion, GenerationError, LanguageModel
+from poise.models.context import fit_context
 from poise.scoring.base import Judge, Verdict
 from poise.suites.schema import SuiteItem
 
@@ -170,6 +172,29 @@ class RequestsFailed(PoiseError):
         rest = f"; {not_tried} requests not tried" if not_tried else ""
         count = f"{len(self.failed)} request{'s' if len(self.failed) != 1 else ''}"
         super().__init__(f"{count} failed: {shown}{more}{rest}")
+
+
+def check_context(model: LanguageModel, requests: Sequence[Request]) -> None:
+    """Refuse, before anything is generated, a request longer than the model's context
+    (prompt tokens with the model's chat template plus ``max_new_tokens``; see
+    :mod:`poise.models.context`): one line naming the item. Nothing is checked for a model that
+    does not know its context (a remote server checks for itself)."""
+    if model.context_length is None:
+        return
+    checked: set[tuple[str, int]] = set()
+    for request in requests:
+        key = (json.dumps(request.chat, ensure_ascii=False), request.sampling.max_new_tokens)
+        if key in checked:
+            continue
+        checked.add(key)
+        try:
+            fit_context(model, request.chat, request.sampling)
+        except PoiseError as exc:
+            item = request.item
+            raise PoiseError(
+                f"item {item.id!r} of suite {item.suite!r} (request {request.request_id!r}, "
+                f"max_new_tokens {request.sampling.max_new_tokens}): {exc}"
+            ) from None
 
 
 def generate(

@@ -146,7 +146,13 @@ def gate(
 
     from poise.attacks.base import Request, SystemPrompt, build_chat
     from poise.config import Sampling, format_validation_error
-    from poise.evaluation import Scorers, evaluate, generate, verdicts_per_request
+    from poise.evaluation import (
+        Scorers,
+        check_context,
+        evaluate,
+        generate,
+        verdicts_per_request,
+    )
     from poise.models import default_system_prompt, load_model
     from poise.suites import load_suite
     from poise.train.safety import safety_test
@@ -196,6 +202,7 @@ def gate(
         Request(item, "gate", build_chat(item, system.text()), sampling, cfg.system_prompt)
         for item in items
     ]
+    check_context(model, requests)
     if judge is not None:
         judged = evaluate(
             model,

@@ -262,3 +262,19 @@ def test_a_guard_stop_round_trips_as_content_filter(start_server: StartServer) -
     assert ask(server, "x").json()["choices"][0]["finish_reason"] == "content_filter"
     remote = OpenAIModel("guarded", base_urls=[server.base_url])
     assert remote.generate([chat("x")], Sampling())[0][0].finish_reason == "guard"
+
+
+def test_deeply_nested_json_is_a_400_and_the_server_goes_on(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    server = start_server(echo_model)
+    for raw in (b"[" * 100_000, b'{"model": "echo", "messages": ' + b"[" * 50_000):
+        response = httpx.post(
+            f"{server.base_url}/chat/completions",
+            content=raw,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "invalid_json"
+    assert ask(server, "still here").status_code == 200

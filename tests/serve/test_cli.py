@@ -76,3 +76,33 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["--api-key", "sk-flag"], {}, "sk-flag"),
+        ([], {"POISE_API_KEY": "sk-env"}, "sk-env"),
+        (["--api-key", "sk-flag"], {"POISE_API_KEY": "sk-env"}, "sk-flag"),
+        ([], {}, None),
+    ],
+)
+def test_the_api_key_comes_from_the_flag_or_the_environment(
+    args: list[str],
+    env: dict[str, str],
+    expected: str | None,
+    unused_port: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import poise.serve.app
+
+    monkeypatch.delenv("POISE_API_KEY", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    seen = []
+    monkeypatch.setattr(poise.models, "load_model", lambda spec, **_: object())
+    monkeypatch.setattr(poise.serve.app, "serve", lambda config, **_: seen.append(config))
+    code, output = run("--port", str(unused_port), *args)
+    assert code == 0, output
+    assert seen[0].api_key == expected
+    assert "sk-" not in repr(seen[0])  # never printed with the config

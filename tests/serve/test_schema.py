@@ -126,3 +126,56 @@ def test_harmless_off_values_of_unsupported_parameters_pass() -> None:
 def test_config_name_defaults_to_the_model_spec() -> None:
     assert ServeConfig(model="organism-small").name == "organism-small"
     assert ServeConfig(model="organism-small", served_name="x").name == "x"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"model": "m", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "metadata": '
+        + b'{"a": ' * 100_000
+        + b"1"
+        + b"}" * 100_000
+        + b"}",
+    ],
+)
+def test_deeply_nested_json_is_a_400(raw: bytes) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(raw, CONFIG)
+    assert info.value.status == 400
+    assert info.value.code == "invalid_json"
+    assert "nested too deeply" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "user", "content": "bad \ud800 x"}], "messages[0].content"),
+        (
+            [
+                {"role": "system", "content": "fine"},
+                {"role": "user", "content": [{"type": "text", "text": "\udfff"}]},
+            ],
+            "messages[1].content",
+        ),
+    ],
+)
+def test_a_lone_surrogate_is_a_400_naming_the_message(
+    messages: list[dict[str, Any]], param: str
+) -> None:
+    raw = json.dumps({"model": "m", "messages": messages}).encode()  # "\ud800" escaped in JSON
+    with pytest.raises(RequestError) as info:
+        parse_request(raw, CONFIG)
+    assert info.value.status == 400
+    assert info.value.param == param
+    assert "surrogate" in info.value.message
+
+
+def test_a_lone_surrogate_in_a_stop_string_is_a_400() -> None:
+    raw = json.dumps(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stop": "\ud800"}
+    )
+    with pytest.raises(RequestError) as info:
+        parse_request(raw.encode(), CONFIG)
+    assert info.value.param == "stop"

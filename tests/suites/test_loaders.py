@@ -441,3 +441,46 @@ def test_every_fixture_loads_with_unique_ids() -> None:
         suite = load_suite(str(path), **kwargs)
         ids = Counter(item.id for item in suite)
         assert ids and max(ids.values()) == 1, path
+
+
+# ---- hostile files ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", "[" * 100_000 + "]" * 100_000),
+        ("deep.jsonl", '{"a": ' * 100_000 + "1" + "}" * 100_000 + "\n"),
+        ("deep-object.json", '{"rows": ' + "[" * 100_000 + "]" * 100_000 + "}"),
+        (
+            "deep-later.jsonl",
+            '{"prompt": "hi", "kind": "benign"}\n' + '{"a": ' * 100_000 + "1" + "}" * 100_000,
+        ),
+    ],
+)
+def test_deeply_nested_json_is_one_line(tmp_path: Path, name: str, text: str) -> None:
+    message = _error(_write(tmp_path / name, text))
+    assert "nested too deeply" in message
+    assert name in message
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    import time
+
+    from fifo import fifo_at
+
+    with fifo_at(tmp_path / "suite.jsonl") as fifo:
+        started = time.monotonic()
+        message = _error(str(fifo))
+        assert time.monotonic() - started < 5
+    assert "not a regular file" in message and str(fifo) in message
+
+
+def test_a_later_poise_row_without_messages_names_its_line(tmp_path: Path) -> None:
+    good = json.dumps(
+        {"id": "a", "messages": [{"role": "user", "content": "hi"}], "kind": "benign"}
+    )
+    spec = _write(tmp_path / "items.jsonl", good + "\n" + '{"id": "b", "kind": "benign"}\n')
+    message = _error(spec)
+    assert message.startswith(f"{spec}:2: field 'messages'")
+    assert "missing" in message

@@ -259,3 +259,20 @@ def test_file_level_errors(tmp_path: Path) -> None:
     not_gzip.write_text("{}\n")
     with pytest.raises(PoiseError, match="not a readable gzip file"):
         load_preferences(not_gzip)
+
+
+def test_deeply_nested_json_and_a_fifo_are_one_line(tmp_path: Path) -> None:
+    import time
+
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' + "[" * 100_000 + "\n")
+    with pytest.raises(PoiseError, match=r"deep\.jsonl:2: invalid JSON \(nested too deeply"):
+        load_preferences(deep)
+
+    from fifo import fifo_at
+
+    with fifo_at(tmp_path / "pairs.jsonl") as fifo:
+        started = time.monotonic()
+        with pytest.raises(PoiseError, match=r"pairs\.jsonl: not a regular file"):
+            load_preferences(fifo)
+        assert time.monotonic() - started < 5

@@ -275,3 +275,28 @@ def test_every_registered_loss_trains_with_its_own_defaults(
             save_steps=0,
         )
         assert result.steps == 1 and math.isfinite(result.metrics["loss"]), name
+
+
+def test_a_pair_longer_than_the_context_is_refused_before_training(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """max_length over the tiny model's context (512): a row that stays longer than the
+    context is named by file and line before any weights load."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    rows = data.read_text(encoding="utf-8").splitlines()
+    rows[2] = json.dumps(
+        {"prompt": "the cat sat on the mat " * 40, "chosen": "Sure.", "rejected": "No."}
+    )
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(PoiseError) as info:
+        train_dpo(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(tmp_path / "out"),
+            **{**FAST, "max_length": 2048},
+        )
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{data}:3: ")
+    assert "more than the model's context of 512 tokens" in message
+    assert not (tmp_path / "out" / "model.safetensors").exists()

@@ -169,3 +169,21 @@ def test_reward_model_must_be_a_classifier(
             **_common(tiny_hf_model_dir, scorers, output=str(tmp_path / "o"), samples_per_prompt=1)
         )
     assert not (tmp_path / "o").exists()
+
+
+def test_a_prompt_without_room_for_its_answer_is_refused(tiny_hf_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from poise.train.recipes.common import ChatEncoder
+    from poise.train.recipes.safe_rl import SafeRLConfig, check_prompts_fit
+
+    encoder = ChatEncoder(AutoTokenizer.from_pretrained(str(tiny_hf_model_dir)), 1024)
+    chats = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "user", "content": "the cat sat on the mat " * 25}],  # 433 tokens
+    ]
+    config = SafeRLConfig.model_construct(prompts="p.jsonl", max_new_tokens=128)
+    with pytest.raises(PoiseError, match=r"^p\.jsonl: prompt 2 \(max_new_tokens 128\): This model"):
+        check_prompts_fit(config, encoder, chats, 512)
+    check_prompts_fit(config.model_copy(update={"max_new_tokens": 64}), encoder, chats, 512)
+    check_prompts_fit(config, encoder, chats, None)  # a model that declares no context

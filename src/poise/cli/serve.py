@@ -45,6 +45,19 @@ def register(app: typer.Typer) -> None:
         served_name: str | None = typer.Option(
             None, "--served-name", help="Model name clients send (default: the --model spec)."
         ),
+        api_key: str | None = typer.Option(
+            None,
+            "--api-key",
+            envvar="POISE_API_KEY",
+            show_envvar=True,
+            help="API key clients must send (Authorization: Bearer KEY) on every route but "
+            "/health. Default: none asked (keep --host 127.0.0.1 then).",
+        ),
+        max_body_bytes: int = typer.Option(
+            4 * 1024 * 1024,
+            "--max-body-bytes",
+            help="Largest request body accepted (bytes); a larger one gets a 413.",
+        ),
     ) -> None:
         """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
         with user_errors():
@@ -67,6 +80,8 @@ def register(app: typer.Typer) -> None:
                     max_tokens_limit=max_tokens_limit,
                     max_n=max_n,
                     served_name=served_name,
+                    api_key=api_key or None,
+                    max_body_bytes=max_body_bytes,
                 )
             except ValidationError as exc:
                 raise PoiseError(f"poise serve: {format_validation_error(exc)}") from None
@@ -83,9 +98,10 @@ def register(app: typer.Typer) -> None:
                 loaded = load_model(config.model)
 
             def ready(served: LanguageModel) -> None:
+                keyed = "API key required" if config.api_key else "no API key"
                 console.print(
                     f"serving [bold]{served.name}[/] as [bold]{config.name}[/] on "
-                    f"http://{config.host}:{config.port}/v1  (Ctrl-C to stop)",
+                    f"http://{config.host}:{config.port}/v1 ({keyed}; Ctrl-C to stop)",
                     highlight=False,
                     soft_wrap=True,
                 )

@@ -191,8 +191,10 @@ class LanguageModel(Protocol):
     model through ``poise.models.load_model`` (recorded in run.json); ``None`` for a model that
     cannot be rebuilt from a string. The other attributes are declarations that audits, the
     server and wrappers read instead of probing: ``capabilities``, ``default_system_prompt``,
-    ``recommended_judge`` (a judge spec, e.g. ``"oracle"`` for organism members) and
-    ``tokenizer`` (a Hugging Face tokenizer or None). :class:`ModelBase` gives the defaults.
+    ``recommended_judge`` (a judge spec, e.g. ``"oracle"`` for organism members),
+    ``tokenizer`` (a Hugging Face tokenizer or None) and ``context_length`` (the most tokens of
+    prompt and completion together, or None where unknown; see :mod:`poise.models.context`).
+    :class:`ModelBase` gives the defaults.
     """
 
     name: str
@@ -201,6 +203,7 @@ class LanguageModel(Protocol):
     default_system_prompt: str | None
     recommended_judge: str | None
     tokenizer: Any
+    context_length: int | None
 
     def generate(
         self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
@@ -232,6 +235,7 @@ class ModelBase:
     default_system_prompt: str | None = None
     recommended_judge: str | None = None
     tokenizer: Any = None
+    context_length: int | None = None
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
         raise NotImplementedError(f"{self.name}: this model cannot score continuations")

@@ -39,6 +39,7 @@ from poise.models.base import (
     StepView,
     StreamEvent,
 )
+from poise.models.context import ContextLengthError
 
 if TYPE_CHECKING:
     from poise.models.hf import HFModel
@@ -874,6 +875,10 @@ class HFEngine:
         if key in self._remaining:
             raise PoiseError(f"engine: request {key!r} is already running")
         (prompt,) = self.model._encode_prompts([chat])
+        context = self.model.context_length
+        if context is not None and len(prompt) + sampling.max_new_tokens > context:
+            # refused here, alone: a prefill past the context would fail the whole batch's step
+            raise ContextLengthError(context, len(prompt), sampling.max_new_tokens, at_least=False)
         ids = range(self._next_row, self._next_row + sampling.n)
         self._next_row += sampling.n
         for row in make_rows(key, chat, prompt, sampling, ids):

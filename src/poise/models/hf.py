@@ -45,6 +45,7 @@ from poise.models.base import (
     StreamEvent,
     TokenLogprobs,
 )
+from poise.models.context import config_context_length
 from poise.models.decode import Batcher, DecodeState, HFEngine, KVCache, make_rows
 
 logger = logging.getLogger(__name__)
@@ -406,6 +407,7 @@ class HFModel(ModelBase):
         self.tokenizer = self._load_tokenizer(source)
         self.model = self._load_model(source, use_safetensors)
         self.eos_token_ids = self._eos_ids()
+        self.context_length = config_context_length(self.model.config)
         params = inspect.signature(self.model.forward).parameters
         self._keep_kwarg = next(
             (k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None
@@ -501,7 +503,20 @@ class HFModel(ModelBase):
     def _encode(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        try:
+            encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        except Exception as exc:  # e.g. a lone surrogate: the text's fault, not the model's
+            which = ""
+            if len(texts) > 1:
+                for index, text in enumerate(texts):
+                    try:
+                        self.tokenizer([text], add_special_tokens=False)
+                    except Exception:
+                        which = f" {index}"
+                        break
+            raise PoiseError(
+                f"{self.name}: the tokenizer could not encode text{which} ({_first_line(exc)})"
+            ) from None
         return [list(ids) for ids in encoded]
 
     def _forward(

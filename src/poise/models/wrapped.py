@@ -101,6 +101,7 @@ class WrappedModel(ModelBase):
             self.spec = compose(self.kind, self.models, self.options, attribute="spec")
         self.default_system_prompt = inner.default_system_prompt
         self.tokenizer = inner.tokenizer
+        self.context_length = inner.context_length
         self.recommended_judge = inner.recommended_judge
         self.capabilities = Capabilities(
             score=inner.capabilities.score and (self.transparent or self.preserves_distribution)

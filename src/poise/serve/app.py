@@ -6,8 +6,12 @@ served by continuous batching (:class:`~poise.serve.continuous.ContinuousBatcher
 the running batch at the next decoding step and a stream sends each token's text as soon as it is
 decoded. Other models are served by :class:`~poise.serve.batcher.Batcher`, which batches
 concurrent requests into ``generate`` (or ``stream``) calls. Every refused request gets an
-OpenAI-style JSON error (400 for a malformed request, 404 for an unknown model or route);
-an unexpected failure is logged and answered with a 500 JSON error, and the server keeps going.
+OpenAI-style JSON error (400 for a malformed request or one longer than the model's context,
+401 for a missing or wrong API key, 404 for an unknown model or route, 413 for a body over the
+limit; see :mod:`poise.serve.access` and :mod:`poise.models.context`); an unexpected failure is
+logged and answered with a 500 JSON error, and the server keeps going. A request fails alone:
+the requests batched with it are answered as if it had not come. docs/serving.md has the
+user's view.
 
 Use from Python::
 
@@ -38,6 +42,8 @@ from starlette.types import Receive, Scope, Send
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
+from poise.models.context import ContextLengthError, fit_context, prompt_token_count
+from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
 from poise.serve.continuous import ContinuousBatcher
 from poise.serve.schema import (
@@ -50,7 +56,14 @@ from poise.serve.schema import (
 )
 from poise.serve.ticket import Generation, Ticket
 
-__all__ = ["check_port", "create_app", "prompt_token_counter", "serve", "text_pieces"]
+__all__ = [
+    "admission",
+    "check_port",
+    "create_app",
+    "prompt_token_counter",
+    "serve",
+    "text_pieces",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +85,13 @@ class Scheduler(Protocol):
     async def stop(self) -> None: ...
 
     def open(
-        self, chat: Chat, sampling: Sampling, *, seeded: bool, stream: bool = True
+        self,
+        chat: Chat,
+        sampling: Sampling,
+        *,
+        seeded: bool,
+        stream: bool = True,
+        fill: bool = False,
     ) -> Ticket: ...
 
 
@@ -90,14 +109,14 @@ class ServerState:
                 join_rows=config.join_rows,
                 join_wait_s=config.join_wait_ms / 1000.0,
                 window_s=config.batch_window_ms / 1000.0,
-                count_prompt_tokens=prompt_token_counter(model),
+                admit=admission(model),
             )
         else:
             self.scheduler = Batcher(
                 model,
                 max_batch=config.max_batch,
                 window_s=config.batch_window_ms / 1000.0,
-                count_prompt_tokens=prompt_token_counter(model),
+                admit=admission(model),
             )
         self.streams = 0  # streaming responses being written
         self.waiting = 0  # handlers waiting for their generation (or its first event)
@@ -146,6 +165,8 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
     app = FastAPI(title="poise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.poise = state
     _install_error_handlers(app)
+    # The API key and the body size limit, in front of every route (see poise.serve.access).
+    app.add_middleware(AccessGuard, api_key=config.api_key, max_body_bytes=config.max_body_bytes)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -170,6 +191,8 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
+        except ContextLengthError as exc:
+            return _error(RequestError(str(exc), param="messages", code="context_length_exceeded"))
         except PoiseError as exc:
             # The model refused the request's values (e.g. a prompt longer than its context).
             return _error(RequestError(str(exc)))
@@ -249,7 +272,11 @@ async def _answer(state: ServerState, request: Request, parsed: ChatRequest) -> 
     events only (so that a request the model refuses still gets an error status), then sends the
     rest as they are decoded. A client that leaves cancels its rows."""
     ticket = state.scheduler.open(
-        parsed.chat, parsed.sampling, seeded=parsed.seeded, stream=parsed.stream
+        parsed.chat,
+        parsed.sampling,
+        seeded=parsed.seeded,
+        stream=parsed.stream,
+        fill=parsed.fill_max_tokens,
     )
     handed_over = False
     try:
@@ -512,20 +539,30 @@ def _install_error_handlers(app: FastAPI) -> None:
 # -- helpers ----------------------------------------------------------------------------------------
 
 
+def admission(
+    model: LanguageModel,
+) -> Callable[[Chat, Sampling, bool], tuple[Sampling, int | None]]:
+    """What the schedulers check before a chat joins (in their worker thread, which owns the
+    tokenizer): that it fits in the model's context, and with ``fill`` (no max_tokens given) the
+    max_tokens left to it; also its prompt token count for ``usage``
+    (:func:`poise.models.context.fit_context`)."""
+
+    def admit(chat: Chat, sampling: Sampling, fill: bool) -> tuple[Sampling, int | None]:
+        return fit_context(model, chat, sampling, fill=fill)
+
+    return admit
+
+
 def prompt_token_counter(model: LanguageModel) -> Callable[[Chat], int | None] | None:
     """A function counting a chat's prompt tokens with the model's chat template, when the model
     exposes a Hugging Face tokenizer (as the hf backend does); else ``None``."""
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+    if model.tokenizer is None or not hasattr(model.tokenizer, "apply_chat_template"):
         return None
 
     def count(chat: Chat) -> int | None:
         try:
-            ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        except Exception:
+            return prompt_token_count(model, chat)
+        except PoiseError:
             return None
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return len(ids)
 
     return count

@@ -18,6 +18,10 @@ would get identical samples, so when sampling (not greedy) a repeated chat goes 
 with another fresh seed. Identical (chat, sampling) pairs that must give identical outputs (with
 a seed, or greedy) are generated once and the result shared.
 
+A call that fails fails no request by itself when it held several chats: each chat is then
+generated alone (a streamed row sends only the text it had not sent yet), so a request whose chat
+the model refuses (a PoiseError: 400) or cannot generate (500) fails alone.
+
 A request whose client went away before its batch ran is dropped from the queue (its future is
 cancelled), so no generation is wasted on it.
 
@@ -39,6 +43,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from poise.config import Sampling
+from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
 from poise.serve.ticket import Generation, Ticket, fresh_seed
 
@@ -49,6 +54,10 @@ logger = logging.getLogger(__name__)
 # A finished text is streamed in word-sized pieces: each piece is a run of whitespace and the
 # following word, so the pieces concatenate to the text exactly.
 _PIECE = re.compile(r"\s*\S+|\s+")
+
+# Checks a chat against the model before it is generated, in the worker thread (see
+# poise.serve.continuous.Admit): (chat, sampling, fill) -> (sampling to use, prompt tokens).
+Admit = Callable[[Chat, Sampling, bool], "tuple[Sampling, int | None]"]
 
 # Receives a row's stream events (and the prompt's token count) in the event loop's thread.
 Listener = Callable[[Sequence[StreamEvent], "int | None"], None]
@@ -77,18 +86,48 @@ class _Queued:
     seeded: bool
     future: asyncio.Future[Generation]
     listener: Listener | None = None
+    fill: bool = False  # no max_tokens given: what is left of the context (see ``admit``)
     chat_key: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.chat_key = json.dumps(self.chat, sort_keys=True, ensure_ascii=False)
 
     @property
-    def group_key(self) -> tuple[bool, str]:
+    def group_key(self) -> tuple[bool, str, bool]:
         # Every sampling field that changes the output is in the key; the seed of an unseeded
         # request is a placeholder and is replaced by the call's fresh seed.
         if self.seeded:
-            return (True, self.sampling.key())
-        return (False, self.sampling.model_copy(update={"seed": 0}).key())
+            return (True, self.sampling.key(), self.fill)
+        return (False, self.sampling.model_copy(update={"seed": 0}).key(), self.fill)
+
+
+class _Sent:
+    """What one chat's listeners have been sent, per sample, across calls of the model: when a
+    batch fails after some rows streamed and a chat is generated again alone, the replay (the
+    same chat, sampling and seed give the same text) sends only what was not sent before."""
+
+    def __init__(self) -> None:
+        self.sent: dict[int, int] = {}  # characters sent, by sample index
+        self.finished: set[int] = set()
+        self.seen: dict[int, int] = {}  # characters of the current call's events so far
+
+    def restart(self) -> None:
+        self.seen = {}
+
+    def news(self, event: StreamEvent) -> StreamEvent | None:
+        """``event`` less the text sent already; ``None`` when nothing is new."""
+        sample = event.sample_index
+        if sample in self.finished:
+            return None
+        start = self.seen.get(sample, 0)
+        self.seen[sample] = start + len(event.text)
+        text = event.text[max(0, self.sent.get(sample, 0) - start) :]
+        self.sent[sample] = max(self.sent.get(sample, 0), self.seen[sample])
+        if event.completion is not None:
+            self.finished.add(sample)
+        elif not text:
+            return None
+        return StreamEvent(event.key, sample, text, event.completion)
 
 
 class Batcher:
@@ -104,14 +143,14 @@ class Batcher:
         *,
         max_batch: int = 32,
         window_s: float = 0.005,
-        count_prompt_tokens: Callable[[Chat], int | None] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.model = model
         self.max_batch = max_batch
         self.window_s = max(0.0, window_s)
-        self.count_prompt_tokens = count_prompt_tokens
+        self.admit = admit
         self._queue: deque[_Queued] = deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -149,21 +188,37 @@ class Batcher:
     # -- API -------------------------------------------------------------------------------------
 
     def submit(
-        self, chat: Chat, sampling: Sampling, *, seeded: bool, listener: Listener | None = None
+        self,
+        chat: Chat,
+        sampling: Sampling,
+        *,
+        seeded: bool,
+        listener: Listener | None = None,
+        fill: bool = False,
     ) -> asyncio.Future[Generation]:
         """Queue one chat; the future resolves to its :class:`Generation`.
 
         Cancel the future to withdraw the request (a client that disconnected). ``listener``,
         for a model with the ``stream`` capability, receives the row's events as decoded.
+        ``fill``: ``sampling.max_new_tokens`` is a ceiling; the chat gets what is left of the
+        context under it (``admit``).
         """
         if self._task is None or self._arrived is None:
             raise RuntimeError("the batcher is not started")
         future: asyncio.Future[Generation] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Queued(chat, sampling, seeded, future, listener))
+        self._queue.append(_Queued(chat, sampling, seeded, future, listener, fill))
         self._arrived.set()
         return future
 
-    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool, stream: bool = True) -> Ticket:
+    def open(
+        self,
+        chat: Chat,
+        sampling: Sampling,
+        *,
+        seeded: bool,
+        stream: bool = True,
+        fill: bool = False,
+    ) -> Ticket:
         """Queue one chat and answer with a :class:`Ticket` of its events (the server's common
         interface with :class:`~poise.serve.continuous.ContinuousBatcher`). A request that is
         not streamed (``stream=False``) skips ``model.stream`` and takes ``generate``'s
@@ -171,7 +226,7 @@ class Batcher:
         streams = stream and self.model.capabilities.stream
         ticket = Ticket(sampling.n)
         future = self.submit(
-            chat, sampling, seeded=seeded, listener=ticket.deliver if streams else None
+            chat, sampling, seeded=seeded, listener=ticket.deliver if streams else None, fill=fill
         )
 
         def withdraw(_: Ticket) -> None:
@@ -242,10 +297,10 @@ class Batcher:
                 return
 
     async def _run_batch(self, batch: list[_Queued]) -> None:
-        groups: dict[tuple[bool, str], list[_Queued]] = {}
+        groups: dict[tuple[bool, str, bool], list[_Queued]] = {}
         for item in batch:
             groups.setdefault(item.group_key, []).append(item)
-        for (seeded, _), items in groups.items():
+        for (seeded, _, _), items in groups.items():
             sampling = items[0].sampling
             if seeded or sampling.greedy:
                 await self._generate(items, sampling)
@@ -283,39 +338,99 @@ class Batcher:
         loop = asyncio.get_running_loop()
         self.running = len(live)
 
-        def call() -> list[Generation]:
-            return self._call_model(chats, sampling, listeners, loop)
+        fill = live[0].fill  # one group: the same for all
+
+        def call() -> list[Generation | Exception]:
+            # Each chat is admitted on its own (a prompt longer than the context fails alone);
+            # with ``fill`` the chats' samplings may differ, so each sampling is one call.
+            results: list[Generation | Exception | None] = [None] * len(chats)
+            groups: dict[str, list[int]] = {}
+            admitted: list[tuple[Sampling, int | None]] = []
+            for i, chat in enumerate(chats):
+                try:
+                    admitted.append(
+                        self.admit(chat, sampling, fill) if self.admit else (sampling, None)
+                    )
+                except Exception as exc:
+                    admitted.append((sampling, None))
+                    results[i] = exc
+                    continue
+                groups.setdefault(admitted[i][0].key(), []).append(i)
+            for rows in groups.values():
+                outcomes = self._generate_rows(
+                    [chats[i] for i in rows],
+                    admitted[rows[0]][0],
+                    [listeners[i] for i in rows],
+                    [admitted[i][1] for i in rows],
+                    loop,
+                )
+                for i, outcome in zip(rows, outcomes, strict=True):
+                    results[i] = outcome
+            return [r if r is not None else RuntimeError("not generated") for r in results]
 
         try:
             results = await loop.run_in_executor(self._executor, call)
-        except Exception as exc:
-            logger.exception("generate failed on a batch of %d chats", len(chats))
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(exc)
-            return
         finally:
             self.running = 0
         self.generate_calls += 1
         self.generated_chats += len(chats)
         for item in live:
-            if not item.future.done():
-                item.future.set_result(results[index[item.chat_key]])
+            if item.future.done():
+                continue
+            result = results[index[item.chat_key]]
+            if isinstance(result, Exception):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(result)
+
+    def _generate_rows(
+        self,
+        chats: list[Chat],
+        sampling: Sampling,
+        listeners: list[list[Listener]],
+        prompt_tokens: list[int | None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> list[Generation | Exception]:
+        """One call for ``chats``; when it fails, one call per chat, so that one bad chat (a
+        text the model refuses ...) fails alone. Runs in the worker thread."""
+        sent = [_Sent() for _ in chats]
+        try:
+            return list(self._call_model(chats, sampling, listeners, prompt_tokens, loop, sent))
+        except Exception as exc:
+            if len(chats) == 1:
+                if not isinstance(exc, PoiseError):
+                    logger.exception("generate failed on a chat")
+                return [exc]
+        logger.warning(
+            "generate failed on a batch of %d chats; each is generated alone", len(chats)
+        )
+        outcomes: list[Generation | Exception] = []
+        for i, chat in enumerate(chats):
+            try:
+                (result,) = self._call_model(
+                    [chat], sampling, [listeners[i]], [prompt_tokens[i]], loop, [sent[i]]
+                )
+            except Exception as exc:
+                if not isinstance(exc, PoiseError):
+                    logger.exception("generate failed on a chat")
+                outcomes.append(exc)
+                continue
+            outcomes.append(result)
+        return outcomes
 
     def _call_model(
         self,
         chats: list[Chat],
         sampling: Sampling,
         listeners: list[list[Listener]],
+        prompt_tokens: list[int | None],
         loop: asyncio.AbstractEventLoop,
+        sent: list[_Sent],
     ) -> list[Generation]:
         """Runs in the worker thread: the model and its tokenizer are only touched here."""
         logger.debug("generate: %d chats, %s", len(chats), sampling.key())
-        prompt_tokens = [
-            self.count_prompt_tokens(chat) if self.count_prompt_tokens else None for chat in chats
-        ]
         if self.model.capabilities.stream and any(listeners):
-            outputs = self._stream(chats, sampling, listeners, prompt_tokens, loop)
+            outputs = self._stream(chats, sampling, listeners, prompt_tokens, loop, sent)
         else:
             outputs = self.model.generate(chats, sampling)
         if len(outputs) != len(chats):
@@ -334,13 +449,17 @@ class Batcher:
         listeners: list[list[Listener]],
         prompt_tokens: list[int | None],
         loop: asyncio.AbstractEventLoop,
+        sent: list[_Sent],
     ) -> list[list[Completion]]:
-        """``model.stream`` over the batch, handing each event to its row's listeners."""
+        """``model.stream`` over the batch, handing each event to its row's listeners (what a
+        row's listeners were sent by an earlier, failed call is not sent again)."""
 
         def hand_over(row: int, event: StreamEvent) -> None:
             for listener in listeners[row]:
                 listener([event], prompt_tokens[row])
 
+        for log in sent:
+            log.restart()
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
         events: Iterator[StreamEvent] = self.model.stream(chats, sampling)
         for event in events:
@@ -349,7 +468,9 @@ class Batcher:
             if event.completion is not None:
                 results[row][event.sample_index] = event.completion
             if listeners[row]:
-                loop.call_soon_threadsafe(hand_over, row, event)
+                news = sent[row].news(event)
+                if news is not None:
+                    loop.call_soon_threadsafe(hand_over, row, news)
         complete = [[c for c in row if c is not None] for row in results]
         if any(len(row) != sampling.n for row in complete):
             raise RuntimeError(f"model {self.model.name!r} left rows of its stream unfinished")

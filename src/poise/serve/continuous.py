@@ -5,7 +5,9 @@ For a model with the ``engine`` capability the server runs one worker thread tha
 
 1. cancels the rows of requests whose clients went away,
 2. adds the requests that arrived since the last step, at most ``join_rows`` new rows a step
-   and while fewer than ``max_rows`` rows are decoding (the rest wait their turn), and
+   and while fewer than ``max_rows`` rows are decoding (the rest wait their turn); each is first
+   checked by ``admit`` (it fits in the model's context; without max_tokens it gets what is left
+   of it), and a request refused there or by ``engine.add`` fails alone, and
 3. calls ``engine.step()``, which prefills the new rows and advances every row by one token,
    and hands the step's :class:`~poise.models.base.StreamEvent` s to the event loop in one
    ``loop.call_soon_threadsafe`` call, which routes each to its request's
@@ -63,11 +65,17 @@ class _Request:
     sampling: Sampling
     ticket: Ticket
     stream: bool
+    fill: bool = False  # no max_tokens given: what is left of the context (see ``admit``)
     arrived: float = field(default_factory=lambda: _now())
     rows_left: int = 0
     # A request that is not streamed is handed its events when it finishes, not every step.
     held: list[StreamEvent] = field(default_factory=list)
 
+
+# Checks a request against the model before it joins (in the worker thread, which owns the
+# tokenizer): (chat, sampling, fill) -> (the sampling to generate with, prompt tokens or None);
+# raises for a request the model cannot take (poise.models.context.fit_context).
+Admit = Callable[[Chat, Sampling, bool], "tuple[Sampling, int | None]"]
 
 # What the worker hands the event loop: per ticket, its events of a step or its failure.
 _Delivery = tuple[Ticket, "Sequence[StreamEvent] | BaseException", "int | None"]
@@ -88,7 +96,7 @@ class ContinuousBatcher:
         join_rows: int = 8,
         window_s: float = 0.005,
         join_wait_s: float = 0.05,
-        count_prompt_tokens: Callable[[Chat], int | None] | None = None,
+        admit: Admit | None = None,
     ) -> None:
         if max_rows < 1 or join_rows < 1:
             raise ValueError("max_rows and join_rows must be >= 1")
@@ -100,7 +108,7 @@ class ContinuousBatcher:
         self.window_s = max(0.0, window_s)
         self.join_wait_s = max(0.0, join_wait_s)
         self._step_s = 0.0  # how long the last step took
-        self.count_prompt_tokens = count_prompt_tokens
+        self.admit = admit
         self._keys = itertools.count()
         self._wake = threading.Condition()
         # Guarded by _wake: what handlers asked for since the worker last looked.
@@ -147,10 +155,19 @@ class ContinuousBatcher:
 
     # -- API -------------------------------------------------------------------------------------
 
-    def open(self, chat: Chat, sampling: Sampling, *, seeded: bool, stream: bool = True) -> Ticket:
+    def open(
+        self,
+        chat: Chat,
+        sampling: Sampling,
+        *,
+        seeded: bool,
+        stream: bool = True,
+        fill: bool = False,
+    ) -> Ticket:
         """Queue one request; its rows join the engine at the next step boundary. The events
         of a request that is not streamed (``stream=False``) are handed over when it finishes,
-        so that its handler is not woken at every step."""
+        so that its handler is not woken at every step. ``fill``: ``sampling.max_new_tokens``
+        is a ceiling, the request gets what is left of the context under it (``admit``)."""
         if self._thread is None:
             raise RuntimeError("the batcher is not started")
         if self._broken is not None:
@@ -163,7 +180,7 @@ class ContinuousBatcher:
         ticket = Ticket(sampling.n, on_cancel=lambda _: self._cancel(key))
         self._open[key] = ticket
         with self._wake:
-            self._arrivals.append(_Request(key, chat, sampling, ticket, stream))
+            self._arrivals.append(_Request(key, chat, sampling, ticket, stream, fill))
             self._wake.notify()
         return ticket
 
@@ -250,13 +267,15 @@ class ContinuousBatcher:
         ):
             request = waiting.popleft()
             try:
-                prompt_tokens = (
-                    self.count_prompt_tokens(request.chat) if self.count_prompt_tokens else None
-                )
+                prompt_tokens = None
+                if self.admit is not None:
+                    request.sampling, prompt_tokens = self.admit(
+                        request.chat, request.sampling, request.fill
+                    )
                 engine.add(request.key, request.chat, request.sampling, stream=request.stream)
             except Exception as exc:
-                # A request the engine refuses (e.g. a prompt longer than the context) fails
-                # alone.
+                # A request refused at admission or by the engine (a prompt longer than the
+                # context, a text the tokenizer cannot encode) fails alone.
                 deliveries.append((request.ticket, exc, None))
                 continue
             request.rows_left = request.sampling.n

@@ -61,6 +61,17 @@ class ServeConfig(StrictModel):
     served_name: str | None = Field(
         default=None, description="model name clients send (default: the --model spec)"
     )
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description="API key clients must send (Authorization: Bearer KEY) on every route but "
+        "/health; none: no key asked",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1024,
+        description="largest request body accepted, in bytes (a larger one gets a 413)",
+    )
 
     @property
     def name(self) -> str:
@@ -175,6 +186,9 @@ class ChatRequest:
     seeded: bool
     stream: bool
     include_usage: bool
+    # no max_tokens given: sampling.max_new_tokens is a ceiling, and the request gets what is
+    # left of the model's context under it (poise.models.context.fit_context)
+    fill_max_tokens: bool = False
 
 
 def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
@@ -184,6 +198,10 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(
             f"the request body is not valid JSON ({exc})", code="invalid_json"
+        ) from None
+    except RecursionError:
+        raise RequestError(
+            "the request body is JSON nested too deeply", code="invalid_json"
         ) from None
     if not isinstance(data, dict):
         raise RequestError("the request body must be a JSON object", code="invalid_type")
@@ -217,6 +235,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
             if isinstance(message.content, str)
             else "".join(part.text for part in message.content)
         )
+        _check_text(content, f"messages[{i}].content")
         chat.append(Message(role=role, content=content))
 
     if (
@@ -233,8 +252,10 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     max_param = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, max_param = req.max_tokens, "max_tokens"
+    fill_max_tokens = max_tokens is None
     if max_tokens is None:
-        # OpenAI's default is "as much as allowed".
+        # OpenAI's default is "as much as allowed": what is left of the context once the prompt
+        # is counted (by the scheduler, which owns the tokenizer), at most this limit.
         max_tokens = config.max_tokens_limit
     elif not 1 <= max_tokens <= config.max_tokens_limit:
         raise RequestError(
@@ -254,6 +275,8 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
         if any(s == "" for s in stop):
             raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
+        for text in stop:
+            _check_text(text, "stop")
 
     try:
         sampling = Sampling(
@@ -277,7 +300,23 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         seeded=req.seed is not None,
         stream=bool(req.stream),
         include_usage=include_usage,
+        fill_max_tokens=fill_max_tokens,
     )
+
+
+def _check_text(text: str, param: str) -> None:
+    """Refuse text that is not valid Unicode: JSON's ``\\ud800`` escapes decode to lone
+    surrogates, which no tokenizer can encode. The request's fault, so a 400 for it alone
+    rather than a failure of the batch it would join."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestError(
+            f"{param} holds a lone surrogate ({text[exc.start]!r} at character {exc.start}), "
+            "which is not valid Unicode text",
+            param=param,
+            code="invalid_value",
+        ) from None
 
 
 def validation_error(exc: ValidationError) -> RequestError:

@@ -214,7 +214,9 @@ def poise_items(record: Record, context: FormatContext) -> Draft:
         raise record.error(
             unknown[0], f"not a field of a poise suite item (fields: {', '.join(_POISE_FIELDS)})"
         )
-    messages = record.data["messages"]
+    messages = record.data.get("messages")
+    if messages is None:
+        raise record.error("messages", "missing; every row of a poise suite needs its messages")
     if not isinstance(messages, list):
         raise record.error(
             "messages", f"expected a list of messages, got {type(messages).__name__}"

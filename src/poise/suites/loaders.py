@@ -169,6 +169,10 @@ def _load_builtin(name: str, options: _Options) -> Suite:
 def _load_file(path: Path, source: str, options: _Options, *, name: str | None = None) -> Suite:
     if path.is_dir():
         raise PoiseError(f"{source}: is a folder; give a data file ({', '.join(DATA_EXTENSIONS)})")
+    if not path.is_file():  # reading a FIFO would wait for a writer forever
+        raise PoiseError(
+            f"{source}: not a regular file (a FIFO, socket or device); give a data file"
+        )
     text = _read_text(path, source)
     container = _container(path, text)
     header, rows = _parse(container, text, source)
@@ -328,6 +332,9 @@ def _container(path: Path, text: str) -> str:
 
 Row = tuple[int, str, dict[str, Any]]  # (row number, "where", data)
 
+# Python's JSON parser recurses once per nesting level and gives up with a RecursionError.
+_TOO_DEEP = "nested too deeply for a suite row"
+
 
 def _parse(container: str, text: str, source: str) -> tuple[list[str], Iterator[Row]]:
     if container in ("csv", "tsv"):
@@ -362,6 +369,8 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
         data = json.loads(text)
     except json.JSONDecodeError:
         return None  # JSON lines (several objects), or broken JSON the JSON-lines reader locates
+    except RecursionError:
+        raise PoiseError(f"{source}: invalid JSON ({_TOO_DEEP})") from None
     if not isinstance(data, dict):
         return None
     lists = [
@@ -405,6 +414,8 @@ def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
                 raise PoiseError(
                     f"{source}:{line_no}: invalid JSON ({exc.msg} at column {exc.colno})"
                 ) from None
+            except RecursionError:
+                raise PoiseError(f"{source}:{line_no}: invalid JSON ({_TOO_DEEP})") from None
             if not isinstance(data, dict):
                 raise PoiseError(
                     f"{source}:{line_no}: expected one JSON object per line, got {_json_type(data)}"
@@ -424,6 +435,8 @@ def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]
         raise PoiseError(
             f"{source}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise PoiseError(f"{source}: invalid JSON ({_TOO_DEEP})") from None
     if not isinstance(data, list):
         raise PoiseError(f"{source}: expected a JSON array of objects, got {_json_type(data)}")
     if not data:

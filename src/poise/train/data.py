@@ -279,6 +279,9 @@ def _detect(row: _Row) -> str:
 
 def _rows(path: Path) -> Iterator[_Row]:
     opener = gzip.open if path.suffix == ".gz" else open
+    if path.exists() and not path.is_dir() and not path.is_file():
+        # opening a FIFO would wait for a writer forever
+        raise PoiseError(f"{path}: not a regular file (a FIFO, socket or device)")
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
@@ -288,6 +291,8 @@ def _rows(path: Path) -> Iterator[_Row]:
                     data = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise located(path, number, f"invalid JSON: {exc.msg}") from None
+                except RecursionError:
+                    raise located(path, number, "invalid JSON (nested too deeply)") from None
                 if not isinstance(data, dict):
                     raise located(path, number, f"expected a JSON object, got {_json_type(data)}")
                 yield _Row(path, number, data)

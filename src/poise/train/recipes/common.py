@@ -43,7 +43,7 @@ import tempfile
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +192,42 @@ def model_architectures(folder: Path) -> list[str]:
         raise PoiseError(f"{folder / 'config.json'}: cannot read ({exc})") from None
     archs = data.get("architectures") or []
     return [str(a) for a in archs] if isinstance(archs, list) else []
+
+
+def folder_context_length(folder: Path) -> int | None:
+    """The context length a model folder's config.json declares (``None`` when it says none)."""
+    from transformers import AutoConfig
+
+    from poise.models.context import config_context_length
+
+    try:
+        config = AutoConfig.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError):
+        return None  # the loader says what is wrong with the folder, with the weights
+    return config_context_length(config)
+
+
+def check_rows_fit(
+    lengths: Iterable[tuple[str, int]], context_length: int | None, max_length: int
+) -> None:
+    """Refuse, before training, a row (``(where, tokens)``, as cut to ``max_length``) longer
+    than the model's context: one line naming the row. Only possible when ``max_length`` is
+    over the context (rows are cut to ``max_length`` first)."""
+    if context_length is None or max_length <= context_length:
+        return
+    for where, tokens in lengths:
+        if tokens > context_length:
+            raise PoiseError(
+                f"{where}: {tokens} tokens (cut to max_length {max_length}), more than the "
+                f"model's context of {context_length} tokens; shorten the row or set "
+                f"--max-length {context_length} or less"
+            )
+
+
+def row_name(data: str, index: int, pair: Any) -> str:
+    """Where a preference pair came from, for messages: ``FILE:LINE`` (or its index)."""
+    row = pair.meta.get("row") if isinstance(getattr(pair, "meta", None), dict) else None
+    return f"{data}:{row}" if row is not None else f"{data}: pair {index + 1}"
 
 
 def is_classifier_folder(folder: Path) -> bool:

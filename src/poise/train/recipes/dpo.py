@@ -37,12 +37,15 @@ from poise.train.recipes.common import (
     TrainResult,
     check_lora_available,
     check_precision,
+    check_rows_fit,
     file_fingerprint,
     finished_result,
+    folder_context_length,
     load_causal_lm,
     load_tokenizer,
     make_config,
     resolve_model_folder,
+    row_name,
     sequence_batch,
     split_holdout,
     token_logps,
@@ -259,6 +262,14 @@ def train_dpo(
     tokenizer = load_tokenizer(source)
     encoder = ChatEncoder(tokenizer, config.max_length)
     encoded = encode_pairs(encoder, pairs)
+    check_rows_fit(
+        (
+            (row_name(config.data, i, pair), len(p) + max(len(c), len(r)))
+            for i, (pair, (p, c, r)) in enumerate(zip(pairs, encoded, strict=True))
+        ),
+        folder_context_length(source),
+        config.max_length,
+    )
     train_idx, eval_idx = split_holdout(len(encoded), config.eval_fraction, config.seed)
 
     # ---- load and train

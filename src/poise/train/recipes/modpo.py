@@ -35,14 +35,17 @@ from poise.train.recipes.common import (
     TrainResult,
     check_lora_available,
     check_precision,
+    check_rows_fit,
     classifier_scores,
     finished_result,
+    folder_context_length,
     is_classifier_folder,
     load_causal_lm,
     load_classifier,
     load_tokenizer,
     make_config,
     resolve_model_folder,
+    row_name,
     split_holdout,
     split_list,
     token_logps,
@@ -146,6 +149,14 @@ def train_modpo(
         return finished_result(out)
     tokenizer = load_tokenizer(source)
     encoded = encode_pairs(ChatEncoder(tokenizer, config.max_length), pairs)
+    check_rows_fit(
+        (
+            (row_name(config.data, i, pair), len(p) + max(len(c), len(r)))
+            for i, (pair, (p, c, r)) in enumerate(zip(pairs, encoded, strict=True))
+        ),
+        folder_context_length(source),
+        config.max_length,
+    )
     train_idx, eval_idx = split_holdout(len(encoded), config.eval_fraction, config.seed)
     session = Session.start(
         config,

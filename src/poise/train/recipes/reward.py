@@ -36,12 +36,15 @@ from poise.train.recipes.common import (
     TrainResult,
     check_lora_available,
     check_precision,
+    check_rows_fit,
     finished_result,
+    folder_context_length,
     load_classifier,
     load_tokenizer,
     make_config,
     pad_rows,
     resolve_model_folder,
+    row_name,
     split_holdout,
     write_json_atomic,
 )
@@ -138,6 +141,14 @@ def _train(config: Any, kind: Kind, progress: ProgressFn | None) -> TrainResult:
         )
         for p in pairs
     ]
+    check_rows_fit(
+        (
+            (row_name(config.data, i, pair), max(len(chosen), len(rejected)))
+            for i, (pair, (chosen, rejected)) in enumerate(zip(pairs, encoded, strict=True))
+        ),
+        folder_context_length(source),
+        config.max_length,
+    )
     train_idx, eval_idx = split_holdout(len(pairs), config.eval_fraction, config.seed)
     session = Session.start(
         config,

@@ -67,6 +67,7 @@ from poise.train.recipes.common import (
     check_lora_available,
     check_precision,
     finished_result,
+    folder_context_length,
     is_classifier_folder,
     load_causal_lm,
     load_tokenizer,
@@ -157,6 +158,27 @@ def load_prompts(config: SafeRLConfig, system: str | None) -> list[Messages]:
             chat = [{"role": "system", "content": system}, *chat]
         chats.append(chat)
     return chats
+
+
+def check_prompts_fit(
+    config: SafeRLConfig, encoder: ChatEncoder, chats: list[Messages], context_length: int | None
+) -> None:
+    """Refuse, before training, a prompt that leaves no room in the model's context for
+    ``max_new_tokens`` sampled tokens: one line naming the prompt."""
+    from poise.models.context import ContextLengthError
+
+    if context_length is None:
+        return
+    for index, chat in enumerate(chats):
+        tokens = len(encoder.prompt_ids(chat))
+        if tokens + config.max_new_tokens > context_length:
+            problem = ContextLengthError(
+                context_length, tokens, config.max_new_tokens, at_least=False
+            )
+            raise PoiseError(
+                f"{config.prompts}: prompt {index + 1} (max_new_tokens {config.max_new_tokens}): "
+                f"{problem}"
+            )
 
 
 def system_prompt(config: SafeRLConfig, source: Path) -> str | None:
@@ -315,6 +337,7 @@ def train_safe_rl(
     tokenizer = load_tokenizer(source, need_chat_template=not config.from_base)
     tokenizer.padding_side = "left"
     encoder = ChatEncoder(tokenizer, config.max_length, plain=config.from_base)
+    check_prompts_fit(config, encoder, chats, folder_context_length(source))
 
     # ---- load
     session = Session.start(
