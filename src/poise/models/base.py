@@ -50,9 +50,10 @@ class Completion:
     finish_reason: FinishReason = "stop"
     # log-prob of each generated token under the sampling distribution's model, if asked for
     token_logprobs: tuple[float, ...] | None = None
-    # the generated token ids (``num_tokens`` of them), where the backend knows them; what the
-    # server's log-probs are computed over. Not recorded (``to_dict``) and not compared: a
-    # completion read back from a cache equals the one generated.
+    # every token id the backend generated, where it knows them: the ``num_tokens`` counted and
+    # the EOS token that ended the completion, if one did (as vLLM reports them); what the
+    # server's log-probs cover. Not recorded (``to_dict``) and not compared: a completion read
+    # back from a cache equals the one generated.
     token_ids: tuple[int, ...] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, object]:

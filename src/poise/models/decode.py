@@ -758,7 +758,7 @@ class Batcher:
                     num_tokens=row.length,
                     finish_reason="stop" if stopped else row.finish,
                     token_logprobs=tuple(row.logprobs[: row.length]),
-                    token_ids=tuple(row.tokens[: row.length]),
+                    token_ids=tuple(row.tokens),
                 )
             )
         return results
