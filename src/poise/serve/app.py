@@ -40,11 +40,13 @@ from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
 from poise.serve.batcher import Batcher, text_pieces
-from poise.serve.completions import add_completions_route
+from poise.serve.completions import CompletionRequestBody, add_completions_route
 from poise.serve.continuous import ContinuousBatcher
 from poise.serve.logprobs import add_chat_logprobs, check_tokens_capability, stream_logprobs
+from poise.serve.openapi import document_request_bodies
 from poise.serve.schema import (
     ChatRequest,
+    ChatRequestBody,
     RequestError,
     ServeConfig,
     error_body,
@@ -189,6 +191,10 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
             )
 
     add_completions_route(app, model, config)
+    document_request_bodies(
+        app,
+        {"/v1/chat/completions": ChatRequestBody, "/v1/completions": CompletionRequestBody},
+    )
     return app
 
 

@@ -82,6 +82,10 @@ class _CompletionIn(BaseModel):
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
 
 
+# the body's schema, for the OpenAPI description (poise.serve.openapi)
+CompletionRequestBody = _CompletionIn
+
+
 @dataclass(frozen=True)
 class CompletionRequest:
     """A parsed legacy completion request. ``prompts`` are strings or token-id lists;

@@ -130,6 +130,9 @@ class _RequestIn(BaseModel):
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
 
+# the body's schema, for the OpenAPI description (poise.serve.openapi)
+ChatRequestBody = _RequestIn
+
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 # Parameters that change the output but that poise serve cannot honour, with the value that
