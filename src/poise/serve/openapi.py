@@ -37,9 +37,7 @@ def document_request_bodies(app: FastAPI, bodies: dict[str, type[BaseModel]]) ->
                 continue
             operation["requestBody"] = {
                 "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": _REF.format(model=name)}}
-                },
+                "content": {"application/json": {"schema": {"$ref": _REF.format(model=name)}}},
             }
             responses = operation.setdefault("responses", {})
             responses.setdefault("400", {"description": "a malformed request (OpenAI error)"})
