@@ -99,3 +99,12 @@ def test_bad_sequences_are_one_line_errors(model: HFModel) -> None:
         model.sequence_logprobs([[1, 2]], start=[3])
     with pytest.raises(PoiseError, match="no tokens"):
         model.complete([[]], Sampling(max_new_tokens=2))
+
+
+def test_a_top_p_below_float32_range_keeps_the_most_likely_token() -> None:
+    # found by fuzzing the server: top_p=1e-300 is 0 in float32, which once emptied the nucleus
+    from poise.models.hf import sample_tokens
+
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    chosen = sample_tokens(logits, torch.rand(4), Sampling(temperature=1.0, top_p=1e-300))
+    assert chosen.tolist() == logits.argmax(dim=-1).tolist()

@@ -298,6 +298,9 @@ def sample_tokens(
     if sampling.top_p < 1.0:
         # mass strictly before each token (probs are sorted); the first token always stays
         outside = probs.cumsum(dim=-1) - probs >= sampling.top_p  # [batch, k]
+        # a top_p below float32's smallest value compares as 0 (>= 0 everywhere): the most
+        # likely token must stay all the same
+        outside[:, 0] = False
         probs = probs.masked_fill(outside, 0.0)
         kept = (~outside).sum(dim=-1, keepdim=True)  # [batch, 1]
     cdf = probs.cumsum(dim=-1)  # [batch, k]
