@@ -191,3 +191,42 @@ def test_openapi_describes_both_request_bodies(server: ThreadServer) -> None:
         name = body["schema"]["$ref"].rsplit("/", 1)[-1]
         assert "model" in schema["components"]["schemas"][name]["properties"]
     assert json.dumps(schema)  # serialisable as served
+
+
+@pytest.mark.slow
+def test_completions_beside_a_full_continuous_batch_give_the_same_answers(
+    model: HFModel, start_server: Callable[..., ThreadServer]
+) -> None:
+    """Completions and log-probs run on the model in their own thread while the engine's worker
+    decodes 32 chat rows: neither disturbs the other."""
+    import asyncio
+
+    server = start_server(model, served_name="tiny", max_batch=64, join_rows=64)
+    chats = [[{"role": "user", "content": f"question {i} about the cat"}] for i in range(32)]
+    sampling = Sampling(temperature=0, max_new_tokens=16)
+    expected = [c[0].text for c in model.generate(chats, sampling)]
+    prompts = [model.prompt_ids(c) for c in chats[:8]]
+    expected_scores = model.sequence_logprobs(prompts, top_k=2)
+
+    async def main() -> tuple[list[str], list[dict[str, Any]]]:
+        async with httpx.AsyncClient(base_url=f"{server.url}/v1", timeout=120) as client:
+
+            async def chat_answer(messages: list[dict[str, str]]) -> str:
+                body = {"model": "tiny", "messages": messages, "max_tokens": 16, "temperature": 0}
+                response = await client.post("/chat/completions", json=body)
+                return str(response.json()["choices"][0]["message"]["content"])
+
+            async def scored(ids: list[int]) -> dict[str, Any]:
+                body = {"model": "tiny", "prompt": ids, "max_tokens": 0, "echo": True}
+                response = await client.post("/completions", json={**body, "logprobs": 2})
+                return dict(response.json()["choices"][0]["logprobs"])
+
+            chat_tasks = [asyncio.ensure_future(chat_answer(c)) for c in chats]
+            score_tasks = [asyncio.ensure_future(scored(p)) for p in prompts]
+            return list(await asyncio.gather(*chat_tasks)), list(await asyncio.gather(*score_tasks))
+
+    answers, scores = asyncio.run(main())
+    assert answers == expected
+    for found, reference in zip(scores, expected_scores, strict=True):
+        assert found["token_logprobs"][0] is None
+        assert found["token_logprobs"][1:] == pytest.approx(reference.logprobs[1:], abs=1e-4)
