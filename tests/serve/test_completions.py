@@ -230,3 +230,18 @@ def test_completions_beside_a_full_continuous_batch_give_the_same_answers(
     for found, reference in zip(scores, expected_scores, strict=True):
         assert found["token_logprobs"][0] is None
         assert found["token_logprobs"][1:] == pytest.approx(reference.logprobs[1:], abs=1e-4)
+
+
+def test_a_prompt_past_the_declared_context_is_400(
+    model: HFModel, start_server: Callable[..., ThreadServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model.tokenizer, "model_max_length", 12)
+    server = start_server(model, served_name="tiny")
+    ids = list(range(10, 20))
+    assert post(server, "completions", prompt=ids, max_tokens=2).status_code == 200
+    response = post(server, "completions", prompt=ids, max_tokens=3)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and "12 tokens" in error["message"]
+    scored = post(server, "completions", prompt=[*ids, 20, 21, 22], max_tokens=0, echo=True)
+    assert scored.status_code == 400

@@ -50,6 +50,8 @@ _FINISH_REASONS = {"stop": "stop", "length": "length", "guard": "content_filter"
 MAX_PROMPTS = 1024
 # OpenAI's default max_tokens for legacy completions.
 DEFAULT_MAX_TOKENS = 16
+# transformers' placeholder model_max_length for a tokenizer that declares none is 1e30.
+_NO_DECLARED_LIMIT = 10**9
 
 # As in chat completions: parameters that change the output but cannot be honoured, with the
 # values that mean "off".
@@ -231,10 +233,29 @@ def _encode(tokenizer: Any, prompts: Sequence[str | list[int]]) -> list[list[int
     return encoded
 
 
+def _check_context(tokenizer: Any, prompts: list[list[int]], max_tokens: int) -> None:
+    """A 400 (as OpenAI and vLLM word it) for a prompt plus ``max_tokens`` longer than the
+    context the tokenizer declares (``model_max_length``; tokenizers that declare none have a
+    huge placeholder there, and are not checked)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(limit, int) or limit >= _NO_DECLARED_LIMIT:
+        return
+    for i, prompt in enumerate(prompts):
+        if len(prompt) + max_tokens > limit:
+            raise RequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(prompt) + max_tokens} tokens ({len(prompt)} in prompt[{i}], {max_tokens} "
+                "for the completion). Please reduce the prompt or max_tokens.",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+
+
 def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], int]:
     """The choices of a request (prompt-major, sample-minor) and its prompt token count."""
     tokenizer = model.tokenizer
     prompts = _encode(tokenizer, parsed.prompts)
+    _check_context(tokenizer, prompts, parsed.max_tokens)
     n = parsed.sampling.n
     generated: list[list[Completion]]
     if parsed.max_tokens == 0:
