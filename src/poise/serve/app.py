@@ -2,7 +2,8 @@
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (with
 ``stream: true`` answered as server-sent events; ``logprobs`` / ``top_logprobs`` by
-:mod:`poise.serve.logprobs`), ``POST /v1/completions`` (:mod:`poise.serve.completions`). A model with the ``engine`` capability is
+:mod:`poise.serve.logprobs`), ``POST /v1/completions`` (:mod:`poise.serve.completions`) and
+``GET /openapi.json`` (:mod:`poise.serve.openapi`). A model with the ``engine`` capability is
 served by continuous batching (:class:`~poise.serve.continuous.ContinuousBatcher`): requests join
 the running batch at the next decoding step and a stream sends each token's text as soon as it is
 decoded. Other models are served by :class:`~poise.serve.batcher.Batcher`, which batches
