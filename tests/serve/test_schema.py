@@ -100,7 +100,9 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
     (body(stop=[""]), "stop", "invalid_value"),
     (body(stop=5), "stop", "invalid_type"),
     (body(stream="yes"), "stream", "invalid_type"),
-    (body(logprobs=True), "logprobs", "unsupported_parameter"),
+    (body(logprobs="yes"), "logprobs", "invalid_type"),
+    (body(top_logprobs=2), "top_logprobs", "invalid_value"),
+    (body(logprobs=True, top_logprobs=21), "top_logprobs", "invalid_value"),
     (body(presence_penalty=0.5), "presence_penalty", "unsupported_parameter"),
 ]
 

@@ -30,6 +30,7 @@ __all__ = [
     "ModelBase",
     "ProgressFn",
     "ResultFn",
+    "SequenceLogprobs",
     "StepView",
     "StreamEvent",
     "TokenLogprobs",
@@ -49,6 +50,11 @@ class Completion:
     finish_reason: FinishReason = "stop"
     # log-prob of each generated token under the sampling distribution's model, if asked for
     token_logprobs: tuple[float, ...] | None = None
+    # every token id the backend generated, where it knows them: the ``num_tokens`` counted and
+    # the EOS token that ended the completion, if one did (as vLLM reports them); what the
+    # server's log-probs cover. Not recorded (``to_dict``) and not compared: a completion read
+    # back from a cache equals the one generated.
+    token_ids: tuple[int, ...] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -116,6 +122,23 @@ class TokenLogprobs:
         return float(sum(self.logprobs))
 
 
+@dataclass(frozen=True)
+class SequenceLogprobs:
+    """Log-probs of a whole token sequence, position by position (teacher forcing, no chat
+    template): what OpenAI's completions API returns for ``echo`` with ``logprobs``.
+
+    The positions are ``start .. len(sequence) - 1`` of the sequence that was scored.
+    ``logprobs[i]`` is the natural log-prob of ``token_ids[i]`` given every token before it
+    (``None`` for the sequence's first token, which nothing predicts); ``top[i]`` holds the
+    ``top_k`` most likely token ids at that position with their log-probs, most likely first
+    (``()`` for the first token).
+    """
+
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float | None, ...]
+    top: tuple[tuple[tuple[int, float], ...], ...]
+
+
 # progress(k): k more chats finished since the previous call
 ProgressFn = Callable[[int], None]
 
@@ -132,12 +155,20 @@ class Capabilities:
       in lockstep (emulated fine-tuning, reward-guided search).
     - ``engine``: ``engine()`` returns an :class:`Engine`, a continuous batch that admits new
       requests at step boundaries (``poise serve`` uses it).
+    - ``tokens``: raw token sequences, no chat template (``poise serve``'s ``/v1/completions``
+      and log-probs use it): ``prompt_ids(chat)`` is the chat as ``generate`` feeds it,
+      ``complete(prompts, sampling)`` generates after each prompt of token ids as
+      ``generate`` does after a chat (its completions carry ``token_ids``), and
+      ``sequence_logprobs(sequences, top_k=, start=)`` gives every token's log-prob after its
+      prefix with the ``top_k`` most likely alternatives (:class:`SequenceLogprobs`). The
+      model's ``tokenizer`` turns text into those ids and back.
     """
 
     score: bool = False
     stream: bool = False
     step: bool = False
     engine: bool = False
+    tokens: bool = False
 
 
 @dataclass(frozen=True)

@@ -793,6 +793,7 @@ class Batcher:
                     num_tokens=row.length,
                     finish_reason="stop" if stopped else row.finish,
                     token_logprobs=tuple(row.logprobs[: row.length]),
+                    token_ids=tuple(row.tokens),
                 )
             )
         return results
@@ -819,12 +820,13 @@ class Batcher:
 
 def make_rows(
     key: Hashable,
-    chat: Chat,
+    chat: Chat | Sequence[int],
     prompt: list[int],
     sampling: Sampling,
     row_ids: Sequence[int],
 ) -> list[_Row]:
-    """``sampling.n`` rows of one chat, each seeded as ``generate`` seeds it."""
+    """``sampling.n`` rows of one chat (or raw prompt of token ids), each seeded as ``generate``
+    (or ``complete``) seeds it."""
     from poise.models.hf import row_seed
 
     rows = []

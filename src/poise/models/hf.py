@@ -42,6 +42,7 @@ from poise.models.base import (
     Completion,
     LogitsHook,
     ModelBase,
+    SequenceLogprobs,
     StreamEvent,
     TokenLogprobs,
 )
@@ -257,9 +258,12 @@ def _dtype_kwarg() -> str:
 # ----------------------------------------------------------------------------- sampling
 
 
-def row_seed(seed: int, chat: Chat, sample_index: int) -> int:
-    """The seed of one row's generator: a stable hash of (seed, chat, sample index)."""
-    blob = json.dumps([seed, chat, sample_index], sort_keys=True, ensure_ascii=False)
+def row_seed(seed: int, chat: Chat | Sequence[int], sample_index: int) -> int:
+    """The seed of one row's generator: a stable hash of (seed, chat, sample index); a raw
+    prompt (``complete``) is hashed by its token ids."""
+    ids = bool(chat) and all(isinstance(t, int) for t in chat)
+    source = [int(t) for t in chat] if ids else chat  # type: ignore[arg-type]
+    blob = json.dumps([seed, source, sample_index], sort_keys=True, ensure_ascii=False)
     return int.from_bytes(hashlib.sha256(blob.encode("utf-8")).digest()[:8], "big") >> 1
 
 
@@ -295,6 +299,9 @@ def sample_tokens(
     if sampling.top_p < 1.0:
         # mass strictly before each token (probs are sorted); the first token always stays
         outside = probs.cumsum(dim=-1) - probs >= sampling.top_p  # [batch, k]
+        # a top_p below float32's smallest value compares as 0 (>= 0 everywhere): the most
+        # likely token must stay all the same
+        outside[:, 0] = False
         probs = probs.masked_fill(outside, 0.0)
         kept = (~outside).sum(dim=-1, keepdim=True)  # [batch, 1]
     cdf = probs.cumsum(dim=-1)  # [batch, k]
@@ -359,7 +366,7 @@ class HFModel(ModelBase):
     hub id. The raw objects are exposed as ``model``, ``tokenizer`` and ``device``.
     """
 
-    capabilities = Capabilities(score=True, stream=True, step=True, engine=True)
+    capabilities = Capabilities(score=True, stream=True, step=True, engine=True, tokens=True)
 
     def __init__(
         self,
@@ -589,10 +596,18 @@ class HFModel(ModelBase):
     def _batcher(self, logits_hook: LogitsHook | None, *, stream: bool) -> Batcher:
         return Batcher(self, capacity=self.batch_size, logits_hook=logits_hook, stream=stream)
 
-    def _queue(self, batcher: Batcher, chats: Sequence[Chat], sampling: Sampling) -> None:
+    def _queue(
+        self,
+        batcher: Batcher,
+        chats: Sequence[Chat] | Sequence[Sequence[int]],
+        sampling: Sampling,
+        prompts: list[list[int]] | None = None,
+    ) -> None:
         """Queue every (chat, sample) row, longest prompts first (less padding per batch, and
-        memory peaks at the first batch). Row ids are ``chat * n + sample``."""
-        prompts = self._encode_prompts(chats)
+        memory peaks at the first batch). Row ids are ``chat * n + sample``. ``prompts``: the
+        token ids to decode after (default: the chats through the chat template)."""
+        if prompts is None:
+            prompts = self._encode_prompts(chats)  # type: ignore[arg-type]
         for c in sorted(range(len(chats)), key=lambda c: -len(prompts[c])):
             ids = range(c * sampling.n, (c + 1) * sampling.n)
             for row in make_rows(c, chats[c], prompts[c], sampling, ids):
@@ -622,8 +637,37 @@ class HFModel(ModelBase):
         """
         if not chats:
             return []
+        return self._generate(chats, self._encode_prompts(chats), sampling, progress, logits_hook)
+
+    def complete(
+        self,
+        prompts: Sequence[Sequence[int]],
+        sampling: Sampling,
+        *,
+        progress: Callable[[int], None] | None = None,
+        logits_hook: LogitsHook | None = None,
+    ) -> list[list[Completion]]:
+        """``sampling.n`` completions after each prompt of token ids, fed as given (no chat
+        template, no special tokens added): ``generate`` for raw prompts (the ``tokens``
+        capability). Rows are seeded from the prompt's token ids instead of a chat."""
+        if not prompts:
+            return []
+        ids = [[int(t) for t in p] for p in prompts]
+        for index, row in enumerate(ids):
+            if not row:
+                raise PoiseError(f"{self.name}: prompt {index} has no tokens")
+        return self._generate(ids, ids, sampling, progress, logits_hook)
+
+    def _generate(
+        self,
+        chats: Sequence[Chat] | Sequence[Sequence[int]],
+        prompts: list[list[int]],
+        sampling: Sampling,
+        progress: Callable[[int], None] | None,
+        logits_hook: LogitsHook | None,
+    ) -> list[list[Completion]]:
         batcher = self._batcher(logits_hook, stream=False)
-        self._queue(batcher, chats, sampling)
+        self._queue(batcher, chats, sampling, prompts)
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
         pending = [sampling.n] * len(chats)
         while not batcher.idle:
@@ -666,6 +710,86 @@ class HFModel(ModelBase):
         """A continuous batch of up to ``capacity`` rows (default ``batch_size``; the ``Engine``
         protocol), for a server: requests join and leave at step boundaries."""
         return HFEngine(self, logits_hook=logits_hook, capacity=capacity)
+
+    # -- raw token sequences (the ``tokens`` capability)
+
+    def prompt_ids(self, chat: Chat) -> list[int]:
+        """The chat's prompt as ``generate`` feeds it: the chat template with the generation
+        prompt, encoded without adding special tokens."""
+        (ids,) = self._encode_prompts([chat])
+        return ids
+
+    @torch.inference_mode()
+    def sequence_logprobs(
+        self,
+        sequences: Sequence[Sequence[int]],
+        *,
+        top_k: int = 0,
+        start: Sequence[int] | None = None,
+    ) -> list[SequenceLogprobs]:
+        """Teacher-forced log-probs of every token of each sequence after its prefix, with the
+        ``top_k`` most likely tokens at each position (:class:`SequenceLogprobs`).
+
+        ``start[i]``: the first position of sequence ``i`` to report (default 0; the first
+        token gets ``None``). Log-probs are natural logs under the unmodified model
+        distribution (temperature 1), ``log_softmax`` of the logits at the position before.
+        """
+        starts = list(start) if start is not None else [0] * len(sequences)
+        if len(starts) != len(sequences):
+            raise PoiseError("sequence_logprobs needs one start per sequence")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise PoiseError(f"top_k: expected a non-negative integer, got {top_k!r}")
+        rows_ids = [[int(t) for t in seq] for seq in sequences]
+        vocab = int(self.model.config.get_text_config().vocab_size)
+        top_k = min(top_k, vocab)
+        for index, (ids, first) in enumerate(zip(rows_ids, starts, strict=True)):
+            if not ids:
+                raise PoiseError(f"{self.name}: sequence {index} has no tokens")
+            if not 0 <= first <= len(ids):
+                raise PoiseError(f"{self.name}: start {first} is outside sequence {index}")
+            bad = [t for t in ids if not 0 <= t < vocab]
+            if bad:
+                raise PoiseError(
+                    f"{self.name}: sequence {index} holds token id {bad[0]}, outside the "
+                    f"vocabulary (0..{vocab - 1})"
+                )
+        results: list[SequenceLogprobs | None] = [None] * len(rows_ids)
+        # positions to report per sequence; position 0 needs no logits (nothing predicts it)
+        order = sorted(range(len(rows_ids)), key=lambda i: -len(rows_ids[i]))
+        index = 0
+        while index < len(order):
+            kept = max(len(rows_ids[order[index]]) - max(starts[order[index]], 1), 1)
+            rows = max(1, min(self.batch_size, _SCORE_LOGIT_BUDGET // (vocab * kept)))
+            chunk = order[index : index + rows]
+            index += len(chunk)
+            keep = max(len(rows_ids[i]) - max(starts[i], 1) for i in chunk)
+            if keep <= 0:
+                for i in chunk:
+                    results[i] = _sequence_result(rows_ids[i], starts[i], None, None, None)
+                continue
+            input_ids, mask = self._left_pad([rows_ids[i] for i in chunk])  # [rows, width]
+            positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+            # with left padding every sequence ends at the last position: the logits that
+            # predict its last ``keep`` tokens are the last keep+1 positions minus the final one
+            logits = self._forward(
+                input_ids, mask, positions, None, keep=keep + 1, use_cache=False
+            ).logits
+            logprobs = logits[:, -(keep + 1) : -1, :].float().log_softmax(dim=-1)
+            # [rows, keep, vocab]
+            targets = input_ids[:, -keep:]  # [rows, keep]
+            picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [rows, keep]
+            top_values, top_ids = (
+                logprobs.topk(top_k, dim=-1) if top_k else (None, None)
+            )  # [rows, keep, top_k]
+            for row, i in enumerate(chunk):
+                results[i] = _sequence_result(
+                    rows_ids[i],
+                    starts[i],
+                    picked[row].tolist(),
+                    top_ids[row].tolist() if top_ids is not None else None,
+                    top_values[row].tolist() if top_values is not None else None,
+                )
+        return [r for r in results if r is not None]
 
     # -- score
 
@@ -719,3 +843,38 @@ class HFModel(ModelBase):
                     token_ids=tuple(targets[i]),
                 )
         return [r for r in results if r is not None]
+
+
+def _sequence_result(
+    ids: list[int],
+    start: int,
+    picked: list[float] | None,
+    top_ids: list[list[int]] | None,
+    top_values: list[list[float]] | None,
+) -> SequenceLogprobs:
+    """One sequence's :class:`SequenceLogprobs` from the last ``keep`` positions of its chunk.
+
+    ``picked`` [keep]: log-probs of the chunk's last ``keep`` tokens (a shorter sequence's
+    reported tokens are its last ones); ``top_ids`` / ``top_values`` [keep][top_k] likewise."""
+    logprobs: list[float | None] = []
+    top: list[tuple[tuple[int, float], ...]] = []
+    length = len(ids)
+    for position in range(start, length):
+        if position == 0:
+            logprobs.append(None)
+            top.append(())
+            continue
+        assert picked is not None
+        back = length - position  # 1 for the last token
+        column = len(picked) - back
+        logprobs.append(float(picked[column]))
+        if top_ids is not None and top_values is not None:
+            top.append(
+                tuple(
+                    (int(t), float(v))
+                    for t, v in zip(top_ids[column], top_values[column], strict=True)
+                )
+            )
+        else:
+            top.append(())
+    return SequenceLogprobs(token_ids=tuple(ids[start:]), logprobs=tuple(logprobs), top=tuple(top))

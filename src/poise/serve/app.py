@@ -1,7 +1,9 @@
 """``poise serve``: an OpenAI-compatible HTTP server over any ``LanguageModel``.
 
 Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/chat/completions`` (with
-``stream: true`` answered as server-sent events). A model with the ``engine`` capability is
+``stream: true`` answered as server-sent events; ``logprobs`` / ``top_logprobs`` by
+:mod:`poise.serve.logprobs`), ``POST /v1/completions`` (:mod:`poise.serve.completions`) and
+``GET /openapi.json`` (:mod:`poise.serve.openapi`). A model with the ``engine`` capability is
 served by continuous batching (:class:`~poise.serve.continuous.ContinuousBatcher`): requests join
 the running batch at the next decoding step and a stream sends each token's text as soon as it is
 decoded. Other models are served by :class:`~poise.serve.batcher.Batcher`, which batches
@@ -45,9 +47,13 @@ from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
 from poise.models.context import ContextLengthError, fit_context, prompt_token_count
 from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
+from poise.serve.completions import CompletionRequestBody, add_completions_route
 from poise.serve.continuous import ContinuousBatcher
+from poise.serve.logprobs import add_chat_logprobs, check_tokens_capability, stream_logprobs
+from poise.serve.openapi import document_request_bodies
 from poise.serve.schema import (
     ChatRequest,
+    ChatRequestBody,
     RequestError,
     ServeConfig,
     error_body,
@@ -188,6 +194,8 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
             parsed = parse_request(await request.body(), config)
             if parsed.model not in _accepted_names(state):
                 raise _unknown_model(parsed.model, state)
+            if parsed.logprobs:
+                check_tokens_capability(state.model, "logprobs")
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
@@ -207,6 +215,11 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
                 )
             )
 
+    add_completions_route(app, model, config)
+    document_request_bodies(
+        app,
+        {"/v1/chat/completions": ChatRequestBody, "/v1/completions": CompletionRequestBody},
+    )
     return app
 
 
@@ -282,7 +295,9 @@ async def _answer(state: ServerState, request: Request, parsed: ChatRequest) -> 
     try:
         if not parsed.stream:
             generation = await _unless_gone(state, request, ticket.generation())
-            return JSONResponse(_completion_body(state, parsed, generation))
+            body = _completion_body(state, parsed, generation)
+            await add_chat_logprobs(state.model, parsed, generation.completions, body["choices"])
+            return JSONResponse(body)
         events = ticket.events()
         first = await _unless_gone(state, request, _first_event(events))
         handed_over = True
@@ -405,24 +420,26 @@ async def _sse_events(
     completion_id = _completion_id()
     created = int(time.time())
 
-    def chunk(index: int, delta: dict[str, str], finish: str | None) -> bytes:
+    def chunk(index: int, delta: dict[str, str], finish: str | None, logprobs: Any = None) -> bytes:
         body = {
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": state.config.name,
             "choices": [
-                {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+                {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
             ],
         }
         return _sse(body)
 
-    def for_event(event: StreamEvent) -> bytes:
+    async def for_event(event: StreamEvent) -> bytes:
         out = b""
         if event.text:
             out += chunk(event.sample_index, {"content": event.text}, None)
         if event.completion is not None:
-            out += chunk(event.sample_index, {}, _finish(event.completion))
+            # log-probs, when asked for, come with the choice's last chunk, all at once
+            logprobs = await stream_logprobs(state.model, parsed, event.completion)
+            out += chunk(event.sample_index, {}, _finish(event.completion), logprobs)
         return out
 
     try:
@@ -430,10 +447,10 @@ async def _sse_events(
             chunk(i, {"role": "assistant", "content": ""}, None) for i in range(ticket.n)
         )
         if first is not None:
-            yield for_event(first)
+            yield await for_event(first)
         try:
             async for event in events:
-                piece = for_event(event)
+                piece = await for_event(event)
                 if piece:
                     yield piece
         except Exception as exc:

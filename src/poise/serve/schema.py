@@ -146,15 +146,18 @@ class _RequestIn(BaseModel):
     stop: str | list[str] | None = None
     stream: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
+
+# the body's schema, for the OpenAPI description (poise.serve.openapi)
+ChatRequestBody = _RequestIn
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 # Parameters that change the output but that poise serve cannot honour, with the value that
 # means "off". A request that turns one on is refused rather than silently answered wrongly.
 _UNSUPPORTED: dict[str, tuple[object, ...]] = {
-    "logprobs": (None, False),
-    "top_logprobs": (None, 0),
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
     "repetition_penalty": (None, 1, 1.0),
@@ -189,6 +192,9 @@ class ChatRequest:
     # no max_tokens given: sampling.max_new_tokens is a ceiling, and the request gets what is
     # left of the model's context under it (poise.models.context.fit_context)
     fill_max_tokens: bool = False
+    # per-token log-probs of the answer, with this many alternatives (poise.serve.logprobs)
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
@@ -292,6 +298,10 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     except ValidationError as exc:
         raise validation_error(exc) from None
 
+    if req.top_logprobs and not req.logprobs:
+        raise RequestError(
+            "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
+        )
     include_usage = bool((req.stream_options or {}).get("include_usage", False))
     return ChatRequest(
         model=req.model,
@@ -301,6 +311,8 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         stream=bool(req.stream),
         include_usage=include_usage,
         fill_max_tokens=fill_max_tokens,
+        logprobs=bool(req.logprobs),
+        top_logprobs=req.top_logprobs or 0,
     )
 
 

@@ -1,0 +1,410 @@
+"""``POST /v1/completions``: OpenAI's legacy completions API (prompt in, text out).
+
+The prompt is fed as given, without the chat template: a string (tokenized with the model's
+tokenizer, special tokens added as the tokenizer adds them, as vLLM does), a list of strings, a
+list of token ids, or a list of such lists. Each prompt gets ``n`` choices, ``choices[i * n +
+j]`` for prompt ``i`` and sample ``j``. Fields: ``max_tokens`` (default 16; 0 with ``echo``
+scores the prompt without generating), ``temperature`` (default 1), ``top_p``, ``top_k``
+(vLLM's extension), ``n``, ``stop``, ``seed``, ``stream``, ``echo`` (the choice's text starts
+with the prompt) and ``logprobs`` (an int k: per-token log-probs with the k most likely
+alternatives; see :mod:`poise.serve.logprobs`). With ``echo`` and ``logprobs`` the prompt's
+tokens are scored too, which is what lm-evaluation-harness's ``local-completions`` model reads
+for log-likelihood tasks (``max_tokens: 1, echo: true, logprobs: 1``).
+
+The endpoint needs a model with the ``tokens`` capability (the hf backend); other models get a
+501. Requests run on the model in a worker thread beside the server's scheduler, one request at
+a time (the prompts of one request are batched together): a client that wants throughput sends
+its prompts as a list. A streamed response sends each choice's text in word-sized pieces once it
+is generated (with ``logprobs``: the whole text in one chunk with its log-probs).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models.base import Completion, LanguageModel, SequenceLogprobs
+from poise.serve.batcher import text_pieces
+from poise.serve.logprobs import (
+    MAX_TOP_LOGPROBS,
+    completion_logprobs,
+    run_in_thread,
+)
+from poise.serve.schema import RequestError, ServeConfig, error_body, validation_error
+from poise.serve.ticket import fresh_seed
+
+__all__ = ["CompletionRequest", "add_completions_route", "parse_completion_request"]
+
+_FINISH_REASONS = {"stop": "stop", "length": "length", "guard": "content_filter"}
+# Prompts one request may hold (lm-eval sends its batch as one list).
+MAX_PROMPTS = 1024
+# OpenAI's default max_tokens for legacy completions.
+DEFAULT_MAX_TOKENS = 16
+# transformers' placeholder model_max_length for a tokenizer that declares none is 1e30.
+_NO_DECLARED_LIMIT = 10**9
+
+# As in chat completions: parameters that change the output but cannot be honoured, with the
+# values that mean "off".
+_UNSUPPORTED: dict[str, tuple[object, ...]] = {
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "logit_bias": (None, {}),
+}
+
+
+class _CompletionIn(BaseModel):
+    # Strict like chat requests; unknown harmless fields (user, metadata ...) are allowed.
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str
+    prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]
+    max_tokens: StrictInt | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0.0, le=100.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: StrictInt | None = Field(None, ge=-1)
+    n: StrictInt | None = None
+    seed: StrictInt | None = None
+    stop: str | list[str] | None = None
+    stream: StrictBool | None = None
+    stream_options: dict[str, Any] | None = None
+    echo: StrictBool | None = None
+    logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+
+# the body's schema, for the OpenAPI description (poise.serve.openapi)
+CompletionRequestBody = _CompletionIn
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """A parsed legacy completion request. ``prompts`` are strings or token-id lists;
+    ``max_tokens`` 0 means score only (``echo``); ``logprobs`` None means none asked for."""
+
+    model: str
+    prompts: list[str | list[int]]
+    sampling: Sampling
+    max_tokens: int
+    seeded: bool
+    stream: bool
+    include_usage: bool
+    echo: bool
+    logprobs: int | None
+
+
+def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionRequest:
+    """Bytes of a request body -> :class:`CompletionRequest`, or :class:`RequestError` (400)."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise RequestError(
+            f"the request body is not valid JSON ({exc})", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object", code="invalid_type")
+    try:
+        req = _CompletionIn.model_validate(data)
+    except (ValidationError, RecursionError) as exc:
+        if isinstance(exc, RecursionError):
+            raise RequestError("the request body is nested too deeply") from None
+        raise validation_error(exc) from None
+    for key, off_values in _UNSUPPORTED.items():
+        if key in data and data[key] not in off_values:
+            raise RequestError(
+                f"{key} is not supported by poise serve", param=key, code="unsupported_parameter"
+            )
+
+    prompt = req.prompt
+    prompts: list[str | list[int]]
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif prompt and isinstance(prompt[0], int):
+        prompts = [[int(t) for t in prompt]]
+    else:
+        prompts = list(prompt)  # type: ignore[arg-type]
+    if not prompts:
+        raise RequestError("prompt must not be empty", param="prompt", code="invalid_value")
+    if len(prompts) > MAX_PROMPTS:
+        raise RequestError(
+            f"prompt holds {len(prompts)} prompts; at most {MAX_PROMPTS} per request",
+            param="prompt",
+            code="invalid_value",
+        )
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise RequestError(
+                f"prompt[{i}] is empty", param=f"prompt[{i}]" if len(prompts) > 1 else "prompt"
+            )
+        if not isinstance(p, str) and any(t < 0 for t in p):
+            raise RequestError(
+                f"prompt[{i}] holds a negative token id", param="prompt", code="invalid_value"
+            )
+
+    echo = bool(req.echo)
+    max_tokens = DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
+    if max_tokens == 0 and not echo:
+        raise RequestError(
+            "max_tokens must be at least 1 (0 only with echo, to score the prompt)",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    if max_tokens > config.max_tokens_limit:
+        raise RequestError(
+            f"max_tokens must be at most {config.max_tokens_limit}, got {max_tokens}",
+            param="max_tokens",
+            code="invalid_value",
+        )
+    n = 1 if req.n is None else req.n
+    if not 1 <= n <= config.max_n:
+        raise RequestError(
+            f"n must be between 1 and {config.max_n}, got {n}", param="n", code="invalid_value"
+        )
+    stop: tuple[str, ...] = ()
+    if req.stop is not None:
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+        if any(s == "" for s in stop):
+            raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
+    try:
+        sampling = Sampling(
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=max(0, req.top_k or 0),
+            max_new_tokens=max(1, max_tokens),
+            n=n,
+            seed=0 if req.seed is None else req.seed,
+            stop=stop,
+        )
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    return CompletionRequest(
+        model=req.model,
+        prompts=prompts,
+        sampling=sampling,
+        max_tokens=max_tokens,
+        seeded=req.seed is not None,
+        stream=bool(req.stream),
+        include_usage=bool((req.stream_options or {}).get("include_usage", False)),
+        echo=echo,
+        logprobs=req.logprobs,
+    )
+
+
+# -- answering --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Choice:
+    text: str
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None
+    completion_tokens: int
+
+
+def _encode(tokenizer: Any, prompts: Sequence[str | list[int]]) -> list[list[int]]:
+    vocab = len(tokenizer)
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            ids = [int(t) for t in tokenizer(prompt)["input_ids"]]
+            if not ids:
+                raise RequestError(f"prompt[{i}] has no tokens", param="prompt")
+        else:
+            ids = list(prompt)
+            bad = next((t for t in ids if t >= vocab), None)
+            if bad is not None:
+                raise RequestError(
+                    f"prompt[{i}] holds token id {bad}, outside the vocabulary (0..{vocab - 1})",
+                    param="prompt",
+                    code="invalid_value",
+                )
+        encoded.append(ids)
+    return encoded
+
+
+def _check_context(tokenizer: Any, prompts: list[list[int]], max_tokens: int) -> None:
+    """A 400 (as OpenAI and vLLM word it) for a prompt plus ``max_tokens`` longer than the
+    context the tokenizer declares (``model_max_length``; tokenizers that declare none have a
+    huge placeholder there, and are not checked)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(limit, int) or limit >= _NO_DECLARED_LIMIT:
+        return
+    for i, prompt in enumerate(prompts):
+        if len(prompt) + max_tokens > limit:
+            raise RequestError(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{len(prompt) + max_tokens} tokens ({len(prompt)} in prompt[{i}], {max_tokens} "
+                "for the completion). Please reduce the prompt or max_tokens.",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+
+
+def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], int]:
+    """The choices of a request (prompt-major, sample-minor) and its prompt token count."""
+    tokenizer = model.tokenizer
+    prompts = _encode(tokenizer, parsed.prompts)
+    _check_context(tokenizer, prompts, parsed.max_tokens)
+    n = parsed.sampling.n
+    generated: list[list[Completion]]
+    if parsed.max_tokens == 0:
+        generated = [[Completion(text="", num_tokens=0, finish_reason="length", token_ids=())] * n]
+        generated = generated * len(prompts)
+    else:
+        generated = model.complete(prompts, parsed.sampling)
+    scored: list[SequenceLogprobs] | None = None
+    if parsed.logprobs is not None:
+        sequences = [
+            p + list(c.token_ids or ())
+            for p, cs in zip(prompts, generated, strict=True)
+            for c in cs
+        ]
+        starts = [0 if parsed.echo else len(p) for p in prompts for _ in range(n)]
+        scored = model.sequence_logprobs(sequences, top_k=parsed.logprobs, start=starts)
+    choices = []
+    for i, (prompt, completions) in enumerate(zip(prompts, generated, strict=True)):
+        given = parsed.prompts[i]
+        prefix = ""
+        if parsed.echo:
+            prefix = (
+                given
+                if isinstance(given, str)
+                else str(tokenizer.decode(prompt, skip_special_tokens=False))
+            )
+        for j, completion in enumerate(completions):
+            logprobs = None
+            if scored is not None:
+                logprobs = completion_logprobs(tokenizer, scored[i * n + j], parsed.logprobs or 0)
+            choices.append(
+                _Choice(
+                    text=str(prefix) + completion.text,
+                    finish_reason=_FINISH_REASONS.get(completion.finish_reason, "stop"),
+                    logprobs=logprobs,
+                    completion_tokens=completion.num_tokens,
+                )
+            )
+    return choices, sum(len(p) for p in prompts)
+
+
+def add_completions_route(app: FastAPI, model: LanguageModel, config: ServeConfig) -> None:
+    """Register ``POST /v1/completions`` for ``model`` served as ``config.name``."""
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        try:
+            parsed = parse_completion_request(await request.body(), config)
+            if parsed.model not in {config.name, model.name}:
+                raise RequestError(
+                    f"the model {parsed.model!r} does not exist; this server serves "
+                    f"{config.name!r}",
+                    status=404,
+                    param="model",
+                    code="model_not_found",
+                )
+            if not model.capabilities.tokens or model.tokenizer is None:
+                raise RequestError(
+                    f"/v1/completions needs a model that takes raw token prompts (the tokens "
+                    f"capability); {model.name} does not: use /v1/chat/completions",
+                    status=501,
+                    type="not_implemented_error",
+                    code="not_implemented",
+                )
+            if not parsed.seeded:
+                parsed = _with_seed(parsed, fresh_seed())
+            choices, prompt_tokens = await run_in_thread(_answer_sync, model, parsed)
+        except RequestError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+        except PoiseError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return JSONResponse(error_body(first), status_code=400)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": sum(c.completion_tokens for c in choices),
+            "total_tokens": prompt_tokens + sum(c.completion_tokens for c in choices),
+        }
+        completion_id = f"cmpl-{secrets.token_hex(12)}"
+        created = int(time.time())
+        if parsed.stream:
+            return StreamingResponse(
+                _sse(completion_id, created, config.name, choices, parsed, usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": created,
+                "model": config.name,
+                "choices": [
+                    {
+                        "index": i,
+                        "text": c.text,
+                        "logprobs": c.logprobs,
+                        "finish_reason": c.finish_reason,
+                    }
+                    for i, c in enumerate(choices)
+                ],
+                "usage": usage,
+            }
+        )
+
+
+def _with_seed(parsed: CompletionRequest, seed: int) -> CompletionRequest:
+    from dataclasses import replace
+
+    return replace(parsed, sampling=parsed.sampling.model_copy(update={"seed": seed}))
+
+
+async def _sse(
+    completion_id: str,
+    created: int,
+    name: str,
+    choices: list[_Choice],
+    parsed: CompletionRequest,
+    usage: dict[str, int],
+) -> AsyncIterator[bytes]:
+    """OpenAI's streamed text completion: chunks of ``choices[0].text`` per choice, the last
+    with its ``finish_reason``, the usage if asked for, then ``data: [DONE]``."""
+
+    def chunk(index: int, text: str, logprobs: Any, finish: str | None) -> bytes:
+        body = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "choices": [
+                {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
+            ],
+        }
+        return b"data: " + json.dumps(body, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+    for index, choice in enumerate(choices):
+        if choice.logprobs is not None:
+            yield chunk(index, choice.text, choice.logprobs, None)
+        else:
+            for piece in text_pieces(choice.text):
+                yield chunk(index, piece, None, None)
+        yield chunk(index, "", None, choice.finish_reason)
+    if parsed.include_usage:
+        body = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": name,
+            "choices": [],
+            "usage": usage,
+        }
+        yield b"data: " + json.dumps(body).encode("utf-8") + b"\n\n"
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,247 @@
+"""``/v1/completions`` and log-probs on chat completions, against a tiny hf model served in a
+thread of the test process; numbers are checked against the model's own ``score`` and
+``generate``, and responses are read with the official openai client where it can."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import OpenAI
+
+from poise.config import Sampling
+from poise.models.hf import HFModel
+
+from .helpers import EchoModel, ThreadServer, read_sse
+
+CHAT = [{"role": "user", "content": "the cat sat"}]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_hf_model_dir: Path) -> HFModel:
+    return HFModel(str(tiny_hf_model_dir), device="cpu", batch_size=8)
+
+
+@pytest.fixture
+def server(model: HFModel, start_server: Callable[..., ThreadServer]) -> ThreadServer:
+    return start_server(model, served_name="tiny", max_tokens_limit=64, max_n=4)
+
+
+def post(server: ThreadServer, path: str, **payload: Any) -> httpx.Response:
+    return httpx.post(f"{server.url}/v1/{path}", json={"model": "tiny", **payload}, timeout=60)
+
+
+def test_echo_with_max_tokens_0_scores_the_prompt_as_score_does(
+    server: ThreadServer, model: HFModel
+) -> None:
+    answer = " the answer"
+    (scored,) = model.score([CHAT], [answer])
+    prompt = model.prompt_ids(CHAT)
+    ids = prompt + list(scored.token_ids)
+    response = post(server, "completions", prompt=ids, max_tokens=0, echo=True, logprobs=2)
+    assert response.status_code == 200, response.text
+    (choice,) = response.json()["choices"]
+    logprobs = choice["logprobs"]
+    assert len(logprobs["tokens"]) == len(ids)
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    assert logprobs["token_logprobs"][len(prompt) :] == pytest.approx(scored.logprobs, abs=1e-4)
+    for chosen, token, top in zip(
+        logprobs["token_logprobs"][1:],
+        logprobs["tokens"][1:],
+        logprobs["top_logprobs"][1:],
+        strict=True,
+    ):
+        assert top[token] == chosen  # the chosen token is always listed
+        assert 2 <= len(top) <= 3
+        assert max(top.values()) >= chosen
+    assert choice["text"] == model.tokenizer.decode(ids)
+    offsets = logprobs["text_offset"]
+    assert offsets[0] == 0 and offsets == sorted(offsets)
+    assert choice["finish_reason"] == "length"
+    assert response.json()["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_generation_from_a_raw_prompt_equals_generate_after_the_chat_template(
+    server: ThreadServer, model: HFModel
+) -> None:
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    text = model.prompt_text(CHAT)
+    sampling = Sampling(temperature=0, max_new_tokens=10)
+    (expected,) = model.generate([CHAT], sampling)
+    result = client.completions.create(model="tiny", prompt=text, max_tokens=10, temperature=0)
+    assert result.choices[0].text == expected[0].text
+    assert result.usage is not None
+    assert result.usage.completion_tokens == expected[0].num_tokens
+    echoed = client.completions.create(
+        model="tiny", prompt=[text, text], max_tokens=10, temperature=0, echo=True, n=2
+    )
+    assert [c.index for c in echoed.choices] == [0, 1, 2, 3]
+    assert {c.text for c in echoed.choices} == {text + expected[0].text}
+
+
+def test_seeded_samples_repeat_and_streaming_joins_to_the_same_text(server: ThreadServer) -> None:
+    payload = {"prompt": "the cat", "max_tokens": 12, "temperature": 1.0, "seed": 5, "n": 2}
+    first = post(server, "completions", **payload).json()
+    again = post(server, "completions", **payload).json()
+    texts = [c["text"] for c in first["choices"]]
+    assert texts == [c["text"] for c in again["choices"]]
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/completions",
+        json={"model": "tiny", **payload, "stream": True},
+        timeout=60,
+    ) as response:
+        chunks, done = read_sse(list(response.iter_lines()))
+    assert done
+    joined = ["", ""]
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            joined[choice["index"]] += choice["text"]
+    assert joined == texts
+
+
+def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: HFModel) -> None:
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    sampling = Sampling(temperature=0, max_new_tokens=8)
+    (expected,) = model.generate([CHAT], sampling)
+    result = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    choice = result.choices[0]
+    assert choice.message.content == expected[0].text
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    content = choice.logprobs.content
+    assert [t.logprob for t in content][: expected[0].num_tokens] == pytest.approx(
+        list(expected[0].token_logprobs or ()), abs=1e-4
+    )
+    for token in content:
+        assert len(token.top_logprobs) == 3
+        values = [t.logprob for t in token.top_logprobs]
+        assert values == sorted(values, reverse=True)
+        assert token.top_logprobs[0].token == token.token  # greedy: the chosen is the likeliest
+        assert bytes(token.bytes or []).decode("utf-8") == token.token
+
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+        stream=True,
+    )
+    streamed = [
+        t
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].logprobs
+        for t in (chunk.choices[0].logprobs.content or [])
+    ]
+    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in content]
+
+
+@pytest.mark.parametrize(
+    ("payload", "param"),
+    [
+        ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+        ({"prompt": "x", "logprobs": 21}, "logprobs"),
+        ({"prompt": "x", "suffix": "y"}, "suffix"),
+        ({"prompt": []}, "prompt"),
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": [[1, 2], [10**9]]}, "prompt"),
+        ({"prompt": [-1]}, "prompt"),
+        ({"prompt": "x", "n": 5}, "n"),
+        ({"prompt": "x", "max_tokens": 65}, "max_tokens"),
+        ({"prompt": "x", "echo": "yes"}, "echo"),
+    ],
+)
+def test_malformed_completion_requests_are_400(
+    server: ThreadServer, payload: dict[str, Any], param: str
+) -> None:
+    response = post(server, "completions", **payload)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_model_without_the_tokens_capability_says_so(
+    start_server: Callable[..., ThreadServer],
+) -> None:
+    server = start_server(EchoModel(), served_name="tiny")
+    response = post(server, "completions", prompt="hi")
+    assert response.status_code == 501
+    assert "tokens capability" in response.json()["error"]["message"]
+    chat = post(server, "chat/completions", messages=CHAT, logprobs=True)
+    assert chat.status_code == 400
+    assert chat.json()["error"]["param"] == "logprobs"
+    assert post(server, "chat/completions", messages=CHAT).status_code == 200
+
+
+def test_openapi_describes_both_request_bodies(server: ThreadServer) -> None:
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    for path in ("/v1/chat/completions", "/v1/completions"):
+        body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        name = body["schema"]["$ref"].rsplit("/", 1)[-1]
+        assert "model" in schema["components"]["schemas"][name]["properties"]
+    assert json.dumps(schema)  # serialisable as served
+
+
+@pytest.mark.slow
+def test_completions_beside_a_full_continuous_batch_give_the_same_answers(
+    model: HFModel, start_server: Callable[..., ThreadServer]
+) -> None:
+    """Completions and log-probs run on the model in their own thread while the engine's worker
+    decodes 32 chat rows: neither disturbs the other."""
+    import asyncio
+
+    server = start_server(model, served_name="tiny", max_batch=64, join_rows=64)
+    chats = [[{"role": "user", "content": f"question {i} about the cat"}] for i in range(32)]
+    sampling = Sampling(temperature=0, max_new_tokens=16)
+    expected = [c[0].text for c in model.generate(chats, sampling)]
+    prompts = [model.prompt_ids(c) for c in chats[:8]]
+    expected_scores = model.sequence_logprobs(prompts, top_k=2)
+
+    async def main() -> tuple[list[str], list[dict[str, Any]]]:
+        async with httpx.AsyncClient(base_url=f"{server.url}/v1", timeout=120) as client:
+
+            async def chat_answer(messages: list[dict[str, str]]) -> str:
+                body = {"model": "tiny", "messages": messages, "max_tokens": 16, "temperature": 0}
+                response = await client.post("/chat/completions", json=body)
+                return str(response.json()["choices"][0]["message"]["content"])
+
+            async def scored(ids: list[int]) -> dict[str, Any]:
+                body = {"model": "tiny", "prompt": ids, "max_tokens": 0, "echo": True}
+                response = await client.post("/completions", json={**body, "logprobs": 2})
+                return dict(response.json()["choices"][0]["logprobs"])
+
+            chat_tasks = [asyncio.ensure_future(chat_answer(c)) for c in chats]
+            score_tasks = [asyncio.ensure_future(scored(p)) for p in prompts]
+            return list(await asyncio.gather(*chat_tasks)), list(await asyncio.gather(*score_tasks))
+
+    answers, scores = asyncio.run(main())
+    assert answers == expected
+    for found, reference in zip(scores, expected_scores, strict=True):
+        assert found["token_logprobs"][0] is None
+        assert found["token_logprobs"][1:] == pytest.approx(reference.logprobs[1:], abs=1e-4)
+
+
+def test_a_prompt_past_the_declared_context_is_400(
+    model: HFModel, start_server: Callable[..., ThreadServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model.tokenizer, "model_max_length", 12)
+    server = start_server(model, served_name="tiny")
+    ids = list(range(10, 20))
+    assert post(server, "completions", prompt=ids, max_tokens=2).status_code == 200
+    response = post(server, "completions", prompt=ids, max_tokens=3)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and "12 tokens" in error["message"]
+    scored = post(server, "completions", prompt=[*ids, 20, 21, 22], max_tokens=0, echo=True)
+    assert scored.status_code == 400
