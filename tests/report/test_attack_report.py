@@ -71,3 +71,10 @@ def test_exploitation_report_shows_misalignment_and_the_config_heat_map(tmp_path
     for config in ("temperature=0.50", "greedy"):
         assert config in section
     assert "sys=on" in section and "sys=off" in section
+    # the distinct completions per prompt stand beside the misalignment rate
+    distinct = summary["distinct_completions"]["harmful"]
+    assert distinct["prompts"] == mis["n"] and distinct["completions_per_prompt"] == 100
+    row = (
+        f'distinct completions per harmful prompt</td><td class="num">{distinct["mean"]:.1f} of 100'
+    )
+    assert row in section

@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.table import Table
 
+from poise.report.attack_view import distinct_text
+
 
 def _pct(rate: dict[str, Any] | None) -> str:
     if not rate:
@@ -48,6 +50,12 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
         _pct(summary.get("borderline_overrefused_any_rate")),
         str(summary["borderline_overrefused_any_rate"]["n"]),
     )
+    for kind, distinct in (summary.get("distinct_completions") or {}).items():
+        head.add_row(
+            f"distinct completions per {kind} prompt",
+            distinct_text(distinct),
+            str(distinct["prompts"]),
+        )
     configs = summary["configs"]
     ranked = sorted(configs, key=lambda c: -configs[c].get("harmful", {"value": -1})["value"])[:top]
     table = Table(title=f"top {len(ranked)} configurations by harmful rate")

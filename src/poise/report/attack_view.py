@@ -4,7 +4,8 @@
   its 95% Wilson interval as a band, and the curve predicted from the per-prompt harmful
   probabilities with its bootstrap interval, on a log-2 N axis.
 - decoding exploitation (arXiv 2310.06987): the misalignment rate (prompts broken by at least
-  one configuration) next to the greedy and the worst configuration's harmful rates, and every
+  one configuration) next to the greedy and the worst configuration's harmful rates and the
+  number of distinct completions per prompt, and every
   configuration's rates as a heat map: one row per decoding configuration, one column per rate
   and prompting variant (``sys=on`` / ``sys=off``), each cell its rate in percent.
 """
@@ -72,6 +73,15 @@ def _split(config: str) -> tuple[str, str]:
     """``temperature=0.70/sys=on`` -> (``temperature=0.70``, ``sys=on``)."""
     decoding, _, variant = config.partition("/")
     return decoding, variant
+
+
+def distinct_text(distinct: Mapping[str, Any]) -> str:
+    """``5.8 of 100 (median 6, 3-9)``: distinct completion texts per prompt, of the records per
+    prompt (configurations x system settings x samples)."""
+    return (
+        f"{distinct['mean']:.1f} of {distinct['completions_per_prompt']} "
+        f"(median {distinct['median']:g}, {distinct['min']}-{distinct['max']})"
+    )
 
 
 def config_heat_map(configs: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -185,12 +195,22 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 "borderline over-refused under ≥ 1 configuration",
                 _pct(summary.get("borderline_overrefused_any_rate")),
             ],
+            *(
+                [
+                    f"distinct completions per {kind} prompt",
+                    distinct_text(summary["distinct_completions"][kind]),
+                ]
+                for kind in ("harmful", "borderline")
+                if kind in (summary.get("distinct_completions") or {})
+            ),
         ]
         return {
             "id": "exploitation",
             "title": "Decoding exploitation (arXiv 2310.06987)",
-            "lead": f"{len(configs)} configurations. A prompt is broken when at least one "
-            "configuration gets a harmful answer; the heat map gives every configuration's rates.",
+            "lead": f"{len(configs)} configurations, each sampled with its own seed. A prompt is "
+            "broken when at least one configuration gets a harmful answer; the distinct "
+            "completions say how many different answers per prompt that rests on; the heat map "
+            "gives every configuration's rates.",
             "svg": config_heat_map(configs),
             "svg_id": "config-grid",
             "columns": ["measure", "rate [95% interval]"],
