@@ -31,7 +31,9 @@ def _cluster_se_statsmodels(successes: list[int], trials: list[int]) -> float:
     constant with cluster covariance (its default correction G/(G-1) · (N-1)/(N-K), K = 1)."""
     import statsmodels.api as sm
 
-    y = np.concatenate([[1.0] * k + [0.0] * (n - k) for k, n in zip(successes, trials)])
+    y = np.concatenate(
+        [[1.0] * k + [0.0] * (n - k) for k, n in zip(successes, trials, strict=True)]
+    )
     groups = np.concatenate([[i] * n for i, n in enumerate(trials)])
     fit = sm.OLS(y, np.ones((len(y), 1))).fit(cov_type="cluster", cov_kwds={"groups": groups})
     return float(fit.bse[0])
@@ -131,7 +133,7 @@ def test_paired_clustered_matches_statsmodels() -> None:
     a = [(3, 4), (0, 4), (4, 4), (1, 4), (2, 4), (0, 4), (4, 4), (1, 4), (0, 4)]
     b = [(1, 4), (0, 4), (2, 4), (0, 4), (2, 4), (0, 4), (3, 4), (0, 4), (1, 4)]
     y, x, groups = [], [], []
-    for i, ((ka, na), (kb, nb)) in enumerate(zip(a, b)):
+    for i, ((ka, na), (kb, nb)) in enumerate(zip(a, b, strict=True)):
         for k, n, arm in ((ka, na, 1.0), (kb, nb, 0.0)):
             y += [1.0] * k + [0.0] * (n - k)
             x += [[1.0, arm]] * n
