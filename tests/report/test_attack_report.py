@@ -40,6 +40,8 @@ def test_worst_of_n_report_draws_the_curve_and_its_prediction(tmp_path: Path) ->
     assert "predicted" in section and "empirical" in section
     summary = json.loads((run / "metrics.json").read_text())["attack"]
     assert f"{summary['prompts']} prompts" in section
+    assert "beta-binomial" in section and summary["prediction_model"]["model"] == "beta-binomial"
+    assert max(p["n"] for p in summary["predicted"]) == 4096  # extrapolated far beyond n = 4
     # the sampling row says what the records were generated with, not the config's greedy default
     records = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     used = records[0]["config"]

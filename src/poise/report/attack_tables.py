@@ -77,9 +77,19 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
     predicted = {p["n"]: p for p in summary["predicted"]}
     empirical = {e["n"]: e for e in summary["empirical"]}
     for n in sorted(set(predicted) | set(empirical)):
-        if n in empirical and n not in (1, 2, 4, 8, 16, 32, 64) and n != max(empirical):
+        if n & (n - 1) != 0 and n != max(empirical):
             continue
         table.add_row(str(n), _pct(empirical.get(n)), _pct(predicted.get(n)))
     ok = summary.get("predicted_within_empirical_interval")
-    table.caption = f"predicted curve within the empirical interval at every sampled N: {ok}"
+    table.caption = (
+        f"predicted (beta-binomial) within the empirical interval at every sampled N: {ok}"
+    )
+    held = summary.get("held_out")
+    if held:
+        inside = all(r["within"] for r in held["rows"])
+        table.caption += (
+            f"; held out (fit on {held['fit_samples']} samples, checked on {held['check_samples']}"
+            f" at N = {', '.join(str(r['n']) for r in held['rows'])}): "
+            f"{'inside' if inside else 'OUTSIDE'} the empirical interval"
+        )
     return table

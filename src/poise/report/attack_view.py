@@ -1,8 +1,10 @@
 """An attack's own results in report.html, from the ``attack`` summary of metrics.json.
 
 - worst-of-N (:mod:`poise.attacks.worst_of_n`): the empirical attack success rate at each N with
-  its 95% Wilson interval as a band, and the curve predicted from the per-prompt harmful
-  probabilities with its bootstrap interval, on a log-2 N axis.
+  its 95% Wilson interval as a band, and the curve predicted by the beta-binomial model of the
+  per-prompt harmful probabilities with its bootstrap interval, extrapolated beyond the samples
+  drawn, on a log-2 N axis; the held-out check (fit on the first quarter of each prompt's
+  samples, compared with the rest) as a table.
 - decoding exploitation (arXiv 2310.06987): the misalignment rate (prompts broken by at least
   one configuration) next to the greedy and the worst configuration's harmful rates and the
   number of distinct completions per prompt, and every
@@ -67,6 +69,33 @@ def worst_of_n_chart(summary: Mapping[str, Any]) -> str | None:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
         return _to_svg(fig)
+
+
+def _model_text(fit: Mapping[str, Any] | None) -> str:
+    if not fit:
+        return "no fit"
+    return (
+        f"α = {fit['alpha']:.3g}, β = {fit['beta']:.3g}, mean harmful probability "
+        f"{100 * fit['mean']:.1f}%"
+    )
+
+
+def _held_out_text(held: Mapping[str, Any] | None) -> str:
+    """``Held out: fitted on the first 8 samples of each prompt, ASR(16) predicted 71.2% [..]
+    vs 68.8% [..] measured on the other 24 (inside)``."""
+    if not held:
+        return ""
+    parts = [
+        f"ASR({r['n']}) predicted {100 * r['predicted']:.1f}% "
+        f"[{100 * r['predicted_low']:.1f}, {100 * r['predicted_high']:.1f}] vs "
+        f"{100 * r['empirical']:.1f}% [{100 * r['empirical_low']:.1f}, "
+        f"{100 * r['empirical_high']:.1f}] measured ({'inside' if r['within'] else 'OUTSIDE'})"
+        for r in held.get("rows", [])
+    ]
+    return (
+        f"Held-out check: fitted on the first {held['fit_samples']} samples of each prompt, "
+        f"compared with the other {held['check_samples']}: " + "; ".join(parts) + "."
+    )
 
 
 def _split(config: str) -> tuple[str, str]:
@@ -168,13 +197,16 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "title": "Worst-of-N",
             "lead": f"{summary.get('prompts')} prompts, {summary.get('samples_per_prompt')} samples "
             "each: the share of prompts with at least one harmful answer among N, measured "
-            "(empirical) and estimated from the per-prompt success counts (predicted; beyond the "
-            "samples drawn a lower bound).",
+            "(empirical) and predicted by a beta-binomial model of the per-prompt harmful "
+            "probability fitted by maximum likelihood, ASR(N) = 1 − B(α, β + N) / B(α, β) "
+            f"({_model_text(summary.get('prediction_model'))}), which extrapolates to N far "
+            "beyond the samples drawn (intervals: bootstrap over prompts).",
             "svg": worst_of_n_chart(summary),
             "columns": ["N", "empirical", "predicted"],
             "rows": [[str(n), _pct(empirical.get(n)), _pct(predicted.get(n))] for n in shown],
             "note": "predicted within the empirical interval at every sampled N: "
-            f"{summary.get('predicted_within_empirical_interval')}",
+            f"{summary.get('predicted_within_empirical_interval')}. "
+            + _held_out_text(summary.get("held_out")),
         }
     if kind == "exploitation":
         configs = summary.get("configs") or {}
