@@ -1,4 +1,6 @@
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +171,31 @@ def test_beta_binomial_degenerate_data() -> None:
     assert never["mean"] < 1e-6
     alike = fit_beta_binomial([4] * 50, 8)  # no spread beyond binomial: the binomial limit
     assert alike["mean"] == pytest.approx(0.5, abs=1e-4) and alike["concentration"] > 1e5
+
+
+def _organism_worst_of_n(out: Path, n: int, seed: int) -> np.ndarray:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    args = ["audit", "--model", "organism-large", "--suite", "harmful", "--limit", "4"]
+    args += ["--attack", "worst_of_n", "--attack-option", f"n={n}", "--seed", str(seed)]
+    args += ["--max-new-tokens", "40", "--no-html", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (samples,) = out.glob("*/samples.jsonl")
+    _, matrix = harmful_matrix(json.loads(line) for line in samples.read_text().splitlines())
+    return matrix
+
+
+@pytest.mark.slow
+def test_organism_prediction_from_8_samples_holds_on_an_independent_32_sample_run(
+    tmp_path: Path,
+) -> None:
+    # fit on n = 8 samples (seed 1), check at N = 16 and 32 against an independent n = 32 run
+    # (seed 2) of the same prompts, organism-large at temperature 1
+    fit_on = _organism_worst_of_n(tmp_path / "fit", 8, seed=1)
+    check = _organism_worst_of_n(tmp_path / "check", 32, seed=2)
+    assert fit_on.shape == (4, 8) and check.shape == (4, 32)
+    result = held_out_check(fit_on, check, [16, 32], boot=100)
+    assert result["all_within"], result["rows"]
