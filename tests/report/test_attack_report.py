@@ -80,3 +80,5 @@ def test_exploitation_report_shows_misalignment_and_the_config_heat_map(tmp_path
         f'distinct completions per harmful prompt</td><td class="num">{distinct["mean"]:.1f} of 100'
     )
     assert row in section
+    effect = summary["system_prompt_effect"]["greedy_harmful_rate"]
+    assert effect["pairs"] == mis["n"] and "system prompt off − on, greedy harmful rate" in section

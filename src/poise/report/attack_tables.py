@@ -50,6 +50,12 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
         _pct(summary.get("borderline_overrefused_any_rate")),
         str(summary["borderline_overrefused_any_rate"]["n"]),
     )
+    for name, d in (summary.get("system_prompt_effect") or {}).items():
+        head.add_row(
+            f"system prompt off − on: {name} (paired; McNemar p = {d['p_value']:.2g})",
+            f"{100 * d['difference']:+.1f} pp [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]",
+            str(d["pairs"]),
+        )
     for kind, distinct in (summary.get("distinct_completions") or {}).items():
         head.add_row(
             f"distinct completions per {kind} prompt",

@@ -229,6 +229,15 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             ],
             *(
                 [
+                    f"system prompt off − on, {name.replace('_', ' ')} (paired, {d['pairs']} "
+                    "prompts; Newcombe interval, McNemar p)",
+                    f"{100 * d['difference']:+.1f} pp [{100 * d['low']:+.1f}, "
+                    f"{100 * d['high']:+.1f}], p = {d['p_value']:.2g}",
+                ]
+                for name, d in (summary.get("system_prompt_effect") or {}).items()
+            ),
+            *(
+                [
                     f"distinct completions per {kind} prompt",
                     distinct_text(summary["distinct_completions"][kind]),
                 ]
