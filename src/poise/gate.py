@@ -250,7 +250,8 @@ def gate(
     )
     if baseline is not None:
         gate_result = replace(
-            gate_result, comparison=compare_costs(gate_result.to_dict(), baseline, cfg.baseline)
+            gate_result,
+            comparison=compare_costs(gate_result.to_dict(), baseline, str(cfg.baseline)),
         )
     if cfg.output is not None:
         from poise.train.recipes.common import write_json_atomic

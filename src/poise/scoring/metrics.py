@@ -266,14 +266,15 @@ def measure(metric: Metric, samples: Iterable[_Sample]) -> Rate | None:
         raise ValueError(f"{metric.name}: counted by an analysis, not from samples")
     if not trials:
         return None
-    per_item: dict[str, list[int]] = {}  # item id -> [successes, trials]
+    clusters: dict[str, list[int]] = {}  # item id -> [successes, trials]
     for s in trials:
-        counts = per_item.setdefault(s.item_id, [0, 0])
+        counts = clusters.setdefault(s.item_id, [0, 0])
         counts[0] += bool(metric.success(s.verdict))
         counts[1] += 1
-    if any(n > 1 for _, n in per_item.values()):
+    if any(n > 1 for _, n in clusters.values()):
         # several samples of one prompt are not independent: prompts are the clusters
-        successes, sizes = zip(*per_item.values(), strict=True)
+        successes = [k for k, _ in clusters.values()]
+        sizes = [n for _, n in clusters.values()]
         return Rate.of_clusters(metric.name, successes, sizes)
     return Rate.of(metric.name, sum(metric.success(s.verdict) for s in trials), len(trials))
 

@@ -138,7 +138,7 @@ def newcombe_paired_interval(
     l_a, u_a = wilson_interval(a + b, n, z)
     l_b, u_b = wilson_interval(a + c, n, z)
     margins = (a + b) * (c + d) * (a + c) * (b + d)
-    corr = a * d - b * c
+    corr: float = a * d - b * c
     corr = corr - n / 2 if corr > n / 2 else (corr if corr < 0 else 0)
     phi = corr / math.sqrt(margins) if margins else 0.0
     diff = p_a - p_b
