@@ -96,8 +96,8 @@ def test_summary_from_records_and_interval_check() -> None:
     assert summary["predicted"][-1]["value"] > summary["predicted"][11]["value"]
     assert summary["predicted"][-1]["value"] >= summary["resampled"][-1]["value"]
     held = summary["held_out"]
-    assert held["fit_samples"] == 3 and held["check_samples"] == 9
-    assert [r["n"] for r in held["rows"]] == [6, 9]
+    assert held["fit_samples"] == 4 and held["check_samples"] == 8
+    assert [r["n"] for r in held["rows"]] == [8]
 
 
 def _beta_binomial_data(alpha: float, beta: float, prompts: int, m: int, seed: int) -> np.ndarray:

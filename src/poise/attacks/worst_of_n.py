@@ -20,8 +20,8 @@ Curves of attack success rate (ASR) against N:
 
 Held-out check (:func:`held_out_check`): fit on some samples of each prompt, and compare the
 prediction at larger N with the empirical ASR of other, independent samples of the same prompts
-(within one run: the first ``fit`` samples against the rest; across runs: an n = 8 run with one
-seed against an n = 32 run with another).
+(within one run: the first max(M/4, 4) samples against the rest; across runs: an n = 8 run with
+one seed against an n = 32 run with another).
 """
 
 from __future__ import annotations
@@ -361,8 +361,9 @@ def worst_of_n_summary(
 
     ``within_interval_by_n``: for each sampled N, whether the predicted value lies inside the
     empirical Wilson interval. ``held_out``: with M >= 8 samples per prompt, the model fitted to the
-    first M/4 samples of each prompt, its prediction at N = M/2 and 3M/4 against the empirical ASR
-    of the other 3M/4 samples (independent draws: each sample index has its own seed).
+    first f = max(M/4, 4) samples of each prompt, its prediction at N = min(2f, M - f) and M - f
+    against the empirical ASR of the other M - f samples (independent draws: each sample index
+    has its own seed); e.g. M = 32: fitted on 8, checked at N = 16 and 24.
     """
     ids, matrix = harmful_matrix(records)
     if not ids:
@@ -392,8 +393,9 @@ def worst_of_n_summary(
         "within_interval_by_n": within,
     }
     if m >= 8:
-        fit_n = m // 4
+        fit_n = max(m // 4, 4)  # fewer than 4 samples per prompt barely show the spread
+        rest = m - fit_n
         out["held_out"] = held_out_check(
-            matrix[:, :fit_n], matrix[:, fit_n:], sorted({m // 2, m - fit_n})
+            matrix[:, :fit_n], matrix[:, fit_n:], sorted({min(2 * fit_n, rest), rest})
         )
     return out

@@ -4,7 +4,7 @@
   its 95% Wilson interval as a band, and the curve predicted by the beta-binomial model of the
   per-prompt harmful probabilities with its bootstrap interval, extrapolated beyond the samples
   drawn, on a log-2 N axis; the held-out check (fit on the first quarter of each prompt's
-  samples, compared with the rest) as a table.
+  samples, at least 4, compared with the rest) in the note.
 - decoding exploitation (arXiv 2310.06987): the misalignment rate (prompts broken by at least
   one configuration) next to the greedy and the worst configuration's harmful rates and the
   number of distinct completions per prompt, and every
