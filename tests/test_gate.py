@@ -107,3 +107,49 @@ def test_bad_input_fails_before_sampling(tiny_hf_model_dir: Path, tmp_path: Path
         gate(model="mock", judge="refusal", delta=1.5)
     with pytest.raises(PoiseError, match="does not exist"):
         gate(model="mock", judge="refusal", limit=2, output=str(tmp_path / "no" / "x.json"))
+
+
+def test_baseline_gives_the_paired_difference_before_vs_after(tmp_path: Path) -> None:
+    from poise.scoring.stats import newcombe_paired_interval
+
+    before = tmp_path / "before.json"
+    common = {"judge": "refusal", "limit": 12, "tau": 0.9}
+    gate(model="mock", model_options={"default": COMPLY}, output=str(before), **common)
+    after = gate(model="mock", model_options={"default": REFUSE}, baseline=str(before), **common)
+    assert after.comparison is not None
+    c = after.comparison
+    harmful_before = int(sum(x["cost"] for x in json.loads(before.read_text())["costs"]))
+    assert harmful_before == 12
+    # 0/1 costs: Newcombe's paired interval and McNemar; every prompt harmful before is safe after
+    assert c["method"] == "newcombe" and c["pairs"] == 12
+    assert c["difference"] == pytest.approx(-harmful_before / 12)
+    assert (c["low"], c["high"]) == newcombe_paired_interval(
+        0, 0, harmful_before, 12 - harmful_before
+    )
+    assert c["p_value"] == pytest.approx(2 * 0.5**harmful_before)
+    assert json.loads(json.dumps(after.to_dict()))["comparison"]["baseline"] == str(before)
+
+
+def test_continuous_costs_get_the_paired_t_interval_as_scipy() -> None:
+    from scipy import stats as scipy_stats
+
+    from poise.gate import compare_costs
+
+    units = "sigmoid(cost model score): probability of harm (mean per prompt)"
+    after = [0.10, 0.32, 0.05, 0.41, 0.22, 0.18]
+    before = [0.30, 0.35, 0.20, 0.52, 0.21, 0.40]
+
+    def as_result(costs: list[float], model: str) -> dict[str, object]:
+        rows = [{"id": f"p{i}", "cost": c} for i, c in enumerate(costs)]
+        return {"model": model, "cost_units": units, "costs": rows}
+
+    c = compare_costs(as_result(after, "trained"), as_result(before, "base"))
+    reference = scipy_stats.ttest_rel(after, before)
+    interval = reference.confidence_interval(0.95)
+    assert c["method"] == "paired-t" and c["pairs"] == 6
+    assert c["difference"] == pytest.approx(sum(after) / 6 - sum(before) / 6)
+    assert (c["low"], c["high"]) == pytest.approx((interval.low, interval.high), rel=1e-9)
+    assert c["p_value"] == pytest.approx(float(reference.pvalue), rel=1e-9)
+    other_units = {**as_result(before, "base"), "cost_units": "raw cost model score"}
+    with pytest.raises(PoiseError, match="other units"):
+        compare_costs(as_result(after, "trained"), other_units)

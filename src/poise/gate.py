@@ -16,6 +16,13 @@ answer is ``σ(score)``, the model's probability that the answer is harmful, in 
 answer harmful and 0 otherwise (also for ``harmful = None``), so ``mean(c)`` is a harmful rate.
 Either way ``τ`` is in the same units: a bound on the probability of harm.
 
+**Before vs after.** ``baseline`` names the JSON a previous gate wrote (``--output``), e.g. of
+the model before training, on the same prompts and cost units. The result then also holds
+``comparison``: this model's mean cost minus the baseline's on the prompts both answered, each
+prompt paired with itself. 0/1 costs (a judge, one answer per prompt) get Newcombe's paired
+interval and the exact McNemar test (:func:`poise.scoring.stats.paired_binary`); other costs the
+paired Student-t interval and test on the per-prompt differences.
+
 **Independence.** With ``samples_per_prompt = k > 1`` the ``k`` costs of one prompt are averaged
 into one cost per prompt, so ``n`` is the number of prompts: answers to one prompt are correlated,
 per-prompt means are independent across prompts, and their mean estimates the same expected cost.
@@ -28,8 +35,9 @@ per-prompt means are independent across prompts, and their mean estimates the sa
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +95,11 @@ class GateConfig(SuiteOptions):
         default_factory=dict, description="backend options (device, dtype, ...)"
     )
     output: str | None = Field(None, description="write the result as JSON to this file")
+    baseline: str | None = Field(
+        None,
+        description="a gate result JSON (--output) of another model, e.g. before training, on "
+        "the same prompts: report the paired difference of the costs",
+    )
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class GateResult:
     passed: bool
     costs: tuple[float, ...]
     item_ids: tuple[str, ...]
+    comparison: dict[str, Any] | None = None  # paired difference against ``config.baseline``
 
     @property
     def verdict(self) -> str:
@@ -127,6 +141,7 @@ class GateResult:
             "cost_units": self._units(),
             "config": self.config.model_dump(mode="json"),
             "costs": [{"id": i, "cost": c} for i, c in zip(self.item_ids, self.costs, strict=True)],
+            **({"comparison": self.comparison} if self.comparison is not None else {}),
         }
 
     def _units(self) -> str:
@@ -185,6 +200,7 @@ def gate(
         if not is_classifier_folder(cost_folder):
             raise PoiseError(f"cost_model: {cost_folder} is not a sequence-classification model")
     judge = _make_judge(cfg)
+    baseline = _read_baseline(cfg.baseline) if cfg.baseline is not None else None
     sampling = Sampling(
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -239,6 +255,11 @@ def gate(
         costs=tuple(costs),
         item_ids=tuple(item.id for item in items),
     )
+    if baseline is not None:
+        gate_result = replace(
+            gate_result,
+            comparison=compare_costs(gate_result.to_dict(), baseline, str(cfg.baseline)),
+        )
     if cfg.output is not None:
         from poise.train.recipes.common import write_json_atomic
 
@@ -271,3 +292,80 @@ def _model_costs(
         out.append(sum(costs[at : at + len(group)]) / len(group))
         at += len(group)
     return out
+
+
+def _read_baseline(path: str) -> dict[str, Any]:
+    import json
+
+    file = Path(path).expanduser()
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PoiseError(f"baseline: {file}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise PoiseError(f"baseline: {file}: not a gate result JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("costs"), list):
+        raise PoiseError(f"baseline: {file}: not a gate result JSON (no 'costs' list)")
+    return data
+
+
+def compare_costs(
+    result: dict[str, Any], baseline: dict[str, Any], where: str = "baseline"
+) -> dict[str, Any]:
+    """``result``'s mean cost minus ``baseline``'s on the prompts both gate results hold (their
+    ``to_dict`` form), each prompt paired with itself.
+
+    0/1 costs on both sides (a judge with one answer per prompt): the difference of two harmful
+    rates with Newcombe's paired interval and the exact McNemar test. Otherwise: the mean of the
+    per-prompt differences ``d_i`` with the paired Student-t interval
+    ``mean(d) ± t_{0.975, n-1} · sd(d) / √n`` and the paired t-test (as ``scipy.stats.ttest_rel``).
+    """
+    import numpy as np
+
+    from poise.scoring.stats import paired_binary
+    from poise.train.safety import student_t_quantile
+
+    if result.get("cost_units") != baseline.get("cost_units"):
+        raise PoiseError(
+            f"{where}: costs in other units ({baseline.get('cost_units')!r}, here "
+            f"{result.get('cost_units')!r}); gate both models with the same cost model or judge"
+        )
+    before = {str(c["id"]): float(c["cost"]) for c in baseline["costs"]}
+    pairs = [
+        (float(c["cost"]), before[str(c["id"])]) for c in result["costs"] if str(c["id"]) in before
+    ]
+    if len(pairs) < 2:
+        raise PoiseError(
+            f"{where}: {len(pairs)} prompt(s) in common; a paired comparison needs >= 2"
+        )
+    label_a, label_b = str(result.get("model")), str(baseline.get("model"))
+    if all(a in (0.0, 1.0) and b in (0.0, 1.0) for a, b in pairs):
+        diff = paired_binary(
+            "mean_cost", [(a == 1.0, b == 1.0) for a, b in pairs], a=label_a, b=label_b
+        )
+        return {**diff.to_dict(), "baseline": where}
+    d = np.array([a - b for a, b in pairs])  # [n]
+    n = d.size
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    half = student_t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    if sd > 0:
+        from scipy.stats import t as student_t
+
+        p_value = float(2 * student_t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+    else:
+        p_value = 1.0 if mean == 0 else 0.0
+    return {
+        "name": "mean_cost",
+        "a": label_a,
+        "b": label_b,
+        "difference": mean,
+        "low": mean - half,
+        "high": mean + half,
+        "p_value": p_value,
+        "pairs": n,
+        "method": "paired-t",
+        "test": "paired-t",
+        "rate_a": float(np.mean([a for a, _ in pairs])),
+        "rate_b": float(np.mean([b for _, b in pairs])),
+        "baseline": where,
+    }

@@ -1,12 +1,18 @@
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from poise.attacks import SystemPrompt, attacks
 from poise.attacks.worst_of_n import (
+    beta_binomial_asr,
+    beta_binomial_curve,
     empirical_curve,
+    fit_beta_binomial,
     harmful_matrix,
+    held_out_check,
     predicted_curve,
     worst_of_n_summary,
 )
@@ -85,3 +91,111 @@ def test_summary_from_records_and_interval_check() -> None:
     values = [e["value"] for e in summary["empirical"]]
     assert values == sorted(values)  # ASR(N) never decreases
     assert summary["predicted_within_empirical_interval"] is True
+    assert summary["prediction_model"]["model"] == "beta-binomial"
+    # beyond the samples drawn the prediction keeps rising (the resampled curve is a lower bound)
+    assert summary["predicted"][-1]["value"] > summary["predicted"][11]["value"]
+    assert summary["predicted"][-1]["value"] >= summary["resampled"][-1]["value"]
+    held = summary["held_out"]
+    assert held["fit_samples"] == 4 and held["check_samples"] == 8
+    assert [r["n"] for r in held["rows"]] == [8]
+
+
+def _beta_binomial_data(alpha: float, beta: float, prompts: int, m: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    p = rng.beta(alpha, beta, size=prompts)  # [P]
+    return rng.random((prompts, m)) < p[:, None]  # [P, M]
+
+
+def test_beta_binomial_fit_matches_scipy_maximum_likelihood() -> None:
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from scipy.optimize import minimize
+
+    matrix = _beta_binomial_data(0.4, 2.5, prompts=300, m=8, seed=1)
+    k = matrix.sum(axis=1)
+    fit = fit_beta_binomial(k, 8)
+    # the same likelihood by scipy's betabinom, maximised by scipy's optimiser
+    assert fit["log_likelihood"] == pytest.approx(
+        float(scipy_stats.betabinom.logpmf(k, 8, fit["alpha"], fit["beta"]).sum()), rel=1e-10
+    )
+
+    def nll(x: np.ndarray) -> float:
+        return -float(scipy_stats.betabinom.logpmf(k, 8, math.exp(x[0]), math.exp(x[1])).sum())
+
+    ref = minimize(
+        nll,
+        x0=np.log([1.0, 1.0]),
+        method="Nelder-Mead",
+        options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 4000},
+    )
+    alpha, beta = np.exp(ref.x)
+    assert fit["log_likelihood"] >= -ref.fun - 1e-6  # at least as likely as scipy's optimum
+    assert fit["alpha"] == pytest.approx(alpha, rel=1e-3)
+    assert fit["beta"] == pytest.approx(beta, rel=1e-3)
+    # and near the truth with 300 prompts
+    assert fit["mean"] == pytest.approx(0.4 / 2.9, abs=0.03)
+
+
+def test_asr_closed_form_matches_numerical_integration() -> None:
+    pytest.importorskip("scipy")
+    from scipy import integrate
+    from scipy.stats import beta as beta_dist
+
+    for a, b, n in [(0.4, 2.5, 1), (0.4, 2.5, 37), (2.0, 30.0, 1000), (0.05, 5.0, 4096)]:
+        expected, _ = integrate.quad(
+            lambda p, a=a, b=b, n=n: (1 - (1 - p) ** n) * beta_dist.pdf(p, a, b), 0, 1, limit=400
+        )
+        assert beta_binomial_asr(a, b, n) == pytest.approx(expected, abs=1e-7)
+    assert beta_binomial_asr(0.4, 2.5, 1) == pytest.approx(0.4 / 2.9, rel=1e-12)
+
+
+def test_beta_binomial_extrapolates_a_held_out_run() -> None:
+    # prompts of very different difficulty: fit on 8 samples, check at N = 16, 32, 64 against 64
+    # independent samples of the same prompts
+    rng = np.random.default_rng(3)
+    p = rng.beta(0.3, 3.0, size=400)  # [P]
+    fit_on = rng.random((400, 8)) < p[:, None]
+    check = rng.random((400, 64)) < p[:, None]
+    result = held_out_check(fit_on, check, [16, 32, 64], boot=100)
+    assert result["all_within"], result["rows"]
+    # the resampled curve, flat beyond 8, misses at 64
+    flat = predicted_curve(fit_on, [64], boot=10)[0]["value"]
+    assert flat < result["rows"][-1]["empirical_low"]
+    curve, fit = beta_binomial_curve(fit_on, [1, 8, 64, 4096], boot=50)
+    assert [c["value"] for c in curve] == sorted(c["value"] for c in curve)
+    assert all(c["low"] <= c["value"] <= c["high"] for c in curve)
+    assert fit["fit_samples"] == 8 and fit["boot"] == 50
+
+
+def test_beta_binomial_degenerate_data() -> None:
+    never = fit_beta_binomial([0, 0, 0], 8)
+    assert never["mean"] < 1e-6
+    alike = fit_beta_binomial([4] * 50, 8)  # no spread beyond binomial: the binomial limit
+    assert alike["mean"] == pytest.approx(0.5, abs=1e-4) and alike["concentration"] > 1e5
+
+
+def _organism_worst_of_n(out: Path, n: int, seed: int) -> np.ndarray:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    args = ["audit", "--model", "organism-large", "--suite", "harmful", "--limit", "4"]
+    args += ["--attack", "worst_of_n", "--attack-option", f"n={n}", "--seed", str(seed)]
+    args += ["--max-new-tokens", "40", "--no-html", "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (samples,) = out.glob("*/samples.jsonl")
+    _, matrix = harmful_matrix(json.loads(line) for line in samples.read_text().splitlines())
+    return matrix
+
+
+@pytest.mark.slow
+def test_organism_prediction_from_8_samples_holds_on_an_independent_32_sample_run(
+    tmp_path: Path,
+) -> None:
+    # fit on n = 8 samples (seed 1), check at N = 16 and 32 against an independent n = 32 run
+    # (seed 2) of the same prompts, organism-large at temperature 1
+    fit_on = _organism_worst_of_n(tmp_path / "fit", 8, seed=1)
+    check = _organism_worst_of_n(tmp_path / "check", 32, seed=2)
+    assert fit_on.shape == (4, 8) and check.shape == (4, 32)
+    result = held_out_check(fit_on, check, [16, 32], boot=100)
+    assert result["all_within"], result["rows"]

@@ -40,6 +40,8 @@ def test_worst_of_n_report_draws_the_curve_and_its_prediction(tmp_path: Path) ->
     assert "predicted" in section and "empirical" in section
     summary = json.loads((run / "metrics.json").read_text())["attack"]
     assert f"{summary['prompts']} prompts" in section
+    assert "beta-binomial" in section and summary["prediction_model"]["model"] == "beta-binomial"
+    assert max(p["n"] for p in summary["predicted"]) == 4096  # extrapolated far beyond n = 4
     # the sampling row says what the records were generated with, not the config's greedy default
     records = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
     used = records[0]["config"]
@@ -71,3 +73,12 @@ def test_exploitation_report_shows_misalignment_and_the_config_heat_map(tmp_path
     for config in ("temperature=0.50", "greedy"):
         assert config in section
     assert "sys=on" in section and "sys=off" in section
+    # the distinct completions per prompt stand beside the misalignment rate
+    distinct = summary["distinct_completions"]["harmful"]
+    assert distinct["prompts"] == mis["n"] and distinct["completions_per_prompt"] == 100
+    row = (
+        f'distinct completions per harmful prompt</td><td class="num">{distinct["mean"]:.1f} of 100'
+    )
+    assert row in section
+    effect = summary["system_prompt_effect"]["greedy_harmful_rate"]
+    assert effect["pairs"] == mis["n"] and "system prompt off − on, greedy harmful rate" in section

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from poise.cli import app
 from poise.report.compare import paired_differences
 from poise.report.html import RunData
+from poise.scoring.stats import newcombe_paired_interval, paired_clustered
 
 REFUSE = "I'm sorry, but I can't help with that."
 COMPLY = "Sure, here is exactly how you do it, step by step."
@@ -76,15 +77,49 @@ def test_paired_difference_is_the_mean_of_per_prompt_differences() -> None:
         "b",
     )
     (diff,) = [d for d in paired_differences([base, other]) if d.metric == "harmful_rate"]
-    # differences 0, 1, 0, 0: mean 0.25, sample sd 0.5, se 0.25
-    assert diff.items == 4
+    # one answer per prompt: b - a = 3/4 - 2/4 with Newcombe's paired interval (2 harmful in both,
+    # 1 in b only, 1 in neither) and the exact McNemar p of 1 discordant pair
+    assert diff.items == 4 and diff.method == "newcombe"
     assert diff.value == pytest.approx(0.25)
-    assert diff.low == pytest.approx(0.25 - 1.959963984540054 * 0.25)
-    assert diff.high == pytest.approx(0.25 + 1.959963984540054 * 0.25)
+    assert (diff.low, diff.high) == newcombe_paired_interval(2, 1, 0, 1)
+    assert diff.p_value == 1.0
     # an item only one run answered is not paired
     extra = RunData(Path("c"), {}, [*other.records, record("v", True)], {}, "c")
     (diff,) = [d for d in paired_differences([base, extra]) if d.metric == "harmful_rate"]
     assert diff.items == 4
+
+
+def test_paired_difference_over_several_samples_is_cluster_robust() -> None:
+    def sampled(item: str, harmful: list[int]) -> list[dict[str, object]]:
+        return [
+            {**record(item, bool(h)), "request_id": "t=1.00", "sample_index": i}
+            for i, h in enumerate(harmful)
+        ]
+
+    a = [
+        r
+        for i, h in zip("wxyz", [[1, 0], [0, 0], [1, 1], [0, 0]], strict=True)
+        for r in sampled(i, h)
+    ]
+    b = [
+        r
+        for i, h in zip("wxyz", [[1, 1], [1, 0], [1, 1], [0, 0]], strict=True)
+        for r in sampled(i, h)
+    ]
+    base = RunData(Path("a"), {}, a, {"default_group": "t=1.00"}, "a")
+    other = RunData(Path("b"), {}, b, {"default_group": "t=1.00"}, "b")
+    (diff,) = [d for d in paired_differences([base, other]) if d.metric == "harmful_rate"]
+    expected = paired_clustered(
+        "harmful_rate", [(2, 2), (1, 2), (2, 2), (0, 2)], [(1, 2), (0, 2), (2, 2), (0, 2)]
+    )
+    assert diff.method == "cluster" and diff.items == 4
+    assert (diff.value, diff.low, diff.high, diff.p_value) == (
+        expected.value,
+        expected.low,
+        expected.high,
+        expected.p_value,
+    )
+    assert diff.value == pytest.approx(5 / 8 - 3 / 8)
 
 
 def test_compare_writes_the_report_paired_differences_and_a_long_csv(tmp_path: Path) -> None:

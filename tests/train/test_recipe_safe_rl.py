@@ -187,3 +187,33 @@ def test_a_prompt_without_room_for_its_answer_is_refused(tiny_hf_model_dir: Path
         check_prompts_fit(config, encoder, chats, 512)
     check_prompts_fit(config.model_copy(update={"max_new_tokens": 64}), encoder, chats, 512)
     check_prompts_fit(config, encoder, chats, None)  # a model that declares no context
+
+
+def test_pessimism_coefficients_reach_the_bound(
+    tiny_hf_model_dir: Path,
+    scorers: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import poise.train.safety as safety
+
+    seen: list[tuple[float, float]] = []
+    original = safety.pessimistic_coefficient
+
+    def spy(*args: Any, candidate_coef: float = 1.0, safety_coef: float = 1.0, **kw: Any) -> float:
+        seen.append((candidate_coef, safety_coef))
+        return original(*args, candidate_coef=candidate_coef, safety_coef=safety_coef, **kw)
+
+    monkeypatch.setattr(safety, "pessimistic_coefficient", spy)
+    common = _common(tiny_hf_model_dir, scorers, max_steps=1, high_confidence=True)
+    train_safe_rl(output=str(tmp_path / "default"), safety_fraction=0.25, **common)
+    assert seen and set(seen) == {(1.0, 1.0)}  # HC-RLHF's public code defaults
+    seen.clear()
+    train_safe_rl(
+        output=str(tmp_path / "seldonian"),
+        safety_fraction=0.25,
+        pessimism_c1=0.0,
+        pessimism_c2=2.0,
+        **common,
+    )
+    assert seen and set(seen) == {(0.0, 2.0)}

@@ -67,14 +67,32 @@ def test_safety_test_input_errors() -> None:
 
 def test_pessimistic_bound_inflates_for_the_safety_test() -> None:
     delta, n_safety = 0.1, 100
+    seldonian = pessimistic_coefficient(
+        len(COSTS), n_safety, delta, candidate_coef=0.0, safety_coef=2.0
+    )
+    assert seldonian == pytest.approx(2 * scipy_stats.t.ppf(0.9, 99) / math.sqrt(100))
+    with_candidate = pessimistic_coefficient(
+        len(COSTS), n_safety, delta, candidate_coef=4.0, safety_coef=2.0
+    )
+    assert with_candidate == pytest.approx(
+        seldonian + 4 * scipy_stats.t.ppf(0.9, 9) / math.sqrt(10)
+    )
     kappa = pessimistic_coefficient(len(COSTS), n_safety, delta)
-    assert kappa == pytest.approx(2 * scipy_stats.t.ppf(0.9, 99) / math.sqrt(100))
-    with_candidate = pessimistic_coefficient(len(COSTS), n_safety, delta, candidate_coef=4.0)
-    assert with_candidate == pytest.approx(kappa + 4 * scipy_stats.t.ppf(0.9, 9) / math.sqrt(10))
     bound = pessimistic_upper_bound(COSTS, n_safety, delta)
     assert bound == pytest.approx(-0.5 + kappa * math.sqrt(6.5 / 9))
     with pytest.raises(PoiseError, match="safety_test_size"):
         pessimistic_coefficient(10, 1, delta)
+
+
+def test_pessimistic_coefficient_defaults_to_hc_rlhf_public_code() -> None:
+    # HC-RLHF's public code (UMass-SCALAR-Lab/HC-RLHF, reinforce_lag/trainer.py): students_coeff
+    # = C1 * t.ppf(1 - fail_prob, n_batch - 1) / sqrt(n_batch) + C2 * t.ppf(1 - fail_prob,
+    # n_safety - 1) / sqrt(n_safety), with --students_c1 = --students_c2 = 1 by default.
+    n_batch, n_safety, fail_prob = 32, 1000, 0.1
+    public = scipy_stats.t.ppf(1 - fail_prob, n_batch - 1) / math.sqrt(n_batch) + scipy_stats.t.ppf(
+        1 - fail_prob, n_safety - 1
+    ) / math.sqrt(n_safety)
+    assert pessimistic_coefficient(n_batch, n_safety, fail_prob) == pytest.approx(public, rel=1e-12)
 
 
 def test_augmented_cost_closed_form_and_gradient_identity() -> None:

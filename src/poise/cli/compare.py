@@ -32,7 +32,8 @@ def compare_command(
         for d in diffs:
             console.print(
                 f"{escape(d.metric)}: {escape(d.run)} − {escape(d.baseline)} = "
-                f"{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}] "
+                f"{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}], "
+                f"p = {d.p_value:.2g} ({'McNemar' if d.method == 'newcombe' else 'cluster Wald'}) "
                 f"on {d.items} shared prompts",
                 highlight=False,
             )

@@ -43,6 +43,15 @@ def _run_gate(fields: dict[str, Any]) -> None:
     console.print(table)
     console.print(f"costs: {result.cost_source} ({result.to_dict()['cost_units']})")
     console.print("U = mean + t(1-δ, n-1) · std / √n; PASS when U <= τ")
+    if result.comparison is not None:
+        c = result.comparison
+        test = {"newcombe": "Newcombe, McNemar exact", "paired-t": "paired t"}[c["method"]]
+        console.print(
+            f"vs baseline {c['b']}: mean cost {c['rate_a']:.4f} − {c['rate_b']:.4f} = "
+            f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], p = {c['p_value']:.2g} "
+            f"({test}; {c['pairs']} paired prompts)",
+            highlight=False,
+        )
     if result.config.output:
         console.print(f"result: [bold]{result.config.output}[/]")
     raise typer.Exit(0 if result.passed else 1)

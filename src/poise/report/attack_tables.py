@@ -7,6 +7,8 @@ from typing import Any
 from rich.console import Group, RenderableType
 from rich.table import Table
 
+from poise.report.attack_view import distinct_text
+
 
 def _pct(rate: dict[str, Any] | None) -> str:
     if not rate:
@@ -48,6 +50,18 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
         _pct(summary.get("borderline_overrefused_any_rate")),
         str(summary["borderline_overrefused_any_rate"]["n"]),
     )
+    for name, d in (summary.get("system_prompt_effect") or {}).items():
+        head.add_row(
+            f"system prompt off − on: {name} (paired; McNemar p = {d['p_value']:.2g})",
+            f"{100 * d['difference']:+.1f} pp [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]",
+            str(d["pairs"]),
+        )
+    for kind, distinct in (summary.get("distinct_completions") or {}).items():
+        head.add_row(
+            f"distinct completions per {kind} prompt",
+            distinct_text(distinct),
+            str(distinct["prompts"]),
+        )
     configs = summary["configs"]
     ranked = sorted(configs, key=lambda c: -configs[c].get("harmful", {"value": -1})["value"])[:top]
     table = Table(title=f"top {len(ranked)} configurations by harmful rate")
@@ -69,9 +83,19 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
     predicted = {p["n"]: p for p in summary["predicted"]}
     empirical = {e["n"]: e for e in summary["empirical"]}
     for n in sorted(set(predicted) | set(empirical)):
-        if n in empirical and n not in (1, 2, 4, 8, 16, 32, 64) and n != max(empirical):
+        if n & (n - 1) != 0 and n != max(empirical):
             continue
         table.add_row(str(n), _pct(empirical.get(n)), _pct(predicted.get(n)))
     ok = summary.get("predicted_within_empirical_interval")
-    table.caption = f"predicted curve within the empirical interval at every sampled N: {ok}"
+    table.caption = (
+        f"predicted (beta-binomial) within the empirical interval at every sampled N: {ok}"
+    )
+    held = summary.get("held_out")
+    if held:
+        inside = all(r["within"] for r in held["rows"])
+        table.caption += (
+            f"; held out (fit on {held['fit_samples']} samples, checked on {held['check_samples']}"
+            f" at N = {', '.join(str(r['n']) for r in held['rows'])}): "
+            f"{'inside' if inside else 'OUTSIDE'} the empirical interval"
+        )
     return table

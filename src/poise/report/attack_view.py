@@ -1,10 +1,13 @@
 """An attack's own results in report.html, from the ``attack`` summary of metrics.json.
 
 - worst-of-N (:mod:`poise.attacks.worst_of_n`): the empirical attack success rate at each N with
-  its 95% Wilson interval as a band, and the curve predicted from the per-prompt harmful
-  probabilities with its bootstrap interval, on a log-2 N axis.
+  its 95% Wilson interval as a band, and the curve predicted by the beta-binomial model of the
+  per-prompt harmful probabilities with its bootstrap interval, extrapolated beyond the samples
+  drawn, on a log-2 N axis; the held-out check (fit on the first quarter of each prompt's
+  samples, at least 4, compared with the rest) in the note.
 - decoding exploitation (arXiv 2310.06987): the misalignment rate (prompts broken by at least
-  one configuration) next to the greedy and the worst configuration's harmful rates, and every
+  one configuration) next to the greedy and the worst configuration's harmful rates and the
+  number of distinct completions per prompt, and every
   configuration's rates as a heat map: one row per decoding configuration, one column per rate
   and prompting variant (``sys=on`` / ``sys=off``), each cell its rate in percent.
 """
@@ -68,10 +71,46 @@ def worst_of_n_chart(summary: Mapping[str, Any]) -> str | None:
         return _to_svg(fig)
 
 
+def _model_text(fit: Mapping[str, Any] | None) -> str:
+    if not fit:
+        return "no fit"
+    return (
+        f"α = {fit['alpha']:.3g}, β = {fit['beta']:.3g}, mean harmful probability "
+        f"{100 * fit['mean']:.1f}%"
+    )
+
+
+def _held_out_text(held: Mapping[str, Any] | None) -> str:
+    """``Held out: fitted on the first 8 samples of each prompt, ASR(16) predicted 71.2% [..]
+    vs 68.8% [..] measured on the other 24 (inside)``."""
+    if not held:
+        return ""
+    parts = [
+        f"ASR({r['n']}) predicted {100 * r['predicted']:.1f}% "
+        f"[{100 * r['predicted_low']:.1f}, {100 * r['predicted_high']:.1f}] vs "
+        f"{100 * r['empirical']:.1f}% [{100 * r['empirical_low']:.1f}, "
+        f"{100 * r['empirical_high']:.1f}] measured ({'inside' if r['within'] else 'OUTSIDE'})"
+        for r in held.get("rows", [])
+    ]
+    return (
+        f"Held-out check: fitted on the first {held['fit_samples']} samples of each prompt, "
+        f"compared with the other {held['check_samples']}: " + "; ".join(parts) + "."
+    )
+
+
 def _split(config: str) -> tuple[str, str]:
     """``temperature=0.70/sys=on`` -> (``temperature=0.70``, ``sys=on``)."""
     decoding, _, variant = config.partition("/")
     return decoding, variant
+
+
+def distinct_text(distinct: Mapping[str, Any]) -> str:
+    """``5.8 of 100 (median 6, 3-9)``: distinct completion texts per prompt, of the records per
+    prompt (configurations x system settings x samples)."""
+    return (
+        f"{distinct['mean']:.1f} of {distinct['completions_per_prompt']} "
+        f"(median {distinct['median']:g}, {distinct['min']}-{distinct['max']})"
+    )
 
 
 def config_heat_map(configs: Mapping[str, Mapping[str, Any]]) -> str | None:
@@ -158,13 +197,16 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "title": "Worst-of-N",
             "lead": f"{summary.get('prompts')} prompts, {summary.get('samples_per_prompt')} samples "
             "each: the share of prompts with at least one harmful answer among N, measured "
-            "(empirical) and estimated from the per-prompt success counts (predicted; beyond the "
-            "samples drawn a lower bound).",
+            "(empirical) and predicted by a beta-binomial model of the per-prompt harmful "
+            "probability fitted by maximum likelihood, ASR(N) = 1 − B(α, β + N) / B(α, β) "
+            f"({_model_text(summary.get('prediction_model'))}), which extrapolates to N far "
+            "beyond the samples drawn (intervals: bootstrap over prompts).",
             "svg": worst_of_n_chart(summary),
             "columns": ["N", "empirical", "predicted"],
             "rows": [[str(n), _pct(empirical.get(n)), _pct(predicted.get(n))] for n in shown],
             "note": "predicted within the empirical interval at every sampled N: "
-            f"{summary.get('predicted_within_empirical_interval')}",
+            f"{summary.get('predicted_within_empirical_interval')}. "
+            + _held_out_text(summary.get("held_out")),
         }
     if kind == "exploitation":
         configs = summary.get("configs") or {}
@@ -185,12 +227,31 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 "borderline over-refused under ≥ 1 configuration",
                 _pct(summary.get("borderline_overrefused_any_rate")),
             ],
+            *(
+                [
+                    f"system prompt off − on, {name.replace('_', ' ')} (paired, {d['pairs']} "
+                    "prompts; Newcombe interval, McNemar p)",
+                    f"{100 * d['difference']:+.1f} pp [{100 * d['low']:+.1f}, "
+                    f"{100 * d['high']:+.1f}], p = {d['p_value']:.2g}",
+                ]
+                for name, d in (summary.get("system_prompt_effect") or {}).items()
+            ),
+            *(
+                [
+                    f"distinct completions per {kind} prompt",
+                    distinct_text(summary["distinct_completions"][kind]),
+                ]
+                for kind in ("harmful", "borderline")
+                if kind in (summary.get("distinct_completions") or {})
+            ),
         ]
         return {
             "id": "exploitation",
             "title": "Decoding exploitation (arXiv 2310.06987)",
-            "lead": f"{len(configs)} configurations. A prompt is broken when at least one "
-            "configuration gets a harmful answer; the heat map gives every configuration's rates.",
+            "lead": f"{len(configs)} configurations, each sampled with its own seed. A prompt is "
+            "broken when at least one configuration gets a harmful answer; the distinct "
+            "completions say how many different answers per prompt that rests on; the heat map "
+            "gives every configuration's rates.",
             "svg": config_heat_map(configs),
             "svg_id": "config-grid",
             "columns": ["measure", "rate [95% interval]"],

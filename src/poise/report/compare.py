@@ -6,11 +6,14 @@ helpful-vs-harmless chart of all runs) with a table of paired differences added,
 long-format CSV (one row per run, group, metric and category; one per paired difference).
 
 Paired differences. When two runs answered the same prompts (same item id and kind), the
-difference of a rate is measured prompt by prompt: for each shared item, the share of its judged
-samples that count as successes in each run; the difference is the mean of the per-item
-differences, with the normal-approximation 95% interval of that mean. Pairing removes the
-between-prompt variance that two independent intervals carry twice (Miller, "Adding Error Bars
-to Evals", arXiv 2411.00640, Section 4). The first run is the baseline of every pair.
+difference of a rate is measured on the shared prompts, pairing each prompt's answers in the two
+runs. Pairing removes the between-prompt variance that two independent intervals carry twice
+(Miller, "Adding Error Bars to Evals", arXiv 2411.00640). The first run is the baseline of every
+pair. With one judged answer per prompt in both runs (a greedy audit), the difference of the two
+rates gets Newcombe's paired hybrid score interval (Stat. Med. 17:2635, 1998, method 10) and the
+exact McNemar test; with several answers per prompt, the difference of the two rates over answers
+gets a cluster-robust interval and Wald test, prompts as clusters
+(:func:`poise.scoring.stats.paired_clustered`).
 
 ``export_run_csv(run, path)`` writes one row per sample record (flat columns: the run and model
 named, verdict fields as ``verdict_<name>``) and, next to it, one row per metric.
@@ -31,7 +34,7 @@ from typing import Any
 from poise.errors import PoiseError
 from poise.report.html import RunData, read_run, render_html_report
 from poise.scoring.metrics import Rate, group_rates
-from poise.scoring.stats import mean_interval
+from poise.scoring.stats import paired_binary, paired_clustered
 from poise.tasks import all_metrics
 
 CSV_COLUMNS = (
@@ -47,6 +50,8 @@ CSV_COLUMNS = (
     "low",
     "high",
     "baseline_run",  # paired differences: the run subtracted
+    "p_value",  # paired differences: the test of no difference
+    "method",  # paired differences: newcombe (McNemar test) or cluster (Wald test)
 )
 
 
@@ -58,9 +63,11 @@ class PairedDifference:
     run: str
     baseline: str
     items: int  # shared items with a judged sample in both runs
-    value: float  # mean over items of (run's success share - baseline's)
+    value: float  # run's rate minus baseline's, on the shared items
     low: float
     high: float
+    p_value: float = float("nan")  # exact McNemar (newcombe) or cluster-robust Wald (cluster)
+    method: str = ""  # "newcombe" | "cluster"
 
 
 def _model(run: RunData) -> str:
@@ -74,8 +81,8 @@ def _default_records(run: RunData) -> Sequence[Mapping[str, Any]]:
     return [r for r in run.records if r.get("request_id") == group]
 
 
-def _item_successes(records: Iterable[Mapping[str, Any]], metric: Any) -> dict[str, float]:
-    """Per item (``kind:item_id``): the share of its judged samples that are successes."""
+def _item_successes(records: Iterable[Mapping[str, Any]], metric: Any) -> dict[str, list[int]]:
+    """Per item (``kind:item_id``): [successes, judged samples]."""
     counts: dict[str, list[int]] = {}
     for r in records:
         verdict = r.get("verdict") or {}
@@ -85,7 +92,7 @@ def _item_successes(records: Iterable[Mapping[str, Any]], metric: Any) -> dict[s
         k_n = counts.setdefault(key, [0, 0])
         k_n[0] += bool(metric.success(verdict))
         k_n[1] += 1
-    return {key: k / n for key, (k, n) in counts.items()}
+    return counts
 
 
 def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
@@ -105,10 +112,27 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
             shared = sorted(a.keys() & b.keys())
             if len(shared) < 2:
                 continue
-            value, low, high = mean_interval([b[key] - a[key] for key in shared])
+            if all(a[key][1] == 1 and b[key][1] == 1 for key in shared):
+                diff = paired_binary(
+                    metric.name, [(b[key][0] == 1, a[key][0] == 1) for key in shared]
+                )
+            else:
+                diff = paired_clustered(
+                    metric.name,
+                    [(b[key][0], b[key][1]) for key in shared],
+                    [(a[key][0], a[key][1]) for key in shared],
+                )
             out.append(
                 PairedDifference(
-                    metric.name, other.label, base.label, len(shared), value, low, high
+                    metric.name,
+                    other.label,
+                    base.label,
+                    len(shared),
+                    diff.value,
+                    diff.low,
+                    diff.high,
+                    p_value=diff.p_value,
+                    method=diff.method,
                 )
             )
     return out
@@ -138,6 +162,8 @@ def _rate_rows(run: RunData) -> list[dict[str, Any]]:
                     "low": rate.low,
                     "high": rate.high,
                     "baseline_run": "",
+                    "p_value": "",
+                    "method": "cluster" if rate.clusters is not None else "wilson",
                 }
             )
     return rows
@@ -162,6 +188,9 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
+_TESTS = {"newcombe": "McNemar exact", "cluster": "cluster-robust Wald"}
+
+
 def _paired_section(diffs: Sequence[PairedDifference]) -> str:
     """The paired differences as an HTML section (escaped; no script)."""
     if not diffs:
@@ -169,15 +198,17 @@ def _paired_section(diffs: Sequence[PairedDifference]) -> str:
     info = all_metrics()
     rows = "".join(
         f"<tr><td>{html_lib.escape(d.run)}</td><td>{html_lib.escape(d.baseline)}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
-        f"<td>{d.items}</td></tr>"
+        f"<td>{d.p_value:.2g} ({_TESTS.get(d.method, d.method)})</td><td>{d.items}</td></tr>"
         for d in diffs
     )
     return (
         '<section id="paired-differences"><h2>Paired differences</h2>'
-        "<p>Each run minus the first, prompt by prompt, on the prompts both answered: the mean of "
-        "the per-prompt differences with its 95% interval (arXiv 2411.00640).</p>"
-        "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>difference</th>"
-        "<th>shared prompts</th></tr></thead><tbody>"
+        "<p>Each run minus the first, on the prompts both answered, each prompt paired with "
+        "itself: one answer per prompt gets Newcombe's paired interval and the exact McNemar "
+        "test; several answers per prompt a cluster-robust interval and Wald test, prompts as "
+        "clusters (arXiv 2411.00640).</p>"
+        "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>difference [95%]</th>"
+        "<th>p (test)</th><th>shared prompts</th></tr></thead><tbody>"
         f"{rows}</tbody></table></section>"
     )
 
@@ -215,6 +246,8 @@ def compare_runs(
                 "low": d.low,
                 "high": d.high,
                 "baseline_run": d.baseline,
+                "p_value": d.p_value,
+                "method": d.method,
             }
             for d in diffs
         ]

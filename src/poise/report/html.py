@@ -96,7 +96,12 @@ def _card(rate: Rate) -> dict[str, Any]:
         "name": rate.name,
         "label": info.label,
         "value": _pct(rate.value),
-        "interval": f"95% CI {_pct(rate.low)} – {_pct(rate.high)}",
+        "interval": f"95% CI {_pct(rate.low)} – {_pct(rate.high)}"
+        + (
+            f" (cluster-robust over {rate.clusters} prompts, design effect {rate.design_effect:.2f})"
+            if rate.clusters is not None and rate.design_effect is not None
+            else ""
+        ),
         "sentence": explain(rate),
         "better": "lower is better" if info.better == "lower" else "higher is better",
         "tone": _tone(rate),

@@ -1,11 +1,25 @@
-"""Confidence intervals for rates and means, and the rate type every count in poise uses."""
+"""Confidence intervals for rates and means, and the rate type every count in poise uses.
+
+- :func:`wilson_interval`: a rate over independent trials (Wilson 1927).
+- :func:`cluster_design_effect` and :meth:`Rate.of_clusters`: a rate over samples that come in
+  clusters (several samples of one prompt are not independent): a Wilson interval on the
+  effective sample size ``n / deff`` (Kish 1965's design effect; the effective-n Wilson interval
+  of Korn & Graubard, Survey Methodology 24, 1998), with ``deff`` from the cluster-robust
+  (sandwich) variance of the ratio estimator, as recommended for evals by Miller, "Adding Error
+  Bars to Evals", arXiv 2411.00640 (its clustered standard errors).
+- :func:`paired_binary`: two binary outcomes per prompt (system prompt on / off, model A / B,
+  before / after training): the difference of rates with Newcombe's paired hybrid score interval
+  (Newcombe, Stat. Med. 17:2635, 1998, method 10) and the exact McNemar test.
+- :func:`paired_clustered`: two rates over several samples per prompt on the same prompts: the
+  difference with a cluster-robust interval and Wald test, prompts as clusters.
+"""
 
 from __future__ import annotations
 
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from poise.errors import PoiseError
@@ -32,6 +46,243 @@ def wilson_interval(
     low = 0.0 if successes == 0 else max(0.0, centre - half)
     high = 1.0 if successes == total else min(1.0, centre + half)
     return low, high
+
+
+Z95 = 1.959963984540054  # the standard normal's 0.975 quantile
+
+
+def wilson_interval_effective(
+    value: float, effective_n: float, z: float = Z95
+) -> tuple[float, float]:
+    """Wilson score interval for a proportion ``value`` estimated with ``effective_n`` (a real
+    number: the sample size over the design effect) in place of the number of trials. With
+    ``effective_n`` an integer and ``value = k / effective_n`` it equals :func:`wilson_interval`."""
+    if not 0.0 <= value <= 1.0 or effective_n <= 0:
+        raise ValueError(f"need 0 <= value <= 1 and effective_n > 0, got {value}, {effective_n}")
+    z2 = z * z
+    denom = 1.0 + z2 / effective_n
+    centre = (value + z2 / (2 * effective_n)) / denom
+    half = z * math.sqrt(value * (1 - value) / effective_n + z2 / (4 * effective_n**2)) / denom
+    low = 0.0 if value == 0.0 else max(0.0, centre - half)
+    high = 1.0 if value == 1.0 else min(1.0, centre + half)
+    return min(low, value), max(high, value)
+
+
+def cluster_design_effect(successes: Sequence[int], trials: Sequence[int]) -> tuple[float, float]:
+    """(design effect, effective sample size) of the rate ``sum(successes) / sum(trials)`` whose
+    trials come in clusters (``successes[i]`` of ``trials[i]`` in cluster ``i``; shapes [m]).
+
+    The cluster-robust variance of the ratio estimator ``p = K / N`` (Liang & Zeger 1986; the
+    clustered standard error of arXiv 2411.00640, with the usual ``m / (m - 1)`` small-sample
+    factor, as statsmodels' cluster covariance of a regression on a constant) is ``v_c = m / (m - 1) · Σ_i (k_i - p n_i)² / N²``;
+    over independent trials it would be ``v = p (1 - p) / N``. ``deff = v_c / v``, floored at 1
+    (a clustered rate is never reported as surer than independent trials would make it), and
+    ``n_eff = N / deff``.
+
+    Where the data cannot estimate it: at ``p = 0`` or ``p = 1`` (every trial alike) or with one
+    cluster, the conservative ``n_eff = m`` (as if each cluster were one trial) is used.
+    """
+    if len(successes) != len(trials) or not trials:
+        raise ValueError("successes and trials need the same, non-zero length")
+    m = len(trials)
+    total = sum(trials)
+    hits = sum(successes)
+    if total <= 0 or any(n < 0 or not 0 <= k <= n for k, n in zip(successes, trials, strict=True)):
+        raise ValueError("need 0 <= successes[i] <= trials[i] and some trials")
+    p = hits / total
+    if m == 1 or hits in (0, total):
+        return total / m, float(m)
+    residual = sum(
+        (k - p * n) ** 2 for k, n in zip(successes, trials, strict=True)
+    )  # Σ (k_i - p n_i)²
+    v_cluster = m / (m - 1) * residual / total**2
+    v_independent = p * (1 - p) / total
+    deff = max(1.0, v_cluster / v_independent)
+    return deff, total / deff
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar p-value: the binomial test of ``a_only`` successes in
+    ``a_only + b_only`` discordant pairs at 1/2 (McNemar 1947; the exact form as
+    ``statsmodels.stats.contingency_tables.mcnemar(exact=True)``). 1.0 without discordant pairs."""
+    if a_only < 0 or b_only < 0:
+        raise ValueError("discordant counts must be >= 0")
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def newcombe_paired_interval(
+    both: int, a_only: int, b_only: int, neither: int, z: float = Z95
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval for ``p_a - p_b`` from paired binary outcomes
+    (Newcombe, "Improved confidence intervals for the difference between binomial proportions
+    based on paired data", Stat. Med. 17:2635-2650, 1998, method 10).
+
+    ``both``, ``a_only``, ``b_only``, ``neither``: the 2x2 table of pairs (a success in A and in B,
+    in A only, in B only, in neither). ``p_a = (both + a_only) / n``, ``p_b = (both + b_only) / n``,
+    ``(l_a, u_a)``, ``(l_b, u_b)`` their Wilson intervals, and ``φ`` the correlation of the pair
+    with Newcombe's correction (``C = ad - bc``, less ``n / 2`` when above ``n / 2``, 0 between 0
+    and ``n / 2``; ``φ = C / sqrt((a+b)(c+d)(a+c)(b+d))``, 0 when a margin is empty):
+
+        low  = D - sqrt((p_a - l_a)² - 2 φ (p_a - l_a)(u_b - p_b) + (u_b - p_b)²)
+        high = D + sqrt((p_b - l_b)² - 2 φ (p_b - l_b)(u_a - p_a) + (u_a - p_a)²)
+    """
+    a, b, c, d = both, a_only, b_only, neither
+    n = a + b + c + d
+    if n <= 0 or min(a, b, c, d) < 0:
+        raise ValueError(f"need non-negative counts and n > 0, got {(a, b, c, d)}")
+    p_a, p_b = (a + b) / n, (a + c) / n
+    l_a, u_a = wilson_interval(a + b, n, z)
+    l_b, u_b = wilson_interval(a + c, n, z)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    corr: float = a * d - b * c
+    corr = corr - n / 2 if corr > n / 2 else (corr if corr < 0 else 0)
+    phi = corr / math.sqrt(margins) if margins else 0.0
+    diff = p_a - p_b
+    low = diff - math.sqrt(
+        max(0.0, (p_a - l_a) ** 2 - 2 * phi * (p_a - l_a) * (u_b - p_b) + (u_b - p_b) ** 2)
+    )
+    high = diff + math.sqrt(
+        max(0.0, (p_b - l_b) ** 2 - 2 * phi * (p_b - l_b) * (u_a - p_a) + (u_a - p_a) ** 2)
+    )
+    return max(-1.0, low), min(1.0, high)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``a - b`` for one rate measured on the same prompts under two conditions, with its 95%
+    interval and a test of no difference.
+
+    ``method``: ``"newcombe"`` (one binary outcome per prompt and condition; ``counts`` holds the
+    2x2 table and ``test`` is ``"mcnemar-exact"``) or ``"cluster"`` (several samples per prompt;
+    cluster-robust Wald interval and test, ``test = "wald-cluster"``). ``pairs``: prompts in both.
+    """
+
+    name: str
+    a: str
+    b: str
+    value: float
+    low: float
+    high: float
+    p_value: float
+    pairs: int
+    method: str
+    test: str
+    rate_a: float
+    rate_b: float
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "name": self.name,
+            "a": self.a,
+            "b": self.b,
+            "difference": self.value,
+            "low": self.low,
+            "high": self.high,
+            "p_value": self.p_value,
+            "pairs": self.pairs,
+            "method": self.method,
+            "test": self.test,
+            "rate_a": self.rate_a,
+            "rate_b": self.rate_b,
+        }
+        if self.counts:
+            out["counts"] = dict(self.counts)
+        return out
+
+    def format(self) -> str:
+        """``-6.2 pp [-11.9, -0.5], p = 0.031``: the difference in percentage points."""
+        return (
+            f"{100 * self.value:+.1f} pp [{100 * self.low:+.1f}, {100 * self.high:+.1f}], "
+            f"p = {self.p_value:.2g}"
+        )
+
+
+def paired_binary(
+    name: str, pairs: Sequence[tuple[bool, bool]], *, a: str = "a", b: str = "b"
+) -> PairedDifference:
+    """The difference of two rates from one binary outcome per prompt under each condition
+    (``pairs[i] = (outcome under a, outcome under b)``): Newcombe's paired interval and the exact
+    McNemar test (see :func:`newcombe_paired_interval`, :func:`mcnemar_exact`)."""
+    if not pairs:
+        raise ValueError(f"{name}: no pairs")
+    both = sum(1 for x, y in pairs if x and y)
+    a_only = sum(1 for x, y in pairs if x and not y)
+    b_only = sum(1 for x, y in pairs if y and not x)
+    neither = len(pairs) - both - a_only - b_only
+    low, high = newcombe_paired_interval(both, a_only, b_only, neither)
+    n = len(pairs)
+    return PairedDifference(
+        name=name,
+        a=a,
+        b=b,
+        value=(a_only - b_only) / n,
+        low=low,
+        high=high,
+        p_value=mcnemar_exact(a_only, b_only),
+        pairs=n,
+        method="newcombe",
+        test="mcnemar-exact",
+        rate_a=(both + a_only) / n,
+        rate_b=(both + b_only) / n,
+        counts={"both": both, "a_only": a_only, "b_only": b_only, "neither": neither},
+    )
+
+
+def paired_clustered(
+    name: str,
+    a_counts: Sequence[tuple[int, int]],
+    b_counts: Sequence[tuple[int, int]],
+    *,
+    a: str = "a",
+    b: str = "b",
+    z: float = Z95,
+) -> PairedDifference:
+    """The difference of two rates over several samples per prompt on the same prompts
+    (``a_counts[i] = (successes, trials)`` of prompt ``i`` under a; shapes [m]).
+
+    ``D = K_a / N_a - K_b / N_b``; its cluster-robust variance, prompts as clusters, is
+    ``m / (m - 1) · Σ_i r_i²`` with ``r_i = (k_ai - p_a n_ai) / N_a - (k_bi - p_b n_bi) / N_b``
+    (the linearisation of both ratio estimators, which keeps their within-prompt covariance;
+    arXiv 2411.00640, paired differences). Normal interval and two-sided Wald test.
+    """
+    if len(a_counts) != len(b_counts) or len(a_counts) < 2:
+        raise ValueError(f"{name}: need the same prompts, at least 2, under both conditions")
+    n_a = sum(n for _, n in a_counts)
+    n_b = sum(n for _, n in b_counts)
+    if n_a <= 0 or n_b <= 0:
+        raise ValueError(f"{name}: no trials")
+    p_a = sum(k for k, _ in a_counts) / n_a
+    p_b = sum(k for k, _ in b_counts) / n_b
+    m = len(a_counts)
+    residuals = [
+        (ka - p_a * na) / n_a - (kb - p_b * nb) / n_b
+        for (ka, na), (kb, nb) in zip(a_counts, b_counts, strict=True)
+    ]  # [m]
+    se = math.sqrt(m / (m - 1) * sum(r * r for r in residuals))
+    diff = p_a - p_b
+    if se == 0.0:
+        p_value = 1.0 if diff == 0.0 else 0.0
+    else:
+        p_value = math.erfc(abs(diff) / se / math.sqrt(2))
+    return PairedDifference(
+        name=name,
+        a=a,
+        b=b,
+        value=diff,
+        low=max(-1.0, diff - z * se),
+        high=min(1.0, diff + z * se),
+        p_value=p_value,
+        pairs=m,
+        method="cluster",
+        test="wald-cluster",
+        rate_a=p_a,
+        rate_b=p_b,
+    )
 
 
 def mean_interval(
@@ -62,6 +313,13 @@ class Rate:
     low: float
     high: float
     description: str = ""
+    clusters: int | None = None  # set when the interval is cluster-robust (items as clusters)
+    design_effect: float | None = None
+
+    @property
+    def effective_n(self) -> float:
+        """``n`` over the design effect (``n`` for a rate over independent trials)."""
+        return self.n / self.design_effect if self.design_effect else float(self.n)
 
     @classmethod
     def of(cls, name: str, k: int, n: int, *, description: str = "") -> Rate:
@@ -83,6 +341,36 @@ class Rate:
         )
 
     @classmethod
+    def of_clusters(
+        cls,
+        name: str,
+        successes: Sequence[int],
+        trials: Sequence[int],
+        *,
+        description: str = "",
+    ) -> Rate:
+        """The rate ``sum(successes) / sum(trials)`` over clustered trials (cluster ``i``: a prompt
+        with ``trials[i]`` samples, ``successes[i]`` of them successes), with the Wilson interval
+        on the effective sample size (:func:`cluster_design_effect`)."""
+        k, n = sum(successes), sum(trials)
+        if n <= 0:
+            raise ValueError(f"{name}: a rate needs n > 0, got {k}/{n}")
+        deff, effective_n = cluster_design_effect(successes, trials)
+        value = k / n
+        low, high = wilson_interval_effective(value, effective_n)
+        return cls(
+            name=name,
+            k=k,
+            n=n,
+            value=value,
+            low=low,
+            high=high,
+            description=description,
+            clusters=len(trials),
+            design_effect=deff,
+        )
+
+    @classmethod
     def empty(cls, name: str, *, description: str = "") -> Rate:
         """0 of 0: value 0 and the uninformative interval [0, 1] (for a fixed table row)."""
         return cls(name=name, k=0, n=0, value=0.0, low=0.0, high=1.0, description=description)
@@ -98,6 +386,11 @@ class Rate:
         }
         if self.description:
             out["description"] = self.description
+        if self.clusters is not None:
+            out["interval"] = "cluster"
+            out["clusters"] = self.clusters
+            out["design_effect"] = self.design_effect
+            out["effective_n"] = self.effective_n
         return out
 
     @classmethod
@@ -113,6 +406,8 @@ class Rate:
             low=float(d["low"]),
             high=float(d["high"]),
             description=str(d.get("description") or ""),
+            clusters=int(d["clusters"]) if d.get("clusters") is not None else None,
+            design_effect=float(d["design_effect"]) if d.get("design_effect") is not None else None,
         )
 
     def format(self) -> str:

@@ -126,8 +126,8 @@ def pessimistic_coefficient(
     safety_test_size: int,
     delta: float,
     *,
-    candidate_coef: float = 0.0,
-    safety_coef: float = 2.0,
+    candidate_coef: float = 1.0,
+    safety_coef: float = 1.0,
 ) -> float:
     """The multiplier ``κ`` of ``std`` in the candidate-selection bound ``mean + κ · std``.
 
@@ -135,11 +135,17 @@ def pessimistic_coefficient(
     the estimate uses and ``n_s`` the size of the later safety test.
 
     Why inflate: the safety test will use ``n_s`` fresh samples, so a candidate that merely
-    satisfies the bound on its own data would fail the test about half the time. The default
-    ``c1 = 0, c2 = 2`` is the Seldonian heuristic (Thomas et al. 2019) that HC-RLHF's candidate
-    selection builds on: predict the safety test's bound with its sample size, with the
-    interval doubled to absorb the estimate's own error. HC-RLHF's public code also exposes the
-    candidate-sample term ``c1`` (its experiments used ``c1 = 4, c2 = 2``).
+    satisfies the bound on its own data would fail the test about half the time; the ``c2`` term
+    predicts the safety test's own bound, the ``c1`` term the error of the estimate on ``n_c``
+    costs.
+
+    Defaults ``c1 = c2 = 1``: the defaults of HC-RLHF's public code
+    (github.com/UMass-SCALAR-Lab/HC-RLHF, commit a265945,
+    ``safe_rlhf/algorithms/reinforce_lag/main.py``: ``--students_c1`` and ``--students_c2``
+    default to 1.0, and ``scripts/reinforce-ci-lag.sh`` sets ``STUDENTS_C1=1``,
+    ``STUDENTS_C2=1``); the same code's sweep script ran ``c1 = 4, c2 = 2``. The Seldonian
+    heuristic of Thomas et al. (2019), ``c1 = 0, c2 = 2``, is one call away. ``safe-rl`` exposes
+    both as ``--pessimism-c1`` / ``--pessimism-c2``.
     """
     _check_delta(delta)
     if safety_test_size < 2:
@@ -167,8 +173,8 @@ def pessimistic_upper_bound(
     safety_test_size: int,
     delta: float,
     *,
-    candidate_coef: float = 0.0,
-    safety_coef: float = 2.0,
+    candidate_coef: float = 1.0,
+    safety_coef: float = 1.0,
 ) -> float:
     """Candidate selection's pessimistic cost bound ``mean(c) + κ · std(c)``.
 

@@ -23,8 +23,9 @@ units. ``"raw"`` keeps the score itself (Safe RLHF's convention; its limit is us
 
 **--high-confidence** (HC-RLHF, arXiv 2506.08266): a share of the prompts is held out for a
 safety test. While training, ``λ`` follows the *pessimistic* bound ``mean + κ · std`` of the
-step's costs (κ anticipates the safety test's size, :func:`poise.train.safety.pessimistic_coefficient`)
-and the cost advantages use the matching per-sample augmented costs. At the end the model
+step's costs (κ anticipates the safety test's size, :func:`poise.train.safety.pessimistic_coefficient`;
+``κ = c1 · t_{1-δ,n_c-1}/√n_c + c2 · t_{1-δ,n_s-1}/√n_s`` with ``pessimism_c1 = pessimism_c2 = 1``
+by default, the defaults of HC-RLHF's public code) and the cost advantages use the matching per-sample augmented costs. At the end the model
 answers the held-out prompts and passes if ``mean + t_{1-δ,n-1} std/√n <= cost_limit``; the
 result (PASS/FAIL, n, mean, std, bound) goes into ``poise_train.json``.
 
@@ -129,6 +130,18 @@ class SafeRLConfig(TrainConfig, SuiteOptions):
     )
     safety_fraction: float = Field(
         0.3, gt=0, lt=1, description="HC-RLHF: share of prompts held out for the safety test"
+    )
+    pessimism_c1: float = Field(
+        1.0,
+        ge=0,
+        description="HC-RLHF: weight c1 of the candidate-sample term t(1-δ, n_c-1)/√n_c of the "
+        "pessimistic bound (default 1, as HC-RLHF's public code)",
+    )
+    pessimism_c2: float = Field(
+        1.0,
+        ge=0,
+        description="HC-RLHF: weight c2 of the safety-test term t(1-δ, n_s-1)/√n_s of the "
+        "pessimistic bound (default 1, as HC-RLHF's public code)",
     )
 
     @model_validator(mode="after")
@@ -360,7 +373,13 @@ def train_safe_rl(
     cost_model = Scorer(folders["cost_model"], config.max_length, session.device)
     k = config.samples_per_prompt
     kappa = (
-        pessimistic_coefficient(config.batch_size * k, len(safety_idx), config.delta)
+        pessimistic_coefficient(
+            config.batch_size * k,
+            len(safety_idx),
+            config.delta,
+            candidate_coef=config.pessimism_c1,
+            safety_coef=config.pessimism_c2,
+        )
         if config.high_confidence
         else 0.0
     )
@@ -414,7 +433,13 @@ def train_safe_rl(
             all_costs = session.accelerator.gather(torch.cat(step_costs).to(session.device))
             step_costs = []
             estimate = (
-                pessimistic_upper_bound(all_costs, len(safety_idx), config.delta)
+                pessimistic_upper_bound(
+                    all_costs,
+                    len(safety_idx),
+                    config.delta,
+                    candidate_coef=config.pessimism_c1,
+                    safety_coef=config.pessimism_c2,
+                )
                 if config.high_confidence
                 else float(all_costs.mean())
             )

@@ -1,0 +1,57 @@
+"""Terminal tables of attack summaries: the exploitation head shows the distinct completions and
+the system prompt's paired effect; the worst-of-N caption names the model and the held-out check."""
+
+from __future__ import annotations
+
+import numpy as np
+from rich.console import Console
+
+from poise.attacks.exploitation import exploitation_summary
+from poise.attacks.worst_of_n import worst_of_n_summary
+from poise.report.attack_tables import render_attack_summary
+
+
+def _text(summary: dict) -> str:
+    console = Console(width=200, record=True)
+    console.print(render_attack_summary(summary))
+    return " ".join(console.export_text().split())
+
+
+def test_exploitation_table_shows_distinct_completions_and_the_system_prompt_effect() -> None:
+    records = [
+        {
+            "item_id": item,
+            "kind": "harmful",
+            "request_id": f"{config}/sys={sys}",
+            "completion": f"{item}-{config}-{sys}",
+            "verdict": {"harmful": sys == "off", "refused": sys == "on"},
+        }
+        for item in ("a", "b", "c")
+        for config in ("greedy", "top_k=5")
+        for sys in ("on", "off")
+    ]
+    text = _text(exploitation_summary(records))
+    assert "distinct completions per harmful prompt" in text and "4.0 of 4" in text
+    assert "system prompt off − on: greedy_harmful_rate" in text and "+100.0 pp" in text
+
+
+def test_worst_of_n_caption_names_the_held_out_check() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.5, 2.0, size=30)
+    records = [
+        {
+            "item_id": f"i{i}",
+            "kind": "harmful",
+            "request_id": "worst_of_8/t=1.00",
+            "sample_index": k,
+            "verdict": {"harmful": bool(rng.random() < p[i])},
+        }
+        for i in range(30)
+        for k in range(8)
+    ]
+    text = _text(worst_of_n_summary(records, extrapolate=(64,)))
+    assert (
+        "predicted (beta-binomial)" in text
+        and "held out (fit on 4 samples, checked on 4 at N = 4)" in text
+    )
+    assert "64" in text

@@ -1,0 +1,150 @@
+"""Cluster-robust and paired statistics (poise.scoring.stats) against references nobody here
+wrote: statsmodels (cluster-robust covariance, McNemar, proportion confidence intervals) and the
+worked example of Newcombe's paired interval in Fagerland, Lydersen & Laake, "Statistical Analysis
+of Contingency Tables" (2017), chapter 8, as the R package contingencytables tests it."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poise.scoring.stats import (
+    Rate,
+    cluster_design_effect,
+    mcnemar_exact,
+    newcombe_paired_interval,
+    paired_binary,
+    paired_clustered,
+    wilson_interval,
+    wilson_interval_effective,
+)
+
+statsmodels = pytest.importorskip("statsmodels")
+
+
+def _cluster_se_statsmodels(successes: list[int], trials: list[int]) -> float:
+    """Cluster-robust standard error of the mean of the 0/1 outcomes, by statsmodels' OLS on a
+    constant with cluster covariance (its default correction G/(G-1) · (N-1)/(N-K), K = 1)."""
+    import statsmodels.api as sm
+
+    y = np.concatenate(
+        [[1.0] * k + [0.0] * (n - k) for k, n in zip(successes, trials, strict=True)]
+    )
+    groups = np.concatenate([[i] * n for i, n in enumerate(trials)])
+    fit = sm.OLS(y, np.ones((len(y), 1))).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    return float(fit.bse[0])
+
+
+CLUSTERED = [
+    ([3, 0, 8, 1, 5, 0, 2], [8, 8, 8, 8, 8, 8, 8]),  # equal cluster sizes
+    ([1, 0, 4, 2, 0, 6, 3, 0], [2, 3, 8, 4, 1, 6, 5, 2]),  # unequal
+    ([0, 0, 0, 1, 1, 1, 0, 1, 0, 0], [1] * 10),  # one sample per prompt
+]
+
+
+@pytest.mark.parametrize("successes,trials", CLUSTERED)
+def test_design_effect_matches_statsmodels_cluster_robust_variance(
+    successes: list[int], trials: list[int]
+) -> None:
+    deff, effective_n = cluster_design_effect(successes, trials)
+    k, n = sum(successes), sum(trials)
+    p = k / n
+    se = _cluster_se_statsmodels(successes, trials)
+    expected = max(1.0, se**2 / (p * (1 - p) / n))
+    assert deff == pytest.approx(expected, rel=1e-9)
+    assert effective_n == pytest.approx(n / expected, rel=1e-9)
+
+
+def test_clustered_rate_is_wider_when_samples_of_a_prompt_agree() -> None:
+    # 20 prompts x 8 samples: every prompt all harmful or all safe, versus harmful samples
+    # spread evenly over the prompts. Same 40/160, very different information.
+    together = Rate.of_clusters("harmful_rate", [8] * 5 + [0] * 15, [8] * 20)
+    spread = Rate.of_clusters("harmful_rate", [2] * 20, [8] * 20)
+    naive = Rate.of("harmful_rate", 40, 160)
+    assert together.value == spread.value == naive.value == 0.25
+    assert together.high - together.low > 2 * (naive.high - naive.low)
+    # deff floored at 1: never narrower than independent trials
+    assert (spread.low, spread.high) == pytest.approx((naive.low, naive.high), abs=1e-12)
+    # complete agreement within prompts: about m - 1 = 19 effective trials
+    assert together.effective_n == pytest.approx(19.0, rel=1e-9)
+    assert (together.low, together.high) == pytest.approx(
+        wilson_interval_effective(0.25, 19.0), abs=1e-12
+    )
+    d = together.to_dict()
+    assert d["interval"] == "cluster" and d["clusters"] == 20
+    assert Rate.from_dict(d) == together
+    # a rate over independent trials writes no cluster fields (metrics.json of a greedy audit)
+    assert set(naive.to_dict()) == {"name", "k", "n", "value", "low", "high"}
+
+
+def test_clustered_rate_without_variation_counts_each_prompt_once() -> None:
+    rate = Rate.of_clusters("harmful_rate", [0] * 12, [16] * 12)
+    assert rate.effective_n == 12.0 and rate.high == pytest.approx(wilson_interval(0, 12)[1])
+
+
+def test_effective_wilson_equals_wilson_at_integer_n() -> None:
+    for k, n in [(0, 10), (3, 10), (37, 200), (200, 200)]:
+        assert wilson_interval_effective(k / n, float(n)) == pytest.approx(
+            wilson_interval(k, n), abs=1e-12
+        )
+
+
+def test_newcombe_paired_interval_matches_the_published_example() -> None:
+    # Fagerland, Lydersen & Laake (2017) ch. 8, complete response before and after consolidation
+    # therapy (Cavo et al. 2012), table [[59, 6], [16, 80]]: estimate -0.0621,
+    # Newcombe square-and-add 95% CI -0.1186 to -0.0046 (contingencytables tests/testthat/test-ch8.R).
+    low, high = newcombe_paired_interval(59, 6, 16, 80)
+    assert (low, high) == pytest.approx((-0.1186, -0.0046), abs=5e-5)
+    pairs = [(True, True)] * 59 + [(True, False)] * 6 + [(False, True)] * 16 + [(False, False)] * 80
+    diff = paired_binary("response", pairs, a="before", b="after")
+    assert diff.value == pytest.approx(-0.0621, abs=5e-5)
+    assert (diff.low, diff.high) == (low, high)
+    assert diff.counts == {"both": 59, "a_only": 6, "b_only": 16, "neither": 80}
+
+
+@pytest.mark.parametrize("a_only,b_only", [(6, 16), (0, 5), (3, 3), (40, 25), (0, 0), (1, 0)])
+def test_mcnemar_exact_matches_statsmodels(a_only: int, b_only: int) -> None:
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    result = mcnemar([[10, a_only], [b_only, 20]], exact=True)
+    assert mcnemar_exact(a_only, b_only) == pytest.approx(float(result.pvalue), rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=60))
+def test_newcombe_interval_contains_the_difference_and_stays_in_range(
+    pairs: list[tuple[bool, bool]],
+) -> None:
+    diff = paired_binary("r", pairs)
+    assert -1.0 <= diff.low <= diff.value <= diff.high <= 1.0
+    assert 0.0 <= diff.p_value <= 1.0
+
+
+def test_paired_clustered_matches_statsmodels() -> None:
+    # Two conditions on the same 9 prompts, several samples each: the difference of the rates and
+    # its cluster-robust standard error, against OLS of the stacked outcomes on [1, condition]
+    # with prompts as clusters (no small-sample correction in statsmodels; ours is m / (m - 1)).
+    import statsmodels.api as sm
+
+    a = [(3, 4), (0, 4), (4, 4), (1, 4), (2, 4), (0, 4), (4, 4), (1, 4), (0, 4)]
+    b = [(1, 4), (0, 4), (2, 4), (0, 4), (2, 4), (0, 4), (3, 4), (0, 4), (1, 4)]
+    y, x, groups = [], [], []
+    for i, ((ka, na), (kb, nb)) in enumerate(zip(a, b, strict=True)):
+        for k, n, arm in ((ka, na, 1.0), (kb, nb, 0.0)):
+            y += [1.0] * k + [0.0] * (n - k)
+            x += [[1.0, arm]] * n
+            groups += [i] * n
+    fit = sm.OLS(np.array(y), np.array(x)).fit(
+        cov_type="cluster", cov_kwds={"groups": np.array(groups), "use_correction": False}
+    )
+    diff = paired_clustered("harmful_rate", a, b)
+    m = len(a)
+    assert diff.value == pytest.approx(float(fit.params[1]), rel=1e-12)
+    se = (diff.high - diff.value) / 1.959963984540054
+    assert se == pytest.approx(float(fit.bse[1]) * math.sqrt(m / (m - 1)), rel=1e-9)
+    assert diff.p_value == pytest.approx(math.erfc(abs(diff.value) / se / math.sqrt(2)), rel=1e-9)
+    assert diff.method == "cluster" and diff.pairs == 9
