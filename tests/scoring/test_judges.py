@@ -669,3 +669,21 @@ def test_classifier_accepts_organism_members(
         get_judge("classifier:organism-cost")
     _tiny_classifier(tmp_path / "organism-cost", num_labels=1)
     assert get_judge("classifier:organism-cost").name == "classifier:organism-cost"
+
+
+def test_classifier_refuses_a_folder_without_a_trained_head(tiny_hf_model_dir: Path) -> None:
+    # a causal LM folder: transformers would add a randomly initialised `score` head
+    with pytest.raises(
+        PoiseError, match=r"no trained classification head \(missing score\.weight\)"
+    ):
+        get_judge(f"classifier:{tiny_hf_model_dir}")
+
+
+def test_classifier_accepts_a_trained_head(cost_model_dir: Path) -> None:
+    from poise.scoring.judges import untrained_head
+
+    judge: Any = get_judge(f"classifier:{cost_model_dir}")
+    assert untrained_head(judge.model, []) == []
+    # the rule itself: a missing base-model weight is not the head's business
+    assert untrained_head(judge.model, ["model.norm.weight"]) == []
+    assert untrained_head(judge.model, ["score.weight"]) == ["score.weight"]

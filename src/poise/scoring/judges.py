@@ -269,12 +269,20 @@ class ClassifierJudge:
         )
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                source, use_safetensors=True, trust_remote_code=False
+            self.model, loading = AutoModelForSequenceClassification.from_pretrained(
+                source, use_safetensors=True, trust_remote_code=False, output_loading_info=True
             )
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PoiseError(f"{path}: cannot load a sequence classifier ({first})") from None
+        untrained = untrained_head(self.model, loading.get("missing_keys", ()))
+        if untrained:
+            raise PoiseError(
+                f"{path}: the checkpoint has no trained classification head (missing "
+                f"{', '.join(untrained[:3])}); transformers would score with random weights. "
+                "Use a folder fine-tuned for sequence classification, or guard:MODEL for a "
+                "generative guard"
+            )
         self.model.to(self.device).eval()
         if self.tokenizer.pad_token_id is None:
             # batching needs a pad token; the head pools the last non-pad token, so any
@@ -338,6 +346,19 @@ class ClassifierJudge:
             label = "harmful" if p >= self.threshold else "safe"
             verdicts.append(_with_p_harmful(base, p, self.threshold, label))
         return verdicts
+
+
+def untrained_head(model: Any, missing_keys: Sequence[str]) -> list[str]:
+    """The classification-head weights ``from_pretrained`` had to initialise at random.
+
+    A head is every parameter outside the base model (``score.*`` for Llama-style models,
+    ``classifier.*`` for BERT-style ones, ...); transformers lists the weights a checkpoint
+    lacks in ``missing_keys`` (``output_loading_info=True``) and fills them randomly, so a
+    causal LM or a bare encoder loaded as a classifier would judge with noise.
+    """
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."
+    head = {name for name, _ in model.named_parameters() if not name.startswith(prefix)}
+    return sorted(k for k in missing_keys if k in head or not k.startswith(prefix))
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
