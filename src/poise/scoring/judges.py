@@ -9,6 +9,9 @@ spec                judge
 ``classifier:PATH`` a HF sequence-classification folder or organism member (guard, cost model)
 ``guard:MODEL``     a generative guard LM asked "safe" or "unsafe"; P(unsafe) from its log-probs
 ``llm:MODEL``       an LLM with a Jinja2 rubric that ends in ``VERDICT: <label>``
+``preset:NAME``     a published guard or judge (Llama Guard 3/4, ShieldGemma, WildGuard, the
+                    HarmBench classifier, the StrongREJECT rubric) prompted exactly as its authors
+                    prompt it (:mod:`poise.scoring.presets`)
 ``oracle``          the bundled organism's exact judge (registered by the organism plugin)
 ``auto``            the audited model's ``recommended_judge``, else ``refusal``
 ==================  ===========================================================================
@@ -60,7 +63,12 @@ JudgeFactory = Callable[..., Judge]
 judges: Registry[JudgeFactory] = Registry("judge")
 
 # Judges whose spec carries an argument after the colon, and what it is.
-_ARGUMENT: dict[str, str] = {"classifier": "PATH", "guard": "MODEL_SPEC", "llm": "MODEL_SPEC"}
+_ARGUMENT: dict[str, str] = {
+    "classifier": "PATH",
+    "guard": "MODEL_SPEC",
+    "llm": "MODEL_SPEC",
+    "preset": "NAME",
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -636,6 +644,32 @@ def make_guard_judge(
         categories=categories,
         safe_word=safe_word,
         unsafe_word=unsafe_word,
+        min_words=min_words,
+    )
+
+
+@judges.register(
+    "preset",
+    help="preset:NAME — a published guard prompted as its authors do (llama-guard-3, "
+    "llama-guard-4, shieldgemma, wildguard, harmbench-cls, strongreject); model=FOLDER",
+)
+def make_preset_judge(
+    arg: str | None,
+    *,
+    model: str | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 8,
+    device: str = "auto",
+    min_words: int = 3,
+) -> Judge:
+    from poise.scoring.presets import PresetJudge
+
+    return PresetJudge(
+        arg or "",
+        model=model,
+        threshold=threshold,
+        batch_size=batch_size,
+        device=device,
         min_words=min_words,
     )
 
