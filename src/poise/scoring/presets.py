@@ -385,13 +385,13 @@ class PresetJudge:
         )
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-            self.model: Any = AutoModelForCausalLM.from_pretrained(
+            model_obj: Any = AutoModelForCausalLM.from_pretrained(
                 source, use_safetensors=True, trust_remote_code=False
             )
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PoiseError(f"{source}: cannot load the {preset} model ({first})") from None
-        self.model.to(self.device).eval()
+        self.model: Any = model_obj.to(self.device).eval()
 
     def text(self, prompt: str, response: str) -> str:
         """The exact input of one pair (a chat preset goes through the chat template)."""
