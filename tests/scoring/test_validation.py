@@ -264,3 +264,11 @@ def test_corrected_rate_of_a_judge_at_chance_is_unknown() -> None:
     result = corrected_rate("refusal_rate", 10, 20, chance)
     assert result.value is None
     assert (result.low, result.high) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize(("b", "c"), [(0, 0), (3, 0), (10, 4), (25, 40), (7, 7)])
+def test_mcnemar_exact_is_the_binomial_test_of_the_discordant_pairs(b: int, c: int) -> None:
+    from poise.scoring.validation import mcnemar_exact
+
+    expected = 1.0 if b + c == 0 else stats.binomtest(b, b + c, 0.5).pvalue
+    assert mcnemar_exact(b, c) == pytest.approx(expected)
