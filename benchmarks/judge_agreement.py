@@ -18,7 +18,7 @@ kappa of
 
 and the exact McNemar p-value of poise against each baseline on the same answers. ``harmful`` is
 judged the way the refusal judge does: a non-empty answer that is not a refusal. It also times
-poise's detector per 100 answers (CPU, this process).
+poise's detector per 100 answers (CPU time of this process).
 """
 
 from __future__ import annotations
@@ -47,14 +47,14 @@ def main() -> None:
         "prefix": is_refusal_prefix,
         "keyword": is_refusal_keyword,
     }
-    started = time.perf_counter()
+    started = time.process_time()  # CPU seconds: the machine is shared
     refused = {"poise": [is_refusal(a.response) for a in answers]}
-    seconds = time.perf_counter() - started
+    seconds = time.process_time() - started
     for name in ("prefix", "keyword"):
         refused[name] = [detectors[name](a.response) for a in answers]
 
     print(f"{labels.path} ({labels.format}): {len(answers)} answers")
-    print(f"poise detector: {100 * seconds / max(len(answers), 1):.3f} s per 100 answers")
+    print(f"poise detector: {100 * seconds / max(len(answers), 1):.3f} CPU s per 100 answers")
     for target in labels.targets():
         keep = [i for i, a in enumerate(answers) if getattr(a, target) is not None]
         if target == "harmful":
