@@ -74,7 +74,7 @@ Agreement with public human labels: GPTFuzz's labelled responses (arXiv 2309.102
 ``datasets/responses_labeled`` of github.com/sherdencooper/GPTFuzz, label 1 = jailbroken, read as
 ``harmful``), ``train.csv`` (6,160) used to write the multi-voice and turn rules, ``evaluate.csv``
 (1,540) held out; figures and commands in BENCHMARKS.md ("Refusal judges against human labels").
-
+"""
 
 from __future__ import annotations
 
@@ -512,9 +512,42 @@ _SPEAKER = re.compile(
 )
 # section headings, not voices
 _NOT_VOICES = frozenset(
-    "note notes step example examples answer question warning disclaimer summary tip tips "
-    "ingredients instructions conclusion introduction overview important caution reminder "
-    "update edit result results output input user assistant q a p s ps p.s".split()
+    [
+        "note",
+        "notes",
+        "step",
+        "example",
+        "examples",
+        "answer",
+        "question",
+        "warning",
+        "disclaimer",
+        "summary",
+        "tip",
+        "tips",
+        "ingredients",
+        "instructions",
+        "conclusion",
+        "introduction",
+        "overview",
+        "important",
+        "caution",
+        "reminder",
+        "update",
+        "edit",
+        "result",
+        "results",
+        "output",
+        "input",
+        "user",
+        "assistant",
+        "q",
+        "a",
+        "p",
+        "s",
+        "ps",
+        "p.s",
+    ]
 )
 
 
