@@ -75,3 +75,11 @@ def test_the_fingerprint_of_an_audit_without_judge_labels_is_unchanged() -> None
                  "judge_labels_columns"},
     )  # fmt: skip
     assert plain.fingerprint() == stable_hash(old)
+
+
+def test_judges_ls_lists_the_judges_and_the_presets_with_their_sources() -> None:
+    result = CliRunner().invoke(app, ["judges", "ls"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    for name in ("refusal", "classifier", "preset", "llama-guard-3", "wildguard", "gptfuzz"):
+        assert name in result.output
+    assert "prompt_format_utils.py" in result.output
