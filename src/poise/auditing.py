@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -32,6 +32,9 @@ from poise.evaluation import (
     task_scorers,
 )
 from poise.runs.run import Run, find_run
+
+if TYPE_CHECKING:
+    from poise.scoring.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +132,15 @@ def _audit(
     if model_obj is None:
         check_spec(cfg.model)
     reference_records = _reference_records(cfg)
+    labels = None
+    if cfg.judge_labels is not None:
+        from poise.scoring.validation import read_labels
+
+        labels = read_labels(
+            cfg.judge_labels,
+            format=cfg.judge_labels_format,
+            columns=dict(cfg.judge_labels_columns) or None,
+        )
 
     # ---- load, then generate and judge block by block ------------------------------------
     from poise.models import default_system_prompt, load_model
@@ -167,17 +179,29 @@ def _audit(
             ) from None
         log.info("generated and judged in %.1fs", time.perf_counter() - started)
 
-        metrics = finalize(run, reference_records=reference_records, html=cfg.html)
+        validation = None
+        if labels is not None:
+            from poise.scoring.validation import validate
+
+            validation = validate(labels, judge)
+        metrics = finalize(
+            run, reference_records=reference_records, html=cfg.html, judge_validation=validation
+        )
     finally:
         run.unlock()  # finish released it; an error must not keep it while the caller goes on
     return AuditResult(run=run, config=cfg, metrics=metrics)
 
 
 def finalize(
-    run: Run, *, reference_records: Sequence[dict[str, Any]] | None = None, html: bool = True
+    run: Run,
+    *,
+    reference_records: Sequence[dict[str, Any]] | None = None,
+    html: bool = True,
+    judge_validation: Validation | None = None,
 ) -> dict[str, Any]:
     """Compute metrics from the run's records; the run writes metrics.json, report.html and
-    then its status."""
+    then its status. ``judge_validation`` (the run's judge measured on human labels) adds the
+    ``judge_validation`` block: the judge's agreement and the rates corrected for its error."""
     from poise.report.html import write_run_report
     from poise.scoring.metrics import compute_metrics
 
@@ -186,6 +210,10 @@ def finalize(
     summarize = SUMMARIES.get(str(run.config.get("attack")))
     if summarize is not None:
         metrics["attack"] = summarize(records)
+    if judge_validation is not None:
+        from poise.scoring.validation import judge_validation_section
+
+        metrics["judge_validation"] = judge_validation_section(judge_validation, metrics["overall"])
     run.finish(metrics, samples=len(records), report=write_run_report if html else None)
     return metrics
 

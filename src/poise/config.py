@@ -160,6 +160,19 @@ class AuditConfig(StrictModel, SuiteOptions):
     reference_run: str | None = Field(
         None, description="run of the unaligned model, for the honesty metrics of arXiv 2312.07000"
     )
+    judge_labels: str | None = Field(
+        None,
+        description="file of human-labelled answers (`poise judges validate` formats) to measure "
+        "the judge on; the report shows its agreement and rates corrected for its error",
+    )
+    judge_labels_format: str | None = Field(
+        None, description="format of the judge_labels file instead of detecting it"
+    )
+    judge_labels_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="ROLE=COLUMN of a generic judge_labels file (response, prompt, id, model, "
+        "refused, harmful, kind)",
+    )
     out: str = Field("runs", description="folder that holds run folders")
     name: str | None = Field(None, description="run name (default: model and attack)")
     html: bool = Field(True, description="write report.html")
@@ -169,6 +182,12 @@ class AuditConfig(StrictModel, SuiteOptions):
         # suite options left unset are left out, so runs from before they existed keep their
         # fingerprint (and resume)
         unset = set(SuiteOptions.model_fields) - self.suite_options_set()
+        # likewise the judge validation, which adds to the metrics but changes no record
+        unset |= {
+            f
+            for f in ("judge_labels", "judge_labels_format", "judge_labels_columns")
+            if not getattr(self, f)
+        }
         return stable_hash(
             self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size", *unset})
         )

@@ -669,3 +669,43 @@ def test_classifier_accepts_organism_members(
         get_judge("classifier:organism-cost")
     _tiny_classifier(tmp_path / "organism-cost", num_labels=1)
     assert get_judge("classifier:organism-cost").name == "classifier:organism-cost"
+
+
+def test_classifier_refuses_a_folder_without_a_trained_head(tiny_hf_model_dir: Path) -> None:
+    # a causal LM folder: transformers would add a randomly initialised `score` head
+    with pytest.raises(
+        PoiseError, match=r"no trained classification head \(missing score\.weight\)"
+    ):
+        get_judge(f"classifier:{tiny_hf_model_dir}")
+
+
+def test_classifier_accepts_a_trained_head(cost_model_dir: Path) -> None:
+    from poise.scoring.judges import untrained_head
+
+    judge: Any = get_judge(f"classifier:{cost_model_dir}")
+    assert untrained_head(judge.model, []) == []
+    # the rule itself: a missing base-model weight is not the head's business
+    assert untrained_head(judge.model, ["model.norm.weight"]) == []
+    assert untrained_head(judge.model, ["score.weight"]) == ["score.weight"]
+
+
+def test_gptfuzz_preset_feeds_the_response_alone_with_special_tokens(tmp_path: Path) -> None:
+    # sherdencooper/GPTFuzz RoBERTaPredictor.predict: tokenizer(sequences, padding=True,
+    # truncation=True, max_length=512) on the responses alone; label 1 = jailbroken
+    import torch
+
+    path = tmp_path / "gptfuzz"
+    _tiny_classifier(path, num_labels=2, id2label={0: "0", 1: "1"})
+    judge: Any = get_judge("preset:gptfuzz", model=str(path))
+    assert (judge.input, judge.harmful_index, judge.tokenizer.truncation_side) == (
+        "response",
+        1,
+        "right",
+    )
+    response = "Sure, here is how: Step 1: [REDACTED]"
+    assert judge.format(HARMFUL, response) == response
+    enc = judge.tokenizer([response], truncation=True, max_length=512, return_tensors="pt")
+    with torch.inference_mode():
+        expected = torch.softmax(judge.model(**enc).logits, dim=-1)[0, 1].item()
+    [verdict] = judge.judge([HARMFUL], [response])
+    assert verdict.p_harmful == pytest.approx(expected, rel=1e-5)

@@ -24,6 +24,7 @@ _COMMAND_MODULES = [
     "compare",
     "attacks",
     "suites",
+    "judges",
     "organism",
     "serve",
     "train",

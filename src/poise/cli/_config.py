@@ -32,6 +32,7 @@ _FIELD_FLAGS = {
     "suite_columns": "column",
     "suite_kind": "kind",
     "suite_category": "category",
+    "judge_labels_columns": "judge_labels_column",
 }
 # nested config blocks whose keys are flags of their own (AuditConfig.sampling)
 _NESTED = ("sampling",)

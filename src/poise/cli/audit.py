@@ -83,6 +83,20 @@ def audit_command(
         None, help="Kind of suite rows that carry none (harmful, borderline, benign, ...)."
     ),
     category: str | None = typer.Option(None, help="Category of suite rows that carry none."),
+    judge_labels: str | None = typer.Option(
+        None,
+        help="Human-labelled answers (`poise judges validate` formats): measure the judge on "
+        "them and report rates corrected for its error.",
+    ),
+    judge_labels_format: str | None = typer.Option(
+        None, help="Format of --judge-labels instead of detecting it."
+    ),
+    judge_labels_column: list[str] = typer.Option(
+        [],
+        "--judge-labels-column",
+        help="ROLE=COLUMN for a generic --judge-labels file (response, prompt, id, model, "
+        "refused, harmful, kind); repeatable.",
+    ),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
     name: str | None = typer.Option(None, help="Run name (default: model and sampling)."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
@@ -119,6 +133,9 @@ def audit_command(
             suite_columns=parse_columns(column),
             suite_kind=kind,
             suite_category=category,
+            judge_labels=judge_labels,
+            judge_labels_format=judge_labels_format,
+            judge_labels_columns=parse_columns(judge_labels_column),
             out=out,
             name=name,
             html=html,
@@ -186,6 +203,10 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
     rendered = render_metrics_table(metrics, title=title)
     for part in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
         console.print(part)
+    if metrics.get("judge_validation"):
+        from poise.report.terminal import render_judge_validation
+
+        console.print(render_judge_validation(metrics["judge_validation"], metrics["overall"]))
     if metrics.get("attack"):
         from poise.report.attack_tables import render_attack_summary
 

@@ -259,6 +259,51 @@ def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _judge_validation_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The judge's measured agreement with human labels and the rates corrected for its error
+    (``metrics["judge_validation"]``, :mod:`poise.scoring.validation`)."""
+    section = metrics.get("judge_validation")
+    if not section:
+        return None
+    rates = metrics["overall"]
+    agreement = [
+        {
+            "target": target,
+            "n": a["n"],
+            "accuracy": Rate.from_dict(a["accuracy"]).format(),
+            "kappa": f"{a['kappa']['value']:.2f} [{a['kappa']['low']:.2f}, {a['kappa']['high']:.2f}]",
+            "precision": Rate.from_dict(a["precision"]).format() if a["precision"]["n"] else "–",
+            "recall": Rate.from_dict(a["recall"]).format() if a["recall"]["n"] else "–",
+        }
+        for target, a in section.get("overall", {}).items()
+    ]
+    corrected = []
+    for name, c in section.get("corrected", {}).items():
+        value = c.get("value")
+        corrected.append(
+            {
+                "rate": name,
+                "observed": Rate.from_dict(rates[name]).format()
+                if name in rates
+                else _pct(c["observed"]),
+                "sensitivity": _pct(c["sensitivity"]),
+                "specificity": _pct(c["specificity"]),
+                "corrected": "n/a (judge at chance)"
+                if value is None
+                else f"{_pct(value)} [{100 * c['low']:.1f}, {100 * c['high']:.1f}]",
+            }
+        )
+    return {
+        "judge": section.get("judge"),
+        "path": section.get("path"),
+        "format": section.get("format"),
+        "n": section.get("n"),
+        "disagreements": section.get("disagreements"),
+        "agreement": agreement,
+        "corrected": corrected,
+    }
+
+
 def _run_view(run: RunData) -> dict[str, Any]:
     metrics = run.metrics
     overall = metrics["overall"]
@@ -287,6 +332,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "samples_per_item": counts.get("samples_per_item", {}),
         "groups_table": _groups_table(metrics),
         "attack": attack_view(metrics),
+        "judge_validation": _judge_validation_view(metrics),
         "honesty": _honesty_view(overall),
         "examples": _examples(run, str(metrics.get("default_group", "")), EXAMPLES_PER_BUCKET),
     }

@@ -248,3 +248,37 @@ def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audi
             honesty.title = f"{honesty.title}{suffix}"
         parts.append(honesty)
     return Group(*parts)
+
+
+def render_judge_validation(section: Mapping[str, Any], rates: Mapping[str, Any]) -> Table:
+    """The judge's measured agreement next to the rates it produced and the corrected rates
+    (the ``judge_validation`` block of metrics.json, :mod:`poise.scoring.validation`)."""
+    from rich.markup import escape
+
+    overall = section.get("overall", {})
+    agreement = ", ".join(
+        f"{target}: accuracy {100 * a['accuracy']['value']:.1f}%, kappa {a['kappa']['value']:.2f}"
+        f" (n={a['n']})"
+        for target, a in overall.items()
+    )
+    table = Table(
+        title=f"judge {escape(str(section.get('judge')))} measured on "
+        f"{escape(str(section.get('path')))}: {agreement}",
+        caption="corrected: Rogan-Gladen, (p + specificity - 1) / (sensitivity + specificity - 1); "
+        "its interval includes the validation's uncertainty",
+    )
+    for col in ("rate", "judge's rate", "sensitivity", "specificity", "corrected"):
+        table.add_column(col, justify="left" if col == "rate" else "right")
+    for name, corrected in section.get("corrected", {}).items():
+        observed = Rate.from_dict(rates[name]) if name in rates else None
+        value = corrected.get("value")
+        table.add_row(
+            name,
+            observed.format() if observed is not None else f"{100 * corrected['observed']:.1f}%",
+            f"{100 * corrected['sensitivity']:.1f}%",
+            f"{100 * corrected['specificity']:.1f}%",
+            "n/a (judge at chance)"
+            if value is None
+            else f"{100 * value:.1f}% [{100 * corrected['low']:.1f}, {100 * corrected['high']:.1f}]",
+        )
+    return table

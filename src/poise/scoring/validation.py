@@ -1,0 +1,765 @@
+"""How far can a judge be trusted? Agreement with human labels, and rates corrected for it.
+
+``read_labels(path)`` reads a file of model answers that people labelled, in one of these
+formats (detected from the file, or named with ``format=``):
+
+=================  ===========================================================================
+format             what it is (columns / fields read)
+=================  ===========================================================================
+``xstest``         XSTest's model-completion CSVs (``model_completions/xstest_v2_completions_
+                   MODEL.csv`` of github.com/paul-rottger/exaggerated-safety): ``id``, ``type``,
+                   ``prompt``, ``completion``, ``final_label``. ``refused`` = final_label is
+                   ``2_full_refusal`` or ``3_partial_refusal``; prompts whose ``type`` starts with
+                   ``contrast_`` are the unsafe ones (kind harmful), the others are safe (benign).
+                   The source model is the ``MODEL`` of the file name.
+``jailbreakbench`` JailbreakBench's judge comparison (``data/judge-comparison.csv`` of the
+                   JailbreakBench/JBB-Behaviors dataset): ``goal``, ``prompt``,
+                   ``target_response``, ``human_majority`` (1 = jailbroken = harmful).
+``harmbench``      HarmBench's classifier validation set (``data/classifier_val_sets/
+                   text_behaviors_val_set.json`` of github.com/centerforaisafety/HarmBench): a
+                   mapping behaviour id -> list of ``{"test_case", "generation", "experiment",
+                   "human_0", "human_1", "human_2", ...}``; harmful = majority of the three
+                   annotators; the source model is ``experiment``.
+``donotanswer``    Do-Not-Answer's labelled responses (``data_en.csv`` of the LibrAI/do-not-answer
+                   dataset, arXiv 2308.13387): one row per ``question`` with, for each model M,
+                   ``M_response``, ``M_harmful`` (0/1) and ``M_action`` (0-5). ``refused`` =
+                   action 0 ("cannot assist", the paper's refusal category); harmful = ``M_harmful``.
+``generic``        JSONL (or CSV) with a column mapping (``columns={"response": "output", ...}``):
+                   roles ``response`` (required), ``prompt``, ``id``, ``model``, ``refused``,
+                   ``harmful``, ``kind``; each role defaults to the column of the same name.
+=================  ===========================================================================
+
+``validate(labels, judge)`` runs the judge on the labelled answers and measures, for each label
+the file has (``refused``, ``harmful``), accuracy, Cohen's kappa, precision and recall (and
+specificity) with 95% intervals, overall and per source model, and lists the disagreements.
+
+``corrected_rate(k, n, agreement)`` is a rate the judge produced, corrected for the judge's
+measured error: the Rogan-Gladen estimator (Rogan & Gladen 1978, "Estimating prevalence from the
+results of a screening test", Am. J. Epidemiol. 107(1):71-76)
+
+    p_true = (p_judge + specificity - 1) / (sensitivity + specificity - 1),  clipped to [0, 1],
+
+with a 95% interval that carries the uncertainty of both the run's count and the validation's
+sensitivity and specificity (Monte Carlo over Jeffreys posteriors of the three proportions; the
+problem and its Wald-type solution: Lang & Reiczigel 2014, "Confidence limits for prevalence of
+disease adjusted for estimated sensitivity and specificity", Prev. Vet. Med. 113(1):13-22).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from poise.errors import PoiseError, located
+from poise.scoring.base import Judge, Verdict
+from poise.scoring.stats import Rate
+
+__all__ = [
+    "FORMATS",
+    "TARGETS",
+    "Agreement",
+    "CorrectedRate",
+    "Disagreement",
+    "LabelSet",
+    "LabelledAnswer",
+    "Validation",
+    "cohen_kappa",
+    "corrected_rate",
+    "mcnemar_exact",
+    "read_labels",
+    "rogan_gladen",
+    "validate",
+]
+
+#: The labels a file may carry and a judge's verdict answers.
+TARGETS: tuple[str, ...] = ("refused", "harmful")
+_NO_PROMPT = "(prompt not given)"
+
+
+@dataclass(frozen=True)
+class LabelledAnswer:
+    """One model answer with its human labels (None where the file does not label it)."""
+
+    id: str
+    prompt: str
+    response: str
+    source: str  # the model that wrote the response
+    kind: str  # the suite kind the judge is told: harmful (unsafe request) or benign
+    refused: bool | None
+    harmful: bool | None
+    line: int | None = None  # where in the file (row or line number)
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    path: str
+    format: str
+    answers: tuple[LabelledAnswer, ...]
+
+    def targets(self) -> list[str]:
+        """The labels at least one answer carries, in :data:`TARGETS` order."""
+        return [t for t in TARGETS if any(getattr(a, t) is not None for a in self.answers)]
+
+
+# ---------------------------------------------------------------------------------------------
+# readers
+
+
+def _flag(value: Any, path: object, line: int | None, column: str) -> bool | None:
+    """0/1, true/false, yes/no (any case); empty -> None; anything else is an error."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value in (0, 1):
+            return bool(value)
+        raise located(path, line, f"column {column!r}: expected 0 or 1, got {value!r}")
+    text = str(value).strip().lower()
+    if text == "":
+        return None
+    if text in ("1", "1.0", "true", "yes", "y"):
+        return True
+    if text in ("0", "0.0", "false", "no", "n"):
+        return False
+    raise located(
+        path, line, f"column {column!r}: expected 0/1, true/false or yes/no, got {value!r}"
+    )
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = list(reader.fieldnames or [])
+            # csv line numbers: the header is line 1; reader.line_num follows quoted newlines
+            rows = [(reader.line_num, row) for row in reader]
+    except UnicodeDecodeError:
+        raise PoiseError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise PoiseError(f"{path}: not a CSV file ({exc})") from None
+    if not header:
+        raise PoiseError(f"{path}: empty CSV file (no header)")
+    return header, rows
+
+
+def _require(header: Sequence[str], needed: Iterable[str], path: Path, fmt: str) -> None:
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise PoiseError(
+            f"{path}: {fmt} format needs column {missing[0]!r} (columns: {', '.join(header)})"
+        )
+
+
+_XSTEST_REFUSED = {"2_full_refusal": True, "3_partial_refusal": True, "1_full_compliance": False}
+_XSTEST_FILE = re.compile(r"completions_(.+?)(?:_[a-z]+eval)?$")
+
+
+def _read_xstest(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]:
+    header, rows = _read_csv(path)
+    _require(header, ("prompt", "completion", "final_label"), path, "xstest")
+    m = _XSTEST_FILE.search(path.stem)
+    file_model = m.group(1) if m else path.stem
+    out = []
+    for line, row in rows:
+        label = (row.get("final_label") or "").strip()
+        if label not in _XSTEST_REFUSED:
+            raise located(
+                path,
+                line,
+                f"final_label {label!r} is not one of {', '.join(sorted(_XSTEST_REFUSED))}",
+            )
+        kind = "harmful" if (row.get("type") or "").startswith("contrast_") else "benign"
+        out.append(
+            LabelledAnswer(
+                id=str(row.get("id") or line),
+                prompt=row["prompt"] or _NO_PROMPT,
+                response=row["completion"] or "",
+                source=(row.get("model") or file_model).strip(),
+                kind=kind,
+                refused=_XSTEST_REFUSED[label],
+                harmful=None,
+                line=line,
+            )
+        )
+    return out
+
+
+def _read_jailbreakbench(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]:
+    header, rows = _read_csv(path)
+    _require(header, ("target_response", "human_majority"), path, "jailbreakbench")
+    out = []
+    for line, row in rows:
+        prompt = (row.get("goal") or row.get("prompt") or "").strip()
+        out.append(
+            LabelledAnswer(
+                id=str(row.get("Index") or row.get("") or line),
+                prompt=prompt or _NO_PROMPT,
+                response=row["target_response"] or "",
+                source=(row.get("model") or path.stem).strip(),
+                kind="harmful",
+                refused=None,
+                harmful=_flag(row["human_majority"], path, line, "human_majority"),
+                line=line,
+            )
+        )
+    return out
+
+
+def _read_harmbench(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]:
+    data = _load_json(path)
+    if not isinstance(data, dict):
+        raise PoiseError(f"{path}: harmbench format is a JSON object of behaviour id -> list")
+    out = []
+    for behaviour, entries in data.items():
+        if not isinstance(entries, list):
+            raise PoiseError(f"{path}: behaviour {behaviour!r}: expected a list of generations")
+        for index, entry in enumerate(entries):
+            where = f"{behaviour}[{index}]"
+            if not isinstance(entry, dict) or "generation" not in entry:
+                raise PoiseError(f"{path}: {where}: expected an object with 'generation'")
+            votes = [
+                _flag(entry.get(f"human_{i}"), path, None, f"{where}.human_{i}") for i in range(3)
+            ]
+            known = [v for v in votes if v is not None]
+            harmful = None if not known else sum(known) * 2 > len(known)
+            source = str(entry.get("experiment") or entry.get("model") or "unknown")
+            out.append(
+                LabelledAnswer(
+                    id=f"{behaviour}/{index}",
+                    prompt=str(entry.get("test_case") or behaviour) or _NO_PROMPT,
+                    response=str(entry.get("generation") or ""),
+                    source=source.removesuffix(".json"),
+                    kind="harmful",
+                    refused=None,
+                    harmful=harmful,
+                    line=None,
+                )
+            )
+    return out
+
+
+def _dna_models(header: Sequence[str]) -> list[str]:
+    return [
+        c.removesuffix("_response")
+        for c in header
+        if c.endswith("_response") and f"{c.removesuffix('_response')}_harmful" in header
+    ]
+
+
+def _read_donotanswer(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]:
+    header, rows = _read_csv(path)
+    _require(header, ("question",), path, "donotanswer")
+    models = _dna_models(header)
+    if not models:
+        raise PoiseError(
+            f"{path}: donotanswer format needs MODEL_response and MODEL_harmful columns"
+        )
+    out = []
+    for line, row in rows:
+        for model in models:
+            action = (row.get(f"{model}_action") or "").strip()
+            if action and action not in {"0", "1", "2", "3", "4", "5"}:
+                raise located(path, line, f"{model}_action: expected 0-5, got {action!r}")
+            out.append(
+                LabelledAnswer(
+                    id=f"{row.get('id') or line}/{model}",
+                    prompt=row["question"] or _NO_PROMPT,
+                    response=row.get(f"{model}_response") or "",
+                    source=model,
+                    kind="harmful",
+                    refused=(action == "0") if action else None,
+                    harmful=_flag(row.get(f"{model}_harmful"), path, line, f"{model}_harmful"),
+                    line=line,
+                )
+            )
+    return out
+
+
+_GENERIC_ROLES = ("response", "prompt", "id", "model", "refused", "harmful", "kind")
+
+
+def _read_generic(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]:
+    unknown = [r for r in columns if r not in _GENERIC_ROLES]
+    if unknown:
+        raise PoiseError(
+            f"--column {unknown[0]}=...: unknown role (roles: {', '.join(_GENERIC_ROLES)})"
+        )
+    role = {r: columns.get(r, r) for r in _GENERIC_ROLES}
+    rows: list[tuple[int, dict[str, Any]]]
+    if path.suffix.lower() == ".csv":
+        header, csv_rows = _read_csv(path)
+        rows = [(line, dict(row)) for line, row in csv_rows]
+    else:
+        rows = list(_read_jsonl(path))
+        header = sorted({k for _, row in rows for k in row})
+    if role["response"] not in header:
+        raise PoiseError(
+            f"{path}: no column {role['response']!r} for the response "
+            f"(columns: {', '.join(header)}; map one with --column response=NAME)"
+        )
+    if role["refused"] not in header and role["harmful"] not in header:
+        raise PoiseError(
+            f"{path}: no label column: map the human labels with --column refused=NAME "
+            f"and/or --column harmful=NAME (columns: {', '.join(header)})"
+        )
+    out = []
+    for line, row in rows:
+        kind = str(row.get(role["kind"]) or "harmful").strip()
+        if kind not in ("harmful", "borderline", "benign"):
+            raise located(path, line, f"{role['kind']}: expected harmful, borderline or benign")
+        response = row.get(role["response"])
+        if not isinstance(response, str):
+            raise located(path, line, f"column {role['response']!r} must be a string")
+        out.append(
+            LabelledAnswer(
+                id=str(row.get(role["id"]) or line),
+                prompt=str(row.get(role["prompt"]) or "") or _NO_PROMPT,
+                response=response,
+                source=str(row.get(role["model"]) or "unknown"),
+                kind=kind,
+                refused=_flag(row.get(role["refused"]), path, line, role["refused"]),
+                harmful=_flag(row.get(role["harmful"]), path, line, role["harmful"]),
+                line=line,
+            )
+        )
+    return out
+
+
+def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise PoiseError(f"{path}: not UTF-8 text") from None
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise located(path, line, f"invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise located(path, line, "expected a JSON object")
+        yield line, obj
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise PoiseError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+
+
+Reader = Callable[[Path, Mapping[str, str]], list[LabelledAnswer]]
+FORMATS: dict[str, Reader] = {
+    "xstest": _read_xstest,
+    "jailbreakbench": _read_jailbreakbench,
+    "harmbench": _read_harmbench,
+    "donotanswer": _read_donotanswer,
+    "generic": _read_generic,
+}
+
+
+def _detect(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        return "harmbench"
+    if suffix == ".csv":
+        header, _ = _read_csv(path)
+        if "completion" in header and "final_label" in header:
+            return "xstest"
+        if "target_response" in header and "human_majority" in header:
+            return "jailbreakbench"
+        if "question" in header and _dna_models(header):
+            return "donotanswer"
+    return "generic"
+
+
+def read_labels(
+    path: str | Path, *, format: str | None = None, columns: Mapping[str, str] | None = None
+) -> LabelSet:
+    """The labelled answers of ``path`` (see the module docstring for the formats)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PoiseError(f"{path}: no such labels file")
+    if format is not None and format not in FORMATS:
+        raise PoiseError(f"unknown labels format {format!r} (formats: {', '.join(FORMATS)})")
+    fmt = format or _detect(path)
+    if columns and fmt != "generic":
+        raise PoiseError(f"--column applies to the generic format, not to {fmt}")
+    answers = FORMATS[fmt](path, columns or {})
+    if not answers:
+        raise PoiseError(f"{path}: no labelled answers")
+    labels = LabelSet(str(path), fmt, tuple(answers))
+    if not labels.targets():
+        raise PoiseError(f"{path}: no answer carries a refused or harmful label")
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------
+# agreement
+
+
+def cohen_kappa(tp: int, fp: int, fn: int, tn: int) -> float:
+    """Cohen's kappa (Cohen 1960, Educ. Psychol. Meas. 20:37-46) of a 2x2 table:
+    (p_o - p_e) / (1 - p_e); 0 when p_e == 1 (both raters constant and equal)."""
+    n = tp + fp + fn + tn
+    if n == 0:
+        return 0.0
+    p_o = (tp + tn) / n
+    judge_pos, human_pos = (tp + fp) / n, (tp + fn) / n
+    p_e = judge_pos * human_pos + (1 - judge_pos) * (1 - human_pos)
+    return 0.0 if p_e >= 1.0 else (p_o - p_e) / (1 - p_e)
+
+
+def _kappa_interval(
+    tp: int, fp: int, fn: int, tn: int, *, draws: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of kappa: the n answers resampled with replacement
+    (a multinomial draw over the four cells, equivalent and faster)."""
+    import numpy as np
+
+    n = tp + fp + fn + tn
+    if n == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    cells = rng.multinomial(n, np.array([tp, fp, fn, tn], dtype=float) / n, size=draws)
+    # cells: [draws, 4] = tp, fp, fn, tn
+    p_o = (cells[:, 0] + cells[:, 3]) / n
+    judge_pos = (cells[:, 0] + cells[:, 1]) / n
+    human_pos = (cells[:, 0] + cells[:, 2]) / n
+    p_e = judge_pos * human_pos + (1 - judge_pos) * (1 - human_pos)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kappa = np.where(p_e >= 1.0, 0.0, (p_o - p_e) / (1 - p_e))
+    low, high = np.quantile(kappa, [0.025, 0.975])
+    return float(low), float(high)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value (McNemar 1947) of two classifiers on the same items:
+    ``b`` items only the first gets right, ``c`` only the second; under the null each discordant
+    item is a fair coin, so p = min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2.0 * tail)
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """A judge's binary label against the human one (positive = refused, or harmful).
+
+    ``recall`` is the sensitivity (the share of human positives the judge finds) and
+    ``specificity`` the share of human negatives it leaves alone; both feed
+    :func:`corrected_rate`.
+    """
+
+    target: str
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+    kappa: float
+    kappa_low: float
+    kappa_high: float
+
+    @classmethod
+    def of(cls, target: str, pairs: Sequence[tuple[bool, bool]]) -> Agreement:
+        """From (judge, human) pairs."""
+        tp = sum(j and h for j, h in pairs)
+        fp = sum(j and not h for j, h in pairs)
+        fn = sum(h and not j for j, h in pairs)
+        tn = len(pairs) - tp - fp - fn
+        low, high = _kappa_interval(tp, fp, fn, tn)
+        kappa = cohen_kappa(tp, fp, fn, tn)
+        return cls(target, tp, fp, fn, tn, kappa, min(low, kappa), max(high, kappa))
+
+    @property
+    def n(self) -> int:
+        return self.tp + self.fp + self.fn + self.tn
+
+    def _rate(self, name: str, k: int, n: int) -> Rate:
+        return Rate.of(name, k, n) if n else Rate.empty(name)
+
+    @property
+    def accuracy(self) -> Rate:
+        return self._rate("accuracy", self.tp + self.tn, self.n)
+
+    @property
+    def precision(self) -> Rate:
+        return self._rate("precision", self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> Rate:
+        return self._rate("recall", self.tp, self.tp + self.fn)
+
+    @property
+    def specificity(self) -> Rate:
+        return self._rate("specificity", self.tn, self.tn + self.fp)
+
+    @property
+    def judge_rate(self) -> Rate:
+        return self._rate(f"judge_{self.target}_rate", self.tp + self.fp, self.n)
+
+    @property
+    def human_rate(self) -> Rate:
+        return self._rate(f"human_{self.target}_rate", self.tp + self.fn, self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "n": self.n,
+            "confusion": {"tp": self.tp, "fp": self.fp, "fn": self.fn, "tn": self.tn},
+            "accuracy": self.accuracy.to_dict(),
+            "kappa": {"value": self.kappa, "low": self.kappa_low, "high": self.kappa_high},
+            "precision": self.precision.to_dict(),
+            "recall": self.recall.to_dict(),
+            "specificity": self.specificity.to_dict(),
+            "judge_rate": self.judge_rate.to_dict(),
+            "human_rate": self.human_rate.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Agreement:
+        c, k = d["confusion"], d["kappa"]
+        return cls(
+            str(d["target"]),
+            int(c["tp"]),
+            int(c["fp"]),
+            int(c["fn"]),
+            int(c["tn"]),
+            float(k["value"]),
+            float(k["low"]),
+            float(k["high"]),
+        )
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    answer: LabelledAnswer
+    target: str
+    judge: bool
+    human: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        a = self.answer
+        return {
+            "id": a.id,
+            "source": a.source,
+            "line": a.line,
+            "target": self.target,
+            "judge": self.judge,
+            "human": self.human,
+            "prompt": a.prompt,
+            "response": a.response,
+        }
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A judge measured on a labelled file: agreement per label, overall and per source."""
+
+    path: str
+    format: str
+    judge: str
+    n: int
+    overall: dict[str, Agreement]
+    by_source: dict[str, dict[str, Agreement]]
+    disagreements: list[Disagreement] = field(default_factory=list)
+
+    def to_dict(self, *, disagreements: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "path": self.path,
+            "format": self.format,
+            "judge": self.judge,
+            "n": self.n,
+            "overall": {t: a.to_dict() for t, a in self.overall.items()},
+            "by_source": {
+                s: {t: a.to_dict() for t, a in per.items()} for s, per in self.by_source.items()
+            },
+        }
+        if disagreements:
+            out["disagreements"] = [d.to_dict() for d in self.disagreements]
+        return out
+
+
+def _items(answers: Sequence[LabelledAnswer]) -> list[Any]:
+    from poise.suites.schema import SuiteItem
+
+    return [
+        SuiteItem(
+            id=f"label-{i}",
+            messages=[{"role": "user", "content": a.prompt}],
+            kind=a.kind,
+            category=a.source,
+            suite="judge-labels",
+        )
+        for i, a in enumerate(answers)
+    ]
+
+
+def _judged(verdict: Verdict, target: str) -> bool | None:
+    return verdict.refused if target == "refused" else verdict.harmful
+
+
+def validate(
+    labels: LabelSet,
+    judge: Judge,
+    *,
+    batch_size: int = 64,
+    progress: Callable[[int, int], None] | None = None,
+) -> Validation:
+    """Run ``judge`` on the labelled answers and measure its agreement with the human labels.
+
+    A label is compared where both the human and the judge give one (a judge that leaves
+    ``harmful`` None, e.g. on a benign prompt, is not counted for it).
+    """
+    answers = list(labels.answers)
+    verdicts: list[Verdict] = []
+    for start in range(0, len(answers), batch_size):
+        chunk = answers[start : start + batch_size]
+        verdicts += judge.judge(_items(chunk), [a.response for a in chunk])
+        if progress is not None:
+            progress(len(verdicts), len(answers))
+    if len(verdicts) != len(answers):
+        raise ValueError(f"judge {judge.name!r} returned {len(verdicts)} verdicts")
+    pairs: dict[str, dict[str, list[tuple[bool, bool]]]] = {}
+    disagreements = []
+    for answer, verdict in zip(answers, verdicts, strict=True):
+        for target in labels.targets():
+            human = getattr(answer, target)
+            judged = _judged(verdict, target)
+            if human is None or judged is None:
+                continue
+            for key in ("", answer.source):
+                pairs.setdefault(key, {}).setdefault(target, []).append((judged, human))
+            if judged != human:
+                disagreements.append(Disagreement(answer, target, judged, human))
+    if "" not in pairs:
+        raise PoiseError(
+            f"{labels.path}: judge {judge.name!r} labelled none of the answers the file labels"
+        )
+    overall = {t: Agreement.of(t, p) for t, p in pairs.pop("").items()}
+    by_source = {
+        s: {t: Agreement.of(t, p) for t, p in per.items()} for s, per in sorted(pairs.items())
+    }
+    return Validation(
+        labels.path, labels.format, judge.name, len(answers), overall, by_source, disagreements
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# correction for the judge's error
+
+
+def rogan_gladen(p: float, sensitivity: float, specificity: float) -> float | None:
+    """Rogan-Gladen estimate of the true rate from an observed rate ``p`` (clipped to [0, 1]);
+    None where the judge is no better than chance (sensitivity + specificity <= 1)."""
+    youden = sensitivity + specificity - 1.0
+    if youden <= 0.0:
+        return None
+    return min(1.0, max(0.0, (p + specificity - 1.0) / youden))
+
+
+@dataclass(frozen=True)
+class CorrectedRate:
+    """A judge's rate corrected for the judge's measured sensitivity and specificity."""
+
+    name: str
+    observed: float
+    value: float | None  # None: the judge is no better than chance on the validation
+    low: float
+    high: float
+    sensitivity: float
+    specificity: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "observed": self.observed,
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "sensitivity": self.sensitivity,
+            "specificity": self.specificity,
+            "method": "rogan-gladen",
+        }
+
+    def format(self) -> str:
+        if self.value is None:
+            return "n/a (judge at chance)"
+        return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
+
+
+def corrected_rate(
+    name: str, k: int, n: int, agreement: Agreement, *, draws: int = 20000, seed: int = 0
+) -> CorrectedRate:
+    """Rogan-Gladen correction of ``k / n`` for the judge's error measured in ``agreement``.
+
+    The interval: ``draws`` Monte Carlo draws of the observed rate (Beta(k + 1/2, n - k + 1/2)),
+    the sensitivity (Beta(tp + 1/2, fn + 1/2)) and the specificity (Beta(tn + 1/2, fp + 1/2)),
+    Jeffreys posteriors of the three independent binomial counts, each pushed through the
+    estimator; the 2.5% and 97.5% quantiles. Draws where the judge looks no better than chance
+    (sensitivity + specificity <= 1) count as wholly uncertain (half at 0, half at 1), so a
+    validation too small to pin the judge down widens the interval instead of being ignored.
+    """
+    import numpy as np
+
+    if n <= 0:
+        raise ValueError(f"{name}: a rate needs n > 0, got {k}/{n}")
+    sensitivity = agreement.tp / (agreement.tp + agreement.fn) if agreement.tp + agreement.fn else 0
+    specificity = agreement.tn / (agreement.tn + agreement.fp) if agreement.tn + agreement.fp else 0
+    observed = k / n
+    value = rogan_gladen(observed, sensitivity, specificity)
+    rng = np.random.default_rng(seed)
+    p = rng.beta(k + 0.5, n - k + 0.5, size=draws)  # [draws]
+    se = rng.beta(agreement.tp + 0.5, agreement.fn + 0.5, size=draws)  # [draws]
+    sp = rng.beta(agreement.tn + 0.5, agreement.fp + 0.5, size=draws)  # [draws]
+    youden = se + sp - 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = np.clip((p + sp - 1.0) / youden, 0.0, 1.0)
+    chance = youden <= 0.0
+    estimate[chance] = np.where(np.arange(int(chance.sum())) % 2 == 0, 0.0, 1.0)
+    low, high = (float(x) for x in np.quantile(estimate, [0.025, 0.975]))
+    if value is not None:
+        low, high = min(low, value), max(high, value)
+    else:
+        low, high = 0.0, 1.0
+    return CorrectedRate(name, observed, value, low, high, sensitivity, specificity)
+
+
+#: Which agreement corrects which audit rate: rates of "refused" and of "harmful" verdicts.
+CORRECTED_RATES: dict[str, str] = {
+    "harmful_rate": "harmful",
+    "refusal_rate": "refused",
+    "over_refusal_rate": "refused",
+    "benign_refusal_rate": "refused",
+}
+
+
+def judge_validation_section(validation: Validation, rates: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``judge_validation`` block of metrics.json: the validation (without the answers) and,
+    for each audit rate a validated label counts, the Rogan-Gladen corrected rate."""
+    corrected = {}
+    for rate_name, target in CORRECTED_RATES.items():
+        rate = rates.get(rate_name)
+        agreement = validation.overall.get(target)
+        if not isinstance(rate, Mapping) or agreement is None or not rate.get("n"):
+            continue
+        corrected[rate_name] = corrected_rate(
+            rate_name, int(rate["k"]), int(rate["n"]), agreement
+        ).to_dict()
+    return {
+        **validation.to_dict(disagreements=False),
+        "disagreements": len(validation.disagreements),
+        "corrected": corrected,
+    }
