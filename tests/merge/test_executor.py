@@ -29,7 +29,9 @@ def _write(path: Path, config: dict[str, object]) -> Path:
     return path
 
 
-def test_merge_written_and_loaded_equals_in_memory_merge(specialists: list[Path], tmp_path: Path) -> None:
+def test_merge_written_and_loaded_equals_in_memory_merge(
+    specialists: list[Path], tmp_path: Path
+) -> None:
     base, a, b = specialists
     config = {
         "merge_method": "ties",

@@ -26,10 +26,10 @@ def _mergekit(tensors: list[torch.Tensor], method: str, **parameters: object) ->
     ids = IDS[: len(tensors)]
     per_model = {}
     for key, value in parameters.items():
-        per_model[key] = dict(zip(ids[1:], value, strict=True)) if isinstance(value, list) else value
-    return mergekit_api.merge_tensors(
-        tensors, method, parameters=per_model, ids=ids, base_index=0
-    )
+        per_model[key] = (
+            dict(zip(ids[1:], value, strict=True)) if isinstance(value, list) else value
+        )
+    return mergekit_api.merge_tensors(tensors, method, parameters=per_model, ids=ids, base_index=0)
 
 
 def _poise(tensors: list[torch.Tensor], method: str, **options: object) -> torch.Tensor:
@@ -48,7 +48,10 @@ WEIGHTS = [0.5, 0.3, 0.9]
         ("ties", {"weight": [1.0, 1.0, 1.0], "density": 0.4, "normalize": False, "lambda": 0.8}),
         ("ties", {"weight": [2.0, 2.0, 2.0], "density": 0.4, "rescale": True}),
         ("breadcrumbs", {"weight": WEIGHTS, "density": 0.6, "gamma": 0.05}),
-        ("breadcrumbs_ties", {"weight": [1.0, 1.0, 1.0], "density": [0.5, 0.6, 0.7], "gamma": 0.02}),
+        (
+            "breadcrumbs_ties",
+            {"weight": [1.0, 1.0, 1.0], "density": [0.5, 0.6, 0.7], "gamma": 0.02},
+        ),
     ],
 )
 def test_deterministic_methods_equal_mergekit(method: str, options: dict[str, object]) -> None:
@@ -95,7 +98,10 @@ def test_linear_equals_mergekit() -> None:
     tensors = _inputs(2)
     ids = IDS[:4]
     expected = mergekit_api.merge_tensors(
-        tensors, "linear", parameters={"weight": dict(zip(ids, [0.1, 0.2, 0.3, 0.4]))}, ids=ids
+        tensors,
+        "linear",
+        parameters={"weight": dict(zip(ids, [0.1, 0.2, 0.3, 0.4], strict=True))},
+        ids=ids,
     )
     got = get_method("linear")(tensors, None, weight=[0.1, 0.2, 0.3, 0.4])
     assert torch.allclose(got, expected, atol=1e-6, rtol=0)

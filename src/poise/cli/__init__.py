@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "organism",
     "serve",
     "train",
+    "merge",
     "gate",
 ]
 

@@ -74,7 +74,9 @@ class MergeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    merge_method: str = Field(description="a registered merge method (poise merge --help lists them)")
+    merge_method: str = Field(
+        description="a registered merge method (poise merge --help lists them)"
+    )
     base_model: str | None = None
     models: list[ModelEntry] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
@@ -136,8 +138,10 @@ def check_config(config: MergeConfig) -> None:
     for name in method.required():
         if name in method.per_model:
             for entry in entries:
-                if name not in entry.parameters and _key(name) not in entry.parameters and (
-                    name not in config.parameters and _key(name) not in config.parameters
+                if (
+                    name not in entry.parameters
+                    and _key(name) not in entry.parameters
+                    and (name not in config.parameters and _key(name) not in config.parameters)
                 ):
                     raise PoiseError(f"model {entry.model!r} has no {_key(name)!r} parameter")
         elif name not in config.parameters and _key(name) not in config.parameters:
@@ -198,12 +202,14 @@ def _check_values(
     hint = hints.get(name)
     allowed = _literals(hint)
     for leaf in _leaves(value):
-        if allowed is not None and isinstance(leaf, str):
+        if leaf is None and _optional(hint):
+            continue
+        if allowed is not None:
             if leaf not in allowed:
-                raise UnknownNameError(f"value of {where}.{key}:", leaf, [str(a) for a in allowed])
-        elif allowed is not None or (hint is not None and _numeric(hint)):
-            if isinstance(leaf, str) or (leaf is None and not _optional(hint)):
-                raise PoiseError(f"{where}.{key}: {leaf!r} is not a number")
+                known = [str(a) for a in allowed]
+                raise UnknownNameError(f"value of {where}.{key}:", str(leaf), known)
+        elif hint is not None and _numeric(hint) and (isinstance(leaf, str) or leaf is None):
+            raise PoiseError(f"{where}.{key}: {leaf!r} is not a number")
 
 
 def _literals(hint: Any) -> tuple[Any, ...] | None:
@@ -309,11 +315,15 @@ def resolve_model_path(reference: str, config_dir: Path | None = None) -> Path:
             patterns = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja"]
             return Path(snapshot_download(reference, allow_patterns=patterns))
         except Exception as exc:
-            raise PoiseError(f"model {reference!r}: not a folder, and the hub said: {exc}") from None
+            raise PoiseError(
+                f"model {reference!r}: not a folder, and the hub said: {exc}"
+            ) from None
     raise PoiseError(f"model {reference!r}: no such folder")
 
 
-def open_model(reference: str, config_dir: Path | None, base: SafetensorsFolder | None) -> TensorSource:
+def open_model(
+    reference: str, config_dir: Path | None, base: SafetensorsFolder | None
+) -> TensorSource:
     """A source for ``reference``: a model folder, ``MODEL+LORA``, or a LoRA folder on ``base``."""
     if "+" in reference:
         model_ref, lora_ref = reference.split("+", 1)
@@ -322,7 +332,9 @@ def open_model(reference: str, config_dir: Path | None, base: SafetensorsFolder 
     path = resolve_model_path(reference, config_dir)
     if is_lora_folder(path):
         if base is None:
-            raise PoiseError(f"model {reference!r} is a LoRA adapter; give a base_model or MODEL+LORA")
+            raise PoiseError(
+                f"model {reference!r} is a LoRA adapter; give a base_model or MODEL+LORA"
+            )
         return LoraFolder(path, base, label=reference)
     return SafetensorsFolder(path, label=reference)
 

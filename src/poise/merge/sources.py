@@ -71,7 +71,7 @@ class SafetensorsFolder:
             )
         if not weight_map:
             for name, handle in self._handles.items():
-                for key in handle.keys():
+                for key in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                     weight_map[key] = name
         self._where = weight_map
         self._order = list(weight_map)
@@ -93,7 +93,9 @@ class SafetensorsFolder:
         self._stack.close()
 
 
-_LORA_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_LORA_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
+)
 
 
 class LoraFolder:
@@ -132,7 +134,7 @@ class LoraFolder:
         self._stack = ExitStack()
         self._handle = self._stack.enter_context(safe_open(str(weights), framework="pt"))
         self._pairs: dict[str, dict[str, str]] = {}
-        for key in self._handle.keys():
+        for key in self._handle.keys():  # noqa: SIM118 - a safetensors handle
             match = _LORA_KEY.match(key)
             if match is None:
                 raise PoiseError(

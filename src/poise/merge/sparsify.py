@@ -103,7 +103,7 @@ def _outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Te
 def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """Per-entry keep probabilities of DELLA's MagPrune, ``[*shape]``, rows ranked separately
     (a 1-D tensor is one row)."""
-    if not (0 < density - epsilon and density + epsilon < 1):
+    if not (density - epsilon > 0 and density + epsilon < 1):
         raise ValueError(
             f"DELLA needs 0 < density - epsilon and density + epsilon < 1 "
             f"(density={density}, epsilon={epsilon})"
