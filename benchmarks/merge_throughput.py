@@ -101,7 +101,9 @@ def compare_tools(paths: list[Path], work: Path, repeats: int) -> None:
     bin_dir = Path(sys.executable).parent
     mergekit = [str(bin_dir / "mergekit-yaml")]
     poise = [sys.executable, "-m", "poise.cli", "merge"]
-    print("\n| method | poise time | mergekit time | time ratio | poise peak RSS | mergekit peak RSS | memory ratio | max abs diff |")
+    print(
+        "\n| method | poise time | mergekit time | time ratio | poise peak RSS | mergekit peak RSS | memory ratio | max abs diff |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for method in ("linear", "ties", "dare_linear"):
         cfg = work / f"{method}.yml"

@@ -84,6 +84,75 @@ def run_command(
         )
 
 
+@merge_app.command("search")
+def search_command(
+    search_config: str = typer.Argument(
+        ..., metavar="SEARCH.yml", help="merge template, methods, weights, parameter grid, audit"
+    ),
+    out: str = typer.Argument(..., help="Folder for the candidates, search.json and chosen/."),
+) -> None:
+    """Merge and audit every candidate; print the helpful / harmless / honest Pareto front.
+
+    Candidates are cached under OUT: the same command after a kill resumes where it stopped.
+    """
+    from pathlib import Path
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    with user_errors():
+        from poise.merge.search import load_search, run_search
+
+        search = load_search(Path(search_config))
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("candidates", total=None)
+
+            def started(i: int, n: int, candidate: Any, cached: bool) -> None:
+                state = "cached" if cached else "merge + audit"
+                bar.update(task, description=f"{i + 1}/{n} {state}", completed=0, total=None)
+
+            result = run_search(
+                search,
+                Path(out),
+                on_candidate=started,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        table = Table(title="poise merge search", title_justify="left")
+        table.add_column("candidate")
+        for objective in search.objectives:
+            table.add_column(objective, justify="right")
+        table.add_column("front")
+        for cand in sorted(result.candidates, key=lambda c: (not c.on_front, c.label)):
+            cells = [
+                f"{100 * s.value:.1f} [{100 * s.low:.1f}, {100 * s.high:.1f}]"
+                for s in cand.scores.values()
+            ]
+            mark = (
+                "yes"
+                if cand.on_front
+                else (
+                    f"within noise of {', '.join(cand.within_noise_of)}"
+                    if cand.within_noise_of
+                    else ""
+                )
+            )
+            chosen = " (chosen)" if cand is result.chosen else ""
+            table.add_row(f"{cand.key} {escape(cand.label)}{chosen}", *cells, mark)
+        console.print(table)
+        console.print(
+            f"rates in %, 95% intervals; chosen: maximin over the objectives -> "
+            f"[bold]{escape(str(result.out / 'chosen'))}[/]",
+            highlight=False,
+        )
+
+
 @merge_app.command("methods")
 def methods_command() -> None:
     """List the merge methods with their reference and options."""

@@ -301,13 +301,19 @@ class OptionResolver:
 
 def resolve_model_path(reference: str, config_dir: Path | None = None) -> Path:
     """A local folder for ``reference``: a path (absolute, or relative to the working directory or
-    the config file), else a Hugging Face hub id fetched with ``huggingface_hub``."""
+    the config file), a plugin's model name (``organism-small``), else a Hugging Face hub id
+    fetched with ``huggingface_hub``."""
     candidates = [Path(reference).expanduser()]
     if config_dir is not None and not Path(reference).is_absolute():
         candidates.append(config_dir / reference)
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
+    from poise.models.resolve import model_folder
+
+    named = model_folder(reference)  # a plugin's model name (organism-small ...)
+    if named is not None:
+        return named
     if reference.count("/") == 1 and not reference.startswith((".", "/")):
         try:
             from huggingface_hub import snapshot_download
