@@ -91,7 +91,7 @@ def test_search_on_the_organism_is_cached_and_resumes(tmp_path: Path) -> None:
             "limit": 2,
             "suites": ["harmful", "benign", "honesty"],
             "sampling": {"max_new_tokens": 24},
-        },  # fmt: skip
+        },
     )
     seen: list[bool] = []
     first = run_search(search, tmp_path, on_candidate=lambda i, n, c, cached: seen.append(cached))
