@@ -138,6 +138,22 @@ def compare_tools(paths: list[Path], work: Path, repeats: int) -> None:
                 subprocess.run(["rm", "-rf", str(work / f"{method}-{side}-{r}")], check=True)
 
 
+def shard_sweep(paths: list[Path], work: Path) -> None:
+    """poise's peak memory against its output shard size (linear merge): the executor holds one
+    output shard, so a smaller shard lowers the peak while the inputs' size stays the same."""
+    poise = [sys.executable, "-m", "poise.cli", "merge"]
+    cfg = work / "linear.yml"
+    cfg.write_text(config_text("linear", *paths))
+    print("\npoise peak memory vs --shard-size (linear; output 268 MB in bfloat16):")
+    print("| --shard-size | time | peak RSS |")
+    print("|---|---|---|")
+    for size in ("5GB", "64MB"):
+        out = work / f"sweep-{size}"
+        wall, peak = run_side([*poise, str(cfg), str(out), "--shard-size", size])
+        print(f"| {size} | {wall:.1f} s | {peak:.0f} MiB |", flush=True)
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+
+
 def tsv(paths: list[Path], work: Path) -> None:
     poise = [sys.executable, "-m", "poise.cli", "merge"]
     print("\nTSV-M (poise), whole model:")
@@ -188,11 +204,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--skip-tsv", action="store_true")
+    parser.add_argument("--skip-compare", action="store_true", help="skip poise vs mergekit")
+    parser.add_argument("--shard-sweep", action="store_true", help="poise memory vs shard size")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="merge-bench-") as tmp:
         work = Path(tmp)
         paths = build_models(work)
-        compare_tools(paths, work, args.repeats)
+        if not args.skip_compare:
+            compare_tools(paths, work, args.repeats)
+        if args.shard_sweep:
+            shard_sweep(paths, work)
         if not args.skip_tsv:
             tsv(paths, work)
     print(json.dumps({"torch_threads": 1, "repeats": args.repeats}))

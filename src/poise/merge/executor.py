@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ class MergeJob:
     tokenizer_source: TensorSource | None = None  # whose vocabulary the output has
     dtype: torch.dtype | None = None  # output dtype; None keeps the base's (or first model's)
     seed: int = 0
-    skip: Callable[[str], bool] = field(default=lambda name: False)  # names copied from the base
 
     @property
     def reference(self) -> TensorSource:
@@ -88,11 +87,12 @@ def merge_tensor(job: MergeJob, name: str) -> torch.Tensor:
     reference = job.reference.get(name)
     if not reference.is_floating_point():
         return reference  # integer buffers are copied
-    if job.skip(name):
-        source = job.base or job.reference
-        return _cast(source.get(name), job)
     target_shape = tuple(reference.shape)
-    base = _fit(job.base, name, target_shape, None, job) if job.base is not None else None
+    base: torch.Tensor | None = None
+    if job.base is job.reference:
+        base = reference  # read once
+    elif job.base is not None:
+        base = _fit(job.base, name, target_shape, None, job)
     filler = base if base is not None else reference
     tensors = [_fit(m, name, target_shape, filler, job) for m in job.models]
     options = dict(job.options_for(name))

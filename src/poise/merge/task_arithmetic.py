@@ -76,7 +76,7 @@ def generalized_task_arithmetic(
     generator = torch.Generator(device=base.device).manual_seed(seed) if sparsification else None
     deltas = torch.empty((n, *base.shape), dtype=dtype, device=base.device)  # [T, *shape]
     for t, tensor in enumerate(tensors):
-        delta = tensor.to(dtype) - base_w
+        delta = torch.sub(tensor.to(dtype), base_w, out=deltas[t])
         if sparsification is not None:
             delta = sparsify(
                 delta,
@@ -88,28 +88,33 @@ def generalized_task_arithmetic(
                 epsilon=0.15 if epsilon is None else float(epsilon[t]),
                 generator=generator,
             )
-        deltas[t] = delta
-    weights = torch.tensor([float(w) for w in weight], dtype=dtype, device=base.device)
-    weights = weights.reshape((n,) + (1,) * base.dim())  # [T, 1, ...]
-    weighted = deltas * weights  # [T, *shape]
+            deltas[t] = delta
+    weights = [float(w) for w in weight]
+    # Per-task loops keep the working set at deltas [T, *shape] plus a few [*shape] tensors.
     if consensus is not None:
-        if consensus == "count":
-            votes = deltas.sign().sum(dim=0)
-        elif sign_election == "weighted":
-            votes = weighted.sum(dim=0)
-        else:
-            votes = deltas.sum(dim=0)
-        elected = torch.where(votes >= 0, 1.0, -1.0).to(dtype)  # [*shape]
-        agree = (deltas.sign() == elected).to(dtype)  # [T, *shape]
-        merged = (weighted * agree).sum(dim=0)
-        divisor = (weights * agree).sum(dim=0)
+        votes = torch.zeros_like(base_w)  # [*shape]
+        for t in range(n):
+            if consensus == "count":
+                votes.add_(deltas[t].sign())
+            else:
+                votes.add_(deltas[t], alpha=weights[t] if sign_election == "weighted" else 1.0)
+        positive = votes >= 0  # elected sign +1 (a tie elects +), else -1; [*shape] bool
+        del votes
+        merged = torch.zeros_like(base_w)
+        divisor = torch.zeros_like(base_w)
+        for t in range(n):
+            agree = torch.where(positive, deltas[t] > 0, deltas[t] < 0)  # sign(delta_t) == elected
+            merged.add_(deltas[t] * agree, alpha=weights[t])
+            divisor.add_(agree.to(dtype), alpha=weights[t])
         divisor[divisor == 0] = 1
     else:
-        merged = weighted.sum(dim=0)
-        divisor = weights.sum(dim=0).expand_as(merged).clone()
-        divisor[divisor.abs() < 1e-8] = 1
+        merged = torch.zeros_like(base_w)
+        for t in range(n):
+            merged.add_(deltas[t], alpha=weights[t])
+        total = sum(weights)
+        divisor = torch.full_like(base_w, 1.0 if abs(total) < 1e-8 else total)
     if normalize:
-        merged = merged / divisor
+        merged.div_(divisor)
     return (base_w + lambda_ * merged).to(base.dtype)
 
 
