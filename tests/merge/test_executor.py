@@ -167,3 +167,34 @@ def test_shape_mismatch_outside_the_vocabulary_is_refused(
         }), out)  # fmt: skip
     assert not out.exists()  # nothing half-written
     assert not list(tmp_path.glob(".out*"))
+
+
+def test_inputs_are_read_one_tensor_at_a_time(specialists: list[Path], tmp_path: Path) -> None:
+    """Streaming: each input tensor is read once, and no more than one tensor per input is alive
+    at any time (the merged outputs wait in the shard; the inputs do not; tensors are freed by
+    reference counting, so no garbage collection is needed to see it)."""
+    import weakref
+
+    from poise.merge.executor import MergeJob, write_merge
+    from poise.merge.sources import SafetensorsFolder
+
+    live: list[weakref.ref[torch.Tensor]] = []
+    reads: list[str] = []
+    peak = 0
+
+    class Spy(SafetensorsFolder):
+        def get(self, name: str) -> torch.Tensor:
+            nonlocal peak
+            alive = sum(ref() is not None for ref in live)
+            peak = max(peak, alive)
+            tensor = super().get(name)
+            live.append(weakref.ref(tensor))
+            reads.append(f"{self.label}:{name}")
+            return tensor
+
+    base, a, b = (Spy(p, label=p.name) for p in specialists)
+    job = MergeJob(get_method("task_arithmetic"), [a, b], base, lambda name: {"weight": [0.5, 0.5]})
+    files = write_merge(job, tmp_path / "out", shard_size=10**9)
+    assert files == ["model.safetensors"]
+    assert len(reads) == len(set(reads)) == 3 * len(base.keys())  # each tensor read once
+    assert peak <= 2  # while reading a model's tensor, at most the base's and one other are alive
