@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "organism",
     "serve",
     "train",
+    "merge",
     "gate",
 ]
 

@@ -1,0 +1,186 @@
+"""``poise merge CONFIG.yml OUT`` (a mergekit-style config) and ``poise merge methods``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from poise.cli._common import console, user_errors
+
+
+class _DefaultRunGroup(TyperGroup):
+    """``poise merge CONFIG OUT`` runs the hidden ``run`` command; a subcommand name
+    (``poise merge methods``) runs that subcommand."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+merge_app = typer.Typer(
+    name="merge",
+    cls=_DefaultRunGroup,
+    help=(
+        "Merge models from a mergekit-style YAML config: poise merge CONFIG.yml OUT "
+        "[--shard-size 5GB]. Methods: poise merge methods."
+    ),
+    no_args_is_help=True,
+)
+
+
+def _size(text: str) -> int:
+    units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
+    lowered = text.strip().lower()
+    for suffix, factor in units.items():
+        if lowered.endswith(suffix):
+            return int(float(lowered[: -len(suffix)]) * factor)
+    return int(lowered)
+
+
+@merge_app.command("run", hidden=True)
+def run_command(
+    merge_config: str = typer.Argument(
+        ..., metavar="CONFIG.yml", help="mergekit-style YAML: merge_method, models, ..."
+    ),
+    out: str = typer.Argument(..., help="New folder for the merged model."),
+    shard_size: str = typer.Option("5GB", help="Largest output shard (e.g. 2GB, 500MB)."),
+) -> None:
+    """Merge the models CONFIG names into OUT, tensor by tensor."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with user_errors():
+        from poise.errors import PoiseError
+        from poise.merge.config import load_config, run_merge
+
+        try:
+            size = _size(shard_size)
+        except ValueError:
+            raise PoiseError(f"--shard-size {shard_size!r} is not a size (e.g. 2GB)") from None
+        from pathlib import Path
+
+        load_config(Path(merge_config))  # every config mistake before any weight is read
+        columns = (
+            TextColumn("[bold]merging"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("tensors", total=None)
+            result = run_merge(
+                Path(merge_config),
+                Path(out),
+                shard_size=size,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        console.print(
+            f"{result.method}: {result.n_tensors} tensors -> [bold]{escape(str(result.out))}[/] "
+            f"({len(result.files)} file(s))",
+            highlight=False,
+        )
+
+
+@merge_app.command("search")
+def search_command(
+    search_config: str = typer.Argument(
+        ..., metavar="SEARCH.yml", help="merge template, methods, weights, parameter grid, audit"
+    ),
+    out: str = typer.Argument(..., help="Folder for the candidates, search.json and chosen/."),
+) -> None:
+    """Merge and audit every candidate; print the helpful / harmless / honest Pareto front.
+
+    Candidates are cached under OUT: the same command after a kill resumes where it stopped.
+    """
+    from pathlib import Path
+
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    with user_errors():
+        from poise.merge.search import load_search, run_search
+
+        search = load_search(Path(search_config))
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task("candidates", total=None)
+
+            def started(i: int, n: int, candidate: Any, cached: bool) -> None:
+                state = "cached" if cached else "merge + audit"
+                bar.update(task, description=f"{i + 1}/{n} {state}", completed=0, total=None)
+
+            result = run_search(
+                search,
+                Path(out),
+                on_candidate=started,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+            )
+        table = Table(title="poise merge search", title_justify="left")
+        table.add_column("candidate")
+        for objective in search.objectives:
+            table.add_column(objective, justify="right")
+        table.add_column("front")
+        for cand in sorted(result.candidates, key=lambda c: (not c.on_front, c.label)):
+            cells = [
+                f"{100 * s.value:.1f} [{100 * s.low:.1f}, {100 * s.high:.1f}]"
+                for s in cand.scores.values()
+            ]
+            mark = (
+                "yes"
+                if cand.on_front
+                else (
+                    f"within noise of {', '.join(cand.within_noise_of)}"
+                    if cand.within_noise_of
+                    else ""
+                )
+            )
+            chosen = " (chosen)" if cand is result.chosen else ""
+            table.add_row(f"{cand.key} {escape(cand.label)}{chosen}", *cells, mark)
+        console.print(table)
+        console.print(
+            f"rates in %, 95% intervals; chosen: maximin over the objectives -> "
+            f"[bold]{escape(str(result.out / 'chosen'))}[/]",
+            highlight=False,
+        )
+
+
+@merge_app.command("methods")
+def methods_command() -> None:
+    """List the merge methods with their reference and options."""
+    from rich.table import Table
+
+    from poise.merge import METHODS
+    from poise.merge.methods import KEYWORD_OPTIONS
+
+    spelled = {v: k for k, v in KEYWORD_OPTIONS.items()}
+    table = Table(title="poise merge methods", title_justify="left")
+    for column in ("method", "what", "reference", "per-model options", "options"):
+        table.add_column(column)
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        params = method.parameters()
+        table.add_row(
+            name,
+            METHODS.help(name),
+            METHODS.reference(name) or "",
+            ", ".join(spelled.get(p, p) for p in method.per_model),
+            ", ".join(
+                f"{spelled.get(p, p)}={params[p].default!r}"
+                for p in params
+                if p not in method.per_model and params[p].default is not params[p].empty
+            ),
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(merge_app)

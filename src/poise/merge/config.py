@@ -1,0 +1,509 @@
+"""mergekit's YAML configuration format, for the methods poise and mergekit share, and
+:func:`run_merge`, the one call behind ``poise merge CONFIG.yml OUT``.
+
+    merge_method: ties
+    base_model: path/or/hub-id
+    models:
+      - model: path/to/specialist-a
+        parameters: {weight: 0.6, density: [1.0, 0.5]}      # a gradient over the layers
+      - model: path/to/base+path/to/lora                    # a peft LoRA on a model
+        parameters:
+          weight: [{filter: self_attn, value: 0.8}, {value: 0.5}]   # name filters
+    parameters: {normalize: true, lambda: 1.0}
+    dtype: bfloat16
+    tokenizer_source: base
+
+Parameter values follow mergekit: a scalar; a list of numbers, interpolated linearly over the
+layers (layer i of L sits at ``t = i / (L - 1)``; weights outside the layers at ``t = 0``); or a list
+of ``{filter, value}`` entries, the first whose filter is a substring of the tensor name (or
+absent, or ``*``) giving the value. Per-model options (``weight``, ``density`` ...) are looked up in
+the model's ``parameters`` first, then in the top-level ``parameters``.
+
+Differences from mergekit: tensors are merged in float32 (float64 stays float64) whatever
+``dtype`` says; ``dtype`` / ``out_dtype`` set the output's dtype. Methods whose defaults follow a
+paper where mergekit differs (TIES sign election, DARE / DELLA rescaling) say so in
+``docs/merging.md``; the options ``sign_election: weighted`` and ``rescale_norm: l1`` give
+mergekit's behaviour. ``slices``, ``modules`` and ``tokenizer_source: union`` are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from poise.errors import PoiseError, UnknownNameError, located
+from poise.merge.executor import MergeJob, ProgressFn, write_merge
+from poise.merge.methods import KEYWORD_OPTIONS, METHODS, MergeMethod
+from poise.merge.sources import LoraFolder, SafetensorsFolder, TensorSource, is_lora_folder
+
+DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+}
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
+_REFUSED = {
+    "slices": "slices (layer-range merges) are not supported by poise merge",
+    "modules": "modules (multi-module merges) are not supported by poise merge",
+}
+CONFIG_RECORD = "merge_config.yml"
+MERGE_RECORD = "merge.json"
+
+
+class ModelEntry(BaseModel):
+    """One input model and its own parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="path, hub id, or BASE+LORA (a peft LoRA folder on BASE)")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class MergeConfig(BaseModel):
+    """A merge, in mergekit's YAML format (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    merge_method: str = Field(
+        description="a registered merge method (poise merge --help lists them)"
+    )
+    base_model: str | None = None
+    models: list[ModelEntry] = Field(default_factory=list)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    dtype: str | None = Field(default=None, description="output dtype (mergekit: input dtype)")
+    out_dtype: str | None = Field(default=None, description="output dtype; wins over dtype")
+    tokenizer_source: str | None = Field(
+        default=None, description="'base' (default) or a model whose vocabulary the output keeps"
+    )
+    chat_template: str | None = None  # accepted; the tokenizer source's template is copied
+    name: str | None = None
+    seed: int = Field(default=0, description="poise: seed of the random methods (DARE, DELLA)")
+
+
+def load_config(path: Path) -> MergeConfig:
+    """Read and validate a YAML config; every mistake is one line naming the file and the key."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise located(path, mark.line + 1 if mark else None, f"not valid YAML ({exc})") from None
+    if not isinstance(raw, dict):
+        raise PoiseError(f"{path}: a merge config is a mapping (merge_method, models, ...)")
+    for key, reason in _REFUSED.items():
+        if key in raw:
+            raise PoiseError(f"{path}: {reason}")
+    try:
+        config = MergeConfig.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        raise PoiseError(f"{path}: {where}: {error['msg']}") from None
+    try:
+        check_config(config)
+    except PoiseError as exc:
+        raise PoiseError(f"{path}: {exc}") from None
+    return config
+
+
+def check_config(config: MergeConfig) -> None:
+    """Method, options and their values, before any weight is read."""
+    method = METHODS.get(config.merge_method)
+    entries = merged_entries(config, method)
+    params = method.parameters()
+    hints = _type_hints(method)
+    for key, value in config.parameters.items():
+        name = _option(method, key, "parameters")
+        _check_values(method, name, key, value, hints, "parameters")
+    for i, entry in enumerate(config.models):
+        for key, value in entry.parameters.items():
+            name = _option(method, key, f"models[{i}].parameters")
+            if name not in method.per_model:
+                raise PoiseError(
+                    f"models[{i}].parameters.{key}: {key!r} is shared by all models "
+                    f"of {method.name!r}; set it under the top-level parameters"
+                )
+            _check_values(method, name, key, value, hints, f"models[{i}].parameters")
+    for name in method.required():
+        if name in method.per_model:
+            for entry in entries:
+                if (
+                    name not in entry.parameters
+                    and _key(name) not in entry.parameters
+                    and (name not in config.parameters and _key(name) not in config.parameters)
+                ):
+                    raise PoiseError(f"model {entry.model!r} has no {_key(name)!r} parameter")
+        elif name not in config.parameters and _key(name) not in config.parameters:
+            raise PoiseError(f"merge method {method.name!r} needs parameters.{_key(name)}")
+    method.check(
+        {n: 0 for n in params if n in method.required()},
+        n_models=len(entries),
+        has_base=config.base_model is not None,
+    )
+    for field_name in ("dtype", "out_dtype"):
+        value = getattr(config, field_name)
+        if value is not None and value not in DTYPES:
+            raise UnknownNameError(f"{field_name}", value, DTYPES)
+    if config.tokenizer_source == "union":
+        raise PoiseError("tokenizer_source: 'union' is not supported; use 'base' or a model")
+
+
+def merged_entries(config: MergeConfig, method: MergeMethod) -> list[ModelEntry]:
+    """The models merged besides the base: a base listed among ``models`` (as mergekit configs
+    often do) is the base, not a merged model, for methods that take a base."""
+    if method.base == "required" and config.base_model is not None:
+        return [e for e in config.models if e.model != config.base_model]
+    return list(config.models)
+
+
+def _key(name: str) -> str:
+    return {v: k for k, v in KEYWORD_OPTIONS.items()}.get(name, name)
+
+
+def _option(method: MergeMethod, key: str, where: str) -> str:
+    name = KEYWORD_OPTIONS.get(key, key)
+    if name not in method.parameters():
+        valid = [_key(n) for n in method.parameters()]
+        raise UnknownNameError(f"{where} key (option of {method.name!r}):", key, valid)
+    return name
+
+
+def _type_hints(method: MergeMethod) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(method.fn)
+    except Exception:  # an unresolvable annotation: skip value checks, the call still checks
+        return {}
+
+
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    if isinstance(value, dict):
+        if set(value) - {"filter", "value"} or "value" not in value:
+            raise PoiseError(f"{value!r} is not a {{filter, value}} entry")
+        return _leaves(value["value"])
+    return [value]
+
+
+def _check_values(
+    method: MergeMethod, name: str, key: str, value: Any, hints: dict[str, Any], where: str
+) -> None:
+    hint = hints.get(name)
+    allowed = _literals(hint)
+    for leaf in _leaves(value):
+        if leaf is None and _optional(hint):
+            continue
+        if allowed is not None:
+            if leaf not in allowed:
+                known = [str(a) for a in allowed]
+                raise UnknownNameError(f"value of {where}.{key}:", str(leaf), known)
+        elif hint is not None and _numeric(hint) and (isinstance(leaf, str) or leaf is None):
+            raise PoiseError(f"{where}.{key}: {leaf!r} is not a number")
+
+
+def _literals(hint: Any) -> tuple[Any, ...] | None:
+    for arg in (hint, *typing.get_args(hint)):
+        if typing.get_origin(arg) is typing.Literal:
+            return typing.get_args(arg)
+    return None
+
+
+def _numeric(hint: Any) -> bool:
+    args = {hint, *typing.get_args(hint)}
+    for arg in list(args):
+        args.update(typing.get_args(arg))
+    return bool(args & {float, int}) and str not in args
+
+
+def _optional(hint: Any) -> bool:
+    return type(None) in typing.get_args(hint)
+
+
+# -- resolving values per tensor
+
+
+def evaluate(value: Any, tensor_name: str, t: float) -> Any:
+    """A mergekit parameter value for one tensor: scalar, gradient over layers, or filters."""
+    if isinstance(value, dict):
+        value = [value]
+    if not isinstance(value, list):
+        return value
+    if not value:
+        return None
+    if all(not isinstance(v, (dict, list)) for v in value):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return value[int(t * (len(value) - 1))]
+        scaled = t * (len(value) - 1)
+        i0 = int(scaled)
+        i1 = min(len(value) - 1, i0 + 1)
+        frac = scaled - i0
+        return (1 - frac) * value[i0] + frac * value[i1]
+    for entry in value:
+        filt = entry.get("filter") if isinstance(entry, dict) else None
+        if filt is None or filt == "*" or filt in tensor_name:
+            return evaluate(entry["value"] if isinstance(entry, dict) else entry, tensor_name, t)
+    return None
+
+
+def layer_position(name: str, n_layers: int) -> float:
+    """mergekit's ``t`` of a tensor: ``i / (L - 1)`` in layer i of L (1 for a single layer),
+    0 outside the layers."""
+    match = LAYER_INDEX.search(name)
+    if match is None:
+        return 0.0
+    return int(match.group(1)) / (n_layers - 1) if n_layers > 1 else 1.0
+
+
+@dataclass
+class OptionResolver:
+    """The method's options for each tensor, from a config."""
+
+    method: MergeMethod
+    shared: dict[str, Any]
+    per_model: list[dict[str, Any]]
+    n_layers: int
+
+    def __call__(self, name: str) -> dict[str, Any]:
+        t = layer_position(name, self.n_layers)
+        out: dict[str, Any] = {}
+        for option in self.method.parameters():
+            key = _key(option)
+            if option in self.method.per_model:
+                values = []
+                for params in self.per_model:
+                    raw = params.get(key, params.get(option, self.shared.get(key)))
+                    values.append(evaluate(raw, name, t))
+                if all(v is None for v in values):
+                    continue
+                if any(v is None for v in values):
+                    raise PoiseError(f"tensor {name!r}: some models have no {key!r} value")
+                out[option] = values
+            elif key in self.shared or option in self.shared:
+                value = evaluate(self.shared.get(key, self.shared.get(option)), name, t)
+                if value is not None:
+                    out[option] = value
+        return out
+
+
+# -- opening models
+
+
+def resolve_model_path(reference: str, config_dir: Path | None = None) -> Path:
+    """A local folder for ``reference``: a path (absolute, or relative to the working directory or
+    the config file), a plugin's model name (``organism-small``), else a Hugging Face hub id
+    fetched with ``huggingface_hub``."""
+    candidates = [Path(reference).expanduser()]
+    if config_dir is not None and not Path(reference).is_absolute():
+        candidates.append(config_dir / reference)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    from poise.models.resolve import model_folder
+
+    named = model_folder(reference)  # a plugin's model name (organism-small ...)
+    if named is not None:
+        return named
+    if reference.count("/") == 1 and not reference.startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            patterns = ["*.safetensors", "*.json", "*.model", "*.txt", "*.jinja"]
+            return Path(snapshot_download(reference, allow_patterns=patterns))
+        except Exception as exc:
+            raise PoiseError(
+                f"model {reference!r}: not a folder, and the hub said: {exc}"
+            ) from None
+    raise PoiseError(f"model {reference!r}: no such folder")
+
+
+def open_model(
+    reference: str, config_dir: Path | None, base: SafetensorsFolder | None
+) -> TensorSource:
+    """A source for ``reference``: a model folder, ``MODEL+LORA``, or a LoRA folder on ``base``."""
+    if "+" in reference:
+        model_ref, lora_ref = reference.split("+", 1)
+        inner = SafetensorsFolder(resolve_model_path(model_ref, config_dir), label=model_ref)
+        return LoraFolder(resolve_model_path(lora_ref, config_dir), inner, label=reference)
+    path = resolve_model_path(reference, config_dir)
+    if is_lora_folder(path):
+        if base is None:
+            raise PoiseError(
+                f"model {reference!r} is a LoRA adapter; give a base_model or MODEL+LORA"
+            )
+        return LoraFolder(path, base, label=reference)
+    return SafetensorsFolder(path, label=reference)
+
+
+def count_layers(names: Sequence[str]) -> int:
+    indices = [int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))]
+    return max(indices) + 1 if indices else 0
+
+
+# -- running
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    files: list[str]
+    method: str
+    n_tensors: int
+
+
+def run_merge(
+    config: MergeConfig | Path | str,
+    out: Path | str,
+    *,
+    shard_size: int = 5 * 1024**3,
+    progress: ProgressFn | None = None,
+) -> MergeResult:
+    """Merge as ``config`` says into ``out`` (a new folder with the weights, the config and
+    tokenizer files, the resolved config, the versions and a model card)."""
+    config_dir = None
+    if not isinstance(config, MergeConfig):
+        config_dir = Path(config).parent
+        config = load_config(Path(config))
+    else:
+        check_config(config)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PoiseError(f"output folder {out} exists and is not empty")
+    method = METHODS.get(config.merge_method)
+    entries = merged_entries(config, method)
+    opened: list[TensorSource] = []
+    try:
+        base: SafetensorsFolder | None = None
+        if config.base_model is not None:
+            base_source = open_model(config.base_model, config_dir, None)
+            opened.append(base_source)
+            if not isinstance(base_source, SafetensorsFolder):
+                raise PoiseError(f"base_model {config.base_model!r} must be a model folder")
+            base = base_source
+        models = []
+        for entry in entries:
+            source = open_model(entry.model, config_dir, base)
+            opened.append(source)
+            models.append(source)
+        tokenizer = _tokenizer_source(config, base, models, entries)
+        reference = tokenizer or base or models[0]
+        resolver = OptionResolver(
+            method,
+            shared=dict(config.parameters),
+            per_model=[dict(e.parameters) for e in entries],
+            n_layers=count_layers(reference.keys()),
+        )
+        dtype_name = config.out_dtype or config.dtype
+        job = MergeJob(
+            method=method,
+            models=models,
+            base=base,
+            options_for=resolver,
+            tokenizer_source=tokenizer,
+            dtype=DTYPES[dtype_name] if dtype_name else None,
+            seed=config.seed,
+        )
+        records = _records(config, method, reference, [m.path for m in models], base)
+        files = write_merge(
+            job,
+            out,
+            shard_size=shard_size,
+            records=records,
+            copy_from=_files_folder(reference),
+            progress=progress,
+        )
+        return MergeResult(out, files, method.name, len(reference.keys()))
+    finally:
+        for source in opened:
+            source.close()
+
+
+def _files_folder(source: TensorSource) -> Path:
+    # a LoRA's config and tokenizer are its base's
+    return source.base.path if isinstance(source, LoraFolder) else source.path
+
+
+def _tokenizer_source(
+    config: MergeConfig,
+    base: TensorSource | None,
+    models: list[TensorSource],
+    entries: list[ModelEntry],
+) -> TensorSource | None:
+    choice = config.tokenizer_source
+    if choice is None or choice == "base":
+        return None
+    for entry, source in zip(entries, models, strict=True):
+        if entry.model == choice:
+            return source
+    if config.base_model == choice:
+        return None
+    raise PoiseError(f"tokenizer_source {choice!r} is neither 'base' nor one of the models")
+
+
+def _records(
+    config: MergeConfig,
+    method: MergeMethod,
+    reference: TensorSource,
+    model_paths: list[Path],
+    base: TensorSource | None,
+) -> dict[str, str]:
+    from poise.runs.run import environment_versions
+
+    versions = environment_versions()
+    defaults = {
+        _key(n): (None if p.default is p.empty else p.default)
+        for n, p in method.parameters().items()
+        if n not in method.per_model
+    }
+    resolved = {
+        "merge_method": method.name,
+        "reference": METHODS.reference(method.name),
+        "base_model": str(base.path) if base is not None else None,
+        "models": [str(p) for p in model_paths],
+        "options": {**defaults, **config.parameters},
+        "versions": versions,
+    }
+    dumped = config.model_dump(exclude_none=True, exclude_defaults=False)
+    card = _model_card(config, method, versions)
+    return {
+        CONFIG_RECORD: yaml.safe_dump(dumped, sort_keys=False),
+        MERGE_RECORD: json.dumps(resolved, indent=2, default=str) + "\n",
+        "README.md": card,
+    }
+
+
+def _model_card(config: MergeConfig, method: MergeMethod, versions: Mapping[str, Any]) -> str:
+    lines = [
+        "---",
+        "tags: [merge, poise]",
+        "---",
+        f"# {config.name or 'Merged model'}",
+        "",
+        f"Made with poise {versions.get('poise_version')} by `{method.name}` "
+        f"({METHODS.help(method.name)}; {METHODS.reference(method.name)}).",
+        "",
+    ]
+    if config.base_model is not None:
+        lines.append(f"- base model: `{config.base_model}`")
+    lines += [f"- merged: `{e.model}`" for e in merged_entries(config, method)]
+    lines += [
+        "",
+        f"The configuration is in `{CONFIG_RECORD}`; the resolved options and library versions "
+        f"in `{MERGE_RECORD}`.",
+        "",
+        "```yaml",
+        yaml.safe_dump(config.model_dump(exclude_none=True), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,235 @@
+"""The streaming executor: merge tensor by tensor, write sharded safetensors.
+
+Memory: for each weight name the executor reads that tensor from every input (lazily, from the
+safetensors files), merges it, and keeps the result in the current output shard; a shard is
+written once it reaches ``shard_size`` bytes. Peak memory is therefore about the inputs' largest
+tensor times (models + 1), its float32 working copies, plus one output shard: it does not grow
+with the size of the model.
+
+Vocabulary sizes. Embedding and LM-head matrices (``[vocab, hidden]``) may differ in their
+first dimension between models when a specialist added tokens. The output takes the vocabulary
+of the *tokenizer source* (the base by default). Each input is cut to that many rows, and rows
+it lacks are filled from the base (so their task vector is zero there), or from the tokenizer
+source when there is no base. This assumes the tokenizers share ids on their common prefix (tokens
+added at the end), as when every specialist extends one base tokenizer; poise does not remap
+tokens by string. Any other shape mismatch is refused, naming the tensor and the shapes.
+
+The output folder appears complete or not at all: everything is written into a hidden sibling
+folder that is renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poise.errors import PoiseError
+from poise.merge.methods import MergeMethod
+from poise.merge.sources import INDEX_NAME, SINGLE_NAME, TensorSource
+from poise.merge.task_arithmetic import tensor_seed
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+OptionsFn = Callable[[str], Mapping[str, Any]]
+
+# Files copied from the tokenizer source into the output folder.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+VOCAB_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
+
+
+@dataclass
+class MergeJob:
+    """Everything the executor needs: the method, the inputs, and per-tensor options."""
+
+    method: MergeMethod
+    models: list[TensorSource]  # the T merged models (not the base)
+    base: TensorSource | None
+    options_for: OptionsFn  # tensor name -> the method's options for that tensor
+    tokenizer_source: TensorSource | None = None  # whose vocabulary the output has
+    dtype: torch.dtype | None = None  # output dtype; None keeps the base's (or first model's)
+    seed: int = 0
+
+    @property
+    def reference(self) -> TensorSource:
+        return self.tokenizer_source or self.base or self.models[0]
+
+    def names(self) -> list[str]:
+        return self.reference.keys()
+
+    def inputs(self) -> list[TensorSource]:
+        return ([self.base] if self.base is not None else []) + list(self.models)
+
+
+def merge_tensor(job: MergeJob, name: str) -> torch.Tensor:
+    """The merged tensor ``name`` (``[*shape]`` of the reference model)."""
+    reference = job.reference.get(name)
+    if not reference.is_floating_point():
+        return reference  # integer buffers are copied
+    target_shape = tuple(reference.shape)
+    base: torch.Tensor | None = None
+    if job.base is job.reference:
+        base = reference  # read once
+    elif job.base is not None:
+        base = _fit(job.base, name, target_shape, None, job)
+    filler = base if base is not None else reference
+    tensors = [_fit(m, name, target_shape, filler, job) for m in job.models]
+    options = dict(job.options_for(name))
+    if job.method.random:
+        options["seed"] = tensor_seed(int(options.get("seed", job.seed)), name)
+    merged = job.method(tensors, base, **options)
+    return _cast(merged, job)
+
+
+def _cast(tensor: torch.Tensor, job: MergeJob) -> torch.Tensor:
+    return tensor.to(job.dtype) if job.dtype is not None else tensor
+
+
+def _fit(
+    source: TensorSource,
+    name: str,
+    shape: tuple[int, ...],
+    filler: torch.Tensor | None,
+    job: MergeJob,
+) -> torch.Tensor:
+    """``source``'s tensor ``name`` brought to ``shape`` along the vocabulary (first) axis."""
+    try:
+        have = source.shape(name)
+    except KeyError:
+        raise PoiseError(f"model {source.label!r} has no tensor {name!r}") from None
+    tensor = source.get(name)
+    if have == shape:
+        return tensor
+    vocab_like = any(hint in name for hint in VOCAB_HINTS)
+    if not vocab_like or len(have) != len(shape) or have[1:] != shape[1:]:
+        raise PoiseError(
+            f"tensor {name!r}: model {source.label!r} has shape {list(have)}, "
+            f"the reference {job.reference.label!r} has {list(shape)}"
+        )
+    rows = shape[0]
+    if have[0] >= rows:
+        return tensor[:rows]
+    fill = filler if filler is not None else torch.zeros(shape, dtype=tensor.dtype)
+    out = fill.clone()
+    out[: have[0]] = tensor.to(out.dtype)
+    return out
+
+
+def merge_to_state_dict(job: MergeJob, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Merge every tensor in memory (for small models and tests)."""
+    names = job.names()
+    out = {}
+    for i, name in enumerate(names):
+        out[name] = merge_tensor(job, name)
+        if progress is not None:
+            progress(i + 1, len(names))
+    return out
+
+
+def write_merge(
+    job: MergeJob,
+    out: Path,
+    *,
+    shard_size: int = 5 * 1024**3,
+    records: Mapping[str, str] | None = None,
+    copy_from: Path | None = None,
+    progress: ProgressFn | None = None,
+) -> list[str]:
+    """Merge tensor by tensor into ``out`` (sharded safetensors + index), copy the config and
+    tokenizer files from ``copy_from`` and write ``records`` (file name -> text). Returns the
+    weight files written. ``out`` must not exist or be empty; it appears only when complete."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PoiseError(f"output folder {out} exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        names = job.names()
+        shards: list[list[str]] = []
+        shard: dict[str, torch.Tensor] = {}
+        shard_bytes = 0
+        total_bytes = 0
+
+        def flush() -> None:
+            nonlocal shard, shard_bytes
+            if not shard:
+                return
+            shards.append(list(shard))
+            save_file(shard, str(tmp / f"shard-{len(shards):05d}.tmp"), metadata={"format": "pt"})
+            shard, shard_bytes = {}, 0
+
+        for i, name in enumerate(names):
+            tensor = merge_tensor(job, name).contiguous()
+            size = tensor.numel() * tensor.element_size()
+            if shard and shard_bytes + size > shard_size:
+                flush()
+            shard[name] = tensor
+            shard_bytes += size
+            total_bytes += size
+            if progress is not None:
+                progress(i + 1, len(names))
+        flush()
+        files = _name_shards(tmp, shards, total_bytes)
+        if copy_from is not None:
+            _copy_model_files(copy_from, tmp, job.dtype)
+        for file_name, text in (records or {}).items():
+            (tmp / file_name).write_text(text, encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return files
+
+
+def _name_shards(folder: Path, shards: list[list[str]], total_bytes: int) -> list[str]:
+    if len(shards) <= 1:
+        if shards:
+            os.replace(folder / "shard-00001.tmp", folder / SINGLE_NAME)
+        return [SINGLE_NAME] if shards else []
+    files = []
+    weight_map = {}
+    for i, names in enumerate(shards, start=1):
+        file_name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        os.replace(folder / f"shard-{i:05d}.tmp", folder / file_name)
+        files.append(file_name)
+        weight_map.update(dict.fromkeys(names, file_name))
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+    (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return files
+
+
+def _copy_model_files(source: Path, dest: Path, dtype: torch.dtype | None) -> None:
+    for file_name in MODEL_FILES:
+        if (source / file_name).is_file():
+            shutil.copyfile(source / file_name, dest / file_name)
+    config_path = dest / "config.json"
+    if dtype is not None and config_path.is_file():
+        config = json.loads(config_path.read_text())
+        key = "torch_dtype" if "torch_dtype" in config and "dtype" not in config else "dtype"
+        config[key] = str(dtype).removeprefix("torch.")
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,116 @@
+"""Sparsification of one task vector: which entries of ``delta = theta_t - theta_base`` to keep.
+
+Every function takes ``delta`` ``[*shape]`` (float32 or float64) and returns a tensor of the same
+shape: the kept entries, optionally rescaled, the rest zero.
+
+- ``magnitude`` (TIES "trim", arXiv 2306.01708 sec. 3): keep the ``k = max(1, int(density*N))``
+  entries of largest ``|delta|``.
+- ``random`` (DARE, arXiv 2311.03099 eq. 2): keep each entry independently with probability
+  ``density``.
+- ``magnitude_outliers`` (Model Breadcrumbs, arXiv 2312.06795 sec. 3): drop the top ``gamma``
+  share by magnitude (the outliers) and then the smallest entries, keeping ``int(density*N)``.
+- ``della_magprune`` (DELLA MagPrune, arXiv 2406.11617 sec. 3.1): within each row, keep entry i with
+  probability ``p_i = density - epsilon + 2*epsilon*rank_i/(n-1)``, ``rank_i`` the entry's
+  ascending-magnitude rank (0..n-1), so larger entries are kept more often and the mean keep
+  probability is ``density``.
+
+Rescaling of the kept entries (``rescale=True``):
+
+- ``"inverse_probability"`` (the papers; poise's default): divide each kept entry by its keep
+  probability: ``1/density`` for DARE (arXiv 2311.03099 eq. 2), ``1/p_i`` for DELLA
+  (arXiv 2406.11617 eq. 3), ``N/k`` (the kept share) for the deterministic rules. The sparsified
+  vector is then unbiased for the random rules: ``E[out] = delta``.
+- ``"l1"`` (mergekit 0.1.5's rule): scale the kept entries by ``||delta||_1 / ||kept||_1`` so the
+  L1 norm is preserved exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Sparsification = Literal["magnitude", "random", "magnitude_outliers", "della_magprune"]
+RescaleNorm = Literal["inverse_probability", "l1"]
+
+_EPS = 1e-7
+
+
+def sparsify(
+    delta: torch.Tensor,
+    method: Sparsification,
+    *,
+    density: float,
+    rescale: bool = False,
+    rescale_norm: RescaleNorm = "inverse_probability",
+    gamma: float = 0.01,
+    epsilon: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Sparsify ``delta`` ``[*shape]`` by ``method`` (see the module docstring)."""
+    if density >= 1:
+        return delta
+    if density <= 0 or delta.numel() == 0:
+        return torch.zeros_like(delta)
+    if method == "magnitude":
+        mask = _magnitude_mask(delta, density)
+        keep_prob: torch.Tensor | float = mask.sum().item() / delta.numel()
+    elif method == "random":
+        mask = torch.bernoulli(torch.full_like(delta, density), generator=generator)
+        keep_prob = density
+    elif method == "magnitude_outliers":
+        mask = _outlier_mask(delta, density, gamma)
+        keep_prob = max(mask.sum().item(), 1.0) / delta.numel()
+    elif method == "della_magprune":
+        probs = della_keep_probabilities(delta, density, epsilon)
+        mask = torch.bernoulli(probs, generator=generator)
+        keep_prob = probs
+    else:  # pragma: no cover - the Literal names every case
+        raise ValueError(f"unknown sparsification {method!r}")
+    kept = delta * mask
+    if not rescale:
+        return kept
+    if rescale_norm == "l1":
+        before = delta.abs().sum()
+        after = kept.abs().sum()
+        if before < _EPS or after < _EPS:  # mergekit leaves near-empty tensors unscaled
+            return kept
+        return kept * (before / after)
+    return kept / keep_prob
+
+
+def _magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    k = max(1, int(density * delta.numel()))
+    flat = delta.abs().reshape(-1)  # [N]
+    top = torch.topk(flat, k, sorted=False).indices
+    mask = torch.zeros_like(flat)
+    mask[top] = 1
+    return mask.reshape(delta.shape)
+
+
+def _outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    n = delta.numel()
+    keep = int(density * n)
+    n_top = int(gamma * n)
+    # Fewer outliers are dropped when the density asks for more entries than remain.
+    n_bottom = max(0, n - keep - n_top)
+    order = torch.argsort(delta.abs().reshape(-1))  # ascending magnitude, [N]
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
+    mask[order[n_bottom : n_bottom + keep]] = 1
+    return mask.reshape(delta.shape)
+
+
+def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """Per-entry keep probabilities of DELLA's MagPrune, ``[*shape]``, rows ranked separately
+    (a 1-D tensor is one row)."""
+    if not (density - epsilon > 0 and density + epsilon < 1):
+        raise ValueError(
+            f"DELLA needs 0 < density - epsilon and density + epsilon < 1 "
+            f"(density={density}, epsilon={epsilon})"
+        )
+    rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
+    n = rows.shape[1]
+    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(delta.dtype)  # 0..n-1
+    rank_norm = ranks / (n - 1) if n > 1 else torch.full_like(ranks, 0.5)
+    probs = (density - epsilon) + 2 * epsilon * rank_norm
+    return probs.reshape(delta.shape)

@@ -1,0 +1,256 @@
+"""Linear averaging and the task-arithmetic family, as one generalised function.
+
+Shapes: ``tensors`` is T tensors ``[*shape]``, ``base`` is ``[*shape]``; the task vectors are
+``delta_t = tensors[t] - base`` (stacked ``[T, *shape]``).
+
+One function, :func:`generalized_task_arithmetic`, configured by a *sparsification* (which entries of
+each ``delta_t`` survive, :mod:`poise.merge.sparsify`) and a *consensus* (which surviving entries
+agree on a sign), covers task arithmetic, TIES, DARE, Model Breadcrumbs and DELLA:
+
+    delta_hat_t = sparsify(delta_t)                                   # [*shape] each
+    elected     = sign(sum_t s_t * delta_hat_t)                       # [*shape]   (consensus "sum")
+    m_t         = [sign(delta_hat_t) == elected]                      # [*shape]   (1 without consensus)
+    merged      = sum_t w_t m_t delta_hat_t / (sum_t w_t m_t  if normalize else 1)
+    theta       = base + lambda * merged                              # task arithmetic eq. 1,
+                                                                      # arXiv 2212.04089
+
+Sign election. TIES (arXiv 2306.01708, sec. 3, "elect") elects on the trimmed task vectors
+themselves: ``s_t = 1``. mergekit 0.1.5 elects on the *weighted* vectors, ``s_t = w_t``.
+``sign_election="paper"`` (the default) is the paper's rule, ``"weighted"`` is mergekit's; the two
+agree when all weights are equal and positive. Consensus ``"count"`` elects by the majority of
+signs, ``sign(sum_t sign(delta_hat_t))``. A tie (a sum of exactly 0) elects ``+``, as mergekit does.
+
+Rescaling after random dropping: ``rescale_norm="inverse_probability"`` (the DARE and DELLA papers,
+the default) or ``"l1"`` (mergekit 0.1.5); see :mod:`poise.merge.sparsify`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+
+from poise.merge.methods import merge_method, work_dtype
+from poise.merge.sparsify import RescaleNorm, Sparsification, sparsify
+
+Consensus = Literal["sum", "count"]
+SignElection = Literal["paper", "weighted"]
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """A per-tensor seed: the run's ``seed`` mixed with the tensor's name, so a random merge is
+    reproducible and independent of the order in which tensors are processed."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+def generalized_task_arithmetic(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float] | None = None,
+    sparsification: Sparsification | None = None,
+    consensus: Consensus | None = None,
+    normalize: bool = False,
+    rescale: bool = False,
+    rescale_norm: RescaleNorm = "inverse_probability",
+    sign_election: SignElection = "paper",
+    lambda_: float = 1.0,
+    gamma: Sequence[float] | None = None,
+    epsilon: Sequence[float] | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Task arithmetic with optional sparsification and sign consensus (see the module docstring).
+
+    ``weight``, ``density``, ``gamma``, ``epsilon``: one value per model (length T).
+    Returns ``[*shape]`` in ``base``'s dtype.
+    """
+    n = len(tensors)
+    if not n:
+        return base
+    dtype = work_dtype(base)
+    base_w = base.to(dtype)
+    generator = torch.Generator(device=base.device).manual_seed(seed) if sparsification else None
+    deltas = torch.empty((n, *base.shape), dtype=dtype, device=base.device)  # [T, *shape]
+    for t, tensor in enumerate(tensors):
+        delta = torch.sub(tensor.to(dtype), base_w, out=deltas[t])
+        if sparsification is not None:
+            delta = sparsify(
+                delta,
+                sparsification,
+                density=1.0 if density is None else float(density[t]),
+                rescale=rescale,
+                rescale_norm=rescale_norm,
+                gamma=0.01 if gamma is None else float(gamma[t]),
+                epsilon=0.15 if epsilon is None else float(epsilon[t]),
+                generator=generator,
+            )
+            deltas[t] = delta
+    weights = [float(w) for w in weight]
+    # Per-task loops keep the working set at deltas [T, *shape] plus a few [*shape] tensors.
+    if consensus is not None:
+        votes = torch.zeros_like(base_w)  # [*shape]
+        for t in range(n):
+            if consensus == "count":
+                votes.add_(deltas[t].sign())
+            else:
+                votes.add_(deltas[t], alpha=weights[t] if sign_election == "weighted" else 1.0)
+        positive = votes >= 0  # elected sign +1 (a tie elects +), else -1; [*shape] bool
+        del votes
+        merged = torch.zeros_like(base_w)
+        divisor = torch.zeros_like(base_w)
+        for t in range(n):
+            agree = torch.where(positive, deltas[t] > 0, deltas[t] < 0)  # sign(delta_t) == elected
+            merged.add_(deltas[t] * agree, alpha=weights[t])
+            divisor.add_(agree.to(dtype), alpha=weights[t])
+        divisor[divisor == 0] = 1
+    else:
+        merged = torch.zeros_like(base_w)
+        for t in range(n):
+            merged.add_(deltas[t], alpha=weights[t])
+        total = sum(weights)
+        divisor = torch.full_like(base_w, 1.0 if abs(total) < 1e-8 else total)
+    if normalize:
+        merged.div_(divisor)
+    return (base_w + lambda_ * merged).to(base.dtype)
+
+
+@merge_method(
+    "linear",
+    reference="arXiv 2203.05482 (model soups)",
+    per_model=("weight",),
+    base="optional",
+)
+def linear(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor | None,
+    *,
+    weight: Sequence[float],
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Weighted average of the models: sum_t w_t theta_t / sum_t w_t (the base, if any, unused)."""
+    first = tensors[0]
+    dtype = work_dtype(first)
+    out = torch.zeros_like(first, dtype=dtype)  # [*shape]
+    for tensor, w in zip(tensors, weight, strict=True):
+        out.add_(tensor.to(dtype), alpha=float(w))
+    if normalize:
+        out.div_(sum(float(w) for w in weight))
+    return out.to(first.dtype)
+
+
+def _register_variant(
+    name: str,
+    *,
+    reference: str,
+    help: str,
+    sparsification: Sparsification | None,
+    consensus: Consensus | None,
+    normalize: bool,
+    rescale: bool,
+) -> None:
+    """Register one configuration of :func:`generalized_task_arithmetic` under ``name``; the
+    method's defaults (sparsification, consensus, normalize, rescale) are its only difference."""
+    per_model: tuple[str, ...] = ("weight",)
+    if sparsification is not None:
+        per_model += ("density",)
+    if sparsification == "magnitude_outliers":
+        per_model += ("gamma",)
+    if sparsification == "della_magprune":
+        per_model += ("epsilon",)
+
+    def variant(
+        tensors: Sequence[torch.Tensor],
+        base: torch.Tensor,
+        *,
+        weight: Sequence[float],
+        density: Sequence[float] | None = None,
+        gamma: Sequence[float] | None = None,
+        epsilon: Sequence[float] | None = None,
+        normalize: bool = normalize,
+        rescale: bool = rescale,
+        rescale_norm: RescaleNorm = "inverse_probability",
+        sign_election: SignElection = "paper",
+        consensus: Consensus | None = consensus,
+        lambda_: float = 1.0,
+        seed: int = 0,
+        int8_mask: bool = False,  # accepted for mergekit configs; masks are exact either way
+    ) -> torch.Tensor:
+        return generalized_task_arithmetic(
+            tensors,
+            base,
+            weight=weight,
+            density=density,
+            sparsification=sparsification,
+            consensus=consensus,
+            normalize=normalize,
+            rescale=rescale,
+            rescale_norm=rescale_norm,
+            sign_election=sign_election,
+            lambda_=lambda_,
+            gamma=gamma,
+            epsilon=epsilon,
+            seed=seed,
+        )
+
+    variant.__name__ = variant.__qualname__ = name
+    variant.__doc__ = help
+    # Declare only the options this configuration uses (what a config may set).
+    unused = set()
+    if sparsification is None:
+        unused |= {"density", "rescale", "rescale_norm"}
+    if sparsification != "magnitude_outliers":
+        unused.add("gamma")
+    if sparsification != "della_magprune":
+        unused.add("epsilon")
+    if sparsification not in ("random", "della_magprune"):
+        unused.add("seed")
+    if consensus is None:
+        unused |= {"consensus", "sign_election", "int8_mask"}
+    signature = inspect.signature(variant)
+    variant.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p for p in signature.parameters.values() if p.name not in unused]
+    )
+    merge_method(
+        name,
+        reference=reference,
+        per_model=per_model,
+        random=sparsification in ("random", "della_magprune"),
+        help=help,
+    )(variant)
+
+
+# name, reference, sparsification, consensus, normalize and rescale defaults (mergekit 0.1.5's
+# defaults for the same names, so its configs mean the same thing here).
+_VARIANTS: list[tuple[str, str, str, Sparsification | None, Consensus | None, bool, bool]] = [
+    ("task_arithmetic", "arXiv 2212.04089", "base + lambda * sum_t w_t (theta_t - base)",
+     None, None, False, False),
+    ("ties", "arXiv 2306.01708", "TIES: trim by magnitude, elect signs, disjoint mean",
+     "magnitude", "sum", True, False),
+    ("dare_linear", "arXiv 2311.03099", "DARE: drop at random, rescale, add",
+     "random", None, False, True),
+    ("dare_ties", "arXiv 2311.03099", "DARE dropping with TIES sign consensus",
+     "random", "sum", False, True),
+    ("breadcrumbs", "arXiv 2312.06795", "Model Breadcrumbs: drop outliers and small entries, add",
+     "magnitude_outliers", None, False, False),
+    ("breadcrumbs_ties", "arXiv 2312.06795", "Model Breadcrumbs with TIES sign consensus",
+     "magnitude_outliers", "sum", False, False),
+    ("della", "arXiv 2406.11617", "DELLA: magnitude-ranked random drop, rescale, TIES consensus",
+     "della_magprune", "sum", True, True),
+    ("della_linear", "arXiv 2406.11617", "DELLA dropping without sign consensus",
+     "della_magprune", None, False, True),
+]  # fmt: skip
+
+for _name, _ref, _help, _sparse, _consensus, _normalize, _rescale in _VARIANTS:
+    _register_variant(
+        _name,
+        reference=_ref,
+        help=_help,
+        sparsification=_sparse,
+        consensus=_consensus,
+        normalize=_normalize,
+        rescale=_rescale,
+    )

@@ -1,0 +1,200 @@
+"""The streaming executor end to end: tiny HF models built in code, merged from a mergekit-style
+config, written as sharded safetensors, loaded back with plain transformers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from poise.errors import PoiseError
+from poise.merge import get_method
+from poise.merge.config import OptionResolver, count_layers, load_config, run_merge
+
+pytestmark = pytest.mark.slow
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def _write(path: Path, config: dict[str, object]) -> Path:
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_merge_written_and_loaded_equals_in_memory_merge(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    base, a, b = specialists
+    config = {
+        "merge_method": "ties",
+        "base_model": str(base),
+        "models": [
+            {"model": str(base)},  # mergekit configs often list the base: it stays the base
+            {"model": str(a), "parameters": {"weight": [1.0, 0.5], "density": 0.6}},
+            {"model": str(b), "parameters": {
+                "weight": [{"filter": "self_attn", "value": 0.3}, {"value": 0.8}],
+                "density": [0.4, 0.9]}},
+        ],
+        "parameters": {"lambda": 0.9},
+        "dtype": "float32",
+    }  # fmt: skip
+    path = _write(tmp_path / "ties.yml", config)
+    out = tmp_path / "merged"
+    result = run_merge(path, out, shard_size=40_000)  # small shards: the index path is exercised
+    assert len(result.files) > 1
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(result.files)
+    for name in ("config.json", "tokenizer.json", "merge_config.yml", "merge.json", "README.md"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "merge.json").read_text())
+    assert record["merge_method"] == "ties" and record["versions"]["torch_version"]
+    assert record["options"]["sign_election"] == "paper"
+
+    # the in-memory merge, from the three models as transformers loads them
+    states = [_state(p) for p in (base, a, b)]
+    merged = _state(out)
+    cfg = load_config(path)
+    resolver = OptionResolver(
+        get_method("ties"), dict(cfg.parameters),
+        [cfg.models[1].parameters, cfg.models[2].parameters], count_layers(list(states[0])),
+    )  # fmt: skip
+    for name, tensor in merged.items():
+        expected = get_method("ties")([states[1][name], states[2][name]], states[0][name],
+                                      **resolver(name))  # fmt: skip
+        assert torch.equal(tensor, expected), name
+    # the gradient and the filter reached the tensors: layer 0 and layer 1 differ in weights
+    assert resolver("model.layers.0.mlp.up_proj.weight")["weight"] == [1.0, 0.8]
+    assert resolver("model.layers.1.mlp.up_proj.weight")["weight"] == [0.5, 0.8]
+    assert resolver("model.layers.1.self_attn.q_proj.weight")["weight"] == [0.5, 0.3]
+    assert resolver("model.layers.1.self_attn.q_proj.weight")["density"] == [0.6, 0.9]
+
+
+def test_merge_output_generates(specialists: list[Path], tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, a, b = specialists
+    out = tmp_path / "m"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "tsv_m", "base_model": str(base),
+        "models": [{"model": str(a)}, {"model": str(b)}], "dtype": "bfloat16",
+    }), out)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.dtype == torch.bfloat16
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("the cat", return_tensors="pt").input_ids
+    assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
+
+
+def test_lora_folder_is_a_task_vector(specialists: list[Path], tmp_path: Path) -> None:
+    """task_arithmetic(base, [base+LoRA], weight 1) equals peft's own merge_and_unload."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = specialists[0]
+    model = AutoModelForCausalLM.from_pretrained(base)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft_model.save_pretrained(tmp_path / "lora")
+    expected = peft_model.merge_and_unload().state_dict()
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base),
+        "models": [{"model": str(tmp_path / "lora"), "parameters": {"weight": 1.0}}],
+    }), out)  # fmt: skip
+    merged = _state(out)
+    changed = 0
+    for name, tensor in merged.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-6), name
+        changed += not torch.equal(tensor, _state(base)[name]) if "q_proj" in name else 0
+    assert changed == 2  # both layers' q_proj moved
+    # the BASE+LORA spelling means the same
+    out2 = tmp_path / "out2"
+    run_merge(_write(tmp_path / "c2.yml", {
+        "merge_method": "linear",
+        "models": [{"model": f"{base}+{tmp_path / 'lora'}", "parameters": {"weight": 1.0}}],
+    }), out2)  # fmt: skip
+    assert all(torch.allclose(t, expected[n], atol=1e-6) for n, t in _state(out2).items())
+
+
+def test_vocabulary_mismatch_takes_the_tokenizer_sources_rows(
+    specialists: list[Path], specialist_builder: Callable[..., Path], tmp_path: Path
+) -> None:
+    base, a, _ = specialists
+    wide = specialist_builder(base, tmp_path / "wide", seed=5, extra_tokens=4)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base),
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(wide), "parameters": {"weight": 0.5}}],
+    }), out)  # fmt: skip
+    merged, sa, sw, sb = (_state(p) for p in (out, a, wide, base))
+    vocab = sb["model.embed_tokens.weight"].shape[0]
+    assert merged["model.embed_tokens.weight"].shape[0] == vocab
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        expected = sb[name] + 0.5 * (sa[name] - sb[name]) + 0.5 * (sw[name][:vocab] - sb[name])
+        assert torch.allclose(merged[name], expected, atol=1e-6)
+
+
+def test_shape_mismatch_outside_the_vocabulary_is_refused(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    base, a, _ = specialists
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    weights = load_file(a / "model.safetensors")
+    weights["model.layers.0.mlp.up_proj.weight"] = torch.zeros(3, 3)
+    save_file(weights, broken / "model.safetensors")
+    out = tmp_path / "out"
+    with pytest.raises(PoiseError, match=r"model.layers.0.mlp.up_proj.weight.*\[3, 3\]"):
+        run_merge(_write(tmp_path / "c.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(broken), "parameters": {"weight": 1.0}}],
+        }), out)  # fmt: skip
+    assert not out.exists()  # nothing half-written
+    assert not list(tmp_path.glob(".out*"))
+
+
+def test_inputs_are_read_one_tensor_at_a_time(specialists: list[Path], tmp_path: Path) -> None:
+    """Streaming: each input tensor is read once, and no more than one tensor per input is alive
+    at any time (the merged outputs wait in the shard; the inputs do not; tensors are freed by
+    reference counting, so no garbage collection is needed to see it)."""
+    import weakref
+
+    from poise.merge.executor import MergeJob, write_merge
+    from poise.merge.sources import SafetensorsFolder
+
+    live: list[weakref.ref[torch.Tensor]] = []
+    reads: list[str] = []
+    peak = 0
+
+    class Spy(SafetensorsFolder):
+        def get(self, name: str) -> torch.Tensor:
+            nonlocal peak
+            alive = sum(ref() is not None for ref in live)
+            peak = max(peak, alive)
+            tensor = super().get(name)
+            live.append(weakref.ref(tensor))
+            reads.append(f"{self.label}:{name}")
+            return tensor
+
+    base, a, b = (Spy(p, label=p.name) for p in specialists)
+    job = MergeJob(get_method("task_arithmetic"), [a, b], base, lambda name: {"weight": [0.5, 0.5]})
+    files = write_merge(job, tmp_path / "out", shard_size=10**9)
+    assert files == ["model.safetensors"]
+    assert len(reads) == len(set(reads)) == 3 * len(base.keys())  # each tensor read once
+    assert peak <= 2  # while reading a model's tensor, at most the base's and one other are alive

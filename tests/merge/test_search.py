@@ -1,0 +1,118 @@
+"""`poise merge search`: candidates, objectives, the Pareto front, the choice, the cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from poise.errors import PoiseError
+from poise.merge.search import (
+    Candidate,
+    Score,
+    SearchConfig,
+    candidates,
+    choose,
+    pareto,
+    read_scores,
+    run_search,
+)
+
+TEMPLATE = {
+    "merge_method": "task_arithmetic",
+    "base_model": "organism-small",
+    "models": [{"model": "organism-small"}, {"model": "organism-small-safe"}],
+}
+
+
+def _cand(key: str, **scores: tuple[float, float, float]) -> Candidate:
+    c = Candidate(key, {"merge_method": "linear"})
+    c.scores = {k: Score(*v) for k, v in scores.items()}
+    return c
+
+
+def test_front_noise_and_maximin_choice() -> None:
+    a = _cand("a", helpful=(0.9, 0.8, 0.95), harmless=(0.5, 0.4, 0.6))
+    b = _cand("b", helpful=(0.6, 0.5, 0.7), harmless=(0.8, 0.7, 0.9))
+    c = _cand("c", helpful=(0.55, 0.45, 0.65), harmless=(0.75, 0.65, 0.85))  # dominated by b
+    d = _cand("d", helpful=(0.3, 0.25, 0.35), harmless=(0.3, 0.25, 0.35))  # dominated, far
+    pareto([a, b, c, d])
+    assert [x.on_front for x in (a, b, c, d)] == [True, True, False, False]
+    assert c.within_noise_of == ["b"] and d.within_noise_of == []
+    assert choose([a, b, c, d]) is b  # worst objective 0.6 > a's 0.5
+
+
+def test_read_scores_turns_lower_is_better_into_higher() -> None:
+    metrics = {
+        "default_group": "g",
+        "groups": {"g": {
+            "harmful_rate": {"value": 0.1, "low": 0.05, "high": 0.2},
+            "helpful_rate": {"value": 0.7, "low": 0.6, "high": 0.8},
+        }},
+    }  # fmt: skip
+    scores = read_scores(metrics, {"harmless": "-harmful_rate", "helpful": "helpful_rate"})
+    assert vars(scores["harmless"]) == pytest.approx({"value": 0.9, "low": 0.8, "high": 0.95})
+    assert vars(scores["helpful"]) == {"value": 0.7, "low": 0.6, "high": 0.8}
+    with pytest.raises(PoiseError, match="no metric 'known_accuracy'"):
+        read_scores(metrics, {"honest": "known_accuracy"})
+
+
+def test_candidates_expand_methods_weights_and_grid() -> None:
+    search = SearchConfig(
+        merge=TEMPLATE,
+        methods=["task_arithmetic", "ties"],
+        weights=[[0.5], [1.0]],
+        parameters={"density": [0.3, 0.6], "lambda": [1.0]},
+    )
+    found = candidates(search)
+    # task_arithmetic has no density: 2 weights; ties: 2 weights x 2 densities
+    assert len(found) == 2 + 4
+    ties = [c for c in found if c.config["merge_method"] == "ties"]
+    entry = ties[0].config["models"][1]
+    assert entry["model"] == "organism-small-safe"
+    assert set(entry["parameters"]) == {"weight", "density"}
+    assert ties[0].config["parameters"] == {"lambda": 1.0}
+    assert len({c.key for c in found}) == len(found)
+    with pytest.raises(PoiseError, match="1 merged model"):
+        candidates(SearchConfig(merge=TEMPLATE, weights=[[0.5, 0.5]]))
+    with pytest.raises(PoiseError, match="unknown merge method"):
+        candidates(SearchConfig(merge=TEMPLATE, methods=["tise"]))
+
+
+@pytest.mark.slow
+def test_search_on_the_organism_is_cached_and_resumes(tmp_path: Path) -> None:
+    """organism-small and organism-small-safe as a two-model stand-in for 3H specialists."""
+    search = SearchConfig(
+        merge=TEMPLATE,
+        weights=[[0.5], [1.0]],
+        audit={
+            "judge": "oracle",
+            "limit": 2,
+            "suites": ["harmful", "benign", "honesty"],
+            "sampling": {"max_new_tokens": 24},
+        },
+    )
+    seen: list[bool] = []
+    first = run_search(search, tmp_path, on_candidate=lambda i, n, c, cached: seen.append(cached))
+    assert seen == [False, False]
+    assert (tmp_path / "chosen" / "model.safetensors").is_file()
+    summary = json.loads((tmp_path / "search.json").read_text())
+    assert summary["chosen"] == first.chosen.key and first.chosen.on_front
+    assert set(summary["candidates"][0]["scores"]) == {"helpful", "harmless", "honest"}
+    # run again: every candidate is cached
+    seen.clear()
+    again = run_search(search, tmp_path, on_candidate=lambda i, n, c, cached: seen.append(cached))
+    assert seen == [True, True]
+    assert [vars(s) for s in again.chosen.scores.values()] == [
+        vars(s) for s in first.chosen.scores.values()
+    ]
+    # a candidate whose audit had not finished: its merge is reused, its audit done again
+    key = first.candidates[0].key
+    model_file = tmp_path / "candidates" / key / "model" / "model.safetensors"
+    written = model_file.stat().st_mtime_ns
+    (tmp_path / "candidates" / key / "result.json").unlink()
+    seen.clear()
+    run_search(search, tmp_path, on_candidate=lambda i, n, c, cached: seen.append(cached))
+    assert seen == [False, True]
+    assert model_file.stat().st_mtime_ns == written

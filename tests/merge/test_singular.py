@@ -1,0 +1,145 @@
+"""TSV-M against a direct float64 implementation of the published algorithm, and RESM's two
+additions (outlier reweighting, rank selection) against closed forms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from poise.errors import PoiseError
+from poise.merge import get_method
+from poise.merge.singular import energy_rank, huber_reweight, polar_factor
+
+
+def _reference_tsv_m(deltas: list[torch.Tensor]) -> torch.Tensor:
+    """TSV-M as written in arXiv 2412.00081 sec. 4 / the authors' compute_and_sum_svd_mem_reduction:
+    zero-padded [m, k] and [k, n] stacks, first int(k/T) triplets per task, SVD-based polar factors."""
+    T = len(deltas)
+    m, n = deltas[0].shape
+    k = min(m, n)
+    r = int(k / T)
+    sum_u = torch.zeros(m, k, dtype=torch.float64)
+    sum_s = torch.zeros(k, dtype=torch.float64)
+    sum_vh = torch.zeros(k, n, dtype=torch.float64)
+    for i, d in enumerate(deltas):
+        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        sum_u[:, i * r : (i + 1) * r] = u[:, :r]
+        sum_s[i * r : (i + 1) * r] = s[:r]
+        sum_vh[i * r : (i + 1) * r, :] = vh[:r, :]
+    uu, _, vu = torch.linalg.svd(sum_u, full_matrices=False)
+    uv, _, vv = torch.linalg.svd(sum_vh, full_matrices=False)
+    return uu @ vu @ torch.diag(sum_s) @ uv @ vv
+
+
+@pytest.mark.parametrize(("shape", "n_tasks"), [((30, 20), 3), ((16, 40), 2), ((25, 25), 4)])
+def test_tsv_m_equals_published_algorithm(shape: tuple[int, int], n_tasks: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(shape, generator=g, dtype=torch.float64)
+    deltas = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(n_tasks)]
+    got = get_method("tsv_m")([base + d for d in deltas], base, alpha=0.7)
+    expected = base + 0.7 * _reference_tsv_m(deltas)
+    assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+
+
+def test_tsv_m_averages_non_matrix_weights() -> None:
+    base = torch.randn(7, dtype=torch.float64)
+    models = [base + 1.0, base + 3.0]
+    assert torch.allclose(get_method("tsv_m")(models, base), base + 2.0, atol=1e-12)
+
+
+def test_tsv_m_orthogonal_tasks_are_kept_exactly() -> None:
+    """Task vectors of rank exactly k/T in mutually orthogonal subspaces: the stacked U and V are
+    already orthonormal, so TSV-M is exactly task arithmetic."""
+    q1, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(12, 12, dtype=torch.float64))
+    d1 = q1[:, :6] @ torch.diag(torch.linspace(3.0, 1.0, 6).double()) @ q2[:, :6].T
+    d2 = q1[:, 6:] @ torch.diag(torch.linspace(5.0, 0.5, 6).double()) @ q2[:, 6:].T
+    base = torch.zeros(12, 12, dtype=torch.float64)
+    got = get_method("tsv_m")([d1, d2], base)
+    assert torch.allclose(got, d1 + d2, atol=1e-10)
+
+
+def test_tsv_m_refuses_ranks_beyond_the_matrix() -> None:
+    base = torch.zeros(6, 6)
+    with pytest.raises(PoiseError, match="rank_fraction"):
+        get_method("tsv_m")([base + 1, base + 2], base, rank_fraction=0.9)
+
+
+def test_randomized_svd_close_to_exact_on_low_rank_tasks() -> None:
+    g = torch.Generator().manual_seed(1)
+    base = torch.zeros(60, 50, dtype=torch.float64)
+    tasks = [torch.randn(60, 4, generator=g).double() @ torch.randn(4, 50, generator=g).double()
+             for _ in range(2)]  # fmt: skip
+    # rank_fraction 4/50: each task keeps its 4 informative directions
+    exact = get_method("tsv_m")(tasks, base, rank_fraction=0.08)
+    approx = get_method("tsv_m")(tasks, base, rank_fraction=0.08, svd="randomized", seed=0)
+    assert torch.linalg.norm(approx - exact) / torch.linalg.norm(exact) < 1e-8
+
+
+def test_polar_factor_is_nearest_orthonormal() -> None:
+    a = torch.randn(9, 4, dtype=torch.float64)
+    p = polar_factor(a)
+    assert torch.allclose(p.T @ p, torch.eye(4, dtype=torch.float64), atol=1e-12)
+    # polar(a) = a (a^T a)^(-1/2)
+    evals, evecs = torch.linalg.eigh(a.T @ a)
+    inv_sqrt = evecs @ torch.diag(evals.rsqrt()) @ evecs.T
+    assert torch.allclose(p, a @ inv_sqrt, atol=1e-10)
+
+
+# -- RESM
+
+
+def test_huber_reweight_closed_form() -> None:
+    """median|delta| = 1 here, so the bound is c * 1.4826: entries inside are unchanged, entries
+    outside become +-bound (Huber weight min(1, bound/|x|))."""
+    delta = torch.tensor([-10.0, -1.0, -0.5, 0.5, 1.0, 1.0, 2.0, 4.0, 100.0], dtype=torch.float64)
+    assert delta.abs().median() == 1.0
+    bound = 2.0 * 1.4826
+    expected = torch.tensor([-bound, -1.0, -0.5, 0.5, 1.0, 1.0, 2.0, bound, bound]).double()
+    assert torch.allclose(huber_reweight(delta, 2.0), expected, atol=1e-12)
+
+
+def test_energy_rank_closed_form() -> None:
+    s = torch.tensor([3.0, 2.0, 1.0, 1.0])  # energies 9, 4, 1, 1 of 15
+    assert energy_rank(s, 15.0, 0.6) == 1  # 9/15 = 0.6
+    assert energy_rank(s, 15.0, 0.61) == 2  # 13/15
+    assert energy_rank(s, 15.0, 0.9) == 3  # 14/15 = 0.933
+    assert energy_rank(s, 15.0, 1.0) == 4
+    assert energy_rank(s[:2], 15.0, 0.95) == 2  # the given values never reach it
+
+
+def test_resm_rank_selection_in_a_merge() -> None:
+    """Task 1 is rank 1 (all energy in one direction), task 2 has a flatter spectrum: RESM keeps 1
+    direction of task 1 and the energy rank of task 2 (or the cap int(k/T) when lower); with
+    orthogonal subspaces the result is task 1 plus task 2 truncated to that rank."""
+    q1, _ = torch.linalg.qr(torch.randn(20, 20, dtype=torch.float64))
+    q2, _ = torch.linalg.qr(torch.randn(20, 20, dtype=torch.float64))
+    d1 = 5.0 * torch.outer(q1[:, 0], q2[:, 0])
+    s2 = torch.linspace(2.0, 1.0, 10, dtype=torch.float64)
+    d2 = q1[:, 10:20] @ torch.diag(s2) @ q2[:, 10:20].T
+    base = torch.zeros(20, 20, dtype=torch.float64)
+    energies = (s2**2).tolist()
+    r2 = next(r for r in range(1, 11) if sum(energies[:r]) >= 0.9 * sum(energies))
+    assert 5 < r2 < 10
+    got = get_method("resm")([d1, d2], base, outlier_weighting="none", energy=0.9)
+    d2_top = q1[:, 10 : 10 + r2] @ torch.diag(s2[:r2]) @ q2[:, 10 : 10 + r2].T
+    assert torch.allclose(got, d1 + d2_top, atol=1e-10)
+    full = get_method("resm")([d1, d2], base, outlier_weighting="none", energy=1.0)
+    assert torch.allclose(full, d1 + d2, atol=1e-10)
+    capped = get_method("resm")([d1, d2], base, outlier_weighting="none", rank_fraction=0.25)
+    d2_top5 = q1[:, 10:15] @ torch.diag(s2[:5]) @ q2[:, 10:15].T
+    # energy 0.9 of task 2 needs more than 5 directions, so the cap 5 binds
+    assert torch.allclose(capped, d1 + d2_top5, atol=1e-10)
+    uniform = get_method("resm")([d1, d2], base, outlier_weighting="none", rank_selection="uniform")
+    tsv = get_method("tsv_m")([d1, d2], base)
+    assert torch.allclose(uniform, tsv, atol=1e-10)  # without its additions RESM is TSV-M
+
+
+def test_resm_reweights_before_the_svd() -> None:
+    g = torch.Generator().manual_seed(3)
+    base = torch.zeros(10, 8, dtype=torch.float64)
+    tasks = [torch.randn(10, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    tasks[0][0, 0] = 50.0  # an outlier
+    got = get_method("resm")(tasks, base, rank_selection="uniform", outlier_threshold=2.5)
+    expected = get_method("tsv_m")([huber_reweight(t, 2.5) for t in tasks], base)
+    assert torch.allclose(got, expected, atol=1e-10)
