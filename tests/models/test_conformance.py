@@ -80,12 +80,19 @@ def _logit_temperature(folder: Path, request: pytest.FixtureRequest, tmp: Path) 
     return load_model(f"logit_temperature({folder}, t=0.8)")
 
 
+def _eft(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    build = request.getfixturevalue("build_tiny_model")
+    tuned, reference = build(tmp / "tuned", seed=1), build(tmp / "reference", seed=2)
+    return load_model(f"eft({folder}, tuned={tuned}, reference={reference}, beta=1.5)")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]] = {
     "hf": _hf,
     "mock": _mock,
     "cache": _cache,
     "openai": _openai,
     "logit_temperature": _logit_temperature,
+    "eft": _eft,
 }
 
 
