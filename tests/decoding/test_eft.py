@@ -26,7 +26,9 @@ CHATS = [
 
 @pytest.fixture(scope="module")
 def trio(
-    tiny_hf_model_dir: Path, build_tiny_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+    tiny_hf_model_dir: Path,
+    build_tiny_model: Callable[..., Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[HFModel, HFModel, HFModel, HFModel]]:
     """A base, two tuned models and a reference: tiny models of one vocabulary, other seeds."""
     torch.set_num_threads(1)
@@ -166,7 +168,7 @@ def test_spec_registry_and_errors(
 def test_a_different_vocabulary_is_one_clear_error(
     trio: tuple[HFModel, HFModel, HFModel, HFModel],
 ) -> None:
-    base, tuned, _, ref = trio
+    base, _, _, ref = trio
     try:
         other = load_model("organism-small")
     except PoiseError as exc:

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.serve.helpers import start_serve_process
 
 from poise.config import Sampling
 from poise.models import load_model
-from tests.serve.helpers import start_serve_process
 
 QUESTIONS = ["Hello there, the cat!", "Tell me a story about a dragon in the mountains."]
 
@@ -25,7 +25,9 @@ def test_eft_served_through_the_openai_client(
     spec = f"eft({tiny_hf_model_dir}, tuned={tuned}, reference={reference}, beta=1.5)"
     model = load_model(spec)
     greedy = Sampling(max_new_tokens=12)
-    expected = [model.generate([[{"role": "user", "content": q}]], greedy)[0][0].text for q in QUESTIONS]
+    expected = [
+        model.generate([[{"role": "user", "content": q}]], greedy)[0][0].text for q in QUESTIONS
+    ]
 
     server = start_serve_process(["--model", spec, "--served-name", "eft"], tmp_path / "serve.log")
     try:

@@ -86,6 +86,10 @@ def _eft(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageMod
     return load_model(f"eft({folder}, tuned={tuned}, reference={reference}, beta=1.5)")
 
 
+def _best_of_n(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    return load_model(f"best_of_n({folder}, n=3, reward=keywords:the|a, cost=length:6)")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]] = {
     "hf": _hf,
     "mock": _mock,
@@ -93,6 +97,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]
     "openai": _openai,
     "logit_temperature": _logit_temperature,
     "eft": _eft,
+    "best_of_n": _best_of_n,
 }
 
 

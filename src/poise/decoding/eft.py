@@ -110,7 +110,9 @@ class EmulatedFineTuning(WrappedModel):
         if tuned is None:
             raise PoiseError("eft: needs a tuned model (tuned=MODEL)")
         if reference is None:
-            raise PoiseError("eft: needs a reference model (reference=MODEL), the tuned model's base")
+            raise PoiseError(
+                "eft: needs a reference model (reference=MODEL), the tuned model's base"
+            )
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PoiseError(f"eft: batch_size must be a positive integer, got {batch_size!r}")
         options: dict[str, Any] = {"reference": reference}
@@ -159,11 +161,9 @@ class EmulatedFineTuning(WrappedModel):
         progress: ProgressFn | None = None,
         logits_hook: LogitsHook | None = None,
     ) -> list[list[Completion]]:
-        return self._lockstep.generate(
-            chats, sampling, progress=progress, logits_hook=logits_hook
-        )
+        return self._lockstep.generate(chats, sampling, progress=progress, logits_hook=logits_hook)
 
-    def stream(  # type: ignore[override]
+    def stream(
         self,
         chats: Sequence[Chat],
         sampling: Sampling,

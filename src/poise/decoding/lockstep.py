@@ -126,9 +126,9 @@ class LockstepModel(HFModel):
         self.device = first.device
         self.prefill_merges = all(getattr(m, "prefill_merges", False) for m in models)
 
-    def prefill(
+    def prefill(  # type: ignore[override]
         self, prompts: Sequence[Chat] | Sequence[Sequence[int]], *, reserve: int = 0
-    ) -> LockstepState:  # type: ignore[override]
+    ) -> LockstepState:
         """Prefill every model with the same prompt token ids (rendered by the first model)."""
         if not prompts:
             raise PoiseError(f"{self.name}: prefill needs at least one prompt")
