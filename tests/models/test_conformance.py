@@ -90,6 +90,10 @@ def _best_of_n(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> Langu
     return load_model(f"best_of_n({folder}, n=3, reward=keywords:the|a, cost=length:6)")
 
 
+def _deal(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    return load_model(f"deal({folder}, k=3, lookahead=2, beam=2, lam=0.5, reward=keywords:the|a)")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]] = {
     "hf": _hf,
     "mock": _mock,
@@ -98,6 +102,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]
     "logit_temperature": _logit_temperature,
     "eft": _eft,
     "best_of_n": _best_of_n,
+    "deal": _deal,
 }
 
 
