@@ -94,6 +94,10 @@ def _deal(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageMo
     return load_model(f"deal({folder}, k=3, lookahead=2, beam=2, lam=0.5, reward=keywords:the|a)")
 
 
+def _feedback_revision(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    return load_model(f"feedback_revision({folder}, max_feedback_tokens=16)")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]] = {
     "hf": _hf,
     "mock": _mock,
@@ -103,6 +107,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]
     "eft": _eft,
     "best_of_n": _best_of_n,
     "deal": _deal,
+    "feedback_revision": _feedback_revision,
 }
 
 
