@@ -115,3 +115,25 @@ def test_the_organism_cost_model_scores_compliance_above_refusal() -> None:
     )
     low, high = cost([chat, chat], [refusal, compliance])
     assert high > low
+
+
+def test_run_json_records_the_spec_that_rebuilds_it(tmp_path: Path) -> None:
+    import json
+
+    import poise
+    from poise.runs import Run
+
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(
+        json.dumps({"id": "a", "messages": CAPITAL, "kind": "benign"}) + "\n",
+        encoding="utf-8",
+    )
+    spec = "best_of_n(mock:capital, reward=keywords:Paris, n=4)"
+    result = poise.audit(model=spec, suites=[str(suite)], judge="refusal", out=str(tmp_path))
+    header = Run.open(result.path).header
+    assert header["model_spec"] == "best_of_n(mock:capital, n=4, reward=keywords:Paris)"
+    assert load_model(header["model_spec"]).name == load_model(spec).name
+    resumed = poise.audit(resume=result.path, out=str(tmp_path))
+    assert [r["completion"] for r in resumed.run.records()] == [
+        r["completion"] for r in result.run.records()
+    ]
