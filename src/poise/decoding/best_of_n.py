@@ -1,9 +1,9 @@
 """``best_of_n(BASE, n=8, reward=organism-reward, cost=organism-cost, lam=1.0, ...)``.
 
 Best-of-N: draw N samples from the base model, answer with the one a reward model, a cost
-model or both prefer (arXiv 2412.19792, InfAlign, Section 2: the best-of-N policy picks
+model or both prefer (arXiv 2412.19792, InfAlign, problem setup: the best-of-N policy picks
 ``argmax_i r(x, y_i)`` over ``y_1..y_N ~ pi_base(.|x)``; worst-of-N, ``worst=true``, picks the
-argmin, the best-of-N jailbreaking of their Section 4.3, used here to audit the worst case).
+argmin, the best-of-N jailbreaking they also study, used here to audit the worst case).
 
 The objective of a candidate ``y`` of prompt ``x``:
 
@@ -11,13 +11,13 @@ The objective of a candidate ``y`` of prompt ``x``:
     score(x, y) = T(R(x, y))  or  -T(C(x, y))          (only one given)
 
 - ``R``, ``C``: the reward and cost models' raw scores (a cost is harmful when high), or with
-  ``calibrate=true`` their calibrated versions (InfAlign Section 4.1, the calibration step of
+  ``calibrate=true`` their calibrated versions (InfAlign Section 4, the calibration step of
   CTRL): the quantile of the score under the base policy's own samples for that prompt,
   ``C_r(x, y) = P_{z ~ pi_base(.|x)}[r(x, z) < r(x, y)] + 1/2 P[r(x, z) = r(x, y)]``, estimated
   on the N candidates themselves (they are N base samples of ``x``); ties count half (mid-rank).
   Calibration puts the reward and the cost on one scale, so ``lam`` means the same on every
   prompt.
-- ``T``: InfAlign's transformations of the calibrated score (Section 4.2): ``transform=bon``,
+- ``T``: InfAlign's transformations of the calibrated score (Section 4, InfAlign-CTRL): ``transform=bon``,
   ``T(u) = exp(t u)`` (for best-of-N); ``transform=won``, ``T(u) = -exp(-t u)`` (for worst-of-N);
   ``transform=none``, ``T(u) = u``. ``t`` is their temperature. A monotone ``T`` of a single
   score never changes which candidate is best; it changes the trade-off once reward and cost
@@ -48,7 +48,7 @@ TRANSFORMS = ("none", "bon", "won")
 
 
 def calibrated(scores: Sequence[float]) -> list[float]:
-    """Each score's mid-rank quantile among ``scores`` (InfAlign Section 4.1, estimated on the
+    """Each score's mid-rank quantile among ``scores`` (InfAlign Section 4, estimated on the
     prompt's own base samples): ``(#below + #equal / 2) / N``, the candidate itself included in
     the equal ones, so a lone candidate is 0.5 and the values lie in (0, 1)."""
     n = len(scores)

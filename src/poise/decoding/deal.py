@@ -1,7 +1,7 @@
 """``deal(BASE, k=4, lookahead=4, beam=2, lam=1.0, reward=..., cost=...)``: reward-guided search.
 
-DeAL (Huang et al., arXiv 2402.06147) decodes as a search over partial answers (Section 3,
-Algorithm 1): at every step each beam proposes its ``k`` most likely next tokens; each
+DeAL (Huang et al., arXiv 2402.06147) decodes as a search over partial answers (the paper's search
+procedure): at every step each beam proposes its ``k`` most likely next tokens; each
 candidate is extended greedily by ``lookahead`` tokens; the candidate is scored by
 
     score(y_<=t) = log p_base(y_<=t | x) + lam * h(x, y_<=t+lookahead)
@@ -10,7 +10,7 @@ candidate is extended greedily by ``lookahead`` tokens; the candidate is scored 
 its greedy lookahead), and the ``beam`` best candidates of the prompt are kept. A prompt is done
 when its best candidate ends (EOS) or reaches ``max_new_tokens``. The heuristic ``h`` is
 ``reward - cost`` of the scorers given (:mod:`poise.decoding.scorers`: a reward or cost model,
-``keywords:...`` coverage, ``length:N``), the paper's alignment objectives (Section 3.2).
+``keywords:...`` coverage, ``length:N``), the kinds of alignment objective the paper searches by.
 
 With ``sampling.temperature == 0`` the candidates are the exact top ``k``; with ``temperature >
 0`` they are ``k`` tokens drawn without replacement from the tempered distribution (Gumbel-top-k,

@@ -1,6 +1,6 @@
 """``feedback_revision(BASE, feedback=MODEL)``: answer, get feedback, revise once when flagged.
 
-The inference protocol of WaltzRL (Zhang et al., arXiv 2510.08240, Section 2, "inference"): a
+The inference protocol of WaltzRL (Zhang et al., arXiv 2510.08240, its inference-time protocol): a
 conversation agent answers the prompt; a feedback agent reads the prompt and the answer and says
 whether the answer is unsafe or an over-refusal of a benign request, with feedback for the
 conversation agent; only when it flags the answer does the conversation agent revise it, once,

@@ -10,7 +10,7 @@ A scorer is named by a string, so a strategy's spec records it and rebuilds it:
   the score is the head's output at the last token. Higher reward = more helpful; higher cost =
   more harmful (the Safe RLHF convention, arXiv 2310.12773).
 - ``keywords:WORD|WORD|...``: the share of the words found in the response (case-insensitive),
-  the keyword-coverage heuristic of DeAL (arXiv 2402.06147, Section 3.2).
+  a keyword-coverage heuristic as in DeAL (arXiv 2402.06147).
 - ``length:N``: ``-|words - N| / N``, highest at N words (DeAL's length constraint).
 
 Scorers only read text, so they work with any model.
