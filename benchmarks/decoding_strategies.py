@@ -11,7 +11,8 @@ ratio:
    end to end (tokens per second, stop on EOS, continuous batching) for reference.
 2. ``best_of_n``: N samples of every prompt and the cost model's scores in one batched call,
    against a per-prompt loop (``best_of_n.generate([chat])`` per prompt: its N samples still
-   batched together, the prompts one at a time).
+   batched together, the prompts one at a time), and against a loop that draws the N samples of
+   each prompt one at a time (other seeds, so other samples: a timing, not an equality check).
 3. ``deal``: the batched search over all prompts against the same search per prompt (how the
    research code runs), and both against plain sampling of the base model (cost per token).
 
@@ -111,6 +112,21 @@ def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int) -> None:
     print(
         f"best_of_n N={n}, {len(chats)} prompts: batched {together:.2f} s, per-prompt loop "
         f"{alone:.2f} s, ratio {alone / together:.2f}x (same answers: {same})"
+    )
+    # one sample at a time, scored per prompt: how research scripts often draw N samples
+    base, cost = bon.inner, bon.scorer("organism-cost")
+    start = time.perf_counter()
+    for chat in chats:
+        texts = [
+            base.generate([chat], sampling.model_copy(update={"seed": seed}))[0][0].text
+            for seed in range(n)
+        ]
+        scores = cost([chat] * n, texts)
+        _ = texts[min(range(n), key=scores.__getitem__)]
+    one_by_one = time.perf_counter() - start
+    print(
+        f"best_of_n one sample at a time per prompt: {one_by_one:.2f} s, batched vs it "
+        f"{one_by_one / together:.2f}x"
     )
 
 
