@@ -24,8 +24,9 @@ The objective of a candidate ``y`` of prompt ``x``:
   are combined (and it is the reward the CTRL training of the paper optimises).
 
 ``n`` in the spec is N; ``sampling.n`` still counts the completions asked for per chat, each the
-best of its own N samples (``sampling.n * N`` samples drawn in one batched call). With N = 1 the
-answers are the base model's. Generation is one ``generate`` call of the base for all prompts
+best of its own N samples (``sampling.n * N`` samples drawn in one batched call), so N > 1 needs
+``temperature > 0`` (greedy samples are all the same). With N = 1 the answers are the base
+model's. Generation is one ``generate`` call of the base for all prompts
 and samples, scoring one batched pass per scorer.
 """
 

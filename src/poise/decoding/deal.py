@@ -15,8 +15,10 @@ when its best candidate ends (EOS) or reaches ``max_new_tokens``. The heuristic 
 With ``sampling.temperature == 0`` the candidates are the exact top ``k``; with ``temperature >
 0`` they are ``k`` tokens drawn without replacement from the tempered distribution (Gumbel-top-k,
 Kool et al., arXiv 1903.06059), seeded per (chat, sample) as every poise model seeds a row, so
-``n`` samples of a chat are ``n`` independent searches. With ``lam = 0``, ``beam = 1`` and
-``temperature = 0`` the search is greedy decoding of the base model.
+``n`` samples of a chat are ``n`` independent searches; ``top_k`` / ``top_p`` of the sampling
+are not applied (the ``k`` candidates are the search's own truncation). With ``lam = 0``,
+``beam = 1`` and ``temperature = 0`` the search is greedy decoding of the base model. Stop
+strings cut the final text (the search itself runs to EOS or ``max_new_tokens``).
 
 Batched: the searches of all chats and samples share one decode batch of the base model
 (beams x k rows while looking ahead); after the lookahead the cache is rewound to the candidate
