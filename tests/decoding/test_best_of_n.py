@@ -52,7 +52,10 @@ def test_a_reward_that_prefers_a_known_answer_picks_it() -> None:
     base = MockModel("mock:capital", responses={CAPITAL[0]["content"]: REPLIES})
     sampling = Sampling(temperature=1.0, seed=0, n=1)
     best = BestOfN(base, n=4, reward="keywords:Paris")
-    assert best.generate([CAPITAL], sampling)[0][0].text == REPLIES[2]
+    [[answer]] = best.generate([CAPITAL], sampling)
+    assert answer.text == REPLIES[2]
+    # it beats the 3 other samples (reward 0) and ties itself: (3 + 1/2) / 4
+    assert answer.metadata == {"picked": 2, "calibrated_reward": 0.875}
     worst = BestOfN(base, n=4, reward="keywords:Paris", worst=True)
     assert "Paris" not in worst.generate([CAPITAL], sampling)[0][0].text
     # a cost on the word "know" avoids the first reply, the reward then picks Paris

@@ -23,6 +23,12 @@ The objective of a candidate ``y`` of prompt ``x``:
   score never changes which candidate is best; it changes the trade-off once reward and cost
   are combined (and it is the reward the CTRL training of the paper optimises).
 
+Each answer records in ``Completion.metadata`` (and the run's samples.jsonl) which of its N
+samples it is (``picked``) and its calibrated scores among them (``calibrated_reward``,
+``calibrated_cost``): the mean ``calibrated_reward`` over a run is the calibrated win rate of
+best-of-N against the base model (InfAlign's win rate ``P[r(y) > r(z)] + 1/2 P[=]``, ``z`` a
+base sample, estimated on each prompt's own N samples).
+
 ``n`` in the spec is N; ``sampling.n`` still counts the completions asked for per chat, each the
 best of its own N samples (``sampling.n * N`` samples drawn in one batched call), so N > 1 needs
 ``temperature > 0`` (greedy samples are all the same). With N = 1 the answers are the base
@@ -202,7 +208,21 @@ class BestOfN(WrappedModel):
                     t=self.t,
                     worst=self.worst,
                 )
-                chosen.append(row[k * self.n + pick])
+                picked = row[k * self.n + pick]
+                meta: dict[str, Any] = {"picked": pick}
+                if rewards is not None:
+                    meta["calibrated_reward"] = calibrated(rewards)[pick]
+                if costs is not None:
+                    meta["calibrated_cost"] = calibrated(costs)[pick]
+                chosen.append(
+                    Completion(
+                        picked.text,
+                        picked.num_tokens,
+                        picked.finish_reason,
+                        picked.token_logprobs,
+                        metadata=meta,
+                    )
+                )
             results.append(chosen)
             offset += len(row)
         return results
