@@ -126,6 +126,9 @@ class LockstepModel(HFModel):
         self.device = first.device
         self.prefill_merges = all(getattr(m, "prefill_merges", False) for m in models)
 
+    def __repr__(self) -> str:
+        return f"LockstepModel({self.name!r}, {len(self.models)} models)"
+
     def prefill(  # type: ignore[override]
         self, prompts: Sequence[Chat] | Sequence[Sequence[int]], *, reserve: int = 0
     ) -> LockstepState:
