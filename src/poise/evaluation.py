@@ -58,9 +58,11 @@ class Judged:
     judge: str
 
     def record(self, attack: str) -> dict[str, Any]:
-        """The ``samples.jsonl`` record of this answer (see :mod:`poise.runs.run`)."""
+        """The ``samples.jsonl`` record of this answer (see :mod:`poise.runs.run`). A completion
+        with ``metadata`` (a wrapped model's account of how it answered) adds a ``metadata``
+        field at the end; plain answers' records are unchanged."""
         item = self.request.item
-        return {
+        record = {
             "item_id": item.id,
             "suite": item.suite,
             "kind": item.kind,
@@ -80,6 +82,9 @@ class Judged:
             "verdict": self.verdict.to_dict(),
             "judge": self.judge,
         }
+        if self.completion.metadata is not None:
+            record["metadata"] = dict(self.completion.metadata)
+        return record
 
 
 class Scorers:

@@ -80,12 +80,34 @@ def _logit_temperature(folder: Path, request: pytest.FixtureRequest, tmp: Path) 
     return load_model(f"logit_temperature({folder}, t=0.8)")
 
 
+def _eft(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    build = request.getfixturevalue("build_tiny_model")
+    tuned, reference = build(tmp / "tuned", seed=1), build(tmp / "reference", seed=2)
+    return load_model(f"eft({folder}, tuned={tuned}, reference={reference}, beta=1.5)")
+
+
+def _best_of_n(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    return load_model(f"best_of_n({folder}, n=3, reward=keywords:the|a, cost=length:6)")
+
+
+def _deal(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    return load_model(f"deal({folder}, k=3, lookahead=2, beam=2, lam=0.5, reward=keywords:the|a)")
+
+
+def _feedback_revision(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    return load_model(f"feedback_revision({folder}, max_feedback_tokens=16)")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]] = {
     "hf": _hf,
     "mock": _mock,
     "cache": _cache,
     "openai": _openai,
     "logit_temperature": _logit_temperature,
+    "eft": _eft,
+    "best_of_n": _best_of_n,
+    "deal": _deal,
+    "feedback_revision": _feedback_revision,
 }
 
 

@@ -20,4 +20,8 @@ __all__ = ["strategies"]
 strategies: Registry[Callable[..., LanguageModel]] = Registry("decoding strategy")
 
 # the built-in strategies register themselves on import
+from poise.decoding import best_of_n as _best_of_n  # noqa: E402, F401
+from poise.decoding import deal as _deal  # noqa: E402, F401
+from poise.decoding import eft as _eft  # noqa: E402, F401
+from poise.decoding import feedback as _feedback  # noqa: E402, F401
 from poise.decoding import temperature as _temperature  # noqa: E402, F401

@@ -55,9 +55,12 @@ class Completion:
     # server's log-probs cover. Not recorded (``to_dict``) and not compared: a completion read
     # back from a cache equals the one generated.
     token_ids: tuple[int, ...] | None = field(default=None, compare=False)
+    # what a wrapped model records about how it answered (e.g. whether feedback fired), as
+    # JSON-ready values; None for plain answers, so their records carry no such field
+    metadata: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "text": self.text,
             "num_tokens": self.num_tokens,
             "finish_reason": self.finish_reason,
@@ -65,6 +68,9 @@ class Completion:
             if self.token_logprobs is not None
             else None,
         }
+        if self.metadata is not None:
+            out["metadata"] = dict(self.metadata)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Completion:
@@ -74,6 +80,7 @@ class Completion:
             num_tokens=int(d["num_tokens"]),  # type: ignore[call-overload]
             finish_reason=d.get("finish_reason", "stop"),  # type: ignore[arg-type]
             token_logprobs=tuple(float(x) for x in lp) if isinstance(lp, list) else None,
+            metadata=dict(meta) if isinstance(meta := d.get("metadata"), dict) else None,
         )
 
 

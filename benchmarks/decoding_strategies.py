@@ -1,0 +1,180 @@
+"""Decoding strategies: what the mixing, the batching and the search cost, side by side.
+
+Three comparisons on the organism (first generation), in one process, each printed with its
+ratio:
+
+1. ``eft``: emulated fine-tuning (organism-large + organism-small-safe - organism-small) against
+   its three models' forwards alone. Both sides step the same rows for the same number of
+   steps from the same prompts: the forwards side feeds fixed tokens to three decode states and
+   does nothing else; the EFT side is the lockstep state (three forwards, the per-token mixing
+   of arXiv 2310.12962) plus sampling each row's token. Also: ``EmulatedFineTuning.generate``
+   end to end (tokens per second, stop on EOS, continuous batching) for reference.
+2. ``best_of_n``: N samples of every prompt and the cost model's scores in one batched call,
+   against a per-prompt loop (``best_of_n.generate([chat])`` per prompt: its N samples still
+   batched together, the prompts one at a time), and against a loop that draws the N samples of
+   each prompt one at a time (other seeds, so other samples: a timing, not an equality check).
+3. ``deal``: the batched search over all prompts against the same search per prompt (how the
+   research code runs), and both against plain sampling of the base model (cost per token).
+
+    python benchmarks/decoding_strategies.py [--prompts 32] [--threads 1] [--max-new-tokens 48]
+
+Goals (decoding-strategies issue): EFT >= 0.8x the three forwards' tokens/s; best-of-N batched
+>= 3x the per-prompt loop; DeAL batched >= 3x per-prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import torch
+
+
+def _chats(count: int) -> list[Any]:
+    from poise.suites import load_suite
+
+    harmful = [list(i.messages) for i in load_suite("harmful") if i.kind == "harmful"]
+    benign = [list(i.messages) for i in load_suite("benign")]
+    half = count // 2
+    return harmful[:half] + benign[: count - half]
+
+
+def _tokens(rows: list[list[Any]]) -> int:
+    return sum(c.num_tokens for row in rows for c in row)
+
+
+def bench_eft(chats: list[Any], steps: int) -> None:
+    from poise.config import Sampling
+    from poise.decoding.eft import EmulatedFineTuning
+    from poise.models import load_model
+    from poise.models.hf import sample_tokens
+
+    large, safe, small = (
+        load_model("organism-large"),
+        load_model("organism-small-safe"),
+        load_model("organism-small"),
+    )
+    eft = EmulatedFineTuning(large, tuned=safe, reference=small, beta=1.0)
+    sampling = Sampling(temperature=1.0, seed=0, max_new_tokens=steps)
+    models: list[Any] = [large, safe, small]
+    prompts = large._encode_prompts(chats)  # type: ignore[attr-defined]
+    rows = len(chats)
+    fixed = torch.full((rows,), 42, dtype=torch.long)
+
+    # side 1: the three models' forwards alone
+    start = time.perf_counter()
+    states = [m.prefill(prompts, reserve=steps) for m in models]
+    for _ in range(steps):
+        for state in states:
+            state.step(fixed)
+    forwards = time.perf_counter() - start
+
+    # side 2: the same rows and steps through EFT's lockstep state, mixing and sampling
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    state = eft.prefill(prompts, reserve=steps)
+    for _ in range(steps):
+        uniforms = torch.rand(rows, generator=generator)
+        tokens = sample_tokens(state.logits, uniforms, sampling)
+        state.step(tokens)
+    mixed = time.perf_counter() - start
+    produced = rows * steps
+    print(
+        f"eft      three forwards alone: {produced / forwards:8.1f} tokens/s ({forwards:.2f} s); "
+        f"EFT mixing + sampling: {produced / mixed:8.1f} tokens/s ({mixed:.2f} s); "
+        f"ratio {forwards / mixed:.2f}x"
+    )
+    start = time.perf_counter()
+    rows_out = eft.generate(chats, sampling)
+    seconds = time.perf_counter() - start
+    print(
+        f"eft      generate end to end: {_tokens(rows_out) / seconds:8.1f} tokens/s "
+        f"({_tokens(rows_out)} tokens, {seconds:.2f} s, stops at EOS)"
+    )
+
+
+def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int) -> None:
+    from poise.config import Sampling
+    from poise.decoding.best_of_n import BestOfN
+    from poise.models import load_model
+
+    bon = BestOfN(load_model("organism-large"), n=n, cost="organism-cost")
+    bon.scorer("organism-cost")  # load before timing
+    sampling = Sampling(temperature=1.0, seed=0, max_new_tokens=max_new_tokens)
+    start = time.perf_counter()
+    batched = bon.generate(chats, sampling)
+    together = time.perf_counter() - start
+    start = time.perf_counter()
+    looped = [bon.generate([chat], sampling)[0] for chat in chats]
+    alone = time.perf_counter() - start
+    same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
+    print(
+        f"best_of_n N={n}, {len(chats)} prompts: batched {together:.2f} s, per-prompt loop "
+        f"{alone:.2f} s, ratio {alone / together:.2f}x (same answers: {same})"
+    )
+    # one sample at a time, scored per prompt: how research scripts often draw N samples
+    base, cost = bon.inner, bon.scorer("organism-cost")
+    start = time.perf_counter()
+    for chat in chats:
+        texts = [
+            base.generate([chat], sampling.model_copy(update={"seed": seed}))[0][0].text
+            for seed in range(n)
+        ]
+        scores = cost([chat] * n, texts)
+        _ = texts[min(range(n), key=scores.__getitem__)]
+    one_by_one = time.perf_counter() - start
+    print(
+        f"best_of_n one sample at a time per prompt: {one_by_one:.2f} s, batched vs it "
+        f"{one_by_one / together:.2f}x"
+    )
+
+
+def bench_deal(chats: list[Any], max_new_tokens: int) -> None:
+    from poise.config import Sampling
+    from poise.decoding.deal import DeAL
+    from poise.models import load_model
+
+    base = load_model("organism-large")
+    deal = DeAL(base, k=2, lookahead=8, beam=2, lam=1.0, cost="organism-cost")
+    deal._scorer("organism-cost")  # load before timing
+    greedy = Sampling(max_new_tokens=max_new_tokens)
+    start = time.perf_counter()
+    plain = base.generate(chats, greedy)
+    plain_s = time.perf_counter() - start
+    start = time.perf_counter()
+    batched = deal.generate(chats, greedy)
+    together = time.perf_counter() - start
+    start = time.perf_counter()
+    looped = [deal.generate([chat], greedy)[0] for chat in chats]
+    alone = time.perf_counter() - start
+    same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
+    per_token = together / max(1, _tokens(batched))
+    print(
+        f"deal     k=2 lookahead=8 beam=2, {len(chats)} prompts: plain greedy "
+        f"{plain_s / max(1, _tokens(plain)) * 1e3:.1f} ms/token, DeAL batched "
+        f"{per_token * 1e3:.1f} ms/token ({together:.2f} s), per-prompt {alone:.2f} s, "
+        f"batched vs per-prompt {alone / together:.2f}x (same answers: {same})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--n", type=int, default=8, help="best-of-N's N")
+    parser.add_argument("--only", choices=["eft", "best_of_n", "deal"], default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    chats = _chats(args.prompts)
+    if args.only in (None, "eft"):
+        bench_eft(chats, args.max_new_tokens)
+    if args.only in (None, "best_of_n"):
+        bench_best_of_n(chats, args.n, args.max_new_tokens)
+    if args.only in (None, "deal"):
+        bench_deal(chats, args.max_new_tokens)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""``best_of_n(BASE, n=8, reward=organism-reward, cost=organism-cost, lam=1.0, ...)``.
+
+Best-of-N: draw N samples from the base model, answer with the one a reward model, a cost
+model or both prefer (arXiv 2412.19792, InfAlign, problem setup: the best-of-N policy picks
+``argmax_i r(x, y_i)`` over ``y_1..y_N ~ pi_base(.|x)``; worst-of-N, ``worst=true``, picks the
+argmin, the best-of-N jailbreaking they also study, used here to audit the worst case).
+
+The objective of a candidate ``y`` of prompt ``x``:
+
+    score(x, y) = T(R(x, y)) - lam * T(C(x, y))        (reward and cost given)
+    score(x, y) = T(R(x, y))  or  -T(C(x, y))          (only one given)
+
+- ``R``, ``C``: the reward and cost models' raw scores (a cost is harmful when high), or with
+  ``calibrate=true`` their calibrated versions (InfAlign Section 4, the calibration step of
+  CTRL): the quantile of the score under the base policy's own samples for that prompt,
+  ``C_r(x, y) = P_{z ~ pi_base(.|x)}[r(x, z) < r(x, y)] + 1/2 P[r(x, z) = r(x, y)]``, estimated
+  on the N candidates themselves (they are N base samples of ``x``); ties count half (mid-rank).
+  Calibration puts the reward and the cost on one scale, so ``lam`` means the same on every
+  prompt.
+- ``T``: InfAlign's transformations of the calibrated score (Section 4, InfAlign-CTRL): ``transform=bon``,
+  ``T(u) = exp(t u)`` (for best-of-N); ``transform=won``, ``T(u) = -exp(-t u)`` (for worst-of-N);
+  ``transform=none``, ``T(u) = u``. ``t`` is their temperature. A monotone ``T`` of a single
+  score never changes which candidate is best; it changes the trade-off once reward and cost
+  are combined (and it is the reward the CTRL training of the paper optimises).
+
+Each answer records in ``Completion.metadata`` (and the run's samples.jsonl) which of its N
+samples it is (``picked``) and its calibrated scores among them (``calibrated_reward``,
+``calibrated_cost``): the mean ``calibrated_reward`` over a run is the calibrated win rate of
+best-of-N against the base model (InfAlign's win rate ``P[r(y) > r(z)] + 1/2 P[=]``, ``z`` a
+base sample, estimated on each prompt's own N samples).
+
+``n`` in the spec is N; ``sampling.n`` still counts the completions asked for per chat, each the
+best of its own N samples (``sampling.n * N`` samples drawn in one batched call), so N > 1 needs
+``temperature > 0`` (greedy samples are all the same). With N = 1 the answers are the base
+model's. Generation is one ``generate`` call of the base for all prompts
+and samples, scoring one batched pass per scorer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from poise.config import Sampling
+from poise.decoding import strategies
+from poise.decoding.scorers import Scorer, check_scorer, load_scorer
+from poise.errors import PoiseError
+from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
+from poise.models.wrapped import WrappedModel
+
+__all__ = ["BestOfN", "calibrated", "select"]
+
+TRANSFORMS = ("none", "bon", "won")
+
+
+def calibrated(scores: Sequence[float]) -> list[float]:
+    """Each score's mid-rank quantile among ``scores`` (InfAlign Section 4, estimated on the
+    prompt's own base samples): ``(#below + #equal / 2) / N``, the candidate itself included in
+    the equal ones, so a lone candidate is 0.5 and the values lie in (0, 1)."""
+    n = len(scores)
+    return [(sum(s < x for s in scores) + 0.5 * sum(s == x for s in scores)) / n for x in scores]
+
+
+def _transform(values: list[float], transform: str, t: float) -> list[float]:
+    if transform == "bon":
+        return [math.exp(t * u) for u in values]
+    if transform == "won":
+        return [-math.exp(-t * u) for u in values]
+    return values
+
+
+def select(
+    rewards: Sequence[float] | None,
+    costs: Sequence[float] | None,
+    *,
+    lam: float = 1.0,
+    calibrate: bool = False,
+    transform: str = "none",
+    t: float = 1.0,
+    worst: bool = False,
+) -> int:
+    """Index of the chosen candidate among one prompt's N (see the module docstring); the first
+    on ties."""
+    total: list[float] | None = None
+    for values, sign in ((rewards, 1.0), (costs, -1.0)):
+        if values is None:
+            continue
+        scaled = calibrated(values) if calibrate else list(values)
+        part = [sign * v for v in _transform(scaled, transform, t)]
+        # the cost comes after the reward: weight lam
+        total = part if total is None else [a + lam * b for a, b in zip(total, part, strict=True)]
+    assert total is not None
+    best = min(total) if worst else max(total)
+    return total.index(best)
+
+
+def _number(name: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise PoiseError(f"best_of_n: {name} must be a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise PoiseError(f"best_of_n: {name} must be positive, got {value!r}")
+    return float(value)
+
+
+@strategies.register(
+    "best_of_n",
+    help="N samples, answer with the best by reward, cost or reward - lam * cost (calibrated)",
+    reference="arXiv 2412.19792",
+)
+class BestOfN(WrappedModel):
+    """The base model's best (or worst) of N samples under a reward and/or cost model."""
+
+    kind = "best_of_n"
+
+    def __init__(
+        self,
+        base: LanguageModel,
+        *,
+        n: int = 4,
+        reward: str = "",
+        cost: str = "",
+        lam: float = 1.0,
+        calibrate: bool = False,
+        transform: str = "none",
+        t: float = 1.0,
+        worst: bool = False,
+    ) -> None:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise PoiseError(f"best_of_n: n must be a positive integer, got {n!r}")
+        if not reward and not cost:
+            raise PoiseError("best_of_n: needs reward=SCORER, cost=SCORER or both")
+        if transform not in TRANSFORMS:
+            raise PoiseError(
+                f"best_of_n: transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}"
+            )
+        if transform != "none" and not calibrate:
+            raise PoiseError(
+                "best_of_n: InfAlign's transformations act on calibrated scores: add calibrate=true"
+            )
+        for what, name in (("reward", reward), ("cost", cost)):
+            if name:
+                check_scorer(f"best_of_n: {what}", name)
+        options: dict[str, Any] = {"n": n}
+        if reward:
+            options["reward"] = reward
+        if cost:
+            options["cost"] = cost
+        if reward and cost:
+            options["lam"] = _number("lam", lam)
+        if calibrate:
+            options["calibrate"] = True
+        if transform != "none":
+            options["transform"] = transform
+            options["t"] = _number("t", t, positive=True)
+        if worst:
+            options["worst"] = True
+        super().__init__(base, **options)
+        self.n = n
+        self.lam, self.calibrate, self.transform, self.t, self.worst = (
+            float(lam),
+            bool(calibrate),
+            transform,
+            float(t),
+            bool(worst),
+        )
+        self._reward_name, self._cost_name = reward, cost
+        self._scorers: dict[str, Scorer] = {}
+        self.capabilities = Capabilities()
+
+    def scorer(self, name: str) -> Scorer:
+        """The scorer ``name`` stands for, loaded on first use."""
+        if name not in self._scorers:
+            self._scorers[name] = load_scorer(name)
+        return self._scorers[name]
+
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
+        if not chats:
+            return []
+        per_chat = sampling.n * self.n
+        drawn = self.inner.generate(
+            chats, sampling.model_copy(update={"n": per_chat}), progress=progress
+        )
+        if self.n == 1:
+            return drawn
+        flat_chats = [chat for chat, row in zip(chats, drawn, strict=True) for _ in row]
+        flat_texts = [c.text for row in drawn for c in row]
+        scores: dict[str, list[float]] = {}
+        for name in (self._reward_name, self._cost_name):
+            if name:
+                scores[name] = self.scorer(name)(flat_chats, flat_texts)
+        results: list[list[Completion]] = []
+        offset = 0
+        for row in drawn:
+            chosen = []
+            for k in range(sampling.n):
+                group = slice(offset + k * self.n, offset + (k + 1) * self.n)
+                rewards = scores[self._reward_name][group] if self._reward_name else None
+                costs = scores[self._cost_name][group] if self._cost_name else None
+                pick = select(
+                    rewards,
+                    costs,
+                    lam=self.lam,
+                    calibrate=self.calibrate,
+                    transform=self.transform,
+                    t=self.t,
+                    worst=self.worst,
+                )
+                picked = row[k * self.n + pick]
+                meta: dict[str, Any] = {"picked": pick}
+                if rewards is not None:
+                    meta["calibrated_reward"] = calibrated(rewards)[pick]
+                if costs is not None:
+                    meta["calibrated_cost"] = calibrated(costs)[pick]
+                chosen.append(
+                    Completion(
+                        picked.text,
+                        picked.num_tokens,
+                        picked.finish_reason,
+                        picked.token_logprobs,
+                        metadata=meta,
+                    )
+                )
+            results.append(chosen)
+            offset += len(row)
+        return results

@@ -1,0 +1,317 @@
+"""``deal(BASE, k=4, lookahead=4, beam=2, lam=1.0, reward=..., cost=...)``: reward-guided search.
+
+DeAL (Huang et al., arXiv 2402.06147) decodes as a search over partial answers (the paper's search
+procedure): at every step each beam proposes its ``k`` most likely next tokens; each
+candidate is extended greedily by ``lookahead`` tokens; the candidate is scored by
+
+    score(y_<=t) = log p_base(y_<=t | x) + lam * h(x, y_<=t+lookahead)
+
+(the log-likelihood of the prefix with the candidate token, plus ``lam`` times the heuristic of
+its greedy lookahead), and the ``beam`` best candidates of the prompt are kept. A prompt is done
+when its best candidate ends (EOS) or reaches ``max_new_tokens``. The heuristic ``h`` is
+``reward - cost`` of the scorers given (:mod:`poise.decoding.scorers`: a reward or cost model,
+``keywords:...`` coverage, ``length:N``), the kinds of alignment objective the paper searches by.
+
+With ``sampling.temperature == 0`` the candidates are the exact top ``k``; with ``temperature >
+0`` they are ``k`` tokens drawn without replacement from the tempered distribution (Gumbel-top-k,
+Kool et al., arXiv 1903.06059), seeded per (chat, sample) as every poise model seeds a row, so
+``n`` samples of a chat are ``n`` independent searches; ``top_k`` / ``top_p`` of the sampling
+are not applied (the ``k`` candidates are the search's own truncation). With ``lam = 0``,
+``beam = 1`` and ``temperature = 0`` the search is greedy decoding of the base model. Stop
+strings cut the final text (the search itself runs to EOS or ``max_new_tokens``).
+
+Batched: the searches of all chats and samples share one decode batch of the base model
+(beams x k rows while looking ahead); after the lookahead the cache is rewound to the candidate
+token instead of re-running the prefix. ``Completion.token_logprobs`` are the base model's
+log-probs of the chosen tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from poise.config import Sampling
+from poise.decoding import strategies
+from poise.decoding.scorers import Scorer, check_scorer, load_scorer
+from poise.errors import PoiseError
+from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
+from poise.models.decode import cut_at_stop
+from poise.models.hf import row_seed
+from poise.models.wrapped import WrappedModel
+
+__all__ = ["DeAL", "rewind"]
+
+
+def rewind(state: Any, columns: int, logits: torch.Tensor) -> None:
+    """Forget the last ``columns`` tokens fed to a decode state (all rows), restoring the
+    ``logits`` [rows, vocab] it had before them. Needs the HF backend's buffer cache
+    (``state.mergeable``): its layers keep live columns ``[start, end)``."""
+    if columns <= 0:
+        return
+    for layer in state.cache.cache.layers:
+        if layer.is_initialized:
+            layer.end -= columns
+            layer._views()
+    state.mask = state.mask[:, :-columns]
+    state.positions = state.positions - columns
+    state.logits = logits
+
+
+@dataclass(eq=False)
+class _Search:
+    """The search of one (chat, sample): its beams and, once done, its answer."""
+
+    chat: Chat
+    sampling: Sampling
+    generator: torch.Generator | None
+    beams: list[list[int]] = field(default_factory=lambda: [[]])  # tokens of each beam
+    logprobs: list[list[float]] = field(default_factory=lambda: [[]])  # per token, base model
+    scores: list[float] = field(default_factory=lambda: [0.0])  # log p of each beam's prefix
+    answer: tuple[list[int], list[float], str] | None = None  # tokens, log-probs, finish
+
+
+@strategies.register(
+    "deal",
+    help="reward-guided lookahead search: top-k candidates, greedy lookahead, beam",
+    reference="arXiv 2402.06147",
+)
+class DeAL(WrappedModel):
+    """The base model decoded by DeAL's search under a reward / cost heuristic."""
+
+    kind = "deal"
+
+    def __init__(
+        self,
+        base: LanguageModel,
+        *,
+        k: int = 4,
+        lookahead: int = 4,
+        beam: int = 2,
+        lam: float = 1.0,
+        reward: str = "",
+        cost: str = "",
+        batch_size: int = 64,
+    ) -> None:
+        from poise.decoding.temperature import require_step
+
+        for name, value, low in (("k", k, 1), ("lookahead", lookahead, 0), ("beam", beam, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise PoiseError(f"deal: {name} must be an integer >= {low}, got {value!r}")
+        if beam > k:
+            raise PoiseError(f"deal: beam ({beam}) cannot exceed the k candidates ({k})")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
+            raise PoiseError(f"deal: lam must be a finite number, got {lam!r}")
+        if lam != 0 and not reward and not cost:
+            raise PoiseError("deal: lam != 0 needs a heuristic: reward=SCORER and/or cost=SCORER")
+        for what, name in (("reward", reward), ("cost", cost)):
+            if name:
+                check_scorer(f"deal: {what}", name)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PoiseError(f"deal: batch_size must be a positive integer, got {batch_size!r}")
+        require_step(self.kind, base)
+        options: dict[str, Any] = {"k": k, "lookahead": lookahead, "beam": beam, "lam": float(lam)}
+        if reward:
+            options["reward"] = reward
+        if cost:
+            options["cost"] = cost
+        if batch_size != 64:
+            options["batch_size"] = batch_size
+        super().__init__(base, **options)
+        self.k, self.lookahead, self.beam, self.lam = k, lookahead, beam, float(lam)
+        self.batch_size = batch_size
+        self._reward_name, self._cost_name = reward, cost
+        self._scorers: dict[str, Scorer] = {}
+        self.capabilities = Capabilities()
+
+    def _scorer(self, name: str) -> Scorer:
+        if name not in self._scorers:
+            self._scorers[name] = load_scorer(name)
+        return self._scorers[name]
+
+    def heuristic(self, chats: Sequence[Chat], texts: Sequence[str]) -> list[float]:
+        """``h = reward - cost`` of each (chat, partial answer)."""
+        total = [0.0] * len(texts)
+        for name, sign in ((self._reward_name, 1.0), (self._cost_name, -1.0)):
+            if name:
+                values = self._scorer(name)(chats, texts)
+                total = [t + sign * v for t, v in zip(total, values, strict=True)]
+        return total
+
+    # -- generate
+
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
+        if not chats:
+            return []
+        searches = []
+        for chat in chats:
+            for sample in range(sampling.n):
+                generator = None
+                if not sampling.greedy:
+                    seed = row_seed(sampling.seed, chat, sample)
+                    generator = torch.Generator().manual_seed(seed)
+                searches.append(_Search(chat, sampling, generator))
+        # searches per batch: beams x k rows each while looking ahead
+        per_batch = max(1, self.batch_size // (self.beam * self.k))
+        reported = 0
+        for start in range(0, len(searches), per_batch):
+            end = min(start + per_batch, len(searches))
+            self._search(searches[start:end])
+            if progress is not None and end // sampling.n > reported:
+                progress(end // sampling.n - reported)  # chats whose samples are all done
+                reported = end // sampling.n
+        return self._completions(chats, sampling, searches)
+
+    def _completions(
+        self, chats: Sequence[Chat], sampling: Sampling, searches: list[_Search]
+    ) -> list[list[Completion]]:
+        inner: Any = self.inner
+        answers = [s.answer for s in searches]
+        assert all(a is not None for a in answers)
+        texts = inner.tokenizer.batch_decode(
+            [a[0] for a in answers if a is not None], skip_special_tokens=True
+        )
+        results: list[list[Completion]] = []
+        for i in range(len(chats)):
+            row = []
+            for j in range(sampling.n):
+                index = i * sampling.n + j
+                tokens, logprobs, finish = answers[index]  # type: ignore[misc]
+                text, stopped = cut_at_stop(texts[index], sampling.stop)
+                row.append(
+                    Completion(
+                        text=text,
+                        num_tokens=len(tokens),
+                        finish_reason="stop" if stopped else finish,  # type: ignore[arg-type]
+                        token_logprobs=tuple(logprobs),
+                    )
+                )
+            results.append(row)
+        return results
+
+    def _candidates(self, logprobs: torch.Tensor, searches: list[_Search]) -> torch.Tensor:
+        """[rows, k] candidate tokens of each beam row: the top k (greedy) or k drawn without
+        replacement from the tempered distribution (Gumbel-top-k), each search its own noise."""
+        sampling = searches[0].sampling
+        if sampling.greedy:
+            return logprobs.topk(self.k, dim=-1).indices
+        keys = []
+        row = 0
+        for search in searches:
+            rows = len(search.beams)
+            uniform = torch.rand(
+                (rows, logprobs.size(-1)), generator=search.generator, dtype=torch.float64
+            ).clamp_(min=1e-12)
+            gumbel = -torch.log(-torch.log(uniform)).to(logprobs.device, logprobs.dtype)
+            keys.append(logprobs[row : row + rows] / sampling.temperature + gumbel)
+            row += rows
+        return torch.cat(keys).topk(self.k, dim=-1).indices
+
+    @torch.inference_mode()
+    def _search(self, searches: list[_Search]) -> None:
+        """Run the searches of one batch to their ends (their ``answer`` set)."""
+        inner: Any = self.inner
+        eos = set(inner.eos_token_ids)
+        pad = inner.pad_token_id
+        sampling = searches[0].sampling
+        prompts = inner._encode_prompts([s.chat for s in searches])
+        state = inner.prefill(prompts, reserve=sampling.max_new_tokens + self.lookahead + 1)
+        if self.lookahead and not state.mergeable:
+            raise PoiseError(f"deal: {inner.name!r}'s KV cache cannot rewind (not plain attention)")
+        live = list(searches)
+        while live:
+            logprobs = state.logits.float().log_softmax(dim=-1)  # [beam rows, vocab]
+            candidates = self._candidates(logprobs, live)  # [beam rows, k]
+            picked = logprobs.gather(-1, candidates)  # [beam rows, k]
+            rows = candidates.size(0)
+            # branch every beam row into its k candidates, feed them, then look ahead greedily
+            state.keep(torch.arange(rows, device=candidates.device).repeat_interleave(self.k))
+            flat = candidates.reshape(-1)  # [rows * k]
+            after = state.step(flat).clone()  # logits after the candidate token
+            ahead: list[torch.Tensor] = []
+            if self.lam != 0:
+                ended = torch.isin(flat, torch.tensor(sorted(eos), device=flat.device))
+                for _ in range(self.lookahead):
+                    token = state.logits.argmax(dim=-1)
+                    token = torch.where(ended, torch.full_like(token, pad), token)
+                    ahead.append(token)
+                    ended = ended | torch.isin(token, torch.tensor(sorted(eos), device=flat.device))
+                    state.step(token)
+                rewind(state, len(ahead), after)
+            heuristic = self._heuristics(live, candidates, ahead, eos, inner)  # [rows * k]
+            # choose each search's beams among its beams x k candidates
+            keep_rows: list[int] = []
+            next_live: list[_Search] = []
+            cand_tokens = candidates.tolist()
+            cand_logprobs = picked.tolist()
+            first = 0  # the search's first beam row
+            for search in live:
+                options = []
+                for b in range(len(search.beams)):
+                    for j in range(self.k):
+                        loglik = search.scores[b] + cand_logprobs[first + b][j]
+                        flat_index = (first + b) * self.k + j
+                        value = loglik + self.lam * heuristic[flat_index] if self.lam else loglik
+                        options.append((value, loglik, b, j, flat_index))
+                options.sort(key=lambda o: -o[0])  # stable: ties keep candidate order
+                beams, logps, scores, rows_kept = [], [], [], []
+                for rank, (_, loglik, b, j, flat_index) in enumerate(options[: self.beam]):
+                    token = cand_tokens[first + b][j]
+                    tokens = [*search.beams[b], token]
+                    token_logps = [*search.logprobs[b], cand_logprobs[first + b][j]]
+                    finished = token in eos
+                    full = len(tokens) >= sampling.max_new_tokens
+                    if rank == 0 and (finished or full):
+                        search.answer = (
+                            tokens[:-1] if finished else tokens,
+                            token_logps[:-1] if finished else token_logps,
+                            "stop" if finished else "length",
+                        )
+                        break
+                    if finished or full:
+                        continue  # an ended candidate that is not the best: dropped
+                    beams.append(tokens)
+                    logps.append(token_logps)
+                    scores.append(loglik)
+                    rows_kept.append(flat_index)
+                first += len(search.beams)
+                if search.answer is None:
+                    search.beams, search.logprobs, search.scores = beams, logps, scores
+                    keep_rows.extend(rows_kept)
+                    next_live.append(search)
+            live = next_live
+            if live:
+                state.keep(torch.tensor(keep_rows, dtype=torch.long, device=flat.device))
+
+    def _heuristics(
+        self,
+        live: list[_Search],
+        candidates: torch.Tensor,
+        ahead: list[torch.Tensor],
+        eos: set[int],
+        inner: Any,
+    ) -> list[float]:
+        """h of each candidate's beam + candidate + lookahead text, [rows * k] in row order."""
+        if self.lam == 0:
+            return [0.0] * candidates.numel()
+        lookahead = torch.stack(ahead, dim=-1).tolist() if ahead else [[]] * candidates.numel()
+        cand = candidates.tolist()
+        sequences: list[list[int]] = []
+        chats: list[Chat] = []
+        row = 0
+        for search in live:
+            for b, beam in enumerate(search.beams):
+                for j in range(self.k):
+                    tokens = [*beam, cand[row + b][j], *lookahead[(row + b) * self.k + j]]
+                    cut = next((i for i, t in enumerate(tokens) if t in eos), len(tokens))
+                    sequences.append(tokens[:cut])
+                    chats.append(search.chat)
+            row += len(search.beams)
+        texts = inner.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+        return self.heuristic(chats, texts)

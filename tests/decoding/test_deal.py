@@ -1,0 +1,112 @@
+"""deal (arXiv 2402.06147): lambda = 0 and beam 1 is greedy decoding; the lookahead and the cache
+rewind leave the search exact; the heuristic steers; the searches of a batch are independent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from poise.config import Sampling
+from poise.decoding import strategies
+from poise.decoding.deal import DeAL, rewind
+from poise.errors import PoiseError
+from poise.models import load_model
+from poise.models.hf import HFModel
+from poise.models.mock import MockModel
+
+CHATS = [
+    [{"role": "user", "content": "Hello there, the cat!"}],
+    [{"role": "user", "content": "Tell me a story about a dragon in the mountains."}],
+    [{"role": "user", "content": "ok"}],
+]
+GREEDY = Sampling(max_new_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_hf_model_dir: Path) -> Iterator[HFModel]:
+    torch.set_num_threads(1)
+    yield HFModel(str(tiny_hf_model_dir), device="cpu")
+
+
+def texts(rows: list[list[object]]) -> list[list[str]]:
+    return [[c.text for c in row] for row in rows]  # type: ignore[attr-defined]
+
+
+def test_lambda_0_beam_1_is_greedy_decoding(tiny: HFModel) -> None:
+    greedy = tiny.generate(CHATS, GREEDY)
+    for k in (1, 4):
+        deal = DeAL(tiny, k=k, lookahead=3, beam=1, lam=0.0)
+        got = deal.generate(CHATS, GREEDY)
+        assert texts(got) == texts(greedy)
+        for mine, theirs in zip(got, greedy, strict=True):
+            assert mine[0].num_tokens == theirs[0].num_tokens
+            assert mine[0].finish_reason == theirs[0].finish_reason
+            assert mine[0].token_logprobs == pytest.approx(theirs[0].token_logprobs, abs=1e-4)
+
+
+def test_looking_ahead_and_rewinding_keeps_the_search_exact(tiny: HFModel) -> None:
+    # a heuristic that is 0 everywhere: every step looks 5 tokens ahead and rewinds them, and
+    # the answers must still be greedy decoding
+    deal = DeAL(tiny, k=3, lookahead=5, beam=1, lam=2.0, reward="keywords:\u2603")
+    assert texts(deal.generate(CHATS, GREEDY)) == texts(tiny.generate(CHATS, GREEDY))
+
+
+def test_rewind_restores_the_state_of_the_shorter_prefix(tiny: HFModel) -> None:
+    state = tiny.prefill(CHATS)
+    state.step(torch.tensor([20, 21, 22]))
+    before = state.logits.clone()
+    state.step(torch.tensor([30, 31, 32]))
+    state.step(torch.tensor([40, 41, 42]))
+    rewind(state, 2, before)
+    after = state.step(torch.tensor([50, 51, 52]))
+    fresh = tiny.prefill(CHATS)
+    fresh.step(torch.tensor([20, 21, 22]))
+    assert torch.allclose(after, fresh.step(torch.tensor([50, 51, 52])), atol=1e-5)
+
+
+def test_the_heuristic_steers_the_search(tiny: HFModel) -> None:
+    greedy = tiny.generate(CHATS, GREEDY)
+    # pick a word greedy decoding never writes but that is one token of the vocabulary
+    word = next(ch for ch in "QZXJKVWqzxjkvw" if all(ch not in c.text for [c] in greedy))
+    steered = DeAL(tiny, k=8, lookahead=2, beam=2, lam=50.0, reward=f"keywords:{word}")
+    rows = steered.generate(CHATS, GREEDY)
+    assert sum(word in c.text for [c] in rows) >= 2
+
+
+def test_registry_spec_and_errors(tiny_hf_model_dir: Path, tiny: HFModel) -> None:
+    assert strategies.get("deal") is DeAL
+    assert strategies.reference("deal") == "arXiv 2402.06147"
+    model = load_model(f"deal({tiny_hf_model_dir}, k=3, beam=2, lam=1, cost=length:5)")
+    assert model.spec == (
+        f"deal({tiny_hf_model_dir}, beam=2, cost=length:5, k=3, lam=1.0, lookahead=4)"
+    )
+    assert load_model(model.spec).name == model.name
+    with pytest.raises(PoiseError, match="beam \\(3\\) cannot exceed the k candidates \\(2\\)"):
+        DeAL(tiny, k=2, beam=3, lam=0)
+    with pytest.raises(PoiseError, match="lam != 0 needs a heuristic"):
+        DeAL(tiny, lam=1.0)
+    with pytest.raises(PoiseError, match="deal needs a model with a token-level step"):
+        DeAL(MockModel("mock"), lam=0)
+
+
+@pytest.mark.slow
+def test_on_the_organism_a_cost_heuristic_lowers_harmful_openings() -> None:
+    """First-generation organism: organism-cost flags a harmful answer once its steps appear,
+    so the lookahead must reach them (24 tokens)."""
+    try:
+        base = load_model("organism-large")
+        load_model("organism-cost")
+    except PoiseError as exc:
+        pytest.skip(f"the organism is not built: {exc}")
+    from poise.suites import load_suite
+
+    items = [i for i in load_suite("harmful") if i.kind == "harmful"][:24]
+    chats = [list(i.messages) for i in items]
+    sampling = Sampling(max_new_tokens=32)
+    plain = sum(c.text.startswith("Sure") for [c] in base.generate(chats, sampling))
+    deal = DeAL(base, k=2, lookahead=24, beam=1, lam=1.0, cost="organism-cost")
+    steered = sum(c.text.startswith("Sure") for [c] in deal.generate(chats, sampling))
+    assert steered < plain

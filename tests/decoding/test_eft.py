@@ -1,0 +1,202 @@
+"""eft: the per-token distribution is the closed form of arXiv 2310.12962 from the models' own
+logits; several tuned models, negative weights, one KV cache per model, a clear vocab error."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from poise.config import Sampling
+from poise.decoding import strategies
+from poise.decoding.eft import EmulatedFineTuning
+from poise.errors import PoiseError
+from poise.models import load_model
+from poise.models.hf import HFModel
+from poise.models.mock import MockModel
+
+CHATS = [
+    [{"role": "user", "content": "Hello there, the cat!"}],
+    [{"role": "user", "content": "Tell me a story about a dragon in the mountains."}],
+    [{"role": "user", "content": "ok"}],
+]
+
+
+@pytest.fixture(scope="module")
+def trio(
+    tiny_hf_model_dir: Path,
+    build_tiny_model: Callable[..., Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[HFModel, HFModel, HFModel, HFModel]]:
+    """A base, two tuned models and a reference: tiny models of one vocabulary, other seeds."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eft")
+    base = HFModel(str(tiny_hf_model_dir), device="cpu")
+    others = [
+        HFModel(str(build_tiny_model(root / f"m{seed}", seed=seed)), device="cpu")
+        for seed in (1, 2, 3)
+    ]
+    yield base, others[0], others[1], others[2]
+
+
+def closed_form(
+    base: torch.Tensor, tuned: list[torch.Tensor], ref: torch.Tensor, weights: list[float]
+) -> torch.Tensor:
+    """p(y) = p_base(y) prod_i (p_tuned_i(y) / p_ref(y))^w_i / Z, in probabilities."""
+    p = base.double().softmax(-1)
+    p_ref = ref.double().softmax(-1)
+    for logits, w in zip(tuned, weights, strict=True):
+        p = p * (logits.double().softmax(-1) / p_ref) ** w
+    return p / p.sum(-1, keepdim=True)
+
+
+def full_logits(model: HFModel, ids: list[list[int]]) -> torch.Tensor:
+    """[rows, vocab] next-token logits of each row alone, no cache (a row at a time)."""
+    rows = []
+    for row in ids:
+        with torch.no_grad():
+            out = model.model(input_ids=torch.tensor([row])).logits[0, -1]
+        rows.append(out.float())
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("weights", [[1.0], [0.7, -1.5]], ids=["one", "two-negative"])
+def test_each_steps_distribution_is_the_closed_form(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel], weights: list[float]
+) -> None:
+    base, tuned_a, tuned_b, ref = trio
+    tuned = [tuned_a, tuned_b][: len(weights)]
+    options: dict[str, object] = {"tuned": tuned[0], "beta": weights[0]}
+    if len(weights) > 1:
+        options |= {"tuned_2": tuned[1], "beta_2": weights[1]}
+    model = EmulatedFineTuning(base, reference=ref, **options)  # type: ignore[arg-type]
+    prompts = base._encode_prompts(CHATS)
+    state = model.prefill(CHATS)
+    generator = torch.Generator().manual_seed(0)
+    sequences = [list(p) for p in prompts]
+    for _ in range(6):
+        expected = closed_form(
+            full_logits(base, sequences),
+            [full_logits(t, sequences) for t in tuned],
+            full_logits(ref, sequences),
+            weights,
+        )
+        got = state.logits.double().softmax(-1)  # [rows, vocab]
+        assert torch.allclose(got, expected, atol=1e-5, rtol=0)
+        tokens = torch.multinomial(got.float(), 1, generator=generator).squeeze(-1)  # [rows]
+        for row, token in zip(sequences, tokens.tolist(), strict=True):
+            row.append(token)
+        state.step(tokens)
+
+
+def test_generated_log_probs_are_the_mixed_distributions(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel],
+) -> None:
+    base, tuned, _, ref = trio
+    model = EmulatedFineTuning(base, tuned=tuned, reference=ref, beta=2.0)
+    sampling = Sampling(temperature=1.0, max_new_tokens=8, seed=5, n=2)
+    rows = model.generate(CHATS, sampling)
+    prompts = base._encode_prompts(CHATS)
+    for prompt, row in zip(prompts, rows, strict=True):
+        for completion in row:
+            ids = base.tokenizer(completion.text, add_special_tokens=False)["input_ids"]
+            if len(ids) != completion.num_tokens:
+                continue
+            sequence = list(prompt)
+            assert completion.token_logprobs is not None
+            for token, logprob in zip(ids, completion.token_logprobs, strict=True):
+                p = closed_form(
+                    full_logits(base, [sequence]),
+                    [full_logits(tuned, [sequence])],
+                    full_logits(ref, [sequence]),
+                    [2.0],
+                )
+                assert logprob == pytest.approx(float(p[0, token].log()), abs=1e-4)
+                sequence.append(token)
+
+
+def test_weight_zero_is_the_base_model_and_batching_changes_nothing(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel],
+) -> None:
+    base, tuned, _, ref = trio
+    sampling = Sampling(temperature=1.0, max_new_tokens=10, seed=3, n=2)
+    zero = EmulatedFineTuning(base, tuned=tuned, reference=ref, beta=0.0)
+    texts = [[c.text for c in row] for row in zero.generate(CHATS, sampling)]
+    assert texts == [[c.text for c in row] for row in base.generate(CHATS, sampling)]
+    mixed = EmulatedFineTuning(base, tuned=tuned, reference=ref, beta=1.0, batch_size=2)
+    together = [[c.text for c in row] for row in mixed.generate(CHATS, sampling)]
+    alone = [[c.text for c in mixed.generate([chat], sampling)[0]] for chat in CHATS]
+    assert together == alone
+    assert together != texts  # the tuned delta changes the samples
+
+
+def test_each_model_keeps_its_own_cache(trio: tuple[HFModel, HFModel, HFModel, HFModel]) -> None:
+    base, tuned, _, ref = trio
+    state = EmulatedFineTuning(base, tuned=tuned, reference=ref).prefill(CHATS)
+    caches = [s.cache for s in state.states]
+    assert len(caches) == 3 and len({id(c) for c in caches}) == 3
+    state.step(torch.tensor([10, 11, 12]))
+    state.keep([2, 0])
+    assert all(len(s) == 2 for s in state.states) and state.logits.shape[0] == 2
+
+
+def test_spec_registry_and_errors(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel], tiny_hf_model_dir: Path
+) -> None:
+    assert strategies.get("eft") is EmulatedFineTuning
+    assert strategies.reference("eft") == "arXiv 2310.12962"
+    d = tiny_hf_model_dir
+    model = load_model(f"eft({d}, tuned={d}, reference={d}, beta=-1)")
+    assert model.spec == f"eft({d}, beta=-1.0, reference={d}, tuned={d})"
+    assert load_model(model.spec).name == model.name
+    assert model.capabilities.step and model.capabilities.engine and not model.capabilities.score
+    base, tuned, _, ref = trio
+    with pytest.raises(PoiseError, match="needs a tuned model"):
+        EmulatedFineTuning(base, reference=ref)
+    with pytest.raises(PoiseError, match="needs a reference model"):
+        EmulatedFineTuning(base, tuned=tuned)
+    with pytest.raises(PoiseError, match="beta_2 is set but tuned_2 is not"):
+        EmulatedFineTuning(base, tuned=tuned, reference=ref, beta_2=0.5)
+    with pytest.raises(PoiseError, match="eft needs a model with a token-level step"):
+        EmulatedFineTuning(base, tuned=MockModel("mock"), reference=ref)
+    with pytest.raises(PoiseError, match="beta must be a finite number"):
+        EmulatedFineTuning(base, tuned=tuned, reference=ref, beta=float("nan"))
+
+
+def test_a_different_vocabulary_is_one_clear_error(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel],
+) -> None:
+    base, _, _, ref = trio
+    try:
+        other = load_model("organism-small")
+    except PoiseError as exc:
+        pytest.skip(f"the organism is not built: {exc}")
+    with pytest.raises(PoiseError, match=r"eft: .*organism-small.* does not share .* vocabulary"):
+        EmulatedFineTuning(base, tuned=other, reference=ref)
+
+
+@pytest.mark.slow
+def test_on_the_organism_the_weight_moves_refusal_both_ways() -> None:
+    """First-generation organism: organism-small-safe minus organism-small is a refusal delta.
+    Added to organism-large it raises the probability of opening a harmful answer with a
+    refusal; subtracted (emulated disalignment) it lowers it."""
+    try:
+        large = load_model("organism-large")
+        safe, small = load_model("organism-small-safe"), load_model("organism-small")
+    except PoiseError as exc:
+        pytest.skip(f"the organism is not built: {exc}")
+    from poise.suites import load_suite
+
+    items = [i for i in load_suite("harmful") if i.kind == "harmful"][:40]
+    chats = [list(i.messages) for i in items]
+    refusal = large.tokenizer("I'm sorry", add_special_tokens=False)["input_ids"][0]
+
+    def refusal_mass(beta: float) -> float:
+        model = EmulatedFineTuning(large, tuned=safe, reference=small, beta=beta)
+        state = model.prefill(chats)
+        return float(state.logits.softmax(-1)[:, refusal].mean())
+
+    aligned, plain, disaligned = refusal_mass(1.0), refusal_mass(0.0), refusal_mass(-1.0)
+    assert aligned > plain > disaligned
