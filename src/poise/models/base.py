@@ -132,12 +132,16 @@ class Capabilities:
       in lockstep (emulated fine-tuning, reward-guided search).
     - ``engine``: ``engine()`` returns an :class:`Engine`, a continuous batch that admits new
       requests at step boundaries (``poise serve`` uses it).
+    - ``activations``: ``hidden_states(chats, continuations=None, *, reduce=...)`` returns the
+      residual stream at every layer ([rows, layers + 1, hidden]) and ``decoder_layers()`` the
+      decoder blocks (``torch.nn.Module``), for probes and steering (``poise.probes``).
     """
 
     score: bool = False
     stream: bool = False
     step: bool = False
     engine: bool = False
+    activations: bool = False
 
 
 @dataclass(frozen=True)
