@@ -28,6 +28,7 @@ _COMMAND_MODULES = [
     "serve",
     "train",
     "gate",
+    "probe",
 ]
 
 

@@ -20,4 +20,5 @@ __all__ = ["strategies"]
 strategies: Registry[Callable[..., LanguageModel]] = Registry("decoding strategy")
 
 # the built-in strategies register themselves on import
+from poise.decoding import steer as _steer  # noqa: E402, F401
 from poise.decoding import temperature as _temperature  # noqa: E402, F401

@@ -712,7 +712,9 @@ class HFModel(ModelBase):
                 use_cache=False,
                 output_hidden_states=True,
             )
-            states = torch.stack(out.hidden_states, dim=1).float()  # [rows, layers+1, width, hidden]
+            states = torch.stack(
+                out.hidden_states, dim=1
+            ).float()  # [rows, layers+1, width, hidden]
             if reduce == "last":
                 rows.append(states[:, :, -1, :].cpu())
                 continue

@@ -99,5 +99,7 @@ def instructed_pairs(items: Iterable[SuiteItem]) -> list[Example]:
 def _both_classes(examples: list[Example], what: str) -> list[Example]:
     labels = {e.label for e in examples}
     if labels != {0, 1}:
-        raise PoiseError(f"probe data {what}: found {len(examples)} rows with labels {sorted(labels)}")
+        raise PoiseError(
+            f"probe data {what}: found {len(examples)} rows with labels {sorted(labels)}"
+        )
     return examples

@@ -85,11 +85,11 @@ def fit_logistic(
         weights = w[: x.shape[1]]
         logits = x @ weights + (w[-1] if fit_intercept else 0.0)  # [n]
         loss = torch.nn.functional.softplus(-sign * logits).sum() + 0.5 * l2 * weights @ weights
-        loss.backward()  # type: ignore[no-untyped-call]
+        loss.backward()
         return loss
 
     with torch.enable_grad():
-        optimiser.step(objective)  # type: ignore[no-untyped-call]
+        optimiser.step(objective)
     fitted = w.detach()
     return fitted[: x.shape[1]].clone(), float(fitted[-1]) if fit_intercept else 0.0
 
@@ -196,7 +196,9 @@ def load_probe(folder: str | Path) -> LinearProbe:
     path = Path(folder)
     header_path = path / PROBE_JSON
     if not header_path.is_file():
-        raise PoiseError(f"{path}: not a probe folder (no {PROBE_JSON}); make one with poise probe train")
+        raise PoiseError(
+            f"{path}: not a probe folder (no {PROBE_JSON}); make one with poise probe train"
+        )
     try:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -36,9 +36,7 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(_placements(positives, negatives).mean())
 
 
-def auroc_interval(
-    scores: Sequence[float], labels: Sequence[int]
-) -> tuple[float, float, float]:
+def auroc_interval(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float, float]:
     """(AUROC, low, high): the 95% interval of DeLong, DeLong & Clarke-Pearson (1988,
     Biometrics 44:837), from the variances of the structural components
     V10_i = mean_j psi[i, j] (per positive) and V01_j = mean_i psi[i, j] (per negative):
