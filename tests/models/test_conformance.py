@@ -80,12 +80,23 @@ def _logit_temperature(folder: Path, request: pytest.FixtureRequest, tmp: Path) 
     return load_model(f"logit_temperature({folder}, t=0.8)")
 
 
+def _steer(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    import json
+
+    from tests.decoding.test_steer import write_direction
+
+    hidden = json.loads((folder / "config.json").read_text())["hidden_size"]
+    probe = write_direction(tmp / "direction", hidden)
+    return load_model(f"steer({folder}, direction={probe}, mode=add, strength=2.0)")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]] = {
     "hf": _hf,
     "mock": _mock,
     "cache": _cache,
     "openai": _openai,
     "logit_temperature": _logit_temperature,
+    "steer": _steer,
 }
 
 
