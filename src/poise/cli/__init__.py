@@ -29,6 +29,7 @@ _COMMAND_MODULES = [
     "train",
     "gate",
     "probe",
+    "firewall",
 ]
 
 

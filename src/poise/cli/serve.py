@@ -37,6 +37,14 @@ def register(app: typer.Typer) -> None:
         served_name: str | None = typer.Option(
             None, "--served-name", help="Model name clients send (default: the --model spec)."
         ),
+        firewall: str | None = typer.Option(
+            None,
+            "--firewall",
+            help="Firewall folder (poise firewall fit): off-role requests get a 400.",
+        ),
+        firewall_role: str | None = typer.Option(
+            None, "--firewall-role", help="The role whose zone requests must fall in."
+        ),
     ) -> None:
         """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
         with user_errors():
@@ -58,6 +66,8 @@ def register(app: typer.Typer) -> None:
                     max_tokens_limit=max_tokens_limit,
                     max_n=max_n,
                     served_name=served_name,
+                    firewall=firewall,
+                    firewall_role=firewall_role,
                 )
             except ValidationError as exc:
                 raise PoiseError(f"poise serve: {format_validation_error(exc)}") from None

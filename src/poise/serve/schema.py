@@ -52,6 +52,12 @@ class ServeConfig(StrictModel):
     served_name: str | None = Field(
         default=None, description="model name clients send (default: the --model spec)"
     )
+    firewall: str | None = Field(
+        default=None, description="firewall folder (poise firewall fit): refuse off-role requests"
+    )
+    firewall_role: str | None = Field(
+        default=None, description="the role whose zone requests must fall in (with --firewall)"
+    )
 
     @property
     def name(self) -> str:
