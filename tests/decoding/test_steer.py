@@ -29,7 +29,9 @@ def write_direction(folder: Path, hidden: int, *, layer: int = 1, scale: float =
     direction = torch.randn(hidden, generator=g, dtype=torch.float64)
     probe = LinearProbe(
         layer=layer,
-        standardiser=Standardiser(torch.zeros(hidden, dtype=torch.float64), torch.ones(hidden, dtype=torch.float64)),
+        standardiser=Standardiser(
+            torch.zeros(hidden, dtype=torch.float64), torch.ones(hidden, dtype=torch.float64)
+        ),
         weights=direction.clone(),
         bias=0.0,
         difference_of_means=direction / direction.norm() * scale,
@@ -83,13 +85,17 @@ def test_ablation_removes_the_direction_at_every_layer(
     half = _steer(tiny_hf_model_dir, direction, mode="ablate", strength=0.5)
     inner: Any = load_model(str(tiny_hf_model_dir))
     raw = inner.hidden_states(CHATS).double()[:, 0] @ half.unit.double()
-    assert torch.allclose(half.hidden_states(CHATS).double()[:, 0] @ half.unit.double(), raw / 2, atol=1e-4)
+    assert torch.allclose(
+        half.hidden_states(CHATS).double()[:, 0] @ half.unit.double(), raw / 2, atol=1e-4
+    )
 
 
 def test_stream_and_engine_are_steered_too(tiny_hf_model_dir: Path, direction: Path) -> None:
     steered = _steer(tiny_hf_model_dir, direction, mode="add", strength=3.0)
     generated = [row[0].text for row in steered.generate(CHATS, GREEDY)]
-    streamed = {int(e.key): e.completion.text for e in steered.stream(CHATS, GREEDY) if e.completion}
+    streamed = {
+        int(e.key): e.completion.text for e in steered.stream(CHATS, GREEDY) if e.completion
+    }
     assert [streamed[i] for i in range(len(CHATS))] == generated
     engine = steered.engine()
     for i, chat in enumerate(CHATS):

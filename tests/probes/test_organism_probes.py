@@ -45,7 +45,9 @@ def test_hidden_states_are_the_residual_stream_and_batch_independent(organism: A
     assert torch.allclose(together[0], alone[0], atol=1e-4)
     # index i + 1 is what a forward hook on block i sees at the last position
     seen: list[torch.Tensor] = []
-    handle = blocks[1].register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    handle = blocks[1].register_forward_hook(
+        lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         organism.hidden_states(chats[1:])
     finally:
@@ -80,7 +82,9 @@ def test_a_compliance_probe_predicts_refusal_before_a_token_is_generated(organis
     best = max(sweep, key=lambda r: r.auroc)
     assert best.auroc_low > 0.9, best
     # within the refusable kinds only (not just harmful vs benign wording)
-    probe = LinearProbe.fit(features[train, best.layer], labels[train], layer=best.layer, model=None)
+    probe = LinearProbe.fit(
+        features[train, best.layer], labels[train], layer=best.layer, model=None
+    )
     scores = probe.score(features[test, best.layer]).tolist()
     refusable = [k for k, i in enumerate(test) if items[i].kind in ("harmful", "borderline")]
     sub = [labels[test[k]].item() for k in refusable]

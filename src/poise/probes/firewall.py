@@ -113,7 +113,9 @@ class Firewall:
             kept = states[:, firewall.layers].double()  # [n, layers, hidden]
             n = kept.shape[0]
             centroid = kept.mean(dim=0)  # [layers, hidden]
-            scale = (kept - centroid).norm(dim=-1).median(dim=0).values.clamp_min(1e-12)
+            # the median (mean of the two middle values for an even count) of the distances
+            distances = (kept - centroid).norm(dim=-1)  # [n, layers]
+            scale = torch.quantile(distances, 0.5, dim=0).clamp_min(1e-12)  # [layers]
             # leave-one-out: anchor i against the centroid of the others
             others = (centroid * n - kept) / (n - 1)  # [n, layers, hidden]
             loo = ((kept - others).norm(dim=-1) / scale).mean(dim=-1)  # [n]
