@@ -41,6 +41,9 @@ def test_hidden_states_are_the_residual_stream_and_batch_independent(organism: A
     together = organism.hidden_states(chats)  # [2, layers + 1, hidden]
     blocks = organism.decoder_layers()
     assert together.shape == (2, len(blocks) + 1, organism.model.config.hidden_size)
+    for upto in (0, 2, len(blocks)):  # a pass stopped early gives the same first layers
+        early = organism.hidden_states(chats, upto=upto)
+        assert torch.allclose(early, together[:, : upto + 1], atol=1e-5)
     alone = organism.hidden_states(chats[:1])
     assert torch.allclose(together[0], alone[0], atol=1e-4)
     # index i + 1 is what a forward hook on block i sees at the last position

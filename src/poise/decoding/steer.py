@@ -203,10 +203,13 @@ class Steer(WrappedModel):
         continuations: Sequence[str] | None = None,
         *,
         reduce: str = "last",
+        upto: int | None = None,
     ) -> torch.Tensor:
         inner: Any = self.inner
         with self.steering():
-            states: torch.Tensor = inner.hidden_states(chats, continuations, reduce=reduce)
+            states: torch.Tensor = inner.hidden_states(
+                chats, continuations, reduce=reduce, upto=upto
+            )
         return states
 
 

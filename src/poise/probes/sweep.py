@@ -34,9 +34,11 @@ def collect(
     *,
     chunk: int = 64,
     progress: Callable[[int], None] | None = None,
+    upto: int | None = None,
 ) -> torch.Tensor:
     """[rows, layers + 1, hidden] float32: each example's states, at the last prompt token
-    (no continuation) or averaged over its continuation's tokens."""
+    (no continuation) or averaged over its continuation's tokens; layers ``0..upto`` only when
+    ``upto`` is given (the forward pass stops there)."""
     backend = require_activations("a probe", model)
     parts: list[torch.Tensor] = []
     for start in range(0, len(examples), chunk):
@@ -46,10 +48,13 @@ def collect(
             raise PoiseError("probe data mixes rows with and without continuations")
         if all(with_answer):
             states = backend.hidden_states(
-                [e.chat for e in batch], [str(e.continuation) for e in batch], reduce="mean"
+                [e.chat for e in batch],
+                [str(e.continuation) for e in batch],
+                reduce="mean",
+                upto=upto,
             )
         else:
-            states = backend.hidden_states([e.chat for e in batch])
+            states = backend.hidden_states([e.chat for e in batch], upto=upto)
         parts.append(states)
         if progress is not None:
             progress(len(batch))

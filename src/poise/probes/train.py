@@ -147,7 +147,8 @@ def score_answers(
         )
     if not examples:
         raise PoiseError("probe score: the run has no records to score")
-    states = collect(model, examples, progress=progress)  # [rows, layers + 1, hidden]
+    # [rows, probe.layer + 1, hidden]: the forward pass stops at the probe's layer
+    states = collect(model, examples, progress=progress, upto=probe.layer)
     if states.shape[-1] != probe.weights.numel():
         raise PoiseError(
             f"probe score: the probe reads {probe.weights.numel()} features, the model gives "
