@@ -112,6 +112,11 @@ def train_command(
             )
         if Path(out).exists() and any(Path(out).iterdir()):
             raise PoiseError(f"{out}: the probe folder exists and is not empty")
+        if task == "comply" and run is None:
+            raise PoiseError(
+                "probe train --task comply: pass --run RUN, a greedy audit of the same model "
+                "(its judged answers are the labels)"
+            )
         default = {"harmful": ["harmful", "benign"], "honesty": ["honesty"], "comply": []}[task]
         if model is None and task == "comply" and run is not None:
             from poise.runs import find_run
