@@ -6,10 +6,14 @@ each timed as the median of ``--repeats`` runs on ``--threads`` torch threads:
 1. ``generate``: ``HFModel.generate``, ``--new-tokens`` new tokens at most;
 2. ``probe``: reading the last prompt token's hidden states (``hidden_states``) and scoring
    them with a linear probe: what a compliance probe adds to a request;
-3. ``steer (strength 0)``: ``generate`` through ``steer(..., mode=ablate, strength=0)``: the
+3. ``read during generate``: ``generate`` with a :class:`~poise.probes.reading.PromptReader` on
+   the probe's layer (the states are read in generation's own prefill), then the probe's score
+   of every chat: what a compliance probe costs when it rides along;
+4. ``steer (strength 0)``: ``generate`` through ``steer(..., mode=ablate, strength=0)``: the
    cost of the forward hooks at every block.
 
-Prints the three times and the ratios (generate + probe) / generate and steer / generate.
+Prints the times and the ratios (generate + probe) / generate, read-during / generate and
+steer / generate.
 
     python benchmarks/probe_overhead.py [--new-tokens 64] [--repeats 3] [--threads 1]
 
@@ -32,6 +36,7 @@ from poise.models import load_model
 from poise.models.base import default_system_prompt
 from poise.probes.data import harmful_vs_benign
 from poise.probes.linear import LinearProbe
+from poise.probes.reading import PromptReader
 from poise.probes.sweep import collect
 from poise.suites.loaders import load_suite
 
@@ -70,6 +75,14 @@ def main() -> None:
         scored = _median(lambda: probe.score(collect(model, examples, upto=2)), args.repeats)
         steer = _median(lambda: steered.generate(chats, sampling), args.repeats)
 
+        def read_during() -> None:
+            reader = PromptReader(model, 2)
+            with reader.reading():
+                model.generate(chats, sampling)
+            probe.score(reader.states_for(chats))
+
+        riding = _median(read_during, args.repeats)
+
     tokens = sum(c.num_tokens for row in model.generate(chats, sampling) for c in row)
     print(
         f"{len(chats)} chats, {tokens} generated tokens, {args.threads} thread(s), "
@@ -77,11 +90,13 @@ def main() -> None:
     )
     print(f"generate:                 {gen:8.3f} s")
     print(f"probe (read + score):     {scored:8.3f} s")
+    print(f"read during generate:     {riding:8.3f} s")
     print(f"steer (hooks, strength 0): {steer:7.3f} s")
     print(
         f"(generate + probe) / generate: {(gen + scored) / gen:.3f}x  "
         f"(probe adds {100 * scored / gen:.1f}%)"
     )
+    print(f"read during / generate:        {riding / gen:.3f}x")
     print(f"steer / generate:              {steer / gen:.3f}x")
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from poise.config import Sampling
+from poise.errors import PoiseError
 from poise.models import load_model
 from poise.models.base import default_system_prompt
 from poise.probes.data import Example, harmful_vs_benign
@@ -105,3 +106,21 @@ def test_harmful_probe_separates_held_out_prompts(organism: Any) -> None:
     train, test = split_by_group([e.group for e in examples])
     result = layer_sweep(features, labels, train, test)[2]
     assert result.auroc_low > 0.9 and result.accuracy > 0.85
+
+
+def test_a_prompt_reader_reads_the_probe_layer_during_generation(organism: Any) -> None:
+    from poise.probes.reading import PromptReader
+
+    system = default_system_prompt(organism)
+    items = [*load_suite("harmful").items[:12], *load_suite("benign").items[:12]]
+    chats = [[{"role": "system", "content": system}, *item.chat] for item in items]
+    sampling = Sampling(max_new_tokens=6)
+    plain = organism.generate(chats, sampling)
+    reader = PromptReader(organism, 2)
+    with reader.reading():
+        read = organism.generate(chats, sampling)
+    assert read == plain  # reading changes nothing
+    expected = organism.hidden_states(chats, upto=2)[:, 2]  # [rows, hidden]
+    assert torch.allclose(reader.states_for(chats), expected, atol=1e-4)
+    with pytest.raises(PoiseError, match="not prefilled"):
+        reader.states_for([[{"role": "user", "content": "never asked"}]])
