@@ -8,6 +8,8 @@
 - :mod:`poise.probes.data`: labelled sets (harmful vs benign prompts, will-comply vs
   will-refuse from judged answers, honest vs deceptive instructions) and the split by item.
 - :mod:`poise.probes.sweep`: collect activations and sweep the layers.
+- :mod:`poise.probes.reading`: read a probe's layer during the model's own prefill (no second
+  forward pass).
 - :mod:`poise.probes.firewall`: the activation-shift query firewall (arXiv 2504.09593).
 
 Probes read a model through ``capabilities.activations`` (the HF backend's ``hidden_states``

@@ -55,9 +55,13 @@ class PromptReader:
             if ids is None:
                 return
             last = hidden[:, -1, :].detach().float().cpu()  # [rows, hidden]
-            for row in range(ids.shape[0]):
-                real = ids[row] if mask is None or mask.dim() != 2 else ids[row][mask[row] == 1]
-                self.states[tuple(int(t) for t in real.tolist())] = last[row]
+            rows = ids.tolist()  # one transfer for the batch
+            if mask is not None and mask.dim() == 2:
+                # left padding: a row's prompt is its last sum(mask) ids
+                lengths = mask.sum(dim=-1).tolist()
+                rows = [row[len(row) - n :] for row, n in zip(rows, lengths, strict=True)]
+            for row, state in zip(rows, last, strict=True):
+                self.states[tuple(row)] = state
 
         def after(module: torch.nn.Module, args: Any, output: Any) -> None:
             keep(output[0] if isinstance(output, tuple) else output)
