@@ -41,13 +41,16 @@ from poise.probes.sweep import collect
 from poise.suites.loaders import load_suite
 
 
-def _median(fn: Callable[[], object], repeats: int) -> float:
-    times = []
+def _medians(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each side; the sides alternate within each repeat, so load from
+    other jobs on a shared machine falls on all of them."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -71,9 +74,6 @@ def main() -> None:
         folder = probe.save(Path(tmp) / "probe")
         steered = load_model(f"steer(organism-large, direction={folder}, mode=ablate, strength=0)")
         model.generate(chats[:8], sampling)  # warm up
-        gen = _median(lambda: model.generate(chats, sampling), args.repeats)
-        scored = _median(lambda: probe.score(collect(model, examples, upto=2)), args.repeats)
-        steer = _median(lambda: steered.generate(chats, sampling), args.repeats)
 
         def read_during() -> None:
             reader = PromptReader(model, 2)
@@ -81,7 +81,16 @@ def main() -> None:
                 model.generate(chats, sampling)
             probe.score(reader.states_for(chats))
 
-        riding = _median(read_during, args.repeats)
+        times = _medians(
+            {
+                "generate": lambda: model.generate(chats, sampling),
+                "probe": lambda: probe.score(collect(model, examples, upto=2)),
+                "riding": read_during,
+                "steer": lambda: steered.generate(chats, sampling),
+            },
+            args.repeats,
+        )
+    gen, scored, riding, steer = (times[k] for k in ("generate", "probe", "riding", "steer"))
 
     tokens = sum(c.num_tokens for row in model.generate(chats, sampling) for c in row)
     print(
