@@ -98,6 +98,16 @@ def _feedback_revision(folder: Path, request: pytest.FixtureRequest, tmp: Path) 
     return load_model(f"feedback_revision({folder}, max_feedback_tokens=16)")
 
 
+def _steer(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    import json
+
+    from tests.decoding.test_steer import write_direction
+
+    hidden = json.loads((folder / "config.json").read_text())["hidden_size"]
+    probe = write_direction(tmp / "direction", hidden)
+    return load_model(f"steer({folder}, direction={probe}, mode=add, strength=2.0)")
+
+
 BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]] = {
     "hf": _hf,
     "mock": _mock,
@@ -108,6 +118,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]
     "best_of_n": _best_of_n,
     "deal": _deal,
     "feedback_revision": _feedback_revision,
+    "steer": _steer,
 }
 
 

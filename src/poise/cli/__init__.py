@@ -30,6 +30,8 @@ _COMMAND_MODULES = [
     "train",
     "merge",
     "gate",
+    "probe",
+    "firewall",
 ]
 
 

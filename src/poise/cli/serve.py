@@ -58,6 +58,14 @@ def register(app: typer.Typer) -> None:
             "--max-body-bytes",
             help="Largest request body accepted (bytes); a larger one gets a 413.",
         ),
+        firewall: str | None = typer.Option(
+            None,
+            "--firewall",
+            help="Firewall folder (poise firewall fit): off-role requests get a 400.",
+        ),
+        firewall_role: str | None = typer.Option(
+            None, "--firewall-role", help="The role whose zone requests must fall in."
+        ),
     ) -> None:
         """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
         with user_errors():
@@ -82,6 +90,8 @@ def register(app: typer.Typer) -> None:
                     served_name=served_name,
                     api_key=api_key or None,
                     max_body_bytes=max_body_bytes,
+                    firewall=firewall,
+                    firewall_role=firewall_role,
                 )
             except ValidationError as exc:
                 raise PoiseError(f"poise serve: {format_validation_error(exc)}") from None

@@ -169,6 +169,9 @@ class Capabilities:
       ``sequence_logprobs(sequences, top_k=, start=)`` gives every token's log-prob after its
       prefix with the ``top_k`` most likely alternatives (:class:`SequenceLogprobs`). The
       model's ``tokenizer`` turns text into those ids and back.
+    - ``activations``: ``hidden_states(chats, continuations=None, *, reduce=...)`` returns the
+      residual stream at every layer ([rows, layers + 1, hidden]) and ``decoder_layers()`` the
+      decoder blocks (``torch.nn.Module``), for probes and steering (``poise.probes``).
     """
 
     score: bool = False
@@ -176,6 +179,7 @@ class Capabilities:
     step: bool = False
     engine: bool = False
     tokens: bool = False
+    activations: bool = False
 
 
 @dataclass(frozen=True)

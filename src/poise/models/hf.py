@@ -366,7 +366,9 @@ class HFModel(ModelBase):
     hub id. The raw objects are exposed as ``model``, ``tokenizer`` and ``device``.
     """
 
-    capabilities = Capabilities(score=True, stream=True, step=True, engine=True, tokens=True)
+    capabilities = Capabilities(
+        score=True, stream=True, step=True, engine=True, tokens=True, activations=True
+    )
 
     def __init__(
         self,
@@ -790,6 +792,112 @@ class HFModel(ModelBase):
                     top_values[row].tolist() if top_values is not None else None,
                 )
         return [r for r in results if r is not None]
+
+    # -- activations (capabilities.activations)
+
+    def decoder_layers(self) -> list[torch.nn.Module]:
+        """The decoder blocks in order (``model.model.layers`` for Llama / Qwen / Mistral /
+        GPT-NeoX-style models, ``transformer.h`` for GPT-2-style ones). A forward hook on block
+        ``i`` sees the residual stream that ``hidden_states(...)[:, i + 1]`` returns."""
+        for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
+            module: Any = self.model
+            for part in path.split("."):
+                module = getattr(module, part, None)
+                if module is None:
+                    break
+            if isinstance(module, torch.nn.ModuleList):
+                return list(module)
+        raise PoiseError(
+            f"{self.name}: cannot find the decoder blocks of {type(self.model).__name__} "
+            "(looked for model.layers, model.decoder.layers, transformer.h, gpt_neox.layers)"
+        )
+
+    @torch.inference_mode()
+    def hidden_states(
+        self,
+        chats: Sequence[Chat],
+        continuations: Sequence[str] | None = None,
+        *,
+        reduce: str = "last",
+        upto: int | None = None,
+    ) -> torch.Tensor:
+        """The residual stream of each row at every layer: [rows, layers + 1, hidden] float32
+        on the CPU (index 0 the embeddings, ``i + 1`` the output of decoder block ``i``, as
+        ``output_hidden_states`` gives them).
+
+        The row is the chat rendered for the assistant's turn, followed by ``continuations[i]``
+        when given. ``reduce="last"`` keeps the last token (the last prompt token without
+        continuations: what the model knows before it writes a token); ``reduce="mean"`` averages
+        over the continuation's tokens (over the prompt's last token when a continuation is
+        empty). Rows are batched ``batch_size`` at a time, left-padded, so a row's states do not
+        depend on its batch. ``upto``: return layers ``0..upto`` only ([rows, upto + 1, hidden])
+        and stop the forward pass before block ``upto`` (a probe of an early layer then costs
+        a fraction of a full pass, and the LM head never runs).
+        """
+        if reduce not in ("last", "mean"):
+            raise PoiseError(f"hidden_states: reduce must be 'last' or 'mean', got {reduce!r}")
+        if continuations is not None and len(continuations) != len(chats):
+            raise PoiseError(
+                f"hidden_states needs one continuation per chat ({len(chats)} chats, "
+                f"{len(continuations)} continuations)"
+            )
+        prompts = self._encode_prompts(chats)
+        targets = self._encode(list(continuations)) if continuations is not None else None
+        rows: list[torch.Tensor] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = range(start, min(start + self.batch_size, len(prompts)))
+            ids = [prompts[i] + (targets[i] if targets is not None else []) for i in chunk]
+            input_ids, mask = self._left_pad(ids)  # [rows, width]
+            positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)
+            states = self._states_upto(input_ids, mask, positions, upto)  # [rows, L, width, hidden]
+            if reduce == "last":
+                rows.append(states[:, :, -1, :].cpu())
+                continue
+            for row, i in enumerate(chunk):
+                n = len(targets[i]) if targets is not None else 0
+                # left padding: the continuation is the last n positions
+                span = states[row, :, -n:, :] if n else states[row, :, -1:, :]
+                rows.append(span.mean(dim=1, keepdim=False).unsqueeze(0).cpu())
+        return torch.cat(rows, dim=0) if rows else torch.empty(0)
+
+    def _states_upto(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, upto: int | None
+    ) -> torch.Tensor:
+        """[rows, layers + 1 (or upto + 1), width, hidden] float32 residual streams."""
+        blocks = self.decoder_layers()
+        if upto is not None and not 0 <= upto <= len(blocks):
+            raise PoiseError(f"hidden_states: upto must be in 0..{len(blocks)}, got {upto}")
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "position_ids": positions,
+            "use_cache": False,
+        }
+        if upto is None or upto == len(blocks):
+            out = self.model(**kwargs, output_hidden_states=True)
+            states = torch.stack(out.hidden_states, dim=1).float()
+            return states if upto is None else states[:, : upto + 1]
+        seen: list[torch.Tensor] = []
+
+        class _Enough(Exception):
+            pass
+
+        def record(module: torch.nn.Module, args: Any, kwargs_: Any) -> None:
+            hidden = args[0] if args else kwargs_["hidden_states"]
+            seen.append(hidden)  # [rows, width, hidden]: the block's input
+            if len(seen) == upto + 1:
+                raise _Enough
+
+        # each block's input is the previous block's output (block 0's: the embeddings)
+        handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks]
+        try:
+            self.model(**kwargs)
+        except _Enough:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        return torch.stack(seen[: upto + 1], dim=1).float()
 
     # -- score
 

@@ -204,6 +204,7 @@ def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, 
         for task in registered_tasks()
         for example in task.examples
     ]
+    probe = _probe_scores(run.path)
     out = []
     for title, kind, test in buckets:
         matching = [r for r in records if r.get("kind") == kind and test(r)]
@@ -221,10 +222,44 @@ def _examples(run: RunData, request_id: str, per_bucket: int) -> list[dict[str, 
                     "prompt": str(r.get("prompt", "")),
                     "completion": text,
                     "label": str(verdict(r).get("label", "")),
+                    "probe": probe.get(_sample_key(r), ""),
                 }
             )
         out.append({"title": title, "kind": kind, "total": len(matching), "rows": rows})
     return out
+
+
+def _sample_key(r: Mapping[str, Any]) -> tuple[str, str, int]:
+    return (str(r.get("item_id")), str(r.get("request_id")), int(r.get("sample_index") or 0))
+
+
+def _probe_scores(path: Path) -> dict[tuple[str, str, int], str]:
+    """``poise probe score``'s probe_scores.jsonl, as "score (flagged)" per sample; {} if none."""
+    import json
+
+    scores: dict[tuple[str, str, int], str] = {}
+    try:
+        lines = (path / "probe_scores.jsonl").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return scores
+    for line in lines:
+        try:
+            r = json.loads(line)
+            flag = " flagged" if r.get("flagged") else ""
+            scores[_sample_key(r)] = f"{float(r['score']):.2f}{flag}"
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn line: the report still draws
+    return scores
+
+
+def _probe_name(path: Path) -> str:
+    try:
+        with (path / "probe_scores.jsonl").open(encoding="utf-8") as handle:
+            import json
+
+            return str(json.loads(handle.readline()).get("probe", "score"))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -335,6 +370,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "judge_validation": _judge_validation_view(metrics),
         "honesty": _honesty_view(overall),
         "examples": _examples(run, str(metrics.get("default_group", "")), EXAMPLES_PER_BUCKET),
+        "probe": _probe_name(run.path),
     }
 
 

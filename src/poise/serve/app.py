@@ -168,6 +168,7 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
         finally:
             await state.scheduler.stop()
 
+    guard = _firewall_guard(model, config)
     app = FastAPI(title="poise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.poise = state
     _install_error_handlers(app)
@@ -196,6 +197,8 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
                 raise _unknown_model(parsed.model, state)
             if parsed.logprobs:
                 check_tokens_capability(state.model, "logprobs")
+            if guard is not None:
+                await asyncio.to_thread(guard, parsed.chat)
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
@@ -221,6 +224,30 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
         {"/v1/chat/completions": ChatRequestBody, "/v1/completions": CompletionRequestBody},
     )
     return app
+
+
+def _firewall_guard(model: LanguageModel, config: ServeConfig) -> Callable[[Chat], None] | None:
+    """With ``config.firewall``: a check that raises a 400 naming the reason when the request's
+    last user turn falls outside ``config.firewall_role``'s zone (``poise.probes.firewall``)."""
+    if config.firewall is None:
+        return None
+    from poise.probes.firewall import load_firewall
+
+    firewall = load_firewall(config.firewall)
+    if config.firewall_role is None:
+        raise PoiseError("poise serve --firewall needs --firewall-role (the role to allow)")
+    firewall.zone(config.firewall_role)  # an unknown role fails at start, not per request
+    role = config.firewall_role
+
+    def check(chat: Chat) -> None:
+        users = [m["content"] for m in chat if m["role"] == "user"]
+        if not users:
+            return
+        [verdict] = firewall.check(model, role, users[-1:])
+        if verdict.flagged:
+            raise RequestError(f"firewall: {verdict.reason}", code="firewall", param="messages")
+
+    return check
 
 
 def serve(

@@ -72,6 +72,12 @@ class ServeConfig(StrictModel):
         ge=1024,
         description="largest request body accepted, in bytes (a larger one gets a 413)",
     )
+    firewall: str | None = Field(
+        default=None, description="firewall folder (poise firewall fit): refuse off-role requests"
+    )
+    firewall_role: str | None = Field(
+        default=None, description="the role whose zone requests must fall in (with --firewall)"
+    )
 
     @property
     def name(self) -> str:

@@ -1,0 +1,113 @@
+"""What a probe adds to generation: organism-large, greedy, in one process.
+
+Three sides over the same chats (the harmful and benign suites, with the default system prompt),
+each timed as the median of ``--repeats`` runs on ``--threads`` torch threads:
+
+1. ``generate``: ``HFModel.generate``, ``--new-tokens`` new tokens at most;
+2. ``probe``: reading the last prompt token's hidden states (``hidden_states``) and scoring
+   them with a linear probe: what a compliance probe adds to a request;
+3. ``read during generate``: ``generate`` with a :class:`~poise.probes.reading.PromptReader` on
+   the probe's layer (the states are read in generation's own prefill), then the probe's score
+   of every chat: what a compliance probe costs when it rides along;
+4. ``steer (strength 0)``: ``generate`` through ``steer(..., mode=ablate, strength=0)``: the
+   cost of the forward hooks at every block.
+
+Prints the times and the ratios (generate + probe) / generate, read-during / generate and
+steer / generate.
+
+    python benchmarks/probe_overhead.py [--new-tokens 64] [--repeats 3] [--threads 1]
+
+Goal (issue: guards and probes): probes add under 5% to generation time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from poise.config import Sampling
+from poise.models import load_model
+from poise.models.base import default_system_prompt
+from poise.probes.data import harmful_vs_benign
+from poise.probes.linear import LinearProbe
+from poise.probes.reading import PromptReader
+from poise.probes.sweep import collect
+from poise.suites.loaders import load_suite
+
+
+def _medians(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median wall time of each side; the sides alternate within each repeat, so load from
+    other jobs on a shared machine falls on all of them."""
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_model("organism-large")
+    items = [*load_suite("harmful").items, *load_suite("benign").items]
+    examples = harmful_vs_benign(items, default_system_prompt(model))
+    chats = [e.chat for e in examples]
+    features = collect(model, examples)  # [rows, layers + 1, hidden]
+    labels = torch.tensor([e.label for e in examples])
+    probe = LinearProbe.fit(features[:, 2], labels, layer=2, model="organism-large")
+    sampling = Sampling(max_new_tokens=args.new_tokens)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = probe.save(Path(tmp) / "probe")
+        steered = load_model(f"steer(organism-large, direction={folder}, mode=ablate, strength=0)")
+        model.generate(chats[:8], sampling)  # warm up
+
+        def read_during() -> None:
+            reader = PromptReader(model, 2)
+            with reader.reading():
+                model.generate(chats, sampling)
+            probe.score(reader.states_for(chats))
+
+        times = _medians(
+            {
+                "generate": lambda: model.generate(chats, sampling),
+                "probe": lambda: probe.score(collect(model, examples, upto=2)),
+                "riding": read_during,
+                "steer": lambda: steered.generate(chats, sampling),
+            },
+            args.repeats,
+        )
+    gen, scored, riding, steer = (times[k] for k in ("generate", "probe", "riding", "steer"))
+
+    tokens = sum(c.num_tokens for row in model.generate(chats, sampling) for c in row)
+    print(
+        f"{len(chats)} chats, {tokens} generated tokens, {args.threads} thread(s), "
+        f"medians of {args.repeats}"
+    )
+    print(f"generate:                 {gen:8.3f} s")
+    print(f"probe (read + score):     {scored:8.3f} s")
+    print(f"read during generate:     {riding:8.3f} s")
+    print(f"steer (hooks, strength 0): {steer:7.3f} s")
+    print(
+        f"(generate + probe) / generate: {(gen + scored) / gen:.3f}x  "
+        f"(probe adds {100 * scored / gen:.1f}%)"
+    )
+    print(f"read during / generate:        {riding / gen:.3f}x")
+    print(f"steer / generate:              {steer / gen:.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""``poise probe train|score``: linear probes on a model's activations (``poise.probes``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from poise.cli._common import console, user_errors
+from poise.errors import PoiseError
+
+probe_app = typer.Typer(
+    help="Linear probes on a model's hidden states: train one (with a layer sweep), score a run.",
+    no_args_is_help=True,
+)
+
+TASKS = ("harmful", "comply", "honesty")
+
+
+def _bar(total: int, description: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+    task = bar.add_task(description, total=total)
+    return bar, lambda k: bar.advance(task, k)
+
+
+def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list[Any]:
+    from poise.models.base import default_system_prompt
+    from poise.probes import data
+    from poise.suites.loaders import load_suite
+
+    system = default_system_prompt(model)
+    if task == "comply":
+        if run is None:
+            raise PoiseError(
+                "probe train --task comply: pass --run RUN, a greedy audit of the same model "
+                "(its judged answers are the labels)"
+            )
+        from poise.runs import find_run
+
+        found = find_run(run)
+        spec = found.config.get("model")
+        if isinstance(spec, str) and model.spec is not None and spec != model.spec:
+            logging.getLogger(__name__).warning(
+                "the run %s audited %r and the probe reads %r: the labels should come from the "
+                "probed model's own answers",
+                found.path,
+                spec,
+                model.spec,
+            )
+        return data.compliance_from_records(list(found.records()), system)
+    items = [item for name in suites for item in load_suite(name).items]
+    if task == "harmful":
+        return data.harmful_vs_benign(items, system)
+    return data.instructed_pairs(items)
+
+
+@probe_app.command("train")
+def train_command(
+    out: str = typer.Option(
+        ..., "--out", "-o", help="Folder to write the probe to (new or empty)."
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model spec (hf backend); default: the --run's model for comply, else organism-large.",
+    ),
+    task: str = typer.Option(
+        "harmful",
+        help="harmful (harmful vs benign prompts), comply (will-refuse vs will-comply at the last "
+        "prompt token, labels from --run), honesty (honest vs deceptive instructions).",
+    ),
+    suite: list[str] = typer.Option(
+        [],
+        "--suite",
+        "-s",
+        help="Suite(s) for harmful / honesty (default: harmful+benign / honesty).",
+    ),
+    run: str | None = typer.Option(
+        None, help="Audit run whose judged greedy answers label comply."
+    ),
+    layer: int | None = typer.Option(
+        None, help="Layer to keep (0 = embeddings); default: the best held-out AUROC."
+    ),
+    test_fraction: float = typer.Option(0.3, help="Share of items held out (split by item)."),
+    l2: float = typer.Option(10.0, help="L2 penalty of the logistic regression."),
+    fpr: float = typer.Option(0.01, help="False-positive rate of the threshold on negatives."),
+    seed: int = typer.Option(0, help="Seed of the split."),
+) -> None:
+    """Fit a probe: activations of every layer, a sweep (held-out accuracy and AUROC), a folder."""
+    with user_errors():
+        from rich.table import Table
+
+        from poise.models import load_model
+        from poise.probes.sweep import require_activations
+        from poise.probes.train import train_probe
+
+        if task not in TASKS:
+            raise PoiseError(
+                f"probe train --task: expected one of {', '.join(TASKS)}, got {task!r}"
+            )
+        if Path(out).exists() and any(Path(out).iterdir()):
+            raise PoiseError(f"{out}: the probe folder exists and is not empty")
+        if task == "comply" and run is None:
+            raise PoiseError(
+                "probe train --task comply: pass --run RUN, a greedy audit of the same model "
+                "(its judged answers are the labels)"
+            )
+        default = {"harmful": ["harmful", "benign"], "honesty": ["honesty"], "comply": []}[task]
+        if model is None and task == "comply" and run is not None:
+            from poise.runs import find_run
+
+            recorded = find_run(run).config.get("model")
+            model = recorded if isinstance(recorded, str) else None
+        loaded = load_model(model or "organism-large")
+        require_activations("poise probe train", loaded)
+        examples = _examples(task, loaded, list(suite) or default, run)
+        bar, advance = _bar(len(examples), f"activations of {len(examples)} rows")
+        with bar:
+            result = train_probe(
+                loaded, examples, out, task=task, layer=layer, test_fraction=test_fraction,
+                l2=l2, fpr=fpr, seed=seed, progress=advance,
+            )  # fmt: skip
+        meta = result.probe.metadata
+        table = Table(
+            title=f"{task} probe, held-out items: {meta['test_items']} of "
+            f"{meta['train_items'] + meta['test_items']}"
+        )
+        for column in ("layer", "accuracy", "AUROC", "95% interval"):
+            table.add_column(column, justify="right")
+        for r in result.sweep:
+            mark = " *" if r.layer == result.layer else ""
+            table.add_row(
+                f"{r.layer}{mark}", f"{r.accuracy:.3f}", f"{r.auroc:.3f}",
+                f"{r.auroc_low:.3f}-{r.auroc_high:.3f}",
+            )  # fmt: skip
+        console.print(table)
+        console.print(f"probe (layer {result.layer}) -> {result.out}  [{result.seconds:.0f} s]")
+
+
+@probe_app.command("score")
+def score_command(
+    run: str = typer.Argument(..., help="Audit run folder (or a unique part of its name)."),
+    probe: str = typer.Option(..., "--probe", "-p", help="Probe folder (poise probe train)."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Model spec (default: the probe's)."
+    ),
+    fpr: float | None = typer.Option(
+        None, help="False-positive rate on the run's benign answers (default: the probe's, 1%)."
+    ),
+) -> None:
+    """Score a run's answers with a probe: probe_scores.jsonl, and the report shows them."""
+    with user_errors():
+        from poise.models import load_model
+        from poise.models.base import default_system_prompt
+        from poise.probes.linear import load_probe
+        from poise.probes.sweep import require_activations
+        from poise.probes.train import score_answers, write_scores
+        from poise.report.html import write_run_report
+        from poise.runs import find_run
+
+        found = find_run(run)
+        loaded_probe = load_probe(probe)
+        spec = model or loaded_probe.model
+        if spec is None:
+            raise PoiseError(f"{probe}: the probe names no model; pass --model")
+        records = list(found.records())
+        loaded = load_model(spec)
+        require_activations("poise probe score", loaded)
+        bar, advance = _bar(len(records), f"probe on {len(records)} answers")
+        with bar:
+            result = score_answers(
+                loaded, loaded_probe, records, default_system_prompt(loaded), fpr=fpr,
+                progress=advance,
+            )  # fmt: skip
+        write_scores(found.path / "probe_scores.jsonl", Path(probe).name, records, result)
+        if found.status == "complete":
+            write_run_report(found)
+        flagged = sum(result.flagged)
+        console.print(
+            f"{flagged} of {len(records)} answers flagged (threshold {result.threshold:.3f}: "
+            f"{result.threshold_source}) -> {found.path / 'probe_scores.jsonl'}"
+        )
+        for key, value in result.agreement.items():
+            console.print(
+                f"  AUROC of the probe against the judge's '{key}': {value['auroc']:.3f} "
+                f"({value['low']:.3f}-{value['high']:.3f}, n={value['n']})"
+            )
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(probe_app, name="probe")

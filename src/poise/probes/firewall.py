@@ -1,0 +1,250 @@
+"""A query firewall from activations: flag queries outside a role's zone.
+
+After ControlNET (Yao et al., "ControlNET: A Firewall for RAG-based LLM System", arXiv
+2504.09593). What follows the paper, and what is simplified:
+
+- **Follows**: an allow-list per role (the paper's per-client "activation zone") built from the
+  served model's activations on legitimate *anchor* queries of that role; a query is scored by
+  how far its activations shift away from the zone (an activation-shift index); the threshold is
+  a percentile of the anchors' own scores; a flagged query is refused before generation. The
+  same check applies to a retrieved passage (score its text as a query).
+- **Simplified**: the index here is a standardised distance to the zone's centroid, averaged
+  over layers: ``ASI(x) = mean_l |x_l - mu_l| / s_l`` with ``x_l`` [hidden] the last prompt
+  token's residual stream at layer ``l``, ``mu_l`` the anchors' mean and ``s_l`` the anchors'
+  median distance to it. The paper's own index and its learned detectors are not reproduced,
+  and its mitigation (steering flagged queries with a hyper-network, ProNet) is not built: a
+  flagged request is refused. Anchor scores are leave-one-out (each anchor against the centroid
+  of the others), so the percentile is not flattered by an anchor scoring itself.
+
+A firewall folder holds ``firewall.json`` (model, layers, per role: threshold, percentile,
+anchor count) and ``firewall.safetensors`` (per role: ``<role>.centroid`` [layers, hidden],
+``<role>.scale`` [layers]).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poise.chat import Chat
+from poise.errors import PoiseError, located
+from poise.models.base import LanguageModel
+from poise.probes.data import Example
+from poise.probes.sweep import collect
+
+__all__ = ["Firewall", "Verdict", "load_firewall", "read_anchors"]
+
+FIREWALL_JSON = "firewall.json"
+FIREWALL_TENSORS = "firewall.safetensors"
+FORMAT = 1
+
+
+def _shift(states: torch.Tensor, centroid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """states [n, layers, hidden], centroid [layers, hidden], scale [layers] -> ASI [n]."""
+    distance = (states.double() - centroid.double()).norm(dim=-1)  # [n, layers]
+    return (distance / scale.double()).mean(dim=-1)
+
+
+@dataclass(frozen=True)
+class Zone:
+    """One role's zone: centroid, scale, the threshold and how it was set."""
+
+    centroid: torch.Tensor  # [layers, hidden]
+    scale: torch.Tensor  # [layers]
+    threshold: float
+    percentile: float
+    anchors: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A firewall's decision on one query."""
+
+    role: str
+    score: float
+    threshold: float
+    flagged: bool
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"the query falls outside the role {self.role!r} (activation-shift index "
+            f"{self.score:.3f} > threshold {self.threshold:.3f})"
+        )
+
+
+@dataclass
+class Firewall:
+    """Zones of roles over the residual stream of ``layers`` (indices of ``hidden_states``)."""
+
+    model: str | None
+    layers: list[int]
+    zones: dict[str, Zone] = field(default_factory=dict)
+    system_prompt: str | None = None
+
+    @classmethod
+    def fit(
+        cls,
+        model: LanguageModel,
+        anchors: Mapping[str, Sequence[str]],
+        *,
+        layers: Sequence[int] | None = None,
+        percentile: float = 95.0,
+        system_prompt: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> Firewall:
+        """One zone per role from its anchor queries (at least 3 each)."""
+        if not 0.0 < percentile <= 100.0:
+            raise PoiseError(f"firewall: percentile must be in (0, 100], got {percentile}")
+        firewall = cls(model.spec or model.name, [], system_prompt=system_prompt)
+        for role, queries in anchors.items():
+            if len(queries) < 3:
+                raise PoiseError(f"firewall: role {role!r} has {len(queries)} anchors; it needs 3+")
+            states = firewall._states(model, queries, progress)  # [n, layers + 1, hidden]
+            if not firewall.layers:
+                # default: every decoder block's output (the embeddings of one last token carry
+                # little about the query)
+                firewall.layers = list(layers) if layers else list(range(1, states.shape[1]))
+            kept = states[:, firewall.layers].double()  # [n, layers, hidden]
+            n = kept.shape[0]
+            centroid = kept.mean(dim=0)  # [layers, hidden]
+            # the median (mean of the two middle values for an even count) of the distances
+            distances = (kept - centroid).norm(dim=-1)  # [n, layers]
+            scale = torch.quantile(distances, 0.5, dim=0).clamp_min(1e-12)  # [layers]
+            # leave-one-out: anchor i against the centroid of the others
+            others = (centroid * n - kept) / (n - 1)  # [n, layers, hidden]
+            loo = ((kept - others).norm(dim=-1) / scale).mean(dim=-1)  # [n]
+            threshold = float(torch.quantile(loo, percentile / 100.0))
+            firewall.zones[role] = Zone(centroid, scale, threshold, percentile, n)
+        return firewall
+
+    def _states(
+        self,
+        model: LanguageModel,
+        queries: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        chats: list[Chat] = []
+        for query in queries:
+            chat: Chat = [{"role": "user", "content": query}]
+            if self.system_prompt:
+                chat.insert(0, {"role": "system", "content": self.system_prompt})
+            chats.append(chat)
+        return collect(
+            model, [Example(c, 0, str(i)) for i, c in enumerate(chats)], progress=progress
+        )
+
+    def scores(self, model: LanguageModel, role: str, queries: Sequence[str]) -> list[float]:
+        """The activation-shift index of each query against ``role``'s zone."""
+        zone = self.zone(role)
+        states = self._states(model, queries)[:, self.layers]  # [n, layers, hidden]
+        if states.shape[-1] != zone.centroid.shape[-1]:
+            raise PoiseError(
+                f"firewall: fitted on {zone.centroid.shape[-1]} features, the model gives "
+                f"{states.shape[-1]} (a firewall of another model?)"
+            )
+        return [float(s) for s in _shift(states, zone.centroid, zone.scale)]
+
+    def check(self, model: LanguageModel, role: str, queries: Sequence[str]) -> list[Verdict]:
+        zone = self.zone(role)
+        return [
+            Verdict(role, s, zone.threshold, s > zone.threshold)
+            for s in self.scores(model, role, queries)
+        ]
+
+    def zone(self, role: str) -> Zone:
+        if role not in self.zones:
+            known = ", ".join(sorted(self.zones)) or "none"
+            raise PoiseError(f"firewall: no role {role!r} (roles: {known})")
+        return self.zones[role]
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        roles: dict[str, Any] = {}
+        for role, zone in self.zones.items():
+            tensors[f"{role}.centroid"] = zone.centroid.double().contiguous()
+            tensors[f"{role}.scale"] = zone.scale.double().contiguous()
+            roles[role] = {
+                "threshold": zone.threshold,
+                "percentile": zone.percentile,
+                "anchors": zone.anchors,
+            }
+        save_file(tensors, path / FIREWALL_TENSORS)
+        header = {
+            "format": FORMAT,
+            "model": self.model,
+            "layers": self.layers,
+            "system_prompt": self.system_prompt,
+            "roles": roles,
+            "method": "activation-shift index after arXiv 2504.09593 (simplified; see docs)",
+        }
+        (path / FIREWALL_JSON).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def load_firewall(folder: str | Path) -> Firewall:
+    from safetensors.torch import load_file
+
+    path = Path(folder)
+    header_path = path / FIREWALL_JSON
+    if not header_path.is_file():
+        raise PoiseError(
+            f"{path}: not a firewall folder (no {FIREWALL_JSON}); make one with poise firewall fit"
+        )
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise located(header_path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise located(header_path, None, f"expected a firewall header of format {FORMAT}")
+    tensors = load_file(str(path / FIREWALL_TENSORS))
+    firewall = Firewall(
+        header.get("model"),
+        [int(x) for x in header["layers"]],
+        system_prompt=header.get("system_prompt"),
+    )
+    for role, info in header["roles"].items():
+        firewall.zones[role] = Zone(
+            tensors[f"{role}.centroid"],
+            tensors[f"{role}.scale"],
+            float(info["threshold"]),
+            float(info["percentile"]),
+            int(info["anchors"]),
+        )
+    return firewall
+
+
+def read_anchors(path: str | Path) -> dict[str, list[str]]:
+    """A jsonl of ``{"role": ..., "query": ...}`` lines -> queries per role."""
+    source = Path(path)
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PoiseError(f"{source}: cannot read the anchors ({exc.strerror})") from None
+    roles: dict[str, list[str]] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise located(source, number, f"invalid JSON ({exc.msg})") from None
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("role"), str)
+            or not isinstance(row.get("query"), str)
+        ):
+            raise located(source, number, 'expected {"role": "...", "query": "..."}')
+        roles.setdefault(row["role"], []).append(row["query"])
+    if not roles:
+        raise PoiseError(f"{source}: no anchors")
+    return roles

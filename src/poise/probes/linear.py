@@ -1,0 +1,225 @@
+"""A linear probe on one layer's residual stream: standardise, then L2 logistic regression.
+
+The recipe is the deception probe of Goldowsky-Dill et al., "Detecting Strategic Deception
+Using Linear Probes" (arXiv 2502.03407, Sec. 3.2), which "Strategic dishonesty can undermine AI
+safety evaluations" (arXiv 2509.18058, Sec. 6) trains on honest vs deceptive instructions:
+activations of one layer are standardised with the training set's per-feature mean and standard
+deviation, and a logistic regression with an L2 penalty (coefficient 10, no intercept) is fitted
+on them; the probe's score is the logit ``w . (x - mu) / sigma``. The penalty and the missing
+intercept follow the paper's text; poise fits the same objective by L-BFGS in float64
+(checked against scikit-learn's ``LogisticRegression(C=1/l2, fit_intercept=False)`` in the
+tests) instead of depending on scikit-learn.
+
+A probe folder holds ``probe.safetensors`` (weights [hidden], mean [hidden], std [hidden],
+difference_of_means [hidden]) and ``probe.json`` (layer, model spec, where the features are
+read, threshold and the metadata of its training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poise.errors import PoiseError, located
+
+__all__ = ["LinearProbe", "Standardiser", "fit_logistic", "load_probe"]
+
+PROBE_JSON = "probe.json"
+PROBE_TENSORS = "probe.safetensors"
+PROBE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Standardiser:
+    """Per-feature standardisation ``(x - mean) / std`` with the training set's statistics
+    (population std, as scikit-learn's ``StandardScaler``; a constant feature keeps std 1)."""
+
+    mean: torch.Tensor  # [hidden]
+    std: torch.Tensor  # [hidden]
+
+    @classmethod
+    def fit(cls, features: torch.Tensor) -> Standardiser:
+        x = features.double()  # [n, hidden]
+        std = x.std(dim=0, unbiased=False)
+        return cls(mean=x.mean(dim=0), std=torch.where(std > 0, std, torch.ones_like(std)))
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        return (features.double() - self.mean) / self.std  # [n, hidden]
+
+
+def fit_logistic(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    l2: float = 10.0,
+    fit_intercept: bool = False,
+    max_iter: int = 500,
+) -> tuple[torch.Tensor, float]:
+    """Weights [hidden] and intercept minimising
+    ``sum_i log(1 + exp(-s_i (w . x_i + b))) + l2 / 2 * ||w||^2`` with ``s_i = 2 y_i - 1``
+    (scikit-learn's objective with ``C = 1 / l2``; the intercept is not penalised).
+    ``features``: [n, hidden]; ``labels``: [n] in {0, 1}. Convex, so L-BFGS with a strong-Wolfe
+    line search reaches the optimum the tests compare against scikit-learn."""
+    if l2 <= 0 or not math.isfinite(l2):
+        raise PoiseError(f"probe: l2 must be a positive number, got {l2}")
+    x = features.double()  # [n, hidden]
+    sign = labels.double() * 2 - 1  # [n]
+    w = torch.zeros(x.shape[1] + int(fit_intercept), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS(
+        [w],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def objective() -> torch.Tensor:
+        optimiser.zero_grad()
+        weights = w[: x.shape[1]]
+        logits = x @ weights + (w[-1] if fit_intercept else 0.0)  # [n]
+        loss = torch.nn.functional.softplus(-sign * logits).sum() + 0.5 * l2 * weights @ weights
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimiser.step(objective)
+    fitted = w.detach()
+    return fitted[: x.shape[1]].clone(), float(fitted[-1]) if fit_intercept else 0.0
+
+
+@dataclass
+class LinearProbe:
+    """A fitted probe: ``score(x) = w . (x - mean) / std + bias`` on layer ``layer``'s states.
+
+    ``layer`` indexes ``hidden_states`` ([rows, layers + 1, hidden]): 0 the embeddings, ``i + 1``
+    decoder block ``i``'s output. ``reduce`` says where the features are read ("last": the last
+    token, "mean": the mean over the answer). A score above ``threshold`` flags; the threshold
+    is set at ``fpr`` on negatives. ``difference_of_means`` = mean(positives) - mean(negatives)
+    in raw activation space: the direction steering adds or ablates (arXiv 2406.11717, Sec. 2.3).
+    """
+
+    layer: int
+    standardiser: Standardiser
+    weights: torch.Tensor  # [hidden], on standardised features
+    bias: float
+    difference_of_means: torch.Tensor  # [hidden], raw activations
+    model: str | None
+    reduce: str = "last"
+    threshold: float = 0.0
+    fpr: float = 0.01
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        layer: int,
+        model: str | None,
+        reduce: str = "last",
+        l2: float = 10.0,
+        fpr: float = 0.01,
+        metadata: dict[str, Any] | None = None,
+    ) -> LinearProbe:
+        """Fit on ``features`` [n, hidden] of ``layer`` with ``labels`` [n] in {0, 1}; the
+        threshold is set at ``fpr`` on the training negatives' scores."""
+        from poise.probes.metrics import threshold_at_fpr
+
+        y = labels.long()
+        if int(y.min()) == int(y.max()):
+            raise PoiseError("probe: the training set has only one class; it needs both labels")
+        standardiser = Standardiser.fit(features)
+        weights, bias = fit_logistic(standardiser(features), y, l2=l2)
+        x = features.double()
+        probe = cls(
+            layer=layer,
+            standardiser=standardiser,
+            weights=weights,
+            bias=bias,
+            difference_of_means=x[y == 1].mean(dim=0) - x[y == 0].mean(dim=0),
+            model=model,
+            reduce=reduce,
+            fpr=fpr,
+            metadata=dict(metadata or {}),
+        )
+        probe.threshold = threshold_at_fpr(probe.score(features[y == 0]).tolist(), fpr)
+        return probe
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits [n] of features [n, hidden] (or of all layers' states [n, layers + 1, hidden],
+        from which the probe's layer is taken)."""
+        if features.dim() == 3:
+            features = features[:, self.layer, :]
+        return self.standardiser(features) @ self.weights + self.bias
+
+    # -- the folder
+
+    def save(self, folder: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            "weights": self.weights,
+            "mean": self.standardiser.mean,
+            "std": self.standardiser.std,
+            "difference_of_means": self.difference_of_means,
+        }
+        save_file({k: v.double().contiguous() for k, v in tensors.items()}, path / PROBE_TENSORS)
+        header = {
+            "format": PROBE_FORMAT,
+            "layer": self.layer,
+            "model": self.model,
+            "reduce": self.reduce,
+            "bias": self.bias,
+            "threshold": self.threshold,
+            "fpr": self.fpr,
+            "hidden_size": int(self.weights.numel()),
+            "metadata": self.metadata,
+        }
+        (path / PROBE_JSON).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def load_probe(folder: str | Path) -> LinearProbe:
+    """The probe saved in ``folder`` (``probe.json`` + ``probe.safetensors``)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder)
+    header_path = path / PROBE_JSON
+    if not header_path.is_file():
+        raise PoiseError(
+            f"{path}: not a probe folder (no {PROBE_JSON}); make one with poise probe train"
+        )
+    try:
+        header = json.loads(header_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise located(header_path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+    if not isinstance(header, dict) or header.get("format") != PROBE_FORMAT:
+        raise located(header_path, None, f"expected a probe header of format {PROBE_FORMAT}")
+    if not (path / PROBE_TENSORS).is_file():
+        raise PoiseError(f"{path}: {PROBE_TENSORS} is missing")
+    tensors = load_file(str(path / PROBE_TENSORS))
+    try:
+        return LinearProbe(
+            layer=int(header["layer"]),
+            standardiser=Standardiser(mean=tensors["mean"], std=tensors["std"]),
+            weights=tensors["weights"],
+            bias=float(header["bias"]),
+            difference_of_means=tensors["difference_of_means"],
+            model=header.get("model"),
+            reduce=str(header.get("reduce", "last")),
+            threshold=float(header["threshold"]),
+            fpr=float(header.get("fpr", 0.01)),
+            metadata=dict(header.get("metadata") or {}),
+        )
+    except KeyError as exc:
+        raise located(header_path, None, f"missing field or tensor {exc.args[0]!r}") from None

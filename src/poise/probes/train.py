@@ -1,0 +1,201 @@
+"""Train a probe end to end (activations -> layer sweep -> fit -> folder) and score answers.
+
+``train_probe`` is what ``poise probe train`` calls; ``score_answers`` what ``poise probe score``
+calls once the command has read the run's records.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poise._version import __version__
+from poise.chat import Chat, with_system_prompt
+from poise.errors import PoiseError
+from poise.models.base import LanguageModel
+from poise.probes.data import Example
+from poise.probes.linear import LinearProbe
+from poise.probes.metrics import auroc_interval, threshold_at_fpr
+from poise.probes.sweep import (
+    LayerResult,
+    collect,
+    layer_sweep,
+    require_activations,
+    split_by_group,
+)
+
+__all__ = ["ProbeScores", "TrainResult", "score_answers", "train_probe", "write_scores"]
+
+
+@dataclass
+class TrainResult:
+    """The sweep, the layer kept and where the probe was written."""
+
+    probe: LinearProbe
+    sweep: list[LayerResult]
+    layer: int
+    out: Path
+    seconds: float
+
+
+def train_probe(
+    model: LanguageModel,
+    examples: Sequence[Example],
+    out: str | Path,
+    *,
+    task: str,
+    layer: int | None = None,
+    test_fraction: float = 0.3,
+    l2: float = 10.0,
+    fpr: float = 0.01,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Read ``examples``' activations, sweep every layer (fit on the train items, measure on the
+    held-out items), keep ``layer`` (default: the best held-out AUROC, ties to the earlier
+    layer), fit it on the train items and save the probe folder to ``out``."""
+    require_activations("poise probe train", model)
+    if not 0.0 < test_fraction < 1.0:
+        raise PoiseError(f"probe: test_fraction must be in (0, 1), got {test_fraction}")
+    target = Path(out)
+    if target.exists() and any(target.iterdir()):
+        raise PoiseError(f"{target}: the probe folder exists and is not empty")
+    started = time.perf_counter()
+    features = collect(model, examples, progress=progress)  # [rows, layers + 1, hidden]
+    labels = torch.tensor([e.label for e in examples])
+    train, test = split_by_group(
+        [e.group for e in examples], test_fraction=test_fraction, seed=seed
+    )
+    sweep = layer_sweep(features, labels, train, test, l2=l2)
+    if layer is None:
+        chosen = max(sweep, key=lambda r: (r.auroc, -r.layer)).layer
+    elif not 0 <= layer < features.shape[1]:
+        raise PoiseError(f"probe: layer {layer} out of range (0 .. {features.shape[1] - 1})")
+    else:
+        chosen = layer
+    reduce = "mean" if examples[0].continuation is not None else "last"
+    kept = next(r for r in sweep if r.layer == chosen)
+    metadata: dict[str, Any] = {
+        "task": task,
+        "poise_version": __version__,
+        "l2": l2,
+        "seed": seed,
+        "test_fraction": test_fraction,
+        "rows": len(examples),
+        "positives": int(labels.sum()),
+        "train_items": len({examples[i].group for i in train}),
+        "test_items": len({examples[i].group for i in test}),
+        "held_out": kept.to_dict(),
+        "sweep": [r.to_dict() for r in sweep],
+        "recipe": "standardise + L2 logistic regression (arXiv 2502.03407 / 2509.18058)",
+    }
+    probe = LinearProbe.fit(
+        features[train, chosen],
+        labels[train],
+        layer=chosen,
+        model=model.spec or model.name,
+        reduce=reduce,
+        l2=l2,
+        fpr=fpr,
+        metadata=metadata,
+    )
+    probe.save(target)
+    return TrainResult(probe, sweep, chosen, target, time.perf_counter() - started)
+
+
+@dataclass
+class ProbeScores:
+    """A probe's score of each record, its threshold and how the threshold was chosen."""
+
+    scores: list[float]
+    flagged: list[bool]
+    threshold: float
+    threshold_source: str
+    benign_answers: int
+    agreement: dict[str, Any] = field(default_factory=dict)
+
+
+def score_answers(
+    model: LanguageModel,
+    probe: LinearProbe,
+    records: Sequence[Mapping[str, Any]],
+    system_prompt: str | None,
+    *,
+    fpr: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ProbeScores:
+    """The probe's logit for each record's answer (read where the probe was trained: the last
+    prompt token, or the mean over the answer's tokens). The threshold is set at ``fpr``
+    (default: the probe's) on the records' benign answers when there are any, else the probe's
+    own (set on its training negatives). ``agreement`` crosses the flags with the judge's
+    ``harmful`` / ``refused`` verdicts."""
+    rate = probe.fpr if fpr is None else fpr
+    examples: list[Example] = []
+    for record in records:
+        chat: Chat = [{"role": "user", "content": str(record.get("prompt", ""))}]
+        config = record.get("config") or {}
+        prompt = system_prompt if config.get("system_prompt", "default") == "default" else None
+        answer = str(record.get("completion", "")) if probe.reduce == "mean" else None
+        examples.append(
+            Example(with_system_prompt(chat, prompt), 0, str(record.get("item_id")), answer)
+        )
+    if not examples:
+        raise PoiseError("probe score: the run has no records to score")
+    # [rows, probe.layer + 1, hidden]: the forward pass stops at the probe's layer
+    states = collect(model, examples, progress=progress, upto=probe.layer)
+    if states.shape[-1] != probe.weights.numel():
+        raise PoiseError(
+            f"probe score: the probe reads {probe.weights.numel()} features, the model gives "
+            f"{states.shape[-1]} (a probe of another model?)"
+        )
+    scores = probe.score(states[:, probe.layer, :]).tolist()
+    benign = [s for s, r in zip(scores, records, strict=True) if r.get("kind") == "benign"]
+    if benign:
+        threshold, source = (
+            threshold_at_fpr(benign, rate),
+            f"{rate:g} FPR on the run's benign answers",
+        )
+    else:
+        threshold, source = probe.threshold, f"{probe.fpr:g} FPR on the probe's training negatives"
+    flagged = [s > threshold for s in scores]
+    result = ProbeScores(scores, flagged, threshold, source, len(benign))
+    for key in ("harmful", "refused"):
+        judged = [
+            (bool(v.get(key)), s)
+            for r, s in zip(records, scores, strict=True)
+            if isinstance(v := (r.get("verdict") or {}), Mapping) and isinstance(v.get(key), bool)
+        ]
+        if judged and len({j for j, _ in judged}) == 2:
+            area, low, high = auroc_interval([s for _, s in judged], [int(j) for j, _ in judged])
+            result.agreement[key] = {"auroc": area, "low": low, "high": high, "n": len(judged)}
+    return result
+
+
+def write_scores(
+    path: Path, name: str, records: Sequence[Mapping[str, Any]], result: ProbeScores
+) -> None:
+    """``probe_scores.jsonl`` in a run folder: one line per record (its key, the probe's name,
+    score and flag), written whole to a temporary file and renamed."""
+    lines = [
+        json.dumps(
+            {
+                "item_id": r.get("item_id"),
+                "request_id": r.get("request_id"),
+                "sample_index": r.get("sample_index"),
+                "probe": name,
+                "score": score,
+                "flagged": flag,
+                "threshold": result.threshold,
+            }
+        )
+        for r, score, flag in zip(records, result.scores, result.flagged, strict=True)
+    ]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)

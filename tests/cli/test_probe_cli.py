@@ -1,0 +1,59 @@
+"""``poise probe train`` and ``poise probe score`` end to end on the organism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from poise.cli import app
+from poise.suites.loaders import load_suite
+
+
+def _small_suite(path: Path) -> Path:
+    items = [*load_suite("harmful").items[:30], *load_suite("benign").items[:30]]
+    path.write_text("".join(item.model_dump_json() + "\n" for item in items), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_train_then_score_a_run(tmp_path: Path) -> None:
+    runner = CliRunner()
+    suite = _small_suite(tmp_path / "small.jsonl")
+    probe = tmp_path / "probe"
+    result = runner.invoke(
+        app, ["probe", "train", "--task", "harmful", "-s", str(suite), "--out", str(probe)]
+    )
+    assert result.exit_code == 0, result.output
+    header = json.loads((probe / "probe.json").read_text())
+    assert header["metadata"]["task"] == "harmful" and len(header["metadata"]["sweep"]) == 5
+    assert header["model"] == "organism-large"
+    # a second train into the same folder is refused before any work
+    again = runner.invoke(app, ["probe", "train", "--out", str(probe)])
+    assert again.exit_code == 2 and "not empty" in again.output
+
+    runs = tmp_path / "runs"
+    audit = runner.invoke(
+        app, ["audit", "-s", "harmful", "-s", "benign", "--limit", "6", "--out", str(runs),
+              "--max-new-tokens", "16"],
+    )  # fmt: skip
+    assert audit.exit_code == 0, audit.output
+    [run] = list(runs.iterdir())
+    scored = runner.invoke(app, ["probe", "score", str(run), "--probe", str(probe)])
+    assert scored.exit_code == 0, scored.output
+    lines = [json.loads(x) for x in (run / "probe_scores.jsonl").read_text().splitlines()]
+    records = (run / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == len(records) == 12
+    # threshold at 1% FPR on the run's 6 benign answers: none of them is flagged
+    benign = {json.loads(r)["item_id"] for r in records if json.loads(r)["kind"] == "benign"}
+    assert not any(x["flagged"] for x in lines if x["item_id"] in benign)
+    assert "probe probe" in (run / "report.html").read_text()
+
+
+def test_comply_needs_a_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["probe", "train", "--task", "comply", "--out", str(tmp_path / "p")]
+    )
+    assert result.exit_code == 2 and "--run" in result.output

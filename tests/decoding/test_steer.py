@@ -1,0 +1,128 @@
+"""``steer(MODEL, direction=PROBE, ...)``: activation addition and directional ablation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models import load_model
+from poise.probes.linear import LinearProbe, Standardiser
+
+CHATS = [
+    [{"role": "user", "content": "Hello there, the cat!"}],
+    [{"role": "user", "content": "Tell me a story about a dragon in the mountains."}],
+    [{"role": "user", "content": "hi"}],
+]
+GREEDY = Sampling(max_new_tokens=10)
+
+
+def write_direction(folder: Path, hidden: int, *, layer: int = 1, scale: float = 4.0) -> Path:
+    """A probe folder with a random direction of norm ``scale`` (steering reads only the
+    direction, the layer and the hidden size)."""
+    g = torch.Generator().manual_seed(3)
+    direction = torch.randn(hidden, generator=g, dtype=torch.float64)
+    probe = LinearProbe(
+        layer=layer,
+        standardiser=Standardiser(
+            torch.zeros(hidden, dtype=torch.float64), torch.ones(hidden, dtype=torch.float64)
+        ),
+        weights=direction.clone(),
+        bias=0.0,
+        difference_of_means=direction / direction.norm() * scale,
+        model=None,
+    )
+    return probe.save(folder)
+
+
+@pytest.fixture(scope="module")
+def direction(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    hidden = json.loads((tiny_hf_model_dir / "config.json").read_text())["hidden_size"]
+    return write_direction(tmp_path_factory.mktemp("steer") / "probe", hidden)
+
+
+def _steer(folder: Path, direction: Path, **options: object) -> Any:
+    written = ", ".join(f"{k}={v}" for k, v in options.items())
+    return load_model(f"steer({folder}, direction={direction}, {written})")
+
+
+def test_zero_strength_is_the_inner_model(tiny_hf_model_dir: Path, direction: Path) -> None:
+    inner = load_model(str(tiny_hf_model_dir))
+    base = [[c.text for c in row] for row in inner.generate(CHATS, GREEDY)]
+    for mode in ("add", "ablate"):
+        steered = _steer(tiny_hf_model_dir, direction, mode=mode, strength=0.0)
+        assert [[c.text for c in row] for row in steered.generate(CHATS, GREEDY)] == base
+    # and the hooks are gone after the call: the inner model answers as before
+    assert [[c.text for c in row] for row in inner.generate(CHATS, GREEDY)] == base
+
+
+def test_addition_moves_the_stream_by_strength_times_the_direction(
+    tiny_hf_model_dir: Path, direction: Path
+) -> None:
+    inner: Any = load_model(str(tiny_hf_model_dir))
+    steered = _steer(tiny_hf_model_dir, direction, mode="add", strength=2.5, layer=1)
+    vector = steered.vector.double()
+    before = inner.hidden_states(CHATS)  # [rows, layers + 1, hidden]
+    after = steered.hidden_states(CHATS)
+    assert torch.allclose(after[:, 0], before[:, 0], atol=1e-5)  # below the layer: untouched
+    assert torch.allclose(after[:, 1].double(), before[:, 1].double() + 2.5 * vector, atol=1e-4)
+    assert not torch.allclose(after[:, 2], before[:, 2], atol=1e-3)  # and it carries on
+    assert steered.generate(CHATS, GREEDY) != inner.generate(CHATS, GREEDY)
+
+
+def test_ablation_removes_the_direction_at_every_layer(
+    tiny_hf_model_dir: Path, direction: Path
+) -> None:
+    steered = _steer(tiny_hf_model_dir, direction, mode="ablate", strength=1.0)
+    states = steered.hidden_states(CHATS).double()  # [rows, layers + 1, hidden]
+    along = states[:, :-1] @ steered.unit.double()  # the last entry is after the final norm
+    assert along.abs().max() < 1e-4
+    half = _steer(tiny_hf_model_dir, direction, mode="ablate", strength=0.5)
+    inner: Any = load_model(str(tiny_hf_model_dir))
+    raw = inner.hidden_states(CHATS).double()[:, 0] @ half.unit.double()
+    assert torch.allclose(
+        half.hidden_states(CHATS).double()[:, 0] @ half.unit.double(), raw / 2, atol=1e-4
+    )
+
+
+def test_stream_and_engine_are_steered_too(tiny_hf_model_dir: Path, direction: Path) -> None:
+    steered = _steer(tiny_hf_model_dir, direction, mode="add", strength=3.0)
+    generated = [row[0].text for row in steered.generate(CHATS, GREEDY)]
+    streamed = {
+        int(e.key): e.completion.text for e in steered.stream(CHATS, GREEDY) if e.completion
+    }
+    assert [streamed[i] for i in range(len(CHATS))] == generated
+    engine = steered.engine()
+    for i, chat in enumerate(CHATS):
+        engine.add(i, chat, GREEDY)
+    finals: dict[int, str] = {}
+    while not engine.idle:
+        for event in engine.step():
+            if event.completion is not None:
+                finals[int(event.key)] = event.completion.text
+    assert [finals[i] for i in range(len(CHATS))] == generated
+
+
+def test_spec_round_trip_and_name(tiny_hf_model_dir: Path, direction: Path) -> None:
+    steered = _steer(tiny_hf_model_dir, direction, mode="ablate", strength=1)
+    assert steered.spec.startswith("steer(")
+    again = load_model(steered.spec)
+    assert again.name == steered.name
+    assert "mode=ablate" in steered.name and "strength=1.0" in steered.name
+
+
+def test_bad_options_say_what(tiny_hf_model_dir: Path, direction: Path, tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="mode must be one of"):
+        _steer(tiny_hf_model_dir, direction, mode="subtract")
+    with pytest.raises(PoiseError, match="not a probe folder"):
+        _steer(tiny_hf_model_dir, tmp_path, mode="add")
+    with pytest.raises(PoiseError, match="past the model"):
+        _steer(tiny_hf_model_dir, direction, layer=99)
+    wrong = write_direction(tmp_path / "wrong", 7)
+    with pytest.raises(PoiseError, match="hidden size"):
+        _steer(tiny_hf_model_dir, wrong, mode="add")

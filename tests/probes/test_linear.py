@@ -1,0 +1,113 @@
+"""The probe's numbers against scikit-learn (a reference nobody here wrote) and its folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from poise.errors import PoiseError
+from poise.probes import (
+    LinearProbe,
+    Standardiser,
+    auroc,
+    auroc_interval,
+    fit_logistic,
+    load_probe,
+    threshold_at_fpr,
+)
+
+sklearn = pytest.importorskip("sklearn")
+
+
+def _blobs(n: int = 120, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.rand(n, generator=g) < 0.4).long()
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(0.5, 3, d)
+    x[:, 0] += 1.5 * y  # one informative feature, the others noise at several scales
+    x[:, 3] -= 0.8 * y
+    return x, y
+
+
+def test_standardiser_matches_standard_scaler() -> None:
+    from sklearn.preprocessing import StandardScaler
+
+    x, _ = _blobs()
+    ours = Standardiser.fit(x)(x)
+    reference = StandardScaler().fit_transform(x.numpy())
+    assert torch.allclose(ours, torch.from_numpy(reference), atol=1e-10)
+
+
+@pytest.mark.parametrize("l2", [10.0, 0.5])
+@pytest.mark.parametrize("intercept", [False, True])
+def test_logistic_regression_matches_scikit_learn(l2: float, intercept: bool) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = _blobs()
+    z = Standardiser.fit(x)(x)
+    weights, bias = fit_logistic(z, y, l2=l2, fit_intercept=intercept)
+    reference = LogisticRegression(C=1.0 / l2, fit_intercept=intercept, tol=1e-12, max_iter=10_000)
+    reference.fit(z.numpy(), y.numpy())
+    assert weights.numpy() == pytest.approx(reference.coef_[0], abs=1e-5)
+    assert bias == pytest.approx(float(reference.intercept_[0]) if intercept else 0.0, abs=1e-5)
+
+
+def test_auroc_matches_scikit_learn_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    scores = [0.1, 0.4, 0.35, 0.8, 0.4, 0.9, 0.2, 0.4]
+    labels = [0, 0, 1, 1, 1, 1, 0, 0]
+    assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+
+
+def test_delong_interval_by_hand() -> None:
+    # positives 0.6, 0.9; negatives 0.1, 0.7, 0.5. psi = [[1,0,1],[1,1,1]]: AUROC 5/6.
+    # V10 = [2/3, 1] (var 1/18), V01 = [1, 1/2, 1] (var 1/12); var = 1/36 + 1/36 = 1/18
+    area, low, high = auroc_interval([0.6, 0.9, 0.1, 0.7, 0.5], [1, 1, 0, 0, 0])
+    half = 1.959963984540054 * (1 / 18) ** 0.5
+    assert area == pytest.approx(5 / 6)
+    assert low == pytest.approx(5 / 6 - half)
+    assert high == 1.0  # clipped
+    # perfect separation: no spread in the placements, a zero-width interval
+    assert auroc_interval([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == (1.0, 1.0, 1.0)
+
+
+def test_threshold_keeps_the_false_positive_rate() -> None:
+    negatives = [float(i) for i in range(200)]
+    t = threshold_at_fpr(negatives, 0.01)
+    assert sum(s > t for s in negatives) <= 2  # at most 1% of 200 above
+    assert sum(s >= t for s in negatives) > 2  # and no higher threshold would do
+    assert threshold_at_fpr(negatives, 0.0) == 199.0
+
+
+def test_probe_folder_round_trip(tmp_path: Path) -> None:
+    x, y = _blobs()
+    probe = LinearProbe.fit(x, y, layer=3, model="organism-large", metadata={"task": "t"})
+    probe.save(tmp_path / "p")
+    loaded = load_probe(tmp_path / "p")
+    assert loaded.layer == 3 and loaded.model == "organism-large"
+    assert loaded.metadata == {"task": "t"}
+    assert torch.allclose(loaded.score(x), probe.score(x))
+    assert loaded.threshold == probe.threshold
+    # the threshold is at 1% FPR on the training negatives
+    assert float((probe.score(x[y == 0]) > probe.threshold).double().mean()) <= 0.01
+    # difference of means in raw space
+    assert torch.allclose(probe.difference_of_means, x[y == 1].mean(0) - x[y == 0].mean(0))
+    # the 3-d form reads the probe's layer
+    stacked = torch.stack([torch.zeros_like(x)] * 3 + [x], dim=1)  # [n, 4, d]
+    assert torch.allclose(probe.score(stacked), probe.score(x))
+
+
+def test_a_folder_that_is_not_a_probe_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="not a probe folder"):
+        load_probe(tmp_path)
+    (tmp_path / "probe.json").write_text("{oops", encoding="utf-8")
+    with pytest.raises(PoiseError, match=r"probe\.json:1"):
+        load_probe(tmp_path)
+
+
+def test_one_class_is_refused() -> None:
+    x, _ = _blobs()
+    with pytest.raises(PoiseError, match="one class"):
+        LinearProbe.fit(x, torch.zeros(len(x), dtype=torch.long), layer=0, model=None)

@@ -1,0 +1,126 @@
+"""Probes on the bundled organism: hidden states, the split by item, the compliance probe."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+import torch
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models import load_model
+from poise.models.base import default_system_prompt
+from poise.probes.data import Example, harmful_vs_benign
+from poise.probes.linear import LinearProbe
+from poise.probes.metrics import auroc_interval
+from poise.probes.sweep import collect, layer_sweep, split_by_group
+from poise.suites.loaders import load_suite
+
+
+@pytest.fixture(scope="module")
+def organism() -> Any:
+    return load_model("organism-large")
+
+
+def test_split_keeps_items_together_and_ignores_order() -> None:
+    groups = [f"item-{i // 2}" for i in range(200)]  # two rows per item
+    train, test = split_by_group(groups, test_fraction=0.3)
+    assert not {groups[i] for i in train} & {groups[i] for i in test}
+    assert 0.15 < len(test) / len(groups) < 0.45
+    shuffled = groups[::-1]
+    _, test_again = split_by_group(shuffled, test_fraction=0.3)
+    assert {shuffled[i] for i in test_again} == {groups[i] for i in test}
+
+
+def test_hidden_states_are_the_residual_stream_and_batch_independent(organism: Any) -> None:
+    chats = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "user", "content": "How do I pick a lock on my neighbour's door?"}],
+    ]
+    together = organism.hidden_states(chats)  # [2, layers + 1, hidden]
+    blocks = organism.decoder_layers()
+    assert together.shape == (2, len(blocks) + 1, organism.model.config.hidden_size)
+    for upto in (0, 2, len(blocks)):  # a pass stopped early gives the same first layers
+        early = organism.hidden_states(chats, upto=upto)
+        assert torch.allclose(early, together[:, : upto + 1], atol=1e-5)
+    alone = organism.hidden_states(chats[:1])
+    assert torch.allclose(together[0], alone[0], atol=1e-4)
+    # index i + 1 is what a forward hook on block i sees at the last position
+    seen: list[torch.Tensor] = []
+    handle = blocks[1].register_forward_hook(
+        lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out)
+    )
+    try:
+        organism.hidden_states(chats[1:])
+    finally:
+        handle.remove()
+    assert torch.allclose(seen[0][0, -1].float(), together[1, 2], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_compliance_probe_predicts_refusal_before_a_token_is_generated(organism: Any) -> None:
+    """Labels: the oracle's verdicts on the organism's own greedy answers. Features: the last
+    prompt token. Measured on held-out items only."""
+    from poise.scoring.judges import get_judge
+
+    rng = random.Random(0)
+    items = [i for name in ("harmful", "borderline", "benign") for i in load_suite(name).items]
+    items = rng.sample(items, 180)
+    system = default_system_prompt(organism)
+    chats = [[{"role": "system", "content": system}, *item.chat] for item in items]
+    answers = organism.generate(chats, Sampling(max_new_tokens=16))
+    verdicts = get_judge("oracle").judge(items, [a[0].text for a in answers])
+    examples = [
+        Example(chat, int(bool(v.refused)), item.id)
+        for chat, v, item in zip(chats, verdicts, items, strict=True)
+    ]
+    labels = torch.tensor([e.label for e in examples])
+    assert 20 < int(labels.sum()) < len(labels) - 20, "both classes must be well represented"
+    features = collect(organism, examples)
+    train, test = split_by_group([e.group for e in examples], test_fraction=0.3, seed=1)
+    assert not {examples[i].group for i in train} & {examples[i].group for i in test}
+    sweep = layer_sweep(features, labels, train, test)
+    assert sweep[0].auroc == pytest.approx(0.5)  # the embedding of the same last token: no signal
+    best = max(sweep, key=lambda r: r.auroc)
+    assert best.auroc_low > 0.9, best
+    # within the refusable kinds only (not just harmful vs benign wording)
+    probe = LinearProbe.fit(
+        features[train, best.layer], labels[train], layer=best.layer, model=None
+    )
+    scores = probe.score(features[test, best.layer]).tolist()
+    refusable = [k for k, i in enumerate(test) if items[i].kind in ("harmful", "borderline")]
+    sub = [labels[test[k]].item() for k in refusable]
+    if 0 < sum(sub) < len(sub):
+        area, low, _ = auroc_interval([scores[k] for k in refusable], sub)
+        assert area > 0.75, (area, low)
+
+
+@pytest.mark.slow
+def test_harmful_probe_separates_held_out_prompts(organism: Any) -> None:
+    items = [*load_suite("harmful").items[:80], *load_suite("benign").items[:80]]
+    examples = harmful_vs_benign(items, default_system_prompt(organism))
+    features = collect(organism, examples)
+    labels = torch.tensor([e.label for e in examples])
+    train, test = split_by_group([e.group for e in examples])
+    result = layer_sweep(features, labels, train, test)[2]
+    assert result.auroc_low > 0.9 and result.accuracy > 0.85
+
+
+def test_a_prompt_reader_reads_the_probe_layer_during_generation(organism: Any) -> None:
+    from poise.probes.reading import PromptReader
+
+    system = default_system_prompt(organism)
+    items = [*load_suite("harmful").items[:12], *load_suite("benign").items[:12]]
+    chats = [[{"role": "system", "content": system}, *item.chat] for item in items]
+    sampling = Sampling(max_new_tokens=6)
+    plain = organism.generate(chats, sampling)
+    reader = PromptReader(organism, 2)
+    with reader.reading():
+        read = organism.generate(chats, sampling)
+    assert read == plain  # reading changes nothing
+    expected = organism.hidden_states(chats, upto=2)[:, 2]  # [rows, hidden]
+    assert torch.allclose(reader.states_for(chats), expected, atol=1e-4)
+    with pytest.raises(PoiseError, match="not prefilled"):
+        reader.states_for([[{"role": "user", "content": "never asked"}]])
