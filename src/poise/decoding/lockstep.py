@@ -96,12 +96,24 @@ class LockstepState:
             state.keep(index.to(state.logits.device))
         self.logits = self.logits[index.to(self.device)]
 
-    def extend(self, *others: LockstepState, reserve: int = 0) -> None:
+    def extend(
+        self,
+        *others: LockstepState,
+        reserve: int = 0,
+        keep: torch.Tensor | Sequence[int] | None = None,
+    ) -> None:
+        """As :meth:`DecodeState.extend`: ``keep`` drops this batch's other rows in the same
+        copy of each model's cache."""
         if not others:
+            if keep is not None:
+                self.keep(keep)
             return
+        index = None if keep is None else torch.as_tensor(keep, dtype=torch.long)
         for i, state in enumerate(self.states):
-            state.extend(*(o.states[i] for o in others), reserve=reserve)
-        self.logits = torch.cat([self.logits, *(o.logits for o in others)])
+            kept = None if index is None else index.to(state.logits.device)
+            state.extend(*(o.states[i] for o in others), reserve=reserve, keep=kept)
+        logits = self.logits if index is None else self.logits[index.to(self.device)]
+        self.logits = torch.cat([logits, *(o.logits for o in others)])
 
 
 class LockstepModel(HFModel):
