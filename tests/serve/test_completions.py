@@ -232,10 +232,20 @@ def test_completions_beside_a_full_continuous_batch_give_the_same_answers(
         assert found["token_logprobs"][1:] == pytest.approx(reference.logprobs[1:], abs=1e-4)
 
 
+@pytest.mark.parametrize("declared_by", ["model", "tokenizer"])
 def test_a_prompt_past_the_declared_context_is_400(
-    model: HFModel, start_server: Callable[..., ThreadServer], monkeypatch: pytest.MonkeyPatch
+    model: HFModel,
+    start_server: Callable[..., ThreadServer],
+    monkeypatch: pytest.MonkeyPatch,
+    declared_by: str,
 ) -> None:
-    monkeypatch.setattr(model.tokenizer, "model_max_length", 12)
+    # the model's context (its config, as the chat route and the audit read it) or the
+    # tokenizer's declared one, whichever is smaller
+    monkeypatch.setattr(
+        model if declared_by == "model" else model.tokenizer,
+        "context_length" if declared_by == "model" else "model_max_length",
+        12,
+    )
     server = start_server(model, served_name="tiny")
     ids = list(range(10, 20))
     assert post(server, "completions", prompt=ids, max_tokens=2).status_code == 200

@@ -233,13 +233,20 @@ def _encode(tokenizer: Any, prompts: Sequence[str | list[int]]) -> list[list[int
     return encoded
 
 
-def _check_context(tokenizer: Any, prompts: list[list[int]], max_tokens: int) -> None:
+def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> None:
     """A 400 (as OpenAI and vLLM word it) for a prompt plus ``max_tokens`` longer than the
-    context the tokenizer declares (``model_max_length``; tokenizers that declare none have a
-    huge placeholder there, and are not checked)."""
-    limit = getattr(tokenizer, "model_max_length", None)
-    if not isinstance(limit, int) or limit >= _NO_DECLARED_LIMIT:
+    model's context: ``model.context_length`` (from its config, as the chat route and the audit
+    check it), or else the context its tokenizer declares (``model_max_length``; tokenizers that
+    declare none have a huge placeholder there); the smaller when both are declared."""
+    declared = getattr(model.tokenizer, "model_max_length", None)
+    limits = [
+        limit
+        for limit in (getattr(model, "context_length", None), declared)
+        if isinstance(limit, int) and limit < _NO_DECLARED_LIMIT
+    ]
+    if not limits:
         return
+    limit = min(limits)
     for i, prompt in enumerate(prompts):
         if len(prompt) + max_tokens > limit:
             raise RequestError(
@@ -255,7 +262,7 @@ def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], 
     """The choices of a request (prompt-major, sample-minor) and its prompt token count."""
     tokenizer = model.tokenizer
     prompts = _encode(tokenizer, parsed.prompts)
-    _check_context(tokenizer, prompts, parsed.max_tokens)
+    _check_context(model, prompts, parsed.max_tokens)
     n = parsed.sampling.n
     generated: list[list[Completion]]
     if parsed.max_tokens == 0:
