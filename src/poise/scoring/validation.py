@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from typing import Any
 
 from poise.errors import PoiseError, located
 from poise.scoring.base import Judge, Verdict
-from poise.scoring.stats import Rate
+from poise.scoring.stats import Rate, mcnemar_exact
 
 __all__ = [
     "FORMATS",
@@ -441,17 +440,6 @@ def _kappa_interval(
         kappa = np.where(p_e >= 1.0, 0.0, (p_o - p_e) / (1 - p_e))
     low, high = np.quantile(kappa, [0.025, 0.975])
     return float(low), float(high)
-
-
-def mcnemar_exact(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value (McNemar 1947) of two classifiers on the same items:
-    ``b`` items only the first gets right, ``c`` only the second; under the null each discordant
-    item is a fair coin, so p = min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2)."""
-    n = b + c
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
-    return min(1.0, 2.0 * tail)
 
 
 @dataclass(frozen=True)
