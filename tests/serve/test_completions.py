@@ -161,6 +161,7 @@ def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: H
         ({"prompt": "x", "n": 5}, "n"),
         ({"prompt": "x", "max_tokens": 65}, "max_tokens"),
         ({"prompt": "x", "echo": "yes"}, "echo"),
+        ({"prompt": "x", "stop": [""]}, "stop"),
     ],
 )
 def test_malformed_completion_requests_are_400(
@@ -169,6 +170,19 @@ def test_malformed_completion_requests_are_400(
     response = post(server, "completions", **payload)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_a_stop_string_with_a_lone_surrogate_is_400(server: ThreadServer) -> None:
+    """As on chat completions: JSON's \\ud800 escape decodes to text no tokenizer encodes."""
+    raw = '{"model": "tiny", "prompt": "x", "max_tokens": 2, "stop": "ok\\ud800"}'
+    response = httpx.post(
+        f"{server.url}/v1/completions",
+        content=raw.encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "stop"
 
 
 def test_a_model_without_the_tokens_capability_says_so(

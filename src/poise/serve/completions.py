@@ -40,7 +40,14 @@ from poise.serve.logprobs import (
     completion_logprobs,
     run_in_thread,
 )
-from poise.serve.schema import RequestError, ServeConfig, error_body, validation_error
+from poise.serve.schema import (
+    RequestError,
+    ServeConfig,
+    error_body,
+    parse_n,
+    parse_stop,
+    validation_error,
+)
 from poise.serve.ticket import fresh_seed
 
 __all__ = ["CompletionRequest", "add_completions_route", "parse_completion_request"]
@@ -166,16 +173,8 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
             param="max_tokens",
             code="invalid_value",
         )
-    n = 1 if req.n is None else req.n
-    if not 1 <= n <= config.max_n:
-        raise RequestError(
-            f"n must be between 1 and {config.max_n}, got {n}", param="n", code="invalid_value"
-        )
-    stop: tuple[str, ...] = ()
-    if req.stop is not None:
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
-        if any(s == "" for s in stop):
-            raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
+    n = parse_n(req.n, config)
+    stop = parse_stop(req.stop)
     try:
         sampling = Sampling(
             temperature=1.0 if req.temperature is None else req.temperature,

@@ -10,6 +10,7 @@ with status 400 and the offending ``param`` named, never a 422 or a 500::
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -276,19 +277,8 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
             code="invalid_value",
         )
 
-    n = 1 if req.n is None else req.n
-    if not 1 <= n <= config.max_n:
-        raise RequestError(
-            f"n must be between 1 and {config.max_n}, got {n}", param="n", code="invalid_value"
-        )
-
-    stop: tuple[str, ...] = ()
-    if req.stop is not None:
-        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
-        if any(s == "" for s in stop):
-            raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
-        for text in stop:
-            _check_text(text, "stop")
+    n = parse_n(req.n, config)
+    stop = parse_stop(req.stop)
 
     try:
         sampling = Sampling(
@@ -320,6 +310,28 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
     )
+
+
+def parse_n(value: int | None, config: ServeConfig) -> int:
+    """A request's ``n`` (default 1), within ``--max-n``."""
+    n = 1 if value is None else value
+    if not 1 <= n <= config.max_n:
+        raise RequestError(
+            f"n must be between 1 and {config.max_n}, got {n}", param="n", code="invalid_value"
+        )
+    return n
+
+
+def parse_stop(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """A request's stop strings: none, one or a list; never empty, always valid Unicode."""
+    if value is None:
+        return ()
+    stop = (value,) if isinstance(value, str) else tuple(value)
+    if any(s == "" for s in stop):
+        raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
+    for text in stop:
+        _check_text(text, "stop")
+    return stop
 
 
 def _check_text(text: str, param: str) -> None:
