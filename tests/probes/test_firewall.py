@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,16 @@ def test_folder_round_trip_and_errors(
         again.zone("hr")
     with pytest.raises(PoiseError, match="not a firewall folder"):
         load_firewall(tmp_path)
+    # a header missing a field, or a folder missing its tensors: one line naming the file
+    header_file = next((tmp_path / "fw").glob("*.json"))
+    header = json.loads(header_file.read_text(encoding="utf-8"))
+    del header["layers"]
+    header_file.write_text(json.dumps(header), encoding="utf-8")
+    with pytest.raises(PoiseError, match="missing field or tensor 'layers'"):
+        load_firewall(tmp_path / "fw")
+    next((tmp_path / "fw").glob("*.safetensors")).unlink()
+    with pytest.raises(PoiseError, match="is missing"):
+        load_firewall(tmp_path / "fw")
     bad = tmp_path / "anchors.jsonl"
     bad.write_text('{"role": "a", "query": "q"}\n{"role": 3}\n', encoding="utf-8")
     with pytest.raises(PoiseError, match=r"anchors\.jsonl:2"):

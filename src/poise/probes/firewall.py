@@ -35,6 +35,7 @@ from poise.chat import Chat
 from poise.errors import PoiseError, located
 from poise.models.base import LanguageModel
 from poise.probes.data import Example
+from poise.probes.linear import read_saved
 from poise.probes.sweep import collect
 
 __all__ = ["Firewall", "Verdict", "load_firewall", "read_anchors"]
@@ -192,34 +193,25 @@ class Firewall:
 
 
 def load_firewall(folder: str | Path) -> Firewall:
-    from safetensors.torch import load_file
-
-    path = Path(folder)
-    header_path = path / FIREWALL_JSON
-    if not header_path.is_file():
-        raise PoiseError(
-            f"{path}: not a firewall folder (no {FIREWALL_JSON}); make one with poise firewall fit"
-        )
-    try:
-        header = json.loads(header_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise located(header_path, exc.lineno, f"invalid JSON ({exc.msg})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise located(header_path, None, f"expected a firewall header of format {FORMAT}")
-    tensors = load_file(str(path / FIREWALL_TENSORS))
-    firewall = Firewall(
-        header.get("model"),
-        [int(x) for x in header["layers"]],
-        system_prompt=header.get("system_prompt"),
+    header_path, header, tensors = read_saved(
+        folder, FIREWALL_JSON, FIREWALL_TENSORS, FORMAT, "firewall", "poise firewall fit"
     )
-    for role, info in header["roles"].items():
-        firewall.zones[role] = Zone(
-            tensors[f"{role}.centroid"],
-            tensors[f"{role}.scale"],
-            float(info["threshold"]),
-            float(info["percentile"]),
-            int(info["anchors"]),
+    try:
+        firewall = Firewall(
+            header.get("model"),
+            [int(x) for x in header["layers"]],
+            system_prompt=header.get("system_prompt"),
         )
+        for role, info in header["roles"].items():
+            firewall.zones[role] = Zone(
+                tensors[f"{role}.centroid"],
+                tensors[f"{role}.scale"],
+                float(info["threshold"]),
+                float(info["percentile"]),
+                int(info["anchors"]),
+            )
+    except KeyError as exc:
+        raise located(header_path, None, f"missing field or tensor {exc.args[0]!r}") from None
     return firewall
 
 

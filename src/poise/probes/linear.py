@@ -189,25 +189,34 @@ class LinearProbe:
         return path
 
 
-def load_probe(folder: str | Path) -> LinearProbe:
-    """The probe saved in ``folder`` (``probe.json`` + ``probe.safetensors``)."""
+def read_saved(
+    folder: str | Path, header_name: str, tensors_name: str, fmt: int, what: str, made_by: str
+) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """A saved folder's JSON header (checked to be of format ``fmt``) and its safetensors, or
+    one line naming what is wrong and where (``what``: "probe", "firewall"; ``made_by``: the
+    command that makes one)."""
     from safetensors.torch import load_file
 
     path = Path(folder)
-    header_path = path / PROBE_JSON
+    header_path = path / header_name
     if not header_path.is_file():
-        raise PoiseError(
-            f"{path}: not a probe folder (no {PROBE_JSON}); make one with poise probe train"
-        )
+        raise PoiseError(f"{path}: not a {what} folder (no {header_name}); make one with {made_by}")
     try:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise located(header_path, exc.lineno, f"invalid JSON ({exc.msg})") from None
-    if not isinstance(header, dict) or header.get("format") != PROBE_FORMAT:
-        raise located(header_path, None, f"expected a probe header of format {PROBE_FORMAT}")
-    if not (path / PROBE_TENSORS).is_file():
-        raise PoiseError(f"{path}: {PROBE_TENSORS} is missing")
-    tensors = load_file(str(path / PROBE_TENSORS))
+    if not isinstance(header, dict) or header.get("format") != fmt:
+        raise located(header_path, None, f"expected a {what} header of format {fmt}")
+    if not (path / tensors_name).is_file():
+        raise PoiseError(f"{path}: {tensors_name} is missing")
+    return header_path, header, load_file(str(path / tensors_name))
+
+
+def load_probe(folder: str | Path) -> LinearProbe:
+    """The probe saved in ``folder`` (``probe.json`` + ``probe.safetensors``)."""
+    header_path, header, tensors = read_saved(
+        folder, PROBE_JSON, PROBE_TENSORS, PROBE_FORMAT, "probe", "poise probe train"
+    )
     try:
         return LinearProbe(
             layer=int(header["layer"]),
