@@ -162,7 +162,7 @@ class Node:
         self.p = prior
         self.tokens = tokens
         self.depth = depth
-        self.bounds = bounds if bounds is not None else (parent.bounds if parent else Bounds())
+        self.bounds: Bounds = bounds or (parent.bounds if parent is not None else Bounds())
         self.children: dict[tuple[int, ...], Node] = {}
         self.n = 0.0  # visits, including the similarity updates' fractional ones
         self.fn = 0  # real visits
