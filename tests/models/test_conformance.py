@@ -99,7 +99,7 @@ def _feedback_revision(folder: Path, request: pytest.FixtureRequest, tmp: Path) 
 
 
 def _rain(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
-    return load_model(f"rain({folder}, max_searches=4, extra_searches=3, min_visits=0)")
+    return load_model(f"rain({folder}, max_searches=3, extra_searches=2, min_visits=0)")
 
 
 def _steer(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
