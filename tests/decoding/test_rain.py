@@ -108,6 +108,29 @@ def test_dissimilar_siblings_are_left_alone() -> None:
     assert root.children[(1,)].q == 1.0 and root.children[(1,)].n == 1
 
 
+def test_alike_children_that_score_below_0_are_widened() -> None:
+    root = Node(None, 0.0)
+    root.expand([((1, 2), 0.5), ((3, 4), 0.5)])
+    a, b = root.children[(1, 2)], root.children[(3, 4)]
+    assert not root.needs_widening()  # no embeddings yet
+    a.embedding, b.embedding = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.01])
+    a.q, b.q = -0.5, -0.2
+    # variance per coordinate: [0, 0.00005]; norm 0.00005 < 0.03 * 2; best q -0.2 < 0
+    assert root.needs_widening()
+    b.q = 0.1
+    assert not root.needs_widening()
+    b.embedding = torch.tensor([0.0, 1.0])  # far apart: variance norm 0.707
+    b.q = -0.2
+    assert not root.needs_widening()
+    # node.add: new sets first, the first children + 1 = 3 of them normalised, root-mixed
+    root.widen([((1, 2), 0.3), ((5, 6), 0.1)])
+    assert set(root.children) == {(1, 2), (3, 4), (5, 6)}
+    head = [0.3, 0.1, 0.5]  # (1, 2) new, (5, 6) new, then the stored (1, 2)
+    mixed = mix_priors([p / sum(head) for p in head])
+    assert root.children[(5, 6)].p == pytest.approx(mixed[1])
+    assert root.children[(1, 2)].p == 0.5  # an existing child keeps its prior
+
+
 def test_reference_schedules() -> None:
     assert [set_length(d) for d in range(5)] == [1, 2, 4, 10, 10]
     assert mix_priors([1.0, 0.0]) == pytest.approx([0.75 + 0.125, 0.125])

@@ -44,9 +44,15 @@ similarity; ``hidden`` the evaluated model's own last-layer hidden state average
 tokens; ``none`` no sibling updates. Neither substitute is the paper's encoder, so the 0.95
 threshold means something different under each.
 
-**Where poise departs from the reference.** Its widening of a node whose children look alike and
-all score below 0 (``nodes.py: node.checkadd`` / ``node.add``) is not implemented. The value
-bounds are one tracker per answer (the reference copies them to the new root at each commit and
+**Widening** (``nodes.py: node.checkadd`` / ``node.add``, ``main.py: search``): on the way down,
+a node with fewer than 20 children, all with embeddings, whose embeddings' variance has norm
+below ``0.03`` times the set length and whose best child has ``q < 0`` gets more children: the
+top ``children + 1`` tokens for single-token sets, else two more candidate sets (the greedy one
+and one sampled) put before the stored ones, of which the first ``children + 1`` are normalised
+and the new ones added. The threshold was set for the reference's encoder; under poise's
+substitutes it means something else.
+
+**Where poise departs from the reference.** The value bounds are one tracker per answer (the reference copies them to the new root at each commit and
 keeps updating the old one from nodes created before it). A sampled token set stops at EOS. The
 evaluation prompt is poise's wording, without the reference's few-shot examples, put to the
 model through its chat template (the reference prompts a base model with raw text).
@@ -96,6 +102,12 @@ SET_TOP_K = 15
 # main.py: simg: a simulated continuation ends where its text ends a clause
 CLAUSE_ENDS = (",", ".", "?", ":", ";", "\n")
 SIMILARITIES = ("overlap", "hidden", "none")
+# nodes.py: node.checkadd (``nc < 20``, ``the_norm = 0.03 * len(tokens)``, ``the_q = 0.0``);
+# main.py: search widens multi-token nodes with group_getp(topk=2)
+WIDEN_MAX_CHILDREN = 20
+WIDEN_NORM = 0.03
+WIDEN_Q = 0.0
+WIDEN_K = 2
 
 EVALUATION_PROMPT = """\
 Decide whether the assistant's answer below is harmful. Judge only what the answer says. An \
@@ -169,11 +181,49 @@ class Node:
         self.q = 0.0
         self.reward = 0.0
         self.embedding: Embedding | None = None
+        # what expand() was given: the candidate sets, for node.add's widening
+        self.sets: list[tuple[tuple[int, ...], float]] = []
 
     def expand(self, sets: Sequence[tuple[tuple[int, ...], float]]) -> None:
         """Children for token sets with their priors (``nodes.py: node.expand``)."""
+        self.sets = list(sets)
         for tokens, prior in sets:
             self.children[tokens] = Node(self, prior, tokens, self.depth + 1)
+
+    def needs_widening(self) -> bool:
+        """Whether the children look alike and all score below 0 (``nodes.py: node.checkadd``):
+        fewer than 20 children, all with embeddings, the norm of their embeddings' (unbiased)
+        variance below ``0.03`` times the set length, and the best child's ``q`` below 0."""
+        children = list(self.children.values())
+        if not children or len(children) >= WIDEN_MAX_CHILDREN:
+            return False
+        embeddings = [c.embedding for c in children]
+        if any(e is None for e in embeddings) or len(children) < 2:
+            return False
+        if all(isinstance(e, torch.Tensor) for e in embeddings):
+            stacked = torch.stack([e for e in embeddings if isinstance(e, torch.Tensor)]).float()
+        else:
+            keys = sorted({k for e in embeddings if isinstance(e, dict) for k in e})
+            stacked = torch.tensor(
+                [[e.get(k, 0.0) for k in keys] for e in embeddings if isinstance(e, dict)]
+            )
+        spread = float(torch.norm(torch.var(stacked, dim=0)))
+        best_q = max(c.q for c in children)
+        return spread < WIDEN_NORM * len(children[0].tokens) and best_q < WIDEN_Q
+
+    def widen(self, sets: Sequence[tuple[tuple[int, ...], float]]) -> None:
+        """Add children (``nodes.py: node.add``, and ``node.checkadd`` for single tokens): the new
+        candidate sets go before the stored ones, the first ``children + 1`` of them are
+        normalised (mixed at the root) and those not yet children become children."""
+        self.sets = [*sets, *self.sets]
+        head = self.sets[: len(self.children) + 1]
+        total = sum(p for _, p in head) or 1.0
+        priors = [p / total for _, p in head]
+        if self.parent is None:
+            priors = mix_priors(priors)
+        for (tokens, _), prior in zip(head, priors, strict=True):
+            if tokens not in self.children:
+                self.children[tokens] = Node(self, prior, tokens, self.depth + 1)
 
     def score(self) -> float:
         """``qh + u``, the selection rule (``nodes.py: node.getqu``)."""
@@ -303,17 +353,17 @@ class Rain(WrappedModel):
         return inner.prefill([list(r) for r in rows])
 
     def _sets(
-        self, state: list[int], depth: int, generator: torch.Generator
+        self, state: list[int], depth: int, generator: torch.Generator, k: int = EXPAND_K
     ) -> list[tuple[tuple[int, ...], float]]:
         """Child token sets and their (unnormalised) probabilities (``main.py: group_getp``)."""
         eos = set(self.inner.eos_token_ids)  # type: ignore[attr-defined]
         length = set_length(depth)
         if length == 1:
             logits = self._logits([state]).logits[0]  # [vocab]
-            top = logits.topk(EXPAND_K)
+            top = logits.topk(k)
             probs = top.values.softmax(-1)
             return [((int(t),), float(p)) for t, p in zip(top.indices, probs, strict=True)]
-        rows = EXPAND_K  # the greedy set and EXPAND_K - 1 sampled ones, one batch
+        rows = k  # the greedy set and k - 1 sampled ones, one batch
         decode = self._logits([state] * rows)
         tokens: list[list[int]] = [[] for _ in range(rows)]
         logp = torch.zeros(rows, dtype=torch.float64)
@@ -483,6 +533,11 @@ class Rain(WrappedModel):
         node = root
         action: tuple[int, ...] = ()
         while node.children:
+            if node.needs_widening():
+                if set_length(node.depth) == 1:  # checkadd: the top (children + 1) tokens
+                    node.widen(self._sets(state, node.depth, gen, k=len(node.children) + 1))
+                else:  # search: add(group_getp(topk=2))
+                    node.widen(self._sets(state, node.depth, gen, k=WIDEN_K))
             action, node = node.select()
             state.extend(action)
         ended = len(state) - start >= budget or any(t in eos for t in action)
