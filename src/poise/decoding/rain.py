@@ -29,10 +29,10 @@ One search (``main.py: search``), from the root (the answer so far):
   ``s >= 0.95`` with it gets a fractional visit: ``s' = 0.2 s``, ``q = (q n + s' g) / (n + s')``,
   ``n += s'``.
 
-The outer loop (``main.py: gmeval``) runs searches until the most-visited child of the root
-(ties by value) has ``fn > min_visits`` real visits and ``q > threshold`` (after at least
-``extra_searches`` new searches per step and at most ``max(max_searches, fn_root +
-extra_searches)``), then commits it: its tokens are appended, it becomes the root with its subtree
+The outer loop (``main.py: gmeval``) runs searches from the root until the root has been
+searched ``max(max_searches, fn_root + extra_searches)`` times in all (``fn_root`` its visits when
+it became the root), stopping early once its most-visited child (ties by value) has ``fn >
+min_visits`` real visits and ``q > threshold``; then it commits that child: its tokens are appended, it becomes the root with its subtree
 kept (rewind: the rest is discarded), and its children's priors are mixed ``0.75 / 0.25`` again.
 The reference constants are the defaults: ``max_searches = 50`` (``maxT``), ``min_visits = 6``
 (``minT``), ``threshold = 0.8`` (``Vt``), ``extra_searches = 15``.
@@ -52,8 +52,9 @@ and one sampled) put before the stored ones, of which the first ``children + 1``
 and the new ones added. The threshold was set for the reference's encoder; under poise's
 substitutes it means something else.
 
-**Where poise departs from the reference.** The value bounds are one tracker per answer (the reference copies them to the new root at each commit and
-keeps updating the old one from nodes created before it). A sampled token set stops at EOS. The
+**Where poise departs from the reference.** The value bounds are one tracker per answer (the
+reference copies them to the new root at each commit and keeps updating the old one from nodes
+created before it). A sampled token set stops at EOS. The
 evaluation prompt is poise's wording, without the reference's few-shot examples, put to the
 model through its chat template (the reference prompts a base model with raw text).
 
