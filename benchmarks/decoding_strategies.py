@@ -15,6 +15,8 @@ ratio:
    each prompt one at a time (other seeds, so other samples: a timing, not an equality check).
 3. ``deal``: the batched search over all prompts against the same search per prompt (how the
    research code runs), and both against plain sampling of the base model (cost per token).
+4. ``rain``: RAIN's search (per prompt, as the reference runs) against plain greedy decoding of
+   the base model: the cost per generated token.
 
     python benchmarks/decoding_strategies.py [--prompts 32] [--threads 1] [--max-new-tokens 48]
 
@@ -158,13 +160,38 @@ def bench_deal(chats: list[Any], max_new_tokens: int) -> None:
     )
 
 
+def bench_rain(chats: list[Any], max_new_tokens: int, searches: int) -> None:
+    from poise.config import Sampling
+    from poise.decoding.rain import Rain
+    from poise.models import load_model
+
+    base = load_model("organism-large")
+    rain = Rain(base, max_searches=searches, extra_searches=max(1, searches // 2))
+    greedy = Sampling(max_new_tokens=max_new_tokens)
+    start = time.perf_counter()
+    plain = base.generate(chats, greedy)
+    plain_s = time.perf_counter() - start
+    start = time.perf_counter()
+    searched = rain.generate(chats, greedy)
+    rain_s = time.perf_counter() - start
+    plain_ms = plain_s / max(1, _tokens(plain)) * 1e3
+    rain_ms = rain_s / max(1, _tokens(searched)) * 1e3
+    runs = sum(c.metadata["rain_searches"] for r in searched for c in r if c.metadata)
+    print(
+        f"rain     max_searches={searches}, {len(chats)} prompts: plain greedy "
+        f"{plain_ms:.1f} ms/token, RAIN {rain_ms:.1f} ms/token ({rain_s:.2f} s, {runs} searches), "
+        f"{rain_ms / plain_ms:.0f}x the cost per token"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--n", type=int, default=8, help="best-of-N's N")
-    parser.add_argument("--only", choices=["eft", "best_of_n", "deal"], default=None)
+    parser.add_argument("--only", choices=["eft", "best_of_n", "deal", "rain"], default=None)
+    parser.add_argument("--rain-searches", type=int, default=8, help="RAIN's max_searches")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chats = _chats(args.prompts)
@@ -174,6 +201,8 @@ def main() -> None:
         bench_best_of_n(chats, args.n, args.max_new_tokens)
     if args.only in (None, "deal"):
         bench_deal(chats, args.max_new_tokens)
+    if args.only in (None, "rain"):
+        bench_rain(chats, args.max_new_tokens, args.rain_searches)
 
 
 if __name__ == "__main__":

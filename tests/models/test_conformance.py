@@ -98,6 +98,10 @@ def _feedback_revision(folder: Path, request: pytest.FixtureRequest, tmp: Path) 
     return load_model(f"feedback_revision({folder}, max_feedback_tokens=16)")
 
 
+def _rain(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    return load_model(f"rain({folder}, max_searches=3, extra_searches=2, min_visits=0)")
+
+
 def _steer(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
     import json
 
@@ -118,6 +122,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]
     "best_of_n": _best_of_n,
     "deal": _deal,
     "feedback_revision": _feedback_revision,
+    "rain": _rain,
     "steer": _steer,
 }
 

@@ -24,5 +24,6 @@ from poise.decoding import best_of_n as _best_of_n  # noqa: E402, F401
 from poise.decoding import deal as _deal  # noqa: E402, F401
 from poise.decoding import eft as _eft  # noqa: E402, F401
 from poise.decoding import feedback as _feedback  # noqa: E402, F401
+from poise.decoding import rain as _rain  # noqa: E402, F401
 from poise.decoding import steer as _steer  # noqa: E402, F401
 from poise.decoding import temperature as _temperature  # noqa: E402, F401

@@ -1,0 +1,583 @@
+"""``rain(BASE, max_searches=50, min_visits=6, threshold=0.8, similarity=overlap)``: RAIN.
+
+Rewindable auto-regressive inference (Li et al., arXiv 2309.07124, Algorithm 1), following the
+authors' public code (SafeAILab/RAIN, ``HH/main.py`` and ``HH/nodes.py``; each rule and constant
+below names the function it follows). The model needs no training: it searches a tree of token
+sets, evaluates its own partial answers, and commits one token set at a time.
+
+One search (``main.py: search``), from the root (the answer so far):
+
+- **forward**: descend by the child maximising ``qh + u`` (``nodes.py: node.getqu``): ``qh`` the
+  child's value ``q`` min-max scaled by the values seen in the tree (root bounds start at [-1, 1]),
+  0 for an unvisited child, and ``u = c_puct * p * sqrt(N_parent) / (1 + N)`` with ``c_puct = 2``;
+- **self-evaluation** at the leaf (``main.py: simg`` then ``getv``): the partial answer is first
+  continued by sampling until it ends a clause (its text ends in ``, . ? : ;`` or a newline, or
+  at EOS), then the model is asked (:data:`EVALUATION_PROMPT`) whether that answer is harmless,
+  once with option (A) harmless and once with (A) harmful; each order scores 1 when the next-token
+  probability of the harmless letter beats the other letter's, and ``v = ((s1 + s2) / 2 - 0.5) * 2``
+  in {-1, 0, 1}. Scores are cached per answer text;
+- **expand** the leaf (unless the answer ended): children are token sets of length 1, 2, 4, then
+  10 by depth (``main.py: getmaxnew``): for length 1 the top 10 tokens with their top-10
+  renormalised probabilities, else the greedy set plus up to 9 sets sampled from the top 15
+  tokens (``main.py: group_getp``, whose clamping of the greedy set's probability poise keeps);
+  priors are normalised and, at the root, mixed ``0.75 p + 0.25 / K`` (``main.py: search``);
+- **backward** (``nodes.py: node.backup``): from the leaf to the root each node gets
+  ``n += 1`` and ``q += (g - q) / n`` with ``g = gamma * v`` (``gamma = 1``, no per-node reward),
+  and the tree's value bounds widen to include it. Before passing ``g`` up, each node updates the
+  running mean of its embedding (of its path's text: its tokens, its descendants' on this path,
+  and the simulated continuation), and every sibling whose embedding has cosine similarity
+  ``s >= 0.95`` with it gets a fractional visit: ``s' = 0.2 s``, ``q = (q n + s' g) / (n + s')``,
+  ``n += s'``.
+
+The outer loop (``main.py: gmeval``) runs searches from the root until the root has been
+searched ``max(max_searches, fn_root + extra_searches)`` times in all (``fn_root`` its visits when
+it became the root), stopping early once its most-visited child (ties by value) has ``fn >
+min_visits`` real visits and ``q > threshold``; then it commits that child: its tokens are appended, it becomes the root with its subtree
+kept (rewind: the rest is discarded), and its children's priors are mixed ``0.75 / 0.25`` again.
+The reference constants are the defaults: ``max_searches = 50`` (``maxT``), ``min_visits = 6``
+(``minT``), ``threshold = 0.8`` (``Vt``), ``extra_searches = 15``.
+
+**poise's substitution for the similarity.** The reference embeds path texts with a sentence
+encoder (all-MiniLM-L6-v2). poise downloads nothing, so ``similarity=`` chooses: ``overlap``
+(default) the bag of token ids of the path (counts, normalised), whose cosine is a token-overlap
+similarity; ``hidden`` the evaluated model's own last-layer hidden state averaged over the path's
+tokens; ``none`` no sibling updates. Neither substitute is the paper's encoder, so the 0.95
+threshold means something different under each.
+
+**Widening** (``nodes.py: node.checkadd`` / ``node.add``, ``main.py: search``): on the way down,
+a node with fewer than 20 children, all with embeddings, whose embeddings' variance has norm
+below ``0.03`` times the set length and whose best child has ``q < 0`` gets more children: the
+top ``children + 1`` tokens for single-token sets, else two more candidate sets (the greedy one
+and one sampled) put before the stored ones, of which the first ``children + 1`` are normalised
+and the new ones added. The threshold was set for the reference's encoder; under poise's
+substitutes it means something else.
+
+**Where poise departs from the reference.** The value bounds are one tracker per answer (the
+reference copies them to the new root at each commit and keeps updating the old one from nodes
+created before it). A sampled token set stops at EOS. The
+evaluation prompt is poise's wording, without the reference's few-shot examples, put to the
+model through its chat template (the reference prompts a base model with raw text).
+
+Each (chat, sample) is searched on its own (the reference's per-prompt loop; not batched across
+prompts), seeded per row as every poise model seeds a row, so results do not depend on the batch.
+With ``temperature == 0`` the committed child is the most-visited one, as in the reference; with
+``temperature > 0`` it is drawn with probability proportional to ``n ** (1 / T)`` (the visit
+distribution ``gmeval`` computes before it takes the maximum: poise's rule, so ``n`` samples of a
+chat differ). Top-k / top-p are not applied (the search's own sets draw as the reference does,
+at temperature 1 from the top 15); ``max_new_tokens`` caps the answer, stop strings cut its
+text. ``Completion.metadata`` records ``{"rain_searches": int, "rain_evaluations": int}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from poise.config import Sampling
+from poise.decoding import strategies
+from poise.errors import PoiseError
+from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
+from poise.models.decode import cut_at_stop
+from poise.models.hf import row_seed
+from poise.models.wrapped import WrappedModel
+
+__all__ = ["EVALUATION_PROMPT", "Bounds", "Node", "Rain", "set_length", "similarity"]
+
+# nodes.py: node.getqu
+C_PUCT = 2.0
+# nodes.py: module constant ``gamma``
+GAMMA = 1.0
+# nodes.py: node.backup (``sim_gamma``, ``sim_the``)
+SIM_GAMMA = 0.2
+SIM_THRESHOLD = 0.95
+# main.py: search / gmeval: the prior mixing at the root
+ROOT_MIX = 0.75
+# main.py: search calls group_getp(topk=10); group_getp draws sets from the top 15
+EXPAND_K = 10
+SET_TOP_K = 15
+# main.py: simg: a simulated continuation ends where its text ends a clause
+CLAUSE_ENDS = (",", ".", "?", ":", ";", "\n")
+SIMILARITIES = ("overlap", "hidden", "none")
+# nodes.py: node.checkadd (``nc < 20``, ``the_norm = 0.03 * len(tokens)``, ``the_q = 0.0``);
+# main.py: search widens multi-token nodes with group_getp(topk=2)
+WIDEN_MAX_CHILDREN = 20
+WIDEN_NORM = 0.03
+WIDEN_Q = 0.0
+WIDEN_K = 2
+
+EVALUATION_PROMPT = """\
+Decide whether the assistant's answer below is harmful. Judge only what the answer says. An \
+answer that declines a harmful request is harmless.
+
+User: {request}
+Assistant: {answer}
+
+Options:
+(A) The assistant's answer is {first}.
+(B) The assistant's answer is {second}.
+Reply with the letter of the right option."""
+ANSWER_PREFIX = "The answer is: ("
+
+Embedding = dict[int, float] | torch.Tensor
+
+
+def set_length(depth: int) -> int:
+    """Tokens per child set at a node of this depth (``main.py: getmaxnew``)."""
+    return {0: 1, 1: 2, 2: 4}.get(depth, 10)
+
+
+def similarity(a: Embedding, b: Embedding) -> float:
+    """Cosine similarity of two embeddings (sparse token counts or dense vectors)."""
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0))
+    assert isinstance(a, dict) and isinstance(b, dict)
+    dot = sum(v * b.get(k, 0.0) for k, v in a.items())
+    norm = math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values()))
+    return dot / norm if norm > 0 else 0.0
+
+
+def _running_mean(mean: Embedding | None, new: Embedding, count: int) -> Embedding:
+    """``mean + (new - mean) / count`` (``nodes.py: node.backup``, the embedding update)."""
+    if mean is None:
+        return new
+    if isinstance(mean, torch.Tensor) and isinstance(new, torch.Tensor):
+        return mean + (new - mean) / count
+    assert isinstance(mean, dict) and isinstance(new, dict)
+    keys = set(mean) | set(new)
+    return {k: mean.get(k, 0.0) + (new.get(k, 0.0) - mean.get(k, 0.0)) / count for k in keys}
+
+
+@dataclass
+class Bounds:
+    """The value range seen in the tree, for scaling ``q`` (the root's ``minqn`` / ``maxqn``)."""
+
+    low: float = -1.0
+    high: float = 1.0
+
+
+class Node:
+    """A node of the search tree: the token set that leads to it (``nodes.py: node``)."""
+
+    def __init__(
+        self,
+        parent: Node | None,
+        prior: float,
+        tokens: tuple[int, ...] = (),
+        depth: int = 0,
+        bounds: Bounds | None = None,
+    ) -> None:
+        self.parent = parent
+        self.p = prior
+        self.tokens = tokens
+        self.depth = depth
+        self.bounds: Bounds = bounds or (parent.bounds if parent is not None else Bounds())
+        self.children: dict[tuple[int, ...], Node] = {}
+        self.n = 0.0  # visits, including the similarity updates' fractional ones
+        self.fn = 0  # real visits
+        self.q = 0.0
+        self.reward = 0.0
+        self.embedding: Embedding | None = None
+        # what expand() was given: the candidate sets, for node.add's widening
+        self.sets: list[tuple[tuple[int, ...], float]] = []
+
+    def expand(self, sets: Sequence[tuple[tuple[int, ...], float]]) -> None:
+        """Children for token sets with their priors (``nodes.py: node.expand``)."""
+        self.sets = list(sets)
+        for tokens, prior in sets:
+            self.children[tokens] = Node(self, prior, tokens, self.depth + 1)
+
+    def needs_widening(self) -> bool:
+        """Whether the children look alike and all score below 0 (``nodes.py: node.checkadd``):
+        fewer than 20 children, all with embeddings, the norm of their embeddings' (unbiased)
+        variance below ``0.03`` times the set length, and the best child's ``q`` below 0."""
+        children = list(self.children.values())
+        if not children or len(children) >= WIDEN_MAX_CHILDREN:
+            return False
+        embeddings = [c.embedding for c in children]
+        if any(e is None for e in embeddings) or len(children) < 2:
+            return False
+        if all(isinstance(e, torch.Tensor) for e in embeddings):
+            stacked = torch.stack([e for e in embeddings if isinstance(e, torch.Tensor)]).float()
+        else:
+            keys = sorted({k for e in embeddings if isinstance(e, dict) for k in e})
+            stacked = torch.tensor(
+                [[e.get(k, 0.0) for k in keys] for e in embeddings if isinstance(e, dict)]
+            )
+        spread = float(torch.norm(torch.var(stacked, dim=0)))
+        best_q = max(c.q for c in children)
+        return spread < WIDEN_NORM * len(children[0].tokens) and best_q < WIDEN_Q
+
+    def widen(self, sets: Sequence[tuple[tuple[int, ...], float]]) -> None:
+        """Add children (``nodes.py: node.add``, and ``node.checkadd`` for single tokens): the new
+        candidate sets go before the stored ones, the first ``children + 1`` of them are
+        normalised (mixed at the root) and those not yet children become children."""
+        self.sets = [*sets, *self.sets]
+        head = self.sets[: len(self.children) + 1]
+        total = sum(p for _, p in head) or 1.0
+        priors = [p / total for _, p in head]
+        if self.parent is None:
+            priors = mix_priors(priors)
+        for (tokens, _), prior in zip(head, priors, strict=True):
+            if tokens not in self.children:
+                self.children[tokens] = Node(self, prior, tokens, self.depth + 1)
+
+    def score(self) -> float:
+        """``qh + u``, the selection rule (``nodes.py: node.getqu``)."""
+        assert self.parent is not None
+        span = self.bounds.high - self.bounds.low + 1e-5
+        qh = 0.0 if self.n == 0 else (self.q - self.bounds.low) / span
+        u = C_PUCT * self.p * math.sqrt(self.parent.n) / (1 + self.n)
+        return qh + u
+
+    def select(self) -> tuple[tuple[int, ...], Node]:
+        """The child of the highest ``qh + u`` (the first on ties, ``nodes.py: node.select``)."""
+        return max(self.children.items(), key=lambda item: item[1].score())
+
+    def best(self) -> tuple[tuple[int, ...], Node] | None:
+        """The most-visited child, ties by value (``nodes.py: node.get_max_n_action``)."""
+        if not self.children:
+            return None
+        most = max(child.n for child in self.children.values())
+        tied = [(k, c) for k, c in self.children.items() if c.n == most]
+        return max(tied, key=lambda item: item[1].q)
+
+    def backup(
+        self,
+        value: float,
+        path: Sequence[int],
+        embed: Callable[[Sequence[int]], Embedding] | None,
+        path_n: int = 0,
+    ) -> None:
+        """Propagate a leaf's value to the root (``nodes.py: node.backup``). ``path``: the token
+        ids of the evaluated sequence; its last ``path_n`` belong below this node (the simulated
+        continuation at the leaf); ``embed`` maps a node's path tokens to its embedding (None:
+        no similarity updates)."""
+        g = GAMMA * value + self.reward
+        self.n += 1
+        self.fn += 1
+        if self.parent is not None:
+            path_n += len(self.tokens)
+            if embed is not None:
+                self.embedding = _running_mean(self.embedding, embed(path[-path_n:]), self.fn)
+                for sibling in self.parent.children.values():
+                    if sibling is self or sibling.embedding is None:
+                        continue
+                    s = similarity(self.embedding, sibling.embedding)
+                    if s < SIM_THRESHOLD:
+                        continue
+                    s *= SIM_GAMMA
+                    before = sibling.n
+                    sibling.n += s
+                    sibling.q = (sibling.q * before + s * g) / sibling.n
+            self.parent.backup(g, path, embed, path_n)
+        self.q += (g - self.q) / self.n
+        if self.parent is not None:
+            self.bounds.low = min(self.bounds.low, self.q)
+            self.bounds.high = max(self.bounds.high, self.q)
+
+
+def mix_priors(priors: Sequence[float]) -> list[float]:
+    """``0.75 p + 0.25 / K``, renormalised: the root's exploration prior (``main.py: search``)."""
+    k = len(priors)
+    mixed = [ROOT_MIX * p + (1 - ROOT_MIX) / k for p in priors]
+    total = sum(mixed)
+    return [m / total for m in mixed]
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PoiseError(f"rain: {name} must be an integer >= {low}, got {value!r}")
+
+
+@strategies.register(
+    "rain",
+    help="rewindable auto-regressive inference: tree search scored by the model's self-evaluation",
+    reference="arXiv 2309.07124",
+)
+class Rain(WrappedModel):
+    """The base model decoded by RAIN's search under its own harmlessness evaluation."""
+
+    kind = "rain"
+
+    def __init__(
+        self,
+        base: LanguageModel,
+        *,
+        max_searches: int = 50,
+        min_visits: int = 6,
+        threshold: float = 0.8,
+        extra_searches: int = 15,
+        similarity: str = "overlap",
+    ) -> None:
+        from poise.decoding.temperature import require_step
+
+        _check_int("max_searches", max_searches, 1)
+        _check_int("min_visits", min_visits, 0)
+        _check_int("extra_searches", extra_searches, 1)
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not -1 <= threshold <= 1
+        ):
+            raise PoiseError(f"rain: threshold must be a number in [-1, 1], got {threshold!r}")
+        if similarity not in SIMILARITIES:
+            raise PoiseError(
+                f"rain: similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"
+            )
+        require_step(self.kind, base)
+        if similarity == "hidden" and not hasattr(base, "hidden_states"):
+            raise PoiseError(f"rain: similarity=hidden needs hidden states, {base.name!r} has none")
+        options: dict[str, Any] = {
+            "max_searches": max_searches,
+            "min_visits": min_visits,
+            "threshold": float(threshold),
+        }
+        if extra_searches != 15:
+            options["extra_searches"] = extra_searches
+        if similarity != "overlap":
+            options["similarity"] = similarity
+        super().__init__(base, **options)
+        self.max_searches, self.min_visits = max_searches, min_visits
+        self.threshold, self.extra_searches = float(threshold), extra_searches
+        self.similarity = similarity
+        self.capabilities = Capabilities()
+
+    # -- the model's forward passes
+
+    def _logits(self, rows: Sequence[Sequence[int]]) -> Any:
+        inner: Any = self.inner
+        return inner.prefill([list(r) for r in rows])
+
+    def _sets(
+        self, state: list[int], depth: int, generator: torch.Generator, k: int = EXPAND_K
+    ) -> list[tuple[tuple[int, ...], float]]:
+        """Child token sets and their (unnormalised) probabilities (``main.py: group_getp``)."""
+        eos = set(self.inner.eos_token_ids)  # type: ignore[attr-defined]
+        length = set_length(depth)
+        if length == 1:
+            logits = self._logits([state]).logits[0]  # [vocab]
+            top = logits.topk(k)
+            probs = top.values.softmax(-1)
+            return [((int(t),), float(p)) for t, p in zip(top.indices, probs, strict=True)]
+        rows = k  # the greedy set and k - 1 sampled ones, one batch
+        decode = self._logits([state] * rows)
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        logp = torch.zeros(rows, dtype=torch.float64)
+        done = [False] * rows
+        for _ in range(length):
+            top = decode.logits.float().topk(SET_TOP_K, dim=-1)  # [rows, 15]
+            probs = top.values.softmax(-1)
+            pick = torch.multinomial(probs[1:].cpu(), 1, generator=generator).squeeze(-1)
+            chosen = torch.cat([torch.zeros(1, dtype=torch.long), pick]).to(probs.device)
+            token = top.indices.gather(-1, chosen[:, None]).squeeze(-1)  # [rows]
+            for r, t in enumerate(token.tolist()):
+                if not done[r]:
+                    tokens[r].append(t)
+                    logp[r] += math.log(float(probs[r, chosen[r]]))
+                    done[r] = t in eos
+            decode.step(token)
+        greedy = tuple(tokens[0])
+        seen = {greedy}
+        others: list[tuple[tuple[int, ...], float]] = []
+        for r in range(1, rows):
+            if tuple(tokens[r]) not in seen:
+                seen.add(tuple(tokens[r]))
+                others.append((tuple(tokens[r]), math.exp(float(logp[r]))))
+        greedy_p = math.exp(float(logp[0]))
+        if others:  # group_getp's clamp of the greedy set's probability
+            ps = [p for _, p in others]
+            greedy_p = max(min(greedy_p, sum(ps)), max(ps) + min(ps))
+        return [(greedy, greedy_p), *others]
+
+    def _rollout(
+        self, state: list[int], answer_from: int, budget: int, gen: torch.Generator
+    ) -> list[int]:
+        """The state continued by sampling until its answer ends a clause (``main.py: simg``)."""
+        inner: Any = self.inner
+        eos = set(inner.eos_token_ids)
+        state = list(state)
+        decode = None
+        while len(state) - answer_from < budget:
+            text = inner.tokenizer.decode(state[answer_from:], skip_special_tokens=True)
+            if (text and text[-1] in CLAUSE_ENDS) or (state[answer_from:] and state[-1] in eos):
+                break
+            decode = self._logits([state]) if decode is None else decode
+            probs = decode.logits[0].float().softmax(-1).cpu()
+            token = int(torch.multinomial(probs, 1, generator=gen))
+            state.append(token)
+            if token in eos:
+                break
+            decode.step(torch.tensor([token], device=decode.logits.device))
+        return state
+
+    def evaluate(self, request: str, answer: str) -> float:
+        """The model's self-evaluation of an answer, in {-1, 0, 1} (``main.py: getv``)."""
+        inner: Any = self.inner
+        letters = []
+        for letter in ("A", "B"):
+            ids = inner.tokenizer.encode(letter, add_special_tokens=False)
+            letters.append(ids[-1])
+        scores = []
+        for first, second, harmless in (("harmless", "harmful", 0), ("harmful", "harmless", 1)):
+            text = EVALUATION_PROMPT.format(
+                request=request, answer=answer, first=first, second=second
+            )
+            prompt = inner.prompt_text([{"role": "user", "content": text}]) + ANSWER_PREFIX
+            logits = self._logits(inner._encode([prompt])).logits[0]
+            a, b = float(logits[letters[0]]), float(logits[letters[1]])
+            pick = (a > b) if harmless == 0 else (b > a)
+            scores.append(1.0 if pick else 0.0)
+        return ((scores[0] + scores[1]) / 2 - 0.5) * 2
+
+    def _embedder(self, chat: Chat) -> Callable[[Sequence[int]], Embedding] | None:
+        if self.similarity == "none":
+            return None
+        if self.similarity == "overlap":
+
+            def overlap(tokens: Sequence[int]) -> Embedding:
+                counts = Counter(tokens)
+                total = sum(counts.values()) or 1
+                return {k: v / total for k, v in counts.items()}
+
+            return overlap
+        inner: Any = self.inner
+
+        def hidden(tokens: Sequence[int]) -> Embedding:
+            text = inner.tokenizer.decode(list(tokens), skip_special_tokens=True)
+            states = inner.hidden_states([chat], [text], reduce="mean")  # [1, layers + 1, hidden]
+            return states[0, -1].float()
+
+        return hidden
+
+    # -- the search
+
+    def _answer(
+        self, chat: Chat, sampling: Sampling, gen: torch.Generator
+    ) -> tuple[list[int], str, dict[str, int]]:
+        inner: Any = self.inner
+        eos = set(inner.eos_token_ids)
+        request = next((str(m["content"]) for m in reversed(chat) if m["role"] == "user"), "")
+        prompt = inner._encode_prompts([chat])[0]
+        start = len(prompt)
+        budget = sampling.max_new_tokens
+        embed = self._embedder(chat)
+        cache: dict[str, float] = {}
+        counts = {"rain_searches": 0, "rain_evaluations": 0}
+        state = list(prompt)
+        root = Node(None, 0.0)
+        first = 0
+        while True:
+            for _ in range(first, max(self.max_searches, first + self.extra_searches)):
+                self._search(root, state, start, budget, request, cache, embed, gen, eos)
+                counts["rain_searches"] += 1
+                best = root.best()
+                if best and best[1].fn > self.min_visits and best[1].q > self.threshold:
+                    break
+            best = root.best() if sampling.greedy else self._draw(root, sampling, gen)
+            if best is None:
+                break
+            move, child = best
+            state.extend(move)
+            child.parent = None
+            child.tokens = ()
+            for node, p in zip(
+                child.children.values(),
+                mix_priors([c.p for c in child.children.values()]),
+                strict=True,
+            ):
+                node.p = p
+            root, first = child, child.fn
+            if any(t in eos for t in move) or len(state) - start >= budget:
+                break
+        counts["rain_evaluations"] = len(cache)
+        answer = state[start:][:budget]
+        cut = next((i for i, t in enumerate(answer) if t in eos), None)
+        finish = "stop" if cut is not None else "length"
+        return (answer[:cut] if cut is not None else answer), finish, counts
+
+    @staticmethod
+    def _draw(
+        root: Node, sampling: Sampling, gen: torch.Generator
+    ) -> tuple[tuple[int, ...], Node] | None:
+        """A child drawn with probability proportional to ``n ** (1 / T)``: the visit
+        distribution ``main.py: gmeval`` computes (``act_probs``), tempered (poise's rule for
+        sampled decoding; the reference always commits the most-visited child)."""
+        if not root.children:
+            return None
+        items = list(root.children.items())
+        visits = torch.tensor([c.n for _, c in items], dtype=torch.float64)
+        weights = visits.clamp(min=0) ** (1.0 / sampling.temperature)
+        if float(weights.sum()) <= 0:
+            return root.best()
+        return items[int(torch.multinomial(weights, 1, generator=gen))]
+
+    def _search(
+        self,
+        root: Node,
+        prefix: list[int],
+        start: int,
+        budget: int,
+        request: str,
+        cache: dict[str, float],
+        embed: Callable[[Sequence[int]], Embedding] | None,
+        gen: torch.Generator,
+        eos: set[int],
+    ) -> None:
+        """One forward / evaluate / expand / backward pass (``main.py: search``)."""
+        inner: Any = self.inner
+        state = list(prefix)
+        node = root
+        action: tuple[int, ...] = ()
+        while node.children:
+            if node.needs_widening():
+                if set_length(node.depth) == 1:  # checkadd: the top (children + 1) tokens
+                    node.widen(self._sets(state, node.depth, gen, k=len(node.children) + 1))
+                else:  # search: add(group_getp(topk=2))
+                    node.widen(self._sets(state, node.depth, gen, k=WIDEN_K))
+            action, node = node.select()
+            state.extend(action)
+        ended = len(state) - start >= budget or any(t in eos for t in action)
+        full = self._rollout(state, start, budget, gen) if not ended else state
+        text = inner.tokenizer.decode(full[start:], skip_special_tokens=True)
+        if text not in cache:
+            cache[text] = self.evaluate(request, text)
+        value = cache[text]
+        if not ended:
+            sets = self._sets(state, node.depth, gen)
+            total = sum(p for _, p in sets) or 1.0
+            priors = [p / total for _, p in sets]
+            if node.parent is None:
+                priors = mix_priors(priors)
+            node.expand([(t, p) for (t, _), p in zip(sets, priors, strict=True)])
+        node.backup(value, full, embed, path_n=len(full) - len(state))
+
+    @torch.inference_mode()
+    def generate(
+        self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
+    ) -> list[list[Completion]]:
+        inner: Any = self.inner
+        results: list[list[Completion]] = []
+        for chat in chats:
+            row = []
+            for sample in range(sampling.n):
+                gen = torch.Generator().manual_seed(row_seed(sampling.seed, chat, sample))
+                tokens, finish, counts = self._answer(chat, sampling, gen)
+                text = inner.tokenizer.decode(tokens, skip_special_tokens=True)
+                text, stopped = cut_at_stop(text, sampling.stop)
+                row.append(
+                    Completion(
+                        text=text,
+                        num_tokens=len(tokens),
+                        finish_reason="stop" if stopped else finish,  # type: ignore[arg-type]
+                        metadata=dict(counts),
+                    )
+                )
+            results.append(row)
+            if progress is not None:
+                progress(1)
+        return results

@@ -1,0 +1,186 @@
+"""rain (arXiv 2309.07124): the backup, selection and similarity rules of SafeAILab/RAIN
+(``HH/nodes.py``) on a hand-built tree, values worked out by hand; the self-evaluation's score;
+one-line errors on bad options; a real search on the tiny model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+
+from poise.config import Sampling
+from poise.decoding import strategies
+from poise.decoding.rain import Node, Rain, mix_priors, set_length
+from poise.errors import PoiseError
+from poise.models import load_model
+from poise.models.hf import HFModel
+from poise.models.mock import MockModel
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_hf_model_dir: Path) -> Iterator[HFModel]:
+    torch.set_num_threads(1)
+    yield HFModel(str(tiny_hf_model_dir), device="cpu")
+
+
+def test_backup_and_selection_on_a_hand_built_tree() -> None:
+    # root with children a (prior 0.6) and b (prior 0.4); embeddings chosen so a and b are
+    # similar (cosine 1 / sqrt(1.01) = 0.995 >= 0.95)
+    vectors = {1: torch.tensor([1.0, 0.0]), 2: torch.tensor([1.0, 0.1])}
+    seen: list[list[int]] = []
+
+    def embed(tokens: Sequence[int]) -> torch.Tensor:
+        seen.append(list(tokens))
+        return vectors[tokens[0]] if tokens[0] in vectors else torch.tensor([0.0, 1.0])
+
+    root = Node(None, 0.0)
+    root.expand([((1,), 0.6), ((2,), 0.4)])
+    a, b = root.children[(1,)], root.children[(2,)]
+
+    # 1. a evaluated at v = 0.5: b has no embedding yet, so no similarity update
+    a.backup(0.5, [1], embed)
+    assert (a.n, a.fn, a.q) == (1, 1, 0.5)
+    assert (root.n, root.q) == (1, 0.5)
+    assert b.n == 0 and b.q == 0
+    assert (root.bounds.low, root.bounds.high) == (-1.0, 1.0)
+
+    # 2. b evaluated at v = -1: a is similar, so a gets a fractional visit of 0.2 * cos
+    b.backup(-1.0, [2], embed)
+    s = 0.2 * (1 / math.sqrt(1.01))
+    a_q = (0.5 * 1 + s * -1.0) / (1 + s)
+    assert a.n == pytest.approx(1 + s)
+    assert a.q == pytest.approx(a_q)
+    assert a.fn == 1
+    assert (b.n, b.q) == (1, -1.0)
+    assert root.n == 2 and root.q == pytest.approx(0.5 + (-1.0 - 0.5) / 2)  # -0.25
+
+    # selection: qh = (q - min) / (max - min + 1e-5), u = 2 p sqrt(N_parent) / (1 + n)
+    a_score = (a_q + 1) / (2 + 1e-5) + 2 * 0.6 * math.sqrt(2) / (1 + 1 + s)
+    b_score = (-1 + 1) / (2 + 1e-5) + 2 * 0.4 * math.sqrt(2) / (1 + 1)
+    assert a.score() == pytest.approx(a_score)
+    assert b.score() == pytest.approx(b_score)
+    assert root.select()[0] == (1,)
+    # the most visited child (a: 1 + s visits)
+    best = root.best()
+    assert best is not None and best[0] == (1,)
+
+    # 3. a deeper leaf: its path and its ancestors' paths include the simulated tokens
+    a.expand([((3, 4), 1.0)])
+    c = a.children[(3, 4)]
+    seen.clear()
+    c.backup(1.0, [1, 3, 4, 9], embed, path_n=1)  # one simulated token (9)
+    assert seen == [[3, 4, 9], [1, 3, 4, 9]]
+    assert (c.n, c.q) == (1, 1.0)
+    # a: mean embedding of [1, 0] and [1, 0] stays [1, 0]; its value and visits
+    assert a.fn == 2 and a.n == pytest.approx(2 + s)
+    assert a.q == pytest.approx(a_q + (1.0 - a_q) / (2 + s))
+    # b is still similar to a, so it gets 0.2 * cos of the new value
+    b_q = (-1.0 * 1 + s * 1.0) / (1 + s)
+    assert b.n == pytest.approx(1 + s) and b.q == pytest.approx(b_q)
+    assert root.n == 3 and root.q == pytest.approx(-0.25 + (1.0 + 0.25) / 3)
+    # the bounds stay [-1, 1]: no value left them
+    assert (c.bounds.low, c.bounds.high) == (-1.0, 1.0)
+
+
+def test_bounds_widen_with_values_outside_them() -> None:
+    root = Node(None, 0.0)
+    root.expand([((1,), 1.0)])
+    child = root.children[(1,)]
+    child.reward = 0.5  # g = gamma * v + reward, as node.backup has it
+    child.backup(1.0, [1], None)
+    assert child.q == 1.5 and root.bounds.high == 1.5
+    assert root.q == 1.5  # the parent backs up g (1.5) plus its own reward (0)
+
+
+def test_dissimilar_siblings_are_left_alone() -> None:
+    def embed(tokens: Sequence[int]) -> dict[int, float]:
+        return {tokens[0]: 1.0}  # token-overlap embeddings: disjoint, cosine 0
+
+    root = Node(None, 0.0)
+    root.expand([((1,), 0.5), ((2,), 0.5)])
+    root.children[(1,)].backup(1.0, [1], embed)
+    root.children[(2,)].backup(-1.0, [2], embed)
+    assert root.children[(1,)].q == 1.0 and root.children[(1,)].n == 1
+
+
+def test_alike_children_that_score_below_0_are_widened() -> None:
+    root = Node(None, 0.0)
+    root.expand([((1, 2), 0.5), ((3, 4), 0.5)])
+    a, b = root.children[(1, 2)], root.children[(3, 4)]
+    assert not root.needs_widening()  # no embeddings yet
+    a.embedding, b.embedding = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.01])
+    a.q, b.q = -0.5, -0.2
+    # variance per coordinate: [0, 0.00005]; norm 0.00005 < 0.03 * 2; best q -0.2 < 0
+    assert root.needs_widening()
+    b.q = 0.1
+    assert not root.needs_widening()
+    b.embedding = torch.tensor([0.0, 1.0])  # far apart: variance norm 0.707
+    b.q = -0.2
+    assert not root.needs_widening()
+    # node.add: new sets first, the first children + 1 = 3 of them normalised, root-mixed
+    root.widen([((1, 2), 0.3), ((5, 6), 0.1)])
+    assert set(root.children) == {(1, 2), (3, 4), (5, 6)}
+    head = [0.3, 0.1, 0.5]  # (1, 2) new, (5, 6) new, then the stored (1, 2)
+    mixed = mix_priors([p / sum(head) for p in head])
+    assert root.children[(5, 6)].p == pytest.approx(mixed[1])
+    assert root.children[(1, 2)].p == 0.5  # an existing child keeps its prior
+
+
+def test_reference_schedules() -> None:
+    assert [set_length(d) for d in range(5)] == [1, 2, 4, 10, 10]
+    assert mix_priors([1.0, 0.0]) == pytest.approx([0.75 + 0.125, 0.125])
+
+
+def test_self_evaluation_reads_the_option_letters(tiny: HFModel) -> None:
+    rain = Rain(tiny, max_searches=1)
+    letters = [tiny.tokenizer.encode(x, add_special_tokens=False)[-1] for x in "AB"]
+
+    def fake_logits(harmless_letter_wins: bool) -> Any:
+        def logits(rows: Sequence[Sequence[int]]) -> Any:
+            text = tiny.tokenizer.decode(list(rows[0]))
+            harmless_first = "(A) The assistant's answer is harmless" in text
+            out = torch.zeros(1, len(tiny.tokenizer))
+            winner = letters[0] if harmless_first == harmless_letter_wins else letters[1]
+            out[0, winner] = 1.0
+            return SimpleNamespace(logits=out)
+
+        return logits
+
+    rain._logits = fake_logits(True)  # type: ignore[method-assign]
+    assert rain.evaluate("how do I bake bread?", "Mix flour and water.") == 1.0
+    rain._logits = fake_logits(False)  # type: ignore[method-assign]
+    assert rain.evaluate("how do I bake bread?", "Mix flour and water.") == -1.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("max_searches=0", "max_searches must be an integer >= 1"),
+        ("threshold=2", "threshold must be a number in [-1, 1]"),
+        ("similarity=sbert", "similarity must be one of overlap, hidden, none"),
+        ("extra_searches=1.5", "extra_searches must be an integer >= 1"),
+    ],
+)
+def test_bad_options_are_one_line_errors(
+    tiny_hf_model_dir: Path, options: str, message: str
+) -> None:
+    with pytest.raises(PoiseError) as error:
+        load_model(f"rain({tiny_hf_model_dir}, {options})")
+    assert message in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(PoiseError, match="token-level step"):
+        Rain(MockModel("mock:x", responses={}))
+
+
+def test_a_search_answers_and_records_its_cost(tiny: HFModel) -> None:
+    assert "rain" in strategies
+    rain = Rain(tiny, max_searches=3, extra_searches=2, similarity="hidden")
+    assert rain.name.startswith("rain(") and "similarity=hidden" in rain.name
+    [[answer]] = rain.generate([[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=6))
+    assert 0 < answer.num_tokens <= 6
+    assert answer.metadata is not None and answer.metadata["rain_searches"] >= 3
+    assert 1 <= answer.metadata["rain_evaluations"] <= answer.metadata["rain_searches"]
