@@ -29,6 +29,10 @@ format             what it is (columns / fields read)
                    ``harmful``, ``kind``; each role defaults to the column of the same name.
 =================  ===========================================================================
 
+The XSTest completions and the JailbreakBench judge comparison are this project's outside check:
+poise reads their formats so that anyone can validate a judge on them; its own judges are never
+developed or tuned on them, and no file of theirs is in the repository.
+
 ``validate(labels, judge)`` runs the judge on the labelled answers and measures, for each label
 the file has (``refused``, ``harmful``), accuracy, Cohen's kappa, precision and recall (and
 specificity) with 95% intervals, overall and per source model, and lists the disagreements.
