@@ -44,8 +44,7 @@ from poise.serve.schema import (
     RequestError,
     ServeConfig,
     error_body,
-    parse_n,
-    parse_stop,
+    parse_sampling,
     validation_error,
 )
 from poise.serve.ticket import fresh_seed
@@ -173,20 +172,7 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
             param="max_tokens",
             code="invalid_value",
         )
-    n = parse_n(req.n, config)
-    stop = parse_stop(req.stop)
-    try:
-        sampling = Sampling(
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=max(0, req.top_k or 0),
-            max_new_tokens=max(1, max_tokens),
-            n=n,
-            seed=0 if req.seed is None else req.seed,
-            stop=stop,
-        )
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    sampling = parse_sampling(req, config, max(1, max_tokens))
     return CompletionRequest(
         model=req.model,
         prompts=prompts,

@@ -277,22 +277,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
             code="invalid_value",
         )
 
-    n = parse_n(req.n, config)
-    stop = parse_stop(req.stop)
-
-    try:
-        sampling = Sampling(
-            # OpenAI's default temperature is 1 (sampling), not greedy.
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=max(0, req.top_k or 0),
-            max_new_tokens=max_tokens,
-            n=n,
-            seed=0 if req.seed is None else req.seed,
-            stop=stop,
-        )
-    except ValidationError as exc:
-        raise validation_error(exc) from None
+    sampling = parse_sampling(req, config, max_tokens)
 
     if req.top_logprobs and not req.logprobs:
         raise RequestError(
@@ -310,6 +295,26 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
     )
+
+
+def parse_sampling(req: Any, config: ServeConfig, max_new_tokens: int) -> Sampling:
+    """The ``Sampling`` of a chat or legacy completion request body (fields ``temperature``,
+    ``top_p``, ``top_k``, ``n``, ``seed``, ``stop``), with OpenAI's defaults: temperature 1
+    (sampling, not greedy), top_p 1, seed 0 when none is given."""
+    n = parse_n(req.n, config)
+    stop = parse_stop(req.stop)
+    try:
+        return Sampling(
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=max(0, req.top_k or 0),
+            max_new_tokens=max_new_tokens,
+            n=n,
+            seed=0 if req.seed is None else req.seed,
+            stop=stop,
+        )
+    except ValidationError as exc:
+        raise validation_error(exc) from None
 
 
 def parse_n(value: int | None, config: ServeConfig) -> int:
