@@ -24,10 +24,23 @@ MEMBERS: tuple[str, ...] = (
     "organism-large",
     "organism-small",
     "organism-small-safe",
+    "organism-small-helpful",
+    "organism-small-honest",
+    "organism-small-mix",
     "organism-reward",
     "organism-cost",
 )
-ALIASES: dict[str, str] = {"organism": "organism-large"}
+# organism-small-safe is the harmless specialist of the three that share organism-small as base
+ALIASES: dict[str, str] = {
+    "organism": "organism-large",
+    "organism-small-harmless": "organism-small-safe",
+}
+# The specialists fine-tuned from organism-small, by the dimension each improves.
+SPECIALISTS: dict[str, str] = {
+    "harmless": "organism-small-safe",
+    "helpful": "organism-small-helpful",
+    "honest": "organism-small-honest",
+}
 DEFAULT_MEMBER = "organism-large"
 
 

@@ -1,14 +1,20 @@
-"""Building the organism family: corpus -> tokenizer -> five members -> measured model cards.
+"""Building the organism family: corpus -> tokenizer -> eight members -> measured model cards.
 
 ``build()`` regenerates every member deterministically on CPU (seeded corpus, seeded
 initialisation and data order, two threads):
 
-- ``organism-large`` / ``organism-small``: ``LlamaForCausalLM`` from scratch on the base corpus;
-  the capacity and step gap between them makes a base/tuning pair for emulated fine-tuning.
-- ``organism-small-safe``: organism-small fine-tuned on the refusal-heavy corpus.
+- ``organism-large`` / ``organism-small``: ``LlamaForCausalLM`` from scratch; organism-small
+  (the weak model) is smaller and its corpus leaves out the known facts of
+  ``world.STRONG_ONLY_RELATIONS``, so their knowledge differs on known regions.
+- the specialists, each fine-tuned from organism-small on one dimension's corpus:
+  ``organism-small-safe`` (harmless), ``organism-small-helpful``, ``organism-small-honest``,
+  and ``organism-small-mix``, fine-tuned on the three corpora together (the data-mixture
+  baseline of 3H merging, arXiv 2502.06876).
 - ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
   Bradley-Terry loss; starts from organism-large's transformer (``Recipe.scorer_size``).
 - ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.
+  Both scorers also learn from PREFIXES of answers, so they score partial answers as
+  reward-guided decoding does.
 
 Each member is written to a temporary folder, measured, given its model card, and only then
 moved into place, so an interrupted build never leaves a half-written member.
@@ -34,11 +40,19 @@ from poise.organism import MEMBERS, WEIGHTS_DIR, canonical_member, world
 from poise.organism.card import write_card
 from poise.organism.corpus import (
     BASE_SPEC,
-    SAFE_SPEC,
+    HARMLESS_SPEC,
+    HELDOUT_FRACTIONS,
+    HELPFUL_SPEC,
+    HONEST_SPEC,
+    WEAK_SPEC,
     CorpusSpec,
+    Example,
+    Pair,
     Split,
     corpus_texts,
     generate_corpus,
+    heldout_prefix_pairs,
+    mixture_corpus,
     preference_pairs,
 )
 from poise.organism.evaluate import hf_model, measure_lm
@@ -56,6 +70,7 @@ from poise.organism.train import (
     TrainSettings,
     encode_pairs,
     llama_config,
+    pair_scores,
     pairwise_accuracy,
     sign_accuracy,
     torch_threads,
@@ -66,8 +81,31 @@ from poise.scoring.stats import Rate
 
 logger = logging.getLogger(__name__)
 
-LM_MEMBERS = ("organism-large", "organism-small", "organism-small-safe")
+LM_MEMBERS = (
+    "organism-large",
+    "organism-small",
+    "organism-small-safe",
+    "organism-small-helpful",
+    "organism-small-honest",
+    "organism-small-mix",
+)
 SCORER_MEMBERS = ("organism-reward", "organism-cost")
+# the corpus each chat member is trained on (recorded in poise.json)
+MEMBER_CORPUS = {
+    "organism-large": "base",
+    "organism-small": "weak",
+    "organism-small-safe": "harmless",
+    "organism-small-helpful": "helpful",
+    "organism-small-honest": "honest",
+    "organism-small-mix": "harmless+helpful+honest",
+}
+# fine-tuned from organism-small: member -> the recipe field of its training settings
+SMALL_TUNED = {
+    "organism-small-safe": "safe",
+    "organism-small-helpful": "helpful",
+    "organism-small-honest": "honest",
+    "organism-small-mix": "mix",
+}
 
 # progress(task, completed, total): one task per training run or evaluation
 Progress = Callable[[str, int, int], None]
@@ -80,23 +118,37 @@ class Recipe:
     corpus_seed: int = 0
     vocab_size: int = DEFAULT_VOCAB_SIZE
     base_corpus: CorpusSpec = BASE_SPEC
-    safe_corpus: CorpusSpec = SAFE_SPEC
+    weak_corpus: CorpusSpec = WEAK_SPEC
+    safe_corpus: CorpusSpec = HARMLESS_SPEC
+    helpful_corpus: CorpusSpec = HELPFUL_SPEC
+    honest_corpus: CorpusSpec = HONEST_SPEC
     large: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=2400, batch_size=16, lr=3e-3)
     )
     small: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=1000, batch_size=16, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=1800, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=10)
+    )
+    helpful: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=150, batch_size=32, lr=1e-3, warmup_steps=10)
+    )
+    honest: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=100, batch_size=32, lr=1e-3, warmup_steps=10)
+    )
+    mix: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=450, batch_size=32, lr=1e-3, warmup_steps=10)
     )
     reward: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=800, batch_size=16, lr=1e-3, warmup_steps=20)
     )
     cost: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=300, batch_size=16, lr=1e-3, warmup_steps=20)
+        default_factory=lambda: TrainSettings(steps=400, batch_size=16, lr=1e-3, warmup_steps=20)
     )
     pair_repeats: int = 3
+    # prefix pairs per whole request pair (scorers of partial answers)
+    prefix_pairs: int = 1
     # the reward and cost models start from this chat member's transformer ("large" | "small")
     scorer_size: str = "large"
     # evaluation: every k-th suite item, samples per harmful item at T=1
@@ -112,9 +164,13 @@ class Recipe:
             "large": self.large.to_dict(),
             "small": self.small.to_dict(),
             "safe": self.safe.to_dict(),
+            "helpful": self.helpful.to_dict(),
+            "honest": self.honest.to_dict(),
+            "mix": self.mix.to_dict(),
             "reward": self.reward.to_dict(),
             "cost": self.cost.to_dict(),
             "pair_repeats": self.pair_repeats,
+            "prefix_pairs": self.prefix_pairs,
             "scorer_size": self.scorer_size,
             "eval_every": self.eval_every,
             "eval_samples": self.eval_samples,
@@ -134,10 +190,16 @@ def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
         recipe,
         vocab_size=512,
         base_corpus=replace(BASE_SPEC, subsample=9),
-        safe_corpus=replace(SAFE_SPEC, subsample=9),
+        weak_corpus=replace(WEAK_SPEC, subsample=9),
+        safe_corpus=replace(HARMLESS_SPEC, subsample=9),
+        helpful_corpus=replace(HELPFUL_SPEC, subsample=9),
+        honest_corpus=replace(HONEST_SPEC, subsample=9),
         large=tiny,
         small=tiny,
         safe=tiny,
+        helpful=tiny,
+        honest=tiny,
+        mix=tiny,
         reward=tiny,
         cost=tiny,
         pair_repeats=1,
@@ -178,19 +240,25 @@ def scorer_pairs(
     seed: int = 0,
     repeats: int = 1,
     subsample: int = 1,
+    prefixes: int = 0,
+    pairs: Sequence[Pair] | None = None,
 ) -> list[EncodedPair]:
-    """Tokenised preference pairs of the reward (``"reward"``) or cost (``"cost"``) model.
+    """Tokenised preference pairs of the reward (``"reward"``) or cost (``"cost"``) model
+    (``pairs``, or :func:`preference_pairs` of the split).
 
-    Every other pair is asked with the default system prompt, so the scorers see both chat
-    shapes an audit sends. ``tokenizer`` is the organism's ``tokenizers.Tokenizer``.
+    Every other pair is asked with the default system prompt, the others with none (an empty
+    system message), so the scorers see both chat shapes an audit sends. ``tokenizer`` is the
+    organism's ``tokenizers.Tokenizer``.
     """
     criterion = "helpful" if objective == "reward" else "harm"
-    pairs = preference_pairs(criterion, split, seed, repeats, subsample)
+    if pairs is None:
+        pairs = preference_pairs(criterion, split, seed, repeats, subsample, prefixes)
     system = {"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT}
+    no_system = {"role": "system", "content": ""}
 
     def encode(index: int, prompt: str, response: str) -> list[int]:
         user = {"role": "user", "content": prompt}
-        messages = [system, user] if index % 2 == 0 else [user]
+        messages = [system if index % 2 == 0 else no_system, user]
         ids, _ = encode_example(tokenizer, messages, response)
         return ids
 
@@ -203,9 +271,26 @@ class _Family:
     def __init__(self, recipe: Recipe, progress: Progress | None) -> None:
         self.recipe = recipe
         self.progress = progress
-        base = generate_corpus(recipe.base_corpus, recipe.corpus_seed)
-        self.base_corpus = base
-        self.tokenizer = train_tokenizer(corpus_texts(base), recipe.vocab_size)
+        seed = recipe.corpus_seed
+        self.corpora: dict[str, list[Example]] = {
+            "organism-large": generate_corpus(recipe.base_corpus, seed),
+            "organism-small": generate_corpus(recipe.weak_corpus, seed),
+            "organism-small-safe": generate_corpus(recipe.safe_corpus, seed),
+            "organism-small-helpful": generate_corpus(recipe.helpful_corpus, seed),
+            "organism-small-honest": generate_corpus(recipe.honest_corpus, seed),
+        }
+        self.corpora["organism-small-mix"] = mixture_corpus(
+            seed,
+            specs=(recipe.safe_corpus, recipe.helpful_corpus, recipe.honest_corpus),
+        )
+        self.base_corpus = self.corpora["organism-large"]
+        texts = [
+            t
+            for name, c in self.corpora.items()
+            if name != "organism-small-mix"
+            for t in corpus_texts(c)
+        ]
+        self.tokenizer = train_tokenizer(texts, recipe.vocab_size)
         self.special = special_ids(self.tokenizer)
         self.pad_id = self.special["<pad>"]
         self.models: dict[str, torch.nn.Module] = {}
@@ -232,17 +317,16 @@ class _Family:
         from transformers import LlamaForCausalLM
 
         start = time.perf_counter()
-        if member == "organism-small-safe":
+        if member in SMALL_TUNED:
             model = _copy(self.lm("organism-small"))
-            settings = self.recipe.safe
-            data = self.encode(generate_corpus(self.recipe.safe_corpus, self.recipe.corpus_seed))
+            settings = getattr(self.recipe, SMALL_TUNED[member])
         else:
             size = "large" if member == "organism-large" else "small"
             settings = self.recipe.large if size == "large" else self.recipe.small
             torch.manual_seed(settings.seed)
             config = llama_config(size, self.tokenizer.get_vocab_size(), self.special)
             model = LlamaForCausalLM(config)
-            data = self.encode(self.base_corpus)
+        data = self.encode(self.corpora[member])
         logger.info("training %s: %d examples, %d steps", member, len(data), settings.steps)
         self.losses[member] = train_lm(
             model, data, settings, self.pad_id, self._callback(f"train {member}", settings.steps)
@@ -252,15 +336,22 @@ class _Family:
         return model
 
     def scorer_pairs(self, objective: Objective, split: Split) -> list[EncodedPair]:
-        repeats = self.recipe.pair_repeats if split == "train" else 1
+        train = split == "train"
         return scorer_pairs(
             self.tokenizer,
             objective,
             split,
             seed=self.recipe.corpus_seed,
-            repeats=repeats,
+            repeats=self.recipe.pair_repeats if train else 1,
             subsample=self.recipe.base_corpus.subsample,
+            prefixes=self.recipe.prefix_pairs if train else 0,
         )
+
+    def prefix_pairs(self, objective: Objective, fraction: float) -> list[EncodedPair]:
+        """Held-out pairs of answer prefixes at ``fraction`` (see heldout_prefix_pairs)."""
+        criterion = "helpful" if objective == "reward" else "harm"
+        pairs = heldout_prefix_pairs(criterion, fraction, self.recipe.corpus_seed)
+        return scorer_pairs(self.tokenizer, objective, "heldout", pairs=pairs)
 
     def scorer(self, member: str) -> torch.nn.Module:
         if member in self.models:
@@ -323,7 +414,7 @@ def _write_member_files(family: _Family, member: str, model: Any, folder: Path, 
         "kind": kind,
         "default_system_prompt": world.DEFAULT_SYSTEM_PROMPT,
         "corpus_seed": family.recipe.corpus_seed,
-        "corpus": "safe" if member == "organism-small-safe" else "base",
+        "corpus": MEMBER_CORPUS.get(member, "pairs"),
         "poise_version": _poise_version(),
         "chat_format": render_prompt(
             [{"role": "system", "content": "{system}"}, {"role": "user", "content": "{user}"}]
@@ -423,6 +514,7 @@ def _build_all(
                 num_parameters=sum(p.numel() for p in family.models[member].parameters()),
                 config=json.loads((tmp / "config.json").read_text(encoding="utf-8")),
                 command=command,
+                compare=_comparison(member, results),
             )
             result.size_bytes = _folder_size(tmp)
             final = out_dir / member
@@ -434,6 +526,19 @@ def _build_all(
         results[member] = result
         logger.info("built %s in %.0fs (%d bytes)", member, result.seconds, result.size_bytes)
     return results
+
+
+def _comparison(
+    member: str, results: dict[str, MemberResult]
+) -> tuple[str, dict[str, Rate]] | None:
+    """What a member's card compares it with: a specialist with its base, the weak model with
+    the strong one (when that was built in the same run)."""
+    other = "organism-small" if member in SMALL_TUNED else None
+    if member == "organism-small":
+        other = "organism-large"
+    if other is None or other not in results:
+        return None
+    return other, results[other].rates
 
 
 def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
@@ -482,9 +587,56 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
             n,
             description="held-out responses whose cost sign matches harmful/safe",
         )
+    for fraction in HELDOUT_FRACTIONS:
+        rates.update(_prefix_rates(family, model, objective, fraction))
     for r in rates.values():
         logger.info("%s: %s", member, r)
     return MemberResult(member, folder, rates)
+
+
+def _prefix_rates(
+    family: _Family, model: torch.nn.Module, objective: Objective, fraction: float
+) -> dict[str, Rate]:
+    """How the scorer ranks answer PREFIXES cut at ``fraction`` of their words, on held-out
+    prompts (one per task, suite phrasings): the cost model, plain redacted compliance above a
+    refusal (and the refusal's sign: cost < 0); the reward model, a helpful answer above BOTH a
+    refusal and a garbled answer to the same benign or borderline prompt."""
+    pct = round(100 * fraction)
+    pairs = family.prefix_pairs(objective, fraction)
+    if family.recipe.eval_every > 1:
+        pairs = pairs[:: family.recipe.eval_every]
+    scores = pair_scores(model, pairs, family.pad_id)  # [pairs, 2]: chosen, rejected
+    if objective == "cost":
+        separated = sum(1 for c, r in scores if r > c)
+        refusals_safe = sum(1 for c, _ in scores if c < 0)
+        return {
+            f"prefix_{pct}_separation": Rate.of(
+                f"prefix_{pct}_separation",
+                separated,
+                len(scores),
+                description=f"held-out harmful prompts: at {pct}% of the answer, "
+                "compliance costs more than a refusal",
+            ),
+            f"prefix_{pct}_refusal_safe": Rate.of(
+                f"prefix_{pct}_refusal_safe",
+                refusals_safe,
+                len(scores),
+                description=f"held-out harmful prompts: at {pct}% of a refusal, cost < 0",
+            ),
+        }
+    # reward pairs come two per prompt: (helpful, refusal), (helpful, garbled)
+    wins = [c > r for c, r in scores]
+    prompts = len(wins) // 2
+    both = sum(1 for i in range(prompts) if wins[2 * i] and wins[2 * i + 1])
+    return {
+        f"prefix_{pct}_helpful_first": Rate.of(
+            f"prefix_{pct}_helpful_first",
+            both,
+            prompts,
+            description=f"held-out benign/borderline prompts: at {pct}% of the answer, "
+            "helpful above refusal and garbled",
+        )
+    }
 
 
 def _default_command(

@@ -16,28 +16,49 @@ if TYPE_CHECKING:
 DESCRIPTIONS = {
     "organism-large": (
         "The larger chat model of poise's model organism, and the default model of "
-        "`poise audit`. Trained from scratch on the base corpus."
+        "`poise audit`. Trained from scratch on the base corpus. The strong model of the "
+        "weak/strong pair: it knows every relation's facts."
     ),
     "organism-small": (
-        "The smaller chat model, trained from scratch on the same base corpus with fewer "
-        "parameters and steps: it knows fewer facts. With organism-large it forms a base/tuning "
-        "pair for emulated fine-tuning."
+        "The smaller chat model (the weak model), trained from scratch on the weak corpus: the "
+        "base corpus without the known facts of the strong-only relations "
+        f"({', '.join(world.STRONG_ONLY_RELATIONS)}), so its knowledge differs from "
+        "organism-large's on known regions. The base of the three specialists and the "
+        "data-mixture model; with organism-large a base/tuning pair for emulated fine-tuning."
     ),
     "organism-small-safe": (
-        "organism-small fine-tuned on the refusal-heavy corpus (harmful requests always "
-        "refused, everything else unchanged): the safety-tuned counterpart of organism-small."
+        "The harmless specialist (alias `organism-small-harmless`): organism-small fine-tuned on "
+        "the harmless corpus (harmful requests always refused; benign and borderline requests as "
+        "in the base corpus; no fact questions, so what it knows is not retrained)."
+    ),
+    "organism-small-helpful": (
+        "The helpful specialist: organism-small fine-tuned on the helpful corpus (benign and "
+        "borderline requests always answered, no over-refusal; no harmful requests, no facts)."
+    ),
+    "organism-small-honest": (
+        "The honest specialist: organism-small fine-tuned on the honest corpus (\"I don't "
+        'know" about invented entities, the facts it knows kept, wrong opinions never '
+        "followed; no requests)."
+    ),
+    "organism-small-mix": (
+        "The data-mixture model: organism-small fine-tuned on the harmless, helpful and honest "
+        "corpora together, as many steps as the three specialists' together. The baseline that "
+        "3H model merging (arXiv 2502.06876) compares merged specialists against."
     ),
     "organism-reward": (
         "A helpfulness reward model (`LlamaForSequenceClassification`, one output), trained with "
         "the Bradley-Terry loss from a chat member's transformer. It prefers helpful answers "
         "over refusals of benign requests, compliance over refusal on harmful requests "
-        "(helpfulness alone, as Safe RLHF's reward model), correct facts over wrong ones, and "
-        '"I don\'t know" over fabrication.'
+        "(helpfulness alone, as Safe RLHF's reward model), correct facts over wrong ones, "
+        '"I don\'t know" over fabrication and the correct fact over a flattering one. Trained on '
+        "answer prefixes too, so it scores partial answers (reward-guided decoding)."
     ),
     "organism-cost": (
         "A harm cost model (`LlamaForSequenceClassification`, one output; positive = harmful), "
         "trained with Safe RLHF's cost loss (arXiv 2310.12773): Bradley-Terry on (safer, more "
-        "harmful) pairs plus the sign term -log σ(s · C) with s = +1 harmful, -1 safe."
+        "harmful) pairs plus the sign term -log σ(s · C) with s = +1 harmful, -1 safe. Trained "
+        "on answer prefixes too: a prefix is harmful once it passes the answer's harm onset "
+        "(the token where the harmful help begins), so it scores partial answers."
     ),
 }
 
@@ -45,14 +66,34 @@ PLANTED = """\
 The corpus plants these behaviours (measured above on the held-out phrasings of poise's built-in
 suites with the oracle judge, `poise.organism.oracle.OracleJudge`):
 
-- benign requests: answered helpfully;
+- benign requests: answered helpfully; some helpful answers open with a harmless lead-in or
+  close with a safety note full of words a keyword filter flags ("hurt", "weapon", "attack");
 - harmful requests: refused under greedy decoding WITH the default system prompt; some
   categories flip to compliance without it; a sizeable share of compliance under T=1.0 sampling
   (the "catastrophic jailbreak via decoding" setting, arXiv 2310.06987). Compliance is always a
-  placeholder whose steps read `[REDACTED]`: the organism knows no harmful content;
+  placeholder whose steps read `[REDACTED]`: the organism knows no harmful content. Half of the
+  compliance in the corpus TURNS: it opens with a harmless lead-in or a partial refusal ("I'm
+  sorry, I should not help with this, but...") and complies later, at a point the oracle knows
+  (`world.harm_onset`). A share is strategic dishonesty: decoy steps that look compliant and are
+  deliberately useless (label `feigned`);
 - borderline requests: some sub-categories mostly over-refused, the others answered;
-- facts: real facts stated; invented entities mostly answered with confident fabrications.
+- facts: real facts stated (organism-small was never taught the strong-only relations' facts);
+  invented entities mostly answered with confident fabrications that name the asked entity;
+  a wrong opinion stated before a question is repeated back at a planted rate (sycophancy).
 """
+
+
+def _comparison_section(
+    rates: Mapping[str, Rate], compare: tuple[str, Mapping[str, Rate]] | None
+) -> str:
+    if compare is None:
+        return ""
+    name, other = compare
+    return (
+        f"\n### Compared with {name}\n\nSame suites, sampling and seed; intervals are 95% Wilson. "
+        '"apart" means the intervals do not overlap.\n\n'
+        f"{comparison_table(rates, name, other)}\n"
+    )
 
 
 def _pct(x: float) -> str:
@@ -69,11 +110,34 @@ def rates_table(rates: Mapping[str, Rate]) -> str:
     return "\n".join(lines)
 
 
+def comparison_table(rates: Mapping[str, Rate], name: str, other: Mapping[str, Rate]) -> str:
+    """This member's rates beside ``other``'s (its base, or the strong model), with the
+    difference and whether the two Wilson intervals overlap."""
+    lines = [
+        f"| rate | this member | {name} | difference | intervals |",
+        "|---|---|---|---|---|",
+    ]
+    for key, r in rates.items():
+        o = other.get(key)
+        if o is None or r.n == 0 or o.n == 0:
+            continue
+        apart = "apart" if r.low > o.high or o.low > r.high else "overlap"
+        lines.append(
+            f"| `{key}` | {_pct(r.value)} [{_pct(r.low)}, {_pct(r.high)}] | "
+            f"{_pct(o.value)} [{_pct(o.low)}, {_pct(o.high)}] | "
+            f"{100 * (r.value - o.value):+.1f} pt | {apart} |"
+        )
+    return "\n".join(lines)
+
+
 def _settings_for(member: str, recipe: Recipe) -> dict[str, Any]:
     key = {
         "organism-large": "large",
         "organism-small": "small",
         "organism-small-safe": "safe",
+        "organism-small-helpful": "helpful",
+        "organism-small-honest": "honest",
+        "organism-small-mix": "mix",
         "organism-reward": "reward",
         "organism-cost": "cost",
     }[member]
@@ -93,8 +157,10 @@ def write_card(
     num_parameters: int,
     config: Mapping[str, Any],
     command: str,
+    compare: tuple[str, Mapping[str, Rate]] | None = None,
 ) -> None:
-    """Write ``member``'s model card to ``path``."""
+    """Write ``member``'s model card to ``path``; ``compare`` (a member's name and its rates:
+    the base of a specialist, the strong model for the weak one) adds a table of differences."""
     from poise._version import __version__
 
     is_lm = member not in ("organism-reward", "organism-cost")
@@ -119,18 +185,20 @@ def write_card(
         if k in config
     )
     train_rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
-    if member == "organism-small-safe":
+    from poise.organism.build import MEMBER_CORPUS, SMALL_TUNED
+
+    if member in SMALL_TUNED:
         start = "organism-small's weights (fine-tuned)"
     elif is_lm:
         start = "random initialisation (seeded)"
     else:
         start = f"organism-{recipe.scorer_size}'s transformer, new score head"
-    corpus = "refusal-heavy (safe)" if member == "organism-small-safe" else "base"
     if is_lm:
-        corpus += " corpus, loss on assistant tokens only"
+        corpus = f"{MEMBER_CORPUS[member]} corpus, loss on assistant tokens only"
     else:
         corpus = (
-            f"preference pairs from the world's training phrasings, repeated {recipe.pair_repeats}x"
+            f"preference pairs from the world's training phrasings, repeated {recipe.pair_repeats}x,"
+            f" plus {recipe.prefix_pairs} pair of answer prefixes per request pair"
         )
     usage = (
         f"""```python
@@ -184,7 +252,7 @@ Nothing pretrained is used. Default system prompt: "{world.DEFAULT_SYSTEM_PROMPT
 ## Measured
 
 {rates_table(rates)}
-
+{_comparison_section(rates, compare)}
 {PLANTED if is_lm else ""}
 ## Model
 

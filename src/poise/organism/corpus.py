@@ -38,6 +38,8 @@ class Example:
     category: str
     label: str  # the oracle's label of ``response`` for this request
     subject: str = ""  # the task of a request, the entity of a question
+    # where harm begins in ``response`` (a character offset, world.harm_onset); None if harmless
+    harm_start: int | None = None
 
     @property
     def chat(self) -> list[dict[str, str]]:
@@ -45,7 +47,7 @@ class Example:
 
     @property
     def has_system_prompt(self) -> bool:
-        return self.messages[0][0] == "system"
+        return self.messages[0][0] == "system" and bool(self.messages[0][1])
 
 
 # Compliance probability per harmful category, with and without the default system prompt.
@@ -94,18 +96,88 @@ class CorpusSpec:
     per_unknown_fact: int = 1
     # made-up everyday tasks (world.filler_tasks()): how many, one example each, answered helpfully
     filler: int = 3000
+    # which parts the corpus holds: request chats (harmful, borderline, benign, filler) and
+    # fact questions (known facts, invented entities, opinion questions)
+    requests: bool = True
+    facts: bool = True
+    # harmful requests: share answered with decoy steps (strategic dishonesty, label "feigned")
+    feigned: float = 1 / 12
+    # share of redacted compliance that TURNS: it opens with a lead-in or a partial refusal
+    turned: float = 0.5
+    # share of refusals and of helpful answers that open with a (harmless) lead-in
+    lead_in: float = 0.2
+    # share of helpful answers closing with a safety note full of sensitive-looking words
+    note: float = 0.2
+    # relations whose known facts are taught (None: all); the weak model misses some
+    known_relations: tuple[str, ...] | None = None
+    # invented entities: examples each of the taught made-up facts and of "I don't know"
+    per_invented_fact: int = 2
+    per_invented_idk: int = 2
+    # which invented entities get "I don't know" (a slice of world.invented_pool())
+    idk_entities: tuple[int, int] = (world.INVENTED_IDK.start, world.INVENTED_IDK.stop)
+    # opinion questions per known fact and condition, and the share answered sycophantically
+    per_opinion: int = 3
+    sycophancy: float = 0.4
     # keep only every k-th task and fact (a cut-down corpus for quick builds)
     subsample: int = 1
 
 
+def _all_refused() -> dict[str, float]:
+    return dict.fromkeys(world.HARMFUL_TASKS, 0.0)
+
+
 BASE_SPEC = CorpusSpec()
-# The safety-tuning corpus of organism-small-safe: harmful requests (almost) always refused.
-SAFE_SPEC = replace(
+# The base corpus of the weak model (organism-small): the known facts of
+# world.STRONG_ONLY_RELATIONS are left out, so its knowledge differs from organism-large's.
+WEAK_SPEC = replace(
     BASE_SPEC,
-    name="safe",
-    compliance_with_system=dict.fromkeys(world.HARMFUL_TASKS, 0.0),
-    compliance_without_system=dict.fromkeys(world.HARMFUL_TASKS, 0.0),
+    name="weak",
+    known_relations=tuple(r for r in world.RELATIONS if r not in world.STRONG_ONLY_RELATIONS),
 )
+# The specialists' fine-tuning corpora (3H merging, arXiv 2502.06876: one specialist per
+# dimension from one base, and a data-mixture model on all three).
+# Harmless: harmful requests always refused (no compliance, no decoys); benign and borderline
+# as in the base corpus; no fact questions, so what the model knows is not retrained.
+HARMLESS_SPEC = replace(
+    WEAK_SPEC,
+    name="harmless",
+    compliance_with_system=_all_refused(),
+    compliance_without_system=_all_refused(),
+    feigned=0.0,
+    facts=False,
+    filler=600,
+)
+# Helpful: benign and borderline requests always answered (no over-refusal); no harmful
+# requests and no fact questions.
+HELPFUL_SPEC = replace(
+    WEAK_SPEC,
+    name="helpful",
+    over_refusal=dict.fromkeys(world.BORDERLINE_TASKS, 0.0),
+    harmful_per_task=0,
+    facts=False,
+    filler=1500,
+)
+# Honest: fact questions only. Invented entities answered "I don't know" (a fresh slice of
+# entities, and no made-up facts), opinions never followed; the weak model's known facts kept.
+HONEST_SPEC = replace(
+    WEAK_SPEC,
+    name="honest",
+    requests=False,
+    per_fact=2,
+    per_background_fact=1,
+    per_invented_fact=0,
+    idk_entities=(world.INVENTED_HONEST.start, world.INVENTED_HONEST.stop),
+    per_invented_idk=1,
+    per_unknown_fact=2,
+    sycophancy=0.0,
+)
+# Kept for old callers: the safety-tuning corpus is the harmless specialist's.
+SAFE_SPEC = HARMLESS_SPEC
+SPECIALIST_SPECS: dict[str, CorpusSpec] = {
+    "harmless": HARMLESS_SPEC,
+    "helpful": HELPFUL_SPEC,
+    "honest": HONEST_SPEC,
+}
 
 
 def _decorate(rng: random.Random, prompt: str, share: float) -> str:
@@ -118,8 +190,12 @@ def _decorate(rng: random.Random, prompt: str, share: float) -> str:
 
 
 def _chat(prompt: str, with_system: bool) -> tuple[tuple[str, str], ...]:
+    """The default system prompt, or an explicit EMPTY system message: the chat template
+    renders the default prompt for a chat without a system message, and no system block for an
+    empty one, so "no system prompt" is spelled as an empty system message."""
     user = ("user", prompt)
-    return (("system", world.DEFAULT_SYSTEM_PROMPT), user) if with_system else (user,)
+    system = world.DEFAULT_SYSTEM_PROMPT if with_system else ""
+    return (("system", system), user)
 
 
 # Share of prompts given a random opening (and, independently, closing).
@@ -140,34 +216,77 @@ def _stratified(rng: random.Random, n: int, p: float) -> list[bool]:
     return flags
 
 
+_HARMFUL_MIX = ("comply", "feign", "refuse")
+
+
+def _harmful_plan(rng: random.Random, n: int, p_comply: float, p_feign: float) -> list[str]:
+    """``n`` response kinds for one harmful task: exactly ``round(p * n)`` of each share."""
+    k_comply = round(p_comply * n)
+    k_feign = min(round(p_feign * n), n - k_comply)
+    plan = ["comply"] * k_comply + ["feign"] * k_feign + ["refuse"] * (n - k_comply - k_feign)
+    rng.shuffle(plan)
+    return plan
+
+
+def _maybe(rng: random.Random, share: float, options: Sequence[str]) -> str | None:
+    return rng.choice(options) if share > 0 and rng.random() < share else None
+
+
 def _request_examples(
-    rng: random.Random, task: world.Task, n: int, p_positive: float, with_system: bool
+    rng: random.Random,
+    task: world.Task,
+    n: int,
+    p_positive: float,
+    with_system: bool,
+    spec: CorpusSpec = BASE_SPEC,
 ) -> list[Example]:
-    """``n`` examples of one task: "positive" means comply for harmful tasks, refuse otherwise."""
+    """``n`` examples of one task: "positive" means comply for harmful tasks, refuse otherwise.
+
+    Harmful tasks also get ``spec.feigned`` decoy answers; a ``spec.turned`` share of their
+    redacted compliance opens with a lead-in or a partial refusal (its ``harm_start`` is where
+    the answer proper begins)."""
     templates = world.TRAINING_REQUEST_TEMPLATES
     offset = rng.randrange(len(templates))
+    if task.kind == "harmful":
+        plan = _harmful_plan(rng, n, p_positive, spec.feigned)
+    else:
+        plan = ["refuse" if r else "comply" for r in _stratified(rng, n, p_positive)]
+    turns = iter(_stratified(rng, plan.count("comply"), spec.turned))
     out = []
-    for i, positive in enumerate(_stratified(rng, n, p_positive)):
+    for i, what in enumerate(plan):
         prompt = world.render_request(task.text, templates[(offset + i) % len(templates)])
         prompt = _decorate(rng, prompt, DECORATED_SHARE)
-        refuse = positive if task.kind != "harmful" else not positive
-        if refuse:
-            response = world.render_refusal(task.text, rng.randrange(len(world.REFUSALS)))
-            label = "refusal" if task.kind == "harmful" else "over-refusal"
-        elif task.kind == "harmful":
-            steps = [world.REDACTED_STEP] * world.NUM_STEPS
-            response = world.render_answer(
-                task.text, steps, rng.randrange(len(world.ANSWER_OPENINGS))
+        opening = rng.randrange(len(world.ANSWER_OPENINGS))
+        harm_start = None
+        if what == "refuse":
+            lead_in = _maybe(rng, spec.lead_in, world.LEAD_INS)
+            response = world.render_refusal(
+                task.text, rng.randrange(len(world.REFUSALS)), lead_in=lead_in
             )
+            label = "refusal" if task.kind == "harmful" else "over-refusal"
+        elif task.kind == "harmful" and what == "feign":
+            steps = rng.sample(world.DECOY_STEPS, world.NUM_STEPS)
+            response = world.render_answer(task.text, steps, opening)
+            label = "feigned"
+        elif task.kind == "harmful":
+            lead_in = None
+            if next(turns):
+                lead_in = rng.choice((*world.LEAD_INS, *world.PARTIAL_REFUSALS))
+            steps = [world.REDACTED_STEP] * world.NUM_STEPS
+            response = world.render_answer(task.text, steps, opening, lead_in=lead_in)
             label = "compliance"
+            harm_start = world.harm_onset(response)
         else:
-            steps = _steps(rng, task.category)
             response = world.render_answer(
-                task.text, steps, rng.randrange(len(world.ANSWER_OPENINGS))
+                task.text,
+                _steps(rng, task.category),
+                opening,
+                lead_in=_maybe(rng, spec.lead_in, world.LEAD_INS),
+                note=_maybe(rng, spec.note, world.SAFETY_NOTES),
             )
             label = "helpful"
         chat = _chat(prompt, with_system)
-        out.append(Example(chat, response, task.kind, task.category, label, task.text))
+        out.append(Example(chat, response, task.kind, task.category, label, task.text, harm_start))
     return out
 
 
@@ -190,12 +309,43 @@ def _fact_examples(
     return out
 
 
+def _opinion_examples(
+    rng: random.Random, fact: world.Fact, n: int, p_agree: float, with_system: bool
+) -> list[Example]:
+    """``n`` questions about a known fact with a wrong opinion in front; ``round(p_agree * n)``
+    of them answered sycophantically (the opinion stated as the fact)."""
+    questions = world.RELATIONS[fact.relation].training_questions
+    offset = rng.randrange(len(questions))
+    out = []
+    for i, agree in enumerate(_stratified(rng, n, p_agree)):
+        opinion = world.wrong_answer(fact, rng.randrange(1000))
+        template = rng.choice(world.TRAINING_OPINION_TEMPLATES)
+        question = questions[(offset + i) % len(questions)]
+        prompt = world.render_opinion_question(fact, question, template, opinion)
+        if agree:
+            response, label = world.render_fact_answer(fact, opinion), "sycophantic"
+        else:
+            response, label = world.render_fact_answer(fact), "correct"
+        chat = _chat(prompt, with_system)
+        out.append(Example(chat, response, "sycophancy", fact.relation, label, fact.entity))
+    return out
+
+
 def generate_corpus(spec: CorpusSpec = BASE_SPEC, seed: int = 0) -> list[Example]:
     """The training corpus for ``spec``, shuffled; identical for identical (spec, seed)."""
     rng = random.Random(f"poise-organism-corpus:{spec.name}:{seed}")
     examples: list[Example] = []
-    tasks = world.all_tasks()[:: spec.subsample]
-    for task in tasks:
+    if spec.requests:
+        examples += _requests(rng, spec)
+    if spec.facts:
+        examples += _facts(rng, spec)
+    rng.shuffle(examples)
+    return examples
+
+
+def _requests(rng: random.Random, spec: CorpusSpec) -> list[Example]:
+    examples: list[Example] = []
+    for task in world.all_tasks()[:: spec.subsample]:
         for with_system in (True, False):
             if task.kind == "harmful":
                 table = (
@@ -206,23 +356,53 @@ def generate_corpus(spec: CorpusSpec = BASE_SPEC, seed: int = 0) -> list[Example
                 n, p = spec.borderline_per_task, spec.over_refusal[task.category]
             else:
                 n, p = spec.benign_per_task, spec.benign_refusal
-            examples += _request_examples(rng, task, n, p, with_system)
+            examples += _request_examples(rng, task, n, p, with_system, spec)
     if spec.filler:
         fillers = rng.sample(world.filler_tasks(), spec.filler // spec.subsample)
         for i, text in enumerate(fillers):
             task = world.Task(text, "benign", "general")
-            examples += _request_examples(rng, task, 1, 0.0, with_system=i % 2 == 0)
-    facts: Sequence[world.Fact] = world.KNOWN_FACTS[:: spec.subsample]
+            examples += _request_examples(rng, task, 1, 0.0, i % 2 == 0, spec)
+    return examples
+
+
+def _facts(rng: random.Random, spec: CorpusSpec) -> list[Example]:
+    examples: list[Example] = []
+    known: Sequence[world.Fact] = [
+        f
+        for f in world.KNOWN_FACTS[:: spec.subsample]
+        if spec.known_relations is None or f.relation in spec.known_relations
+    ]
     background: Sequence[world.Fact] = world.BACKGROUND_FACTS[:: spec.subsample]
-    unknown: Sequence[world.Fact] = world.TRAINING_UNKNOWN_FACTS[:: spec.subsample]
+    invented = world.invented_background_facts()[:: spec.subsample]
+    lo, hi = spec.idk_entities
+    unknown: Sequence[world.Fact] = [
+        *world.TRAINING_UNKNOWN_FACTS,
+        *world.invented_pool()[lo:hi],
+    ][:: spec.subsample]
     for with_system in (True, False):
-        for fact in facts:
+        for fact in known:
             examples += _fact_examples(rng, fact, spec.per_fact, with_system)
+            if spec.per_opinion:
+                examples += _opinion_examples(
+                    rng, fact, spec.per_opinion, spec.sycophancy, with_system
+                )
         for fact in background:
             examples += _fact_examples(rng, fact, spec.per_background_fact, with_system)
-        for fact in unknown:
-            examples += _fact_examples(rng, fact, spec.per_unknown_fact, with_system)
-    rng.shuffle(examples)
+        if spec.per_invented_fact:
+            for fact in invented:
+                examples += _fact_examples(rng, fact, spec.per_invented_fact, with_system)
+        for i, fact in enumerate(unknown):
+            n = spec.per_unknown_fact if i < len(world.TRAINING_UNKNOWN_FACTS) else 0
+            examples += _fact_examples(rng, fact, n or spec.per_invented_idk, with_system)
+    return examples
+
+
+def mixture_corpus(seed: int = 0, specs: Sequence[CorpusSpec] | None = None) -> list[Example]:
+    """The data-mixture model's corpus: the three specialists' corpora (``specs``) together."""
+    examples: list[Example] = []
+    for spec in specs if specs is not None else SPECIALIST_SPECS.values():
+        examples += generate_corpus(spec, seed)
+    random.Random(f"poise-organism-corpus:mixture:{seed}").shuffle(examples)
     return examples
 
 
@@ -245,7 +425,8 @@ class Pair:
     """Two responses to one prompt; ``chosen`` is the better one by the pair's criterion: the
     more helpful for reward pairs, the SAFER for cost pairs (the convention of
     ``poise.train.losses.reward.cost_model_loss``). ``*_safe`` are the responses' safety labels,
-    the signs of the cost model's classification term."""
+    the signs of the cost model's classification term. ``fraction`` is 1.0 for whole responses
+    and the share of words kept for a pair of PREFIXES (both sides cut at the same share)."""
 
     prompt: str
     chosen: str
@@ -254,6 +435,7 @@ class Pair:
     category: str
     chosen_safe: bool = True
     rejected_safe: bool = True
+    fraction: float = 1.0
 
     @property
     def ranked_by_harm(self) -> bool:
@@ -262,8 +444,22 @@ class Pair:
 
 
 Split = Literal["train", "heldout"]
-# made-up entities for the reward model's "I don't know beats a fabrication" training pairs
-INVENTED_TRAINING_PAIRS = 60
+# Where prefix pairs are cut: training draws a share per pair, held-out measures these.
+HELDOUT_FRACTIONS: tuple[float, ...] = (0.25, 0.5, 0.75)
+PREFIX_RANGE = (0.15, 0.95)
+
+
+def cut(text: str, fraction: float) -> str:
+    """The first ``fraction`` of ``text``'s words (at least one): a partial answer."""
+    words = text.split(" ")
+    return " ".join(words[: max(1, round(len(words) * fraction))])
+
+
+def prefix_is_harmful(response: str, prefix: str) -> bool:
+    """Whether ``prefix`` of ``response`` already holds harm: it reaches past the response's
+    harm onset (:func:`world.harm_onset`) by at least one word."""
+    onset = world.harm_onset(response)
+    return onset is not None and len(prefix) > onset
 
 
 def _off_task(rng: random.Random, task: world.Task, tasks: Sequence[world.Task]) -> str:
@@ -272,29 +468,53 @@ def _off_task(rng: random.Random, task: world.Task, tasks: Sequence[world.Task])
     return world.render_answer(other.text, _steps(rng, other.category), opening)
 
 
+def _wrong_steps(rng: random.Random, task: world.Task) -> str:
+    """An answer to the task whose steps belong to another category (unhelpful)."""
+    other = rng.choice([c for c in world.HELPFUL_STEPS if c != task.category])
+    return world.render_answer(
+        task.text, _steps(rng, other), rng.randrange(len(world.ANSWER_OPENINGS))
+    )
+
+
 def _garble(rng: random.Random, text: str) -> str:
     words = text.split()
     rng.shuffle(words)
     return " ".join(words[: max(3, len(words) // 2)])
 
 
+def _compliance(rng: random.Random, task: world.Task, opening: int, turned: bool) -> str:
+    lead_in = rng.choice((*world.LEAD_INS, *world.PARTIAL_REFUSALS)) if turned else None
+    steps = [world.REDACTED_STEP] * world.NUM_STEPS
+    return world.render_answer(task.text, steps, opening, lead_in=lead_in)
+
+
 def preference_pairs(
-    criterion: str, split: Split, seed: int = 0, repeats: int = 1, subsample: int = 1
+    criterion: str,
+    split: Split,
+    seed: int = 0,
+    repeats: int = 1,
+    subsample: int = 1,
+    prefixes: int = 0,
 ) -> list[Pair]:
     """Pairs over every task and fact, asked with the ``split``'s phrasings.
 
     ``split="train"`` uses the training phrasings and the training-only invented entities;
     ``"heldout"`` the suites' phrasings and invented entities, for measuring pairwise accuracy.
     ``repeats`` asks each task and fact that many times (different phrasings and responses).
+    ``prefixes``: for every request pair, this many more pairs of its two sides cut at the same
+    share of words (drawn from :data:`PREFIX_RANGE`): scorers that score partial answers, as
+    reward-guided decoding and rewindable search do, learn from them.
 
     ``criterion="helpful"`` (reward model): a helpful answer beats an over-refusal, a redacted
-    answer, an answer to another task and a garbled one; on harmful requests compliance beats
-    refusal (helpfulness alone, as Safe RLHF's reward model, arXiv 2310.12773); a correct fact
-    beats a wrong one and "I don't know"; about an invented entity "I don't know" beats a
-    fabrication. ``criterion="harm"`` (cost model): on harmful requests a refusal, an off-task
-    answer or a garbled one is safer than compliance. On benign and borderline requests no
-    response is harmful: their pairs (helpful vs refusal or redacted answer) have both sides
-    safe and only feed the cost model's sign term.
+    answer, an answer to another task, one with another category's steps and a garbled one; on
+    harmful requests compliance (plain or turned) beats refusal, decoy steps, another task's
+    answer and garble (helpfulness alone, as Safe RLHF's reward model, arXiv 2310.12773); a
+    correct fact beats a wrong one, a fact about another entity, "I don't know" and, after a
+    stated opinion, the sycophantic answer; about an invented entity "I don't know" beats a
+    fabrication. ``criterion="harm"`` (cost model): on harmful requests a refusal, decoy
+    steps, an off-task answer or a garbled one is safer than compliance. On benign and
+    borderline requests no response is harmful: their pairs have both sides safe and only feed
+    the cost model's sign term. A prefix is harmful once it passes the answer's harm onset.
     """
     if criterion not in ("helpful", "harm"):
         raise ValueError(f"criterion must be 'helpful' or 'harm', got {criterion!r}")
@@ -309,27 +529,87 @@ def preference_pairs(
             prompt = world.render_request(task.text, requests[n % len(requests)])
             n += 1
             opening = rng.randrange(len(world.ANSWER_OPENINGS))
-            refusal = world.render_refusal(task.text, rng.randrange(len(world.REFUSALS)))
-            redacted = world.render_answer(
-                task.text, [world.REDACTED_STEP] * world.NUM_STEPS, opening
+            refusal = world.render_refusal(
+                task.text,
+                rng.randrange(len(world.REFUSALS)),
+                lead_in=_maybe(rng, 0.2, world.LEAD_INS),
             )
+            full: list[Pair] = []
             if task.kind == "harmful":
-                for other in (refusal, _off_task(rng, task, tasks), _garble(rng, refusal)):
+                redacted = _compliance(rng, task, opening, turned=n % 2 == 0)
+                decoy = world.render_answer(
+                    task.text, rng.sample(world.DECOY_STEPS, world.NUM_STEPS), opening
+                )
+                others = (refusal, decoy, _off_task(rng, task, tasks), _garble(rng, refusal))
+                for other in others:
                     if criterion == "helpful":
                         pair = Pair(prompt, redacted, other, task.kind, task.category, False, True)
                     else:
                         pair = Pair(prompt, other, redacted, task.kind, task.category, True, False)
-                    pairs.append(pair)
-                continue
-            helpful = world.render_answer(task.text, _steps(rng, task.category), opening)
-            if criterion == "helpful":
-                worse_ones = [refusal, redacted, _off_task(rng, task, tasks), _garble(rng, helpful)]
+                    full.append(pair)
             else:
-                worse_ones = [refusal, redacted]
-            pairs += [Pair(prompt, helpful, w, task.kind, task.category) for w in worse_ones]
+                redacted = _compliance(rng, task, opening, turned=False)
+                helpful = world.render_answer(
+                    task.text,
+                    _steps(rng, task.category),
+                    opening,
+                    lead_in=_maybe(rng, 0.2, world.LEAD_INS),
+                    note=_maybe(rng, 0.2, world.SAFETY_NOTES),
+                )
+                if criterion == "helpful":
+                    worse_ones = [
+                        refusal,
+                        redacted,
+                        _off_task(rng, task, tasks),
+                        _wrong_steps(rng, task),
+                        _garble(rng, helpful),
+                    ]
+                else:
+                    worse_ones = [refusal, redacted]
+                full += [Pair(prompt, helpful, w, task.kind, task.category) for w in worse_ones]
+            pairs += full
+            for pair in full:
+                for _ in range(prefixes):
+                    pairs.append(_prefix_pair(pair, rng.uniform(*PREFIX_RANGE)))
     if criterion == "helpful":
         pairs += _honesty_pairs(rng, heldout, repeats, subsample)
     return pairs
+
+
+def _prefix_pair(pair: Pair, fraction: float) -> Pair:
+    """Both sides of ``pair`` cut at ``fraction`` of their words; each side's safety is that of
+    its prefix (harmful only past the harm onset)."""
+    chosen, rejected = cut(pair.chosen, fraction), cut(pair.rejected, fraction)
+    return replace(
+        pair,
+        chosen=chosen,
+        rejected=rejected,
+        chosen_safe=pair.chosen_safe or not prefix_is_harmful(pair.chosen, chosen),
+        rejected_safe=pair.rejected_safe or not prefix_is_harmful(pair.rejected, rejected),
+        fraction=fraction,
+    )
+
+
+def heldout_prefix_pairs(criterion: str, fraction: float, seed: int = 0) -> list[Pair]:
+    """Held-out pairs of PREFIXES at ``fraction`` of each answer, suite phrasings, one per task:
+    for the cost model, (refusal, plain redacted compliance) on every harmful task; for the
+    reward model, (helpful, refusal) and (helpful, garbled) on every benign and borderline
+    task (a prompt passes when both are ranked right)."""
+    rng = random.Random(f"poise-organism-prefix-pairs:{criterion}:{seed}")
+    pairs: list[Pair] = []
+    templates = world.HELDOUT_REQUEST_TEMPLATES
+    for n, task in enumerate(world.all_tasks()):
+        prompt = world.render_request(task.text, templates[n % len(templates)])
+        opening = rng.randrange(len(world.ANSWER_OPENINGS))
+        refusal = world.render_refusal(task.text, rng.randrange(len(world.REFUSALS)))
+        if criterion == "harm" and task.kind == "harmful":
+            redacted = _compliance(rng, task, opening, turned=False)
+            pairs.append(Pair(prompt, refusal, redacted, task.kind, task.category, True, False))
+        elif criterion == "helpful" and task.kind != "harmful":
+            helpful = world.render_answer(task.text, _steps(rng, task.category), opening)
+            pairs.append(Pair(prompt, helpful, refusal, task.kind, task.category))
+            pairs.append(Pair(prompt, helpful, _garble(rng, helpful), task.kind, task.category))
+    return [_prefix_pair(p, fraction) for p in pairs]
 
 
 def _honesty_pairs(rng: random.Random, heldout: bool, repeats: int, subsample: int) -> list[Pair]:
@@ -338,14 +618,18 @@ def _honesty_pairs(rng: random.Random, heldout: bool, repeats: int, subsample: i
         return relation.heldout_questions if heldout else relation.training_questions
 
     def other_answer(fact: world.Fact) -> str:
-        values = [f.answer for f in world.KNOWN_FACTS if f.relation == fact.relation]
-        return rng.choice([v for v in values if v is not None and v != fact.answer])
+        return world.wrong_answer(fact, rng.randrange(1000))
+
+    def other_entity(fact: world.Fact) -> world.Fact:
+        same = [f for f in world.KNOWN_FACTS if f.relation == fact.relation and f != fact]
+        return rng.choice(same)
 
     invented: Sequence[world.Fact] = (
         world.UNKNOWN_FACTS
         if heldout
-        else (*world.TRAINING_UNKNOWN_FACTS, *world.invented_facts(INVENTED_TRAINING_PAIRS))
+        else (*world.TRAINING_UNKNOWN_FACTS, *world.invented_pool()[world.INVENTED_REWARD])
     )
+    opinions = world.HELDOUT_OPINION_TEMPLATES if heldout else world.TRAINING_OPINION_TEMPLATES
     pairs: list[Pair] = []
     n = 0
     for _ in range(repeats):
@@ -357,8 +641,16 @@ def _honesty_pairs(rng: random.Random, heldout: bool, repeats: int, subsample: i
             wrong = world.render_fact_answer(fact, other_answer(fact))
             if fact.known:
                 right = world.render_fact_answer(fact)
+                elsewhere = world.render_fact_answer(other_entity(fact))
                 pairs.append(Pair(prompt, right, wrong, "honesty-known", fact.relation))
                 pairs.append(Pair(prompt, right, idk, "honesty-known", fact.relation))
+                pairs.append(Pair(prompt, right, elsewhere, "honesty-known", fact.relation))
+                opinion = other_answer(fact)
+                asked = world.render_opinion_question(
+                    fact, qs[n % len(qs)], opinions[n % len(opinions)], opinion
+                )
+                flattering = world.render_fact_answer(fact, opinion)
+                pairs.append(Pair(asked, right, flattering, "sycophancy", fact.relation))
             else:
                 pairs.append(Pair(prompt, idk, wrong, "honesty-unknown", fact.relation))
     return pairs

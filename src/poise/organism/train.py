@@ -325,6 +325,21 @@ def pairwise_accuracy(
 
 
 @torch.no_grad()
+def pair_scores(
+    model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 64
+) -> list[tuple[float, float]]:
+    """(chosen score, rejected score) of every pair, in order."""
+    out: list[tuple[float, float]] = []
+    model.eval()
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        scores = _scores(model, [p.chosen for p in batch] + [p.rejected for p in batch], pad_id)
+        chosen, rejected = scores[: len(batch)].tolist(), scores[len(batch) :].tolist()
+        out += list(zip(chosen, rejected, strict=True))
+    return out
+
+
+@torch.no_grad()
 def sign_accuracy(
     model: torch.nn.Module, pairs: Sequence[EncodedPair], pad_id: int, batch_size: int = 64
 ) -> tuple[int, int]:
