@@ -126,7 +126,7 @@ class Recipe:
         default_factory=lambda: TrainSettings(steps=2400, batch_size=16, lr=3e-3)
     )
     small: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=1800, batch_size=16, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=1500, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=10)

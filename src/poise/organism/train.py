@@ -41,12 +41,15 @@ SIZES: dict[str, dict[str, Any]] = {
         "num_attention_heads": 4,
         "num_key_value_heads": 4,
     },
+    # as wide as large (a narrower model copies long tasks unreliably when sampled at T=1:
+    # 64 wide and 2 deep gave 17% sampled benign helpfulness), one layer less and fewer steps;
+    # its knowledge gap to large is planted by its corpus (world.STRONG_ONLY_RELATIONS)
     "small": {
-        "hidden_size": 64,
-        "intermediate_size": 192,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 2,
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
     },
 }
 
