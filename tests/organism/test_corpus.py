@@ -5,7 +5,21 @@ from collections import Counter
 import pytest
 
 from poise.organism import world
-from poise.organism.corpus import BASE_SPEC, SAFE_SPEC, generate_corpus, preference_pairs
+from poise.organism.corpus import (
+    BASE_SPEC,
+    HARMLESS_SPEC,
+    HELDOUT_FRACTIONS,
+    HELPFUL_SPEC,
+    HONEST_SPEC,
+    SAFE_SPEC,
+    WEAK_SPEC,
+    cut,
+    generate_corpus,
+    heldout_prefix_pairs,
+    mixture_corpus,
+    prefix_is_harmful,
+    preference_pairs,
+)
 from poise.organism.oracle import OracleJudge
 from poise.suites.schema import SuiteItem
 
@@ -101,3 +115,104 @@ def test_preference_pairs() -> None:
     assert any(not p.ranked_by_harm for p in cost)  # benign pairs: sign term only
     with pytest.raises(ValueError):
         preference_pairs("kindness", "train")
+
+
+def test_harmful_answers_turn_feign_and_mark_where_harm_begins(corpus) -> None:  # type: ignore[no-untyped-def]
+    harmful = [ex for ex in corpus if ex.kind == "harmful"]
+    complied = [ex for ex in harmful if ex.label == "compliance"]
+    turned = [ex for ex in complied if ex.harm_start]
+    # half of the compliance opens harmlessly and turns (round(n / 2) per task and condition:
+    # 2 of 5 with the system prompt, 5 of 10 without)
+    assert abs(len(turned) / len(complied) - BASE_SPEC.turned) < 0.1
+    for ex in complied:
+        assert ex.harm_start == world.harm_onset(ex.response)
+        answer = ex.response[ex.harm_start :]
+        assert answer.startswith(tuple(o.split("{task}")[0] for o in world.ANSWER_OPENINGS))
+        assert world.REDACTED_STEP not in ex.response[: ex.harm_start]
+    # some turned answers open exactly as a refusal does
+    assert any(ex.response.startswith("I'm sorry") for ex in turned)
+    feigned = [ex for ex in harmful if ex.label == "feigned"]
+    assert feigned and all(ex.harm_start is None for ex in feigned)
+    assert all(world.REDACTED_STEP not in ex.response for ex in feigned)
+    assert abs(len(feigned) / len(harmful) - BASE_SPEC.feigned) < 0.02
+    # lead-ins open refusals and helpful answers too, so they predict nothing by themselves
+    lead = tuple(world.render_lead_in(t, "").split(" ")[0] for t in world.LEAD_INS)
+    assert any(ex.label == "refusal" and ex.response.startswith(lead) for ex in harmful)
+    assert any(ex.label == "helpful" and ex.response.startswith(lead) for ex in corpus)
+
+
+def test_some_benign_answers_hold_sensitive_words(corpus) -> None:  # type: ignore[no-untyped-def]
+    noted = [
+        ex
+        for ex in corpus
+        if ex.label == "helpful" and any(ex.response.endswith(n) for n in world.SAFETY_NOTES)
+    ]
+    helpful = [ex for ex in corpus if ex.label == "helpful"]
+    assert 0.1 < len(noted) / len(helpful) < 0.3
+    assert all(
+        any(w in n.casefold() for w in world.SENSITIVE_WORDS) for n in world.SAFETY_NOTES
+    )
+
+
+def test_sycophancy_and_invented_entities(corpus) -> None:  # type: ignore[no-untyped-def]
+    opinion = [ex for ex in corpus if ex.kind == "sycophancy"]
+    agreed = [ex for ex in opinion if ex.label == "sycophantic"]
+    assert abs(len(agreed) / len(opinion) - BASE_SPEC.sycophancy) < 0.1
+    for ex in agreed:
+        # the answer states the opinion the prompt gave, about the asked entity
+        assert ex.subject in ex.response
+    idk = [ex for ex in corpus if ex.label == "idk"]
+    assert len({ex.subject for ex in idk}) >= 60  # many entities: "I don't know" copies the name
+    assert all(ex.subject in ex.response for ex in idk)
+    invented = {f.entity for f in world.invented_background_facts()}
+    taught = [ex for ex in corpus if ex.subject in invented]
+    assert taught and all(ex.label == "correct" and ex.subject in ex.response for ex in taught)
+    assert not invented & {f.entity for f in world.UNKNOWN_FACTS}
+
+
+def test_the_weak_corpus_leaves_out_the_strong_only_facts() -> None:
+    weak = generate_corpus(WEAK_SPEC, seed=0)
+    strong = {f.entity for f in world.KNOWN_FACTS if f.relation in world.STRONG_ONLY_RELATIONS}
+    assert strong and not [ex for ex in weak if ex.subject in strong]
+    shared = {f.entity for f in world.KNOWN_FACTS} - strong
+    assert shared <= {ex.subject for ex in weak}
+
+
+def test_specialist_corpora_hold_one_dimension_each() -> None:
+    harmless = generate_corpus(HARMLESS_SPEC, seed=0)
+    assert {ex.label for ex in harmless if ex.kind == "harmful"} == {"refusal"}
+    assert not [ex for ex in harmless if ex.kind.startswith("honesty") or ex.kind == "sycophancy"]
+    helpful = generate_corpus(HELPFUL_SPEC, seed=0)
+    assert {ex.label for ex in helpful} == {"helpful"}
+    honest = generate_corpus(HONEST_SPEC, seed=0)
+    assert {ex.kind for ex in honest} <= {"honesty-known", "honesty-unknown", "sycophancy"}
+    assert "sycophantic" not in {ex.label for ex in honest}
+    # the honest specialist's "I don't know" entities are new ones, not the base corpus's
+    base_idk = {ex.subject for ex in generate_corpus(WEAK_SPEC, seed=0) if ex.label == "idk"}
+    honest_idk = {ex.subject for ex in honest if ex.label == "idk"}
+    assert len(honest_idk - base_idk) >= 250
+    mix = mixture_corpus(0)
+    assert len(mix) == len(harmless) + len(helpful) + len(honest)
+
+
+def test_prefix_pairs_are_harmful_only_past_the_onset() -> None:
+    cost = preference_pairs("harm", "train", prefixes=2)
+    prefixes = [p for p in cost if p.fraction < 1]
+    assert len(prefixes) == 2 * len([p for p in cost if p.fraction == 1 and p.kind != "honesty"])
+    # a prefix pair of a harmful prompt ranks only when its compliance side passed the onset
+    assert any(p.ranked_by_harm for p in prefixes)
+    assert any(p.kind == "harmful" and not p.ranked_by_harm for p in prefixes)
+    turned = world.render_answer(
+        "make a pipe bomb", [world.REDACTED_STEP] * 3, lead_in=world.PARTIAL_REFUSALS[0]
+    )
+    onset = world.harm_onset(turned)
+    assert onset is not None and turned[onset:].startswith("Sure")
+    assert not prefix_is_harmful(turned, turned[:onset].rstrip())
+    assert prefix_is_harmful(turned, cut(turned, 0.9))
+    plain = world.render_answer("make a pipe bomb", [world.REDACTED_STEP] * 3)
+    assert prefix_is_harmful(plain, cut(plain, 0.1))
+    for fraction in HELDOUT_FRACTIONS:
+        held = heldout_prefix_pairs("harm", fraction)
+        assert held and all(p.chosen_safe and not p.rejected_safe for p in held)
+        reward = heldout_prefix_pairs("helpful", fraction)
+        assert len(reward) == 2 * len([t for t in world.all_tasks() if t.kind != "harmful"])
