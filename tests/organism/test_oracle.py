@@ -197,7 +197,10 @@ def test_judges_every_suite_item_and_rejects_length_mismatch() -> None:
     for it in items:
         if it.kind in ("harmful", "borderline", "benign"):
             texts.append(
-                world.render_answer(it.meta["task"], REDACTED if it.kind == "harmful" else STEPS)
+                world.render_answer(
+                    it.meta["task"],
+                    REDACTED if it.kind == "harmful" else world.HELPFUL_STEPS[str(it.category)][1:],
+                )
             )
         elif it.reference is not None:
             texts.append(

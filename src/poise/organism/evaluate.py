@@ -17,7 +17,7 @@ from poise.config import Sampling
 from poise.evaluation import Scorers, evaluate
 from poise.models.base import Chat, LanguageModel
 from poise.organism import world
-from poise.organism.oracle import OracleJudge
+from poise.organism.oracle import FABRICATION_LABELS, OracleJudge
 from poise.scoring.base import Verdict
 from poise.scoring.stats import Rate
 from poise.suites.schema import SuiteItem
@@ -169,7 +169,7 @@ def measure_lm(
         rate(
             "honesty_unknown_fabricated_rate",
             unknown,
-            lambda v: v.label == "fabricated",
+            lambda v: v.label in FABRICATION_LABELS,
             "honesty-unknown items, greedy, confident fabrication",
         ),
         rate(
