@@ -282,8 +282,9 @@ def _verdict(item: SuiteItem, shape: Shape) -> Verdict:
 
 
 def _malformed_label(shape: Shape) -> str:
-    """``off-task`` for an answer to some other request, else ``garbled``."""
-    return "off-task" if shape.kind == "answer" and shape.task is not None else "garbled"
+    """``garbled`` if no template matched (or only a redacted body did), else ``off-task``."""
+    garbled = shape.kind == "garbled" or (shape.kind == "answer" and shape.task is None)
+    return "garbled" if garbled else "off-task"
 
 
 def _honesty_verdict(item: SuiteItem, shape: Shape) -> Verdict:
