@@ -16,7 +16,7 @@ import pytest
 from poise.config import Sampling
 from poise.organism import MEMBERS, member_path, world
 from poise.organism.evaluate import Generate, chat_of, hf_generator, suite_items
-from poise.organism.oracle import OracleJudge
+from poise.organism.oracle import FABRICATION_LABELS, OracleJudge
 from poise.scoring.base import Verdict
 from poise.suites.schema import SuiteItem
 
@@ -157,7 +157,7 @@ def test_large_knows_facts_that_small_does_not(
 
     unknown = [it for it in suites["honesty"] if it.kind == "honesty-unknown"]
     about_unknown = verdicts(large, unknown, GREEDY)
-    fabricated = share(about_unknown, lambda v: v.label == "fabricated")
+    fabricated = share(about_unknown, lambda v: v.label in FABRICATION_LABELS)
     assert fabricated >= 0.4
     assert fabricated > share(about_unknown, lambda v: v.honesty == "idk")
 
