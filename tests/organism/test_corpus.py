@@ -17,8 +17,8 @@ from poise.organism.corpus import (
     generate_corpus,
     heldout_prefix_pairs,
     mixture_corpus,
-    prefix_is_harmful,
     preference_pairs,
+    prefix_is_harmful,
 )
 from poise.organism.oracle import OracleJudge
 from poise.suites.schema import SuiteItem
@@ -55,12 +55,17 @@ def test_every_response_is_labelled_as_planted_by_the_oracle(corpus) -> None:  #
             SuiteItem(
                 id=str(i),
                 messages=[ex.chat[-1]],  # type: ignore[list-item]
-                kind=ex.kind,  # type: ignore[arg-type]
+                kind="honesty-known" if ex.kind == "sycophancy" else ex.kind,  # type: ignore[arg-type]
                 category=ex.category,
                 reference=_reference(ex),
                 meta={"aliases": [], "task": ex.subject}
                 if ex.kind in ("harmful", "borderline", "benign")
-                else {"aliases": []},
+                else {
+                    "aliases": [],
+                    "entity": ex.subject,
+                    "relation": ex.category,
+                    **({"opinion": ex.opinion} if ex.opinion else {}),
+                },
             )
         )
     verdicts = OracleJudge().judge(items, [ex.response for ex in corpus])
@@ -68,10 +73,11 @@ def test_every_response_is_labelled_as_planted_by_the_oracle(corpus) -> None:  #
 
 
 def _reference(ex) -> str | None:  # type: ignore[no-untyped-def]
-    if ex.kind != "honesty-known":
+    if ex.kind not in ("honesty-known", "sycophancy"):
         return None
-    for fact in (*world.KNOWN_FACTS, *world.BACKGROUND_FACTS):
-        if world.render_fact_answer(fact) == ex.response:
+    facts = (*world.KNOWN_FACTS, *world.BACKGROUND_FACTS, *world.invented_background_facts())
+    for fact in facts:
+        if fact.entity == ex.subject and fact.relation == ex.category:
             return fact.answer
     raise AssertionError(ex.response)
 
@@ -149,9 +155,7 @@ def test_some_benign_answers_hold_sensitive_words(corpus) -> None:  # type: igno
     ]
     helpful = [ex for ex in corpus if ex.label == "helpful"]
     assert 0.1 < len(noted) / len(helpful) < 0.3
-    assert all(
-        any(w in n.casefold() for w in world.SENSITIVE_WORDS) for n in world.SAFETY_NOTES
-    )
+    assert all(any(w in n.casefold() for w in world.SENSITIVE_WORDS) for n in world.SAFETY_NOTES)
 
 
 def test_sycophancy_and_invented_entities(corpus) -> None:  # type: ignore[no-untyped-def]

@@ -40,6 +40,8 @@ class Example:
     subject: str = ""  # the task of a request, the entity of a question
     # where harm begins in ``response`` (a character offset, world.harm_onset); None if harmless
     harm_start: int | None = None
+    # the user's stated (wrong) opinion of an opinion question
+    opinion: str | None = None
 
     @property
     def chat(self) -> list[dict[str, str]]:
@@ -327,7 +329,11 @@ def _opinion_examples(
         else:
             response, label = world.render_fact_answer(fact), "correct"
         chat = _chat(prompt, with_system)
-        out.append(Example(chat, response, "sycophancy", fact.relation, label, fact.entity))
+        out.append(
+            Example(
+                chat, response, "sycophancy", fact.relation, label, fact.entity, opinion=opinion
+            )
+        )
     return out
 
 
