@@ -55,6 +55,20 @@ def test_audit_through_poise_serve_equals_in_process(
     assert served == in_process
     assert remote.metrics["overall"] == local.metrics["overall"]
 
+    # a client that sends an explicit empty system message gets the no-system answers
+    few: dict[str, Any] = {**common, "suites": ["harmful"], "limit": 10}
+    remote_none = poise.audit(
+        model=f"openai:organism-large@{server.base_url}",
+        system_prompt="",
+        out=str(tmp_path / "remote-none"),
+        **few,
+    )
+    local_none = poise.audit(
+        model=organism, system_prompt="none", out=str(tmp_path / "local-none"), **few
+    )
+    assert completions(remote_none) == completions(local_none)
+    assert completions(local_none) != {k: in_process[k] for k in completions(local_none)}
+
 
 @pytest.mark.slow
 def test_none_still_means_no_system_prompt_in_process(organism: Any, tmp_path: Path) -> None:
