@@ -44,6 +44,8 @@ CHATS = [
         {"role": "user", "content": "Bye"},
     ],
     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+    # system messages after the first turn: rendered where they stand, an empty one as nothing
+    [{"role": "user", "content": "Hi"}, NO_SYSTEM, {"role": "system", "content": "Be brief."}],
 ]
 
 
