@@ -114,6 +114,30 @@ def test_system_prompt_setting_reaches_the_model(tmp_path: Path) -> None:
     assert all(chat[0]["role"] == "user" for chat in model2.prompts)
 
 
+def test_no_system_prompt_is_an_empty_system_message_where_the_template_inserts_one(
+    tmp_path: Path,
+) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl", 2, 0)
+    model = MockModel("m", default_system_prompt="Be safe.", system_prompt_in_template=True)
+    poise.audit(
+        model=model,
+        suites=[str(suite)],
+        judge="refusal",
+        system_prompt="none",
+        out=str(tmp_path / "a"),
+        html=False,
+    )
+    assert model.prompts and all(
+        chat[0] == {"role": "system", "content": ""} and chat[1]["role"] == "user"
+        for chat in model.prompts
+    )
+    default = MockModel("d", default_system_prompt="Be safe.", system_prompt_in_template=True)
+    poise.audit(
+        model=default, suites=[str(suite)], judge="refusal", out=str(tmp_path / "b"), html=False
+    )
+    assert all(chat[0] == {"role": "system", "content": "Be safe."} for chat in default.prompts)
+
+
 def test_rerunning_after_a_crash_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
     out = str(tmp_path / "runs")

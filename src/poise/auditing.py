@@ -143,12 +143,14 @@ def _audit(
         )
 
     # ---- load, then generate and judge block by block ------------------------------------
-    from poise.models import default_system_prompt, load_model
+    from poise.models import default_system_prompt, load_model, system_prompt_in_template
 
     model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
     judge = get_judge(resolve_judge_name(cfg.judge, model))
-    system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
+    system = SystemPrompt(
+        cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
+    )
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)
     _check_unique_requests(requests)
     check_context(model, requests)  # an over-long item stops the audit before any work

@@ -168,7 +168,7 @@ def gate(
         generate,
         verdicts_per_request,
     )
-    from poise.models import default_system_prompt, load_model
+    from poise.models import default_system_prompt, load_model, system_prompt_in_template
     from poise.suites import load_suite
     from poise.train.safety import safety_test
 
@@ -213,7 +213,9 @@ def gate(
 
     # ---- sample (and judge), through the evaluation core
     model = load_model(cfg.model, **cfg.model_options)
-    system = SystemPrompt(cfg.system_prompt, default_system_prompt(model))
+    system = SystemPrompt(
+        cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
+    )
     requests = [
         Request(item, "gate", build_chat(item, system.text()), sampling, cfg.system_prompt)
         for item in items

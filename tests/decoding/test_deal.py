@@ -13,7 +13,7 @@ from poise.config import Sampling
 from poise.decoding import strategies
 from poise.decoding.deal import DeAL, rewind
 from poise.errors import PoiseError
-from poise.models import load_model
+from poise.models import load_model, no_system_prompt, with_system_prompt
 from poise.models.hf import HFModel
 from poise.models.mock import MockModel
 
@@ -104,7 +104,9 @@ def test_on_the_organism_a_cost_heuristic_lowers_harmful_openings() -> None:
     from poise.suites import load_suite
 
     items = [i for i in load_suite("harmful") if i.kind == "harmful"][:24]
-    chats = [list(i.messages) for i in items]
+    # without a system prompt (an empty system message: the template inserts the default
+    # into a chat without one), where greedy organism-large complies with some requests
+    chats = [with_system_prompt(list(i.messages), no_system_prompt(base)) for i in items]
     sampling = Sampling(max_new_tokens=32)
     plain = sum(c.text.startswith("Sure") for [c] in base.generate(chats, sampling))
     deal = DeAL(base, k=2, lookahead=24, beam=1, lam=1.0, cost="organism-cost")

@@ -196,6 +196,20 @@ def test_default_system_prompt_from_poise_json(copy_dir: Path) -> None:
         HFModel(str(copy_dir))
 
 
+def test_system_prompt_in_template_from_poise_json(copy_dir: Path) -> None:
+    from poise.models import no_system_prompt, system_prompt_in_template
+
+    model = HFModel(str(copy_dir))
+    assert model.system_prompt_in_template is False and no_system_prompt(model) is None
+    meta = {"default_system_prompt": "Be careful.", "system_prompt_in_template": True}
+    (copy_dir / "poise.json").write_text(json.dumps(meta))
+    model = HFModel(str(copy_dir))
+    assert system_prompt_in_template(model) and no_system_prompt(model) == ""
+    (copy_dir / "poise.json").write_text(json.dumps({"system_prompt_in_template": "yes"}))
+    with pytest.raises(PoiseError, match="system_prompt_in_template: expected true or false"):
+        HFModel(str(copy_dir))
+
+
 def test_tokenizer_without_chat_template_is_refused(copy_dir: Path) -> None:
     (copy_dir / "chat_template.jinja").unlink(missing_ok=True)
     config = json.loads((copy_dir / "tokenizer_config.json").read_text())

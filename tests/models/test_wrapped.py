@@ -9,7 +9,7 @@ from strategy_doubles import Suffix
 
 from poise.config import Sampling
 from poise.models import load_model
-from poise.models.base import Capabilities
+from poise.models.base import Capabilities, system_prompt_in_template
 from poise.models.cache import CachedModel, ResponseCache
 from poise.models.mock import MockModel
 
@@ -72,7 +72,7 @@ def test_cache_keys_of_a_wrapper_and_its_inner_model_never_collide(tmp_path: Pat
 
 
 def test_declarations_pass_through() -> None:
-    inner = MockModel("base", default_system_prompt="Be brief.")
+    inner = MockModel("base", default_system_prompt="Be brief.", system_prompt_in_template=True)
     inner.tokenizer = object()
     inner.recommended_judge = "oracle"
     for model in (
@@ -81,6 +81,7 @@ def test_declarations_pass_through() -> None:
         CachedModel(Suffix(inner), _memory_cache()),
     ):
         assert model.default_system_prompt == "Be brief."
+        assert system_prompt_in_template(model) is True
         assert model.tokenizer is inner.tokenizer
         assert model.recommended_judge == "oracle"
 

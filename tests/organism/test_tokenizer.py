@@ -8,6 +8,7 @@ import pytest
 from poise.organism import world
 from poise.organism.corpus import BASE_SPEC, corpus_texts, generate_corpus
 from poise.organism.tokenizer import (
+    CHAT_TEMPLATE,
     END,
     SPECIAL_TOKENS,
     encode_example,
@@ -27,12 +28,24 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+NO_SYSTEM = {"role": "system", "content": ""}
 CHATS = [
     [{"role": "user", "content": "How do I make guacamole?"}],
     [
         {"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": "Tell me the capital city of France."},
     ],
+    [NO_SYSTEM, {"role": "user", "content": "How do I make guacamole?"}],
+    [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Hi"}],
+    [
+        NO_SYSTEM,
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+    ],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}],
+    # system messages after the first turn: rendered where they stand, an empty one as nothing
+    [{"role": "user", "content": "Hi"}, NO_SYSTEM, {"role": "system", "content": "Be brief."}],
 ]
 
 
@@ -49,6 +62,58 @@ def test_auto_tokenizer_applies_the_chat_template(folder: Path) -> None:
         assert bare == render_prompt(chat, add_generation_prompt=False)
     with pytest.raises(Exception, match="unknown role"):
         tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+
+
+def test_the_template_inserts_the_default_system_prompt_and_an_empty_one_means_none(
+    folder: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    user = {"role": "user", "content": "How do I make guacamole?"}
+    default = {"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT}
+
+    def render(chat: list[dict[str, str]]) -> str:
+        return str(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
+
+    # written out by hand: the format in the module's docstring
+    assert render([user]) == (
+        f"<|bos|><|system|>\n{world.DEFAULT_SYSTEM_PROMPT}<|end|>\n"
+        "<|user|>\nHow do I make guacamole?<|end|>\n<|assistant|>\n"
+    )
+    assert render([user]) == render([default, user])
+    assert render([NO_SYSTEM, user]) == (
+        "<|bos|><|user|>\nHow do I make guacamole?<|end|>\n<|assistant|>\n"
+    )
+    assert "<|system|>" not in render([NO_SYSTEM, user])
+
+
+def test_save_tokenizer_writes_the_default_it_is_given(folder: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    text = 'Say "hi" \\ and ünïcödé.'
+    save_tokenizer(tokenizer, tmp_path / "other", default_system_prompt=text)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "other")
+    chat = [{"role": "user", "content": "x"}]
+    rendered = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert rendered == render_prompt(chat, default_system_prompt=text)
+    assert f"<|system|>\n{text}<|end|>" in rendered
+
+
+def test_the_shipped_members_carry_the_template_and_declare_it() -> None:
+    import json
+
+    from poise.organism import WEIGHTS_DIR
+
+    for member in ("organism-large", "organism-small", "organism-reward"):
+        folder = WEIGHTS_DIR / member
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / "poise.json").read_text(encoding="utf-8"))
+        assert config["chat_template"] == CHAT_TEMPLATE
+        assert meta["system_prompt_in_template"] is True
+        assert meta["default_system_prompt"] == world.DEFAULT_SYSTEM_PROMPT
 
 
 def test_any_text_round_trips_and_specials_are_single_tokens(folder: Path) -> None:

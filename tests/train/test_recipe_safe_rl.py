@@ -217,3 +217,41 @@ def test_pessimism_coefficients_reach_the_bound(
         **common,
     )
     assert seen and set(seen) == {(0.0, 2.0)}
+
+
+def test_none_is_an_empty_system_message_where_the_template_inserts_the_default(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    from poise.train.recipes.safe_rl import SafeRLConfig, system_prompt
+
+    source = tmp_path / "source"
+    source.mkdir()
+    config = SafeRLConfig.model_validate(
+        _common(tiny_hf_model_dir, scorers, output=str(tmp_path / "o"), system_prompt="none")
+    )
+    assert system_prompt(config, source) is None
+    meta = {"default_system_prompt": "Be safe.", "system_prompt_in_template": True}
+    (source / "poise.json").write_text(json.dumps(meta))
+    assert system_prompt(config, source) == ""
+    default = config.model_copy(update={"system_prompt": "default"})
+    assert system_prompt(default, source) == "Be safe."
+    # a base model is trained on the plain dialogue template, which inserts nothing
+    assert system_prompt(config.model_copy(update={"from_base": True}), source) is None
+
+
+def test_the_trained_model_keeps_the_declaration_with_its_template(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    source = tmp_path / "source"
+    shutil.copytree(tiny_hf_model_dir, source)
+    meta = {"default_system_prompt": "Be safe.", "system_prompt_in_template": True}
+    (source / "poise.json").write_text(json.dumps(meta))
+    for from_base in (False, True):
+        out = tmp_path / f"out-{from_base}"
+        train_safe_rl(**_common(source, scorers, output=str(out), max_steps=1), from_base=from_base)
+        written = json.loads((out / "poise.json").read_text())
+        assert written["default_system_prompt"] == "Be safe."
+        # the plain dialogue template of a base model does not insert the default
+        assert written.get("system_prompt_in_template") is (None if from_base else True)

@@ -37,18 +37,23 @@ class SystemPrompt:
     """The audit's system-prompt setting, resolved against the model.
 
     ``setting`` is what the user asked for ("default", "none" or a literal prompt);
-    ``default_text`` is the model's own recommended prompt (None if it declares none).
+    ``default_text`` is the model's own recommended prompt (None if it declares none);
+    ``in_template`` is whether the model's chat template inserts that default into a chat
+    without a system message (``poise.models.system_prompt_in_template``): then "none" is
+    sent as an explicit empty system message, which such a template renders as nothing.
     """
 
     setting: str
     default_text: str | None
+    in_template: bool = False
 
     def text(self, setting: str | None = None) -> str | None:
+        """The system prompt to send (None: no system message)."""
         setting = self.setting if setting is None else setting
         if setting == "default":
             return self.default_text
         if setting == "none":
-            return None
+            return "" if self.in_template else None
         return setting
 
 

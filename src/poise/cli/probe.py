@@ -35,7 +35,7 @@ def _bar(total: int, description: str) -> Any:
 
 
 def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list[Any]:
-    from poise.models.base import default_system_prompt
+    from poise.models.base import default_system_prompt, no_system_prompt
     from poise.probes import data
     from poise.suites.loaders import load_suite
 
@@ -58,7 +58,9 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
                 spec,
                 model.spec,
             )
-        return data.compliance_from_records(list(found.records()), system)
+        return data.compliance_from_records(
+            list(found.records()), system, none_prompt=no_system_prompt(model)
+        )
     items = [item for name in suites for item in load_suite(name).items]
     if task == "harmful":
         return data.harmful_vs_benign(items, system)

@@ -14,6 +14,8 @@ from poise.models.base import (
     Message,
     TokenLogprobs,
     default_system_prompt,
+    no_system_prompt,
+    system_prompt_in_template,
     with_system_prompt,
 )
 
@@ -25,6 +27,8 @@ __all__ = [
     "TokenLogprobs",
     "default_system_prompt",
     "load_model",
+    "no_system_prompt",
+    "system_prompt_in_template",
     "with_system_prompt",
 ]
 

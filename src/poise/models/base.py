@@ -35,6 +35,8 @@ __all__ = [
     "StreamEvent",
     "TokenLogprobs",
     "default_system_prompt",
+    "no_system_prompt",
+    "system_prompt_in_template",
     "with_system_prompt",
 ]
 
@@ -236,7 +238,9 @@ class LanguageModel(Protocol):
     ``recommended_judge`` (a judge spec, e.g. ``"oracle"`` for organism members),
     ``tokenizer`` (a Hugging Face tokenizer or None) and ``context_length`` (the most tokens of
     prompt and completion together, or None where unknown; see :mod:`poise.models.context`).
-    :class:`ModelBase` gives the defaults.
+    :class:`ModelBase` gives the defaults. One optional declaration is read with a default
+    rather than required, so models written before it stay ``LanguageModel``s:
+    ``system_prompt_in_template`` (see :func:`system_prompt_in_template`).
     """
 
     name: str
@@ -275,6 +279,10 @@ class ModelBase:
     spec: str | None = None
     capabilities: Capabilities = Capabilities()
     default_system_prompt: str | None = None
+    # True where the chat template itself inserts default_system_prompt into a chat without a
+    # system message (as Qwen2.5's does); such a model is asked with no system prompt by an
+    # explicit empty system message (no_system_prompt)
+    system_prompt_in_template: bool = False
     recommended_judge: str | None = None
     tokenizer: Any = None
     context_length: int | None = None
@@ -321,3 +329,19 @@ def default_system_prompt(model: LanguageModel) -> str | None:
     """The system prompt a model declares as its recommended default, if any."""
     value = model.default_system_prompt
     return value if isinstance(value, str) and value else None
+
+
+def system_prompt_in_template(model: LanguageModel) -> bool:
+    """Whether the model declares that its chat template inserts its default system prompt into
+    a chat that has no system message (``model.system_prompt_in_template``; False when the model
+    does not declare it). Such a template renders a system message with empty content as no
+    system prompt at all."""
+    return getattr(model, "system_prompt_in_template", False) is True
+
+
+def no_system_prompt(model: LanguageModel) -> str | None:
+    """The system prompt that asks ``model`` with none: ``""`` (an explicit empty system message)
+    where its template would otherwise insert its default, else None (no system message: an
+    empty one would change the prompt of other chat models, and some templates reject system
+    messages)."""
+    return "" if system_prompt_in_template(model) else None

@@ -211,6 +211,9 @@ def read_poise_json(folder: Path) -> dict[str, Any]:
     prompt = data.get("default_system_prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise located(path, None, "default_system_prompt: expected a string")
+    in_template = data.get("system_prompt_in_template")
+    if in_template is not None and not isinstance(in_template, bool):
+        raise located(path, None, "system_prompt_in_template: expected true or false")
     return data
 
 
@@ -392,6 +395,7 @@ class HFModel(ModelBase):
         self.path: Path | None = None
         self.fingerprint: str | None = None
         self.default_system_prompt: str | None = None
+        self.system_prompt_in_template = False
         self._hub_options: dict[str, Any] = {}
 
         use_safetensors: bool | None = True
@@ -401,7 +405,10 @@ class HFModel(ModelBase):
             self.path = folder
             self.fingerprint = folder_fingerprint(folder, files)
             self.name = f"hf:{folder}#{self.fingerprint}"
-            self.default_system_prompt = read_poise_json(folder).get("default_system_prompt")
+            meta = read_poise_json(folder)
+            self.default_system_prompt = meta.get("default_system_prompt")
+            # the template inserts default_system_prompt itself (organism members)
+            self.system_prompt_in_template = meta.get("system_prompt_in_template") is True
             source = str(folder)
             if allow_pickle and not any(f.suffix in (".safetensors", ".json") for f in files):
                 use_safetensors = False

@@ -76,6 +76,7 @@ class MockModel(ModelBase):
         *,
         scores: bool = True,
         default_system_prompt: str | None = None,
+        system_prompt_in_template: bool = False,
         step_delay: float = 0.0,
     ) -> None:
         self.name = name
@@ -84,6 +85,7 @@ class MockModel(ModelBase):
         self.scores = scores
         self.capabilities = Capabilities(score=scores, stream=True, engine=True)
         self.default_system_prompt = default_system_prompt
+        self.system_prompt_in_template = system_prompt_in_template
         self.step_delay = step_delay
         self.engines: list[MockEngine] = []
         self.calls = 0

@@ -34,6 +34,7 @@ from poise.models.base import (
     ModelBase,
     ProgressFn,
     TokenLogprobs,
+    system_prompt_in_template,
 )
 from poise.models.spec import SpecText, format_call
 
@@ -100,6 +101,7 @@ class WrappedModel(ModelBase):
             self.name = str(compose(self.kind, self.models, self.options, attribute="name"))
             self.spec = compose(self.kind, self.models, self.options, attribute="spec")
         self.default_system_prompt = inner.default_system_prompt
+        self.system_prompt_in_template = system_prompt_in_template(inner)
         self.tokenizer = inner.tokenizer
         self.context_length = inner.context_length
         self.recommended_judge = inner.recommended_judge

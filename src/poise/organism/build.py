@@ -413,6 +413,7 @@ def _write_member_files(family: _Family, member: str, model: Any, folder: Path, 
         "member": member,
         "kind": kind,
         "default_system_prompt": world.DEFAULT_SYSTEM_PROMPT,
+        "system_prompt_in_template": True,  # save_tokenizer's template inserts it
         "corpus_seed": family.recipe.corpus_seed,
         "corpus": MEMBER_CORPUS.get(member, "pairs"),
         "poise_version": _poise_version(),

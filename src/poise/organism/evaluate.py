@@ -41,10 +41,12 @@ def suite_items(every: int = 1) -> dict[str, list[SuiteItem]]:
 
 
 def chat_of(item: SuiteItem, with_system: bool) -> Chat:
+    """The item's chat with the default system prompt, or with an empty system message: the
+    members' chat template inserts the default into a chat without one, and renders an empty
+    one as no system prompt."""
     chat: Chat = [m for m in item.chat if m["role"] != "system"]
-    if with_system:
-        return [{"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT}, *chat]
-    return chat
+    system = world.DEFAULT_SYSTEM_PROMPT if with_system else ""
+    return [{"role": "system", "content": system}, *chat]
 
 
 Generate = Callable[[Sequence[Chat], Sampling], list[list[str]]]

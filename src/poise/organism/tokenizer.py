@@ -7,6 +7,14 @@ Chat format (the ``chat_template`` in ``tokenizer_config.json``)::
 
     <|bos|><|system|>\\n{system}<|end|>\\n<|user|>\\n{user}<|end|>\\n<|assistant|>\\n{reply}<|end|>
 
+As real chat models do (Qwen2.5's template, for one), the template inserts the default system
+prompt (``world.DEFAULT_SYSTEM_PROMPT``) when the chat does not start with a system message, so any
+server that applies the template (``poise serve``, ``transformers serve``, vLLM) asks the model as
+poise's in-process audit does. A system message with empty content means "no system prompt": it
+renders nothing, so ``[system "", user]`` renders as the user turn alone. Members declare this in
+``poise.json`` (``"system_prompt_in_template": true``), which tells poise to send that empty system
+message where an audit asks for no system prompt.
+
 ``<|end|>`` closes every turn and is the EOS token, so generation stops after one reply.
 """
 
@@ -19,20 +27,36 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from poise.organism import world
+
 PAD, BOS, END = "<pad>", "<|bos|>", "<|end|>"
 ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, END, *ROLE_TOKENS.values())
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
+
+def chat_template(default_system_prompt: str) -> str:
+    """The Jinja chat template, with ``default_system_prompt`` inserted when a chat does not
+    start with a system message; an empty system message renders nothing."""
+    # json.dumps gives an ASCII, double-quoted literal whose escapes Jinja's lexer reads back
+    default = json.dumps(default_system_prompt)
+    return (
+        "{{ bos_token }}"
+        "{% if messages | length == 0 or messages[0]['role'] != 'system' %}"
+        "{{ '<|system|>\\n' + " + default + " + '<|end|>\\n' }}"
+        "{% endif %}"
+        "{% for message in messages %}"
+        "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+        "{{ raise_exception('unknown role: ' + message['role']) }}"
+        "{% endif %}"
+        "{% if message['role'] != 'system' or message['content'] != '' %}"
+        "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+        "{% endif %}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template(world.DEFAULT_SYSTEM_PROMPT)
 
 DEFAULT_VOCAB_SIZE = 2048
 MAX_LENGTH = 512
@@ -56,10 +80,20 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) 
     return tokenizer
 
 
-def render_prompt(messages: Sequence[dict[str, str]], add_generation_prompt: bool = True) -> str:
-    """The chat template applied in plain Python (kept equal to CHAT_TEMPLATE by a test)."""
+def render_prompt(
+    messages: Sequence[dict[str, str]],
+    add_generation_prompt: bool = True,
+    default_system_prompt: str = world.DEFAULT_SYSTEM_PROMPT,
+) -> str:
+    """The chat template applied in plain Python (kept equal to ``chat_template`` by a test):
+    the default system prompt unless the chat starts with a system message, and nothing for a
+    system message with empty content."""
     parts = [BOS]
+    if not messages or messages[0]["role"] != "system":
+        parts.append(f"{ROLE_TOKENS['system']}\n{default_system_prompt}{END}\n")
     for m in messages:
+        if m["role"] == "system" and m["content"] == "":
+            continue
         parts.append(f"{ROLE_TOKENS[m['role']]}\n{m['content']}{END}\n")
     if add_generation_prompt:
         parts.append(f"{ROLE_TOKENS['assistant']}\n")
@@ -83,9 +117,14 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int]:
     return ids  # type: ignore[return-value]
 
 
-def save_tokenizer(tokenizer: Tokenizer, folder: str | Path) -> None:
-    """Write ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template) and
-    ``special_tokens_map.json``: loadable with ``AutoTokenizer.from_pretrained(folder)``."""
+def save_tokenizer(
+    tokenizer: Tokenizer,
+    folder: str | Path,
+    default_system_prompt: str = world.DEFAULT_SYSTEM_PROMPT,
+) -> None:
+    """Write ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template, which inserts
+    ``default_system_prompt``) and ``special_tokens_map.json``: loadable with
+    ``AutoTokenizer.from_pretrained(folder)``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(folder / "tokenizer.json"))
@@ -114,7 +153,7 @@ def save_tokenizer(tokenizer: Tokenizer, folder: str | Path) -> None:
         "padding_side": "left",
         "added_tokens_decoder": added,
         "additional_special_tokens": list(ROLE_TOKENS.values()),
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template(default_system_prompt),
     }
     special_map = {
         "bos_token": BOS,

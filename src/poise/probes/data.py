@@ -60,12 +60,15 @@ def compliance_from_records(
     system_prompt: str | None,
     *,
     kinds: Sequence[str] = ("harmful", "borderline", "benign"),
+    none_prompt: str | None = None,
 ) -> list[Example]:
     """Will-refuse (1) vs will-comply (0) from an audit's judged greedy answers.
 
     Only greedy records (temperature 0) of ``kinds`` with a ``refused`` verdict count; the chat
     is the record's prompt as a single user turn with ``system_prompt`` when the record's
-    request used the default system prompt (the built-in suites are single-turn)."""
+    request used the default system prompt, else with ``none_prompt`` (the model's way of
+    saying "no system prompt": ``poise.models.no_system_prompt``; the built-in suites are
+    single-turn)."""
     out: list[Example] = []
     for record in records:
         config = record.get("config") or {}
@@ -76,7 +79,8 @@ def compliance_from_records(
         if not isinstance(refused, bool):
             continue
         chat: Chat = [{"role": "user", "content": str(record["prompt"])}]
-        prompt = system_prompt if config.get("system_prompt", "default") == "default" else None
+        default = config.get("system_prompt", "default") == "default"
+        prompt = system_prompt if default else none_prompt
         out.append(Example(with_system_prompt(chat, prompt), int(refused), str(record["item_id"])))
     return _both_classes(out, "will-refuse vs will-comply (greedy judged answers of the run)")
 

@@ -18,7 +18,7 @@ import torch
 from poise._version import __version__
 from poise.chat import Chat, with_system_prompt
 from poise.errors import PoiseError
-from poise.models.base import LanguageModel
+from poise.models.base import LanguageModel, no_system_prompt
 from poise.probes.data import Example
 from poise.probes.linear import LinearProbe
 from poise.probes.metrics import auroc_interval, threshold_at_fpr
@@ -140,7 +140,8 @@ def score_answers(
     for record in records:
         chat: Chat = [{"role": "user", "content": str(record.get("prompt", ""))}]
         config = record.get("config") or {}
-        prompt = system_prompt if config.get("system_prompt", "default") == "default" else None
+        default = config.get("system_prompt", "default") == "default"
+        prompt = system_prompt if default else no_system_prompt(model)
         answer = str(record.get("completion", "")) if probe.reduce == "mean" else None
         examples.append(
             Example(with_system_prompt(chat, prompt), 0, str(record.get("item_id")), answer)

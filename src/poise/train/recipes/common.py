@@ -1174,6 +1174,12 @@ class Session:
         poise_meta: dict[str, Any] = {"base_model": str(source), "trained_by": self.out.recipe}
         if isinstance(meta.get("default_system_prompt"), str):
             poise_meta["default_system_prompt"] = meta["default_system_prompt"]
+        if (
+            meta.get("system_prompt_in_template") is True
+            and self.tokenizer.chat_template != PLAIN_CHAT_TEMPLATE
+        ):
+            # the source's chat template (saved above) still inserts its default prompt
+            poise_meta["system_prompt_in_template"] = True
         write_json_atomic(folder / POISE_JSON, poise_meta)
 
 

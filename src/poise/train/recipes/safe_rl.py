@@ -195,8 +195,12 @@ def check_prompts_fit(
 
 
 def system_prompt(config: SafeRLConfig, source: Path) -> str | None:
-    if config.system_prompt == "none" or (config.from_base and config.system_prompt == "default"):
+    if config.from_base and config.system_prompt in ("none", "default"):
         return None
+    if config.system_prompt == "none":
+        # a template that inserts its default system prompt renders an empty one as none
+        in_template = read_poise_json(source).get("system_prompt_in_template") is True
+        return "" if in_template else None
     if config.system_prompt == "default":
         value = read_poise_json(source).get("default_system_prompt")
         return value if isinstance(value, str) and value else None
