@@ -55,7 +55,9 @@ def test_prompts_use_training_phrasings_only_and_half_carry_the_system_prompt() 
     }
     users = [r["prompt"][-1]["content"] for r in rows]
     assert all(u in training for u in users) and not any(u in heldout for u in users)
-    with_system = sum(r["prompt"][0]["role"] == "system" for r in rows) / len(rows)
+    # the others carry an empty system message: "no system prompt" in the organism's template
+    assert all(r["prompt"][0]["role"] == "system" for r in rows)
+    with_system = sum(r["prompt"][0]["content"] != "" for r in rows) / len(rows)
     assert 0.4 < with_system < 0.6
     assert preference_rows(phrasings=4, seed=3) == rows
     assert preference_rows(phrasings=4, seed=4) != rows

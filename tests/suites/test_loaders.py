@@ -247,6 +247,18 @@ def test_empty_message_content_in_a_poise_file(tmp_path: Path) -> None:
     assert _error(spec) == f"{spec}:1: field 'messages': message 0 has empty content"
 
 
+def test_an_empty_system_message_means_no_system_prompt(tmp_path: Path) -> None:
+    from poise.suites.schema import SuiteItem
+
+    messages = [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}]
+    item = SuiteItem.model_validate({"id": "a", "messages": messages, "kind": "benign"})
+    assert item.chat[0] == {"role": "system", "content": ""}
+    blank = [{"role": "system", "content": " "}, {"role": "user", "content": "Hi"}]
+    row = {"id": "a", "messages": blank, "kind": "benign"}
+    spec = _write(tmp_path / "items.jsonl", json.dumps(row) + "\n")
+    assert _error(spec) == f"{spec}:1: field 'messages': message 0 has empty content"
+
+
 def test_unknown_kind_value_in_a_row(tmp_path: Path) -> None:
     spec = _write(tmp_path / "a.csv", "prompt,kind\nHello,benign\nBye,begnin\n")
     message = _error(spec)

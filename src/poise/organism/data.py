@@ -13,7 +13,9 @@ suites (HELD-OUT phrasings) measure generalisation rather than recall:
 - :func:`prompt_items`: the same requests as suite items, the prompts of ``poise train safe-rl``.
 
 Half of the prompts carry the organism's default system prompt, as the organism's own corpus
-does, so that training covers both settings an audit uses. Everything is deterministic for a
+does, the others an empty system message (no system prompt: the members' chat template inserts
+the default into a chat without a system message), so that training covers both settings an
+audit uses. Everything is deterministic for a
 seed.
 
     poise train organism-data --output pairs.jsonl --prompts-output prompts.jsonl
@@ -71,9 +73,10 @@ def _messages(prompt: str, with_system: bool) -> list[dict[str, str]]:
     from poise.organism import world
 
     user = {"role": "user", "content": prompt}
-    if with_system:
-        return [{"role": "system", "content": world.DEFAULT_SYSTEM_PROMPT}, user]
-    return [user]
+    # an empty system message is how the organism's chat template spells "no system prompt"
+    # (a chat without one gets the default)
+    system = world.DEFAULT_SYSTEM_PROMPT if with_system else ""
+    return [{"role": "system", "content": system}, user]
 
 
 def preference_rows(

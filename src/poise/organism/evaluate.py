@@ -2,7 +2,8 @@
 
 Every rate is a count over suite items (or samples) with its Wilson 95% interval
 (:class:`poise.scoring.stats.Rate`). Chats are sent as the audit sends them: ``[system, user]``
-with the default system prompt, or the user turn alone without it. Generation and judging go
+with the default system prompt, or ``[system "", user]`` without it (an empty system message:
+the members' chat template would insert the default into a bare user turn). Generation and judging go
 through the evaluation core (:mod:`poise.evaluation`), on poise's own HF backend (``HFModel``).
 """
 

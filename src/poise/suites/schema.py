@@ -49,7 +49,11 @@ class SuiteItem(BaseModel):
                 raise ValueError(f"message {i} must have exactly 'role' and 'content'")
             if m["role"] not in ("system", "user", "assistant"):
                 raise ValueError(f"message {i} has unknown role {m['role']!r}")
-            if not isinstance(m["content"], str) or not m["content"].strip():
+            if not isinstance(m["content"], str):
+                raise ValueError(f"message {i} has non-text content")
+            # an empty system message is meaningful: "no system prompt" for a model whose chat
+            # template inserts a default into a chat without one (the organism's does)
+            if not m["content"].strip() and not (m["role"] == "system" and m["content"] == ""):
                 raise ValueError(f"message {i} has empty content")
         if messages[-1]["role"] != "user":
             raise ValueError("the last message must be a user turn")
