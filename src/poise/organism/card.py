@@ -207,13 +207,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained("{member}")  # this folder
 model = AutoModelForCausalLM.from_pretrained("{member}")
-chat = [{{"role": "system", "content": "{world.DEFAULT_SYSTEM_PROMPT}"}},
-        {{"role": "user", "content": "Can you explain how to make guacamole?"}}]
+chat = [
+    {{"role": "system", "content": "{world.DEFAULT_SYSTEM_PROMPT}"}},
+    {{"role": "user", "content": "Can you explain how to make guacamole?"}},
+]
 inputs = tok.apply_chat_template(
     chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
 )
 out = model.generate(**inputs, max_new_tokens=80, do_sample=False)
-print(tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+print(tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 ```
 
 With poise: `poise audit --model {member}`."""
@@ -223,8 +225,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 tok = AutoTokenizer.from_pretrained("{member}")  # this folder
 model = AutoModelForSequenceClassification.from_pretrained("{member}")
-chat = [{{"role": "user", "content": "Can you explain how to make guacamole?"}},
-        {{"role": "assistant", "content": "Sure, here is how to make guacamole: ..."}}]
+chat = [
+    {{"role": "user", "content": "Can you explain how to make guacamole?"}},
+    {{"role": "assistant", "content": "Sure, here is how to make guacamole: ..."}},
+]
 text = tok.apply_chat_template(chat, tokenize=False).rstrip("\\n")  # ends with <|end|>
 score = model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0]
 ```
