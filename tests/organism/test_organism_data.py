@@ -114,3 +114,41 @@ def test_cli_writes_both_files(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert len(rows) == sum(len(t) for t in world.BENIGN_TASKS.values())
     assert (tmp_path / "q.jsonl").exists()
+
+
+def test_rows_reach_dpo_and_safe_rl_as_the_audit_renders_them(tmp_path: Path) -> None:
+    """The empty system message ("no system prompt") survives ``poise train dpo``'s and
+    ``poise train safe-rl``'s readers and renders, through organism-small's template, without
+    the default prompt; the other rows render it exactly once."""
+    from transformers import AutoTokenizer
+
+    from poise.organism import member_path
+    from poise.train.data import load_preferences
+    from poise.train.recipes.common import ChatEncoder
+    from poise.train.recipes.safe_rl import SafeRLConfig, load_prompts, system_prompt
+
+    write_organism_data(
+        tmp_path / "pairs.jsonl",
+        prompts_output=tmp_path / "prompts.jsonl",
+        phrasings=1,
+        kinds=("harmful",),
+    )
+    small = member_path("organism-small")
+    default = json.loads((small / "poise.json").read_text())["default_system_prompt"]
+    encoder = ChatEncoder(AutoTokenizer.from_pretrained(small), max_length=512)
+    config = SafeRLConfig(
+        model=str(small),
+        output=str(tmp_path / "out"),
+        reward_model="r",
+        cost_model="c",
+        prompts=str(tmp_path / "prompts.jsonl"),
+    )
+    chats = load_prompts(config, system_prompt(config, small))
+    pairs = load_preferences(tmp_path / "pairs.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "prompts.jsonl").read_text().splitlines()]
+    assert [c[0] for c in chats] == [r["messages"][0] for r in rows]
+    for chat in [*chats, *(p.prompt for p in pairs)]:
+        assert not isinstance(chat, str) and chat[0]["role"] == "system"
+        text = encoder.prompt_text(chat)
+        assert text.count(default) == (1 if chat[0]["content"] else 0)
+    assert {bool(c[0]["content"]) for c in chats} == {True, False}
