@@ -12,6 +12,10 @@ python scripts/probe_figures.py paired BASE STEERED --skip 76
     items, leaving out the first SKIP items of the harmful and benign suites (the items a
     steering strength was chosen on), and the exact McNemar test of the harmful verdicts
     paired by item
+    python scripts/probe_figures.py firewall cooking coding
+        the query firewall per role on organism-large: anchors = every other prompt of the
+        role's benign category, in-role = the rest, off-role = the other categories' benign
+        prompts, harmful = the harmful suite; AUROC (DeLong 95%) and the flagged counts
 """
 
 from __future__ import annotations
@@ -99,6 +103,29 @@ def prompt(probe_dir: str, run: str) -> None:
               f"[{r.auroc_low:.3f}, {r.auroc_high:.3f}] ({r.test_rows} held-out rows)")  # fmt: skip
 
 
+def firewall(roles: list[str]) -> None:
+    from poise.probes.firewall import Firewall
+
+    model = load_model("organism-large")
+    benign = load_suite("benign").items
+    harmful = [i.prompt for i in load_suite("harmful").items]
+    for role in roles:
+        own = [i.prompt for i in benign if i.category == role]
+        off = [i.prompt for i in benign if i.category != role]
+        wall = Firewall.fit(model, {role: own[::2]}, system_prompt=default_system_prompt(model))
+        inside = wall.scores(model, role, own[1::2])
+        threshold = wall.zone(role).threshold
+        parts = []
+        for name, other in (("off-role", off), ("harmful", harmful)):
+            scores = wall.scores(model, role, other)
+            area, low, high = auroc_interval(scores + inside, [1] * len(scores) + [0] * len(inside))
+            flagged = sum(s > threshold for s in scores)
+            parts.append(f"{name} vs in-role {area:.3f} [{low:.3f}, {high:.3f}], "
+                         f"flagged {flagged}/{len(scores)}")  # fmt: skip
+        flagged_in = sum(s > threshold for s in inside)
+        print(f"{role}: in-role flagged {flagged_in}/{len(inside)}; " + "; ".join(parts))
+
+
 def paired(base: str, steered: str, skip: int) -> None:
     left_out = {i.id for name in ("harmful", "benign") for i in load_suite(name).items[:skip]}
 
@@ -147,6 +174,8 @@ def main() -> None:
     p = sub.add_parser("prompt")
     p.add_argument("probe")
     p.add_argument("run")
+    p = sub.add_parser("firewall")
+    p.add_argument("roles", nargs="+")
     p = sub.add_parser("paired")
     p.add_argument("base")
     p.add_argument("steered")
@@ -156,6 +185,8 @@ def main() -> None:
         judges(args.run)
     elif args.what == "heldout":
         heldout(args.probe, args.run, args.kind)
+    elif args.what == "firewall":
+        firewall(args.roles)
     elif args.what == "prompt":
         prompt(args.probe, args.run)
     else:
