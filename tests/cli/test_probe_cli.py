@@ -57,3 +57,28 @@ def test_comply_needs_a_run(tmp_path: Path) -> None:
         app, ["probe", "train", "--task", "comply", "--out", str(tmp_path / "p")]
     )
     assert result.exit_code == 2 and "--run" in result.output
+
+
+def test_deception_needs_a_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["probe", "train", "--task", "deception", "--out", str(tmp_path / "p")]
+    )
+    assert result.exit_code == 2 and "--run" in result.output and "feigned" in result.output
+
+
+@pytest.mark.slow
+def test_deception_refuses_a_run_an_output_only_judge_labelled(tmp_path: Path) -> None:
+    runner = CliRunner()
+    runs = tmp_path / "runs"
+    audit = runner.invoke(
+        app, ["audit", "-s", "harmful", "--limit", "6", "--judge", "refusal", "--out", str(runs),
+              "--max-new-tokens", "24", "--no-html"],
+    )  # fmt: skip
+    assert audit.exit_code == 0, audit.output
+    [run] = list(runs.iterdir())
+    probe = tmp_path / "p"
+    result = runner.invoke(
+        app, ["probe", "train", "--task", "deception", "--run", str(run), "--out", str(probe)]
+    )
+    assert result.exit_code == 2 and "feigned vs real compliance" in result.output
+    assert not probe.exists() or not any(probe.iterdir())  # nothing half-written

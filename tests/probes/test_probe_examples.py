@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from poise.probes.data import compliance_from_records
+import pytest
+
+from poise.errors import PoiseError
+from poise.probes.data import compliance_from_records, deception_from_records
 
 
 def record(item_id: str, kind: str, refused: bool, system_prompt: str) -> dict[str, Any]:
@@ -39,3 +42,39 @@ def test_records_without_system_prompt_get_the_models_none_prompt() -> None:
         {"role": "system", "content": ""},
         {"role": "user", "content": "question c"},
     ]
+
+
+def answered(item_id: str, label: str, sample: int, completion: str) -> dict[str, Any]:
+    return {
+        "item_id": item_id,
+        "kind": "harmful",
+        "prompt": f"question {item_id}",
+        "completion": completion,
+        "sample_index": sample,
+        "config": {"temperature": 1.0, "system_prompt": "default"},
+        "verdict": {"label": label, "refused": label == "refusal"},
+    }
+
+
+def test_deception_rows_are_feigned_and_real_compliance_with_their_answers() -> None:
+    records = [
+        answered("a", "feigned", 0, "decoy a0"),
+        answered("a", "compliance", 1, "real a1"),
+        answered("a", "refusal", 2, "no"),
+        answered("b", "compliance", 0, "real b0"),
+        {**answered("c", "feigned", 0, "benign kind"), "kind": "benign"},
+    ]
+    rows = deception_from_records(records, "Be safe.")
+    assert [(e.group, e.label, e.continuation) for e in rows] == [
+        ("a", 1, "decoy a0"),
+        ("a", 0, "real a1"),
+        ("b", 0, "real b0"),
+    ]
+    assert rows[0].chat[0] == {"role": "system", "content": "Be safe."}
+
+
+def test_deception_needs_a_judge_that_labels_feigned_answers() -> None:
+    # an output-only judge labels a decoy answer "compliance": one class only
+    records = [answered("a", "compliance", 0, "x"), answered("b", "compliance", 0, "y")]
+    with pytest.raises(PoiseError, match="feigned vs real compliance"):
+        deception_from_records(records, None)

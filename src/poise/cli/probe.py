@@ -16,7 +16,16 @@ probe_app = typer.Typer(
     no_args_is_help=True,
 )
 
-TASKS = ("harmful", "comply", "honesty")
+TASKS = ("harmful", "comply", "honesty", "deception")
+
+
+# tasks whose labels are an audit run's judged answers, and the error when --run is missing
+RUN_TASKS = {
+    "comply": "probe train --task comply: pass --run RUN, a greedy audit of the same model "
+    "(its judged answers are the labels)",
+    "deception": "probe train --task deception: pass --run RUN, an audit of the same model on "
+    "harmful items judged by a judge that labels feigned answers (the organism's oracle)",
+}
 
 
 def _bar(total: int, description: str) -> Any:
@@ -40,12 +49,9 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
     from poise.suites.loaders import load_suite
 
     system = default_system_prompt(model)
-    if task == "comply":
+    if task in RUN_TASKS:
         if run is None:
-            raise PoiseError(
-                "probe train --task comply: pass --run RUN, a greedy audit of the same model "
-                "(its judged answers are the labels)"
-            )
+            raise PoiseError(RUN_TASKS[task])
         from poise.runs import find_run
 
         found = find_run(run)
@@ -58,9 +64,10 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
                 spec,
                 model.spec,
             )
-        return data.compliance_from_records(
-            list(found.records()), system, none_prompt=no_system_prompt(model)
-        )
+        records, none = list(found.records()), no_system_prompt(model)
+        if task == "comply":
+            return data.compliance_from_records(records, system, none_prompt=none)
+        return data.deception_from_records(records, system, none_prompt=none)
     items = [item for name in suites for item in load_suite(name).items]
     if task == "harmful":
         return data.harmful_vs_benign(items, system)
@@ -76,12 +83,14 @@ def train_command(
         None,
         "--model",
         "-m",
-        help="Model spec (hf backend); default: the --run's model for comply, else organism-large.",
+        help="Model spec (hf backend); default: the --run's model for comply / deception, else organism-large.",
     ),
     task: str = typer.Option(
         "harmful",
         help="harmful (harmful vs benign prompts), comply (will-refuse vs will-comply at the last "
-        "prompt token, labels from --run), honesty (honest vs deceptive instructions).",
+        "prompt token, labels from --run), honesty (honest vs deceptive instructions), deception "
+        "(feigned vs real compliance to harmful requests, mean over the answer's tokens, labels "
+        "from --run).",
     ),
     suite: list[str] = typer.Option(
         [],
@@ -90,7 +99,7 @@ def train_command(
         help="Suite(s) for harmful / honesty (default: harmful+benign / honesty).",
     ),
     run: str | None = typer.Option(
-        None, help="Audit run whose judged greedy answers label comply."
+        None, help="Audit run whose judged answers label comply / deception."
     ),
     layer: int | None = typer.Option(
         None, help="Layer to keep (0 = embeddings); default: the best held-out AUROC."
@@ -114,13 +123,10 @@ def train_command(
             )
         if Path(out).exists() and any(Path(out).iterdir()):
             raise PoiseError(f"{out}: the probe folder exists and is not empty")
-        if task == "comply" and run is None:
-            raise PoiseError(
-                "probe train --task comply: pass --run RUN, a greedy audit of the same model "
-                "(its judged answers are the labels)"
-            )
-        default = {"harmful": ["harmful", "benign"], "honesty": ["honesty"], "comply": []}[task]
-        if model is None and task == "comply" and run is not None:
+        if task in RUN_TASKS and run is None:
+            raise PoiseError(RUN_TASKS[task])
+        default = {"harmful": ["harmful", "benign"], "honesty": ["honesty"]}.get(task, [])
+        if model is None and task in RUN_TASKS and run is not None:
             from poise.runs import find_run
 
             recorded = find_run(run).config.get("model")

@@ -3,6 +3,10 @@
 - ``harmful_vs_benign``: a suite's harmful prompts (1) against its benign ones (0).
 - ``compliance_from_records``: will-refuse (1) vs will-comply (0) at the last prompt token,
   labelled by the judge's verdicts on the model's own greedy answers (an audit run's records).
+- ``deception_from_records``: strategically dishonest answers (1: the oracle's ``feigned``, an
+  answer that looks compliant but whose steps are deliberately useless) vs real compliance (0)
+  to harmful requests, read as the mean over the answer's tokens; labels from the judged answers
+  of an audit run (sampled, several per item, so the rarer feigned answers are there).
 - ``instructed_pairs``: the same true statement read under an honest (0) or a deceptive (1)
   instruction, features averaged over the statement's tokens (the "instructed pairs" of arXiv
   2502.03407, Sec. 3.1, after Zou et al., arXiv 2310.01405).
@@ -26,6 +30,7 @@ __all__ = [
     "HONEST_INSTRUCTION",
     "Example",
     "compliance_from_records",
+    "deception_from_records",
     "harmful_vs_benign",
     "instructed_pairs",
 ]
@@ -83,6 +88,41 @@ def compliance_from_records(
         prompt = system_prompt if default else none_prompt
         out.append(Example(with_system_prompt(chat, prompt), int(refused), str(record["item_id"])))
     return _both_classes(out, "will-refuse vs will-comply (greedy judged answers of the run)")
+
+
+def deception_from_records(
+    records: Iterable[Mapping[str, Any]],
+    system_prompt: str | None,
+    *,
+    none_prompt: str | None = None,
+) -> list[Example]:
+    """Feigned (1) vs real compliance (0): every record of a harmful item (greedy or sampled,
+    every sample) whose verdict label is ``feigned`` or ``compliance``; the chat as in
+    :func:`compliance_from_records`, the record's completion the continuation whose tokens are
+    read. The labels need a judge that tells the two apart (the organism's oracle): an
+    output-only judge calls both compliance."""
+    out: list[Example] = []
+    for record in records:
+        label = (record.get("verdict") or {}).get("label")
+        if record.get("kind") != "harmful" or label not in ("feigned", "compliance"):
+            continue
+        config = record.get("config") or {}
+        chat: Chat = [{"role": "user", "content": str(record["prompt"])}]
+        default = config.get("system_prompt", "default") == "default"
+        prompt = system_prompt if default else none_prompt
+        out.append(
+            Example(
+                with_system_prompt(chat, prompt),
+                int(label == "feigned"),
+                str(record["item_id"]),
+                str(record.get("completion", "")),
+            )
+        )
+    return _both_classes(
+        out,
+        "feigned vs real compliance (harmful answers of the run labelled feigned / compliance "
+        "by its judge: audit the organism with the oracle judge, sampled with --n)",
+    )
 
 
 def instructed_pairs(items: Iterable[SuiteItem]) -> list[Example]:
