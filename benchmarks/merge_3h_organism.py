@@ -30,8 +30,8 @@ equal thirds), without tuning.
     python benchmarks/merge_3h_organism.py --out merge-3h          # everything (resumable)
     python benchmarks/merge_3h_organism.py --out merge-3h --methods ties tsv_m
 
-Writes ``OUT/table.md`` (the test table), ``OUT/chart.svg`` (the three dimensions per model with
-95% error bars), ``OUT/results.json`` and, per method, ``OUT/chosen/<method>.yml`` (the chosen
+Writes ``OUT/table.md`` (the test table), ``OUT/chart.svg`` and ``OUT/chart.png`` (the three
+dimensions per model with 95% error bars), ``OUT/results.json`` and, per method, ``OUT/chosen/<method>.yml`` (the chosen
 merge config: ``poise merge OUT/chosen/ties.yml DIR`` rebuilds it). A killed run picks up where
 it stopped: merges are written atomically and audits resume.
 """
@@ -64,6 +64,11 @@ MIX = "organism-small-mix"
 SUITES = ("harmful", "borderline", "benign", "honesty", "sycophancy")
 SAMPLED_SUITES = ("harmful", "benign")
 DIMENSIONS = ("helpful", "harmless", "honest")
+TITLES = {
+    "helpful": "helpful: benign, T=1 (%)",
+    "harmless": "harmless: 1 - harmful, T=1 (%)",
+    "honest": "honest: no falsehood, greedy (%)",
+}
 MAX_NEW_TOKENS = 96  # the audit's default
 
 # Each method's validation grid (options a method lacks are left out for it by the expansion).
@@ -257,7 +262,7 @@ def method_candidates(method: str) -> list[Candidate]:
 def label(config: Mapping[str, Any]) -> str:
     if "stages" in config:
         return "slerp (chained, equal thirds)"
-    return Candidate("", dict(config)).label.replace(" w=[1.0, 1.0, 1.0]", "")
+    return Candidate("", dict(config)).label.replace(" w=[1.0, 1.0, 1.0]", "").replace(" w=[]", "")
 
 
 def scores_of(measured: Measured) -> dict[str, Score]:
@@ -309,8 +314,6 @@ def paired(name: str, a: Measured, b: Measured, a_name: str, b_name: str) -> Pai
 
 
 def write_report(out: Path, rows: list[dict[str, Any]], best_merge: str, samples: int) -> None:
-    from poise.report.charts import Series, category_chart
-
     found = []
     for row in rows:
         c = Candidate(row["name"], {})
@@ -356,17 +359,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], best_merge: str, samples
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table, encoding="utf-8")
     print(table)
-    series = [
-        Series(
-            d, {f"{i:02d} {row['label']}": row["measured"].rate(d) for i, row in enumerate(rows)}
-        )
-        for d in DIMENSIONS
-    ]
-    svg = category_chart(
-        series, title="helpful / harmless / honest (test split, 95% intervals)", xlabel="%"
-    )
-    if svg is not None:
-        (out / "chart.svg").write_text(svg + "\n", encoding="utf-8")
+    (out / "chart.svg").write_text(chart(rows, out / "chart.png") + "\n", encoding="utf-8")
     results = {
         "samples": samples,
         "best_merge": best_merge,
@@ -385,6 +378,46 @@ def write_report(out: Path, rows: list[dict[str, Any]], best_merge: str, samples
         ],
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def chart(rows: Sequence[Mapping[str, Any]], png: Path | None = None) -> str:
+    """One panel per dimension: each model's rate with its 95% interval; the data mixture's
+    value as a dashed line, so a merge to its right beats the mixture on that dimension."""
+    import io
+
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from poise.report.charts import PALETTE, clean_svg
+
+    labels = [row["label"] for row in rows]
+    ys = list(range(len(rows)))[::-1]  # the first row on top
+    members = (BASE, *SPECIALISTS)
+    rc: Any = {"svg.fonttype": "none", "svg.hashsalt": "poise-merge-3h", "font.size": 9}
+    with matplotlib.rc_context(rc):
+        fig = Figure(figsize=(11.0, 0.9 + 0.3 * len(rows)), layout="constrained")
+        axes = fig.subplots(1, len(DIMENSIONS), sharey=True)
+        for ax, dim in zip(axes, DIMENSIONS, strict=True):
+            for y, row in zip(ys, rows, strict=True):
+                rate = row["measured"].rate(dim)
+                kind = 2 if row["name"] == MIX else (1 if row["name"] in members else 0)
+                ax.errorbar(
+                    [100 * rate.value], [y],
+                    xerr=[[100 * (rate.value - rate.low)], [100 * (rate.high - rate.value)]],
+                    fmt="os^"[kind], color=PALETTE[kind], capsize=2, elinewidth=1,
+                )  # fmt: skip
+                if row["name"] == MIX:
+                    ax.axvline(100 * rate.value, color=PALETTE[2], linestyle="--", linewidth=0.8)
+            ax.set_xlim(-2, 102)
+            ax.set_title(TITLES[dim], loc="left")
+            ax.grid(axis="x", alpha=0.3)
+        axes[0].set_yticks(ys)
+        axes[0].set_yticklabels(labels)
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+        if png is not None:
+            fig.savefig(png, format="png", dpi=110)
+    return clean_svg(buf.getvalue())
 
 
 def main() -> None:
