@@ -28,7 +28,10 @@ models, so it is chained (helpful and honest at t = 1/2, then the safe specialis
 equal thirds), without tuning.
 
     python benchmarks/merge_3h_organism.py --out merge-3h          # everything (resumable)
-    python benchmarks/merge_3h_organism.py --out merge-3h --methods ties tsv_m
+    python benchmarks/merge_3h_organism.py --out merge-3h --methods ties tsv_m   # a subset
+
+Subsets may be tuned in parallel processes on one ``OUT`` (``--tune-only``; each method's tuning
+is its own file, ``OUT/tuned/<method>.json``); the run over every method then writes the table.
 
 Writes ``OUT/table.md`` (the test table), ``OUT/chart.svg`` and ``OUT/chart.png`` (the three
 dimensions per model with 95% error bars), ``OUT/results.json`` and, per method, ``OUT/chosen/<method>.yml`` (the chosen
@@ -110,7 +113,11 @@ def write_splits(out: Path) -> dict[str, list[str]]:
         for split, start in (("test", 0), ("val", 1)):
             path = out / "suites" / split / f"{name}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("\n".join(lines[start::2]) + "\n", encoding="utf-8")
+            text = "\n".join(lines[start::2]) + "\n"
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                tmp = path.with_suffix(".tmp")  # atomic: parallel runs may read it
+                tmp.write_text(text, encoding="utf-8")
+                tmp.replace(path)
             paths[split].append(str(path))
     return paths
 
@@ -426,23 +433,29 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=list(GRIDS), choices=list(GRIDS))
     parser.add_argument("--samples", type=int, default=8, help="T=1 answers per request (test)")
     parser.add_argument("--val-samples", type=int, default=4, help="T=1 answers (validation)")
+    parser.add_argument("--tune-only", action="store_true", help="stop after the tuning")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out: Path = args.out
     splits = write_splits(out)
     start = time.perf_counter()
-    tuned_path = out / "tuned.json"
-    tuned: dict[str, Any] = json.loads(tuned_path.read_text()) if tuned_path.is_file() else {}
+    tuned: dict[str, Any] = {}
     for method in args.methods:
-        if method not in tuned:
+        tuned_path = out / "tuned" / f"{method}.json"
+        if tuned_path.is_file():
+            tuned[method] = json.loads(tuned_path.read_text())
+        else:
             tuned[method] = tune(method, out, splits, args.val_samples)
-            tuned_path.write_text(json.dumps(tuned, indent=2) + "\n")
+            tuned_path.parent.mkdir(parents=True, exist_ok=True)
+            tuned_path.write_text(json.dumps(tuned[method], indent=2) + "\n")
         chosen = out / "chosen" / f"{method}.yml"
         chosen.parent.mkdir(parents=True, exist_ok=True)
         chosen.write_text(yaml.safe_dump(tuned[method]["config"], sort_keys=False))
         log.info(
             "%s: chosen %s (%.0f s)", method, tuned[method]["label"], time.perf_counter() - start
         )
+    if args.tune_only:
+        return
     rows: list[dict[str, Any]] = []
     for member in (BASE, *SPECIALISTS, MIX):
         folder = out / "members" / member
