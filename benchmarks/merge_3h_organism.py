@@ -72,23 +72,24 @@ TITLES = {
     "harmless": "harmless: 1 - harmful, T=1 (%)",
     "honest": "honest: no falsehood, greedy (%)",
 }
-MAX_NEW_TOKENS = 96  # the audit's default
+# the organism's longest template reply is about 60 tokens (its model cards measure with 80)
+MAX_NEW_TOKENS = 80
 
 # Each method's validation grid (options a method lacks are left out for it by the expansion).
 # Per-specialist weights stay equal (1 each): the grid is over the method's own options.
 GRIDS: dict[str, dict[str, list[Any]]] = {
     "linear": {},
     "task_arithmetic": {"lambda": [0.3, 0.5, 0.7, 1.0]},
-    "ties": {"density": [0.2, 0.5, 0.8], "lambda": [1.0, 1.5]},
-    "dare_linear": {"density": [0.3, 0.7], "lambda": [0.5, 1.0]},
-    "dare_ties": {"density": [0.3, 0.7], "lambda": [1.0, 1.5]},
-    "breadcrumbs": {"density": [0.5, 0.9], "gamma": [0.01], "lambda": [0.5, 1.0]},
-    "breadcrumbs_ties": {"density": [0.5, 0.9], "gamma": [0.01], "lambda": [1.0, 1.5]},
-    "della": {"density": [0.3, 0.7], "epsilon": [0.1], "lambda": [1.0, 1.5]},
-    "della_linear": {"density": [0.3, 0.7], "epsilon": [0.1], "lambda": [0.5, 1.0]},
+    "ties": {"density": [0.2, 0.5], "lambda": [0.7, 1.0]},
+    "dare_linear": {"density": [0.3, 0.7], "lambda": [0.5]},
+    "dare_ties": {"density": [0.3, 0.7], "lambda": [1.0]},
+    "breadcrumbs": {"density": [0.5, 0.9], "gamma": [0.01], "lambda": [0.5]},
+    "breadcrumbs_ties": {"density": [0.5, 0.9], "gamma": [0.01], "lambda": [1.0]},
+    "della": {"density": [0.3, 0.7], "epsilon": [0.1], "lambda": [1.0]},
+    "della_linear": {"density": [0.3, 0.7], "epsilon": [0.1], "lambda": [0.5]},
     "model_stock": {},
-    "tsv_m": {"alpha": [0.5, 0.75, 1.0, 1.5]},
-    "resm": {"alpha": [0.5, 0.75, 1.0, 1.5]},
+    "tsv_m": {"alpha": [0.5, 0.7, 1.0, 1.5]},
+    "resm": {"alpha": [0.5, 0.7, 1.0, 1.5]},
     "slerp": {},  # chained, see the module docstring
 }
 
@@ -434,6 +435,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8, help="T=1 answers per request (test)")
     parser.add_argument("--val-samples", type=int, default=4, help="T=1 answers (validation)")
     parser.add_argument("--tune-only", action="store_true", help="stop after the tuning")
+    parser.add_argument(
+        "--no-members", action="store_true", help="leave out base, specialists, mix"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out: Path = args.out
@@ -457,7 +461,7 @@ def main() -> None:
     if args.tune_only:
         return
     rows: list[dict[str, Any]] = []
-    for member in (BASE, *SPECIALISTS, MIX):
+    for member in () if args.no_members else (BASE, *SPECIALISTS, MIX):
         folder = out / "members" / member
         rows.append(
             {
