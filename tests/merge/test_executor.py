@@ -198,3 +198,37 @@ def test_inputs_are_read_one_tensor_at_a_time(specialists: list[Path], tmp_path:
     assert files == ["model.safetensors"]
     assert len(reads) == len(set(reads)) == 3 * len(base.keys())  # each tensor read once
     assert peak <= 2  # while reading a model's tensor, at most the base's and one other are alive
+
+
+def test_merge_keeps_the_tokenizer_sources_chat_settings(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    base, a, b = specialists
+    source = tmp_path / "base"
+    shutil.copytree(base, source)
+    meta = {
+        "member": "source-name",
+        "default_system_prompt": "Be brief.",
+        "system_prompt_in_template": True,
+        "corpus": "base",
+    }
+    (source / "poise.json").write_text(json.dumps(meta))
+    out = tmp_path / "m"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(source),
+        "models": [{"model": str(a)}, {"model": str(b)}], "parameters": {"weight": 0.5},
+    }), out)  # fmt: skip
+    kept = json.loads((out / "poise.json").read_text())
+    assert kept == {
+        "default_system_prompt": "Be brief.",
+        "system_prompt_in_template": True,
+        "merged_by": "poise merge",
+    }
+    # a source without poise.json gives a merge without one
+    run_merge(_write(tmp_path / "d.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base),
+        "models": [{"model": str(a)}, {"model": str(b)}], "parameters": {"weight": 0.5},
+    }), tmp_path / "n")  # fmt: skip
+    assert not (tmp_path / "n" / "poise.json").exists()

@@ -56,6 +56,9 @@ MODEL_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
+POISE_JSON = "poise.json"
+# poise.json fields a merge keeps from its tokenizer source (they go with its chat template)
+CHAT_META = ("default_system_prompt", "system_prompt_in_template")
 VOCAB_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
 
 
@@ -206,6 +209,27 @@ def write_merge(
     return files
 
 
+def _copy_chat_meta(source: Path, dest: Path) -> None:
+    """The tokenizer source's chat settings from its ``poise.json`` (the default system prompt,
+    and whether its chat template inserts it), as a trained model keeps its source's: the
+    merged model then asks exactly as the source does (the same chats, hence the same
+    sampling seeds). Its other fields describe the source model, not the merge, and stay out."""
+    path = source / POISE_JSON
+    if not path.is_file():
+        return
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise PoiseError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(meta, dict):
+        raise PoiseError(f"{path}: expected a JSON object")
+    kept = {k: meta[k] for k in CHAT_META if k in meta}
+    if kept:
+        (dest / POISE_JSON).write_text(
+            json.dumps({**kept, "merged_by": "poise merge"}, indent=2) + "\n", encoding="utf-8"
+        )
+
+
 def _name_shards(folder: Path, shards: list[list[str]], total_bytes: int) -> list[str]:
     if len(shards) <= 1:
         if shards:
@@ -227,6 +251,7 @@ def _copy_model_files(source: Path, dest: Path, dtype: torch.dtype | None) -> No
     for file_name in MODEL_FILES:
         if (source / file_name).is_file():
             shutil.copyfile(source / file_name, dest / file_name)
+    _copy_chat_meta(source, dest)
     config_path = dest / "config.json"
     if dtype is not None and config_path.is_file():
         config = json.loads(config_path.read_text())
