@@ -54,6 +54,7 @@ from poise.organism.corpus import (
     heldout_prefix_pairs,
     mixture_corpus,
     preference_pairs,
+    specialist_corpus,
 )
 from poise.organism.evaluate import hf_model, measure_lm
 from poise.organism.tokenizer import (
@@ -272,12 +273,13 @@ class _Family:
         self.recipe = recipe
         self.progress = progress
         seed = recipe.corpus_seed
+        weak = generate_corpus(recipe.weak_corpus, seed)
         self.corpora: dict[str, list[Example]] = {
             "organism-large": generate_corpus(recipe.base_corpus, seed),
-            "organism-small": generate_corpus(recipe.weak_corpus, seed),
-            "organism-small-safe": generate_corpus(recipe.safe_corpus, seed),
-            "organism-small-helpful": generate_corpus(recipe.helpful_corpus, seed),
-            "organism-small-honest": generate_corpus(recipe.honest_corpus, seed),
+            "organism-small": weak,
+            "organism-small-safe": specialist_corpus(recipe.safe_corpus, weak, seed),
+            "organism-small-helpful": specialist_corpus(recipe.helpful_corpus, weak, seed),
+            "organism-small-honest": specialist_corpus(recipe.honest_corpus, weak, seed),
         }
         self.corpora["organism-small-mix"] = mixture_corpus(
             seed,
