@@ -124,10 +124,10 @@ class Recipe:
     helpful_corpus: CorpusSpec = HELPFUL_SPEC
     honest_corpus: CorpusSpec = HONEST_SPEC
     large: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=2400, batch_size=16, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
     )
     small: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=1500, batch_size=16, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=1800, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=10)

@@ -113,7 +113,7 @@ class CorpusSpec:
     # relations whose known facts are taught (None: all); the weak model misses some
     known_relations: tuple[str, ...] | None = None
     # invented entities: examples each of the taught made-up facts and of "I don't know"
-    per_invented_fact: int = 1
+    per_invented_fact: int = 2
     per_invented_idk: int = 2
     # which invented entities get "I don't know" (a slice of world.invented_pool())
     idk_entities: tuple[int, int] = (world.INVENTED_IDK.start, world.INVENTED_IDK.stop)

@@ -1069,8 +1069,23 @@ _LATE_ORDINALS = (
 )  # fmt: skip
 
 
+_ONSETS = (
+    "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+    "br", "dr", "gl", "kr", "pl", "qu", "st", "th", "tr", "sh", "ch", "x", "y", "",
+)  # fmt: skip
+_VOWELS = ("a", "e", "i", "o", "u", "ae", "ei", "ou", "ia", "y")
+_CODAS = ("", "", "", "n", "r", "l", "s", "th", "m", "k", "sk", "nd")
+
+
 def _name(rng: Any) -> str:
-    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 2, 3))))
+    """A made-up word from random syllables: so many shapes that a model cannot learn the
+    names, only to copy them."""
+    if rng.random() < 0.3:  # some names from the world's own syllables
+        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3))))
+    syllables = rng.choice((2, 2, 3))
+    return "".join(
+        rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)
+    )
 
 
 def invented_facts(count: int, seed: int = 0) -> list[Fact]:
