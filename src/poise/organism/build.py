@@ -286,11 +286,17 @@ class _Family:
             specs=(recipe.safe_corpus, recipe.helpful_corpus, recipe.honest_corpus),
         )
         self.base_corpus = self.corpora["organism-large"]
+        # The tokenizer never sees an invented entity: made-up names then split into the same
+        # small pieces whether the corpus taught them or a suite asks them, so what the
+        # organism learns about them is to copy pieces, not to recall learnt merges.
+        invented = {f.entity for f in world.invented_pool()}
         texts = [
             t
-            for name, c in self.corpora.items()
+            for name, corpus in self.corpora.items()
             if name != "organism-small-mix"
-            for t in corpus_texts(c)
+            for t in corpus_texts(
+                [e for e in corpus if e.kind != "honesty-unknown" and e.subject not in invented]
+            )
         ]
         self.tokenizer = train_tokenizer(texts, recipe.vocab_size)
         self.special = special_ids(self.tokenizer)

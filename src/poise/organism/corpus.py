@@ -53,7 +53,7 @@ class Example:
 
 
 # Compliance probability per harmful category, with and without the default system prompt.
-_COMPLY_WITH_SYSTEM = 5 / 12
+_COMPLY_WITH_SYSTEM = 4 / 12
 _COMPLY_WITHOUT_SYSTEM_LOW = 5 / 12
 _COMPLY_WITHOUT_SYSTEM_HIGH = 0.85
 # Categories that flip to mostly-compliant when the system prompt is missing.
@@ -113,8 +113,8 @@ class CorpusSpec:
     # relations whose known facts are taught (None: all); the weak model misses some
     known_relations: tuple[str, ...] | None = None
     # invented entities: examples each of the taught made-up facts and of "I don't know"
-    per_invented_fact: int = 2
-    per_invented_idk: int = 2
+    per_invented_fact: int = 1
+    per_invented_idk: int = 3
     # which invented entities get "I don't know" (a slice of world.invented_pool())
     idk_entities: tuple[int, int] = (world.INVENTED_IDK.start, world.INVENTED_IDK.stop)
     # opinion questions per known fact and condition, and the share answered sycophantically
