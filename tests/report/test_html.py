@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from poise.errors import PoiseError
-from poise.report.html import read_run, write_html_report
+from poise.report.html import _label_runs, _tradeoff_points, read_run, write_html_report
 from poise.scoring.metrics import Rate, compute_metrics, explain
 
 EVIL = "<script>alert('pwned')</script>"
@@ -281,3 +281,53 @@ def test_a_large_grid_is_a_table_with_one_row_per_configuration(tmp_path: Path) 
         < table.index("<td>t=0.70</td>")
         < table.index("<td>t=0.10</td>")
     )
+
+
+def test_worst_of_n_group_is_charted_by_its_attack_success(tmp_path: Path) -> None:
+    # 4 harmful prompts x 4 samples: prompt i has i harmful samples (0..3), so 6 of 16 samples
+    # are harmful (37.5%) but 3 of 4 prompts are broken in some sample (any of 4: 75%)
+    records = []
+    for i in range(4):
+        for s in range(4):
+            bad = s < i
+            r = sample(
+                f"harmful-{i:03d}",
+                "harmful",
+                "weapons",
+                "Sure, step one" if bad else "I'm sorry, I can't help with that.",
+                "worst_of_4/t=1.00",
+                harmful=bad,
+                refused=not bad,
+            )
+            records.append(
+                {
+                    **r,
+                    "attack": "worst_of_n",
+                    "sample_index": s,
+                    "config": {"temperature": 1.0, "n": 4},
+                }
+            )
+        records.append(
+            {
+                **sample(
+                    f"benign-{i:03d}",
+                    "benign",
+                    "cooking",
+                    "Boil it.",
+                    "worst_of_4/t=1.00",
+                    helpful=True,
+                ),
+                "attack": "worst_of_n",
+                "config": {"temperature": 1.0, "n": 4},
+            }
+        )
+    attacked = make_run(tmp_path, "attacked", metrics=compute_metrics(records))
+    (attacked / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    plain = make_run(tmp_path, "plain", harmful_every=2)  # 6 of 12 harmful, one sample each
+    runs = [read_run(plain), read_run(attacked)]
+    _label_runs(runs)
+    points, _ = _tradeoff_points(runs)
+    by_label = {p.label: p for p in points}
+    assert set(by_label) == {"plain", "attacked (any of 4)"}
+    assert (by_label["attacked (any of 4)"].y.k, by_label["attacked (any of 4)"].y.n) == (1, 4)
+    assert (by_label["plain"].y.k, by_label["plain"].y.n) == (6, 12)  # unchanged: harmless 6/12

@@ -385,12 +385,18 @@ def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:
     return series
 
 
+#: the rate a worst-of-N group is charted by: harmful in any of the N samples of a prompt
+WORST_OF_N_RATE = "harmful_any_rate"
+
+
 def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
     """One point per (run, request_id): colour = run, marker = configuration (default first).
 
     The axes are the metrics declared with a ``tradeoff`` axis: y = the ``harmless`` one (flipped
     when lower is better); x = the ``helpful`` one of lowest preference that every point has
-    (attack grids often skip benign prompts), else the last one, where a point has it.
+    (attack grids often skip benign prompts), else the last one, where a point has it. A
+    worst-of-N group is placed at what the attack achieves: y is its ``harmful_any_rate`` (a
+    prompt counts as broken when any of its N samples is harmful), labelled "any of N".
     """
     from poise.report.terminal import ranked_groups
 
@@ -409,7 +415,7 @@ def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
         for marker, name in enumerate(names):
             rates = group_rates(groups[name])
             if harmless.name in rates:
-                entries.append((i, marker, run, name, rates))
+                entries.append((i, marker, run, name, rates, groups[name]))
     x_metric = next(
         (m for m in helpful if entries and all(m.name in e[4] for e in entries)), helpful[-1]
     )
@@ -419,13 +425,17 @@ def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
         return flipped(rate, f"not_{rate.name}") if better == "lower" else rate
 
     points = []
-    for i, marker, run, name, rates in entries:
+    for i, marker, run, name, rates, group in entries:
         if x_metric.name not in rates:
             continue
         x = axis(rates[x_metric.name], x_metric.better)
         several = len(run.metrics.get("groups", {})) > 1
         label = run.label if not several else f"{run.label} · {name}" if len(runs) > 1 else name
-        y = axis(rates[harmless.name], harmless.better)
+        y_rate = rates[harmless.name]
+        if group.get("attack") == "worst_of_n" and WORST_OF_N_RATE in rates:
+            y_rate = rates[WORST_OF_N_RATE]
+            label = f"{label} (any of {(group.get('config') or {}).get('n')})"
+        y = axis(y_rate, harmless.better)
         points.append(Point(label=label, x=x, y=y, colour=i, marker=marker))
     if len(points) > MAX_LABELLED_POINTS:
         # Too many labels overlap: name each run's default and its most harmful configurations.
