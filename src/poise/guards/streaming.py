@@ -75,8 +75,11 @@ class MonitorWatch:
         window: int = 0,
         force: bool = False,
         eos_id: int | None = None,
+        keep_scores: bool = False,
     ) -> None:
         self.monitor = monitor
+        # every scored token's score per row, when asked (tests, analyses)
+        self.scores: dict[int, list[float]] | None = {} if keep_scores else None
         self.prompt_of = prompt_of
         self.threshold = threshold
         self.k = k
@@ -119,6 +122,8 @@ class MonitorWatch:
 
     def _count(self, row: int, scores: Sequence[float], first: int) -> None:
         """Apply delay-k to a row's newly scored tokens (``first``: the index of the first)."""
+        if self.scores is not None:
+            self.scores.setdefault(row, []).extend(scores)
         for offset, score in enumerate(scores):
             position = first + offset
             if row in self.stops or (self.window and position >= self.window):
