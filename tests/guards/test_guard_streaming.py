@@ -49,32 +49,37 @@ def test_incremental_scores_equal_teacher_forcing(inner: HFModel, monitor_dir: P
             assert got == pytest.approx(expected[: len(got)], abs=1e-5)
 
 
-def _threshold(inner: HFModel, monitor_dir: Path) -> float:
+@pytest.fixture(scope="module")
+def threshold(inner: HFModel, monitor_dir: Path) -> float:
     """A threshold inside the range of the scores the answers get, so some rows stop."""
     monitor = load_monitor(str(monitor_dir))
     results = inner.generate(CHATS, SAMPLING)
-    scores = [
-        s
-        for c, row in enumerate(results)
-        for comp in row
-        for s in monitor.response_scores(
-            [inner.prompt_ids(CHATS[c])], [list(comp.token_ids or ())[: comp.num_tokens]]
-        )[0]
-    ]
-    return sorted(scores)[int(0.8 * len(scores))]
+    flat = [(c, comp) for c, row in enumerate(results) for comp in row]
+    per_row = monitor.response_scores(
+        [inner.prompt_ids(CHATS[c]) for c, _ in flat],
+        [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
+    )
+    scores = sorted(s for row in per_row for s in row)
+    return scores[int(0.8 * len(scores))]
 
 
-def test_delay_k_stops_where_the_rule_says(inner: HFModel, monitor_dir: Path) -> None:
-    threshold = _threshold(inner, monitor_dir)
+def test_delay_k_stops_where_the_rule_says(
+    inner: HFModel, monitor_dir: Path, threshold: float
+) -> None:
     guarded = Guarded(inner, monitor=str(monitor_dir), threshold=threshold, k=2)
     plain = inner.generate(CHATS, SAMPLING)
     got = guarded.generate(CHATS, SAMPLING)
     monitor = load_monitor(str(monitor_dir))
+    flat = [(c, b) for c, row in enumerate(plain) for b in row]
+    all_scores = monitor.response_scores(
+        [inner.prompt_ids(CHATS[c]) for c, _ in flat],
+        [list(b.token_ids or ())[: b.num_tokens] for _, b in flat],
+    )
     stopped = 0
     for c, (before, after) in enumerate(zip(plain, got, strict=True)):
-        for b, a in zip(before, after, strict=True):
+        for s, (b, a) in enumerate(zip(before, after, strict=True)):
             ids = list(b.token_ids or ())[: b.num_tokens]
-            scores = monitor.response_scores([inner.prompt_ids(CHATS[c])], [ids])[0]
+            scores = all_scores[c * 2 + s]
             if b.finish_reason == "length":
                 scores = scores[:-1]
             stop = delay_k_stop(scores, threshold, 2)
@@ -93,8 +98,10 @@ def test_delay_k_stops_where_the_rule_says(inner: HFModel, monitor_dir: Path) ->
     assert stopped > 0
 
 
-def test_stream_and_engine_stop_as_generate_does(inner: HFModel, monitor_dir: Path) -> None:
-    threshold = _threshold(inner, monitor_dir)
+@pytest.mark.slow
+def test_stream_and_engine_stop_as_generate_does(
+    inner: HFModel, monitor_dir: Path, threshold: float
+) -> None:
     guarded = Guarded(inner, monitor=str(monitor_dir), threshold=threshold, k=2)
     generated = guarded.generate(CHATS, SAMPLING)
     texts: dict[tuple[int, int], str] = {}
