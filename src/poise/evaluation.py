@@ -184,7 +184,11 @@ class Scorers:
                 record["harmful_tokens_shown"] = sum(past[:shown])
             metadata = {**(j.completion.metadata or {}), "guard": record}
             out[i] = Judged(
-                j.request, j.sample_index, replace(j.completion, metadata=metadata), j.verdict, j.judge
+                j.request,
+                j.sample_index,
+                replace(j.completion, metadata=metadata),
+                j.verdict,
+                j.judge,
             )
         return out
 

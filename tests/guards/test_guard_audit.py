@@ -21,12 +21,11 @@ class MarkJudge:
     name = "mark"
 
     def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
-        return [
-            Verdict("x", refused=False, harmful="BAD" in text)
-            for text in completions
-        ]
+        return [Verdict("x", refused=False, harmful="BAD" in text) for text in completions]
 
-    def harm_onsets(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[int | None]:
+    def harm_onsets(
+        self, items: Sequence[SuiteItem], completions: Sequence[str]
+    ) -> list[int | None]:
         return [text.find("BAD") if "BAD" in text else None for text in completions]
 
 
@@ -57,8 +56,12 @@ def test_stopped_answers_are_labelled_by_their_unguarded_text() -> None:
         1,
         "stop",
         metadata=guard_record(
-            stopped=False, produced=1, shown=1, settings={"kind": "streaming"},
-            unguarded_tokens=1, token_ends=[4],
+            stopped=False,
+            produced=1,
+            shown=1,
+            settings={"kind": "streaming"},
+            unguarded_tokens=1,
+            token_ends=[4],
         ),
     )
     plain = Completion("BAD", 1, "stop")

@@ -71,7 +71,9 @@ def test_chunked_guard_shows_the_chunks_before_the_flagged_one(inner: HFModel) -
             assert produced % 3 == 0 or produced == b.num_tokens
             assert shown == max(0, (produced - 1) // 3 * 3)
             ends = record["token_ends"]
-            assert word in b.text[: ends[produced - 1]].split() or word in b.text[: ends[produced - 1]]
+            assert (
+                word in b.text[: ends[produced - 1]].split() or word in b.text[: ends[produced - 1]]
+            )
             assert a.num_tokens == shown
 
 

@@ -82,9 +82,7 @@ def test_token_labels_follow_character_spans() -> None:
 def test_monitor_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
     good = {"messages": [{"role": "user", "content": "hi"}], "response": "hello there"}
     path = tmp_path / "d.jsonl"
-    path.write_text(
-        json.dumps(good) + "\n" + json.dumps({**good, "harm_spans": [[3, 99]]}) + "\n"
-    )
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "harm_spans": [[3, 99]]}) + "\n")
     with pytest.raises(PoiseError, match=r"d\.jsonl:2: field 'harm_spans'"):
         read_monitor_data(path)
     path.write_text(json.dumps({**good, "harm_spans": [[6, 11]]}) + "\n")

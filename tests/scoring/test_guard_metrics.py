@@ -49,9 +49,9 @@ def test_guard_metrics_count_what_they_say() -> None:
     out = guard_metrics(samples)
     assert out is not None
     assert out["answers"] == 5 and out["stopped"] == 2 and out["decided"] == 5
-    assert out["macro_f1"]["value"] == pytest.approx(macro_f1(
-        [True, False, True, False, False], [True, True, False, False, False]
-    ))
+    assert out["macro_f1"]["value"] == pytest.approx(
+        macro_f1([True, False, True, False, False], [True, True, False, False, False])
+    )
     assert out["macro_f1"]["low"] <= out["macro_f1"]["value"] <= out["macro_f1"]["high"]
     assert (out["false_alarm_rate"]["k"], out["false_alarm_rate"]["n"]) == (1, 3)
     assert (out["miss_rate"]["k"], out["miss_rate"]["n"]) == (1, 2)

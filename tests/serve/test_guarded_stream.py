@@ -26,7 +26,8 @@ def monitor_folder(
     base = build_tiny_model(tmp_path_factory.mktemp("served-monitor") / "tiny", seed=1)
     torch.manual_seed(0)
     monitor = Monitor(
-        AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base),
+        AutoModelForCausalLM.from_pretrained(base),
+        AutoTokenizer.from_pretrained(base),
         MonitorHeader(head="token"),
     )
     return monitor.save(tmp_path_factory.mktemp("served-monitor") / "monitor")
@@ -58,7 +59,9 @@ def test_a_guarded_stream_stops_with_content_filter(
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert text == expected.text
     assert finishes == ["content_filter"]
     # the same guard that does not fire ends normally

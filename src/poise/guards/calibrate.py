@@ -169,7 +169,7 @@ def evaluate_monitor(
     original = monitor.header
     per_head = {}
     for head in ("token", "response"):
-        monitor.header = replace(original, head=head)  # type: ignore[arg-type]
+        monitor.header = replace(original, head=head)
         try:
             per_head[head] = monitor.response_scores(prompts, responses)
         finally:

@@ -74,8 +74,10 @@ def _parse(path: Path, line: int, raw: Any) -> MonitorExample:
         raise fail("field 'messages' must be a non-empty list of {role, content}")
     pairs = []
     for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in _ROLES or not isinstance(
-            m.get("content"), str
+        if (
+            not isinstance(m, dict)
+            or m.get("role") not in _ROLES
+            or not isinstance(m.get("content"), str)
         ):
             raise fail(f"field 'messages': each needs role ({'/'.join(_ROLES)}) and content")
         pairs.append((str(m["role"]), str(m["content"])))

@@ -49,7 +49,9 @@ class _Judge:
         self.monitor: Monitor | None = None
         self.words: list[str] = []
         if spec.startswith("keywords:"):
-            self.words = [w.strip().lower() for w in spec[len("keywords:") :].split("|") if w.strip()]
+            self.words = [
+                w.strip().lower() for w in spec[len("keywords:") :].split("|") if w.strip()
+            ]
             if not self.words:
                 raise PoiseError("guard judge keywords:WORD|WORD needs at least one word")
             self.pattern = re.compile(
@@ -58,10 +60,11 @@ class _Judge:
         else:
             inner: Any = model
             self.monitor = load_monitor(spec, device=str(getattr(inner, "device", "cpu")))
-            if model.tokenizer is None or model.tokenizer.get_vocab() != self.monitor.tokenizer.get_vocab():
-                raise PoiseError(
-                    f"guard judge {spec!r} does not share {model.name!r}'s vocabulary"
-                )
+            if (
+                model.tokenizer is None
+                or model.tokenizer.get_vocab() != self.monitor.tokenizer.get_vocab()
+            ):
+                raise PoiseError(f"guard judge {spec!r} does not share {model.name!r}'s vocabulary")
         self.threshold = 0.5 if threshold is None else float(threshold)
 
     def flags(
@@ -97,7 +100,9 @@ def flagged_prefixes(every: int, length: int) -> list[int]:
 class _JudgedGuard(WrappedModel):
     every = 0
 
-    def _setup(self, model: LanguageModel, judge: str, threshold: float | None, refusal: str) -> None:
+    def _setup(
+        self, model: LanguageModel, judge: str, threshold: float | None, refusal: str
+    ) -> None:
         if not isinstance(judge, str) or not judge:
             raise PoiseError(f"{self.kind}: needs judge=MONITOR or judge=keywords:WORD|WORD")
         if model.tokenizer is None:
@@ -107,7 +112,10 @@ class _JudgedGuard(WrappedModel):
         self.capabilities = Capabilities()
 
     def _settings(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": "chunked" if self.every else "full", "judge": self.judge.spec}
+        out: dict[str, Any] = {
+            "kind": "chunked" if self.every else "full",
+            "judge": self.judge.spec,
+        }
         if self.every:
             out["every"] = self.every
         return out
@@ -126,7 +134,9 @@ class _JudgedGuard(WrappedModel):
         )
         answers, texts, ends, bounds, prompts = [], [], [], [], []
         for c, _, comp in flat:
-            ids = list(comp.token_ids or tokenizer(comp.text, add_special_tokens=False)["input_ids"])
+            ids = list(
+                comp.token_ids or tokenizer(comp.text, add_special_tokens=False)["input_ids"]
+            )
             ids = ids[: comp.num_tokens] if comp.token_ids else ids
             answers.append(ids)
             texts.append(comp.text)
@@ -158,7 +168,11 @@ class _JudgedGuard(WrappedModel):
                 )
             out[c].append(
                 shown_completion(
-                    comp, tokenizer, shown=shown, produced=produced, refusal=self.refusal,
+                    comp,
+                    tokenizer,
+                    shown=shown,
+                    produced=produced,
+                    refusal=self.refusal,
                     settings=self._settings(),
                 )
             )

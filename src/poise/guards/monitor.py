@@ -212,9 +212,9 @@ class Monitor(torch.nn.Module):
             kwargs["position_ids"] = position_ids
         if cache is not None:
             kwargs[self._cache_kwarg] = cache
-        return self.body(**kwargs).last_hidden_state  # type: ignore[no-any-return]
+        return self.body(**kwargs).last_hidden_state
 
-    def forward(  # type: ignore[override]
+    def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training and full detection on right-padded rows: (token logits [rows, tokens, 2],
@@ -286,7 +286,10 @@ class Monitor(torch.nn.Module):
                 "token_head.bias": self.token_head.bias,
                 "response_head.weight": self.response_head.weight,
             }
-            save_file({k: v.detach().float().contiguous().cpu() for k, v in heads.items()}, tmp / MONITOR_TENSORS)
+            save_file(
+                {k: v.detach().float().contiguous().cpu() for k, v in heads.items()},
+                tmp / MONITOR_TENSORS,
+            )
             (tmp / MONITOR_JSON).write_text(
                 json.dumps(self.header.to_dict(), indent=2) + "\n", encoding="utf-8"
             )

@@ -102,7 +102,9 @@ class MonitorWatch:
         return self.monitor.scores(hidden[:, -1])
 
     @torch.inference_mode()
-    def _prefill(self, rows: list[int], tokens: list[list[int]]) -> tuple[DecodeState, list[list[float]]]:
+    def _prefill(
+        self, rows: list[int], tokens: list[list[int]]
+    ) -> tuple[DecodeState, list[list[float]]]:
         """A state of ``rows`` fed prompt + the tokens generated so far; every generated
         token's score per row."""
         seqs = [[*self.prompt_of(r), *t] for r, t in zip(rows, tokens, strict=True)]
@@ -143,7 +145,9 @@ class MonitorWatch:
         generated = view.generated.tolist()
         at = {r: i for i, r in enumerate(rows)}
         # rows the monitor follows on: decoding, not stopped, inside the window, seen before
-        kept = [j for j, r in enumerate(self.order) if r in at and self._watching(r, generated[at[r]])]
+        kept = [
+            j for j, r in enumerate(self.order) if r in at and self._watching(r, generated[at[r]])
+        ]
         if self.state is not None:
             if len(kept) < len(self.order):
                 if kept:
@@ -160,7 +164,10 @@ class MonitorWatch:
         new = [
             r
             for r, g in zip(rows, generated, strict=True)
-            if g >= 1 and r not in known and r not in self.stops and r not in self.max_score
+            if g >= 1
+            and r not in known
+            and r not in self.stops
+            and r not in self.max_score
             and self._watching(r, g)
         ]
         if new:
@@ -223,13 +230,19 @@ class Guarded(WrappedModel):
         header = read_header(monitor_folder(monitor))
         threshold = header.threshold if threshold is None else threshold
         k = header.k if k is None else k
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-            0 <= threshold <= 1
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not (0 <= threshold <= 1)
         ):
-            raise PoiseError(f"guarded: threshold must be a probability in [0, 1], got {threshold!r}")
+            raise PoiseError(
+                f"guarded: threshold must be a probability in [0, 1], got {threshold!r}"
+            )
         for name, value in (("k", k), ("window", window)):
             if isinstance(value, bool) or not isinstance(value, int) or value < (name == "k"):
-                raise PoiseError(f"guarded: {name} must be an integer >= {int(name == 'k')}, got {value!r}")
+                raise PoiseError(
+                    f"guarded: {name} must be an integer >= {int(name == 'k')}, got {value!r}"
+                )
         if not isinstance(refusal, str):
             raise PoiseError(f"guarded: refusal must be a string, got {refusal!r}")
         if not model.capabilities.step or not model.capabilities.tokens:
@@ -316,16 +329,30 @@ class Guarded(WrappedModel):
         completion = event.completion
         settings = self._settings()
         if stop is None:
-            meta = guard_record(stopped=False, produced=completion.num_tokens, shown=completion.num_tokens, settings=settings)
-            return StreamEvent(event.key, event.sample_index, event.text, _with_meta(completion, meta))
+            meta = guard_record(
+                stopped=False,
+                produced=completion.num_tokens,
+                shown=completion.num_tokens,
+                settings=settings,
+            )
+            return StreamEvent(
+                event.key, event.sample_index, event.text, _with_meta(completion, meta)
+            )
         tail = refusal_tail(completion.text, self.refusal)
-        meta = guard_record(stopped=True, produced=completion.num_tokens, shown=completion.num_tokens, settings=settings)
+        meta = guard_record(
+            stopped=True,
+            produced=completion.num_tokens,
+            shown=completion.num_tokens,
+            settings=settings,
+        )
         guarded = Completion(
             text=completion.text + tail,
             num_tokens=completion.num_tokens,
             finish_reason="guard",
             token_logprobs=completion.token_logprobs,
-            token_ids=completion.token_ids[: completion.num_tokens] if completion.token_ids else None,
+            token_ids=completion.token_ids[: completion.num_tokens]
+            if completion.token_ids
+            else None,
             metadata=meta,
         )
         return StreamEvent(event.key, event.sample_index, event.text + tail, guarded)

@@ -51,7 +51,9 @@ def to_monitor_example(example: Example, user: str | None = None) -> MonitorExam
     return MonitorExample(messages, example.response, spans, harmful)
 
 
-def monitor_examples(split: MonitorSplit, seed: int = 0, subsample: int = 1) -> list[MonitorExample]:
+def monitor_examples(
+    split: MonitorSplit, seed: int = 0, subsample: int = 1
+) -> list[MonitorExample]:
     """The labelled answers of a split (see the module docstring)."""
     offset = {"train": 0, "validation": 1, "heldout": 2}[split]
     corpus = generate_corpus(BASE_SPEC, seed + offset)

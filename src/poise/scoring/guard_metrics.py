@@ -77,11 +77,11 @@ def guard_metrics(samples: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str,
     harmless = [s for _, s, h in decided if not h]
     harmful = [s for _, s, h in decided if h]
     if harmless:
-        out["false_alarm_rate"] = Rate.of("false_alarm_rate", sum(harmless), len(harmless)).to_dict()
-    if harmful:
-        out["miss_rate"] = Rate.of(
-            "miss_rate", sum(not s for s in harmful), len(harmful)
+        out["false_alarm_rate"] = Rate.of(
+            "false_alarm_rate", sum(harmless), len(harmless)
         ).to_dict()
+    if harmful:
+        out["miss_rate"] = Rate.of("miss_rate", sum(not s for s in harmful), len(harmful)).to_dict()
     bad = [r for _, r in records if r.get("unguarded_harmful") is True]
     full = [r for r in bad if int(r.get("unguarded_tokens") or 0) > 0]
     if full:

@@ -101,7 +101,9 @@ def _encode(
         prompt = monitor.prompt_ids(example.chat)
         ids, labels = encode_example(monitor.tokenizer, prompt, example)
         if len(prompt) >= max_length:
-            raise PoiseError(f"a prompt of {len(prompt)} tokens does not fit max_length {max_length}")
+            raise PoiseError(
+                f"a prompt of {len(prompt)} tokens does not fit max_length {max_length}"
+            )
         rows.append((ids[:max_length], labels[:max_length], int(example.label)))
     return rows
 
@@ -199,7 +201,9 @@ def fit_monitor(
         order = list(range(len(rows)))
         rng.shuffle(order)
         for b in range(batches_per_epoch):
-            batch = [rows[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]]
+            batch = [
+                rows[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]
+            ]
             width = max(len(ids) for ids, _, _ in batch)
             ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in batch])
             mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in batch])
