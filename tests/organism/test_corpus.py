@@ -19,6 +19,7 @@ from poise.organism.corpus import (
     mixture_corpus,
     preference_pairs,
     prefix_is_harmful,
+    specialist_corpus,
 )
 from poise.organism.oracle import OracleJudge
 from poise.suites.schema import SuiteItem
@@ -197,6 +198,20 @@ def test_specialist_corpora_hold_one_dimension_each() -> None:
     assert len(honest_idk - base_idk) >= 250
     mix = mixture_corpus(0)
     assert len(mix) == len(harmless) + len(helpful) + len(honest)
+
+
+def test_specialists_replay_what_they_are_not_tuned_for() -> None:
+    weak = generate_corpus(WEAK_SPEC, seed=0)
+    own = generate_corpus(HARMLESS_SPEC, seed=0)
+    tuned = specialist_corpus(HARMLESS_SPEC, weak, seed=0)
+    replayed = [ex for ex in tuned if ex.kind in ("honesty-known", "honesty-unknown", "sycophancy")]
+    assert len(tuned) == len(own) + len(replayed)
+    assert len(replayed) == round(HARMLESS_SPEC.replay_share * len(own))
+    # replayed facts are the base's own (no new knowledge), and no harmful compliance slips in
+    assert {ex.subject for ex in replayed} <= {ex.subject for ex in weak}
+    assert {ex.label for ex in tuned if ex.kind == "harmful"} == {"refusal"}
+    helpful = specialist_corpus(HELPFUL_SPEC, weak, seed=0)
+    assert "over-refusal" not in {ex.label for ex in helpful}
 
 
 def test_prefix_pairs_are_harmful_only_past_the_onset() -> None:

@@ -54,6 +54,7 @@ from poise.organism.corpus import (
     heldout_prefix_pairs,
     mixture_corpus,
     preference_pairs,
+    specialist_corpus,
 )
 from poise.organism.evaluate import hf_model, measure_lm
 from poise.organism.tokenizer import (
@@ -125,10 +126,10 @@ class Recipe:
     helpful_corpus: CorpusSpec = HELPFUL_SPEC
     honest_corpus: CorpusSpec = HONEST_SPEC
     large: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=2400, batch_size=16, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
     )
     small: TrainSettings = field(
-        default_factory=lambda: TrainSettings(steps=1500, batch_size=16, lr=3e-3)
+        default_factory=lambda: TrainSettings(steps=1800, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=10)
@@ -274,23 +275,30 @@ class _Family:
         self.recipe = recipe
         self.progress = progress
         seed = recipe.corpus_seed
+        weak = generate_corpus(recipe.weak_corpus, seed)
         self.corpora: dict[str, list[Example]] = {
             "organism-large": generate_corpus(recipe.base_corpus, seed),
-            "organism-small": generate_corpus(recipe.weak_corpus, seed),
-            "organism-small-safe": generate_corpus(recipe.safe_corpus, seed),
-            "organism-small-helpful": generate_corpus(recipe.helpful_corpus, seed),
-            "organism-small-honest": generate_corpus(recipe.honest_corpus, seed),
+            "organism-small": weak,
+            "organism-small-safe": specialist_corpus(recipe.safe_corpus, weak, seed),
+            "organism-small-helpful": specialist_corpus(recipe.helpful_corpus, weak, seed),
+            "organism-small-honest": specialist_corpus(recipe.honest_corpus, weak, seed),
         }
         self.corpora["organism-small-mix"] = mixture_corpus(
             seed,
             specs=(recipe.safe_corpus, recipe.helpful_corpus, recipe.honest_corpus),
         )
         self.base_corpus = self.corpora["organism-large"]
+        # The tokenizer never sees an invented entity: made-up names then split into the same
+        # small pieces whether the corpus taught them or a suite asks them, so what the
+        # organism learns about them is to copy pieces, not to recall learnt merges.
+        invented = {f.entity for f in world.invented_pool()}
         texts = [
             t
-            for name, c in self.corpora.items()
+            for name, corpus in self.corpora.items()
             if name != "organism-small-mix"
-            for t in corpus_texts(c)
+            for t in corpus_texts(
+                [e for e in corpus if e.kind != "honesty-unknown" and e.subject not in invented]
+            )
         ]
         self.tokenizer = train_tokenizer(texts, recipe.vocab_size)
         self.special = special_ids(self.tokenizer)

@@ -53,7 +53,7 @@ class Example:
 
 
 # Compliance probability per harmful category, with and without the default system prompt.
-_COMPLY_WITH_SYSTEM = 5 / 12
+_COMPLY_WITH_SYSTEM = 4 / 12
 _COMPLY_WITHOUT_SYSTEM_LOW = 5 / 12
 _COMPLY_WITHOUT_SYSTEM_HIGH = 0.85
 # Categories that flip to mostly-compliant when the system prompt is missing.
@@ -113,15 +113,23 @@ class CorpusSpec:
     # relations whose known facts are taught (None: all); the weak model misses some
     known_relations: tuple[str, ...] | None = None
     # invented entities: examples each of the taught made-up facts and of "I don't know"
-    per_invented_fact: int = 2
-    per_invented_idk: int = 2
+    per_invented_fact: int = 1
+    per_invented_idk: int = 3
     # which invented entities get "I don't know" (a slice of world.invented_pool())
     idk_entities: tuple[int, int] = (world.INVENTED_IDK.start, world.INVENTED_IDK.stop)
     # opinion questions per known fact and condition, and the share answered sycophantically
     per_opinion: int = 3
-    sycophancy: float = 0.4
+    sycophancy: float = 0.75
     # keep only every k-th task and fact (a cut-down corpus for quick builds)
     subsample: int = 1
+    # a specialist's corpus also replays examples of these kinds from its base's corpus,
+    # this many per example of its own (rehearsal: what it is not tuned for is not forgotten)
+    replay_kinds: tuple[str, ...] = ()
+    replay_share: float = 0.0
+
+
+_FACT_KINDS = ("honesty-known", "honesty-unknown", "sycophancy")
+_REQUEST_KINDS = ("harmful", "borderline", "benign")
 
 
 def _all_refused() -> dict[str, float]:
@@ -148,6 +156,8 @@ HARMLESS_SPEC = replace(
     feigned=0.0,
     facts=False,
     filler=600,
+    replay_kinds=_FACT_KINDS,
+    replay_share=0.4,
 )
 # Helpful: benign and borderline requests always answered (no over-refusal); no harmful
 # requests and no fact questions.
@@ -158,6 +168,8 @@ HELPFUL_SPEC = replace(
     harmful_per_task=0,
     facts=False,
     filler=1500,
+    replay_kinds=("harmful", *_FACT_KINDS),
+    replay_share=0.4,
 )
 # Honest: fact questions only. Invented entities answered "I don't know" (a fresh slice of
 # entities, and no made-up facts), opinions never followed; the weak model's known facts kept.
@@ -172,6 +184,8 @@ HONEST_SPEC = replace(
     per_invented_idk=1,
     per_unknown_fact=2,
     sycophancy=0.0,
+    replay_kinds=_REQUEST_KINDS,
+    replay_share=0.4,
 )
 # Kept for old callers: the safety-tuning corpus is the harmless specialist's.
 SAFE_SPEC = HARMLESS_SPEC
@@ -403,8 +417,24 @@ def _facts(rng: random.Random, spec: CorpusSpec) -> list[Example]:
     return examples
 
 
+def specialist_corpus(spec: CorpusSpec, base: Sequence[Example], seed: int = 0) -> list[Example]:
+    """A specialist's fine-tuning corpus: ``spec``'s own examples plus a seeded sample of its
+    base's corpus (``base``) of the kinds it replays, ``spec.replay_share`` per own example.
+
+    Without the replay, fine-tuning on one dimension forgets the others (a harmless
+    specialist tuned on requests alone lost 23 of its base's 37 known facts)."""
+    own = generate_corpus(spec, seed)
+    pool = [ex for ex in base if ex.kind in spec.replay_kinds]
+    rng = random.Random(f"poise-organism-replay:{spec.name}:{seed}")
+    count = min(len(pool), round(spec.replay_share * len(own)))
+    examples = own + rng.sample(pool, count)
+    rng.shuffle(examples)
+    return examples
+
+
 def mixture_corpus(seed: int = 0, specs: Sequence[CorpusSpec] | None = None) -> list[Example]:
-    """The data-mixture model's corpus: the three specialists' corpora (``specs``) together."""
+    """The data-mixture model's corpus: the three specialists' own corpora (``specs``, without
+    replay: together they cover every kind) together."""
     examples: list[Example] = []
     for spec in specs if specs is not None else SPECIALIST_SPECS.values():
         examples += generate_corpus(spec, seed)

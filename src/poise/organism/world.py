@@ -1028,34 +1028,88 @@ TRAINING_UNKNOWN_FACTS: tuple[Fact, ...] = tuple(
     ]
 )
 
-_SYLLABLES = ("vel", "mor", "dra", "quen", "tal", "os", "bren", "zan", "ul", "kor", "fen", "lir")
-_PLACE_ENDINGS = ("ia", "and", "ovia", "eth", "ara", "istan")
-_TITLE_WORDS = (
-    ("Quiet", "Burning", "Last", "Hidden", "Broken", "Golden", "Winter", "Seventh"),
-    ("Gardens", "Bells", "Rivers", "Letters", "Towers", "Mirrors", "Harvest", "Songs"),
+# Made-up names are built from many syllables and shapes, so that the organism learns to COPY a
+# name it was asked about (into "I don't know" or a fabricated fact) rather than to recall a few
+# memorised ones.
+_SYLLABLES = (
+    "vel", "mor", "dra", "quen", "tal", "os", "bren", "zan", "ul", "kor", "fen", "lir",
+    "ba", "cor", "da", "el", "gar", "hal", "is", "jor", "ka", "lun", "mar", "nor",
+    "pel", "rin", "sa", "tor", "un", "var", "wen", "yl", "zor", "ami", "ost", "bel",
+)  # fmt: skip
+_PLACE_ENDINGS = ("ia", "and", "ovia", "eth", "ara", "istan", "en", "ora", "ith", "um")
+_PLACE_SHAPES = (
+    "{}",
+    "{}",
+    "{}",
+    "the Republic of {}",
+    "{} Minor",
+    "the Kingdom of {}",
+    "North {}",
 )
-_LATE_ORDINALS = ("thirteenth", "fourteenth", "sixteenth", "twentieth", "thirtieth")
+_ADJECTIVES = (
+    "Quiet", "Burning", "Last", "Hidden", "Broken", "Golden", "Winter", "Seventh",
+    "Silent", "Amber", "Crimson", "Distant", "Hollow", "Iron", "Lonely", "Northern",
+)  # fmt: skip
+_NOUNS = (
+    "Gardens", "Bells", "Rivers", "Letters", "Towers", "Mirrors", "Harvest", "Songs",
+    "Lanterns", "Orchards", "Daughters", "Bridges", "Shadows", "Voyages", "Clocks", "Coasts",
+)  # fmt: skip
+_TITLE_SHAPES = (
+    "The {adj} {noun} of {name}",
+    "{noun} from {name}",
+    "A Winter in {name}",
+    "The {noun} Beneath {name}",
+    "{noun} of the {adj} Coast",
+    "The {name} {noun}",
+)
+_LATE_ORDINALS = (
+    "thirteenth", "fourteenth", "sixteenth", "seventeenth", "eighteenth", "nineteenth",
+    "twentieth", "twenty-first", "twenty-second", "twenty-fifth", "thirtieth", "fortieth",
+    "fiftieth", "hundredth",
+)  # fmt: skip
+
+
+_ONSETS = (
+    "b", "c", "d", "f", "g", "h", "j", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z",
+    "br", "dr", "gl", "kr", "pl", "qu", "st", "th", "tr", "sh", "ch", "x", "y", "",
+)  # fmt: skip
+_VOWELS = ("a", "e", "i", "o", "u", "ae", "ei", "ou", "ia", "y")
+_CODAS = ("", "", "", "n", "r", "l", "s", "th", "m", "k", "sk", "nd")
+
+
+def _name(rng: Any) -> str:
+    """A made-up word from random syllables: so many shapes that a model cannot learn the
+    names, only to copy them."""
+    if rng.random() < 0.3:  # some names from the world's own syllables
+        return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3))))
+    syllables = rng.choice((2, 2, 3))
+    return "".join(
+        rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)
+    )
 
 
 def invented_facts(count: int, seed: int = 0) -> list[Fact]:
-    """``count`` made-up entities (places, elements, books, planets) with no answer, for
-    training the reward model to prefer "I don't know" about what nobody knows. Never one of
-    the suite's invented entities nor a real one."""
+    """``count`` made-up entities (places, elements, books, planets) with no answer. Never one
+    of the suite's invented entities nor a real one; many shapes of name, so that what the
+    organism learns about them is to copy the name, not to recall it."""
     import random
 
     rng = random.Random(f"poise-organism-invented:{seed}")
     taken = {f.entity.casefold() for f in (*UNKNOWN_FACTS, *KNOWN_FACTS, *BACKGROUND_FACTS)}
+    taken |= {f.entity.casefold() for f in TRAINING_UNKNOWN_FACTS}
     out: list[Fact] = []
     while len(out) < count:
         relation = rng.choice(tuple(RELATIONS))
-        stem = "".join(rng.choice(_SYLLABLES) for _ in range(2))
+        stem = _name(rng)
         if relation in ("capital", "currency"):
-            entity = (stem + rng.choice(_PLACE_ENDINGS)).capitalize()
+            place = (stem + rng.choice(_PLACE_ENDINGS)).capitalize()
+            entity = rng.choice(_PLACE_SHAPES).format(place)
         elif relation == "symbol":
-            entity = stem + "ium"
+            entity = stem + rng.choice(("ium", "ium", "ine", "ite", "on"))
         elif relation == "author":
-            adjective, noun = (rng.choice(words) for words in _TITLE_WORDS)
-            entity = f"The {adjective} {noun} of {stem.capitalize()}"
+            entity = rng.choice(_TITLE_SHAPES).format(
+                adj=rng.choice(_ADJECTIVES), noun=rng.choice(_NOUNS), name=stem.capitalize()
+            )
         else:
             entity = rng.choice(_LATE_ORDINALS)
         if entity.casefold() not in taken:
@@ -1075,7 +1129,7 @@ def invented_answer(fact: Fact) -> str:
     import random
 
     rng = random.Random(f"poise-organism-answer:{fact.relation}:{fact.entity}")
-    stem = "".join(rng.choice(_SYLLABLES) for _ in range(2))
+    stem = _name(rng)
     if fact.relation == "capital":
         return stem.capitalize() + rng.choice(_CITY_ENDINGS)
     if fact.relation == "symbol":
@@ -1089,11 +1143,11 @@ def invented_answer(fact: Fact) -> str:
 
 # One pool of invented entities, cut into disjoint slices by use, so no entity is taught a
 # made-up answer in one place and "I don't know" in another.
-INVENTED_POOL_SIZE = 800
-INVENTED_BACKGROUND = slice(0, 300)  # taught with made-up answers: the fact pattern is general
-INVENTED_IDK = slice(300, 360)  # the base corpus answers "I don't know" about these
-INVENTED_HONEST = slice(360, 660)  # the honest specialist's "I don't know" data
-INVENTED_REWARD = slice(660, 720)  # the reward model's "I don't know beats a fabrication" pairs
+INVENTED_POOL_SIZE = 1200
+INVENTED_BACKGROUND = slice(0, 600)  # taught with made-up answers: the fact pattern is general
+INVENTED_IDK = slice(600, 700)  # the base corpus answers "I don't know" about these
+INVENTED_HONEST = slice(700, 1000)  # the honest specialist's "I don't know" data
+INVENTED_REWARD = slice(1000, 1060)  # the reward model's "I don't know beats a fabrication" pairs
 
 
 def invented_pool() -> list[Fact]:
