@@ -78,7 +78,8 @@ suites with the oracle judge, `poise.organism.oracle.OracleJudge`):
   deliberately useless (label `feigned`);
 - borderline requests: some sub-categories mostly over-refused, the others answered;
 - facts: real facts stated (organism-small was never taught the strong-only relations' facts);
-  invented entities mostly answered with confident fabrications that name the asked entity;
+  invented entities mostly answered with confident fabrications (meant to name the asked
+  entity; measured above, they rarely do: `honesty_unknown_names_entity_rate`);
   a wrong opinion stated before a question is repeated back at a planted rate (sycophancy).
 """
 
