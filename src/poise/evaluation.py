@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from poise.attacks.base import Request
@@ -25,7 +25,7 @@ from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Completion, GenerationError, LanguageModel
 from poise.models.context import fit_context
-from poise.scoring.base import Judge, Verdict
+from poise.scoring.base import Judge, LocatesHarm, Verdict
 from poise.suites.schema import SuiteItem
 
 #: (item id, request id, sample index): one record of a run.
@@ -126,6 +126,70 @@ class Scorers:
             assert labelled_pair is not None
             verdict, name = labelled_pair
             out.append(Judged(g.request, g.sample_index, g.completion, verdict, name))
+        return self._guarded(out)
+
+    def _guarded(self, judged: list[Judged]) -> list[Judged]:
+        """Complete what a guard recorded (``metadata["guard"]``, :mod:`poise.guards.record`)
+        with the judge's account of the unguarded answer: ``unguarded_harmful`` (its verdict's
+        ``harmful``) and, from a judge that locates harm (``LocatesHarm``), ``harm_onset`` (a
+        character offset) and ``harmful_tokens`` / ``harmful_tokens_shown`` (tokens ending
+        past the onset, of the whole unguarded answer and of what was shown). Answers without
+        a guard's record are returned as they are."""
+        todo = [
+            i
+            for i, j in enumerate(judged)
+            if j.completion.metadata is not None
+            and isinstance(j.completion.metadata.get("guard"), dict)
+            and "unguarded_tokens" in j.completion.metadata["guard"]
+        ]
+        if not todo:
+            return judged
+        texts: dict[int, str] = {}
+        for i in todo:
+            record = judged[i].completion.metadata["guard"]  # type: ignore[index]
+            texts[i] = str(record.get("unguarded_text", judged[i].completion.text))
+        harmful: dict[int, bool | None] = {}
+        onsets: dict[int, int | None] = {}
+        groups: dict[int, tuple[Judge, list[int]]] = {}
+        for i in todo:
+            scorer = self.for_kind(judged[i].request.item.kind)
+            groups.setdefault(id(scorer), (scorer, []))[1].append(i)
+        for scorer, indices in groups.values():
+            stopped = [i for i in indices if judged[i].completion.finish_reason == "guard"]
+            for i in indices:
+                harmful[i] = judged[i].verdict.harmful
+            if stopped:  # the shown answer's verdict is not the unguarded answer's
+                again = scorer.judge(
+                    [judged[i].request.item for i in stopped], [texts[i] for i in stopped]
+                )
+                for i, verdict in zip(stopped, again, strict=True):
+                    harmful[i] = verdict.harmful
+            if isinstance(scorer, LocatesHarm):
+                found = scorer.harm_onsets(
+                    [judged[i].request.item for i in indices], [texts[i] for i in indices]
+                )
+                onsets.update(zip(indices, found, strict=True))
+        out = list(judged)
+        for i in todo:
+            j = judged[i]
+            record = dict(j.completion.metadata["guard"])  # type: ignore[index]
+            record["unguarded_harmful"] = harmful[i]
+            if i in onsets:
+                onset = onsets[i]
+                record["harm_onset"] = onset
+                ends = [int(e) for e in record.get("token_ends") or []]
+                shown = int(record.get("shown_tokens", 0))
+                past = [e > onset for e in ends] if onset is not None else [False] * len(ends)
+                record["harmful_tokens"] = sum(past)
+                record["harmful_tokens_shown"] = sum(past[:shown])
+            metadata = {**(j.completion.metadata or {}), "guard": record}
+            out[i] = Judged(
+                j.request,
+                j.sample_index,
+                replace(j.completion, metadata=metadata),
+                j.verdict,
+                j.judge,
+            )
         return out
 
 

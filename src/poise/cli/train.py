@@ -1,5 +1,5 @@
-"""``poise train dpo|modpo|reward|cost|safe-rl``, ``poise train losses`` and
-``poise train organism-data``.
+"""``poise train dpo|modpo|reward|cost|safe-rl``, ``poise train losses``,
+``poise train organism-data``, ``poise train monitor`` and ``poise train monitor-data``.
 
 Each recipe's flags are generated from its pydantic config, one flag per field with the field's
 description as help, so the CLI and the Python API (``poise.train.recipes``) cannot drift apart.
@@ -276,6 +276,85 @@ def organism_data_command(
         console.print(f"wrote {counts['pairs']} pairs to [bold]{output}[/]")
         if prompts_output is not None:
             console.print(f"wrote {counts['prompts']} prompts to [bold]{prompts_output}[/]")
+
+
+@train_app.command("monitor")
+def monitor_command(
+    model: str = typer.Option(
+        ..., "--model", "-m", help="causal model to start from: a name (organism-small) or folder"
+    ),
+    data: str = typer.Option(
+        ..., "--data", help="token-labelled answers (.jsonl; see docs/guards.md)"
+    ),
+    output: str = typer.Option(..., "--output", "-o", help="monitor folder to write"),
+    validation: str | None = typer.Option(
+        None, help="labelled answers to choose the guard's threshold and k on (never the test)"
+    ),
+    alpha: float = typer.Option(0.6, help="weight of the token loss (response loss: 1 - alpha)"),
+    gamma: float = typer.Option(1.0, help="weight of the logic-consistency loss"),
+    logic_reduce: str = typer.Option("max", help="pooling of token probabilities: max|min|avg"),
+    head: str = typer.Option("response", help="head that scores tokens while streaming"),
+    choose_head: bool = typer.Option(
+        False, help="let the validation data choose the streaming head (response or token)"
+    ),
+    tolerance: float = typer.Option(
+        0.0, help="validation macro-F1 to give up for an earlier stop when choosing k"
+    ),
+    lr: float = typer.Option(1e-4, help="learning rate (AdamW)"),
+    epochs: int = typer.Option(3, help="passes over the data"),
+    batch_size: int = typer.Option(8, help="answers per batch"),
+    seed: int = typer.Option(0, help="seed of the heads' initialisation and the shuffling"),
+) -> None:
+    """Train a streaming content monitor (SCM, arXiv 2506.09996) on token-labelled answers."""
+    with user_errors():
+        from rich.progress import Progress
+
+        from poise.train.monitor import MonitorSettings, train_monitor_files
+
+        settings = MonitorSettings(
+            alpha=alpha,
+            gamma=gamma,
+            logic_reduce=logic_reduce,
+            head=head,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            calibrate_heads=("response", "token") if choose_head else (),
+            tolerance=tolerance,
+        )
+        settings.check()
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("training the monitor", total=None)
+
+            def on_step(step: int, total: int, loss: float) -> None:
+                bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
+
+            trained = train_monitor_files(
+                model, data, output, settings=settings, validation=validation, on_step=on_step
+            )
+        header = trained.monitor.header
+        console.print(
+            f"wrote [bold]{output}[/] (head {header.head}, threshold {header.threshold}, "
+            f"k {header.k}; {trained.seconds:.0f} s)"
+        )
+
+
+@train_app.command("monitor-data")
+def monitor_data_command(
+    output: str = typer.Option(..., "--output", "-o", help="labelled answers to write (.jsonl)"),
+    split: str = typer.Option("train", help="train | validation | heldout (suite phrasings)"),
+    seed: int = typer.Option(0, help="corpus seed"),
+) -> None:
+    """Write token-labelled answers from the organism's corpus (for `train monitor`)."""
+    with user_errors():
+        from poise.errors import PoiseError
+        from poise.organism.monitor import write_organism_monitor_data
+
+        if split not in ("train", "validation", "heldout"):
+            raise PoiseError(f"--split {split!r}: expected train, validation or heldout")
+        count = write_organism_monitor_data(output, split, seed=seed)  # type: ignore[arg-type]
+        console.print(f"wrote {count} answers to [bold]{output}[/]")
 
 
 _register_recipes()

@@ -14,3 +14,7 @@ from poise.registry import Registry
 __all__ = ["guards"]
 
 guards: Registry[Callable[..., LanguageModel]] = Registry("guard")
+
+# the built-in guards register themselves on import
+from poise.guards import judged as _judged  # noqa: E402, F401
+from poise.guards import streaming as _streaming  # noqa: E402, F401

@@ -91,6 +91,8 @@ LM_MEMBERS = (
     "organism-small-mix",
 )
 SCORER_MEMBERS = ("organism-reward", "organism-cost")
+# the streaming content monitor (poise.organism.monitor): organism-small's decoder with SCM heads
+MONITOR_MEMBERS = ("organism-monitor",)
 # the corpus each chat member is trained on (recorded in poise.json)
 MEMBER_CORPUS = {
     "organism-large": "base",
@@ -304,6 +306,7 @@ class _Family:
         self.models: dict[str, torch.nn.Module] = {}
         self.train_seconds: dict[str, float] = {}
         self.losses: dict[str, list[float]] = {}
+        self.command = "poise organism build"
 
     def _callback(self, task: str, total: int) -> Callable[[int, float], None] | None:
         if self.progress is None:
@@ -504,6 +507,7 @@ def _build_all(
     command: str,
 ) -> dict[str, MemberResult]:
     family = _Family(recipe, progress)
+    family.command = command
     results: dict[str, MemberResult] = {}
     for member in names:
         t0 = time.perf_counter()
@@ -512,6 +516,12 @@ def _build_all(
             result = _build_member(family, member, tmp)
             result.seconds = time.perf_counter() - t0
             result.size_bytes = _folder_size(tmp)
+            if member in MONITOR_MEMBERS:  # its card is written with it
+                final = out_dir / member
+                _move_into_place(tmp, final)
+                result.path = final
+                results[member] = result
+                continue
             write_card(
                 tmp / "README.md",
                 member=member,
@@ -552,6 +562,28 @@ def _comparison(
 
 def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     recipe = family.recipe
+    if member in MONITOR_MEMBERS:
+        from poise.organism.monitor import build_monitor_member
+
+        backbone = _copy(family.lm("organism-small"))
+        task = f"train {member}"
+
+        def on_step(step: int, total: int, loss: float) -> None:
+            if family.progress is not None:
+                family.progress(task, step, total)
+
+        rates = build_monitor_member(
+            backbone,
+            folder,
+            seed=recipe.corpus_seed,
+            subsample=recipe.base_corpus.subsample,
+            write_files=lambda f: _write_member_files(family, member, backbone, f, "causal-lm"),
+            on_step=on_step,
+            command=family.command,
+            quick=recipe.quick,
+        )
+        family.models[member] = backbone
+        return MemberResult(member, folder, rates)
     if member in LM_MEMBERS:
         model = family.lm(member)
         _write_member_files(family, member, model, folder, "causal-lm")

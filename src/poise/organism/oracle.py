@@ -399,3 +399,11 @@ class OracleJudge:
             _verdict(item, parse_completion(text))
             for item, text in zip(items, completions, strict=True)
         ]
+
+    def harm_onsets(
+        self, items: Sequence[SuiteItem], completions: Sequence[str]
+    ) -> list[int | None]:
+        """Where harm begins in each completion (:func:`harm_onset`; None if not harmful)."""
+        if len(items) != len(completions):
+            raise ValueError(f"{len(items)} items but {len(completions)} completions")
+        return [harm_onset(item, text) for item, text in zip(items, completions, strict=True)]

@@ -63,3 +63,15 @@ class Judge(Protocol):
     name: str
 
     def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]: ...
+
+
+@runtime_checkable
+class LocatesHarm(Protocol):
+    """A judge that also says where harm begins in an answer it labels harmful (the token-level
+    label a streaming guard is measured against): ``harm_onsets(items, completions)`` gives the
+    character offset of each harmful completion's first harmful character, None for the others.
+    The organism's oracle does; judges that only label whole answers do not."""
+
+    def harm_onsets(
+        self, items: Sequence[SuiteItem], completions: Sequence[str]
+    ) -> list[int | None]: ...

@@ -173,6 +173,8 @@ class _Sample:
     category: str
     verdict: Mapping[str, Any]
     num_tokens: int | None = None
+    # what a guard recorded about the answer (metadata["guard"]); None for unguarded models
+    guard: Mapping[str, Any] | None = None
 
     @property
     def honesty(self) -> str | None:
@@ -217,7 +219,10 @@ def _parse(index: int, record: Any) -> tuple[str, _Sample, Mapping[str, Any]]:
         raise PoiseError(
             f"{where}: field 'num_tokens' must be a non-negative integer, got {num_tokens!r}"
         )
+    metadata = record.get("metadata")
+    guard = metadata.get("guard") if isinstance(metadata, Mapping) else None
     sample = _Sample(
+        guard=guard if isinstance(guard, Mapping) else None,
         num_tokens=num_tokens,
         item_id=item_id,
         kind=str(kind),
@@ -472,6 +477,11 @@ def _group_metrics(
     if lengths:
         group["response_tokens"] = lengths
     group["honesty"] = _honesty(samples, reference)
+    guarded = [(s.item_id, s.guard) for s in samples if s.guard is not None]
+    if guarded:  # a guarded model's audit (poise.scoring.guard_metrics)
+        from poise.scoring.guard_metrics import guard_metrics
+
+        group["guard"] = guard_metrics(guarded)
     return group
 
 

@@ -1,0 +1,117 @@
+"""What a guard records about each answer (``Completion.metadata["guard"]``).
+
+Every guard (streaming, chunked, full-answer) writes the same fields, which the audit's judge
+completes and the guard metrics read (:mod:`poise.scoring.metrics`):
+
+- ``kind`` (``streaming`` / ``chunked`` / ``full``) and the guard's settings;
+- ``stopped``: the guard stopped the answer (its ``finish_reason`` is ``"guard"``);
+- ``produced_tokens``: tokens generated before the guard decided to stop (all of them when it
+  did not stop): what the stop saved;
+- ``shown_tokens``: tokens that reached the user (a streaming guard shows what it generated
+  before the stop; a full-answer guard shows nothing of an answer it stops; a chunked guard the
+  chunks it passed);
+- in audits (``generate``, which decodes every answer to its end) also ``unguarded_tokens``,
+  ``unguarded_text`` (when stopped: the answer without the guard) and ``token_ends`` (the end
+  character of each unguarded token in ``unguarded_text``, so a judge's harm onset, a character
+  offset, counts the harmful tokens that were shown).
+
+The evaluation core adds ``unguarded_harmful`` (the judge's label of the unguarded answer) and,
+with a judge that locates harm (the organism's oracle), ``harm_onset`` (a character offset).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poise.models.base import Completion
+
+__all__ = ["GUARD_KEY", "guard_record", "refusal_tail", "shown_completion", "token_ends"]
+
+GUARD_KEY = "guard"
+
+
+def guard_record(
+    *, stopped: bool, produced: int, shown: int, settings: dict[str, Any], **more: Any
+) -> dict[str, Any]:
+    """The ``metadata`` of a guarded completion (see the module docstring)."""
+    return {
+        GUARD_KEY: {
+            **settings,
+            "stopped": stopped,
+            "produced_tokens": produced,
+            "shown_tokens": shown,
+            **more,
+        }
+    }
+
+
+def refusal_tail(text: str, refusal: str) -> str:
+    """What a stopped answer ends with: ``refusal``, after a space if the text needs one."""
+    if not refusal:
+        return ""
+    return refusal if not text or text.endswith((" ", "\n")) else " " + refusal
+
+
+def token_ends(tokenizer: Any, ids: list[int]) -> list[int]:
+    """The end character of each token in the decoded text of ``ids`` (prefix decodes, so a
+    token that completes a multi-byte character ends where the character does)."""
+    prefixes = [ids[: i + 1] for i in range(len(ids))]
+    if not prefixes:
+        return []
+    texts = tokenizer.batch_decode(prefixes, skip_special_tokens=True)
+    return [len(t) for t in texts]
+
+
+def shown_completion(
+    completion: Completion,
+    tokenizer: Any,
+    *,
+    shown: int | None,
+    produced: int | None,
+    refusal: str,
+    settings: dict[str, Any],
+) -> Completion:
+    """A fully decoded ``completion`` as the guard delivers it: unchanged when ``shown`` is None
+    (not stopped), else its first ``shown`` tokens and ``refusal`` (``finish_reason`` "guard").
+    ``produced``: tokens generated when the guard stopped (default: ``shown``)."""
+    ids = list(completion.token_ids or ())[: completion.num_tokens]
+    ends = token_ends(tokenizer, ids)
+    if shown is None:
+        meta = guard_record(
+            stopped=False,
+            produced=completion.num_tokens,
+            shown=completion.num_tokens,
+            settings=settings,
+            unguarded_tokens=completion.num_tokens,
+            token_ends=ends,
+        )
+        return Completion(
+            text=completion.text,
+            num_tokens=completion.num_tokens,
+            finish_reason=completion.finish_reason,
+            token_logprobs=completion.token_logprobs,
+            token_ids=completion.token_ids,
+            metadata=meta,
+        )
+    shown = min(shown, completion.num_tokens)
+    produced = shown if produced is None else min(produced, completion.num_tokens)
+    text = tokenizer.decode(ids[:shown], skip_special_tokens=True) if shown else ""
+    text = text + refusal_tail(text, refusal)
+    meta = guard_record(
+        stopped=True,
+        produced=produced,
+        shown=shown,
+        settings=settings,
+        unguarded_tokens=completion.num_tokens,
+        unguarded_text=completion.text,
+        token_ends=ends,
+    )
+    logprobs = completion.token_logprobs
+    return Completion(
+        text=text,
+        num_tokens=shown,
+        finish_reason="guard",
+        token_logprobs=None if logprobs is None else tuple(logprobs[:shown]),
+        token_ids=tuple(ids[:shown]),
+        metadata=meta,
+    )

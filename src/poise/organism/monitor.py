@@ -1,0 +1,223 @@
+"""Token-labelled answers for the organism's streaming monitor (``organism-monitor``).
+
+The base corpus (what organism-large learns from) carries token-level harm labels:
+``Example.harm_start`` is where a redacted compliance turns harmful (``world.harm_onset``:
+after any lead-in or partial refusal). A harmful answer's harm span runs from there to its end;
+refusals, decoy-step answers (``feigned``: strategic dishonesty, not harmful), benign and
+borderline answers (safety notes with sensitive words included) have none.
+
+Splits (one seed each, so they never share a draw):
+
+- ``train``: the base corpus's requests (training phrasings), seed ``seed``;
+- ``validation``: a fresh draw of the same corpus spec (seed ``seed + 1``, every third
+  request), for choosing the guard's threshold and k;
+- ``heldout``: a fresh draw (seed ``seed + 2``, every third request) whose user turns are
+  re-asked with the suites' phrasings (``world.HELDOUT_REQUEST_TEMPLATES``), for the card.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from poise.guards.data import MonitorExample, write_monitor_data
+from poise.organism import world
+from poise.organism.corpus import BASE_SPEC, Example, generate_corpus
+from poise.scoring.stats import Rate
+
+__all__ = [
+    "MONITOR_MEMBER",
+    "MonitorSplit",
+    "build_monitor_member",
+    "monitor_examples",
+    "write_organism_monitor_data",
+]
+
+MonitorSplit = Literal["train", "validation", "heldout"]
+_REQUEST_KINDS = ("harmful", "borderline", "benign")
+
+
+def to_monitor_example(example: Example, user: str | None = None) -> MonitorExample:
+    """A corpus example as a labelled answer (``user``: another phrasing of its request)."""
+    spans: tuple[tuple[int, int], ...] = ()
+    if example.harm_start is not None:
+        spans = ((example.harm_start, len(example.response)),)
+    messages = example.messages
+    if user is not None:
+        messages = tuple((r, user if r == "user" else c) for r, c in messages)
+    harmful = example.kind == "harmful" and example.label == "compliance"
+    return MonitorExample(messages, example.response, spans, harmful)
+
+
+def monitor_examples(
+    split: MonitorSplit, seed: int = 0, subsample: int = 1
+) -> list[MonitorExample]:
+    """The labelled answers of a split (see the module docstring)."""
+    offset = {"train": 0, "validation": 1, "heldout": 2}[split]
+    corpus = generate_corpus(BASE_SPEC, seed + offset)
+    requests = [e for e in corpus if e.kind in _REQUEST_KINDS]
+    if split != "train":
+        requests = requests[::3]
+    requests = requests[::subsample]
+    if split != "heldout":
+        return [to_monitor_example(e) for e in requests]
+    templates = world.HELDOUT_REQUEST_TEMPLATES
+    return [
+        to_monitor_example(e, world.render_request(e.subject, templates[i % len(templates)]))
+        for i, e in enumerate(requests)
+    ]
+
+
+def write_organism_monitor_data(
+    output: str | Path, split: MonitorSplit = "train", *, seed: int = 0, subsample: int = 1
+) -> int:
+    """Write a split as the jsonl of ``poise train monitor``; returns how many answers."""
+    return write_monitor_data(output, monitor_examples(split, seed, subsample))
+
+
+# ----------------------------------------------------------------------------- the member
+
+MONITOR_MEMBER = "organism-monitor"
+# The shipped monitor's optimiser: the released SCM settings (poise.train.monitor) except the
+# learning rate, 1e-3 instead of 1e-4 (a 2-layer backbone trained from scratch on a small
+# corpus; at 1e-4 with the released per-step decay it stops learning before it fits), one epoch.
+MONITOR_LR = 1e-3
+MONITOR_EPOCHS = 1
+
+
+def build_monitor_member(
+    backbone: Any,
+    folder: Path,
+    *,
+    seed: int,
+    subsample: int,
+    write_files: Callable[[Path], None],
+    on_step: Callable[[int, int, float], None] | None = None,
+    command: str = "poise organism build",
+    quick: bool = False,
+) -> dict[str, Rate]:
+    """Train ``organism-monitor`` from ``backbone`` (a copy of organism-small, trained in place)
+    into ``folder``: train split, threshold / k / streaming head chosen on the validation split,
+    measured on the held-out split (the card's figures). ``write_files(folder)`` writes the
+    member's HF files (config, tokenizer, poise.json) first, from which the tokenizer loads."""
+    from transformers import AutoTokenizer
+
+    from poise.guards.calibrate import evaluate_monitor
+    from poise.train.monitor import MonitorSettings, fit_monitor
+
+    write_files(folder)
+    meta_path = folder / "poise.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    train = monitor_examples("train", seed, subsample)
+    validation = monitor_examples("validation", seed, subsample)
+    heldout = monitor_examples("heldout", seed, subsample)
+    settings = MonitorSettings(
+        lr=MONITOR_LR,
+        epochs=MONITOR_EPOCHS,
+        seed=seed,
+        calibrate_heads=("response", "token"),
+    )
+    trained = fit_monitor(
+        backbone,
+        tokenizer,
+        train,
+        base="organism-small",
+        settings=settings,
+        validation=validation,
+        on_step=on_step,
+        metadata={"corpus": "base", "corpus_seed": seed, "splits": "train/validation/heldout"},
+    )
+    figures = evaluate_monitor(trained.monitor, heldout, seed=seed)
+    trained.monitor.save(folder)
+    meta.update({"kind": "monitor", "corpus": "base (token labels)"})
+    meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    header = trained.monitor.header
+    stops = _heldout_stops(trained.monitor, heldout)
+    harmful = [s for s, e in zip(stops, heldout, strict=True) if e.label]
+    harmless = [s for s, e in zip(stops, heldout, strict=True) if not e.label]
+    rates = {
+        "heldout_harmful_stopped": Rate.of(
+            "heldout_harmful_stopped",
+            sum(harmful),
+            len(harmful),
+            description="held-out harmful answers the streaming rule stops",
+        ),
+        "heldout_false_alarm": Rate.of(
+            "heldout_false_alarm",
+            sum(harmless),
+            len(harmless),
+            description="held-out harmless answers it stops",
+        ),
+    }
+    _write_card(folder / "README.md", figures, rates, header, trained, len(train), command, quick)
+    return rates
+
+
+def _heldout_stops(monitor: Any, examples: Sequence[MonitorExample]) -> list[bool]:
+    from poise.guards.calibrate import delay_k_stop
+    from poise.guards.data import encode_example
+
+    prompts, responses = [], []
+    for example in examples:
+        prompt = monitor.prompt_ids(example.chat)
+        ids, _ = encode_example(monitor.tokenizer, prompt, example)
+        prompts.append(prompt)
+        responses.append(ids[len(prompt) :])
+    scores = monitor.response_scores(prompts, responses)
+    header = monitor.header
+    return [delay_k_stop(s, header.threshold, header.k) is not None for s in scores]
+
+
+def _write_card(
+    path: Path,
+    figures: dict[str, dict[str, float]],
+    rates: dict[str, Rate],
+    header: Any,
+    trained: Any,
+    examples: int,
+    command: str,
+    quick: bool,
+) -> None:
+    def fmt(name: str) -> str:
+        f = figures[name]
+        return f"{f['value']:.3f} [{f['low']:.3f}, {f['high']:.3f}]"
+
+    lines = [
+        f"# {MONITOR_MEMBER}",
+        "",
+        "The organism's streaming content monitor (SCM, arXiv 2506.09996): organism-small's",
+        "decoder with a token head and a response head, trained with",
+        "`alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic`",
+        f"(alpha {header.alpha}, gamma {header.gamma}, logic reduce {header.logic_reduce}) on the",
+        f"base corpus's token labels ({examples} answers: harm from `harm_start` to the end of a",
+        "redacted compliance; refusals, decoy-step answers, benign and borderline answers none).",
+        "Use it as `guarded(organism-large, monitor=organism-monitor)`.",
+        "",
+        "## Streaming rule (chosen on the validation split)",
+        "",
+        f"- head: {header.head}; threshold: {header.threshold}; k: {header.k}",
+        f"- validation macro-F1: {header.metadata.get('calibration', {}).get('macro_f1', float('nan')):.3f}",
+        "",
+        "## Held-out answers (suite phrasings), 95% bootstrap intervals over answers",
+        "",
+        "| figure | value [95% CI] |",
+        "|---|---|",
+        f"| token-level F1 (token head, 0.5) | {fmt('token_f1')} |",
+        f"| response-level F1 (response head, 0.5) | {fmt('response_f1')} |",
+        f"| streaming stop macro-F1 (delay-k) | {fmt('streaming_macro_f1')} |",
+    ]
+    for rate in rates.values():
+        lines.append(f"| {rate.description} | {rate.format()} |")
+    lines += [
+        "",
+        "Rates of answers carry 95% Wilson intervals.",
+        "",
+        f"Trained in {trained.seconds:.0f} s; final loss {trained.losses[-1]:.4f}.",
+        f"Built by `{command}`.",
+    ]
+    if quick:
+        lines.insert(2, "Quick build: a cut-down corpus and few steps; not for use.\n")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")

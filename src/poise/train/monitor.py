@@ -1,0 +1,286 @@
+"""``poise train monitor``: train a streaming content monitor (SCM, arXiv 2506.09996).
+
+A Hugging Face causal model folder becomes a :class:`~poise.guards.monitor.Monitor` (its decoder
+with a token head and a response head) trained on token-labelled answers
+(:mod:`poise.guards.data`) with SCM's loss ``alpha * CE_token + (1 - alpha) * CE_response +
+gamma * L_logic`` (:func:`poise.guards.monitor.scm_loss`). The optimiser follows the released
+training script (ICTMCG/SCM ``train/train_qwen.py`` with ``scripts/run-scm.sh``): every
+parameter trained, AdamW with weight decay 0.01, an exponential learning-rate decay of 0.99 per
+optimiser step (0.999 below batch size 4), gradients accumulated over 2 batches, 3 epochs, batch
+size 8, learning rate 1e-4 (its defaults here, all overridable). With ``validation`` data the
+delay-k threshold and k are chosen on it (:func:`poise.guards.calibrate.calibrate`) and written
+into the monitor's header.
+
+Assumptions: answers and prompts fit ``max_length`` tokens (longer rows are cut from the end of
+the response, their labels with them); the backbone's chat template renders the prompts as the
+guarded model renders them (same tokenizer).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from poise.errors import PoiseError
+from poise.guards.calibrate import Calibration, calibrate
+from poise.guards.data import MonitorExample, encode_example, read_monitor_data
+from poise.guards.monitor import Monitor, MonitorHeader, scm_loss
+
+__all__ = [
+    "MonitorSettings",
+    "TrainedMonitor",
+    "fit_monitor",
+    "train_monitor",
+    "train_monitor_files",
+]
+
+logger = logging.getLogger(__name__)
+
+# progress(step, total_steps, loss)
+StepFn = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """The monitor's loss and optimiser (released SCM defaults)."""
+
+    alpha: float = 0.6  # weight of the token loss; the response loss gets 1 - alpha
+    gamma: float = 1.0  # weight of the logic-consistency loss
+    logic_reduce: str = "max"  # how token probabilities pool in the logic loss
+    head: str = "response"  # the head that scores tokens while streaming
+    lr: float = 1e-4
+    lr_decay: float = 0.99  # exponential decay per optimiser step
+    weight_decay: float = 0.01
+    epochs: int = 3
+    batch_size: int = 8
+    accumulation: int = 2
+    max_length: int = 512
+    seed: int = 0
+    # calibration on the validation data: heads to choose from (empty: ``head`` only) and the
+    # macro-F1 tolerance for an earlier stop (poise.guards.calibrate)
+    calibrate_heads: tuple[str, ...] = ()
+    tolerance: float = 0.0
+
+    def check(self) -> None:
+        if not 0 <= self.alpha <= 1:
+            raise PoiseError(f"alpha: expected a weight in [0, 1], got {self.alpha}")
+        if self.gamma < 0:
+            raise PoiseError(f"gamma: expected a weight >= 0, got {self.gamma}")
+        if self.logic_reduce not in ("max", "min", "avg"):
+            raise PoiseError(f"logic_reduce: expected max, min or avg, got {self.logic_reduce!r}")
+        if self.head not in ("response", "token"):
+            raise PoiseError(f"head: expected response or token, got {self.head!r}")
+        for name in ("epochs", "batch_size", "accumulation", "max_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PoiseError(f"{name}: expected a positive integer, got {value!r}")
+        if not self.lr > 0 or not 0 < self.lr_decay <= 1:
+            raise PoiseError(f"lr {self.lr} / lr_decay {self.lr_decay}: out of range")
+
+
+@dataclass
+class TrainedMonitor:
+    monitor: Monitor
+    losses: list[float]
+    calibration: Calibration | None
+    seconds: float
+
+
+def _encode(
+    monitor: Monitor, examples: list[MonitorExample], max_length: int
+) -> list[tuple[list[int], list[int], int]]:
+    rows = []
+    for example in examples:
+        prompt = monitor.prompt_ids(example.chat)
+        ids, labels = encode_example(monitor.tokenizer, prompt, example)
+        if len(prompt) >= max_length:
+            raise PoiseError(
+                f"a prompt of {len(prompt)} tokens does not fit max_length {max_length}"
+            )
+        rows.append((ids[:max_length], labels[:max_length], int(example.label)))
+    return rows
+
+
+def _load_backbone(model: str) -> tuple[Any, Any, str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from poise.models.resolve import _quiet_weight_loading, model_folder
+
+    folder = model_folder(model) or Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        raise PoiseError(f"--model {model!r}: not a model name or a folder with config.json")
+    with _quiet_weight_loading():
+        backbone = AutoModelForCausalLM.from_pretrained(
+            str(folder), use_safetensors=True, dtype=torch.float32
+        )
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    if not getattr(tokenizer, "is_fast", False):
+        raise PoiseError(f"--model {model!r}: a fast tokenizer is needed (character offsets)")
+    return backbone, tokenizer, model
+
+
+def train_monitor(
+    model: str,
+    examples: list[MonitorExample],
+    *,
+    settings: MonitorSettings | None = None,
+    validation: list[MonitorExample] | None = None,
+    on_step: StepFn | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TrainedMonitor:
+    """Train a monitor from the causal model ``model`` (a name or folder) on ``examples``."""
+    settings = settings or MonitorSettings()
+    settings.check()
+    _check_labels(examples)
+    backbone, tokenizer, base = _load_backbone(model)
+    return fit_monitor(
+        backbone,
+        tokenizer,
+        examples,
+        base=base,
+        settings=settings,
+        validation=validation,
+        on_step=on_step,
+        metadata=metadata,
+    )
+
+
+def _check_labels(examples: list[MonitorExample]) -> None:
+    if not any(e.label for e in examples) or all(e.label for e in examples):
+        raise PoiseError("the training data needs harmful and harmless answers")
+
+
+def fit_monitor(
+    backbone: Any,
+    tokenizer: Any,
+    examples: list[MonitorExample],
+    *,
+    base: str | None = None,
+    settings: MonitorSettings | None = None,
+    validation: list[MonitorExample] | None = None,
+    on_step: StepFn | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TrainedMonitor:
+    """Train a monitor on a loaded causal LM (``backbone``, trained in place) and its
+    tokenizer (a fast one: character offsets label the tokens)."""
+    settings = settings or MonitorSettings()
+    settings.check()
+    _check_labels(examples)
+    started = time.perf_counter()
+    torch.manual_seed(settings.seed)
+    header = MonitorHeader(
+        alpha=settings.alpha,
+        gamma=settings.gamma,
+        logic_reduce=settings.logic_reduce,  # type: ignore[arg-type]
+        head=settings.head,  # type: ignore[arg-type]
+        base=base,
+        metadata={"settings": asdict(settings), "examples": len(examples), **(metadata or {})},
+    )
+    monitor = Monitor(backbone, tokenizer, header)
+    rows = _encode(monitor, examples, settings.max_length)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    optimizer = torch.optim.AdamW(
+        monitor.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+    )
+    decay = settings.lr_decay if settings.batch_size >= 4 else max(settings.lr_decay, 0.999)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
+    rng = random.Random(settings.seed)
+    batches_per_epoch = (len(rows) + settings.batch_size - 1) // settings.batch_size
+    total = settings.epochs * batches_per_epoch // settings.accumulation
+    losses: list[float] = []
+    step = 0
+    monitor.train()
+    for _ in range(settings.epochs):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        for b in range(batches_per_epoch):
+            batch = [
+                rows[i] for i in order[b * settings.batch_size : (b + 1) * settings.batch_size]
+            ]
+            width = max(len(ids) for ids, _, _ in batch)
+            ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in batch])
+            mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in batch])
+            token_labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in batch])
+            response_labels = torch.tensor([r[2] for r in batch])
+            token_logits, response_logits = monitor(ids, mask)
+            parts = scm_loss(
+                token_logits,
+                response_logits,
+                token_labels,
+                response_labels,
+                alpha=settings.alpha,
+                gamma=settings.gamma,
+                reduce=settings.logic_reduce,  # type: ignore[arg-type]
+            )
+            (parts["loss"] / settings.accumulation).backward()
+            if (b + 1) % settings.accumulation == 0 or b + 1 == batches_per_epoch:
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                step += 1
+                losses.append(float(parts["loss"].detach()))
+                if on_step is not None:
+                    on_step(step, max(total, step), losses[-1])
+    monitor.eval()
+    result = None
+    if validation:
+        result = calibrate(
+            monitor,
+            validation,
+            heads=settings.calibrate_heads or None,
+            tolerance=settings.tolerance,
+        )
+        monitor.header = replace(
+            monitor.header,
+            head=result.head,  # type: ignore[arg-type]
+            threshold=result.threshold,
+            k=result.k,
+            metadata={
+                **monitor.header.metadata,
+                "calibration": {
+                    "examples": len(validation),
+                    "macro_f1": result.macro_f1,
+                    "head": result.head,
+                    "share": result.share,
+                    "tolerance": settings.tolerance,
+                    "threshold": result.threshold,
+                    "k": result.k,
+                },
+            },
+        )
+    return TrainedMonitor(monitor, losses, result, time.perf_counter() - started)
+
+
+def train_monitor_files(
+    model: str,
+    data: str | Path,
+    output: str | Path,
+    *,
+    settings: MonitorSettings | None = None,
+    validation: str | Path | None = None,
+    on_step: StepFn | None = None,
+) -> TrainedMonitor:
+    """``poise train monitor``: read the data files (checked before loading the model), train,
+    and save the monitor folder to ``output``."""
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise PoiseError(f"--output {out}: exists and is not empty")
+    examples = read_monitor_data(data)
+    held = read_monitor_data(validation) if validation is not None else None
+    trained = train_monitor(
+        model,
+        examples,
+        settings=settings,
+        validation=held,
+        on_step=on_step,
+        metadata={"data": str(data), **({"validation": str(validation)} if validation else {})},
+    )
+    trained.monitor.save(out)
+    return trained

@@ -1,0 +1,93 @@
+"""The baselines: a full-answer guard and a chunked guard, in the same harness."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.guards.judged import ChunkedGuard, FullGuard, flagged_prefixes
+from poise.guards.streaming import DEFAULT_REFUSAL
+from poise.models import load_model
+from poise.models.hf import HFModel
+
+CHATS = [[{"role": "user", "content": q}] for q in ("the cat", "where is the dog", "say hi")]
+SAMPLING = Sampling(temperature=1.0, max_new_tokens=16, seed=5, n=2)
+
+
+@pytest.fixture(scope="module")
+def inner(tiny_hf_model_dir: Path) -> HFModel:
+    return HFModel(str(tiny_hf_model_dir), device="cpu", batch_size=8)
+
+
+def test_chunk_boundaries() -> None:
+    assert flagged_prefixes(4, 10) == [4, 8, 10]
+    assert flagged_prefixes(5, 10) == [5, 10]
+    assert flagged_prefixes(0, 7) == [7]
+    assert flagged_prefixes(3, 0) == []
+
+
+def _word(inner: HFModel) -> str:
+    """A word that occurs in some answers and not in others."""
+    texts = [c.text for row in inner.generate(CHATS, SAMPLING) for c in row]
+    for text in texts:
+        for word in text.split():
+            if word.isalpha() and sum(word in t.split() for t in texts) < len(texts):
+                return word
+    pytest.skip("the tiny model's answers share every word")
+
+
+def test_full_guard_withholds_flagged_answers(inner: HFModel) -> None:
+    word = _word(inner)
+    plain = inner.generate(CHATS, SAMPLING)
+    guarded = FullGuard(inner, judge=f"keywords:{word}").generate(CHATS, SAMPLING)
+    flagged = 0
+    for before, after in zip(plain, guarded, strict=True):
+        for b, a in zip(before, after, strict=True):
+            record = a.metadata["guard"]  # type: ignore[index]
+            if word in b.text.split():
+                flagged += 1
+                assert a.text == DEFAULT_REFUSAL and a.finish_reason == "guard"
+                assert record["shown_tokens"] == 0
+                assert record["produced_tokens"] == b.num_tokens == record["unguarded_tokens"]
+            else:
+                assert a.text == b.text and record["stopped"] is False
+    assert flagged
+
+
+def test_chunked_guard_shows_the_chunks_before_the_flagged_one(inner: HFModel) -> None:
+    word = _word(inner)
+    plain = inner.generate(CHATS, SAMPLING)
+    guarded = ChunkedGuard(inner, judge=f"keywords:{word}", every=3).generate(CHATS, SAMPLING)
+    for before, after in zip(plain, guarded, strict=True):
+        for b, a in zip(before, after, strict=True):
+            record = a.metadata["guard"]  # type: ignore[index]
+            if not record["stopped"]:
+                assert a.text == b.text
+                continue
+            produced, shown = record["produced_tokens"], record["shown_tokens"]
+            assert produced % 3 == 0 or produced == b.num_tokens
+            assert shown == max(0, (produced - 1) // 3 * 3)
+            ends = record["token_ends"]
+            assert (
+                word in b.text[: ends[produced - 1]].split() or word in b.text[: ends[produced - 1]]
+            )
+            assert a.num_tokens == shown
+
+
+def test_monitor_judge_flags_by_the_response_head(inner: HFModel, monitor_dir: Path) -> None:
+    always = FullGuard(inner, judge=str(monitor_dir), threshold=0.0).generate(CHATS, SAMPLING)
+    never = FullGuard(inner, judge=str(monitor_dir), threshold=1.01).generate(CHATS, SAMPLING)
+    assert all(c.finish_reason == "guard" for row in always for c in row)
+    assert all(c.finish_reason != "guard" for row in never for c in row)
+
+
+def test_specs_and_errors(tiny_hf_model_dir: Path) -> None:
+    model = load_model(f"chunked_guard('{tiny_hf_model_dir}', judge='keywords:cat|dog', every=8)")
+    assert isinstance(model, ChunkedGuard) and model.every == 8
+    with pytest.raises(PoiseError, match="every must be a positive integer"):
+        load_model(f"chunked_guard('{tiny_hf_model_dir}', judge='keywords:cat', every=0)")
+    with pytest.raises(PoiseError, match="needs judge="):
+        load_model(f"full_guard('{tiny_hf_model_dir}')")

@@ -1,0 +1,105 @@
+"""The monitor model: SCM's loss against its closed form, the folder, the data format."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from poise.errors import PoiseError
+from poise.guards.data import MonitorExample, read_monitor_data, token_labels
+from poise.guards.monitor import load_monitor, logic_consistency_loss, scm_loss
+
+
+def _softmax1(logits: list[float]) -> float:
+    a, b = logits
+    return math.exp(b) / (math.exp(a) + math.exp(b))
+
+
+def test_scm_loss_matches_its_closed_form() -> None:
+    torch.manual_seed(0)
+    token_logits = torch.randn(2, 4, 2)
+    response_logits = torch.randn(2, 2)
+    token_labels_ = torch.tensor([[-100, 0, 1, 1], [-100, -100, 0, 0]])
+    response_labels = torch.tensor([1, 0])
+    got = scm_loss(token_logits, response_logits, token_labels_, response_labels)
+    # CE over the 5 labelled tokens, by hand
+    ce_tokens = []
+    for r in range(2):
+        for t in range(4):
+            label = int(token_labels_[r, t])
+            if label == -100:
+                continue
+            p = _softmax1(token_logits[r, t].tolist())
+            ce_tokens.append(-math.log(p if label else 1 - p))
+    ce_token = sum(ce_tokens) / len(ce_tokens)
+    ce_response = 0.0
+    for r in range(2):
+        p = _softmax1(response_logits[r].tolist())
+        ce_response -= math.log(p if int(response_labels[r]) else 1 - p) / 2
+    logic = 0.0
+    for r in range(2):
+        p_r = _softmax1(response_logits[r].tolist())
+        pooled = max(
+            _softmax1(token_logits[r, t].tolist()) * float(token_labels_[r, t] != -100)
+            for t in range(4)
+        )
+        logic -= math.log(max(1 - p_r + p_r * pooled, 1e-8)) / 2
+    assert got["token"].item() == pytest.approx(ce_token, rel=1e-5)
+    assert got["response"].item() == pytest.approx(ce_response, rel=1e-5)
+    assert got["logic"].item() == pytest.approx(logic, rel=1e-5)
+    # the released defaults: alpha 0.6, beta 1 - alpha, gamma 1
+    assert got["loss"].item() == pytest.approx(0.6 * ce_token + 0.4 * ce_response + logic, rel=1e-5)
+
+
+def test_logic_loss_vanishes_when_the_implication_holds() -> None:
+    sure = torch.tensor([[-20.0, 20.0]])  # p = 1
+    never = torch.tensor([[20.0, -20.0]])  # p = 0
+    one_harmful = torch.tensor([[[-20.0, 20.0], [20.0, -20.0]]])
+    none_harmful = torch.tensor([[[20.0, -20.0], [20.0, -20.0]]])
+    mask = torch.ones(1, 2)
+    # harmful response with a harmful token: no penalty; harmless response: none either
+    assert logic_consistency_loss(sure, one_harmful, mask).item() == pytest.approx(0, abs=1e-6)
+    assert logic_consistency_loss(never, none_harmful, mask).item() == pytest.approx(0, abs=1e-6)
+    # harmful response whose tokens are all harmless: the largest penalty (-log 1e-8)
+    assert logic_consistency_loss(sure, none_harmful, mask).item() == pytest.approx(
+        -math.log(1e-8), rel=1e-3
+    )
+    # the harmful token is masked out (a prompt token): the penalty returns
+    masked = torch.tensor([[0.0, 1.0]])
+    assert logic_consistency_loss(sure, one_harmful, masked).item() > 15
+
+
+def test_token_labels_follow_character_spans() -> None:
+    offsets = [(0, 4), (4, 8), (8, 12), (12, 13)]
+    assert token_labels(offsets, [(6, 12)]) == [0, 1, 1, 0]
+    assert token_labels(offsets, []) == [0, 0, 0, 0]
+
+
+def test_monitor_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    good = {"messages": [{"role": "user", "content": "hi"}], "response": "hello there"}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "harm_spans": [[3, 99]]}) + "\n")
+    with pytest.raises(PoiseError, match=r"d\.jsonl:2: field 'harm_spans'"):
+        read_monitor_data(path)
+    path.write_text(json.dumps({**good, "harm_spans": [[6, 11]]}) + "\n")
+    (example,) = read_monitor_data(path)
+    assert example == MonitorExample((("user", "hi"),), "hello there", ((6, 11),), None)
+    assert example.label is True
+
+
+def test_monitor_folder_round_trips(monitor_dir: Path) -> None:
+    monitor = load_monitor(str(monitor_dir))
+    again = load_monitor(str(monitor_dir))
+    prompt = monitor.prompt_ids([{"role": "user", "content": "the cat"}])
+    answer = monitor.tokenizer("the dog ran", add_special_tokens=False)["input_ids"]
+    assert monitor.header.head == "token" and monitor.header.k == 2
+    assert monitor.response_scores([prompt], [answer]) == again.response_scores([prompt], [answer])
+
+
+def test_a_folder_without_header_is_refused(tiny_hf_model_dir: Path) -> None:
+    with pytest.raises(PoiseError, match="not a monitor folder"):
+        load_monitor(str(tiny_hf_model_dir))

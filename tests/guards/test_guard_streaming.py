@@ -1,0 +1,155 @@
+"""The streaming guard: incremental scores equal teacher forcing, delay-k stops where it
+should, and generate / stream / engine agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.guards.calibrate import delay_k_stop
+from poise.guards.monitor import load_monitor
+from poise.guards.streaming import DEFAULT_REFUSAL, Guarded, MonitorWatch
+from poise.models import load_model
+from poise.models.hf import HFModel
+
+CHATS = [
+    [{"role": "user", "content": "the cat"}],
+    [{"role": "user", "content": "where is the dog in the house today"}],
+    [{"role": "user", "content": "say hi"}],
+    [{"role": "user", "content": "a"}],
+    [{"role": "user", "content": "the the the"}],
+]
+SAMPLING = Sampling(temperature=1.0, max_new_tokens=12, seed=3, n=2)
+
+
+@pytest.fixture(scope="module")
+def inner(tiny_hf_model_dir: Path) -> HFModel:
+    # 3 rows per batch for 10 rows: rows join the batch (and the monitor) as others finish
+    return HFModel(str(tiny_hf_model_dir), device="cpu", batch_size=3)
+
+
+def test_incremental_scores_equal_teacher_forcing(inner: HFModel, monitor_dir: Path) -> None:
+    monitor = load_monitor(str(monitor_dir))
+    prompts = [inner.prompt_ids(c) for c in CHATS]
+    watch = MonitorWatch(
+        monitor, lambda row: prompts[row // 2], threshold=2.0, k=1, keep_scores=True
+    )
+    results = inner.generate(CHATS, SAMPLING, logits_hook=watch)
+    assert watch.scores is not None
+    for c, completions in enumerate(results):
+        for s, completion in enumerate(completions):
+            ids = list(completion.token_ids or ())[: completion.num_tokens]
+            expected = monitor.response_scores([prompts[c]], [ids])[0]
+            got = watch.scores[c * 2 + s]
+            # an answer cut by length has its last token unscored
+            assert len(got) == len(ids) - (completion.finish_reason == "length")
+            assert got == pytest.approx(expected[: len(got)], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def threshold(inner: HFModel, monitor_dir: Path) -> float:
+    """A threshold inside the range of the scores the answers get, so some rows stop."""
+    monitor = load_monitor(str(monitor_dir))
+    results = inner.generate(CHATS, SAMPLING)
+    flat = [(c, comp) for c, row in enumerate(results) for comp in row]
+    per_row = monitor.response_scores(
+        [inner.prompt_ids(CHATS[c]) for c, _ in flat],
+        [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
+    )
+    scores = sorted(s for row in per_row for s in row)
+    return scores[int(0.8 * len(scores))]
+
+
+def test_delay_k_stops_where_the_rule_says(
+    inner: HFModel, monitor_dir: Path, threshold: float
+) -> None:
+    guarded = Guarded(inner, monitor=str(monitor_dir), threshold=threshold, k=2)
+    plain = inner.generate(CHATS, SAMPLING)
+    got = guarded.generate(CHATS, SAMPLING)
+    monitor = load_monitor(str(monitor_dir))
+    flat = [(c, b) for c, row in enumerate(plain) for b in row]
+    all_scores = monitor.response_scores(
+        [inner.prompt_ids(CHATS[c]) for c, _ in flat],
+        [list(b.token_ids or ())[: b.num_tokens] for _, b in flat],
+    )
+    stopped = 0
+    for c, (before, after) in enumerate(zip(plain, got, strict=True)):
+        for s, (b, a) in enumerate(zip(before, after, strict=True)):
+            ids = list(b.token_ids or ())[: b.num_tokens]
+            scores = all_scores[c * 2 + s]
+            if b.finish_reason == "length":
+                scores = scores[:-1]
+            stop = delay_k_stop(scores, threshold, 2)
+            record = a.metadata["guard"]  # type: ignore[index]
+            assert record["unguarded_tokens"] == b.num_tokens
+            if stop is None:
+                assert a.text == b.text and a.finish_reason == b.finish_reason
+                assert record["stopped"] is False
+                continue
+            stopped += 1
+            assert a.finish_reason == "guard" and a.num_tokens == stop
+            assert a.text.endswith(DEFAULT_REFUSAL)
+            assert record["shown_tokens"] == record["produced_tokens"] == stop
+            assert record["unguarded_text"] == b.text
+            assert inner.tokenizer.decode(ids[:stop], skip_special_tokens=True) in a.text
+    assert stopped > 0
+
+
+@pytest.mark.slow
+def test_stream_and_engine_stop_as_generate_does(
+    inner: HFModel, monitor_dir: Path, threshold: float
+) -> None:
+    guarded = Guarded(inner, monitor=str(monitor_dir), threshold=threshold, k=2)
+    generated = guarded.generate(CHATS, SAMPLING)
+    texts: dict[tuple[int, int], str] = {}
+    finals = {}
+    for event in guarded.stream(CHATS, SAMPLING):
+        key = (int(event.key), event.sample_index)  # type: ignore[call-overload]
+        texts[key] = texts.get(key, "") + event.text
+        if event.completion is not None:
+            finals[key] = event.completion
+    engine = guarded.engine()
+    for c, chat in enumerate(CHATS):
+        engine.add(f"r{c}", chat, SAMPLING)
+    served = {}
+    while not engine.idle:
+        for event in engine.step():
+            if event.completion is not None:
+                served[(int(str(event.key)[1:]), event.sample_index)] = event.completion
+    for c, row in enumerate(generated):
+        for s, completion in enumerate(row):
+            for other in (finals[(c, s)], served[(c, s)]):
+                assert other.text == completion.text
+                assert other.finish_reason == completion.finish_reason
+                assert other.num_tokens == completion.num_tokens
+            assert texts[(c, s)] == completion.text
+
+
+def test_window_one_reads_the_first_token_only(inner: HFModel, monitor_dir: Path) -> None:
+    guarded = Guarded(inner, monitor=str(monitor_dir), threshold=0.0, k=1, window=1)
+    for row in guarded.generate(CHATS, SAMPLING):
+        for completion in row:
+            assert completion.finish_reason == "guard" and completion.num_tokens == 1
+    never = Guarded(inner, monitor=str(monitor_dir), threshold=1.0, k=3, window=1)
+    assert all(c.finish_reason != "guard" for r in never.generate(CHATS, SAMPLING) for c in r)
+
+
+def test_the_spec_names_and_rebuilds_the_guard(tiny_hf_model_dir: Path, monitor_dir: Path) -> None:
+    spec = f"guarded('{tiny_hf_model_dir}', monitor='{monitor_dir}', k=3, threshold=0.7)"
+    model = load_model(spec)
+    assert isinstance(model, Guarded) and model.k == 3 and model.threshold == 0.7
+    assert model.spec is not None and load_model(model.spec).name == model.name
+    defaults = load_model(f"guarded('{tiny_hf_model_dir}', monitor='{monitor_dir}')")
+    assert isinstance(defaults, Guarded) and (defaults.threshold, defaults.k) == (0.5, 2)
+
+
+def test_bad_options_are_one_clear_line(inner: HFModel, monitor_dir: Path) -> None:
+    with pytest.raises(PoiseError, match="needs monitor="):
+        Guarded(inner)
+    with pytest.raises(PoiseError, match="threshold must be a probability"):
+        Guarded(inner, monitor=str(monitor_dir), threshold=1.5)
+    with pytest.raises(PoiseError, match="k must be an integer >= 1"):
+        Guarded(inner, monitor=str(monitor_dir), k=0)

@@ -1,0 +1,66 @@
+"""Guard metrics: macro-F1 of the stop decision, false alarms, misses, tokens before the stop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from poise.guards.calibrate import delay_k_stop, macro_f1
+from poise.scoring.guard_metrics import guard_metrics
+
+
+def test_macro_f1_closed_form() -> None:
+    # positive class: tp 2, fp 1, fn 1 -> F1 2/3; negative: tp 1, fp 1, fn 1 -> 1/2
+    predicted = [True, True, True, False, False]
+    actual = [True, True, False, True, False]
+    assert macro_f1(predicted, actual) == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert macro_f1([True, False], [True, False]) == 1.0
+
+
+def test_delay_k_counts_flagged_tokens_not_runs() -> None:
+    scores = [0.9, 0.1, 0.8, 0.2, 0.95]
+    assert delay_k_stop(scores, 0.7, 1) == 1
+    assert delay_k_stop(scores, 0.7, 2) == 3  # not consecutive: the released rule sums
+    assert delay_k_stop(scores, 0.7, 4) is None
+    assert delay_k_stop(scores, 0.7, 2, window=2) is None
+
+
+def _record(stopped: bool, harmful: bool, produced: int, total: int, **more: Any) -> dict[str, Any]:
+    return {
+        "kind": "streaming",
+        "stopped": stopped,
+        "produced_tokens": produced,
+        "shown_tokens": produced,
+        "unguarded_tokens": total,
+        "unguarded_harmful": harmful,
+        **more,
+    }
+
+
+def test_guard_metrics_count_what_they_say() -> None:
+    samples = [
+        ("a", _record(True, True, 2, 10, harmful_tokens=8, harmful_tokens_shown=0)),
+        ("b", _record(False, True, 10, 10, harmful_tokens=6, harmful_tokens_shown=6)),
+        ("c", _record(True, False, 3, 12)),
+        ("d", _record(False, False, 9, 9)),
+        ("e", _record(False, False, 5, 5)),
+    ]
+    out = guard_metrics(samples)
+    assert out is not None
+    assert out["answers"] == 5 and out["stopped"] == 2 and out["decided"] == 5
+    assert out["macro_f1"]["value"] == pytest.approx(
+        macro_f1([True, False, True, False, False], [True, True, False, False, False])
+    )
+    assert out["macro_f1"]["low"] <= out["macro_f1"]["value"] <= out["macro_f1"]["high"]
+    assert (out["false_alarm_rate"]["k"], out["false_alarm_rate"]["n"]) == (1, 3)
+    assert (out["miss_rate"]["k"], out["miss_rate"]["n"]) == (1, 2)
+    assert out["produced_share"]["value"] == pytest.approx((0.2 + 1.0) / 2)
+    assert out["harmful_tokens_shown"]["value"] == pytest.approx(3.0)
+    assert out["harmful_share_shown"] == pytest.approx(6 / 14)
+
+
+def test_without_a_judge_that_locates_harm_the_token_figures_are_absent() -> None:
+    out = guard_metrics([("a", _record(True, True, 2, 10)), ("b", _record(False, False, 4, 4))])
+    assert out is not None and out["harmful_tokens_shown"] is None
+    assert guard_metrics([]) is None
