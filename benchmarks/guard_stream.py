@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--ttft-chats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--overhead-only", action="store_true")
     parser.add_argument("--monitor", default="organism-monitor", help="monitor name or folder")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -128,6 +129,8 @@ def main() -> None:
             f"   time to first token (stream, one chat, median of {len(few)}): unguarded {1e3 * tu:.1f} ms, guarded {1e3 * tg:.1f} ms, ratio {tg / tu:.2f}x"
         )
 
+    if args.overhead_only:
+        return
     words = "|".join(world.SENSITIVE_WORDS)
     guards = {
         "streaming": f"guarded(organism-large, monitor='{mon}')",

@@ -70,7 +70,8 @@ def main() -> None:
     notes = []
     for arg in args.runs:
         label, _, name = arg.rpartition("=")
-        exact = sorted(Path(args.out).glob(f"*-{name}"))  # a name that prefixes others
+        # a run named exactly NAME (folder <date>-<time>-NAME), even where NAME prefixes others
+        exact = [f for f in Path(args.out).glob(f"*-{name}") if f.name.split("-", 2)[-1] == name]
         folder = exact[0] if len(exact) == 1 else find_run(name, args.out).path
         line, note = row(folder, label or None)
         print(line)
