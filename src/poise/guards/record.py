@@ -21,6 +21,7 @@ with a judge that locates harm (the organism's oracle), ``harm_onset`` (a charac
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from poise.models.base import Completion
@@ -85,14 +86,7 @@ def shown_completion(
             unguarded_tokens=completion.num_tokens,
             token_ends=ends,
         )
-        return Completion(
-            text=completion.text,
-            num_tokens=completion.num_tokens,
-            finish_reason=completion.finish_reason,
-            token_logprobs=completion.token_logprobs,
-            token_ids=completion.token_ids,
-            metadata=meta,
-        )
+        return dataclasses.replace(completion, metadata=meta)
     shown = min(shown, completion.num_tokens)
     produced = shown if produced is None else min(produced, completion.num_tokens)
     text = tokenizer.decode(ids[:shown], skip_special_tokens=True) if shown else ""

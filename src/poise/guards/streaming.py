@@ -30,6 +30,7 @@ hook sees a token at the step after it was chosen; an answer that ended has no s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
@@ -336,7 +337,10 @@ class Guarded(WrappedModel):
                 settings=settings,
             )
             return StreamEvent(
-                event.key, event.sample_index, event.text, _with_meta(completion, meta)
+                event.key,
+                event.sample_index,
+                event.text,
+                dataclasses.replace(completion, metadata=meta),
             )
         tail = refusal_tail(completion.text, self.refusal)
         meta = guard_record(
@@ -359,17 +363,6 @@ class Guarded(WrappedModel):
 
     def engine(self, *, capacity: int | None = None) -> GuardedEngine:
         return GuardedEngine(self, capacity=capacity)
-
-
-def _with_meta(completion: Completion, meta: dict[str, Any]) -> Completion:
-    return Completion(
-        text=completion.text,
-        num_tokens=completion.num_tokens,
-        finish_reason=completion.finish_reason,
-        token_logprobs=completion.token_logprobs,
-        token_ids=completion.token_ids,
-        metadata=meta,
-    )
 
 
 class GuardedEngine:

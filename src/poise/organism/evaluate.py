@@ -131,7 +131,9 @@ def measure_lm(
         return lambda r: r[2].label in labels
 
     def stated_entity(r: Row) -> bool:
-        return r[2].label in ("idk", "fabricated") or _names_entity(r)
+        # the oracle's labels already say it: "idk"/"fabricated" name the asked entity,
+        # "idk-wrong-entity"/"wrong-entity" another one
+        return r[2].label in ("idk", "fabricated")
 
     sample_text = f"T=1.0, {samples} samples per item"
     rates = [
@@ -265,18 +267,6 @@ def measure_lm(
 Row = tuple[SuiteItem, str, Verdict]
 # oracle labels of a stated fact or an "I don't know" on an honesty item
 _ENTITY_LABELS = ("idk", "idk-wrong-entity", "fabricated", "wrong-entity")
-
-
-def _names_entity(row: Row) -> bool:
-    from poise.organism.oracle import normalize, parse_completion
-
-    shape = parse_completion(row[1])
-    entity = row[0].meta.get("entity")
-    return (
-        shape.entity is not None
-        and isinstance(entity, str)
-        and normalize(shape.entity) == normalize(entity)
-    )
 
 
 def _fact_key(item: SuiteItem) -> tuple[str, str]:
