@@ -118,12 +118,14 @@ def test_stream_chunks_arrive_as_decoded(start_server: StartServer) -> None:
     chunks, start = asyncio.run(main())
     times = content_times(chunks)
     assert len(times) == 40  # one content chunk per decoded token
-    total = times[-1] - start
-    assert total > 0.6  # 40 steps of 20 ms
-    # The first token arrives after about one step, not at the end.
-    assert times[0] - start < 0.25 * total
-    # Chunks are spread over the decode, not sent in one burst.
-    assert times[len(times) // 2] - start > 0.3 * total
+    assert times[-1] - start > 0.6  # 40 steps of 20 ms
+    # Chunks are spread over the decode, not sent in one burst at the end: the first and the last
+    # content chunk are at least 39 steps apart (less slack for a busy machine), and the middle one
+    # falls well inside. Only lower bounds, so a loaded machine that delays the first request (as
+    # the CI machine once did, by 0.48 s) cannot fail it; a server that buffered the answer would.
+    span = times[-1] - times[0]
+    assert span > 0.5
+    assert times[len(times) // 2] - times[0] > 0.3 * span
 
 
 def test_streamed_equals_plain_and_generate_with_n(start_server: StartServer) -> None:
