@@ -12,10 +12,12 @@ each timed as the median of ``--repeats`` runs on ``--threads`` torch threads:
 4. ``steer (strength 0)``: ``generate`` through ``steer(..., mode=ablate, strength=0)``: the
    cost of the forward hooks at every block.
 
-Prints the times and the ratios (generate + probe) / generate, read-during / generate and
-steer / generate.
+Prints wall and process CPU times and the ratios (generate + probe) / generate, read-during /
+generate and steer / generate. The ratios are taken on CPU time (one torch thread, so the
+process's CPU time is its own work, little disturbed by other jobs on a shared machine), as the
+median of the per-repeat ratios of sides timed back to back.
 
-    python benchmarks/probe_overhead.py [--new-tokens 64] [--repeats 3] [--threads 1]
+    python benchmarks/probe_overhead.py [--new-tokens 64] [--repeats 9] [--threads 1]
 
 Goal (issue: guards and probes): probes add under 5% to generation time.
 """
@@ -41,22 +43,41 @@ from poise.probes.sweep import collect
 from poise.suites.loaders import load_suite
 
 
-def _medians(sides: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each side; the sides alternate within each repeat, so load from
-    other jobs on a shared machine falls on all of them."""
-    times: dict[str, list[float]] = {name: [] for name in sides}
+def _medians(
+    sides: dict[str, Callable[[], object]], repeats: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """Median wall time and median process CPU time of each side, and each side's CPU time
+    per repeat. The sides alternate within each repeat, so load from other jobs on a shared
+    machine falls on all of them; with one torch thread the process's CPU time counts only this
+    process's work, so it is far less disturbed by other jobs than wall time."""
+    wall: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
     for _ in range(repeats):
         for name, fn in sides.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            cpu[name].append(time.process_time() - start_cpu)
+            wall[name].append(time.perf_counter() - start)
+    return (
+        {name: statistics.median(values) for name, values in wall.items()},
+        {name: statistics.median(values) for name, values in cpu.items()},
+        cpu,
+    )
+
+
+def _paired(cpu: dict[str, list[float]], side: str) -> str:
+    """The median over repeats of side / generate, each repeat's pair timed back to back, with
+    the range of the per-repeat ratios."""
+    ratios = sorted(a / b for a, b in zip(cpu[side], cpu["generate"], strict=True))
+    return (
+        f"{statistics.median(ratios):.3f}x (per-repeat ratios {ratios[0]:.3f} to {ratios[-1]:.3f})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +102,7 @@ def main() -> None:
                 model.generate(chats, sampling)
             probe.score(reader.states_for(chats))
 
-        times = _medians(
+        times, cpu_times, cpu = _medians(
             {
                 "generate": lambda: model.generate(chats, sampling),
                 "probe": lambda: probe.score(collect(model, examples, upto=2)),
@@ -90,23 +111,28 @@ def main() -> None:
             },
             args.repeats,
         )
-    gen, scored, riding, steer = (times[k] for k in ("generate", "probe", "riding", "steer"))
-
     tokens = sum(c.num_tokens for row in model.generate(chats, sampling) for c in row)
     print(
         f"{len(chats)} chats, {tokens} generated tokens, {args.threads} thread(s), "
         f"medians of {args.repeats}"
     )
-    print(f"generate:                 {gen:8.3f} s")
-    print(f"probe (read + score):     {scored:8.3f} s")
-    print(f"read during generate:     {riding:8.3f} s")
-    print(f"steer (hooks, strength 0): {steer:7.3f} s")
+    names = {
+        "generate": "generate",
+        "probe": "probe (read + score)",
+        "riding": "read during generate",
+        "steer": "steer (hooks, strength 0)",
+    }
+    print(f"{'side':28s} {'wall':>9s} {'CPU':>9s}")
+    for key, label in names.items():
+        print(f"{label:28s} {times[key]:8.3f}s {cpu_times[key]:8.3f}s")
+    gen, scored = cpu_times["generate"], cpu_times["probe"]
+    print(f"CPU time, (generate + probe) / generate: {(gen + scored) / gen:.3f}x")
+    print(f"CPU time, read during / generate:        {_paired(cpu, 'riding')}")
+    print(f"CPU time, steer / generate:              {_paired(cpu, 'steer')}")
     print(
-        f"(generate + probe) / generate: {(gen + scored) / gen:.3f}x  "
-        f"(probe adds {100 * scored / gen:.1f}%)"
+        f"wall time, read during / generate: {times['riding'] / times['generate']:.3f}x, "
+        f"steer / generate: {times['steer'] / times['generate']:.3f}x"
     )
-    print(f"read during / generate:        {riding / gen:.3f}x")
-    print(f"steer / generate:              {steer / gen:.3f}x")
 
 
 if __name__ == "__main__":
