@@ -294,6 +294,57 @@ def test_samples_do_not_depend_on_the_batch_and_a_hook_takes_the_plain_path(
 
     hooked = fast.generate(chats, sampling, logits_hook=unchanged)
     assert [[x.text for x in row] for row in hooked] == plain_texts
+    streamed = [e for e in fast.stream(chats, sampling, logits_hook=unchanged) if e.completion]
+    assert sorted(e.completion.text for e in streamed if e.completion) == sorted(
+        t for row in plain_texts for t in row
+    )
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(max_new_tokens=20, stop=("e",)),
+        Sampling(temperature=1.0, max_new_tokens=20, n=2, seed=6, stop=("th",)),
+    ],
+    ids=["greedy", "sampled"],
+)
+def test_stream_and_engine_give_generates_completions(
+    models: list[HFModel], sampling: Sampling
+) -> None:
+    """A row's streamed pieces join to its ``generate`` text and its final event carries that
+    completion; an engine whose requests arrive over several steps, with different samplings,
+    gives each request ``generate``'s completions for its chat and sampling."""
+    _, b, c, _ = models
+    fast = EmulatedFineTuning(b, tuned=b, reference=c, beta=0.3, speculative=3, batch_size=8)
+    chats = CHATS[:10]
+    expected = fast.generate(chats, sampling)
+    joined: dict[tuple[int, int], str] = {}
+    finals: dict[tuple[int, int], tuple[int, ...]] = {}
+    for event in fast.stream(chats, sampling):
+        key = (int(event.key), event.sample_index)  # type: ignore[call-overload]
+        assert key not in finals, "text after the row's final event"
+        joined[key] = joined.get(key, "") + event.text
+        if event.completion is not None:
+            finals[key] = event.completion.token_ids
+    for c_, row in enumerate(expected):
+        for s_, completion in enumerate(row):
+            assert joined[(c_, s_)] == completion.text
+            assert finals[(c_, s_)] == completion.token_ids
+    other = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=15, seed=2)
+    engine = fast.engine(capacity=6)
+    plan = {0: [0, 1, 2], 2: [3, 4], 3: [5, 6, 7]}  # chats joining at each step
+    done: dict[int, list[tuple[int, ...]]] = {}
+    step = 0
+    while step <= max(plan) or not engine.idle:
+        for i in plan.get(step, []):
+            engine.add(i, chats[i], sampling if i % 2 else other)
+        for event in engine.step():
+            if event.completion is not None:
+                done.setdefault(int(event.key), []).append(event.completion.token_ids)  # type: ignore[call-overload]
+        step += 1
+    for i in range(8):
+        want = expected[i] if i % 2 else fast.generate([chats[i]], other)[0]
+        assert sorted(done[i]) == sorted(c.token_ids for c in want)
 
 
 def test_spec_option_and_errors(models: list[HFModel], tiny_hf_model_dir: Path) -> None:

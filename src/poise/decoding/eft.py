@@ -28,8 +28,9 @@ as the paper proposes: the small fine-tuned model), the EFT distribution is comp
 distribution, and greedy decoding gives plain EFT's tokens; the samples themselves are other
 ones than plain EFT's for the same seed (other random numbers), so the option is part of the
 model's name. It pays when the base model is much larger than the draft and the draft agrees
-with the EFT distribution often (the acceptance rate). ``generate`` with a ``logits_hook``,
-``stream``, ``engine`` and the token-level step keep the plain path (one token per step).
+with the EFT distribution often (the acceptance rate). ``generate``, ``stream`` and ``engine``
+decode this way; with a ``logits_hook`` they keep the plain path (one token per step), as does
+the token-level step (``prefill``) that other strategies compose with.
 """
 
 from __future__ import annotations
@@ -227,7 +228,7 @@ class EmulatedFineTuning(WrappedModel):
         logits_hook: LogitsHook | None = None,
     ) -> list[list[Completion]]:
         """As any model's ``generate``; with ``speculative=K`` and no ``logits_hook``, by
-        speculative sampling (the module docstring)."""
+        speculative sampling (the module docstring), as ``stream`` and ``engine``."""
         if self.speculative is not None and logits_hook is None:
             return self.speculative.generate(chats, sampling, progress=progress)
         return self._lockstep.generate(chats, sampling, progress=progress, logits_hook=logits_hook)
@@ -239,9 +240,14 @@ class EmulatedFineTuning(WrappedModel):
         *,
         logits_hook: LogitsHook | None = None,
     ) -> Iterator[StreamEvent]:
+        if self.speculative is not None and logits_hook is None:
+            yield from self.speculative.stream(chats, sampling)
+            return
         yield from self._lockstep.stream(chats, sampling, logits_hook=logits_hook)
 
     def engine(
         self, *, logits_hook: LogitsHook | None = None, capacity: int | None = None
     ) -> Engine:
+        if self.speculative is not None and logits_hook is None:
+            return self.speculative.engine(capacity=capacity)
         return self._lockstep.engine(logits_hook=logits_hook, capacity=capacity)

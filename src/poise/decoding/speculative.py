@@ -39,26 +39,32 @@ Rows accept different numbers of tokens: a row emits ``n + 1`` tokens per round 
 (seed, chat, sample index) as every poise row), so a row's tokens do not depend on its batch;
 they are other samples than plain decoding's (same distribution, other random numbers).
 
-Limits: ``generate`` only (no ``logits_hook``: a hook changes ``p`` at each step and is applied
-on the plain path instead); every model must be an ``hf`` model with plain attention layers (a
+It runs on the HF backend's continuous batch (:class:`SpeculativeBatcher`, a round per step),
+so ``generate``, ``stream`` and ``engine`` all decode this way, with stop strings, EOS,
+streaming and rows joining as others leave; an engine's requests of different samplings share
+a round (each row's ``p`` and ``q`` under its own sampling).
+
+Limits: no ``logits_hook`` (a hook sees and changes one step's logits: a caller with a hook
+decodes on the plain path); every model must be an ``hf`` model with plain attention layers (a
 sliding-window or linear-attention cache cannot be rewound per row); the masked columns of
 rejected tokens stay in a row's cache until the row leaves the batch (attention reads them as
-padding); a prompt needs at least two tokens (its last one is the first pending token).
+padding, so caches grow faster than the text); a prompt needs at least two tokens (its last
+one is the first pending token); a round holds ``[rows, K + 1, vocab]`` float32 logits per
+model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from poise.config import Sampling
 from poise.decoding.lockstep import Combine, LockstepModel, LockstepState
 from poise.errors import PoiseError
-from poise.models.base import Chat, LogitsHook
-from poise.models.decode import COMPACT_SHARE, Batcher, _Row, make_rows
-from poise.models.hf import filtered_probs, row_seed
+from poise.models.base import LogitsHook
+from poise.models.decode import COMPACT_SHARE, Batcher, _Row, _SamplingGroup
+from poise.models.hf import filtered_probs
 
 __all__ = [
     "SpeculativeBatcher",
@@ -124,15 +130,18 @@ def speculative_round(
     draft: int,
     targets: int,
     mix: Combine,
-    sampling: Sampling,
+    transform: Callable[[torch.Tensor], torch.Tensor],
     uniforms: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One round of speculative sampling over every row of ``state`` (see the module docstring).
 
     ``state.states[:targets]`` are the models that ``mix`` combines into the target's logits;
     ``state.states[draft]`` drafts (one of them, or the one after them). ``pending`` [rows]
-    int64: each row's chosen token, fed to no model yet. ``uniforms`` [rows, 2K + 1]: the
-    draft's ``K``, the acceptance test's ``K``, the next token's one (ignored when greedy).
+    int64: each row's chosen token, fed to no model yet. ``transform``: logits [rows, ...,
+    vocab] -> the probabilities each row samples from (its sampling's
+    :func:`~poise.models.hf.filtered_probs`), applied to the draft's and the mixture's logits
+    alike. ``uniforms`` [rows, 2K + 1]: the draft's ``K``, the acceptance test's ``K``, the next
+    token's one (ignored when greedy: one-hot p and q need none).
 
     Returns (``n`` [rows] accepted drafts, ``tokens`` [rows, K + 1] whose first ``n + 1`` are
     the row's new tokens: the accepted drafts then the next token, ``logprobs`` [rows, K + 1]
@@ -147,7 +156,7 @@ def speculative_round(
     proposals: list[torch.Tensor] = []  # [rows, vocab] each
     drafted: list[torch.Tensor] = []  # [rows] each
     for i in range(k):
-        q_i = filtered_probs(draft_logits[-1], sampling)
+        q_i = transform(draft_logits[-1])
         x_i = sample_dense(q_i, uniforms[:, i])
         proposals.append(q_i)
         drafted.append(x_i)
@@ -167,7 +176,7 @@ def speculative_round(
     mixed = mix([r.reshape(rows * (k + 1), vocab) for r in raw[:targets]])
     mixed = mixed.reshape(rows, k + 1, vocab).log_softmax(dim=-1)  # [rows, K + 1, vocab]
     # 3. accept / resample
-    p = filtered_probs(mixed, sampling)  # [rows, K + 1, vocab]
+    p = transform(mixed)  # [rows, K + 1, vocab]
     n, following = speculative_accept(p, q, x, uniforms[:, k : 2 * k], uniforms[:, 2 * k])
     tokens = torch.cat([x, x.new_zeros((rows, 1))], dim=1)  # [rows, K + 1]
     tokens.scatter_(1, n.unsqueeze(-1), following.unsqueeze(-1))
@@ -184,17 +193,52 @@ def speculative_round(
 
 class SpeculativeBatcher(Batcher):
     """The continuous batch of :class:`~poise.models.decode.Batcher` with a speculative round
-    per step instead of one token: rows are admitted, finish (EOS, stop strings, length) and
-    leave as there, each emitting 1 to ``K + 1`` tokens per step. ``proposed`` / ``accepted``
-    count the draft tokens of the rows still decoding."""
+    per step instead of one token: rows are admitted, finish (EOS, stop strings, length), stream
+    and leave as there, each emitting 1 to ``K + 1`` tokens per step; rows of different
+    samplings (an engine's requests) each get their own transform of ``p`` and ``q``.
+    ``proposed`` / ``accepted`` count the draft tokens of the rows still decoding."""
 
     model: SpeculativeModel
 
-    def __init__(self, model: SpeculativeModel, *, capacity: int) -> None:
-        super().__init__(model, capacity=capacity)
-        self.generators: dict[Hashable, torch.Generator] = {}  # row_id -> its generator
+    def __init__(
+        self, model: SpeculativeModel, *, capacity: int, stream: bool, eager: bool
+    ) -> None:
+        super().__init__(model, capacity=capacity, stream=stream, eager=eager)
+        self.generators: dict[_Row, torch.Generator] = {}  # each sampled row's, while it runs
         self.proposed = 0
         self.accepted = 0
+
+    def _uniforms(self, row: _Row, draws: int) -> torch.Tensor:
+        """[draws] uniforms from the row's own generator (seeded as its plain uniforms are);
+        zeros for a greedy row (unused: one-hot p and q accept and resample without them)."""
+        if row.seed is None or row.done:
+            return torch.zeros(draws)
+        generator = self.generators.get(row)
+        if generator is None:
+            generator = self.generators[row] = torch.Generator().manual_seed(row.seed)
+        return torch.rand(draws, generator=generator)
+
+    def _transform(self, live: list[_Row]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """logits [rows, ..., vocab] -> each row's sampling distribution (filtered_probs)."""
+        groups: dict[_SamplingGroup, list[int]] = {}
+        for i, row in enumerate(live):
+            groups.setdefault(_SamplingGroup.of(row.sampling), []).append(i)
+        if len(groups) == 1:
+            sampling = live[0].sampling
+            return lambda logits: filtered_probs(logits, sampling)
+        device = self.state.logits.device if self.state is not None else None
+        parts = [
+            (torch.tensor(members, device=device), live[members[0]].sampling)
+            for members in groups.values()
+        ]
+
+        def transform(logits: torch.Tensor) -> torch.Tensor:
+            probs = torch.empty_like(logits)
+            for index, sampling in parts:
+                probs[index] = filtered_probs(logits[index], sampling)
+            return probs
+
+        return transform
 
     @torch.inference_mode()
     def step(self) -> list[tuple[_Row, str]]:
@@ -204,24 +248,13 @@ class SpeculativeBatcher(Batcher):
         state, live = self.state, self.live
         assert isinstance(state, LockstepState)
         model, k = self.model, self.model.k
-        sampling = live[0].sampling
         pending = torch.tensor(
             [r.tokens[-1] if r.tokens else r.prompt[-1] for r in live],
             dtype=torch.long,
             device=state.device,
         )
-        if sampling.greedy:
-            uniforms = torch.zeros(len(live), 2 * k + 1)
-        else:
-            draws = 2 * k + 1
-            uniforms = torch.stack(
-                [
-                    torch.zeros(draws)
-                    if r.done
-                    else torch.rand(draws, generator=self.generators[r.row_id])
-                    for r in live
-                ]
-            )
+        uniforms = torch.stack([self._uniforms(r, 2 * k + 1) for r in live])
+        streamed = {r: r.streamed for r in live}
         n, tokens, logprobs = speculative_round(
             state,
             pending,
@@ -229,7 +262,7 @@ class SpeculativeBatcher(Batcher):
             model.draft,
             model.targets,
             model.mix,
-            sampling,
+            self._transform(live),
             uniforms.to(state.device),
         )
         counts, chosen, chosen_logprobs = n.tolist(), tokens.tolist(), logprobs.tolist()
@@ -248,18 +281,38 @@ class SpeculativeBatcher(Batcher):
                 [chosen_logprobs[i][j] for i in now],
                 [eos[i][j] for i in now],
             )
+        for row in live:
+            if row.done:
+                self.generators.pop(row, None)
         done = sum(r.done for r in live)
         if done == len(live):
             self.state, self.live = None, []
-        elif done >= COMPACT_SHARE * len(live):
+        elif done and (done >= COMPACT_SHARE * len(live) or (self.eager and bool(self.waiting))):
             kept = [i for i, r in enumerate(live) if not r.done]
             state.keep(torch.tensor(kept, dtype=torch.long, device=state.device))
             self.live = [live[i] for i in kept]
-        return news
+        return _one_per_row(news, streamed)
+
+
+def _one_per_row(news: list[tuple[_Row, str]], streamed: dict[_Row, str]) -> list[tuple[_Row, str]]:
+    """A step's news with one entry per row, as :meth:`Batcher.events` expects: a row's
+    streamed pieces joined; a row that finished gets one entry and its text of this step back
+    in the final event (its ``streamed`` reset to the step's start, the final event carries the
+    rest of the completion's text)."""
+    joined: dict[_Row, str] = {}
+    for row, text in news:
+        joined[row] = joined.get(row, "") + text
+    result = []
+    for row, text in joined.items():
+        if row.finish is not None:
+            row.streamed, text = streamed[row], ""
+        result.append((row, text))
+    return result
 
 
 class SpeculativeModel(LockstepModel):
-    """``generate`` of a lockstep mixture by speculative sampling (see the module docstring).
+    """``generate``, ``stream`` and ``engine`` of a lockstep mixture by speculative sampling
+    (see the module docstring).
 
     ``models``: the mixture's models (``mix`` combines the logits of ``models[:targets]``),
     followed by the draft model when it is not one of them; ``draft``: the draft's index;
@@ -283,7 +336,7 @@ class SpeculativeModel(LockstepModel):
         self.targets = targets
         self.draft = draft
         self.k = k
-        self.last: SpeculativeBatcher | None = None  # the last generate's batch (its counts)
+        self.last: SpeculativeBatcher | None = None  # the latest batch (its draft counts)
 
     def _combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
         return self.mix(logits[: self.targets])
@@ -298,34 +351,17 @@ class SpeculativeModel(LockstepModel):
             raise PoiseError(f"{self.name}: speculative decoding needs prompts of 2+ tokens")
         return super().prefill([p[:-1] for p in ids], reserve=reserve)
 
-    def _batcher(self, logits_hook: LogitsHook | None, *, stream: bool) -> Batcher:
-        if logits_hook is not None or stream:
-            raise PoiseError(f"{self.name}: speculative decoding runs generate without a hook")
-        self.last = SpeculativeBatcher(self, capacity=self.batch_size)
-        return self.last
-
-    def _queue(
+    def _batcher(
         self,
-        batcher: Batcher,
-        chats: Sequence[Chat] | Sequence[Sequence[int]],
-        sampling: Sampling,
-        prompts: list[list[int]] | None = None,
-    ) -> None:
-        """As ``HFModel._queue``, each row with its own generator for the rounds' uniforms."""
-        assert isinstance(batcher, SpeculativeBatcher)
-        if prompts is None:
-            prompts = self._encode_prompts(chats)  # type: ignore[arg-type]
-        short = [c for c, p in enumerate(prompts) if len(p) < 2]
-        if short:
-            raise PoiseError(
-                f"{self.name}: speculative decoding needs prompts of 2+ tokens "
-                f"(chat {short[0]} renders to {len(prompts[short[0]])})"
-            )
-        for c in sorted(range(len(chats)), key=lambda c: -len(prompts[c])):
-            ids = range(c * sampling.n, (c + 1) * sampling.n)
-            for row in make_rows(c, chats[c], prompts[c], sampling, ids):
-                row.uniforms = None  # the rounds draw theirs from the row's generator
-                if not sampling.greedy:
-                    seed = row_seed(sampling.seed, chats[c], row.sample_index)
-                    batcher.generators[row.row_id] = torch.Generator().manual_seed(seed)
-                batcher.add(row)
+        logits_hook: LogitsHook | None,
+        *,
+        stream: bool,
+        eager: bool = False,
+        capacity: int | None = None,
+    ) -> Batcher:
+        if logits_hook is not None:
+            raise PoiseError(f"{self.name}: speculative decoding takes no logits hook")
+        self.last = SpeculativeBatcher(
+            self, capacity=capacity or self.batch_size, stream=stream, eager=eager
+        )
+        return self.last

@@ -615,6 +615,7 @@ class _Row:
     prompt: list[int]
     sampling: Sampling
     uniforms: list[float] | None  # [max_new_tokens], None when greedy
+    seed: int | None = None  # the seed of the row's uniforms, None when greedy
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -904,11 +905,12 @@ def make_rows(
 
     rows = []
     for sample, row_id in zip(range(sampling.n), row_ids, strict=True):
-        uniforms = None
+        uniforms = seed = None
         if not sampling.greedy:
-            generator = torch.Generator().manual_seed(row_seed(sampling.seed, chat, sample))
+            seed = row_seed(sampling.seed, chat, sample)
+            generator = torch.Generator().manual_seed(seed)
             uniforms = torch.rand(sampling.max_new_tokens, generator=generator).tolist()
-        rows.append(_Row(key, sample, row_id, prompt, sampling, uniforms))
+        rows.append(_Row(key, sample, row_id, prompt, sampling, uniforms, seed))
     return rows
 
 
@@ -934,12 +936,8 @@ class HFEngine:
         capacity: int | None = None,
     ) -> None:
         self.model = model
-        self._batcher = Batcher(
-            model,
-            capacity=capacity or model.batch_size,
-            logits_hook=logits_hook,
-            stream=True,
-            eager=True,
+        self._batcher = model._batcher(
+            logits_hook, stream=True, eager=True, capacity=capacity or model.batch_size
         )
         self._remaining: dict[Hashable, int] = {}  # request -> rows not finished
         self._next_row = 0

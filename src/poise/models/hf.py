@@ -653,8 +653,22 @@ class HFModel(ModelBase):
 
     # -- generate
 
-    def _batcher(self, logits_hook: LogitsHook | None, *, stream: bool) -> Batcher:
-        return Batcher(self, capacity=self.batch_size, logits_hook=logits_hook, stream=stream)
+    def _batcher(
+        self,
+        logits_hook: LogitsHook | None,
+        *,
+        stream: bool,
+        eager: bool = False,
+        capacity: int | None = None,
+    ) -> Batcher:
+        """The continuous batch that ``generate``, ``stream`` and the engine run."""
+        return Batcher(
+            self,
+            capacity=capacity or self.batch_size,
+            logits_hook=logits_hook,
+            stream=stream,
+            eager=eager,
+        )
 
     def _queue(
         self,
