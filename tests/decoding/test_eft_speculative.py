@@ -199,6 +199,7 @@ def residual_from_p(
     return n, sample_dense(p_n, final_uniforms)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sampling",
     [
