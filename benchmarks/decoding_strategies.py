@@ -1,6 +1,6 @@
 """Decoding strategies: what the mixing, the batching and the search cost, side by side.
 
-Three comparisons on the organism (first generation), in one process, each printed with its
+Comparisons on the organism (first generation), in one process, each printed with its
 ratio:
 
 1. ``eft``: emulated fine-tuning (organism-large + organism-small-safe - organism-small) against
@@ -17,8 +17,14 @@ ratio:
    research code runs), and both against plain sampling of the base model (cost per token).
 4. ``rain``: RAIN's search (per prompt, as the reference runs) against plain greedy decoding of
    the base model: the cost per generated token.
+5. ``eft_speculative``: EFT up-scaling's ``generate`` with speculative decoding (arXiv
+   2310.12962, Section 3.4: organism-small-safe drafts K tokens, the EFT distribution verifies)
+   against plain EFT ``generate``, greedy and at T = 1, tokens/s and the share of drafted
+   tokens accepted; the sides alternate, medians of ``--repeats``. Greedy: also whether the
+   tokens are plain EFT's.
 
     python benchmarks/decoding_strategies.py [--prompts 32] [--threads 1] [--max-new-tokens 48]
+    python benchmarks/decoding_strategies.py --only eft_speculative [--speculative 2,4]
 
 Goals (decoding-strategies issue): EFT >= 0.8x the three forwards' tokens/s; best-of-N batched
 >= 3x the per-prompt loop; DeAL batched >= 3x per-prompt.
@@ -94,6 +100,61 @@ def bench_eft(chats: list[Any], steps: int) -> None:
         f"eft      generate end to end: {_tokens(rows_out) / seconds:8.1f} tokens/s "
         f"({_tokens(rows_out)} tokens, {seconds:.2f} s, stops at EOS)"
     )
+
+
+def bench_eft_speculative(chats: list[Any], steps: int, ks: list[int], repeats: int) -> None:
+    import statistics
+
+    from poise.config import Sampling
+    from poise.decoding.eft import EmulatedFineTuning
+    from poise.models import load_model
+
+    large, safe, small = (
+        load_model("organism-large"),
+        load_model("organism-small-safe"),
+        load_model("organism-small"),
+    )
+    plain = EmulatedFineTuning(large, tuned=safe, reference=small, beta=1.0)
+    fast = {
+        k: EmulatedFineTuning(large, tuned=safe, reference=small, beta=1.0, speculative=k)
+        for k in ks
+    }
+    for name, sampling in (
+        ("greedy", Sampling(max_new_tokens=steps)),
+        ("T=1", Sampling(temperature=1.0, seed=0, max_new_tokens=steps)),
+    ):
+        for model in (plain, *fast.values()):  # warm up (first calls allocate)
+            model.generate(chats[:4], sampling)
+        times: dict[Any, list[float]] = {"plain": [], **{k: [] for k in ks}}
+        tokens: dict[Any, int] = {}
+        outputs: dict[Any, list[list[Any]]] = {}
+        accepted: dict[int, float] = {}
+        for _ in range(repeats):
+            for key, model in (("plain", plain), *fast.items()):
+                start = time.perf_counter()
+                outputs[key] = model.generate(chats, sampling)
+                times[key].append(time.perf_counter() - start)
+                tokens[key] = _tokens(outputs[key])
+                if key != "plain":
+                    batch = model.speculative.last  # type: ignore[union-attr]
+                    accepted[key] = batch.accepted / max(1, batch.proposed)
+        plain_rate = tokens["plain"] / statistics.median(times["plain"])
+        print(
+            f"eft_speculative {name}: plain EFT generate {plain_rate:8.1f} tokens/s "
+            f"({tokens['plain']} tokens, median of {repeats}: "
+            f"{statistics.median(times['plain']):.2f} s)"
+        )
+        for k in ks:
+            rate = tokens[k] / statistics.median(times[k])
+            same = ""
+            if name == "greedy":
+                ids = [c.token_ids for r in outputs[k] for c in r]
+                same = f", same tokens as plain: {ids == [c.token_ids for r in outputs['plain'] for c in r]}"
+            print(
+                f"eft_speculative {name}: speculative K={k}: {rate:8.1f} tokens/s "
+                f"({tokens[k]} tokens, {statistics.median(times[k]):.2f} s), "
+                f"{rate / plain_rate:.2f}x plain, {accepted[k]:.1%} of drafts accepted{same}"
+            )
 
 
 def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int) -> None:
@@ -190,13 +251,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--n", type=int, default=8, help="best-of-N's N")
-    parser.add_argument("--only", choices=["eft", "best_of_n", "deal", "rain"], default=None)
+    parser.add_argument(
+        "--only", choices=["eft", "eft_speculative", "best_of_n", "deal", "rain"], default=None
+    )
     parser.add_argument("--rain-searches", type=int, default=8, help="RAIN's max_searches")
+    parser.add_argument(
+        "--speculative", default="2,4", help="draft tokens per round to compare (comma list)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="eft_speculative: runs per side")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chats = _chats(args.prompts)
     if args.only in (None, "eft"):
         bench_eft(chats, args.max_new_tokens)
+    if args.only in (None, "eft_speculative"):
+        ks = [int(k) for k in args.speculative.split(",")]
+        bench_eft_speculative(chats, args.max_new_tokens, ks, args.repeats)
     if args.only in (None, "best_of_n"):
         bench_best_of_n(chats, args.n, args.max_new_tokens)
     if args.only in (None, "deal"):

@@ -86,6 +86,13 @@ def _eft(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageMod
     return load_model(f"eft({folder}, tuned={tuned}, reference={reference}, beta=1.5)")
 
 
+def _eft_speculative(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
+    build = request.getfixturevalue("build_tiny_model")
+    tuned, reference = build(tmp / "tuned", seed=1), build(tmp / "reference", seed=2)
+    spec = f"eft({folder}, tuned={tuned}, reference={reference}, beta=1.5, speculative=3)"
+    return load_model(spec)
+
+
 def _best_of_n(folder: Path, request: pytest.FixtureRequest, tmp: Path) -> LanguageModel:
     return load_model(f"best_of_n({folder}, n=3, reward=keywords:the|a, cost=length:6)")
 
@@ -119,6 +126,7 @@ BACKENDS: dict[str, Callable[[Path, pytest.FixtureRequest, Path], LanguageModel]
     "openai": _openai,
     "logit_temperature": _logit_temperature,
     "eft": _eft,
+    "eft_speculative": _eft_speculative,
     "best_of_n": _best_of_n,
     "deal": _deal,
     "feedback_revision": _feedback_revision,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel
-from poise.models.hf import HFModel, NucleusSearch, row_seed, sample_tokens
+from poise.models.hf import HFModel, NucleusSearch, filtered_probs, row_seed, sample_tokens
 
 CHATS: list[Chat] = [
     [{"role": "user", "content": "Hello there, the cat!"}],
@@ -433,6 +433,35 @@ def test_top_p_over_a_large_vocabulary_equals_a_full_sort() -> None:
             == (expected[peaked])
         )
         assert sample_tokens(logits, uniforms, sampling).tolist() == expected
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(temperature=0.7),
+        Sampling(temperature=1.3, top_k=5),
+        Sampling(temperature=1.0, top_p=0.8),
+        Sampling(temperature=0.9, top_k=10, top_p=0.6),
+        Sampling(temperature=0.0),
+    ],
+    ids=["temperature", "top-k", "top-p", "top-k-and-p", "greedy"],
+)
+def test_filtered_probs_are_what_sample_tokens_draws_from(sampling: Sampling) -> None:
+    """The dense distribution matches sample_tokens' inverse CDF on a fine grid of uniforms:
+    each token's share of the grid is its probability (to the grid's step)."""
+    generator = torch.Generator().manual_seed(2)
+    logits = torch.randn(6, 50, generator=generator) * 2.5  # [rows, vocab]
+    probs = filtered_probs(logits, sampling)  # [rows, vocab]
+    assert probs.sum(dim=-1).tolist() == pytest.approx([1.0] * 6, abs=1e-6)
+    grid = 20_000
+    uniforms = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    for row in range(6):
+        chosen = sample_tokens(logits[row].expand(grid, -1), uniforms, sampling)
+        shares = torch.bincount(chosen, minlength=50).float() / grid
+        assert shares.tolist() == pytest.approx(probs[row].tolist(), abs=2 / grid)
+    # any leading shape: [rows, positions, vocab] as speculative decoding passes it
+    stacked = filtered_probs(logits.view(2, 3, 50), sampling)
+    assert torch.equal(stacked.view(6, 50), probs)
 
 
 @settings(max_examples=60, deadline=None)

@@ -458,3 +458,67 @@ def test_span_attention_is_bit_identical(model: HFModel) -> None:
         spanned.step(tokens)
         whole.step(tokens)
     assert torch.equal(spanned.logits, whole.logits)
+
+
+# ----------------------------------------------------------------------------- feed / rewind
+
+
+def test_attention_spans_start_at_each_rows_first_token_despite_masked_columns() -> None:
+    """A rewound row has masked columns after its first token: the span of its chunk must
+    start at its first real column, not at (width - real tokens)."""
+    from poise.models.decode import attention_spans
+
+    width = 125
+    real = [8 + (39 - r) * 3 for r in range(40)]
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in real])
+    mask[:16, -60:-20] = 0  # the first chunk's rows forgot 40 tokens in the middle
+    spans = attention_spans(mask)
+    assert spans is not None
+    first_real = [width - n for n in real]
+    for first, end, start in spans:
+        assert start <= min(first_real[first:end])
+
+
+def test_feed_equals_steps_and_rewind_forgets_each_rows_own_tokens(model: HFModel) -> None:
+    """``feed`` gives the logits after every fed token (as a full forward); ``rewind`` with a
+    different count per row leaves each row as if it had been fed only what it keeps: the next
+    steps' logits equal a full forward of the kept sequence, also through span attention."""
+    from poise.models.decode import attention_spans
+
+    # 40 rows longest first, so that decode steps attend per chunk of rows (span attention)
+    prompts = [[5 + (i * 7 + j) % 40 for j in range(4 + 2 * i)] for i in range(40)][::-1]
+    state = model.prefill(prompts, reserve=4)
+    fed = [list(p) for p in prompts]
+    tokens = torch.tensor([[10 + (r + j) % 50 for j in range(4)] for r in range(40)])
+    logits = state.feed(tokens)  # [rows, 4, vocab]
+    assert logits.shape == (40, 4, len(model.tokenizer))
+    for row in (0, 17, 39):
+        for j in range(4):
+            expected = full_forward_logits(model, fed[row] + tokens[row, : j + 1].tolist())
+            assert torch.allclose(logits[row, j], expected, atol=1e-5)
+    drop = torch.tensor([r % 5 for r in range(40)])  # forget 0..4 of the 4 fed tokens
+    kept = (4 - drop).tolist()
+    width = state.mask.size(1)
+    # the logits after each row's last kept token (a row keeping none: any, the step overwrites)
+    last = logits[torch.arange(40), (3 - drop).clamp(min=0)]
+    state.rewind(drop, last)
+    assert state.mask.size(1) == width  # some row kept all 4: no column is cut
+    for row in range(40):
+        fed[row] += tokens[row, : kept[row]].tolist()
+    assert attention_spans(state.mask) is not None
+    for _ in range(3):
+        step = torch.tensor([20 + r % 30 for r in range(40)])
+        for row, token in enumerate(step.tolist()):
+            fed[row].append(token)
+        state.step(step)
+    for row in (0, 4, 13, 22, 39):  # drop 0, 4, 3, 2, 4
+        assert torch.allclose(state.logits[row], full_forward_logits(model, fed[row]), atol=1e-5)
+    # a rewind that every row shares cuts the columns from the cache
+    width = state.mask.size(1)
+    more = state.feed(torch.full((40, 2), 30))
+    state.rewind(torch.full((40,), 2), more[:, 0] * 0)
+    assert state.mask.size(1) == width and state.cache.width == width
+    state.step(torch.full((40,), 31))
+    for row in (1, 38):
+        expected = full_forward_logits(model, [*fed[row], 31])
+        assert torch.allclose(state.logits[row], expected, atol=1e-5)

@@ -19,6 +19,18 @@ The spec takes up to four tuned models: ``tuned`` / ``beta``, ``tuned_2`` / ``be
 cache and decodes the same rows in lockstep (:mod:`poise.decoding.lockstep`); the models must
 share one vocabulary (a mismatch is refused before decoding). The audit's ``sampling``
 (temperature, top-k, top-p, seed) applies to the mixed distribution, as to any model's.
+
+``speculative=K`` (Section 3.4, "Speculative decoding for efficient EFT up-scaling"): ``generate``
+samples the same distribution by speculative sampling (:mod:`poise.decoding.speculative`): a
+draft model proposes ``K`` tokens per round (``draft=MODEL``, by default the first tuned model,
+as the paper proposes: the small fine-tuned model), the EFT distribution is computed at all
+``K + 1`` positions in one forward pass per model and accepts or resamples them. Exact in
+distribution, and greedy decoding gives plain EFT's tokens; the samples themselves are other
+ones than plain EFT's for the same seed (other random numbers), so the option is part of the
+model's name. It pays when the base model is much larger than the draft and the draft agrees
+with the EFT distribution often (the acceptance rate). ``generate``, ``stream`` and ``engine``
+decode this way; with a ``logits_hook`` they keep the plain path (one token per step), as does
+the token-level step (``prefill``) that other strategies compose with.
 """
 
 from __future__ import annotations
@@ -50,6 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["EmulatedFineTuning", "eft_logits"]
 
 _SLOTS = ("", "_2", "_3", "_4")
+# Draft tokens per speculative round at most (acceptance of K in a row falls geometrically).
+MAX_SPECULATIVE = 16
 
 
 def eft_logits(
@@ -77,6 +91,24 @@ def _weight(name: str, value: object) -> float:
     return float(value)
 
 
+def _require_rewindable(model: LanguageModel) -> None:
+    """Speculative decoding rewinds each model's KV cache per row: an ``hf`` model with plain
+    attention layers (not a wrapped model, not a sliding-window or linear-attention cache)."""
+    from poise.decoding.lockstep import LockstepModel
+    from poise.models.hf import HFModel
+
+    if not isinstance(model, HFModel) or isinstance(model, LockstepModel):
+        raise PoiseError(
+            f"eft: speculative decoding needs local Hugging Face models (hf backend), and "
+            f"{model.name!r} is a {type(model).__name__}"
+        )
+    if not model.prefill_merges:
+        raise PoiseError(
+            f"eft: speculative decoding rewinds each model's KV cache, and {model.name!r} has "
+            "attention layers whose cache cannot be rewound (sliding window, linear attention)"
+        )
+
+
 @strategies.register(
     "eft",
     help="emulated fine-tuning: base + sum of weighted (tuned - reference) log-probs per token",
@@ -100,9 +132,12 @@ class EmulatedFineTuning(WrappedModel):
         beta_3: float = 1.0,
         tuned_4: LanguageModel | None = None,
         beta_4: float = 1.0,
+        speculative: int = 0,
+        draft: LanguageModel | None = None,
         batch_size: int = 32,
     ) -> None:
         from poise.decoding.lockstep import LockstepModel, check_shared_vocabulary
+        from poise.decoding.speculative import SpeculativeModel
         from poise.decoding.temperature import require_step
 
         given = {"tuned": tuned, "tuned_2": tuned_2, "tuned_3": tuned_3, "tuned_4": tuned_4}
@@ -129,18 +164,49 @@ class EmulatedFineTuning(WrappedModel):
             options[f"beta{slot}"] = weight
             self.tuned.append(model)
             self.weights.append(weight)
+        if (
+            isinstance(speculative, bool)
+            or not isinstance(speculative, int)
+            or not 0 <= speculative <= MAX_SPECULATIVE
+        ):
+            raise PoiseError(
+                f"eft: speculative must be the draft tokens per round, an integer in "
+                f"1..{MAX_SPECULATIVE} (0: off), got {speculative!r}"
+            )
+        if draft is not None and not speculative:
+            raise PoiseError("eft: draft is set but speculative is not (speculative=K)")
+        if speculative:
+            options["speculative"] = speculative
+        if draft is not None:
+            options["draft"] = draft
         if batch_size != 32:
             options["batch_size"] = batch_size
         self.reference = reference
         everyone = [base, *self.tuned, reference]
         for model in everyone:
             require_step(self.kind, model)
-        check_shared_vocabulary(self.kind, everyone)
+        check_shared_vocabulary(self.kind, everyone if draft is None else [*everyone, draft])
         super().__init__(base, **options)
         self.capabilities = Capabilities(stream=True, step=True, engine=True)
         self._lockstep: LockstepModel = LockstepModel(
             self.name, everyone, self.combine, batch_size=batch_size
         )
+        self.speculative: SpeculativeModel | None = None
+        if speculative:
+            drafter = self.tuned[0] if draft is None else draft
+            index = next((i for i, m in enumerate(everyone) if m is drafter), len(everyone))
+            models = everyone if index < len(everyone) else [*everyone, drafter]
+            for model in models:
+                _require_rewindable(model)
+            self.speculative = SpeculativeModel(
+                self.name,
+                models,
+                self.combine,
+                targets=len(everyone),
+                draft=index,
+                k=speculative,
+                batch_size=batch_size,
+            )
 
     def combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """``logits``: [base, tuned..., reference], each [rows, vocab] -> EFT log-probs."""
@@ -161,6 +227,10 @@ class EmulatedFineTuning(WrappedModel):
         progress: ProgressFn | None = None,
         logits_hook: LogitsHook | None = None,
     ) -> list[list[Completion]]:
+        """As any model's ``generate``; with ``speculative=K`` and no ``logits_hook``, by
+        speculative sampling (the module docstring), as ``stream`` and ``engine``."""
+        if self.speculative is not None and logits_hook is None:
+            return self.speculative.generate(chats, sampling, progress=progress)
         return self._lockstep.generate(chats, sampling, progress=progress, logits_hook=logits_hook)
 
     def stream(
@@ -170,9 +240,14 @@ class EmulatedFineTuning(WrappedModel):
         *,
         logits_hook: LogitsHook | None = None,
     ) -> Iterator[StreamEvent]:
+        if self.speculative is not None and logits_hook is None:
+            yield from self.speculative.stream(chats, sampling)
+            return
         yield from self._lockstep.stream(chats, sampling, logits_hook=logits_hook)
 
     def engine(
         self, *, logits_hook: LogitsHook | None = None, capacity: int | None = None
     ) -> Engine:
+        if self.speculative is not None and logits_hook is None:
+            return self.speculative.engine(capacity=capacity)
         return self._lockstep.engine(logits_hook=logits_hook, capacity=capacity)

@@ -9,9 +9,11 @@ Three layers, each usable on its own:
   padding in every row is free.
 - :class:`DecodeState` is a batch of rows being decoded with one model: ``logits`` holds each
   row's next-token logits, ``step(tokens)`` feeds one token per row, ``keep(rows)`` drops rows,
-  ``extend(other)`` merges a freshly prefilled batch into a running one at a step boundary. It
-  never samples: strategies that drive several models in lockstep (emulated fine-tuning,
-  reward-guided search) combine the states' logits and choose the tokens themselves.
+  ``extend(other)`` merges a freshly prefilled batch into a running one at a step boundary;
+  ``feed(tokens)`` feeds several tokens per row in one forward pass and ``rewind(drop)`` forgets
+  each row's last tokens (a count per row), for speculative decoding. It never samples:
+  strategies that drive several models in lockstep (emulated fine-tuning, reward-guided search)
+  combine the states' logits and choose the tokens themselves.
 - :class:`Batcher` schedules rows over a ``DecodeState``: admits waiting rows as others finish
   (continuous batching), samples each row with its own ``Sampling`` and generator, calls the
   logits hook once per step, detects EOS / stop strings / length, and streams each row's new
@@ -88,7 +90,9 @@ def attention_spans(mask: torch.Tensor) -> list[tuple[int, int, int]] | None:
     rows, width = mask.shape
     if rows < 2 * ATTENTION_ROWS:
         return None
-    leading = (width - mask.sum(dim=1)).tolist()  # padding columns per row
+    # padding columns before each row's first real token (the first 1: a row rewound by
+    # speculative decoding has masked columns after its first token too, see DecodeState.rewind)
+    leading = mask.int().argmax(dim=1).tolist()
     align = _KV_BLOCK if width >= _KV_BLOCK else _ATTENTION_ALIGN
     spans = []
     skipped = 0
@@ -322,6 +326,17 @@ class KVCache:
                 layer.start += columns
                 layer._views()
 
+    def drop_last(self, columns: int) -> None:
+        """Forget the last ``columns`` live columns of every row (the buffer layers only)."""
+        if columns <= 0:
+            return
+        if not self.mergeable:
+            raise PoiseError("this model's KV cache cannot be rewound (not plain attention)")
+        for layer in self.cache.layers:
+            if layer.is_initialized:
+                layer.end = max(layer.start, layer.end - columns)
+                layer._views()
+
     def merge(
         self,
         others: Sequence[KVCache],
@@ -376,6 +391,11 @@ class DecodeState:
     the position of each row's next token (real tokens only, so padding never shifts a row).
     ``mask``: [rows, width] int64, 1 where the cache holds a real token. Built by
     ``HFModel.prefill``.
+
+    ``feed_forward`` (the same call as ``forward``, returning the logits after every fed token,
+    [rows, new, vocab]) enables :meth:`feed`; :meth:`rewind` forgets tokens per row. Together
+    they are the verify-and-roll-back of speculative decoding
+    (:mod:`poise.decoding.speculative`).
     """
 
     def __init__(
@@ -385,8 +405,11 @@ class DecodeState:
         mask: torch.Tensor,
         positions: torch.Tensor,
         logits: torch.Tensor,
+        *,
+        feed_forward: Forward | None = None,
     ) -> None:
         self._forward = forward
+        self._feed_forward = feed_forward
         self.cache = cache
         self.mask = mask  # [rows, width]
         self.positions = positions  # [rows]
@@ -417,6 +440,56 @@ class DecodeState:
             )
         self.positions = self.positions + 1
         return self.logits
+
+    @torch.inference_mode()
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed several tokens per row in one forward pass (``tokens``: [rows, new] int64).
+
+        Returns the logits after each fed token, [rows, new, vocab] float32 (position ``j``:
+        the next-token logits after ``tokens[:, : j + 1]``); ``logits`` becomes the last."""
+        if tokens.dim() != 2 or tokens.size(0) != len(self):
+            raise PoiseError(f"feed: expected [{len(self)}, new] tokens, got {tuple(tokens.shape)}")
+        if self._feed_forward is None:
+            raise PoiseError("feed: this decode state feeds one token per step only")
+        new = tokens.size(1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.mask.size(0), new))], dim=-1)
+        offsets = torch.arange(new, device=self.positions.device)
+        positions = self.positions.unsqueeze(-1) + offsets  # [rows, new]
+        logits = self._feed_forward(tokens, self.mask, positions, self.cache.cache)
+        self.positions = self.positions + new
+        self.logits = logits[:, -1]
+        return logits
+
+    @torch.inference_mode()
+    def rewind(self, drop: torch.Tensor, logits: torch.Tensor) -> None:
+        """Forget the last ``drop[r]`` tokens of row ``r`` ([rows] int64), each fed since the
+        last rewind, and set ``logits`` [rows, vocab] (the next-token logits after the tokens
+        each row keeps; the caller has them from :meth:`feed` or :meth:`step`).
+
+        Rows forget different numbers of tokens while the cache keeps one width: the columns
+        that every row forgets are cut from the cache, the others are masked out in the rows
+        that forget them (``mask`` 0, like left padding) and each row's ``positions`` go back
+        by its ``drop``, so a row's next token sees exactly the tokens it kept, at the same
+        positions as if the forgotten ones had never been fed. Those masked columns stay in
+        the cache (attended to as padding) until the row leaves the batch. Needs the buffer
+        cache (``mergeable``): sliding-window or linear-attention caches cannot be rewound."""
+        if drop.dim() != 1 or drop.size(0) != len(self):
+            raise PoiseError(f"rewind: expected {len(self)} counts (one per row), got {drop.shape}")
+        if not self.cache.mergeable:
+            raise PoiseError(
+                "rewind: this model's KV cache cannot be rewound (not plain attention)"
+            )
+        drop = drop.to(self.mask.device)
+        common = int(drop.min()) if drop.numel() else 0
+        if common:
+            self.cache.drop_last(common)
+            self.mask = self.mask[:, :-common]
+        width = self.mask.size(1)
+        columns = torch.arange(width, device=self.mask.device)  # [width]
+        kept = columns.unsqueeze(0) < (width - (drop - common)).unsqueeze(-1)  # [rows, width]
+        self.mask = self.mask * kept
+        self.positions = self.positions - drop.to(self.positions.device)
+        self.logits = logits
 
     @torch.inference_mode()
     def keep(self, rows: torch.Tensor | Sequence[int]) -> None:
@@ -542,6 +615,7 @@ class _Row:
     prompt: list[int]
     sampling: Sampling
     uniforms: list[float] | None  # [max_new_tokens], None when greedy
+    seed: int | None = None  # the seed of the row's uniforms, None when greedy
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -831,11 +905,12 @@ def make_rows(
 
     rows = []
     for sample, row_id in zip(range(sampling.n), row_ids, strict=True):
-        uniforms = None
+        uniforms = seed = None
         if not sampling.greedy:
-            generator = torch.Generator().manual_seed(row_seed(sampling.seed, chat, sample))
+            seed = row_seed(sampling.seed, chat, sample)
+            generator = torch.Generator().manual_seed(seed)
             uniforms = torch.rand(sampling.max_new_tokens, generator=generator).tolist()
-        rows.append(_Row(key, sample, row_id, prompt, sampling, uniforms))
+        rows.append(_Row(key, sample, row_id, prompt, sampling, uniforms, seed))
     return rows
 
 
@@ -861,12 +936,8 @@ class HFEngine:
         capacity: int | None = None,
     ) -> None:
         self.model = model
-        self._batcher = Batcher(
-            model,
-            capacity=capacity or model.batch_size,
-            logits_hook=logits_hook,
-            stream=True,
-            eager=True,
+        self._batcher = model._batcher(
+            logits_hook, stream=True, eager=True, capacity=capacity or model.batch_size
         )
         self._remaining: dict[Hashable, int] = {}  # request -> rows not finished
         self._next_row = 0

@@ -317,6 +317,42 @@ def sample_tokens(
     return chosen.squeeze(-1)
 
 
+def filtered_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """The distribution :func:`sample_tokens` draws a token from, as probabilities over the
+    whole vocabulary: ``logits`` [..., vocab] -> [..., vocab] float32, each row summing to 1.
+
+    The same transform in the same order: temperature, then top-k (softmax over the k most
+    likely), then top-p over the probabilities sorted in decreasing order (a token stays while
+    the mass strictly before it is below p; the most likely always stays), renormalised.
+    Greedy sampling is the one-hot of the argmax (the first one on ties, as ``argmax``).
+    Speculative decoding needs these dense probabilities of both its models
+    (:mod:`poise.decoding.speculative`); ``sample_tokens`` itself avoids the full sort."""
+    shape = logits.shape
+    flat = logits.reshape(-1, shape[-1]).float()  # [rows, vocab]
+    vocab = flat.size(-1)
+    if sampling.greedy:
+        onehot = torch.zeros_like(flat)
+        onehot.scatter_(-1, flat.argmax(dim=-1, keepdim=True), 1.0)
+        return onehot.reshape(shape)
+    scaled = flat / sampling.temperature
+    order: torch.Tensor | None = None
+    if 0 < sampling.top_k < vocab:
+        scaled, order = scaled.topk(sampling.top_k, dim=-1)  # [rows, k], sorted descending
+        probs = scaled.softmax(dim=-1)
+    elif sampling.top_p < 1.0:
+        probs, order = scaled.softmax(dim=-1).sort(dim=-1, descending=True)  # [rows, vocab]
+    else:
+        probs = scaled.softmax(dim=-1)
+    if sampling.top_p < 1.0:
+        outside = probs.cumsum(dim=-1) - probs >= sampling.top_p
+        outside[:, 0] = False
+        probs = probs.masked_fill(outside, 0.0)
+    probs = probs / probs.sum(dim=-1, keepdim=True)
+    if order is not None:
+        probs = torch.zeros_like(flat).scatter_(-1, order, probs)
+    return probs.reshape(shape)
+
+
 class NucleusSearch:
     """Finds, per decoding step, the most likely tokens of each row (sorted) that hold at least
     the top-p mass, without sorting the whole vocabulary when a top-k suffices.
@@ -577,6 +613,14 @@ class HFModel(ModelBase):
         out = self._forward(input_ids, mask, positions, cache, keep=1, use_cache=True)
         return out.logits[:, -1, :].float()
 
+    def _feed_logits(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any
+    ) -> torch.Tensor:
+        """[rows, new, vocab] float32 logits after each of ``input_ids`` [rows, new]."""
+        new = input_ids.size(1)
+        out = self._forward(input_ids, mask, positions, cache, keep=new, use_cache=True)
+        return out.logits[:, -new:, :].float()
+
     @torch.inference_mode()
     def prefill(
         self, prompts: Sequence[Chat] | Sequence[Sequence[int]], *, reserve: int = 0
@@ -598,12 +642,33 @@ class HFModel(ModelBase):
         positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # [rows, width]
         cache = KVCache(self.model.config, reserve)
         logits = self._step_logits(input_ids, mask, positions, cache.cache)
-        return DecodeState(self._step_logits, cache, mask, positions[:, -1] + 1, logits)
+        return DecodeState(
+            self._step_logits,
+            cache,
+            mask,
+            positions[:, -1] + 1,
+            logits,
+            feed_forward=self._feed_logits,
+        )
 
     # -- generate
 
-    def _batcher(self, logits_hook: LogitsHook | None, *, stream: bool) -> Batcher:
-        return Batcher(self, capacity=self.batch_size, logits_hook=logits_hook, stream=stream)
+    def _batcher(
+        self,
+        logits_hook: LogitsHook | None,
+        *,
+        stream: bool,
+        eager: bool = False,
+        capacity: int | None = None,
+    ) -> Batcher:
+        """The continuous batch that ``generate``, ``stream`` and the engine run."""
+        return Batcher(
+            self,
+            capacity=capacity or self.batch_size,
+            logits_hook=logits_hook,
+            stream=stream,
+            eager=eager,
+        )
 
     def _queue(
         self,

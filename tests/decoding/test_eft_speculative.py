@@ -1,0 +1,368 @@
+"""eft(..., speculative=K): speculative sampling of the EFT distribution (arXiv 2310.12962,
+Section 3.4; the rule of arXiv 2211.17192 / 2302.01318) is exact in distribution, gives plain
+EFT's greedy tokens, and its acceptance rule is the closed form."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import chi2
+
+from poise.config import Sampling
+from poise.decoding import speculative
+from poise.decoding.eft import EmulatedFineTuning
+from poise.decoding.speculative import sample_dense, speculative_accept
+from poise.errors import PoiseError
+from poise.models import load_model
+from poise.models.base import StepView
+from poise.models.hf import HFModel, filtered_probs
+from poise.models.mock import MockModel
+
+WORDS = ["the", "cat", "dragon", "mountain", "story", "hello", "river", "sky", "tree", "stone"]
+# 40 chats of 1 to 9 words: more than 32 rows, so decode steps attend per chunk of rows
+CHATS = [
+    [{"role": "user", "content": " ".join(WORDS[(i * 7 + j) % 10] for j in range(i % 9 + 1))}]
+    for i in range(40)
+]
+
+
+@pytest.fixture(scope="module")
+def models(
+    tiny_hf_model_dir: Path,
+    build_tiny_model: Callable[..., Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[list[HFModel]]:
+    """Four tiny models of one vocabulary (seeds 0 to 3)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("eft-speculative")
+    first = HFModel(str(tiny_hf_model_dir), device="cpu")
+    yield [first] + [
+        HFModel(str(build_tiny_model(root / f"m{seed}", seed=seed)), device="cpu")
+        for seed in (1, 2, 3)
+    ]
+
+
+# ----------------------------------------------------------------------------- the rule itself
+
+P0 = [0.5, 0.2, 0.2, 0.1]  # target at the first position
+Q0 = [0.1, 0.6, 0.2, 0.1]  # draft at the first position
+P1 = [0.1, 0.1, 0.3, 0.5]  # target after an accepted draft (the bonus position)
+GRID = 400
+
+
+def grid_rows(drafted: int) -> dict[str, torch.Tensor]:
+    """GRID x GRID rows: every (acceptance uniform, final uniform) pair of a fine grid, one
+    draft token ``drafted`` (K = 1)."""
+    u = (torch.arange(GRID, dtype=torch.float64) + 0.5) / GRID
+    rows = GRID * GRID
+    return {
+        "p": torch.tensor([P0, P1], dtype=torch.float64).expand(rows, 2, 4),
+        "q": torch.tensor([Q0], dtype=torch.float64).expand(rows, 1, 4),
+        "drafted": torch.full((rows, 1), drafted),
+        "accept_uniforms": u.repeat_interleave(GRID).unsqueeze(-1),
+        "final_uniforms": u.repeat(GRID),
+    }
+
+
+def test_the_acceptance_and_the_residual_are_the_closed_form() -> None:
+    p0, q0, p1 = (torch.tensor(v, dtype=torch.float64) for v in (P0, Q0, P1))
+    residual = (p0 - q0).clamp(min=0)
+    residual = residual / residual.sum()  # norm(max(0, p - q)) = [1, 0, 0, 0] here
+    first = torch.zeros(4, dtype=torch.float64)  # law of the first emitted token, over drafts
+    for x in range(4):
+        n, following = speculative_accept(**grid_rows(x))
+        accepted = n == 1
+        # accepted with probability min(1, p(x) / q(x)) (the grid's shares, to its step)
+        assert float(accepted.double().mean()) == pytest.approx(
+            min(1.0, P0[x] / Q0[x]), abs=1 / GRID
+        )
+        # rejected: the next token follows the residual; accepted: the bonus follows p_1
+        for mask, law in ((~accepted, residual), (accepted, p1)):
+            if bool(mask.any()):
+                shares = torch.bincount(following[mask], minlength=4).double() / int(mask.sum())
+                assert shares.tolist() == pytest.approx(law.tolist(), abs=2 / GRID)
+        emitted = torch.where(accepted, torch.tensor(x), following)
+        first += Q0[x] * torch.bincount(emitted, minlength=4).double() / emitted.numel()
+    # the correctness of speculative sampling (proved in both papers): the first token's law
+    # is p, whatever q
+    assert first.tolist() == pytest.approx(P0, abs=2 / GRID)
+    # a wrong rule (keep every draft) would emit q instead: far from p
+    assert (q0 - p0).abs().sum() / 2 > 0.3
+
+
+def test_all_accepted_when_the_draft_is_the_target_and_greedy_is_argmax() -> None:
+    generator = torch.Generator().manual_seed(0)
+    probs = torch.rand(8, 4, 6, generator=generator)  # [rows, K + 1, vocab]
+    probs = probs / probs.sum(-1, keepdim=True)
+    drafted = torch.stack([sample_dense(probs[:, i], torch.rand(8)) for i in range(3)], 1)
+    uniforms = torch.rand(8, 3, generator=generator)
+    n, following = speculative_accept(probs, probs[:, :3], drafted, uniforms, torch.zeros(8))
+    assert n.tolist() == [3] * 8  # p == q: every draft is kept, the bonus comes from p_K
+    assert following.tolist() == sample_dense(probs[:, 3], torch.zeros(8)).tolist()
+    # one-hots (greedy): drafts are kept while they are p's argmax; then p's argmax
+    p = filtered_probs(torch.log(probs), Sampling())
+    target = probs.argmax(-1)  # [rows, K + 1]
+    drafted = target[:, :3].clone()
+    drafted[:4, 1] = (drafted[:4, 1] + 1) % 6  # rows 0-3 disagree at the second draft
+    q = torch.nn.functional.one_hot(drafted, 6).float()
+    n, following = speculative_accept(p, q, drafted, torch.zeros(8, 3), torch.zeros(8))
+    assert n.tolist() == [1] * 4 + [3] * 4
+    assert following.tolist() == [*target[:4, 1].tolist(), *target[4:, 3].tolist()]
+
+
+def test_sample_dense_never_picks_a_zero_probability_token() -> None:
+    probs = torch.tensor([[0.0, 0.3, 0.0, 0.7, 0.0]]).expand(5, 5)
+    uniforms = torch.tensor([0.0, 0.29, 0.31, 0.9999999, 1.0 - 1e-9])
+    assert sample_dense(probs, uniforms).tolist() == [1, 1, 3, 3, 3]
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+def closed_form_logprobs(
+    base: HFModel, tuned: HFModel, ref: HFModel, sequences: list[list[int]], beta: float
+) -> torch.Tensor:
+    """[rows, vocab] EFT log-probs after each sequence, from each model's full forward alone:
+    log p_base + beta (log p_tuned - log p_ref), renormalised (Section 3.3)."""
+    with torch.inference_mode():
+        logits = [m.model(input_ids=torch.tensor(sequences)).logits[:, -1].double() for m in
+                  (base, tuned, ref)]  # fmt: skip
+    mixed = logits[0].log_softmax(-1) + beta * (
+        logits[1].log_softmax(-1) - logits[2].log_softmax(-1)
+    )
+    return mixed.log_softmax(-1)
+
+
+def two_token_law(
+    base: HFModel, tuned: HFModel, ref: HFModel, prompt: list[int], sampling: Sampling
+) -> dict[tuple[int, ...], float]:
+    """The exact law of a completion's first two tokens under plain EFT sampling (the sampling
+    transform applied to the closed form at each step); an EOS first token ends it."""
+    first = filtered_probs(closed_form_logprobs(base, tuned, ref, [prompt], 1.0), sampling)[0]
+    support = [t for t in range(first.numel()) if first[t] > 0]
+    second = filtered_probs(
+        closed_form_logprobs(base, tuned, ref, [[*prompt, t] for t in support], 1.0), sampling
+    )
+    law: dict[tuple[int, ...], float] = {}
+    for row, t in enumerate(support):
+        if t in base.eos_token_ids:
+            law[(t,)] = float(first[t])
+            continue
+        for u in second[row].nonzero().flatten().tolist():
+            law[(t, u)] = float(first[t] * second[row, u])
+    return law
+
+
+def chi_square_p_value(
+    counts: Counter[tuple[int, ...]], law: dict[tuple[int, ...], float]
+) -> float:
+    """Pearson's chi-square test of the counts against the law, cells expected under 5 times
+    pooled into one; 0 when a sample lies outside the law's support (impossible under it)."""
+    total = sum(counts.values())
+    if not set(counts) <= set(law):
+        return 0.0
+    big = [c for c, p in law.items() if p * total >= 5]
+    cells = [(counts[c], law[c] * total) for c in big]
+    rest = [c for c in law if c not in set(big)]
+    cells.append((sum(counts[c] for c in rest), sum(law[c] for c in rest) * total))
+    statistic = sum((seen - expected) ** 2 / expected for seen, expected in cells if expected > 0)
+    return float(chi2.sf(statistic, len(cells) - 1))
+
+
+def always_accept(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    drafted: torch.Tensor,
+    accept_uniforms: torch.Tensor,
+    final_uniforms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A wrong rule: keep every draft, then a bonus token from p."""
+    rows, k = drafted.shape
+    return torch.full((rows,), k), sample_dense(p[:, k], final_uniforms)
+
+
+def residual_from_p(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    drafted: torch.Tensor,
+    accept_uniforms: torch.Tensor,
+    final_uniforms: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A wrong rule: the right acceptance test, but a rejection resamples from p itself
+    instead of the residual max(0, p - q)."""
+    n, _ = speculative_accept(p, q, drafted, accept_uniforms, final_uniforms)
+    p_n = p[torch.arange(p.size(0)), n]  # [rows, vocab]
+    return n, sample_dense(p_n, final_uniforms)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(temperature=1.0, max_new_tokens=2, n=2000, seed=11),
+        Sampling(temperature=0.8, top_p=0.9, top_k=40, max_new_tokens=2, n=2000, seed=12),
+    ],
+    ids=["t1", "t0.8-topk-topp"],
+)
+def test_the_first_two_tokens_follow_the_eft_distribution(
+    models: list[HFModel], sampling: Sampling, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """2000 samples of one prompt's first two tokens against the closed form of plain EFT:
+    Pearson's chi-square does not reject; the same test rejects two wrong rules at once."""
+    base, tuned, _, ref = models
+    chat = CHATS[3]
+    (prompt,) = base._encode_prompts([chat])
+    law = two_token_law(base, tuned, ref, prompt, sampling)
+    eft = EmulatedFineTuning(base, tuned=tuned, reference=ref, speculative=2, batch_size=500)
+
+    def counts() -> Counter[tuple[int, ...]]:
+        (row,) = eft.generate([chat], sampling)
+        return Counter(tuple(c.token_ids[:2]) for c in row)
+
+    right_counts = counts()
+    assert set(right_counts) <= set(law)  # never a token the sampling transform excludes
+    right = chi_square_p_value(right_counts, law)
+    assert eft.speculative is not None and eft.speculative.last is not None
+    batch = eft.speculative.last
+    assert 0 < batch.accepted < batch.proposed  # drafts both kept and rejected
+    assert right > 1e-3
+    for wrong in (always_accept, residual_from_p):
+        monkeypatch.setattr(speculative, "speculative_accept", wrong)
+        wrong_p = chi_square_p_value(counts(), law)
+        print(f"{wrong.__name__}: p-value {wrong_p:.3g} (the right rule: {right:.3g})")
+        assert wrong_p < 1e-6, wrong.__name__
+
+
+# ----------------------------------------------------------------------------- greedy and seeds
+
+
+@pytest.mark.parametrize(
+    ("config", "k"),
+    [("near", 4), ("near-separate-draft", 2), ("trio", 3), ("two-tuned", 1)],
+)
+def test_greedy_is_plain_efts_greedy_token_for_token(
+    models: list[HFModel], config: str, k: int
+) -> None:
+    """``near``: EFT close to its draft (base = tuned), so rows accept different numbers of
+    drafts per round; the others: random models that disagree most of the time."""
+    a, b, c, d = models
+    options: dict[str, object]
+    drafting: dict[str, object] = {}
+    if config.startswith("near"):
+        options = {"tuned": b, "reference": c, "beta": 0.3}
+        base = b
+        if config == "near-separate-draft":
+            drafting["draft"] = load_model(str(b.path))  # another copy: its own cache
+    elif config == "trio":
+        base, options = a, {"tuned": b, "reference": d}
+    else:
+        base, options = a, {"tuned": b, "beta": 0.7, "tuned_2": c, "beta_2": -0.5, "reference": d}
+    greedy = Sampling(max_new_tokens=40)
+    plain = EmulatedFineTuning(base, **options).generate(CHATS, greedy)  # type: ignore[arg-type]
+    fast = EmulatedFineTuning(base, speculative=k, **options, **drafting)  # type: ignore[arg-type]
+    got = fast.generate(CHATS, greedy)
+    for mine, theirs in zip(got, plain, strict=True):
+        assert mine[0].token_ids == theirs[0].token_ids
+        assert (mine[0].text, mine[0].finish_reason) == (theirs[0].text, theirs[0].finish_reason)
+        assert mine[0].token_logprobs == pytest.approx(theirs[0].token_logprobs, abs=1e-4)
+    assert fast.speculative is not None and fast.speculative.last is not None
+    if config.startswith("near"):
+        batch = fast.speculative.last
+        assert 0.2 < batch.accepted / batch.proposed < 0.95
+
+
+def test_samples_do_not_depend_on_the_batch_and_a_hook_takes_the_plain_path(
+    models: list[HFModel],
+) -> None:
+    _, b, c, _ = models
+    sampling = Sampling(temperature=1.0, max_new_tokens=12, n=2, seed=4, stop=("e",))
+    chats = CHATS[:6]
+    fast = EmulatedFineTuning(b, tuned=b, reference=c, beta=0.3, speculative=3)
+    together = [[x.text for x in row] for row in fast.generate(chats, sampling)]
+    small = EmulatedFineTuning(b, tuned=b, reference=c, beta=0.3, speculative=3, batch_size=3)
+    alone = [[x.text for x in small.generate([chat], sampling)[0]] for chat in chats]
+    assert together == alone
+    plain = EmulatedFineTuning(b, tuned=b, reference=c, beta=0.3)
+    plain_texts = [[x.text for x in row] for row in plain.generate(chats, sampling)]
+    assert together != plain_texts  # other random numbers, other samples
+
+    def unchanged(view: StepView) -> None:
+        return None
+
+    hooked = fast.generate(chats, sampling, logits_hook=unchanged)
+    assert [[x.text for x in row] for row in hooked] == plain_texts
+    streamed = [e for e in fast.stream(chats, sampling, logits_hook=unchanged) if e.completion]
+    assert sorted(e.completion.text for e in streamed if e.completion) == sorted(
+        t for row in plain_texts for t in row
+    )
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(max_new_tokens=20, stop=("e",)),
+        Sampling(temperature=1.0, max_new_tokens=20, n=2, seed=6, stop=("th",)),
+    ],
+    ids=["greedy", "sampled"],
+)
+def test_stream_and_engine_give_generates_completions(
+    models: list[HFModel], sampling: Sampling
+) -> None:
+    """A row's streamed pieces join to its ``generate`` text and its final event carries that
+    completion; an engine whose requests arrive over several steps, with different samplings,
+    gives each request ``generate``'s completions for its chat and sampling."""
+    _, b, c, _ = models
+    fast = EmulatedFineTuning(b, tuned=b, reference=c, beta=0.3, speculative=3, batch_size=8)
+    chats = CHATS[:10]
+    expected = fast.generate(chats, sampling)
+    joined: dict[tuple[int, int], str] = {}
+    finals: dict[tuple[int, int], tuple[int, ...]] = {}
+    for event in fast.stream(chats, sampling):
+        key = (int(event.key), event.sample_index)  # type: ignore[call-overload]
+        assert key not in finals, "text after the row's final event"
+        joined[key] = joined.get(key, "") + event.text
+        if event.completion is not None:
+            finals[key] = event.completion.token_ids
+    for c_, row in enumerate(expected):
+        for s_, completion in enumerate(row):
+            assert joined[(c_, s_)] == completion.text
+            assert finals[(c_, s_)] == completion.token_ids
+    other = Sampling(temperature=0.7, top_p=0.9, max_new_tokens=15, seed=2)
+    engine = fast.engine(capacity=6)
+    plan = {0: [0, 1, 2], 2: [3, 4], 3: [5, 6, 7]}  # chats joining at each step
+    done: dict[int, list[tuple[int, ...]]] = {}
+    step = 0
+    while step <= max(plan) or not engine.idle:
+        for i in plan.get(step, []):
+            engine.add(i, chats[i], sampling if i % 2 else other)
+        for event in engine.step():
+            if event.completion is not None:
+                done.setdefault(int(event.key), []).append(event.completion.token_ids)  # type: ignore[call-overload]
+        step += 1
+    for i in range(8):
+        want = expected[i] if i % 2 else fast.generate([chats[i]], other)[0]
+        assert sorted(done[i]) == sorted(c.token_ids for c in want)
+
+
+def test_spec_option_and_errors(models: list[HFModel], tiny_hf_model_dir: Path) -> None:
+    d = tiny_hf_model_dir
+    model = load_model(f"eft({d}, tuned={d}, reference={d}, speculative=2)")
+    assert model.spec == f"eft({d}, beta=1.0, reference={d}, speculative=2, tuned={d})"
+    assert load_model(model.spec).name == model.name
+    drafted = load_model(f"eft({d}, tuned={d}, reference={d}, speculative=2, draft={d})")
+    assert drafted.name != model.name
+    a, b, _, d_ = models
+    for bad in (-1, 17, True, 1.5, "4"):
+        with pytest.raises(PoiseError, match=r"eft: speculative must be .* integer in 1\.\.16"):
+            EmulatedFineTuning(a, tuned=b, reference=d_, speculative=bad)  # type: ignore[arg-type]
+    with pytest.raises(PoiseError, match="eft: draft is set but speculative is not"):
+        EmulatedFineTuning(a, tuned=b, reference=d_, draft=b)
+    with pytest.raises(PoiseError, match="has no tokenizer"):
+        EmulatedFineTuning(a, tuned=b, reference=d_, speculative=2, draft=MockModel("m"))
+    nested = EmulatedFineTuning(a, tuned=b, reference=d_)
+    with pytest.raises(PoiseError, match="speculative decoding needs local Hugging Face models"):
+        EmulatedFineTuning(a, tuned=nested, reference=d_, speculative=2)
