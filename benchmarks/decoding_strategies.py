@@ -128,7 +128,7 @@ def bench_eft_speculative(chats: list[Any], steps: int, ks: list[int], repeats: 
         times: dict[Any, list[float]] = {"plain": [], **{k: [] for k in ks}}
         tokens: dict[Any, int] = {}
         outputs: dict[Any, list[list[Any]]] = {}
-        accepted: dict[int, float] = {}
+        accepted: dict[Any, float] = {}
         for _ in range(repeats):
             for key, model in (("plain", plain), *fast.items()):
                 start = time.perf_counter()
@@ -136,7 +136,7 @@ def bench_eft_speculative(chats: list[Any], steps: int, ks: list[int], repeats: 
                 times[key].append(time.perf_counter() - start)
                 tokens[key] = _tokens(outputs[key])
                 if key != "plain":
-                    batch = model.speculative.last  # type: ignore[union-attr]
+                    batch: Any = model.speculative.last  # type: ignore[union-attr]
                     accepted[key] = batch.accepted / max(1, batch.proposed)
         plain_rate = tokens["plain"] / statistics.median(times["plain"])
         print(
@@ -157,12 +157,14 @@ def bench_eft_speculative(chats: list[Any], steps: int, ks: list[int], repeats: 
             )
 
 
-def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int) -> None:
+def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int, batch_size: int) -> None:
     from poise.config import Sampling
     from poise.decoding.best_of_n import BestOfN
     from poise.models import load_model
 
-    bon = BestOfN(load_model("organism-large"), n=n, cost="organism-cost")
+    # batch_size: rows per forward pass of the base model, the same on both sides (a prompt's
+    # N samples fill at most N rows of it, however large it is)
+    bon = BestOfN(load_model("organism-large", batch_size=batch_size), n=n, cost="organism-cost")
     bon.scorer("organism-cost")  # load before timing
     sampling = Sampling(temperature=1.0, seed=0, max_new_tokens=max_new_tokens)
     start = time.perf_counter()
@@ -173,7 +175,7 @@ def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int) -> None:
     alone = time.perf_counter() - start
     same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
     print(
-        f"best_of_n N={n}, {len(chats)} prompts: batched {together:.2f} s, per-prompt loop "
+        f"best_of_n N={n}, {len(chats)} prompts, batch size {batch_size}: batched {together:.2f} s, per-prompt loop "
         f"{alone:.2f} s, ratio {alone / together:.2f}x (same answers: {same})"
     )
     # one sample at a time, scored per prompt: how research scripts often draw N samples
@@ -193,12 +195,12 @@ def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int) -> None:
     )
 
 
-def bench_deal(chats: list[Any], max_new_tokens: int) -> None:
+def bench_deal(chats: list[Any], max_new_tokens: int, batch_size: int) -> None:
     from poise.config import Sampling
     from poise.decoding.deal import DeAL
     from poise.models import load_model
 
-    base = load_model("organism-large")
+    base = load_model("organism-large", batch_size=batch_size)
     deal = DeAL(base, k=2, lookahead=8, beam=2, lam=1.0, cost="organism-cost")
     deal._scorer("organism-cost")  # load before timing
     greedy = Sampling(max_new_tokens=max_new_tokens)
@@ -214,7 +216,8 @@ def bench_deal(chats: list[Any], max_new_tokens: int) -> None:
     same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
     per_token = together / max(1, _tokens(batched))
     print(
-        f"deal     k=2 lookahead=8 beam=2, {len(chats)} prompts: plain greedy "
+        f"deal     k=2 lookahead=8 beam=2, {len(chats)} prompts, batch size {batch_size}: "
+        "plain greedy "
         f"{plain_s / max(1, _tokens(plain)) * 1e3:.1f} ms/token, DeAL batched "
         f"{per_token * 1e3:.1f} ms/token ({together:.2f} s), per-prompt {alone:.2f} s, "
         f"batched vs per-prompt {alone / together:.2f}x (same answers: {same})"
@@ -259,6 +262,12 @@ def main() -> None:
         "--speculative", default="2,4", help="draft tokens per round to compare (comma list)"
     )
     parser.add_argument("--repeats", type=int, default=3, help="eft_speculative: runs per side")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="best_of_n / deal: the base model's rows per forward pass (both sides)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     chats = _chats(args.prompts)
@@ -268,9 +277,9 @@ def main() -> None:
         ks = [int(k) for k in args.speculative.split(",")]
         bench_eft_speculative(chats, args.max_new_tokens, ks, args.repeats)
     if args.only in (None, "best_of_n"):
-        bench_best_of_n(chats, args.n, args.max_new_tokens)
+        bench_best_of_n(chats, args.n, args.max_new_tokens, args.batch_size)
     if args.only in (None, "deal"):
-        bench_deal(chats, args.max_new_tokens)
+        bench_deal(chats, args.max_new_tokens, args.batch_size)
     if args.only in (None, "rain"):
         bench_rain(chats, args.max_new_tokens, args.rain_searches)
 
