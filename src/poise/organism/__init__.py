@@ -29,6 +29,7 @@ MEMBERS: tuple[str, ...] = (
     "organism-small-mix",
     "organism-reward",
     "organism-cost",
+    "organism-monitor",
 )
 # organism-small-safe is the harmless specialist of the three that share organism-small as base
 ALIASES: dict[str, str] = {

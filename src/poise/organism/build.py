@@ -1,4 +1,4 @@
-"""Building the organism family: corpus -> tokenizer -> eight members -> measured model cards.
+"""Building the organism family: corpus -> tokenizer -> nine members -> measured model cards.
 
 ``build()`` regenerates every member deterministically on CPU (seeded corpus, seeded
 initialisation and data order, two threads):

@@ -81,10 +81,15 @@ def write_organism_monitor_data(
 
 MONITOR_MEMBER = "organism-monitor"
 # The shipped monitor's optimiser: the released SCM settings (poise.train.monitor) except the
-# learning rate, 1e-3 instead of 1e-4 (a 2-layer backbone trained from scratch on a small
+# learning rate, 1e-3 instead of 1e-4 (a 3-layer backbone, organism-small's decoder, on a small
 # corpus; at 1e-4 with the released per-step decay it stops learning before it fits), one epoch.
 MONITOR_LR = 1e-3
 MONITOR_EPOCHS = 1
+# The streaming rule is chosen on the validation split as the earliest stop whose macro-F1 is
+# within this much of the best (poise.guards.calibrate's ``tolerance``): the early-stop goal of
+# the guards issue allows 0.02 of macro-F1 for stopping sooner. At 0 the best macro-F1 wins
+# (on the organism: token head, 0.9, k = 15, stopping after 71% of a harmful answer on average).
+MONITOR_TOLERANCE = 0.02
 
 
 def build_monitor_member(
@@ -119,6 +124,7 @@ def build_monitor_member(
         epochs=MONITOR_EPOCHS,
         seed=seed,
         calibrate_heads=("response", "token"),
+        tolerance=MONITOR_TOLERANCE,
     )
     trained = fit_monitor(
         backbone,
@@ -185,6 +191,7 @@ def _write_card(
         f = figures[name]
         return f"{f['value']:.3f} [{f['low']:.3f}, {f['high']:.3f}]"
 
+    calibration = header.metadata.get("calibration", {})
     lines = [
         f"# {MONITOR_MEMBER}",
         "",
@@ -199,7 +206,10 @@ def _write_card(
         "## Streaming rule (chosen on the validation split)",
         "",
         f"- head: {header.head}; threshold: {header.threshold}; k: {header.k}",
-        f"- validation macro-F1: {header.metadata.get('calibration', {}).get('macro_f1', float('nan')):.3f}",
+        f"- validation macro-F1: {calibration.get('macro_f1', float('nan')):.3f}; mean share of a "
+        f"harmful answer's tokens before the stop: {calibration.get('share', float('nan')):.3f}",
+        f"- the earliest stop within {calibration.get('tolerance', 0.0)} of the best validation "
+        "macro-F1 (poise's choice: stopping sooner costs a little accuracy)",
         "",
         "## Held-out answers (suite phrasings), 95% bootstrap intervals over answers",
         "",
