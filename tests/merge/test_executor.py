@@ -93,6 +93,28 @@ def test_merge_output_generates(specialists: list[Path], tmp_path: Path) -> None
     assert model.generate(ids, max_new_tokens=3, do_sample=False).shape[1] == ids.shape[1] + 3
 
 
+def test_merged_folder_is_readable_like_any_new_folder(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """The staging folder is private (mkdtemp); the finished merge has the permissions a plain
+    mkdir and open give, so another user can read it."""
+    import os
+    import stat
+
+    base, a, b = specialists
+    out = tmp_path / "m"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "tsv_m", "base_model": str(base),
+        "models": [{"model": str(a)}, {"model": str(b)}],
+    }), out)  # fmt: skip
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    files = [p for p in out.iterdir() if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
+
+
 def test_lora_folder_is_a_task_vector(specialists: list[Path], tmp_path: Path) -> None:
     """task_arithmetic(base, [base+LoRA], weight 1) equals peft's own merge_and_unload."""
     from peft import LoraConfig, get_peft_model

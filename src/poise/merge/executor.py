@@ -200,6 +200,7 @@ def write_merge(
             _copy_model_files(copy_from, tmp, job.dtype)
         for file_name, text in (records or {}).items():
             (tmp / file_name).write_text(text, encoding="utf-8")
+        _as_if_created(tmp)
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
@@ -207,6 +208,18 @@ def write_merge(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return files
+
+
+def _as_if_created(folder: Path) -> None:
+    """Give ``folder`` and its files the permissions a plain ``mkdir`` and ``open`` would have
+    (0o777 / 0o666 less the umask): ``mkdtemp`` makes the staging folder private (0o700) and some
+    writers make private files, which would leave a merged model unreadable to anyone else."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _copy_chat_meta(source: Path, dest: Path) -> None:
