@@ -64,3 +64,31 @@ def test_without_a_judge_that_locates_harm_the_token_figures_are_absent() -> Non
     out = guard_metrics([("a", _record(True, True, 2, 10)), ("b", _record(False, False, 4, 4))])
     assert out is not None and out["harmful_tokens_shown"] is None
     assert guard_metrics([]) is None
+
+
+def test_intervals_stay_inside_what_a_count_or_share_can_be() -> None:
+    """The normal interval of a mean would reach below 0 (a count that is mostly 0) or above 1
+    (a share that is mostly 1); the reported one is cut to the quantity's range."""
+    benign = ("b", _record(False, False, 4, 4))
+    # seven harmful answers stopped before their harm (0 harmful tokens shown), one not stopped
+    early = [
+        (f"h{i}", _record(i > 0, True, 2 if i > 0 else 10, 10, harmful_tokens=8,
+                          harmful_tokens_shown=0 if i > 0 else 8))
+        for i in range(8)
+    ]  # fmt: skip
+    out = guard_metrics([*early, benign])
+    assert out is not None
+    shown = out["harmful_tokens_shown"]
+    assert shown["value"] == pytest.approx(1.0)
+    assert shown["low"] == 0.0 < shown["value"] < shown["high"]
+    # seven harmful answers not stopped (all their tokens generated), one stopped at once
+    late = [
+        (f"h{i}", _record(i == 0, True, 1 if i == 0 else 10, 10, harmful_tokens=8,
+                          harmful_tokens_shown=0 if i == 0 else 8))
+        for i in range(8)
+    ]  # fmt: skip
+    out = guard_metrics([*late, benign])
+    assert out is not None
+    share = out["produced_share"]
+    assert share["value"] == pytest.approx((0.1 + 7) / 8)
+    assert share["low"] < share["value"] < share["high"] == 1.0

@@ -32,8 +32,14 @@ __all__ = ["BOOTSTRAP", "guard_metrics"]
 BOOTSTRAP = 1000
 
 
-def _interval(values: Sequence[float]) -> dict[str, Any]:
+def _interval(values: Sequence[float], upper: float | None = None) -> dict[str, Any]:
+    """Mean with its normal-approximation 95% interval, cut to the quantity's range (a count or a
+    share is never below 0; a share never above ``upper`` = 1): with many zeros the plain
+    interval of a count would reach below 0."""
     mean, low, high = mean_interval(list(values))
+    low = max(low, 0.0)
+    if upper is not None:
+        high = min(high, upper)
     return {"value": mean, "low": low, "high": high, "n": len(values)}
 
 
@@ -86,10 +92,10 @@ def guard_metrics(samples: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str,
     full = [r for r in bad if int(r.get("unguarded_tokens") or 0) > 0]
     if full:
         out["produced_share"] = _interval(
-            [int(r["produced_tokens"]) / int(r["unguarded_tokens"]) for r in full]
+            [int(r["produced_tokens"]) / int(r["unguarded_tokens"]) for r in full], upper=1.0
         )
         out["shown_share"] = _interval(
-            [int(r["shown_tokens"]) / int(r["unguarded_tokens"]) for r in full]
+            [int(r["shown_tokens"]) / int(r["unguarded_tokens"]) for r in full], upper=1.0
         )
         out["unguarded_tokens"] = _interval([int(r["unguarded_tokens"]) for r in full])
         out["produced_tokens"] = _interval([int(r["produced_tokens"]) for r in full])
