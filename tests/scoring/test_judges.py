@@ -155,6 +155,43 @@ def test_auto_resolution_of_organism_weight_folder(tmp_path: Path) -> None:
         assert resolve_judge_name("auto", by_path) == "oracle"
 
 
+def test_auto_resolution_follows_what_a_folder_was_trained_or_merged_from(tmp_path: Path) -> None:
+    """A model trained from an organism member (``poise.json``'s ``base_model``, as ``poise
+    train`` writes it) or merged onto one (``merge.json``), at any remove, keeps the organism's
+    judge; a folder made from something else does not, and a cycle of records ends."""
+    import json
+    import shutil
+
+    from poise.models import load_model
+    from poise.organism import member_path
+
+    def record(folder: Path, name: str, base: str) -> Path:
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_text(json.dumps({"base_model": base}), encoding="utf-8")
+        return folder
+
+    small = str(member_path("organism-small"))
+    dpo = record(tmp_path / "dpo", "poise.json", small)
+    again = record(tmp_path / "dpo-of-dpo", "poise.json", str(dpo))
+    merged = record(tmp_path / "merged", "merge.json", str(again))
+    named = record(tmp_path / "by-name", "poise.json", "organism-small")
+    for folder in (dpo, again, merged, named):
+        assert resolve_judge_name("auto", str(folder)) == "oracle", folder
+    other = record(tmp_path / "other", "poise.json", str(tmp_path / "elsewhere"))
+    loop_a = record(tmp_path / "a", "poise.json", str(tmp_path / "b"))
+    record(tmp_path / "b", "poise.json", str(loop_a))
+    for folder in (other, loop_a):
+        assert resolve_judge_name("auto", str(folder)) == "refusal", folder
+    # a loadable folder: the built model declares the judge too
+    trained = tmp_path / "trained"
+    shutil.copytree(member_path("organism-small"), trained)
+    (trained / "poise.json").write_text(
+        json.dumps({**json.loads((trained / "poise.json").read_text()), "base_model": small}),
+        encoding="utf-8",
+    )
+    assert load_model(str(trained)).recommended_judge == "oracle"
+
+
 @pytest.mark.parametrize(
     "spec",
     [

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -75,17 +76,49 @@ class Resolver:
         return name in self.names()
 
     def owns_folder(self, folder: Path) -> bool:
+        """Whether ``folder`` is one of this plugin's folders or was made from one: trained
+        from it (``poise.json``'s ``base_model``, as ``poise train`` writes) or merged onto it
+        (``merge.json``'s ``base_model``, as ``poise merge`` writes), at any remove. A model
+        trained from an organism member answers in the organism's world, so it keeps the
+        member's judge."""
         try:
-            target = folder.expanduser().resolve()
+            mine = set()
+            for name in self.names():
+                try:
+                    mine.add(self.folder(self.canonical(name)).resolve())
+                except PoiseError:  # a member not built: not this folder
+                    continue
+            target: Path | None = folder.expanduser().resolve()
         except (OSError, RuntimeError):
             return False
-        for name in self.names():
-            try:
-                if self.folder(self.canonical(name)).resolve() == target:
-                    return True
-            except PoiseError:  # a member not built: not this folder
-                continue
+        seen: set[Path] = set()
+        while target is not None and target not in seen:
+            if target in mine:
+                return True
+            seen.add(target)
+            target = _made_from(target, self)
         return False
+
+
+def _made_from(folder: Path, resolver: Resolver) -> Path | None:
+    """The folder ``folder`` was trained from or merged onto (a path or one of ``resolver``'s
+    names in its ``poise.json`` / ``merge.json``), or None."""
+    for record in ("poise.json", "merge.json"):
+        try:
+            meta = json.loads((folder / record).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        base = meta.get("base_model") if isinstance(meta, dict) else None
+        if not isinstance(base, str) or not base:
+            continue
+        try:
+            if resolver.claims(base):
+                return resolver.folder(resolver.canonical(base)).resolve()
+            path = Path(base).expanduser()  # as the training or merge command was given it
+            return path.resolve() if path.is_dir() else None
+        except (OSError, RuntimeError, PoiseError):
+            return None
+    return None
 
 
 resolvers: Registry[Resolver] = Registry("model resolver")
