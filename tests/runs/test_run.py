@@ -110,6 +110,17 @@ def test_find_run_by_name_and_substring(tmp_path: Path) -> None:
         find_run("-", tmp_path)
 
 
+def test_a_run_name_beats_a_longer_name_that_contains_it(tmp_path: Path) -> None:
+    """``large-t1`` names the run called large-t1, not also ``large-t1-40`` (the documented
+    ``poise compare large-t1 ...`` of docs/steering.md); a part of a name still finds a run."""
+    plain = Run.create(tmp_path, "large-t1", {})
+    Run.create(tmp_path, "large-t1-40", {})
+    assert find_run("large-t1", tmp_path).path == plain.path
+    assert "large-t1-40" in find_run("t1-40", tmp_path).path.name
+    with pytest.raises(PoiseError, match="matches 2 runs"):
+        find_run("large", tmp_path)
+
+
 # ---- the life of a run: resume, start, cached model, finish ---------------------------------
 
 

@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import platform
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -489,12 +490,18 @@ def list_runs(root: str | Path) -> list[Run]:
     return sorted(runs, key=lambda r: r.path.name, reverse=True)
 
 
+_STAMP = re.compile(r"^\d{8}-\d{6}-")  # a run folder's timestamp prefix
+
+
 def matching_runs(spec: str | Path, root: str | Path = "runs") -> list[Run]:
-    """The runs under ``root`` named ``spec`` exactly, else those whose name contains it; newest
-    first."""
+    """The runs under ``root`` whose folder is named ``spec``, else those whose name after the
+    timestamp is ``spec`` (``large-t1`` is ``20261202-152416-large-t1``, not
+    ``…-large-t1-40``), else those whose folder name contains it; newest first."""
     runs = list_runs(root)
-    exact = [r for r in runs if r.path.name == str(spec)]
-    return exact or [r for r in runs if str(spec) in r.path.name]
+    spec = str(spec)
+    exact = [r for r in runs if r.path.name == spec]
+    named = [r for r in runs if _STAMP.sub("", r.path.name) == spec]
+    return exact or named or [r for r in runs if spec in r.path.name]
 
 
 def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
