@@ -88,7 +88,8 @@ class MonitorWatch:
         self.force = force
         self.eos_id = eos_id
         self.state: DecodeState | None = None
-        self.order: list[int] = []  # row ids, aligned with self.state's rows
+        # row ids, aligned with self.state's rows; None: a row that left, not yet dropped
+        self.order: list[int | None] = []
         self.flagged: dict[int, int] = {}
         self.stops: dict[int, int] = {}
         self.max_score: dict[int, float] = {}
@@ -145,23 +146,23 @@ class MonitorWatch:
         rows = view.rows.tolist()
         generated = view.generated.tolist()
         at = {r: i for i, r in enumerate(rows)}
-        # rows the monitor follows on: decoding, not stopped, inside the window, seen before
-        kept = [
-            j for j, r in enumerate(self.order) if r in at and self._watching(r, generated[at[r]])
-        ]
+        # rows the monitor follows on: decoding, not stopped, inside the window, seen before.
+        # A row that leaves stays in the monitor's cache (fed a pad token, its scores ignored)
+        # until the cache is copied anyway, to merge newcomers, or a quarter of it is dead:
+        # copying the cache each time one row finishes would cost more than the dead rows.
+        for j, r in enumerate(self.order):
+            if r is not None and not (r in at and self._watching(r, generated[at[r]])):
+                self.order[j] = None
+        alive = [j for j, r in enumerate(self.order) if r is not None]
+        if self.state is not None and not alive:
+            self.state, self.order, alive = None, [], []
         if self.state is not None:
-            if len(kept) < len(self.order):
-                if kept:
-                    self.state.keep(kept)
-                else:
-                    self.state = None
-                self.order = [self.order[j] for j in kept]
-            if self.state is not None:
-                last = [int(view.tokens[at[r]][-1]) for r in self.order]
-                scores = self.state.step(torch.tensor(last, device=self.monitor.device)).tolist()
-                for r, s in zip(self.order, scores, strict=True):
+            last = [int(view.tokens[at[r]][-1]) if r is not None else 0 for r in self.order]
+            scores = self.state.step(torch.tensor(last, device=self.monitor.device)).tolist()
+            for r, s in zip(self.order, scores, strict=True):
+                if r is not None:
                     self._count(r, [s], generated[at[r]] - 1)
-        known = set(self.order)
+        known = {r for r in self.order if r is not None}
         new = [
             r
             for r, g in zip(rows, generated, strict=True)
@@ -178,13 +179,19 @@ class MonitorWatch:
                 self._count(r, scores_of_row, 0)
             if self.state is None:
                 self.state, self.order = state, new
-            elif self.state.mergeable:
-                self.state.extend(state, reserve=64)
-                self.order = [*self.order, *new]
+            elif self.state.mergeable:  # newcomers join and the dead leave in one copy
+                self.state.extend(state, reserve=64, keep=alive)
+                self.order = [*(self.order[j] for j in alive), *new]
             else:  # a cache that cannot merge: follow every row again from one prefill
-                again = [*self.order, *new]
-                self.state, _ = self._prefill(again, [view.tokens[at[r]].tolist() for r in again])
-                self.order = again
+                again = [*(self.order[j] for j in alive), *new]
+                again_ids = [r for r in again if r is not None]
+                self.state, _ = self._prefill(
+                    again_ids, [view.tokens[at[r]].tolist() for r in again_ids]
+                )
+                self.order = list(again_ids)
+        elif self.state is not None and 4 * (len(self.order) - len(alive)) > len(self.order):
+            self.state.keep(alive)
+            self.order = [self.order[j] for j in alive]
         if not self.force or self.eos_id is None:
             return None
         stopped = [i for i, r in enumerate(rows) if r in self.stops]
