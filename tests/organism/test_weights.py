@@ -321,21 +321,14 @@ def test_monitor_stops_turning_answers_at_the_turn() -> None:
     import torch
 
     from poise.guards.calibrate import delay_k_stop
-    from poise.guards.data import encode_example
     from poise.guards.monitor import load_monitor
     from poise.organism.monitor import monitor_examples
 
     monitor = load_monitor("organism-monitor")
     header = monitor.header
     examples = monitor_examples("heldout", subsample=4)
-    prompts, responses, onsets = [], [], []
-    for example in examples:
-        prompt = monitor.prompt_ids(example.chat)
-        ids, labels = encode_example(monitor.tokenizer, prompt, example)
-        prompts.append(prompt)
-        responses.append(ids[len(prompt) :])
-        answer = labels[len(prompt) :]
-        onsets.append(answer.index(1) if 1 in answer else None)  # first harmful token
+    prompts, responses, labels = monitor.encode_answers(examples)
+    onsets = [row.index(1) if 1 in row else None for row in labels]  # first harmful token
     with torch.no_grad():
         scores = monitor.response_scores(prompts, responses)
     stops = [delay_k_stop(s, header.threshold, header.k) for s in scores]

@@ -92,19 +92,12 @@ def calibrate(
     ``monitor.header.head`` is left as it was."""
     from dataclasses import replace
 
-    from poise.guards.data import encode_example
-
     if not examples:
         raise PoiseError("calibrate: no validation examples")
     labels = [e.label for e in examples]
     if all(labels) or not any(labels):
         raise PoiseError("calibrate: the validation split needs harmful and harmless answers")
-    prompts, responses = [], []
-    for example in examples:
-        prompt = monitor.prompt_ids(example.chat)
-        ids, _ = encode_example(monitor.tokenizer, prompt, example)
-        prompts.append(prompt)
-        responses.append(ids[len(prompt) :])
+    prompts, responses, _ = monitor.encode_answers(examples)
     original = monitor.header
     rows: list[tuple[str, float, int, float, float]] = []  # head, threshold, k, f1, share
     tables: dict[str, dict[tuple[float, int], tuple[float, float]]] = {}
@@ -157,15 +150,8 @@ def evaluate_monitor(
     import random
     from dataclasses import replace
 
-    from poise.guards.data import encode_example
-
-    prompts, responses, token_labels = [], [], []
-    for example in examples:
-        prompt = monitor.prompt_ids(example.chat)
-        ids, labels = encode_example(monitor.tokenizer, prompt, example)
-        prompts.append(prompt)
-        responses.append(ids[len(prompt) :])
-        token_labels.append([bool(x) for x in labels[len(prompt) :]])
+    prompts, responses, encoded = monitor.encode_answers(examples)
+    token_labels = [[bool(x) for x in row] for row in encoded]
     original = monitor.header
     per_head = {}
     for head in ("token", "response"):

@@ -52,12 +52,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 
 from poise.errors import PoiseError
+
+if TYPE_CHECKING:
+    from poise.guards.data import MonitorExample
 
 __all__ = [
     "MONITOR_JSON",
@@ -241,6 +244,23 @@ class Monitor(torch.nn.Module):
             list(messages), add_generation_prompt=True, tokenize=False
         )
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_answers(
+        self, examples: Sequence[MonitorExample]
+    ) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
+        """Labelled answers as the monitor reads them: each one's prompt ids (the chat template
+        with the generation prompt), response ids and response token labels (1 harmful, 0 not;
+        :func:`~poise.guards.data.encode_example`)."""
+        from poise.guards.data import encode_example
+
+        prompts, responses, labels = [], [], []
+        for example in examples:
+            prompt = self.prompt_ids(example.chat)
+            ids, token_labels = encode_example(self.tokenizer, prompt, example)
+            prompts.append(prompt)
+            responses.append(ids[len(prompt) :])
+            labels.append(token_labels[len(prompt) :])
+        return prompts, responses, labels
 
     @torch.inference_mode()
     def response_scores(

@@ -164,14 +164,8 @@ def build_monitor_member(
 
 def _heldout_stops(monitor: Any, examples: Sequence[MonitorExample]) -> list[bool]:
     from poise.guards.calibrate import delay_k_stop
-    from poise.guards.data import encode_example
 
-    prompts, responses = [], []
-    for example in examples:
-        prompt = monitor.prompt_ids(example.chat)
-        ids, _ = encode_example(monitor.tokenizer, prompt, example)
-        prompts.append(prompt)
-        responses.append(ids[len(prompt) :])
+    prompts, responses, _ = monitor.encode_answers(examples)
     scores = monitor.response_scores(prompts, responses)
     header = monitor.header
     return [delay_k_stop(s, header.threshold, header.k) is not None for s in scores]
