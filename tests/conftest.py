@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny models built in code (no network, no downloads)."""
+"""Shared fixtures: tiny models built in code (no network, no downloads), and a tiny streaming
+monitor that reads their answers."""
 
 from __future__ import annotations
 
@@ -105,6 +106,26 @@ def build_tiny_model() -> Callable[..., Path]:
     seed). A fixture rather than an import: several ``conftest`` modules exist under tests/,
     so ``from conftest import ...`` resolves to whichever was imported first."""
     return build_tiny_hf_model
+
+
+@pytest.fixture(scope="session")
+def monitor_dir(
+    build_tiny_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A monitor folder: another tiny Llama (seed 1, same tokenizer) with random SCM heads."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from poise.guards.monitor import Monitor, MonitorHeader
+
+    base = build_tiny_model(tmp_path_factory.mktemp("monitor-base") / "tiny", seed=1)
+    torch.manual_seed(0)
+    monitor = Monitor(
+        AutoModelForCausalLM.from_pretrained(base),
+        AutoTokenizer.from_pretrained(base),
+        MonitorHeader(head="token", threshold=0.5, k=2),
+    )
+    return monitor.save(tmp_path_factory.mktemp("monitor") / "monitor")
 
 
 @pytest.fixture(autouse=True)

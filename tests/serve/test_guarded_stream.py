@@ -14,33 +14,14 @@ from poise.models import load_model
 from .helpers import ThreadServer
 
 
-@pytest.fixture(scope="module")
-def monitor_folder(
-    build_tiny_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from poise.guards.monitor import Monitor, MonitorHeader
-
-    base = build_tiny_model(tmp_path_factory.mktemp("served-monitor") / "tiny", seed=1)
-    torch.manual_seed(0)
-    monitor = Monitor(
-        AutoModelForCausalLM.from_pretrained(base),
-        AutoTokenizer.from_pretrained(base),
-        MonitorHeader(head="token"),
-    )
-    return monitor.save(tmp_path_factory.mktemp("served-monitor") / "monitor")
-
-
 def test_a_guarded_stream_stops_with_content_filter(
     tiny_hf_model_dir: Path,
-    monitor_folder: Path,
+    monitor_dir: Path,
     start_server: Callable[..., ThreadServer],
 ) -> None:
     openai = pytest.importorskip("openai")
     # threshold 0: every token is flagged, so the answer stops after k = 3 tokens
-    spec = f"guarded('{tiny_hf_model_dir}', monitor='{monitor_folder}', threshold=0, k=3)"
+    spec = f"guarded('{tiny_hf_model_dir}', monitor='{monitor_dir}', threshold=0, k=3)"
     model = load_model(spec, device="cpu")
     messages = [{"role": "user", "content": "Tell me a story about a dragon in the mountains."}]
     expected = model.generate([messages], Sampling(max_new_tokens=24))[0][0]
@@ -65,6 +46,6 @@ def test_a_guarded_stream_stops_with_content_filter(
     assert text == expected.text
     assert finishes == ["content_filter"]
     # the same guard that does not fire ends normally
-    calm = load_model(f"guarded('{tiny_hf_model_dir}', monitor='{monitor_folder}', threshold=1)")
+    calm = load_model(f"guarded('{tiny_hf_model_dir}', monitor='{monitor_dir}', threshold=1)")
     plain = calm.generate([messages], Sampling(max_new_tokens=24))[0][0]
     assert plain.finish_reason in ("stop", "length")

@@ -183,12 +183,9 @@ class MonitorWatch:
                 self.state.extend(state, reserve=64, keep=alive)
                 self.order = [*(self.order[j] for j in alive), *new]
             else:  # a cache that cannot merge: follow every row again from one prefill
-                again = [*(self.order[j] for j in alive), *new]
-                again_ids = [r for r in again if r is not None]
-                self.state, _ = self._prefill(
-                    again_ids, [view.tokens[at[r]].tolist() for r in again_ids]
-                )
-                self.order = list(again_ids)
+                again = [r for r in (*(self.order[j] for j in alive), *new) if r is not None]
+                self.state, _ = self._prefill(again, [view.tokens[at[r]].tolist() for r in again])
+                self.order = list(again)
         elif self.state is not None and 4 * (len(self.order) - len(alive)) > len(self.order):
             self.state.keep(alive)
             self.order = [self.order[j] for j in alive]
