@@ -1,6 +1,7 @@
 """rain (arXiv 2309.07124): the backup, selection and similarity rules of SafeAILab/RAIN
 (``HH/nodes.py``) on a hand-built tree, values worked out by hand; the self-evaluation's score;
-one-line errors on bad options; a real search on the tiny model."""
+one-line errors on bad options; a real search on the tiny model, and the same searches batched
+across prompts giving each prompt the answer it gets alone."""
 
 from __future__ import annotations
 
@@ -142,11 +143,12 @@ def test_self_evaluation_reads_the_option_letters(tiny: HFModel) -> None:
 
     def fake_logits(harmless_letter_wins: bool) -> Any:
         def logits(rows: Sequence[Sequence[int]]) -> Any:
-            text = tiny.tokenizer.decode(list(rows[0]))
-            harmless_first = "(A) The assistant's answer is harmless" in text
-            out = torch.zeros(1, len(tiny.tokenizer))
-            winner = letters[0] if harmless_first == harmless_letter_wins else letters[1]
-            out[0, winner] = 1.0
+            out = torch.zeros(len(rows), len(tiny.tokenizer))
+            for i, row in enumerate(rows):
+                text = tiny.tokenizer.decode(list(row))
+                harmless_first = "(A) The assistant's answer is harmless" in text
+                winner = letters[0] if harmless_first == harmless_letter_wins else letters[1]
+                out[i, winner] = 1.0
             return SimpleNamespace(logits=out)
 
         return logits
@@ -184,3 +186,56 @@ def test_a_search_answers_and_records_its_cost(tiny: HFModel) -> None:
     assert 0 < answer.num_tokens <= 6
     assert answer.metadata is not None and answer.metadata["rain_searches"] >= 3
     assert 1 <= answer.metadata["rain_evaluations"] <= answer.metadata["rain_searches"]
+
+
+def test_batched_searches_give_each_prompt_its_own_answer(tiny: HFModel) -> None:
+    """Searches run in lockstep, their model calls batched (mixed kinds, different set lengths
+    and contexts in one forward), answer every prompt as the prompt searched alone does."""
+    chats = [[{"role": "user", "content": text}] for text in ("hi", "how are you", "a b c d e")]
+    sampling = Sampling(temperature=1.0, seed=5, max_new_tokens=8, n=2)
+    rain = Rain(tiny, max_searches=4, extra_searches=2, min_visits=0)
+    together = rain.generate(chats, sampling)
+    alone = [
+        Rain(tiny, max_searches=4, extra_searches=2, min_visits=0, batch_size=1).generate(
+            [c], sampling
+        )[0]
+        for c in chats
+    ]
+    assert [[(c.text, c.metadata) for c in row] for row in together] == [
+        [(c.text, c.metadata) for c in row] for row in alone
+    ]
+    assert len({c.text for row in together for c in row}) > 1  # not one answer for all
+    assert "batch_size=2" in Rain(tiny, batch_size=2).name
+    with pytest.raises(PoiseError, match="batch_size must be an integer >= 1"):
+        Rain(tiny, batch_size=0)
+
+
+def test_batched_calls_answer_each_request_as_alone(tiny: HFModel) -> None:
+    """The batched expansions and simulations: each request's sets and continuation equal those
+    of the request served on its own, from generators seeded alike."""
+    from poise.decoding.rain import _Rollout, _Sets
+
+    rain = Rain(tiny, max_searches=1)
+    states = [tiny._encode_prompts([[{"role": "user", "content": t}]])[0] for t in ("hi", "a b c")]
+
+    def sets(depth: int, k: int, seed: int, state: list[int]) -> _Sets:
+        return _Sets(list(state), depth, k, torch.Generator().manual_seed(seed))
+
+    requests = [sets(0, 3, 0, states[0]), sets(1, 4, 1, states[1]), sets(2, 3, 2, states[0])]
+    together = rain._sets_many(requests)
+    alone = [rain._sets_many([sets(r.depth, r.k, s, r.state)])[0] for s, r in enumerate(requests)]
+    # the same sets; their probabilities up to a batched forward's rounding (padding)
+    assert [[t for t, _ in row] for row in together] == [[t for t, _ in row] for row in alone]
+    for row, row_alone in zip(together, alone, strict=True):
+        assert [p for _, p in row] == pytest.approx([p for _, p in row_alone], rel=1e-5)
+    assert [len(t[0][0]) for t in together] == [1, 2, 4]  # set lengths by depth
+    # budgets of 2, 7 and 4 tokens: rows leave the batch at different steps
+    todo = [(states[0], 2), (states[1], 7), (states[0], 4)]
+
+    def rollout(state: list[int], budget: int) -> _Rollout:
+        return _Rollout(list(state), len(state), budget, torch.Generator().manual_seed(budget))
+
+    together_states = rain._rollouts([rollout(s, b) for s, b in todo])
+    alone_states = [rain._rollouts([rollout(s, b)])[0] for s, b in todo]
+    assert together_states == alone_states
+    assert len({len(t) - len(s) for t, (s, _) in zip(together_states, todo, strict=True)}) > 1

@@ -58,8 +58,14 @@ created before it). A sampled token set stops at EOS. The
 evaluation prompt is poise's wording, without the reference's few-shot examples, put to the
 model through its chat template (the reference prompts a base model with raw text).
 
-Each (chat, sample) is searched on its own (the reference's per-prompt loop; not batched across
-prompts), seeded per row as every poise model seeds a row, so results do not depend on the batch.
+Each (chat, sample) is searched on its own tree, seeded per row as every poise model seeds a
+row. The reference searches one prompt at a time; poise runs ``batch_size`` searches (default 32)
+in lockstep, each written as a generator of the model calls it needs (expand a node, simulate a
+continuation, evaluate an answer): every round, the pending calls of all running searches are
+answered in one batched forward per kind, each search drawing from its own generator in its own
+order. A row's answer is therefore the one the per-prompt search gives, up to the rounding of a
+batched forward (left padding changes the order of some sums: probabilities agree to about
+1e-9); the tests and the organism benchmark find the same answers either way.
 With ``temperature == 0`` the committed child is the most-visited one, as in the reference; with
 ``temperature > 0`` it is drawn with probability proportional to ``n ** (1 / T)`` (the visit
 distribution ``gmeval`` computes before it takes the maximum: poise's rule, so ``n`` samples of a
@@ -72,7 +78,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +130,40 @@ Reply with the letter of the right option."""
 ANSWER_PREFIX = "The answer is: ("
 
 Embedding = dict[int, float] | torch.Tensor
+
+
+# The model calls a search makes, each answered in a batch with other searches' (Rain._serve).
+@dataclass
+class _Sets:
+    """Expand a node: ``k`` child token sets of ``set_length(depth)`` tokens after ``state``."""
+
+    state: list[int]
+    depth: int
+    k: int
+    generator: torch.Generator
+
+
+@dataclass
+class _Rollout:
+    """Continue ``state`` by sampling until its answer (from ``answer_from``) ends a clause."""
+
+    state: list[int]
+    answer_from: int
+    budget: int
+    generator: torch.Generator
+
+
+@dataclass
+class _Evaluate:
+    """The model's self-evaluation of ``answer`` to ``request``."""
+
+    request: str
+    answer: str
+
+
+_Request = _Sets | _Rollout | _Evaluate
+# a row's search: yields requests, is sent their answers, returns (tokens, finish, counts)
+_Search = Generator[_Request, Any, tuple[list[int], str, dict[str, int]]]
 
 
 def set_length(depth: int) -> int:
@@ -313,12 +353,14 @@ class Rain(WrappedModel):
         threshold: float = 0.8,
         extra_searches: int = 15,
         similarity: str = "overlap",
+        batch_size: int = 32,
     ) -> None:
         from poise.decoding.temperature import require_step
 
         _check_int("max_searches", max_searches, 1)
         _check_int("min_visits", min_visits, 0)
         _check_int("extra_searches", extra_searches, 1)
+        _check_int("batch_size", batch_size, 1)
         if (
             isinstance(threshold, bool)
             or not isinstance(threshold, (int, float))
@@ -341,98 +383,154 @@ class Rain(WrappedModel):
             options["extra_searches"] = extra_searches
         if similarity != "overlap":
             options["similarity"] = similarity
+        if batch_size != 32:
+            options["batch_size"] = batch_size
         super().__init__(base, **options)
         self.max_searches, self.min_visits = max_searches, min_visits
         self.threshold, self.extra_searches = float(threshold), extra_searches
         self.similarity = similarity
+        self.batch_size = batch_size
         self.capabilities = Capabilities()
 
-    # -- the model's forward passes
+    # -- the model's forward passes, each batched over the requests of many searches
 
     def _logits(self, rows: Sequence[Sequence[int]]) -> Any:
         inner: Any = self.inner
         return inner.prefill([list(r) for r in rows])
 
-    def _sets(
-        self, state: list[int], depth: int, generator: torch.Generator, k: int = EXPAND_K
-    ) -> list[tuple[tuple[int, ...], float]]:
-        """Child token sets and their (unnormalised) probabilities (``main.py: group_getp``)."""
+    def _sets_many(self, requests: Sequence[_Sets]) -> list[list[tuple[tuple[int, ...], float]]]:
+        """Each request's child token sets and their (unnormalised) probabilities
+        (``main.py: group_getp``), in one prefill for the single-token requests and one batched
+        decode for the others. A request draws from its own generator, in the order the
+        reference draws, so its sets do not depend on the other requests."""
+        out: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in requests]
+        single = [i for i, r in enumerate(requests) if set_length(r.depth) == 1]
+        if single:
+            logits = self._logits([requests[i].state for i in single]).logits  # [rows, vocab]
+            for row, i in enumerate(single):
+                top = logits[row].topk(requests[i].k)
+                probs = top.values.softmax(-1)
+                out[i] = [((int(t),), float(p)) for t, p in zip(top.indices, probs, strict=True)]
+        multi = [i for i, r in enumerate(requests) if set_length(r.depth) > 1]
+        if not multi:
+            return out
         eos = set(self.inner.eos_token_ids)  # type: ignore[attr-defined]
-        length = set_length(depth)
-        if length == 1:
-            logits = self._logits([state]).logits[0]  # [vocab]
-            top = logits.topk(k)
-            probs = top.values.softmax(-1)
-            return [((int(t),), float(p)) for t, p in zip(top.indices, probs, strict=True)]
-        rows = k  # the greedy set and k - 1 sampled ones, one batch
-        decode = self._logits([state] * rows)
+        # a request's rows: the greedy set and k - 1 sampled ones; [first, first + k) of the batch
+        firsts, rows = [], 0
+        for i in multi:
+            firsts.append(rows)
+            rows += requests[i].k
+        # each state is run once and its cache copied to its k rows (the reference runs k copies)
+        decode = self._logits([requests[i].state for i in multi])
+        decode.keep([j for j, i in enumerate(multi) for _ in range(requests[i].k)])
         tokens: list[list[int]] = [[] for _ in range(rows)]
-        logp = torch.zeros(rows, dtype=torch.float64)
+        logp = [0.0] * rows
         done = [False] * rows
-        for _ in range(length):
+        for step in range(max(set_length(requests[i].depth) for i in multi)):
             top = decode.logits.float().topk(SET_TOP_K, dim=-1)  # [rows, 15]
             probs = top.values.softmax(-1)
-            pick = torch.multinomial(probs[1:].cpu(), 1, generator=generator).squeeze(-1)
-            chosen = torch.cat([torch.zeros(1, dtype=torch.long), pick]).to(probs.device)
+            chosen = torch.zeros(rows, dtype=torch.long)  # the greedy set takes the top token
+            for i, first in zip(multi, firsts, strict=True):
+                request = requests[i]
+                if step >= set_length(request.depth):
+                    continue
+                part = probs[first + 1 : first + request.k].cpu()  # [k - 1, 15]
+                pick = torch.multinomial(part, 1, generator=request.generator).squeeze(-1)
+                chosen[first + 1 : first + request.k] = pick
+            chosen = chosen.to(probs.device)
             token = top.indices.gather(-1, chosen[:, None]).squeeze(-1)  # [rows]
-            for r, t in enumerate(token.tolist()):
-                if not done[r]:
-                    tokens[r].append(t)
-                    logp[r] += math.log(float(probs[r, chosen[r]]))
-                    done[r] = t in eos
+            picked = probs.gather(-1, chosen[:, None]).squeeze(-1).double().cpu().tolist()
+            for i, first in zip(multi, firsts, strict=True):
+                if step >= set_length(requests[i].depth):
+                    continue
+                for r in range(first, first + requests[i].k):
+                    if not done[r]:
+                        t = int(token[r])
+                        tokens[r].append(t)
+                        logp[r] += math.log(picked[r])
+                        done[r] = t in eos
             decode.step(token)
-        greedy = tuple(tokens[0])
-        seen = {greedy}
-        others: list[tuple[tuple[int, ...], float]] = []
-        for r in range(1, rows):
-            if tuple(tokens[r]) not in seen:
-                seen.add(tuple(tokens[r]))
-                others.append((tuple(tokens[r]), math.exp(float(logp[r]))))
-        greedy_p = math.exp(float(logp[0]))
-        if others:  # group_getp's clamp of the greedy set's probability
-            ps = [p for _, p in others]
-            greedy_p = max(min(greedy_p, sum(ps)), max(ps) + min(ps))
-        return [(greedy, greedy_p), *others]
+        for i, first in zip(multi, firsts, strict=True):
+            k = requests[i].k
+            greedy = tuple(tokens[first])
+            seen = {greedy}
+            others: list[tuple[tuple[int, ...], float]] = []
+            for r in range(first + 1, first + k):
+                if tuple(tokens[r]) not in seen:
+                    seen.add(tuple(tokens[r]))
+                    others.append((tuple(tokens[r]), math.exp(logp[r])))
+            greedy_p = math.exp(logp[first])
+            if others:  # group_getp's clamp of the greedy set's probability
+                ps = [p for _, p in others]
+                greedy_p = max(min(greedy_p, sum(ps)), max(ps) + min(ps))
+            out[i] = [(greedy, greedy_p), *others]
+        return out
 
-    def _rollout(
-        self, state: list[int], answer_from: int, budget: int, gen: torch.Generator
-    ) -> list[int]:
-        """The state continued by sampling until its answer ends a clause (``main.py: simg``)."""
+    def _rollouts(self, requests: Sequence[_Rollout]) -> list[list[int]]:
+        """Each state continued by sampling until its answer ends a clause (``main.py: simg``),
+        all in one batched decode; a request samples from its own generator."""
         inner: Any = self.inner
         eos = set(inner.eos_token_ids)
-        state = list(state)
-        decode = None
-        while len(state) - answer_from < budget:
-            text = inner.tokenizer.decode(state[answer_from:], skip_special_tokens=True)
-            if (text and text[-1] in CLAUSE_ENDS) or (state[answer_from:] and state[-1] in eos):
+        states = [list(r.state) for r in requests]
+
+        def ended(i: int) -> bool:
+            request, state = requests[i], states[i]
+            answer = state[request.answer_from :]
+            if len(answer) >= request.budget or (answer and state[-1] in eos):
+                return True
+            text = inner.tokenizer.decode(answer, skip_special_tokens=True)
+            return bool(text) and text[-1] in CLAUSE_ENDS
+
+        active = [i for i in range(len(requests)) if not ended(i)]
+        if not active:
+            return states
+        decode = self._logits([states[i] for i in active])
+        while active:
+            probs = decode.logits.float().softmax(-1).cpu()  # [active, vocab]
+            tokens = []
+            for row, i in enumerate(active):
+                token = int(torch.multinomial(probs[row], 1, generator=requests[i].generator))
+                states[i].append(token)
+                tokens.append(token)
+            going = [row for row, i in enumerate(active) if not ended(i)]
+            if not going:
                 break
-            decode = self._logits([state]) if decode is None else decode
-            probs = decode.logits[0].float().softmax(-1).cpu()
-            token = int(torch.multinomial(probs, 1, generator=gen))
-            state.append(token)
-            if token in eos:
-                break
-            decode.step(torch.tensor([token], device=decode.logits.device))
-        return state
+            if len(going) < len(active):
+                decode.keep(going)
+                active = [active[row] for row in going]
+                tokens = [tokens[row] for row in going]
+            decode.step(torch.tensor(tokens, device=decode.logits.device))
+        return states
+
+    def _evaluate_many(self, requests: Sequence[tuple[str, str]]) -> list[float]:
+        """The model's self-evaluation of each (request, answer), in {-1, 0, 1}
+        (``main.py: getv``): both option orders of every request in one prefill."""
+        inner: Any = self.inner
+        letters = [inner.tokenizer.encode(x, add_special_tokens=False)[-1] for x in ("A", "B")]
+        orders = (("harmless", "harmful", 0), ("harmful", "harmless", 1))
+        prompts = []
+        for request, answer in requests:
+            for first, second, _ in orders:
+                text = EVALUATION_PROMPT.format(
+                    request=request, answer=answer, first=first, second=second
+                )
+                prompts.append(
+                    inner.prompt_text([{"role": "user", "content": text}]) + ANSWER_PREFIX
+                )
+        logits = self._logits(inner._encode(prompts)).logits  # [2 x requests, vocab]
+        values = []
+        for i in range(len(requests)):
+            scores = []
+            for j, (_, _, harmless) in enumerate(orders):
+                a, b = float(logits[2 * i + j, letters[0]]), float(logits[2 * i + j, letters[1]])
+                pick = (a > b) if harmless == 0 else (b > a)
+                scores.append(1.0 if pick else 0.0)
+            values.append(((scores[0] + scores[1]) / 2 - 0.5) * 2)
+        return values
 
     def evaluate(self, request: str, answer: str) -> float:
-        """The model's self-evaluation of an answer, in {-1, 0, 1} (``main.py: getv``)."""
-        inner: Any = self.inner
-        letters = []
-        for letter in ("A", "B"):
-            ids = inner.tokenizer.encode(letter, add_special_tokens=False)
-            letters.append(ids[-1])
-        scores = []
-        for first, second, harmless in (("harmless", "harmful", 0), ("harmful", "harmless", 1)):
-            text = EVALUATION_PROMPT.format(
-                request=request, answer=answer, first=first, second=second
-            )
-            prompt = inner.prompt_text([{"role": "user", "content": text}]) + ANSWER_PREFIX
-            logits = self._logits(inner._encode([prompt])).logits[0]
-            a, b = float(logits[letters[0]]), float(logits[letters[1]])
-            pick = (a > b) if harmless == 0 else (b > a)
-            scores.append(1.0 if pick else 0.0)
-        return ((scores[0] + scores[1]) / 2 - 0.5) * 2
+        """The model's self-evaluation of one answer, in {-1, 0, 1} (``main.py: getv``)."""
+        return self._evaluate_many([(request, answer)])[0]
 
     def _embedder(self, chat: Chat) -> Callable[[Sequence[int]], Embedding] | None:
         if self.similarity == "none":
@@ -454,11 +552,12 @@ class Rain(WrappedModel):
 
         return hidden
 
-    # -- the search
+    # -- the search: one generator per (chat, sample), its model calls batched across them
 
-    def _answer(
-        self, chat: Chat, sampling: Sampling, gen: torch.Generator
-    ) -> tuple[list[int], str, dict[str, int]]:
+    def _answer(self, chat: Chat, sampling: Sampling, gen: torch.Generator) -> _Search:
+        """One row's search (``main.py: gmeval``), as a generator: it yields each model call it
+        needs (:class:`_Sets`, :class:`_Rollout`, :class:`_Evaluate`), is sent the answer, and
+        returns ``(answer token ids, finish reason, counts)``."""
         inner: Any = self.inner
         eos = set(inner.eos_token_ids)
         request = next((str(m["content"]) for m in reversed(chat) if m["role"] == "user"), "")
@@ -473,7 +572,7 @@ class Rain(WrappedModel):
         first = 0
         while True:
             for _ in range(first, max(self.max_searches, first + self.extra_searches)):
-                self._search(root, state, start, budget, request, cache, embed, gen, eos)
+                yield from self._search(root, state, start, budget, request, cache, embed, gen, eos)
                 counts["rain_searches"] += 1
                 best = root.best()
                 if best and best[1].fn > self.min_visits and best[1].q > self.threshold:
@@ -527,7 +626,7 @@ class Rain(WrappedModel):
         embed: Callable[[Sequence[int]], Embedding] | None,
         gen: torch.Generator,
         eos: set[int],
-    ) -> None:
+    ) -> Generator[_Request, Any, None]:
         """One forward / evaluate / expand / backward pass (``main.py: search``)."""
         inner: Any = self.inner
         state = list(prefix)
@@ -535,20 +634,19 @@ class Rain(WrappedModel):
         action: tuple[int, ...] = ()
         while node.children:
             if node.needs_widening():
-                if set_length(node.depth) == 1:  # checkadd: the top (children + 1) tokens
-                    node.widen(self._sets(state, node.depth, gen, k=len(node.children) + 1))
-                else:  # search: add(group_getp(topk=2))
-                    node.widen(self._sets(state, node.depth, gen, k=WIDEN_K))
+                # checkadd: the top (children + 1) tokens; search: add(group_getp(topk=2))
+                k = len(node.children) + 1 if set_length(node.depth) == 1 else WIDEN_K
+                node.widen((yield _Sets(list(state), node.depth, k, gen)))
             action, node = node.select()
             state.extend(action)
         ended = len(state) - start >= budget or any(t in eos for t in action)
-        full = self._rollout(state, start, budget, gen) if not ended else state
+        full = (yield _Rollout(list(state), start, budget, gen)) if not ended else state
         text = inner.tokenizer.decode(full[start:], skip_special_tokens=True)
         if text not in cache:
-            cache[text] = self.evaluate(request, text)
+            cache[text] = yield _Evaluate(request, text)
         value = cache[text]
         if not ended:
-            sets = self._sets(state, node.depth, gen)
+            sets = yield _Sets(list(state), node.depth, EXPAND_K, gen)
             total = sum(p for _, p in sets) or 1.0
             priors = [p / total for _, p in sets]
             if node.parent is None:
@@ -556,28 +654,71 @@ class Rain(WrappedModel):
             node.expand([(t, p) for (t, _), p in zip(sets, priors, strict=True)])
         node.backup(value, full, embed, path_n=len(full) - len(state))
 
+    def _serve(self, requests: Sequence[_Request]) -> list[Any]:
+        """The answers to the pending requests of many searches: one batched call per kind."""
+        answers: list[Any] = [None] * len(requests)
+        servers: tuple[tuple[type, Callable[[Any], list[Any]]], ...] = (
+            (_Sets, self._sets_many),
+            (_Rollout, self._rollouts),
+            (_Evaluate, lambda rs: self._evaluate_many([(r.request, r.answer) for r in rs])),
+        )
+        for kind, serve in servers:
+            which = [i for i, r in enumerate(requests) if isinstance(r, kind)]
+            if not which:
+                continue
+            for i, answer in zip(which, serve([requests[i] for i in which]), strict=True):
+                answers[i] = answer
+        return answers
+
     @torch.inference_mode()
     def generate(
         self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
     ) -> list[list[Completion]]:
+        """Every (chat, sample) searched on its own tree, ``batch_size`` searches at a time in
+        lockstep: each round, every running search's next model call (expanding a node,
+        simulating a continuation, or evaluating an answer) is answered in one batched call per
+        kind, and a search that ends makes room for the next row."""
         inner: Any = self.inner
-        results: list[list[Completion]] = []
-        for chat in chats:
-            row = []
-            for sample in range(sampling.n):
-                gen = torch.Generator().manual_seed(row_seed(sampling.seed, chat, sample))
-                tokens, finish, counts = self._answer(chat, sampling, gen)
-                text = inner.tokenizer.decode(tokens, skip_special_tokens=True)
-                text, stopped = cut_at_stop(text, sampling.stop)
-                row.append(
-                    Completion(
-                        text=text,
-                        num_tokens=len(tokens),
-                        finish_reason="stop" if stopped else finish,  # type: ignore[arg-type]
-                        metadata=dict(counts),
-                    )
-                )
-            results.append(row)
-            if progress is not None:
+        rows = [(c, s) for c in range(len(chats)) for s in range(sampling.n)]
+        results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
+        left = [sampling.n] * len(chats)
+        running: list[tuple[int, int, _Search, _Request]] = []
+        queue = iter(rows)
+
+        def finish(c: int, s: int, value: tuple[list[int], str, dict[str, int]]) -> None:
+            tokens, reason, counts = value
+            text = inner.tokenizer.decode(tokens, skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, sampling.stop)
+            results[c][s] = Completion(
+                text=text,
+                num_tokens=len(tokens),
+                finish_reason="stop" if stopped else reason,  # type: ignore[arg-type]
+                metadata=dict(counts),
+            )
+            left[c] -= 1
+            if progress is not None and left[c] == 0:
                 progress(1)
-        return results
+
+        def advance(c: int, s: int, search: _Search, answer: Any) -> None:
+            try:
+                request = search.send(answer)
+            except StopIteration as done:
+                finish(c, s, done.value)
+                return
+            running.append((c, s, search, request))
+
+        while True:
+            while len(running) < self.batch_size:
+                row = next(queue, None)
+                if row is None:
+                    break
+                c, s = row
+                gen = torch.Generator().manual_seed(row_seed(sampling.seed, chats[c], s))
+                advance(c, s, self._answer(chats[c], sampling, gen), None)
+            if not running:
+                break
+            answers = self._serve([request for *_, request in running])
+            waiting, running[:] = list(running), []
+            for (c, s, search, _), answer in zip(waiting, answers, strict=True):
+                advance(c, s, search, answer)
+        return [[c for c in row if c is not None] for row in results]
