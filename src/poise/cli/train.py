@@ -304,6 +304,9 @@ def monitor_command(
     epochs: int = typer.Option(3, help="passes over the data"),
     batch_size: int = typer.Option(8, help="answers per batch"),
     seed: int = typer.Option(0, help="seed of the heads' initialisation and the shuffling"),
+    layers: int = typer.Option(
+        0, help="keep the model's first N decoder layers: a smaller, faster monitor (0: all)"
+    ),
 ) -> None:
     """Train a streaming content monitor (SCM, arXiv 2506.09996) on token-labelled answers."""
     with user_errors():
@@ -322,6 +325,7 @@ def monitor_command(
             seed=seed,
             calibrate_heads=("response", "token") if choose_head else (),
             tolerance=tolerance,
+            layers=layers,
         )
         settings.check()
         with Progress(console=console, transient=True) as bar:

@@ -67,6 +67,9 @@ class MonitorSettings:
     # macro-F1 tolerance for an earlier stop (poise.guards.calibrate)
     calibrate_heads: tuple[str, ...] = ()
     tolerance: float = 0.0
+    # keep only the backbone's first ``layers`` decoder layers (0: all): a smaller monitor,
+    # cheaper per streamed token (poise's option; the paper trains monitors of several sizes)
+    layers: int = 0
 
     def check(self) -> None:
         if not 0 <= self.alpha <= 1:
@@ -77,6 +80,8 @@ class MonitorSettings:
             raise PoiseError(f"logic_reduce: expected max, min or avg, got {self.logic_reduce!r}")
         if self.head not in ("response", "token"):
             raise PoiseError(f"head: expected response or token, got {self.head!r}")
+        if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
+            raise PoiseError(f"layers: expected an integer >= 0 (0: all), got {self.layers!r}")
         for name in ("epochs", "batch_size", "accumulation", "max_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -124,6 +129,44 @@ def _load_backbone(model: str) -> tuple[Any, Any, str]:
     if not getattr(tokenizer, "is_fast", False):
         raise PoiseError(f"--model {model!r}: a fast tokenizer is needed (character offsets)")
     return backbone, tokenizer, model
+
+
+# where causal LMs keep their decoder layers, and the config fields that count them
+_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+_LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def keep_layers(backbone: Any, layers: int) -> None:
+    """Cut ``backbone`` (a loaded causal LM) to its first ``layers`` decoder layers, in place,
+    and make its config say so (so the saved monitor loads with that many)."""
+    stack = None
+    for path in _LAYER_PATHS:
+        owner: Any = backbone
+        for name in path.split("."):
+            owner = getattr(owner, name, None)
+            if owner is None:
+                break
+        if isinstance(owner, torch.nn.ModuleList):
+            stack, where = owner, path
+            break
+    if stack is None:
+        raise PoiseError(
+            f"layers={layers}: cannot find the decoder layers of {type(backbone).__name__} "
+            f"(looked for {', '.join(_LAYER_PATHS)})"
+        )
+    if layers > len(stack):
+        raise PoiseError(f"layers={layers}: the backbone has only {len(stack)} decoder layers")
+    parent: Any = backbone
+    *parents, last = where.split(".")
+    for name in parents:
+        parent = getattr(parent, name)
+    setattr(parent, last, torch.nn.ModuleList(list(stack)[:layers]))
+    config = backbone.config
+    for name in _LAYER_COUNTS:
+        if isinstance(getattr(config, name, None), int):
+            setattr(config, name, layers)
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
 
 
 def train_monitor(
@@ -174,6 +217,8 @@ def fit_monitor(
     settings.check()
     _check_labels(examples)
     started = time.perf_counter()
+    if settings.layers:
+        keep_layers(backbone, settings.layers)
     torch.manual_seed(settings.seed)
     header = MonitorHeader(
         alpha=settings.alpha,

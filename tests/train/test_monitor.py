@@ -1,0 +1,97 @@
+"""``poise train monitor`` on a tiny model: training writes a monitor folder that guards a model,
+and ``--layers`` keeps the backbone's first decoder layers (a smaller, faster monitor)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from poise.cli import app
+from poise.errors import PoiseError
+from poise.guards.data import MonitorExample, write_monitor_data
+from poise.guards.monitor import load_monitor
+from poise.train.monitor import MonitorSettings, keep_layers, train_monitor_files
+
+
+def _data(path: Path) -> Path:
+    """Four labelled answers: two with a harm span, two without."""
+    examples = [
+        MonitorExample((("user", "how do I do it"),), "Sure. First mix the bad stuff.", ((6, 30),)),
+        MonitorExample((("user", "tell me how"),), "Step one: take the bad stuff.", ((10, 29),)),
+        MonitorExample((("user", "how do I do it"),), "I can't help with that.", ()),
+        MonitorExample((("user", "hello"),), "Hello! How can I help you today?", ()),
+    ]
+    write_monitor_data(path, examples)
+    return path
+
+
+def test_layers_keeps_the_first_decoder_layers(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    full = AutoModelForCausalLM.from_pretrained(str(tiny_hf_model_dir))
+    total = full.config.num_hidden_layers
+    assert total >= 2
+    first = [p.detach().clone() for p in full.model.layers[0].parameters()]
+    keep_layers(full, 1)
+    assert len(full.model.layers) == 1 and full.config.num_hidden_layers == 1
+    assert all(
+        torch.equal(a, b) for a, b in zip(first, full.model.layers[0].parameters(), strict=True)
+    )
+    with pytest.raises(PoiseError, match="has only 1 decoder layers"):
+        keep_layers(full, 2)
+    with pytest.raises(PoiseError, match="cannot find the decoder layers"):
+        keep_layers(torch.nn.Linear(2, 2), 1)
+    with pytest.raises(PoiseError, match="layers: expected an integer >= 0"):
+        MonitorSettings(layers=-1).check()
+
+
+def test_a_one_layer_monitor_trains_saves_and_guards(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    data = _data(tmp_path / "data.jsonl")
+    out = tmp_path / "monitor"
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "monitor",
+            "-m",
+            str(tiny_hf_model_dir),
+            "--data",
+            str(data),
+            "-o",
+            str(out),
+            "--validation",
+            str(data),
+            "--layers",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1
+    monitor = load_monitor(str(out))
+    assert len(monitor.body.layers) == 1
+    assert monitor.header.metadata["settings"]["layers"] == 1
+    from poise.config import Sampling
+    from poise.models import load_model
+
+    guarded = load_model(f"guarded({tiny_hf_model_dir}, monitor='{out}')")
+    [[answer]] = guarded.generate([[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=4))
+    assert answer.metadata is not None and "guard" in answer.metadata
+    # more layers than the backbone has: one clear error, nothing written
+    again = tmp_path / "again"
+    with pytest.raises(PoiseError, match="layers=99"):
+        train_monitor_files(
+            str(tiny_hf_model_dir), data, again, settings=MonitorSettings(layers=99, epochs=1)
+        )
+    assert not again.exists()
