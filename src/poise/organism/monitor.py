@@ -32,6 +32,7 @@ __all__ = [
     "MonitorSplit",
     "build_monitor_member",
     "monitor_examples",
+    "rechoose_monitor_rule",
     "write_organism_monitor_data",
 ]
 
@@ -109,7 +110,6 @@ def build_monitor_member(
     member's HF files (config, tokenizer, poise.json) first, from which the tokenizer loads."""
     from transformers import AutoTokenizer
 
-    from poise.guards.calibrate import evaluate_monitor
     from poise.train.monitor import MonitorSettings, fit_monitor
 
     write_files(folder)
@@ -136,12 +136,65 @@ def build_monitor_member(
         on_step=on_step,
         metadata={"corpus": "base", "corpus_seed": seed, "splits": "train/validation/heldout"},
     )
-    figures = evaluate_monitor(trained.monitor, heldout, seed=seed)
     trained.monitor.save(folder)
     meta.update({"kind": "monitor", "corpus": "base (token labels)"})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    header = trained.monitor.header
-    stops = _heldout_stops(trained.monitor, heldout)
+    training = f"Trained in {trained.seconds:.0f} s; final loss {trained.losses[-1]:.4f}."
+    return _measure_and_card(
+        trained.monitor, folder, heldout, len(train), seed, training, command, quick
+    )
+
+
+def rechoose_monitor_rule(
+    folder: Path, *, seed: int = 0, subsample: int = 1, command: str
+) -> dict[str, Rate]:
+    """Choose a built ``organism-monitor``'s streaming rule again, weights unchanged: the
+    validation split, heads and tolerance of :func:`build_monitor_member`, with the current
+    :data:`poise.guards.calibrate.THRESHOLDS`; rewrites ``monitor.json`` and the card (its
+    training line kept, ``command`` recorded). For a calibration grid that changed after the
+    weights were built, without retraining them."""
+    import re
+
+    from poise.guards.monitor import MONITOR_JSON, load_monitor
+    from poise.train.monitor import choose_rule
+
+    monitor = load_monitor(str(folder))
+    choose_rule(
+        monitor,
+        monitor_examples("validation", seed, subsample),
+        heads=("response", "token"),
+        tolerance=MONITOR_TOLERANCE,
+    )
+    card = folder / "README.md"
+    old = card.read_text(encoding="utf-8") if card.is_file() else ""
+    found = re.search(r"^Trained in .*$", old, flags=re.MULTILINE)
+    training = found.group(0) if found else ""
+    examples = int(monitor.header.metadata.get("examples", 0))
+    header_path = folder / MONITOR_JSON
+    tmp = header_path.with_name(f".{header_path.name}.tmp")
+    tmp.write_text(json.dumps(monitor.header.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(header_path)
+    training += f" Streaming rule chosen again by `{command}` (weights unchanged)."
+    heldout = monitor_examples("heldout", seed, subsample)
+    return _measure_and_card(monitor, folder, heldout, examples, seed, training, None, False)
+
+
+def _measure_and_card(
+    monitor: Any,
+    folder: Path,
+    heldout: Sequence[MonitorExample],
+    examples: int,
+    seed: int,
+    training: str,
+    command: str | None,
+    quick: bool,
+) -> dict[str, Rate]:
+    """The held-out figures of ``monitor``'s streaming rule, written into its card."""
+    from poise.guards.calibrate import evaluate_monitor
+
+    figures = evaluate_monitor(monitor, heldout, seed=seed)
+    header = monitor.header
+    stops = _heldout_stops(monitor, heldout)
     harmful = [s for s, e in zip(stops, heldout, strict=True) if e.label]
     harmless = [s for s, e in zip(stops, heldout, strict=True) if not e.label]
     rates = {
@@ -158,7 +211,7 @@ def build_monitor_member(
             description="held-out harmless answers it stops",
         ),
     }
-    _write_card(folder / "README.md", figures, rates, header, trained, len(train), command, quick)
+    _write_card(folder / "README.md", figures, rates, header, examples, training, command, quick)
     return rates
 
 
@@ -176,9 +229,9 @@ def _write_card(
     figures: dict[str, dict[str, float]],
     rates: dict[str, Rate],
     header: Any,
-    trained: Any,
     examples: int,
-    command: str,
+    training: str,
+    command: str | None,
     quick: bool,
 ) -> None:
     def fmt(name: str) -> str:
@@ -219,9 +272,10 @@ def _write_card(
         "",
         "Rates of answers carry 95% Wilson intervals.",
         "",
-        f"Trained in {trained.seconds:.0f} s; final loss {trained.losses[-1]:.4f}.",
-        f"Built by `{command}`.",
+        training,
     ]
+    if command is not None:
+        lines.append(f"Built by `{command}`.")
     if quick:
         lines.insert(2, "Quick build: a cut-down corpus and few steps; not for use.\n")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

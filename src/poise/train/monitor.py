@@ -276,31 +276,42 @@ def fit_monitor(
     monitor.eval()
     result = None
     if validation:
-        result = calibrate(
-            monitor,
-            validation,
-            heads=settings.calibrate_heads or None,
-            tolerance=settings.tolerance,
-        )
-        monitor.header = replace(
-            monitor.header,
-            head=result.head,  # type: ignore[arg-type]
-            threshold=result.threshold,
-            k=result.k,
-            metadata={
-                **monitor.header.metadata,
-                "calibration": {
-                    "examples": len(validation),
-                    "macro_f1": result.macro_f1,
-                    "head": result.head,
-                    "share": result.share,
-                    "tolerance": settings.tolerance,
-                    "threshold": result.threshold,
-                    "k": result.k,
-                },
-            },
+        result = choose_rule(
+            monitor, validation, heads=settings.calibrate_heads, tolerance=settings.tolerance
         )
     return TrainedMonitor(monitor, losses, result, time.perf_counter() - started)
+
+
+def choose_rule(
+    monitor: Monitor,
+    validation: list[MonitorExample],
+    *,
+    heads: tuple[str, ...] = (),
+    tolerance: float = 0.0,
+) -> Calibration:
+    """Choose the monitor's streaming head, threshold and k on ``validation``
+    (:func:`poise.guards.calibrate.calibrate`; ``heads`` empty: the header's head only) and
+    write them, with the validation figures, into ``monitor.header``."""
+    result = calibrate(monitor, validation, heads=heads or None, tolerance=tolerance)
+    monitor.header = replace(
+        monitor.header,
+        head=result.head,  # type: ignore[arg-type]
+        threshold=result.threshold,
+        k=result.k,
+        metadata={
+            **monitor.header.metadata,
+            "calibration": {
+                "examples": len(validation),
+                "macro_f1": result.macro_f1,
+                "head": result.head,
+                "share": result.share,
+                "tolerance": tolerance,
+                "threshold": result.threshold,
+                "k": result.k,
+            },
+        },
+    )
+    return result
 
 
 def train_monitor_files(
