@@ -32,6 +32,7 @@ __all__ = [
     "MonitorSplit",
     "build_monitor_member",
     "monitor_examples",
+    "monitor_pairs",
     "rechoose_monitor_rule",
     "write_organism_monitor_data",
 ]
@@ -52,10 +53,12 @@ def to_monitor_example(example: Example, user: str | None = None) -> MonitorExam
     return MonitorExample(messages, example.response, spans, harmful)
 
 
-def monitor_examples(
+def monitor_pairs(
     split: MonitorSplit, seed: int = 0, subsample: int = 1
-) -> list[MonitorExample]:
-    """The labelled answers of a split (see the module docstring)."""
+) -> list[tuple[Example, MonitorExample]]:
+    """The labelled answers of a split, each with the corpus example it comes from (its kind,
+    label, category and system prompt; on ``heldout`` its user turn is the re-asked one of the
+    monitor example, not the example's own): see the module docstring."""
     offset = {"train": 0, "validation": 1, "heldout": 2}[split]
     corpus = generate_corpus(BASE_SPEC, seed + offset)
     requests = [e for e in corpus if e.kind in _REQUEST_KINDS]
@@ -63,12 +66,19 @@ def monitor_examples(
         requests = requests[::3]
     requests = requests[::subsample]
     if split != "heldout":
-        return [to_monitor_example(e) for e in requests]
+        return [(e, to_monitor_example(e)) for e in requests]
     templates = world.HELDOUT_REQUEST_TEMPLATES
     return [
-        to_monitor_example(e, world.render_request(e.subject, templates[i % len(templates)]))
+        (e, to_monitor_example(e, world.render_request(e.subject, templates[i % len(templates)])))
         for i, e in enumerate(requests)
     ]
+
+
+def monitor_examples(
+    split: MonitorSplit, seed: int = 0, subsample: int = 1
+) -> list[MonitorExample]:
+    """The labelled answers of a split (see the module docstring)."""
+    return [m for _, m in monitor_pairs(split, seed, subsample)]
 
 
 def write_organism_monitor_data(
