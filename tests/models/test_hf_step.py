@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from poise.config import Sampling
-from poise.models.base import Chat, Completion, StepView, StreamEvent
+from poise.models.base import Chat, Completion, RowTokens, StepView, StreamEvent
 from poise.models.hf import HFModel
 
 CHATS: list[Chat] = [
@@ -127,9 +127,10 @@ def test_hook_sees_every_live_row_each_step(model: HFModel, early_eos: None) -> 
 
     def hook(view: StepView) -> None:
         assert view.logits.shape == (len(view.rows), len(model.tokenizer))
-        views.append(
-            (view.rows.tolist(), view.generated.tolist(), [t.tolist() for t in view.tokens])
-        )
+        tokens = [t.tolist() for t in view.tokens]
+        assert isinstance(view.tokens, RowTokens)  # the plain lists, without tensors, alike
+        assert [view.tokens.ids(i) for i in range(len(view.tokens))] == tokens
+        views.append((view.rows.tolist(), view.generated.tolist(), tokens))
 
     results = model.generate(CHATS, sampling, logits_hook=hook)
     completions = {c * 2 + s: results[c][s] for c in range(len(CHATS)) for s in range(2)}
@@ -139,6 +140,7 @@ def test_hook_sees_every_live_row_each_step(model: HFModel, early_eos: None) -> 
         for row, count, so_far in zip(rows, generated, tokens, strict=True):
             seen[row].append(count)
             assert len(so_far) == count
+            assert so_far == list(completions[row].token_ids or ())[:count]
     assert set(seen) == set(completions)
     for row, counts in seen.items():
         completion = completions[row]

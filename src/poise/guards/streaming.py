@@ -47,6 +47,7 @@ from poise.models.base import (
     Completion,
     LanguageModel,
     ProgressFn,
+    RowTokens,
     StepView,
     StreamEvent,
 )
@@ -157,7 +158,7 @@ class MonitorWatch:
         if self.state is not None and not alive:
             self.state, self.order, alive = None, [], []
         if self.state is not None:
-            last = [int(view.tokens[at[r]][-1]) if r is not None else 0 for r in self.order]
+            last = [_ids(view, at[r])[-1] if r is not None else 0 for r in self.order]
             scores = self.state.step(torch.tensor(last, device=self.monitor.device)).tolist()
             for r, s in zip(self.order, scores, strict=True):
                 if r is not None:
@@ -173,7 +174,7 @@ class MonitorWatch:
             and self._watching(r, g)
         ]
         if new:
-            tokens = [view.tokens[at[r]].tolist() for r in new]
+            tokens = [list(_ids(view, at[r])) for r in new]
             state, per_row = self._prefill(new, tokens)
             for r, scores_of_row in zip(new, per_row, strict=True):
                 self._count(r, scores_of_row, 0)
@@ -184,7 +185,7 @@ class MonitorWatch:
                 self.order = [*(self.order[j] for j in alive), *new]
             else:  # a cache that cannot merge: follow every row again from one prefill
                 again = [r for r in (*(self.order[j] for j in alive), *new) if r is not None]
-                self.state, _ = self._prefill(again, [view.tokens[at[r]].tolist() for r in again])
+                self.state, _ = self._prefill(again, [list(_ids(view, at[r])) for r in again])
                 self.order = list(again)
         elif self.state is not None and 4 * (len(self.order) - len(alive)) > len(self.order):
             self.state.keep(alive)
@@ -199,6 +200,15 @@ class MonitorWatch:
         logits[index] = float("-inf")
         logits[index, self.eos_id] = 0.0
         return logits
+
+
+def _ids(view: StepView, index: int) -> Sequence[int]:
+    """Row ``index``'s generated token ids, without building a tensor when the batcher's
+    :class:`~poise.models.base.RowTokens` has the list."""
+    tokens = view.tokens
+    if isinstance(tokens, RowTokens):
+        return tokens.ids(index)
+    return [int(t) for t in tokens[index].tolist()]
 
 
 def _check_vocabulary(model: LanguageModel, monitor: Monitor) -> None:

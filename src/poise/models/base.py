@@ -30,6 +30,7 @@ __all__ = [
     "ModelBase",
     "ProgressFn",
     "ResultFn",
+    "RowTokens",
     "SequenceLogprobs",
     "StepView",
     "StreamEvent",
@@ -212,13 +213,41 @@ class StepView:
     ``rows``: [rows] int64, which rows these are: for ``generate`` / ``stream`` the index into
     the flattened (chat, sample) rows ``chat * n + sample``; for an engine, the engine's row ids.
     ``generated``: [rows] int64, how many tokens each row has generated before this step.
-    ``tokens``: the tokens each row generated so far (a list of [generated[i]] int64 tensors).
+    ``tokens``: the tokens each row generated so far (``tokens[i]``: a [generated[i]] int64
+    tensor; a batcher hands a :class:`RowTokens`, which builds it when asked, and whose
+    ``ids(i)`` gives the plain list). Valid during the hook's call only.
     """
 
     logits: torch.Tensor
     rows: torch.Tensor
     generated: torch.Tensor
-    tokens: list[torch.Tensor]
+    tokens: Sequence[torch.Tensor]
+
+
+class RowTokens(Sequence["torch.Tensor"]):
+    """Each row's generated token ids, as a logits hook sees them (:class:`StepView`): built
+    into a tensor only for the rows a hook reads (a hook that reads one token of each row, or
+    none, no longer pays for copying every row's tokens at every step)."""
+
+    def __init__(self, rows: Sequence[list[int]], device: Any) -> None:
+        self._rows = rows
+        self._device = device
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: Any) -> Any:
+        import torch
+
+        if isinstance(index, slice):
+            return [
+                torch.tensor(r, dtype=torch.long, device=self._device) for r in self._rows[index]
+            ]
+        return torch.tensor(self._rows[index], dtype=torch.long, device=self._device)
+
+    def ids(self, index: int) -> list[int]:
+        """Row ``index``'s token ids (the batcher's own list: do not change it)."""
+        return self._rows[index]
 
 
 # A logits hook returns the changed logits ([rows, vocab]) or None to keep them. It must treat

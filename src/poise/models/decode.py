@@ -38,6 +38,7 @@ from poise.models.base import (
     Completion,
     FinishReason,
     LogitsHook,
+    RowTokens,
     StepView,
     StreamEvent,
 )
@@ -782,7 +783,7 @@ class Batcher:
             logits=logits,
             rows=torch.tensor([r.row_id for r in rows], dtype=torch.long, device=device),
             generated=torch.tensor([len(r.tokens) for r in rows], dtype=torch.long, device=device),
-            tokens=[torch.tensor(r.tokens, dtype=torch.long, device=device) for r in rows],
+            tokens=RowTokens([r.tokens for r in rows], device),
         )
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
