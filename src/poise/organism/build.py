@@ -91,7 +91,8 @@ LM_MEMBERS = (
     "organism-small-mix",
 )
 SCORER_MEMBERS = ("organism-reward", "organism-cost")
-# the streaming content monitor (poise.organism.monitor): organism-small's decoder with SCM heads
+# the streaming content monitor (poise.organism.monitor): organism-small's first decoder layer
+# with SCM heads
 MONITOR_MEMBERS = ("organism-monitor",)
 # the corpus each chat member is trained on (recorded in poise.json)
 MEMBER_CORPUS = {
@@ -560,12 +561,26 @@ def _comparison(
     return other, results[other].rates
 
 
+def _monitor_backbone(family: _Family) -> torch.nn.Module:
+    """organism-small as this run built it, else as shipped (a build of the monitor alone
+    trains it on the shipped organism-small's decoder, whose first layer it keeps), else
+    trained now (another recipe or seed than the shipped one's)."""
+    if "organism-small" in family.models:
+        return family.models["organism-small"]
+    shipped = WEIGHTS_DIR / "organism-small"
+    if family.recipe == default_recipe() and (shipped / "model.safetensors").is_file():
+        from transformers import LlamaForCausalLM
+
+        return LlamaForCausalLM.from_pretrained(str(shipped), dtype=torch.float32)
+    return family.lm("organism-small")
+
+
 def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     recipe = family.recipe
     if member in MONITOR_MEMBERS:
         from poise.organism.monitor import build_monitor_member
 
-        backbone = _copy(family.lm("organism-small"))
+        backbone = _copy(_monitor_backbone(family))
         task = f"train {member}"
 
         def on_step(step: int, total: int, loss: float) -> None:

@@ -92,10 +92,14 @@ def write_organism_monitor_data(
 
 MONITOR_MEMBER = "organism-monitor"
 # The shipped monitor's optimiser: the released SCM settings (poise.train.monitor) except the
-# learning rate, 1e-3 instead of 1e-4 (a 3-layer backbone, organism-small's decoder, on a small
-# corpus; at 1e-4 with the released per-step decay it stops learning before it fits), one epoch.
+# learning rate, 1e-3 instead of 1e-4 (a small backbone on a small corpus; at 1e-4 with the
+# released per-step decay it stops learning before it fits), one epoch.
 MONITOR_LR = 1e-3
 MONITOR_EPOCHS = 1
+# The monitor keeps organism-small's first decoder layer only (``poise train monitor
+# --layers``): guarding organism-large (4 layers), the full 3-layer decoder cost 0.64x of the
+# unguarded throughput, one layer 0.82x, at the same accuracy (BENCHMARKS.md, "Streaming guard").
+MONITOR_LAYERS = 1
 # The streaming rule is chosen on the validation split as the earliest stop whose macro-F1 is
 # within this much of the best (poise.guards.calibrate's ``tolerance``): the early-stop goal of
 # the guards issue allows 0.02 of macro-F1 for stopping sooner. At 0 the best macro-F1 wins
@@ -135,6 +139,7 @@ def build_monitor_member(
         seed=seed,
         calibrate_heads=("response", "token"),
         tolerance=MONITOR_TOLERANCE,
+        layers=MONITOR_LAYERS,
     )
     trained = fit_monitor(
         backbone,
@@ -225,6 +230,16 @@ def _measure_and_card(
     return rates
 
 
+def _kept(layers: int) -> str:
+    return "first decoder layer" if layers == 1 else f"first {layers} decoder layers"
+
+
+def header_layers(header: Any) -> int:
+    """How many decoder layers the monitor kept (its training settings; 0 there: all 3)."""
+    layers = int(header.metadata.get("settings", {}).get("layers", 0) or 0)
+    return layers or 3
+
+
 def _heldout_stops(monitor: Any, examples: Sequence[MonitorExample]) -> list[bool]:
     from poise.guards.calibrate import delay_k_stop
 
@@ -253,7 +268,7 @@ def _write_card(
         f"# {MONITOR_MEMBER}",
         "",
         "The organism's streaming content monitor (SCM, arXiv 2506.09996): organism-small's",
-        "decoder with a token head and a response head, trained with",
+        f"{_kept(header_layers(header))} with a token head and a response head, trained with",
         "`alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic`",
         f"(alpha {header.alpha}, gamma {header.gamma}, logic reduce {header.logic_reduce}) on the",
         f"base corpus's token labels ({examples} answers: harm from `harm_start` to the end of a",
