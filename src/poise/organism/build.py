@@ -478,7 +478,8 @@ def build(
     """Build organism members into ``out`` (default: the package's ``organism/weights``).
 
     ``members`` (names or aliases; default all) are built with their prerequisites
-    (organism-small-safe starts from organism-small, -reward and -cost from organism-large).
+    (organism-small-safe starts from organism-small, -reward and -cost from organism-large;
+    organism-monitor from organism-small as the same run built it, else as shipped).
     ``quick`` uses a cut-down corpus and a few steps: for tests of the build itself, not for
     use. ``command`` is the command line recorded in the model cards. ``threads``: torch
     intra-op threads while building (restored afterwards); the weights are reproducible for a
