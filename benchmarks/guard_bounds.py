@@ -142,6 +142,8 @@ def answers(monitor: Monitor, split: MonitorSplit, seed: int, subsample: int) ->
 
 
 def macro_f1(tp: float, fp: float, fn: float, tn: float) -> float:
+    """Macro-F1 from (possibly fractional, expected) counts; ``poise.guards.calibrate.macro_f1``
+    is the same measure over boolean decisions, which a fraction of a group cannot be."""
     return (2 * tp / (2 * tp + fp + fn) + 2 * tn / (2 * tn + fp + fn)) / 2
 
 
@@ -271,9 +273,11 @@ def report(split: str, answers: Sequence[Answer]) -> None:
         f"   smallest mean share at macro-F1 >= {TARGET_MACRO_F1} (<= {budget:.1f} false alarms)"
         " [knowing the split's counts]:"
     )
+    frontiers = {
+        (k, counted): frontier(answers, k, counted) for k in KS for counted in (False, True)
+    }
     for k in KS:
-        points = frontier(answers, k)
-        hindsight = frontier(answers, k, counted=True)
+        points, hindsight = frontiers[(k, False)], frontiers[(k, True)]
         print(
             f"     k={k}: {share_within(points, budget):.3f} [{share_within(hindsight, budget):.3f}]"
             f"  (none early {points[0][1]:.3f}; all early {points[-1][1]:.3f}"
@@ -283,7 +287,7 @@ def report(split: str, answers: Sequence[Answer]) -> None:
     for k in KS:
         cells = []
         for counted in (False, True):
-            fp = false_alarms_for(frontier(answers, k, counted), FORCED_SHARE)
+            fp = false_alarms_for(frontiers[(k, counted)], FORCED_SHARE)
             cells.append("unreachable" if fp is None else f"{f1(fp):.4f} ({fp:.1f} false alarms)")
         print(f"     k={k}: {cells[0]} [{cells[1]}]")
 

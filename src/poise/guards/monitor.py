@@ -310,9 +310,7 @@ class Monitor(torch.nn.Module):
                 {k: v.detach().float().contiguous().cpu() for k, v in heads.items()},
                 tmp / MONITOR_TENSORS,
             )
-            (tmp / MONITOR_JSON).write_text(
-                json.dumps(self.header.to_dict(), indent=2) + "\n", encoding="utf-8"
-            )
+            self.save_header(tmp)
             tmp.chmod(0o755)
             if final.exists():
                 shutil.rmtree(final)
@@ -321,6 +319,15 @@ class Monitor(torch.nn.Module):
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def save_header(self, folder: str | Path) -> Path:
+        """Write ``monitor.json`` into ``folder`` (whole or not at all: a temporary file is
+        moved into place); the weights are left as they are."""
+        path = Path(folder) / MONITOR_JSON
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.header.to_dict(), indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
 
 
 def _forward_parameters(module: Any) -> set[str]:

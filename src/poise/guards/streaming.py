@@ -208,7 +208,7 @@ def _ids(view: StepView, index: int) -> Sequence[int]:
     tokens = view.tokens
     if isinstance(tokens, RowTokens):
         return tokens.ids(index)
-    return [int(t) for t in tokens[index].tolist()]
+    return tokens[index].tolist()
 
 
 def _check_vocabulary(model: LanguageModel, monitor: Monitor) -> None:

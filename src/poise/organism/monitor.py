@@ -170,7 +170,7 @@ def rechoose_monitor_rule(
     weights were built, without retraining them."""
     import re
 
-    from poise.guards.monitor import MONITOR_JSON, load_monitor
+    from poise.guards.monitor import load_monitor
     from poise.train.monitor import choose_rule
 
     monitor = load_monitor(str(folder))
@@ -185,10 +185,7 @@ def rechoose_monitor_rule(
     found = re.search(r"^Trained in .*$", old, flags=re.MULTILINE)
     training = found.group(0) if found else ""
     examples = int(monitor.header.metadata.get("examples", 0))
-    header_path = folder / MONITOR_JSON
-    tmp = header_path.with_name(f".{header_path.name}.tmp")
-    tmp.write_text(json.dumps(monitor.header.to_dict(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(header_path)
+    monitor.save_header(folder)
     training += f" Streaming rule chosen again by `{command}` (weights unchanged)."
     heldout = monitor_examples("heldout", seed, subsample)
     return _measure_and_card(monitor, folder, heldout, examples, seed, training, None, False)
@@ -226,18 +223,15 @@ def _measure_and_card(
             description="held-out harmless answers it stops",
         ),
     }
-    _write_card(folder / "README.md", figures, rates, header, examples, training, command, quick)
+    layers = int(monitor.config.num_hidden_layers)
+    _write_card(
+        folder / "README.md", figures, rates, header, layers, examples, training, command, quick
+    )
     return rates
 
 
 def _kept(layers: int) -> str:
     return "first decoder layer" if layers == 1 else f"first {layers} decoder layers"
-
-
-def header_layers(header: Any) -> int:
-    """How many decoder layers the monitor kept (its training settings; 0 there: all 3)."""
-    layers = int(header.metadata.get("settings", {}).get("layers", 0) or 0)
-    return layers or 3
 
 
 def _heldout_stops(monitor: Any, examples: Sequence[MonitorExample]) -> list[bool]:
@@ -254,6 +248,7 @@ def _write_card(
     figures: dict[str, dict[str, float]],
     rates: dict[str, Rate],
     header: Any,
+    layers: int,
     examples: int,
     training: str,
     command: str | None,
@@ -268,7 +263,7 @@ def _write_card(
         f"# {MONITOR_MEMBER}",
         "",
         "The organism's streaming content monitor (SCM, arXiv 2506.09996): organism-small's",
-        f"{_kept(header_layers(header))} with a token head and a response head, trained with",
+        f"{_kept(layers)} with a token head and a response head, trained with",
         "`alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic`",
         f"(alpha {header.alpha}, gamma {header.gamma}, logic reduce {header.logic_reduce}) on the",
         f"base corpus's token labels ({examples} answers: harm from `harm_start` to the end of a",
