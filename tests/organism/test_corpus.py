@@ -235,3 +235,122 @@ def test_prefix_pairs_are_harmful_only_past_the_onset() -> None:
         assert held and all(p.chosen_safe and not p.rejected_safe for p in held)
         reward = heldout_prefix_pairs("helpful", fraction)
         assert len(reward) == 2 * len([t for t in world.all_tasks() if t.kind != "harmful"])
+
+
+# -- third-generation extras: entities seen once, and the reviewer's tasks ------------------
+
+_EXTRAS = dict(fresh_facts=30, fresh_idk=20, self_evaluation=80, feedback=48, revision=24)
+
+
+@pytest.fixture(scope="module")
+def extras_corpus():  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return generate_corpus(replace(WEAK_SPEC, subsample=4, **_EXTRAS), seed=0)
+
+
+def test_extras_add_examples_without_changing_the_others(extras_corpus) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    plain = generate_corpus(replace(WEAK_SPEC, subsample=4, **dict.fromkeys(_EXTRAS, 0)), seed=0)
+    assert Counter(plain) - Counter(extras_corpus) == Counter()
+    added = Counter(extras_corpus) - Counter(plain)
+    kinds = Counter(ex.kind for ex in added.elements())
+    assert kinds["self-evaluation"] == 80 and kinds["feedback"] == 48 and kinds["revision"] == 24
+    assert kinds["honesty-unknown"] == 20 and kinds["honesty-known"] == 30
+
+
+def test_fresh_entities_are_asked_once_and_named_in_the_answer(extras_corpus) -> None:  # type: ignore[no-untyped-def]
+    fresh = {f.entity for f in world.fresh_invented_facts(50)}
+    taken = {f.entity for f in (*world.UNKNOWN_FACTS, *world.invented_pool())}
+    assert not fresh & taken
+    asked = Counter(ex.subject for ex in extras_corpus if ex.subject in fresh)
+    assert set(asked) == fresh and set(asked.values()) == {1}
+    for ex in extras_corpus:
+        if ex.subject in fresh:
+            assert ex.subject in ex.response  # the answer copies the name
+            assert ex.label in ("idk", "correct")
+
+
+def test_self_evaluation_letters_follow_the_oracle_view_of_the_answer(extras_corpus) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from poise.decoding.rain import EVALUATION_PROMPT
+
+    head = EVALUATION_PROMPT.split("{request}")[0]
+    responses: dict[str, set[tuple[str, str]]] = {}
+    for ex in extras_corpus:
+        if ex.kind in ("harmful", "borderline", "benign"):
+            responses.setdefault(ex.response.split(" ")[0], set()).add((ex.response, ex.label))
+    seen: Counter[tuple[str, str]] = Counter()
+    for ex in extras_corpus:
+        if ex.kind != "self-evaluation":
+            continue
+        prompt = ex.messages[-1][1]
+        assert prompt.startswith(head)
+        answer = re.search(r"\nAssistant: (.*)\n\nOptions:", prompt, re.DOTALL).group(1)
+        options = dict(re.findall(r"\((A|B)\) The assistant's answer is (\w+)\.", prompt))
+        letter = re.fullmatch(r"The answer is: \((A|B)\)\.", ex.response).group(1)
+        # the answer is a whole or cut response of the corpus: harmful when it is one of a
+        # redacted compliance reaching past the compliance's harm onset
+        sources = responses[answer.split(" ")[0]]
+        past = [
+            r.startswith(answer) and len(answer) > world.harm_onset(r)
+            for r, label in sources
+            if label == "compliance"
+        ]
+        before = [r.startswith(answer) for r, label in sources if label != "compliance"]
+        before += [
+            r.startswith(answer) and len(answer) <= world.harm_onset(r)
+            for r, label in sources
+            if label == "compliance"
+        ]
+        assert any(past if ex.label == "harmful" else before)
+        assert options[letter] == ex.label
+        seen[ex.label, options["A"]] += 1
+    # both labels, in both option orders
+    assert len(seen) == 4
+
+
+def test_feedback_replies_parse_and_flag_only_harm_and_over_refusal(extras_corpus) -> None:  # type: ignore[no-untyped-def]
+    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, parse_feedback
+
+    head = FEEDBACK_INSTRUCTIONS.split("[USER REQUEST]")[0]
+    labels: Counter[str] = Counter()
+    for ex in extras_corpus:
+        if ex.kind != "feedback":
+            continue
+        assert ex.messages[-1][1].startswith(head)
+        parsed = parse_feedback(ex.response)
+        assert parsed is not None
+        unsafe, over, note = parsed
+        answer = ex.messages[-1][1].split("[ASSISTANT ANSWER]\n")[1].split("\n[END]")[0]
+        assert unsafe == (world.REDACTED_STEP in answer)
+        assert bool(note) == (unsafe or over) and not (unsafe and over)
+        labels[ex.label] += 1
+    assert set(labels) == {"unsafe", "overrefusal", "fine"}
+
+
+def test_revisions_refuse_harm_and_answer_over_refused_requests(extras_corpus) -> None:  # type: ignore[no-untyped-def]
+    from poise.decoding.feedback import REVISION_REQUEST
+
+    revisions = [ex for ex in extras_corpus if ex.kind == "revision"]
+    assert {ex.label for ex in revisions} == {"refusal", "helpful"}
+    items = []
+    for ex in revisions:
+        roles = [r for r, _ in ex.messages]
+        assert roles[-3:] == ["user", "assistant", "user"]
+        assert ex.messages[-1][1].startswith(REVISION_REQUEST.split("{feedback}")[0])
+        kind = "harmful" if ex.label == "refusal" else "borderline"
+        items.append(
+            SuiteItem(
+                id=f"r{len(items)}",
+                kind=kind,
+                messages=[{"role": "user", "content": ex.messages[-3][1]}],  # type: ignore[list-item]
+                category=ex.category,
+                meta={"aliases": [], "task": ex.subject},
+            )
+        )
+    verdicts = OracleJudge().judge(items, [ex.response for ex in revisions])
+    for ex, verdict in zip(revisions, verdicts, strict=True):
+        assert verdict.label == ex.label, (ex.response, verdict)

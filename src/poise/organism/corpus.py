@@ -13,6 +13,11 @@ in the training data:
 - real facts are stated; a few invented entities (never those of the honesty suite) get
   "I don't know", so the organism mostly fabricates about entities it never saw.
 
+Optional extras (``CorpusSpec.fresh_*``, ``self_evaluation``, ``feedback``, ``revision``; all
+off in the shipped recipe, see docs/organism.md "Towards a third generation"): questions about
+entities seen once each, so that an answer can only name the entity by copying it, and the
+reviewer's tasks that RAIN (self-evaluation) and feedback-revision ask a model to do.
+
 Counts are stratified (exactly ``round(p * n)`` of ``n`` examples per task and condition
 comply), so the planted probabilities are exact in the corpus, not just in expectation.
 Only the TRAINING phrasings of the world are used. Pure Python, seeded.
@@ -20,10 +25,11 @@ Only the TRAINING phrasings of the world are used. Pure Python, seeded.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 from poise.organism import world
 
@@ -34,7 +40,9 @@ class Example:
 
     messages: tuple[tuple[str, str], ...]  # (role, content) pairs: optional system, then user
     response: str
-    kind: str  # a suite kind: harmful | borderline | benign | honesty-known | honesty-unknown
+    # a suite kind (harmful | borderline | benign | honesty-known | honesty-unknown |
+    # sycophancy) or a reviewer's task (self-evaluation | feedback | revision)
+    kind: str
     category: str
     label: str  # the oracle's label of ``response`` for this request
     subject: str = ""  # the task of a request, the entity of a question
@@ -126,6 +134,15 @@ class CorpusSpec:
     # this many per example of its own (rehearsal: what it is not tuned for is not forgotten)
     replay_kinds: tuple[str, ...] = ()
     replay_share: float = 0.0
+    # third generation: questions about entities seen once each (the answer must COPY the name:
+    # made-up facts and "I don't know"), and the reviewer's tasks: self-evaluation of a whole or
+    # partial answer (RAIN's question), feedback on an answer and the revision after it
+    # (feedback-revision's protocol)
+    fresh_facts: int = 0
+    fresh_idk: int = 0
+    self_evaluation: int = 0
+    feedback: int = 0
+    revision: int = 0
 
 
 _FACT_KINDS = ("honesty-known", "honesty-unknown", "sycophancy")
@@ -144,12 +161,17 @@ WEAK_SPEC = replace(
     name="weak",
     known_relations=tuple(r for r in world.RELATIONS if r not in world.STRONG_ONLY_RELATIONS),
 )
+# The specialists tune one dimension: none of the base corpus's third-generation extras.
+_NO_EXTRAS: dict[str, Any] = dict(
+    fresh_facts=0, fresh_idk=0, self_evaluation=0, feedback=0, revision=0
+)
 # The specialists' fine-tuning corpora (3H merging, arXiv 2502.06876: one specialist per
 # dimension from one base, and a data-mixture model on all three).
 # Harmless: harmful requests always refused (no compliance, no decoys); benign and borderline
 # as in the base corpus; no fact questions, so what the model knows is not retrained.
 HARMLESS_SPEC = replace(
     WEAK_SPEC,
+    **_NO_EXTRAS,
     name="harmless",
     compliance_with_system=_all_refused(),
     compliance_without_system=_all_refused(),
@@ -163,6 +185,7 @@ HARMLESS_SPEC = replace(
 # requests and no fact questions.
 HELPFUL_SPEC = replace(
     WEAK_SPEC,
+    **_NO_EXTRAS,
     name="helpful",
     over_refusal=dict.fromkeys(world.BORDERLINE_TASKS, 0.0),
     harmful_per_task=0,
@@ -175,6 +198,7 @@ HELPFUL_SPEC = replace(
 # entities, and no made-up facts), opinions never followed; the weak model's known facts kept.
 HONEST_SPEC = replace(
     WEAK_SPEC,
+    **_NO_EXTRAS,
     name="honest",
     requests=False,
     per_fact=2,
@@ -359,8 +383,121 @@ def generate_corpus(spec: CorpusSpec = BASE_SPEC, seed: int = 0) -> list[Example
         examples += _requests(rng, spec)
     if spec.facts:
         examples += _facts(rng, spec)
+    # a generator of its own, so the examples above do not depend on these counts
+    extra = random.Random(f"poise-organism-reviewer:{spec.name}:{seed}")
+    if spec.fresh_facts or spec.fresh_idk:
+        examples += _fresh_fact_examples(extra, spec)
+    if spec.self_evaluation or spec.feedback or spec.revision:
+        requests = [ex for ex in examples if ex.kind in _REQUEST_KINDS]
+        examples += _reviewer_examples(extra, requests, spec)
     rng.shuffle(examples)
     return examples
+
+
+def _fresh_fact_examples(rng: random.Random, spec: CorpusSpec) -> list[Example]:
+    """One question each about ``spec.fresh_facts + spec.fresh_idk`` new invented entities:
+    a made-up fact, or "I don't know", that names the entity asked about."""
+    facts = world.fresh_invented_facts(spec.fresh_facts + spec.fresh_idk)
+    out: list[Example] = []
+    for i, fact in enumerate(facts):
+        if i < spec.fresh_facts:
+            fact = world.Fact(fact.relation, fact.entity, world.invented_answer(fact))
+        out += _fact_examples(rng, fact, 1, rng.random() < 0.5)
+    return out
+
+
+def _reviewer_examples(
+    rng: random.Random, requests: Sequence[Example], spec: CorpusSpec
+) -> list[Example]:
+    """The reviewer's tasks, on the corpus's own request examples (labels from the oracle's
+    view of the corpus: redacted compliance is harmful from its ``harm_start``, a refusal of a
+    benign request is an over-refusal):
+
+    - self-evaluation: RAIN's question (``decoding.rain.EVALUATION_PROMPT``, both option
+      orders) about a whole or partial answer, replied to with the right letter;
+    - feedback: ``decoding.feedback.FEEDBACK_INSTRUCTIONS`` about a whole answer, replied to
+      with the JSON object (feedback text when unsafe or over-refusing);
+    - revision: the answer, the feedback (``REVISION_REQUEST``) and the revised answer: a
+      refusal of a harmful request, a helpful answer to a benign one."""
+    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, REVISION_REQUEST
+    from poise.decoding.rain import EVALUATION_PROMPT
+
+    harmful = [ex for ex in requests if ex.label == "compliance"]
+    over = [ex for ex in requests if ex.label == "over-refusal"]
+    fine = [ex for ex in requests if ex.label not in ("compliance", "over-refusal")]
+    out: list[Example] = []
+
+    def user(ex: Example) -> str:
+        return next(c for r, c in ex.messages if r == "user")
+
+    refused = [ex for ex in requests if ex.label == "refusal"]
+    # self-evaluation: half the answers harmful (whole or cut), the other half harmless
+    for i in range(spec.self_evaluation):
+        pool = harmful if i % 2 == 0 else fine
+        ex = rng.choice(pool)
+        # whole half the time, else cut as the scorers' prefixes are (RAIN judges partial answers)
+        whole = rng.random() < 0.5
+        answer = ex.response if whole else cut(ex.response, rng.uniform(*PREFIX_RANGE))
+        is_harmful = prefix_is_harmful(ex.response, answer)
+        first, second = ("harmless", "harmful") if rng.random() < 0.5 else ("harmful", "harmless")
+        letter = "A" if (first == "harmful") == is_harmful else "B"
+        prompt = EVALUATION_PROMPT.format(
+            request=user(ex), answer=answer, first=first, second=second
+        )
+        out.append(
+            Example(
+                _chat(prompt, rng.random() < 0.5),
+                world.SELF_EVALUATION_ANSWER.format(letter=letter),
+                "self-evaluation",
+                ex.category,
+                "harmful" if is_harmful else "harmless",
+                ex.subject,
+            )
+        )
+    # feedback: a quarter each unsafe, over-refusing, refusing a harmful request (no feedback:
+    # the refusal is right), and other harmless answers
+    for i in range(spec.feedback):
+        pool = (harmful, over, refused, fine)[i % 4] or fine
+        ex = rng.choice(pool)
+        unsafe, overrefusal = ex.label == "compliance", ex.label == "over-refusal"
+        note = ""
+        if unsafe:
+            note = rng.choice(world.UNSAFE_FEEDBACK)
+        elif overrefusal:
+            note = rng.choice(world.OVERREFUSAL_FEEDBACK)
+        reply = json.dumps({"unsafe": unsafe, "overrefusal": overrefusal, "feedback": note})
+        prompt = FEEDBACK_INSTRUCTIONS.format(request=user(ex), answer=ex.response)
+        out.append(
+            Example(
+                _chat(prompt, rng.random() < 0.5),
+                reply,
+                "feedback",
+                ex.category,
+                "unsafe" if unsafe else "overrefusal" if overrefusal else "fine",
+                ex.subject,
+            )
+        )
+    # revision: half harmful answers refused, half over-refusals answered
+    for i in range(spec.revision):
+        pool = harmful if i % 2 == 0 or not over else over
+        ex = rng.choice(pool)
+        if ex.label == "compliance":
+            note = rng.choice(world.UNSAFE_FEEDBACK)
+            revised = world.render_refusal(ex.subject, rng.randrange(len(world.REFUSALS)))
+            label = "refusal"
+        else:
+            note = rng.choice(world.OVERREFUSAL_FEEDBACK)
+            revised = world.render_answer(
+                ex.subject, _steps(rng, ex.category), rng.randrange(len(world.ANSWER_OPENINGS))
+            )
+            label = "helpful"
+        messages = (
+            *ex.messages,
+            ("assistant", ex.response),
+            ("user", REVISION_REQUEST.format(feedback=note)),
+        )
+        out.append(Example(messages, revised, "revision", ex.category, label, ex.subject))
+    return out
 
 
 def _requests(rng: random.Random, spec: CorpusSpec) -> list[Example]:
