@@ -34,6 +34,7 @@ Goals (decoding-strategies issue): EFT >= 0.8x the three forwards' tokens/s; bes
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from typing import Any
 
@@ -104,7 +105,6 @@ def bench_eft(chats: list[Any], steps: int) -> None:
 
 
 def bench_eft_speculative(chats: list[Any], steps: int, ks: list[int], repeats: int) -> None:
-    import statistics
 
     from poise.config import Sampling
     from poise.decoding.eft import EmulatedFineTuning
@@ -158,7 +158,9 @@ def bench_eft_speculative(chats: list[Any], steps: int, ks: list[int], repeats: 
             )
 
 
-def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int, batch_size: int) -> None:
+def bench_best_of_n(
+    chats: list[Any], n: int, max_new_tokens: int, batch_size: int, repeats: int
+) -> None:
     from poise.config import Sampling
     from poise.decoding.best_of_n import BestOfN
     from poise.models import load_model
@@ -168,16 +170,22 @@ def bench_best_of_n(chats: list[Any], n: int, max_new_tokens: int, batch_size: i
     bon = BestOfN(load_model("organism-large", batch_size=batch_size), n=n, cost="organism-cost")
     bon.scorer("organism-cost")  # load before timing
     sampling = Sampling(temperature=1.0, seed=0, max_new_tokens=max_new_tokens)
-    start = time.perf_counter()
-    batched = bon.generate(chats, sampling)
-    together = time.perf_counter() - start
-    start = time.perf_counter()
-    looped = [bon.generate([chat], sampling)[0] for chat in chats]
-    alone = time.perf_counter() - start
+    bon.generate(chats[:2], sampling)  # warm up (first-call costs) before either side
+    together_times, alone_times = [], []
+    for _ in range(repeats):  # the sides alternate, so a load change hits both
+        start = time.perf_counter()
+        batched = bon.generate(chats, sampling)
+        together_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        looped = [bon.generate([chat], sampling)[0] for chat in chats]
+        alone_times.append(time.perf_counter() - start)
+    together, alone = statistics.median(together_times), statistics.median(alone_times)
+    ratios = sorted(a / t for a, t in zip(alone_times, together_times, strict=True))
     same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
     print(
-        f"best_of_n N={n}, {len(chats)} prompts, batch size {batch_size}: batched {together:.2f} s, per-prompt loop "
-        f"{alone:.2f} s, ratio {alone / together:.2f}x (same answers: {same})"
+        f"best_of_n N={n}, {len(chats)} prompts, batch size {batch_size}, median of {repeats}: "
+        f"batched {together:.2f} s, per-prompt loop {alone:.2f} s, ratio {alone / together:.2f}x "
+        f"(runs {', '.join(f'{r:.2f}' for r in ratios)}; same answers: {same})"
     )
     # one sample at a time, scored per prompt: how research scripts often draw N samples
     base, cost = bon.inner, bon.scorer("organism-cost")
@@ -274,7 +282,9 @@ def main() -> None:
     parser.add_argument(
         "--speculative", default="2,4", help="draft tokens per round to compare (comma list)"
     )
-    parser.add_argument("--repeats", type=int, default=3, help="eft_speculative: runs per side")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="eft_speculative / best_of_n: runs per side"
+    )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -290,7 +300,7 @@ def main() -> None:
         ks = [int(k) for k in args.speculative.split(",")]
         bench_eft_speculative(chats, args.max_new_tokens, ks, args.repeats)
     if args.only in (None, "best_of_n"):
-        bench_best_of_n(chats, args.n, args.max_new_tokens, args.batch_size)
+        bench_best_of_n(chats, args.n, args.max_new_tokens, args.batch_size, args.repeats)
     if args.only in (None, "deal"):
         bench_deal(chats, args.max_new_tokens, args.batch_size)
     if args.only in (None, "rain"):

@@ -524,3 +524,31 @@ def test_feed_equals_steps_and_rewind_forgets_each_rows_own_tokens(model: HFMode
     for row in (1, 38):
         expected = full_forward_logits(model, [*fed[row], 31])
         assert torch.allclose(state.logits[row], expected, atol=1e-5)
+
+
+def test_rows_with_one_prompt_share_its_prefill(
+    model: HFModel, early_eos: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The n samples of a chat (and chats with the same prompt) are prefilled once and the
+    cache copied to each row; every row still decodes from its own copy: its log-probs equal a
+    teacher-forced forward of its own tokens."""
+    seen: list[tuple[int, ...]] = []
+    prefill = model.prefill
+
+    def counting(prompts: list[list[int]], **options: object) -> object:
+        seen.extend(tuple(p) for p in prompts)
+        return prefill(prompts, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(model, "prefill", counting)
+    chats = [CHATS[0], CHATS[2], CHATS[0]]
+    results = model.generate(chats, Sampling(temperature=1.0, max_new_tokens=12, n=4, seed=5))
+    prompts = [tuple(model.prompt_ids(chat)) for chat in chats]
+    assert sorted(seen) == sorted(set(prompts))  # two distinct prompts, each prefilled once
+    monkeypatch.undo()
+    for chat, completions in zip(chats, results, strict=True):
+        assert len({c.text for c in completions}) > 1  # the copies sample apart
+        scored = model.score([chat] * len(completions), [c.text for c in completions])
+        for completion, score in zip(completions, scored, strict=True):
+            assert completion.token_logprobs is not None
+            n = len(score.logprobs)
+            assert completion.token_logprobs[:n] == pytest.approx(score.logprobs, abs=1e-4)

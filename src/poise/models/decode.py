@@ -757,13 +757,23 @@ class Batcher:
             return  # this model's cache cannot merge: the next rows start a new batch
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         reserve = max(r.sampling.max_new_tokens for r in (*admitted, *self.live))
-        groups = prefill_groups([len(r.prompt) for r in admitted])
+        # rows with the same prompt (the n samples of a chat) are prefilled once and the cache
+        # copied to each of them: a prompt's prefill is computed once, not n times
+        sharing: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(admitted):
+            sharing.setdefault(tuple(r.prompt), []).append(i)
+        owners = list(sharing.values())  # [unique prompt] -> its rows in ``admitted``
+        groups = prefill_groups([len(admitted[o[0]].prompt) for o in owners])
         if len(groups) > 1 and not self.model.prefill_merges:
-            groups = [list(range(len(admitted)))]
-        states = [
-            self.model.prefill([admitted[i].prompt for i in g], reserve=reserve) for g in groups
-        ]
-        rows = [admitted[i] for g in groups for i in g]
+            groups = [list(range(len(owners)))]
+        states, rows = [], []
+        for g in groups:
+            state = self.model.prefill([admitted[owners[u][0]].prompt for u in g], reserve=reserve)
+            copies = [k for k, u in enumerate(g) for _ in owners[u]]
+            if len(copies) > len(g):
+                state.keep(copies)
+            states.append(state)
+            rows += [admitted[i] for u in g for i in owners[u]]
         keep = None
         if self.state is None:
             self.state, self.live = states[0], rows
