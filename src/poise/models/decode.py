@@ -15,7 +15,8 @@ Three layers, each usable on its own:
   strategies that drive several models in lockstep (emulated fine-tuning, reward-guided search)
   combine the states' logits and choose the tokens themselves.
 - :class:`Batcher` schedules rows over a ``DecodeState``: admits waiting rows as others finish
-  (continuous batching), samples each row with its own ``Sampling`` and generator, calls the
+  (continuous batching; rows with the same prompt, such as a chat's ``n`` samples, are
+  prefilled once and the cache copied to each), samples each row with its own ``Sampling`` and generator, calls the
   logits hook once per step, detects EOS / stop strings / length, and streams each row's new
   text. ``HFModel.generate``, ``HFModel.stream`` and :class:`HFEngine` are all this one loop.
 """
