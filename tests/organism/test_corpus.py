@@ -354,3 +354,10 @@ def test_revisions_refuse_harm_and_answer_over_refused_requests(extras_corpus) -
     verdicts = OracleJudge().judge(items, [ex.response for ex in revisions])
     for ex, verdict in zip(revisions, verdicts, strict=True):
         assert verdict.label == ex.label, (ex.response, verdict)
+
+
+def test_reviewer_tasks_on_a_corpus_without_compliance_are_refused() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="reviewer's tasks need"):
+        generate_corpus(replace(HARMLESS_SPEC, subsample=8, self_evaluation=4), seed=0)

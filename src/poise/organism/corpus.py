@@ -424,13 +424,18 @@ def _reviewer_examples(
 
     harmful = [ex for ex in requests if ex.label == "compliance"]
     over = [ex for ex in requests if ex.label == "over-refusal"]
+    refused = [ex for ex in requests if ex.label == "refusal"]
     fine = [ex for ex in requests if ex.label not in ("compliance", "over-refusal")]
+    if not harmful or not fine:
+        raise ValueError(
+            f"corpus {spec.name!r}: the reviewer's tasks need both redacted compliance and "
+            "harmless answers among its requests"
+        )
     out: list[Example] = []
 
     def user(ex: Example) -> str:
         return next(c for r, c in ex.messages if r == "user")
 
-    refused = [ex for ex in requests if ex.label == "refusal"]
     # self-evaluation: half the answers harmful (whole or cut), the other half harmless
     for i in range(spec.self_evaluation):
         pool = harmful if i % 2 == 0 else fine
