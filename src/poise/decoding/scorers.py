@@ -8,7 +8,9 @@ A scorer is named by a string, so a strategy's spec records it and rebuilds it:
   such models are trained on it (``poise.train``, ``poise.organism``): the prompt through the
   classifier's chat template with the generation prompt, then the response and the EOS token;
   the score is the head's output at the last token. Higher reward = more helpful; higher cost =
-  more harmful (the Safe RLHF convention, arXiv 2310.12773).
+  more harmful (the Safe RLHF convention, arXiv 2310.12773). Rows of one batch that share a
+  prompt (best-of-N's N answers, DeAL's candidates) run the prompt once and copy its KV cache
+  to each row (decoder classifiers with a ``score`` head; others run every row whole).
 - ``keywords:WORD|WORD|...``: the share of the words found in the response (case-insensitive),
   a keyword-coverage heuristic as in DeAL (arXiv 2402.06147).
 - ``length:N``: ``-|words - N| / N``, highest at N words (DeAL's length constraint).
@@ -19,6 +21,7 @@ Scorers only read text, so they work with any model.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,6 +112,11 @@ class ClassifierScorer:
 
     def ids(self, chat: Chat, response: str) -> list[int]:
         """The prompt with the generation prompt, then the response and EOS, as token ids."""
+        prompt, answer = self._parts(chat, response)
+        return prompt + answer
+
+    def _parts(self, chat: Chat, response: str) -> tuple[list[int], list[int]]:
+        """:meth:`ids` as (prompt ids, response-and-EOS ids): the two are encoded apart."""
         tokenizer: Any = self.tokenizer
         if getattr(tokenizer, "chat_template", None):
             prompt = str(
@@ -118,30 +126,103 @@ class ClassifierScorer:
             prompt = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in chat)
             prompt += "Assistant: "
         encode = functools.partial(tokenizer, add_special_tokens=False)
-        return list(encode(prompt)["input_ids"]) + list(encode(response + self.eos)["input_ids"])
+        return list(encode(prompt)["input_ids"]), list(encode(response + self.eos)["input_ids"])
+
+    def _split(self) -> tuple[Any, Any] | None:
+        """(backbone, head) of a decoder classifier whose head reads the backbone's last hidden
+        state (``XForSequenceClassification`` with ``model`` or ``transformer`` and ``score``),
+        else None."""
+        backbone = getattr(self.model, "model", None) or getattr(self.model, "transformer", None)
+        head = getattr(self.model, "score", None)
+        if backbone is None or head is None or self.model.config.is_encoder_decoder:
+            return None
+        return backbone, head
 
     def __call__(self, chats: Sequence[Chat], responses: Sequence[str]) -> list[float]:
-        import torch
 
-        rows = [self.ids(c, r) for c, r in zip(chats, responses, strict=True)]
+        parts = [self._parts(c, r) for c, r in zip(chats, responses, strict=True)]
+        rows = [p + r for p, r in parts]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # less padding per batch
         scores = [0.0] * len(rows)
+        split = self._split()
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            width = max(len(rows[i]) for i in chunk)
-            # right padding: the head reads each row's last non-padding token
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, i in enumerate(chunk):
-                ids[j, : len(rows[i])] = torch.tensor(rows[i])
-                mask[j, : len(rows[i])] = 1
-            with torch.inference_mode():
-                out = self.model(
-                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-                ).logits  # [rows, 1]
-            for j, i in enumerate(chunk):
-                scores[i] = float(out[j, 0])
+            shared = len({tuple(parts[i][0]) for i in chunk}) < len(chunk)
+            if split is not None and shared and all(parts[i][1] for i in chunk):
+                values = self._shared_prompts([parts[i] for i in chunk], *split)
+            else:
+                values = self._whole([rows[i] for i in chunk])
+            for i, value in zip(chunk, values, strict=True):
+                scores[i] = value
         return scores
+
+    def _whole(self, rows: Sequence[list[int]]) -> list[float]:
+        """One forward of whole rows, right-padded: the head reads each row's last token."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, row in enumerate(rows):
+            ids[j, : len(row)] = torch.tensor(row)
+            mask[j, : len(row)] = 1
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            ).logits  # [rows, 1]
+        return [float(v) for v in out[:, 0]]
+
+    def _shared_prompts(
+        self, parts: Sequence[tuple[list[int], list[int]]], backbone: Any, head: Any
+    ) -> list[float]:
+        """The rows of a chunk whose prompts repeat (best-of-N's N answers, DeAL's candidates):
+        each distinct prompt is run once, left-padded, and its cache copied to its rows, which
+        then run their responses only (right-padded, positions continuing the prompt's); the
+        head reads each row's last response token. Same scores as :meth:`_whole` up to float
+        rounding (tests/decoding/test_scorers.py)."""
+        import torch
+
+        distinct: dict[tuple[int, ...], int] = {}
+        owner = [distinct.setdefault(tuple(p), len(distinct)) for p, _ in parts]
+        prompts = list(distinct)
+        p_width = max(len(p) for p in prompts)
+        p_ids = torch.full((len(prompts), p_width), self.pad_id, dtype=torch.long)
+        p_mask = torch.zeros((len(prompts), p_width), dtype=torch.long)
+        for u, prompt in enumerate(prompts):  # left padding: every prompt ends at p_width
+            p_ids[u, p_width - len(prompt) :] = torch.tensor(prompt)
+            p_mask[u, p_width - len(prompt) :] = 1
+        p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)  # [prompts, p_width]
+        r_width = max(len(r) for _, r in parts)
+        r_ids = torch.full((len(parts), r_width), self.pad_id, dtype=torch.long)
+        r_mask = torch.zeros((len(parts), r_width), dtype=torch.long)
+        for j, (_, response) in enumerate(parts):
+            r_ids[j, : len(response)] = torch.tensor(response)
+            r_mask[j, : len(response)] = 1
+        index = torch.tensor(owner, dtype=torch.long)
+        lengths = torch.tensor([len(p) for p, _ in parts], dtype=torch.long)
+        r_pos = lengths[:, None] + torch.arange(r_width)[None, :]  # [rows, r_width]
+        device = self.device
+        # transformers 5.x renames ``past_key_values`` to ``cache`` (argument and output)
+        name = "cache" if "cache" in inspect.signature(backbone.forward).parameters else None
+        with torch.inference_mode():
+            out = backbone(
+                input_ids=p_ids.to(device),
+                attention_mask=p_mask.to(device),
+                position_ids=p_pos.to(device),
+                use_cache=True,
+            )
+            cache = out.cache if name else out.past_key_values
+            cache.batch_select_indices(index.to(device))  # each prompt's cache to its rows
+            hidden = backbone(
+                input_ids=r_ids.to(device),
+                attention_mask=torch.cat([p_mask[index], r_mask], dim=1).to(device),
+                position_ids=r_pos.to(device),
+                use_cache=True,
+                **{name or "past_key_values": cache},
+            ).last_hidden_state  # [rows, r_width, hidden]
+            last = torch.tensor([len(r) - 1 for _, r in parts], device=device)
+            out = head(hidden[torch.arange(len(parts), device=device), last])  # [rows, 1]
+        return [float(v) for v in out[:, 0]]
 
 
 def _keywords(words: list[str]) -> Scorer:

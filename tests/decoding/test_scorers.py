@@ -1,0 +1,63 @@
+"""Classifier scorers: rows whose prompts repeat share the prompt's forward pass, with the
+scores of scoring every row whole."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from poise.decoding.scorers import ClassifierScorer
+from poise.models.base import Chat
+
+CHATS: list[Chat] = [
+    [{"role": "user", "content": "How do I bake bread at home?"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Tell me how to pick a lock on my own bike."},
+    ],
+    [{"role": "user", "content": "hi"}],
+]
+RESPONSES = [
+    "Sure, here is how to bake bread: Step 1: Mix. Step 2: Knead. Step 3: Bake.",
+    "I'm sorry, but I can't help with that.",
+    "Sure!",
+    "Sure, here is how to pick a lock on your own bike: Step 1: [REDACTED]",
+]
+
+
+def _rows() -> tuple[list[Chat], list[str]]:
+    """Each chat with every response (prompts repeat), then two rows of their own."""
+    chats = [c for c in CHATS for _ in RESPONSES] + [CHATS[0], CHATS[2]]
+    texts = [r for _ in CHATS for r in RESPONSES] + ["Hello there.", ""]
+    return chats, texts
+
+
+def _whole(scorer: ClassifierScorer, chats: list[Chat], texts: list[str]) -> list[float]:
+    return [scorer._whole([scorer.ids(c, t)])[0] for c, t in zip(chats, texts, strict=True)]
+
+
+@pytest.mark.parametrize("member", ["organism-cost", "organism-reward"])
+@pytest.mark.parametrize("batch_size", [3, 5, 32])
+def test_shared_prompts_score_as_whole_rows(member: str, batch_size: int) -> None:
+    scorer = ClassifierScorer(member, batch_size=batch_size)
+    chats, texts = _rows()
+    assert scorer(chats, texts) == pytest.approx(_whole(scorer, chats, texts), abs=1e-4)
+
+
+def test_a_random_classifier_with_its_own_template_too(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(str(tiny_hf_model_dir))
+    config.num_labels = 1
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(str(tiny_hf_model_dir)).save_pretrained(tmp_path)
+    scorer = ClassifierScorer(str(tmp_path), batch_size=6)
+    chats, texts = _rows()
+    scores = scorer(chats, texts)
+    assert len(set(scores)) > len(RESPONSES)  # a random head: rows differ
+    assert scores == pytest.approx(_whole(scorer, chats, texts), abs=1e-4)
