@@ -204,7 +204,7 @@ def bench_best_of_n(
     )
 
 
-def bench_deal(chats: list[Any], max_new_tokens: int, batch_size: int) -> None:
+def bench_deal(chats: list[Any], max_new_tokens: int, batch_size: int, repeats: int) -> None:
     from poise.config import Sampling
     from poise.decoding.deal import DeAL
     from poise.models import load_model
@@ -213,23 +213,28 @@ def bench_deal(chats: list[Any], max_new_tokens: int, batch_size: int) -> None:
     deal = DeAL(base, k=2, lookahead=8, beam=2, lam=1.0, cost="organism-cost")
     deal._scorer("organism-cost")  # load before timing
     greedy = Sampling(max_new_tokens=max_new_tokens)
+    deal.generate(chats[:2], greedy)  # warm up (first-call costs) before either side
     start = time.perf_counter()
     plain = base.generate(chats, greedy)
     plain_s = time.perf_counter() - start
-    start = time.perf_counter()
-    batched = deal.generate(chats, greedy)
-    together = time.perf_counter() - start
-    start = time.perf_counter()
-    looped = [deal.generate([chat], greedy)[0] for chat in chats]
-    alone = time.perf_counter() - start
+    together_times, alone_times = [], []
+    for _ in range(repeats):  # the sides alternate, so a load change hits both
+        start = time.perf_counter()
+        batched = deal.generate(chats, greedy)
+        together_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        looped = [deal.generate([chat], greedy)[0] for chat in chats]
+        alone_times.append(time.perf_counter() - start)
+    together, alone = statistics.median(together_times), statistics.median(alone_times)
+    ratios = sorted(a / t for a, t in zip(alone_times, together_times, strict=True))
     same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
     per_token = together / max(1, _tokens(batched))
     print(
-        f"deal     k=2 lookahead=8 beam=2, {len(chats)} prompts, batch size {batch_size}: "
-        "plain greedy "
-        f"{plain_s / max(1, _tokens(plain)) * 1e3:.1f} ms/token, DeAL batched "
-        f"{per_token * 1e3:.1f} ms/token ({together:.2f} s), per-prompt {alone:.2f} s, "
-        f"batched vs per-prompt {alone / together:.2f}x (same answers: {same})"
+        f"deal     k=2 lookahead=8 beam=2, {len(chats)} prompts, batch size {batch_size}, median "
+        f"of {repeats}: plain greedy {plain_s / max(1, _tokens(plain)) * 1e3:.1f} ms/token, DeAL "
+        f"batched {per_token * 1e3:.1f} ms/token ({together:.2f} s), per-prompt {alone:.2f} s, "
+        f"batched vs per-prompt {alone / together:.2f}x (runs "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}; same answers: {same})"
     )
 
 
@@ -283,7 +288,7 @@ def main() -> None:
         "--speculative", default="2,4", help="draft tokens per round to compare (comma list)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="eft_speculative / best_of_n: runs per side"
+        "--repeats", type=int, default=3, help="eft_speculative / best_of_n / deal: runs per side"
     )
     parser.add_argument(
         "--batch-size",
@@ -302,7 +307,7 @@ def main() -> None:
     if args.only in (None, "best_of_n"):
         bench_best_of_n(chats, args.n, args.max_new_tokens, args.batch_size, args.repeats)
     if args.only in (None, "deal"):
-        bench_deal(chats, args.max_new_tokens, args.batch_size)
+        bench_deal(chats, args.max_new_tokens, args.batch_size, args.repeats)
     if args.only in (None, "rain"):
         bench_rain(chats, args.max_new_tokens, args.rain_searches)
 
