@@ -139,7 +139,6 @@ class ClassifierScorer:
         return backbone, head
 
     def __call__(self, chats: Sequence[Chat], responses: Sequence[str]) -> list[float]:
-
         parts = [self._parts(c, r) for c, r in zip(chats, responses, strict=True)]
         rows = [p + r for p, r in parts]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # less padding per batch
@@ -212,6 +211,8 @@ class ClassifierScorer:
                 use_cache=True,
             )
             cache = out.cache if name else out.past_key_values
+            if not hasattr(cache, "batch_select_indices"):  # a cache that cannot copy rows
+                return self._whole([p + r for p, r in parts])
             cache.batch_select_indices(index.to(device))  # each prompt's cache to its rows
             hidden = backbone(
                 input_ids=r_ids.to(device),
