@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -158,6 +159,39 @@ def bench_eft_speculative(chats: list[Any], steps: int, ks: list[int], repeats: 
             )
 
 
+@dataclass
+class Sides:
+    """A strategy batched over every prompt against the same strategy one prompt at a time:
+    medians of alternating runs (so a load change hits both sides), each run's ratio, and
+    whether the two sides gave the same answers."""
+
+    together: float
+    alone: float
+    ratios: list[float]
+    batched: list[list[Any]]
+    same: bool
+
+    def runs(self) -> str:
+        return ", ".join(f"{r:.2f}" for r in self.ratios)
+
+
+def batched_vs_per_prompt(model: Any, chats: list[Any], sampling: Any, repeats: int) -> Sides:
+    model.generate(chats[:2], sampling)  # warm up (first-call costs) before either side
+    together_times, alone_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        batched = model.generate(chats, sampling)
+        together_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        looped = [model.generate([chat], sampling)[0] for chat in chats]
+        alone_times.append(time.perf_counter() - start)
+    same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
+    ratios = sorted(a / t for a, t in zip(alone_times, together_times, strict=True))
+    return Sides(
+        statistics.median(together_times), statistics.median(alone_times), ratios, batched, same
+    )
+
+
 def bench_best_of_n(
     chats: list[Any], n: int, max_new_tokens: int, batch_size: int, repeats: int
 ) -> None:
@@ -170,22 +204,12 @@ def bench_best_of_n(
     bon = BestOfN(load_model("organism-large", batch_size=batch_size), n=n, cost="organism-cost")
     bon.scorer("organism-cost")  # load before timing
     sampling = Sampling(temperature=1.0, seed=0, max_new_tokens=max_new_tokens)
-    bon.generate(chats[:2], sampling)  # warm up (first-call costs) before either side
-    together_times, alone_times = [], []
-    for _ in range(repeats):  # the sides alternate, so a load change hits both
-        start = time.perf_counter()
-        batched = bon.generate(chats, sampling)
-        together_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        looped = [bon.generate([chat], sampling)[0] for chat in chats]
-        alone_times.append(time.perf_counter() - start)
-    together, alone = statistics.median(together_times), statistics.median(alone_times)
-    ratios = sorted(a / t for a, t in zip(alone_times, together_times, strict=True))
-    same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
+    sides = batched_vs_per_prompt(bon, chats, sampling, repeats)
+    together = sides.together
     print(
         f"best_of_n N={n}, {len(chats)} prompts, batch size {batch_size}, median of {repeats}: "
-        f"batched {together:.2f} s, per-prompt loop {alone:.2f} s, ratio {alone / together:.2f}x "
-        f"(runs {', '.join(f'{r:.2f}' for r in ratios)}; same answers: {same})"
+        f"batched {together:.2f} s, per-prompt loop {sides.alone:.2f} s, ratio "
+        f"{sides.alone / together:.2f}x (runs {sides.runs()}; same answers: {sides.same})"
     )
     # one sample at a time, scored per prompt: how research scripts often draw N samples
     base, cost = bon.inner, bon.scorer("organism-cost")
@@ -213,28 +237,18 @@ def bench_deal(chats: list[Any], max_new_tokens: int, batch_size: int, repeats: 
     deal = DeAL(base, k=2, lookahead=8, beam=2, lam=1.0, cost="organism-cost")
     deal._scorer("organism-cost")  # load before timing
     greedy = Sampling(max_new_tokens=max_new_tokens)
-    deal.generate(chats[:2], greedy)  # warm up (first-call costs) before either side
+    base.generate(chats[:2], greedy)  # warm up before timing plain decoding
     start = time.perf_counter()
     plain = base.generate(chats, greedy)
     plain_s = time.perf_counter() - start
-    together_times, alone_times = [], []
-    for _ in range(repeats):  # the sides alternate, so a load change hits both
-        start = time.perf_counter()
-        batched = deal.generate(chats, greedy)
-        together_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        looped = [deal.generate([chat], greedy)[0] for chat in chats]
-        alone_times.append(time.perf_counter() - start)
-    together, alone = statistics.median(together_times), statistics.median(alone_times)
-    ratios = sorted(a / t for a, t in zip(alone_times, together_times, strict=True))
-    same = [c.text for r in batched for c in r] == [c.text for r in looped for c in r]
-    per_token = together / max(1, _tokens(batched))
+    sides = batched_vs_per_prompt(deal, chats, greedy, repeats)
+    per_token = sides.together / max(1, _tokens(sides.batched))
     print(
         f"deal     k=2 lookahead=8 beam=2, {len(chats)} prompts, batch size {batch_size}, median "
         f"of {repeats}: plain greedy {plain_s / max(1, _tokens(plain)) * 1e3:.1f} ms/token, DeAL "
-        f"batched {per_token * 1e3:.1f} ms/token ({together:.2f} s), per-prompt {alone:.2f} s, "
-        f"batched vs per-prompt {alone / together:.2f}x (runs "
-        f"{', '.join(f'{r:.2f}' for r in ratios)}; same answers: {same})"
+        f"batched {per_token * 1e3:.1f} ms/token ({sides.together:.2f} s), per-prompt "
+        f"{sides.alone:.2f} s, batched vs per-prompt {sides.alone / sides.together:.2f}x (runs "
+        f"{sides.runs()}; same answers: {sides.same})"
     )
 
 

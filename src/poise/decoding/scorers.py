@@ -109,6 +109,7 @@ class ClassifierScorer:
         self.pad_id = int(pad)
         self.model.config.pad_token_id = self.pad_id
         self.eos = self.tokenizer.eos_token or ""
+        self._split = self._backbone_and_head()
 
     def ids(self, chat: Chat, response: str) -> list[int]:
         """The prompt with the generation prompt, then the response and EOS, as token ids."""
@@ -128,7 +129,7 @@ class ClassifierScorer:
         encode = functools.partial(tokenizer, add_special_tokens=False)
         return list(encode(prompt)["input_ids"]), list(encode(response + self.eos)["input_ids"])
 
-    def _split(self) -> tuple[Any, Any] | None:
+    def _backbone_and_head(self) -> tuple[Any, Any] | None:
         """(backbone, head) of a decoder classifier whose head reads the backbone's last hidden
         state (``XForSequenceClassification`` with ``model`` or ``transformer`` and ``score``),
         else None."""
@@ -143,7 +144,7 @@ class ClassifierScorer:
         rows = [p + r for p, r in parts]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # less padding per batch
         scores = [0.0] * len(rows)
-        split = self._split()
+        split = self._split
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             shared = len({tuple(parts[i][0]) for i in chunk}) < len(chunk)

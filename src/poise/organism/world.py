@@ -1135,6 +1135,8 @@ def fresh_invented_facts(count: int, seed: int = 0) -> list[Fact]:
             out.append(fact)
         if len(out) == count:
             break
+    if len(out) < count:
+        raise ValueError(f"only {len(out)} fresh invented entities, {count} asked for")
     rng.shuffle(out)
     return out
 
