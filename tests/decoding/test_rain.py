@@ -142,7 +142,7 @@ def test_self_evaluation_reads_the_option_letters(tiny: HFModel) -> None:
     letters = [tiny.tokenizer.encode(x, add_special_tokens=False)[-1] for x in "AB"]
 
     def fake_logits(harmless_letter_wins: bool) -> Any:
-        def logits(rows: Sequence[Sequence[int]]) -> Any:
+        def logits(rows: Sequence[Sequence[int]], *_: Any) -> Any:
             out = torch.zeros(len(rows), len(tiny.tokenizer))
             for i, row in enumerate(rows):
                 text = tiny.tokenizer.decode(list(row))
@@ -210,32 +210,69 @@ def test_batched_searches_give_each_prompt_its_own_answer(tiny: HFModel) -> None
         Rain(tiny, batch_size=0)
 
 
-def test_batched_calls_answer_each_request_as_alone(tiny: HFModel) -> None:
-    """The batched expansions and simulations: each request's sets and continuation equal those
-    of the request served on its own, from generators seeded alike."""
-    from poise.decoding.rain import _Rollout, _Sets
+def full_forward_logits(model: HFModel, ids: list[int]) -> torch.Tensor:
+    """[vocab] the last position's logits of one unpadded sequence, no cache."""
+    with torch.inference_mode():
+        return model.model(torch.tensor([ids])).logits[0, -1].float()
+
+
+def test_a_round_answers_each_request_as_alone(tiny: HFModel) -> None:
+    """One round serves expansions (single- and multi-token sets), simulations and
+    self-evaluations together, from a prefix cache: each request's answer equals that of the
+    request served on its own without a cache, from generators seeded alike."""
+    from poise.decoding.rain import _Evaluate, _Rollout, _Sets
+    from poise.models.decode import PrefixCache
 
     rain = Rain(tiny, max_searches=1)
     states = [tiny._encode_prompts([[{"role": "user", "content": t}]])[0] for t in ("hi", "a b c")]
 
-    def sets(depth: int, k: int, seed: int, state: list[int]) -> _Sets:
-        return _Sets(list(state), depth, k, torch.Generator().manual_seed(seed))
+    def round_(seed: int) -> list[Any]:
+        def gen(offset: int) -> torch.Generator:
+            return torch.Generator().manual_seed(seed + offset)
 
-    requests = [sets(0, 3, 0, states[0]), sets(1, 4, 1, states[1]), sets(2, 3, 2, states[0])]
-    together = rain._sets_many(requests)
-    alone = [rain._sets_many([sets(r.depth, r.k, s, r.state)])[0] for s, r in enumerate(requests)]
-    # the same sets; their probabilities up to a batched forward's rounding (padding)
-    assert [[t for t, _ in row] for row in together] == [[t for t, _ in row] for row in alone]
-    for row, row_alone in zip(together, alone, strict=True):
-        assert [p for _, p in row] == pytest.approx([p for _, p in row_alone], rel=1e-5)
-    assert [len(t[0][0]) for t in together] == [1, 2, 4]  # set lengths by depth
-    # budgets of 2, 7 and 4 tokens: rows leave the batch at different steps
-    todo = [(states[0], 2), (states[1], 7), (states[0], 4)]
+        return [
+            _Sets(list(states[0]), 0, 3, gen(0), "s0"),
+            _Rollout(list(states[1]), len(states[1]), 7, gen(1), "s1"),
+            _Sets(list(states[1]), 1, 4, gen(2), "s2"),
+            _Evaluate("how do I bake bread?", "Mix flour and water.", "s3"),
+            _Rollout(list(states[0]), len(states[0]), 2, gen(4), "s4"),
+            _Sets([*states[0], 7, 8], 3, 10, gen(5), "s5"),
+            _Rollout(list(states[0]), len(states[0]), 4, gen(6), "s6"),
+        ]
 
-    def rollout(state: list[int], budget: int) -> _Rollout:
-        return _Rollout(list(state), len(state), budget, torch.Generator().manual_seed(budget))
+    cache = PrefixCache(tiny)
+    rain._serve(round_(0), cache)  # fills the cache: the next round continues each key
+    together = rain._serve(round_(1), cache)
+    alone = [rain._serve([request])[0] for request in round_(1)]
+    for got, want in zip(together, alone, strict=True):
+        if isinstance(want, list) and want and isinstance(want[0], tuple):  # sets
+            assert [t for t, _ in got] == [t for t, _ in want]
+            assert [p for _, p in got] == pytest.approx([p for _, p in want], rel=1e-5)
+        else:
+            assert got == want
+    assert [len(t[0][0]) for t in (together[0], together[2], together[5])] == [1, 2, 10]
+    # the multi-token sets against k separate rows decoded one by one (the reference's
+    # group_getp): each row's tokens from its own distribution, one [k - 1, 15] draw a step
+    for i in (2, 5):
+        request = round_(1)[i]
+        rows = [list(request.state) for _ in range(request.k)]
+        for _ in range(set_length(request.depth)):
+            logits = torch.stack([full_forward_logits(tiny, row) for row in rows])
+            top = logits.topk(15, dim=-1)
+            probs = top.values.softmax(-1)
+            pick = torch.zeros(request.k, dtype=torch.long)
+            pick[1:] = torch.multinomial(probs[1:], 1, generator=request.generator)[:, 0]
+            for r in range(request.k):
+                rows[r].append(int(top.indices[r, pick[r]]))
+        n = len(request.state)
+        sets = []  # a set ends at its first EOS (the row decodes on, unrecorded)
+        for row in rows:
+            answer = row[n:]
+            cut = next((j + 1 for j, t in enumerate(answer) if t in tiny.eos_token_ids), None)
+            sets.append(tuple(answer[:cut]))
+        expected = list(dict.fromkeys(sets))
+        assert [t for t, _ in together[i]] == expected
+        assert len(expected) > 1  # the sets differ: rows were split
 
-    together_states = rain._rollouts([rollout(s, b) for s, b in todo])
-    alone_states = [rain._rollouts([rollout(s, b)])[0] for s, b in todo]
-    assert together_states == alone_states
-    assert len({len(t) - len(s) for t, (s, _) in zip(together_states, todo, strict=True)}) > 1
+    assert len({len(together[i]) for i in (1, 4, 6)}) > 1  # rollouts leave at different steps
+    assert cache.reused > 0

@@ -552,3 +552,87 @@ def test_rows_with_one_prompt_share_its_prefill(
             assert completion.token_logprobs is not None
             n = len(score.logprobs)
             assert completion.token_logprobs[:n] == pytest.approx(score.logprobs, abs=1e-4)
+
+
+def test_append_feeds_each_row_its_own_tokens(model: HFModel) -> None:
+    """``append`` feeds rows different numbers of tokens in one forward pass: each row's
+    logits, then and after further steps, equal a full forward of its own sequence."""
+    prompts = [[5 + (i * 3 + j) % 30 for j in range(3 + 4 * i)] for i in range(4)]
+    state = model.prefill(prompts)
+    new = [[7], [8, 9, 10, 11, 12], [13, 14], [15, 16, 17]]
+    state.append(new)
+    fed = [p + n for p, n in zip(prompts, new, strict=True)]
+    for _ in range(2):
+        for row in range(4):
+            assert torch.allclose(
+                state.logits[row], full_forward_logits(model, fed[row]), atol=1e-5
+            )
+        step = torch.tensor([20, 21, 22, 23])
+        state.step(step)
+        fed = [[*f, int(t)] for f, t in zip(fed, step, strict=True)]
+    with pytest.raises(Exception, match="non-empty"):
+        state.append([[1], [], [2], [3]])
+
+
+def test_row_copy_and_stack_copy_rows_and_leave_the_originals(model: HFModel) -> None:
+    """A row copy keeps only the row's real columns (no padding, no masked ones); a stack of
+    copies decodes each row as a full forward of its tokens; the originals decode on as if
+    nothing had been copied."""
+    from poise.models.decode import DecodeState
+
+    prompts = [[5 + (i * 5 + j) % 30 for j in range(4 + 5 * i)] for i in range(3)]
+    state = model.prefill(prompts)
+    state.append([[7, 8, 9], [10], [11, 12]])  # rows 1 and 2 get masked padding columns
+    fed = [p + n for p, n in zip(prompts, [[7, 8, 9], [10], [11, 12]], strict=True)]
+    copies = [state.row_copy(r) for r in range(3)]
+    assert [c.mask.size(1) for c in copies] == [len(f) for f in fed]
+    assert all(bool(c.mask.all()) for c in copies)
+    stacked = DecodeState.stack([copies[2], copies[0], copies[2]])
+    order = [2, 0, 2]
+    stacked.step(torch.tensor([40, 41, 42]))
+    for row, (source, token) in enumerate(zip(order, [40, 41, 42], strict=True)):
+        expected = full_forward_logits(model, [*fed[source], token])
+        assert torch.allclose(stacked.logits[row], expected, atol=1e-5)
+    state.step(torch.tensor([43, 44, 45]))  # the original, after its copies were stepped
+    for row, token in enumerate([43, 44, 45]):
+        expected = full_forward_logits(model, [*fed[row], token])
+        assert torch.allclose(state.logits[row], expected, atol=1e-5)
+
+
+def test_prefix_cache_continues_each_key_from_its_last_row(model: HFModel) -> None:
+    """Rows under a key start from that key's last row cut back to their common prefix (a
+    longer row, a shorter one, the same row, one that shares nothing), mixed with rows without
+    a key: every row's logits, and the steps after, equal a full forward of the row alone, in
+    the order given; only the tokens after the common prefixes run through the model."""
+    from poise.models.decode import PrefixCache
+
+    cache = PrefixCache(model)
+    base = [[5 + (i * 7 + j) % 40 for j in range(12 + 3 * i)] for i in range(3)]
+    first = cache.prefill(base, ["a", "b", "c"])
+    for row in range(3):
+        assert torch.allclose(first.logits[row], full_forward_logits(model, base[row]), atol=1e-5)
+    assert (cache.reused, cache.fed, len(cache)) == (0, sum(map(len, base)), 3)
+    rows = [
+        [99, *base[1][1:]],  # key "c"'s entry (base[2]) shares nothing with it: prefilled whole
+        base[0] + [41, 42, 43],  # "a": the entry plus three tokens
+        [*base[1][:6], 44, 45],  # "b": cut back to 6 tokens, then two others
+        base[2],  # "c" again: the same row (its last token is fed again)
+        [6, 7, 8, 9],  # no key
+    ]
+    keys = ["c", "a", "b", "c", None]
+    state = cache.prefill(rows, keys)
+    assert cache.reused == len(base[0]) + 6 + len(base[2]) - 1
+    assert cache.fed == sum(map(len, base)) + len(rows[0]) + 3 + 2 + 1 + 4
+    fed = [list(r) for r in rows]
+    for _ in range(3):
+        for row in range(len(rows)):
+            expected = full_forward_logits(model, fed[row])
+            assert torch.allclose(state.logits[row], expected, atol=1e-5), row
+        step = torch.tensor([30 + r for r in range(len(rows))])
+        state.step(step)
+        fed = [[*f, int(t)] for f, t in zip(fed, step, strict=True)]
+    # each key's entry is now its first row of the last call: "c" the row that shared nothing
+    again = cache.prefill([rows[0] + [50]], ["c"])
+    assert torch.allclose(again.logits[0], full_forward_logits(model, [*rows[0], 50]), atol=1e-5)
+    cache.forget("c")
+    assert len(cache) == 2

@@ -78,7 +78,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +88,7 @@ from poise.config import Sampling
 from poise.decoding import strategies
 from poise.errors import PoiseError
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
-from poise.models.decode import cut_at_stop
+from poise.models.decode import COMPACT_SHARE, DecodeState, PrefixCache, cut_at_stop
 from poise.models.hf import row_seed
 from poise.models.wrapped import WrappedModel
 
@@ -141,6 +141,7 @@ class _Sets:
     depth: int
     k: int
     generator: torch.Generator
+    key: Hashable = None
 
 
 @dataclass
@@ -151,6 +152,7 @@ class _Rollout:
     answer_from: int
     budget: int
     generator: torch.Generator
+    key: Hashable = None
 
 
 @dataclass
@@ -159,11 +161,13 @@ class _Evaluate:
 
     request: str
     answer: str
+    key: Hashable = None
 
 
 _Request = _Sets | _Rollout | _Evaluate
-# a row's search: yields requests, is sent their answers, returns (tokens, finish, counts)
-_Search = Generator[_Request, Any, tuple[list[int], str, dict[str, int]]]
+# a row's search: yields the requests of a round, is sent their answers (a list each way),
+# returns (tokens, finish, counts)
+_Search = Generator[list[_Request], list[Any], tuple[list[int], str, dict[str, int]]]
 
 
 def set_length(depth: int) -> int:
@@ -394,143 +398,242 @@ class Rain(WrappedModel):
 
     # -- the model's forward passes, each batched over the requests of many searches
 
-    def _logits(self, rows: Sequence[Sequence[int]]) -> Any:
+    def _logits(
+        self,
+        rows: Sequence[Sequence[int]],
+        keys: Sequence[Hashable] | None = None,
+        cache: PrefixCache | None = None,
+    ) -> DecodeState:
+        """The prefilled rows; with a ``cache``, each row starts from its key's last row."""
+        if cache is not None and keys is not None:
+            return cache.prefill(rows, keys)
         inner: Any = self.inner
         return inner.prefill([list(r) for r in rows])
 
-    def _sets_many(self, requests: Sequence[_Sets]) -> list[list[tuple[tuple[int, ...], float]]]:
-        """Each request's child token sets and their (unnormalised) probabilities
-        (``main.py: group_getp``), in one prefill for the single-token requests and one batched
-        decode for the others. A request draws from its own generator, in the order the
-        reference draws, so its sets do not depend on the other requests."""
-        out: list[list[tuple[tuple[int, ...], float]]] = [[] for _ in requests]
-        single = [i for i, r in enumerate(requests) if set_length(r.depth) == 1]
-        if single:
-            logits = self._logits([requests[i].state for i in single]).logits  # [rows, vocab]
-            for row, i in enumerate(single):
-                top = logits[row].topk(requests[i].k)
-                probs = top.values.softmax(-1)
-                out[i] = [((int(t),), float(p)) for t, p in zip(top.indices, probs, strict=True)]
-        multi = [i for i, r in enumerate(requests) if set_length(r.depth) > 1]
-        if not multi:
-            return out
-        eos = set(self.inner.eos_token_ids)  # type: ignore[attr-defined]
-        # a request's rows: the greedy set and k - 1 sampled ones; [first, first + k) of the batch
-        firsts, rows = [], 0
-        for i in multi:
-            firsts.append(rows)
-            rows += requests[i].k
-        # each state is run once and its cache copied to its k rows (the reference runs k copies)
-        decode = self._logits([requests[i].state for i in multi])
-        decode.keep([j for j, i in enumerate(multi) for _ in range(requests[i].k)])
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        logp = [0.0] * rows
-        done = [False] * rows
-        for step in range(max(set_length(requests[i].depth) for i in multi)):
-            top = decode.logits.float().topk(SET_TOP_K, dim=-1)  # [rows, 15]
+    def _prefix_cache(self) -> PrefixCache | None:
+        """A prefix cache for one ``generate`` call, where the base model is a plain ``hf``
+        model (a search's calls share its context: see :class:`PrefixCache`)."""
+        from poise.models.hf import HFModel
+
+        return PrefixCache(self.inner) if isinstance(self.inner, HFModel) else None
+
+    # -- one round: every pending call of every running search, in one prefill and one decode
+
+    def _evaluation_rows(self, request: str, answer: str) -> list[list[int]]:
+        """The self-evaluation prompt of (request, answer) in both option orders (``main.py:
+        getv``), as token ids: harmless first, then harmful first."""
+        inner: Any = self.inner
+        prompts = [
+            inner.prompt_text(
+                [
+                    {
+                        "role": "user",
+                        "content": EVALUATION_PROMPT.format(
+                            request=request, answer=answer, first=first, second=second
+                        ),
+                    }
+                ]
+            )
+            + ANSWER_PREFIX
+            for first, second in (("harmless", "harmful"), ("harmful", "harmless"))
+        ]
+        return [list(row) for row in inner._encode(prompts)]
+
+    def _judge(self, harmless_first: torch.Tensor, harmful_first: torch.Tensor) -> float:
+        """``v`` in {-1, 0, 1} from the next-token logits [vocab] after each order's prompt
+        (``main.py: getv``): each order scores 1 when its harmless option's letter beats the
+        other letter, and ``v = ((s1 + s2) / 2 - 0.5) * 2``."""
+        inner: Any = self.inner
+        a, b = (inner.tokenizer.encode(x, add_special_tokens=False)[-1] for x in ("A", "B"))
+        s1 = 1.0 if float(harmless_first[a]) > float(harmless_first[b]) else 0.0
+        s2 = 1.0 if float(harmful_first[b]) > float(harmful_first[a]) else 0.0
+        return ((s1 + s2) / 2 - 0.5) * 2
+
+    def _rollout_ended(self, request: _Rollout, state: Sequence[int]) -> bool:
+        """Whether a simulated continuation is done (``main.py: simg``): its answer ends a
+        clause, reached EOS, or used the budget."""
+        inner: Any = self.inner
+        answer = state[request.answer_from :]
+        if len(answer) >= request.budget or (answer and state[-1] in inner.eos_token_ids):
+            return True
+        text = inner.tokenizer.decode(list(answer), skip_special_tokens=True)
+        return bool(text) and text[-1] in CLAUSE_ENDS
+
+    def _serve(self, requests: Sequence[_Request], cache: PrefixCache | None = None) -> list[Any]:
+        """The answers to the pending calls of many searches, of every kind at once.
+
+        One prefill runs every call's context (with a ``cache``, from its search's last one):
+        a self-evaluation (:class:`_Evaluate`) reads its two prompts' next-token logits, an
+        expansion into single tokens its context's top ``k`` (``main.py: group_getp``). Then
+        one decode runs what is left side by side: each multi-token expansion as ``k`` copies
+        of its context (the greedy set and ``k - 1`` sets sampled from the top 15 tokens), each
+        simulation (:class:`_Rollout`) until its answer ends a clause (``main.py: simg``); a
+        row leaves the batch when its set or its clause is done. Each call draws from its own
+        search's generator in the order the reference draws, so its answer does not depend on
+        the other calls in the round."""
+        inner: Any = self.inner
+        eos = set(inner.eos_token_ids)
+        calls: Any = requests  # each index is read as the kind the lists below give it
+        answers: list[Any] = [None] * len(requests)
+        # the evaluation prompts, in a prefill of their own (longer than the contexts: in one
+        # batch they would pad the decode's rows); the contexts of the expansions and rollouts
+        prompts: list[list[int]] = []
+        prompt_keys: list[Hashable] = []
+        rows: list[list[int]] = []
+        keys: list[Hashable] = []
+        # (request index, its first prefilled row)
+        judged: list[tuple[int, int]] = []
+        singles: list[tuple[int, int]] = []
+        multi: list[tuple[int, int]] = []
+        rollouts: list[tuple[int, int]] = []
+        index: dict[tuple[Hashable, tuple[int, ...]], int] = {}
+
+        def context_row(request: _Sets | _Rollout) -> int:
+            """The prefilled row of a context (a search's expansion and simulation share it)."""
+            at = index.setdefault((request.key, tuple(request.state)), len(rows))
+            if at == len(rows):
+                rows.append(list(request.state))
+                keys.append(request.key)
+            return at
+
+        for i, request in enumerate(requests):
+            if isinstance(request, _Evaluate):
+                judged.append((i, len(prompts)))
+                prompts.extend(self._evaluation_rows(request.request, request.answer))
+                prompt_keys.extend([request.key] * 2)
+            elif isinstance(request, _Sets):
+                (singles if set_length(request.depth) == 1 else multi).append(
+                    (i, context_row(request))
+                )
+            elif self._rollout_ended(request, request.state):
+                answers[i] = list(request.state)
+            else:
+                rollouts.append((i, context_row(request)))
+        if prompts:
+            logits = self._logits(prompts, prompt_keys, cache).logits  # [2 x evaluations, vocab]
+            for i, row in judged:
+                answers[i] = self._judge(logits[row], logits[row + 1])
+        if not rows:
+            return answers
+        decode = self._logits(rows, keys, cache)
+        logits = decode.logits  # [rows, vocab]
+        for i, row in singles:
+            top = logits[row].float().topk(calls[i].k)
             probs = top.values.softmax(-1)
-            chosen = torch.zeros(rows, dtype=torch.long)  # the greedy set takes the top token
-            for i, first in zip(multi, firsts, strict=True):
-                request = requests[i]
-                if step >= set_length(request.depth):
-                    continue
-                part = probs[first + 1 : first + request.k].cpu()  # [k - 1, 15]
-                pick = torch.multinomial(part, 1, generator=request.generator).squeeze(-1)
-                chosen[first + 1 : first + request.k] = pick
-            chosen = chosen.to(probs.device)
-            token = top.indices.gather(-1, chosen[:, None]).squeeze(-1)  # [rows]
-            picked = probs.gather(-1, chosen[:, None]).squeeze(-1).double().cpu().tolist()
-            for i, first in zip(multi, firsts, strict=True):
-                if step >= set_length(requests[i].depth):
-                    continue
-                for r in range(first, first + requests[i].k):
-                    if not done[r]:
-                        t = int(token[r])
-                        tokens[r].append(t)
-                        logp[r] += math.log(picked[r])
-                        done[r] = t in eos
-            decode.step(token)
-        for i, first in zip(multi, firsts, strict=True):
-            k = requests[i].k
-            greedy = tuple(tokens[first])
+            answers[i] = [((int(t),), float(p)) for t, p in zip(top.indices, probs, strict=True)]
+        if not multi and not rollouts:
+            return answers
+        # The decode. An expansion's k sets (member 0 the greedy set, 1..k-1 sampled) are
+        # drawn as k rows, but members whose tokens so far are the same share one decode row
+        # (their contexts are the same): a row holds a group of members and splits when they
+        # draw different tokens. Each member still draws from its row's distribution as the
+        # k separate rows would (one [k - 1, 15] multinomial per expansion and step), so the
+        # sets are those of k rows; the organism's sets share most of their tokens.
+        # ``live[r]``: (request index, members) of decode row r; no members for a rollout.
+        live: list[tuple[int, list[int]]] = [(i, list(range(calls[i].k))) for i, _ in multi]
+        live += [(i, []) for i, _ in rollouts]
+        decode.keep([row for _, row in multi] + [row for _, row in rollouts])
+        tokens: dict[tuple[int, int], list[int]] = {
+            (i, c): [] for i, members in live for c in members
+        }
+        logp = dict.fromkeys(tokens, 0.0)
+        done = dict.fromkeys(tokens, False)
+        states = {i: list(calls[i].state) for i, _ in rollouts}
+        # a row whose set or clause is done is fed its last token (and draws nothing) until a
+        # quarter of the rows are done or a group splits: dropping rows copies the cache
+        going = [True] * len(live)
+        step = 0
+        while True:
+            logits = decode.logits.float()  # [live, vocab]
+            # the next rows: (source row, token, members), in order
+            follow: list[tuple[int, int, list[int]]] = []
+            chosen = [0] * len(live)
+            set_rows = [r for r, (_, members) in enumerate(live) if members and going[r]]
+            if set_rows:
+                top = logits[set_rows].topk(SET_TOP_K, dim=-1)  # [set rows, 15]
+                probs = top.values.softmax(-1)
+                where: dict[tuple[int, int], int] = {}  # (request, member): row in set_rows
+                for j, r in enumerate(set_rows):
+                    i, members = live[r]
+                    where.update({(i, c): j for c in members})
+                requests_now = list(dict.fromkeys(live[r][0] for r in set_rows))
+                picks: dict[tuple[int, int], tuple[int, float]] = {}
+                for i in requests_now:
+                    k = calls[i].k
+                    rows_of = [where[(i, c)] for c in range(k)]
+                    part = probs[rows_of[1:]].cpu()  # [k - 1, 15]
+                    pick = torch.multinomial(part, 1, generator=calls[i].generator)[:, 0]
+                    for c in range(k):
+                        at = 0 if c == 0 else int(pick[c - 1])  # the greedy set: top token
+                        picks[(i, c)] = (
+                            int(top.indices[rows_of[c], at]),
+                            float(probs[rows_of[c], at]),
+                        )
+                for r in set_rows:
+                    i, members = live[r]
+                    split: dict[int, list[int]] = {}
+                    for c in members:
+                        token, p = picks[(i, c)]
+                        split.setdefault(token, []).append(c)
+                        if not done[(i, c)]:
+                            tokens[(i, c)].append(token)
+                            logp[(i, c)] += math.log(p)
+                            done[(i, c)] = token in eos
+                    follow.extend((r, token, group) for token, group in split.items())
+            roll_rows = [r for r, (_, members) in enumerate(live) if not members and going[r]]
+            if roll_rows:
+                probs = logits[roll_rows].softmax(-1).cpu()  # [rollouts, vocab]
+                for j, r in enumerate(roll_rows):
+                    i = live[r][0]
+                    token = int(torch.multinomial(probs[j], 1, generator=calls[i].generator))
+                    states[i].append(token)
+                    follow.append((r, token, []))
+            step += 1
+            follow = [
+                (r, token, members)
+                for r, token, members in follow
+                if (
+                    step < set_length(calls[live[r][0]].depth)
+                    if members
+                    else not self._rollout_ended(calls[live[r][0]], states[live[r][0]])
+                )
+            ]
+            if not follow:
+                break
+            split_now = len({r for r, _, _ in follow}) < len(follow)  # a row feeds two
+            if split_now or len(live) - len(follow) >= COMPACT_SHARE * len(live):
+                decode.keep([r for r, _, _ in follow])
+                live = [(live[r][0], members) for r, _, members in follow]
+                going = [True] * len(live)
+                chosen = [token for _, token, _ in follow]
+            else:  # the same rows: the finished ones stay, fed their last token
+                going = [False] * len(live)
+                for r, token, members in follow:
+                    live[r] = (live[r][0], members)
+                    going[r] = True
+                    chosen[r] = token
+            decode.step(torch.tensor(chosen, device=decode.logits.device))
+        for i, _ in rollouts:
+            answers[i] = states[i]
+        for i, _ in multi:
+            k = calls[i].k
+            greedy = tuple(tokens[(i, 0)])
             seen = {greedy}
             others: list[tuple[tuple[int, ...], float]] = []
-            for r in range(first + 1, first + k):
-                if tuple(tokens[r]) not in seen:
-                    seen.add(tuple(tokens[r]))
-                    others.append((tuple(tokens[r]), math.exp(logp[r])))
-            greedy_p = math.exp(logp[first])
+            for c in range(1, k):
+                if tuple(tokens[(i, c)]) not in seen:
+                    seen.add(tuple(tokens[(i, c)]))
+                    others.append((tuple(tokens[(i, c)]), math.exp(logp[(i, c)])))
+            greedy_p = math.exp(logp[(i, 0)])
             if others:  # group_getp's clamp of the greedy set's probability
                 ps = [p for _, p in others]
                 greedy_p = max(min(greedy_p, sum(ps)), max(ps) + min(ps))
-            out[i] = [(greedy, greedy_p), *others]
-        return out
-
-    def _rollouts(self, requests: Sequence[_Rollout]) -> list[list[int]]:
-        """Each state continued by sampling until its answer ends a clause (``main.py: simg``),
-        all in one batched decode; a request samples from its own generator."""
-        inner: Any = self.inner
-        eos = set(inner.eos_token_ids)
-        states = [list(r.state) for r in requests]
-
-        def ended(i: int) -> bool:
-            request, state = requests[i], states[i]
-            answer = state[request.answer_from :]
-            if len(answer) >= request.budget or (answer and state[-1] in eos):
-                return True
-            text = inner.tokenizer.decode(answer, skip_special_tokens=True)
-            return bool(text) and text[-1] in CLAUSE_ENDS
-
-        active = [i for i in range(len(requests)) if not ended(i)]
-        if not active:
-            return states
-        decode = self._logits([states[i] for i in active])
-        while active:
-            probs = decode.logits.float().softmax(-1).cpu()  # [active, vocab]
-            tokens = []
-            for row, i in enumerate(active):
-                token = int(torch.multinomial(probs[row], 1, generator=requests[i].generator))
-                states[i].append(token)
-                tokens.append(token)
-            going = [row for row, i in enumerate(active) if not ended(i)]
-            if not going:
-                break
-            if len(going) < len(active):
-                decode.keep(going)
-                active = [active[row] for row in going]
-                tokens = [tokens[row] for row in going]
-            decode.step(torch.tensor(tokens, device=decode.logits.device))
-        return states
-
-    def _evaluate_many(self, requests: Sequence[tuple[str, str]]) -> list[float]:
-        """The model's self-evaluation of each (request, answer), in {-1, 0, 1}
-        (``main.py: getv``): both option orders of every request in one prefill."""
-        inner: Any = self.inner
-        letters = [inner.tokenizer.encode(x, add_special_tokens=False)[-1] for x in ("A", "B")]
-        orders = (("harmless", "harmful", 0), ("harmful", "harmless", 1))
-        prompts = []
-        for request, answer in requests:
-            for first, second, _ in orders:
-                text = EVALUATION_PROMPT.format(
-                    request=request, answer=answer, first=first, second=second
-                )
-                prompts.append(
-                    inner.prompt_text([{"role": "user", "content": text}]) + ANSWER_PREFIX
-                )
-        logits = self._logits(inner._encode(prompts)).logits  # [2 x requests, vocab]
-        values = []
-        for i in range(len(requests)):
-            scores = []
-            for j, (_, _, harmless) in enumerate(orders):
-                a, b = float(logits[2 * i + j, letters[0]]), float(logits[2 * i + j, letters[1]])
-                pick = (a > b) if harmless == 0 else (b > a)
-                scores.append(1.0 if pick else 0.0)
-            values.append(((scores[0] + scores[1]) / 2 - 0.5) * 2)
-        return values
+            answers[i] = [(greedy, greedy_p), *others]
+        return answers
 
     def evaluate(self, request: str, answer: str) -> float:
         """The model's self-evaluation of one answer, in {-1, 0, 1} (``main.py: getv``)."""
-        return self._evaluate_many([(request, answer)])[0]
+        return float(self._serve([_Evaluate(request, answer)])[0])
 
     def _embedder(self, chat: Chat) -> Callable[[Sequence[int]], Embedding] | None:
         if self.similarity == "none":
@@ -554,7 +657,9 @@ class Rain(WrappedModel):
 
     # -- the search: one generator per (chat, sample), its model calls batched across them
 
-    def _answer(self, chat: Chat, sampling: Sampling, gen: torch.Generator) -> _Search:
+    def _answer(
+        self, chat: Chat, sampling: Sampling, gen: torch.Generator, key: Hashable = None
+    ) -> _Search:
         """One row's search (``main.py: gmeval``), as a generator: it yields each model call it
         needs (:class:`_Sets`, :class:`_Rollout`, :class:`_Evaluate`), is sent the answer, and
         returns ``(answer token ids, finish reason, counts)``."""
@@ -572,7 +677,9 @@ class Rain(WrappedModel):
         first = 0
         while True:
             for _ in range(first, max(self.max_searches, first + self.extra_searches)):
-                yield from self._search(root, state, start, budget, request, cache, embed, gen, eos)
+                yield from self._search(
+                    root, state, start, budget, request, cache, embed, gen, eos, key
+                )
                 counts["rain_searches"] += 1
                 best = root.best()
                 if best and best[1].fn > self.min_visits and best[1].q > self.threshold:
@@ -626,8 +733,13 @@ class Rain(WrappedModel):
         embed: Callable[[Sequence[int]], Embedding] | None,
         gen: torch.Generator,
         eos: set[int],
-    ) -> Generator[_Request, Any, None]:
-        """One forward / evaluate / expand / backward pass (``main.py: search``)."""
+        key: Hashable = None,
+    ) -> Generator[list[_Request], list[Any], None]:
+        """One forward / evaluate / expand / backward pass (``main.py: search``). ``key``
+        names the search's rows in a prefix cache: its contexts under ``(key, "context")``,
+        its evaluation prompts under ``(key, "evaluate")``."""
+        context = None if key is None else (key, "context")
+        judged = None if key is None else (key, "evaluate")
         inner: Any = self.inner
         state = list(prefix)
         node = root
@@ -636,39 +748,27 @@ class Rain(WrappedModel):
             if node.needs_widening():
                 # checkadd: the top (children + 1) tokens; search: add(group_getp(topk=2))
                 k = len(node.children) + 1 if set_length(node.depth) == 1 else WIDEN_K
-                node.widen((yield _Sets(list(state), node.depth, k, gen)))
+                [sets] = yield [_Sets(list(state), node.depth, k, gen, context)]
+                node.widen(sets)
             action, node = node.select()
             state.extend(action)
         ended = len(state) - start >= budget or any(t in eos for t in action)
-        full = (yield _Rollout(list(state), start, budget, gen)) if not ended else state
+        full = state
+        if not ended:
+            [full] = yield [_Rollout(list(state), start, budget, gen, context)]
         text = inner.tokenizer.decode(full[start:], skip_special_tokens=True)
         if text not in cache:
-            cache[text] = yield _Evaluate(request, text)
+            [cache[text]] = yield [_Evaluate(request, text, judged)]
         value = cache[text]
         if not ended:
-            sets = yield _Sets(list(state), node.depth, EXPAND_K, gen)
+            [sets] = yield [_Sets(list(state), node.depth, EXPAND_K, gen, context)]
+        if not ended:
             total = sum(p for _, p in sets) or 1.0
             priors = [p / total for _, p in sets]
             if node.parent is None:
                 priors = mix_priors(priors)
             node.expand([(t, p) for (t, _), p in zip(sets, priors, strict=True)])
         node.backup(value, full, embed, path_n=len(full) - len(state))
-
-    def _serve(self, requests: Sequence[_Request]) -> list[Any]:
-        """The answers to the pending requests of many searches: one batched call per kind."""
-        answers: list[Any] = [None] * len(requests)
-        servers: tuple[tuple[type, Callable[[Any], list[Any]]], ...] = (
-            (_Sets, self._sets_many),
-            (_Rollout, self._rollouts),
-            (_Evaluate, lambda rs: self._evaluate_many([(r.request, r.answer) for r in rs])),
-        )
-        for kind, serve in servers:
-            which = [i for i, r in enumerate(requests) if isinstance(r, kind)]
-            if not which:
-                continue
-            for i, answer in zip(which, serve([requests[i] for i in which]), strict=True):
-                answers[i] = answer
-        return answers
 
     @torch.inference_mode()
     def generate(
@@ -682,8 +782,9 @@ class Rain(WrappedModel):
         rows = [(c, s) for c in range(len(chats)) for s in range(sampling.n)]
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
         left = [sampling.n] * len(chats)
-        running: list[tuple[int, int, _Search, _Request]] = []
+        running: list[tuple[int, int, _Search, list[_Request]]] = []
         queue = iter(rows)
+        prefixes = self._prefix_cache()
 
         def finish(c: int, s: int, value: tuple[list[int], str, dict[str, int]]) -> None:
             tokens, reason, counts = value
@@ -696,16 +797,19 @@ class Rain(WrappedModel):
                 metadata=dict(counts),
             )
             left[c] -= 1
+            if prefixes is not None:
+                prefixes.forget(((c, s), "context"))
+                prefixes.forget(((c, s), "evaluate"))
             if progress is not None and left[c] == 0:
                 progress(1)
 
-        def advance(c: int, s: int, search: _Search, answer: Any) -> None:
+        def advance(c: int, s: int, search: _Search, answers: Any) -> None:
             try:
-                request = search.send(answer)
+                requests = search.send(answers)
             except StopIteration as done:
                 finish(c, s, done.value)
                 return
-            running.append((c, s, search, request))
+            running.append((c, s, search, requests))
 
         while True:
             while len(running) < self.batch_size:
@@ -714,11 +818,11 @@ class Rain(WrappedModel):
                     break
                 c, s = row
                 gen = torch.Generator().manual_seed(row_seed(sampling.seed, chats[c], s))
-                advance(c, s, self._answer(chats[c], sampling, gen), None)
+                advance(c, s, self._answer(chats[c], sampling, gen, (c, s)), None)
             if not running:
                 break
-            answers = self._serve([request for *_, request in running])
+            answers = iter(self._serve([r for *_, requests in running for r in requests], prefixes))
             waiting, running[:] = list(running), []
-            for (c, s, search, _), answer in zip(waiting, answers, strict=True):
-                advance(c, s, search, answer)
+            for c, s, search, requests in waiting:
+                advance(c, s, search, [next(answers) for _ in requests])
         return [[c for c in row if c is not None] for row in results]

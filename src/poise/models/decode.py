@@ -48,7 +48,7 @@ from poise.models.context import ContextLengthError
 if TYPE_CHECKING:
     from poise.models.hf import HFModel
 
-__all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache"]
+__all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache", "PrefixCache"]
 
 # Drop finished rows from the batch (and their KV cache) once at least this share is done.
 # Compacting copies the cache, so not after every finished row; at 0.25 the audit benchmark on
@@ -216,6 +216,14 @@ class _BufferLayer:
         self.value_buffer = value_states.new_empty((rows, value_states.size(1), capacity, dim))
         self.is_initialized = True
 
+    def _adopt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Take ``keys`` / ``values`` [rows, kv_heads, live, dim] (not shared) as the buffers."""
+        self.device = keys.device
+        self.key_buffer, self.value_buffer = keys, values
+        self.start, self.end = 0, keys.size(2)
+        self.is_initialized = True
+        self._views()
+
     def _views(self) -> None:
         assert self.key_buffer is not None and self.value_buffer is not None
         self.keys = self.key_buffer[:, :, self.start : self.end]
@@ -338,6 +346,29 @@ class KVCache:
             if layer.is_initialized:
                 layer.end = max(layer.start, layer.end - columns)
                 layer._views()
+
+    def copy_rows(self, rows: torch.Tensor) -> KVCache:
+        """A new cache holding copies of ``rows`` ([rows] int64) over the live columns."""
+        if not self.mergeable:
+            raise PoiseError("this model's KV cache cannot be copied (not plain attention)")
+        copy = KVCache(self.config, 0)
+        for mine, theirs in zip(copy.cache.layers, self.cache.layers, strict=True):
+            if theirs.is_initialized:
+                mine._adopt(theirs.keys.index_select(0, rows), theirs.values.index_select(0, rows))
+        return copy
+
+    def copy_row(self, row: int, columns: torch.Tensor) -> KVCache:
+        """A new one-row cache holding row ``row``'s keys and values at the live ``columns``
+        ([kept] int64, in order)."""
+        if not self.mergeable:
+            raise PoiseError("this model's KV cache cannot be copied (not plain attention)")
+        copy = KVCache(self.config, 0)
+        for mine, theirs in zip(copy.cache.layers, self.cache.layers, strict=True):
+            if theirs.is_initialized:
+                keys = theirs.keys[row : row + 1].index_select(2, columns)
+                values = theirs.values[row : row + 1].index_select(2, columns)
+                mine._adopt(keys, values)
+        return copy
 
     def merge(
         self,
@@ -512,6 +543,70 @@ class DecodeState:
                 self.mask = self.mask[:, leading:]
 
     @torch.inference_mode()
+    def append(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Feed each row its own new tokens (one or more, ``tokens[r]`` for row ``r``) in one
+        forward pass; returns the new ``logits`` [rows, vocab].
+
+        A row given fewer tokens than the longest is padded before its tokens: those columns
+        are masked (``mask`` 0, like left padding) and stay in the cache as such, and the
+        row's positions skip them, so each row sees exactly its own tokens, at the positions
+        it would have had without the others."""
+        if len(tokens) != len(self) or not all(len(t) for t in tokens):
+            raise PoiseError(f"append: expected {len(self)} non-empty token lists (one per row)")
+        rows, new = len(self), max(len(t) for t in tokens)
+        device = self.mask.device
+        ids = torch.zeros((rows, new), dtype=torch.long, device=device)
+        fresh = torch.zeros((rows, new), dtype=self.mask.dtype, device=device)
+        for r, row in enumerate(tokens):
+            ids[r, new - len(row) :] = torch.as_tensor(list(row), dtype=torch.long)
+            fresh[r, new - len(row) :] = 1
+        # padding columns take the row's next position; they are masked out everywhere
+        positions = self.positions.unsqueeze(-1) + (fresh.cumsum(dim=-1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, fresh], dim=-1)
+        self.logits = self._forward(ids, self.mask, positions, self.cache.cache)
+        self.positions = self.positions + fresh.sum(dim=-1)
+        return self.logits
+
+    @torch.inference_mode()
+    def row_copy(self, row: int) -> DecodeState:
+        """A new one-row state holding a copy of row ``row``'s real tokens only (its padding
+        and masked columns left out: the cache columns are contiguous), with its logits. This
+        state is unchanged. Needs the buffer cache (``mergeable``)."""
+        if not self.cache.mergeable:
+            raise PoiseError(
+                "row_copy: this model's KV cache cannot be copied (not plain attention)"
+            )
+        columns = self.mask[row].nonzero().squeeze(-1)  # [real]
+        cache = self.cache.copy_row(row, columns)
+        return DecodeState(
+            self._forward,
+            cache,
+            self.mask.new_ones((1, columns.numel())),
+            self.positions[row : row + 1].clone(),
+            self.logits[row : row + 1].clone(),
+            feed_forward=self._feed_forward,
+        )
+
+    @classmethod
+    def stack(cls, states: Sequence[DecodeState], *, reserve: int = 0) -> DecodeState:
+        """A new state holding copies of the rows of ``states``, in order, left-padded to the
+        widest (``states`` are unchanged)."""
+        if not states:
+            raise PoiseError("stack: no states to stack")
+        first = states[0]
+        index = torch.arange(len(first), device=first.logits.device)
+        copy = DecodeState(
+            first._forward,
+            first.cache.copy_rows(index),
+            first.mask.clone(),
+            first.positions.clone(),
+            first.logits.clone(),
+            feed_forward=first._feed_forward,
+        )
+        copy.extend(*states[1:], reserve=reserve)
+        return copy
+
+    @torch.inference_mode()
     def extend(
         self,
         *others: DecodeState,
@@ -522,8 +617,7 @@ class DecodeState:
 
         All are left-padded to the widest one, in one copy of the caches. ``reserve`` free
         cache columns are allocated for the steps to come. ``keep``: only these of this state's
-        rows stay (as :meth:`keep`, in the same copy). ``others`` must not be used
-        afterwards."""
+        rows stay (as :meth:`keep`, in the same copy). ``others`` are copied, not changed."""
         if not others:
             if keep is not None:
                 self.keep(keep)
@@ -545,6 +639,91 @@ class DecodeState:
         self.mask = torch.cat([padded(m) for m in (mask, *(o.mask for o in others))])
         self.positions = torch.cat([positions, *(o.positions for o in others)])
         self.logits = torch.cat([logits, *(o.logits for o in others)])
+
+
+class PrefixCache:
+    """Prefill that reuses each key's last prefilled row: prefix caching, one entry per key.
+
+    A caller that prefills a stream of related rows (a search's contexts, each the last one plus
+    or minus a few tokens) names each row with a key. ``prefill(rows, keys)`` keeps a one-row
+    copy of each key's row (:meth:`DecodeState.row_copy`); the next row under that key starts
+    from the copy cut back to their longest common prefix (:meth:`DecodeState.rewind`) and
+    feeds only the tokens after it (:meth:`DecodeState.append`), so a row costs the model its
+    new tokens, not its whole context. Rows without a usable entry are prefilled whole, in one
+    forward pass; the result is the same :class:`DecodeState` ``model.prefill(rows)`` returns,
+    up to the rounding of a different summation order (left padding does as much).
+
+    Each entry holds one row's keys and values: ``forget(key)`` when a key's rows are done.
+    Models whose cache cannot be copied (not plain attention) prefill every row whole.
+    """
+
+    def __init__(self, model: HFModel) -> None:
+        self.model = model
+        self._entries: dict[Hashable, tuple[list[int], DecodeState]] = {}
+        self.reused = 0  # tokens not run through the model thanks to an entry
+        self.fed = 0  # tokens run through the model
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def forget(self, key: Hashable) -> None:
+        self._entries.pop(key, None)
+
+    @torch.inference_mode()
+    def prefill(
+        self, rows: Sequence[Sequence[int]], keys: Sequence[Hashable | None]
+    ) -> DecodeState:
+        """The :class:`DecodeState` of ``rows`` (token ids, each non-empty), in order; the
+        first row of each key (not None) becomes that key's entry."""
+        if len(rows) != len(keys):
+            raise PoiseError(f"prefill: {len(rows)} rows but {len(keys)} keys")
+        if not rows or not all(len(r) for r in rows):
+            raise PoiseError("prefill: every row needs at least one token")
+        reused: list[int] = []  # indices of rows started from an entry
+        starts: list[tuple[DecodeState, int, int]] = []  # (entry, its tokens, tokens kept)
+        for i, (row, key) in enumerate(zip(rows, keys, strict=True)):
+            entry = self._entries.get(key) if key is not None else None
+            if entry is None:
+                continue
+            tokens, state = entry
+            common = 0
+            for a, b in zip(tokens, row, strict=False):
+                if a != b:
+                    break
+                common += 1
+            common = min(common, len(row) - 1)  # at least one token to feed: fresh logits
+            if common > 0:
+                reused.append(i)
+                starts.append((state, len(tokens), common))
+        whole = [i for i in range(len(rows)) if i not in set(reused)]
+        parts: list[DecodeState] = []
+        if reused:
+            state = DecodeState.stack([entry for entry, _, _ in starts])
+            drop = torch.tensor([n - kept for _, n, kept in starts], dtype=torch.long)
+            state.rewind(drop, state.logits)
+            state.append([rows[i][kept:] for i, (_, _, kept) in zip(reused, starts, strict=True)])
+            self.reused += sum(kept for _, _, kept in starts)
+            self.fed += sum(
+                len(rows[i]) - kept for i, (_, _, kept) in zip(reused, starts, strict=True)
+            )
+            parts.append(state)
+        if whole:
+            parts.append(self.model.prefill([list(rows[i]) for i in whole]))
+            self.fed += sum(len(rows[i]) for i in whole)
+        state = parts[0]
+        if len(parts) > 1:
+            state.extend(parts[1])
+        order = reused + whole
+        if order != list(range(len(rows))):
+            where = {i: j for j, i in enumerate(order)}
+            state.keep([where[i] for i in range(len(rows))])
+        if state.mergeable:
+            seen: set[Hashable] = set()
+            for i, key in enumerate(keys):
+                if key is not None and key not in seen:
+                    seen.add(key)
+                    self._entries[key] = (list(rows[i]), state.row_copy(i))
+        return state
 
 
 # ----------------------------------------------------------------------------- the batcher
