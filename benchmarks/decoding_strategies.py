@@ -252,7 +252,7 @@ def bench_deal(chats: list[Any], max_new_tokens: int, batch_size: int, repeats: 
     )
 
 
-def bench_rain(chats: list[Any], max_new_tokens: int, searches: int) -> None:
+def bench_rain(chats: list[Any], max_new_tokens: int, searches: int, repeats: int) -> None:
     from poise.config import Sampling
     from poise.decoding.rain import Rain
     from poise.models import load_model
@@ -266,25 +266,19 @@ def bench_rain(chats: list[Any], max_new_tokens: int, searches: int) -> None:
         batch_size=max(1, len(chats)),
     )
     greedy = Sampling(max_new_tokens=max_new_tokens)
+    base.generate(chats[:2], greedy)  # warm up before timing plain decoding
     start = time.perf_counter()
     plain = base.generate(chats, greedy)
-    plain_s = time.perf_counter() - start
-    start = time.perf_counter()
-    searched = rain.generate(chats, greedy)
-    rain_s = time.perf_counter() - start
-    start = time.perf_counter()
-    looped = [rain.generate([chat], greedy)[0] for chat in chats]
-    alone = time.perf_counter() - start
-    same = [c.text for r in searched for c in r] == [c.text for r in looped for c in r]
-    plain_ms = plain_s / max(1, _tokens(plain)) * 1e3
-    rain_ms = rain_s / max(1, _tokens(searched)) * 1e3
-    alone_ms = alone / max(1, _tokens(looped)) * 1e3
-    runs = sum(c.metadata["rain_searches"] for r in searched for c in r if c.metadata)
+    plain_ms = (time.perf_counter() - start) / max(1, _tokens(plain)) * 1e3
+    sides = batched_vs_per_prompt(rain, chats, greedy, repeats)
+    rain_ms = sides.together / max(1, _tokens(sides.batched)) * 1e3
+    runs = sum(c.metadata["rain_searches"] for r in sides.batched for c in r if c.metadata)
     print(
-        f"rain     max_searches={searches}, {len(chats)} prompts: plain greedy "
-        f"{plain_ms:.1f} ms/token, RAIN batched {rain_ms:.1f} ms/token ({rain_s:.2f} s, {runs} "
-        f"searches), {rain_ms / plain_ms:.0f}x the cost per token; per prompt {alone_ms:.1f} "
-        f"ms/token ({alone:.2f} s), batched {alone / rain_s:.2f}x faster (same answers: {same})"
+        f"rain     max_searches={searches}, {len(chats)} prompts, median of {repeats}: plain "
+        f"greedy {plain_ms:.1f} ms/token, RAIN batched {rain_ms:.1f} ms/token "
+        f"({sides.together:.2f} s, {runs} searches), {rain_ms / plain_ms:.0f}x the cost per "
+        f"token; per prompt {sides.alone:.2f} s, batched vs per-prompt "
+        f"{sides.alone / sides.together:.2f}x (runs {sides.runs()}; same answers: {sides.same})"
     )
 
 
@@ -302,7 +296,10 @@ def main() -> None:
         "--speculative", default="2,4", help="draft tokens per round to compare (comma list)"
     )
     parser.add_argument(
-        "--repeats", type=int, default=3, help="eft_speculative / best_of_n / deal: runs per side"
+        "--repeats",
+        type=int,
+        default=3,
+        help="eft_speculative / best_of_n / deal / rain: runs per side",
     )
     parser.add_argument(
         "--batch-size",
@@ -323,7 +320,7 @@ def main() -> None:
     if args.only in (None, "deal"):
         bench_deal(chats, args.max_new_tokens, args.batch_size, args.repeats)
     if args.only in (None, "rain"):
-        bench_rain(chats, args.max_new_tokens, args.rain_searches)
+        bench_rain(chats, args.max_new_tokens, args.rain_searches, args.repeats)
 
 
 if __name__ == "__main__":

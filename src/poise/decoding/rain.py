@@ -449,6 +449,32 @@ class Rain(WrappedModel):
         s2 = 1.0 if float(harmful_first[b]) > float(harmful_first[a]) else 0.0
         return ((s1 + s2) / 2 - 0.5) * 2
 
+    def _judgements(
+        self,
+        prompts: Sequence[Sequence[int]],
+        keys: Sequence[Hashable],
+        cache: PrefixCache | None,
+    ) -> torch.Tensor:
+        """The next-token logits [rows, vocab] after each evaluation prompt (rows in pairs:
+        the two option orders of one evaluation). With a ``cache``, a pair's common part (all
+        but the options' tails) runs once, from its key's last one, and is copied to the two
+        rows that then read their own tails."""
+        if cache is None:
+            return self._logits(prompts, keys).logits
+        shared, tails = [], []
+        for first, second in zip(prompts[::2], prompts[1::2], strict=True):
+            common = 0
+            for a, b in zip(first, second, strict=False):
+                if a != b:
+                    break
+                common += 1
+            common = min(common, len(first) - 1, len(second) - 1)
+            shared.append(list(first[:common]))
+            tails += [list(first[common:]), list(second[common:])]
+        state = self._logits(shared, keys[::2], cache)
+        state.keep([j for j in range(len(shared)) for _ in range(2)])
+        return state.append(tails)
+
     def _rollout_ended(self, request: _Rollout, state: Sequence[int]) -> bool:
         """Whether a simulated continuation is done (``main.py: simg``): its answer ends a
         clause, reached EOS, or used the budget."""
@@ -510,7 +536,7 @@ class Rain(WrappedModel):
             else:
                 rollouts.append((i, context_row(request)))
         if prompts:
-            logits = self._logits(prompts, prompt_keys, cache).logits  # [2 x evaluations, vocab]
+            logits = self._judgements(prompts, prompt_keys, cache)  # [2 x evaluations, vocab]
             for i, row in judged:
                 answers[i] = self._judge(logits[row], logits[row + 1])
         if not rows:

@@ -270,9 +270,13 @@ class _BufferLayer:
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
             assert self.key_buffer is not None and self.value_buffer is not None
-            # one gather of the whole buffer; its free columns come along unread
-            self.key_buffer = self.key_buffer[indices]
-            self.value_buffer = self.value_buffer[indices]
+            # one gather of the live columns and some of the free ones after them (unread:
+            # they are written before they are read); not the trimmed columns before them
+            free = min(self.key_buffer.size(2) - self.end, max(self.reserve, _GROW_COLUMNS))
+            columns = slice(self.start, self.end + free)
+            self.key_buffer = self.key_buffer[:, :, columns].index_select(0, indices)
+            self.value_buffer = self.value_buffer[:, :, columns].index_select(0, indices)
+            self.start, self.end = 0, self.end - self.start
             self._views()
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
