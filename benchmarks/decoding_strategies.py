@@ -252,18 +252,19 @@ def bench_deal(chats: list[Any], max_new_tokens: int, batch_size: int, repeats: 
     )
 
 
-def bench_rain(chats: list[Any], max_new_tokens: int, searches: int, repeats: int) -> None:
+def bench_rain(
+    chats: list[Any], max_new_tokens: int, searches: int, repeats: int, batch_size: int | None
+) -> None:
     from poise.config import Sampling
     from poise.decoding.rain import Rain
     from poise.models import load_model
 
     base = load_model("organism-large")
-    # every prompt's search in one lockstep batch, against the same search one prompt at a time
+    # the prompts' searches in lockstep batches (default: all in one), against the same search
+    # one prompt at a time
+    lockstep = batch_size or max(1, len(chats))
     rain = Rain(
-        base,
-        max_searches=searches,
-        extra_searches=max(1, searches // 2),
-        batch_size=max(1, len(chats)),
+        base, max_searches=searches, extra_searches=max(1, searches // 2), batch_size=lockstep
     )
     greedy = Sampling(max_new_tokens=max_new_tokens)
     base.generate(chats[:2], greedy)  # warm up before timing plain decoding
@@ -274,7 +275,8 @@ def bench_rain(chats: list[Any], max_new_tokens: int, searches: int, repeats: in
     rain_ms = sides.together / max(1, _tokens(sides.batched)) * 1e3
     runs = sum(c.metadata["rain_searches"] for r in sides.batched for c in r if c.metadata)
     print(
-        f"rain     max_searches={searches}, {len(chats)} prompts, median of {repeats}: plain "
+        f"rain     max_searches={searches}, {len(chats)} prompts, {lockstep} searches in "
+        f"lockstep, median of {repeats}: plain "
         f"greedy {plain_ms:.1f} ms/token, RAIN batched {rain_ms:.1f} ms/token "
         f"({sides.together:.2f} s, {runs} searches), {rain_ms / plain_ms:.0f}x the cost per "
         f"token; per prompt {sides.alone:.2f} s, batched vs per-prompt "
@@ -292,6 +294,12 @@ def main() -> None:
         "--only", choices=["eft", "eft_speculative", "best_of_n", "deal", "rain"], default=None
     )
     parser.add_argument("--rain-searches", type=int, default=8, help="RAIN's max_searches")
+    parser.add_argument(
+        "--rain-batch-size",
+        type=int,
+        default=None,
+        help="RAIN's searches in lockstep (default: every prompt's; fewer: a queue refills it)",
+    )
     parser.add_argument(
         "--speculative", default="2,4", help="draft tokens per round to compare (comma list)"
     )
@@ -320,7 +328,9 @@ def main() -> None:
     if args.only in (None, "deal"):
         bench_deal(chats, args.max_new_tokens, args.batch_size, args.repeats)
     if args.only in (None, "rain"):
-        bench_rain(chats, args.max_new_tokens, args.rain_searches, args.repeats)
+        bench_rain(
+            chats, args.max_new_tokens, args.rain_searches, args.repeats, args.rain_batch_size
+        )
 
 
 if __name__ == "__main__":
