@@ -62,10 +62,18 @@ Each (chat, sample) is searched on its own tree, seeded per row as every poise m
 row. The reference searches one prompt at a time; poise runs ``batch_size`` searches (default 32)
 in lockstep, each written as a generator of the model calls it needs (expand a node, simulate a
 continuation, evaluate an answer): every round, the pending calls of all running searches are
-answered in one batched forward per kind, each search drawing from its own generator in its own
-order. A row's answer is therefore the one the per-prompt search gives, up to the rounding of a
-batched forward (left padding changes the order of some sums: probabilities agree to about
-1e-9); the tests and the organism benchmark find the same answers either way.
+answered together (:meth:`Rain._serve`: one prefill of the evaluation prompts, one of the
+contexts, then one decode of the expansions and simulations side by side), each search drawing
+from its own generator in its own order. On a plain ``hf`` base model the round's work is cut
+three ways, none of which changes what is computed: each search's contexts and evaluation
+prompts continue its previous ones' KV caches from their common prefix
+(:class:`poise.models.decode.PrefixCache`); an evaluation's two option orders run their common
+part once; and an expansion's ``k`` sets decode as one row per distinct prefix (rows split when
+their members draw different tokens; each member still draws from its own row's distribution in
+the reference's ``[k - 1, 15]`` draw). A row's answer is therefore the one the per-prompt search
+gives, up to the rounding of a batched forward (left padding and cached prefixes change the
+order of some sums: logits agree to about 1e-5); the tests and the organism benchmark find the
+same answers either way.
 With ``temperature == 0`` the committed child is the most-visited one, as in the reference; with
 ``temperature > 0`` it is drawn with probability proportional to ``n ** (1 / T)`` (the visit
 distribution ``gmeval`` computes before it takes the maximum: poise's rule, so ``n`` samples of a
