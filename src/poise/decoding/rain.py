@@ -173,9 +173,8 @@ class _Evaluate:
 
 
 _Request = _Sets | _Rollout | _Evaluate
-# a row's search: yields the requests of a round, is sent their answers (a list each way),
-# returns (tokens, finish, counts)
-_Search = Generator[list[_Request], list[Any], tuple[list[int], str, dict[str, int]]]
+# a row's search: yields requests, is sent their answers, returns (tokens, finish, counts)
+_Search = Generator[_Request, Any, tuple[list[int], str, dict[str, int]]]
 
 
 def set_length(depth: int) -> int:
@@ -768,7 +767,7 @@ class Rain(WrappedModel):
         gen: torch.Generator,
         eos: set[int],
         key: Hashable = None,
-    ) -> Generator[list[_Request], list[Any], None]:
+    ) -> Generator[_Request, Any, None]:
         """One forward / evaluate / expand / backward pass (``main.py: search``). ``key``
         names the search's rows in a prefix cache: its contexts under ``(key, "context")``,
         its evaluation prompts under ``(key, "evaluate")``."""
@@ -782,21 +781,17 @@ class Rain(WrappedModel):
             if node.needs_widening():
                 # checkadd: the top (children + 1) tokens; search: add(group_getp(topk=2))
                 k = len(node.children) + 1 if set_length(node.depth) == 1 else WIDEN_K
-                [sets] = yield [_Sets(list(state), node.depth, k, gen, context)]
-                node.widen(sets)
+                node.widen((yield _Sets(list(state), node.depth, k, gen, context)))
             action, node = node.select()
             state.extend(action)
         ended = len(state) - start >= budget or any(t in eos for t in action)
-        full = state
-        if not ended:
-            [full] = yield [_Rollout(list(state), start, budget, gen, context)]
+        full = (yield _Rollout(list(state), start, budget, gen, context)) if not ended else state
         text = inner.tokenizer.decode(full[start:], skip_special_tokens=True)
         if text not in cache:
-            [cache[text]] = yield [_Evaluate(request, text, judged)]
+            cache[text] = yield _Evaluate(request, text, judged)
         value = cache[text]
         if not ended:
-            [sets] = yield [_Sets(list(state), node.depth, EXPAND_K, gen, context)]
-        if not ended:
+            sets = yield _Sets(list(state), node.depth, EXPAND_K, gen, context)
             total = sum(p for _, p in sets) or 1.0
             priors = [p / total for _, p in sets]
             if node.parent is None:
@@ -816,7 +811,7 @@ class Rain(WrappedModel):
         rows = [(c, s) for c in range(len(chats)) for s in range(sampling.n)]
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
         left = [sampling.n] * len(chats)
-        running: list[tuple[int, int, _Search, list[_Request]]] = []
+        running: list[tuple[int, int, _Search, _Request]] = []
         queue = iter(rows)
         prefixes = self._prefix_cache()
 
@@ -837,13 +832,13 @@ class Rain(WrappedModel):
             if progress is not None and left[c] == 0:
                 progress(1)
 
-        def advance(c: int, s: int, search: _Search, answers: Any) -> None:
+        def advance(c: int, s: int, search: _Search, answer: Any) -> None:
             try:
-                requests = search.send(answers)
+                request = search.send(answer)
             except StopIteration as done:
                 finish(c, s, done.value)
                 return
-            running.append((c, s, search, requests))
+            running.append((c, s, search, request))
 
         while True:
             while len(running) < self.batch_size:
@@ -855,8 +850,8 @@ class Rain(WrappedModel):
                 advance(c, s, self._answer(chats[c], sampling, gen, (c, s)), None)
             if not running:
                 break
-            answers = iter(self._serve([r for *_, requests in running for r in requests], prefixes))
+            answers = self._serve([request for *_, request in running], prefixes)
             waiting, running[:] = list(running), []
-            for c, s, search, requests in waiting:
-                advance(c, s, search, [next(answers) for _ in requests])
+            for (c, s, search, _), answer in zip(waiting, answers, strict=True):
+                advance(c, s, search, answer)
         return [[c for c in row if c is not None] for row in results]

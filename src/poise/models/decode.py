@@ -699,7 +699,8 @@ class PrefixCache:
             if common > 0:
                 reused.append(i)
                 starts.append((state, len(tokens), common))
-        whole = [i for i in range(len(rows)) if i not in set(reused)]
+        started = set(reused)
+        whole = [i for i in range(len(rows)) if i not in started]
         parts: list[DecodeState] = []
         if reused:
             state = DecodeState.stack([entry for entry, _, _ in starts])
