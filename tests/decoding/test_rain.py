@@ -276,3 +276,14 @@ def test_a_round_answers_each_request_as_alone(tiny: HFModel) -> None:
 
     assert len({len(together[i]) for i in (1, 4, 6)}) > 1  # rollouts leave at different steps
     assert cache.reused > 0
+
+
+def test_a_base_without_a_tokenizer_is_a_one_line_error(tiny: HFModel) -> None:
+    """The search reads its base's tokenizer and chat template: a strategy as the base (it has
+    a step but neither) is refused when built, not halfway through a search."""
+    from poise.decoding.eft import EmulatedFineTuning
+
+    eft = EmulatedFineTuning(tiny, tuned=tiny, reference=tiny)
+    with pytest.raises(PoiseError, match="must be a Hugging Face model") as error:
+        Rain(eft)
+    assert "\n" not in str(error.value) and "EmulatedFineTuning" in str(error.value)

@@ -383,6 +383,15 @@ class Rain(WrappedModel):
                 f"rain: similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"
             )
         require_step(self.kind, base)
+        from poise.models.hf import HFModel
+
+        if not isinstance(base, HFModel):
+            # the search tokenizes its evaluation prompts with the base's tokenizer and chat
+            # template, and cuts simulations at the base's EOS tokens
+            raise PoiseError(
+                f"rain: the base must be a Hugging Face model (hf backend), whose tokenizer and "
+                f"chat template the search uses; {base.name!r} is a {type(base).__name__}"
+            )
         if similarity == "hidden" and not hasattr(base, "hidden_states"):
             raise PoiseError(f"rain: similarity=hidden needs hidden states, {base.name!r} has none")
         options: dict[str, Any] = {
@@ -418,11 +427,15 @@ class Rain(WrappedModel):
         return inner.prefill([list(r) for r in rows])
 
     def _prefix_cache(self) -> PrefixCache | None:
-        """A prefix cache for one ``generate`` call, where the base model is a plain ``hf``
-        model (a search's calls share its context: see :class:`PrefixCache`)."""
+        """A prefix cache for one ``generate`` call, where the base model's ``prefill`` is the
+        plain ``hf`` one (whose states it copies; a search's calls share its context: see
+        :class:`PrefixCache`). Models that prefill several models in lockstep get none."""
         from poise.models.hf import HFModel
 
-        return PrefixCache(self.inner) if isinstance(self.inner, HFModel) else None
+        inner = self.inner
+        if isinstance(inner, HFModel) and type(inner).prefill is HFModel.prefill:
+            return PrefixCache(inner)
+        return None
 
     # -- one round: every pending call of every running search, in one prefill and one decode
 
