@@ -574,27 +574,39 @@ def test_append_feeds_each_row_its_own_tokens(model: HFModel) -> None:
         state.append([[1], [], [2], [3]])
 
 
-def test_row_copy_and_stack_copy_rows_and_leave_the_originals(model: HFModel) -> None:
-    """A row copy keeps only the row's real columns (no padding, no masked ones); a stack of
-    copies decodes each row as a full forward of its tokens; the originals decode on as if
+def test_compact_and_gather_copy_rows_and_leave_the_originals(model: HFModel) -> None:
+    """``compact`` keeps each chosen row's real columns only (no padding, no masked ones),
+    right-aligned; ``gather`` copies rows of several states into one, in any order: each
+    copied row decodes as a full forward of its tokens, and the originals decode on as if
     nothing had been copied."""
     from poise.models.decode import DecodeState
 
     prompts = [[5 + (i * 5 + j) % 30 for j in range(4 + 5 * i)] for i in range(3)]
     state = model.prefill(prompts)
-    state.append([[7, 8, 9], [10], [11, 12]])  # rows 1 and 2 get masked padding columns
+    state.append([[7, 8, 9], [10], [11, 12]])  # rows 0 and 2 get masked padding columns
     fed = [p + n for p, n in zip(prompts, [[7, 8, 9], [10], [11, 12]], strict=True)]
-    copies = [state.row_copy(r) for r in range(3)]
-    assert [c.mask.size(1) for c in copies] == [len(f) for f in fed]
-    assert all(bool(c.mask.all()) for c in copies)
-    stacked = DecodeState.stack([copies[2], copies[0], copies[2]])
-    order = [2, 0, 2]
-    stacked.step(torch.tensor([40, 41, 42]))
-    for row, (source, token) in enumerate(zip(order, [40, 41, 42], strict=True)):
-        expected = full_forward_logits(model, [*fed[source], token])
-        assert torch.allclose(stacked.logits[row], expected, atol=1e-5)
-    state.step(torch.tensor([43, 44, 45]))  # the original, after its copies were stepped
-    for row, token in enumerate([43, 44, 45]):
+    compact = state.compact([2, 0])
+    assert compact.mask.size(1) == len(fed[2])  # the longest row, with no column to spare
+    assert compact.mask.sum(dim=-1).tolist() == [len(fed[2]), len(fed[0])]
+    assert compact.mask[1, : len(fed[2]) - len(fed[0])].sum() == 0  # left padding only
+    other = model.prefill([[9, 9, 9]])
+    gathered = DecodeState.gather([(compact, 0), (other, 0), (compact, 1), (compact, 0)])
+    tokens = [fed[2], [9, 9, 9], fed[0], fed[2]]
+    gathered.step(torch.tensor([40, 41, 42, 43]))
+    for row, (sequence, token) in enumerate(zip(tokens, [40, 41, 42, 43], strict=True)):
+        expected = full_forward_logits(model, [*sequence, token])
+        assert torch.allclose(gathered.logits[row], expected, atol=1e-5)
+    # a gathered row cut back by rewind, then fed again
+    gathered.rewind(torch.tensor([3, 1, 1, 1]), gathered.logits)
+    gathered.append([[44], [45], [46, 47], [48]])
+    assert torch.allclose(
+        gathered.logits[0], full_forward_logits(model, [*fed[2][:-2], 44]), atol=1e-5
+    )
+    assert torch.allclose(
+        gathered.logits[2], full_forward_logits(model, [*fed[0], 46, 47]), atol=1e-5
+    )
+    state.step(torch.tensor([50, 51, 52]))  # the original, after its copies were stepped
+    for row, token in enumerate([50, 51, 52]):
         expected = full_forward_logits(model, [*fed[row], token])
         assert torch.allclose(state.logits[row], expected, atol=1e-5)
 

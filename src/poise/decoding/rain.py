@@ -439,9 +439,10 @@ class Rain(WrappedModel):
 
     # -- one round: every pending call of every running search, in one prefill and one decode
 
-    def _evaluation_rows(self, request: str, answer: str) -> list[list[int]]:
-        """The self-evaluation prompt of (request, answer) in both option orders (``main.py:
-        getv``), as token ids: harmless first, then harmful first."""
+    def _evaluation_rows(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """The self-evaluation prompts of each (request, answer) in both option orders
+        (``main.py: getv``), as token ids, two rows per pair: harmless first, then harmful
+        first (tokenized in one call)."""
         inner: Any = self.inner
         prompts = [
             inner.prompt_text(
@@ -455,6 +456,7 @@ class Rain(WrappedModel):
                 ]
             )
             + ANSWER_PREFIX
+            for request, answer in pairs
             for first, second in (("harmless", "harmful"), ("harmful", "harmless"))
         ]
         return [list(row) for row in inner._encode(prompts)]
@@ -523,7 +525,7 @@ class Rain(WrappedModel):
         answers: list[Any] = [None] * len(requests)
         # the evaluation prompts, in a prefill of their own (longer than the contexts: in one
         # batch they would pad the decode's rows); the contexts of the expansions and rollouts
-        prompts: list[list[int]] = []
+        pairs: list[tuple[str, str]] = []
         prompt_keys: list[Hashable] = []
         rows: list[list[int]] = []
         keys: list[Hashable] = []
@@ -544,8 +546,8 @@ class Rain(WrappedModel):
 
         for i, request in enumerate(requests):
             if isinstance(request, _Evaluate):
-                judged.append((i, len(prompts)))
-                prompts.extend(self._evaluation_rows(request.request, request.answer))
+                judged.append((i, 2 * len(pairs)))
+                pairs.append((request.request, request.answer))
                 prompt_keys.extend([request.key] * 2)
             elif isinstance(request, _Sets):
                 (singles if set_length(request.depth) == 1 else multi).append(
@@ -555,7 +557,8 @@ class Rain(WrappedModel):
                 answers[i] = list(request.state)
             else:
                 rollouts.append((i, context_row(request)))
-        if prompts:
+        if pairs:
+            prompts = self._evaluation_rows(pairs)
             logits = self._judgements(prompts, prompt_keys, cache)  # [2 x evaluations, vocab]
             for i, row in judged:
                 answers[i] = self._judge(logits[row], logits[row + 1])
@@ -603,18 +606,17 @@ class Rain(WrappedModel):
                     i, members = live[r]
                     where.update({(i, c): j for c in members})
                 requests_now = list(dict.fromkeys(live[r][0] for r in set_rows))
+                top_tokens, top_probs = top.indices.tolist(), probs.tolist()
                 picks: dict[tuple[int, int], tuple[int, float]] = {}
                 for i in requests_now:
                     k = calls[i].k
                     rows_of = [where[(i, c)] for c in range(k)]
                     part = probs[rows_of[1:]].cpu()  # [k - 1, 15]
-                    pick = torch.multinomial(part, 1, generator=calls[i].generator)[:, 0]
-                    for c in range(k):
-                        at = 0 if c == 0 else int(pick[c - 1])  # the greedy set: top token
-                        picks[(i, c)] = (
-                            int(top.indices[rows_of[c], at]),
-                            float(probs[rows_of[c], at]),
-                        )
+                    generator = calls[i].generator
+                    pick = [0, *torch.multinomial(part, 1, generator=generator)[:, 0].tolist()]
+                    for c in range(k):  # the greedy set (member 0) takes the top token
+                        at, row = pick[c], rows_of[c]
+                        picks[(i, c)] = (top_tokens[row][at], top_probs[row][at])
                 for r in set_rows:
                     i, members = live[r]
                     split: dict[int, list[int]] = {}

@@ -361,17 +361,18 @@ class KVCache:
                 mine._adopt(theirs.keys.index_select(0, rows), theirs.values.index_select(0, rows))
         return copy
 
-    def copy_row(self, row: int, columns: torch.Tensor) -> KVCache:
-        """A new one-row cache holding row ``row``'s keys and values at the live ``columns``
-        ([kept] int64, in order)."""
+    def gather_columns(self, rows: torch.Tensor, columns: torch.Tensor) -> KVCache:
+        """A new cache whose row ``j`` holds row ``rows[j]``'s keys and values at the live
+        columns ``columns[j]`` ([rows, width] int64), in that order."""
         if not self.mergeable:
             raise PoiseError("this model's KV cache cannot be copied (not plain attention)")
         copy = KVCache(self.config, 0)
         for mine, theirs in zip(copy.cache.layers, self.cache.layers, strict=True):
             if theirs.is_initialized:
-                keys = theirs.keys[row : row + 1].index_select(2, columns)
-                values = theirs.values[row : row + 1].index_select(2, columns)
-                mine._adopt(keys, values)
+                keys = theirs.keys.index_select(0, rows)  # [rows, heads, live, dim]
+                index = columns[:, None, :, None].expand(-1, keys.size(1), -1, keys.size(3))
+                values = theirs.values.index_select(0, rows)
+                mine._adopt(keys.gather(2, index), values.gather(2, index))
         return copy
 
     def merge(
@@ -572,43 +573,63 @@ class DecodeState:
         return self.logits
 
     @torch.inference_mode()
-    def row_copy(self, row: int) -> DecodeState:
-        """A new one-row state holding a copy of row ``row``'s real tokens only (its padding
-        and masked columns left out: the cache columns are contiguous), with its logits. This
-        state is unchanged. Needs the buffer cache (``mergeable``)."""
+    def compact(self, rows: Sequence[int]) -> DecodeState:
+        """A new state holding copies of ``rows`` (indices, in that order), each with its real
+        tokens only: a row's padding and masked columns are left out, its real columns kept in
+        order and right-aligned (the shorter rows left-padded), with its positions and logits.
+        This state is unchanged. Needs the buffer cache (``mergeable``)."""
         if not self.cache.mergeable:
             raise PoiseError(
-                "row_copy: this model's KV cache cannot be copied (not plain attention)"
+                "compact: this model's KV cache cannot be copied (not plain attention)"
             )
-        columns = self.mask[row].nonzero().squeeze(-1)  # [real]
-        cache = self.cache.copy_row(row, columns)
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, index)  # [rows, width]
+        counts = mask.sum(dim=-1)  # [rows]
+        width = int(counts.max()) if index.numel() else 0
+        # a stable sort of each row's 0/1 mask lists its masked columns, then its real ones, each
+        # in column order: the last ``width`` hold the real ones right-aligned
+        columns = torch.sort(mask, dim=-1, stable=True).indices[:, mask.size(1) - width :]
+        kept = torch.arange(width, device=mask.device) >= (width - counts).unsqueeze(-1)
         return DecodeState(
             self._forward,
-            cache,
-            self.mask.new_ones((1, columns.numel())),
-            self.positions[row : row + 1].clone(),
-            self.logits[row : row + 1].clone(),
+            self.cache.gather_columns(index, columns),
+            kept.to(mask.dtype),
+            self.positions.index_select(0, index),
+            self.logits.index_select(0, index),
             feed_forward=self._feed_forward,
         )
 
     @classmethod
-    def stack(cls, states: Sequence[DecodeState], *, reserve: int = 0) -> DecodeState:
-        """A new state holding copies of the rows of ``states``, in order, left-padded to the
-        widest (``states`` are unchanged)."""
-        if not states:
-            raise PoiseError("stack: no states to stack")
-        first = states[0]
-        index = torch.arange(len(first), device=first.logits.device)
-        copy = DecodeState(
-            first._forward,
-            first.cache.copy_rows(index),
-            first.mask.clone(),
-            first.positions.clone(),
-            first.logits.clone(),
-            feed_forward=first._feed_forward,
-        )
-        copy.extend(*states[1:], reserve=reserve)
-        return copy
+    def gather(cls, parts: Sequence[tuple[DecodeState, int]], *, reserve: int = 0) -> DecodeState:
+        """A new state whose row ``j`` is a copy of row ``parts[j][1]`` of state
+        ``parts[j][0]``, all left-padded to the widest (the states are unchanged)."""
+        if not parts:
+            raise PoiseError("gather: no rows to gather")
+        sources: dict[int, tuple[DecodeState, list[int], list[int]]] = {}
+        for j, (state, row) in enumerate(parts):
+            _, picked, at = sources.setdefault(id(state), (state, [], []))
+            picked.append(row)
+            at.append(j)
+        copies = []
+        for state, picked, _ in sources.values():
+            index = torch.as_tensor(picked, dtype=torch.long, device=state.logits.device)
+            copies.append(
+                DecodeState(
+                    state._forward,
+                    state.cache.copy_rows(index),
+                    state.mask.index_select(0, index),
+                    state.positions.index_select(0, index),
+                    state.logits.index_select(0, index),
+                    feed_forward=state._feed_forward,
+                )
+            )
+        gathered = copies[0]
+        gathered.extend(*copies[1:], reserve=reserve)
+        order = [j for _, _, at in sources.values() for j in at]
+        if order != list(range(len(parts))):
+            where = {j: r for r, j in enumerate(order)}
+            gathered.keep([where[j] for j in range(len(parts))])
+        return gathered
 
     @torch.inference_mode()
     def extend(
@@ -649,21 +670,24 @@ class PrefixCache:
     """Prefill that reuses each key's last prefilled row: prefix caching, one entry per key.
 
     A caller that prefills a stream of related rows (a search's contexts, each the last one plus
-    or minus a few tokens) names each row with a key. ``prefill(rows, keys)`` keeps a one-row
-    copy of each key's row (:meth:`DecodeState.row_copy`); the next row under that key starts
-    from the copy cut back to their longest common prefix (:meth:`DecodeState.rewind`) and
+    or minus a few tokens) names each row with a key. ``prefill(rows, keys)`` keeps a copy of
+    each key's row, its real tokens only (:meth:`DecodeState.compact`, one copy for all the
+    call's keys); the next row under that key starts from the copy
+    (:meth:`DecodeState.gather`), cut back to their longest common prefix (:meth:`DecodeState.rewind`) and
     feeds only the tokens after it (:meth:`DecodeState.append`), so a row costs the model its
     new tokens, not its whole context. Rows without a usable entry are prefilled whole, in one
     forward pass; the result is the same :class:`DecodeState` ``model.prefill(rows)`` returns,
     up to the rounding of a different summation order (left padding does as much).
 
-    Each entry holds one row's keys and values: ``forget(key)`` when a key's rows are done.
+    An entry holds its row's keys and values (and keeps alive the copy it shares with the other
+    keys of its call, until they are all replaced): ``forget(key)`` when a key's rows are done.
     Models whose cache cannot be copied (not plain attention) prefill every row whole.
     """
 
     def __init__(self, model: HFModel) -> None:
         self.model = model
-        self._entries: dict[Hashable, tuple[list[int], DecodeState]] = {}
+        # key -> (its row's tokens, the compacted copy holding it, its row there)
+        self._entries: dict[Hashable, tuple[list[int], DecodeState, int]] = {}
         self.reused = 0  # tokens not run through the model thanks to an entry
         self.fed = 0  # tokens run through the model
 
@@ -684,12 +708,13 @@ class PrefixCache:
         if not rows or not all(len(r) for r in rows):
             raise PoiseError("prefill: every row needs at least one token")
         reused: list[int] = []  # indices of rows started from an entry
-        starts: list[tuple[DecodeState, int, int]] = []  # (entry, its tokens, tokens kept)
+        # (the copy holding the entry, its row there, the entry's tokens, tokens kept)
+        starts: list[tuple[DecodeState, int, int, int]] = []
         for i, (row, key) in enumerate(zip(rows, keys, strict=True)):
             entry = self._entries.get(key) if key is not None else None
             if entry is None:
                 continue
-            tokens, state = entry
+            tokens, state, at = entry
             common = 0
             for a, b in zip(tokens, row, strict=False):
                 if a != b:
@@ -698,19 +723,18 @@ class PrefixCache:
             common = min(common, len(row) - 1)  # at least one token to feed: fresh logits
             if common > 0:
                 reused.append(i)
-                starts.append((state, len(tokens), common))
+                starts.append((state, at, len(tokens), common))
         started = set(reused)
         whole = [i for i in range(len(rows)) if i not in started]
         parts: list[DecodeState] = []
         if reused:
-            state = DecodeState.stack([entry for entry, _, _ in starts])
-            drop = torch.tensor([n - kept for _, n, kept in starts], dtype=torch.long)
+            state = DecodeState.gather([(copy, at) for copy, at, _, _ in starts])
+            drop = torch.tensor([n - kept for _, _, n, kept in starts], dtype=torch.long)
             state.rewind(drop, state.logits)
-            state.append([rows[i][kept:] for i, (_, _, kept) in zip(reused, starts, strict=True)])
-            self.reused += sum(kept for _, _, kept in starts)
-            self.fed += sum(
-                len(rows[i]) - kept for i, (_, _, kept) in zip(reused, starts, strict=True)
-            )
+            kept = [k for *_, k in starts]
+            state.append([rows[i][k:] for i, k in zip(reused, kept, strict=True)])
+            self.reused += sum(kept)
+            self.fed += sum(len(rows[i]) - k for i, k in zip(reused, kept, strict=True))
             parts.append(state)
         if whole:
             parts.append(self.model.prefill([list(rows[i]) for i in whole]))
@@ -723,11 +747,14 @@ class PrefixCache:
             where = {i: j for j, i in enumerate(order)}
             state.keep([where[i] for i in range(len(rows))])
         if state.mergeable:
-            seen: set[Hashable] = set()
+            first: dict[Hashable, int] = {}
             for i, key in enumerate(keys):
-                if key is not None and key not in seen:
-                    seen.add(key)
-                    self._entries[key] = (list(rows[i]), state.row_copy(i))
+                if key is not None:
+                    first.setdefault(key, i)
+            if first:
+                copy = state.compact(list(first.values()))
+                for at, (key, i) in enumerate(first.items()):
+                    self._entries[key] = (list(rows[i]), copy, at)
         return state
 
 
