@@ -510,15 +510,16 @@ class Rain(WrappedModel):
     def _serve(self, requests: Sequence[_Request], cache: PrefixCache | None = None) -> list[Any]:
         """The answers to the pending calls of many searches, of every kind at once.
 
-        One prefill runs every call's context (with a ``cache``, from its search's last one):
-        a self-evaluation (:class:`_Evaluate`) reads its two prompts' next-token logits, an
-        expansion into single tokens its context's top ``k`` (``main.py: group_getp``). Then
-        one decode runs what is left side by side: each multi-token expansion as ``k`` copies
-        of its context (the greedy set and ``k - 1`` sets sampled from the top 15 tokens), each
-        simulation (:class:`_Rollout`) until its answer ends a clause (``main.py: simg``); a
-        row leaves the batch when its set or its clause is done. Each call draws from its own
-        search's generator in the order the reference draws, so its answer does not depend on
-        the other calls in the round."""
+        One prefill runs the self-evaluations' prompts (:class:`_Evaluate`: each reads its two
+        prompts' next-token logits, :meth:`_judgements`), one the other calls' contexts (with a
+        ``cache``, each from its search's last one): an expansion into single tokens reads its
+        context's top ``k`` (``main.py: group_getp``). Then one decode runs what is left side by
+        side: each multi-token expansion's ``k`` sets (the greedy set and ``k - 1`` sampled
+        from the top 15 tokens), one row per distinct prefix, and each simulation
+        (:class:`_Rollout`) until its answer ends a clause (``main.py: simg``); a row leaves
+        the batch when its set or its clause is done. Each call draws from its own search's
+        generator in the order the reference draws, so its answer does not depend on the other
+        calls in the round."""
         inner: Any = self.inner
         eos = set(inner.eos_token_ids)
         calls: Any = requests  # each index is read as the kind the lists below give it
@@ -534,29 +535,21 @@ class Rain(WrappedModel):
         singles: list[tuple[int, int]] = []
         multi: list[tuple[int, int]] = []
         rollouts: list[tuple[int, int]] = []
-        index: dict[tuple[Hashable, tuple[int, ...]], int] = {}
-
-        def context_row(request: _Sets | _Rollout) -> int:
-            """The prefilled row of a context (a search's expansion and simulation share it)."""
-            at = index.setdefault((request.key, tuple(request.state)), len(rows))
-            if at == len(rows):
-                rows.append(list(request.state))
-                keys.append(request.key)
-            return at
-
         for i, request in enumerate(requests):
             if isinstance(request, _Evaluate):
                 judged.append((i, 2 * len(pairs)))
                 pairs.append((request.request, request.answer))
                 prompt_keys.extend([request.key] * 2)
             elif isinstance(request, _Sets):
-                (singles if set_length(request.depth) == 1 else multi).append(
-                    (i, context_row(request))
-                )
+                (singles if set_length(request.depth) == 1 else multi).append((i, len(rows)))
+                rows.append(list(request.state))
+                keys.append(request.key)
             elif self._rollout_ended(request, request.state):
                 answers[i] = list(request.state)
             else:
-                rollouts.append((i, context_row(request)))
+                rollouts.append((i, len(rows)))
+                rows.append(list(request.state))
+                keys.append(request.key)
         if pairs:
             prompts = self._evaluation_rows(pairs)
             logits = self._judgements(prompts, prompt_keys, cache)  # [2 x evaluations, vocab]
