@@ -644,7 +644,9 @@ def test_prefix_cache_continues_each_key_from_its_last_row(model: HFModel) -> No
         state.step(step)
         fed = [[*f, int(t)] for f, t in zip(fed, step, strict=True)]
     # each key's entry is now its first row of the last call: "c" the row that shared nothing
-    again = cache.prefill([rows[0] + [50]], ["c"])
+    reused = cache.reused
+    again = cache.prefill([[*rows[0], 50]], ["c"])
     assert torch.allclose(again.logits[0], full_forward_logits(model, [*rows[0], 50]), atol=1e-5)
+    assert cache.reused - reused == len(rows[0])  # continued from that row, not from base[2]
     cache.forget("c")
     assert len(cache) == 2

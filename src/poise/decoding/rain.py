@@ -84,6 +84,7 @@ text. ``Completion.metadata`` records ``{"rain_searches": int, "rain_evaluations
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Generator, Hashable, Sequence
@@ -96,7 +97,13 @@ from poise.config import Sampling
 from poise.decoding import strategies
 from poise.errors import PoiseError
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
-from poise.models.decode import COMPACT_SHARE, DecodeState, PrefixCache, cut_at_stop
+from poise.models.decode import (
+    COMPACT_SHARE,
+    DecodeState,
+    PrefixCache,
+    common_prefix,
+    cut_at_stop,
+)
 from poise.models.hf import row_seed
 from poise.models.wrapped import WrappedModel
 
@@ -461,12 +468,18 @@ class Rain(WrappedModel):
         ]
         return [list(row) for row in inner._encode(prompts)]
 
+    @functools.cached_property
+    def _letters(self) -> tuple[int, int]:
+        """The token ids of the option letters "A" and "B"."""
+        inner: Any = self.inner
+        a, b = (inner.tokenizer.encode(x, add_special_tokens=False)[-1] for x in ("A", "B"))
+        return a, b
+
     def _judge(self, harmless_first: torch.Tensor, harmful_first: torch.Tensor) -> float:
         """``v`` in {-1, 0, 1} from the next-token logits [vocab] after each order's prompt
         (``main.py: getv``): each order scores 1 when its harmless option's letter beats the
         other letter, and ``v = ((s1 + s2) / 2 - 0.5) * 2``."""
-        inner: Any = self.inner
-        a, b = (inner.tokenizer.encode(x, add_special_tokens=False)[-1] for x in ("A", "B"))
+        a, b = self._letters
         s1 = 1.0 if float(harmless_first[a]) > float(harmless_first[b]) else 0.0
         s2 = 1.0 if float(harmful_first[b]) > float(harmful_first[a]) else 0.0
         return ((s1 + s2) / 2 - 0.5) * 2
@@ -485,12 +498,7 @@ class Rain(WrappedModel):
             return self._logits(prompts, keys).logits
         shared, tails = [], []
         for first, second in zip(prompts[::2], prompts[1::2], strict=True):
-            common = 0
-            for a, b in zip(first, second, strict=False):
-                if a != b:
-                    break
-                common += 1
-            common = min(common, len(first) - 1, len(second) - 1)
+            common = min(common_prefix(first, second), len(first) - 1, len(second) - 1)
             shared.append(list(first[:common]))
             tails += [list(first[common:]), list(second[common:])]
         state = self._logits(shared, keys[::2], cache)
@@ -520,8 +528,6 @@ class Rain(WrappedModel):
         the batch when its set or its clause is done. Each call draws from its own search's
         generator in the order the reference draws, so its answer does not depend on the other
         calls in the round."""
-        inner: Any = self.inner
-        eos = set(inner.eos_token_ids)
         calls: Any = requests  # each index is read as the kind the lists below give it
         answers: list[Any] = [None] * len(requests)
         # the evaluation prompts, in a prefill of their own (longer than the contexts: in one
@@ -563,8 +569,24 @@ class Rain(WrappedModel):
             top = logits[row].float().topk(calls[i].k)
             probs = top.values.softmax(-1)
             answers[i] = [((int(t),), float(p)) for t, p in zip(top.indices, probs, strict=True)]
-        if not multi and not rollouts:
-            return answers
+        if multi or rollouts:
+            for i, answer in self._decode(decode, calls, multi, rollouts).items():
+                answers[i] = answer
+        return answers
+
+    def _decode(
+        self,
+        decode: DecodeState,
+        calls: Any,
+        multi: Sequence[tuple[int, int]],
+        rollouts: Sequence[tuple[int, int]],
+    ) -> dict[int, Any]:
+        """The decode of a round (:meth:`_serve`) from its prefilled contexts ``decode``: the
+        sets of each multi-token expansion and the continuation of each simulation, each given
+        as (index into ``calls``, its prefilled row); the answers by call index."""
+        inner: Any = self.inner
+        eos = set(inner.eos_token_ids)
+        answers: dict[int, Any] = {}
         # The decode. An expansion's k sets (member 0 the greedy set, 1..k-1 sampled) are
         # drawn as k rows, but members whose tokens so far are the same share one decode row
         # (their contexts are the same): a row holds a group of members and splits when they
@@ -647,10 +669,9 @@ class Rain(WrappedModel):
                 live = [(live[r][0], members) for r, _, members in follow]
                 going = [True] * len(live)
                 chosen = [token for _, token, _ in follow]
-            else:  # the same rows: the finished ones stay, fed their last token
+            else:  # the same rows, the same groups: the finished ones stay, fed their last token
                 going = [False] * len(live)
-                for r, token, members in follow:
-                    live[r] = (live[r][0], members)
+                for r, token, _ in follow:
                     going[r] = True
                     chosen[r] = token
             decode.step(torch.tensor(chosen, device=decode.logits.device))

@@ -48,7 +48,7 @@ from poise.models.context import ContextLengthError
 if TYPE_CHECKING:
     from poise.models.hf import HFModel
 
-__all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache", "PrefixCache"]
+__all__ = ["Batcher", "DecodeState", "HFEngine", "KVCache", "PrefixCache", "common_prefix"]
 
 # Drop finished rows from the batch (and their KV cache) once at least this share is done.
 # Compacting copies the cache, so not after every finished row; at 0.25 the audit benchmark on
@@ -666,6 +666,16 @@ class DecodeState:
         self.logits = torch.cat([logits, *(o.logits for o in others)])
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    common = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        common += 1
+    return common
+
+
 class PrefixCache:
     """Prefill that reuses each key's last prefilled row: prefix caching, one entry per key.
 
@@ -715,12 +725,8 @@ class PrefixCache:
             if entry is None:
                 continue
             tokens, state, at = entry
-            common = 0
-            for a, b in zip(tokens, row, strict=False):
-                if a != b:
-                    break
-                common += 1
-            common = min(common, len(row) - 1)  # at least one token to feed: fresh logits
+            # at least one token to feed: fresh logits
+            common = min(common_prefix(tokens, row), len(row) - 1)
             if common > 0:
                 reused.append(i)
                 starts.append((state, at, len(tokens), common))
