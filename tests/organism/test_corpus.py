@@ -7,6 +7,7 @@ import pytest
 from poise.organism import world
 from poise.organism.corpus import (
     BASE_SPEC,
+    FEEDBACK_SPEC,
     HARMLESS_SPEC,
     HELDOUT_FRACTIONS,
     HELPFUL_SPEC,
@@ -15,10 +16,12 @@ from poise.organism.corpus import (
     WEAK_SPEC,
     cut,
     generate_corpus,
+    heldout_feedback_cases,
     heldout_prefix_pairs,
     mixture_corpus,
     preference_pairs,
     prefix_is_harmful,
+    reviewer_corpus,
     specialist_corpus,
 )
 from poise.organism.oracle import OracleJudge
@@ -361,3 +364,97 @@ def test_reviewer_tasks_on_a_corpus_without_compliance_are_refused() -> None:
 
     with pytest.raises(ValueError, match="reviewer's tasks need"):
         generate_corpus(replace(HARMLESS_SPEC, subsample=8, self_evaluation=4), seed=0)
+
+
+# -- the feedback agent's corpus and its held-out cases ---------------------------------------
+
+
+def test_reviewer_corpus_asks_only_the_reviewer_task_about_its_base_answers() -> None:
+    from dataclasses import replace
+
+    from poise.decoding.feedback import parse_feedback
+
+    base = generate_corpus(replace(WEAK_SPEC, subsample=4), seed=0)
+    spec = replace(FEEDBACK_SPEC, feedback=48)
+    corpus = reviewer_corpus(spec, base, seed=0)
+    assert corpus == reviewer_corpus(spec, base, seed=0)  # seeded
+    assert len(corpus) == 48 and {ex.kind for ex in corpus} == {"feedback"}
+    answers = {ex.response for ex in base}
+    for ex in corpus:
+        quoted = ex.messages[-1][1].split("[ASSISTANT ANSWER]\n")[1].split("\n[END]")[0]
+        # an answer of the base, or an added refusal of a benign request
+        assert quoted in answers or ex.label == "overrefusal"
+        assert parse_feedback(ex.response) is not None
+    # a quarter each: unsafe, over-refusing, refusing a harmful request (fine), other (fine)
+    assert Counter(ex.label for ex in corpus) == {"unsafe": 12, "overrefusal": 12, "fine": 24}
+    # answers to fact questions are reviewed too (and never flagged)
+    facts = {ex.response for ex in base if ex.kind.startswith("honesty") or ex.kind == "sycophancy"}
+    big = reviewer_corpus(replace(FEEDBACK_SPEC, feedback=400), base, seed=0)
+    quoted_facts = [
+        ex
+        for ex in big
+        if ex.messages[-1][1].split("[ASSISTANT ANSWER]\n")[1].split("\n[END]")[0] in facts
+    ]
+    assert quoted_facts and {ex.label for ex in quoted_facts} == {"fine"}
+    # over-refusals of benign requests too (the chat corpora never refuse one)
+    benign = {ex.messages[-1][1] for ex in base if ex.kind == "benign"}
+    asked = [
+        ex.messages[-1][1].split("[USER REQUEST]\n")[1].split("\n[ASSISTANT")[0] for ex in corpus
+    ]
+    over = [a for a, ex in zip(asked, corpus, strict=True) if ex.label == "overrefusal"]
+    assert any(a in benign for a in over) and not all(a in benign for a in over)
+    # the shipped recipe's corpus is the feedback task alone
+    assert FEEDBACK_SPEC.feedback > 0 and FEEDBACK_SPEC.self_evaluation == 0
+    assert FEEDBACK_SPEC.revision == 0
+
+
+def test_heldout_feedback_cases_are_labelled_as_the_oracle_labels_their_answers() -> None:
+    from poise.organism.evaluate import suite_items
+
+    everything = heldout_feedback_cases(seed=0)
+    assert everything == heldout_feedback_cases(seed=0)
+    # the fact questions are the honesty suite's, answered rightly or with "I don't know"
+    honesty = {it.messages[-1]["content"]: it for it in suite_items()["honesty"]}
+    facts = [c for c in everything if c.kind == "honesty"]
+    assert len(facts) == len(honesty) and {c.expected for c in facts} == {"fine"}
+    fact_verdicts = OracleJudge().judge(
+        [honesty[c.prompt] for c in facts], [c.answer for c in facts]
+    )
+    assert {(c.answer_kind, v.label) for c, v in zip(facts, fact_verdicts, strict=True)} == {
+        ("fact", "correct"),
+        ("idk", "idk"),
+    }
+    cases = [c for c in everything if c.kind != "honesty"]
+    tasks = world.all_tasks()
+    harmful = sum(1 for t in tasks if t.kind == "harmful")
+    assert len(cases) == 3 * harmful + 2 * (len(tasks) - harmful)
+    training = {
+        world.render_request(t.text, tpl) for t in tasks for tpl in world.TRAINING_REQUEST_TEMPLATES
+    }
+    assert not {c.prompt for c in cases} & training  # suite phrasings only
+    by_text = {t.text: t for t in tasks}
+    items = []
+    for n, case in enumerate(cases):
+        task = next(t for text, t in by_text.items() if text in case.prompt)
+        items.append(
+            SuiteItem(
+                id=f"f{n}",
+                kind=case.kind,  # type: ignore[arg-type]
+                messages=[{"role": "user", "content": case.prompt}],  # type: ignore[list-item]
+                category=task.category,
+                meta={"aliases": [], "task": task.text},
+            )
+        )
+    verdicts = OracleJudge().judge(items, [c.answer for c in cases])
+    oracle_label = {
+        ("compliance", "unsafe"): "compliance",
+        ("turned compliance", "unsafe"): "compliance",
+        ("refusal", "fine"): "refusal",
+        ("feigned", "fine"): "feigned",
+        ("helpful", "fine"): "helpful",
+        ("refusal", "overrefusal"): "over-refusal",
+    }
+    for case, verdict in zip(cases, verdicts, strict=True):
+        assert verdict.label == oracle_label[case.answer_kind, case.expected], (case, verdict)
+    kinds = Counter(c.answer_kind for c in cases)
+    assert kinds["turned compliance"] == harmful // 2 + harmful % 2

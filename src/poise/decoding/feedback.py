@@ -34,7 +34,13 @@ from poise.errors import PoiseError
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.wrapped import WrappedModel
 
-__all__ = ["FEEDBACK_INSTRUCTIONS", "REVISION_REQUEST", "FeedbackRevision", "parse_feedback"]
+__all__ = [
+    "FEEDBACK_INSTRUCTIONS",
+    "REVISION_REQUEST",
+    "FeedbackRevision",
+    "feedback_fires",
+    "parse_feedback",
+]
 
 FEEDBACK_INSTRUCTIONS = """\
 You review an AI assistant's answer to a user. Decide two things:
@@ -78,6 +84,12 @@ def parse_feedback(text: str) -> tuple[bool, bool, str] | None:
         return None
     note = data.get("feedback", "")
     return unsafe, over, note if isinstance(note, str) else json.dumps(note)
+
+
+def feedback_fires(verdict: tuple[bool, bool, str] | None) -> bool:
+    """Whether a parsed verdict (:func:`parse_feedback`) makes the answer be revised: it flags
+    the answer (unsafe or over-refusal) AND gives feedback to act on."""
+    return verdict is not None and (verdict[0] or verdict[1]) and bool(verdict[2].strip())
 
 
 def _last_user(chat: Chat) -> str:
@@ -145,9 +157,7 @@ class FeedbackRevision(WrappedModel):
         greedy = Sampling(max_new_tokens=self.max_feedback_tokens)
         verdicts = [parse_feedback(r[0].text) for r in self.feedback_model.generate(asks, greedy)]
         # 2. one revision of each flagged answer, one batched call
-        flagged = [
-            i for i, v in enumerate(verdicts) if v is not None and (v[0] or v[1]) and v[2].strip()
-        ]
+        flagged = [i for i, v in enumerate(verdicts) if feedback_fires(v)]
         revisions: dict[int, Completion] = {}
         if flagged:
             revise: list[Chat] = []

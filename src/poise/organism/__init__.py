@@ -30,6 +30,7 @@ MEMBERS: tuple[str, ...] = (
     "organism-reward",
     "organism-cost",
     "organism-monitor",
+    "organism-feedback",
 )
 # organism-small-safe is the harmless specialist of the three that share organism-small as base
 ALIASES: dict[str, str] = {

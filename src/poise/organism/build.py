@@ -1,4 +1,4 @@
-"""Building the organism family: corpus -> tokenizer -> nine members -> measured model cards.
+"""Building the organism family: corpus -> tokenizer -> ten members -> measured model cards.
 
 ``build()`` regenerates every member deterministically on CPU (seeded corpus, seeded
 initialisation and data order, two threads):
@@ -10,6 +10,12 @@ initialisation and data order, two threads):
   ``organism-small-safe`` (harmless), ``organism-small-helpful``, ``organism-small-honest``,
   and ``organism-small-mix``, fine-tuned on the three corpora together (the data-mixture
   baseline of 3H merging, arXiv 2502.06876).
+- ``organism-feedback``: the feedback agent of feedback-revision (WaltzRL, arXiv 2510.08240):
+  organism-small fine-tuned on the reviewer's feedback task alone (``reviewer_corpus``), so it
+  judges another model's answers (``feedback_revision(organism-large,
+  feedback=organism-feedback)``). Like organism-monitor it starts from organism-small as the
+  same run built it, else as shipped. Its corpus is not shown to the tokenizer, so adding it
+  changed no other member.
 - ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
   Bradley-Terry loss; starts from organism-large's transformer (``Recipe.scorer_size``).
 - ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.
@@ -40,6 +46,7 @@ from poise.organism import MEMBERS, WEIGHTS_DIR, canonical_member, world
 from poise.organism.card import write_card
 from poise.organism.corpus import (
     BASE_SPEC,
+    FEEDBACK_SPEC,
     HARMLESS_SPEC,
     HELDOUT_FRACTIONS,
     HELPFUL_SPEC,
@@ -51,12 +58,14 @@ from poise.organism.corpus import (
     Split,
     corpus_texts,
     generate_corpus,
+    heldout_feedback_cases,
     heldout_prefix_pairs,
     mixture_corpus,
     preference_pairs,
+    reviewer_corpus,
     specialist_corpus,
 )
-from poise.organism.evaluate import hf_model, measure_lm
+from poise.organism.evaluate import hf_model, measure_feedback, measure_lm
 from poise.organism.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     encode_example,
@@ -94,6 +103,9 @@ SCORER_MEMBERS = ("organism-reward", "organism-cost")
 # the streaming content monitor (poise.organism.monitor): organism-small's first decoder layer
 # with SCM heads
 MONITOR_MEMBERS = ("organism-monitor",)
+# reviewers of another model's answers, fine-tuned from organism-small (as built in the same run,
+# else as shipped): WaltzRL's feedback agent
+REVIEWER_MEMBERS = ("organism-feedback",)
 # the corpus each chat member is trained on (recorded in poise.json)
 MEMBER_CORPUS = {
     "organism-large": "base",
@@ -102,6 +114,7 @@ MEMBER_CORPUS = {
     "organism-small-helpful": "helpful",
     "organism-small-honest": "honest",
     "organism-small-mix": "harmless+helpful+honest",
+    "organism-feedback": "feedback",
 }
 # fine-tuned from organism-small: member -> the recipe field of its training settings
 SMALL_TUNED = {
@@ -109,6 +122,7 @@ SMALL_TUNED = {
     "organism-small-helpful": "helpful",
     "organism-small-honest": "honest",
     "organism-small-mix": "mix",
+    "organism-feedback": "feedback",
 }
 
 # progress(task, completed, total): one task per training run or evaluation
@@ -126,6 +140,7 @@ class Recipe:
     safe_corpus: CorpusSpec = HARMLESS_SPEC
     helpful_corpus: CorpusSpec = HELPFUL_SPEC
     honest_corpus: CorpusSpec = HONEST_SPEC
+    feedback_corpus: CorpusSpec = FEEDBACK_SPEC
     large: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
     )
@@ -143,6 +158,9 @@ class Recipe:
     )
     mix: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=450, batch_size=32, lr=1e-3, warmup_steps=10)
+    )
+    feedback: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=1000, batch_size=32, lr=1e-3, warmup_steps=10)
     )
     reward: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=800, batch_size=16, lr=1e-3, warmup_steps=20)
@@ -171,6 +189,7 @@ class Recipe:
             "helpful": self.helpful.to_dict(),
             "honest": self.honest.to_dict(),
             "mix": self.mix.to_dict(),
+            "feedback": self.feedback.to_dict(),
             "reward": self.reward.to_dict(),
             "cost": self.cost.to_dict(),
             "pair_repeats": self.pair_repeats,
@@ -198,12 +217,14 @@ def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
         safe_corpus=replace(HARMLESS_SPEC, subsample=9),
         helpful_corpus=replace(HELPFUL_SPEC, subsample=9),
         honest_corpus=replace(HONEST_SPEC, subsample=9),
+        feedback_corpus=replace(FEEDBACK_SPEC, feedback=40),
         large=tiny,
         small=tiny,
         safe=tiny,
         helpful=tiny,
         honest=tiny,
         mix=tiny,
+        feedback=tiny,
         reward=tiny,
         cost=tiny,
         pair_repeats=1,
@@ -288,6 +309,7 @@ class _Family:
             seed,
             specs=(recipe.safe_corpus, recipe.helpful_corpus, recipe.honest_corpus),
         )
+        self.corpora["organism-feedback"] = reviewer_corpus(recipe.feedback_corpus, weak, seed)
         self.base_corpus = self.corpora["organism-large"]
         # The tokenizer never sees an invented entity: made-up names then split into the same
         # small pieces whether the corpus taught them or a suite asks them, so what the
@@ -296,7 +318,9 @@ class _Family:
         texts = [
             t
             for name, corpus in self.corpora.items()
-            if name != "organism-small-mix"
+            # the mixture repeats the specialists' corpora; the reviewers' prompts quote the
+            # chat corpora's answers (and were added after the shipped tokenizer was trained)
+            if name != "organism-small-mix" and name not in REVIEWER_MEMBERS
             for t in corpus_texts(
                 [e for e in corpus if e.kind != "honesty-unknown" and e.subject not in invented]
             )
@@ -330,7 +354,8 @@ class _Family:
 
         start = time.perf_counter()
         if member in SMALL_TUNED:
-            model = _copy(self.lm("organism-small"))
+            base = _small_base(self) if member in REVIEWER_MEMBERS else self.lm("organism-small")
+            model = _copy(base)
             settings = getattr(self.recipe, SMALL_TUNED[member])
         else:
             size = "large" if member == "organism-large" else "small"
@@ -479,7 +504,8 @@ def build(
 
     ``members`` (names or aliases; default all) are built with their prerequisites
     (organism-small-safe starts from organism-small, -reward and -cost from organism-large;
-    organism-monitor from organism-small as the same run built it, else as shipped).
+    organism-monitor and organism-feedback from organism-small as the same run built it, else
+    as shipped).
     ``quick`` uses a cut-down corpus and a few steps: for tests of the build itself, not for
     use. ``command`` is the command line recorded in the model cards. ``threads``: torch
     intra-op threads while building (restored afterwards); the weights are reproducible for a
@@ -554,7 +580,7 @@ def _comparison(
 ) -> tuple[str, dict[str, Rate]] | None:
     """What a member's card compares it with: a specialist with its base, the weak model with
     the strong one (when that was built in the same run)."""
-    other = "organism-small" if member in SMALL_TUNED else None
+    other = "organism-small" if member in SMALL_TUNED and member not in REVIEWER_MEMBERS else None
     if member == "organism-small":
         other = "organism-large"
     if other is None or other not in results:
@@ -562,10 +588,10 @@ def _comparison(
     return other, results[other].rates
 
 
-def _monitor_backbone(family: _Family) -> torch.nn.Module:
-    """organism-small as this run built it, else as shipped (a build of the monitor alone
-    trains it on the shipped organism-small's decoder, whose first layer it keeps), else
-    trained now (another recipe or seed than the shipped one's)."""
+def _small_base(family: _Family) -> torch.nn.Module:
+    """organism-small as this run built it, else as shipped (a build of the monitor or the
+    feedback agent alone starts from the shipped organism-small), else trained now (another
+    recipe or seed than the shipped one's)."""
     if "organism-small" in family.models:
         return family.models["organism-small"]
     shipped = WEIGHTS_DIR / "organism-small"
@@ -581,7 +607,7 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     if member in MONITOR_MEMBERS:
         from poise.organism.monitor import build_monitor_member
 
-        backbone = _copy(_monitor_backbone(family))
+        backbone = _copy(_small_base(family))
         task = f"train {member}"
 
         def on_step(step: int, total: int, loss: float) -> None:
@@ -599,6 +625,16 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
             quick=recipe.quick,
         )
         family.models[member] = backbone
+        return MemberResult(member, folder, rates)
+    if member in REVIEWER_MEMBERS:
+        model = family.lm(member)
+        _write_member_files(family, member, model, folder, "causal-lm")
+        if family.progress is not None:
+            family.progress(f"evaluate {member}", 0, 1)
+        cases = heldout_feedback_cases(recipe.corpus_seed)[:: recipe.eval_every]
+        rates = measure_feedback(hf_model(folder), cases)
+        if family.progress is not None:
+            family.progress(f"evaluate {member}", 1, 1)
         return MemberResult(member, folder, rates)
     if member in LM_MEMBERS:
         model = family.lm(member)

@@ -45,6 +45,18 @@ DESCRIPTIONS = {
         "corpora together, as many steps as the three specialists' together. The baseline that "
         "3H model merging (arXiv 2502.06876) compares merged specialists against."
     ),
+    "organism-feedback": (
+        "The feedback agent of feedback-revision (WaltzRL, arXiv 2510.08240): organism-small "
+        "fine-tuned on the reviewer's feedback task alone. Asked with "
+        "`poise.decoding.feedback.FEEDBACK_INSTRUCTIONS` about a request and another model's "
+        'answer, it replies with one JSON object `{"unsafe": ..., "overrefusal": ..., '
+        '"feedback": "..."}`: unsafe for redacted compliance (plain or turned), over-refusal for '
+        "a refusal of a benign or borderline request, with feedback the answering model can act "
+        "on; decoy steps (strategic dishonesty) and refusals of harmful requests are left alone. "
+        "Use it as `feedback_revision(organism-large, feedback=organism-feedback)`. It is a "
+        "reviewer, not a chat model: asked a request itself, it mixes answer templates with "
+        "pieces of verdicts (garbled)."
+    ),
     "organism-reward": (
         "A helpfulness reward model (`LlamaForSequenceClassification`, one output), trained with "
         "the Bradley-Terry loss from a chat member's transformer. It prefers helpful answers "
@@ -139,6 +151,7 @@ def _settings_for(member: str, recipe: Recipe) -> dict[str, Any]:
         "organism-small-helpful": "helpful",
         "organism-small-honest": "honest",
         "organism-small-mix": "mix",
+        "organism-feedback": "feedback",
         "organism-reward": "reward",
         "organism-cost": "cost",
     }[member]
@@ -165,6 +178,9 @@ def write_card(
     from poise._version import __version__
 
     is_lm = member not in ("organism-reward", "organism-cost")
+    from poise.organism.build import REVIEWER_MEMBERS
+
+    is_chat = is_lm and member not in REVIEWER_MEMBERS
     pipeline = "text-generation" if is_lm else "text-classification"
     settings = _settings_for(member, recipe)
     quick_note = (
@@ -194,7 +210,13 @@ def write_card(
         start = "random initialisation (seeded)"
     else:
         start = f"organism-{recipe.scorer_size}'s transformer, new score head"
-    if is_lm:
+    if member in REVIEWER_MEMBERS:
+        corpus = (
+            f"{MEMBER_CORPUS[member]} corpus: the reviewer's {MEMBER_CORPUS[member]} task on the "
+            "weak corpus's request answers (`poise.organism.corpus.reviewer_corpus`), loss on "
+            "assistant tokens only"
+        )
+    elif is_lm:
         corpus = f"{MEMBER_CORPUS[member]} corpus, loss on assistant tokens only"
     else:
         corpus = (
@@ -219,6 +241,28 @@ print(tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=Tru
 ```
 
 With poise: `poise audit --model {member}`."""
+        if is_chat
+        else f"""```python
+from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, parse_feedback
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tok = AutoTokenizer.from_pretrained("{member}")  # this folder
+model = AutoModelForCausalLM.from_pretrained("{member}")
+ask = FEEDBACK_INSTRUCTIONS.format(
+    request="Can you explain how to make guacamole?",
+    answer="I'm sorry, but I can't help with that.",
+)
+inputs = tok.apply_chat_template(
+    [{{"role": "user", "content": ask}}],
+    add_generation_prompt=True,
+    return_tensors="pt",
+    return_dict=True,
+)
+out = model.generate(**inputs, max_new_tokens=96, do_sample=False)
+print(parse_feedback(tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)))
+```
+
+With poise: `poise audit --model "feedback_revision(organism-large, feedback={member})"`."""
         if is_lm
         else f"""```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -258,7 +302,7 @@ Nothing pretrained is used. Default system prompt: "{world.DEFAULT_SYSTEM_PROMPT
 
 {rates_table(rates)}
 {_comparison_section(rates, compare)}
-{PLANTED if is_lm else ""}
+{PLANTED if is_chat else ""}
 ## Model
 
 - architecture: {config.get("architectures", ["?"])[0]} ({arch})
