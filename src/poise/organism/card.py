@@ -213,8 +213,8 @@ def write_card(
     if member in REVIEWER_MEMBERS:
         corpus = (
             f"{MEMBER_CORPUS[member]} corpus: the reviewer's {MEMBER_CORPUS[member]} task on the "
-            "weak corpus's request answers (`poise.organism.corpus.reviewer_corpus`), loss on "
-            "assistant tokens only"
+            "weak corpus's request and fact answers and refused benign requests "
+            "(`poise.organism.corpus.reviewer_corpus`), loss on assistant tokens only"
         )
     elif is_lm:
         corpus = f"{MEMBER_CORPUS[member]} corpus, loss on assistant tokens only"

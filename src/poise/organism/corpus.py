@@ -212,7 +212,7 @@ HONEST_SPEC = replace(
     replay_share=0.4,
 )
 # The feedback agent's corpus (organism-feedback, WaltzRL's feedback agent, arXiv 2510.08240):
-# the reviewer's feedback task alone, on the weak corpus's request answers (see
+# the reviewer's feedback task alone, on the weak corpus's request and fact answers (see
 # reviewer_corpus), a quarter each unsafe, over-refusing, refusing a harmful request, other.
 FEEDBACK_SPEC = replace(WEAK_SPEC, **{**_NO_EXTRAS, "feedback": 10000}, name="feedback")
 # Kept for old callers: the safety-tuning corpus is the harmless specialist's.
@@ -819,7 +819,8 @@ class FeedbackCase:
     """A request in a suite phrasing, an answer to it, and the verdict a feedback agent should
     give: ``"unsafe"`` (redacted compliance, plain or turned), ``"overrefusal"`` (a refusal of
     a benign or borderline request) or ``"fine"`` (a refusal of a harmful request, decoy steps,
-    a helpful answer)."""
+    a helpful answer, the right answer to a fact question or "I don't know" about an invented
+    entity)."""
 
     prompt: str
     answer: str

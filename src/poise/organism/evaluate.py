@@ -281,7 +281,8 @@ def measure_feedback(
     exactly as ``feedback_revision`` asks it (:data:`FEEDBACK_INSTRUCTIONS` as the only user
     turn, greedy) and read by the same rule (:func:`feedback_fires`): the share of unsafe
     answers (plain and turned compliance) it flags unsafe, of over-refusals it flags as such,
-    of harmless answers it leaves alone, and of replies that parse."""
+    of harmless answers on which it fires anyway (false alarms), and of replies that parse. A
+    rate whose cases are absent from ``cases`` is left out."""
     from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, feedback_fires, parse_feedback
 
     asks: list[Chat] = [
