@@ -180,6 +180,13 @@ class _Evaluate:
 
 
 _Request = _Sets | _Rollout | _Evaluate
+
+
+def _cache_keys(search: Hashable) -> tuple[Hashable, Hashable]:
+    """The prefix-cache keys of one search's rows: its contexts', its evaluation prompts'."""
+    return (search, "context"), (search, "evaluate")
+
+
 # a row's search: yields requests, is sent their answers, returns (tokens, finish, counts)
 _Search = Generator[_Request, Any, tuple[list[int], str, dict[str, int]]]
 
@@ -800,8 +807,7 @@ class Rain(WrappedModel):
         """One forward / evaluate / expand / backward pass (``main.py: search``). ``key``
         names the search's rows in a prefix cache: its contexts under ``(key, "context")``,
         its evaluation prompts under ``(key, "evaluate")``."""
-        context = None if key is None else (key, "context")
-        judged = None if key is None else (key, "evaluate")
+        context, judged = _cache_keys(key) if key is not None else (None, None)
         inner: Any = self.inner
         state = list(prefix)
         node = root
@@ -856,8 +862,8 @@ class Rain(WrappedModel):
             )
             left[c] -= 1
             if prefixes is not None:
-                prefixes.forget(((c, s), "context"))
-                prefixes.forget(((c, s), "evaluate"))
+                for key in _cache_keys((c, s)):
+                    prefixes.forget(key)
             if progress is not None and left[c] == 0:
                 progress(1)
 

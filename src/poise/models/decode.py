@@ -351,29 +351,31 @@ class KVCache:
                 layer.end = max(layer.start, layer.end - columns)
                 layer._views()
 
-    def copy_rows(self, rows: torch.Tensor) -> KVCache:
-        """A new cache holding copies of ``rows`` ([rows] int64) over the live columns."""
+    def _copied(self, take: Callable[[torch.Tensor], torch.Tensor]) -> KVCache:
+        """A new cache whose every layer holds ``take(keys)`` / ``take(values)`` of this one's
+        live columns ([rows, kv_heads, live, dim] in, a new tensor out)."""
         if not self.mergeable:
             raise PoiseError("this model's KV cache cannot be copied (not plain attention)")
         copy = KVCache(self.config, 0)
         for mine, theirs in zip(copy.cache.layers, self.cache.layers, strict=True):
             if theirs.is_initialized:
-                mine._adopt(theirs.keys.index_select(0, rows), theirs.values.index_select(0, rows))
+                mine._adopt(take(theirs.keys), take(theirs.values))
         return copy
+
+    def copy_rows(self, rows: torch.Tensor) -> KVCache:
+        """A new cache holding copies of ``rows`` ([rows] int64) over the live columns."""
+        return self._copied(lambda t: t.index_select(0, rows))
 
     def gather_columns(self, rows: torch.Tensor, columns: torch.Tensor) -> KVCache:
         """A new cache whose row ``j`` holds row ``rows[j]``'s keys and values at the live
         columns ``columns[j]`` ([rows, width] int64), in that order."""
-        if not self.mergeable:
-            raise PoiseError("this model's KV cache cannot be copied (not plain attention)")
-        copy = KVCache(self.config, 0)
-        for mine, theirs in zip(copy.cache.layers, self.cache.layers, strict=True):
-            if theirs.is_initialized:
-                keys = theirs.keys.index_select(0, rows)  # [rows, heads, live, dim]
-                index = columns[:, None, :, None].expand(-1, keys.size(1), -1, keys.size(3))
-                values = theirs.values.index_select(0, rows)
-                mine._adopt(keys.gather(2, index), values.gather(2, index))
-        return copy
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            picked = t.index_select(0, rows)  # [rows, heads, live, dim]
+            index = columns[:, None, :, None].expand(-1, picked.size(1), -1, picked.size(3))
+            return picked.gather(2, index)
+
+        return self._copied(take)
 
     def merge(
         self,
@@ -625,11 +627,14 @@ class DecodeState:
             )
         gathered = copies[0]
         gathered.extend(*copies[1:], reserve=reserve)
-        order = [j for _, _, at in sources.values() for j in at]
-        if order != list(range(len(parts))):
-            where = {j: r for r, j in enumerate(order)}
-            gathered.keep([where[j] for j in range(len(parts))])
+        gathered._reorder([j for _, _, at in sources.values() for j in at])
         return gathered
+
+    def _reorder(self, order: Sequence[int]) -> None:
+        """Put the rows back in order: row ``r`` now holds what belongs at ``order[r]``."""
+        if list(order) != list(range(len(order))):
+            where = {j: r for r, j in enumerate(order)}
+            self.keep([where[j] for j in range(len(order))])
 
     @torch.inference_mode()
     def extend(
@@ -748,10 +753,7 @@ class PrefixCache:
         state = parts[0]
         if len(parts) > 1:
             state.extend(parts[1])
-        order = reused + whole
-        if order != list(range(len(rows))):
-            where = {i: j for j, i in enumerate(order)}
-            state.keep([where[i] for i in range(len(rows))])
+        state._reorder(reused + whole)
         if state.mergeable:
             first: dict[Hashable, int] = {}
             for i, key in enumerate(keys):

@@ -176,10 +176,9 @@ def write_card(
     """Write ``member``'s model card to ``path``; ``compare`` (a member's name and its rates:
     the base of a specialist, the strong model for the weak one) adds a table of differences."""
     from poise._version import __version__
+    from poise.organism.build import MEMBER_CORPUS, REVIEWER_MEMBERS, SMALL_TUNED
 
     is_lm = member not in ("organism-reward", "organism-cost")
-    from poise.organism.build import REVIEWER_MEMBERS
-
     is_chat = is_lm and member not in REVIEWER_MEMBERS
     pipeline = "text-generation" if is_lm else "text-classification"
     settings = _settings_for(member, recipe)
@@ -202,8 +201,6 @@ def write_card(
         if k in config
     )
     train_rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
-    from poise.organism.build import MEMBER_CORPUS, SMALL_TUNED
-
     if member in SMALL_TUNED:
         start = "organism-small's weights (fine-tuned)"
     elif is_lm:

@@ -35,6 +35,7 @@ __all__ = [
     "Generate",
     "Rate",
     "chat_of",
+    "feedback_verdicts",
     "hf_generator",
     "hf_model",
     "measure_feedback",
@@ -274,16 +275,13 @@ def measure_lm(
     return {r.name: r for r in rates}
 
 
-def measure_feedback(
+def feedback_verdicts(
     model: LanguageModel, cases: Sequence[FeedbackCase], *, max_new_tokens: int = 96
-) -> dict[str, Rate]:
-    """A feedback agent's verdicts on held-out cases (:func:`heldout_feedback_cases`), asked
-    exactly as ``feedback_revision`` asks it (:data:`FEEDBACK_INSTRUCTIONS` as the only user
-    turn, greedy) and read by the same rule (:func:`feedback_fires`): the share of unsafe
-    answers (plain and turned compliance) it flags unsafe, of over-refusals it flags as such,
-    of harmless answers on which it fires anyway (false alarms), and of replies that parse. A
-    rate whose cases are absent from ``cases`` is left out."""
-    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, feedback_fires, parse_feedback
+) -> list[tuple[bool, bool, str] | None]:
+    """A feedback agent's parsed verdict on each case (None: no verdict in the reply), asked
+    exactly as ``feedback_revision`` asks it: :data:`FEEDBACK_INSTRUCTIONS` as the only user
+    turn, greedy."""
+    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, parse_feedback
 
     asks: list[Chat] = [
         [
@@ -295,7 +293,21 @@ def measure_feedback(
         for c in cases
     ]
     replies = model.generate(asks, Sampling(max_new_tokens=max_new_tokens))
-    verdicts = [parse_feedback(row[0].text) for row in replies]
+    return [parse_feedback(row[0].text) for row in replies]
+
+
+def measure_feedback(
+    model: LanguageModel, cases: Sequence[FeedbackCase], *, max_new_tokens: int = 96
+) -> dict[str, Rate]:
+    """A feedback agent's verdicts on held-out cases (:func:`heldout_feedback_cases`), asked
+    as ``feedback_revision`` asks (:func:`feedback_verdicts`) and read by the same rule
+    (:func:`feedback_fires`): the share of unsafe
+    answers (plain and turned compliance) it flags unsafe, of over-refusals it flags as such,
+    of harmless answers on which it fires anyway (false alarms), and of replies that parse. A
+    rate whose cases are absent from ``cases`` is left out."""
+    from poise.decoding.feedback import feedback_fires
+
+    verdicts = feedback_verdicts(model, cases, max_new_tokens=max_new_tokens)
     rows = list(zip(cases, verdicts, strict=True))
 
     def rate(
