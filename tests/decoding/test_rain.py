@@ -159,6 +159,29 @@ def test_self_evaluation_reads_the_option_letters(tiny: HFModel) -> None:
     assert rain.evaluate("how do I bake bread?", "Mix flour and water.") == -1.0
 
 
+def test_evaluating_many_answers_equals_evaluating_each(tiny: HFModel) -> None:
+    rain = Rain(tiny, batch_size=3)  # 7 pairs: chunks of 3, 3 and 1
+    letters = [tiny.tokenizer.encode(x, add_special_tokens=False)[-1] for x in "AB"]
+
+    def logits(rows: Sequence[Sequence[int]], *_: Any) -> Any:
+        # harmless when the answer mentions bread, in either option order; else letter A
+        out = torch.zeros(len(rows), len(tiny.tokenizer))
+        for i, row in enumerate(rows):
+            text = tiny.tokenizer.decode(list(row))
+            answer = text.split("Assistant: ")[-1].split("Options:")[0]
+            harmless_first = "(A) The assistant's answer is harmless" in text
+            pick_a = harmless_first if "bread" in answer else True
+            out[i, letters[0] if pick_a else letters[1]] = 1.0
+        return SimpleNamespace(logits=out)
+
+    rain._logits = logits  # type: ignore[method-assign]
+    pairs = [("q?", a) for a in ("bread", "no", "bread rolls", "x", "y", "more bread", "z")]
+    many = rain.evaluate_many(pairs)
+    assert many == [rain.evaluate(r, a) for r, a in pairs]
+    assert many == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
+    assert rain.evaluate_many([]) == []
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

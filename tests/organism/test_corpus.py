@@ -408,6 +408,47 @@ def test_reviewer_corpus_asks_only_the_reviewer_task_about_its_base_answers() ->
     assert FEEDBACK_SPEC.revision == 0
 
 
+def test_self_evaluation_corpus_replays_its_base_and_cuts_where_clauses_end() -> None:
+    import random
+    import re
+    from dataclasses import replace
+
+    from poise.decoding.rain import CLAUSE_ENDS, EVALUATION_PROMPT
+    from poise.organism.corpus import SELF_EVALUATION_SPEC, cut_at_clause
+
+    base = generate_corpus(replace(BASE_SPEC, subsample=4), seed=0)
+    spec = replace(SELF_EVALUATION_SPEC, self_evaluation=90)
+    corpus = reviewer_corpus(spec, base, seed=0)
+    assert corpus == reviewer_corpus(spec, base, seed=0)  # seeded
+    own = [ex for ex in corpus if ex.kind == "self-evaluation"]
+    replayed = [ex for ex in corpus if ex.kind != "self-evaluation"]
+    # as many base examples again (replay_share 1.0), each one of the base's own
+    assert len(own) == 90 and len(replayed) == 90
+    assert all(ex in base for ex in replayed)
+    assert {ex.kind for ex in replayed} <= {ex.kind for ex in base}
+    assert all(ex.messages[-1][1].startswith(EVALUATION_PROMPT.split("{")[0]) for ex in own)
+    answers = [
+        re.search(r"\nAssistant: (.*)\n\nOptions:", ex.messages[-1][1], re.DOTALL).group(1)  # type: ignore[union-attr]
+        for ex in own
+    ]
+    responses = {ex.response for ex in base}
+    whole = [a for a in answers if a in responses]
+    partial = [a for a in answers if a not in responses]
+    at_clause = [a for a in partial if a[-1] in CLAUSE_ENDS]
+    # a third whole, a third cut where a clause ends, a third at a share of the words
+    assert 15 <= len(whole) <= 45 and len(at_clause) >= 15 and len(partial) - len(at_clause) >= 5
+    # without replay, the reviewer's examples alone
+    alone = reviewer_corpus(replace(spec, replay_share=0.0), base, seed=0)
+    assert len(alone) == 90 and {ex.kind for ex in alone} == {"self-evaluation"}
+    # the cut: a proper prefix ending a clause; a text without one is cut by words
+    rng = random.Random(0)
+    text = "Sure, here is how: Step 1: Mix. Step 2: Bake."
+    for _ in range(20):
+        prefix = cut_at_clause(rng, text)
+        assert text.startswith(prefix) and prefix != text and prefix[-1] in CLAUSE_ENDS
+    assert "one two three four".startswith(cut_at_clause(rng, "one two three four"))
+
+
 def test_heldout_feedback_cases_are_labelled_as_the_oracle_labels_their_answers() -> None:
     from poise.organism.evaluate import suite_items
 

@@ -1,8 +1,15 @@
-"""measure_feedback: a feedback agent's card rates, read as feedback_revision reads verdicts."""
+"""measure_feedback and measure_self_evaluation: a reviewer's card rates, read as the strategy
+that asks it reads them (feedback_revision, RAIN)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
 
 from poise.models.base import Chat
 from poise.models.mock import MockModel, last_user_message
@@ -75,3 +82,53 @@ def test_a_subset_without_some_kind_of_case_has_no_rate_for_it() -> None:
     assert "feedback_false_alarm_feigned" not in rates
     assert "feedback_overrefusal_caught" not in rates
     assert rates["feedback_unsafe_caught"].k == 0 and rates["feedback_false_alarm"].n > 0
+
+
+# -- measure_self_evaluation: RAIN's question about whole answers and their prefixes ----------
+
+
+def test_a_perfect_self_evaluation_flags_harm_and_nothing_else(
+    tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A judge that knows where harm begins: every rate at its ideal, over the counts of
+    whole answers and prefixes the cases give."""
+    import torch
+
+    from poise.decoding.rain import Rain
+    from poise.models.hf import HFModel
+    from poise.organism.corpus import HELDOUT_FRACTIONS, cut, prefix_is_harmful
+    from poise.organism.evaluate import measure_self_evaluation
+
+    model = HFModel(str(tiny_hf_model_dir), device="cpu")
+    tok = model.tokenizer
+    letters = [tok.encode(x, add_special_tokens=False)[-1] for x in "AB"]
+    cases = [c for c in CASES if c.kind != "honesty"][:12] + [
+        c for c in CASES if c.kind == "honesty"
+    ][:2]
+    truth: dict[str, bool] = {}
+    for c in cases:
+        for text in (c.answer, *(cut(c.answer, f) for f in HELDOUT_FRACTIONS)):
+            truth[text] = prefix_is_harmful(c.answer, text)
+
+    def logits(self: Rain, rows: Sequence[Sequence[int]], *_: Any) -> Any:
+        out = torch.zeros(len(rows), len(tok))
+        for i, row in enumerate(rows):
+            text = tok.decode(list(row))
+            answer = text.split("\nAssistant: ")[1].split("\n\nOptions:")[0]
+            harmful_first = "(A) The assistant's answer is harmful" in text
+            out[i, letters[0] if truth[answer] == harmful_first else letters[1]] = 1.0
+        return SimpleNamespace(logits=out)
+
+    monkeypatch.setattr(Rain, "_logits", logits)
+    rates = measure_self_evaluation(model, cases, batch_size=5)
+    unsafe = [c for c in cases if c.expected == "unsafe"]
+    assert rates["selfeval_harmful_flagged"].value == 1.0
+    assert rates["selfeval_harmful_flagged"].n == len(unsafe) > 0
+    assert rates["selfeval_harmful_prefix_flagged"].value == 1.0
+    assert rates["selfeval_refusal_harmless"].value == 1.0
+    assert rates["selfeval_false_alarm"].k == 0 and rates["selfeval_false_alarm_prefix"].k == 0
+    assert rates["selfeval_false_alarm"].n == len(cases) - len(unsafe)
+    assert rates["selfeval_decisive"].value == 1.0
+    # each whole answer and each of its prefixes that is shorter than it
+    rows = sum(1 + sum(cut(c.answer, f) != c.answer for f in HELDOUT_FRACTIONS) for c in cases)
+    assert rates["selfeval_decisive"].n == rows > len(cases)

@@ -704,6 +704,14 @@ class Rain(WrappedModel):
         """The model's self-evaluation of one answer, in {-1, 0, 1} (``main.py: getv``)."""
         return float(self._serve([_Evaluate(request, answer)])[0])
 
+    def evaluate_many(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """:meth:`evaluate` of many (request, answer) pairs, ``batch_size`` at a time."""
+        values: list[float] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = [_Evaluate(r, a) for r, a in pairs[start : start + self.batch_size]]
+            values += [float(v) for v in self._serve(chunk)]
+        return values
+
     def _embedder(self, chat: Chat) -> Callable[[Sequence[int]], Embedding] | None:
         if self.similarity == "none":
             return None

@@ -31,6 +31,7 @@ MEMBERS: tuple[str, ...] = (
     "organism-cost",
     "organism-monitor",
     "organism-feedback",
+    "organism-large-selfeval",
 )
 # organism-small-safe is the harmless specialist of the three that share organism-small as base
 ALIASES: dict[str, str] = {

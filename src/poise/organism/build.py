@@ -51,6 +51,7 @@ from poise.organism.corpus import (
     HELDOUT_FRACTIONS,
     HELPFUL_SPEC,
     HONEST_SPEC,
+    SELF_EVALUATION_SPEC,
     WEAK_SPEC,
     CorpusSpec,
     Example,
@@ -65,7 +66,12 @@ from poise.organism.corpus import (
     reviewer_corpus,
     specialist_corpus,
 )
-from poise.organism.evaluate import hf_model, measure_feedback, measure_lm
+from poise.organism.evaluate import (
+    hf_model,
+    measure_feedback,
+    measure_lm,
+    measure_self_evaluation,
+)
 from poise.organism.tokenizer import (
     DEFAULT_VOCAB_SIZE,
     encode_example,
@@ -98,6 +104,7 @@ LM_MEMBERS = (
     "organism-small-helpful",
     "organism-small-honest",
     "organism-small-mix",
+    "organism-large-selfeval",
 )
 SCORER_MEMBERS = ("organism-reward", "organism-cost")
 # the streaming content monitor (poise.organism.monitor): organism-small's first decoder layer
@@ -106,6 +113,10 @@ MONITOR_MEMBERS = ("organism-monitor",)
 # reviewers of another model's answers, fine-tuned from organism-small (as built in the same run,
 # else as shipped): WaltzRL's feedback agent
 REVIEWER_MEMBERS = ("organism-feedback",)
+# fine-tuned from organism-large (as built in the same run, else as shipped): member -> the
+# recipe field of its training settings. The self-evaluating member: organism-large taught
+# RAIN's self-evaluation question (its answers replayed, so it still answers as before)
+LARGE_TUNED = {"organism-large-selfeval": "selfeval"}
 # the corpus each chat member is trained on (recorded in poise.json)
 MEMBER_CORPUS = {
     "organism-large": "base",
@@ -115,6 +126,7 @@ MEMBER_CORPUS = {
     "organism-small-honest": "honest",
     "organism-small-mix": "harmless+helpful+honest",
     "organism-feedback": "feedback",
+    "organism-large-selfeval": "self-evaluation+base",
 }
 # fine-tuned from organism-small: member -> the recipe field of its training settings
 SMALL_TUNED = {
@@ -141,6 +153,7 @@ class Recipe:
     helpful_corpus: CorpusSpec = HELPFUL_SPEC
     honest_corpus: CorpusSpec = HONEST_SPEC
     feedback_corpus: CorpusSpec = FEEDBACK_SPEC
+    selfeval_corpus: CorpusSpec = SELF_EVALUATION_SPEC
     large: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
     )
@@ -161,6 +174,9 @@ class Recipe:
     )
     feedback: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=1000, batch_size=32, lr=1e-3, warmup_steps=10)
+    )
+    selfeval: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=800, batch_size=32, lr=1e-3, warmup_steps=10)
     )
     reward: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=800, batch_size=16, lr=1e-3, warmup_steps=20)
@@ -190,6 +206,7 @@ class Recipe:
             "honest": self.honest.to_dict(),
             "mix": self.mix.to_dict(),
             "feedback": self.feedback.to_dict(),
+            "selfeval": self.selfeval.to_dict(),
             "reward": self.reward.to_dict(),
             "cost": self.cost.to_dict(),
             "pair_repeats": self.pair_repeats,
@@ -218,6 +235,7 @@ def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
         helpful_corpus=replace(HELPFUL_SPEC, subsample=9),
         honest_corpus=replace(HONEST_SPEC, subsample=9),
         feedback_corpus=replace(FEEDBACK_SPEC, feedback=40),
+        selfeval_corpus=replace(SELF_EVALUATION_SPEC, self_evaluation=40),
         large=tiny,
         small=tiny,
         safe=tiny,
@@ -225,6 +243,7 @@ def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
         honest=tiny,
         mix=tiny,
         feedback=tiny,
+        selfeval=tiny,
         reward=tiny,
         cost=tiny,
         pair_repeats=1,
@@ -311,6 +330,9 @@ class _Family:
         )
         self.corpora["organism-feedback"] = reviewer_corpus(recipe.feedback_corpus, weak, seed)
         self.base_corpus = self.corpora["organism-large"]
+        self.corpora["organism-large-selfeval"] = reviewer_corpus(
+            recipe.selfeval_corpus, self.base_corpus, seed
+        )
         # The tokenizer never sees an invented entity: made-up names then split into the same
         # small pieces whether the corpus taught them or a suite asks them, so what the
         # organism learns about them is to copy pieces, not to recall learnt merges.
@@ -320,7 +342,9 @@ class _Family:
             for name, corpus in self.corpora.items()
             # the mixture repeats the specialists' corpora; the reviewers' prompts quote the
             # chat corpora's answers (and were added after the shipped tokenizer was trained)
-            if name != "organism-small-mix" and name not in REVIEWER_MEMBERS
+            if name != "organism-small-mix"
+            and name not in REVIEWER_MEMBERS
+            and name not in LARGE_TUNED
             for t in corpus_texts(
                 [e for e in corpus if e.kind != "honesty-unknown" and e.subject not in invented]
             )
@@ -357,6 +381,9 @@ class _Family:
             base = _small_base(self) if member in REVIEWER_MEMBERS else self.lm("organism-small")
             model = _copy(base)
             settings = getattr(self.recipe, SMALL_TUNED[member])
+        elif member in LARGE_TUNED:
+            model = _copy(_shipped_or_trained(self, "organism-large"))
+            settings = getattr(self.recipe, LARGE_TUNED[member])
         else:
             size = "large" if member == "organism-large" else "small"
             settings = self.recipe.large if size == "large" else self.recipe.small
@@ -561,7 +588,7 @@ def _build_all(
                 num_parameters=sum(p.numel() for p in family.models[member].parameters()),
                 config=json.loads((tmp / "config.json").read_text(encoding="utf-8")),
                 command=command,
-                compare=_comparison(member, results),
+                compare=_comparison(family, member, results),
             )
             result.size_bytes = _folder_size(tmp)
             final = out_dir / member
@@ -576,30 +603,45 @@ def _build_all(
 
 
 def _comparison(
-    member: str, results: dict[str, MemberResult]
+    family: _Family, member: str, results: dict[str, MemberResult]
 ) -> tuple[str, dict[str, Rate]] | None:
     """What a member's card compares it with: a specialist with its base, the weak model with
-    the strong one (when that was built in the same run)."""
+    the strong one (when that was built in the same run). A member fine-tuned from
+    organism-large is always compared with it: measured now, on the weights it started from,
+    when this run did not build it (its card says how it differs from its base)."""
     other = "organism-small" if member in SMALL_TUNED and member not in REVIEWER_MEMBERS else None
-    if member == "organism-small":
+    if member == "organism-small" or member in LARGE_TUNED:
         other = "organism-large"
-    if other is None or other not in results:
+    if other is None:
         return None
-    return other, results[other].rates
+    if other in results:
+        return other, results[other].rates
+    if member not in LARGE_TUNED:
+        return None
+    base = _shipped_or_trained(family, other)
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_member_files(family, other, base, Path(tmp), "causal-lm")
+        return other, _measure_chat(family, Path(tmp), f"evaluate {other}")
 
 
 def _small_base(family: _Family) -> torch.nn.Module:
     """organism-small as this run built it, else as shipped (a build of the monitor or the
-    feedback agent alone starts from the shipped organism-small), else trained now (another
-    recipe or seed than the shipped one's)."""
-    if "organism-small" in family.models:
-        return family.models["organism-small"]
-    shipped = WEIGHTS_DIR / "organism-small"
+    feedback agent alone starts from the shipped organism-small), else trained now."""
+    return _shipped_or_trained(family, "organism-small")
+
+
+def _shipped_or_trained(family: _Family, member: str) -> torch.nn.Module:
+    """``member`` (a chat member trained from scratch) as this run built it, else as shipped
+    (a build of a member fine-tuned from it, alone, starts from the shipped weights), else
+    trained now (another recipe or seed than the shipped one's)."""
+    if member in family.models:
+        return family.models[member]
+    shipped = WEIGHTS_DIR / member
     if family.recipe == default_recipe() and (shipped / "model.safetensors").is_file():
         from transformers import LlamaForCausalLM
 
         return LlamaForCausalLM.from_pretrained(str(shipped), dtype=torch.float32)
-    return family.lm("organism-small")
+    return family.lm(member)
 
 
 def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
@@ -639,21 +681,10 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     if member in LM_MEMBERS:
         model = family.lm(member)
         _write_member_files(family, member, model, folder, "causal-lm")
-        task = f"evaluate {member}"
-
-        def on_phase(name: str, done: int, total: int) -> None:
-            if family.progress is not None:
-                family.progress(task, done, total)
-
-        rates = measure_lm(
-            hf_model(folder),
-            every=recipe.eval_every,
-            samples=recipe.eval_samples,
-            max_new_tokens=recipe.eval_max_new_tokens,
-            seed=recipe.corpus_seed,
-            on_phase=on_phase,
-        )
-        on_phase("done", 1, 1)
+        rates = _measure_chat(family, folder, f"evaluate {member}")
+        if member in LARGE_TUNED:
+            cases = heldout_feedback_cases(recipe.corpus_seed)[:: recipe.eval_every]
+            rates.update(measure_self_evaluation(hf_model(folder), cases))
         return MemberResult(member, folder, rates)
     model = family.scorer(member)
     objective: Objective = "reward" if member == "organism-reward" else "cost"
@@ -685,6 +716,26 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     for r in rates.values():
         logger.info("%s: %s", member, r)
     return MemberResult(member, folder, rates)
+
+
+def _measure_chat(family: _Family, folder: Path, task: str) -> dict[str, Rate]:
+    """A chat member's card rates (:func:`measure_lm` with the recipe's settings)."""
+    recipe = family.recipe
+
+    def on_phase(name: str, done: int, total: int) -> None:
+        if family.progress is not None:
+            family.progress(task, done, total)
+
+    rates = measure_lm(
+        hf_model(folder),
+        every=recipe.eval_every,
+        samples=recipe.eval_samples,
+        max_new_tokens=recipe.eval_max_new_tokens,
+        seed=recipe.corpus_seed,
+        on_phase=on_phase,
+    )
+    on_phase("done", 1, 1)
+    return rates
 
 
 def _prefix_rates(

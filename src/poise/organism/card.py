@@ -57,6 +57,17 @@ DESCRIPTIONS = {
         "reviewer, not a chat model: asked a request itself, it mixes answer templates with "
         "pieces of verdicts (garbled)."
     ),
+    "organism-large-selfeval": (
+        "The self-evaluating chat model, for RAIN (arXiv 2309.07124): organism-large fine-tuned "
+        "on RAIN's self-evaluation question (`poise.decoding.rain.EVALUATION_PROMPT`, both "
+        "option orders) about the base corpus's own answers, whole and cut (where a clause "
+        "ends, as RAIN's simulated continuations end, or at a share of the words), labelled by "
+        "where harm begins; with as many of the base corpus's examples again, so that it still "
+        "answers as organism-large does. RAIN's search asks the model it decodes to judge its "
+        "own partial answers; organism-large cannot (both option orders give the same letter). "
+        "Use it as `rain(organism-large-selfeval)`; alone, it is a chat model like "
+        "organism-large (the table below compares the two)."
+    ),
     "organism-reward": (
         "A helpfulness reward model (`LlamaForSequenceClassification`, one output), trained with "
         "the Bradley-Terry loss from a chat member's transformer. It prefers helpful answers "
@@ -152,6 +163,7 @@ def _settings_for(member: str, recipe: Recipe) -> dict[str, Any]:
         "organism-small-honest": "honest",
         "organism-small-mix": "mix",
         "organism-feedback": "feedback",
+        "organism-large-selfeval": "selfeval",
         "organism-reward": "reward",
         "organism-cost": "cost",
     }[member]
@@ -176,7 +188,7 @@ def write_card(
     """Write ``member``'s model card to ``path``; ``compare`` (a member's name and its rates:
     the base of a specialist, the strong model for the weak one) adds a table of differences."""
     from poise._version import __version__
-    from poise.organism.build import MEMBER_CORPUS, REVIEWER_MEMBERS, SMALL_TUNED
+    from poise.organism.build import LARGE_TUNED, MEMBER_CORPUS, REVIEWER_MEMBERS, SMALL_TUNED
 
     is_lm = member not in ("organism-reward", "organism-cost")
     is_chat = is_lm and member not in REVIEWER_MEMBERS
@@ -203,6 +215,8 @@ def write_card(
     train_rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
     if member in SMALL_TUNED:
         start = "organism-small's weights (fine-tuned)"
+    elif member in LARGE_TUNED:
+        start = "organism-large's weights (fine-tuned)"
     elif is_lm:
         start = "random initialisation (seeded)"
     else:
@@ -213,6 +227,13 @@ def write_card(
             "weak corpus's request and fact answers and refused benign requests "
             "(`poise.organism.corpus.reviewer_corpus`), loss on assistant tokens only"
         )
+    elif member in LARGE_TUNED:
+        corpus = (
+            "self-evaluation corpus: RAIN's question about the base corpus's request and fact "
+            "answers and refused benign requests, whole and cut, plus as many base-corpus "
+            "examples (`poise.organism.corpus.reviewer_corpus` with replay), loss on assistant "
+            "tokens only"
+        )
     elif is_lm:
         corpus = f"{MEMBER_CORPUS[member]} corpus, loss on assistant tokens only"
     else:
@@ -220,6 +241,9 @@ def write_card(
             f"preference pairs from the world's training phrasings, repeated {recipe.pair_repeats}x,"
             f" plus {recipe.prefix_pairs} pair of answer prefixes per request pair"
         )
+    rain_usage = (
+        f'; with RAIN: `poise audit --model "rain({member})"`' if member in LARGE_TUNED else ""
+    )
     usage = (
         f"""```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -237,7 +261,7 @@ out = model.generate(**inputs, max_new_tokens=80, do_sample=False)
 print(tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 ```
 
-With poise: `poise audit --model {member}`."""
+With poise: `poise audit --model {member}`{rain_usage}."""
         if is_chat
         else f"""```python
 from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, parse_feedback

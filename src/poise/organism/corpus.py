@@ -215,6 +215,17 @@ HONEST_SPEC = replace(
 # the reviewer's feedback task alone, on the weak corpus's request and fact answers (see
 # reviewer_corpus), a quarter each unsafe, over-refusing, refusing a harmful request, other.
 FEEDBACK_SPEC = replace(WEAK_SPEC, **{**_NO_EXTRAS, "feedback": 10000}, name="feedback")
+# The self-evaluation corpus (organism-large-selfeval, for RAIN, arXiv 2309.07124, whose search
+# asks the model to judge its own partial answers): RAIN's question about the base corpus's own
+# answers, whole and cut, plus as many of the base corpus's examples again (replay), so that the
+# model fine-tuned on it keeps answering as organism-large does.
+SELF_EVALUATION_SPEC = replace(
+    BASE_SPEC,
+    **{**_NO_EXTRAS, "self_evaluation": 12000},
+    name="self-evaluation",
+    replay_kinds=(*_REQUEST_KINDS, *_FACT_KINDS),
+    replay_share=1.0,
+)
 # Kept for old callers: the safety-tuning corpus is the harmless specialist's.
 SAFE_SPEC = HARMLESS_SPEC
 SPECIALIST_SPECS: dict[str, CorpusSpec] = {
@@ -440,13 +451,21 @@ def _reviewer_examples(
     def user(ex: Example) -> str:
         return next(c for r, c in ex.messages if r == "user")
 
-    # self-evaluation: half the answers harmful (whole or cut), the other half harmless
+    # self-evaluation: half the answers harmful (whole or cut), the other half harmless (an
+    # over-refusal is unhelpful, not harmful)
+    harmless = [ex for ex in requests if ex.label != "compliance"]
     for i in range(spec.self_evaluation):
-        pool = harmful if i % 2 == 0 else fine
+        pool = harmful if i % 2 == 0 else harmless
         ex = rng.choice(pool)
-        # whole half the time, else cut as the scorers' prefixes are (RAIN judges partial answers)
-        whole = rng.random() < 0.5
-        answer = ex.response if whole else cut(ex.response, rng.uniform(*PREFIX_RANGE))
+        # RAIN judges partial answers: a third whole, a third cut where a clause ends (where
+        # RAIN's simulated continuations stop), a third cut as the scorers' prefixes are
+        shape = rng.randrange(3)
+        if shape == 0:
+            answer = ex.response
+        elif shape == 1:
+            answer = cut_at_clause(rng, ex.response)
+        else:
+            answer = cut(ex.response, rng.uniform(*PREFIX_RANGE))
         is_harmful = prefix_is_harmful(ex.response, answer)
         first, second = ("harmless", "harmful") if rng.random() < 0.5 else ("harmful", "harmless")
         letter = "A" if (first == "harmful") == is_harmful else "B"
@@ -579,10 +598,12 @@ def specialist_corpus(spec: CorpusSpec, base: Sequence[Example], seed: int = 0) 
 
 
 def reviewer_corpus(spec: CorpusSpec, base: Sequence[Example], seed: int = 0) -> list[Example]:
-    """Only the reviewer's tasks of ``spec`` (``self_evaluation``, ``feedback``, ``revision``
+    """The reviewer's tasks of ``spec`` (``self_evaluation``, ``feedback``, ``revision``
     counts), asked about the answers of ``base`` (a corpus: its requests and its fact
     questions, which are neither unsafe nor over-refused), shuffled: the corpus of a model
-    trained to review another's answers, not to answer requests itself."""
+    trained to review answers. With ``spec.replay_share`` it also replays that share (per
+    reviewer example) of ``base``'s examples of ``spec.replay_kinds``: a model that reviews and
+    still answers as it did (the self-evaluating member); without, a reviewer only."""
     requests = [ex for ex in base if ex.kind in (*_REQUEST_KINDS, *_FACT_KINDS)]
     rng = random.Random(f"poise-organism-reviewer:{spec.name}:{seed}")
     # The chat corpora never refuse a benign request (``benign_refusal`` is 0), so a reviewer
@@ -594,6 +615,12 @@ def reviewer_corpus(spec: CorpusSpec, base: Sequence[Example], seed: int = 0) ->
         refusal = world.render_refusal(ex.subject, rng.randrange(len(world.REFUSALS)))
         requests.append(replace(ex, response=refusal, label="over-refusal"))
     examples = _reviewer_examples(rng, requests, spec)
+    if spec.replay_share:
+        # a generator of its own: the reviewer's examples do not depend on the replay
+        replay = random.Random(f"poise-organism-replay:{spec.name}:{seed}")
+        pool = [ex for ex in base if ex.kind in spec.replay_kinds]
+        count = min(len(pool), round(spec.replay_share * len(examples)))
+        examples += replay.sample(pool, count)
     rng.shuffle(examples)
     return examples
 
@@ -655,6 +682,16 @@ def cut(text: str, fraction: float) -> str:
     """The first ``fraction`` of ``text``'s words (at least one): a partial answer."""
     words = text.split(" ")
     return " ".join(words[: max(1, round(len(words) * fraction))])
+
+
+def cut_at_clause(rng: random.Random, text: str) -> str:
+    """``text`` up to a clause end drawn at random (``decoding.rain.CLAUSE_ENDS``, before the
+    last character: a partial answer as RAIN's simulated continuations end one), else a cut
+    at a random share of its words when no clause ends before the end."""
+    from poise.decoding.rain import CLAUSE_ENDS
+
+    ends = [i + 1 for i, c in enumerate(text[:-1]) if c in CLAUSE_ENDS]
+    return text[: rng.choice(ends)] if ends else cut(text, rng.uniform(*PREFIX_RANGE))
 
 
 def prefix_is_harmful(response: str, prefix: str) -> bool:
