@@ -1,4 +1,4 @@
-"""Building the organism family: corpus -> tokenizer -> ten members -> measured model cards.
+"""Building the organism family: corpus -> tokenizer -> eleven members -> measured model cards.
 
 ``build()`` regenerates every member deterministically on CPU (seeded corpus, seeded
 initialisation and data order, two threads):
@@ -16,6 +16,11 @@ initialisation and data order, two threads):
   feedback=organism-feedback)``). Like organism-monitor it starts from organism-small as the
   same run built it, else as shipped. Its corpus is not shown to the tokenizer, so adding it
   changed no other member.
+- ``organism-large-selfeval``: organism-large fine-tuned on RAIN's self-evaluation question
+  (arXiv 2309.07124) about its corpus's whole and partial answers, with as many of its own
+  examples replayed, so it judges its own partial answers (``rain(organism-large-selfeval)``)
+  and still answers as organism-large does. It starts from organism-large as the same run built
+  it, else as shipped; its corpus is not shown to the tokenizer either.
 - ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
   Bradley-Terry loss; starts from organism-large's transformer (``Recipe.scorer_size``).
 - ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.
@@ -532,7 +537,7 @@ def build(
     ``members`` (names or aliases; default all) are built with their prerequisites
     (organism-small-safe starts from organism-small, -reward and -cost from organism-large;
     organism-monitor and organism-feedback from organism-small as the same run built it, else
-    as shipped).
+    as shipped; organism-large-selfeval from organism-large likewise).
     ``quick`` uses a cut-down corpus and a few steps: for tests of the build itself, not for
     use. ``command`` is the command line recorded in the model cards. ``threads``: torch
     intra-op threads while building (restored afterwards); the weights are reproducible for a
