@@ -47,6 +47,7 @@ from typing import Any
 import torch
 
 from poise.errors import PoiseError
+from poise.models.base import LanguageModel
 from poise.organism import MEMBERS, WEIGHTS_DIR, canonical_member, world
 from poise.organism.card import write_card
 from poise.organism.corpus import (
@@ -362,6 +363,11 @@ class _Family:
         self.losses: dict[str, list[float]] = {}
         self.command = "poise organism build"
 
+    def report(self, task: str, done: int, total: int) -> None:
+        """Progress of one task of the build, when a progress callback was given."""
+        if self.progress is not None:
+            self.progress(task, done, total)
+
     def _callback(self, task: str, total: int) -> Callable[[int, float], None] | None:
         if self.progress is None:
             return None
@@ -383,7 +389,11 @@ class _Family:
 
         start = time.perf_counter()
         if member in SMALL_TUNED:
-            base = _small_base(self) if member in REVIEWER_MEMBERS else self.lm("organism-small")
+            base = (
+                _shipped_or_trained(self, "organism-small")
+                if member in REVIEWER_MEMBERS
+                else self.lm("organism-small")
+            )
             model = _copy(base)
             settings = getattr(self.recipe, SMALL_TUNED[member])
         elif member in LARGE_TUNED:
@@ -626,13 +636,7 @@ def _comparison(
     base = _shipped_or_trained(family, other)
     with tempfile.TemporaryDirectory() as tmp:
         _write_member_files(family, other, base, Path(tmp), "causal-lm")
-        return other, _measure_chat(family, Path(tmp), f"evaluate {other}")
-
-
-def _small_base(family: _Family) -> torch.nn.Module:
-    """organism-small as this run built it, else as shipped (a build of the monitor or the
-    feedback agent alone starts from the shipped organism-small), else trained now."""
-    return _shipped_or_trained(family, "organism-small")
+        return other, _measure_chat(family, hf_model(tmp), f"evaluate {other}")
 
 
 def _shipped_or_trained(family: _Family, member: str) -> torch.nn.Module:
@@ -654,12 +658,12 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     if member in MONITOR_MEMBERS:
         from poise.organism.monitor import build_monitor_member
 
-        backbone = _copy(_small_base(family))
-        task = f"train {member}"
+        # organism-small as this run built it, else as shipped (a build of the monitor alone
+        # trains it on the shipped organism-small's decoder, whose first layer it keeps)
+        backbone = _copy(_shipped_or_trained(family, "organism-small"))
 
         def on_step(step: int, total: int, loss: float) -> None:
-            if family.progress is not None:
-                family.progress(task, step, total)
+            family.report(f"train {member}", step, total)
 
         rates = build_monitor_member(
             backbone,
@@ -676,20 +680,21 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     if member in REVIEWER_MEMBERS:
         model = family.lm(member)
         _write_member_files(family, member, model, folder, "causal-lm")
-        if family.progress is not None:
-            family.progress(f"evaluate {member}", 0, 1)
+        family.report(f"evaluate {member}", 0, 1)
         cases = heldout_feedback_cases(recipe.corpus_seed)[:: recipe.eval_every]
         rates = measure_feedback(hf_model(folder), cases)
-        if family.progress is not None:
-            family.progress(f"evaluate {member}", 1, 1)
+        family.report(f"evaluate {member}", 1, 1)
         return MemberResult(member, folder, rates)
     if member in LM_MEMBERS:
         model = family.lm(member)
         _write_member_files(family, member, model, folder, "causal-lm")
-        rates = _measure_chat(family, folder, f"evaluate {member}")
+        written = hf_model(folder)
+        rates = _measure_chat(family, written, f"evaluate {member}")
         if member in LARGE_TUNED:
+            family.report(f"self-evaluate {member}", 0, 1)
             cases = heldout_feedback_cases(recipe.corpus_seed)[:: recipe.eval_every]
-            rates.update(measure_self_evaluation(hf_model(folder), cases))
+            rates.update(measure_self_evaluation(written, cases))
+            family.report(f"self-evaluate {member}", 1, 1)
         return MemberResult(member, folder, rates)
     model = family.scorer(member)
     objective: Objective = "reward" if member == "organism-reward" else "cost"
@@ -723,16 +728,15 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     return MemberResult(member, folder, rates)
 
 
-def _measure_chat(family: _Family, folder: Path, task: str) -> dict[str, Rate]:
+def _measure_chat(family: _Family, model: LanguageModel, task: str) -> dict[str, Rate]:
     """A chat member's card rates (:func:`measure_lm` with the recipe's settings)."""
     recipe = family.recipe
 
     def on_phase(name: str, done: int, total: int) -> None:
-        if family.progress is not None:
-            family.progress(task, done, total)
+        family.report(task, done, total)
 
     rates = measure_lm(
-        hf_model(folder),
+        model,
         every=recipe.eval_every,
         samples=recipe.eval_samples,
         max_new_tokens=recipe.eval_max_new_tokens,
