@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from poise.errors import PoiseError, UnknownNameError
-from poise.registry import NAME_STYLE, Registry
+from poise.registry import NAME_STYLE, Registry, numbered_options, option_parameter
 
 
 def make_registry() -> Registry[object]:
@@ -33,6 +33,38 @@ def test_build_checks_options_then_calls() -> None:
         things.build("round_widget", 3, raduis=2.5)
     with pytest.raises(PoiseError, match=r"widget 'round_widget': missing a required argument"):
         things.build("round_widget", radius=1.0)
+
+
+class Mixer:
+    """A factory whose ``part`` / ``weight`` options repeat as ``part_2``, ``weight_2``, ..."""
+
+    numbered_options = ("part", "weight", "missing")  # "missing" is no option: ignored
+
+    def __init__(self, *, part: str = "", weight: float = 1.0, **numbered: object) -> None:
+        self.options = {"part": part, "weight": weight, **numbered}
+
+
+def test_numbered_options_repeat_an_option_any_number_of_times() -> None:
+    assert numbered_options(Mixer) == ("part", "weight")
+    assert option_parameter(Mixer, "weight") == option_parameter(Mixer, "weight_2")
+    assert option_parameter(Mixer, "weight_31") == option_parameter(Mixer, "weight")
+    for wrong in ("weight_1", "weight_0", "weight_02", "weight_x", "colour_2", "missing_2"):
+        assert option_parameter(Mixer, wrong) is None, wrong
+    things: Registry[object] = Registry("widget")
+    things.register("mixer")(Mixer)
+    built = things.build("mixer", part="a", part_2="b", weight_2=0.5, part_17="c")
+    assert built.options == {
+        "part": "a",
+        "weight": 1.0,
+        "part_2": "b",
+        "weight_2": 0.5,
+        "part_17": "c",
+    }  # type: ignore[attr-defined]
+    # a factory that takes **kwargs is still checked when it names its numbered options
+    with pytest.raises(UnknownNameError, match=r"'weight_1'"):
+        things.build("mixer", weight_1=2.0)
+    # without numbered options nothing repeats
+    assert option_parameter(make_registry().get("square_widget"), "side_2") is None
 
 
 def test_unknown_names_suggest_the_nearest() -> None:

@@ -143,11 +143,12 @@ class Registry(Generic[T]):
         """Refuse option names the entry does not take, naming the nearest valid ones."""
         name = self.canonical(name)
         obj = self._entries[name].obj
-        if _takes_any_keyword(obj):
+        numbered = numbered_options(obj)
+        if _takes_any_keyword(obj) and not numbered:
             return
-        valid = keyword_options(obj)
+        valid = [*keyword_options(obj), *(f"{n}_2" for n in numbered)]
         for option in options:
-            if option not in valid:
+            if option_parameter(obj, option) is None:
                 raise UnknownNameError(f"option of {self.kind} {name!r}:", option, valid)
 
     def build(self, name: str, /, *args: Any, **options: Any) -> Any:
@@ -178,6 +179,31 @@ def keyword_options(obj: object) -> dict[str, inspect.Parameter]:
         if p.kind is p.KEYWORD_ONLY
         or (p.kind is p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)
     }
+
+
+# a numbered copy of an option: NAME_N with N >= 2
+_NUMBERED = re.compile(r"(?P<base>\w+?)_(?P<n>[2-9]|[1-9]\d+)")
+
+
+def numbered_options(obj: object) -> tuple[str, ...]:
+    """The options of ``obj`` that may be repeated any number of times as ``NAME_2``,
+    ``NAME_3``, ...: its ``numbered_options`` attribute (e.g. EFT's ``tuned`` / ``beta``, one
+    pair per tuned model), each also a keyword option of its own."""
+    names = getattr(obj, "numbered_options", ())
+    return tuple(n for n in names if n in keyword_options(obj))
+
+
+def option_parameter(obj: object, key: str) -> inspect.Parameter | None:
+    """The parameter behind the option ``key`` of ``obj``: one of its keyword options, or a
+    numbered copy ``NAME_N`` (N >= 2) of one of its :func:`numbered_options`, which takes the
+    same kind of value; None for an option it does not take."""
+    valid = keyword_options(obj)
+    if key in valid:
+        return valid[key]
+    match = _NUMBERED.fullmatch(key)
+    if match is not None and match["base"] in numbered_options(obj):
+        return valid[match["base"]]
+    return None
 
 
 def _takes_any_keyword(obj: object) -> bool:

@@ -62,16 +62,21 @@ def full_logits(model: HFModel, ids: list[list[int]]) -> torch.Tensor:
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("weights", [[1.0], [0.7, -1.5]], ids=["one", "two-negative"])
+@pytest.mark.parametrize(
+    "weights",
+    [[1.0], [0.7, -1.5], [0.5, -0.3, 0.4, 0.2, -0.6]],
+    ids=["one", "two-negative", "five"],  # five: past any fixed number of slots
+)
 def test_each_steps_distribution_is_the_closed_form(
     trio: tuple[HFModel, HFModel, HFModel, HFModel], weights: list[float]
 ) -> None:
     base, tuned_a, tuned_b, ref = trio
-    tuned = [tuned_a, tuned_b][: len(weights)]
+    tuned = [(tuned_a, tuned_b)[i % 2] for i in range(len(weights))]
     options: dict[str, object] = {"tuned": tuned[0], "beta": weights[0]}
-    if len(weights) > 1:
-        options |= {"tuned_2": tuned[1], "beta_2": weights[1]}
+    for n, (model, weight) in enumerate(zip(tuned[1:], weights[1:], strict=True), start=2):
+        options |= {f"tuned_{n}": model, f"beta_{n}": weight}
     model = EmulatedFineTuning(base, reference=ref, **options)  # type: ignore[arg-type]
+    assert model.weights == weights
     prompts = base._encode_prompts(CHATS)
     state = model.prefill(CHATS)
     generator = torch.Generator().manual_seed(0)
@@ -159,6 +164,18 @@ def test_spec_registry_and_errors(
         EmulatedFineTuning(base, tuned=tuned)
     with pytest.raises(PoiseError, match="beta_2 is set but tuned_2 is not"):
         EmulatedFineTuning(base, tuned=tuned, reference=ref, beta_2=0.5)
+    with pytest.raises(PoiseError, match="unknown option 'tuned_1'"):
+        EmulatedFineTuning(base, tuned=tuned, reference=ref, tuned_1=tuned)
+    # any number of tuned models, numbered in any order, mixed in the order of their numbers
+    many = load_model(f"eft({d}, tuned={d}, reference={d}, tuned_12={d}, beta_12=0.5, tuned_3={d})")
+    assert many.weights == [1.0, 1.0, 0.5]  # type: ignore[attr-defined]
+    assert load_model(many.spec).name == many.name
+    with pytest.raises(PoiseError, match=r"option of 'eft'.*'tuned_1'"):
+        load_model(f"eft({d}, tuned={d}, reference={d}, tuned_1={d})")
+    with pytest.raises(PoiseError, match="'tuned_2' is a model"):
+        load_model(f"eft({d}, tuned={d}, reference={d}, tuned_2=0.5)")
+    with pytest.raises(PoiseError, match="beta_3 is set but tuned_3 is not"):
+        load_model(f"eft({d}, tuned={d}, reference={d}, beta_3=2)")
     with pytest.raises(PoiseError, match="eft needs a model with a token-level step"):
         EmulatedFineTuning(base, tuned=MockModel("mock"), reference=ref)
     with pytest.raises(PoiseError, match="beta must be a finite number"):

@@ -14,8 +14,9 @@ the paper's test-time reward interpolation (Section 4.2: the helpful / harmless 
 ``w_help (log p_help - log p_ref) + w_safe (log p_safe - log p_ref)``); a negative weight
 subtracts a behaviour (emulated disalignment, arXiv 2402.12343).
 
-The spec takes up to four tuned models: ``tuned`` / ``beta``, ``tuned_2`` / ``beta_2``,
-``tuned_3`` / ``beta_3``, ``tuned_4`` / ``beta_4`` (the weights). Every model keeps its own KV
+The spec takes any number of tuned models: ``tuned`` / ``beta``, then ``tuned_2`` / ``beta_2``,
+``tuned_3`` / ``beta_3``, ... (numbered options, :func:`poise.registry.numbered_options`; the
+weights default to 1), mixed in the order of their numbers. Every model keeps its own KV
 cache and decodes the same rows in lockstep (:mod:`poise.decoding.lockstep`); the models must
 share one vocabulary (a mismatch is refused before decoding). The audit's ``sampling``
 (temperature, top-k, top-p, seed) applies to the mixed distribution, as to any model's.
@@ -36,6 +37,7 @@ the token-level step (``prefill``) that other strategies compose with.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -61,7 +63,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EmulatedFineTuning", "eft_logits"]
 
-_SLOTS = ("", "_2", "_3", "_4")
+# tuned_N / beta_N for N >= 2, any number of them (poise.registry.numbered_options)
+_SLOT = re.compile(r"(tuned|beta)_([2-9]|[1-9]\d+)")
 # Draft tokens per speculative round at most (acceptance of K in a row falls geometrically).
 MAX_SPECULATIVE = 16
 
@@ -118,6 +121,8 @@ class EmulatedFineTuning(WrappedModel):
     """``base`` steered by the behaviour deltas of tuned models over a reference model."""
 
     kind = "eft"
+    # one tuned model and its weight per number: tuned_2 / beta_2, tuned_3 / beta_3, ...
+    numbered_options = ("tuned", "beta")
 
     def __init__(
         self,
@@ -126,22 +131,28 @@ class EmulatedFineTuning(WrappedModel):
         tuned: LanguageModel | None = None,
         reference: LanguageModel | None = None,
         beta: float = 1.0,
-        tuned_2: LanguageModel | None = None,
-        beta_2: float = 1.0,
-        tuned_3: LanguageModel | None = None,
-        beta_3: float = 1.0,
-        tuned_4: LanguageModel | None = None,
-        beta_4: float = 1.0,
         speculative: int = 0,
         draft: LanguageModel | None = None,
         batch_size: int = 32,
+        **numbered: Any,
     ) -> None:
+        """``numbered``: ``tuned_N`` (a model) / ``beta_N`` (its weight, default 1) for N >= 2,
+        as many as wanted."""
         from poise.decoding.lockstep import LockstepModel, check_shared_vocabulary
         from poise.decoding.speculative import SpeculativeModel
         from poise.decoding.temperature import require_step
 
-        given = {"tuned": tuned, "tuned_2": tuned_2, "tuned_3": tuned_3, "tuned_4": tuned_4}
-        weights = {"beta": beta, "beta_2": beta_2, "beta_3": beta_3, "beta_4": beta_4}
+        slots: dict[int, dict[str, Any]] = {}  # N -> {"tuned": ..., "beta": ...}
+        for key, value in numbered.items():
+            match = _SLOT.fullmatch(key)
+            if match is None:
+                raise PoiseError(
+                    f"eft: unknown option {key!r} (options: tuned, beta, tuned_N / beta_N for "
+                    "N >= 2, reference, speculative, draft, batch_size)"
+                )
+            slots.setdefault(int(match[2]), {})[match[1]] = value
+        given: dict[str, Any] = {"": {"tuned": tuned, "beta": beta}}
+        given |= {f"_{n}": slots[n] for n in sorted(slots)}
         if tuned is None:
             raise PoiseError("eft: needs a tuned model (tuned=MODEL)")
         if reference is None:
@@ -153,13 +164,11 @@ class EmulatedFineTuning(WrappedModel):
         options: dict[str, Any] = {"reference": reference}
         self.tuned: list[LanguageModel] = []
         self.weights: list[float] = []
-        for slot in _SLOTS:
-            model = given[f"tuned{slot}"]
-            weight = _weight(f"beta{slot}", weights[f"beta{slot}"])
+        for slot, pair in given.items():
+            model = pair.get("tuned")
+            weight = _weight(f"beta{slot}", pair.get("beta", 1.0))
             if model is None:
-                if slot and weight != 1.0:
-                    raise PoiseError(f"eft: beta{slot} is set but tuned{slot} is not")
-                continue
+                raise PoiseError(f"eft: beta{slot} is set but tuned{slot} is not")
             options[f"tuned{slot}"] = model
             options[f"beta{slot}"] = weight
             self.tuned.append(model)

@@ -32,7 +32,7 @@ from poise.errors import PoiseError, UnknownNameError
 from poise.models.base import LanguageModel
 from poise.models.spec import Call, Name, Node, SpecError, Str, Value, parse_spec
 from poise.plugins import load_plugins
-from poise.registry import Registry, keyword_options
+from poise.registry import Registry, keyword_options, numbered_options, option_parameter
 
 __all__ = [
     "Resolver",
@@ -320,13 +320,9 @@ def _load_name(spec: str, options: Mapping[str, Any]) -> LanguageModel:
 # ---- specs ----------------------------------------------------------------------------------
 
 
-def _model_parameters(factory: Callable[..., object]) -> set[str]:
-    """Options of a strategy that are models: parameters annotated with ``LanguageModel``."""
-    return {
-        name
-        for name, param in keyword_options(factory).items()
-        if "LanguageModel" in str(param.annotation)
-    }
+def _is_model(param: inspect.Parameter) -> bool:
+    """Whether an option of a strategy is a model: a parameter annotated with ``LanguageModel``."""
+    return "LanguageModel" in str(param.annotation)
 
 
 def _positional_models(factory: Callable[..., object]) -> tuple[int, int | None]:
@@ -378,15 +374,15 @@ def _check_node(text: str, node: Node) -> None:
         raise SpecError(
             text, node.column, f"{node.kind} takes {want} model(s) before its options, got {count}"
         )
-    valid = keyword_options(factory)
-    models = _model_parameters(factory)
+    valid = [*keyword_options(factory), *(f"{n}_2" for n in numbered_options(factory))]
     for index, (key, value) in enumerate(node.options):
         column = node.option_column(index)
-        if key not in valid:
+        param = option_parameter(factory, key)
+        if param is None:
             raise _fail(
                 text, column, UnknownNameError(f"option of {node.kind!r}:", key, sorted(valid))
             )
-        if key in models:
+        if _is_model(param):
             if not isinstance(value, (Name, Str, Call)):
                 raise SpecError(text, column, f"{node.kind}: option {key!r} is a model")
             _check_node(text, value)
@@ -421,16 +417,16 @@ def _build(text: str, node: Node, options: Mapping[str, Any]) -> LanguageModel:
     registry = _wrapper_registry(node.kind)
     assert registry is not None  # checked
     factory = registry.get(node.kind)
-    valid = keyword_options(factory)
-    models = _model_parameters(factory)
     inner = [_build(text, arg, options) for arg in node.args]
     kwargs: dict[str, object] = {}
     for key, value in node.options:
-        if key in models:
+        param = option_parameter(factory, key)
+        assert param is not None  # checked
+        if _is_model(param):
             assert isinstance(value, (Name, Str, Call))
             kwargs[key] = _build(text, value, options)
         else:
-            kwargs[key] = _coerce(node.kind, key, _option_value(value), valid[key])
+            kwargs[key] = _coerce(node.kind, key, _option_value(value), param)
     model: LanguageModel = registry.build(node.kind, *inner, **kwargs)
     return model
 
