@@ -76,6 +76,38 @@ def test_the_heuristic_steers_the_search(tiny: HFModel) -> None:
     assert sum(word in c.text for [c] in rows) >= 2
 
 
+def test_the_heuristic_is_the_weighted_sum_of_its_scorers(
+    tiny_hf_model_dir: Path, tiny: HFModel
+) -> None:
+    """h = sum of weighted rewards minus sum of weighted costs, numbered scorers included."""
+    from poise.decoding.scorers import load_scorer
+
+    spec = (
+        f"deal({tiny_hf_model_dir}, reward=keywords:the, reward_weight=0.5, cost=length:3, "
+        "reward_2=keywords:cat|dog, cost_2=length:8, cost_weight_2=2)"
+    )
+    model = load_model(spec)
+    assert load_model(model.spec).name == model.name
+    chats = [[{"role": "user", "content": "hi"}]] * 3
+    texts = ["the cat sat", "a dog ran on the long road today", "nothing"]
+
+    def scores(name: str) -> list[float]:
+        return load_scorer(name)(chats, texts)
+
+    the, pets = scores("keywords:the"), scores("keywords:cat|dog")
+    short, long = scores("length:3"), scores("length:8")
+    expected = [0.5 * a + b - c - 2 * d for a, b, c, d in zip(the, pets, short, long, strict=True)]
+    got = model.heuristic(chats, texts)  # type: ignore[attr-defined]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert len(set(got)) == 3  # the texts score apart: the check is not vacuous
+    with pytest.raises(PoiseError, match="reward_weight_2 is set but reward_2 is not"):
+        DeAL(tiny, reward="keywords:a", reward_weight_2=2.0)
+    with pytest.raises(PoiseError, match="unknown option 'reward_x'"):
+        DeAL(tiny, reward="keywords:a", reward_x="keywords:b")
+    with pytest.raises(PoiseError, match="cost_weight must be finite"):
+        DeAL(tiny, cost="length:3", cost_weight=float("inf"))
+
+
 def test_registry_spec_and_errors(tiny_hf_model_dir: Path, tiny: HFModel) -> None:
     assert strategies.get("deal") is DeAL
     assert strategies.reference("deal") == "arXiv 2402.06147"

@@ -8,9 +8,15 @@ candidate is extended greedily by ``lookahead`` tokens; the candidate is scored 
 
 (the log-likelihood of the prefix with the candidate token, plus ``lam`` times the heuristic of
 its greedy lookahead), and the ``beam`` best candidates of the prompt are kept. A prompt is done
-when its best candidate ends (EOS) or reaches ``max_new_tokens``. The heuristic ``h`` is
-``reward - cost`` of the scorers given (:mod:`poise.decoding.scorers`: a reward or cost model,
-``keywords:...`` coverage, ``length:N``), the kinds of alignment objective the paper searches by.
+when its best candidate ends (EOS) or reaches ``max_new_tokens``. The heuristic ``h`` is a
+weighted sum of the scorers given (:mod:`poise.decoding.scorers`: a reward or cost model,
+``keywords:...`` coverage, ``length:N``), the kinds of alignment objective the paper searches by:
+
+    h = sum_i reward_weight_i * reward_i - sum_j cost_weight_j * cost_j
+
+with ``reward`` / ``reward_weight`` and ``cost`` / ``cost_weight`` (weights 1 by default) and any
+number more as numbered options (``reward_2``, ``reward_weight_2``, ``cost_2``, ...;
+:func:`poise.registry.numbered_options`).
 
 With ``sampling.temperature == 0`` the candidates are the exact top ``k``; with ``temperature >
 0`` they are ``k`` tokens drawn without replacement from the tempered distribution (Gumbel-top-k,
@@ -29,6 +35,7 @@ log-probs of the chosen tokens.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +69,10 @@ def rewind(state: Any, columns: int, logits: torch.Tensor) -> None:
     state.logits = logits
 
 
+# a numbered heuristic option: reward_N, reward_weight_N, cost_N, cost_weight_N (N >= 2)
+_NUMBERED = re.compile(r"(reward|cost)(_weight)?_([2-9]|[1-9]\d+)")
+
+
 @dataclass(eq=False)
 class _Search:
     """The search of one (chat, sample): its beams and, once done, its answer."""
@@ -84,6 +95,8 @@ class DeAL(WrappedModel):
     """The base model decoded by DeAL's search under a reward / cost heuristic."""
 
     kind = "deal"
+    # more heuristics, each with its weight: reward_2 / reward_weight_2, cost_2 / ..., ...
+    numbered_options = ("reward", "reward_weight", "cost", "cost_weight")
 
     def __init__(
         self,
@@ -95,8 +108,13 @@ class DeAL(WrappedModel):
         lam: float = 1.0,
         reward: str = "",
         cost: str = "",
+        reward_weight: float = 1.0,
+        cost_weight: float = 1.0,
         batch_size: int = 64,
+        **numbered: Any,
     ) -> None:
+        """``numbered``: ``reward_N`` / ``reward_weight_N`` and ``cost_N`` / ``cost_weight_N``
+        for N >= 2, more heuristics of the weighted sum."""
         from poise.decoding.temperature import require_step
 
         for name, value, low in (("k", k, 1), ("lookahead", lookahead, 0), ("beam", beam, 1)):
@@ -106,25 +124,49 @@ class DeAL(WrappedModel):
             raise PoiseError(f"deal: beam ({beam}) cannot exceed the k candidates ({k})")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
             raise PoiseError(f"deal: lam must be a finite number, got {lam!r}")
-        if lam != 0 and not reward and not cost:
+        # (reward | cost, "" or "_N") -> {"scorer": name, "weight": w}
+        slots: dict[tuple[str, str], dict[str, Any]] = {
+            ("reward", ""): {"scorer": reward, "weight": reward_weight},
+            ("cost", ""): {"scorer": cost, "weight": cost_weight},
+        }
+        for key, value in numbered.items():
+            match = _NUMBERED.fullmatch(key)
+            if match is None:
+                raise PoiseError(
+                    f"deal: unknown option {key!r} (heuristics: reward, cost, reward_weight, "
+                    "cost_weight, and numbered copies of each: reward_N, ... for N >= 2)"
+                )
+            what, is_weight, n = match.groups()
+            slots.setdefault((what, f"_{n}"), {})["weight" if is_weight else "scorer"] = value
+        # each term of h: (scorer, signed weight), rewards first, then costs, by number
+        self._terms: list[tuple[str, float]] = []
+        options: dict[str, Any] = {"k": k, "lookahead": lookahead, "beam": beam, "lam": float(lam)}
+        for what, slot in sorted(slots, key=lambda ws: (ws[0] != "reward", int(ws[1][1:] or 1))):
+            name, weight = slots[what, slot].get("scorer", ""), slots[what, slot].get("weight", 1.0)
+            label = f"{what}_weight{slot}"
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                raise PoiseError(f"deal: {label} must be a number, got {weight!r}")
+            if not math.isfinite(weight):
+                raise PoiseError(f"deal: {label} must be finite, got {weight!r}")
+            if not name:
+                if weight != 1.0:
+                    raise PoiseError(f"deal: {label} is set but {what}{slot} is not")
+                continue
+            check_scorer(f"deal: {what}{slot}", name)
+            options[f"{what}{slot}"] = name
+            if weight != 1.0:
+                options[label] = float(weight)
+            self._terms.append((name, (1.0 if what == "reward" else -1.0) * float(weight)))
+        if lam != 0 and not self._terms:
             raise PoiseError("deal: lam != 0 needs a heuristic: reward=SCORER and/or cost=SCORER")
-        for what, name in (("reward", reward), ("cost", cost)):
-            if name:
-                check_scorer(f"deal: {what}", name)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PoiseError(f"deal: batch_size must be a positive integer, got {batch_size!r}")
         require_step(self.kind, base)
-        options: dict[str, Any] = {"k": k, "lookahead": lookahead, "beam": beam, "lam": float(lam)}
-        if reward:
-            options["reward"] = reward
-        if cost:
-            options["cost"] = cost
         if batch_size != 64:
             options["batch_size"] = batch_size
         super().__init__(base, **options)
         self.k, self.lookahead, self.beam, self.lam = k, lookahead, beam, float(lam)
         self.batch_size = batch_size
-        self._reward_name, self._cost_name = reward, cost
         self._scorers: dict[str, Scorer] = {}
         self.capabilities = Capabilities()
 
@@ -134,12 +176,11 @@ class DeAL(WrappedModel):
         return self._scorers[name]
 
     def heuristic(self, chats: Sequence[Chat], texts: Sequence[str]) -> list[float]:
-        """``h = reward - cost`` of each (chat, partial answer)."""
+        """``h`` of each (chat, partial answer): the rewards minus the costs, each weighted."""
         total = [0.0] * len(texts)
-        for name, sign in ((self._reward_name, 1.0), (self._cost_name, -1.0)):
-            if name:
-                values = self._scorer(name)(chats, texts)
-                total = [t + sign * v for t, v in zip(total, values, strict=True)]
+        for name, weight in self._terms:
+            values = self._scorer(name)(chats, texts)
+            total = [t + weight * v for t, v in zip(total, values, strict=True)]
         return total
 
     # -- generate
