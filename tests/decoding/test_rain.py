@@ -182,6 +182,18 @@ def test_evaluating_many_answers_equals_evaluating_each(tiny: HFModel) -> None:
     assert rain.evaluate_many([]) == []
 
 
+def test_the_spec_rebuilds_the_model(tiny_hf_model_dir: Path) -> None:
+    from poise.decoding import strategies
+
+    assert strategies.get("rain") is Rain and strategies.reference("rain") == "arXiv 2309.07124"
+    d = tiny_hf_model_dir
+    model = load_model(f"rain({d}, max_searches=3, similarity=none, threshold=0.5)")
+    assert model.spec == f"rain({d}, max_searches=3, min_visits=6, similarity=none, threshold=0.5)"
+    again = load_model(model.spec)
+    assert again.name == model.name and isinstance(again, Rain)
+    assert (again.max_searches, again.similarity, again.threshold) == (3, "none", 0.5)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
