@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from poise.errors import PoiseError, UnknownNameError
-from poise.registry import NAME_STYLE, Registry, numbered_options, option_parameter
+from poise.registry import (
+    NAME_STYLE,
+    Registry,
+    numbered_options,
+    numbered_values,
+    option_parameter,
+)
 
 
 def make_registry() -> Registry[object]:
@@ -63,6 +69,13 @@ def test_numbered_options_repeat_an_option_any_number_of_times() -> None:
     # a factory that takes **kwargs is still checked when it names its numbered options
     with pytest.raises(UnknownNameError, match=r"'weight_1'"):
         things.build("mixer", weight_1=2.0)
+    # grouped by number, in increasing order, whatever order they were given in
+    given = {"weight_10": 2.0, "part_3": "c", "part_10": "j", "weight_3": 0.5}
+    groups = numbered_values("mixer", ("part", "weight"), given)
+    assert groups == {3: {"part": "c", "weight": 0.5}, 10: {"weight": 2.0, "part": "j"}}
+    assert list(groups) == [3, 10]
+    with pytest.raises(PoiseError, match=r"mixer: unknown option 'colour_2'.*part_N, weight_N"):
+        numbered_values("mixer", ("part", "weight"), {"colour_2": 1})
     # without numbered options nothing repeats
     assert option_parameter(make_registry().get("square_widget"), "side_2") is None
 

@@ -193,6 +193,24 @@ def numbered_options(obj: object) -> tuple[str, ...]:
     return tuple(n for n in names if n in keyword_options(obj))
 
 
+def numbered_values(
+    owner: str, names: tuple[str, ...], given: Mapping[str, Any]
+) -> dict[int, dict[str, Any]]:
+    """``given`` numbered options (``NAME_N``, N >= 2, NAME one of ``names``) grouped by N, in
+    increasing N: ``{N: {NAME: value}}``. Any other key is one clear error naming ``owner``."""
+    groups: dict[int, dict[str, Any]] = {}
+    for key, value in given.items():
+        match = _NUMBERED.fullmatch(key)
+        if match is None or match["base"] not in names:
+            raise PoiseError(
+                f"{owner}: unknown option {key!r} (numbered options: "
+                + ", ".join(f"{n}_N" for n in names)
+                + " for N >= 2)"
+            )
+        groups.setdefault(int(match["n"]), {})[match["base"]] = value
+    return dict(sorted(groups.items()))
+
+
 def option_parameter(obj: object, key: str) -> inspect.Parameter | None:
     """The parameter behind the option ``key`` of ``obj``: one of its keyword options, or a
     numbered copy ``NAME_N`` (N >= 2) of one of its :func:`numbered_options`, which takes the

@@ -35,7 +35,6 @@ log-probs of the chosen tokens.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +49,7 @@ from poise.models.base import Capabilities, Chat, Completion, LanguageModel, Pro
 from poise.models.decode import cut_at_stop
 from poise.models.hf import row_seed
 from poise.models.wrapped import WrappedModel
+from poise.registry import numbered_values
 
 __all__ = ["DeAL", "rewind"]
 
@@ -67,10 +67,6 @@ def rewind(state: Any, columns: int, logits: torch.Tensor) -> None:
     state.mask = state.mask[:, :-columns]
     state.positions = state.positions - columns
     state.logits = logits
-
-
-# a numbered heuristic option: reward_N, reward_weight_N, cost_N, cost_weight_N (N >= 2)
-_NUMBERED = re.compile(r"(reward|cost)(_weight)?_([2-9]|[1-9]\d+)")
 
 
 @dataclass(eq=False)
@@ -129,15 +125,13 @@ class DeAL(WrappedModel):
             ("reward", ""): {"scorer": reward, "weight": reward_weight},
             ("cost", ""): {"scorer": cost, "weight": cost_weight},
         }
-        for key, value in numbered.items():
-            match = _NUMBERED.fullmatch(key)
-            if match is None:
-                raise PoiseError(
-                    f"deal: unknown option {key!r} (heuristics: reward, cost, reward_weight, "
-                    "cost_weight, and numbered copies of each: reward_N, ... for N >= 2)"
-                )
-            what, is_weight, n = match.groups()
-            slots.setdefault((what, f"_{n}"), {})["weight" if is_weight else "scorer"] = value
+        for n, group in numbered_values("deal", self.numbered_options, numbered).items():
+            for what in ("reward", "cost"):
+                if what in group or f"{what}_weight" in group:
+                    slots[what, f"_{n}"] = {
+                        "scorer": group.get(what, ""),
+                        "weight": group.get(f"{what}_weight", 1.0),
+                    }
         # each term of h: (scorer, signed weight), rewards first, then costs, by number
         self._terms: list[tuple[str, float]] = []
         options: dict[str, Any] = {"k": k, "lookahead": lookahead, "beam": beam, "lam": float(lam)}

@@ -37,7 +37,6 @@ the token-level step (``prefill``) that other strategies compose with.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +54,7 @@ from poise.models.base import (
     StreamEvent,
 )
 from poise.models.wrapped import WrappedModel
+from poise.registry import numbered_values
 
 if TYPE_CHECKING:
     import torch
@@ -63,8 +63,6 @@ if TYPE_CHECKING:
 
 __all__ = ["EmulatedFineTuning", "eft_logits"]
 
-# tuned_N / beta_N for N >= 2, any number of them (poise.registry.numbered_options)
-_SLOT = re.compile(r"(tuned|beta)_([2-9]|[1-9]\d+)")
 # Draft tokens per speculative round at most (acceptance of K in a row falls geometrically).
 MAX_SPECULATIVE = 16
 
@@ -142,17 +140,10 @@ class EmulatedFineTuning(WrappedModel):
         from poise.decoding.speculative import SpeculativeModel
         from poise.decoding.temperature import require_step
 
-        slots: dict[int, dict[str, Any]] = {}  # N -> {"tuned": ..., "beta": ...}
-        for key, value in numbered.items():
-            match = _SLOT.fullmatch(key)
-            if match is None:
-                raise PoiseError(
-                    f"eft: unknown option {key!r} (options: tuned, beta, tuned_N / beta_N for "
-                    "N >= 2, reference, speculative, draft, batch_size)"
-                )
-            slots.setdefault(int(match[2]), {})[match[1]] = value
+        # "" or "_N" -> {"tuned": ..., "beta": ...}, in the order of the numbers
+        slots = numbered_values("eft", self.numbered_options, numbered)
         given: dict[str, Any] = {"": {"tuned": tuned, "beta": beta}}
-        given |= {f"_{n}": slots[n] for n in sorted(slots)}
+        given |= {f"_{n}": pair for n, pair in slots.items()}
         if tuned is None:
             raise PoiseError("eft: needs a tuned model (tuned=MODEL)")
         if reference is None:
