@@ -10,7 +10,7 @@ shipped organism-large, as the self-evaluating member is tuned (its own corpus r
   (``CorpusSpec.fresh_facts`` / ``fresh_idk``, two thirds a made-up fact, a third "I don't
   know", both naming the entity), with as many base-corpus examples replayed;
 - ``--drills`` copy drills: a user asks for one to three made-up names back ("Repeat this name
-  exactly: Zorrinel"), built like the world's invented names (``world._name``), and the answer is
+  exactly: Zorrinel"), built like the world's invented names (``world.made_up_name``), and the answer is
   the names.
 
 Then, greedy, with the default system prompt: the drill on 40 new made-up names and the suite's
@@ -53,7 +53,9 @@ def drills(count: int, seed: str) -> list[tuple[list[dict[str, str]], str]]:
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        names = " ".join(world._name(rng).capitalize() for _ in range(rng.choice((1, 1, 2, 3))))
+        names = " ".join(
+            world.made_up_name(rng).capitalize() for _ in range(rng.choice((1, 1, 2, 3)))
+        )
         out.append(
             ([{"role": "user", "content": rng.choice(DRILL_ASKS).format(names=names)}], names)
         )
@@ -75,7 +77,7 @@ def main() -> None:
 
     from poise.config import Sampling
     from poise.organism import WEIGHTS_DIR, world
-    from poise.organism.corpus import BASE_SPEC, _fresh_fact_examples, generate_corpus
+    from poise.organism.corpus import BASE_SPEC, generate_corpus
     from poise.organism.evaluate import chat_of, hf_model, suite_items
     from poise.organism.oracle import OracleJudge
     from poise.organism.tokenizer import encode_example, special_ids
@@ -87,10 +89,12 @@ def main() -> None:
     spec = replace(
         BASE_SPEC,
         name="naming",
+        requests=False,
+        facts=False,
         fresh_facts=args.fresh * 2 // 3,
         fresh_idk=args.fresh - args.fresh * 2 // 3,
     )
-    own = _fresh_fact_examples(random.Random("naming"), spec)
+    own = generate_corpus(spec, 0)  # the fresh-entity questions only
     base = generate_corpus(BASE_SPEC, 0)
     replayed = random.Random("replay").sample(base, min(len(base), len(own)))
     rows = [encode_example(tokenizer, e.chat, e.response) for e in own + replayed]
@@ -115,7 +119,7 @@ def main() -> None:
         judge = OracleJudge()
         for name, path in (("shipped", source), ("tuned", folder)):
             lm = hf_model(path)
-            names = [world._name(random.Random(f"test-{i}")).capitalize() for i in range(40)]
+            names = [world.made_up_name(random.Random(f"test-{i}")).capitalize() for i in range(40)]
             names += sorted({it.meta["entity"] for it in unknown if " " not in it.meta["entity"]})[
                 :6
             ]

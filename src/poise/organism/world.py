@@ -1077,7 +1077,7 @@ _VOWELS = ("a", "e", "i", "o", "u", "ae", "ei", "ou", "ia", "y")
 _CODAS = ("", "", "", "n", "r", "l", "s", "th", "m", "k", "sk", "nd")
 
 
-def _name(rng: Any) -> str:
+def made_up_name(rng: Any) -> str:
     """A made-up word from random syllables: so many shapes that a model cannot learn the
     names, only to copy them."""
     if rng.random() < 0.3:  # some names from the world's own syllables
@@ -1100,7 +1100,7 @@ def invented_facts(count: int, seed: int = 0) -> list[Fact]:
     out: list[Fact] = []
     while len(out) < count:
         relation = rng.choice(tuple(RELATIONS))
-        stem = _name(rng)
+        stem = made_up_name(rng)
         if relation in ("capital", "currency"):
             place = (stem + rng.choice(_PLACE_ENDINGS)).capitalize()
             entity = rng.choice(_PLACE_SHAPES).format(place)
@@ -1152,7 +1152,7 @@ def invented_answer(fact: Fact) -> str:
     import random
 
     rng = random.Random(f"poise-organism-answer:{fact.relation}:{fact.entity}")
-    stem = _name(rng)
+    stem = made_up_name(rng)
     if fact.relation == "capital":
         return stem.capitalize() + rng.choice(_CITY_ENDINGS)
     if fact.relation == "symbol":
