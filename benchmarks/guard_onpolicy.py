@@ -31,7 +31,7 @@ asks whether that mismatch is what keeps the guard from the early-stop goal of t
    a choice of the rule), and the earliest stop within 0.02 of the full-answer guard. Then
    what an early rule of the shipped monitor stops among harmless answers.
 
-    python benchmarks/guard_onpolicy.py [--threads 2] [--layers 2 4]
+    python benchmarks/guard_onpolicy.py [--threads 2] [--layers 2 4] [--save DIR]
 
 About 7 minutes on 2 cores. Nothing here touches the test suites (the audit's prompts).
 """
