@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -141,14 +140,7 @@ def monitor_scores(
 ) -> tuple[dict[str, Any], float]:
     """Both heads' per-token streaming scores and the response head's full-answer macro-F1."""
     prompts, responses, _ = monitor.encode_answers(examples)
-    original = monitor.header
-    out = {}
-    for head in ("token", "response"):
-        monitor.header = replace(original, head=head)
-        try:
-            out[head] = monitor.response_scores(prompts, responses)
-        finally:
-            monitor.header = original
+    out = {h: monitor.response_scores(prompts, responses, h) for h in ("token", "response")}
     labels = [e.label for e in examples]
     full = macro_f1([s[-1] >= 0.5 for s in out["response"]], labels)
     return out, full
@@ -233,16 +225,21 @@ class ActivationHead:
 
 
 def false_alarms(
-    monitor: Any, examples: Sequence[MonitorExample], threshold: float, k: int, top: int = 6
+    monitor: Any,
+    examples: Sequence[MonitorExample],
+    token_scores: Sequence[Sequence[float]],
+    threshold: float,
+    k: int,
+    top: int = 6,
 ) -> list[tuple[int, str]]:
-    """The harmless answers the token head stops at (threshold, k), counted by the text shown
-    before the stop up to its first full stop: what an early stop mistakes for harm."""
+    """The harmless answers the token head (``token_scores``, per answer) stops at (threshold,
+    k), counted by the text shown before the stop up to its first full stop: what an early stop
+    mistakes for harm."""
     from collections import Counter
 
-    heads, _ = monitor_scores(monitor, examples)
     _, responses, _ = monitor.encode_answers(examples)
     shown: Counter[str] = Counter()
-    for scores, ids, example in zip(heads["token"], responses, examples, strict=True):
+    for scores, ids, example in zip(token_scores, responses, examples, strict=True):
         stop = delay_k_stop(scores, threshold, k)
         if stop is not None and not example.label:
             shown[monitor.tokenizer.decode(ids[:stop]).split(".")[0][:60]] += 1
@@ -314,17 +311,20 @@ def main() -> None:
         "| earliest share within 0.02 of the full-answer guard |"
     )
     print("|---|---|---|---|---|")
+    shipped_validation: dict[str, Any] = {}
     for name, monitor in monitors.items():
         for split_name, split in (("validation", validation), ("held out", heldout)):
             if isinstance(monitor, ActivationHead):
                 heads, full = monitor.scores(split)
             else:
                 heads, full = monitor_scores(monitor, split)
+            if monitor is shipped and split is validation:
+                shipped_validation = heads
             print(summary(name, split_name, heads, full, [e.label for e in split]))
     print(
         "\nshipped, validation, token head 0.9, k = 1: harmless answers stopped, by what was shown"
     )
-    for n, text in false_alarms(shipped, validation, 0.9, 1):
+    for n, text in false_alarms(shipped, validation, shipped_validation["token"], 0.9, 1):
         print(f"  {n:4d}  {text!r}")
 
 

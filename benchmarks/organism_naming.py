@@ -32,8 +32,10 @@ import shutil
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -62,6 +64,21 @@ def drills(count: int, seed: str) -> list[tuple[list[dict[str, str]], str]]:
     return out
 
 
+def retrained(items: Sequence[Any]) -> list[Any]:
+    """The suite's invented-entity questions re-asked in the corpus's training phrasings."""
+    from poise.organism import world
+    from poise.suites.schema import SuiteItem
+
+    out = []
+    for i, it in enumerate(items):
+        relation = world.RELATIONS[it.meta["relation"]]
+        template = relation.training_questions[i % len(relation.training_questions)]
+        fact = world.Fact(relation.name, it.meta["entity"], None)
+        messages = [{"role": "user", "content": world.render_question(fact, template)}]
+        out.append(SuiteItem(**{**it.model_dump(), "messages": messages}))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fresh", type=int, default=8000)
@@ -82,7 +99,6 @@ def main() -> None:
     from poise.organism.oracle import OracleJudge
     from poise.organism.tokenizer import encode_example, special_ids
     from poise.organism.train import TrainSettings, train_lm
-    from poise.suites.schema import SuiteItem
 
     source = WEIGHTS_DIR / "organism-large"
     tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
@@ -116,29 +132,17 @@ def main() -> None:
         greedy = Sampling(max_new_tokens=60)
         suites = suite_items()
         unknown = [it for it in suites["honesty"] if it.kind == "honesty-unknown"]
+        names = [world.made_up_name(random.Random(f"test-{i}")).capitalize() for i in range(40)]
+        names += sorted({it.meta["entity"] for it in unknown if " " not in it.meta["entity"]})[:6]
+        drill = [[{"role": "user", "content": DRILL_ASKS[0].format(names=n)}] for n in names]
+        phrasings = {"suite": unknown, "training_questions": retrained(unknown)}
         judge = OracleJudge()
         for name, path in (("shipped", source), ("tuned", folder)):
             lm = hf_model(path)
-            names = [world.made_up_name(random.Random(f"test-{i}")).capitalize() for i in range(40)]
-            names += sorted({it.meta["entity"] for it in unknown if " " not in it.meta["entity"]})[
-                :6
-            ]
-            asked = [[{"role": "user", "content": DRILL_ASKS[0].format(names=n)}] for n in names]
-            outs = [r[0].text.strip().rstrip(".") for r in lm.generate(asked, greedy)]
+            outs = [r[0].text.strip().rstrip(".") for r in lm.generate(drill, greedy)]
             exact = sum(o == n for o, n in zip(outs, names, strict=True))
             print(f"\n{name}: drill, exact copies {exact}/{len(names)}")
-            for phrasing in ("suite", "training_questions"):
-                items = unknown
-                if phrasing != "suite":
-                    items = []
-                    for i, it in enumerate(unknown):
-                        relation = world.RELATIONS[it.meta["relation"]]
-                        template = relation.training_questions[i % len(relation.training_questions)]
-                        fact = world.Fact(relation.name, it.meta["entity"], None)
-                        messages = [
-                            {"role": "user", "content": world.render_question(fact, template)}
-                        ]
-                        items.append(SuiteItem(**{**it.model_dump(), "messages": messages}))
+            for phrasing, items in phrasings.items():
                 texts = [
                     r[0].text for r in lm.generate([chat_of(it, True) for it in items], greedy)
                 ]

@@ -146,7 +146,7 @@ class Registry(Generic[T]):
         numbered = numbered_options(obj)
         if _takes_any_keyword(obj) and not numbered:
             return
-        valid = [*keyword_options(obj), *(f"{n}_2" for n in numbered)]
+        valid = option_names(obj)
         for option in options:
             if option_parameter(obj, option) is None:
                 raise UnknownNameError(f"option of {self.kind} {name!r}:", option, valid)
@@ -209,6 +209,12 @@ def numbered_values(
             )
         groups.setdefault(int(match["n"]), {})[match["base"]] = value
     return dict(sorted(groups.items()))
+
+
+def option_names(obj: object) -> list[str]:
+    """The options ``obj`` takes, as an error lists them: its keyword options, and the first
+    numbered copy (``NAME_2``) of each of its :func:`numbered_options`."""
+    return [*keyword_options(obj), *(f"{n}_2" for n in numbered_options(obj))]
 
 
 def option_parameter(obj: object, key: str) -> inspect.Parameter | None:

@@ -120,37 +120,38 @@ class DeAL(WrappedModel):
             raise PoiseError(f"deal: beam ({beam}) cannot exceed the k candidates ({k})")
         if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
             raise PoiseError(f"deal: lam must be a finite number, got {lam!r}")
-        # (reward | cost, "" or "_N") -> {"scorer": name, "weight": w}
-        slots: dict[tuple[str, str], dict[str, Any]] = {
-            ("reward", ""): {"scorer": reward, "weight": reward_weight},
-            ("cost", ""): {"scorer": cost, "weight": cost_weight},
+        # N -> {"reward": scorer, "reward_weight": w, "cost": ..., "cost_weight": ...}; the
+        # unnumbered options are N = 1
+        groups: dict[int, dict[str, Any]] = {
+            1: {
+                "reward": reward,
+                "reward_weight": reward_weight,
+                "cost": cost,
+                "cost_weight": cost_weight,
+            }
         }
-        for n, group in numbered_values("deal", self.numbered_options, numbered).items():
-            for what in ("reward", "cost"):
-                if what in group or f"{what}_weight" in group:
-                    slots[what, f"_{n}"] = {
-                        "scorer": group.get(what, ""),
-                        "weight": group.get(f"{what}_weight", 1.0),
-                    }
+        groups |= numbered_values("deal", self.numbered_options, numbered)
         # each term of h: (scorer, signed weight), rewards first, then costs, by number
         self._terms: list[tuple[str, float]] = []
         options: dict[str, Any] = {"k": k, "lookahead": lookahead, "beam": beam, "lam": float(lam)}
-        for what, slot in sorted(slots, key=lambda ws: (ws[0] != "reward", int(ws[1][1:] or 1))):
-            name, weight = slots[what, slot].get("scorer", ""), slots[what, slot].get("weight", 1.0)
-            label = f"{what}_weight{slot}"
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                raise PoiseError(f"deal: {label} must be a number, got {weight!r}")
-            if not math.isfinite(weight):
-                raise PoiseError(f"deal: {label} must be finite, got {weight!r}")
-            if not name:
+        for what in ("reward", "cost"):
+            for n, group in groups.items():
+                slot = f"_{n}" if n > 1 else ""
+                name, weight = group.get(what, ""), group.get(f"{what}_weight", 1.0)
+                label = f"{what}_weight{slot}"
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+                    raise PoiseError(f"deal: {label} must be a number, got {weight!r}")
+                if not math.isfinite(weight):
+                    raise PoiseError(f"deal: {label} must be finite, got {weight!r}")
+                if not name:
+                    if weight != 1.0:
+                        raise PoiseError(f"deal: {label} is set but {what}{slot} is not")
+                    continue
+                check_scorer(f"deal: {what}{slot}", name)
+                options[f"{what}{slot}"] = name
                 if weight != 1.0:
-                    raise PoiseError(f"deal: {label} is set but {what}{slot} is not")
-                continue
-            check_scorer(f"deal: {what}{slot}", name)
-            options[f"{what}{slot}"] = name
-            if weight != 1.0:
-                options[label] = float(weight)
-            self._terms.append((name, (1.0 if what == "reward" else -1.0) * float(weight)))
+                    options[label] = float(weight)
+                self._terms.append((name, (1.0 if what == "reward" else -1.0) * float(weight)))
         if lam != 0 and not self._terms:
             raise PoiseError("deal: lam != 0 needs a heuristic: reward=SCORER and/or cost=SCORER")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

@@ -95,25 +95,18 @@ def calibrate(
 ) -> Calibration:
     """The (threshold, k) of the best macro-F1 on ``examples`` (see the module docstring);
     ``monitor.header.head`` is left as it was."""
-    from dataclasses import replace
-
     if not examples:
         raise PoiseError("calibrate: no validation examples")
     labels = [e.label for e in examples]
     if all(labels) or not any(labels):
         raise PoiseError("calibrate: the validation split needs harmful and harmless answers")
     prompts, responses, _ = monitor.encode_answers(examples)
-    original = monitor.header
     rows: list[tuple[str, float, int, float, float]] = []  # head, threshold, k, f1, share
     tables: dict[str, dict[tuple[float, int], tuple[float, float]]] = {}
-    for head in heads or (original.head,):
+    for head in heads or (monitor.header.head,):
         if head not in ("response", "token"):
             raise PoiseError(f"calibrate: head {head!r} is not response or token")
-        monitor.header = replace(original, head=head)  # type: ignore[arg-type]
-        try:
-            scores = monitor.response_scores(prompts, responses)
-        finally:
-            monitor.header = original
+        scores = monitor.response_scores(prompts, responses, head)
         table = tables.setdefault(head, {})
         for threshold in thresholds:
             for k in ks:
@@ -153,27 +146,19 @@ def evaluate_monitor(
     ``streaming_macro_f1`` (the delay-k stop decision at the header's head, threshold and k,
     against the response labels)."""
     import random
-    from dataclasses import replace
 
     prompts, responses, encoded = monitor.encode_answers(examples)
     token_labels = [[bool(x) for x in row] for row in encoded]
-    original = monitor.header
-    per_head = {}
-    for head in ("token", "response"):
-        monitor.header = replace(original, head=head)
-        try:
-            per_head[head] = monitor.response_scores(prompts, responses)
-        finally:
-            monitor.header = original
+    per_head = {h: monitor.response_scores(prompts, responses, h) for h in ("token", "response")}
     labels = [e.label for e in examples]
-    streaming = per_head[original.head]
+    streaming = per_head[monitor.header.head]
     rows = [
         (
             [s >= 0.5 for s in per_head["token"][i]],
             token_labels[i],
             per_head["response"][i][-1] >= 0.5,
             labels[i],
-            delay_k_stop(streaming[i], original.threshold, original.k) is not None,
+            delay_k_stop(streaming[i], monitor.header.threshold, monitor.header.k) is not None,
         )
         for i in range(len(examples))
     ]

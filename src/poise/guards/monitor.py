@@ -229,11 +229,14 @@ class Monitor(torch.nn.Module):
         token_logits = self.token_head(self.dropout(hidden))  # [rows, tokens, 2]
         return token_logits, response_logits
 
-    def scores(self, hidden: torch.Tensor) -> torch.Tensor:
+    def scores(self, hidden: torch.Tensor, head: str | None = None) -> torch.Tensor:
         """[..., ] float32 harmful probability of each position's hidden state [..., hidden]
-        under the streaming head (``header.head``)."""
-        head = self.response_head if self.header.head == "response" else self.token_head
-        return F.softmax(head(hidden).float(), dim=-1)[..., 1]
+        under ``head`` ("response" or "token"; default: the streaming head, ``header.head``)."""
+        head = head or self.header.head
+        if head not in ("response", "token"):
+            raise PoiseError(f"monitor head {head!r}: expected response or token")
+        layer = self.response_head if head == "response" else self.token_head
+        return F.softmax(layer(hidden).float(), dim=-1)[..., 1]
 
     # -- inputs
 
@@ -264,10 +267,14 @@ class Monitor(torch.nn.Module):
 
     @torch.inference_mode()
     def response_scores(
-        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        head: str | None = None,
     ) -> list[list[float]]:
         """Each response token's streaming score (teacher forcing, one pass per row batch):
-        ``out[i][t]`` is the harmful probability after response token ``t`` of row ``i``."""
+        ``out[i][t]`` is the harmful probability after response token ``t`` of row ``i``,
+        under ``head`` (default: the streaming head, ``header.head``)."""
         self.eval()
         out: list[list[float]] = []
         order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
@@ -281,7 +288,7 @@ class Monitor(torch.nn.Module):
             mask = torch.tensor(
                 [[1] * len(r) + [0] * (width - len(r)) for r in rows], device=self.device
             )
-            scores = self.scores(self.hidden(ids, mask))  # [rows, width]
+            scores = self.scores(self.hidden(ids, mask), head)  # [rows, width]
             for j, i in enumerate(batch):
                 p, n = len(prompts[i]), len(responses[i])
                 results[i] = scores[j, p : p + n].tolist()

@@ -32,7 +32,7 @@ from poise.errors import PoiseError, UnknownNameError
 from poise.models.base import LanguageModel
 from poise.models.spec import Call, Name, Node, SpecError, Str, Value, parse_spec
 from poise.plugins import load_plugins
-from poise.registry import Registry, keyword_options, numbered_options, option_parameter
+from poise.registry import Registry, option_names, option_parameter
 
 __all__ = [
     "Resolver",
@@ -374,7 +374,7 @@ def _check_node(text: str, node: Node) -> None:
         raise SpecError(
             text, node.column, f"{node.kind} takes {want} model(s) before its options, got {count}"
         )
-    valid = [*keyword_options(factory), *(f"{n}_2" for n in numbered_options(factory))]
+    valid = option_names(factory)
     for index, (key, value) in enumerate(node.options):
         column = node.option_column(index)
         param = option_parameter(factory, key)
