@@ -100,6 +100,23 @@ def test_monitor_folder_round_trips(monitor_dir: Path) -> None:
     assert monitor.response_scores([prompt], [answer]) == again.response_scores([prompt], [answer])
 
 
+def test_scores_under_a_named_head_are_that_heads(monitor_dir: Path) -> None:
+    """``head=`` scores as a header naming that head would, and leaves the header alone."""
+    from dataclasses import replace
+
+    monitor = load_monitor(str(monitor_dir))
+    prompt = monitor.prompt_ids([{"role": "user", "content": "the cat"}])
+    answer = monitor.tokenizer("the dog ran", add_special_tokens=False)["input_ids"]
+    streaming = monitor.response_scores([prompt], [answer])
+    response = monitor.response_scores([prompt], [answer], "response")
+    assert monitor.response_scores([prompt], [answer], "token") == streaming  # header: token
+    assert response != streaming
+    monitor.header = replace(monitor.header, head="response")
+    assert monitor.response_scores([prompt], [answer]) == response
+    with pytest.raises(PoiseError, match="monitor head 'resp'"):
+        monitor.response_scores([prompt], [answer], "resp")
+
+
 def test_a_folder_without_header_is_refused(tiny_hf_model_dir: Path) -> None:
     with pytest.raises(PoiseError, match="not a monitor folder"):
         load_monitor(str(tiny_hf_model_dir))
