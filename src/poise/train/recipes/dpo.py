@@ -121,6 +121,33 @@ def data_info(config: PreferenceDataConfig, pairs: Sequence[Any]) -> dict[str, A
 EncodedPair = tuple[list[int], list[int], list[int]]  # prompt, chosen, rejected token ids
 
 
+def split_info(
+    config: PreferenceDataConfig, pairs: Sequence[Any], train_idx: list[int], eval_idx: list[int]
+) -> dict[str, Any]:
+    """:func:`data_info` with the sizes of the train / held-out split, for the run's record."""
+    return {**data_info(config, pairs), "train_pairs": len(train_idx), "eval_pairs": len(eval_idx)}
+
+
+def encode_and_split(
+    config: PreferenceDataConfig, source: Path, pairs: Sequence[Any]
+) -> tuple[Any, list[EncodedPair], list[int], list[int]]:
+    """The chat tokenizer of ``source``, ``pairs`` encoded (a row that cannot fit the model's
+    context fails here, named, before any weights load) and the train / held-out split of
+    their indices."""
+    tokenizer = load_tokenizer(source)
+    encoded = encode_pairs(ChatEncoder(tokenizer, config.max_length), pairs)
+    check_rows_fit(
+        (
+            (row_name(config.data, i, pair), len(p) + max(len(c), len(r)))
+            for i, (pair, (p, c, r)) in enumerate(zip(pairs, encoded, strict=True))
+        ),
+        folder_context_length(source),
+        config.max_length,
+    )
+    train_idx, eval_idx = split_holdout(len(encoded), config.eval_fraction, config.seed)
+    return tokenizer, encoded, train_idx, eval_idx
+
+
 def encode_pairs(encoder: ChatEncoder, pairs: Sequence[Any]) -> list[EncodedPair]:
     encoded = []
     for pair in pairs:
@@ -259,18 +286,7 @@ def train_dpo(
     if out.status == "complete":
         logger.info("%s already holds this finished run", out.path)
         return finished_result(out)
-    tokenizer = load_tokenizer(source)
-    encoder = ChatEncoder(tokenizer, config.max_length)
-    encoded = encode_pairs(encoder, pairs)
-    check_rows_fit(
-        (
-            (row_name(config.data, i, pair), len(p) + max(len(c), len(r)))
-            for i, (pair, (p, c, r)) in enumerate(zip(pairs, encoded, strict=True))
-        ),
-        folder_context_length(source),
-        config.max_length,
-    )
-    train_idx, eval_idx = split_holdout(len(encoded), config.eval_fraction, config.seed)
+    tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)
 
     # ---- load and train
     session = Session.start(
@@ -279,11 +295,7 @@ def train_dpo(
         load_causal_lm(source),
         tokenizer,
         rows_per_epoch=len(train_idx),
-        data_info={
-            **data_info(config, pairs),
-            "train_pairs": len(train_idx),
-            "eval_pairs": len(eval_idx),
-        },
+        data_info=split_info(config, pairs, train_idx, eval_idx),
         progress=progress,
     )
     reference = Reference.load(ref_folder, source, session)

@@ -35,29 +35,25 @@ from poise.train.recipes.common import (
     TrainResult,
     check_lora_available,
     check_precision,
-    check_rows_fit,
     classifier_scores,
     finished_result,
-    folder_context_length,
     is_classifier_folder,
     load_causal_lm,
     load_classifier,
     load_tokenizer,
     make_config,
     resolve_model_folder,
-    row_name,
-    split_holdout,
     split_list,
     token_logps,
 )
 from poise.train.recipes.dpo import (
     PreferenceDataConfig,
-    data_info,
-    encode_pairs,
+    encode_and_split,
     loss_summary,
     pair_batch,
     read_pairs,
     reward_metrics,
+    split_info,
 )
 
 logger = logging.getLogger(__name__)
@@ -147,28 +143,14 @@ def train_modpo(
     pairs = read_pairs(config)
     if out.status == "complete":
         return finished_result(out)
-    tokenizer = load_tokenizer(source)
-    encoded = encode_pairs(ChatEncoder(tokenizer, config.max_length), pairs)
-    check_rows_fit(
-        (
-            (row_name(config.data, i, pair), len(p) + max(len(c), len(r)))
-            for i, (pair, (p, c, r)) in enumerate(zip(pairs, encoded, strict=True))
-        ),
-        folder_context_length(source),
-        config.max_length,
-    )
-    train_idx, eval_idx = split_holdout(len(encoded), config.eval_fraction, config.seed)
+    tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)
     session = Session.start(
         config,
         out,
         load_causal_lm(source),
         tokenizer,
         rows_per_epoch=len(train_idx),
-        data_info={
-            **data_info(config, pairs),
-            "train_pairs": len(train_idx),
-            "eval_pairs": len(eval_idx),
-        },
+        data_info=split_info(config, pairs, train_idx, eval_idx),
         progress=progress,
     )
     margins_chosen, margins_rejected = margin_rewards(config, pairs, session.device)  # [N, K-1]

@@ -48,7 +48,7 @@ from poise.train.recipes.common import (
     split_holdout,
     write_json_atomic,
 )
-from poise.train.recipes.dpo import PreferenceDataConfig, data_info, loss_summary, read_pairs
+from poise.train.recipes.dpo import PreferenceDataConfig, loss_summary, read_pairs, split_info
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +156,7 @@ def _train(config: Any, kind: Kind, progress: ProgressFn | None) -> TrainResult:
         load_classifier(source, tokenizer.pad_token_id),
         tokenizer,
         rows_per_epoch=len(train_idx),
-        data_info={
-            **data_info(config, pairs),
-            "train_pairs": len(train_idx),
-            "eval_pairs": len(eval_idx),
-        },
+        data_info=split_info(config, pairs, train_idx, eval_idx),
         progress=progress,
         lora_task_type="SEQ_CLS",
     )
