@@ -8,6 +8,7 @@ library callers catch it like any exception.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
 
 
@@ -56,3 +57,46 @@ def located(path: object, line: int | None, message: str) -> PoiseError:
     """An error that points at ``path:line``."""
     where = f"{path}:{line}" if line is not None else f"{path}"
     return PoiseError(f"{where}: {message}")
+
+
+def check_int(owner: str, name: str, value: object, low: int) -> int:
+    """``value`` when it is an integer (not a bool) ``>= low``; else ``"OWNER: NAME must be an
+    integer >= LOW, got VALUE"``. For the options of strategies, guards and wrappers, which come
+    from a model spec or from Python."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PoiseError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_number(
+    owner: str,
+    name: str,
+    value: object,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    positive: bool = False,
+) -> float:
+    """``value`` as a float when it is a finite number (an int or a float, not a bool), inside
+    ``[low, high]`` (either end optional) and ``> 0`` when ``positive``; else one error that
+    names the owner, the option and the value."""
+    if low is not None and high is not None:
+        expected = f"a number in [{low:g}, {high:g}]"
+    elif low is not None:
+        expected = f"a finite number >= {low:g}"
+    elif high is not None:
+        expected = f"a finite number <= {high:g}"
+    else:
+        expected = "a finite number"
+    if positive:
+        expected = f"{expected} > 0" if low is not None or high is not None else "a positive number"
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+        or (positive and value <= 0)
+    ):
+        raise PoiseError(f"{owner}: {name} must be {expected}, got {value!r}")
+    return float(value)

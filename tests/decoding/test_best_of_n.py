@@ -101,7 +101,7 @@ def test_spec_registry_and_errors(tiny_hf_model_dir: Path) -> None:
         BestOfN(base, reward="keywords:a", calibrate=True, transform="exp")
     with pytest.raises(PoiseError, match="best_of_n: reward: scorer 'no-such-model'"):
         BestOfN(base, reward="no-such-model")
-    with pytest.raises(PoiseError, match="n must be a positive integer"):
+    with pytest.raises(PoiseError, match="n must be an integer >= 1"):
         BestOfN(base, n=0, reward="keywords:a")
 
 

@@ -104,7 +104,7 @@ def test_the_heuristic_is_the_weighted_sum_of_its_scorers(
         DeAL(tiny, reward="keywords:a", reward_weight_2=2.0)
     with pytest.raises(PoiseError, match="unknown option 'reward_x'"):
         DeAL(tiny, reward="keywords:a", reward_x="keywords:b")
-    with pytest.raises(PoiseError, match="cost_weight must be finite"):
+    with pytest.raises(PoiseError, match="cost_weight must be a finite number"):
         DeAL(tiny, cost="length:3", cost_weight=float("inf"))
 
 

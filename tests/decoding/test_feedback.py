@@ -118,5 +118,5 @@ def test_registry_and_spec(tiny_hf_model_dir: Path) -> None:
     built = load_model(f"feedback_revision({tiny_hf_model_dir}, feedback=mock:judge)")
     assert built.spec == f"feedback_revision({tiny_hf_model_dir}, feedback=mock:judge)"
     assert load_model(built.spec).name == built.name
-    with pytest.raises(PoiseError, match="max_feedback_tokens must be a positive integer"):
+    with pytest.raises(PoiseError, match="max_feedback_tokens must be an integer >= 1"):
         FeedbackRevision(MockModel("m"), max_feedback_tokens=0)

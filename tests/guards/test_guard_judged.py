@@ -87,7 +87,7 @@ def test_monitor_judge_flags_by_the_response_head(inner: HFModel, monitor_dir: P
 def test_specs_and_errors(tiny_hf_model_dir: Path) -> None:
     model = load_model(f"chunked_guard('{tiny_hf_model_dir}', judge='keywords:cat|dog', every=8)")
     assert isinstance(model, ChunkedGuard) and model.every == 8
-    with pytest.raises(PoiseError, match="every must be a positive integer"):
+    with pytest.raises(PoiseError, match="every must be an integer >= 1"):
         load_model(f"chunked_guard('{tiny_hf_model_dir}', judge='keywords:cat', every=0)")
     with pytest.raises(PoiseError, match="needs judge="):
         load_model(f"full_guard('{tiny_hf_model_dir}')")

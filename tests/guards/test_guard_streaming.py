@@ -157,7 +157,7 @@ def test_the_spec_names_and_rebuilds_the_guard(tiny_hf_model_dir: Path, monitor_
 def test_bad_options_are_one_clear_line(inner: HFModel, monitor_dir: Path) -> None:
     with pytest.raises(PoiseError, match="needs monitor="):
         Guarded(inner)
-    with pytest.raises(PoiseError, match="threshold must be a probability"):
+    with pytest.raises(PoiseError, match=r"threshold must be a number in \[0, 1\]"):
         Guarded(inner, monitor=str(monitor_dir), threshold=1.5)
     with pytest.raises(PoiseError, match="k must be an integer >= 1"):
         Guarded(inner, monitor=str(monitor_dir), k=0)

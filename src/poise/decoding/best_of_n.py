@@ -45,7 +45,7 @@ from typing import Any
 from poise.config import Sampling
 from poise.decoding import strategies
 from poise.decoding.scorers import Scorer, check_scorer, load_scorer
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.wrapped import WrappedModel
 
@@ -95,14 +95,6 @@ def select(
     return total.index(best)
 
 
-def _number(name: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PoiseError(f"best_of_n: {name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise PoiseError(f"best_of_n: {name} must be positive, got {value!r}")
-    return float(value)
-
-
 @strategies.register(
     "best_of_n",
     help="N samples, answer with the best by reward, cost or reward - lam * cost (calibrated)",
@@ -126,8 +118,7 @@ class BestOfN(WrappedModel):
         t: float = 1.0,
         worst: bool = False,
     ) -> None:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise PoiseError(f"best_of_n: n must be a positive integer, got {n!r}")
+        check_int("best_of_n", "n", n, 1)
         if not reward and not cost:
             raise PoiseError("best_of_n: needs reward=SCORER, cost=SCORER or both")
         if transform not in TRANSFORMS:
@@ -147,12 +138,12 @@ class BestOfN(WrappedModel):
         if cost:
             options["cost"] = cost
         if reward and cost:
-            options["lam"] = _number("lam", lam)
+            options["lam"] = check_number("best_of_n", "lam", lam)
         if calibrate:
             options["calibrate"] = True
         if transform != "none":
             options["transform"] = transform
-            options["t"] = _number("t", t, positive=True)
+            options["t"] = check_number("best_of_n", "t", t, positive=True)
         if worst:
             options["worst"] = True
         super().__init__(base, **options)

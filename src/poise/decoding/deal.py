@@ -34,7 +34,6 @@ log-probs of the chosen tokens.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +43,7 @@ import torch
 from poise.config import Sampling
 from poise.decoding import strategies
 from poise.decoding.scorers import Scorer, check_scorer, load_scorer
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.decode import cut_at_stop
 from poise.models.hf import row_seed
@@ -114,12 +113,10 @@ class DeAL(WrappedModel):
         from poise.decoding.temperature import require_step
 
         for name, value, low in (("k", k, 1), ("lookahead", lookahead, 0), ("beam", beam, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise PoiseError(f"deal: {name} must be an integer >= {low}, got {value!r}")
+            check_int("deal", name, value, low)
         if beam > k:
             raise PoiseError(f"deal: beam ({beam}) cannot exceed the k candidates ({k})")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-            raise PoiseError(f"deal: lam must be a finite number, got {lam!r}")
+        check_number("deal", "lam", lam)
         # N -> {"reward": scorer, "reward_weight": w, "cost": ..., "cost_weight": ...}; the
         # unnumbered options are N = 1
         groups: dict[int, dict[str, Any]] = {
@@ -139,10 +136,7 @@ class DeAL(WrappedModel):
                 slot = f"_{n}" if n > 1 else ""
                 name, weight = group.get(what, ""), group.get(f"{what}_weight", 1.0)
                 label = f"{what}_weight{slot}"
-                if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-                    raise PoiseError(f"deal: {label} must be a number, got {weight!r}")
-                if not math.isfinite(weight):
-                    raise PoiseError(f"deal: {label} must be finite, got {weight!r}")
+                check_number("deal", label, weight)
                 if not name:
                     if weight != 1.0:
                         raise PoiseError(f"deal: {label} is set but {what}{slot} is not")
@@ -154,8 +148,7 @@ class DeAL(WrappedModel):
                 self._terms.append((name, (1.0 if what == "reward" else -1.0) * float(weight)))
         if lam != 0 and not self._terms:
             raise PoiseError("deal: lam != 0 needs a heuristic: reward=SCORER and/or cost=SCORER")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise PoiseError(f"deal: batch_size must be a positive integer, got {batch_size!r}")
+        check_int("deal", "batch_size", batch_size, 1)
         require_step(self.kind, base)
         if batch_size != 64:
             options["batch_size"] = batch_size

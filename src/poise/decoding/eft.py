@@ -36,13 +36,12 @@ the token-level step (``prefill``) that other strategies compose with.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import (
     Capabilities,
     Chat,
@@ -84,12 +83,6 @@ def eft_logits(
     for logits, weight in zip(tuned, weights, strict=True):
         mixed = mixed + weight * (logits.log_softmax(dim=-1) - log_ref)
     return mixed.log_softmax(dim=-1)  # renormalised per token: minus log Z_t
-
-
-def _weight(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise PoiseError(f"eft: {name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def _require_rewindable(model: LanguageModel) -> None:
@@ -150,14 +143,13 @@ class EmulatedFineTuning(WrappedModel):
             raise PoiseError(
                 "eft: needs a reference model (reference=MODEL), the tuned model's base"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise PoiseError(f"eft: batch_size must be a positive integer, got {batch_size!r}")
+        check_int("eft", "batch_size", batch_size, 1)
         options: dict[str, Any] = {"reference": reference}
         self.tuned: list[LanguageModel] = []
         self.weights: list[float] = []
         for slot, pair in given.items():
             model = pair.get("tuned")
-            weight = _weight(f"beta{slot}", pair.get("beta", 1.0))
+            weight = check_number("eft", f"beta{slot}", pair.get("beta", 1.0))
             if model is None:
                 raise PoiseError(f"eft: beta{slot} is set but tuned{slot} is not")
             options[f"tuned{slot}"] = model

@@ -30,7 +30,7 @@ from typing import Any
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.errors import PoiseError
+from poise.errors import check_int
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.wrapped import WrappedModel
 
@@ -116,15 +116,7 @@ class FeedbackRevision(WrappedModel):
         feedback: LanguageModel | None = None,
         max_feedback_tokens: int = 256,
     ) -> None:
-        if (
-            isinstance(max_feedback_tokens, bool)
-            or not isinstance(max_feedback_tokens, int)
-            or max_feedback_tokens < 1
-        ):
-            raise PoiseError(
-                "feedback_revision: max_feedback_tokens must be a positive integer, got "
-                f"{max_feedback_tokens!r}"
-            )
+        check_int("feedback_revision", "max_feedback_tokens", max_feedback_tokens, 1)
         options: dict[str, Any] = {}
         if feedback is not None:
             options["feedback"] = feedback

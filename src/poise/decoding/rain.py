@@ -95,7 +95,7 @@ import torch
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.decode import (
     COMPACT_SHARE,
@@ -354,11 +354,6 @@ def mix_priors(priors: Sequence[float]) -> list[float]:
     return [m / total for m in mixed]
 
 
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise PoiseError(f"rain: {name} must be an integer >= {low}, got {value!r}")
-
-
 @strategies.register(
     "rain",
     help="rewindable auto-regressive inference: tree search scored by the model's self-evaluation",
@@ -382,16 +377,11 @@ class Rain(WrappedModel):
     ) -> None:
         from poise.decoding.temperature import require_step
 
-        _check_int("max_searches", max_searches, 1)
-        _check_int("min_visits", min_visits, 0)
-        _check_int("extra_searches", extra_searches, 1)
-        _check_int("batch_size", batch_size, 1)
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not -1 <= threshold <= 1
-        ):
-            raise PoiseError(f"rain: threshold must be a number in [-1, 1], got {threshold!r}")
+        check_int("rain", "max_searches", max_searches, 1)
+        check_int("rain", "min_visits", min_visits, 0)
+        check_int("rain", "extra_searches", extra_searches, 1)
+        check_int("rain", "batch_size", batch_size, 1)
+        check_number("rain", "threshold", threshold, low=-1, high=1)
         if similarity not in SIMILARITIES:
             raise PoiseError(
                 f"rain: similarity must be one of {', '.join(SIMILARITIES)}, got {similarity!r}"

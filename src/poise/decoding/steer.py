@@ -26,7 +26,6 @@ so give a retrained probe a new folder (or clear the response cache).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -35,7 +34,7 @@ import torch
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_number
 from poise.models.base import (
     Capabilities,
     Chat,
@@ -85,10 +84,7 @@ class Steer(WrappedModel):
             raise PoiseError(f"steer: mode must be one of {', '.join(MODES)}, got {mode!r}")
         if use not in USES:
             raise PoiseError(f"steer: use must be one of {', '.join(USES)}, got {use!r}")
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-            raise PoiseError(f"steer: strength must be a number, got {strength!r}")
-        if not math.isfinite(strength):
-            raise PoiseError(f"steer: strength must be finite, got {strength!r}")
+        check_number("steer", "strength", strength)
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < -1:
             raise PoiseError(
                 f"steer: layer must be -1 (the probe's) or an index >= 0, got {layer!r}"

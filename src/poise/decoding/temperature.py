@@ -11,13 +11,12 @@ knob that composes with other strategies.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_number
 from poise.models.base import (
     Capabilities,
     Chat,
@@ -54,8 +53,7 @@ class LogitTemperature(WrappedModel):
     kind = "logit_temperature"
 
     def __init__(self, model: LanguageModel, *, t: float = 1.0) -> None:
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
-            raise PoiseError(f"logit_temperature: t must be a positive number, got {t!r}")
+        check_number("logit_temperature", "t", t, positive=True)
         require_step(self.kind, model)
         super().__init__(model, t=float(t))
         self.t = float(t)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from poise.config import Sampling
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_int
 from poise.guards import guards
 from poise.guards.monitor import Monitor, load_monitor
 from poise.guards.record import shown_completion
@@ -223,8 +223,7 @@ class ChunkedGuard(_JudgedGuard):
         threshold: float | None = None,
         refusal: str = DEFAULT_REFUSAL,
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise PoiseError(f"chunked_guard: every must be a positive integer, got {every!r}")
+        check_int("chunked_guard", "every", every, 1)
         options: dict[str, Any] = {"judge": judge, "every": every}
         if threshold is not None:
             options["threshold"] = float(threshold)

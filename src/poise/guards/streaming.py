@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from poise.config import Sampling
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_int, check_number
 from poise.guards import guards
 from poise.guards.monitor import Monitor, load_monitor, monitor_folder, read_header
 from poise.guards.record import guard_record, refusal_tail, shown_completion
@@ -245,19 +245,9 @@ class Guarded(WrappedModel):
         header = read_header(monitor_folder(monitor))
         threshold = header.threshold if threshold is None else threshold
         k = header.k if k is None else k
-        if (
-            isinstance(threshold, bool)
-            or not isinstance(threshold, (int, float))
-            or not (0 <= threshold <= 1)
-        ):
-            raise PoiseError(
-                f"guarded: threshold must be a probability in [0, 1], got {threshold!r}"
-            )
-        for name, value in (("k", k), ("window", window)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "k"):
-                raise PoiseError(
-                    f"guarded: {name} must be an integer >= {int(name == 'k')}, got {value!r}"
-                )
+        check_number("guarded", "threshold", threshold, low=0, high=1)
+        check_int("guarded", "k", k, 1)
+        check_int("guarded", "window", window, 0)
         if not isinstance(refusal, str):
             raise PoiseError(f"guarded: refusal must be a string, got {refusal!r}")
         if not model.capabilities.step or not model.capabilities.tokens:

@@ -1,0 +1,50 @@
+"""The ground layer's option checks: one message shape for every strategy, guard and wrapper."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from poise.errors import PoiseError, check_int, check_number
+
+
+def test_check_int_returns_an_integer_at_or_above_the_bound() -> None:
+    assert check_int("deal", "k", 3, 1) == 3
+    assert check_int("guarded", "window", 0, 0) == 0
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.0, "2", True, None])
+def test_check_int_refuses_what_is_not_an_integer_at_or_above_the_bound(value: object) -> None:
+    with pytest.raises(PoiseError) as caught:
+        check_int("deal", "k", value, 1)
+    assert str(caught.value) == f"deal: k must be an integer >= 1, got {value!r}"
+
+
+def test_check_number_returns_a_float() -> None:
+    assert check_number("steer", "strength", -3) == -3.0
+    assert isinstance(check_number("steer", "strength", 2), float)
+    assert check_number("rain", "threshold", 1, low=-1, high=1) == 1.0
+    assert check_number("best_of_n", "t", 0.5, positive=True) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("value", "options", "message"),
+    [
+        (math.nan, {}, "steer: strength must be a finite number, got nan"),
+        (math.inf, {}, "steer: strength must be a finite number, got inf"),
+        (True, {}, "steer: strength must be a finite number, got True"),
+        ("1", {}, "steer: strength must be a finite number, got '1'"),
+        (1.5, {"low": -1, "high": 1}, "steer: strength must be a number in [-1, 1], got 1.5"),
+        (-0.5, {"low": 0}, "steer: strength must be a finite number >= 0, got -0.5"),
+        (2, {"high": 1}, "steer: strength must be a finite number <= 1, got 2"),
+        (0, {"positive": True}, "steer: strength must be a positive number, got 0"),
+        (math.nan, {"positive": True}, "steer: strength must be a positive number, got nan"),
+    ],
+)
+def test_check_number_names_the_owner_the_option_and_the_value(
+    value: object, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(PoiseError) as caught:
+        check_number("steer", "strength", value, **options)  # type: ignore[arg-type]
+    assert str(caught.value) == message
