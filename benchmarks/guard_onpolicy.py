@@ -20,7 +20,9 @@ asks whether that mismatch is what keeps the guard from the early-stop goal of t
      learning rate and epochs) trained on the on-policy train answers, or on the corpus's train
      split and those answers together; ``scm-onpolicy-3``: on the on-policy answers with all
      three of organism-small's layers (``--save DIR`` keeps it, its rule chosen on the on-policy
-     validation answers as the build chooses, for ``benchmarks/guard_stream.py --monitor DIR``);
+     validation answers as the build chooses, for ``benchmarks/guard_stream.py --monitor DIR``;
+     ``--save-early DIR`` keeps ``scm-onpolicy``, its rule the best streaming macro-F1 at a share
+     <= 0.30 on the on-policy validation answers: the rule that aims at the goal's share);
    - ``activations-L``: no second model: a token head (one hidden layer of 256, trained with
      binary cross-entropy, 3 epochs) on organism-large's own frozen hidden states after decoder
      layer ``L`` (standardised), so it reads what the guarded model itself computes.
@@ -31,7 +33,7 @@ asks whether that mismatch is what keeps the guard from the early-stop goal of t
    a choice of the rule), and the earliest stop within 0.02 of the full-answer guard. Then
    what an early rule of the shipped monitor stops among harmless answers.
 
-    python benchmarks/guard_onpolicy.py [--threads 2] [--layers 2 4] [--save DIR]
+    python benchmarks/guard_onpolicy.py [--threads 2] [--layers 2 4] [--save DIR] [--save-early DIR]
 
 About 7 minutes on 2 cores. Nothing here touches the test suites (the audit's prompts).
 """
@@ -41,6 +43,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -112,18 +115,24 @@ def _grid(
     return rows
 
 
+def best_early(
+    rows: Sequence[tuple[str, float, int, float, float]],
+) -> tuple[str, float, int, float, float] | None:
+    """The grid row with the best macro-F1 among those at a share <= the goal's 0.30."""
+    early = [r for r in rows if r[4] <= GOAL_SHARE]
+    return max(early, key=lambda r: (r[3], -r[4])) if early else None
+
+
 def summary(
     name: str, split: str, heads: dict[str, Any], full: float, labels: Sequence[bool]
 ) -> str:
     rows = frontier(heads, labels)
-    early = [r for r in rows if r[4] <= GOAL_SHARE]
-    best_early = max(early, key=lambda r: (r[3], -r[4])) if early else None
+    early = best_early(rows)
     within = [r for r in rows if r[3] >= full - GOAL_TOLERANCE]
     earliest = min(within, key=lambda r: (r[4], -r[3])) if within else None
     cell_early = (
-        f"{best_early[3]:.3f} ({best_early[0]} {best_early[1]}, k={best_early[2]}, "
-        f"share {best_early[4]:.3f})"
-        if best_early
+        f"{early[3]:.3f} ({early[0]} {early[1]}, k={early[2]}, share {early[4]:.3f})"
+        if early
         else "none"
     )
     cell_within = (
@@ -256,6 +265,12 @@ def main() -> None:
         help="folder: save the three-layer on-policy monitor there, its rule chosen on the "
         "on-policy validation answers as the build chooses (for benchmarks/guard_stream.py)",
     )
+    parser.add_argument(
+        "--save-early",
+        default=None,
+        help="folder: save the one-layer on-policy monitor there, its rule the best streaming "
+        "macro-F1 at a share <= 0.30 on the on-policy validation answers",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -297,6 +312,18 @@ def main() -> None:
             f"scm-onpolicy-3 saved to {args.save}: rule chosen on the on-policy validation "
             f"answers: {rule.head} head, threshold {rule.threshold}, k {rule.k} (macro-F1 "
             f"{rule.macro_f1:.3f}, share {rule.share:.3f})"
+        )
+    if args.save_early:
+        one = monitors["scm-onpolicy"]
+        heads, _ = monitor_scores(one, validation)
+        rule = best_early(frontier(heads, [e.label for e in validation]))
+        if rule is None:
+            raise SystemExit("scm-onpolicy: no rule at a share <= 0.30 on validation")
+        one.header = replace(one.header, head=rule[0], threshold=rule[1], k=rule[2])
+        one.save(args.save_early)
+        print(
+            f"scm-onpolicy saved to {args.save_early}: {rule[0]} head, threshold {rule[1]}, "
+            f"k {rule[2]} (validation macro-F1 {rule[3]:.3f}, share {rule[4]:.3f})"
         )
     lm = AutoModelForCausalLM.from_pretrained(
         str(WEIGHTS_DIR / "organism-large"), dtype=torch.float32
