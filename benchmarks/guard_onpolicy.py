@@ -21,8 +21,9 @@ asks whether that mismatch is what keeps the guard from the early-stop goal of t
      split and those answers together; ``scm-onpolicy-3``: on the on-policy answers with all
      three of organism-small's layers (``--save DIR`` keeps it, its rule chosen on the on-policy
      validation answers as the build chooses, for ``benchmarks/guard_stream.py --monitor DIR``;
-     ``--save-early DIR`` keeps ``scm-onpolicy``, its rule the best streaming macro-F1 at a share
-     <= 0.30 on the on-policy validation answers: the rule that aims at the goal's share);
+     ``--save-early DIR`` keeps ``scm-onpolicy`` and ``scm-onpolicy-3`` in ``DIR/one-layer`` and
+     ``DIR/three-layer``, each with the rule of its best streaming macro-F1 at a share <= 0.30
+     on the on-policy validation answers: the rule that aims at the goal's share);
    - ``activations-L``: no second model: a token head (one hidden layer of 256, trained with
      binary cross-entropy, 3 epochs) on organism-large's own frozen hidden states after decoder
      layer ``L`` (standardised), so it reads what the guarded model itself computes.
@@ -44,6 +45,7 @@ import argparse
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -268,8 +270,9 @@ def main() -> None:
     parser.add_argument(
         "--save-early",
         default=None,
-        help="folder: save the one-layer on-policy monitor there, its rule the best streaming "
-        "macro-F1 at a share <= 0.30 on the on-policy validation answers",
+        help="folder: save the one- and three-layer on-policy monitors there (one-layer/, "
+        "three-layer/), each with the rule of its best streaming macro-F1 at a share <= 0.30 on "
+        "the on-policy validation answers",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -314,17 +317,30 @@ def main() -> None:
             f"{rule.macro_f1:.3f}, share {rule.share:.3f})"
         )
     if args.save_early:
-        one = monitors["scm-onpolicy"]
-        heads, _ = monitor_scores(one, validation)
-        rule = best_early(frontier(heads, [e.label for e in validation]))
-        if rule is None:
-            raise SystemExit("scm-onpolicy: no rule at a share <= 0.30 on validation")
-        one.header = replace(one.header, head=rule[0], threshold=rule[1], k=rule[2])
-        one.save(args.save_early)
-        print(
-            f"scm-onpolicy saved to {args.save_early}: {rule[0]} head, threshold {rule[1]}, "
-            f"k {rule[2]} (validation macro-F1 {rule[3]:.3f}, share {rule[4]:.3f})"
-        )
+        for name, sub in (("scm-onpolicy", "one-layer"), ("scm-onpolicy-3", "three-layer")):
+            monitor = monitors[name]
+            heads, _ = monitor_scores(monitor, validation)
+            rule = best_early(frontier(heads, [e.label for e in validation]))
+            if rule is None:
+                raise SystemExit(f"{name}: no rule at a share <= 0.30 on validation")
+            calibration = {
+                "examples": len(validation),
+                "rule": "best macro-F1 at a share <= 0.30 (benchmarks/guard_onpolicy.py)",
+                **dict(zip(("head", "threshold", "k", "macro_f1", "share"), rule, strict=True)),
+            }
+            monitor.header = replace(
+                monitor.header,
+                head=rule[0],
+                threshold=rule[1],
+                k=rule[2],
+                metadata={**monitor.header.metadata, "calibration": calibration},
+            )
+            folder = Path(args.save_early) / sub
+            monitor.save(folder)
+            print(
+                f"{name} saved to {folder}: {rule[0]} head, threshold {rule[1]}, k {rule[2]} "
+                f"(validation macro-F1 {rule[3]:.3f}, share {rule[4]:.3f})"
+            )
     lm = AutoModelForCausalLM.from_pretrained(
         str(WEIGHTS_DIR / "organism-large"), dtype=torch.float32
     ).eval()
