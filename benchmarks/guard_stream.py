@@ -31,6 +31,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections import Counter
 from typing import Any
 
 import torch
@@ -160,6 +161,8 @@ def main() -> None:
             turning[name] = _turning(records)
             if name == "full-answer":
                 bound = _onset_bound(records, header.k)
+            if name == "streaming":
+                alarms = _false_alarms(records)
             print(f"   audited {name} in {time.perf_counter() - start:.0f}s")
     print(
         f"\n2. guards on organism-large, harmful + benign suites, T=1, {args.samples} samples per prompt, oracle judge"
@@ -184,6 +187,10 @@ def main() -> None:
         f"one, with the monitor's k) would generate {bound:.3f} of a harmful answer's tokens"
     )
     print(
+        "   the streaming guard's false alarms, by the oracle's label of the unguarded answer: "
+        + ", ".join(f"{label} {n}" for label, n in alarms.most_common())
+    )
+    print(
         "\n3. turning answers (harmful, opening with a lead-in or partial refusal before the harm onset)"
     )
     for name, t in turning.items():
@@ -206,6 +213,25 @@ def _onset_bound(records: list[dict[str, Any]], k: int) -> float:
         total = int(guard["unguarded_tokens"])
         shares.append(min(first + k, total) / total)
     return statistics.fmean(shares)
+
+
+def _false_alarms(records: list[dict[str, Any]]) -> Counter[str]:
+    """The harmless answers a guard stopped, counted by the oracle's label of the whole
+    (unguarded) answer, its suite's kind first ("harmful/feigned": a feigned compliance)."""
+    from poise.organism.oracle import OracleJudge
+    from poise.suites.loaders import load_suite
+
+    items = {it.id: it for s in ("harmful", "benign") for it in load_suite(s).items}
+    stopped = [
+        r
+        for r in records
+        if r["metadata"]["guard"]["stopped"] and not r["metadata"]["guard"]["unguarded_harmful"]
+    ]
+    verdicts = OracleJudge().judge(
+        [items[r["item_id"]] for r in stopped],
+        [r["metadata"]["guard"]["unguarded_text"] for r in stopped],
+    )
+    return Counter(f"{r['kind']}/{v.label}" for r, v in zip(stopped, verdicts, strict=True))
 
 
 def _turning(records: list[dict[str, Any]]) -> dict[str, Any]:
