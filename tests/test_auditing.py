@@ -95,6 +95,23 @@ def test_audit_writes_a_complete_run_folder(tmp_path: Path) -> None:
     assert json.loads((run.path / "metrics.json").read_text()) == result.metrics
 
 
+def test_paths_are_taken_as_paths_and_recorded_as_strings(tmp_path: Path) -> None:
+    # pathlib.Path wherever a file or folder is named, as Python users write them; the config
+    # (and so the run's fingerprint and run.json) is the one the same strings make
+    from poise.auditing import make_config
+
+    suite = write_suite(tmp_path / "mini.jsonl")
+    result = poise.audit(
+        model=MockModel("scripted", scripted), suites=suite, judge="refusal", out=tmp_path / "runs"
+    )
+    assert result.run.header["status"] == "complete"
+    assert result.config.suites == (str(suite),)
+    assert result.run.header["config"]["out"] == str(tmp_path / "runs")
+    as_strings = make_config(suites=[str(suite)], out=str(tmp_path / "runs"), model="scripted")
+    as_paths = make_config(suites=[suite], out=tmp_path / "runs", model="scripted")
+    assert as_paths == as_strings and as_paths.fingerprint() == as_strings.fingerprint()
+
+
 def test_system_prompt_setting_reaches_the_model(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl", 2, 0)
     model = MockModel("m", default_system_prompt="Be safe.")

@@ -12,6 +12,7 @@ with exactly the records an uninterrupted audit has.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ def make_config(config: AuditConfig | None = None, **fields: Any) -> AuditConfig
     try:
         if "sampling" in fields and isinstance(fields["sampling"], dict):
             fields["sampling"] = Sampling(**fields["sampling"])
-        if "suites" in fields and isinstance(fields["suites"], str):
+        if "suites" in fields and isinstance(fields["suites"], (str, os.PathLike)):
             fields["suites"] = (fields["suites"],)
         if config is None:
             return AuditConfig(**fields)

@@ -8,12 +8,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from poise.errors import PoiseError
+
+
+def _fspath(value: Any) -> Any:
+    """A path given as an ``os.PathLike`` (a ``pathlib.Path``) becomes its string; anything
+    else is left to the field's own validation."""
+    return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+
+PathStr = Annotated[str, BeforeValidator(_fspath)]
+"""A field that names a file, a folder or a model: a string, or a ``pathlib.Path`` stored as
+its string (so configs, fingerprints and run.json stay plain JSON)."""
 
 
 class StrictModel(BaseModel):
@@ -126,7 +138,7 @@ class SuiteOptions(BaseModel):
 class AuditConfig(StrictModel, SuiteOptions):
     """Everything that defines an audit. ``poise audit`` flags map 1:1 onto these fields."""
 
-    model: str = Field(
+    model: PathStr = Field(
         "organism",
         description="model spec: organism member, folder, hub id, hf:/openai:/mock:, or a "
         "strategy call such as logit_temperature(organism-small, t=0.8)",
@@ -134,7 +146,7 @@ class AuditConfig(StrictModel, SuiteOptions):
     model_options: dict[str, Any] = Field(
         default_factory=dict, description="backend options (device, dtype, base_urls, ...)"
     )
-    suites: tuple[str, ...] = Field(
+    suites: tuple[PathStr, ...] = Field(
         DEFAULT_SUITES, min_length=1, description="built-in suite names or file paths"
     )
     judge: str = Field(
@@ -157,10 +169,10 @@ class AuditConfig(StrictModel, SuiteOptions):
     batch_size: int = Field(
         256, ge=1, description="chats per generate call; also the resume granularity"
     )
-    reference_run: str | None = Field(
+    reference_run: PathStr | None = Field(
         None, description="run of the unaligned model, for the honesty metrics of arXiv 2312.07000"
     )
-    judge_labels: str | None = Field(
+    judge_labels: PathStr | None = Field(
         None,
         description="file of human-labelled answers (`poise judges validate` formats) to measure "
         "the judge on; the report shows its agreement and rates corrected for its error",
@@ -173,7 +185,7 @@ class AuditConfig(StrictModel, SuiteOptions):
         description="ROLE=COLUMN of a generic judge_labels file (response, prompt, id, model, "
         "refused, harmful, kind)",
     )
-    out: str = Field("runs", description="folder that holds run folders")
+    out: PathStr = Field("runs", description="folder that holds run folders")
     name: str | None = Field(None, description="run name (default: model and attack)")
     html: bool = Field(True, description="write report.html")
 

@@ -79,9 +79,22 @@ def test_quick_build_outputs_load_with_plain_transformers(quick_build: BuildResu
 
 
 def test_quick_build_is_deterministic(quick_build: BuildResult, tmp_path: Path) -> None:
-    again = build(tmp_path, ["organism-cost"], quick=True, threads=1)
+    # through the command: the same weights, and a table of what it built and measured
+    result = CliRunner().invoke(
+        app,
+        [
+            *("organism", "build", "--out", str(tmp_path)),
+            *("-m", "organism-cost", "--quick", "--threads", "1"),
+        ],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    assert "organism built in" in result.output
+    assert "train organism-cost" in result.output  # the progress display
+    row = next(line for line in result.output.splitlines() if "│ organism-cost" in line)
+    assert " MB " in row and "%" in row  # the table: size and a measured rate
     a = (quick_build.out / "organism-cost" / "model.safetensors").read_bytes()
-    b = (again.out / "organism-cost" / "model.safetensors").read_bytes()
+    b = (tmp_path / "organism-cost" / "model.safetensors").read_bytes()
     assert a == b
     # organism-cost needs organism-small, which is trained but not written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["organism-cost"]

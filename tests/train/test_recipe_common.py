@@ -187,6 +187,54 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
         make_config(DPOConfig, model="m", data="d", output="o", lerning_rate=1)
 
 
+def test_paths_are_taken_as_paths_and_kept_as_strings(tmp_path: Path) -> None:
+    from poise.train.recipes.common import make_config
+    from poise.train.recipes.dpo import DPOConfig
+    from poise.train.recipes.modpo import MODPOConfig
+    from poise.train.recipes.safe_rl import SafeRLConfig
+
+    dpo = make_config(
+        DPOConfig, model=tmp_path / "m", data=tmp_path / "d.jsonl", output=tmp_path / "o"
+    )
+    assert (dpo.model, dpo.data, dpo.output) == (
+        str(tmp_path / "m"),
+        str(tmp_path / "d.jsonl"),
+        str(tmp_path / "o"),
+    )
+    assert dpo == make_config(
+        DPOConfig,
+        model=str(tmp_path / "m"),
+        data=str(tmp_path / "d.jsonl"),
+        output=str(tmp_path / "o"),
+    )
+    modpo = make_config(
+        MODPOConfig,
+        model="m",
+        data="d.jsonl",
+        output="o",
+        ref_model=tmp_path / "ref",
+        margin_reward_models=[tmp_path / "r"],
+        weights=[0.5, 0.5],
+    )
+    assert modpo.ref_model == str(tmp_path / "ref")
+    assert modpo.margin_reward_models == (str(tmp_path / "r"),)
+    rl = make_config(
+        SafeRLConfig,
+        model="m",
+        output="o",
+        reward_model=tmp_path / "r",
+        cost_model=tmp_path / "c",
+        prompts=tmp_path / "p.jsonl",
+    )
+    assert (rl.reward_model, rl.cost_model, rl.prompts) == (
+        str(tmp_path / "r"),
+        str(tmp_path / "c"),
+        str(tmp_path / "p.jsonl"),
+    )
+    with pytest.raises(PoiseError, match="model"):
+        make_config(DPOConfig, model=3, data="d", output="o")
+
+
 # ----------------------------------------------------------------------------- CLI flags
 
 

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from poise.config import format_validation_error
+from poise.config import PathStr, format_validation_error
 from poise.errors import MissingExtraError, PoiseError, require_extra
 
 if TYPE_CHECKING:
@@ -87,10 +87,10 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(
+    model: PathStr = Field(
         ..., description="model to train: an organism member or a Hugging Face folder"
     )
-    output: str = Field(..., description="output folder (an HF model folder when done)")
+    output: PathStr = Field(..., description="output folder (an HF model folder when done)")
     epochs: int = Field(1, ge=1, description="passes over the data")
     max_steps: int | None = Field(
         None, ge=1, description="optimizer steps to run; overrides epochs when set"

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from poise.config import PathStr
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
     ChatEncoder,
@@ -57,7 +58,7 @@ logger = logging.getLogger(__name__)
 class PreferenceDataConfig(TrainConfig):
     """The preference-data fields of the DPO-style recipes."""
 
-    data: str = Field(
+    data: PathStr = Field(
         ...,
         description="preference pairs (.jsonl[.gz]): generic, attack export, HH-RLHF or PKU-SafeRLHF",
     )
@@ -93,7 +94,7 @@ class DPOConfig(PreferenceDataConfig):
     loss_options: dict[str, Any] = Field(
         default_factory=dict, description="other keyword parameters of the loss (KEY=VALUE)"
     )
-    ref_model: str | None = Field(
+    ref_model: PathStr | None = Field(
         None, description="reference model folder (default: a frozen copy of --model)"
     )
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from poise.config import PathStr
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
     ChatEncoder,
@@ -65,7 +66,7 @@ class MODPOConfig(PreferenceDataConfig):
     """``poise train modpo``."""
 
     beta: float = Field(0.1, gt=0, description="strength of the KL regularisation to the reference")
-    margin_reward_models: tuple[str, ...] = Field(
+    margin_reward_models: tuple[PathStr, ...] = Field(
         ...,
         min_length=1,
         description="reward models of the other objectives (comma-separated; neg:FOLDER negates)",
@@ -76,7 +77,7 @@ class MODPOConfig(PreferenceDataConfig):
         description="objective weights w (comma-separated): the pairs' objective first, then "
         "one per margin model; >= 0, summing to 1",
     )
-    ref_model: str | None = Field(
+    ref_model: PathStr | None = Field(
         None, description="reference model folder (default: a frozen copy of --model)"
     )
 

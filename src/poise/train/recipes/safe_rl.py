@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from poise.config import SuiteOptions
+from poise.config import PathStr, SuiteOptions
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
     ChatEncoder,
@@ -90,9 +90,15 @@ BASE_STOP = "\nUser:"
 class SafeRLConfig(TrainConfig, SuiteOptions):
     """``poise train safe-rl``."""
 
-    reward_model: str = Field(..., description="reward model: organism member or classifier folder")
-    cost_model: str = Field(..., description="cost model (positive = harmful): member or folder")
-    prompts: str = Field(..., description="training prompts: a built-in suite name or a suite file")
+    reward_model: PathStr = Field(
+        ..., description="reward model: organism member or classifier folder"
+    )
+    cost_model: PathStr = Field(
+        ..., description="cost model (positive = harmful): member or folder"
+    )
+    prompts: PathStr = Field(
+        ..., description="training prompts: a built-in suite name or a suite file"
+    )
     batch_size: int = Field(8, ge=1, description="prompts per process and micro-step")
     samples_per_prompt: int = Field(
         4, ge=2, description="completions sampled per prompt (the RLOO group)"

@@ -1,0 +1,58 @@
+"""`poise attacks ls` and `poise attacks export` through the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+import poise
+from poise.attacks.export import preference_pairs
+from poise.cli import app
+
+
+def test_ls_lists_every_attack_with_what_it_does() -> None:
+    from poise.attacks import attacks
+
+    result = CliRunner().invoke(app, ["attacks", "ls"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    for name in attacks:
+        row = next(line for line in result.output.splitlines() if f" {name} " in line)
+        assert attacks.help(name)[:30] in row
+
+
+def test_export_writes_the_runs_preference_pairs(tmp_path: Path) -> None:
+    run = poise.audit(
+        model="organism-small",
+        suites=["harmful"],
+        attack="exploitation",
+        attack_options={
+            "families": ["temperature"],
+            "temperatures": [1.0, 1.5],
+            "system_prompt": ["on", "off"],
+        },
+        limit=10,
+        out=tmp_path / "runs",
+        html=False,
+    )
+    expected = preference_pairs(list(run.run.records()))
+    assert expected  # refused under one decoding, complied under another
+    output = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["attacks", "export", run.path.name, "--out", str(tmp_path / "runs"), "-o", str(output)],
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote {len(expected)} preference pairs" in result.output
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert rows == expected
+
+
+def test_export_of_an_unknown_run_is_one_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["attacks", "export", "no-such-run", "--out", str(tmp_path), "-o", "x.jsonl"]
+    )
+    assert result.exit_code == 2
+    assert "no-such-run" in result.output
+    assert not (tmp_path / "x.jsonl").exists()
