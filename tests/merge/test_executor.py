@@ -254,3 +254,19 @@ def test_merge_keeps_the_tokenizer_sources_chat_settings(
         "models": [{"model": str(a)}, {"model": str(b)}], "parameters": {"weight": 0.5},
     }), tmp_path / "n")  # fmt: skip
     assert not (tmp_path / "n" / "poise.json").exists()
+
+
+def test_a_config_built_in_python_takes_paths(specialists: list[Path], tmp_path: Path) -> None:
+    from poise.merge.config import MergeConfig
+
+    base, a, b = specialists
+    config = MergeConfig(
+        merge_method="task_arithmetic",
+        base_model=base,
+        models=[{"model": m, "parameters": {"weight": 0.5}} for m in (a, b)],
+        tokenizer_source=base,
+    )
+    assert config.base_model == str(base) and config.tokenizer_source == str(base)
+    assert [m.model for m in config.models] == [str(a), str(b)]
+    run_merge(config, tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").is_file()

@@ -181,3 +181,7 @@ def test_a_lone_surrogate_in_a_stop_string_is_a_400() -> None:
     with pytest.raises(RequestError) as info:
         parse_request(raw.encode(), CONFIG)
     assert info.value.param == "stop"
+
+
+def test_serve_config_takes_a_path_for_the_model(tmp_path) -> None:
+    assert ServeConfig(model=tmp_path / "folder").model == str(tmp_path / "folder")

@@ -40,6 +40,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from poise.config import PathStr
 from poise.errors import PoiseError, UnknownNameError, located
 from poise.merge.executor import MergeJob, ProgressFn, write_merge
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS, MergeMethod
@@ -65,7 +66,7 @@ class ModelEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="path, hub id, or BASE+LORA (a peft LoRA folder on BASE)")
+    model: PathStr = Field(description="path, hub id, or BASE+LORA (a peft LoRA folder on BASE)")
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -77,12 +78,12 @@ class MergeConfig(BaseModel):
     merge_method: str = Field(
         description="a registered merge method (poise merge --help lists them)"
     )
-    base_model: str | None = None
+    base_model: PathStr | None = None
     models: list[ModelEntry] = Field(default_factory=list)
     parameters: dict[str, Any] = Field(default_factory=dict)
     dtype: str | None = Field(default=None, description="output dtype (mergekit: input dtype)")
     out_dtype: str | None = Field(default=None, description="output dtype; wins over dtype")
-    tokenizer_source: str | None = Field(
+    tokenizer_source: PathStr | None = Field(
         default=None, description="'base' (default) or a model whose vocabulary the output keeps"
     )
     chat_template: str | None = None  # accepted; the tokenizer source's template is copied

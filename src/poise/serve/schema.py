@@ -16,14 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from poise.config import Sampling, StrictModel
+from poise.config import PathStr, Sampling, StrictModel
 from poise.models.base import Chat, Message
 
 
 class ServeConfig(StrictModel):
     """Settings of ``poise serve``; each field is one CLI flag."""
 
-    model: str = Field(
+    model: PathStr = Field(
         default="organism", description="model spec to serve (any name load_model takes)"
     )
     host: str = Field(default="127.0.0.1", description="interface to listen on")
