@@ -107,6 +107,13 @@ def test_paths_are_taken_as_paths_and_recorded_as_strings(tmp_path: Path) -> Non
     assert result.run.header["status"] == "complete"
     assert result.config.suites == (str(suite),)
     assert result.run.header["config"]["out"] == str(tmp_path / "runs")
+    # a model folder as a Path is the folder, not a model object
+    from poise.organism import WEIGHTS_DIR
+
+    folder = poise.audit(
+        model=WEIGHTS_DIR / "organism-small", suites=suite, limit=2, out=tmp_path / "runs"
+    )
+    assert folder.config.model == str(WEIGHTS_DIR / "organism-small")
     as_strings = make_config(suites=[str(suite)], out=str(tmp_path / "runs"), model="scripted")
     as_paths = make_config(suites=[suite], out=tmp_path / "runs", model="scripted")
     assert as_paths == as_strings and as_paths.fingerprint() == as_strings.fingerprint()
@@ -225,6 +232,8 @@ def test_bad_input_fails_before_anything_is_written(tmp_path: Path) -> None:
         poise.audit(model="mock", suites=[str(suite)], attack="nope", out=str(out))
     with pytest.raises(PoiseError, match="temperature"):
         poise.audit(model="mock", suites=[str(suite)], sampling={"temperature": -1}, out=str(out))
+    with pytest.raises(PoiseError, match=r"model: expected a model spec .* got int 123"):
+        poise.audit(model=123, suites=[str(suite)], out=str(out))
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -85,8 +85,17 @@ def audit(
     recorded config wins). Without ``resume``, an unfinished run under ``out`` with the same
     configuration is resumed too, so re-running a killed command just continues.
     """
+    from poise.models.base import LanguageModel
+
     model_obj: Any = None
-    if "model" in fields and not isinstance(fields["model"], str):
+    if isinstance(fields.get("model"), os.PathLike):  # a folder, as a pathlib.Path
+        fields["model"] = os.fspath(fields["model"])
+    elif "model" in fields and not isinstance(fields["model"], str):
+        if not isinstance(fields["model"], LanguageModel):
+            raise PoiseError(
+                "model: expected a model spec (a name, a folder, a hub id), a path or a "
+                f"LanguageModel object, got {type(fields['model']).__name__} {fields['model']!r}"
+            )
         # a LanguageModel object (e.g. a decoding strategy or guard wrapping a backend)
         model_obj = fields["model"]
         fields["model"] = model_obj.spec if model_obj.spec is not None else model_obj.name

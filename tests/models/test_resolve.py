@@ -129,3 +129,9 @@ def test_importing_models_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_a_path_is_a_folders_spec_and_anything_else_is_refused(tiny_hf_model_dir: Path) -> None:
+    assert load_model(tiny_hf_model_dir).spec == load_model(str(tiny_hf_model_dir)).spec
+    with pytest.raises(PoiseError, match=r"expected a model spec .* got int 123"):
+        load_model(123)  # type: ignore[arg-type]

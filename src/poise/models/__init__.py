@@ -7,6 +7,8 @@ finally a hub id handed to the ``hf`` backend.
 
 from __future__ import annotations
 
+import os
+
 from poise.models.base import (
     Chat,
     Completion,
@@ -33,8 +35,9 @@ __all__ = [
 ]
 
 
-def load_model(spec: str, **options: object) -> LanguageModel:
-    """Resolve ``spec`` to a LanguageModel (see the module docstring for the order)."""
+def load_model(spec: str | os.PathLike[str], **options: object) -> LanguageModel:
+    """Resolve ``spec`` (a string, or a ``pathlib.Path`` to a folder) to a LanguageModel (see
+    the module docstring for the order)."""
     from poise.models.resolve import load_model as _load
 
     return _load(spec, **options)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -431,9 +432,17 @@ def _build(text: str, node: Node, options: Mapping[str, Any]) -> LanguageModel:
     return model
 
 
-def load_model(spec: str, **options: Any) -> LanguageModel:
+def load_model(spec: str | os.PathLike[str], **options: Any) -> LanguageModel:
     """Resolve ``spec`` to a ``LanguageModel`` (see the module docstring). Every name in the
-    spec is checked before any model loads; ``options`` are backend options."""
+    spec is checked before any model loads; ``options`` are backend options. A
+    ``pathlib.Path`` is a folder's spec."""
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str):
+        raise PoiseError(
+            f"model: expected a model spec (a name, a folder, a hub id) or a path, got "
+            f"{type(spec).__name__} {spec!r}"
+        )
     node = check_spec(spec)
     if isinstance(node, Name):
         return _load_name(node.text, options)
