@@ -48,3 +48,20 @@ def test_check_number_names_the_owner_the_option_and_the_value(
     with pytest.raises(PoiseError) as caught:
         check_number("steer", "strength", value, **options)  # type: ignore[arg-type]
     assert str(caught.value) == message
+
+
+def test_invalid_json_says_what_and_at_which_column() -> None:
+    import json
+
+    from poise.errors import invalid_json
+
+    for text, message in (
+        (
+            '{"a": 1,, "b": 2}',
+            "invalid JSON (Expecting property name enclosed in double quotes at column 9)",
+        ),
+        ('{"bad json\n', "invalid JSON (Invalid control character at column 11)"),
+    ):
+        with pytest.raises(json.JSONDecodeError) as caught:
+            json.loads(text)
+        assert invalid_json(caught.value) == message

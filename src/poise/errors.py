@@ -8,6 +8,7 @@ library callers catch it like any exception.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Iterable
 
@@ -100,3 +101,10 @@ def check_number(
     ):
         raise PoiseError(f"{owner}: {name} must be {expected}, got {value!r}")
     return float(value)
+
+
+def invalid_json(exc: json.JSONDecodeError) -> str:
+    """What is wrong with a JSON text, where on its line: ``invalid JSON (Expecting ','
+    delimiter at column 21)``; the caller says the file and line."""
+    # some of json's messages end in " at" (they are written to be followed by a position)
+    return f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"

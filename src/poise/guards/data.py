@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, invalid_json, located
 
 __all__ = ["MonitorExample", "encode_example", "read_monitor_data", "write_monitor_data"]
 
@@ -114,7 +114,7 @@ def read_monitor_data(path: str | Path) -> list[MonitorExample]:
         try:
             raw = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise located(file, number, f"invalid JSON ({exc.msg})") from None
+            raise located(file, number, invalid_json(exc)) from None
         out.append(_parse(file, number, raw))
     if not out:
         raise PoiseError(f"{file}: no examples")

@@ -373,13 +373,13 @@ def monitor_folder(name: str) -> Path:
 
 def read_header(folder: Path) -> MonitorHeader:
     """The ``monitor.json`` of a monitor folder, checked."""
-    from poise.errors import located
+    from poise.errors import invalid_json, located
 
     path = folder / MONITOR_JSON
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+        raise located(path, exc.lineno, invalid_json(exc)) from None
     if not isinstance(raw, dict) or raw.get("format") != MONITOR_FORMAT:
         raise located(path, None, f"expected a monitor header of format {MONITOR_FORMAT}")
     raw = {k: v for k, v in raw.items() if k != "format"}

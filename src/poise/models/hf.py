@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from poise.config import Sampling
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, invalid_json, located
 from poise.models.base import (
     Capabilities,
     Chat,
@@ -205,7 +205,7 @@ def read_poise_json(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+        raise located(path, exc.lineno, invalid_json(exc)) from None
     if not isinstance(data, dict):
         raise located(path, None, "expected a JSON object")
     prompt = data.get("default_system_prompt")

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from poise.chat import Chat
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, invalid_json, located
 from poise.models.base import LanguageModel
 from poise.probes.data import Example
 from poise.probes.linear import read_saved
@@ -229,7 +229,7 @@ def read_anchors(path: str | Path) -> dict[str, list[str]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise located(source, number, f"invalid JSON ({exc.msg})") from None
+            raise located(source, number, invalid_json(exc)) from None
         if (
             not isinstance(row, dict)
             or not isinstance(row.get("role"), str)

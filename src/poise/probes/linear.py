@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, invalid_json, located
 
 __all__ = ["LinearProbe", "Standardiser", "fit_logistic", "load_probe"]
 
@@ -204,7 +204,7 @@ def read_saved(
     try:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(header_path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+        raise located(header_path, exc.lineno, invalid_json(exc)) from None
     if not isinstance(header, dict) or header.get("format") != fmt:
         raise located(header_path, None, f"expected a {what} header of format {fmt}")
     if not (path / tensors_name).is_file():

@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from poise.errors import located
+from poise.errors import invalid_json, located
 
 __all__ = [
     "KEYWORD_PHRASES",
@@ -712,7 +712,7 @@ def _load(path: Path) -> tuple[LabelledResponse, ...]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise located(path, lineno, f"invalid JSON ({exc.msg})") from None
+            raise located(path, lineno, invalid_json(exc)) from None
         if not isinstance(obj, dict):
             raise located(path, lineno, "expected a JSON object")
         if not isinstance(obj.get("text"), str):

@@ -38,7 +38,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, invalid_json, located
 from poise.models.base import Chat, Message
 from poise.suites import parse_hh_transcript  # shared with the suite loader: one HH reader
 
@@ -290,7 +290,7 @@ def _rows(path: Path) -> Iterator[_Row]:
                 try:
                     data = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise located(path, number, f"invalid JSON: {exc.msg}") from None
+                    raise located(path, number, invalid_json(exc)) from None
                 except RecursionError:
                     raise located(path, number, "invalid JSON (nested too deeply)") from None
                 if not isinstance(data, dict):
