@@ -108,6 +108,8 @@ def test_find_run_by_name_and_substring(tmp_path: Path) -> None:
         find_run("gamma", tmp_path)
     with pytest.raises(PoiseError, match="matches 2 runs"):
         find_run("-", tmp_path)
+    with pytest.raises(PoiseError, match=r"no run 'alpha' found \(not a run folder, and .* holds"):
+        find_run("alpha", tmp_path / "empty")
 
 
 def test_a_run_name_beats_a_longer_name_that_contains_it(tmp_path: Path) -> None:

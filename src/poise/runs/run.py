@@ -517,7 +517,7 @@ def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
         hint = (
             f" (runs under {root}: {', '.join(names[:5])}{' …' if len(names) > 5 else ''})"
             if names
-            else ""
+            else f" (not a run folder, and {root} holds no runs)"
         )
         raise PoiseError(f"no run {str(spec)!r} found{hint}")
     raise PoiseError(
