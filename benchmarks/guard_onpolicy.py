@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from poise.guards.calibrate import KS, THRESHOLDS, delay_k_stop, macro_f1
+from poise.guards.calibrate import delay_k_stop, macro_f1, rule_grid
 from poise.guards.data import MonitorExample
 
 GOAL_SHARE = 0.30
@@ -97,24 +97,7 @@ def frontier(
 ) -> list[tuple[str, float, int, float, float]]:
     """(head, threshold, k, macro-F1, mean share of a harmful answer's tokens shown) over the
     grid, for each head's per-token streaming scores."""
-    return [row for head, scores in heads.items() for row in _grid(head, scores, labels)]
-
-
-def _grid(
-    head: str, scores: Sequence[Sequence[float]], labels: Sequence[bool]
-) -> list[tuple[str, float, int, float, float]]:
-    rows = []
-    for threshold in THRESHOLDS:
-        for k in KS:
-            stops = [delay_k_stop(s, threshold, k) for s in scores]
-            f1 = macro_f1([s is not None for s in stops], labels)
-            shares = [
-                (stop if stop is not None else len(s)) / max(len(s), 1)
-                for stop, s, label in zip(stops, scores, labels, strict=True)
-                if label
-            ]
-            rows.append((head, threshold, k, f1, sum(shares) / len(shares)))
-    return rows
+    return [(head, *row) for head, scores in heads.items() for row in rule_grid(scores, labels)]
 
 
 def best_early(

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from poise.guards.calibrate import delay_k_stop, macro_f1
+from poise.guards.calibrate import delay_k_stop, macro_f1, rule_grid
 from poise.scoring.guard_metrics import guard_metrics
 
 
@@ -24,6 +24,20 @@ def test_delay_k_counts_flagged_tokens_not_runs() -> None:
     assert delay_k_stop(scores, 0.7, 2) == 3  # not consecutive: the released rule sums
     assert delay_k_stop(scores, 0.7, 4) is None
     assert delay_k_stop(scores, 0.7, 2, window=2) is None
+
+
+def test_rule_grid_scores_each_rule_by_hand() -> None:
+    scores = [[0.9, 0.1, 0.8, 0.2], [0.1, 0.6, 0.1, 0.1], [0.2, 0.2]]
+    labels = [True, True, False]
+    rows = {(t, k): (f1, share) for t, k, f1, share in rule_grid(scores, labels, ks=(1, 2))}
+    assert len(rows) == 16  # 8 thresholds x 2 values of k
+    # 0.7, k 1: the first harmful answer stops at token 1 (share 1/4), the second never (shown
+    # whole, share 1), the harmless one never: stops [T, F, F] against [T, T, F]
+    assert rows[(0.7, 1)] == pytest.approx((macro_f1([True, False, False], labels), 5 / 8))
+    # 0.5, k 2: the first at token 3 (3/4), the second never (1): stops [T, F, F]
+    assert rows[(0.5, 2)] == pytest.approx((macro_f1([True, False, False], labels), 7 / 8))
+    # 0.5, k 1: the first at 1 (1/4), the second at 2 (2/4), the harmless one never: perfect
+    assert rows[(0.5, 1)] == pytest.approx((1.0, 3 / 8))
 
 
 def _record(stopped: bool, harmful: bool, produced: int, total: int, **more: Any) -> dict[str, Any]:
