@@ -79,9 +79,13 @@ def check_number(
     positive: bool = False,
 ) -> float:
     """``value`` as a float when it is a finite number (an int or a float, not a bool), inside
-    ``[low, high]`` (either end optional) and ``> 0`` when ``positive``; else one error that
-    names the owner, the option and the value."""
-    if low is not None and high is not None:
+    ``[low, high]`` (either end optional), or ``> 0`` when ``positive`` (instead of bounds);
+    else one error that names the owner, the option and the value."""
+    if positive and (low is not None or high is not None):
+        raise ValueError("check_number: positive or bounds, not both")
+    if positive:
+        expected = "a positive number"
+    elif low is not None and high is not None:
         expected = f"a number in [{low:g}, {high:g}]"
     elif low is not None:
         expected = f"a finite number >= {low:g}"
@@ -89,8 +93,6 @@ def check_number(
         expected = f"a finite number <= {high:g}"
     else:
         expected = "a finite number"
-    if positive:
-        expected = f"{expected} > 0" if low is not None or high is not None else "a positive number"
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))

@@ -195,7 +195,7 @@ class Run:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise PoiseError(f"{file}:{exc.lineno}: {invalid_json(exc)}") from None
+            raise located(file, exc.lineno, invalid_json(exc)) from None
         if not isinstance(data, dict) or "config" not in data:
             raise PoiseError(f"{file}: not a run header (no 'config' field)")
         if not isinstance(data["config"], dict):
@@ -376,7 +376,7 @@ class Run:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise PoiseError(f"{path}:{lineno}: {invalid_json(exc)}") from None
+                    raise located(path, lineno, invalid_json(exc)) from None
                 if not isinstance(record, dict):
                     raise located(path, lineno, "expected a JSON object per line")
                 yield record

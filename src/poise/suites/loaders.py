@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from poise.config import DEFAULT_SUITES
-from poise.errors import MissingExtraError, PoiseError, UnknownNameError, invalid_json
+from poise.errors import MissingExtraError, PoiseError, UnknownNameError, invalid_json, located
 from poise.suites.formats import (
     Draft,
     Format,
@@ -411,7 +411,7 @@ def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise PoiseError(f"{source}:{line_no}: {invalid_json(exc)}") from None
+                raise located(source, line_no, invalid_json(exc)) from None
             except RecursionError:
                 raise PoiseError(f"{source}:{line_no}: invalid JSON ({_TOO_DEEP})") from None
             if not isinstance(data, dict):
@@ -430,7 +430,7 @@ def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PoiseError(f"{source}:{exc.lineno}: {invalid_json(exc)}") from None
+        raise located(source, exc.lineno, invalid_json(exc)) from None
     except RecursionError:
         raise PoiseError(f"{source}: invalid JSON ({_TOO_DEEP})") from None
     if not isinstance(data, list):
