@@ -288,6 +288,21 @@ def main() -> None:
     monitors["scm-both"] = train_scm(monitor_examples("train", 0, 1) + train, MONITOR_LAYERS)
     monitors["scm-onpolicy-3"] = train_scm(train, 0)  # organism-small's three layers
     print(f"three monitors trained in {time.perf_counter() - start:.0f} s")
+    splits = {"validation": validation, "held out": heldout}
+    scored: dict[tuple[str, str], tuple[dict[str, Any], float]] = {}
+
+    def scores_of(name: str, split: str) -> tuple[dict[str, Any], float]:
+        """A monitor's per-head streaming scores and full-answer macro-F1 on a split, computed
+        once (saving a monitor and the table share them)."""
+        if (name, split) not in scored:
+            monitor = monitors[name]
+            scored[name, split] = (
+                monitor.scores(splits[split])
+                if isinstance(monitor, ActivationHead)
+                else monitor_scores(monitor, splits[split])
+            )
+        return scored[name, split]
+
     if args.save:
         deep = monitors["scm-onpolicy-3"]
         rule = choose_rule(
@@ -302,7 +317,7 @@ def main() -> None:
     if args.save_early:
         for name, sub in (("scm-onpolicy", "one-layer"), ("scm-onpolicy-3", "three-layer")):
             monitor = monitors[name]
-            heads, _ = monitor_scores(monitor, validation)
+            heads, _ = scores_of(name, "validation")
             rule = best_early(frontier(heads, [e.label for e in validation]))
             if rule is None:
                 raise SystemExit(f"{name}: no rule at a share <= 0.30 on validation")
@@ -337,20 +352,15 @@ def main() -> None:
         "| earliest share within 0.02 of the full-answer guard |"
     )
     print("|---|---|---|---|---|")
-    shipped_validation: dict[str, Any] = {}
-    for name, monitor in monitors.items():
-        for split_name, split in (("validation", validation), ("held out", heldout)):
-            if isinstance(monitor, ActivationHead):
-                heads, full = monitor.scores(split)
-            else:
-                heads, full = monitor_scores(monitor, split)
-            if monitor is shipped and split is validation:
-                shipped_validation = heads
+    for name in monitors:
+        for split_name, split in splits.items():
+            heads, full = scores_of(name, split_name)
             print(summary(name, split_name, heads, full, [e.label for e in split]))
     print(
         "\nshipped, validation, token head 0.9, k = 1: harmless answers stopped, by what was shown"
     )
-    for n, text in false_alarms(shipped, validation, shipped_validation["token"], 0.9, 1):
+    shipped_token = scores_of("shipped", "validation")[0]["token"]
+    for n, text in false_alarms(shipped, validation, shipped_token, 0.9, 1):
         print(f"  {n:4d}  {text!r}")
 
 
