@@ -61,3 +61,49 @@ def test_a_random_classifier_with_its_own_template_too(
     scores = scorer(chats, texts)
     assert len(set(scores)) > len(RESPONSES)  # a random head: rows differ
     assert scores == pytest.approx(_whole(scorer, chats, texts), abs=1e-4)
+
+
+def _hf_single_rows(folder: Path, scorer: ClassifierScorer, chats: list[Chat], texts: list[str]):
+    """transformers' own reading, one unpadded row at a time: the reference the scorer's
+    batched paths must give."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    model.config.pad_token_id = scorer.pad_id
+    with torch.inference_mode():
+        return [
+            float(model(input_ids=torch.tensor([scorer.ids(c, t)])).logits[0, 0])
+            for c, t in zip(chats, texts, strict=True)
+        ]
+
+
+@pytest.mark.parametrize("pad", ["own", "none"])
+def test_batched_scores_equal_transformers_on_single_rows(
+    tiny_hf_model_dir: Path, tmp_path: Path, pad: str
+) -> None:
+    """With a pad token of its own, and with none (EOS pads, so transformers reads the token
+    before the response's EOS): both batched paths give transformers' single-row score."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig.from_pretrained(str(tiny_hf_model_dir))
+    config.num_labels = 1
+    config.pad_token_id = None
+    torch.manual_seed(1)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    if pad == "none":
+        tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    scorer = ClassifierScorer(str(tmp_path), batch_size=7)
+    assert (scorer.pad_id == scorer.tokenizer.eos_token_id) == (pad == "none")
+    chats, texts = _rows()
+    expected = _hf_single_rows(tmp_path, scorer, chats, texts)
+    assert len(set(expected)) > len(RESPONSES)
+    assert scorer(chats, texts) == pytest.approx(expected, abs=1e-4)
+    # the shared-prompt path alone (every row of a batch shares its prompt)
+    shared = [i for i, c in enumerate(chats) if c == CHATS[1]]
+    assert scorer([chats[i] for i in shared], [texts[i] for i in shared]) == pytest.approx(
+        [expected[i] for i in shared], abs=1e-4
+    )

@@ -7,7 +7,8 @@ A scorer is named by a string, so a strategy's spec records it and rebuilds it:
   (``poise train reward`` / ``poise train cost`` write one). Its input is the conversation as
   such models are trained on it (``poise.train``, ``poise.organism``): the prompt through the
   classifier's chat template with the generation prompt, then the response and the EOS token;
-  the score is the head's output at the last token. Higher reward = more helpful; higher cost =
+  the score is the head's output at the last token (the last that is not padding, as
+  transformers reads it: with no pad token, EOS pads and the token before it is read). Higher reward = more helpful; higher cost =
   more harmful (the Safe RLHF convention, arXiv 2310.12773). Rows of one batch that share a
   prompt (best-of-N's N answers, DeAL's candidates) run the prompt once and copy its KV cache
   to each row (decoder classifiers with a ``score`` head; others run every row whole).
@@ -148,13 +149,23 @@ class ClassifierScorer:
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             shared = len({tuple(parts[i][0]) for i in chunk}) < len(chunk)
-            if split is not None and shared and all(parts[i][1] for i in chunk):
+            if split is not None and shared and all(self._read_at(parts[i][1]) for i in chunk):
                 values = self._shared_prompts([parts[i] for i in chunk], *split)
             else:
                 values = self._whole([rows[i] for i in chunk])
             for i, value in zip(chunk, values, strict=True):
                 scores[i] = value
         return scores
+
+    def _read_at(self, response: list[int]) -> int:
+        """Where the head reads a response, 1 + the index of its last token that is not the pad
+        id (0: none is). transformers' decoder classifiers read a row's rightmost non-pad
+        token, so where a tokenizer has no pad token and EOS pads, they read the token before
+        the EOS that ends the response; the shared-prompt path reads where they do."""
+        for j in range(len(response) - 1, -1, -1):
+            if response[j] != self.pad_id:
+                return j + 1
+        return 0
 
     def _whole(self, rows: Sequence[list[int]]) -> list[float]:
         """One forward of whole rows, right-padded: the head reads each row's last token."""
@@ -178,7 +189,8 @@ class ClassifierScorer:
         """The rows of a chunk whose prompts repeat (best-of-N's N answers, DeAL's candidates):
         each distinct prompt is run once, left-padded, and its cache copied to its rows, which
         then run their responses only (right-padded, positions continuing the prompt's); the
-        head reads each row's last response token. Same scores as :meth:`_whole` up to float
+        head reads each row's last response token that is not the pad id (:meth:`_read_at`),
+        as transformers does for a whole row. Same scores as :meth:`_whole` up to float
         rounding (tests/decoding/test_scorers.py)."""
         import torch
 
@@ -222,7 +234,7 @@ class ClassifierScorer:
                 use_cache=True,
                 **{name or "past_key_values": cache},
             ).last_hidden_state  # [rows, r_width, hidden]
-            last = torch.tensor([len(r) - 1 for _, r in parts], device=device)
+            last = torch.tensor([self._read_at(r) - 1 for _, r in parts], device=device)
             out = head(hidden[torch.arange(len(parts), device=device), last])  # [rows, 1]
         return [float(v) for v in out[:, 0]]
 
