@@ -12,7 +12,11 @@ shape: the kept entries, optionally rescaled, the rest zero.
 - ``della_magprune`` (DELLA MagPrune, arXiv 2406.11617 sec. 3.1): within each row, keep entry i with
   probability ``p_i = density - epsilon + 2*epsilon*rank_i/(n-1)``, ``rank_i`` the entry's
   ascending-magnitude rank (0..n-1), so larger entries are kept more often and the mean keep
-  probability is ``density``.
+  probability is ``density``. This is the range the authors' released code draws from
+  (declare-lab/della, ``rank_magnitude`` in its mergekit fork: ranks normalised to [0, 1],
+  ``(density - epsilon) + 2 * epsilon * rank``) and mergekit 0.1.5's ``della``, which
+  tests/merge/test_methods.py matches mask for mask; ``epsilon`` is the half-width of the
+  range of keep probabilities.
 
 Rescaling of the kept entries (``rescale=True``):
 
