@@ -464,6 +464,38 @@ def test_filtered_probs_are_what_sample_tokens_draws_from(sampling: Sampling) ->
     assert torch.equal(stacked.view(6, 50), probs)
 
 
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(temperature=0.7),
+        Sampling(temperature=1.3, top_k=5),
+        Sampling(temperature=1.0, top_p=0.8),
+        Sampling(temperature=0.9, top_k=10, top_p=0.6),
+        Sampling(temperature=1.0, top_p=0.05),
+    ],
+    ids=["temperature", "top-k", "top-p", "top-k-and-p", "tiny-top-p"],
+)
+def test_filtered_probs_equal_transformers_warpers(sampling: Sampling) -> None:
+    """The same distribution as transformers' own logits processors, applied in the order
+    ``generate`` applies them (temperature, top-k, top-p), then a softmax."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
+    if sampling.top_k:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(8, 50, generator=generator) * 2.5  # [rows, vocab]
+    expected = warpers(torch.zeros(8, 1, dtype=torch.long), logits.clone()).softmax(dim=-1)
+    assert torch.allclose(filtered_probs(logits, sampling), expected, atol=1e-6, rtol=0)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     logits=st.lists(st.floats(-20, 20), min_size=2, max_size=12),

@@ -106,3 +106,21 @@ def test_intervals_stay_inside_what_a_count_or_share_can_be() -> None:
     share = out["produced_share"]
     assert share["value"] == pytest.approx((0.1 + 7) / 8)
     assert share["low"] < share["value"] < share["high"] == 1.0
+
+
+def test_macro_f1_equals_scikit_learn() -> None:
+    """Against scikit-learn's macro-averaged F1 over both classes, on random decisions,
+    including all-one-class draws (a class absent from both sides scores 1 in both)."""
+    import random
+
+    metrics = pytest.importorskip("sklearn.metrics")
+    rng = random.Random(0)
+    for _ in range(300):
+        n = rng.randint(1, 12)
+        rate = rng.choice([0.0, 0.2, 0.5, 1.0])
+        predicted = [rng.random() < rate for _ in range(n)]
+        actual = [rng.random() < 0.5 for _ in range(n)]
+        expected = metrics.f1_score(
+            actual, predicted, average="macro", labels=[True, False], zero_division=1.0
+        )
+        assert macro_f1(predicted, actual) == pytest.approx(expected, abs=1e-12)

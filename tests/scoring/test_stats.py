@@ -65,3 +65,12 @@ def test_rate_description_is_written_only_when_set() -> None:
     assert str(plain) == "r = 75.0% [30.1%, 95.4%] (3/4)"
     empty = Rate.empty("e")
     assert (empty.k, empty.n, empty.value, empty.low, empty.high) == (0, 0, 0.0, 0.0, 1.0)
+
+
+def test_wilson_equals_statsmodels() -> None:
+    """Against statsmodels' ``proportion_confint(method="wilson")`` at every k of a few n."""
+    proportion = pytest.importorskip("statsmodels.stats.proportion")
+    for n in (1, 7, 30, 226):
+        for k in range(n + 1):
+            expected = proportion.proportion_confint(k, n, alpha=0.05, method="wilson")
+            assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 import pytest
 import torch
@@ -87,3 +88,46 @@ def test_cost_loss_prefers_the_right_signs() -> None:
     wrong_order = cost_model_loss(torch.tensor([3.0]), torch.tensor([-3.0]), safe, unsafe)
     assert float(right[0]) < float(wrong_level[0])
     assert float(right[0]) < float(wrong_order[0])
+
+
+@pytest.mark.parametrize(
+    ("margin", "eta"), [(None, None), (0.5, None), ("per-pair", None), (None, 0.01), (0.5, 0.01)]
+)
+def test_reward_loss_matches_trl(margin: object, eta: float | None) -> None:
+    """The batch mean against TRL 1.16's ``RewardTrainer.compute_loss`` itself, run on a stand-in
+    model that returns the scores as ``[2B, 1]`` logits (chosen rows first, as TRL's collator
+    stacks them) and a stub trainer that carries only what the method reads."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    reward_trainer = pytest.importorskip("trl.trainer.reward_trainer")
+    g = torch.Generator().manual_seed(0)
+    chosen = torch.randn(6, generator=g, dtype=torch.float64)
+    rejected = torch.randn(6, generator=g, dtype=torch.float64)
+    if margin == "per-pair":
+        margin = torch.rand(6, generator=g, dtype=torch.float64)
+
+    class _StandIn(torch.nn.Module):
+        def forward(self, **kwargs: Any) -> SimpleNamespace:
+            return SimpleNamespace(logits=torch.cat([chosen, rejected])[:, None])
+
+    model = _StandIn()
+    stub = SimpleNamespace(
+        model=model,
+        args=SimpleNamespace(center_rewards_coefficient=eta),
+        accelerator=SimpleNamespace(gather_for_metrics=lambda x: x, gather=lambda x: x),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
+    inputs: dict[str, Any] = {"attention_mask": torch.ones(12, 3, dtype=torch.long)}
+    if margin is not None:
+        inputs["margin"] = margin
+    expected = reward_trainer.RewardTrainer.compute_loss(stub, model, inputs)
+    ours = reward_model_loss(
+        chosen,
+        rejected,
+        margin=margin,  # type: ignore[arg-type]
+        center_rewards_coefficient=eta,
+    )
+    assert float(ours.mean()) == pytest.approx(float(expected), rel=1e-12)
