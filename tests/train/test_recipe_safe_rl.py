@@ -92,6 +92,26 @@ def test_one_policy_step_lowers_its_own_loss() -> None:
     assert torch.allclose(same, torch.zeros(4)) and torch.allclose(kl, torch.zeros(4))
 
 
+def test_policy_loss_closed_form() -> None:
+    """Each row by hand with ``math``: ``-A Σ p + β Σ (e^(q-p) - (q-p) - 1)`` over the
+    completion's tokens, and the logged KL ``Σ (p - q)``; tokens off the mask count nowhere."""
+    import math
+
+    policy = torch.tensor([[-0.5, -1.2, -3.0], [-2.0, -0.1, -0.7]], dtype=torch.float64)
+    reference = torch.tensor([[-0.9, -0.4, -9.0], [-1.5, -0.3, -0.2]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    advantages = torch.tensor([0.8, -1.5], dtype=torch.float64)
+    beta = 0.25
+    losses, kl = policy_loss(policy, reference, mask, advantages, kl_coef=beta)
+    for i in range(2):
+        tokens = [j for j in range(3) if mask[i, j]]
+        p = [float(policy[i, j]) for j in tokens]
+        q = [float(reference[i, j]) for j in tokens]
+        k3 = sum(math.exp(b - a) - (b - a) - 1 for a, b in zip(p, q, strict=True))
+        assert float(losses[i]) == pytest.approx(-float(advantages[i]) * sum(p) + beta * k3)
+        assert float(kl[i]) == pytest.approx(sum(a - b for a, b in zip(p, q, strict=True)))
+
+
 def test_high_confidence_records_the_safety_test(
     tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
 ) -> None:
