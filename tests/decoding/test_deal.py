@@ -108,6 +108,77 @@ def test_the_heuristic_is_the_weighted_sum_of_its_scorers(
         DeAL(tiny, cost="length:3", cost_weight=float("inf"))
 
 
+def _deal_by_enumeration(
+    folder: Path, tiny: HFModel, chat: list[dict[str, str]], *, k: int, lookahead: int,
+    beam: int, lam: float, scorer: str, max_new_tokens: int,
+) -> list[int]:
+    """The search written out plainly, as the paper's procedure and the module docstring state
+    it: no batch, no KV cache, no rewind: every log-probability from a fresh forward of the
+    whole sequence. Each beam's k likeliest tokens, each looked ahead greedily (to EOS at most),
+    scored ``log p(prefix) + lam * h(prefix + lookahead)``; the beam best kept, the search ends
+    when the best candidate ends (an ended candidate that is not the best is dropped)."""
+    from transformers import AutoModelForCausalLM
+
+    from poise.decoding.scorers import load_scorer
+
+    model = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+    h = load_scorer(scorer)
+    prompt = tiny._encode_prompts([chat])[0]
+    eos = set(tiny.eos_token_ids)
+
+    def next_logprobs(tokens: list[int]) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = model(input_ids=torch.tensor([prompt + tokens])).logits[0, -1]
+        return logits.float().log_softmax(dim=-1)
+
+    beams: list[tuple[list[int], float]] = [([], 0.0)]
+    while True:
+        options = []
+        for tokens, loglik in beams:
+            logprobs = next_logprobs(tokens)
+            for token in logprobs.topk(k).indices.tolist():
+                seq = [*tokens, token]
+                ahead = list(seq)
+                while len(ahead) < len(seq) + lookahead and ahead[-1] not in eos:
+                    ahead.append(int(next_logprobs(ahead).argmax()))
+                text = tiny.tokenizer.decode(
+                    [t for t in ahead if t not in eos] if ahead[-1] in eos else ahead,
+                    skip_special_tokens=True,
+                )
+                value = loglik + float(logprobs[token])
+                options.append((value + lam * h([chat], [text])[0], value, seq))
+        options.sort(key=lambda o: -o[0])
+        kept = []
+        for rank, (_, value, seq) in enumerate(options[:beam]):
+            ended = seq[-1] in eos
+            if rank == 0 and (ended or len(seq) >= max_new_tokens):
+                return seq[:-1] if ended else seq
+            if not (ended or len(seq) >= max_new_tokens):
+                kept.append((seq, value))
+        beams = kept
+
+
+@pytest.mark.parametrize(("lam", "scorer"), [(0.5, "length:4"), (3.0, "keywords:e|a"), (1.0, "keywords:s|t|o")])
+def test_the_search_equals_its_plain_enumeration(
+    tiny_hf_model_dir: Path, tiny: HFModel, lam: float, scorer: str
+) -> None:
+    """The batched search with its cache rewinds gives the answers of the plain enumeration,
+    with a heuristic that moves the choice (lam > 0, two beams): not greedy decoding."""
+    sampling = Sampling(max_new_tokens=12)
+    options = {"k": 4, "lookahead": 3, "beam": 2, "lam": lam}
+    deal = DeAL(tiny, **options, reward=scorer)  # type: ignore[arg-type]
+    got = deal.generate(CHATS, sampling)
+    expected = [
+        _deal_by_enumeration(tiny_hf_model_dir, tiny, chat, **options, scorer=scorer,
+                             max_new_tokens=12)  # fmt: skip
+        for chat in CHATS
+    ]
+    texts_expected = [tiny.tokenizer.decode(t, skip_special_tokens=True) for t in expected]
+    assert [c.text for [c] in got] == texts_expected
+    assert [c.num_tokens for [c] in got] == [len(t) for t in expected]
+    assert texts(got) != texts(tiny.generate(CHATS, sampling))  # the heuristic mattered
+
+
 def test_registry_spec_and_errors(tiny_hf_model_dir: Path, tiny: HFModel) -> None:
     assert strategies.get("deal") is DeAL
     assert strategies.reference("deal") == "arXiv 2402.06147"
