@@ -109,8 +109,16 @@ def test_the_heuristic_is_the_weighted_sum_of_its_scorers(
 
 
 def _deal_by_enumeration(
-    folder: Path, tiny: HFModel, chat: list[dict[str, str]], *, k: int, lookahead: int,
-    beam: int, lam: float, scorer: str, max_new_tokens: int,
+    folder: Path,
+    tiny: HFModel,
+    chat: list[dict[str, str]],
+    *,
+    k: int,
+    lookahead: int,
+    beam: int,
+    lam: float,
+    scorer: str,
+    max_new_tokens: int,
 ) -> list[int]:
     """The search written out plainly, as the paper's procedure and the module docstring state
     it: no batch, no KV cache, no rewind: every log-probability from a fresh forward of the
@@ -158,7 +166,9 @@ def _deal_by_enumeration(
         beams = kept
 
 
-@pytest.mark.parametrize(("lam", "scorer"), [(0.5, "length:4"), (3.0, "keywords:e|a"), (1.0, "keywords:s|t|o")])
+@pytest.mark.parametrize(
+    ("lam", "scorer"), [(0.5, "length:4"), (3.0, "keywords:e|a"), (1.0, "keywords:s|t|o")]
+)
 def test_the_search_equals_its_plain_enumeration(
     tiny_hf_model_dir: Path, tiny: HFModel, lam: float, scorer: str
 ) -> None:
@@ -169,8 +179,9 @@ def test_the_search_equals_its_plain_enumeration(
     deal = DeAL(tiny, **options, reward=scorer)  # type: ignore[arg-type]
     got = deal.generate(CHATS, sampling)
     expected = [
-        _deal_by_enumeration(tiny_hf_model_dir, tiny, chat, **options, scorer=scorer,
-                             max_new_tokens=12)  # fmt: skip
+        _deal_by_enumeration(
+            tiny_hf_model_dir, tiny, chat, **options, scorer=scorer, max_new_tokens=12
+        )
         for chat in CHATS
     ]
     texts_expected = [tiny.tokenizer.decode(t, skip_special_tokens=True) for t in expected]
