@@ -124,14 +124,28 @@ def test_newcombe_interval_contains_the_difference_and_stays_in_range(
     assert 0.0 <= diff.p_value <= 1.0
 
 
-def test_paired_clustered_matches_statsmodels() -> None:
+PAIRED_CLUSTERED = [
+    (
+        [(3, 4), (0, 4), (4, 4), (1, 4), (2, 4), (0, 4), (4, 4), (1, 4), (0, 4)],
+        [(1, 4), (0, 4), (2, 4), (0, 4), (2, 4), (0, 4), (3, 4), (0, 4), (1, 4)],
+    ),
+    # unequal samples per prompt, and per arm within a prompt (answers an audit dropped)
+    (
+        [(3, 5), (0, 2), (4, 4), (1, 3), (2, 6), (0, 1), (4, 7), (1, 2), (0, 3)],
+        [(1, 4), (0, 4), (2, 3), (0, 1), (3, 6), (0, 2), (3, 3), (1, 5), (1, 2)],
+    ),
+]
+
+
+@pytest.mark.parametrize("a,b", PAIRED_CLUSTERED)
+def test_paired_clustered_matches_statsmodels(
+    a: list[tuple[int, int]], b: list[tuple[int, int]]
+) -> None:
     # Two conditions on the same 9 prompts, several samples each: the difference of the rates and
     # its cluster-robust standard error, against OLS of the stacked outcomes on [1, condition]
     # with prompts as clusters (no small-sample correction in statsmodels; ours is m / (m - 1)).
     import statsmodels.api as sm
 
-    a = [(3, 4), (0, 4), (4, 4), (1, 4), (2, 4), (0, 4), (4, 4), (1, 4), (0, 4)]
-    b = [(1, 4), (0, 4), (2, 4), (0, 4), (2, 4), (0, 4), (3, 4), (0, 4), (1, 4)]
     y, x, groups = [], [], []
     for i, ((ka, na), (kb, nb)) in enumerate(zip(a, b, strict=True)):
         for k, n, arm in ((ka, na, 1.0), (kb, nb, 0.0)):
