@@ -19,13 +19,18 @@ def _softmax1(logits: list[float]) -> float:
     return math.exp(b) / (math.exp(a) + math.exp(b))
 
 
-def test_scm_loss_matches_its_closed_form() -> None:
+@pytest.mark.parametrize("reduce", ["max", "min", "avg"])
+def test_scm_loss_matches_its_closed_form(reduce: str) -> None:
+    """By hand; the logic loss pools the masked token probabilities over every position, as the
+    released code does (a masked position counts as 0: with a prompt token in the row, ``min``
+    pools to 0 and ``avg`` divides by all four positions)."""
     torch.manual_seed(0)
     token_logits = torch.randn(2, 4, 2)
     response_logits = torch.randn(2, 2)
     token_labels_ = torch.tensor([[-100, 0, 1, 1], [-100, -100, 0, 0]])
     response_labels = torch.tensor([1, 0])
-    got = scm_loss(token_logits, response_logits, token_labels_, response_labels)
+    got = scm_loss(token_logits, response_logits, token_labels_, response_labels, reduce=reduce)  # type: ignore[arg-type]
+    pool = {"max": max, "min": min, "avg": lambda v: sum(v) / len(v)}[reduce]
     # CE over the 5 labelled tokens, by hand
     ce_tokens = []
     for r in range(2):
@@ -43,9 +48,11 @@ def test_scm_loss_matches_its_closed_form() -> None:
     logic = 0.0
     for r in range(2):
         p_r = _softmax1(response_logits[r].tolist())
-        pooled = max(
-            _softmax1(token_logits[r, t].tolist()) * float(token_labels_[r, t] != -100)
-            for t in range(4)
+        pooled = pool(
+            [
+                _softmax1(token_logits[r, t].tolist()) * float(token_labels_[r, t] != -100)
+                for t in range(4)
+            ]
         )
         logic -= math.log(max(1 - p_r + p_r * pooled, 1e-8)) / 2
     assert got["token"].item() == pytest.approx(ce_token, rel=1e-5)
