@@ -12,6 +12,7 @@ import torch
 from poise.config import Sampling
 from poise.decoding import strategies
 from poise.decoding.deal import DeAL, rewind
+from poise.decoding.scorers import load_scorer
 from poise.errors import PoiseError
 from poise.models import load_model, no_system_prompt, with_system_prompt
 from poise.models.hf import HFModel
@@ -212,7 +213,7 @@ def test_on_the_organism_a_cost_heuristic_lowers_harmful_openings() -> None:
     so the lookahead must reach them (24 tokens)."""
     try:
         base = load_model("organism-large")
-        load_model("organism-cost")
+        load_scorer("organism-cost")
     except PoiseError as exc:
         pytest.skip(f"the organism is not built: {exc}")
     from poise.suites import load_suite

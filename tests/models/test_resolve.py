@@ -135,3 +135,46 @@ def test_a_path_is_a_folders_spec_and_anything_else_is_refused(tiny_hf_model_dir
     assert load_model(tiny_hf_model_dir).spec == load_model(str(tiny_hf_model_dir)).spec
     with pytest.raises(PoiseError, match=r"expected a model spec .* got int 123"):
         load_model(123)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("member", "use"),
+    [
+        ("organism-cost", "best_of_n(MODEL, cost=organism-cost)"),
+        ("organism-reward", "best_of_n(MODEL, reward=organism-reward)"),
+        ("organism-monitor", "guarded(MODEL, monitor=organism-monitor)"),
+    ],
+)
+def test_scorer_and_monitor_members_are_not_chat_models(member: str, use: str) -> None:
+    """Loaded as a causal LM, a classifier gets a random LM head and audits at 0% everywhere:
+    refused, with the spec that uses it."""
+    with pytest.raises(PoiseError, match="not a chat model") as info:
+        load_model(member)
+    assert use in str(info.value) and member in str(info.value)
+
+
+def test_a_classifier_folder_is_not_a_chat_model(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    folder = tmp_path / "rm"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    config = LlamaConfig.from_pretrained(str(tiny_hf_model_dir))
+    config.num_labels = 1
+    (folder / "model.safetensors").unlink()
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    with pytest.raises(PoiseError, match=r"LlamaForSequenceClassification.*not a causal"):
+        load_model(str(folder))
+
+
+def test_broken_config_and_weights_name_the_file(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    bad_config = tmp_path / "config"
+    shutil.copytree(tiny_hf_model_dir, bad_config)
+    (bad_config / "config.json").write_text('{"model_type": "llama",', encoding="utf-8")
+    with pytest.raises(PoiseError, match=r"config\.json:1: invalid JSON"):
+        load_model(str(bad_config))
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_hf_model_dir, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5])
+    with pytest.raises(PoiseError, match="could not read the weights"):
+        load_model(str(truncated))

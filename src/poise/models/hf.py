@@ -197,6 +197,46 @@ def folder_fingerprint(folder: Path, files: Sequence[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
+# what a folder is for when it is not a chat model: the spec that uses it instead
+_SCORER_USES = {
+    "reward": "score answers with it: best_of_n(MODEL, reward={name}), deal(MODEL, reward={name})",
+    "cost": "score answers with it: best_of_n(MODEL, cost={name}), deal(MODEL, cost={name})",
+    "monitor": "guard a model with it: guarded(MODEL, monitor={name})",
+}
+_CLASSIFIER_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification")
+
+
+def check_causal_lm(name: str, architectures: object, kind: object = None) -> None:
+    """Refuse, with what to do instead, a folder that is not a chat model: a poise reward,
+    cost or monitor folder (``poise.json``'s ``kind``), or any classifier (its config's
+    ``architectures``), which ``AutoModelForCausalLM`` would load with a random LM head."""
+    if isinstance(kind, str) and kind in _SCORER_USES:
+        use = _SCORER_USES[kind].format(name=name)
+        raise PoiseError(f"{name} is a {kind} model, not a chat model: {use}")
+    if isinstance(architectures, list) and architectures:
+        names = [str(a) for a in architectures]
+        if all(a.endswith(_CLASSIFIER_SUFFIXES) for a in names):
+            use = _SCORER_USES["reward"].format(name=name)
+            raise PoiseError(
+                f"{name} is a classifier ({', '.join(names)}), not a causal language model; "
+                f"a one-output sequence classifier can {use}"
+            )
+
+
+def _folder_config(folder: Path) -> dict[str, Any]:
+    """A folder's config.json, or one error that names it when it is not a JSON object."""
+    path = folder / "config.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise located(path, exc.lineno, invalid_json(exc)) from None
+    except UnicodeDecodeError:
+        raise located(path, None, "not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise located(path, None, "expected a JSON object")
+    return data
+
+
 def read_poise_json(folder: Path) -> dict[str, Any]:
     """The optional ``poise.json`` of a model folder ({} when absent)."""
     path = folder / POISE_JSON
@@ -442,6 +482,8 @@ class HFModel(ModelBase):
             self.fingerprint = folder_fingerprint(folder, files)
             self.name = f"hf:{folder}#{self.fingerprint}"
             meta = read_poise_json(folder)
+            shown = str(meta["member"]) if isinstance(meta.get("member"), str) else str(folder)
+            check_causal_lm(shown, _folder_config(folder).get("architectures"), meta.get("kind"))
             self.default_system_prompt = meta.get("default_system_prompt")
             # the template inserts default_system_prompt itself (organism members)
             self.system_prompt_in_template = meta.get("system_prompt_in_template") is True
@@ -458,6 +500,8 @@ class HFModel(ModelBase):
 
         self.tokenizer = self._load_tokenizer(source)
         self.model = self._load_model(source, use_safetensors)
+        if self.path is None:  # a hub id: its config came with the weights
+            check_causal_lm(path_or_id, getattr(self.model.config, "architectures", None))
         self.eos_token_ids = self._eos_ids()
         self.context_length = config_context_length(self.model.config)
         params = inspect.signature(self.model.forward).parameters
@@ -510,6 +554,14 @@ class HFModel(ModelBase):
             model: Any = AutoModelForCausalLM.from_pretrained(source, **kwargs)
         except (OSError, ValueError) as exc:
             raise PoiseError(f"{source}: could not load the model ({_first_line(exc)})") from None
+        except Exception as exc:
+            # safetensors' own error for a truncated or corrupt file is none of the above
+            if type(exc).__name__ != "SafetensorError":
+                raise
+            raise PoiseError(
+                f"{source}: could not read the weights ({_first_line(exc)}); the file may be "
+                "truncated or corrupt"
+            ) from None
         return model.to(self.device).eval()
 
     def _eos_ids(self) -> list[int]:
