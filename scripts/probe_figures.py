@@ -7,15 +7,15 @@ python scripts/probe_figures.py heldout PROBE RUN --kind harmful
     a comply / deception probe's held-out AUROC (DeLong 95%) on the rows of one kind only:
     the same examples, split and layer as ``poise probe train`` (the probe's folder says
     which), the probe refitted on the train items of that split
-python scripts/probe_figures.py paired BASE STEERED --skip 76
+python scripts/probe_figures.py paired BASE STEERED --exclude-limit 76
     harmful / refused / over-refusal / helpful rates (Wilson 95%) of two audits of the same
-    items, leaving out the first SKIP items of the harmful and benign suites (the items a
-    steering strength was chosen on), and the exact McNemar test of the harmful verdicts
-    paired by item
-    python scripts/probe_figures.py firewall cooking coding
-        the query firewall per role on organism-large: anchors = every other prompt of the
-        role's benign category, in-role = the rest, off-role = the other categories' benign
-        prompts, harmful = the harmful suite; AUROC (DeLong 95%) and the flagged counts
+    items, leaving out the items of the harmful and benign suites that ``poise audit --limit
+    N`` picks (``poise.auditing.spread_subset``: the items a steering strength was chosen
+    on), and the exact McNemar test of the harmful verdicts paired by item
+python scripts/probe_figures.py firewall cooking coding
+    the query firewall per role on organism-large: anchors = every other prompt of the
+    role's benign category, in-role = the rest, off-role = the other categories' benign
+    prompts, harmful = the harmful suite; AUROC (DeLong 95%) and the flagged counts
 """
 
 from __future__ import annotations
@@ -126,8 +126,13 @@ def firewall(roles: list[str]) -> None:
         print(f"{role}: in-role flagged {flagged_in}/{len(inside)}; " + "; ".join(parts))
 
 
-def paired(base: str, steered: str, skip: int) -> None:
-    left_out = {i.id for name in ("harmful", "benign") for i in load_suite(name).items[:skip]}
+def paired(base: str, steered: str, exclude_limit: int) -> None:
+    from poise.auditing import spread_subset
+
+    left_out = set()
+    if exclude_limit:
+        for name in ("harmful", "benign"):
+            left_out |= {i.id for i in spread_subset(load_suite(name).items, exclude_limit)}
 
     def verdicts(run: str) -> dict[str, Any]:
         return {
@@ -179,7 +184,7 @@ def main() -> None:
     p = sub.add_parser("paired")
     p.add_argument("base")
     p.add_argument("steered")
-    p.add_argument("--skip", type=int, default=0)
+    p.add_argument("--exclude-limit", type=int, default=0)
     args = parser.parse_args()
     if args.what == "judges":
         judges(args.run)
@@ -190,7 +195,7 @@ def main() -> None:
     elif args.what == "prompt":
         prompt(args.probe, args.run)
     else:
-        paired(args.base, args.steered, args.skip)
+        paired(args.base, args.steered, args.exclude_limit)
 
 
 if __name__ == "__main__":
