@@ -331,3 +331,17 @@ def test_worst_of_n_group_is_charted_by_its_attack_success(tmp_path: Path) -> No
     assert set(by_label) == {"plain", "attacked (any of 4)"}
     assert (by_label["attacked (any of 4)"].y.k, by_label["attacked (any of 4)"].y.n) == (1, 4)
     assert (by_label["plain"].y.k, by_label["plain"].y.n) == (6, 12)  # unchanged: harmless 6/12
+
+
+def test_a_guarded_audit_has_a_guard_section(tmp_path: Path) -> None:
+    from tests.report.test_terminal import GUARD
+
+    plain = make_run(tmp_path / "plain", "m")
+    assert "<h3>Guard" not in write_html_report(plain, tmp_path / "p.html").read_text()
+    records = [json.loads(line) for line in (plain / "samples.jsonl").read_text().splitlines()]
+    metrics = compute_metrics(records)
+    metrics["overall"]["guard"] = GUARD
+    run = make_run(tmp_path / "guarded", "m", metrics=metrics)
+    html = write_html_report(run, tmp_path / "g.html").read_text()
+    assert "<h3>Guard (streaming)</h3>" in html
+    assert "0.947 [0.812, 1.000]" in html and "1/35 harmless stopped" in html

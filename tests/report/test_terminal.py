@@ -133,3 +133,49 @@ def test_many_configurations_are_listed_one_per_row_most_harmful_first() -> None
     assert order[0] == "greedy"
     assert order[1:] == [f"t={c / 10:.2f}" for c in range(11, 1, -1)]  # t=0.10 (1/20) is cut
     assert Rate.of("harmful_rate", 11, 20).format() in text
+
+
+GUARD = {
+    "guard": "streaming",
+    "answers": 40,
+    "stopped": 6,
+    "decided": 40,
+    "macro_f1": {"value": 0.9473, "low": 0.8122, "high": 1.0, "n": 40},
+    "false_alarm_rate": Rate.of("false_alarm_rate", 1, 35).to_dict(),
+    "miss_rate": Rate.of("miss_rate", 0, 5).to_dict(),
+    "produced_share": {"value": 0.385, "low": 0.215, "high": 0.556, "n": 5},
+    "shown_share": {"value": 0.3, "low": 0.2, "high": 0.4, "n": 5},
+    "unguarded_tokens": {"value": 49.8, "low": 47.2, "high": 52.4, "n": 5},
+    "produced_tokens": {"value": 19.2, "low": 10.6, "high": 27.8, "n": 5},
+    "harmful_tokens_shown": {"value": 5.2, "low": 0.0, "high": 12.96, "n": 5},
+    "harmful_share_shown": 0.145,
+}
+
+
+def test_a_guarded_audit_shows_its_guard_metrics() -> None:
+    metrics = compute_metrics(records())
+    assert "guard (" not in render(metrics)
+    metrics["overall"]["guard"] = GUARD
+    text = render(metrics)
+    assert "guard (streaming)" in text
+    assert "6 of 40" in text
+    assert "0.947 [0.812, 1.000]" in text
+    assert Rate.of("false_alarm_rate", 1, 35).format() in text and "1/35 harmless" in text
+    assert "0/5 harmful not stopped" in text
+    assert "38.5% [21.5, 55.6]" in text and "30.0% [20.0, 40.0]" in text
+    assert "5.2 [0.0, 13.0]" in text and "14.5% of all harmful tokens" in text
+    # a judge that does not locate harm: the harmful-token figures are null
+    metrics["overall"]["guard"] = {
+        **GUARD,
+        "harmful_tokens_shown": None,
+        "harmful_share_shown": None,
+    }
+    assert "needs a judge that locates harm" in render(metrics)
+
+
+def test_the_caption_names_cluster_robust_intervals_when_items_have_several_samples() -> None:
+    one = [r for r in records() if r["request_id"] == "greedy"]
+    assert "95% Wilson intervals; rates over samples;" in render(compute_metrics(one))
+    several = one + [{**r, "sample_index": 1} for r in one]
+    text = render(compute_metrics(several))
+    assert "cluster-robust" in text and "(2 per item)" in text

@@ -339,6 +339,20 @@ def _judge_validation_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _guard_view(group: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The guard metrics of a guarded model's audit (the terminal's rows); None without one."""
+    from poise.report.terminal import guard_rows
+
+    guard = group.get("guard")
+    if not isinstance(guard, Mapping):
+        return None
+    kind = guard.get("guard")
+    return {
+        "kind": ", ".join(kind) if isinstance(kind, list) else str(kind),
+        "rows": guard_rows(guard),
+    }
+
+
 def _run_view(run: RunData) -> dict[str, Any]:
     metrics = run.metrics
     overall = metrics["overall"]
@@ -369,6 +383,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "attack": attack_view(metrics),
         "judge_validation": _judge_validation_view(metrics),
         "honesty": _honesty_view(overall),
+        "guard": _guard_view(overall),
         "examples": _examples(run, str(metrics.get("default_group", "")), EXAMPLES_PER_BUCKET),
         "probe": _probe_name(run.path),
     }

@@ -152,13 +152,16 @@ def _caption(metrics: Mapping[str, Any]) -> str:
     samples = counts.get("samples", {})
     spi = counts.get("samples_per_item", {})
     parts = [f"{kind} {n}" for kind, n in samples.items()]
-    unit = (
-        f"rates over samples ({spi.get('min')}–{spi.get('max')} per item)"
-        if spi.get("max", 1) > 1
-        else "rates over samples"
-    )
+    low, high = spi.get("min"), spi.get("max", 1)
+    per_item = f"{high}" if low == high else f"{low}–{high}"
+    unit = f"rates over samples ({per_item} per item)" if high > 1 else "rates over samples"
     unjudged = {k: v for k, v in counts.get("unjudged", {}).items() if v}
-    text = f"95% Wilson intervals; {unit}; samples: {', '.join(parts)}"
+    intervals = (
+        "95% cluster-robust Wilson intervals (prompts as clusters)"
+        if overall.get("interval") == "cluster"
+        else "95% Wilson intervals"
+    )
+    text = f"{intervals}; {unit}; samples: {', '.join(parts)}"
     if unjudged:
         text += "; unjudged (left out): " + ", ".join(f"{k} {v}" for k, v in unjudged.items())
     lengths = overall.get("response_tokens") or {}
@@ -224,8 +227,91 @@ def honesty_table(group: Mapping[str, Any]) -> Table | None:
     return table
 
 
+def _interval_text(entry: Any, *, percent: bool, digits: int = 1) -> str:
+    """``value [low, high]`` of a metrics.json interval entry; "—" when absent."""
+    if not isinstance(entry, Mapping) or entry.get("value") is None:
+        return "—"
+    scale, unit = (100.0, "%") if percent else (1.0, "")
+    value, low, high = (float(entry[k]) * scale for k in ("value", "low", "high"))
+    return f"{value:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def guard_rows(guard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(what, value [95% CI], detail) of an audit's guard block (``metrics.json``'s ``guard``,
+    :func:`poise.scoring.guard_metrics.guard_metrics`), for the terminal and the HTML report."""
+    rows = [("answers stopped", f"{guard.get('stopped', 0)} of {guard.get('answers', 0)}", "")]
+    rows.append(
+        (
+            "macro-F1 of stopping",
+            _interval_text(guard.get("macro_f1"), percent=False, digits=3),
+            "vs the judge on the unguarded answer",
+        )
+    )
+    for key, label, what in (
+        ("false_alarm_rate", "false alarms", "harmless stopped"),
+        ("miss_rate", "misses", "harmful not stopped"),
+    ):
+        entry = guard.get(key)
+        detail = f"{entry['k']}/{entry['n']} {what}" if isinstance(entry, Mapping) else what
+        rows.append((label, _interval_text(entry, percent=True), detail))
+    harmful = guard.get("produced_share")
+    n = harmful.get("n") if isinstance(harmful, Mapping) else 0
+    unguarded = guard.get("unguarded_tokens")
+    length = f", ~{float(unguarded['value']):.0f} tokens" if isinstance(unguarded, Mapping) else ""
+    rows.append(
+        (
+            "harmful answer generated",
+            _interval_text(harmful, percent=True),
+            f"share; {n} answers{length}",
+        )
+    )
+    rows.append(
+        (
+            "harmful answer shown",
+            _interval_text(guard.get("shown_share"), percent=True),
+            "share that reached the user",
+        )
+    )
+    located = guard.get("harmful_tokens_shown")
+    share = guard.get("harmful_share_shown")
+    rows.append(
+        (
+            "harmful tokens shown",
+            _interval_text(located, percent=False),
+            f"mean; {100 * float(share):.1f}% of all harmful tokens"
+            if isinstance(share, (int, float))
+            else "needs a judge that locates harm"
+            if located is None
+            else "",
+        )
+    )
+    return rows
+
+
+def guard_table(group: Mapping[str, Any]) -> Table | None:
+    """The guard metrics of a group; None when the audited model has no guard."""
+    guard = group.get("guard")
+    if not isinstance(guard, Mapping):
+        return None
+    kind = guard.get("guard")
+    kinds = ", ".join(kind) if isinstance(kind, list) else str(kind)
+    table = Table(
+        title=f"guard ({kinds}): when it stopped the answer",
+        title_justify="left",
+        caption="95% intervals: Wilson (rates), bootstrap over items (macro-F1), normal (means)",
+        caption_justify="left",
+    )
+    table.add_column("metric")
+    table.add_column("value [95% CI]", justify="right")
+    table.add_column("", style="dim")
+    for what, value, detail in guard_rows(guard):
+        table.add_row(what, value, detail)
+    return table
+
+
 def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audit") -> Group:
-    """Headline rates with 95% intervals, per-category tables and the honesty block, as one Group.
+    """Headline rates with 95% intervals, per-category tables, the honesty block and the guard's
+    metrics (a guarded model), as one Group.
 
     Per-category and honesty tables show the default group (``metrics["overall"]``).
     """
@@ -242,11 +328,11 @@ def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audi
             if suffix:
                 table.title = f"{table.title}{suffix}"
             parts.append(table)
-    honesty = honesty_table(overall)
-    if honesty is not None:
-        if suffix:
-            honesty.title = f"{honesty.title}{suffix}"
-        parts.append(honesty)
+    for extra in (honesty_table(overall), guard_table(overall)):
+        if extra is not None:
+            if suffix:
+                extra.title = f"{extra.title}{suffix}"
+            parts.append(extra)
     return Group(*parts)
 
 
