@@ -370,3 +370,27 @@ def test_an_item_longer_than_the_context_stops_the_audit_before_any_work(
         html=False,
     )
     assert len(list(result.run.records())) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"kind": "benign"}, "'kind' is not a field; use suite_kind"),
+        ({"columns": {"prompt": "q"}}, "use suite_columns"),
+        ({"temperature": 1.0}, r"use sampling=\{'temperature': \.\.\.\}"),
+        ({"model_option": {}}, "use model_options"),
+        ({"modle": "mock"}, "did you mean 'model'"),
+    ],
+)
+def test_a_wrong_field_name_says_which_field_it_stands_for(
+    fields: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    with pytest.raises(PoiseError, match=message):
+        poise.audit(out=tmp_path, **fields)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("given", ["organism-small", {"model": "organism-small"}])
+def test_a_positional_argument_must_be_a_config(given: object, tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match=r"keyword fields.*poise\.audit\(model=\.\.\."):
+        poise.audit(given, out=tmp_path)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.config import AuditConfig, Sampling, format_validation_error
-from poise.errors import PoiseError
+from poise.errors import PoiseError, UnknownNameError
 from poise.evaluation import (
     ProgressFn,
     RequestsFailed,
@@ -53,8 +53,37 @@ class AuditResult:
         return self.run.path
 
 
+# names a Python user may try for a field, from the command line's flags or from Sampling
+_FIELD_FOR = {
+    "kind": "suite_kind",
+    "category": "suite_category",
+    "column": "suite_columns",
+    "columns": "suite_columns",
+    "format": "suite_format",
+    "suite": "suites",
+    "model_option": "model_options",
+    "attack_option": "attack_options",
+    **{
+        name: f"sampling={{'{name}': ...}}"
+        for name in ("temperature", "top_p", "top_k", "max_new_tokens", "n", "seed", "stop")
+    },
+}
+
+
+def _check_field_names(fields: Mapping[str, Any]) -> None:
+    """One error for a keyword that is no field of AuditConfig, with the field it stands for."""
+    known = set(AuditConfig.model_fields)
+    for name in fields:
+        if name in known:
+            continue
+        if name in _FIELD_FOR:
+            raise PoiseError(f"audit config: {name!r} is not a field; use {_FIELD_FOR[name]}")
+        raise UnknownNameError("audit config field", name, known)
+
+
 def make_config(config: AuditConfig | None = None, **fields: Any) -> AuditConfig:
     """An AuditConfig from a base config and field overrides, with one-line errors."""
+    _check_field_names(fields)
     try:
         if "sampling" in fields and isinstance(fields["sampling"], dict):
             fields["sampling"] = Sampling(**fields["sampling"])
@@ -87,6 +116,12 @@ def audit(
     """
     from poise.models.base import LanguageModel
 
+    if config is not None and not isinstance(config, AuditConfig):
+        raise PoiseError(
+            "poise.audit takes an AuditConfig or keyword fields, got "
+            f"{type(config).__name__} {config!r}: write poise.audit(model=..., suites=[...])"
+            + (", or poise.audit(**fields) for a dict" if isinstance(config, Mapping) else "")
+        )
     model_obj: Any = None
     if isinstance(fields.get("model"), os.PathLike):  # a folder, as a pathlib.Path
         fields["model"] = os.fspath(fields["model"])
@@ -295,6 +330,9 @@ def _check_attack_options(name: str, attack: Callable[..., Any], options: dict[s
         inspect.signature(attack).bind(None, None, None, **options)
     except TypeError as exc:
         raise PoiseError(f"attack {name!r}: bad options {sorted(options)} ({exc})") from None
+    from poise.attacks.base import check_attack_options
+
+    check_attack_options(attack, options)  # each value parsed and checked before any work
 
 
 def _check_unique_ids(items: Sequence[Any]) -> None:
