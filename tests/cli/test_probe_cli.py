@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,30 @@ def test_deception_refuses_a_run_an_output_only_judge_labelled(tmp_path: Path) -
     )
     assert result.exit_code == 2 and "feigned vs real compliance" in result.output
     assert not probe.exists() or not any(probe.iterdir())  # nothing half-written
+
+
+@pytest.mark.slow
+def test_a_run_of_the_same_model_under_an_alias_is_its_own_answers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default audit names the model ``organism``, an alias of organism-large: probing
+    organism-large on it reads the model's own answers, and says nothing; another model's run
+    gets the warning."""
+    from poise.cli.probe import _examples
+    from poise.models import load_model
+
+    runs = tmp_path / "runs"
+    audit = CliRunner().invoke(
+        app, ["audit", "-s", "harmful", "-s", "benign", "--limit", "6", "--out", str(runs),
+              "--max-new-tokens", "16", "--no-html"],
+    )  # fmt: skip
+    assert audit.exit_code == 0, audit.output
+    [run] = list(runs.iterdir())
+    assert json.loads((run / "run.json").read_text())["config"]["model"] == "organism"
+    logging.getLogger("poise").propagate = True  # the CLI run above stopped it (conftest restores)
+    with caplog.at_level("WARNING"):
+        _examples("comply", load_model("organism-large"), [], str(run))
+    assert "own answers" not in caplog.text
+    with caplog.at_level("WARNING"):
+        _examples("comply", load_model("organism-small"), [], str(run))
+    assert "own answers" in caplog.text and "organism-large#" in caplog.text

@@ -55,14 +55,20 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
         from poise.runs import find_run
 
         found = find_run(run)
+        # the run's resolved name (an alias such as ``organism`` resolves to its member, with
+        # the weights' fingerprint); runs written before it was recorded have the spec only
+        audited = found.header.get("model_name")
+        same = audited == model.name if isinstance(audited, str) else None
         spec = found.config.get("model")
-        if isinstance(spec, str) and model.spec is not None and spec != model.spec:
+        if same is None and isinstance(spec, str) and model.spec is not None:
+            same = spec == model.spec
+        if same is False:
             logging.getLogger(__name__).warning(
                 "the run %s audited %r and the probe reads %r: the labels should come from the "
                 "probed model's own answers",
                 found.path,
-                spec,
-                model.spec,
+                audited if isinstance(audited, str) else spec,
+                model.name,
             )
         records, none = list(found.records()), no_system_prompt(model)
         if task == "comply":
