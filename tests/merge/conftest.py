@@ -44,3 +44,25 @@ def specialists(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 @pytest.fixture(scope="session")
 def specialist_builder() -> Callable[..., Path]:
     return make_specialist
+
+
+def make_deeper(base_dir: Path, out: Path, *, extra_layers: int = 1, seed: int = 3) -> Path:
+    """A model of ``base_dir``'s architecture and width with ``extra_layers`` more layers
+    (``num_hidden_layers``), randomly initialised, saved with the base's tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_dir)
+    config.num_hidden_layers += extra_layers
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (base_dir / name).is_file():
+            shutil.copyfile(base_dir / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="session")
+def deeper_model(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny base's architecture with one layer more (3 against 2; session-shared)."""
+    return make_deeper(tiny_hf_model_dir, tmp_path_factory.mktemp("deeper") / "deep")

@@ -270,3 +270,86 @@ def test_a_config_built_in_python_takes_paths(specialists: list[Path], tmp_path:
     assert [m.model for m in config.models] == [str(a), str(b)]
     run_merge(config, tmp_path / "m")
     assert (tmp_path / "m" / "config.json").is_file()
+
+
+def _nothing_written(tmp_path: Path, out: Path) -> bool:
+    return not out.exists() and not list(tmp_path.glob(f".{out.name}*"))
+
+
+def test_models_of_another_depth_are_refused_before_anything_is_written(
+    specialists: list[Path], deeper_model: Path, tmp_path: Path
+) -> None:
+    """A deeper model merged on a shallower base used to lose its extra layers silently (the
+    names came from the base); the other way round it failed halfway through the tensors."""
+    base, a, _ = specialists
+    out = tmp_path / "out"
+    with pytest.raises(PoiseError) as caught:
+        run_merge(_write(tmp_path / "c.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(deeper_model), "parameters": {"weight": 1.0}}],
+        }), out)  # fmt: skip
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"model {str(deeper_model)!r} has 9 tensor(s) the base {str(base)!r} lacks" in message
+    assert "(model.layers.2." in message and "3 layers against 2" in message
+    assert _nothing_written(tmp_path, out)
+    # without a base, in either order: the first model is the reference
+    for first, second, verb in ((a, deeper_model, "has"), (deeper_model, a, "lacks")):
+        with pytest.raises(PoiseError, match=rf"model '{second}' {verb} 9 tensor\(s\) the first"):
+            run_merge(_write(tmp_path / "l.yml", {
+                "merge_method": "linear",
+                "models": [{"model": str(m), "parameters": {"weight": 1.0}}
+                           for m in (first, second)],
+            }), out)  # fmt: skip
+        assert _nothing_written(tmp_path, out)
+
+
+def test_another_architecture_is_refused(specialists: list[Path], tmp_path: Path) -> None:
+    import shutil
+
+    base, a, _ = specialists
+    other = tmp_path / "other"
+    shutil.copytree(a, other)
+    config = json.loads((other / "config.json").read_text())
+    config["architectures"] = ["MistralForCausalLM"]
+    (other / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    with pytest.raises(PoiseError, match=r"different architectures \(MistralForCausalLM against"):
+        run_merge(_write(tmp_path / "c.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(other), "parameters": {"weight": 1.0}}],
+        }), out)  # fmt: skip
+    assert _nothing_written(tmp_path, out)
+
+
+def test_della_bounds_are_checked_on_every_tensor_before_writing(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """A density gradient ending at 0.9 with epsilon 0.15 passes at layer 0 and breaks DELLA's
+    ``density + epsilon < 1`` at the last layer: refused before anything is written."""
+    base, a, b = specialists
+    out = tmp_path / "out"
+    path = _write(tmp_path / "c.yml", {
+        "merge_method": "della", "base_model": str(base),
+        "models": [{"model": str(a), "parameters": {"weight": 1.0, "density": [0.5, 0.9]}},
+                   {"model": str(b), "parameters": {"weight": 1.0, "density": 0.5}}],
+        "parameters": {"epsilon": 0.15},
+    })  # fmt: skip
+    load_config(path)  # the values outside the layers are fine
+    with pytest.raises(PoiseError, match=r"'model.layers.1.*density 0.9 and epsilon 0.15"):
+        run_merge(path, out)
+    assert _nothing_written(tmp_path, out)
+
+
+def test_an_existing_file_as_the_output_is_named_a_file(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    base, a, _ = specialists
+    out = tmp_path / "good.jsonl"
+    out.write_text("{}\n")
+    with pytest.raises(PoiseError, match=r"^output .*good.jsonl is an existing file, not a folder"):
+        run_merge(_write(tmp_path / "c.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(a), "parameters": {"weight": 1.0}}],
+        }), out)  # fmt: skip
+    assert out.read_text() == "{}\n"

@@ -12,20 +12,47 @@ from poise.cli._common import console, user_errors
 
 class _DefaultRunGroup(TyperGroup):
     """``poise merge CONFIG OUT`` runs the hidden ``run`` command; a subcommand name
-    (``poise merge methods``) runs that subcommand."""
+    (``poise merge methods``) runs that subcommand. ``poise merge --help`` shows the ``run``
+    command's arguments and options beside the subcommands."""
+
+    _showing_help = False
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
 
+    def _run(self) -> Any:
+        return self.commands.get("run")
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        run = self._run()
+        if run is None:  # pragma: no cover - the run command is registered below
+            return list(super().collect_usage_pieces(ctx))
+        return [*run.collect_usage_pieces(ctx), "|", "COMMAND", "[ARGS]..."]
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = list(super().get_params(ctx))
+        run = self._run()
+        if not self._showing_help or run is None:
+            return params  # parsing: the group itself takes no arguments
+        shown = [p for p in run.get_params(ctx) if p.name != "help"]
+        return shown + [p for p in params if p.name not in {q.name for q in shown}]
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._showing_help = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._showing_help = False
+
 
 merge_app = typer.Typer(
     name="merge",
     cls=_DefaultRunGroup,
     help=(
-        "Merge models from a mergekit-style YAML config: poise merge CONFIG.yml OUT "
-        "[--shard-size 5GB]. Methods: poise merge methods."
+        "Merge models from a mergekit-style YAML config into the new folder OUT: "
+        "poise merge CONFIG.yml OUT [--shard-size 5GB]. Methods: poise merge methods."
     ),
     no_args_is_help=True,
 )
@@ -45,7 +72,9 @@ def run_command(
     merge_config: str = typer.Argument(
         ..., metavar="CONFIG.yml", help="mergekit-style YAML: merge_method, models, ..."
     ),
-    out: str = typer.Argument(..., help="New folder for the merged model."),
+    out: str = typer.Argument(
+        ..., metavar="OUT", help="New (or empty) folder for the merged model."
+    ),
     shard_size: str = typer.Option("5GB", help="Largest output shard (e.g. 2GB, 500MB)."),
 ) -> None:
     """Merge the models CONFIG names into OUT, tensor by tensor."""
@@ -89,7 +118,9 @@ def search_command(
     search_config: str = typer.Argument(
         ..., metavar="SEARCH.yml", help="merge template, methods, weights, parameter grid, audit"
     ),
-    out: str = typer.Argument(..., help="Folder for the candidates, search.json and chosen/."),
+    out: str = typer.Argument(
+        ..., metavar="OUT", help="Folder for the candidates, search.json and chosen/."
+    ),
 ) -> None:
     """Merge and audit every candidate; print the helpful / harmless / honest Pareto front.
 
@@ -157,28 +188,36 @@ def search_command(
 def methods_command() -> None:
     """List the merge methods with their reference and options."""
     from rich.table import Table
+    from rich.text import Text
 
     from poise.merge import METHODS
     from poise.merge.methods import KEYWORD_OPTIONS
 
     spelled = {v: k for k, v in KEYWORD_OPTIONS.items()}
-    table = Table(title="poise merge methods", title_justify="left")
-    for column in ("method", "what", "reference", "per-model options", "options"):
-        table.add_column(column)
+    # two columns, the details one wrapping at spaces: five columns cut the options at 80
+    table = Table(title="poise merge methods", title_justify="left", show_lines=True)
+    table.add_column("method", no_wrap=True)
+    table.add_column("what, reference, options", overflow="fold")
     for name in METHODS.names():
         method = METHODS.get(name)
         params = method.parameters()
-        table.add_row(
-            name,
-            METHODS.help(name),
-            METHODS.reference(name) or "",
-            ", ".join(spelled.get(p, p) for p in method.per_model),
-            ", ".join(
-                f"{spelled.get(p, p)}={params[p].default!r}"
-                for p in params
-                if p not in method.per_model and params[p].default is not params[p].empty
-            ),
-        )
+        shared = [
+            f"{spelled.get(p, p)}={params[p].default!r}"
+            for p in params
+            if p not in method.per_model and params[p].default is not params[p].empty
+        ]
+        required = [spelled.get(p, p) for p in method.required() if p not in method.per_model]
+        details = Text(METHODS.help(name))
+        for label, value in (
+            ("reference", METHODS.reference(name) or ""),
+            ("per model", ", ".join(spelled.get(p, p) for p in method.per_model)),
+            ("required", ", ".join(required)),
+            ("options", ", ".join(shared)),
+        ):
+            if value:
+                details.append(f"\n{label}: ", style="dim")
+                details.append(value)
+        table.add_row(name, details)
     console.print(table)
 
 

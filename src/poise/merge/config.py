@@ -17,7 +17,11 @@ Parameter values follow mergekit: a scalar; a list of numbers, interpolated line
 layers (layer i of L sits at ``t = i / (L - 1)``; weights outside the layers at ``t = 0``); or a list
 of ``{filter, value}`` entries, the first whose filter is a substring of the tensor name (or
 absent, or ``*``) giving the value. Per-model options (``weight``, ``density`` ...) are looked up in
-the model's ``parameters`` first, then in the top-level ``parameters``.
+the model's ``parameters`` first, then in the top-level ``parameters``. Every value is checked
+against its option's range when the config is read (:data:`_RANGES`; numbers finite); DELLA's
+``density +- epsilon`` bounds are checked per tensor by :func:`check_tensor_options` before any
+weight is read, and :func:`run_merge` refuses models of different architectures or depths
+(:func:`poise.merge.executor.check_inputs`) before writing anything.
 
 Differences from mergekit: tensors are merged in float32 (float64 stays float64) whatever
 ``dtype`` says; ``dtype`` / ``out_dtype`` set the output's dtype. Methods whose defaults follow a
@@ -29,9 +33,9 @@ mergekit's behaviour. ``slices``, ``modules`` and ``tokenizer_source: union`` ar
 from __future__ import annotations
 
 import json
-import re
+import math
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from poise.config import PathStr
 from poise.errors import PoiseError, UnknownNameError, located
-from poise.merge.executor import MergeJob, ProgressFn, write_merge
+from poise.merge.executor import (
+    LAYER_INDEX,
+    MergeJob,
+    ProgressFn,
+    check_inputs,
+    check_output,
+    count_layers,
+    write_merge,
+)
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS, MergeMethod
 from poise.merge.sources import LoraFolder, SafetensorsFolder, TensorSource, is_lora_folder
 
@@ -52,11 +64,11 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "float64": torch.float64,
 }
-LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 _REFUSED = {
     "slices": "slices (layer-range merges) are not supported by poise merge",
     "modules": "modules (multi-module merges) are not supported by poise merge",
 }
+DELLA_EPSILON = 0.15  # generalized_task_arithmetic's epsilon when none is given
 CONFIG_RECORD = "merge_config.yml"
 MERGE_RECORD = "merge.json"
 
@@ -128,14 +140,15 @@ def check_config(config: MergeConfig) -> None:
         name = _option(method, key, "parameters")
         _check_values(method, name, key, value, hints, "parameters")
     for i, entry in enumerate(config.models):
+        where = f"models[{i}] ({entry.model!r}).parameters"
         for key, value in entry.parameters.items():
-            name = _option(method, key, f"models[{i}].parameters")
+            name = _option(method, key, where)
             if name not in method.per_model:
                 raise PoiseError(
-                    f"models[{i}].parameters.{key}: {key!r} is shared by all models "
+                    f"{where}.{key}: {key!r} is shared by all models "
                     f"of {method.name!r}; set it under the top-level parameters"
                 )
-            _check_values(method, name, key, value, hints, f"models[{i}].parameters")
+            _check_values(method, name, key, value, hints, where)
     for name in method.required():
         if name in method.per_model:
             for entry in entries:
@@ -152,6 +165,16 @@ def check_config(config: MergeConfig) -> None:
         n_models=len(entries),
         has_base=config.base_model is not None,
     )
+    if "epsilon" in params and "density" in params:
+        # the values outside the layers (scalars, a gradient's first point, unfiltered entries);
+        # run_merge checks every tensor's once the tensor names are known
+        for entry in entries:
+            density, epsilon = (
+                evaluate(entry.parameters.get(k, config.parameters.get(k)), "", 0.0)
+                for k in ("density", "epsilon")
+            )
+            if isinstance(density, (int, float)):
+                _della_bounds(method, density, epsilon, f"model {entry.model!r}")
     for field_name in ("dtype", "out_dtype"):
         value = getattr(config, field_name)
         if value is not None and value not in DTYPES:
@@ -187,14 +210,40 @@ def _type_hints(method: MergeMethod) -> dict[str, Any]:
         return {}
 
 
-def _leaves(value: Any) -> list[Any]:
+def _leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
+    """The scalar values inside a parameter value, each with where it sits: ``""`` for a
+    scalar, ``[1]`` for a gradient's second point, ``[0] (filter 'self_attn')`` for a filter
+    entry."""
     if isinstance(value, list):
-        return [leaf for item in value for leaf in _leaves(item)]
+        return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{path}[{i}]")]
     if isinstance(value, dict):
         if set(value) - {"filter", "value"} or "value" not in value:
             raise PoiseError(f"{value!r} is not a {{filter, value}} entry")
-        return _leaves(value["value"])
-    return [value]
+        filt = value.get("filter")
+        label = f"{path} (filter {filt!r})" if filt not in (None, "*") else path
+        return _leaves(value["value"], label)
+    return [(path, value)]
+
+
+# Natural ranges of the methods' numeric options: (low, high, low included, high included).
+# Every numeric value must also be finite (YAML's .nan and .inf are refused).
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "density": (0.0, 1.0, False, True),  # the share of each task vector kept
+    "gamma": (0.0, 1.0, True, False),  # breadcrumbs: the share of outliers dropped
+    "epsilon": (0.0, 1.0, True, False),  # DELLA: the spread of the keep probabilities
+    "t": (0.0, 1.0, True, True),  # SLERP: from the base (0) to the model (1)
+    "energy": (0.0, 1.0, False, True),  # RESM: the spectral energy kept
+    "rank_fraction": (0.0, 1.0, False, True),  # TSV-M / RESM: the share of directions per task
+    "outlier_threshold": (0.0, math.inf, False, False),
+    "dot_threshold": (0.0, 1.0, True, True),
+    "eps": (0.0, math.inf, True, False),
+    "oversample": (0.0, math.inf, True, False),
+    "niter": (0.0, math.inf, True, False),
+}
+
+
+def _interval(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
 def _check_values(
@@ -202,15 +251,60 @@ def _check_values(
 ) -> None:
     hint = hints.get(name)
     allowed = _literals(hint)
-    for leaf in _leaves(value):
+    for path, leaf in _leaves(value):
+        at = f"{where}.{key}{path}"
         if leaf is None and _optional(hint):
             continue
         if allowed is not None:
             if leaf not in allowed:
                 known = [str(a) for a in allowed]
-                raise UnknownNameError(f"value of {where}.{key}:", str(leaf), known)
-        elif hint is not None and _numeric(hint) and (isinstance(leaf, str) or leaf is None):
-            raise PoiseError(f"{where}.{key}: {leaf!r} is not a number")
+                raise UnknownNameError(f"value of {at}:", str(leaf), known)
+        elif hint is not None and _numeric(hint):
+            if isinstance(leaf, str) or leaf is None:
+                raise PoiseError(f"{at}: {leaf!r} is not a number")
+            if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+                _check_range(name, leaf, at)
+
+
+def _check_range(name: str, leaf: float, at: str) -> None:
+    if not math.isfinite(leaf):
+        raise PoiseError(f"{at}: {leaf!r} is not a finite number")
+    if name not in _RANGES:
+        return
+    low, high, low_in, high_in = _RANGES[name]
+    above = leaf > low or (low_in and leaf == low)
+    below = leaf < high or (high_in and leaf == high)
+    if not (above and below):
+        raise PoiseError(f"{at}: {leaf!r} is outside {_interval(low, high, low_in, high_in)}")
+
+
+def check_tensor_options(
+    method: MergeMethod, resolver: OptionResolver, names: list[str], labels: list[str]
+) -> None:
+    """Checks that need the values per tensor (gradients and filters resolved), before any weight
+    is read: DELLA's ``0 < density - epsilon`` and ``density + epsilon < 1`` where it drops."""
+    if "epsilon" not in method.parameters() or "density" not in method.parameters():
+        return
+    for name in names:
+        options = resolver(name)
+        densities, epsilons = options.get("density"), options.get("epsilon")
+        if densities is None:
+            continue
+        for i, density in enumerate(densities):
+            epsilon = None if epsilons is None else epsilons[i]
+            _della_bounds(method, density, epsilon, f"model {labels[i]!r}, tensor {name!r}")
+
+
+def _della_bounds(method: MergeMethod, density: Any, epsilon: Any, at: str) -> None:
+    if density is None or float(density) >= 1:
+        return  # density 1 keeps everything: no keep probabilities are drawn
+    density = float(density)
+    epsilon = DELLA_EPSILON if epsilon is None else float(epsilon)
+    if not (density - epsilon > 0 and density + epsilon < 1):
+        raise PoiseError(
+            f"{at}: {method.name} needs 0 < density - epsilon and density + epsilon < 1, "
+            f"got density {density:g} and epsilon {epsilon:g}"
+        )
 
 
 def _literals(hint: Any) -> tuple[Any, ...] | None:
@@ -288,7 +382,11 @@ class OptionResolver:
                 if all(v is None for v in values):
                     continue
                 if any(v is None for v in values):
-                    raise PoiseError(f"tensor {name!r}: some models have no {key!r} value")
+                    at = f"tensor {name!r}: " if name else ""
+                    raise PoiseError(
+                        f"{at}some models have no {key!r} value; give one to every model "
+                        "or set it under the top-level parameters"
+                    )
                 out[option] = values
             elif key in self.shared or option in self.shared:
                 value = evaluate(self.shared.get(key, self.shared.get(option)), name, t)
@@ -346,11 +444,6 @@ def open_model(
     return SafetensorsFolder(path, label=reference)
 
 
-def count_layers(names: Sequence[str]) -> int:
-    indices = [int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))]
-    return max(indices) + 1 if indices else 0
-
-
 # -- running
 
 
@@ -378,8 +471,7 @@ def run_merge(
     else:
         check_config(config)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PoiseError(f"output folder {out} exists and is not empty")
+    check_output(out)
     method = METHODS.get(config.merge_method)
     entries = merged_entries(config, method)
     opened: list[TensorSource] = []
@@ -414,6 +506,8 @@ def run_merge(
             dtype=DTYPES[dtype_name] if dtype_name else None,
             seed=config.seed,
         )
+        check_inputs(job)  # one architecture: names and shapes, from the headers only
+        check_tensor_options(method, resolver, reference.keys(), [e.model for e in entries])
         records = _records(config, method, reference, [m.path for m in models], base)
         files = write_merge(
             job,

@@ -14,6 +14,12 @@ source when there is no base. This assumes the tokenizers share ids on their com
 added at the end), as when every specialist extends one base tokenizer; poise does not remap
 tokens by string. Any other shape mismatch is refused, naming the tensor and the shapes.
 
+Same architecture. Before anything is read or written, :func:`check_inputs` compares every input
+with the base (or, without one, the first model): the ``architectures`` of their ``config.json``,
+their tensor names and their shapes (the vocabulary axis aside). A model with more or fewer
+layers, or a different width, is refused with one line naming both models and the first
+differing tensors, rather than merged on the reference's names with the rest silently dropped.
+
 The output folder appears complete or not at all: everything is written into a hidden sibling
 folder that is renamed into place at the end.
 """
@@ -23,9 +29,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,7 @@ import torch
 
 from poise.errors import PoiseError
 from poise.merge.methods import MergeMethod
-from poise.merge.sources import INDEX_NAME, SINGLE_NAME, TensorSource
+from poise.merge.sources import INDEX_NAME, SINGLE_NAME, LoraFolder, TensorSource
 from poise.merge.task_arithmetic import tensor_seed
 
 log = logging.getLogger(__name__)
@@ -60,6 +67,7 @@ POISE_JSON = "poise.json"
 # poise.json fields a merge keeps from its tokenizer source (they go with its chat template)
 CHAT_META = ("default_system_prompt", "system_prompt_in_template")
 VOCAB_HINTS = ("embed", "lm_head", "wte", "word_embeddings", "output.weight")
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
 
 @dataclass
@@ -83,6 +91,83 @@ class MergeJob:
 
     def inputs(self) -> list[TensorSource]:
         return ([self.base] if self.base is not None else []) + list(self.models)
+
+
+def count_layers(names: Sequence[str]) -> int:
+    """The number of layers (``...layers.<i>.``) among tensor names."""
+    indices = [int(m.group(1)) for n in names if (m := LAYER_INDEX.search(n))]
+    return max(indices) + 1 if indices else 0
+
+
+def vocab_resizable(name: str, have: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Whether ``have`` may be brought to ``want`` along the vocabulary (first) axis."""
+    return (
+        any(hint in name for hint in VOCAB_HINTS)
+        and len(have) == len(want)
+        and have[1:] == want[1:]
+    )
+
+
+def check_inputs(job: MergeJob) -> None:
+    """Refuse inputs that are not one architecture (see the module docstring): every model must
+    have the tensor names and shapes of the base (or of the first model without a base). Reads
+    the ``config.json`` files and the safetensors headers only."""
+    anchor = job.base if job.base is not None else job.models[0]
+    role = "base" if job.base is not None else "first model"
+    anchor_keys = anchor.keys()
+    anchor_set = set(anchor_keys)
+    anchor_arch = _architectures(anchor)
+    for model in job.models:
+        if model is anchor:
+            continue
+        where = f"model {model.label!r} and the {role} {anchor.label!r}"
+        arch = _architectures(model)
+        if arch and anchor_arch and arch != anchor_arch:
+            raise PoiseError(
+                f"{where} are different architectures ({', '.join(arch)} against "
+                f"{', '.join(anchor_arch)}); merged models must share one"
+            )
+        keys = model.keys()
+        key_set = set(keys)
+        extra = [n for n in keys if n not in anchor_set]
+        missing = [n for n in anchor_keys if n not in key_set]
+        if extra or missing:
+            if extra:
+                what = (
+                    f"model {model.label!r} has {len(extra)} tensor(s) the {role} "
+                    f"{anchor.label!r} lacks ({_some(extra)})"
+                )
+            else:
+                what = (
+                    f"model {model.label!r} lacks {len(missing)} tensor(s) the {role} "
+                    f"{anchor.label!r} has ({_some(missing)})"
+                )
+            layers, anchor_layers = count_layers(keys), count_layers(anchor_keys)
+            depth = f"; {layers} layers against {anchor_layers}" if layers != anchor_layers else ""
+            raise PoiseError(f"{what}{depth}: merged models must have the same tensors")
+        for name in anchor_keys:
+            have, want = model.shape(name), anchor.shape(name)
+            if have != want and not vocab_resizable(name, have, want):
+                raise PoiseError(
+                    f"tensor {name!r}: model {model.label!r} has shape {list(have)}, "
+                    f"the {role} {anchor.label!r} has {list(want)}: merged models must have "
+                    "the same shapes (the vocabulary axis aside)"
+                )
+
+
+def _some(names: Sequence[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
+def _architectures(source: TensorSource) -> list[str]:
+    """The ``architectures`` of a source's ``config.json`` (a LoRA's are its base's), or []."""
+    folder = source.base.path if isinstance(source, LoraFolder) else source.path
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []  # no readable config: the tensor names and shapes decide
+    arch = config.get("architectures") if isinstance(config, dict) else None
+    return [str(a) for a in arch] if isinstance(arch, list) else []
 
 
 def merge_tensor(job: MergeJob, name: str) -> torch.Tensor:
@@ -124,8 +209,7 @@ def _fit(
     tensor = source.get(name)
     if have == shape:
         return tensor
-    vocab_like = any(hint in name for hint in VOCAB_HINTS)
-    if not vocab_like or len(have) != len(shape) or have[1:] != shape[1:]:
+    if not vocab_resizable(name, have, shape):
         raise PoiseError(
             f"tensor {name!r}: model {source.label!r} has shape {list(have)}, "
             f"the reference {job.reference.label!r} has {list(shape)}"
@@ -141,6 +225,7 @@ def _fit(
 
 def merge_to_state_dict(job: MergeJob, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Merge every tensor in memory (for small models and tests)."""
+    check_inputs(job)
     names = job.names()
     out = {}
     for i, name in enumerate(names):
@@ -165,8 +250,8 @@ def write_merge(
     from safetensors.torch import save_file
 
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PoiseError(f"output folder {out} exists and is not empty")
+    check_output(out)
+    check_inputs(job)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -208,6 +293,16 @@ def write_merge(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return files
+
+
+def check_output(out: Path) -> None:
+    """``out`` must be a new folder or an empty one."""
+    if out.is_dir():
+        if any(out.iterdir()):
+            raise PoiseError(f"output folder {out} exists and is not empty")
+    elif out.exists() or out.is_symlink():
+        kind = "file" if out.is_file() else "path"
+        raise PoiseError(f"output {out} is an existing {kind}, not a folder; give a new folder")
 
 
 def _as_if_created(folder: Path) -> None:

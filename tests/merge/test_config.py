@@ -1,0 +1,79 @@
+"""Config validation: every option's value is checked against its natural range before any
+model is opened (the models named here do not exist, so nothing could be read)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from poise.errors import PoiseError
+from poise.merge.config import load_config
+
+TIES = "merge_method: ties\nbase_model: base\n"
+DELLA = "merge_method: della\nbase_model: base\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (TIES + "models: [{model: a, parameters: {weight: 1, density: 1.5}}]\n",
+         "models[0] ('a').parameters.density: 1.5 is outside (0, 1]"),
+        (TIES + "models: [{model: a, parameters: {weight: 1, density: -0.5}}]\n",
+         "models[0] ('a').parameters.density: -0.5 is outside (0, 1]"),
+        ("merge_method: dare_linear\nbase_model: base\n"
+         "models: [{model: a, parameters: {weight: 1}}, {model: b, parameters: {weight: 1}}]\n"
+         "parameters: {density: 0}\n",
+         "parameters.density: 0 is outside (0, 1]"),
+        (TIES + "models: [{model: a, parameters: {weight: 1, density: [1.0, 0.5, 1.2]}}]\n",
+         "models[0] ('a').parameters.density[2]: 1.2 is outside (0, 1]"),
+        (TIES + "models: [{model: a, parameters: {density: 0.5, "
+         "weight: [{filter: self_attn, value: .nan}, {value: 1}]}}]\n",
+         "models[0] ('a').parameters.weight[0] (filter 'self_attn'): nan is not a finite number"),
+        (TIES + "models: [{model: a, parameters: {weight: 1, density: 0.5}}]\n"
+         "parameters: {lambda: .inf}\n",
+         "parameters.lambda: inf is not a finite number"),
+        ("merge_method: breadcrumbs\nbase_model: base\n"
+         "models: [{model: a, parameters: {weight: 1, density: 0.9, gamma: 1.0}}]\n",
+         "models[0] ('a').parameters.gamma: 1.0 is outside [0, 1)"),
+        ("merge_method: slerp\nbase_model: base\nmodels: [{model: a}]\nparameters: {t: 1.2}\n",
+         "parameters.t: 1.2 is outside [0, 1]"),
+        ("merge_method: slerp\nbase_model: base\nmodels: [{model: a}]\n"
+         "parameters: {t: [0, {filter: mlp, value: -0.1}]}\n",
+         "parameters.t[1] (filter 'mlp'): -0.1 is outside [0, 1]"),
+        (DELLA + "models: [{model: a, parameters: {weight: 1, density: 0.5, epsilon: -0.1}}]\n",
+         "models[0] ('a').parameters.epsilon: -0.1 is outside [0, 1)"),
+        (DELLA + "models: [{model: a, parameters: {weight: 1, density: 0.9, epsilon: 0.15}}]\n",
+         "model 'a': della needs 0 < density - epsilon and density + epsilon < 1, "
+         "got density 0.9 and epsilon 0.15"),
+        (DELLA + "models: [{model: a, parameters: {weight: 1, density: 0.1}}]\n",
+         "model 'a': della needs 0 < density - epsilon and density + epsilon < 1, "
+         "got density 0.1 and epsilon 0.15"),  # the default epsilon
+        ("merge_method: resm\nbase_model: base\nmodels: [{model: a}]\nparameters: {energy: 0}\n",
+         "parameters.energy: 0 is outside (0, 1]"),
+    ],
+)  # fmt: skip
+def test_out_of_range_values_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "merge.yml"
+    path.write_text(text)
+    with pytest.raises(PoiseError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        TIES + "models: [{model: a, parameters: {weight: -0.5, density: 1}}]\n",  # negation
+        TIES + "models: [{model: a, parameters: {weight: 1, density: [1.0, 0.01]}}]\n",
+        "merge_method: breadcrumbs\nbase_model: base\n"
+        "models: [{model: a, parameters: {weight: 1, density: 0.9, gamma: 0}}]\n",
+        "merge_method: slerp\nbase_model: base\nmodels: [{model: a}]\nparameters: {t: [0, 1]}\n",
+        DELLA + "models: [{model: a, parameters: {weight: 1, density: 1, epsilon: 0.5}}]\n",
+        DELLA + "models: [{model: a, parameters: {weight: 1, density: 0.7, epsilon: 0.1}}]\n",
+    ],
+)
+def test_values_at_the_edges_of_their_ranges_are_accepted(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "merge.yml"
+    path.write_text(text)
+    load_config(path)
