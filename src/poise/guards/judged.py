@@ -58,6 +58,15 @@ class _Judge:
                 r"\b(" + "|".join(re.escape(w) for w in self.words) + r")\b", re.IGNORECASE
             )
         else:
+            from poise.scoring.judges import judges
+
+            if spec in judges.names() or spec.partition(":")[0] in judges.names():
+                raise PoiseError(
+                    f"guard judge {spec!r} is an audit judge: it reads a suite item, which a "
+                    "guard does not see, and labels the audit's answers (--judge) instead; a "
+                    "guard judges with a monitor (judge=organism-monitor, a `poise train "
+                    "monitor` folder) or keywords:WORD|WORD"
+                )
             inner: Any = model
             self.monitor = load_monitor(spec, device=str(getattr(inner, "device", "cpu")))
             if (
