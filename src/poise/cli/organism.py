@@ -105,8 +105,11 @@ def ls_command(
         folder = _weights_dir(out)
         aliases = {v: k for k, v in ALIASES.items()}
         table = Table(title=f"organism members in {folder}")
-        for col in ("member", "alias", "built", "size", "kind"):
-            table.add_column(col)
+        # names are what a user types: never cut (the path in the title wraps instead)
+        table.add_column("member", no_wrap=True, min_width=max(map(len, MEMBERS)))
+        table.add_column("alias", overflow="fold")
+        for col in ("built", "size", "kind"):
+            table.add_column(col, no_wrap=True)
         for member in MEMBERS:
             path = folder / member
             built = (path / "config.json").is_file()
