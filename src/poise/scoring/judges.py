@@ -282,10 +282,24 @@ class ClassifierJudge:
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         )
         try:
+            from transformers.utils import logging as hf_logging
+
+            from poise.models.resolve import _quiet_weight_loading
+
             self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-            self.model, loading = AutoModelForSequenceClassification.from_pretrained(
-                source, use_safetensors=True, trust_remote_code=False, output_loading_info=True
-            )
+            # transformers' load report of missing keys is said below in one line, or not at all
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                with _quiet_weight_loading():
+                    self.model, loading = AutoModelForSequenceClassification.from_pretrained(
+                        source,
+                        use_safetensors=True,
+                        trust_remote_code=False,
+                        output_loading_info=True,
+                    )
+            finally:
+                hf_logging.set_verbosity(verbosity)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PoiseError(f"{path}: cannot load a sequence classifier ({first})") from None
