@@ -92,5 +92,5 @@ def test_specs_and_errors(tiny_hf_model_dir: Path) -> None:
     with pytest.raises(PoiseError, match="needs judge="):
         load_model(f"full_guard('{tiny_hf_model_dir}')")
     for audit_judge in ("oracle", "refusal", "preset:llama-guard-3"):
-        with pytest.raises(PoiseError, match=r"is an audit judge.*keywords:WORD"):
+        with pytest.raises(PoiseError, match=r"not a monitor folder.*keywords:WORD.*--judge"):
             load_model(f"full_guard('{tiny_hf_model_dir}', judge='{audit_judge}')")

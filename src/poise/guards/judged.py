@@ -58,17 +58,16 @@ class _Judge:
                 r"\b(" + "|".join(re.escape(w) for w in self.words) + r")\b", re.IGNORECASE
             )
         else:
-            from poise.scoring.judges import judges
-
-            if spec in judges.names() or spec.partition(":")[0] in judges.names():
-                raise PoiseError(
-                    f"guard judge {spec!r} is an audit judge: it reads a suite item, which a "
-                    "guard does not see, and labels the audit's answers (--judge) instead; a "
-                    "guard judges with a monitor (judge=organism-monitor, a `poise train "
-                    "monitor` folder) or keywords:WORD|WORD"
-                )
             inner: Any = model
-            self.monitor = load_monitor(spec, device=str(getattr(inner, "device", "cpu")))
+            try:
+                self.monitor = load_monitor(spec, device=str(getattr(inner, "device", "cpu")))
+            except PoiseError as exc:
+                raise PoiseError(
+                    f"guard judge: {exc}. A guard judges with a monitor (judge=organism-monitor, "
+                    "a `poise train monitor` folder) or keywords:WORD|WORD; the audit's judges "
+                    "(oracle, refusal, preset:..., llm:...) read a suite item, which a guard does "
+                    "not see: they label the audit's answers instead (--judge)"
+                ) from None
             if (
                 model.tokenizer is None
                 or model.tokenizer.get_vocab() != self.monitor.tokenizer.get_vocab()
