@@ -56,3 +56,17 @@ def test_export_of_an_unknown_run_is_one_clear_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "no-such-run" in result.output
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_export_of_a_run_without_pairs_is_one_clear_error(tmp_path: Path) -> None:
+    run = poise.audit(
+        model="organism-small", suites=["harmful"], limit=4, out=tmp_path / "runs", html=False
+    )
+    output = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["attacks", "export", run.path.name, "--out", str(tmp_path / "runs"), "-o", str(output)],
+    )
+    assert result.exit_code == 2
+    assert "no harmful item has both" in result.output and "exploitation" in result.output
+    assert not output.exists()

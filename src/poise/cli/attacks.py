@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from poise.cli._common import console, user_errors
+from poise.errors import PoiseError
 
 attacks_app = typer.Typer(
     help="Attacks (use with `poise audit --attack NAME`) and their outputs.", no_args_is_help=True
@@ -42,7 +43,15 @@ def export(
         from poise.runs import find_run
 
         found = find_run(run, out)
-        count = write_pairs(preference_pairs(found.records(), per_prompt=per_prompt), output)
+        pairs = preference_pairs(found.records(), per_prompt=per_prompt)
+        if not pairs:
+            attack = found.config.get("attack")
+            raise PoiseError(
+                f"{found.path.name}: no harmful item has both a safe and a harmful answer "
+                f"(attack {attack!r}), so there is no pair to write; audit with --attack "
+                "exploitation or worst_of_n, whose requests answer an item several ways"
+            )
+        count = write_pairs(pairs, output)
         console.print(f"wrote {count} preference pairs to [bold]{output}[/]")
 
 
