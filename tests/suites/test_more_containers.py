@@ -29,8 +29,25 @@ def test_txt_is_one_prompt_per_line(tmp_path: Path) -> None:
 def test_txt_without_a_kind_says_how_to_give_one(tmp_path: Path) -> None:
     path = tmp_path / "prompts.txt"
     path.write_text("How do I bake bread?\n")
-    with pytest.raises(PoiseError, match="kind="):
+    with pytest.raises(PoiseError) as info:
         load_suite(str(path))
+    # the CLI's flag and the Python fields, and no talk of columns: a .txt file has none
+    assert str(info.value) == (
+        f"{path}: a .txt file holds prompts only; give the kind of the whole file with --kind "
+        "KIND (one of harmful, borderline, benign, honesty-known, honesty-unknown) (Python: "
+        "suite_kind='KIND' of poise.audit, kind='KIND' of load_suite)"
+    )
+
+
+def test_txt_has_no_columns_to_map(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.txt"
+    path.write_text("How do I bake bread?\n")
+    with pytest.raises(PoiseError) as info:
+        load_suite(str(path), kind="benign", columns={"prompt": "question"})
+    assert str(info.value) == (
+        f"{path}: a .txt file has no columns (one prompt per line), so --column (Python: "
+        "suite_columns= / columns=) does not apply to it"
+    )
 
 
 def _artifact(tmp_path: Path, **extra: object) -> Path:

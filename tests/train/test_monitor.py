@@ -95,3 +95,15 @@ def test_a_one_layer_monitor_trains_saves_and_guards(
             str(tiny_hf_model_dir), data, again, settings=MonitorSettings(layers=99, epochs=1)
         )
     assert not again.exists()
+
+
+def test_a_misspelt_model_or_a_file_as_output_is_one_line_before_any_work(tmp_path: Path) -> None:
+    data = _data(tmp_path / "data.jsonl")
+    with pytest.raises(PoiseError, match="did you mean 'organism-small'") as info:
+        train_monitor_files("organsim-small", data, tmp_path / "out")
+    assert str(info.value).startswith("--model: 'organsim-small' is neither an organism member")
+    assert not (tmp_path / "out").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    with pytest.raises(PoiseError, match="exists and is not a folder"):
+        train_monitor_files("organism-small", data, afile)

@@ -306,6 +306,29 @@ def test_missing_model_is_one_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_misspelt_model_name_suggests_the_nearest_names(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.train.recipes.dpo import train_dpo
+
+    data = write_pairs(tmp_path / "pairs.jsonl")
+    with pytest.raises(PoiseError) as info:
+        train_dpo(model="organsim-small", data=str(data), output=str(tmp_path / "out"))
+    message = str(info.value)
+    assert message.startswith(
+        "model: 'organsim-small' is neither an organism member nor an existing folder; "
+        "did you mean 'organism-small'"
+    )
+    assert "(known: organism, " in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+    for recipe in ("dpo", "reward", "cost"):
+        args = ["train", recipe, "-m", "organsim-small", "--data", str(data), "-o", "x"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "did you mean 'organism-small'" in result.stderr, result.stderr
+
+
 def test_pickle_only_model_is_refused_before_loading(
     tmp_path: Path, tiny_hf_model_dir: Path
 ) -> None:

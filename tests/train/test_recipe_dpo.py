@@ -194,6 +194,74 @@ def test_unknown_loss_and_foreign_parameters_fail_before_training(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"loss_options": {"label_smoothing": "abc"}},
+            "loss 'sigmoid': label_smoothing must be a number, got 'abc'",
+        ),
+        (
+            {"loss_options": {"label_smoothing": 0.6}},
+            "loss 'sigmoid': label_smoothing must be in [0.0, 0.5), got 0.6",
+        ),
+        (
+            {"loss_options": {"f_divergence": "nope"}},
+            "loss 'sigmoid': unknown f_divergence 'nope' (known: reverse_kl, forward_kl, "
+            "js_divergence, alpha_divergence)",
+        ),
+        ({"loss_options": {"beta": -1}}, "loss 'sigmoid': beta must be > 0, got -1"),
+        (
+            {"loss_options": {"f_divergence": "alpha_divergence", "f_alpha": 2}},
+            "loss 'sigmoid': f_alpha must be in (0, 1) for alpha_divergence, got 2",
+        ),
+        (
+            {"loss": "exo_pair", "loss_options": {"label_smoothing": 0}},
+            "loss 'exo_pair': exo_pair needs label_smoothing in (0, 0.5), got 0",
+        ),
+        (
+            {"loss": "ipo", "loss_options": {"chosen_lengths": 3}},
+            "loss 'ipo': chosen_lengths is set by the recipe, not given as an option",
+        ),
+        (
+            {"ld_alpha": 0.5, "loss_options": {"beta": "x"}},
+            "loss 'sigmoid': beta must be a number, got 'x'",
+        ),
+    ],
+)
+def test_bad_loss_option_values_fail_before_the_output_folder_is_written(
+    tiny_hf_model_dir: Path, tmp_path: Path, fields: dict[str, Any], message: str
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    out = tmp_path / "out"
+    common = {"model": str(tiny_hf_model_dir), "data": str(data), "output": str(out)}
+    with pytest.raises(PoiseError) as info:
+        train_dpo(**common, **fields)
+    assert str(info.value) == message
+    assert not out.exists()  # a retry with the value fixed is not refused as another run
+
+
+def test_a_bad_loss_option_on_the_cli_writes_nothing_and_the_fixed_retry_trains(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    out = tmp_path / "out"
+    args = ["train", "dpo", "-m", str(tiny_hf_model_dir), "--data", str(data), "-o", str(out)]
+    args += ["--max-steps", "1", "--batch-size", "2", "--save-steps", "0"]
+    bad = CliRunner().invoke(app, [*args, "--loss-option", "label_smoothing=abc"])
+    assert bad.exit_code == 2, bad.output
+    assert (
+        bad.stderr.strip() == "error: loss 'sigmoid': label_smoothing must be a number, got 'abc'"
+    )
+    assert not out.exists()
+    fixed = CliRunner().invoke(app, [*args, "--loss-option", "label_smoothing=0.1"])
+    assert fixed.exit_code == 0, fixed.output
+
+
 def test_cli_trains_and_reports_bad_input_with_exit_code_2(
     tiny_hf_model_dir: Path, tmp_path: Path
 ) -> None:

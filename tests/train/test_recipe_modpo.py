@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,4 +76,22 @@ def test_weights_must_match_the_margin_models(
         train_modpo(margin_reward_models=[str(margin_model)], weights=[0.2, 0.3], **common)
     with pytest.raises(PoiseError, match="not a sequence-classification model"):
         train_modpo(margin_reward_models=[str(tiny_hf_model_dir)], weights=[0.5, 0.5], **common)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_margin_model_whose_tokenizer_cannot_load_fails_before_the_output_folder(
+    tiny_hf_model_dir: Path, margin_model: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "margin"
+    shutil.copytree(margin_model, broken)
+    (broken / "tokenizer.json").unlink()
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    with pytest.raises(PoiseError, match="could not load the tokenizer"):
+        train_modpo(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(tmp_path / "out"),
+            margin_reward_models=[str(broken)],
+            weights=[0.5, 0.5],
+        )
     assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,24 @@ def test_reward_model_must_be_a_classifier(
         train_safe_rl(
             **_common(tiny_hf_model_dir, scorers, output=str(tmp_path / "o"), samples_per_prompt=1)
         )
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_scorer_whose_tokenizer_cannot_load_fails_before_the_output_folder(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "cost"
+    shutil.copytree(scorers["cost_model"], broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(PoiseError) as info:
+        train_safe_rl(
+            **{
+                **_common(tiny_hf_model_dir, scorers, output=str(tmp_path / "o")),
+                "cost_model": str(broken),
+            }
+        )
+    message = str(info.value)
+    assert message.startswith(f"{broken}: could not load the tokenizer (") and "\n" not in message
     assert not (tmp_path / "o").exists()
 
 

@@ -7,10 +7,13 @@ item, each with its own ``request_id``, so metrics can be computed per configura
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from poise.config import Sampling
+from poise.errors import PoiseError, UnknownNameError
 from poise.models.base import Chat, with_system_prompt
 from poise.registry import Registry
 from poise.suites.schema import SuiteItem
@@ -30,6 +33,140 @@ class Request:
 AttackFn = Callable[[Sequence[SuiteItem], Sampling, "SystemPrompt"], list[Request]]
 
 attacks: Registry[AttackFn] = Registry("attack")
+
+# attack function -> its option check: the options as given (from the CLI: numbers and JSON lists
+# parsed, other values strings) -> the options parsed to their types, or one PoiseError line
+_OPTION_CHECKS: dict[Callable[..., Any], Callable[..., dict[str, Any]]] = {}
+
+
+def option_check(
+    attack: Callable[..., Any],
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Register ``fn(**options) -> options`` as the check of ``attack``'s options, which
+    :func:`check_attack_options` runs before an audit loads its model."""
+
+    def add(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        _OPTION_CHECKS[attack] = fn
+        return fn
+
+    return add
+
+
+def check_attack_options(attack: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of ``attack`` parsed to their types and checked (one PoiseError line for a bad
+    value); the options as given for an attack without a registered check."""
+    check = _OPTION_CHECKS.get(attack)
+    return check(**options) if check is not None else dict(options)
+
+
+def _items(value: object) -> list[Any]:
+    """A list option's items: a list or tuple, ``"a,b"`` (as the CLI passes it), or one value."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",")]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def int_option(attack: str, name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` when it is an integer (not a bool) in ``[low, high]``; else ``"attack ATTACK:
+    NAME must be an integer >= LOW, got VALUE"``."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        expected = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise PoiseError(f"attack {attack}: {name} must be an integer {expected}, got {value!r}")
+    return value
+
+
+def _bounds(low: float, high: float | None, low_open: bool) -> str:
+    if high is None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+
+def _is_number(value: object, low: float, high: float | None, low_open: bool) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value > low if low_open else value >= low)
+        and (high is None or value <= high)
+    )
+
+
+def number_option(
+    attack: str, name: str, value: object, low: float, high: float, *, low_open: bool = False
+) -> float:
+    """``value`` as a float when it is a number in ``[low, high]`` (``(low, high]`` when
+    ``low_open``); else ``"attack ATTACK: NAME must be a number in [LOW, HIGH], got VALUE"``."""
+    if not _is_number(value, low, high, low_open):
+        raise PoiseError(
+            f"attack {attack}: {name} must be a number {_bounds(low, high, low_open)}, "
+            f"got {value!r}"
+        )
+    return float(value)  # type: ignore[arg-type]
+
+
+def numbers_option(
+    attack: str,
+    name: str,
+    value: object,
+    low: float,
+    high: float | None,
+    *,
+    low_open: bool = False,
+    integer: bool = False,
+) -> tuple[Any, ...]:
+    """A non-empty list of numbers in ``[low, high]`` (no upper bound when None; integers when ``integer``) from a list, a
+    number, or ``"0.5,0.7"``; else one line naming the attack, the option and the value."""
+    parsed: list[Any] = []
+    for part in _items(value):
+        if isinstance(value, str):  # the CLI's "0.5,0.7": each part is text
+            try:
+                part = int(part) if integer else float(part)
+            except ValueError:
+                parsed = []
+                break
+        ok = _is_number(part, low, high, low_open) and (not integer or isinstance(part, int))
+        if not ok:
+            parsed = []
+            break
+        parsed.append(part if integer else float(part))
+    if not parsed:
+        what = "integers" if integer else "numbers"
+        raise PoiseError(
+            f"attack {attack}: {name} must be {what} {_bounds(low, high, low_open)} (a list, "
+            f"or comma-separated such as {'1,5' if integer else '0.5,0.7'}), got {value!r}"
+        )
+    return tuple(parsed)
+
+
+def names_option(
+    attack: str, name: str, value: object, known: Sequence[str], what: str
+) -> tuple[str, ...]:
+    """A non-empty list of names out of ``known`` from a list, one name, or ``"a,b"``; an
+    unknown one is one line with the nearest known names."""
+    parsed = _items(value)
+    if not parsed or not all(isinstance(v, str) and v for v in parsed):
+        raise PoiseError(
+            f"attack {attack}: {name} must be {what}s out of {', '.join(known)} (a list, or "
+            f"comma-separated), got {value!r}"
+        )
+    for v in parsed:
+        if v not in known:
+            raise PoiseError(f"attack {attack}: {name}: {UnknownNameError(what, v, known)}")
+    return tuple(dict.fromkeys(parsed))
+
+
+def kinds_option(attack: str, value: object) -> tuple[str, ...]:
+    """The ``kinds`` option of an attack: suite kinds (:func:`poise.tasks.kinds`)."""
+    from poise.tasks import kinds
+
+    return names_option(attack, "kinds", value, kinds(), "kind")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from poise.attacks.base import Request, SystemPrompt, attacks, build_chat
+from poise.attacks.base import (
+    Request,
+    SystemPrompt,
+    attacks,
+    build_chat,
+    int_option,
+    kinds_option,
+    number_option,
+    option_check,
+)
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.scoring.stats import wilson_interval
@@ -61,8 +70,8 @@ def worst_of_n(
 ) -> list[Request]:
     """One request of ``n`` samples per item. The audit's sampling applies, except that greedy
     (temperature 0) becomes temperature 1, since N greedy samples are one sample."""
-    if n < 1:
-        raise PoiseError(f"worst_of_n: n must be >= 1, got {n}")
+    options = worst_of_n_options(n=n, temperature=temperature, kinds=kinds)
+    n, temperature, kinds = options["n"], options["temperature"], options["kinds"]
     temp = temperature if temperature is not None else (sampling.temperature or 1.0)
     config = sampling.model_copy(update={"n": n, "temperature": temp})
     request_id = f"worst_of_{n}/t={temp:.2f}"
@@ -75,6 +84,22 @@ def worst_of_n(
     if not requests:
         raise PoiseError(f"worst_of_n: no items of kind {list(kinds)} in the suites")
     return requests
+
+
+@option_check(worst_of_n)
+def worst_of_n_options(
+    n: object = DEFAULT_N, temperature: object = None, kinds: object = ("harmful",)
+) -> dict[str, Any]:
+    """The options of :func:`worst_of_n` parsed and checked: ``n`` an integer in [1, 4096] (the
+    most samples a request may ask for), ``temperature`` a number in (0, 100] or None (the
+    audit's, greedy made 1), ``kinds`` suite kinds (a list or "harmful,borderline")."""
+    return {
+        "n": int_option("worst_of_n", "n", n, 1, 4096),
+        "temperature": None
+        if temperature is None
+        else number_option("worst_of_n", "temperature", temperature, 0.0, 100.0, low_open=True),
+        "kinds": kinds_option("worst_of_n", kinds),
+    }
 
 
 # its name until 0.1: "best" from the attacker's side; best-of-N is now a decoding strategy

@@ -61,7 +61,16 @@ class Record:
         return str(value).strip()
 
     def require(self, field: str, what: str = "a prompt") -> str:
-        """The field as non-empty text, or an error naming the row and field."""
+        """The field as non-empty text, or an error naming the row and field (a number or a
+        boolean from a JSON row is not text: ``{"prompt": 5}`` is a mistake, not the prompt
+        "5")."""
+        raw = self.data.get(field)
+        if raw is not None and not isinstance(raw, str):
+            if isinstance(raw, (dict, list, tuple)):
+                got = type(raw).__name__
+            else:
+                got = f"{type(raw).__name__} {raw!r}"
+            raise self.error(field, f"expected text, got {got}")
         value = self.text(field)
         if not value:
             reason = "is missing" if field not in self.data else "is empty"
@@ -80,6 +89,7 @@ class FormatContext:
     category: str | None = None  # caller's category= for rows that carry none
     columns: Mapping[str, str] = field(default_factory=dict)  # role -> column (generic format)
     path_parts: tuple[str, ...] = ()  # folder names of a local file, innermost last
+    plain_text: bool = False  # a .txt file: one prompt per line, no columns to map
 
 
 @dataclass
@@ -451,7 +461,34 @@ def hh_rlhf(record: Record, context: FormatContext) -> Draft:
 COLUMN_ROLES: tuple[str, ...] = ("prompt", "id", "kind", "category", "reference", "system")
 
 
+def kind_hint(columns: bool = True) -> str:
+    """How to give the kind of rows that carry none, in the CLI's and in Python's spelling;
+    ``columns``: whether the source has columns, one of which may hold the kind."""
+    listing = ", ".join(kinds())
+    if not columns:
+        return (
+            f"give the kind of the whole file with --kind KIND (one of {listing}) "
+            "(Python: suite_kind='KIND' of poise.audit, kind='KIND' of load_suite)"
+        )
+    return (
+        f"give the kind of the whole file with --kind KIND (one of {listing}), or name the "
+        "column that holds it with --column kind=COLUMN (Python: suite_kind='KIND' or "
+        "suite_columns={'kind': 'COLUMN'} of poise.audit; kind= or columns= of load_suite)"
+    )
+
+
 def _generic_check(columns: Sequence[str], context: FormatContext) -> FormatContext:
+    if context.plain_text:
+        if context.columns:
+            raise PoiseError(
+                f"{context.source}: a .txt file has no columns (one prompt per line), so "
+                "--column (Python: suite_columns= / columns=) does not apply to it"
+            )
+        if context.kind is None:
+            raise PoiseError(
+                f"{context.source}: a .txt file holds prompts only; {kind_hint(columns=False)}"
+            )
+        return replace(context, columns={"prompt": "prompt"})
     mapping = {role: role for role in COLUMN_ROLES if role in columns}
     for role, column in context.columns.items():
         if role not in COLUMN_ROLES:
@@ -465,12 +502,13 @@ def _generic_check(columns: Sequence[str], context: FormatContext) -> FormatCont
     if "prompt" not in mapping:
         raise PoiseError(
             f"{context.source}: missing required column 'prompt' (columns found: "
-            f"{_listing(columns)}); name the prompt column with columns={{'prompt': ...}}"
+            f"{_listing(columns)}); name the prompt column with --column prompt=COLUMN "
+            "(Python: suite_columns={'prompt': 'COLUMN'} of poise.audit, columns= of load_suite)"
         )
     if "kind" not in mapping and context.kind is None:
         raise PoiseError(
-            f"{context.source}: no 'kind' column; give the kind of the whole file with "
-            f"kind= (one of {', '.join(kinds())}) or map a column with columns={{'kind': ...}}"
+            f"{context.source}: no 'kind' column (columns found: {_listing(columns)}); "
+            f"{kind_hint()}"
         )
     return replace(context, columns=mapping)
 

@@ -43,6 +43,7 @@ from poise.suites.formats import (
     Record,
     detect_format,
     format_registry,
+    kind_hint,
 )
 from poise.suites.schema import SuiteItem
 from poise.tasks import kinds
@@ -122,7 +123,10 @@ def load_suite(
         if fmt is None:
             fmt = format_registry.get("generic")
         elif fmt.name != "generic":
-            raise PoiseError(f"columns= applies to the generic format only, not {fmt.name!r}")
+            raise PoiseError(
+                "a column mapping (--column; Python: suite_columns= of poise.audit, columns= of "
+                f"load_suite) applies to the generic format only, not {fmt.name!r}"
+            )
     options = _Options(fmt, dict(columns or {}), kind, category, limit)
 
     if spec in builtin_suites():
@@ -184,6 +188,7 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
         category=options.category,
         columns=options.columns,
         path_parts=tuple(path.resolve().parent.parts),
+        plain_text=container == "txt",
     )
     return _build(header, rows, context, options)
 
@@ -452,6 +457,10 @@ def _parse_csv(text: str, source: str, delimiter: str) -> tuple[list[str], Itera
         header = next(reader)
     except csv.Error as exc:
         raise PoiseError(f"{source}:{reader.line_num}: bad CSV ({exc})") from None
+    lines = io.StringIO(text, newline="").readlines()
+    last = len(lines)
+    if reader.line_num > 1 or reader.line_num == last:  # a stray quote in the header
+        _check_quotes(lines[: reader.line_num], 1, len(header), len(header), source, delimiter)
     header = [name.strip() for name in header]
     repeated = [name for name, n in Counter(header).items() if n > 1 and name]
     if repeated:
@@ -469,6 +478,10 @@ def _parse_csv(text: str, source: str, delimiter: str) -> tuple[list[str], Itera
             except csv.Error as exc:
                 raise PoiseError(f"{source}:{reader.line_num}: bad CSV ({exc})") from None
             end = reader.line_num
+            if end == last or any("\n" in v or "\r" in v for v in values):
+                # a quoted field over lines, or the last row: did a stray quote swallow rows?
+                raw = lines[start - 1 : end]
+                _check_quotes(raw, start, len(values), len(header), source, delimiter)
             if not any(v.strip() for v in values):
                 continue  # blank line
             extra = [v for v in values[len(header) :] if v.strip()]
@@ -487,6 +500,76 @@ def _parse_csv(text: str, source: str, delimiter: str) -> tuple[list[str], Itera
     except StopIteration:
         raise PoiseError(f"{source}: the file is empty (a header and no rows)") from None
     return header, _chain(first, iterator)
+
+
+def _check_quotes(
+    lines: Sequence[str], start: int, fields: int, columns: int, source: str, delimiter: str
+) -> None:
+    """Refuse a CSV row (its raw ``lines``, the first at line ``start``) with a stray quote that
+    swallowed the rows after it: a quoted field that never closes (it runs to the end of the
+    file), a quoted field over several lines whose closing quote is followed by more text
+    (``"...\n...x"y``), or a quoted field over several lines that ends in a row with another
+    number of fields than the header. A multi-line prompt quoted as CSV writers quote it
+    passes. The error names the line of the opening quote."""
+    scan = _scan_quotes("".join(lines), delimiter)
+    if scan is None:
+        return
+    opened, problem = scan
+    line = start + opened - 1
+    end = start + len(lines) - 1
+    if problem == "open":
+        why = "is never closed: it runs to the end of the file"
+    elif problem == "text":
+        why = f"runs to line {end} and text follows its closing quote"
+    elif fields != columns:
+        why = f"runs to line {end}, to a row of {fields} fields, but the header has {columns}"
+    else:
+        return  # a quoted field over several lines, closed, in a full row: a multi-line value
+    raise PoiseError(
+        f"{source}:{line}: the quoted field that opens here {why} (a stray '\"'?); close the "
+        'quote, or double a quote that belongs inside a quoted field ("")'
+    )
+
+
+def _scan_quotes(text: str, delimiter: str) -> tuple[int, str] | None:
+    """Quoted fields of ``text`` (one CSV record from its first line), read as Python's csv
+    reader reads them: (line within ``text``, problem) of the first quoted field that never
+    closes ("open"), or that spans lines and has text after its closing quote ("text"); else
+    of the first quoted field that spans lines (""); None when no quoted field spans lines."""
+    line = 1
+    field_start = True  # at the start of a field, where a quote opens a quoted field
+    opened = 0  # line of the open quoted field; 0 when outside one
+    closing = False  # the previous character was a quote inside a quoted field
+    multiline = 0  # line of the first quoted field that spans lines
+    previous = ""
+    for char in text:
+        newline = char == "\r" or (char == "\n" and previous != "\r")
+        if opened and closing:
+            closing = False
+            if char == '"':  # a doubled quote: a quote inside the field
+                previous = char
+                continue
+            if line > opened:
+                multiline = multiline or opened
+                if char != delimiter and char not in "\r\n":
+                    return opened, "text"
+            opened = 0
+        if opened:
+            closing = char == '"'
+        elif char == delimiter or char in "\r\n":
+            field_start = True
+        elif char == '"' and field_start:
+            opened, field_start = line, False
+        else:
+            field_start = False
+        if newline:
+            line += 1
+        previous = char
+    if opened and not closing:
+        return opened, "open"
+    if opened and line > opened:  # closed by the last character of the file
+        multiline = multiline or opened
+    return (multiline, "") if multiline else None
 
 
 def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
@@ -535,7 +618,7 @@ def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
         raise record.error(draft.prompt_field, "is empty; every row needs a prompt")
     kind = draft.kind or context.kind
     if kind is None:
-        raise record.error("kind", f"no kind; give one with kind= (one of {', '.join(kinds())})")
+        raise record.error("kind", f"the row has no kind; {kind_hint(columns=False)}")
     try:
         return SuiteItem(
             id=draft.id or f"{context.suite}-{record.number}",

@@ -113,12 +113,20 @@ def _encode(
     return rows
 
 
+def _model_folder(model: str) -> Path:
+    """The folder of ``model`` (a name or a folder), checked without loading it: a misspelt
+    name suggests the nearest names, as ``poise audit --model`` does."""
+    from poise.train.recipes.common import resolve_model_folder
+
+    return resolve_model_folder(model, "--model")
+
+
 def _load_backbone(model: str) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from poise.models.resolve import _quiet_weight_loading, model_folder
+    from poise.models.resolve import _quiet_weight_loading
 
-    folder = model_folder(model) or Path(model).expanduser()
+    folder = _model_folder(model)
     if not (folder / "config.json").is_file():
         raise PoiseError(f"--model {model!r}: not a model name or a folder with config.json")
     with _quiet_weight_loading():
@@ -326,8 +334,12 @@ def train_monitor_files(
     """``poise train monitor``: read the data files (checked before loading the model), train,
     and save the monitor folder to ``output``."""
     out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise PoiseError(f"--output {out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         raise PoiseError(f"--output {out}: exists and is not empty")
+    (settings or MonitorSettings()).check()
+    _model_folder(model)  # a misspelt name fails before the data is read
     examples = read_monitor_data(data)
     held = read_monitor_data(validation) if validation is not None else None
     trained = train_monitor(

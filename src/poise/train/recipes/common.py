@@ -174,7 +174,10 @@ def resolve_model_folder(spec: str, what: str = "model") -> Path:
         return registered
     folder = Path(spec).expanduser()
     if not folder.exists():
-        raise PoiseError(f"{what}: {spec!r} is neither an organism member nor an existing folder")
+        raise PoiseError(
+            f"{what}: {spec!r} is neither an organism member nor an existing folder"
+            + _model_name_hint(spec)
+        )
     from poise.models.hf import weight_files
 
     try:
@@ -182,6 +185,21 @@ def resolve_model_folder(spec: str, what: str = "model") -> Path:
     except PoiseError as exc:
         raise PoiseError(f"{what}: {exc}") from None
     return folder.resolve()
+
+
+def _model_name_hint(spec: str) -> str:
+    """``"; did you mean 'organism-small'? (known: ...)"`` for a name that is not a path, as
+    ``poise audit --model`` suggests; ``""`` for a path (its folder is simply missing)."""
+    import difflib
+
+    from poise.models.resolve import resolvers
+
+    if any(sep in spec for sep in ("/", "\\")) or spec.startswith((".", "~")):
+        return ""
+    names = sorted(n for key in resolvers for n in resolvers.get(key).names())
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"{hint} (known: {', '.join(names)})" if names else hint
 
 
 def model_architectures(folder: Path) -> list[str]:
@@ -240,7 +258,7 @@ def load_tokenizer(folder: Path, *, need_chat_template: bool = True) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError, KeyError) as exc:
-        raise PoiseError(f"{folder}: could not load the tokenizer ({exc})") from None
+        raise PoiseError(f"{folder}: could not load the tokenizer ({_first_line(exc)})") from None
     if need_chat_template and not getattr(tokenizer, "chat_template", None):
         raise PoiseError(
             f"{folder}: the tokenizer has no chat template; poise trains on chats "

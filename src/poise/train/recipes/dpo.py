@@ -169,7 +169,10 @@ def pair_batch(encoded: Sequence[EncodedPair], pad_id: int) -> dict[str, Any]:
 
 
 def loss_params(config: DPOConfig) -> dict[str, Any]:
-    """Keyword parameters for the loss, checked against what it takes before training."""
+    """Keyword parameters for the loss, checked before training (before the output folder is
+    written): names against what the loss takes, types against its defaults, and values by
+    the loss itself on a one-pair batch, so ``beta=-1`` or ``f_divergence=nope`` is one line
+    now rather than an error at the first step."""
     from poise.train.losses import LOSSES, loss_parameters
 
     LOSSES.get(config.loss)  # unknown name -> UnknownNameError with the nearest names
@@ -183,7 +186,50 @@ def loss_params(config: DPOConfig) -> dict[str, Any]:
             f"loss {config.loss!r} does not take {', '.join(unknown)} "
             f"(it takes: {', '.join(accepted)})"
         )
+    params = {
+        name: _loss_value(config.loss, name, value, accepted[name])
+        for name, value in params.items()
+    }
+    _try_loss(config.loss, params)
     return params
+
+
+def _loss_value(loss: str, name: str, value: Any, default: Any) -> Any:
+    """``value`` of the loss parameter ``name`` when it has the type of the parameter's default
+    (a number for a number, text for text, true/false for a flag); else one line."""
+    import math
+
+    if default is None:  # response lengths and the like: the recipe passes them
+        raise PoiseError(f"loss {loss!r}: {name} is set by the recipe, not given as an option")
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise PoiseError(f"loss {loss!r}: {name} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)):
+        number = not isinstance(value, bool) and isinstance(value, (int, float))
+        if not number or not math.isfinite(value):
+            raise PoiseError(f"loss {loss!r}: {name} must be a number, got {value!r}")
+        return value
+    if isinstance(default, str) and not isinstance(value, str):
+        raise PoiseError(f"loss {loss!r}: {name} must be text, got {value!r}")
+    return value
+
+
+def _try_loss(loss: str, params: dict[str, Any]) -> None:
+    """Run the loss on one pair of zero log-probs: its own checks of ``params`` (ranges, names
+    such as ``f_divergence``) fail here, named, instead of at the first training step."""
+    import torch
+
+    from poise.train.losses import loss_parameters, preference_loss
+
+    zero = torch.zeros(1)
+    extra = {}
+    if "chosen_lengths" in loss_parameters(loss):
+        extra = {"chosen_lengths": torch.ones(1), "rejected_lengths": torch.ones(1)}
+    try:
+        preference_loss(loss, zero, zero, zero, zero, **params, **extra)
+    except PoiseError as exc:
+        raise PoiseError(f"loss {loss!r}: {exc}") from None
 
 
 def dpo_losses(

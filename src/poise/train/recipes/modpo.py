@@ -139,6 +139,7 @@ def train_modpo(
                 f"margin_reward_models: {folder} is not a sequence-classification model "
                 "(train one with `poise train reward` or `poise train cost`)"
             )
+        load_tokenizer(folder, need_chat_template=False)  # a broken folder fails before writing
     check_precision(config)
     check_lora_available(config)
     pairs = read_pairs(config)

@@ -344,6 +344,7 @@ def train_safe_rl(
         folders[name] = resolve_model_folder(getattr(config, name), name)
         if not is_classifier_folder(folders[name]):
             raise PoiseError(f"{name}: {folders[name]} is not a sequence-classification model")
+        load_tokenizer(folders[name], need_chat_template=False)  # fails before writing
     check_precision(config)
     check_lora_available(config)
     system = system_prompt(config, source)
@@ -355,6 +356,18 @@ def train_safe_rl(
     )
     if config.high_confidence and len(safety_idx) < 2:
         raise PoiseError("high_confidence: the safety test needs at least 2 held-out prompts")
+    k = config.samples_per_prompt
+    kappa = (
+        pessimistic_coefficient(
+            config.batch_size * k,
+            len(safety_idx),
+            config.delta,
+            candidate_coef=config.pessimism_c1,
+            safety_coef=config.pessimism_c2,
+        )
+        if config.high_confidence
+        else 0.0
+    )
     if out.status == "complete":
         return finished_result(out)
     tokenizer = load_tokenizer(source, need_chat_template=not config.from_base)
@@ -381,18 +394,6 @@ def train_safe_rl(
     reference = Reference.load(None, source, session)
     reward_model = Scorer(folders["reward_model"], config.max_length, session.device)
     cost_model = Scorer(folders["cost_model"], config.max_length, session.device)
-    k = config.samples_per_prompt
-    kappa = (
-        pessimistic_coefficient(
-            config.batch_size * k,
-            len(safety_idx),
-            config.delta,
-            candidate_coef=config.pessimism_c1,
-            safety_coef=config.pessimism_c2,
-        )
-        if config.high_confidence
-        else 0.0
-    )
     rank = session.accelerator.process_index
     step_costs: list[Any] = []
 
