@@ -394,3 +394,23 @@ def test_a_wrong_field_name_says_which_field_it_stands_for(
 def test_a_positional_argument_must_be_a_config(given: object, tmp_path: Path) -> None:
     with pytest.raises(PoiseError, match=r"keyword fields.*poise\.audit\(model=\.\.\."):
         poise.audit(given, out=tmp_path)  # type: ignore[arg-type]
+
+
+def test_judge_options_reach_the_judge_and_bad_ones_stop_before_any_work(tmp_path: Path) -> None:
+    common: dict[str, object] = {
+        "model": "organism-small",
+        "suites": ["benign"],
+        "limit": 4,
+        "judge": "refusal",
+        "html": False,
+    }
+    plain = poise.audit(out=tmp_path / "a", **common)
+    strict = poise.audit(out=tmp_path / "b", judge_options={"min_words": 1000}, **common)
+    assert plain.metrics["overall"]["helpful_rate"]["k"] > 0
+    assert strict.metrics["overall"]["helpful_rate"]["k"] == 0  # no answer is that long
+    assert plain.run.config.get("judge_options") == {}
+    with pytest.raises(PoiseError, match="min_wrds"):
+        poise.audit(out=tmp_path / "c", judge_options={"min_wrds": 5}, **common)
+    with pytest.raises(PoiseError, match="need a named judge"):
+        poise.audit(out=tmp_path / "d", **{**common, "judge": "auto"}, judge_options={"x": 1})
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()

@@ -63,6 +63,7 @@ _FIELD_FOR = {
     "suite": "suites",
     "model_option": "model_options",
     "attack_option": "attack_options",
+    "judge_option": "judge_options",
     **{
         name: f"sampling={{'{name}': ...}}"
         for name in ("temperature", "top_p", "top_k", "max_new_tokens", "n", "seed", "stop")
@@ -173,7 +174,16 @@ def _audit(
     own_scorers = task_scorers(items)  # kinds whose task brings its own scorer
     attack = attacks.get(cfg.attack)
     _check_attack_options(cfg.attack, attack, cfg.attack_options)
-    parse_judge_spec(cfg.judge)
+    judge_name, _ = parse_judge_spec(cfg.judge)
+    if cfg.judge_options:
+        from poise.scoring.judges import judges
+
+        if judge_name == "auto":
+            raise PoiseError(
+                "judge options need a named judge (--judge NAME), not auto: auto picks the "
+                "judge from the model"
+            )
+        judges.check_options(judge_name, cfg.judge_options)
     if model_obj is None:
         check_spec(cfg.model)
     reference_records = _reference_records(cfg)
@@ -192,7 +202,7 @@ def _audit(
 
     model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
-    judge = get_judge(resolve_judge_name(cfg.judge, model))
+    judge = get_judge(resolve_judge_name(cfg.judge, model), **cfg.judge_options)
     system = SystemPrompt(
         cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
     )

@@ -152,6 +152,10 @@ class AuditConfig(StrictModel, SuiteOptions):
     judge: str = Field(
         "auto", description="judge spec; auto = the model's recommended judge, else refusal"
     )
+    judge_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword options of the judge, e.g. model=FOLDER for a preset's local copy",
+    )
     sampling: Sampling = Field(
         default_factory=lambda: Sampling(), description="decoding configuration"
     )
@@ -200,6 +204,9 @@ class AuditConfig(StrictModel, SuiteOptions):
             for f in ("judge_labels", "judge_labels_format", "judge_labels_columns")
             if not getattr(self, f)
         }
+        # judge options, added later: left out when none are given, as above
+        if not self.judge_options:
+            unset.add("judge_options")
         return stable_hash(
             self.model_dump(mode="json", exclude={"out", "name", "html", "batch_size", *unset})
         )

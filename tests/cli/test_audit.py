@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from poise.cli import app
@@ -22,3 +23,19 @@ def test_title_names_the_decoding_and_the_caption_the_answer_lengths(tmp_path: P
     assert "mean tokens per answer: harmful" in greedy
     sampled = run_audit(tmp_path / "sampled", "--temperature", "0.7", "--n", "2")
     assert "mock · sampled T=0.7, n=2 · judge" in sampled
+
+
+def test_without_a_terminal_progress_is_a_line_now_and_then(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from poise.cli.audit import _progress_lines
+
+    progress = _progress_lines(every=3600.0)
+    for done in (0, 10, 20, 40):
+        progress(done, 40)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    # the start and the end; the calls between fall inside the hour
+    assert [line.split(",")[0] for line in lines] == [
+        "generating + judging: 0/40 (0%)",
+        "generating + judging: 40/40 (100%)",
+    ]

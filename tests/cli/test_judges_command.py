@@ -72,9 +72,10 @@ def test_the_fingerprint_of_an_audit_without_judge_labels_is_unchanged() -> None
         mode="json",
         exclude={"out", "name", "html", "batch_size", "suite_format", "suite_columns",
                  "suite_kind", "suite_category", "judge_labels", "judge_labels_format",
-                 "judge_labels_columns"},
+                 "judge_labels_columns", "judge_options"},
     )  # fmt: skip
     assert plain.fingerprint() == stable_hash(old)
+    assert AuditConfig(judge_options={"min_words": 5}).fingerprint() != plain.fingerprint()
 
 
 def test_judges_ls_lists_the_judges_and_the_presets_with_their_sources() -> None:

@@ -42,7 +42,13 @@ def audit_command(
     judge: str = typer.Option(
         "auto",
         help="auto (the model's recommended judge) | oracle | refusal | classifier:PATH | "
-        "guard:MODEL | llm:MODEL.",
+        "guard:MODEL | llm:MODEL | preset:NAME (`poise judges ls`).",
+    ),
+    judge_option: list[str] = typer.Option(
+        [],
+        "--judge-option",
+        help="KEY=VALUE option of the judge (e.g. model=FOLDER: a preset's local copy); "
+        "repeatable.",
     ),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
@@ -114,6 +120,7 @@ def audit_command(
             model_options=parse_options(model_option, "--model-option"),
             suites=tuple(suite),
             judge=judge,
+            judge_options=parse_options(judge_option, "--judge-option"),
             sampling=dict(
                 temperature=temperature,
                 top_p=top_p,
@@ -162,16 +169,47 @@ def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
+    if not console.is_terminal:  # a pipe or a CI log: a line now and then instead of a bar
+        kwargs: dict[str, Any] = {"progress": _progress_lines()}
+        if resume is not None:
+            return audit(resume=resume, out=config.out, **kwargs)
+        return audit(config, **kwargs)
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("generating + judging", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        kwargs: dict[str, Any] = {"progress": progress}
+        kwargs = {"progress": progress}
         if resume is not None:
             return audit(resume=resume, out=config.out, **kwargs)
         return audit(config, **kwargs)
+
+
+PROGRESS_EVERY_S = 30.0
+
+
+def _progress_lines(every: float = PROGRESS_EVERY_S) -> Any:
+    """A progress callback that prints ``generating + judging: 120/642 (19%), 1m10s`` at the
+    start, at most every ``every`` seconds after, and at the end."""
+    import time
+
+    start = time.monotonic()
+    last: list[float | None] = [None]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if last[0] is not None and now - last[0] < every and done < total:
+            return
+        last[0] = now
+        elapsed = int(now - start)
+        share = f" ({100 * done / total:.0f}%)" if total else ""
+        console.print(
+            f"generating + judging: {done}/{total}{share}, {elapsed // 60}m{elapsed % 60:02d}s",
+            highlight=False,
+        )
+
+    return progress
 
 
 def _decoding(config: dict[str, Any]) -> str:
