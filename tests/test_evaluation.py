@@ -64,6 +64,26 @@ def test_generate_skips_done_samples_and_reports_progress() -> None:
     assert model.prompts == [requests[1].chat, requests[2].chat]  # i0 was not generated again
 
 
+class OneByOne(MockModel):
+    """Reports each chat as it finishes, as a batching backend does."""
+
+    def generate(self, chats, sampling, *, progress=None):  # type: ignore[no-untyped-def,override]
+        out = super().generate(chats, sampling)
+        for _ in chats:
+            if progress is not None:
+                progress(1)
+        return out
+
+
+def test_progress_moves_within_a_block_as_the_model_finishes_requests() -> None:
+    requests = [request(i) for i in range(5)]
+    seen: list[tuple[int, int]] = []
+    for _ in generate(OneByOne(), requests, batch_size=3, progress=lambda *a: seen.append(a)):
+        pass
+    # blocks of 3 and 2; every count once, none after the block repeated
+    assert seen == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+
+
 def test_each_kind_goes_to_its_scorer_in_one_call_per_block() -> None:
     default, honest = Echo("default"), Echo("honesty-scorer")
     scorers = Scorers(default, {"honesty-known": honest})

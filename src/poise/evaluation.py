@@ -278,8 +278,8 @@ def generate(
 
     Requests whose every sample is in ``done`` are skipped; of a partly done request only the
     missing samples are yielded (the model still generates the request whole, so a resumed run
-    sees the same completions). ``progress(done_requests, total)`` is called once at the start
-    and after each block.
+    sees the same completions). ``progress(done_requests, total)`` is called once at the start,
+    as the model finishes requests within a block (its own ``progress``), and after each block.
 
     When the backend gives up on some requests of a block (``GenerationError``), the block's
     other answers are still yielded and the next blocks go on; at the end :class:`RequestsFailed`
@@ -291,13 +291,27 @@ def generate(
         if not all((r.item.id, r.request_id, k) in done for k in range(r.sampling.n))
     ]
     finished = len(requests) - len(todo)
+    reported = finished  # the last count given to progress
     if progress:
         progress(finished, len(requests))
     failed: list[tuple[Request, str]] = []
     for sampling, block in blocks(todo, batch_size):
         outputs: list[list[Completion] | None]
+        within = 0  # requests of this block the model says it finished
+
+        def advance(k: int, start: int = finished, size: int = len(block)) -> None:
+            nonlocal within, reported
+            within += k
+            if progress and start + min(within, size) > reported:
+                reported = start + min(within, size)
+                progress(reported, len(requests))
+
         try:
-            outputs = list(model.generate([r.chat for r in block], sampling))
+            outputs = list(
+                model.generate(
+                    [r.chat for r in block], sampling, progress=advance if progress else None
+                )
+            )
         except GenerationError as exc:
             if exc.model is not model or len(exc.results) != len(block):
                 raise
@@ -313,7 +327,8 @@ def generate(
             if (g := Generated(request, k, completion)).key not in done
         ]
         finished += len(block)
-        if progress:
+        if progress and finished > reported:
+            reported = finished
             progress(finished, len(requests))
     if failed:
         raise RequestsFailed(failed, 0)
