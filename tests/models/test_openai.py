@@ -342,22 +342,30 @@ def test_score_is_not_supported() -> None:
 
 
 def test_load_parses_specs_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = load("openai:org/model-7b@http://a:8000/v1,http://b:8000/v1/")
+    model = load("openai:org/model-7b@http://a:8000/v1,http://b:8000/v1/", check_endpoint=False)
     assert model.model == "org/model-7b"
     assert model.base_urls == ("http://a:8000/v1", "http://b:8000/v1")
     assert model.name == "openai:org/model-7b@http://a:8000/v1"
 
-    model = load("openai:m", base_urls="http://x:1/v1, http://y:2/v1", concurrency="8", name="m@v2")
+    model = load(
+        "openai:m",
+        base_urls="http://x:1/v1, http://y:2/v1",
+        concurrency="8",
+        name="m@v2",
+        check_endpoint=False,
+    )
     assert model.base_urls == ("http://x:1/v1", "http://y:2/v1")
     assert model.concurrency == 8
     assert model.name == "m@v2"
 
-    assert load("openai:m", base_url="http://z:3/v1").base_urls == ("http://z:3/v1",)
+    assert load("openai:m", base_url="http://z:3/v1", check_endpoint=False).base_urls == (
+        "http://z:3/v1",
+    )
 
     monkeypatch.setenv("OPENAI_BASE_URL", "http://from-env:9/v1")
-    assert load("openai:m").base_urls == ("http://from-env:9/v1",)
+    assert load("openai:m", check_endpoint="false").base_urls == ("http://from-env:9/v1",)
     monkeypatch.delenv("OPENAI_BASE_URL")
-    assert load("openai:m").base_urls == ("https://api.openai.com/v1",)
+    assert load("openai:m", check_endpoint=False).base_urls == ("https://api.openai.com/v1",)
 
 
 @pytest.mark.parametrize(
@@ -401,7 +409,7 @@ def test_backoff_and_retry_after_parsing() -> None:
 def test_the_resolver_hands_openai_specs_to_this_backend() -> None:
     from poise.models import load_model
 
-    model = load_model("openai:served@http://127.0.0.1:1/v1", concurrency=2)
+    model = load_model("openai:served@http://127.0.0.1:1/v1", concurrency=2, check_endpoint=False)
     assert isinstance(model, OpenAIModel)
     assert (model.model, model.base_urls, model.concurrency) == (
         "served",

@@ -1,17 +1,21 @@
 """An audit through the openai backend against a real `poise serve` subprocess equals the
-in-process audit for greedy decoding."""
+in-process audit for greedy decoding; a wrong model name, key or address stops it before its run
+folder exists."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import poise
+from poise.errors import PoiseError
 from poise.models import load_model
 
-from .helpers import start_serve_process
+from .helpers import EchoModel, ThreadServer, free_port, start_serve_process
 
 
 def suite_file(path: Path) -> Path:
@@ -33,8 +37,47 @@ def suite_file(path: Path) -> Path:
 
 
 def test_resolver_passes_a_cache_name_to_the_openai_backend() -> None:
-    model = load_model("openai:served@http://127.0.0.1:9/v1", name="my-served-model-v2")
+    model = load_model(
+        "openai:served@http://127.0.0.1:9/v1", name="my-served-model-v2", check_endpoint=False
+    )
     assert model.name == "my-served-model-v2"
+
+
+def test_a_wrong_key_model_or_address_stops_the_audit_before_its_run_folder(
+    start_server: Callable[..., ThreadServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = start_server(EchoModel("tiny"), served_name="tiny", api_key="sekrit")
+    out = tmp_path / "runs"
+    common: dict[str, Any] = {
+        "suites": [str(suite_file(tmp_path / "suite.jsonl"))],
+        "judge": "refusal",
+        "sampling": {"max_new_tokens": 8},
+        "out": str(out),
+        "html": False,
+    }
+
+    def fails(model: str, said: str, **options: object) -> None:
+        with pytest.raises(PoiseError) as info:
+            poise.audit(model=model, model_options=options, **common)
+        assert said in str(info.value) and "\n" not in str(info.value)
+        assert not out.exists() or not any(out.iterdir())  # no run folder left behind
+
+    fails(
+        f"openai:tiny@{server.base_url}",
+        "(HTTP 401): Incorrect API key provided.; no API key was sent: poise reads it from the "
+        "environment variable OPENAI_API_KEY, which is not set",
+    )
+    monkeypatch.setenv("OPENAI_API_KEY", "sekrit")
+    fails(
+        f"openai:nosuch@{server.base_url}", "does not serve the model 'nosuch' (it serves 'tiny')"
+    )
+    down = f"http://127.0.0.1:{free_port()}/v1"
+    fails(f"openai:tiny@{down}", f"cannot reach {down} (", max_retries=0)
+    result = poise.audit(model=f"openai:tiny@{server.base_url}", **common)
+    assert len(list(result.run.records())) == 6
 
 
 @pytest.mark.slow
@@ -66,7 +109,7 @@ def test_audit_through_poise_serve_equals_in_process(
         html=False,
     )
 
-    def key(records):
+    def key(records: Any) -> list[tuple[str, str, bool]]:
         return sorted((r["item_id"], r["completion"], r["verdict"]["refused"]) for r in records)
 
     remote_records = list(remote.run.records())

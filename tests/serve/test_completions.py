@@ -162,6 +162,7 @@ def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: H
         ({"prompt": "x", "max_tokens": 65}, "max_tokens"),
         ({"prompt": "x", "echo": "yes"}, "echo"),
         ({"prompt": "x", "stop": [""]}, "stop"),
+        ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_malformed_completion_requests_are_400(
@@ -269,3 +270,75 @@ def test_a_prompt_past_the_declared_context_is_400(
     assert error["code"] == "context_length_exceeded" and "12 tokens" in error["message"]
     scored = post(server, "completions", prompt=[*ids, 20, 21, 22], max_tokens=0, echo=True)
     assert scored.status_code == 400
+
+
+def test_a_wrong_type_names_every_type_the_field_takes(server: ThreadServer) -> None:
+    response = post(server, "completions", prompt="x", stop=5)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == (
+        "stop must be a string or a list of strings (got 5)"
+    )
+    response = post(server, "completions", prompt=5)
+    assert response.json()["error"]["message"] == (
+        "prompt must be a string, a list of strings, a list of token ids or a list of such lists "
+        "(got 5)"
+    )
+
+
+def test_a_huge_prompt_is_refused_before_it_is_tokenized(
+    server: ThreadServer, model: HFModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    tokenizer_type = type(model.tokenizer)
+    original = tokenizer_type.__call__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer_type, "__call__", counting)
+    response = post(server, "completions", prompt="x" * 3_500_000, max_tokens=4)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+    assert error["message"].startswith(
+        "This model's maximum context length is 512 tokens. However, prompt[0] is at least"
+    )
+    assert calls == []  # never tokenized
+    # a prompt the character count cannot judge is still tokenized and counted exactly
+    response = post(server, "completions", prompt="the cat sat " * 200, max_tokens=4)
+    assert response.status_code == 400
+    assert "in prompt[0]" in response.json()["error"]["message"] and calls
+
+
+def test_requests_refused_as_too_long_leave_no_transformers_warning_in_the_log(
+    model: HFModel, start_server: Callable[..., ThreadServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    # the warning comes once per tokenizer: make this one able to give it again
+    monkeypatch.setattr(model.tokenizer, "model_max_length", 64)
+    monkeypatch.setitem(
+        model.tokenizer.deprecation_warnings,
+        "sequence-length-is-longer-than-the-specified-maximum",
+        False,
+    )
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    logger = logging.getLogger("transformers.tokenization_utils_base")
+    logger.addHandler(handler)
+    try:
+        server = start_server(model, served_name="tiny")
+        long_text = "the cat sat " * 250  # about 750 tokens: counted, then refused
+        chat = post(server, "chat/completions", messages=[{"role": "user", "content": long_text}])
+        assert chat.status_code == 400 and chat.json()["error"]["code"] == "context_length_exceeded"
+        raw = post(server, "completions", prompt=long_text, max_tokens=4)
+        assert raw.status_code == 400 and raw.json()["error"]["code"] == "context_length_exceeded"
+    finally:
+        logger.removeHandler(handler)
+    assert not [m for m in seen if "Token indices sequence length" in m]

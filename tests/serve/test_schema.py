@@ -185,3 +185,41 @@ def test_a_lone_surrogate_in_a_stop_string_is_a_400() -> None:
 
 def test_serve_config_takes_a_path_for_the_model(tmp_path) -> None:
     assert ServeConfig(model=tmp_path / "folder").model == str(tmp_path / "folder")
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "said"),
+    [
+        ({"stop": 5}, "stop", "stop must be a string or a list of strings (got 5)"),
+        ({"stop": [5]}, "stop", "stop must be a string or a list of strings"),
+        ({"stop": ["a", 3]}, "stop", "stop must be a string or a list of strings"),
+        (
+            {"messages": [{"role": "user", "content": 3}]},
+            "messages[0].content",
+            "messages[0].content must be a string or a list of text parts (got 3)",
+        ),
+    ],
+)
+def test_a_value_of_none_of_a_fields_types_names_every_type(
+    fields: dict[str, Any], param: str, said: str
+) -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(body(**fields), CONFIG)
+    assert (info.value.param, info.value.code, info.value.message) == (param, "invalid_type", said)
+
+
+@pytest.mark.parametrize("stream", [None, False])
+def test_stream_options_without_stream_is_a_400_and_unknown_fields_are_ignored(
+    stream: bool | None,
+) -> None:
+    # as OpenAI and vLLM answer it; unknown fields are ignored, as vLLM does
+    parse_request(body(foo=1, stream=True, stream_options={"include_usage": True}), CONFIG)
+    parse_request(body(foo=1, stream=stream, stream_options=None), CONFIG)
+    with pytest.raises(RequestError) as info:
+        parse_request(body(stream=stream, stream_options={"include_usage": True}), CONFIG)
+    assert (info.value.status, info.value.param, info.value.code) == (
+        400,
+        "stream_options",
+        "invalid_value",
+    )
+    assert info.value.message == "stream_options is only allowed when stream is true"

@@ -39,6 +39,7 @@ __all__ = [
     "config_context_length",
     "fit_context",
     "prompt_token_count",
+    "tokens_at_least",
 ]
 
 logger = logging.getLogger(__name__)
@@ -115,12 +116,10 @@ def fit_context(
     tokens are ``None`` where the model exposes no tokenizer (then nothing is checked)."""
     context = model.context_length
     if context is not None:
-        longest = _longest_token(model.tokenizer)
-        if longest is not None:
-            characters = sum(len(message["content"]) for message in chat)
-            at_least = characters // (longest * _NORMALISATION_SLACK)
-            if at_least > context:
-                raise ContextLengthError(context, at_least, None, at_least=True)
+        characters = sum(len(message["content"]) for message in chat)
+        at_least = tokens_at_least(model.tokenizer, characters)
+        if at_least is not None and at_least > context:
+            raise ContextLengthError(context, at_least, None, at_least=True)
     prompt_tokens = prompt_token_count(model, chat)
     if context is None or prompt_tokens is None:
         return sampling, prompt_tokens
@@ -134,6 +133,15 @@ def fit_context(
     if prompt_tokens + sampling.max_new_tokens > context:
         raise ContextLengthError(context, prompt_tokens, sampling.max_new_tokens, at_least=False)
     return sampling, prompt_tokens
+
+
+def tokens_at_least(tokenizer: Any, characters: int) -> int | None:
+    """A lower bound on the tokens of any text of ``characters`` characters, without
+    tokenizing it: no token of the vocabulary spans more than ``longest`` characters, so
+    ``characters // (longest * slack)`` (the slack covers normalisation that shortens text).
+    None when the tokenizer's vocabulary cannot be read."""
+    longest = _longest_token(tokenizer)
+    return None if longest is None else characters // (longest * _NORMALISATION_SLACK)
 
 
 # tokenizer -> the most characters one token of its vocabulary spans

@@ -12,7 +12,13 @@ or, through the resolver, ``openai:MODEL@http://gpu1:8000/v1,http://gpu2:8000/v1
 ``generate`` stays synchronous and batch-first like every backend: inside, it runs an asyncio
 loop that fans the chats out concurrently (at most ``concurrency`` requests in flight), spreads
 them round-robin over the base URLs and retries what a busy fleet throws back (429, 5xx,
-connection errors, timeouts) with exponential backoff and jitter.
+connection errors, timeouts) with exponential backoff and jitter. A refusal that no retry and no
+other chat can escape (HTTP 401 / 403 / 404, or a 400 about the request's parameters rather than
+its text) stops the whole call at once with one line.
+
+Loaded through the resolver (:func:`load`), the model first checks its endpoints
+(:meth:`OpenAIModel.check_endpoint`: ``GET /models`` answers, the key is accepted, the model is
+listed), so a wrong URL, key or model name fails before an audit has created its run folder.
 
 The model's ``name`` is its identity in response caches and reports. The default,
 ``openai:MODEL@<first base url>``, cannot see the weights behind the endpoint: when the server
@@ -63,7 +69,39 @@ _RETRY_AFTER_CAP_S = 60.0
 # Seeds asked of a server stay in a range every server accepts (vLLM takes int64; others int32).
 _SEED_MODULUS = 2**31 - 1
 _SPEC = re.compile(r"^openai:(?P<model>.+?)(?:@(?P<urls>https?://.*))?$")
-_OPTIONS = ("base_url", "base_urls", "api_key_env", "concurrency", "max_retries", "timeout", "name")
+_OPTIONS = (
+    "base_url",
+    "base_urls",
+    "api_key_env",
+    "concurrency",
+    "max_retries",
+    "timeout",
+    "name",
+    "check_endpoint",
+)
+# The endpoint check at load waits at most this long for one GET /models, and asks again on
+# these statuses (a server busy or behind a gateway); any other is judged at once.
+_CHECK_TIMEOUT_S = 30.0
+_CHECK_RETRIED = frozenset({408, 429, 502, 503, 504})
+# Request parameters poise sends: a 400 naming one of them is the request's fault, not the item's.
+_REQUEST_PARAMS = frozenset(
+    {"model", "max_tokens", "max_completion_tokens", "n", "seed", "temperature", "top_p", "top_k"}
+    | {"stop", "extra_body"}
+)
+_NAMED_PARAM = re.compile(
+    r"\b(max_tokens|max_completion_tokens|temperature|top_p|top_k|seed|stop)\b", re.IGNORECASE
+)
+# ... unless the message is about the item's text (its length, its content), which others escape.
+_ITEM_FAULT = re.compile(
+    r"context|too long|too many tokens|input tokens|prompt|messages|content|safety|policy|"
+    r"flagged|moderation|surrogate",
+    re.IGNORECASE,
+)
+
+
+class EndpointRefused(PoiseError):
+    """A refusal no retry and no other chat can escape (a wrong key, model or URL, or a request
+    parameter the server does not take): it stops the whole ``generate`` call."""
 
 
 def _import_openai() -> Any:
@@ -81,11 +119,12 @@ class OpenAIModel(ModelBase):
         model: the model name the server knows (the ``model`` field of each request).
         base_urls: endpoints such as ``http://host:8000/v1``; requests go round-robin over them
             and a retry moves to the next one. Default: ``$OPENAI_BASE_URL``, else OpenAI's API.
-        api_key_env: environment variable holding the API key (a placeholder is sent when unset,
-            which local servers accept).
+        api_key_env: environment variable holding the API key (default ``OPENAI_API_KEY``; a
+            placeholder is sent when it is unset, which servers without a key accept).
         concurrency: requests in flight at once, over all base URLs.
         max_retries: retries of one request on 408 / 429 / 5xx / connection errors / timeouts;
-            any other 4xx is the request's fault and raises at once.
+            any other 4xx is not retried: 401 / 403 / 404 and a 400 about the request's
+            parameters stop the whole call (:class:`EndpointRefused`), any other fails its chat.
         timeout: seconds for one request.
         name: identity in caches and reports; default ``openai:MODEL@<first base url>``. Give a
             new name whenever the weights behind the endpoint change.
@@ -149,10 +188,12 @@ class OpenAIModel(ModelBase):
 
         ``progress``, when given, is called with the number of chats just finished (1 each time);
         ``on_result(index, completions)`` with each chat's answers as soon as they arrive. A
-        request the server refuses (a 4xx other than 429), or that still fails after
-        ``max_retries`` retries, does not stop the others: when every request has ended,
-        :class:`~poise.models.base.GenerationError` says which chats failed and why, and holds
-        the answers of the rest.
+        request the server refuses for its text (a 4xx other than those below), or that still
+        fails after ``max_retries`` retries, does not stop the others: when every request has
+        ended, :class:`~poise.models.base.GenerationError` says which chats failed and why, and
+        holds the answers of the rest. A refusal that every chat would get (401, 403, 404, a 400
+        about the request's parameters) raises :class:`EndpointRefused` at once, the requests
+        in flight cancelled.
         """
         if not chats:
             return []
@@ -177,7 +218,7 @@ class OpenAIModel(ModelBase):
         on_result: ResultFn | None = None,
     ) -> list[list[Completion]]:
         openai = _import_openai()
-        api_key = os.environ.get(self.api_key_env) or _PLACEHOLDER_API_KEY
+        api_key = self._api_key()
         # One client per base URL, created inside this loop: an async client's connection pool
         # belongs to the loop that made it. The client's own retries are off; ours fail over to
         # the next base URL and honour Retry-After.
@@ -193,6 +234,8 @@ class OpenAIModel(ModelBase):
             try:
                 async with semaphore:
                     out = await self._complete(clients, index, chats[index], sampling)
+            except EndpointRefused:
+                raise  # every chat would fail the same way: stop them all
             except PoiseError as exc:
                 # this request failed for good; the others go on, and their answers are kept
                 failures[index] = str(exc).removeprefix(f"{self.name}: ")
@@ -281,14 +324,18 @@ class OpenAIModel(ModelBase):
                 status = exc.status_code
                 message = _server_message(exc)
                 if status not in (408, 429) and status < 500:
+                    url = self.base_urls[url_index]
+                    if _stops_everything(status, message, exc.body):
+                        raise EndpointRefused(self._refusal(url, status, message)) from None
                     raise PoiseError(
-                        f"{self.name}: {self.base_urls[url_index]} refused the request "
-                        f"(HTTP {status}): {message}"
+                        f"{self.name}: {url} refused the request (HTTP {status}): {message}"
                     ) from None
                 last_error = f"HTTP {status}: {message}"
                 retry_after = _retry_after_seconds(exc.response.headers)
-            except openai.APIConnectionError as exc:  # includes APITimeoutError
+            except openai.APITimeoutError as exc:
                 last_error = f"{type(exc).__name__}: {exc}"
+            except openai.APIConnectionError as exc:
+                last_error = f"cannot reach {self.base_urls[url_index]} ({_connection_detail(exc)})"
             if attempt == self.max_retries:
                 break
             delay = _backoff_seconds(attempt, retry_after)
@@ -304,6 +351,123 @@ class OpenAIModel(ModelBase):
             await asyncio.sleep(delay)
         raise PoiseError(
             f"{self.name}: request failed after {self.max_retries + 1} attempts: {last_error}"
+        )
+
+    def _api_key(self) -> str:
+        return os.environ.get(self.api_key_env) or _PLACEHOLDER_API_KEY
+
+    def _refusal(self, url: str, status: int, message: str) -> str:
+        """One line for a refusal that stops everything, with what to do about it."""
+        head = f"{self.name}: {url} refused the request (HTTP {status}): {message}"
+        if status in (401, 403):
+            if not os.environ.get(self.api_key_env):
+                return (
+                    f"{head}; no API key was sent: poise reads it from the environment variable "
+                    f"{self.api_key_env}, which is not set (another variable: the model option "
+                    "api_key_env=NAME)"
+                )
+            return (
+                f"{head}; the API key sent is the one in the environment variable "
+                f"{self.api_key_env} (another variable: the model option api_key_env=NAME)"
+            )
+        if status == 404 and "model" not in message.lower():
+            return f"{head}; is {url} the API's base URL (it usually ends in /v1)?"
+        return head
+
+    def check_endpoint(self) -> None:
+        """Check every base URL before any work: ``GET {url}/models`` answers (connection errors
+        and 408 / 429 / 502 / 503 / 504 are retried as requests are), the API key is accepted and
+        the model is listed. Raises :class:`~poise.errors.PoiseError` (one line) when no base URL
+        can be reached, when a key is refused, or when a server lists models but not this one. A
+        server without the route (404, 405, 501), failing on it (500) or with an unusual answer
+        is not judged: its first request will tell. With several base URLs, one that cannot be
+        reached only warns."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self._api_key()}"}
+        unreachable: list[str] = []
+        with httpx.Client(timeout=min(self.timeout, _CHECK_TIMEOUT_S), headers=headers) as http:
+            for url in self.base_urls:
+                problem = self._check_one(http, url)
+                if problem is not None:
+                    unreachable.append(problem)
+        attempts = self.max_retries + 1
+        if len(unreachable) == len(self.base_urls):
+            where = unreachable[0] if len(unreachable) == 1 else "; ".join(unreachable)
+            raise PoiseError(
+                f"{self.name}: cannot reach {where} after {attempts} attempts; is the server "
+                "running, and is this its address?"
+            )
+        for problem in unreachable:
+            logger.warning(
+                "%s: cannot reach %s after %d attempts; the other base URLs are used",
+                self.name,
+                problem,
+                attempts,
+            )
+
+    def _check_one(self, http: Any, url: str) -> str | None:
+        """Check one base URL: None when it answered, else ``"URL (why it cannot be reached)"``."""
+        import httpx
+
+        last_error = ""
+        answered = False  # the last attempt got an HTTP answer (a busy server, not a dead one)
+        for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                response = http.get(f"{url}/models")
+            except httpx.TimeoutException as exc:
+                answered, last_error = False, f"no answer within {http.timeout.read}s ({exc})"
+            except httpx.HTTPError as exc:
+                answered, last_error = False, _connection_detail(exc)
+            else:
+                status = response.status_code
+                if status not in _CHECK_RETRIED:
+                    self._judge_models(url, response)
+                    return None
+                answered, last_error = True, f"HTTP {status}"
+                retry_after = _retry_after_seconds(response.headers)
+            if attempt == self.max_retries:
+                break
+            delay = _backoff_seconds(attempt, retry_after)
+            logger.debug(
+                "%s: GET %s/models failed (%s); retry in %.2fs", self.name, url, last_error, delay
+            )
+            time.sleep(delay)
+        if answered:
+            # the server is there but cannot list its models: its requests will tell
+            logger.warning(
+                "%s: could not check %s (GET /models: %s after %d attempts)",
+                self.name,
+                url,
+                last_error,
+                self.max_retries + 1,
+            )
+            return None
+        return f"{url} ({last_error})"
+
+    def _judge_models(self, url: str, response: Any) -> None:
+        """Raise when the answer to ``GET /models`` refuses the key or lacks the model."""
+        status = response.status_code
+        if status in (401, 403):
+            raise PoiseError(self._refusal(url, status, _response_message(response)))
+        if status != 200:
+            logger.debug("%s: GET %s/models answered HTTP %d; not checked", self.name, url, status)
+            return
+        try:
+            data = response.json().get("data")
+        except (ValueError, AttributeError):
+            return
+        if not isinstance(data, list):
+            return
+        served = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        if not served or self.model in served or f"{self.model}:latest" in served:
+            return  # an empty list (some proxies) tells nothing; Ollama adds ":latest"
+        shown = ", ".join(repr(m) for m in served[:5])
+        more = f" and {len(served) - 5} more" if len(served) > 5 else ""
+        raise PoiseError(
+            f"{self.name}: {url} does not serve the model {self.model!r} (it serves {shown}{more});"
+            " check the model name (or skip this check: the model option check_endpoint=false)"
         )
 
 
@@ -426,6 +590,52 @@ def _server_message(exc: openai.APIStatusError) -> str:
     return text[:500] or exc.message
 
 
+def _response_message(response: Any) -> str:
+    """The error message of an httpx response with an OpenAI error body, else its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    text = " ".join(str(response.text).split())[:500]
+    return text or f"HTTP {response.status_code}"
+
+
+def _stops_everything(status: int, message: str, body: object) -> bool:
+    """Whether a refusal (a 4xx other than 408 / 429) is one every chat would get: a missing or
+    wrong key (401, 403), an unknown model or route (404), or a 400 / 422 about the request's
+    parameters (the error's ``param``, or the message naming one) rather than the chat's text
+    (its length or content, which other chats escape)."""
+    if status in (401, 403, 404):
+        return True
+    if status not in (400, 422) or _ITEM_FAULT.search(message):
+        return False
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    param = inner.get("param") if isinstance(inner, dict) else None
+    if isinstance(param, str):
+        return param in _REQUEST_PARAMS
+    return _NAMED_PARAM.search(message) is not None
+
+
+def _connection_detail(exc: BaseException) -> str:
+    """The innermost reason of a connection error ("[Errno 111] Connection refused"), which the
+    openai client's own message ("Connection error.") hides."""
+    reason = str(exc) or type(exc).__name__
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if str(cause):
+            reason = str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return " ".join(reason.split())
+
+
 def _retry_after_seconds(headers: Any) -> float | None:
     """Seconds the server asked us to wait (``retry-after-ms`` or ``Retry-After``), if any."""
     value = headers.get("retry-after-ms")
@@ -489,8 +699,9 @@ def load(spec: str, **options: Any) -> OpenAIModel:
     """``openai:MODEL`` or ``openai:MODEL@URL[,URL...]`` -> :class:`OpenAIModel`.
 
     Options: ``base_url`` (one URL), ``base_urls`` (a list or a comma-separated string),
-    ``api_key_env``, ``concurrency``, ``max_retries``, ``timeout``, ``name``. Without any URL the
-    base URL comes from ``$OPENAI_BASE_URL`` (else OpenAI's API).
+    ``api_key_env``, ``concurrency``, ``max_retries``, ``timeout``, ``name``, ``check_endpoint``
+    (default true: :meth:`OpenAIModel.check_endpoint` before the model is returned). Without any
+    URL the base URL comes from ``$OPENAI_BASE_URL`` (else OpenAI's API).
     """
     match = _SPEC.match(spec.strip())
     if match is None or not match.group("model").strip():
@@ -511,7 +722,8 @@ def load(spec: str, **options: Any) -> OpenAIModel:
         urls += _split_urls(options["base_url"])
     if options.get("base_urls") is not None:
         urls += _split_urls(options["base_urls"])
-    return OpenAIModel(
+    check = _bool_option(options, "check_endpoint", True)
+    model = OpenAIModel(
         match.group("model").strip(),
         base_urls=urls,
         api_key_env=str(options.get("api_key_env", "OPENAI_API_KEY")),
@@ -520,6 +732,9 @@ def load(spec: str, **options: Any) -> OpenAIModel:
         timeout=_float_option(options, "timeout", 120.0),
         name=str(options["name"]) if options.get("name") else None,
     )
+    if check:
+        model.check_endpoint()
+    return model
 
 
 def _split_urls(value: object) -> list[str]:
@@ -546,3 +761,15 @@ def _float_option(options: dict[str, Any], key: str, default: float) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise PoiseError(f"openai backend: option {key} must be a number, got {value!r}") from None
+
+
+def _bool_option(options: dict[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise PoiseError(f"openai backend: option {key} must be true or false, got {value!r}")

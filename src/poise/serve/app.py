@@ -158,6 +158,7 @@ class ServerState:
 def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastAPI:
     """The ASGI app serving ``model`` under ``config.name``."""
     config = config or ServeConfig()
+    _quiet_length_warning(model)
     state = ServerState(model, config)
 
     @contextlib.asynccontextmanager
@@ -224,6 +225,21 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
         {"/v1/chat/completions": ChatRequestBody, "/v1/completions": CompletionRequestBody},
     )
     return app
+
+
+# transformers' key for "Token indices sequence length is longer than the specified maximum
+# sequence length for this model ... will result in indexing errors", which it logs once per
+# tokenizer unless this flag is set
+_LENGTH_WARNING = "sequence-length-is-longer-than-the-specified-maximum"
+
+
+def _quiet_length_warning(model: LanguageModel) -> None:
+    """Keep transformers' warning about a sequence longer than the tokenizer's maximum out of the
+    server log when the server checks every request's length itself (a model that knows its
+    context: :func:`admission`): such a request is refused with a 400, never run."""
+    warnings = getattr(model.tokenizer, "deprecation_warnings", None)
+    if model.context_length is not None and isinstance(warnings, dict):
+        warnings[_LENGTH_WARNING] = True
 
 
 def _firewall_guard(model: LanguageModel, config: ServeConfig) -> Callable[[Chat], None] | None:

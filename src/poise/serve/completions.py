@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Completion, LanguageModel, SequenceLogprobs
+from poise.models.context import tokens_at_least
 from poise.serve.batcher import text_pieces
 from poise.serve.logprobs import (
     MAX_TOP_LOGPROBS,
@@ -43,6 +44,7 @@ from poise.serve.logprobs import (
 from poise.serve.schema import (
     RequestError,
     ServeConfig,
+    check_stream_options,
     error_body,
     parse_sampling,
     validation_error,
@@ -158,6 +160,7 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
                 f"prompt[{i}] holds a negative token id", param="prompt", code="invalid_value"
             )
 
+    check_stream_options(req.stream, req.stream_options)
     echo = bool(req.echo)
     max_tokens = DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
     if max_tokens == 0 and not echo:
@@ -202,7 +205,9 @@ def _encode(tokenizer: Any, prompts: Sequence[str | list[int]]) -> list[list[int
     encoded = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, str):
-            ids = [int(t) for t in tokenizer(prompt)["input_ids"]]
+            # verbose=False: no "Token indices sequence length is longer than ..." warning in
+            # the log, because _check_context refuses such a prompt itself
+            ids = [int(t) for t in tokenizer(prompt, verbose=False)["input_ids"]]
             if not ids:
                 raise RequestError(f"prompt[{i}] has no tokens", param="prompt")
         else:
@@ -218,20 +223,50 @@ def _encode(tokenizer: Any, prompts: Sequence[str | list[int]]) -> list[list[int
     return encoded
 
 
-def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> None:
-    """A 400 (as OpenAI and vLLM word it) for a prompt plus ``max_tokens`` longer than the
-    model's context: ``model.context_length`` (from its config, as the chat route and the audit
-    check it), or else the context its tokenizer declares (``model_max_length``; tokenizers that
-    declare none have a huge placeholder there); the smaller when both are declared."""
+def _context_limit(model: Any) -> int | None:
+    """The context a request must fit in: ``model.context_length`` (from its config, as the chat
+    route and the audit check it), or else the context its tokenizer declares
+    (``model_max_length``; tokenizers that declare none have a huge placeholder there); the
+    smaller when both are declared; None when neither is."""
     declared = getattr(model.tokenizer, "model_max_length", None)
     limits = [
         limit
         for limit in (getattr(model, "context_length", None), declared)
         if isinstance(limit, int) and limit < _NO_DECLARED_LIMIT
     ]
-    if not limits:
+    return min(limits) if limits else None
+
+
+def _check_characters(model: Any, prompts: Sequence[str | list[int]], max_tokens: int) -> None:
+    """Refuse, before tokenizing, a text prompt whose length in characters alone proves it too
+    long for the context (so a huge prompt costs neither time nor memory), with the bound of
+    :func:`poise.models.context.tokens_at_least`, as ``fit_context`` bounds chat messages.
+    Anything shorter is tokenized and counted exactly (:func:`_check_context`)."""
+    texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
+    limit = _context_limit(model) if texts else None
+    if limit is None:
         return
-    limit = min(limits)
+    for i, prompt in texts:
+        at_least = tokens_at_least(model.tokenizer, len(prompt))
+        if at_least is None:
+            return
+        if at_least + max_tokens > limit:
+            raise RequestError(
+                f"This model's maximum context length is {limit} tokens. However, prompt[{i}] "
+                f"is at least {at_least} tokens long ({len(prompt)} characters), and "
+                f"{max_tokens} are asked for the completion. Please reduce the prompt or "
+                "max_tokens.",
+                param="prompt",
+                code="context_length_exceeded",
+            )
+
+
+def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> None:
+    """A 400 (as OpenAI and vLLM word it) for a prompt plus ``max_tokens`` longer than the
+    model's context (:func:`_context_limit`)."""
+    limit = _context_limit(model)
+    if limit is None:
+        return
     for i, prompt in enumerate(prompts):
         if len(prompt) + max_tokens > limit:
             raise RequestError(
@@ -246,6 +281,7 @@ def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> Non
 def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], int]:
     """The choices of a request (prompt-major, sample-minor) and its prompt token count."""
     tokenizer = model.tokenizer
+    _check_characters(model, parsed.prompts, parsed.max_tokens)
     prompts = _encode(tokenizer, parsed.prompts)
     _check_context(model, prompts, parsed.max_tokens)
     n = parsed.sampling.n

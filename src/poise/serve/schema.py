@@ -175,6 +175,13 @@ _UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "best_of": (None, 1),
 }
 
+# Fields that take one of several types: what a value that is none of them should be.
+_UNION_TYPES = {
+    "stop": "a string or a list of strings",
+    "content": "a string or a list of text parts",
+    "prompt": "a string, a list of strings, a list of token ids or a list of such lists",
+}
+
 _PYDANTIC_CODES = {
     "missing": "missing_required_parameter",
     "too_short": "invalid_value",
@@ -283,6 +290,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         raise RequestError(
             "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
         )
+    check_stream_options(req.stream, req.stream_options)
     include_usage = bool((req.stream_options or {}).get("include_usage", False))
     return ChatRequest(
         model=req.model,
@@ -315,6 +323,16 @@ def parse_sampling(req: Any, config: ServeConfig, max_new_tokens: int) -> Sampli
         )
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def check_stream_options(stream: bool | None, stream_options: object) -> None:
+    """``stream_options`` without ``stream: true`` is a 400, as OpenAI and vLLM answer it."""
+    if stream_options is not None and not stream:
+        raise RequestError(
+            "stream_options is only allowed when stream is true",
+            param="stream_options",
+            code="invalid_value",
+        )
 
 
 def parse_n(value: int | None, config: ServeConfig) -> int:
@@ -369,12 +387,22 @@ def error_from_details(errors: list[Any]) -> RequestError:
     if kind == "json_invalid":
         return RequestError("the request body is not valid JSON", code="invalid_json")
     # Drop FastAPI's "body" prefix and pydantic's union-branch names ("str", "list[_TextPart]").
-    loc = [
-        p
-        for p in err.get("loc", ())
-        if p != "body" and not (isinstance(p, str) and ("[" in p or p in {"str", "list"}))
-    ]
+    raw = [p for p in err.get("loc", ()) if p != "body"]
+    loc = [p for p in raw if not _is_union_branch(p)]
     param = _param_path(loc)
+    branch = next((i for i, p in enumerate(raw) if _is_union_branch(p)), None)
+    if branch is not None:
+        # A value none of the union's types accepts: pydantic reports the first type's error
+        # ("should be a valid string"), as if no other were allowed; name them all instead.
+        field = raw[:branch]
+        name = next((p for p in reversed(field) if isinstance(p, str)), "")
+        if name in _UNION_TYPES:
+            param = _param_path(field)
+            message = f"{param} must be {_UNION_TYPES[name]}"
+            value = err.get("input")
+            if isinstance(value, (str, int, float, bool)):
+                message += f" (got {value!r})"
+            return RequestError(message, param=param, code="invalid_type")
     if kind == "missing":
         message = f"{param} is required"
     else:
@@ -384,6 +412,10 @@ def error_from_details(errors: list[Any]) -> RequestError:
             message += f" (got {value!r})"
     code = _PYDANTIC_CODES.get(kind, "invalid_type" if kind.endswith("_type") else "invalid_value")
     return RequestError(message, param=param or None, code=code)
+
+
+def _is_union_branch(part: object) -> bool:
+    return isinstance(part, str) and ("[" in part or part in {"str", "list"})
 
 
 def _param_path(loc: list[Any]) -> str:

@@ -1,0 +1,284 @@
+"""The openai backend against endpoints it can never succeed with: a wrong model name, key or
+URL, a request parameter the server refuses, a server that is down. Such an endpoint fails at
+load (``GET /models``) or stops the whole ``generate`` call with one line, instead of being
+retried item by item."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+import poise.models.openai as openai_backend
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models.base import Chat, GenerationError
+from poise.models.openai import EndpointRefused, OpenAIModel, load
+
+# status, JSON body
+Reply = tuple[int, Any]
+
+
+def completion(text: str) -> Reply:
+    return 200, {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        ],
+    }
+
+
+def error(status: int, message: str, param: str | None = None) -> Reply:
+    return status, {"error": {"message": message, "type": "x", "param": param, "code": None}}
+
+
+def models(*ids: str) -> Reply:
+    return 200, {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
+
+
+class Server:
+    """A threaded fake endpoint: ``get(path)`` answers GETs (None: no GET route, a 501 as
+    http.server sends), ``post(body)`` answers POSTs; every request is recorded."""
+
+    def __init__(
+        self,
+        post: Callable[[dict[str, Any]], Reply],
+        get: Callable[[str], Reply] | None = None,
+    ) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.gets: list[tuple[str, str | None]] = []  # path, Authorization header
+        lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self, reply: Reply) -> None:
+                status, body = reply
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                with lock:
+                    fake.gets.append((self.path, self.headers.get("authorization")))
+                if get is None:
+                    self.send_error(501)
+                    return
+                self.answer(get(self.path))
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                with lock:
+                    fake.posts.append(body)
+                self.answer(post(body))
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[Callable[..., Server]]:
+    made: list[Server] = []
+
+    def make(
+        post: Callable[[dict[str, Any]], Reply] = lambda body: completion("ok"),
+        get: Callable[[str], Reply] | None = None,
+    ) -> Server:
+        made.append(Server(post, get))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+@pytest.fixture(autouse=True)
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_backend, "_BACKOFF_BASE_S", 0.01)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+def chat(text: str) -> Chat:
+    return [{"role": "user", "content": text}]
+
+
+def closed_port_url() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+# -- at load: GET /models ----------------------------------------------------------------------
+
+
+def test_load_refuses_a_model_the_server_does_not_list(server: Callable[..., Server]) -> None:
+    endpoint = server(get=lambda path: models("tiny"))
+    with pytest.raises(PoiseError) as info:
+        load(f"openai:nosuch@{endpoint.url}")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"{endpoint.url} does not serve the model 'nosuch' (it serves 'tiny')" in message
+    assert "check_endpoint=false" in message
+    assert [path for path, _ in endpoint.gets] == ["/v1/models"]
+    assert endpoint.posts == []
+    assert load(f"openai:tiny@{endpoint.url}").model == "tiny"
+    # Ollama lists "llama3:latest" for "llama3"; an empty list (some proxies) tells nothing
+    assert load(f"openai:llama3@{server(get=lambda path: models('llama3:latest')).url}")
+    assert load(f"openai:anything@{server(get=lambda path: models()).url}")
+
+
+@pytest.mark.parametrize("get", [None, lambda path: error(404, "Not Found")])
+def test_load_does_not_judge_a_server_without_a_models_route(
+    server: Callable[..., Server], get: Callable[[str], Reply] | None
+) -> None:
+    endpoint = server(get=get)
+    model = load(f"openai:m@{endpoint.url}")
+    assert len(endpoint.gets) == 1
+    [[answer]] = model.generate([chat("x")], Sampling())
+    assert answer.text == "ok"
+
+
+def test_load_on_a_401_names_the_key_variable(
+    server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = server(get=lambda path: error(401, "Incorrect API key provided."))
+    with pytest.raises(PoiseError) as info:
+        load(f"openai:m@{endpoint.url}")
+    message = str(info.value)
+    assert "\n" not in message
+    assert "(HTTP 401): Incorrect API key provided." in message
+    assert "no API key was sent" in message
+    assert "environment variable OPENAI_API_KEY, which is not set" in message
+    assert "api_key_env=NAME" in message
+    assert len(endpoint.gets) == 1  # not retried
+
+    monkeypatch.setenv("MY_KEY", "wrong")
+    with pytest.raises(PoiseError, match="the one in the environment variable MY_KEY") as info:
+        load(f"openai:m@{endpoint.url}", api_key_env="MY_KEY")
+    assert endpoint.gets[-1][1] == "Bearer wrong"
+
+
+def test_load_of_a_down_server_is_one_line_after_the_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = closed_port_url()
+    caplog.set_level(logging.INFO)
+    with pytest.raises(PoiseError) as info:
+        load(f"openai:m@{url}", max_retries=2)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"cannot reach {url} (" in message and "after 3 attempts" in message
+    assert "is the server running" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO]  # no retry warnings
+
+
+def test_load_with_one_of_two_servers_down_warns_and_goes_on(
+    server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    down = closed_port_url()
+    up = server(get=lambda path: models("m"))
+    model = load(f"openai:m@{up.url},{down}", max_retries=0)
+    assert model.base_urls == (up.url, down)
+    assert any(f"cannot reach {down}" in r.getMessage() for r in caplog.records)
+
+
+def test_load_skips_the_check_when_told(server: Callable[..., Server]) -> None:
+    endpoint = server(get=lambda path: models("tiny"))
+    load(f"openai:nosuch@{endpoint.url}", check_endpoint=False)
+    assert endpoint.gets == []
+
+
+# -- while generating: refusals that every chat would get --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        (error(401, "Incorrect API key provided."), "environment variable OPENAI_API_KEY"),
+        (error(403, "forbidden"), "environment variable OPENAI_API_KEY"),
+        (error(404, "the model 'nosuch' does not exist"), "does not exist"),
+        (error(404, "Not Found"), "it usually ends in /v1"),
+        (error(400, "max_tokens must be between 1 and 256, got 512", "max_tokens"), "max_tokens"),
+        (error(400, "Unrecognized request argument supplied: top_k"), "top_k"),
+    ],
+)
+def test_a_refusal_every_chat_would_get_stops_the_call_at_once(
+    server: Callable[..., Server], reply: Reply, said: str
+) -> None:
+    endpoint = server(post=lambda body: reply)
+    model = OpenAIModel("m", base_urls=[endpoint.url], concurrency=1, max_retries=4)
+    with pytest.raises(EndpointRefused) as info:
+        model.generate([chat(f"q{i}") for i in range(8)], Sampling())
+    message = str(info.value)
+    assert not isinstance(info.value, GenerationError)
+    assert "\n" not in message and f"HTTP {reply[0]}" in message and said in message
+    assert len(endpoint.posts) == 1  # neither retried nor asked for the other chats
+
+
+def test_a_400_stops_the_call_only_when_it_is_about_the_request(
+    server: Callable[..., Server],
+) -> None:
+    def reply(body: dict[str, Any]) -> Reply:
+        text = body["messages"][-1]["content"]
+        if body["max_tokens"] > 100:
+            return error(400, "max_tokens must be at most 100", "max_tokens")
+        if text == "long":
+            return error(
+                400,
+                "This model's maximum context length is 512 tokens. However, you requested 600 "
+                "tokens (504 in the messages, 96 in the completion).",
+                "messages",
+            )
+        return completion(f"answer to {text}")
+
+    endpoint = server(post=reply)
+    model = OpenAIModel("m", base_urls=[endpoint.url], concurrency=1)
+    with pytest.raises(GenerationError) as info:
+        model.generate([chat("a"), chat("long"), chat("b")], Sampling())
+    assert set(info.value.failures) == {1}
+    assert [r[0].text if r else None for r in info.value.results] == [
+        "answer to a",
+        None,
+        "answer to b",
+    ]
+    # the same server refusing a parameter every chat sends: one request, then a stop
+    asked = len(endpoint.posts)
+    with pytest.raises(EndpointRefused, match=r"HTTP 400\): max_tokens must be at most 100"):
+        model.generate([chat("a"), chat("b")], Sampling(max_new_tokens=200))
+    assert len(endpoint.posts) == asked + 1
+
+
+def test_a_server_that_is_down_is_named_as_unreachable() -> None:
+    url = closed_port_url()
+    model = OpenAIModel("m", base_urls=[url], max_retries=1)
+    with pytest.raises(GenerationError) as info:
+        model.generate([chat("x")], Sampling())
+    assert f"request failed after 2 attempts: cannot reach {url} (" in info.value.failures[0]
+    assert "Connection error." not in info.value.failures[0]
