@@ -184,3 +184,26 @@ def test_an_audit_keeps_every_answer_when_one_request_fails_and_resume_retries_i
     assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(8)]
     # only the failed request was asked again
     assert [r["messages"][-1]["content"] for r in server.requests[asked:]] == ["harmful request 3"]
+
+
+def test_an_audit_of_which_no_answer_comes_back_leaves_no_run(
+    tmp_path: Path, endpoint: Callable[..., Endpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request fails (an endpoint that answers 503 to all): one line, and no run folder
+    holding zero answers to resume."""
+    import poise.models.openai as openai_backend
+
+    monkeypatch.setattr(openai_backend, "_BACKOFF_BASE_S", 0.01)
+
+    def reply(request: dict[str, Any]) -> Answer:
+        return 503, "application/json", b'{"error": {"message": "overloaded"}}'
+
+    server = endpoint(reply)
+    suite = write_suite(tmp_path / "mini.jsonl", 4)
+    argv = audit_argv(f"openai:m@{server.url}", suite, tmp_path / "runs")
+    argv += ["--model-option", "max_retries=1"]
+    failed = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert failed.exit_code == 2, failed.output
+    assert "no answer came back, so no run was written" in failed.output
+    assert "Traceback" not in failed.output
+    assert list_runs(tmp_path / "runs") == []

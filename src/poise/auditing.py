@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -210,6 +211,7 @@ def _audit(
     _check_unique_requests(requests)
     check_context(model, requests)  # an over-long item stops the audit before any work
 
+    created = run is None
     if run is None:
         run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg))
     try:
@@ -227,7 +229,15 @@ def _audit(
         try:
             for judged in blocks:
                 run.append(j.record(cfg.attack) for j in judged)
-        except RequestsFailed as exc:
+        except PoiseError as exc:
+            if created and next(iter(run.records()), None) is None:
+                # nothing came back (an endpoint down or refusing every request): a run
+                # folder with no answer would only be a 0-sample run to resume
+                run.unlock()
+                shutil.rmtree(run.path, ignore_errors=True)
+                raise PoiseError(f"{exc}; no answer came back, so no run was written") from None
+            if not isinstance(exc, RequestsFailed):
+                raise
             # every answer that came back is recorded (and cached); the failed ones are not done
             # keys, so the same command (or --resume) asks for exactly those again
             raise PoiseError(
