@@ -207,3 +207,25 @@ def test_an_audit_of_which_no_answer_comes_back_leaves_no_run(
     assert "no answer came back, so no run was written" in failed.output
     assert "Traceback" not in failed.output
     assert list_runs(tmp_path / "runs") == []
+
+
+def test_a_judge_failing_before_the_first_record_keeps_the_run_and_its_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the endpoint failing removes a run with no answer: a judge's error keeps the folder
+    and the generations cached in it, so the same command does not generate them again."""
+    import poise
+    from poise.errors import PoiseError
+    from poise.scoring.judges import RefusalJudge
+
+    def broken(self: object, items: object, completions: object) -> None:
+        raise PoiseError("judge endpoint: 401 unauthorized")
+
+    monkeypatch.setattr(RefusalJudge, "judge", broken)
+    with pytest.raises(PoiseError, match="401 unauthorized") as info:
+        poise.audit(
+            model="organism-small", suites=["harmful"], limit=2, judge="refusal", out=tmp_path
+        )
+    assert "no run was written" not in str(info.value)
+    [run] = list_runs(tmp_path)
+    assert run.cache_path.is_file()

@@ -138,20 +138,37 @@ def closed_port_url() -> str:
 # -- at load: GET /models ----------------------------------------------------------------------
 
 
-def test_load_refuses_a_model_the_server_does_not_list(server: Callable[..., Server]) -> None:
-    endpoint = server(get=lambda path: models("tiny"))
-    with pytest.raises(PoiseError) as info:
-        load(f"openai:nosuch@{endpoint.url}")
-    message = str(info.value)
-    assert "\n" not in message
-    assert f"{endpoint.url} does not serve the model 'nosuch' (it serves 'tiny')" in message
-    assert "check_endpoint=false" in message
+def test_load_warns_when_the_server_does_not_list_the_model(
+    server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """llama.cpp's server and TGI list a name of their own and answer any model name, so a
+    name the list lacks only warns; a wrong name elsewhere gets a 404 on its first request,
+    which stops the call (below)."""
+    endpoint = server(get=lambda path: models("/models/Llama-3.2-3B-Instruct-Q4_K_M.gguf"))
+    with caplog.at_level("WARNING", logger="poise"):
+        model = load(f"openai:llama@{endpoint.url}")
+    assert model.model == "llama"
+    assert "lists '/models/Llama-3.2-3B-Instruct-Q4_K_M.gguf', not 'llama'; going on" in caplog.text
     assert [path for path, _ in endpoint.gets] == ["/v1/models"]
     assert endpoint.posts == []
-    assert load(f"openai:tiny@{endpoint.url}").model == "tiny"
-    # Ollama lists "llama3:latest" for "llama3"; an empty list (some proxies) tells nothing
-    assert load(f"openai:llama3@{server(get=lambda path: models('llama3:latest')).url}")
-    assert load(f"openai:anything@{server(get=lambda path: models()).url}")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise"):
+        assert load(f"openai:tiny@{server(get=lambda path: models('tiny')).url}").model == "tiny"
+        # Ollama lists "llama3:latest" for "llama3"; an empty list (some proxies) tells nothing
+        assert load(f"openai:llama3@{server(get=lambda path: models('llama3:latest')).url}")
+        assert load(f"openai:anything@{server(get=lambda path: models()).url}")
+    assert "going on" not in caplog.text
+
+
+def test_a_403_on_the_listing_only_warns(
+    server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A key without the scope to list models can still ask for completions."""
+    endpoint = server(get=lambda path: error(403, "missing scope: models.read"))
+    with caplog.at_level("WARNING", logger="poise"):
+        model = load(f"openai:m@{endpoint.url}")
+    assert "answered 403 (missing scope: models.read); going on" in caplog.text
+    assert model.generate([chat("q")], Sampling())[0][0].text == "ok"
 
 
 @pytest.mark.parametrize("get", [None, lambda path: error(404, "Not Found")])
@@ -222,7 +239,6 @@ def test_load_skips_the_check_when_told(server: Callable[..., Server]) -> None:
     ("reply", "said"),
     [
         (error(401, "Incorrect API key provided."), "environment variable OPENAI_API_KEY"),
-        (error(403, "forbidden"), "environment variable OPENAI_API_KEY"),
         (error(404, "the model 'nosuch' does not exist"), "does not exist"),
         (error(404, "Not Found"), "it usually ends in /v1"),
         (error(400, "max_tokens must be between 1 and 256, got 512", "max_tokens"), "max_tokens"),
@@ -240,6 +256,23 @@ def test_a_refusal_every_chat_would_get_stops_the_call_at_once(
     assert not isinstance(info.value, GenerationError)
     assert "\n" not in message and f"HTTP {reply[0]}" in message and said in message
     assert len(endpoint.posts) == 1  # neither retried nor asked for the other chats
+
+
+def test_a_403_fails_its_own_chat_only(server: Callable[..., Server]) -> None:
+    """Gateways answer 403 for a prompt their moderation flagged; an audit sends such prompts
+    on purpose, so the other chats are answered."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["messages"][-1]["content"] == "flagged":
+            return error(403, 'your input was flagged for "violence"')
+        return completion("ok")
+
+    endpoint = server(post=reply)
+    model = OpenAIModel("m", base_urls=[endpoint.url], concurrency=1, max_retries=2)
+    with pytest.raises(GenerationError) as info:
+        model.generate([chat("a"), chat("flagged"), chat("b")], Sampling())
+    assert [r is not None for r in info.value.results] == [True, False, True]
+    assert "flagged" in info.value.failures[1] and "API key" not in info.value.failures[1]
 
 
 def test_a_400_stops_the_call_only_when_it_is_about_the_request(

@@ -43,7 +43,7 @@ def test_resolver_passes_a_cache_name_to_the_openai_backend() -> None:
     assert model.name == "my-served-model-v2"
 
 
-def test_a_wrong_key_model_or_address_stops_the_audit_before_its_run_folder(
+def test_a_wrong_key_model_or_address_stops_the_audit_and_leaves_no_run_folder(
     start_server: Callable[..., ThreadServer],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -71,8 +71,11 @@ def test_a_wrong_key_model_or_address_stops_the_audit_before_its_run_folder(
         "environment variable OPENAI_API_KEY, which is not set",
     )
     monkeypatch.setenv("OPENAI_API_KEY", "sekrit")
+    # the listing lacks it (a warning at load), and its first request stops the audit
     fails(
-        f"openai:nosuch@{server.base_url}", "does not serve the model 'nosuch' (it serves 'tiny')"
+        f"openai:nosuch@{server.base_url}",
+        "(HTTP 404): the model 'nosuch' does not exist; this server serves 'tiny'; no answer "
+        "came back, so no run was written",
     )
     down = f"http://127.0.0.1:{free_port()}/v1"
     fails(f"openai:tiny@{down}", f"cannot reach {down} (", max_retries=0)

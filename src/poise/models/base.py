@@ -91,6 +91,12 @@ class Completion:
 ResultFn = Callable[[int, list[Completion]], None]
 
 
+class EndpointError(PoiseError):
+    """A model's endpoint refused every request, or could not be reached: no retry and no
+    other chat can escape it (a wrong key, model name or URL). An audit that got no answer at
+    all then keeps no run folder."""
+
+
 class GenerationError(PoiseError):
     """Some chats of one ``generate`` call failed for good, the others were answered.
 

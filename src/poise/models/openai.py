@@ -44,6 +44,7 @@ from poise.errors import MissingExtraError, PoiseError
 from poise.models.base import (
     Chat,
     Completion,
+    EndpointError,
     FinishReason,
     GenerationError,
     ModelBase,
@@ -99,7 +100,7 @@ _ITEM_FAULT = re.compile(
 )
 
 
-class EndpointRefused(PoiseError):
+class EndpointRefused(EndpointError):
     """A refusal no retry and no other chat can escape (a wrong key, model or URL, or a request
     parameter the server does not take): it stops the whole ``generate`` call."""
 
@@ -359,7 +360,7 @@ class OpenAIModel(ModelBase):
     def _refusal(self, url: str, status: int, message: str) -> str:
         """One line for a refusal that stops everything, with what to do about it."""
         head = f"{self.name}: {url} refused the request (HTTP {status}): {message}"
-        if status in (401, 403):
+        if status == 401:
             if not os.environ.get(self.api_key_env):
                 return (
                     f"{head}; no API key was sent: poise reads it from the environment variable "
@@ -378,7 +379,8 @@ class OpenAIModel(ModelBase):
         """Check every base URL before any work: ``GET {url}/models`` answers (connection errors
         and 408 / 429 / 502 / 503 / 504 are retried as requests are), the API key is accepted and
         the model is listed. Raises :class:`~poise.errors.PoiseError` (one line) when no base URL
-        can be reached, when a key is refused, or when a server lists models but not this one. A
+        can be reached or the key is refused (401); a model the server does not list, or a 403
+        on the listing, only warns (see :meth:`_judge_models`). A
         server without the route (404, 405, 501), failing on it (500) or with an unusual answer
         is not judged: its first request will tell. With several base URLs, one that cannot be
         reached only warns."""
@@ -447,10 +449,21 @@ class OpenAIModel(ModelBase):
         return f"{url} ({last_error})"
 
     def _judge_models(self, url: str, response: Any) -> None:
-        """Raise when the answer to ``GET /models`` refuses the key or lacks the model."""
+        """Raise when the answer to ``GET /models`` refuses the key (401); warn when it lacks
+        the model (llama.cpp's server and TGI list a name of their own and serve any model
+        name; a wrong name elsewhere gets a 404 on its first request, which stops the audit)
+        or cannot be listed with this key (403: a key without the scope to list models)."""
         status = response.status_code
-        if status in (401, 403):
+        if status == 401:
             raise PoiseError(self._refusal(url, status, _response_message(response)))
+        if status == 403:
+            logger.warning(
+                "%s: GET %s/models answered 403 (%s); going on: the requests will tell",
+                self.name,
+                url,
+                _response_message(response),
+            )
+            return
         if status != 200:
             logger.debug("%s: GET %s/models answered HTTP %d; not checked", self.name, url, status)
             return
@@ -465,9 +478,14 @@ class OpenAIModel(ModelBase):
             return  # an empty list (some proxies) tells nothing; Ollama adds ":latest"
         shown = ", ".join(repr(m) for m in served[:5])
         more = f" and {len(served) - 5} more" if len(served) > 5 else ""
-        raise PoiseError(
-            f"{self.name}: {url} does not serve the model {self.model!r} (it serves {shown}{more});"
-            " check the model name (or skip this check: the model option check_endpoint=false)"
+        logger.warning(
+            "%s: %s lists %s%s, not %r; going on (servers such as llama.cpp's and TGI answer any "
+            "model name; elsewhere the first request will fail with 404)",
+            self.name,
+            url,
+            shown,
+            more,
+            self.model,
         )
 
 
@@ -574,15 +592,23 @@ def _split_proportionally(total: int, weights: list[int]) -> list[int]:
     return counts
 
 
-def _server_message(exc: openai.APIStatusError) -> str:
-    """The server's own error message (the OpenAI error body's ``message``), else the text."""
-    body = exc.body
+def _body_message(body: object) -> str | None:
+    """The ``message`` of an OpenAI error body (``{"error": {"message": ...}}``, or the error as
+    a string), else None."""
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
             return str(inner["message"])
         if isinstance(inner, str):
             return inner
+    return None
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own error message (the OpenAI error body's ``message``), else the text."""
+    message = _body_message(exc.body)
+    if message is not None:
+        return message
     try:
         text = exc.response.text.strip()
     except Exception:
@@ -596,22 +622,21 @@ def _response_message(response: Any) -> str:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return str(inner["message"])
-        if isinstance(inner, str):
-            return inner
+    message = _body_message(body)
+    if message is not None:
+        return message
     text = " ".join(str(response.text).split())[:500]
     return text or f"HTTP {response.status_code}"
 
 
 def _stops_everything(status: int, message: str, body: object) -> bool:
     """Whether a refusal (a 4xx other than 408 / 429) is one every chat would get: a missing or
-    wrong key (401, 403), an unknown model or route (404), or a 400 / 422 about the request's
+    wrong key (401), an unknown model or route (404), or a 400 / 422 about the request's
     parameters (the error's ``param``, or the message naming one) rather than the chat's text
-    (its length or content, which other chats escape)."""
-    if status in (401, 403, 404):
+    (its length or content, which other chats escape). A 403 is not: gateways answer it for a
+    prompt their moderation flagged (an audit sends such prompts on purpose), so it fails its
+    own item only."""
+    if status in (401, 404):
         return True
     if status not in (400, 422) or _ITEM_FAULT.search(message):
         return False
