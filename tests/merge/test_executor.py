@@ -322,6 +322,53 @@ def test_another_architecture_is_refused(specialists: list[Path], tmp_path: Path
     assert _nothing_written(tmp_path, out)
 
 
+def test_a_tied_head_or_a_rotary_buffer_one_model_stores_is_left_out(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """A base that ties its LM head to the embeddings stores no ``lm_head.weight``; a fine-tune
+    saved with it, or with an old ``rotary_emb.inv_freq`` buffer, still merges (those tensors
+    are left out, as the output is the base's); the same extra head on an untied base is
+    refused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base, a, _ = specialists
+
+    def variant(source: Path, name: str, *, tie: bool, head: bool, inv_freq: bool) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(source, folder)
+        config = json.loads((folder / "config.json").read_text())
+        config["tie_word_embeddings"] = tie
+        (folder / "config.json").write_text(json.dumps(config))
+        weights = load_file(folder / "model.safetensors")
+        if head:
+            weights["lm_head.weight"] = weights["model.embed_tokens.weight"].clone()
+        else:
+            weights.pop("lm_head.weight", None)
+        if inv_freq:
+            weights["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+        save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return folder
+
+    tied_base = variant(base, "tied-base", tie=True, head=False, inv_freq=False)
+    tuned = variant(a, "tuned", tie=True, head=True, inv_freq=True)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(tied_base),
+        "models": [{"model": str(tuned), "parameters": {"weight": 1.0}}],
+    }), out)  # fmt: skip
+    merged = load_file(out / "model.safetensors")
+    assert "lm_head.weight" not in merged and not any("inv_freq" in k for k in merged)
+    untied_base = variant(base, "untied-base", tie=False, head=False, inv_freq=False)
+    with pytest.raises(PoiseError, match=r"1 tensor\(s\) the base .* lacks \(lm_head.weight\)"):
+        run_merge(_write(tmp_path / "u.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(untied_base),
+            "models": [{"model": str(variant(a, "head-only", tie=False, head=True,
+                                             inv_freq=False)), "parameters": {"weight": 1.0}}],
+        }), tmp_path / "out2")  # fmt: skip
+
+
 def test_della_bounds_are_checked_on_every_tensor_before_writing(
     specialists: list[Path], tmp_path: Path
 ) -> None:

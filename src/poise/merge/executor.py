@@ -129,7 +129,16 @@ def check_inputs(job: MergeJob) -> None:
             )
         keys = model.keys()
         key_set = set(keys)
-        extra = [n for n in keys if n not in anchor_set]
+        extra = [n for n in keys if n not in anchor_set and not _ignorable(n, anchor)]
+        ignored = [n for n in keys if n not in anchor_set and n not in extra]
+        if ignored:
+            log.info(
+                "%s: %s left out (the %s %s does not store it)",
+                model.label,
+                _some(ignored),
+                role,
+                anchor.label,
+            )
         missing = [n for n in anchor_keys if n not in key_set]
         if extra or missing:
             if extra:
@@ -153,6 +162,33 @@ def check_inputs(job: MergeJob) -> None:
                     f"the {role} {anchor.label!r} has {list(want)}: merged models must have "
                     "the same shapes (the vocabulary axis aside)"
                 )
+
+
+def _ignorable(name: str, anchor: TensorSource) -> bool:
+    """A tensor a model may store and the anchor not, that the merge leaves out (as it always
+    did: the output's tensors are the reference's): a rotary-embedding buffer (``inv_freq``, which
+    older checkpoints saved), or the LM head when the anchor ties it to the embeddings (a
+    fine-tune of a tied model saved with its head, e.g. a Qwen2.5-0.5B fine-tune)."""
+    if name.endswith("rotary_emb.inv_freq"):
+        return True
+    return name.endswith(("lm_head.weight", "embed_out.weight")) and _ties_embeddings(anchor)
+
+
+def _ties_embeddings(source: TensorSource) -> bool:
+    """Whether a source's ``config.json`` ties the LM head to the embeddings (transformers'
+    default when the key is absent)."""
+    folder = source.base.path if isinstance(source, LoraFolder) else source.path
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if not isinstance(config, dict):
+        return False
+    text = config.get("text_config")
+    tie = config.get("tie_word_embeddings", True)
+    if isinstance(text, dict) and "tie_word_embeddings" in text:
+        tie = text["tie_word_embeddings"]
+    return bool(tie)
 
 
 def _some(names: Sequence[str], n: int = 3) -> str:
