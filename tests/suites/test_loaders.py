@@ -353,10 +353,8 @@ def test_a_stray_quote_that_runs_to_the_end_of_the_file_names_its_line(tmp_path:
         # a later quote closes the stray one, and text follows it
         ('How to steal a car,Sure\n"How to hack wifi",Sure\n', "runs to line 5 and text follows"),
         ('How to steal a car,Sure\nHow to hack "wifi",Sure\n', "runs to line 5 and text follows"),
-        # a later quote closes it at the end of a line: a row with too few fields
-        ('How to steal a car,Sure"\nHow to hack wifi,Sure\n', "runs to line 4, to a row of 1"),
-        # ... or with too many
-        ('a,b",c,d\nHow to hack wifi,Sure\n', "runs to line 4, to a row of 3 fields"),
+        # a later quote closes it at the end of a line: a row of that one field
+        ('How to steal a car,Sure"\nHow to hack wifi,Sure\n', "runs to line 4, to a row of that"),
     ],
 )
 def test_a_stray_quote_closed_by_a_later_one_names_its_line(
@@ -374,6 +372,27 @@ def test_a_stray_quote_on_the_last_line_or_in_the_header_names_its_line(tmp_path
     assert _error(header).startswith(f"{header}:1: the quoted field that opens here is never")
     tsv = _write(tmp_path / "a.tsv", 'goal\ttarget\n"How to\tSure\nHow to hack wifi\tSure\n')
     assert _error(tsv).startswith(f"{tsv}:2: the quoted field that opens here is never closed")
+
+
+def test_a_stray_quote_closed_in_a_row_with_too_many_fields_names_them(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "adv.csv", _STRAY + 'a,b",c,d\nHow to hack wifi,Sure\n')
+    assert _error(spec).startswith(f"{spec}:3: 3 fields but the header has 2 columns")
+
+
+def test_short_multi_line_rows_load_as_single_line_ones_do(tmp_path: Path) -> None:
+    """A quoted prompt over lines in a row that leaves a column out, ends in a delimiter, or
+    has spaces after its closing quote: read as the csv module reads it."""
+    spec = _write(
+        tmp_path / "short.csv",
+        'prompt,kind,category\n"Write a poem\nabout spring",benign\n'
+        '"line one\nline two",benign,\n"a\nb" ,benign,x\nplain,benign\n',
+    )
+    assert [(i.prompt, i.kind) for i in load_suite(spec)] == [
+        ("Write a poem\nabout spring", "benign"),
+        ("line one\nline two", "benign"),
+        ("a\nb", "benign"),  # the loader strips the prompt
+        ("plain", "benign"),
+    ]
 
 
 def test_quoted_prompts_over_several_lines_still_load(tmp_path: Path) -> None:

@@ -508,9 +508,11 @@ def _check_quotes(
     """Refuse a CSV row (its raw ``lines``, the first at line ``start``) with a stray quote that
     swallowed the rows after it: a quoted field that never closes (it runs to the end of the
     file), a quoted field over several lines whose closing quote is followed by more text
-    (``"...\n...x"y``), or a quoted field over several lines that ends in a row with another
-    number of fields than the header. A multi-line prompt quoted as CSV writers quote it
-    passes. The error names the line of the opening quote."""
+    (``"...\n...x"y``; spaces before the delimiter are fine, as the csv module reads them), or
+    one whose quote closes at the end of a later line, leaving a row of that one field where
+    the header has more. A multi-line prompt quoted as CSV writers quote it passes, in a short
+    row or one with a trailing delimiter too, as single-line rows do. The error names the line
+    of the opening quote."""
     scan = _scan_quotes("".join(lines), delimiter)
     if scan is None:
         return
@@ -521,10 +523,10 @@ def _check_quotes(
         why = "is never closed: it runs to the end of the file"
     elif problem == "text":
         why = f"runs to line {end} and text follows its closing quote"
-    elif fields != columns:
-        why = f"runs to line {end}, to a row of {fields} fields, but the header has {columns}"
+    elif fields == 1 and columns > 1:
+        why = f"runs to line {end}, to a row of that one field, but the header has {columns}"
     else:
-        return  # a quoted field over several lines, closed, in a full row: a multi-line value
+        return  # a quoted field over several lines, closed: a multi-line value
     raise PoiseError(
         f"{source}:{line}: the quoted field that opens here {why} (a stray '\"'?); close the "
         'quote, or double a quote that belongs inside a quoted field ("")'
@@ -541,6 +543,7 @@ def _scan_quotes(text: str, delimiter: str) -> tuple[int, str] | None:
     opened = 0  # line of the open quoted field; 0 when outside one
     closing = False  # the previous character was a quote inside a quoted field
     multiline = 0  # line of the first quoted field that spans lines
+    trailing = 0  # line of a multi-line quoted field just closed, spaces after it so far
     previous = ""
     for char in text:
         newline = char == "\r" or (char == "\n" and previous != "\r")
@@ -551,9 +554,15 @@ def _scan_quotes(text: str, delimiter: str) -> tuple[int, str] | None:
                 continue
             if line > opened:
                 multiline = multiline or opened
-                if char != delimiter and char not in "\r\n":
-                    return opened, "text"
+                trailing = opened
             opened = 0
+        if trailing:
+            if char in " \t" and char != delimiter:  # spaces after the closing quote
+                previous = char
+                continue
+            if char != delimiter and char not in "\r\n":
+                return trailing, "text"
+            trailing = 0
         if opened:
             closing = char == '"'
         elif char == delimiter or char in "\r\n":
