@@ -33,7 +33,9 @@ def test_without_a_terminal_progress_is_a_line_now_and_then(
     progress = _progress_lines(every=3600.0)
     for done in (0, 10, 20, 40):
         progress(done, 40)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    captured = capsys.readouterr()
+    assert captured.out == ""  # stdout keeps the results
+    lines = [line for line in captured.err.splitlines() if line.strip()]
     # the start and the end; the calls between fall inside the hour
     assert [line.split(",")[0] for line in lines] == [
         "generating + judging: 0/40 (0%)",

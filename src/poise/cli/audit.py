@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, err_console, user_errors
 from poise.config import DEFAULT_SUITES
 from poise.errors import PoiseError
 
@@ -190,8 +190,8 @@ PROGRESS_EVERY_S = 30.0
 
 
 def _progress_lines(every: float = PROGRESS_EVERY_S) -> Any:
-    """A progress callback that prints ``generating + judging: 120/642 (19%), 1m10s`` at the
-    start, at most every ``every`` seconds after, and at the end."""
+    """A progress callback that prints ``generating + judging: 120/642 (19%), 1m10s`` on stderr
+    at the start, at most every ``every`` seconds after, and at the end."""
     import time
 
     start = time.monotonic()
@@ -204,7 +204,7 @@ def _progress_lines(every: float = PROGRESS_EVERY_S) -> Any:
         last[0] = now
         elapsed = int(now - start)
         share = f" ({100 * done / total:.0f}%)" if total else ""
-        console.print(
+        err_console.print(  # stderr: stdout keeps the results a script may parse
             f"generating + judging: {done}/{total}{share}, {elapsed // 60}m{elapsed % 60:02d}s",
             highlight=False,
         )
