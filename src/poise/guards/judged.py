@@ -25,6 +25,7 @@ not depend on what follows), so an audit also learns the unguarded answer (metad
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +63,8 @@ class _Judge:
             try:
                 self.monitor = load_monitor(spec, device=str(getattr(inner, "device", "cpu")))
             except PoiseError as exc:
+                if Path(spec).expanduser().exists():
+                    raise  # a folder that is not a (working) monitor: its own error says why
                 raise PoiseError(
                     f"guard judge: {exc}. A guard judges with a monitor (judge=organism-monitor, "
                     "a `poise train monitor` folder) or keywords:WORD|WORD; the audit's judges "
