@@ -25,8 +25,8 @@ not depend on what follows), so an audit also learns the unguarded answer (metad
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from poise.config import Sampling
