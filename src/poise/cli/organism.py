@@ -142,8 +142,6 @@ def card_command(
 ) -> None:
     """Print a member's model card (measured rates, training settings, how to reproduce)."""
     with user_errors():
-        from rich.markdown import Markdown
-
         from poise.organism import canonical_member
 
         name = canonical_member(member)
@@ -154,7 +152,65 @@ def card_command(
         if text.startswith("---"):
             end = text.find("\n---", 3)
             text = text[end + 4 :] if end != -1 else text
-        console.print(Markdown(text))
+        for part in _card_parts(text):
+            console.print(part)
+
+
+def _card_parts(text: str) -> list[Any]:
+    """A card's Markdown as renderables: prose as Markdown, each table as a rich Table whose
+    first column (the rate or setting names a user looks up) is never cut; rich's Markdown
+    tables cut it to fit 80 columns ("benign_helpful_rate_…")."""
+    from rich.markdown import Markdown
+    from rich.measure import Measurement
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list[Any] = []
+    prose: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        is_table = lines[i].lstrip().startswith("|") and i + 1 < len(lines)
+        if not (is_table and set(lines[i + 1].strip()) <= set("|-: ")):
+            prose.append(lines[i])
+            i += 1
+            continue
+        if prose:
+            parts.append(Markdown("\n".join(prose)))
+            prose = []
+        rows = []
+        while i < len(lines) and lines[i].lstrip().startswith("|"):
+            rows.append(
+                [c.strip().replace("`", "") for c in lines[i].strip().strip("|").split("|")]
+            )
+            i += 1
+        header, body = rows[0], rows[2:]  # rows[1] is the |---| line
+        body = [r[: len(header)] + [""] * (len(header) - len(r)) for r in body]
+        longest = [max(len(c) for c in [h, *(r[k] for r in body)]) for k, h in enumerate(header)]
+        # a long last column (what a rate was measured on) goes under its row, dim, so the
+        # names and figures keep one line each
+        below = len(header) > 2 and longest[-1] > 30
+        shown = header[:-1] if below else header
+        table = Table(show_edge=False, header_style="bold")
+        for k, name in enumerate(shown):
+            # the first column also holds the lines below: it wraps, but never inside a name
+            table.add_column(name, min_width=longest[0] if k == 0 else None)
+        for row in body:
+            table.add_row(*row[: len(shown)])
+            if below and row[-1]:
+                table.add_row(f"[dim]  {header[-1]}: {row[-1]}[/]", *[""] * (len(shown) - 1))
+        wide = console.options.update_width(10_000)  # measured uncapped, then compared
+        if Measurement.get(console, wide, table).minimum <= console.width:
+            parts.append(table)
+            continue
+        # too narrow for the columns: one block per row, its name whole on the first line
+        for row in body:
+            parts.append(Text(row[0], style="bold"))
+            pairs = " · ".join(f"{h}: {v}" for h, v in zip(header[1:], row[1:], strict=True) if v)
+            parts.append(Text(f"  {pairs}"))
+    if prose:
+        parts.append(Markdown("\n".join(prose)))
+    return parts
 
 
 def register(app: typer.Typer) -> None:
