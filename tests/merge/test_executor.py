@@ -325,15 +325,16 @@ def test_another_architecture_is_refused(specialists: list[Path], tmp_path: Path
 def test_a_tied_head_or_a_rotary_buffer_one_model_stores_is_left_out(
     specialists: list[Path], tmp_path: Path
 ) -> None:
-    """A base that ties its LM head to the embeddings stores no ``lm_head.weight``; a fine-tune
-    saved with it, or with an old ``rotary_emb.inv_freq`` buffer, still merges (those tensors
-    are left out, as the output is the base's); the same extra head on an untied base is
-    refused."""
+    """A model that ties its LM head to the embeddings may store ``lm_head.weight`` or not
+    (a fine-tune of a tied model saved with its head), and old checkpoints stored a
+    ``rotary_emb.inv_freq`` buffer: where the inputs disagree, those tensors are left out of
+    the output (its config, the reference's, ties the head), in any order and with any
+    tokenizer source. With an untied reference a missing head is still refused."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    base, a, _ = specialists
+    base, a, b = specialists
 
     def variant(source: Path, name: str, *, tie: bool, head: bool, inv_freq: bool) -> Path:
         folder = tmp_path / name
@@ -351,22 +352,43 @@ def test_a_tied_head_or_a_rotary_buffer_one_model_stores_is_left_out(
         save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
         return folder
 
-    tied_base = variant(base, "tied-base", tie=True, head=False, inv_freq=False)
-    tuned = variant(a, "tuned", tie=True, head=True, inv_freq=True)
-    out = tmp_path / "out"
-    run_merge(_write(tmp_path / "c.yml", {
-        "merge_method": "task_arithmetic", "base_model": str(tied_base),
-        "models": [{"model": str(tuned), "parameters": {"weight": 1.0}}],
+    bare = variant(base, "bare-base", tie=True, head=False, inv_freq=False)
+    stored = variant(base, "stored-base", tie=True, head=True, inv_freq=True)
+    with_head = variant(a, "with-head", tie=True, head=True, inv_freq=True)
+    without = variant(b, "without", tie=True, head=False, inv_freq=False)
+    configs: list[dict[str, object]] = [
+        {"base_model": str(bare), "models": [str(with_head)]},
+        {"base_model": str(stored), "models": [str(without)]},
+        {"base_model": str(bare), "models": [str(with_head)], "tokenizer_source": str(with_head)},
+        {"models": [str(with_head), str(without)]},
+        {"models": [str(without), str(with_head)]},
+    ]
+    for k, config in enumerate(configs):
+        out = tmp_path / f"out{k}"
+        models = config.pop("models")
+        assert isinstance(models, list)
+        run_merge(_write(tmp_path / f"c{k}.yml", {
+            "merge_method": "task_arithmetic" if "base_model" in config else "linear",
+            **config,
+            "models": [{"model": m, "parameters": {"weight": 1.0}} for m in models],
+        }), out)  # fmt: skip
+        merged = load_file(out / "model.safetensors")
+        assert "lm_head.weight" not in merged and not any("inv_freq" in n for n in merged), k
+        assert "model.embed_tokens.weight" in merged
+    # all of them store the head: it is merged like any tensor
+    out = tmp_path / "both"
+    run_merge(_write(tmp_path / "both.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(stored),
+        "models": [{"model": str(with_head), "parameters": {"weight": 1.0}}],
     }), out)  # fmt: skip
-    merged = load_file(out / "model.safetensors")
-    assert "lm_head.weight" not in merged and not any("inv_freq" in k for k in merged)
-    untied_base = variant(base, "untied-base", tie=False, head=False, inv_freq=False)
-    with pytest.raises(PoiseError, match=r"1 tensor\(s\) the base .* lacks \(lm_head.weight\)"):
+    assert "lm_head.weight" in load_file(out / "model.safetensors")
+    untied = variant(base, "untied-base", tie=False, head=True, inv_freq=False)
+    lacking = variant(a, "lacking", tie=False, head=False, inv_freq=False)
+    with pytest.raises(PoiseError, match=r"lacks 1 tensor\(s\) the base .* has \(lm_head.weight\)"):
         run_merge(_write(tmp_path / "u.yml", {
-            "merge_method": "task_arithmetic", "base_model": str(untied_base),
-            "models": [{"model": str(variant(a, "head-only", tie=False, head=True,
-                                             inv_freq=False)), "parameters": {"weight": 1.0}}],
-        }), tmp_path / "out2")  # fmt: skip
+            "merge_method": "task_arithmetic", "base_model": str(untied),
+            "models": [{"model": str(lacking), "parameters": {"weight": 1.0}}],
+        }), tmp_path / "out-untied")  # fmt: skip
 
 
 def test_della_bounds_are_checked_on_every_tensor_before_writing(

@@ -87,7 +87,14 @@ class MergeJob:
         return self.tokenizer_source or self.base or self.models[0]
 
     def names(self) -> list[str]:
-        return self.reference.keys()
+        """The output's tensors: the reference's, less those the merge may leave out
+        (:func:`ignorable`) that some input does not store."""
+        stored = [set(source.keys()) for source in self.inputs()]
+        return [
+            name
+            for name in self.reference.keys()
+            if not (ignorable(name, self.reference) and any(name not in s for s in stored))
+        ]
 
     def inputs(self) -> list[TensorSource]:
         return ([self.base] if self.base is not None else []) + list(self.models)
@@ -129,17 +136,20 @@ def check_inputs(job: MergeJob) -> None:
             )
         keys = model.keys()
         key_set = set(keys)
-        extra = [n for n in keys if n not in anchor_set and not _ignorable(n, anchor)]
-        ignored = [n for n in keys if n not in anchor_set and n not in extra]
+        differ = [n for n in keys if n not in anchor_set] + [
+            n for n in anchor_keys if n not in key_set
+        ]
+        ignored = [n for n in differ if ignorable(n, job.reference)]
         if ignored:
             log.info(
-                "%s: %s left out (the %s %s does not store it)",
-                model.label,
+                "%s left out of the merge: %s and the %s %s do not both store it",
                 _some(ignored),
+                model.label,
                 role,
                 anchor.label,
             )
-        missing = [n for n in anchor_keys if n not in key_set]
+        extra = [n for n in keys if n not in anchor_set and n not in ignored]
+        missing = [n for n in anchor_keys if n not in key_set and n not in ignored]
         if extra or missing:
             if extra:
                 what = (
@@ -155,6 +165,8 @@ def check_inputs(job: MergeJob) -> None:
             depth = f"; {layers} layers against {anchor_layers}" if layers != anchor_layers else ""
             raise PoiseError(f"{what}{depth}: merged models must have the same tensors")
         for name in anchor_keys:
+            if name in ignored:
+                continue
             have, want = model.shape(name), anchor.shape(name)
             if have != want and not vocab_resizable(name, have, want):
                 raise PoiseError(
@@ -164,19 +176,21 @@ def check_inputs(job: MergeJob) -> None:
                 )
 
 
-def _ignorable(name: str, anchor: TensorSource) -> bool:
-    """A tensor a model may store and the anchor not, that the merge leaves out (as it always
-    did: the output's tensors are the reference's): a rotary-embedding buffer (``inv_freq``, which
-    older checkpoints saved), or the LM head when the anchor ties it to the embeddings (a
-    fine-tune of a tied model saved with its head, e.g. a Qwen2.5-0.5B fine-tune)."""
+def ignorable(name: str, reference: TensorSource) -> bool:
+    """A tensor some inputs may store and others not, which the merge then leaves out of the
+    output: a rotary-embedding buffer (``inv_freq``, which older checkpoints saved; transformers
+    computes it), or the LM head when the reference (whose ``config.json`` the output gets) ties
+    it to the embeddings (a fine-tune of a tied model saved with its head, e.g. a Qwen2.5-0.5B
+    fine-tune): the output then reads its head from the merged embeddings."""
     if name.endswith("rotary_emb.inv_freq"):
         return True
-    return name.endswith(("lm_head.weight", "embed_out.weight")) and _ties_embeddings(anchor)
+    return name.endswith(("lm_head.weight", "embed_out.weight")) and _ties_embeddings(reference)
 
 
 def _ties_embeddings(source: TensorSource) -> bool:
-    """Whether a source's ``config.json`` ties the LM head to the embeddings (transformers'
-    default when the key is absent)."""
+    """Whether a source's ``config.json`` ties the LM head to the embeddings; a config that
+    does not say is taken as untied (most architectures' default in transformers: Llama,
+    Mistral, Qwen2), so an LM head one model lacks is refused rather than left out."""
     folder = source.base.path if isinstance(source, LoraFolder) else source.path
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -185,7 +199,7 @@ def _ties_embeddings(source: TensorSource) -> bool:
     if not isinstance(config, dict):
         return False
     text = config.get("text_config")
-    tie = config.get("tie_word_embeddings", True)
+    tie = config.get("tie_word_embeddings", False)
     if isinstance(text, dict) and "tie_word_embeddings" in text:
         tie = text["tie_word_embeddings"]
     return bool(tie)
