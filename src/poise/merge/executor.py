@@ -90,9 +90,10 @@ class MergeJob:
         """The output's tensors: the reference's, less those the merge may leave out
         (:func:`ignorable`) that some input does not store."""
         stored = [set(source.keys()) for source in self.inputs()]
+        reference = self.reference.keys()  # a TensorSource's tensor names, in file order
         return [
             name
-            for name in self.reference.keys()
+            for name in reference
             if not (ignorable(name, self.reference) and any(name not in s for s in stored))
         ]
 
