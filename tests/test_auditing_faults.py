@@ -229,3 +229,43 @@ def test_a_judge_failing_before_the_first_record_keeps_the_run_and_its_cache(
     assert "no run was written" not in str(info.value)
     [run] = list_runs(tmp_path)
     assert run.cache_path.is_file()
+
+
+def test_an_endpoint_failing_behind_a_wrapper_leaves_no_run_either(
+    tmp_path: Path, endpoint: Callable[..., Endpoint], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrapper's generate raises its inner model's GenerationError (its indices are not the
+    wrapper's call's): with no answer at all, no run folder is kept either."""
+    from collections.abc import Sequence
+
+    import poise
+    import poise.models.openai as openai_backend
+    from poise.config import Sampling
+    from poise.errors import PoiseError
+    from poise.models import load_model
+    from poise.models.base import Chat, Completion
+    from poise.models.wrapped import WrappedModel
+
+    class Passthrough(WrappedModel):
+        kind = "test_passthrough"
+
+        def generate(
+            self, chats: Sequence[Chat], sampling: Sampling, *, progress: object = None
+        ) -> list[list[Completion]]:
+            return self.inner.generate(chats, sampling)
+
+    monkeypatch.setattr(openai_backend, "_BACKOFF_BASE_S", 0.01)
+
+    def reply(request: dict[str, Any]) -> Answer:
+        return 503, "application/json", b'{"error": {"message": "overloaded"}}'
+
+    server = endpoint(reply)
+    inner = load_model(f"openai:m@{server.url}", max_retries=1)
+    with pytest.raises(PoiseError, match="no answer came back, so no run was written"):
+        poise.audit(
+            model=Passthrough(inner),
+            suites=[str(write_suite(tmp_path / "mini.jsonl", 4))],
+            judge="refusal",
+            out=tmp_path / "runs",
+        )
+    assert list_runs(tmp_path / "runs") == []

@@ -33,7 +33,7 @@ from poise.evaluation import (
     evaluate,
     task_scorers,
 )
-from poise.models.base import EndpointError
+from poise.models.base import EndpointError, GenerationError
 from poise.runs.run import Run, find_run
 
 if TYPE_CHECKING:
@@ -230,9 +230,11 @@ def _audit(
         try:
             for judged in blocks:
                 run.append(j.record(cfg.attack) for j in judged)
-        except (RequestsFailed, EndpointError) as exc:
-            # only the model's endpoint failing: another error (a judge's, say) keeps the run
-            # folder and its cache of answers, so the same command does not generate them again
+        except (RequestsFailed, EndpointError, GenerationError) as exc:
+            # only generation failing (an endpoint, also behind a wrapper, whose failures reach
+            # here as the inner model's GenerationError): another error (a judge's, say) keeps
+            # the run folder and its cache of answers, so the same command does not generate
+            # them again
             if created and next(iter(run.records()), None) is None:
                 # nothing came back (an endpoint down or refusing every request): a run
                 # folder with no answer would only be a 0-sample run to resume
