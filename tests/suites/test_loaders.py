@@ -353,8 +353,8 @@ def test_a_stray_quote_that_runs_to_the_end_of_the_file_names_its_line(tmp_path:
         # a later quote closes the stray one, and text follows it
         ('How to steal a car,Sure\n"How to hack wifi",Sure\n', "runs to line 5 and text follows"),
         ('How to steal a car,Sure\nHow to hack "wifi",Sure\n', "runs to line 5 and text follows"),
-        # a later quote closes it at the end of a line: a row of that one field
-        ('How to steal a car,Sure"\nHow to hack wifi,Sure\n', "runs to line 4, to a row of that"),
+        # a later quote closes it at the end of a line: a short row that swallowed rows
+        ('How to steal a car,Sure"\nHow to hack wifi,Sure\n', "runs to line 4, holding lines"),
     ],
 )
 def test_a_stray_quote_closed_by_a_later_one_names_its_line(
@@ -379,6 +379,14 @@ def test_a_stray_quote_closed_in_a_row_with_too_many_fields_names_them(tmp_path:
     assert _error(spec).startswith(f"{spec}:3: 3 fields but the header has 2 columns")
 
 
+def test_a_stray_quote_swallowing_rows_of_a_wider_file_names_its_line(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "wide.csv",
+        'prompt,target,category\n"stray,Sure,a\nrow2,x,b\nrow3 end",y\nrow4,z,c\n',
+    )
+    assert _error(spec).startswith(f"{spec}:2: the quoted field that opens here runs to line 4")
+
+
 def test_short_multi_line_rows_load_as_single_line_ones_do(tmp_path: Path) -> None:
     """A quoted prompt over lines in a row that leaves a column out, ends in a delimiter, or
     has spaces after its closing quote: read as the csv module reads it."""
@@ -393,6 +401,9 @@ def test_short_multi_line_rows_load_as_single_line_ones_do(tmp_path: Path) -> No
         ("a\nb", "benign"),  # the loader strips the prompt
         ("plain", "benign"),
     ]
+    # a prompt over lines alone in its row, where the header has another column
+    alone = _write(tmp_path / "alone.csv", 'prompt,category\n"alone\nhere"\nplain,x\n')
+    assert [i.prompt for i in load_suite(alone, kind="benign")] == ["alone\nhere", "plain"]
 
 
 def test_quoted_prompts_over_several_lines_still_load(tmp_path: Path) -> None:

@@ -509,10 +509,10 @@ def _check_quotes(
     swallowed the rows after it: a quoted field that never closes (it runs to the end of the
     file), a quoted field over several lines whose closing quote is followed by more text
     (``"...\n...x"y``; spaces before the delimiter are fine, as the csv module reads them), or
-    one whose quote closes at the end of a later line, leaving a row of that one field where
-    the header has more. A multi-line prompt quoted as CSV writers quote it passes, in a short
-    row or one with a trailing delimiter too, as single-line rows do. The error names the line
-    of the opening quote."""
+    one in a row shorter than the header whose lines (but the last) hold a whole row's worth of
+    delimiters: rows the quote swallowed. A multi-line prompt quoted as CSV writers quote it
+    passes, in a short row or one with a trailing delimiter too, as single-line rows do. The
+    error names the line of the opening quote."""
     scan = _scan_quotes("".join(lines), delimiter)
     if scan is None:
         return
@@ -523,8 +523,14 @@ def _check_quotes(
         why = "is never closed: it runs to the end of the file"
     elif problem == "text":
         why = f"runs to line {end} and text follows its closing quote"
-    elif fields == 1 and columns > 1:
-        why = f"runs to line {end}, to a row of that one field, but the header has {columns}"
+    elif fields < columns and any(
+        line.count(delimiter) >= columns - 1 for line in lines[opened - 1 : -1]
+    ):
+        # a short row whose quoted field holds lines that read as whole rows of the file
+        why = (
+            f"runs to line {end}, holding lines that read as rows, to a row of {fields} "
+            f"field(s) where the header has {columns}"
+        )
     else:
         return  # a quoted field over several lines, closed: a multi-line value
     raise PoiseError(
