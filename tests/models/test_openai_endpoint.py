@@ -243,6 +243,8 @@ def test_load_skips_the_check_when_told(server: Callable[..., Server]) -> None:
         (error(404, "Not Found"), "it usually ends in /v1"),
         (error(400, "max_tokens must be between 1 and 256, got 512", "max_tokens"), "max_tokens"),
         (error(400, "Unrecognized request argument supplied: top_k"), "top_k"),
+        (error(400, "Invalid model: nosuch"), "Invalid model"),  # Mistral's API
+        (error(400, "nosuch is not a valid model ID"), "not a valid model"),  # OpenRouter
     ],
 )
 def test_a_refusal_every_chat_would_get_stops_the_call_at_once(

@@ -90,7 +90,11 @@ _REQUEST_PARAMS = frozenset(
     | {"stop", "extra_body"}
 )
 _NAMED_PARAM = re.compile(
-    r"\b(max_tokens|max_completion_tokens|temperature|top_p|top_k|seed|stop)\b", re.IGNORECASE
+    r"\b(max_tokens|max_completion_tokens|temperature|top_p|top_k|seed|stop)\b"
+    # a wrong model name some servers answer with 400 ("Invalid model: x" (Mistral), "x is not
+    # a valid model ID" (OpenRouter))
+    r"|\binvalid model\b|\bnot a valid model\b|\bmodel\b.{0,80}\b(?:not found|does not exist)",
+    re.IGNORECASE,
 )
 # ... unless the message is about the item's text (its length, its content), which others escape.
 _ITEM_FAULT = re.compile(
@@ -480,7 +484,7 @@ class OpenAIModel(ModelBase):
         more = f" and {len(served) - 5} more" if len(served) > 5 else ""
         logger.warning(
             "%s: %s lists %s%s, not %r; going on (servers such as llama.cpp's and TGI answer any "
-            "model name; elsewhere the first request will fail with 404)",
+            "model name; elsewhere the first request is refused, which stops the audit)",
             self.name,
             url,
             shown,
