@@ -269,3 +269,33 @@ def test_an_endpoint_failing_behind_a_wrapper_leaves_no_run_either(
             out=tmp_path / "runs",
         )
     assert list_runs(tmp_path / "runs") == []
+
+
+def test_an_endpoint_refusing_midway_keeps_the_run_and_says_how_to_resume(
+    tmp_path: Path, endpoint: Callable[..., Endpoint]
+) -> None:
+    """The key stops working after two answers: the run (its cache holds them) is kept, and the
+    error names it and how to resume."""
+    import poise
+    from poise.errors import PoiseError
+
+    served: list[int] = []
+
+    def reply(request: dict[str, Any]) -> Answer:
+        served.append(1)
+        if len(served) > 2:
+            return 401, "application/json", b'{"error": {"message": "key revoked"}}'
+        return completion(REFUSE)
+
+    server = endpoint(reply)
+    with pytest.raises(PoiseError) as info:
+        poise.audit(
+            model=f"openai:m@{server.url}",
+            model_options={"concurrency": 1, "check_endpoint": False},
+            suites=[str(write_suite(tmp_path / "mini.jsonl", 6))],
+            judge="refusal",
+            out=tmp_path / "runs",
+        )
+    [run] = list_runs(tmp_path / "runs")
+    message = str(info.value)
+    assert "key revoked" in message and f"poise audit --resume {run.path}" in message

@@ -235,14 +235,17 @@ def _audit(
             # here as the inner model's GenerationError): another error (a judge's, say) keeps
             # the run folder and its cache of answers, so the same command does not generate
             # them again
-            if created and next(iter(run.records()), None) is None:
+            if created and next(iter(run.records()), None) is None and not _cached_any(run):
                 # nothing came back (an endpoint down or refusing every request): a run
                 # folder with no answer would only be a 0-sample run to resume
                 run.unlock()
                 shutil.rmtree(run.path, ignore_errors=True)
                 raise PoiseError(f"{exc}; no answer came back, so no run was written") from None
             if not isinstance(exc, RequestsFailed):
-                raise
+                raise PoiseError(
+                    f"{run.path}: {exc}; the answers that came back are recorded: once the cause "
+                    f"is fixed, run the same command again (or poise audit --resume {run.path})"
+                ) from None
             # every answer that came back is recorded (and cached); the failed ones are not done
             # keys, so the same command (or --resume) asks for exactly those again
             raise PoiseError(
@@ -262,6 +265,17 @@ def _audit(
     finally:
         run.unlock()  # finish released it; an error must not keep it while the caller goes on
     return AuditResult(run=run, config=cfg, metrics=metrics)
+
+
+def _cached_any(run: Run) -> bool:
+    """Whether the run's response cache holds an answer (a block cut short by its endpoint
+    keeps the answers that came back in it, though no record was written)."""
+    if not run.cache_path.is_file():
+        return False
+    from poise.models.cache import ResponseCache
+
+    with ResponseCache(run.cache_path) as cache:
+        return len(cache) > 0
 
 
 def finalize(
