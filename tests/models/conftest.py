@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from fake_openai import fake_server  # noqa: F401  (a fixture for these tests)
 from strategy_doubles import suffix_strategy  # noqa: F401  (a fixture for these tests)
 
 

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fake_openai import FakeServer, Reply
 
 import poise.models.openai as openai_backend
 from poise.config import Sampling
 from poise.errors import MissingExtraError, PoiseError
 from poise.models.base import Chat, LanguageModel
 from poise.models.openai import OpenAIModel, load
-
-# What a fake server answers: status, extra headers, JSON body.
-Reply = tuple[int, dict[str, str], dict[str, Any]]
 
 
 def ok(texts: list[str], finish: str = "stop", completion_tokens: int | None = None) -> Reply:
@@ -58,75 +52,6 @@ def echo(request: dict[str, Any]) -> Reply:
     """Answers with the last user message and the n asked for."""
     content = request["messages"][-1]["content"]
     return ok([f"{content}#{i}" for i in range(request.get("n", 1))], completion_tokens=4)
-
-
-@dataclass
-class FakeServer:
-    """A threaded HTTP server answering /v1/chat/completions from a script.
-
-    ``script`` is a list of replies used in order (the last one repeats) or a function of the
-    request body. Every request body is recorded.
-    """
-
-    script: list[Reply] | Callable[[dict[str, Any]], Reply]
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        fake = self
-        lock = threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("content-length", 0))
-                request = json.loads(self.rfile.read(length))
-                with lock:
-                    fake.requests.append(request)
-                    fake.times.append(time.monotonic())
-                    number = len(fake.requests)
-                script = fake.script
-                if callable(script):
-                    status, headers, body = script(request)
-                else:
-                    status, headers, body = script[min(number, len(script)) - 1]
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                # A client that timed out has left.
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-@pytest.fixture
-def fake_server() -> Iterator[Callable[..., FakeServer]]:
-    servers: list[FakeServer] = []
-
-    def make(script: list[Reply] | Callable[[dict[str, Any]], Reply]) -> FakeServer:
-        servers.append(FakeServer(script))
-        return servers[-1]
-
-    yield make
-    for server in servers:
-        server.close()
 
 
 @pytest.fixture(autouse=True)

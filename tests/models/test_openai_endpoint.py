@@ -1,20 +1,18 @@
 """The openai backend against endpoints it can never succeed with: a wrong model name, key or
 URL, a request parameter the server refuses, a server that is down. Such an endpoint fails at
-load (``GET /models``) or stops the whole ``generate`` call with one line, instead of being
-retried item by item."""
+load (``GET /models``: a refused key, no server) or stops the whole ``generate`` call with one
+line (a wrong model name, a parameter the server refuses), instead of being retried item by
+item; what other chats escape (a 403, a too-long prompt) fails its own item only."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import socket
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fake_openai import FakeServer, Reply
 
 import poise.models.openai as openai_backend
 from poise.config import Sampling
@@ -22,99 +20,47 @@ from poise.errors import PoiseError
 from poise.models.base import Chat, GenerationError
 from poise.models.openai import EndpointRefused, OpenAIModel, load
 
-# status, JSON body
-Reply = tuple[int, Any]
-
 
 def completion(text: str) -> Reply:
-    return 200, {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "m",
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        ],
-    }
+    return (
+        200,
+        {},
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+        },
+    )
 
 
 def error(status: int, message: str, param: str | None = None) -> Reply:
-    return status, {"error": {"message": message, "type": "x", "param": param, "code": None}}
+    return status, {}, {"error": {"message": message, "type": "x", "param": param, "code": None}}
 
 
 def models(*ids: str) -> Reply:
-    return 200, {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
-
-
-class Server:
-    """A threaded fake endpoint: ``get(path)`` answers GETs (None: no GET route, a 501 as
-    http.server sends), ``post(body)`` answers POSTs; every request is recorded."""
-
-    def __init__(
-        self,
-        post: Callable[[dict[str, Any]], Reply],
-        get: Callable[[str], Reply] | None = None,
-    ) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.gets: list[tuple[str, str | None]] = []  # path, Authorization header
-        lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def answer(self, reply: Reply) -> None:
-                status, body = reply
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                with lock:
-                    fake.gets.append((self.path, self.headers.get("authorization")))
-                if get is None:
-                    self.send_error(501)
-                    return
-                self.answer(get(self.path))
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                with lock:
-                    fake.posts.append(body)
-                self.answer(post(body))
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+    return 200, {}, {"object": "list", "data": [{"id": i, "object": "model"} for i in ids]}
 
 
 @pytest.fixture
-def server() -> Iterator[Callable[..., Server]]:
-    made: list[Server] = []
+def server(fake_server: Callable[..., FakeServer]) -> Callable[..., FakeServer]:
+    """``server(post=..., get=...)``: a fake endpoint answering POSTs with ``post(body)`` and
+    GETs with ``get(path)`` (None: no GET route)."""
 
     def make(
         post: Callable[[dict[str, Any]], Reply] = lambda body: completion("ok"),
         get: Callable[[str], Reply] | None = None,
-    ) -> Server:
-        made.append(Server(post, get))
-        return made[-1]
+    ) -> FakeServer:
+        return fake_server(post, get)
 
-    yield make
-    for s in made:
-        s.close()
+    return make
 
 
 @pytest.fixture(autouse=True)
@@ -139,7 +85,7 @@ def closed_port_url() -> str:
 
 
 def test_load_warns_when_the_server_does_not_list_the_model(
-    server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+    server: Callable[..., FakeServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     """llama.cpp's server and TGI list a name of their own and answer any model name, so a
     name the list lacks only warns; a wrong name elsewhere gets a 404 on its first request,
@@ -150,7 +96,7 @@ def test_load_warns_when_the_server_does_not_list_the_model(
     assert model.model == "llama"
     assert "lists '/models/Llama-3.2-3B-Instruct-Q4_K_M.gguf', not 'llama'; going on" in caplog.text
     assert [path for path, _ in endpoint.gets] == ["/v1/models"]
-    assert endpoint.posts == []
+    assert endpoint.requests == []
     caplog.clear()
     with caplog.at_level("WARNING", logger="poise"):
         assert load(f"openai:tiny@{server(get=lambda path: models('tiny')).url}").model == "tiny"
@@ -161,7 +107,7 @@ def test_load_warns_when_the_server_does_not_list_the_model(
 
 
 def test_a_403_on_the_listing_only_warns(
-    server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+    server: Callable[..., FakeServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     """A key without the scope to list models can still ask for completions."""
     endpoint = server(get=lambda path: error(403, "missing scope: models.read"))
@@ -173,7 +119,7 @@ def test_a_403_on_the_listing_only_warns(
 
 @pytest.mark.parametrize("get", [None, lambda path: error(404, "Not Found")])
 def test_load_does_not_judge_a_server_without_a_models_route(
-    server: Callable[..., Server], get: Callable[[str], Reply] | None
+    server: Callable[..., FakeServer], get: Callable[[str], Reply] | None
 ) -> None:
     endpoint = server(get=get)
     model = load(f"openai:m@{endpoint.url}")
@@ -183,7 +129,7 @@ def test_load_does_not_judge_a_server_without_a_models_route(
 
 
 def test_load_on_a_401_names_the_key_variable(
-    server: Callable[..., Server], monkeypatch: pytest.MonkeyPatch
+    server: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     endpoint = server(get=lambda path: error(401, "Incorrect API key provided."))
     with pytest.raises(PoiseError) as info:
@@ -217,7 +163,7 @@ def test_load_of_a_down_server_is_one_line_after_the_retries(
 
 
 def test_load_with_one_of_two_servers_down_warns_and_goes_on(
-    server: Callable[..., Server], caplog: pytest.LogCaptureFixture
+    server: Callable[..., FakeServer], caplog: pytest.LogCaptureFixture
 ) -> None:
     down = closed_port_url()
     up = server(get=lambda path: models("m"))
@@ -226,7 +172,7 @@ def test_load_with_one_of_two_servers_down_warns_and_goes_on(
     assert any(f"cannot reach {down}" in r.getMessage() for r in caplog.records)
 
 
-def test_load_skips_the_check_when_told(server: Callable[..., Server]) -> None:
+def test_load_skips_the_check_when_told(server: Callable[..., FakeServer]) -> None:
     endpoint = server(get=lambda path: models("tiny"))
     load(f"openai:nosuch@{endpoint.url}", check_endpoint=False)
     assert endpoint.gets == []
@@ -248,7 +194,7 @@ def test_load_skips_the_check_when_told(server: Callable[..., Server]) -> None:
     ],
 )
 def test_a_refusal_every_chat_would_get_stops_the_call_at_once(
-    server: Callable[..., Server], reply: Reply, said: str
+    server: Callable[..., FakeServer], reply: Reply, said: str
 ) -> None:
     endpoint = server(post=lambda body: reply)
     model = OpenAIModel("m", base_urls=[endpoint.url], concurrency=1, max_retries=4)
@@ -257,10 +203,10 @@ def test_a_refusal_every_chat_would_get_stops_the_call_at_once(
     message = str(info.value)
     assert not isinstance(info.value, GenerationError)
     assert "\n" not in message and f"HTTP {reply[0]}" in message and said in message
-    assert len(endpoint.posts) == 1  # neither retried nor asked for the other chats
+    assert len(endpoint.requests) == 1  # neither retried nor asked for the other chats
 
 
-def test_a_403_fails_its_own_chat_only(server: Callable[..., Server]) -> None:
+def test_a_403_fails_its_own_chat_only(server: Callable[..., FakeServer]) -> None:
     """Gateways answer 403 for a prompt their moderation flagged; an audit sends such prompts
     on purpose, so the other chats are answered."""
 
@@ -278,7 +224,7 @@ def test_a_403_fails_its_own_chat_only(server: Callable[..., Server]) -> None:
 
 
 def test_a_400_stops_the_call_only_when_it_is_about_the_request(
-    server: Callable[..., Server],
+    server: Callable[..., FakeServer],
 ) -> None:
     def reply(body: dict[str, Any]) -> Reply:
         text = body["messages"][-1]["content"]
@@ -304,10 +250,10 @@ def test_a_400_stops_the_call_only_when_it_is_about_the_request(
         "answer to b",
     ]
     # the same server refusing a parameter every chat sends: one request, then a stop
-    asked = len(endpoint.posts)
+    asked = len(endpoint.requests)
     with pytest.raises(EndpointRefused, match=r"HTTP 400\): max_tokens must be at most 100"):
         model.generate([chat("a"), chat("b")], Sampling(max_new_tokens=200))
-    assert len(endpoint.posts) == asked + 1
+    assert len(endpoint.requests) == asked + 1
 
 
 def test_a_server_that_is_down_is_named_as_unreachable() -> None:
