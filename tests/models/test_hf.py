@@ -435,16 +435,19 @@ def test_top_p_over_a_large_vocabulary_equals_a_full_sort() -> None:
         assert sample_tokens(logits, uniforms, sampling).tolist() == expected
 
 
+# the sampling transforms filtered_probs is checked under: (id, sampling)
+FILTERS = [
+    ("temperature", Sampling(temperature=0.7)),
+    ("top-k", Sampling(temperature=1.3, top_k=5)),
+    ("top-p", Sampling(temperature=1.0, top_p=0.8)),
+    ("top-k-and-p", Sampling(temperature=0.9, top_k=10, top_p=0.6)),
+]
+
+
 @pytest.mark.parametrize(
     "sampling",
-    [
-        Sampling(temperature=0.7),
-        Sampling(temperature=1.3, top_k=5),
-        Sampling(temperature=1.0, top_p=0.8),
-        Sampling(temperature=0.9, top_k=10, top_p=0.6),
-        Sampling(temperature=0.0),
-    ],
-    ids=["temperature", "top-k", "top-p", "top-k-and-p", "greedy"],
+    [s for _, s in FILTERS] + [Sampling(temperature=0.0)],
+    ids=[name for name, _ in FILTERS] + ["greedy"],
 )
 def test_filtered_probs_are_what_sample_tokens_draws_from(sampling: Sampling) -> None:
     """The dense distribution matches sample_tokens' inverse CDF on a fine grid of uniforms:
@@ -466,14 +469,8 @@ def test_filtered_probs_are_what_sample_tokens_draws_from(sampling: Sampling) ->
 
 @pytest.mark.parametrize(
     "sampling",
-    [
-        Sampling(temperature=0.7),
-        Sampling(temperature=1.3, top_k=5),
-        Sampling(temperature=1.0, top_p=0.8),
-        Sampling(temperature=0.9, top_k=10, top_p=0.6),
-        Sampling(temperature=1.0, top_p=0.05),
-    ],
-    ids=["temperature", "top-k", "top-p", "top-k-and-p", "tiny-top-p"],
+    [s for _, s in FILTERS] + [Sampling(temperature=1.0, top_p=0.05)],
+    ids=[name for name, _ in FILTERS] + ["tiny-top-p"],
 )
 def test_filtered_probs_equal_transformers_warpers(sampling: Sampling) -> None:
     """The same distribution as transformers' own logits processors, applied in the order
