@@ -107,6 +107,10 @@ def test_bad_input_fails_before_sampling(tiny_hf_model_dir: Path, tmp_path: Path
         gate(model="mock", judge="refusal", delta=1.5)
     with pytest.raises(PoiseError, match="does not exist"):
         gate(model="mock", judge="refusal", limit=2, output=str(tmp_path / "no" / "x.json"))
+    # a folder as the output file: refused before any sampling (it crashed after it, exit 1,
+    # which reads as FAIL)
+    with pytest.raises(PoiseError, match="is a folder; give a file path"):
+        gate(model="mock", judge="refusal", limit=2, output=str(tmp_path))
 
 
 def test_baseline_gives_the_paired_difference_before_vs_after(tmp_path: Path) -> None:

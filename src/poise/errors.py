@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 from collections.abc import Iterable
 
 
@@ -110,3 +111,13 @@ def invalid_json(exc: json.JSONDecodeError) -> str:
     delimiter at column 21)``; the caller says the file and line."""
     # some of json's messages end in " at" (they are written to be followed by a position)
     return f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
+
+
+def check_output_file(path: str | os.PathLike[str], what: str) -> None:
+    """Refuse, before any work, an output file path that names an existing folder:
+    ``"WHAT: PATH is a folder; give a file path"``."""
+    from pathlib import Path
+
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise PoiseError(f"{what}: {target} is a folder; give a file path")

@@ -44,7 +44,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from poise.config import SuiteOptions
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +192,7 @@ def gate(
         out_path = Path(cfg.output).expanduser()
         if not out_path.parent.is_dir():
             raise PoiseError(f"output: folder {out_path.parent} does not exist")
+        check_output_file(out_path, "output")
     cost_folder = None
     if cfg.judge is None:
         from poise.train.recipes.common import is_classifier_folder, resolve_model_folder

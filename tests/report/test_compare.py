@@ -182,3 +182,19 @@ def test_runs_export_writes_a_row_per_sample_and_per_metric(tmp_path: Path) -> N
     metrics = read_csv(tmp_path / "export" / "safe-metrics.csv")
     names = {r["metric"] for r in metrics if r["category"] == "overall"}
     assert {"harmful_rate", "helpful_rate"} <= names
+
+
+def test_an_output_that_is_a_folder_is_one_error_before_any_work(tmp_path: Path) -> None:
+    safe, other = audit(tmp_path, REFUSE, "safe"), audit(tmp_path, REFUSE, "other")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    for args in (
+        ["compare", str(safe), str(other), "-o", str(folder)],
+        ["compare", str(safe), str(other), "-o", str(tmp_path / "c.html"), "--csv", str(folder)],
+        ["runs", "export", str(safe), "--csv", str(folder)],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{folder} is a folder; give a file path" in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "c.html").exists()  # nothing half-written

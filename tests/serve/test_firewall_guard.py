@@ -30,6 +30,12 @@ def test_cli_fit_check_and_serve_refuse_off_role(tmp_path: Path, start_server: A
         encoding="utf-8",
     )
     runner = CliRunner()
+    a_file = tmp_path / "existing.txt"
+    a_file.write_text("x", encoding="utf-8")
+    result = runner.invoke(
+        app, ["firewall", "fit", "--anchors", str(anchors), "--out", str(a_file)]
+    )
+    assert result.exit_code == 2 and "a file, not a folder" in result.output, result.output
     out = tmp_path / "fw"
     result = runner.invoke(app, ["firewall", "fit", "--anchors", str(anchors), "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -39,6 +39,8 @@ def fit_command(
         from poise.probes.firewall import Firewall, read_anchors
         from poise.probes.sweep import require_activations
 
+        if Path(out).exists() and not Path(out).is_dir():
+            raise PoiseError(f"{out}: a file, not a folder; give a new or empty folder")
         if Path(out).exists() and any(Path(out).iterdir()):
             raise PoiseError(f"{out}: the firewall folder exists and is not empty")
         roles = read_anchors(anchors)

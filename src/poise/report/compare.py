@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_output_file
 from poise.report.html import RunData, read_run, render_html_report
 from poise.scoring.metrics import Rate, group_rates
 from poise.scoring.stats import paired_binary, paired_clustered
@@ -222,6 +222,9 @@ def compare_runs(
     """Read the runs, write the side-by-side report and/or the long-format CSV."""
     if len(run_dirs) < 2:
         raise PoiseError("compare needs at least two runs")
+    for where, what in ((html, "output"), (csv_path, "csv")):
+        if where is not None:
+            check_output_file(where, what)
     runs = [read_run(d) for d in run_dirs]
     page = render_html_report(runs)  # labels the runs
     diffs = paired_differences(runs)
@@ -264,6 +267,9 @@ def _flat(value: Any) -> Any:
 def export_run_csv(run_dir: str | Path, path: str | Path) -> tuple[Path, Path, int, int]:
     """One row per sample at ``path``, one row per metric at ``<stem>-metrics.csv`` beside it.
     Returns (samples path, metrics path, sample rows, metric rows)."""
+    check_output_file(path, "csv")
+    metrics_target = Path(path).with_name(f"{Path(path).stem}-metrics.csv")
+    check_output_file(metrics_target, "csv (its metrics file)")
     run = read_run(run_dir)
     run.label = run.path.name
     model = _model(run)
