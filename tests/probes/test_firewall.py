@@ -97,3 +97,32 @@ def test_folder_round_trip_and_errors(
     bad.write_text('{"role": "a", "query": "q"}\n{"role": 3}\n', encoding="utf-8")
     with pytest.raises(PoiseError, match=r"anchors\.jsonl:2"):
         read_anchors(bad)
+
+
+def test_layers_the_model_does_not_have_are_one_error(
+    organism: Any, firewall: Firewall, cooking: dict[str, list[str]]
+) -> None:
+    """organism-large has hidden states 0-4; organism-small one layer fewer: a firewall of
+    organism-large's last layer, or a layer that does not exist, is refused by name."""
+    with pytest.raises(PoiseError, match=r"layer 99 is not one of .* hidden states 0-4"):
+        Firewall.fit(organism, {"cooking": cooking["anchors"]}, layers=[99])
+    with pytest.raises(PoiseError, match="layer -1 is not one of"):
+        Firewall.fit(organism, {"cooking": cooking["anchors"]}, layers=[-1])
+    small = load_model("organism-small")
+    with pytest.raises(PoiseError, match=r"layer 4 is not one of .*0-3.*fitted on organism-large"):
+        firewall.scores(small, "cooking", cooking["in_role"][:1])
+
+
+def test_serve_refuses_a_firewall_it_cannot_use_at_start(
+    firewall: Firewall, tmp_path: Path
+) -> None:
+    from poise.models.mock import MockModel
+    from poise.serve.app import _firewall_guard
+    from poise.serve.schema import ServeConfig
+
+    firewall.save(tmp_path / "fw")
+    config = ServeConfig(model="mock", firewall=str(tmp_path / "fw"), firewall_role="cooking")
+    with pytest.raises(PoiseError, match="activations"):
+        _firewall_guard(MockModel("mock"), config)
+    with pytest.raises(PoiseError, match="--firewall-role needs --firewall"):
+        _firewall_guard(MockModel("mock"), ServeConfig(model="mock", firewall_role="cooking"))

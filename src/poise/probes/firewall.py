@@ -111,6 +111,7 @@ class Firewall:
                 # default: every decoder block's output (the embeddings of one last token carry
                 # little about the query)
                 firewall.layers = list(layers) if layers else list(range(1, states.shape[1]))
+                firewall._check_layers(states.shape[1], model)
             kept = states[:, firewall.layers].double()  # [n, layers, hidden]
             n = kept.shape[0]
             centroid = kept.mean(dim=0)  # [layers, hidden]
@@ -140,10 +141,22 @@ class Firewall:
             model, [Example(c, 0, str(i)) for i, c in enumerate(chats)], progress=progress
         )
 
+    def _check_layers(self, available: int, model: LanguageModel) -> None:
+        """Refuse layers the model does not have (``hidden_states`` indices 0..L)."""
+        wrong = [layer for layer in self.layers if not 0 <= layer < available]
+        if wrong:
+            fitted = f" (the firewall was fitted on {self.model})" if self.model else ""
+            raise PoiseError(
+                f"firewall: layer {wrong[0]} is not one of {model.name}'s hidden states "
+                f"0-{available - 1} (the embeddings, then one per decoder layer){fitted}"
+            )
+
     def scores(self, model: LanguageModel, role: str, queries: Sequence[str]) -> list[float]:
         """The activation-shift index of each query against ``role``'s zone."""
         zone = self.zone(role)
-        states = self._states(model, queries)[:, self.layers]  # [n, layers, hidden]
+        all_states = self._states(model, queries)  # [n, L + 1, hidden]
+        self._check_layers(all_states.shape[1], model)
+        states = all_states[:, self.layers]  # [n, layers, hidden]
         if states.shape[-1] != zone.centroid.shape[-1]:
             raise PoiseError(
                 f"firewall: fitted on {zone.centroid.shape[-1]} features, the model gives "

@@ -246,6 +246,8 @@ def _firewall_guard(model: LanguageModel, config: ServeConfig) -> Callable[[Chat
     """With ``config.firewall``: a check that raises a 400 naming the reason when the request's
     last user turn falls outside ``config.firewall_role``'s zone (``poise.probes.firewall``)."""
     if config.firewall is None:
+        if config.firewall_role is not None:
+            raise PoiseError("poise serve --firewall-role needs --firewall (the firewall folder)")
         return None
     from poise.probes.firewall import load_firewall
 
@@ -254,6 +256,9 @@ def _firewall_guard(model: LanguageModel, config: ServeConfig) -> Callable[[Chat
         raise PoiseError("poise serve --firewall needs --firewall-role (the role to allow)")
     firewall.zone(config.firewall_role)  # an unknown role fails at start, not per request
     role = config.firewall_role
+    # one query at start: a model without activations, or with other layers than the
+    # firewall's, fails now rather than on every request
+    firewall.scores(model, role, ["hello"])
 
     def check(chat: Chat) -> None:
         users = [m["content"] for m in chat if m["role"] == "user"]
