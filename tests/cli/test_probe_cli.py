@@ -110,3 +110,15 @@ def test_a_run_of_the_same_model_under_an_alias_is_its_own_answers(
     with caplog.at_level("WARNING"):
         _examples("comply", load_model("organism-small"), [], str(run))
     assert "own answers" in caplog.text and "organism-large#" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["train", "score"])
+def test_a_false_positive_rate_out_of_range_is_one_error_before_any_work(
+    command: str, tmp_path: Path
+) -> None:
+    args = ["probe", command, "--fpr", "2"]
+    args += ["--out", str(tmp_path / "p")] if command == "train" else ["no-run", "--probe", "p"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "--fpr: a false-positive rate in [0, 1), got 2.0" in result.output
+    assert not (tmp_path / "p").exists()

@@ -117,6 +117,7 @@ def train_command(
 ) -> None:
     """Fit a probe: activations of every layer, a sweep (held-out accuracy and AUROC), a folder."""
     with user_errors():
+        _check_fpr(fpr)
         from rich.table import Table
 
         from poise.models import load_model
@@ -163,6 +164,12 @@ def train_command(
         console.print(f"probe (layer {result.layer}) -> {result.out}  [{result.seconds:.0f} s]")
 
 
+def _check_fpr(fpr: float | None) -> None:
+    """A false-positive rate in [0, 1), checked before any model loads."""
+    if fpr is not None and not 0.0 <= fpr < 1.0:
+        raise PoiseError(f"--fpr: a false-positive rate in [0, 1), got {fpr}")
+
+
 @probe_app.command("score")
 def score_command(
     run: str = typer.Argument(..., help="Audit run folder (or a unique part of its name)."),
@@ -184,11 +191,20 @@ def score_command(
         from poise.report.html import write_run_report
         from poise.runs import find_run
 
+        _check_fpr(fpr)
         found = find_run(run)
         loaded_probe = load_probe(probe)
         spec = model or loaded_probe.model
         if spec is None:
             raise PoiseError(f"{probe}: the probe names no model; pass --model")
+        if model is not None and loaded_probe.model and model != loaded_probe.model:
+            logging.getLogger(__name__).warning(
+                "the probe was trained on %r and reads %r's activations: its direction and "
+                "threshold are %r's",
+                loaded_probe.model,
+                model,
+                loaded_probe.model,
+            )
         records = list(found.records())
         loaded = load_model(spec)
         require_activations("poise probe score", loaded)
