@@ -96,8 +96,9 @@ def load_yaml_config(
 def format_validation_error(exc: ValidationError) -> str:
     """First error of a pydantic ValidationError, as 'field: message'."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-    return f"{loc}: {err['msg']}"
+    loc = ".".join(str(p) for p in err["loc"])
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {message}" if loc else message
 
 
 DEFAULT_SUITES: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty")

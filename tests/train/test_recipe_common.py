@@ -421,3 +421,19 @@ def test_heads_that_are_not_plain_use_full_logits(tiny_hf_model_dir: Path) -> No
     got = common.token_logps(scaled, batch, "cpu")
     assert common._PLAIN_HEAD[scaled] is False
     torch.testing.assert_close(got, _full_logits_logps(scaled, batch))
+
+
+def test_a_config_error_names_the_field_not_the_python_class() -> None:
+    from poise.train.recipes.common import make_config
+    from poise.train.recipes.modpo import MODPOConfig
+
+    common = {"model": "organism-small", "data": "x.jsonl", "output": "/tmp/never-written"}
+    with pytest.raises(PoiseError) as info:
+        make_config(
+            MODPOConfig, **common, margin_reward_models=["organism-reward"], weights=(0.6, 0.5)
+        )
+    assert str(info.value) == "train config: weights must sum to 1, got 1.1"
+    with pytest.raises(PoiseError, match=r"^train config: weights\.0: Input should be a valid"):
+        make_config(
+            MODPOConfig, **common, margin_reward_models=["organism-reward"], weights=("a", "b")
+        )

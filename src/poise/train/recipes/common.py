@@ -153,7 +153,8 @@ def make_config(cls: type[Any], config: Any = None, **fields: Any) -> Any:
             raise PoiseError(f"expected a {cls.__name__}, got {type(config).__name__}")
         return cls.model_validate({**config.model_dump(), **fields})
     except ValidationError as exc:
-        raise PoiseError(f"{cls.__name__}: {format_validation_error(exc)}") from None
+        # "train config: FIELD: what is wrong", a field named as its flag is (weights: --weights)
+        raise PoiseError(f"train config: {format_validation_error(exc)}") from None
 
 
 # --------------------------------------------------------------------------------------------
