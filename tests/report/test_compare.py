@@ -198,3 +198,12 @@ def test_an_output_that_is_a_folder_is_one_error_before_any_work(tmp_path: Path)
         assert f"{folder} is a folder; give a file path" in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "c.html").exists()  # nothing half-written
+
+
+def test_the_same_run_twice_is_said(tmp_path: Path) -> None:
+    safe = audit(tmp_path, REFUSE, "safe")
+    result = CliRunner().invoke(
+        app, ["compare", str(safe), str(safe), "-o", str(tmp_path / "x.html")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "the same run is given twice" in result.output

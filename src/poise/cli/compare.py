@@ -17,9 +17,11 @@ def compare_command(
     ),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
 ) -> None:
-    """Compare runs side by side: rates, helpful-vs-harmless chart, paired differences.
+    """Compare runs: paired differences here, rates side by side and a chart in the report.
 
-    Paired differences are measured on the prompts two runs share; the first run is the baseline.
+    The terminal prints the paired differences, measured on the prompts two runs share (the
+    first run is the baseline); the HTML report (and --csv) holds every run's rates side by side
+    and the helpful-vs-harmless chart.
     """
     with user_errors():
         from rich.markup import escape
@@ -28,7 +30,15 @@ def compare_command(
         from poise.runs import find_run
 
         folders = [find_run(run, out).path for run in runs]
+        if len({f.resolve() for f in folders}) < len(folders):
+            console.print("[yellow]the same run is given twice[/]", highlight=False)
         _, diffs = compare_runs(folders, html=output, csv_path=csv)
+        if not diffs:
+            console.print(
+                "no paired differences: the runs share no prompt judged on the same rate "
+                "(the report still holds each run's rates)",
+                highlight=False,
+            )
         for d in diffs:
             console.print(
                 f"{escape(d.metric)}: {escape(d.run)} − {escape(d.baseline)} = "
