@@ -28,9 +28,9 @@ def test_title_names_the_decoding_and_the_caption_the_answer_lengths(tmp_path: P
 def test_without_a_terminal_progress_is_a_line_now_and_then(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from poise.cli.audit import _progress_lines
+    from poise.cli._common import progress_lines
 
-    progress = _progress_lines(every=3600.0)
+    progress = progress_lines("generating + judging", every=3600.0)
     for done in (0, 10, 20, 40):
         progress(done, 40)
     captured = capsys.readouterr()

@@ -260,6 +260,8 @@ def test_a_bad_loss_option_on_the_cli_writes_nothing_and_the_fixed_retry_trains(
     assert not out.exists()
     fixed = CliRunner().invoke(app, [*args, "--loss-option", "label_smoothing=0.1"])
     assert fixed.exit_code == 0, fixed.output
+    # no terminal here, so no bar: progress comes as lines on stderr (start and end at least)
+    assert "train dpo: 1/1 (100%), loss" in fixed.stderr
 
 
 def test_cli_trains_and_reports_bad_input_with_exit_code_2(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
@@ -40,3 +40,33 @@ def setup_logging(verbose: bool) -> None:
         logger.addHandler(RichHandler(console=err_console, show_path=False))
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING)
     logger.propagate = False
+
+
+PROGRESS_EVERY_S = 30.0
+
+
+def progress_lines(label: str, every: float = PROGRESS_EVERY_S) -> Callable[..., None]:
+    """For long work without a terminal (a pipe, a CI log), where no bar is drawn: a callback
+    ``(done, total, detail="")`` that prints ``LABEL: 120/642 (19%), DETAIL, 1m10s`` on stderr
+    (stdout keeps the results a script may parse) at the start, at most every ``every``
+    seconds after, and at the end."""
+    import time
+
+    start = time.monotonic()
+    last: list[float | None] = [None]
+
+    def progress(done: int, total: int | None, detail: str = "") -> None:
+        now = time.monotonic()
+        finished = total is not None and done >= total
+        if last[0] is not None and now - last[0] < every and not finished:
+            return
+        last[0] = now
+        elapsed = int(now - start)
+        share = f" ({100 * done / total:.0f}%)" if total else ""
+        count = f"{done}/{total}{share}" if total is not None else f"{done}"
+        extra = f", {detail}" if detail else ""
+        err_console.print(
+            f"{label}: {count}{extra}, {elapsed // 60}m{elapsed % 60:02d}s", highlight=False
+        )
+
+    return progress

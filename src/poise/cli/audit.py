@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, err_console, user_errors
+from poise.cli._common import console, progress_lines, user_errors
 from poise.config import DEFAULT_SUITES
 from poise.errors import PoiseError
 
@@ -170,7 +170,8 @@ def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
         TimeRemainingColumn(),
     )
     if not console.is_terminal:  # a pipe or a CI log: a line now and then instead of a bar
-        kwargs: dict[str, Any] = {"progress": _progress_lines()}
+        lines = progress_lines("generating + judging")
+        kwargs: dict[str, Any] = {"progress": lambda done, total: lines(done, total)}
         if resume is not None:
             return audit(resume=resume, out=config.out, **kwargs)
         return audit(config, **kwargs)
@@ -184,32 +185,6 @@ def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
         if resume is not None:
             return audit(resume=resume, out=config.out, **kwargs)
         return audit(config, **kwargs)
-
-
-PROGRESS_EVERY_S = 30.0
-
-
-def _progress_lines(every: float = PROGRESS_EVERY_S) -> Any:
-    """A progress callback that prints ``generating + judging: 120/642 (19%), 1m10s`` on stderr
-    at the start, at most every ``every`` seconds after, and at the end."""
-    import time
-
-    start = time.monotonic()
-    last: list[float | None] = [None]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if last[0] is not None and now - last[0] < every and done < total:
-            return
-        last[0] = now
-        elapsed = int(now - start)
-        share = f" ({100 * done / total:.0f}%)" if total else ""
-        err_console.print(  # stderr: stdout keeps the results a script may parse
-            f"generating + judging: {done}/{total}{share}, {elapsed // 60}m{elapsed % 60:02d}s",
-            highlight=False,
-        )
-
-    return progress
 
 
 def _decoding(config: dict[str, Any]) -> str:

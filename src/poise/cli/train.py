@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, progress_lines, user_errors
 
 train_app = typer.Typer(
     name="train",
@@ -161,6 +161,7 @@ def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
         TimeRemainingColumn(),
         TextColumn("{task.fields[metrics]}"),
     )
+    lines = progress_lines(f"train {recipe}") if main and not console.is_terminal else None
     with Progress(*columns, console=console, transient=True, disable=not main) as bar:
         task = bar.add_task("steps", total=None, metrics="loading")
 
@@ -171,6 +172,8 @@ def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
                 if key in event.metrics
             )
             bar.update(task, completed=event.step, total=event.total_steps, metrics=text)
+            if lines is not None:  # no terminal, no bar: a line now and then
+                lines(event.step, event.total_steps, text)
 
         result = train(progress=progress, **fields)
     if main:
