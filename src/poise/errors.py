@@ -61,12 +61,19 @@ def located(path: object, line: int | None, message: str) -> PoiseError:
     return PoiseError(f"{where}: {message}")
 
 
-def check_int(owner: str, name: str, value: object, low: int) -> int:
-    """``value`` when it is an integer (not a bool) ``>= low``; else ``"OWNER: NAME must be an
-    integer >= LOW, got VALUE"``. For the options of strategies, guards and wrappers, which come
-    from a model spec or from Python."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise PoiseError(f"{owner}: {name} must be an integer >= {low}, got {value!r}")
+def check_int(owner: str, name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` when it is an integer (not a bool) ``>= low`` (and ``<= high`` when given);
+    else ``"OWNER: NAME must be an integer >= LOW, got VALUE"`` (``in [LOW, HIGH]``). For the
+    options of strategies, guards, wrappers and attacks, which come from a spec, the command
+    line or Python."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        expected = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise PoiseError(f"{owner}: {name} must be an integer {expected}, got {value!r}")
     return value
 
 
@@ -78,16 +85,18 @@ def check_number(
     low: float | None = None,
     high: float | None = None,
     positive: bool = False,
+    low_open: bool = False,
 ) -> float:
     """``value`` as a float when it is a finite number (an int or a float, not a bool), inside
-    ``[low, high]`` (either end optional), or ``> 0`` when ``positive`` (instead of bounds);
-    else one error that names the owner, the option and the value."""
+    ``[low, high]`` (either end optional; ``(low, high]`` when ``low_open``), or ``> 0`` when
+    ``positive`` (instead of bounds); else one error that names the owner, the option and the
+    value."""
     if positive and (low is not None or high is not None):
         raise ValueError("check_number: positive or bounds, not both")
     if positive:
         expected = "a positive number"
     elif low is not None and high is not None:
-        expected = f"a number in [{low:g}, {high:g}]"
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
     elif low is not None:
         expected = f"a finite number >= {low:g}"
     elif high is not None:
@@ -98,7 +107,7 @@ def check_number(
         isinstance(value, bool)
         or not isinstance(value, (int, float))
         or not math.isfinite(value)
-        or (low is not None and value < low)
+        or (low is not None and (value <= low if low_open else value < low))
         or (high is not None and value > high)
         or (positive and value <= 0)
     ):

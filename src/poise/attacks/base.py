@@ -68,20 +68,6 @@ def _items(value: object) -> list[Any]:
     return [value]
 
 
-def int_option(attack: str, name: str, value: object, low: int, high: int | None = None) -> int:
-    """``value`` when it is an integer (not a bool) in ``[low, high]``; else ``"attack ATTACK:
-    NAME must be an integer >= LOW, got VALUE"``."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < low
-        or (high is not None and value > high)
-    ):
-        expected = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise PoiseError(f"attack {attack}: {name} must be an integer {expected}, got {value!r}")
-    return value
-
-
 def _bounds(low: float, high: float | None, low_open: bool) -> str:
     if high is None:
         return f"{'>' if low_open else '>='} {low:g}"
@@ -96,19 +82,6 @@ def _is_number(value: object, low: float, high: float | None, low_open: bool) ->
         and (value > low if low_open else value >= low)
         and (high is None or value <= high)
     )
-
-
-def number_option(
-    attack: str, name: str, value: object, low: float, high: float, *, low_open: bool = False
-) -> float:
-    """``value`` as a float when it is a number in ``[low, high]`` (``(low, high]`` when
-    ``low_open``); else ``"attack ATTACK: NAME must be a number in [LOW, HIGH], got VALUE"``."""
-    if not _is_number(value, low, high, low_open):
-        raise PoiseError(
-            f"attack {attack}: {name} must be a number {_bounds(low, high, low_open)}, "
-            f"got {value!r}"
-        )
-    return float(value)  # type: ignore[arg-type]
 
 
 def numbers_option(

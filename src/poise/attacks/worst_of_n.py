@@ -38,13 +38,11 @@ from poise.attacks.base import (
     SystemPrompt,
     attacks,
     build_chat,
-    int_option,
     kinds_option,
-    number_option,
     option_check,
 )
 from poise.config import Sampling
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_int, check_number
 from poise.scoring.stats import wilson_interval
 from poise.suites.schema import SuiteItem
 
@@ -94,10 +92,12 @@ def worst_of_n_options(
     most samples a request may ask for), ``temperature`` a number in (0, 100] or None (the
     audit's, greedy made 1), ``kinds`` suite kinds (a list or "harmful,borderline")."""
     return {
-        "n": int_option("worst_of_n", "n", n, 1, 4096),
+        "n": check_int("attack worst_of_n", "n", n, 1, 4096),
         "temperature": None
         if temperature is None
-        else number_option("worst_of_n", "temperature", temperature, 0.0, 100.0, low_open=True),
+        else check_number(
+            "attack worst_of_n", "temperature", temperature, low=0.0, high=100.0, low_open=True
+        ),
         "kinds": kinds_option("worst_of_n", kinds),
     }
 
