@@ -57,6 +57,7 @@ from poise.merge.executor import (
 )
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS, MergeMethod
 from poise.merge.sources import LoraFolder, SafetensorsFolder, TensorSource, is_lora_folder
+from poise.merge.task_arithmetic import DELLA_EPSILON
 
 DTYPES = {
     "float32": torch.float32,
@@ -68,7 +69,6 @@ _REFUSED = {
     "slices": "slices (layer-range merges) are not supported by poise merge",
     "modules": "modules (multi-module merges) are not supported by poise merge",
 }
-DELLA_EPSILON = 0.15  # generalized_task_arithmetic's epsilon when none is given
 CONFIG_RECORD = "merge_config.yml"
 MERGE_RECORD = "merge.json"
 

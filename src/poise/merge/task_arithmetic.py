@@ -40,6 +40,10 @@ Consensus = Literal["sum", "count"]
 SignElection = Literal["paper", "weighted"]
 
 
+# DELLA's epsilon (the half-width of the keep probabilities) when a config gives none
+DELLA_EPSILON = 0.15
+
+
 def tensor_seed(seed: int, name: str) -> int:
     """A per-tensor seed: the run's ``seed`` mixed with the tensor's name, so a random merge is
     reproducible and independent of the order in which tensors are processed."""
@@ -85,7 +89,7 @@ def generalized_task_arithmetic(
                 rescale=rescale,
                 rescale_norm=rescale_norm,
                 gamma=0.01 if gamma is None else float(gamma[t]),
-                epsilon=0.15 if epsilon is None else float(epsilon[t]),
+                epsilon=DELLA_EPSILON if epsilon is None else float(epsilon[t]),
                 generator=generator,
             )
             deltas[t] = delta
