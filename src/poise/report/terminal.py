@@ -252,8 +252,12 @@ def guard_rows(guard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         ("miss_rate", "misses", "harmful not stopped"),
     ):
         entry = guard.get(key)
-        detail = f"{entry['k']}/{entry['n']} {what}" if isinstance(entry, Mapping) else what
-        rows.append((label, _interval_text(entry, percent=True), detail))
+        if isinstance(entry, Mapping):  # a Rate, formatted as every rate is
+            rows.append(
+                (label, Rate.from_dict(entry).format(), f"{entry['k']}/{entry['n']} {what}")
+            )
+        else:
+            rows.append((label, "—", what))
     harmful = guard.get("produced_share")
     n = harmful.get("n") if isinstance(harmful, Mapping) else 0
     unguarded = guard.get("unguarded_tokens")

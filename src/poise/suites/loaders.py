@@ -524,7 +524,7 @@ def _check_quotes(
     elif problem == "text":
         why = f"runs to line {end} and text follows its closing quote"
     elif fields < columns and any(
-        line.count(delimiter) >= columns - 1 for line in lines[opened - 1 : -1]
+        raw.count(delimiter) >= columns - 1 for raw in lines[opened - 1 : -1]
     ):
         # a short row whose quoted field holds lines that read as whole rows of the file
         why = (
