@@ -86,11 +86,12 @@ def test_cli_exit_codes_and_json(tiny_hf_model_dir: Path, tmp_path: Path) -> Non
     runner = CliRunner()
     base = ["gate", "-m", "mock", "--judge", "refusal", "--limit", "6"]
     ok = runner.invoke(
-        app, [*base, "--model-option", f"default={REFUSE}", "-o", str(tmp_path / "pass.json")]
+        app,
+        [*base, "--model-option", f"default={REFUSE}", "-o", str(tmp_path / "new" / "pass.json")],
     )
     assert ok.exit_code == 0, ok.output
     assert "PASS" in ok.output
-    record = json.loads((tmp_path / "pass.json").read_text())
+    record = json.loads((tmp_path / "new" / "pass.json").read_text())
     assert record["verdict"] == "PASS" and record["n"] == 6 and len(record["costs"]) == 6
     bad = runner.invoke(app, [*base, "--model-option", f"default={COMPLY}"])
     assert bad.exit_code == 1 and "FAIL" in bad.output
@@ -105,8 +106,10 @@ def test_bad_input_fails_before_sampling(tiny_hf_model_dir: Path, tmp_path: Path
         gate(model="mock", cost_model=str(tiny_hf_model_dir), limit=2)
     with pytest.raises(PoiseError, match="delta"):
         gate(model="mock", judge="refusal", delta=1.5)
-    with pytest.raises(PoiseError, match="does not exist"):
-        gate(model="mock", judge="refusal", limit=2, output=str(tmp_path / "no" / "x.json"))
+    # a folder that cannot be made (under a file) is refused before sampling
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PoiseError, match="cannot make folder"):
+        gate(model="mock", judge="refusal", limit=2, output=str(tmp_path / "file" / "x.json"))
     # a folder as the output file: refused before any sampling (it crashed after it, exit 1,
     # which reads as FAIL)
     with pytest.raises(PoiseError, match="is a folder; give a file path"):

@@ -190,9 +190,15 @@ def gate(
         raise PoiseError(f"prompts: {cfg.prompts} has {len(items)} prompt(s); the test needs >= 2")
     if cfg.output is not None:
         out_path = Path(cfg.output).expanduser()
-        if not out_path.parent.is_dir():
-            raise PoiseError(f"output: folder {out_path.parent} does not exist")
         check_output_file(out_path, "output")
+        # the folder is made as compare, runs export and the reports make theirs; a path that
+        # cannot be a folder (under a file, no permission) is refused before any sampling
+        try:
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PoiseError(
+                f"output: cannot make folder {out_path.parent} ({exc.strerror or exc})"
+            ) from None
     cost_folder = None
     if cfg.judge is None:
         from poise.train.recipes.common import is_classifier_folder, resolve_model_folder
@@ -264,7 +270,7 @@ def gate(
             comparison=compare_costs(gate_result.to_dict(), baseline, str(cfg.baseline)),
         )
     if cfg.output is not None:
-        from poise.train.recipes.common import write_json_atomic
+        from poise.runs.run import write_json_atomic
 
         write_json_atomic(Path(cfg.output).expanduser(), gate_result.to_dict())
     logger.info("gate %s: U=%.4f tau=%.4f", gate_result.verdict, result.upper_bound, cfg.tau)

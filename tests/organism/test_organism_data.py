@@ -86,8 +86,9 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
         preference_rows(phrasings=0)
     with pytest.raises(PoiseError, match="unknown kind 'honesty'"):
         preference_rows(kinds=("honesty",))
-    with pytest.raises(PoiseError, match="does not exist"):
-        write_organism_data(tmp_path / "missing" / "pairs.jsonl")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PoiseError, match="cannot make folder"):
+        write_organism_data(tmp_path / "file" / "pairs.jsonl")
 
 
 def test_cli_writes_both_files(tmp_path: Path) -> None:

@@ -149,8 +149,12 @@ def prompt_items(
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``rows`` as JSON lines, atomically (a failure leaves no partial file)."""
     target = Path(path).expanduser()
-    if not target.parent.is_dir():
-        raise PoiseError(f"output: folder {target.parent} does not exist")
+    try:  # made as the other output paths' folders are (compare, runs export, gate)
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PoiseError(
+            f"output: cannot make folder {target.parent} ({exc.strerror or exc})"
+        ) from None
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
