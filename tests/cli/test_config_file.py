@@ -87,6 +87,22 @@ def test_an_unknown_key_is_one_line_naming_the_file_and_key(tmp_path: Path) -> N
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
+def test_a_value_of_the_wrong_type_is_blamed_on_the_file_not_on_a_flag(tmp_path: Path) -> None:
+    # typer's own message named '--temperature', a flag the user never typed
+    config = tmp_path / "audit.yaml"
+    config.write_text("model: mock\nsampling: {temperature: hot}\n")
+    result = invoke("audit", "--config", str(config))
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1, result.output
+    assert f"{config}: sampling.temperature: " in line and "valid number" in line
+    assert "--temperature" not in line
+    train = tmp_path / "train.yaml"
+    train.write_text("epochs: many\n")
+    result = invoke("train", "dpo", "--config", str(train))
+    assert result.exit_code == 2 and f"{train}: epochs: " in result.output
+
+
 def test_a_broken_file_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("model: [mock\n")

@@ -90,7 +90,7 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
     from poise.errors import PoiseError
 
     try:
-        defaults = flag_defaults(ctx.command, read_yaml_mapping(value), value)
+        defaults = flag_defaults(ctx.command, read_yaml_mapping(value), value, ctx=ctx)
     except PoiseError as exc:
         from rich.markup import escape
 
@@ -102,8 +102,12 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
     return value
 
 
-def flag_defaults(command: Any, data: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The file's keys as ``{parameter name: value}`` for ``ctx.default_map``."""
+def flag_defaults(
+    command: Any, data: Mapping[str, Any], source: str, *, ctx: Any = None
+) -> dict[str, Any]:
+    """The file's keys as ``{parameter name: value}`` for ``ctx.default_map``. Given ``ctx``,
+    each value is also converted as its flag would be, so that a wrong type is blamed on the
+    file's key, not on a flag the user never typed."""
     from poise.errors import PoiseError
 
     params = {p.name: p for p in command.params if p.name and CONFIG_FLAG not in p.opts}
@@ -136,7 +140,14 @@ def flag_defaults(command: Any, data: Mapping[str, Any], source: str) -> dict[st
                 f"(keys: {', '.join(sorted(params))})"
             )
         param = params[names[normal]]
-        defaults[param.name or normal] = _as_flag_value(param, value)
+        flag_value = _as_flag_value(param, value)
+        coercion = getattr(param, "get_runtime_param", None)  # typer's own conversion
+        if ctx is not None and coercion is not None:
+            try:
+                coercion().coerce(flag_value, param=param, ctx=ctx)
+            except typer.BadParameter as exc:
+                raise PoiseError(f"{source}: {key}: {exc.message}") from None
+        defaults[param.name or normal] = flag_value
     return defaults
 
 
