@@ -106,6 +106,25 @@ def test_newcombe_paired_interval_matches_the_published_example() -> None:
     assert diff.counts == {"both": 59, "a_only": 6, "b_only": 16, "neither": 80}
 
 
+@pytest.mark.parametrize(
+    "table", [(3, 6, 0, 1), (1, 1, 7, 12), (2, 2, 2, 2), (4, 1, 1, 1), (0, 3, 0, 3)]
+)
+def test_newcombe_without_correlation_is_the_independent_interval_of_statsmodels(
+    table: tuple[int, int, int, int],
+) -> None:
+    # Newcombe's correction sets phi = 0 when 0 <= ad - bc <= n/2; the paired interval is then
+    # the independent hybrid score interval (Newcombe 1998, Stat. Med. 17:873, method 10) of
+    # (a+b)/n against (a+c)/n, which statsmodels computes on its own. (3, 6, 0, 1) is that
+    # paper's 9/10 against 3/10: 0.1705 to 0.8090.
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    a, b, c, d = table
+    n = a + b + c + d
+    assert 0 <= a * d - b * c <= n / 2  # the branch under test
+    expected = confint_proportions_2indep(a + b, n, a + c, n, method="newcomb", compare="diff")
+    assert newcombe_paired_interval(*table) == pytest.approx(expected, abs=1e-12)
+
+
 @pytest.mark.parametrize("a_only,b_only", [(6, 16), (0, 5), (3, 3), (40, 25), (0, 0), (1, 0)])
 def test_mcnemar_exact_matches_statsmodels(a_only: int, b_only: int) -> None:
     from statsmodels.stats.contingency_tables import mcnemar
