@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from poise.errors import PoiseError, check_int, check_number
+from poise.errors import PoiseError, check_int, check_number, prepare_output_file
 
 
 def test_check_int_returns_an_integer_at_or_above_the_bound() -> None:
@@ -65,3 +65,15 @@ def test_invalid_json_says_what_and_at_which_column() -> None:
         with pytest.raises(json.JSONDecodeError) as caught:
             json.loads(text)
         assert invalid_json(caught.value) == message
+
+
+def test_prepare_output_file_makes_the_folder_or_says_why_it_cannot(tmp_path) -> None:
+    prepare_output_file(tmp_path / "a" / "b" / "out.json", "output")
+    assert (tmp_path / "a" / "b").is_dir() and not (tmp_path / "a" / "b" / "out.json").exists()
+    with pytest.raises(PoiseError, match=r"^output: .* is a folder; give a file path$"):
+        prepare_output_file(tmp_path / "a", "output")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(
+        PoiseError, match=rf"^csv: cannot make folder .*: {tmp_path / 'f'} is a file$"
+    ):
+        prepare_output_file(tmp_path / "f" / "g" / "x.csv", "csv")

@@ -130,3 +130,20 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> None:
     target = Path(path).expanduser()
     if target.is_dir():
         raise PoiseError(f"{what}: {target} is a folder; give a file path")
+
+
+def prepare_output_file(path: str | os.PathLike[str], what: str) -> None:
+    """Before any work: refuse a path that names a folder (:func:`check_output_file`) and make
+    the folder the file goes in, as ``mkdir -p`` would; a folder that cannot be made (a file on
+    the way, no permission) is ``"WHAT: cannot make folder DIR (reason)"``."""
+    from pathlib import Path
+
+    check_output_file(path, what)
+    folder = Path(path).expanduser().parent
+    on_the_way = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if on_the_way is not None and not on_the_way.is_dir():
+        raise PoiseError(f"{what}: cannot make folder {folder}: {on_the_way} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PoiseError(f"{what}: cannot make folder {folder} ({exc.strerror or exc})") from None

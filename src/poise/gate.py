@@ -44,7 +44,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field
 
 from poise.config import SuiteOptions
-from poise.errors import PoiseError, check_output_file
+from poise.errors import PoiseError, prepare_output_file
 
 logger = logging.getLogger(__name__)
 
@@ -189,16 +189,7 @@ def gate(
     if len(items) < 2:
         raise PoiseError(f"prompts: {cfg.prompts} has {len(items)} prompt(s); the test needs >= 2")
     if cfg.output is not None:
-        out_path = Path(cfg.output).expanduser()
-        check_output_file(out_path, "output")
-        # the folder is made as compare, runs export and the reports make theirs; a path that
-        # cannot be a folder (under a file, no permission) is refused before any sampling
-        try:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise PoiseError(
-                f"output: cannot make folder {out_path.parent} ({exc.strerror or exc})"
-            ) from None
+        prepare_output_file(cfg.output, "output")
     cost_folder = None
     if cfg.judge is None:
         from poise.train.recipes.common import is_classifier_folder, resolve_model_folder

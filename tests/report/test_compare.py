@@ -200,6 +200,25 @@ def test_an_output_that_is_a_folder_is_one_error_before_any_work(tmp_path: Path)
     assert not (tmp_path / "c.html").exists()  # nothing half-written
 
 
+def test_an_output_under_a_file_is_one_error_and_a_new_folder_is_made(tmp_path: Path) -> None:
+    # a file on the output's path was a FileExistsError traceback, raised after the work
+    safe, other = audit(tmp_path, REFUSE, "safe"), audit(tmp_path, REFUSE, "other")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for args in (
+        ["compare", str(safe), str(other), "-o", str(a_file / "c.html")],
+        ["compare", str(safe), str(other), "--csv", str(a_file / "sub" / "c.csv")],
+        ["runs", "export", str(safe), "--csv", str(a_file / "s.csv")],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert f"{a_file} is a file" in result.output and "Traceback" not in result.output
+    made = tmp_path / "new" / "deeper" / "c.csv"
+    result = CliRunner().invoke(app, ["compare", str(safe), str(other), "--csv", str(made)])
+    assert result.exit_code == 0, result.output
+    assert made.is_file()
+
+
 def test_the_same_run_twice_is_said(tmp_path: Path) -> None:
     safe = audit(tmp_path, REFUSE, "safe")
     result = CliRunner().invoke(

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, prepare_output_file
 
 KINDS: tuple[str, ...] = ("harmful", "borderline", "benign")
 
@@ -149,12 +149,7 @@ def prompt_items(
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``rows`` as JSON lines, atomically (a failure leaves no partial file)."""
     target = Path(path).expanduser()
-    try:  # made as the other output paths' folders are (compare, runs export, gate)
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PoiseError(
-            f"output: cannot make folder {target.parent} ({exc.strerror or exc})"
-        ) from None
+    prepare_output_file(target, "output")
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

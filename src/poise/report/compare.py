@@ -25,14 +25,14 @@ import csv
 import html as html_lib
 import io
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, check_output_file
+from poise.errors import PoiseError, prepare_output_file
 from poise.report.html import RunData, read_run, render_html_report
+from poise.runs.run import write_text_atomic
 from poise.scoring.metrics import Rate, group_rates
 from poise.scoring.stats import paired_binary, paired_clustered
 from poise.tasks import all_metrics
@@ -170,13 +170,9 @@ def _rate_rows(run: RunData) -> list[dict[str, Any]]:
 
 
 def _write_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``text`` at ``path`` whole or not at all (its folder was made by prepare_output_file);
+    a failed write (a full disk) is one line naming the file."""
+    write_text_atomic(path, text)
     return path
 
 
@@ -224,7 +220,7 @@ def compare_runs(
         raise PoiseError("compare needs at least two runs")
     for where, what in ((html, "output"), (csv_path, "csv")):
         if where is not None:
-            check_output_file(where, what)
+            prepare_output_file(where, what)
     runs = [read_run(d) for d in run_dirs]
     page = render_html_report(runs)  # labels the runs
     diffs = paired_differences(runs)
@@ -267,9 +263,9 @@ def _flat(value: Any) -> Any:
 def export_run_csv(run_dir: str | Path, path: str | Path) -> tuple[Path, Path, int, int]:
     """One row per sample at ``path``, one row per metric at ``<stem>-metrics.csv`` beside it.
     Returns (samples path, metrics path, sample rows, metric rows)."""
-    check_output_file(path, "csv")
+    prepare_output_file(path, "csv")
     metrics_target = Path(path).with_name(f"{Path(path).stem}-metrics.csv")
-    check_output_file(metrics_target, "csv (its metrics file)")
+    prepare_output_file(metrics_target, "csv (its metrics file)")
     run = read_run(run_dir)
     run.label = run.path.name
     model = _model(run)
