@@ -38,3 +38,20 @@ def test_pairs_need_both_a_refusal_and_a_harmful_completion(tmp_path: Path) -> N
     assert write_pairs(pairs, path) == 1
     assert json.loads(path.read_text()) == pair
     assert not list(path.parent.glob(".*tmp*"))
+
+
+def test_write_pairs_refuses_a_folder_or_a_file_on_the_way_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    import pytest
+
+    from poise.errors import PoiseError
+
+    pair = {"prompt": [], "chosen": [], "rejected": []}
+    with pytest.raises(PoiseError, match="is a folder; give a file path"):
+        write_pairs([pair], tmp_path)
+    (tmp_path / "notes").write_text("x")
+    with pytest.raises(PoiseError, match="is a file"):  # was a FileExistsError traceback
+        write_pairs([pair], tmp_path / "notes" / "pairs.jsonl")
+    assert write_pairs([pair, pair], tmp_path / "new" / "pairs.jsonl") == 2
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["pairs.jsonl"]

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from poise.errors import PoiseError, prepare_output_file
+
 
 def preference_pairs(
     records: Iterable[Mapping[str, Any]], *, per_prompt: int = 1
@@ -74,14 +76,20 @@ def _distinct(records: list[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, 
 
 
 def write_pairs(pairs: Iterable[Mapping[str, Any]], path: str | Path) -> int:
-    """Write jsonl atomically (a temporary file renamed into place); returns the count."""
+    """Write jsonl atomically (a temporary file renamed into place); returns the count. A path
+    that is a folder, or under a file, is one line (``prepare_output_file``), as is a failed
+    write."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output_file(path, "output")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as f:
-        for pair in pairs:
-            f.write(json.dumps(pair, ensure_ascii=False) + "\n")
-            count += 1
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for pair in pairs:
+                f.write(json.dumps(pair, ensure_ascii=False) + "\n")
+                count += 1
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise PoiseError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return count

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, invalid_json, located
+from poise.errors import PoiseError, invalid_json, located, prepare_output_file
 
 __all__ = ["MonitorExample", "encode_example", "read_monitor_data", "write_monitor_data"]
 
@@ -124,7 +124,7 @@ def read_monitor_data(path: str | Path) -> list[MonitorExample]:
 def write_monitor_data(path: str | Path, examples: Iterable[MonitorExample]) -> int:
     """Write examples as jsonl (whole or not at all); returns how many."""
     file = Path(path)
-    file.parent.mkdir(parents=True, exist_ok=True)
+    prepare_output_file(file, "output")
     tmp = file.with_name(f".{file.name}.tmp")
     count = 0
     with tmp.open("w", encoding="utf-8") as out:
