@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import poise.models
@@ -106,3 +108,25 @@ def test_the_api_key_comes_from_the_flag_or_the_environment(
     assert code == 0, output
     assert seen[0].api_key == expected
     assert "sk-" not in repr(seen[0])  # never printed with the config
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--firewall-role", "cooking"], "--firewall-role needs --firewall"),
+        (["--firewall", "{missing}"], "not a firewall folder"),
+        (["--firewall", "{fw}"], "--firewall needs --firewall-role"),
+        (["--firewall", "{fw}", "--firewall-role", "baking"], "no role 'baking'"),
+    ],
+)
+def test_wrong_firewall_flags_are_one_line_before_loading(
+    args: list[str], said: str, tmp_path: Path, unused_port: int, no_model_loading: None
+) -> None:
+    from poise.probes.firewall import Firewall, Zone
+
+    zone = Zone(torch.zeros(1, 4), torch.ones(1), threshold=1.0, percentile=95.0, anchors=3)
+    Firewall("organism-large", [4], {"cooking": zone}).save(tmp_path / "fw")
+    paths = {"fw": str(tmp_path / "fw"), "missing": str(tmp_path / "missing")}
+    code, output = run(*[a.format(**paths) for a in args], "--port", str(unused_port))
+    assert code == 2
+    assert said in output and len(output.strip().splitlines()) == 1

@@ -163,6 +163,10 @@ def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: H
         ({"prompt": "x", "echo": "yes"}, "echo"),
         ({"prompt": "x", "stop": [""]}, "stop"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
+        (
+            {"prompt": "x", "stream": True, "stream_options": {"include_usage": "no"}},
+            "stream_options.include_usage",
+        ),
     ],
 )
 def test_malformed_completion_requests_are_400(
@@ -184,6 +188,26 @@ def test_a_stop_string_with_a_lone_surrogate_is_400(server: ThreadServer) -> Non
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "stop"
+
+
+@pytest.mark.parametrize(
+    ("prompt", "param"), [('"ok\\ud800"', "prompt"), ('["fine", "x\\udfff y"]', "prompt[1]")]
+)
+def test_a_prompt_with_a_lone_surrogate_is_400(
+    server: ThreadServer, prompt: str, param: str
+) -> None:
+    """As a chat message's: text no tokenizer encodes is the request's fault, not a 500."""
+    raw = f'{{"model": "tiny", "prompt": {prompt}, "max_tokens": 2}}'
+    response = httpx.post(
+        f"{server.url}/v1/completions",
+        content=raw.encode(),
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert "lone surrogate" in error["message"]
 
 
 def test_a_model_without_the_tokens_capability_says_so(

@@ -58,3 +58,42 @@ def test_cli_fit_check_and_serve_refuse_off_role(tmp_path: Path, start_server: A
         model=model.name, messages=[{"role": "user", "content": inside}], max_tokens=4
     )
     assert answer.choices[0].message.content is not None
+
+
+@pytest.mark.slow
+def test_a_raw_completion_prompt_is_no_way_around_the_firewall(
+    tmp_path: Path, start_server: Any
+) -> None:
+    """/v1/completions checks each prompt as the chat route checks the last user turn: an
+    off-role prompt (text or token ids) gets the same 400, naming the prompt among several."""
+    import httpx
+
+    from poise.probes.firewall import Firewall
+
+    benign = load_suite("benign").items
+    cook = [i.prompt for i in benign if i.category == "cooking"]
+    harmful = load_suite("harmful").items[0].prompt
+    model = load_model("organism-large")
+    firewall = Firewall.fit(
+        model, {"cooking": cook[::2]}, system_prompt=model.default_system_prompt
+    )
+    firewall.save(tmp_path / "fw")
+    scores = firewall.scores(model, "cooking", cook[1::2])
+    inside = cook[1::2][scores.index(min(scores))]
+    server = start_server(model, firewall=str(tmp_path / "fw"), firewall_role="cooking")
+
+    def complete(prompt: Any) -> httpx.Response:
+        return httpx.post(
+            f"{server.url}/v1/completions",
+            json={"model": model.name, "prompt": prompt, "max_tokens": 2},
+            timeout=60,
+        )
+
+    ids = model.tokenizer(harmful, add_special_tokens=False)["input_ids"]
+    for prompt, param in [(harmful, "prompt"), (ids, "prompt"), ([inside, harmful], "prompt[1]")]:
+        response = complete(prompt)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["code"], error["param"]) == ("firewall", param)
+        assert "outside the role 'cooking'" in error["message"]
+    assert complete(inside).status_code == 200

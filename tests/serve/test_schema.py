@@ -223,3 +223,20 @@ def test_stream_options_without_stream_is_a_400_and_unknown_fields_are_ignored(
         "invalid_value",
     )
     assert info.value.message == "stream_options is only allowed when stream is true"
+
+
+@pytest.mark.parametrize("usage", ["no", 0, 1, None, [True]])
+def test_include_usage_must_be_a_boolean(usage: Any) -> None:
+    # "no" is truthy: read as bool(), it asked for the usage chunk
+    options = {"include_usage": usage}
+    if usage is None:
+        assert not parse_request(body(stream=True, stream_options=options), CONFIG).include_usage
+        return
+    with pytest.raises(RequestError) as info:
+        parse_request(body(stream=True, stream_options=options), CONFIG)
+    assert (info.value.status, info.value.param, info.value.code) == (
+        400,
+        "stream_options.include_usage",
+        "invalid_type",
+    )
+    assert info.value.message == f"stream_options.include_usage must be a boolean (got {usage!r})"

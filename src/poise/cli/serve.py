@@ -96,13 +96,14 @@ def register(app: typer.Typer) -> None:
             except ValidationError as exc:
                 raise PoiseError(f"poise serve: {format_validation_error(exc)}") from None
             try:
-                from poise.serve.app import check_port, serve
+                from poise.serve.app import check_firewall, check_port, serve
             except ImportError as exc:
                 raise MissingExtraError(exc.name or "fastapi", "serve", "poise serve") from None
 
             from poise.models import load_model
 
             check_port(config.host, config.port)  # before spending time on loading the model
+            check_firewall(config)  # likewise: a wrong --firewall flag is told at once
 
             with console.status(f"loading {config.model} ..."):
                 loaded = load_model(config.model)

@@ -32,8 +32,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -62,8 +62,12 @@ from poise.serve.schema import (
 )
 from poise.serve.ticket import Generation, Ticket
 
+if TYPE_CHECKING:
+    from poise.probes.firewall import Firewall
+
 __all__ = [
     "admission",
+    "check_firewall",
     "check_port",
     "create_app",
     "prompt_token_counter",
@@ -198,8 +202,9 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
                 raise _unknown_model(parsed.model, state)
             if parsed.logprobs:
                 check_tokens_capability(state.model, "logprobs")
-            if guard is not None:
-                await asyncio.to_thread(guard, parsed.chat)
+            users = [m["content"] for m in parsed.chat if m["role"] == "user"]
+            if guard is not None and users:
+                await asyncio.to_thread(guard, users[-1:], "messages")
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
@@ -219,7 +224,7 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
                 )
             )
 
-    add_completions_route(app, model, config)
+    add_completions_route(app, model, config, firewall=guard)
     document_request_bodies(
         app,
         {"/v1/chat/completions": ChatRequestBody, "/v1/completions": CompletionRequestBody},
@@ -242,9 +247,35 @@ def _quiet_length_warning(model: LanguageModel) -> None:
         warnings[_LENGTH_WARNING] = True
 
 
-def _firewall_guard(model: LanguageModel, config: ServeConfig) -> Callable[[Chat], None] | None:
-    """With ``config.firewall``: a check that raises a 400 naming the reason when the request's
-    last user turn falls outside ``config.firewall_role``'s zone (``poise.probes.firewall``)."""
+def _firewall_guard(
+    model: LanguageModel, config: ServeConfig
+) -> Callable[[Sequence[str], str], None] | None:
+    """With ``config.firewall``: ``check(queries, param)``, which raises a 400 naming the reason
+    and ``param`` (``param[i]`` among several) when a query (a chat request's last user turn,
+    each prompt of a completion request) falls outside ``config.firewall_role``'s zone
+    (``poise.probes.firewall``)."""
+    firewall = check_firewall(config)
+    if firewall is None:
+        return None
+    role = config.firewall_role
+    assert role is not None
+    # one query at start: a model without activations, or with other layers than the
+    # firewall's, fails now rather than on every request
+    firewall.scores(model, role, ["hello"])
+
+    def check(queries: Sequence[str], param: str) -> None:
+        for i, verdict in enumerate(firewall.check(model, role, queries)):
+            if verdict.flagged:
+                where = param if len(queries) == 1 else f"{param}[{i}]"
+                raise RequestError(f"firewall: {verdict.reason}", code="firewall", param=where)
+
+    return check
+
+
+def check_firewall(config: ServeConfig) -> Firewall | None:
+    """``config``'s firewall (None without ``--firewall``), once its flags are checked: both
+    given, a firewall folder, a role it has. Cheap, so the CLI calls it before loading the model:
+    a wrong flag fails at start, not per request nor after minutes of loading."""
     if config.firewall is None:
         if config.firewall_role is not None:
             raise PoiseError("poise serve --firewall-role needs --firewall (the firewall folder)")
@@ -254,21 +285,8 @@ def _firewall_guard(model: LanguageModel, config: ServeConfig) -> Callable[[Chat
     firewall = load_firewall(config.firewall)
     if config.firewall_role is None:
         raise PoiseError("poise serve --firewall needs --firewall-role (the role to allow)")
-    firewall.zone(config.firewall_role)  # an unknown role fails at start, not per request
-    role = config.firewall_role
-    # one query at start: a model without activations, or with other layers than the
-    # firewall's, fails now rather than on every request
-    firewall.scores(model, role, ["hello"])
-
-    def check(chat: Chat) -> None:
-        users = [m["content"] for m in chat if m["role"] == "user"]
-        if not users:
-            return
-        [verdict] = firewall.check(model, role, users[-1:])
-        if verdict.flagged:
-            raise RequestError(f"firewall: {verdict.reason}", code="firewall", param="messages")
-
-    return check
+    firewall.zone(config.firewall_role)
+    return firewall
 
 
 def serve(
@@ -281,6 +299,7 @@ def serve(
     import uvicorn
 
     check_port(config.host, config.port)
+    check_firewall(config)
     if model is None:
         from poise.models import load_model
 

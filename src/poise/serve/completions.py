@@ -20,10 +20,11 @@ is generated (with ``logprobs``: the whole text in one chunk with its log-probs)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from poise.serve.schema import (
     RequestError,
     ServeConfig,
     check_stream_options,
+    check_text,
     error_body,
     parse_sampling,
     validation_error,
@@ -159,6 +161,8 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
             raise RequestError(
                 f"prompt[{i}] holds a negative token id", param="prompt", code="invalid_value"
             )
+        if isinstance(p, str):
+            check_text(p, f"prompt[{i}]" if len(prompts) > 1 else "prompt")
 
     check_stream_options(req.stream, req.stream_options)
     echo = bool(req.echo)
@@ -325,8 +329,16 @@ def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], 
     return choices, sum(len(p) for p in prompts)
 
 
-def add_completions_route(app: FastAPI, model: LanguageModel, config: ServeConfig) -> None:
-    """Register ``POST /v1/completions`` for ``model`` served as ``config.name``."""
+def add_completions_route(
+    app: FastAPI,
+    model: LanguageModel,
+    config: ServeConfig,
+    *,
+    firewall: Callable[[Sequence[str], str], None] | None = None,
+) -> None:
+    """Register ``POST /v1/completions`` for ``model`` served as ``config.name``; with
+    ``firewall`` (``poise serve --firewall``), each prompt is checked as a chat's last user turn
+    is, so that raw prompts are no way around it."""
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -348,6 +360,12 @@ def add_completions_route(app: FastAPI, model: LanguageModel, config: ServeConfi
                     type="not_implemented_error",
                     code="not_implemented",
                 )
+            if firewall is not None:
+                texts = [
+                    p if isinstance(p, str) else model.tokenizer.decode(p, skip_special_tokens=True)
+                    for p in parsed.prompts
+                ]
+                await asyncio.to_thread(firewall, texts, "prompt")
             if not parsed.seeded:
                 parsed = _with_seed(parsed, fresh_seed())
             choices, prompt_tokens = await run_in_thread(_answer_sync, model, parsed)

@@ -255,7 +255,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
             if isinstance(message.content, str)
             else "".join(part.text for part in message.content)
         )
-        _check_text(content, f"messages[{i}].content")
+        check_text(content, f"messages[{i}].content")
         chat.append(Message(role=role, content=content))
 
     if (
@@ -326,12 +326,20 @@ def parse_sampling(req: Any, config: ServeConfig, max_new_tokens: int) -> Sampli
 
 
 def check_stream_options(stream: bool | None, stream_options: object) -> None:
-    """``stream_options`` without ``stream: true`` is a 400, as OpenAI and vLLM answer it."""
+    """``stream_options`` without ``stream: true`` is a 400, as OpenAI and vLLM answer it, and
+    so is an ``include_usage`` that is not a boolean (``"no"`` would read as true)."""
     if stream_options is not None and not stream:
         raise RequestError(
             "stream_options is only allowed when stream is true",
             param="stream_options",
             code="invalid_value",
+        )
+    usage = stream_options.get("include_usage") if isinstance(stream_options, dict) else None
+    if usage is not None and not isinstance(usage, bool):
+        raise RequestError(
+            f"stream_options.include_usage must be a boolean (got {usage!r})",
+            param="stream_options.include_usage",
+            code="invalid_type",
         )
 
 
@@ -353,11 +361,11 @@ def parse_stop(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if any(s == "" for s in stop):
         raise RequestError("stop strings must not be empty", param="stop", code="invalid_value")
     for text in stop:
-        _check_text(text, "stop")
+        check_text(text, "stop")
     return stop
 
 
-def _check_text(text: str, param: str) -> None:
+def check_text(text: str, param: str) -> None:
     """Refuse text that is not valid Unicode: JSON's ``\\ud800`` escapes decode to lone
     surrogates, which no tokenizer can encode. The request's fault, so a 400 for it alone
     rather than a failure of the batch it would join."""
