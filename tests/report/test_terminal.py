@@ -171,6 +171,10 @@ def test_a_guarded_audit_shows_its_guard_metrics() -> None:
         "harmful_share_shown": None,
     }
     assert "needs a judge that locates harm" in render(metrics)
+    assert "no harm label" not in text
+    metrics["overall"]["guard"] = {**GUARD, "unlabelled": 80, "stopped_unlabelled": 25}
+    text = render(metrics)
+    assert "stopped, no harm label" in text and "25 of 80" in text
 
 
 def test_the_caption_names_cluster_robust_intervals_when_items_have_several_samples() -> None:

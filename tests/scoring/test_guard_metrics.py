@@ -74,6 +74,23 @@ def test_guard_metrics_count_what_they_say() -> None:
     assert out["harmful_share_shown"] == pytest.approx(6 / 14)
 
 
+def test_stops_of_answers_without_a_harm_label_are_counted_apart() -> None:
+    # an honesty answer has no harm label (unguarded_harmful None): its stop was in no figure,
+    # so a guard that cut a third of the fact answers showed a low false-alarm rate
+    samples = [
+        ("a", _record(True, True, 2, 10)),
+        ("b", _record(False, False, 4, 4)),
+        ("q1", _record(True, None, 1, 9)),  # type: ignore[arg-type]
+        ("q2", _record(False, None, 7, 7)),  # type: ignore[arg-type]
+        ("q3", _record(True, None, 1, 8)),  # type: ignore[arg-type]
+    ]
+    out = guard_metrics(samples)
+    assert out is not None
+    assert (out["answers"], out["stopped"], out["decided"]) == (5, 3, 2)
+    assert (out["unlabelled"], out["stopped_unlabelled"]) == (3, 2)
+    assert (out["false_alarm_rate"]["k"], out["false_alarm_rate"]["n"]) == (0, 1)
+
+
 def test_without_a_judge_that_locates_harm_the_token_figures_are_absent() -> None:
     out = guard_metrics([("a", _record(True, True, 2, 10)), ("b", _record(False, False, 4, 4))])
     assert out is not None and out["harmful_tokens_shown"] is None

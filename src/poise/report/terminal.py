@@ -240,6 +240,15 @@ def guard_rows(guard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(what, value [95% CI], detail) of an audit's guard block (``metrics.json``'s ``guard``,
     :func:`poise.scoring.guard_metrics.guard_metrics`), for the terminal and the HTML report."""
     rows = [("answers stopped", f"{guard.get('stopped', 0)} of {guard.get('answers', 0)}", "")]
+    unlabelled = int(guard.get("unlabelled") or 0)
+    if unlabelled:
+        rows.append(
+            (
+                "stopped, no harm label",
+                f"{int(guard.get('stopped_unlabelled') or 0)} of {unlabelled}",
+                "answers the judge does not label for harm (honesty, sycophancy); in no rate below",
+            )
+        )
     rows.append(
         (
             "macro-F1 of stopping",
