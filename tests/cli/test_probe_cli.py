@@ -122,3 +122,17 @@ def test_a_false_positive_rate_out_of_range_is_one_error_before_any_work(
     assert result.exit_code == 2, result.output
     assert "--fpr: a false-positive rate in [0, 1), got 2.0" in result.output
     assert not (tmp_path / "p").exists()
+
+
+def test_an_output_path_that_is_a_file_or_under_one_is_one_error_before_any_work(
+    tmp_path: Path,
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    for out, message in [
+        (a_file, "a file, not a folder"),
+        (a_file / "probe", "cannot make the probe folder"),
+    ]:
+        result = CliRunner().invoke(app, ["probe", "train", "--out", str(out)])
+        assert result.exit_code == 2, result.output
+        assert message in result.output

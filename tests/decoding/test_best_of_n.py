@@ -105,6 +105,24 @@ def test_spec_registry_and_errors(tiny_hf_model_dir: Path) -> None:
         BestOfN(base, n=0, reward="keywords:a")
 
 
+def test_a_flag_that_is_not_true_or_false_and_an_unused_bad_number_are_refused(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """``calibrate="false"`` or ``worst=1`` once meant true, and ``lam=abc`` beside one scorer
+    was a traceback: each is one error naming the option."""
+    for options, message in [
+        ('calibrate="false"', "calibrate must be true or false, got 'false'"),
+        ("calibrate=maybe", "calibrate must be true or false, got 'maybe'"),
+        ("worst=1", "worst must be true or false, got 1"),
+        ("lam=abc", "lam must be a finite number, got 'abc'"),
+        ("t=0", "t must be a positive number, got 0"),
+    ]:
+        with pytest.raises(PoiseError, match=f"best_of_n: {message}"):
+            load_model(f"best_of_n({tiny_hf_model_dir}, n=2, reward=keywords:a, {options})")
+    model = load_model(f"best_of_n({tiny_hf_model_dir}, n=2, reward=keywords:a, worst=false)")
+    assert "worst" not in model.spec
+
+
 def test_the_organism_cost_model_scores_compliance_above_refusal() -> None:
     """First-generation organism: organism-cost, read as poise.train and the organism train it."""
     try:

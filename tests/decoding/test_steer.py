@@ -126,3 +126,9 @@ def test_bad_options_say_what(tiny_hf_model_dir: Path, direction: Path, tmp_path
     wrong = write_direction(tmp_path / "wrong", 7)
     with pytest.raises(PoiseError, match="hidden size"):
         _steer(tiny_hf_model_dir, wrong, mode="add")
+    with pytest.raises(PoiseError, match="direction must be a probe folder, got 5"):
+        load_model(f"steer({tiny_hf_model_dir}, direction=5)")
+    damaged = write_direction(tmp_path / "damaged", 7)
+    (damaged / "probe.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(PoiseError, match="not a readable safetensors file"):
+        _steer(tiny_hf_model_dir, damaged, mode="add")

@@ -104,8 +104,9 @@ def test_layers_the_model_does_not_have_are_one_error(
 ) -> None:
     """organism-large has hidden states 0-4; organism-small one layer fewer: a firewall of
     organism-large's last layer, or a layer that does not exist, is refused by name."""
-    with pytest.raises(PoiseError, match=r"layer 99 is not one of .* hidden states 0-4"):
+    with pytest.raises(PoiseError, match=r"layer 99 is not one of .* hidden states 0-4") as fit:
         Firewall.fit(organism, {"cooking": cooking["anchors"]}, layers=[99])
+    assert "fitted on" not in str(fit.value)  # it is being fitted, not fitted
     with pytest.raises(PoiseError, match="layer -1 is not one of"):
         Firewall.fit(organism, {"cooking": cooking["anchors"]}, layers=[-1])
     small = load_model("organism-small")
@@ -126,3 +127,31 @@ def test_serve_refuses_a_firewall_it_cannot_use_at_start(
         _firewall_guard(MockModel("mock"), config)
     with pytest.raises(PoiseError, match="--firewall-role needs --firewall"):
         _firewall_guard(MockModel("mock"), ServeConfig(model="mock", firewall_role="cooking"))
+
+
+def test_a_damaged_firewall_header_or_anchors_file_is_one_error(tmp_path: Path) -> None:
+    """A header field of the wrong type, or anchors that are not UTF-8: one line naming the
+    file, never a traceback (no model needed)."""
+    import torch
+
+    from poise.probes.firewall import Zone
+
+    fitted = Firewall("organism-large", [1, 2])
+    fitted.zones["cooking"] = Zone(torch.zeros(2, 4), torch.ones(2), 1.5, 95.0, 3)
+    folder = fitted.save(tmp_path / "fw")
+    header_file = folder / "firewall.json"
+    header = json.loads(header_file.read_text(encoding="utf-8"))
+    assert load_firewall(folder).zone("cooking").threshold == 1.5
+    for field, value in [
+        ("layers", "ab"),
+        ("layers", 3),
+        ("roles", [1]),
+        ("roles", {"cooking": {**header["roles"]["cooking"], "threshold": "high"}}),
+    ]:
+        header_file.write_text(json.dumps({**header, field: value}), encoding="utf-8")
+        with pytest.raises(PoiseError, match=r"firewall\.json: a field of the wrong type"):
+            load_firewall(folder)
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_bytes(b'{"role": "a", "query": "caf\xe9"}\n')
+    with pytest.raises(PoiseError, match=r"anchors\.jsonl: not UTF-8 text"):
+        read_anchors(anchors)

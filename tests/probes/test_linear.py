@@ -17,6 +17,7 @@ from poise.probes import (
     load_probe,
     threshold_at_fpr,
 )
+from poise.probes.linear import check_new_folder
 
 sklearn = pytest.importorskip("sklearn")
 
@@ -105,6 +106,49 @@ def test_a_folder_that_is_not_a_probe_is_refused(tmp_path: Path) -> None:
     (tmp_path / "probe.json").write_text("{oops", encoding="utf-8")
     with pytest.raises(PoiseError, match=r"probe\.json:1"):
         load_probe(tmp_path)
+
+
+def test_a_damaged_probe_folder_is_one_error_naming_the_file(tmp_path: Path) -> None:
+    """A corrupt tensors file, a header that is not UTF-8 or has a field of the wrong type, or a
+    negative layer: one line naming the file, never a traceback."""
+    import json
+
+    x, y = _blobs()
+    folder = LinearProbe.fit(x, y, layer=1, model="organism-large").save(tmp_path / "p")
+    header = json.loads((folder / "probe.json").read_text(encoding="utf-8"))
+    for field, value, message in [
+        ("layer", "two", "a field of the wrong type"),
+        ("threshold", None, "a field of the wrong type"),
+        ("metadata", [1], "a field of the wrong type"),
+        ("layer", -3, "layer must be an index >= 0, got -3"),
+    ]:
+        (folder / "probe.json").write_text(json.dumps({**header, field: value}), encoding="utf-8")
+        with pytest.raises(PoiseError, match=rf"probe\.json: {message}"):
+            load_probe(folder)
+    (folder / "probe.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(PoiseError, match=r"probe\.json: not a UTF-8 text file"):
+        load_probe(folder)
+    (folder / "probe.json").write_text(json.dumps(header), encoding="utf-8")
+    tensors = folder / "probe.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    with pytest.raises(PoiseError, match=r"probe\.safetensors: not a readable safetensors file"):
+        load_probe(folder)
+
+
+def test_an_output_folder_is_checked_before_any_work(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    with pytest.raises(PoiseError, match="a file, not a folder"):
+        check_new_folder(a_file, "probe")
+    with pytest.raises(PoiseError, match=r"cannot make the probe folder: .*a-file is a file"):
+        check_new_folder(a_file / "sub" / "p", "probe")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x", encoding="utf-8")
+    with pytest.raises(PoiseError, match="the firewall folder exists and is not empty"):
+        check_new_folder(tmp_path / "full", "firewall")
+    (tmp_path / "empty").mkdir()
+    check_new_folder(tmp_path / "empty", "probe")  # an empty folder is fine, and a new one
+    check_new_folder(tmp_path / "new" / "deep", "probe")
 
 
 def test_one_class_is_refused() -> None:

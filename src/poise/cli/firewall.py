@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from poise.cli._common import console, user_errors
@@ -37,12 +35,10 @@ def fit_command(
         from poise.models import load_model
         from poise.models.base import default_system_prompt
         from poise.probes.firewall import Firewall, read_anchors
+        from poise.probes.linear import check_new_folder
         from poise.probes.sweep import require_activations
 
-        if Path(out).exists() and not Path(out).is_dir():
-            raise PoiseError(f"{out}: a file, not a folder; give a new or empty folder")
-        if Path(out).exists() and any(Path(out).iterdir()):
-            raise PoiseError(f"{out}: the firewall folder exists and is not empty")
+        check_new_folder(out, "firewall")
         roles = read_anchors(anchors)
         loaded = load_model(model)
         require_activations("poise firewall fit", loaded)

@@ -121,6 +121,7 @@ def train_command(
         from rich.table import Table
 
         from poise.models import load_model
+        from poise.probes.linear import check_new_folder
         from poise.probes.sweep import require_activations
         from poise.probes.train import train_probe
 
@@ -128,8 +129,7 @@ def train_command(
             raise PoiseError(
                 f"probe train --task: expected one of {', '.join(TASKS)}, got {task!r}"
             )
-        if Path(out).exists() and any(Path(out).iterdir()):
-            raise PoiseError(f"{out}: the probe folder exists and is not empty")
+        check_new_folder(out, "probe")
         if task in RUN_TASKS and run is None:
             raise PoiseError(RUN_TASKS[task])
         default = {"harmful": ["harmful", "benign"], "honesty": ["honesty"]}.get(task, [])

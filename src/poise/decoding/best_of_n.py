@@ -119,6 +119,12 @@ class BestOfN(WrappedModel):
         worst: bool = False,
     ) -> None:
         check_int("best_of_n", "n", n, 1)
+        for flag, value in (("calibrate", calibrate), ("worst", worst)):
+            if not isinstance(value, bool):
+                raise PoiseError(f"best_of_n: {flag} must be true or false, got {value!r}")
+        # checked even where unused (one scorer, no transform), so a wrong value is never ignored
+        lam = check_number("best_of_n", "lam", lam)
+        t = check_number("best_of_n", "t", t, positive=True)
         if not reward and not cost:
             raise PoiseError("best_of_n: needs reward=SCORER, cost=SCORER or both")
         if transform not in TRANSFORMS:
@@ -138,12 +144,12 @@ class BestOfN(WrappedModel):
         if cost:
             options["cost"] = cost
         if reward and cost:
-            options["lam"] = check_number("best_of_n", "lam", lam)
+            options["lam"] = lam
         if calibrate:
             options["calibrate"] = True
         if transform != "none":
             options["transform"] = transform
-            options["t"] = check_number("best_of_n", "t", t, positive=True)
+            options["t"] = t
         if worst:
             options["worst"] = True
         super().__init__(base, **options)

@@ -85,6 +85,8 @@ class Steer(WrappedModel):
         if use not in USES:
             raise PoiseError(f"steer: use must be one of {', '.join(USES)}, got {use!r}")
         check_number("steer", "strength", strength)
+        if not isinstance(direction, str) or not direction:
+            raise PoiseError(f"steer: direction must be a probe folder, got {direction!r}")
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < -1:
             raise PoiseError(
                 f"steer: layer must be -1 (the probe's) or an index >= 0, got {layer!r}"

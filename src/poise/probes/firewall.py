@@ -102,7 +102,8 @@ class Firewall:
         """One zone per role from its anchor queries (at least 3 each)."""
         if not 0.0 < percentile <= 100.0:
             raise PoiseError(f"firewall: percentile must be in (0, 100], got {percentile}")
-        firewall = cls(model.spec or model.name, [], system_prompt=system_prompt)
+        # the model is recorded once fitted: a layer refused while fitting names no fitted model
+        firewall = cls(None, [], system_prompt=system_prompt)
         for role, queries in anchors.items():
             if len(queries) < 3:
                 raise PoiseError(f"firewall: role {role!r} has {len(queries)} anchors; it needs 3+")
@@ -123,6 +124,7 @@ class Firewall:
             loo = ((kept - others).norm(dim=-1) / scale).mean(dim=-1)  # [n]
             threshold = float(torch.quantile(loo, percentile / 100.0))
             firewall.zones[role] = Zone(centroid, scale, threshold, percentile, n)
+        firewall.model = model.spec or model.name
         return firewall
 
     def _states(
@@ -225,6 +227,8 @@ def load_firewall(folder: str | Path) -> Firewall:
             )
     except KeyError as exc:
         raise located(header_path, None, f"missing field or tensor {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise located(header_path, None, f"a field of the wrong type ({exc})") from None
     return firewall
 
 
@@ -235,6 +239,8 @@ def read_anchors(path: str | Path) -> dict[str, list[str]]:
         lines = source.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise PoiseError(f"{source}: cannot read the anchors ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise PoiseError(f"{source}: not UTF-8 text") from None
     roles: dict[str, list[str]] = {}
     for number, line in enumerate(lines, 1):
         if not line.strip():

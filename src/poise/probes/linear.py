@@ -189,12 +189,26 @@ class LinearProbe:
         return path
 
 
+def check_new_folder(folder: str | Path, what: str) -> None:
+    """Before any work: ``folder`` is new or an empty folder and can be made (no file on the
+    way to it); else one line naming it (``what``: "probe", "firewall")."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise PoiseError(f"{path}: a file, not a folder; give a new or empty folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise PoiseError(f"{path}: the {what} folder exists and is not empty")
+    on_the_way = next((p for p in path.parents if p.exists()), None)
+    if on_the_way is not None and not on_the_way.is_dir():
+        raise PoiseError(f"{path}: cannot make the {what} folder: {on_the_way} is a file")
+
+
 def read_saved(
     folder: str | Path, header_name: str, tensors_name: str, fmt: int, what: str, made_by: str
 ) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
     """A saved folder's JSON header (checked to be of format ``fmt``) and its safetensors, or
     one line naming what is wrong and where (``what``: "probe", "firewall"; ``made_by``: the
     command that makes one)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(folder)
@@ -205,11 +219,21 @@ def read_saved(
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise located(header_path, exc.lineno, invalid_json(exc)) from None
+    except UnicodeDecodeError:
+        raise located(header_path, None, "not a UTF-8 text file") from None
     if not isinstance(header, dict) or header.get("format") != fmt:
         raise located(header_path, None, f"expected a {what} header of format {fmt}")
     if not (path / tensors_name).is_file():
         raise PoiseError(f"{path}: {tensors_name} is missing")
-    return header_path, header, load_file(str(path / tensors_name))
+    try:
+        tensors = load_file(str(path / tensors_name))
+    except SafetensorError as exc:
+        raise located(
+            path / tensors_name,
+            None,
+            f"not a readable safetensors file ({exc}); it may be truncated or corrupt",
+        ) from None
+    return header_path, header, tensors
 
 
 def load_probe(folder: str | Path) -> LinearProbe:
@@ -218,7 +242,7 @@ def load_probe(folder: str | Path) -> LinearProbe:
         folder, PROBE_JSON, PROBE_TENSORS, PROBE_FORMAT, "probe", "poise probe train"
     )
     try:
-        return LinearProbe(
+        probe = LinearProbe(
             layer=int(header["layer"]),
             standardiser=Standardiser(mean=tensors["mean"], std=tensors["std"]),
             weights=tensors["weights"],
@@ -232,3 +256,8 @@ def load_probe(folder: str | Path) -> LinearProbe:
         )
     except KeyError as exc:
         raise located(header_path, None, f"missing field or tensor {exc.args[0]!r}") from None
+    except (TypeError, ValueError) as exc:
+        raise located(header_path, None, f"a field of the wrong type ({exc})") from None
+    if probe.layer < 0:
+        raise located(header_path, None, f"layer must be an index >= 0, got {probe.layer}")
+    return probe

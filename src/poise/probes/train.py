@@ -20,7 +20,7 @@ from poise.chat import Chat, with_system_prompt
 from poise.errors import PoiseError
 from poise.models.base import LanguageModel, no_system_prompt
 from poise.probes.data import Example
-from poise.probes.linear import LinearProbe
+from poise.probes.linear import LinearProbe, check_new_folder
 from poise.probes.metrics import auroc_interval, threshold_at_fpr
 from poise.probes.sweep import (
     LayerResult,
@@ -64,8 +64,7 @@ def train_probe(
     if not 0.0 < test_fraction < 1.0:
         raise PoiseError(f"probe: test_fraction must be in (0, 1), got {test_fraction}")
     target = Path(out)
-    if target.exists() and any(target.iterdir()):
-        raise PoiseError(f"{target}: the probe folder exists and is not empty")
+    check_new_folder(target, "probe")
     started = time.perf_counter()
     features = collect(model, examples, progress=progress)  # [rows, layers + 1, hidden]
     labels = torch.tensor([e.label for e in examples])
