@@ -77,3 +77,54 @@ def test_values_at_the_edges_of_their_ranges_are_accepted(tmp_path: Path, text: 
     path = tmp_path / "merge.yml"
     path.write_text(text)
     load_config(path)
+
+
+TASK = "merge_method: task_arithmetic\nbase_model: base\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (TASK + "models: [{model: a, parameters: {weight: [{filter: 3, value: 1}]}}]\n",
+         "models[0] ('a').parameters.weight[0]: filter 3 is not text (a part of tensor names)"),
+        (TASK + "models: [{model: a, parameters: {weight: [{filter: [mlp], value: 1}]}}]\n",
+         "models[0] ('a').parameters.weight[0]: filter ['mlp'] is not text "
+         "(a part of tensor names)"),
+        (TASK + "models: [{model: a, parameters: {weight: []}}]\n",
+         "models[0] ('a').parameters.weight: an empty list has no value"),
+        (TASK + "models: [{model: a, parameters: {weight: [{filter: mlp, value: []}, {value: 1}]}}]\n",
+         "models[0] ('a').parameters.weight[0] (filter 'mlp'): an empty list has no value"),
+        (TASK + "models: [{model: a, parameters: {weight: [{filter: mlp}]}}]\n",
+         "models[0] ('a').parameters.weight[0]: {'filter': 'mlp'} is not a {filter, value} entry"),
+        (TASK + "models: [{model: a, parameters: {weight: 1}}]\nparameters: {normalize: maybe}\n",
+         "parameters.normalize: 'maybe' is not true or false"),
+        (TASK + "models: [{model: a, parameters: {weight: 1}}]\nparameters: {normalize: 0.5}\n",
+         "parameters.normalize: 0.5 is not true or false"),
+        (TIES + "models: [{model: a, parameters: {weight: 1, density: true}}]\n",
+         "models[0] ('a').parameters.density: True is not a number"),
+    ],
+)  # fmt: skip
+def test_values_of_the_wrong_shape_or_type_are_one_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """A filter that is not text and an empty list were a TypeError at the first tensor; a
+    flag given text was taken as true, a number given true as 1."""
+    path = tmp_path / "merge.yml"
+    path.write_text(text)
+    with pytest.raises(PoiseError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_bad_yaml_and_bytes_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yml"
+    path.write_text("merge_method: ties\nmodels: [{model: a\n")
+    with pytest.raises(PoiseError) as caught:
+        load_config(path)
+    assert (
+        str(caught.value)
+        == f"{path}:3: not valid YAML (expected ',' or '}}', but got '<stream end>')"
+    )
+    path.write_bytes(b"merge_method: \xff\xfe\n")
+    with pytest.raises(PoiseError, match=r"merge\.yml: not UTF-8 text$"):
+        load_config(path)

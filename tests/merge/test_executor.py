@@ -422,3 +422,21 @@ def test_an_existing_file_as_the_output_is_named_a_file(
             "models": [{"model": str(a), "parameters": {"weight": 1.0}}],
         }), out)  # fmt: skip
     assert out.read_text() == "{}\n"
+
+
+def test_an_output_under_a_file_is_refused_before_any_work(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """A file on the way to the output was a FileExistsError traceback from the final mkdir."""
+    base, a, _ = specialists
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(
+        PoiseError, match=r"^output .*a-file/out: cannot make the folder, .*a-file is a file$"
+    ):
+        run_merge(_write(tmp_path / "c.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(a), "parameters": {"weight": 1.0}}],
+        }), blocker / "out")  # fmt: skip
+    assert blocker.read_text() == "x"
+    assert not list(tmp_path.glob(".out*"))

@@ -80,6 +80,27 @@ def test_candidates_expand_methods_weights_and_grid() -> None:
         candidates(SearchConfig(merge=TEMPLATE, methods=["tise"]))
 
 
+def test_search_config_and_output_mistakes_are_one_line(tmp_path: Path) -> None:
+    """A YAML error was several lines, a non-UTF-8 file and an output under a file tracebacks
+    (the latter at the first candidate)."""
+    path = tmp_path / "search.yml"
+    path.write_text("merge: [\n")
+    with pytest.raises(PoiseError) as caught:
+        run_search(path, tmp_path / "out")
+    assert str(caught.value) == (
+        f"{path}:2: not valid YAML (expected the node content, but found '<stream end>')"
+    )
+    path.write_bytes(b"merge: \xff\n")
+    with pytest.raises(PoiseError, match=r"search\.yml: not UTF-8 text$"):
+        run_search(path, tmp_path / "out")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "out"):
+        with pytest.raises(PoiseError, match=r"^output .*a-file"):
+            run_search(SearchConfig(merge=TEMPLATE, weights=[[1.0]]), out)
+    assert blocker.read_text() == "x"
+
+
 @pytest.mark.slow
 def test_search_on_the_organism_is_cached_and_resumes(tmp_path: Path) -> None:
     """organism-small and organism-small-safe as a two-model stand-in for 3H specialists."""

@@ -251,7 +251,9 @@ def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(PoiseError, match="no preference pairs"):
         load_preferences(empty)
     odd = _write(tmp_path / "odd.jsonl", [{"question": "a", "answer": "b"}])
-    with pytest.raises(PoiseError, match=r"odd\.jsonl:1: cannot tell the preference format"):
+    with pytest.raises(
+        PoiseError, match=r"odd\.jsonl:1: cannot tell the preference format .*--data-format"
+    ):
         load_preferences(odd)
     with pytest.raises(PoiseError, match="unknown preference format 'csv'"):
         load_preferences(odd, format="csv")

@@ -6,6 +6,7 @@ Also home of the small builders the other recipe tests import (tiny classifiers,
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,6 +175,57 @@ def test_output_folder_resumes_same_config_and_names_a_different_field(tmp_path:
     with pytest.raises(PoiseError, match="holds no checkpoint"):
         OutputFolder.prepare(_config(tmp_path, lr=1e-5, resume=True), "dpo")
     assert OutputFolder.prepare(_config(tmp_path, lr=2e-5, overwrite=True), "dpo").status == "new"
+
+
+def test_output_folder_under_a_file_is_refused_before_any_load(tmp_path: Path) -> None:
+    """A file on the way to the output was a NotADirectoryError traceback once the models had
+    loaded."""
+    from poise.train.recipes.common import OutputFolder
+    from poise.train.recipes.dpo import DPOConfig
+
+    (tmp_path / "a-file").write_text("x")
+    config = DPOConfig(model="m", data="d.jsonl", output=str(tmp_path / "a-file" / "out"))
+    with pytest.raises(PoiseError) as info:
+        OutputFolder.prepare(config, "dpo")
+    assert str(info.value) == (
+        f"output: cannot make folder {tmp_path}/a-file/out: {tmp_path}/a-file is a file"
+    )
+
+
+def test_a_classifier_as_the_policy_or_the_reference_is_refused(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    """A reward or cost model was loaded as a causal LM (score head dropped, an LM head it never
+    trained) and trained or used as the reference without a word."""
+    from poise.train.recipes.dpo import train_dpo
+    from poise.train.recipes.modpo import train_modpo
+    from poise.train.recipes.safe_rl import train_safe_rl
+
+    classifier = build_tiny_classifier(tmp_path / "classifier", tiny_hf_model_dir)
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    lm, out = str(tiny_hf_model_dir), str(tmp_path / "out")
+    refused = re.escape(f"{classifier} is a sequence-classification model (a reward or cost ")
+    with pytest.raises(PoiseError, match=rf"^model: {refused}"):
+        train_dpo(model=str(classifier), data=str(data), output=out)
+    with pytest.raises(PoiseError, match=rf"^ref_model: {refused}"):
+        train_dpo(model=lm, ref_model=str(classifier), data=str(data), output=out)
+    with pytest.raises(PoiseError, match=rf"^model: {refused}"):
+        train_modpo(
+            model=str(classifier),
+            data=str(data),
+            output=out,
+            margin_reward_models=[str(classifier)],
+            weights=[0.5, 0.5],
+        )
+    with pytest.raises(PoiseError, match=rf"^model: {refused}"):
+        train_safe_rl(
+            model=str(classifier),
+            reward_model=str(classifier),
+            cost_model=str(classifier),
+            prompts=str(tmp_path / "prompts.jsonl"),
+            output=out,
+        )
+    assert not (tmp_path / "out").exists()
 
 
 def test_config_errors_are_one_line(tmp_path: Path) -> None:

@@ -109,9 +109,14 @@ def load_config(path: Path) -> MergeConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise PoiseError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        raise located(path, mark.line + 1 if mark else None, f"not valid YAML ({exc})") from None
+        problem = getattr(exc, "problem", None) or exc  # the first line; the rest is context
+        raise located(
+            path, mark.line + 1 if mark else None, f"not valid YAML ({problem})"
+        ) from None
     if not isinstance(raw, dict):
         raise PoiseError(f"{path}: a merge config is a mapping (merge_method, models, ...)")
     for key, reason in _REFUSED.items():
@@ -215,11 +220,15 @@ def _leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
     scalar, ``[1]`` for a gradient's second point, ``[0] (filter 'self_attn')`` for a filter
     entry."""
     if isinstance(value, list):
+        if not value:
+            raise PoiseError(f"{path}: an empty list has no value")
         return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{path}[{i}]")]
     if isinstance(value, dict):
         if set(value) - {"filter", "value"} or "value" not in value:
-            raise PoiseError(f"{value!r} is not a {{filter, value}} entry")
+            raise PoiseError(f"{path}: {value!r} is not a {{filter, value}} entry")
         filt = value.get("filter")
+        if filt is not None and not isinstance(filt, str):
+            raise PoiseError(f"{path}: filter {filt!r} is not text (a part of tensor names)")
         label = f"{path} (filter {filt!r})" if filt not in (None, "*") else path
         return _leaves(value["value"], label)
     return [(path, value)]
@@ -251,7 +260,11 @@ def _check_values(
 ) -> None:
     hint = hints.get(name)
     allowed = _literals(hint)
-    for path, leaf in _leaves(value):
+    try:
+        leaves = _leaves(value)
+    except PoiseError as exc:  # the message starts with the place inside the value
+        raise PoiseError(f"{where}.{key}{exc}") from None
+    for path, leaf in leaves:
         at = f"{where}.{key}{path}"
         if leaf is None and _optional(hint):
             continue
@@ -260,10 +273,12 @@ def _check_values(
                 known = [str(a) for a in allowed]
                 raise UnknownNameError(f"value of {at}:", str(leaf), known)
         elif hint is not None and _numeric(hint):
-            if isinstance(leaf, str) or leaf is None:
+            if isinstance(leaf, (str, bool)) or leaf is None:
                 raise PoiseError(f"{at}: {leaf!r} is not a number")
-            if isinstance(leaf, (int, float)) and not isinstance(leaf, bool):
+            if isinstance(leaf, (int, float)):
                 _check_range(name, leaf, at)
+        elif hint is bool and not isinstance(leaf, bool):
+            raise PoiseError(f"{at}: {leaf!r} is not true or false")
 
 
 def _check_range(name: str, leaf: float, at: str) -> None:

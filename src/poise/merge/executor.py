@@ -351,9 +351,20 @@ def check_output(out: Path) -> None:
     if out.is_dir():
         if any(out.iterdir()):
             raise PoiseError(f"output folder {out} exists and is not empty")
-    elif out.exists() or out.is_symlink():
+    else:
+        check_folder_path(out)
+
+
+def check_folder_path(out: Path) -> None:
+    """``out`` must be a folder or a path where one can be made: no file at it or on the way."""
+    if out.is_dir():
+        return
+    if out.exists() or out.is_symlink():
         kind = "file" if out.is_file() else "path"
         raise PoiseError(f"output {out} is an existing {kind}, not a folder; give a new folder")
+    on_the_way = next((p for p in out.parents if p.exists()), None)
+    if on_the_way is not None and not on_the_way.is_dir():
+        raise PoiseError(f"output {out}: cannot make the folder, {on_the_way} is a file")
 
 
 def _as_if_created(folder: Path) -> None:

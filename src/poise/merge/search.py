@@ -42,8 +42,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, located
 from poise.merge.config import MergeConfig, check_config, merged_entries, run_merge
+from poise.merge.executor import check_folder_path
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS
 
 log = logging.getLogger(__name__)
@@ -100,8 +101,14 @@ def load_search(path: Path) -> SearchConfig:
         return SearchConfig.model_validate(raw)
     except OSError as exc:
         raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise PoiseError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
-        raise PoiseError(f"{path}: not valid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or exc  # the first line; the rest is context
+        raise located(
+            path, mark.line + 1 if mark else None, f"not valid YAML ({problem})"
+        ) from None
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
@@ -236,6 +243,7 @@ def run_search(
     if not isinstance(search, SearchConfig):
         search = load_search(Path(search))
     out = Path(out)
+    check_folder_path(out)
     found = candidates(search)
     audit_fields = dict(search.audit)
     make_config(None, **{"model": "mock", **audit_fields})  # audit fields checked up front

@@ -273,7 +273,7 @@ def _detect(row: _Row) -> str:
         return "hh-rlhf"
     raise PoiseError(
         f"{row.path}:{row.line}: cannot tell the preference format from the keys "
-        f"{sorted(keys)}; pass format= one of {', '.join(PREFERENCE_FORMATS)}"
+        f"{sorted(keys)}; give the format (--data-format) as one of {', '.join(PREFERENCE_FORMATS)}"
     )
 
 

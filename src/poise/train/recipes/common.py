@@ -253,6 +253,19 @@ def is_classifier_folder(folder: Path) -> bool:
     return any(a.endswith("ForSequenceClassification") for a in model_architectures(folder))
 
 
+def causal_lm_folder(spec: str, what: str = "model") -> Path:
+    """:func:`resolve_model_folder` for a policy or a reference model: a sequence classifier (a
+    reward or cost model) is refused before any load, since ``AutoModelForCausalLM`` would load
+    it without its score head and with an LM head it never trained."""
+    folder = resolve_model_folder(spec, what)
+    if is_classifier_folder(folder):
+        raise PoiseError(
+            f"{what}: {folder} is a sequence-classification model (a reward or cost model), "
+            "not a causal language model"
+        )
+    return folder
+
+
 def load_tokenizer(folder: Path, *, need_chat_template: bool = True) -> Any:
     from transformers import AutoTokenizer
 
@@ -602,6 +615,9 @@ class OutputFolder:
         out = cls(path=path, recipe=recipe, config=config)
         if path.exists() and not path.is_dir():
             raise PoiseError(f"output: {path} exists and is not a folder")
+        on_the_way = next((p for p in path.parents if p.exists()), None)
+        if on_the_way is not None and not on_the_way.is_dir():
+            raise PoiseError(f"output: cannot make folder {path}: {on_the_way} is a file")
         if not path.exists() or not any(path.iterdir()):
             if config.resume:
                 raise PoiseError(f"resume: {path} holds no run to resume")

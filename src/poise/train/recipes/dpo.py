@@ -36,6 +36,7 @@ from poise.train.recipes.common import (
     Session,
     TrainConfig,
     TrainResult,
+    causal_lm_folder,
     check_lora_available,
     check_precision,
     check_rows_fit,
@@ -45,7 +46,6 @@ from poise.train.recipes.common import (
     load_causal_lm,
     load_tokenizer,
     make_config,
-    resolve_model_folder,
     row_name,
     sequence_batch,
     split_holdout,
@@ -324,8 +324,8 @@ def train_dpo(
     config = make_config(DPOConfig, config, **fields)
     # ---- validate before loading weights
     out = OutputFolder.prepare(config, "dpo")
-    source = resolve_model_folder(config.model)
-    ref_folder = resolve_model_folder(config.ref_model, "ref_model") if config.ref_model else None
+    source = causal_lm_folder(config.model)
+    ref_folder = causal_lm_folder(config.ref_model, "ref_model") if config.ref_model else None
     params = loss_params(config)
     check_precision(config)
     check_lora_available(config)

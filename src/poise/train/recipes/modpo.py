@@ -34,6 +34,7 @@ from poise.train.recipes.common import (
     Reference,
     Session,
     TrainResult,
+    causal_lm_folder,
     check_lora_available,
     check_precision,
     classifier_scores,
@@ -130,8 +131,8 @@ def train_modpo(
     config = make_config(MODPOConfig, config, **fields)
     # ---- validate before loading weights
     out = OutputFolder.prepare(config, "modpo")
-    source = resolve_model_folder(config.model)
-    ref_folder = resolve_model_folder(config.ref_model, "ref_model") if config.ref_model else None
+    source = causal_lm_folder(config.model)
+    ref_folder = causal_lm_folder(config.ref_model, "ref_model") if config.ref_model else None
     for spec in config.margin_reward_models:
         folder = resolve_model_folder(spec.removeprefix(NEGATE_PREFIX), "margin_reward_models")
         if not is_classifier_folder(folder):

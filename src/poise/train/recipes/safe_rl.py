@@ -65,6 +65,7 @@ from poise.train.recipes.common import (
     TrainConfig,
     TrainResult,
     as_messages,
+    causal_lm_folder,
     check_lora_available,
     check_precision,
     finished_result,
@@ -338,7 +339,7 @@ def train_safe_rl(
     config = make_config(SafeRLConfig, config, **fields)
     # ---- validate before loading weights
     out = OutputFolder.prepare(config, "safe-rl")
-    source = resolve_model_folder(config.model)
+    source = causal_lm_folder(config.model)
     folders = {}
     for name in ("reward_model", "cost_model"):
         folders[name] = resolve_model_folder(getattr(config, name), name)
