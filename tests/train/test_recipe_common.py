@@ -150,7 +150,8 @@ def test_epoch_order_is_a_seeded_permutation() -> None:
 def _config(tmp_path: Path, **fields: Any) -> Any:
     from poise.train.recipes.dpo import DPOConfig
 
-    return DPOConfig(model="m", data="d.jsonl", output=str(tmp_path / "out"), **fields)
+    fields = {"data": "d.jsonl", **fields}
+    return DPOConfig(model="m", output=str(tmp_path / "out"), **fields)
 
 
 def test_output_folder_refuses_a_foreign_non_empty_folder(tmp_path: Path) -> None:
@@ -175,6 +176,26 @@ def test_output_folder_resumes_same_config_and_names_a_different_field(tmp_path:
     with pytest.raises(PoiseError, match="holds no checkpoint"):
         OutputFolder.prepare(_config(tmp_path, lr=1e-5, resume=True), "dpo")
     assert OutputFolder.prepare(_config(tmp_path, lr=2e-5, overwrite=True), "dpo").status == "new"
+
+
+def test_a_run_resumed_on_an_edited_data_file_is_refused(tmp_path: Path) -> None:
+    """The identity holds the data's path, not its bytes: an edited file resumed silently."""
+    from poise.train.recipes.common import OutputFolder, file_fingerprint
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    config = _config(tmp_path, data=str(data))
+    first = OutputFolder.prepare(config, "dpo")
+    first.check_same_data(data)  # a new folder: nothing to compare
+    first.begin({"fingerprint": file_fingerprint(data)})
+    again = OutputFolder.prepare(config, "dpo")
+    assert again.status == "running"
+    again.check_same_data(data)  # unchanged: resumes
+    write_pairs(data, n=5)
+    with pytest.raises(PoiseError, match=r"changed since .* began training on it .*--overwrite"):
+        OutputFolder.prepare(config, "dpo").check_same_data(data)
+    OutputFolder.prepare(_config(tmp_path, data=str(data), overwrite=True), "dpo").check_same_data(
+        data
+    )  # --overwrite starts again
 
 
 def test_output_folder_under_a_file_is_refused_before_any_load(tmp_path: Path) -> None:

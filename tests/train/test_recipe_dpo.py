@@ -139,6 +139,10 @@ def test_resume_after_interruption_ends_with_the_same_weights(
     assert log == [1, 2, 3, 4]  # the step logged before the interruption is not duplicated
     again = train_dpo(output=str(tmp_path / "resumed"), **common)
     assert again.skipped
+    # the same command on an edited data file: the finished run is not kept as if made from it
+    write_pairs(data, n=6)
+    with pytest.raises(PoiseError, match=r"data: .*pairs.jsonl changed since .*resumed was "):
+        train_dpo(output=str(tmp_path / "resumed"), **common)
 
 
 def test_lora_trains_only_adapters(tiny_hf_model_dir: Path, tmp_path: Path) -> None:

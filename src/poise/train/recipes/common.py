@@ -33,6 +33,7 @@ every global batch; ``batch_size`` counts rows per process and micro-step.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -606,6 +607,8 @@ class OutputFolder:
     recipe: str
     config: TrainConfig
     status: Literal["new", "running", "complete"] = "new"
+    # the previous run's record of its data (poise_train.json's "data"), when there is one
+    previous_data: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def prepare(cls, config: TrainConfig, recipe: str) -> OutputFolder:
@@ -646,9 +649,26 @@ class OutputFolder:
         if config.overwrite:
             return out
         out.status = "complete" if status == "complete" else "running"
+        data = previous.get("data")
+        out.previous_data = dict(data) if isinstance(data, dict) else {}
         if config.resume and out.status == "running" and out.last_checkpoint() is None:
             raise PoiseError(f"resume: {path / CHECKPOINTS} holds no checkpoint")
         return out
+
+    def check_same_data(self, path: str | Path) -> None:
+        """A resumed or finished run's data file must be the one it was trained on: the
+        identity holds its path, not its bytes, so an edited file would otherwise resume on
+        other data, or keep a finished run made from the old file. Before any weights load."""
+        recorded = self.previous_data.get("fingerprint")
+        if self.status == "new" or not isinstance(recorded, str):
+            return
+        now = file_fingerprint(path)
+        if now != recorded:
+            what = "was trained on" if self.status == "complete" else "began training on"
+            raise PoiseError(
+                f"data: {path} changed since {self.path} {what} it (sha256 {recorded} then, "
+                f"{now} now); pass --overwrite to train on it again, or choose another --output"
+            )
 
     @property
     def checkpoints_dir(self) -> Path:

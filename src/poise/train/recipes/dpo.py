@@ -330,6 +330,7 @@ def train_dpo(
     check_precision(config)
     check_lora_available(config)
     pairs = read_pairs(config)
+    out.check_same_data(config.data)
     if out.status == "complete":
         logger.info("%s already holds this finished run", out.path)
         return finished_result(out)

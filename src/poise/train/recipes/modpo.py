@@ -144,6 +144,7 @@ def train_modpo(
     check_precision(config)
     check_lora_available(config)
     pairs = read_pairs(config)
+    out.check_same_data(config.data)
     if out.status == "complete":
         return finished_result(out)
     tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)

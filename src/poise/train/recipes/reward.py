@@ -128,6 +128,7 @@ def _train(config: Any, kind: Kind, progress: ProgressFn | None) -> TrainResult:
     check_precision(config)
     check_lora_available(config)
     pairs = read_pairs(config)
+    out.check_same_data(config.data)
     labels = safety_labels(config, pairs) if kind == "cost" else []
     if out.status == "complete":
         return finished_result(out)
