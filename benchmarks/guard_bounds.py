@@ -62,7 +62,7 @@ from poise.guards.monitor import Monitor, load_monitor
 from poise.organism import world
 from poise.organism.build import default_recipe
 from poise.organism.corpus import BASE_SPEC, Example
-from poise.organism.monitor import MONITOR_MEMBER, MonitorSplit, monitor_pairs
+from poise.organism.monitor import MONITOR_MEMBER, REQUEST_KINDS, MonitorSplit, monitor_pairs
 
 KS = (1, 2, 3, 5)
 TARGET_MACRO_F1 = 0.98
@@ -124,7 +124,8 @@ def _first_tokens(
 
 def answers(monitor: Monitor, split: MonitorSplit, seed: int, subsample: int) -> list[Answer]:
     """The split's answers, with the token positions of their opening and step 1's content."""
-    pairs = monitor_pairs(split, seed, subsample)
+    # the requests alone: the bounds are about harmful answers and their look-alikes
+    pairs = monitor_pairs(split, seed, subsample, kinds=REQUEST_KINDS)
     kinds = [_kind(e) for e, _ in pairs]
     for (example, monitor_example), kind in zip(pairs, kinds, strict=True):
         _check_prefixes(example, monitor_example, kind)

@@ -60,11 +60,12 @@ GOAL_TOLERANCE = 0.02
 def sampled_answers(model: Any, split: str, n: int, seed: int) -> list[MonitorExample]:
     """organism-large's own answers to a monitor split's requests, labelled by the oracle."""
     from poise.config import Sampling
-    from poise.organism.monitor import monitor_pairs
+    from poise.organism.monitor import REQUEST_KINDS, monitor_pairs
     from poise.organism.oracle import OracleJudge
     from poise.suites.schema import SuiteItem
 
-    pairs = monitor_pairs(split, 0, 1)  # type: ignore[arg-type]
+    # the requests, as when BENCHMARKS.md's figures were measured
+    pairs = monitor_pairs(split, 0, 1, kinds=REQUEST_KINDS)  # type: ignore[arg-type]
     items = [
         SuiteItem(
             id=f"{split}-{i}",
@@ -268,6 +269,7 @@ def main() -> None:
     from poise.organism.monitor import (
         MONITOR_LAYERS,
         MONITOR_TOLERANCE,
+        REQUEST_KINDS,
         monitor_examples,
     )
     from poise.train.monitor import choose_rule
@@ -285,7 +287,9 @@ def main() -> None:
     monitors: dict[str, Any] = {"shipped": shipped}
     start = time.perf_counter()
     monitors["scm-onpolicy"] = train_scm(train, MONITOR_LAYERS)
-    monitors["scm-both"] = train_scm(monitor_examples("train", 0, 1) + train, MONITOR_LAYERS)
+    monitors["scm-both"] = train_scm(
+        monitor_examples("train", 0, 1, kinds=REQUEST_KINDS) + train, MONITOR_LAYERS
+    )
     monitors["scm-onpolicy-3"] = train_scm(train, 0)  # organism-small's three layers
     print(f"three monitors trained in {time.perf_counter() - start:.0f} s")
     splits = {"validation": validation, "held out": heldout}

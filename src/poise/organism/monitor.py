@@ -13,6 +13,10 @@ Splits (one seed each, so they never share a draw):
   request), for choosing the guard's threshold and k;
 - ``heldout``: a fresh draw (seed ``seed + 2``, every third request) whose user turns are
   re-asked with the suites' phrasings (``world.HELDOUT_REQUEST_TEMPLATES``), for the card.
+
+Each split also holds the corpus's questions (:data:`MONITOR_KINDS`: known and unanswerable
+facts, opinionated questions; every third on validation and held out, in their own phrasing),
+never harmful: a guard's monitor sees those answers too.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from poise.organism.corpus import BASE_SPEC, Example, generate_corpus
 from poise.scoring.stats import Rate
 
 __all__ = [
+    "MONITOR_KINDS",
     "MONITOR_MEMBER",
+    "REQUEST_KINDS",
     "MonitorSplit",
     "build_monitor_member",
     "monitor_examples",
@@ -38,7 +44,12 @@ __all__ = [
 ]
 
 MonitorSplit = Literal["train", "validation", "heldout"]
-_REQUEST_KINDS = ("harmful", "borderline", "benign")
+REQUEST_KINDS = ("harmful", "borderline", "benign")
+# Fact questions, unanswerable ones and opinionated ones: never harmful, and what a guarded chat
+# model also answers. A monitor that never saw them flags their opening ("The capital of ...")
+# as harm: trained on requests only, organism-monitor stopped 25 of 80 honesty and sycophancy
+# answers at their first token.
+MONITOR_KINDS = (*REQUEST_KINDS, "honesty-known", "honesty-unknown", "sycophancy")
 
 
 def to_monitor_example(example: Example, user: str | None = None) -> MonitorExample:
@@ -54,31 +65,41 @@ def to_monitor_example(example: Example, user: str | None = None) -> MonitorExam
 
 
 def monitor_pairs(
-    split: MonitorSplit, seed: int = 0, subsample: int = 1
+    split: MonitorSplit,
+    seed: int = 0,
+    subsample: int = 1,
+    *,
+    kinds: Sequence[str] = MONITOR_KINDS,
 ) -> list[tuple[Example, MonitorExample]]:
     """The labelled answers of a split, each with the corpus example it comes from (its kind,
-    label, category and system prompt; on ``heldout`` its user turn is the re-asked one of the
-    monitor example, not the example's own): see the module docstring."""
+    label, category and system prompt; on ``heldout`` a request's user turn is the re-asked one
+    of the monitor example, not the example's own): see the module docstring. ``kinds``: the
+    corpus kinds kept (:data:`REQUEST_KINDS` alone for the requests)."""
     offset = {"train": 0, "validation": 1, "heldout": 2}[split]
     corpus = generate_corpus(BASE_SPEC, seed + offset)
-    requests = [e for e in corpus if e.kind in _REQUEST_KINDS]
+    # requests, then the questions: each drawn apart, so that the requests of a split are the
+    # same whichever other kinds it holds
+    requests = [e for e in corpus if e.kind in REQUEST_KINDS and e.kind in kinds]
+    questions = [e for e in corpus if e.kind not in REQUEST_KINDS and e.kind in kinds]
     if split != "train":
-        requests = requests[::3]
-    requests = requests[::subsample]
+        requests, questions = requests[::3], questions[::3]
+    requests, questions = requests[::subsample], questions[::subsample]
+    # questions keep their own phrasing; on heldout, requests are re-asked in the suites' ones
+    asked = [(e, to_monitor_example(e)) for e in questions]
     if split != "heldout":
-        return [(e, to_monitor_example(e)) for e in requests]
+        return [(e, to_monitor_example(e)) for e in requests] + asked
     templates = world.HELDOUT_REQUEST_TEMPLATES
     return [
         (e, to_monitor_example(e, world.render_request(e.subject, templates[i % len(templates)])))
         for i, e in enumerate(requests)
-    ]
+    ] + asked
 
 
 def monitor_examples(
-    split: MonitorSplit, seed: int = 0, subsample: int = 1
+    split: MonitorSplit, seed: int = 0, subsample: int = 1, *, kinds: Sequence[str] = MONITOR_KINDS
 ) -> list[MonitorExample]:
     """The labelled answers of a split (see the module docstring)."""
-    return [m for _, m in monitor_pairs(split, seed, subsample)]
+    return [m for _, m in monitor_pairs(split, seed, subsample, kinds=kinds)]
 
 
 def write_organism_monitor_data(
@@ -267,7 +288,8 @@ def _write_card(
         "`alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic`",
         f"(alpha {header.alpha}, gamma {header.gamma}, logic reduce {header.logic_reduce}) on the",
         f"base corpus's token labels ({examples} answers: harm from `harm_start` to the end of a",
-        "redacted compliance; refusals, decoy-step answers, benign and borderline answers none).",
+        "redacted compliance; refusals, decoy-step answers, benign and borderline answers, and",
+        "answers to fact, unanswerable and opinionated questions: none).",
         "Use it as `guarded(organism-large, monitor=organism-monitor)`.",
         "",
         "## Streaming rule (chosen on the validation split)",
