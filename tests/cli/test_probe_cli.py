@@ -51,6 +51,18 @@ def test_train_then_score_a_run(tmp_path: Path) -> None:
     benign = {json.loads(r)["item_id"] for r in records if json.loads(r)["kind"] == "benign"}
     assert not any(x["flagged"] for x in lines if x["item_id"] in benign)
     assert "probe probe" in (run / "report.html").read_text()
+    # --fpr on a run with no benign answer: one error, where it was dropped in silence
+    only = runner.invoke(
+        app, ["audit", "-s", "harmful", "--limit", "2", "--out", str(tmp_path / "runs2"),
+              "--max-new-tokens", "8"],
+    )  # fmt: skip
+    assert only.exit_code == 0, only.output
+    [harmful_run] = list((tmp_path / "runs2").iterdir())
+    args = ["probe", "score", str(harmful_run), "--probe", str(probe)]
+    refused = runner.invoke(app, [*args, "--fpr", "0.05"])
+    assert refused.exit_code == 2 and "no benign answers" in refused.output
+    assert not (harmful_run / "probe_scores.jsonl").exists()
+    assert runner.invoke(app, args).exit_code == 0  # the probe's own threshold
 
 
 def test_comply_needs_a_run(tmp_path: Path) -> None:
@@ -136,3 +148,22 @@ def test_an_output_path_that_is_a_file_or_under_one_is_one_error_before_any_work
         result = CliRunner().invoke(app, ["probe", "train", "--out", str(out)])
         assert result.exit_code == 2, result.output
         assert message in result.output
+
+
+def test_a_layer_the_model_lacks_is_refused_before_the_activations_are_read(
+    tmp_path: Path,
+) -> None:
+    """It was refused only after every example's activations had been read (minutes on a large
+    model): one row's forward tells the layers."""
+    from poise.errors import PoiseError
+    from poise.models import load_model
+    from poise.probes.data import harmful_vs_benign
+    from poise.probes.train import train_probe
+
+    model = load_model("organism-small")
+    items = [*load_suite("harmful").items[:4], *load_suite("benign").items[:4]]
+    examples = harmful_vs_benign(items, None)
+    rows: list[int] = []
+    with pytest.raises(PoiseError, match=r"layer 9 out of range \(0 \.\. 3\)"):
+        train_probe(model, examples, tmp_path / "p", task="harmful", layer=9, progress=rows.append)
+    assert rows == [] and not (tmp_path / "p").exists()

@@ -187,7 +187,7 @@ def score_command(
         from poise.models.base import default_system_prompt
         from poise.probes.linear import load_probe
         from poise.probes.sweep import require_activations
-        from poise.probes.train import score_answers, write_scores
+        from poise.probes.train import check_benign_for_fpr, score_answers, write_scores
         from poise.report.html import write_run_report
         from poise.runs import find_run
 
@@ -206,6 +206,7 @@ def score_command(
                 loaded_probe.model,
             )
         records = list(found.records())
+        check_benign_for_fpr(records, fpr)  # before the model loads
         loaded = load_model(spec)
         require_activations("poise probe score", loaded)
         bar, advance = _bar(len(records), f"probe on {len(records)} answers")

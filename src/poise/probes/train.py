@@ -30,7 +30,14 @@ from poise.probes.sweep import (
     split_by_group,
 )
 
-__all__ = ["ProbeScores", "TrainResult", "score_answers", "train_probe", "write_scores"]
+__all__ = [
+    "ProbeScores",
+    "TrainResult",
+    "check_benign_for_fpr",
+    "score_answers",
+    "train_probe",
+    "write_scores",
+]
 
 
 @dataclass
@@ -65,6 +72,10 @@ def train_probe(
         raise PoiseError(f"probe: test_fraction must be in (0, 1), got {test_fraction}")
     target = Path(out)
     check_new_folder(target, "probe")
+    if layer is not None and examples:  # one row's forward tells the layers, before them all
+        available = collect(model, examples[:1]).shape[1]  # [1, layers + 1, hidden]
+        if not 0 <= layer < available:
+            raise PoiseError(f"probe: layer {layer} out of range (0 .. {available - 1})")
     started = time.perf_counter()
     features = collect(model, examples, progress=progress)  # [rows, layers + 1, hidden]
     labels = torch.tensor([e.label for e in examples])
@@ -72,12 +83,7 @@ def train_probe(
         [e.group for e in examples], test_fraction=test_fraction, seed=seed
     )
     sweep = layer_sweep(features, labels, train, test, l2=l2)
-    if layer is None:
-        chosen = max(sweep, key=lambda r: (r.auroc, -r.layer)).layer
-    elif not 0 <= layer < features.shape[1]:
-        raise PoiseError(f"probe: layer {layer} out of range (0 .. {features.shape[1] - 1})")
-    else:
-        chosen = layer
+    chosen = max(sweep, key=lambda r: (r.auroc, -r.layer)).layer if layer is None else layer
     reduce = "mean" if examples[0].continuation is not None else "last"
     kept = next(r for r in sweep if r.layer == chosen)
     metadata: dict[str, Any] = {
@@ -120,6 +126,17 @@ class ProbeScores:
     agreement: dict[str, Any] = field(default_factory=dict)
 
 
+def check_benign_for_fpr(records: Sequence[Mapping[str, Any]], fpr: float | None) -> None:
+    """A false-positive rate given for the threshold needs benign answers to set it on; without
+    any it would be dropped in silence for the probe's own threshold."""
+    if fpr is not None and not any(r.get("kind") == "benign" for r in records):
+        raise PoiseError(
+            f"--fpr {fpr:g}: the run has no benign answers to set the threshold on; audit "
+            "with --suite benign too, or leave --fpr out for the probe's own threshold (set "
+            "on its training negatives)"
+        )
+
+
 def score_answers(
     model: LanguageModel,
     probe: LinearProbe,
@@ -134,6 +151,7 @@ def score_answers(
     (default: the probe's) on the records' benign answers when there are any, else the probe's
     own (set on its training negatives). ``agreement`` crosses the flags with the judge's
     ``harmful`` / ``refused`` verdicts."""
+    check_benign_for_fpr(records, fpr)
     rate = probe.fpr if fpr is None else fpr
     examples: list[Example] = []
     for record in records:
