@@ -22,7 +22,9 @@ CHATS = [
 GREEDY = Sampling(max_new_tokens=10)
 
 
-def write_direction(folder: Path, hidden: int, *, layer: int = 1, scale: float = 4.0) -> Path:
+def write_direction(
+    folder: Path, hidden: int, *, layer: int = 1, scale: float = 4.0, model: str | None = None
+) -> Path:
     """A probe folder with a random direction of norm ``scale`` (steering reads only the
     direction, the layer and the hidden size)."""
     g = torch.Generator().manual_seed(3)
@@ -35,7 +37,7 @@ def write_direction(folder: Path, hidden: int, *, layer: int = 1, scale: float =
         weights=direction.clone(),
         bias=0.0,
         difference_of_means=direction / direction.norm() * scale,
-        model=None,
+        model=model,
     )
     return probe.save(folder)
 
@@ -132,3 +134,18 @@ def test_bad_options_say_what(tiny_hf_model_dir: Path, direction: Path, tmp_path
     (damaged / "probe.safetensors").write_bytes(b"not safetensors")
     with pytest.raises(PoiseError, match="not a readable safetensors file"):
         _steer(tiny_hf_model_dir, damaged, mode="add")
+
+
+def test_a_direction_read_from_another_model_is_warned_about(
+    tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # probe score warned, steer did not: the hidden sizes matched, so nothing else told
+    hidden = json.loads((tiny_hf_model_dir / "config.json").read_text())["hidden_size"]
+    own = load_model(str(tiny_hf_model_dir)).spec
+    other = write_direction(tmp_path / "other", hidden, model="organism-large")
+    mine = write_direction(tmp_path / "mine", hidden, model=own)
+    with caplog.at_level("WARNING", logger="poise.decoding.steer"):
+        _steer(tiny_hf_model_dir, mine, mode="add")
+        assert caplog.text == ""
+        _steer(tiny_hf_model_dir, other, mode="add")
+    assert "read from 'organism-large'" in caplog.text and own in caplog.text

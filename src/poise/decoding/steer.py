@@ -26,6 +26,7 @@ so give a retrained probe a new folder (or clear the response cache).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -47,6 +48,8 @@ from poise.models.base import (
 )
 from poise.models.wrapped import WrappedModel
 from poise.probes.linear import load_probe
+
+logger = logging.getLogger(__name__)
 
 MODES = ("add", "ablate")
 USES = ("means", "probe")
@@ -97,6 +100,18 @@ class Steer(WrappedModel):
                 f"and {model.name!r} does not: use a local Hugging Face model (hf backend)"
             )
         probe = load_probe(direction)
+        base: Any = model
+        while getattr(base, "inner", None) is not None:  # the model whose activations it reads
+            base = base.inner
+        reads = base.spec or base.name
+        if probe.model and reads != probe.model:
+            logger.warning(
+                "steer: the direction in %s was read from %r's activations and is applied to "
+                "%r's: a direction is its model's",
+                direction,
+                probe.model,
+                reads,
+            )
         super().__init__(
             model, direction=direction, layer=layer, strength=float(strength), mode=mode, use=use
         )
