@@ -128,3 +128,13 @@ def test_bad_yaml_and_bytes_are_one_line(tmp_path: Path) -> None:
     path.write_bytes(b"merge_method: \xff\xfe\n")
     with pytest.raises(PoiseError, match=r"merge\.yml: not UTF-8 text$"):
         load_config(path)
+
+
+def test_a_misspelt_model_name_suggests_the_nearest(tmp_path: Path) -> None:
+    from poise.merge.config import resolve_model_path
+
+    with pytest.raises(PoiseError, match=r"no such folder; did you mean 'organism-small-safe'"):
+        resolve_model_path("organism-small-saf", tmp_path)
+    with pytest.raises(PoiseError) as info:  # a path: its folder is simply missing
+        resolve_model_path("./nowhere", tmp_path)
+    assert str(info.value) == "model './nowhere': no such folder"

@@ -438,7 +438,9 @@ def resolve_model_path(reference: str, config_dir: Path | None = None) -> Path:
             raise PoiseError(
                 f"model {reference!r}: not a folder, and the hub said: {exc}"
             ) from None
-    raise PoiseError(f"model {reference!r}: no such folder")
+    from poise.models.resolve import folder_name_hint
+
+    raise PoiseError(f"model {reference!r}: no such folder{folder_name_hint(reference)}")
 
 
 def open_model(

@@ -39,6 +39,7 @@ __all__ = [
     "Resolver",
     "backends",
     "check_spec",
+    "folder_name_hint",
     "load_model",
     "model_folder",
     "recommended_judge",
@@ -277,6 +278,21 @@ def model_folder(name: str) -> Path | None:
     folder; a ``PoiseError`` if it is not built), or None for any other name."""
     resolver = _resolver_for(name)
     return None if resolver is None else resolver.folder(resolver.canonical(name))
+
+
+def folder_name_hint(spec: str) -> str:
+    """``"; did you mean 'organism-small'? (known: ...)"`` for a name that is not a path and no
+    folder, as ``poise audit --model`` suggests (the organism's members are the names a folder
+    can be given by); ``""`` for a path (its folder is simply missing)."""
+    import difflib
+
+    load_plugins()
+    if any(sep in spec for sep in ("/", "\\")) or spec.startswith((".", "~")):
+        return ""
+    names = sorted(n for key in resolvers for n in resolvers.get(key).names())
+    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return f"{hint} (known: {', '.join(names)})" if names else hint
 
 
 def _check_name(spec: str) -> None:

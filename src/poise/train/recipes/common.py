@@ -169,7 +169,7 @@ def resolve_model_folder(spec: str, what: str = "model") -> Path:
     The folder needs ``config.json`` and safetensors weights (a pickle-only checkpoint is
     refused, as by poise's model backend).
     """
-    from poise.models.resolve import model_folder
+    from poise.models.resolve import folder_name_hint, model_folder
 
     registered = model_folder(spec)
     if registered is not None:
@@ -178,7 +178,7 @@ def resolve_model_folder(spec: str, what: str = "model") -> Path:
     if not folder.exists():
         raise PoiseError(
             f"{what}: {spec!r} is neither an organism member nor an existing folder"
-            + _model_name_hint(spec)
+            + folder_name_hint(spec)
         )
     from poise.models.hf import weight_files
 
@@ -187,21 +187,6 @@ def resolve_model_folder(spec: str, what: str = "model") -> Path:
     except PoiseError as exc:
         raise PoiseError(f"{what}: {exc}") from None
     return folder.resolve()
-
-
-def _model_name_hint(spec: str) -> str:
-    """``"; did you mean 'organism-small'? (known: ...)"`` for a name that is not a path, as
-    ``poise audit --model`` suggests; ``""`` for a path (its folder is simply missing)."""
-    import difflib
-
-    from poise.models.resolve import resolvers
-
-    if any(sep in spec for sep in ("/", "\\")) or spec.startswith((".", "~")):
-        return ""
-    names = sorted(n for key in resolvers for n in resolvers.get(key).names())
-    close = difflib.get_close_matches(spec, names, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"{hint} (known: {', '.join(names)})" if names else hint
 
 
 def model_architectures(folder: Path) -> list[str]:
