@@ -294,3 +294,23 @@ def test_the_trained_model_keeps_the_declaration_with_its_template(
         assert written["default_system_prompt"] == "Be safe."
         # the plain dialogue template of a base model does not insert the default
         assert written.get("system_prompt_in_template") is (None if from_base else True)
+
+
+def test_edited_prompts_are_not_taken_for_the_finished_run(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    """safe-rl recorded the prompts' name only: an edited prompts file kept the finished run."""
+    from poise.suites import load_suite
+
+    items = load_suite("harmful").items
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(i.model_dump_json() + "\n" for i in items[:8]), encoding="utf-8")
+    common = _common(tiny_hf_model_dir, scorers, prompts=str(prompts), max_steps=1)
+    out = str(tmp_path / "out")
+    train_safe_rl(output=out, **common)
+    header = json.loads((tmp_path / "out" / "poise_train.json").read_text())
+    assert len(header["data"]["fingerprint"]) == 16
+    assert train_safe_rl(output=out, **common).skipped  # the same prompts: kept
+    prompts.write_text("".join(i.model_dump_json() + "\n" for i in items[8:16]), encoding="utf-8")
+    with pytest.raises(PoiseError, match=r"prompts: .*prompts.jsonl changed since .*was trained"):
+        train_safe_rl(output=out, **common)

@@ -644,16 +644,19 @@ class OutputFolder:
         """A resumed or finished run's data file must be the one it was trained on: the
         identity holds its path, not its bytes, so an edited file would otherwise resume on
         other data, or keep a finished run made from the old file. Before any weights load."""
+        self.check_fingerprint(file_fingerprint(path), f"data: {path}")
+
+    def check_fingerprint(self, now: str, what: str) -> None:
+        """:meth:`check_same_data` for a fingerprint computed by the recipe (``what``: the
+        option and its value, e.g. ``"prompts: harmful"``); runs recorded without one pass."""
         recorded = self.previous_data.get("fingerprint")
-        if self.status == "new" or not isinstance(recorded, str):
+        if self.status == "new" or not isinstance(recorded, str) or now == recorded:
             return
-        now = file_fingerprint(path)
-        if now != recorded:
-            what = "was trained on" if self.status == "complete" else "began training on"
-            raise PoiseError(
-                f"data: {path} changed since {self.path} {what} it (sha256 {recorded} then, "
-                f"{now} now); pass --overwrite to train on it again, or choose another --output"
-            )
+        used = "was trained on" if self.status == "complete" else "began training on"
+        raise PoiseError(
+            f"{what} changed since {self.path} {used} it (sha256 {recorded} then, {now} now); "
+            "pass --overwrite to train on it again, or choose another --output"
+        )
 
     @property
     def checkpoints_dir(self) -> Path:

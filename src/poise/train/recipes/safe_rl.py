@@ -52,7 +52,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from poise.config import PathStr, SuiteOptions
+from poise.config import PathStr, SuiteOptions, stable_hash
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
     ChatEncoder,
@@ -350,6 +350,9 @@ def train_safe_rl(
     check_lora_available(config)
     system = system_prompt(config, source)
     chats = load_prompts(config, system)
+    # what is trained on: the chats themselves (a suite name or a file, the system prompt)
+    prompts_fingerprint = stable_hash(chats)
+    out.check_fingerprint(prompts_fingerprint, f"prompts: {config.prompts}")
     train_idx, safety_idx = (
         split_holdout(len(chats), config.safety_fraction, config.seed)
         if config.high_confidence
@@ -385,6 +388,7 @@ def train_safe_rl(
         rows_per_epoch=len(train_idx),
         data_info={
             "prompts": config.prompts,
+            "fingerprint": prompts_fingerprint,
             "train_prompts": len(train_idx),
             "safety_prompts": len(safety_idx),
             "system_prompt": system,
