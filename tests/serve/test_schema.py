@@ -85,6 +85,8 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
     ),
     (body(temperature=-0.1), "temperature", "invalid_value"),
     (body(temperature="hot"), "temperature", "invalid_type"),
+    (body(temperature=float("nan")), "temperature", "invalid_value"),  # NaN: JSON's extension
+    (body(top_p=float("inf")), "top_p", "invalid_value"),
     (body(top_p=0), "top_p", "invalid_value"),
     (body(top_p=1.5), "top_p", "invalid_value"),
     (body(top_k=-2), "top_k", "invalid_value"),
@@ -240,3 +242,9 @@ def test_include_usage_must_be_a_boolean(usage: Any) -> None:
         "invalid_type",
     )
     assert info.value.message == f"stream_options.include_usage must be a boolean (got {usage!r})"
+
+
+def test_a_non_finite_number_is_called_so() -> None:
+    # it read "should be less than or equal to 100 (got nan)"
+    with pytest.raises(RequestError, match=r"^temperature: Input should be a finite number"):
+        parse_request(body(temperature=float("nan")), CONFIG)

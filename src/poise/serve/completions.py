@@ -77,7 +77,7 @@ _UNSUPPORTED: dict[str, tuple[object, ...]] = {
 
 class _CompletionIn(BaseModel):
     # Strict like chat requests; unknown harmless fields (user, metadata ...) are allowed.
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str
     prompt: str | list[str] | list[StrictInt] | list[list[StrictInt]]

@@ -138,7 +138,7 @@ class _RequestIn(BaseModel):
     # Strict: "0.5" is not a temperature and true is not an n. Unknown fields are checked
     # separately (see _UNSUPPORTED) instead of being refused, because clients send many
     # harmless ones (user, metadata, stream_options ...).
-    model_config = ConfigDict(extra="allow", strict=True)
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     model: str
     messages: list[_MessageIn] = Field(min_length=1)
