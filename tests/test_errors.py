@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,8 @@ def test_invalid_json_says_what_and_at_which_column() -> None:
 
 
 def test_prepare_output_file_makes_the_folder_or_says_why_it_cannot(tmp_path) -> None:
-    prepare_output_file(tmp_path / "a" / "b" / "out.json", "output")
+    target = tmp_path / "a" / "b" / "out.json"
+    assert prepare_output_file(target, "output") == target
     assert (tmp_path / "a" / "b").is_dir() and not (tmp_path / "a" / "b" / "out.json").exists()
     with pytest.raises(PoiseError, match=r"^output: .* is a folder; give a file path$"):
         prepare_output_file(tmp_path / "a", "output")
@@ -77,3 +79,12 @@ def test_prepare_output_file_makes_the_folder_or_says_why_it_cannot(tmp_path) ->
         PoiseError, match=rf"^csv: cannot make folder .*: {tmp_path / 'f'} is a file$"
     ):
         prepare_output_file(tmp_path / "f" / "g" / "x.csv", "csv")
+
+
+def test_prepare_output_file_returns_the_path_it_made_the_folder_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the caller writes at the returned path: '~' expanded, as the folder was made
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert prepare_output_file("~/x/out.json", "output") == tmp_path / "x" / "out.json"
+    assert (tmp_path / "x").is_dir()

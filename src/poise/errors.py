@@ -12,6 +12,10 @@ import json
 import math
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class PoiseError(Exception):
@@ -132,14 +136,16 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> None:
         raise PoiseError(f"{what}: {target} is a folder; give a file path")
 
 
-def prepare_output_file(path: str | os.PathLike[str], what: str) -> None:
+def prepare_output_file(path: str | os.PathLike[str], what: str) -> Path:
     """Before any work: refuse a path that names a folder (:func:`check_output_file`) and make
     the folder the file goes in, as ``mkdir -p`` would; a folder that cannot be made (a file on
-    the way, no permission) is ``"WHAT: cannot make folder DIR (reason)"``."""
+    the way, no permission) is ``"WHAT: cannot make folder DIR (reason)"``. Returns the path
+    with ``~`` expanded, as checked: the caller writes there."""
     from pathlib import Path
 
     check_output_file(path, what)
-    folder = Path(path).expanduser().parent
+    target = Path(path).expanduser()
+    folder = target.parent
     on_the_way = next((p for p in (folder, *folder.parents) if p.exists()), None)
     if on_the_way is not None and not on_the_way.is_dir():
         raise PoiseError(f"{what}: cannot make folder {folder}: {on_the_way} is a file")
@@ -147,3 +153,4 @@ def prepare_output_file(path: str | os.PathLike[str], what: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PoiseError(f"{what}: cannot make folder {folder} ({exc.strerror or exc})") from None
+    return target

@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from poise.attacks.export import preference_pairs, write_pairs
 
 
@@ -55,3 +57,13 @@ def test_write_pairs_refuses_a_folder_or_a_file_on_the_way_and_writes_nothing(
         write_pairs([pair], tmp_path / "notes" / "pairs.jsonl")
     assert write_pairs([pair, pair], tmp_path / "new" / "pairs.jsonl") == 2
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["pairs.jsonl"]
+
+
+def test_write_pairs_writes_a_home_relative_path_where_its_folder_was_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the folder was made under the expanded '~', the file written under a literal '~'
+    monkeypatch.setenv("HOME", str(tmp_path))
+    pair = {"prompt": [], "chosen": [], "rejected": []}
+    assert write_pairs([pair], "~/out/pairs.jsonl") == 1
+    assert (tmp_path / "out" / "pairs.jsonl").is_file()

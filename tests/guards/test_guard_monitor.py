@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from poise.errors import PoiseError
-from poise.guards.data import MonitorExample, read_monitor_data, token_labels
+from poise.guards.data import (
+    MonitorExample,
+    read_monitor_data,
+    token_labels,
+    write_monitor_data,
+)
 from poise.guards.monitor import load_monitor, logic_consistency_loss, scm_loss
 
 
@@ -96,6 +101,18 @@ def test_monitor_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
     (example,) = read_monitor_data(path)
     assert example == MonitorExample((("user", "hi"),), "hello there", ((6, 11),), None)
     assert example.label is True
+
+
+def test_monitor_data_is_written_where_its_folder_was_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `poise train monitor-data -o '~/d/train.jsonl'`: the folder was made under the expanded
+    # '~', the file opened under a literal '~' (a FileNotFoundError traceback)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    example = MonitorExample((("user", "hi"),), "Hello!", ())
+    assert write_monitor_data("~/d/train.jsonl", [example]) == 1
+    (read,) = read_monitor_data(tmp_path / "d" / "train.jsonl")
+    assert (read.messages, read.response) == (example.messages, example.response)
 
 
 def test_monitor_folder_round_trips(monitor_dir: Path) -> None:

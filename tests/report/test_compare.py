@@ -214,9 +214,30 @@ def test_an_output_under_a_file_is_one_error_and_a_new_folder_is_made(tmp_path: 
         assert result.exit_code == 2, result.output
         assert f"{a_file} is a file" in result.output and "Traceback" not in result.output
     made = tmp_path / "new" / "deeper" / "c.csv"
-    result = CliRunner().invoke(app, ["compare", str(safe), str(other), "--csv", str(made)])
+    html = str(tmp_path / "c.html")  # not compare.html in the working folder
+    result = CliRunner().invoke(
+        app, ["compare", str(safe), str(other), "-o", html, "--csv", str(made)]
+    )
     assert result.exit_code == 0, result.output
     assert made.is_file()
+
+
+def test_a_home_relative_output_is_written_where_its_folder_was_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # '~' (from a --config file: no shell expands it) was expanded to make the folder, not to
+    # write the file: "cannot write (No such file or directory)" after the work
+    safe, other = audit(tmp_path, REFUSE, "safe"), audit(tmp_path, REFUSE, "other")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for args in (
+        ["compare", str(safe), str(other), "-o", "~/r/c.html", "--csv", "~/r/c.csv"],
+        ["runs", "export", str(safe), "--csv", "~/e/s.csv"],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    home = tmp_path / "home"
+    for made in ("r/c.html", "r/c.csv", "e/s.csv", "e/s-metrics.csv"):
+        assert (home / made).is_file(), made
 
 
 def test_the_same_run_twice_is_said(tmp_path: Path) -> None:

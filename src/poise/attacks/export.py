@@ -79,8 +79,7 @@ def write_pairs(pairs: Iterable[Mapping[str, Any]], path: str | Path) -> int:
     """Write jsonl atomically (a temporary file renamed into place); returns the count. A path
     that is a folder, or under a file, is one line (``prepare_output_file``), as is a failed
     write."""
-    path = Path(path)
-    prepare_output_file(path, "output")
+    path = prepare_output_file(path, "output")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     count = 0
     try:

@@ -123,8 +123,7 @@ def read_monitor_data(path: str | Path) -> list[MonitorExample]:
 
 def write_monitor_data(path: str | Path, examples: Iterable[MonitorExample]) -> int:
     """Write examples as jsonl (whole or not at all); returns how many."""
-    file = Path(path)
-    prepare_output_file(file, "output")
+    file = prepare_output_file(path, "output")
     tmp = file.with_name(f".{file.name}.tmp")
     count = 0
     with tmp.open("w", encoding="utf-8") as out:

@@ -218,18 +218,17 @@ def compare_runs(
     """Read the runs, write the side-by-side report and/or the long-format CSV."""
     if len(run_dirs) < 2:
         raise PoiseError("compare needs at least two runs")
-    for where, what in ((html, "output"), (csv_path, "csv")):
-        if where is not None:
-            prepare_output_file(where, what)
+    html_target = prepare_output_file(html, "output") if html is not None else None
+    csv_target = prepare_output_file(csv_path, "csv") if csv_path is not None else None
     runs = [read_run(d) for d in run_dirs]
     page = render_html_report(runs)  # labels the runs
     diffs = paired_differences(runs)
-    if html is not None:
+    if html_target is not None:
         section = _paired_section(diffs)
         marker = "</body>"
         page = page.replace(marker, section + marker, 1) if marker in page else page + section
-        _write_atomic(Path(html), page)
-    if csv_path is not None:
+        _write_atomic(html_target, page)
+    if csv_target is not None:
         rows = [row for run in runs for row in _rate_rows(run)]
         rows += [
             {
@@ -250,7 +249,7 @@ def compare_runs(
             }
             for d in diffs
         ]
-        _write_atomic(Path(csv_path), _csv_text(CSV_COLUMNS, rows))
+        _write_atomic(csv_target, _csv_text(CSV_COLUMNS, rows))
     return runs, diffs
 
 
@@ -263,9 +262,9 @@ def _flat(value: Any) -> Any:
 def export_run_csv(run_dir: str | Path, path: str | Path) -> tuple[Path, Path, int, int]:
     """One row per sample at ``path``, one row per metric at ``<stem>-metrics.csv`` beside it.
     Returns (samples path, metrics path, sample rows, metric rows)."""
-    prepare_output_file(path, "csv")
-    metrics_target = Path(path).with_name(f"{Path(path).stem}-metrics.csv")
-    prepare_output_file(metrics_target, "csv (its metrics file)")
+    samples_path = prepare_output_file(path, "csv")
+    metrics_path = samples_path.with_name(f"{samples_path.stem}-metrics.csv")
+    prepare_output_file(metrics_path, "csv (its metrics file)")
     run = read_run(run_dir)
     run.label = run.path.name
     model = _model(run)
@@ -283,8 +282,6 @@ def export_run_csv(run_dir: str | Path, path: str | Path) -> tuple[Path, Path, i
         verdict = r.get("verdict") or {}
         row.update({f"verdict_{k}": _flat(verdict.get(k)) for k in verdict_keys})
         rows.append(row)
-    samples_path = Path(path)
-    metrics_path = samples_path.with_name(f"{samples_path.stem}-metrics.csv")
     metric_rows = _rate_rows(run)
     _write_atomic(samples_path, _csv_text(columns, rows))
     _write_atomic(metrics_path, _csv_text(CSV_COLUMNS, metric_rows))
