@@ -71,6 +71,11 @@ def test_out_of_range_values_are_refused(tmp_path: Path, text: str, message: str
         "merge_method: slerp\nbase_model: base\nmodels: [{model: a}]\nparameters: {t: [0, 1]}\n",
         DELLA + "models: [{model: a, parameters: {weight: 1, density: 1, epsilon: 0.5}}]\n",
         DELLA + "models: [{model: a, parameters: {weight: 1, density: 0.7, epsilon: 0.1}}]\n",
+        # 0 and 1 as false and true, as hand-written mergekit configs have them
+        "merge_method: task_arithmetic\nbase_model: base\n"
+        "models: [{model: a, parameters: {weight: 1}}]\nparameters: {normalize: 1}\n",
+        "merge_method: task_arithmetic\nbase_model: base\n"
+        "models: [{model: a, parameters: {weight: 1}}]\nparameters: {normalize: 0}\n",
     ],
 )
 def test_values_at_the_edges_of_their_ranges_are_accepted(tmp_path: Path, text: str) -> None:

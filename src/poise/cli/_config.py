@@ -33,6 +33,7 @@ _FIELD_FLAGS = {
     "suite_kind": "kind",
     "suite_category": "category",
     "judge_labels_columns": "judge_labels_column",
+    "judge_options": "judge_option",
 }
 # nested config blocks whose keys are flags of their own (AuditConfig.sampling)
 _NESTED = ("sampling",)

@@ -277,7 +277,8 @@ def _check_values(
                 raise PoiseError(f"{at}: {leaf!r} is not a number")
             if isinstance(leaf, (int, float)):
                 _check_range(name, leaf, at)
-        elif hint is bool and not isinstance(leaf, bool):
+        elif hint is bool and not isinstance(leaf, bool) and leaf not in (0, 1):
+            # 0 and 1 read as false and true, as pydantic (and so mergekit) reads them
             raise PoiseError(f"{at}: {leaf!r} is not true or false")
 
 

@@ -47,8 +47,8 @@ MonitorSplit = Literal["train", "validation", "heldout"]
 REQUEST_KINDS = ("harmful", "borderline", "benign")
 # Fact questions, unanswerable ones and opinionated ones: never harmful, and what a guarded chat
 # model also answers. A monitor that never saw them flags their opening ("The capital of ...")
-# as harm: trained on requests only, organism-monitor stopped 25 of 80 honesty and sycophancy
-# answers at their first token.
+# as harm: trained on requests only, organism-monitor stopped 54 of the 170 honesty and
+# sycophancy answers of guarded organism-large at their first token (greedy, full suites).
 MONITOR_KINDS = (*REQUEST_KINDS, "honesty-known", "honesty-unknown", "sycophancy")
 
 
