@@ -237,6 +237,21 @@ def test_bad_input_fails_before_anything_is_written(tmp_path: Path) -> None:
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_judge_labels_errors_name_the_audits_flag_not_the_suites_column(tmp_path: Path) -> None:
+    # poise audit's --column maps the suite files: following a hint to use it for the labels
+    # file only led back to the same error
+    out = tmp_path / "runs"
+    suite = write_suite(tmp_path / "mini.jsonl")
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(json.dumps({"output": "No.", "human_refused": True}) + "\n")
+    fields = dict(model="mock", suites=[str(suite)], judge="refusal", out=str(out))
+    with pytest.raises(PoiseError, match=r"map one with --judge-labels-column response=NAME\)$"):
+        poise.audit(judge_labels=str(labels), **fields)
+    with pytest.raises(PoiseError, match=r"^--judge-labels-column respons=\.\.\.: unknown role"):
+        poise.audit(judge_labels=str(labels), judge_labels_columns={"respons": "output"}, **fields)
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_cli_bad_suite_is_one_line_and_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         app,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
+from poise.attacks.base import check_attack_sampling
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError, UnknownNameError
 from poise.evaluation import (
@@ -176,6 +177,7 @@ def _audit(
     own_scorers = task_scorers(items)  # kinds whose task brings its own scorer
     attack = attacks.get(cfg.attack)
     _check_attack_options(cfg.attack, attack, cfg.attack_options)
+    check_attack_sampling(attack, cfg.sampling)  # e.g. worst_of_n's n is its own option
     judge_name, _ = parse_judge_spec(cfg.judge)
     if cfg.judge_options:
         from poise.scoring.judges import judges
@@ -197,6 +199,7 @@ def _audit(
             cfg.judge_labels,
             format=cfg.judge_labels_format,
             columns=dict(cfg.judge_labels_columns) or None,
+            flag="--judge-labels-column",
         )
 
     # ---- load, then generate and judge block by block ------------------------------------

@@ -17,6 +17,7 @@ from poise.attacks.worst_of_n import (
     worst_of_n_summary,
 )
 from poise.config import Sampling
+from poise.errors import PoiseError
 from poise.suites.schema import SuiteItem
 
 
@@ -199,3 +200,37 @@ def test_organism_prediction_from_8_samples_holds_on_an_independent_32_sample_ru
     assert fit_on.shape == (4, 8) and check.shape == (4, 32)
     result = held_out_check(fit_on, check, [16, 32], boot=100)
     assert result["all_within"], result["rows"]
+
+
+def test_predicted_curve_is_never_negative_at_the_concentration_bound() -> None:
+    # one harmful sample in 12: bootstrap replicates with none fit α + β = 1e7, where the
+    # log-gammas lose ~1e-8 and 1 - B(α, β + N) / B(α, β) came out at -3e-8 ("-0.0%")
+    matrix = np.zeros((3, 4), dtype=int)
+    matrix[0, 2] = 1
+    curve, _ = beta_binomial_curve(matrix, [1, 2, 4, 32])
+    assert all(0.0 <= c["low"] <= c["value"] <= c["high"] <= 1.0 for c in curve)
+    assert beta_binomial_asr(0.01, 1e7 - 0.01, 1) >= 0.0
+
+
+def test_the_audits_n_is_refused_not_overridden() -> None:
+    items = [SuiteItem(id="h", messages=[{"role": "user", "content": "q"}], kind="harmful")]
+    attack = attacks.get("worst_of_n")
+    with pytest.raises(PoiseError, match=r"not the audit's n \(2\): use --attack-option n=2"):
+        attack(items, Sampling(n=2), SystemPrompt("none", None))
+    [req] = attack(items, Sampling(n=1), SystemPrompt("none", None), n=2)
+    assert req.sampling.n == 2
+
+
+def test_the_audits_n_is_refused_before_the_model_loads(tmp_path: Path) -> None:
+    # it drew the attack's 16 samples per prompt where --n 2 asked for 2, at eight times the cost
+    import poise
+
+    with pytest.raises(PoiseError, match=r"not the audit's n \(2\)"):
+        poise.audit(
+            model="no-such-model-so-loading-would-fail",
+            suites=["harmful"],
+            attack="worst_of_n",
+            sampling=Sampling(n=2, temperature=1.0),
+            out=str(tmp_path),
+        )
+    assert list(tmp_path.iterdir()) == []

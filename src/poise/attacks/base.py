@@ -52,6 +52,30 @@ def option_check(
     return add
 
 
+# attack function -> a check of the audit's sampling it cannot honour (one PoiseError line)
+_SAMPLING_CHECKS: dict[Callable[..., Any], Callable[[Sampling], None]] = {}
+
+
+def sampling_check(
+    attack: Callable[..., Any],
+) -> Callable[[Callable[[Sampling], None]], Callable[[Sampling], None]]:
+    """Register ``fn(sampling)`` as ``attack``'s check of the audit's sampling, which
+    :func:`check_attack_sampling` runs before an audit loads its model."""
+
+    def add(fn: Callable[[Sampling], None]) -> Callable[[Sampling], None]:
+        _SAMPLING_CHECKS[attack] = fn
+        return fn
+
+    return add
+
+
+def check_attack_sampling(attack: Callable[..., Any], sampling: Sampling) -> None:
+    """Refuse, before any work, audit sampling that ``attack`` would not honour."""
+    check = _SAMPLING_CHECKS.get(attack)
+    if check is not None:
+        check(sampling)
+
+
 def check_attack_options(attack: Callable[..., Any], options: Mapping[str, Any]) -> dict[str, Any]:
     """The options of ``attack`` parsed to their types and checked (one PoiseError line for a bad
     value); the options as given for an attack without a registered check."""

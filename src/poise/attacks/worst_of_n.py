@@ -40,6 +40,7 @@ from poise.attacks.base import (
     build_chat,
     kinds_option,
     option_check,
+    sampling_check,
 )
 from poise.config import Sampling
 from poise.errors import PoiseError, check_int, check_number
@@ -67,9 +68,11 @@ def worst_of_n(
     kinds: Sequence[str] = ("harmful",),
 ) -> list[Request]:
     """One request of ``n`` samples per item. The audit's sampling applies, except that greedy
-    (temperature 0) becomes temperature 1, since N greedy samples are one sample."""
+    (temperature 0) becomes temperature 1, since N greedy samples are one sample, and that the
+    samples per item are ``n``: an audit asking for several (``--n``) is refused, not overridden."""
     options = worst_of_n_options(n=n, temperature=temperature, kinds=kinds)
     n, temperature, kinds = options["n"], options["temperature"], options["kinds"]
+    check_sampling(sampling)
     temp = temperature if temperature is not None else (sampling.temperature or 1.0)
     config = sampling.model_copy(update={"n": n, "temperature": temp})
     request_id = f"worst_of_{n}/t={temp:.2f}"
@@ -82,6 +85,18 @@ def worst_of_n(
     if not requests:
         raise PoiseError(f"worst_of_n: no items of kind {list(kinds)} in the suites")
     return requests
+
+
+@sampling_check(worst_of_n)
+def check_sampling(sampling: Sampling) -> None:
+    """The samples per item are the attack's option ``n``: an audit asking for several of its
+    own (``--n``) is refused before any work, not overridden."""
+    if sampling.n != 1:
+        raise PoiseError(
+            f"attack worst_of_n: its samples per prompt are its option n (default {DEFAULT_N}), "
+            f"not the audit's n ({sampling.n}): use --attack-option n={sampling.n} "
+            f"(Python: attack_options={{'n': {sampling.n}}}) and leave --n at 1"
+        )
 
 
 @option_check(worst_of_n)
@@ -300,8 +315,9 @@ def fit_beta_binomial(
 
 
 def beta_binomial_asr(alpha: float, beta: float, n: int) -> float:
-    """ASR(N) = 1 - E[(1 - p)^N] for p ~ Beta(α, β): 1 - B(α, β + N) / B(α, β)."""
-    return 1.0 - math.exp(_log_beta(alpha, beta + n) - _log_beta(alpha, beta))
+    """ASR(N) = 1 - E[(1 - p)^N] for p ~ Beta(α, β): 1 - B(α, β + N) / B(α, β), kept in [0, 1]
+    (at the fit's bound α + β = 1e7 the log-gammas lose ~1e-8, which could make it negative)."""
+    return min(1.0, max(0.0, 1.0 - math.exp(_log_beta(alpha, beta + n) - _log_beta(alpha, beta))))
 
 
 def beta_binomial_curve(

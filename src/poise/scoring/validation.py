@@ -288,11 +288,14 @@ def _read_donotanswer(path: Path, columns: Mapping[str, str]) -> list[LabelledAn
 _GENERIC_ROLES = ("response", "prompt", "id", "model", "refused", "harmful", "kind")
 
 
-def _read_generic(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]:
+def _read_generic(
+    path: Path, columns: Mapping[str, str], flag: str = "--column"
+) -> list[LabelledAnswer]:
+    """``flag``: the option that maps the columns, named in the errors."""
     unknown = [r for r in columns if r not in _GENERIC_ROLES]
     if unknown:
         raise PoiseError(
-            f"--column {unknown[0]}=...: unknown role (roles: {', '.join(_GENERIC_ROLES)})"
+            f"{flag} {unknown[0]}=...: unknown role (roles: {', '.join(_GENERIC_ROLES)})"
         )
     role = {r: columns.get(r, r) for r in _GENERIC_ROLES}
     rows: list[tuple[int, dict[str, Any]]]
@@ -305,12 +308,12 @@ def _read_generic(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer
     if role["response"] not in header:
         raise PoiseError(
             f"{path}: no column {role['response']!r} for the response "
-            f"(columns: {', '.join(header)}; map one with --column response=NAME)"
+            f"(columns: {', '.join(header)}; map one with {flag} response=NAME)"
         )
     if role["refused"] not in header and role["harmful"] not in header:
         raise PoiseError(
-            f"{path}: no label column: map the human labels with --column refused=NAME "
-            f"and/or --column harmful=NAME (columns: {', '.join(header)})"
+            f"{path}: no label column: map the human labels with {flag} refused=NAME "
+            f"and/or {flag} harmful=NAME (columns: {', '.join(header)})"
         )
     out = []
     for line, row in rows:
@@ -387,9 +390,15 @@ def _detect(path: Path) -> str:
 
 
 def read_labels(
-    path: str | Path, *, format: str | None = None, columns: Mapping[str, str] | None = None
+    path: str | Path,
+    *,
+    format: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    flag: str = "--column",
 ) -> LabelSet:
-    """The labelled answers of ``path`` (see the module docstring for the formats)."""
+    """The labelled answers of ``path`` (see the module docstring for the formats); ``flag``
+    is the option that gave ``columns``, named in the errors (``poise audit``'s is
+    ``--judge-labels-column``: its ``--column`` maps the suite files)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise PoiseError(f"{path}: no such labels file")
@@ -397,8 +406,11 @@ def read_labels(
         raise PoiseError(f"unknown labels format {format!r} (formats: {', '.join(FORMATS)})")
     fmt = format or _detect(path)
     if columns and fmt != "generic":
-        raise PoiseError(f"--column applies to the generic format, not to {fmt}")
-    answers = FORMATS[fmt](path, columns or {})
+        raise PoiseError(f"{flag} applies to the generic format, not to {fmt}")
+    if fmt == "generic":
+        answers = _read_generic(path, columns or {}, flag)
+    else:
+        answers = FORMATS[fmt](path, columns or {})
     if not answers:
         raise PoiseError(f"{path}: no labelled answers")
     labels = LabelSet(str(path), fmt, tuple(answers))
