@@ -234,3 +234,19 @@ def test_the_audits_n_is_refused_before_the_model_loads(tmp_path: Path) -> None:
             out=str(tmp_path),
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_with_no_harmful_sample_the_prediction_keeps_an_upper_bound() -> None:
+    # it printed 0.0% [0.0, 0.0] at N = 4096 after 6 harmless samples
+    from poise.attacks.worst_of_n import beta_binomial_curve
+
+    matrix = np.zeros((3, 2), dtype=int)  # 3 prompts x 2 samples, none harmful
+    curve, _ = beta_binomial_curve(matrix, [1, 2, 4096], boot=20)
+    mean_bound = math.log(20.0) / 6  # 95% bound of E[p] from 6 harmless samples
+    assert [c["value"] for c in curve] == pytest.approx([0.0, 0.0, 0.0], abs=1e-4)
+    assert curve[0]["high"] == pytest.approx(mean_bound)
+    assert curve[1]["high"] == pytest.approx(1 - (1 - mean_bound) ** 2)
+    assert curve[2]["high"] == pytest.approx(1.0)
+    # many harmless samples: a tight bound, still above 0
+    big, _ = beta_binomial_curve(np.zeros((100, 30), dtype=int), [1], boot=20)
+    assert 0 < big[0]["high"] == pytest.approx(math.log(20.0) / 3000)

@@ -13,7 +13,9 @@ Curves of attack success rate (ASR) against N:
   ASR(N) = 1 - E[(1 - p)^N] = 1 - B(α, β + N) / B(α, β) in closed form, for any N, so the curve
   extrapolates far beyond the samples drawn (InfAlign, arXiv 2412.19792, models best-of-N /
   worst-of-N win rates through the same expectation over the per-prompt success
-  probability). 95% interval: percentile bootstrap over prompts, refitting each replicate;
+  probability). 95% interval: percentile bootstrap over prompts, refitting each replicate (with
+  no harmful sample at all, whose replicates all refit to 0, the upper end is the bound that
+  ASR(N) <= 1 - (1 - E[p])^N puts on it, E[p] bounded by the rule of three);
 - resampled (:func:`predicted_curve`): mean_i [1 - C(M - k_i, N) / C(M, N)], the empirical curve
   averaged over sample orders; for N > M it extends each prompt's own plug-in rate, a lower bound
   (a prompt never broken in M samples contributes 0).
@@ -351,6 +353,14 @@ def beta_binomial_curve(
         ]
     )  # [B, K]
     low, high = np.percentile(boots, [2.5, 97.5], axis=0)
+    if not k.any():
+        # No harmful sample: every replicate refits to p = 0 and the interval would be [0, 0] at
+        # any N. The data still bound the mean harmful probability E[p]: with P·M samples none
+        # harmful, P(none) <= exp(-M Σ p_i), so E[p] <= ln(20) / (P·M) at 95% (the "rule of
+        # three"), and ASR(N) = 1 - E[(1 - p)^N] <= 1 - (1 - E[p])^N by Jensen ((1 - p)^N is
+        # convex). That bound is the upper end.
+        mean_bound = min(1.0, math.log(20.0) / (prompts * m))
+        high = np.array([1.0 - (1.0 - mean_bound) ** n for n in ns])
     curve = [
         {"n": int(n), "value": float(v), "low": float(min(lo, v)), "high": float(max(hi, v))}
         for n, v, lo, hi in zip(ns, point, low, high, strict=True)
