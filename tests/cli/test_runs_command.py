@@ -19,3 +19,32 @@ from poise.cli.runs import _attack_label
 )
 def test_a_sampled_plain_run_does_not_read_as_greedy(config: dict[str, object], label: str) -> None:
     assert _attack_label(config) == label
+
+
+def test_an_unfinished_run_shows_the_samples_it_has(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # `runs ls` said "interrupted · 0 samples" of a killed run holding 116 records, and
+    # `runs show` called it "running"
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.runs import Run
+
+    run = Run.create(tmp_path, "killed", {"model": "m", "attack": "greedy"})
+    records = [
+        {"item_id": f"x-{i}", "request_id": "greedy", "sample_index": 0, "completion": "c"}
+        for i in range(3)
+    ]
+    run.append(records)
+    with open(run.samples_path, "a", encoding="utf-8") as f:
+        f.write('{"item_id": "torn')  # a torn last line is no record yet
+    run.unlock()  # what a kill leaves: the header says running, nobody holds the lock
+    assert run.samples_written() == 3
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    assert listing.exit_code == 0, listing.output
+    row = next(line for line in listing.output.splitlines() if "killed" in line)
+    assert "interrupted" in row and " 3 " in row
+    shown = CliRunner().invoke(app, ["runs", "show", str(run.path)])
+    assert shown.exit_code == 2
+    assert "no metrics yet (interrupted, 3 samples written)" in shown.output

@@ -56,7 +56,8 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
                     str(cfg.get("model")),
                     _attack_label(cfg),
                     run.state,  # "interrupted": running in the header, nobody holds its lock
-                    str(header.get("samples", "")),
+                    # an unfinished run's header has no count yet: its records so far
+                    str(header.get("samples", run.samples_written())),
                     *(_headline(metrics, key) for _, key in _HEADLINES),
                 )
             )
@@ -123,7 +124,8 @@ def show(
         metrics = found.metrics()
         if metrics is None:
             raise PoiseError(
-                f"{found.path}: no metrics yet (status {found.status}); resume it with `poise audit --resume {found.path}`"
+                f"{found.path}: no metrics yet ({found.state}, {found.samples_written()} samples "
+                f"written); resume it with `poise audit --resume {found.path}`"
             )
         print_result(found.path, metrics)
 

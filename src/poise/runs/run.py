@@ -364,6 +364,15 @@ class Run:
             os.close(fd)
         return len(lines)
 
+    def samples_written(self) -> int:
+        """How many complete records ``samples.jsonl`` holds (its finished lines), without
+        parsing them: what an unfinished run has so far (a finished run's header says it)."""
+        path = self.samples_path
+        if not path.exists():
+            return 0
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
     def records(self) -> Iterator[dict[str, Any]]:
         """All complete records, in the order written."""
         path = self.samples_path
