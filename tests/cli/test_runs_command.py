@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from poise.cli.runs import _attack_label
+from poise.runs.run import attack_label
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ from poise.cli.runs import _attack_label
     ],
 )
 def test_a_sampled_plain_run_does_not_read_as_greedy(config: dict[str, object], label: str) -> None:
-    assert _attack_label(config) == label
+    assert attack_label(config) == label
 
 
 def test_an_unfinished_run_shows_the_samples_it_has(tmp_path) -> None:  # type: ignore[no-untyped-def]

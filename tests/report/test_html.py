@@ -345,3 +345,17 @@ def test_a_guarded_audit_has_a_guard_section(tmp_path: Path) -> None:
     html = write_html_report(run, tmp_path / "g.html").read_text()
     assert "<h3>Guard (streaming)</h3>" in html
     assert "0.947 [0.812, 1.000]" in html and "1/35 harmless stopped" in html
+
+
+def test_a_sampled_plain_run_does_not_read_as_greedy_in_the_report(tmp_path: Path) -> None:
+    # "What was audited" said "attack greedy" beside "temperature=1.0"
+    from poise.report.html import _audited, read_run
+
+    run = make_run(tmp_path, "m")
+    header = json.loads((run / "run.json").read_text())
+    header["config"]["sampling"] = {"temperature": 1.0, "n": 2, "max_new_tokens": 96}
+    (run / "run.json").write_text(json.dumps(header))
+    assert dict(_audited(read_run(run)))["attack"] == "sampled T=1 n=2"
+    header["config"]["sampling"]["temperature"] = 0.0
+    (run / "run.json").write_text(json.dumps(header))
+    assert dict(_audited(read_run(run)))["attack"] == "greedy"

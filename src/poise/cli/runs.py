@@ -36,6 +36,7 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
         from rich.table import Table
 
         from poise.runs import list_runs
+        from poise.runs.run import attack_label
 
         runs = list_runs(out)
         if not runs:
@@ -54,7 +55,7 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
                 (
                     run.path.name,
                     str(cfg.get("model")),
-                    _attack_label(cfg),
+                    attack_label(cfg),
                     run.state,  # "interrupted": running in the header, nobody holds its lock
                     # an unfinished run's header has no count yet: its records so far
                     str(header.get("samples", run.samples_written())),
@@ -81,20 +82,6 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
             console.print(
                 f"  [dim]model {model} · attack {attack}[/]", highlight=False, overflow="fold"
             )
-
-
-def _attack_label(cfg: dict[str, object]) -> str:
-    """The attack of a run's config; the plain attack ("greedy", which asks each item once with
-    the run's sampling) says how it sampled, so a sampled run does not read as greedy."""
-    attack = str(cfg.get("attack"))
-    sampling = cfg.get("sampling")
-    if attack != "greedy" or not isinstance(sampling, dict):
-        return attack
-    temperature = sampling.get("temperature") or 0
-    if not isinstance(temperature, (int, float)) or temperature <= 0:
-        return attack
-    n = sampling.get("n") or 1
-    return f"sampled T={temperature:g}" + (f" n={n}" if n != 1 else "")
 
 
 @runs_app.command("show")

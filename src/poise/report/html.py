@@ -21,7 +21,7 @@ from poise.errors import PoiseError
 from poise.report.attack_view import attack_view, sampling_used
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
 from poise.runs import Run
-from poise.runs.run import write_error
+from poise.runs.run import attack_label, write_error
 from poise.scoring.metrics import (
     RATE_INFO,
     RATE_NAMES,
@@ -138,7 +138,7 @@ def _audited(run: RunData) -> list[tuple[str, str]]:
         ("model", str(cfg.get("model", "?"))),
         ("suites", ", ".join(map(str, suites)) if isinstance(suites, list) else str(suites or "")),
         ("judge", str(run.header.get("judge_resolved") or cfg.get("judge", "?"))),
-        ("attack", str(cfg.get("attack", ""))),
+        ("attack", attack_label(cfg) if cfg.get("attack") else ""),
         ("sampling", sampling_text),
         ("system prompt", str(cfg.get("system_prompt", ""))),
         ("date", str(run.header.get("created", ""))),

@@ -533,3 +533,17 @@ def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
         f"{str(spec)!r} matches {len(candidates)} runs: "
         + ", ".join(r.path.name for r in candidates[:5])
     )
+
+
+def attack_label(cfg: Mapping[str, object]) -> str:
+    """The attack of a run's config; the plain attack ("greedy", which asks each item once with
+    the run's sampling) says how it sampled, so a sampled run does not read as greedy."""
+    attack = str(cfg.get("attack"))
+    sampling = cfg.get("sampling")
+    if attack != "greedy" or not isinstance(sampling, dict):
+        return attack
+    temperature = sampling.get("temperature") or 0
+    if not isinstance(temperature, (int, float)) or temperature <= 0:
+        return attack
+    n = sampling.get("n") or 1
+    return f"sampled T={temperature:g}" + (f" n={n}" if n != 1 else "")
