@@ -216,9 +216,30 @@ def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     run.update_header(
         config={**config.model_dump(mode="json"), "fingerprint": config.fingerprint()}
     )
-    result = poise.audit(resume=run.path)
+    # a field that says otherwise is refused (it was ignored without a word), before any work
+    with pytest.raises(PoiseError, match=r"recorded with judge='refusal', not 'oracle'"):
+        poise.audit(resume=run.path, judge="oracle")
+    assert list(run.records()) == []
+    result = poise.audit(resume=run.path, judge="refusal")  # the same value passes
     assert result.run.path == run.path
     assert len(list(result.run.records())) == 20
+
+
+def test_a_flag_beside_resume_that_differs_from_the_run_is_refused(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    out = tmp_path / "runs"
+    first = ["audit", "-m", "mock", "-s", "harmful", "--limit", "2", "--out", str(out)]
+    assert CliRunner().invoke(app, [*first, "--no-html"]).exit_code == 0
+    [run] = list(out.iterdir())
+    resume = ["audit", "--resume", run.name, "--out", str(out)]
+    refused = CliRunner().invoke(app, [*resume, "--n", "3"])
+    assert refused.exit_code == 2
+    assert f"--resume {run.name}: it was recorded with --n 1, not 3" in refused.output
+    again = CliRunner().invoke(app, [*first, "--no-html", "--resume", run.name])
+    assert again.exit_code == 0, again.output  # the same command with --resume
 
 
 def test_bad_input_fails_before_anything_is_written(tmp_path: Path) -> None:

@@ -143,6 +143,7 @@ def audit(
         run = find_run(resume, fields.get("out", "runs"))
         recorded = {k: v for k, v in run.config.items() if k != "fingerprint"}
         cfg = make_config(None, **recorded)
+        _check_resume_fields(run, cfg, {k: v for k, v in fields.items() if k != "out"}, model_obj)
         _check_resumable(run, cfg, model_obj)
         run.lock()  # one writer: a second process resuming it stops here, before any work
         log.info("resuming %s", run.path)
@@ -334,6 +335,27 @@ def _default_name(cfg: AuditConfig) -> str:
             f"-n{cfg.sampling.n}" if cfg.sampling.n > 1 else ""
         )
     return f"{short_name(cfg.model)}-{how}"
+
+
+def _check_resume_fields(
+    run: Run, recorded: AuditConfig, given: Mapping[str, Any], model_obj: Any
+) -> None:
+    """``resume`` continues the run as recorded: a field given beside it that says otherwise is
+    refused (it was ignored without a word); the same value, as when the same command is run
+    again with ``resume``, passes. A model object is checked by :func:`_check_resumable`."""
+    if model_obj is not None:
+        given = {k: v for k, v in given.items() if k != "model"}
+    if not given:
+        return
+    asked = make_config(None, **{**recorded.model_dump(), **given}).model_dump()
+    held = recorded.model_dump()
+    for key in given:
+        if asked.get(key) != held.get(key):
+            raise PoiseError(
+                f"resume: {run.path.name} was recorded with {key}={held.get(key)!r}, not "
+                f"{asked.get(key)!r}: a resumed run keeps its config; leave {key} out, or start "
+                "a new run without resume"
+            )
 
 
 def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:

@@ -29,6 +29,7 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
 
 
 def audit_command(
+    ctx: typer.Context,
     model: str = typer.Option(
         "organism",
         "--model",
@@ -148,8 +149,58 @@ def audit_command(
             html=html,
         )
         config = make_config(None, **fields)
+        if resume is not None:
+            _check_resume_flags(ctx, config, resume)
         result = _run_with_progress(audit, config, resume)
         print_result(result.run.path, result.metrics)
+
+
+# `poise audit` flags whose config field has another name (sampling flags live in `sampling`)
+_FLAG_FIELDS = {
+    "suite": "suites",
+    "model_option": "model_options",
+    "judge_option": "judge_options",
+    "attack_option": "attack_options",
+    "format": "suite_format",
+    "column": "suite_columns",
+    "kind": "suite_kind",
+    "category": "suite_category",
+    "judge_labels_column": "judge_labels_columns",
+}
+_SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "max_new_tokens", "n", "seed", "stop")
+
+
+def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> None:
+    """A flag given beside ``--resume`` (on the command line or in --config) whose value is not
+    the run's recorded one is refused: the recorded config wins, and the flag was ignored
+    without a word. Running the same command again with ``--resume`` passes."""
+    from poise.auditing import make_config
+    from poise.runs import find_run
+
+    run = find_run(resume, config.out)
+    recorded = make_config(
+        None, **{k: v for k, v in run.config.items() if k != "fingerprint"}
+    ).model_dump()
+    asked = config.model_dump()
+    for param in ctx.command.params:
+        name = param.name
+        if name in (None, "resume", "out", "config"):
+            continue
+        source = ctx.get_parameter_source(name)  # typer's own click: compare by name
+        if getattr(source, "name", None) not in ("COMMANDLINE", "DEFAULT_MAP"):
+            continue
+        if name in _SAMPLING_FLAGS:
+            mine, theirs = asked["sampling"][name], recorded["sampling"][name]
+        else:
+            field = _FLAG_FIELDS.get(name, name)
+            mine, theirs = asked.get(field), recorded.get(field)
+        if mine != theirs:
+            flag = next((o for o in param.opts if o.startswith("--")), name)
+            raise PoiseError(
+                f"--resume {run.path.name}: it was recorded with {flag} {theirs!r}, not "
+                f"{mine!r}; a resumed run keeps its config: leave {flag} out, or start a new "
+                "run without --resume"
+            )
 
 
 def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
