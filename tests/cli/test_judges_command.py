@@ -84,3 +84,15 @@ def test_judges_ls_lists_the_judges_and_the_presets_with_their_sources() -> None
     for name in ("refusal", "classifier", "preset", "llama-guard-3", "wildguard", "gptfuzz"):
         assert name in result.output
     assert "prompt_format_utils.py" in result.output
+
+
+def test_a_kappa_bound_at_zero_does_not_print_as_minus_zero() -> None:
+    # a bootstrap bound of -3.3e-16 printed "[-0.00, ...]"
+    from types import SimpleNamespace
+
+    from poise.cli.judges import _cell
+
+    agreement = SimpleNamespace(kappa=0.5, kappa_low=-3.3e-16, kappa_high=0.91)
+    assert _cell(agreement, "kappa") == "0.500 [0.00, 0.91]"  # type: ignore[arg-type]
+    agreement = SimpleNamespace(kappa=-0.2, kappa_low=-0.46, kappa_high=0.0)
+    assert _cell(agreement, "kappa") == "-0.200 [-0.46, 0.00]"  # type: ignore[arg-type]

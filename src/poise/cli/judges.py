@@ -52,7 +52,9 @@ def _cell(agreement: Agreement | None, what: str) -> str:
     if agreement is None:
         return "-"
     if what == "kappa":
-        return f"{agreement.kappa:.3f} [{agreement.kappa_low:.2f}, {agreement.kappa_high:.2f}]"
+        # round first: a bound of -3e-16 (float noise at 0) must not print as "-0.00"
+        low, high = (round(v, 2) + 0.0 for v in (agreement.kappa_low, agreement.kappa_high))
+        return f"{round(agreement.kappa, 3) + 0.0:.3f} [{low:.2f}, {high:.2f}]"
     rate = getattr(agreement, what)
     return rate.format() if rate.n else "-"
 
