@@ -181,3 +181,33 @@ def test_paired_clustered_matches_statsmodels(
     assert se == pytest.approx(float(fit.bse[1]) * math.sqrt(m / (m - 1)), rel=1e-9)
     assert diff.p_value == pytest.approx(math.erfc(abs(diff.value) / se / math.sqrt(2)), rel=1e-9)
     assert diff.method == "cluster" and diff.pairs == 9
+
+
+@pytest.mark.parametrize(
+    ("a_counts", "b_counts"),
+    [
+        ([(2, 2), (2, 2)], [(0, 2), (0, 2)]),  # every answer moved: a Wald interval of width 0
+        ([(3, 3)] * 5, [(3, 3)] * 5),
+        ([(0, 4)] * 30, [(0, 4)] * 30),
+    ],
+)
+def test_a_difference_without_spread_between_prompts_is_not_certain(
+    a_counts: list[tuple[int, int]], b_counts: list[tuple[int, int]]
+) -> None:
+    # `poise compare` printed "+100.0 pts [+100.0, +100.0], p = 0 on 2 shared prompts". With
+    # every prompt alike, each counts as one trial: statsmodels' independent Newcombe interval
+    # with n = prompts, and the exact sign test over the prompts
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    m = len(a_counts)
+    diff = paired_clustered("r", a_counts, b_counts)
+    p_a = sum(k for k, _ in a_counts) / sum(n for _, n in a_counts)
+    p_b = sum(k for k, _ in b_counts) / sum(n for _, n in b_counts)
+    expected = confint_proportions_2indep(p_a * m, m, p_b * m, m, method="newcomb", compare="diff")
+    assert (diff.low, diff.high) == pytest.approx(expected, abs=1e-9)
+    assert diff.low < diff.value or diff.value == -1.0
+    moved = round(abs(p_a - p_b) * m)
+    sign = mcnemar([[0, moved], [0, 0]], exact=True).pvalue if moved else 1.0
+    assert diff.p_value == pytest.approx(sign)
+    assert diff.test == "sign-prompts"

@@ -6,6 +6,12 @@ import typer
 
 from poise.cli._common import console, user_errors
 
+_TEST_NAMES = {
+    "newcombe": "McNemar",
+    "cluster": "cluster Wald",
+    "cluster-sign": "sign test, prompts",
+}
+
 
 def compare_command(
     runs: list[str] = typer.Argument(..., help="Run folders or names under --out; two or more."),
@@ -43,7 +49,7 @@ def compare_command(
             console.print(
                 f"{escape(d.metric)}: {escape(d.run)} − {escape(d.baseline)} = "
                 f"{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}], "
-                f"p = {d.p_value:.2g} ({'McNemar' if d.method == 'newcombe' else 'cluster Wald'}) "
+                f"p = {d.p_value:.2g} ({_TEST_NAMES.get(d.method, d.method)}) "
                 f"on {d.items} shared prompts",
                 highlight=False,
             )

@@ -67,7 +67,7 @@ class PairedDifference:
     low: float
     high: float
     p_value: float = float("nan")  # exact McNemar (newcombe) or cluster-robust Wald (cluster)
-    method: str = ""  # "newcombe" | "cluster"
+    method: str = ""  # "newcombe" | "cluster" | "cluster-sign" (no spread between prompts)
 
 
 def _model(run: RunData) -> str:
@@ -132,7 +132,8 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
                     diff.low,
                     diff.high,
                     p_value=diff.p_value,
-                    method=diff.method,
+                    # no spread between prompts: the sign test over prompts, not a Wald test
+                    method="cluster-sign" if diff.test == "sign-prompts" else diff.method,
                 )
             )
     return out
@@ -184,7 +185,11 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-_TESTS = {"newcombe": "McNemar exact", "cluster": "cluster-robust Wald"}
+_TESTS = {
+    "newcombe": "McNemar exact",
+    "cluster": "cluster-robust Wald",
+    "cluster-sign": "sign test over prompts: no spread between them",
+}
 
 
 def _paired_section(diffs: Sequence[PairedDifference]) -> str:

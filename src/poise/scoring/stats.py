@@ -158,7 +158,9 @@ class PairedDifference:
 
     ``method``: ``"newcombe"`` (one binary outcome per prompt and condition; ``counts`` holds the
     2x2 table and ``test`` is ``"mcnemar-exact"``) or ``"cluster"`` (several samples per prompt;
-    cluster-robust Wald interval and test, ``test = "wald-cluster"``). ``pairs``: prompts in both.
+    cluster-robust Wald interval and test, ``test = "wald-cluster"``; with no spread between
+    prompts, Newcombe's interval with a trial per prompt and the sign test over prompts,
+    ``test = "sign-prompts"``). ``pairs``: prompts in both.
     """
 
     name: str
@@ -265,8 +267,20 @@ def paired_clustered(
     ]  # [m]
     se = math.sqrt(m / (m - 1) * sum(r * r for r in residuals))
     diff = p_a - p_b
+    low, high = diff - z * se, diff + z * se
+    test = "wald-cluster"
     if se == 0.0:
-        p_value = 1.0 if diff == 0.0 else 0.0
+        # No spread between prompts (every prompt moved alike, e.g. all answers harmful under a
+        # and none under b): the Wald interval is a point and its p-value 0 on any number of
+        # prompts. The data are then as if each prompt were one trial (the design effect's
+        # limit): Newcombe's hybrid score interval with n = m prompts (his 1998 method 10, no
+        # correlation term) and the exact sign test over the m prompts.
+        l_a, u_a = wilson_interval_effective(p_a, m, z)
+        l_b, u_b = wilson_interval_effective(p_b, m, z)
+        low = diff - math.sqrt((p_a - l_a) ** 2 + (u_b - p_b) ** 2)
+        high = diff + math.sqrt((p_b - l_b) ** 2 + (u_a - p_a) ** 2)
+        p_value = 1.0 if diff == 0.0 else mcnemar_exact(m, 0)
+        test = "sign-prompts"
     else:
         p_value = math.erfc(abs(diff) / se / math.sqrt(2))
     return PairedDifference(
@@ -274,12 +288,12 @@ def paired_clustered(
         a=a,
         b=b,
         value=diff,
-        low=max(-1.0, diff - z * se),
-        high=min(1.0, diff + z * se),
+        low=max(-1.0, low),
+        high=min(1.0, high),
         p_value=p_value,
         pairs=m,
         method="cluster",
-        test="wald-cluster",
+        test=test,
         rate_a=p_a,
         rate_b=p_b,
     )
