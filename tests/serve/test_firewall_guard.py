@@ -97,3 +97,14 @@ def test_a_raw_completion_prompt_is_no_way_around_the_firewall(
         assert (error["code"], error["param"]) == ("firewall", param)
         assert "outside the role 'cooking'" in error["message"]
     assert complete(inside).status_code == 200
+    # a chat with no user turn (the request in a system message) is checked on its last message
+    chat = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={
+            "model": model.name,
+            "messages": [{"role": "system", "content": harmful}],
+            "max_tokens": 2,
+        },
+        timeout=60,
+    )
+    assert chat.status_code == 400 and chat.json()["error"]["code"] == "firewall", chat.text

@@ -202,9 +202,12 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
                 raise _unknown_model(parsed.model, state)
             if parsed.logprobs:
                 check_tokens_capability(state.model, "logprobs")
-            users = [m["content"] for m in parsed.chat if m["role"] == "user"]
-            if guard is not None and users:
-                await asyncio.to_thread(guard, users[-1:], "messages")
+            if guard is not None:
+                # the last user turn; a chat without one (a request put in a system message)
+                # is checked on its last message, not let through unchecked
+                users = [m["content"] for m in parsed.chat if m["role"] == "user"]
+                query = users[-1] if users else parsed.chat[-1]["content"]
+                await asyncio.to_thread(guard, [query], "messages")
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
