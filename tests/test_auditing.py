@@ -220,7 +220,10 @@ def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     with pytest.raises(PoiseError, match=r"recorded with judge='refusal', not 'oracle'"):
         poise.audit(resume=run.path, judge="oracle")
     assert list(run.records()) == []
-    result = poise.audit(resume=run.path, judge="refusal")  # the same value passes
+    with pytest.raises(PoiseError, match=r"recorded with sampling="):
+        poise.audit(resume=run.path, sampling={"temperature": 0.7})
+    # the same values pass; a partial sampling dict is read key by key
+    result = poise.audit(resume=run.path, judge="refusal", sampling={"temperature": 0.0})
     assert result.run.path == run.path
     assert len(list(result.run.records())) == 20
 
@@ -240,6 +243,39 @@ def test_a_flag_beside_resume_that_differs_from_the_run_is_refused(tmp_path: Pat
     assert f"--resume {run.name}: it was recorded with --n 1, not 3" in refused.output
     again = CliRunner().invoke(app, [*first, "--no-html", "--resume", run.name])
     assert again.exit_code == 0, again.output  # the same command with --resume
+    # how the run is written (outside its fingerprint) applies: --html on a run recorded without
+    assert not (run / "report.html").exists()
+    html = CliRunner().invoke(app, [*resume, "--html", "--batch-size", "3"])
+    assert html.exit_code == 0, html.output
+    assert (run / "report.html").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:attack 'best_of_n' is deprecated:FutureWarning")
+def test_resume_with_a_deprecated_attack_name_passes(tmp_path: Path) -> None:
+    # the run records the attack's registered name (worst_of_n): the same command, with the
+    # deprecated alias, run again with resume is not a different attack
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    out = tmp_path / "runs"
+    first = ["audit", "-m", "mock", "-s", "harmful", "--limit", "1", "--out", str(out)]
+    first += ["--attack", "best_of_n", "--attack-option", "n=2", "--no-html"]
+    assert CliRunner().invoke(app, first).exit_code == 0
+    [run] = list(out.iterdir())
+    again = CliRunner().invoke(app, [*first, "--resume", run.name])
+    assert again.exit_code == 0, again.output
+    result = poise.audit(
+        model="mock",
+        suites=["harmful"],
+        limit=1,
+        attack="best_of_n",
+        attack_options={"n": 2},
+        html=False,
+        out=str(out),
+        resume=run.name,
+    )
+    assert result.run.path == run
 
 
 def test_bad_input_fails_before_anything_is_written(tmp_path: Path) -> None:

@@ -143,14 +143,17 @@ def audit(
         run = find_run(resume, fields.get("out", "runs"))
         recorded = {k: v for k, v in run.config.items() if k != "fingerprint"}
         cfg = make_config(None, **recorded)
-        _check_resume_fields(run, cfg, {k: v for k, v in fields.items() if k != "out"}, model_obj)
+        given = {k: v for k, v in fields.items() if k not in ("out", *RESUME_HOW)}
+        _check_resume_fields(run, cfg, given, model_obj)
+        # how the run is written, not what it measures (outside its fingerprint): applied
+        how = {k: fields[k] for k in RESUME_HOW if k in fields}
+        if how:
+            cfg = make_config(None, **{**cfg.model_dump(), **how})
         _check_resumable(run, cfg, model_obj)
         run.lock()  # one writer: a second process resuming it stops here, before any work
         log.info("resuming %s", run.path)
     else:
-        cfg = make_config(config, **fields)
-        if cfg.attack in attacks and attacks.canonical(cfg.attack) != cfg.attack:
-            cfg = cfg.model_copy(update={"attack": attacks.canonical(cfg.attack)})
+        cfg = canonical_attack(make_config(config, **fields))
         run = Run.find_unfinished(cfg.out, cfg.fingerprint())
         if run is not None:
             run.lock()  # one writer: a second process adopting it stops here, before any work
@@ -337,6 +340,19 @@ def _default_name(cfg: AuditConfig) -> str:
     return f"{short_name(cfg.model)}-{how}"
 
 
+# fields a resume takes from the caller: how the run is written, outside its fingerprint (the
+# run's name and folder are its own)
+RESUME_HOW = ("html", "batch_size")
+
+
+def canonical_attack(cfg: AuditConfig) -> AuditConfig:
+    """``cfg`` with its attack under its registered name (a deprecated alias such as
+    ``best_of_n`` becomes ``worst_of_n``), as a run records it."""
+    if cfg.attack in attacks and attacks.canonical(cfg.attack) != cfg.attack:
+        return cfg.model_copy(update={"attack": attacks.canonical(cfg.attack)})
+    return cfg
+
+
 def _check_resume_fields(
     run: Run, recorded: AuditConfig, given: Mapping[str, Any], model_obj: Any
 ) -> None:
@@ -347,8 +363,11 @@ def _check_resume_fields(
         given = {k: v for k, v in given.items() if k != "model"}
     if not given:
         return
-    asked = make_config(None, **{**recorded.model_dump(), **given}).model_dump()
-    held = recorded.model_dump()
+    merged = dict(given)
+    if isinstance(given.get("sampling"), Mapping):  # a partial sampling dict: its keys only
+        merged["sampling"] = {**recorded.sampling.model_dump(), **given["sampling"]}
+    asked = canonical_attack(make_config(None, **{**recorded.model_dump(), **merged})).model_dump()
+    held = canonical_attack(recorded).model_dump()
     for key in given:
         if asked.get(key) != held.get(key):
             raise PoiseError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from poise.runs.run import attack_label
@@ -48,3 +50,29 @@ def test_an_unfinished_run_shows_the_samples_it_has(tmp_path) -> None:  # type: 
     shown = CliRunner().invoke(app, ["runs", "show", str(run.path)])
     assert shown.exit_code == 2
     assert "no metrics yet (interrupted, 3 samples written)" in shown.output
+
+
+def test_ls_takes_a_finished_runs_count_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its samples file is not read (it can be large): only an unfinished run's lines are counted
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.runs import Run
+
+    run = Run.create(tmp_path, "done", {"model": "m", "attack": "greedy"})
+    run.append([{"item_id": "x", "request_id": "greedy", "sample_index": 0, "completion": "c"}])
+    run.update_header(status="complete", samples=7)
+    run.unlock()
+
+    def unread(self: Run) -> int:
+        raise AssertionError(f"read {self.samples_path}")
+
+    monkeypatch.setattr(Run, "samples_written", unread)
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    assert listing.exit_code == 0, listing.output
+    row = next(line for line in listing.output.splitlines() if "done" in line)
+    assert " 7 " in row

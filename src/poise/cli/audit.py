@@ -149,9 +149,10 @@ def audit_command(
             html=html,
         )
         config = make_config(None, **fields)
+        how: dict[str, Any] = {}
         if resume is not None:
-            _check_resume_flags(ctx, config, resume)
-        result = _run_with_progress(audit, config, resume)
+            how = _check_resume_flags(ctx, config, resume)
+        result = _run_with_progress(audit, config, resume, how)
         print_result(result.run.path, result.metrics)
 
 
@@ -170,24 +171,29 @@ _FLAG_FIELDS = {
 _SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "max_new_tokens", "n", "seed", "stop")
 
 
-def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> None:
+def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[str, Any]:
     """A flag given beside ``--resume`` (on the command line or in --config) whose value is not
     the run's recorded one is refused: the recorded config wins, and the flag was ignored
-    without a word. Running the same command again with ``--resume`` passes."""
-    from poise.auditing import make_config
+    without a word. Running the same command again with ``--resume`` passes. Returns the given
+    flags that say how the run is written (``--no-html``, ``--batch-size``), which apply."""
+    from poise.auditing import RESUME_HOW, canonical_attack, make_config
     from poise.runs import find_run
 
     run = find_run(resume, config.out)
-    recorded = make_config(
-        None, **{k: v for k, v in run.config.items() if k != "fingerprint"}
+    recorded = canonical_attack(
+        make_config(None, **{k: v for k, v in run.config.items() if k != "fingerprint"})
     ).model_dump()
-    asked = config.model_dump()
+    asked = canonical_attack(config).model_dump()  # a deprecated attack name as recorded
+    how: dict[str, Any] = {}
     for param in ctx.command.params:
         name = param.name
-        if name in (None, "resume", "out", "config"):
+        if name in (None, "resume", "out", "config", "name"):
             continue
         source = ctx.get_parameter_source(name)  # typer's own click: compare by name
         if getattr(source, "name", None) not in ("COMMANDLINE", "DEFAULT_MAP"):
+            continue
+        if name in RESUME_HOW:
+            how[name] = asked[name]
             continue
         if name in _SAMPLING_FLAGS:
             mine, theirs = asked["sampling"][name], recorded["sampling"][name]
@@ -201,9 +207,12 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> None:
                 f"{mine!r}; a resumed run keeps its config: leave {flag} out, or start a new "
                 "run without --resume"
             )
+    return how
 
 
-def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
+def _run_with_progress(
+    audit: Any, config: Any, resume: str | None, how: dict[str, Any] | None = None
+) -> Any:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -224,7 +233,7 @@ def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
         lines = progress_lines("generating + judging")
         kwargs: dict[str, Any] = {"progress": lambda done, total: lines(done, total)}
         if resume is not None:
-            return audit(resume=resume, out=config.out, **kwargs)
+            return audit(resume=resume, out=config.out, **(how or {}), **kwargs)
         return audit(config, **kwargs)
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("generating + judging", total=None)
@@ -234,7 +243,7 @@ def _run_with_progress(audit: Any, config: Any, resume: str | None) -> Any:
 
         kwargs = {"progress": progress}
         if resume is not None:
-            return audit(resume=resume, out=config.out, **kwargs)
+            return audit(resume=resume, out=config.out, **(how or {}), **kwargs)
         return audit(config, **kwargs)
 
 

@@ -52,9 +52,10 @@ def _cell(agreement: Agreement | None, what: str) -> str:
     if agreement is None:
         return "-"
     if what == "kappa":
-        # round first: a bound of -3e-16 (float noise at 0) must not print as "-0.00"
-        low, high = (round(v, 2) + 0.0 for v in (agreement.kappa_low, agreement.kappa_high))
-        return f"{round(agreement.kappa, 3) + 0.0:.3f} [{low:.2f}, {high:.2f}]"
+        from poise.report.terminal import fixed  # a bound of -3e-16 prints 0.00, not -0.00
+
+        low, high = fixed(agreement.kappa_low, 2), fixed(agreement.kappa_high, 2)
+        return f"{fixed(agreement.kappa, 3)} [{low}, {high}]"
     rate = getattr(agreement, what)
     return rate.format() if rate.n else "-"
 

@@ -57,8 +57,9 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
                     str(cfg.get("model")),
                     attack_label(cfg),
                     run.state,  # "interrupted": running in the header, nobody holds its lock
-                    # an unfinished run's header has no count yet: its records so far
-                    str(header.get("samples", run.samples_written())),
+                    # an unfinished run's header has no count yet: its records so far (a
+                    # finished run's file is not read: it can be large)
+                    str(header["samples"] if "samples" in header else run.samples_written()),
                     *(_headline(metrics, key) for _, key in _HEADLINES),
                 )
             )

@@ -13,7 +13,9 @@ pair. With one judged answer per prompt in both runs (a greedy audit), the diffe
 rates gets Newcombe's paired hybrid score interval (Stat. Med. 17:2635, 1998, method 10) and the
 exact McNemar test; with several answers per prompt, the difference of the two rates over answers
 gets a cluster-robust interval and Wald test, prompts as clusters
-(:func:`poise.scoring.stats.paired_clustered`).
+(:func:`poise.scoring.stats.paired_clustered`); without spread between prompts (every prompt moved
+alike), Newcombe's interval with a trial per prompt and the sign test over prompts (method
+``cluster-sign``).
 
 ``export_run_csv(run, path)`` writes one row per sample record (flat columns: the run and model
 named, verdict fields as ``verdict_<name>``) and, next to it, one row per metric.
@@ -51,7 +53,7 @@ CSV_COLUMNS = (
     "high",
     "baseline_run",  # paired differences: the run subtracted
     "p_value",  # paired differences: the test of no difference
-    "method",  # paired differences: newcombe (McNemar test) or cluster (Wald test)
+    "method",  # paired differences: newcombe (McNemar test), cluster (Wald test) or cluster-sign
 )
 
 

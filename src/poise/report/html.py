@@ -297,6 +297,8 @@ def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
 def _judge_validation_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     """The judge's measured agreement with human labels and the rates corrected for its error
     (``metrics["judge_validation"]``, :mod:`poise.scoring.validation`)."""
+    from poise.report.terminal import fixed
+
     section = metrics.get("judge_validation")
     if not section:
         return None
@@ -306,7 +308,8 @@ def _judge_validation_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "target": target,
             "n": a["n"],
             "accuracy": Rate.from_dict(a["accuracy"]).format(),
-            "kappa": f"{a['kappa']['value']:.2f} [{a['kappa']['low']:.2f}, {a['kappa']['high']:.2f}]",
+            "kappa": f"{fixed(a['kappa']['value'], 2)} "
+            f"[{fixed(a['kappa']['low'], 2)}, {fixed(a['kappa']['high'], 2)}]",
             "precision": Rate.from_dict(a["precision"]).format() if a["precision"]["n"] else "–",
             "recall": Rate.from_dict(a["recall"]).format() if a["recall"]["n"] else "–",
         }

@@ -227,6 +227,12 @@ def honesty_table(group: Mapping[str, Any]) -> Table | None:
     return table
 
 
+def fixed(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals, rounded first so that float noise at zero (a kappa bound
+    of -3e-16) prints as 0.00, not -0.00."""
+    return f"{round(float(value), digits) + 0.0:.{digits}f}"
+
+
 def _interval_text(entry: Any, *, percent: bool, digits: int = 1) -> str:
     """``value [low, high]`` of a metrics.json interval entry; "—" when absent."""
     if not isinstance(entry, Mapping) or entry.get("value") is None:
@@ -356,7 +362,8 @@ def render_judge_validation(section: Mapping[str, Any], rates: Mapping[str, Any]
 
     overall = section.get("overall", {})
     agreement = ", ".join(
-        f"{target}: accuracy {100 * a['accuracy']['value']:.1f}%, kappa {a['kappa']['value']:.2f}"
+        f"{target}: accuracy {100 * a['accuracy']['value']:.1f}%, "
+        f"kappa {fixed(a['kappa']['value'], 2)}"
         f" (n={a['n']})"
         for target, a in overall.items()
     )
