@@ -116,6 +116,8 @@ def test_a_prompt_reader_reads_the_probe_layer_during_generation(organism: Any) 
     chats = [[{"role": "system", "content": system}, *item.chat] for item in items]
     sampling = Sampling(max_new_tokens=6)
     plain = organism.generate(chats, sampling)
+    with pytest.raises(PoiseError, match=r"layer must be an integer, got '2'"):
+        PromptReader(organism, "2")  # type: ignore[arg-type]  # was a TypeError from <=
     reader = PromptReader(organism, 2)
     with reader.reading():
         read = organism.generate(chats, sampling)

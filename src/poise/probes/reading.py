@@ -34,6 +34,8 @@ class PromptReader:
     def __init__(self, model: LanguageModel, layer: int) -> None:
         self.backend: Any = require_activations("a prompt reader", model)
         self.blocks = self.backend.decoder_layers()
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise PoiseError(f"prompt reader: layer must be an integer, got {layer!r}")
         if not 0 <= layer <= len(self.blocks):
             raise PoiseError(f"prompt reader: layer {layer} not in 0..{len(self.blocks)}")
         self.layer = layer

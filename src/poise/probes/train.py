@@ -131,8 +131,8 @@ def check_benign_for_fpr(records: Sequence[Mapping[str, Any]], fpr: float | None
     any it would be dropped in silence for the probe's own threshold."""
     if fpr is not None and not any(r.get("kind") == "benign" for r in records):
         raise PoiseError(
-            f"--fpr {fpr:g}: the run has no benign answers to set the threshold on; audit "
-            "with --suite benign too, or leave --fpr out for the probe's own threshold (set "
+            f"fpr (--fpr) {fpr:g}: the run has no benign answers to set the threshold on; "
+            "audit with --suite benign too, or leave fpr out for the probe's own threshold (set "
             "on its training negatives)"
         )
 
