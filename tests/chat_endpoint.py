@@ -30,6 +30,24 @@ def completion_body(text: str) -> dict[str, Any]:
     }
 
 
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) answering with ``handler``, served from
+    a daemon thread; ``url`` is its OpenAI-style base URL."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class Endpoint:
     """An OpenAI-compatible chat endpoint on 127.0.0.1 answering ``reply(request)`` ->
     (status, content type, body bytes). ``gate``: requests wait until it is set."""
@@ -59,18 +77,15 @@ class Endpoint:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
-        self.thread.start()
+        self.server = LocalServer(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        return self.server.url
 
     def close(self) -> None:
         self.gate.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.server.close()
 
 
 def refuse_all(request: dict[str, Any]) -> Answer:

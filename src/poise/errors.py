@@ -136,6 +136,15 @@ def check_output_file(path: str | os.PathLike[str], what: str) -> None:
         raise PoiseError(f"{what}: {target} is a folder; give a file path")
 
 
+def file_on_the_way(path: str | os.PathLike[str]) -> Path | None:
+    """The file that stands where one of ``path``'s folders would have to be made (the nearest
+    existing parent, when it is not a folder), or None: a path under a file cannot be made."""
+    from pathlib import Path
+
+    existing = next((p for p in Path(path).expanduser().parents if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def prepare_output_file(path: str | os.PathLike[str], what: str) -> Path:
     """Before any work: refuse a path that names a folder (:func:`check_output_file`) and make
     the folder the file goes in, as ``mkdir -p`` would; a folder that cannot be made (a file on
@@ -146,9 +155,9 @@ def prepare_output_file(path: str | os.PathLike[str], what: str) -> Path:
     check_output_file(path, what)
     target = Path(path).expanduser()
     folder = target.parent
-    on_the_way = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if on_the_way is not None and not on_the_way.is_dir():
-        raise PoiseError(f"{what}: cannot make folder {folder}: {on_the_way} is a file")
+    blocker = file_on_the_way(target)
+    if blocker is not None:
+        raise PoiseError(f"{what}: cannot make folder {folder}: {blocker} is a file")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -177,27 +177,20 @@ def test_malformed_completion_requests_are_400(
     assert response.json()["error"]["param"] == param
 
 
-def test_a_stop_string_with_a_lone_surrogate_is_400(server: ThreadServer) -> None:
-    """As on chat completions: JSON's \\ud800 escape decodes to text no tokenizer encodes."""
-    raw = '{"model": "tiny", "prompt": "x", "max_tokens": 2, "stop": "ok\\ud800"}'
-    response = httpx.post(
-        f"{server.url}/v1/completions",
-        content=raw.encode(),
-        headers={"content-type": "application/json"},
-        timeout=30,
-    )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == "stop"
-
-
 @pytest.mark.parametrize(
-    ("prompt", "param"), [('"ok\\ud800"', "prompt"), ('["fine", "x\\udfff y"]', "prompt[1]")]
+    ("fields", "param"),
+    [
+        ('"prompt": "x", "stop": "ok\\ud800"', "stop"),
+        ('"prompt": "ok\\ud800"', "prompt"),
+        ('"prompt": ["fine", "x\\udfff y"]', "prompt[1]"),
+    ],
 )
-def test_a_prompt_with_a_lone_surrogate_is_400(
-    server: ThreadServer, prompt: str, param: str
+def test_a_lone_surrogate_in_a_prompt_or_a_stop_string_is_400(
+    server: ThreadServer, fields: str, param: str
 ) -> None:
-    """As a chat message's: text no tokenizer encodes is the request's fault, not a 500."""
-    raw = f'{{"model": "tiny", "prompt": {prompt}, "max_tokens": 2}}'
+    """As a chat message's: JSON's \\ud800 escape decodes to text no tokenizer encodes, the
+    request's fault, not a 500."""
+    raw = f'{{"model": "tiny", {fields}, "max_tokens": 2}}'
     response = httpx.post(
         f"{server.url}/v1/completions",
         content=raw.encode(),

@@ -108,3 +108,31 @@ def test_a_raw_completion_prompt_is_no_way_around_the_firewall(
         timeout=60,
     )
     assert chat.status_code == 400 and chat.json()["error"]["code"] == "firewall", chat.text
+
+
+def test_serve_reads_the_firewall_folder_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """The CLI checked it, serve() loaded it again and create_app a third time."""
+    import uvicorn
+
+    import poise.probes.firewall as firewall_module
+    from poise.probes.firewall import Firewall
+    from poise.serve.app import serve
+    from poise.serve.schema import ServeConfig
+
+    model = load_model("organism-small")
+    cook = [i.prompt for i in load_suite("benign").items if i.category == "cooking"][:6]
+    Firewall.fit(model, {"cooking": cook}).save(tmp_path / "fw")
+    loads: list[str] = []
+    real = firewall_module.load_firewall
+
+    def counted(folder: Any) -> Any:
+        loads.append(str(folder))
+        return real(folder)
+
+    monkeypatch.setattr(firewall_module, "load_firewall", counted)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **_: None)
+    config = ServeConfig(
+        model="organism-small", firewall=str(tmp_path / "fw"), firewall_role="cooking"
+    )
+    serve(config, model=model)
+    assert loads == [str(tmp_path / "fw")]

@@ -24,7 +24,7 @@ from typer.core import TyperGroup
 CONFIG_FLAG = "--config"
 
 # config fields spelled other than their flag (AuditConfig's field -> `poise audit`'s flag)
-_FIELD_FLAGS = {
+FIELD_FLAGS = {
     "suites": "suite",
     "model_options": "model_option",
     "attack_options": "attack_option",
@@ -118,7 +118,7 @@ def flag_defaults(
         for opt in getattr(param, "opts", []):
             if opt.startswith("--"):
                 names[opt[2:].replace("-", "_")] = name
-    for field, flag in _FIELD_FLAGS.items():
+    for field, flag in FIELD_FLAGS.items():
         if flag in params and field not in names:
             names[field] = flag
 

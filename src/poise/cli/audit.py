@@ -156,28 +156,17 @@ def audit_command(
         print_result(result.run.path, result.metrics)
 
 
-# `poise audit` flags whose config field has another name (sampling flags live in `sampling`)
-_FLAG_FIELDS = {
-    "suite": "suites",
-    "model_option": "model_options",
-    "judge_option": "judge_options",
-    "attack_option": "attack_options",
-    "format": "suite_format",
-    "column": "suite_columns",
-    "kind": "suite_kind",
-    "category": "suite_category",
-    "judge_labels_column": "judge_labels_columns",
-}
-_SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "max_new_tokens", "n", "seed", "stop")
-
-
 def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[str, Any]:
     """A flag given beside ``--resume`` (on the command line or in --config) whose value is not
     the run's recorded one is refused: the recorded config wins, and the flag was ignored
     without a word. Running the same command again with ``--resume`` passes. Returns the given
     flags that say how the run is written (``--no-html``, ``--batch-size``), which apply."""
     from poise.auditing import RESUME_HOW, canonical_attack, make_config
+    from poise.cli._config import FIELD_FLAGS
+    from poise.config import Sampling
     from poise.runs import find_run
+
+    flag_fields = {flag: field for field, flag in FIELD_FLAGS.items()}  # suite -> suites ...
 
     run = find_run(resume, config.out)
     recorded = canonical_attack(
@@ -195,10 +184,10 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
         if name in RESUME_HOW:
             how[name] = asked[name]
             continue
-        if name in _SAMPLING_FLAGS:
+        if name in Sampling.model_fields:  # --temperature ... live in the config's sampling
             mine, theirs = asked["sampling"][name], recorded["sampling"][name]
         else:
-            field = _FLAG_FIELDS.get(name, name)
+            field = flag_fields.get(name, name)
             mine, theirs = asked.get(field), recorded.get(field)
         if mine != theirs:
             flag = next((o for o in param.opts if o.startswith("--")), name)

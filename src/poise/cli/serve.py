@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
             from poise.models import load_model
 
             check_port(config.host, config.port)  # before spending time on loading the model
-            check_firewall(config)  # likewise: a wrong --firewall flag is told at once
+            fitted = check_firewall(config)  # likewise: a wrong --firewall flag, at once
 
             with console.status(f"loading {config.model} ..."):
                 loaded = load_model(config.model)
@@ -117,4 +117,4 @@ def register(app: typer.Typer) -> None:
                     soft_wrap=True,
                 )
 
-            serve(config, model=loaded, on_ready=ready)
+            serve(config, model=loaded, firewall=fitted, on_ready=ready)

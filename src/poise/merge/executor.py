@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, file_on_the_way
 from poise.merge.methods import MergeMethod
 from poise.merge.sources import INDEX_NAME, SINGLE_NAME, LoraFolder, TensorSource
 from poise.merge.task_arithmetic import tensor_seed
@@ -362,9 +362,9 @@ def check_folder_path(out: Path) -> None:
     if out.exists() or out.is_symlink():
         kind = "file" if out.is_file() else "path"
         raise PoiseError(f"output {out} is an existing {kind}, not a folder; give a new folder")
-    on_the_way = next((p for p in out.parents if p.exists()), None)
-    if on_the_way is not None and not on_the_way.is_dir():
-        raise PoiseError(f"output {out}: cannot make the folder, {on_the_way} is a file")
+    blocker = file_on_the_way(out)
+    if blocker is not None:
+        raise PoiseError(f"output {out}: cannot make the folder, {blocker} is a file")
 
 
 def _as_if_created(folder: Path) -> None:

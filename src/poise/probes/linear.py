@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError, invalid_json, located
+from poise.errors import PoiseError, file_on_the_way, invalid_json, located
 
 __all__ = ["LinearProbe", "Standardiser", "fit_logistic", "load_probe"]
 
@@ -197,9 +197,9 @@ def check_new_folder(folder: str | Path, what: str) -> None:
         raise PoiseError(f"{path}: a file, not a folder; give a new or empty folder")
     if path.is_dir() and any(path.iterdir()):
         raise PoiseError(f"{path}: the {what} folder exists and is not empty")
-    on_the_way = next((p for p in path.parents if p.exists()), None)
-    if on_the_way is not None and not on_the_way.is_dir():
-        raise PoiseError(f"{path}: cannot make the {what} folder: {on_the_way} is a file")
+    blocker = file_on_the_way(path)
+    if blocker is not None:
+        raise PoiseError(f"{path}: cannot make the {what} folder: {blocker} is a file")
 
 
 def read_saved(

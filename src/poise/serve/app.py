@@ -159,8 +159,11 @@ class ServerState:
         }
 
 
-def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastAPI:
-    """The ASGI app serving ``model`` under ``config.name``."""
+def create_app(
+    model: LanguageModel, config: ServeConfig | None = None, *, firewall: Firewall | None = None
+) -> FastAPI:
+    """The ASGI app serving ``model`` under ``config.name``; ``firewall``: ``config``'s, when the
+    caller has loaded it already (:func:`check_firewall`), else it is loaded here."""
     config = config or ServeConfig()
     _quiet_length_warning(model)
     state = ServerState(model, config)
@@ -173,7 +176,7 @@ def create_app(model: LanguageModel, config: ServeConfig | None = None) -> FastA
         finally:
             await state.scheduler.stop()
 
-    guard = _firewall_guard(model, config)
+    guard = _firewall_guard(model, config, firewall)
     app = FastAPI(title="poise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.poise = state
     _install_error_handlers(app)
@@ -251,13 +254,14 @@ def _quiet_length_warning(model: LanguageModel) -> None:
 
 
 def _firewall_guard(
-    model: LanguageModel, config: ServeConfig
+    model: LanguageModel, config: ServeConfig, firewall: Firewall | None = None
 ) -> Callable[[Sequence[str], str], None] | None:
     """With ``config.firewall``: ``check(queries, param)``, which raises a 400 naming the reason
     and ``param`` (``param[i]`` among several) when a query (a chat request's last user turn,
     each prompt of a completion request) falls outside ``config.firewall_role``'s zone
     (``poise.probes.firewall``)."""
-    firewall = check_firewall(config)
+    if firewall is None:
+        firewall = check_firewall(config)
     if firewall is None:
         return None
     role = config.firewall_role
@@ -296,18 +300,21 @@ def serve(
     config: ServeConfig,
     *,
     model: LanguageModel | None = None,
+    firewall: Firewall | None = None,
     on_ready: Callable[[LanguageModel], None] | None = None,
 ) -> None:
-    """Load ``config.model`` (unless ``model`` is given) and serve it until interrupted."""
+    """Load ``config.model`` (unless ``model`` is given) and serve it until interrupted;
+    ``firewall``: ``config``'s, when the caller has loaded it (:func:`check_firewall`)."""
     import uvicorn
 
     check_port(config.host, config.port)
-    check_firewall(config)
+    if firewall is None:  # checked before the model loads, and loaded once
+        firewall = check_firewall(config)
     if model is None:
         from poise.models import load_model
 
         model = load_model(config.model)
-    app = create_app(model, config)
+    app = create_app(model, config, firewall=firewall)
     if on_ready is not None:
         on_ready(model)
     verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG

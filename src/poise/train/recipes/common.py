@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from poise.config import PathStr, format_validation_error
-from poise.errors import MissingExtraError, PoiseError, require_extra
+from poise.errors import MissingExtraError, PoiseError, file_on_the_way, require_extra
 
 if TYPE_CHECKING:
     import torch
@@ -603,9 +603,9 @@ class OutputFolder:
         out = cls(path=path, recipe=recipe, config=config)
         if path.exists() and not path.is_dir():
             raise PoiseError(f"output: {path} exists and is not a folder")
-        on_the_way = next((p for p in path.parents if p.exists()), None)
-        if on_the_way is not None and not on_the_way.is_dir():
-            raise PoiseError(f"output: cannot make folder {path}: {on_the_way} is a file")
+        blocker = file_on_the_way(path)
+        if blocker is not None:
+            raise PoiseError(f"output: cannot make folder {path}: {blocker} is a file")
         if not path.exists() or not any(path.iterdir()):
             if config.resume:
                 raise PoiseError(f"resume: {path} holds no run to resume")
