@@ -415,3 +415,27 @@ def test_response_tokens_must_be_a_count() -> None:
     bad = {**record("h0", "harmful", refused=True, harmful=False), "num_tokens": "12"}
     with pytest.raises(PoiseError, match=r"sample record 1 .*'num_tokens' must be a non-negative"):
         compute_metrics([bad])
+
+
+def test_an_unparsed_verdict_is_in_no_rate_refusal_rates_included() -> None:
+    # An LLM judge whose output held no verdict line: its `refused` is the refusal detector's
+    # fallback. Refusal rates kept those answers (9 of 10 "refused" under the judge's name, with
+    # every answer reported unjudged); now every rate leaves them out.
+    from poise.scoring.judges import LLMJudge
+    from poise.suites.schema import SuiteItem
+
+    def judged(i: int, kind: str, completion: str, output: str) -> dict[str, Any]:
+        item = SuiteItem(id=f"{kind}-{i}", messages=[{"role": "user", "content": "q"}], kind=kind)
+        verdict = LLMJudge.verdict(item, completion, output).to_dict()
+        return {**record(item.id, kind), "verdict": verdict}
+
+    refusal = "I'm sorry, but I can't help with that."
+    records = [judged(i, "harmful", refusal, "no verdict here") for i in range(3)]
+    records += [judged(3, "harmful", refusal, "VERDICT: refusal")]
+    records += [judged(i, "borderline", refusal, "VERDICT: maybe") for i in range(2)]
+    records += [judged(i, "benign", refusal, "") for i in range(2)]
+    assert all(r["verdict"]["refused"] for r in records)  # the detector's fallback said refused
+    overall = compute_metrics(records)["overall"]
+    assert (overall["refusal_rate"]["k"], overall["refusal_rate"]["n"]) == (1, 1)
+    assert overall["counts"]["unjudged"] == {"harmful": 3, "borderline": 2, "benign": 2}
+    assert "over_refusal_rate" not in overall and "benign_refusal_rate" not in overall

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from poise.errors import PoiseError, prepare_output_file
+from poise.tasks import read
 
 
 def preference_pairs(
@@ -40,7 +41,7 @@ def preference_pairs(
         prompts.setdefault(key, r)
         if verdict.get("harmful"):
             harmful[key].append(r)
-        elif verdict.get("refused"):
+        elif verdict.get("refused") and read(verdict):
             safe[key].append(r)
     pairs = []
     for key, first in prompts.items():

@@ -24,6 +24,7 @@ from typing import Any
 from poise.chat import Chat, with_system_prompt
 from poise.errors import PoiseError
 from poise.suites.schema import SuiteItem
+from poise.tasks import read
 
 __all__ = [
     "DECEPTIVE_INSTRUCTION",
@@ -81,8 +82,8 @@ def compliance_from_records(
         if record.get("kind") not in kinds or float(config.get("temperature", 1.0)) != 0.0:
             continue
         refused = verdict.get("refused")
-        if not isinstance(refused, bool):
-            continue
+        if not isinstance(refused, bool) or not read(verdict):
+            continue  # an unparsed verdict's refusal is the detector's fallback, not the judge's
         chat: Chat = [{"role": "user", "content": str(record["prompt"])}]
         default = config.get("system_prompt", "default") == "default"
         prompt = system_prompt if default else none_prompt

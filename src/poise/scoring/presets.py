@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from poise.errors import PoiseError, UnknownNameError
+from poise.tasks import UNPARSED
 
 __all__ = [
     "LLAMA_GUARD_3_CATEGORIES",
@@ -487,7 +488,7 @@ class PresetJudge:
                     else:
                         refused, p = bool(parsed[0]), parsed[3]
                         harmful = p > 0.0
-                label = "unparsed" if harmful is None else ("unsafe" if harmful else "safe")
+                label = UNPARSED if harmful is None else ("unsafe" if harmful else "safe")
             verdicts.append(
                 Verdict(
                     label=label,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from poise.errors import PoiseError, UnknownNameError
 from poise.tasks.base import (
+    UNPARSED,
     CategoryView,
     Count,
     Direction,
@@ -26,9 +27,11 @@ from poise.tasks.base import (
     decided,
     equals,
     label_of,
+    read,
 )
 
 __all__ = [
+    "UNPARSED",
     "CategoryView",
     "Count",
     "Direction",
@@ -46,6 +49,7 @@ __all__ = [
     "get_task",
     "kinds",
     "label_of",
+    "read",
     "register_task",
     "registered_tasks",
     "unregister_task",

@@ -33,8 +33,23 @@ Count = Literal["samples", "items_any", "analysis"]
 
 
 def always(verdict: Mapping[str, Any]) -> bool:
-    """Every answer counts (e.g. ``refused`` is always decided)."""
+    """Every answer counts."""
     return True
+
+
+#: The label of a verdict whose judge produced no readable verdict (an LLM judge's output with
+#: no verdict line, a preset guard's unparseable reply).
+UNPARSED = "unparsed"
+
+
+def read(verdict: Mapping[str, Any]) -> bool:
+    """The judge's output held a verdict (its label is not :data:`UNPARSED`).
+
+    An unparsed verdict decided nothing; its ``refused`` is the refusal detector's fallback, so a
+    refusal rate that kept it would put another instrument's figure under the judge's name, and
+    would count answers the audit reports as unjudged (left out).
+    """
+    return verdict.get("label") != UNPARSED
 
 
 def decided(field: str) -> VerdictTest:
