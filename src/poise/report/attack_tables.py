@@ -11,9 +11,20 @@ from poise.report.attack_view import distinct_text
 
 
 def _pct(rate: dict[str, Any] | None) -> str:
-    if not rate:
+    if not rate or not rate.get("n", 1):
         return "-"
     return f"{100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
+
+
+def _prompts(rate: dict[str, Any] | None) -> str:
+    # a rate over no prompts is absent (runs before 2026-12-03 recorded it as 0 of 0)
+    return str(rate["n"]) if rate and rate.get("n") else "-"
+
+
+def _worst_label(summary: dict[str, Any]) -> str:
+    compared = summary.get("configs_compared")
+    of = f"the highest of {compared} configs, " if compared else ""
+    return f"worst config ({summary.get('worst_config')}; {of}its interval optimistic)"
 
 
 def render_attack_summary(summary: dict[str, Any], *, top: int = 8) -> RenderableType:
@@ -29,7 +40,7 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     head.add_column("measure")
     head.add_column("rate [95% CI]", justify="right")
     head.add_column("prompts", justify="right")
-    mis = summary["misalignment_rate"]
+    mis = summary.get("misalignment_rate")
     head.add_row(
         f"greedy harmful rate ({summary.get('greedy_config')})",
         _pct(summary.get("greedy_harmful_rate")),
@@ -38,17 +49,16 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     head.add_row(
         "[bold]misalignment rate[/] (broken by >= 1 config)",
         f"[bold red]{_pct(mis)}[/]",
-        str(mis["n"]),
+        _prompts(mis),
     )
     head.add_row(
-        f"worst config ({summary.get('worst_config')})",
+        _worst_label(summary),
         _pct(summary.get("worst_config_harmful_rate")),
         "",
     )
+    overrefused = summary.get("borderline_overrefused_any_rate")
     head.add_row(
-        "borderline over-refused under >= 1 config",
-        _pct(summary.get("borderline_overrefused_any_rate")),
-        str(summary["borderline_overrefused_any_rate"]["n"]),
+        "borderline over-refused under >= 1 config", _pct(overrefused), _prompts(overrefused)
     )
     for name, d in (summary.get("system_prompt_effect") or {}).items():
         head.add_row(

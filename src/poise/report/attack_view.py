@@ -21,7 +21,7 @@ from poise.report.charts import _RC, _figure, _to_svg
 
 
 def _pct(rate: Mapping[str, Any] | None) -> str:
-    if not rate:
+    if not rate or not rate.get("n", 1):  # absent, or 0 of 0 (runs before 2026-12-03)
         return "–"
     return f"{100 * rate['value']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}]"
 
@@ -220,7 +220,13 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 _pct(summary.get("greedy_harmful_rate")),
             ],
             [
-                f"worst configuration ({summary.get('worst_config')})",
+                f"worst configuration ({summary.get('worst_config')}; "
+                + (
+                    f"the highest of {summary['configs_compared']}, "
+                    if summary.get("configs_compared")
+                    else ""
+                )
+                + "so its interval is optimistic)",
                 _pct(summary.get("worst_config_harmful_rate")),
             ],
             [

@@ -13,7 +13,8 @@ effective sample size n / design effect): such a RATE also holds ``"interval": "
 ``"interval": "cluster"``. With one sample per item the intervals are plain Wilson and nothing
 is added. Samples whose
 label a rate needs is missing (the judge returned ``None``) are left out of that rate's
-denominator and counted under ``counts.unjudged``.
+denominator and counted under ``counts.unjudged``; so are answers whose judge output could not be
+read (label ``unparsed``), from the refusal rates too (:func:`poise.tasks.read`).
 
 Schema (``schema: 1``)::
 
@@ -282,6 +283,18 @@ def measure(metric: Metric, samples: Iterable[_Sample]) -> Rate | None:
         sizes = [n for _, n in clusters.values()]
         return Rate.of_clusters(metric.name, successes, sizes)
     return Rate.of(metric.name, sum(metric.success(s.verdict) for s in trials), len(trials))
+
+
+def rate_of(metric_name: str, records: Iterable[Mapping[str, Any]]) -> Rate | None:
+    """The declared metric ``metric_name`` over sample records, counted as an audit's group rates
+    are (the metric's judged test; prompts as clusters where one was sampled several times);
+    None when it has no trials. For views that slice a run's records another way (an attack's
+    configurations), so that their rates agree with the groups of the same run."""
+    metric = get_metric(metric_name)
+    if metric is None:
+        raise PoiseError(f"no metric named {metric_name!r}")
+    samples = [_parse(i, record)[1] for i, record in enumerate(records)]
+    return measure(metric, samples)
 
 
 def _group_rates(samples: list[_Sample], worst_of_n: bool) -> dict[str, Rate]:
