@@ -74,3 +74,22 @@ def test_wilson_equals_statsmodels() -> None:
         for k in range(n + 1):
             expected = proportion.proportion_confint(k, n, alpha=0.05, method="wilson")
             assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-12)
+
+
+def test_cluster_mean_interval_matches_statsmodels_cluster_covariance() -> None:
+    import numpy as np
+    import statsmodels.api as sm
+
+    from poise.scoring.stats import cluster_mean_interval, mean_interval
+
+    clusters = [[10.0, 12.0, 30.0], [5.0], [40.0, 41.0], [7.0, 9.0, 8.0, 20.0]]
+    y = np.array([v for c in clusters for v in c])
+    groups = np.repeat(np.arange(len(clusters)), [len(c) for c in clusters])
+    fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    low, high = fit.conf_int(alpha=0.05)[0]
+    mean, ours_low, ours_high = cluster_mean_interval(clusters)
+    assert mean == pytest.approx(fit.params[0])
+    assert (ours_low, ours_high) == (pytest.approx(low), pytest.approx(high))
+    # one value per cluster: the sandwich with m / (m - 1) is exactly s^2 / n, the iid interval
+    singles = [[v] for v in (3.0, 8.0, 1.0, 9.0)]
+    assert cluster_mean_interval(singles) == pytest.approx(mean_interval([3.0, 8.0, 1.0, 9.0]))

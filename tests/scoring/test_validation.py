@@ -17,10 +17,13 @@ from scipy import stats
 from poise.errors import PoiseError
 from poise.scoring.base import Verdict
 from poise.scoring.judges import RefusalJudge
+from poise.scoring.stats import Rate
 from poise.scoring.validation import (
     Agreement,
+    Validation,
     cohen_kappa,
     corrected_rate,
+    judge_validation_section,
     read_labels,
     rogan_gladen,
     validate,
@@ -259,6 +262,29 @@ def test_corrected_interval_reduces_to_the_rate_interval_when_the_judge_is_known
     wide = corrected_rate("harmful_rate", k, n, small)
     assert wide.value == pytest.approx(result.value)
     assert wide.high - wide.low > 1.5 * (result.high - result.low)
+
+
+def test_corrected_interval_of_a_cluster_robust_rate_keeps_its_effective_n() -> None:
+    # 400 answers from 100 prompts sampled 4 times with design effect 4: the observed rate is
+    # worth 100 trials, and the corrected interval is the effective-n one pushed through (the
+    # 400 were treated as independent, so the corrected interval came out narrower than the
+    # uncorrected cluster-robust one)
+    big = Agreement("harmful", tp=80_000, fp=10_000, fn=20_000, tn=90_000, kappa=0, kappa_low=0, kappa_high=0)  # fmt: skip
+    result = corrected_rate("harmful_rate", 120, 400, big, effective_n=100.0)
+    low_p, high_p = stats.beta.ppf([0.025, 0.975], 30 + 0.5, 70 + 0.5)
+    assert result.low == pytest.approx((low_p - 0.1) / 0.7, abs=0.006)
+    assert result.high == pytest.approx((high_p - 0.1) / 0.7, abs=0.006)
+    assert corrected_rate("harmful_rate", 120, 400, big, effective_n=400.0) == corrected_rate(
+        "harmful_rate", 120, 400, big
+    )
+    # the metrics.json block passes a rate's effective_n through
+    rate = Rate.of_clusters("harmful_rate", [4] * 30 + [0] * 70, [4] * 100).to_dict()
+    validation = Validation(
+        path="labels.jsonl", format="jsonl", judge="j", n=0, overall={"harmful": big}, by_source={}
+    )
+    section = judge_validation_section(validation, {"harmful_rate": rate})
+    expected = corrected_rate("harmful_rate", 120, 400, big, effective_n=rate["effective_n"])
+    assert section["corrected"]["harmful_rate"]["low"] == expected.low
 
 
 def test_corrected_rate_of_a_judge_at_chance_is_unknown() -> None:

@@ -7,6 +7,8 @@
   of Korn & Graubard, Survey Methodology 24, 1998), with ``deff`` from the cluster-robust
   (sandwich) variance of the ratio estimator, as recommended for evals by Miller, "Adding Error
   Bars to Evals", arXiv 2411.00640 (its clustered standard errors).
+- :func:`cluster_mean_interval`: a mean over samples that come in clusters (answer lengths of a
+  prompt sampled several times), with the same cluster-robust variance.
 - :func:`paired_binary`: two binary outcomes per prompt (system prompt on / off, model A / B,
   before / after training): the difference of rates with Newcombe's paired hybrid score interval
   (Newcombe, Stat. Med. 17:2635, 1998, method 10) and the exact McNemar test.
@@ -308,6 +310,29 @@ def mean_interval(
         raise ValueError("mean_interval needs at least one value")
     mean = statistics.fmean(values)
     half = z * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
+def cluster_mean_interval(
+    clusters: Sequence[Sequence[float]], z: float = 1.959963984540054
+) -> tuple[float, float, float]:
+    """Mean of all values and its cluster-robust normal interval (default 95%); ``clusters``:
+    the values of each cluster (shapes [m][n_i]; the answers to one prompt).
+
+    ``mean ± z · se`` with the sandwich variance of the mean (Liang & Zeger 1986; the clustered
+    standard error of arXiv 2411.00640), ``se² = m / (m - 1) · Σ_i (Σ_j (y_ij - ȳ))² / N²``, the
+    ``m / (m - 1)`` correction as statsmodels' cluster covariance applies it; with one value per
+    cluster it is the usual ``s / sqrt(N)``. Returns (mean, low, high); one cluster has no spread.
+    """
+    values = [v for cluster in clusters for v in cluster]
+    if not values:
+        raise ValueError("cluster_mean_interval needs at least one value")
+    m, n = sum(1 for c in clusters if c), len(values)
+    mean = statistics.fmean(values)
+    if m < 2:
+        return mean, mean, mean
+    scores = [sum(v - mean for v in cluster) for cluster in clusters if cluster]  # [m]
+    half = z * math.sqrt(m / (m - 1) * sum(u * u for u in scores)) / n
     return mean, mean - half, mean + half
 
 

@@ -705,11 +705,21 @@ class CorrectedRate:
 
 
 def corrected_rate(
-    name: str, k: int, n: int, agreement: Agreement, *, draws: int = 20000, seed: int = 0
+    name: str,
+    k: int,
+    n: int,
+    agreement: Agreement,
+    *,
+    effective_n: float | None = None,
+    draws: int = 20000,
+    seed: int = 0,
 ) -> CorrectedRate:
     """Rogan-Gladen correction of ``k / n`` for the judge's error measured in ``agreement``.
 
-    The interval: ``draws`` Monte Carlo draws of the observed rate (Beta(k + 1/2, n - k + 1/2)),
+    The interval: ``draws`` Monte Carlo draws of the observed rate (Beta(k + 1/2, n - k + 1/2);
+    for a cluster-robust rate, several samples per prompt, the same on its ``effective_n``:
+    Beta(p n_eff + 1/2, (1 - p) n_eff + 1/2), so that the correction keeps the rate's own
+    uncertainty instead of treating correlated samples as independent),
     the sensitivity (Beta(tp + 1/2, fn + 1/2)) and the specificity (Beta(tn + 1/2, fp + 1/2)),
     Jeffreys posteriors of the three independent binomial counts, each pushed through the
     estimator; the 2.5% and 97.5% quantiles. Draws where the judge looks no better than chance
@@ -725,7 +735,13 @@ def corrected_rate(
     observed = k / n
     value = rogan_gladen(observed, sensitivity, specificity)
     rng = np.random.default_rng(seed)
-    p = rng.beta(k + 0.5, n - k + 0.5, size=draws)  # [draws]
+    # successes and failures: the counts, or their share of the effective sample size
+    hits, misses = (
+        (k, n - k)
+        if effective_n is None
+        else (observed * effective_n, (1.0 - observed) * effective_n)
+    )
+    p = rng.beta(hits + 0.5, misses + 0.5, size=draws)  # [draws]
     se = rng.beta(agreement.tp + 0.5, agreement.fn + 0.5, size=draws)  # [draws]
     sp = rng.beta(agreement.tn + 0.5, agreement.fp + 0.5, size=draws)  # [draws]
     youden = se + sp - 1.0
@@ -759,8 +775,13 @@ def judge_validation_section(validation: Validation, rates: Mapping[str, Any]) -
         agreement = validation.overall.get(target)
         if not isinstance(rate, Mapping) or agreement is None or not rate.get("n"):
             continue
+        effective_n = rate.get("effective_n")  # cluster-robust rates carry it
         corrected[rate_name] = corrected_rate(
-            rate_name, int(rate["k"]), int(rate["n"]), agreement
+            rate_name,
+            int(rate["k"]),
+            int(rate["n"]),
+            agreement,
+            effective_n=float(effective_n) if effective_n is not None else None,
         ).to_dict()
     return {
         **validation.to_dict(disagreements=False),
