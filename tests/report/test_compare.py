@@ -18,7 +18,9 @@ REFUSE = "I'm sorry, but I can't help with that."
 COMPLY = "Sure, here is exactly how you do it, step by step."
 
 
-def audit(out: Path, answer: str, name: str) -> Path:
+def audit(
+    out: Path, answer: str, name: str, *, limit: int = 4, suites: tuple[str, ...] = ()
+) -> Path:
     result = CliRunner().invoke(
         app,
         [
@@ -31,8 +33,9 @@ def audit(out: Path, answer: str, name: str) -> Path:
             "harmful",
             "--suite",
             "benign",
+            *[arg for suite in suites for arg in ("--suite", suite)],
             "--limit",
-            "4",
+            str(limit),
             "--judge",
             "refusal",
             "--out",
@@ -247,3 +250,46 @@ def test_the_same_run_twice_is_said(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "the same run is given twice" in result.output
+
+
+def test_compare_gives_each_runs_rate_on_the_shared_prompts(tmp_path: Path) -> None:
+    # the baseline answered 4 prompts per suite, the other run 2 of them: the difference is over
+    # the 2 shared, and the rates it is between are those on the 2, which the line now says
+    out = tmp_path / "runs"
+    safe = audit(out, REFUSE, "safe", limit=4)
+    unsafe = audit(out, COMPLY, "unsafe", limit=2)
+    table = tmp_path / "cmp.csv"
+    result = CliRunner().invoke(
+        app,
+        ["compare", str(safe), str(unsafe), "-o", str(tmp_path / "c.html"), "--csv", str(table)],
+        terminal_width=250,
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    line = text[text.index("harmful_rate:") :]
+    assert "on 2 shared prompts (100.0% against 0.0% there)" in line[:300]
+    harmful = next(
+        r
+        for r in read_csv(table)
+        if r["statistic"] == "paired_difference" and r["metric"] == "harmful_rate"
+    )
+    assert (float(harmful["run_value"]), float(harmful["baseline_value"])) == (1.0, 0.0)
+    assert "rates on the shared prompts" in (tmp_path / "c.html").read_text()
+
+
+def test_the_metrics_csv_holds_the_honesty_scores_and_the_mean_length(tmp_path: Path) -> None:
+    run = audit(tmp_path, REFUSE, "safe", suites=("honesty",))
+    metrics_json = json.loads((run / "metrics.json").read_text())["overall"]
+    target = tmp_path / "e" / "s.csv"
+    result = CliRunner().invoke(app, ["runs", "export", str(run), "--csv", str(target)])
+    assert result.exit_code == 0, result.output
+    rows = {r["metric"]: r for r in read_csv(tmp_path / "e" / "s-metrics.csv")}
+    prudence = metrics_json["honesty"]["prudence_score"]
+    assert float(rows["prudence_score"]["value"]) == prudence["value"]
+    assert rows["prudence_score"]["n"] == str(prudence["n"])
+    assert rows["honesty_score"]["statistic"] == "honesty_score"
+    assert rows["honesty_score"]["method"] == "band"
+    length = metrics_json["response_tokens"]["harmful"]
+    tokens = rows["response_tokens:harmful"]
+    assert tokens["statistic"] == "mean_tokens"
+    assert float(tokens["value"]) == length["mean"] and float(tokens["high"]) == length["high"]

@@ -50,7 +50,8 @@ def compare_command(
                 f"{escape(d.metric)}: {escape(d.run)} − {escape(d.baseline)} = "
                 f"{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}], "
                 f"p = {d.p_value:.2g} ({_TEST_NAMES.get(d.method, d.method)}) "
-                f"on {d.items} shared prompts",
+                f"on {d.items} shared prompts ({100 * d.run_value:.1f}% against "
+                f"{100 * d.baseline_value:.1f}% there)",
                 highlight=False,
             )
         console.print(f"report: [bold]{escape(output)}[/]", highlight=False)

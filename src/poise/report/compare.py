@@ -40,7 +40,7 @@ from poise.scoring.stats import paired_binary, paired_clustered
 from poise.tasks import all_metrics
 
 CSV_COLUMNS = (
-    "statistic",  # rate | paired_difference
+    "statistic",  # rate | honesty_score | mean_tokens | paired_difference
     "run",
     "model",
     "group",
@@ -54,6 +54,8 @@ CSV_COLUMNS = (
     "baseline_run",  # paired differences: the run subtracted
     "p_value",  # paired differences: the test of no difference
     "method",  # paired differences: newcombe (McNemar test), cluster (Wald test) or cluster-sign
+    "run_value",  # paired differences: the run's rate on the shared prompts
+    "baseline_value",  # paired differences: the baseline's rate on the shared prompts
 )
 
 
@@ -70,6 +72,10 @@ class PairedDifference:
     high: float
     p_value: float = float("nan")  # exact McNemar (newcombe) or cluster-robust Wald (cluster)
     method: str = ""  # "newcombe" | "cluster" | "cluster-sign" (no spread between prompts)
+    # each run's rate on the shared items: what the difference is between (each run's own rate,
+    # in the report, counts all its items, so it can differ from these)
+    run_value: float = float("nan")
+    baseline_value: float = float("nan")
 
 
 def _model(run: RunData) -> str:
@@ -136,6 +142,8 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
                     p_value=diff.p_value,
                     # no spread between prompts: the sign test over prompts, not a Wald test
                     method="cluster-sign" if diff.test == "sign-prompts" else diff.method,
+                    run_value=diff.rate_a,
+                    baseline_value=diff.rate_b,
                 )
             )
     return out
@@ -150,6 +158,10 @@ def _rate_rows(run: RunData) -> list[dict[str, Any]]:
         for metric_name, per_category in (group.get("by_category") or {}).items():
             for category, entry in per_category.items():
                 rates.append((Rate.from_dict({"name": metric_name, **entry}), str(category)))
+        honesty = group.get("honesty") or {}
+        for score_name in ("over_conservativeness_score", "prudence_score"):
+            if isinstance(honesty.get(score_name), Mapping):
+                rates.append((Rate.from_dict(honesty[score_name]), "overall"))
         for rate, category in rates:
             rows.append(
                 {
@@ -167,6 +179,32 @@ def _rate_rows(run: RunData) -> list[dict[str, Any]]:
                     "baseline_run": "",
                     "p_value": "",
                     "method": "cluster" if rate.clusters is not None else "wilson",
+                }
+            )
+        extra: list[tuple[str, str, Mapping[str, Any], str]] = []
+        if isinstance(score := honesty.get("honesty_score"), Mapping):
+            # the band combines the components' intervals (>= 90% coverage): no k / n of its own
+            extra.append(("honesty_score", "honesty_score", score, "band"))
+        for kind, length in (group.get("response_tokens") or {}).items():
+            method = "cluster" if length.get("clusters") is not None else "normal"
+            extra.append(("mean_tokens", f"response_tokens:{kind}", length, method))
+        for statistic, metric, entry, method in extra:
+            rows.append(
+                {
+                    "statistic": statistic,
+                    "run": run.label or run.path.name,
+                    "model": _model(run),
+                    "group": name,
+                    "metric": metric,
+                    "category": "overall",
+                    "k": "",
+                    "n": entry.get("n", ""),
+                    "value": entry.get("mean", entry.get("value")),
+                    "low": entry["low"],
+                    "high": entry["high"],
+                    "baseline_run": "",
+                    "p_value": "",
+                    "method": method,
                 }
             )
     return rows
@@ -200,7 +238,7 @@ def _paired_section(diffs: Sequence[PairedDifference]) -> str:
         return ""
     info = all_metrics()
     rows = "".join(
-        f"<tr><td>{html_lib.escape(d.run)}</td><td>{html_lib.escape(d.baseline)}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
+        f"<tr><td>{html_lib.escape(d.run)}</td><td>{html_lib.escape(d.baseline)}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.run_value:.1f}% − {100 * d.baseline_value:.1f}%</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
         f"<td>{d.p_value:.2g} ({_TESTS.get(d.method, d.method)})</td><td>{d.items}</td></tr>"
         for d in diffs
     )
@@ -210,7 +248,7 @@ def _paired_section(diffs: Sequence[PairedDifference]) -> str:
         "itself: one answer per prompt gets Newcombe's paired interval and the exact McNemar "
         "test; several answers per prompt a cluster-robust interval and Wald test, prompts as "
         "clusters (arXiv 2411.00640).</p>"
-        "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>difference [95%]</th>"
+        "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>rates on the shared prompts</th><th>difference [95%]</th>"
         "<th>p (test)</th><th>shared prompts</th></tr></thead><tbody>"
         f"{rows}</tbody></table></section>"
     )
@@ -253,6 +291,8 @@ def compare_runs(
                 "baseline_run": d.baseline,
                 "p_value": d.p_value,
                 "method": d.method,
+                "run_value": d.run_value,
+                "baseline_value": d.baseline_value,
             }
             for d in diffs
         ]
