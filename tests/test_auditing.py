@@ -486,3 +486,38 @@ def test_judge_options_reach_the_judge_and_bad_ones_stop_before_any_work(tmp_pat
     with pytest.raises(PoiseError, match="need a named judge"):
         poise.audit(out=tmp_path / "d", **{**common, "judge": "auto"}, judge_options={"x": 1})
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_resume_takes_the_model_spec_with_its_options_in_another_order(tmp_path: Path) -> None:
+    # run.json records the spec's canonical spelling (options sorted): a resume that spells the
+    # same spec otherwise, on the CLI or as a model object in Python, was refused
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.models import load_model
+
+    out = tmp_path / "runs"
+    spec = "best_of_n(mock, n=1, cost=organism-cost)"
+    first = ["audit", "-m", spec, "-s", "harmful", "--limit", "2", "--out", str(out), "--no-html"]
+    assert CliRunner().invoke(app, first).exit_code == 0
+    [run] = list(out.iterdir())
+    reordered = "best_of_n(mock, cost=organism-cost, n=1)"
+    again = CliRunner().invoke(
+        app, ["audit", "--resume", run.name, "--out", str(out), "-m", reordered]
+    )
+    assert again.exit_code == 0, again.output
+    result = poise.audit(model=load_model(reordered), resume=run)
+    assert result.run.path == run
+    other = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--resume",
+            run.name,
+            "--out",
+            str(out),
+            "-m",
+            "best_of_n(mock, n=1, reward=organism-reward)",
+        ],
+    )
+    assert other.exit_code == 2 and "was recorded with" in other.output

@@ -35,6 +35,7 @@ from poise.evaluation import (
     task_scorers,
 )
 from poise.models.base import EndpointError, GenerationError
+from poise.models.spec import canonical_spec
 from poise.runs.run import Run, find_run
 
 if TYPE_CHECKING:
@@ -353,6 +354,14 @@ def canonical_attack(cfg: AuditConfig) -> AuditConfig:
     return cfg
 
 
+def same_field(key: str, given: Any, recorded: Any) -> bool:
+    """Whether a config field given beside resume says what the run recorded: equal values, or
+    one model spec spelt with its options in another order."""
+    if key == "model" and isinstance(given, str) and isinstance(recorded, str):
+        return canonical_spec(given) == canonical_spec(recorded)
+    return bool(given == recorded)
+
+
 def _check_resume_fields(
     run: Run, recorded: AuditConfig, given: Mapping[str, Any], model_obj: Any
 ) -> None:
@@ -369,7 +378,7 @@ def _check_resume_fields(
     asked = canonical_attack(make_config(None, **{**recorded.model_dump(), **merged})).model_dump()
     held = canonical_attack(recorded).model_dump()
     for key in given:
-        if asked.get(key) != held.get(key):
+        if not same_field(key, asked.get(key), held.get(key)):
             raise PoiseError(
                 f"resume: {run.path.name} was recorded with {key}={held.get(key)!r}, not "
                 f"{asked.get(key)!r}: a resumed run keeps its config; leave {key} out, or start "
@@ -383,7 +392,8 @@ def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:
     header = run.header
     if model_obj is not None:
         given = model_obj.spec if model_obj.spec is not None else model_obj.name
-        if given != cfg.model:
+        recorded = {canonical_spec(cfg.model), canonical_spec(str(header.get("model_spec") or ""))}
+        if canonical_spec(given) not in recorded:
             raise PoiseError(
                 f"{run.path}: the run audited {cfg.model!r}, not the model given ({given!r})"
             )

@@ -161,7 +161,7 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
     the run's recorded one is refused: the recorded config wins, and the flag was ignored
     without a word. Running the same command again with ``--resume`` passes. Returns the given
     flags that say how the run is written (``--no-html``, ``--batch-size``), which apply."""
-    from poise.auditing import RESUME_HOW, canonical_attack, make_config
+    from poise.auditing import RESUME_HOW, canonical_attack, make_config, same_field
     from poise.cli._config import FIELD_FLAGS
     from poise.config import Sampling
     from poise.runs import find_run
@@ -184,12 +184,12 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
         if name in RESUME_HOW:
             how[name] = asked[name]
             continue
+        field = flag_fields.get(name, name)
         if name in Sampling.model_fields:  # --temperature ... live in the config's sampling
             mine, theirs = asked["sampling"][name], recorded["sampling"][name]
         else:
-            field = flag_fields.get(name, name)
             mine, theirs = asked.get(field), recorded.get(field)
-        if mine != theirs:
+        if not same_field(field, mine, theirs):
             flag = next((o for o in param.opts if o.startswith("--")), name)
             raise PoiseError(
                 f"--resume {run.path.name}: it was recorded with {flag} {theirs!r}, not "

@@ -307,6 +307,15 @@ def format_spec(node: Node) -> str:
     return format_value(node)
 
 
+def canonical_spec(text: str) -> str:
+    """``text`` in its canonical spelling (options sorted, values spelt one way), so that two
+    spellings of one spec compare equal; text that does not parse is returned stripped."""
+    try:
+        return format_spec(parse_spec(text))
+    except PoiseError:
+        return text.strip()
+
+
 def short_name(text: str) -> str:
     """A short readable name for folders: ``logit_temperature(organism-small, t=0.8)`` ->
     ``logit_temperature-organism-small``; a path -> its last part."""
