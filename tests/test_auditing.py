@@ -201,6 +201,37 @@ def test_rerunning_after_a_crash_resumes_without_loss_or_duplicates(tmp_path: Pa
     assert keyset(result.run.records()) == keyset(reference.run.records())
 
 
+def test_a_new_name_starts_its_own_run_instead_of_continuing_another(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = str(tmp_path / "runs")
+
+    def crashing(chat, k):
+        raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(
+            model=MockModel("scripted", crashing), suites=[str(suite)], judge="refusal",
+            out=out, name="first",
+        )  # fmt: skip
+    [unfinished] = list_runs(out)
+    # another name: a run of its own (the answers went into the unfinished 'first' run)
+    other = poise.audit(
+        model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal", out=out,
+        name="second",
+    )  # fmt: skip
+    assert other.run.path != unfinished.path and other.run.path.name.endswith("-second")
+    # the same name (or none) continues it, and says so where a user sees it
+    with caplog.at_level("WARNING"):
+        again = poise.audit(
+            model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal",
+            out=out, name="first",
+        )  # fmt: skip
+    assert again.run.path == unfinished.path
+    assert f"continuing unfinished run {unfinished.path}" in caplog.text
+
+
 def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
     run = Run.create(tmp_path / "runs", "manual", {})

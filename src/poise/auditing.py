@@ -155,10 +155,12 @@ def audit(
         log.info("resuming %s", run.path)
     else:
         cfg = canonical_attack(make_config(config, **fields))
-        run = Run.find_unfinished(cfg.out, cfg.fingerprint())
+        # a name given asks for that run: another name gets a run of its own
+        run = Run.find_unfinished(cfg.out, cfg.fingerprint(), name=cfg.name)
         if run is not None:
             run.lock()  # one writer: a second process adopting it stops here, before any work
-            log.info("resuming unfinished run %s with the same configuration", run.path)
+            # said, not only logged: a user who meant a fresh run sees where the answers go
+            log.warning("continuing unfinished run %s (same configuration)", run.path)
     try:
         return _audit(cfg, run, model_obj, progress)
     finally:

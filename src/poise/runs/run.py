@@ -412,9 +412,12 @@ class Run:
 
     # ---- life: resume, start, cache, finish ------------------------------------------------
     @classmethod
-    def find_unfinished(cls, root: str | Path, fingerprint: str) -> Run | None:
+    def find_unfinished(
+        cls, root: str | Path, fingerprint: str, *, name: str | None = None
+    ) -> Run | None:
         """The newest run under ``root`` that did not complete and was made by the same
-        configuration (``config.fingerprint``); None when there is none."""
+        configuration (``config.fingerprint``), and with ``name`` when one is given (the
+        fingerprint leaves the name out); None when there is none."""
         for run in list_runs(root):
             try:
                 header = run.header
@@ -423,6 +426,7 @@ class Run:
             if (
                 header.get("status") != "complete"
                 and header.get("config", {}).get("fingerprint") == fingerprint
+                and (name is None or header.get("config", {}).get("name") == name)
             ):
                 return run
         return None
