@@ -31,6 +31,7 @@ from poise.evaluation import (
     RequestsFailed,
     Scorers,
     check_context,
+    check_sampling,
     evaluate,
     task_scorers,
 )
@@ -221,6 +222,7 @@ def _audit(
     requests = attack(items, cfg.sampling, system, **cfg.attack_options)
     _check_unique_requests(requests)
     check_context(model, requests)  # an over-long item stops the audit before any work
+    check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
 
     created = run is None
     if run is None:

@@ -16,6 +16,7 @@ scorers see the answers in request order, ``sample_index`` order inside a reques
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,6 +28,8 @@ from poise.models.base import Completion, GenerationError, LanguageModel
 from poise.models.context import fit_context
 from poise.scoring.base import Judge, LocatesHarm, Verdict
 from poise.suites.schema import SuiteItem
+
+log = logging.getLogger(__name__)
 
 #: (item id, request id, sample index): one record of a run.
 RecordKey = tuple[str, str, int]
@@ -264,6 +267,29 @@ def check_context(model: LanguageModel, requests: Sequence[Request]) -> None:
                 f"item {item.id!r} of suite {item.suite!r} (request {request.request_id!r}, "
                 f"max_new_tokens {request.sampling.max_new_tokens}): {exc}"
             ) from None
+
+
+def check_sampling(model: LanguageModel, requests: Sequence[Request]) -> None:
+    """Refuse, before anything is generated, decoding settings a wrapped model cannot answer
+    under (:meth:`poise.models.wrapped.WrappedModel.check_sampling`; best-of-N under greedy
+    decoding draws N identical answers). When only some requests' settings are refused (an
+    attack's grid, whose greedy configurations sit beside sampled ones) it is a warning."""
+    from poise.models.wrapped import WrappedModel
+
+    if not isinstance(model, WrappedModel):
+        return
+    refused: dict[str, str] = {}  # request id -> why
+    for request in requests:
+        try:
+            model.check_sampling(request.sampling)
+        except PoiseError as exc:
+            refused.setdefault(request.request_id, str(exc))
+    if not refused:
+        return
+    why = next(iter(refused.values()))
+    if len(refused) == len({r.request_id for r in requests}):
+        raise PoiseError(why)
+    log.warning("%s (requests %s)", why, ", ".join(sorted(refused)))
 
 
 def generate(

@@ -108,14 +108,19 @@ def test_spec_registry_and_errors(tiny_hf_model_dir: Path) -> None:
 def test_a_flag_that_is_not_true_or_false_and_an_unused_bad_number_are_refused(
     tiny_hf_model_dir: Path,
 ) -> None:
-    """``calibrate="false"`` or ``worst=1`` once meant true, and ``lam=abc`` beside one scorer
-    was a traceback: each is one error naming the option."""
+    """``calibrate="false"`` or ``worst=1`` once meant true, ``lam=abc`` was a traceback, and
+    ``lam`` beside one scorer or ``t`` without a transform were dropped: each is one error
+    naming the option."""
     for options, message in [
         ('calibrate="false"', "calibrate must be true or false, got 'false'"),
         ("calibrate=maybe", "calibrate must be true or false, got 'maybe'"),
         ("worst=1", "worst must be true or false, got 1"),
-        ("lam=abc", "lam must be a finite number, got 'abc'"),
-        ("t=0", "t must be a positive number, got 0"),
+        ("cost=keywords:b, lam=abc", "lam must be a finite number, got 'abc'"),
+        ("calibrate=true, transform=bon, t=0", "t must be a positive number, got 0"),
+        # an option that changes nothing was dropped from the spec without a word
+        ("lam=5", "lam weighs the cost against the reward: it needs both reward= and cost="),
+        ("t=5", "t is the temperature of transform=bon or transform=won"),
+        ("calibrate=true, transform=none, t=3", "t is the temperature of transform=bon"),
     ]:
         with pytest.raises(PoiseError, match=f"best_of_n: {message}"):
             load_model(f"best_of_n({tiny_hf_model_dir}, n=2, reward=keywords:a, {options})")
@@ -150,7 +155,13 @@ def test_run_json_records_the_spec_that_rebuilds_it(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     spec = "best_of_n(mock:capital, reward=keywords:Paris, n=4)"
-    result = poise.audit(model=spec, suites=[str(suite)], judge="refusal", out=str(tmp_path))
+    result = poise.audit(
+        model=spec,
+        suites=[str(suite)],
+        judge="refusal",
+        out=str(tmp_path),
+        sampling={"temperature": 1.0},
+    )
     header = Run.open(result.path).header
     assert header["model_spec"] == "best_of_n(mock:capital, n=4, reward=keywords:Paris)"
     assert load_model(header["model_spec"]).name == load_model(spec).name
@@ -158,3 +169,63 @@ def test_run_json_records_the_spec_that_rebuilds_it(tmp_path: Path) -> None:
     assert [r["completion"] for r in resumed.run.records()] == [
         r["completion"] for r in result.run.records()
     ]
+
+
+def test_n_above_1_under_greedy_decoding_is_refused_before_any_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # N greedy samples are one answer N times: the run was best-of-N in name only
+    import json
+
+    import poise
+
+    suite = tmp_path / "s.jsonl"
+    suite.write_text(
+        json.dumps({"id": "a", "messages": CAPITAL, "kind": "benign"}) + "\n", encoding="utf-8"
+    )
+    out = tmp_path / "runs"
+    spec = "best_of_n(mock:capital, reward=keywords:Paris, n=4)"
+    with pytest.raises(PoiseError, match="n=4 under greedy decoding draws 4 identical answers"):
+        poise.audit(model=spec, suites=[str(suite)], judge="refusal", out=str(out))
+    assert not out.exists() or not any(out.iterdir())  # no run folder
+    with pytest.raises(PoiseError, match="greedy decoding"):  # top_k=1 is greedy too
+        poise.audit(
+            model=spec, suites=[str(suite)], judge="refusal", out=str(out),
+            sampling={"temperature": 1.0, "top_k": 1},
+        )  # fmt: skip
+    # beside sampled configurations (an attack's grid) the greedy ones are a warning
+    with caplog.at_level("WARNING"):
+        grid = poise.audit(
+            model=spec, suites=[str(suite)], judge="refusal", out=str(out), html=False,
+            attack="exploitation", attack_options={"families": ["greedy", "temperature"],
+            "temperatures": [1.0], "kinds": ["benign"], "system_prompt": ["on"]},
+        )  # fmt: skip
+    assert "greedy decoding draws 4 identical answers" in caplog.text
+    assert "(requests greedy/sys=on)" in caplog.text
+    assert len(list(grid.run.records())) == 2
+    n1 = poise.audit(
+        model="best_of_n(mock:capital, reward=keywords:Paris, n=1)",
+        suites=[str(suite)], judge="refusal", out=str(out), html=False,
+    )  # fmt: skip
+    assert len(list(n1.run.records())) == 1  # N = 1 is the base model: greedy is fine
+
+
+def test_a_chat_model_or_a_monitor_as_a_scorer_is_refused_from_its_config(
+    tmp_path: Path,
+) -> None:
+    # it was accepted, and failed after every answer was generated, blaming a fresh 2-label head
+    with pytest.raises(PoiseError, match="organism-large is a chat model, not a reward or cost"):
+        BestOfN(MockModel("m"), n=2, cost="organism-large")
+    with pytest.raises(PoiseError, match="organism-monitor is a streaming monitor, not a reward"):
+        BestOfN(MockModel("m"), n=2, reward="organism-monitor")
+    two = tmp_path / "two-labels"
+    two.mkdir()
+    (two / "config.json").write_text(
+        '{"architectures": ["BertForSequenceClassification"], "id2label": {"0": "a", "1": "b"}}'
+    )
+    with pytest.raises(PoiseError, match="one output, this classifier has 2"):
+        BestOfN(MockModel("m"), n=2, cost=str(two))
+    (two / "config.json").write_text("{")
+    with pytest.raises(PoiseError, match=r"config.json:\d+: invalid JSON"):
+        BestOfN(MockModel("m"), n=2, cost=str(two))
+    BestOfN(MockModel("m"), n=2, cost="organism-cost")  # a cost model passes

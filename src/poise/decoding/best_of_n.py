@@ -112,25 +112,35 @@ class BestOfN(WrappedModel):
         n: int = 4,
         reward: str = "",
         cost: str = "",
-        lam: float = 1.0,
+        lam: float | None = None,
         calibrate: bool = False,
         transform: str = "none",
-        t: float = 1.0,
+        t: float | None = None,
         worst: bool = False,
     ) -> None:
         check_int("best_of_n", "n", n, 1)
         for flag, value in (("calibrate", calibrate), ("worst", worst)):
             if not isinstance(value, bool):
                 raise PoiseError(f"best_of_n: {flag} must be true or false, got {value!r}")
-        # checked even where unused (one scorer, no transform), so a wrong value is never ignored
-        lam = check_number("best_of_n", "lam", lam)
-        t = check_number("best_of_n", "t", t, positive=True)
         if not reward and not cost:
             raise PoiseError("best_of_n: needs reward=SCORER, cost=SCORER or both")
         if transform not in TRANSFORMS:
             raise PoiseError(
                 f"best_of_n: transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}"
             )
+        # an option that would change nothing is refused, not dropped from the spec unsaid
+        if lam is not None and not (reward and cost):
+            raise PoiseError(
+                "best_of_n: lam weighs the cost against the reward: it needs both reward= and "
+                "cost= (with one scorer, leave lam out)"
+            )
+        if t is not None and transform == "none":
+            raise PoiseError(
+                "best_of_n: t is the temperature of transform=bon or transform=won: set one, or "
+                "leave t out"
+            )
+        lam = 1.0 if lam is None else check_number("best_of_n", "lam", lam)
+        t = 1.0 if t is None else check_number("best_of_n", "t", t, positive=True)
         if transform != "none" and not calibrate:
             raise PoiseError(
                 "best_of_n: InfAlign's transformations act on calibrated scores: add calibrate=true"
@@ -164,6 +174,15 @@ class BestOfN(WrappedModel):
         self._reward_name, self._cost_name = reward, cost
         self._scorers: dict[str, Scorer] = {}
         self.capabilities = Capabilities()
+
+    def check_sampling(self, sampling: Sampling) -> None:
+        super().check_sampling(sampling)
+        if self.n > 1 and sampling.greedy:
+            raise PoiseError(
+                f"best_of_n: n={self.n} under greedy decoding draws {self.n} identical answers "
+                "(the answer is the base model's, at N times the cost): sample, e.g. "
+                "--temperature 1"
+            )
 
     def scorer(self, name: str) -> Scorer:
         """The scorer ``name`` stands for, loaded on first use."""

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, invalid_json, located
 from poise.models.base import Chat
 
 __all__ = ["Scorer", "check_scorer", "load_scorer"]
@@ -68,9 +69,52 @@ def check_scorer(what: str, name: str) -> None:
             raise PoiseError(f"{what}: length:N needs a positive integer N, got {arg!r}")
         return
     try:
-        _classifier_folder(name)
+        folder = _classifier_folder(name)
+        _check_one_output_classifier(name, folder)
     except PoiseError as exc:
         raise PoiseError(f"{what}: {exc}") from None
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A folder's JSON file as an object ({} when absent); one located error when malformed
+    (read here without torch: a spec is checked before anything heavy is imported)."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise located(path, exc.lineno, invalid_json(exc)) from None
+    except UnicodeDecodeError:
+        raise located(path, None, "not a UTF-8 text file") from None
+    if not isinstance(data, dict):
+        raise located(path, None, "expected a JSON object")
+    return data
+
+
+def _check_one_output_classifier(name: str, folder: Path) -> None:
+    """Refuse, from config.json and poise.json alone, a folder that is not a one-output sequence
+    classifier: a chat model or a monitor was accepted here and failed only after every answer
+    was generated, with transformers' fresh two-label head in the message."""
+    config, about = _json_object(folder / "config.json"), _json_object(folder / "poise.json")
+    kind = about.get("kind")
+    architectures = config.get("architectures")
+    names = [str(a) for a in architectures] if isinstance(architectures, list) else []
+    if kind in ("causal-lm", "monitor") or (
+        names and not any(a.endswith("ForSequenceClassification") for a in names)
+    ):
+        what = {"causal-lm": "a chat model", "monitor": "a streaming monitor"}.get(
+            str(kind), ", ".join(names)
+        )
+        raise PoiseError(
+            f"{name} is {what}, not a reward or cost model (a one-output sequence classifier, "
+            "e.g. organism-reward or organism-cost; or keywords:W1|W2, length:N)"
+        )
+    id2label = config.get("id2label")
+    labels = len(id2label) if isinstance(id2label, dict) else config.get("num_labels", 2)
+    if labels != 1:
+        raise PoiseError(
+            f"{name}: a reward or cost model has one output, this classifier has {labels}"
+        )
 
 
 class ClassifierScorer:

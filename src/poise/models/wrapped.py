@@ -112,6 +112,14 @@ class WrappedModel(ModelBase):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
+    def check_sampling(self, sampling: Sampling) -> None:
+        """Refuse (PoiseError) decoding settings this model would answer wrongly under, before
+        anything is generated; checks the wrapped models too. By default nothing is refused;
+        a strategy with a rule overrides it and calls ``super().check_sampling``."""
+        for model in self.models:
+            if isinstance(model, WrappedModel):
+                model.check_sampling(sampling)
+
     def generate(
         self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
     ) -> list[list[Completion]]:
