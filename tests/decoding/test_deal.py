@@ -205,6 +205,19 @@ def test_registry_spec_and_errors(tiny_hf_model_dir: Path, tiny: HFModel) -> Non
         DeAL(tiny, lam=1.0)
     with pytest.raises(PoiseError, match="deal needs a model with a token-level step"):
         DeAL(MockModel("mock"), lam=0)
+    # found by a first-hour reviewer: a torch traceback (k), a silent run past the context or
+    # ten minutes of stepping after every row ended (lookahead), a scorer never used (lam=0)
+    vocab = len(tiny.tokenizer)
+    with pytest.raises(PoiseError, match=f"k={vocab + 1} exceeds .* vocabulary of {vocab} tokens"):
+        DeAL(tiny, k=vocab + 1, beam=1, lam=0)
+    assert tiny.context_length is not None
+    with pytest.raises(PoiseError, match="lookahead=.* does not fit .* context"):
+        DeAL(tiny, lookahead=tiny.context_length, lam=1, cost="length:5")
+    assert DeAL(tiny, lookahead=5, lam=1, cost="length:5").context_length == (
+        tiny.context_length - 5
+    )
+    with pytest.raises(PoiseError, match="lam=0 weighs the heuristic by nothing"):
+        DeAL(tiny, lam=0, cost="length:5")
 
 
 @pytest.mark.slow

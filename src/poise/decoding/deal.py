@@ -148,11 +148,29 @@ class DeAL(WrappedModel):
                 self._terms.append((name, (1.0 if what == "reward" else -1.0) * float(weight)))
         if lam != 0 and not self._terms:
             raise PoiseError("deal: lam != 0 needs a heuristic: reward=SCORER and/or cost=SCORER")
+        if lam == 0 and self._terms:
+            raise PoiseError(
+                "deal: lam=0 weighs the heuristic by nothing, so reward= / cost= would be loaded "
+                "and never used: leave them out (lam=0 is plain beam search) or set lam"
+            )
         check_int("deal", "batch_size", batch_size, 1)
         require_step(self.kind, base)
+        tokenizer: Any = base.tokenizer
+        vocab = len(tokenizer) if tokenizer is not None else None
+        if vocab is not None and k > vocab:
+            raise PoiseError(f"deal: k={k} exceeds {base.name!r}'s vocabulary of {vocab} tokens")
+        if base.context_length is not None and lookahead >= base.context_length:
+            raise PoiseError(
+                f"deal: lookahead={lookahead} does not fit {base.name!r}'s context of "
+                f"{base.context_length} tokens"
+            )
         if batch_size != 64:
             options["batch_size"] = batch_size
         super().__init__(base, **options)
+        if base.context_length is not None:
+            # the lookahead's tokens sit in the KV cache past the answer: the context left for
+            # the prompt and the answer is that much shorter (the audit's context check reads it)
+            self.context_length = base.context_length - lookahead
         self.k, self.lookahead, self.beam, self.lam = k, lookahead, beam, float(lam)
         self.batch_size = batch_size
         self._scorers: dict[str, Scorer] = {}
@@ -267,6 +285,8 @@ class DeAL(WrappedModel):
             if self.lam != 0:
                 ended = torch.isin(flat, torch.tensor(sorted(eos), device=flat.device))
                 for _ in range(self.lookahead):
+                    if bool(ended.all()):
+                        break  # every branch has ended: more steps would only add padding
                     token = state.logits.argmax(dim=-1)
                     token = torch.where(ended, torch.full_like(token, pad), token)
                     ahead.append(token)
