@@ -101,8 +101,12 @@ def test_spec_registry_and_errors(tiny_hf_model_dir: Path) -> None:
         BestOfN(base, reward="keywords:a", calibrate=True, transform="exp")
     with pytest.raises(PoiseError, match="best_of_n: reward: scorer 'no-such-model'"):
         BestOfN(base, reward="no-such-model")
-    with pytest.raises(PoiseError, match="n must be an integer >= 1"):
+    with pytest.raises(PoiseError, match=r"n must be an integer in \[1, 4096\]"):
         BestOfN(base, n=0, reward="keywords:a")
+    with pytest.raises(PoiseError, match=r"n must be an integer in \[1, 4096\]"):
+        BestOfN(base, n=100_000, reward="keywords:a")
+    with pytest.raises(PoiseError, match="draw 8192 samples per chat"):
+        BestOfN(base, n=4096, reward="keywords:a").check_sampling(Sampling(n=2, temperature=1))
 
 
 def test_a_flag_that_is_not_true_or_false_and_an_unused_bad_number_are_refused(

@@ -211,7 +211,7 @@ def test_registry_spec_and_errors(tiny_hf_model_dir: Path, tiny: HFModel) -> Non
     with pytest.raises(PoiseError, match=f"k={vocab + 1} exceeds .* vocabulary of {vocab} tokens"):
         DeAL(tiny, k=vocab + 1, beam=1, lam=0)
     assert tiny.context_length is not None
-    with pytest.raises(PoiseError, match="lookahead=.* does not fit .* context"):
+    with pytest.raises(PoiseError, match=r"lookahead=.* does not fit .* context"):
         DeAL(tiny, lookahead=tiny.context_length, lam=1, cost="length:5")
     assert DeAL(tiny, lookahead=5, lam=1, cost="length:5").context_length == (
         tiny.context_length - 5

@@ -180,6 +180,11 @@ def test_evaluating_many_answers_equals_evaluating_each(tiny: HFModel) -> None:
     assert many == [rain.evaluate(r, a) for r, a in pairs]
     assert many == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0]
     assert rain.evaluate_many([]) == []
+    # a missing samples.jsonl field (None) or a number was evaluated, as "harmless" (1.0)
+    with pytest.raises(PoiseError, match="evaluate takes a request and an answer, both strings"):
+        rain.evaluate(None, None)  # type: ignore[arg-type]
+    with pytest.raises(PoiseError, match=r"pair 1 is \(123, \['x'\]\)"):
+        rain.evaluate_many([("q?", "bread"), (123, ["x"])])  # type: ignore[list-item]
 
 
 def test_the_spec_rebuilds_the_model(tiny_hf_model_dir: Path) -> None:

@@ -27,6 +27,21 @@ def test_mock_names_and_options() -> None:
     assert named.default == "I can't help with that."
 
 
+def test_a_strategy_named_without_its_call_says_how_to_write_it() -> None:
+    with pytest.raises(
+        PoiseError, match=r"'best_of_n' is a strategy .* best_of_n\(MODEL, \.\.\.\)"
+    ):
+        load_model("best_of_n")
+
+
+def test_a_strategy_given_a_spec_string_for_a_model_says_it_wants_a_model() -> None:
+    from poise.decoding.eft import EmulatedFineTuning
+
+    tiny = load_model("organism-small")
+    with pytest.raises(PoiseError, match=r"eft: expected a model .* got str 'organism-small-safe'"):
+        EmulatedFineTuning(tiny, tuned="organism-small-safe", reference=tiny)  # type: ignore[arg-type]
+
+
 def test_unknown_option_names_the_nearest() -> None:
     with pytest.raises(PoiseError, match=r"'defualt'.*did you mean 'default'"):
         load_model("mock", defualt="x")

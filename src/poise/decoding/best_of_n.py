@@ -52,6 +52,8 @@ from poise.models.wrapped import WrappedModel
 __all__ = ["BestOfN", "calibrated", "select"]
 
 TRANSFORMS = ("none", "bon", "won")
+#: samples drawn per chat at most (sampling.n x N), the bound of ``Sampling.n``
+MAX_DRAWN = 4096
 
 
 def calibrated(scores: Sequence[float]) -> list[float]:
@@ -118,7 +120,7 @@ class BestOfN(WrappedModel):
         t: float | None = None,
         worst: bool = False,
     ) -> None:
-        check_int("best_of_n", "n", n, 1)
+        check_int("best_of_n", "n", n, 1, MAX_DRAWN)
         for flag, value in (("calibrate", calibrate), ("worst", worst)):
             if not isinstance(value, bool):
                 raise PoiseError(f"best_of_n: {flag} must be true or false, got {value!r}")
@@ -177,6 +179,11 @@ class BestOfN(WrappedModel):
 
     def check_sampling(self, sampling: Sampling) -> None:
         super().check_sampling(sampling)
+        if sampling.n * self.n > MAX_DRAWN:
+            raise PoiseError(
+                f"best_of_n: {sampling.n} completions per chat, each the best of {self.n}, draw "
+                f"{sampling.n * self.n} samples per chat (at most {MAX_DRAWN})"
+            )
         if self.n > 1 and sampling.greedy:
             raise PoiseError(
                 f"best_of_n: n={self.n} under greedy decoding draws {self.n} identical answers "

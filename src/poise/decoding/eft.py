@@ -94,7 +94,7 @@ def _require_rewindable(model: LanguageModel) -> None:
     if not isinstance(model, HFModel) or isinstance(model, LockstepModel):
         raise PoiseError(
             f"eft: speculative decoding needs local Hugging Face models (hf backend), and "
-            f"{model.name!r} is a {type(model).__name__}"
+            f"{model.name!r} is not one ({type(model).__name__})"
         )
     if not model.prefill_merges:
         raise PoiseError(

@@ -354,6 +354,19 @@ def mix_priors(priors: Sequence[float]) -> list[float]:
     return [m / total for m in mixed]
 
 
+def _check_pair(index: int, pair: object) -> None:
+    """A (request, answer) pair of strings, or one error naming it: a missing field (None, as a
+    samples.jsonl record read with .get gives) was evaluated as the text "None"."""
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or not all(isinstance(text, str) for text in pair)
+    ):
+        raise PoiseError(
+            f"rain: evaluate takes a request and an answer, both strings; pair {index} is {pair!r}"
+        )
+
+
 @strategies.register(
     "rain",
     help="rewindable auto-regressive inference: tree search scored by the model's self-evaluation",
@@ -394,7 +407,7 @@ class Rain(WrappedModel):
             # template, and cuts simulations at the base's EOS tokens
             raise PoiseError(
                 f"rain: the base must be a Hugging Face model (hf backend), whose tokenizer and "
-                f"chat template the search uses; {base.name!r} is a {type(base).__name__}"
+                f"chat template the search uses; {base.name!r} is not one ({type(base).__name__})"
             )
         if similarity == "hidden" and not hasattr(base, "hidden_states"):
             raise PoiseError(f"rain: similarity=hidden needs hidden states, {base.name!r} has none")
@@ -692,10 +705,13 @@ class Rain(WrappedModel):
 
     def evaluate(self, request: str, answer: str) -> float:
         """The model's self-evaluation of one answer, in {-1, 0, 1} (``main.py: getv``)."""
+        _check_pair(0, (request, answer))
         return float(self._serve([_Evaluate(request, answer)])[0])
 
     def evaluate_many(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """:meth:`evaluate` of many (request, answer) pairs, ``batch_size`` at a time."""
+        for index, pair in enumerate(pairs):
+            _check_pair(index, pair)
         values: list[float] = []
         for start in range(0, len(pairs), self.batch_size):
             chunk = [_Evaluate(r, a) for r, a in pairs[start : start + self.batch_size]]

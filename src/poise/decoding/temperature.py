@@ -34,7 +34,13 @@ if TYPE_CHECKING:
 
 
 def require_step(kind: str, model: LanguageModel) -> None:
-    """Refuse an inner model without the token-level step, naming it."""
+    """Refuse an inner model without the token-level step, naming it; and anything that is not
+    a model (a spec string passed to a constructor in Python was an AttributeError)."""
+    if not isinstance(model, LanguageModel):
+        raise PoiseError(
+            f"{kind}: expected a model (poise.load_model(SPEC)), got {type(model).__name__} "
+            f"{model!r}"
+        )
     if not model.capabilities.step:
         raise PoiseError(
             f"{kind} needs a model with a token-level step (capabilities.step), and "

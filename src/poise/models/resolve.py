@@ -312,6 +312,11 @@ def _check_name(spec: str) -> None:
         return
     if _HUB_ID.match(spec):
         return
+    if _wrapper_registry(spec) is not None:  # a strategy or guard named without its call
+        raise PoiseError(
+            f"model: {spec!r} is a strategy or guard around a model: write it as a call, "
+            f"{spec}(MODEL, ...) (its options: docs/steering.md and docs/guards.md)"
+        )
     raise UnknownNameError("model", spec, _known_names())
 
 
