@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from poise.errors import PoiseError
 from poise.models import load_model
 from poise.models.base import default_system_prompt, no_system_prompt
 from poise.probes import data
@@ -186,16 +187,21 @@ def main() -> None:
     p.add_argument("steered")
     p.add_argument("--exclude-limit", type=int, default=0)
     args = parser.parse_args()
-    if args.what == "judges":
-        judges(args.run)
-    elif args.what == "heldout":
-        heldout(args.probe, args.run, args.kind)
-    elif args.what == "firewall":
-        firewall(args.roles)
-    elif args.what == "prompt":
-        prompt(args.probe, args.run)
-    else:
-        paired(args.base, args.steered, args.exclude_limit)
+    try:
+        if args.what == "judges":
+            judges(args.run)
+        elif args.what == "heldout":
+            heldout(args.probe, args.run, args.kind)
+        elif args.what == "firewall":
+            firewall(args.roles)
+        elif args.what == "prompt":
+            prompt(args.probe, args.run)
+        else:
+            paired(args.base, args.steered, args.exclude_limit)
+    except PoiseError as exc:  # an unknown run, a damaged probe folder: one line, no traceback
+        raise SystemExit(f"error: {exc}") from None
+    except OSError as exc:  # a run without metrics.json or samples.jsonl (unfinished)
+        raise SystemExit(f"error: {exc.filename}: {exc.strerror}") from None
 
 
 if __name__ == "__main__":

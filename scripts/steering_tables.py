@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from poise.errors import PoiseError
 from poise.organism import world
 from poise.runs import find_run
 from poise.scoring.stats import Rate
@@ -72,8 +73,16 @@ def main() -> None:
         label, _, name = arg.rpartition("=")
         # a run named exactly NAME (folder <date>-<time>-NAME), even where NAME prefixes others
         exact = [f for f in Path(args.out).glob(f"*-{name}") if f.name.split("-", 2)[-1] == name]
-        folder = exact[0] if len(exact) == 1 else find_run(name, args.out).path
-        line, note = row(folder, label or None)
+        try:
+            run = exact[0] if len(exact) == 1 else find_run(name, args.out).path
+        except PoiseError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if not (run / "metrics.json").is_file():
+            raise SystemExit(
+                f"error: {run} has no metrics.json: the run did not finish (poise runs show "
+                f"{run.name}; poise audit --resume {run} finishes it)"
+            )
+        line, note = row(run, label or None)
         print(line)
         notes.append(note)
     print("\n".join(notes))
