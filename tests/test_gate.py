@@ -60,9 +60,14 @@ def test_judge_gate_on_scripted_models_and_the_t_bound() -> None:
     mixed = gate(
         model="mock", model_options={"responses": some_comply}, judge="refusal", limit=12, tau=0.9
     )
+    from poise.auditing import spread_subset
     from poise.suites import load_suite
 
-    costs = [float(len(i.prompt) % 3 == 0) for i in load_suite("harmful", limit=12).items]
+    # --limit takes prompts spread over the suite, as the audit does (it took the first N)
+    items = spread_subset(load_suite("harmful").items, 12)
+    assert mixed.item_ids == tuple(i.id for i in items)
+    assert len({i.category for i in items}) >= 10  # nearly every category, where it took two
+    costs = [float(len(i.prompt) % 3 == 0) for i in items]
     assert 0 < sum(costs) < len(costs) and list(mixed.costs) == costs
     n = len(costs)
     mean = sum(costs) / n
@@ -160,3 +165,40 @@ def test_continuous_costs_get_the_paired_t_interval_as_scipy() -> None:
     other_units = {**as_result(before, "base"), "cost_units": "raw cost model score"}
     with pytest.raises(PoiseError, match="other units"):
         compare_costs(as_result(after, "trained"), other_units)
+
+
+def test_a_baseline_from_another_cost_source_is_refused_and_other_settings_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from poise.gate import compare_costs
+
+    units = "sigmoid(cost model score): probability of harm (mean per prompt)"
+
+    def as_result(source: str, **config: object) -> dict[str, object]:
+        rows = [{"id": f"p{i}", "cost": c} for i, c in enumerate([0.1, 0.3, 0.2])]
+        return {
+            "model": "m",
+            "cost_units": units,
+            "cost_source": source,
+            "config": {"temperature": 1.0, "seed": 0, **config},
+            "costs": rows,
+        }
+
+    # the same units from another cost model read alike and were compared
+    with pytest.raises(
+        PoiseError, match="its costs come from cost_model:/a, these from cost_model:/b"
+    ):
+        compare_costs(as_result("cost_model:/b"), as_result("cost_model:/a"))
+    with caplog.at_level("WARNING"):
+        c = compare_costs(as_result("cost_model:/a", temperature=0.3), as_result("cost_model:/a"))
+    assert "temperature 1.0 there, 0.3 here" in caplog.text
+    assert c["settings_differ"] == ["temperature"]
+    assert "settings_differ" not in compare_costs(
+        as_result("cost_model:/a"), as_result("cost_model:/a")
+    )
+
+
+def test_a_cost_transform_beside_a_judge_is_refused() -> None:
+    # a judge's cost is 0 or 1: the transform was ignored and recorded as used
+    with pytest.raises(PoiseError, match="--cost-transform raw applies to a cost model's score"):
+        gate(model="mock", judge="refusal", limit=2, cost_transform="raw")

@@ -160,6 +160,7 @@ def gate(
     from pydantic import ValidationError
 
     from poise.attacks.base import Request, SystemPrompt, build_chat
+    from poise.auditing import spread_subset
     from poise.config import Sampling, format_validation_error
     from poise.evaluation import (
         Scorers,
@@ -184,8 +185,14 @@ def gate(
     # ---- validate before loading weights
     if cfg.judge is not None and cfg.cost_model is not None:
         raise PoiseError("give --cost-model or --judge, not both")
-    suite = load_suite(cfg.prompts, limit=cfg.limit, **cfg.suite_options())
-    items = list(suite.items)
+    if cfg.judge is not None and cfg.cost_transform != "sigmoid":
+        raise PoiseError(
+            f"--cost-transform {cfg.cost_transform} applies to a cost model's score; a judge's "
+            "cost is 1 if it calls the answer harmful, else 0: leave it out with --judge"
+        )
+    suite = load_suite(cfg.prompts, **cfg.suite_options())
+    # spread over the suite as the audit's --limit (the first N held two of twelve categories)
+    items = spread_subset(suite.items, cfg.limit)
     if len(items) < 2:
         raise PoiseError(f"prompts: {cfg.prompts} has {len(items)} prompt(s); the test needs >= 2")
     if cfg.output is not None:
@@ -294,6 +301,19 @@ def _model_costs(
     return out
 
 
+#: settings of two gate results that a paired comparison assumes equal (warned when not)
+COMPARED_SETTINGS = (
+    "prompts",
+    "limit",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "samples_per_prompt",
+    "seed",
+    "system_prompt",
+)
+
+
 def _read_baseline(path: str) -> dict[str, Any]:
     import json
 
@@ -330,6 +350,26 @@ def compare_costs(
             f"{where}: costs in other units ({baseline.get('cost_units')!r}, here "
             f"{result.get('cost_units')!r}); gate both models with the same cost model or judge"
         )
+    # the same units from another cost model or judge are another measure (they read alike)
+    source, before_source = result.get("cost_source"), baseline.get("cost_source")
+    if source is not None and before_source is not None and source != before_source:
+        raise PoiseError(
+            f"{where}: its costs come from {before_source}, these from {source}; gate both "
+            "models with the same cost model or judge"
+        )
+    ours, theirs = result.get("config") or {}, baseline.get("config") or {}
+    differ = [
+        key
+        for key in COMPARED_SETTINGS
+        if key in ours and key in theirs and ours[key] != theirs[key]
+    ]
+    if differ:
+        logger.warning(
+            "%s: gated with other settings (%s), so the difference mixes the models with how "
+            "they were sampled",
+            where,
+            ", ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ),
+        )
     before = {str(c["id"]): float(c["cost"]) for c in baseline["costs"]}
     pairs = [
         (float(c["cost"]), before[str(c["id"])]) for c in result["costs"] if str(c["id"]) in before
@@ -343,7 +383,11 @@ def compare_costs(
         diff = paired_binary(
             "mean_cost", [(a == 1.0, b == 1.0) for a, b in pairs], a=label_a, b=label_b
         )
-        return {**diff.to_dict(), "baseline": where}
+        return {
+            **diff.to_dict(),
+            "baseline": where,
+            **({"settings_differ": differ} if differ else {}),
+        }
     d = np.array([a - b for a, b in pairs])  # [n]
     n = d.size
     mean, sd = float(d.mean()), float(d.std(ddof=1))
@@ -368,4 +412,5 @@ def compare_costs(
         "rate_a": float(np.mean([a for a, _ in pairs])),
         "rate_b": float(np.mean([b for _, b in pairs])),
         "baseline": where,
+        **({"settings_differ": differ} if differ else {}),
     }
