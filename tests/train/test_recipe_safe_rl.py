@@ -291,7 +291,9 @@ def test_the_trained_model_keeps_the_declaration_with_its_template(
         out = tmp_path / f"out-{from_base}"
         train_safe_rl(**_common(source, scorers, output=str(out), max_steps=1), from_base=from_base)
         written = json.loads((out / "poise.json").read_text())
-        assert written["default_system_prompt"] == "Be safe."
+        # trained from a base without a system prompt, it declares none (it kept the source's,
+        # which an audit then sent to a model that never saw it; the docs say "none")
+        assert written.get("default_system_prompt") == (None if from_base else "Be safe.")
         # the plain dialogue template of a base model does not insert the default
         assert written.get("system_prompt_in_template") is (None if from_base else True)
 

@@ -1198,6 +1198,11 @@ class Session:
             resumed_from=self.resumed_from,
         )
 
+    #: whether the trained model keeps its source's default system prompt (a recipe that
+    #: trains without it, safe-rl --from-base, sets False: an audit would send the prompt the
+    #: model never saw)
+    keeps_system_prompt: bool = True
+
     def save_model(self, folder: Path, source: Path) -> None:
         """The trained weights (in the source's dtype), tokenizer and poise.json into ``folder``."""
         model = self.unwrapped
@@ -1215,9 +1220,9 @@ class Session:
         self.tokenizer.save_pretrained(str(folder))
         meta = read_poise_json(source)
         poise_meta: dict[str, Any] = {"base_model": str(source), "trained_by": self.out.recipe}
-        if isinstance(meta.get("default_system_prompt"), str):
+        if isinstance(meta.get("default_system_prompt"), str) and self.keeps_system_prompt:
             poise_meta["default_system_prompt"] = meta["default_system_prompt"]
-        if (
+        if self.keeps_system_prompt and (
             meta.get("system_prompt_in_template") is True
             and self.tokenizer.chat_template != PLAIN_CHAT_TEMPLATE
         ):

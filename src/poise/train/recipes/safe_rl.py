@@ -479,6 +479,8 @@ def train_safe_rl(
         extra["safety_test"] = {**result.to_dict(), "verdict": "PASS" if result.passed else "FAIL"}
         metrics["safety_test/passed"] = result.passed
         metrics["safety_test/upper_bound"] = result.upper_bound
+    # trained from a base with plain turns and no system prompt: the folder declares none
+    session.keeps_system_prompt = not config.from_base
     return session.finish(metrics, source=source, extra=extra)
 
 
