@@ -410,6 +410,31 @@ def test_della_bounds_are_checked_on_every_tensor_before_writing(
     assert _nothing_written(tmp_path, out)
 
 
+def test_a_linear_merge_whose_weights_cancel_is_refused_before_writing(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """Weights 1 and -1 (or 0 and 0) normalised divide by 0: an all-NaN model written with exit
+    0; refused before anything is written. Without normalize they are a plain difference."""
+    _, a, b = specialists
+    out = tmp_path / "out"
+    for weights in ((1.0, -1.0), (0.0, 0.0)):
+        path = _write(tmp_path / "c.yml", {
+            "merge_method": "linear",
+            "models": [{"model": str(a), "parameters": {"weight": weights[0]}},
+                       {"model": str(b), "parameters": {"weight": weights[1]}}],
+        })  # fmt: skip
+        with pytest.raises(PoiseError, match="linear divides by the sum of the weights"):
+            run_merge(path, out)
+        assert _nothing_written(tmp_path, out)
+    path = _write(tmp_path / "c.yml", {
+        "merge_method": "linear", "parameters": {"normalize": False},
+        "models": [{"model": str(a), "parameters": {"weight": 1.0}},
+                   {"model": str(b), "parameters": {"weight": -1.0}}],
+    })  # fmt: skip
+    run_merge(path, out)
+    assert (out / "config.json").is_file()
+
+
 def test_an_existing_file_as_the_output_is_named_a_file(
     specialists: list[Path], tmp_path: Path
 ) -> None:

@@ -298,7 +298,21 @@ def check_tensor_options(
     method: MergeMethod, resolver: OptionResolver, names: list[str], labels: list[str]
 ) -> None:
     """Checks that need the values per tensor (gradients and filters resolved), before any weight
-    is read: DELLA's ``0 < density - epsilon`` and ``density + epsilon < 1`` where it drops."""
+    is read: DELLA's ``0 < density - epsilon`` and ``density + epsilon < 1`` where it drops, and
+    a normalised linear merge's weights not summing to 0 (it divides by their sum: an all-NaN
+    model, written with exit 0)."""
+    if method.name == "linear":
+        for name in names:
+            options = resolver(name)
+            weights = options.get("weight")
+            normalized = options.get("normalize", True) is not False
+            if normalized and weights is not None and abs(sum(map(float, weights))) < 1e-8:
+                raise PoiseError(
+                    f"tensor {name!r}: linear divides by the sum of the weights "
+                    f"({', '.join(f'{float(w):g}' for w in weights)}), which is 0; give "
+                    "weights that do not cancel, or normalize: false"
+                )
+        return
     if "epsilon" not in method.parameters() or "density" not in method.parameters():
         return
     for name in names:
