@@ -88,3 +88,11 @@ def test_prepare_output_file_returns_the_path_it_made_the_folder_for(
     monkeypatch.setenv("HOME", str(tmp_path))
     assert prepare_output_file("~/x/out.json", "output") == tmp_path / "x" / "out.json"
     assert (tmp_path / "x").is_dir()
+
+
+def test_an_unknown_name_of_another_type_is_named_not_a_type_error() -> None:
+    # poise.train(None, ...) reached difflib with None: a bare TypeError
+    from poise.errors import UnknownNameError
+
+    error = UnknownNameError("recipe", None, ["dpo", "reward"])  # type: ignore[arg-type]
+    assert str(error) == "unknown recipe None (known: dpo, reward)"

@@ -29,7 +29,10 @@ class UnknownNameError(PoiseError, KeyError):
 
     def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
         known = sorted(known)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        # a name of another type (None from Python) is named, not fed to difflib (a TypeError)
+        close = (
+            difflib.get_close_matches(name, known, n=3, cutoff=0.5) if isinstance(name, str) else []
+        )
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(known) if known else "(none registered)"
         super().__init__(f"unknown {kind} {name!r}{hint} (known: {listing})")

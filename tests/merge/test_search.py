@@ -101,6 +101,34 @@ def test_search_config_and_output_mistakes_are_one_line(tmp_path: Path) -> None:
     assert blocker.read_text() == "x"
 
 
+def test_a_misspelt_grid_option_or_objective_is_refused_before_any_candidate(
+    tmp_path: Path,
+) -> None:
+    # a grid option no method takes ran the default, and an objective the audit cannot give
+    # failed after the first candidate was merged and audited
+    with pytest.raises(
+        PoiseError, match="'lamda' is an option of none of task_arithmetic; did you mean 'lambda'"
+    ):
+        candidates(SearchConfig(merge=TEMPLATE, parameters={"lamda": [0.5]}))
+    out = tmp_path / "out"
+    for objectives, message in (
+        (
+            {"helpful": "helpfull_rate"},
+            "unknown objective helpful: metric 'helpfull_rate'; did you mean 'helpful_rate'",
+        ),
+        (
+            {"honest": "known_accuracy"},
+            "known_accuracy reads honesty-known items, and the audit's suites \\(harmful\\) have none",
+        ),
+    ):
+        search = SearchConfig(
+            merge=TEMPLATE, objectives=objectives, audit={"suites": ["harmful"], "limit": 2}
+        )
+        with pytest.raises(PoiseError, match=message):
+            run_search(search, out)
+        assert not (out / "candidates").exists()
+
+
 @pytest.mark.slow
 def test_search_on_the_organism_is_cached_and_resumes(tmp_path: Path) -> None:
     """organism-small and organism-small-safe as a two-model stand-in for 3H specialists."""

@@ -29,6 +29,7 @@ since the three rates share a 0..1 scale.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -42,7 +43,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, UnknownNameError, located
 from poise.merge.config import MergeConfig, check_config, merged_entries, run_merge
 from poise.merge.executor import check_folder_path
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS
@@ -119,6 +120,18 @@ def candidates(search: SearchConfig) -> list[Candidate]:
     """Every candidate's resolved merge config, checked (one-line errors) before any work."""
     template = dict(search.merge)
     methods = search.methods or [template.get("merge_method", "")]
+    # a grid option no method takes was dropped without a word (a misspelt lambda ran the
+    # default): refused, as poise merge refuses it
+    taken = {p for name in methods for p in METHODS.get(name).parameters()}
+    for key in search.parameters:
+        if KEYWORD_OPTIONS.get(key, key) not in taken:
+            spelt = {inner: outer for outer, inner in KEYWORD_OPTIONS.items()}  # lambda_: lambda
+            names = sorted(spelt.get(p, p) for p in taken)
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise PoiseError(
+                f"parameters: {key!r} is an option of none of {', '.join(methods)}{hint}"
+            )
     out = []
     seen = set()
     for method_name in methods:
@@ -169,6 +182,29 @@ def candidates(search: SearchConfig) -> list[Candidate]:
 def _key(config: Mapping[str, Any]) -> str:
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def check_objectives(objectives: Mapping[str, str], audit_config: Any) -> None:
+    """Each objective names a rate the audit reports on its suites (checked before the first
+    candidate is merged and audited, where it failed after them)."""
+    from poise.suites import load_suite
+    from poise.tasks import all_metrics
+
+    rates = {name: m for name, m in all_metrics().items() if m.count == "samples"}
+    kinds = {
+        item.kind
+        for spec in audit_config.suites
+        for item in load_suite(spec, **audit_config.suite_options()).items
+    }
+    for objective, metric in objectives.items():
+        name = metric.lstrip("-")
+        if name not in rates:
+            raise UnknownNameError(f"objective {objective}: metric", name, rates)
+        if not set(rates[name].kinds) & kinds:
+            raise PoiseError(
+                f"objective {objective}: {name} reads {', '.join(rates[name].kinds)} items, and "
+                f"the audit's suites ({', '.join(audit_config.suites)}) have none"
+            )
 
 
 def read_scores(metrics: Mapping[str, Any], objectives: Mapping[str, str]) -> dict[str, Score]:
@@ -246,7 +282,8 @@ def run_search(
     check_folder_path(out)
     found = candidates(search)
     audit_fields = dict(search.audit)
-    make_config(None, **{"model": "mock", **audit_fields})  # audit fields checked up front
+    audit_config = make_config(None, **{"model": "mock", **audit_fields})  # checked up front
+    check_objectives(search.objectives, audit_config)
     for i, cand in enumerate(found):
         folder = out / "candidates" / cand.key
         result_path = folder / "result.json"
