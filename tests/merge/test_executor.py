@@ -410,6 +410,32 @@ def test_della_bounds_are_checked_on_every_tensor_before_writing(
     assert _nothing_written(tmp_path, out)
 
 
+def test_a_model_without_density_keeps_every_entry_as_in_mergekit(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """The docs' first example gives one model a density and not the other: it was refused
+    ("some models have no 'density' value"); mergekit reads the missing one as 1.0."""
+    from safetensors.torch import load_file
+
+    base, a, b = specialists
+
+    def merged(second: dict[str, object], name: str) -> dict[str, object]:
+        path = _write(tmp_path / f"{name}.yml", {
+            "merge_method": "ties", "base_model": str(base), "dtype": "float32",
+            "models": [{"model": str(a), "parameters": {"weight": 0.6, "density": 0.5}},
+                       {"model": str(b), "parameters": second}],
+        })  # fmt: skip
+        run_merge(path, tmp_path / name)
+        return dict(load_file(tmp_path / name / "model.safetensors"))
+
+    implicit = merged({"weight": 0.5}, "implicit")
+    explicit = merged({"weight": 0.5, "density": 1.0}, "explicit")
+    assert implicit.keys() == explicit.keys()
+    assert all(bool((implicit[k] == explicit[k]).all()) for k in implicit)  # type: ignore[union-attr]
+    with pytest.raises(PoiseError, match="has no 'weight' parameter"):
+        merged({"density": 0.5}, "no-weight")  # weight has no default
+
+
 def test_a_linear_merge_whose_weights_cancel_is_refused_before_writing(
     specialists: list[Path], tmp_path: Path
 ) -> None:

@@ -57,7 +57,7 @@ from poise.merge.executor import (
 )
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS, MergeMethod
 from poise.merge.sources import LoraFolder, SafetensorsFolder, TensorSource, is_lora_folder
-from poise.merge.task_arithmetic import DELLA_EPSILON
+from poise.merge.task_arithmetic import DELLA_EPSILON, PER_MODEL_DEFAULTS
 
 DTYPES = {
     "float32": torch.float32,
@@ -411,6 +411,9 @@ class OptionResolver:
                     values.append(evaluate(raw, name, t))
                 if all(v is None for v in values):
                     continue
+                default = PER_MODEL_DEFAULTS.get(option)
+                if default is not None:  # a model without it takes the default, as in mergekit
+                    values = [default if v is None else v for v in values]
                 if any(v is None for v in values):
                     at = f"tensor {name!r}: " if name else ""
                     raise PoiseError(

@@ -42,6 +42,10 @@ SignElection = Literal["paper", "weighted"]
 
 # DELLA's epsilon (the half-width of the keep probabilities) when a config gives none
 DELLA_EPSILON = 0.15
+#: breadcrumbs' share of the largest entries dropped, where a model gives no gamma (mergekit's)
+BREADCRUMBS_GAMMA = 0.01
+#: per-model options a model may leave out (mergekit's defaults): density 1 keeps every entry
+PER_MODEL_DEFAULTS = {"density": 1.0, "gamma": BREADCRUMBS_GAMMA, "epsilon": DELLA_EPSILON}
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -88,7 +92,7 @@ def generalized_task_arithmetic(
                 density=1.0 if density is None else float(density[t]),
                 rescale=rescale,
                 rescale_norm=rescale_norm,
-                gamma=0.01 if gamma is None else float(gamma[t]),
+                gamma=BREADCRUMBS_GAMMA if gamma is None else float(gamma[t]),
                 epsilon=DELLA_EPSILON if epsilon is None else float(epsilon[t]),
                 generator=generator,
             )
