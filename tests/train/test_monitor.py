@@ -107,3 +107,15 @@ def test_a_misspelt_model_or_a_file_as_output_is_one_line_before_any_work(tmp_pa
     afile.write_text("x")
     with pytest.raises(PoiseError, match="exists and is not a folder"):
         train_monitor_files("organism-small", data, afile)
+
+
+def test_rule_choice_options_without_validation_data_are_refused(tmp_path: Path) -> None:
+    # they choose on validation data: without it they were ignored (threshold 0.5, k 1, exit 0)
+    data = _data(tmp_path / "data.jsonl")
+    for settings, flag in (
+        (MonitorSettings(calibrate_heads=("response", "token")), "--choose-head"),
+        (MonitorSettings(tolerance=0.02), "--tolerance"),
+    ):
+        with pytest.raises(PoiseError, match=f"{flag} .* give --validation FILE"):
+            train_monitor_files("organism-small", data, tmp_path / "out", settings=settings)
+    assert not (tmp_path / "out").exists()

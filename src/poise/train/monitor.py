@@ -177,6 +177,19 @@ def keep_layers(backbone: Any, layers: int) -> None:
         config.layer_types = config.layer_types[:layers]
 
 
+def _needs_validation(settings: MonitorSettings, given: bool) -> None:
+    """The head choice and the tolerance choose the rule on validation data: without it they
+    were ignored (threshold 0.5, k 1 kept, exit 0)."""
+    if given:
+        return
+    if settings.calibrate_heads:
+        raise PoiseError("--choose-head chooses on validation data: give --validation FILE")
+    if settings.tolerance:
+        raise PoiseError(
+            "--tolerance applies when choosing k on validation data: give --validation FILE"
+        )
+
+
 def train_monitor(
     model: str,
     examples: list[MonitorExample],
@@ -189,6 +202,7 @@ def train_monitor(
     """Train a monitor from the causal model ``model`` (a name or folder) on ``examples``."""
     settings = settings or MonitorSettings()
     settings.check()
+    _needs_validation(settings, validation is not None)
     _check_labels(examples)
     backbone, tokenizer, base = _load_backbone(model)
     return fit_monitor(
@@ -339,6 +353,7 @@ def train_monitor_files(
     if out.exists() and any(out.iterdir()):
         raise PoiseError(f"--output {out}: exists and is not empty")
     (settings or MonitorSettings()).check()
+    _needs_validation(settings or MonitorSettings(), validation is not None)
     _model_folder(model)  # a misspelt name fails before the data is read
     examples = read_monitor_data(data)
     held = read_monitor_data(validation) if validation is not None else None
