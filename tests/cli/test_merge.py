@@ -73,3 +73,16 @@ def test_methods_lists_every_method() -> None:
     assert result.exit_code == 0, result.output
     for name in ("ties", "dare_linear", "della", "slerp", "model_stock", "tsv_m", "resm"):
         assert name in result.output
+
+
+@pytest.mark.parametrize("size", ["0", "-1MB", "0GB", "five"])
+def test_a_shard_size_that_is_not_positive_is_one_line(size: str, tmp_path: Path) -> None:
+    # 0 and negative sizes wrote one shard per tensor with exit 0
+    config = tmp_path / "merge.yml"
+    config.write_text("merge_method: linear\nmodels: []\n")
+    result = CliRunner().invoke(
+        app, ["merge", str(config), str(tmp_path / "o"), "--shard-size", size]
+    )
+    assert result.exit_code == 2
+    assert f"--shard-size {size!r} is not a positive size" in result.output
+    assert not (tmp_path / "o").exists()

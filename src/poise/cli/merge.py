@@ -59,12 +59,15 @@ merge_app = typer.Typer(
 
 
 def _size(text: str) -> int:
+    """``--shard-size``: bytes, or a number with KB / MB / GB; a ValueError unless positive (0
+    or a negative size wrote one shard per tensor without a word)."""
     units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
     lowered = text.strip().lower()
-    for suffix, factor in units.items():
-        if lowered.endswith(suffix):
-            return int(float(lowered[: -len(suffix)]) * factor)
-    return int(lowered)
+    suffix = next((s for s in units if lowered.endswith(s)), None)
+    size = int(float(lowered[: -len(suffix)]) * units[suffix]) if suffix else int(lowered)
+    if size <= 0:
+        raise ValueError(f"shard size {size}")
+    return size
 
 
 @merge_app.command("run", hidden=True)
@@ -88,7 +91,9 @@ def run_command(
         try:
             size = _size(shard_size)
         except ValueError:
-            raise PoiseError(f"--shard-size {shard_size!r} is not a size (e.g. 2GB)") from None
+            raise PoiseError(
+                f"--shard-size {shard_size!r} is not a positive size (e.g. 2GB, 500MB)"
+            ) from None
         from pathlib import Path
 
         load_config(Path(merge_config))  # every config mistake before any weight is read
