@@ -45,6 +45,9 @@ def test_dpo_lowers_the_loss_changes_every_parameter_and_writes_an_hf_folder(
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert {"loss", "rewards/margin", "rewards/accuracy", "lr"} <= set(log[0])
+    # each step's rate is the one it was taken at (torch's LinearLR-style decay over 6 steps,
+    # no warm-up): 5e-3 at step 1 and 5e-3/6 at the last; the log showed the next step's, 0 last
+    assert [r["lr"] for r in log] == pytest.approx([5e-3 * (6 - i) / 6 for i in range(6)])
 
 
 def test_ld_dpo_and_another_registered_loss_train(tiny_hf_model_dir: Path, tmp_path: Path) -> None:

@@ -1048,6 +1048,9 @@ class Session:
             return False
         if self.config.max_grad_norm > 0:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        # the rate this step is taken at (read after the scheduler's step, the log showed the
+        # next step's: 0 at the last step of a linear decay, as if nothing had trained)
+        lr = float(self.scheduler.get_last_lr()[0])
         self.optimizer.step()
         if not self.accelerator.optimizer_step_was_skipped:
             self.scheduler.step()
@@ -1055,7 +1058,7 @@ class Session:
         self._micro_in_step = 0
         self.state.step += 1
         metrics = self._reduce_step_metrics()
-        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
+        metrics["lr"] = lr
         self.last_metrics = metrics
         if self.config.save_steps and self.state.step % self.config.save_steps == 0:
             self.checkpoint()
