@@ -192,6 +192,15 @@ def test_hh_rlhf_transcript_without_turns_names_line_and_field(tmp_path: Path) -
         load_suite(str(path))
 
 
+def test_a_preference_pairs_file_read_as_prompts_says_what_it_is(tmp_path: Path) -> None:
+    # poise train organism-data's pairs given as gate/safe-rl --prompts: "not an HH-RLHF
+    # transcript" pointed away from the fix
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "q", "chosen": "Sure", "rejected": "No"}\n', encoding="utf-8")
+    with pytest.raises(PoiseError, match="looks like a preference-pairs file .* --prompts-output"):
+        load_suite(str(path))
+
+
 def test_parse_hh_transcript_splits_turns_and_keeps_paragraphs() -> None:
     text = (
         "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nSecond paragraph.\n\nHuman: Bye\n\nAssistant:"

@@ -257,6 +257,10 @@ def test_file_level_errors(tmp_path: Path) -> None:
         load_preferences(odd)
     with pytest.raises(PoiseError, match="unknown preference format 'csv'"):
         load_preferences(odd, format="csv")
+    # one field short of the generic format: that field is named (the format could not be told)
+    short = _write(tmp_path / "short.jsonl", [{"prompt": "a", "chosen": "b"}])
+    with pytest.raises(PoiseError, match=r"short\.jsonl:1: missing field 'rejected' \(a generic"):
+        load_preferences(short)
     not_gzip = tmp_path / "x.jsonl.gz"
     not_gzip.write_text("{}\n")
     with pytest.raises(PoiseError, match="not a readable gzip file"):

@@ -424,12 +424,20 @@ def hh_rlhf(record: Record, context: FormatContext) -> Draft:
     category is the HH subset folder when the file sits in one.
     """
     chosen = record.data.get("chosen")
+    # a preference-pairs file (poise train's prompt / chosen / rejected) read as prompts: say so
+    pairs = (
+        "; this looks like a preference-pairs file (prompt, chosen, rejected), not prompts: give "
+        "its prompts file (poise train organism-data --prompts-output) or read the prompt "
+        "column with --format generic --column prompt=prompt"
+        if "prompt" in record.data
+        else ""
+    )
     if not isinstance(chosen, str) or not chosen.strip():
-        raise record.error("chosen", "expected a non-empty transcript")
+        raise record.error("chosen", "expected a non-empty HH-RLHF transcript" + pairs)
     try:
         turns = parse_hh_transcript(chosen)
     except PoiseError as exc:
-        raise record.error("chosen", str(exc)) from None
+        raise record.error("chosen", str(exc) + pairs) from None
     last_user = max((i for i, m in enumerate(turns) if m["role"] == "user"), default=None)
     if last_user is None:
         raise record.error("chosen", "the transcript has no 'Human:' turn")

@@ -271,6 +271,16 @@ def _detect(row: _Row) -> str:
         return "attack" if is_chat and isinstance(row.data.get("meta"), dict) else "generic"
     if {"chosen", "rejected"} <= keys:
         return "hh-rlhf"
+    # one field short of a format: name it (the format could not be told, which pointed away)
+    for fields, name in (
+        ({"prompt", "chosen", "rejected"}, "generic"),
+        ({"chosen", "rejected"}, "hh-rlhf"),
+    ):
+        if len(fields - keys) == 1 and len(fields & keys) >= 2:
+            raise PoiseError(
+                f"{row.path}:{row.line}: missing field {next(iter(fields - keys))!r} (a {name} "
+                f"preference pair has {', '.join(sorted(fields))})"
+            )
     raise PoiseError(
         f"{row.path}:{row.line}: cannot tell the preference format from the keys "
         f"{sorted(keys)}; give the format (--data-format) as one of {', '.join(PREFERENCE_FORMATS)}"
