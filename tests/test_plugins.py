@@ -23,6 +23,8 @@ def test_entry_point_plugins_are_imported_once_and_register(
 
     class FakeEntryPoint:
         name = "fake"
+        value = "fake_plugin"
+        dist = None
 
         def load(self) -> object:
             register()
@@ -59,3 +61,84 @@ def test_listed_plugins_are_imported_by_name(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(poise.plugins.importlib, "import_module", recording_import)
     poise.plugins.load_plugins()  # a listed plugin that is not installed is skipped
     assert imported == ["poise_test_plugin", "poise_not_installed"]
+
+
+class _EntryPoint:
+    """An entry point of the ``poise.plugins`` group, as importlib.metadata lists it."""
+
+    def __init__(self, value: str, load: object) -> None:
+        self.name, self.value, self.dist, self._load = "review", value, None, load
+
+    def load(self) -> object:
+        return self._load() if callable(self._load) else self._load
+
+
+def _with_plugins(monkeypatch: pytest.MonkeyPatch, *entries: _EntryPoint) -> None:
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda *, group: list(entries))
+    monkeypatch.setattr(poise.plugins, "_loaded", False)
+
+
+def test_every_registry_plugins_fill_loads_them_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    # only the model resolver and the judges loaded plugins: a plugin's attack, merge method or
+    # kind of evaluation was unknown to the CLI ("unknown attack", "unknown kind")
+    from poise.attacks import attacks
+    from poise.merge.methods import METHODS
+    from poise.tasks import Metric, Task, kinds, register_task, unregister_task
+
+    def register() -> None:
+        attacks.add("review_attack", attacks.get("greedy"))
+        METHODS.add("review_method", METHODS.get("linear"))
+        register_task(Task(kind="review-kind", meaning="m", metrics=(
+            Metric("review_rate", ("review-kind",), "lower", "r", "{value}"),)))  # fmt: skip
+
+    _with_plugins(monkeypatch, _EntryPoint("review.plugin:register", lambda: register))
+    try:
+        assert "review_attack" in attacks.names()  # a function entry point is called
+        assert "review_method" in METHODS and "review-kind" in kinds()
+    finally:
+        attacks._entries.pop("review_attack", None)
+        METHODS._entries.pop("review_method", None)
+        unregister_task("review-kind")
+
+
+def test_a_plugin_that_fails_to_load_is_one_line_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from poise.errors import PoiseError
+
+    def broken() -> object:
+        raise RuntimeError("deliberate import failure")
+
+    _with_plugins(monkeypatch, _EntryPoint("review.broken", broken))
+    with pytest.raises(
+        PoiseError,
+        match=r"plugin 'review' \(review\.broken\) failed to load: RuntimeError: deliberate",
+    ):
+        judges.get("refusal")
+    # a clash says who registered the name first
+    with pytest.raises(
+        ValueError, match=r"judge 'refusal' is already registered \(by poise\.scoring"
+    ):
+        judges.add("refusal", lambda: None)
+
+
+def test_a_wrapper_name_in_two_registries_or_under_another_kind_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from poise.decoding import strategies
+    from poise.errors import PoiseError
+    from poise.models import load_model
+    from poise.models.wrapped import WrappedModel
+
+    # a strategy named as the built-in guard stood in for it unseen
+    monkeypatch.setitem(strategies._entries, "guarded", strategies._entries["logit_temperature"])
+    with pytest.raises(PoiseError, match=r"'guarded' names a decoding strategy .*, a guard"):
+        load_model("guarded(mock, monitor=organism-monitor)")
+    monkeypatch.delitem(strategies._entries, "guarded")
+
+    class Polite(WrappedModel):
+        kind = "polite_v1"
+
+    # its spec would be written polite_v1(...), which no registry knows
+    with pytest.raises(ValueError, match="registered as 'polite' but its kind is 'polite_v1'"):
+        strategies.add("polite", Polite)

@@ -2,14 +2,24 @@
 
 The core never imports a plugin by name in code; it imports the modules listed here, and those
 that installed packages declare under the ``poise.plugins`` entry-point group, once, the first
-time a registry that plugins fill is read (the model resolver, the judges). The bundled organism
-is such a plugin: importing ``poise.organism`` registers its members with the model resolver and
-its oracle with the judges.
+time any registry that plugins fill is read (models, strategies, guards, judges, attacks, suite
+formats, tasks and their metrics, merge methods, training recipes and losses). The bundled
+organism is such a plugin: importing ``poise.organism`` registers its members with the model
+resolver and its oracle with the judges.
+
+An installed package declares its plugin in its ``pyproject.toml``::
+
+    [project.entry-points."poise.plugins"]
+    mine = "my_package.poise_plugin"            # a module whose import registers
+    other = "my_package.plugin:register"        # or a function, called with no arguments
+
+A plugin that fails to load stops every command with one line naming it (a PoiseError).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import threading
 
@@ -21,25 +31,52 @@ ENTRY_POINT_GROUP = "poise.plugins"
 
 _lock = threading.RLock()  # a plugin may read a registry while it registers
 _loaded = False
+_loading = False  # in this call's thread (the lock is held): a read while registering
 
 
 def load_plugins() -> None:
     """Import every plugin once (a missing bundled plugin is skipped; a broken one raises)."""
-    global _loaded
+    global _loading
     if _loaded:
         return
     with _lock:
-        if _loaded:
-            return
-        for module in PLUGINS:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as exc:
-                if exc.name != module:
-                    raise
-                log.debug("plugin %s is not installed", module)
-        from importlib.metadata import entry_points
+        if _loaded or _loading:
+            return  # a plugin reading a registry while it registers sees what is there so far
+        _loading = True
+        try:
+            _load_all()
+        finally:
+            _loading = False
 
-        for entry in entry_points(group=ENTRY_POINT_GROUP):
-            entry.load()
-        _loaded = True
+
+def _load_all() -> None:
+    """Import the listed plugins and the entry points (load_plugins holds the lock)."""
+    global _loaded
+    for module in PLUGINS:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            log.debug("plugin %s is not installed", module)
+    from importlib.metadata import entry_points
+
+    from poise.errors import PoiseError
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        where = f"plugin {entry.name!r} ({entry.value}"
+        if entry.dist is not None:
+            where += f", from {entry.dist.name}"
+        where += ")"
+        try:
+            loaded = entry.load()
+            if inspect.isfunction(loaded):  # "pkg.module:register": call it to register
+                loaded()
+        except PoiseError:
+            raise
+        except Exception as exc:  # every command would fail on it: say which, in a line
+            raise PoiseError(
+                f"{where} failed to load: {type(exc).__name__}: {exc} (uninstall it, or fix "
+                "it, to use poise)"
+            ) from exc
+    _loaded = True

@@ -54,10 +54,26 @@ def _first_doc_line(obj: object) -> str:
 class Registry(Generic[T]):
     """Objects of one kind by name (see the module docstring)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        *,
+        loader: Callable[[], None] | None = None,
+        check: Callable[[str, T], None] | None = None,
+    ) -> None:
+        """``loader``: called before every lookup (``poise.plugins.load_plugins`` for the
+        registries plugins fill: installed plugins register on first read, whichever registry
+        is read first). ``check(name, obj)``: refuses (ValueError) an entry this kind cannot
+        hold."""
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}  # deprecated name -> current name
+        self._loader = loader
+        self._check = check
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            self._loader()
 
     # -- registering
 
@@ -79,9 +95,13 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} name {name!r} is not snake_case (e.g. 'best_of_n')")
         current = self._entries.get(name)
         if current is not None and current.obj is not obj:
-            raise ValueError(f"{self.kind} {name!r} is already registered")
+            raise ValueError(
+                f"{self.kind} {name!r} is already registered (by {_origin(current.obj)})"
+            )
         if name in self._aliases:
             raise ValueError(f"{self.kind} {name!r} is already a deprecated alias")
+        if self._check is not None:
+            self._check(name, obj)
         self._entries[name] = Entry(name, obj, help or _first_doc_line(obj), reference)
 
     def alias(self, old: str, new: str) -> None:
@@ -97,6 +117,7 @@ class Registry(Generic[T]):
     def canonical(self, name: str) -> str:
         """The registered name of ``name``: itself, or the current name of a deprecated alias
         (with a ``FutureWarning``); an unknown name is an ``UnknownNameError``."""
+        self._load()
         if name in self._entries:
             return name
         new = self._aliases.get(name)
@@ -121,15 +142,18 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, sorted (deprecated aliases are not listed)."""
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load()
         return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)
 
     # -- building
@@ -164,6 +188,13 @@ class Registry(Generic[T]):
         except ValueError:  # no signature (a builtin): let the call itself check
             pass
         return obj(*args, **options)
+
+
+def _origin(obj: object) -> str:
+    """Where a registered object comes from, for a clash's message: its module."""
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}.{name}"
 
 
 def keyword_options(obj: object) -> dict[str, inspect.Parameter]:

@@ -15,6 +15,7 @@ from typing import Any
 from poise.config import Sampling
 from poise.errors import PoiseError, UnknownNameError
 from poise.models.base import Chat, with_system_prompt
+from poise.plugins import load_plugins
 from poise.registry import Registry
 from poise.suites.schema import SuiteItem
 
@@ -32,7 +33,7 @@ class Request:
 
 AttackFn = Callable[[Sequence[SuiteItem], Sampling, "SystemPrompt"], list[Request]]
 
-attacks: Registry[AttackFn] = Registry("attack")
+attacks: Registry[AttackFn] = Registry("attack", loader=load_plugins)
 
 # attack function -> its option check: the options as given (from the CLI: numbers and JSON lists
 # parsed, other values strings) -> the options parsed to their types, or one PoiseError line

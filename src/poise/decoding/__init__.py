@@ -13,11 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from poise.models.base import LanguageModel
+from poise.models.wrapped import check_wrapper_kind
+from poise.plugins import load_plugins
 from poise.registry import Registry
 
 __all__ = ["strategies"]
 
-strategies: Registry[Callable[..., LanguageModel]] = Registry("decoding strategy")
+strategies: Registry[Callable[..., LanguageModel]] = Registry(
+    "decoding strategy", loader=load_plugins, check=check_wrapper_kind
+)
 
 # the built-in strategies register themselves on import
 from poise.decoding import best_of_n as _best_of_n  # noqa: E402, F401

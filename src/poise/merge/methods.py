@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from poise.errors import PoiseError, UnknownNameError
+from poise.plugins import load_plugins
 from poise.registry import Registry
 
 BasePolicy = Literal["required", "optional", "none"]
@@ -97,7 +98,7 @@ class MergeMethod:
         return self.fn(tensors, base, **resolved)
 
 
-METHODS: Registry[MergeMethod] = Registry("merge method")
+METHODS: Registry[MergeMethod] = Registry("merge method", loader=load_plugins)
 
 
 def merge_method(

@@ -141,10 +141,13 @@ def wrapper_registries() -> list[Registry[Any]]:
 
 
 def _wrapper_registry(kind: str) -> Registry[Any] | None:
-    for registry in wrapper_registries():
-        if kind in registry:
-            return registry
-    return None
+    found = [registry for registry in wrapper_registries() if kind in registry]
+    if len(found) > 1:
+        # one spec name, two wrappers (a plugin's strategy named as a guard): the first found
+        # would stand in for the other unseen, in audits, serve and resumed runs
+        owners = ", ".join(f"a {r.kind} ({r.entry(kind).obj.__module__})" for r in found)
+        raise PoiseError(f"{kind!r} names {owners}: rename one of them")
+    return found[0] if found else None
 
 
 def _wrapper_names() -> list[str]:
@@ -422,7 +425,8 @@ def _option_value(value: Value) -> object:
 
 def _coerce(kind: str, key: str, value: object, param: inspect.Parameter) -> object:
     """An int where the option is a float becomes a float, so ``t=1`` and ``t=1.0`` are one
-    spec (and one cache key)."""
+    spec (and one cache key). Types are the constructor's to check (``poise.errors.check_int``,
+    ``check_number``): it knows the ranges too."""
     annotation = str(param.annotation)
     default = param.default
     wants_float = annotation == "float" or (

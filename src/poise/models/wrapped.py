@@ -74,6 +74,16 @@ def compose(
     return format_call(kind, [SpecText(p) for p in parts], written)
 
 
+def check_wrapper_kind(name: str, obj: object) -> None:
+    """A wrapper class registered as ``name`` must have ``kind == name``: its spec is written
+    with ``kind`` (run.json, resume, serve), and another kind would not be found again."""
+    if isinstance(obj, type) and issubclass(obj, WrappedModel) and obj.kind != name:
+        raise ValueError(
+            f"{obj.__qualname__} is registered as {name!r} but its kind is {obj.kind!r}: the "
+            "spec it writes would not rebuild it; set kind = " + repr(name)
+        )
+
+
 class WrappedModel(ModelBase):
     """Base of every model that wraps models (see the module docstring).
 

@@ -61,7 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 JudgeFactory = Callable[..., Judge]
-judges: Registry[JudgeFactory] = Registry("judge")
+judges: Registry[JudgeFactory] = Registry("judge", loader=load_plugins)
 
 # Judges whose spec carries an argument after the colon, and what it is.
 _ARGUMENT: dict[str, str] = {

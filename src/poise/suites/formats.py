@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from poise.errors import PoiseError, UnknownNameError
+from poise.plugins import load_plugins
 from poise.registry import Registry
 from poise.tasks import kinds
 
@@ -136,7 +137,7 @@ class Format:
         return self.check(columns, context) if self.check is not None else context
 
 
-format_registry: Registry[Format] = Registry("suite format")
+format_registry: Registry[Format] = Registry("suite format", loader=load_plugins)
 
 
 def register_format(

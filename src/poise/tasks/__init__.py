@@ -12,6 +12,7 @@ kinds (harmful, borderline, benign, honesty-known, honesty-unknown) are tasks li
 from __future__ import annotations
 
 from poise.errors import PoiseError, UnknownNameError
+from poise.plugins import load_plugins
 from poise.tasks.base import (
     UNPARSED,
     CategoryView,
@@ -86,6 +87,7 @@ def unregister_task(kind: str) -> None:
 
 def get_task(kind: str) -> Task:
     """The task of ``kind``; UnknownNameError (with close names) when none is registered."""
+    load_plugins()
     try:
         return _TASKS[kind]
     except KeyError:
@@ -94,10 +96,12 @@ def get_task(kind: str) -> Task:
 
 def kinds() -> tuple[str, ...]:
     """Every registered kind, in registration order."""
+    load_plugins()
     return tuple(_TASKS)
 
 
 def registered_tasks() -> tuple[Task, ...]:
+    load_plugins()
     return tuple(_TASKS.values())
 
 
@@ -106,6 +110,7 @@ _cache: dict[str, dict[str, Metric]] = {}
 
 def all_metrics() -> dict[str, Metric]:
     """Every declared metric by name, in display order (tasks in registration order)."""
+    load_plugins()  # an installed plugin's tasks declare metrics too (compare, runs show)
     if "all" not in _cache:
         _cache["all"] = {m.name: m for t in _TASKS.values() for m in t.metrics}
     return _cache["all"]

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from poise.errors import PoiseError
+from poise.plugins import load_plugins
 from poise.registry import Registry
 from poise.train.logprobs import masked_sum, token_positions
 
@@ -73,7 +74,7 @@ class PreferenceLossOutput(NamedTuple):
 
 PreferenceLoss = Callable[..., PreferenceLossOutput]
 
-LOSSES: Registry[PreferenceLoss] = Registry("loss")
+LOSSES: Registry[PreferenceLoss] = Registry("loss", loader=load_plugins)
 """Preference losses by name: ``LOSSES.get("sigmoid")``, ``LOSSES.names()``."""
 
 FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]

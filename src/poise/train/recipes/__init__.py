@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from poise.plugins import load_plugins
 from poise.registry import Registry
 from poise.train.recipes.common import TrainConfig, TrainResult
 from poise.train.recipes.dpo import DPOConfig, train_dpo
@@ -45,7 +46,7 @@ class Recipe:
     help: str
 
 
-RECIPES: Registry[Recipe] = Registry("recipe")
+RECIPES: Registry[Recipe] = Registry("recipe", loader=load_plugins)
 RECIPES.add(
     "dpo",
     Recipe(DPOConfig, train_dpo, "DPO or any registered preference loss; LD-DPO with --ld-alpha."),
