@@ -55,3 +55,23 @@ def test_worst_of_n_caption_names_the_held_out_check() -> None:
         and "held out (fit on 4 samples, checked on 4 at N = 4)" in text
     )
     assert "64" in text
+
+
+def test_an_attack_without_a_table_of_its_own_shows_its_summary() -> None:
+    # a plugin's attack: "attack prefix_injection: no table", and nothing in report.html
+    from poise.report.attack_view import attack_view
+
+    summary = {
+        "attack": "prefix_injection",
+        "injected_rate": {"k": 3, "n": 4, "value": 0.75, "low": 0.3, "high": 0.95},
+        "prefix": "Sure,",
+        "prompts": 4,
+        "per_prompt": {"a": 1},  # a nested table: left out
+    }
+    text = _text(summary)
+    assert "attack prefix_injection" in text
+    assert "│ injected_rate │ 75.0% [30.0, 95.0] │" in text and "│ prefix │ Sure, │" in text
+    assert "per_prompt" not in text
+    view = attack_view({"attack": summary})
+    assert view is not None and view["title"] == "Attack prefix_injection"
+    assert ["prompts", "4"] in view["rows"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -32,7 +33,31 @@ def render_attack_summary(summary: dict[str, Any], *, top: int = 8) -> Renderabl
         return _exploitation(summary, top)
     if summary.get("attack") in ("worst_of_n", "best_of_n"):  # best_of_n: runs before 0.2
         return _worst_of_n(summary)
-    return Table(title=f"attack {summary.get('attack')}: no table")
+    return _generic(summary)
+
+
+def _generic(summary: dict[str, Any]) -> Table:
+    """An attack without a table of its own (a plugin's): its summary's rates and numbers."""
+    table = Table(title=f"attack {summary.get('attack')}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in generic_rows(summary):
+        table.add_row(key, value)
+    return table
+
+
+def generic_rows(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(name, value)`` of a summary's rates (``value``, ``low``, ``high``) and plain values;
+    nested tables are left out."""
+    rows = []
+    for key, value in summary.items():
+        if key == "attack":
+            continue
+        if isinstance(value, Mapping) and {"value", "low", "high"} <= set(value):
+            rows.append((key, _pct(dict(value))))
+        elif isinstance(value, (str, int, float)):
+            rows.append((key, f"{value:.4g}" if isinstance(value, float) else str(value)))
+    return rows
 
 
 def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:

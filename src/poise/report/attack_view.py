@@ -264,7 +264,19 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "rows": rows,
             "note": "",
         }
-    return None
+    # an attack without a section of its own (a plugin's): its summary's rates and numbers
+    from poise.report.attack_tables import generic_rows
+
+    return {
+        "id": "attack",
+        "title": f"Attack {kind}",
+        "lead": "The attack's summary, as metrics.json records it.",
+        "svg": None,
+        "svg_id": "attack-summary",
+        "columns": ["measure", "value"],
+        "rows": [list(row) for row in generic_rows(summary)],
+        "note": "",
+    }
 
 
 def sampling_used(records: Sequence[Mapping[str, Any]]) -> list[str]:
