@@ -270,6 +270,13 @@ def test_a_config_built_in_python_takes_paths(specialists: list[Path], tmp_path:
     assert [m.model for m in config.models] == [str(a), str(b)]
     run_merge(config, tmp_path / "m")
     assert (tmp_path / "m" / "config.json").is_file()
+    # the YAML's content as a dict (a TypeError before), and anything else one line
+    as_dict = {"merge_method": "linear", "models": [
+        {"model": str(m), "parameters": {"weight": 0.5}} for m in (a, b)]}  # fmt: skip
+    run_merge(as_dict, tmp_path / "d")
+    assert (tmp_path / "d" / "config.json").is_file()
+    with pytest.raises(PoiseError, match="expected a MergeConfig, a dict or a YAML path, got int"):
+        run_merge(123, tmp_path / "e")  # type: ignore[arg-type]
 
 
 def _nothing_written(tmp_path: Path, out: Path) -> bool:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -103,20 +104,25 @@ class MergeConfig(BaseModel):
     seed: int = Field(default=0, description="poise: seed of the random methods (DARE, DELLA)")
 
 
-def load_config(path: Path) -> MergeConfig:
-    """Read and validate a YAML config; every mistake is one line naming the file and the key."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise PoiseError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or exc  # the first line; the rest is context
-        raise located(
-            path, mark.line + 1 if mark else None, f"not valid YAML ({problem})"
-        ) from None
+def load_config(path: Path | Mapping[str, Any]) -> MergeConfig:
+    """Read and validate a YAML config (or the same as a dict); every mistake is one line
+    naming the file and the key."""
+    if isinstance(path, Mapping):
+        raw: Any = dict(path)
+        path = Path("merge config")  # names the dict in messages
+    else:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
+        except UnicodeDecodeError:
+            raise PoiseError(f"{path}: not UTF-8 text") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            problem = getattr(exc, "problem", None) or exc  # the first line; the rest is context
+            raise located(
+                path, mark.line + 1 if mark else None, f"not valid YAML ({problem})"
+            ) from None
     if not isinstance(raw, dict):
         raise PoiseError(f"{path}: a merge config is a mapping (merge_method, models, ...)")
     for key, reason in _REFUSED.items():
@@ -491,7 +497,7 @@ class MergeResult:
 
 
 def run_merge(
-    config: MergeConfig | Path | str,
+    config: MergeConfig | Mapping[str, Any] | Path | str,
     out: Path | str,
     *,
     shard_size: int = 5 * 1024**3,
@@ -500,7 +506,14 @@ def run_merge(
     """Merge as ``config`` says into ``out`` (a new folder with the weights, the config and
     tokenizer files, the resolved config, the versions and a model card)."""
     config_dir = None
-    if not isinstance(config, MergeConfig):
+    if isinstance(config, Mapping):  # the YAML's content as a dict (paths relative to here)
+        config = load_config(config)
+    elif not isinstance(config, MergeConfig):
+        if not isinstance(config, (str, os.PathLike)):
+            raise PoiseError(
+                f"merge config: expected a MergeConfig, a dict or a YAML path, got "
+                f"{type(config).__name__}"
+            )
         config_dir = Path(config).parent
         config = load_config(Path(config))
     else:
