@@ -115,6 +115,16 @@ def test_a_plugin_that_fails_to_load_is_one_line_naming_it(
         match=r"plugin 'review' \(review\.broken\) failed to load: RuntimeError: deliberate",
     ):
         judges.get("refusal")
+    # an entry point naming a registered factory (it takes arguments) is imported, not called
+    calls: list[str] = []
+
+    def factory(items: object, sampling: object) -> object:
+        calls.append("called")
+        return items
+
+    _with_plugins(monkeypatch, _EntryPoint("review.attack:factory", lambda: factory))
+    judges.get("refusal")
+    assert calls == []
     # a clash says who registered the name first
     with pytest.raises(
         ValueError, match=r"judge 'refusal' is already registered \(by poise\.scoring"
@@ -142,3 +152,38 @@ def test_a_wrapper_name_in_two_registries_or_under_another_kind_is_refused(
     # its spec would be written polite_v1(...), which no registry knows
     with pytest.raises(ValueError, match="registered as 'polite' but its kind is 'polite_v1'"):
         strategies.add("polite", Polite)
+
+
+def test_an_installed_plugin_that_fails_stops_commands_in_one_line_but_not_help(
+    tmp_path: pytest.TempPathFactory,
+) -> None:
+    # a real entry point (a .dist-info folder on the path), in a fresh interpreter: the CLI read a
+    # registry at import, so a broken plugin was a 47-line traceback for every command, --help too
+    import os
+    import subprocess
+    from pathlib import Path
+
+    site = Path(str(tmp_path))
+    (site / "broken_review_plugin.py").write_text("raise RuntimeError('deliberate failure')\n")
+    info = site / "broken_review_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: broken-review-plugin\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text("[poise.plugins]\nbroken = broken_review_plugin\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+
+    def poise_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "poise.cli", *args], capture_output=True, text=True, env=env,
+            timeout=120,
+        )  # fmt: skip
+
+    assert poise_cli("--help").returncode == 0
+    listed = poise_cli("judges", "ls")
+    assert listed.returncode == 2, listed.stderr
+    output = (listed.stdout + listed.stderr).strip()
+    assert (
+        "plugin 'broken' (broken_review_plugin, from broken-review-plugin) failed to load" in output
+    )
+    assert "RuntimeError: deliberate failure" in output and "Traceback" not in output

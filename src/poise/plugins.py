@@ -11,7 +11,7 @@ An installed package declares its plugin in its ``pyproject.toml``::
 
     [project.entry-points."poise.plugins"]
     mine = "my_package.poise_plugin"            # a module whose import registers
-    other = "my_package.plugin:register"        # or a function, called with no arguments
+    other = "my_package.plugin:register"        # or a function without arguments, then called
 
 A plugin that fails to load stops every command with one line naming it (a PoiseError).
 """
@@ -69,8 +69,8 @@ def _load_all() -> None:
             where += f", from {entry.dist.name}"
         where += ")"
         try:
-            loaded = entry.load()
-            if inspect.isfunction(loaded):  # "pkg.module:register": call it to register
+            loaded = entry.load()  # imports the module (its decorators register)
+            if _is_register_function(loaded):  # "pkg.module:register": call it to register
                 loaded()
         except PoiseError:
             raise
@@ -80,3 +80,15 @@ def _load_all() -> None:
                 "it, to use poise)"
             ) from exc
     _loaded = True
+
+
+def _is_register_function(obj: object) -> bool:
+    """A function that takes no arguments: an entry point's ``register``, to be called. An entry
+    point may also name a registered factory (an attack, a judge), which takes arguments and
+    registered itself when its module was imported: it is not called."""
+    if not inspect.isfunction(obj):
+        return False
+    return all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in inspect.signature(obj).parameters.values()
+    )

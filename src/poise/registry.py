@@ -114,10 +114,12 @@ class Registry(Generic[T]):
 
     # -- looking up
 
-    def canonical(self, name: str) -> str:
+    def canonical(self, name: str, *, load: bool = True) -> str:
         """The registered name of ``name``: itself, or the current name of a deprecated alias
-        (with a ``FutureWarning``); an unknown name is an ``UnknownNameError``."""
-        self._load()
+        (with a ``FutureWarning``); an unknown name is an ``UnknownNameError``. ``load=False``:
+        see :meth:`names`."""
+        if load:
+            self._load()
         if name in self._entries:
             return name
         new = self._aliases.get(name)
@@ -126,10 +128,10 @@ class Registry(Generic[T]):
                 f"{self.kind} {name!r} is deprecated; use {new!r}", FutureWarning, stacklevel=3
             )
             return new
-        raise UnknownNameError(self.kind, name, self.names())
+        raise UnknownNameError(self.kind, name, self.names(load=load))
 
-    def entry(self, name: str) -> Entry[T]:
-        return self._entries[self.canonical(name)]
+    def entry(self, name: str, *, load: bool = True) -> Entry[T]:
+        return self._entries[self.canonical(name, load=load)]
 
     def get(self, name: str) -> T:
         return self.entry(name).obj
@@ -140,9 +142,11 @@ class Registry(Generic[T]):
     def reference(self, name: str) -> str | None:
         return self.entry(name).reference
 
-    def names(self) -> list[str]:
-        """Registered names, sorted (deprecated aliases are not listed)."""
-        self._load()
+    def names(self, *, load: bool = True) -> list[str]:
+        """Registered names, sorted (deprecated aliases are not listed); ``load=False`` leaves
+        the plugins unloaded (what is registered so far, for code that runs at import)."""
+        if load:
+            self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
@@ -191,7 +195,15 @@ class Registry(Generic[T]):
 
 
 def _origin(obj: object) -> str:
-    """Where a registered object comes from, for a clash's message: its module."""
+    """Where a registered object comes from, for a clash's message: the function or class, or
+    for a record that holds one (a merge method, a recipe) the first it holds."""
+    if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+        held = [
+            v
+            for v in getattr(obj, "__dict__", {}).values()
+            if inspect.isfunction(v) or inspect.isclass(v)
+        ]
+        obj = held[0] if held else obj
     module = getattr(obj, "__module__", None) or type(obj).__module__
     name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
     return f"{module}.{name}"

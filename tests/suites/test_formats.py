@@ -197,7 +197,7 @@ def test_a_preference_pairs_file_read_as_prompts_says_what_it_is(tmp_path: Path)
     # transcript" pointed away from the fix
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"prompt": "q", "chosen": "Sure", "rejected": "No"}\n', encoding="utf-8")
-    with pytest.raises(PoiseError, match="looks like a preference-pairs file .* --prompts-output"):
+    with pytest.raises(PoiseError, match=r"looks like a preference-pairs file .* --prompts-output"):
         load_suite(str(path))
 
 

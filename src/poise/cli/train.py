@@ -208,10 +208,19 @@ def _print_result(result: Any) -> None:
 
 
 def _register_recipes() -> None:
+    from poise.errors import PoiseError
     from poise.train.recipes import RECIPES
 
-    for name in RECIPES.names():
-        recipe = RECIPES.get(name)
+    load = True
+    try:
+        names = RECIPES.names()  # a plugin's recipes become commands too
+    except PoiseError:
+        # a broken plugin: the built-in commands still register, and the first command that
+        # reads a registry says which plugin, in one line (not a traceback at import)
+        load = False
+        names = RECIPES.names(load=False)
+    for name in names:
+        recipe = RECIPES.entry(name, load=load).obj
 
         def run(fields: dict[str, Any], name: str = name) -> None:
             with user_errors():
