@@ -36,6 +36,7 @@ def test_cost_model_gate_passes_and_fails_on_tau(
     }
     passed = gate(tau=0.6, **common)
     assert passed.passed and passed.n == 4
+    assert passed.cost_fingerprint is not None and len(passed.cost_fingerprint) == 16
     assert passed.mean == pytest.approx(0.5) and passed.upper_bound == pytest.approx(0.5)
     assert not gate(tau=0.4, **common).passed
     raw = gate(tau=0.0, cost_transform="raw", **common)  # raw scores are 0: U = 0 <= 0
@@ -189,6 +190,12 @@ def test_a_baseline_from_another_cost_source_is_refused_and_other_settings_are_s
         PoiseError, match="its costs come from cost_model:/a, these from cost_model:/b"
     ):
         compare_costs(as_result("cost_model:/b"), as_result("cost_model:/a"))
+    # one cost model in two folders (two checkouts, venvs, runners) is one measure: its files
+    # decide, not its path; other files in one folder are another model
+    moved = {**as_result("cost_model:/b"), "cost_fingerprint": "abc"}
+    assert compare_costs(moved, {**as_result("cost_model:/a"), "cost_fingerprint": "abc"})
+    with pytest.raises(PoiseError, match="another cost model or judge"):
+        compare_costs(moved, {**as_result("cost_model:/b"), "cost_fingerprint": "def"})
     with caplog.at_level("WARNING"):
         c = compare_costs(as_result("cost_model:/a", temperature=0.3), as_result("cost_model:/a"))
     assert "temperature 1.0 there, 0.3 here" in caplog.text
@@ -198,7 +205,32 @@ def test_a_baseline_from_another_cost_source_is_refused_and_other_settings_are_s
     )
 
 
+def test_a_baseline_on_other_prompts_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    from poise.gate import compare_costs
+
+    def as_result(ids: range) -> dict[str, object]:
+        costs = [{"id": f"p{i}", "cost": 0.1 * i} for i in ids]
+        return {"model": "m", "cost_units": "u", "costs": costs}
+
+    # a baseline gated with --limit before it spread the prompts: few in common, said
+    with caplog.at_level("WARNING"):
+        c = compare_costs(as_result(range(0, 10)), as_result(range(7, 17)))
+    assert c["pairs"] == 3 and "only 3 of these 10 prompts are in the baseline" in caplog.text
+    with pytest.raises(PoiseError, match=r"1 prompt\(s\) in common.* --limit spreads"):
+        compare_costs(as_result(range(0, 10)), as_result(range(9, 19)))
+
+
 def test_a_cost_transform_beside_a_judge_is_refused() -> None:
     # a judge's cost is 0 or 1: the transform was ignored and recorded as used
     with pytest.raises(PoiseError, match="--cost-transform raw applies to a cost model's score"):
         gate(model="mock", judge="refusal", limit=2, cost_transform="raw")
+
+
+def test_best_of_n_under_greedy_decoding_is_refused_by_the_gate_too() -> None:
+    with pytest.raises(PoiseError, match="n=4 under greedy decoding draws 4 identical answers"):
+        gate(
+            model="best_of_n(mock, n=4, reward=keywords:a)",
+            judge="refusal",
+            limit=2,
+            temperature=0.0,
+        )

@@ -119,6 +119,9 @@ class GateResult:
     costs: tuple[float, ...]
     item_ids: tuple[str, ...]
     comparison: dict[str, Any] | None = None  # paired difference against ``config.baseline``
+    # the cost model's files hashed (poise.models.hf.folder_fingerprint): one cost model in
+    # another folder (another checkout, venv or runner) is the same measure
+    cost_fingerprint: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -138,6 +141,7 @@ class GateResult:
             "model_name": self.model_name,
             "prompts": self.config.prompts,
             "cost_source": self.cost_source,
+            **({"cost_fingerprint": self.cost_fingerprint} if self.cost_fingerprint else {}),
             "cost_units": self._units(),
             "config": self.config.model_dump(mode="json"),
             "costs": [{"id": i, "cost": c} for i, c in zip(self.item_ids, self.costs, strict=True)],
@@ -165,6 +169,7 @@ def gate(
     from poise.evaluation import (
         Scorers,
         check_context,
+        check_sampling,
         evaluate,
         generate,
         verdicts_per_request,
@@ -226,6 +231,8 @@ def gate(
         for item in items
     ]
     check_context(model, requests)
+    check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
+    fingerprint: str | None = None  # of the cost model, when one scores
     if judge is not None:
         judged = evaluate(
             model,
@@ -247,6 +254,9 @@ def gate(
                 answers[index[(g.request.item.id, g.request.request_id)]].append(g.completion.text)
         costs = _model_costs(cost_folder, [r.chat for r in requests], answers, cfg)
         source = f"cost_model:{cost_folder}"
+        from poise.models.hf import folder_fingerprint, weight_files
+
+        fingerprint = folder_fingerprint(cost_folder, weight_files(cost_folder, allow_pickle=False))
     result = safety_test(costs, cfg.tau, cfg.delta)
     gate_result = GateResult(
         config=cfg,
@@ -261,6 +271,7 @@ def gate(
         passed=result.passed,
         costs=tuple(costs),
         item_ids=tuple(item.id for item in items),
+        cost_fingerprint=fingerprint,
     )
     if baseline is not None:
         gate_result = replace(
@@ -350,12 +361,18 @@ def compare_costs(
             f"{where}: costs in other units ({baseline.get('cost_units')!r}, here "
             f"{result.get('cost_units')!r}); gate both models with the same cost model or judge"
         )
-    # the same units from another cost model or judge are another measure (they read alike)
+    # the same units from another cost model or judge are another measure (they read alike);
+    # a cost model is told by its files (its folder differs between checkouts and runners)
     source, before_source = result.get("cost_source"), baseline.get("cost_source")
-    if source is not None and before_source is not None and source != before_source:
+    prints = (result.get("cost_fingerprint"), baseline.get("cost_fingerprint"))
+    if all(prints):
+        same = prints[0] == prints[1]
+    else:  # a judge (its name), or a result written before fingerprints were recorded
+        same = source is None or before_source is None or source == before_source
+    if not same:
         raise PoiseError(
-            f"{where}: its costs come from {before_source}, these from {source}; gate both "
-            "models with the same cost model or judge"
+            f"{where}: its costs come from {before_source}, these from {source} (another "
+            "cost model or judge); gate both models with the same one"
         )
     ours, theirs = result.get("config") or {}, baseline.get("config") or {}
     differ = [
@@ -374,9 +391,22 @@ def compare_costs(
     pairs = [
         (float(c["cost"]), before[str(c["id"])]) for c in result["costs"] if str(c["id"]) in before
     ]
+    if len(pairs) < len(result["costs"]):
+        # gate results before 2026-12-04 took the first N prompts with --limit N, now N spread
+        # over the suite: the same command then pairs few prompts
+        logger.warning(
+            "%s: only %d of these %d prompts are in the baseline (a baseline gated with --limit "
+            "before 2026-12-04 took the first N prompts, not N spread over the suite: gate it "
+            "again)",
+            where,
+            len(pairs),
+            len(result["costs"]),
+        )
     if len(pairs) < 2:
         raise PoiseError(
-            f"{where}: {len(pairs)} prompt(s) in common; a paired comparison needs >= 2"
+            f"{where}: {len(pairs)} prompt(s) in common; a paired comparison needs >= 2 (gate "
+            "both models on the same prompts; --limit spreads N prompts over the suite since "
+            "2026-12-04)"
         )
     label_a, label_b = str(result.get("model")), str(baseline.get("model"))
     if all(a in (0.0, 1.0) and b in (0.0, 1.0) for a, b in pairs):

@@ -187,8 +187,8 @@ class BestOfN(WrappedModel):
         if self.n > 1 and sampling.greedy:
             raise PoiseError(
                 f"best_of_n: n={self.n} under greedy decoding draws {self.n} identical answers "
-                "(the answer is the base model's, at N times the cost): sample, e.g. "
-                "--temperature 1"
+                "(the answer is the base model's, at N times the cost): sample instead, with a "
+                "temperature above 0 and top_k other than 1 (the docs use --temperature 1)"
             )
 
     def scorer(self, name: str) -> Scorer:
