@@ -539,6 +539,20 @@ def test_resume_takes_the_model_spec_with_its_options_in_another_order(tmp_path:
     assert again.exit_code == 0, again.output
     result = poise.audit(model=load_model(reordered), resume=run)
     assert result.run.path == run
+    # the spec run.json records for the built model passes on the CLI, where it differs from
+    # the typed one (a default left out: calibrate=false)
+    import json
+
+    typed = "best_of_n(mock, n=1, cost=organism-cost, calibrate=false)"
+    first = ["audit", "-m", typed, "-s", "benign", "--limit", "2", "--out", str(out), "--no-html"]
+    assert CliRunner().invoke(app, first).exit_code == 0
+    [second] = [p for p in out.iterdir() if p != run]
+    recorded = json.loads((second / "run.json").read_text())["model_spec"]
+    assert "calibrate" not in recorded
+    again = CliRunner().invoke(
+        app, ["audit", "--resume", second.name, "--out", str(out), "-m", recorded]
+    )
+    assert again.exit_code == 0, again.output
     other = CliRunner().invoke(
         app,
         [

@@ -358,11 +358,14 @@ def canonical_attack(cfg: AuditConfig) -> AuditConfig:
     return cfg
 
 
-def same_field(key: str, given: Any, recorded: Any) -> bool:
+def same_field(key: str, given: Any, recorded: Any, run: Run | None = None) -> bool:
     """Whether a config field given beside resume says what the run recorded: equal values, or
-    one model spec spelt with its options in another order."""
+    one model spec spelt with its options in another order, or as the run's header records the
+    model it built (``model_spec``: defaults written out, as ``lam=1.0``)."""
     if key == "model" and isinstance(given, str) and isinstance(recorded, str):
-        return canonical_spec(given) == canonical_spec(recorded)
+        built = run.header.get("model_spec") if run is not None else None
+        known = {canonical_spec(recorded), *([canonical_spec(built)] if built else [])}
+        return canonical_spec(given) in known
     return bool(given == recorded)
 
 
@@ -382,7 +385,7 @@ def _check_resume_fields(
     asked = canonical_attack(make_config(None, **{**recorded.model_dump(), **merged})).model_dump()
     held = canonical_attack(recorded).model_dump()
     for key in given:
-        if not same_field(key, asked.get(key), held.get(key)):
+        if not same_field(key, asked.get(key), held.get(key), run):
             raise PoiseError(
                 f"resume: {run.path.name} was recorded with {key}={held.get(key)!r}, not "
                 f"{asked.get(key)!r}: a resumed run keeps its config; leave {key} out, or start "

@@ -127,6 +127,11 @@ def test_a_misspelt_grid_option_or_objective_is_refused_before_any_candidate(
         with pytest.raises(PoiseError, match=message):
             run_search(search, out)
         assert not (out / "candidates").exists()
+    # a worst-of-N rate is an objective too (a group rate, counted over items)
+    from poise.auditing import make_config
+    from poise.merge.search import check_objectives
+
+    check_objectives({"harmless": "-harmful_any_rate"}, make_config(None, model="mock"))
 
 
 @pytest.mark.slow

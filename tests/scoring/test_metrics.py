@@ -488,3 +488,15 @@ def test_response_tokens_of_sampled_prompts_are_cluster_robust() -> None:
     assert (length["mean"], length["n"], length["clusters"]) == (20.0, 8, 2)
     # sandwich: m/(m-1) * sum of cluster scores^2 / N^2 = 2 * (40^2 + 40^2) / 64 = 100
     assert length["high"] == pytest.approx(20.0 + Z95 * 10.0)
+    assert length["interval"] == "cluster"
+    # every prompt's mean is the overall mean: the sandwich is 0, and the interval is the one
+    # over independent answers (the design effect floored at 1, as the rates'), not [21, 21]
+    spread = [
+        {**record(f"h{q}", "harmful", harmful=False), "sample_index": s, "num_tokens": t}
+        for q in range(2)
+        for s, t in enumerate((2, 40, 21, 21))
+    ]
+    flat = compute_metrics(spread)["overall"]["response_tokens"]["harmful"]
+    from poise.scoring.stats import mean_interval
+
+    assert (flat["low"], flat["high"]) == pytest.approx(mean_interval([2, 40, 21, 21] * 2)[1:])

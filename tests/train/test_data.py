@@ -261,6 +261,9 @@ def test_file_level_errors(tmp_path: Path) -> None:
     short = _write(tmp_path / "short.jsonl", [{"prompt": "a", "chosen": "b"}])
     with pytest.raises(PoiseError, match=r"short\.jsonl:1: missing field 'rejected' \(a generic"):
         load_preferences(short)
+    hh = _write(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: a\n\nAssistant: b"}])
+    with pytest.raises(PoiseError, match=r"hh\.jsonl:1: missing field 'rejected' \(a hh-rlhf"):
+        load_preferences(hh)
     not_gzip = tmp_path / "x.jsonl.gz"
     not_gzip.write_text("{}\n")
     with pytest.raises(PoiseError, match="not a readable gzip file"):

@@ -189,7 +189,7 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
             mine, theirs = asked["sampling"][name], recorded["sampling"][name]
         else:
             mine, theirs = asked.get(field), recorded.get(field)
-        if not same_field(field, mine, theirs):
+        if not same_field(field, mine, theirs, run):
             flag = next((o for o in param.opts if o.startswith("--")), name)
             raise PoiseError(
                 f"--resume {run.path.name}: it was recorded with {flag} {theirs!r}, not "

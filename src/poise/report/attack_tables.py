@@ -24,8 +24,8 @@ def _prompts(rate: dict[str, Any] | None) -> str:
 
 def _worst_label(summary: dict[str, Any]) -> str:
     compared = summary.get("configs_compared")
-    of = f"the highest of {compared} configs, " if compared else ""
-    return f"worst config ({summary.get('worst_config')}; {of}its interval optimistic)"
+    of = f"the highest of {compared}" if compared else "the highest"
+    return f"worst config ({summary.get('worst_config')}; {of}: its interval ignores the pick)"
 
 
 def render_attack_summary(summary: dict[str, Any], *, top: int = 8) -> RenderableType:

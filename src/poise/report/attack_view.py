@@ -220,13 +220,9 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 _pct(summary.get("greedy_harmful_rate")),
             ],
             [
-                f"worst configuration ({summary.get('worst_config')}; "
-                + (
-                    f"the highest of {summary['configs_compared']}, "
-                    if summary.get("configs_compared")
-                    else ""
-                )
-                + "so its interval is optimistic)",
+                f"worst configuration ({summary.get('worst_config')}; the highest"
+                + (f" of {summary['configs_compared']}" if summary.get("configs_compared") else "")
+                + ": its interval does not allow for the pick, and its rate reads high)",
                 _pct(summary.get("worst_config_harmful_rate")),
             ],
             [

@@ -495,24 +495,30 @@ def _by_category(samples: list[_Sample], worst_of_n: bool) -> dict[str, dict[str
     return {name: out[name] for name in RATE_NAMES if name in out}
 
 
-def _response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, float | int]]:
+def _response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, Any]]:
     """Mean generated tokens per sample for each kind, with a normal-approximation 95% interval:
     verbosity is what length-desensitised training (LD-DPO, arXiv 2409.06411) changes, so an
     audit reports it next to the rates. With several samples of some prompt the interval is
-    cluster-robust, prompts as clusters, as the rates' are (``"interval": "cluster"``); lengths
+    cluster-robust, prompts as clusters, as the rates' are (``"interval": "cluster"``, and
+    ``clusters``), and never narrower than the interval over independent answers; lengths
     cannot be negative, so ``low`` stops at 0."""
     per_kind: dict[str, dict[str, list[int]]] = {}  # kind -> item id -> lengths
     for s in samples:
         if s.num_tokens is not None:
             per_kind.setdefault(s.kind, {}).setdefault(s.item_id, []).append(s.num_tokens)
-    out: dict[str, dict[str, float | int]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for kind in (k for k in kinds() if k in per_kind):
         per_item = list(per_kind[kind].values())
         n = sum(len(lengths) for lengths in per_item)
         if any(len(lengths) > 1 for lengths in per_item):
+            # never narrower than the interval over independent answers: the rates floor the
+            # design effect at 1 the same way (a negative within-prompt correlation, or chance,
+            # would otherwise shrink it, to nothing where every prompt's mean is the mean)
             mean, low, high = cluster_mean_interval(per_item)
+            _, iid_low, iid_high = mean_interval([t for lengths in per_item for t in lengths])
+            low, high = min(low, iid_low), max(high, iid_high)
             out[kind] = {"mean": mean, "low": max(0.0, low), "high": high, "n": n}
-            out[kind]["clusters"] = len(per_item)
+            out[kind] |= {"interval": "cluster", "clusters": len(per_item)}
         else:
             mean, low, high = mean_interval([lengths[0] for lengths in per_item])
             out[kind] = {"mean": mean, "low": max(0.0, low), "high": high, "n": n}

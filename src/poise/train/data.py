@@ -276,7 +276,7 @@ def _detect(row: _Row) -> str:
         ({"prompt", "chosen", "rejected"}, "generic"),
         ({"chosen", "rejected"}, "hh-rlhf"),
     ):
-        if len(fields - keys) == 1 and len(fields & keys) >= 2:
+        if len(fields - keys) == 1:  # the one missing field of a format the others start
             raise PoiseError(
                 f"{row.path}:{row.line}: missing field {next(iter(fields - keys))!r} (a {name} "
                 f"preference pair has {', '.join(sorted(fields))})"
