@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
-from poise.attacks.base import check_attack_sampling
+from poise.attacks.base import check_attack_sampling, warn_undeclared_system_prompt
 from poise.config import AuditConfig, Sampling, format_validation_error
 from poise.errors import PoiseError, UnknownNameError
 from poise.evaluation import (
@@ -223,6 +223,7 @@ def _audit(
     _check_unique_requests(requests)
     check_context(model, requests)  # an over-long item stops the audit before any work
     check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
+    warn_undeclared_system_prompt(model, requests)
 
     created = run is None
     if run is None:

@@ -163,7 +163,12 @@ def gate(
     of :class:`GateConfig`; with ``output`` set the result is also written as JSON."""
     from pydantic import ValidationError
 
-    from poise.attacks.base import Request, SystemPrompt, build_chat
+    from poise.attacks.base import (
+        Request,
+        SystemPrompt,
+        build_chat,
+        warn_undeclared_system_prompt,
+    )
     from poise.auditing import spread_subset
     from poise.config import Sampling, format_validation_error
     from poise.evaluation import (
@@ -232,6 +237,7 @@ def gate(
     ]
     check_context(model, requests)
     check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
+    warn_undeclared_system_prompt(model, requests)
     fingerprint: str | None = None  # of the cost model, when one scores
     if judge is not None:
         judged = evaluate(

@@ -263,3 +263,85 @@ def test_a_server_that_is_down_is_named_as_unreachable() -> None:
         model.generate([chat("x")], Sampling())
     assert f"request failed after 2 attempts: cannot reach {url} (" in info.value.failures[0]
     assert "Connection error." not in info.value.failures[0]
+
+
+# -- the system prompt declaration ---------------------------------------------------------------
+
+
+def test_the_listing_or_the_option_declares_the_system_prompt_in_the_template(
+    server: Callable[..., FakeServer],
+) -> None:
+    """poise serve lists whether its model's template inserts a default system prompt; the
+    backend takes it from there unless the model option says otherwise, so an audit asking for
+    no system prompt sends an empty system message only where the template needs one."""
+    from poise.models import no_system_prompt
+
+    def listing(flag: object) -> Callable[[str], Reply]:
+        entry = {"id": "organism", "object": "model", "system_prompt_in_template": flag}
+        other = {"id": "other", "object": "model", "system_prompt_in_template": True}
+        return lambda path: (200, {}, {"object": "list", "data": [other, entry]})
+
+    declared = load(f"openai:organism@{server(get=listing(True)).url}")
+    assert (declared.system_prompt_in_template, declared.system_prompt_declared) == (True, True)
+    assert no_system_prompt(declared) == ""
+    said_false = load(f"openai:organism@{server(get=listing(False)).url}")
+    assert (said_false.system_prompt_in_template, said_false.system_prompt_declared) == (
+        False,
+        True,
+    )
+    assert no_system_prompt(said_false) is None
+    # a listing without the field (vLLM, transformers serve), or a value of another type
+    for get in (lambda path: models("organism"), listing("yes")):
+        silent = load(f"openai:organism@{server(get=get).url}")
+        assert (silent.system_prompt_in_template, silent.system_prompt_declared) == (False, False)
+    # the option wins over the listing, either way
+    url = server(get=listing(True)).url
+    assert not load(
+        f"openai:organism@{url}", system_prompt_in_template="false"
+    ).system_prompt_in_template
+    url = server(get=lambda path: models("organism")).url
+    forced = load(f"openai:organism@{url}", system_prompt_in_template="true")
+    assert (forced.system_prompt_in_template, forced.system_prompt_declared) == (True, True)
+    with pytest.raises(PoiseError, match="system_prompt_in_template must be true or false"):
+        load(f"openai:organism@{url}", system_prompt_in_template="maybe")
+
+
+def test_asking_an_undeclared_server_model_with_no_system_prompt_warns(
+    server: Callable[..., FakeServer], caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    import poise
+
+    url = server(get=lambda path: models("m")).url
+    with caplog.at_level("WARNING", logger="poise"):
+        poise.audit(
+            model=f"openai:m@{url}",
+            suites=["benign"],
+            limit=1,
+            judge="refusal",
+            system_prompt="none",
+            html=False,
+            out=str(tmp_path / "none"),
+        )
+    assert "add the model option system_prompt_in_template=true" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise"):
+        # the default system prompt, or a declaration: nothing to warn about
+        poise.audit(
+            model=f"openai:m@{url}",
+            suites=["benign"],
+            limit=1,
+            judge="refusal",
+            html=False,
+            out=str(tmp_path / "default"),
+        )
+        poise.audit(
+            model=f"openai:m@{url}",
+            model_options={"system_prompt_in_template": "false"},
+            suites=["benign"],
+            limit=1,
+            judge="refusal",
+            system_prompt="none",
+            html=False,
+            out=str(tmp_path / "declared"),
+        )
+    assert "system_prompt_in_template" not in caplog.text

@@ -67,6 +67,15 @@ def test_audit_through_poise_serve_equals_in_process(
         model=organism, system_prompt="none", out=str(tmp_path / "local-none"), **few
     )
     assert completions(remote_none) == completions(local_none)
+    # "none" through poise serve: its model listing declares the template's default, so the
+    # client sends the empty system message itself (it sent none, and got the default)
+    remote_declared = poise.audit(
+        model=f"openai:organism-large@{server.base_url}",
+        system_prompt="none",
+        out=str(tmp_path / "remote-declared"),
+        **few,
+    )
+    assert completions(remote_declared) == completions(local_none)
     assert completions(local_none) != {k: in_process[k] for k in completions(local_none)}
 
 

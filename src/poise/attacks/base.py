@@ -7,6 +7,7 @@ item, each with its own ``request_id``, so metrics can be computed per configura
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from poise.models.base import Chat, with_system_prompt
 from poise.plugins import load_plugins
 from poise.registry import Registry
 from poise.suites.schema import SuiteItem
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,24 @@ class SystemPrompt:
         if setting == "none":
             return "" if self.in_template else None
         return setting
+
+
+def warn_undeclared_system_prompt(model: object, requests: Sequence[Request]) -> None:
+    """Warn when chats asked with no system prompt go to a model that cannot tell how its chat
+    template treats a chat without a system message: a server's model (``openai:``) whose
+    template inserts a default there (the organism's does, as Qwen2.5's) would answer under
+    that default. ``poise serve`` lists the declaration; other servers need the model option."""
+    if getattr(model, "system_prompt_declared", True) is not False:
+        return
+    if not any(r.system_prompt == "none" for r in requests):
+        return
+    logger.warning(
+        "%s: chats asked with no system prompt are sent without a system message; a served "
+        "model whose chat template inserts a default system prompt there (the organism's does) "
+        "answers under that default: if this one does, add the model option "
+        "system_prompt_in_template=true (an empty system message is sent instead)",
+        getattr(model, "name", "the model"),
+    )
 
 
 def build_chat(item: SuiteItem, system_prompt: str | None) -> Chat:

@@ -79,6 +79,7 @@ _OPTIONS = (
     "timeout",
     "name",
     "check_endpoint",
+    "system_prompt_in_template",
 )
 # The endpoint check at load waits at most this long for one GET /models, and asks again on
 # these statuses (a server busy or behind a gateway); any other is judged at once.
@@ -133,6 +134,12 @@ class OpenAIModel(ModelBase):
         timeout: seconds for one request.
         name: identity in caches and reports; default ``openai:MODEL@<first base url>``. Give a
             new name whenever the weights behind the endpoint change.
+        system_prompt_in_template: the served model's chat template inserts a default system
+            prompt into a chat without a system message (the organism's does, as Qwen2.5's):
+            then asking it with no system prompt sends an empty system message
+            (:func:`poise.models.no_system_prompt`). None (the default): as the server's model
+            listing declares it (``poise serve`` lists the declaration of the model it serves;
+            read by :meth:`check_endpoint`), else False.
 
     ``score`` is not supported: chat endpoints do not return prompt log-probs portably.
     """
@@ -147,6 +154,7 @@ class OpenAIModel(ModelBase):
         max_retries: int = 4,
         timeout: float = 120.0,
         name: str | None = None,
+        system_prompt_in_template: bool | None = None,
     ) -> None:
         if not model:
             raise PoiseError("openai backend: the model name is empty")
@@ -169,6 +177,11 @@ class OpenAIModel(ModelBase):
         self.max_retries = max_retries
         self.timeout = timeout
         self.name = name or f"openai:{model}@{self.base_urls[0]}"
+        # the declaration poise.models.system_prompt_in_template reads; system_prompt_declared:
+        # whether anything told this client (the option, or a server's model listing read by
+        # check_endpoint): an audit asking for no system prompt warns when nothing did
+        self.system_prompt_in_template = system_prompt_in_template is True
+        self.system_prompt_declared = system_prompt_in_template is not None
 
     def __repr__(self) -> str:
         return (
@@ -478,6 +491,17 @@ class OpenAIModel(ModelBase):
         if not isinstance(data, list):
             return
         served = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+        for entry in data:
+            # poise serve's listing says whether its model's template inserts a default system
+            # prompt (an extension field; other servers' listings do not have it)
+            if (
+                not self.system_prompt_declared
+                and isinstance(entry, dict)
+                and entry.get("id") == self.model
+                and isinstance(entry.get("system_prompt_in_template"), bool)
+            ):
+                self.system_prompt_in_template = entry["system_prompt_in_template"]
+                self.system_prompt_declared = True
         if not served or self.model in served or f"{self.model}:latest" in served:
             return  # an empty list (some proxies) tells nothing; Ollama adds ":latest"
         shown = ", ".join(repr(m) for m in served[:5])
@@ -729,7 +753,8 @@ def load(spec: str, **options: Any) -> OpenAIModel:
 
     Options: ``base_url`` (one URL), ``base_urls`` (a list or a comma-separated string),
     ``api_key_env``, ``concurrency``, ``max_retries``, ``timeout``, ``name``, ``check_endpoint``
-    (default true: :meth:`OpenAIModel.check_endpoint` before the model is returned). Without any
+    (default true: :meth:`OpenAIModel.check_endpoint` before the model is returned),
+    ``system_prompt_in_template`` (true / false; see :class:`OpenAIModel`). Without any
     URL the base URL comes from ``$OPENAI_BASE_URL`` (else OpenAI's API).
     """
     match = _SPEC.match(spec.strip())
@@ -760,6 +785,11 @@ def load(spec: str, **options: Any) -> OpenAIModel:
         max_retries=_int_option(options, "max_retries", 4),
         timeout=_float_option(options, "timeout", 120.0),
         name=str(options["name"]) if options.get("name") else None,
+        system_prompt_in_template=(
+            _bool_option(options, "system_prompt_in_template", False)
+            if options.get("system_prompt_in_template") is not None
+            else None
+        ),
     )
     if check:
         model.check_endpoint()

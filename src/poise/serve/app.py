@@ -43,7 +43,13 @@ from starlette.types import Receive, Scope, Send
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
+from poise.models.base import (
+    Chat,
+    Completion,
+    LanguageModel,
+    StreamEvent,
+    system_prompt_in_template,
+)
 from poise.models.context import ContextLengthError, fit_context, prompt_token_count
 from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
@@ -438,6 +444,10 @@ def _model_card(state: ServerState) -> dict[str, Any]:
         "object": "model",
         "created": state.created,
         "owned_by": "poise",
+        # an extension field: whether the model's chat template inserts a default system prompt
+        # into a chat without a system message; poise's openai backend reads it, so an audit
+        # through this server asks with no system prompt as the in-process one does
+        "system_prompt_in_template": system_prompt_in_template(state.model),
     }
 
 
