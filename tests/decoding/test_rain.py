@@ -88,6 +88,21 @@ def test_backup_and_selection_on_a_hand_built_tree() -> None:
     assert (c.bounds.low, c.bounds.high) == (-1.0, 1.0)
 
 
+def test_a_vanishing_temperature_commits_the_most_visited_child() -> None:
+    """``n ** (1 / T)`` overflowed float64 for a tiny T (inf weights, a multinomial error); the
+    draw tends to the most visited child instead, and is the plain visit share at T = 1."""
+    root = Node(None, 1.0)
+    root.expand([((1,), 0.3), ((2,), 0.3), ((3,), 0.4)])
+    for child, visits in zip(root.children.values(), (3.0, 9.0, 5.0), strict=True):
+        child.n = visits
+    gen = torch.Generator().manual_seed(0)
+    for temperature in (1e-3, 1e-300, 5e-324):
+        picks = {Rain._draw(root, Sampling(temperature=temperature), gen)[0] for _ in range(20)}
+        assert picks == {(2,)}
+    draws = [Rain._draw(root, Sampling(temperature=1.0), gen)[0] for _ in range(4000)]
+    assert draws.count((2,)) / 4000 == pytest.approx(9 / 17, abs=0.03)
+
+
 def test_bounds_widen_with_values_outside_them() -> None:
     root = Node(None, 0.0)
     root.expand([((1,), 1.0)])

@@ -389,6 +389,21 @@ def test_temperature_sampling_matches_softmax() -> None:
         assert frequencies(LOGITS, sampling) == pytest.approx(expected.tolist(), abs=0.01)
 
 
+def test_a_vanishing_temperature_is_the_greedy_limit_not_nan() -> None:
+    """``logits / T`` overflows float32 below T ~ 1e-37 (inf - inf in the softmax: NaN, and the
+    server answered 'ptedpted...'); tempered after subtracting the row's best it is greedy."""
+    rows = torch.tensor([LOGITS, LOGITS[::-1], [30.0, 29.5, -2.0, 0.0, 1.0, 5.0]])
+    uniforms = torch.tensor([0.0, 0.5, 0.999])
+    for temperature in (1e-20, 1e-39, 1e-300, 5e-324):
+        sampling = Sampling(temperature=temperature)
+        assert sample_tokens(rows, uniforms, sampling).tolist() == rows.argmax(-1).tolist()
+        for top in ({}, {"top_k": 3}, {"top_p": 0.9}):
+            probs = filtered_probs(rows, Sampling(temperature=temperature, **top))
+            assert not probs.isnan().any()
+            assert probs.argmax(-1).tolist() == rows.argmax(-1).tolist()
+            assert probs.max(-1).values.tolist() == [1.0, 1.0, 1.0]
+
+
 def test_top_k_keeps_k_most_likely_renormalised() -> None:
     expected = torch.softmax(torch.tensor(LOGITS[:3]), dim=-1).tolist() + [0.0] * 3
     observed = frequencies(LOGITS, Sampling(temperature=1.0, top_k=3))

@@ -46,7 +46,7 @@ from poise.decoding.scorers import Scorer, check_scorer, load_scorer
 from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.decode import cut_at_stop
-from poise.models.hf import row_seed
+from poise.models.hf import row_seed, tempered
 from poise.models.wrapped import WrappedModel
 from poise.registry import numbered_values
 
@@ -256,7 +256,8 @@ class DeAL(WrappedModel):
                 (rows, logprobs.size(-1)), generator=search.generator, dtype=torch.float64
             ).clamp_(min=1e-12)
             gumbel = -torch.log(-torch.log(uniform)).to(logprobs.device, logprobs.dtype)
-            keys.append(logprobs[row : row + rows] / sampling.temperature + gumbel)
+            # tempered: shifted by the row's best before dividing, so a tiny T is greedy, not NaN
+            keys.append(tempered(logprobs[row : row + rows], sampling.temperature) + gumbel)
             row += rows
         return torch.cat(keys).topk(self.k, dim=-1).indices
 

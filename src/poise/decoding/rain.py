@@ -800,7 +800,10 @@ class Rain(WrappedModel):
             return None
         items = list(root.children.items())
         visits = torch.tensor([c.n for _, c in items], dtype=torch.float64)
-        weights = visits.clamp(min=0) ** (1.0 / sampling.temperature)
+        # scaled by the most visits first: n ** (1 / T) overflows float64 for a tiny T (inf
+        # weights); (n / max) ** (1 / T) is proportional and tends to the most visited child
+        peak = visits.max().clamp(min=1.0)
+        weights = (visits.clamp(min=0) / peak) ** (1.0 / sampling.temperature)
         if float(weights.sum()) <= 0:
             return root.best()
         return items[int(torch.multinomial(weights, 1, generator=gen))]

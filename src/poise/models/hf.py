@@ -327,7 +327,7 @@ def sample_tokens(
     """
     if sampling.greedy or uniforms is None:
         return logits.argmax(dim=-1)
-    scaled = logits / sampling.temperature  # [batch, vocab]
+    scaled = tempered(logits, sampling.temperature)  # [batch, vocab]
     vocab = scaled.size(-1)
     order: torch.Tensor | None = None
     if 0 < sampling.top_k < vocab:
@@ -357,6 +357,19 @@ def sample_tokens(
     return chosen.squeeze(-1)
 
 
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / temperature`` after subtracting each row's largest logit ([..., vocab] ->
+    [..., vocab]; the same softmax): a temperature so small that ``logits / T`` overflows
+    float32 (T below about 1e-37) gave inf - inf = NaN probabilities and garbage tokens; shifted,
+    the most likely token scores 0 and the rest -inf, the greedy limit of the distribution. A
+    temperature that is 0 in the logits' dtype (below its smallest normal number) is that limit
+    directly (0 / 0 would be NaN)."""
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    if temperature < torch.finfo(logits.dtype).tiny:
+        return shifted.masked_fill(shifted < 0, float("-inf"))
+    return shifted / temperature
+
+
 def filtered_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
     """The distribution :func:`sample_tokens` draws a token from, as probabilities over the
     whole vocabulary: ``logits`` [..., vocab] -> [..., vocab] float32, each row summing to 1.
@@ -374,7 +387,7 @@ def filtered_probs(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
         onehot = torch.zeros_like(flat)
         onehot.scatter_(-1, flat.argmax(dim=-1, keepdim=True), 1.0)
         return onehot.reshape(shape)
-    scaled = flat / sampling.temperature
+    scaled = tempered(flat, sampling.temperature)
     order: torch.Tensor | None = None
     if 0 < sampling.top_k < vocab:
         scaled, order = scaled.topk(sampling.top_k, dim=-1)  # [rows, k], sorted descending
