@@ -61,6 +61,8 @@ def test_echo_with_max_tokens_0_scores_the_prompt_as_score_does(
     assert choice["text"] == model.tokenizer.decode(ids)
     offsets = logprobs["text_offset"]
     assert offsets[0] == 0 and offsets == sorted(offsets)
+    # ASCII text: each token starts where the ones before it end
+    assert offsets == [sum(len(t) for t in logprobs["tokens"][:j]) for j in range(len(ids))]
     assert choice["finish_reason"] == "length"
     assert response.json()["usage"]["prompt_tokens"] == len(ids)
 
@@ -156,6 +158,7 @@ def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: H
         ({"prompt": "x", "suffix": "y"}, "suffix"),
         ({"prompt": []}, "prompt"),
         ({"prompt": ""}, "prompt"),
+        ({"prompt": ["a", ""]}, "prompt[1]"),
         ({"prompt": [[1, 2], [10**9]]}, "prompt"),
         ({"prompt": [-1]}, "prompt"),
         ({"prompt": "x", "n": 5}, "n"),
@@ -174,7 +177,9 @@ def test_malformed_completion_requests_are_400(
 ) -> None:
     response = post(server, "completions", **payload)
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == param
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["code"] is not None  # "prompt is empty" had none
 
 
 @pytest.mark.parametrize(
@@ -359,3 +364,192 @@ def test_requests_refused_as_too_long_leave_no_transformers_warning_in_the_log(
     finally:
         logger.removeHandler(handler)
     assert not [m for m in seen if "Token indices sequence length" in m]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("min_p", 0.99),
+        ("min_tokens", 30),
+        ("ignore_eos", True),
+        ("stop_token_ids", [5]),
+        ("use_beam_search", True),
+        ("length_penalty", 2.0),
+        ("prompt_logprobs", 1),
+        ("guided_json", {"type": "object"}),
+        ("guided_regex", "[ab]+"),
+        ("guided_choice", ["a", "b"]),
+        ("guided_grammar", "root ::= 'a'"),
+        ("guided_whatever", "x"),
+        ("structured_outputs", {"choice": ["a", "b"]}),
+        ("include_stop_str_in_output", True),
+        ("skip_special_tokens", False),
+        ("add_special_tokens", False),
+        ("response_format", {"type": "json_object"}),
+    ],
+)
+def test_vllm_extensions_that_change_the_output_are_refused(
+    server: ThreadServer, field: str, value: Any
+) -> None:
+    """They were ignored with a 200: an answer a vLLM client reads as honouring them."""
+    response = post(server, "completions", prompt="the cat", max_tokens=2, **{field: value})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (field, "unsupported_parameter")
+
+
+def test_off_values_of_vllm_extensions_pass(server: ThreadServer) -> None:
+    off = {
+        "min_p": 0.0,
+        "min_tokens": 0,
+        "ignore_eos": False,
+        "stop_token_ids": [],
+        "use_beam_search": False,
+        "length_penalty": 1.0,
+        "prompt_logprobs": None,
+        "guided_json": None,
+        "structured_outputs": None,
+        "skip_special_tokens": True,
+        "add_special_tokens": True,
+        "priority": 0,  # changes no answer: ignored
+    }
+    response = post(server, "completions", prompt="the cat", max_tokens=2, **off)
+    assert response.status_code == 200, response.text
+
+
+def test_max_tokens_over_the_context_is_said_so(
+    model: HFModel, start_server: Callable[..., ThreadServer]
+) -> None:
+    # it read "prompt[0] is at least 0 tokens long (1 characters), and 600 are asked ..."
+    server = start_server(model, served_name="tiny")
+    for prompt in ("x", [5, 6]):
+        response = post(server, "completions", prompt=prompt, max_tokens=600)
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["param"], error["code"]) == ("max_tokens", "invalid_value")
+        assert error["message"] == (
+            "max_tokens 600 is more than the model's context of 512 tokens, which holds the "
+            "prompt and the completion together"
+        )
+
+
+@pytest.mark.parametrize(
+    ("count", "n", "logprobs", "param"),
+    [
+        (300, 4, None, "n"),
+        (1000, 1, 20, "logprobs"),
+        (200, 4, 6, "logprobs"),
+    ],
+)
+def test_a_request_for_too_many_choices_is_refused_before_any_work(
+    server: ThreadServer, count: int, n: int, logprobs: int | None, param: str
+) -> None:
+    """A 364 KB request (1000 echoed prompts, logprobs 20) made an 87 MB answer and held the
+    model 24 s; n multiplies the choices."""
+    payload: dict[str, Any] = {"prompt": ["the cat sat"] * count, "n": n, "max_tokens": 1}
+    if logprobs is not None:
+        payload.update(echo=True, logprobs=logprobs)
+    response = post(server, "completions", **payload)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == (param, "invalid_value")
+    assert "per request" in error["message"]
+
+
+def test_many_prompts_with_one_log_prob_each_still_pass(server: ThreadServer) -> None:
+    # lm-eval's log-likelihood batch: many prompts, n 1, echo, logprobs 1
+    response = post(
+        server, "completions", prompt=[[5, 6, 7]] * 1024, max_tokens=0, echo=True, logprobs=1
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 1024
+
+
+@pytest.fixture(scope="module")
+def organism_small() -> Any:
+    from poise.models import load_model
+
+    return load_model("organism-small")
+
+
+def _check_offsets(text: str, logprobs: dict[str, Any]) -> None:
+    """Offsets never go back, and a token that decodes to whole characters is found in the
+    choice's text at its offset."""
+    offsets, tokens = logprobs["text_offset"], logprobs["tokens"]
+    assert offsets == sorted(offsets) and len(offsets) == len(tokens)
+    assert all(0 <= o <= len(text) for o in offsets)
+    for offset, token in zip(offsets, tokens, strict=True):
+        if "\ufffd" not in token:
+            assert text[offset : offset + len(token)] == token, (offset, token)
+
+
+@pytest.mark.slow
+def test_text_offsets_count_characters_of_non_ascii_text(
+    organism_small: Any, start_server: Callable[..., ThreadServer]
+) -> None:
+    """A byte-level piece of "é" decodes to U+FFFD alone: counting each as a character put every
+    later token past its place (" n" of "café naïve" at 5, not 4)."""
+    server = start_server(organism_small, served_name="organism-small")
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    prompt = "café naïve 日本語, façade"
+    result = client.completions.create(
+        model="organism-small", prompt=prompt, max_tokens=4, temperature=0, echo=True, logprobs=1
+    )
+    choice = result.choices[0]
+    assert choice.logprobs is not None
+    logprobs = choice.logprobs.model_dump()
+    assert choice.text.startswith(prompt)
+    _check_offsets(choice.text, logprobs)
+    tokens, offsets = logprobs["tokens"], logprobs["text_offset"]
+    assert tokens[:5] == ["ca", "f", "\ufffd", "\ufffd", " n"]
+    assert offsets[:5] == [0, 2, 3, 3, 4]  # both pieces of "é" start where "é" does
+    # the generated tokens follow the prompt's, and token-id prompts are placed the same way
+    ids = organism_small.tokenizer(prompt)["input_ids"]
+    by_ids = post(
+        server,
+        "completions",
+        prompt=ids,
+        max_tokens=4,
+        temperature=0,
+        echo=True,
+        logprobs=1,
+        model="organism-small",
+    ).json()["choices"][0]
+    _check_offsets(by_ids["text"], by_ids["logprobs"])
+    assert by_ids["logprobs"]["text_offset"] == offsets
+    # without echo: the completion's tokens, from 0
+    plain = post(
+        server,
+        "completions",
+        prompt=prompt,
+        max_tokens=4,
+        temperature=0,
+        logprobs=1,
+        model="organism-small",
+    ).json()["choices"][0]
+    _check_offsets(plain["text"], plain["logprobs"])
+    assert plain["logprobs"]["text_offset"][0] == 0
+
+
+def test_text_offsets_of_byte_pieces_special_tokens_and_a_cut_text() -> None:
+    from transformers import AutoTokenizer
+
+    from poise.organism import WEIGHTS_DIR
+    from poise.serve.logprobs import text_offsets
+
+    # the organism's byte-level BPE has no token for "ï" or "日": they are byte pieces
+    tokenizer = AutoTokenizer.from_pretrained(WEIGHTS_DIR / "organism-small")
+    text = "naïve 日本語 done"
+    ids = tokenizer(text)["input_ids"]
+    offsets = text_offsets(tokenizer, ids, text, skip_special_tokens=False)
+    pieces = [tokenizer.decode([t]) for t in ids]
+    _check_offsets(text, {"text_offset": offsets, "tokens": pieces})
+    # "日" is three byte pieces: all start at its character
+    assert offsets[pieces.index(" ") + 1 : pieces.index(" ") + 4] == [text.index("日")] * 3
+    # a special token the tokenizer added before a string prompt is not in the echoed text
+    bos = tokenizer.convert_tokens_to_ids("<|bos|>")
+    assert text_offsets(tokenizer, [bos, *ids], text, skip_special_tokens=False) == [0, *offsets]
+    # a completion: its EOS token (skipped) and tokens past a stop string end at the text's end
+    eos = tokenizer.convert_tokens_to_ids("<|end|>")
+    cut = text_offsets(tokenizer, [*ids, eos], "naïve", skip_special_tokens=True)
+    assert cut == [min(o, len("naïve")) for o in offsets] + [len("naïve")]

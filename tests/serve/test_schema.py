@@ -106,6 +106,45 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
     (body(top_logprobs=2), "top_logprobs", "invalid_value"),
     (body(logprobs=True, top_logprobs=21), "top_logprobs", "invalid_value"),
     (body(presence_penalty=0.5), "presence_penalty", "unsupported_parameter"),
+    # vLLM's extensions that change the answer, which were ignored with a 200
+    (body(min_p=0.99), "min_p", "unsupported_parameter"),
+    (body(ignore_eos=True), "ignore_eos", "unsupported_parameter"),
+    (body(ignore_eos=1), "ignore_eos", "unsupported_parameter"),  # 1 == True is no off value
+    (body(min_tokens=30), "min_tokens", "unsupported_parameter"),
+    (body(stop_token_ids=[2, 3]), "stop_token_ids", "unsupported_parameter"),
+    (body(use_beam_search=True), "use_beam_search", "unsupported_parameter"),
+    (body(length_penalty=0.5), "length_penalty", "unsupported_parameter"),
+    (body(length_penalty=True), "length_penalty", "unsupported_parameter"),
+    (body(prompt_logprobs=0), "prompt_logprobs", "unsupported_parameter"),
+    (body(guided_json={"type": "object"}), "guided_json", "unsupported_parameter"),
+    (body(guided_regex="a+"), "guided_regex", "unsupported_parameter"),
+    (body(guided_choice=["yes", "no"]), "guided_choice", "unsupported_parameter"),
+    (body(guided_grammar="root ::= 'a'"), "guided_grammar", "unsupported_parameter"),
+    (body(guided_decoding_backend="xgrammar"), "guided_decoding_backend", "unsupported_parameter"),
+    (body(structured_outputs={"json": {}}), "structured_outputs", "unsupported_parameter"),
+    (body(skip_special_tokens=False), "skip_special_tokens", "unsupported_parameter"),
+    (body(include_stop_str_in_output=True), "include_stop_str_in_output", "unsupported_parameter"),
+    (
+        body(
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Sure, here"},
+            ],
+            continue_final_message=True,
+            add_generation_prompt=False,
+        ),
+        "add_generation_prompt",
+        "unsupported_parameter",
+    ),
+    (body(continue_final_message=True), "continue_final_message", "unsupported_parameter"),
+    (body(chat_template="{{ messages }}"), "chat_template", "unsupported_parameter"),
+    (
+        body(chat_template_kwargs={"enable_thinking": False}),
+        "chat_template_kwargs",
+        "unsupported_parameter",
+    ),
+    (body(echo=True), "echo", "unsupported_parameter"),
+    (body(add_special_tokens=True), "add_special_tokens", "unsupported_parameter"),
 ]
 
 
@@ -125,6 +164,29 @@ def test_malformed_requests_are_400_with_the_param(
 
 def test_harmless_off_values_of_unsupported_parameters_pass() -> None:
     parse_request(body(logprobs=False, presence_penalty=0, frequency_penalty=0.0, tools=[]), CONFIG)
+    parse_request(
+        body(
+            min_p=0,
+            min_tokens=0,
+            ignore_eos=False,
+            stop_token_ids=[],
+            use_beam_search=False,
+            length_penalty=1,
+            prompt_logprobs=None,
+            guided_json=None,
+            guided_decoding_backend=None,
+            structured_outputs=None,
+            skip_special_tokens=True,
+            add_generation_prompt=True,
+            continue_final_message=False,
+            chat_template_kwargs={},
+            echo=False,
+            add_special_tokens=False,
+            priority=0,  # vLLM's extensions that change no answer are ignored
+            request_id="r-1",
+        ),
+        CONFIG,
+    )
 
 
 def test_config_name_defaults_to_the_model_spec() -> None:

@@ -118,10 +118,13 @@ class AccessGuard:
         return None
 
     def _too_large(self, declared: int | None) -> dict[str, Any]:
-        size = f"{declared} bytes" if declared is not None else "larger than that"
+        # a chunked body has no declared size, and the server stops counting once it passes the
+        # limit: say only that it is over
+        over = declared is not None and declared > self.max_body_bytes
+        size = f"of {declared} bytes is" if over else "is"
         return error_body(
-            f"the request body is {size}; this server accepts at most {self.max_body_bytes} "
-            "bytes (poise serve --max-body-bytes)",
+            f"the request body {size} over this server's limit of {self.max_body_bytes} bytes "
+            "(poise serve --max-body-bytes)",
             code="request_too_large",
         )
 

@@ -41,12 +41,15 @@ from poise.serve.logprobs import (
     MAX_TOP_LOGPROBS,
     completion_logprobs,
     run_in_thread,
+    text_offsets,
 )
 from poise.serve.schema import (
+    VLLM_UNSUPPORTED,
     RequestError,
     ServeConfig,
     check_stream_options,
     check_text,
+    check_unsupported,
     error_body,
     parse_sampling,
     validation_error,
@@ -58,13 +61,21 @@ __all__ = ["CompletionRequest", "add_completions_route", "parse_completion_reque
 _FINISH_REASONS = {"stop": "stop", "length": "length", "guard": "content_filter"}
 # Prompts one request may hold (lm-eval sends its batch as one list).
 MAX_PROMPTS = 1024
+# Choices (prompts x n) one request may ask for, or --max-n when larger: each is a row of the
+# model's batch and a part of the response, and the whole request holds the model (one request
+# at a time), so a small body must not ask for an unbounded amount of work.
+MAX_CHOICES = 1024
+# Log-prob alternatives per token position summed over the choices (choices x logprobs): what
+# makes a response with log-probs large (1000 echoed prompts with logprobs 20 made 87 MB).
+# lm-eval's log-likelihood requests (logprobs 1) stay far below it.
+MAX_ALTERNATIVES = 4096
 # OpenAI's default max_tokens for legacy completions.
 DEFAULT_MAX_TOKENS = 16
 # transformers' placeholder model_max_length for a tokenizer that declares none is 1e30.
 _NO_DECLARED_LIMIT = 10**9
 
 # As in chat completions: parameters that change the output but cannot be honoured, with the
-# values that mean "off".
+# values that mean "off" (and any guided_* field, see check_unsupported).
 _UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "suffix": (None, ""),
     "best_of": (None, 1),
@@ -72,6 +83,10 @@ _UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "presence_penalty": (None, 0, 0.0),
     "repetition_penalty": (None, 1, 1.0),
     "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}),
+    **VLLM_UNSUPPORTED,
+    # a string prompt gets the special tokens its tokenizer adds, vLLM's default
+    "add_special_tokens": (None, True),
 }
 
 
@@ -128,13 +143,11 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
         req = _CompletionIn.model_validate(data)
     except (ValidationError, RecursionError) as exc:
         if isinstance(exc, RecursionError):
-            raise RequestError("the request body is nested too deeply") from None
-        raise validation_error(exc) from None
-    for key, off_values in _UNSUPPORTED.items():
-        if key in data and data[key] not in off_values:
             raise RequestError(
-                f"{key} is not supported by poise serve", param=key, code="unsupported_parameter"
-            )
+                "the request body is JSON nested too deeply", code="invalid_json"
+            ) from None
+        raise validation_error(exc) from None
+    check_unsupported(data, _UNSUPPORTED)
 
     prompt = req.prompt
     prompts: list[str | list[int]]
@@ -154,9 +167,8 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
         )
     for i, p in enumerate(prompts):
         if len(p) == 0:
-            raise RequestError(
-                f"prompt[{i}] is empty", param=f"prompt[{i}]" if len(prompts) > 1 else "prompt"
-            )
+            name = f"prompt[{i}]" if len(prompts) > 1 else "prompt"
+            raise RequestError(f"{name} is empty", param=name, code="invalid_value")
         if not isinstance(p, str) and any(t < 0 for t in p):
             raise RequestError(
                 f"prompt[{i}] holds a negative token id", param="prompt", code="invalid_value"
@@ -180,6 +192,7 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
             code="invalid_value",
         )
     sampling = parse_sampling(req, config, max(1, max_tokens))
+    _check_size(len(prompts), sampling.n, req.logprobs, config)
     return CompletionRequest(
         model=req.model,
         prompts=prompts,
@@ -191,6 +204,30 @@ def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionReque
         echo=echo,
         logprobs=req.logprobs,
     )
+
+
+def _check_size(prompts: int, n: int, logprobs: int | None, config: ServeConfig) -> None:
+    """Refuse a request whose answer would be too much work or too large a response for one
+    request: more than :data:`MAX_CHOICES` choices, or with ``logprobs`` more than
+    :data:`MAX_ALTERNATIVES` alternatives per token position over all choices."""
+    choices = prompts * n
+    most = max(MAX_CHOICES, config.max_n)
+    asked = f"{prompts} prompt" + ("s" if prompts > 1 else "") + (f" x n={n}" if n > 1 else "")
+    if choices > most:
+        raise RequestError(
+            f"this request asks for {choices} choices ({asked}); at most {most} per request: "
+            "send fewer prompts per request or a smaller n",
+            param="n",  # prompts alone are fewer (MAX_PROMPTS)
+            code="invalid_value",
+        )
+    if logprobs and choices * logprobs > MAX_ALTERNATIVES:
+        raise RequestError(
+            f"this request asks for {choices} choices ({asked}) with logprobs {logprobs}, "
+            f"{choices * logprobs} alternatives per token; at most {MAX_ALTERNATIVES} per "
+            "request: send fewer prompts per request or a smaller logprobs",
+            param="logprobs",
+            code="invalid_value",
+        )
 
 
 # -- answering --------------------------------------------------------------------------------------
@@ -213,7 +250,9 @@ def _encode(tokenizer: Any, prompts: Sequence[str | list[int]]) -> list[list[int
             # the log, because _check_context refuses such a prompt itself
             ids = [int(t) for t in tokenizer(prompt, verbose=False)["input_ids"]]
             if not ids:
-                raise RequestError(f"prompt[{i}] has no tokens", param="prompt")
+                raise RequestError(
+                    f"prompt[{i}] has no tokens", param="prompt", code="invalid_value"
+                )
         else:
             ids = list(prompt)
             bad = next((t for t in ids if t >= vocab), None)
@@ -239,6 +278,19 @@ def _context_limit(model: Any) -> int | None:
         if isinstance(limit, int) and limit < _NO_DECLARED_LIMIT
     ]
     return min(limits) if limits else None
+
+
+def _check_max_tokens(model: Any, max_tokens: int) -> None:
+    """A 400 naming ``max_tokens`` when it alone is more than the model's context: no prompt
+    can fit, and the prompt is not what to shorten."""
+    limit = _context_limit(model)
+    if limit is not None and max_tokens > limit:
+        raise RequestError(
+            f"max_tokens {max_tokens} is more than the model's context of {limit} tokens, "
+            "which holds the prompt and the completion together",
+            param="max_tokens",
+            code="invalid_value",
+        )
 
 
 def _check_characters(model: Any, prompts: Sequence[str | list[int]], max_tokens: int) -> None:
@@ -285,6 +337,7 @@ def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> Non
 def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], int]:
     """The choices of a request (prompt-major, sample-minor) and its prompt token count."""
     tokenizer = model.tokenizer
+    _check_max_tokens(model, parsed.max_tokens)
     _check_characters(model, parsed.prompts, parsed.max_tokens)
     prompts = _encode(tokenizer, parsed.prompts)
     _check_context(model, prompts, parsed.max_tokens)
@@ -314,10 +367,22 @@ def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], 
                 if isinstance(given, str)
                 else str(tokenizer.decode(prompt, skip_special_tokens=False))
             )
+        # A choice's text is the echoed prompt (as given, or its ids decoded with their special
+        # tokens) and then the completion's text (decoded without them): each part's tokens are
+        # placed in that part.
+        prompt_offsets: list[int] = []
+        if scored is not None and parsed.echo:
+            prompt_offsets = text_offsets(tokenizer, prompt, prefix, skip_special_tokens=False)
         for j, completion in enumerate(completions):
             logprobs = None
             if scored is not None:
-                logprobs = completion_logprobs(tokenizer, scored[i * n + j], parsed.logprobs or 0)
+                found = text_offsets(
+                    tokenizer, completion.token_ids or (), completion.text, skip_special_tokens=True
+                )
+                offsets = prompt_offsets + [len(prefix) + o for o in found]
+                logprobs = completion_logprobs(
+                    tokenizer, scored[i * n + j], parsed.logprobs or 0, offsets
+                )
             choices.append(
                 _Choice(
                     text=str(prefix) + completion.text,

@@ -38,6 +38,7 @@ __all__ = [
     "completion_logprobs",
     "run_in_thread",
     "stream_logprobs",
+    "text_offsets",
     "token_bytes",
     "token_text",
 ]
@@ -181,35 +182,87 @@ async def stream_logprobs(
 # -- legacy completions -----------------------------------------------------------------------------
 
 
+def text_offsets(
+    tokenizer: Any, ids: Sequence[int], text: str, *, skip_special_tokens: bool
+) -> list[int]:
+    """Where each token of ``ids`` starts in ``text``, the text they decode to (with
+    ``skip_special_tokens`` as ``text`` was decoded), in characters.
+
+    Token ``j`` starts where the decode of ``ids[:j]`` ends, up to its last whole character: a
+    token that starts inside a multi-byte character (a byte-level piece of "é") gets the start of
+    that character, and the character counts once, not once per piece. When each token's own
+    text joins into the decoded text (ASCII text, mostly) those lengths are summed; otherwise the
+    tokens are decoded incrementally, a window from the last whole character on (as vLLM's
+    detokenizer does), so the cost stays linear in the number of tokens. Where ``text`` is not
+    exactly the decode, offsets are counted from where it starts in the decode (special tokens a
+    tokenizer added before a string prompt) and never pass its end (tokens after a stop string).
+    """
+    ids = [int(t) for t in ids]
+    if not ids:
+        return []
+
+    def decode(part: Sequence[int]) -> str:
+        return str(tokenizer.decode(part, skip_special_tokens=skip_special_tokens))
+
+    decoded = decode(ids)
+    singles = tokenizer.batch_decode([[t] for t in ids], skip_special_tokens=skip_special_tokens)
+    pieces = [str(piece) for piece in singles]
+    starts: list[int] = []
+    if "".join(pieces) == decoded:
+        length = 0
+        for piece in pieces:
+            starts.append(length)
+            length += len(piece)
+    else:
+        length = prefix_offset = read_offset = 0
+        for j in range(len(ids)):
+            starts.append(length)
+            before = decode(ids[prefix_offset:read_offset]) if read_offset > prefix_offset else ""
+            after = decode(ids[prefix_offset : j + 1])
+            # a window that ends inside a character decodes to U+FFFD there: wait for the rest
+            if len(after) > len(before) and not after.endswith("\ufffd"):
+                length += len(after) - len(before)
+                prefix_offset, read_offset = read_offset, j + 1
+    head = 0
+    if not decoded.startswith(text) and decoded.endswith(text):
+        head = len(decoded) - len(text)
+    return [min(max(start - head, 0), len(text)) for start in starts]
+
+
 def completion_logprobs(
-    tokenizer: Any, result: SequenceLogprobs, top_k: int, *, offset: int = 0
+    tokenizer: Any, result: SequenceLogprobs, top_k: int, text_offset: Sequence[int]
 ) -> dict[str, Any]:
     """The legacy ``logprobs`` object of one choice. ``result`` covers the tokens the choice's
-    text is made of (the prompt's too when echoed); ``text_offset[j]`` is where token ``j``'s
-    text starts in the choice's text, counted from ``offset``."""
+    text is made of (the prompt's too when echoed); ``text_offset[j]`` is where token ``j``
+    starts in the choice's text (:func:`text_offsets`)."""
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top_logprobs: list[dict[str, float] | None] = []
-    text_offset: list[int] = []
-    position = offset
+    texts: dict[int, str] = {}
+
+    def text_of(token_id: int) -> str:
+        if token_id not in texts:
+            texts[token_id] = token_text(tokenizer, token_id)
+        return texts[token_id]
+
     for token_id, logprob, top in zip(result.token_ids, result.logprobs, result.top, strict=True):
-        text = token_text(tokenizer, token_id)
+        text = text_of(token_id)
         tokens.append(text)
         token_logprobs.append(logprob)
-        text_offset.append(position)
-        position += len(text)
         if logprob is None:
             top_logprobs.append(None)
             continue
         alternatives: dict[str, float] = {}
         for alt_id, value in top[:top_k]:
-            alternatives.setdefault(token_text(tokenizer, alt_id), value)
+            alternatives.setdefault(text_of(alt_id), value)
         # the chosen token is always listed (so there can be top_k + 1 entries)
         alternatives.setdefault(text, logprob)
         top_logprobs.append(alternatives)
+    if len(text_offset) != len(tokens):
+        raise ValueError(f"{len(text_offset)} text offsets for {len(tokens)} tokens")
     return {
         "tokens": tokens,
         "token_logprobs": token_logprobs,
         "top_logprobs": top_logprobs,
-        "text_offset": text_offset,
+        "text_offset": list(text_offset),
     }

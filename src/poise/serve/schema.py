@@ -162,8 +162,27 @@ ChatRequestBody = _RequestIn
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
-# Parameters that change the output but that poise serve cannot honour, with the value that
-# means "off". A request that turns one on is refused rather than silently answered wrongly.
+# Parameters that change the output but that poise serve cannot honour, with the values that
+# mean "off". A request that turns one on is refused rather than silently answered wrongly.
+# vLLM's sampling extensions, which chat and legacy completions share (a request for vLLM sends
+# them expecting them honoured); any guided_* field is refused too (check_unsupported).
+VLLM_UNSUPPORTED: dict[str, tuple[object, ...]] = {
+    "min_p": (None, 0, 0.0),
+    "min_tokens": (None, 0),
+    "ignore_eos": (None, False),
+    "stop_token_ids": (None, []),
+    "use_beam_search": (None, False),
+    "length_penalty": (None, 1, 1.0),
+    "prompt_logprobs": (None,),
+    "structured_outputs": (None,),
+    "include_stop_str_in_output": (None, False),
+    "skip_special_tokens": (None, True),
+    "truncate_prompt_tokens": (None,),
+    "allowed_token_ids": (None,),
+    "bad_words": (None, []),
+    "logits_processors": (None, []),
+    "return_tokens_as_token_ids": (None, False),
+}
 _UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
@@ -173,6 +192,18 @@ _UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "functions": (None, []),
     "response_format": (None, {"type": "text"}),
     "best_of": (None, 1),
+    **VLLM_UNSUPPORTED,
+    # vLLM's chat extensions that change the prompt the template renders: the server always
+    # renders the chat as given with the generation prompt (an assistant prefill starts a new
+    # turn), with the model's own template and no special tokens added, and answers with a new
+    # message (vLLM's echo would start it with the last message)
+    "add_generation_prompt": (None, True),
+    "continue_final_message": (None, False),
+    "chat_template": (None,),
+    "chat_template_kwargs": (None, {}),
+    "documents": (None, []),
+    "add_special_tokens": (None, False),
+    "echo": (None, False),
 }
 
 # Fields that take one of several types: what a value that is none of them should be.
@@ -234,11 +265,7 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     except ValidationError as exc:
         raise validation_error(exc) from None
 
-    for key, off_values in _UNSUPPORTED.items():
-        if key in data and data[key] not in off_values:
-            raise RequestError(
-                f"{key} is not supported by poise serve", param=key, code="unsupported_parameter"
-            )
+    check_unsupported(data, _UNSUPPORTED)
 
     chat: Chat = []
     for i, message in enumerate(req.messages):
@@ -323,6 +350,32 @@ def parse_sampling(req: Any, config: ServeConfig, max_new_tokens: int) -> Sampli
         )
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+def check_unsupported(data: dict[str, Any], unsupported: dict[str, tuple[object, ...]]) -> None:
+    """A 400 ``unsupported_parameter`` for the first field of ``unsupported`` that ``data`` turns
+    on (a value other than its "off" ones), or any vLLM ``guided_*`` field (guided decoding) that
+    is not null."""
+    for key, off_values in unsupported.items():
+        if key in data and not _is_off(data[key], off_values):
+            raise RequestError(
+                f"{key} is not supported by poise serve", param=key, code="unsupported_parameter"
+            )
+    for key, value in data.items():
+        if key.startswith("guided_") and value is not None:
+            raise RequestError(
+                f"{key} is not supported by poise serve (no guided decoding)",
+                param=key,
+                code="unsupported_parameter",
+            )
+
+
+def _is_off(value: object, off_values: tuple[object, ...]) -> bool:
+    # Python's True == 1 and 0 == False: "length_penalty": true or "ignore_eos": 1 is not an off
+    # value, so booleans only match booleans.
+    return any(
+        value == off and isinstance(value, bool) == isinstance(off, bool) for off in off_values
+    )
 
 
 def check_stream_options(stream: bool | None, stream_options: object) -> None:
