@@ -9,6 +9,7 @@ import pytest
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.guards.judged import ChunkedGuard, FullGuard, flagged_prefixes
+from poise.guards.record import generated_tokens
 from poise.guards.streaming import DEFAULT_REFUSAL
 from poise.models import load_model
 from poise.models.hf import HFModel
@@ -52,8 +53,11 @@ def test_full_guard_withholds_flagged_answers(inner: HFModel) -> None:
                 assert a.text == DEFAULT_REFUSAL and a.finish_reason == "guard"
                 assert record["shown_tokens"] == 0
                 assert record["produced_tokens"] == b.num_tokens == record["unguarded_tokens"]
+                # num_tokens: what was shown; what it cost (poise serve's usage): all of it
+                assert a.num_tokens == 0 and generated_tokens(a) == b.num_tokens
             else:
                 assert a.text == b.text and record["stopped"] is False
+                assert generated_tokens(a) == a.num_tokens == b.num_tokens
     assert flagged
 
 
@@ -75,6 +79,8 @@ def test_chunked_guard_shows_the_chunks_before_the_flagged_one(inner: HFModel) -
                 word in b.text[: ends[produced - 1]].split() or word in b.text[: ends[produced - 1]]
             )
             assert a.num_tokens == shown
+            # the baseline decodes every answer to its end before judging it
+            assert generated_tokens(a) == b.num_tokens == record["unguarded_tokens"]
 
 
 def test_monitor_judge_flags_by_the_response_head(inner: HFModel, monitor_dir: Path) -> None:

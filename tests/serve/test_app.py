@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -13,9 +17,10 @@ import pytest
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion
+from poise.models.mock import MockModel
 from poise.models.openai import OpenAIModel
 
-from .helpers import EchoModel, ThreadServer, read_sse, stream_texts
+from .helpers import EchoModel, ThreadServer, free_port, read_sse, stream_texts
 
 StartServer = Callable[..., ThreadServer]
 
@@ -71,7 +76,9 @@ def test_response_has_the_openai_shape(start_server: StartServer, echo_model: Ec
     assert choice["message"] == {"role": "assistant", "content": expected.text}
     assert choice["finish_reason"] == "length"  # the echo model has 6 words, 4 allowed
     assert body["usage"]["completion_tokens"] == 4
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 4
+    # a model without a tokenizer cannot count its prompt: 0, an int as OpenAI clients expect
+    assert body["usage"]["prompt_tokens"] == 0
+    assert body["usage"]["total_tokens"] == 4
 
 
 def test_models_and_health(start_server: StartServer, echo_model: EchoModel) -> None:
@@ -278,3 +285,141 @@ def test_deeply_nested_json_is_a_400_and_the_server_goes_on(
         assert response.status_code == 400, response.text
         assert response.json()["error"]["code"] == "invalid_json"
     assert ask(server, "still here").status_code == 200
+
+
+# -- shutdown ---------------------------------------------------------------------------------------
+
+SHUTTING_DOWN = {
+    "error": {
+        "message": "the server is shutting down",
+        "type": "server_error",
+        "param": None,
+        "code": "server_shutting_down",
+    }
+}
+
+
+@contextmanager
+def serving(model: Any, *, grace_s: float, timeout_s: int) -> Iterator[tuple[Any, str]]:
+    """``(server, url)``: ``poise serve``'s own uvicorn server (make_server) in a thread; set
+    ``server.should_exit`` to stop it as Ctrl-C does."""
+    from poise.serve.app import create_app, make_server
+    from poise.serve.schema import ServeConfig
+
+    port = free_port()
+    config = ServeConfig(port=port, served_name=model.name)
+    server = make_server(create_app(model, config), config, grace_s=grace_s, timeout_s=timeout_s)
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield server, f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        assert not thread.is_alive(), "the server did not stop"
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextmanager
+def logged() -> Iterator[list[logging.LogRecord]]:
+    """The records of uvicorn's, poise's and asyncio's loggers (uvicorn's and, after a CLI test,
+    poise's do not propagate to the root, so caplog would miss them)."""
+    handler = Records()
+    loggers = [logging.getLogger(name) for name in ("uvicorn", "poise", "asyncio")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
+def slow_model(tokens: int = 2000) -> MockModel:
+    # one token per 5 ms engine step: 2,000 tokens take 10 s, far past the shutdown
+    return MockModel("slow", default=" ".join(["word"] * tokens), step_delay=0.005)
+
+
+def no_traceback(records: list[logging.LogRecord]) -> None:
+    tracebacks = [r.getMessage() for r in records if r.exc_info]
+    assert not tracebacks, tracebacks
+    assert not [r for r in records if "Exception in ASGI application" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("grace_s", "timeout_s"),
+    [(0.2, 5), (60.0, 1)],
+    # ended: the server ends the stream after its grace; cancelled: uvicorn's graceful timeout
+    # cancels the stream's task first
+    ids=["ended", "cancelled"],
+)
+def test_shutdown_mid_stream_ends_it_with_an_error_event_and_no_traceback(
+    grace_s: float, timeout_s: int
+) -> None:
+    payload = {
+        "model": "slow",
+        "messages": chat("go"),
+        "stream": True,
+        "n": 4,
+        "max_tokens": 2000,
+        "temperature": 1,
+    }
+    lines: list[str] = []
+    with (
+        serving(slow_model(), grace_s=grace_s, timeout_s=timeout_s) as (server, url),
+        logged() as records,
+    ):
+        started = time.monotonic()
+        with httpx.stream("POST", f"{url}/chat/completions", json=payload, timeout=30) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():  # ends cleanly: no RemoteProtocolError
+                lines.append(line)
+                if len(lines) == 20:
+                    server.should_exit = True  # what Ctrl-C does
+        took = time.monotonic() - started
+    chunks, done = read_sse(lines)
+    assert not done
+    assert chunks[-1] == SHUTTING_DOWN
+    assert not any("error" in c for c in chunks[:-1])
+    assert not any(ch["finish_reason"] for c in chunks[:-1] for ch in c["choices"])
+    assert took < 10
+    no_traceback(records)
+
+
+def test_a_request_still_waiting_at_shutdown_gets_a_503_and_a_short_one_finishes() -> None:
+    def ask_plain(url: str, tokens: int) -> httpx.Response:
+        payload = {"model": "slow", "messages": chat("go"), "max_tokens": tokens}
+        return httpx.post(f"{url}/chat/completions", json=payload, timeout=30)
+
+    # the mock's 2,000-token answer is cut at 2,000 or 60 tokens: 10 s or 0.3 s of decoding,
+    # one past the grace of 1 s, one within it
+    with (
+        serving(slow_model(), grace_s=1.0, timeout_s=5) as (server, url),
+        logged() as records,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        long = pool.submit(ask_plain, url, 2000)
+        short = pool.submit(ask_plain, url, 60)
+        deadline = time.monotonic() + 10
+        while httpx.get(url.removesuffix("/v1") + "/health").json()["waiting"] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.should_exit = True
+        answered, cut = short.result(), long.result()
+    assert answered.status_code == 200
+    assert answered.json()["choices"][0]["finish_reason"] == "length"
+    assert cut.status_code == 503
+    assert cut.json() == SHUTTING_DOWN
+    no_traceback(records)

@@ -130,3 +130,60 @@ def test_wrong_firewall_flags_are_one_line_before_loading(
     code, output = run(*[a.format(**paths) for a in args], "--port", str(unused_port))
     assert code == 2
     assert said in output and len(output.strip().splitlines()) == 1
+
+
+def test_an_empty_api_key_is_refused_before_loading(
+    unused_port: int, no_model_loading: None
+) -> None:
+    # "--api-key $KEY" with KEY unset: not silently a server without a key
+    code, output = run("--api-key", "", "--port", str(unused_port))
+    assert code == 2
+    assert "--api-key is empty" in output and len(output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "warned"),
+    [
+        (["--host", "0.0.0.0"], True),
+        (["--host", "0.0.0.0", "--api-key", "sk-flag"], False),
+        (["--host", "127.0.0.1"], False),
+    ],
+)
+def test_serving_the_network_without_a_key_warns(
+    args: list[str], warned: bool, unused_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uvicorn
+
+    from poise.models.mock import MockModel
+
+    def run_nothing(self: uvicorn.Server, sockets: object = None) -> None:
+        self.started = True  # the warning comes before serving
+
+    monkeypatch.delenv("POISE_API_KEY", raising=False)
+    monkeypatch.setattr(poise.models, "load_model", lambda spec, **_: MockModel())
+    monkeypatch.setattr(uvicorn.Server, "run", run_nothing)
+    code, output = run("--port", str(unused_port), *args)
+    assert code == 0, output
+    said = " ".join(output.split())  # the log line may wrap
+    assert ("without an API key" in said) is warned, output
+    if warned:
+        assert "--api-key KEY or POISE_API_KEY" in said
+
+
+@pytest.mark.parametrize(
+    ("host", "exposed"),
+    [
+        ("127.0.0.1", False),
+        ("127.0.0.2", False),
+        ("localhost", False),
+        ("::1", False),
+        ("0.0.0.0", True),
+        ("::", True),
+        ("192.168.1.5", True),
+    ],
+)
+def test_which_hosts_are_exposed(host: str, exposed: bool) -> None:
+    from poise.serve.app import exposure_warning
+
+    assert (exposure_warning(host, None) is not None) is exposed
+    assert exposure_warning(host, "sk-key") is None

@@ -12,6 +12,8 @@ from poise.models import load_model
 from poise.probes.firewall import load_firewall
 from poise.suites.loaders import load_suite
 
+from .helpers import free_port
+
 
 @pytest.mark.slow
 def test_cli_fit_check_and_serve_refuse_off_role(tmp_path: Path, start_server: Any) -> None:
@@ -130,9 +132,16 @@ def test_serve_reads_the_firewall_folder_once(tmp_path: Path, monkeypatch: Any) 
         return real(folder)
 
     monkeypatch.setattr(firewall_module, "load_firewall", counted)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: None)
+
+    def run(self: uvicorn.Server, sockets: Any = None) -> None:
+        self.started = True  # serving is not what this test is about
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
     config = ServeConfig(
-        model="organism-small", firewall=str(tmp_path / "fw"), firewall_role="cooking"
+        model="organism-small",
+        firewall=str(tmp_path / "fw"),
+        firewall_role="cooking",
+        port=free_port(),  # serve() checks it is free
     )
     serve(config, model=model)
     assert loads == [str(tmp_path / "fw")]

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +22,7 @@ from poise.models import load_model
 from poise.models.base import Chat
 from poise.models.openai import OpenAIModel
 
-from .helpers import ServeProcess, read_sse, start_serve_process, stream_texts
+from .helpers import ServeProcess, free_port, read_sse, start_serve_process, stream_texts
 
 MAX_TOKENS_LIMIT = 64
 
@@ -217,6 +221,79 @@ def test_a_client_leaving_mid_stream_does_not_disturb_the_others(mock_server: Se
     health = wait_until_idle(mock_server)
     assert health["pending"] == health["streams"] == health["waiting"] == 0
     assert post(mock_server, GOOD).status_code == 200
+
+
+# serve() as the CLI runs it, in the main thread of its process (so uvicorn handles Ctrl-C),
+# over a mock that decodes one token per 5 ms: a 2,000-token answer takes 10 s
+SLOW_SERVER = """
+import sys
+from poise.models.mock import MockModel
+from poise.serve.app import serve
+from poise.serve.schema import ServeConfig
+
+model = MockModel("slow", default=" ".join(["word"] * 2000), step_delay=0.005)
+serve(ServeConfig(model="slow", port=int(sys.argv[1])), model=model)
+print("stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])
+def test_ctrl_c_mid_stream_ends_it_with_an_error_event_and_no_traceback(
+    presses: int, tmp_path: Path
+) -> None:
+    """Once: the stream gets the grace (2 s) to finish, then its error event; twice (0.3 s
+    apart): its error event at once. Either way no traceback, and the process exits 0."""
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "NO_COLOR": "1"}
+    with log.open("wb") as sink:
+        command = [sys.executable, "-c", SLOW_SERVER, str(port)]
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    payload = {
+        "model": "slow",
+        "messages": chat("go"),
+        "stream": True,
+        "n": 8,
+        "max_tokens": 2000,
+        "temperature": 4,
+    }
+    lines: list[str] = []
+    pressed: list[float] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=payload, timeout=30) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():  # ends cleanly: no RemoteProtocolError
+                lines.append(line)
+                due = not pressed or time.monotonic() - pressed[-1] > 0.3
+                if len(lines) >= 20 and len(pressed) < presses and due:
+                    process.send_signal(signal.SIGINT)
+                    pressed.append(time.monotonic())
+        took = time.monotonic() - pressed[0]
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=15)
+    chunks, done = read_sse(lines)
+    assert not done
+    assert chunks[-1]["error"]["message"] == "the server is shutting down"
+    assert chunks[-1]["error"]["code"] == "server_shutting_down"
+    # the grace (2 s) or at once, not the 10 s of the whole answer
+    assert 1.5 < took < 8 if presses == 1 else took < 1.5
+    output = log.read_text()
+    assert "stopped" in output
+    for noise in ("Traceback", "CancelledError", "ERROR"):
+        assert noise not in output, output
 
 
 @pytest.mark.slow

@@ -76,6 +76,12 @@ def register(app: typer.Typer) -> None:
             from poise.models.base import LanguageModel
             from poise.serve.schema import ServeConfig
 
+            if api_key == "":
+                # "--api-key $KEY" with KEY unset: serving with no key would be silent about it
+                raise PoiseError(
+                    "poise serve: --api-key is empty; give the key, or leave the flag out to "
+                    "serve without one"
+                )
             try:
                 config = ServeConfig(
                     model=model,
@@ -88,7 +94,7 @@ def register(app: typer.Typer) -> None:
                     max_tokens_limit=max_tokens_limit,
                     max_n=max_n,
                     served_name=served_name,
-                    api_key=api_key or None,
+                    api_key=api_key,
                     max_body_bytes=max_body_bytes,
                     firewall=firewall,
                     firewall_role=firewall_role,

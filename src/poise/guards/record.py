@@ -17,6 +17,10 @@ completes and the guard metrics read (:mod:`poise.scoring.metrics`):
 
 The evaluation core adds ``unguarded_harmful`` (the judge's label of the unguarded answer) and,
 with a judge that locates harm (the organism's oracle), ``harm_onset`` (a character offset).
+
+A stopped answer's ``num_tokens`` counts the tokens shown (its ``token_ids``; the refusal is not
+counted), which the audit's ``response_tokens`` averages; :func:`generated_tokens` counts what
+the model decoded for it, which ``poise serve`` reports as ``usage.completion_tokens``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,14 @@ from typing import Any
 
 from poise.models.base import Completion
 
-__all__ = ["GUARD_KEY", "guard_record", "refusal_tail", "shown_completion", "token_ends"]
+__all__ = [
+    "GUARD_KEY",
+    "generated_tokens",
+    "guard_record",
+    "refusal_tail",
+    "shown_completion",
+    "token_ends",
+]
 
 GUARD_KEY = "guard"
 
@@ -44,6 +55,18 @@ def guard_record(
             **more,
         }
     }
+
+
+def generated_tokens(completion: Completion) -> int:
+    """The tokens the model decoded for ``completion``: what it cost. A guard that decodes every
+    answer to its end and decides afterwards (``full_guard``, ``chunked_guard``, ``guarded`` in
+    ``generate``) records them as ``unguarded_tokens``, also when it showed fewer or none;
+    ``guarded``'s ``stream`` and ``engine`` stop decoding at the stop, so its ``num_tokens`` is
+    what was decoded."""
+    record = (completion.metadata or {}).get(GUARD_KEY)
+    if isinstance(record, dict) and isinstance(record.get("unguarded_tokens"), int):
+        return max(int(record["unguarded_tokens"]), completion.num_tokens)
+    return completion.num_tokens
 
 
 def refusal_tail(text: str, refusal: str) -> str:

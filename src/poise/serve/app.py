@@ -12,7 +12,8 @@ OpenAI-style JSON error (400 for a malformed request or one longer than the mode
 401 for a missing or wrong API key, 404 for an unknown model or route, 413 for a body over the
 limit; see :mod:`poise.serve.access` and :mod:`poise.models.context`); an unexpected failure is
 logged and answered with a 500 JSON error, and the server keeps going. A request fails alone:
-the requests batched with it are answered as if it had not come. docs/serving.md has the
+the requests batched with it are answered as if it had not come. At shutdown the requests in
+flight get a short grace, then end with an error (:func:`make_server`). docs/serving.md has the
 user's view.
 
 Use from Python::
@@ -31,10 +32,12 @@ import contextlib
 import json
 import logging
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -54,7 +57,7 @@ from poise.models.context import ContextLengthError, fit_context, prompt_token_c
 from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
 from poise.serve.completions import CompletionRequestBody, add_completions_route
-from poise.serve.continuous import ContinuousBatcher
+from poise.serve.continuous import SHUTDOWN, ContinuousBatcher
 from poise.serve.logprobs import add_chat_logprobs, check_tokens_capability, stream_logprobs
 from poise.serve.openapi import document_request_bodies
 from poise.serve.schema import (
@@ -76,6 +79,8 @@ __all__ = [
     "check_firewall",
     "check_port",
     "create_app",
+    "exposure_warning",
+    "make_server",
     "prompt_token_counter",
     "serve",
     "text_pieces",
@@ -85,6 +90,23 @@ logger = logging.getLogger(__name__)
 
 _FINISH_REASONS = {"stop": "stop", "length": "length", "guard": "content_filter"}
 T = TypeVar("T")
+
+# At shutdown (Ctrl-C, SIGTERM) the requests in flight get SHUTDOWN_GRACE_S to finish; those
+# still running are then ended with an error (a stream's ``error`` event, a waiting request's
+# 503), which they have until SHUTDOWN_TIMEOUT_S to send: then uvicorn cancels what is left.
+SHUTDOWN_GRACE_S = 2.0
+SHUTDOWN_TIMEOUT_S = 5
+
+
+class _ShuttingDown(Exception):
+    """What a request still in flight when the server stops is failed with."""
+
+    def __init__(self) -> None:
+        super().__init__(SHUTDOWN)
+
+
+def _shutdown_error() -> RequestError:
+    return RequestError(SHUTDOWN, status=503, type="server_error", code="server_shutting_down")
 
 
 class Scheduler(Protocol):
@@ -137,6 +159,35 @@ class ServerState:
         self.streams = 0  # streaming responses being written
         self.waiting = 0  # handlers waiting for their generation (or its first event)
         self.created = int(time.time())
+        self.shutting_down = False  # the server is stopping (see make_server)
+        self._ended = False  # ... and has ended the requests in flight
+        self._in_flight: set[Ticket] = set()  # the chat requests' open tickets
+
+    def open(self, parsed: ChatRequest) -> Ticket:
+        """Open ``parsed``'s ticket, kept until :meth:`release` so that shutdown can end it."""
+        ticket = self.scheduler.open(
+            parsed.chat,
+            parsed.sampling,
+            seeded=parsed.seeded,
+            stream=parsed.stream,
+            fill=parsed.fill_max_tokens,
+        )
+        self._in_flight.add(ticket)
+        if self._ended:  # came in on a connection that was open when the requests were ended
+            _end(ticket)
+        return ticket
+
+    def release(self, ticket: Ticket) -> None:
+        """``ticket``'s response is over: cancel what is left of it (a client that left)."""
+        ticket.cancel()  # no-op for a finished ticket
+        self._in_flight.discard(ticket)
+
+    def end_requests(self) -> None:
+        """End every request in flight (the server is stopping): a stream sends what was
+        decoded, then the ``error`` event; a request still waiting gets a 503."""
+        self._ended = True
+        for ticket in list(self._in_flight):
+            _end(ticket)
 
     def health(self) -> dict[str, Any]:
         scheduler = self.scheduler
@@ -163,6 +214,15 @@ class ServerState:
             # idle value when no request is in flight, so a leak shows.
             "tasks": len(asyncio.all_tasks()),
         }
+
+
+def _end(ticket: Ticket) -> None:
+    if ticket.done:
+        return
+    ticket.fail(_ShuttingDown())  # its reader gets what was decoded, then this
+    # ... and its rows stop decoding (Ticket.cancel does nothing to a failed ticket)
+    if ticket.on_cancel is not None:
+        ticket.on_cancel(ticket)
 
 
 def create_app(
@@ -220,6 +280,8 @@ def create_app(
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
+        except _ShuttingDown:
+            return _error(_shutdown_error())
         except ContextLengthError as exc:
             return _error(RequestError(str(exc), param="messages", code="context_length_exceeded"))
         except PoiseError as exc:
@@ -311,9 +373,10 @@ def serve(
 ) -> None:
     """Load ``config.model`` (unless ``model`` is given) and serve it until interrupted;
     ``firewall``: ``config``'s, when the caller has loaded it (:func:`check_firewall`)."""
-    import uvicorn
-
     check_port(config.host, config.port)
+    warning = exposure_warning(config.host, config.api_key)
+    if warning is not None:
+        logger.warning(warning)
     if firewall is None:  # checked before the model loads, and loaded once
         firewall = check_firewall(config)
     if model is None:
@@ -324,15 +387,97 @@ def serve(
     if on_ready is not None:
         on_ready(model)
     verbose = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
-    uvicorn.run(
+    server = make_server(
+        app, config, log_level="info" if verbose else "warning", access_log=verbose
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the Ctrl-C again once stopped
+        server.run()
+    if not server.started:
+        raise SystemExit(3)  # uvicorn has logged why (as uvicorn.run exits)
+
+
+def make_server(
+    app: FastAPI,
+    config: ServeConfig,
+    *,
+    grace_s: float = SHUTDOWN_GRACE_S,
+    timeout_s: int = SHUTDOWN_TIMEOUT_S,
+    log_level: str = "warning",
+    access_log: bool = False,
+) -> uvicorn.Server:
+    """A uvicorn server of ``app`` (:func:`create_app`) on ``config.host:config.port``, whose
+    shutdown gives the requests in flight ``grace_s`` seconds to finish, then ends them with an
+    error, which they have until ``timeout_s`` to send (uvicorn's graceful timeout). ``run()``
+    it; ``should_exit = True`` stops it as Ctrl-C does."""
+    settings = uvicorn.Config(
         app,
         host=config.host,
         port=config.port,
-        log_level="info" if verbose else "warning",
-        access_log=verbose,
+        log_level=log_level,
+        access_log=access_log,
         # One process, one model: batching, not workers, is how this server scales.
         workers=1,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=timeout_s,
+    )
+    return _Server(settings, app.state.poise, grace_s)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, which ends the requests still in flight ``grace_s`` after shutdown
+    begins (at once at a second Ctrl-C): uvicorn would cancel them at its graceful timeout,
+    cutting a stream without its ``error`` event and logging the cancellation's traceback."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, grace_s: float) -> None:
+        super().__init__(config)
+        self.poise_state = state
+        self.grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.poise_state.shutting_down = True
+        ender = asyncio.ensure_future(self._end_requests())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            ender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ender
+            # a forced exit (a second Ctrl-C) does not wait for the requests: they end now
+            self.poise_state.end_requests()
+            if self.force_exit:
+                # ... nor does uvicorn shut the app down then, which would leave the model's
+                # worker running and the app's lifespan to be cancelled with a traceback
+                await self.lifespan.shutdown()
+
+    async def _end_requests(self) -> None:
+        deadline = time.monotonic() + self.grace_s
+        while not self.force_exit and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        self.poise_state.end_requests()
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning for a server that anyone on the network can use: one listening on an address
+    other than loopback without an API key (None when there is nothing to warn about)."""
+    if api_key or _loopback(host):
+        return None
+    return (
+        f"poise serve: listening on {host} without an API key: anyone who can reach this "
+        "machine can use the model; set one with --api-key KEY or POISE_API_KEY"
+    )
+
+
+def _loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (``localhost``, 127.0.0.0/8,
+    ``::1``); a name that does not resolve counts as exposed."""
+    import ipaddress
+
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(
+        ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses
     )
 
 
@@ -367,13 +512,7 @@ async def _answer(state: ServerState, request: Request, parsed: ChatRequest) -> 
     """Open the request's ticket; a plain response waits for every row, a stream for the first
     events only (so that a request the model refuses still gets an error status), then sends the
     rest as they are decoded. A client that leaves cancels its rows."""
-    ticket = state.scheduler.open(
-        parsed.chat,
-        parsed.sampling,
-        seeded=parsed.seeded,
-        stream=parsed.stream,
-        fill=parsed.fill_max_tokens,
-    )
+    ticket = state.open(parsed)
     handed_over = False
     try:
         if not parsed.stream:
@@ -384,13 +523,13 @@ async def _answer(state: ServerState, request: Request, parsed: ChatRequest) -> 
         events = ticket.events()
         first = await _unless_gone(state, request, _first_event(events))
         handed_over = True
-        return _TrackedStream(state, _sse_events(state, parsed, ticket, first, events))
+        return _TrackedStream(state, ticket, _sse_events(state, parsed, ticket, first, events))
     except _Gone:
         # Nobody is listening any more; this response is never read.
         return Response(status_code=499)
     finally:
         if not handed_over:
-            ticket.cancel()  # no-op for a finished ticket
+            state.release(ticket)
 
 
 async def _first_event(events: AsyncIterator[StreamEvent]) -> StreamEvent | None:
@@ -456,13 +595,25 @@ def _completion_id() -> str:
 
 
 def _usage(generation: Generation) -> dict[str, int]:
+    # A model without a tokenizer (mock, an openai: model) cannot count its prompt: 0, not
+    # null, which OpenAI clients do not expect there (docs/serving.md says so).
     prompt = generation.prompt_tokens or 0
-    completion = sum(c.num_tokens for c in generation.completions)
+    completion = sum(_generated_tokens(c) for c in generation.completions)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+
+
+def _generated_tokens(completion: Completion) -> int:
+    """The tokens decoded for ``completion``: its ``num_tokens``, except for a guard's answer,
+    whose ``num_tokens`` counts only the tokens shown (poise.guards.record.generated_tokens)."""
+    if completion.metadata is None or "guard" not in completion.metadata:
+        return completion.num_tokens
+    from poise.guards.record import generated_tokens  # a guard is served: guards are loaded
+
+    return generated_tokens(completion)
 
 
 def _completion_body(
@@ -502,7 +653,8 @@ async def _sse_events(
     with each choice's ``finish_reason``, the usage if asked for, ``data: [DONE]``.
 
     A failure after the first event can no longer change the status: it is sent as an
-    ``error`` object (as vLLM does) and the stream ends without ``[DONE]``.
+    ``error`` object (as vLLM does) and the stream ends without ``[DONE]``; so does a stream
+    the server ends because it is stopping (:meth:`ServerState.end_requests`).
     """
     completion_id = _completion_id()
     created = int(time.time())
@@ -540,6 +692,10 @@ async def _sse_events(
                 piece = await for_event(event)
                 if piece:
                     yield piece
+        except _ShuttingDown:
+            # not this request's failure: nothing for the log
+            yield _sse(_shutdown_error().body())
+            return
         except Exception as exc:
             logger.exception("a streamed generation failed after its first event")
             yield _sse(
@@ -563,7 +719,7 @@ async def _sse_events(
             )
         yield b"data: [DONE]\n\n"
     finally:
-        ticket.cancel()  # a client that left mid-stream: its rows stop decoding
+        state.release(ticket)  # a client that left mid-stream: its rows stop decoding
         await events.aclose()  # type: ignore[attr-defined]
 
 
@@ -577,27 +733,48 @@ def _finish(completion: Completion) -> str:
 
 class _TrackedStream(StreamingResponse):
     """A server-sent-event response that counts itself in ``/health`` and always closes its
-    generator, also when the client disconnects mid-stream (the stream is then cancelled
-    without disturbing other connections)."""
+    generator and releases its ticket, also when the client disconnects mid-stream (the stream
+    is then cancelled without disturbing other connections)."""
 
-    def __init__(self, state: ServerState, events: AsyncIterator[bytes]) -> None:
+    def __init__(self, state: ServerState, ticket: Ticket, events: AsyncIterator[bytes]) -> None:
         super().__init__(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
         self._state = state
+        self._ticket = ticket
         self._events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._state.streams += 1
         try:
             await super().__call__(scope, receive, send)
+        except asyncio.CancelledError:
+            if not self._state.shutting_down:
+                raise
+            # uvicorn cancels what still runs when its graceful timeout ends (a client that
+            # does not read, a forced exit): the stream ends as an ended one does, instead of
+            # being cut with the cancellation's traceback in the log
+            await self._send_shutdown_error(send)
         finally:
             self._state.streams -= 1
+            self._state.release(self._ticket)
             aclose = getattr(self._events, "aclose", None)
             if aclose is not None:
                 await aclose()
+
+    @staticmethod
+    async def _send_shutdown_error(send: Send) -> None:
+        async def finish() -> None:
+            error = _sse(_shutdown_error().body())
+            await send({"type": "http.response.body", "body": error, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        # a client that does not read would block these sends: a second at most, then the
+        # connection is dropped (uvicorn says so in one line)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(finish(), 1.0)
 
 
 # -- errors -----------------------------------------------------------------------------------------
