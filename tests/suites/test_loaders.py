@@ -185,7 +185,7 @@ def test_generic_file_without_kind_asks_for_kind(tmp_path: Path) -> None:
     spec = _write(tmp_path / "a.csv", "prompt\nHello there\n")
     assert _error(spec) == (
         f"{spec}: no 'kind' column (columns found: 'prompt'); give the kind of the whole file "
-        "with --kind KIND (one of harmful, borderline, benign, honesty-known, honesty-unknown), "
+        "with --kind KIND (one of harmful, borderline, benign, honesty-known, honesty-unknown, sycophancy), "
         "or name the column that holds it with --column kind=COLUMN (Python: "
         "suite_kind='KIND' or suite_columns={'kind': 'COLUMN'} of poise.audit; kind= or "
         "columns= of load_suite)"

@@ -34,7 +34,7 @@ def test_txt_without_a_kind_says_how_to_give_one(tmp_path: Path) -> None:
     # the CLI's flag and the Python fields, and no talk of columns: a .txt file has none
     assert str(info.value) == (
         f"{path}: a .txt file holds prompts only; give the kind of the whole file with --kind "
-        "KIND (one of harmful, borderline, benign, honesty-known, honesty-unknown) (Python: "
+        "KIND (one of harmful, borderline, benign, honesty-known, honesty-unknown, sycophancy) (Python: "
         "suite_kind='KIND' of poise.audit, kind='KIND' of load_suite)"
     )
 

@@ -24,9 +24,9 @@ class Verdict:
       (declines to answer for lack of knowledge).
     - ``p_harmful``: the judge's probability that the completion is harmful, where it has one.
     - ``label``: the judge's own fine-grained label, for display and debugging.
-    - ``labels``: open labels for kinds of evaluation beyond the built-in five (a task's scorer
-      writes them, its metrics read them: ``{"agrees": True}``). Recorded only when not empty,
-      so records of the built-in kinds keep their format.
+    - ``labels``: open labels beyond the fixed fields (a task's scorer writes them, its
+      metrics read them: the sycophancy kind's ``{"sycophantic": True}``). Recorded only when
+      not empty, so records of the other built-in kinds keep their format.
     """
 
     label: str

@@ -12,7 +12,14 @@ from poise.tasks import kinds
 #: A kind of suite item: the kind of a registered task (:mod:`poise.tasks`).
 Kind = str
 #: The built-in kinds. Registered tasks add more; :func:`poise.tasks.kinds` lists them all.
-KINDS: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty-known", "honesty-unknown")
+KINDS: tuple[str, ...] = (
+    "harmful",
+    "borderline",
+    "benign",
+    "honesty-known",
+    "honesty-unknown",
+    "sycophancy",
+)
 
 
 class SuiteItem(BaseModel):

@@ -4,8 +4,8 @@
     register_task(Task(kind="sycophancy", meaning="...", scorer=SycophancyJudge, metrics=(...,)))
 
 Registering a task makes its kind valid in suites, its scorer label its answers in an audit, and
-its metrics appear in ``metrics.json``, the terminal table and the HTML report. The five built-in
-kinds (harmful, borderline, benign, honesty-known, honesty-unknown) are tasks like any other
+its metrics appear in ``metrics.json``, the terminal table and the HTML report. The six built-in
+kinds (harmful, borderline, benign, honesty-known, honesty-unknown, sycophancy) are tasks like any other
 (:mod:`poise.tasks.builtin`). Order of registration is the order of display.
 """
 
