@@ -187,3 +187,9 @@ def test_an_installed_plugin_that_fails_stops_commands_in_one_line_but_not_help(
         "plugin 'broken' (broken_review_plugin, from broken-review-plugin) failed to load" in output
     )
     assert "RuntimeError: deliberate failure" in output and "Traceback" not in output
+    # suites ls read the built-in suites one by one and put the error in every row's source
+    # column, then printed it again: one line now, before any table
+    suites = poise_cli("suites", "ls")
+    assert suites.returncode == 2, suites.stderr
+    lines = (suites.stdout + suites.stderr).strip().splitlines()
+    assert len(lines) == 1 and "failed to load" in lines[0], lines

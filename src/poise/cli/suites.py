@@ -75,8 +75,12 @@ def ls() -> None:
         from rich.markup import escape
         from rich.table import Table
 
+        from poise.plugins import load_plugins
         from poise.suites import builtin_path, builtin_suites, format_registry, load_suite
 
+        # a broken plugin is one line before the table (its error repeated in every row's
+        # source column was the table, then the line)
+        load_plugins()
         table = Table(title="built-in suites")
         for col in ("name", "items", "kinds", "categories", "source"):
             table.add_column(col, overflow="fold")
@@ -123,7 +127,7 @@ def show(
     ),
     kind: str | None = typer.Option(
         None,
-        help="Kind of rows that carry none (harmful, borderline, benign, honesty-known, honesty-unknown).",
+        help="Kind of rows that carry none (harmful, borderline, benign, honesty-known, honesty-unknown, sycophancy).",
     ),
     category: str | None = typer.Option(None, help="Category of rows that carry none."),
 ) -> None:
