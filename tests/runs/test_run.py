@@ -106,7 +106,9 @@ def test_find_run_by_name_and_substring(tmp_path: Path) -> None:
     assert find_run(str(a.path)).path == a.path
     with pytest.raises(PoiseError, match="no run 'gamma' found"):
         find_run("gamma", tmp_path)
-    with pytest.raises(PoiseError, match="matches 2 runs"):
+    with pytest.raises(
+        PoiseError, match=r"matches 2 runs .*; give the folder name of the one you mean"
+    ):
         find_run("-", tmp_path)
     with pytest.raises(PoiseError, match=r"no run 'alpha' found \(not a run folder, and .* holds"):
         find_run("alpha", tmp_path / "empty")

@@ -533,9 +533,10 @@ def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
             else f" (not a run folder, and {root} holds no runs)"
         )
         raise PoiseError(f"no run {str(spec)!r} found{hint}")
+    shown = ", ".join(r.path.name for r in candidates[:5])
     raise PoiseError(
-        f"{str(spec)!r} matches {len(candidates)} runs: "
-        + ", ".join(r.path.name for r in candidates[:5])
+        f"{str(spec)!r} matches {len(candidates)} runs under {root} (newest first): {shown}"
+        f"{' …' if len(candidates) > 5 else ''}; give the folder name of the one you mean"
     )
 
 
