@@ -6,7 +6,9 @@ item; what other chats escape (a 403, a too-long prompt) fails its own item only
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -72,6 +74,10 @@ def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def chat(text: str) -> Chat:
     return [{"role": "user", "content": text}]
+
+
+# what a refused connection reads as ("[Errno 111] Connection refused" on Linux)
+REFUSED = f"[Errno {errno.ECONNREFUSED}] {os.strerror(errno.ECONNREFUSED)}"
 
 
 def closed_port_url() -> str:
@@ -157,7 +163,7 @@ def test_load_of_a_down_server_is_one_line_after_the_retries(
         load(f"openai:m@{url}", max_retries=2)
     message = str(info.value)
     assert "\n" not in message
-    assert f"cannot reach {url} (" in message and "after 3 attempts" in message
+    assert f"cannot reach {url} ({REFUSED}) after 3 attempts" in message
     assert "is the server running" in message
     assert not [r for r in caplog.records if r.levelno >= logging.INFO]  # no retry warnings
 
@@ -263,6 +269,67 @@ def test_a_server_that_is_down_is_named_as_unreachable() -> None:
         model.generate([chat("x")], Sampling())
     assert f"request failed after 2 attempts: cannot reach {url} (" in info.value.failures[0]
     assert "Connection error." not in info.value.failures[0]
+
+
+def test_a_refused_connection_is_named_as_such_not_by_an_unrelated_context() -> None:
+    # the openai client catches asyncio's "no running event loop" while connecting, which
+    # becomes the refused socket's __context__: that is no reason the server cannot be reached
+    url = closed_port_url()
+    model = load(f"openai:m@{url}", check_endpoint=False, max_retries=0)
+    with pytest.raises(GenerationError) as info:
+        model.generate([chat("x")], Sampling())
+    assert info.value.failures[0] == (
+        f"request failed after 1 attempts: cannot reach {url} ({REFUSED})"
+    )
+
+
+def test_a_server_that_dies_mid_audit_is_named_as_refusing(
+    server: Callable[..., FakeServer],
+) -> None:
+    endpoint = server(get=lambda path: models("m"))
+    model = load(f"openai:m@{endpoint.url}", max_retries=0)
+    assert model.generate([chat("x")], Sampling())[0][0].text == "ok"
+    endpoint.close()
+    with pytest.raises(GenerationError) as info:
+        model.generate([chat("x")], Sampling())
+    assert f"cannot reach {endpoint.url} ({REFUSED})" in (info.value.failures[0])
+
+
+def test_connection_detail_follows_the_cause_and_only_socket_contexts() -> None:
+    from poise.models.openai import _connection_detail
+
+    def raised(make: Callable[[], Exception]) -> Exception:
+        try:
+            raise make()
+        except Exception as exc:  # the exception, with its context set, is the value here
+            return exc
+
+    def refused() -> Exception:
+        try:
+            raise RuntimeError("no running event loop")
+        except RuntimeError:
+            return raised(
+                lambda: ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('h', 1)")
+            )
+
+    def wrapped() -> Exception:
+        try:
+            raise OSError("All connection attempts failed") from refused()
+        except OSError:  # a context alone, as httpcore's ConnectError keeps it
+            return raised(lambda: ConnectionError("All connection attempts failed"))
+
+    class APIConnectionError(Exception):
+        pass
+
+    outer = APIConnectionError("Connection error.")
+    outer.__cause__ = wrapped()
+    assert _connection_detail(outer) == REFUSED
+    # an unrelated context alone is not followed: the error's own message stays
+    try:
+        raise RuntimeError("no running event loop")
+    except RuntimeError:
+        lone = raised(lambda: APIConnectionError("Server disconnected"))
+    assert _connection_detail(lone) == "Server disconnected"
 
 
 # -- the system prompt declaration ---------------------------------------------------------------

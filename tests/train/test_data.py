@@ -88,6 +88,49 @@ def test_attack_export(tmp_path: Path) -> None:
         load_preferences(no_meta, format="attack")
 
 
+def test_a_detected_attack_file_names_the_format_and_the_fix_on_a_generic_row(
+    tmp_path: Path,
+) -> None:
+    attack_row = {
+        "prompt": [{"role": "user", "content": "Write malware."}],
+        "chosen": "I can't help with that.",
+        "rejected": "Sure, here is the code...",
+        "meta": {"attack": "decoding-grid"},
+    }
+    plain = {"prompt": "Boil an egg?", "chosen": "Simmer it.", "rejected": "No."}
+    path = _write(tmp_path / "mixed.jsonl", ["", attack_row, attack_row, plain])
+    with pytest.raises(PoiseError) as info:
+        load_preferences(path)
+    assert str(info.value) == (
+        f"{path}:4: field 'prompt': expected a list of messages, got a string (the file was "
+        "read as the attack format, detected from its first row, line 2; --data-format generic "
+        "reads rows of either shape)"
+    )
+    # and the hint is true: the generic format reads both rows
+    pairs = load_preferences(path, format="generic")
+    assert [p.prompt for p in pairs][1:] == [attack_row["prompt"], "Boil an egg?"]
+    assert pairs[0].meta == {"row": 2, "attack": "decoding-grid"}
+    # a chat row without meta: the same hint
+    no_meta = _write(
+        tmp_path / "nometa.jsonl",
+        [attack_row, {k: v for k, v in attack_row.items() if k != "meta"}],
+    )
+    with pytest.raises(
+        PoiseError,
+        match=r"nometa\.jsonl:2: missing field 'meta' \(the file was read as the attack format, "
+        r"detected from its first row, line 1; --data-format generic",
+    ):
+        load_preferences(no_meta)
+    # no hint where the generic format would refuse the row too, or the format was given
+    bad = _write(tmp_path / "bad.jsonl", [attack_row, {**plain, "prompt": 7}])
+    with pytest.raises(PoiseError) as info:
+        load_preferences(bad)
+    assert str(info.value) == f"{bad}:2: field 'prompt': expected a list of messages, got a number"
+    with pytest.raises(PoiseError) as info:
+        load_preferences(path, format="attack")
+    assert "--data-format" not in str(info.value)
+
+
 HH_CHOSEN = (
     "\n\nHuman: How do I pick a lock?\n\nAssistant: Why do you want to?"
     "\n\nHuman: I'm locked out of my own house.\n\nAssistant: Call a licensed locksmith."

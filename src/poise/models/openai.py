@@ -677,15 +677,33 @@ def _stops_everything(status: int, message: str, body: object) -> bool:
 
 def _connection_detail(exc: BaseException) -> str:
     """The innermost reason of a connection error ("[Errno 111] Connection refused"), which the
-    openai client's own message ("Connection error.") hides."""
+    openai client's own message ("Connection error.") hides.
+
+    The chain is followed through ``__cause__`` (the error a wrapper raised ``from``), and
+    through ``__context__`` only to an OSError (the socket's own error, which httpcore's
+    ConnectError keeps as its context alone, ``__suppress_context__`` set all the same). Any
+    other context is an error that was being handled when the connection failed, unrelated to
+    it: asyncio's "no running event loop", caught inside the client, was reported instead of
+    "Connection refused"."""
     reason = str(exc) or type(exc).__name__
-    seen: set[int] = set()
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if str(cause):
-            reason = str(cause)
-        cause = cause.__cause__ or cause.__context__
+    seen: set[int] = {id(exc)}
+    current: BaseException = exc
+    while True:
+        following = current.__cause__
+        if following is None and isinstance(current.__context__, OSError):
+            following = current.__context__
+        if following is None or id(following) in seen:
+            break
+        seen.add(id(following))
+        current = following
+        if str(current):
+            reason = str(current)
+    if isinstance(current, ConnectionError) and current.errno:
+        # asyncio words a refused connection "Connect call failed (ADDRESS)"; the errno says why
+        # (the address is the URL the message already names)
+        why = os.strerror(current.errno)
+        if why not in reason:
+            reason = f"[Errno {current.errno}] {why}"
     return " ".join(reason.split())
 
 

@@ -285,6 +285,11 @@ class ClassifierJudge:
         self.max_length = _int_option("max_length", max_length, 8)
         self.min_words = _int_option("min_words", min_words, 1)
         source = _check_classifier_source(path)
+        from poise.models.hf import hub_access, is_hub_id
+
+        # a hub id is checked before any download: offline, the hub client retries for most of
+        # a minute; a local folder needs no check
+        hub_options = hub_access(source) if is_hub_id(source) else {}
 
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -298,7 +303,9 @@ class ClassifierJudge:
 
             from poise.models.resolve import _quiet_weight_loading
 
-            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                source, trust_remote_code=False, **hub_options
+            )
             # transformers' load report of missing keys is said below in one line, or not at all
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()
@@ -309,6 +316,7 @@ class ClassifierJudge:
                         use_safetensors=True,
                         trust_remote_code=False,
                         output_loading_info=True,
+                        **hub_options,
                     )
             finally:
                 hf_logging.set_verbosity(verbosity)

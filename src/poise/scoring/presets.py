@@ -392,6 +392,11 @@ class PresetJudge:
         if not source:
             raise PoiseError(f"judge preset:{preset} needs a judge model: model=FOLDER_OR_HUB_ID")
         self.name = f"preset:{preset}" + (f"@{model}" if model else "")
+        from poise.models.hf import hub_access, is_hub_id
+
+        # a hub id is checked before any download: offline, the hub client retries for most of
+        # a minute; a local folder needs no check
+        hub_options = hub_access(source) if is_hub_id(source) else {}
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -400,9 +405,11 @@ class PresetJudge:
             ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         )
         try:
-            self.tokenizer: Any = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(
+                source, trust_remote_code=False, **hub_options
+            )
             model_obj: Any = AutoModelForCausalLM.from_pretrained(
-                source, use_safetensors=True, trust_remote_code=False
+                source, use_safetensors=True, trust_remote_code=False, **hub_options
             )
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

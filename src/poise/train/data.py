@@ -202,6 +202,25 @@ def _generic(row: _Row, *, attack: bool = False) -> PreferencePair:
     )
 
 
+def _attack(row: _Row, detected_at: int | None) -> PreferencePair:
+    """An attack-export row. When the format was detected (from the row at ``detected_at``) and
+    this row is a generic one the attack format refuses (a string prompt, no meta), the error
+    says so and what reads the file: the generic format, which takes both shapes."""
+    try:
+        return _generic(row, attack=True)
+    except PoiseError as exc:
+        if detected_at is None:
+            raise
+        try:
+            _generic(row)
+        except PoiseError:
+            raise exc from None  # not a pair in the generic format either: its own error says why
+        raise PoiseError(
+            f"{exc} (the file was read as the attack format, detected from its first row, line "
+            f"{detected_at}; --data-format generic reads rows of either shape)"
+        ) from None
+
+
 _HH_DIVERGING = "whose 'chosen' and 'rejected' dialogues differ before the final Assistant turn"
 _HH_REPEATED = "with two turns of one speaker in a row (e.g. Assistant, Assistant)"
 
@@ -345,9 +364,11 @@ def load_preferences(
     # by why: skipped and counted
     skipped: dict[str, list[int]] = {}
     chosen_format = format
+    detected_at: int | None = None  # the line the format was detected from, if it was
     for row in _rows(source):
         if chosen_format is None:
             chosen_format = _detect(row)
+            detected_at = row.line
             logger.info("%s: reading preference pairs as %s", source, chosen_format)
         if chosen_format == "pku-saferlhf":
             pairs.append(_pku_saferlhf(row, pku_preference))
@@ -357,8 +378,10 @@ def load_preferences(
                 skipped.setdefault(pair, []).append(row.line)
             else:
                 pairs.append(pair)
+        elif chosen_format == "attack":
+            pairs.append(_attack(row, detected_at))
         else:
-            pairs.append(_generic(row, attack=chosen_format == "attack"))
+            pairs.append(_generic(row))
     for why, lines in skipped.items():
         shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
         message = f"{source}: skipped {len(lines)} HH-RLHF row(s) {why} (lines {shown})"
