@@ -553,3 +553,29 @@ def test_text_offsets_of_byte_pieces_special_tokens_and_a_cut_text() -> None:
     eos = tokenizer.convert_tokens_to_ids("<|end|>")
     cut = text_offsets(tokenizer, [*ids, eos], "naïve", skip_special_tokens=True)
     assert cut == [min(o, len("naïve")) for o in offsets] + [len("naïve")]
+
+
+def test_text_offsets_after_a_replacement_character_in_the_text_itself() -> None:
+    """A U+FFFD that is in the text (or invalid bytes) never completes: waiting on it stalled
+    every later offset (' b' of 'a\\ufffd\\ufffd\\ufffd b' at 1, not 4) and grew the window
+    with every token, quadratic in the prompt's length."""
+    from transformers import AutoTokenizer
+
+    from poise.organism import WEIGHTS_DIR
+    from poise.serve.logprobs import text_offsets
+
+    tokenizer = AutoTokenizer.from_pretrained(WEIGHTS_DIR / "organism-small")
+    text = "a\ufffd\ufffd\ufffd b."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    offsets = text_offsets(tokenizer, ids, text, skip_special_tokens=False)
+    pieces = [tokenizer.decode([t]) for t in ids]
+    assert offsets[pieces.index(" b")] == text.index(" b")
+    assert offsets[-1] == text.index(".")
+    assert offsets == sorted(offsets)
+    # 3,000 byte pieces of replacement characters, then a word (every offset was 0): each
+    # piece at its character, the word after them
+    long_text = "\ufffd" * 1000 + " end"
+    long_ids = tokenizer(long_text, add_special_tokens=False)["input_ids"]
+    long_offsets = text_offsets(tokenizer, long_ids, long_text, skip_special_tokens=False)
+    assert long_offsets[:3000] == [i // 3 for i in range(3000)]
+    assert long_offsets[-2:] == [1000, 1001]  # " ", "end"

@@ -120,7 +120,6 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
     (body(guided_regex="a+"), "guided_regex", "unsupported_parameter"),
     (body(guided_choice=["yes", "no"]), "guided_choice", "unsupported_parameter"),
     (body(guided_grammar="root ::= 'a'"), "guided_grammar", "unsupported_parameter"),
-    (body(guided_decoding_backend="xgrammar"), "guided_decoding_backend", "unsupported_parameter"),
     (body(structured_outputs={"json": {}}), "structured_outputs", "unsupported_parameter"),
     (body(skip_special_tokens=False), "skip_special_tokens", "unsupported_parameter"),
     (body(include_stop_str_in_output=True), "include_stop_str_in_output", "unsupported_parameter"),
@@ -174,7 +173,8 @@ def test_harmless_off_values_of_unsupported_parameters_pass() -> None:
             length_penalty=1,
             prompt_logprobs=None,
             guided_json=None,
-            guided_decoding_backend=None,
+            guided_decoding_backend="xgrammar",  # tunes a guided decoding not asked for
+            guided_whitespace_pattern=None,
             structured_outputs=None,
             skip_special_tokens=True,
             add_generation_prompt=True,

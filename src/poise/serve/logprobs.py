@@ -215,14 +215,26 @@ def text_offsets(
             length += len(piece)
     else:
         length = prefix_offset = read_offset = 0
+        waiting: str | None = None  # the window's text while it ends in U+FFFD
         for j in range(len(ids)):
-            starts.append(length)
             before = decode(ids[prefix_offset:read_offset]) if read_offset > prefix_offset else ""
             after = decode(ids[prefix_offset : j + 1])
+            if waiting is not None and len(after) > len(waiting) and after.startswith(waiting):
+                # the U+FFFD the window waited on is text (a U+FFFD in the text, invalid bytes):
+                # the next token added to it instead of completing a character. Taken as is,
+                # where waiting on it stalled every later offset and grew the window
+                length += len(waiting) - len(before)
+                prefix_offset, read_offset = read_offset, j
+                before = decode(ids[prefix_offset:read_offset])
+                after = decode(ids[prefix_offset : j + 1])
+            starts.append(length)
             # a window that ends inside a character decodes to U+FFFD there: wait for the rest
             if len(after) > len(before) and not after.endswith("\ufffd"):
                 length += len(after) - len(before)
                 prefix_offset, read_offset = read_offset, j + 1
+                waiting = None
+            else:
+                waiting = after
     head = 0
     if not decoded.startswith(text) and decoded.endswith(text):
         head = len(decoded) - len(text)

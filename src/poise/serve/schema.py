@@ -352,6 +352,9 @@ def parse_sampling(req: Any, config: ServeConfig, max_new_tokens: int) -> Sampli
         raise validation_error(exc) from None
 
 
+_GUIDED_SETTINGS = frozenset({"guided_decoding_backend", "guided_whitespace_pattern"})
+
+
 def check_unsupported(data: dict[str, Any], unsupported: dict[str, tuple[object, ...]]) -> None:
     """A 400 ``unsupported_parameter`` for the first field of ``unsupported`` that ``data`` turns
     on (a value other than its "off" ones), or any vLLM ``guided_*`` field (guided decoding) that
@@ -362,6 +365,9 @@ def check_unsupported(data: dict[str, Any], unsupported: dict[str, tuple[object,
                 f"{key} is not supported by poise serve", param=key, code="unsupported_parameter"
             )
     for key, value in data.items():
+        # the backend and whitespace options only tune a guided decoding asked for otherwise
+        if key in _GUIDED_SETTINGS:
+            continue
         if key.startswith("guided_") and value is not None:
             raise RequestError(
                 f"{key} is not supported by poise serve (no guided decoding)",
