@@ -259,7 +259,14 @@ class DeAL(WrappedModel):
             # tempered: shifted by the row's best before dividing, so a tiny T is greedy, not NaN
             keys.append(tempered(logprobs[row : row + rows], sampling.temperature) + gumbel)
             row += rows
-        return torch.cat(keys).topk(self.k, dim=-1).indices
+        drawn = torch.cat(keys).topk(self.k, dim=-1)
+        # a vanishing temperature overflows the keys of all but the best tokens to -inf, whose
+        # order topk leaves arbitrary; such a row takes greedy's limit, the top k in order
+        overflowed = drawn.values[:, -1] == float("-inf")  # [rows]
+        if bool(overflowed.any()):
+            greedy = logprobs.topk(self.k, dim=-1).indices
+            return torch.where(overflowed.unsqueeze(-1), greedy, drawn.indices)
+        return drawn.indices
 
     @torch.inference_mode()
     def _search(self, searches: list[_Search]) -> None:
