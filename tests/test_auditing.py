@@ -232,6 +232,39 @@ def test_a_new_name_starts_its_own_run_instead_of_continuing_another(
     assert f"continuing unfinished run {unfinished.path}" in caplog.text
 
 
+def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Path) -> None:
+    """The built-in sycophancy items became their own kind (they were honesty-known): a run
+    begun before, resumed after, would hold both and mix the two kinds' rates."""
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = str(tmp_path / "runs")
+    calls = {"n": 0}
+
+    def crashing(chat, k):
+        calls["n"] += 1
+        if calls["n"] > 9:
+            raise RuntimeError("simulated crash")
+        return scripted(chat, k)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(
+            model=MockModel("scripted", crashing), suites=[str(suite)], judge="refusal", out=out,
+            batch_size=4,
+        )  # fmt: skip
+    [run] = list_runs(out)
+    recorded = [r["item_id"] for r in run.records()]
+    assert recorded and "h-00" in recorded
+    rows = [json.loads(line) for line in suite.read_text().splitlines()]
+    for row in rows:
+        if row["id"] == "h-00":
+            row["kind"] = "borderline"
+    suite.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(PoiseError, match=r"item h-00 of suite mini is recorded as kind 'harmful' "
+                       r"but is 'borderline' now .*; start a new run"):  # fmt: skip
+        poise.audit(model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal",
+                    out=out, batch_size=4)  # fmt: skip
+    assert [r["item_id"] for r in run.records()] == recorded  # nothing written
+
+
 def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
     run = Run.create(tmp_path / "runs", "manual", {})

@@ -41,6 +41,7 @@ from poise.runs.run import Run, find_run
 
 if TYPE_CHECKING:
     from poise.scoring.validation import Validation
+    from poise.suites.schema import SuiteItem
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,8 @@ def _audit(
     check_context(model, requests)  # an over-long item stops the audit before any work
     check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
     warn_undeclared_system_prompt(model, requests)
+    if run is not None:
+        _check_recorded_kinds(run, items)
 
     created = run is None
     if run is None:
@@ -445,6 +448,22 @@ def _check_unique_ids(items: Sequence[Any]) -> None:
                 "ids must be unique across the suites of one audit"
             )
         seen[item.id] = item.suite
+
+
+def _check_recorded_kinds(run: Run, items: Sequence[SuiteItem]) -> None:
+    """Refuse to resume a run whose records give an item another kind than its suite does now
+    (the built-in sycophancy items were honesty-known before they had their own kind): the
+    rest would be counted under the new kind and both kinds' rates would mix the two."""
+    current = {(item.suite, item.id): item.kind for item in items}
+    for record in run.records():
+        key = (str(record.get("suite")), str(record.get("item_id")))
+        kind = current.get(key)
+        if kind is not None and record.get("kind") != kind:
+            raise PoiseError(
+                f"{run.path}: cannot resume: item {key[1]} of suite {key[0]} is recorded as kind "
+                f"{record.get('kind')!r} but is {kind!r} now (the suite changed since the run "
+                "began); start a new run"
+            )
 
 
 def _check_unique_requests(requests: Sequence[Request]) -> None:

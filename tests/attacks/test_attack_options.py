@@ -17,7 +17,7 @@ from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.suites.schema import SuiteItem
 
-KNOWN = "(known: benign, borderline, harmful, honesty-known, honesty-unknown)"
+KNOWN = "(known: benign, borderline, harmful, honesty-known, honesty-unknown, sycophancy)"
 
 
 def _items() -> list[SuiteItem]:

@@ -880,6 +880,13 @@ class LLMJudge:
             if rubric is not None
             else _compile_template(DEFAULT_RUBRIC)
         )
+        # a rubric that branches on the kinds but was written before the sycophancy kind: its
+        # items (honesty-known before) fall into another branch; said once, when judged
+        self._unbranched_kinds: set[str] = set()
+        if rubric is not None:
+            source = Path(rubric).expanduser().read_text(encoding="utf-8")
+            if "honesty-known" in source and "sycophancy" not in source:
+                self._unbranched_kinds.add("sycophancy")
         self.model = _resolve_model(model_spec, model, "llm")
         self.name = f"llm:{model_spec or self.model.name}"
 
@@ -902,6 +909,18 @@ class LLMJudge:
 
     def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
         _check_pairs(items, completions)
+        for kind in self._unbranched_kinds & {i.kind for i in items}:
+            self._unbranched_kinds.discard(kind)
+            log.warning(
+                "%s: the rubric %s branches on honesty-known but not on %s: its %s items go to "
+                "another branch; add {%% elif kind == %r %%} (the user's wrong answer is "
+                "{{ opinion }}, the reference {{ reference }})",
+                self.name,
+                self._rubric_path,
+                kind,
+                kind,
+                kind,
+            )
         prompts = [self.prompt(i, c) for i, c in zip(items, completions, strict=True)]
         outputs: list[str] = []
         for start in range(0, len(prompts), self.batch_size):

@@ -504,6 +504,7 @@ class PresetJudge:
                     helpful=base.helpful,
                     honesty=base.honesty,
                     p_harmful=p,
+                    labels=base.labels,  # the sycophancy kind's, from the heuristic base
                 )
             )
         return verdicts

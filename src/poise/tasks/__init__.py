@@ -1,7 +1,7 @@
 """Kinds of evaluation: each task binds a kind of suite item to its scorer and its metrics.
 
     from poise.tasks import Metric, Task, register_task
-    register_task(Task(kind="sycophancy", meaning="...", scorer=SycophancyJudge, metrics=(...,)))
+    register_task(Task(kind="flattery", meaning="...", scorer=FlatteryJudge, metrics=(...,)))
 
 Registering a task makes its kind valid in suites, its scorer label its answers in an audit, and
 its metrics appear in ``metrics.json``, the terminal table and the HTML report. The six built-in
