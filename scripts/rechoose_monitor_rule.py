@@ -5,8 +5,12 @@ For when the calibration grid changes after the weights were built
 ``poise organism build`` (``poise.organism.monitor.rechoose_monitor_rule``); rewrites
 ``monitor.json`` and the card's rule and held-out figures.
 
-    python scripts/rechoose_monitor_rule.py FOLDER     # a built monitor folder
+    python scripts/rechoose_monitor_rule.py FOLDER     # organism-monitor built elsewhere
     python scripts/rechoose_monitor_rule.py --shipped  # the organism-monitor inside the package
+
+It calibrates on the organism's corpus: for organism-monitor only (a copy, or the output folder
+of ``poise organism build``). A monitor of one's own data is calibrated by ``poise train
+monitor --validation``, never by this script, which would rewrite its rule from the wrong data.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ def main() -> None:
     # the folder is rewritten, so there is no default: the shipped one is asked for by name
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument(
-        "folder", nargs="?", type=Path, help="a monitor folder (one with monitor.json)"
+        "folder",
+        nargs="?",
+        type=Path,
+        help="an organism-monitor folder (one with monitor.json), e.g. poise organism build's",
     )
     where.add_argument(
         "--shipped",
@@ -46,8 +53,8 @@ def main() -> None:
     if not is_monitor_folder(folder):
         parser.exit(
             1,
-            f"error: {folder}: not a monitor folder (no {MONITOR_JSON}); give the folder "
-            "`poise train monitor` or `poise organism build` wrote, or --shipped\n",
+            f"error: {folder}: not a monitor folder (no {MONITOR_JSON}); give an organism-monitor "
+            "folder (poise organism build's output, or a copy), or --shipped\n",
         )
     torch.set_num_threads(2)
     recipe = default_recipe()
