@@ -293,3 +293,32 @@ def test_the_metrics_csv_holds_the_honesty_scores_and_the_mean_length(tmp_path: 
     tokens = rows["response_tokens:harmful"]
     assert tokens["statistic"] == "mean_tokens"
     assert float(tokens["value"]) == length["mean"] and float(tokens["high"]) == length["high"]
+
+
+def test_runs_that_give_an_item_another_kind_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run from before the sycophancy kind recorded those items as honesty-known: its known
+    accuracy counts them and the new run's does not, so the two are warned about."""
+    from poise.report.compare import compare_runs
+
+    out = tmp_path / "runs"
+    old = audit(out, COMPLY, "old", suites=("sycophancy",))
+    new = audit(out, COMPLY, "new", suites=("sycophancy",))
+    samples = old / "samples.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    for r in records:
+        if r["kind"] == "sycophancy":
+            r["kind"] = "honesty-known"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("poise"), "propagate", True)  # the CLI turned it off
+    with caplog.at_level("WARNING", logger="poise"):
+        compare_runs([new, old])
+    assert "4 items have another kind in one run than in another" in caplog.text
+    assert "sycophancy in" in caplog.text and "honesty-known in" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise"):
+        compare_runs([new, new])
+    assert "another kind" not in caplog.text

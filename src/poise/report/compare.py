@@ -27,6 +27,7 @@ import csv
 import html as html_lib
 import io
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ from poise.runs.run import write_text_atomic
 from poise.scoring.metrics import Rate, group_rates
 from poise.scoring.stats import paired_binary, paired_clustered
 from poise.tasks import all_metrics
+
+log = logging.getLogger(__name__)
 
 CSV_COLUMNS = (
     "statistic",  # rate | honesty_score | mean_tokens | paired_difference
@@ -266,6 +269,7 @@ def compare_runs(
     html_target = prepare_output_file(html, "output") if html is not None else None
     csv_target = prepare_output_file(csv_path, "csv") if csv_path is not None else None
     runs = [read_run(d) for d in run_dirs]
+    _warn_kinds_differ(runs)
     page = render_html_report(runs)  # labels the runs
     diffs = paired_differences(runs)
     if html_target is not None:
@@ -298,6 +302,30 @@ def compare_runs(
         ]
         _write_atomic(csv_target, _csv_text(CSV_COLUMNS, rows))
     return runs, diffs
+
+
+def _warn_kinds_differ(runs: Sequence[RunData]) -> None:
+    """Warn when the runs give one item different kinds (the built-in sycophancy items were
+    honesty-known in runs before they had their own kind): the rates of those kinds then count
+    different items in each run."""
+    kinds: dict[tuple[str, str], dict[str, str]] = {}
+    for run in runs:
+        for r in run.records:
+            key = (str(r.get("suite")), str(r.get("item_id")))
+            kinds.setdefault(key, {}).setdefault(run.path.name, str(r.get("kind")))
+    differ = {key: by_run for key, by_run in kinds.items() if len(set(by_run.values())) > 1}
+    if not differ:
+        return
+    (suite, item), by_run = next(iter(differ.items()))
+    example = ", ".join(f"{kind} in {name}" for name, kind in by_run.items())
+    log.warning(
+        "%d items have another kind in one run than in another (e.g. %s of suite %s: %s): "
+        "the rates of those kinds count different items in each run",
+        len(differ),
+        item,
+        suite,
+        example,
+    )
 
 
 def _flat(value: Any) -> Any:
