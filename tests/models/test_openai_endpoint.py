@@ -392,6 +392,20 @@ def test_asking_an_undeclared_server_model_with_no_system_prompt_warns(
     assert "add the model option system_prompt_in_template=true" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING", logger="poise"):
+        # a wrapper around the served model says it too
+        poise.audit(
+            model=f"best_of_n(openai:m@{url}, n=2, reward=organism-reward)",
+            suites=["benign"],
+            limit=1,
+            judge="refusal",
+            system_prompt="none",
+            sampling={"temperature": 1.0},
+            html=False,
+            out=str(tmp_path / "wrapped"),
+        )
+    assert "add the model option system_prompt_in_template=true" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise"):
         # the default system prompt, or a declaration: nothing to warn about
         poise.audit(
             model=f"openai:m@{url}",

@@ -112,6 +112,9 @@ class WrappedModel(ModelBase):
             self.spec = compose(self.kind, self.models, self.options, attribute="spec")
         self.default_system_prompt = inner.default_system_prompt
         self.system_prompt_in_template = system_prompt_in_template(inner)
+        # whether the inner model knows that declaration (a served openai: model may not; an
+        # audit asking with no system prompt warns then, wrapped or not)
+        self.system_prompt_declared = getattr(inner, "system_prompt_declared", True) is not False
         self.tokenizer = inner.tokenizer
         self.context_length = inner.context_length
         self.recommended_judge = inner.recommended_judge
