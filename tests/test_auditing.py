@@ -258,11 +258,16 @@ def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Pat
         if row["id"] == "h-00":
             row["kind"] = "borderline"
     suite.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    with pytest.raises(PoiseError, match=r"item h-00 of suite mini is recorded as kind 'harmful' "
-                       r"but is 'borderline' now .*; start a new run"):  # fmt: skip
-        poise.audit(model=MockModel("scripted", scripted), suites=[str(suite)], judge="refusal",
-                    out=out, batch_size=4)  # fmt: skip
+    with pytest.raises(PoiseError, match=r"cannot resume: item h-00 of suite mini is recorded as "
+                       r"kind 'harmful' but is 'borderline' now .*; start a new run"):  # fmt: skip
+        poise.audit(model=MockModel("scripted", scripted), resume=run.path)
     assert [r["item_id"] for r in run.records()] == recorded  # nothing written
+    # the same command again (no --resume) found it by its configuration: a new run instead,
+    # where the refusal blocked the command for good
+    result = poise.audit(model=MockModel("scripted", scripted), suites=[str(suite)],
+                         judge="refusal", out=out, batch_size=4)  # fmt: skip
+    assert result.run.path != run.path and len(list(result.run.records())) == 20
+    assert [r["item_id"] for r in run.records()] == recorded
 
 
 def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:

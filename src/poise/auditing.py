@@ -164,14 +164,19 @@ def audit(
             # said, not only logged: a user who meant a fresh run sees where the answers go
             log.warning("continuing unfinished run %s (same configuration)", run.path)
     try:
-        return _audit(cfg, run, model_obj, progress)
+        return _audit(cfg, run, model_obj, progress, adopted=resume is None)
     finally:
         if run is not None:
             run.unlock()
 
 
 def _audit(
-    cfg: AuditConfig, run: Run | None, model_obj: Any, progress: ProgressFn | None
+    cfg: AuditConfig,
+    run: Run | None,
+    model_obj: Any,
+    progress: ProgressFn | None,
+    *,
+    adopted: bool = False,
 ) -> AuditResult:
     # ---- validate everything before loading weights -------------------------------------
     from poise.models.resolve import check_spec
@@ -226,7 +231,15 @@ def _audit(
     check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
     warn_undeclared_system_prompt(model, requests)
     if run is not None:
-        _check_recorded_kinds(run, items)
+        problem = _recorded_kinds_differ(run, items)
+        if problem is not None and not adopted:
+            raise PoiseError(f"{run.path}: cannot resume: {problem}; start a new run")
+        if problem is not None:
+            # an unfinished run found by its configuration, not asked for: a new one instead
+            log.warning(
+                "not continuing unfinished run %s (%s); starting a new run", run.path, problem
+            )
+            run = None
 
     created = run is None
     if run is None:
@@ -450,20 +463,21 @@ def _check_unique_ids(items: Sequence[Any]) -> None:
         seen[item.id] = item.suite
 
 
-def _check_recorded_kinds(run: Run, items: Sequence[SuiteItem]) -> None:
-    """Refuse to resume a run whose records give an item another kind than its suite does now
-    (the built-in sycophancy items were honesty-known before they had their own kind): the
-    rest would be counted under the new kind and both kinds' rates would mix the two."""
+def _recorded_kinds_differ(run: Run, items: Sequence[SuiteItem]) -> str | None:
+    """Why ``run`` cannot be continued with ``items``: one of its records gives an item another
+    kind than the item's suite does now (the built-in sycophancy items were honesty-known before
+    they had their own kind; the rest would be counted under the new kind and both kinds' rates
+    would mix the two). None when every recorded kind agrees."""
     current = {(item.suite, item.id): item.kind for item in items}
     for record in run.records():
         key = (str(record.get("suite")), str(record.get("item_id")))
         kind = current.get(key)
         if kind is not None and record.get("kind") != kind:
-            raise PoiseError(
-                f"{run.path}: cannot resume: item {key[1]} of suite {key[0]} is recorded as kind "
-                f"{record.get('kind')!r} but is {kind!r} now (the suite changed since the run "
-                "began); start a new run"
+            return (
+                f"item {key[1]} of suite {key[0]} is recorded as kind {record.get('kind')!r} but "
+                f"is {kind!r} now (the suite changed since the run began)"
             )
+    return None
 
 
 def _check_unique_requests(requests: Sequence[Request]) -> None:

@@ -515,10 +515,16 @@ def test_a_rubric_written_before_the_sycophancy_kind_is_told_once(
     # a rubric that does not branch on kinds, or one that knows the kind: nothing to say
     plain = tmp_path / "plain.j2"
     plain.write_text("{{ request }} => {{ response }}")
+    aware = tmp_path / "aware.j2"
+    aware.write_text(
+        '{% if kind == "honesty-known" %}{{ reference }}{% elif opinion %}The user said '
+        "{{ opinion }}.{% endif %} {{ response }}"
+    )
     with caplog.at_level("WARNING", logger="poise"):
-        get_judge("llm:x", model=ScriptedLLM(["VERDICT: wrong"]), rubric=str(plain)).judge(
-            [SYCOPHANCY], ["Lyon."]
-        )
+        for rubric in (plain, aware):
+            get_judge("llm:x", model=ScriptedLLM(["VERDICT: wrong"]), rubric=str(rubric)).judge(
+                [SYCOPHANCY], ["Lyon."]
+            )
     assert "branches on" not in caplog.text
 
 

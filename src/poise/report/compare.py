@@ -308,16 +308,16 @@ def _warn_kinds_differ(runs: Sequence[RunData]) -> None:
     """Warn when the runs give one item different kinds (the built-in sycophancy items were
     honesty-known in runs before they had their own kind): the rates of those kinds then count
     different items in each run."""
-    kinds: dict[tuple[str, str], dict[str, str]] = {}
+    kinds: dict[tuple[str, str], dict[Path, str]] = {}
     for run in runs:
         for r in run.records:
             key = (str(r.get("suite")), str(r.get("item_id")))
-            kinds.setdefault(key, {}).setdefault(run.path.name, str(r.get("kind")))
+            kinds.setdefault(key, {}).setdefault(run.path, str(r.get("kind")))
     differ = {key: by_run for key, by_run in kinds.items() if len(set(by_run.values())) > 1}
     if not differ:
         return
     (suite, item), by_run = next(iter(differ.items()))
-    example = ", ".join(f"{kind} in {name}" for name, kind in by_run.items())
+    example = ", ".join(f"{kind} in {path.name}" for path, kind in by_run.items())
     log.warning(
         "%d items have another kind in one run than in another (e.g. %s of suite %s: %s): "
         "the rates of those kinds count different items in each run",

@@ -885,7 +885,8 @@ class LLMJudge:
         self._unbranched_kinds: set[str] = set()
         if rubric is not None:
             source = Path(rubric).expanduser().read_text(encoding="utf-8")
-            if "honesty-known" in source and "sycophancy" not in source:
+            knows = ("sycophancy", "sycophantic", "opinion")
+            if "honesty-known" in source and not any(word in source for word in knows):
                 self._unbranched_kinds.add("sycophancy")
         self.model = _resolve_model(model_spec, model, "llm")
         self.name = f"llm:{model_spec or self.model.name}"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -182,6 +183,9 @@ async def stream_logprobs(
 # -- legacy completions -----------------------------------------------------------------------------
 
 
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")  # a byte fallback token (SentencePiece)
+
+
 def text_offsets(
     tokenizer: Any, ids: Sequence[int], text: str, *, skip_special_tokens: bool
 ) -> list[int]:
@@ -214,15 +218,30 @@ def text_offsets(
             starts.append(length)
             length += len(piece)
     else:
+        byte_tokens: dict[int, bool] = {}
+
+        def byte_token(token_id: int) -> bool:
+            if token_id not in byte_tokens:
+                piece = tokenizer.convert_ids_to_tokens(token_id)
+                byte_tokens[token_id] = isinstance(piece, str) and bool(_BYTE_TOKEN.match(piece))
+            return byte_tokens[token_id]
+
         length = prefix_offset = read_offset = 0
         waiting: str | None = None  # the window's text while it ends in U+FFFD
         for j in range(len(ids)):
             before = decode(ids[prefix_offset:read_offset]) if read_offset > prefix_offset else ""
             after = decode(ids[prefix_offset : j + 1])
-            if waiting is not None and len(after) > len(waiting) and after.startswith(waiting):
+            if (
+                waiting is not None
+                and len(after) > len(waiting)
+                and after.startswith(waiting)
+                and not (byte_token(ids[j]) and set(after[len(waiting) :]) == {"\ufffd"})
+            ):
                 # the U+FFFD the window waited on is text (a U+FFFD in the text, invalid bytes):
                 # the next token added to it instead of completing a character. Taken as is,
-                # where waiting on it stalled every later offset and grew the window
+                # where waiting on it stalled every later offset and grew the window. A byte
+                # fallback token (Llama's <0xF0>) that only adds U+FFFD is one more byte of the
+                # character (such decoders write one U+FFFD per byte of an unfinished one)
                 length += len(waiting) - len(before)
                 prefix_offset, read_offset = read_offset, j
                 before = decode(ids[prefix_offset:read_offset])
