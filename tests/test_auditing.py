@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -162,20 +163,25 @@ def test_no_system_prompt_is_an_empty_system_message_where_the_template_inserts_
     assert all(chat[0] == {"role": "system", "content": "Be safe."} for chat in default.prompts)
 
 
-def test_rerunning_after_a_crash_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
-    suite = write_suite(tmp_path / "mini.jsonl")
-    out = str(tmp_path / "runs")
-    calls = {"n": 0}
+def crash_after(calls: int) -> Any:
+    """``scripted``, which raises on its call after ``calls`` (a crash mid-run)."""
+    made = {"n": 0}
 
-    def crashing(chat, k):
-        calls["n"] += 1
-        if calls["n"] > 9:
+    def crashing(chat: Any, k: int) -> Any:
+        made["n"] += 1
+        if made["n"] > calls:
             raise RuntimeError("simulated crash")
         return scripted(chat, k)
 
+    return crashing
+
+
+def test_rerunning_after_a_crash_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = str(tmp_path / "runs")
     with pytest.raises(RuntimeError, match="simulated crash"):
         poise.audit(
-            model=MockModel("scripted", crashing),
+            model=MockModel("scripted", crash_after(9)),
             suites=[str(suite)],
             judge="refusal",
             out=out,
@@ -207,12 +213,9 @@ def test_a_new_name_starts_its_own_run_instead_of_continuing_another(
     suite = write_suite(tmp_path / "mini.jsonl")
     out = str(tmp_path / "runs")
 
-    def crashing(chat, k):
-        raise RuntimeError("simulated crash")
-
     with pytest.raises(RuntimeError, match="simulated crash"):
         poise.audit(
-            model=MockModel("scripted", crashing), suites=[str(suite)], judge="refusal",
+            model=MockModel("scripted", crash_after(0)), suites=[str(suite)], judge="refusal",
             out=out, name="first",
         )  # fmt: skip
     [unfinished] = list_runs(out)
@@ -237,17 +240,9 @@ def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Pat
     begun before, resumed after, would hold both and mix the two kinds' rates."""
     suite = write_suite(tmp_path / "mini.jsonl")
     out = str(tmp_path / "runs")
-    calls = {"n": 0}
-
-    def crashing(chat, k):
-        calls["n"] += 1
-        if calls["n"] > 9:
-            raise RuntimeError("simulated crash")
-        return scripted(chat, k)
-
     with pytest.raises(RuntimeError, match="simulated crash"):
         poise.audit(
-            model=MockModel("scripted", crashing), suites=[str(suite)], judge="refusal", out=out,
+            model=MockModel("scripted", crash_after(9)), suites=[str(suite)], judge="refusal", out=out,
             batch_size=4,
         )  # fmt: skip
     [run] = list_runs(out)

@@ -379,50 +379,33 @@ def test_asking_an_undeclared_server_model_with_no_system_prompt_warns(
     import poise
 
     url = server(get=lambda path: models("m")).url
-    with caplog.at_level("WARNING", logger="poise"):
-        poise.audit(
-            model=f"openai:m@{url}",
-            suites=["benign"],
-            limit=1,
-            judge="refusal",
-            system_prompt="none",
-            html=False,
-            out=str(tmp_path / "none"),
-        )
-    assert "add the model option system_prompt_in_template=true" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="poise"):
-        # a wrapper around the served model says it too
-        poise.audit(
-            model=f"best_of_n(openai:m@{url}, n=2, reward=organism-reward)",
-            suites=["benign"],
-            limit=1,
-            judge="refusal",
-            system_prompt="none",
-            sampling={"temperature": 1.0},
-            html=False,
-            out=str(tmp_path / "wrapped"),
-        )
-    assert "add the model option system_prompt_in_template=true" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="poise"):
-        # the default system prompt, or a declaration: nothing to warn about
-        poise.audit(
-            model=f"openai:m@{url}",
-            suites=["benign"],
-            limit=1,
-            judge="refusal",
-            html=False,
-            out=str(tmp_path / "default"),
-        )
-        poise.audit(
-            model=f"openai:m@{url}",
-            model_options={"system_prompt_in_template": "false"},
-            suites=["benign"],
-            limit=1,
-            judge="refusal",
-            system_prompt="none",
-            html=False,
-            out=str(tmp_path / "declared"),
-        )
-    assert "system_prompt_in_template" not in caplog.text
+    warning = "add the model option system_prompt_in_template=true"
+
+    def logged(out: str, model: str = f"openai:m@{url}", **fields: Any) -> str:
+        """Audit one benign item of ``model``; what the audit logged at WARNING."""
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="poise"):
+            poise.audit(
+                model=model,
+                suites=["benign"],
+                limit=1,
+                judge="refusal",
+                html=False,
+                out=str(tmp_path / out),
+                **fields,
+            )
+        return caplog.text
+
+    assert warning in logged("none", system_prompt="none")
+    # a wrapper around the served model says it too
+    assert warning in logged(
+        "wrapped",
+        model=f"best_of_n(openai:m@{url}, n=2, reward=organism-reward)",
+        system_prompt="none",
+        sampling={"temperature": 1.0},
+    )
+    # the default system prompt, or a declaration: nothing to warn about
+    quiet = logged("default") + logged(
+        "declared", model_options={"system_prompt_in_template": "false"}, system_prompt="none"
+    )
+    assert "system_prompt_in_template" not in quiet

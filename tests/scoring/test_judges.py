@@ -778,42 +778,19 @@ def test_classifier_accepts_organism_members(
     assert get_judge("classifier:organism-cost").name == "classifier:organism-cost"
 
 
-def test_classifier_hub_id_without_network_fails_at_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cost_model_dir: Path
-) -> None:
+@pytest.mark.usefixtures("hub_unreachable")
+def test_classifier_hub_id_without_network_fails_at_once() -> None:
     # the hub client would retry for most of a minute; the hub check answers before it is asked
-    import socket
-
-    import transformers
-    from huggingface_hub import constants
-
-    from poise.hub import PROXY_VARIABLES
-
-    def unreachable(*args: object, **kwargs: object) -> socket.socket:
-        raise OSError("network is unreachable")
-
-    def no_download(*args: object, **kwargs: object) -> Any:
-        raise AssertionError(f"a download was tried: {args}")
-
-    monkeypatch.setattr(socket, "create_connection", unreachable)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_download)
     with pytest.raises(
         PoiseError,
         match=r"someone/guard: not in the local Hugging Face cache.*download it where there is "
         r"network \(hf download someone/guard\)",
     ):
         get_judge("classifier:someone/guard")
-    # a local folder needs no check (and the probe above would have said the hub is down)
-    monkeypatch.undo()
 
-    def no_probe(*args: object, **kwargs: object) -> socket.socket:
-        raise AssertionError("a local folder needs no hub check")
 
-    monkeypatch.setattr(socket, "create_connection", no_probe)
+@pytest.mark.usefixtures("no_hub_check")
+def test_classifier_local_folder_loads_without_the_hub_check(cost_model_dir: Path) -> None:
     assert get_judge(f"classifier:{cost_model_dir}").name == f"classifier:{cost_model_dir}"
 
 

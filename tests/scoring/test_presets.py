@@ -306,34 +306,9 @@ def test_preset_judge_reads_the_answer_words_from_the_model(
     assert flattered.labels == {"sycophantic": True}
 
 
-def _no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No route to the hub, an empty hub cache, and a loader that fails the test if called."""
-    import socket
-
-    import transformers
-    from huggingface_hub import constants
-
-    from poise.hub import PROXY_VARIABLES
-
-    def unreachable(*args: object, **kwargs: object) -> socket.socket:
-        raise OSError("network is unreachable")
-
-    def no_download(*args: object, **kwargs: object) -> Any:
-        raise AssertionError(f"a download was tried: {args}")
-
-    monkeypatch.setattr(socket, "create_connection", unreachable)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    for name in PROXY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_download)
-
-
-def test_preset_hub_model_without_network_fails_at_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+@pytest.mark.usefixtures("hub_unreachable")
+def test_preset_hub_model_without_network_fails_at_once() -> None:
     # the hub client would retry for most of a minute; the hub check answers before it is asked
-    _no_network(monkeypatch, tmp_path)
     model_id = PRESETS["wildguard"].model_id
     with pytest.raises(
         PoiseError,
@@ -345,14 +320,7 @@ def test_preset_hub_model_without_network_fails_at_once(
         get_judge("preset:strongreject", model="someone/judge")
 
 
-def test_preset_local_folder_loads_without_the_hub_check(
-    monkeypatch: pytest.MonkeyPatch, tiny_hf_model_dir: Path
-) -> None:
-    import socket
-
-    def no_probe(*args: object, **kwargs: object) -> socket.socket:
-        raise AssertionError("a local folder needs no hub check")
-
-    monkeypatch.setattr(socket, "create_connection", no_probe)
+@pytest.mark.usefixtures("no_hub_check")
+def test_preset_local_folder_loads_without_the_hub_check(tiny_hf_model_dir: Path) -> None:
     judge: Any = get_judge("preset:harmbench-cls", model=str(tiny_hf_model_dir))
     assert judge.name == f"preset:harmbench-cls@{tiny_hf_model_dir}"

@@ -490,18 +490,14 @@ class OpenAIModel(ModelBase):
             return
         if not isinstance(data, list):
             return
-        served = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
-        for entry in data:
-            # poise serve's listing says whether its model's template inserts a default system
-            # prompt (an extension field; other servers' listings do not have it)
-            if (
-                not self.system_prompt_declared
-                and isinstance(entry, dict)
-                and entry.get("id") == self.model
-                and isinstance(entry.get("system_prompt_in_template"), bool)
-            ):
-                self.system_prompt_in_template = entry["system_prompt_in_template"]
-                self.system_prompt_declared = True
+        entries = {m["id"]: m for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)}
+        served = list(entries)
+        # poise serve's listing says whether its model's template inserts a default system
+        # prompt (an extension field; other servers' listings do not have it)
+        declared = entries.get(self.model, {}).get("system_prompt_in_template")
+        if not self.system_prompt_declared and isinstance(declared, bool):
+            self.system_prompt_in_template = declared
+            self.system_prompt_declared = True
         if not served or self.model in served or f"{self.model}:latest" in served:
             return  # an empty list (some proxies) tells nothing; Ollama adds ":latest"
         shown = ", ".join(repr(m) for m in served[:5])

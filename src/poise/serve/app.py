@@ -46,6 +46,7 @@ from starlette.types import Receive, Scope, Send
 
 from poise.config import Sampling
 from poise.errors import PoiseError
+from poise.guards.record import generated_tokens
 from poise.models.base import (
     Chat,
     Completion,
@@ -598,22 +599,13 @@ def _usage(generation: Generation) -> dict[str, int]:
     # A model without a tokenizer (mock, an openai: model) cannot count its prompt: 0, not
     # null, which OpenAI clients do not expect there (docs/serving.md says so).
     prompt = generation.prompt_tokens or 0
-    completion = sum(_generated_tokens(c) for c in generation.completions)
+    # a guard's stopped answer shows fewer tokens than were decoded: usage counts the decoded
+    completion = sum(generated_tokens(c) for c in generation.completions)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-
-
-def _generated_tokens(completion: Completion) -> int:
-    """The tokens decoded for ``completion``: its ``num_tokens``, except for a guard's answer,
-    whose ``num_tokens`` counts only the tokens shown (poise.guards.record.generated_tokens)."""
-    if completion.metadata is None or "guard" not in completion.metadata:
-        return completion.num_tokens
-    from poise.guards.record import generated_tokens  # a guard is served: guards are loaded
-
-    return generated_tokens(completion)
 
 
 def _completion_body(
