@@ -9,14 +9,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion
+from poise.models.base import Chat, Completion, StepView
 from poise.models.mock import MockModel
 from poise.models.openai import OpenAIModel
 
@@ -422,4 +424,44 @@ def test_a_request_still_waiting_at_shutdown_gets_a_503_and_a_short_one_finishes
     assert answered.json()["choices"][0]["finish_reason"] == "length"
     assert cut.status_code == 503
     assert cut.json() == SHUTTING_DOWN
+    no_traceback(records)
+
+
+def test_a_completions_request_still_decoding_at_shutdown_gets_a_503(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """``/v1/completions`` decodes in a worker thread outside the scheduler: the server's end
+    of the requests in flight reaches it too, at its next decoding step, instead of leaving the
+    thread to decode on (uvicorn cuts the response; the process waits for the thread)."""
+    from poise.models.hf import HFModel
+
+    class SlowHF(HFModel):
+        """Never ends an answer early (EOS masked) and takes 40 ms a step: 480 steps, 19 s."""
+
+        def complete(self, prompts: Any, sampling: Sampling, **kwargs: Any) -> Any:
+            inner = kwargs.pop("logits_hook", None)
+
+            def hook(view: StepView) -> torch.Tensor:
+                if inner is not None:
+                    inner(view)
+                time.sleep(0.04)
+                logits = view.logits.clone()
+                logits[:, sorted(self.eos_token_ids)] = float("-inf")
+                return logits
+
+            return super().complete(prompts, sampling, logits_hook=hook, **kwargs)
+
+    model = SlowHF(str(tiny_hf_model_dir), device="cpu")
+    payload = {"model": model.name, "prompt": "the cat", "max_tokens": 480}
+    with (
+        serving(model, grace_s=0.2, timeout_s=60) as (server, url),
+        logged() as records,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        cut = pool.submit(httpx.post, f"{url}/completions", json=payload, timeout=60)
+        time.sleep(0.5)  # decoding
+        server.should_exit = True
+        response = cut.result()
+    assert response.status_code == 503, response.text
+    assert response.json() == SHUTTING_DOWN
     no_traceback(records)

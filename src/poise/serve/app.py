@@ -33,8 +33,9 @@ import json
 import logging
 import secrets
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import uvicorn
@@ -57,7 +58,7 @@ from poise.models.base import (
 from poise.models.context import ContextLengthError, fit_context, prompt_token_count
 from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
-from poise.serve.completions import CompletionRequestBody, add_completions_route
+from poise.serve.completions import CompletionRequestBody, add_completions_route, shutdown_error
 from poise.serve.continuous import SHUTDOWN, ContinuousBatcher
 from poise.serve.logprobs import add_chat_logprobs, check_tokens_capability, stream_logprobs
 from poise.serve.openapi import document_request_bodies
@@ -104,10 +105,6 @@ class _ShuttingDown(Exception):
 
     def __init__(self) -> None:
         super().__init__(SHUTDOWN)
-
-
-def _shutdown_error() -> RequestError:
-    return RequestError(SHUTDOWN, status=503, type="server_error", code="server_shutting_down")
 
 
 class Scheduler(Protocol):
@@ -163,6 +160,7 @@ class ServerState:
         self.shutting_down = False  # the server is stopping (see make_server)
         self._ended = False  # ... and has ended the requests in flight
         self._in_flight: set[Ticket] = set()  # the chat requests' open tickets
+        self._endings: set[threading.Event] = set()  # the /v1/completions requests' (ending)
 
     def open(self, parsed: ChatRequest) -> Ticket:
         """Open ``parsed``'s ticket, kept until :meth:`release` so that shutdown can end it."""
@@ -183,12 +181,27 @@ class ServerState:
         ticket.cancel()  # no-op for a finished ticket
         self._in_flight.discard(ticket)
 
+    @contextlib.contextmanager
+    def ending(self) -> Iterator[threading.Event]:
+        """An event that :meth:`end_requests` sets, for a request that runs outside the
+        scheduler (``/v1/completions``, which stops decoding once it is set)."""
+        event = threading.Event()
+        self._endings.add(event)
+        if self._ended:
+            event.set()
+        try:
+            yield event
+        finally:
+            self._endings.discard(event)
+
     def end_requests(self) -> None:
         """End every request in flight (the server is stopping): a stream sends what was
         decoded, then the ``error`` event; a request still waiting gets a 503."""
         self._ended = True
         for ticket in list(self._in_flight):
             _end(ticket)
+        for event in list(self._endings):
+            event.set()
 
     def health(self) -> dict[str, Any]:
         scheduler = self.scheduler
@@ -282,7 +295,7 @@ def create_app(
         except RequestError as exc:
             return _error(exc)
         except _ShuttingDown:
-            return _error(_shutdown_error())
+            return _error(shutdown_error())
         except ContextLengthError as exc:
             return _error(RequestError(str(exc), param="messages", code="context_length_exceeded"))
         except PoiseError as exc:
@@ -299,7 +312,7 @@ def create_app(
                 )
             )
 
-    add_completions_route(app, model, config, firewall=guard)
+    add_completions_route(app, model, config, firewall=guard, ending=state.ending)
     document_request_bodies(
         app,
         {"/v1/chat/completions": ChatRequestBody, "/v1/completions": CompletionRequestBody},
@@ -686,7 +699,7 @@ async def _sse_events(
                     yield piece
         except _ShuttingDown:
             # not this request's failure: nothing for the log
-            yield _sse(_shutdown_error().body())
+            yield _sse(shutdown_error().body())
             return
         except Exception as exc:
             logger.exception("a streamed generation failed after its first event")
@@ -759,7 +772,7 @@ class _TrackedStream(StreamingResponse):
     @staticmethod
     async def _send_shutdown_error(send: Send) -> None:
         async def finish() -> None:
-            error = _sse(_shutdown_error().body())
+            error = _sse(shutdown_error().body())
             await send({"type": "http.response.body", "body": error, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

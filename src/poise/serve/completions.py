@@ -15,14 +15,18 @@ The endpoint needs a model with the ``tokens`` capability (the hf backend); othe
 501. Requests run on the model in a worker thread beside the server's scheduler, one request at
 a time (the prompts of one request are batched together): a client that wants throughput sends
 its prompts as a list. A streamed response sends each choice's text in word-sized pieces once it
-is generated (with ``logprobs``: the whole text in one chunk with its log-probs).
+is generated (with ``logprobs``: the whole text in one chunk with its log-probs). At shutdown
+a request still generating after the server's grace is ended with a 503 at the next decoding
+step, as a chat completion's is (:func:`poise.serve.app.make_server`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -34,9 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Completion, LanguageModel, SequenceLogprobs
+from poise.models.base import Completion, LanguageModel, SequenceLogprobs, StepView
 from poise.models.context import tokens_at_least
 from poise.serve.batcher import text_pieces
+from poise.serve.continuous import SHUTDOWN
 from poise.serve.logprobs import (
     MAX_TOP_LOGPROBS,
     completion_logprobs,
@@ -334,8 +339,30 @@ def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> Non
             )
 
 
-def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], int]:
-    """The choices of a request (prompt-major, sample-minor) and its prompt token count."""
+def shutdown_error() -> RequestError:
+    """What a request the server ended because it is stopping gets (a 503)."""
+    return RequestError(SHUTDOWN, status=503, type="server_error", code="server_shutting_down")
+
+
+def _stop_when(ended: threading.Event | None) -> Callable[[StepView], None] | None:
+    """A logits hook that ends the generation at the next decoding step once ``ended`` is set
+    (the server is stopping): ``complete`` runs in a worker thread that nothing else can stop,
+    and the interpreter waits for such threads before it exits."""
+    if ended is None:
+        return None
+
+    def hook(view: StepView) -> None:
+        if ended.is_set():
+            raise shutdown_error()
+
+    return hook
+
+
+def _answer_sync(
+    model: Any, parsed: CompletionRequest, ended: threading.Event | None = None
+) -> tuple[list[_Choice], int]:
+    """The choices of a request (prompt-major, sample-minor) and its prompt token count; once
+    ``ended`` is set, a :func:`shutdown_error` at the next decoding step."""
     tokenizer = model.tokenizer
     _check_max_tokens(model, parsed.max_tokens)
     _check_characters(model, parsed.prompts, parsed.max_tokens)
@@ -347,9 +374,11 @@ def _answer_sync(model: Any, parsed: CompletionRequest) -> tuple[list[_Choice], 
         generated = [[Completion(text="", num_tokens=0, finish_reason="length", token_ids=())] * n]
         generated = generated * len(prompts)
     else:
-        generated = model.complete(prompts, parsed.sampling)
+        generated = model.complete(prompts, parsed.sampling, logits_hook=_stop_when(ended))
     scored: list[SequenceLogprobs] | None = None
     if parsed.logprobs is not None:
+        if ended is not None and ended.is_set():
+            raise shutdown_error()
         sequences = [
             p + list(c.token_ids or ())
             for p, cs in zip(prompts, generated, strict=True)
@@ -400,10 +429,12 @@ def add_completions_route(
     config: ServeConfig,
     *,
     firewall: Callable[[Sequence[str], str], None] | None = None,
+    ending: Callable[[], contextlib.AbstractContextManager[threading.Event]] | None = None,
 ) -> None:
     """Register ``POST /v1/completions`` for ``model`` served as ``config.name``; with
     ``firewall`` (``poise serve --firewall``), each prompt is checked as a chat's last user turn
-    is, so that raw prompts are no way around it."""
+    is, so that raw prompts are no way around it. ``ending()`` gives each request an event the
+    server sets when it ends the requests in flight (shutdown; ``ServerState.ending``)."""
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -433,7 +464,8 @@ def add_completions_route(
                 await asyncio.to_thread(firewall, texts, "prompt")
             if not parsed.seeded:
                 parsed = _with_seed(parsed, fresh_seed())
-            choices, prompt_tokens = await run_in_thread(_answer_sync, model, parsed)
+            with ending() if ending is not None else contextlib.nullcontext(None) as ended:
+                choices, prompt_tokens = await run_in_thread(_answer_sync, model, parsed, ended)
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
         except PoiseError as exc:
