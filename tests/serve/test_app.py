@@ -427,16 +427,13 @@ def test_a_request_still_waiting_at_shutdown_gets_a_503_and_a_short_one_finishes
     no_traceback(records)
 
 
-def test_a_completions_request_still_decoding_at_shutdown_gets_a_503(
-    tiny_hf_model_dir: Path,
-) -> None:
-    """``/v1/completions`` decodes in a worker thread outside the scheduler: the server's end
-    of the requests in flight reaches it too, at its next decoding step, instead of leaving the
-    thread to decode on (uvicorn cuts the response; the process waits for the thread)."""
+def _slow_hf(folder: Path) -> Any:
+    """A tiny hf model that never ends an answer early (EOS masked) and takes 40 ms a decoding
+    step (480 steps: 19 s); ``steps`` counts the steps it decoded."""
     from poise.models.hf import HFModel
 
     class SlowHF(HFModel):
-        """Never ends an answer early (EOS masked) and takes 40 ms a step: 480 steps, 19 s."""
+        steps = 0
 
         def complete(self, prompts: Any, sampling: Sampling, **kwargs: Any) -> Any:
             inner = kwargs.pop("logits_hook", None)
@@ -444,6 +441,7 @@ def test_a_completions_request_still_decoding_at_shutdown_gets_a_503(
             def hook(view: StepView) -> torch.Tensor:
                 if inner is not None:
                     inner(view)
+                self.steps += 1
                 time.sleep(0.04)
                 logits = view.logits.clone()
                 logits[:, sorted(self.eos_token_ids)] = float("-inf")
@@ -451,7 +449,16 @@ def test_a_completions_request_still_decoding_at_shutdown_gets_a_503(
 
             return super().complete(prompts, sampling, logits_hook=hook, **kwargs)
 
-    model = SlowHF(str(tiny_hf_model_dir), device="cpu")
+    return SlowHF(str(folder), device="cpu")
+
+
+def test_a_completions_request_still_decoding_at_shutdown_gets_a_503(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """``/v1/completions`` decodes in a worker thread outside the scheduler: the server's end
+    of the requests in flight reaches it too, at its next decoding step, instead of leaving the
+    thread to decode on (uvicorn cuts the response; the process waits for the thread)."""
+    model = _slow_hf(tiny_hf_model_dir)
     payload = {"model": model.name, "prompt": "the cat", "max_tokens": 480}
     with (
         serving(model, grace_s=0.2, timeout_s=60) as (server, url),
@@ -465,3 +472,17 @@ def test_a_completions_request_still_decoding_at_shutdown_gets_a_503(
     assert response.status_code == 503, response.text
     assert response.json() == SHUTTING_DOWN
     no_traceback(records)
+
+
+def test_a_completions_client_that_leaves_frees_the_model(tiny_hf_model_dir: Path) -> None:
+    """The generation of a client that disconnects ends (it held the model, one request at a
+    time, for its 480 steps): the next request is answered after a few of them."""
+    model = _slow_hf(tiny_hf_model_dir)
+    payload = {"model": model.name, "prompt": "the cat", "max_tokens": 480}
+    with serving(model, grace_s=0.2, timeout_s=5) as (_, url):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/completions", json=payload, timeout=0.5)
+        answer = httpx.post(f"{url}/completions", json={**payload, "max_tokens": 3}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["usage"]["completion_tokens"] == 3
+    assert model.steps < 100  # of the 480 the first request asked for, and the next one's 3

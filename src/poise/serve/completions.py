@@ -17,7 +17,8 @@ a time (the prompts of one request are batched together): a client that wants th
 its prompts as a list. A streamed response sends each choice's text in word-sized pieces once it
 is generated (with ``logprobs``: the whole text in one chunk with its log-probs). At shutdown
 a request still generating after the server's grace is ended with a 503 at the next decoding
-step, as a chat completion's is (:func:`poise.serve.app.make_server`).
+step, as a chat completion's is (:func:`poise.serve.app.make_server`); so does the request of a
+client that disconnects.
 """
 
 from __future__ import annotations
@@ -429,12 +430,15 @@ def add_completions_route(
     config: ServeConfig,
     *,
     firewall: Callable[[Sequence[str], str], None] | None = None,
-    ending: Callable[[], contextlib.AbstractContextManager[threading.Event]] | None = None,
+    ending: Callable[[], contextlib.AbstractContextManager[threading.Event]] = lambda: (
+        contextlib.nullcontext(threading.Event())
+    ),
 ) -> None:
     """Register ``POST /v1/completions`` for ``model`` served as ``config.name``; with
     ``firewall`` (``poise serve --firewall``), each prompt is checked as a chat's last user turn
     is, so that raw prompts are no way around it. ``ending()`` gives each request an event the
-    server sets when it ends the requests in flight (shutdown; ``ServerState.ending``)."""
+    server sets when it ends the requests in flight (shutdown; ``ServerState.ending``); the
+    request's generation also ends when its client disconnects."""
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -464,8 +468,14 @@ def add_completions_route(
                 await asyncio.to_thread(firewall, texts, "prompt")
             if not parsed.seeded:
                 parsed = _with_seed(parsed, fresh_seed())
-            with ending() if ending is not None else contextlib.nullcontext(None) as ended:
-                choices, prompt_tokens = await run_in_thread(_answer_sync, model, parsed, ended)
+            with ending() as ended:
+                # a client that leaves ends its generation too: it would hold the model (one
+                # request at a time) until its last token
+                watcher = asyncio.ensure_future(_end_when_gone(request, ended))
+                try:
+                    choices, prompt_tokens = await run_in_thread(_answer_sync, model, parsed, ended)
+                finally:
+                    watcher.cancel()
         except RequestError as exc:
             return JSONResponse(exc.body(), status_code=exc.status)
         except PoiseError as exc:
@@ -502,6 +512,15 @@ def add_completions_route(
                 "usage": usage,
             }
         )
+
+
+async def _end_when_gone(request: Request, ended: threading.Event) -> None:
+    """Set ``ended`` once the client of ``request`` has disconnected."""
+    while not ended.is_set():
+        if await request.is_disconnected():
+            ended.set()
+            return
+        await asyncio.sleep(0.1)
 
 
 def _with_seed(parsed: CompletionRequest, seed: int) -> CompletionRequest:
