@@ -153,6 +153,41 @@ def test_spec_arguments() -> None:
         parse_judge_spec("refusal:x")
 
 
+def test_a_plugin_judge_can_take_an_argument() -> None:
+    from poise.scoring import judges as module
+    from poise.scoring.judges import register_judge
+
+    received: list[object] = []
+
+    @register_judge("review_lexicon", argument="PATH", help="review_lexicon:PATH — words")
+    def make(arg: str | None, *, strict: bool = False) -> Judge:
+        received.append((arg, strict))
+        return get_judge("refusal")
+
+    @register_judge("review_plain")
+    def make_plain(arg: str | None) -> Judge:
+        received.append(arg)
+        return get_judge("refusal")
+
+    try:
+        assert parse_judge_spec("review_lexicon:/words.txt") == ("review_lexicon", "/words.txt")
+        get_judge("review_lexicon:/words.txt", strict=True)
+        get_judge("review_plain")
+        assert received == [("/words.txt", True), None]
+        with pytest.raises(PoiseError, match=r"needs an argument: review_lexicon:PATH"):
+            parse_judge_spec("review_lexicon")
+        with pytest.raises(PoiseError, match="takes no argument"):
+            parse_judge_spec("review_plain:x")
+        with pytest.raises(ValueError, match="already registered"):
+            register_judge("refusal", argument="PATH")(make)
+        assert "refusal" not in module._ARGUMENT  # a refused registration declares nothing
+    finally:
+        for name in ("review_lexicon", "review_plain"):
+            judges._entries.pop(name, None)
+            module._ARGUMENT.pop(name, None)
+        module._ARGUMENT.pop("refusal", None)
+
+
 @pytest.mark.parametrize(
     ("model_spec", "expected"),
     [

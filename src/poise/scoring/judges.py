@@ -55,6 +55,7 @@ __all__ = [
     "judges",
     "parse_judge_spec",
     "parse_verdict_line",
+    "register_judge",
     "resolve_judge_name",
 ]
 
@@ -70,6 +71,23 @@ _ARGUMENT: dict[str, str] = {
     "llm": "MODEL_SPEC",
     "preset": "NAME",
 }
+
+
+def register_judge(
+    name: str, *, argument: str | None = None, help: str = "", reference: str | None = None
+) -> Callable[[JudgeFactory], JudgeFactory]:
+    """Register a judge factory as ``name`` (a plugin's way; :meth:`Registry.register` with one
+    more field). With ``argument`` (what it is, e.g. ``"PATH"``), the judge's spec is
+    ``NAME:ARG`` and the factory's first parameter gets ``ARG``; without it, ``None``, and a
+    spec with a colon is refused. Options come as keywords either way (``--judge-option``)."""
+
+    def add(factory: JudgeFactory) -> JudgeFactory:
+        judges.add(name, factory, help=help, reference=reference)
+        if argument is not None:
+            _ARGUMENT[name] = argument
+        return factory
+
+    return add
 
 
 # ---------------------------------------------------------------------------------------------
