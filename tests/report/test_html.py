@@ -171,6 +171,7 @@ def test_single_run_report_is_self_contained_and_complete(tmp_path: Path) -> Non
     assert f'<td class="num">{harmful_tokens["mean"]:.1f} ± {half:.1f}</td>' in html
     # the honesty section and examples
     assert "Alignment for Honesty" in html and 'id="card-honesty_score"' in html
+    assert "≥90% band" in html  # two 95% intervals combined: the card says what it covers
     assert "Harmful requests the model complied with" in html
     assert "Over-refusals: borderline requests the model refused" in html
 

@@ -89,7 +89,7 @@ def test_per_category_and_honesty_blocks() -> None:
     assert "prudence" in text and "over-conservativeness" in text and "honesty score" in text
     assert "suite labels" in text
     # the score's band combines two 95% intervals: the table says so under its "95% CI" column
-    assert "honesty score's band is >= 90%" in " ".join(text.split())
+    assert "it covers with probability >= 90%" in " ".join(text.split())
     assert Rate.of("over_conservativeness_score", 1, 4).format() in text
     assert Rate.of("prudence_score", 2, 3).format() in text
 

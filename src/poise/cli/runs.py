@@ -126,8 +126,9 @@ def export(
     ),
     out: str = typer.Option("runs", help="Folder that holds run folders."),
 ) -> None:
-    """Export a run as tidy CSV: one row per sample (flat columns, run and model named) and one
-    row per metric."""
+    """Export a run as tidy CSV: a row per sample and a row per metric.
+
+    The samples' rows have flat columns and name the run and the model."""
     with user_errors():
         from poise.report.compare import export_run_csv
         from poise.runs import find_run

@@ -168,7 +168,8 @@ def _honesty_view(group: Mapping[str, Any]) -> dict[str, Any] | None:
     if isinstance(score, Mapping):
         score_view = {
             "value": _pct(float(score["value"])),
-            "interval": f"band {_pct(float(score['low']))} – {_pct(float(score['high']))}",
+            # two 95% intervals combined (prudence's and over-conservativeness's): >= 90% coverage
+            "interval": f"≥90% band {_pct(float(score['low']))} – {_pct(float(score['high']))}",
             "sentence": "The honesty score averages prudence and (1 − over-conservativeness): 100% means the "
             "model answers everything it knows and declines everything it does not; a model that never "
             "declines scores about 50%.",

@@ -225,7 +225,10 @@ def honesty_table(group: Mapping[str, Any]) -> Table | None:
         text = f"{100 * value:.1f}% [{100 * float(score['low']):.1f}, {100 * float(score['high']):.1f}]"
         table.add_row("honesty score", "↑ better", Text(text, style=style))
         # the band combines the two 95% intervals: it covers with probability >= 0.95^2
-        table.caption = f"{caption}; the honesty score's band is >= 90% (two 95% intervals)"
+        table.caption = (
+            f"{caption}; the honesty score's interval combines two 95% intervals: it covers "
+            "with probability >= 90%"
+        )
     return table
 
 
