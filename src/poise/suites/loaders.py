@@ -8,7 +8,8 @@
    of objects, JSON lines, or one object holding the rows as a list under one key, as
    JailbreakBench artifacts do), ``.txt`` (one prompt per line; the kind from ``kind=``), each
    optionally ``.gz``; the row format is detected from the header (see
-   :mod:`poise.suites.formats`) or forced with ``format=``;
+   :mod:`poise.suites.formats`) or forced with ``format=``; the columns of JSON rows are the
+   keys of all of them (a row may leave a key out);
 3. ``owner/name`` (optionally ``owner/name:split`` or ``owner/name:config:split``): a hub
    dataset, read lazily through ``datasets.load_dataset``.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
 import json
 import logging
 import re
@@ -180,6 +182,8 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
     text = _read_text(path, source)
     container = _container(path, text)
     header, rows = _parse(container, text, source)
+    if container in ("jsonl", "json"):
+        header, rows = _all_keys(header, rows, options.limit)
     context = FormatContext(
         suite=name or suite_name(path),
         source=source,
@@ -585,6 +589,20 @@ def _scan_quotes(text: str, delimiter: str) -> tuple[int, str] | None:
     if opened and line > opened:  # closed by the last character of the file
         multiline = multiline or opened
     return (multiline, "") if multiline else None
+
+
+def _all_keys(
+    header: Sequence[str], rows: Iterator[Row], limit: int | None
+) -> tuple[list[str], Iterator[Row]]:
+    """The header of JSON rows: the keys of every row that will be converted (all, or the first
+    ``limit``), first seen first. A JSON row need not carry every key: with the first row's keys
+    alone, a key that only later rows hold (``kind``, ``id``, ``category``) was ignored without a
+    word (the row's own kind replaced by ``--kind``)."""
+    taken = list(itertools.islice(rows, limit))
+    keys = list(header)
+    for _, _, data in taken:
+        keys.extend(k for k in data if k not in keys)
+    return keys, itertools.chain(taken, rows)
 
 
 def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
