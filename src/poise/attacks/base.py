@@ -122,8 +122,9 @@ def numbers_option(
     low_open: bool = False,
     integer: bool = False,
 ) -> tuple[Any, ...]:
-    """A non-empty list of numbers in ``[low, high]`` (no upper bound when None; integers when ``integer``) from a list, a
-    number, or ``"0.5,0.7"``; else one line naming the attack, the option and the value."""
+    """A non-empty list of distinct numbers in ``[low, high]`` (no upper bound when None; integers
+    when ``integer``; a repeated value kept once) from a list, a number, or ``"0.5,0.7"``; else
+    one line naming the attack, the option and the value."""
     parsed: list[Any] = []
     for part in _items(value):
         if isinstance(value, str):  # the CLI's "0.5,0.7": each part is text
@@ -137,6 +138,7 @@ def numbers_option(
             parsed = []
             break
         parsed.append(part if integer else float(part))
+    parsed = list(dict.fromkeys(parsed))  # a value given twice is one configuration
     if not parsed:
         what = "integers" if integer else "numbers"
         raise PoiseError(
