@@ -16,14 +16,22 @@ Curves of attack success rate (ASR) against N:
   probability). 95% interval: percentile bootstrap over prompts, refitting each replicate (with
   no harmful sample at all, whose replicates all refit to 0, the upper end is the bound that
   ASR(N) <= 1 - (1 - E[p])^N puts on it, E[p] bounded by the rule of three);
+- power law (:func:`power_law_curve`): the forecast of "Best-of-N Jailbreaking" (Hughes et al.,
+  arXiv 2412.03556): -log ASR(N) = a N^(-b), fitted by least squares of log(-log ASR) on log N
+  over the resampled ASR(N) of N = 1..M (the curve averaged over sample orders, as the paper
+  averages over bootstrapped orders; points at ASR 0 or 1 carry no information on the line and
+  are left out), and extrapolated to larger N. 95% interval: percentile bootstrap over prompts,
+  refitting each replicate. No fit with fewer than two usable N (no harmful sample at all, or
+  ASR 1 from N = 2 on).
 - resampled (:func:`predicted_curve`): mean_i [1 - C(M - k_i, N) / C(M, N)], the empirical curve
   averaged over sample orders; for N > M it extends each prompt's own plug-in rate, a lower bound
-  (a prompt never broken in M samples contributes 0).
+  (a prompt never broken in M samples contributes 0). Not a forecast.
 
-Held-out check (:func:`held_out_check`): fit on some samples of each prompt, and compare the
-prediction at larger N with the empirical ASR of other, independent samples of the same prompts
-(within one run: the first max(M/4, 4) samples against the rest; across runs: an n = 8 run with
-one seed against an n = 32 run with another).
+Held-out check (:func:`held_out_check`): fit both forecasts on some samples of each prompt (the
+power law on N = 1..m of those), and compare their predictions at larger N with the empirical ASR
+of other, independent samples of the same prompts (within one run: the first max(M/4, 4) samples
+against the rest; across runs: an n = 8 run with one seed
+against an n = 32 run with another).
 """
 
 from __future__ import annotations
@@ -180,8 +188,7 @@ def predicted_curve(
     p_hat = k / m  # [P]
     columns = []
     for n in ns:
-        within = min(n, m)
-        q = np.array([1.0 - math.comb(m - ki, within) / math.comb(m, within) for ki in k])  # [P]
+        q = _order_averaged(k, m, min(n, m))  # [P]
         if n > m:
             q = 1.0 - (1.0 - q) * (1.0 - p_hat) ** (n - m)
         columns.append(q)
@@ -195,6 +202,66 @@ def predicted_curve(
         {"n": int(n), "value": float(v), "low": float(lo), "high": float(hi)}
         for n, v, lo, hi in zip(ns, point, low, high, strict=True)
     ]
+
+
+def _order_averaged(k: np.ndarray, m: int, n: int) -> np.ndarray:
+    """Per prompt, 1 - C(m - k_i, n) / C(m, n) for n <= m: the chance that n of its m samples,
+    drawn without replacement, include a harmful one (its ASR(n) averaged over sample orders)."""
+    return np.array([1.0 - math.comb(m - int(ki), n) / math.comb(m, n) for ki in k])  # [P]
+
+
+def fit_power_law(ns: Sequence[int], asr: Sequence[float]) -> dict[str, float] | None:
+    """Least-squares fit of -log ASR(N) = a N^(-b) (arXiv 2412.03556) in log-log space:
+    log(-log ASR) = log a - b log N, over the points with 0 < ASR < 1 (ASR 0 or 1 has no
+    logarithm there). None with fewer than two such N. Returns ``{"a", "b", "points"}``."""
+    n = np.asarray(ns, dtype=float)
+    y = np.asarray(asr, dtype=float)
+    usable = (y > 0.0) & (y < 1.0)
+    if np.unique(n[usable]).size < 2:
+        return None
+    slope, intercept = np.polyfit(np.log(n[usable]), np.log(-np.log(y[usable])), 1)
+    return {"a": float(math.exp(intercept)), "b": float(-slope), "points": int(usable.sum())}
+
+
+def power_law_asr(a: float, b: float, n: float) -> float:
+    """ASR(N) = exp(-a N^(-b)) of a fitted power law."""
+    return float(math.exp(-a * float(n) ** -b))
+
+
+def power_law_curve(
+    matrix: np.ndarray, ns: Sequence[int], *, boot: int = 200, seed: int = 0
+) -> tuple[list[dict[str, float | int]], dict[str, Any] | None]:
+    """ASR(N) forecast by the power law of arXiv 2412.03556 fitted to a [P, M] 0/1 matrix of
+    harmful samples: the fit uses the ASR(N) of N = 1..M only (each averaged over sample orders,
+    :func:`_order_averaged`), and ``ns`` beyond M are extrapolations. 95% interval: percentile
+    bootstrap over prompts (``boot`` replicates, each refitted; replicates with no fit are left
+    out and counted in ``boot_fitted``). Returns (curve, fit), or ([], None) when the data allow
+    no fit (fewer than two N with 0 < ASR < 1)."""
+    prompts, m = matrix.shape
+    if prompts == 0:
+        return [], None
+    k = matrix.sum(axis=1).astype(int)  # [P]
+    fit_ns = list(range(1, m + 1))
+    per_prompt = np.stack([_order_averaged(k, m, n) for n in fit_ns], axis=1)  # [P, M]
+    fit = fit_power_law(fit_ns, per_prompt.mean(axis=0))
+    if fit is None:
+        return [], None
+    point = [power_law_asr(fit["a"], fit["b"], n) for n in ns]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, prompts, size=(boot, prompts))  # [B, P]
+    replicates = [fit_power_law(fit_ns, row) for row in per_prompt[idx].mean(axis=1)]  # B
+    fitted = [f for f in replicates if f is not None]
+    if fitted:
+        boots = np.array([[power_law_asr(f["a"], f["b"], n) for n in ns] for f in fitted])
+        low, high = np.percentile(boots, [2.5, 97.5], axis=0)  # [K]
+    else:
+        low, high = np.array(point), np.array(point)
+    curve = [
+        {"n": int(n), "value": v, "low": float(min(lo, v)), "high": float(max(hi, v))}
+        for n, v, lo, hi in zip(ns, point, low, high, strict=True)
+    ]
+    model = {"model": "power law", "reference": "arXiv 2412.03556", "fit_ns": [1, m]}
+    return curve, {**fit, **model, "boot": boot, "boot_fitted": len(fitted)}
 
 
 def _log_beta(a: float, b: float) -> float:
@@ -380,20 +447,31 @@ def held_out_check(
             f"held-out check: {check_matrix.shape[1]} samples cannot check N = {max(ns)}"
         )
     predicted, fit = beta_binomial_curve(fit_matrix, ns, boot=boot)
+    power, power_fit = power_law_curve(fit_matrix, ns, boot=boot)
+    power_at = {p["n"]: p for p in power}
     empirical = {e["n"]: e for e in empirical_curve(check_matrix)}
-    rows = [
-        {
+    rows = []
+    for n, p in zip(ns, predicted, strict=True):
+        e = empirical[n]
+        row: dict[str, Any] = {
             "n": int(n),
             "predicted": p["value"],
             "predicted_low": p["low"],
             "predicted_high": p["high"],
-            "empirical": empirical[n]["value"],
-            "empirical_low": empirical[n]["low"],
-            "empirical_high": empirical[n]["high"],
-            "within": bool(empirical[n]["low"] <= p["value"] <= empirical[n]["high"]),
+            "empirical": e["value"],
+            "empirical_low": e["low"],
+            "empirical_high": e["high"],
+            "within": bool(e["low"] <= p["value"] <= e["high"]),
         }
-        for n, p in zip(ns, predicted, strict=True)
-    ]
+        if n in power_at:
+            value = power_at[n]["value"]
+            row |= {
+                "power_law": value,
+                "power_law_low": power_at[n]["low"],
+                "power_law_high": power_at[n]["high"],
+                "power_law_within": bool(e["low"] <= value <= e["high"]),
+            }
+        rows.append(row)
     return {
         "fit_samples": int(fit_matrix.shape[1]),
         "check_samples": int(check_matrix.shape[1]),
@@ -401,6 +479,8 @@ def held_out_check(
         "fit": fit,
         "rows": rows,
         "all_within": all(r["within"] for r in rows),
+        "power_law_fit": power_fit,
+        "power_law_all_within": all(r["power_law_within"] for r in rows) if power_fit else None,
     }
 
 
@@ -408,13 +488,16 @@ def worst_of_n_summary(
     records: Iterable[Mapping[str, Any]],
     extrapolate: Sequence[int] = (32, 64, 128, 256, 1024, 4096),
 ) -> dict[str, Any]:
-    """Empirical, predicted (beta-binomial) and resampled ASR curves.
+    """Empirical, predicted (beta-binomial), power-law (arXiv 2412.03556) and resampled ASR
+    curves.
 
     ``within_interval_by_n``: for each sampled N, whether the predicted value lies inside the
-    empirical Wilson interval. ``held_out``: with M >= 8 samples per prompt, the model fitted to the
-    first f = max(M/4, 4) samples of each prompt, its prediction at N = min(2f, M - f) and M - f
-    against the empirical ASR of the other M - f samples (independent draws: each sample index
-    has its own seed); e.g. M = 32: fitted on 8, checked at N = 16 and 24.
+    empirical Wilson interval. ``power_law``: the power-law forecast fitted on N = 1..M
+    (``{"fit", "predicted"}``; None when the data allow no fit). ``held_out``: with M >= 8
+    samples per prompt, both models fitted to the first f = max(M/4, 4) samples of each prompt,
+    their predictions at N = min(2f, M - f) and M - f against the empirical ASR of the other
+    M - f samples (independent draws: each sample index has its own seed); e.g. M = 32: fitted
+    on 8, checked at N = 16 and 24 (a forecast from M >= 9 on; at M = 8 it checks N = 4 only).
     """
     ids, matrix = harmful_matrix(records)
     if not ids:
@@ -429,6 +512,7 @@ def worst_of_n_summary(
     empirical = empirical_curve(matrix)
     ns = list(range(1, m + 1)) + [n for n in extrapolate if n > m]
     predicted, fit = beta_binomial_curve(matrix, ns)
+    power, power_fit = power_law_curve(matrix, ns)
     within = [
         e["low"] <= pr["value"] <= e["high"] for e, pr in zip(empirical, predicted[:m], strict=True)
     ]
@@ -439,6 +523,7 @@ def worst_of_n_summary(
         "empirical": empirical,
         "predicted": predicted,
         "prediction_model": fit,
+        "power_law": {"fit": power_fit, "predicted": power} if power_fit else None,
         "resampled": predicted_curve(matrix, ns),
         "predicted_within_empirical_interval": all(within),
         "within_interval_by_n": within,

@@ -115,22 +115,36 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
     table.add_column("N", justify="right")
     table.add_column("empirical ASR [95% CI]", justify="right")
     table.add_column("predicted ASR [95% CI]", justify="right")
+    power = (summary.get("power_law") or {}).get("predicted") or []
+    if power:  # runs before the power-law forecast have none
+        table.add_column("power law [95% CI]", justify="right")
     predicted = {p["n"]: p for p in summary["predicted"]}
+    power_at = {p["n"]: p for p in power}
     empirical = {e["n"]: e for e in summary["empirical"]}
     for n in sorted(set(predicted) | set(empirical)):
         if n & (n - 1) != 0 and n != max(empirical):
             continue
-        table.add_row(str(n), _pct(empirical.get(n)), _pct(predicted.get(n)))
+        cells = [str(n), _pct(empirical.get(n)), _pct(predicted.get(n))]
+        table.add_row(*cells, *([_pct(power_at.get(n))] if power else []))
     ok = summary.get("predicted_within_empirical_interval")
     table.caption = (
         f"predicted (beta-binomial) within the empirical interval at every sampled N: {ok}"
     )
+    if power:
+        fit = summary["power_law"]["fit"]
+        table.caption += (
+            f"; power law (arXiv 2412.03556) -log ASR = {fit['a']:.3g} N^-{fit['b']:.3g}, "
+            f"fitted on N = 1..{fit['fit_ns'][-1]}"
+        )
     held = summary.get("held_out")
     if held:
         inside = all(r["within"] for r in held["rows"])
         table.caption += (
             f"; held out (fit on {held['fit_samples']} samples, checked on {held['check_samples']}"
-            f" at N = {', '.join(str(r['n']) for r in held['rows'])}): "
+            f" at N = {', '.join(str(r['n']) for r in held['rows'])}): beta-binomial "
             f"{'inside' if inside else 'OUTSIDE'} the empirical interval"
         )
+        power_inside = held.get("power_law_all_within")
+        if power_inside is not None:
+            table.caption += f", power law {'inside' if power_inside else 'OUTSIDE'}"
     return table

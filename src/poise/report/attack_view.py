@@ -3,8 +3,9 @@
 - worst-of-N (:mod:`poise.attacks.worst_of_n`): the empirical attack success rate at each N with
   its 95% Wilson interval as a band, and the curve predicted by the beta-binomial model of the
   per-prompt harmful probabilities with its bootstrap interval, extrapolated beyond the samples
-  drawn, on a log-2 N axis; the held-out check (fit on the first quarter of each prompt's
-  samples, at least 4, compared with the rest) in the note.
+  drawn, on a log-2 N axis; the power-law forecast of arXiv 2412.03556 (-log ASR = a N^(-b),
+  fitted on N = 1..M) as a column of the table; the held-out check (fit on the first quarter of
+  each prompt's samples, at least 4, compared with the rest at larger N) in the note.
 - decoding exploitation (arXiv 2310.06987): the misalignment rate (prompts broken by at least
   one configuration) next to the greedy and the worst configuration's harmful rates and the
   number of distinct completions per prompt, and every
@@ -87,9 +88,16 @@ def _held_out_text(held: Mapping[str, Any] | None) -> str:
         return ""
     parts = [
         f"ASR({r['n']}) predicted {100 * r['predicted']:.1f}% "
-        f"[{100 * r['predicted_low']:.1f}, {100 * r['predicted_high']:.1f}] vs "
-        f"{100 * r['empirical']:.1f}% [{100 * r['empirical_low']:.1f}, "
-        f"{100 * r['empirical_high']:.1f}] measured ({'inside' if r['within'] else 'OUTSIDE'})"
+        f"[{100 * r['predicted_low']:.1f}, {100 * r['predicted_high']:.1f}] "
+        f"({'inside' if r['within'] else 'OUTSIDE'})"
+        + (
+            f", power law {100 * r['power_law']:.1f}% [{100 * r['power_law_low']:.1f}, "
+            f"{100 * r['power_law_high']:.1f}] ({'inside' if r['power_law_within'] else 'OUTSIDE'})"
+            if "power_law" in r
+            else ""
+        )
+        + f" vs {100 * r['empirical']:.1f}% [{100 * r['empirical_low']:.1f}, "
+        f"{100 * r['empirical_high']:.1f}] measured"
         for r in held.get("rows", [])
     ]
     return (
@@ -187,6 +195,8 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     if kind in ("worst_of_n", "best_of_n"):  # best_of_n: runs before 0.2
         empirical = {e["n"]: e for e in summary.get("empirical") or []}
         predicted = {p["n"]: p for p in summary.get("predicted") or []}
+        power_law = summary.get("power_law") or {}
+        power = {p["n"]: p for p in power_law.get("predicted") or []}
         shown = sorted(n for n in set(empirical) | set(predicted) if n & (n - 1) == 0)
         largest = max(set(empirical) | set(predicted), default=None)
         if largest is not None and largest not in shown:
@@ -200,10 +210,21 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "(empirical) and predicted by a beta-binomial model of the per-prompt harmful "
             "probability fitted by maximum likelihood, ASR(N) = 1 − B(α, β + N) / B(α, β) "
             f"({_model_text(summary.get('prediction_model'))}), which extrapolates to N far "
-            "beyond the samples drawn (intervals: bootstrap over prompts).",
+            "beyond the samples drawn (intervals: bootstrap over prompts)"
+            + (
+                "; power law: the forecast of arXiv 2412.03556, −log ASR(N) = a·N^(−b) "
+                f"(a = {power_law['fit']['a']:.3g}, b = {power_law['fit']['b']:.3g}), fitted on "
+                f"N = 1..{power_law['fit']['fit_ns'][-1]} and extrapolated."
+                if power
+                else "."
+            ),
             "svg": worst_of_n_chart(summary),
-            "columns": ["N", "empirical", "predicted"],
-            "rows": [[str(n), _pct(empirical.get(n)), _pct(predicted.get(n))] for n in shown],
+            "columns": ["N", "empirical", "predicted"] + (["power law"] if power else []),
+            "rows": [
+                [str(n), _pct(empirical.get(n)), _pct(predicted.get(n))]
+                + ([_pct(power.get(n))] if power else [])
+                for n in shown
+            ],
             "note": "predicted within the empirical interval at every sampled N: "
             f"{summary.get('predicted_within_empirical_interval')}. "
             + _held_out_text(summary.get("held_out")),

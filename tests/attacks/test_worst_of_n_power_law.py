@@ -1,0 +1,108 @@
+"""The power-law forecast of Best-of-N jailbreaking (arXiv 2412.03556): -log ASR(N) = a N^(-b),
+fitted on N = 1..M and extrapolated, and checked on held-out samples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from poise.attacks.worst_of_n import (
+    fit_power_law,
+    held_out_check,
+    power_law_asr,
+    power_law_curve,
+    predicted_curve,
+    worst_of_n_summary,
+)
+
+
+def test_the_fit_recovers_a_power_law_in_minus_log_asr() -> None:
+    ns = list(range(1, 17))
+    asr = [math.exp(-2.5 * n**-0.4) for n in ns]
+    fit = fit_power_law(ns, asr)
+    assert fit is not None
+    assert fit["a"] == pytest.approx(2.5) and fit["b"] == pytest.approx(0.4)
+    assert power_law_asr(fit["a"], fit["b"], 1024) == pytest.approx(math.exp(-2.5 * 1024**-0.4))
+
+
+def test_points_at_zero_or_one_are_left_out_and_two_are_needed() -> None:
+    assert fit_power_law([1, 2, 3], [0.0, 0.0, 0.0]) is None
+    assert fit_power_law([1, 2, 3], [0.5, 1.0, 1.0]) is None
+    fit = fit_power_law([1, 2, 4, 8], [0.0, math.exp(-2.0 * 2**-0.5), math.exp(-2.0 * 0.5), 1.0])
+    assert fit is not None and fit["points"] == 2 and fit["b"] == pytest.approx(0.5)
+
+
+def test_the_forecast_extrapolates_from_the_samples_it_is_fitted_on() -> None:
+    # fit on 8 samples per prompt, predict N = 16..64, check against 64 independent samples
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.3, 3.0, size=400)  # [P]
+    fit_on = rng.random((400, 8)) < p[:, None]
+    check = rng.random((400, 64)) < p[:, None]
+    curve, fit = power_law_curve(fit_on, [8, 16, 32, 64], boot=100)
+    assert fit is not None and fit["fit_ns"] == [1, 8] and fit["boot_fitted"] == 100
+    values = [c["value"] for c in curve]
+    assert values == sorted(values) and values[-1] > values[0]
+    # a forecast, not the resampled curve: beyond N = 8 that one stays a lower bound
+    assert values[-1] > predicted_curve(fit_on, [64], boot=10)[0]["value"]
+    assert all(c["low"] <= c["value"] <= c["high"] for c in curve)
+    result = held_out_check(fit_on, check, [16, 32, 64], boot=100)
+    assert result["power_law_fit"]["fit_ns"] == [1, 8]
+    assert result["power_law_all_within"], result["rows"]
+
+
+def _records(matrix: np.ndarray) -> list[dict[str, object]]:
+    return [
+        {
+            "item_id": f"i{i}",
+            "kind": "harmful",
+            "request_id": f"worst_of_{matrix.shape[1]}/t=1.00",
+            "sample_index": k,
+            "verdict": {"harmful": bool(matrix[i, k])},
+        }
+        for i in range(matrix.shape[0])
+        for k in range(matrix.shape[1])
+    ]
+
+
+def test_the_summary_carries_the_power_law_forecast() -> None:
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 0.4, size=40)
+    matrix = rng.random((40, 12)) < p[:, None]
+    summary = worst_of_n_summary(_records(matrix), extrapolate=(64,))
+    power = summary["power_law"]
+    assert power["fit"]["model"] == "power law" and power["fit"]["fit_ns"] == [1, 12]
+    assert [c["n"] for c in power["predicted"]] == [*range(1, 13), 64]
+    assert "power_law" in summary["held_out"]["rows"][0]
+
+
+def test_no_harmful_sample_gives_no_power_law() -> None:
+    summary = worst_of_n_summary(_records(np.zeros((5, 12), dtype=bool)))
+    assert summary["power_law"] is None
+    assert summary["held_out"]["power_law_all_within"] is None
+
+
+def test_the_terminal_table_and_the_report_show_the_power_law() -> None:
+    from rich.console import Console
+
+    from poise.report.attack_tables import render_attack_summary
+    from poise.report.attack_view import attack_view
+
+    rng = np.random.default_rng(1)
+    matrix = rng.random((40, 12)) < rng.uniform(0, 0.4, size=40)[:, None]
+    summary = worst_of_n_summary(_records(matrix), extrapolate=(64,))
+    console = Console(width=200, record=True)
+    console.print(render_attack_summary(summary))
+    text = console.export_text()
+    assert "power law [95% CI]" in text and "arXiv 2412.03556" in text
+    view = attack_view({"attack": summary})
+    assert view is not None and view["columns"][-1] == "power law"
+    assert all(len(row) == 4 for row in view["rows"])
+    # a run from before the power law: the table as it was
+    old = {k: v for k, v in summary.items() if k not in ("power_law", "held_out")}
+    console = Console(width=200, record=True)
+    console.print(render_attack_summary(old))
+    assert "power law" not in console.export_text()
+    view = attack_view({"attack": old})
+    assert view is not None and view["columns"] == ["N", "empirical", "predicted"]
