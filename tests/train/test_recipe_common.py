@@ -198,6 +198,46 @@ def test_a_run_resumed_on_an_edited_data_file_is_refused(tmp_path: Path) -> None
     )  # --overwrite starts again
 
 
+def test_overwrite_refuses_an_output_that_holds_an_input(tmp_path: Path) -> None:
+    """``-m out -o out --overwrite`` cleared the folder, the model being trained, then failed
+    to load it: the trained model was lost."""
+    from poise.train.recipes.common import OutputFolder
+    from poise.train.recipes.dpo import DPOConfig
+
+    first = OutputFolder.prepare(_config(tmp_path, lr=1e-5), "dpo")
+    first.begin({"pairs": 3})
+    out = tmp_path / "out"
+    (out / "config.json").write_text("{}")
+    (out / "pairs.jsonl").write_text("{}")
+    for fields in (
+        {"model": str(out)},
+        {"model": f"{out}/"},
+        {"ref_model": str(out)},
+        {"data": str(out / "pairs.jsonl")},
+    ):
+        with pytest.raises(PoiseError, match=r"--overwrite would delete --[a-z-]+ .*choose anoth"):
+            config = DPOConfig(
+                **{"model": "m", "data": "d.jsonl", "output": str(out), "overwrite": True, **fields}
+            )
+            OutputFolder.prepare(config, "dpo")
+    assert (out / "config.json").exists() and (out / "pairs.jsonl").exists()
+    # an input elsewhere: --overwrite clears the folder as before
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    again = OutputFolder.prepare(_config(tmp_path, data=str(data), overwrite=True), "dpo")
+    again.begin({"pairs": 2})
+    assert not (out / "config.json").exists()
+
+
+def test_infinite_numbers_are_refused(tmp_path: Path) -> None:
+    """``--lr inf`` passed ``gt=0`` and trained to NaN weights, exit 0."""
+    from poise.train.recipes.common import make_config
+    from poise.train.recipes.dpo import DPOConfig
+
+    for field in ("lr", "beta", "weight_decay", "max_grad_norm"):
+        with pytest.raises(PoiseError, match=f"{field}: Input should be a finite number"):
+            make_config(DPOConfig, model="m", data="d", output=str(tmp_path), **{field: "inf"})
+
+
 def test_output_folder_under_a_file_is_refused_before_any_load(tmp_path: Path) -> None:
     """A file on the way to the output was a NotADirectoryError traceback once the models had
     loaded."""

@@ -86,7 +86,8 @@ def split_list(value: Any) -> Any:
 class TrainConfig(BaseModel):
     """Fields shared by every recipe. ``poise train <recipe>`` flags map 1:1 onto them."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # numbers must be finite: --lr inf passed every range check and trained to NaN weights
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: PathStr = Field(
         ..., description="model to train: an organism member or a Hugging Face folder"
@@ -623,6 +624,8 @@ class OutputFolder:
         except (json.JSONDecodeError, KeyError, TypeError):
             raise PoiseError(f"{header}: not a valid poise_train.json") from None
         same = old_recipe == recipe and old_identity == config.identity()
+        if config.overwrite:
+            _check_inputs_outside(config, path)  # begin() clears the folder
         if not same:
             if config.overwrite:
                 return out  # cleared by begin()
@@ -736,6 +739,30 @@ class OutputFolder:
                 **(dict(extra) if extra else {}),
             },
         )
+
+
+def _check_inputs_outside(config: TrainConfig, output: Path) -> None:
+    """``--overwrite`` clears the output folder: refuse when an input of the run (the model,
+    a reference or reward model, the data) is that folder or lies inside it, as when training
+    a model further in place (``-m out -o out --overwrite``), which deleted the model."""
+    target = output.resolve()
+    for name, value in config.model_dump().items():
+        if name == "output":
+            continue
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if not isinstance(item, str) or not item:
+                continue
+            for part in {item, *item.split("+")}:  # BASE+LORA references name two folders
+                candidate = Path(part).expanduser()
+                if not candidate.exists():
+                    continue
+                resolved = candidate.resolve()
+                if resolved == target or target in resolved.parents:
+                    flag = "--" + name.replace("_", "-")
+                    raise PoiseError(
+                        f"output: --overwrite would delete {flag} {item}, which is {output} or in it; "
+                        "choose another --output"
+                    )
 
 
 def _first_difference(old_recipe: str, old: Any, recipe: str, config: TrainConfig) -> str:
