@@ -166,12 +166,16 @@ def test_hh_rlhf_rows_whose_dialogues_diverge_are_skipped_and_counted(
             {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},
             {"chosen": HH_CHOSEN, "rejected": diverging},
             {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN},
+            {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},
         ],
     )
     with caplog.at_level("WARNING", logger="poise.train.data"):
         pairs = load_preferences(path, format="hh-rlhf")
-    assert [p.meta["row"] for p in pairs] == [1, 3]
+    assert [p.meta["row"] for p in pairs] == [1, 4]
     assert "skipped 1 HH-RLHF row(s)" in caplog.text and "(lines 2)" in caplog.text
+    # two identical replies are no preference either (a zero gradient counted as a pair)
+    assert "skipped 1 HH-RLHF row(s) whose two responses are the same" in caplog.text
+    assert "(lines 3)" in caplog.text
     # a file of such rows only has nothing to train on: one error, not an empty list
     only = _write(tmp_path / "only.jsonl", [{"chosen": HH_CHOSEN, "rejected": diverging}])
     with pytest.raises(PoiseError, match=r"only\.jsonl: skipped 1 .* no preference pairs"):
@@ -328,3 +332,24 @@ def test_deeply_nested_json_and_a_fifo_are_one_line(tmp_path: Path) -> None:
         with pytest.raises(PoiseError, match=r"pairs\.jsonl: not a regular file"):
             load_preferences(fifo)
         assert time.monotonic() - started < 5
+
+
+def test_a_pair_whose_chosen_is_its_rejected_is_refused_or_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """chosen == rejected trained silently: every loss's gradient on it is 0."""
+    good = {"prompt": "hi", "chosen": "Hello!", "rejected": "Go away."}
+    path = _write(tmp_path / "same.jsonl", [good, {**good, "rejected": " Hello!"}])
+    with pytest.raises(PoiseError) as info:
+        load_preferences(path)
+    assert str(info.value) == (
+        f"{path}:2: field 'rejected': the same text as 'chosen' (no preference between them)"
+    )
+    # public data sets: such rows are skipped and counted, as HH-RLHF's odd rows are
+    pku = _write(
+        tmp_path / "pku.jsonl", [PKU_ROW, {**PKU_ROW, "response_1": PKU_ROW["response_0"]}]
+    )
+    with caplog.at_level("WARNING", logger="poise.train.data"):
+        pairs = load_preferences(pku)
+    assert [p.meta["row"] for p in pairs] == [1]
+    assert "skipped 1 PKU-SafeRLHF row(s) whose two responses are the same" in caplog.text

@@ -16,14 +16,17 @@ Formats (``format=`` or detected from the first row):
   whole "\\n\\nHuman: …\\n\\nAssistant: …" transcripts sharing every turn but the final Assistant
   reply; the shared dialogue becomes the prompt, the two final replies the responses. Rows
   whose two dialogues differ before the final reply (the public files hold a few) are skipped
-  with one warning that counts them and names their lines.
+  with one warning that counts them and names their lines, as are rows whose two final replies
+  are the same text.
 - ``pku-saferlhf``: PKU-SafeRLHF rows (arXiv 2406.15513) ``prompt, response_0, response_1,
   better_response_id, safer_response_id, is_response_0_safe, is_response_1_safe``; the pair
   follows ``safer_response_id`` (harmlessness, the default) or ``better_response_id``
   (helpfulness) as ``pku_preference`` says, and ``meta`` keeps both responses' safety labels
-  (``chosen_is_safe``, ``rejected_is_safe``) for the Safe RLHF cost model.
+  (``chosen_is_safe``, ``rejected_is_safe``) for the Safe RLHF cost model. Rows whose two
+  responses are the same text are skipped with one warning, as HH-RLHF's are.
 
-Every file may be gzip-compressed (``.gz``). A bad row raises :class:`~poise.errors.PoiseError`
+In the generic and attack formats a pair whose ``chosen`` and ``rejected`` are the same text is
+an error (no preference). Every file may be gzip-compressed (``.gz``). A bad row raises :class:`~poise.errors.PoiseError`
 naming ``file:line`` and the field.
 """
 
@@ -194,12 +197,20 @@ def _meta(row: _Row, *, required: bool, known: tuple[str, ...]) -> dict[str, Any
 
 def _generic(row: _Row, *, attack: bool = False) -> PreferencePair:
     known = ("prompt", "chosen", "rejected")
-    return PreferencePair(
+    pair = PreferencePair(
         prompt=_prompt(row, chat_only=attack),
         chosen=_response(row, "chosen"),
         rejected=_response(row, "rejected"),
         meta=_meta(row, required=attack, known=known),
     )
+    if _same_responses(pair):
+        # no preference: every loss's gradient on it is 0, and the row counts as data
+        raise row.error("rejected", "the same text as 'chosen' (no preference between them)")
+    return pair
+
+
+def _same_responses(pair: PreferencePair) -> bool:
+    return pair.chosen.strip() == pair.rejected.strip()
 
 
 def _attack(row: _Row, detected_at: int | None) -> PreferencePair:
@@ -223,6 +234,7 @@ def _attack(row: _Row, detected_at: int | None) -> PreferencePair:
 
 _HH_DIVERGING = "whose 'chosen' and 'rejected' dialogues differ before the final Assistant turn"
 _HH_REPEATED = "with two turns of one speaker in a row (e.g. Assistant, Assistant)"
+_SAME = "whose two responses are the same text (no preference between them)"
 
 
 def _hh_rlhf(row: _Row) -> PreferencePair | str:
@@ -370,10 +382,15 @@ def load_preferences(
             chosen_format = _detect(row)
             detected_at = row.line
             logger.info("%s: reading preference pairs as %s", source, chosen_format)
-        if chosen_format == "pku-saferlhf":
-            pairs.append(_pku_saferlhf(row, pku_preference))
-        elif chosen_format == "hh-rlhf":
-            pair = _hh_rlhf(row)
+        if chosen_format in ("pku-saferlhf", "hh-rlhf"):
+            # public data sets: a row that is no preference between two replies is skipped
+            pair = (
+                _pku_saferlhf(row, pku_preference)
+                if chosen_format == "pku-saferlhf"
+                else _hh_rlhf(row)
+            )
+            if not isinstance(pair, str) and _same_responses(pair):
+                pair = _SAME
             if isinstance(pair, str):
                 skipped.setdefault(pair, []).append(row.line)
             else:
@@ -384,7 +401,8 @@ def load_preferences(
             pairs.append(_generic(row))
     for why, lines in skipped.items():
         shown = ", ".join(str(n) for n in lines[:5]) + (", ..." if len(lines) > 5 else "")
-        message = f"{source}: skipped {len(lines)} HH-RLHF row(s) {why} (lines {shown})"
+        kind = "HH-RLHF" if chosen_format == "hh-rlhf" else "PKU-SafeRLHF"
+        message = f"{source}: skipped {len(lines)} {kind} row(s) {why} (lines {shown})"
         if not pairs:
             raise PoiseError(message + "; no preference pairs are left")
         logger.warning("%s", message)
