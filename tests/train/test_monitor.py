@@ -107,6 +107,20 @@ def test_a_misspelt_model_or_a_file_as_output_is_one_line_before_any_work(tmp_pa
     afile.write_text("x")
     with pytest.raises(PoiseError, match="exists and is not a folder"):
         train_monitor_files("organism-small", data, afile)
+    # a file on the way was a FileExistsError traceback when saving, after the training
+    with pytest.raises(PoiseError) as info:
+        train_monitor_files("organism-small", data, afile / "out")
+    assert str(info.value) == f"--output {afile}/out: cannot make the folder, {afile} is a file"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lr", float("inf")), ("gamma", float("nan")), ("gamma", float("inf")), ("tolerance", -1.0)],
+)
+def test_settings_that_are_not_finite_are_refused(field: str, value: float) -> None:
+    # --lr inf and --gamma nan trained to NaN weights and saved the monitor, exit 0
+    with pytest.raises(PoiseError, match=field):
+        MonitorSettings(**{field: value}).check()
 
 
 def test_rule_choice_options_without_validation_data_are_refused(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ guarded model renders them (same tokenizer).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, file_on_the_way
 from poise.guards.calibrate import Calibration, calibrate
 from poise.guards.data import MonitorExample, encode_example, read_monitor_data
 from poise.guards.monitor import Monitor, MonitorHeader, scm_loss
@@ -86,8 +87,13 @@ class MonitorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PoiseError(f"{name}: expected a positive integer, got {value!r}")
-        if not self.lr > 0 or not 0 < self.lr_decay <= 1:
+        if not 0 < self.lr < math.inf or not 0 < self.lr_decay <= 1:
             raise PoiseError(f"lr {self.lr} / lr_decay {self.lr_decay}: out of range")
+        # nan passed `gamma < 0` and inf passed `lr > 0`: both trained to NaN weights
+        for name in ("gamma", "weight_decay", "tolerance"):
+            value = getattr(self, name)
+            if not 0 <= value < math.inf:
+                raise PoiseError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 @dataclass
@@ -352,6 +358,9 @@ def train_monitor_files(
         raise PoiseError(f"--output {out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()):
         raise PoiseError(f"--output {out}: exists and is not empty")
+    blocker = file_on_the_way(out)
+    if blocker is not None:  # found here, not by a traceback when saving after training
+        raise PoiseError(f"--output {out}: cannot make the folder, {blocker} is a file")
     (settings or MonitorSettings()).check()
     _needs_validation(settings or MonitorSettings(), validation is not None)
     _model_folder(model)  # a misspelt name fails before the data is read
