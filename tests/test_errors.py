@@ -62,6 +62,12 @@ def test_invalid_json_says_what_and_at_which_column() -> None:
             "invalid JSON (Expecting property name enclosed in double quotes at column 9)",
         ),
         ('{"bad json\n', "invalid JSON (Invalid control character at column 11)"),
+        # a line cut short: json puts it at line 2, column 1 (past the newline)
+        (
+            '{"prompt": "hi", "chosen": "a",\n',
+            "invalid JSON (Expecting property name enclosed in double quotes where the text ends)",
+        ),
+        ("[1, 2", "invalid JSON (Expecting ',' delimiter where the text ends)"),
     ):
         with pytest.raises(json.JSONDecodeError) as caught:
             json.loads(text)

@@ -124,9 +124,14 @@ def check_number(
 
 def invalid_json(exc: json.JSONDecodeError) -> str:
     """What is wrong with a JSON text, where on its line: ``invalid JSON (Expecting ','
-    delimiter at column 21)``; the caller says the file and line."""
+    delimiter at column 21)``, or ``... where the text ends)`` for a text cut short (json's
+    position is then past the line's newline: "line 2, column 1" of a one-line text); the caller
+    says the file and line."""
     # some of json's messages end in " at" (they are written to be followed by a position)
-    return f"invalid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
+    what = exc.msg.removesuffix(" at")
+    if exc.pos >= len(exc.doc):
+        return f"invalid JSON ({what} where the text ends)"
+    return f"invalid JSON ({what} at column {exc.colno})"
 
 
 def check_output_file(path: str | os.PathLike[str], what: str) -> None:
