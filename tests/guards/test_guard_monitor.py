@@ -101,6 +101,10 @@ def test_monitor_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
     (example,) = read_monitor_data(path)
     assert example == MonitorExample((("user", "hi"),), "hello there", ((6, 11),), None)
     assert example.label is True
+    # spans of harm in an answer labelled harmless: a contradiction, not data
+    path.write_text(json.dumps({**good, "harm_spans": [[6, 11]], "harmful": False}) + "\n")
+    with pytest.raises(PoiseError, match=r"d\.jsonl:1: field 'harmful' is false but 'harm_spans'"):
+        read_monitor_data(path)
 
 
 def test_monitor_data_is_written_where_its_folder_was_made(

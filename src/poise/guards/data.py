@@ -13,7 +13,8 @@ One JSON object per line (``.jsonl``)::
   token-level labels: a token is harmful when its characters overlap a span); ``[]`` or absent
   for a harmless answer.
 - ``harmful`` (optional): the response-level label; defaults to "has a span". A response can be
-  harmful without spans only if you say so (its tokens then carry no positive label).
+  harmful without spans only if you say so (its tokens then carry no positive label); ``false``
+  with spans is refused (the labels contradict each other).
 
 ``poise train monitor-data`` writes such a file from the organism's corpus.
 """
@@ -97,6 +98,10 @@ def _parse(path: Path, line: int, raw: Any) -> MonitorExample:
     harmful = raw.get("harmful")
     if harmful is not None and not isinstance(harmful, bool):
         raise fail("field 'harmful' must be true or false")
+    if harmful is False and spans:
+        # token labels that say harm and a response label that says none: the SCM loss's
+        # logic-consistency term would be trained on a contradiction
+        raise fail("field 'harmful' is false but 'harm_spans' marks harm in the response")
     return MonitorExample(tuple(pairs), response, tuple(spans), harmful)
 
 
