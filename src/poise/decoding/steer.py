@@ -165,13 +165,18 @@ class Steer(WrappedModel):
                 return (self._edit(args[0]), *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": self._edit(kwargs["hidden_states"])}
 
+        # prepended: the steered stream is what every other hook on a block sees, transformers'
+        # own (which records ``output_hidden_states``) included, as the next block does
+        if self.mode == "ablate" or self.layer == 0:
+            handles.append(
+                self.blocks[0].register_forward_pre_hook(before, with_kwargs=True, prepend=True)
+            )
         if self.mode == "ablate":
-            handles.append(self.blocks[0].register_forward_pre_hook(before, with_kwargs=True))
-            handles.extend(block.register_forward_hook(after) for block in self.blocks)
-        elif self.layer == 0:
-            handles.append(self.blocks[0].register_forward_pre_hook(before, with_kwargs=True))
-        else:
-            handles.append(self.blocks[self.layer - 1].register_forward_hook(after))
+            handles.extend(
+                block.register_forward_hook(after, prepend=True) for block in self.blocks
+            )
+        elif self.layer > 0:
+            handles.append(self.blocks[self.layer - 1].register_forward_hook(after, prepend=True))
         try:
             yield
         finally:

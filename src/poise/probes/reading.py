@@ -38,6 +38,14 @@ class PromptReader:
             raise PoiseError(f"prompt reader: layer must be an integer, got {layer!r}")
         if not 0 <= layer <= len(self.blocks):
             raise PoiseError(f"prompt reader: layer {layer} not in 0..{len(self.blocks)}")
+        self.head: Any = None
+        if layer == len(self.blocks):
+            self.head = self.backend.model.get_output_embeddings()
+            if self.head is None:
+                raise PoiseError(
+                    f"prompt reader: layer {layer} (after the final norm) is read at the LM head, "
+                    f"and {model.name!r} has none; read an earlier layer"
+                )
         self.layer = layer
         self.states: dict[tuple[int, ...], torch.Tensor] = {}  # prompt ids -> [hidden]
 
@@ -74,6 +82,10 @@ class PromptReader:
         handles = [self.backend.model.register_forward_pre_hook(see_inputs, with_kwargs=True)]
         if self.layer == 0:
             handles.append(self.blocks[0].register_forward_pre_hook(before, with_kwargs=True))
+        elif self.layer == len(self.blocks):
+            # hidden_states' last entry is after the final norm: the LM head's input (at least
+            # the last position of each row, which is all that is kept)
+            handles.append(self.head.register_forward_pre_hook(before, with_kwargs=True))
         else:
             handles.append(self.blocks[self.layer - 1].register_forward_hook(after))
         try:
