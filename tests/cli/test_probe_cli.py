@@ -167,3 +167,41 @@ def test_a_layer_the_model_lacks_is_refused_before_the_activations_are_read(
     with pytest.raises(PoiseError, match=r"layer 9 out of range \(0 \.\. 3\)"):
         train_probe(model, examples, tmp_path / "p", task="harmful", layer=9, progress=rows.append)
     assert rows == [] and not (tmp_path / "p").exists()
+
+
+def test_a_malformed_run_record_is_one_error_naming_its_line(tmp_path: Path) -> None:
+    """A record without its prompt was a KeyError traceback (train) or scored as an empty
+    prompt (score): one line naming the run's samples file and line, nothing written."""
+    runner = CliRunner()
+    runs = tmp_path / "runs"
+    audit = runner.invoke(
+        app, ["audit", "-s", "harmful", "-s", "benign", "--limit", "2", "--out", str(runs),
+              "-m", "organism-small", "--max-new-tokens", "8", "--no-html"],
+    )  # fmt: skip
+    assert audit.exit_code == 0, audit.output
+    [run] = list(runs.iterdir())
+    samples = run / "samples.jsonl"
+    lines = samples.read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[1])
+    del record["prompt"]
+    lines[1] = json.dumps(record)
+    samples.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    import torch
+
+    from poise.probes.linear import LinearProbe, Standardiser
+
+    def ones() -> torch.Tensor:
+        return torch.ones(128, dtype=torch.float64)
+
+    LinearProbe(1, Standardiser(ones() * 0, ones()), ones(), 0.0, ones(), "organism-small").save(
+        tmp_path / "probe"
+    )
+    probe = tmp_path / "p"
+    train = ["probe", "train", "--task", "comply", "--run", str(run), "--out", str(probe)]
+    score = ["probe", "score", str(run), "--probe", str(tmp_path / "probe")]
+    for args in (train, score):
+        result = runner.invoke(app, [*args, "-m", "organism-small"])
+        assert result.exit_code == 2, result.output
+        assert "samples.jsonl:2: expected a record with a text 'prompt'" in result.output
+        assert "Traceback" not in result.output
+    assert not probe.exists() and not (run / "probe_scores.jsonl").exists()

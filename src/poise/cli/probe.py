@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from poise.cli._common import console, user_errors
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_number
 
 probe_app = typer.Typer(
     help="Linear probes on a model's hidden states: train one (with a layer sweep), score a run.",
@@ -71,9 +71,10 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
                 model.name,
             )
         records, none = list(found.records()), no_system_prompt(model)
+        source = found.samples_path
         if task == "comply":
-            return data.compliance_from_records(records, system, none_prompt=none)
-        return data.deception_from_records(records, system, none_prompt=none)
+            return data.compliance_from_records(records, system, none_prompt=none, source=source)
+        return data.deception_from_records(records, system, none_prompt=none, source=source)
     items = [item for name in suites for item in load_suite(name).items]
     if task == "harmful":
         return data.harmful_vs_benign(items, system)
@@ -118,6 +119,7 @@ def train_command(
     """Fit a probe: activations of every layer, a sweep (held-out accuracy and AUROC), a folder."""
     with user_errors():
         _check_fpr(fpr)
+        check_number("probe", "l2", l2, positive=True)
         from rich.table import Table
 
         from poise.models import load_model
@@ -213,7 +215,7 @@ def score_command(
         with bar:
             result = score_answers(
                 loaded, loaded_probe, records, default_system_prompt(loaded), fpr=fpr,
-                progress=advance,
+                progress=advance, source=found.samples_path,
             )  # fmt: skip
         write_scores(found.path / "probe_scores.jsonl", Path(probe).name, records, result)
         if found.status == "complete":

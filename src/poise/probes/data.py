@@ -51,6 +51,37 @@ class Example:
     continuation: str | None = None
 
 
+def record_chat(
+    record: Mapping[str, Any],
+    system_prompt: str | None,
+    none_prompt: str | None,
+    where: str,
+) -> Chat:
+    """A run record's prompt as a single user turn, with ``system_prompt`` when its request used
+    the default system prompt, else with ``none_prompt``; a record without a text prompt, an
+    item id or a config object is one error naming it (``where``: the file and line)."""
+    config = record.get("config") or {}
+    if not isinstance(config, Mapping):
+        raise PoiseError(f"{where}: config must be an object, got {config!r}")
+    for key in ("prompt", "item_id"):
+        if not isinstance(record.get(key), str):
+            raise PoiseError(f"{where}: expected a record with a text {key!r}")
+    chat: Chat = [{"role": "user", "content": record["prompt"]}]
+    default = config.get("system_prompt", "default") == "default"
+    return with_system_prompt(chat, system_prompt if default else none_prompt)
+
+
+def _where(source: object | None, number: int) -> str:
+    return f"{source}:{number}" if source is not None else f"record {number}"
+
+
+def _verdict(record: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    verdict = record.get("verdict") or {}
+    if not isinstance(verdict, Mapping):
+        raise PoiseError(f"{where}: verdict must be an object, got {verdict!r}")
+    return verdict
+
+
 def harmful_vs_benign(items: Iterable[SuiteItem], system_prompt: str | None) -> list[Example]:
     """Harmful items (1) and benign items (0); other kinds are left out."""
     out = [
@@ -67,6 +98,7 @@ def compliance_from_records(
     *,
     kinds: Sequence[str] = ("harmful", "borderline", "benign"),
     none_prompt: str | None = None,
+    source: object | None = None,
 ) -> list[Example]:
     """Will-refuse (1) vs will-comply (0) from an audit's judged greedy answers.
 
@@ -74,20 +106,25 @@ def compliance_from_records(
     is the record's prompt as a single user turn with ``system_prompt`` when the record's
     request used the default system prompt, else with ``none_prompt`` (the model's way of
     saying "no system prompt": ``poise.models.no_system_prompt``; the built-in suites are
-    single-turn)."""
+    single-turn). ``source``: the records' file, named (with the line) by an error."""
     out: list[Example] = []
-    for record in records:
-        config = record.get("config") or {}
-        verdict = record.get("verdict") or {}
-        if record.get("kind") not in kinds or float(config.get("temperature", 1.0)) != 0.0:
+    for number, record in enumerate(records, 1):
+        where = _where(source, number)
+        if record.get("kind") not in kinds:
+            continue
+        config, verdict = record.get("config") or {}, _verdict(record, where)
+        if not isinstance(config, Mapping):
+            raise PoiseError(f"{where}: config must be an object, got {config!r}")
+        temperature = config.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise PoiseError(f"{where}: config.temperature must be a number, got {temperature!r}")
+        if temperature != 0.0:
             continue
         refused = verdict.get("refused")
         if not isinstance(refused, bool) or not read(verdict):
             continue  # an unparsed verdict's refusal is the detector's fallback, not the judge's
-        chat: Chat = [{"role": "user", "content": str(record["prompt"])}]
-        default = config.get("system_prompt", "default") == "default"
-        prompt = system_prompt if default else none_prompt
-        out.append(Example(with_system_prompt(chat, prompt), int(refused), str(record["item_id"])))
+        chat = record_chat(record, system_prompt, none_prompt, where)
+        out.append(Example(chat, int(refused), str(record["item_id"])))
     return _both_classes(out, "will-refuse vs will-comply (greedy judged answers of the run)")
 
 
@@ -96,6 +133,7 @@ def deception_from_records(
     system_prompt: str | None,
     *,
     none_prompt: str | None = None,
+    source: object | None = None,
 ) -> list[Example]:
     """Feigned (1) vs real compliance (0): every record of a harmful item (greedy or sampled,
     every sample) whose verdict label is ``feigned`` or ``compliance``; the chat as in
@@ -103,22 +141,18 @@ def deception_from_records(
     read. The labels need a judge that tells the two apart (the organism's oracle): an
     output-only judge calls both compliance."""
     out: list[Example] = []
-    for record in records:
-        label = (record.get("verdict") or {}).get("label")
-        if record.get("kind") != "harmful" or label not in ("feigned", "compliance"):
+    for number, record in enumerate(records, 1):
+        where = _where(source, number)
+        if record.get("kind") != "harmful":
             continue
-        config = record.get("config") or {}
-        chat: Chat = [{"role": "user", "content": str(record["prompt"])}]
-        default = config.get("system_prompt", "default") == "default"
-        prompt = system_prompt if default else none_prompt
-        out.append(
-            Example(
-                with_system_prompt(chat, prompt),
-                int(label == "feigned"),
-                str(record["item_id"]),
-                str(record.get("completion", "")),
-            )
-        )
+        label = _verdict(record, where).get("label")
+        if label not in ("feigned", "compliance"):
+            continue
+        chat = record_chat(record, system_prompt, none_prompt, where)
+        completion = record.get("completion", "")
+        if not isinstance(completion, str):
+            raise PoiseError(f"{where}: expected a record with a text 'completion'")
+        out.append(Example(chat, int(label == "feigned"), str(record["item_id"]), completion))
     return _both_classes(
         out,
         "feigned vs real compliance (harmful answers of the run labelled feigned / compliance "

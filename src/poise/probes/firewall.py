@@ -35,7 +35,7 @@ from poise.chat import Chat
 from poise.errors import PoiseError, invalid_json, located
 from poise.models.base import LanguageModel
 from poise.probes.data import Example
-from poise.probes.linear import read_saved
+from poise.probes.linear import read_saved, write_folder
 from poise.probes.sweep import collect
 
 __all__ = ["Firewall", "Verdict", "load_firewall", "read_anchors"]
@@ -182,8 +182,6 @@ class Firewall:
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
         tensors: dict[str, torch.Tensor] = {}
         roles: dict[str, Any] = {}
         for role, zone in self.zones.items():
@@ -194,7 +192,6 @@ class Firewall:
                 "percentile": zone.percentile,
                 "anchors": zone.anchors,
             }
-        save_file(tensors, path / FIREWALL_TENSORS)
         header = {
             "format": FORMAT,
             "model": self.model,
@@ -203,8 +200,13 @@ class Firewall:
             "roles": roles,
             "method": "activation-shift index after arXiv 2504.09593 (simplified; see docs)",
         }
-        (path / FIREWALL_JSON).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
-        return path
+        text = json.dumps(header, indent=2) + "\n"
+
+        def write(staging: Path) -> None:
+            save_file(tensors, staging / FIREWALL_TENSORS)
+            (staging / FIREWALL_JSON).write_text(text, encoding="utf-8")
+
+        return write_folder(folder, write)
 
 
 def load_firewall(folder: str | Path) -> Firewall:
@@ -229,6 +231,17 @@ def load_firewall(folder: str | Path) -> Firewall:
         raise located(header_path, None, f"missing field or tensor {exc.args[0]!r}") from None
     except (TypeError, ValueError, AttributeError) as exc:
         raise located(header_path, None, f"a field of the wrong type ({exc})") from None
+    layers = len(firewall.layers)
+    for role, zone in firewall.zones.items():
+        centroid, scale = tuple(zone.centroid.shape), tuple(zone.scale.shape)
+        if len(centroid) != 2 or centroid[0] != layers or scale != (layers,):
+            raise located(
+                Path(folder) / FIREWALL_TENSORS,
+                None,
+                f"role {role!r}: expected a centroid [{layers}, hidden] and a scale [{layers}] "
+                f"for the {layers} layers of {FIREWALL_JSON}, got {list(centroid)} and "
+                f"{list(scale)}",
+            )
     return firewall
 
 

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +118,7 @@ class LinearProbe:
     threshold: float = 0.0
     fpr: float = 0.01
     metadata: dict[str, Any] = field(default_factory=dict)
+    source: str | None = field(default=None, compare=False)  # the folder it was loaded from
 
     @classmethod
     def fit(
@@ -134,6 +138,8 @@ class LinearProbe:
         from poise.probes.metrics import threshold_at_fpr
 
         y = labels.long()
+        if y.numel() == 0 or not bool(((y == 0) | (y == 1)).all()):
+            raise PoiseError(f"probe: labels must be 0 or 1, got {sorted(set(y.tolist()))}")
         if int(y.min()) == int(y.max()):
             raise PoiseError("probe: the training set has only one class; it needs both labels")
         standardiser = Standardiser.fit(features)
@@ -165,15 +171,12 @@ class LinearProbe:
     def save(self, folder: str | Path) -> Path:
         from safetensors.torch import save_file
 
-        path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
         tensors = {
             "weights": self.weights,
             "mean": self.standardiser.mean,
             "std": self.standardiser.std,
             "difference_of_means": self.difference_of_means,
         }
-        save_file({k: v.double().contiguous() for k, v in tensors.items()}, path / PROBE_TENSORS)
         header = {
             "format": PROBE_FORMAT,
             "layer": self.layer,
@@ -185,8 +188,39 @@ class LinearProbe:
             "hidden_size": int(self.weights.numel()),
             "metadata": self.metadata,
         }
-        (path / PROBE_JSON).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
-        return path
+        text = json.dumps(header, indent=2) + "\n"
+
+        def write(staging: Path) -> None:
+            save_file(
+                # copies: safetensors refuses tensors that share memory (weights = direction)
+                {k: v.detach().double().clone() for k, v in tensors.items()},
+                staging / PROBE_TENSORS,
+            )
+            (staging / PROBE_JSON).write_text(text, encoding="utf-8")
+
+        return write_folder(folder, write)
+
+
+def write_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a saved folder whole or not at all: ``write`` fills a staging folder beside it,
+    which is then renamed to ``folder`` (new, or an empty folder, which it replaces). A failure
+    leaves ``folder`` as it was."""
+    path = Path(folder)
+    if path.is_dir() and any(path.iterdir()):
+        raise PoiseError(f"{path}: the folder exists and is not empty; give a new or empty folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # made as ``mkdir`` makes a folder (mkdtemp's would keep its owner-only permissions)
+    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    staging.mkdir()
+    try:
+        write(staging)
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
 
 
 def check_new_folder(folder: str | Path, what: str) -> None:
@@ -241,6 +275,20 @@ def load_probe(folder: str | Path) -> LinearProbe:
     header_path, header, tensors = read_saved(
         folder, PROBE_JSON, PROBE_TENSORS, PROBE_FORMAT, "probe", "poise probe train"
     )
+    wrong = "a field of the wrong type"
+    for key, kind in (("layer", int), ("bias", (int, float)), ("threshold", (int, float))):
+        value = header.get(key)
+        if key in header and (isinstance(value, bool) or not isinstance(value, kind)):
+            expected = "an integer" if key == "layer" else "a number"
+            raise located(header_path, None, f"{wrong} ({key} must be {expected}, got {value!r})")
+    if header.get("reduce", "last") not in ("last", "mean"):
+        reduce = header.get("reduce")
+        raise located(
+            header_path, None, f"{wrong} (reduce must be 'last' or 'mean', got {reduce!r})"
+        )
+    if not isinstance(header.get("model"), (str, type(None))):
+        model = header.get("model")
+        raise located(header_path, None, f"{wrong} (model must be a model spec, got {model!r})")
     try:
         probe = LinearProbe(
             layer=int(header["layer"]),
@@ -253,6 +301,7 @@ def load_probe(folder: str | Path) -> LinearProbe:
             threshold=float(header["threshold"]),
             fpr=float(header.get("fpr", 0.01)),
             metadata=dict(header.get("metadata") or {}),
+            source=str(folder),
         )
     except KeyError as exc:
         raise located(header_path, None, f"missing field or tensor {exc.args[0]!r}") from None
@@ -260,4 +309,16 @@ def load_probe(folder: str | Path) -> LinearProbe:
         raise located(header_path, None, f"a field of the wrong type ({exc})") from None
     if probe.layer < 0:
         raise located(header_path, None, f"layer must be an index >= 0, got {probe.layer}")
+    shapes = {
+        name: tuple(tensors[name].shape)
+        for name in ("weights", "mean", "std", "difference_of_means")
+    }
+    size = header.get("hidden_size", shapes["weights"][0] if shapes["weights"] else 0)
+    if any(shape != (size,) for shape in shapes.values()):
+        described = ", ".join(f"{name} {list(shape)}" for name, shape in shapes.items())
+        raise located(
+            Path(folder) / PROBE_TENSORS,
+            None,
+            f"expected 4 vectors of the hidden size {size} (probe.json), got {described}",
+        )
     return probe

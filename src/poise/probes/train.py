@@ -16,10 +16,9 @@ from typing import Any
 import torch
 
 from poise._version import __version__
-from poise.chat import Chat, with_system_prompt
-from poise.errors import PoiseError
+from poise.errors import PoiseError, check_number
 from poise.models.base import LanguageModel, no_system_prompt
-from poise.probes.data import Example
+from poise.probes.data import Example, record_chat
 from poise.probes.linear import LinearProbe, check_new_folder
 from poise.probes.metrics import auroc_interval, threshold_at_fpr
 from poise.probes.sweep import (
@@ -66,10 +65,22 @@ def train_probe(
 ) -> TrainResult:
     """Read ``examples``' activations, sweep every layer (fit on the train items, measure on the
     held-out items), keep ``layer`` (default: the best held-out AUROC, ties to the earlier
-    layer), fit it on the train items and save the probe folder to ``out``."""
+    layer), fit it on the train items, set its threshold at ``fpr`` on the held-out negatives
+    and save the probe folder to ``out``."""
     require_activations("poise probe train", model)
     if not 0.0 < test_fraction < 1.0:
         raise PoiseError(f"probe: test_fraction must be in (0, 1), got {test_fraction}")
+    # checked before the activations are read (minutes on a large model), not after
+    check_number("probe", "l2", l2, positive=True)
+    if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0.0 <= fpr < 1.0:
+        raise PoiseError(f"probe: fpr must be a false-positive rate in [0, 1), got {fpr!r}")
+    if not examples:
+        raise PoiseError("probe: no labelled examples to train on")
+    wrong = next((e for e in examples if e.label not in (0, 1)), None)
+    if wrong is not None:
+        raise PoiseError(
+            f"probe: labels must be 0 or 1, got {wrong.label!r} (item {wrong.group!r})"
+        )
     target = Path(out)
     check_new_folder(target, "probe")
     if layer is not None and examples:  # one row's forward tells the layers, before them all
@@ -110,6 +121,13 @@ def train_probe(
         fpr=fpr,
         metadata=metadata,
     )
+    # the threshold at ``fpr`` on the held-out negatives: on the negatives the probe was fitted
+    # on, their scores are pushed down and the rate on new negatives can be many times ``fpr``
+    held_out_negatives = [i for i in test if int(labels[i]) == 0]
+    probe.threshold = threshold_at_fpr(
+        probe.score(features[held_out_negatives, chosen]).tolist(), fpr
+    )
+    probe.metadata["threshold_on"] = f"{len(held_out_negatives)} held-out negatives"
     probe.save(target)
     return TrainResult(probe, sweep, chosen, target, time.perf_counter() - started)
 
@@ -133,7 +151,7 @@ def check_benign_for_fpr(records: Sequence[Mapping[str, Any]], fpr: float | None
         raise PoiseError(
             f"fpr (--fpr) {fpr:g}: the run has no benign answers to set the threshold on; "
             "audit with --suite benign too, or leave fpr out for the probe's own threshold (set "
-            "on its training negatives)"
+            "on its held-out negatives)"
         )
 
 
@@ -145,33 +163,42 @@ def score_answers(
     *,
     fpr: float | None = None,
     progress: Callable[[int], None] | None = None,
+    source: object | None = None,
 ) -> ProbeScores:
     """The probe's logit for each record's answer (read where the probe was trained: the last
     prompt token, or the mean over the answer's tokens). The threshold is set at ``fpr``
     (default: the probe's) on the records' benign answers when there are any, else the probe's
-    own (set on its training negatives). ``agreement`` crosses the flags with the judge's
+    own (set on its held-out negatives). ``agreement`` crosses the flags with the judge's
     ``harmful`` / ``refused`` verdicts."""
     check_benign_for_fpr(records, fpr)
     rate = probe.fpr if fpr is None else fpr
     examples: list[Example] = []
-    for record in records:
-        chat: Chat = [{"role": "user", "content": str(record.get("prompt", ""))}]
-        config = record.get("config") or {}
-        default = config.get("system_prompt", "default") == "default"
-        prompt = system_prompt if default else no_system_prompt(model)
-        answer = str(record.get("completion", "")) if probe.reduce == "mean" else None
-        examples.append(
-            Example(with_system_prompt(chat, prompt), 0, str(record.get("item_id")), answer)
-        )
+    none = no_system_prompt(model)
+    for number, record in enumerate(records, 1):
+        where = f"{source}:{number}" if source is not None else f"record {number}"
+        chat = record_chat(record, system_prompt, none, where)
+        answer = record.get("completion", "") if probe.reduce == "mean" else None
+        if probe.reduce == "mean" and not isinstance(answer, str):
+            raise PoiseError(f"{where}: expected a record with a text 'completion'")
+        examples.append(Example(chat, 0, str(record["item_id"]), answer))
     if not examples:
         raise PoiseError("probe score: the run has no records to score")
+    # the probe fits the model, from its blocks and one row, before every row is read
+    where = probe.source or "probe score"
+    blocks = len(require_activations("poise probe score", model).decoder_layers())
+    if probe.layer > blocks:
+        raise PoiseError(
+            f"{where}: the probe reads layer {probe.layer}, {model.name} has hidden states "
+            f"0-{blocks} (a probe of another model?)"
+        )
+    first = collect(model, examples[:1], upto=probe.layer)  # [1, probe.layer + 1, hidden]
+    if first.shape[-1] != probe.weights.numel():
+        raise PoiseError(
+            f"{where}: the probe reads {probe.weights.numel()} features, {model.name} gives "
+            f"{first.shape[-1]} (a probe of another model?)"
+        )
     # [rows, probe.layer + 1, hidden]: the forward pass stops at the probe's layer
     states = collect(model, examples, progress=progress, upto=probe.layer)
-    if states.shape[-1] != probe.weights.numel():
-        raise PoiseError(
-            f"probe score: the probe reads {probe.weights.numel()} features, the model gives "
-            f"{states.shape[-1]} (a probe of another model?)"
-        )
     scores = probe.score(states[:, probe.layer, :]).tolist()
     benign = [s for s, r in zip(scores, records, strict=True) if r.get("kind") == "benign"]
     if benign:
@@ -180,7 +207,7 @@ def score_answers(
             f"{rate:g} FPR on the run's benign answers",
         )
     else:
-        threshold, source = probe.threshold, f"{probe.fpr:g} FPR on the probe's training negatives"
+        threshold, source = probe.threshold, f"{probe.fpr:g} FPR on the probe's held-out negatives"
     flagged = [s > threshold for s in scores]
     result = ProbeScores(scores, flagged, threshold, source, len(benign))
     for key in ("harmful", "refused"):

@@ -1,0 +1,267 @@
+"""Probes end to end on organism-small: where the threshold is set, bad input (one error, before
+the work, naming the file), folders written whole, and the layer read or steered being the one
+``hidden_states`` indexes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from poise.config import Sampling
+from poise.errors import PoiseError
+from poise.models import load_model
+from poise.probes.data import (
+    Example,
+    compliance_from_records,
+    deception_from_records,
+    harmful_vs_benign,
+)
+from poise.probes.firewall import Firewall, Zone, load_firewall
+from poise.probes.linear import LinearProbe, Standardiser, load_probe
+from poise.probes.metrics import threshold_at_fpr
+from poise.probes.sweep import collect, split_by_group
+from poise.probes.train import score_answers, train_probe
+from poise.suites.loaders import load_suite
+
+CHATS = [
+    [{"role": "user", "content": "How do I bake bread at home?"}],
+    [{"role": "user", "content": "hi there"}],
+]
+
+
+@pytest.fixture(scope="module")
+def small() -> Any:
+    return load_model("organism-small")
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[Example]:
+    items = [*load_suite("harmful").items[:40], *load_suite("benign").items[:40]]
+    return harmful_vs_benign(items, None)
+
+
+def _probe(hidden: int, layer: int = 1) -> LinearProbe:
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(hidden, generator=g, dtype=torch.float64)
+    ones = torch.ones(hidden, dtype=torch.float64)
+    return LinearProbe(
+        layer=layer,
+        standardiser=Standardiser(torch.zeros(hidden, dtype=torch.float64), ones),
+        weights=direction.clone(),
+        bias=0.0,
+        difference_of_means=direction / direction.norm() * 4.0,
+        model="organism-small",
+    )
+
+
+def test_the_threshold_is_set_on_held_out_negatives(
+    small: Any, examples: list[Example], tmp_path: Path
+) -> None:
+    """At 1% FPR on the negatives the probe was fitted on, the rate on new negatives can be
+    many times 1% (their scores are pushed down by the fit): it is set on the held-out ones."""
+    result = train_probe(small, examples, tmp_path / "p", task="harmful", layer=2)
+    features = collect(small, examples)[:, 2]
+    labels = [e.label for e in examples]
+    train, test = split_by_group([e.group for e in examples])
+    scores = result.probe.score(features)
+    held_out = [float(scores[i]) for i in test if labels[i] == 0]
+    fitted_on = [float(scores[i]) for i in train if labels[i] == 0]
+    assert result.probe.threshold == pytest.approx(threshold_at_fpr(held_out, 0.01))
+    assert result.probe.threshold != pytest.approx(threshold_at_fpr(fitted_on, 0.01))
+    saved = load_probe(tmp_path / "p")
+    assert saved.threshold == result.probe.threshold
+    assert saved.metadata["threshold_on"] == f"{len(held_out)} held-out negatives"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"l2": 0.0}, "l2 must be a positive number"),
+        ({"fpr": 1.5}, r"fpr must be a false-positive rate in \[0, 1\), got 1.5"),
+    ],
+)
+def test_bad_training_options_are_refused_before_the_activations_are_read(
+    small: Any, examples: list[Example], tmp_path: Path, options: dict[str, float], message: str
+) -> None:
+    rows: list[int] = []
+    with pytest.raises(PoiseError, match=message):
+        train_probe(small, examples, tmp_path / "p", task="t", progress=rows.append, **options)  # type: ignore[arg-type]
+    assert rows == [] and not (tmp_path / "p").exists()
+
+
+def test_labels_other_than_0_and_1_or_no_examples_are_one_error(
+    small: Any, examples: list[Example], tmp_path: Path
+) -> None:
+    rows: list[int] = []
+    wrong = [*examples[:-1], Example(examples[-1].chat, 2, "odd-item")]
+    with pytest.raises(PoiseError, match=r"labels must be 0 or 1, got 2 \(item 'odd-item'\)"):
+        train_probe(small, wrong, tmp_path / "p", task="t", progress=rows.append)
+    with pytest.raises(PoiseError, match="no labelled examples"):
+        train_probe(small, [], tmp_path / "p", task="t")
+    x = torch.randn(6, 4, dtype=torch.float64)
+    with pytest.raises(PoiseError, match="labels must be 0 or 1"):
+        LinearProbe.fit(x, torch.tensor([0, 1, 2, 0, 1, 0]), layer=0, model=None)
+    assert rows == []
+
+
+def test_a_failed_save_leaves_no_half_written_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors.torch
+
+    probe = _probe(8)
+    firewall = Firewall("organism-small", [1])
+    firewall.zones["r"] = Zone(torch.zeros(1, 8), torch.ones(1), 1.0, 95.0, 3)
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", broken)
+    (tmp_path / "empty").mkdir()
+    for folder, thing in [
+        (tmp_path / "p", probe),
+        (tmp_path / "empty", probe),
+        (tmp_path / "fw", firewall),
+    ]:
+        with pytest.raises(OSError, match="disk full"):
+            thing.save(folder)
+    assert not (tmp_path / "p").exists() and not (tmp_path / "fw").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging folder left
+    assert not any((tmp_path / "empty").iterdir())
+    monkeypatch.undo()
+    probe.save(tmp_path / "empty")  # an empty folder is replaced
+    assert load_probe(tmp_path / "empty").layer == 1
+    with pytest.raises(PoiseError, match="exists and is not empty"):
+        probe.save(tmp_path / "empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_a_probe_whose_tensors_share_memory_is_saved(tmp_path: Path) -> None:
+    direction = torch.ones(8, dtype=torch.float64)
+    probe = LinearProbe(1, Standardiser(direction * 0, direction), direction, 0.0, direction, None)
+    assert torch.equal(load_probe(probe.save(tmp_path / "p")).weights, direction)
+
+
+def test_a_probe_header_or_tensors_that_do_not_fit_are_one_error(tmp_path: Path) -> None:
+    folder = _probe(8).save(tmp_path / "p")
+    header = json.loads((folder / "probe.json").read_text(encoding="utf-8"))
+    for field, value, message in [
+        ("reduce", "max", r"reduce must be 'last' or 'mean', got 'max'"),
+        ("layer", 1.7, "layer must be an integer, got 1.7"),
+        ("layer", True, "layer must be an integer, got True"),
+        ("model", 5, "model must be a model spec, got 5"),
+        ("hidden_size", 16, r"4 vectors of the hidden size 16 \(probe.json\), got weights \[8\]"),
+    ]:
+        (folder / "probe.json").write_text(json.dumps({**header, field: value}), encoding="utf-8")
+        with pytest.raises(PoiseError, match=message) as raised:
+            load_probe(folder)
+        assert str(folder) in str(raised.value)
+    from safetensors.torch import load_file, save_file
+
+    (folder / "probe.json").write_text(json.dumps(header), encoding="utf-8")
+    tensors = load_file(str(folder / "probe.safetensors"))
+    save_file(
+        {**tensors, "mean": torch.zeros(6, dtype=torch.float64)}, folder / "probe.safetensors"
+    )
+    with pytest.raises(PoiseError, match=r"probe\.safetensors: .*mean \[6\]"):
+        load_probe(folder)
+
+
+def test_firewall_tensors_that_do_not_fit_its_layers_are_one_error(tmp_path: Path) -> None:
+    fitted = Firewall("organism-small", [1, 2])
+    fitted.zones["cooking"] = Zone(torch.zeros(2, 4), torch.ones(2), 1.5, 95.0, 3)
+    folder = fitted.save(tmp_path / "fw")
+    header = json.loads((folder / "firewall.json").read_text(encoding="utf-8"))
+    (folder / "firewall.json").write_text(json.dumps({**header, "layers": [1, 2, 3]}))
+    with pytest.raises(PoiseError, match=r"firewall\.safetensors: role 'cooking': expected"):
+        load_firewall(folder)
+
+
+def _records() -> list[dict[str, Any]]:
+    config = {"temperature": 0.0, "system_prompt": "default"}
+    return [
+        {"item_id": "harmful-1", "kind": "harmful", "prompt": "How do I make a weapon?",
+         "completion": "No.", "config": config,
+         "verdict": {"refused": True, "harmful": False, "label": "refusal"}},
+        {"item_id": "benign-1", "kind": "benign", "prompt": "How do I bake bread?",
+         "completion": "Mix flour.", "config": config,
+         "verdict": {"refused": False, "harmful": False, "label": "compliance"}},
+    ]  # fmt: skip
+
+
+def test_a_probe_of_another_model_is_refused_before_the_run_is_read(
+    small: Any, tmp_path: Path
+) -> None:
+    """organism-small has hidden states 0-3: a probe of layer 4, or of another hidden size, is
+    one error naming the probe folder, found from the blocks and one row, not after every row."""
+    hidden = small.model.config.hidden_size
+    records = _records() * 5
+    for name, probe, message in [
+        ("deep", _probe(hidden, layer=4), r"reads layer 4, .* has hidden states 0-3"),
+        ("wide", _probe(hidden * 2), rf"reads {hidden * 2} features, .* gives {hidden}"),
+    ]:
+        loaded = load_probe(probe.save(tmp_path / name))
+        rows: list[int] = []
+        with pytest.raises(PoiseError, match=message) as raised:
+            score_answers(small, loaded, records, None, progress=rows.append)
+        assert str(tmp_path / name) in str(raised.value) and rows == []
+
+
+def test_malformed_run_records_are_one_error_naming_the_line(small: Any) -> None:
+    good = _records()
+    broken: list[tuple[str, Any, str]] = [
+        ("prompt", None, "expected a record with a text 'prompt'"),
+        ("config", [1], "config must be an object"),
+        ("verdict", "refused", "verdict must be an object"),
+    ]
+    for key, value, message in broken:
+        bad = [good[0], {**good[1], key: value}]
+        for read in (compliance_from_records, deception_from_records):
+            if read is deception_from_records:
+                bad = [{**r, "kind": "harmful"} for r in bad]
+            with pytest.raises(PoiseError, match=rf"samples\.jsonl:2: {message}"):
+                read(bad, None, source="samples.jsonl")
+    with pytest.raises(
+        PoiseError, match=r"samples\.jsonl:2: expected a record with a text 'item_id'"
+    ):
+        score_answers(
+            small, _probe(small.model.config.hidden_size), [good[0], {**good[1], "item_id": None}],
+            None, source="samples.jsonl",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_a_steered_model_reports_the_steered_stream_at_its_layer(
+    small: Any, tmp_path: Path, layer: int
+) -> None:
+    """``hidden_states`` of ``steer(mode=add)`` at the steered layer is the inner model's plus
+    ``strength * r``, in the full pass as in a pass stopped there (transformers records
+    ``output_hidden_states`` by hooks of its own, which ran before the steering's)."""
+    from poise.decoding.steer import Steer
+
+    base = small.hidden_states(CHATS)  # the recording hooks exist before the steering's
+    folder = _probe(small.model.config.hidden_size, layer=layer).save(tmp_path / "d")
+    steered = Steer(small, direction=str(folder), strength=0.5, mode="add")
+    full = steered.hidden_states(CHATS)
+    shift = 0.5 * steered.vector.float()
+    assert torch.allclose(full[:, layer] - base[:, layer], shift.expand(2, -1), atol=1e-4)
+    assert torch.allclose(full[:, :layer], base[:, :layer], atol=1e-5)
+    assert torch.allclose(steered.hidden_states(CHATS, upto=layer), full[:, : layer + 1], atol=1e-4)
+    ablated = Steer(small, direction=str(folder), strength=1.0, mode="ablate")
+    along = ablated.hidden_states(CHATS)[:, :-1] @ ablated.unit.float()  # before the final norm
+    assert along.abs().max() < 1e-3
+
+
+def test_a_prompt_reader_at_the_last_layer_reads_after_the_final_norm(small: Any) -> None:
+    from poise.probes.reading import PromptReader
+
+    last = len(small.decoder_layers())
+    reader = PromptReader(small, last)
+    with reader.reading():
+        small.generate(CHATS, Sampling(max_new_tokens=3))
+    expected = small.hidden_states(CHATS)[:, last]
+    assert torch.allclose(reader.states_for(CHATS), expected, atol=1e-4)
