@@ -79,7 +79,7 @@ def heldout(probe_dir: str, run: str, kind: str) -> None:
     rows = [i for i in test if kinds[examples[i].group] == kind]
     scores = refit.score(features[rows]).tolist()
     truth = labels[rows].tolist()
-    area, low, high = auroc_interval(scores, truth)
+    area, low, high = auroc_interval(scores, truth, [examples[i].group for i in rows])
     items = len({examples[i].group for i in rows})
     print(f"{meta['task']} probe, layer {probe.layer}, held-out {kind} rows: {len(rows)} "
           f"({items} items, {sum(truth)} positive): AUROC {area:.3f} [{low:.3f}, {high:.3f}]")  # fmt: skip
@@ -99,7 +99,8 @@ def prompt(probe_dir: str, run: str) -> None:
     )
     features = collect(model, examples)  # [rows, layers + 1, hidden], the last prompt token
     labels = torch.tensor([e.label for e in examples])
-    for r in layer_sweep(features, labels, train, test, l2=meta["l2"]):
+    groups = [e.group for e in examples]
+    for r in layer_sweep(features, labels, train, test, l2=meta["l2"], groups=groups):
         print(f"last prompt token, layer {r.layer}: AUROC {r.auroc:.3f} "
               f"[{r.auroc_low:.3f}, {r.auroc_high:.3f}] ({r.test_rows} held-out rows)")  # fmt: skip
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +73,82 @@ def test_delong_interval_by_hand() -> None:
     assert high == 1.0  # clipped
     # perfect separation: no spread in the placements, a zero-width interval
     assert auroc_interval([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == (1.0, 1.0, 1.0)
+
+
+def _obuchowski_by_loops(
+    scores: list[float], labels: list[int], groups: list[str]
+) -> tuple[float, float]:
+    """(AUROC, variance) of Obuchowski (1997, Biometrics 53:567) written out with loops over
+    clusters and rows, as the paper defines it: an independent check of the vectorised one."""
+    pos = [(s, g) for s, y, g in zip(scores, labels, groups, strict=True) if y == 1]
+    neg = [(s, g) for s, y, g in zip(scores, labels, groups, strict=True) if y == 0]
+
+    def psi(a: float, b: float) -> float:
+        return 1.0 if a > b else 0.5 if a == b else 0.0
+
+    area = sum(psi(a, b) for a, _ in pos for b, _ in neg) / (len(pos) * len(neg))
+    clusters = list(dict.fromkeys(groups))
+    x = {
+        c: sum(sum(psi(a, b) for b, _ in neg) / len(neg) for a, g in pos if g == c)
+        for c in clusters
+    }
+    y = {
+        c: sum(sum(psi(a, b) for a, _ in pos) / len(pos) for b, g in neg if g == c)
+        for c in clusters
+    }
+    m_c = {c: sum(g == c for _, g in pos) for c in clusters}
+    n_c = {c: sum(g == c for _, g in neg) for c in clusters}
+    i10 = sum(m_c[c] > 0 for c in clusters)
+    i01 = sum(n_c[c] > 0 for c in clusters)
+    big_i = len(clusters)
+    s10 = i10 / ((i10 - 1) * len(pos)) * sum((x[c] - m_c[c] * area) ** 2 for c in clusters)
+    s01 = i01 / ((i01 - 1) * len(neg)) * sum((y[c] - n_c[c] * area) ** 2 for c in clusters)
+    s11 = (
+        big_i / (big_i - 1) * sum((x[c] - m_c[c] * area) * (y[c] - n_c[c] * area) for c in clusters)
+    )
+    return area, s10 / len(pos) + s01 / len(neg) + 2 * s11 / (len(pos) * len(neg))
+
+
+def test_clustered_auroc_interval_is_obuchowskis() -> None:
+    rng = np.random.default_rng(0)
+    # 30 items, 1 to 6 answers each, both labels within an item, scores tied within items
+    groups, labels, scores = [], [], []
+    for item in range(30):
+        shift = rng.normal()
+        for _ in range(int(rng.integers(1, 7))):
+            label = int(rng.random() < 0.4)
+            groups.append(f"item-{item}")
+            labels.append(label)
+            scores.append(round(float(shift + 1.2 * label + rng.normal()), 1))
+    area, low, high = auroc_interval(scores, labels, groups)
+    expected_area, variance = _obuchowski_by_loops(scores, labels, groups)
+    half = 1.959963984540054 * variance**0.5
+    assert area == pytest.approx(expected_area)
+    assert (low, high) == pytest.approx((expected_area - half, expected_area + half))
+    # one row per group: DeLong's interval, to the last digit
+    singletons = [str(i) for i in range(len(scores))]
+    assert auroc_interval(scores, labels, singletons) == pytest.approx(
+        auroc_interval(scores, labels)
+    )
+
+
+def test_copies_of_an_answer_do_not_narrow_the_clustered_interval() -> None:
+    # every answer sampled 16 times identically: no new information. DeLong over the rows
+    # narrows the interval about 4x; the clustered interval stays that of the 16x fewer rows.
+    scores = [0.6, 0.9, 0.3, 0.8, 0.1, 0.7, 0.5, 0.2, 0.65, 0.4]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0, 0, 1]
+    once = auroc_interval(scores, labels)
+    copies = 16
+    many = auroc_interval(
+        [s for s in scores for _ in range(copies)], [y for y in labels for _ in range(copies)]
+    )
+    clustered = auroc_interval(
+        [s for s in scores for _ in range(copies)],
+        [y for y in labels for _ in range(copies)],
+        [str(i) for i in range(len(scores)) for _ in range(copies)],
+    )
+    assert clustered == pytest.approx(once)
+    assert (many[2] - many[1]) < 0.3 * (once[2] - once[1])
 
 
 def test_threshold_keeps_the_false_positive_rate() -> None:

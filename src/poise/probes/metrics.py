@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 
@@ -36,21 +36,75 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float(_placements(positives, negatives).mean())
 
 
-def auroc_interval(scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float, float]:
+def auroc_interval(
+    scores: Sequence[float], labels: Sequence[int], groups: Sequence[Hashable] | None = None
+) -> tuple[float, float, float]:
     """(AUROC, low, high): the 95% interval of DeLong, DeLong & Clarke-Pearson (1988,
     Biometrics 44:837), from the variances of the structural components
     V10_i = mean_j psi[i, j] (per positive) and V01_j = mean_i psi[i, j] (per negative):
     var = S10 / m + S01 / n. Normal approximation, clipped to [0, 1]; with a single positive or
-    negative the component variance is taken as 0 for that side."""
+    negative the component variance is taken as 0 for that side.
+
+    With ``groups`` (one per row: the item a row answers), rows of one group are not independent
+    (several sampled answers to one prompt) and the variance is Obuchowski's for clustered data
+    (1997, Biometrics 53:567): per cluster c the sums X_c = sum of V10 over its positives and
+    Y_c = sum of V01 over its negatives (m_c, n_c rows),
+    S10 = I10 / ((I10 - 1) m) sum_c (X_c - m_c A)^2, S01 likewise over the I01 clusters with a
+    negative, S11 = I / (I - 1) sum_c (X_c - m_c A)(Y_c - n_c A), and
+    var = S10 / m + S01 / n + 2 S11 / (m n). With one row per group it is DeLong's."""
     positives, negatives = _split(scores, labels)
     psi = _placements(positives, negatives)  # [m, n]
     m, n = psi.shape
     area = float(psi.mean())
     v10, v01 = psi.mean(dim=1), psi.mean(dim=0)  # [m], [n]
-    s10 = float(v10.var(unbiased=True)) if m > 1 else 0.0
-    s01 = float(v01.var(unbiased=True)) if n > 1 else 0.0
-    half = _Z95 * math.sqrt(max(s10 / m + s01 / n, 0.0))
+    if groups is None:
+        s10 = float(v10.var(unbiased=True)) if m > 1 else 0.0
+        s01 = float(v01.var(unbiased=True)) if n > 1 else 0.0
+        variance = s10 / m + s01 / n
+    else:
+        variance = _clustered_variance(labels, groups, v10, v01, area)
+    half = _Z95 * math.sqrt(max(variance, 0.0))
     return area, max(0.0, area - half), min(1.0, area + half)
+
+
+def _clustered_variance(
+    labels: Sequence[int],
+    groups: Sequence[Hashable],
+    v10: torch.Tensor,
+    v01: torch.Tensor,
+    area: float,
+) -> float:
+    """Obuchowski's (1997) variance of the AUROC over clusters (see :func:`auroc_interval`);
+    ``v10`` [m] and ``v01`` [n] are the structural components, in the rows' order."""
+    if len(groups) != len(labels):
+        raise ValueError(f"{len(groups)} groups but {len(labels)} labels")
+    index = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    clusters = len(index)
+    x = torch.zeros(clusters, dtype=torch.float64)  # X_c: V10 summed over the cluster
+    y = torch.zeros(clusters, dtype=torch.float64)  # Y_c: V01 summed over the cluster
+    m_c = torch.zeros(clusters, dtype=torch.float64)
+    n_c = torch.zeros(clusters, dtype=torch.float64)
+    positive = [index[g] for g, label in zip(groups, labels, strict=True) if int(label) == 1]
+    negative = [index[g] for g, label in zip(groups, labels, strict=True) if int(label) == 0]
+    x.index_add_(0, torch.tensor(positive), v10)
+    y.index_add_(0, torch.tensor(negative), v01)
+    m_c.index_add_(0, torch.tensor(positive), torch.ones(len(positive), dtype=torch.float64))
+    n_c.index_add_(0, torch.tensor(negative), torch.ones(len(negative), dtype=torch.float64))
+    m, n = len(positive), len(negative)
+    dx, dy = x - m_c * area, y - n_c * area  # [clusters]
+    with_positive, with_negative = int((m_c > 0).sum()), int((n_c > 0).sum())
+    s10 = (
+        with_positive / ((with_positive - 1) * m) * float((dx * dx).sum())
+        if with_positive > 1
+        else 0.0
+    )
+    s01 = (
+        with_negative / ((with_negative - 1) * n) * float((dy * dy).sum())
+        if with_negative > 1
+        else 0.0
+    )
+    s11 = clusters / (clusters - 1) * float((dx * dy).sum()) if clusters > 1 else 0.0
+    return s10 / m + s01 / n + 2 * s11 / (m * n)
 
 
 def threshold_at_fpr(negative_scores: Sequence[float], fpr: float) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -98,9 +98,12 @@ def layer_sweep(
     test: Sequence[int],
     *,
     l2: float = 10.0,
+    groups: Sequence[Hashable] | None = None,
 ) -> list[LayerResult]:
     """One probe per layer of ``features`` [rows, layers + 1, hidden]; test accuracy and AUROC
-    (DeLong 95% interval) of each."""
+    (DeLong 95% interval) of each. ``groups`` (one per row, the item each row belongs to):
+    several rows of one item are not independent, and the interval is Obuchowski's for
+    clustered data (:func:`poise.probes.metrics.auroc_interval`)."""
     y = labels.long()
     if not train or not test:
         raise PoiseError(f"probe: the split left {len(train)} train and {len(test)} test rows")
@@ -113,6 +116,7 @@ def layer_sweep(
         scores = probe.score(features[test, layer])  # [test]
         truth = y[test]
         accuracy = float(((scores > 0).long() == truth).double().mean())
-        area, low, high = auroc_interval(scores.tolist(), truth.tolist())
+        held_groups = None if groups is None else [groups[i] for i in test]
+        area, low, high = auroc_interval(scores.tolist(), truth.tolist(), held_groups)
         results.append(LayerResult(layer, accuracy, area, low, high, len(train), len(test)))
     return results

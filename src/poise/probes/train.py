@@ -90,10 +90,9 @@ def train_probe(
     started = time.perf_counter()
     features = collect(model, examples, progress=progress)  # [rows, layers + 1, hidden]
     labels = torch.tensor([e.label for e in examples])
-    train, test = split_by_group(
-        [e.group for e in examples], test_fraction=test_fraction, seed=seed
-    )
-    sweep = layer_sweep(features, labels, train, test, l2=l2)
+    groups = [e.group for e in examples]
+    train, test = split_by_group(groups, test_fraction=test_fraction, seed=seed)
+    sweep = layer_sweep(features, labels, train, test, l2=l2, groups=groups)
     chosen = max(sweep, key=lambda r: (r.auroc, -r.layer)).layer if layer is None else layer
     reduce = "mean" if examples[0].continuation is not None else "last"
     kept = next(r for r in sweep if r.layer == chosen)
@@ -212,12 +211,17 @@ def score_answers(
     result = ProbeScores(scores, flagged, threshold, source, len(benign))
     for key in ("harmful", "refused"):
         judged = [
-            (bool(v.get(key)), s)
+            (bool(v.get(key)), s, str(r["item_id"]))
             for r, s in zip(records, scores, strict=True)
             if isinstance(v := (r.get("verdict") or {}), Mapping) and isinstance(v.get(key), bool)
         ]
-        if judged and len({j for j, _ in judged}) == 2:
-            area, low, high = auroc_interval([s for _, s in judged], [int(j) for j, _ in judged])
+        if judged and len({j for j, _, _ in judged}) == 2:
+            # the answers to one item are a cluster (n samples of one prompt): Obuchowski's
+            area, low, high = auroc_interval(
+                [s for _, s, _ in judged],
+                [int(j) for j, _, _ in judged],
+                [item for _, _, item in judged],
+            )
             result.agreement[key] = {"auroc": area, "low": low, "high": high, "n": len(judged)}
     return result
 
