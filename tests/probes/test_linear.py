@@ -151,6 +151,16 @@ def test_copies_of_an_answer_do_not_narrow_the_clustered_interval() -> None:
     assert (many[2] - many[1]) < 0.3 * (once[2] - once[1])
 
 
+def test_a_side_from_a_single_cluster_takes_delongs_term() -> None:
+    # five positive answers to one item: no spread between clusters for that side
+    scores = [0.9, 0.2, 0.7, 0.4, 0.8, 0.1, 0.5, 0.3, 0.6, 0.35, 0.05, 0.45]
+    labels = [1] * 5 + [0] * 7
+    groups = ["a"] * 5 + list("bcdefgh")
+    area, low, high = auroc_interval(scores, labels, groups)
+    delong = auroc_interval(scores, labels)
+    assert (area, low, high) == pytest.approx(delong)  # that side's term is DeLong's
+
+
 def test_threshold_keeps_the_false_positive_rate() -> None:
     negatives = [float(i) for i in range(200)]
     t = threshold_at_fpr(negatives, 0.01)

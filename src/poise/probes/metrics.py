@@ -51,7 +51,9 @@ def auroc_interval(
     Y_c = sum of V01 over its negatives (m_c, n_c rows),
     S10 = I10 / ((I10 - 1) m) sum_c (X_c - m_c A)^2, S01 likewise over the I01 clusters with a
     negative, S11 = I / (I - 1) sum_c (X_c - m_c A)(Y_c - n_c A), and
-    var = S10 / m + S01 / n + 2 S11 / (m n). With one row per group it is DeLong's."""
+    var = S10 / m + S01 / n + 2 S11 / (m n). With one row per group it is DeLong's. A side whose
+    rows all come from one cluster has no spread between clusters to estimate its term from
+    (0 would shrink the interval below DeLong's): that side's term is DeLong's."""
     positives, negatives = _split(scores, labels)
     psi = _placements(positives, negatives)  # [m, n]
     m, n = psi.shape
@@ -93,15 +95,16 @@ def _clustered_variance(
     m, n = len(positive), len(negative)
     dx, dy = x - m_c * area, y - n_c * area  # [clusters]
     with_positive, with_negative = int((m_c > 0).sum()), int((n_c > 0).sum())
+    # one cluster on a side: DeLong's per-row variance for it (0 when it is one row)
     s10 = (
         with_positive / ((with_positive - 1) * m) * float((dx * dx).sum())
         if with_positive > 1
-        else 0.0
+        else (float(v10.var(unbiased=True)) if m > 1 else 0.0)
     )
     s01 = (
         with_negative / ((with_negative - 1) * n) * float((dy * dy).sum())
         if with_negative > 1
-        else 0.0
+        else (float(v01.var(unbiased=True)) if n > 1 else 0.0)
     )
     s11 = clusters / (clusters - 1) * float((dx * dy).sum()) if clusters > 1 else 0.0
     return s10 / m + s01 / n + 2 * s11 / (m * n)
