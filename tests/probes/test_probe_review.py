@@ -127,7 +127,7 @@ def test_a_failed_save_leaves_no_half_written_folder(
         (tmp_path / "empty", probe),
         (tmp_path / "fw", firewall),
     ]:
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(PoiseError, match=r"cannot write the folder \(disk full\)"):
             thing.save(folder)
     assert not (tmp_path / "p").exists() and not (tmp_path / "fw").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]  # no staging folder left
@@ -138,6 +138,23 @@ def test_a_failed_save_leaves_no_half_written_folder(
     with pytest.raises(PoiseError, match="exists and is not empty"):
         probe.save(tmp_path / "empty")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_a_probe_is_saved_into_an_empty_current_or_linked_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "." has no name to stage a folder beside, and a link cannot be replaced by a rename:
+    # both failed with an OSError after all the work
+    probe = _probe(8)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    probe.save(".")
+    assert load_probe(tmp_path / "here").layer == 1
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    probe.save(tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and load_probe(tmp_path / "target").layer == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_a_probe_whose_tensors_share_memory_is_saved(tmp_path: Path) -> None:

@@ -203,20 +203,28 @@ class LinearProbe:
 
 def write_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
     """Write a saved folder whole or not at all: ``write`` fills a staging folder beside it,
-    which is then renamed to ``folder`` (new, or an empty folder, which it replaces). A failure
-    leaves ``folder`` as it was."""
-    path = Path(folder)
+    which is then renamed to ``folder``. An existing empty folder (``.``, one reached through a
+    link) cannot always be replaced: the staged files are moved into it, the last step only.
+    A failure leaves ``folder`` as it was."""
+    path = Path(folder).expanduser()
     if path.is_dir() and any(path.iterdir()):
         raise PoiseError(f"{path}: the folder exists and is not empty; give a new or empty folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    target = path.resolve()  # "." has no name to stage beside; a link's folder is elsewhere
+    target.parent.mkdir(parents=True, exist_ok=True)
     # made as ``mkdir`` makes a folder (mkdtemp's would keep its owner-only permissions)
-    staging = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
     staging.mkdir()
     try:
         write(staging)
-        if path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
-        staging.rename(path)
+        if target.is_dir():
+            for item in sorted(staging.iterdir()):
+                item.rename(target / item.name)
+            staging.rmdir()
+        else:
+            staging.rename(target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PoiseError(f"{path}: cannot write the folder ({exc.strerror or exc})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
