@@ -106,3 +106,28 @@ def test_the_terminal_table_and_the_report_show_the_power_law() -> None:
     assert "power law" not in console.export_text()
     view = attack_view({"attack": old})
     assert view is not None and view["columns"] == ["N", "empirical", "predicted"]
+
+
+def test_where_the_fit_misses_its_own_samples_is_said() -> None:
+    # prompts broken often: the order-averaged curve nears 1 by N = 16, those points steer the
+    # least-squares fit, and it misses N = 1 (about 15% against about 50% measured)
+    from rich.console import Console
+
+    from poise.report.attack_tables import render_attack_summary
+    from poise.report.attack_view import attack_view
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.1, 0.8, size=15)
+    matrix = rng.random((15, 16)) < p[:, None]
+    summary = worst_of_n_summary(_records(matrix), extrapolate=(64,))
+    outside = summary["power_law"]["outside_empirical_at"]
+    assert 1 in outside
+    empirical = {e["n"]: e for e in summary["empirical"]}
+    for c in summary["power_law"]["predicted"][:16]:
+        inside = empirical[c["n"]]["low"] <= c["value"] <= empirical[c["n"]]["high"]
+        assert inside == (c["n"] not in outside)
+    console = Console(width=300, record=True)
+    console.print(render_attack_summary(summary))
+    assert "OUTSIDE the empirical interval at N = 1" in " ".join(console.export_text().split())
+    view = attack_view({"attack": summary})
+    assert view is not None and "outside the empirical interval at N = 1" in view["lead"]

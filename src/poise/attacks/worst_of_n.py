@@ -523,7 +523,19 @@ def worst_of_n_summary(
         "empirical": empirical,
         "predicted": predicted,
         "prediction_model": fit,
-        "power_law": {"fit": power_fit, "predicted": power} if power_fit else None,
+        "power_law": {
+            "fit": power_fit,
+            "predicted": power,
+            # the sampled N where the fitted curve leaves the empirical Wilson interval: points
+            # near ASR 1 steer a least-squares fit in log(-log ASR), which can then miss small N
+            "outside_empirical_at": [
+                e["n"]
+                for e, pw in zip(empirical, power[:m], strict=True)
+                if not e["low"] <= pw["value"] <= e["high"]
+            ],
+        }
+        if power_fit
+        else None,
         "resampled": predicted_curve(matrix, ns),
         "predicted_within_empirical_interval": all(within),
         "within_interval_by_n": within,

@@ -136,6 +136,11 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
             f"; power law (arXiv 2412.03556) -log ASR = {fit['a']:.3g} N^-{fit['b']:.3g}, "
             f"fitted on N = 1..{fit['fit_ns'][-1]}"
         )
+        outside = summary["power_law"].get("outside_empirical_at") or []
+        if outside:
+            table.caption += (
+                f", OUTSIDE the empirical interval at N = {', '.join(str(n) for n in outside)}"
+            )
     held = summary.get("held_out")
     if held:
         inside = all(r["within"] for r in held["rows"])

@@ -214,7 +214,8 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             + (
                 "; power law: the forecast of arXiv 2412.03556, −log ASR(N) = a·N^(−b) "
                 f"(a = {power_law['fit']['a']:.3g}, b = {power_law['fit']['b']:.3g}), fitted on "
-                f"N = 1..{power_law['fit']['fit_ns'][-1]} and extrapolated."
+                f"N = 1..{power_law['fit']['fit_ns'][-1]} and extrapolated"
+                + _outside(power_law.get("outside_empirical_at") or [])
                 if power
                 else "."
             ),
@@ -310,3 +311,13 @@ def sampling_used(records: Sequence[Mapping[str, Any]]) -> list[str]:
         if text not in seen:
             seen.append(text)
     return seen
+
+
+def _outside(ns: list[int]) -> str:
+    """The power law's in-sample misses, for the worst-of-N lead."""
+    if not ns:
+        return "."
+    return (
+        f"; it lies outside the empirical interval at N = {', '.join(str(n) for n in ns)} of the "
+        "samples it was fitted on (points near ASR 1 steer its least-squares fit)."
+    )
