@@ -282,3 +282,19 @@ def test_a_prompt_reader_at_the_last_layer_reads_after_the_final_norm(small: Any
         small.generate(CHATS, Sampling(max_new_tokens=3))
     expected = small.hidden_states(CHATS)[:, last]
     assert torch.allclose(reader.states_for(CHATS), expected, atol=1e-4)
+
+
+def test_the_probes_own_threshold_says_where_it_was_set(small: Any) -> None:
+    # a run without benign answers uses the probe's threshold: a probe saved before the
+    # threshold moved to the held-out negatives has no threshold_on and was set on its training
+    # negatives, which the source must not call held-out
+    hidden = small.model.config.hidden_size
+    harmful_only = [_records()[0]] * 3
+    old = _probe(hidden)
+    assert "threshold_on" not in old.metadata
+    result = score_answers(small, old, harmful_only, None)
+    assert result.threshold_source.endswith("FPR on the probe's training negatives")
+    new = _probe(hidden)
+    new.metadata["threshold_on"] = "12 held-out negatives"
+    result = score_answers(small, new, harmful_only, None)
+    assert result.threshold_source.endswith("FPR on the probe's 12 held-out negatives")

@@ -206,7 +206,9 @@ def score_answers(
             f"{rate:g} FPR on the run's benign answers",
         )
     else:
-        threshold, source = probe.threshold, f"{probe.fpr:g} FPR on the probe's held-out negatives"
+        # probes saved before the threshold moved to the held-out negatives say nothing of it
+        where = probe.metadata.get("threshold_on") or "training negatives"
+        threshold, source = probe.threshold, f"{probe.fpr:g} FPR on the probe's {where}"
     flagged = [s > threshold for s in scores]
     result = ProbeScores(scores, flagged, threshold, source, len(benign))
     for key in ("harmful", "refused"):
