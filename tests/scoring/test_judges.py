@@ -181,6 +181,10 @@ def test_a_plugin_judge_can_take_an_argument() -> None:
         with pytest.raises(ValueError, match="already registered"):
             register_judge("refusal", argument="PATH")(make)
         assert "refusal" not in module._ARGUMENT  # a refused registration declares nothing
+        register_judge("review_lexicon")(make)  # the same factory again, without an argument
+        assert parse_judge_spec("review_lexicon") == ("review_lexicon", None)
+        with pytest.raises(ValueError, match="argument must say what it is"):
+            register_judge("review_other", argument=" ")
     finally:
         for name in ("review_lexicon", "review_plain"):
             judges._entries.pop(name, None)

@@ -81,10 +81,15 @@ def register_judge(
     ``NAME:ARG`` and the factory's first parameter gets ``ARG``; without it, ``None``, and a
     spec with a colon is refused. Options come as keywords either way (``--judge-option``)."""
 
+    if argument is not None and not argument.strip():
+        raise ValueError(f"judge {name!r}: argument must say what it is (e.g. 'PATH'), not ''")
+
     def add(factory: JudgeFactory) -> JudgeFactory:
         judges.add(name, factory, help=help, reference=reference)
-        if argument is not None:
-            _ARGUMENT[name] = argument
+        if argument is None:
+            _ARGUMENT.pop(name, None)  # registered again without one
+        else:
+            _ARGUMENT[name] = argument.strip()
         return factory
 
     return add
