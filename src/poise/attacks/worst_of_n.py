@@ -249,7 +249,8 @@ def power_law_curve(
     point = [power_law_asr(fit["a"], fit["b"], n) for n in ns]
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, prompts, size=(boot, prompts))  # [B, P]
-    replicates = [fit_power_law(fit_ns, row) for row in per_prompt[idx].mean(axis=1)]  # B
+    # one replicate's [P, M] at a time ([B, P, M] at once: 400 MB at 1,000 prompts, n = 256)
+    replicates = [fit_power_law(fit_ns, per_prompt[row].mean(axis=0)) for row in idx]  # B
     fitted = [f for f in replicates if f is not None]
     if fitted:
         boots = np.array([[power_law_asr(f["a"], f["b"], n) for n in ns] for f in fitted])
