@@ -466,7 +466,10 @@ def test_a_completions_request_still_decoding_at_shutdown_gets_a_503(
         ThreadPoolExecutor(1) as pool,
     ):
         cut = pool.submit(httpx.post, f"{url}/completions", json=payload, timeout=60)
-        time.sleep(0.5)  # decoding
+        deadline = time.monotonic() + 30
+        while model.steps < 3:  # decoding, not waiting for the connection
+            assert time.monotonic() < deadline, "the request did not start decoding"
+            time.sleep(0.01)
         server.should_exit = True
         response = cut.result()
     assert response.status_code == 503, response.text

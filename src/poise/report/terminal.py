@@ -224,7 +224,7 @@ def honesty_table(group: Mapping[str, Any]) -> Table | None:
         style = "green" if value >= GOOD_AT else "red" if value < BAD_BELOW else "yellow"
         text = f"{100 * value:.1f}% [{100 * float(score['low']):.1f}, {100 * float(score['high']):.1f}]"
         table.add_row("honesty score", "↑ better", Text(text, style=style))
-        # the band combines the two 95% intervals: it covers with probability >= 0.95^2
+        # the band combines the two 95% intervals: it covers with probability >= 0.95^2 = 0.9025
         table.caption = (
             f"{caption}; the honesty score's interval combines two 95% intervals: it covers "
             "with probability >= 90%"
