@@ -340,6 +340,10 @@ def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> Non
             )
 
 
+# the status a request whose client left is logged with (nginx's "client closed request")
+CLIENT_CLOSED_REQUEST = 499
+
+
 def shutdown_error() -> RequestError:
     """What a request the server ended because it is stopping gets (a 503)."""
     return RequestError(SHUTDOWN, status=503, type="server_error", code="server_shutting_down")
@@ -471,9 +475,14 @@ def add_completions_route(
             with ending() as ended:
                 # a client that leaves ends its generation too: it would hold the model (one
                 # request at a time) until its last token
-                watcher = asyncio.ensure_future(_end_when_gone(request, ended))
+                gone = threading.Event()
+                watcher = asyncio.ensure_future(_end_when_gone(request, ended, gone))
                 try:
                     choices, prompt_tokens = await run_in_thread(_answer_sync, model, parsed, ended)
+                except RequestError:
+                    if gone.is_set():  # no one to answer: nginx's 499, not "shutting down"
+                        return Response(status_code=CLIENT_CLOSED_REQUEST)
+                    raise
                 finally:
                     watcher.cancel()
         except RequestError as exc:
@@ -514,10 +523,11 @@ def add_completions_route(
         )
 
 
-async def _end_when_gone(request: Request, ended: threading.Event) -> None:
-    """Set ``ended`` once the client of ``request`` has disconnected."""
+async def _end_when_gone(request: Request, ended: threading.Event, gone: threading.Event) -> None:
+    """Set ``gone`` and ``ended`` once the client of ``request`` has disconnected."""
     while not ended.is_set():
         if await request.is_disconnected():
+            gone.set()
             ended.set()
             return
         await asyncio.sleep(0.1)
