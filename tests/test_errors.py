@@ -102,3 +102,24 @@ def test_an_unknown_name_of_another_type_is_named_not_a_type_error() -> None:
 
     error = UnknownNameError("recipe", None, ["dpo", "reward"])  # type: ignore[arg-type]
     assert str(error) == "unknown recipe None (known: dpo, reward)"
+
+
+def test_a_json_text_cut_short_is_located_on_its_last_line(tmp_path: Path) -> None:
+    import json
+
+    from poise.errors import json_error_line
+    from poise.suites.loaders import load_suite
+
+    for text, line in (
+        ('[{"prompt": "hi", "kind": "harmful"}\n', 1),  # json says line 2, past the newline
+        ('[\n  {"prompt": "hi"},\n\n', 2),
+        ('{"a": 1,, "b": 2}\n', 1),  # an error inside the text keeps json's line
+        ('{\n"a": 1,\n"b" 2}', 3),
+    ):
+        with pytest.raises(json.JSONDecodeError) as caught:
+            json.loads(text)
+        assert json_error_line(caught.value) == line, text
+    path = tmp_path / "s.json"
+    path.write_text('[{"prompt": "hi", "kind": "harmful"}\n')
+    with pytest.raises(PoiseError, match=r"s\.json:1: invalid JSON \(.* where the text ends\)"):
+        load_suite(str(path))

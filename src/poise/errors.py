@@ -134,6 +134,16 @@ def invalid_json(exc: json.JSONDecodeError) -> str:
     return f"invalid JSON ({what} at column {exc.colno})"
 
 
+def json_error_line(exc: json.JSONDecodeError) -> int:
+    """The line a JSON error is on, for a located message: json's own, except for a text cut
+    short, whose end json places past the last line's newline (a one-line file's "line 2"):
+    then the last line that holds anything."""
+    if exc.pos < len(exc.doc):
+        return exc.lineno
+    lines = exc.doc.rstrip().count("\n") + 1
+    return max(1, min(exc.lineno, lines))
+
+
 def check_output_file(path: str | os.PathLike[str], what: str) -> None:
     """Refuse, before any work, an output file path that names an existing folder:
     ``"WHAT: PATH is a folder; give a file path"``."""

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, invalid_json, located
+from poise.errors import PoiseError, invalid_json, json_error_line, located
 from poise.models.base import Chat
 
 __all__ = ["Scorer", "check_scorer", "load_scorer"]
@@ -83,7 +83,7 @@ def _json_object(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, invalid_json(exc)) from None
+        raise located(path, json_error_line(exc), invalid_json(exc)) from None
     except UnicodeDecodeError:
         raise located(path, None, "not a UTF-8 text file") from None
     if not isinstance(data, dict):

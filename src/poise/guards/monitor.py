@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, json_error_line
 
 if TYPE_CHECKING:
     from poise.guards.data import MonitorExample
@@ -379,7 +379,7 @@ def read_header(folder: Path) -> MonitorHeader:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, invalid_json(exc)) from None
+        raise located(path, json_error_line(exc), invalid_json(exc)) from None
     if not isinstance(raw, dict) or raw.get("format") != MONITOR_FORMAT:
         raise located(path, None, f"expected a monitor header of format {MONITOR_FORMAT}")
     raw = {k: v for k, v in raw.items() if k != "format"}

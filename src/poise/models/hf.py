@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from poise.config import Sampling
-from poise.errors import PoiseError, invalid_json, located
+from poise.errors import PoiseError, invalid_json, json_error_line, located
 from poise.models.base import (
     Capabilities,
     Chat,
@@ -229,7 +229,7 @@ def _folder_config(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, invalid_json(exc)) from None
+        raise located(path, json_error_line(exc), invalid_json(exc)) from None
     except UnicodeDecodeError:
         raise located(path, None, "not a UTF-8 text file") from None
     if not isinstance(data, dict):
@@ -245,7 +245,7 @@ def read_poise_json(folder: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, invalid_json(exc)) from None
+        raise located(path, json_error_line(exc), invalid_json(exc)) from None
     if not isinstance(data, dict):
         raise located(path, None, "expected a JSON object")
     prompt = data.get("default_system_prompt")

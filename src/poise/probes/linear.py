@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError, file_on_the_way, invalid_json, located
+from poise.errors import PoiseError, file_on_the_way, invalid_json, json_error_line, located
 
 __all__ = ["LinearProbe", "Standardiser", "fit_logistic", "load_probe"]
 
@@ -260,7 +260,7 @@ def read_saved(
     try:
         header = json.loads(header_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise located(header_path, exc.lineno, invalid_json(exc)) from None
+        raise located(header_path, json_error_line(exc), invalid_json(exc)) from None
     except UnicodeDecodeError:
         raise located(header_path, None, "not a UTF-8 text file") from None
     if not isinstance(header, dict) or header.get("format") != fmt:

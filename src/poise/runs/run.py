@@ -53,7 +53,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is on the user
     fcntl = None  # type: ignore[assignment]
 
-from poise.errors import PoiseError, invalid_json, located
+from poise.errors import PoiseError, invalid_json, json_error_line, located
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ class Run:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise located(file, exc.lineno, invalid_json(exc)) from None
+            raise located(file, json_error_line(exc), invalid_json(exc)) from None
         if not isinstance(data, dict) or "config" not in data:
             raise PoiseError(f"{file}: not a run header (no 'config' field)")
         if not isinstance(data["config"], dict):
@@ -402,7 +402,7 @@ class Run:
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise located(file, exc.lineno, invalid_json(exc)) from None
+            raise located(file, json_error_line(exc), invalid_json(exc)) from None
         if not isinstance(data, dict):
             raise PoiseError(f"{file}: expected a JSON object")
         return data

@@ -37,7 +37,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from poise.config import DEFAULT_SUITES
-from poise.errors import MissingExtraError, PoiseError, UnknownNameError, invalid_json, located
+from poise.errors import (
+    MissingExtraError,
+    PoiseError,
+    UnknownNameError,
+    invalid_json,
+    json_error_line,
+    located,
+)
 from poise.suites.formats import (
     Draft,
     Format,
@@ -439,7 +446,7 @@ def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise located(source, exc.lineno, invalid_json(exc)) from None
+        raise located(source, json_error_line(exc), invalid_json(exc)) from None
     except RecursionError:
         raise PoiseError(f"{source}: invalid JSON ({_TOO_DEEP})") from None
     if not isinstance(data, list):
