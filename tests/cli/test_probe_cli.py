@@ -47,9 +47,11 @@ def test_train_then_score_a_run(tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (run / "probe_scores.jsonl").read_text().splitlines()]
     records = (run / "samples.jsonl").read_text().splitlines()
     assert len(lines) == len(records) == 12
-    # threshold at 1% FPR on the run's 6 benign answers: none of them is flagged
+    # threshold at 1% FPR on the run's benign answers to items the probe was not fitted on:
+    # none of those is flagged
     benign = {json.loads(r)["item_id"] for r in records if json.loads(r)["kind"] == "benign"}
-    assert not any(x["flagged"] for x in lines if x["item_id"] in benign)
+    unseen = benign - set(header["metadata"]["fitted_items"])
+    assert unseen and not any(x["flagged"] for x in lines if x["item_id"] in unseen)
     assert "probe probe" in (run / "report.html").read_text()
     # --fpr on a run with no benign answer: one error, where it was dropped in silence
     only = runner.invoke(

@@ -105,6 +105,8 @@ def train_probe(
         "rows": len(examples),
         "positives": int(labels.sum()),
         "train_items": len({examples[i].group for i in train}),
+        # which items it was fitted on: probe score sets its threshold on benign answers to others
+        "fitted_items": sorted({examples[i].group for i in train}),
         "test_items": len({examples[i].group for i in test}),
         "held_out": kept.to_dict(),
         "sweep": [r.to_dict() for r in sweep],
@@ -200,17 +202,33 @@ def score_answers(
     states = collect(model, examples, progress=progress, upto=probe.layer)
     scores = probe.score(states[:, probe.layer, :]).tolist()
     benign = [s for s, r in zip(scores, records, strict=True) if r.get("kind") == "benign"]
-    if benign:
+    # the benign answers to items the probe was not fitted on: on its own training items its
+    # scores are pushed down, and a threshold set there flags more new answers than ``rate``
+    fitted = set(probe.metadata.get("fitted_items") or ())
+    unseen = [
+        s
+        for s, r in zip(scores, records, strict=True)
+        if r.get("kind") == "benign" and str(r.get("item_id")) not in fitted
+    ]
+    used = unseen if unseen and len(unseen) < len(benign) else benign
+    if used is unseen:
+        threshold, source = (
+            threshold_at_fpr(unseen, rate),
+            f"{rate:g} FPR on the run's {len(unseen)} benign answers to items the probe was "
+            f"not fitted on (of {len(benign)})",
+        )
+    elif benign:
         threshold, source = (
             threshold_at_fpr(benign, rate),
-            f"{rate:g} FPR on the run's benign answers",
+            f"{rate:g} FPR on the run's benign answers"
+            + (" (all to items the probe was fitted on)" if fitted and not unseen else ""),
         )
     else:
         # probes saved before the threshold moved to the held-out negatives say nothing of it
         where = probe.metadata.get("threshold_on") or "training negatives"
         threshold, source = probe.threshold, f"{probe.fpr:g} FPR on the probe's {where}"
     flagged = [s > threshold for s in scores]
-    result = ProbeScores(scores, flagged, threshold, source, len(benign))
+    result = ProbeScores(scores, flagged, threshold, source, len(used))
     for key in ("harmful", "refused"):
         judged = [
             (bool(v.get(key)), s, str(r["item_id"]))
