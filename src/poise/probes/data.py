@@ -71,8 +71,17 @@ def record_chat(
     return with_system_prompt(chat, system_prompt if default else none_prompt)
 
 
-def _where(source: object | None, number: int) -> str:
+def record_where(source: object | None, number: int) -> str:
+    """Where record ``number`` (1-based) is, for an error: ``FILE:LINE``, or ``record N``."""
     return f"{source}:{number}" if source is not None else f"record {number}"
+
+
+def record_completion(record: Mapping[str, Any], where: str) -> str:
+    """A run record's answer text; one error naming ``where`` when it is not text."""
+    completion = record.get("completion", "")
+    if not isinstance(completion, str):
+        raise PoiseError(f"{where}: expected a record with a text 'completion'")
+    return completion
 
 
 def _verdict(record: Mapping[str, Any], where: str) -> Mapping[str, Any]:
@@ -109,7 +118,7 @@ def compliance_from_records(
     single-turn). ``source``: the records' file, named (with the line) by an error."""
     out: list[Example] = []
     for number, record in enumerate(records, 1):
-        where = _where(source, number)
+        where = record_where(source, number)
         if record.get("kind") not in kinds:
             continue
         config, verdict = record.get("config") or {}, _verdict(record, where)
@@ -142,16 +151,14 @@ def deception_from_records(
     output-only judge calls both compliance."""
     out: list[Example] = []
     for number, record in enumerate(records, 1):
-        where = _where(source, number)
+        where = record_where(source, number)
         if record.get("kind") != "harmful":
             continue
         label = _verdict(record, where).get("label")
         if label not in ("feigned", "compliance"):
             continue
         chat = record_chat(record, system_prompt, none_prompt, where)
-        completion = record.get("completion", "")
-        if not isinstance(completion, str):
-            raise PoiseError(f"{where}: expected a record with a text 'completion'")
+        completion = record_completion(record, where)
         out.append(Example(chat, int(label == "feigned"), str(record["item_id"]), completion))
     return _both_classes(
         out,

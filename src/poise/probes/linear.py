@@ -132,9 +132,12 @@ class LinearProbe:
         l2: float = 10.0,
         fpr: float = 0.01,
         metadata: dict[str, Any] | None = None,
+        calibration: torch.Tensor | None = None,
     ) -> LinearProbe:
         """Fit on ``features`` [n, hidden] of ``layer`` with ``labels`` [n] in {0, 1}; the
-        threshold is set at ``fpr`` on the training negatives' scores."""
+        threshold is set at ``fpr`` on the scores of ``calibration`` [k, hidden], negatives the
+        probe was not fitted on (``poise probe train``: the held-out ones), else on the training
+        negatives', which the fit pushes down: the rate on new negatives is then above ``fpr``."""
         from poise.probes.metrics import threshold_at_fpr
 
         y = labels.long()
@@ -156,7 +159,8 @@ class LinearProbe:
             fpr=fpr,
             metadata=dict(metadata or {}),
         )
-        probe.threshold = threshold_at_fpr(probe.score(features[y == 0]).tolist(), fpr)
+        negatives = features[y == 0] if calibration is None else calibration
+        probe.threshold = threshold_at_fpr(probe.score(negatives).tolist(), fpr)
         return probe
 
     def score(self, features: torch.Tensor) -> torch.Tensor:

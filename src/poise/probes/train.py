@@ -18,7 +18,7 @@ import torch
 from poise._version import __version__
 from poise.errors import PoiseError, check_number
 from poise.models.base import LanguageModel, no_system_prompt
-from poise.probes.data import Example, record_chat
+from poise.probes.data import Example, record_chat, record_completion, record_where
 from poise.probes.linear import LinearProbe, check_new_folder
 from poise.probes.metrics import auroc_interval, threshold_at_fpr
 from poise.probes.sweep import (
@@ -96,6 +96,8 @@ def train_probe(
     chosen = max(sweep, key=lambda r: (r.auroc, -r.layer)).layer if layer is None else layer
     reduce = "mean" if examples[0].continuation is not None else "last"
     kept = next(r for r in sweep if r.layer == chosen)
+    fitted_items = sorted({examples[i].group for i in train})
+    held_out_negatives = [i for i in test if int(labels[i]) == 0]
     metadata: dict[str, Any] = {
         "task": task,
         "poise_version": __version__,
@@ -104,13 +106,14 @@ def train_probe(
         "test_fraction": test_fraction,
         "rows": len(examples),
         "positives": int(labels.sum()),
-        "train_items": len({examples[i].group for i in train}),
+        "train_items": len(fitted_items),
         # which items it was fitted on: probe score sets its threshold on benign answers to others
-        "fitted_items": sorted({examples[i].group for i in train}),
+        "fitted_items": fitted_items,
         "test_items": len({examples[i].group for i in test}),
         "held_out": kept.to_dict(),
         "sweep": [r.to_dict() for r in sweep],
         "recipe": "standardise + L2 logistic regression (arXiv 2502.03407 / 2509.18058)",
+        "threshold_on": f"{len(held_out_negatives)} held-out negatives",
     }
     probe = LinearProbe.fit(
         features[train, chosen],
@@ -121,14 +124,9 @@ def train_probe(
         l2=l2,
         fpr=fpr,
         metadata=metadata,
+        # on the negatives it is fitted on, a 1% threshold flagged 34% of new ones (reviewer)
+        calibration=features[held_out_negatives, chosen],
     )
-    # the threshold at ``fpr`` on the held-out negatives: on the negatives the probe was fitted
-    # on, their scores are pushed down and the rate on new negatives can be many times ``fpr``
-    held_out_negatives = [i for i in test if int(labels[i]) == 0]
-    probe.threshold = threshold_at_fpr(
-        probe.score(features[held_out_negatives, chosen]).tolist(), fpr
-    )
-    probe.metadata["threshold_on"] = f"{len(held_out_negatives)} held-out negatives"
     probe.save(target)
     return TrainResult(probe, sweep, chosen, target, time.perf_counter() - started)
 
@@ -168,19 +166,18 @@ def score_answers(
 ) -> ProbeScores:
     """The probe's logit for each record's answer (read where the probe was trained: the last
     prompt token, or the mean over the answer's tokens). The threshold is set at ``fpr``
-    (default: the probe's) on the records' benign answers when there are any, else the probe's
-    own (set on its held-out negatives). ``agreement`` crosses the flags with the judge's
+    (default: the probe's) on the records' benign answers when there are any (those to items
+    the probe was not fitted on, its metadata's ``fitted_items``, when some are), else the
+    probe's own (set on its held-out negatives). ``agreement`` crosses the flags with the judge's
     ``harmful`` / ``refused`` verdicts."""
     check_benign_for_fpr(records, fpr)
     rate = probe.fpr if fpr is None else fpr
     examples: list[Example] = []
     none = no_system_prompt(model)
     for number, record in enumerate(records, 1):
-        where = f"{source}:{number}" if source is not None else f"record {number}"
+        where = record_where(source, number)
         chat = record_chat(record, system_prompt, none, where)
-        answer = record.get("completion", "") if probe.reduce == "mean" else None
-        if probe.reduce == "mean" and not isinstance(answer, str):
-            raise PoiseError(f"{where}: expected a record with a text 'completion'")
+        answer = record_completion(record, where) if probe.reduce == "mean" else None
         examples.append(Example(chat, 0, str(record["item_id"]), answer))
     if not examples:
         raise PoiseError("probe score: the run has no records to score")

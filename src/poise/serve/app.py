@@ -58,7 +58,7 @@ from poise.models.base import (
 from poise.models.context import ContextLengthError, fit_context, prompt_token_count
 from poise.serve.access import AccessGuard
 from poise.serve.batcher import Batcher, text_pieces
-from poise.serve.completions import CompletionRequestBody, add_completions_route, shutdown_error
+from poise.serve.completions import CompletionRequestBody, add_completions_route
 from poise.serve.continuous import SHUTDOWN, ContinuousBatcher
 from poise.serve.logprobs import add_chat_logprobs, check_tokens_capability, stream_logprobs
 from poise.serve.openapi import document_request_bodies
@@ -70,6 +70,7 @@ from poise.serve.schema import (
     error_body,
     error_from_details,
     parse_request,
+    shutdown_error,
 )
 from poise.serve.ticket import Generation, Ticket
 

@@ -42,7 +42,6 @@ from poise.errors import PoiseError
 from poise.models.base import Completion, LanguageModel, SequenceLogprobs, StepView
 from poise.models.context import tokens_at_least
 from poise.serve.batcher import text_pieces
-from poise.serve.continuous import SHUTDOWN
 from poise.serve.logprobs import (
     MAX_TOP_LOGPROBS,
     completion_logprobs,
@@ -58,6 +57,7 @@ from poise.serve.schema import (
     check_unsupported,
     error_body,
     parse_sampling,
+    shutdown_error,
     validation_error,
 )
 from poise.serve.ticket import fresh_seed
@@ -344,17 +344,10 @@ def _check_context(model: Any, prompts: list[list[int]], max_tokens: int) -> Non
 CLIENT_CLOSED_REQUEST = 499
 
 
-def shutdown_error() -> RequestError:
-    """What a request the server ended because it is stopping gets (a 503)."""
-    return RequestError(SHUTDOWN, status=503, type="server_error", code="server_shutting_down")
-
-
-def _stop_when(ended: threading.Event | None) -> Callable[[StepView], None] | None:
+def _stop_when(ended: threading.Event) -> Callable[[StepView], None]:
     """A logits hook that ends the generation at the next decoding step once ``ended`` is set
-    (the server is stopping): ``complete`` runs in a worker thread that nothing else can stop,
-    and the interpreter waits for such threads before it exits."""
-    if ended is None:
-        return None
+    (the server is stopping, or the client left): ``complete`` runs in a worker thread that
+    nothing else can stop, and the interpreter waits for such threads before it exits."""
 
     def hook(view: StepView) -> None:
         if ended.is_set():
@@ -364,7 +357,7 @@ def _stop_when(ended: threading.Event | None) -> Callable[[StepView], None] | No
 
 
 def _answer_sync(
-    model: Any, parsed: CompletionRequest, ended: threading.Event | None = None
+    model: Any, parsed: CompletionRequest, ended: threading.Event
 ) -> tuple[list[_Choice], int]:
     """The choices of a request (prompt-major, sample-minor) and its prompt token count; once
     ``ended`` is set, a :func:`shutdown_error` at the next decoding step."""
@@ -382,7 +375,7 @@ def _answer_sync(
         generated = model.complete(prompts, parsed.sampling, logits_hook=_stop_when(ended))
     scored: list[SequenceLogprobs] | None = None
     if parsed.logprobs is not None:
-        if ended is not None and ended.is_set():
+        if ended.is_set():
             raise shutdown_error()
         sequences = [
             p + list(c.token_ids or ())
@@ -434,9 +427,7 @@ def add_completions_route(
     config: ServeConfig,
     *,
     firewall: Callable[[Sequence[str], str], None] | None = None,
-    ending: Callable[[], contextlib.AbstractContextManager[threading.Event]] = lambda: (
-        contextlib.nullcontext(threading.Event())
-    ),
+    ending: Callable[[], contextlib.AbstractContextManager[threading.Event]],
 ) -> None:
     """Register ``POST /v1/completions`` for ``model`` served as ``config.name``; with
     ``firewall`` (``poise serve --firewall``), each prompt is checked as a chat's last user turn

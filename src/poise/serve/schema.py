@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from poise.config import PathStr, Sampling, StrictModel
 from poise.models.base import Chat, Message
+from poise.serve.continuous import SHUTDOWN
 
 
 class ServeConfig(StrictModel):
@@ -106,6 +107,11 @@ class RequestError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, param=self.param, code=self.code, type=self.type)
+
+
+def shutdown_error() -> RequestError:
+    """What a request the server ended because it is stopping gets (a 503)."""
+    return RequestError(SHUTDOWN, status=503, type="server_error", code="server_shutting_down")
 
 
 def error_body(

@@ -19,7 +19,6 @@ guarded model renders them (same tokenizer).
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError, file_on_the_way
+from poise.errors import PoiseError, check_number, file_on_the_way
 from poise.guards.calibrate import Calibration, calibrate
 from poise.guards.data import MonitorExample, encode_example, read_monitor_data
 from poise.guards.monitor import Monitor, MonitorHeader, scm_loss
@@ -73,10 +72,12 @@ class MonitorSettings:
     layers: int = 0
 
     def check(self) -> None:
-        if not 0 <= self.alpha <= 1:
-            raise PoiseError(f"alpha: expected a weight in [0, 1], got {self.alpha}")
-        if self.gamma < 0:
-            raise PoiseError(f"gamma: expected a weight >= 0, got {self.gamma}")
+        # finite: --lr inf and --gamma nan passed the old comparisons and trained to NaN weights
+        check_number("monitor", "alpha", self.alpha, low=0, high=1)
+        for name in ("gamma", "weight_decay", "tolerance"):
+            check_number("monitor", name, getattr(self, name), low=0)
+        check_number("monitor", "lr", self.lr, positive=True)
+        check_number("monitor", "lr_decay", self.lr_decay, low=0, high=1, low_open=True)
         if self.logic_reduce not in ("max", "min", "avg"):
             raise PoiseError(f"logic_reduce: expected max, min or avg, got {self.logic_reduce!r}")
         if self.head not in ("response", "token"):
@@ -87,13 +88,6 @@ class MonitorSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PoiseError(f"{name}: expected a positive integer, got {value!r}")
-        if not 0 < self.lr < math.inf or not 0 < self.lr_decay <= 1:
-            raise PoiseError(f"lr {self.lr} / lr_decay {self.lr_decay}: out of range")
-        # nan passed `gamma < 0` and inf passed `lr > 0`: both trained to NaN weights
-        for name in ("gamma", "weight_decay", "tolerance"):
-            value = getattr(self, name)
-            if not 0 <= value < math.inf:
-                raise PoiseError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 @dataclass
