@@ -148,6 +148,39 @@ def test_resume_after_interruption_ends_with_the_same_weights(
         train_dpo(output=str(tmp_path / "resumed"), **common)
 
 
+def test_an_overwrite_that_fails_keeps_the_run_it_replaced(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """``--overwrite`` deleted the finished run before the new one trained: a new run that
+    failed (or was killed) left neither. The old run now waits in ``.replaced`` until the new
+    one is complete."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    out = tmp_path / "out"
+    common: dict[str, Any] = {"model": str(tiny_hf_model_dir), "data": str(data), **FAST}
+    train_dpo(output=str(out), **common)
+    before = weights(out)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(event: Any) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_dpo(output=str(out), overwrite=True, beta=0.5, progress=stop, **common)
+    kept = out / ".replaced"
+    assert json.loads((kept / "poise_train.json").read_text())["status"] == "complete"
+    assert all(torch.equal(before[k], v) for k, v in weights(kept).items())
+    # a second overwrite that fails too: the replaced run is still the finished one
+    with pytest.raises(Interrupted):
+        train_dpo(output=str(out), overwrite=True, beta=0.3, progress=stop, **common)
+    assert json.loads((kept / "poise_train.json").read_text())["config"]["beta"] == 0.1
+    # the overwrite that completes deletes it
+    train_dpo(output=str(out), overwrite=True, beta=0.3, **common)
+    assert not kept.exists()
+    assert json.loads((out / "poise_train.json").read_text())["config"]["beta"] == 0.3
+
+
 def test_lora_trains_only_adapters(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

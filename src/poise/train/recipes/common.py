@@ -64,6 +64,8 @@ TRAIN_JSON = "poise_train.json"
 TRAIN_LOG = "train_log.jsonl"
 POISE_JSON = "poise.json"
 CHECKPOINTS = "checkpoints"
+#: where `--overwrite` keeps the run it replaces until the new one is complete
+REPLACED = ".replaced"
 SCHEMA_VERSION = 1
 # Fields that say where or how often to write, not what is trained: excluded from the identity
 # of a run, so changing them does not block a resume.
@@ -680,19 +682,54 @@ class OutputFolder:
         return found[-1] if found else None
 
     def begin(self, data: Mapping[str, Any]) -> None:
-        """Mark the folder as this run's (status "running"); clear it first when overwriting
-        a different run."""
+        """Mark the folder as this run's (status "running"). When overwriting, the run that
+        was there moves into ``OUTPUT/.replaced`` and is deleted only once this run is
+        complete (:meth:`drop_replaced`): a new run that fails or is killed loses nothing."""
         if self.config.overwrite and self.path.exists():
-            for child in self.path.iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
+            self.set_aside()
         self.path.mkdir(parents=True, exist_ok=True)
         if self.status == "running":
             self.remove_temporary_files()
             return  # keep the header of the run being resumed
         self.write_header(status="running", data=data, metrics={})
+
+    @property
+    def replaced_dir(self) -> Path:
+        return self.path / REPLACED
+
+    def set_aside(self) -> None:
+        """Move the folder's contents into ``.replaced``. A ``.replaced`` left by an earlier
+        overwrite that never completed already holds the last run that was replaced; it is
+        kept, and what is beside it (that unfinished overwrite's own files) is deleted."""
+        children = [child for child in self.path.iterdir() if child.name != REPLACED]
+        if not children:
+            return
+        if self.replaced_dir.exists():
+            for child in children:
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+            logger.info(
+                "%s: cleared an unfinished overwrite; the run it replaced stays in %s",
+                self.path,
+                self.replaced_dir,
+            )
+            return
+        staging = Path(tempfile.mkdtemp(dir=self.path, prefix=".replacing-"))
+        for child in children:
+            os.replace(child, staging / child.name)
+        os.replace(staging, self.replaced_dir)
+        logger.info(
+            "%s: the previous run is kept in %s until this one completes",
+            self.path,
+            self.replaced_dir,
+        )
+
+    def drop_replaced(self) -> None:
+        """Delete the run this one replaced (called once this run is complete)."""
+        if self.replaced_dir.exists():
+            shutil.rmtree(self.replaced_dir, ignore_errors=True)
 
     def remove_temporary_files(self) -> list[Path]:
         """Remove what a killed run left half-done: the staging folder of the final model
@@ -1219,6 +1256,7 @@ class Session:
                 metrics=final_metrics,
                 extra={"source_model": str(source), **dict(extra or {})},
             )
+            self.out.drop_replaced()
         accelerator.wait_for_everyone()
         return TrainResult(
             output=self.out.path,
