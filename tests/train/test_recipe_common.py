@@ -234,7 +234,7 @@ def test_infinite_numbers_are_refused(tmp_path: Path) -> None:
     from poise.train.recipes.dpo import DPOConfig
 
     for field in ("lr", "beta", "weight_decay", "max_grad_norm"):
-        with pytest.raises(PoiseError, match=f"{field}: Input should be a finite number"):
+        with pytest.raises(PoiseError, match=f"{field} \\(--.*\\): Input should be a finite num"):
             make_config(DPOConfig, model="m", data="d", output=str(tmp_path), **{field: "inf"})
 
 
@@ -546,7 +546,16 @@ def test_a_config_error_names_the_field_not_the_python_class() -> None:
             MODPOConfig, **common, margin_reward_models=["organism-reward"], weights=(0.6, 0.5)
         )
     assert str(info.value) == "train config: weights must sum to 1, got 1.1"
-    with pytest.raises(PoiseError, match=r"^train config: weights\.0: Input should be a valid"):
+    with pytest.raises(PoiseError, match=r"^train config: weights\.0 \(--weights\): Input should"):
         make_config(
             MODPOConfig, **common, margin_reward_models=["organism-reward"], weights=("a", "b")
+        )
+    # the flag and the value given, as `poise train` spells them (it said "lr: Input should be
+    # greater than 0", without the flag or the value)
+    with pytest.raises(PoiseError) as info:
+        make_config(MODPOConfig, **common, margin_reward_models=["organism-reward"], lr=-1)
+    assert str(info.value) == "train config: lr (--lr): Input should be greater than 0, got -1"
+    with pytest.raises(PoiseError, match=r"save_total_limit \(--save-total-limit\): .* got 0$"):
+        make_config(
+            MODPOConfig, **common, margin_reward_models=["organism-reward"], save_total_limit=0
         )

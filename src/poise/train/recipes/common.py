@@ -157,8 +157,21 @@ def make_config(cls: type[Any], config: Any = None, **fields: Any) -> Any:
             raise PoiseError(f"expected a {cls.__name__}, got {type(config).__name__}")
         return cls.model_validate({**config.model_dump(), **fields})
     except ValidationError as exc:
-        # "train config: FIELD: what is wrong", a field named as its flag is (weights: --weights)
-        raise PoiseError(f"train config: {format_validation_error(exc)}") from None
+        raise PoiseError(f"train config: {_field_error(exc)}") from None
+
+
+def _field_error(exc: ValidationError) -> str:
+    """'FIELD (--FLAG): what is wrong, got VALUE': the config's field as the API spells it, its
+    flag as ``poise train`` does, and the value given (a model-level check names its own)."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    if not loc:
+        return format_validation_error(exc)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    flag = "--" + loc[0].replace("_", "-")
+    given = repr(error.get("input"))
+    given = given if len(given) <= 60 else given[:57] + "..."
+    return f"{'.'.join(loc)} ({flag}): {message}, got {given}"
 
 
 # --------------------------------------------------------------------------------------------
