@@ -99,6 +99,19 @@ def test_folder_round_trip_and_errors(
         read_anchors(bad)
 
 
+def test_anchors_without_spread_are_refused(organism: Any, cooking: dict[str, list[str]]) -> None:
+    """Three copies of one query: the zone's scale was clamped to 1e-12, so every other query,
+    in-role ones too, scored about 1e12 and was flagged."""
+    query = cooking["anchors"][0]
+    with pytest.raises(PoiseError, match=r"role 'cooking': most of its 3 anchors .*1 distinct"):
+        Firewall.fit(organism, {"cooking": [query] * 3})
+    # two copies and another query: a spread, a zone
+    zone = Firewall.fit(organism, {"cooking": [query, query, cooking["anchors"][1]]}).zone(
+        "cooking"
+    )
+    assert bool((zone.scale > 0).all())
+
+
 def test_layers_the_model_does_not_have_are_one_error(
     organism: Any, firewall: Firewall, cooking: dict[str, list[str]]
 ) -> None:

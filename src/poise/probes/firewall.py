@@ -118,7 +118,15 @@ class Firewall:
             centroid = kept.mean(dim=0)  # [layers, hidden]
             # the median (mean of the two middle values for an even count) of the distances
             distances = (kept - centroid).norm(dim=-1)  # [n, layers]
-            scale = torch.quantile(distances, 0.5, dim=0).clamp_min(1e-12)  # [layers]
+            scale = torch.quantile(distances, 0.5, dim=0)  # [layers]
+            if bool((scale <= 0).any()):
+                # the median anchor at the centroid: the zone has no width, and every other
+                # query would score without bound (the scale was clamped to 1e-12)
+                distinct = len(set(queries))
+                raise PoiseError(
+                    f"firewall: role {role!r}: most of its {n} anchors have the same "
+                    f"activations ({distinct} distinct queries); give it varied queries"
+                )
             # leave-one-out: anchor i against the centroid of the others
             others = (centroid * n - kept) / (n - 1)  # [n, layers, hidden]
             loo = ((kept - others).norm(dim=-1) / scale).mean(dim=-1)  # [n]
