@@ -77,6 +77,26 @@ def test_addition_moves_the_stream_by_strength_times_the_direction(
     assert steered.generate(CHATS, GREEDY) != inner.generate(CHATS, GREEDY)
 
 
+def test_addition_at_the_last_layer_edits_the_stream_after_the_final_norm(
+    tiny_hf_model_dir: Path, direction: Path
+) -> None:
+    """``hidden_states[L]`` (L = the number of blocks) is after the final norm, where probes
+    read it; the addition was made to the last block's output, before the norm, which scaled
+    it away (on organism-small a shift of norm 0.63 for 2.0 asked, in another direction)."""
+    inner: Any = load_model(str(tiny_hf_model_dir))
+    last = len(inner.decoder_layers())
+    steered = _steer(tiny_hf_model_dir, direction, mode="add", strength=2.5, layer=last)
+    vector = steered.vector.double()
+    before = inner.hidden_states(CHATS).double()  # [rows, layers + 1, hidden]
+    after = steered.hidden_states(CHATS).double()
+    assert torch.allclose(after[:, :last], before[:, :last], atol=1e-5)  # blocks untouched
+    assert torch.allclose(after[:, last], before[:, last] + 2.5 * vector, atol=1e-4)
+    # and the next-token distribution moves with it
+    steered_scores = steered.score(CHATS, ["a"] * len(CHATS))
+    plain_scores = inner.score(CHATS, ["a"] * len(CHATS))
+    assert [s.logprobs for s in steered_scores] != [s.logprobs for s in plain_scores]
+
+
 def test_ablation_removes_the_direction_at_every_layer(
     tiny_hf_model_dir: Path, direction: Path
 ) -> None:

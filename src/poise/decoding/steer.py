@@ -123,6 +123,17 @@ class Steer(WrappedModel):
                 f"steer: layer {self.layer} is past the model's {len(self.blocks)} decoder blocks "
                 f"(0 = embeddings .. {len(self.blocks)})"
             )
+        # layer L (= len(blocks)) is the stream after the final norm, as ``hidden_states`` and
+        # the probes read it: an addition there edits the norm's output
+        self.norm: torch.nn.Module | None = None
+        if mode == "add" and self.layer == len(self.blocks):
+            finder = getattr(backend, "final_norm", None)
+            self.norm = finder() if finder is not None else None
+            if self.norm is None:
+                raise PoiseError(
+                    f"steer: layer {self.layer} is after the final norm, and poise finds no final "
+                    f"norm in {model.name!r}; steer an earlier layer"
+                )
         vector = probe.difference_of_means.double()  # [hidden]
         if use == "probe":
             normal = probe.weights.double() / probe.standardiser.std  # [hidden], raw space
@@ -175,6 +186,8 @@ class Steer(WrappedModel):
             handles.extend(
                 block.register_forward_hook(after, prepend=True) for block in self.blocks
             )
+        elif self.norm is not None:
+            handles.append(self.norm.register_forward_hook(after, prepend=True))
         elif self.layer > 0:
             handles.append(self.blocks[self.layer - 1].register_forward_hook(after, prepend=True))
         try:
@@ -214,6 +227,10 @@ class Steer(WrappedModel):
 
     def decoder_layers(self) -> list[torch.nn.Module]:
         return list(self.blocks)
+
+    def final_norm(self) -> torch.nn.Module | None:
+        finder = getattr(self.inner, "final_norm", None)
+        return finder() if finder is not None else None
 
     def hidden_states(
         self,

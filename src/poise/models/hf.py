@@ -932,6 +932,25 @@ class HFModel(ModelBase):
 
     # -- activations (capabilities.activations)
 
+    def final_norm(self) -> torch.nn.Module | None:
+        """The norm after the last decoder block, whose output ``hidden_states(...)[:, -1]``
+        returns (``model.norm``, ``model.decoder.final_layer_norm``, ``transformer.ln_f``,
+        ``gpt_neox.final_layer_norm``); None when the model has none of these."""
+        for path in (
+            "model.norm",
+            "model.decoder.final_layer_norm",
+            "transformer.ln_f",
+            "gpt_neox.final_layer_norm",
+        ):
+            module: Any = self.model
+            for part in path.split("."):
+                module = getattr(module, part, None)
+                if module is None:
+                    break
+            if isinstance(module, torch.nn.Module):
+                return module
+        return None
+
     def decoder_layers(self) -> list[torch.nn.Module]:
         """The decoder blocks in order (``model.model.layers`` for Llama / Qwen / Mistral /
         GPT-NeoX-style models, ``transformer.h`` for GPT-2-style ones). A forward hook on block
