@@ -936,33 +936,17 @@ class HFModel(ModelBase):
         """The norm after the last decoder block, whose output ``hidden_states(...)[:, -1]``
         returns (``model.norm``, ``model.decoder.final_layer_norm``, ``transformer.ln_f``,
         ``gpt_neox.final_layer_norm``); None when the model has none of these."""
-        for path in (
-            "model.norm",
-            "model.decoder.final_layer_norm",
-            "transformer.ln_f",
-            "gpt_neox.final_layer_norm",
-        ):
-            module: Any = self.model
-            for part in path.split("."):
-                module = getattr(module, part, None)
-                if module is None:
-                    break
-            if isinstance(module, torch.nn.Module):
-                return module
-        return None
+        paths = ("model.norm", "model.decoder.final_layer_norm", "transformer.ln_f")
+        return _submodule(self.model, (*paths, "gpt_neox.final_layer_norm"), torch.nn.Module)
 
     def decoder_layers(self) -> list[torch.nn.Module]:
         """The decoder blocks in order (``model.model.layers`` for Llama / Qwen / Mistral /
         GPT-NeoX-style models, ``transformer.h`` for GPT-2-style ones). A forward hook on block
         ``i`` sees the residual stream that ``hidden_states(...)[:, i + 1]`` returns."""
-        for path in ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers"):
-            module: Any = self.model
-            for part in path.split("."):
-                module = getattr(module, part, None)
-                if module is None:
-                    break
-            if isinstance(module, torch.nn.ModuleList):
-                return list(module)
+        paths = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
+        blocks = _submodule(self.model, paths, torch.nn.ModuleList)
+        if blocks is not None:
+            return list(blocks)
         raise PoiseError(
             f"{self.name}: cannot find the decoder blocks of {type(self.model).__name__} "
             "(looked for model.layers, model.decoder.layers, transformer.h, gpt_neox.layers)"
@@ -1142,3 +1126,16 @@ def _sequence_result(
         else:
             top.append(())
     return SequenceLogprobs(token_ids=tuple(ids[start:]), logprobs=tuple(logprobs), top=tuple(top))
+
+
+def _submodule(model: Any, paths: Sequence[str], kind: type[Any]) -> Any:
+    """The first of the dotted ``paths`` under ``model`` that is a ``kind``, or None."""
+    for path in paths:
+        module: Any = model
+        for part in path.split("."):
+            module = getattr(module, part, None)
+            if module is None:
+                break
+        if isinstance(module, kind):
+            return module
+    return None
