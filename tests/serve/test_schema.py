@@ -106,6 +106,14 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
     (body(top_logprobs=2), "top_logprobs", "invalid_value"),
     (body(logprobs=True, top_logprobs=21), "top_logprobs", "invalid_value"),
     (body(presence_penalty=0.5), "presence_penalty", "unsupported_parameter"),
+    # a tool call asked for without tools (which are refused too) was answered with plain text
+    (body(tool_choice="required"), "tool_choice", "unsupported_parameter"),
+    (
+        body(tool_choice={"type": "function", "function": {"name": "f"}}),
+        "tool_choice",
+        "unsupported_parameter",
+    ),
+    (body(function_call={"name": "f"}), "function_call", "unsupported_parameter"),
     # vLLM's extensions that change the answer, which were ignored with a 200
     (body(min_p=0.99), "min_p", "unsupported_parameter"),
     (body(ignore_eos=True), "ignore_eos", "unsupported_parameter"),
@@ -163,6 +171,8 @@ def test_malformed_requests_are_400_with_the_param(
 
 def test_harmless_off_values_of_unsupported_parameters_pass() -> None:
     parse_request(body(logprobs=False, presence_penalty=0, frequency_penalty=0.0, tools=[]), CONFIG)
+    parse_request(body(tool_choice="none", function_call="auto"), CONFIG)
+    parse_request(body(tool_choice="auto", parallel_tool_calls=True), CONFIG)
     parse_request(
         body(
             min_p=0,
@@ -310,3 +320,14 @@ def test_a_non_finite_number_is_called_so() -> None:
     # it read "should be less than or equal to 100 (got nan)"
     with pytest.raises(RequestError, match=r"^temperature: Input should be a finite number"):
         parse_request(body(temperature=float("nan")), CONFIG)
+
+
+def test_a_message_that_is_not_an_object_is_named_without_the_servers_class_names() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(body(messages=[{"role": "user", "content": "hi"}, "hello"]), CONFIG)
+    assert info.value.param == "messages[1]"
+    assert info.value.message == "messages[1] must be a JSON object (got 'hello')"
+    with pytest.raises(RequestError) as info:
+        parse_request(body(stream=True, stream_options=["include_usage"]), CONFIG)
+    assert info.value.param == "stream_options"
+    assert info.value.message == "stream_options must be a JSON object"

@@ -196,6 +196,10 @@ _UNSUPPORTED: dict[str, tuple[object, ...]] = {
     "logit_bias": (None, {}),
     "tools": (None, []),
     "functions": (None, []),
+    # a tool call asked for ("required", a named function) cannot be made without tools; OpenAI
+    # and vLLM refuse a tool_choice without tools, and "none" / "auto" ask for nothing here
+    "tool_choice": (None, "none", "auto"),
+    "function_call": (None, "none", "auto"),
     "response_format": (None, {"type": "text"}),
     "best_of": (None, 1),
     **VLLM_UNSUPPORTED,
@@ -478,6 +482,12 @@ def error_from_details(errors: list[Any]) -> RequestError:
             return RequestError(message, param=param, code="invalid_type")
     if kind == "missing":
         message = f"{param} is required"
+    elif kind in ("model_type", "dict_type") and param:
+        # pydantic's "a valid dictionary or instance of _MessageIn" names a class of the server
+        message = f"{param} must be a JSON object"
+        value = err.get("input")
+        if isinstance(value, (str, int, float, bool)):
+            message += f" (got {value!r})"
     else:
         message = f"{param}: {err.get('msg', 'invalid value')}" if param else str(err.get("msg"))
         value = err.get("input")
