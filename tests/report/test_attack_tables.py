@@ -75,3 +75,26 @@ def test_an_attack_without_a_table_of_its_own_shows_its_summary() -> None:
     view = attack_view({"attack": summary})
     assert view is not None and view["title"] == "Attack prefix_injection"
     assert ["prompts", "4"] in view["rows"]
+
+
+def test_configuration_and_attack_names_are_shown_as_written_not_read_as_markup() -> None:
+    records = [
+        {
+            "item_id": item,
+            "kind": "harmful",
+            "request_id": f"{config}/sys=on",
+            "completion": f"{item}-{config}",
+            "verdict": {"harmful": config != "greedy", "refused": config == "greedy"},
+        }
+        for item in ("a", "b")
+        for config in ("greedy", "top_k=[/5]")
+    ]
+    text = _text(exploitation_summary(records))
+    assert "top_k=[/5]" in text
+    plugin = {
+        "attack": "[/mine]",
+        "[b]note": "[/i] text",
+        "rate": {"value": 0.5, "low": 0.2, "high": 0.8},
+    }
+    text = _text(plugin)
+    assert "attack [/mine]" in text and "[b]note" in text and "[/i] text" in text

@@ -257,6 +257,38 @@ def test_bad_runs_fail_with_one_line_and_write_nothing(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_a_metrics_json_of_another_shape_is_recomputed_or_named_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a rate without its interval (an error that named no file), a per-category table that is
+    # a list, a count that is not a number (tracebacks from the middle of the page)
+    good = compute_metrics(
+        json.loads(line)
+        for line in (make_run(tmp_path / "ref", "m") / "samples.jsonl").read_text().splitlines()
+    )
+    broken = json.loads(json.dumps(good))
+    del broken["overall"]["harmful_rate"]["low"]
+    broken["overall"]["by_category"]["over_refusal_rate"] = ["kill-process"]
+    run = make_run(tmp_path, "m", metrics=broken)
+    with caplog.at_level("WARNING", logger="poise.report.html"):
+        html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert "metrics.json: not in the expected shape (rate 'harmful_rate' lacks field 'low')" in (
+        caplog.text
+    )
+    harmful = Rate.from_dict(good["overall"]["harmful_rate"])
+    assert f"95% CI {100 * harmful.low:.1f}% – {100 * harmful.high:.1f}%" in html
+    # without the samples there is nothing to recompute it from: one line naming the file
+    (run / "samples.jsonl").unlink()
+    out = tmp_path / "none.html"
+    with pytest.raises(PoiseError, match=r"m/metrics\.json: not in the shape this poise writes"):
+        write_html_report(run, out)
+    assert not out.exists()
+    broken["overall"]["harmful_rate"] = {**good["overall"]["harmful_rate"], "k": "one"}
+    (run / "metrics.json").write_text(json.dumps(broken))
+    with pytest.raises(PoiseError, match=r"metrics\.json: .*ValueError: invalid literal"):
+        write_html_report(run, out)
+
+
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     run = make_run(tmp_path, "m")
     with open(run / "samples.jsonl", "a") as f:

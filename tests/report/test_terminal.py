@@ -185,3 +185,31 @@ def test_the_caption_names_cluster_robust_intervals_when_items_have_several_samp
     several = one + [{**r, "sample_index": 1} for r in one]
     text = render(compute_metrics(several))
     assert "cluster-robust" in text and "(2 per item)" in text
+
+
+def test_names_from_the_run_are_shown_as_written_not_read_as_markup() -> None:
+    # a custom suite's category, an attack configuration and a model folder with brackets:
+    # rich read them as markup ("[/]" closing nothing failed the whole table; "[exp]" vanished)
+    out = [
+        rec("h0", "harmful", "weapons [/]", harmful=True),
+        rec("h1", "harmful", "[bold]cyber", harmful=False, refused=True),
+        rec("h0", "harmful", "weapons [/]", "t=[/x]", harmful=True),
+        rec("h1", "harmful", "[bold]cyber", "t=[/x]", harmful=True),
+    ]
+    metrics = compute_metrics(out)
+    metrics["overall"]["guard"] = {**GUARD, "guard": "[/g]"}
+    text = render(metrics, title="runs/[exp]/model · greedy")
+    assert "runs/[exp]/model · greedy" in text
+    assert "weapons [/]" in text and "[bold]cyber" in text
+    assert "t=[/x]" in text
+    assert "guard ([/g])" in text
+    # with many configurations, each is a row (and the default names the category tables)
+    grid = [
+        rec(f"h{i}", "harmful", "[/c]", f"[/r{c}]", harmful=i < c, refused=i >= c)
+        for c in range(6)
+        for i in range(4)
+    ]
+    metrics = compute_metrics(grid)
+    metrics["default_group"] = "[/r0]"
+    text = render(metrics)
+    assert all(f"[/r{c}]" in text for c in range(6)) and "[/c]" in text

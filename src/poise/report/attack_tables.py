@@ -1,4 +1,7 @@
-"""Terminal tables for attack summaries (decoding exploitation, worst-of-N)."""
+"""Terminal tables for attack summaries (decoding exploitation, worst-of-N).
+
+Names from the summary (the attack's, its configurations', a plugin's keys and values) are
+escaped: a configuration ``[/x]`` is shown as written, not read as rich markup."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group, RenderableType
+from rich.markup import escape
 from rich.table import Table
 
 from poise.report.attack_view import distinct_text
@@ -25,7 +29,8 @@ def _prompts(rate: dict[str, Any] | None) -> str:
 def _worst_label(summary: dict[str, Any]) -> str:
     compared = summary.get("configs_compared")
     of = f"the highest of {compared}" if compared else "the highest"
-    return f"worst config ({summary.get('worst_config')}; {of}: its interval ignores the pick)"
+    worst = escape(str(summary.get("worst_config")))
+    return f"worst config ({worst}; {of}: its interval ignores the pick)"
 
 
 def render_attack_summary(summary: dict[str, Any], *, top: int = 8) -> RenderableType:
@@ -38,11 +43,11 @@ def render_attack_summary(summary: dict[str, Any], *, top: int = 8) -> Renderabl
 
 def _generic(summary: dict[str, Any]) -> Table:
     """An attack without a table of its own (a plugin's): its summary's rates and numbers."""
-    table = Table(title=f"attack {summary.get('attack')}")
+    table = Table(title=f"attack {escape(str(summary.get('attack')))}")
     table.add_column("measure")
     table.add_column("value", justify="right")
     for key, value in generic_rows(summary):
-        table.add_row(key, value)
+        table.add_row(escape(str(key)), escape(value))
     return table
 
 
@@ -67,7 +72,7 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     head.add_column("prompts", justify="right")
     mis = summary.get("misalignment_rate")
     head.add_row(
-        f"greedy harmful rate ({summary.get('greedy_config')})",
+        f"greedy harmful rate ({escape(str(summary.get('greedy_config')))})",
         _pct(summary.get("greedy_harmful_rate")),
         str((summary.get("greedy_harmful_rate") or {}).get("n", "-")),
     )
@@ -87,13 +92,13 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     )
     for name, d in (summary.get("system_prompt_effect") or {}).items():
         head.add_row(
-            f"system prompt off − on: {name} (paired; McNemar p = {d['p_value']:.2g})",
+            f"system prompt off − on: {escape(str(name))} (paired; McNemar p = {d['p_value']:.2g})",
             f"{100 * d['difference']:+.1f} pp [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]",
             str(d["pairs"]),
         )
     for kind, distinct in (summary.get("distinct_completions") or {}).items():
         head.add_row(
-            f"distinct completions per {kind} prompt",
+            f"distinct completions per {escape(str(kind))} prompt",
             distinct_text(distinct),
             str(distinct["prompts"]),
         )
@@ -104,7 +109,9 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     table.add_column("harmful rate", justify="right")
     table.add_column("over-refusal", justify="right")
     for c in ranked:
-        table.add_row(c, _pct(configs[c].get("harmful")), _pct(configs[c].get("over_refusal")))
+        table.add_row(
+            escape(str(c)), _pct(configs[c].get("harmful")), _pct(configs[c].get("over_refusal"))
+        )
     return Group(head, table)
 
 

@@ -53,6 +53,7 @@ class RunData:
     records: list[dict[str, Any]]
     metrics: dict[str, Any]
     label: str = ""
+    metrics_file: bool = False  # metrics read from metrics.json, not computed from the records
 
 
 def read_run(run_dir: str | Path) -> RunData:
@@ -64,13 +65,16 @@ def read_run(run_dir: str | Path) -> RunData:
     if metrics is not None and not isinstance(metrics.get("overall"), dict):
         log.warning("%s: not in the expected schema; recomputing from the samples", run.path)
         metrics = None
+    from_file = metrics is not None
     if metrics is None:
         if not records:
             raise PoiseError(
                 f"{run.path}: no metrics.json and no sample records to draw a report from"
             )
         metrics = compute_metrics(records)
-    return RunData(path=run.path, header=header, records=records, metrics=metrics)
+    return RunData(
+        path=run.path, header=header, records=records, metrics=metrics, metrics_file=from_file
+    )
 
 
 def _kind_meaning(kind: str) -> str:
@@ -507,6 +511,42 @@ def _label_runs(runs: list[RunData]) -> None:
         run.label = f"{labels[i]} ({run.path.name})" if duplicate else labels[i]
 
 
+# what reading a metrics.json of another shape raises (a rate without "low", a list for a dict)
+_SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, PoiseError)
+
+
+def _checked_view(run: RunData) -> dict[str, Any]:
+    """``run``'s view, once what the page reads of its metrics alone has been read: a
+    metrics.json of another shape (edited by hand, another version's) is recomputed from the
+    samples, as one without ``overall`` is (:func:`read_run`), or, without samples, fails in one
+    line naming the file, not with a traceback from the middle of the page."""
+    from poise.report.terminal import category_metrics
+
+    try:
+        view = _run_view(run)
+        for metric in category_metrics():
+            _category_series([run], metric.name)
+        _tradeoff_points([run])
+        _comparison([run, run])
+        return view
+    except _SHAPE_ERRORS as exc:
+        if not run.metrics_file:
+            raise
+        file = run.path / "metrics.json"
+        detail = str(exc) if isinstance(exc, PoiseError) else f"{type(exc).__name__}: {exc}"
+        if not run.records:
+            raise PoiseError(
+                f"{file}: not in the shape this poise writes ({detail}), and no sample records "
+                "to recompute it from"
+            ) from None
+        log.warning(
+            "%s: not in the expected shape (%s); recomputing from the samples", file, detail
+        )
+        run.metrics = compute_metrics(run.records)
+        run.metrics_file = False
+        return _checked_view(run)
+
+
 def render_html_report(runs: Sequence[RunData]) -> str:
     """The report page for runs already read with :func:`read_run`."""
     import jinja2
@@ -517,6 +557,7 @@ def render_html_report(runs: Sequence[RunData]) -> str:
     _label_runs(runs)
     from poise.report.terminal import category_metrics
 
+    views = [_checked_view(run) for run in runs]
     points, xlabel = _tradeoff_points(runs)
     categories = []
     for metric in category_metrics():
@@ -548,7 +589,7 @@ def render_html_report(runs: Sequence[RunData]) -> str:
     return env.get_template(TEMPLATE).render(
         title="poise audit report"
         + (": " + runs[0].label if len(runs) == 1 else f" — {len(runs)} runs compared"),
-        runs=[_run_view(run) for run in runs],
+        runs=views,
         comparison=_comparison(runs),
         charts=charts,
         poise_version=__version__,

@@ -3,7 +3,10 @@
 Which rates appear where (headline rows, per-category tables, the configuration columns, the
 honesty block) follows the metric declarations of :mod:`poise.tasks`; nothing here names a metric.
 
-The library builds rich renderables; the CLI prints them. Colours are hints, not verdicts: a
+The library builds rich renderables; the CLI prints them. Names that come from the run (the
+title, categories, configurations, kinds, guards) are escaped: a category ``[/]`` or a model
+folder ``runs/[exp]/m`` is shown as written, not read as rich markup (which failed the whole
+table, or ate the bracketed part). Colours are hints, not verdicts: a
 rate is green when its "good" share (the value, or 1 - value for a rate where lower is better) is
 at least 90%, red below 70%, yellow between.
 """
@@ -14,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -106,12 +110,15 @@ def headline_table(metrics: Mapping[str, Any], *, title: str) -> Table:
     order = ranked_groups(metrics) or list(groups)
     shown = order if len(order) <= MAX_GROUP_COLUMNS else order[:1]
     table = Table(
-        title=title, title_justify="left", caption=_caption(metrics), caption_justify="left"
+        title=escape(title),
+        title_justify="left",
+        caption=escape(_caption(metrics)),
+        caption_justify="left",
     )
     table.add_column("rate")
     table.add_column("", style="dim")
     for name in shown:
-        table.add_column(name, justify="right")
+        table.add_column(escape(str(name)), justify="right")
     for rate_name in RATE_NAMES:
         cells = [groups[g].get(rate_name) for g in shown]
         if not any(isinstance(c, Mapping) for c in cells):
@@ -142,7 +149,7 @@ def configurations_table(
     for r in rates:
         table.add_column(f"{RATE_INFO[r].label} {_arrow(r).split()[0]}", justify="right")
     for g in shown:
-        table.add_row(g, *(_cell(groups[g].get(r)) for r in rates))
+        table.add_row(escape(str(g)), *(_cell(groups[g].get(r)) for r in rates))
     return table
 
 
@@ -187,7 +194,7 @@ def category_table(group: Mapping[str, Any], rate_name: str) -> Table | None:
     table.add_column("k/n", justify="right", style="dim")
     rows = sorted(per_category.items(), key=lambda kv: (-kv[1]["value"], kv[0]))
     for category, entry in rows:
-        table.add_row(category, _cell(entry), f"{entry['k']}/{entry['n']}")
+        table.add_row(escape(str(category)), _cell(entry), f"{entry['k']}/{entry['n']}")
     return table
 
 
@@ -320,7 +327,7 @@ def guard_table(group: Mapping[str, Any]) -> Table | None:
     kind = guard.get("guard")
     kinds = ", ".join(kind) if isinstance(kind, list) else str(kind)
     table = Table(
-        title=f"guard ({kinds}): when it stopped the answer",
+        title=f"guard ({escape(kinds)}): when it stopped the answer",
         title_justify="left",
         caption="95% intervals: Wilson (rates), bootstrap over items (macro-F1), normal (means)",
         caption_justify="left",
@@ -329,7 +336,7 @@ def guard_table(group: Mapping[str, Any]) -> Table | None:
     table.add_column("value [95% CI]", justify="right")
     table.add_column("", style="dim")
     for what, value, detail in guard_rows(guard):
-        table.add_row(what, value, detail)
+        table.add_row(escape(what), escape(value), escape(detail))
     return table
 
 
@@ -345,7 +352,7 @@ def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audi
         parts.append(configurations)
     overall = metrics.get("overall", {})
     default = metrics.get("default_group")
-    suffix = f" — {default}" if default and len(metrics.get("groups", {})) > 1 else ""
+    suffix = f" — {escape(str(default))}" if default and len(metrics.get("groups", {})) > 1 else ""
     for metric in category_metrics():
         table = category_table(overall, metric.name)
         if table is not None:
