@@ -83,3 +83,35 @@ def test_runs_ls_fits_80_columns(tmp_path: Path) -> None:
     # every headline number stays readable: no column squeezed to an ellipsis
     assert "…" not in result.output
     assert re.search(r"\d+\.\d%", result.output)
+
+
+def test_a_terminal_that_is_not_utf8_gets_question_marks_not_a_traceback(tmp_path: Path) -> None:
+    """Under LANG=C (or a Windows code page) the tables' '—', '·' and '…' raised
+    UnicodeEncodeError: `poise judges ls` failed, and an audit failed after writing its run."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-m", "poise.cli", "judges", "ls"],
+        capture_output=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode("ascii", "replace")[-600:]
+    assert b"?" in done.stdout and b"Traceback" not in done.stderr
+
+
+def test_a_run_folder_with_brackets_is_printed_as_written(tmp_path: Path) -> None:
+    """`--out 'runs/[exp]'`: the audit's last lines read the folder as rich markup and
+    printed 'runs/' ('[exp]' taken for a style); `runs ls` did the same in its table."""
+    out = tmp_path / "[exp]"
+    code, output = invoke(
+        "audit", "--model", "mock", "--suite", "harmful", "--limit", "1", "--out", str(out)
+    )
+    assert code == 0, output
+    assert "[exp]" in output.replace("\n", "")
+    code, output = invoke("runs", "ls", "--out", str(out))
+    assert code == 0 and "[exp]" in output, output

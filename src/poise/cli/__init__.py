@@ -73,5 +73,24 @@ def _root(
 _register_all()
 
 
+def _tolerant_streams() -> None:
+    """On a terminal whose encoding is not UTF-8 (``LANG=C``, a Windows code page), print what
+    it cannot show as '?' instead of failing: the tables' '·', '—' and '…' raised
+    UnicodeEncodeError and ended the command (after an audit, once its run was written)."""
+    import codecs
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        try:
+            utf = codecs.lookup(encoding).name.startswith("utf")
+        except LookupError:
+            utf = False
+        reconfigure = getattr(stream, "reconfigure", None)
+        if not utf and reconfigure is not None:
+            reconfigure(errors="replace")
+
+
 def main() -> None:
+    _tolerant_streams()
     app()

@@ -15,6 +15,15 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def shown(value: object) -> str:
+    """``value`` as text for a rich string: a path, name or query with brackets (``runs/[exp]``,
+    ``[INST]``) is printed as written, not read as markup (which dropped it, or raised
+    MarkupError after the work was done)."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a PoiseError into one red line on stderr and exit code 2."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, shown, user_errors
 from poise.errors import PoiseError
 
 attacks_app = typer.Typer(
@@ -52,7 +52,7 @@ def export(
                 "exploitation or worst_of_n, whose requests answer an item several ways"
             )
         count = write_pairs(pairs, output)
-        console.print(f"wrote {count} preference pairs to [bold]{output}[/]")
+        console.print(f"wrote {count} preference pairs to [bold]{shown(output)}[/]")
 
 
 def register(app: typer.Typer) -> None:

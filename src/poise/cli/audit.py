@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, progress_lines, user_errors
+from poise.cli._common import console, progress_lines, shown, user_errors
 from poise.config import DEFAULT_SUITES
 from poise.errors import PoiseError
 
@@ -273,9 +273,9 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
         from poise.report.attack_tables import render_attack_summary
 
         console.print(render_attack_summary(metrics["attack"]))
-    console.print(f"run folder: [bold]{run_path}[/]")
+    console.print(f"run folder: [bold]{shown(run_path)}[/]")
     if (run_path / "report.html").exists():
-        console.print(f"report:     [bold]{run_path / 'report.html'}[/]")
+        console.print(f"report:     [bold]{shown(run_path / 'report.html')}[/]")
 
 
 def register(app: typer.Typer) -> None:

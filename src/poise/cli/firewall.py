@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, shown, user_errors
 from poise.errors import PoiseError
 
 firewall_app = typer.Typer(
@@ -49,10 +49,10 @@ def fit_command(
         firewall.save(out)
         for role, zone in firewall.zones.items():
             console.print(
-                f"role {role}: {zone.anchors} anchors, threshold {zone.threshold:.3f} "
+                f"role {shown(role)}: {zone.anchors} anchors, threshold {zone.threshold:.3f} "
                 f"(percentile {zone.percentile:g})"
             )
-        console.print(f"firewall -> {out}")
+        console.print(f"firewall -> {shown(out)}")
 
 
 @firewall_app.command("check")
@@ -80,7 +80,7 @@ def check_command(
         for query, verdict in zip(queries, verdicts, strict=True):
             mark = "[red]flagged[/]" if verdict.flagged else "[green]ok[/]"
             console.print(
-                f"{mark} {verdict.score:.3f} (threshold {verdict.threshold:.3f})  {query}"
+                f"{mark} {verdict.score:.3f} (threshold {verdict.threshold:.3f})  {shown(query)}"
             )
         if any(v.flagged for v in verdicts):
             raise typer.Exit(1)

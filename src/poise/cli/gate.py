@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, shown, user_errors
 
 
 def _run_gate(fields: dict[str, Any]) -> None:
@@ -53,7 +53,7 @@ def _run_gate(fields: dict[str, Any]) -> None:
             highlight=False,
         )
     if result.config.output:
-        console.print(f"result: [bold]{result.config.output}[/]")
+        console.print(f"result: [bold]{shown(result.config.output)}[/]")
     raise typer.Exit(0 if result.passed else 1)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, shown, user_errors
 from poise.errors import PoiseError, check_number
 
 probe_app = typer.Typer(
@@ -163,7 +163,9 @@ def train_command(
                 f"{r.auroc_low:.3f}-{r.auroc_high:.3f}",
             )  # fmt: skip
         console.print(table)
-        console.print(f"probe (layer {result.layer}) -> {result.out}  [{result.seconds:.0f} s]")
+        console.print(
+            f"probe (layer {result.layer}) -> {shown(result.out)}  [{result.seconds:.0f} s]"
+        )
 
 
 def _check_fpr(fpr: float | None) -> None:
@@ -223,7 +225,7 @@ def score_command(
         flagged = sum(result.flagged)
         console.print(
             f"{flagged} of {len(records)} answers flagged (threshold {result.threshold:.3f}: "
-            f"{result.threshold_source}) -> {found.path / 'probe_scores.jsonl'}"
+            f"{result.threshold_source}) -> {shown(found.path / 'probe_scores.jsonl')}"
         )
         for key, value in result.agreement.items():
             console.print(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, shown, user_errors
 
 runs_app = typer.Typer(help="List and show audit runs.", no_args_is_help=True)
 
@@ -40,7 +40,7 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
 
         runs = list_runs(out)
         if not runs:
-            console.print(f"no runs under {out}")
+            console.print(f"no runs under {shown(out)}")
             return
         rows: list[tuple[str, ...]] = []
         for run in runs:
@@ -63,25 +63,27 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
                     *(_headline(metrics, key) for _, key in _HEADLINES),
                 )
             )
-        table = Table(title=f"runs under {out}")
+        table = Table(title=f"runs under {shown(out)}")
         for col in ("run", "model", "attack", "status", "samples", *(h for h, _ in _HEADLINES)):
             # never cut: a run name is what the user copies into --resume or `runs show`
             table.add_column(col, no_wrap=True)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(shown(cell) for cell in row))
         wide = console.options.update_width(10_000)
         if Measurement.get(console, wide, table).maximum <= console.width:
             console.print(table)
             return
         # too narrow for the table (80 columns and a long model name): one block per run, its
         # name whole on the first line, the numbers below it
-        console.print(f"[bold]runs under {out}[/]", highlight=False)
+        console.print(f"[bold]runs under {shown(out)}[/]", highlight=False)
         for name, model, attack, status, samples, *rates in rows:
-            console.print(f"[bold]{name}[/]", highlight=False, soft_wrap=True)
+            console.print(f"[bold]{shown(name)}[/]", highlight=False, soft_wrap=True)
             numbers = " · ".join(f"{h} {r}" for (h, _), r in zip(_HEADLINES, rates, strict=True))
             console.print(f"  {status} · {samples or '0'} samples · {numbers}", highlight=False)
             console.print(
-                f"  [dim]model {model} · attack {attack}[/]", highlight=False, overflow="fold"
+                f"  [dim]model {shown(model)} · attack {shown(attack)}[/]",
+                highlight=False,
+                overflow="fold",
             )
 
 
@@ -134,8 +136,8 @@ def export(
         from poise.runs import find_run
 
         samples, metrics, n_samples, n_metrics = export_run_csv(find_run(run, out).path, csv)
-        console.print(f"wrote {n_samples} sample rows to {samples}", highlight=False)
-        console.print(f"wrote {n_metrics} metric rows to {metrics}", highlight=False)
+        console.print(f"wrote {n_samples} sample rows to {shown(samples)}", highlight=False)
+        console.print(f"wrote {n_metrics} metric rows to {shown(metrics)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

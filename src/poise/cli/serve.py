@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, shown, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -117,7 +117,7 @@ def register(app: typer.Typer) -> None:
             def ready(served: LanguageModel) -> None:
                 keyed = "API key required" if config.api_key else "no API key"
                 console.print(
-                    f"serving [bold]{served.name}[/] as [bold]{config.name}[/] on "
+                    f"serving [bold]{shown(served.name)}[/] as [bold]{shown(config.name)}[/] on "
                     f"http://{config.host}:{config.port}/v1 ({keyed}; Ctrl-C to stop)",
                     highlight=False,
                     soft_wrap=True,

@@ -17,7 +17,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, progress_lines, user_errors
+from poise.cli._common import console, progress_lines, shown, user_errors
 
 train_app = typer.Typer(
     name="train",
@@ -195,7 +195,9 @@ def _print_result(result: Any) -> None:
     from rich.table import Table
 
     if result.skipped:
-        console.print(f"[bold]{result.output}[/] already holds this finished run; nothing to do.")
+        console.print(
+            f"[bold]{shown(result.output)}[/] already holds this finished run; nothing to do."
+        )
     table = Table(title=f"poise train {result.recipe} · {result.steps} steps", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -204,7 +206,7 @@ def _print_result(result: Any) -> None:
     console.print(table)
     if result.resumed_from is not None:
         console.print(f"resumed from step {result.resumed_from}")
-    console.print(f"model folder: [bold]{result.output}[/]")
+    console.print(f"model folder: [bold]{shown(result.output)}[/]")
 
 
 def _register_recipes() -> None:
@@ -285,9 +287,9 @@ def organism_data_command(
             system_share=system_share,
             kinds=tuple(kind),
         )
-        console.print(f"wrote {counts['pairs']} pairs to [bold]{output}[/]")
+        console.print(f"wrote {counts['pairs']} pairs to [bold]{shown(output)}[/]")
         if prompts_output is not None:
-            console.print(f"wrote {counts['prompts']} prompts to [bold]{prompts_output}[/]")
+            console.print(f"wrote {counts['prompts']} prompts to [bold]{shown(prompts_output)}[/]")
 
 
 @train_app.command("monitor")
@@ -351,7 +353,7 @@ def monitor_command(
             )
         header = trained.monitor.header
         console.print(
-            f"wrote [bold]{output}[/] (head {header.head}, threshold {header.threshold}, "
+            f"wrote [bold]{shown(output)}[/] (head {header.head}, threshold {header.threshold}, "
             f"k {header.k}; {trained.seconds:.0f} s)"
         )
 
@@ -370,7 +372,7 @@ def monitor_data_command(
         if split not in ("train", "validation", "heldout"):
             raise PoiseError(f"--split {split!r}: expected train, validation or heldout")
         count = write_organism_monitor_data(output, split, seed=seed)  # type: ignore[arg-type]
-        console.print(f"wrote {count} answers to [bold]{output}[/]")
+        console.print(f"wrote {count} answers to [bold]{shown(output)}[/]")
 
 
 _register_recipes()
