@@ -289,6 +289,27 @@ def test_a_metrics_json_of_another_shape_is_recomputed_or_named_in_one_line(
         write_html_report(run, out)
 
 
+def test_every_reader_of_a_run_checks_the_shape_of_its_metrics(tmp_path: Path) -> None:
+    """`poise runs export --csv` read metrics.json without the report's check: a rate without
+    its interval was a KeyError traceback; it is now recomputed from the samples as well."""
+    from poise.report.compare import export_run_csv
+
+    good = compute_metrics(
+        json.loads(line)
+        for line in (make_run(tmp_path / "ref", "m") / "samples.jsonl").read_text().splitlines()
+    )
+    broken = json.loads(json.dumps(good))
+    del broken["overall"]["harmful_rate"]["low"]
+    run = make_run(tmp_path, "m", metrics=broken)
+    assert read_run(run).metrics["overall"]["harmful_rate"] == good["overall"]["harmful_rate"]
+    _, metrics_csv, _, rows = export_run_csv(run, tmp_path / "x.csv")
+    assert rows > 0 and "harmful_rate" in metrics_csv.read_text()
+    (run / "samples.jsonl").unlink()
+    with pytest.raises(PoiseError, match=r"metrics\.json: not in the shape"):
+        export_run_csv(run, tmp_path / "y.csv")
+    assert not (tmp_path / "y.csv").exists()
+
+
 def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     run = make_run(tmp_path, "m")
     with open(run / "samples.jsonl", "a") as f:

@@ -72,9 +72,11 @@ def read_run(run_dir: str | Path) -> RunData:
                 f"{run.path}: no metrics.json and no sample records to draw a report from"
             )
         metrics = compute_metrics(records)
-    return RunData(
+    data = RunData(
         path=run.path, header=header, records=records, metrics=metrics, metrics_file=from_file
     )
+    _checked_view(data)  # a metrics.json of another shape: recomputed or named, for every reader
+    return data
 
 
 def _kind_meaning(kind: str) -> str:
