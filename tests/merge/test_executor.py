@@ -498,3 +498,106 @@ def test_an_output_under_a_file_is_refused_before_any_work(
         }), blocker / "out")  # fmt: skip
     assert blocker.read_text() == "x"
     assert not list(tmp_path.glob(".out*"))
+
+
+def test_a_model_filter_that_misses_falls_back_to_the_top_level_value(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """mergekit resolves a model's option per tensor, falling back to the top-level value where
+    the model's own filters match nothing; poise refused the merge halfway through the tensors
+    ("some models have no 'weight' value")."""
+    from safetensors.torch import load_file
+
+    base, a, b = specialists
+    config = {
+        "merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+        "models": [{"model": str(a),
+                    "parameters": {"weight": [{"filter": "self_attn", "value": 0.8}]}},
+                   {"model": str(b)}],
+        "parameters": {"weight": 0.5},
+    }  # fmt: skip
+    cfg = load_config(_write(tmp_path / "c.yml", config))
+    resolver = OptionResolver(get_method("task_arithmetic"), dict(cfg.parameters),
+                              [m.parameters for m in cfg.models], 2)  # fmt: skip
+    assert resolver("model.layers.0.self_attn.q_proj.weight")["weight"] == [0.8, 0.5]
+    assert resolver("model.layers.0.mlp.up_proj.weight")["weight"] == [0.5, 0.5]
+    run_merge(tmp_path / "c.yml", tmp_path / "out")
+    got = load_file(tmp_path / "out" / "model.safetensors")
+    states = [load_file(p / "model.safetensors") for p in (base, a, b)]
+    name = "model.layers.0.mlp.up_proj.weight"
+    expected = states[0][name] + 0.5 * (states[1][name] - states[0][name]) + 0.5 * (
+        states[2][name] - states[0][name])  # fmt: skip
+    assert torch.allclose(got[name], expected, atol=1e-6)
+
+
+def test_a_required_option_no_filter_gives_is_refused_before_any_weight_is_read(
+    specialists: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SLERP's ``t`` given only for attention tensors, or every model's weight only through
+    filters: the other tensors have no value. This was a TypeError from the method (or a
+    PoiseError) after the first tensors had been read; now a one-line refusal up front."""
+    from poise.merge.sources import SafetensorsFolder
+
+    def no_reads(self: SafetensorsFolder, name: str) -> torch.Tensor:
+        raise AssertionError(f"read {name} before the options were checked")
+
+    monkeypatch.setattr(SafetensorsFolder, "get", no_reads)
+    base, a, b = specialists
+    out = tmp_path / "out"
+    only_attention = [{"filter": "self_attn", "value": 0.5}]
+    with pytest.raises(PoiseError, match=r"^tensor '.*': no value of 't' applies to it"):
+        run_merge(_write(tmp_path / "s.yml", {
+            "merge_method": "slerp", "base_model": str(base), "models": [{"model": str(a)}],
+            "parameters": {"t": only_attention},
+        }), out)  # fmt: skip
+    assert _nothing_written(tmp_path, out)
+    with pytest.raises(PoiseError, match=r"^tensor '.*': no value of 'weight' applies to it"):
+        run_merge(_write(tmp_path / "t.yml", {
+            "merge_method": "ties", "base_model": str(base),
+            "models": [{"model": str(a), "parameters": {"weight": only_attention}},
+                       {"model": str(b), "parameters": {"weight": only_attention}}],
+        }), out)  # fmt: skip
+    assert _nothing_written(tmp_path, out)
+    with pytest.raises(PoiseError, match=r"^tensor '.*': some models have no 'weight' value"):
+        run_merge(_write(tmp_path / "u.yml", {
+            "merge_method": "ties", "base_model": str(base),
+            "models": [{"model": str(a), "parameters": {"weight": only_attention}},
+                       {"model": str(b), "parameters": {"weight": 1.0}}],
+        }), out)  # fmt: skip
+    assert _nothing_written(tmp_path, out)
+
+
+def test_unreadable_weights_and_configs_are_one_line(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """A weights file that is not safetensors (here a Git LFS pointer), an index whose weight_map
+    is not a mapping, a LoRA config without its rank: tracebacks (SafetensorError, AttributeError,
+    KeyError), now one line naming the file; nothing is written."""
+    import shutil
+
+    base, a, _ = specialists
+    out = tmp_path / "out"
+
+    def merge(model: Path) -> None:
+        run_merge(_write(tmp_path / "c.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(model), "parameters": {"weight": 1.0}}],
+        }), out)  # fmt: skip
+
+    pointer = shutil.copytree(a, tmp_path / "pointer")
+    (pointer / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 1\n"
+    )
+    with pytest.raises(PoiseError, match=r"^model .*: .*model.safetensors is not a readable "):
+        merge(pointer)
+    assert _nothing_written(tmp_path, out)
+    index = shutil.copytree(a, tmp_path / "index")
+    (index / "model.safetensors.index.json").write_text('{"weight_map": ["model.safetensors"]}')
+    with pytest.raises(PoiseError, match=r"index.json: not a safetensors index"):
+        merge(index)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(PoiseError, match=r"adapter_config.json: not a peft LoRA config"):
+        merge(lora)
+    assert _nothing_written(tmp_path, out)

@@ -95,6 +95,36 @@ def test_ties_sign_election_paper_and_mergekit_differ_with_unequal_weights() -> 
     assert not torch.allclose(paper, weighted, atol=1e-6)
 
 
+@pytest.mark.parametrize("weights", [[0.6, -0.8, 0.7], [0.6, 0.0, -0.7], [-1.0, -1.0, -1.0]])
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [("ties", {"density": 0.5}), ("breadcrumbs_ties", {"density": 0.6, "gamma": 0.02})],
+)
+def test_weighted_sign_election_equals_mergekit_with_negative_weights(
+    method: str, options: dict[str, object], weights: list[float]
+) -> None:
+    """mergekit matches each task on the sign of its *weighted* vector, so a negative weight (task
+    negation) agrees with the opposite sign and a weight of 0 with none; ``weighted`` compared
+    the unweighted signs and was 3.8 off mergekit with weights 0.6, -0.8, 0.7."""
+    tensors = _inputs(1)
+    expected = _mergekit(tensors, method, weight=weights, **options)
+    got = _poise(tensors, method, weight=weights, sign_election="weighted", **options)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    # consensus "count" votes with the weighted signs too: a direct reading
+    base = tensors[0]
+    deltas = torch.stack([x - base for x in tensors[1:]])
+    trimmed = torch.stack([sparsify(d, "magnitude", density=0.5) for d in deltas])
+    w = torch.tensor(weights, dtype=torch.float64).reshape(3, 1, 1)
+    signs = (w * trimmed).sign()
+    agree = (signs == torch.where(signs.sum(0) >= 0, 1.0, -1.0)).double()
+    divisor = (w * agree).sum(0)
+    direct = base + (w * agree * trimmed).sum(0) / torch.where(divisor == 0, 1.0, divisor)
+    counted = _poise(
+        tensors, "ties", weight=weights, density=0.5, sign_election="weighted", consensus="count"
+    )
+    assert torch.allclose(counted, direct, atol=1e-12, rtol=0)
+
+
 def test_linear_equals_mergekit() -> None:
     tensors = _inputs(2)
     ids = IDS[:4]

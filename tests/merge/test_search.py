@@ -101,6 +101,28 @@ def test_search_config_and_output_mistakes_are_one_line(tmp_path: Path) -> None:
     assert blocker.read_text() == "x"
 
 
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ({"models": ["a"]}, "merge.models.0: Input should be a valid dictionary"),
+        ({"models": [{"model": "a", "wieght": 1}]}, "merge.models.0.wieght: Extra inputs"),
+        ({"models": [{"model": "a"}], "parameters": [1]}, "merge.parameters: Input should be"),
+        ({"merge_method": None}, "merge.merge_method: the template names no method"),
+    ],
+)
+def test_a_malformed_template_is_one_line(template: dict[str, object], message: str) -> None:
+    """The template was validated per candidate outside the error handling: a pydantic report
+    (or a TypeError for parameters that are a list) instead of one line naming the key."""
+    merge = {**TEMPLATE, **template}
+    methods = [] if template.get("merge_method", 1) is None else ["ties"]
+    if not methods:
+        merge.pop("merge_method", None)
+    with pytest.raises(PoiseError) as caught:
+        candidates(SearchConfig(merge=merge, methods=methods, weights=[[1.0]]))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_misspelt_grid_option_or_objective_is_refused_before_any_candidate(
     tmp_path: Path,
 ) -> None:

@@ -8,7 +8,7 @@ import torch
 
 from poise.errors import PoiseError
 from poise.merge import get_method
-from poise.merge.singular import energy_rank, huber_reweight, polar_factor
+from poise.merge.singular import energy_rank, huber_reweight, polar_factor, truncated_svd
 
 
 def _reference_tsv_m(deltas: list[torch.Tensor]) -> torch.Tensor:
@@ -143,3 +143,52 @@ def test_resm_reweights_before_the_svd() -> None:
     got = get_method("resm")(tasks, base, rank_selection="uniform", outlier_threshold=2.5)
     expected = get_method("tsv_m")([huber_reweight(t, 2.5) for t in tasks], base)
     assert torch.allclose(got, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["tsv_m", "resm"])
+@pytest.mark.parametrize("svd", ["exact", "randomized"])
+def test_a_zero_task_vector_leaves_the_others_directions_alone(method: str, svd: str) -> None:
+    """A module one model left unchanged (a LoRA that adapts q and v only, a frozen layer) has a
+    zero task vector. Its singular vectors are whatever the SVD routine returns for 0, and in the
+    stack they rotated the other task's directions through the polar factors (on a 16 x 12
+    example the merged update was 7.6 in Frobenius norm from the other task's own rank-k/T
+    truncation, of norm 12.5). The zero task now keeps no directions; the other keeps its own,
+    exactly."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(16, 12, generator=g, dtype=torch.float64)
+    delta = torch.randn(16, 12, generator=g, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+    options: dict[str, object] = {"svd": svd}
+    if method == "resm":  # its additions off: the truncation of TSV-M
+        options |= {"outlier_weighting": "none", "rank_selection": "uniform"}
+    if svd == "randomized":  # its own triplets, drawn first from the merge's seed (0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            u, s, v = truncated_svd(delta, 6, svd="randomized")
+        vh = v.mT
+    orders = [[base + delta, base.clone()]]
+    if svd == "exact":
+        orders.append([base.clone(), base + delta])
+    for models in orders:
+        got = get_method(method)(models, base, **options)
+        expected = base + (u[:, :6] * s[:6]) @ vh[:6]  # r = int(12 / 2) = 6
+        assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+    everything_zero = get_method(method)([base.clone(), base.clone()], base, **options)
+    assert torch.equal(everything_zero, base)
+
+
+def test_huber_reweight_of_a_mostly_unchanged_task_vector_keeps_it() -> None:
+    """Where more than half the entries are 0 (a sparse update), median|delta| is 0 and the bound
+    was 0: RESM erased the whole task vector. The scale now comes from the changed entries."""
+    delta = torch.zeros(12, dtype=torch.float64)
+    delta[:5] = torch.tensor([-1.0, 0.5, 1.0, 2.0, 100.0], dtype=torch.float64)  # median 1
+    bound = 3.0 * 1.4826
+    expected = delta.clone()
+    expected[4] = bound
+    assert torch.allclose(huber_reweight(delta, 3.0), expected, atol=1e-12)
+    assert torch.equal(huber_reweight(torch.zeros(4, 3), 3.0), torch.zeros(4, 3))
+    base = torch.zeros(16, 12, dtype=torch.float64)
+    sparse = torch.zeros(16, 12, dtype=torch.float64)
+    sparse[:4] = torch.randn(4, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    merged = get_method("resm")([base + sparse], base, rank_selection="uniform")
+    assert torch.linalg.vector_norm(merged) > 0.5 * torch.linalg.vector_norm(sparse)

@@ -181,7 +181,7 @@ def check_config(config: MergeConfig) -> None:
         # run_merge checks every tensor's once the tensor names are known
         for entry in entries:
             density, epsilon = (
-                evaluate(entry.parameters.get(k, config.parameters.get(k)), "", 0.0)
+                _first_value((entry.parameters, config.parameters), k, k, "", 0.0)
                 for k in ("density", "epsilon")
             )
             if isinstance(density, (int, float)):
@@ -304,9 +304,19 @@ def check_tensor_options(
     method: MergeMethod, resolver: OptionResolver, names: list[str], labels: list[str]
 ) -> None:
     """Checks that need the values per tensor (gradients and filters resolved), before any weight
-    is read: DELLA's ``0 < density - epsilon`` and ``density + epsilon < 1`` where it drops, and
-    a normalised linear merge's weights not summing to 0 (it divides by their sum: an all-NaN
-    model, written with exit 0)."""
+    is read: every required option has a value for every tensor (filters without a catch-all
+    entry may match none of a tensor's name), DELLA's ``0 < density - epsilon`` and
+    ``density + epsilon < 1`` where it drops, and a normalised linear merge's weights not summing
+    to 0 (it divides by their sum: an all-NaN model, written with exit 0)."""
+    required = method.required()
+    for name in names:
+        options = resolver(name)  # a value some models lack is refused here
+        missing = [_key(n) for n in required if n not in options]
+        if missing:
+            raise PoiseError(
+                f"tensor {name!r}: no value of {', '.join(map(repr, missing))} applies to it "
+                "(no filter matches its name); add an entry without a filter"
+            )
     if method.name == "linear":
         for name in names:
             options = resolver(name)
@@ -411,10 +421,12 @@ class OptionResolver:
         for option in self.method.parameters():
             key = _key(option)
             if option in self.method.per_model:
-                values = []
-                for params in self.per_model:
-                    raw = params.get(key, params.get(option, self.shared.get(key)))
-                    values.append(evaluate(raw, name, t))
+                # the model's own value, else the top-level one: per tensor, so a model whose
+                # filters match none of a tensor's name falls through, as in mergekit
+                values = [
+                    _first_value((params, self.shared), key, option, name, t)
+                    for params in self.per_model
+                ]
                 if all(v is None for v in values):
                     continue
                 default = PER_MODEL_DEFAULTS.get(option)
@@ -427,11 +439,25 @@ class OptionResolver:
                         "or set it under the top-level parameters"
                     )
                 out[option] = values
-            elif key in self.shared or option in self.shared:
-                value = evaluate(self.shared.get(key, self.shared.get(option)), name, t)
+            else:
+                value = _first_value((self.shared,), key, option, name, t)
                 if value is not None:
                     out[option] = value
         return out
+
+
+def _first_value(
+    scopes: tuple[Mapping[str, Any], ...], key: str, option: str, name: str, t: float
+) -> Any:
+    """The first scope's value of an option (spelt ``key`` or ``option``) that applies to the
+    tensor ``name``, or None."""
+    for scope in scopes:
+        for spelling in dict.fromkeys((key, option)):
+            if spelling in scope:
+                value = evaluate(scope[spelling], name, t)
+                if value is not None:
+                    return value
+    return None
 
 
 # -- opening models

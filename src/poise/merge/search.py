@@ -120,6 +120,16 @@ def candidates(search: SearchConfig) -> list[Candidate]:
     """Every candidate's resolved merge config, checked (one-line errors) before any work."""
     template = dict(search.merge)
     methods = search.methods or [template.get("merge_method", "")]
+    if not methods[0]:
+        raise PoiseError(
+            "merge.merge_method: the template names no method, and no methods are given"
+        )
+    try:  # the template's shape (models, parameters, ...): one line, not a pydantic report
+        MergeConfig.model_validate({"merge_method": methods[0], **template})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in ("merge", *error["loc"]))
+        raise PoiseError(f"{where}: {error['msg']}") from None
     # a grid option no method takes was dropped without a word (a misspelt lambda ran the
     # default): refused, as poise merge refuses it
     taken = {p for name in methods for p in METHODS.get(name).parameters()}
@@ -170,8 +180,14 @@ def candidates(search: SearchConfig) -> list[Candidate]:
                     config["models"][i] = {**entry, "parameters": entry_params}
                 try:
                     check_config(MergeConfig.model_validate(config))
-                except (PoiseError, ValidationError) as exc:
+                except PoiseError as exc:
                     raise PoiseError(f"candidate {method_name} {values}: {exc}") from None
+                except ValidationError as exc:
+                    error = exc.errors()[0]
+                    where = ".".join(str(p) for p in error["loc"])
+                    raise PoiseError(
+                        f"candidate {method_name} {values}: {where}: {error['msg']}"
+                    ) from None
                 key = _key(config)
                 if key not in seen:
                     seen.add(key)

@@ -61,14 +61,25 @@ def polar_factor(a: torch.Tensor) -> torch.Tensor:
 def truncated_svd(
     delta: torch.Tensor, rank: int, *, svd: SvdKind = "exact", oversample: int = 8, niter: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The first ``rank`` singular triplets of ``delta`` ``[m, n]``: ``U [m, rank]``,
-    ``S [rank]``, ``V [n, rank]`` (exact, or randomised with ``rank + oversample`` columns)."""
+    """The first ``rank`` singular triplets of ``delta`` ``[m, n]``: ``U [m, r]``,
+    ``S [r]``, ``V [n, r]`` (exact, or randomised with ``rank + oversample`` columns), less those
+    whose singular value is numerically 0 (``r <= rank``)."""
     if svd == "exact":
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
-        return u[:, :rank], s[:rank], vh[:rank].mT
-    q = min(rank + oversample, *delta.shape)
-    u, s, v = torch.svd_lowrank(delta, q=q, niter=niter)
-    return u[:, :rank], s[:rank], v[:, :rank]
+        u, s, v = u[:, :rank], s[:rank], vh[:rank].mT
+    else:
+        q = min(rank + oversample, *delta.shape)
+        u, s, v = torch.svd_lowrank(delta, q=q, niter=niter)
+        u, s, v = u[:, :rank], s[:rank], v[:, :rank]
+    # Directions of (numerically) zero singular values are arbitrary, whatever the SVD routine
+    # returned: they carry none of delta, yet in the stack they would rotate the other tasks'
+    # directions through the polar factors. A zero task vector (a module one model left
+    # unchanged) then keeps nothing. Tolerance: numpy's matrix_rank default.
+    if s.numel():
+        tolerance = s[0] * max(delta.shape) * torch.finfo(s.dtype).eps
+        kept = int((s > tolerance).sum())
+        u, s, v = u[:, :kept], s[:kept], v[:, :kept]
+    return u, s, v
 
 
 def tsv_combine(
@@ -86,9 +97,18 @@ def tsv_combine(
 
 def huber_reweight(delta: torch.Tensor, threshold: float) -> torch.Tensor:
     """RESM's outlier weighting (poise's choice, see the module docstring): entries beyond
-    ``threshold * 1.4826 * median|delta|`` are shrunk to that bound, sign kept. ``[*shape]``."""
-    scale = MAD_TO_SIGMA * delta.abs().reshape(-1).median()
-    bound = threshold * scale
+    ``threshold * 1.4826 * median|delta|`` are shrunk to that bound, sign kept. ``[*shape]``.
+    Where more than half the entries are 0 the median is that of the non-zero ones."""
+    magnitude = delta.abs().reshape(-1)  # [N]
+    median = magnitude.median()
+    if median == 0:
+        # more than half the entries are unchanged: a bound of 0 would erase the whole task
+        # vector, so the scale is taken from the entries that changed
+        changed = magnitude[magnitude > 0]
+        if not changed.numel():
+            return delta
+        median = changed.median()
+    bound = threshold * (MAD_TO_SIGMA * median)
     return delta.clamp(min=-bound, max=bound)
 
 

@@ -40,8 +40,6 @@ class SafetensorsFolder:
     listed in ``model.safetensors.index.json``)."""
 
     def __init__(self, path: Path, label: str | None = None) -> None:
-        from safetensors import safe_open
-
         self.path = path
         self.label = label or str(path)
         if not path.is_dir():
@@ -50,8 +48,15 @@ class SafetensorsFolder:
         if index.is_file():
             try:
                 weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as exc:
+            except (ValueError, KeyError, TypeError) as exc:
                 raise PoiseError(f"{index}: not a safetensors index ({exc})") from None
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(v, str) for v in weight_map.values()
+            ):
+                raise PoiseError(
+                    f"{index}: not a safetensors index (its weight_map is not a mapping of "
+                    "tensor names to file names)"
+                )
             files = sorted(set(weight_map.values()))
         else:
             files = sorted(p.name for p in path.glob("*.safetensors"))
@@ -66,8 +71,8 @@ class SafetensorsFolder:
             file = path / name
             if not file.is_file():
                 raise PoiseError(f"{index}: lists {name}, which is missing")
-            self._handles[name] = self._stack.enter_context(
-                safe_open(str(file), framework="pt", device="cpu")
+            self._handles[name] = _open_safetensors(
+                self._stack, file, f"model {self.label!r}", device="cpu"
             )
         if not weight_map:
             for name, handle in self._handles.items():
@@ -108,8 +113,6 @@ class LoraFolder:
     """
 
     def __init__(self, path: Path, base: SafetensorsFolder, label: str | None = None) -> None:
-        from safetensors import safe_open
-
         self.path = path
         self.label = label or str(path)
         self.base = base
@@ -117,6 +120,8 @@ class LoraFolder:
             config = json.loads((path / ADAPTER_CONFIG).read_text())
         except (OSError, ValueError) as exc:
             raise PoiseError(f"{path / ADAPTER_CONFIG}: cannot read ({exc})") from None
+        if not isinstance(config, dict) or not isinstance(config.get("r"), int):
+            raise PoiseError(f"{path / ADAPTER_CONFIG}: not a peft LoRA config (no integer 'r')")
         if config.get("peft_type", "LORA") != "LORA":
             raise PoiseError(f"{path}: peft type {config.get('peft_type')!r} is not a LoRA")
         if config.get("use_dora"):
@@ -132,7 +137,7 @@ class LoraFolder:
         if not weights.is_file():
             raise PoiseError(f"{path}: no adapter_model.safetensors (pickle adapters are not read)")
         self._stack = ExitStack()
-        self._handle = self._stack.enter_context(safe_open(str(weights), framework="pt"))
+        self._handle = _open_safetensors(self._stack, weights, f"LoRA {self.label!r}")
         self._pairs: dict[str, dict[str, str]] = {}
         for key in self._handle.keys():  # noqa: SIM118 - a safetensors handle
             match = _LORA_KEY.match(key)
@@ -183,6 +188,18 @@ class LoraFolder:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def _open_safetensors(stack: ExitStack, file: Path, what: str, **kwargs: Any) -> Any:
+    """A safetensors handle on ``file``, closed with ``stack``; a file that is not safetensors
+    (truncated, a Git LFS pointer, another format) is one line naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return stack.enter_context(safe_open(str(file), framework="pt", **kwargs))
+    except (SafetensorError, OSError) as exc:
+        stack.close()
+        raise PoiseError(f"{what}: {file} is not a readable safetensors file ({exc})") from None
 
 
 def is_lora_folder(path: Path) -> bool:

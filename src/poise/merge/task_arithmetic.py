@@ -9,16 +9,19 @@ agree on a sign), covers task arithmetic, TIES, DARE, Model Breadcrumbs and DELL
 
     delta_hat_t = sparsify(delta_t)                                   # [*shape] each
     elected     = sign(sum_t s_t * delta_hat_t)                       # [*shape]   (consensus "sum")
-    m_t         = [sign(delta_hat_t) == elected]                      # [*shape]   (1 without consensus)
+    m_t         = [sign(o_t * delta_hat_t) == elected]                # [*shape]   (1 without consensus)
     merged      = sum_t w_t m_t delta_hat_t / (sum_t w_t m_t  if normalize else 1)
     theta       = base + lambda * merged                              # task arithmetic eq. 1,
                                                                       # arXiv 2212.04089
 
 Sign election. TIES (arXiv 2306.01708, sec. 3, "elect") elects on the trimmed task vectors
-themselves: ``s_t = 1``. mergekit 0.1.5 elects on the *weighted* vectors, ``s_t = w_t``.
-``sign_election="paper"`` (the default) is the paper's rule, ``"weighted"`` is mergekit's; the two
-agree when all weights are equal and positive. Consensus ``"count"`` elects by the majority of
-signs, ``sign(sum_t sign(delta_hat_t))``. A tie (a sum of exactly 0) elects ``+``, as mergekit does.
+themselves: ``s_t = 1``, ``o_t = 1``. mergekit 0.1.5 elects on the *weighted* vectors,
+``s_t = w_t``, and matches each task on the sign of its weighted vector, ``o_t = sign(w_t)`` (a
+negative weight, task negation, flips the sign it votes and agrees with; a weight of 0 agrees
+with nothing). ``sign_election="paper"`` (the default) is the paper's rule, ``"weighted"`` is
+mergekit's; the two agree when all weights are equal and positive. Consensus ``"count"`` elects
+by the majority of signs, ``sign(sum_t sign(o_t delta_hat_t))``. A tie (a sum of exactly 0)
+elects ``+``, as mergekit does.
 
 Rescaling after random dropping: ``rescale_norm="inverse_probability"`` (the DARE and DELLA papers,
 the default) or ``"l1"`` (mergekit 0.1.5); see :mod:`poise.merge.sparsify`.
@@ -100,10 +103,13 @@ def generalized_task_arithmetic(
     weights = [float(w) for w in weight]
     # Per-task loops keep the working set at deltas [T, *shape] plus a few [*shape] tensors.
     if consensus is not None:
+        # the sign each task votes with and is matched on: its own (paper), or that of its
+        # weighted vector w_t delta_t (mergekit), which a negative weight flips and 0 empties
+        orient = [1.0] * n if sign_election != "weighted" else [_sign(w) for w in weights]
         votes = torch.zeros_like(base_w)  # [*shape]
         for t in range(n):
             if consensus == "count":
-                votes.add_(deltas[t].sign())
+                votes.add_(deltas[t].sign(), alpha=orient[t])
             else:
                 votes.add_(deltas[t], alpha=weights[t] if sign_election == "weighted" else 1.0)
         positive = votes >= 0  # elected sign +1 (a tie elects +), else -1; [*shape] bool
@@ -111,7 +117,11 @@ def generalized_task_arithmetic(
         merged = torch.zeros_like(base_w)
         divisor = torch.zeros_like(base_w)
         for t in range(n):
-            agree = torch.where(positive, deltas[t] > 0, deltas[t] < 0)  # sign(delta_t) == elected
+            if orient[t] == 0:
+                continue  # sign(0 * delta_t) = 0 agrees with no elected sign
+            oriented = deltas[t] if orient[t] > 0 else -deltas[t]
+            # sign(o_t delta_t) == elected
+            agree = torch.where(positive, oriented > 0, oriented < 0)
             merged.add_(deltas[t] * agree, alpha=weights[t])
             divisor.add_(agree.to(dtype), alpha=weights[t])
         divisor[divisor == 0] = 1
@@ -124,6 +134,10 @@ def generalized_task_arithmetic(
     if normalize:
         merged.div_(divisor)
     return (base_w + lambda_ * merged).to(base.dtype)
+
+
+def _sign(x: float) -> float:
+    return 1.0 if x > 0 else -1.0 if x < 0 else 0.0
 
 
 @merge_method(
