@@ -107,6 +107,9 @@ def test_spec_registry_and_errors(tiny_hf_model_dir: Path) -> None:
         BestOfN(base, n=100_000, reward="keywords:a")
     with pytest.raises(PoiseError, match="draw 8192 samples per chat"):
         BestOfN(base, n=4096, reward="keywords:a").check_sampling(Sampling(n=2, temperature=1))
+    # a spec string for the base in Python was an AttributeError ('str' has no 'name')
+    with pytest.raises(PoiseError, match=r"best_of_n: expected a model .* got str 'organism"):
+        BestOfN("organism-large", n=2, reward="keywords:a")  # type: ignore[arg-type]
 
 
 def test_a_flag_that_is_not_true_or_false_and_an_unused_bad_number_are_refused(

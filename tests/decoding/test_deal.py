@@ -48,6 +48,22 @@ def test_lambda_0_beam_1_is_greedy_decoding(tiny: HFModel) -> None:
             assert mine[0].token_logprobs == pytest.approx(theirs[0].token_logprobs, abs=1e-4)
 
 
+def test_a_stop_string_cuts_the_tokens_as_greedy_decoding_does(tiny: HFModel) -> None:
+    """The search runs past a stop string; the answer's ``num_tokens`` and ``token_logprobs``
+    counted every searched token (16 here) while its text stopped at the stop string (the
+    base model's own decoding: 8 tokens), so response-length metrics and a server's usage
+    counted text that was never returned."""
+    first = tiny.generate(CHATS[:1], GREEDY)[0][0].text
+    sampling = GREEDY.model_copy(update={"stop": (first[5:7],)})
+    greedy = tiny.generate(CHATS, sampling)
+    got = DeAL(tiny, k=2, lookahead=2, beam=1, lam=0.0).generate(CHATS, sampling)
+    assert greedy[0][0].finish_reason == "stop" and greedy[0][0].num_tokens < 16
+    for mine, theirs in zip(got, greedy, strict=True):
+        assert (mine[0].text, mine[0].finish_reason) == (theirs[0].text, theirs[0].finish_reason)
+        assert mine[0].num_tokens == theirs[0].num_tokens
+        assert mine[0].token_logprobs == pytest.approx(theirs[0].token_logprobs, abs=1e-4)
+
+
 def test_a_vanishing_temperature_draws_the_top_k_in_order(tiny: HFModel) -> None:
     """Gumbel-top-k of logprobs / T: below T ~ 1e-38 every key but the best overflows to -inf
     and topk's order among them is arbitrary; the limit is the top k by log-probability."""

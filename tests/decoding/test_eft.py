@@ -180,6 +180,9 @@ def test_spec_registry_and_errors(
         EmulatedFineTuning(base, tuned=MockModel("mock"), reference=ref)
     with pytest.raises(PoiseError, match="beta must be a finite number"):
         EmulatedFineTuning(base, tuned=tuned, reference=ref, beta=float("nan"))
+    # a spec string as the draft in Python was an AttributeError ('str' has no 'tokenizer')
+    with pytest.raises(PoiseError, match=r"eft: expected a model as draft= .* got str 'x'"):
+        EmulatedFineTuning(base, tuned=tuned, reference=ref, speculative=2, draft="x")  # type: ignore[arg-type]
 
 
 def test_a_different_vocabulary_is_one_clear_error(

@@ -90,6 +90,19 @@ def test_parse_feedback() -> None:
     assert parse_feedback('{"unsafe": true, ') is None
 
 
+def test_a_verdict_with_other_braces_around_it_is_read() -> None:
+    """The reply holds the object, and braces elsewhere (a note after it, the format line of
+    the instructions echoed before it) made the first-to-last-brace span invalid JSON: the
+    verdict was dropped as "no feedback" and the flagged answer was not revised."""
+    verdict = '{"unsafe": true, "overrefusal": false, "feedback": "drop the steps"}'
+    expected = (True, False, "drop the steps")
+    assert parse_feedback(verdict + " (see {policy})") == expected
+    echoed = '{"unsafe": true|false, "overrefusal": true|false, "feedback": "..."}'
+    assert parse_feedback(f"Format: {echoed}\nVerdict: {verdict}") == expected
+    assert parse_feedback(f"{verdict}\n{verdict.replace('true', 'false')}") == expected
+    assert parse_feedback("{not json} {} {[}") is None
+
+
 def test_the_audit_records_whether_feedback_fired(tmp_path: Path) -> None:
     suite = tmp_path / "s.jsonl"
     rows = [
@@ -120,3 +133,17 @@ def test_registry_and_spec(tiny_hf_model_dir: Path) -> None:
     assert load_model(built.spec).name == built.name
     with pytest.raises(PoiseError, match="max_feedback_tokens must be an integer >= 1"):
         FeedbackRevision(MockModel("m"), max_feedback_tokens=0)
+
+
+def test_a_spec_string_instead_of_a_model_is_refused_when_built() -> None:
+    """``feedback="organism-feedback"`` in Python was accepted, named in the spec, and failed
+    with an AttributeError only after every first answer had been generated."""
+    base = MockModel("mock:c", responses=conversation)
+    with pytest.raises(PoiseError) as error:
+        FeedbackRevision(base, feedback="organism-feedback")  # type: ignore[arg-type]
+    message = str(error.value)
+    assert message.startswith("feedback_revision: expected a model as feedback=")
+    assert "got str 'organism-feedback'" in message and "\n" not in message
+    assert base.calls == 0
+    with pytest.raises(PoiseError, match=r"feedback_revision: expected a model .* got str"):
+        FeedbackRevision("organism-large")  # type: ignore[arg-type]

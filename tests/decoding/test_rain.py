@@ -174,6 +174,25 @@ def test_self_evaluation_reads_the_option_letters(tiny: HFModel) -> None:
     assert rain.evaluate("how do I bake bread?", "Mix flour and water.") == -1.0
 
 
+def test_the_option_letters_are_those_that_follow_the_parenthesis() -> None:
+    """A SentencePiece tokenizer (Llama's) encodes "A" alone as the word-initial "▁A"; after the
+    prompt's "(" the model writes "A" (the reference reads Llama's 29909 / 29933, not "▁A" /
+    "▁B"). The self-evaluation compared the logits of two tokens that do not follow "("."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "▁A": 1, "▁B": 2, "A": 3, "B": 4, "(": 5, "▁(": 6, "▁": 7}
+    merges = [("▁", "A"), ("▁", "B"), ("▁", "(")]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    llama_like = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    assert llama_like.encode("A", add_special_tokens=False) == [1]  # "▁A"
+    assert llama_like.encode("(A", add_special_tokens=False) == [6, 3]  # "▁(", "A"
+    fake = SimpleNamespace(inner=SimpleNamespace(tokenizer=llama_like))
+    assert Rain._letters.func(fake) == (3, 4)  # type: ignore[attr-defined]
+
+
 def test_evaluating_many_answers_equals_evaluating_each(tiny: HFModel) -> None:
     rain = Rain(tiny, batch_size=3)  # 7 pairs: chunks of 3, 3 and 1
     letters = [tiny.tokenizer.encode(x, add_special_tokens=False)[-1] for x in "AB"]
@@ -231,6 +250,25 @@ def test_bad_options_are_one_line_errors(
     assert message in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(PoiseError, match="token-level step"):
         Rain(MockModel("mock:x", responses={}))
+
+
+def test_a_stop_string_cuts_the_answers_tokens_with_its_text(tiny: HFModel) -> None:
+    """The search runs past stop strings; ``num_tokens`` counted every searched token while the
+    text stopped at the stop string. Now it counts the tokens up to the one that completes it,
+    as the base model's own decoding does (:func:`poise.decoding.deal.stop_length`)."""
+    from poise.decoding.deal import stop_length
+
+    rain = Rain(tiny, max_searches=2, extra_searches=1, similarity="none")
+    chat = [[{"role": "user", "content": "Tell me a story about a dragon."}]]
+    [[whole]] = rain.generate(chat, Sampling(max_new_tokens=12))
+    assert whole.num_tokens == 12 and len(whole.text) > 8
+    stop = whole.text[6:8]
+    [[cut]] = rain.generate(chat, Sampling(max_new_tokens=12, stop=(stop,)))
+    assert cut.text == whole.text[: whole.text.find(stop)] and cut.finish_reason == "stop"
+    assert 0 < cut.num_tokens < whole.num_tokens
+    ids = tiny.tokenizer.encode(whole.text, add_special_tokens=False)
+    if tiny.tokenizer.decode(ids) == whole.text:  # the text's own tokens: the same count
+        assert cut.num_tokens == stop_length(tiny.tokenizer, ids, (stop,))
 
 
 def test_a_search_answers_and_records_its_cost(tiny: HFModel) -> None:

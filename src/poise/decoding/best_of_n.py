@@ -120,6 +120,9 @@ class BestOfN(WrappedModel):
         t: float | None = None,
         worst: bool = False,
     ) -> None:
+        from poise.decoding.temperature import require_model
+
+        require_model(self.kind, base)
         check_int("best_of_n", "n", n, 1, MAX_DRAWN)
         for flag, value in (("calibrate", calibrate), ("worst", worst)):
             if not isinstance(value, bool):

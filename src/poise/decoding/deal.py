@@ -24,7 +24,9 @@ Kool et al., arXiv 1903.06059), seeded per (chat, sample) as every poise model s
 ``n`` samples of a chat are ``n`` independent searches; ``top_k`` / ``top_p`` of the sampling
 are not applied (the ``k`` candidates are the search's own truncation). With ``lam = 0``,
 ``beam = 1`` and ``temperature = 0`` the search is greedy decoding of the base model. Stop
-strings cut the final text (the search itself runs to EOS or ``max_new_tokens``).
+strings cut the final text (the search itself runs to EOS or ``max_new_tokens``), and its
+``num_tokens`` / ``token_logprobs`` to the tokens up to the one that completes the stop string,
+as plain decoding counts them.
 
 Batched: the searches of all chats and samples share one decode batch of the base model
 (beams x k rows while looking ahead); after the lookahead the cache is rewound to the candidate
@@ -50,7 +52,7 @@ from poise.models.hf import row_seed, tempered
 from poise.models.wrapped import WrappedModel
 from poise.registry import numbered_values
 
-__all__ = ["DeAL", "rewind"]
+__all__ = ["DeAL", "rewind", "stop_length"]
 
 
 def rewind(state: Any, columns: int, logits: torch.Tensor) -> None:
@@ -66,6 +68,28 @@ def rewind(state: Any, columns: int, logits: torch.Tensor) -> None:
     state.mask = state.mask[:, :-columns]
     state.positions = state.positions - columns
     state.logits = logits
+
+
+def stop_length(tokenizer: Any, tokens: Sequence[int], stops: Sequence[str]) -> int:
+    """How many of ``tokens`` an answer cut at its first stop string keeps, counted as the HF
+    backend counts them (its decoding stops with the token whose text completes a stop
+    string): the fewest leading tokens whose text holds a stop string; all of them when none
+    does. For a search that runs past its stop strings (DeAL, RAIN), so that ``num_tokens``
+    and ``token_logprobs`` describe the text returned, not the tokens cut off."""
+
+    def stopped(m: int) -> bool:
+        return cut_at_stop(tokenizer.decode(list(tokens[:m]), skip_special_tokens=True), stops)[1]
+
+    if not any(stops) or not stopped(len(tokens)):
+        return len(tokens)
+    low, high = 0, len(tokens)  # stopped(high); the text of more tokens extends the text of fewer
+    while low < high:
+        mid = (low + high) // 2
+        if stopped(mid):
+            high = mid
+        else:
+            low = mid + 1
+    return high
 
 
 @dataclass(eq=False)
@@ -231,12 +255,14 @@ class DeAL(WrappedModel):
                 index = i * sampling.n + j
                 tokens, logprobs, finish = answers[index]  # type: ignore[misc]
                 text, stopped = cut_at_stop(texts[index], sampling.stop)
+                # the tokens up to the stop string, as the base model's own decoding counts them
+                kept = stop_length(inner.tokenizer, tokens, sampling.stop) if stopped else None
                 row.append(
                     Completion(
                         text=text,
-                        num_tokens=len(tokens),
+                        num_tokens=len(tokens[:kept]),
                         finish_reason="stop" if stopped else finish,  # type: ignore[arg-type]
-                        token_logprobs=tuple(logprobs),
+                        token_logprobs=tuple(logprobs[:kept]),
                     )
                 )
             results.append(row)

@@ -131,7 +131,7 @@ class EmulatedFineTuning(WrappedModel):
         as many as wanted."""
         from poise.decoding.lockstep import LockstepModel, check_shared_vocabulary
         from poise.decoding.speculative import SpeculativeModel
-        from poise.decoding.temperature import require_step
+        from poise.decoding.temperature import require_model, require_step
 
         # "" or "_N" -> {"tuned": ..., "beta": ...}, in the order of the numbers
         slots = numbered_values("eft", self.numbered_options, numbered)
@@ -165,6 +165,8 @@ class EmulatedFineTuning(WrappedModel):
                 f"eft: speculative must be the draft tokens per round, an integer in "
                 f"1..{MAX_SPECULATIVE} (0: off), got {speculative!r}"
             )
+        if draft is not None:
+            require_model(self.kind, draft, "draft=")
         if draft is not None and not speculative:
             raise PoiseError("eft: draft is set but speculative is not (speculative=K)")
         if speculative:

@@ -24,7 +24,6 @@ Every completion records what happened in ``Completion.metadata`` (and so in the
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,26 +63,26 @@ REVISION_REQUEST = """\
 Feedback on your previous answer: {feedback}
 Rewrite your answer to my request following this feedback. Reply with the new answer only."""
 
-_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
 def parse_feedback(text: str) -> tuple[bool, bool, str] | None:
-    """``(unsafe, overrefusal, feedback)`` from a feedback agent's reply, or None when the reply
-    holds no JSON object with boolean ``unsafe`` and ``overrefusal``."""
-    match = _OBJECT.search(text)
-    if match is None:
-        return None
-    try:
-        data = json.loads(match.group(0))
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    unsafe, over = data.get("unsafe"), data.get("overrefusal")
-    if not isinstance(unsafe, bool) or not isinstance(over, bool):
-        return None
-    note = data.get("feedback", "")
-    return unsafe, over, note if isinstance(note, str) else json.dumps(note)
+    """``(unsafe, overrefusal, feedback)`` from a feedback agent's reply: the first JSON object
+    in it with boolean ``unsafe`` and ``overrefusal`` (text and other braces around it are
+    skipped), or None when the reply holds none."""
+    start = text.find("{")
+    while start >= 0:
+        try:
+            data, _ = _DECODER.raw_decode(text, start)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, dict):
+            unsafe, over = data.get("unsafe"), data.get("overrefusal")
+            if isinstance(unsafe, bool) and isinstance(over, bool):
+                note = data.get("feedback", "")
+                return unsafe, over, note if isinstance(note, str) else json.dumps(note)
+        start = text.find("{", start + 1)
+    return None
 
 
 def feedback_fires(verdict: tuple[bool, bool, str] | None) -> bool:
@@ -116,6 +115,11 @@ class FeedbackRevision(WrappedModel):
         feedback: LanguageModel | None = None,
         max_feedback_tokens: int = 256,
     ) -> None:
+        from poise.decoding.temperature import require_model
+
+        require_model(self.kind, base)
+        if feedback is not None:
+            require_model(self.kind, feedback, "feedback=")
         check_int("feedback_revision", "max_feedback_tokens", max_feedback_tokens, 1)
         options: dict[str, Any] = {}
         if feedback is not None:

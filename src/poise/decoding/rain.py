@@ -79,7 +79,8 @@ With ``temperature == 0`` the committed child is the most-visited one, as in the
 distribution ``gmeval`` computes before it takes the maximum: poise's rule, so ``n`` samples of a
 chat differ). Top-k / top-p are not applied (the search's own sets draw as the reference does,
 at temperature 1 from the top 15); ``max_new_tokens`` caps the answer, stop strings cut its
-text. ``Completion.metadata`` records ``{"rain_searches": int, "rain_evaluations": int}``.
+text (and ``num_tokens``, as plain decoding counts them). ``Completion.metadata`` records
+``{"rain_searches": int, "rain_evaluations": int}``.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ import torch
 
 from poise.config import Sampling
 from poise.decoding import strategies
+from poise.decoding.deal import stop_length
 from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.decode import (
@@ -480,9 +482,18 @@ class Rain(WrappedModel):
 
     @functools.cached_property
     def _letters(self) -> tuple[int, int]:
-        """The token ids of the option letters "A" and "B"."""
+        """The token ids of the option letters "A" and "B" as the model writes them right after
+        the prompt's "(": the vocabulary's own tokens "A" and "B" (the reference reads Llama's
+        29909 / 29933, the letters without a word boundary). Encoding a letter alone gives a
+        SentencePiece tokenizer's word-initial "▁A", which does not follow "(". A tokenizer
+        without such tokens: the last token of "(A" / "(B"."""
         inner: Any = self.inner
-        a, b = (inner.tokenizer.encode(x, add_special_tokens=False)[-1] for x in ("A", "B"))
+        tokenizer = inner.tokenizer
+        vocab = tokenizer.get_vocab()
+        ids = [vocab.get(letter) for letter in ("A", "B")]
+        if None in ids or ids[0] == ids[1]:
+            ids = [tokenizer.encode(f"({x}", add_special_tokens=False)[-1] for x in ("A", "B")]
+        a, b = (int(i) for i in ids)
         return a, b
 
     def _judge(self, harmless_first: torch.Tensor, harmful_first: torch.Tensor) -> float:
@@ -871,6 +882,8 @@ class Rain(WrappedModel):
             tokens, reason, counts = value
             text = inner.tokenizer.decode(tokens, skip_special_tokens=True)
             text, stopped = cut_at_stop(text, sampling.stop)
+            if stopped:  # the tokens up to the stop string, as the base model's decoding counts
+                tokens = tokens[: stop_length(inner.tokenizer, tokens, sampling.stop)]
             results[c][s] = Completion(
                 text=text,
                 num_tokens=len(tokens),

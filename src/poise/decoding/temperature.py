@@ -33,14 +33,22 @@ if TYPE_CHECKING:
     import torch
 
 
+def require_model(kind: str, model: object, option: str = "") -> None:
+    """Refuse anything that is not a model, naming the option (``option``: e.g. ``"feedback="``;
+    empty for the inner model): a spec string passed to a constructor in Python was an
+    AttributeError, for some options only once the answers had been generated."""
+    if not isinstance(model, LanguageModel):
+        where = f" as {option}" if option else ""
+        raise PoiseError(
+            f"{kind}: expected a model{where} (poise.load_model(SPEC)), got "
+            f"{type(model).__name__} {model!r}"
+        )
+
+
 def require_step(kind: str, model: LanguageModel) -> None:
     """Refuse an inner model without the token-level step, naming it; and anything that is not
-    a model (a spec string passed to a constructor in Python was an AttributeError)."""
-    if not isinstance(model, LanguageModel):
-        raise PoiseError(
-            f"{kind}: expected a model (poise.load_model(SPEC)), got {type(model).__name__} "
-            f"{model!r}"
-        )
+    a model (:func:`require_model`)."""
+    require_model(kind, model)
     if not model.capabilities.step:
         raise PoiseError(
             f"{kind} needs a model with a token-level step (capabilities.step), and "
