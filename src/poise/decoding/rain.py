@@ -54,7 +54,10 @@ substitutes it means something else.
 
 **Where poise departs from the reference.** The value bounds are one tracker per answer (the
 reference copies them to the new root at each commit and keeps updating the old one from nodes
-created before it). A sampled token set stops at EOS. The
+created before it). A sampled token set stops at EOS. Whether a continuation already ends a
+clause is read from the answer's text only (the reference reads the whole decoded state, whose
+prompt ends in "Assistant:", so at the root it never simulates; under a chat template the
+prompt's end says nothing about the answer). The
 evaluation prompt is poise's wording, without the reference's few-shot examples, put to the
 model through its chat template (the reference prompts a base model with raw text).
 
