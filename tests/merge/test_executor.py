@@ -567,6 +567,29 @@ def test_a_required_option_no_filter_gives_is_refused_before_any_weight_is_read(
     assert _nothing_written(tmp_path, out)
 
 
+def test_a_rank_fraction_above_one_over_the_tasks_is_refused_before_any_weight_is_read(
+    specialists: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TSV-M with rank_fraction 0.9 for two tasks was refused at the first matrix, once it had
+    been read, although the docs promise the checks before any weight is read."""
+    from poise.merge.sources import SafetensorsFolder
+
+    def no_reads(self: SafetensorsFolder, name: str) -> torch.Tensor:
+        raise AssertionError(f"read {name} before the options were checked")
+
+    monkeypatch.setattr(SafetensorsFolder, "get", no_reads)
+    base, a, b = specialists
+    out = tmp_path / "out"
+    for method in ("tsv_m", "resm"):
+        with pytest.raises(PoiseError, match=r"rank_fraction 0.9 keeps more .* <= 1/2$"):
+            run_merge(_write(tmp_path / f"{method}.yml", {
+                "merge_method": method, "base_model": str(base),
+                "models": [{"model": str(a)}, {"model": str(b)}],
+                "parameters": {"rank_fraction": 0.9},
+            }), out)  # fmt: skip
+        assert _nothing_written(tmp_path, out)
+
+
 def test_unreadable_weights_and_configs_are_one_line(
     specialists: list[Path], tmp_path: Path
 ) -> None:

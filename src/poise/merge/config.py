@@ -317,6 +317,17 @@ def check_tensor_options(
                 f"tensor {name!r}: no value of {', '.join(map(repr, missing))} applies to it "
                 "(no filter matches its name); add an entry without a filter"
             )
+    if "rank_fraction" in method.parameters():
+        # TSV-M / RESM keep rank_fraction * min(m, n) directions of each of the T tasks, at
+        # most min(m, n) in all; refused here, not at the first matrix once it has been read
+        tasks = len(labels)
+        for name in names:
+            fraction = resolver(name).get("rank_fraction")
+            if fraction is not None and float(fraction) * tasks > 1 + 1e-9:
+                raise PoiseError(
+                    f"tensor {name!r}: rank_fraction {float(fraction):g} keeps more than all the "
+                    f"directions for {tasks} tasks; use rank_fraction <= 1/{tasks}"
+                )
     if method.name == "linear":
         for name in names:
             options = resolver(name)
