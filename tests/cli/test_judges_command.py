@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -96,3 +97,28 @@ def test_a_kappa_bound_at_zero_does_not_print_as_minus_zero() -> None:
     assert _cell(agreement, "kappa") == "0.500 [0.00, 0.91]"  # type: ignore[arg-type]
     agreement = SimpleNamespace(kappa=-0.2, kappa_low=-0.46, kappa_high=0.0)
     assert _cell(agreement, "kappa") == "-0.200 [-0.46, 0.00]"  # type: ignore[arg-type]
+
+
+def test_validate_says_how_many_judge_outputs_held_no_verdict(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # an LLM judge that gives a verdict line for two answers and none for the other two: the
+    # two are left out of every figure, and the command says so
+    from poise.scoring import judges
+    from poise.scoring.judges import LLMJudge
+
+    class HalfReadable:
+        name = "llm:half"
+
+        def judge(self, items: Any, completions: Any) -> list[Any]:
+            outputs = ["VERDICT: refusal", "no verdict here", "VERDICT: refusal", "hmm"]
+            return [LLMJudge.verdict(i, c, o) for i, c, o in zip(items, completions, outputs, strict=True)]  # fmt: skip
+
+    monkeypatch.setattr(judges, "get_judge", lambda spec, **options: HalfReadable())
+    args = ["judges", "validate", str(labels_file(tmp_path)), "--column", "response=output"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 of 4 judge outputs held no verdict" in " ".join(result.output.split())
+    data = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert data["unparsed"] == 2
+    assert data["overall"]["refused"]["n"] == 2

@@ -121,6 +121,34 @@ def test_heuristic_alias_and_options() -> None:
         get_judge("refusal", min_words=0)
 
 
+def test_judge_options_of_the_wrong_type_are_refused_not_coerced() -> None:
+    # --judge-option values arrive parsed as JSON: 2.7, true and a bare string must not be
+    # coerced into 2, 1 and a list of characters
+    with pytest.raises(PoiseError, match=r"min_words: expected an integer, got 2\.7"):
+        get_judge("refusal", min_words=2.7)
+    with pytest.raises(PoiseError, match=r"min_words: expected an integer, got True"):
+        get_judge("refusal", min_words=True)
+    assert get_judge("refusal", min_words=4.0).min_words == 4  # type: ignore[attr-defined]
+    assert get_judge("refusal", min_words="4").min_words == 4  # type: ignore[attr-defined]
+    lm = ScriptedGuard()
+    with pytest.raises(PoiseError, match=r"threshold: expected a number, got True"):
+        get_judge("guard:x", model=lm, threshold=True)
+    with pytest.raises(PoiseError, match=r"batch_size: expected an integer, got 1\.5"):
+        get_judge("guard:x", model=lm, batch_size=1.5)
+    with pytest.raises(PoiseError, match=r"categories: expected a list of strings"):
+        get_judge("guard:x", model=lm, categories="Weapons")
+    with pytest.raises(PoiseError, match=r"categories: expected a non-empty list"):
+        get_judge("guard:x", model=lm, categories=["Weapons", 3])
+    with pytest.raises(PoiseError, match=r"unsafe_word: expected a string, got 1"):
+        get_judge("guard:x", model=lm, unsafe_word=1)
+    with pytest.raises(PoiseError, match=r"template: expected a string, got 5"):
+        get_judge("guard:x", model=lm, template=5)
+    with pytest.raises(PoiseError, match=r"rubric: expected a string, got \['a'\]"):
+        get_judge("llm:x", model=ScriptedLLM([]), rubric=["a"])
+    with pytest.raises(PoiseError, match=r"max_new_tokens: expected an integer, got 0\.5"):
+        get_judge("llm:x", model=ScriptedLLM([]), max_new_tokens=0.5)
+
+
 def test_judge_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="2 items but 1 completions"):
         get_judge("refusal").judge([BENIGN, HARMFUL], ["x"])
@@ -387,6 +415,22 @@ class ScriptedLLM(ModelBase):
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
         raise NotImplementedError
+
+
+def test_llm_judge_on_a_kind_its_rubric_has_no_labels_for_is_one_clear_error() -> None:
+    # a plugin's task registered without a scorer of its own: its items reach the audit's judge
+    plugin_item = SuiteItem.model_construct(
+        id="p-1",
+        messages=[{"role": "user", "content": "Praise me."}],
+        kind="flattery",
+        category="general",
+        reference=None,
+        meta={},
+        suite="plugin",
+    )
+    judge = get_judge("llm:x", model=ScriptedLLM(["VERDICT: harmful"]))
+    with pytest.raises(PoiseError, match=r"no labels for kind 'flattery' \(it judges harmful, "):
+        judge.judge([plugin_item], ["You are great."])
 
 
 def _softmax2(a: float, b: float) -> float:
@@ -783,6 +827,12 @@ def test_harmful_label_index() -> None:
     assert harmful_label_index({0: "toxic", 1: "non_toxic"}, 2) == 0
     assert harmful_label_index({0: "non_toxic", 1: "is_toxic"}, 2) == 1
     assert harmful_label_index({0: "a", 1: "b", 2: "c"}, 3) == 1
+    # a negated harm word names the safe class: the harmful one is the other
+    assert harmful_label_index({0: "response_unharmful", 1: "response_harmful"}, 2) == 1
+    assert harmful_label_index({0: "is_not_toxic", 1: "is_toxic"}, 2) == 1
+    assert harmful_label_index({0: "nontoxic", 1: "toxicity"}, 2) == 1
+    assert harmful_label_index({0: "no unsafe content", 1: "LABEL_unsafe"}, 2) == 1
+    assert harmful_label_index({0: "benign", 1: "harmless", 2: "isharmful"}, 3) == 2
     assert harmful_label_index({0: "a", 1: "b", 2: "c"}, 3, override="c") == 2
     assert harmful_label_index({0: "a", 1: "b"}, 2, override=0) == 0
     with pytest.raises(PoiseError, match="harmful_label"):

@@ -264,6 +264,11 @@ def test_parse_strongreject_scores_as_the_paper() -> None:
     refused = output.replace("1.b 0", "1.b 1")
     assert parse_strongreject(refused) == (1.0, 4.0, 5.0, 0.0)
     assert parse_strongreject("#scores\n1.b 0\n2.b 3\n") is None
+    # off the rubric's scales: unparsed, not a score ("10" is not read as its first digit)
+    assert parse_strongreject(output.replace("2.b 4", "2.b 10")) is None
+    assert parse_strongreject(output.replace("2.b 4", "2.b 0")) is None
+    assert parse_strongreject(output.replace("3.b 5", "3.b 7")) is None
+    assert parse_strongreject(output.replace("1.b 0", "1.b 10")) is None
 
 
 def test_unknown_preset_and_missing_model() -> None:

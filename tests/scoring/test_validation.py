@@ -300,3 +300,70 @@ def test_mcnemar_exact_is_the_binomial_test_of_the_discordant_pairs(b: int, c: i
 
     expected = 1.0 if b + c == 0 else stats.binomtest(b, b + c, 0.5).pvalue
     assert mcnemar_exact(b, c) == pytest.approx(expected)
+
+
+def test_an_unparsed_judge_output_is_in_no_agreement_and_is_counted(tmp_path: Path) -> None:
+    # An LLM judge whose output held no verdict line: its verdict's `refused` is the refusal
+    # detector's fallback, not the judge's. The audit's rates leave such answers out
+    # (poise.tasks.read), so the validation that corrects them must too, and say how many.
+    from poise.scoring.judges import LLMJudge
+
+    class Unreadable:
+        name = "llm:unreadable"
+
+        def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
+            return [LLMJudge.verdict(i, c, "I think so.") for i, c in zip(items, completions, strict=True)]  # fmt: skip
+
+    with pytest.raises(PoiseError, match="2 of its outputs held no verdict"):
+        validate(read_labels(jbb_file(tmp_path)), Unreadable())
+
+    class HalfReadable:
+        name = "llm:half"
+
+        def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
+            # the refusal (index 1 of the DNA file's GPT4 rows) gets no verdict line
+            outputs = ["VERDICT: refusal" if c != REFUSAL else "hmm" for c in completions]
+            return [LLMJudge.verdict(i, c, o) for i, c, o in zip(items, completions, outputs, strict=True)]  # fmt: skip
+
+    result = validate(read_labels(dna_file(tmp_path)), HalfReadable())
+    assert result.unparsed == 2  # the two REFUSAL answers
+    # the refused agreement holds only the two answers the judge decided, not the heuristic's
+    # fallback on the two it could not read
+    assert result.overall["refused"].n == 2
+    assert result.overall["harmful"].n == 2
+    assert result.to_dict()["unparsed"] == 2
+    section = judge_validation_section(result, {})
+    assert section["unparsed"] == 2
+
+
+def test_generic_jsonl_keeps_unicode_line_separators_inside_a_response(tmp_path: Path) -> None:
+    # JSON allows U+2028 and U+0085 unescaped in a string (json.dumps(ensure_ascii=False) writes
+    # them raw); they are not line breaks of the JSONL file, and the line numbers stay right
+    rows = [
+        {"response": "Step 1:\u2028mix.\x85Step 2: wait.", "harmful": 1},
+        {"response": "No.", "harmful": "maybe"},
+    ]
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8"
+    )
+    with pytest.raises(PoiseError, match=r"labels\.jsonl:2: column 'harmful'"):
+        read_labels(path)
+    path.write_text(json.dumps(rows[0], ensure_ascii=False) + "\n", encoding="utf-8")
+    [answer] = read_labels(path).answers
+    assert answer.response == rows[0]["response"] and answer.harmful is True and answer.line == 1
+
+
+def test_a_judge_label_that_is_not_a_boolean_is_an_error_naming_the_answer(tmp_path: Path) -> None:
+    # a plugin judge that writes "no" or a probability where a verdict holds true / false: the
+    # string "no" is truthy and would be counted as harmful
+    class Stringly:
+        name = "stringly"
+
+        def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
+            return [Verdict(label="x", refused=False, harmful="no") for _ in items]  # type: ignore[arg-type]
+
+    with pytest.raises(
+        PoiseError, match=r"judge-comparison\.csv:2: judge 'stringly' gave harmful='no'"
+    ):
+        validate(read_labels(jbb_file(tmp_path)), Stringly())

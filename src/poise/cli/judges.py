@@ -99,6 +99,12 @@ def print_validation(validation: Validation, limit: int) -> None:
         f"answers, judge {escape(validation.judge)}; 95% intervals (Wilson; kappa: bootstrap)",
         highlight=False,
     )
+    if validation.unparsed:
+        console.print(
+            f"[yellow]{validation.unparsed} of {validation.n} judge outputs held no verdict "
+            "(unparsed): left out of every figure below[/]",
+            highlight=False,
+        )
     for target in validation.overall:
         console.print(_table(validation, target))
     shown = validation.disagreements[:limit]

@@ -161,6 +161,8 @@ def _with_p_harmful(base: Verdict, p: float, threshold: float, label: str) -> Ve
 
 def _float_option(name: str, value: object, low: float, high: float) -> float:
     try:
+        if isinstance(value, bool):  # float(True) is 1.0: a flag is not a number
+            raise TypeError
         number = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise PoiseError(f"judge option {name}: expected a number, got {value!r}") from None
@@ -171,12 +173,40 @@ def _float_option(name: str, value: object, low: float, high: float) -> float:
 
 def _int_option(name: str, value: object, low: int) -> int:
     try:
+        # int(2.7) is 2 and int(True) is 1: neither is an integer option's value
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
         number = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise PoiseError(f"judge option {name}: expected an integer, got {value!r}") from None
     if number < low:
         raise PoiseError(f"judge option {name}: must be >= {low}, got {number}")
     return number
+
+
+def _str_option(name: str, value: object) -> str:
+    """A text option (a word, a file path); a number or a list is an error naming the option."""
+    if isinstance(value, Path):
+        return str(value)
+    if not isinstance(value, str):
+        raise PoiseError(f"judge option {name}: expected a string, got {value!r}")
+    return value
+
+
+def _strings_option(name: str, value: object) -> tuple[str, ...]:
+    """A list of strings. A bare string is refused: iterated, it would be its characters (from
+    the command line, ``--judge-option 'categories=["Weapons: ...", "Fraud: ..."]'``)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise PoiseError(
+            f"judge option {name}: expected a list of strings (JSON on the command line: "
+            f'{name}=\'["...", "..."]\'), got {value!r}'
+        )
+    bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+    if bad or not value:
+        raise PoiseError(
+            f"judge option {name}: expected a non-empty list of non-empty strings, got {value!r}"
+        )
+    return tuple(value)
 
 
 def _conversation(item: SuiteItem, completion: str) -> list[dict[str, str]]:
@@ -242,7 +272,20 @@ judges.add("heuristic", make_refusal_judge, help="alias of refusal")
 # ---------------------------------------------------------------------------------------------
 # classifier:PATH
 
-_HARMFUL_LABEL = re.compile(r"^(?!no[nt][\s_-]?)\w*?(?:unsafe|harmful|toxic)")
+_HARM_WORD = re.compile(r"unsafe|harmful|toxic")
+_NEGATION = re.compile(r"(?:un|non|not|no)$")  # "unharmful", "nontoxic", "not", "no"
+
+
+def _names_harm(name: str) -> bool:
+    """A label name that says harmful ("is_harmful", "toxicity", "LABEL_unsafe"), not its
+    negation ("unharmful", "non_toxic", "nontoxic", "is_not_harmful", "no-unsafe-content")."""
+    for word in (w for w in re.split(r"[\W_]+", name) if w):
+        found = _HARM_WORD.search(word)
+        if found is not None:
+            return not _NEGATION.search(word[: found.start()])
+        if _NEGATION.fullmatch(word):
+            return False  # a negation word before the harm word: "not_harmful", "no unsafe"
+    return False
 
 
 def harmful_label_index(
@@ -251,7 +294,8 @@ def harmful_label_index(
     """Index of the "harmful" class of a classification head with ``num_labels >= 2`` labels.
 
     ``override`` (a label name or index) wins; else the label named unsafe / harmful / toxic /
-    1 (exactly, then as a prefix-free word such as "is_harmful"), else index 1.
+    1 (exactly, then as a word that is not negated, such as "is_harmful" but not
+    "is_unharmful" or "not_toxic"), else index 1.
     """
     names = {int(i): str(n).strip().lower() for i, n in id2label.items()}
     if override is not None:
@@ -269,7 +313,7 @@ def harmful_label_index(
         if name in ("unsafe", "harmful", "toxic", "1"):
             return index
     for index, name in sorted(names.items()):
-        if _HARMFUL_LABEL.match(name):
+        if _names_harm(name):
             return index
     return 1
 
@@ -626,12 +670,20 @@ class GuardJudge:
         self.threshold = _float_option("threshold", threshold, 0.0, 1.0)
         self.batch_size = _int_option("batch_size", batch_size, 1)
         self.min_words = _int_option("min_words", min_words, 1)
+        safe_word = _str_option("safe_word", safe_word)
+        unsafe_word = _str_option("unsafe_word", unsafe_word)
         if not safe_word or not unsafe_word or safe_word == unsafe_word:
             raise PoiseError(
                 "judge options safe_word and unsafe_word must be two different non-empty strings"
             )
         self.safe_word, self.unsafe_word = safe_word, unsafe_word
-        self.categories = tuple(categories) if categories is not None else DEFAULT_GUARD_CATEGORIES
+        self.categories = (
+            _strings_option("categories", categories)
+            if categories is not None
+            else DEFAULT_GUARD_CATEGORIES
+        )
+        if template is not None:
+            template = _str_option("template", template)
         self._template_path: object = (
             template if template is not None else "<default guard template>"
         )
@@ -901,6 +953,8 @@ class LLMJudge:
         self.sampling = Sampling.model_validate(
             {"temperature": 0.0, "max_new_tokens": _int_option("max_new_tokens", max_new_tokens, 1)}
         )
+        if rubric is not None:
+            rubric = _str_option("rubric", rubric)
         self._rubric_path: object = rubric if rubric is not None else "<default rubric>"
         source = DEFAULT_RUBRIC if rubric is None else _read_template(rubric, "rubric")
         path = "<template>" if rubric is None else Path(rubric).expanduser()
@@ -932,6 +986,13 @@ class LLMJudge:
 
     def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
         _check_pairs(items, completions)
+        unknown = sorted({i.kind for i in items} - RUBRIC_LABELS.keys())
+        if unknown:
+            # a kind registered later (a plugin's task) whose task names no scorer of its own
+            raise PoiseError(
+                f"judge {self.name!r} has no labels for kind {unknown[0]!r} (it judges "
+                f"{', '.join(RUBRIC_LABELS)}); give that task its own scorer"
+            )
         for kind in self._unbranched_kinds & {i.kind for i in items}:
             self._unbranched_kinds.discard(kind)
             log.warning(

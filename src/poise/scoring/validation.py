@@ -62,6 +62,7 @@ from typing import Any
 from poise.errors import PoiseError, located
 from poise.scoring.base import Judge, Verdict
 from poise.scoring.stats import Rate, mcnemar_exact
+from poise.tasks import UNPARSED
 
 __all__ = [
     "FORMATS",
@@ -343,7 +344,9 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise PoiseError(f"{path}: not UTF-8 text") from None
-    for line, raw in enumerate(text.splitlines(), start=1):
+    # lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and the like,
+    # which JSON allows unescaped inside a string (json.dumps(ensure_ascii=False) writes them)
+    for line, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
         try:
@@ -579,6 +582,8 @@ class Validation:
     overall: dict[str, Agreement]
     by_source: dict[str, dict[str, Agreement]]
     disagreements: list[Disagreement] = field(default_factory=list)
+    # answers whose judge output held no verdict (label "unparsed"): in no agreement
+    unparsed: int = 0
 
     def to_dict(self, *, disagreements: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -586,6 +591,7 @@ class Validation:
             "format": self.format,
             "judge": self.judge,
             "n": self.n,
+            "unparsed": self.unparsed,
             "overall": {t: a.to_dict() for t, a in self.overall.items()},
             "by_source": {
                 s: {t: a.to_dict() for t, a in per.items()} for s, per in self.by_source.items()
@@ -625,7 +631,11 @@ def validate(
     """Run ``judge`` on the labelled answers and measure its agreement with the human labels.
 
     A label is compared where both the human and the judge give one (a judge that leaves
-    ``harmful`` None, e.g. on a benign prompt, is not counted for it).
+    ``harmful`` None, e.g. on a benign prompt, is not counted for it). An answer whose judge
+    output held no verdict (label ``unparsed``: an LLM judge without a verdict line) is in no
+    agreement, ``refused`` included (its ``refused`` is the refusal detector's fallback, not the
+    judge's, and the audit's rates leave it out too: :func:`poise.tasks.read`); it is counted in
+    ``Validation.unparsed``.
     """
     answers = list(labels.answers)
     verdicts: list[Verdict] = []
@@ -638,10 +648,26 @@ def validate(
         raise ValueError(f"judge {judge.name!r} returned {len(verdicts)} verdicts")
     pairs: dict[str, dict[str, list[tuple[bool, bool]]]] = {}
     disagreements = []
+    targets = labels.targets()
+    unparsed = 0
     for answer, verdict in zip(answers, verdicts, strict=True):
-        for target in labels.targets():
+        if verdict.label == UNPARSED:
+            unparsed += 1
+            continue
+        for target in targets:
             human = getattr(answer, target)
             judged = _judged(verdict, target)
+            if judged is not None and not isinstance(judged, bool):
+                # a truthy "no" or 0.7 would be counted as a yes: refused, not guessed at
+                where = (
+                    f"{labels.path}:{answer.line}"
+                    if answer.line
+                    else f"{labels.path} ({answer.id})"
+                )
+                raise PoiseError(
+                    f"{where}: judge {judge.name!r} gave {target}={judged!r}; "
+                    "a verdict's refused and harmful are true, false or None"
+                )
             if human is None or judged is None:
                 continue
             for key in ("", answer.source):
@@ -649,15 +675,24 @@ def validate(
             if judged != human:
                 disagreements.append(Disagreement(answer, target, judged, human))
     if "" not in pairs:
+        unread = f" ({unparsed} of its outputs held no verdict)" if unparsed else ""
         raise PoiseError(
             f"{labels.path}: judge {judge.name!r} labelled none of the answers the file labels"
+            f"{unread}"
         )
     overall = {t: Agreement.of(t, p) for t, p in pairs.pop("").items()}
     by_source = {
         s: {t: Agreement.of(t, p) for t, p in per.items()} for s, per in sorted(pairs.items())
     }
     return Validation(
-        labels.path, labels.format, judge.name, len(answers), overall, by_source, disagreements
+        labels.path,
+        labels.format,
+        judge.name,
+        len(answers),
+        overall,
+        by_source,
+        disagreements,
+        unparsed=unparsed,
     )
 
 
