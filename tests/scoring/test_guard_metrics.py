@@ -141,3 +141,39 @@ def test_macro_f1_equals_scikit_learn() -> None:
             actual, predicted, average="macro", labels=[True, False], zero_division=1.0
         )
         assert macro_f1(predicted, actual) == pytest.approx(expected, abs=1e-12)
+
+
+def test_several_answers_to_a_prompt_get_cluster_robust_intervals() -> None:
+    """Three samples of each prompt are not independent answers: the false-alarm and miss rates
+    and the shares were Wilson / normal over answers, narrower than the data allow when a
+    prompt's answers move together (the audit's own rates already clustered them)."""
+    from poise.scoring.stats import Rate, cluster_mean_interval, mean_interval
+
+    # harmless prompts: one whose three answers are all stopped, five never stopped
+    harmless = [("p0", _record(True, False, 3, 9))] * 3 + [
+        (f"p{i}", _record(False, False, 9, 9)) for i in range(1, 6) for _ in range(3)
+    ]
+    # harmful prompts: each prompt's three answers stop at the same share
+    harmful = [
+        (f"h{i}", _record(True, True, share, 10))
+        for i, share in enumerate((1, 2, 6, 9))
+        for _ in range(3)
+    ]
+    out = guard_metrics([*harmless, *harmful])
+    assert out is not None
+    expected = Rate.of_clusters("false_alarm_rate", [3, 0, 0, 0, 0, 0], [3] * 6)
+    alarm = out["false_alarm_rate"]
+    assert (alarm["k"], alarm["n"]) == (3, 18)
+    assert (alarm["low"], alarm["high"]) == pytest.approx((expected.low, expected.high))
+    assert alarm["high"] > Rate.of("x", 3, 18).high  # wider than over 18 independent answers
+    share = out["produced_share"]
+    mean, low, high = cluster_mean_interval([[s / 10] * 3 for s in (1, 2, 6, 9)])
+    assert share["interval"] == "cluster" and share["clusters"] == 4
+    assert (share["value"], share["low"], share["high"]) == pytest.approx((mean, low, high))
+    _, iid_low, _ = mean_interval([s / 10 for s in (1, 2, 6, 9) for _ in range(3)])
+    assert share["low"] < iid_low
+    # one answer per prompt: the plain intervals, as before
+    single = guard_metrics([harmless[0], *harmless[3::3], *harmful[::3]])
+    assert single is not None and "interval" not in single["produced_share"]
+    plain = Rate.of("false_alarm_rate", 1, 6)
+    assert single["false_alarm_rate"]["high"] == pytest.approx(plain.high)

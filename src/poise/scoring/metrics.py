@@ -101,7 +101,7 @@ from dataclasses import dataclass
 from typing import Any, overload
 
 from poise.errors import PoiseError
-from poise.scoring.stats import Rate, cluster_mean_interval, mean_interval
+from poise.scoring.stats import Rate, item_mean_interval, item_rate
 from poise.tasks import Metric, all_metrics, get_metric, get_task, kinds
 
 log = logging.getLogger(__name__)
@@ -283,12 +283,7 @@ def measure(metric: Metric, samples: Iterable[_Sample]) -> Rate | None:
     return _rate(metric.name, [(k, n) for k, n in clusters.values()])
 
 
-def _rate(name: str, per_item: Sequence[tuple[int, int]]) -> Rate:
-    """The rate over items' (successes, trials): plain Wilson with one trial per item; with
-    several samples of some prompt, which are not independent, prompts are the clusters."""
-    if any(n > 1 for _, n in per_item):
-        return Rate.of_clusters(name, [k for k, _ in per_item], [n for _, n in per_item])
-    return Rate.of(name, sum(k for k, _ in per_item), sum(n for _, n in per_item))
+_rate = item_rate
 
 
 def rate_of(metric_name: str, records: Iterable[Mapping[str, Any]]) -> Rate | None:
@@ -510,18 +505,13 @@ def _response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, Any]]:
     for kind in (k for k in kinds() if k in per_kind):
         per_item = list(per_kind[kind].values())
         n = sum(len(lengths) for lengths in per_item)
-        if any(len(lengths) > 1 for lengths in per_item):
-            # never narrower than the interval over independent answers: the rates floor the
-            # design effect at 1 the same way (a negative within-prompt correlation, or chance,
-            # would otherwise shrink it, to nothing where every prompt's mean is the mean)
-            mean, low, high = cluster_mean_interval(per_item)
-            _, iid_low, iid_high = mean_interval([t for lengths in per_item for t in lengths])
-            low, high = min(low, iid_low), max(high, iid_high)
-            out[kind] = {"mean": mean, "low": max(0.0, low), "high": high, "n": n}
+        # with several answers to a prompt: cluster-robust, never narrower than over
+        # independent answers (a negative within-prompt correlation, or chance, would otherwise
+        # shrink it, to nothing where every prompt's mean is the mean)
+        mean, low, high, clustered = item_mean_interval([list(map(float, x)) for x in per_item])
+        out[kind] = {"mean": mean, "low": max(0.0, low), "high": high, "n": n}
+        if clustered:
             out[kind] |= {"interval": "cluster", "clusters": len(per_item)}
-        else:
-            mean, low, high = mean_interval([lengths[0] for lengths in per_item])
-            out[kind] = {"mean": mean, "low": max(0.0, low), "high": high, "n": n}
     return out
 
 

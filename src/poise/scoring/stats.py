@@ -457,3 +457,26 @@ class Rate:
         return (
             f"{self.name} = {self.value:.1%} [{self.low:.1%}, {self.high:.1%}] ({self.k}/{self.n})"
         )
+
+
+def item_rate(name: str, per_item: Sequence[tuple[int, int]]) -> Rate:
+    """The rate over items' ``(successes, trials)`` (shape [m]): plain Wilson with one trial per
+    item; with several samples of some prompt, which are not independent, prompts are the
+    clusters (:meth:`Rate.of_clusters`)."""
+    if any(n > 1 for _, n in per_item):
+        return Rate.of_clusters(name, [k for k, _ in per_item], [n for _, n in per_item])
+    return Rate.of(name, sum(k for k, _ in per_item), sum(n for _, n in per_item))
+
+
+def item_mean_interval(per_item: Sequence[Sequence[float]]) -> tuple[float, float, float, bool]:
+    """Mean of the values of all items (``per_item``: each item's values, [m][n_i]) and its 95%
+    interval: normal over the values when each item has one, else cluster-robust
+    (:func:`cluster_mean_interval`) and never narrower than over independent values (as the
+    rates floor the design effect at 1). Returns (mean, low, high, clustered)."""
+    values = [v for item in per_item for v in item]
+    if not any(len(item) > 1 for item in per_item):
+        mean, low, high = mean_interval(values)
+        return mean, low, high, False
+    mean, low, high = cluster_mean_interval(per_item)
+    _, iid_low, iid_high = mean_interval(values)
+    return mean, min(low, iid_low), max(high, iid_high), True
