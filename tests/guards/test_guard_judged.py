@@ -85,7 +85,7 @@ def test_chunked_guard_shows_the_chunks_before_the_flagged_one(inner: HFModel) -
 
 def test_monitor_judge_flags_by_the_response_head(inner: HFModel, monitor_dir: Path) -> None:
     always = FullGuard(inner, judge=str(monitor_dir), threshold=0.0).generate(CHATS, SAMPLING)
-    never = FullGuard(inner, judge=str(monitor_dir), threshold=1.01).generate(CHATS, SAMPLING)
+    never = FullGuard(inner, judge=str(monitor_dir), threshold=1.0).generate(CHATS, SAMPLING)
     assert all(c.finish_reason == "guard" for row in always for c in row)
     assert all(c.finish_reason != "guard" for row in never for c in row)
 
@@ -100,3 +100,54 @@ def test_specs_and_errors(tiny_hf_model_dir: Path) -> None:
     for audit_judge in ("oracle", "refusal", "preset:llama-guard-3"):
         with pytest.raises(PoiseError, match=r"not a monitor folder.*keywords:WORD.*--judge"):
             load_model(f"full_guard('{tiny_hf_model_dir}', judge='{audit_judge}')")
+
+
+def test_a_threshold_outside_zero_one_or_with_keywords_is_one_clear_line(
+    inner: HFModel, tiny_hf_model_dir: Path, monitor_dir: Path
+) -> None:
+    """A threshold of 2 used to be taken (a guard that never stops), 'x' raised a ValueError,
+    and one given with a keywords: judge was silently ignored."""
+    for kind in ("full_guard", "chunked_guard"):
+        for bad in ("2", "-0.1", "'x'", "true"):
+            with pytest.raises(
+                PoiseError, match=rf"{kind}: threshold must be a number in \[0, 1\]"
+            ):
+                load_model(f"{kind}('{tiny_hf_model_dir}', judge='{monitor_dir}', threshold={bad})")
+        with pytest.raises(PoiseError, match="threshold applies to a monitor judge"):
+            load_model(f"{kind}('{tiny_hf_model_dir}', judge='keywords:cat', threshold=0.5)")
+    model = load_model(f"full_guard('{tiny_hf_model_dir}', judge='{monitor_dir}', threshold=1)")
+    assert isinstance(model, FullGuard) and model.judge.threshold == 1.0
+    with pytest.raises(PoiseError, match="full_guard: refusal must be a string"):
+        FullGuard(inner, judge="keywords:cat", refusal=3)  # type: ignore[arg-type]
+
+
+def test_a_monitor_judge_guards_a_model_without_prompt_ids(
+    inner: HFModel, monitor_dir: Path
+) -> None:
+    """Inside the guard, a model with no prompt token ids of its own (here the streaming guard;
+    a decoding strategy is the same): the monitor reads the chat through its own template. It
+    raised AttributeError ('prompt_ids') at the first generate."""
+    from poise.guards.monitor import load_monitor
+    from poise.guards.streaming import Guarded
+
+    monitor = load_monitor(str(monitor_dir))
+    plain = inner.generate(CHATS, SAMPLING)
+    flat = [(c, comp) for c, row in enumerate(plain) for comp in row]
+    last = [
+        scores[-1]
+        for scores in monitor.response_scores(
+            [monitor.prompt_ids(CHATS[c]) for c, _ in flat],
+            [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
+        )
+    ]
+    threshold = sorted(last)[len(last) // 2]  # about half the answers flagged
+    wrapped = Guarded(inner, monitor=str(monitor_dir), threshold=1.0, k=50)
+    assert not wrapped.capabilities.tokens
+    got = FullGuard(wrapped, judge=str(monitor_dir), threshold=threshold).generate(CHATS, SAMPLING)
+    # the tiny monitor shares the model's chat template: the same decisions as on the model
+    want = FullGuard(inner, judge=str(monitor_dir), threshold=threshold).generate(CHATS, SAMPLING)
+    reasons = [c.finish_reason for row in got for c in row]
+    assert "guard" in reasons and len(set(reasons)) > 1
+    assert [(c.text, c.finish_reason) for row in got for c in row] == [
+        (c.text, c.finish_reason) for row in want for c in row
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,60 @@ def test_scores_under_a_named_head_are_that_heads(monitor_dir: Path) -> None:
 def test_a_folder_without_header_is_refused(tiny_hf_model_dir: Path) -> None:
     with pytest.raises(PoiseError, match="not a monitor folder"):
         load_monitor(str(tiny_hf_model_dir))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("threshold", "0.9", "threshold must be a number, got '0.9'"),
+        ("threshold", None, "threshold must be a number, got None"),
+        ("k", "3", "k must be an integer, got '3'"),
+        ("k", 2.5, "k must be an integer, got 2.5"),
+        ("alpha", "a", "alpha must be a number"),
+        ("metadata", [], "metadata must be an object"),
+    ],
+)
+def test_a_header_of_the_wrong_types_is_one_clear_line(
+    monitor_dir: Path, tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    """A hand-edited monitor.json: a string or null threshold or k raised a TypeError from a
+    comparison, and k 2.5 or an unknown alpha's type loaded."""
+    import shutil
+
+    from poise.guards.monitor import read_header
+
+    folder = tmp_path / "monitor"
+    shutil.copytree(monitor_dir, folder)
+    header = json.loads((folder / "monitor.json").read_text())
+    (folder / "monitor.json").write_text(json.dumps({**header, field: value}))
+    with pytest.raises(PoiseError, match=rf"monitor\.json: {message}"):
+        read_header(folder)
+    with pytest.raises(PoiseError, match=rf"monitor\.json: {message}"):
+        load_monitor(str(folder))
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        ("config.json", "could not load the backbone"),
+        ("model.safetensors", "could not load the backbone"),
+        ("tokenizer*", "could not load the tokenizer"),
+        ("monitor.safetensors", "could not read monitor.safetensors"),
+    ],
+)
+def test_a_monitor_folder_with_broken_files_is_one_clear_line(
+    monitor_dir: Path, tmp_path: Path, broken: str, message: str
+) -> None:
+    """A folder with a monitor.json whose backbone, tokenizer or heads are missing or corrupt:
+    transformers' ValueError / OSError and safetensors' SafetensorError came out as they were."""
+    import shutil
+
+    folder = tmp_path / "monitor"
+    shutil.copytree(monitor_dir, folder)
+    for path in folder.glob(broken):
+        if broken == "monitor.safetensors":
+            path.write_bytes(b"not a safetensors file")  # truncated or corrupt
+        else:
+            path.unlink()
+    with pytest.raises(PoiseError, match=rf"monitor '{re.escape(str(folder))}': {message}"):
+        load_monitor(str(folder))

@@ -161,3 +161,46 @@ def test_bad_options_are_one_clear_line(inner: HFModel, monitor_dir: Path) -> No
         Guarded(inner, monitor=str(monitor_dir), threshold=1.5)
     with pytest.raises(PoiseError, match="k must be an integer >= 1"):
         Guarded(inner, monitor=str(monitor_dir), k=0)
+
+
+def test_an_engine_forgets_rows_that_left(inner: HFModel, monitor_dir: Path) -> None:
+    """``poise serve`` runs one engine for its lifetime: the watch kept every row's flag count,
+    stop and highest score it ever served (a slow leak); now a row's entries go when its
+    completion is delivered or its request is cancelled."""
+    guarded = Guarded(inner, monitor=str(monitor_dir), threshold=0.0, k=1)  # stops every row
+    engine = guarded.engine()
+    for c, chat in enumerate(CHATS):
+        engine.add(c, chat, SAMPLING)
+    finals = []
+    while not engine.idle:
+        finals += [e.completion for e in engine.step() if e.completion is not None]
+    assert len(finals) == len(CHATS) * SAMPLING.n
+    assert all(c.finish_reason == "guard" and c.num_tokens == 1 for c in finals)
+    watch = engine.watch
+    assert watch.stops == {} and watch.flagged == {} and watch.max_score == {}
+    # a request cancelled while the monitor follows it (never stopped: threshold 1)
+    engine = Guarded(inner, monitor=str(monitor_dir), threshold=1.0, k=1).engine()
+    engine.add("cancelled", CHATS[1], SAMPLING)
+    for _ in range(3):
+        engine.step()
+    assert set(engine.watch.max_score) == {0, 1}  # both samples scored so far
+    engine.cancel("cancelled")
+    assert engine.idle and engine.watch.max_score == {}
+
+
+def test_a_monitor_of_another_vocabulary_or_not_a_name_is_refused(
+    inner: HFModel, monitor_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "monitor"
+    shutil.copytree(monitor_dir, other)
+    tokenizer = AutoTokenizer.from_pretrained(str(other))
+    tokenizer.add_tokens(["<extra>"])
+    tokenizer.save_pretrained(str(other))
+    with pytest.raises(PoiseError, match=r"does not share .* vocabulary"):
+        Guarded(inner, monitor=str(other))
+    with pytest.raises(PoiseError, match="needs monitor=NAME_OR_FOLDER"):
+        Guarded(inner, monitor=3)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from poise.config import Sampling
-from poise.errors import PoiseError, check_int
+from poise.errors import PoiseError, check_int, check_number
 from poise.guards import guards
 from poise.guards.monitor import Monitor, load_monitor
 from poise.guards.record import shown_completion
@@ -108,6 +108,18 @@ def flagged_prefixes(every: int, length: int) -> list[int]:
     return [*range(every, length, every), length]
 
 
+def _check_threshold(kind: str, judge: object, threshold: object) -> float | None:
+    """A monitor judge's threshold as a float in [0, 1] (None: the default); a keyword judge
+    has none (a threshold given with it would be silently ignored, so it is refused)."""
+    if threshold is None:
+        return None
+    if isinstance(judge, str) and judge.startswith("keywords:"):
+        raise PoiseError(
+            f"{kind}: threshold applies to a monitor judge; a keywords: judge flags on a match"
+        )
+    return check_number(kind, "threshold", threshold, low=0, high=1)
+
+
 class _JudgedGuard(WrappedModel):
     every = 0
 
@@ -116,6 +128,8 @@ class _JudgedGuard(WrappedModel):
     ) -> None:
         if not isinstance(judge, str) or not judge:
             raise PoiseError(f"{self.kind}: needs judge=MONITOR or judge=keywords:WORD|WORD")
+        if not isinstance(refusal, str):
+            raise PoiseError(f"{self.kind}: refusal must be a string, got {refusal!r}")
         if model.tokenizer is None:
             raise PoiseError(f"{self.kind}: {model.name!r} has no tokenizer to count tokens with")
         self.judge = _Judge(judge, threshold, model)
@@ -140,8 +154,15 @@ class _JudgedGuard(WrappedModel):
         results = inner.generate(chats, sampling, progress=progress)
         flat = [(c, s, comp) for c, row in enumerate(results) for s, comp in enumerate(row)]
         tokenizer = self.tokenizer
+        # the monitor reads the prompt's token ids: the inner model's own (a local Hugging Face
+        # model, capability ``tokens``), else the chat through the monitor's chat template, as
+        # it was trained (a decoding strategy or a guard inside has no prompt ids of its own)
+        monitor = self.judge.monitor
+        prompt_ids = inner.prompt_ids if self.inner.capabilities.tokens else None
         prompts_of_chat = (
-            [inner.prompt_ids(chat) for chat in chats] if self.judge.monitor is not None else []
+            [prompt_ids(chat) if prompt_ids else monitor.prompt_ids(chat) for chat in chats]
+            if monitor is not None
+            else []
         )
         answers, texts, ends, bounds, prompts = [], [], [], [], []
         for c, _, comp in flat:
@@ -207,9 +228,10 @@ class FullGuard(_JudgedGuard):
         threshold: float | None = None,
         refusal: str = DEFAULT_REFUSAL,
     ) -> None:
+        threshold = _check_threshold(self.kind, judge, threshold)
         options: dict[str, Any] = {"judge": judge}
         if threshold is not None:
-            options["threshold"] = float(threshold)
+            options["threshold"] = threshold
         if refusal != DEFAULT_REFUSAL:
             options["refusal"] = refusal
         super().__init__(model, **options)
@@ -235,9 +257,10 @@ class ChunkedGuard(_JudgedGuard):
         refusal: str = DEFAULT_REFUSAL,
     ) -> None:
         check_int("chunked_guard", "every", every, 1)
+        threshold = _check_threshold(self.kind, judge, threshold)
         options: dict[str, Any] = {"judge": judge, "every": every}
         if threshold is not None:
-            options["threshold"] = float(threshold)
+            options["threshold"] = threshold
         if refusal != DEFAULT_REFUSAL:
             options["refusal"] = refusal
         super().__init__(model, **options)

@@ -49,7 +49,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -240,7 +240,7 @@ class Monitor(torch.nn.Module):
 
     # -- inputs
 
-    def prompt_ids(self, messages: Sequence[dict[str, str]]) -> list[int]:
+    def prompt_ids(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
         """The prompt as a poise model generates after it: the chat template with the
         generation prompt, no special tokens added."""
         text = self.tokenizer.apply_chat_template(
@@ -350,6 +350,16 @@ def _pad_id(tokenizer: Any) -> int:
     return int(pad if pad is not None else 0)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _is_safetensor_error(exc: BaseException) -> bool:
+    # safetensors' error for a truncated or corrupt file is no OSError or ValueError
+    return type(exc).__name__ == "SafetensorError"
+
+
 def is_monitor_folder(folder: Path) -> bool:
     return (folder / MONITOR_JSON).is_file()
 
@@ -387,6 +397,18 @@ def read_header(folder: Path) -> MonitorHeader:
         header = MonitorHeader(**raw)
     except TypeError as exc:
         raise located(path, None, f"unexpected field ({exc})") from None
+    # types first: a hand-edited header ("threshold": "0.9", "k": 2.5) is one line, not a
+    # TypeError from a comparison further on
+    for name in ("alpha", "gamma", "threshold"):
+        value = getattr(header, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise located(path, None, f"{name} must be a number, got {value!r}")
+    if isinstance(header.k, bool) or not isinstance(header.k, int):
+        raise located(path, None, f"k must be an integer, got {header.k!r}")
+    if header.base is not None and not isinstance(header.base, str):
+        raise located(path, None, f"base must be a string or null, got {header.base!r}")
+    if not isinstance(header.metadata, dict):
+        raise located(path, None, f"metadata must be an object, got {header.metadata!r}")
     if header.head not in ("response", "token") or header.logic_reduce not in ("max", "min", "avg"):
         raise located(path, None, f"head {header.head!r} / logic_reduce {header.logic_reduce!r}")
     if not (0 <= header.threshold <= 1) or not math.isfinite(header.threshold) or header.k < 1:
@@ -405,11 +427,34 @@ def load_monitor(name: str, *, device: str = "cpu") -> Monitor:
     header = read_header(folder)
     if not (folder / MONITOR_TENSORS).is_file():
         raise PoiseError(f"monitor {name!r}: {MONITOR_TENSORS} is missing in {folder}")
-    with _quiet_weight_loading():
-        backbone = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    # a folder with a monitor.json whose other files are missing or broken: one line that says
+    # which part did not load (as HFModel says it for a model folder), not a transformers or
+    # safetensors traceback
+    try:
+        with _quiet_weight_loading():
+            backbone = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True)
+    except Exception as exc:
+        if not isinstance(exc, (OSError, ValueError, KeyError)) and not _is_safetensor_error(exc):
+            raise
+        raise PoiseError(
+            f"monitor {name!r}: could not load the backbone in {folder} ({_first_line(exc)})"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as exc:
+        raise PoiseError(
+            f"monitor {name!r}: could not load the tokenizer in {folder} ({_first_line(exc)})"
+        ) from None
     monitor = Monitor(backbone, tokenizer, header)
-    heads = load_file(str(folder / MONITOR_TENSORS))
+    try:
+        heads = load_file(str(folder / MONITOR_TENSORS))
+    except Exception as exc:
+        if not isinstance(exc, OSError) and not _is_safetensor_error(exc):
+            raise
+        raise PoiseError(
+            f"monitor {name!r}: could not read {MONITOR_TENSORS} ({_first_line(exc)}); the file "
+            "may be truncated or corrupt"
+        ) from None
     try:
         monitor.token_head.weight.data.copy_(heads["token_head.weight"])
         monitor.token_head.bias.data.copy_(heads["token_head.bias"])

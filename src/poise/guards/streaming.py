@@ -139,6 +139,14 @@ class MonitorWatch:
                 if self.flagged[row] >= self.k:
                     self.stops[row] = position + 1
 
+    def forget(self, row: int) -> None:
+        """Drop what the watch keeps about ``row``, which has left for good (finished or
+        cancelled): an engine serves rows without end, and would otherwise keep every row's
+        count, stop and highest score it ever served. The monitor's cache drops the row at the
+        next step (the row is no longer among the decoding rows)."""
+        for kept in (self.flagged, self.stops, self.max_score, self.scores or {}):
+            kept.pop(row, None)
+
     def _watching(self, row: int, generated: int) -> bool:
         return row not in self.stops and not (self.window and generated > self.window)
 
@@ -240,8 +248,10 @@ class Guarded(WrappedModel):
         window: int = 0,
         refusal: str = DEFAULT_REFUSAL,
     ) -> None:
-        if not monitor:
-            raise PoiseError("guarded: needs monitor=NAME_OR_FOLDER (e.g. organism-monitor)")
+        if not isinstance(monitor, str) or not monitor:
+            raise PoiseError(
+                f"guarded: needs monitor=NAME_OR_FOLDER (e.g. organism-monitor), got {monitor!r}"
+            )
         header = read_header(monitor_folder(monitor))
         threshold = header.threshold if threshold is None else threshold
         k = header.k if k is None else k
@@ -399,6 +409,7 @@ class GuardedEngine:
             if k == key:
                 del self._rows[(k, sample)]
                 self._prompts.pop(row, None)
+                self.watch.forget(row)
 
     def step(self) -> list[StreamEvent]:
         out = []
@@ -409,6 +420,7 @@ class GuardedEngine:
             if event.completion is not None and row is not None:
                 del self._rows[(event.key, event.sample_index)]
                 self._prompts.pop(row, None)
+                self.watch.forget(row)
         return out
 
     @property
