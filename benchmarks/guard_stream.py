@@ -137,6 +137,7 @@ def main() -> None:
         "streaming": f"guarded(organism-large, monitor='{mon}')",
         "full-answer": f"full_guard(organism-large, judge='{mon}')",
         f"chunked/{args.every}": f"chunked_guard(organism-large, judge='{mon}', every={args.every})",
+        f"chunked/{args.every}-token": f"chunked_guard(organism-large, judge='{mon}', every={args.every}, head='token')",
         "first-token": f"guarded(organism-large, monitor='{mon}', window=1, k=1, threshold={header.threshold})",
         "keywords": f"chunked_guard(organism-large, judge='keywords:{words}', every=1)",
     }
@@ -168,11 +169,11 @@ def main() -> None:
         f"\n2. guards on organism-large, harmful + benign suites, T=1, {args.samples} samples per prompt, oracle judge"
     )
     print(
-        f"   {'guard':12} {'macro-F1 [95% CI]':28} {'false alarm':32} {'miss':32} {'tokens generated before stop (harmful)':30} harmful tokens shown"
+        f"   {'guard':18} {'macro-F1 [95% CI]':28} {'false alarm':32} {'miss':32} {'tokens generated before stop (harmful)':30} harmful tokens shown"
     )
     for name, m in results.items():
         print(
-            f"   {name:12} {_fmt(m.get('macro_f1')):28} {_fmt(m.get('false_alarm_rate')):32} "
+            f"   {name:18} {_fmt(m.get('macro_f1')):28} {_fmt(m.get('false_alarm_rate')):32} "
             f"{_fmt(m.get('miss_rate')):32} {_fmt(m.get('produced_share')):30} {_fmt(m.get('harmful_tokens_shown'))}"
         )
     s, f = results["streaming"], results["full-answer"]
@@ -195,7 +196,7 @@ def main() -> None:
     )
     for name, t in turning.items():
         print(
-            f"   {name:12} stopped {t['stopped']}/{t['n']}, stopped before the harm onset {t['before_onset']}/{t['n']}, harmful tokens shown (mean) {t['harmful_shown']:.1f}"
+            f"   {name:18} stopped {t['stopped']}/{t['n']}, stopped before the harm onset {t['before_onset']}/{t['n']}, harmful tokens shown (mean) {t['harmful_shown']:.1f}"
         )
 
 

@@ -138,6 +138,7 @@ def test_a_monitor_judge_guards_a_model_without_prompt_ids(
         for scores in monitor.response_scores(
             [monitor.prompt_ids(CHATS[c]) for c, _ in flat],
             [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
+            head="response",
         )
     ]
     threshold = sorted(last)[len(last) // 2]  # about half the answers flagged
@@ -151,3 +152,36 @@ def test_a_monitor_judge_guards_a_model_without_prompt_ids(
     assert [(c.text, c.finish_reason) for row in got for c in row] == [
         (c.text, c.finish_reason) for row in want for c in row
     ]
+
+
+@pytest.mark.parametrize("head", ["response", "token"])
+def test_the_judge_reads_the_head_it_names(inner: HFModel, monitor_dir: Path, head: str) -> None:
+    """The baselines read the monitor's response head, as documented (SCM's full detection);
+    they read its streaming head (the token head of organism-monitor), so the 'full answer,
+    response head' row of the guard benchmark was the token head. head=token reads that."""
+    from poise.guards.monitor import load_monitor
+
+    monitor = load_monitor(str(monitor_dir))
+    plain = inner.generate(CHATS, SAMPLING)
+    flat = [(c, comp) for c, row in enumerate(plain) for comp in row]
+    last = [
+        scores[-1]
+        for scores in monitor.response_scores(
+            [monitor.prompt_ids(CHATS[c]) for c, _ in flat],
+            [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
+            head=head,
+        )
+    ]
+    threshold = sorted(last)[len(last) // 2]
+    options = {} if head == "response" else {"head": head}
+    guard = FullGuard(inner, judge=str(monitor_dir), threshold=threshold, **options)
+    stopped = [c.finish_reason == "guard" for row in guard.generate(CHATS, SAMPLING) for c in row]
+    assert stopped == [score >= threshold for score in last]
+    assert guard.name.count("head=") == (head != "response")
+
+
+def test_head_is_response_or_token_and_only_for_a_monitor(tiny_hf_model_dir: Path) -> None:
+    with pytest.raises(PoiseError, match="head must be 'response' or 'token'"):
+        load_model(f"full_guard('{tiny_hf_model_dir}', judge='keywords:cat', head='last')")
+    with pytest.raises(PoiseError, match="head applies to a monitor judge"):
+        load_model(f"chunked_guard('{tiny_hf_model_dir}', judge='keywords:cat', head='token')")

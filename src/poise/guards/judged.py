@@ -10,8 +10,11 @@
 A judge is named by a string:
 
 - a monitor (``organism-monitor`` or a folder of ``poise train monitor``): its response head
-  on the answer so far (SCM's full detection, arXiv 2506.09996), flagged at ``threshold``
-  (default 0.5, as the released full-detection evaluation starts from);
+  on the answer so far (SCM's full detection, arXiv 2506.09996: a judge of finished answers,
+  as today's guards are, run on the prefixes a chunked guard releases), flagged at
+  ``threshold`` (default 0.5, as the released full-detection evaluation starts from);
+  ``head=token`` reads its token head instead (the streaming guard's head, checked only every
+  N tokens);
 - ``keywords:WORD|WORD``: flagged when the text so far holds one of the words (a keyword
   filter, case-insensitive, whole words).
 
@@ -45,8 +48,11 @@ class _Judge:
     """Flags answer prefixes: ``flags(prompts, answers, ends)`` -> per answer, whether the prefix
     ending at each of ``ends`` (token counts) is flagged."""
 
-    def __init__(self, spec: str, threshold: float | None, model: LanguageModel) -> None:
+    def __init__(
+        self, spec: str, threshold: float | None, model: LanguageModel, head: str = "response"
+    ) -> None:
         self.spec = spec
+        self.head = head
         self.monitor: Monitor | None = None
         self.words: list[str] = []
         if spec.startswith("keywords:"):
@@ -87,7 +93,9 @@ class _Judge:
         boundaries: Sequence[Sequence[int]],
     ) -> list[list[bool]]:
         if self.monitor is not None:
-            scores = self.monitor.response_scores(prompts, answers)  # per token
+            # the response head by default, which the monitor trained on whole answers (SCM's
+            # full detection); head=token reads the token head, as the streaming guard does
+            scores = self.monitor.response_scores(prompts, answers, head=self.head)  # per token
             return [
                 [s[b - 1] >= self.threshold for b in bs]
                 for s, bs in zip(scores, boundaries, strict=True)
@@ -108,6 +116,15 @@ def flagged_prefixes(every: int, length: int) -> list[int]:
     return [*range(every, length, every), length]
 
 
+def _check_head(kind: str, judge: object, head: object) -> str:
+    """``response`` (the default) or ``token``; a keyword judge has no head."""
+    if head not in ("response", "token"):
+        raise PoiseError(f"{kind}: head must be 'response' or 'token', got {head!r}")
+    if head != "response" and isinstance(judge, str) and judge.startswith("keywords:"):
+        raise PoiseError(f"{kind}: head applies to a monitor judge; a keywords: judge has none")
+    return str(head)
+
+
 def _check_threshold(kind: str, judge: object, threshold: object) -> float | None:
     """A monitor judge's threshold as a float in [0, 1] (None: the default); a keyword judge
     has none (a threshold given with it would be silently ignored, so it is refused)."""
@@ -124,7 +141,12 @@ class _JudgedGuard(WrappedModel):
     every = 0
 
     def _setup(
-        self, model: LanguageModel, judge: str, threshold: float | None, refusal: str
+        self,
+        model: LanguageModel,
+        judge: str,
+        threshold: float | None,
+        refusal: str,
+        head: str = "response",
     ) -> None:
         if not isinstance(judge, str) or not judge:
             raise PoiseError(f"{self.kind}: needs judge=MONITOR or judge=keywords:WORD|WORD")
@@ -132,7 +154,7 @@ class _JudgedGuard(WrappedModel):
             raise PoiseError(f"{self.kind}: refusal must be a string, got {refusal!r}")
         if model.tokenizer is None:
             raise PoiseError(f"{self.kind}: {model.name!r} has no tokenizer to count tokens with")
-        self.judge = _Judge(judge, threshold, model)
+        self.judge = _Judge(judge, threshold, model, head)
         self.refusal = refusal
         self.capabilities = Capabilities()
 
@@ -141,6 +163,8 @@ class _JudgedGuard(WrappedModel):
             "kind": "chunked" if self.every else "full",
             "judge": self.judge.spec,
         }
+        if self.judge.monitor is not None:
+            out["head"] = self.judge.head
         if self.every:
             out["every"] = self.every
         return out
@@ -227,15 +251,19 @@ class FullGuard(_JudgedGuard):
         judge: str = "",
         threshold: float | None = None,
         refusal: str = DEFAULT_REFUSAL,
+        head: str = "response",
     ) -> None:
         threshold = _check_threshold(self.kind, judge, threshold)
+        head = _check_head(self.kind, judge, head)
         options: dict[str, Any] = {"judge": judge}
         if threshold is not None:
             options["threshold"] = threshold
         if refusal != DEFAULT_REFUSAL:
             options["refusal"] = refusal
+        if head != "response":
+            options["head"] = head
         super().__init__(model, **options)
-        self._setup(model, judge, threshold, refusal)
+        self._setup(model, judge, threshold, refusal, head)
 
 
 @guards.register(
@@ -255,14 +283,18 @@ class ChunkedGuard(_JudgedGuard):
         every: int = 32,
         threshold: float | None = None,
         refusal: str = DEFAULT_REFUSAL,
+        head: str = "response",
     ) -> None:
         check_int("chunked_guard", "every", every, 1)
         threshold = _check_threshold(self.kind, judge, threshold)
+        head = _check_head(self.kind, judge, head)
         options: dict[str, Any] = {"judge": judge, "every": every}
         if threshold is not None:
             options["threshold"] = threshold
         if refusal != DEFAULT_REFUSAL:
             options["refusal"] = refusal
+        if head != "response":
+            options["head"] = head
         super().__init__(model, **options)
         self.every = every
-        self._setup(model, judge, threshold, refusal)
+        self._setup(model, judge, threshold, refusal, head)
