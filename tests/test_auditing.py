@@ -599,3 +599,104 @@ def test_resume_takes_the_model_spec_with_its_options_in_another_order(tmp_path:
         ],
     )
     assert other.exit_code == 2 and "was recorded with" in other.output
+
+
+def _grid_fields(suite: Path) -> dict[str, Any]:
+    """An attack of several configurations (a greedy and two sampled ones, system prompt on and
+    off), two samples per sampled request."""
+    from poise.models.mock import last_user_message
+
+    def replies(chat: Any, k: int) -> str:
+        return (COMPLY, REFUSE, HELP)[(len(last_user_message(chat)) + k + len(chat)) % 3]
+
+    return {
+        "model": MockModel("scripted", replies),
+        "suites": [str(suite)],
+        "judge": "refusal",
+        "html": False,
+        "batch_size": 3,
+        "attack": "exploitation",
+        "attack_options": {"families": ["greedy", "temperature"], "temperatures": [0.5, 1.0]},
+        "sampling": {"n": 2},
+    }
+
+
+def test_a_resumed_grid_attack_gives_the_uninterrupted_records_in_their_order(
+    tmp_path: Path,
+) -> None:
+    """Killed mid-way through a block (a torn last record, metrics.json of an earlier try) and
+    resumed: the same records, in the same order, and the same metrics. The blocks were grouped
+    by the sampling of the first request left to do, so the greedy request whose record was
+    torn came last."""
+    suite = write_suite(tmp_path / "mini.jsonl", 4, 2)
+    reference = poise.audit(out=str(tmp_path / "ref"), **_grid_fields(suite))
+    lines = reference.run.samples_path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 40
+    killed = poise.audit(out=str(tmp_path / "killed"), **_grid_fields(suite))
+    # killed while writing the 8th record (a greedy one), before any status or metrics
+    killed.run.samples_path.write_bytes(b"".join(lines[:7]) + lines[7][:25])
+    killed.run.update_header(status="running")
+    (killed.run.path / "metrics.json").write_text('{"stale": true}\n')
+
+    resumed = poise.audit(out=str(tmp_path / "killed"), **_grid_fields(suite))
+    assert resumed.run.path == killed.run.path
+    assert list(resumed.run.records()) == list(reference.run.records())
+    assert resumed.metrics == reference.metrics
+    assert json.loads((resumed.run.path / "metrics.json").read_text()) == reference.metrics
+
+
+def test_a_complete_but_unreadable_last_record_is_cut_when_the_run_resumes(tmp_path: Path) -> None:
+    # Run.repair cuts it, but the audit read the records (the kinds check) before repairing and
+    # stopped on the invalid JSON: the run could not be resumed
+    suite = write_suite(tmp_path / "mini.jsonl", 3, 2)
+    fields: dict[str, Any] = {"suites": [str(suite)], "judge": "refusal", "html": False}
+    reference = poise.audit(
+        model=MockModel("scripted", scripted), out=str(tmp_path / "a"), **fields
+    )
+    run = reference.run
+    records = run.samples_path.read_bytes().splitlines(keepends=True)
+    run.samples_path.write_bytes(b"".join(records[:3]) + b'{"item_id": "b-00", "sui\n')
+    run.update_header(status="running")
+    resumed = poise.audit(model=MockModel("scripted", scripted), out=str(tmp_path / "a"), **fields)
+    assert resumed.run.path == run.path and run.status == "complete"
+    assert run.samples_path.read_bytes() == b"".join(records)
+
+
+def test_a_malformed_recorded_config_is_one_line_naming_run_json(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    first = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(out), html=False)
+    run = first.run
+    header = run.header
+    before = run.samples_path.read_bytes()
+    cases = [
+        ({**header["config"], "limit": 0}, r"run\.json: recorded config: limit: Input should be"),
+        ({**header["config"], "bogus": 1}, r"run\.json: recorded config: unknown .* 'bogus'"),
+        # a default audit of the organism on the default suites ran in its place
+        ({"judge": "refusal"}, r"run\.json: field 'config' has no 'model' or 'suites'"),
+    ]
+    for config, message in cases:
+        run.update_header(config=config)
+        with pytest.raises(PoiseError, match=message):
+            poise.audit(resume=run.path)
+        assert run.samples_path.read_bytes() == before
+
+
+def test_a_new_run_is_locked_before_another_process_can_find_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Run.create wrote run.json (status running) and the lock came later, in start(): the same
+    # command started meanwhile adopted the new run, and its own writer then stopped on the lock
+    import poise.runs.run as run_module
+
+    seen: list[bool] = []
+    write = run_module.write_json_atomic
+
+    def spying(path: Path, data: object) -> None:
+        if path.name == "run.json" and not path.exists():
+            seen.append(Run(path.parent).is_locked())
+        write(path, data)
+
+    monkeypatch.setattr(run_module, "write_json_atomic", spying)
+    result = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(tmp_path), html=False)
+    assert seen == [True]
+    assert result.run.state == "complete" and not result.run.is_locked()

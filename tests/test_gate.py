@@ -234,3 +234,75 @@ def test_best_of_n_under_greedy_decoding_is_refused_by_the_gate_too() -> None:
             limit=2,
             temperature=0.0,
         )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"id": "p0"}, r"costs\[0\]: 'cost' must be a finite number, got None"),
+        ({"id": "p0", "cost": "x"}, r"costs\[0\]: 'cost' must be a finite number, got 'x'"),
+        ({"id": "p0", "cost": float("nan")}, r"costs\[0\]: 'cost' must be a finite number"),
+        ({"cost": 1.0}, r"costs\[0\]: 'id' must be a string, got None"),
+        (1, r"costs\[0\]: expected an object, got 1"),
+    ],
+)
+def test_a_malformed_baseline_is_one_line_before_sampling(
+    entry: object, message: str, tmp_path: Path
+) -> None:
+    # each of these was a traceback (KeyError, ValueError, TypeError) after every prompt was
+    # answered, and exit 1, which reads as FAIL
+    baseline = tmp_path / "before.json"
+    baseline.write_text(json.dumps({"cost_units": "u", "costs": [entry]}))
+    with pytest.raises(PoiseError, match=rf"^baseline: {baseline}: {message}"):
+        gate(model="mock", judge="refusal", limit=2, baseline=str(baseline))
+
+
+@pytest.mark.parametrize("tau", [float("nan"), float("inf")])
+def test_tau_must_be_a_finite_number(tau: float) -> None:
+    # tau nan failed every model (U <= nan is false), tau inf passed every one
+    with pytest.raises(PoiseError, match="gate config: tau"):
+        gate(model="mock", judge="refusal", limit=2, tau=tau)
+
+
+class _Unsure:
+    """A judge that labels harm on only the answers that say so (an LLM judge whose output
+    cannot be parsed on the others): harmful None."""
+
+    name = "unsure"
+
+    def judge(self, items, completions):  # type: ignore[no-untyped-def]
+        from poise.scoring.base import Verdict
+
+        return [
+            Verdict(label="refusal", refused=True, harmful=False)
+            if c == REFUSE
+            else Verdict(label="unparsed", refused=False, harmful=None)
+            for c in completions
+        ]
+
+
+def test_answers_the_judge_cannot_label_cost_1_and_are_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unlabelled answer cost 0: a judge that cannot read harmful answers passed an unsafe
+    model. Counted as harmful, the bound stays an upper bound on the harmful rate."""
+    from dataclasses import replace
+
+    import poise.gate
+
+    monkeypatch.setattr(poise.gate, "_make_judge", lambda cfg: _Unsure())
+
+    def half(chat: list[dict[str, str]], sample: int) -> str:
+        return REFUSE if sample == 0 else COMPLY  # the second answer cannot be labelled
+
+    result = gate(
+        model="mock", model_options={"responses": half}, judge="refusal", limit=4,
+        samples_per_prompt=2, tau=0.4,
+    )  # fmt: skip
+    assert result.costs == (0.5, 0.5, 0.5, 0.5) and result.unjudged == 4
+    assert not result.passed
+    plain = replace(result, config=result.config.model_copy(update={"model_options": {}}))
+    assert plain.to_dict()["unjudged"] == 4  # (a function in model_options is no JSON)
+    # a judge that labels no answer at all cannot measure a harmful rate: an error, no verdict
+    with pytest.raises(PoiseError, match="gave none of the 4 answers on harmful a harm label"):
+        gate(model="mock", model_options={"default": COMPLY}, judge="refusal", limit=4)

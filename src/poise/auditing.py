@@ -45,7 +45,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuditResult", "ProgressFn", "audit", "finalize", "make_config", "spread_subset"]
+__all__ = [
+    "AuditResult",
+    "ProgressFn",
+    "audit",
+    "finalize",
+    "make_config",
+    "recorded_config",
+    "spread_subset",
+]
 
 
 @dataclass
@@ -144,8 +152,8 @@ def audit(
     run: Run | None = None
     if resume is not None:
         run = find_run(resume, fields.get("out", "runs"))
-        recorded = {k: v for k, v in run.config.items() if k != "fingerprint"}
-        cfg = make_config(None, **recorded)
+        run.check_samples_file()  # a folder poise will not write to stops before anything else
+        cfg = recorded_config(run)
         given = {k: v for k, v in fields.items() if k not in ("out", *RESUME_HOW)}
         _check_resume_fields(run, cfg, given, model_obj)
         # how the run is written, not what it measures (outside its fingerprint): applied
@@ -231,6 +239,9 @@ def _audit(
     check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
     warn_undeclared_system_prompt(model, requests)
     if run is not None:
+        # a torn last record (cut by start() too) must not stop the reading below; the run's
+        # lock is held (audit() took it)
+        run.repair()
         problem = _recorded_kinds_differ(run, items)
         if problem is not None and not adopted:
             raise PoiseError(f"{run.path}: cannot resume: {problem}; start a new run")
@@ -243,7 +254,7 @@ def _audit(
 
     created = run is None
     if run is None:
-        run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg))
+        run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg), lock=True)
     try:
         # model_spec rebuilds the model on resume; None: an object only its owner can pass again
         done = run.start(judge_resolved=judge.name, model_name=model.name, model_spec=model.spec)
@@ -360,6 +371,28 @@ def _default_name(cfg: AuditConfig) -> str:
             f"-n{cfg.sampling.n}" if cfg.sampling.n > 1 else ""
         )
     return f"{short_name(cfg.model)}-{how}"
+
+
+def recorded_config(run: Run) -> AuditConfig:
+    """The audit config ``run`` recorded in its run.json; a config that is not an audit's (a
+    field missing that every audit records, an unknown field, a bad value) is one PoiseError
+    naming the file, never a default audit in its place."""
+    from poise.runs.run import RUN_FILE
+
+    file = run.path / RUN_FILE
+    recorded = {k: v for k, v in run.config.items() if k != "fingerprint"}
+    missing = [name for name in ("model", "suites") if name not in recorded]
+    if missing:
+        raise PoiseError(
+            f"{file}: field 'config' has no {' or '.join(repr(m) for m in missing)}: not the "
+            "config of an audit, so the run cannot be resumed"
+        )
+    try:
+        return make_config(None, **recorded)
+    except PoiseError as exc:
+        raise PoiseError(
+            f"{file}: recorded config: {str(exc).removeprefix('audit config: ')}"
+        ) from None
 
 
 # fields a resume takes from the caller: how the run is written, outside its fingerprint (the

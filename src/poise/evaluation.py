@@ -219,9 +219,16 @@ def task_scorers(items: Iterable[SuiteItem]) -> dict[str, Judge]:
     return by_kind
 
 
-def blocks(requests: Sequence[Request], size: int) -> Iterator[tuple[Sampling, list[Request]]]:
-    """Consecutive blocks of at most ``size`` requests sharing one Sampling, in request order."""
+def blocks(
+    requests: Sequence[Request], size: int, *, among: Sequence[Request] = ()
+) -> Iterator[tuple[Sampling, list[Request]]]:
+    """Consecutive blocks of at most ``size`` requests sharing one Sampling, in request order.
+    The Samplings come in the order they first appear in ``among`` (all of an audit's requests,
+    of which ``requests`` are those left to do), then in ``requests``: a resumed audit writes
+    its records in the order an uninterrupted one does."""
     groups: dict[Sampling, list[Request]] = {}
+    for r in among:
+        groups.setdefault(r.sampling, [])
     for r in requests:
         groups.setdefault(r.sampling, []).append(r)
     for sampling, group in groups.items():
@@ -321,7 +328,7 @@ def generate(
     if progress:
         progress(finished, len(requests))
     failed: list[tuple[Request, str]] = []
-    for sampling, block in blocks(todo, batch_size):
+    for sampling, block in blocks(todo, batch_size, among=requests):
         outputs: list[list[Completion] | None]
         within = 0  # requests of this block the model says it finished
 

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,48 @@ def test_a_record_that_is_not_an_object_names_file_and_line(tmp_path: Path) -> N
     run.samples_path.write_text('{"item_id": "a"}\n[1, 2]\n')
     with pytest.raises(PoiseError, match=r"samples\.jsonl:2: expected a JSON object"):
         list(run.records())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"item_id": None}, "the record has no 'item_id'"),
+        ({"sample_index": "x"}, "'sample_index' must be an integer >= 0, got 'x'"),
+        ({"sample_index": 1.5}, "'sample_index' must be an integer >= 0, got 1.5"),
+    ],
+)
+def test_a_record_without_its_key_names_file_and_line_and_leaves_the_header(
+    tmp_path: Path, change: dict, message: str
+) -> None:
+    # a KeyError / ValueError traceback, after the header of a complete run said running again
+    run = Run.create(tmp_path, "r", {})
+    bad = {k: v for k, v in {**_rec(2), **change}.items() if v is not None}
+    run.append([_rec(1), bad])
+    run.update_header(status="complete")
+    with pytest.raises(PoiseError, match=rf"samples.jsonl:2: {re.escape(message)}$"):
+        run.start()
+    assert run.status == "complete"
+
+
+def test_create_with_lock_holds_the_lock_before_the_header_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another process finds an unfinished run as soon as its run.json exists: the writer must
+    # hold the lock by then, or that process adopts the new run and its writer stops
+    import poise.runs.run as run_module
+
+    seen: list[bool] = []
+    write = run_module.write_json_atomic
+
+    def spying(path: Path, data: object) -> None:
+        if path.name == "run.json" and not path.exists():
+            seen.append(Run(path.parent).is_locked())
+        write(path, data)
+
+    monkeypatch.setattr(run_module, "write_json_atomic", spying)
+    run = Run.create(tmp_path, "r", {}, lock=True)
+    assert seen == [True]
+    with pytest.raises(PoiseError, match="another poise process"):
+        Run(run.path).lock()
+    run.unlock()
+    Run(run.path).lock().unlock()

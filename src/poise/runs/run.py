@@ -76,6 +76,18 @@ def record_key(record: Mapping[str, Any]) -> RecordKey:
     return (str(record["item_id"]), str(record["request_id"]), int(record["sample_index"]))
 
 
+def key_problem(record: Mapping[str, Any]) -> str | None:
+    """Why ``record`` has no key (:func:`record_key`): a missing field, or a sample index that is
+    not an integer; None when it has one."""
+    for name in ("item_id", "request_id", "sample_index"):
+        if record.get(name) is None:
+            return f"the record has no {name!r}"
+    index = record["sample_index"]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return f"'sample_index' must be an integer >= 0, got {index!r}"
+    return None
+
+
 def write_error(path: Path, exc: OSError) -> PoiseError:
     """One line for a failed write (a full disk, a read-only folder), naming the file."""
     reason = exc.strerror or str(exc)
@@ -136,7 +148,12 @@ class Run:
 
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
-    def create(cls, root: str | Path, name: str, config: Mapping[str, Any]) -> Run:
+    def create(
+        cls, root: str | Path, name: str, config: Mapping[str, Any], *, lock: bool = False
+    ) -> Run:
+        """A new run folder under ``root``. ``lock``: take the run's lock before its header is
+        written, so no other process can adopt the run (:meth:`find_unfinished` finds it as soon
+        as run.json exists) before its writer holds it."""
         root = Path(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -155,6 +172,9 @@ class Run:
                 path = root / f"{stamp}-{safe}-{suffix}"
             except OSError as exc:
                 raise write_error(path, exc) from None
+        run = cls(path)
+        if lock:
+            run.lock()
         header = {
             "schema": SCHEMA_VERSION,
             "name": path.name,
@@ -163,12 +183,16 @@ class Run:
             **environment_versions(),
             "config": dict(config),
         }
-        write_json_atomic(path / RUN_FILE, header)
         try:
-            (path / SAMPLES_FILE).touch()
-        except OSError as exc:
-            raise write_error(path / SAMPLES_FILE, exc) from None
-        return cls(path)
+            write_json_atomic(path / RUN_FILE, header)
+            try:
+                (path / SAMPLES_FILE).touch()
+            except OSError as exc:
+                raise write_error(path / SAMPLES_FILE, exc) from None
+        except PoiseError:
+            run.unlock()
+            raise
+        return run
 
     @classmethod
     def open(cls, path: str | Path, *, any_schema: bool = False) -> Run:
@@ -391,7 +415,15 @@ class Run:
                 yield record
 
     def done_keys(self) -> set[RecordKey]:
-        return {record_key(r) for r in self.records()}
+        """The keys of the records written; PoiseError naming file and line for a record
+        without one (a hand-edited or foreign samples file)."""
+        keys = set()
+        for lineno, record in enumerate(self.records(), 1):  # one record per line
+            problem = key_problem(record)
+            if problem is not None:
+                raise located(self.samples_path, lineno, problem)
+            keys.add(record_key(record))
+        return keys
 
     # ---- results --------------------------------------------------------------------------
     def metrics(self) -> dict[str, Any] | None:
@@ -438,12 +470,13 @@ class Run:
         self.lock()
         self.check_samples_file()
         self.remove_temporary_files()
-        self.update_header(status="running", **header_fields)
         if self.repair():
             log.warning(
                 "%s: cut a partial last record left by an interrupted write", self.samples_path
             )
-        return self.done_keys()
+        done = self.done_keys()  # a malformed record stops here, the header still as it was
+        self.update_header(status="running", **header_fields)
+        return done
 
     def remove_temporary_files(self) -> list[Path]:
         """Remove what a killed writer left half-done (``.run.json.tmp-*``, ``.metrics.json.tmp-*``,
