@@ -158,9 +158,27 @@ def test_retries_after_a_timeout(fake_server: Callable[..., FakeServer]) -> None
 def test_gives_up_after_max_retries(fake_server: Callable[..., FakeServer]) -> None:
     server = fake_server([error(500, "broken")])
     model = OpenAIModel("m", base_urls=[server.url], max_retries=2)
-    with pytest.raises(PoiseError, match=r"after 3 attempts: HTTP 500: broken"):
+    with pytest.raises(PoiseError) as caught:
         model.generate([chat("x")], Sampling())
+    # the status, the server's message and the URL that gave them (one of several base URLs)
+    assert f"after 3 attempts: HTTP 500 from {server.url}: broken" in str(caught.value)
     assert len(server.requests) == 3
+
+
+def test_a_timeout_that_no_retry_escapes_names_the_url_and_the_limit(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    def too_slow(request: dict[str, Any]) -> Reply:
+        time.sleep(0.6)
+        return echo(request)
+
+    server = fake_server(too_slow)
+    model = OpenAIModel("m", base_urls=[server.url], timeout=0.2, max_retries=1)
+    with pytest.raises(PoiseError) as caught:
+        model.generate([chat("x")], Sampling())
+    message = str(caught.value)
+    assert f"after 2 attempts: no answer from {server.url} within 0.2s" in message
+    assert "\n" not in message
 
 
 def test_no_retry_on_400_and_the_servers_message_is_shown(

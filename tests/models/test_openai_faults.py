@@ -35,6 +35,7 @@ def chat(text: str) -> list[dict[str, str]]:
         ("application/json", b'{"choices": null}', "without 'choices'"),
         ("application/json", b"[1, 2]", "without 'choices'"),
         ("application/json", b'{"choices": [{"index": 0}]}', "a choice without a message"),
+        ("application/json", b'{"choices": []}', "an empty 'choices' list"),
     ],
 )
 def test_a_200_that_is_not_a_chat_completion_is_retried_then_one_line(
@@ -46,9 +47,38 @@ def test_a_200_that_is_not_a_chat_completion_is_retried_then_one_line(
         model.generate([chat("x")], Sampling())
     message = str(caught.value)
     assert "\n" not in message
-    assert "after 3 attempts: HTTP 200, but the body is not a chat completion" in message
+    assert f"after 3 attempts: HTTP 200 from {server.url}, but the body is not a chat " in message
     assert said in message
     assert len(server.requests) == 3  # retried like a 5xx
+
+
+@pytest.mark.parametrize("body", [b"", b'{"choices": [', b"not json"])
+def test_a_200_whose_json_does_not_parse_is_retried_then_one_line(
+    endpoint: Callable[..., Endpoint], body: bytes
+) -> None:
+    # sent as application/json, the body went to the client's JSON parser, whose error escaped
+    # as a traceback (not a PoiseError) and stopped every other chat of the call
+    server = endpoint(lambda request: (200, "application/json", body))
+    model = OpenAIModel("m", base_urls=[server.url], max_retries=1)
+    with pytest.raises(GenerationError) as caught:
+        model.generate([chat("x")], Sampling())
+    message = str(caught.value)
+    assert "\n" not in message
+    assert f"after 2 attempts: HTTP 200 from {server.url}, but the body is not valid JSON" in (
+        message
+    )
+    assert len(server.requests) == 2  # retried like a 5xx
+
+
+def test_an_empty_choices_list_then_a_good_answer_succeeds(
+    endpoint: Callable[..., Endpoint],
+) -> None:
+    answers: list[Answer] = [(200, "application/json", b'{"choices": []}'), completion("fine")]
+    server = endpoint(lambda request: answers.pop(0) if len(answers) > 1 else answers[0])
+    model = OpenAIModel("m", base_urls=[server.url], max_retries=2)
+    [[answer]] = model.generate([chat("x")], Sampling())
+    assert answer.text == "fine"
+    assert len(server.requests) == 2
 
 
 def test_a_bad_200_then_a_good_answer_succeeds(endpoint: Callable[..., Endpoint]) -> None:
@@ -92,7 +122,7 @@ def test_one_failed_request_keeps_every_other_answer_and_names_its_chat(
     failed = caught.value
     assert failed.model is model
     assert list(failed.failures) == [3]
-    assert "HTTP 500: upstream broke" in failed.failures[3]
+    assert f"HTTP 500 from {server.url}: upstream broke" in failed.failures[3]
     assert sorted(arrived) == [0, 1, 2, 4, 5, 6, 7, 8, 9]  # handed over as they came
     assert [r[0].text if r else None for r in failed.results] == [
         None if i == 3 else f"answer to q{i}" for i in range(10)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import email.utils
+import json
 import logging
 import os
 import random
@@ -308,8 +309,6 @@ class OpenAIModel(ModelBase):
                 clients, index + attempt_offset, chat, sampling, n=wanted, seed=seed
             )
             attempt_offset += used
-            if not got:
-                raise PoiseError(f"{self.name}: the server returned no choices")
             completions.extend(got[:wanted])
         return completions
 
@@ -332,35 +331,38 @@ class OpenAIModel(ModelBase):
             url_index = (slot + attempt) % len(clients)
             client = clients[url_index]
             retry_after: float | None = None
+            url = self.base_urls[url_index]
             try:
                 response = await client.chat.completions.create(**kwargs)
                 return completions_from_response(response), attempt + 1
             except NotAChatCompletion as exc:
                 # a proxy's HTML page or an error object sent with 200: retried like a 5xx
-                last_error = f"HTTP 200, but the body is not a chat completion ({exc})"
+                last_error = f"HTTP 200 from {url}, but the body is not a chat completion ({exc})"
+            except json.JSONDecodeError as exc:
+                # a body sent as application/json that does not parse (empty, cut short): the
+                # client's own JSON error escaped as a traceback, stopping every other chat
+                last_error = f"HTTP 200 from {url}, but the body is not valid JSON ({exc})"
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = _server_message(exc)
                 if status not in (408, 429) and status < 500:
-                    url = self.base_urls[url_index]
                     if _stops_everything(status, message, exc.body):
                         raise EndpointRefused(self._refusal(url, status, message)) from None
                     raise PoiseError(
                         f"{self.name}: {url} refused the request (HTTP {status}): {message}"
                     ) from None
-                last_error = f"HTTP {status}: {message}"
+                last_error = f"HTTP {status} from {url}: {message}"
                 retry_after = _retry_after_seconds(exc.response.headers)
-            except openai.APITimeoutError as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
+            except openai.APITimeoutError:
+                last_error = f"no answer from {url} within {self.timeout:g}s"
             except openai.APIConnectionError as exc:
-                last_error = f"cannot reach {self.base_urls[url_index]} ({_connection_detail(exc)})"
+                last_error = f"cannot reach {url} ({_connection_detail(exc)})"
             if attempt == self.max_retries:
                 break
             delay = _backoff_seconds(attempt, retry_after)
             logger.warning(
-                "%s: %s failed (%s); retry %d/%d in %.2fs",
+                "%s: %s; retry %d/%d in %.2fs",
                 self.name,
-                self.base_urls[url_index],
                 last_error,
                 attempt + 1,
                 self.max_retries,
@@ -561,6 +563,9 @@ def _check_chat_completion(response: Any) -> list[Any]:
         raise NotAChatCompletion("JSON without 'choices'")
     if not isinstance(choices, list):
         raise NotAChatCompletion(f"'choices' is a {type(choices).__name__}, not a list")
+    if not choices:
+        # an answer with nothing in it (a proxy whose upstream failed): retried like a 5xx
+        raise NotAChatCompletion("an empty 'choices' list")
     for choice in choices:
         if getattr(choice, "message", None) is None or not isinstance(
             getattr(choice, "index", None), int
