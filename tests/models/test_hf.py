@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from poise.config import Sampling
 from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, LanguageModel
+from poise.models.context import ContextLengthError
 from poise.models.hf import HFModel, NucleusSearch, filtered_probs, row_seed, sample_tokens
 
 CHATS: list[Chat] = [
@@ -307,6 +308,36 @@ def test_max_new_tokens_gives_length(model: HFModel) -> None:
     assert completion.num_tokens == 5
     assert completion.token_logprobs is not None and len(completion.token_logprobs) == 5
     assert all(lp < 0 for lp in completion.token_logprobs)
+
+
+def test_a_completion_stops_at_the_context_and_a_prompt_filling_it_is_refused(
+    model: HFModel,
+) -> None:
+    # the tiny model's context is 512 tokens; rows used to be decoded past it without a word
+    # (rotary positions: garbage; learned positions: an IndexError inside torch)
+    assert model.context_length == 512
+    near: Chat = [{"role": "user", "content": "a b " * 150 + "c" * 30}]
+    room = 512 - len(model.prompt_ids(near))
+    assert 0 < room < 40
+    for sampling in (Sampling(max_new_tokens=96), Sampling(max_new_tokens=96, temperature=1.0)):
+        [_, capped] = model.generate([CHATS[0], near], sampling)
+        [exact] = model.generate([near], sampling.model_copy(update={"max_new_tokens": room}))
+        assert [c.token_ids for c in capped] == [c.token_ids for c in exact]
+        assert capped[0].num_tokens <= room
+        if exact[0].finish_reason == "length":
+            assert capped[0].finish_reason == "length" and capped[0].num_tokens == room
+        [*_, last] = model.stream([near], sampling)
+        assert last.completion is not None and last.completion.text == capped[0].text
+
+    full: Chat = [{"role": "user", "content": "a b " * 300}]
+    with pytest.raises(ContextLengthError) as caught:
+        model.generate([CHATS[0], full], Sampling(max_new_tokens=8))
+    message = str(caught.value)
+    assert message.startswith(f"{model.name}: chat 1: This model's maximum context length is 512")
+    with pytest.raises(ContextLengthError, match=r": chat 0: "):
+        list(model.stream([full], Sampling(max_new_tokens=8)))
+    with pytest.raises(ContextLengthError, match=r": prompt 0: "):
+        model.complete([model.prompt_ids(full)], Sampling(max_new_tokens=8))
 
 
 def test_eos_ends_a_completion(model: HFModel) -> None:

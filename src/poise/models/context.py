@@ -54,7 +54,13 @@ class ContextLengthError(PoiseError):
     """A request longer than the model's context (the request's fault: a 400 in ``serve``)."""
 
     def __init__(
-        self, context_length: int, prompt_tokens: int, max_tokens: int | None, *, at_least: bool
+        self,
+        context_length: int,
+        prompt_tokens: int,
+        max_tokens: int | None,
+        *,
+        at_least: bool,
+        where: str = "",
     ) -> None:
         self.context_length = context_length
         self.prompt_tokens = prompt_tokens
@@ -76,7 +82,8 @@ class ContextLengthError(PoiseError):
                 f"the messages, {max_tokens} in the completion). Please reduce the length of the "
                 "messages or completion."
             )
-        super().__init__(message)
+        # ``where``: which request of a batch ("MODEL: chat 3"), ahead of vLLM's wording
+        super().__init__(f"{where}: {message}" if where else message)
 
 
 def config_context_length(config: Any) -> int | None:

@@ -837,6 +837,8 @@ class _Row:
     sampling: Sampling
     uniforms: list[float] | None  # [max_new_tokens], None when greedy
     seed: int | None = None  # the seed of the row's uniforms, None when greedy
+    # tokens it may generate: max_new_tokens, or fewer where the model's context ends first
+    limit: int = 0
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish: FinishReason | None = None
@@ -844,6 +846,10 @@ class _Row:
     streamed: str = ""
     cancelled: bool = False
     stream: bool = True  # send text as decoded (else only the final event carries it)
+
+    def __post_init__(self) -> None:
+        if self.limit <= 0:
+            self.limit = self.sampling.max_new_tokens
 
     @property
     def done(self) -> bool:
@@ -976,7 +982,7 @@ class Batcher:
         if self.state is not None and not self.state.mergeable:
             return  # this model's cache cannot merge: the next rows start a new batch
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
-        reserve = max(r.sampling.max_new_tokens for r in (*admitted, *self.live))
+        reserve = max(r.limit for r in (*admitted, *self.live))
         # rows with the same prompt (the n samples of a chat) are prefilled once and the cache
         # copied to each of them: a prompt's prefill is computed once, not n times
         sharing: dict[tuple[int, ...], list[int]] = {}
@@ -1066,7 +1072,7 @@ class Batcher:
                 if any(s in text for s in row.sampling.stop if s):
                     row.finish, row.length = "stop", len(row.tokens)
         for row in rows:
-            if row.finish is None and len(row.tokens) >= row.sampling.max_new_tokens:
+            if row.finish is None and len(row.tokens) >= row.limit:
                 row.finish, row.length = "length", len(row.tokens)
         news: list[tuple[_Row, str]] = [(r, "") for r in rows if r.finish is not None]
         if self.stream:
@@ -1129,11 +1135,15 @@ def make_rows(
     prompt: list[int],
     sampling: Sampling,
     row_ids: Sequence[int],
+    *,
+    room: int | None = None,
 ) -> list[_Row]:
     """``sampling.n`` rows of one chat (or raw prompt of token ids), each seeded as ``generate``
-    (or ``complete``) seeds it."""
+    (or ``complete``) seeds it. ``room``: the tokens left in the model's context after the
+    prompt (>= 1), where a row stops if ``max_new_tokens`` would run past it."""
     from poise.models.hf import row_seed
 
+    limit = sampling.max_new_tokens if room is None else min(sampling.max_new_tokens, room)
     rows = []
     for sample, row_id in zip(range(sampling.n), row_ids, strict=True):
         uniforms = seed = None
@@ -1141,7 +1151,7 @@ def make_rows(
             seed = row_seed(sampling.seed, chat, sample)
             generator = torch.Generator().manual_seed(seed)
             uniforms = torch.rand(sampling.max_new_tokens, generator=generator).tolist()
-        rows.append(_Row(key, sample, row_id, prompt, sampling, uniforms, seed))
+        rows.append(_Row(key, sample, row_id, prompt, sampling, uniforms, seed, limit=limit))
     return rows
 
 

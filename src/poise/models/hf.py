@@ -46,7 +46,7 @@ from poise.models.base import (
     StreamEvent,
     TokenLogprobs,
 )
-from poise.models.context import config_context_length
+from poise.models.context import ContextLengthError, config_context_length
 from poise.models.decode import Batcher, DecodeState, HFEngine, KVCache, make_rows
 
 logger = logging.getLogger(__name__)
@@ -747,9 +747,22 @@ class HFModel(ModelBase):
         token ids to decode after (default: the chats through the chat template)."""
         if prompts is None:
             prompts = self._encode_prompts(chats)  # type: ignore[arg-type]
+        # Past the context a model with rotary positions decodes garbage without a word and one
+        # with learned positions fails inside torch (a device-side assert on CUDA): a row stops
+        # at the context ("length"), and a prompt that fills it alone is refused before any row
+        # decodes. (The audit, the engine and poise serve refuse prompt + max_new_tokens past
+        # the context beforehand, as vLLM does; strategies' own prompts are only capped.)
+        context = self.context_length
+        for c, prompt in enumerate(prompts):
+            if context is not None and len(prompt) >= context:
+                what = "prompt" if prompts is chats else "chat"  # complete() passes ids twice
+                raise ContextLengthError(
+                    context, len(prompt), None, at_least=False, where=f"{self.name}: {what} {c}"
+                )
         for c in sorted(range(len(chats)), key=lambda c: -len(prompts[c])):
             ids = range(c * sampling.n, (c + 1) * sampling.n)
-            for row in make_rows(c, chats[c], prompts[c], sampling, ids):
+            room = None if context is None else context - len(prompts[c])
+            for row in make_rows(c, chats[c], prompts[c], sampling, ids, room=room):
                 batcher.add(row)
 
     def generate(
@@ -767,7 +780,9 @@ class HFModel(ModelBase):
         with no top-k / top-p, whatever the sampling settings. ``num_tokens`` counts generated
         tokens, not the EOS token; when a stop string ends a completion it counts up to the
         token that completed the stop string, while the text is cut just before the stop
-        string. ``progress(k)`` is called as chats finish, ``k`` the number finished since the
+        string. A completion also ends ("length") where prompt and completion fill the model's
+        context (``context_length``); a prompt that fills it alone is a
+        :class:`~poise.models.context.ContextLengthError` naming its chat. ``progress(k)`` is called as chats finish, ``k`` the number finished since the
         previous call. ``logits_hook`` sees every step's logits for the live rows
         (:class:`poise.models.base.StepView`) and may return changed ones to sample from.
 
