@@ -41,3 +41,21 @@ def test_without_a_terminal_progress_is_a_line_now_and_then(
         "generating + judging: 0/40 (0%)",
         "generating + judging: 40/40 (100%)",
     ]
+
+
+def test_resume_with_flags_reads_the_recorded_config_as_the_api_does(tmp_path: Path) -> None:
+    """With a flag beside --resume, the CLI read run.json's config itself: a config that is not
+    an audit's (no model or suites) was filled with the defaults and compared with the flags,
+    instead of the one line naming run.json that `poise.audit(resume=...)` gives."""
+    import poise
+    from poise.runs import Run
+
+    out = tmp_path / "runs"
+    first = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(out), html=False)
+    run: Run = first.run
+    run.update_header(config={"judge": "refusal"})
+    result = CliRunner().invoke(
+        app, ["audit", "--resume", str(run.path), "--out", str(out), "--limit", "2"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "run.json: field 'config' has no 'model' or 'suites'" in result.output.replace("\n", "")

@@ -161,7 +161,7 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
     the run's recorded one is refused: the recorded config wins, and the flag was ignored
     without a word. Running the same command again with ``--resume`` passes. Returns the given
     flags that say how the run is written (``--no-html``, ``--batch-size``), which apply."""
-    from poise.auditing import RESUME_HOW, canonical_attack, make_config, same_field
+    from poise.auditing import RESUME_HOW, canonical_attack, recorded_config, same_field
     from poise.cli._config import FIELD_FLAGS
     from poise.config import Sampling
     from poise.runs import find_run
@@ -169,9 +169,7 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
     flag_fields = {flag: field for field, flag in FIELD_FLAGS.items()}  # suite -> suites ...
 
     run = find_run(resume, config.out)
-    recorded = canonical_attack(
-        make_config(None, **{k: v for k, v in run.config.items() if k != "fingerprint"})
-    ).model_dump()
+    recorded = canonical_attack(recorded_config(run)).model_dump()
     asked = canonical_attack(config).model_dump()  # a deprecated attack name as recorded
     how: dict[str, Any] = {}
     for param in ctx.command.params:
