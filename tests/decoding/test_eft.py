@@ -220,3 +220,26 @@ def test_on_the_organism_the_weight_moves_refusal_both_ways() -> None:
 
     aligned, plain, disaligned = refusal_mass(1.0), refusal_mass(0.0), refusal_mass(-1.0)
     assert aligned > plain > disaligned
+
+
+def test_a_token_a_model_rules_out_is_ruled_out_not_nan() -> None:
+    """Logits of -inf (a token masked by a logits processor) made NaN rows: ``-inf - -inf`` in
+    the tuned / reference ratio, or +inf under a negative weight."""
+    from poise.decoding.eft import eft_logits
+
+    inf = float("-inf")
+    base = torch.tensor([[0.0, 1.0, 2.0, 0.5]])
+    tuned = torch.tensor([[1.0, inf, 0.0, 0.5]])
+    reference = torch.tensor([[0.5, inf, 1.0, inf]])
+    for weight in (1.0, -0.5):
+        out = eft_logits(base, [tuned], reference, [weight])  # [1, 4]
+        assert not out.isnan().any()
+        assert out[0, 1] == inf and out[0, 3] == inf  # ruled out by tuned and / or reference
+        kept = [0, 2]
+        expected = base.log_softmax(-1)[0, kept] + weight * (
+            tuned.log_softmax(-1)[0, kept] - reference.log_softmax(-1)[0, kept]
+        )
+        assert torch.allclose(out[0, kept], expected.log_softmax(-1), atol=1e-6)
+    # every token ruled out by one model or another: the base's distribution
+    nothing = torch.full((1, 4), inf)
+    assert torch.allclose(eft_logits(base, [nothing], reference, [1.0]), base.log_softmax(-1))

@@ -77,11 +77,25 @@ def eft_logits(
     ``base``, each of ``tuned`` and ``reference``: [rows, vocab] logits of the three kinds of
     model at the same step; ``weights[i]`` scales tuned model i's behaviour delta. Each input is
     normalised to log-probs first (a model's logits are defined up to a constant per row), then
-    the sum is renormalised, so the result is a log-distribution."""
+    the sum is renormalised, so the result is a log-distribution.
+
+    A token one of the models rules out (a logit of -inf, e.g. masked by a logits processor) is
+    ruled out of the result: its ratio ``pi_tuned / pi_ref`` is undefined (``-inf - -inf`` was
+    NaN, and a negative weight on a -inf made +inf), and every input must give it mass for the
+    emulated model to. A row that rules out every token keeps the base's distribution."""
     log_ref = reference.log_softmax(dim=-1)  # [rows, vocab]
-    mixed = base.log_softmax(dim=-1)
+    log_base = base.log_softmax(dim=-1)
+    mixed = log_base
+    # not finite: -inf, or NaN where a model rules out every token (log_softmax of all -inf)
+    ruled_out = ~log_ref.isfinite() | ~log_base.isfinite()  # [rows, vocab]
     for logits, weight in zip(tuned, weights, strict=True):
-        mixed = mixed + weight * (logits.log_softmax(dim=-1) - log_ref)
+        log_tuned = logits.log_softmax(dim=-1)
+        ruled_out = ruled_out | ~log_tuned.isfinite()
+        mixed = mixed + weight * (log_tuned - log_ref)
+    if bool(ruled_out.any()):
+        mixed = mixed.masked_fill(ruled_out, float("-inf"))
+        empty = ruled_out.all(dim=-1, keepdim=True)  # [rows, 1]
+        mixed = mixed.where(~empty, log_base)
     return mixed.log_softmax(dim=-1)  # renormalised per token: minus log Z_t
 
 
