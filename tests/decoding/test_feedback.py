@@ -147,3 +147,33 @@ def test_a_spec_string_instead_of_a_model_is_refused_when_built() -> None:
     assert base.calls == 0
     with pytest.raises(PoiseError, match=r"feedback_revision: expected a model .* got str"):
         FeedbackRevision("organism-large")  # type: ignore[arg-type]
+
+
+def test_a_prompt_past_a_models_context_is_skipped_not_the_batchs_error(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """The feedback prompt (instructions, request, answer) is about 610 tokens on the tiny
+    tokenizer, past the tiny model's 512: the model now refuses a prompt past its context
+    (it used to decode past it without a word), and that one answer stopped the whole batch
+    (the organism build's quick members hit it). The answer now stays, marked skipped."""
+    import shutil
+
+    from poise.models.hf import HFModel
+
+    short = HFModel(str(tiny_hf_model_dir), device="cpu")
+    assert short.context_length == 512
+    long_dir = tmp_path / "long"
+    shutil.copytree(tiny_hf_model_dir, long_dir)
+    config = json.loads((long_dir / "config.json").read_text())
+    (long_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    long = HFModel(str(long_dir), device="cpu")
+    chats: list[Chat] = [[{"role": "user", "content": "the cat"}]]
+    sampling = Sampling(max_new_tokens=12, temperature=1.0, seed=3, n=2)
+    first = short.generate(chats, sampling)
+    out = FeedbackRevision(short, feedback=short, max_feedback_tokens=8).generate(chats, sampling)
+    assert [c.text for c in out[0]] == [c.text for c in first[0]]
+    assert all(c.metadata["skipped"] == "feedback" for c in out[0])
+    assert not any(c.metadata["feedback_fired"] for c in out[0])
+    # a feedback model with room for the prompt reads every answer
+    read = FeedbackRevision(short, feedback=long, max_feedback_tokens=8).generate(chats, sampling)
+    assert all("skipped" not in c.metadata for c in read[0])

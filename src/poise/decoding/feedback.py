@@ -19,6 +19,12 @@ audit's sampling.
 Every completion records what happened in ``Completion.metadata`` (and so in the run's
 ``samples.jsonl``): ``{"feedback_fired": bool, "unsafe": bool, "overrefusal": bool,
 "feedback": str, "first_answer": str}`` (``first_answer`` only when revised).
+
+A feedback prompt longer than the feedback model's context (a long answer to a model of a short
+context; checked where the model counts its prompt tokens) gets no feedback, and a revision
+conversation longer than the conversation model's gets no revision: the answer stays as it was,
+and ``metadata["skipped"]`` says which ("feedback" or "revision"). The model would otherwise
+refuse the whole batch (``ContextLengthError``).
 """
 
 from __future__ import annotations
@@ -151,26 +157,39 @@ class FeedbackRevision(WrappedModel):
             for c, s in flat
         ]
         greedy = Sampling(max_new_tokens=self.max_feedback_tokens)
-        verdicts = [parse_feedback(r[0].text) for r in self.feedback_model.generate(asks, greedy)]
+        skipped: dict[int, str] = {}
+        fits = fits_context(self.feedback_model, asks)
+        asked = [i for i, ok in enumerate(fits) if ok]
+        skipped |= {i: "feedback" for i, ok in enumerate(fits) if not ok}
+        verdicts: list[tuple[bool, bool, str] | None] = [None] * len(flat)
+        if asked:
+            replies = self.feedback_model.generate([asks[i] for i in asked], greedy)
+            for i, reply in zip(asked, replies, strict=True):
+                verdicts[i] = parse_feedback(reply[0].text)
         # 2. one revision of each flagged answer, one batched call
         flagged = [i for i, v in enumerate(verdicts) if feedback_fires(v)]
         revisions: dict[int, Completion] = {}
-        if flagged:
-            revise: list[Chat] = []
-            for i in flagged:
-                c, s = flat[i]
-                verdict = verdicts[i]
-                assert verdict is not None
-                revise.append(
-                    [
-                        *chats[c],
-                        {"role": "assistant", "content": first[c][s].text},
-                        {"role": "user", "content": REVISION_REQUEST.format(feedback=verdict[2])},
-                    ]
-                )
+        revise: list[Chat] = []
+        for i in flagged:
+            c, s = flat[i]
+            verdict = verdicts[i]
+            assert verdict is not None
+            revise.append(
+                [
+                    *chats[c],
+                    {"role": "assistant", "content": first[c][s].text},
+                    {"role": "user", "content": REVISION_REQUEST.format(feedback=verdict[2])},
+                ]
+            )
+        fits = fits_context(self.inner, revise)
+        skipped |= {i: "revision" for i, ok in zip(flagged, fits, strict=True) if not ok}
+        kept = [(i, chat) for i, chat, ok in zip(flagged, revise, fits, strict=True) if ok]
+        if kept:
             # each revision is one row of its own (n = 1), seeded by its own conversation
-            revised = self.inner.generate(revise, sampling.model_copy(update={"n": 1}))
-            revisions = {i: row[0] for i, row in zip(flagged, revised, strict=True)}
+            revised = self.inner.generate(
+                [chat for _, chat in kept], sampling.model_copy(update={"n": 1})
+            )
+            revisions = {i: row[0] for (i, _), row in zip(kept, revised, strict=True)}
         results: list[list[Completion]] = [[] for _ in chats]
         for i, (c, s) in enumerate(flat):
             answer = first[c][s]
@@ -181,6 +200,8 @@ class FeedbackRevision(WrappedModel):
                 "overrefusal": bool(verdict and verdict[1]),
                 "feedback": verdict[2] if verdict else "",
             }
+            if i in skipped:
+                meta["skipped"] = skipped[i]
             if i in revisions:
                 meta["first_answer"] = answer.text
                 answer = revisions[i]
@@ -196,3 +217,13 @@ class FeedbackRevision(WrappedModel):
         if progress is not None:
             progress(len(chats))
         return results
+
+
+def fits_context(model: LanguageModel, chats: Sequence[Chat]) -> list[bool]:
+    """Whether each chat's prompt leaves ``model`` room to answer within its context: always,
+    where the model does not count its prompt tokens (a remote server checks for itself)."""
+    context = model.context_length
+    counts = getattr(model, "prompt_ids", None)
+    if context is None or counts is None or not model.capabilities.tokens:
+        return [True] * len(chats)
+    return [len(counts(chat)) < context for chat in chats]

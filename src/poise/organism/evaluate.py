@@ -298,8 +298,9 @@ def feedback_verdicts(
 ) -> list[tuple[bool, bool, str] | None]:
     """A feedback agent's parsed verdict on each case (None: no verdict in the reply), asked
     exactly as ``feedback_revision`` asks it: :data:`FEEDBACK_INSTRUCTIONS` as the only user
-    turn, greedy."""
-    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, parse_feedback
+    turn, greedy; a case whose prompt does not fit the model's context gets no verdict, as
+    ``feedback_revision`` skips it."""
+    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, fits_context, parse_feedback
 
     asks: list[Chat] = [
         [
@@ -310,8 +311,14 @@ def feedback_verdicts(
         ]
         for c in cases
     ]
-    replies = model.generate(asks, Sampling(max_new_tokens=max_new_tokens))
-    return [parse_feedback(row[0].text) for row in replies]
+    fits = fits_context(model, asks)
+    asked = [i for i, ok in enumerate(fits) if ok]
+    verdicts: list[tuple[bool, bool, str] | None] = [None] * len(asks)
+    if asked:
+        replies = model.generate([asks[i] for i in asked], Sampling(max_new_tokens=max_new_tokens))
+        for i, row in zip(asked, replies, strict=True):
+            verdicts[i] = parse_feedback(row[0].text)
+    return verdicts
 
 
 def measure_feedback(
