@@ -169,6 +169,7 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
     flag_fields = {flag: field for field, flag in FIELD_FLAGS.items()}  # suite -> suites ...
 
     run = find_run(resume, config.out)
+    run.check_samples_file()  # as poise.audit: a folder poise will not write to stops first
     recorded = canonical_attack(recorded_config(run)).model_dump()
     asked = canonical_attack(config).model_dump()  # a deprecated attack name as recorded
     how: dict[str, Any] = {}
