@@ -9,7 +9,8 @@ is at 0.97 with k = 1, stopping sooner than any pair of the released grid within
 tolerance, at a higher macro-F1 too). poise does the same on
 labelled answers of a validation split (never the test suites) and keeps the (threshold, k)
 of the highest macro-F1 of the stop decision against the response labels (the metric the
-guard is audited by); ties go to the earlier stop on harmful answers, then the smaller k. With
+guard is audited by; the released ``evaluate_k`` ranks by the F1 of the harmful class alone,
+which a guard that stops too many harmless answers pays for less); ties go to the earlier stop on harmful answers, then the smaller k. With
 ``tolerance`` > 0 it keeps the earliest stop (the smallest mean share of a harmful answer's
 tokens shown) among the pairs whose macro-F1 is within ``tolerance`` of the best: a guard that
 trades a little accuracy for stopping sooner. ``heads`` also chooses the streaming head (the
