@@ -76,6 +76,7 @@ class _EntryPoint:
 def _with_plugins(monkeypatch: pytest.MonkeyPatch, *entries: _EntryPoint) -> None:
     monkeypatch.setattr("importlib.metadata.entry_points", lambda *, group: list(entries))
     monkeypatch.setattr(poise.plugins, "_loaded", False)
+    monkeypatch.setattr(poise.plugins, "_failure", None)
 
 
 def test_every_registry_plugins_fill_loads_them_first(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +130,7 @@ def test_a_plugin_that_fails_to_load_is_one_line_naming_it(
     with pytest.raises(
         ValueError, match=r"judge 'refusal' is already registered \(by poise\.scoring"
     ):
-        judges.add("refusal", lambda: None)
+        judges.add("refusal", lambda: None)  # type: ignore[arg-type, return-value]
 
 
 def test_a_wrapper_name_in_two_registries_or_under_another_kind_is_refused(
@@ -193,3 +194,46 @@ def test_an_installed_plugin_that_fails_stops_commands_in_one_line_but_not_help(
     assert suites.returncode == 2, suites.stderr
     lines = (suites.stdout + suites.stderr).strip().splitlines()
     assert len(lines) == 1 and "failed to load" in lines[0], lines
+
+
+def test_a_poise_error_a_plugin_raises_names_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a plugin reading a misspelt name got "unknown attack 'greedi'": no word of the plugin
+    from poise.attacks import attacks
+    from poise.errors import PoiseError
+
+    def register() -> None:
+        attacks.get("greedi")
+
+    _with_plugins(monkeypatch, _EntryPoint("review.plugin:register", lambda: register))
+    with pytest.raises(PoiseError) as caught:
+        judges.get("refusal")
+    message = str(caught.value)
+    assert message.startswith("plugin 'review' (review.plugin:register) failed to load: ")
+    assert "unknown attack 'greedi'; did you mean 'greedy'?" in message
+
+
+def test_a_failed_plugin_says_the_same_error_on_every_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the second read imported the plugin again: what it had registered before failing clashed
+    # with itself, and the error became "attack 'review_partial' is already registered"
+    from poise.attacks import attacks
+    from poise.errors import PoiseError
+
+    imports: list[str] = []
+
+    def partial_import() -> object:
+        imports.append("import")
+
+        def attack(items: object, sampling: object) -> object:  # a new object per import
+            return items
+
+        attacks.add("review_partial", attack)  # type: ignore[arg-type]
+        raise RuntimeError("deliberate failure after registering")
+
+    _with_plugins(monkeypatch, _EntryPoint("review.partial", partial_import))
+    try:
+        for _ in range(2):
+            with pytest.raises(PoiseError, match="RuntimeError: deliberate failure after"):
+                judges.get("refusal")
+        assert imports == ["import"]
+    finally:
+        attacks._entries.pop("review_partial", None)

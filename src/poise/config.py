@@ -6,9 +6,15 @@ silent default. CLI flags map 1:1 onto these fields.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,12 +41,21 @@ class StrictModel(BaseModel):
 class Sampling(StrictModel):
     """How to decode. ``temperature == 0`` means greedy; every field is part of the cache key."""
 
-    temperature: float = Field(0.0, ge=0.0, le=100.0, description="0 = greedy decoding")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass; 1 = off")
+    # allow_inf_nan=False: NaN was refused as "should be less than or equal to 100"
+    temperature: float = Field(
+        0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0 = greedy decoding"
+    )
+    top_p: float = Field(
+        1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass; 1 = off"
+    )
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
     max_new_tokens: int = Field(96, ge=1, le=32768, description="tokens to generate at most")
     n: int = Field(1, ge=1, le=4096, description="completions per chat")
-    seed: int = Field(0, description="seed; sampling is reproducible for a given seed")
+    # a 64-bit integer, as servers (vLLM) and generators take it: a larger one failed at the
+    # server, request by request, in the middle of a run
+    seed: int = Field(
+        0, ge=-(2**63), le=2**63 - 1, description="seed; sampling is reproducible for a given seed"
+    )
     stop: tuple[str, ...] = Field((), description="strings that end a completion")
 
     @property
@@ -59,12 +74,13 @@ def stable_hash(obj: Any) -> str:
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """The mapping at the top of a YAML file; errors name the file (and line)."""
+    """The mapping at the top of a YAML file (an empty file is an empty mapping); errors name
+    the file (and line): a key given twice in one mapping is one, not the last one silently."""
     import yaml
 
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
     except FileNotFoundError:
         raise PoiseError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -75,9 +91,64 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise PoiseError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise PoiseError(f"{path}: expected a mapping at the top level")
+        raise PoiseError(
+            f"{path}: expected a mapping (KEY: VALUE lines) at the top level, got a "
+            f"{_yaml_type(data)}"
+        )
     return {str(k): v for k, v in data.items()}
+
+
+def yaml_key_lines(path: str | Path) -> dict[str, int]:
+    """The line (1-based) of each key of the mapping at the top of a YAML file, and of each key
+    of a mapping nested one level down as ``OUTER.INNER``; empty when the file cannot be read
+    (:func:`read_yaml_mapping` says why)."""
+    import yaml
+
+    try:
+        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return {}
+    lines: dict[str, int] = {}
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key, value in node.value:
+        lines.setdefault(str(key.value), key.start_mark.line + 1)
+        if isinstance(value, yaml.MappingNode):
+            for inner, _ in value.value:
+                lines.setdefault(f"{key.value}.{inner.value}", inner.start_mark.line + 1)
+    return lines
+
+
+def _yaml_type(value: object) -> str:
+    return {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """A SafeLoader that refuses a key given twice in one mapping."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue  # a merge key (<<) may repeat keys; others: the SafeLoader's error
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def load_yaml_config(
@@ -94,11 +165,87 @@ def load_yaml_config(
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    """First error of a pydantic ValidationError, as 'field: message'."""
+    """First error of a pydantic ValidationError, as 'field: message'; when the field's value
+    came from a config file (:func:`value_sources`), the message says so: 'field: message
+    (from FILE:LINE, key KEY)'."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     message = str(err["msg"]).removeprefix("Value error, ")
+    message += source_of(err["loc"], err.get("input", _NO_INPUT))
     return f"{loc}: {message}" if loc else message
+
+
+@dataclass(frozen=True)
+class ValueSource:
+    """Where a config field's value came from: a file's key (``--config FILE.yaml``)."""
+
+    where: str  # FILE or FILE:LINE
+    key: str  # the key as the file spells it (OUTER.INNER for a nested block's key)
+    values: tuple[Any, ...]  # the value as the file gives it, and as its flag converted it
+
+
+_NO_INPUT = object()
+_VALUE_SOURCES: ContextVar[Mapping[str, ValueSource]] = ContextVar("poise_value_sources")
+
+
+@contextmanager
+def value_sources(sources: Mapping[str, ValueSource]) -> Iterator[None]:
+    """While inside, a validation error (:func:`format_validation_error`) of a field in
+    ``sources`` (by its dotted location, ``limit`` or ``sampling.temperature``) whose value is
+    the one the source gave names the source: the CLI's ``--config`` file, whose values became
+    the flags' defaults, so a refused value is blamed on the file's key, not on a flag the user
+    never typed (nor on the file when the flag was typed: it is then not in ``sources``)."""
+    token = _VALUE_SOURCES.set(sources)
+    try:
+        yield
+    finally:
+        _VALUE_SOURCES.reset(token)
+
+
+def source_of(loc: tuple[int | str, ...] | list[int | str], value: Any = _NO_INPUT) -> str:
+    """``" (from FILE:LINE, key KEY)"`` when the field at ``loc`` came from a source of
+    :func:`value_sources` and holds ``value`` (or a part of it, at the rest of ``loc``); else
+    ``""``."""
+    sources = _VALUE_SOURCES.get(None)
+    if not sources:
+        return ""
+    parts = [str(p) for p in loc]
+    for end in range(len(parts), 0, -1):
+        source = sources.get(".".join(parts[:end]))
+        if source is None:
+            continue
+        if value is not _NO_INPUT and not any(
+            _same(_dig(given, loc[end:]), value) for given in source.values
+        ):
+            return ""
+        return f" (from {source.where}, key {source.key!r})"
+    return ""
+
+
+def _dig(value: Any, rest: tuple[int | str, ...] | list[int | str]) -> Any:
+    for part in rest:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return _NO_INPUT
+    return value
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as plain data (a tuple and a list of the same items are; NaN is itself)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return [plain(x) for x in v]
+        if isinstance(v, Mapping):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, os.PathLike):
+            return os.fspath(v)
+        if isinstance(v, float) and math.isnan(v):
+            return "nan"
+        return v
+
+    return a is not _NO_INPUT and bool(plain(a) == plain(b))
 
 
 DEFAULT_SUITES: tuple[str, ...] = ("harmful", "borderline", "benign", "honesty")

@@ -11,8 +11,11 @@ import os
 import socket
 from urllib.parse import urlparse
 
-# With a proxy in between a direct connection says nothing about the hub.
+# With a proxy in between a direct connection says nothing about the hub. The hub client takes
+# the proxy of its endpoint's scheme: HTTPS_PROXY for https, HTTP_PROXY for an http endpoint (a
+# local mirror, HF_ENDPOINT=http://...), ALL_PROXY for both.
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+HTTP_PROXY_VARIABLES = ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool | None:
@@ -20,9 +23,10 @@ def hub_reachable(timeout: float = 3.0) -> bool | None:
     the hub client will not try the network, or a proxy in between)."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in PROXY_VARIABLES):
-        return None
     endpoint = urlparse(constants.ENDPOINT)
+    proxies = HTTP_PROXY_VARIABLES if endpoint.scheme == "http" else PROXY_VARIABLES
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(k) for k in proxies):
+        return None
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:

@@ -13,7 +13,9 @@ An installed package declares its plugin in its ``pyproject.toml``::
     mine = "my_package.poise_plugin"            # a module whose import registers
     other = "my_package.plugin:register"        # or a function without arguments, then called
 
-A plugin that fails to load stops every command with one line naming it (a PoiseError).
+A plugin that fails to load stops every command with one line naming it (a PoiseError), whatever
+it raised (a :class:`~poise.errors.PoiseError` of its own too); every later read of a registry
+raises that same error again, not whatever a second, partial import of the plugin would raise.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ENTRY_POINT_GROUP = "poise.plugins"
 _lock = threading.RLock()  # a plugin may read a registry while it registers
 _loaded = False
 _loading = False  # in this call's thread (the lock is held): a read while registering
+_failure: str | None = None  # the message of the plugin that failed to load, said again
 
 
 def load_plugins() -> None:
@@ -42,6 +45,12 @@ def load_plugins() -> None:
     with _lock:
         if _loaded or _loading:
             return  # a plugin reading a registry while it registers sees what is there so far
+        if _failure is not None:
+            # loading again would import the failed plugin a second time: what it registered
+            # before it failed would then clash with itself, hiding the first error
+            from poise.errors import PoiseError
+
+            raise PoiseError(_failure)
         _loading = True
         try:
             _load_all()
@@ -51,7 +60,7 @@ def load_plugins() -> None:
 
 def _load_all() -> None:
     """Import the listed plugins and the entry points (load_plugins holds the lock)."""
-    global _loaded
+    global _loaded, _failure
     for module in PLUGINS:
         try:
             importlib.import_module(module)
@@ -72,13 +81,11 @@ def _load_all() -> None:
             loaded = entry.load()  # imports the module (its decorators register)
             if _is_register_function(loaded):  # "pkg.module:register": call it to register
                 loaded()
-        except PoiseError:
-            raise
         except Exception as exc:  # every command would fail on it: say which, in a line
-            raise PoiseError(
-                f"{where} failed to load: {type(exc).__name__}: {exc} (uninstall it, or fix "
-                "it, to use poise)"
-            ) from exc
+            # a PoiseError of its own ("unknown attack 'greedi'") names the plugin too
+            what = str(exc) if isinstance(exc, PoiseError) else f"{type(exc).__name__}: {exc}"
+            _failure = f"{where} failed to load: {what} (uninstall it, or fix it, to use poise)"
+            raise PoiseError(_failure) from exc
     _loaded = True
 
 

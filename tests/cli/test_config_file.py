@@ -149,3 +149,105 @@ def test_gate_reads_its_fields_from_the_file(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "gate.json").read_text())["n"] == 6
     failed = invoke("gate", "--config", str(config), "--model-option", "default=Sure, here is how.")
     assert failed.exit_code == 1, failed.output
+
+
+def test_a_value_the_command_refuses_names_the_file_and_key_it_came_from(tmp_path: Path) -> None:
+    # was "gate config: delta: Input should be less than 1": the file's value, blamed on nothing
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("model: mock\ndelta: 2\n")
+    result = invoke("gate", "--config", str(gate))
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1, result.output
+    assert "delta" in line and f"from {gate}:2, key 'delta'" in line
+    audit = tmp_path / "audit.yaml"
+    audit.write_text("model: mock\nlimit: 0\nsampling:\n  top_p: 0\n")
+    result = invoke("audit", "--config", str(audit), "--top-p", "0.5")
+    assert result.exit_code == 2 and f"from {audit}:2, key 'limit'" in result.output
+    result = invoke("audit", "--config", str(audit), "--limit", "1")  # the nested block's key
+    assert result.exit_code == 2 and f"from {audit}:4, key 'sampling.top_p'" in result.output
+
+
+def test_a_refused_flag_typed_on_the_command_line_is_not_blamed_on_the_file(
+    tmp_path: Path,
+) -> None:
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("model: mock\ndelta: 2\n")
+    result = invoke("gate", "--config", str(gate), "--delta", "3")
+    assert result.exit_code == 2 and "delta" in result.output
+    assert str(gate) not in result.output, result.output
+    audit = tmp_path / "audit.yaml"
+    audit.write_text("model: mock\nlimit: 0\n")
+    result = invoke("audit", "--config", str(audit), "--limit", "-1")
+    assert result.exit_code == 2 and "limit" in result.output
+    assert str(audit) not in result.output, result.output
+
+
+def one_line_error(tmp_path: Path, text: str, *args: str) -> str:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    result = invoke(*(args or ("audit",)), "--config", str(config))
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, result.output
+    assert line.startswith(f"error: {config}"), line
+    return line
+
+
+def test_a_nested_block_that_is_not_a_mapping_is_named_as_such(tmp_path: Path) -> None:
+    # was "unknown key 'sampling'", a key the command does take
+    for value in ("null", "5", "[1, 2]"):
+        line = one_line_error(tmp_path, f"model: mock\nsampling: {value}\n")
+        assert "sampling: expected a mapping" in line and "unknown key" not in line
+
+
+def test_a_mapping_for_a_single_valued_flag_is_one_line(tmp_path: Path) -> None:
+    # was an AttributeError traceback ('TyperOption' object has no attribute 'type')
+    line = one_line_error(tmp_path, "model: {name: mock}\n")
+    assert "model: expected a single value, got a mapping" in line
+
+
+def test_null_for_a_flag_with_a_default_is_refused_not_taken_as_the_default(
+    tmp_path: Path,
+) -> None:
+    # `model: null` audited the organism, `temperature: null` decoded greedily, silently
+    line = one_line_error(tmp_path, "model: null\n")
+    assert "model: null" in line and "'organism'" in line
+    line = one_line_error(tmp_path, "model: mock\ntemperature: null\n")
+    assert "temperature: null" in line
+    line = one_line_error(tmp_path, "model: mock\nsuite: [harmful, null]\n")
+    assert "suite: null" in line
+    # null stays the value of a flag whose default is none (a run.json block holds such keys)
+    out = tmp_path / "runs"
+    config = tmp_path / "ok.yaml"
+    config.write_text(f"model: mock\nsuite: harmful\nlimit: 2\nname: null\nout: {out}\n")
+    result = invoke("audit", "--config", str(config), "--no-html")
+    assert result.exit_code == 0, result.output
+    assert only_run(out)["config"]["limit"] == 2
+
+
+def test_a_yaml_boolean_for_a_flag_that_is_no_switch_is_refused(tmp_path: Path) -> None:
+    # `name: yes` named the run "True"; `n: true` sampled 1 completion
+    line = one_line_error(tmp_path, "model: mock\nname: yes\n")
+    assert "name: true is not a value" in line and "quote" in line
+    line = one_line_error(tmp_path, "model: mock\nn: true\n")
+    assert "n: true is not a value" in line
+    line = one_line_error(tmp_path, "model: mock\nstop: [off]\n")
+    assert "stop: false is not a value" in line
+
+
+def test_a_key_given_twice_is_one_line_naming_its_line(tmp_path: Path) -> None:
+    # the second value won silently
+    line = one_line_error(tmp_path, "model: mock\nout: a\nout: b\n", "runs", "ls")
+    assert ":3:" in line and "'out' is given twice" in line
+    line = one_line_error(tmp_path, "sampling:\n  n: 2\n  n: 3\n")
+    assert ":3:" in line and "'n' is given twice" in line
+
+
+def test_a_file_that_is_not_a_mapping_says_what_it_is(tmp_path: Path) -> None:
+    line = one_line_error(tmp_path, "- model: mock\n- limit: 2\n", "runs", "ls")
+    assert "expected a mapping" in line and "got a list" in line
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    result = invoke("runs", "ls", "--config", str(empty), "--out", str(tmp_path / "none"))
+    assert result.exit_code == 0, result.output

@@ -68,3 +68,37 @@ def test_duplicates_are_refused_and_unregistering_removes() -> None:
     unregister_task("x-kind")
     with pytest.raises(UnknownNameError, match="unknown kind 'x-kind'"):
         get_task("x-kind")
+
+
+@pytest.mark.parametrize(
+    ("metric", "message"),
+    [
+        # a string of kinds read one kind per letter: the metric counted nothing
+        (Metric("y_rate", "y-kind", "lower", "l", "m"), "kinds must be a tuple of kind names"),  # type: ignore[arg-type]
+        # "down" was read as higher-is-better; the HTML report failed on it (a KeyError)
+        (Metric("y_rate", ("y-kind",), "down", "l", "m"), "better must be one of lower, higher"),  # type: ignore[arg-type]
+        # an unknown way of counting: the metric was silently never computed
+        (Metric("y_rate", ("y-kind",), "lower", "l", "m", count="items"), "count must be one of"),  # type: ignore[arg-type]
+        # a misspelt placeholder failed when the report was written, after the audit
+        (Metric("y_rate", ("y-kind",), "lower", "l", "{valu} of answers"), "does not format"),
+    ],
+)
+def test_a_metric_declaration_a_report_cannot_use_is_refused_when_registered(
+    metric: Metric, message: str
+) -> None:
+    with pytest.raises(PoiseError, match=rf"task 'y-kind': metric 'y_rate'.*{message}"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(metric,)))
+    assert "y-kind" not in kinds()
+
+
+def test_a_task_of_the_wrong_type_or_a_metric_twice_in_one_task_is_refused() -> None:
+    with pytest.raises(PoiseError, match="register_task takes a Task, got str"):
+        register_task("y-kind")  # type: ignore[arg-type]
+    with pytest.raises(PoiseError, match="metrics holds 'y_rate', not a Metric"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=("y_rate",)))  # type: ignore[arg-type]
+    with pytest.raises(PoiseError, match="scorer must be a judge spec"):
+        register_task(Task(kind="y-kind", meaning="m", scorer=3))  # type: ignore[arg-type]
+    twice = Metric("y_rate", ("y-kind",), "lower", "l", "m")  # the second hid the first
+    with pytest.raises(PoiseError, match="metric 'y_rate' is already declared by task 'y-kind'"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(twice, twice)))
+    assert "y-kind" not in kinds()

@@ -9,12 +9,15 @@ records is the resolved config, file and flags together.
 
 A mapping given to a repeatable KEY=VALUE flag (``model_options: {device: cpu}``) becomes its
 ``KEY=VALUE`` values; an unknown key is one line naming the file, the key and the nearest keys.
+A value the command then refuses (``limit: 0``) is blamed on the file's key and line when it came
+from the file, and on nothing else when the flag was typed (:func:`poise.config.value_sources`).
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -59,6 +62,15 @@ def add_config_option(command: Any) -> None:
     if any(CONFIG_FLAG in getattr(p, "opts", ()) for p in command.params):
         return
     command.params.append(_config_option())
+    invoke = command.invoke
+
+    def invoke_with_sources(ctx: Any) -> Any:
+        from poise.config import value_sources
+
+        with value_sources(_file_sources(ctx)):
+            return invoke(ctx)
+
+    command.invoke = invoke_with_sources
 
 
 def _config_option() -> Any:
@@ -90,8 +102,11 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
     from poise.config import read_yaml_mapping
     from poise.errors import PoiseError
 
+    sources: dict[str, tuple[str, Any]] = {}
     try:
-        defaults = flag_defaults(ctx.command, read_yaml_mapping(value), value, ctx=ctx)
+        defaults = flag_defaults(
+            ctx.command, read_yaml_mapping(value), value, ctx=ctx, sources=sources
+        )
     except PoiseError as exc:
         from rich.markup import escape
 
@@ -100,15 +115,52 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
         )
         raise typer.Exit(exc.exit_code) from None
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta[_SOURCES_META] = (value, sources)
     return value
 
 
+_SOURCES_META = "poise.config_file"
+
+
+def _file_sources(ctx: Any) -> dict[str, Any]:
+    """Where each config field whose flag took its value from the ``--config`` file came from
+    (for :func:`poise.config.value_sources`), by every spelling the field has in a config: the
+    flag's parameter (``limit``, ``temperature``), the field it stands for (``suites``) and its
+    place in a nested block (``sampling.temperature``). A flag typed on the command line is left
+    out: its value is not the file's."""
+    from poise.config import ValueSource, yaml_key_lines
+
+    path, sources = ctx.meta.get(_SOURCES_META, (None, {}))
+    if not sources:
+        return {}
+    lines = yaml_key_lines(path)
+    fields = {flag: field for field, flag in FIELD_FLAGS.items()}
+    out: dict[str, Any] = {}
+    for name, (key, values) in sources.items():
+        source = ctx.get_parameter_source(name)  # typer's own click: compare by name
+        if getattr(source, "name", None) != "DEFAULT_MAP":
+            continue
+        line = lines.get(key)
+        where = f"{path}:{line}" if line is not None else str(path)
+        spelling = ValueSource(where, key, values)
+        for place in (name, fields.get(name), *(f"{n}.{name}" for n in _NESTED)):
+            if place is not None:
+                out[place] = spelling
+    return out
+
+
 def flag_defaults(
-    command: Any, data: Mapping[str, Any], source: str, *, ctx: Any = None
+    command: Any,
+    data: Mapping[str, Any],
+    source: str,
+    *,
+    ctx: Any = None,
+    sources: dict[str, tuple[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The file's keys as ``{parameter name: value}`` for ``ctx.default_map``. Given ``ctx``,
     each value is also converted as its flag would be, so that a wrong type is blamed on the
-    file's key, not on a flag the user never typed."""
+    file's key, not on a flag the user never typed. ``sources``, when given, receives
+    ``{parameter name: (the file's key, (its value, its converted value))}``."""
     from poise.errors import PoiseError
 
     params = {p.name: p for p in command.params if p.name and CONFIG_FLAG not in p.opts}
@@ -125,7 +177,12 @@ def flag_defaults(
     flat: list[tuple[str, Any]] = []
     for key, value in data.items():
         normal = key.replace("-", "_")
-        if normal in _NESTED and normal not in names and isinstance(value, Mapping):
+        if normal in _NESTED and normal not in names:
+            if not isinstance(value, Mapping):
+                raise PoiseError(
+                    f"{source}: {key}: expected a mapping of its options (e.g. {key}: "
+                    f"{{temperature: 1.0}}), got {'null' if value is None else repr(value)}"
+                )
             flat.extend((f"{key}.{k}", v) for k, v in value.items())
         elif normal not in _RECORDED_ONLY:
             flat.append((key, value))
@@ -141,25 +198,63 @@ def flag_defaults(
                 f"(keys: {', '.join(sorted(params))})"
             )
         param = params[names[normal]]
-        flag_value = _as_flag_value(param, value)
+        _check_value(param, key, value, source)
+        flag_value = _as_flag_value(param, value, f"{source}: {key}")
+        converted = flag_value
         coercion = getattr(param, "get_runtime_param", None)  # typer's own conversion
-        if ctx is not None and coercion is not None:
+        if ctx is not None and coercion is not None and flag_value is not None:
             try:
-                coercion().coerce(flag_value, param=param, ctx=ctx)
+                converted = coercion().coerce(flag_value, param=param, ctx=ctx)
             except typer.BadParameter as exc:
                 raise PoiseError(f"{source}: {key}: {exc.message}") from None
         defaults[param.name or normal] = flag_value
+        if sources is not None:
+            sources[param.name or normal] = (key, (value, converted))
     return defaults
 
 
-def _as_flag_value(param: Any, value: Any) -> Any:
-    """A YAML value as the flag's command-line value(s)."""
+def _check_value(param: Any, key: str, value: Any, source: str) -> None:
+    """Refuse a value no flag could take: null for a flag that has a value of its own (leaving
+    the key out gives that), and true/false for a flag that is not an on/off switch (YAML reads
+    ``yes``, ``no``, ``on`` and ``off`` as true/false too)."""
+    from poise.errors import PoiseError
+
+    if value is None:
+        if param.default is None and not param.required:
+            return  # the flag's own default: none
+        default = "" if param.required else f" ({param.default!r})"
+        raise PoiseError(
+            f"{source}: {key}: null is not a value of this key; leave the key out for its "
+            f"default{default}"
+        )
+    items = value if isinstance(value, list | tuple) else [value]
+    if any(item is None for item in items):
+        raise PoiseError(f"{source}: {key}: null is not a value of this key")
+    flag = getattr(param, "is_flag", False)
+    wrong = next((item for item in items if isinstance(item, bool) and not flag), None)
+    if wrong is not None:
+        annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        text = str in (annotation, *typing.get_args(annotation))
+        hint = f" (YAML reads yes/no/on/off as true/false: quote text, e.g. {key}: 'yes')"
+        raise PoiseError(
+            f"{source}: {key}: {str(wrong).lower()} is not a value of this key"
+            + (hint if text else "")
+        )
+
+
+def _as_flag_value(param: Any, value: Any, where: str) -> Any:
+    """A YAML value as the flag's command-line value(s); ``where`` (FILE: KEY) names a value
+    no flag of this kind takes."""
+    from poise.errors import PoiseError
+
     repeatable = getattr(param, "multiple", False) or param.nargs == -1
     if isinstance(value, Mapping):
+        if not repeatable:  # only a repeatable KEY=VALUE flag takes a mapping
+            raise PoiseError(f"{where}: expected a single value, got a mapping {dict(value)!r}")
         # KEY=VALUE flags: strings as they are, anything else as the JSON they parse back from
         value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
     if repeatable and not isinstance(value, list | tuple):
         return [value]
-    if not repeatable and isinstance(value, list | tuple) and param.type.name != "tuple":
+    if not repeatable and isinstance(value, list | tuple) and param.nargs == 1:
         return ",".join(str(v) for v in value)  # a comma-separated flag
     return value

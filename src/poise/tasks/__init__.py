@@ -11,6 +11,8 @@ kinds (harmful, borderline, benign, honesty-known, honesty-unknown, sycophancy) 
 
 from __future__ import annotations
 
+import typing
+
 from poise.errors import PoiseError, UnknownNameError
 from poise.plugins import load_plugins
 from poise.tasks.base import (
@@ -60,23 +62,58 @@ _TASKS: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
-    """Add a kind of evaluation. Its kind and metric names must be new. Returns the task."""
+    """Add a kind of evaluation. Its kind and metric names must be new, and its declarations
+    of the types :class:`Task` and :class:`Metric` say (checked here, not first met in the middle
+    of a report). Returns the task."""
+    if not isinstance(task, Task):
+        raise PoiseError(f"register_task takes a Task, got {type(task).__name__}: {task!r}")
+    if not isinstance(task.kind, str) or not task.kind or task.kind != task.kind.strip():
+        raise PoiseError(f"task kind {task.kind!r} must be a non-empty name without spaces around")
     if task.kind in _TASKS and _TASKS[task.kind] is not task:
         raise PoiseError(f"task {task.kind!r} is already registered")
-    if not task.kind or task.kind != task.kind.strip():
-        raise PoiseError(f"task kind {task.kind!r} must be a non-empty name without spaces around")
+    if not (task.scorer is None or isinstance(task.scorer, str) or callable(task.scorer)):
+        raise PoiseError(
+            f"task {task.kind!r}: scorer must be a judge spec, a factory of a judge or None, "
+            f"got {task.scorer!r}"
+        )
     taken = {m.name: t.kind for t in _TASKS.values() if t is not task for m in t.metrics}
     for metric in task.metrics:
+        _check_metric(task.kind, metric)
         if metric.name in taken:
             raise PoiseError(
                 f"task {task.kind!r}: metric {metric.name!r} is already declared by task "
                 f"{taken[metric.name]!r}"
             )
-        if not metric.kinds:
-            raise PoiseError(f"task {task.kind!r}: metric {metric.name!r} reads no kind")
+        taken[metric.name] = task.kind  # twice in one task: the second hid the first
     _TASKS[task.kind] = task
     _cache.clear()
     return task
+
+
+def _check_metric(kind: str, metric: object) -> None:
+    """One line for a metric declaration a report could not use: it named a kind of one
+    character per letter (``kinds="flattery"``), read ``better="down"`` as higher-is-better, or
+    failed on an unknown placeholder of ``meaning`` when the report was written."""
+    if not isinstance(metric, Metric):
+        raise PoiseError(f"task {kind!r}: metrics holds {metric!r}, not a Metric")
+    where = f"task {kind!r}: metric {metric.name!r}"
+    if not isinstance(metric.name, str) or not metric.name:
+        raise PoiseError(f"{where}: its name must be a non-empty string")
+    if isinstance(metric.kinds, str) or not all(isinstance(k, str) for k in metric.kinds):
+        raise PoiseError(f"{where}: kinds must be a tuple of kind names, got {metric.kinds!r}")
+    if not metric.kinds:
+        raise PoiseError(f"{where} reads no kind")
+    for field, allowed in (("better", Direction), ("count", Count)):
+        value, choices = getattr(metric, field), typing.get_args(allowed)
+        if value not in choices:
+            raise PoiseError(f"{where}: {field} must be one of {', '.join(choices)}, got {value!r}")
+    try:
+        metric.explain(value=0.5, low=0.25, high=0.75, k=1, n=2)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise PoiseError(
+            f"{where}: meaning {metric.meaning!r} does not format ({type(exc).__name__}: "
+            f"{exc}); its placeholders are {{value}}, {{low}}, {{high}}, {{k}} and {{n}}"
+        ) from None
 
 
 def unregister_task(kind: str) -> None:

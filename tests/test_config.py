@@ -1,0 +1,105 @@
+"""The shared config models and YAML reading (poise.config)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from poise.config import (
+    Sampling,
+    ValueSource,
+    format_validation_error,
+    read_yaml_mapping,
+    value_sources,
+    yaml_key_lines,
+)
+from poise.errors import PoiseError
+
+
+def refused(**fields: object) -> str:
+    with pytest.raises(ValidationError) as caught:
+        Sampling(**fields)
+    return format_validation_error(caught.value)
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_float_that_is_not_finite_is_refused_as_such(field: str, value: float) -> None:
+    # NaN was refused as "should be less than or equal to 100", a bound it does not break
+    assert refused(**{field: value}) == f"{field}: Input should be a finite number"
+
+
+def test_the_seed_is_a_64_bit_integer() -> None:
+    # a larger seed was taken, and sent as it was to an OpenAI-compatible server (vLLM: int64)
+    assert Sampling(seed=-1).seed == -1 and Sampling(seed=2**63 - 1).seed == 2**63 - 1
+    assert refused(seed=2**63).startswith("seed: Input should be less than or equal to")
+    assert refused(seed=-(2**63) - 1).startswith("seed: Input should be greater than or equal")
+
+
+@pytest.mark.parametrize(
+    ("fields", "start"),
+    [
+        ({"temperature": -0.1}, "temperature: Input should be greater than or equal to 0"),
+        ({"top_p": 0}, "top_p: Input should be greater than 0"),
+        ({"top_k": -1}, "top_k: Input should be greater than or equal to 0"),
+        ({"max_new_tokens": 0}, "max_new_tokens: Input should be greater than or equal to 1"),
+        ({"max_new_tokens": 10**9}, "max_new_tokens: Input should be less than or equal to"),
+        ({"n": 0}, "n: Input should be greater than or equal to 1"),
+        ({"n": 10**6}, "n: Input should be less than or equal to 4096"),
+    ],
+)
+def test_sampling_edge_values_are_one_line(fields: dict[str, object], start: str) -> None:
+    message = refused(**fields)
+    assert message.startswith(start) and "\n" not in message
+
+
+def test_a_key_given_twice_names_its_line(tmp_path: Path) -> None:
+    # the last value won silently
+    config = tmp_path / "c.yaml"
+    config.write_text("model: a\nsampling:\n  n: 2\n  n: 3\n")
+    with pytest.raises(PoiseError, match=rf"^{config}:4: invalid YAML \(key 'n' is given twice\)"):
+        read_yaml_mapping(config)
+    config.write_text("model: a\nmodel: b\n")
+    with pytest.raises(PoiseError, match=rf"^{config}:2: .*key 'model' is given twice"):
+        read_yaml_mapping(config)
+    config.write_text("base: &b {n: 2}\nsampling:\n  <<: *b\n  n: 3\n")  # a merge may override
+    assert read_yaml_mapping(config)["sampling"] == {"n": 3}
+
+
+def test_a_file_that_is_not_a_mapping_or_not_text_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    for text, what in (("- a\n- b\n", "list"), ("just text\n", "string"), ("3\n", "number")):
+        config.write_text(text)
+        with pytest.raises(PoiseError, match=rf"^{config}: expected a mapping .* got a {what}$"):
+            read_yaml_mapping(config)
+    config.write_text("# only a comment\n")
+    assert read_yaml_mapping(config) == {}
+    config.write_bytes(b"model: \xff\xfe\n")
+    with pytest.raises(PoiseError, match=rf"^{config}: not UTF-8 text$"):
+        read_yaml_mapping(config)
+
+
+def test_the_lines_of_keys_top_level_and_nested(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("model: mock\n\nsampling:\n  temperature: 1.0\n  n: 2\n")
+    assert yaml_key_lines(config) == {
+        "model": 1,
+        "sampling": 3,
+        "sampling.temperature": 4,
+        "sampling.n": 5,
+    }
+    assert yaml_key_lines(tmp_path / "none.yaml") == {}
+
+
+def test_a_refused_value_names_its_source_only_when_it_is_the_sources_value() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Sampling(n=0)
+    source = ValueSource("c.yaml:2", "sampling.n", (0, 0))
+    with value_sources({"n": source}):
+        assert format_validation_error(caught.value).endswith("(from c.yaml:2, key 'sampling.n')")
+    with value_sources({"n": ValueSource("c.yaml:2", "n", (5, 5))}):  # another value: not it
+        assert "c.yaml" not in format_validation_error(caught.value)
+    assert "c.yaml" not in format_validation_error(caught.value)  # outside: no source

@@ -1,0 +1,53 @@
+"""Is the Hugging Face hub reachable (poise.hub), without touching the network."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from poise import hub
+
+PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@pytest.fixture
+def probes(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """The connections the probe tries (each refused), with no proxy set and offline mode off."""
+    from huggingface_hub import constants
+
+    tried: list[tuple[str, int]] = []
+
+    def refuse(address: tuple[str, int], timeout: float) -> socket.socket:
+        tried.append(address)
+        raise OSError("refused")
+
+    for name in PROXIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return tried
+
+
+def test_a_refused_connection_is_unreachable(
+    probes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
+    assert hub.hub_reachable() is False and probes == [("huggingface.co", 443)]
+
+
+def test_an_http_endpoint_behind_an_http_proxy_is_not_probed(
+    probes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a mirror the hub client reaches through HTTP_PROXY was called unreachable: poise refused
+    # to download ("no network?") what the hub client would have downloaded
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example:8080")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    assert hub.hub_reachable() is None and probes == []
+    # an https endpoint does not go through HTTP_PROXY: its direct connection is the answer
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
+    assert hub.hub_reachable() is False and probes == [("huggingface.co", 443)]
