@@ -264,6 +264,22 @@ def test_tau_must_be_a_finite_number(tau: float) -> None:
         gate(model="mock", judge="refusal", limit=2, tau=tau)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("temperature", 1000.0),
+        ("temperature", float("nan")),
+        ("max_new_tokens", 40_000),
+        ("samples_per_prompt", 5000),
+        ("seed", 2**64),
+    ],
+)
+def test_sampling_values_sampling_refuses_are_config_errors(field: str, value: object) -> None:
+    """GateConfig took values Sampling refuses: a pydantic traceback from inside gate()."""
+    with pytest.raises(PoiseError, match=rf"^gate config: {field}: "):
+        gate(model="mock", judge="refusal", limit=2, **{field: value})
+
+
 class _Unsure:
     """A judge that labels harm on only the answers that say so (an LLM judge whose output
     cannot be parsed on the others): harmful None."""
