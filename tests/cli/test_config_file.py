@@ -251,3 +251,16 @@ def test_a_file_that_is_not_a_mapping_says_what_it_is(tmp_path: Path) -> None:
     empty.write_text("# nothing yet\n")
     result = invoke("runs", "ls", "--config", str(empty), "--out", str(tmp_path / "none"))
     assert result.exit_code == 0, result.output
+
+
+def test_a_train_value_refused_after_the_file_names_the_file(tmp_path: Path) -> None:
+    """poise train named the flag (`lr (--lr)`) of a value the user gave in the file only."""
+    config = tmp_path / "dpo.yaml"
+    config.write_text(f"model: organism-small\ndata: x.jsonl\noutput: {tmp_path / 'o'}\nlr: -1\n")
+    result = invoke("train", "dpo", "--config", str(config))
+    assert result.exit_code == 2, result.output
+    text = result.output.replace("\n", "")
+    assert "lr (--lr): Input should be greater than 0, got -1.0" in text
+    assert f"from {config}:4, key 'lr'" in text
+    result = invoke("train", "dpo", "--config", str(config), "--lr", "-2")  # typed: the flag's
+    assert result.exit_code == 2 and "from " not in result.output

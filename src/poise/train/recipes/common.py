@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from poise.config import PathStr, format_validation_error
+from poise.config import PathStr, format_validation_error, source_of
 from poise.errors import MissingExtraError, PoiseError, file_on_the_way, require_extra
 
 if TYPE_CHECKING:
@@ -171,7 +171,9 @@ def _field_error(exc: ValidationError) -> str:
     flag = "--" + loc[0].replace("_", "-")
     given = repr(error.get("input"))
     given = given if len(given) <= 60 else given[:57] + "..."
-    return f"{'.'.join(loc)} ({flag}): {message}, got {given}"
+    # a value from --config FILE.yaml is the file's, not the flag's
+    source = source_of(error["loc"], error.get("input"))
+    return f"{'.'.join(loc)} ({flag}): {message}, got {given}{source}"
 
 
 # --------------------------------------------------------------------------------------------
