@@ -334,6 +334,18 @@ def test_an_unparsed_judge_output_is_in_no_agreement_and_is_counted(tmp_path: Pa
     assert result.to_dict()["unparsed"] == 2
     section = judge_validation_section(result, {})
     assert section["unparsed"] == 2
+    # and the audit's report says so beside the agreement (it was in metrics.json only)
+    from rich.console import Console
+
+    from poise.report.html import _judge_validation_view
+    from poise.report.terminal import render_judge_validation
+
+    console = Console(width=400, record=True)
+    console.print(render_judge_validation(section, {}))
+    text = " ".join(console.export_text().split())  # the title wraps at the table's width
+    assert "2 of its outputs held no verdict (in no figure)" in text
+    view = _judge_validation_view({"judge_validation": section, "overall": {}})
+    assert view is not None and view["unparsed"] == 2
 
 
 def test_generic_jsonl_keeps_unicode_line_separators_inside_a_response(tmp_path: Path) -> None:

@@ -343,6 +343,7 @@ def _judge_validation_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
         "path": section.get("path"),
         "format": section.get("format"),
         "n": section.get("n"),
+        "unparsed": section.get("unparsed") or 0,
         "disagreements": section.get("disagreements"),
         "agreement": agreement,
         "corrected": corrected,

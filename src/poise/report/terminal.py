@@ -379,9 +379,11 @@ def render_judge_validation(section: Mapping[str, Any], rates: Mapping[str, Any]
         f" (n={a['n']})"
         for target, a in overall.items()
     )
+    unparsed = section.get("unparsed") or 0
+    held_none = f"; {unparsed} of its outputs held no verdict (in no figure)" if unparsed else ""
     table = Table(
         title=f"judge {escape(str(section.get('judge')))} measured on "
-        f"{escape(str(section.get('path')))}: {agreement}",
+        f"{escape(str(section.get('path')))}: {agreement}{held_none}",
         caption="corrected: Rogan-Gladen, (p + specificity - 1) / (sensitivity + specificity - 1); "
         "its interval includes the validation's uncertainty",
     )
