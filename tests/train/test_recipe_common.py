@@ -228,6 +228,66 @@ def test_overwrite_refuses_an_output_that_holds_an_input(tmp_path: Path) -> None
     assert not (out / "config.json").exists()
 
 
+def _finished(tmp_path: Path, lr: float, weights: str) -> Any:
+    """A folder holding a complete run (its "weights" a text file) trained with ``lr``."""
+    from poise.train.recipes.common import OutputFolder
+
+    out = OutputFolder.prepare(_config(tmp_path, lr=lr, overwrite=True), "dpo")
+    out.begin({})
+    (out.path / "model.safetensors").write_text(weights)
+    out.write_header(status="complete", data={}, metrics={})
+    out.drop_replaced()
+    return out
+
+
+def test_a_stale_replaced_beside_a_complete_run_is_never_kept_over_it(tmp_path: Path) -> None:
+    """A kill between a run's "complete" header and the deletion of the run it replaced left
+    both; the next --overwrite deleted the complete run and kept the older one."""
+    import shutil
+
+    from poise.train.recipes.common import OutputFolder, finished_result
+
+    _finished(tmp_path, 1e-5, "old")
+    out = tmp_path / "out"
+    shutil.copytree(out, tmp_path / "old-copy")
+    _finished(tmp_path, 2e-5, "new")
+    shutil.copytree(tmp_path / "old-copy", out / ".replaced")  # as the kill left it
+    again = OutputFolder.prepare(_config(tmp_path, lr=3e-5, overwrite=True), "dpo")
+    again.begin({})
+    assert (out / ".replaced" / "model.safetensors").read_text() == "new"
+    # and a plain re-run of the finished command clears a stale one
+    _finished(tmp_path, 2e-5, "newer")
+    shutil.copytree(tmp_path / "old-copy", out / ".replaced")
+    done = OutputFolder.prepare(_config(tmp_path, lr=2e-5), "dpo")
+    assert done.status == "complete"
+    finished_result(done)
+    assert not (out / ".replaced").exists()
+
+
+def test_an_overwrite_killed_while_it_moved_the_old_run_is_finished_next_time(
+    tmp_path: Path,
+) -> None:
+    """Killed midway through moving the old run aside, the folder held part of it and no
+    header: "not written by poise train", refused even with --overwrite."""
+    from poise.train.recipes.common import OutputFolder
+
+    _finished(tmp_path, 1e-5, "old")
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir()
+    staging = out / ".replacing-x"
+    staging.mkdir()
+    (out / "poise_train.json").rename(staging / "poise_train.json")  # the header goes first
+    for again_fields in ({}, {"overwrite": True}):  # with or without --overwrite
+        again = OutputFolder.prepare(_config(tmp_path, lr=2e-5, **again_fields), "dpo")
+        assert again.status == "new" and again.interrupted_overwrite
+    again.begin({})
+    kept = out / ".replaced"
+    assert sorted(p.name for p in kept.iterdir()) == [
+        "checkpoints", "model.safetensors", "poise_train.json"
+    ]  # fmt: skip
+    assert not staging.exists() and (out / "poise_train.json").is_file()
+
+
 def test_infinite_numbers_are_refused(tmp_path: Path) -> None:
     """``--lr inf`` passed ``gt=0`` and trained to NaN weights, exit 0."""
     from poise.train.recipes.common import make_config

@@ -66,6 +66,7 @@ POISE_JSON = "poise.json"
 CHECKPOINTS = "checkpoints"
 #: where `--overwrite` keeps the run it replaces until the new one is complete
 REPLACED = ".replaced"
+REPLACING = ".replacing-"  # its staging folder while the old run moves
 SCHEMA_VERSION = 1
 # Fields that say where or how often to write, not what is trained: excluded from the identity
 # of a run, so changing them does not block a resume.
@@ -612,6 +613,8 @@ class OutputFolder:
     status: Literal["new", "running", "complete"] = "new"
     # the previous run's record of its data (poise_train.json's "data"), when there is one
     previous_data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # an --overwrite killed while it moved the old run aside: begin() finishes the move
+    interrupted_overwrite: bool = False
 
     @classmethod
     def prepare(cls, config: TrainConfig, recipe: str) -> OutputFolder:
@@ -624,11 +627,20 @@ class OutputFolder:
         blocker = file_on_the_way(path)
         if blocker is not None:
             raise PoiseError(f"output: cannot make folder {path}: {blocker} is a file")
-        if not path.exists() or not any(path.iterdir()):
+        own = [c for c in path.iterdir() if not _set_aside_item(c)] if path.exists() else []
+        header = path / TRAIN_JSON
+        if path.exists() and not header.is_file() and any(path.glob(f"{REPLACING}*")):
+            # an --overwrite killed while it moved the old run aside (the header goes first):
+            # the old run is in the staging folder and the rest; begin() finishes the move
+            if config.resume:
+                raise PoiseError(f"resume: {path} holds no run to resume")
+            _check_inputs_outside(config, path)
+            out.interrupted_overwrite = True
+            return out
+        if not own:
             if config.resume:
                 raise PoiseError(f"resume: {path} holds no run to resume")
             return out
-        header = path / TRAIN_JSON
         if not header.is_file():
             raise PoiseError(
                 f"output: {path} is not empty and was not written by `poise train`; "
@@ -700,7 +712,7 @@ class OutputFolder:
         """Mark the folder as this run's (status "running"). When overwriting, the run that
         was there moves into ``OUTPUT/.replaced`` and is deleted only once this run is
         complete (:meth:`drop_replaced`): a new run that fails or is killed loses nothing."""
-        if self.config.overwrite and self.path.exists():
+        if self.path.exists() and (self.config.overwrite or self.interrupted_overwrite):
             self.set_aside()
         self.path.mkdir(parents=True, exist_ok=True)
         if self.status == "running":
@@ -713,26 +725,36 @@ class OutputFolder:
         return self.path / REPLACED
 
     def set_aside(self) -> None:
-        """Move the folder's contents into ``.replaced``. A ``.replaced`` left by an earlier
-        overwrite that never completed already holds the last run that was replaced; it is
-        kept, and what is beside it (that unfinished overwrite's own files) is deleted."""
-        children = [child for child in self.path.iterdir() if child.name != REPLACED]
-        if not children:
-            return
+        """Move the folder's run into ``.replaced``, the header first (from then on the folder
+        never reads as the old run), through a ``.replacing-*`` staging folder renamed at the
+        end; a set-aside killed midway is finished by the next one.
+
+        A ``.replaced`` already there: beside a complete run (a kill between that run's last
+        header and :meth:`drop_replaced`), it is stale and goes; beside an unfinished
+        overwrite, it holds the run that overwrite replaced, and stays, while the unfinished
+        run's own files go."""
+        partial = sorted(self.path.glob(f"{REPLACING}*"))
+        children = [c for c in self.path.iterdir() if not _set_aside_item(c)]
         if self.replaced_dir.exists():
-            for child in children:
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child)
-                else:
-                    child.unlink()
-            logger.info(
-                "%s: cleared an unfinished overwrite; the run it replaced stays in %s",
-                self.path,
-                self.replaced_dir,
-            )
+            if partial:
+                raise PoiseError(
+                    f"output: {self.path} holds both {REPLACED} and {partial[0].name} (an "
+                    "interrupted --overwrite): move them out of the folder, then train again"
+                )
+            if _header_status(self.path) == "complete":
+                shutil.rmtree(self.replaced_dir)
+            else:
+                _remove(children)
+                logger.info(
+                    "%s: cleared an unfinished overwrite; the run it replaced stays in %s",
+                    self.path,
+                    self.replaced_dir,
+                )
+                return
+        if not children and not partial:
             return
-        staging = Path(tempfile.mkdtemp(dir=self.path, prefix=".replacing-"))
-        for child in children:
+        staging = partial[0] if partial else Path(tempfile.mkdtemp(dir=self.path, prefix=REPLACING))
+        for child in sorted(children, key=lambda c: c.name != TRAIN_JSON):  # the header first
             os.replace(child, staging / child.name)
         os.replace(staging, self.replaced_dir)
         logger.info(
@@ -754,6 +776,9 @@ class OutputFolder:
             *self.path.glob(".final-*"),
             *self.path.glob(f".{TRAIN_JSON}.*.tmp"),
             *self.checkpoints_dir.glob(".partial-step-*"),
+            # a set-aside killed before it moved anything (one that moved some is finished by
+            # the next overwrite: it holds part of a run)
+            *(p for p in self.path.glob(f"{REPLACING}*") if p.is_dir() and not any(p.iterdir())),
         ]
         for path in found:
             if path.is_dir() and not path.is_symlink():
@@ -791,6 +816,27 @@ class OutputFolder:
                 **(dict(extra) if extra else {}),
             },
         )
+
+
+def _set_aside_item(path: Path) -> bool:
+    """``.replaced`` or a ``.replacing-*`` staging folder: not part of the folder's own run."""
+    return path.name == REPLACED or path.name.startswith(REPLACING)
+
+
+def _header_status(folder: Path) -> str | None:
+    try:
+        status = json.loads((folder / TRAIN_JSON).read_text(encoding="utf-8")).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _check_inputs_outside(config: TrainConfig, output: Path) -> None:
@@ -1585,7 +1631,9 @@ def _make_scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> An
 
 
 def finished_result(out: OutputFolder) -> TrainResult:
-    """The result of a folder that already holds this finished run."""
+    """The result of a folder that already holds this finished run (a ``.replaced`` left
+    beside it by a kill before :meth:`OutputFolder.drop_replaced` goes now)."""
+    out.drop_replaced()
     header = out.header()
     metrics = dict(header.get("metrics", {}))
     return TrainResult(
