@@ -619,3 +619,15 @@ def test_a_config_error_names_the_field_not_the_python_class() -> None:
         make_config(
             MODPOConfig, **common, margin_reward_models=["organism-reward"], save_total_limit=0
         )
+    # the flag as the CLI spells it, no flag for a field that is not an option, no value for
+    # one that is missing (they said --margin-reward-models, --bogus, and the whole input)
+    with pytest.raises(PoiseError, match=r"margin_reward_models\.0 \(--margin-reward-model\)"):
+        make_config(MODPOConfig, **common, margin_reward_models=[3])
+    from poise.train.recipes.dpo import DPOConfig
+
+    with pytest.raises(PoiseError) as info:
+        make_config(DPOConfig, **common, bogus=1)
+    assert str(info.value) == "train config: bogus: not an option of this recipe"
+    with pytest.raises(PoiseError) as info:
+        make_config(DPOConfig, model="organism-small", output="/tmp/never-written")
+    assert str(info.value) == "train config: data (--data): Field required"

@@ -18,6 +18,7 @@ from typing import Any
 import typer
 
 from poise.cli._common import console, progress_lines, shown, user_errors
+from poise.train.flags import FIELD_FLAGS
 
 train_app = typer.Typer(
     name="train",
@@ -37,14 +38,7 @@ _SHOWN: dict[str, tuple[str, ...]] = {
 _ALIASES = {
     "model": ("--model", "-m"),
     "output": ("--output", "-o"),
-    "margin_reward_models": ("--margin-reward-model",),
-    "loss_options": ("--loss-option",),
-    "model_options": ("--model-option",),
-    # the suite options, spelled as `poise suites show` spells them
-    "suite_format": ("--format",),
-    "suite_columns": ("--column",),
-    "suite_kind": ("--kind",),
-    "suite_category": ("--category",),
+    **{field: (flag,) for field, flag in FIELD_FLAGS.items()},
 }
 
 
