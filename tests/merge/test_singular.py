@@ -192,3 +192,19 @@ def test_huber_reweight_of_a_mostly_unchanged_task_vector_keeps_it() -> None:
     sparse[:4] = torch.randn(4, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     merged = get_method("resm")([base + sparse], base, rank_selection="uniform")
     assert torch.linalg.vector_norm(merged) > 0.5 * torch.linalg.vector_norm(sparse)
+
+
+def test_huber_scale_does_not_jump_with_the_share_of_unchanged_entries() -> None:
+    """With the unchanged entries counted in the median, 49% of them kept 16% of a task
+    vector's norm and 50% kept all of it: the scale is now that of the changed entries, so the
+    share of zeros does not move it; a dense update has the plain median."""
+    values = torch.randn(200, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kept = []
+    for zeros in (0, 98, 100, 150):  # unchanged entries beside the 200 changed ones
+        delta = torch.zeros(200 + zeros, dtype=torch.float64)
+        delta[zeros : zeros + 200] = values
+        kept.append(float(torch.linalg.vector_norm(huber_reweight(delta, 1.0))))
+    assert kept[0] == pytest.approx(kept[1]) == pytest.approx(kept[2]) == pytest.approx(kept[3])
+    dense = values.abs()
+    bound = 1.0 * 1.4826 * float(dense.median())
+    assert torch.equal(huber_reweight(values, 1.0), values.clamp(-bound, bound))

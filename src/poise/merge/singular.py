@@ -18,6 +18,9 @@ the authors' code github.com/AntoAndGar/task_singular_vectors, ``compute_and_sum
 Weights that are not matrices (biases, norms) are averaged: ``merged = mean_t delta_t``.
 The authors zero-pad U and V to ``k`` columns; the polar factor of the padded matrix agrees with
 the unpadded one on the columns that carry non-zero singular values, so the result is the same.
+poise departs from them where a task vector's rank is below ``r``: its directions of zero
+singular value are arbitrary and are left out (:func:`truncated_svd`), where the authors' code
+stacks them; on full-rank task vectors the two agree.
 
 ``svd="randomized"`` replaces each per-task SVD by ``torch.svd_lowrank`` with ``r + oversample``
 columns and ``niter`` power iterations (Halko et al., arXiv 0909.4061): only the first r triplets
@@ -30,7 +33,8 @@ layer); the exact formulas below are **poise's choice**, each behind a parameter
 
 1. Outlier weighting (``outlier_weighting="huber"``): each task vector is reweighted entry-wise with
    Huber weights ``w_ij = min(1, c * sigma_t / |delta_t,ij|)``, ``sigma_t = 1.4826 * median|delta_t|``
-   (the MAD scale of a zero-centred vector), ``c = outlier_threshold``; i.e. entries beyond
+   over the entries that changed (the MAD scale of a zero-centred vector; unchanged parameters
+   say nothing about the update's scale), ``c = outlier_threshold``; i.e. entries beyond
    ``c sigma_t`` are shrunk to ``+-c sigma_t``. ``"none"`` turns it off.
 2. Rank selection (``rank_selection="energy"``): task t keeps the smallest rank whose singular values
    hold an ``energy`` share of ``||delta_t||_F^2``, capped at TSV-M's ``int(k/T)``, so a layer whose
@@ -98,17 +102,15 @@ def tsv_combine(
 def huber_reweight(delta: torch.Tensor, threshold: float) -> torch.Tensor:
     """RESM's outlier weighting (poise's choice, see the module docstring): entries beyond
     ``threshold * 1.4826 * median|delta|`` are shrunk to that bound, sign kept. ``[*shape]``.
-    Where more than half the entries are 0 the median is that of the non-zero ones."""
+    The median is over the entries that changed (non-zero): unchanged parameters say nothing
+    about the update's scale, and counted in, a sparse update's scale fell to 0 (at half
+    unchanged), erasing it, and shrank steeply as the unchanged share grew toward half. A dense
+    update (no exact zeros) has the plain median."""
     magnitude = delta.abs().reshape(-1)  # [N]
-    median = magnitude.median()
-    if median == 0:
-        # more than half the entries are unchanged: a bound of 0 would erase the whole task
-        # vector, so the scale is taken from the entries that changed
-        changed = magnitude[magnitude > 0]
-        if not changed.numel():
-            return delta
-        median = changed.median()
-    bound = threshold * (MAD_TO_SIGMA * median)
+    changed = magnitude[magnitude > 0]  # [M <= N]
+    if not changed.numel():
+        return delta
+    bound = threshold * (MAD_TO_SIGMA * changed.median())
     return delta.clamp(min=-bound, max=bound)
 
 
