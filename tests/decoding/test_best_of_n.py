@@ -119,10 +119,11 @@ def test_a_flag_that_is_not_true_or_false_and_an_unused_bad_number_are_refused(
     ``lam`` beside one scorer or ``t`` without a transform were dropped: each is one error
     naming the option."""
     for options, message in [
-        ('calibrate="false"', "calibrate must be true or false, got 'false'"),
-        ("calibrate=maybe", "calibrate must be true or false, got 'maybe'"),
-        ("worst=1", "worst must be true or false, got 1"),
-        ("cost=keywords:b, lam=abc", "lam must be a finite number, got 'abc'"),
+        # a value of the wrong type: refused with its column before any model loads
+        ('calibrate="false"', "option 'calibrate' must be true or false, got \"false\""),
+        ("calibrate=maybe", "option 'calibrate' must be true or false, got maybe"),
+        ("worst=1", "option 'worst' must be true or false, got 1"),
+        ("cost=keywords:b, lam=abc", "option 'lam' must be a number, got abc"),
         ("calibrate=true, transform=bon, t=0", "t must be a positive number, got 0"),
         # an option that changes nothing was dropped from the spec without a word
         ("lam=5", "lam weighs the cost against the reward: it needs both reward= and cost="),

@@ -108,10 +108,13 @@ def test_a_threshold_outside_zero_one_or_with_keywords_is_one_clear_line(
     """A threshold of 2 used to be taken (a guard that never stops), 'x' raised a ValueError,
     and one given with a keywords: judge was silently ignored."""
     for kind in ("full_guard", "chunked_guard"):
-        for bad in ("2", "-0.1", "'x'", "true"):
-            with pytest.raises(
-                PoiseError, match=rf"{kind}: threshold must be a number in \[0, 1\]"
-            ):
+        for bad, message in (
+            ("2", r"threshold must be a number in \[0, 1\]"),
+            ("-0.1", r"threshold must be a number in \[0, 1\]"),
+            ("'x'", r"option 'threshold' must be a number, got x"),  # the spec's type check
+            ("true", r"option 'threshold' must be a number, got true"),
+        ):
+            with pytest.raises(PoiseError, match=rf"{kind}: {message}"):
                 load_model(f"{kind}('{tiny_hf_model_dir}', judge='{monitor_dir}', threshold={bad})")
         with pytest.raises(PoiseError, match="threshold applies to a monitor judge"):
             load_model(f"{kind}('{tiny_hf_model_dir}', judge='keywords:cat', threshold=0.5)")

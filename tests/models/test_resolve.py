@@ -193,3 +193,23 @@ def test_broken_config_and_weights_name_the_file(tiny_hf_model_dir: Path, tmp_pa
     weights.write_bytes(weights.read_bytes()[:5])
     with pytest.raises(PoiseError, match="could not read the weights"):
         load_model(str(truncated))
+
+
+def test_an_option_of_the_wrong_type_is_refused_before_any_model_loads(
+    tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`best_of_n(BIG, n=abc)` loaded BIG (minutes for a real model) before the strategy's
+    constructor refused n, and the error had no column."""
+
+    def no_load(self: HFModel, *args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded before the options were checked")
+
+    monkeypatch.setattr(HFModel, "__init__", no_load)
+    for spec, message in [
+        (f"best_of_n({tiny_hf_model_dir}, n=abc)", "option 'n' must be an integer, got abc"),
+        (f"eft({tiny_hf_model_dir}, tuned=mock, beta=x)", "option 'beta' must be a number"),
+        (f"best_of_n({tiny_hf_model_dir}, n=2, worst=1)", "'worst' must be true or false, got 1"),
+    ]:
+        with pytest.raises(PoiseError, match=r"^model spec, column \d+: ") as error:
+            load_model(spec)
+        assert message in str(error.value)

@@ -31,7 +31,16 @@ from typing import Any
 
 from poise.errors import PoiseError, UnknownNameError
 from poise.models.base import LanguageModel
-from poise.models.spec import Call, Name, Node, SpecError, Str, Value, parse_spec
+from poise.models.spec import (
+    Call,
+    Name,
+    Node,
+    SpecError,
+    Str,
+    Value,
+    format_value,
+    parse_spec,
+)
 from poise.plugins import load_plugins
 from poise.registry import Registry, option_names, option_parameter
 
@@ -413,8 +422,36 @@ def _check_node(text: str, node: Node) -> None:
             _check_node(text, value)
         elif isinstance(value, Call):
             raise SpecError(text, column, f"{node.kind}: option {key!r} is not a model")
+        else:
+            wrong = _wrong_type(param, value)
+            if wrong is not None:
+                raise SpecError(text, column, f"{node.kind}: option {key!r} {wrong}")
     for arg in node.args:
         _check_node(text, arg)
+
+
+# what an option typed int / float / bool (or that or None) takes, as an error says it
+_EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def _wrong_type(param: inspect.Parameter, value: Value) -> str | None:
+    """``"must be an integer, got abc"`` where ``value`` cannot be what ``param`` is typed as
+    (int, float or bool, or that or None), else None. The constructor checks ranges and
+    everything else; this only moves the plain type check before any weights load, with the
+    option's column (it came after the inner models had loaded, and named no column)."""
+    annotation = param.annotation
+    written = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    kinds = {part.strip() for part in written.split("|")} - {"None", "NoneType"}
+    if len(kinds) != 1 or not kinds <= set(_EXPECTED):
+        return None
+    (kind,) = kinds
+    if kind == "bool":
+        fits = isinstance(value, bool)
+    elif kind == "int":
+        fits = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return None if fits else f"must be {_EXPECTED[kind]}, got {format_value(value)}"
 
 
 def _option_value(value: Value) -> object:
