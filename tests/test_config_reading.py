@@ -1,4 +1,5 @@
-"""The shared config models and YAML reading (poise.config)."""
+"""The shared config models and YAML reading (poise.config). Not test_config.py: the merge
+tests hold that module name."""
 
 from __future__ import annotations
 
