@@ -138,3 +138,23 @@ def _restore_poise_logger() -> Iterator[None]:
     saved = (list(logger.handlers), logger.level, logger.propagate)
     yield
     logger.handlers[:], logger.level, logger.propagate = saved
+
+
+@pytest.fixture
+def locked_when_run_json_appears(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether a run's lock was held each time its run.json was first written: another process
+    finds an unfinished run as soon as run.json exists, so its writer must hold the lock by
+    then (filled in as runs are created)."""
+    import poise.runs.run as run_module
+    from poise.runs import Run
+
+    seen: list[bool] = []
+    write = run_module.write_json_atomic
+
+    def spying(path: Path, data: object) -> None:
+        if path.name == "run.json" and not path.exists():
+            seen.append(Run(path.parent).is_locked())
+        write(path, data)
+
+    monkeypatch.setattr(run_module, "write_json_atomic", spying)
+    return seen

@@ -682,21 +682,10 @@ def test_a_malformed_recorded_config_is_one_line_naming_run_json(tmp_path: Path)
 
 
 def test_a_new_run_is_locked_before_another_process_can_find_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, locked_when_run_json_appears: list[bool]
 ) -> None:
     # Run.create wrote run.json (status running) and the lock came later, in start(): the same
     # command started meanwhile adopted the new run, and its own writer then stopped on the lock
-    import poise.runs.run as run_module
-
-    seen: list[bool] = []
-    write = run_module.write_json_atomic
-
-    def spying(path: Path, data: object) -> None:
-        if path.name == "run.json" and not path.exists():
-            seen.append(Run(path.parent).is_locked())
-        write(path, data)
-
-    monkeypatch.setattr(run_module, "write_json_atomic", spying)
     result = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(tmp_path), html=False)
-    assert seen == [True]
+    assert locked_when_run_json_appears == [True]
     assert result.run.state == "complete" and not result.run.is_locked()

@@ -124,26 +124,33 @@ def test_a_threshold_outside_zero_one_or_with_keywords_is_one_clear_line(
         FullGuard(inner, judge="keywords:cat", refusal=3)  # type: ignore[arg-type]
 
 
+def _last_scores(inner: HFModel, monitor_dir: Path, head: str) -> list[float]:
+    """The monitor's score (under ``head``) after the last token of each answer ``inner``
+    gives to CHATS under SAMPLING, in answer order."""
+    from poise.guards.monitor import load_monitor
+
+    monitor = load_monitor(str(monitor_dir))
+    plain = inner.generate(CHATS, SAMPLING)
+    flat = [(c, comp) for c, row in enumerate(plain) for comp in row]
+    return [
+        scores[-1]
+        for scores in monitor.response_scores(
+            [monitor.prompt_ids(CHATS[c]) for c, _ in flat],
+            [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
+            head=head,
+        )
+    ]
+
+
 def test_a_monitor_judge_guards_a_model_without_prompt_ids(
     inner: HFModel, monitor_dir: Path
 ) -> None:
     """Inside the guard, a model with no prompt token ids of its own (here the streaming guard;
     a decoding strategy is the same): the monitor reads the chat through its own template. It
     raised AttributeError ('prompt_ids') at the first generate."""
-    from poise.guards.monitor import load_monitor
     from poise.guards.streaming import Guarded
 
-    monitor = load_monitor(str(monitor_dir))
-    plain = inner.generate(CHATS, SAMPLING)
-    flat = [(c, comp) for c, row in enumerate(plain) for comp in row]
-    last = [
-        scores[-1]
-        for scores in monitor.response_scores(
-            [monitor.prompt_ids(CHATS[c]) for c, _ in flat],
-            [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
-            head="response",
-        )
-    ]
+    last = _last_scores(inner, monitor_dir, "response")
     threshold = sorted(last)[len(last) // 2]  # about half the answers flagged
     wrapped = Guarded(inner, monitor=str(monitor_dir), threshold=1.0, k=50)
     assert not wrapped.capabilities.tokens
@@ -162,19 +169,7 @@ def test_the_judge_reads_the_head_it_names(inner: HFModel, monitor_dir: Path, he
     """The baselines read the monitor's response head, as documented (SCM's full detection);
     they read its streaming head (the token head of organism-monitor), so the 'full answer,
     response head' row of the guard benchmark was the token head. head=token reads that."""
-    from poise.guards.monitor import load_monitor
-
-    monitor = load_monitor(str(monitor_dir))
-    plain = inner.generate(CHATS, SAMPLING)
-    flat = [(c, comp) for c, row in enumerate(plain) for comp in row]
-    last = [
-        scores[-1]
-        for scores in monitor.response_scores(
-            [monitor.prompt_ids(CHATS[c]) for c, _ in flat],
-            [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in flat],
-            head=head,
-        )
-    ]
+    last = _last_scores(inner, monitor_dir, head)
     threshold = sorted(last)[len(last) // 2]
     options = {} if head == "response" else {"head": head}
     guard = FullGuard(inner, judge=str(monitor_dir), threshold=threshold, **options)

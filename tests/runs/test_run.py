@@ -224,23 +224,12 @@ def test_a_record_without_its_key_names_file_and_line_and_leaves_the_header(
 
 
 def test_create_with_lock_holds_the_lock_before_the_header_exists(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, locked_when_run_json_appears: list[bool]
 ) -> None:
     # another process finds an unfinished run as soon as its run.json exists: the writer must
     # hold the lock by then, or that process adopts the new run and its writer stops
-    import poise.runs.run as run_module
-
-    seen: list[bool] = []
-    write = run_module.write_json_atomic
-
-    def spying(path: Path, data: object) -> None:
-        if path.name == "run.json" and not path.exists():
-            seen.append(Run(path.parent).is_locked())
-        write(path, data)
-
-    monkeypatch.setattr(run_module, "write_json_atomic", spying)
     run = Run.create(tmp_path, "r", {}, lock=True)
-    assert seen == [True]
+    assert locked_when_run_json_appears == [True]
     with pytest.raises(PoiseError, match="another poise process"):
         Run(run.path).lock()
     run.unlock()

@@ -958,8 +958,7 @@ class HFModel(ModelBase):
         """The decoder blocks in order (``model.model.layers`` for Llama / Qwen / Mistral /
         GPT-NeoX-style models, ``transformer.h`` for GPT-2-style ones). A forward hook on block
         ``i`` sees the residual stream that ``hidden_states(...)[:, i + 1]`` returns."""
-        paths = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
-        blocks = _submodule(self.model, paths, torch.nn.ModuleList)
+        blocks = _submodule(self.model, DECODER_LAYER_PATHS, torch.nn.ModuleList)
         if blocks is not None:
             return list(blocks)
         raise PoiseError(
@@ -1143,8 +1142,13 @@ def _sequence_result(
     return SequenceLogprobs(token_ids=tuple(ids[start:]), logprobs=tuple(logprobs), top=tuple(top))
 
 
-def _submodule(model: Any, paths: Sequence[str], kind: type[Any]) -> Any:
-    """The first of the dotted ``paths`` under ``model`` that is a ``kind``, or None."""
+#: where causal LMs keep their decoder blocks (Llama / Qwen / Mistral, OPT, GPT-2, GPT-NeoX)
+DECODER_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
+
+
+def find_submodule(model: Any, paths: Sequence[str], kind: type[Any]) -> tuple[str, Any] | None:
+    """``(path, module)``: the first of the dotted ``paths`` under ``model`` that is a ``kind``,
+    or None."""
     for path in paths:
         module: Any = model
         for part in path.split("."):
@@ -1152,5 +1156,10 @@ def _submodule(model: Any, paths: Sequence[str], kind: type[Any]) -> Any:
             if module is None:
                 break
         if isinstance(module, kind):
-            return module
+            return path, module
     return None
+
+
+def _submodule(model: Any, paths: Sequence[str], kind: type[Any]) -> Any:
+    found = find_submodule(model, paths, kind)
+    return None if found is None else found[1]

@@ -139,29 +139,22 @@ def _load_backbone(model: str) -> tuple[Any, Any, str]:
     return backbone, tokenizer, model
 
 
-# where causal LMs keep their decoder layers, and the config fields that count them
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+# the config fields that count a causal LM's decoder layers
 _LAYER_COUNTS = ("num_hidden_layers", "n_layer", "num_layers")
 
 
 def keep_layers(backbone: Any, layers: int) -> None:
     """Cut ``backbone`` (a loaded causal LM) to its first ``layers`` decoder layers, in place,
     and make its config say so (so the saved monitor loads with that many)."""
-    stack = None
-    for path in _LAYER_PATHS:
-        owner: Any = backbone
-        for name in path.split("."):
-            owner = getattr(owner, name, None)
-            if owner is None:
-                break
-        if isinstance(owner, torch.nn.ModuleList):
-            stack, where = owner, path
-            break
-    if stack is None:
+    from poise.models.hf import DECODER_LAYER_PATHS, find_submodule
+
+    found = find_submodule(backbone, DECODER_LAYER_PATHS, torch.nn.ModuleList)
+    if found is None:
         raise PoiseError(
             f"layers={layers}: cannot find the decoder layers of {type(backbone).__name__} "
-            f"(looked for {', '.join(_LAYER_PATHS)})"
+            f"(looked for {', '.join(DECODER_LAYER_PATHS)})"
         )
+    where, stack = found
     if layers > len(stack):
         raise PoiseError(f"layers={layers}: the backbone has only {len(stack)} decoder layers")
     parent: Any = backbone
