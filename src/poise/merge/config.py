@@ -45,7 +45,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from poise.config import PathStr
+from poise.config import PathStr, format_validation_error
 from poise.errors import PoiseError, UnknownNameError, located
 from poise.merge.executor import (
     LAYER_INDEX,
@@ -131,9 +131,7 @@ def load_config(path: Path | Mapping[str, Any]) -> MergeConfig:
     try:
         config = MergeConfig.model_validate(raw)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise PoiseError(f"{path}: {where}: {error['msg']}") from None
+        raise PoiseError(f"{path}: {format_validation_error(exc)}") from None
     try:
         check_config(config)
     except PoiseError as exc:

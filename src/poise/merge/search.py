@@ -43,6 +43,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from poise.config import format_validation_error
 from poise.errors import PoiseError, UnknownNameError, located
 from poise.merge.config import MergeConfig, check_config, merged_entries, run_merge
 from poise.merge.executor import check_folder_path
@@ -111,9 +112,7 @@ def load_search(path: Path) -> SearchConfig:
             path, mark.line + 1 if mark else None, f"not valid YAML ({problem})"
         ) from None
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in error["loc"])
-        raise PoiseError(f"{path}: {where}: {error['msg']}") from None
+        raise PoiseError(f"{path}: {format_validation_error(exc)}") from None
 
 
 def candidates(search: SearchConfig) -> list[Candidate]:
@@ -127,9 +126,7 @@ def candidates(search: SearchConfig) -> list[Candidate]:
     try:  # the template's shape (models, parameters, ...): one line, not a pydantic report
         MergeConfig.model_validate({"merge_method": methods[0], **template})
     except ValidationError as exc:
-        error = exc.errors()[0]
-        where = ".".join(str(p) for p in ("merge", *error["loc"]))
-        raise PoiseError(f"{where}: {error['msg']}") from None
+        raise PoiseError(f"merge.{format_validation_error(exc)}") from None
     # a grid option no method takes was dropped without a word (a misspelt lambda ran the
     # default): refused, as poise merge refuses it
     taken = {p for name in methods for p in METHODS.get(name).parameters()}
@@ -183,11 +180,8 @@ def candidates(search: SearchConfig) -> list[Candidate]:
                 except PoiseError as exc:
                     raise PoiseError(f"candidate {method_name} {values}: {exc}") from None
                 except ValidationError as exc:
-                    error = exc.errors()[0]
-                    where = ".".join(str(p) for p in error["loc"])
-                    raise PoiseError(
-                        f"candidate {method_name} {values}: {where}: {error['msg']}"
-                    ) from None
+                    message = format_validation_error(exc)
+                    raise PoiseError(f"candidate {method_name} {values}: {message}") from None
                 key = _key(config)
                 if key not in seen:
                     seen.add(key)
