@@ -19,6 +19,14 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(app, list(args))
 
 
+def one_line(result: Result) -> str:
+    """The output of a command refused with exit code 2 and one line, no traceback."""
+    assert result.exit_code == 2, result.output
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line, result.output
+    return line
+
+
 def only_run(out: Path) -> dict:
     (run,) = [p for p in out.iterdir() if (p / "run.json").is_file()]
     return json.loads((run / "run.json").read_text())
@@ -106,10 +114,7 @@ def test_a_value_of_the_wrong_type_is_blamed_on_the_file_not_on_a_flag(tmp_path:
     # typer's own message named '--temperature', a flag the user never typed
     config = tmp_path / "audit.yaml"
     config.write_text("model: mock\nsampling: {temperature: hot}\n")
-    result = invoke("audit", "--config", str(config))
-    assert result.exit_code == 2
-    line = result.output.strip()
-    assert len(line.splitlines()) == 1, result.output
+    line = one_line(invoke("audit", "--config", str(config)))
     assert f"{config}: sampling.temperature: " in line and "valid number" in line
     assert "--temperature" not in line
     train = tmp_path / "train.yaml"
@@ -155,10 +160,7 @@ def test_a_value_the_command_refuses_names_the_file_and_key_it_came_from(tmp_pat
     # was "gate config: delta: Input should be less than 1": the file's value, blamed on nothing
     gate = tmp_path / "gate.yaml"
     gate.write_text("model: mock\ndelta: 2\n")
-    result = invoke("gate", "--config", str(gate))
-    assert result.exit_code == 2
-    line = result.output.strip()
-    assert len(line.splitlines()) == 1, result.output
+    line = one_line(invoke("gate", "--config", str(gate)))
     assert "delta" in line and f"from {gate}:2, key 'delta'" in line
     audit = tmp_path / "audit.yaml"
     audit.write_text("model: mock\nlimit: 0\nsampling:\n  top_p: 0\n")
@@ -186,10 +188,7 @@ def test_a_refused_flag_typed_on_the_command_line_is_not_blamed_on_the_file(
 def one_line_error(tmp_path: Path, text: str, *args: str) -> str:
     config = tmp_path / "c.yaml"
     config.write_text(text)
-    result = invoke(*(args or ("audit",)), "--config", str(config))
-    assert result.exit_code == 2, result.output
-    line = result.output.strip()
-    assert len(line.splitlines()) == 1 and "Traceback" not in line, result.output
+    line = one_line(invoke(*(args or ("audit",)), "--config", str(config)))
     assert line.startswith(f"error: {config}"), line
     return line
 
