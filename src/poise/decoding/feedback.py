@@ -156,16 +156,8 @@ class FeedbackRevision(WrappedModel):
             ]
             for c, s in flat
         ]
-        greedy = Sampling(max_new_tokens=self.max_feedback_tokens)
-        skipped: dict[int, str] = {}
-        fits = fits_context(self.feedback_model, asks)
-        asked = [i for i, ok in enumerate(fits) if ok]
-        skipped |= {i: "feedback" for i, ok in enumerate(fits) if not ok}
-        verdicts: list[tuple[bool, bool, str] | None] = [None] * len(flat)
-        if asked:
-            replies = self.feedback_model.generate([asks[i] for i in asked], greedy)
-            for i, reply in zip(asked, replies, strict=True):
-                verdicts[i] = parse_feedback(reply[0].text)
+        verdicts, fits = ask_feedback(self.feedback_model, asks, self.max_feedback_tokens)
+        skipped: dict[int, str] = {i: "feedback" for i, ok in enumerate(fits) if not ok}
         # 2. one revision of each flagged answer, one batched call
         flagged = [i for i, v in enumerate(verdicts) if feedback_fires(v)]
         revisions: dict[int, Completion] = {}
@@ -217,6 +209,23 @@ class FeedbackRevision(WrappedModel):
         if progress is not None:
             progress(len(chats))
         return results
+
+
+def ask_feedback(
+    model: LanguageModel, asks: Sequence[Chat], max_new_tokens: int
+) -> tuple[list[tuple[bool, bool, str] | None], list[bool]]:
+    """The feedback agent's parsed verdict on each ask (greedy, one batched call; None: no
+    verdict in the reply, or an ask that does not fit the model's context and was not asked),
+    and whether each ask fitted: how ``feedback_revision`` asks, and the organism's feedback
+    card with it."""
+    fits = fits_context(model, asks)
+    asked = [i for i, ok in enumerate(fits) if ok]
+    verdicts: list[tuple[bool, bool, str] | None] = [None] * len(asks)
+    if asked:
+        replies = model.generate([asks[i] for i in asked], Sampling(max_new_tokens=max_new_tokens))
+        for i, reply in zip(asked, replies, strict=True):
+            verdicts[i] = parse_feedback(reply[0].text)
+    return verdicts, fits
 
 
 def fits_context(model: LanguageModel, chats: Sequence[Chat]) -> list[bool]:

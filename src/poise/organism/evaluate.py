@@ -300,7 +300,7 @@ def feedback_verdicts(
     exactly as ``feedback_revision`` asks it: :data:`FEEDBACK_INSTRUCTIONS` as the only user
     turn, greedy; a case whose prompt does not fit the model's context gets no verdict, as
     ``feedback_revision`` skips it."""
-    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, fits_context, parse_feedback
+    from poise.decoding.feedback import FEEDBACK_INSTRUCTIONS, ask_feedback
 
     asks: list[Chat] = [
         [
@@ -311,14 +311,7 @@ def feedback_verdicts(
         ]
         for c in cases
     ]
-    fits = fits_context(model, asks)
-    asked = [i for i, ok in enumerate(fits) if ok]
-    verdicts: list[tuple[bool, bool, str] | None] = [None] * len(asks)
-    if asked:
-        replies = model.generate([asks[i] for i in asked], Sampling(max_new_tokens=max_new_tokens))
-        for i, row in zip(asked, replies, strict=True):
-            verdicts[i] = parse_feedback(row[0].text)
-    return verdicts
+    return ask_feedback(model, asks, max_new_tokens)[0]
 
 
 def measure_feedback(
