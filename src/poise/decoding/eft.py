@@ -92,10 +92,10 @@ def eft_logits(
         log_tuned = logits.log_softmax(dim=-1)
         ruled_out = ruled_out | ~log_tuned.isfinite()
         mixed = mixed + weight * (log_tuned - log_ref)
-    if bool(ruled_out.any()):
-        mixed = mixed.masked_fill(ruled_out, float("-inf"))
-        empty = ruled_out.all(dim=-1, keepdim=True)  # [rows, 1]
-        mixed = mixed.where(~empty, log_base)
+    # unconditionally: a bool(ruled_out.any()) would sync with the device at every step
+    mixed = mixed.masked_fill(ruled_out, float("-inf"))
+    empty = ruled_out.all(dim=-1, keepdim=True)  # [rows, 1]
+    mixed = mixed.where(~empty, log_base)
     return mixed.log_softmax(dim=-1)  # renormalised per token: minus log Z_t
 
 

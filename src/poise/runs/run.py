@@ -329,13 +329,17 @@ class Run:
             raise PoiseError(f"{path}: is not a regular file")
 
     def repair(self) -> int:
-        """Cut a partial last line left by a kill mid-write. Returns the bytes removed."""
+        """Cut a partial last line left by a kill mid-write, with a warning. Returns the bytes
+        removed."""
         self.check_samples_file()
         path = self.samples_path
         try:
-            return self._repair(path)
+            cut = self._repair(path)
         except OSError as exc:
             raise write_error(path, exc) from None
+        if cut:
+            log.warning("%s: cut a partial last record left by an interrupted write", path)
+        return cut
 
     def _repair(self, path: Path) -> int:
         if not path.exists():
@@ -470,10 +474,7 @@ class Run:
         self.lock()
         self.check_samples_file()
         self.remove_temporary_files()
-        if self.repair():
-            log.warning(
-                "%s: cut a partial last record left by an interrupted write", self.samples_path
-            )
+        self.repair()
         done = self.done_keys()  # a malformed record stops here, the header still as it was
         self.update_header(status="running", **header_fields)
         return done

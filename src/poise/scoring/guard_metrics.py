@@ -41,13 +41,14 @@ def _interval(rows: Sequence[tuple[str, float]], upper: float | None = None) -> 
     prompts as clusters when a prompt has several answers (:func:`item_mean_interval`), cut to
     the quantity's range (a count or a share is never below 0; a share never above ``upper`` =
     1): with many zeros the plain interval of a count would reach below 0."""
-    mean, low, high, clustered = item_mean_interval(list(_per_item(rows).values()))
+    per_item = _per_item(rows)
+    mean, low, high, clustered = item_mean_interval(list(per_item.values()))
     low = max(low, 0.0)
     if upper is not None:
         high = min(high, upper)
     out: dict[str, Any] = {"value": mean, "low": low, "high": high, "n": len(rows)}
     if clustered:
-        out |= {"interval": "cluster", "clusters": len(_per_item(rows))}
+        out |= {"interval": "cluster", "clusters": len(per_item)}
     return out
 
 

@@ -280,10 +280,7 @@ def measure(metric: Metric, samples: Iterable[_Sample]) -> Rate | None:
         counts = clusters.setdefault(s.item_id, [0, 0])
         counts[0] += bool(metric.success(s.verdict))
         counts[1] += 1
-    return _rate(metric.name, [(k, n) for k, n in clusters.values()])
-
-
-_rate = item_rate
+    return item_rate(metric.name, [(k, n) for k, n in clusters.values()])
 
 
 def rate_of(metric_name: str, records: Iterable[Mapping[str, Any]]) -> Rate | None:
@@ -372,7 +369,7 @@ def honesty_scores(
             k, n = declined_of(total)
             return Rate.of(name, k, n) if n else None
         with_trials = [q for q in per_question if q[1]]
-        return _rate(name, with_trials) if with_trials else None
+        return item_rate(name, with_trials) if with_trials else None
 
     out: dict[str, Any] = {}
     # Eq. 7: known questions the audited model declines, over all known questions.

@@ -862,7 +862,7 @@ def _check_inputs_outside(config: TrainConfig, output: Path) -> None:
                     continue
                 resolved = candidate.resolve()
                 if resolved == target or target in resolved.parents:
-                    flag = "--" + name.replace("_", "-")
+                    flag = field_flag(name)
                     raise PoiseError(
                         f"output: --overwrite would delete {flag} {item}, which is {output} or in it; "
                         "choose another --output"
