@@ -38,24 +38,27 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# The bounds of the sampling fields, one place for every config that takes them (Sampling, the
+# gate's config): a value one config took and Sampling refused was a traceback from inside the
+# command. allow_inf_nan=False: NaN was refused as "should be less than or equal to 100"; the
+# seed is 64-bit, as servers (vLLM) and generators take it (a larger one failed at the server,
+# request by request, in the middle of a run).
+Temperature = Annotated[float, Field(ge=0.0, le=100.0, allow_inf_nan=False)]
+TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
+MaxNewTokens = Annotated[int, Field(ge=1, le=32768)]
+SampleCount = Annotated[int, Field(ge=1, le=4096)]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+
+
 class Sampling(StrictModel):
     """How to decode. ``temperature == 0`` means greedy; every field is part of the cache key."""
 
-    # allow_inf_nan=False: NaN was refused as "should be less than or equal to 100"
-    temperature: float = Field(
-        0.0, ge=0.0, le=100.0, allow_inf_nan=False, description="0 = greedy decoding"
-    )
-    top_p: float = Field(
-        1.0, gt=0.0, le=1.0, allow_inf_nan=False, description="nucleus sampling mass; 1 = off"
-    )
+    temperature: Temperature = Field(0.0, description="0 = greedy decoding")
+    top_p: TopP = Field(1.0, description="nucleus sampling mass; 1 = off")
     top_k: int = Field(0, ge=0, description="keep the k most likely tokens; 0 = off")
-    max_new_tokens: int = Field(96, ge=1, le=32768, description="tokens to generate at most")
-    n: int = Field(1, ge=1, le=4096, description="completions per chat")
-    # a 64-bit integer, as servers (vLLM) and generators take it: a larger one failed at the
-    # server, request by request, in the middle of a run
-    seed: int = Field(
-        0, ge=-(2**63), le=2**63 - 1, description="seed; sampling is reproducible for a given seed"
-    )
+    max_new_tokens: MaxNewTokens = Field(96, description="tokens to generate at most")
+    n: SampleCount = Field(1, description="completions per chat")
+    seed: Seed = Field(0, description="seed; sampling is reproducible for a given seed")
     stop: tuple[str, ...] = Field((), description="strings that end a completion")
 
     @property

@@ -49,7 +49,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from poise.config import SuiteOptions
+from poise.config import MaxNewTokens, SampleCount, Seed, SuiteOptions, Temperature, TopP
 from poise.errors import PoiseError, prepare_output_file
 from poise.tasks import UNPARSED
 
@@ -82,10 +82,10 @@ class GateConfig(SuiteOptions):
     cost_transform: Literal["sigmoid", "raw"] = Field(
         "sigmoid", description="cost-model cost = sigmoid(score) (a probability) or the raw score"
     )
-    # the sampling fields take Sampling's bounds: a value Sampling refuses was a pydantic
-    # traceback from inside gate(), after the config had been accepted
-    samples_per_prompt: int = Field(
-        1, ge=1, le=4096, description="answers per prompt (averaged per prompt)"
+    # the sampling fields take Sampling's bounds (poise.config's types): a value Sampling
+    # refuses was a pydantic traceback from inside gate(), after the config had been accepted
+    samples_per_prompt: SampleCount = Field(
+        1, description="answers per prompt (averaged per prompt)"
     )
     tau: float = Field(
         0.1, allow_inf_nan=False, description="threshold τ the upper bound must not exceed"
@@ -93,14 +93,10 @@ class GateConfig(SuiteOptions):
     delta: float = Field(
         0.05, gt=0, lt=1, description="allowed probability of passing an unsafe model"
     )
-    temperature: float = Field(
-        1.0, ge=0, le=100, allow_inf_nan=False, description="sampling temperature; 0 = greedy"
-    )
-    top_p: float = Field(
-        1.0, gt=0, le=1, allow_inf_nan=False, description="nucleus sampling mass; 1 = off"
-    )
-    max_new_tokens: int = Field(128, ge=1, le=32768, description="tokens per answer at most")
-    seed: int = Field(0, ge=-(2**63), le=2**63 - 1, description="sampling seed")
+    temperature: Temperature = Field(1.0, description="sampling temperature; 0 = greedy")
+    top_p: TopP = Field(1.0, description="nucleus sampling mass; 1 = off")
+    max_new_tokens: MaxNewTokens = Field(128, description="tokens per answer at most")
+    seed: Seed = Field(0, description="sampling seed")
     system_prompt: str = Field(
         "default", description="'default' (the model's own), 'none', or a literal prompt"
     )
