@@ -12,6 +12,11 @@ python scripts/probe_figures.py paired BASE STEERED --exclude-limit 76
     items, leaving out the items of the harmful and benign suites that ``poise audit --limit
     N`` picks (``poise.auditing.spread_subset``: the items a steering strength was chosen
     on), and the exact McNemar test of the harmful verdicts paired by item
+python scripts/probe_figures.py threshold PROBE [--run RUN]
+    why ``poise probe train`` sets its threshold on held-out negatives: the probe refitted as
+    it was trained (same examples, split and layer), the held-out negatives' items halved, and
+    the share of one half's negatives flagged by a threshold at the probe's FPR set on the
+    fitted negatives, or on the other half (each half checked once)
 python scripts/probe_figures.py firewall cooking coding
     the query firewall per role on organism-large: anchors = every other prompt of the
     role's benign category, in-role = the rest, off-role = the other categories' benign
@@ -83,6 +88,56 @@ def heldout(probe_dir: str, run: str, kind: str) -> None:
     items = len({examples[i].group for i in rows})
     print(f"{meta['task']} probe, layer {probe.layer}, held-out {kind} rows: {len(rows)} "
           f"({items} items, {sum(truth)} positive): AUROC {area:.3f} [{low:.3f}, {high:.3f}]")  # fmt: skip
+
+
+def threshold(probe_dir: str, run: str | None) -> None:
+    from poise.probes.metrics import threshold_at_fpr
+
+    probe = load_probe(probe_dir)
+    meta = probe.metadata
+    model = load_model(str(probe.model))
+    system, none = default_system_prompt(model), no_system_prompt(model)
+    task = meta["task"]
+    if task in ("comply", "deception"):
+        if run is None:
+            raise PoiseError(f"threshold: a {task} probe needs --run, the run it was trained on")
+        records = list(find_run(run).records())
+        read = data.compliance_from_records if task == "comply" else data.deception_from_records
+        examples = read(records, system, none_prompt=none)
+    else:
+        names = ["harmful", "benign"] if task == "harmful" else ["honesty"]
+        items = [item for name in names for item in load_suite(name).items]
+        examples = (
+            data.harmful_vs_benign(items, system)
+            if task == "harmful"
+            else data.instructed_pairs(items)
+        )
+    groups = [e.group for e in examples]
+    train, test = split_by_group(groups, test_fraction=meta["test_fraction"], seed=meta["seed"])
+    features = collect(model, examples, upto=probe.layer)[:, probe.layer]  # [rows, hidden]
+    labels = torch.tensor([e.label for e in examples])
+    refit = LinearProbe.fit(
+        features[train], labels[train], layer=probe.layer, model=None, l2=meta["l2"]
+    )
+    fitted = [i for i in train if int(labels[i]) == 0]
+    held = [i for i in test if int(labels[i]) == 0]
+    held_items = sorted({groups[i] for i in held})
+    halves = (set(held_items[0::2]), set(held_items[1::2]))
+    fpr = probe.fpr
+    fitted_threshold = threshold_at_fpr(refit.score(features[fitted]).tolist(), fpr)
+    print(f"{task} probe, layer {probe.layer}, FPR {fpr:g}: {len(fitted)} fitted negatives, "
+          f"{len(held)} held-out negatives in {len(held_items)} items, halved by item")  # fmt: skip
+    for check, calibrate in ((0, 1), (1, 0)):
+        rows = [i for i in held if groups[i] in halves[check]]
+        other = [i for i in held if groups[i] in halves[calibrate]]
+        scores = refit.score(features[rows]).tolist()
+        other_threshold = threshold_at_fpr(refit.score(features[other]).tolist(), fpr)
+        for name, t in (("fitted negatives", fitted_threshold), ("other half", other_threshold)):
+            flagged = sum(s > t for s in scores)
+            low, high = wilson_interval(flagged, len(scores))
+            print(f"  half {check + 1} ({len(rows)} negatives), threshold set on the {name}: "
+                  f"{flagged} flagged, {flagged / len(scores):.1%} "
+                  f"[{low:.1%}, {high:.1%}]")  # fmt: skip
 
 
 def prompt(probe_dir: str, run: str) -> None:
@@ -181,6 +236,9 @@ def main() -> None:
     p = sub.add_parser("prompt")
     p.add_argument("probe")
     p.add_argument("run")
+    p = sub.add_parser("threshold")
+    p.add_argument("probe")
+    p.add_argument("--run")
     p = sub.add_parser("firewall")
     p.add_argument("roles", nargs="+")
     p = sub.add_parser("paired")
@@ -193,6 +251,8 @@ def main() -> None:
             judges(args.run)
         elif args.what == "heldout":
             heldout(args.probe, args.run, args.kind)
+        elif args.what == "threshold":
+            threshold(args.probe, args.run)
         elif args.what == "firewall":
             firewall(args.roles)
         elif args.what == "prompt":

@@ -124,7 +124,8 @@ def train_probe(
         l2=l2,
         fpr=fpr,
         metadata=metadata,
-        # on the negatives it is fitted on, a 1% threshold flagged 34% of new ones (reviewer)
+        # on the negatives it is fitted on, scores are pushed down: a 1% threshold set there
+        # flags more new negatives (docs/probes.md, `scripts/probe_figures.py threshold`)
         calibration=features[held_out_negatives, chosen],
     )
     probe.save(target)
