@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, located
 
 
 def _fspath(value: Any) -> Any:
@@ -76,24 +76,34 @@ def stable_hash(obj: Any) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
 
 
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """The mapping at the top of a YAML file (an empty file is an empty mapping); errors name
-    the file (and line): a key given twice in one mapping is one, not the last one silently."""
+def read_yaml(path: str | Path) -> Any:
+    """The document of a YAML file (None when empty); every error is one line naming the file
+    (and line): a key given twice in one mapping is one, not the last one silently."""
     import yaml
 
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
     except FileNotFoundError:
         raise PoiseError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise PoiseError(f"{path}: is a folder, expected a YAML file") from None
+    except OSError as exc:
+        raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
     except UnicodeDecodeError:
         raise PoiseError(f"{path}: not UTF-8 text") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise PoiseError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = getattr(exc, "problem", None) or exc  # the first line; the rest is context
+        raise located(
+            path, mark.line + 1 if mark is not None else None, f"invalid YAML ({problem})"
+        ) from None
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """The mapping at the top of a YAML file (an empty file is an empty mapping); errors name
+    the file (and line), as :func:`read_yaml`'s do."""
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

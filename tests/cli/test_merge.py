@@ -53,7 +53,7 @@ def test_merge_command_writes_a_loadable_folder(tiny_hf_model_dir: Path, tmp_pat
          "unknown dtype 'float8'"),
         ("merge_method: linear\nmodels: [{model: nowhere/at/all, parameters: {weight: 1}}]\n",
          "model 'nowhere/at/all': no such folder"),
-        ("merge_method: [linear\n", "not valid YAML"),
+        ("merge_method: [linear\n", "invalid YAML"),
     ],
 )  # fmt: skip
 def test_bad_configs_are_one_line_errors(tmp_path: Path, text: str, message: str) -> None:

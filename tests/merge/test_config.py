@@ -128,11 +128,21 @@ def test_bad_yaml_and_bytes_are_one_line(tmp_path: Path) -> None:
         load_config(path)
     assert (
         str(caught.value)
-        == f"{path}:3: not valid YAML (expected ',' or '}}', but got '<stream end>')"
+        == f"{path}:3: invalid YAML (expected ',' or '}}', but got '<stream end>')"
     )
     path.write_bytes(b"merge_method: \xff\xfe\n")
     with pytest.raises(PoiseError, match=r"merge\.yml: not UTF-8 text$"):
         load_config(path)
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_one(tmp_path: Path) -> None:
+    """A plain YAML load kept the second ``models:`` and merged other models than the first
+    list names, in silence."""
+    path = tmp_path / "merge.yml"
+    path.write_text("merge_method: linear\nmodels:\n  - model: a\nmodels:\n  - model: b\n")
+    with pytest.raises(PoiseError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}:4: invalid YAML (key 'models' is given twice)"
 
 
 def test_a_misspelt_model_name_suggests_the_nearest(tmp_path: Path) -> None:

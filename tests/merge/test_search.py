@@ -88,11 +88,15 @@ def test_search_config_and_output_mistakes_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(PoiseError) as caught:
         run_search(path, tmp_path / "out")
     assert str(caught.value) == (
-        f"{path}:2: not valid YAML (expected the node content, but found '<stream end>')"
+        f"{path}:2: invalid YAML (expected the node content, but found '<stream end>')"
     )
     path.write_bytes(b"merge: \xff\n")
     with pytest.raises(PoiseError, match=r"search\.yml: not UTF-8 text$"):
         run_search(path, tmp_path / "out")
+    path.write_text("methods: [ties]\nmethods: [linear]\n")  # plain YAML kept the last
+    with pytest.raises(PoiseError) as caught:
+        run_search(path, tmp_path / "out")
+    assert str(caught.value) == f"{path}:2: invalid YAML (key 'methods' is given twice)"
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     for out in (blocker, blocker / "out"):

@@ -45,8 +45,8 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from poise.config import PathStr, format_validation_error
-from poise.errors import PoiseError, UnknownNameError, located
+from poise.config import PathStr, format_validation_error, read_yaml
+from poise.errors import PoiseError, UnknownNameError
 from poise.merge.executor import (
     LAYER_INDEX,
     MergeJob,
@@ -111,18 +111,7 @@ def load_config(path: Path | Mapping[str, Any]) -> MergeConfig:
         raw: Any = dict(path)
         path = Path("merge config")  # names the dict in messages
     else:
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
-        except UnicodeDecodeError:
-            raise PoiseError(f"{path}: not UTF-8 text") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or exc  # the first line; the rest is context
-            raise located(
-                path, mark.line + 1 if mark else None, f"not valid YAML ({problem})"
-            ) from None
+        raw = read_yaml(path)  # a key given twice is an error, not the last one silently
     if not isinstance(raw, dict):
         raise PoiseError(f"{path}: a merge config is a mapping (merge_method, models, ...)")
     for key, reason in _REFUSED.items():

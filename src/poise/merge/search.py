@@ -43,8 +43,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from poise.config import format_validation_error
-from poise.errors import PoiseError, UnknownNameError, located
+from poise.config import format_validation_error, read_yaml
+from poise.errors import PoiseError, UnknownNameError
 from poise.merge.config import MergeConfig, check_config, merged_entries, run_merge
 from poise.merge.executor import check_folder_path
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS
@@ -98,19 +98,9 @@ class Candidate:
 
 
 def load_search(path: Path) -> SearchConfig:
+    raw = read_yaml(path)  # a key given twice is an error, not the last one silently
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
         return SearchConfig.model_validate(raw)
-    except OSError as exc:
-        raise PoiseError(f"{path}: cannot read ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise PoiseError(f"{path}: not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or exc  # the first line; the rest is context
-        raise located(
-            path, mark.line + 1 if mark else None, f"not valid YAML ({problem})"
-        ) from None
     except ValidationError as exc:
         raise PoiseError(f"{path}: {format_validation_error(exc)}") from None
 
