@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,38 @@ def test_a_json_text_cut_short_is_located_on_its_last_line(tmp_path: Path) -> No
     path.write_text('[{"prompt": "hi", "kind": "harmful"}\n')
     with pytest.raises(PoiseError, match=r"s\.json:1: invalid JSON \(.* where the text ends\)"):
         load_suite(str(path))
+
+
+def test_a_json_object_file_is_read_or_named_in_one_line(tmp_path: Path) -> None:
+    """The one reader of a model folder's config.json / poise.json, a scorer folder's files, a
+    run's metrics.json and a merge source's poise.json: a poise.json or metrics.json that was
+    not UTF-8 was a UnicodeDecodeError traceback."""
+    from poise.errors import read_json_object
+
+    path = tmp_path / "poise.json"
+    path.write_text('{"a": 1}')
+    assert read_json_object(path) == {"a": 1}
+    for content, message in (
+        (b"\xff\xfe{}", "not a UTF-8 text file"),
+        (b'{\n"a": 1,\n}', "invalid JSON"),
+        (b"[1, 2]", "expected a JSON object"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(PoiseError, match=rf"^{re.escape(str(path))}(:\d+)?: {message}"):
+            read_json_object(path)
+    with pytest.raises(PoiseError, match=r"cannot read"):
+        read_json_object(tmp_path)  # a folder
+
+
+def test_a_model_folder_and_a_run_with_a_poise_json_not_in_utf8_are_one_error(
+    tmp_path: Path,
+) -> None:
+    from poise.models.hf import read_poise_json
+    from poise.runs.run import Run
+
+    (tmp_path / "poise.json").write_bytes(b'{"default_system_prompt": "\xe9"}')
+    with pytest.raises(PoiseError, match=r"poise\.json: not a UTF-8 text file$"):
+        read_poise_json(tmp_path)
+    (tmp_path / "metrics.json").write_bytes(b'{"overall": "\xe9"}')
+    with pytest.raises(PoiseError, match=r"metrics\.json: not a UTF-8 text file$"):
+        Run(tmp_path).metrics()

@@ -144,6 +144,25 @@ def json_error_line(exc: json.JSONDecodeError) -> int:
     return max(1, min(exc.lineno, lines))
 
 
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, object]:
+    """A JSON file that holds one object; anything else (unreadable, not UTF-8, invalid JSON,
+    another JSON type) is one error naming the file, and the line where json says."""
+    from pathlib import Path
+
+    file = Path(path)
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise located(file, json_error_line(exc), invalid_json(exc)) from None
+    except UnicodeDecodeError:
+        raise located(file, None, "not a UTF-8 text file") from None
+    except OSError as exc:
+        raise located(file, None, f"cannot read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict):
+        raise located(file, None, "expected a JSON object")
+    return data
+
+
 def check_output_file(path: str | os.PathLike[str], what: str) -> None:
     """Refuse, before any work, an output file path that names an existing folder:
     ``"WHAT: PATH is a folder; give a file path"``."""

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, invalid_json, json_error_line, located
+from poise.errors import PoiseError, read_json_object
 from poise.models.base import Chat
 
 __all__ = ["Scorer", "check_scorer", "load_scorer"]
@@ -78,17 +77,7 @@ def check_scorer(what: str, name: str) -> None:
 def _json_object(path: Path) -> dict[str, Any]:
     """A folder's JSON file as an object ({} when absent); one located error when malformed
     (read here without torch: a spec is checked before anything heavy is imported)."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise located(path, json_error_line(exc), invalid_json(exc)) from None
-    except UnicodeDecodeError:
-        raise located(path, None, "not a UTF-8 text file") from None
-    if not isinstance(data, dict):
-        raise located(path, None, "expected a JSON object")
-    return data
+    return read_json_object(path) if path.is_file() else {}
 
 
 def _check_one_output_classifier(name: str, folder: Path) -> None:

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError, file_on_the_way
+from poise.errors import PoiseError, file_on_the_way, read_json_object
 from poise.merge.methods import MergeMethod
 from poise.merge.sources import INDEX_NAME, SINGLE_NAME, LoraFolder, TensorSource
 from poise.merge.task_arithmetic import tensor_seed
@@ -387,12 +387,7 @@ def _copy_chat_meta(source: Path, dest: Path) -> None:
     path = source / POISE_JSON
     if not path.is_file():
         return
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise PoiseError(f"{path}: cannot read ({exc})") from None
-    if not isinstance(meta, dict):
-        raise PoiseError(f"{path}: expected a JSON object")
+    meta = read_json_object(path)
     kept = {k: meta[k] for k in CHAT_META if k in meta}
     if kept:
         (dest / POISE_JSON).write_text(

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from poise.config import Sampling
-from poise.errors import PoiseError, invalid_json, json_error_line, located
+from poise.errors import PoiseError, located, read_json_object
 from poise.models.base import (
     Capabilities,
     Chat,
@@ -225,16 +225,7 @@ def check_causal_lm(name: str, architectures: object, kind: object = None) -> No
 
 def _folder_config(folder: Path) -> dict[str, Any]:
     """A folder's config.json, or one error that names it when it is not a JSON object."""
-    path = folder / "config.json"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise located(path, json_error_line(exc), invalid_json(exc)) from None
-    except UnicodeDecodeError:
-        raise located(path, None, "not a UTF-8 text file") from None
-    if not isinstance(data, dict):
-        raise located(path, None, "expected a JSON object")
-    return data
+    return read_json_object(folder / "config.json")
 
 
 def read_poise_json(folder: Path) -> dict[str, Any]:
@@ -242,12 +233,7 @@ def read_poise_json(folder: Path) -> dict[str, Any]:
     path = folder / POISE_JSON
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise located(path, json_error_line(exc), invalid_json(exc)) from None
-    if not isinstance(data, dict):
-        raise located(path, None, "expected a JSON object")
+    data = read_json_object(path)
     prompt = data.get("default_system_prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise located(path, None, "default_system_prompt: expected a string")

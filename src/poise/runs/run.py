@@ -53,7 +53,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is on the user
     fcntl = None  # type: ignore[assignment]
 
-from poise.errors import PoiseError, invalid_json, json_error_line, located
+from poise.errors import PoiseError, invalid_json, json_error_line, located, read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -433,15 +433,7 @@ class Run:
     def metrics(self) -> dict[str, Any] | None:
         """``metrics.json``, or None before the run finished; PoiseError when unreadable."""
         file = self.path / METRICS_FILE
-        if not file.exists():
-            return None
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise located(file, json_error_line(exc), invalid_json(exc)) from None
-        if not isinstance(data, dict):
-            raise PoiseError(f"{file}: expected a JSON object")
-        return data
+        return read_json_object(file) if file.exists() else None
 
     def write_metrics(self, metrics: Mapping[str, Any]) -> None:
         write_json_atomic(self.path / METRICS_FILE, metrics)
