@@ -138,22 +138,40 @@ def _check_threshold(kind: str, judge: object, threshold: object) -> float | Non
 
 
 class _JudgedGuard(WrappedModel):
+    """What the full-answer and chunked guards share: the judge, the refusal, the options that
+    their spec records (only those not at their defaults) and the judging of answers."""
+
     every = 0
 
-    def _setup(
+    def __init__(
         self,
         model: LanguageModel,
+        *,
         judge: str,
         threshold: float | None,
         refusal: str,
-        head: str = "response",
+        head: str,
+        every: int = 0,
     ) -> None:
+        threshold = _check_threshold(self.kind, judge, threshold)
+        head = _check_head(self.kind, judge, head)
+        options: dict[str, Any] = {"judge": judge}
+        if every:
+            options["every"] = every
+        if threshold is not None:
+            options["threshold"] = threshold
+        if refusal != DEFAULT_REFUSAL:
+            options["refusal"] = refusal
+        if head != "response":
+            options["head"] = head
+        super().__init__(model, **options)
         if not isinstance(judge, str) or not judge:
             raise PoiseError(f"{self.kind}: needs judge=MONITOR or judge=keywords:WORD|WORD")
         if not isinstance(refusal, str):
             raise PoiseError(f"{self.kind}: refusal must be a string, got {refusal!r}")
         if model.tokenizer is None:
             raise PoiseError(f"{self.kind}: {model.name!r} has no tokenizer to count tokens with")
+        self.every = every
         self.judge = _Judge(judge, threshold, model, head)
         self.refusal = refusal
         self.capabilities = Capabilities()
@@ -253,17 +271,7 @@ class FullGuard(_JudgedGuard):
         refusal: str = DEFAULT_REFUSAL,
         head: str = "response",
     ) -> None:
-        threshold = _check_threshold(self.kind, judge, threshold)
-        head = _check_head(self.kind, judge, head)
-        options: dict[str, Any] = {"judge": judge}
-        if threshold is not None:
-            options["threshold"] = threshold
-        if refusal != DEFAULT_REFUSAL:
-            options["refusal"] = refusal
-        if head != "response":
-            options["head"] = head
-        super().__init__(model, **options)
-        self._setup(model, judge, threshold, refusal, head)
+        super().__init__(model, judge=judge, threshold=threshold, refusal=refusal, head=head)
 
 
 @guards.register(
@@ -286,15 +294,6 @@ class ChunkedGuard(_JudgedGuard):
         head: str = "response",
     ) -> None:
         check_int("chunked_guard", "every", every, 1)
-        threshold = _check_threshold(self.kind, judge, threshold)
-        head = _check_head(self.kind, judge, head)
-        options: dict[str, Any] = {"judge": judge, "every": every}
-        if threshold is not None:
-            options["threshold"] = threshold
-        if refusal != DEFAULT_REFUSAL:
-            options["refusal"] = refusal
-        if head != "response":
-            options["head"] = head
-        super().__init__(model, **options)
-        self.every = every
-        self._setup(model, judge, threshold, refusal, head)
+        super().__init__(
+            model, judge=judge, threshold=threshold, refusal=refusal, head=head, every=every
+        )
