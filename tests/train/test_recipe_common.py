@@ -573,6 +573,45 @@ def test_chunked_head_gives_the_full_logits_values_and_gradients(tiny_hf_model_d
         assert common._PLAIN_HEAD[reference] is True
 
 
+def test_token_logps_at_a_temperature_are_those_of_the_scaled_logits(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """``softmax(logits / T)``, the distribution ``generate`` samples from at temperature T, on
+    the chunked-head path (with and without gradients) and on the full-logits path."""
+    import torch
+
+    from poise.train.logprobs import sequence_logprobs
+    from poise.train.recipes import common
+
+    def expected(model: Any, batch: dict[str, Any], temperature: float) -> Any:
+        keep = batch["response_mask"].shape[1]
+        with torch.no_grad():
+            logits = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+            ).logits[:, -keep:, :]
+        labels = batch["input_ids"][:, -keep:]
+        return sequence_logprobs(logits.float() / temperature, labels, batch["response_mask"])
+
+    batch, model = _batch_and_model(tiny_hf_model_dir)
+    want = expected(model, batch, 0.6)
+    assert not torch.allclose(want, expected(model, batch, 1.0))
+    torch.testing.assert_close(
+        common.token_logps(model, batch, "cpu", temperature=0.6).detach(), want
+    )
+    assert common._PLAIN_HEAD[model] is True  # the chunked path
+    with torch.no_grad():
+        torch.testing.assert_close(common.token_logps(model, batch, "cpu", temperature=0.6), want)
+    # a head poise does not apply itself: the full logits, scaled alike
+    batch, full = _batch_and_model(tiny_hf_model_dir, final_logit_softcapping=30.0)
+    assert common._output_head(full) is None
+    torch.testing.assert_close(
+        common.token_logps(full, batch, "cpu", temperature=1.7).detach(),
+        expected(full, batch, 1.7),
+    )
+
+
 def test_heads_that_are_not_plain_use_full_logits(tiny_hf_model_dir: Path) -> None:
     import torch
 

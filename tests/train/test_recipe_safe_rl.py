@@ -113,6 +113,33 @@ def test_policy_loss_closed_form() -> None:
         assert float(kl[i]) == pytest.approx(sum(a - b for a, b in zip(p, q, strict=True)))
 
 
+def test_log_probs_are_taken_at_the_sampling_temperature(
+    tiny_hf_model_dir: Path,
+    scorers: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Completions sampled at temperature T come from ``softmax(logits / T)``: the REINFORCE
+    term and the KL penalty need the policy's and the reference's log-probs of that
+    distribution, not of ``softmax(logits)`` (then the loss is off-policy)."""
+    from poise.train.recipes import common, safe_rl
+
+    seen: list[float] = []
+    original = common.token_logps
+
+    def spy(*args: Any, temperature: float = 1.0, **kwargs: Any) -> Any:
+        seen.append(temperature)
+        return original(*args, temperature=temperature, **kwargs)
+
+    monkeypatch.setattr(common, "token_logps", spy)  # the reference's
+    monkeypatch.setattr(safe_rl, "token_logps", spy)  # the policy's
+    common_fields = _common(tiny_hf_model_dir, scorers, output=str(tmp_path / "out"), max_steps=1)
+    train_safe_rl(**common_fields, temperature=0.7)
+    log = _log(tmp_path / "out")
+    assert len(seen) == 2 and set(seen) == {0.7}  # one micro-batch: reference, then policy
+    assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # still the reference at step 1
+
+
 def test_high_confidence_records_the_safety_test(
     tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
 ) -> None:

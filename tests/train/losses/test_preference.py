@@ -478,6 +478,34 @@ def test_f_divergence_scores_stay_finite_far_off_policy() -> None:
         assert torch.isfinite(out.losses).all(), f
 
 
+def test_every_loss_stays_finite_far_off_policy() -> None:
+    """Margins of ±1000 nats (β·Δ = ±100): every loss and its gradient are finite numbers.
+    DiscoPOP's ``σ(z/τ)·exp(-z)`` was ``0·inf = NaN`` far below zero."""
+    far = torch.tensor([-1000.0, 1000.0, -30.0, 0.0])
+    zero = torch.zeros(4)
+    lengths = {"chosen_lengths": torch.full((4,), 3), "rejected_lengths": torch.full((4,), 5)}
+    for name in LOSSES.names():
+        policy = far.clone().requires_grad_(True)
+        accepted = loss_parameters(name)
+        params = {k: v for k, v in lengths.items() if k in accepted}
+        out = preference_loss(name, policy, zero, zero, zero, beta=0.1, **params)
+        out.losses.sum().backward()
+        assert torch.isfinite(out.losses).all(), (name, out.losses)
+        assert policy.grad is not None and torch.isfinite(policy.grad).all(), (name, policy.grad)
+
+
+def test_discopop_closed_form() -> None:
+    """Eq. 5 of arXiv 2406.08414 with ``math``, where its plain form is representable."""
+    pc, pr, rc, rr = _random_logps(8, seed=13)
+    beta, tau = 0.3, 0.05
+    out = preference_loss("discopop", pc, pr, rc, rr, beta=beta, discopop_tau=tau)
+    for i in range(8):
+        z = beta * ((float(pc[i]) - float(rc[i])) - (float(pr[i]) - float(rr[i])))
+        mix = 1 / (1 + math.exp(-z / tau))
+        expected = (1 - mix) * math.log1p(math.exp(-z)) + mix * math.exp(-z)
+        assert float(out.losses[i]) == pytest.approx(expected, rel=1e-9)
+
+
 # ---------------------------------------------------------------------------------------------
 # properties
 

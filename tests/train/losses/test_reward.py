@@ -59,6 +59,13 @@ def test_reward_centering_adds_the_squared_sum() -> None:
 def test_reward_loss_shape_check() -> None:
     with pytest.raises(ValueError, match="one shape"):
         reward_model_loss(torch.zeros(3), torch.zeros(2))
+    # a column of margins would broadcast the [3] logits to [3, 3]
+    with pytest.raises(ValueError, match="margin must be a number or \\[batch\\]"):
+        reward_model_loss(torch.zeros(3), torch.zeros(3), margin=torch.ones(3, 1))
+    with pytest.raises(ValueError, match="margin must be"):
+        reward_model_loss(torch.zeros(3), torch.zeros(3), margin=torch.ones(2))
+    # a 0-d tensor is a number
+    assert reward_model_loss(torch.zeros(3), torch.zeros(3), margin=torch.tensor(1.0)).shape == (3,)
 
 
 def test_safety_signs() -> None:

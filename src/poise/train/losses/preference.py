@@ -80,8 +80,9 @@ LOSSES: Registry[PreferenceLoss] = Registry("loss", loader=load_plugins)
 FDivergence = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
 F_DIVERGENCES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 
-# exp() of anything above ~88 overflows float32; the f-divergence scores clamp their exponent
-# here so that a far-off-policy batch gives a large finite loss instead of inf/NaN gradients.
+# exp() of anything above ~88 overflows float32; the f-divergence scores and discopop's
+# exponential term clamp their exponent here so that a far-off-policy batch gives a large
+# finite loss instead of inf/NaN gradients.
 _MAX_EXPONENT = 80.0
 
 
@@ -587,8 +588,11 @@ def discopop_loss(
         f_alpha,
     )
     logits = beta * (chosen - rejected)
-    mix = torch.sigmoid(logits / discopop_tau)
-    losses = (1.0 - mix) * -F.logsigmoid(logits) + mix * torch.exp(-logits)
+    # m·exp(-z) as exp(log σ(z/τ) - z): far below zero, σ(z/τ) underflows to 0 while exp(-z)
+    # overflows to inf, and the product 0·inf was NaN (in the loss and its gradient).
+    logistic = torch.sigmoid(-logits / discopop_tau) * -F.logsigmoid(logits)
+    exponent = (F.logsigmoid(logits / discopop_tau) - logits).clamp(max=_MAX_EXPONENT)
+    losses = logistic + torch.exp(exponent)
     return PreferenceLossOutput(losses, beta * chosen, beta * rejected)
 
 

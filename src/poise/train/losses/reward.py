@@ -45,6 +45,12 @@ def reward_model_loss(
     _check_same_shape(chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards)
     logits = chosen_rewards - rejected_rewards  # [B]
     if margin is not None:
+        if isinstance(margin, Tensor) and margin.dim() and margin.shape != logits.shape:
+            # a [B, 1] margin would broadcast the [B] logits to [B, B] pairs of pairs
+            raise ValueError(
+                f"margin must be a number or [batch] like the rewards, got shape "
+                f"{tuple(margin.shape)} for {tuple(logits.shape)} rewards"
+            )
         logits = logits - (margin if isinstance(margin, Tensor) else float(margin))
     losses = -F.logsigmoid(logits)  # [B]
     if center_rewards_coefficient is not None:

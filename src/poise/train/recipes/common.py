@@ -1383,9 +1383,13 @@ _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 _PLAIN_HEAD: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
 
 
-def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
+def token_logps(model: Any, batch: dict[str, Any], device: Any, *, temperature: float = 1.0) -> Any:
     """``[N, K]`` per-token log-probs of the response tokens of a :func:`sequence_batch`
     (aligned with its ``response_mask``, 0 elsewhere).
+
+    ``temperature``: the log-probs of ``softmax(logits / temperature)``, the distribution
+    ``model.generate`` samples from at that temperature (an on-policy loss on sampled tokens
+    needs the sampler's own log-probs).
 
     Where the model's logits are its output embedding applied to the last hidden state (Llama,
     Qwen, Mistral, ...: not soft-capped or scaled heads, not FSDP / ZeRO-3 shards), the head is
@@ -1426,18 +1430,22 @@ def token_logps(model: Any, batch: dict[str, Any], device: Any) -> Any:
             logits = None if checked else model(**kwargs, **{keep_kwarg: 1}).logits
         if checked or _head_matches(model, head, hidden[:, -1:, :], logits):
             _PLAIN_HEAD[model] = True
-            return chunked_head_logps(head, hidden[:, -keep:, :], labels, mask)  # [N, K]
+            return chunked_head_logps(
+                head, hidden[:, -keep:, :], labels, mask, temperature=temperature
+            )  # [N, K]
         _PLAIN_HEAD[model] = False  # checked once per model; this call runs again in full
         del hidden, logits
     if keep_kwarg is not None:
         kwargs[keep_kwarg] = keep
-    full = model(**kwargs).logits[:, -keep:, :]  # [N, K, V]
-    return sequence_logprobs(full.float(), labels, mask)
+    full = model(**kwargs).logits[:, -keep:, :].float()  # [N, K, V]
+    return sequence_logprobs(full / temperature if temperature != 1.0 else full, labels, mask)
 
 
-def chunked_head_logps(head: Any, hidden: Any, labels: Any, mask: Any) -> Any:
-    """:func:`poise.train.logprobs.sequence_logprobs` of ``head(hidden)`` without keeping the
-    logits: ``hidden`` ``[N, K, H]``, ``labels`` and ``mask`` ``[N, K]`` -> ``[N, K]``.
+def chunked_head_logps(
+    head: Any, hidden: Any, labels: Any, mask: Any, *, temperature: float = 1.0
+) -> Any:
+    """:func:`poise.train.logprobs.sequence_logprobs` of ``head(hidden) / temperature`` without
+    keeping the logits: ``hidden`` ``[N, K, H]``, ``labels`` and ``mask`` ``[N, K]`` -> ``[N, K]``.
 
     Rows go through the head in chunks; with gradients on, each chunk runs under non-reentrant
     activation checkpointing, so backward recomputes its logits instead of storing them.
@@ -1453,7 +1461,8 @@ def chunked_head_logps(head: Any, hidden: Any, labels: Any, mask: Any) -> Any:
     rows = max(1, min(math.ceil(rows_total / _HEAD_CHUNKS), by_budget))
 
     def piece(h: Any, y: Any, m: Any) -> Any:
-        return sequence_logprobs(_apply_head(head, h), y, m)  # [rows, K]
+        logits = _apply_head(head, h)  # [rows, K, V]
+        return sequence_logprobs(logits / temperature if temperature != 1.0 else logits, y, m)
 
     grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     parts = []
@@ -1569,18 +1578,19 @@ class Reference:
         model.to(session.device)
         return cls(model, session)
 
-    def logps(self, batch: dict[str, Any]) -> Any:
+    def logps(self, batch: dict[str, Any], *, temperature: float = 1.0) -> Any:
+        """:func:`token_logps` of the reference, without gradients."""
         import torch
 
         session = self.session
         with torch.no_grad(), session.accelerator.autocast():
             if self.model is not None:
-                return token_logps(self.model, batch, session.device)
+                return token_logps(self.model, batch, session.device, temperature=temperature)
             adapters: AbstractContextManager[Any] = (
                 session.unwrapped.disable_adapter() if session.config.lora_r > 0 else nullcontext()
             )
             with adapters:
-                return token_logps(session.model, batch, session.device)
+                return token_logps(session.model, batch, session.device, temperature=temperature)
 
 
 class Scorer:

@@ -13,7 +13,9 @@ exceeds the limit and shrinks when it does not. Each step:
    completion (the policy sampled it, so no importance ratio is needed) with a per-token KL
    penalty to the frozen reference, the **k3 estimator** ``exp(q - p) - (q - p) - 1`` (``p``, ``q``
    the policy's and the reference's token log-probs; Schulman 2020, as in GRPO arXiv 2402.03300
-   Eq. 4), summed over the completion;
+   Eq. 4), summed over the completion. Both log-probs are those of ``softmax(logits / T)`` at
+   the sampling ``temperature`` T, the distribution the completions were drawn from (as TRL's
+   GRPO does); ``top_p < 1`` truncates that distribution and is not corrected for;
 5. update ``λ`` in log space (Safe RLHF §3.3) from the step's mean cost versus ``cost_limit``.
 
 **Cost units.** With ``cost_transform="sigmoid"`` (the default) a response's cost is
@@ -430,8 +432,12 @@ def train_safe_rl(
             list(zip(prompt_ids, response_ids, strict=True)), tokenizer.pad_token_id
         )
         mask = batch["response_mask"].to(session.device)  # [N, K]
-        ref = reference.logps(batch)  # [N, K]; first, so its memory is freed before backward's
-        policy = token_logps(session.model, batch, session.device)  # [N, K]
+        # log-probs at the sampling temperature, the distribution the completions came from (the
+        # reference's too: the KL is 0 while the policy is the starting model). The reference
+        # first, so its memory is freed before backward's.
+        temperature = config.temperature
+        ref = reference.logps(batch, temperature=temperature)  # [N, K]
+        policy = token_logps(session.model, batch, session.device, temperature=temperature)
         per_sequence, kl = policy_loss(policy, ref, mask, advantages, config.kl_coef)  # [N], [N]
         session.backward(
             per_sequence.sum() / (session.rows_in_step * k),
