@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -346,6 +347,25 @@ def test_gradient_checkpointing_changes_memory_not_the_result(
         weights(tmp_path / "lora")["model.layers.0.self_attn.q_proj.weight"],
         weights(tiny_hf_model_dir)["model.layers.0.self_attn.q_proj.weight"],
     )
+
+
+def test_dropout_is_off_while_training_unless_asked(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """With the model's dropout on in training mode, the policy's log-probs were not those of
+    its frozen copy, the reference: DPO's first loss was not log 2 (TRL turns dropout off)."""
+    import shutil
+
+    model = tmp_path / "dropout"
+    shutil.copytree(tiny_hf_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "attention_dropout": 0.5}))
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    common: dict[str, Any] = {"model": str(model), "data": str(data), **FAST, "max_steps": 1}
+    off = train_dpo(output=str(tmp_path / "off"), **common)
+    assert off.metrics["loss_start"] == pytest.approx(math.log(2), abs=1e-5)
+    on = train_dpo(output=str(tmp_path / "on"), disable_dropout=False, **common)
+    assert on.metrics["loss_start"] != pytest.approx(math.log(2), abs=1e-3)
 
 
 def test_ref_model_and_precision_options(

@@ -121,6 +121,11 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass: less memory, more time"
     )
+    disable_dropout: bool = Field(
+        True,
+        description="turn the model's dropout off while training (as TRL's trainers do): the "
+        "policy then scores as the frozen reference and the sampler do; LoRA's dropout is kept",
+    )
     lora_r: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning")
     lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (alpha / r)")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input")
@@ -979,6 +984,23 @@ def _enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
+def disable_dropout(model: Any) -> None:
+    """Set every dropout of ``model`` to 0, as TRL's ``disable_dropout_in_model`` does for its
+    trainers' ``disable_dropout=True`` default: the ``nn.Dropout`` modules (GPT-2's resid /
+    embd / attn dropouts) and the attention modules' functional ``attention_dropout`` rate
+    (Llama, Qwen, Mistral: read from the config at init, applied only in training mode).
+    With dropout on, a DPO policy's log-ratio to its reference is not 0 at the start and an
+    on-policy step's log-probs are not those of the sampler."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+        rate = getattr(module, "attention_dropout", None)
+        if isinstance(rate, float) and rate != 0.0:
+            module.attention_dropout = 0.0
+
+
 class Session:
     """One training run on accelerate: the loop's bookkeeping, kept out of the recipes.
 
@@ -1061,6 +1083,8 @@ class Session:
         set_seed(config.seed)
         if config.gradient_checkpointing:
             _enable_checkpointing(model)
+        if config.disable_dropout:
+            disable_dropout(model)  # before LoRA, whose own dropout (--lora-dropout) is kept
         model = apply_lora(model, config, task_type=lora_task_type)
         if steps_per_epoch is None:
             world = accelerator.num_processes
