@@ -108,6 +108,15 @@ def test_names_are_snake_case_and_aliases_are_deprecated() -> None:
         assert things.build("round-widget", 1) == ("round", 1, 1.0, "red")
     with pytest.raises(ValueError, match="already registered"):
         things.add("round_widget", object())
+    # an alias is the old name of one entry: neither a new entry nor a second alias takes it
+    things.alias("round", "round_widget")
+    with pytest.raises(ValueError, match="'round' is already a deprecated alias"):
+        things.add("round", object())
+    with pytest.raises(ValueError, match="'round' is already a deprecated alias of 'round_widget'"):
+        things.alias("round", "square_widget")
+    things.alias("round", "round_widget")  # the same alias again is fine
+    with pytest.warns(FutureWarning):
+        assert things.build("round", 2) == ("round", 2, 1.0, "red")
 
 
 def test_every_registry_of_poise_uses_one_naming_style() -> None:

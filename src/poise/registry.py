@@ -110,6 +110,10 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {new!r} is not registered")
         if old in self._entries:
             raise ValueError(f"{self.kind} {old!r} is registered; it cannot be an alias")
+        if self._aliases.get(old, new) != new:  # a second alias silently took the name over
+            raise ValueError(
+                f"{self.kind} {old!r} is already a deprecated alias of {self._aliases[old]!r}"
+            )
         self._aliases[old] = new
 
     # -- looking up

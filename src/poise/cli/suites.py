@@ -27,6 +27,11 @@ def parse_columns(pairs: list[str]) -> dict[str, str]:
         role, sep, column = pair.partition("=")
         if not sep or not role.strip() or not column.strip():
             raise PoiseError(f"--column {pair!r}: expected ROLE=COLUMN, e.g. prompt=question")
+        if role.strip() in columns:  # the second silently replaced the first
+            raise PoiseError(
+                f"--column {pair!r}: the role {role.strip()!r} is already mapped to "
+                f"{columns[role.strip()]!r}; give each role once"
+            )
         columns[role.strip()] = column.strip()
     return columns
 
@@ -145,15 +150,16 @@ def show(
             )
         categories = _plural(len(suite.category_counts()), "category", "categories")
         console.print(
-            f"[bold]{escape(suite.name)}[/]: {len(suite)} items ({_kinds(suite)}) in {categories}, "
-            f"format {suite.format}, from {escape(suite.source)}",
+            f"[bold]{escape(suite.name)}[/]: {len(suite)} items ({escape(_kinds(suite))}) in "
+            f"{categories}, format {suite.format}, from {escape(suite.source)}",
             highlight=False,
         )
         table = Table(show_lines=False)
         for col in ("id", "kind", "category", "prompt"):
             table.add_column(col, overflow="fold")
         for item in suite.items[:limit]:
-            table.add_row(item.id, item.kind, item.category, _prompt(item))
+            # a file's ids and categories are text, not markup ("[/x]" raised MarkupError)
+            table.add_row(escape(item.id), escape(item.kind), escape(item.category), _prompt(item))
         console.print(table)
         if len(suite) > limit:
             console.print(f"… {len(suite) - limit} more (--limit N shows more)", highlight=False)

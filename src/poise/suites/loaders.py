@@ -64,6 +64,19 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 # Extensions read as data files (before an optional ".gz").
 DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt")
 
+# Files people keep prompt sets in that poise does not read: named as such, not misread as CSV
+# (a Parquet file was "not UTF-8 text; save the file as UTF-8", a YAML list "missing required
+# column 'prompt' (columns found: '- prompt: ...')").
+OTHER_FORMATS = {
+    ".parquet": "Parquet",
+    ".arrow": "Arrow",
+    ".feather": "Feather",
+    ".xlsx": "Excel",
+    ".xls": "Excel",
+    ".yaml": "YAML",
+    ".yml": "YAML",
+}
+
 # "owner/name", optionally ":split" or ":config:split"; names as the hub allows them.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?::[\w.-]+){0,2}$")
 # Generic data-split file names; the folder above them names the suite instead.
@@ -141,15 +154,24 @@ def load_suite(
     if spec in builtin_suites():
         return _load_builtin(spec, options)
     path = Path(spec).expanduser()
-    if path.exists():
+    if _exists(path, spec):
         return _load_file(path, spec, options)
-    if path.name.lower().removesuffix(".gz").endswith(DATA_EXTENSIONS):
+    if path.name.lower().removesuffix(".gz").endswith((*DATA_EXTENSIONS, *OTHER_FORMATS)):
         raise PoiseError(f"{spec}: no such file")
     if _HUB_ID.match(spec):
         return _load_hub(spec, options)
     if "/" in spec or "\\" in spec or spec.startswith((".", "~")):
         raise PoiseError(f"{spec}: no such file")
     raise UnknownNameError("suite", spec, builtin_suites())
+
+
+def _exists(path: Path, spec: str) -> bool:
+    """Whether ``path`` exists; a name the file system refuses (too long) is no such file, in
+    one line (``Path.exists`` raised OSError: File name too long)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise PoiseError(f"{spec}: no such file ({exc.strerror or exc})") from None
 
 
 @dataclass(frozen=True)
@@ -185,6 +207,12 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
     if not path.is_file():  # reading a FIFO would wait for a writer forever
         raise PoiseError(
             f"{source}: not a regular file (a FIFO, socket or device); give a data file"
+        )
+    other = OTHER_FORMATS.get(path.suffix.lower())
+    if other is not None:
+        raise PoiseError(
+            f"{source}: {other} files are not read as suites; convert it to JSONL or CSV "
+            f"(suites are read from {', '.join(DATA_EXTENSIONS)} files, optionally .gz)"
         )
     text = _read_text(path, source)
     container = _container(path, text)
@@ -267,7 +295,7 @@ def _hub_offline(repo: str) -> bool:
         Path(datasets.config.HF_DATASETS_CACHE) / f"{owner}___{name}".lower(),
         Path(datasets.config.HF_DATASETS_CACHE) / f"{owner}___{name}",
     )
-    if any(p.is_dir() for p in cached):
+    if any(_is_dir(p) for p in cached):
         log.info("%s: the hub cannot be reached; using the local cache", repo)
         return True
     raise PoiseError(
@@ -275,6 +303,13 @@ def _hub_offline(repo: str) -> bool:
         f"{constants.ENDPOINT} cannot be reached (no network?); download the data where there is "
         "network and pass the file"
     )
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # a name too long for the file system: not a cached dataset
+        return False
 
 
 def suite_name(path: Path) -> str:
@@ -401,6 +436,15 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
             "array or a JSONL file"
         )
     if not lists:
+        # one list of rows with a stray non-object, or an empty one: said as such
+        mixed = [k for k, v in data.items() if isinstance(v, list) and v and _holds_objects(v)]
+        if len(mixed) == 1:
+            key = mixed[0]
+            i, bad = next((i, v) for i, v in enumerate(data[key]) if not isinstance(v, dict))
+            raise PoiseError(f"{source}: {key}[{i}]: expected an object, got {_json_type(bad)}")
+        empty = [k for k, v in data.items() if v == []]
+        if len(empty) == 1 and not any(isinstance(v, list) and v for v in data.values()):
+            raise PoiseError(f"{source}: the file is empty (the list under {empty[0]!r} is empty)")
         if any(isinstance(v, (list, dict)) for v in data.values()):
             raise PoiseError(
                 f"{source}: one JSON object with no list of objects inside (keys: "
@@ -418,10 +462,20 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
     return header, rows
 
 
+# The ends of JSON lines. Not str.splitlines: it also splits at U+2028, U+0085, U+001C..U+001E,
+# which a JSON string may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so), and
+# cut such a row in two ("Unterminated string"); a raw CR or LF cannot be inside a JSON string.
+_JSON_LINE_END = re.compile(r"\r\n?|\n")
+
+
+def _holds_objects(values: list[Any]) -> bool:
+    return any(isinstance(v, dict) for v in values)
+
+
 def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
     def rows() -> Iterator[Row]:
         number = 0
-        for line_no, line in enumerate(text.splitlines(), start=1):
+        for line_no, line in enumerate(_JSON_LINE_END.split(text), start=1):
             if not line.strip():
                 continue
             try:
@@ -462,7 +516,15 @@ def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]
     return list(data[0]), rows
 
 
+# The csv module refuses a field over 128 KiB ("field larger than field limit (131072)"); a long
+# prompt (a many-shot jailbreak) is data, as it is in a JSONL file. The limit is process-wide: it
+# is only ever raised (2**31 - 1: a C long everywhere).
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _parse_csv(text: str, source: str, delimiter: str) -> tuple[list[str], Iterator[Row]]:
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
@@ -618,7 +680,12 @@ def _chain(first: Row, rest: Iterator[Row]) -> Iterator[Row]:
 
 
 def _json_type(value: object) -> str:
-    names: dict[type, str] = {dict: "an object", list: "an array", str: "a string"}
+    names: dict[type, str] = {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -674,6 +741,10 @@ def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
         loc = error["loc"][0] if error["loc"] else "(row)"
         name = draft.prompt_field if loc == "messages" else str(loc)
         message = str(error["msg"]).removeprefix("Value error, ")
+        inner = error["loc"][1:]
+        if loc == "messages" and inner and isinstance(inner[0], int):  # which message, which key
+            at = f"message {inner[0]}" + "".join(f" {part!r}" for part in inner[1:2])
+            message = f"{at}: {message}"
         raise record.error(name, message) from None
 
 
