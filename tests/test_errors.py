@@ -159,3 +159,32 @@ def test_a_model_folder_and_a_run_with_a_poise_json_not_in_utf8_are_one_error(
     (tmp_path / "metrics.json").write_bytes(b'{"overall": "\xe9"}')
     with pytest.raises(PoiseError, match=r"metrics\.json: not a UTF-8 text file$"):
         Run(tmp_path).metrics()
+
+
+def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path: Path) -> None:
+    """json.dumps(..., ensure_ascii=False) writes U+2028, U+0085 and U+001C-U+001E as they are;
+    str.splitlines cut such a row in two ('Unterminated string') in the monitor-data, anchor and
+    refusal-label readers."""
+    import json
+
+    from poise.errors import json_lines
+    from poise.guards.data import read_monitor_data
+    from poise.probes.firewall import read_anchors
+
+    text = "first\u2028second\x85third\x1cfourth"
+    assert json_lines('{"a": 1}\r\n{"b": 2}\n\n{"c": 3}\n') == [
+        '{"a": 1}',
+        '{"b": 2}',
+        "",
+        '{"c": 3}',
+    ]
+    assert json_lines(json.dumps(text, ensure_ascii=False)) == [
+        json.dumps(text, ensure_ascii=False)
+    ]
+    data = tmp_path / "monitor.jsonl"
+    row = {"messages": [{"role": "user", "content": "hi"}], "response": text, "harmful": False}
+    data.write_text(json.dumps(row, ensure_ascii=False) + "\n" + json.dumps(row) + "\n")
+    assert [e.response for e in read_monitor_data(data)] == [text, text]
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(json.dumps({"role": "cook", "query": text}, ensure_ascii=False) + "\n")
+    assert read_anchors(anchors) == {"cook": [text]}

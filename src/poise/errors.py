@@ -11,6 +11,7 @@ import difflib
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -142,6 +143,21 @@ def json_error_line(exc: json.JSONDecodeError) -> int:
         return exc.lineno
     lines = exc.doc.rstrip().count("\n") + 1
     return max(1, min(exc.lineno, lines))
+
+
+# The ends of JSON lines. Not str.splitlines: it also splits at U+2028, U+0085, U+001C..U+001E,
+# which a JSON string may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so),
+# and cut such a row in two ("Unterminated string"); a raw CR or LF cannot be inside a JSON string.
+_JSON_LINE_END = re.compile(r"\r\n?|\n")
+
+
+def json_lines(text: str) -> list[str]:
+    """The lines of a JSONL text, split where a JSON Lines file ends its lines (LF, CRLF; CR
+    too), never inside a row: the i-th is line i + 1 of the file."""
+    lines = _JSON_LINE_END.split(text)
+    if lines and lines[-1] == "":
+        lines.pop()  # the text's final newline ends the last line; it starts none
+    return lines
 
 
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, object]:

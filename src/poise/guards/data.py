@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, invalid_json, located, prepare_output_file
+from poise.errors import PoiseError, invalid_json, json_lines, located, prepare_output_file
 
 __all__ = ["MonitorExample", "encode_example", "read_monitor_data", "write_monitor_data"]
 
@@ -109,7 +109,7 @@ def read_monitor_data(path: str | Path) -> list[MonitorExample]:
     """The examples of a jsonl file; one clear line (file:line, field) for a bad one."""
     file = Path(path)
     try:
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = json_lines(file.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PoiseError(f"{file}: cannot read ({exc.strerror})") from None
     out = []

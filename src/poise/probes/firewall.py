@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from poise.chat import Chat
-from poise.errors import PoiseError, invalid_json, located
+from poise.errors import PoiseError, invalid_json, json_lines, located
 from poise.models.base import LanguageModel
 from poise.probes.data import Example
 from poise.probes.linear import read_saved, write_folder
@@ -257,7 +257,7 @@ def read_anchors(path: str | Path) -> dict[str, list[str]]:
     """A jsonl of ``{"role": ..., "query": ...}`` lines -> queries per role."""
     source = Path(path)
     try:
-        lines = source.read_text(encoding="utf-8").splitlines()
+        lines = json_lines(source.read_text(encoding="utf-8"))
     except OSError as exc:
         raise PoiseError(f"{source}: cannot read the anchors ({exc.strerror})") from None
     except UnicodeDecodeError:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, json_lines
 from poise.report.attack_view import attack_view, sampling_used
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
 from poise.runs import Run
@@ -246,7 +246,7 @@ def _probe_scores(path: Path) -> dict[tuple[str, str, int], str]:
 
     scores: dict[tuple[str, str, int], str] = {}
     try:
-        lines = (path / "probe_scores.jsonl").read_text(encoding="utf-8").splitlines()
+        lines = json_lines((path / "probe_scores.jsonl").read_text(encoding="utf-8"))
     except OSError:
         return scores
     for line in lines:

@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from poise.errors import invalid_json, located
+from poise.errors import invalid_json, json_lines, located
 
 __all__ = [
     "KEYWORD_PHRASES",
@@ -708,7 +708,7 @@ class LabelledResponse:
 @lru_cache(maxsize=4)
 def _load(path: Path) -> tuple[LabelledResponse, ...]:
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(json_lines(path.read_text(encoding="utf-8")), start=1):
         if not line.strip():
             continue
         try:

@@ -43,6 +43,7 @@ from poise.errors import (
     UnknownNameError,
     invalid_json,
     json_error_line,
+    json_lines,
     located,
 )
 from poise.suites.formats import (
@@ -462,12 +463,6 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
     return header, rows
 
 
-# The ends of JSON lines. Not str.splitlines: it also splits at U+2028, U+0085, U+001C..U+001E,
-# which a JSON string may hold unescaped (json.dumps(..., ensure_ascii=False) writes them so), and
-# cut such a row in two ("Unterminated string"); a raw CR or LF cannot be inside a JSON string.
-_JSON_LINE_END = re.compile(r"\r\n?|\n")
-
-
 def _holds_objects(values: list[Any]) -> bool:
     return any(isinstance(v, dict) for v in values)
 
@@ -475,7 +470,7 @@ def _holds_objects(values: list[Any]) -> bool:
 def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
     def rows() -> Iterator[Row]:
         number = 0
-        for line_no, line in enumerate(_JSON_LINE_END.split(text), start=1):
+        for line_no, line in enumerate(json_lines(text), start=1):
             if not line.strip():
                 continue
             try:
