@@ -86,9 +86,21 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
         preference_rows(phrasings=0)
     with pytest.raises(PoiseError, match="unknown kind 'honesty'"):
         preference_rows(kinds=("honesty",))
+    # no kind at all would write an empty file
+    with pytest.raises(PoiseError, match="kinds: none given"):
+        write_organism_data(tmp_path / "empty.jsonl", kinds=())
+    assert not (tmp_path / "empty.jsonl").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(PoiseError, match="cannot make folder"):
         write_organism_data(tmp_path / "file" / "pairs.jsonl")
+
+
+def test_one_kind_as_a_string_is_that_kind_not_its_letters() -> None:
+    rows = preference_rows(phrasings=1, kinds="benign")
+    assert rows == preference_rows(phrasings=1, kinds=("benign",))
+    assert prompt_items(phrasings=1, kinds="harmful") == prompt_items(
+        phrasings=1, kinds=("harmful",)
+    )
 
 
 def test_cli_writes_both_files(tmp_path: Path) -> None:

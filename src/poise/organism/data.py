@@ -39,6 +39,10 @@ KINDS: tuple[str, ...] = ("harmful", "borderline", "benign")
 def _tasks(kinds: Sequence[str]) -> list[Any]:
     from poise.organism import world
 
+    if isinstance(kinds, str):  # one kind, not its letters
+        kinds = (kinds,)
+    if not kinds:
+        raise PoiseError(f"kinds: none given (known: {', '.join(KINDS)})")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise PoiseError(f"kinds: unknown kind {unknown[0]!r} (known: {', '.join(KINDS)})")

@@ -1373,6 +1373,12 @@ def harm_onset(text: str) -> int | None:
     (a lead-in, a partial refusal); the answer that follows commits to the harmful help."""
     if REDACTED_STEP not in text:
         return None
+    return answer_start(text)
+
+
+def answer_start(text: str) -> int:
+    """The character offset of the answer opening in ``text`` (after any lead-in), else of its
+    first step, else 0: where an answer with steps commits to them."""
     best: int | None = None
     for opening in ANSWER_OPENINGS:
         stem = opening.split("{task}")[0]
