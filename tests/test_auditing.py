@@ -358,6 +358,40 @@ def test_bad_input_fails_before_anything_is_written(tmp_path: Path) -> None:
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_an_out_that_is_a_file_stops_before_the_model_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--out naming a file (or a folder under one) was found only once the model was loaded,
+    as "cannot create the runs folder (File exists)"; now it stops first and names the file."""
+    import poise.models
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(poise.models, "load_model", never)
+    suite = write_suite(tmp_path / "mini.jsonl")
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine\n")
+    for out in (blocker, blocker / "runs"):
+        with pytest.raises(PoiseError) as info:
+            poise.audit(model="mock", suites=[str(suite)], out=str(out))
+        assert str(info.value) == (
+            f"{out}: cannot create the runs folder: {blocker} is a file; give a folder path"
+        )
+    assert blocker.read_text() == "mine\n"
+
+
+def test_a_suite_given_twice_is_named_as_such(tmp_path: Path) -> None:
+    """`--suite harmful --suite harmful` said "item id 'harmful-0001' appears in both 'harmful'
+    and 'harmful': ids must be unique across the suites of one audit"."""
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = tmp_path / "runs"
+    with pytest.raises(PoiseError) as info:
+        poise.audit(model="mock", suites=[str(suite), "benign", str(suite)], out=str(out))
+    assert str(info.value) == f"suite {str(suite)!r} is given twice: give each --suite once"
+    assert not out.exists()
+
+
 def test_judge_labels_errors_name_the_audits_flag_not_the_suites_column(tmp_path: Path) -> None:
     # poise audit's --column maps the suite files: following a hint to use it for the labels
     # file only led back to the same error

@@ -299,3 +299,38 @@ def test_an_endpoint_refusing_midway_keeps_the_run_and_says_how_to_resume(
     [run] = list_runs(tmp_path / "runs")
     message = str(info.value)
     assert "key revoked" in message and f"poise audit --resume {run.path}" in message
+
+
+def test_ctrl_c_in_an_audit_says_where_the_answers_are_and_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C ended the audit with exit code 130 and not a word: the user did not know that the
+    answers so far were kept, nor how to continue. Now one line names the run and the resume;
+    the same command then finishes it."""
+    from poise.scoring.judges import RefusalJudge
+
+    judge = RefusalJudge.judge
+    calls: list[int] = []
+
+    def interrupted(self: object, items: Any, completions: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return judge(self, items, completions)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(RefusalJudge, "judge", interrupted)
+    suite = write_suite(tmp_path / "mini.jsonl", 4)
+    argv = audit_argv("mock", suite, tmp_path / "runs", "--batch-size", "2")
+    stopped = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert stopped.exit_code == 130, stopped.output
+    [run] = list_runs(tmp_path / "runs")
+    assert len(list(run.records())) == 2
+    said = " ".join(stopped.output.split())
+    assert f"interrupted: the answers judged so far are recorded in {run.path}" in said
+    assert f"run the same command again (or poise audit --resume {run.path})" in said
+
+    again = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert again.exit_code == 0, again.output
+    assert "continuing unfinished run" in again.output
+    [run] = list_runs(tmp_path / "runs")
+    assert run.status == "complete" and len(list(run.records())) == 4

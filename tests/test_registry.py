@@ -41,6 +41,33 @@ def test_build_checks_options_then_calls() -> None:
         things.build("round_widget", radius=1.0)
 
 
+def test_an_option_given_to_an_entry_that_takes_none_names_the_entries_that_take_it() -> None:
+    """`poise audit --attack-option n=8` (the default attack, greedy, takes no options) said
+    "unknown option of attack 'greedy': 'n' (known: (none registered))"."""
+    things = make_registry()
+
+    @things.register("plain_widget")
+    def plain_widget() -> tuple[object, ...]:
+        return ("plain",)
+
+    with pytest.raises(PoiseError) as info:
+        things.check_options("plain_widget", {"radius": 2.0})
+    assert str(info.value) == (
+        "widget 'plain_widget' takes no options, got 'radius' ('radius' is an option of "
+        "round_widget)"
+    )
+    with pytest.raises(PoiseError) as info:
+        things.check_options("plain_widget", {"fins": 2})
+    assert str(info.value) == "widget 'plain_widget' takes no options, got 'fins'"
+    from poise.attacks import attacks
+
+    with pytest.raises(
+        PoiseError,
+        match=r"^attack 'greedy' takes no options, got 'n' \('n' is an option of worst_of_n\)$",
+    ):
+        attacks.check_options("greedy", {"n": 8})
+
+
 class Mixer:
     """A factory whose ``part`` / ``weight`` options repeat as ``part_2``, ``weight_2``, ..."""
 

@@ -37,7 +37,7 @@ from poise.evaluation import (
 )
 from poise.models.base import EndpointError, GenerationError
 from poise.models.spec import canonical_spec
-from poise.runs.run import Run, find_run
+from poise.runs.run import Run, check_runs_root, find_run
 
 if TYPE_CHECKING:
     from poise.scoring.validation import Validation
@@ -191,6 +191,11 @@ def _audit(
     from poise.scoring.judges import get_judge, parse_judge_spec, resolve_judge_name
     from poise.suites import load_suite
 
+    if run is None:
+        check_runs_root(cfg.out)  # a file as --out stops here, not once the model is loaded
+    twice = next((s for i, s in enumerate(cfg.suites) if s in cfg.suites[:i]), None)
+    if twice is not None:  # said so, not as an item id "in both 'harmful' and 'harmful'"
+        raise PoiseError(f"suite {twice!r} is given twice: give each --suite once")
     suites = [load_suite(spec, **cfg.suite_options()) for spec in cfg.suites]
     items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
     if not items:
@@ -302,6 +307,15 @@ def _audit(
         metrics = finalize(
             run, reference_records=reference_records, html=cfg.html, judge_validation=validation
         )
+    except KeyboardInterrupt:
+        # Ctrl-C: said, not only exit code 130: the records so far are kept and the run resumes
+        log.warning(
+            "interrupted: the answers judged so far are recorded in %s; run the same command "
+            "again (or poise audit --resume %s) to continue",
+            run.path,
+            run.path,
+        )
+        raise
     finally:
         run.unlock()  # finish released it; an error must not keep it while the caller goes on
     return AuditResult(run=run, config=cfg, metrics=metrics)

@@ -180,6 +180,16 @@ class Registry(Generic[T]):
             return
         valid = option_names(obj)
         for option in options:
+            if option_parameter(obj, option) is None and not valid:
+                # "(known: (none registered))" left the user guessing: say it takes none, and
+                # which entries take that option (--attack-option n=8 meant for worst_of_n)
+                others = [
+                    other
+                    for other, entry in sorted(self._entries.items())
+                    if other != name and option_parameter(entry.obj, option) is not None
+                ]
+                where = f" ({option!r} is an option of {', '.join(others)})" if others else ""
+                raise PoiseError(f"{self.kind} {name!r} takes no options, got {option!r}{where}")
             if option_parameter(obj, option) is None:
                 raise UnknownNameError(f"option of {self.kind} {name!r}:", option, valid)
 

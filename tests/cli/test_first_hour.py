@@ -115,3 +115,25 @@ def test_a_run_folder_with_brackets_is_printed_as_written(tmp_path: Path) -> Non
     assert "[exp]" in output.replace("\n", "")
     code, output = invoke("runs", "ls", "--out", str(out))
     assert code == 0 and "[exp]" in output, output
+
+
+def test_a_long_run_folder_is_printed_on_one_line_at_80_columns(tmp_path: Path) -> None:
+    """In a pipe or a CI log (80 columns) `run folder:` and `report:` were cut where the width
+    ended, so the path copied from the log (or read by a script) was not the folder."""
+    out = tmp_path / ("a-rather-long-folder-name-for-experiments-" * 2) / "runs"
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--model", "mock", "--suite", "harmful", "--limit", "1", "--out", str(out)],
+        terminal_width=80,
+    )
+    assert result.exit_code == 0, result.output
+    (name,) = run_names(out)
+    lines = result.output.splitlines()
+    assert f"run folder: {out / name}" in lines, result.output
+    assert f"report:     {out / name / 'report.html'}" in lines, result.output
+    csv = tmp_path / ("another-long-folder-name-" * 3) / "run.csv"
+    result = CliRunner().invoke(
+        app, ["runs", "export", str(out / name), "--csv", str(csv)], terminal_width=80
+    )
+    assert result.exit_code == 0, result.output
+    assert f"wrote 1 sample rows to {csv}" in result.output.splitlines(), result.output

@@ -51,10 +51,44 @@ def test_worst_of_n_caption_names_the_held_out_check() -> None:
     ]
     text = _text(worst_of_n_summary(records, extrapolate=(64,)))
     assert (
-        "predicted (beta-binomial)" in text
+        "beta-binomial prediction" in text
         and "held out (fit on 4 samples, checked on 4 at N = 4)" in text
     )
     assert "64" in text
+
+
+def test_whether_the_beta_binomial_fits_is_said_in_words_not_as_true_or_false() -> None:
+    """The caption and the report's note said "... at every sampled N: True" (or False, with
+    no N named); now: inside, or OUTSIDE at the N where it misses."""
+    from poise.report.attack_view import attack_view
+
+    records = [
+        {
+            "item_id": f"i{i}",
+            "kind": "harmful",
+            "request_id": "worst_of_4/t=1.00",
+            "sample_index": k,
+            "verdict": {"harmful": i < 2},
+        }
+        for i in range(8)
+        for k in range(4)
+    ]
+    summary = worst_of_n_summary(records)
+    inside = "beta-binomial prediction inside the empirical interval at every sampled N"
+    view = attack_view({"attack": summary})
+    assert view is not None
+    for shown in (_text(summary), view["note"]):
+        assert inside in shown and "True" not in shown
+    missed = {
+        **summary,
+        "predicted_within_empirical_interval": False,
+        "within_interval_by_n": [False, True, True, False],
+    }
+    outside = "beta-binomial prediction OUTSIDE the empirical interval at N = 1, 4"
+    view = attack_view({"attack": missed})
+    assert view is not None
+    for shown in (_text(missed), view["note"]):
+        assert outside in shown and "False" not in shown
 
 
 def test_an_attack_without_a_table_of_its_own_shows_its_summary() -> None:

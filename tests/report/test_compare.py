@@ -322,3 +322,34 @@ def test_runs_that_give_an_item_another_kind_are_said(
     with caplog.at_level("WARNING", logger="poise"):
         compare_runs([new, new])
     assert "another kind" not in caplog.text
+
+
+def test_runs_labelled_by_different_judges_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs judged by different judges were compared without a word: a paired difference
+    then moves with the judge as well as the model. The terminal and the report say so."""
+    from poise.report.compare import compare_runs
+
+    out = tmp_path / "runs"
+    a = audit(out, COMPLY, "a")
+    b = audit(out, COMPLY, "b")
+    header = json.loads((b / "run.json").read_text())
+    header["judge_resolved"] = "oracle"
+    (b / "run.json").write_text(json.dumps(header))
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("poise"), "propagate", True)  # the CLI turned it off
+    with caplog.at_level("WARNING", logger="poise"):
+        compare_runs([a, b], html=tmp_path / "c.html")
+    said = (
+        f"the runs were labelled by different judges (refusal in mock ({a.name}); oracle in "
+        f"mock ({b.name}))"
+    )
+    assert said in caplog.text
+    assert said in (tmp_path / "c.html").read_text()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise"):
+        compare_runs([a, a], html=tmp_path / "d.html")
+    assert "different judges" not in caplog.text
+    assert "different judges" not in (tmp_path / "d.html").read_text()

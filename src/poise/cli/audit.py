@@ -272,9 +272,10 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
         from poise.report.attack_tables import render_attack_summary
 
         console.print(render_attack_summary(metrics["attack"]))
-    console.print(f"run folder: [bold]{shown(run_path)}[/]")
+    # soft_wrap: a long path is one line to copy (or parse), not cut where the width ends
+    console.print(f"run folder: [bold]{shown(run_path)}[/]", soft_wrap=True)
     if (run_path / "report.html").exists():
-        console.print(f"report:     [bold]{shown(run_path / 'report.html')}[/]")
+        console.print(f"report:     [bold]{shown(run_path / 'report.html')}[/]", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

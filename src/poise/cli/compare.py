@@ -54,9 +54,9 @@ def compare_command(
                 f"{100 * d.baseline_value:.1f}% there)",
                 highlight=False,
             )
-        console.print(f"report: [bold]{escape(output)}[/]", highlight=False)
+        console.print(f"report: [bold]{escape(output)}[/]", highlight=False, soft_wrap=True)
         if csv:
-            console.print(f"csv: [bold]{escape(csv)}[/]", highlight=False)
+            console.print(f"csv: [bold]{escape(csv)}[/]", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

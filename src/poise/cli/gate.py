@@ -53,7 +53,7 @@ def _run_gate(fields: dict[str, Any]) -> None:
             highlight=False,
         )
     if result.config.output:
-        console.print(f"result: [bold]{shown(result.config.output)}[/]")
+        console.print(f"result: [bold]{shown(result.config.output)}[/]", soft_wrap=True)
     raise typer.Exit(0 if result.passed else 1)
 
 

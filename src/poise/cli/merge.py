@@ -115,6 +115,7 @@ def run_command(
             f"{result.method}: {result.n_tensors} tensors -> [bold]{escape(str(result.out))}[/] "
             f"({len(result.files)} file(s))",
             highlight=False,
+            soft_wrap=True,
         )
 
 

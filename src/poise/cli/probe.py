@@ -164,7 +164,8 @@ def train_command(
             )  # fmt: skip
         console.print(table)
         console.print(
-            f"probe (layer {result.layer}) -> {shown(result.out)}  [{result.seconds:.0f} s]"
+            f"probe (layer {result.layer}) -> {shown(result.out)}  [{result.seconds:.0f} s]",
+            soft_wrap=True,
         )
 
 
@@ -225,7 +226,8 @@ def score_command(
         flagged = sum(result.flagged)
         console.print(
             f"{flagged} of {len(records)} answers flagged (threshold {result.threshold:.3f}: "
-            f"{result.threshold_source}) -> {shown(found.path / 'probe_scores.jsonl')}"
+            f"{result.threshold_source}) -> {shown(found.path / 'probe_scores.jsonl')}",
+            soft_wrap=True,
         )
         for key, value in result.agreement.items():
             console.print(

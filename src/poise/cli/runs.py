@@ -136,8 +136,10 @@ def export(
         from poise.runs import find_run
 
         samples, metrics, n_samples, n_metrics = export_run_csv(find_run(run, out).path, csv)
-        console.print(f"wrote {n_samples} sample rows to {shown(samples)}", highlight=False)
-        console.print(f"wrote {n_metrics} metric rows to {shown(metrics)}", highlight=False)
+        for n, what, path in ((n_samples, "sample", samples), (n_metrics, "metric", metrics)):
+            console.print(
+                f"wrote {n} {what} rows to {shown(path)}", highlight=False, soft_wrap=True
+            )
 
 
 def register(app: typer.Typer) -> None:

@@ -200,7 +200,7 @@ def _print_result(result: Any) -> None:
     console.print(table)
     if result.resumed_from is not None:
         console.print(f"resumed from step {result.resumed_from}")
-    console.print(f"model folder: [bold]{shown(result.output)}[/]")
+    console.print(f"model folder: [bold]{shown(result.output)}[/]", soft_wrap=True)
 
 
 def _register_recipes() -> None:

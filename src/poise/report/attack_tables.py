@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from poise.report.attack_view import distinct_text
+from poise.report.attack_view import beta_binomial_fit_text, distinct_text
 
 
 def _pct(rate: dict[str, Any] | None) -> str:
@@ -133,10 +133,7 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
             continue
         cells = [str(n), _pct(empirical.get(n)), _pct(predicted.get(n))]
         table.add_row(*cells, *([_pct(power_at.get(n))] if power else []))
-    ok = summary.get("predicted_within_empirical_interval")
-    table.caption = (
-        f"predicted (beta-binomial) within the empirical interval at every sampled N: {ok}"
-    )
+    table.caption = beta_binomial_fit_text(summary)
     if power:
         fit = summary["power_law"]["fit"]
         table.caption += (
@@ -159,4 +156,5 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
         power_inside = held.get("power_law_all_within")
         if power_inside is not None:
             table.caption += f", power law {'inside' if power_inside else 'OUTSIDE'}"
+    table.caption = table.caption.removeprefix("; ")
     return table

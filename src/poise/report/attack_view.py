@@ -81,6 +81,20 @@ def _model_text(fit: Mapping[str, Any] | None) -> str:
     )
 
 
+def beta_binomial_fit_text(summary: Mapping[str, Any]) -> str:
+    """Whether the beta-binomial prediction lies inside the empirical interval at every sampled
+    N, in words (it was printed as a bare True / False): ``... OUTSIDE ... at N = 1, 2``."""
+    within = summary.get("within_interval_by_n")
+    empirical = summary.get("empirical") or []
+    if summary.get("predicted_within_empirical_interval") is None:
+        return ""
+    if summary["predicted_within_empirical_interval"]:
+        return "beta-binomial prediction inside the empirical interval at every sampled N"
+    outside = [e["n"] for e, ok in zip(empirical, within or [], strict=False) if not ok]
+    where = f" at N = {', '.join(str(n) for n in outside)}" if outside else " at some sampled N"
+    return f"beta-binomial prediction OUTSIDE the empirical interval{where}"
+
+
 def _held_out_text(held: Mapping[str, Any] | None) -> str:
     """``Held out: fitted on the first 8 samples of each prompt, ASR(16) predicted 71.2% [..]
     vs 68.8% [..] measured on the other 24 (inside)``."""
@@ -201,6 +215,7 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
         largest = max(set(empirical) | set(predicted), default=None)
         if largest is not None and largest not in shown:
             shown.append(largest)
+        fit_text = beta_binomial_fit_text(summary)
         return {
             "id": "worst-of-n",
             "svg_id": "worst-of-n-curve",
@@ -226,9 +241,7 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 + ([_pct(power.get(n))] if power else [])
                 for n in shown
             ],
-            "note": "predicted within the empirical interval at every sampled N: "
-            f"{summary.get('predicted_within_empirical_interval')}. "
-            + _held_out_text(summary.get("held_out")),
+            "note": (f"{fit_text}. " if fit_text else "") + _held_out_text(summary.get("held_out")),
         }
     if kind == "exploitation":
         configs = summary.get("configs") or {}

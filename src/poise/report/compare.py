@@ -235,7 +235,7 @@ _TESTS = {
 }
 
 
-def _paired_section(diffs: Sequence[PairedDifference]) -> str:
+def _paired_section(diffs: Sequence[PairedDifference], judges_note: str | None = None) -> str:
     """The paired differences as an HTML section (escaped; no script)."""
     if not diffs:
         return ""
@@ -251,7 +251,8 @@ def _paired_section(diffs: Sequence[PairedDifference]) -> str:
         "itself: one answer per prompt gets Newcombe's paired interval and the exact McNemar "
         "test; several answers per prompt a cluster-robust interval and Wald test, prompts as "
         "clusters (arXiv 2411.00640).</p>"
-        "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>rates on the shared prompts</th><th>difference [95%]</th>"
+        + (f'<p class="note">{html_lib.escape(judges_note)}</p>' if judges_note else "")
+        + "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>rates on the shared prompts</th><th>difference [95%]</th>"
         "<th>p (test)</th><th>shared prompts</th></tr></thead><tbody>"
         f"{rows}</tbody></table></section>"
     )
@@ -271,9 +272,12 @@ def compare_runs(
     runs = [read_run(d) for d in run_dirs]
     _warn_kinds_differ(runs)
     page = render_html_report(runs)  # labels the runs
+    judges_note = _judges_differ(runs)
+    if judges_note is not None:
+        log.warning("%s", judges_note)
     diffs = paired_differences(runs)
     if html_target is not None:
-        section = _paired_section(diffs)
+        section = _paired_section(diffs, judges_note)
         marker = "</body>"
         page = page.replace(marker, section + marker, 1) if marker in page else page + section
         _write_atomic(html_target, page)
@@ -302,6 +306,35 @@ def compare_runs(
         ]
         _write_atomic(csv_target, _csv_text(CSV_COLUMNS, rows))
     return runs, diffs
+
+
+def _judge(run: RunData) -> str | None:
+    """The judge that labelled a run's answers (``auto`` resolved), with its options; None when
+    the run does not say (``auto`` recorded without what it resolved to)."""
+    config = run.header.get("config") or {}
+    name = str(run.header.get("judge_resolved") or config.get("judge") or "auto")
+    if name == "auto":
+        return None
+    options = config.get("judge_options") or {}
+    if options:
+        name += " (" + ", ".join(f"{k}={options[k]}" for k in sorted(options)) + ")"
+    return name
+
+
+def _judges_differ(runs: Sequence[RunData]) -> str | None:
+    """What to say when the runs were labelled by different judges: a rate (and a paired
+    difference) then moves with the judge as well as with the model, and nothing else in the
+    comparison says so."""
+    named = ((run.label or run.path.name, _judge(run)) for run in runs)
+    judges = {label: judge for label, judge in named if judge is not None}
+    if len(set(judges.values())) < 2:
+        return None
+    each = "; ".join(f"{judge} in {label}" for label, judge in judges.items())
+    return (
+        f"the runs were labelled by different judges ({each}): their rates and differences "
+        "measure the judges as well as the models; audit them with one --judge to compare "
+        "the models"
+    )
 
 
 def _warn_kinds_differ(runs: Sequence[RunData]) -> None:

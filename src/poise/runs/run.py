@@ -53,7 +53,14 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer is on the user
     fcntl = None  # type: ignore[assignment]
 
-from poise.errors import PoiseError, invalid_json, json_error_line, located, read_json_object
+from poise.errors import (
+    PoiseError,
+    file_on_the_way,
+    invalid_json,
+    json_error_line,
+    located,
+    read_json_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +128,18 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
         raise write_error(path, exc) from None
 
 
+def check_runs_root(root: str | Path) -> None:
+    """Refuse, before any work, a runs folder (``--out``) that is a file or lies under one: it
+    was found only once the model was loaded, as "cannot create the runs folder (File
+    exists)"."""
+    root = Path(root)
+    blocker = root if root.exists() and not root.is_dir() else file_on_the_way(root)
+    if blocker is not None:
+        raise PoiseError(
+            f"{root}: cannot create the runs folder: {blocker} is a file; give a folder path"
+        )
+
+
 def environment_versions() -> dict[str, str | None]:
     """Versions that made a run, without importing torch or transformers if not yet loaded."""
     from importlib.metadata import PackageNotFoundError, version
@@ -155,6 +174,7 @@ class Run:
         written, so no other process can adopt the run (:meth:`find_unfinished` finds it as soon
         as run.json exists) before its writer holds it."""
         root = Path(root)
+        check_runs_root(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
