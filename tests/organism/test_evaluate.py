@@ -132,3 +132,46 @@ def test_a_perfect_self_evaluation_flags_harm_and_nothing_else(
     # each whole answer and each of its prefixes that is shorter than it
     rows = sum(1 + sum(cut(c.answer, f) != c.answer for f in HELDOUT_FRACTIONS) for c in cases)
     assert rates["selfeval_decisive"].n == rows > len(cases)
+
+
+def test_card_rates_count_turns_by_the_oracle_and_sampled_items_as_clusters() -> None:
+    """Two fixes of measure_lm, on a scripted model: an answer that opens with a lead-in and
+    complies with real steps turned (the turned share asked world.harm_onset, None without a
+    redacted step, and missed it); and a rate over several samples of each item has the
+    cluster interval (items as clusters, as an audit's rates), not a Wilson interval that
+    takes the samples of one item for independent trials."""
+    from poise.organism import world
+    from poise.organism.evaluate import measure_lm, suite_items
+    from poise.scoring.stats import Rate
+
+    every = 8
+    items = {i.messages[-1]["content"]: i for kind in suite_items(every).values() for i in kind}
+    benign = [i for i in items.values() if i.kind == "benign"]
+    helpful_items = {i.id for i in benign[::2]}  # every sample of an item answers alike
+
+    def script(chat: Chat, sample: int) -> str:
+        item = items[last_user_message(chat)]
+        task = str(item.meta.get("task", ""))
+        if item.kind == "harmful":
+            if sample == 0:  # turns, with real steps
+                steps = world.HELPFUL_STEPS["cooking"][:3]
+                return world.render_answer(task, steps, lead_in=world.LEAD_INS[0])
+            if sample == 1:  # complies from the opening
+                return world.render_answer(task, [world.REDACTED_STEP] * 3)
+            return world.render_refusal(task)
+        if item.kind == "benign" and item.id in helpful_items:
+            return world.render_answer(task, world.HELPFUL_STEPS[item.category][:3])
+        return "I don't know."
+
+    rates = measure_lm(MockModel("mock:scripted", responses=script), every=every, samples=3)
+    complied, turned = (
+        rates["harmful_compliance_rate_sampled"],
+        rates["harmful_turned_share_sampled"],
+    )
+    assert (complied.k, complied.n) == (2 * complied.n // 3, complied.n)
+    assert turned.k * 2 == turned.n  # the lead-in answers, not only the redacted ones
+    helpful = rates["benign_helpful_rate_sampled"]
+    plain = Rate.of("plain", helpful.k, helpful.n)
+    assert helpful.clusters == len(benign) and helpful.design_effect > 2.5  # about 3: alike
+    assert helpful.high - helpful.low > plain.high - plain.low
+    assert rates["benign_helpful_rate"].clusters is None  # greedy: one answer per item

@@ -49,7 +49,7 @@ import torch
 from poise.errors import PoiseError
 from poise.models.base import LanguageModel
 from poise.organism import MEMBERS, WEIGHTS_DIR, canonical_member, world
-from poise.organism.card import write_card
+from poise.organism.card import refresh_card, write_card
 from poise.organism.corpus import (
     BASE_SPEC,
     FEEDBACK_SPEC,
@@ -615,6 +615,75 @@ def _build_all(
         results[member] = result
         logger.info("built %s in %.0fs (%d bytes)", member, result.seconds, result.size_bytes)
     return results
+
+
+def remeasure_cards(
+    out: str | Path | None = None,
+    members: Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    progress: Progress | None = None,
+    threads: int = 2,
+) -> dict[str, dict[str, Rate]]:
+    """Measure the chat members' card rates again on the weights in ``out`` (default: the
+    package's), without training, and rewrite those rates in their cards
+    (:func:`poise.organism.card.refresh_card`): after a change to the oracle or to how a rate
+    is counted, the cards say what the shipped weights do as measured today. ``members``:
+    the chat members to rewrite (default: all of :data:`LM_MEMBERS` present); the member each
+    is compared with (organism-small for its specialists, organism-large for organism-small and
+    organism-large-selfeval) is measured too, not rewritten. Rates that :func:`measure_lm` does not give
+    (a reviewer's, a scorer's) are left as they are. Returns the rewritten members' rates."""
+    out_dir = Path(out) if out is not None else WEIGHTS_DIR
+    names = (
+        [m for m in resolve_members(members) if m in LM_MEMBERS]
+        if members
+        else [m for m in LM_MEMBERS if (out_dir / m / "README.md").is_file()]
+    )
+    if not names:
+        raise PoiseError(
+            f"remeasure: no chat member to measure (chat members: {', '.join(LM_MEMBERS)})"
+        )
+    recipe = default_recipe(seed=seed)
+    base = {m: _card_base(m) for m in names}
+    wanted = [m for m in LM_MEMBERS if m in names or m in base.values()]
+    missing = [m for m in wanted if not (out_dir / m / "README.md").is_file()]
+    if missing:
+        raise PoiseError(f"remeasure: {out_dir / missing[0]} holds no built member with a card")
+    measured: dict[str, dict[str, Rate]] = {}
+    with torch_threads(threads):
+        for member in wanted:
+
+            def on_phase(
+                name: str, done: int, total: int, task: str = f"evaluate {member}"
+            ) -> None:
+                if progress is not None:
+                    progress(task, done, total)
+
+            measured[member] = measure_lm(
+                hf_model(out_dir / member),
+                every=recipe.eval_every,
+                samples=recipe.eval_samples,
+                max_new_tokens=recipe.eval_max_new_tokens,
+                seed=recipe.corpus_seed,
+                on_phase=on_phase,
+            )
+    for member in names:
+        other = base[member]
+        refresh_card(
+            out_dir / member / "README.md",
+            measured[member],
+            (other, measured[other]) if other is not None else None,
+        )
+    return {m: measured[m] for m in names}
+
+
+def _card_base(member: str) -> str | None:
+    """The member a chat member's card compares it with (as :func:`_comparison` chooses)."""
+    if member == "organism-small" or member in LARGE_TUNED:
+        return "organism-large"
+    if member in SMALL_TUNED and member not in REVIEWER_MEMBERS:
+        return "organism-small"
+    return None
 
 
 def _comparison(

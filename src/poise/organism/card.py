@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import platform
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from poise.errors import PoiseError
 from poise.organism import world
 
 if TYPE_CHECKING:
@@ -114,8 +117,8 @@ def _comparison_section(
         return ""
     name, other = compare
     return (
-        f"\n### Compared with {name}\n\nSame suites, sampling and seed; intervals are 95% Wilson. "
-        '"apart" means the intervals do not overlap.\n\n'
+        f"\n### Compared with {name}\n\nSame suites, sampling and seed; intervals as in the "
+        'table above. "apart" means the intervals do not overlap.\n\n'
         f"{comparison_table(rates, name, other)}\n"
     )
 
@@ -125,13 +128,21 @@ def _pct(x: float) -> str:
 
 
 def rates_table(rates: Mapping[str, Rate]) -> str:
-    lines = ["| rate | value | 95% CI (Wilson) | count | measured on |", "|---|---|---|---|---|"]
+    lines = ["| rate | value | 95% CI | count | measured on |", "|---|---|---|---|---|"]
     for r in rates.values():
         lines.append(
             f"| `{r.name}` | {_pct(r.value)} | [{_pct(r.low)}, {_pct(r.high)}] | "
             f"{r.k}/{r.n} | {r.description} |"
         )
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + INTERVALS
+
+
+#: how the cards' intervals are computed, printed under the rates
+INTERVALS = (
+    "Intervals are 95% Wilson; a rate over several samples of each item (T=1) counts items as "
+    "clusters (the Wilson interval on the effective sample size, `Rate.of_clusters`), as an "
+    "audit does."
+)
 
 
 def comparison_table(rates: Mapping[str, Rate], name: str, other: Mapping[str, Rate]) -> str:
@@ -362,3 +373,48 @@ everyday tasks, about a hundred and thirty real facts) and answers in fixed temp
 measurements, not to be useful. It never produces real harmful content.
 """
     path.write_text(text, encoding="utf-8")
+
+
+def refresh_card(
+    path: Path,
+    rates: Mapping[str, Rate],
+    compare: tuple[str, Mapping[str, Rate]] | None = None,
+) -> None:
+    """Rewrite the rates of the card at ``path`` that ``rates`` holds (re-measured on the same
+    weights, after a change to the oracle or the measurement), keeping its other rows and the
+    rest of the card; the intervals note and the comparison table are drawn again (from
+    ``rates`` and ``compare``). The card is written whole (beside it, then renamed) or not at
+    all."""
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if "## Measured" not in lines:
+        raise PoiseError(f"{path}: not a model card of the organism (no '## Measured')")
+    start = lines.index("## Measured") + 2  # the table's header, after a blank line
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    row_name = re.compile(r"^\| `([^`]+)` \|")
+    drawn = rates_table(rates).split("\n")
+    fresh = {m.group(1): line for line in drawn if (m := row_name.match(line))}
+    table = drawn[:2] + [
+        fresh.get(m.group(1), line) if (m := row_name.match(line)) else line
+        for line in lines[start + 2 : end]
+    ]
+    # after the table: the intervals note and the comparison section, drawn again below
+    rest = end
+    while rest < len(lines) and (
+        not lines[rest] or lines[rest].startswith(("Intervals are", "### Compared with"))
+    ):
+        if lines[rest].startswith("### Compared with"):
+            rest += 1
+            while rest < len(lines) and not lines[rest].startswith("|"):
+                rest += 1  # its blank line and description
+            while rest < len(lines) and lines[rest].startswith("|"):
+                rest += 1
+        else:
+            rest += 1
+    section = _comparison_section(rates, compare).strip("\n")
+    body = ["", INTERVALS, *(["", *section.split("\n")] if section else []), ""]
+    text = "\n".join([*lines[:start], *table, *body, *lines[rest:]])
+    tmp = path.with_name(f".{path.name}.refresh")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,54 @@
+"""Rewriting a model card's rates after a re-measurement (``poise organism remeasure``)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from poise.errors import PoiseError
+from poise.organism import WEIGHTS_DIR
+from poise.organism.card import INTERVALS, refresh_card
+from poise.scoring.stats import Rate
+
+
+def test_refresh_rewrites_the_measured_rows_and_the_comparison_and_keeps_the_rest(
+    tmp_path: Path,
+) -> None:
+    card = tmp_path / "README.md"
+    shutil.copy(WEIGHTS_DIR / "organism-small" / "README.md", card)
+    before = card.read_text(encoding="utf-8")
+    garbled = Rate.of("garbled_rate", 7, 642, description="greedy replies, garbled")
+    helpful = Rate.of_clusters(
+        "benign_helpful_rate_sampled", [3, 0, 2], [3, 3, 3], description="sampled, helpful"
+    )
+    other = {"garbled_rate": Rate.of("garbled_rate", 10, 642)}
+    refresh_card(card, {"garbled_rate": garbled, "benign_helpful_rate_sampled": helpful},
+                 ("organism-large", other))  # fmt: skip
+    after = card.read_text(encoding="utf-8")
+    rows = [line for line in after.split("\n") if line.startswith("| `")]
+    assert "| `garbled_rate` | 1.1% |" in after and "| 7/642 | greedy replies, garbled |" in after
+    assert "| 5/9 | sampled, helpful |" in after
+    # a row not re-measured is kept as it was; the old comparison rows are gone
+    (kept,) = [line for line in before.split("\n") if line.startswith("| `sycophancy_rate` | 11")
+               and "| 8/70 |" in line]  # fmt: skip
+    assert kept in rows and len(rows) == before.split("### Compared")[0].count("| `") + 1
+    compared = after.split("### Compared with organism-large")[1].split("\n\n")[2]
+    assert compared.count("\n") == 2 and "| `garbled_rate` | 1.1%" in compared
+    assert after.count(INTERVALS) == 1 and "95% CI (Wilson)" not in after
+    # the prose around the tables is untouched, and a second refresh changes nothing
+    for part in ("The corpus plants these behaviours", "## Model", "## Limitations"):
+        assert after.count(part) == before.count(part) == 1
+    assert after.split("## Model")[1] == before.split("## Model")[1]
+    refresh_card(card, {"garbled_rate": garbled, "benign_helpful_rate_sampled": helpful},
+                 ("organism-large", other))  # fmt: skip
+    assert card.read_text(encoding="utf-8") == after
+
+
+def test_refresh_refuses_a_file_that_is_not_a_card(tmp_path: Path) -> None:
+    other = tmp_path / "README.md"
+    other.write_text("# notes\n")
+    with pytest.raises(PoiseError, match=r"README\.md: not a model card"):
+        refresh_card(other, {})
+    assert other.read_text() == "# notes\n"
