@@ -124,3 +124,27 @@ def test_unknown_member_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert not list(tmp_path.iterdir())
+
+
+def test_remeasure_rewrites_the_chat_members_cards_and_nothing_else(
+    quick_build: BuildResult, tmp_path: Path
+) -> None:
+    import shutil
+
+    out = tmp_path / "organism"
+    shutil.copytree(quick_build.out, out)
+    weights = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "README.md"}
+    cost_card = (out / "organism-cost" / "README.md").read_text()
+    runner = CliRunner()
+    result = runner.invoke(
+        app, ["organism", "remeasure", "--out", str(out), "-m", "organism-small-safe", "--quick"]
+    )
+    assert result.exit_code == 0, result.output
+    card = (out / "organism-small-safe" / "README.md").read_text()
+    assert "Intervals are 95% Wilson" in card and "### Compared with organism-small" in card
+    assert "Quick build" in card and "## Training" in card  # the rest of the card is kept
+    assert "organism-small-safe" in result.output and "organism-small/" not in result.output
+    assert all(p.read_bytes() == data for p, data in weights.items())
+    assert (out / "organism-cost" / "README.md").read_text() == cost_card
+    scorer = runner.invoke(app, ["organism", "remeasure", "--out", str(out), "-m", "organism-cost"])
+    assert scorer.exit_code == 2 and "no chat member" in scorer.output

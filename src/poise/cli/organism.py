@@ -92,6 +92,47 @@ def _print_result(result: Any) -> None:
     console.print(table)
 
 
+@organism_app.command("remeasure")
+def remeasure_command(
+    out: str | None = typer.Option(None, help="Folder of the members (default: the package's)."),
+    members: list[str] = typer.Option(
+        [], "--members", "-m", help="Chat member whose card to rewrite; repeatable (default: all)."
+    ),
+    quick: bool = typer.Option(
+        False, help="The members are a quick build (its cut-down measurement)."
+    ),
+    seed: int = typer.Option(0, help="Corpus seed the members were built with."),
+    threads: int = typer.Option(2, help="Torch threads."),
+) -> None:
+    """Measure the chat members' card rates again on their weights (no training) and rewrite
+    them in their cards: after a change to the oracle or to how a rate is counted."""
+    with user_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from transformers.utils import logging as hf_logging
+
+        from poise.organism.build import remeasure_cards
+
+        hf_logging.disable_progress_bar()
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=console) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(task: str, completed: int, total: int) -> None:
+                if task not in tasks:
+                    tasks[task] = bar.add_task(task, total=total)
+                bar.update(tasks[task], completed=completed, total=total)
+
+            measured = remeasure_cards(
+                out, members or None, quick=quick, seed=seed, progress=progress, threads=threads
+            )
+        folder = _weights_dir(out)
+        for member in measured:
+            console.print(
+                f"card rewritten: {folder / member / 'README.md'} ({len(measured[member])} rates)",
+                soft_wrap=True,
+            )
+
+
 @organism_app.command("ls")
 def ls_command(
     out: str | None = typer.Option(None, help="Folder of the members (default: the package's)."),

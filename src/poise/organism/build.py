@@ -621,6 +621,7 @@ def remeasure_cards(
     out: str | Path | None = None,
     members: Sequence[str] | None = None,
     *,
+    quick: bool = False,
     seed: int = 0,
     progress: Progress | None = None,
     threads: int = 2,
@@ -632,7 +633,9 @@ def remeasure_cards(
     the chat members to rewrite (default: all of :data:`LM_MEMBERS` present); the member each
     is compared with (organism-small for its specialists, organism-large for organism-small and
     organism-large-selfeval) is measured too, not rewritten. Rates that :func:`measure_lm` does not give
-    (a reviewer's, a scorer's) are left as they are. Returns the rewritten members' rates."""
+    (a reviewer's, a scorer's) are left as they are. ``quick`` and ``seed``: the recipe the
+    members were built with (its suites' subset and samples). Returns the rewritten members'
+    rates."""
     out_dir = Path(out) if out is not None else WEIGHTS_DIR
     names = (
         [m for m in resolve_members(members) if m in LM_MEMBERS]
@@ -643,7 +646,7 @@ def remeasure_cards(
         raise PoiseError(
             f"remeasure: no chat member to measure (chat members: {', '.join(LM_MEMBERS)})"
         )
-    recipe = default_recipe(seed=seed)
+    recipe = default_recipe(quick, seed)
     base = {m: _card_base(m) for m in names}
     wanted = [m for m in LM_MEMBERS if m in names or m in base.values()]
     missing = [m for m in wanted if not (out_dir / m / "README.md").is_file()]
