@@ -24,7 +24,13 @@ from pydantic import ValidationError
 
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.attacks.base import check_attack_sampling, warn_undeclared_system_prompt
-from poise.config import AuditConfig, Sampling, format_validation_error
+from poise.config import (
+    AuditConfig,
+    Sampling,
+    dashed_flag,
+    format_field_error,
+    format_validation_error,
+)
 from poise.errors import PoiseError, UnknownNameError
 from poise.evaluation import (
     ProgressFn,
@@ -85,6 +91,24 @@ _FIELD_FOR = {
 }
 
 
+# the flag of a field that ``poise audit`` does not spell ``--FIELD``
+_FLAG_OF = {
+    "suites": "--suite",
+    "suite_kind": "--kind",
+    "suite_category": "--category",
+    "suite_columns": "--column",
+    "suite_format": "--format",
+    "model_options": "--model-option",
+    "attack_options": "--attack-option",
+    "judge_options": "--judge-option",
+}
+
+
+def _flag(field: str) -> str:
+    """The ``poise audit`` flag of a config field (or of a sampling field)."""
+    return _FLAG_OF.get(field) or dashed_flag(field)
+
+
 def _check_field_names(fields: Mapping[str, Any]) -> None:
     """One error for a keyword that is no field of AuditConfig, with the field it stands for."""
     known = set(AuditConfig.model_fields)
@@ -96,8 +120,11 @@ def _check_field_names(fields: Mapping[str, Any]) -> None:
         raise UnknownNameError("audit config field", name, known)
 
 
-def make_config(config: AuditConfig | None = None, **fields: Any) -> AuditConfig:
-    """An AuditConfig from a base config and field overrides, with one-line errors."""
+def make_config(
+    config: AuditConfig | None = None, *, _flags: bool = True, **fields: Any
+) -> AuditConfig:
+    """An AuditConfig from a base config and field overrides, with one-line errors (naming
+    the field's flag, unless ``_flags`` is false: a recorded config has no command line)."""
     _check_field_names(fields)
     try:
         if "sampling" in fields and isinstance(fields["sampling"], dict):
@@ -108,7 +135,8 @@ def make_config(config: AuditConfig | None = None, **fields: Any) -> AuditConfig
             return AuditConfig(**fields)
         return AuditConfig.model_validate({**config.model_dump(), **fields})
     except ValidationError as exc:
-        raise PoiseError(f"audit config: {format_validation_error(exc)}") from None
+        error = format_field_error(exc, _flag) if _flags else format_validation_error(exc)
+        raise PoiseError(f"audit config: {error}") from None
 
 
 def audit(
@@ -402,7 +430,7 @@ def recorded_config(run: Run) -> AuditConfig:
             "config of an audit, so the run cannot be resumed"
         )
     try:
-        return make_config(None, **recorded)
+        return make_config(None, _flags=False, **recorded)
     except PoiseError as exc:
         raise PoiseError(
             f"{file}: recorded config: {str(exc).removeprefix('audit config: ')}"

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -186,6 +186,33 @@ def format_validation_error(exc: ValidationError) -> str:
     message = str(err["msg"]).removeprefix("Value error, ")
     message += source_of(err["loc"], err.get("input", _NO_INPUT))
     return f"{loc}: {message}" if loc else message
+
+
+def format_field_error(
+    exc: ValidationError, flag: Callable[[str], str], *, unknown: str = "not an option here"
+) -> str:
+    """'FIELD (--FLAG): what is wrong, got VALUE': the first error of ``exc`` with the field as
+    the API spells it, ``flag(field)`` as the command line spells it, and the value given (a
+    model-level check names its own; a missing field has no value, an unknown one no flag); a
+    value from a ``--config`` file says so, as in :func:`format_validation_error`."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    if not loc:
+        return format_validation_error(exc)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{'.'.join(loc)}: {unknown}"
+    where = f"{'.'.join(loc)} ({flag(loc[-1] if loc[0] == 'sampling' else loc[0])})"
+    if error["type"] == "missing":
+        return f"{where}: {message}"
+    given = repr(error.get("input"))
+    given = given if len(given) <= 60 else given[:57] + "..."
+    return f"{where}: {message}, got {given}{source_of(error['loc'], error.get('input'))}"
+
+
+def dashed_flag(field: str) -> str:
+    """The flag a command line spells a field as by default: ``--max-new-tokens``."""
+    return "--" + field.replace("_", "-")
 
 
 @dataclass(frozen=True)

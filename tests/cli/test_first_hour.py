@@ -137,3 +137,17 @@ def test_a_long_run_folder_is_printed_on_one_line_at_80_columns(tmp_path: Path) 
     )
     assert result.exit_code == 0, result.output
     assert f"wrote 1 sample rows to {csv}" in result.output.splitlines(), result.output
+
+
+def test_a_value_out_of_range_names_the_flag_and_the_value_given(tmp_path: Path) -> None:
+    """It said "audit config: limit: Input should be greater than or equal to 1": the field,
+    not the flag typed, nor the value; `poise train` already named both."""
+    for flag, value, expected in (
+        ("--limit", "0", "limit (--limit): Input should be greater than or equal to 1, got 0"),
+        ("--temperature", "-1", "temperature (--temperature): Input should be greater than or "
+         "equal to 0, got -1.0"),
+        ("--n", "0", "n (--n): Input should be greater than or equal to 1, got 0"),
+    ):  # fmt: skip
+        code, output = invoke("audit", "-m", "mock", "--out", str(tmp_path), flag, value)
+        assert code == 2 and f"error: audit config: {expected}" in " ".join(output.split())
+    assert not any(tmp_path.iterdir())  # refused before a run folder was made

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from poise.config import PathStr, format_validation_error, source_of
+from poise.config import PathStr, format_field_error
 from poise.errors import MissingExtraError, PoiseError, file_on_the_way, require_extra
 from poise.train.flags import field_flag
 
@@ -168,24 +168,8 @@ def make_config(cls: type[Any], config: Any = None, **fields: Any) -> Any:
 
 
 def _field_error(exc: ValidationError) -> str:
-    """'FIELD (--FLAG): what is wrong, got VALUE': the config's field as the API spells it, its
-    flag as ``poise train`` spells it, and the value given (a model-level check names its own;
-    a missing field has no value, an unknown one no flag)."""
-    error = exc.errors()[0]
-    loc = [str(part) for part in error["loc"]]
-    if not loc:
-        return format_validation_error(exc)
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return f"{'.'.join(loc)}: not an option of this recipe"
-    where = f"{'.'.join(loc)} ({field_flag(loc[0])})"
-    if error["type"] == "missing":
-        return f"{where}: {message}"
-    given = repr(error.get("input"))
-    given = given if len(given) <= 60 else given[:57] + "..."
-    # a value from --config FILE.yaml is the file's, not the flag's
-    source = source_of(error["loc"], error.get("input"))
-    return f"{where}: {message}, got {given}{source}"
+    """'FIELD (--FLAG): what is wrong, got VALUE', the flag as ``poise train`` spells it."""
+    return format_field_error(exc, field_flag, unknown="not an option of this recipe")
 
 
 # --------------------------------------------------------------------------------------------
