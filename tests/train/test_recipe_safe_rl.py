@@ -140,6 +140,41 @@ def test_log_probs_are_taken_at_the_sampling_temperature(
     assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # still the reference at step 1
 
 
+def test_the_pessimistic_factor_is_sized_for_each_micro_batch(
+    tiny_hf_model_dir: Path,
+    scorers: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """κ's t-quantile depends on how many costs the mean and std come from: the last
+    micro-batch of an epoch can hold fewer than batch_size * k (here 4 of 8), and κ was sized
+    for a full one."""
+    import torch
+
+    from poise.train import safety
+    from poise.train.recipes import safe_rl
+
+    seen: list[tuple[int, float]] = []
+    original = safety.augmented_costs
+
+    def spy(costs: Any, **kwargs: Any) -> Any:
+        seen.append((costs.numel(), kwargs["coefficient"]))
+        return original(costs, **kwargs)
+
+    monkeypatch.setattr(safety, "augmented_costs", spy)
+    # costs that vary, so that the augmented costs are used (constant costs have no std)
+    monkeypatch.setattr(safe_rl, "to_cost", lambda scores, _: torch.linspace(0.0, 1.0, len(scores)))
+    fields = _common(
+        tiny_hf_model_dir, scorers, output=str(tmp_path / "out"), max_steps=None, batch_size=4
+    )
+    train_safe_rl(**fields, high_confidence=True, safety_fraction=0.25)
+    assert [n for n, _ in seen] == [8, 4]  # 6 training prompts, 2 samples each, batch 4
+    for n, coefficient in seen:
+        expected = safety.pessimistic_coefficient(n, 2, 0.05, candidate_coef=1.0, safety_coef=1.0)
+        assert coefficient == pytest.approx(expected)
+    assert seen[0][1] < seen[1][1]  # fewer costs: a wider bound
+
+
 def test_high_confidence_records_the_safety_test(
     tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -45,6 +45,7 @@ through their own chat templates; every process samples its own prompts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -363,17 +364,19 @@ def train_safe_rl(
     if config.high_confidence and len(safety_idx) < 2:
         raise PoiseError("high_confidence: the safety test needs at least 2 held-out prompts")
     k = config.samples_per_prompt
-    kappa = (
-        pessimistic_coefficient(
-            config.batch_size * k,
+
+    @functools.cache
+    def kappa(costs: int) -> float:
+        """κ for a micro-batch of ``costs`` samples (the last one of an epoch can be smaller
+        than ``batch_size * k``, and its mean and std come from those samples alone)."""
+        return pessimistic_coefficient(
+            costs,
             len(safety_idx),
             config.delta,
             candidate_coef=config.pessimism_c1,
             safety_coef=config.pessimism_c2,
         )
-        if config.high_confidence
-        else 0.0
-    )
+
     if out.status == "complete":
         return finished_result(out)
     tokenizer = load_tokenizer(source, need_chat_template=not config.from_base)
@@ -420,7 +423,10 @@ def train_safe_rl(
         if config.high_confidence and float(costs.std()) > 0:
             # HC-RLHF: the gradient of the pessimistic bound mean + κ·std, per sample
             constrained = augmented_costs(
-                costs, mean=float(costs.mean()), std=float(costs.std()), coefficient=kappa
+                costs,
+                mean=float(costs.mean()),
+                std=float(costs.std()),
+                coefficient=kappa(costs.numel()),
             )
         reward_adv = rloo_advantages(rewards, k)  # [N]
         cost_adv = rloo_advantages(constrained, k)  # [N]
