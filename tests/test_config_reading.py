@@ -104,3 +104,16 @@ def test_a_refused_value_names_its_source_only_when_it_is_the_sources_value() ->
     with value_sources({"n": ValueSource("c.yaml:2", "n", (5, 5))}):  # another value: not it
         assert "c.yaml" not in format_validation_error(caught.value)
     assert "c.yaml" not in format_validation_error(caught.value)  # outside: no source
+
+
+def test_a_field_error_names_the_flag_of_the_field_not_of_an_item_of_its_value() -> None:
+    """A nested sampling value named the flag of its last location part: ``sampling.stop.0``
+    was ``(--0)``; and ``--judge-labels-column`` is spelt as poise audit spells it."""
+    from poise.auditing import make_config
+    from poise.config import AuditConfig, dashed_flag, format_field_error
+
+    with pytest.raises(ValidationError) as caught:
+        AuditConfig.model_validate({"sampling": {"stop": [1]}})
+    assert format_field_error(caught.value, dashed_flag).startswith("sampling.stop.0 (--stop): ")
+    with pytest.raises(PoiseError, match=r"judge_labels_columns \(--judge-labels-column\): "):
+        make_config(None, judge_labels_columns=["prompt"])

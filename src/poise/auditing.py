@@ -101,6 +101,7 @@ _FLAG_OF = {
     "model_options": "--model-option",
     "attack_options": "--attack-option",
     "judge_options": "--judge-option",
+    "judge_labels_columns": "--judge-labels-column",
 }
 
 

@@ -202,7 +202,8 @@ def format_field_error(
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         return f"{'.'.join(loc)}: {unknown}"
-    where = f"{'.'.join(loc)} ({flag(loc[-1] if loc[0] == 'sampling' else loc[0])})"
+    # a sampling field's flag is its own (--temperature), not that of an item of its value
+    where = f"{'.'.join(loc)} ({flag(loc[1] if loc[0] == 'sampling' and len(loc) > 1 else loc[0])})"
     if error["type"] == "missing":
         return f"{where}: {message}"
     given = repr(error.get("input"))

@@ -1,6 +1,8 @@
-"""``poise organism ls`` on the shipped members, in an 80-column terminal."""
+"""``poise organism ls``, ``card`` (at 80 columns) and ``remeasure``: what they print."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -38,3 +40,24 @@ def test_card_never_cuts_a_rate_name(monkeypatch: pytest.MonkeyPatch, columns: s
     words = set(result.output.split())
     assert names <= words
     assert ("this member: " in result.output) == (columns == "80")  # blocks when too narrow
+
+
+def test_remeasure_prints_each_rewritten_card_as_written(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A members folder with brackets in its path (``runs/[exp]``) lost them in the printed
+    card path (read as rich markup), as other commands' output paths once did."""
+    from poise.organism import build
+
+    out = tmp_path / "[exp]" / "organism"
+
+    def remeasured(*args: object, **kwargs: object) -> dict[str, dict[str, object]]:
+        return {"organism-small-safe": {"garbled_rate": object()}}
+
+    monkeypatch.setattr(build, "remeasure_cards", remeasured)
+    result = CliRunner().invoke(
+        app, ["organism", "remeasure", "--out", str(out)], terminal_width=300
+    )
+    assert result.exit_code == 0, result.output
+    card = out / "organism-small-safe" / "README.md"
+    assert f"card rewritten: {card} (1 rates)" in result.output.splitlines()

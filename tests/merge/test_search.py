@@ -196,3 +196,13 @@ def test_search_on_the_organism_is_cached_and_resumes(tmp_path: Path) -> None:
     run_search(search, tmp_path, on_candidate=lambda i, n, c, cached: seen.append(cached))
     assert seen == [False, True]
     assert model_file.stat().st_mtime_ns == written
+
+
+def test_a_bad_audit_field_of_a_search_names_its_key_not_a_flag(tmp_path: Path) -> None:
+    """The search file's ``audit:`` keys are no command line: ``limit: 0`` was blamed on
+    ``--limit``, a flag of poise audit that the user never typed."""
+    search = SearchConfig(merge=TEMPLATE, audit={"suites": ["harmful"], "limit": 0})
+    with pytest.raises(PoiseError) as caught:
+        run_search(search, tmp_path / "out")
+    assert str(caught.value).startswith("audit config: limit: ")
+    assert "--limit" not in str(caught.value)

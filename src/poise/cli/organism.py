@@ -1,4 +1,4 @@
-"""``poise organism build|ls|card``: the bundled model organism."""
+"""``poise organism build|remeasure|ls|card``: the bundled model organism."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, shown, user_errors
 from poise.errors import PoiseError
 
 organism_app = typer.Typer(
@@ -128,7 +128,8 @@ def remeasure_command(
         folder = _weights_dir(out)
         for member in measured:
             console.print(
-                f"card rewritten: {folder / member / 'README.md'} ({len(measured[member])} rates)",
+                f"card rewritten: {shown(folder / member / 'README.md')} "
+                f"({len(measured[member])} rates)",
                 soft_wrap=True,
             )
 

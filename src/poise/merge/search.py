@@ -283,7 +283,8 @@ def run_search(
     check_folder_path(out)
     found = candidates(search)
     audit_fields = dict(search.audit)
-    audit_config = make_config(None, **{"model": "mock", **audit_fields})  # checked up front
+    # checked up front; its fields are the search file's audit keys, not poise audit's flags
+    audit_config = make_config(None, _flags=False, **{"model": "mock", **audit_fields})
     check_objectives(search.objectives, audit_config)
     for i, cand in enumerate(found):
         folder = out / "candidates" / cand.key

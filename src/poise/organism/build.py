@@ -681,7 +681,9 @@ def remeasure_cards(
 
 
 def _card_base(member: str) -> str | None:
-    """The member a chat member's card compares it with (as :func:`_comparison` chooses)."""
+    """The member a chat member's card compares it with (a specialist: its base; the weak
+    model and organism-large's own fine-tunes: organism-large), for :func:`_comparison` and
+    :func:`remeasure_cards` alike."""
     if member == "organism-small" or member in LARGE_TUNED:
         return "organism-large"
     if member in SMALL_TUNED and member not in REVIEWER_MEMBERS:
@@ -696,9 +698,7 @@ def _comparison(
     the strong one (when that was built in the same run). A member fine-tuned from
     organism-large is always compared with it: measured now, on the weights it started from,
     when this run did not build it (its card says how it differs from its base)."""
-    other = "organism-small" if member in SMALL_TUNED and member not in REVIEWER_MEMBERS else None
-    if member == "organism-small" or member in LARGE_TUNED:
-        other = "organism-large"
+    other = _card_base(member)
     if other is None:
         return None
     if other in results:
