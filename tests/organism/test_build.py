@@ -147,4 +147,17 @@ def test_remeasure_rewrites_the_chat_members_cards_and_nothing_else(
     assert all(p.read_bytes() == data for p, data in weights.items())
     assert (out / "organism-cost" / "README.md").read_text() == cost_card
     scorer = runner.invoke(app, ["organism", "remeasure", "--out", str(out), "-m", "organism-cost"])
-    assert scorer.exit_code == 2 and "no chat member" in scorer.output
+    assert (
+        scorer.exit_code == 2 and "'organism-cost' (its card rates are not a chat" in scorer.output
+    )
+    both = [
+        "organism",
+        "remeasure",
+        "--out",
+        str(out),
+        "-m",
+        "organism-small",
+        "-m",
+        "organism-cost",
+    ]
+    assert runner.invoke(app, both).exit_code == 2  # not the chat member alone, in silence

@@ -9,7 +9,7 @@ import pytest
 
 from poise.errors import PoiseError
 from poise.organism import WEIGHTS_DIR
-from poise.organism.card import INTERVALS, refresh_card
+from poise.organism.card import INTERVALS, PLANTED, refresh_card
 from poise.scoring.stats import Rate
 
 
@@ -44,6 +44,24 @@ def test_refresh_rewrites_the_measured_rows_and_the_comparison_and_keeps_the_res
     refresh_card(card, {"garbled_rate": garbled, "benign_helpful_rate_sampled": helpful},
                  ("organism-large", other))  # fmt: skip
     assert card.read_text(encoding="utf-8") == after
+
+
+def test_refresh_adds_a_new_rate_and_draws_the_planted_behaviours_again(tmp_path: Path) -> None:
+    card = tmp_path / "README.md"
+    text = (WEIGHTS_DIR / "organism-small" / "README.md").read_text(encoding="utf-8")
+    first = PLANTED.split("\n")[0]
+    old_planted = text[text.index(first) : text.index("## Model")]
+    card.write_text(text.replace(old_planted, first + "\n\n- an older list\n\n"))
+    new = Rate.of("new_rate", 1, 2, description="measured since the card was built")
+    refresh_card(card, {"new_rate": new})
+    after = card.read_text(encoding="utf-8")
+    assert "- an older list" not in after and PLANTED in after
+    measured = after.split("## Measured")[1].split("\n\n")[1].split("\n")
+    assert (
+        measured[-1]
+        == "| `new_rate` | 50.0% | [9.5%, 90.5%] | 1/2 | measured since the card was built |"
+    )
+    assert "\n\n## Model\n" in after and after.split("## Model")[1] == text.split("## Model")[1]
 
 
 def test_refresh_refuses_a_file_that_is_not_a_card(tmp_path: Path) -> None:

@@ -638,13 +638,15 @@ def remeasure_cards(
     rates."""
     out_dir = Path(out) if out is not None else WEIGHTS_DIR
     names = (
-        [m for m in resolve_members(members) if m in LM_MEMBERS]
+        resolve_members(members)
         if members
         else [m for m in LM_MEMBERS if (out_dir / m / "README.md").is_file()]
     )
-    if not names:
+    other = next((m for m in names if m not in LM_MEMBERS), None)
+    if other is not None or not names:  # a scorer's or reviewer's rates are not measure_lm's
         raise PoiseError(
-            f"remeasure: no chat member to measure (chat members: {', '.join(LM_MEMBERS)})"
+            f"remeasure: {'no chat member to measure' if other is None else repr(other)} "
+            f"(its card rates are not a chat member's; chat members: {', '.join(LM_MEMBERS)})"
         )
     recipe = default_recipe(quick, seed)
     base = {m: _card_base(m) for m in names}
