@@ -188,3 +188,15 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path: Path) -> None:
     anchors = tmp_path / "anchors.jsonl"
     anchors.write_text(json.dumps({"role": "cook", "query": text}, ensure_ascii=False) + "\n")
     assert read_anchors(anchors) == {"cook": [text]}
+
+
+def test_a_run_header_and_a_monitor_header_not_in_utf8_are_one_error(tmp_path: Path) -> None:
+    from poise.guards.monitor import MONITOR_JSON, read_header
+    from poise.runs.run import RUN_FILE, Run
+
+    (tmp_path / RUN_FILE).write_bytes(b'{"config": {"model": "\xe9"}}')
+    with pytest.raises(PoiseError, match=r"run\.json: not a UTF-8 text file$"):
+        Run(tmp_path).header  # noqa: B018
+    (tmp_path / MONITOR_JSON).write_bytes(b'{"format": "\xe9"}')
+    with pytest.raises(PoiseError, match=rf"{MONITOR_JSON}: not a UTF-8 text file$"):
+        read_header(tmp_path)

@@ -83,6 +83,8 @@ def test_a_list_of_rows_with_a_stray_entry_or_no_rows_is_named(tmp_path: Path) -
     assert _error(str(path)) == f"{path}: the file is empty (the list under 'jailbreaks' is empty)"
     path.write_text(json.dumps({"parameters": {"n": 1}, "jailbreaks": [row]}))
     assert [item.prompt for item in load_suite(str(path))] == ["hi"]
+    path.write_text(json.dumps({"prompt": "hi", "tags": []}))  # one row, not an empty file
+    assert "the file is empty" not in _error(str(path))
 
 
 @pytest.mark.parametrize(

@@ -390,6 +390,8 @@ def read_header(folder: Path) -> MonitorHeader:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise located(path, json_error_line(exc), invalid_json(exc)) from None
+    except UnicodeDecodeError:
+        raise located(path, None, "not a UTF-8 text file") from None
     if not isinstance(raw, dict) or raw.get("format") != MONITOR_FORMAT:
         raise located(path, None, f"expected a monitor header of format {MONITOR_FORMAT}")
     raw = {k: v for k, v in raw.items() if k != "format"}

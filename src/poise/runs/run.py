@@ -240,6 +240,8 @@ class Run:
             data = json.loads(file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise located(file, json_error_line(exc), invalid_json(exc)) from None
+        except UnicodeDecodeError:
+            raise located(file, None, "not a UTF-8 text file") from None
         if not isinstance(data, dict) or "config" not in data:
             raise PoiseError(f"{file}: not a run header (no 'config' field)")
         if not isinstance(data["config"], dict):

@@ -444,7 +444,11 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
             i, bad = next((i, v) for i, v in enumerate(data[key]) if not isinstance(v, dict))
             raise PoiseError(f"{source}: {key}[{i}]: expected an object, got {_json_type(bad)}")
         empty = [k for k, v in data.items() if v == []]
-        if len(empty) == 1 and not any(isinstance(v, list) and v for v in data.values()):
+        if (
+            len(empty) == 1
+            and not any(isinstance(v, list) and v for v in data.values())
+            and not any(isinstance(v, str) for v in data.values())  # a row: its text fields
+        ):
             raise PoiseError(f"{source}: the file is empty (the list under {empty[0]!r} is empty)")
         if any(isinstance(v, (list, dict)) for v in data.values()):
             raise PoiseError(
