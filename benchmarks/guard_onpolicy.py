@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -82,6 +83,8 @@ def sampled_answers(model: Any, split: str, n: int, seed: int) -> list[MonitorEx
     judge = OracleJudge()
     verdicts = judge.judge([it for it, _ in flat], [t for _, t in flat])
     onsets = judge.harm_onsets([it for it, _ in flat], [t for _, t in flat])
+    labels = Counter(v.label for v in verdicts)  # feigned against compliance: BENCHMARKS.md
+    print(f"  {split} oracle labels: {dict(labels.most_common())}")
     return [
         MonitorExample(
             tuple((m["role"], m["content"]) for m in it.messages),
