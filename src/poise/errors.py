@@ -13,7 +13,7 @@ import math
 import os
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -160,7 +160,7 @@ def json_lines(text: str) -> list[str]:
     return lines
 
 
-def read_json_object(path: str | os.PathLike[str]) -> dict[str, object]:
+def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A JSON file that holds one object; anything else (unreadable, not UTF-8, invalid JSON,
     another JSON type) is one error naming the file, and the line where json says."""
     from pathlib import Path

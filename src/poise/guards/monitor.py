@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 
-from poise.errors import PoiseError, json_error_line
+from poise.errors import PoiseError
 
 if TYPE_CHECKING:
     from poise.guards.data import MonitorExample
@@ -383,16 +383,11 @@ def monitor_folder(name: str) -> Path:
 
 def read_header(folder: Path) -> MonitorHeader:
     """The ``monitor.json`` of a monitor folder, checked."""
-    from poise.errors import invalid_json, located
+    from poise.errors import located, read_json_object
 
     path = folder / MONITOR_JSON
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise located(path, json_error_line(exc), invalid_json(exc)) from None
-    except UnicodeDecodeError:
-        raise located(path, None, "not a UTF-8 text file") from None
-    if not isinstance(raw, dict) or raw.get("format") != MONITOR_FORMAT:
+    raw = read_json_object(path)
+    if raw.get("format") != MONITOR_FORMAT:
         raise located(path, None, f"expected a monitor header of format {MONITOR_FORMAT}")
     raw = {k: v for k, v in raw.items() if k != "format"}
     try:

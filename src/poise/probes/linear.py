@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from poise.errors import PoiseError, file_on_the_way, invalid_json, json_error_line, located
+from poise.errors import PoiseError, file_on_the_way, located, read_json_object
 
 __all__ = ["LinearProbe", "Standardiser", "fit_logistic", "load_probe"]
 
@@ -261,13 +261,8 @@ def read_saved(
     header_path = path / header_name
     if not header_path.is_file():
         raise PoiseError(f"{path}: not a {what} folder (no {header_name}); make one with {made_by}")
-    try:
-        header = json.loads(header_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise located(header_path, json_error_line(exc), invalid_json(exc)) from None
-    except UnicodeDecodeError:
-        raise located(header_path, None, "not a UTF-8 text file") from None
-    if not isinstance(header, dict) or header.get("format") != fmt:
+    header = read_json_object(header_path)
+    if header.get("format") != fmt:
         raise located(header_path, None, f"expected a {what} header of format {fmt}")
     if not (path / tensors_name).is_file():
         raise PoiseError(f"{path}: {tensors_name} is missing")
