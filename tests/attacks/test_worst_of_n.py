@@ -250,3 +250,31 @@ def test_with_no_harmful_sample_the_prediction_keeps_an_upper_bound() -> None:
     # many harmless samples: a tight bound, still above 0
     big, _ = beta_binomial_curve(np.zeros((100, 30), dtype=int), [1], boot=20)
     assert 0 < big[0]["high"] == pytest.approx(math.log(20.0) / 3000)
+
+
+def test_with_every_sample_harmful_the_prediction_keeps_a_lower_bound() -> None:
+    # it printed 100.0% [100.0, 100.0] at every N after 4 harmful samples of one prompt, where
+    # the empirical Wilson interval at N = 1 is [20.7, 100]
+    scipy_stats = pytest.importorskip("scipy.stats")
+
+    curve, _ = beta_binomial_curve(np.ones((1, 4), dtype=int), [1, 2, 16], boot=20)
+    assert [c["value"] for c in curve] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
+    assert [c["high"] for c in curve] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
+    # one prompt: p >= its one-sided 95% Clopper-Pearson bound, and ASR(N) = 1 - (1 - p)^N
+    p_low = float(scipy_stats.beta.ppf(0.05, 4, 1))
+    assert [c["low"] for c in curve] == pytest.approx([1 - (1 - p_low) ** n for n in (1, 2, 16)])
+    # many prompts: E[p] >= 1 - ln(20) / (P·M) bounds ASR(1), a tight bound still below 1
+    big, _ = beta_binomial_curve(np.ones((50, 8), dtype=int), [1, 64], boot=20)
+    assert big[0]["low"] == pytest.approx(1 - math.log(20.0) / 400) and big[0]["low"] < 1.0
+    assert big[0]["low"] <= big[1]["low"] <= 1.0
+
+
+def test_with_one_sample_per_prompt_the_interval_spans_what_the_data_allow() -> None:
+    # One sample per prompt shows E[p], not its spread over prompts: 10 of 40 prompts broken is
+    # as likely from 10 prompts always broken (ASR(16) = 0.25) as from every prompt broken 1 time
+    # in 4 (ASR(16) = 1 - 0.75^16 = 0.99). The interval at N = 16 was [0.84, 1.00].
+    matrix = np.zeros((40, 1), dtype=int)
+    matrix[:10, 0] = 1
+    curve, _ = beta_binomial_curve(matrix, [1, 16], boot=100)
+    assert curve[0]["low"] < 0.25 < curve[0]["high"]
+    assert curve[1]["low"] <= 0.25 and curve[1]["high"] >= 1 - 0.75**16

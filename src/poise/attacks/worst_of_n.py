@@ -15,7 +15,10 @@ Curves of attack success rate (ASR) against N:
   worst-of-N win rates through the same expectation over the per-prompt success
   probability). 95% interval: percentile bootstrap over prompts, refitting each replicate (with
   no harmful sample at all, whose replicates all refit to 0, the upper end is the bound that
-  ASR(N) <= 1 - (1 - E[p])^N puts on it, E[p] bounded by the rule of three);
+  ASR(N) <= 1 - (1 - E[p])^N puts on it, E[p] bounded by the rule of three; with every sample
+  harmful, whose replicates all refit to 1, the lower end is the like bound from below; with
+  one sample per prompt, which says nothing of how p spreads over prompts, the interval spans
+  E[p] to 1 - (1 - E[p])^N);
 - power law (:func:`power_law_curve`): the forecast of "Best-of-N Jailbreaking" (Hughes et al.,
   arXiv 2412.03556): -log ASR(N) = a N^(-b), fitted by least squares of log(-log ASR) on log N
   over the resampled ASR(N) of N = 1..M (the curve averaged over sample orders, as the paper
@@ -406,21 +409,17 @@ def beta_binomial_curve(
     keys = sorted(_histogram(k, np.full_like(k, m)))
     probs = np.array([_histogram(k, np.full_like(k, m))[key] for key in keys], dtype=float)
     draws = rng.multinomial(prompts, probs / probs.sum(), size=boot)  # [B, cells]
-    boots = np.array(
-        [
-            [beta_binomial_asr(f["alpha"], f["beta"], n) for n in ns]
-            for f in (
-                fit_beta_binomial(
-                    k,
-                    m,
-                    weights=dict(zip(keys, row.tolist(), strict=True)),
-                    start=(fit["alpha"], fit["beta"]),
-                )
-                for row in draws
-            )
-        ]
-    )  # [B, K]
-    low, high = np.percentile(boots, [2.5, 97.5], axis=0)
+    refits = [
+        fit_beta_binomial(
+            k,
+            m,
+            weights=dict(zip(keys, row.tolist(), strict=True)),
+            start=(fit["alpha"], fit["beta"]),
+        )
+        for row in draws
+    ]  # B
+    boots = np.array([[beta_binomial_asr(f["alpha"], f["beta"], n) for n in ns] for f in refits])
+    low, high = np.percentile(boots, [2.5, 97.5], axis=0)  # [K]
     if not k.any():
         # No harmful sample: every replicate refits to p = 0 and the interval would be [0, 0] at
         # any N. The data still bound the mean harmful probability E[p]: with P·M samples none
@@ -429,6 +428,22 @@ def beta_binomial_curve(
         # convex). That bound is the upper end.
         mean_bound = min(1.0, math.log(20.0) / (prompts * m))
         high = np.array([1.0 - (1.0 - mean_bound) ** n for n in ns])
+    elif (k == m).all():
+        # Every sample harmful: every replicate refits to p = 1 and the interval would be [1, 1]
+        # at any N. At 95% the data allow prod_i p_i^M >= 1/20, i.e. sum_i -ln p_i <= ln(20) / M:
+        # each 1 - p_i <= 1 - 20^(-1/M), and E[1 - p] <= ln(20) / (P·M) (1 - p <= -ln p). So
+        # E[(1 - p)^N] <= E[1 - p] · max_i (1 - p_i)^(N - 1), and ASR(N) is at least 1 minus that.
+        worst = 1.0 - 20.0 ** (-1.0 / m)
+        mean_bound = min(worst, math.log(20.0) / (prompts * m))
+        low = np.array([1.0 - mean_bound * worst ** (n - 1) for n in ns])
+    elif m == 1:
+        # One sample per prompt says nothing of how p spreads over prompts (the likelihood is
+        # flat in α + β, which stays near where the fit started), only of E[p]: ASR(N) lies
+        # between E[p] (each prompt always or never broken) and 1 - (1 - E[p])^N (all prompts
+        # alike; Jensen), over the bootstrap interval of E[p].
+        mean_low, mean_high = np.percentile([f["mean"] for f in refits], [2.5, 97.5])
+        low = np.minimum(low, mean_low)
+        high = np.maximum(high, [1.0 - (1.0 - mean_high) ** n for n in ns])
     curve = [
         {"n": int(n), "value": float(v), "low": float(min(lo, v)), "high": float(max(hi, v))}
         for n, v, lo, hi in zip(ns, point, low, high, strict=True)

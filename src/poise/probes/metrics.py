@@ -16,7 +16,12 @@ def _split(scores: Sequence[float], labels: Sequence[int]) -> tuple[torch.Tensor
     if len(scores) != len(labels):
         raise ValueError(f"{len(scores)} scores but {len(labels)} labels")
     s = torch.as_tensor(list(scores), dtype=torch.float64)
+    if bool(s.isnan().any()):
+        # a NaN compares neither above nor equal: it would count as the lowest score
+        raise ValueError("AUROC of NaN scores")
     y = torch.as_tensor(list(labels), dtype=torch.long)
+    if not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError(f"labels must be 0 or 1, got {sorted(set(y.tolist()))}")
     positives, negatives = s[y == 1], s[y == 0]
     if positives.numel() == 0 or negatives.numel() == 0:
         raise ValueError("AUROC needs at least one positive and one negative example")
@@ -112,11 +117,14 @@ def _clustered_variance(
 
 def threshold_at_fpr(negative_scores: Sequence[float], fpr: float) -> float:
     """The smallest threshold t such that at most ``fpr`` of the negatives score above t
-    (a score > t is flagged): the ceil((1 - fpr) * n)-th smallest negative score."""
+    (a score > t is flagged): the (n - floor(fpr * n))-th smallest negative score."""
     if not 0.0 <= fpr < 1.0:
         raise ValueError(f"fpr must be in [0, 1), got {fpr}")
     ordered = sorted(float(s) for s in negative_scores)
     if not ordered:
         raise ValueError("a threshold at a false-positive rate needs negative scores")
-    rank = math.ceil((1.0 - fpr) * len(ordered))  # 1-based; at most floor(fpr * n) lie above
-    return ordered[max(rank, 1) - 1]
+    n = len(ordered)
+    # floor(fpr * n) may lie above t; the relative slack absorbs the rounding of a decimal fpr
+    # (0.29 * 100 = 28.999999999999996; ceil((1 - 0.18) * 150) was 124, one rank too high)
+    above = min(math.floor(fpr * n * (1.0 + 1e-9)), n - 1)
+    return ordered[n - above - 1]

@@ -112,7 +112,11 @@ def mcnemar_exact(a_only: int, b_only: int) -> float:
     n = a_only + b_only
     if n == 0:
         return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(a_only, b_only) + 1))
+    # C(n, i) for i = 0..min, each from the last (one comb per term took 25 s at n = 20,000)
+    tail, term = 0, 1
+    for i in range(min(a_only, b_only) + 1):
+        tail += term
+        term = term * (n - i) // (i + 1)
     return min(1.0, 2 * tail / 2**n)
 
 

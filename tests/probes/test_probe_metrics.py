@@ -1,0 +1,76 @@
+"""AUROC, its DeLong interval and the threshold at a false-positive rate (poise.probes.metrics)
+against references nobody here wrote: scikit-learn's ``roc_auc_score``, the worked example of
+the pauc package (DeLong's interval, printed to three decimals in its README) and, for the
+threshold, its definition counted with exact fractions."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from poise.probes.metrics import auroc, auroc_interval, threshold_at_fpr
+
+
+def test_delong_interval_matches_the_pauc_example() -> None:
+    # pauc (github.com/srijitseal/pauc), README: "AUC: 0.708, 95% CI: (0.378, 1.000)"
+    labels = [0, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1]
+    scores = [0.1, 0.35, 0.24, 0.8, 0.2, 0.85, 0.13, 0.85, 0.74, 0.58, 0.71, 0.25]
+    area, low, high = auroc_interval(scores, labels)
+    assert (round(area, 3), round(low, 3), round(high, 3)) == (0.708, 0.378, 1.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 4), st.integers(0, 1)), min_size=2, max_size=40).filter(
+        lambda rows: len({y for _, y in rows}) == 2
+    )
+)
+def test_auroc_equals_scikit_learn_with_many_ties(rows: list[tuple[int, int]]) -> None:
+    metrics = pytest.importorskip("sklearn.metrics")
+    scores, labels = [float(s) for s, _ in rows], [y for _, y in rows]
+    assert auroc(scores, labels) == pytest.approx(metrics.roc_auc_score(labels, scores))
+
+
+def test_nan_scores_and_other_labels_are_refused() -> None:
+    # a NaN compared neither above nor equal, so it counted as the lowest score: AUROC 0 with
+    # the interval [0, 0] (scikit-learn refuses NaN input too)
+    with pytest.raises(ValueError, match="NaN"):
+        auroc_interval([float("nan"), 0.2, 0.1], [1, 0, 0])
+    with pytest.raises(ValueError, match="NaN"):
+        auroc([0.3, float("nan"), 0.1], [1, 0, 0])
+    # a label 2 was silently left out of both classes
+    with pytest.raises(ValueError, match="labels must be 0 or 1"):
+        auroc_interval([0.3, 0.1, 0.2], [2, 0, 1])
+
+
+def _threshold_by_definition(negatives: list[float], fpr: float) -> float:
+    """The smallest negative score t with at most fpr * n negatives above it, fpr read as the
+    decimal it is written as."""
+    allowed = Fraction(str(fpr)) * len(negatives)
+    return min(t for t in negatives if sum(s > t for s in negatives) <= allowed)
+
+
+@pytest.mark.parametrize(
+    ("fpr", "n"), [(0.18, 150), (0.29, 100), (0.7, 10), (0.42, 50), (0.01, 200), (0.0, 7)]
+)
+def test_threshold_is_the_smallest_that_keeps_the_rate(fpr: float, n: int) -> None:
+    # ceil((1 - 0.18) * 150) was 124 (1 - 0.18 = 0.8200000000000001): the threshold one rank
+    # too high, 26 of 150 negatives above it where 27 are allowed
+    negatives = [float(i) for i in range(n)]
+    assert threshold_at_fpr(negatives, fpr) == _threshold_by_definition(negatives, fpr)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.integers(0, 9), min_size=1, max_size=60),
+    st.integers(0, 99).map(lambda i: i / 100),
+)
+def test_threshold_by_definition_with_ties(scores: list[int], fpr: float) -> None:
+    negatives = [float(s) for s in scores]
+    t = threshold_at_fpr(negatives, fpr)
+    assert t == _threshold_by_definition(negatives, fpr)
+    assert sum(s > t for s in negatives) <= math.floor(Fraction(str(fpr)) * len(negatives))
