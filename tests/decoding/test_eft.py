@@ -147,6 +147,22 @@ def test_each_model_keeps_its_own_cache(trio: tuple[HFModel, HFModel, HFModel, H
     assert all(len(s) == 2 for s in state.states) and state.logits.shape[0] == 2
 
 
+def test_the_shortest_context_of_the_models_holds_the_rows(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mixture declared the base model's context and decoded with none: a row ran past a
+    shorter context of the tuned or reference model (and the audit's check read the base's)."""
+    base, tuned, _, ref = trio
+    prompt = len(base.prompt_ids(CHATS[0]))
+    monkeypatch.setattr(ref, "context_length", prompt + 3)
+    model = EmulatedFineTuning(base, tuned=tuned, reference=ref)
+    (completion,) = model.generate(CHATS[:1], Sampling(max_new_tokens=20))[0]
+    assert (completion.num_tokens, completion.finish_reason) == (3, "length")
+    assert model.context_length == prompt + 3
+    (own,) = ref.generate(CHATS[:1], Sampling(max_new_tokens=20))[0]
+    assert (own.num_tokens, own.finish_reason) == (3, "length")  # as the model's own decoding
+
+
 def test_spec_registry_and_errors(
     trio: tuple[HFModel, HFModel, HFModel, HFModel], tiny_hf_model_dir: Path
 ) -> None:

@@ -366,3 +366,46 @@ def test_spec_option_and_errors(models: list[HFModel], tiny_hf_model_dir: Path) 
     nested = EmulatedFineTuning(a, tuned=b, reference=d_)
     with pytest.raises(PoiseError, match="speculative decoding needs local Hugging Face models"):
         EmulatedFineTuning(a, tuned=nested, reference=d_, speculative=2)
+
+
+def test_the_last_rounds_drafts_fit_the_context(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+    """A row's last round drafts past its last token: with a prompt and max_new_tokens filling
+    the context (which the audit allows), a model of learned positions failed inside torch
+    (IndexError) on the positions past its context. The context is K tokens shorter."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=24,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        folder = tmp_path / f"gpt{seed}"
+        GPT2LMHeadModel(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        models.append(HFModel(str(folder), device="cpu"))
+    base, tuned, ref = models
+    assert base.context_length == 24
+    chat = [{"role": "user", "content": "Hello"}]
+    room = 24 - len(base.prompt_ids(chat))
+    plain = EmulatedFineTuning(base, tuned=tuned, reference=ref)
+    fast = EmulatedFineTuning(base, tuned=tuned, reference=ref, speculative=4)
+    for sampling in (
+        Sampling(max_new_tokens=room),
+        Sampling(temperature=1.0, max_new_tokens=room, n=4, seed=1),
+    ):
+        for completion in fast.generate([chat], sampling)[0]:
+            assert completion.num_tokens <= room - 4
+    assert (plain.context_length, fast.context_length) == (24, 20)
+    (want,) = plain.generate([chat], Sampling(max_new_tokens=room - 4))[0]
+    (got,) = fast.generate([chat], Sampling(max_new_tokens=room))[0]
+    assert (got.token_ids, got.finish_reason) == (want.token_ids, want.finish_reason)

@@ -215,6 +215,9 @@ class EmulatedFineTuning(WrappedModel):
                 k=speculative,
                 batch_size=batch_size,
             )
+        # the shortest of the models' contexts (K tokens less for speculative drafts), not the
+        # base model's alone: the audit's context check reads it
+        self.context_length = (self.speculative or self._lockstep).context_length
 
     def combine(self, logits: list[torch.Tensor]) -> torch.Tensor:
         """``logits``: [base, tuned..., reference], each [rows, vocab] -> EFT log-probs."""

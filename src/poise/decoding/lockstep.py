@@ -13,7 +13,8 @@ backend's generation front (``generate`` / ``stream`` / ``engine``) over a locks
 
 Assumptions: the models share one vocabulary (checked: the tokenizers' token-to-id maps are
 equal, and the logits have one width); the prompt is rendered by the first model's chat
-template and its token ids are fed to every model; the first model's EOS ids end a row.
+template and its token ids are fed to every model; the first model's EOS ids end a row; the
+shortest of the models' contexts is the mixture's.
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ class LockstepModel(HFModel):
         self.eos_token_ids = list(first.eos_token_ids)
         self.device = first.device
         self.prefill_merges = all(getattr(m, "prefill_merges", False) for m in models)
+        # every model reads the same positions: the shortest context holds the rows (a row
+        # stops at it, as one model's own decoding does; None where no model knows its own)
+        known = [m.context_length for m in models if m.context_length is not None]
+        self.context_length = min(known) if known else None
 
     def __repr__(self) -> str:
         return f"LockstepModel({self.name!r}, {len(self.models)} models)"

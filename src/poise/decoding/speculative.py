@@ -48,9 +48,10 @@ Limits: no ``logits_hook`` (a hook sees and changes one step's logits: a caller 
 decodes on the plain path); every model must be an ``hf`` model with plain attention layers (a
 sliding-window or linear-attention cache cannot be rewound per row); the masked columns of
 rejected tokens stay in a row's cache until the row leaves the batch (attention reads them as
-padding, so caches grow faster than the text); a prompt needs at least two tokens (its last
-one is the first pending token); a round holds ``[rows, K + 1, vocab]`` float32 logits per
-model.
+padding, so caches grow faster than the text); the context left for the prompt and the answer
+is ``K`` tokens shorter than the models' (the drafts of a row's last round sit past the answer);
+a prompt needs at least two tokens (its last one is the first pending token); a round holds
+``[rows, K + 1, vocab]`` float32 logits per model.
 """
 
 from __future__ import annotations
@@ -332,6 +333,11 @@ class SpeculativeModel(LockstepModel):
         if not 0 <= draft <= targets or len(models) != targets + (draft == targets):
             raise PoiseError(f"{name}: the draft model must be a target or follow them")
         super().__init__(name, models, self._combine, batch_size=batch_size)
+        if self.context_length is not None:
+            # a row's last round drafts up to K - 1 tokens past its last token, at positions
+            # past the answer's: they must fit the models' contexts too (a model with learned
+            # positions fails past its own)
+            self.context_length -= k
         self.mix = mix
         self.targets = targets
         self.draft = draft

@@ -13,8 +13,10 @@ to the same norm.
   ``layer=-1`` takes the probe's layer.
 - ``mode=ablate`` (directional ablation, their Eq. 2): ``h <- h - strength * (h . r_hat) r_hat``
   with ``r_hat = r / |r|``, on the residual stream at every layer and position (the embeddings
-  and every block's output), as the paper does; ``strength=1`` removes the component entirely.
-  ``layer`` is not used by ablation.
+  and every block's output); ``strength=1`` removes the component entirely. ``layer`` is not
+  used by ablation. The paper ablates the stream inside each block too (after attention, before
+  the MLP: the authors hook every block's input, attention output and MLP output); poise does
+  not, so a block's MLP reads whatever component along ``r`` its attention wrote.
 
 Both act row by row and position by position, so a chat's answer does not depend on its batch.
 The hooks are PyTorch forward hooks on the inner model's decoder blocks, registered only while
