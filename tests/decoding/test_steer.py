@@ -112,6 +112,49 @@ def test_ablation_removes_the_direction_at_every_layer(
     )
 
 
+def test_ablation_hooks_the_stream_as_the_authors_code_does(
+    tiny_hf_model_dir: Path, direction: Path
+) -> None:
+    """The authors' code (arXiv 2406.11717, ``hook_utils.py``) ablates every block's input and
+    its attention and MLP outputs. Ablating only each block's output left in the component
+    that attention writes, which the block's MLP then reads: the logits differed."""
+    steered = _steer(tiny_hf_model_dir, direction, mode="ablate", strength=1.0)
+    backend: Any = steered.inner
+    model = backend.model
+    unit = steered.unit
+
+    def ablate(hidden: torch.Tensor) -> torch.Tensor:
+        return hidden - (hidden @ unit).unsqueeze(-1) * unit
+
+    def pre(module: Any, args: Any, kwargs: Any) -> Any:
+        if args:
+            return (ablate(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": ablate(kwargs["hidden_states"])}
+
+    def post(module: Any, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (ablate(output[0]), *output[1:])
+        return ablate(output)
+
+    ids = torch.tensor([[5, 17, 42, 9, 33, 8]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        with steered.steering():
+            ours = model(ids).logits
+        handles = []
+        for block in model.model.layers:
+            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(block.self_attn.register_forward_hook(post))
+            handles.append(block.mlp.register_forward_hook(post))
+        try:
+            theirs = model(ids).logits
+        finally:
+            for handle in handles:
+                handle.remove()
+    assert not torch.allclose(plain, theirs, atol=1e-3)  # the ablation does something
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
 def test_stream_and_engine_are_steered_too(tiny_hf_model_dir: Path, direction: Path) -> None:
     steered = _steer(tiny_hf_model_dir, direction, mode="add", strength=3.0)
     generated = [row[0].text for row in steered.generate(CHATS, GREEDY)]

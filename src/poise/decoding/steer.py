@@ -12,11 +12,14 @@ to the same norm.
   ``hidden_states`` does: 0 the embeddings, ``i + 1`` the output of decoder block ``i``;
   ``layer=-1`` takes the probe's layer.
 - ``mode=ablate`` (directional ablation, their Eq. 2): ``h <- h - strength * (h . r_hat) r_hat``
-  with ``r_hat = r / |r|``, on the residual stream at every layer and position (the embeddings
-  and every block's output); ``strength=1`` removes the component entirely. ``layer`` is not
-  used by ablation. The paper ablates the stream inside each block too (after attention, before
-  the MLP: the authors hook every block's input, attention output and MLP output); poise does
-  not, so a block's MLP reads whatever component along ``r`` its attention wrote.
+  with ``r_hat = r / |r|``, on every write to the residual stream, at every position, as the
+  authors' code hooks it (``hook_utils.py`` of their repository: every block's input and its
+  attention and MLP outputs): the embeddings (block 0's input), each block's attention output
+  (so its MLP reads no component along ``r``) and each block's output (the next one's input;
+  with the attention output ablated, the same as ablating the MLP's). ``strength=1`` removes
+  the component entirely. ``layer`` is not used by ablation. A block whose attention module
+  poise does not find (``self_attn``, ``attn``, ``attention``, ``self_attention``) is ablated
+  at its input and output only, with a warning.
 
 Both act row by row and position by position, so a chat's answer does not depend on its batch.
 The hooks are PyTorch forward hooks on the inner model's decoder blocks, registered only while
@@ -147,6 +150,18 @@ class Steer(WrappedModel):
                 f"steer: the direction in {direction} has {vector.numel()} features, the model's "
                 f"hidden size is {size}"
             )
+        # ablation also edits what each block's attention writes, before its MLP reads it
+        self.attentions: list[torch.nn.Module] = []
+        if mode == "ablate":
+            found = [_attention_of(block) for block in self.blocks]
+            self.attentions = [a for a in found if a is not None]
+            if len(self.attentions) < len(found):
+                logger.warning(
+                    "steer: %d of %s's decoder blocks have no attention module poise knows; "
+                    "their attention output is not ablated (only their input and output)",
+                    len(found) - len(self.attentions),
+                    model.name,
+                )
         self.vector = vector.to(device=parameter.device, dtype=parameter.dtype)  # [hidden]
         self.unit = self.vector / self.vector.norm().clamp_min(1e-12)  # [hidden]
         self.strength = float(strength)
@@ -187,6 +202,10 @@ class Steer(WrappedModel):
         if self.mode == "ablate":
             handles.extend(
                 block.register_forward_hook(after, prepend=True) for block in self.blocks
+            )
+            handles.extend(
+                attention.register_forward_hook(after, prepend=True)
+                for attention in self.attentions
             )
         elif self.norm is not None:
             handles.append(self.norm.register_forward_hook(after, prepend=True))
@@ -248,6 +267,20 @@ class Steer(WrappedModel):
                 chats, continuations, reduce=reduce, upto=upto
             )
         return states
+
+
+# where a decoder block keeps its attention (Llama, Qwen, Mistral, Gemma, OPT: self_attn;
+# GPT-2: attn; GPT-NeoX: attention; Falcon, Bloom: self_attention)
+_ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+
+
+def _attention_of(block: torch.nn.Module) -> torch.nn.Module | None:
+    """A decoder block's attention module, whose output is what the block adds to the stream."""
+    for name in _ATTENTION_NAMES:
+        module = getattr(block, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    return None
 
 
 def _hidden_size(backend: Any) -> int | None:
