@@ -262,6 +262,48 @@ def test_disconnect_mid_stream_does_not_disturb_the_others(start_server: StartSe
     assert ask(server, "still there?").status_code == 200
 
 
+def _leave_a_long_stream(url: str, payload: dict[str, Any]) -> None:
+    with httpx.stream("POST", url, json=payload, timeout=60) as response:
+        assert response.status_code == 200, response.read()
+        for received, _ in enumerate(response.iter_lines()):
+            if received == 3:
+                break  # leaving the block closes the connection mid-stream
+
+
+def _socket_warnings(records: list[logging.LogRecord]) -> list[str]:
+    # asyncio's warning for a write to a connection that is gone
+    return [r.getMessage() for r in records if "socket.send() raised" in r.getMessage()]
+
+
+def test_a_stream_of_a_finished_text_stops_when_its_client_leaves(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture, tiny_hf_model_dir: Path
+) -> None:
+    """A model that cannot stream hands over the whole text at once, and /v1/completions streams
+    a finished text: the stream still stops at the client's leaving, instead of writing its
+    thousands of pieces to the closed socket, each with asyncio's warning in the log."""
+    from poise.models.hf import HFModel
+
+    echo = start_server(EchoModel("long"), max_tokens_limit=32768)
+    tiny = start_server(HFModel(str(tiny_hf_model_dir), device="cpu"), served_name="tiny")
+    words = {"role": "user", "content": "WORDS=30000"}
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        _leave_a_long_stream(
+            f"{echo.base_url}/chat/completions",
+            {"model": "long", "messages": [words], "stream": True, "max_tokens": 32768},
+        )
+        # echoed prompts, in word-sized pieces: no generation needed for a long stream
+        prompts = ["a b c d " * 40] * 64
+        _leave_a_long_stream(
+            f"{tiny.base_url}/completions",
+            {"model": "tiny", "prompt": prompts, "echo": True, "max_tokens": 0, "stream": True},
+        )
+        time.sleep(0.5)
+        assert _socket_warnings(caplog.records) == []
+    for server in (echo, tiny):
+        health = wait_until_idle(server, 10**6)
+        assert health["streams"] == health["running"] == 0
+
+
 def test_a_guard_stop_round_trips_as_content_filter(start_server: StartServer) -> None:
     class Guarded(EchoModel):
         def generate(self, chats: Any, sampling: Sampling, *, progress: Any = None) -> Any:

@@ -106,6 +106,21 @@ def test_seeded_samples_repeat_and_streaming_joins_to_the_same_text(server: Thre
     assert joined == texts
 
 
+def test_a_repeated_prompt_is_sampled_anew_unless_seeded(server: ThreadServer) -> None:
+    """Copies of one prompt in a request without a seed are independent samples (lm-eval's
+    repeats, pass@k), as from OpenAI and vLLM; with a seed they repeat, as from vLLM."""
+    payload = {"prompt": ["the cat"] * 3 + ["a dog"], "max_tokens": 12, "temperature": 1.0}
+    unseeded = post(server, "completions", **payload).json()
+    texts = [c["text"] for c in unseeded["choices"]]
+    assert len(set(texts[:3])) == 3, texts
+    seeded = post(server, "completions", **payload, seed=7).json()
+    texts = [c["text"] for c in seeded["choices"]]
+    assert texts[0] == texts[1] == texts[2]
+    assert texts == [
+        c["text"] for c in post(server, "completions", **payload, seed=7).json()["choices"]
+    ]
+
+
 def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: HFModel) -> None:
     client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
     sampling = Sampling(temperature=0, max_new_tokens=8)

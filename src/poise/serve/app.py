@@ -698,6 +698,10 @@ async def _sse_events(
                 piece = await for_event(event)
                 if piece:
                     yield piece
+                    # a model that cannot stream hands over the whole text at once: let the loop
+                    # see a client that left (else every piece after it is written to a closed
+                    # socket, with a warning in the log each)
+                    await asyncio.sleep(0)
         except _ShuttingDown:
             # not this request's failure: nothing for the log
             yield _sse(shutdown_error().body())

@@ -356,6 +356,35 @@ def _stop_when(ended: threading.Event) -> Callable[[StepView], None]:
     return hook
 
 
+def _complete(
+    model: Any, prompts: list[list[int]], parsed: CompletionRequest, ended: threading.Event
+) -> list[list[Completion]]:
+    """``model.complete`` over ``prompts``. Its rows are seeded from (seed, prompt, sample), so
+    without the client's seed the k-th copy of a prompt the request repeats is generated in a
+    k-th call, with a fresh seed of its own: the copies are independent samples, as OpenAI's
+    and vLLM's are (with the client's seed they repeat, as vLLM's do)."""
+    hook = _stop_when(ended)
+    if parsed.seeded or parsed.sampling.greedy:
+        return list(model.complete(prompts, parsed.sampling, logits_hook=hook))
+    rounds: list[list[int]] = []  # prompt indices: the k-th copies of each prompt
+    copies: dict[tuple[int, ...], int] = {}
+    for i, prompt in enumerate(prompts):
+        k = copies.get(tuple(prompt), 0)
+        copies[tuple(prompt)] = k + 1
+        if k == len(rounds):
+            rounds.append([])
+        rounds[k].append(i)
+    generated: list[list[Completion]] = [[] for _ in prompts]
+    for k, rows in enumerate(rounds):
+        sampling = parsed.sampling
+        if k:
+            sampling = sampling.model_copy(update={"seed": fresh_seed()})
+        found = model.complete([prompts[i] for i in rows], sampling, logits_hook=hook)
+        for i, completions in zip(rows, found, strict=True):
+            generated[i] = list(completions)
+    return generated
+
+
 def _answer_sync(
     model: Any, parsed: CompletionRequest, ended: threading.Event
 ) -> tuple[list[_Choice], int]:
@@ -372,7 +401,7 @@ def _answer_sync(
         generated = [[Completion(text="", num_tokens=0, finish_reason="length", token_ids=())] * n]
         generated = generated * len(prompts)
     else:
-        generated = model.complete(prompts, parsed.sampling, logits_hook=_stop_when(ended))
+        generated = _complete(model, prompts, parsed, ended)
     scored: list[SequenceLogprobs] | None = None
     if parsed.logprobs is not None:
         if ended.is_set():
@@ -559,7 +588,11 @@ async def _sse(
         else:
             for piece in text_pieces(choice.text):
                 yield chunk(index, piece, None, None)
+                # the text is all there: let the loop see a client that left (else every
+                # chunk after it is written to a closed socket, with a warning in the log each)
+                await asyncio.sleep(0)
         yield chunk(index, "", None, choice.finish_reason)
+        await asyncio.sleep(0)
     if parsed.include_usage:
         body = {
             "id": completion_id,
