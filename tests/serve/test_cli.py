@@ -57,7 +57,9 @@ def test_help_lists_the_flags() -> None:
 def test_bad_values_name_the_field(args: list[str], field: str, no_model_loading: None) -> None:
     code, output = run(*args)
     assert code == 2
-    assert "error:" in output and field in output
+    # the field, the flag typed and the value given (the flag and value were missing)
+    assert "error:" in output and f"{field} ({args[0]}):" in output
+    assert f"got {args[1]}" in output  # -1 of a float field reads -1.0
     assert len(output.strip().splitlines()) == 1
 
 

@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         with user_errors():
             from pydantic import ValidationError
 
-            from poise.config import format_validation_error
+            from poise.config import dashed_flag, format_field_error, format_validation_error
             from poise.errors import MissingExtraError, PoiseError
             from poise.models.base import LanguageModel
             from poise.serve.schema import ServeConfig
@@ -100,7 +100,13 @@ def register(app: typer.Typer) -> None:
                     firewall_role=firewall_role,
                 )
             except ValidationError as exc:
-                raise PoiseError(f"poise serve: {format_validation_error(exc)}") from None
+                # the flag and the value given, as the audit's and train's errors name them;
+                # never the API key's value
+                secret = exc.errors()[0]["loc"][:1] == ("api_key",)
+                error = (
+                    format_validation_error(exc) if secret else format_field_error(exc, dashed_flag)
+                )
+                raise PoiseError(f"poise serve: {error}") from None
             try:
                 from poise.serve.app import check_firewall, check_port, serve
             except ImportError as exc:
