@@ -341,6 +341,43 @@ def test_a_completion_stops_at_the_context_and_a_prompt_filling_it_is_refused(
         model.complete([model.prompt_ids(full)], Sampling(max_new_tokens=8))
 
 
+def test_a_row_that_fills_the_context_waits_for_the_others_inside_it(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """A row that stopped at the context was fed padding until the batch dropped it, at
+    positions past the context: a model of learned positions (GPT-2) raised IndexError while
+    the other rows went on."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=24,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    folder = tmp_path / "gpt"
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    gpt = HFModel(str(folder), device="cpu")
+    short: Chat = [{"role": "user", "content": "Hi"}]
+    long: Chat = [{"role": "user", "content": "Hello there my go"}]
+    room = 24 - len(gpt.prompt_ids(long))
+    assert 0 < room < 24 - len(gpt.prompt_ids(short)) - 8
+    # seven rows go on after the long one stops: too few done for the batch to drop it at once
+    rows = gpt.generate([short] * 7 + [long], Sampling(max_new_tokens=30))
+    assert [r[0].num_tokens for r in rows[:7]] == [24 - len(gpt.prompt_ids(short))] * 7
+    assert (rows[7][0].num_tokens, rows[7][0].finish_reason) == (room, "length")
+    [alone] = gpt.generate([short], Sampling(max_new_tokens=30))
+    assert rows[0][0].token_ids == alone[0].token_ids  # the waiting row changes no other
+
+
 def test_eos_ends_a_completion(model: HFModel) -> None:
     sampling = Sampling(max_new_tokens=10)
     chat = CHATS[0]

@@ -91,6 +91,11 @@ class LockstepState:
         self.logits = self._combined()
         return self.logits
 
+    def hold(self, rows: Sequence[int]) -> None:
+        """As :meth:`DecodeState.hold`, in every model's state."""
+        for state in self.states:
+            state.hold(rows)
+
     def keep(self, rows: torch.Tensor | Sequence[int]) -> None:
         index = torch.as_tensor(rows, dtype=torch.long)
         for state in self.states:

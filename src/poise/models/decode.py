@@ -481,6 +481,12 @@ class DecodeState:
         self.positions = self.positions + 1
         return self.logits
 
+    def hold(self, rows: Sequence[int]) -> None:
+        """``rows`` (finished, fed padding until the batch drops them) take their next token at
+        the position of their last one, not one further: a row that filled the context would
+        be fed past it, where a model of learned positions fails (IndexError)."""
+        self.positions[list(rows)] -= 1
+
     @torch.inference_mode()
     def feed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed several tokens per row in one forward pass (``tokens``: [rows, new] int64).
@@ -973,6 +979,10 @@ class Batcher:
                 feed = feed[kept_index]
                 self.live = [live[i] for i in kept]
             state.step(feed)
+            waiting = [i for i, r in enumerate(self.live) if r.done]
+            hold = getattr(state, "hold", None)  # a state of several models holds each
+            if waiting and hold is not None:
+                hold(waiting)
         return news
 
     def _admit(self) -> None:
