@@ -276,7 +276,8 @@ def test_tau_must_be_a_finite_number(tau: float) -> None:
 )
 def test_sampling_values_sampling_refuses_are_config_errors(field: str, value: object) -> None:
     """GateConfig took values Sampling refuses: a pydantic traceback from inside gate()."""
-    with pytest.raises(PoiseError, match=rf"^gate config: {field}: "):
+    flag = "--" + field.replace("_", "-")  # the flag and the value given, as train's errors
+    with pytest.raises(PoiseError, match=rf"^gate config: {field} \({flag}\): .*, got "):
         gate(model="mock", judge="refusal", limit=2, **{field: value})
 
 

@@ -186,7 +186,7 @@ def gate(
         warn_undeclared_system_prompt,
     )
     from poise.auditing import spread_subset
-    from poise.config import Sampling, format_validation_error
+    from poise.config import Sampling, format_field_error
     from poise.evaluation import (
         Scorers,
         check_context,
@@ -197,6 +197,7 @@ def gate(
     )
     from poise.models import default_system_prompt, load_model, system_prompt_in_template
     from poise.suites import load_suite
+    from poise.train.flags import field_flag
     from poise.train.safety import safety_test
 
     try:
@@ -206,7 +207,8 @@ def gate(
             else GateConfig.model_validate({**config.model_dump(), **fields})
         )
     except ValidationError as exc:
-        raise PoiseError(f"gate config: {format_validation_error(exc)}") from None
+        # the flag as `poise gate` spells it (its flags are made as `poise train`'s) and the value
+        raise PoiseError(f"gate config: {format_field_error(exc, field_flag)}") from None
 
     # ---- validate before loading weights
     if cfg.judge is not None and cfg.cost_model is not None:
