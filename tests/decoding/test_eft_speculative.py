@@ -368,6 +368,50 @@ def test_spec_option_and_errors(models: list[HFModel], tiny_hf_model_dir: Path) 
         EmulatedFineTuning(a, tuned=nested, reference=d_, speculative=2)
 
 
+def _tiny_gpts(tiny_hf_model_dir: Path, tmp_path: Path) -> list[HFModel]:
+    """Three tiny GPT-2 models (learned positions, a context of 24) on the tiny tokenizer."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    models = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=24,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            initializer_range=0.2,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        folder = tmp_path / f"gpt{seed}"
+        GPT2LMHeadModel(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        models.append(HFModel(str(folder), device="cpu"))
+    return models
+
+
+def test_a_finished_row_that_filled_the_context_does_not_draft_past_it(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """A finished row drafts on until the batch drops it (a quarter of the rows done): one
+    that had filled the context was fed past it while seven others went on, and a model of
+    learned positions raised IndexError."""
+    base, tuned, ref = _tiny_gpts(tiny_hf_model_dir, tmp_path)
+    fast = EmulatedFineTuning(base, tuned=tuned, reference=ref, speculative=4)
+    short = [{"role": "user", "content": "Hi"}]
+    long = [{"role": "user", "content": "Hello the"}]
+    room = fast.context_length - len(base.prompt_ids(long))
+    assert 0 < room < fast.context_length - len(base.prompt_ids(short))
+    rows = fast.generate([short] * 7 + [long], Sampling(max_new_tokens=30))
+    assert (rows[7][0].num_tokens, rows[7][0].finish_reason) == (room, "length")
+    [alone] = fast.generate([short], Sampling(max_new_tokens=30))
+    assert all(r[0].token_ids == alone[0].token_ids for r in rows[:7])
+
+
 def test_the_last_rounds_drafts_fit_the_context(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
     """A row's last round drafts past its last token: with a prompt and max_new_tokens filling
     the context (which the audit allows), a model of learned positions failed inside torch

@@ -288,11 +288,27 @@ class SpeculativeBatcher(Batcher):
         done = sum(r.done for r in live)
         if done == len(live):
             self.state, self.live = None, []
-        elif done and (done >= COMPACT_SHARE * len(live) or (self.eager and bool(self.waiting))):
+        elif done and (
+            done >= COMPACT_SHARE * len(live)
+            or (self.eager and bool(self.waiting))
+            or self._at_the_edge(state, live)
+        ):
             kept = [i for i, r in enumerate(live) if not r.done]
             state.keep(torch.tensor(kept, dtype=torch.long, device=state.device))
             self.live = [live[i] for i in kept]
         return _one_per_row(news, streamed)
+
+
+    def _at_the_edge(self, state: LockstepState, live: list[_Row]) -> bool:
+        """Whether a finished row, which still drafts until the batch drops it, would be fed
+        past the models' context in the next round (its K drafts after its next position): a
+        model of learned positions fails there (IndexError). The model's context is already
+        K short of the models' (a decoding row's last round drafts into those K)."""
+        context = self.model.context_length
+        if context is None:
+            return False
+        positions = state.states[0].positions.tolist()  # [rows], alike in every model
+        return any(r.done and positions[i] >= context for i, r in enumerate(live))
 
 
 def _one_per_row(news: list[tuple[_Row, str]], streamed: dict[_Row, str]) -> list[tuple[_Row, str]]:
