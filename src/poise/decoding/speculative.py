@@ -298,7 +298,6 @@ class SpeculativeBatcher(Batcher):
             self.live = [live[i] for i in kept]
         return _one_per_row(news, streamed)
 
-
     def _at_the_edge(self, state: LockstepState, live: list[_Row]) -> bool:
         """Whether a finished row, which still drafts until the batch drops it, would be fed
         past the models' context in the next round (its K drafts after its next position): a
