@@ -93,6 +93,37 @@ def build_tiny_hf_model(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
+def build_tiny_gpt2(path: Path, tokenizer_dir: Path, *, seed: int = 0, context: int = 24) -> Path:
+    """A randomly initialised tiny GPT2LMHeadModel on the tokenizer in ``tokenizer_dir``: a
+    model of LEARNED positions, which fails inside torch (IndexError) when it is fed past its
+    ``context`` (the Llama models above have rotary positions, which do not)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=context,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def build_gpt2() -> Callable[..., Path]:
+    """:func:`build_tiny_gpt2`, as a fixture (see ``build_tiny_model`` for why)."""
+    return build_tiny_gpt2
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with a random tiny LlamaForCausalLM (safetensors) and a tokenizer with a chat

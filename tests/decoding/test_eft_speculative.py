@@ -368,39 +368,20 @@ def test_spec_option_and_errors(models: list[HFModel], tiny_hf_model_dir: Path) 
         EmulatedFineTuning(a, tuned=nested, reference=d_, speculative=2)
 
 
-def _tiny_gpts(tiny_hf_model_dir: Path, tmp_path: Path) -> list[HFModel]:
-    """Three tiny GPT-2 models (learned positions, a context of 24) on the tiny tokenizer."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
-    models = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        config = GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=24,
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            initializer_range=0.2,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        folder = tmp_path / f"gpt{seed}"
-        GPT2LMHeadModel(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        models.append(HFModel(str(folder), device="cpu"))
-    return models
+@pytest.fixture
+def gpts(tiny_hf_model_dir: Path, tmp_path: Path, build_gpt2: Callable[..., Path]) -> list[HFModel]:
+    """Three tiny GPT-2 models (learned positions, a context of 24): base, tuned, reference."""
+    folders = [build_gpt2(tmp_path / f"gpt{s}", tiny_hf_model_dir, seed=s) for s in range(3)]
+    return [HFModel(str(folder), device="cpu") for folder in folders]
 
 
 def test_a_finished_row_that_filled_the_context_does_not_draft_past_it(
-    tiny_hf_model_dir: Path, tmp_path: Path
+    gpts: list[HFModel],
 ) -> None:
     """A finished row drafts on until the batch drops it (a quarter of the rows done): one
     that had filled the context was fed past it while seven others went on, and a model of
     learned positions raised IndexError."""
-    base, tuned, ref = _tiny_gpts(tiny_hf_model_dir, tmp_path)
+    base, tuned, ref = gpts
     fast = EmulatedFineTuning(base, tuned=tuned, reference=ref, speculative=4)
     short = [{"role": "user", "content": "Hi"}]
     long = [{"role": "user", "content": "Hello the"}]
@@ -412,32 +393,13 @@ def test_a_finished_row_that_filled_the_context_does_not_draft_past_it(
     assert all(r[0].token_ids == alone[0].token_ids for r in rows[:7])
 
 
-def test_the_last_rounds_drafts_fit_the_context(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
+def test_the_last_rounds_drafts_fit_the_context(
+    gpts: list[HFModel],
+) -> None:
     """A row's last round drafts past its last token: with a prompt and max_new_tokens filling
     the context (which the audit allows), a model of learned positions failed inside torch
     (IndexError) on the positions past its context. The context is K tokens shorter."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
-    models = []
-    for seed in range(3):
-        torch.manual_seed(seed)
-        config = GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=24,
-            n_embd=32,
-            n_layer=2,
-            n_head=4,
-            initializer_range=0.2,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        folder = tmp_path / f"gpt{seed}"
-        GPT2LMHeadModel(config).save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        models.append(HFModel(str(folder), device="cpu"))
-    base, tuned, ref = models
+    base, tuned, ref = gpts
     assert base.context_length == 24
     chat = [{"role": "user", "content": "Hello"}]
     room = 24 - len(base.prompt_ids(chat))

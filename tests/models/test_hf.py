@@ -4,7 +4,7 @@ import json
 import math
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -342,30 +342,12 @@ def test_a_completion_stops_at_the_context_and_a_prompt_filling_it_is_refused(
 
 
 def test_a_row_that_fills_the_context_waits_for_the_others_inside_it(
-    tiny_hf_model_dir: Path, tmp_path: Path
+    tiny_hf_model_dir: Path, tmp_path: Path, build_gpt2: Callable[..., Path]
 ) -> None:
     """A row that stopped at the context was fed padding until the batch dropped it, at
     positions past the context: a model of learned positions (GPT-2) raised IndexError while
     the other rows went on."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=24,
-        n_embd=32,
-        n_layer=2,
-        n_head=4,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    folder = tmp_path / "gpt"
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    gpt = HFModel(str(folder), device="cpu")
+    gpt = HFModel(str(build_gpt2(tmp_path / "gpt", tiny_hf_model_dir)), device="cpu")
     short: Chat = [{"role": "user", "content": "Hi"}]
     long: Chat = [{"role": "user", "content": "Hello there my go"}]
     room = 24 - len(gpt.prompt_ids(long))
