@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,35 @@ def _weights_dir(out: str | None) -> Path:
     return Path(out) if out is not None else WEIGHTS_DIR
 
 
+@contextmanager
+def _progress_bar(setup: str | None = None) -> Iterator[Callable[[str, int, int], None]]:
+    """One bar per task of a build or a measurement, fed by ``progress(task, done, total)``
+    (``setup``: a first task, done when the first real one starts); transformers' own bars
+    are off, so there is one display."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as bar:
+        first = bar.add_task(setup, total=1) if setup is not None else None
+        tasks: dict[str, Any] = {}
+
+        def progress(task: str, completed: int, total: int) -> None:
+            if task not in tasks:
+                if first is not None:
+                    bar.update(first, completed=1)
+                tasks[task] = bar.add_task(task, total=total)
+            bar.update(tasks[task], completed=completed, total=total)
+
+        yield progress
+
+
 @organism_app.command("build")
 def build_command(
     out: str | None = typer.Option(
@@ -38,35 +69,10 @@ def build_command(
 ) -> None:
     """Regenerate organism members deterministically on CPU and write their model cards."""
     with user_errors():
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-        from transformers.utils import logging as hf_logging
-
         from poise.organism.build import build, resolve_members
 
         names = resolve_members(members)  # validate names before any work
-        hf_logging.disable_progress_bar()  # one progress display: ours
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=console) as bar:
-            setup = bar.add_task("corpus + tokenizer", total=1)
-            tasks: dict[str, Any] = {}
-
-            def progress(task: str, completed: int, total: int) -> None:
-                if task not in tasks:
-                    bar.update(setup, completed=1)
-                    tasks[task] = bar.add_task(task, total=total)
-                bar.update(tasks[task], completed=completed, total=total)
-
+        with _progress_bar(setup="corpus + tokenizer") as progress:
             result = build(out, names, quick=quick, seed=seed, progress=progress, threads=threads)
         _print_result(result)
 
@@ -107,21 +113,9 @@ def remeasure_command(
     """Measure the chat members' card rates again on their weights (no training) and rewrite
     them in their cards: after a change to the oracle or to how a rate is counted."""
     with user_errors():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-        from transformers.utils import logging as hf_logging
-
         from poise.organism.build import remeasure_cards
 
-        hf_logging.disable_progress_bar()
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=console) as bar:
-            tasks: dict[str, Any] = {}
-
-            def progress(task: str, completed: int, total: int) -> None:
-                if task not in tasks:
-                    tasks[task] = bar.add_task(task, total=total)
-                bar.update(tasks[task], completed=completed, total=total)
-
+        with _progress_bar() as progress:
             measured = remeasure_cards(
                 out, members or None, quick=quick, seed=seed, progress=progress, threads=threads
             )

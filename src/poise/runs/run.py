@@ -57,7 +57,6 @@ from poise.errors import (
     PoiseError,
     file_on_the_way,
     invalid_json,
-    json_error_line,
     located,
     read_json_object,
 )
@@ -236,13 +235,8 @@ class Run:
     @property
     def header(self) -> dict[str, Any]:
         file = self.path / RUN_FILE
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise located(file, json_error_line(exc), invalid_json(exc)) from None
-        except UnicodeDecodeError:
-            raise located(file, None, "not a UTF-8 text file") from None
-        if not isinstance(data, dict) or "config" not in data:
+        data = read_json_object(file)
+        if "config" not in data:
             raise PoiseError(f"{file}: not a run header (no 'config' field)")
         if not isinstance(data["config"], dict):
             raise PoiseError(f"{file}: field 'config' must be an object")
