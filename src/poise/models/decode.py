@@ -980,9 +980,8 @@ class Batcher:
                 self.live = [live[i] for i in kept]
             state.step(feed)
             waiting = [i for i, r in enumerate(self.live) if r.done]
-            hold = getattr(state, "hold", None)  # a state of several models holds each
-            if waiting and hold is not None:
-                hold(waiting)
+            if waiting:
+                state.hold(waiting)
         return news
 
     def _admit(self) -> None:
