@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from poise.attacks import SUMMARIES, Request, SystemPrompt, attacks
 from poise.attacks.base import check_attack_sampling, warn_undeclared_system_prompt
 from poise.config import (
+    COMMON_FIELD_FLAGS,
     AuditConfig,
     Sampling,
     dashed_flag,
@@ -93,12 +94,8 @@ _FIELD_FOR = {
 
 # the flag of a field that ``poise audit`` does not spell ``--FIELD``
 _FLAG_OF = {
+    **COMMON_FIELD_FLAGS,
     "suites": "--suite",
-    "suite_kind": "--kind",
-    "suite_category": "--category",
-    "suite_columns": "--column",
-    "suite_format": "--format",
-    "model_options": "--model-option",
     "attack_options": "--attack-option",
     "judge_options": "--judge-option",
     "judge_labels_columns": "--judge-labels-column",

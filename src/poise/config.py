@@ -211,6 +211,17 @@ def format_field_error(
     return f"{where}: {message}, got {given}{source_of(error['loc'], error.get('input'))}"
 
 
+#: the flags of the fields every command spells alike that are not ``--FIELD``: the suite
+#: options, spelled as ``poise suites show`` spells them, and the model options
+COMMON_FIELD_FLAGS = {
+    "suite_format": "--format",
+    "suite_columns": "--column",
+    "suite_kind": "--kind",
+    "suite_category": "--category",
+    "model_options": "--model-option",
+}
+
+
 def dashed_flag(field: str) -> str:
     """The flag a command line spells a field as by default: ``--max-new-tokens``."""
     return "--" + field.replace("_", "-")

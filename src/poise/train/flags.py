@@ -4,22 +4,19 @@ before any recipe)."""
 
 from __future__ import annotations
 
+from poise.config import COMMON_FIELD_FLAGS, dashed_flag
+
 __all__ = ["FIELD_FLAGS", "field_flag"]
 
 #: the flag of a config field that ``poise train`` does not spell ``--FIELD`` (short forms
 #: aside): what the CLI declares and what errors name
 FIELD_FLAGS = {
+    **COMMON_FIELD_FLAGS,
     "margin_reward_models": "--margin-reward-model",
     "loss_options": "--loss-option",
-    "model_options": "--model-option",
-    # the suite options, spelled as `poise suites show` spells them
-    "suite_format": "--format",
-    "suite_columns": "--column",
-    "suite_kind": "--kind",
-    "suite_category": "--category",
 }
 
 
 def field_flag(field: str) -> str:
     """The ``poise train`` flag of a config field."""
-    return FIELD_FLAGS.get(field, "--" + field.replace("_", "-"))
+    return FIELD_FLAGS.get(field) or dashed_flag(field)
