@@ -3,6 +3,7 @@ calibration and InfAlign transformations (arXiv 2412.19792) against values worke
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -41,11 +42,31 @@ def test_selection_by_reward_cost_and_their_combination() -> None:
     assert calibrated(rewards) == [7 / 8, 1 / 4, 5 / 8, 1 / 4]
     # none: R - C = [1/8, -1/2, 1/4, 1/8] -> 2
     assert select(rewards, costs, calibrate=True) == 2
-    # bon, t = 4: e^4R - e^4C = [e^3.5 - e^3, e^1 - e^3, e^2.5 - e^1.5, e^1 - e^0.5]
-    #           = [13.03, -17.37, 7.70, 1.07] -> 0
+    # the transforms act on the calibrated reward R and on the cost read as a reward, 1 - C:
+    # S = [1/4, 1/4, 5/8, 7/8]
+    # bon, t = 4: e^4R + e^4S = [e^3.5 + e^1, 2 e^1, 2 e^2.5, e^1 + e^3.5] -> 0 and 3 tie, 0
     assert select(rewards, costs, calibrate=True, transform="bon", t=4.0) == 0
-    # won, t = 4: -e^-4R + e^-4C = [0.0196, -0.318, 0.141, 0.239] -> 3
-    assert select(rewards, costs, calibrate=True, transform="won", t=4.0) == 3
+    # won, t = 4: -e^-4R - e^-4S = -[0.398, 0.736, 0.164, 0.398] -> 2, the candidate good on both
+    # (-T(C) would give the cost bon's shape: -e^-4R + e^-4C = [0.020, -0.318, 0.141, 0.239] -> 3)
+    assert select(rewards, costs, calibrate=True, transform="won", t=4.0) == 2
+
+
+def test_the_transform_acts_on_the_cost_read_as_a_reward() -> None:
+    """InfAlign's ``T`` acts on a calibrated reward; the cost enters as the reward ``-c``,
+    calibrated to ``1 - C_c``, so ``bon`` favours the safest candidate as it favours the most
+    rewarded one. Subtracting ``T(C_c)`` instead would pick the top reward here."""
+    rewards, costs = [0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 2.0, 2.0]
+    r, c = calibrated(rewards), calibrated(costs)
+    assert (r, c) == ([3 / 8, 3 / 8, 3 / 8, 7 / 8], [1 / 8, 3 / 8, 3 / 4, 3 / 4])
+    assert calibrated([-x for x in costs]) == [1 - x for x in c]
+    # e^4R + e^4(1-C) = [e^1.5 + e^3.5, e^1.5 + e^2.5, e^1.5 + e^1, e^3.5 + e^1]
+    #                 = [37.60, 16.66, 7.20, 35.83] -> 0 (-T(C): [2.83, 0.0, -15.6, 13.03] -> 3)
+    closed_form = [math.exp(4 * a) + math.exp(4 * (1 - b)) for a, b in zip(r, c, strict=True)]
+    assert closed_form.index(max(closed_form)) == 0
+    assert select(rewards, costs, calibrate=True, transform="bon", t=4.0) == 0
+    # a cost alone or no transform: the same pick either way
+    assert select(None, costs, calibrate=True, transform="bon", t=4.0) == 0
+    assert select(rewards, costs, calibrate=True) == select(rewards, costs, calibrate=True, lam=1.0)
 
 
 def test_a_reward_that_prefers_a_known_answer_picks_it() -> None:

@@ -7,16 +7,22 @@ argmin, the best-of-N jailbreaking they also study, used here to audit the worst
 
 The objective of a candidate ``y`` of prompt ``x``:
 
-    score(x, y) = T(R(x, y)) - lam * T(C(x, y))        (reward and cost given)
-    score(x, y) = T(R(x, y))  or  -T(C(x, y))          (only one given)
+    score(x, y) = T(R(x, y)) + lam * T(S(x, y))        (reward and cost given)
+    score(x, y) = T(R(x, y))  or  T(S(x, y))           (only one given)
 
-- ``R``, ``C``: the reward and cost models' raw scores (a cost is harmful when high), or with
-  ``calibrate=true`` their calibrated versions (InfAlign Section 4, the calibration step of
-  CTRL): the quantile of the score under the base policy's own samples for that prompt,
+- ``R``: the reward model's raw score, or with ``calibrate=true`` its calibrated version
+  (InfAlign Section 4, the calibration step of CTRL): the quantile of the score under the base
+  policy's own samples for that prompt,
   ``C_r(x, y) = P_{z ~ pi_base(.|x)}[r(x, z) < r(x, y)] + 1/2 P[r(x, z) = r(x, y)]``, estimated
   on the N candidates themselves (they are N base samples of ``x``); ties count half (mid-rank).
-  Calibration puts the reward and the cost on one scale, so ``lam`` means the same on every
-  prompt.
+- ``S``: the cost read as a reward, ``-c`` (a cost is harmful when high), calibrated the same
+  way: ``C_{-c} = 1 - C_c`` exactly, ties at mid rank included. InfAlign transforms a calibrated
+  *reward*, higher better; the cost is a second reward of that kind, so ``T`` acts on ``1 - C_c``
+  and not on ``C_c``. (``-T(C_c)`` would give the cost the other transform's shape: with
+  ``bon``, ``-exp(t C_c) = e^t * (-exp(-t (1 - C_c)))`` is ``won`` of the safety.) Without a
+  transform the two forms pick alike (``R - lam * C`` and ``R + lam * (1 - C)`` differ by
+  ``lam``). Calibration puts the reward and the cost on one scale, so ``lam`` means the same on
+  every prompt.
 - ``T``: InfAlign's transformations of the calibrated score (Section 4, InfAlign-CTRL): ``transform=bon``,
   ``T(u) = exp(t u)`` (for best-of-N); ``transform=won``, ``T(u) = -exp(-t u)`` (for worst-of-N);
   ``transform=none``, ``T(u) = u``. ``t`` is their temperature. A monotone ``T`` of a single
@@ -85,11 +91,13 @@ def select(
     """Index of the chosen candidate among one prompt's N (see the module docstring); the first
     on ties."""
     total: list[float] | None = None
-    for values, sign in ((rewards, 1.0), (costs, -1.0)):
+    # the cost is read as the reward -c before calibration and transform (module docstring)
+    safety = None if costs is None else [-c for c in costs]
+    for values in (rewards, safety):
         if values is None:
             continue
         scaled = calibrated(values) if calibrate else list(values)
-        part = [sign * v for v in _transform(scaled, transform, t)]
+        part = _transform(scaled, transform, t)
         # the cost comes after the reward: weight lam
         total = part if total is None else [a + lam * b for a, b in zip(total, part, strict=True)]
     assert total is not None
