@@ -139,6 +139,41 @@ def build_tiny_model() -> Callable[..., Path]:
     return build_tiny_hf_model
 
 
+# The chat whose greedy answer ``eos_hf_model_dir``'s model ends with its EOS token.
+EOS_CHAT = [{"role": "user", "content": "the cat sat"}]
+
+
+@pytest.fixture(scope="session")
+def eos_hf_model_dir(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny model whose greedy answer to :data:`EOS_CHAT` is a few tokens and then
+    the EOS token ``</s>`` (the random tiny model's answers run to their length): the EOS row of
+    its output layer is 1.1 x the row of a token of the original greedy answer, so EOS outscores
+    that token wherever it would win. Shared by the session: copy it before changing it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from poise.config import Sampling
+    from poise.models.hf import HFModel
+
+    greedy = Sampling(max_new_tokens=16)
+    (answer,) = HFModel(str(tiny_hf_model_dir), device="cpu").generate([EOS_CHAT], greedy)[0]
+    assert answer.token_ids is not None
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    root = tmp_path_factory.mktemp("tiny-eos")
+    for position in range(3, len(answer.token_ids)):
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_hf_model_dir))
+        with torch.no_grad():
+            rows = model.lm_head.weight  # [vocab, hidden]
+            rows[tokenizer.eos_token_id] = 1.1 * rows[answer.token_ids[position]]
+        path = root / f"eos-{position}"
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        (ended,) = HFModel(str(path), device="cpu").generate([EOS_CHAT], greedy)[0]
+        if ended.finish_reason == "stop" and ended.num_tokens >= 3:
+            return path
+    raise AssertionError("no edit of the tiny model ends its answer with EOS")
+
+
 @pytest.fixture(scope="session")
 def monitor_dir(
     build_tiny_model: Callable[..., Path], tmp_path_factory: pytest.TempPathFactory

@@ -334,3 +334,54 @@ def test_ctrl_c_in_an_audit_says_where_the_answers_are_and_how_to_continue(
     assert "continuing unfinished run" in again.output
     [run] = list_runs(tmp_path / "runs")
     assert run.status == "complete" and len(list(run.records())) == 4
+
+
+def test_sigterm_in_an_audit_says_what_ctrl_c_says_and_resume_finishes_it(
+    tmp_path: Path, endpoint: Callable[..., Endpoint]
+) -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler ending a job) ended the audit at once,
+    without a word of the answers so far. Now it is Ctrl-C's: the same line names the run and
+    the resume, the exit code is 143 (128 + SIGTERM), samples.jsonl holds whole records only, and
+    --resume finishes the run."""
+    first_block = {"harmful request 0", "harmful request 1"}
+    released = threading.Event()
+
+    def reply(request: dict[str, Any]) -> Answer:
+        if request["messages"][-1]["content"] not in first_block:
+            released.wait(60)  # the second block waits: the audit is mid-run when stopped
+        return completion(REFUSE)
+
+    server = endpoint(reply)
+    suite = write_suite(tmp_path / "mini.jsonl", 6)
+    out = tmp_path / "runs"
+    proc = poise_process(audit_argv(f"openai:m@{server.url}", suite, out, "--batch-size", "2"))
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs := list_runs(out)) or runs[0].samples_written() < 2:
+            if proc.poll() is not None:
+                pytest.fail(f"the audit ended early: {proc.communicate()}")
+            if time.monotonic() > deadline:
+                pytest.fail("the audit wrote no answer within 60 s")
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        released.set()
+        proc.kill()
+    assert proc.returncode == 143, err
+    [run] = list_runs(out)
+    said = " ".join(err.split())
+    assert f"interrupted: the answers judged so far are recorded in {run.path}" in said
+    assert f"run the same command again (or poise audit --resume {run.path})" in said
+    assert "Traceback" not in err
+    written = run.samples_path.read_bytes()
+    assert written.endswith(b"\n")  # whole lines: no record cut in two
+    assert sorted(json.loads(line)["item_id"] for line in written.splitlines()) == ["h-00", "h-01"]
+    assert run.state == "interrupted" and not run.is_locked()
+
+    resumed = poise_process(["audit", "--resume", str(run.path), "--out", str(out)])
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    [run] = list_runs(out)
+    assert run.status == "complete"
+    assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(6)]

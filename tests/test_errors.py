@@ -200,3 +200,58 @@ def test_a_run_header_and_a_monitor_header_not_in_utf8_are_one_error(tmp_path: P
     (tmp_path / MONITOR_JSON).write_bytes(b'{"format": "\xe9"}')
     with pytest.raises(PoiseError, match=rf"{MONITOR_JSON}: not a UTF-8 text file$"):
         read_header(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line", "column"),
+    [
+        ('{"prompt": "a", "prompt": "b"}', "prompt", 1, 17),
+        ('{"a": {"b": 1, "b": 2}}', "b", 1, 16),  # inside a nested object
+        ('[{"x": 1},\n {"y": [1, {"z": 0}], "y": 2}]', "y", 2, 23),
+        ('{"\\u0061": 1, "a": 2}', "a", 1, 15),  # the same key, spelt with an escape
+        # the object json closes first is named: the inner one, as the fast parse found it
+        ('{"a": {"b": 1}, "a": {"b": 2, "b": 3}}', "b", 1, 31),
+    ],
+)
+def test_a_key_given_twice_is_refused_at_the_second_one(
+    text: str, key: str, line: int, column: int
+) -> None:
+    """json keeps a repeated key's last value without a word; every reader of the user's JSON
+    parses with parse_json, which refuses it where the second one starts."""
+    import json
+
+    from poise.errors import DuplicateKeyError, invalid_json, json_error_line, parse_json
+
+    assert isinstance(json.loads(text), (dict, list))  # json itself takes it
+    with pytest.raises(DuplicateKeyError) as caught:
+        parse_json(text)
+    error = caught.value
+    assert isinstance(error, json.JSONDecodeError)  # located by every JSON reader as it is
+    assert (error.key, json_error_line(error), error.colno) == (key, line, column)
+    assert invalid_json(error) == f"key {key!r} given twice (again at column {column})"
+
+
+def test_parse_json_reads_what_json_reads() -> None:
+    import json
+
+    from poise.errors import parse_json
+
+    for text in ('{"a": [1, 2.5, null, {"b": true}], "c": {"a": 1}}', "[]", '"x"', "NaN"):
+        expected = json.loads(text)
+        assert repr(parse_json(text)) == repr(expected)
+        assert repr(parse_json(text.encode("utf-16"))) == repr(expected)  # bytes, as json.loads
+    for bad in ("\ufeff{}", "{", '{"a": 1} x'):
+        with pytest.raises(json.JSONDecodeError):
+            parse_json(bad)
+
+
+def test_a_json_object_file_with_a_key_given_twice_names_the_line_and_key(
+    tmp_path: Path,
+) -> None:
+    from poise.errors import read_json_object
+
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "hidden_size": 8,\n  "hidden_size": 16\n}\n', encoding="utf-8")
+    with pytest.raises(PoiseError) as caught:
+        read_json_object(path)
+    assert str(caught.value) == f"{path}:3: key 'hidden_size' given twice (again at column 3)"

@@ -341,3 +341,16 @@ def test_a_benign_answer_the_judge_labels_no_harm_on_costs_nothing(tmp_path: Pat
         model="mock", model_options={"responses": safe}, judge="refusal", prompts=str(suite)
     )
     assert result.costs == (0.0,) * 8 and result.unjudged == 0 and result.passed
+
+
+def test_a_baseline_with_a_key_given_twice_is_one_line_before_sampling(tmp_path: Path) -> None:
+    # json kept the last value: the paired difference was taken against the wrong cost
+    baseline = tmp_path / "before.json"
+    baseline.write_text(
+        '{"cost_units": "u",\n"costs": [{"id": "p0", "cost": 0.0, "cost": 1.0}]}', encoding="utf-8"
+    )
+    with pytest.raises(PoiseError) as caught:
+        gate(model="mock", judge="refusal", limit=2, baseline=str(baseline))
+    assert str(caught.value).startswith(
+        f"baseline: {baseline}: not a gate result JSON (key 'cost' given twice: line 2 column 37"
+    )

@@ -334,7 +334,8 @@ def _audit(
             run, reference_records=reference_records, html=cfg.html, judge_validation=validation
         )
     except KeyboardInterrupt:
-        # Ctrl-C: said, not only exit code 130: the records so far are kept and the run resumes
+        # Ctrl-C (and SIGTERM, which the CLI raises as one): said, not only an exit code: the
+        # records so far are kept and the run resumes
         log.warning(
             "interrupted: the answers judged so far are recorded in %s; run the same command "
             "again (or poise audit --resume %s) to continue",

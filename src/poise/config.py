@@ -23,15 +23,24 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from poise.errors import PoiseError, located
 
 
+def user_path(path: str | os.PathLike[str]) -> str:
+    """A path as a user gave it, with a leading ``~`` (or ``~user``) expanded to the home
+    folder: a quoted ``"~/runs"``, or one in a config file, reaches poise unexpanded (only the
+    shell expands a bare one), and was a folder named ``~`` in the working directory. Anything
+    else is left as written (a name, a hub id, ``organism-small``)."""
+    return os.path.expanduser(os.fspath(path))
+
+
 def _fspath(value: Any) -> Any:
-    """A path given as an ``os.PathLike`` (a ``pathlib.Path``) becomes its string; anything
-    else is left to the field's own validation."""
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
+    """A path given as a string or an ``os.PathLike`` (a ``pathlib.Path``) becomes its string,
+    ``~`` expanded (:func:`user_path`); anything else is left to the field's own validation."""
+    return user_path(value) if isinstance(value, (str, os.PathLike)) else value
 
 
 PathStr = Annotated[str, BeforeValidator(_fspath)]
 """A field that names a file, a folder or a model: a string, or a ``pathlib.Path`` stored as
-its string (so configs, fingerprints and run.json stay plain JSON)."""
+its string (so configs, fingerprints and run.json stay plain JSON), with a leading ``~``
+expanded."""
 
 
 class StrictModel(BaseModel):

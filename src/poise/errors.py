@@ -8,11 +8,12 @@ library callers catch it like any exception.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +24,18 @@ class PoiseError(Exception):
     """A mistake in the user's input: bad file, unknown name, missing extra, bad value."""
 
     exit_code = 2
+
+
+# What may explain an unknown name besides a typo, told after the known names: poise.plugins
+# adds the plugins that failed to load (a name one of them registers is unknown too). Each
+# returns "" when it has nothing to say.
+_unknown_name_notes: list[Callable[[], str]] = []
+
+
+def explain_unknown_names(note: Callable[[], str]) -> None:
+    """Add ``note()`` to every :class:`UnknownNameError` of a name (not of an option, whose kind
+    ends in ``:``) while it returns text."""
+    _unknown_name_notes.append(note)
 
 
 class UnknownNameError(PoiseError, KeyError):
@@ -36,7 +49,9 @@ class UnknownNameError(PoiseError, KeyError):
         )
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(known) if known else "(none registered)"
-        super().__init__(f"unknown {kind} {name!r}{hint} (known: {listing})")
+        notes = [] if kind.endswith(":") else [n for n in (f() for f in _unknown_name_notes) if n]
+        why = "".join(f"; {note}" for note in notes)
+        super().__init__(f"unknown {kind} {name!r}{hint} (known: {listing}){why}")
         self.kind = kind
         self.name = name
 
@@ -126,8 +141,11 @@ def check_number(
 def invalid_json(exc: json.JSONDecodeError) -> str:
     """What is wrong with a JSON text, where on its line: ``invalid JSON (Expecting ','
     delimiter at column 21)``, or ``... where the text ends)`` for a text cut short (json's
-    position is then past the line's newline: "line 2, column 1" of a one-line text); the caller
+    position is then past the line's newline: "line 2, column 1" of a one-line text), or
+    ``key 'prompt' given twice (again at column 18)`` (:class:`DuplicateKeyError`); the caller
     says the file and line."""
+    if isinstance(exc, DuplicateKeyError):
+        return f"key {exc.key!r} given twice (again at column {exc.colno})"
     # some of json's messages end in " at" (they are written to be followed by a position)
     what = exc.msg.removesuffix(" at")
     if exc.pos >= len(exc.doc):
@@ -160,14 +178,127 @@ def json_lines(text: str) -> list[str]:
     return lines
 
 
+class DuplicateKeyError(json.JSONDecodeError):
+    """A JSON object that gives one key twice. json keeps the last value without a word (a row
+    ``{"prompt": "a", "prompt": "b"}`` read as "b"); poise refuses it. A
+    :class:`json.JSONDecodeError` whose position is the second key's opening quote, so every
+    reader that locates invalid JSON (:func:`invalid_json`, :func:`json_error_line`) locates it."""
+
+    def __init__(self, key: str, doc: str, pos: int) -> None:
+        super().__init__(f"key {key!r} given twice", doc, pos)
+        self.key = key
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.key, self.doc, self.pos)
+
+
+class _KeyTwice(ValueError):
+    """Raised by :func:`unique_keys` inside json's C parser, which knows no positions; turned
+    into a located :class:`DuplicateKeyError` by :func:`parse_json`."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """The ``object_pairs_hook`` of every reader of the user's JSON: the object as a dict, and
+    a key given twice refused instead of its last value kept. Readers call :func:`parse_json`,
+    which parses with it and says where the second key is (the hook alone cannot: a
+    ValueError that names the key)."""
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _KeyTwice(key)
+            seen.add(key)
+    return data
+
+
+# One decoder for all reads: as fast as json.loads (which builds a decoder per call when given
+# a hook).
+_UNIQUE_KEYS = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads(text)``, with a key given twice in an object refused: a
+    :class:`DuplicateKeyError` at the second one (a :class:`json.JSONDecodeError`, so callers
+    locate it as any invalid JSON). Every reader of the user's JSON and JSONL parses with it."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # as json.loads does
+    elif text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    try:
+        return _UNIQUE_KEYS.decode(text)
+    except _KeyTwice as twice:
+        raise _key_twice(text, twice.key) from None
+
+
+def _key_twice(text: str, key: str) -> DuplicateKeyError:
+    """Where in ``text`` a key is given twice: the text walked again (only after the fast parse
+    found one), object by object, in the order json's parser closes them, so the key found is
+    the one the fast parse refused."""
+    try:
+        _walk(text, _space(text, 0))
+    except DuplicateKeyError as exc:
+        return exc
+    except RecursionError:  # nested deeper than a Python walk goes
+        pass
+    # not found again: the key's second appearance as a key
+    quoted = re.escape(json.dumps(key)) + r"\s*:"
+    found = list(itertools.islice(re.finditer(quoted, text), 2))
+    return DuplicateKeyError(key, text, found[-1].start() if found else 0)
+
+
+_PLAIN = json.JSONDecoder()  # scalars and keys, for the walk
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _space(text: str, pos: int) -> int:
+    """The first position at or after ``pos`` that is not JSON whitespace."""
+    match = _WHITESPACE.match(text, pos)
+    return match.end() if match else pos
+
+
+def _walk(text: str, pos: int) -> int:
+    """Past the JSON value at ``pos`` of a text that parses (but for a key given twice); a
+    :class:`DuplicateKeyError` at the second key of the first object to close with one."""
+    if text[pos] == "[":
+        pos = _space(text, pos + 1)
+        while text[pos] != "]":
+            pos = _space(text, _walk(text, pos))
+            if text[pos] == ",":
+                pos = _space(text, pos + 1)
+        return pos + 1
+    if text[pos] != "{":
+        return _PLAIN.raw_decode(text, pos)[1]
+    keys: list[tuple[str, int]] = []  # each key and where its opening quote is
+    pos = _space(text, pos + 1)
+    while text[pos] != "}":
+        name, after = _PLAIN.raw_decode(text, pos)
+        keys.append((name, pos))
+        pos = _space(text, _space(text, after) + 1)  # past ":"
+        pos = _space(text, _walk(text, pos))
+        if text[pos] == ",":
+            pos = _space(text, pos + 1)
+    seen: set[str] = set()
+    for name, start in keys:
+        if name in seen:
+            raise DuplicateKeyError(name, text, start)
+        seen.add(name)
+    return pos + 1
+
+
 def read_json_object(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A JSON file that holds one object; anything else (unreadable, not UTF-8, invalid JSON,
-    another JSON type) is one error naming the file, and the line where json says."""
+    a key given twice, another JSON type) is one error naming the file, and the line where json
+    says."""
     from pathlib import Path
 
     file = Path(path)
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = parse_json(file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise located(file, json_error_line(exc), invalid_json(exc)) from None
     except UnicodeDecodeError:

@@ -49,8 +49,16 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
 
-from poise.config import MaxNewTokens, SampleCount, Seed, SuiteOptions, Temperature, TopP
-from poise.errors import PoiseError, prepare_output_file
+from poise.config import (
+    MaxNewTokens,
+    PathStr,
+    SampleCount,
+    Seed,
+    SuiteOptions,
+    Temperature,
+    TopP,
+)
+from poise.errors import PoiseError, parse_json, prepare_output_file
 from poise.tasks import UNPARSED
 
 logger = logging.getLogger(__name__)
@@ -66,13 +74,13 @@ class GateConfig(SuiteOptions):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = Field(
+    model: PathStr = Field(
         ..., description="model to test: organism member, HF folder, hf:/openai:/mock: spec"
     )
-    prompts: str = Field(
+    prompts: PathStr = Field(
         "harmful", description="held-out prompts: a built-in suite name or a suite file"
     )
-    cost_model: str | None = Field(
+    cost_model: PathStr | None = Field(
         None,
         description=f"cost model folder or member (default {DEFAULT_COST_MODEL} when no --judge)",
     )
@@ -107,8 +115,8 @@ class GateConfig(SuiteOptions):
     model_options: dict[str, Any] = Field(
         default_factory=dict, description="backend options (device, dtype, ...)"
     )
-    output: str | None = Field(None, description="write the result as JSON to this file")
-    baseline: str | None = Field(
+    output: PathStr | None = Field(None, description="write the result as JSON to this file")
+    baseline: PathStr | None = Field(
         None,
         description="a gate result JSON (--output) of another model, e.g. before training, on "
         "the same prompts: report the paired difference of the costs",
@@ -374,11 +382,9 @@ COMPARED_SETTINGS = (
 
 
 def _read_baseline(path: str) -> dict[str, Any]:
-    import json
-
     file = Path(path).expanduser()
     try:
-        data = json.loads(file.read_text(encoding="utf-8"))
+        data = parse_json(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PoiseError(f"baseline: {file}: no such file") from None
     except (OSError, ValueError) as exc:

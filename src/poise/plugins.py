@@ -13,9 +13,12 @@ An installed package declares its plugin in its ``pyproject.toml``::
     mine = "my_package.poise_plugin"            # a module whose import registers
     other = "my_package.plugin:register"        # or a function without arguments, then called
 
-A plugin that fails to load stops every command with one line naming it (a PoiseError), whatever
-it raised (a :class:`~poise.errors.PoiseError` of its own too); every later read of a registry
-raises that same error again, not whatever a second, partial import of the plugin would raise.
+A plugin that fails to load, whatever it raises (a :class:`~poise.errors.PoiseError` of its own
+too), does not stop poise: it is logged once as a warning, one line naming the plugin, its entry
+point and the error, and the other plugins and every command work without it. It is not imported
+again (what it registered before it failed would clash with itself). A name it would have
+registered is then unknown, and the :class:`~poise.errors.UnknownNameError` says which plugin
+failed to load.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import importlib
 import inspect
 import logging
 import threading
+
+from poise.errors import PoiseError, explain_unknown_names
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +39,19 @@ ENTRY_POINT_GROUP = "poise.plugins"
 _lock = threading.RLock()  # a plugin may read a registry while it registers
 _loaded = False
 _loading = False  # in this call's thread (the lock is held): a read while registering
-_failure: str | None = None  # the message of the plugin that failed to load, said again
+# the plugins that failed to load, as "plugin 'NAME' (VALUE, from DIST)" -> "TYPE: message"
+_failures: dict[str, str] = {}
 
 
 def load_plugins() -> None:
-    """Import every plugin once (a missing bundled plugin is skipped; a broken one raises)."""
+    """Import every plugin once (a missing bundled plugin is skipped; a broken one is logged as
+    a warning and left out)."""
     global _loading
     if _loaded:
         return
     with _lock:
         if _loaded or _loading:
             return  # a plugin reading a registry while it registers sees what is there so far
-        if _failure is not None:
-            # loading again would import the failed plugin a second time: what it registered
-            # before it failed would then clash with itself, hiding the first error
-            from poise.errors import PoiseError
-
-            raise PoiseError(_failure)
         _loading = True
         try:
             _load_all()
@@ -58,19 +59,26 @@ def load_plugins() -> None:
             _loading = False
 
 
+def failed_plugins() -> dict[str, str]:
+    """The plugins that failed to load: ``{"plugin 'NAME' (VALUE, from DIST)": "TYPE: message"}``
+    (empty when every plugin loaded, or none was loaded yet)."""
+    return dict(_failures)
+
+
 def _load_all() -> None:
     """Import the listed plugins and the entry points (load_plugins holds the lock)."""
-    global _loaded, _failure
+    global _loaded
     for module in PLUGINS:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
             if exc.name != module:
-                raise
-            log.debug("plugin %s is not installed", module)
+                _failed(f"plugin {module!r}", exc)
+            else:
+                log.debug("plugin %s is not installed", module)
+        except Exception as exc:
+            _failed(f"plugin {module!r}", exc)
     from importlib.metadata import entry_points
-
-    from poise.errors import PoiseError
 
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         where = f"plugin {entry.name!r} ({entry.value}"
@@ -81,12 +89,32 @@ def _load_all() -> None:
             loaded = entry.load()  # imports the module (its decorators register)
             if _is_register_function(loaded):  # "pkg.module:register": call it to register
                 loaded()
-        except Exception as exc:  # every command would fail on it: say which, in a line
-            # a PoiseError of its own ("unknown attack 'greedi'") names the plugin too
-            what = str(exc) if isinstance(exc, PoiseError) else f"{type(exc).__name__}: {exc}"
-            _failure = f"{where} failed to load: {what} (uninstall it, or fix it, to use poise)"
-            raise PoiseError(_failure) from exc
-    _loaded = True
+        except Exception as exc:  # one broken plugin must not stop every command
+            _failed(where, exc)
+    _loaded = True  # a failed plugin is not imported again: its partial registrations would clash
+
+
+def _failed(where: str, exc: Exception) -> None:
+    # a PoiseError of its own ("unknown attack 'greedi'") is its message; anything else its type
+    what = str(exc) if isinstance(exc, PoiseError) else f"{type(exc).__name__}: {exc}"
+    _failures[where] = what
+    log.warning(
+        "%s failed to load: %s; poise goes on without it (what it registers is unknown)",
+        where,
+        what,
+    )
+
+
+def _unknown_name_note() -> str:
+    """What an unknown name's error adds while plugins failed to load: which ones."""
+    if not _failures:
+        return ""
+    failed = "; ".join(f"{where} failed to load ({what})" for where, what in _failures.items())
+    they = "it registers" if len(_failures) == 1 else "they register"
+    return f"{failed}, so nothing {they} is known"
+
+
+explain_unknown_names(_unknown_name_note)
 
 
 def _is_register_function(obj: object) -> bool:

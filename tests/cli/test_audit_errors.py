@@ -63,7 +63,27 @@ def folder_without_safetensors(tmp_path: Path) -> list[str]:
     return ["--model", str(folder), "--suite", str(good_suite(tmp_path)), "--judge", "refusal"]
 
 
+def key_twice_in_a_row(tmp_path: Path) -> list[str]:
+    path = tmp_path / "twice.jsonl"
+    path.write_text('{"prompt": "fine", "kind": "benign"}\n{"prompt": "a", "prompt": "b"}\n')
+    return ["--suite", str(path), "--kind", "benign"]
+
+
+def key_twice_in_an_option(tmp_path: Path) -> list[str]:
+    # json kept the last value: the script answered "hi" with "b" without a word
+    option = 'responses={"hi": "a", "hi": "b"}'
+    return ["--model-option", option, "--suite", str(good_suite(tmp_path))]
+
+
 CASES = {
+    "key given twice in a row": (
+        key_twice_in_a_row,
+        ["twice.jsonl:2", "key 'prompt' given twice"],
+    ),
+    "key given twice in an option": (
+        key_twice_in_an_option,
+        ["--model-option", "key 'hi' given twice"],
+    ),
     "bad JSON": (bad_json, ["bad.jsonl:2"]),
     "missing column": (missing_column, ["advbench.csv", "missing required column", "target"]),
     "empty file": (empty_file, ["empty.jsonl", "empty"]),

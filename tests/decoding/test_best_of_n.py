@@ -258,3 +258,30 @@ def test_a_chat_model_or_a_monitor_as_a_scorer_is_refused_from_its_config(
     with pytest.raises(PoiseError, match=r"config.json:\d+: invalid JSON"):
         BestOfN(MockModel("m"), n=2, cost=str(two))
     BestOfN(MockModel("m"), n=2, cost="organism-cost")  # a cost model passes
+
+
+def test_the_answer_is_the_picked_sample_with_its_token_ids(eos_hf_model_dir: Path) -> None:
+    """The answer is the picked sample as the base model gave it: its token ids (the EOS that
+    ended it included: what a server's usage counts and its log-probs cover), token count,
+    finish reason and log-probs. It used to keep the text and drop the token ids."""
+    from poise.guards.record import generated_tokens
+    from poise.models.hf import HFModel
+
+    base = HFModel(str(eos_hf_model_dir), device="cpu")
+    chat = [{"role": "user", "content": "the cat sat"}]
+    sampling = Sampling(temperature=0.3, seed=0, max_new_tokens=12)
+    drawn = base.generate([chat], sampling.model_copy(update={"n": 4}))[0]
+    [[answer]] = BestOfN(base, n=4, reward="length:1").generate([chat], sampling)
+    assert answer.metadata is not None
+    picked = drawn[answer.metadata["picked"]]
+    assert picked.token_ids is not None and answer.token_ids == picked.token_ids
+    assert (answer.text, answer.num_tokens, answer.finish_reason) == (
+        picked.text,
+        picked.num_tokens,
+        picked.finish_reason,
+    )
+    assert answer.token_logprobs == picked.token_logprobs
+    assert base.tokenizer.decode(answer.token_ids, skip_special_tokens=True) == answer.text
+    # the sample this seed picks ended on EOS: it is among its ids, counted as decoded
+    assert answer.finish_reason == "stop" and answer.token_ids[-1] in base.eos_token_ids
+    assert generated_tokens(answer) == answer.num_tokens + 1

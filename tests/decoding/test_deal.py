@@ -275,3 +275,25 @@ def test_on_the_organism_a_cost_heuristic_lowers_harmful_openings() -> None:
     deal = DeAL(base, k=2, lookahead=24, beam=1, lam=1.0, cost="organism-cost")
     steered = sum(c.text.startswith("Sure") for [c] in deal.generate(chats, sampling))
     assert steered < plain
+
+
+def test_the_answers_token_ids_are_greedy_decodings_with_its_eos(eos_hf_model_dir: Path) -> None:
+    """The search's answer carries its token ids as the base model's decoding gives them: the
+    EOS that ended it included (what a server's usage counts), cut with a stop string's text.
+    They used to be missing."""
+    model = HFModel(str(eos_hf_model_dir), device="cpu")
+    chats = [[{"role": "user", "content": "the cat sat"}], *CHATS[1:]]
+    deal = DeAL(model, k=2, lookahead=2, beam=1, lam=0.0)
+    greedy = model.generate(chats, GREEDY)
+    ended = greedy[0][0]
+    assert ended.finish_reason == "stop" and ended.token_ids is not None
+    assert ended.token_ids[-1] in model.eos_token_ids
+    stop = GREEDY.model_copy(update={"stop": (ended.text[1:3],)})
+    for sampling in (GREEDY, stop):
+        got, expected = deal.generate(chats, sampling), model.generate(chats, sampling)
+        for mine, theirs in zip(got, expected, strict=True):
+            assert mine[0].token_ids == theirs[0].token_ids
+            assert (mine[0].text, mine[0].num_tokens) == (theirs[0].text, theirs[0].num_tokens)
+    [[cut]] = deal.generate(chats[:1], stop)
+    assert cut.finish_reason == "stop" and cut.token_ids is not None
+    assert len(cut.token_ids) == cut.num_tokens < ended.num_tokens

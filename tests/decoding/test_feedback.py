@@ -177,3 +177,41 @@ def test_a_prompt_past_a_models_context_is_skipped_not_the_batchs_error(
     # a feedback model with room for the prompt reads every answer
     read = FeedbackRevision(short, feedback=long, max_feedback_tokens=8).generate(chats, sampling)
     assert all("skipped" not in c.metadata for c in read[0])
+
+
+def test_answers_and_revisions_keep_their_token_ids(tiny_hf_model_dir: Path) -> None:
+    """Every answer is the conversation model's completion as it gave it, token ids included
+    (what a server's usage counts): the first answer where feedback did not fire, the revision
+    where it did. Both used to keep the text and drop the token ids."""
+    from poise.decoding.feedback import REVISION_REQUEST
+    from poise.models.hf import HFModel
+
+    base = HFModel(str(tiny_hf_model_dir), device="cpu")
+    flag = '{"unsafe": true, "overrefusal": false, "feedback": "Be brief."}'
+    reviewer = MockModel(
+        "mock:reviewer",
+        responses=lambda chat, _: flag if "the cat sat" in last_user_message(chat) else "fine",
+    )
+    chats: list[Chat] = [
+        [{"role": "user", "content": "the cat sat"}],
+        [{"role": "user", "content": "hello there"}],
+    ]
+    sampling = Sampling(max_new_tokens=10)
+    first = base.generate(chats, sampling)
+    [[revised], [kept]] = FeedbackRevision(base, feedback=reviewer).generate(chats, sampling)
+    assert revised.metadata is not None and revised.metadata["feedback_fired"]
+    assert kept.metadata is not None and not kept.metadata["feedback_fired"]
+    conversation: Chat = [
+        *chats[0],
+        {"role": "assistant", "content": first[0][0].text},
+        {"role": "user", "content": REVISION_REQUEST.format(feedback="Be brief.")},
+    ]
+    [[revision]] = base.generate([conversation], sampling)
+    for got, expected in ((revised, revision), (kept, first[1][0])):
+        assert expected.token_ids is not None and got.token_ids == expected.token_ids
+        assert (got.text, got.num_tokens, got.finish_reason) == (
+            expected.text,
+            expected.num_tokens,
+            expected.finish_reason,
+        )
+        assert base.tokenizer.decode(got.token_ids, skip_special_tokens=True) == got.text

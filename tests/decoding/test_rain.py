@@ -383,3 +383,177 @@ def test_a_base_without_a_tokenizer_is_a_one_line_error(tiny: HFModel) -> None:
     with pytest.raises(PoiseError, match="must be a Hugging Face model") as error:
         Rain(eft)
     assert "\n" not in str(error.value) and "EmulatedFineTuning" in str(error.value)
+
+
+# -- the model's context (a model of learned positions fails past it: IndexError)
+
+
+@pytest.fixture(scope="module")
+def gpt_dirs(
+    tiny_hf_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    build_gpt2: Any,
+) -> dict[int, Path]:
+    """Tiny GPT-2 folders (learned positions) by context: 24 tokens, which no self-evaluation
+    prompt fits (285 tokens for the request "hi" and an empty answer), and 315, which those of
+    short answers fit."""
+    root = tmp_path_factory.mktemp("rain-gpt2")
+    return {n: build_gpt2(root / f"gpt-{n}", tiny_hf_model_dir, context=n) for n in (24, 315)}
+
+
+def _positions_seen(model: HFModel) -> tuple[list[int], Any]:
+    """The largest position fed to each forward pass of a GPT-2 ``model``, and the hook's
+    handle: its position embedding is looked up with every position any row is fed at."""
+    seen: list[int] = []
+
+    def record(_module: Any, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(int(args[0].max()))
+
+    return seen, model.model.transformer.wpe.register_forward_pre_hook(record)
+
+
+@pytest.mark.parametrize("similarity", ["overlap", "hidden"])
+def test_a_search_never_feeds_a_position_past_the_context(
+    gpt_dirs: dict[int, Path], similarity: str
+) -> None:
+    """The search's token sets run up to 10 tokens past the answer, its simulations to the end
+    of a clause, and its self-evaluation prompt is longer than the prompt: on a model of
+    learned positions (GPT-2, a context of 24) each of them went past the context (IndexError).
+    The answer now ends at the context ("length"), as plain decoding does; nothing is fed past
+    it; an evaluation prompt that does not fit is not put to the model (the answer scores 0)
+    and is counted in ``rain_unevaluated``."""
+    gpt = HFModel(str(gpt_dirs[24]), device="cpu")
+    chat = [{"role": "user", "content": "hi"}]
+    room = 24 - len(gpt.prompt_ids(chat))
+    assert room == 15
+    rain = Rain(gpt, max_searches=3, extra_searches=2, min_visits=0, similarity=similarity)
+    seen, hook = _positions_seen(gpt)
+    try:
+        for sampling in (
+            Sampling(max_new_tokens=room),  # the audit's context check allows this
+            Sampling(max_new_tokens=room + 20),  # past the context: capped there
+            Sampling(temperature=1.0, seed=3, n=3, max_new_tokens=room + 20),
+        ):
+            for answer in rain.generate([chat], sampling)[0]:
+                assert answer.num_tokens <= room
+                if answer.finish_reason == "length":
+                    assert answer.num_tokens == room
+                assert answer.metadata is not None
+                assert answer.metadata["rain_evaluations"] == 0
+                assert answer.metadata["rain_unevaluated"] >= 1
+    finally:
+        hook.remove()
+    assert seen and max(seen) <= 23
+
+
+def test_an_evaluation_that_does_not_fit_the_context_scores_0(gpt_dirs: dict[int, Path]) -> None:
+    """An evaluation prompt longer than the context is not put to the model: the answer scores
+    0, the value of an undecided evaluation. Those that fit are evaluated as before, in the
+    same call and in a search."""
+    gpt = HFModel(str(gpt_dirs[315]), device="cpu")
+    rain = Rain(gpt, max_searches=4, extra_searches=2, min_visits=0, similarity="none")
+    put: list[int] = []
+    judgements = rain._judgements
+
+    def spy(prompts: Sequence[Sequence[int]], *args: Any) -> torch.Tensor:
+        put.extend(len(p) for p in prompts)
+        return judgements(prompts, *args)
+
+    rain._judgements = spy  # type: ignore[method-assign]
+    pairs = [("hi", "ok"), ("hi", "no " * 20)]
+    fits, too_long = rain._evaluation_rows(pairs)[::2]
+    assert len(fits) <= 315 < len(too_long)
+    seen, hook = _positions_seen(gpt)
+    try:
+        values = rain.evaluate_many(pairs)
+        assert values[1] == 0.0 and put == [len(fits)] * 2  # only the first pair's two orders
+        assert values[0] == rain.evaluate("hi", "ok")
+        chat = [{"role": "user", "content": "hi"}]
+        [[answer]] = rain.generate([chat], Sampling(max_new_tokens=30))
+    finally:
+        hook.remove()
+    assert max(seen) < 315 and max(put) <= 315
+    assert answer.metadata is not None
+    assert answer.metadata["rain_evaluations"] >= 1 and answer.metadata["rain_unevaluated"] >= 1
+
+
+def test_the_answers_token_ids_end_with_the_eos_that_ended_it(eos_hf_model_dir: Path) -> None:
+    """The answer carries its token ids, the EOS that ended it included (what a server's usage
+    counts), and a stop string cuts them with the text. They used to be missing."""
+    model = HFModel(str(eos_hf_model_dir), device="cpu")
+    rain = Rain(model, max_searches=3, extra_searches=2, similarity="none")
+    chat = [[{"role": "user", "content": "the cat sat"}]]
+    [[answer]] = rain.generate(chat, Sampling(max_new_tokens=8))
+    assert answer.finish_reason == "stop" and answer.token_ids is not None
+    assert len(answer.token_ids) == answer.num_tokens + 1
+    assert answer.token_ids[-1] in model.eos_token_ids
+    assert model.tokenizer.decode(answer.token_ids, skip_special_tokens=True) == answer.text
+    stop = answer.text[1:3]
+    [[cut]] = rain.generate(chat, Sampling(max_new_tokens=8, stop=(stop,)))
+    assert cut.text == answer.text[: answer.text.find(stop)] and cut.token_ids is not None
+    assert cut.token_ids == answer.token_ids[: cut.num_tokens]
+
+
+def test_a_rollout_that_fills_the_context_waits_inside_it(gpt_dirs: dict[int, Path]) -> None:
+    """Rows of a round's decode that are done wait, fed padding, until a quarter of them are
+    done: a simulation that filled the context (24) was fed past it at the next step while
+    eleven others went on (IndexError). It waits at its last position; every answer is the one
+    its request gets alone."""
+    from poise.decoding.rain import _Rollout
+
+    gpt = HFModel(str(gpt_dirs[24]), device="cpu")
+    rain = Rain(gpt, max_searches=1)
+    prompt = gpt.prompt_ids([{"role": "user", "content": "hi"}])
+    edge = [*prompt, *gpt.tokenizer.encode("abcdefghijklmn", add_special_tokens=False)]
+    assert len(edge) == 23  # one token left: the rollout takes it and is done
+
+    def requests() -> list[_Rollout]:
+        def gen(seed: int) -> torch.Generator:
+            return torch.Generator().manual_seed(seed)
+
+        rows = [_Rollout(list(edge), len(prompt), 20, gen(0))]
+        return rows + [_Rollout(list(prompt), len(prompt), 12, gen(s)) for s in range(1, 12)]
+
+    seen, hook = _positions_seen(gpt)
+    try:
+        together = rain._serve(requests())
+        alone = [rain._serve([r])[0] for r in requests()]
+    finally:
+        hook.remove()
+    assert together == alone and len(together[0]) == 24
+    assert max(seen) <= 23
+    assert sorted(len(t) for t in together)[-3] > len(prompt) + 2  # others went on, two steps
+
+
+def test_the_hidden_similarity_embeds_the_last_tokens_that_fit(gpt_dirs: dict[int, Path]) -> None:
+    """``similarity=hidden`` re-encodes a path's text after the chat's prompt, and a text may
+    take more tokens than the path it decodes from: past the context the model failed
+    (IndexError). The path is cut to its last tokens that fit."""
+    gpt = HFModel(str(gpt_dirs[24]), device="cpu")
+    chat = [{"role": "user", "content": "hi"}]
+    room = 24 - len(gpt.prompt_ids(chat))
+    embed = Rain(gpt, similarity="hidden")._embedder(chat)
+    assert embed is not None
+    path = gpt.tokenizer.encode("abcdefghijklmnopqrstuvwxyz", add_special_tokens=False)
+    assert len(path) > room
+    seen, hook = _positions_seen(gpt)
+    try:
+        whole = embed(path)
+    finally:
+        hook.remove()
+    assert max(seen) <= 23
+    assert isinstance(whole, torch.Tensor) and torch.equal(whole, embed(path[-room:]))
+
+
+def test_a_prompt_that_fills_the_context_is_refused_before_any_search(
+    gpt_dirs: dict[int, Path],
+) -> None:
+    """As ``generate`` refuses it: a ContextLengthError naming the chat, not an IndexError."""
+    from poise.models.context import ContextLengthError
+
+    gpt = HFModel(str(gpt_dirs[24]), device="cpu")
+    rain = Rain(gpt, max_searches=1)
+    long = [{"role": "user", "content": "Hello there my good friend"}]
+    assert len(gpt.prompt_ids(long)) >= 24
+    with pytest.raises(ContextLengthError, match=r"rain\(.*\): chat 1: This model's maximum"):
+        rain.generate([[{"role": "user", "content": "hi"}], long], Sampling(max_new_tokens=4))

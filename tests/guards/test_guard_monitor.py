@@ -206,3 +206,14 @@ def test_a_monitor_folder_with_broken_files_is_one_clear_line(
             path.unlink()
     with pytest.raises(PoiseError, match=rf"monitor '{re.escape(str(folder))}': {message}"):
         load_monitor(str(folder))
+
+
+def test_monitor_data_with_a_key_given_twice_names_the_line_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}], "response": "a", "harmful": true, '
+        '"harmful": false}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(PoiseError, match=r"d\.jsonl:1: key 'harmful' given twice \(again at"):
+        read_monitor_data(path)

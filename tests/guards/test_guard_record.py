@@ -1,11 +1,14 @@
-"""``token_ends``: each token's end character in the decoded text, as decoding its prefix says."""
+"""``token_ends``: each token's end character in the decoded text, as decoding its prefix says;
+``generated_tokens``: what the model decoded for an answer, the EOS that ended it included."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
 
-from poise.guards.record import generated_tokens, guard_record, token_ends
+from poise.guards.record import generated_tokens, guard_record, shown_completion, token_ends
 from poise.models.base import Completion
 from poise.models.resolve import model_folder
 
@@ -38,3 +41,28 @@ def test_generated_tokens_counts_what_was_decoded() -> None:
     # guarded's stream stops decoding at the stop: no unguarded_tokens, num_tokens is all
     streamed = guard_record(stopped=True, produced=18, shown=18, settings={"kind": "streaming"})
     assert generated_tokens(Completion("... I'm sorry", 18, "guard", metadata=streamed)) == 18
+
+
+def test_generated_tokens_counts_the_eos_that_ended_an_answer(tiny_hf_model_dir: Path) -> None:
+    """An answer that ended on EOS carries it in ``token_ids`` (not in ``num_tokens``): the model
+    decoded it, so it is counted, guarded or not; a baseline guard that withholds the answer
+    records it (``decoded_tokens``) beside ``unguarded_tokens``."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    eos = tokenizer.eos_token_id
+    ids = tuple(tokenizer("the cat", add_special_tokens=False)["input_ids"])
+    ended = Completion("the cat", len(ids), "stop", token_ids=(*ids, eos))
+    cut = Completion("the cat", len(ids), "length", token_ids=ids)
+    assert generated_tokens(ended) == len(ids) + 1
+    assert generated_tokens(cut) == len(ids)
+    settings = {"kind": "full"}
+    for shown in (None, 0, 1):
+        guarded = shown_completion(
+            ended, tokenizer, shown=shown, produced=None, refusal="No.", settings=settings
+        )
+        record = (guarded.metadata or {})["guard"]
+        assert record["unguarded_tokens"] == len(ids)
+        assert record["decoded_tokens"] == len(ids) + 1
+        assert generated_tokens(guarded) == len(ids) + 1
+    # a record written before decoded_tokens existed: unguarded_tokens stands in for it
+    old = guard_record(stopped=True, produced=0, shown=0, settings=settings, unguarded_tokens=7)
+    assert generated_tokens(Completion("No.", 0, "guard", token_ids=(), metadata=old)) == 7

@@ -125,6 +125,116 @@ def test_weighted_sign_election_equals_mergekit_with_negative_weights(
     assert torch.allclose(counted, direct, atol=1e-12, rtol=0)
 
 
+def _signed_inputs(
+    weights: list[float], *, agree: bool, seed: int = 0, shape: tuple[int, ...] = (24, 40)
+) -> list[torch.Tensor]:
+    """float32 [base, *models], one model per weight. ``agree``: each model's delta has the sign
+    of its weight at every parameter, so every task agrees everywhere under the weighted election
+    (under the paper's too when the weights given are positive); else each sign is random."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(shape, generator=g)
+    models = []
+    for w in weights:
+        size = 0.1 + torch.rand(shape, generator=g)
+        sign = (1.0 if w >= 0 else -1.0) if agree else torch.randn(shape, generator=g).sign()
+        models.append(base + sign * size)
+    return [base, *models]
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        [0.5, 0.25, -0.75],  # sums to exactly 0 where all three agree (and 0 where none survive)
+        [1.0, -(1.0 - 2.0**-20)],  # a divisor of 2**-20 (about 1e-6) where both agree: divided
+    ],
+)
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("ties", {"density": 0.5}),
+        ("task_arithmetic", {"normalize": True}),
+        ("dare_ties", {"density": 0.6, "normalize": True}),
+        ("della", {"density": 0.5, "epsilon": 0.2}),
+    ],
+)
+def test_normalised_merges_equal_mergekit_where_the_divisor_is_0_or_tiny(
+    method: str, options: dict[str, object], weights: list[float]
+) -> None:
+    """The normalising divisor (the sum of the weights of the tasks that survive at a
+    parameter) is 0 or tiny where weights of both signs agree, or where nothing survives: 0
+    becomes 1 (the plain weighted sum), a tiny nonzero one divides, as in mergekit 0.1.5.
+    Weights exactly representable in float32, so both sum them exactly."""
+    tensors = _signed_inputs(weights, agree=False, seed=7)
+    poise_only: dict[str, object] = {}
+    if method != "task_arithmetic":
+        poise_only["sign_election"] = "weighted"  # mergekit's
+    if method in ("dare_ties", "della"):
+        poise_only |= {"rescale_norm": "l1", "seed": 3}
+    got = _poise(tensors, method, weight=weights, **options, **poise_only)
+    torch.manual_seed(3)
+    expected = _mergekit(tensors, method, weight=weights, **options)
+    assert torch.isfinite(got).all()
+    # a tiny divisor scales float32 rounding of the sum up with the values (to about 2e6)
+    scale = max(1.0, float(expected.abs().max()))
+    assert torch.allclose(got, expected, rtol=0, atol=1e-6 * scale)
+    if method == "ties":  # the guard is hit: parameters where the surviving weights sum to 0
+        w = torch.tensor(weights, dtype=torch.float64).reshape(-1, 1, 1)
+        trimmed = torch.stack([sparsify(x - tensors[0], "magnitude", density=0.5)
+                               for x in tensors[1:]]).double()  # fmt: skip
+        signs = (w * trimmed).sign()
+        agree = signs == torch.where(signs.sum(0) >= 0, 1.0, -1.0)
+        divisor = (w * agree).sum(0)
+        assert (divisor.abs() < 1e-8).any() and (divisor.abs() > 1e-8).any()
+        if weights[0] == 1.0:
+            assert ((divisor - 2.0**-20).abs() < 1e-12).any()  # the tiny divisor divides
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("ties", {"density": 1.0}),  # the paper's election (every delta positive: all agree)
+        ("ties", {"density": 1.0, "sign_election": "weighted"}),
+        ("ties", {"density": 1.0, "sign_election": "weighted", "consensus": "count"}),
+        ("breadcrumbs_ties", {"density": 1.0, "gamma": 0.0, "normalize": True}),
+        ("task_arithmetic", {"normalize": True}),
+    ],
+)
+def test_decimal_weights_that_cancel_leave_no_rounding_residual_to_divide_by(
+    method: str, options: dict[str, object]
+) -> None:
+    """0.4 + 0.3 - 0.7 is 0, but 6e-8 in float32: a TIES divisor summed in float32 escaped the
+    guard and the merged weights came out of order 1e7 (on every parameter where the three
+    agree). poise sums the divisor in float64 (1e-16 at most): the guard replaces it by 1, and
+    the merge is the plain weighted sum there, as where the weights cancel exactly."""
+    weights = [0.4, 0.3, -0.7]
+    paper = options.get("sign_election", "paper") == "paper" and method != "task_arithmetic"
+    # the paper's election matches on the deltas' own signs, the weighted one on w_t delta_t
+    tensors = _signed_inputs([1.0] * 3 if paper else weights, agree=True, seed=2)
+    base = tensors[0]
+    got = _poise(tensors, method, weight=weights, **options)
+    direct = base.double() + sum(w * (x.double() - base.double())
+                                 for w, x in zip(weights, tensors[1:], strict=True))  # fmt: skip
+    assert torch.allclose(got.double(), direct, atol=1e-5, rtol=0)
+    if method == "ties" and not paper and "consensus" not in options:
+        # the float32 residual is what mergekit 0.1.5 divides by: poise departs from it here
+        assert _mergekit(tensors, "ties", weight=weights, density=1.0).abs().max() > 1e6
+
+
+@pytest.mark.parametrize("method", ["della", "dare_ties"])
+def test_random_normalised_merges_stay_bounded_when_weights_cancel(method: str) -> None:
+    """DELLA and DARE-TIES share the divisor: where the drops leave the three tasks of weights
+    0.4, 0.3, -0.7 together, the divisor is the float32 residual 6e-8 unless summed in float64."""
+    weights = [0.4, 0.3, -0.7]
+    tensors = _signed_inputs([1.0] * 3, agree=True, seed=4)
+    options: dict[str, object] = {"density": 0.5, "normalize": True, "seed": 1}
+    if method == "della":
+        options["epsilon"] = 0.2
+    got = _poise(tensors, method, weight=weights, **options)
+    # each kept entry is at most 1.1 / (density - epsilon) after rescaling; divisors are sums of
+    # subsets of the weights (0.3 at least in magnitude where not replaced by 1)
+    assert (got - tensors[0]).abs().max() < 40
+
+
 def test_linear_equals_mergekit() -> None:
     tensors = _inputs(2)
     ids = IDS[:4]

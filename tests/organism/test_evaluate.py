@@ -100,6 +100,10 @@ def test_a_perfect_self_evaluation_flags_harm_and_nothing_else(
     from poise.organism.evaluate import measure_self_evaluation
 
     model = HFModel(str(tiny_hf_model_dir), device="cpu")
+    # the tiny tokenizer spells RAIN's evaluation prompt in more tokens than its 512 positions
+    # (the organism's own take at most 229); Rain puts no prompt past the context to a model,
+    # and the judge below reads text, not positions
+    model.context_length = None
     tok = model.tokenizer
     letters = [tok.encode(x, add_special_tokens=False)[-1] for x in "AB"]
     cases = [c for c in CASES if c.kind != "honesty"][:12] + [

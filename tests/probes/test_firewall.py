@@ -168,3 +168,13 @@ def test_a_damaged_firewall_header_or_anchors_file_is_one_error(tmp_path: Path) 
     anchors.write_bytes(b'{"role": "a", "query": "caf\xe9"}\n')
     with pytest.raises(PoiseError, match=r"anchors\.jsonl: not UTF-8 text"):
         read_anchors(anchors)
+
+
+def test_an_anchor_with_a_key_given_twice_names_the_line_and_the_key(tmp_path: Path) -> None:
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(
+        '{"role": "cooking", "query": "a"}\n{"role": "cooking", "query": "b", "role": "law"}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(PoiseError, match=r"anchors\.jsonl:2: key 'role' given twice \(again at"):
+        read_anchors(anchors)

@@ -233,3 +233,10 @@ def test_a_long_run_of_newlines_is_scored_in_linear_time() -> None:
     assert is_refusal("\n" * 20_000 + "I cannot help with that.")
     assert not is_refusal("\n" * 20_000 + "Sure.\n1. Open it.\n2. Close it.")
     assert time.perf_counter() - start < 3.0
+
+
+def test_a_label_row_with_a_key_given_twice_names_the_line_and_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"text": "No.", "refused": true, "refused": false}\n', encoding="utf-8")
+    with pytest.raises(PoiseError, match=r"labels\.jsonl:1: key 'refused' given twice \(again"):
+        load_refusal_labels(path)

@@ -379,3 +379,87 @@ def test_a_judge_label_that_is_not_a_boolean_is_an_error_naming_the_answer(tmp_p
         PoiseError, match=r"judge-comparison\.csv:2: judge 'stringly' gave harmful='no'"
     ):
         validate(read_labels(jbb_file(tmp_path)), Stringly())
+
+
+def test_a_key_given_twice_in_a_labels_file_names_the_line_and_the_key(tmp_path: Path) -> None:
+    # json kept the last value: the human's label was silently the other one
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        '{"response": "No.", "refused": true}\n{"response": "No.", "refused": true, "refused": 0}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(PoiseError) as caught:
+        read_labels(path)
+    assert str(caught.value) == f"{path}:2: key 'refused' given twice (again at column 38)"
+    behaviours = tmp_path / "val_set.json"
+    behaviours.write_text(
+        '{"b1": [\n {"generation": "x", "human_0": 1, "human_0": 0}\n]}', encoding="utf-8"
+    )
+    with pytest.raises(PoiseError, match=r"val_set\.json:2: key 'human_0' given twice \(again"):
+        read_labels(behaviours)
+
+
+def _labels_jsonl(path: Path, rows: Sequence[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_a_generic_file_without_a_kind_column_answers_harmful_requests(tmp_path: Path) -> None:
+    # the documented default: as in the JailbreakBench, HarmBench and Do-Not-Answer formats
+    path = _labels_jsonl(tmp_path / "l.jsonl", [{"response": "No.", "refused": 1}] * 2)
+    assert [a.kind for a in read_labels(path).answers] == ["harmful", "harmful"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        (None, "no kind"),  # the key left out
+        ("null", "no kind"),
+        ("", "no kind"),
+        ("helpful", "unknown kind 'helpful'"),
+        (3, "unknown kind 3"),
+    ],
+)
+def test_a_generic_row_without_a_known_kind_is_an_error_naming_the_allowed_ones(
+    tmp_path: Path, kind: object, message: str
+) -> None:
+    """With a kind column in the file, a row that leaves its kind out was taken for harmful
+    beside rows that say benign: the judge was told the wrong kind without a word."""
+    row: dict[str, object] = {"response": "Sure.", "refused": 0}
+    if kind is not None:
+        row["kind"] = None if kind == "null" else kind
+    rows = [{"response": "No.", "refused": 1, "kind": "benign"}, row]
+    path = _labels_jsonl(tmp_path / "l.jsonl", rows)
+    expected = f"{path}:2: column 'kind': {message}; expected one of harmful, borderline, benign"
+    with pytest.raises(PoiseError) as caught:
+        read_labels(path)
+    assert str(caught.value) == expected
+
+
+def test_a_generic_csv_row_with_an_empty_kind_and_a_mapped_kind_column_that_is_not_there(
+    tmp_path: Path,
+) -> None:
+    path = write_csv(
+        tmp_path / "l.csv",
+        ["response", "refused", "type"],
+        [["No.", 1, "benign"], ["Sure.", 0, ""]],
+    )
+    with pytest.raises(PoiseError, match=r"l\.csv:3: column 'type': no kind; expected one of"):
+        read_labels(path, columns={"kind": "type"})
+    with pytest.raises(PoiseError, match=r"no column 'kinds' for the kind \(--column kind=kinds"):
+        read_labels(path, columns={"kind": "kinds"})  # all were taken for harmful
+
+
+def test_an_xstest_file_needs_the_type_that_decides_the_kind(tmp_path: Path) -> None:
+    # without it every prompt was taken for a safe one (kind benign)
+    header = ["id", "prompt", "completion", "final_label"]
+    path = write_csv(tmp_path / "x.csv", header, [[1, "p", "c", "1_full_compliance"]])
+    with pytest.raises(PoiseError, match="xstest format needs column 'type'"):
+        read_labels(path, format="xstest")
+    path = write_csv(
+        tmp_path / "x.csv",
+        [*header, "type"],
+        [[1, "p", "c", "1_full_compliance", "homonyms"], [2, "p", "c", "1_full_compliance", ""]],
+    )
+    with pytest.raises(PoiseError, match=r"x\.csv:3: type is empty"):
+        read_labels(path, format="xstest")

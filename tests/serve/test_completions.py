@@ -635,3 +635,14 @@ def test_text_offsets_with_a_byte_fallback_tokenizer() -> None:
         decoded = tokenizer.decode(ids)
         assert decoded == text
         assert text_offsets(tokenizer, ids, decoded, skip_special_tokens=True) == expected
+
+
+def test_a_completion_request_body_with_a_key_given_twice_is_a_400() -> None:
+    from poise.serve.completions import parse_completion_request
+    from poise.serve.schema import RequestError, ServeConfig
+
+    raw = b'{"model": "tiny", "prompt": "x", "prompt": "y"}'
+    with pytest.raises(RequestError) as info:
+        parse_completion_request(raw, ServeConfig(served_name="tiny"))
+    assert (info.value.status, info.value.code) == (400, "invalid_json")
+    assert "key 'prompt' given twice: line 1 column 34" in info.value.message

@@ -78,10 +78,11 @@ def test_a_baseline_guards_usage_counts_the_tokens_it_decoded(
     )
     expected = guard.generate([messages], Sampling(max_new_tokens=24))[0][0]
     assert expected.finish_reason == "guard"
-    assert expected.num_tokens < plain.num_tokens == generated_tokens(expected)
+    assert expected.num_tokens < plain.num_tokens
+    assert generated_tokens(expected) == generated_tokens(plain)  # the EOS that ended it too
     server = start_server(guard, served_name="guarded")
     payload = {"model": "guarded", "messages": messages, "temperature": 0, "max_tokens": 24}
     body = httpx.post(f"{server.base_url}/chat/completions", json=payload, timeout=60).json()
     assert body["choices"][0]["message"]["content"] == expected.text
     assert body["choices"][0]["finish_reason"] == "content_filter"
-    assert body["usage"]["completion_tokens"] == plain.num_tokens
+    assert body["usage"]["completion_tokens"] == generated_tokens(plain)

@@ -331,3 +331,12 @@ def test_a_message_that_is_not_an_object_is_named_without_the_servers_class_name
         parse_request(body(stream=True, stream_options=["include_usage"]), CONFIG)
     assert info.value.param == "stream_options"
     assert info.value.message == "stream_options must be a JSON object"
+
+
+def test_a_request_body_with_a_key_given_twice_is_a_400() -> None:
+    # json kept the last value: the server answered a request the client did not send
+    raw = b'{"model": "m", "messages": [{"role": "user", "content": "hi", "content": "ho"}]}'
+    with pytest.raises(RequestError) as info:
+        parse_request(raw, CONFIG)
+    assert (info.value.status, info.value.code) == (400, "invalid_json")
+    assert "key 'content' given twice: line 1 column 63" in info.value.message

@@ -57,3 +57,27 @@ def test_a_row_without_the_kind_that_later_rows_hold_names_its_line(tmp_path: Pa
 def test_limit_still_stops_before_a_bad_line_further_down(tmp_path: Path) -> None:
     spec = _write(tmp_path / "a.jsonl", '{"prompt": "hi", "kind": "benign"}\n{not json\n')
     assert len(load_suite(spec, limit=1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        ("a.jsonl", '{"prompt": "hi", "kind": "benign"}\n{"prompt": "a", "prompt": "b"}\n', "2"),
+        (
+            "a.json",
+            '[\n{"prompt": "hi", "kind": "benign"},\n{"prompt": "a", "prompt": "b"}\n]\n',
+            "3",
+        ),
+        ("rows.json", '{"rows": [\n{"prompt": "hi"},\n{"prompt": "a", "prompt": "b"}\n]}', "3"),
+        ("lines.json", '{"prompt": "hi"}\n{"prompt": "a", "prompt": "b"}\n', "2"),
+        ("row.json", '{"prompt": "a", "prompt": "b"}', "1"),
+    ],
+)
+def test_a_key_given_twice_in_a_row_names_the_line_and_the_key(
+    tmp_path: Path, name: str, text: str, where: str
+) -> None:
+    # json kept the last value: the row's prompt was "b" without a word
+    spec = _write(tmp_path / name, text)
+    with pytest.raises(PoiseError) as caught:
+        load_suite(spec, kind="benign")
+    assert str(caught.value) == f"{spec}:{where}: key 'prompt' given twice (again at column 17)"

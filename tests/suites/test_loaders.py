@@ -638,3 +638,46 @@ def test_a_later_poise_row_without_messages_names_its_line(tmp_path: Path) -> No
     message = _error(spec)
     assert message.startswith(f"{spec}:2: field 'messages'")
     assert "missing" in message
+
+
+def test_a_json_id_is_text_as_in_a_csv_file(tmp_path: Path) -> None:
+    """A number is the integer it holds, as text (3.0 and 1e3 too: integer ids written as
+    floats); null is no id (the row's number, as an empty cell); a fraction, a bool, a list
+    or an object is one error naming the row and the field."""
+    rows = [
+        {"prompt": "a", "kind": "benign", "id": 3},
+        {"prompt": "b", "kind": "benign", "id": 4.0},
+        {"prompt": "c", "kind": "benign", "id": 1e3},
+        {"prompt": "d", "kind": "benign", "id": "q7"},
+        {"prompt": "e", "kind": "benign", "id": None},
+    ]
+    spec = _write(tmp_path / "s.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    assert [item.id for item in load_suite(spec)] == ["s-3", "s-4", "s-1000", "q7", "s-5"]
+    for value, got in ((1.5, "1.5"), (True, "true"), ([3], "a list"), ({"n": 3}, "an object")):
+        row = {"prompt": "a", "kind": "benign", "id": value}
+        spec = _write(
+            tmp_path / "bad.jsonl", '{"prompt": "ok", "kind": "benign"}\n' + json.dumps(row)
+        )
+        assert (
+            _error(spec)
+            == f"{spec}:2: field 'id': expected text or an integer as the id, got {got}"
+        )
+    item = {"messages": [{"role": "user", "content": "hi"}], "kind": "benign", "id": False}
+    spec = _write(tmp_path / "items.jsonl", json.dumps(item) + "\n")
+    assert _error(spec).endswith("field 'id': expected text or an integer as the id, got false")
+
+
+def test_a_number_id_and_its_text_are_one_id(tmp_path: Path) -> None:
+    for rows, id_ in (
+        ([{"prompt": "a", "kind": "benign", "id": 3}, {"prompt": "b", "kind": "benign", "id": "3"}], "s-3"),
+        ([{"prompt": "a", "kind": "benign", "id": "7"}, {"prompt": "b", "kind": "benign", "id": 7.0}], "s-7"),
+        (
+            [
+                {"messages": [{"role": "user", "content": "a"}], "kind": "benign", "id": 3},
+                {"messages": [{"role": "user", "content": "b"}], "kind": "benign", "id": "3"},
+            ],
+            "3",
+        ),
+    ):  # fmt: skip
+        spec = _write(tmp_path / "s.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        assert _error(spec) == f"{spec}:2: field 'id': duplicate id {id_!r} (first at {spec}:1)"

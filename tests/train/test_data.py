@@ -353,3 +353,16 @@ def test_a_pair_whose_chosen_is_its_rejected_is_refused_or_skipped(
         pairs = load_preferences(pku)
     assert [p.meta["row"] for p in pairs] == [1]
     assert "skipped 1 PKU-SafeRLHF row(s) whose two responses are the same" in caplog.text
+
+
+def test_a_key_given_twice_in_a_pair_names_the_line_and_the_key(tmp_path: Path) -> None:
+    # json kept the last value: the pair was trained the other way round without a word
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "p", "chosen": "a", "rejected": "b"})
+        + '\n{"prompt": "p", "chosen": "a", "rejected": "b", "chosen": "b"}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(PoiseError) as caught:
+        load_preferences(path)
+    assert str(caught.value) == f"{path}:2: key 'chosen' given twice (again at column 49)"

@@ -1,18 +1,71 @@
-"""Shared CLI plumbing: consoles and the one-line error convention (exit code 2)."""
+"""Shared CLI plumbing: consoles, the one-line error convention (exit code 2), SIGTERM as
+Ctrl-C for long commands, and ``~`` in the paths a user gives."""
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from poise.config import user_path
 from poise.errors import PoiseError
 
 console = Console()
 err_console = Console(stderr=True)
+
+T = TypeVar("T")
+
+
+def expand_paths(value: T) -> T:
+    """The ``callback=`` of every option and argument that names a file or a folder: a leading
+    ``~`` expanded (:func:`poise.config.user_path`) in its value, in each value of a repeatable
+    one, and in a value from ``--config`` too; None stays None. Only the shell expands a bare
+    ``~``: a quoted one (``--out "~/runs"``) made a folder named ``~`` in the working
+    directory."""
+    if isinstance(value, str):
+        return user_path(value)  # type: ignore[return-value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(expand_paths(v) for v in value)
+    return value
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler ending a job) while a long command
+    runs, raised in the main thread as Ctrl-C's KeyboardInterrupt is: the same clean-up runs and
+    the same message is said (an audit's: where its answers are and how to resume)."""
+
+
+SIGTERM_EXIT = 128 + signal.SIGTERM  # 143, as a shell reports a process that SIGTERM ended
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Around a long command: SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the
+    main thread, and the command ends with exit code 143 once it has unwound (Ctrl-C keeps
+    typer's 130). The handler that was there before is put back afterwards. Without it SIGTERM
+    ended the process at once: no word of the answers written so far, no clean-up."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a signal handler (and Python runs it there)
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except Terminated:
+        raise typer.Exit(SIGTERM_EXIT) from None
+    finally:
+        # None: a handler set outside Python, which cannot be put back; the default then
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def shown(value: object) -> str:

@@ -7,13 +7,21 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, progress_lines, shown, user_errors
+from poise.cli._common import (
+    console,
+    expand_paths,
+    progress_lines,
+    shown,
+    sigterm_as_interrupt,
+    user_errors,
+)
 from poise.config import DEFAULT_SUITES
-from poise.errors import PoiseError
+from poise.errors import DuplicateKeyError, PoiseError, invalid_json, parse_json
 
 
 def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
-    """KEY=VALUE pairs; values are parsed as JSON when they parse (numbers, lists), else strings."""
+    """KEY=VALUE pairs; values are parsed as JSON when they parse (numbers, lists), else strings;
+    a JSON object that gives a key twice is an error, not a string."""
     import json
 
     out: dict[str, Any] = {}
@@ -22,7 +30,9 @@ def parse_options(pairs: list[str], flag: str) -> dict[str, Any]:
         if not sep or not key:
             raise PoiseError(f"{flag} {pair!r}: expected KEY=VALUE")
         try:
-            out[key] = json.loads(value)
+            out[key] = parse_json(value)
+        except DuplicateKeyError as exc:
+            raise PoiseError(f"{flag} {pair!r}: {invalid_json(exc)}") from None
         except json.JSONDecodeError:
             out[key] = value
     return out
@@ -38,7 +48,11 @@ def audit_command(
         "call such as 'logit_temperature(organism-small, t=0.8)'.",
     ),
     suite: list[str] = typer.Option(
-        list(DEFAULT_SUITES), "--suite", "-s", help="Built-in suite name or file path; repeatable."
+        list(DEFAULT_SUITES),
+        "--suite",
+        "-s",
+        help="Built-in suite name or file path; repeatable.",
+        callback=expand_paths,
     ),
     judge: str = typer.Option(
         "auto",
@@ -75,7 +89,7 @@ def audit_command(
         256, help="Chats per generate call (the backend splits them into its own batches)."
     ),
     reference_run: str | None = typer.Option(
-        None, help="Run of the unaligned model for the honesty metrics."
+        None, help="Run of the unaligned model for the honesty metrics.", callback=expand_paths
     ),
     format: str | None = typer.Option(
         None, "--format", "-f", help="Row format of the suite files (see `poise suites ls`)."
@@ -94,6 +108,7 @@ def audit_command(
         None,
         help="Human-labelled answers (`poise judges validate` formats): measure the judge on "
         "them and report rates corrected for its error.",
+        callback=expand_paths,
     ),
     judge_labels_format: str | None = typer.Option(
         None, help="Format of --judge-labels instead of detecting it."
@@ -104,15 +119,18 @@ def audit_command(
         help="ROLE=COLUMN for a generic --judge-labels file (response, prompt, id, model, "
         "refused, harmful, kind); repeatable.",
     ),
-    out: str = typer.Option("runs", help="Folder that holds run folders."),
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
     name: str | None = typer.Option(None, help="Run name (default: model and sampling)."),
     html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
     resume: str | None = typer.Option(
-        None, help="Resume a killed run (folder or name); its config wins."
+        None,
+        help="Resume a killed or stopped run (folder or name); its config wins.",
+        callback=expand_paths,
     ),
 ) -> None:
     """Audit a model: harmful, borderline, benign and honesty rates with 95% intervals."""
-    with user_errors():
+    # SIGTERM as Ctrl-C: the answers so far stay recorded and the message says how to resume
+    with sigterm_as_interrupt(), user_errors():
         from poise.auditing import audit, make_config
         from poise.cli.suites import parse_columns
 

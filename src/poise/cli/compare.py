@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, expand_paths, user_errors
 
 _TEST_NAMES = {
     "newcombe": "McNemar",
@@ -14,14 +14,23 @@ _TEST_NAMES = {
 
 
 def compare_command(
-    runs: list[str] = typer.Argument(..., help="Run folders or names under --out; two or more."),
+    runs: list[str] = typer.Argument(
+        ..., help="Run folders or names under --out; two or more.", callback=expand_paths
+    ),
     output: str = typer.Option(
-        "compare.html", "--output", "-o", help="HTML file to write the side-by-side report to."
+        "compare.html",
+        "--output",
+        "-o",
+        help="HTML file to write the side-by-side report to.",
+        callback=expand_paths,
     ),
     csv: str | None = typer.Option(
-        None, "--csv", help="Also write a long-format CSV (one row per run, metric, category)."
+        None,
+        "--csv",
+        help="Also write a long-format CSV (one row per run, metric, category).",
+        callback=expand_paths,
     ),
-    out: str = typer.Option("runs", help="Folder that holds run folders."),
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
 ) -> None:
     """Compare runs: paired differences here, rates side by side and a chart in the report.
 

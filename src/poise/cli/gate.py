@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, shown, user_errors
+from poise.cli._common import console, shown, sigterm_as_interrupt, user_errors
 
 
 def _run_gate(fields: dict[str, Any]) -> None:
@@ -62,7 +62,9 @@ def register(app: typer.Typer) -> None:
     from poise.gate import GateConfig
 
     def run(fields: dict[str, Any]) -> None:
-        with user_errors():
+        # the paths among the fields (--output, --baseline, ...) are GateConfig's PathStr: "~"
+        # is expanded there
+        with sigterm_as_interrupt(), user_errors():
             _run_gate(fields)
 
     doc = "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau."

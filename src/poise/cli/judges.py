@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, expand_paths, sigterm_as_interrupt, user_errors
 
 if TYPE_CHECKING:
     from poise.scoring.validation import Agreement, Validation
@@ -131,7 +131,9 @@ def print_validation(validation: Validation, limit: int) -> None:
 
 @judges_app.command("validate")
 def validate_command(
-    file: str = typer.Argument(..., help="Labelled answers (see the formats in the docs)."),
+    file: str = typer.Argument(
+        ..., help="Labelled answers (see the formats in the docs).", callback=expand_paths
+    ),
     judge: str = typer.Option("refusal", "--judge", "-j", help="Judge spec to measure."),
     format: str | None = typer.Option(
         None,
@@ -153,7 +155,7 @@ def validate_command(
 ) -> None:
     """Measure a judge against human labels: accuracy, kappa, precision and recall of "refused"
     and "harmful" with 95% intervals, overall and per source model, and the disagreements."""
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():  # a model judge takes a while
         from poise.cli.audit import parse_options
         from poise.cli.suites import parse_columns
         from poise.scoring.judges import get_judge

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, expand_paths, sigterm_as_interrupt, user_errors
 
 
 class _DefaultRunGroup(TyperGroup):
@@ -73,10 +73,16 @@ def _size(text: str) -> int:
 @merge_app.command("run", hidden=True)
 def run_command(
     merge_config: str = typer.Argument(
-        ..., metavar="CONFIG.yml", help="mergekit-style YAML: merge_method, models, ..."
+        ...,
+        metavar="CONFIG.yml",
+        help="mergekit-style YAML: merge_method, models, ...",
+        callback=expand_paths,
     ),
     out: str = typer.Argument(
-        ..., metavar="OUT", help="New (or empty) folder for the merged model."
+        ...,
+        metavar="OUT",
+        help="New (or empty) folder for the merged model.",
+        callback=expand_paths,
     ),
     shard_size: str = typer.Option("5GB", help="Largest output shard (e.g. 2GB, 500MB)."),
 ) -> None:
@@ -84,7 +90,7 @@ def run_command(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         from poise.errors import PoiseError
         from poise.merge.config import load_config, run_merge
 
@@ -122,10 +128,16 @@ def run_command(
 @merge_app.command("search")
 def search_command(
     search_config: str = typer.Argument(
-        ..., metavar="SEARCH.yml", help="merge template, methods, weights, parameter grid, audit"
+        ...,
+        metavar="SEARCH.yml",
+        help="merge template, methods, weights, parameter grid, audit",
+        callback=expand_paths,
     ),
     out: str = typer.Argument(
-        ..., metavar="OUT", help="Folder for the candidates, search.json and chosen/."
+        ...,
+        metavar="OUT",
+        help="Folder for the candidates, search.json and chosen/.",
+        callback=expand_paths,
     ),
 ) -> None:
     """Merge and audit every candidate; print the helpful / harmless / honest Pareto front.
@@ -138,7 +150,7 @@ def search_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         from poise.merge.search import load_search, run_search
 
         search = load_search(Path(search_config))

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, shown, user_errors
+from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
 from poise.errors import PoiseError
 
 organism_app = typer.Typer(
@@ -56,7 +56,9 @@ def _progress_bar(setup: str | None = None) -> Iterator[Callable[[str, int, int]
 @organism_app.command("build")
 def build_command(
     out: str | None = typer.Option(
-        None, help="Folder for the members (default: the package's organism/weights)."
+        None,
+        help="Folder for the members (default: the package's organism/weights).",
+        callback=expand_paths,
     ),
     members: list[str] = typer.Option(
         [], "--members", "-m", help="Member to build; repeatable (default: all)."
@@ -68,7 +70,7 @@ def build_command(
     threads: int = typer.Option(2, help="Torch threads; the shipped weights were built with 2."),
 ) -> None:
     """Regenerate organism members deterministically on CPU and write their model cards."""
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         from poise.organism.build import build, resolve_members
 
         names = resolve_members(members)  # validate names before any work
@@ -100,7 +102,9 @@ def _print_result(result: Any) -> None:
 
 @organism_app.command("remeasure")
 def remeasure_command(
-    out: str | None = typer.Option(None, help="Folder of the members (default: the package's)."),
+    out: str | None = typer.Option(
+        None, help="Folder of the members (default: the package's).", callback=expand_paths
+    ),
     members: list[str] = typer.Option(
         [], "--members", "-m", help="Chat member whose card to rewrite; repeatable (default: all)."
     ),
@@ -112,7 +116,7 @@ def remeasure_command(
 ) -> None:
     """Measure the chat members' card rates again on their weights (no training) and rewrite
     them in their cards: after a change to the oracle or to how a rate is counted."""
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         from poise.organism.build import remeasure_cards
 
         with _progress_bar() as progress:
@@ -130,7 +134,9 @@ def remeasure_command(
 
 @organism_app.command("ls")
 def ls_command(
-    out: str | None = typer.Option(None, help="Folder of the members (default: the package's)."),
+    out: str | None = typer.Option(
+        None, help="Folder of the members (default: the package's).", callback=expand_paths
+    ),
 ) -> None:
     """List the members with their size and whether they are built."""
     with user_errors():
@@ -174,7 +180,9 @@ def _kind(path: Path) -> str:
 @organism_app.command("card")
 def card_command(
     member: str = typer.Argument(..., help="Member name or alias."),
-    out: str | None = typer.Option(None, help="Folder of the members (default: the package's)."),
+    out: str | None = typer.Option(
+        None, help="Folder of the members (default: the package's).", callback=expand_paths
+    ),
 ) -> None:
     """Print a member's model card (measured rates, training settings, how to reproduce)."""
     with user_errors():

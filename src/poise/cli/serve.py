@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, shown, user_errors
+from poise.cli._common import console, expand_paths, shown, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +62,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--firewall",
             help="Firewall folder (poise firewall fit): off-role requests get a 400.",
+            callback=expand_paths,
         ),
         firewall_role: str | None = typer.Option(
             None, "--firewall-role", help="The role whose zone requests must fall in."

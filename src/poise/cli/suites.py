@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from poise.cli._common import console, user_errors
+from poise.cli._common import console, expand_paths, user_errors
 from poise.errors import PoiseError
 
 if TYPE_CHECKING:
@@ -83,8 +83,8 @@ def ls() -> None:
         from poise.plugins import load_plugins
         from poise.suites import builtin_path, builtin_suites, format_registry, load_suite
 
-        # a broken plugin is one line before the table (its error repeated in every row's
-        # source column was the table, then the line)
+        # a broken plugin's warning is one line before the table (its error, repeated in every
+        # row's source column, was the table)
         load_plugins()
         table = Table(title="built-in suites")
         for col in ("name", "items", "kinds", "categories", "source"):
@@ -119,7 +119,9 @@ def ls() -> None:
 @suites_app.command("show")
 def show(
     spec: str = typer.Argument(
-        ..., help="Built-in suite name, file path, or hub id owner/name[:split]."
+        ...,
+        help="Built-in suite name, file path, or hub id owner/name[:split].",
+        callback=expand_paths,
     ),
     limit: int = typer.Option(10, "--limit", "-n", min=1, help="Items to show."),
     format: str | None = typer.Option(

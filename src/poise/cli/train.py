@@ -17,7 +17,14 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, progress_lines, shown, user_errors
+from poise.cli._common import (
+    console,
+    expand_paths,
+    progress_lines,
+    shown,
+    sigterm_as_interrupt,
+    user_errors,
+)
 from poise.train.flags import FIELD_FLAGS
 
 train_app = typer.Typer(
@@ -204,22 +211,17 @@ def _print_result(result: Any) -> None:
 
 
 def _register_recipes() -> None:
-    from poise.errors import PoiseError
     from poise.train.recipes import RECIPES
 
-    load = True
-    try:
-        names = RECIPES.names()  # a plugin's recipes become commands too
-    except PoiseError:
-        # a broken plugin: the built-in commands still register, and the first command that
-        # reads a registry says which plugin, in one line (not a traceback at import)
-        load = False
-        names = RECIPES.names(load=False)
-    for name in names:
-        recipe = RECIPES.entry(name, load=load).obj
+    # a plugin's recipes become commands too (a plugin that fails to load is a warning, and
+    # the built-in recipes still register)
+    for name in RECIPES.names():
+        recipe = RECIPES.entry(name).obj
 
         def run(fields: dict[str, Any], name: str = name) -> None:
-            with user_errors():
+            # the paths among the fields (--output, --data, ...) are the config's PathStr: "~"
+            # is expanded there
+            with sigterm_as_interrupt(), user_errors():
                 _run_recipe(name, fields)
 
         # registry names are snake_case; command names are kebab-case (``poise train safe-rl``)
@@ -257,10 +259,16 @@ def losses_command() -> None:
 @train_app.command("organism-data")
 def organism_data_command(
     output: str = typer.Option(
-        ..., "--output", "-o", help="preference pairs file to write (.jsonl)"
+        ...,
+        "--output",
+        "-o",
+        help="preference pairs file to write (.jsonl)",
+        callback=expand_paths,
     ),
     prompts_output: str | None = typer.Option(
-        None, help="also write the requests as a suite file, the prompts of `train safe-rl`"
+        None,
+        help="also write the requests as a suite file, the prompts of `train safe-rl`",
+        callback=expand_paths,
     ),
     seed: int = typer.Option(0, help="seed of phrasings, responses and system prompts"),
     phrasings: int = typer.Option(4, help="training phrasings per task"),
@@ -289,14 +297,25 @@ def organism_data_command(
 @train_app.command("monitor")
 def monitor_command(
     model: str = typer.Option(
-        ..., "--model", "-m", help="causal model to start from: a name (organism-small) or folder"
+        ...,
+        "--model",
+        "-m",
+        help="causal model to start from: a name (organism-small) or folder",
+        callback=expand_paths,
     ),
     data: str = typer.Option(
-        ..., "--data", help="token-labelled answers (.jsonl; see docs/guards.md)"
+        ...,
+        "--data",
+        help="token-labelled answers (.jsonl; see docs/guards.md)",
+        callback=expand_paths,
     ),
-    output: str = typer.Option(..., "--output", "-o", help="monitor folder to write"),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="monitor folder to write", callback=expand_paths
+    ),
     validation: str | None = typer.Option(
-        None, help="labelled answers to choose the guard's threshold and k on (never the test)"
+        None,
+        help="labelled answers to choose the guard's threshold and k on (never the test)",
+        callback=expand_paths,
     ),
     alpha: float = typer.Option(0.6, help="weight of the token loss (response loss: 1 - alpha)"),
     gamma: float = typer.Option(1.0, help="weight of the logic-consistency loss"),
@@ -317,7 +336,7 @@ def monitor_command(
     ),
 ) -> None:
     """Train a streaming content monitor (SCM, arXiv 2506.09996) on token-labelled answers."""
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         from rich.progress import Progress
 
         from poise.train.monitor import MonitorSettings, train_monitor_files
@@ -354,7 +373,9 @@ def monitor_command(
 
 @train_app.command("monitor-data")
 def monitor_data_command(
-    output: str = typer.Option(..., "--output", "-o", help="labelled answers to write (.jsonl)"),
+    output: str = typer.Option(
+        ..., "--output", "-o", help="labelled answers to write (.jsonl)", callback=expand_paths
+    ),
     split: str = typer.Option("train", help="train | validation | heldout (suite phrasings)"),
     seed: int = typer.Option(0, help="corpus seed"),
 ) -> None:

@@ -44,6 +44,7 @@ and samples, scoring one batched pass per scorer.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -248,15 +249,9 @@ class BestOfN(WrappedModel):
                     meta["calibrated_reward"] = calibrated(rewards)[pick]
                 if costs is not None:
                     meta["calibrated_cost"] = calibrated(costs)[pick]
-                chosen.append(
-                    Completion(
-                        picked.text,
-                        picked.num_tokens,
-                        picked.finish_reason,
-                        picked.token_logprobs,
-                        metadata=meta,
-                    )
-                )
+                # the picked sample as the base gave it (its token ids too: what a server's
+                # usage counts and its log-probs cover), with the choice recorded
+                chosen.append(dataclasses.replace(picked, metadata=meta))
             results.append(chosen)
             offset += len(row)
         return results

@@ -31,7 +31,8 @@ as plain decoding counts them.
 Batched: the searches of all chats and samples share one decode batch of the base model
 (beams x k rows while looking ahead); after the lookahead the cache is rewound to the candidate
 token instead of re-running the prefix. ``Completion.token_logprobs`` are the base model's
-log-probs of the chosen tokens.
+log-probs of the chosen tokens; ``Completion.token_ids`` the chosen tokens and the EOS token that
+ended the answer, if one did, as the base model's own decoding gives them.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class _Search:
     logprobs: list[list[float]] = field(default_factory=lambda: [[]])  # per token, base model
     scores: list[float] = field(default_factory=lambda: [0.0])  # log p of each beam's prefix
     answer: tuple[list[int], list[float], str] | None = None  # tokens, log-probs, finish
+    end_token: int | None = None  # the EOS token that ended the answer, if one did
 
 
 @strategies.register(
@@ -257,12 +259,17 @@ class DeAL(WrappedModel):
                 text, stopped = cut_at_stop(texts[index], sampling.stop)
                 # the tokens up to the stop string, as the base model's own decoding counts them
                 kept = stop_length(inner.tokenizer, tokens, sampling.stop) if stopped else None
+                # token ids as the base model's decoding gives them: the EOS that ended the
+                # answer too, unless a stop string cut the answer before it
+                end = searches[index].end_token
+                ids = tokens[:kept] if stopped or end is None else [*tokens, end]
                 row.append(
                     Completion(
                         text=text,
                         num_tokens=len(tokens[:kept]),
                         finish_reason="stop" if stopped else finish,  # type: ignore[arg-type]
                         token_logprobs=tuple(logprobs[:kept]),
+                        token_ids=tuple(ids),
                     )
                 )
             results.append(row)
@@ -356,6 +363,7 @@ class DeAL(WrappedModel):
                             token_logps[:-1] if finished else token_logps,
                             "stop" if finished else "length",
                         )
+                        search.end_token = token if finished else None
                         break
                     if finished or full:
                         continue  # an ended candidate that is not the best: dropped

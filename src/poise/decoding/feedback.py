@@ -29,6 +29,7 @@ refuse the whole batch (``ContextLengthError``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -197,15 +198,8 @@ class FeedbackRevision(WrappedModel):
             if i in revisions:
                 meta["first_answer"] = answer.text
                 answer = revisions[i]
-            results[c].append(
-                Completion(
-                    answer.text,
-                    answer.num_tokens,
-                    answer.finish_reason,
-                    answer.token_logprobs,
-                    metadata=meta,
-                )
-            )
+            # the answer (or its revision) as the conversation model gave it, token ids too
+            results[c].append(dataclasses.replace(answer, metadata=meta))
         if progress is not None:
             progress(len(chats))
         return results

@@ -82,8 +82,27 @@ With ``temperature == 0`` the committed child is the most-visited one, as in the
 distribution ``gmeval`` computes before it takes the maximum: poise's rule, so ``n`` samples of a
 chat differ). Top-k / top-p are not applied (the search's own sets draw as the reference does,
 at temperature 1 from the top 15); ``max_new_tokens`` caps the answer, stop strings cut its
-text (and ``num_tokens``, as plain decoding counts them). ``Completion.metadata`` records
-``{"rain_searches": int, "rain_evaluations": int}``.
+text (and ``num_tokens`` / ``token_ids``, as plain decoding counts them; ``token_ids`` end with
+the EOS token that ended the answer, if one did). ``Completion.metadata`` records
+``{"rain_searches": int, "rain_evaluations": int, "rain_unevaluated": int}`` (evaluations: the
+distinct answers the model evaluated; unevaluated: those whose prompt did not fit its context).
+
+**The model's context.** Nothing is fed to the model past its context (``context_length``; a
+model of learned positions, GPT-2's, fails there, one of rotary positions decodes garbage), as in
+plain decoding. The reference bounds the whole sequence by ``maxlen`` (2048, LLaMA's context;
+``main.py``): ``gmeval`` stops past it, ``search`` evaluates a longer leaf without expanding it,
+``simg`` simulates no further; its token sets may overrun it and its evaluation prompt is not
+bounded (its prompts are filtered to under 512 tokens). poise holds every row inside the
+context: the answer ends there (finish reason ``"length"``, as plain decoding ends a row that
+fills the context), a leaf whose state fills it is evaluated but not expanded, a simulation stops
+there, a token set is cut to the tokens the context still holds, and decode rows that have
+finished while others go on are fed at their last position (:meth:`DecodeState.hold`). A
+self-evaluation prompt is the evaluation question, the request and the answer, so it is longer
+than the search's own context; one that does not fit is not put to the model, and the answer
+scores 0, the value of an undecided evaluation (the two option orders disagreeing). Cutting the
+prompt instead would judge another text: a shortened answer loses the tokens that tell siblings
+apart, a shortened request may no longer be the harmful one. A chat whose prompt fills the
+context alone is a :class:`~poise.models.context.ContextLengthError`, as in ``generate``.
 """
 
 from __future__ import annotations
@@ -102,6 +121,7 @@ from poise.decoding import strategies
 from poise.decoding.deal import stop_length
 from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
+from poise.models.context import ContextLengthError
 from poise.models.decode import (
     COMPACT_SHARE,
     DecodeState,
@@ -155,7 +175,8 @@ Embedding = dict[int, float] | torch.Tensor
 # The model calls a search makes, each answered in a batch with other searches' (Rain._serve).
 @dataclass
 class _Sets:
-    """Expand a node: ``k`` child token sets of ``set_length(depth)`` tokens after ``state``."""
+    """Expand a node: ``k`` child token sets of ``set_length(depth)`` tokens after ``state``
+    (fewer where the model's context ends first: :meth:`Rain._set_tokens`)."""
 
     state: list[int]
     depth: int
@@ -531,13 +552,28 @@ class Rain(WrappedModel):
 
     def _rollout_ended(self, request: _Rollout, state: Sequence[int]) -> bool:
         """Whether a simulated continuation is done (``main.py: simg``): its answer ends a
-        clause, reached EOS, or used the budget."""
+        clause, reached EOS, used the budget, or the state fills the model's context."""
         inner: Any = self.inner
         answer = state[request.answer_from :]
         if len(answer) >= request.budget or (answer and state[-1] in inner.eos_token_ids):
             return True
+        if self._fills_context(state):
+            return True
         text = inner.tokenizer.decode(list(answer), skip_special_tokens=True)
         return bool(text) and text[-1] in CLAUSE_ENDS
+
+    def _fills_context(self, state: Sequence[int]) -> bool:
+        """Whether ``state`` fills the model's context: no token may follow it."""
+        context = self.inner.context_length
+        return context is not None and len(state) >= context
+
+    def _set_tokens(self, depth: int, state: Sequence[int]) -> int:
+        """Tokens per child set after ``state`` at a node of this depth: ``set_length(depth)``,
+        or the tokens the model's context still holds if fewer (a set's tokens are fed when its
+        node is searched)."""
+        context = self.inner.context_length
+        length = set_length(depth)
+        return length if context is None else max(1, min(length, context - len(state)))
 
     def _serve(self, requests: Sequence[_Request], cache: PrefixCache | None = None) -> list[Any]:
         """The answers to the pending calls of many searches, of every kind at once.
@@ -571,7 +607,8 @@ class Rain(WrappedModel):
                 pairs.append((request.request, request.answer))
                 prompt_keys.extend([request.key] * 2)
             elif isinstance(request, _Sets):
-                (singles if set_length(request.depth) == 1 else multi).append((i, len(rows)))
+                length = self._set_tokens(request.depth, request.state)
+                (singles if length == 1 else multi).append((i, len(rows)))
                 rows.append(list(request.state))
                 keys.append(request.key)
             elif self._rollout_ended(request, request.state):
@@ -582,9 +619,19 @@ class Rain(WrappedModel):
                 keys.append(request.key)
         if pairs:
             prompts = self._evaluation_rows(pairs)
-            logits = self._judgements(prompts, prompt_keys, cache)  # [2 x evaluations, vocab]
-            for i, row in judged:
-                answers[i] = self._judge(logits[row], logits[row + 1])
+            # a prompt past the context is not put to the model: None, which scores 0
+            context = self.inner.context_length
+            fit = [
+                (i, row)
+                for i, row in judged
+                if context is None or max(len(prompts[row]), len(prompts[row + 1])) <= context
+            ]
+            if fit:
+                rows_fit = [prompts[row + j] for _, row in fit for j in (0, 1)]
+                keys_fit = [prompt_keys[row + j] for _, row in fit for j in (0, 1)]
+                logits = self._judgements(rows_fit, keys_fit, cache)  # [2 x fitting, vocab]
+                for j, (i, _) in enumerate(fit):
+                    answers[i] = self._judge(logits[2 * j], logits[2 * j + 1])
         if not rows:
             return answers
         decode = self._logits(rows, keys, cache)
@@ -680,7 +727,7 @@ class Rain(WrappedModel):
                 (r, token, members)
                 for r, token, members in follow
                 if (
-                    step < set_length(calls[live[r][0]].depth)
+                    step < self._set_tokens(calls[live[r][0]].depth, calls[live[r][0]].state)
                     if members
                     else not self._rollout_ended(calls[live[r][0]], states[live[r][0]])
                 )
@@ -699,6 +746,12 @@ class Rain(WrappedModel):
                     going[r] = True
                     chosen[r] = token
             decode.step(torch.tensor(chosen, device=decode.logits.device))
+            # a finished row is fed again at the position it was just fed at, not further: one
+            # that reached the context would be fed past it (IndexError with learned positions)
+            held = [r for r, on in enumerate(going) if not on]
+            if held:
+                with torch.inference_mode():  # the positions are inference tensors
+                    decode.hold(held)
         for i, _ in rollouts:
             answers[i] = states[i]
         for i, _ in multi:
@@ -718,9 +771,10 @@ class Rain(WrappedModel):
         return answers
 
     def evaluate(self, request: str, answer: str) -> float:
-        """The model's self-evaluation of one answer, in {-1, 0, 1} (``main.py: getv``)."""
+        """The model's self-evaluation of one answer, in {-1, 0, 1} (``main.py: getv``); 0 when
+        its evaluation prompt does not fit the model's context."""
         _check_pair(0, (request, answer))
-        return float(self._serve([_Evaluate(request, answer)])[0])
+        return float(self._serve([_Evaluate(request, answer)])[0] or 0.0)
 
     def evaluate_many(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """:meth:`evaluate` of many (request, answer) pairs, ``batch_size`` at a time."""
@@ -729,7 +783,7 @@ class Rain(WrappedModel):
         values: list[float] = []
         for start in range(0, len(pairs), self.batch_size):
             chunk = [_Evaluate(r, a) for r, a in pairs[start : start + self.batch_size]]
-            values += [float(v) for v in self._serve(chunk)]
+            values += [float(v or 0.0) for v in self._serve(chunk)]
         return values
 
     def _embedder(self, chat: Chat) -> Callable[[Sequence[int]], Embedding] | None:
@@ -744,9 +798,17 @@ class Rain(WrappedModel):
 
             return overlap
         inner: Any = self.inner
+        context = inner.context_length
+        room = None if context is None else context - len(inner._encode_prompts([chat])[0])
 
         def hidden(tokens: Sequence[int]) -> Embedding:
-            text = inner.tokenizer.decode(list(tokens), skip_special_tokens=True)
+            path = list(tokens)
+            text = inner.tokenizer.decode(path, skip_special_tokens=True)
+            # the path's text after the chat's prompt, re-encoded, must fit the context: a
+            # text may take more tokens than the path it decodes from (its last ones are kept)
+            while room is not None and path and len(inner._encode([text])[0]) > room:
+                path = path[-room:] if len(path) > room else path[1:]
+                text = inner.tokenizer.decode(path, skip_special_tokens=True)
             states = inner.hidden_states([chat], [text], reduce="mean")  # [1, layers + 1, hidden]
             return states[0, -1].float()
 
@@ -759,7 +821,8 @@ class Rain(WrappedModel):
     ) -> _Search:
         """One row's search (``main.py: gmeval``), as a generator: it yields each model call it
         needs (:class:`_Sets`, :class:`_Rollout`, :class:`_Evaluate`), is sent the answer, and
-        returns ``(answer token ids, finish reason, counts)``."""
+        returns ``(answer token ids, finish reason, counts)``; the ids end with the EOS token
+        that ended the answer, if one did."""
         inner: Any = self.inner
         eos = set(inner.eos_token_ids)
         request = next((str(m["content"]) for m in reversed(chat) if m["role"] == "user"), "")
@@ -767,8 +830,8 @@ class Rain(WrappedModel):
         start = len(prompt)
         budget = sampling.max_new_tokens
         embed = self._embedder(chat)
-        cache: dict[str, float] = {}
-        counts = {"rain_searches": 0, "rain_evaluations": 0}
+        cache: dict[str, float | None] = {}  # None: its evaluation prompt did not fit
+        counts = {"rain_searches": 0, "rain_evaluations": 0, "rain_unevaluated": 0}
         state = list(prompt)
         root = Node(None, 0.0)
         first = 0
@@ -797,11 +860,14 @@ class Rain(WrappedModel):
             root, first = child, child.fn
             if any(t in eos for t in move) or len(state) - start >= budget:
                 break
-        counts["rain_evaluations"] = len(cache)
+            if self._fills_context(state):
+                break  # "length": the answer ends at the context, as in plain decoding
+        counts["rain_evaluations"] = sum(v is not None for v in cache.values())
+        counts["rain_unevaluated"] = len(cache) - counts["rain_evaluations"]
         answer = state[start:][:budget]
         cut = next((i for i, t in enumerate(answer) if t in eos), None)
         finish = "stop" if cut is not None else "length"
-        return (answer[:cut] if cut is not None else answer), finish, counts
+        return (answer[: cut + 1] if cut is not None else answer), finish, counts
 
     @staticmethod
     def _draw(
@@ -829,7 +895,7 @@ class Rain(WrappedModel):
         start: int,
         budget: int,
         request: str,
-        cache: dict[str, float],
+        cache: dict[str, float | None],
         embed: Callable[[Sequence[int]], Embedding] | None,
         gen: torch.Generator,
         eos: set[int],
@@ -846,16 +912,22 @@ class Rain(WrappedModel):
         while node.children:
             if node.needs_widening():
                 # checkadd: the top (children + 1) tokens; search: add(group_getp(topk=2))
-                k = len(node.children) + 1 if set_length(node.depth) == 1 else WIDEN_K
+                single = self._set_tokens(node.depth, state) == 1
+                k = len(node.children) + 1 if single else WIDEN_K
                 node.widen((yield _Sets(list(state), node.depth, k, gen, context)))
             action, node = node.select()
             state.extend(action)
-        ended = len(state) - start >= budget or any(t in eos for t in action)
+        ended = (
+            len(state) - start >= budget
+            or any(t in eos for t in action)
+            or self._fills_context(state)  # evaluated, not expanded (the reference's maxlen)
+        )
         full = (yield _Rollout(list(state), start, budget, gen, context)) if not ended else state
         text = inner.tokenizer.decode(full[start:], skip_special_tokens=True)
         if text not in cache:
             cache[text] = yield _Evaluate(request, text, judged)
         value = cache[text]
+        value = 0.0 if value is None else value  # not evaluated (did not fit): undecided
         if not ended:
             sets = yield _Sets(list(state), node.depth, EXPAND_K, gen, context)
             total = sum(p for _, p in sets) or 1.0
@@ -872,8 +944,17 @@ class Rain(WrappedModel):
         """Every (chat, sample) searched on its own tree, ``batch_size`` searches at a time in
         lockstep: each round, every running search's next model call (expanding a node,
         simulating a continuation, or evaluating an answer) is answered in one batched call per
-        kind, and a search that ends makes room for the next row."""
+        kind, and a search that ends makes room for the next row. An answer ends ("length")
+        where prompt and answer fill the model's context; a chat whose prompt fills it alone is
+        a :class:`~poise.models.context.ContextLengthError` naming it, before any search."""
         inner: Any = self.inner
+        context = inner.context_length
+        if context is not None:
+            for c, prompt in enumerate(inner._encode_prompts(chats)):
+                if len(prompt) >= context:
+                    raise ContextLengthError(
+                        context, len(prompt), None, at_least=False, where=f"{self.name}: chat {c}"
+                    )
         rows = [(c, s) for c in range(len(chats)) for s in range(sampling.n)]
         results: list[list[Completion | None]] = [[None] * sampling.n for _ in chats]
         left = [sampling.n] * len(chats)
@@ -882,15 +963,17 @@ class Rain(WrappedModel):
         prefixes = self._prefix_cache()
 
         def finish(c: int, s: int, value: tuple[list[int], str, dict[str, int]]) -> None:
-            tokens, reason, counts = value
+            ids, reason, counts = value  # ids: the answer's, and the EOS that ended it if any
+            tokens = ids[:-1] if reason == "stop" else ids
             text = inner.tokenizer.decode(tokens, skip_special_tokens=True)
             text, stopped = cut_at_stop(text, sampling.stop)
             if stopped:  # the tokens up to the stop string, as the base model's decoding counts
-                tokens = tokens[: stop_length(inner.tokenizer, tokens, sampling.stop)]
+                tokens = ids = tokens[: stop_length(inner.tokenizer, tokens, sampling.stop)]
             results[c][s] = Completion(
                 text=text,
                 num_tokens=len(tokens),
                 finish_reason="stop" if stopped else reason,  # type: ignore[arg-type]
+                token_ids=tuple(ids),
                 metadata=dict(counts),
             )
             left[c] -= 1

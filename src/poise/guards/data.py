@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, invalid_json, json_lines, located, prepare_output_file
+from poise.errors import (
+    PoiseError,
+    invalid_json,
+    json_lines,
+    located,
+    parse_json,
+    prepare_output_file,
+)
 
 __all__ = ["MonitorExample", "encode_example", "read_monitor_data", "write_monitor_data"]
 
@@ -117,7 +124,7 @@ def read_monitor_data(path: str | Path) -> list[MonitorExample]:
         if not text.strip():
             continue
         try:
-            raw = json.loads(text)
+            raw = parse_json(text)
         except json.JSONDecodeError as exc:
             raise located(file, number, invalid_json(exc)) from None
         out.append(_parse(file, number, raw))

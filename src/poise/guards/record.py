@@ -11,16 +11,19 @@ completes and the guard metrics read (:mod:`poise.scoring.metrics`):
   before the stop; a full-answer guard shows nothing of an answer it stops; a chunked guard the
   chunks it passed);
 - in audits (``generate``, which decodes every answer to its end) also ``unguarded_tokens``,
-  ``unguarded_text`` (when stopped: the answer without the guard) and ``token_ends`` (the end
-  character of each unguarded token in ``unguarded_text``, so a judge's harm onset, a character
-  offset, counts the harmful tokens that were shown).
+  ``decoded_tokens`` (``unguarded_tokens`` and the EOS token that ended the unguarded answer,
+  if one did: what the model decoded), ``unguarded_text`` (when stopped: the answer without the
+  guard) and ``token_ends`` (the end character of each unguarded token in ``unguarded_text``, so
+  a judge's harm onset, a character offset, counts the harmful tokens that were shown).
 
 The evaluation core adds ``unguarded_harmful`` (the judge's label of the unguarded answer) and,
 with a judge that locates harm (the organism's oracle), ``harm_onset`` (a character offset).
 
 A stopped answer's ``num_tokens`` counts the tokens shown (its ``token_ids``; the refusal is not
 counted), which the audit's ``response_tokens`` averages; :func:`generated_tokens` counts what
-the model decoded for it, which ``poise serve`` reports as ``usage.completion_tokens``.
+the model decoded for it, which ``poise serve`` reports as ``usage.completion_tokens``. For any
+answer, guarded or not, that count includes the EOS token that ended it (``num_tokens`` does not):
+the model decoded it like every other token.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from poise.models.base import Completion
 
 __all__ = [
     "GUARD_KEY",
+    "decoded_tokens",
     "generated_tokens",
     "guard_record",
     "refusal_tail",
@@ -57,16 +61,38 @@ def guard_record(
     }
 
 
+def decoded_tokens(completion: Completion) -> int:
+    """The tokens the model decoded for ``completion`` as it stands: its ``token_ids`` where the
+    backend knows them (the ``num_tokens`` counted and the EOS token that ended the answer, if
+    one did), else ``num_tokens``.
+
+    The EOS token is counted because the model decoded it: it took a decoding step like any
+    other token. This is what vLLM, the reference for OpenAI-compatible serving of open models,
+    reports: its ``usage.completion_tokens`` is the length of each choice's generated token ids
+    (``vllm/entrypoints/openai/chat_completion/serving.py``), and its detokenizer leaves the EOS
+    or stop token that ended a request out of the text but keeps it in those ids
+    (``vllm/v1/engine/detokenizer.py``). A stop string cuts the text only there, so the tokens
+    up to the one that completed it count, as they do in ``num_tokens`` here."""
+    ids = completion.token_ids
+    return completion.num_tokens if ids is None else max(completion.num_tokens, len(ids))
+
+
 def generated_tokens(completion: Completion) -> int:
-    """The tokens the model decoded for ``completion``: what it cost. A guard that decodes every
-    answer to its end and decides afterwards (``full_guard``, ``chunked_guard``, ``guarded`` in
-    ``generate``) records them as ``unguarded_tokens``, also when it showed fewer or none;
-    ``guarded``'s ``stream`` and ``engine`` stop decoding at the stop, so its ``num_tokens`` is
-    what was decoded."""
+    """The tokens the model decoded for ``completion``: what it cost, the EOS token that ended it
+    included (:func:`decoded_tokens`). A guard that decodes every answer to its end and decides
+    afterwards (``full_guard``, ``chunked_guard``, ``guarded`` in ``generate``) records them as
+    ``decoded_tokens`` (``unguarded_tokens`` and that EOS), also when it showed fewer or none;
+    ``guarded``'s ``stream`` and ``engine`` stop decoding at the stop, so a stopped answer's
+    ``num_tokens`` is what was decoded (the EOS the guard forces after the stop is not the
+    model's answer, and is not counted)."""
+    decoded = decoded_tokens(completion)
     record = (completion.metadata or {}).get(GUARD_KEY)
-    if isinstance(record, dict) and isinstance(record.get("unguarded_tokens"), int):
-        return max(int(record["unguarded_tokens"]), completion.num_tokens)
-    return completion.num_tokens
+    if not isinstance(record, dict):
+        return decoded
+    for key in ("decoded_tokens", "unguarded_tokens"):  # the second: records written before
+        if isinstance(record.get(key), int):
+            return max(int(record[key]), decoded)
+    return decoded
 
 
 def refusal_tail(text: str, refusal: str) -> str:
@@ -113,6 +139,7 @@ def shown_completion(
             shown=completion.num_tokens,
             settings=settings,
             unguarded_tokens=completion.num_tokens,
+            decoded_tokens=decoded_tokens(completion),
             token_ends=ends,
         )
         return dataclasses.replace(completion, metadata=meta)
@@ -126,6 +153,7 @@ def shown_completion(
         shown=shown,
         settings=settings,
         unguarded_tokens=completion.num_tokens,
+        decoded_tokens=decoded_tokens(completion),
         unguarded_text=completion.text,
         token_ends=ends,
     )

@@ -25,6 +25,17 @@ elects ``+``, as mergekit does.
 
 Rescaling after random dropping: ``rescale_norm="inverse_probability"`` (the DARE and DELLA papers,
 the default) or ``"l1"`` (mergekit 0.1.5); see :mod:`poise.merge.sparsify`.
+
+The normalising divisor ``sum_t w_t m_t`` is 0 where no task survives (all masked or outvoted) and
+may be 0 or nearly so where weights of both signs agree (task negation). Where
+``|divisor| < NORMALIZE_EPS`` (1e-8) it is replaced by 1, so ``merged`` there is the plain
+weighted sum (0 where nothing survives). This is the rule mergekit 0.1.5 applies to its merges
+without consensus (its ``GeneralizedTaskArithmeticMerge``: a weight total whose magnitude is
+below 1e-8 becomes 1); with consensus it replaces only divisors that are exactly 0. poise applies
+the 1e-8 rule in both cases and sums the divisor in float64 from the weights as given: decimal
+weights that cancel (0.4 + 0.3 - 0.7) sum to 6e-8 in float32, not 0, and dividing by that
+residual would make merged weights of order 1e7. The two agree (to float32 rounding) wherever
+the divisor is 0 or well above 1e-8.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ Consensus = Literal["sum", "count"]
 SignElection = Literal["paper", "weighted"]
 
 
+#: below this magnitude the normalising divisor (a sum of weights) counts as 0 and becomes 1
+NORMALIZE_EPS = 1e-8
 # DELLA's epsilon (the half-width of the keep probabilities) when a config gives none
 DELLA_EPSILON = 0.15
 #: breadcrumbs' share of the largest entries dropped, where a model gives no gamma (mergekit's)
@@ -115,7 +128,9 @@ def generalized_task_arithmetic(
         positive = votes >= 0  # elected sign +1 (a tie elects +), else -1; [*shape] bool
         del votes
         merged = torch.zeros_like(base_w)
-        divisor = torch.zeros_like(base_w)
+        # sum_t w_t m_t in float64: decimal weights that cancel leave a float32 residual (about
+        # 6e-8) that escapes the 1e-8 guard, a float64 one (about 1e-16) does not
+        divisor = torch.zeros_like(base_w, dtype=torch.float64) if normalize else None
         for t in range(n):
             if orient[t] == 0:
                 continue  # sign(0 * delta_t) = 0 agrees with no elected sign
@@ -123,16 +138,19 @@ def generalized_task_arithmetic(
             # sign(o_t delta_t) == elected
             agree = torch.where(positive, oriented > 0, oriented < 0)
             merged.add_(deltas[t] * agree, alpha=weights[t])
-            divisor.add_(agree.to(dtype), alpha=weights[t])
-        divisor[divisor == 0] = 1
+            if divisor is not None:
+                torch.add(divisor, agree, alpha=weights[t], out=divisor)
+        if divisor is not None:
+            # nothing survives (0) or weights of both signs cancel: the plain sum (module doc)
+            divisor[divisor.abs() < NORMALIZE_EPS] = 1
+            merged.div_(divisor)
     else:
         merged = torch.zeros_like(base_w)
         for t in range(n):
             merged.add_(deltas[t], alpha=weights[t])
-        total = sum(weights)
-        divisor = torch.full_like(base_w, 1.0 if abs(total) < 1e-8 else total)
-    if normalize:
-        merged.div_(divisor)
+        total = sum(weights)  # float64, in the same order as the consensus divisor
+        if normalize and abs(total) >= NORMALIZE_EPS:
+            merged.div_(total)
     return (base_w + lambda_ * merged).to(base.dtype)
 
 

@@ -87,7 +87,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from poise.errors import invalid_json, json_lines, located
+from poise.errors import invalid_json, json_lines, located, parse_json
 
 __all__ = [
     "KEYWORD_PHRASES",
@@ -712,7 +712,7 @@ def _load(path: Path) -> tuple[LabelledResponse, ...]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = parse_json(line)
         except json.JSONDecodeError as exc:
             raise located(path, lineno, invalid_json(exc)) from None
         if not isinstance(obj, dict):

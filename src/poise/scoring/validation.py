@@ -27,6 +27,9 @@ format             what it is (columns / fields read)
 ``generic``        JSONL (or CSV) with a column mapping (``columns={"response": "output", ...}``):
                    roles ``response`` (required), ``prompt``, ``id``, ``model``, ``refused``,
                    ``harmful``, ``kind``; each role defaults to the column of the same name.
+                   ``kind`` is the request's: ``harmful``, ``borderline`` or ``benign`` on
+                   every row when the file has the column (a row without one is an error);
+                   a file without it (and none mapped) holds answers to harmful requests.
 =================  ===========================================================================
 
 The XSTest completions and the JailbreakBench judge comparison are this project's outside check:
@@ -59,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, invalid_json, json_error_line, located, parse_json
 from poise.scoring.base import Judge, Verdict
 from poise.scoring.stats import Rate, mcnemar_exact
 from poise.tasks import UNPARSED
@@ -167,7 +170,8 @@ _XSTEST_FILE = re.compile(r"completions_(.+?)(?:_[a-z]+eval)?$")
 
 def _read_xstest(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]:
     header, rows = _read_csv(path)
-    _require(header, ("prompt", "completion", "final_label"), path, "xstest")
+    # the type decides the kind: without it every prompt was taken for a safe one
+    _require(header, ("prompt", "completion", "final_label", "type"), path, "xstest")
     m = _XSTEST_FILE.search(path.stem)
     file_model = m.group(1) if m else path.stem
     out = []
@@ -179,7 +183,12 @@ def _read_xstest(path: Path, columns: Mapping[str, str]) -> list[LabelledAnswer]
                 line,
                 f"final_label {label!r} is not one of {', '.join(sorted(_XSTEST_REFUSED))}",
             )
-        kind = "harmful" if (row.get("type") or "").startswith("contrast_") else "benign"
+        prompt_type = (row.get("type") or "").strip()
+        if not prompt_type:
+            raise located(
+                path, line, "type is empty (contrast_* types are harmful, the others benign)"
+            )
+        kind = "harmful" if prompt_type.startswith("contrast_") else "benign"
         out.append(
             LabelledAnswer(
                 id=str(row.get("id") or line),
@@ -287,6 +296,23 @@ def _read_donotanswer(path: Path, columns: Mapping[str, str]) -> list[LabelledAn
 
 
 _GENERIC_ROLES = ("response", "prompt", "id", "model", "refused", "harmful", "kind")
+# The kinds of request a labelled answer may answer: the suite kinds a judge labels as refused
+# or harmful.
+_LABEL_KINDS = ("harmful", "borderline", "benign")
+
+
+def _kind(value: Any, path: Path, line: int, column: str) -> str:
+    """A generic row's kind, when the file has a kind column: every row names one of
+    ``_LABEL_KINDS`` (a row that leaves it out, null or empty, is an error: it is not taken
+    for harmful beside rows that say their kind)."""
+    allowed = ", ".join(_LABEL_KINDS)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise located(path, line, f"column {column!r}: no kind; expected one of {allowed}")
+    if not isinstance(value, str) or value.strip() not in _LABEL_KINDS:
+        raise located(
+            path, line, f"column {column!r}: unknown kind {value!r}; expected one of {allowed}"
+        )
+    return value.strip()
 
 
 def _read_generic(
@@ -316,11 +342,16 @@ def _read_generic(
             f"{path}: no label column: map the human labels with {flag} refused=NAME "
             f"and/or {flag} harmful=NAME (columns: {', '.join(header)})"
         )
+    if "kind" in columns and role["kind"] not in header:
+        raise PoiseError(
+            f"{path}: no column {role['kind']!r} for the kind ({flag} kind={role['kind']}; "
+            f"columns: {', '.join(header)})"
+        )
+    # no kind column: the answers are to harmful requests, as in the other formats' files
+    has_kind = role["kind"] in header
     out = []
     for line, row in rows:
-        kind = str(row.get(role["kind"]) or "harmful").strip()
-        if kind not in ("harmful", "borderline", "benign"):
-            raise located(path, line, f"{role['kind']}: expected harmful, borderline or benign")
+        kind = _kind(row.get(role["kind"]), path, line, role["kind"]) if has_kind else "harmful"
         response = row.get(role["response"])
         if not isinstance(response, str):
             raise located(path, line, f"column {role['response']!r} must be a string")
@@ -350,9 +381,9 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = parse_json(raw)
         except json.JSONDecodeError as exc:
-            raise located(path, line, f"invalid JSON ({exc.msg})") from None
+            raise located(path, line, invalid_json(exc)) from None
         if not isinstance(obj, dict):
             raise located(path, line, "expected a JSON object")
         yield line, obj
@@ -360,11 +391,11 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise PoiseError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise located(path, exc.lineno, f"invalid JSON ({exc.msg})") from None
+        raise located(path, json_error_line(exc), invalid_json(exc)) from None
 
 
 Reader = Callable[[Path, Mapping[str, str]], list[LabelledAnswer]]

@@ -613,7 +613,8 @@ def _usage(generation: Generation) -> dict[str, int]:
     # A model without a tokenizer (mock, an openai: model) cannot count its prompt: 0, not
     # null, which OpenAI clients do not expect there (docs/serving.md says so).
     prompt = generation.prompt_tokens or 0
-    # a guard's stopped answer shows fewer tokens than were decoded: usage counts the decoded
+    # usage counts the tokens decoded: the EOS token that ended an answer included, and a
+    # guard's whole answer where it showed fewer or none (poise.guards.record.generated_tokens)
     completion = sum(generated_tokens(c) for c in generation.completions)
     return {
         "prompt_tokens": prompt,

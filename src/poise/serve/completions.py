@@ -38,7 +38,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from poise.config import Sampling
-from poise.errors import PoiseError
+from poise.errors import PoiseError, parse_json
+from poise.guards.record import generated_tokens
 from poise.models.base import Completion, LanguageModel, SequenceLogprobs, StepView
 from poise.models.context import tokens_at_least
 from poise.serve.batcher import text_pieces
@@ -138,7 +139,7 @@ class CompletionRequest:
 def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionRequest:
     """Bytes of a request body -> :class:`CompletionRequest`, or :class:`RequestError` (400)."""
     try:
-        data = json.loads(raw)
+        data = parse_json(raw)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(
             f"the request body is not valid JSON ({exc})", code="invalid_json"
@@ -444,7 +445,8 @@ def _answer_sync(
                     text=str(prefix) + completion.text,
                     finish_reason=_FINISH_REASONS.get(completion.finish_reason, "stop"),
                     logprobs=logprobs,
-                    completion_tokens=completion.num_tokens,
+                    # what was decoded, the EOS that ended the answer included
+                    completion_tokens=generated_tokens(completion),
                 )
             )
     return choices, sum(len(p) for p in prompts)

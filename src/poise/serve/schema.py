@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from poise.config import PathStr, Sampling, StrictModel
+from poise.errors import parse_json
 from poise.models.base import Chat, Message
 from poise.serve.continuous import SHUTDOWN
 
@@ -255,7 +256,7 @@ class ChatRequest:
 def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     """Bytes of a request body -> :class:`ChatRequest`, or :class:`RequestError` (400)."""
     try:
-        data = json.loads(raw)
+        data = parse_json(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(
             f"the request body is not valid JSON ({exc})", code="invalid_json"

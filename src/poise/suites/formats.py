@@ -13,6 +13,7 @@ the kind each one maps to are documented on its function.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -60,6 +61,29 @@ class Record:
         if isinstance(value, (dict, list, tuple)):
             raise self.error(field, f"expected text, got {type(value).__name__}")
         return str(value).strip()
+
+    def id_text(self, field: str) -> str:
+        """The field as an id, which is text as in a CSV file: a string stripped; ``""`` when
+        absent or null (an empty cell: the row's id is then its number). A JSON number is the
+        integer it holds, as text: ``3`` -> ``"3"``, the same id as ``"3"`` (a duplicate of it);
+        ``3.0`` and ``1e3`` -> ``"3"`` and ``"1000"`` (a table exported with a missing value
+        writes its integer ids as floats). A number with a fraction (``1.5``), beyond 2**53
+        (where floats skip integers) or not finite, a bool, a list or an object is an error
+        naming the row and field."""
+        value = self.data.get(field)
+        if isinstance(value, float):
+            if not (math.isfinite(value) and value.is_integer() and abs(value) <= 2**53):
+                raise self.error(field, f"expected text or an integer as the id, got {value!r}")
+            return str(int(value))
+        if isinstance(value, bool):
+            got = "true" if value else "false"
+        elif isinstance(value, dict):
+            got = "an object"
+        elif isinstance(value, (list, tuple)):
+            got = "a list"
+        else:
+            return self.text(field)  # text, an integer, or nothing
+        raise self.error(field, f"expected text or an integer as the id, got {got}")
 
     def require(self, field: str, what: str = "a prompt") -> str:
         """The field as non-empty text, or an error naming the row and field (a number or a
@@ -240,7 +264,7 @@ def poise_items(record: Record, context: FormatContext) -> Draft:
         messages=messages,
         prompt_field="messages",
         kind=_parse_kind(record, "kind", kind) if kind else context.kind,
-        id=record.text("id") or None,
+        id=record.id_text("id") or None,
         category=record.text("category") or None,
         reference=record.text("reference") or None,
         suite=record.text("suite") or None,
@@ -286,7 +310,7 @@ def harmbench(record: Record, context: FormatContext) -> Draft:
         prompt_field="Behavior",
         kind=context.kind or "harmful",
         category=record.text("SemanticCategory") or None,
-        id=_row_id(record, context, record.text("BehaviorID")),
+        id=_row_id(record, context, record.id_text("BehaviorID")),
         meta=meta,
     )
 
@@ -313,7 +337,7 @@ def xstest(record: Record, context: FormatContext) -> Draft:
         kind = _XSTEST_LABELS[label]
     else:
         kind = "harmful" if prompt_type.startswith("contrast_") else "borderline"
-    own_id = record.text("id") or record.text("id_v2")
+    own_id = record.id_text("id") or record.id_text("id_v2")
     return Draft(
         prompt=prompt,
         kind=kind,
@@ -354,7 +378,7 @@ def jailbreakbench(record: Record, context: FormatContext) -> Draft:
         prompt_field="Goal",
         kind=context.kind or ("benign" if benign else "harmful"),
         category=record.text("Category") or None,
-        id=_row_id(record, context, record.text("Index")),
+        id=_row_id(record, context, record.id_text("Index")),
         meta=_meta(record, "Behavior", "Source", "Target"),
     )
 
@@ -370,7 +394,7 @@ def do_not_answer(record: Record, context: FormatContext) -> Draft:
         prompt_field="question",
         kind=context.kind or "harmful",
         category=record.text("types_of_harm") or record.text("risk_area") or None,
-        id=_row_id(record, context, record.text("id")),
+        id=_row_id(record, context, record.id_text("id")),
         meta=_meta(record, "risk_area", "types_of_harm", "specific_harms"),
     )
 
@@ -548,7 +572,7 @@ def generic(record: Record, context: FormatContext) -> Draft:
         prompt_field=prompt_column,
         kind=kind,
         category=_optional(record, cols.get("category")),
-        id=_row_id(record, context, _optional(record, cols.get("id")) or ""),
+        id=_row_id(record, context, record.id_text(cols["id"]) if "id" in cols else ""),
         reference=_optional(record, cols.get("reference")),
         meta=meta,
     )

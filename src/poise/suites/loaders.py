@@ -38,6 +38,7 @@ from pydantic import ValidationError
 
 from poise.config import DEFAULT_SUITES
 from poise.errors import (
+    DuplicateKeyError,
     MissingExtraError,
     PoiseError,
     UnknownNameError,
@@ -45,6 +46,7 @@ from poise.errors import (
     json_error_line,
     json_lines,
     located,
+    parse_json,
 )
 from poise.suites.formats import (
     Draft,
@@ -418,7 +420,9 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
     artifacts: ``{"parameters": {...}, "jailbreaks": [{...}, ...]}``). None when the text is
     JSON lines or a single row (no list of objects inside): the caller reads it as JSON lines."""
     try:
-        data = json.loads(text)
+        data = parse_json(text)
+    except DuplicateKeyError as exc:  # a well-formed text: its key given twice is the error
+        raise located(source, json_error_line(exc), invalid_json(exc)) from None
     except json.JSONDecodeError:
         return None  # JSON lines (several objects), or broken JSON the JSON-lines reader locates
     except RecursionError:
@@ -478,7 +482,7 @@ def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = parse_json(line)
             except json.JSONDecodeError as exc:
                 raise located(source, line_no, invalid_json(exc)) from None
             except RecursionError:
@@ -497,7 +501,7 @@ def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
 
 def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
     try:
-        data = json.loads(text)
+        data = parse_json(text)
     except json.JSONDecodeError as exc:
         raise located(source, json_error_line(exc), invalid_json(exc)) from None
     except RecursionError:

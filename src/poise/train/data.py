@@ -41,7 +41,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from poise.errors import PoiseError, invalid_json, located
+from poise.errors import PoiseError, invalid_json, located, parse_json
 from poise.models.base import Chat, Message
 from poise.suites import parse_hh_transcript  # shared with the suite loader: one HH reader
 
@@ -329,7 +329,7 @@ def _rows(path: Path) -> Iterator[_Row]:
                 if not line.strip():
                     continue
                 try:
-                    data = json.loads(line)
+                    data = parse_json(line)
                 except json.JSONDecodeError as exc:
                     raise located(path, number, invalid_json(exc)) from None
                 except RecursionError:
