@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from poise.cli import app
@@ -26,3 +27,32 @@ def test_an_output_folder_that_cannot_be_made_is_one_error_before_any_work(
     assert result.exit_code == 2, result.output
     assert "cannot make the firewall folder" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_percentile_or_layer_out_of_range_is_one_error_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both were refused only once the weights had loaded (a negative layer: once the first
+    role's activations had been read)."""
+    import poise.models
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(poise.models, "load_model", no_load)
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(
+        "".join(json.dumps({"role": "r", "query": f"q{i}"}) + "\n" for i in range(3)),
+        encoding="utf-8",
+    )
+    base = ["firewall", "fit", "--anchors", str(anchors), "--out", str(tmp_path / "fw")]
+    for extra, message in [
+        (["--percentile", "0"], "percentile must be in (0, 100], got 0"),
+        (["--percentile", "150"], "percentile must be in (0, 100], got 150"),
+        (["--layer", "2", "--layer", "-1"], "layer -1 is not one of the model's hidden states"),
+    ]:
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "fw").exists()

@@ -138,6 +138,29 @@ def test_a_false_positive_rate_out_of_range_is_one_error_before_any_work(
     assert not (tmp_path / "p").exists()
 
 
+def test_a_test_fraction_or_negative_layer_is_one_error_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both were refused only once the weights had loaded (a negative layer: after a forward
+    pass too)."""
+    import poise.models
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(poise.models, "load_model", no_load)
+    for extra, message in [
+        (["--test-fraction", "1.5"], "--test-fraction: a share in (0, 1), got 1.5"),
+        (["--test-fraction", "0"], "--test-fraction: a share in (0, 1), got 0"),
+        (["--layer", "-1"], "--layer: an index >= 0 (0 = the embeddings), got -1"),
+    ]:
+        result = CliRunner().invoke(app, ["probe", "train", "--out", str(tmp_path / "p"), *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_an_output_path_that_is_a_file_or_under_one_is_one_error_before_any_work(
     tmp_path: Path,
 ) -> None:

@@ -78,3 +78,23 @@ def test_deception_needs_a_judge_that_labels_feigned_answers() -> None:
     records = [answered("a", "compliance", 0, "x"), answered("b", "compliance", 0, "y")]
     with pytest.raises(PoiseError, match="feigned vs real compliance"):
         deception_from_records(records, None)
+
+
+def test_a_record_asked_under_a_literal_system_prompt_is_read_under_it() -> None:
+    """An audit with ``--system-prompt TEXT`` records that text as ``config.system_prompt``;
+    the chat was read with no system prompt at all, not the one the model answered under."""
+    records = [
+        record("a", "harmful", True, "Answer in one line."),
+        record("b", "benign", False, "Answer in one line."),
+    ]
+    for rows in (
+        compliance_from_records(records, "Be safe."),
+        compliance_from_records(records, "Be safe.", none_prompt=""),
+    ):
+        assert {e.group: e.chat for e in rows}["a"] == [
+            {"role": "system", "content": "Answer in one line."},
+            {"role": "user", "content": "question a"},
+        ]
+    broken = [{**records[0], "config": {"temperature": 0.0, "system_prompt": 3}}]
+    with pytest.raises(PoiseError, match=r"record 1: config.system_prompt must be text, got 3"):
+        compliance_from_records(broken, None)

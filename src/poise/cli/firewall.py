@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, shown, user_errors
+from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
 from poise.errors import PoiseError
 
 firewall_app = typer.Typer(
@@ -17,10 +17,14 @@ firewall_app = typer.Typer(
 @firewall_app.command("fit")
 def fit_command(
     anchors: str = typer.Option(
-        ..., help='JSONL of {"role": ..., "query": ...} legitimate queries.'
+        ..., help='JSONL of {"role": ..., "query": ...} legitimate queries.', callback=expand_paths
     ),
     out: str = typer.Option(
-        ..., "--out", "-o", help="Folder to write the firewall to (new or empty)."
+        ...,
+        "--out",
+        "-o",
+        help="Folder to write the firewall to (new or empty).",
+        callback=expand_paths,
     ),
     model: str = typer.Option("organism-large", "--model", "-m", help="Model spec (hf backend)."),
     percentile: float = typer.Option(
@@ -31,13 +35,14 @@ def fit_command(
     ),
 ) -> None:
     """Fit one zone per role from its anchor queries."""
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         from poise.models import load_model
         from poise.models.base import default_system_prompt
-        from poise.probes.firewall import Firewall, read_anchors
+        from poise.probes.firewall import Firewall, check_fit_options, read_anchors
         from poise.probes.linear import check_new_folder
         from poise.probes.sweep import require_activations
 
+        check_fit_options(percentile, layer)
         check_new_folder(out, "firewall")
         roles = read_anchors(anchors)
         loaded = load_model(model)
@@ -59,7 +64,7 @@ def fit_command(
 def check_command(
     queries: list[str] = typer.Argument(..., help="Query text(s) to check."),
     firewall: str = typer.Option(
-        ..., "--firewall", "-f", help="Firewall folder (poise firewall fit)."
+        ..., "--firewall", "-f", help="Firewall folder (poise firewall fit).", callback=expand_paths
     ),
     role: str = typer.Option(..., "--role", "-r", help="Role whose zone the queries must fall in."),
     model: str | None = typer.Option(

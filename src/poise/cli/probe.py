@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, shown, user_errors
+from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
 from poise.errors import PoiseError, check_number
 
 probe_app = typer.Typer(
@@ -84,7 +84,11 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
 @probe_app.command("train")
 def train_command(
     out: str = typer.Option(
-        ..., "--out", "-o", help="Folder to write the probe to (new or empty)."
+        ...,
+        "--out",
+        "-o",
+        help="Folder to write the probe to (new or empty).",
+        callback=expand_paths,
     ),
     model: str | None = typer.Option(
         None,
@@ -104,9 +108,10 @@ def train_command(
         "--suite",
         "-s",
         help="Suite(s) for harmful / honesty (default: harmful+benign / honesty).",
+        callback=expand_paths,
     ),
     run: str | None = typer.Option(
-        None, help="Audit run whose judged answers label comply / deception."
+        None, help="Audit run whose judged answers label comply / deception.", callback=expand_paths
     ),
     layer: int | None = typer.Option(
         None, help="Layer to keep (0 = embeddings); default: the best held-out AUROC."
@@ -117,9 +122,14 @@ def train_command(
     seed: int = typer.Option(0, help="Seed of the split."),
 ) -> None:
     """Fit a probe: activations of every layer, a sweep (held-out accuracy and AUROC), a folder."""
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         _check_fpr(fpr)
         check_number("probe", "l2", l2, positive=True)
+        # before the model loads (train_probe checks them again, before the activations)
+        if not 0.0 < test_fraction < 1.0:
+            raise PoiseError(f"--test-fraction: a share in (0, 1), got {test_fraction:g}")
+        if layer is not None and layer < 0:
+            raise PoiseError(f"--layer: an index >= 0 (0 = the embeddings), got {layer}")
         from rich.table import Table
 
         from poise.models import load_model
@@ -177,8 +187,12 @@ def _check_fpr(fpr: float | None) -> None:
 
 @probe_app.command("score")
 def score_command(
-    run: str = typer.Argument(..., help="Audit run folder (or a unique part of its name)."),
-    probe: str = typer.Option(..., "--probe", "-p", help="Probe folder (poise probe train)."),
+    run: str = typer.Argument(
+        ..., help="Audit run folder (or a unique part of its name).", callback=expand_paths
+    ),
+    probe: str = typer.Option(
+        ..., "--probe", "-p", help="Probe folder (poise probe train).", callback=expand_paths
+    ),
     model: str | None = typer.Option(
         None, "--model", "-m", help="Model spec (default: the probe's)."
     ),
@@ -187,7 +201,7 @@ def score_command(
     ),
 ) -> None:
     """Score a run's answers with a probe: probe_scores.jsonl, and the report shows them."""
-    with user_errors():
+    with sigterm_as_interrupt(), user_errors():
         from poise.models import load_model
         from poise.models.base import default_system_prompt
         from poise.probes.linear import load_probe

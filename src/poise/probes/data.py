@@ -57,9 +57,11 @@ def record_chat(
     none_prompt: str | None,
     where: str,
 ) -> Chat:
-    """A run record's prompt as a single user turn, with ``system_prompt`` when its request used
-    the default system prompt, else with ``none_prompt``; a record without a text prompt, an
-    item id or a config object is one error naming it (``where``: the file and line)."""
+    """A run record's prompt as a single user turn, with the system prompt its request was sent
+    with (the record's ``config.system_prompt``, as ``poise.attacks.base.SystemPrompt`` reads
+    it): ``system_prompt`` for "default", ``none_prompt`` for "none", else the literal prompt
+    itself. A record without a text prompt, an item id, a config object or a text system prompt
+    setting is one error naming it (``where``: the file and line)."""
     config = record.get("config") or {}
     if not isinstance(config, Mapping):
         raise PoiseError(f"{where}: config must be an object, got {config!r}")
@@ -67,8 +69,14 @@ def record_chat(
         if not isinstance(record.get(key), str):
             raise PoiseError(f"{where}: expected a record with a text {key!r}")
     chat: Chat = [{"role": "user", "content": record["prompt"]}]
-    default = config.get("system_prompt", "default") == "default"
-    return with_system_prompt(chat, system_prompt if default else none_prompt)
+    setting = config.get("system_prompt", "default")
+    if not isinstance(setting, str):
+        raise PoiseError(f"{where}: config.system_prompt must be text, got {setting!r}")
+    if setting == "default":
+        return with_system_prompt(chat, system_prompt)
+    # a literal prompt (``--system-prompt TEXT``) is what the model answered under: dropping it
+    # would read the activations of a prompt the labels' answers were not given to
+    return with_system_prompt(chat, none_prompt if setting == "none" else setting)
 
 
 def record_where(source: object | None, number: int) -> str:
@@ -113,9 +121,10 @@ def compliance_from_records(
 
     Only greedy records (temperature 0) of ``kinds`` with a ``refused`` verdict count; the chat
     is the record's prompt as a single user turn with ``system_prompt`` when the record's
-    request used the default system prompt, else with ``none_prompt`` (the model's way of
-    saying "no system prompt": ``poise.models.no_system_prompt``; the built-in suites are
-    single-turn). ``source``: the records' file, named (with the line) by an error."""
+    request used the default system prompt, ``none_prompt`` when it used none (the model's way
+    of saying "no system prompt": ``poise.models.no_system_prompt``), else the literal prompt
+    it was sent with (the built-in suites are single-turn). ``source``: the records' file,
+    named (with the line) by an error."""
     out: list[Example] = []
     for number, record in enumerate(records, 1):
         where = record_where(source, number)

@@ -32,17 +32,31 @@ from typing import Any
 import torch
 
 from poise.chat import Chat
-from poise.errors import PoiseError, invalid_json, json_lines, located
+from poise.errors import PoiseError, invalid_json, json_lines, located, parse_json
 from poise.models.base import LanguageModel
 from poise.probes.data import Example
 from poise.probes.linear import read_saved, write_folder
 from poise.probes.sweep import collect
 
-__all__ = ["Firewall", "Verdict", "load_firewall", "read_anchors"]
+__all__ = ["Firewall", "Verdict", "check_fit_options", "load_firewall", "read_anchors"]
 
 FIREWALL_JSON = "firewall.json"
 FIREWALL_TENSORS = "firewall.safetensors"
 FORMAT = 1
+
+
+def check_fit_options(percentile: float, layers: Sequence[int] | None) -> None:
+    """Before any activation is read (or, from the CLI, any weight loaded): a percentile in
+    (0, 100] and layer indices >= 0 (those past the model's last are refused once its states
+    are known)."""
+    if not 0.0 < percentile <= 100.0:
+        raise PoiseError(f"firewall: percentile must be in (0, 100], got {percentile:g}")
+    negative = [layer for layer in layers or () if layer < 0]
+    if negative:
+        raise PoiseError(
+            f"firewall: layer {negative[0]} is not one of the model's hidden states (0 = the "
+            "embeddings, then one per decoder layer)"
+        )
 
 
 def _shift(states: torch.Tensor, centroid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -100,8 +114,7 @@ class Firewall:
         progress: Callable[[int], None] | None = None,
     ) -> Firewall:
         """One zone per role from its anchor queries (at least 3 each)."""
-        if not 0.0 < percentile <= 100.0:
-            raise PoiseError(f"firewall: percentile must be in (0, 100], got {percentile}")
+        check_fit_options(percentile, layers)
         # the model is recorded once fitted: a layer refused while fitting names no fitted model
         firewall = cls(None, [], system_prompt=system_prompt)
         for role, queries in anchors.items():
@@ -267,7 +280,7 @@ def read_anchors(path: str | Path) -> dict[str, list[str]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except json.JSONDecodeError as exc:
             raise located(source, number, invalid_json(exc)) from None
         if (

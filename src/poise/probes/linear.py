@@ -288,6 +288,10 @@ def load_probe(folder: str | Path) -> LinearProbe:
         if key in header and (isinstance(value, bool) or not isinstance(value, kind)):
             expected = "an integer" if key == "layer" else "a number"
             raise located(header_path, None, f"{wrong} ({key} must be {expected}, got {value!r})")
+    fpr = header.get("fpr", 0.01)
+    if isinstance(fpr, bool) or not isinstance(fpr, (int, float)) or not 0.0 <= fpr < 1.0:
+        # else ``probe score`` fails on it (a traceback) once every answer has been read
+        raise located(header_path, None, f"{wrong} (fpr must be a rate in [0, 1), got {fpr!r})")
     if header.get("reduce", "last") not in ("last", "mean"):
         reduce = header.get("reduce")
         raise located(
@@ -306,7 +310,7 @@ def load_probe(folder: str | Path) -> LinearProbe:
             model=header.get("model"),
             reduce=str(header.get("reduce", "last")),
             threshold=float(header["threshold"]),
-            fpr=float(header.get("fpr", 0.01)),
+            fpr=float(fpr),
             metadata=dict(header.get("metadata") or {}),
             source=str(folder),
         )

@@ -40,13 +40,15 @@ def collect(
     (no continuation) or averaged over its continuation's tokens; layers ``0..upto`` only when
     ``upto`` is given (the forward pass stops there)."""
     backend = require_activations("a probe", model)
+    # checked over every row, not per chunk: chunks of each kind would be read at different
+    # positions (the last prompt token, the answer's mean) and stacked as one feature set
+    with_answer = {e.continuation is not None for e in examples}
+    if len(with_answer) > 1:
+        raise PoiseError("probe data mixes rows with and without continuations")
     parts: list[torch.Tensor] = []
     for start in range(0, len(examples), chunk):
         batch = examples[start : start + chunk]
-        with_answer = [e.continuation is not None for e in batch]
-        if any(with_answer) and not all(with_answer):
-            raise PoiseError("probe data mixes rows with and without continuations")
-        if all(with_answer):
+        if with_answer == {True}:
             states = backend.hidden_states(
                 [e.chat for e in batch],
                 [str(e.continuation) for e in batch],

@@ -28,6 +28,7 @@ from poise.probes.sweep import (
     require_activations,
     split_by_group,
 )
+from poise.tasks import read
 
 __all__ = [
     "ProbeScores",
@@ -228,10 +229,13 @@ def score_answers(
     flagged = [s > threshold for s in scores]
     result = ProbeScores(scores, flagged, threshold, source, len(used))
     for key in ("harmful", "refused"):
+        # an unparsed verdict's ``refused`` is the refusal detector's fallback, not the judge's
         judged = [
             (bool(v.get(key)), s, str(r["item_id"]))
             for r, s in zip(records, scores, strict=True)
-            if isinstance(v := (r.get("verdict") or {}), Mapping) and isinstance(v.get(key), bool)
+            if isinstance(v := (r.get("verdict") or {}), Mapping)
+            and isinstance(v.get(key), bool)
+            and read(v)
         ]
         if judged and len({j for j, _, _ in judged}) == 2:
             # the answers to one item are a cluster (n samples of one prompt): Obuchowski's
