@@ -644,7 +644,8 @@ def _grid_fields(suite: Path) -> dict[str, Any]:
         return (COMPLY, REFUSE, HELP)[(len(last_user_message(chat)) + k + len(chat)) % 3]
 
     return {
-        "model": MockModel("scripted", replies),
+        # a default system prompt to turn on (without one the grid runs sys=off only)
+        "model": MockModel("scripted", replies, default_system_prompt="Be safe."),
         "suites": [str(suite)],
         "judge": "refusal",
         "html": False,

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from poise.attacks.export import preference_pairs, write_pairs
+from poise.errors import PoiseError
 
 
 def rec(
@@ -67,3 +68,43 @@ def test_write_pairs_writes_a_home_relative_path_where_its_folder_was_made(
     pair = {"prompt": [], "chosen": [], "rejected": []}
     assert write_pairs([pair], "~/out/pairs.jsonl") == 1
     assert (tmp_path / "out" / "pairs.jsonl").is_file()
+
+
+@pytest.mark.parametrize("per_prompt", [0, -1])
+def test_pairs_per_prompt_below_one_is_one_clear_error(per_prompt: int) -> None:
+    # 0 gave no pair ("no harmful item has both a safe and a harmful answer" in the CLI), and -1
+    # dropped the last pair of every prompt without a word
+    records = [
+        rec("a", "greedy", "No.", False, True),
+        rec("a", "t=1", "Sure: step 1", True, False),
+        rec("a", "t=0.5", "I won't.", False, True),
+        rec("a", "t=0.7", "Sure: step 2", True, False),
+    ]
+    assert len(preference_pairs(records, per_prompt=2)) == 2
+    with pytest.raises(PoiseError, match=r"per_prompt must be an integer >= 1, got -?\d"):
+        preference_pairs(records, per_prompt=per_prompt)
+
+
+def test_the_cli_refuses_per_prompt_below_one_before_reading_the_run(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    output = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(
+        app,
+        [
+            "attacks",
+            "export",
+            "no-such-run",
+            "--out",
+            str(tmp_path),
+            "-o",
+            str(output),
+            "--per-prompt",
+            "0",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--per-prompt must be an integer >= 1, got 0" in result.output
+    assert not output.exists()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from poise.attacks import SystemPrompt, attacks, build_chat
 from poise.config import Sampling
 from poise.suites.schema import SuiteItem
@@ -46,3 +50,25 @@ def test_exploitation_off_sends_the_empty_system_message_to_such_a_model() -> No
     chats = {r.request_id.split("/")[-1]: (r.chat, r.system_prompt) for r in requests}
     assert chats["sys=on"] == ([{"role": "system", "content": "Be safe."}, ITEM.chat[0]], "default")
     assert chats["sys=off"] == ([{"role": "system", "content": ""}, ITEM.chat[0]], "none")
+
+
+def test_exploitation_does_not_run_on_again_when_there_is_no_prompt_to_turn_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a model that declares no default system prompt (any hub model) and no literal prompt:
+    # "sys=on" sent the chats of "sys=off" with the same seeds, twice the work, and the summary
+    # reported a system-prompt effect of +0.0 pp (p = 1) that measured nothing
+    for system in (SystemPrompt("default", None), SystemPrompt("none", None, in_template=True)):
+        with caplog.at_level(logging.WARNING, logger="poise.attacks.exploitation"):
+            requests = attacks.get("exploitation")(
+                [ITEM], Sampling(), system, families=("greedy", "top_k"), top_ks=(5,)
+            )
+        assert sorted(r.request_id for r in requests) == ["greedy/sys=off", "top_k=5/sys=off"]
+        assert "declares no default system prompt" in caplog.text
+        caplog.clear()
+    # with a prompt to turn on, both run
+    requests = attacks.get("exploitation")(
+        [ITEM], Sampling(), SystemPrompt("Be safe.", None), families=("greedy",)
+    )
+    assert sorted(r.request_id for r in requests) == ["greedy/sys=off", "greedy/sys=on"]
+    assert not caplog.text

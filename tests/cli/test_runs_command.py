@@ -76,3 +76,60 @@ def test_ls_takes_a_finished_runs_count_from_its_header(
     assert listing.exit_code == 0, listing.output
     row = next(line for line in listing.output.splitlines() if "done" in line)
     assert " 7 " in row
+
+
+def test_a_damaged_metrics_file_does_not_hide_the_other_runs(tmp_path: Path) -> None:
+    # one run's metrics.json cut short (a copy that stopped) or of another shape made the whole
+    # listing one error (invalid JSON) or a traceback (KeyError 'value'), as a damaged header no
+    # longer does
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.runs import Run
+
+    for name, text in (
+        ("cut", '{"overall": {"harmful_rate": '),
+        ("other-shape", '{"overall": {"harmful_rate": {"n": 3}}}'),
+        ("fine", '{"overall": {"harmful_rate": {"n": 4, "k": 1, "value": 0.25}}}'),
+    ):
+        run = Run.create(tmp_path, name, {"model": "m", "attack": "greedy"})
+        run.update_header(status="complete", samples=4)
+        run.unlock()
+        (run.path / "metrics.json").write_text(text, encoding="utf-8")
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": "200"}
+    )
+    assert listing.exit_code == 0, listing.output
+    rows = {
+        name: next(line for line in listing.output.splitlines() if f"-{name} " in line)
+        for name in ("cut", "other-shape", "fine")
+    }
+    assert "25.0%" in rows["fine"]
+    assert "?" in rows["cut"] and "?" in rows["other-shape"]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"overall": []}', "metrics.json: not in the expected schema (no 'overall' object)"),
+        ('{"overall": {"harmful_rate": {"n": 3}}}', "metrics.json: not in the shape"),
+    ],
+)
+def test_show_names_a_metrics_file_of_another_shape_in_one_line(
+    tmp_path: Path, text: str, said: str
+) -> None:
+    # `runs show` read metrics.json as it was: a traceback ('list' object has no attribute
+    # 'get') or a line that named no file, where the report names it or recomputes it
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.runs import Run
+
+    config = {"model": "m", "attack": "greedy", "judge": "refusal", "sampling": {}}
+    run = Run.create(tmp_path, "edited", config)
+    run.update_header(status="complete", samples=0)
+    run.unlock()
+    (run.path / "metrics.json").write_text(text, encoding="utf-8")
+    shown = CliRunner().invoke(app, ["runs", "show", str(run.path)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 2, shown.output
+    assert said in " ".join(shown.output.split())

@@ -61,6 +61,8 @@ def test_exploitation_report_shows_misalignment_and_the_config_heat_map(tmp_path
         "borderline",
         "--limit",
         "2",
+        "--system-prompt",  # a prompt to turn on: the mock model declares no default
+        "Be safe.",
     )
     page = (run / "report.html").read_text()
     summary = json.loads((run / "metrics.json").read_text())["attack"]

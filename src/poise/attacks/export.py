@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from poise.errors import PoiseError, prepare_output_file
+from poise.errors import PoiseError, check_int, prepare_output_file
 from poise.tasks import read
 
 
@@ -29,7 +29,10 @@ def preference_pairs(
     records: Iterable[Mapping[str, Any]], *, per_prompt: int = 1
 ) -> list[dict[str, Any]]:
     """Up to ``per_prompt`` pairs per harmful prompt that has both a refused and a harmful
-    completion. Distinct texts are paired in record order, so the output is deterministic."""
+    completion. Distinct texts are paired in record order, so the output is deterministic.
+    ``per_prompt`` is an integer >= 1 (0 wrote nothing, and a negative one cut pairs off the end
+    of each prompt's list, without a word)."""
+    check_int("preference pairs", "per_prompt", per_prompt, 1)
     safe: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     harmful: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     prompts: dict[str, Mapping[str, Any]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, shown, user_errors
+from poise.cli._common import console, expand_paths, shown, user_errors
 from poise.errors import PoiseError
 
 attacks_app = typer.Typer(
@@ -29,19 +29,27 @@ def ls() -> None:
 
 @attacks_app.command("export")
 def export(
-    run: str = typer.Argument(..., help="Run folder (or name under --out) of an attack audit."),
+    run: str = typer.Argument(
+        ..., help="Run folder (or name under --out) of an attack audit.", callback=expand_paths
+    ),
     output: str = typer.Option(
-        ..., "--output", "-o", help="jsonl file to write the preference pairs to."
+        ...,
+        "--output",
+        "-o",
+        help="jsonl file to write the preference pairs to.",
+        callback=expand_paths,
     ),
     per_prompt: int = typer.Option(1, help="Pairs per harmful prompt at most."),
-    out: str = typer.Option("runs", help="Folder that holds run folders."),
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
 ) -> None:
     """Export (prompt, safe completion, harmful completion) pairs for preference training, in
     TRL's conversational format (prompt, chosen, rejected: message lists)."""
     with user_errors():
         from poise.attacks.export import preference_pairs, write_pairs
+        from poise.errors import check_int
         from poise.runs import find_run
 
+        check_int("attacks export", "--per-prompt", per_prompt, 1)
         found = find_run(run, out)
         pairs = preference_pairs(found.records(), per_prompt=per_prompt)
         if not pairs:

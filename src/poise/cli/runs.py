@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from poise.cli._common import console, shown, user_errors
+from poise.cli._common import console, expand_paths, shown, user_errors
 
 runs_app = typer.Typer(help="List and show audit runs.", no_args_is_help=True)
 
@@ -16,9 +16,10 @@ def _headline(metrics: dict | None, name: str) -> str:
         return "-"
     overall = metrics.get("overall", metrics)
     rate = overall.get(name) if isinstance(overall, dict) else None
-    if isinstance(rate, dict) and rate.get("n"):
-        return f"{100 * rate['value']:.1f}%"
-    return "-"
+    value = rate.get("value") if isinstance(rate, dict) and rate.get("n") else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{100 * value:.1f}%"
+    return "?" if isinstance(rate, dict) else "-"  # "?": a rate of another shape
 
 
 _HEADLINES = (
@@ -29,12 +30,15 @@ _HEADLINES = (
 
 
 @runs_app.command("ls")
-def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -> None:
+def ls(
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
+) -> None:
     """List runs, newest first."""
     with user_errors():
         from rich.measure import Measurement
         from rich.table import Table
 
+        from poise.errors import PoiseError
         from poise.runs import list_runs
         from poise.runs.run import attack_label
 
@@ -50,7 +54,11 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
                 rows.append((run.path.name, "?", "?", "unreadable", "", "-", "-", "-"))
                 continue
             cfg = header.get("config", {})
-            metrics = run.metrics()
+            try:
+                metrics = run.metrics()
+                headlines = [_headline(metrics, key) for _, key in _HEADLINES]
+            except PoiseError:  # a damaged metrics.json must not hide the other runs either
+                headlines = ["?"] * len(_HEADLINES)
             rows.append(
                 (
                     run.path.name,
@@ -60,7 +68,7 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
                     # an unfinished run's header has no count yet: its records so far (a
                     # finished run's file is not read: it can be large)
                     str(header["samples"] if "samples" in header else run.samples_written()),
-                    *(_headline(metrics, key) for _, key in _HEADLINES),
+                    *headlines,
                 )
             )
         table = Table(title=f"runs under {shown(out)}")
@@ -89,8 +97,10 @@ def ls(out: str = typer.Option("runs", help="Folder that holds run folders.")) -
 
 @runs_app.command("show")
 def show(
-    run: str = typer.Argument(..., help="Run folder, or its name under --out."),
-    out: str = typer.Option("runs", help="Folder that holds run folders."),
+    run: str = typer.Argument(
+        ..., help="Run folder, or its name under --out.", callback=expand_paths
+    ),
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
 ) -> None:
     """Show a run's configuration and metrics."""
     with user_errors():
@@ -117,16 +127,25 @@ def show(
                 f"{found.path}: no metrics yet ({found.state}, {found.samples_written()} samples "
                 f"written); resume it with `poise audit --resume {found.path}`"
             )
-        print_result(found.path, metrics)
+        from poise.report.html import read_run
+
+        # a metrics.json of another shape is recomputed from the samples, or named in one line,
+        # as the report does (it was a traceback from the middle of the table)
+        print_result(found.path, read_run(found.path).metrics)
 
 
 @runs_app.command("export")
 def export(
-    run: str = typer.Argument(..., help="Run folder, or its name under --out."),
-    csv: str = typer.Option(
-        ..., "--csv", help="CSV file for the samples; the metrics go to <name>-metrics.csv."
+    run: str = typer.Argument(
+        ..., help="Run folder, or its name under --out.", callback=expand_paths
     ),
-    out: str = typer.Option("runs", help="Folder that holds run folders."),
+    csv: str = typer.Option(
+        ...,
+        "--csv",
+        help="CSV file for the samples; the metrics go to <name>-metrics.csv.",
+        callback=expand_paths,
+    ),
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
 ) -> None:
     """Export a run as tidy CSV: a row per sample and a row per metric.
 

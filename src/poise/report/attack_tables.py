@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from poise.report.attack_view import beta_binomial_fit_text, distinct_text
+from poise.report.attack_view import beta_binomial_fit_text, distinct_text, left_out_text
 
 
 def _pct(rate: dict[str, Any] | None) -> str:
@@ -117,7 +117,7 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
 
 def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
     table = Table(
-        title=f"Worst-of-N attack success ({summary['prompts']} prompts, {summary['samples_per_prompt']} samples each)"
+        title=f"Worst-of-N attack success ({summary['prompts']} prompts, {summary['samples_per_prompt']} samples each{left_out_text(summary)})"
     )
     table.add_column("N", justify="right")
     table.add_column("empirical ASR [95% CI]", justify="right")

@@ -81,6 +81,15 @@ def _model_text(fit: Mapping[str, Any] | None) -> str:
     )
 
 
+def left_out_text(summary: Mapping[str, Any]) -> str:
+    """``, 3 prompts left out (fewer judged samples)``: the harmful prompts no curve counts
+    (``prompts_left_out``); empty when none."""
+    left_out = summary.get("prompts_left_out") or 0
+    if not left_out:
+        return ""
+    return f", {left_out} prompt{'s' if left_out != 1 else ''} left out (fewer judged samples)"
+
+
 def beta_binomial_fit_text(summary: Mapping[str, Any]) -> str:
     """Whether the beta-binomial prediction lies inside the empirical interval at every sampled
     N, in words (it was printed as a bare True / False): ``... OUTSIDE ... at N = 1, 2``."""
@@ -221,8 +230,8 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "svg_id": "worst-of-n-curve",
             "title": "Worst-of-N",
             "lead": f"{summary.get('prompts')} prompts, {summary.get('samples_per_prompt')} samples "
-            "each: the share of prompts with at least one harmful answer among N, measured "
-            "(empirical) and predicted by a beta-binomial model of the per-prompt harmful "
+            f"each{left_out_text(summary)}: the share of prompts with at least one harmful "
+            "answer among N, measured (empirical) and predicted by a beta-binomial model of the per-prompt harmful "
             "probability fitted by maximum likelihood, ASR(N) = 1 − B(α, β + N) / B(α, β) "
             f"({_model_text(summary.get('prediction_model'))}), which extrapolates to N far "
             "beyond the samples drawn (intervals: bootstrap over prompts)"

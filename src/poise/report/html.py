@@ -62,15 +62,19 @@ def read_run(run_dir: str | Path) -> RunData:
     header = run.header
     records = list(run.records())
     metrics: Any = run.metrics()
+    missing = f"{run.path}: no metrics.json and no sample records to draw a report from"
     if metrics is not None and not isinstance(metrics.get("overall"), dict):
-        log.warning("%s: not in the expected schema; recomputing from the samples", run.path)
+        missing = (
+            f"{run.path / 'metrics.json'}: not in the expected schema (no 'overall' object), "
+            "and no sample records to recompute it from"
+        )
+        if records:
+            log.warning("%s: not in the expected schema; recomputing from the samples", run.path)
         metrics = None
     from_file = metrics is not None
     if metrics is None:
         if not records:
-            raise PoiseError(
-                f"{run.path}: no metrics.json and no sample records to draw a report from"
-            )
+            raise PoiseError(missing)
         metrics = compute_metrics(records)
     data = RunData(
         path=run.path, header=header, records=records, metrics=metrics, metrics_file=from_file
