@@ -316,6 +316,8 @@ def test_load_parses_specs_and_options(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("openai:", {}, "bad openai model spec"),
         ("gpt-4", {}, "bad openai model spec"),
+        ("openai:m@localhost:8000/v1", {}, r"the URL after '@' needs its scheme"),
+        ("openai:m@10.0.0.2:8000", {}, r"needs its scheme.*openai:MODEL@http://host:port/v1"),
         ("openai:m", {"base_urls": "ftp://x"}, "must start with http"),
         ("openai:m", {"concurency": 4}, r"unknown option\(s\).*concurency.*known: .*concurrency"),
         ("openai:m", {"concurrency": 0}, "concurrency must be >= 1"),
@@ -327,6 +329,27 @@ def test_load_errors_are_one_clear_line(spec: str, options: dict[str, Any], matc
     with pytest.raises(PoiseError, match=match) as info:
         load(spec, **options)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "options"),
+    [
+        ("openai:m@http://user:secret@gpu1:8000/v1", {}),
+        ("openai:m", {"base_url": "https://user:secret@gpu1/v1"}),
+        ("openai:m", {"base_urls": "http://gpu0:1/v1,http://:secret@gpu2:8000/v1"}),
+    ],
+)
+def test_a_url_with_credentials_is_refused_without_echoing_them(
+    spec: str, options: dict[str, Any]
+) -> None:
+    """The URL is the model's name, written to run.json, reports and logs: credentials in it
+    would be too. Refused in one line that does not repeat them."""
+    with pytest.raises(PoiseError, match="must not hold credentials") as info:
+        load(spec, check_endpoint=False, **options)
+    assert "secret" not in str(info.value) and "\n" not in str(info.value)
+    # an '@' after the host (a path or query) is no credential
+    model = load("openai:m@http://gpu1:8000/v1/team@a", check_endpoint=False)
+    assert model.base_urls == ("http://gpu1:8000/v1/team@a",)
 
 
 def test_missing_openai_package_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -367,3 +390,49 @@ def test_greedy_n_asks_for_one_completion(fake_server: Callable[..., FakeServer]
     [row] = OpenAIModel("m", base_urls=[server.url]).generate([chat("g")], Sampling(n=3))
     assert [c.text for c in row] == ["g#0"] * 3
     assert [r["n"] for r in server.requests] == [1]
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        # llama.cpp's server, in its older (500) and newer (400) forms
+        (500, {}, {"error": {"code": 500, "message": "Only one completion choice is allowed"}}),
+        (400, {}, {"error": {"message": "Only one completion choice is allowed"}}),
+        error(400, "'n' must be 1"),
+        (400, {}, {"error": {"message": "invalid value", "param": "n"}}),
+    ],
+)
+def test_a_server_refusing_n_above_one_is_asked_one_completion_at_a_time(
+    fake_server: Callable[..., FakeServer], refusal: Reply
+) -> None:
+    def one_at_a_time(request: dict[str, Any]) -> Reply:
+        if request.get("n", 1) != 1:
+            return refusal
+        return ok([f"{request['messages'][-1]['content']} {request['seed']}"], completion_tokens=2)
+
+    server = fake_server(one_at_a_time)
+    model = OpenAIModel("m", base_urls=[server.url], concurrency=1)
+    sampling = Sampling(temperature=1.0, n=3, seed=7)
+    rows = model.generate([chat("a"), chat("b")], sampling)
+    # every answer came back, the samples of a chat differ, and they are the ones a server that
+    # ignores n would give (the same reproducible seeds)
+    assert [[c.text for c in row] for row in rows] == [
+        [f"{q} {7 + 1_000_003 * k}" for k in range(3)] for q in "ab"
+    ]
+    # the refusal was met once and not retried; then one choice per request
+    assert [r["n"] for r in server.requests] == [3, 1, 1, 1, 1, 1, 1]
+    assert model.generate([chat("a")], sampling) == rows[:1]
+    assert [r["n"] for r in server.requests[7:]] == [1, 1, 1]
+
+
+def test_seeds_sent_stay_in_the_range_every_server_takes(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server(echo)
+    model = OpenAIModel("m", base_urls=[server.url])
+    for seed in (-1, 2**40, -(2**63), 5):
+        model.generate([chat("x")], Sampling(temperature=1.0, seed=seed))
+    sent = [r["seed"] for r in server.requests]
+    assert all(0 <= s < 2**31 - 1 for s in sent)
+    assert sent[-1] == 5  # seeds already in the range are sent as they are
+    assert len(set(sent)) == 4

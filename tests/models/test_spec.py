@@ -114,6 +114,23 @@ def test_values_have_one_spelling() -> None:
 
 
 @pytest.mark.parametrize(
+    "value", ["back\bspace\fform feed", "\u00e9\U0001f600 and \x01", 'tab\tquote"slash\\']
+)
+def test_every_string_format_value_writes_parses_back_to_itself(value: str) -> None:
+    written = format_value(value)
+    assert parse_spec(f"f(m, v={written})") == Call("f", (Name("m"),), (("v", Str(value)),))
+
+
+def test_json_escapes_in_quoted_values_read_as_json_reads_them() -> None:
+    text = '"\\b\\f\\n\\/\\u00e9\\ud83d\\ude00"'
+    node = parse_spec(f"f(m, v={text})")
+    assert isinstance(node, Call) and node.options == (("v", Str("\b\f\n/\u00e9\U0001f600")),)
+    for lone in ('"\\ud83d"', '"\\ude00x"', '"\\u12"', '"\\u+1a2"'):
+        with pytest.raises(SpecError, match="escape"):
+            parse_spec(f"f(m, v={lone})")
+
+
+@pytest.mark.parametrize(
     ("text", "column", "reason"),
     [
         ("f(a, b=1, c)", 11, "positional models come first"),

@@ -71,6 +71,8 @@ _RETRY_AFTER_CAP_S = 60.0
 # Seeds asked of a server stay in a range every server accepts (vLLM takes int64; others int32).
 _SEED_MODULUS = 2**31 - 1
 _SPEC = re.compile(r"^openai:(?P<model>.+?)(?:@(?P<urls>https?://.*))?$")
+# "MODEL@host:port[/...]": a base URL written without http:// or https://
+_URL_WITHOUT_SCHEME = re.compile(r"@[A-Za-z0-9.-]+:\d+(?:/|,|$)")
 _OPTIONS = (
     "base_url",
     "base_urls",
@@ -104,11 +106,21 @@ _ITEM_FAULT = re.compile(
     r"flagged|moderation|surrogate",
     re.IGNORECASE,
 )
+# A server that refuses more than one choice per request (llama.cpp's "Only one completion choice
+# is allowed", as a 400 or a 500; "'n' must be 1", "n > 1 is not supported"): asked one at a time.
+_N_REFUSED = re.compile(
+    r"completion choice|['\"`]n['\"`]|\bn\s*(?:must|should|can|>|!=|=|is not|not supported)",
+    re.IGNORECASE,
+)
 
 
 class EndpointRefused(EndpointError):
     """A refusal no retry and no other chat can escape (a wrong key, model or URL, or a request
     parameter the server does not take): it stops the whole ``generate`` call."""
+
+
+class _ChoicesRefused(Exception):
+    """The server refused a request for more than one choice (``n > 1``); its message says how."""
 
 
 def _import_openai() -> Any:
@@ -183,6 +195,8 @@ class OpenAIModel(ModelBase):
         # check_endpoint): an audit asking for no system prompt warns when nothing did
         self.system_prompt_in_template = system_prompt_in_template is True
         self.system_prompt_declared = system_prompt_in_template is not None
+        # set once a server refuses n > 1: every request then asks for one choice
+        self.one_choice_per_request = False
 
     def __repr__(self) -> str:
         return (
@@ -285,7 +299,8 @@ class OpenAIModel(ModelBase):
         self, clients: list[Any], index: int, chat: Chat, sampling: Sampling
     ) -> list[Completion]:
         """All ``sampling.n`` completions of one chat, asking again for any the server left out
-        (llama.cpp and Ollama, for instance, ignore ``n``).
+        (Ollama, for instance, ignores ``n``), and one at a time where the server refuses
+        ``n > 1`` (llama.cpp's server does).
 
         Greedy completions are all the same, so one is requested and repeated: some servers
         (older vLLM) refuse ``n > 1`` at temperature 0, and the rest would decode it n times.
@@ -299,15 +314,22 @@ class OpenAIModel(ModelBase):
         attempt_offset = 0
         while len(completions) < sampling.n:
             wanted = sampling.n - len(completions)
-            # A top-up must not repeat the samples already drawn, yet stay reproducible.
-            seed = (
-                sampling.seed
-                if not completions
-                else (sampling.seed + 1_000_003 * len(completions)) % _SEED_MODULUS
-            )
-            got, used = await self._request(
-                clients, index + attempt_offset, chat, sampling, n=wanted, seed=seed
-            )
+            # A top-up must not repeat the samples already drawn, yet stay reproducible; every
+            # seed sent is in [0, 2**31 - 1) (a negative one is "random" to llama.cpp's server).
+            seed = (sampling.seed + 1_000_003 * len(completions)) % _SEED_MODULUS
+            ask = 1 if self.one_choice_per_request else wanted
+            try:
+                got, used = await self._request(
+                    clients, index + attempt_offset, chat, sampling, n=ask, seed=seed
+                )
+            except _ChoicesRefused as exc:
+                if not self.one_choice_per_request:
+                    self.one_choice_per_request = True
+                    logger.warning(
+                        "%s: %s; asking for one completion per request from now on", self.name, exc
+                    )
+                attempt_offset += 1
+                continue
             attempt_offset += used
             completions.extend(got[:wanted])
         return completions
@@ -345,6 +367,10 @@ class OpenAIModel(ModelBase):
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = _server_message(exc)
+                if n > 1 and _refuses_choices(status, message, exc.body):
+                    raise _ChoicesRefused(
+                        f"{url} refused n={n} (HTTP {status}): {message}"
+                    ) from None
                 if status not in (408, 429) and status < 500:
                     if _stops_everything(status, message, exc.body):
                         raise EndpointRefused(self._refusal(url, status, message)) from None
@@ -676,6 +702,17 @@ def _stops_everything(status: int, message: str, body: object) -> bool:
     return _NAMED_PARAM.search(message) is not None
 
 
+def _refuses_choices(status: int, message: str, body: object) -> bool:
+    """Whether a 400 / 422 / 500 refuses the request's ``n > 1`` (its ``param`` is ``n``, or its
+    message says so) rather than anything else about it."""
+    if status not in (400, 422, 500):
+        return False
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if isinstance(inner, dict) and inner.get("param") == "n":
+        return True
+    return _N_REFUSED.search(message) is not None
+
+
 def _connection_detail(exc: BaseException) -> str:
     """The innermost reason of a connection error ("[Errno 111] Connection refused"), which the
     openai client's own message ("Connection error.") hides.
@@ -743,6 +780,15 @@ def _check_url(url: str) -> str:
     url = url.strip()
     if not re.match(r"^https?://[^/\s]+", url):
         raise PoiseError(f"openai backend: base URL {url!r} must start with http:// or https://")
+    host = re.match(r"^https?://([^/?#\s]*)", url)
+    if host is not None and "@" in host.group(1):
+        # the URL is the model's name: it would be written to run.json, reports, logs and cache
+        # keys, credentials and all; the key comes from the environment instead (api_key_env)
+        raise PoiseError(
+            "openai backend: a base URL must not hold credentials (user:password@host): the "
+            "URL is written to run.json and reports; put the key in OPENAI_API_KEY (or the "
+            "variable the model option api_key_env names)"
+        )
     return url.rstrip("/")
 
 
@@ -781,6 +827,13 @@ def load(spec: str, **options: Any) -> OpenAIModel:
         raise PoiseError(
             f"bad openai model spec {spec!r}: expected openai:MODEL or "
             "openai:MODEL@http://host:port/v1[,http://host2:port/v1]"
+        )
+    if _URL_WITHOUT_SCHEME.search(match.group("model")):
+        # else "m@localhost:8000/v1" would be taken for the model's name and sent, with the key,
+        # to $OPENAI_BASE_URL or OpenAI's API
+        raise PoiseError(
+            f"bad openai model spec {spec!r}: the URL after '@' needs its scheme, e.g. "
+            "openai:MODEL@http://host:port/v1"
         )
     unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:

@@ -61,6 +61,8 @@ _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _INT = re.compile(r"[+-]?\d+$")
 # a word that needs no quotes inside a call: no separators, quotes, spaces or leading "KEY="
 _BARE = re.compile(r"[^\s,()\"']+$")
+# JSON's one-letter escapes (any other escaped character stands for itself: \" \\ \/ \')
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 
 
 @dataclass(frozen=True)
@@ -242,13 +244,23 @@ class _Parser:
             if char == "\\" and self.pos + 1 < len(self.text):
                 escaped = self.text[self.pos + 1]
                 if escaped == "u":
-                    try:
-                        chars.append(chr(int(self.text[self.pos + 2 : self.pos + 6], 16)))
-                    except ValueError:
+                    digits = self.text[self.pos + 2 : self.pos + 6]
+                    if not re.fullmatch(r"[0-9A-Fa-f]{4}", digits):
                         self.fail("bad \\u escape")
+                    code = int(digits, 16)
+                    low = self.text[self.pos + 6 : self.pos + 12]
+                    if 0xD800 <= code < 0xDC00 and re.fullmatch(
+                        r"\\u[dD][c-fC-F][0-9A-Fa-f]{2}", low
+                    ):
+                        # a surrogate pair, as JSON writes a character outside the BMP
+                        code = 0x10000 + ((code - 0xD800) << 10) + (int(low[2:], 16) - 0xDC00)
+                        self.pos += 6
+                    elif 0xD800 <= code < 0xE000:
+                        self.fail("a \\u escape of half a surrogate pair")
+                    chars.append(chr(code))
                     self.pos += 6
                     continue
-                chars.append({"n": "\n", "t": "\t", "r": "\r"}.get(escaped, escaped))
+                chars.append(_ESCAPES.get(escaped, escaped))
                 self.pos += 2
                 continue
             if char == quote:
