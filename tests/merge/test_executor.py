@@ -170,6 +170,115 @@ def test_vocabulary_mismatch_takes_the_tokenizer_sources_rows(
         assert torch.allclose(merged[name], expected, atol=1e-6)
 
 
+def test_rows_only_the_tokenizer_source_has_keep_their_trained_values(
+    specialists: list[Path], specialist_builder: Callable[..., Path], tmp_path: Path
+) -> None:
+    """With a wider tokenizer source than the base, the tokens only it has keep its rows: the
+    base's missing rows come from it, so no task vector scales them (they were filled with 0,
+    and a weight of 0.5 halved the new tokens' embeddings)."""
+    base, a, _ = specialists
+    wide = specialist_builder(base, tmp_path / "wide", seed=5, extra_tokens=4)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base), "tokenizer_source": str(wide),
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(wide), "parameters": {"weight": 0.5}}],
+    }), out)  # fmt: skip
+    merged, sa, sw, sb = (_state(p) for p in (out, a, wide, base))
+    vocab = sb["model.embed_tokens.weight"].shape[0]
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        assert merged[name].shape[0] == vocab + 4
+        assert merged[name].dtype == sb[name].dtype
+        shared = sb[name] + 0.5 * (sa[name] - sb[name]) + 0.5 * (sw[name][:vocab] - sb[name])
+        assert torch.allclose(merged[name][:vocab], shared, atol=1e-6)
+        assert torch.equal(merged[name][vocab:], sw[name][vocab:])
+
+
+def _bfloat16_copy(folder: Path, out: Path) -> Path:
+    """``folder``'s model saved in bfloat16, with its tokenizer."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+    return out
+
+
+def test_float32_merge_of_a_bfloat16_base_is_not_rounded_to_bfloat16(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """``dtype: float32`` on a bfloat16 base writes the float32 merge; the method's result was
+    rounded to the base's bfloat16 before being cast to float32."""
+    from safetensors.torch import load_file
+
+    base, a, b = specialists
+    base16 = _bfloat16_copy(base, tmp_path / "base16")
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base16), "dtype": "float32",
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(b), "parameters": {"weight": 0.5}}],
+    }), out)  # fmt: skip
+    merged = load_file(out / "model.safetensors")
+    sb, sa, s2 = (load_file(p / "model.safetensors") for p in (base16, a, b))
+    for name, tensor in merged.items():
+        assert tensor.dtype == torch.float32, name
+        w = sb[name].float()
+        expected = w + 0.5 * (sa[name] - w) + 0.5 * (s2[name] - w)
+        assert torch.allclose(tensor, expected, atol=1e-6, rtol=0), name
+
+
+def test_lora_on_a_bfloat16_base_is_its_exact_task_vector(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """A LoRA's task vector on a bfloat16 base is ``scaling * B @ A``, not ``round(W + scaling B
+    A) - W``: rounding to bfloat16 before the merge added an error of about 2^-9 |W| to it (and
+    made it full-rank). The output still takes the base's dtype unless the config gives one."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    base = specialists[0]
+    base16 = _bfloat16_copy(base, tmp_path / "base16")
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.002)
+    peft_model.save_pretrained(tmp_path / "lora")
+    adapter = load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    base_state = load_file(base16 / "model.safetensors")
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base16), "dtype": "float32",
+        "models": [{"model": str(tmp_path / "lora"), "parameters": {"weight": 0.5}}],
+    }), out)  # fmt: skip
+    merged = load_file(out / "model.safetensors")
+    adapted = 0
+    for key, lora_a in adapter.items():
+        if ".lora_A." not in key:
+            continue
+        lora_b = adapter[key.replace(".lora_A.", ".lora_B.")]
+        name = key.removeprefix("base_model.model.").split(".lora_A.")[0] + ".weight"
+        expected = base_state[name].float() + 0.5 * (8 / 4) * (lora_b.float() @ lora_a.float())
+        assert torch.allclose(merged[name], expected, atol=1e-6, rtol=0), name
+        adapted += 1
+    assert adapted == 4  # q_proj and v_proj of both layers
+    # without a dtype the output is the base's bfloat16, adapted tensors included
+    out2 = tmp_path / "out2"
+    run_merge(_write(tmp_path / "c2.yml", {
+        "merge_method": "linear",
+        "models": [{"model": f"{base16}+{tmp_path / 'lora'}", "parameters": {"weight": 1.0}}],
+    }), out2)  # fmt: skip
+    assert {t.dtype for t in load_file(out2 / "model.safetensors").values()} == {torch.bfloat16}
+
+
 def test_shape_mismatch_outside_the_vocabulary_is_refused(
     specialists: list[Path], tmp_path: Path
 ) -> None:

@@ -160,6 +160,43 @@ def test_a_misspelt_grid_option_or_objective_is_refused_before_any_candidate(
     check_objectives({"harmless": "-harmful_any_rate"}, make_config(None, model="mock"))
 
 
+def test_the_chosen_merge_is_published_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``OUT/chosen`` was removed and then copied: a search killed while copying left a
+    half-copied folder that looked like a model. A copy that fails now leaves the previous
+    chosen merge as it was, and nothing half-written beside it."""
+    import shutil
+
+    from poise.merge import search as search_module
+
+    source, target = tmp_path / "candidate", tmp_path / "chosen"
+    source.mkdir()
+    (source / "config.json").write_text("{}")
+    (source / "model.safetensors").write_bytes(b"new weights")
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"old weights")
+    real_copytree = shutil.copytree
+
+    def copy_then_die(src: str, dst: str) -> object:
+        if str(src).endswith("model.safetensors"):
+            raise KeyboardInterrupt  # killed in the middle of the copy
+        return shutil.copy2(src, dst)
+
+    def copytree(src: Path, dst: Path, **kwargs: object) -> object:
+        return real_copytree(src, dst, copy_function=copy_then_die)
+
+    monkeypatch.setattr(shutil, "copytree", copytree)
+    with pytest.raises(KeyboardInterrupt):
+        search_module.publish_folder(source, target)
+    assert (target / "model.safetensors").read_bytes() == b"old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate", "chosen"]
+    monkeypatch.setattr(shutil, "copytree", real_copytree)
+    search_module.publish_folder(source, target)
+    assert (target / "model.safetensors").read_bytes() == b"new weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["candidate", "chosen"]
+
+
 @pytest.mark.slow
 def test_search_on_the_organism_is_cached_and_resumes(tmp_path: Path) -> None:
     """organism-small and organism-small-safe as a two-model stand-in for 3H specialists."""

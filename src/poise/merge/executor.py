@@ -10,9 +10,11 @@ Vocabulary sizes. Embedding and LM-head matrices (``[vocab, hidden]``) may diffe
 first dimension between models when a specialist added tokens. The output takes the vocabulary
 of the *tokenizer source* (the base by default). Each input is cut to that many rows, and rows
 it lacks are filled from the base (so their task vector is zero there), or from the tokenizer
-source when there is no base. This assumes the tokenizers share ids on their common prefix (tokens
-added at the end), as when every specialist extends one base tokenizer; poise does not remap
-tokens by string. Any other shape mismatch is refused, naming the tensor and the shapes.
+source when there is no base; rows the base itself lacks are filled from the tokenizer source,
+so the output keeps the tokenizer source's rows for the tokens only it has. This assumes the
+tokenizers share ids on their common prefix (tokens added at the end), as when every specialist
+extends one base tokenizer; poise does not remap tokens by string. Any other shape mismatch is
+refused, naming the tensor and the shapes.
 
 Same architecture. Before anything is read or written, :func:`check_inputs` compares every input
 with the base (or, without one, the first model): the ``architectures`` of their ``config.json``,
@@ -231,18 +233,26 @@ def merge_tensor(job: MergeJob, name: str) -> torch.Tensor:
     if job.base is job.reference:
         base = reference  # read once
     elif job.base is not None:
-        base = _fit(job.base, name, target_shape, None, job)
+        # rows the base lacks (tokens the tokenizer source added) come from the tokenizer
+        # source, so every task vector is 0 there and the output keeps its rows as trained
+        base = _fit(job.base, name, target_shape, reference, job)
     filler = base if base is not None else reference
     tensors = [_fit(m, name, target_shape, filler, job) for m in job.models]
     options = dict(job.options_for(name))
     if job.method.random:
         options["seed"] = tensor_seed(int(options.get("seed", job.seed)), name)
+    # the output's dtype: the config's, else the base's stored one (the first model's without a
+    # base); a LoRA source gives float32 and a vocabulary fill may widen, neither changes it
+    anchor = job.base if job.base is not None else job.models[0]
+    out_dtype = job.dtype if job.dtype is not None else anchor.dtype(name)
+    # a method returns its base's dtype (its first model's without one): widened where the
+    # output is wider, so a float32 merge of a bfloat16 base is not rounded to bfloat16 first
+    if base is not None:
+        base = base.to(torch.promote_types(base.dtype, out_dtype))
+    if tensors:
+        tensors[0] = tensors[0].to(torch.promote_types(tensors[0].dtype, out_dtype))
     merged = job.method(tensors, base, **options)
-    return _cast(merged, job)
-
-
-def _cast(tensor: torch.Tensor, job: MergeJob) -> torch.Tensor:
-    return tensor.to(job.dtype) if job.dtype is not None else tensor
+    return merged.to(out_dtype)
 
 
 def _fit(
@@ -269,8 +279,9 @@ def _fit(
     if have[0] >= rows:
         return tensor[:rows]
     fill = filler if filler is not None else torch.zeros(shape, dtype=tensor.dtype)
-    out = fill.clone()
-    out[: have[0]] = tensor.to(out.dtype)
+    # the wider of the two dtypes, so neither the rows kept nor the rows filled are rounded
+    out = fill.to(torch.promote_types(fill.dtype, tensor.dtype), copy=True)
+    out[: have[0]] = tensor
     return out
 
 

@@ -314,10 +314,7 @@ def run_search(
         cand.scores = read_scores(metrics, search.objectives)
     pareto(found)
     chosen = choose(found)
-    chosen_dir = out / "chosen"
-    if chosen_dir.exists():
-        shutil.rmtree(chosen_dir)
-    shutil.copytree(out / "candidates" / chosen.key / "model", chosen_dir)
+    publish_folder(out / "candidates" / chosen.key / "model", out / "chosen")
     summary = {
         "objectives": search.objectives,
         "chosen": chosen.key,
@@ -333,5 +330,27 @@ def run_search(
             for c in found
         ],
     }
-    (out / "search.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    tmp = out / "search.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    tmp.replace(out / "search.json")
     return SearchResult(out, found, chosen)
+
+
+def publish_folder(source: Path, target: Path) -> None:
+    """A copy of ``source`` at ``target``, whole or not at all: copied beside it under a hidden
+    name, then swapped in by renames, so a search killed while copying leaves the previous
+    ``target`` (or none), never a half-copied folder that looks like a model."""
+    staged = target.with_name(f".{target.name}.partial")
+    old = target.with_name(f".{target.name}.old")
+    for leftover in (staged, old):  # from a run killed before
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    try:
+        shutil.copytree(source, staged)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    if target.exists():
+        target.rename(old)
+    staged.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

@@ -21,6 +21,13 @@ from poise.errors import PoiseError
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+# safetensors header dtype codes of the float types (others are read to learn their dtype)
+_HEADER_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
 
 
 class TensorSource(Protocol):
@@ -31,6 +38,7 @@ class TensorSource(Protocol):
 
     def keys(self) -> list[str]: ...
     def shape(self, name: str) -> tuple[int, ...]: ...
+    def dtype(self, name: str) -> torch.dtype: ...
     def get(self, name: str) -> torch.Tensor: ...
     def close(self) -> None: ...
 
@@ -86,6 +94,11 @@ class SafetensorsFolder:
 
     def shape(self, name: str) -> tuple[int, ...]:
         return tuple(self._handles[self._where[name]].get_slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        """The stored dtype of ``name`` (from the header for float types)."""
+        code = self._handles[self._where[name]].get_slice(name).get_dtype()
+        return _HEADER_DTYPES.get(code) or self.get(name).dtype
 
     def get(self, name: str) -> torch.Tensor:
         tensor: torch.Tensor = self._handles[self._where[name]].get_tensor(name)
@@ -159,6 +172,10 @@ class LoraFolder:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.base.shape(name)
 
+    def dtype(self, name: str) -> torch.dtype:
+        """The base's stored dtype (what a merged-and-saved model would store)."""
+        return self.base.dtype(name)
+
     def _scaling(self, name: str, rank: int) -> float:
         """peft's per-module alpha (``alpha_pattern``, matched on the module name's tail)."""
         module = name.removesuffix(".weight")
@@ -180,11 +197,16 @@ class LoraFolder:
         return delta.T if self.fan_in_fan_out else delta
 
     def get(self, name: str) -> torch.Tensor:
+        """``W + scaling * B @ A`` for an adapted module, in float32 (float64 for a float64
+        base), not rounded back to the base's dtype: rounded to bfloat16 the task vector
+        ``W' - W`` would carry the rounding error of ``W`` (about ``2^-9 |W|``, as large as a
+        typical LoRA update) and would no longer be low-rank. Other tensors: the base's."""
         weight = self.base.get(name)
         delta = self.delta(name)
         if delta is None:
             return weight
-        return (weight.to(torch.float32) + delta).to(weight.dtype)
+        work = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        return weight.to(work) + delta.to(work)
 
     def close(self) -> None:
         self._stack.close()
