@@ -30,6 +30,22 @@ def test_chunk_boundaries() -> None:
     assert flagged_prefixes(3, 0) == []
 
 
+def test_a_keyword_judge_flags_whole_words_not_a_prefix_that_cuts_one(inner: HFModel) -> None:
+    """A chunk that ends inside a word ("harm" of "harmless", two tokens) held the keyword at
+    its end as a whole word (the end of the text is a word boundary): a harmless answer was
+    flagged by the chunked guard and not by the full-answer guard."""
+    from poise.guards.judged import _Judge
+
+    judge = _Judge("keywords:harm", None, inner)
+    text = "it is harmless, no harm"
+    ends = [2, 5, 10, 14, 15, 18, 23]  # "it", " is", " harm", "less", ",", " no", " harm"
+    every_token = list(range(1, len(ends) + 1))
+    (flags,) = judge.flags([[]], [list(range(len(ends)))], [text], [ends], [every_token])
+    assert flags == [False] * 6 + [True]
+    (whole,) = judge.flags([[]], [[0, 1, 2, 3]], ["it is harmless"], [[2, 5, 10, 14]], [[4]])
+    assert whole == [False]
+
+
 def _word(inner: HFModel) -> str:
     """A word that occurs in some answers and not in others."""
     texts = [c.text for row in inner.generate(CHATS, SAMPLING) for c in row]

@@ -92,12 +92,42 @@ def test_token_labels_follow_character_spans() -> None:
     assert token_labels(offsets, []) == [0, 0, 0, 0]
 
 
+def test_a_span_ending_on_a_space_does_not_label_the_next_word(monitor_dir: Path) -> None:
+    """A byte-level tokenizer merges a word's leading space into its token (" the": the space
+    in its offsets); a span that ended on that space labelled the word after it harmful."""
+    from transformers import AutoTokenizer
+
+    from poise.guards.data import encode_example
+
+    tokenizer = AutoTokenizer.from_pretrained(str(monitor_dir))
+    response = "mix the dog"
+    ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    pieces = [tokenizer.decode([i]) for i in ids]
+    assert " the" in pieces  # the space merged into the word's token
+
+    def labels_of(span: tuple[int, int]) -> dict[str, int]:
+        example = MonitorExample((("user", "hi"),), response, (span,))
+        _, labels = encode_example(tokenizer, [], example)
+        return dict(zip(pieces, labels, strict=True))
+
+    assert labels_of((0, 4))[" the"] == 0  # "mix ": the space only
+    assert labels_of((0, 4))["x"] == 1
+    assert labels_of((4, 7))[" the"] == 1  # "the"
+    assert labels_of((3, 7))[" the"] == 1  # " the"
+    assert labels_of((3, 4)) == dict.fromkeys(pieces, 0)  # a span of whitespace alone
+
+
 def test_monitor_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
     good = {"messages": [{"role": "user", "content": "hi"}], "response": "hello there"}
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "harm_spans": [[3, 99]]}) + "\n")
     with pytest.raises(PoiseError, match=r"d\.jsonl:2: field 'harm_spans'"):
         read_monitor_data(path)
+    # spans that are not a list: one line, not a TypeError from iterating a number
+    for spans in (5, "[[6, 11]]", {"6": 11}):
+        path.write_text(json.dumps({**good, "harm_spans": spans}) + "\n")
+        with pytest.raises(PoiseError, match=r"d\.jsonl:1: field 'harm_spans' must be a list"):
+            read_monitor_data(path)
     path.write_text(json.dumps({**good, "harm_spans": [[6, 11]]}) + "\n")
     (example,) = read_monitor_data(path)
     assert example == MonitorExample((("user", "hi"),), "hello there", ((6, 11),), None)

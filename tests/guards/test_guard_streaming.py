@@ -204,3 +204,49 @@ def test_a_monitor_of_another_vocabulary_or_not_a_name_is_refused(
         Guarded(inner, monitor=str(other))
     with pytest.raises(PoiseError, match="needs monitor=NAME_OR_FOLDER"):
         Guarded(inner, monitor=3)  # type: ignore[arg-type]
+
+
+def test_rows_that_left_do_not_run_a_learned_position_monitor_past_its_table(
+    monitor_dir: Path,
+) -> None:
+    """A row that finished stays in the monitor's cache (fed padding) while the others decode
+    on; it was fed one position further each step, so a monitor of learned positions (GPT-2)
+    indexed past its position table once the others decoded long enough (IndexError)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from poise.guards.monitor import Monitor
+    from poise.models.base import StepView
+
+    tokenizer = AutoTokenizer.from_pretrained(str(monitor_dir))
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=32,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    monitor = Monitor(GPT2LMHeadModel(config), tokenizer).eval()
+    # row 0: a long prompt that ends near the table's end; rows 1-4: short ones. Five rows, so
+    # one that leaves stays in the cache (the watch compacts once a quarter of it has left)
+    prompts = {0: list(range(10, 34)), **{r: [10 + r, 11, 12] for r in range(1, 5)}}
+    watch = MonitorWatch(monitor, lambda row: prompts[row], threshold=2.0, k=1, keep_scores=True)
+    tokens: dict[int, list[int]] = {r: [] for r in prompts}
+    for step in range(20):
+        live = [r for r in prompts if r != 0 or step < 3]  # row 0 finishes after 2 tokens
+        for r in live:
+            tokens[r].append(20 + (r + step) % 30)
+        view = StepView(
+            logits=torch.zeros(len(live), len(tokenizer)),
+            rows=torch.tensor(live),
+            generated=torch.tensor([len(tokens[r]) for r in live]),
+            tokens=[torch.tensor(tokens[r]) for r in live],
+        )
+        watch(view)
+    assert watch.scores is not None
+    for r in range(1, 5):  # the rows that decoded on were scored as teacher forcing scores them
+        expected = monitor.response_scores([prompts[r]], [tokens[r]])[0]
+        assert watch.scores[r] == pytest.approx(expected[: len(watch.scores[r])], abs=1e-5)

@@ -10,8 +10,8 @@ One JSON object per line (``.jsonl``)::
 - ``messages``: the prompt, as chat messages (``role`` system / user / assistant, ``content``).
 - ``response``: the assistant's answer to them.
 - ``harm_spans``: character ranges ``[start, end)`` of ``response`` that are harmful (the
-  token-level labels: a token is harmful when its characters overlap a span); ``[]`` or absent
-  for a harmless answer.
+  token-level labels: a token is harmful when its characters, whitespace at its ends aside,
+  overlap a span); ``[]`` or absent for a harmless answer.
 - ``harmful`` (optional): the response-level label; defaults to "has a span". A response can be
   harmful without spans only if you say so (its tokens then carry no positive label); ``false``
   with spans is refused (the labels contradict each other).
@@ -36,7 +36,13 @@ from poise.errors import (
     prepare_output_file,
 )
 
-__all__ = ["MonitorExample", "encode_example", "read_monitor_data", "write_monitor_data"]
+__all__ = [
+    "MonitorExample",
+    "encode_example",
+    "read_monitor_data",
+    "visible_offsets",
+    "write_monitor_data",
+]
 
 _ROLES = ("system", "user", "assistant")
 
@@ -92,8 +98,11 @@ def _parse(path: Path, line: int, raw: Any) -> MonitorExample:
     response = raw.get("response")
     if not isinstance(response, str) or not response:
         raise fail("field 'response' must be a non-empty string")
+    given = raw.get("harm_spans")
+    if given is not None and not isinstance(given, list):
+        raise fail("field 'harm_spans' must be a list of [start, end) character ranges")
     spans = []
-    for span in raw.get("harm_spans") or []:
+    for span in given or []:
         if (
             not isinstance(span, list)
             or len(span) != 2
@@ -154,14 +163,31 @@ def token_labels(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, 
     ]
 
 
+def visible_offsets(text: str, offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each token's character range without the whitespace at its ends (a whitespace-only token
+    keeps its range). Byte-level and SentencePiece tokenizers merge a word's leading space into
+    its token (" Step": the space included in its offsets), so a span that ends on a space
+    would otherwise label the next word, whose only overlap with it is that space."""
+    out = []
+    for start, end in offsets:
+        piece = text[start:end]
+        if piece.strip():
+            start += len(piece) - len(piece.lstrip())
+            end -= len(piece) - len(piece.rstrip())
+        out.append((start, end))
+    return out
+
+
 def encode_example(
     tokenizer: Any, prompt_ids: Sequence[int], example: MonitorExample
 ) -> tuple[list[int], list[int]]:
     """(token ids, token labels) of prompt + response: prompt positions labelled -100, response
-    tokens by :func:`token_labels` (a fast tokenizer's character offsets)."""
+    tokens by :func:`token_labels` on their :func:`visible_offsets` (a fast tokenizer's
+    character offsets)."""
     encoded = tokenizer(example.response, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
     if not ids:
         raise PoiseError(f"response {example.response[:40]!r} encodes to no tokens")
-    labels = token_labels([tuple(o) for o in encoded["offset_mapping"]], example.harm_spans)
+    offsets = visible_offsets(example.response, [tuple(o) for o in encoded["offset_mapping"]])
+    labels = token_labels(offsets, example.harm_spans)
     return [*prompt_ids, *ids], [-100] * len(prompt_ids) + labels

@@ -16,7 +16,8 @@ A judge is named by a string:
   ``head=token`` reads its token head instead (the streaming guard's head, checked only every
   N tokens);
 - ``keywords:WORD|WORD``: flagged when the text so far holds one of the words (a keyword
-  filter, case-insensitive, whole words).
+  filter, case-insensitive, whole words of the answer: a prefix that ends inside "harmless"
+  does not hold "harm").
 
 Judges of :mod:`poise.scoring` (the organism's oracle, LLM judges) read a suite item, which a
 model wrapper does not see; they label the audit's answers instead. Both guards decode every
@@ -100,10 +101,14 @@ class _Judge:
                 [s[b - 1] >= self.threshold for b in bs]
                 for s, bs in zip(scores, boundaries, strict=True)
             ]
-        return [
-            [bool(self.pattern.search(text[: e[b - 1]])) for b in bs]
-            for text, e, bs in zip(texts, ends, boundaries, strict=True)
-        ]
+        # whole words of the answer: a prefix that cuts a word ("harm" of "harmless", one token
+        # then another) holds no word of the list, which a search of the prefix alone found at
+        # its end; a prefix is flagged once it holds the end of the answer's first listed word
+        out = []
+        for text, e, bs in zip(texts, ends, boundaries, strict=True):
+            found = self.pattern.search(text)
+            out.append([found is not None and found.end() <= e[b - 1] for b in bs])
+        return out
 
 
 def flagged_prefixes(every: int, length: int) -> list[int]:

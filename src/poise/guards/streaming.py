@@ -168,6 +168,12 @@ class MonitorWatch:
         if self.state is not None:
             last = [_ids(view, at[r])[-1] if r is not None else 0 for r in self.order]
             scores = self.state.step(torch.tensor(last, device=self.monitor.device)).tolist()
+            left = [j for j, r in enumerate(self.order) if r is None]
+            if left:
+                # a row that left is fed at its last position, not one further each step: a
+                # monitor of learned positions (GPT-2) would index past its table while the
+                # others decode on (IndexError), as the inner batcher's hold avoids
+                self.state.hold(left)
             for r, s in zip(self.order, scores, strict=True):
                 if r is not None:
                     self._count(r, [s], generated[at[r]] - 1)
