@@ -207,6 +207,29 @@ def _bfloat16_copy(folder: Path, out: Path) -> Path:
     return out
 
 
+def test_the_config_says_the_dtype_written_when_it_comes_from_a_tokenizer_source(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """Without ``dtype``, the weights take the base's dtype; ``config.json`` comes from the
+    tokenizer source, and said its own dtype (bfloat16 over float32 weights)."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    base, a, _ = specialists
+    half = _bfloat16_copy(a, tmp_path / "half")
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base), "tokenizer_source": str(half),
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(half), "parameters": {"weight": 0.5}}],
+    }), out)  # fmt: skip
+    assert all(t.dtype == torch.float32 for t in _state(out).values())
+    config = json.loads((out / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "float32"
+    assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.float32
+
+
 def test_float32_merge_of_a_bfloat16_base_is_not_rounded_to_bfloat16(
     specialists: list[Path], tmp_path: Path
 ) -> None:

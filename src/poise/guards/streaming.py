@@ -94,8 +94,6 @@ class MonitorWatch:
         self.flagged: dict[int, int] = {}
         self.stops: dict[int, int] = {}
         self.max_score: dict[int, float] = {}
-        device = monitor.device
-        self._pad = torch.tensor(0, device=device)
 
     # the monitor's forward for DecodeState: scores of the last new position, [rows]
     def _forward(

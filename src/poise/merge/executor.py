@@ -331,8 +331,11 @@ def write_merge(
             save_file(shard, str(tmp / f"shard-{len(shards):05d}.tmp"), metadata={"format": "pt"})
             shard, shard_bytes = {}, 0
 
+        written_dtype: torch.dtype | None = job.dtype  # what config.json says (below)
         for i, name in enumerate(names):
             tensor = merge_tensor(job, name).contiguous()
+            if written_dtype is None and tensor.is_floating_point():
+                written_dtype = tensor.dtype  # the base's: weights take its dtype
             size = tensor.numel() * tensor.element_size()
             if shard and shard_bytes + size > shard_size:
                 flush()
@@ -344,7 +347,9 @@ def write_merge(
         flush()
         files = _name_shards(tmp, shards, total_bytes)
         if copy_from is not None:
-            _copy_model_files(copy_from, tmp, job.dtype)
+            # the dtype written, also when the config comes from a tokenizer source whose own
+            # dtype is another than the base's
+            _copy_model_files(copy_from, tmp, written_dtype)
         for file_name, text in (records or {}).items():
             (tmp / file_name).write_text(text, encoding="utf-8")
         _as_if_created(tmp)
