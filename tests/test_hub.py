@@ -51,3 +51,33 @@ def test_an_http_endpoint_behind_an_http_proxy_is_not_probed(
     # an https endpoint does not go through HTTP_PROXY: its direct connection is the answer
     monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
     assert hub.hub_reachable() is False and probes == [("huggingface.co", 443)]
+
+
+def test_a_name_lookup_that_hangs_is_unreachable_after_the_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection's timeout did not bound the name lookup before it: a resolver that hangs
+    held the probe (and the command) until it gave up. The probe now answers within its
+    timeout."""
+    import threading
+    import time
+
+    from huggingface_hub import constants
+
+    released = threading.Event()
+
+    def hang(address: tuple[str, int], timeout: float) -> socket.socket:
+        released.wait(60)  # a lookup that does not answer (released when the test ends)
+        raise OSError("no answer")
+
+    for name in PROXIES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
+    monkeypatch.setattr(socket, "create_connection", hang)
+    started = time.monotonic()
+    try:
+        assert hub.hub_reachable(timeout=0.2) is False
+        assert time.monotonic() - started < 30  # it returned; it did not wait out the lookup
+    finally:
+        released.set()

@@ -1,14 +1,15 @@
 """Is the Hugging Face hub reachable? Asked once, before a download is tried.
 
 Without this question a machine with no network spends most of a minute in the hub client's
-retries before failing (24.9 s for a dataset id). One TCP connection to the hub's endpoint
-answers it in at most ``timeout`` seconds.
+retries before failing (24.9 s for a dataset id). One TCP connection to the hub's endpoint,
+its name lookup included, answers it in at most ``timeout`` seconds.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 from urllib.parse import urlparse
 
 # With a proxy in between a direct connection says nothing about the hub. The hub client takes
@@ -29,8 +30,20 @@ def hub_reachable(timeout: float = 3.0) -> bool | None:
         return None
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError:
+            answer.append(False)
+        else:
+            answer.append(True)
+
+    # the connection's timeout does not bound the name lookup before it, which a machine
+    # without a network can spend many seconds on: the probe runs in a thread, waited for
+    # ``timeout`` seconds at most (a lookup still running then is left to finish on its own)
+    thread = threading.Thread(target=probe, name="poise-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
