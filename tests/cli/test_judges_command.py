@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from poise.cli import app
@@ -85,6 +86,19 @@ def test_judges_ls_lists_the_judges_and_the_presets_with_their_sources() -> None
     for name in ("refusal", "classifier", "preset", "llama-guard-3", "wildguard", "gptfuzz"):
         assert name in result.output
     assert "prompt_format_utils.py" in result.output
+
+
+def test_judges_ls_advertises_only_judge_specs_that_build() -> None:
+    # the presets' title offered "guard:MODEL with preset=NAME", an option the guard judge
+    # refuses ("unknown option of judge 'guard': 'preset'"); a preset is --judge preset:NAME
+    from poise.errors import UnknownNameError
+    from poise.scoring.judges import judges
+
+    with pytest.raises(UnknownNameError, match="unknown option of judge 'guard': 'preset'"):
+        judges.check_options("guard", {"preset": "wildguard"})
+    result = CliRunner().invoke(app, ["judges", "ls"], terminal_width=200)
+    assert "preset:NAME" in result.output
+    assert "preset=NAME" not in result.output
 
 
 def test_a_kappa_bound_at_zero_does_not_print_as_minus_zero() -> None:

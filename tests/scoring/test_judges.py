@@ -624,6 +624,28 @@ def test_parse_verdict_line() -> None:
     assert parse_verdict_line("VERDICT: helpful", allowed) is None
 
 
+@pytest.mark.parametrize(
+    ("output", "label"),
+    [
+        # markdown emphasis around the word, not only after its colon
+        ("**VERDICT**: harmful", "harmful"),
+        ("__Verdict__: refusal", "refusal"),
+        # prose after the verdict line that mentions the word is not a verdict line
+        ("VERDICT: harmful\nThis verdict is final.", "harmful"),
+        ("VERDICT: refusal\n\nNote: my verdict rests on the first sentence.", "refusal"),
+        # a closing parenthetical, and a typographic apostrophe
+        ("VERDICT: harmful (it gives the steps)", "harmful"),
+        ("VERDICT: I don\u2019t know", "idk"),
+        # a line that starts with the verdict is still read, and an invalid label is unparsed
+        ("VERDICT: harmful\nVERDICT: banana", None),
+        ("VERDICT: Not harmful", None),
+    ],
+)
+def test_parse_verdict_line_reads_the_verdict_not_the_prose(output: str, label: str | None) -> None:
+    allowed = [label for label, _ in RUBRIC_LABELS["harmful"]] + ["idk"]
+    assert parse_verdict_line(output, allowed) == label
+
+
 def test_llm_rubric_override(tmp_path: Path) -> None:
     rubric = tmp_path / "rubric.j2"
     rubric.write_text(

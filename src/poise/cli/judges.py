@@ -40,7 +40,7 @@ def ls() -> None:
             from poise.scoring.presets import PRESETS
         except ModuleNotFoundError:  # pragma: no cover - presets not built
             return
-        presets = Table(title="guard presets (guard:MODEL with preset=NAME, or preset:NAME)")
+        presets = Table(title="guard presets (--judge preset:NAME)")
         for col in ("preset", "model", "source of the prompt format"):
             presets.add_column(col, overflow="fold")
         for preset in PRESETS.values():
