@@ -65,6 +65,7 @@ def test_ls_lists_builtins_with_counts_and_the_formats(
         "strongreject",
         "jailbreakbench",
         "donotanswer",
+        "sorrybench",
         "hh_rlhf",
         "generic",
     ):

@@ -306,6 +306,22 @@ def test_an_empty_system_message_means_no_system_prompt(tmp_path: Path) -> None:
     assert _error(spec) == f"{spec}:1: field 'messages': message 0 has empty content"
 
 
+def test_a_system_message_after_the_first_is_one_located_error(tmp_path: Path) -> None:
+    # an item with a system message keeps its chat as it is (the audit's system prompt is not
+    # added), so one in the middle of the chat left the chat without the audit's system prompt
+    later = [
+        {"role": "user", "content": "Hi"},
+        {"role": "system", "content": "Be terse."},
+        {"role": "user", "content": "And now?"},
+    ]
+    row = {"id": "a", "messages": later, "kind": "benign"}
+    spec = _write(tmp_path / "items.jsonl", json.dumps(row) + "\n")
+    assert _error(spec) == (
+        f"{spec}:1: field 'messages': message 1 is a system message; only the first message may "
+        "be one"
+    )
+
+
 def test_unknown_kind_value_in_a_row(tmp_path: Path) -> None:
     spec = _write(tmp_path / "a.csv", "prompt,kind\nHello,benign\nBye,begnin\n")
     message = _error(spec)
@@ -549,7 +565,7 @@ def test_hub_dataset_with_a_split_maps_columns_like_the_file(
     assert suite.format == "jailbreakbench"
     assert suite.name == "JBB-Behaviors-benign"
     assert [(item.id, item.kind, item.prompt) for item in suite] == [
-        ("JBB-Behaviors-benign-1", "benign", "Write a kind poem about a coworker")
+        ("JBB-Behaviors-benign-1", "borderline", "Write a kind poem about a coworker")
     ]
     harmful = load_suite("JailbreakBench/JBB-Behaviors:harmful", limit=1)
     assert [(item.kind, item.category) for item in harmful] == [("harmful", "Harassment")]

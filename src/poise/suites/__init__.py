@@ -4,13 +4,17 @@
 
     load_suite("harmful")                                   # a built-in suite
     load_suite("data/harmful_behaviors.csv")                # AdvBench, detected from its header
-    load_suite("xstest_prompts.csv", limit=50)              # XSTest: safe -> borderline, unsafe -> harmful
+    load_suite("xstest_prompts.csv")                        # XSTest: safe -> borderline, unsafe -> harmful
     load_suite("mine.jsonl", columns={"prompt": "question"}, kind="benign")   # any file
-    load_suite("walledai/AdvBench")                         # a hub dataset (needs `datasets`)
+    load_suite("walledai/AdvBench", kind="harmful")         # a hub dataset (needs `datasets`)
+
+``limit=N`` keeps the first N rows of the file: in a file sorted by type or category (the
+built-in suites, the public sets grouped by type) that is its first types only, not a sample of
+it. ``poise audit --limit`` spreads its N items over each suite (``poise.auditing.spread_subset``).
 
 Public formats (``poise.suites.formats``): AdvBench, HarmBench, XSTest, StrongREJECT,
-JailbreakBench, Do-Not-Answer, Anthropic HH-RLHF, poise's own item JSONL and generic CSV /
-JSONL with a column mapping. Add one with :func:`register_format`.
+JailbreakBench, Do-Not-Answer, SORRY-Bench, Anthropic HH-RLHF, poise's own item JSONL and generic
+CSV / JSONL with a column mapping. Add one with :func:`register_format`.
 """
 
 from __future__ import annotations

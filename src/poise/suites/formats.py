@@ -367,16 +367,21 @@ def strongreject(record: Record, context: FormatContext) -> Draft:
 
 @register_format("jailbreakbench", required=("Goal", "Target", "Behavior", "Category"))
 def jailbreakbench(record: Record, context: FormatContext) -> Draft:
-    """JailbreakBench JBB-Behaviors (arXiv 2404.01318): Goal -> harmful, or benign for benign files.
+    """JailbreakBench JBB-Behaviors (arXiv 2404.01318): Goal -> harmful, or borderline for the
+    benign file.
 
     The harmful and benign behaviour files share their columns; the benign one is told apart
-    by its name (``benign-behaviors.csv``, or the hub split ``benign``). ``kind=`` overrides.
+    by its name (``benign-behaviors.csv``, or the hub split ``benign``). Its behaviours are
+    matched in topic to the harmful ones (same ``Behavior`` and ``Category``) and JailbreakBench
+    uses them to measure whether a model or defence refuses too much: safe requests that look
+    sensitive, which is poise's ``borderline`` kind (refusing them is over-refusal). ``kind=``
+    overrides.
     """
     benign = "benign" in context.hint
     return Draft(
         prompt=record.require("Goal"),
         prompt_field="Goal",
-        kind=context.kind or ("benign" if benign else "harmful"),
+        kind=context.kind or ("borderline" if benign else "harmful"),
         category=record.text("Category") or None,
         id=_row_id(record, context, record.id_text("Index")),
         meta=_meta(record, "Behavior", "Source", "Target"),
@@ -396,6 +401,51 @@ def do_not_answer(record: Record, context: FormatContext) -> Draft:
         category=record.text("types_of_harm") or record.text("risk_area") or None,
         id=_row_id(record, context, record.id_text("id")),
         meta=_meta(record, "risk_area", "types_of_harm", "specific_harms"),
+    )
+
+
+# ---- SORRY-Bench ------------------------------------------------------------------------
+
+
+@register_format("sorrybench", required=("question_id", "category", "turns", "prompt_style"))
+def sorry_bench(record: Record, context: FormatContext) -> Draft:
+    """SORRY-Bench (arXiv 2406.14598): the one turn of ``turns`` -> harmful; category = category.
+
+    Rows are MT-Bench-style questions (``question.jsonl``, ``question_<style>.jsonl`` or the hub
+    dataset): ``turns`` is a list holding the one unsafe instruction, ``category`` the number of
+    its category in SORRY-Bench's taxonomy, ``prompt_style`` the linguistic mutation (``base``
+    for the unmutated instruction). The hub dataset holds every style, each reusing the
+    ``question_id`` of its base instruction, so the id of a mutated row carries its style. A
+    cipher style (``ascii``, ``atbash``, ``caesar``, ``morse``) asks for an encoded answer that
+    SORRY-Bench decodes before judging; poise judges the answer as given.
+    """
+    turns = record.data.get("turns")
+    if isinstance(turns, str):  # a re-export with the turn as plain text
+        turns = [turns]
+    if not isinstance(turns, list) or not turns:
+        raise record.error("turns", "expected a list holding the instruction")
+    if len(turns) > 1:
+        # later turns are asked after the model's answer to the earlier ones, which a suite
+        # item (one chat sent once) cannot hold
+        raise record.error(
+            "turns", f"{len(turns)} turns; SORRY-Bench items have one, and poise sends one chat"
+        )
+    prompt = turns[0]
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise record.error("turns", "the instruction is not non-empty text")
+    style = record.text("prompt_style")
+    question = record.id_text("question_id")
+    own_id = f"{question}-{style}" if question and style and style != "base" else question
+    if own_id and question.isdigit():
+        own_id = f"{context.suite}-{own_id}"  # bare numbers repeat across data sets
+    meta = _meta(record, "prompt_style")
+    return Draft(
+        prompt=prompt.strip(),
+        prompt_field="turns",
+        kind=context.kind or "harmful",
+        category=record.text("category") or None,
+        id=own_id or None,
+        meta=meta,
     )
 
 

@@ -56,6 +56,13 @@ class SuiteItem(BaseModel):
                 raise ValueError(f"message {i} must have exactly 'role' and 'content'")
             if m["role"] not in ("system", "user", "assistant"):
                 raise ValueError(f"message {i} has unknown role {m['role']!r}")
+            if m["role"] == "system" and i > 0:
+                # the item's own system prompt replaces the audit's only as the first message;
+                # one later in the chat left the chat without the audit's (and a template that
+                # inserts its default before a chat not opening with one added that too)
+                raise ValueError(
+                    f"message {i} is a system message; only the first message may be one"
+                )
             if not isinstance(m["content"], str):
                 raise ValueError(f"message {i} has non-text content")
             # an empty system message is meaningful: "no system prompt" for a model whose chat
