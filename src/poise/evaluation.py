@@ -63,7 +63,10 @@ class Judged:
     def record(self, attack: str) -> dict[str, Any]:
         """The ``samples.jsonl`` record of this answer (see :mod:`poise.runs.run`). A completion
         with ``metadata`` (a wrapped model's account of how it answered) adds a ``metadata``
-        field at the end; plain answers' records are unchanged."""
+        field at the end; plain answers' records are unchanged. An item that is more than one
+        user turn (several turns, or its own system message) adds ``messages``, its whole chat
+        (``prompt`` is its last user turn), so what the model was asked can be rebuilt from the
+        record (:func:`poise.probes.data.record_chat`, preference exports)."""
         item = self.request.item
         record = {
             "item_id": item.id,
@@ -78,6 +81,7 @@ class Judged:
             },
             "sample_index": self.sample_index,
             "prompt": item.prompt,
+            **({"messages": item.chat} if len(item.messages) > 1 else {}),
             "completion": self.completion.text,
             "num_tokens": self.completion.num_tokens,
             "finish_reason": self.completion.finish_reason,

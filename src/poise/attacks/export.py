@@ -55,7 +55,10 @@ def preference_pairs(
         ]:
             pairs.append(
                 {
-                    "prompt": [{"role": "user", "content": first["prompt"]}],
+                    # the item's whole chat where the record has it (several turns, its own
+                    # system message), else its one user turn
+                    "prompt": first.get("messages")
+                    or [{"role": "user", "content": first["prompt"]}],
                     "chosen": [{"role": "assistant", "content": c}],
                     "rejected": [{"role": "assistant", "content": h}],
                     "meta": {

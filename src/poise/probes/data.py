@@ -57,11 +57,15 @@ def record_chat(
     none_prompt: str | None,
     where: str,
 ) -> Chat:
-    """A run record's prompt as a single user turn, with the system prompt its request was sent
-    with (the record's ``config.system_prompt``, as ``poise.attacks.base.SystemPrompt`` reads
-    it): ``system_prompt`` for "default", ``none_prompt`` for "none", else the literal prompt
-    itself. A record without a text prompt, an item id, a config object or a text system prompt
-    setting is one error naming it (``where``: the file and line)."""
+    """The chat a run record's request was sent as: the item's chat (its ``messages`` where the
+    record has them: several turns or the item's own system message; else its prompt as a single
+    user turn), with the system prompt its request was sent with (the record's
+    ``config.system_prompt``, as ``poise.attacks.base.SystemPrompt`` reads it):
+    ``system_prompt`` for "default", ``none_prompt`` for "none", else the literal prompt itself;
+    an item's own system message is kept, as the audit keeps it
+    (``poise.attacks.base.build_chat``). A record without a text prompt, an item id, a config
+    object or a text system prompt setting, or with ``messages`` that are not a chat, is one
+    error naming it (``where``: the file and line)."""
     config = record.get("config") or {}
     if not isinstance(config, Mapping):
         raise PoiseError(f"{where}: config must be an object, got {config!r}")
@@ -69,6 +73,22 @@ def record_chat(
         if not isinstance(record.get(key), str):
             raise PoiseError(f"{where}: expected a record with a text {key!r}")
     chat: Chat = [{"role": "user", "content": record["prompt"]}]
+    messages = record.get("messages")
+    if messages is not None:
+        if not (
+            isinstance(messages, list)
+            and messages
+            and all(
+                isinstance(m, Mapping)
+                and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)
+                for m in messages
+            )
+        ):
+            raise PoiseError(f"{where}: messages must be a list of {{role, content}} messages")
+        chat = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if any(m["role"] == "system" for m in chat):
+            return chat  # the item's own system prompt, sent as it is
     setting = config.get("system_prompt", "default")
     if not isinstance(setting, str):
         raise PoiseError(f"{where}: config.system_prompt must be text, got {setting!r}")
