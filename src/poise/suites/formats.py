@@ -304,7 +304,9 @@ def harmbench(record: Record, context: FormatContext) -> Draft:
     prompt = f"{context_string}\n\n---\n\n{behavior}" if context_string else behavior
     meta = _meta(record, "FunctionalCategory", "Tags")
     if context_string:
+        # apart, for HarmBench's contextual classifier prompt (poise.scoring.presets)
         meta["behavior"] = behavior
+        meta["context"] = context_string
     return Draft(
         prompt=prompt,
         prompt_field="Behavior",
