@@ -265,6 +265,33 @@ def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Pat
     assert [r["item_id"] for r in run.records()] == recorded
 
 
+def test_resuming_after_an_items_prompt_was_edited_is_refused(tmp_path: Path) -> None:
+    """The fingerprint names a suite file, not what it holds: a run resumed after the file was
+    edited went on, mixing answers to the old and the new prompt under one item id."""
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = str(tmp_path / "runs")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(
+            model=MockModel("scripted", crash_after(9)), suites=[str(suite)], judge="refusal", out=out,
+            batch_size=4,
+        )  # fmt: skip
+    [run] = list_runs(out)
+    recorded = [r["item_id"] for r in run.records()]
+    assert "h-00" in recorded
+    rows = [json.loads(line) for line in suite.read_text().splitlines()]
+    rows[0]["messages"][0]["content"] = "an edited harmful request"
+    suite.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(PoiseError, match=r"cannot resume: item h-00 of suite mini has another "
+                       r"prompt now \(the suite changed since the run began\); start a new run"):  # fmt: skip
+        poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+    assert [r["item_id"] for r in run.records()] == recorded  # nothing written
+    # the file as it was: the run resumes
+    rows[0]["messages"][0]["content"] = "harmful request 0"
+    suite.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+    assert result.run.path == run.path and len(list(result.run.records())) == 20
+
+
 def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
     run = Run.create(tmp_path / "runs", "manual", {})

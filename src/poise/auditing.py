@@ -541,16 +541,34 @@ def _recorded_kinds_differ(run: Run, items: Sequence[SuiteItem]) -> str | None:
     """Why ``run`` cannot be continued with ``items``: one of its records gives an item another
     kind than the item's suite does now (the built-in sycophancy items were honesty-known before
     they had their own kind; the rest would be counted under the new kind and both kinds' rates
-    would mix the two). None when every recorded kind agrees."""
-    current = {(item.suite, item.id): item.kind for item in items}
+    would mix the two), or another prompt, chat or reference (a suite file edited since the run
+    began: its fingerprint names the file, not what it holds, and the run would mix answers to
+    the old and the new item under one id). None when every record agrees."""
+    current = {(item.suite, item.id): item for item in items}
     for record in run.records():
         key = (str(record.get("suite")), str(record.get("item_id")))
-        kind = current.get(key)
-        if kind is not None and record.get("kind") != kind:
+        item = current.get(key)
+        if item is None:
+            continue
+        where = f"item {key[1]} of suite {key[0]}"
+        if record.get("kind") != item.kind:
             return (
-                f"item {key[1]} of suite {key[0]} is recorded as kind {record.get('kind')!r} but "
-                f"is {kind!r} now (the suite changed since the run began)"
+                f"{where} is recorded as kind {record.get('kind')!r} but "
+                f"is {item.kind!r} now (the suite changed since the run began)"
             )
+        changed = [
+            name
+            for name, recorded, now in (
+                ("prompt", record.get("prompt"), item.prompt),
+                ("reference", record.get("reference"), item.reference),
+                # records of several-turn items hold the whole chat (older ones only the prompt)
+                ("chat", record.get("messages", item.chat), item.chat),
+            )
+            if "prompt" in record and recorded != now
+        ]
+        if changed:
+            what = " and ".join(changed)
+            return f"{where} has another {what} now (the suite changed since the run began)"
     return None
 
 
