@@ -103,6 +103,31 @@ def test_chat_encoder_matches_generation_prompt_and_ends_response_at_eos(
     assert tokenizer.decode(response) == "the answer</s>"
 
 
+def test_a_response_ends_with_the_templates_own_turn_marker_when_it_is_not_the_eos(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """A template that closes a turn with a marker other than the tokenizer's EOS (as Gemma's
+    <end_of_turn> and Phi-3's <|end|>) trained every response to end "reply</s>", a token the
+    template never writes after a reply, instead of "reply<|end|>"."""
+    from transformers import AutoTokenizer
+
+    from poise.train.recipes.common import ChatEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    )
+    encoder = ChatEncoder(tokenizer, 512)
+    chat = [{"role": "user", "content": "hi"}]
+    rendered = encoder.render([*chat, {"role": "assistant", "content": "the answer"}])
+    response = encoder.response_ids("the answer")
+    assert tokenizer.decode(response) == "the answer<|end|>"
+    # the prompt and the response are the template's own rendering of the reply, cut after it
+    assert rendered.startswith(tokenizer.decode(encoder.prompt_ids(chat) + response))
+
+
 def test_chat_encoder_fit_keeps_the_response_and_cuts_the_prompt_from_the_left(
     tiny_hf_model_dir: Path,
 ) -> None:

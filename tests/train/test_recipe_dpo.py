@@ -430,3 +430,37 @@ def test_a_pair_longer_than_the_context_is_refused_before_training(
     assert message.startswith(f"{data}:3: ")
     assert "more than the model's context of 512 tokens" in message
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_pairs_that_are_the_same_tokens_once_cut_are_left_out(
+    tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two responses that differ only past max_length were trained as a pair with no
+    preference: gradient 0, yet counted in the step's mean and as a miss in the accuracy."""
+    from poise.train.recipes.dpo import DPOConfig, encode_and_split, read_pairs
+
+    shared = "step " * 60
+    rows = [
+        {"prompt": "p0", "chosen": "Sure, here it is.", "rejected": "No."},
+        {"prompt": "p1", "chosen": shared + "the end.", "rejected": shared + "no end."},
+        {"prompt": "p2", "chosen": "Yes, gladly.", "rejected": "Never."},
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = DPOConfig(
+        model=str(tiny_hf_model_dir), data=str(data), output=str(tmp_path / "o"), max_length=48
+    )
+    with caplog.at_level("WARNING", logger="poise.train.recipes.dpo"):
+        _, encoded, train_idx, eval_idx = encode_and_split(
+            config, tiny_hf_model_dir, read_pairs(config)
+        )
+    assert encoded[1][1] == encoded[1][2]  # the cut left the same tokens on both sides
+    assert sorted(train_idx + eval_idx) == [0, 2]
+    assert f"{data}:2" in caplog.text and "max_length 48" in caplog.text
+    # no pair left at all: one line, before any weights load
+    data.write_text(json.dumps(rows[1]) + "\n", encoding="utf-8")
+    with pytest.raises(PoiseError, match="no pair is left to train on"):
+        train_dpo(
+            model=str(tiny_hf_model_dir), data=str(data), output=str(tmp_path / "o"), max_length=48
+        )
+    assert not (tmp_path / "o").exists()

@@ -102,3 +102,67 @@ def test_cost_sign_only_pairs_when_both_sides_share_a_label(
         **FAST,
     )
     assert result.metrics["loss_end"] < result.metrics["loss_start"]
+
+
+def test_the_new_score_head_follows_the_seed_not_the_generator_state_before_the_call(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """The score head drawn for a causal LM folder was drawn before --seed was applied: two
+    calls with one config trained different reward models, depending on what ran before."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    heads = []
+    for index, earlier in enumerate((0, 123)):
+        torch.manual_seed(earlier)  # whatever drew from torch's generator before the call
+        train_reward(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(tmp_path / f"rm{index}"),
+            eval_fraction=0.0,
+            max_steps=1,
+            batch_size=2,
+            max_length=64,
+            save_steps=0,
+        )
+        heads.append(weights(tmp_path / f"rm{index}")["score.weight"])
+    assert torch.equal(heads[0], heads[1])
+
+
+def test_a_cost_model_refuses_pairs_ranked_by_helpfulness(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """The ranking term takes the rejected response as the more harmful one; pairs by
+    better_response_id trained the less helpful answer as the harmful one."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4, safety=True)
+    with pytest.raises(PoiseError, match="safer_response_id"):
+        train_cost(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(tmp_path / "cm"),
+            pku_preference="better",
+        )
+    assert not (tmp_path / "cm").exists()
+
+
+def test_scores_are_read_at_the_last_real_token_when_the_config_pads_with_another_id(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """A folder whose config.json names a pad id other than its tokenizer's: rows are padded
+    with the tokenizer's, the classifier looked for the config's, and a shorter row of a batch
+    was scored on a padding column."""
+    import shutil
+
+    from poise.train.recipes.common import classifier_scores, load_classifier, load_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    tokenizer = load_tokenizer(folder)
+    config["pad_token_id"] = tokenizer.unk_token_id  # not the tokenizer's pad id
+    (folder / "config.json").write_text(json.dumps(config))
+    torch.manual_seed(0)
+    model = load_classifier(folder, tokenizer.pad_token_id).eval()
+    rows = [tokenizer("the cat sat on the mat")["input_ids"], tokenizer("the cat")["input_ids"]]
+    pad = tokenizer.pad_token_id
+    together = classifier_scores(model, rows, pad)
+    alone = torch.cat([classifier_scores(model, [row], pad) for row in rows])
+    assert torch.allclose(together, alone, atol=1e-5)

@@ -301,8 +301,8 @@ def load_classifier(folder: Path | str, pad_token_id: int | None) -> Any:
     """A one-output sequence classifier (reward or cost model) in float32.
 
     From a causal LM folder the score head is new (randomly initialised); from a classifier
-    folder it is kept. ``pad_token_id`` is set in the config because the classifier reads its
-    score at the last non-padding token.
+    folder it is kept. ``pad_token_id`` (the id poise pads rows with) is set in the config
+    because the classifier reads its score at the last token that is not the config's pad id.
     """
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -313,7 +313,9 @@ def load_classifier(folder: Path | str, pad_token_id: int | None) -> Any:
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise PoiseError(f"{folder}: could not load a classifier ({_first_line(exc)})") from None
-    if model.config.pad_token_id is None:
+    if pad_token_id is not None or model.config.pad_token_id is None:
+        # rows are padded with the tokenizer's pad id: a config naming another one (while the
+        # tokenizer pads with, say, its EOS) read a shorter row's score on a padding column
         model.config.pad_token_id = pad_token_id
     return model
 
@@ -401,10 +403,25 @@ class ChatEncoder:
         at = rest.index(probe)
         before, after = rest[:at], rest[at + len(probe) :]
         ends = [(after.find(e), e) for e in self.eos_strings if e and e in after]
+        if not ends:
+            # a template that closes a turn with its own marker, not the tokenizer's EOS
+            # (Gemma's <end_of_turn>, Phi-3's <|end|>; their generation configs stop on it): the
+            # response ends with that marker, as the template writes it, not with an EOS the
+            # template never puts after a reply
+            ends = [(after.find(t), t) for t in self._special_strings() if t and t in after]
         if ends:
-            pos, text = min(ends)
+            pos, text = min(ends, key=lambda end: (end[0], -len(end[1])))
             return before, after[: pos + len(text)]
         return before, eos
+
+    def _special_strings(self) -> list[str]:
+        """The text of every special token of the tokenizer (added tokens marked special)."""
+        tok = self.tokenizer
+        strings = {str(t) for t in getattr(tok, "all_special_tokens", []) or []}
+        for added in (getattr(tok, "added_tokens_decoder", {}) or {}).values():
+            if getattr(added, "special", False):
+                strings.add(str(added.content))
+        return sorted(strings)
 
     def render(self, messages: Messages) -> str:
         try:

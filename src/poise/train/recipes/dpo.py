@@ -134,7 +134,12 @@ def encode_and_split(
 ) -> tuple[Any, list[EncodedPair], list[int], list[int]]:
     """The chat tokenizer of ``source``, ``pairs`` encoded (a row that cannot fit the model's
     context fails here, named, before any weights load) and the train / held-out split of
-    their indices."""
+    their indices.
+
+    A pair whose two responses are the same tokens once cut to ``max_length`` (they differ
+    only past the cut) is left out of both, with one warning naming the rows: it is no
+    preference any more, its gradient is 0 under every loss, and it would still count in the
+    step's mean and as a miss in the reward accuracy."""
     tokenizer = load_tokenizer(source)
     encoded = encode_pairs(ChatEncoder(tokenizer, config.max_length), pairs)
     check_rows_fit(
@@ -145,8 +150,19 @@ def encode_and_split(
         folder_context_length(source),
         config.max_length,
     )
-    train_idx, eval_idx = split_holdout(len(encoded), config.eval_fraction, config.seed)
-    return tokenizer, encoded, train_idx, eval_idx
+    kept = [i for i, (_, chosen, rejected) in enumerate(encoded) if chosen != rejected]
+    if len(kept) < len(encoded):
+        same = [row_name(config.data, i, pairs[i]) for i, (_, c, r) in enumerate(encoded) if c == r]
+        shown = ", ".join(same[:5]) + (", ..." if len(same) > 5 else "")
+        message = (
+            f"{len(same)} pair(s) whose chosen and rejected are the same tokens once cut to "
+            f"max_length {config.max_length} (no preference left between them): {shown}"
+        )
+        if not kept:
+            raise PoiseError(f"{message}; no pair is left to train on (raise --max-length)")
+        logger.warning("%s; left out", message)
+    train_pos, eval_pos = split_holdout(len(kept), config.eval_fraction, config.seed)
+    return tokenizer, encoded, [kept[j] for j in train_pos], [kept[j] for j in eval_pos]
 
 
 def encode_pairs(encoder: ChatEncoder, pairs: Sequence[Any]) -> list[EncodedPair]:

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from poise.errors import located
 from poise.train.recipes.common import (
@@ -78,6 +78,18 @@ class CostConfig(PreferenceDataConfig):
         description="rank pairs whose responses are both safe or both unsafe too (Safe RLHF "
         "does); off: such pairs feed only the sign terms",
     )
+
+    @model_validator(mode="after")
+    def _check_preference(self) -> CostConfig:
+        # the ranking term takes a pair's rejected response as the more harmful one; PKU-SafeRLHF
+        # pairs by better_response_id rank helpfulness, and would teach that as harm
+        if self.pku_preference != "safer":
+            raise ValueError(
+                "--pku-preference better: a cost model ranks the more harmful response of a "
+                "pair above the other, so PKU-SafeRLHF rows pair by safer_response_id (safer), "
+                "not by helpfulness (better)"
+            )
+        return self
 
 
 Kind = Literal["reward", "cost"]
@@ -151,10 +163,14 @@ def _train(config: Any, kind: Kind, progress: ProgressFn | None) -> TrainResult:
         config.max_length,
     )
     train_idx, eval_idx = split_holdout(len(pairs), config.eval_fraction, config.seed)
+    # a causal LM folder gets a new score head, drawn from torch's global generator: seeded
+    # here, so --seed decides it rather than whatever drew from the generator before
+    torch.manual_seed(config.seed)
+    model = load_classifier(source, tokenizer.pad_token_id)
     session = Session.start(
         config,
         out,
-        load_classifier(source, tokenizer.pad_token_id),
+        model,
         tokenizer,
         rows_per_epoch=len(train_idx),
         data_info=split_info(config, pairs, train_idx, eval_idx),
