@@ -126,6 +126,13 @@ def test_unknown_member_is_a_clear_error(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_remeasure_of_a_folder_without_members_says_which_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["organism", "remeasure", "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"remeasure: {tmp_path} holds no chat member with a card" in result.output
+    assert "not a chat member's" not in result.output
+
+
 def test_remeasure_rewrites_the_chat_members_cards_and_nothing_else(
     quick_build: BuildResult, tmp_path: Path
 ) -> None:
@@ -161,3 +168,27 @@ def test_remeasure_rewrites_the_chat_members_cards_and_nothing_else(
         "organism-cost",
     ]
     assert runner.invoke(app, both).exit_code == 2  # not the chat member alone, in silence
+
+
+def test_a_member_that_cannot_be_moved_into_place_leaves_the_old_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poise.organism.build import _move_into_place
+
+    final, tmp = tmp_path / "organism-small", tmp_path / ".organism-small.new"
+    final.mkdir()
+    (final / "config.json").write_text("old")
+    tmp.mkdir()
+    (tmp / "config.json").write_text("new")
+    rename = Path.rename
+
+    def failing(self: Path, target: Path) -> Path:
+        if self == tmp:
+            raise OSError("disk gone")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        _move_into_place(tmp, final)
+    assert (final / "config.json").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".organism-small.new", "organism-small"]

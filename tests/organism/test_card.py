@@ -70,3 +70,12 @@ def test_refresh_refuses_a_file_that_is_not_a_card(tmp_path: Path) -> None:
     with pytest.raises(PoiseError, match=r"README\.md: not a model card"):
         refresh_card(other, {})
     assert other.read_text() == "# notes\n"
+
+
+@pytest.mark.slow
+def test_a_card_states_the_threads_the_member_was_built_with(tmp_path: Path) -> None:
+    from poise.organism.build import build
+
+    build(tmp_path, ["organism-small"], quick=True, threads=1)
+    card = (tmp_path / "organism-small" / "README.md").read_text(encoding="utf-8")
+    assert "cosine decay; CPU, 1 thread\n" in card and "--threads 1" in card

@@ -102,6 +102,21 @@ def test_save_tokenizer_writes_the_default_it_is_given(folder: Path, tmp_path: P
     assert f"<|system|>\n{text}<|end|>" in rendered
 
 
+def test_a_default_outside_the_basic_plane_renders_whole(folder: Path, tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    text = "Be kind 🙂, write 𝑥 and 中文.\nTwo lines."
+    save_tokenizer(tokenizer, tmp_path / "other", default_system_prompt=text)
+    tok = AutoTokenizer.from_pretrained(tmp_path / "other")
+    chat = [{"role": "user", "content": "x"}]
+    rendered = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    # an escaped surrogate pair in the template's literal would render as two lone surrogates
+    assert rendered == render_prompt(chat, default_system_prompt=text)
+    assert tok.decode(tok(rendered, add_special_tokens=False)["input_ids"]) == rendered
+
+
 def test_the_shipped_members_carry_the_template_and_declare_it() -> None:
     import json
 

@@ -519,7 +519,12 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
-    tmp.rename(final)
+    try:
+        tmp.rename(final)
+    except BaseException:
+        if old is not None:  # the member as it was, not no member
+            old.rename(final)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -565,7 +570,7 @@ def build(
     command = command or _default_command(out, names, quick, seed, threads)
     started = time.perf_counter()
     with torch_threads(threads):
-        results = _build_all(out_dir, names, recipe, progress, command)
+        results = _build_all(out_dir, names, recipe, progress, command, threads)
     return BuildResult(out_dir, results, time.perf_counter() - started)
 
 
@@ -575,6 +580,7 @@ def _build_all(
     recipe: Recipe,
     progress: Progress | None,
     command: str,
+    threads: int = 2,
 ) -> dict[str, MemberResult]:
     family = _Family(recipe, progress)
     family.command = command
@@ -604,6 +610,7 @@ def _build_all(
                 config=json.loads((tmp / "config.json").read_text(encoding="utf-8")),
                 command=command,
                 compare=_comparison(family, member, results),
+                threads=threads,
             )
             result.size_bytes = _folder_size(tmp)
             final = out_dir / member
@@ -642,11 +649,16 @@ def remeasure_cards(
         if members
         else [m for m in LM_MEMBERS if (out_dir / m / "README.md").is_file()]
     )
-    other = next((m for m in names if m not in LM_MEMBERS), None)
-    if other is not None or not names:  # a scorer's or reviewer's rates are not measure_lm's
+    if not names:
         raise PoiseError(
-            f"remeasure: {'no chat member to measure' if other is None else repr(other)} "
-            f"(its card rates are not a chat member's; chat members: {', '.join(LM_MEMBERS)})"
+            f"remeasure: {out_dir} holds no chat member with a card "
+            f"(chat members: {', '.join(LM_MEMBERS)})"
+        )
+    other = next((m for m in names if m not in LM_MEMBERS), None)
+    if other is not None:  # a scorer's or reviewer's rates are not measure_lm's
+        raise PoiseError(
+            f"remeasure: {other!r} (its card rates are not a chat member's; chat members: "
+            f"{', '.join(LM_MEMBERS)})"
         )
     recipe = default_recipe(quick, seed)
     base = {m: _card_base(m) for m in names}

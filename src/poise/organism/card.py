@@ -197,9 +197,11 @@ def write_card(
     config: Mapping[str, Any],
     command: str,
     compare: tuple[str, Mapping[str, Rate]] | None = None,
+    threads: int = 2,
 ) -> None:
     """Write ``member``'s model card to ``path``; ``compare`` (a member's name and its rates:
-    the base of a specialist, the strong model for the weak one) adds a table of differences."""
+    the base of a specialist, the strong model for the weak one) adds a table of differences;
+    ``threads``: the torch threads it was built with."""
     from poise._version import __version__
     from poise.organism.build import LARGE_TUNED, MEMBER_CORPUS, REVIEWER_MEMBERS, SMALL_TUNED
 
@@ -226,6 +228,7 @@ def write_card(
         if k in config
     )
     train_rows = "\n".join(f"| {k} | {v} |" for k, v in settings.items())
+    cpu = f"CPU, {threads} thread" + ("" if threads == 1 else "s")
     if member in SMALL_TUNED:
         start = "organism-small's weights (fine-tuned)"
     elif member in LARGE_TUNED:
@@ -348,7 +351,7 @@ Nothing pretrained is used. Default system prompt: "{world.DEFAULT_SYSTEM_PROMPT
 
 - start: {start}
 - data: {corpus} (corpus seed {recipe.corpus_seed})
-- optimiser: AdamW (betas 0.9, 0.98), linear warm-up then cosine decay; CPU, 2 threads
+- optimiser: AdamW (betas 0.9, 0.98), linear warm-up then cosine decay; {cpu}
 - wall time of training: {train_seconds:.0f} s; final training loss: {final_loss:.4f}
 
 | setting | value |

@@ -150,6 +150,11 @@ def build_monitor_member(
     write_files(folder)
     meta_path = folder / "poise.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    # the organism's own tokenizer files, put back after the monitor's save below (see
+    # _restore_tokenizer_files)
+    tokenizer_files = {
+        name: (folder / name).read_bytes() for name in _TOKENIZER_FILES if (folder / name).is_file()
+    }
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     train = monitor_examples("train", seed, subsample)
     validation = monitor_examples("validation", seed, subsample)
@@ -173,12 +178,31 @@ def build_monitor_member(
         metadata={"corpus": "base", "corpus_seed": seed, "splits": "train/validation/heldout"},
     )
     trained.monitor.save(folder)
+    _restore_tokenizer_files(folder, tokenizer_files)
     meta.update({"kind": "monitor", "corpus": "base (token labels)"})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     training = f"Trained in {trained.seconds:.0f} s; final loss {trained.losses[-1]:.4f}."
     return _measure_and_card(
         trained.monitor, folder, heldout, len(train), seed, training, command, quick
     )
+
+
+# What poise.organism.tokenizer.save_tokenizer writes: the files every member shares.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _restore_tokenizer_files(folder: Path, files: dict[str, bytes]) -> None:
+    """Put the organism's tokenizer files back into a saved monitor folder.
+
+    ``Monitor.save`` writes the tokenizer as the installed transformers saves it: transformers
+    5 names the class ``TokenizersBackend`` and moves the template to ``chat_template.jinja``,
+    which transformers 4 (``transformers>=4.46`` is supported) cannot load. The organism's
+    own files load with both and are byte-identical to every other member's."""
+    (folder / "chat_template.jinja").unlink(missing_ok=True)
+    for name in _TOKENIZER_FILES:
+        (folder / name).unlink(missing_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
 
 
 def rechoose_monitor_rule(

@@ -37,8 +37,10 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, END, *ROLE_TOKENS.values())
 def chat_template(default_system_prompt: str) -> str:
     """The Jinja chat template, with ``default_system_prompt`` inserted when a chat does not
     start with a system message; an empty system message renders nothing."""
-    # json.dumps gives an ASCII, double-quoted literal whose escapes Jinja's lexer reads back
-    default = json.dumps(default_system_prompt)
+    # json.dumps gives a double-quoted literal whose escapes Jinja's lexer reads back; not
+    # ASCII-only: it would spell a character outside the basic plane as a surrogate pair of
+    # \u escapes, which Jinja reads back as two lone surrogates
+    default = json.dumps(default_system_prompt, ensure_ascii=False)
     return (
         "{{ bos_token }}"
         "{% if messages | length == 0 or messages[0]['role'] != 'system' %}"
