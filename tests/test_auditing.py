@@ -235,9 +235,9 @@ def test_a_new_name_starts_its_own_run_instead_of_continuing_another(
     assert f"continuing unfinished run {unfinished.path}" in caplog.text
 
 
-def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Path) -> None:
-    """The built-in sycophancy items became their own kind (they were honesty-known): a run
-    begun before, resumed after, would hold both and mix the two kinds' rates."""
+def _a_run_killed_midway(tmp_path: Path) -> tuple[Path, str, Run]:
+    """A mini suite, the runs folder and the run an audit of it left when it crashed after 9
+    answers."""
     suite = write_suite(tmp_path / "mini.jsonl")
     out = str(tmp_path / "runs")
     with pytest.raises(RuntimeError, match="simulated crash"):
@@ -246,6 +246,13 @@ def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Pat
             batch_size=4,
         )  # fmt: skip
     [run] = list_runs(out)
+    return suite, out, run
+
+
+def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Path) -> None:
+    """The built-in sycophancy items became their own kind (they were honesty-known): a run
+    begun before, resumed after, would hold both and mix the two kinds' rates."""
+    suite, out, run = _a_run_killed_midway(tmp_path)
     recorded = [r["item_id"] for r in run.records()]
     assert recorded and "h-00" in recorded
     rows = [json.loads(line) for line in suite.read_text().splitlines()]
@@ -268,14 +275,7 @@ def test_resuming_after_the_suite_changed_an_items_kind_is_refused(tmp_path: Pat
 def test_resuming_after_an_items_prompt_was_edited_is_refused(tmp_path: Path) -> None:
     """The fingerprint names a suite file, not what it holds: a run resumed after the file was
     edited went on, mixing answers to the old and the new prompt under one item id."""
-    suite = write_suite(tmp_path / "mini.jsonl")
-    out = str(tmp_path / "runs")
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        poise.audit(
-            model=MockModel("scripted", crash_after(9)), suites=[str(suite)], judge="refusal", out=out,
-            batch_size=4,
-        )  # fmt: skip
-    [run] = list_runs(out)
+    suite, _, run = _a_run_killed_midway(tmp_path)
     recorded = [r["item_id"] for r in run.records()]
     assert "h-00" in recorded
     rows = [json.loads(line) for line in suite.read_text().splitlines()]
