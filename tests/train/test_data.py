@@ -221,6 +221,14 @@ def test_pku_saferlhf_safer_and_better(tmp_path: Path) -> None:
         load_preferences(path, pku_preference="kinder")
 
 
+def test_a_pku_row_with_an_empty_reply_is_a_pair_not_an_error(tmp_path: Path) -> None:
+    """An empty reply is data, as HH-RLHF's empty final replies are; one such row stopped the
+    whole file."""
+    path = _write(tmp_path / "pku.jsonl", [PKU_ROW, {**PKU_ROW, "response_0": ""}])
+    (_, pair) = load_preferences(path)
+    assert (pair.chosen, pair.rejected) == ("Talk to them directly or to HR.", "")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -274,7 +274,12 @@ def _hh_rlhf(row: _Row) -> PreferencePair | str:
 
 def _pku_saferlhf(row: _Row, preference: str) -> PreferencePair:
     prompt = row.text("prompt")
-    responses = (row.text("response_0"), row.text("response_1"))
+    # an empty reply is data (a model that said nothing), as HH-RLHF's empty final replies are:
+    # one such row stopped the whole file
+    responses = (
+        row.text("response_0", allow_empty=True),
+        row.text("response_1", allow_empty=True),
+    )
     safe = (row.flag("is_response_0_safe"), row.flag("is_response_1_safe"))
     better = row.response_id("better_response_id")
     safer = row.response_id("safer_response_id")
