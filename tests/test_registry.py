@@ -115,6 +115,12 @@ def test_unknown_names_suggest_the_nearest() -> None:
         things.build("hexagon")
 
 
+def test_a_name_typed_in_capitals_suggests_the_registered_one() -> None:
+    # 'ROUND_WIDGET' had no suggestion: difflib compared the characters case by case
+    with pytest.raises(UnknownNameError, match=r"'ROUND_WIDGET'; did you mean 'round_widget'"):
+        make_registry().get("ROUND_WIDGET")
+
+
 def test_help_and_reference() -> None:
     things = make_registry()
     assert things.help("round_widget") == "a round one"

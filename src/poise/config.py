@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from poise.errors import PoiseError, located
+from poise.errors import PoiseError, invalid_json, json_error_line, located, parse_json
 
 
 def user_path(path: str | os.PathLike[str]) -> str:
@@ -86,13 +86,19 @@ def stable_hash(obj: Any) -> str:
 
 
 def read_yaml(path: str | Path) -> Any:
-    """The document of a YAML file (None when empty); every error is one line naming the file
-    (and line): a key given twice in one mapping is one, not the last one silently."""
+    """The document of a YAML file (None when empty), or of a JSON file (``.json``: read as
+    JSON, whose tab indentation YAML refuses); every error is one line naming the file (and
+    line): a key given twice in one mapping is one, not the last one silently."""
     import yaml
 
     path = Path(path)
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_key_loader())
+        text = path.read_text(encoding="utf-8")
+        if _is_json(path):
+            return parse_json(text) if text.strip() else None
+        return yaml.load(text, Loader=_unique_key_loader())
+    except json.JSONDecodeError as exc:
+        raise located(path, json_error_line(exc), invalid_json(exc)) from None
     except FileNotFoundError:
         raise PoiseError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -130,7 +136,9 @@ def yaml_key_lines(path: str | Path) -> dict[str, int]:
     import yaml
 
     try:
-        node = yaml.compose(Path(path).read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+        text = Path(path).read_text(encoding="utf-8")
+        # a JSON file's tabs stand between tokens (a string holds none raw): spaces to YAML
+        node = yaml.compose(text.replace("\t", " ") if _is_json(path) else text, yaml.SafeLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
     lines: dict[str, int] = {}
@@ -142,6 +150,10 @@ def yaml_key_lines(path: str | Path) -> dict[str, int]:
             for inner, _ in value.value:
                 lines.setdefault(f"{key.value}.{inner.value}", inner.start_mark.line + 1)
     return lines
+
+
+def _is_json(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".json"
 
 
 def _yaml_type(value: object) -> str:

@@ -43,9 +43,15 @@ class UnknownNameError(PoiseError, KeyError):
 
     def __init__(self, kind: str, name: str, known: Iterable[str]) -> None:
         known = sorted(known)
-        # a name of another type (None from Python) is named, not fed to difflib (a TypeError)
+        # a name of another type (None from Python) is named, not fed to difflib (a TypeError);
+        # case is ignored ('GREEDY' had no suggestion: difflib compares characters exactly)
+        lowered: dict[str, str] = {}
+        for option in known:
+            lowered.setdefault(option.lower(), option)
         close = (
-            difflib.get_close_matches(name, known, n=3, cutoff=0.5) if isinstance(name, str) else []
+            [lowered[c] for c in difflib.get_close_matches(name.lower(), lowered, n=3, cutoff=0.5)]
+            if isinstance(name, str)
+            else []
         )
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listing = ", ".join(known) if known else "(none registered)"

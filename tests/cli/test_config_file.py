@@ -263,3 +263,64 @@ def test_a_train_value_refused_after_the_file_names_the_file(tmp_path: Path) -> 
     assert f"from {config}:4, key 'lr'" in text
     result = invoke("train", "dpo", "--config", str(config), "--lr", "-2")  # typed: the flag's
     assert result.exit_code == 2 and "from " not in result.output
+
+
+def test_a_key_of_another_flag_inside_the_sampling_block_is_refused(tmp_path: Path) -> None:
+    # `sampling: {limit: 3}` audited 3 items a suite, as if `limit` stood at the top
+    line = one_line_error(tmp_path, "model: mock\nsampling: {limit: 3}\n")
+    assert "unknown key 'sampling.limit'" in line and "keys of sampling:" in line
+    line = one_line_error(tmp_path, "model: mock\nsampling: {temprature: 1.0}\n")
+    assert "'sampling.temprature'" in line and "did you mean temperature?" in line
+
+
+def test_one_flag_given_by_two_keys_is_refused(tmp_path: Path) -> None:
+    # the later key won silently: max_new_tokens 7, temperature 0.7, suites [benign]
+    for text, keys in [
+        ("max_new_tokens: 5\nmax-new-tokens: 7\n", "'max_new_tokens' and 'max-new-tokens'"),
+        ("temperature: 0.5\nsampling: {temperature: 0.7}\n", "'temperature' and "),
+        ("suite: [harmful]\nsuites: [benign]\n", "'suite' and 'suites' both give --suite"),
+    ]:
+        line = one_line_error(tmp_path, f"model: mock\n{text}")
+        assert keys in line and "keep one" in line, line
+
+
+def test_a_config_path_with_a_quoted_tilde_is_in_the_home_folder(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # `--config "~/audit.yaml"` (quoted, or from a script) was "no such file"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = tmp_path / "runs"
+    (tmp_path / "audit.yaml").write_text(f"model: mock\nsuite: harmful\nlimit: 2\nout: {out}\n")
+    result = invoke("audit", "--config", "~/audit.yaml", "--no-html")
+    assert result.exit_code == 0, result.output
+    assert only_run(out)["config"]["limit"] == 2
+
+
+def test_a_json_config_file_indented_with_tabs_is_read(tmp_path: Path) -> None:
+    # json.dump(..., indent="\t") wrote a file refused as "invalid YAML (found character '\t')"
+    out = tmp_path / "runs"
+    config = tmp_path / "audit.json"
+    block = {"model": "mock", "suite": ["harmful"], "limit": 2, "out": str(out), "html": False}
+    config.write_text(json.dumps(block, indent="\t"))
+    result = invoke("audit", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert only_run(out)["config"]["limit"] == 2
+    config.write_text(json.dumps({"limit": 0, "model": "mock"}, indent="\t"))  # blamed on its line
+    line = one_line(invoke("audit", "--config", str(config)))
+    assert f"from {config}:2, key 'limit'" in line, line
+    config.write_text('{\n\t"model": "mock",\n\t"model": "mock"\n}')
+    line = one_line(invoke("audit", "--config", str(config)))
+    assert f"{config}:3: key 'model' given twice" in line, line
+
+
+def test_a_relative_path_in_the_file_is_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    # as the README and --help say: the file's values are read as the flags' values
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "audit.yaml"
+    config.write_text("model: mock\nsuite: harmful\nlimit: 2\nout: runs\nhtml: false\n")
+    monkeypatch.chdir(tmp_path)
+    result = invoke("audit", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert only_run(tmp_path / "runs")["config"]["limit"] == 2

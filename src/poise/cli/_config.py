@@ -5,7 +5,9 @@ or ``model_option``) or the fields of the config the command builds (``suites``,
 ``model_options``, ``sampling: {temperature: 1.0}``, ``suite_columns``: the ``config`` block of a
 run.json). Its values become the flags' defaults, so a flag on the command line wins over the
 file, and the command then builds and records its config exactly as from flags: what run.json
-records is the resolved config, file and flags together.
+records is the resolved config, file and flags together. A relative path among its values is
+relative to the working directory, as a flag's is (a run.json's block names its paths so), not
+to the file. A ``.json`` file is read as JSON.
 
 A mapping given to a repeatable KEY=VALUE flag (``model_options: {device: cpu}``) becomes its
 ``KEY=VALUE`` values; an unknown key is one line naming the file, the key and the nearest keys.
@@ -85,7 +87,8 @@ def _config_option() -> Any:
             CONFIG_FLAG,
             is_eager=True,  # read before the other options look up their defaults
             callback=_read_config,
-            help="YAML file of flag values (keys: the flags or the config's fields); flags win.",
+            help="YAML (or JSON) file of flag values (keys: the flags or the config's fields; "
+            "relative paths are relative to the working directory); flags win.",
         ),
     ) -> None:  # pragma: no cover - never run
         pass
@@ -99,13 +102,14 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
     if not value:
         return value
     from poise.cli._common import err_console
-    from poise.config import read_yaml_mapping
+    from poise.config import read_yaml_mapping, user_path
     from poise.errors import PoiseError
 
     sources: dict[str, tuple[str, Any]] = {}
+    path = user_path(value)  # a quoted "~/audit.yaml" is the home folder's, as a bare one is
     try:
         defaults = flag_defaults(
-            ctx.command, read_yaml_mapping(value), value, ctx=ctx, sources=sources
+            ctx.command, read_yaml_mapping(path), value, ctx=ctx, sources=sources
         )
     except PoiseError as exc:
         from rich.markup import escape
@@ -115,7 +119,7 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
         )
         raise typer.Exit(exc.exit_code) from None
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    ctx.meta[_SOURCES_META] = (value, sources)
+    ctx.meta[_SOURCES_META] = (path, sources)
     return value
 
 
@@ -183,11 +187,24 @@ def flag_defaults(
                     f"{source}: {key}: expected a mapping of its options (e.g. {key}: "
                     f"{{temperature: 1.0}}), got {'null' if value is None else repr(value)}"
                 )
+            fields = _nested_fields(normal)
+            for inner in value:
+                if str(inner).replace("-", "_") not in fields:
+                    # a top-level flag inside the block (sampling: {limit: 3}) was taken as that
+                    # flag; the block holds its own fields only
+                    known = sorted(f for f in fields if f in names)
+                    close = difflib.get_close_matches(str(inner), known, n=3, cutoff=0.6)
+                    hint = f"; did you mean {', '.join(close)}?" if close else ""
+                    raise PoiseError(
+                        f"{source}: unknown key {f'{key}.{inner}'!r} for `{command.name}`{hint} "
+                        f"(keys of {key}: {', '.join(known)})"
+                    )
             flat.extend((f"{key}.{k}", v) for k, v in value.items())
         elif normal not in _RECORDED_ONLY:
             flat.append((key, value))
 
     defaults: dict[str, Any] = {}
+    given: dict[str, str] = {}  # parameter name -> the file's key that gave it
     for key, value in flat:
         normal = key.rsplit(".", 1)[-1].replace("-", "_")
         if normal not in names:
@@ -198,6 +215,14 @@ def flag_defaults(
                 f"(keys: {', '.join(sorted(params))})"
             )
         param = params[names[normal]]
+        if names[normal] in given:
+            # two spellings of one flag (max_new_tokens and max-new-tokens, temperature and
+            # sampling.temperature, suite and suites): the later one silently won
+            flag = next((o for o in param.opts if o.startswith("--")), names[normal])
+            raise PoiseError(
+                f"{source}: keys {given[names[normal]]!r} and {key!r} both give {flag}; keep one"
+            )
+        given[names[normal]] = key
         _check_value(param, key, value, source)
         flag_value = _as_flag_value(param, value, f"{source}: {key}")
         converted = flag_value
@@ -211,6 +236,13 @@ def flag_defaults(
         if sources is not None:
             sources[param.name or normal] = (key, (value, converted))
     return defaults
+
+
+def _nested_fields(block: str) -> set[str]:
+    """The fields a nested block of a config holds (``sampling``: those of ``Sampling``)."""
+    from poise.config import Sampling
+
+    return set({"sampling": Sampling}[block].model_fields)
 
 
 def _check_value(param: Any, key: str, value: Any, source: str) -> None:
