@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from poise.errors import PoiseError
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -140,4 +142,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PoiseError as exc:  # bad input (a file, a model, a monitor): one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

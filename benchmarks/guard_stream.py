@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from poise.errors import PoiseError
+
 
 def _chats() -> list[Any]:
     from poise.suites.loaders import load_suite
@@ -254,4 +256,7 @@ def _turning(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PoiseError as exc:  # bad input (a file, a model, a monitor): one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

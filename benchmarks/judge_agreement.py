@@ -27,9 +27,11 @@ import argparse
 import time
 from collections.abc import Callable, Sequence
 
+from poise.errors import PoiseError
+
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join((__doc__ or "").split("\n\n")[0].split()))
     parser.add_argument("file", help="labelled answers (see poise judges validate)")
     parser.add_argument("--format", default=None, help="file format instead of detecting it")
     parser.add_argument("--column", action="append", default=[], help="ROLE=COLUMN (generic)")
@@ -120,4 +122,7 @@ def _kappa(
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PoiseError as exc:  # bad input (a file, a model, a monitor): one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 
 def main() -> None:
@@ -28,6 +29,8 @@ def main() -> None:
     )
     parser.add_argument("--errors", action="store_true", help="list the responses poise gets wrong")
     args = parser.parse_args()
+    if args.labels is not None and not Path(args.labels).is_file():
+        parser.error(f"--labels {args.labels}: no such file")
 
     from poise.scoring.refusal import (
         binary_agreement,

@@ -436,6 +436,36 @@ def mode_batching(args: argparse.Namespace, workdir: Path) -> None:
     print(f"identical completions in both phases: {'yes' if same else 'NO'}")
 
 
+def against_tree(path: str, threads: int) -> Path:
+    """The ``--against`` folder, checked before any server starts: a child with its environment
+    must import ``poise`` from there. Where it does not (a tree's root given instead of its
+    ``src``, a typo), the child falls back to the installed poise, i.e. this tree, and the
+    benchmark would measure this tree against itself."""
+    src = Path(path).resolve()
+    if not (src / "poise" / "__init__.py").is_file():
+        raise SystemExit(
+            f"--against {path}: no poise package there (give the other tree's src folder, "
+            "the one holding poise/__init__.py)"
+        )
+    this = Path(__file__).resolve().parents[1] / "src"
+    if src == this:
+        raise SystemExit(f"--against {path}: that is this tree's own src folder")
+    found = subprocess.run(
+        [sys.executable, "-c", "import poise; print(poise.__file__)"],
+        env=server_env(threads, src),
+        capture_output=True,
+        text=True,
+    )
+    imported = Path(found.stdout.strip()).resolve() if found.returncode == 0 else None
+    if imported != src / "poise" / "__init__.py":
+        error = found.stderr.strip().splitlines()
+        raise SystemExit(
+            f"--against {path}: a server started with it imports poise from "
+            f"{imported or 'nowhere'}, not from that folder" + (f" ({error[-1]})" if error else "")
+        )
+    return src
+
+
 def mode_against(args: argparse.Namespace, workdir: Path) -> None:
     """This tree's ``poise serve`` against another source tree's (``--against SRC``), in turn.
 
@@ -449,7 +479,7 @@ def mode_against(args: argparse.Namespace, workdir: Path) -> None:
 
     if args.against is None:
         raise SystemExit("--mode against needs --against SRC (a poise source tree's src folder)")
-    against = Path(args.against).resolve()
+    against = against_tree(args.against, args.threads)
     model = resolve_model(args.model, workdir)
     chats = prompts(args.requests)
     sampling = Sampling(max_new_tokens=args.max_tokens)  # greedy

@@ -13,18 +13,22 @@ flat "resampled" curve of the n = 8 run for comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from poise.attacks.worst_of_n import harmful_matrix, held_out_check, predicted_curve
+from poise.errors import PoiseError
+from poise.runs.run import Run
 
 
-def _matrix(run: Path) -> np.ndarray:
-    lines = (run / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-    return harmful_matrix(json.loads(line) for line in lines)[1]
+def _read(run_path: Path) -> tuple[np.ndarray, Any]:
+    """The run's [prompts, samples] harmful matrix and the seed its header records."""
+    run = Run.open(run_path)
+    seed = run.config.get("sampling", {}).get("seed")
+    return harmful_matrix(run.records())[1], seed
 
 
 def _run(model: str, limit: int, n: int, seed: int, out: Path) -> Path:
@@ -51,17 +55,23 @@ def main() -> None:
     parser.add_argument("--check-run", type=Path, help="an existing n = 32 worst-of-N run")
     parser.add_argument("--boot", type=int, default=400)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        fit_run = args.fit_run or _run(args.model, args.limit, 8, 1, Path(tmp))
-        check_run = args.check_run or _run(args.model, args.limit, 32, 2, Path(tmp))
-        fit_on, check = _matrix(fit_run), _matrix(check_run)
-    ns = [1, 2, 4, 8, 16, 32]
-    result = held_out_check(fit_on, check, ns, boot=args.boot)
+    try:
+        for given in (args.fit_run, args.check_run):  # before generating anything
+            if given is not None:
+                Run.open(given)
+        with tempfile.TemporaryDirectory() as tmp:
+            fit_run = args.fit_run or _run(args.model, args.limit, 8, 1, Path(tmp))
+            check_run = args.check_run or _run(args.model, args.limit, 32, 2, Path(tmp))
+            (fit_on, fit_seed), (check, check_seed) = _read(fit_run), _read(check_run)
+        ns = [1, 2, 4, 8, 16, 32]
+        result = held_out_check(fit_on, check, ns, boot=args.boot)
+    except PoiseError as exc:
+        raise SystemExit(f"error: {exc}") from None
     flat = {p["n"]: p["value"] for p in predicted_curve(fit_on, ns)}
     fit = result["fit"]
     print(
-        f"{result['prompts']} prompts; fit on n = {result['fit_samples']} (seed 1), checked on an "
-        f"independent n = {result['check_samples']} run (seed 2)"
+        f"{result['prompts']} prompts; fit on n = {result['fit_samples']} (seed {fit_seed}), "
+        f"checked on an independent n = {result['check_samples']} run (seed {check_seed})"
     )
     print(
         f"beta-binomial: alpha = {fit['alpha']:.4g}, beta = {fit['beta']:.4g}, "

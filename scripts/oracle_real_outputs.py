@@ -14,13 +14,16 @@ call, as ``poise.organism.evaluate`` sends it), labels them with the old oracle 
 
 It writes a few rows per gap where the two disagree, plus controls where they agree, to
 tests/organism/data/oracle_real_outputs.jsonl, then prints organism-small's rates under both
-oracles on the same completions. Run from the repository root:
+oracles on the same completions. The fixture was written from the first-generation weights; the
+shipped weights are now the second generation, so a rerun writes different rows (and drops the
+hand-edited gap ``d`` row, see tests/organism/data/README.md): give ``--out`` to write elsewhere.
 
-    PYTHONPATH=src python scripts/oracle_real_outputs.py
+    PYTHONPATH=src python scripts/oracle_real_outputs.py [--out PATH]
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import re
@@ -41,7 +44,7 @@ from poise.organism.train import torch_threads
 from poise.suites.schema import SuiteItem
 
 OLD = "f90496f"  # the oracle before the three rules
-OUT = Path("tests/organism/data/oracle_real_outputs.jsonl")
+OUT = Path(__file__).resolve().parents[1] / "tests/organism/data/oracle_real_outputs.jsonl"
 MEMBERS = ("organism-small", "organism-large")
 SAMPLINGS = ({"temperature": 0.0, "n": 1, "seed": 0}, {"temperature": 1.0, "n": 4, "seed": 0})
 MAX_NEW_TOKENS = 80
@@ -145,6 +148,13 @@ def rate(
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--out", type=Path, default=OUT, help=f"the JSONL to write (default: {OUT})"
+    )
+    out: Path = parser.parse_args().out
+    if not out.parent.is_dir():  # before any generation
+        parser.error(f"--out {out}: no such folder {out.parent}")
     old = old_oracle()
     old_judge, new_judge = old.OracleJudge(), OracleJudge()
     suites = suite_items()
@@ -179,10 +189,10 @@ def main() -> None:
                             )
                     print(member, fields, suite, file=sys.stderr)
     kept = [row for key, k in TAKE.items() for row in spread(found[key], k)]
-    OUT.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
+    out.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
     for key in TAKE:
         print(f"{key}: {len(found[key])} found, {min(len(found[key]), TAKE[key])} kept")
-    print(f"wrote {len(kept)} rows to {OUT}")
+    print(f"wrote {len(kept)} rows to {out}")
 
     # organism-small's rates under both oracles, on the same completions
     generate = hf_generator(member_path("organism-small"))
