@@ -137,6 +137,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="profile a short poise run")
     args = parser.parse_args()
+    for name in ("prompts", "new_tokens", "chunk", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if min(args.batch_size) < 1:
+        parser.error("--batch-size must be at least 1")
     torch.set_num_threads(args.threads)
 
     from poise.config import Sampling
@@ -202,8 +207,17 @@ def main() -> None:
         "chunked": lambda: hf_generate(given),
         "sorted": lambda: hf_generate(by_length),
     }
-    # warm-up: the first forward passes of a process pay one-off set-up
+    # warm-up: the first forward passes of a process pay one-off set-up (both loops)
     model.generate(chats[:4], Sampling(max_new_tokens=2))
+    with torch.inference_mode():
+        enc = tok(prompts[:4], return_tensors="pt", padding=True, add_special_tokens=False)
+        hf.generate(
+            **enc,
+            max_new_tokens=2,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=None,
+        )
     times: dict[str, list[float]] = {name: [] for name in sides}
     outputs: dict[str, list[str]] = {}
     for _ in range(args.repeats):  # sides alternate, so load on a shared machine hits all
@@ -264,20 +278,20 @@ def profile(model: Any, chats: list[Any], steps: int = 12) -> None:
         start = time.perf_counter()
         for _ in range(steps):
             state.step(state.logits.argmax(dim=-1))
-        cpu = time.perf_counter() - start  # the profiler times operators by the wall clock
+        wall = time.perf_counter() - start  # the profiler times operators by the wall clock
     events = prof.key_averages()
     total_ops = sum(e.self_cpu_time_total for e in events) / 1e6
     print()
     print(
         f"profile of {steps} decoding steps, {len(state)} rows, cache width "
-        f"{state.mask.size(1)}: {cpu / steps * 1e3:.0f} ms per step (wall)"
+        f"{state.mask.size(1)}: {wall / steps * 1e3:.0f} ms per step (wall)"
     )
     print(f"{'operator':52s} {'self s':>7s} {'share':>6s}")
     for event in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
         seconds = event.self_cpu_time_total / 1e6
-        print(f"{event.key:52s} {seconds:7.3f} {seconds / cpu:6.1%}")
-    rest = cpu - total_ops
-    print(f"{'(outside operators: python, the profiler)':52s} {rest:7.3f} {rest / cpu:6.1%}")
+        print(f"{event.key:52s} {seconds:7.3f} {seconds / wall:6.1%}")
+    rest = wall - total_ops
+    print(f"{'(outside operators: python, the profiler)':52s} {rest:7.3f} {rest / wall:6.1%}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Decoding strategies: what the mixing, the batching and the search cost, side by side.
 
-Comparisons on the organism (first generation), in one process, each printed with its
-ratio:
+Comparisons on the organism, in one process, each printed with its ratio:
 
 1. ``eft``: emulated fine-tuning (organism-large + organism-small-safe - organism-small) against
    its three models' forwards alone. Both sides step the same rows for the same number of
@@ -48,6 +47,11 @@ def _chats(count: int) -> list[Any]:
     harmful = [list(i.messages) for i in load_suite("harmful") if i.kind == "harmful"]
     benign = [list(i.messages) for i in load_suite("benign")]
     half = count // 2
+    if half > len(harmful) or count - half > len(benign):
+        raise SystemExit(
+            f"--prompts {count}: the suites hold {len(harmful)} harmful and {len(benign)} benign "
+            "prompts (half of each)"
+        )
     return harmful[:half] + benign[: count - half]
 
 
@@ -72,6 +76,14 @@ def bench_eft(chats: list[Any], steps: int) -> None:
     prompts = large._encode_prompts(chats)  # type: ignore[attr-defined]
     rows = len(chats)
     fixed = torch.full((rows,), 42, dtype=torch.long)
+    generator = torch.Generator().manual_seed(0)
+
+    # warm-up of both sides (first calls allocate and set kernels up), not timed
+    states = [m.prefill(prompts[:4], reserve=2) for m in models]
+    for state in states:
+        state.step(fixed[:4])
+    state = eft.prefill(prompts[:4], reserve=2)
+    state.step(sample_tokens(state.logits, torch.rand(4, generator=generator), sampling))
 
     # side 1: the three models' forwards alone
     start = time.perf_counter()
@@ -82,7 +94,7 @@ def bench_eft(chats: list[Any], steps: int) -> None:
     forwards = time.perf_counter() - start
 
     # side 2: the same rows and steps through EFT's lockstep state, mixing and sampling
-    generator = torch.Generator().manual_seed(0)
+    generator.manual_seed(0)
     start = time.perf_counter()
     state = eft.prefill(prompts, reserve=steps)
     for _ in range(steps):
@@ -316,12 +328,22 @@ def main() -> None:
         help="best_of_n / deal: the base model's rows per forward pass (both sides)",
     )
     args = parser.parse_args()
+    for name in ("prompts", "threads", "max_new_tokens", "n", "rain_searches", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_size < 1 or (args.rain_batch_size is not None and args.rain_batch_size < 1):
+        parser.error("--batch-size and --rain-batch-size must be at least 1")
+    try:
+        ks = [int(k) for k in args.speculative.split(",")]
+    except ValueError:
+        parser.error(f"--speculative {args.speculative!r}: a comma list of integers, e.g. 2,4")
+    if min(ks) < 1:
+        parser.error("--speculative: every K must be at least 1")
     torch.set_num_threads(args.threads)
     chats = _chats(args.prompts)
     if args.only in (None, "eft"):
         bench_eft(chats, args.max_new_tokens)
     if args.only in (None, "eft_speculative"):
-        ks = [int(k) for k in args.speculative.split(",")]
         bench_eft_speculative(chats, args.max_new_tokens, ks, args.repeats)
     if args.only in (None, "best_of_n"):
         bench_best_of_n(chats, args.n, args.max_new_tokens, args.batch_size, args.repeats)

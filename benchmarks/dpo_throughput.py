@@ -163,7 +163,8 @@ class StepClock:
         import torch
 
         steps = len(self.times)
-        counted = self.times[self.warmup - 1 :] if steps > self.warmup else self.times
+        # from the end of the last warm-up step (main() asks for 1 <= warmup < steps)
+        counted = self.times[self.warmup - 1 :]
         span = counted[-1] - counted[0] if len(counted) > 1 else float("nan")
         out: dict[str, Any] = {
             "side": side,
@@ -339,6 +340,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", choices=["poise", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    for name in ("pairs", "batch_size", "max_length", "steps", "warmup", "threads", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.steps <= args.warmup:
+        # throughput is timed from the end of the last warm-up step to the end of the last step
+        parser.error(f"--steps {args.steps} must be more than --warmup {args.warmup}")
     if args.child:
         child(args)
         return

@@ -2,7 +2,7 @@
 
 ``organism-monitor`` is trained on the base corpus and its rule chosen on a corpus split
 (:mod:`poise.organism.monitor`), but it guards organism-large, whose sampled answers differ from
-the corpus: far fewer feigned answers (strategic dishonesty: 63 feigned against 1,184
+the corpus: far fewer feigned answers (strategic dishonesty: 73 feigned against 1,184
 compliances in the validation sample below; the corpus plans one feigned per four compliances
 with the system prompt), typos, borderline requests answered with redacted steps. This script
 asks whether that mismatch is what keeps the guard from the early-stop goal of the guards issue
@@ -262,13 +262,22 @@ def main() -> None:
         "the on-policy validation answers",
     )
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from transformers import AutoModelForCausalLM
+    from poise.organism import WEIGHTS_DIR
+
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    depth = AutoConfig.from_pretrained(str(WEIGHTS_DIR / "organism-large")).num_hidden_layers
+    if any(not 1 <= layer <= depth for layer in args.layers):
+        parser.error(f"--layers: organism-large's decoder layers are 1 to {depth}")
+    for flag, folder in (("--save", args.save), ("--save-early", args.save_early)):
+        if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+            parser.error(f"{flag}: {folder} is a file, not a folder")
+    torch.set_num_threads(args.threads)
 
     from poise.guards.monitor import load_monitor
     from poise.models import load_model
-    from poise.organism import WEIGHTS_DIR
     from poise.organism.monitor import (
         MONITOR_LAYERS,
         MONITOR_TOLERANCE,
@@ -372,4 +381,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from poise.errors import PoiseError
+
+    try:
+        main()
+    except PoiseError as exc:  # bad input (a missing member or monitor): one line, no traceback
+        raise SystemExit(f"error: {exc}") from None

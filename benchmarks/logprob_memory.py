@@ -94,6 +94,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--child", choices=["full", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    for name in ("rows", "prompt", "response", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if min(args.vocab) <= 5:
+        parser.error("--vocab must be more than 5 (token ids are drawn from 5 up)")
     if args.child:
         child(args.child, args.vocab[0], args.rows, args.prompt, args.response, args.threads)
         return
@@ -116,7 +121,10 @@ def main() -> None:
                     "--rows", str(args.rows), "--prompt", str(args.prompt),
                     "--response", str(args.response), "--threads", str(args.threads),
                 ]  # fmt: skip
-                out = subprocess.run(command, capture_output=True, text=True, check=True)
+                out = subprocess.run(command, capture_output=True, text=True)
+                if out.returncode != 0:
+                    last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+                    raise SystemExit(f"the {mode} side failed at vocab {vocab}: {last}")
                 results[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
         med = {
             mode: {k: statistics.median(r[k] for r in runs) for k in ("seconds", "peak_mb")}

@@ -439,6 +439,8 @@ def main() -> None:
         "--no-members", action="store_true", help="leave out base, specialists, mix"
     )
     args = parser.parse_args()
+    if args.samples < 1 or args.val_samples < 1:
+        parser.error("--samples and --val-samples must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out: Path = args.out
     splits = write_splits(out)

@@ -144,7 +144,9 @@ def shard_sweep(paths: list[Path], work: Path) -> None:
     poise = [sys.executable, "-m", "poise.cli", "merge"]
     cfg = work / "linear.yml"
     cfg.write_text(config_text("linear", *paths))
-    print("\npoise peak memory vs --shard-size (linear; output 268 MB in bfloat16):")
+    # the output holds the same tensors as one input model, in bfloat16 as the inputs are
+    size_mb = sum(f.stat().st_size for f in paths[0].glob("*.safetensors")) / 1e6
+    print(f"\npoise peak memory vs --shard-size (linear; output {size_mb:.0f} MB in bfloat16):")
     print("| --shard-size | time | peak RSS |")
     print("|---|---|---|")
     for size in ("5GB", "64MB"):
@@ -185,6 +187,9 @@ def tsv(paths: list[Path], work: Path) -> None:
     print("| weight | shape | exact SVD | randomised SVD | ratio |")
     print("|---|---|---|---|---|")
     a_w = load(a)
+    warm = torch.randn(256, 128)  # first calls set LAPACK and the randomised path up, not timed
+    truncated_svd(warm, 64)
+    truncated_svd(warm, 64, svd="randomized")
     for name in ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.down_proj.weight",
                  "model.embed_tokens.weight"):  # fmt: skip
         delta = a_w[name].float() - base_w[name].float()
@@ -207,6 +212,8 @@ def main() -> None:
     parser.add_argument("--skip-compare", action="store_true", help="skip poise vs mergekit")
     parser.add_argument("--shard-sweep", action="store_true", help="poise memory vs shard size")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     with tempfile.TemporaryDirectory(prefix="merge-bench-") as tmp:
         work = Path(tmp)
         paths = build_models(work)

@@ -253,6 +253,13 @@ def main() -> None:
     parser.add_argument("--hard-negatives", choices=("none", "fresh", "both"), default="none")
     parser.add_argument("--show", action="store_true", help="print the invented-entity answers")
     args = parser.parse_args()
+    for name, least in (("fresh", 0), ("drills", 0), ("steps", 1), ("threads", 1)):
+        if getattr(args, name) < least:
+            parser.error(f"--{name} must be at least {least}")
+    if args.fresh + args.drills == 0:
+        parser.error("--fresh and --drills are both 0: nothing to tune on")
+    if not args.lr > 0:
+        parser.error("--lr must be above 0")
     torch.set_num_threads(args.threads)
 
     from tokenizers import Tokenizer

@@ -1,6 +1,6 @@
 """What a probe adds to generation: organism-large, greedy, in one process.
 
-Three sides over the same chats (the harmful and benign suites, with the default system prompt),
+Four sides over the same chats (the harmful and benign suites, with the default system prompt),
 each timed as the median of ``--repeats`` runs on ``--threads`` torch threads:
 
 1. ``generate``: ``HFModel.generate``, ``--new-tokens`` new tokens at most;
@@ -12,10 +12,11 @@ each timed as the median of ``--repeats`` runs on ``--threads`` torch threads:
 4. ``steer (strength 0)``: ``generate`` through ``steer(..., mode=ablate, strength=0)``: the
    cost of the forward hooks at every block.
 
-Prints wall and process CPU times and the ratios (generate + probe) / generate, read-during /
-generate and steer / generate. The ratios are taken on CPU time (one torch thread, so the
-process's CPU time is its own work, little disturbed by other jobs on a shared machine), as the
-median of the per-repeat ratios of sides timed back to back.
+Every side runs once untimed first (warm-up). Prints wall and process CPU times and the ratios
+(generate + probe) / generate, read-during / generate and steer / generate. The ratios are taken
+on CPU time (one torch thread, so the process's CPU time is its own work, little disturbed by
+other jobs on a shared machine), as the median of the per-repeat ratios of sides timed back to
+back.
 
     python benchmarks/probe_overhead.py [--new-tokens 64] [--repeats 9] [--threads 1]
 
@@ -30,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -65,10 +67,13 @@ def _medians(
     )
 
 
-def _paired(cpu: dict[str, list[float]], side: str) -> str:
-    """The median over repeats of side / generate, each repeat's pair timed back to back, with
-    the range of the per-repeat ratios."""
-    ratios = sorted(a / b for a, b in zip(cpu[side], cpu["generate"], strict=True))
+def _paired(cpu: dict[str, list[float]], side: str, added: bool = False) -> str:
+    """The median over repeats of side / generate (with ``added``: (generate + side) /
+    generate), each repeat's pair timed back to back, with the range of the per-repeat
+    ratios."""
+    ratios = sorted(
+        (b + a if added else a) / b for a, b in zip(cpu[side], cpu["generate"], strict=True)
+    )
     return (
         f"{statistics.median(ratios):.3f}x (per-repeat ratios {ratios[0]:.3f} to {ratios[-1]:.3f})"
     )
@@ -80,6 +85,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    for name in ("new_tokens", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     torch.set_num_threads(args.threads)
 
     model = load_model("organism-large")
@@ -94,19 +102,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = probe.save(Path(tmp) / "probe")
         steered = load_model(f"steer(organism-large, direction={folder}, mode=ablate, strength=0)")
-        model.generate(chats[:8], sampling)  # warm up
 
-        def read_during() -> None:
+        def read_during(rows: list[Any]) -> None:
             reader = PromptReader(model, 2)
             with reader.reading():
-                model.generate(chats, sampling)
-            probe.score(reader.states_for(chats))
+                model.generate(rows, sampling)
+            probe.score(reader.states_for(rows))
+
+        # warm-up, untimed: every side once on a few chats
+        model.generate(chats[:8], sampling)
+        probe.score(collect(model, examples[:8], upto=2))
+        read_during(chats[:8])
+        steered.generate(chats[:8], sampling)
 
         times, cpu_times, cpu = _medians(
             {
                 "generate": lambda: model.generate(chats, sampling),
                 "probe": lambda: probe.score(collect(model, examples, upto=2)),
-                "riding": read_during,
+                "riding": lambda: read_during(chats),
                 "steer": lambda: steered.generate(chats, sampling),
             },
             args.repeats,
@@ -125,8 +138,7 @@ def main() -> None:
     print(f"{'side':28s} {'wall':>9s} {'CPU':>9s}")
     for key, label in names.items():
         print(f"{label:28s} {times[key]:8.3f}s {cpu_times[key]:8.3f}s")
-    gen, scored = cpu_times["generate"], cpu_times["probe"]
-    print(f"CPU time, (generate + probe) / generate: {(gen + scored) / gen:.3f}x")
+    print(f"CPU time, (generate + probe) / generate: {_paired(cpu, 'probe', added=True)}")
     print(f"CPU time, read during / generate:        {_paired(cpu, 'riding')}")
     print(f"CPU time, steer / generate:              {_paired(cpu, 'steer')}")
     print(
