@@ -3,6 +3,7 @@ should, and generate / stream / engine agree."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -207,29 +208,20 @@ def test_a_monitor_of_another_vocabulary_or_not_a_name_is_refused(
 
 
 def test_rows_that_left_do_not_run_a_learned_position_monitor_past_its_table(
-    monitor_dir: Path,
+    monitor_dir: Path, build_gpt2: Callable[..., Path], tmp_path: Path
 ) -> None:
     """A row that finished stays in the monitor's cache (fed padding) while the others decode
     on; it was fed one position further each step, so a monitor of learned positions (GPT-2)
     indexed past its position table once the others decoded long enough (IndexError)."""
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2LMHeadModel
 
     from poise.guards.monitor import Monitor
     from poise.models.base import StepView
 
-    tokenizer = AutoTokenizer.from_pretrained(str(monitor_dir))
-    torch.manual_seed(0)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=32,
-        n_embd=16,
-        n_layer=1,
-        n_head=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    monitor = Monitor(GPT2LMHeadModel(config), tokenizer).eval()
+    gpt2 = build_gpt2(tmp_path / "gpt2", monitor_dir, context=32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gpt2))
+    monitor = Monitor(GPT2LMHeadModel.from_pretrained(gpt2), tokenizer).eval()
     # row 0: a long prompt that ends near the table's end; rows 1-4: short ones. Five rows, so
     # one that leaves stays in the cache (the watch compacts once a quarter of it has left)
     prompts = {0: list(range(10, 34)), **{r: [10 + r, 11, 12] for r in range(1, 5)}}

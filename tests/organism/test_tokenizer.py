@@ -88,32 +88,28 @@ def test_the_template_inserts_the_default_system_prompt_and_an_empty_one_means_n
     assert "<|system|>" not in render([NO_SYSTEM, user])
 
 
-def test_save_tokenizer_writes_the_default_it_is_given(folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        'Say "hi" \\ and ünïcödé.',
+        # outside the basic plane: an escaped surrogate pair in the template's literal rendered
+        # as two lone surrogates
+        "Be kind 🙂, write 𝑥 and 中文.\nTwo lines.",
+    ],
+)
+def test_save_tokenizer_writes_the_default_it_is_given(
+    folder: Path, tmp_path: Path, text: str
+) -> None:
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    text = 'Say "hi" \\ and ünïcödé.'
     save_tokenizer(tokenizer, tmp_path / "other", default_system_prompt=text)
     tok = AutoTokenizer.from_pretrained(tmp_path / "other")
     chat = [{"role": "user", "content": "x"}]
     rendered = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     assert rendered == render_prompt(chat, default_system_prompt=text)
     assert f"<|system|>\n{text}<|end|>" in rendered
-
-
-def test_a_default_outside_the_basic_plane_renders_whole(folder: Path, tmp_path: Path) -> None:
-    from tokenizers import Tokenizer
-    from transformers import AutoTokenizer
-
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    text = "Be kind 🙂, write 𝑥 and 中文.\nTwo lines."
-    save_tokenizer(tokenizer, tmp_path / "other", default_system_prompt=text)
-    tok = AutoTokenizer.from_pretrained(tmp_path / "other")
-    chat = [{"role": "user", "content": "x"}]
-    rendered = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-    # an escaped surrogate pair in the template's literal would render as two lone surrogates
-    assert rendered == render_prompt(chat, default_system_prompt=text)
     assert tok.decode(tok(rendered, add_special_tokens=False)["input_ids"]) == rendered
 
 
