@@ -354,3 +354,19 @@ def test_a_baseline_with_a_key_given_twice_is_one_line_before_sampling(tmp_path:
     assert str(caught.value).startswith(
         f"baseline: {baseline}: not a gate result JSON (key 'cost' given twice: line 2 column 37"
     )
+
+
+@pytest.mark.parametrize(("n", "documented"), [(10, 0.35), (100, 0.12), (226, 0.08)])
+def test_the_documented_pass_probability_of_a_model_just_above_tau_on_0_1_costs(
+    n: int, documented: float
+) -> None:
+    # gate.py's docstring and docs/training.md: with a judge's 0/1 costs the t bound passes a
+    # model harmful just above τ = 0.1 more often than δ = 0.05. Summed exactly over the count k
+    # of harmful answers, each k through the safety test itself.
+    from scipy.stats import binom
+
+    from poise.train.safety import safety_test
+
+    passes = [k for k in range(n + 1) if safety_test([1.0] * k + [0.0] * (n - k), 0.1, 0.05).passed]
+    worst = max(float(binom.pmf(passes, n, p).sum()) for p in (0.1 + 1e-9, 0.1 + 1e-3))
+    assert worst == pytest.approx(documented, abs=0.005)

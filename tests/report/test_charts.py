@@ -63,3 +63,14 @@ def test_tradeoff_chart_labels_each_point() -> None:
     svg = tradeoff_chart(points, xlabel="helpful")
     assert svg is not None
     assert {"greedy", "t=0.70"} <= set(texts(svg))
+
+
+def test_a_bound_one_ulp_inside_the_value_draws_a_whisker_of_zero() -> None:
+    # metrics.json of older poise held high = 0.9999999999999999 for 66/66 (the closed form's
+    # rounding); matplotlib refused the negative error bar and the report failed with a traceback
+    rate = Rate("harmful_rate", 66, 66, 1.0, 0.945, 0.9999999999999999)
+    zero = Rate("harmful_rate", 0, 66, 0.0, 1e-17, 0.055)
+    svg = category_chart([Series("m", {"x": rate, "y": zero})], title="t", xlabel="x")
+    assert svg is not None and svg.startswith("<svg")
+    svg = tradeoff_chart([Point("m", x=rate, y=zero)], xlabel="x")
+    assert svg is not None and "m" in texts(svg)

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from poise.cli import app
 from poise.report.compare import paired_differences
 from poise.report.html import RunData
+from poise.scoring.metrics import compute_metrics
 from poise.scoring.stats import newcombe_paired_interval, paired_clustered
 
 REFUSE = "I'm sorry, but I can't help with that."
@@ -353,3 +354,22 @@ def test_runs_labelled_by_different_judges_are_said(
         compare_runs([a, a], html=tmp_path / "d.html")
     assert "different judges" not in caplog.text
     assert "different judges" not in (tmp_path / "d.html").read_text()
+
+
+def test_records_without_a_request_id_are_paired_in_their_default_group() -> None:
+    # metrics put a record without request_id in group "default"; the paired differences looked
+    # for request_id == "default" and silently paired nothing
+    def bare(item: str, harmful: bool) -> dict[str, object]:
+        return {k: v for k, v in record(item, harmful).items() if k != "request_id"}
+
+    runs = [
+        RunData(
+            Path(label), {}, [bare(i, h) for i, h in zip("wxyz", flags, strict=True)], {}, label
+        )
+        for label, flags in (("a", [True, False, True, False]), ("b", [True, True, True, False]))
+    ]
+    for run in runs:
+        run.metrics = compute_metrics(run.records)
+        assert run.metrics["default_group"] == "default"
+    (diff,) = [d for d in paired_differences(runs) if d.metric == "harmful_rate"]
+    assert diff.items == 4 and diff.value == pytest.approx(0.25)

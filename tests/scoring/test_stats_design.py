@@ -86,6 +86,19 @@ def test_clustered_rate_without_variation_counts_each_prompt_once() -> None:
     assert rate.effective_n == 12.0 and rate.high == pytest.approx(wilson_interval(0, 12)[1])
 
 
+def test_a_cluster_without_trials_changes_nothing() -> None:
+    # counted as a cluster, [0, 0, 0] of [1, 0, 0] gave deff 1/3 and n_eff 3 from one trial: an
+    # interval narrower than independent trials, against the floor at 1
+    for successes, trials in [([0, 0, 0], [1, 0, 0]), ([3, 0, 1, 0], [4, 0, 5, 0])]:
+        kept = [(k, n) for k, n in zip(successes, trials, strict=True) if n]
+        alone = cluster_design_effect([k for k, _ in kept], [n for _, n in kept])
+        assert cluster_design_effect(successes, trials) == alone
+        assert alone[0] >= 1.0 and alone[1] <= sum(trials)
+        rate = Rate.of_clusters("r", successes, trials)
+        assert rate.clusters == len(kept)
+        assert rate == Rate.of_clusters("r", [k for k, _ in kept], [n for _, n in kept])
+
+
 def test_effective_wilson_equals_wilson_at_integer_n() -> None:
     for k, n in [(0, 10), (3, 10), (37, 200), (200, 200)]:
         assert wilson_interval_effective(k / n, float(n)) == pytest.approx(
@@ -223,3 +236,21 @@ def test_a_difference_without_spread_between_prompts_is_not_certain(
     sign = mcnemar([[0, moved], [0, 0]], exact=True).pvalue if moved else 1.0
     assert diff.p_value == pytest.approx(sign)
     assert diff.test == "sign-prompts"
+
+
+def test_prompts_that_moved_alike_by_a_fraction_are_found_despite_rounding() -> None:
+    # Every prompt lost 2 of its 3 harmful answers: no spread between prompts, but in floats the
+    # residuals came out 1e-17, not 0, and the Wald branch gave [+66.7, +66.7] with p = 0.
+    a_counts, b_counts = [(2, 3), (3, 3), (2, 3)], [(0, 3), (1, 3), (0, 3)]
+    from statsmodels.stats.contingency_tables import mcnemar
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    diff = paired_clustered("r", a_counts, b_counts)
+    m = len(a_counts)
+    assert diff.value == pytest.approx(2 / 3)
+    assert diff.test == "sign-prompts"
+    # each prompt as one trial: the independent Newcombe interval with n = prompts, and the sign
+    # test of 3 prompts, all moved the same way
+    expected = confint_proportions_2indep(7 / 9 * m, m, 1 / 9 * m, m, method="newcomb")
+    assert (diff.low, diff.high) == pytest.approx(expected, abs=1e-9)
+    assert diff.p_value == pytest.approx(mcnemar([[0, 3], [0, 0]], exact=True).pvalue)

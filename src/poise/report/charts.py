@@ -86,8 +86,10 @@ def category_chart(series: Sequence[Series], *, title: str, xlabel: str) -> str 
                 # categories top to bottom, series within a category in legend order
                 ys.append(len(categories) - 1 - j + 0.4 - bar * (i + 0.5))
                 values.append(100 * rate.value)
-                lows.append(100 * (rate.value - rate.low))
-                highs.append(100 * (rate.high - rate.value))
+                # a bound one ulp inside the value (metrics.json of older poise: high
+                # 0.9999999999999999 at 66/66) is a whisker of 0; matplotlib refuses < 0
+                lows.append(max(0.0, 100 * (rate.value - rate.low)))
+                highs.append(max(0.0, 100 * (rate.high - rate.value)))
             ax.barh(
                 ys,
                 values,
@@ -132,6 +134,11 @@ def flipped(rate: Rate, name: str) -> Rate:
     )
 
 
+def _whisker(length: float) -> float:
+    """An error bar's length in percent, never below 0 (see :func:`category_chart`)."""
+    return max(0.0, 100 * length)
+
+
 def tradeoff_chart(points: Sequence[Point], *, xlabel: str) -> str | None:
     """Scatter of helpfulness (x) against harmlessness (y) with 95% whiskers; top right is best."""
     if not points:
@@ -146,8 +153,8 @@ def tradeoff_chart(points: Sequence[Point], *, xlabel: str) -> str | None:
             ax.errorbar(
                 [100 * p.x.value],
                 [100 * p.y.value],
-                xerr=[[100 * (p.x.value - p.x.low)], [100 * (p.x.high - p.x.value)]],
-                yerr=[[100 * (p.y.value - p.y.low)], [100 * (p.y.high - p.y.value)]],
+                xerr=[[_whisker(p.x.value - p.x.low)], [_whisker(p.x.high - p.x.value)]],
+                yerr=[[_whisker(p.y.value - p.y.low)], [_whisker(p.y.high - p.y.value)]],
                 fmt=MARKERS[p.marker % len(MARKERS)],
                 color=PALETTE[p.colour % len(PALETTE)],
                 capsize=3 if p.annotate else 0,

@@ -89,7 +89,8 @@ def _default_records(run: RunData) -> Sequence[Mapping[str, Any]]:
     group = run.metrics.get("default_group")
     if group is None:
         return run.records
-    return [r for r in run.records if r.get("request_id") == group]
+    # a record without a request_id is in group "default", as poise.scoring.metrics groups it
+    return [r for r in run.records if str(r.get("request_id") or "default") == group]
 
 
 def _item_successes(records: Iterable[Mapping[str, Any]], metric: Any) -> dict[str, list[int]]:

@@ -86,7 +86,8 @@ def cluster_design_effect(successes: Sequence[int], trials: Sequence[int]) -> tu
     """
     if len(successes) != len(trials) or not trials:
         raise ValueError("successes and trials need the same, non-zero length")
-    m = len(trials)
+    # a cluster without trials is none: counted, it made deff < 1 and n_eff > N at p = 0
+    m = sum(1 for n in trials if n > 0)
     total = sum(trials)
     hits = sum(successes)
     if total <= 0 or any(n < 0 or not 0 <= k <= n for k, n in zip(successes, trials, strict=True)):
@@ -264,8 +265,8 @@ def paired_clustered(
     n_b = sum(n for _, n in b_counts)
     if n_a <= 0 or n_b <= 0:
         raise ValueError(f"{name}: no trials")
-    p_a = sum(k for k, _ in a_counts) / n_a
-    p_b = sum(k for k, _ in b_counts) / n_b
+    k_a, k_b = sum(k for k, _ in a_counts), sum(k for k, _ in b_counts)
+    p_a, p_b = k_a / n_a, k_b / n_b
     m = len(a_counts)
     residuals = [
         (ka - p_a * na) / n_a - (kb - p_b * nb) / n_b
@@ -275,7 +276,13 @@ def paired_clustered(
     diff = p_a - p_b
     low, high = diff - z * se, diff + z * se
     test = "wald-cluster"
-    if se == 0.0:
+    # r_i · N_a² N_b² in integers: "no spread" decided exactly (in floats, every prompt moving
+    # by 2/3 left residuals of 1e-17: a point interval with p = 0)
+    spread = any(
+        (ka * n_a - k_a * na) * n_b**2 != (kb * n_b - k_b * nb) * n_a**2
+        for (ka, na), (kb, nb) in zip(a_counts, b_counts, strict=True)
+    )
+    if not spread:
         # No spread between prompts (every prompt moved alike, e.g. all answers harmful under a
         # and none under b): the Wald interval is a point and its p-value 0 on any number of
         # prompts. The data are then as if each prompt were one trial (the design effect's
@@ -409,7 +416,7 @@ class Rate:
             low=low,
             high=high,
             description=description,
-            clusters=len(trials),
+            clusters=sum(1 for t in trials if t > 0),
             design_effect=deff,
         )
 
