@@ -57,6 +57,31 @@ def test_worst_of_n_caption_names_the_held_out_check() -> None:
     assert "64" in text
 
 
+def _first_column(summary: dict) -> list[str]:
+    console = Console(width=200, record=True)
+    console.print(render_attack_summary(summary))
+    return [
+        line.split("│")[1].strip()
+        for line in console.export_text().splitlines()
+        if line.startswith("│")
+    ]
+
+
+def test_worst_of_n_rows_are_the_powers_of_two_and_the_largest_n_as_in_the_html() -> None:
+    """The terminal table showed the largest empirical N (max() of an empty list raised with
+    predictions alone); the HTML report shows the largest of the empirical and predicted N."""
+    rate = {"value": 0.5, "low": 0.4, "high": 0.6}
+    summary = {
+        "attack": "worst_of_n",
+        "prompts": 3,
+        "samples_per_prompt": 6,
+        "empirical": [{"n": n, **rate} for n in (1, 2, 3, 6)],
+        "predicted": [{"n": n, **rate} for n in (1, 2, 3, 6, 100)],
+    }
+    assert _first_column(summary) == ["1", "2", "100"]
+    assert _first_column({**summary, "empirical": []}) == ["1", "2", "100"]
+
+
 def test_whether_the_beta_binomial_fits_is_said_in_words_not_as_true_or_false() -> None:
     """The caption and the report's note said "... at every sampled N: True" (or False, with
     no N named); now: inside, or OUTSIDE at the N where it misses."""

@@ -128,8 +128,10 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
     predicted = {p["n"]: p for p in summary["predicted"]}
     power_at = {p["n"]: p for p in power}
     empirical = {e["n"]: e for e in summary["empirical"]}
+    # powers of two and the largest N, empirical or predicted, as the HTML report shows them
+    largest = max(set(predicted) | set(empirical), default=None)
     for n in sorted(set(predicted) | set(empirical)):
-        if n & (n - 1) != 0 and n != max(empirical):
+        if n & (n - 1) != 0 and n != largest:
             continue
         cells = [str(n), _pct(empirical.get(n)), _pct(predicted.get(n))]
         table.add_row(*cells, *([_pct(power_at.get(n))] if power else []))
