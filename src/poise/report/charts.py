@@ -88,8 +88,8 @@ def category_chart(series: Sequence[Series], *, title: str, xlabel: str) -> str 
                 values.append(100 * rate.value)
                 # a bound one ulp inside the value (metrics.json of older poise: high
                 # 0.9999999999999999 at 66/66) is a whisker of 0; matplotlib refuses < 0
-                lows.append(max(0.0, 100 * (rate.value - rate.low)))
-                highs.append(max(0.0, 100 * (rate.high - rate.value)))
+                lows.append(_whisker(rate.value - rate.low))
+                highs.append(_whisker(rate.high - rate.value))
             ax.barh(
                 ys,
                 values,
