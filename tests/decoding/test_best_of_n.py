@@ -157,6 +157,21 @@ def test_a_flag_that_is_not_true_or_false_and_an_unused_bad_number_are_refused(
     assert "worst" not in model.spec
 
 
+def test_a_transform_temperature_that_overflows_is_refused_when_built() -> None:
+    """``t=1000`` with ``transform=bon`` was accepted, and ``exp(t u)`` raised OverflowError (a
+    traceback) only once all N samples had been drawn and scored. ``t`` is now at most 700,
+    where both transforms stay finite, non-zero floats for every calibrated score."""
+    with pytest.raises(PoiseError, match=r"best_of_n: t must be at most 700 .* got 1000"):
+        BestOfN(MockModel("m"), reward="keywords:a", calibrate=True, transform="bon", t=1000)
+    rewards, costs = [float(i) for i in range(64)], [float(i % 5) for i in range(64)]
+    for transform in ("bon", "won"):
+        BestOfN(MockModel("m"), reward="keywords:a", calibrate=True, transform=transform, t=700)
+        # at the bound the picks are still those of a moderate t: no overflow, no false ties
+        assert select(rewards, None, calibrate=True, transform=transform, t=700) == 63
+        assert select(None, costs, calibrate=True, transform=transform, t=700) == 0
+        assert select(rewards, None, calibrate=True, transform=transform, t=700, worst=True) == 0
+
+
 def test_the_organism_cost_model_scores_compliance_above_refusal() -> None:
     """First-generation organism: organism-cost, read as poise.train and the organism train it."""
     try:

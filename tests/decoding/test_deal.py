@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from poise.decoding.deal import DeAL, rewind
 from poise.decoding.scorers import load_scorer
 from poise.errors import PoiseError
 from poise.models import load_model, no_system_prompt, with_system_prompt
+from poise.models.context import ContextLengthError
 from poise.models.hf import HFModel
 from poise.models.mock import MockModel
 
@@ -297,3 +299,40 @@ def test_the_answers_token_ids_are_greedy_decodings_with_its_eos(eos_hf_model_di
     [[cut]] = deal.generate(chats[:1], stop)
     assert cut.finish_reason == "stop" and cut.token_ids is not None
     assert len(cut.token_ids) == cut.num_tokens < ended.num_tokens
+
+
+def test_an_answer_ends_at_the_context_and_nothing_is_fed_past_it(
+    tiny_hf_model_dir: Path, build_gpt2: Any, tmp_path: Path
+) -> None:
+    """The search ran to ``max_new_tokens`` whatever the context: on a model of learned
+    positions (GPT-2, a context of 24) a long answer, its lookahead or a long prompt fed
+    positions past the context (IndexError; a rotary model decodes garbage there). The answer
+    now ends where the candidate and its lookahead would not fit ("length"), as the base model
+    ends a row at its context, and a prompt that leaves no room is refused before any search."""
+    gpt = HFModel(str(build_gpt2(tmp_path / "gpt", tiny_hf_model_dir, context=24)), device="cpu")
+    chat = [{"role": "user", "content": "hi"}]
+    room = 24 - len(gpt.prompt_ids(chat))
+    long = Sampling(max_new_tokens=room + 20)
+    [[plain]] = gpt.generate([chat], long)
+    assert (plain.finish_reason, plain.num_tokens) == ("length", room)
+    seen: list[int] = []
+    hook = gpt.model.transformer.wpe.register_forward_pre_hook(
+        lambda _module, args: seen.append(int(args[0].max()))
+    )
+    try:
+        # lam = 0, beam 1: greedy decoding, cut where the base model cuts it
+        [[greedy]] = DeAL(gpt, k=2, beam=1, lam=0, lookahead=0).generate([chat], long)
+        assert greedy.token_ids == plain.token_ids and greedy.finish_reason == "length"
+        # a lookahead of 3 tokens sits past the answer: the answer ends 3 tokens earlier
+        deal = DeAL(gpt, k=2, beam=2, lookahead=3, reward="length:3")
+        assert deal.context_length == 21
+        [[ahead]] = deal.generate([chat], long)
+        assert (ahead.finish_reason, ahead.num_tokens) == ("length", room - 3)
+    finally:
+        hook.remove()
+    assert seen and max(seen) <= 23
+    # 22 prompt tokens fit the base model's context, not one token and its lookahead
+    crowded = [{"role": "user", "content": "hello there friend"}]
+    assert len(gpt.prompt_ids(crowded)) == 22
+    with pytest.raises(ContextLengthError, match=r"chat 1: .* maximum context length is 21"):
+        deal.generate([chat, crowded], Sampling())

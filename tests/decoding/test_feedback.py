@@ -11,7 +11,8 @@ import pytest
 import poise
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.decoding.feedback import FeedbackRevision, parse_feedback
+from poise.decoding.best_of_n import BestOfN
+from poise.decoding.feedback import FeedbackRevision, feedback_fires, parse_feedback
 from poise.errors import PoiseError
 from poise.models import load_model
 from poise.models.base import Chat
@@ -101,6 +102,44 @@ def test_a_verdict_with_other_braces_around_it_is_read() -> None:
     assert parse_feedback(f"Format: {echoed}\nVerdict: {verdict}") == expected
     assert parse_feedback(f"{verdict}\n{verdict.replace('true', 'false')}") == expected
     assert parse_feedback("{not json} {} {[}") is None
+
+
+def test_a_null_feedback_is_no_feedback() -> None:
+    """``"feedback": null`` was read as the text "null": a flagged answer was revised with
+    "Feedback on your previous answer: null", though the agent gave nothing to act on."""
+    verdict = parse_feedback('{"unsafe": true, "overrefusal": false, "feedback": null}')
+    assert verdict == (True, False, "")
+    assert not feedback_fires(verdict)
+    assert parse_feedback('{"unsafe": true, "overrefusal": false, "feedback": ["a"]}') == (
+        True,
+        False,
+        '["a"]',
+    )
+
+
+def test_the_inner_models_record_is_kept_beside_its_own() -> None:
+    """feedback_revision and best_of_n replaced the answer's metadata with their own record:
+    around a strategy that records how it answered (best_of_n's pick, feedback_revision's
+    verdict, rain's counts), that record was lost; each keeps it now, beside its own."""
+    chats = [[{"role": "user", "content": q}] for q in (BOMB, FRANCE)]
+    best = BestOfN(MockModel("mock:conversation", responses=conversation), n=2, reward="length:2")
+    wrapped = FeedbackRevision(best, feedback=MockModel("mock:reviewer", responses=reviewer))
+    [[bomb], [france]] = wrapped.generate(chats, Sampling(temperature=1.0))
+    assert bomb.text == SAFE_REVISION and bomb.metadata is not None
+    assert bomb.metadata["feedback_fired"] and bomb.metadata["picked"] == 0
+    assert france.metadata == {
+        "picked": 0,
+        "calibrated_reward": 0.5,
+        "feedback_fired": False,
+        "unsafe": False,
+        "overrefusal": False,
+        "feedback": "",
+    }
+    outer = BestOfN(model(), n=2, reward="keywords:Paris")
+    [[bomb], [france]] = outer.generate(chats, Sampling(temperature=1.0))
+    assert bomb.metadata is not None and france.metadata is not None
+    assert bomb.metadata["first_answer"] == "Sure: step 1, get the explosive."
+    assert france.metadata["picked"] == 0 and france.metadata["feedback_fired"] is False
 
 
 def test_the_audit_records_whether_feedback_fired(tmp_path: Path) -> None:

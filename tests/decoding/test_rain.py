@@ -16,7 +16,7 @@ import torch
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.decoding.rain import Node, Rain, mix_priors, set_length
+from poise.decoding.rain import Node, Rain, _Evaluate, _Rollout, _Sets, mix_priors, set_length
 from poise.errors import PoiseError
 from poise.models import load_model
 from poise.models.hf import HFModel
@@ -145,6 +145,34 @@ def test_alike_children_that_score_below_0_are_widened() -> None:
     mixed = mix_priors([p / sum(head) for p in head])
     assert root.children[(5, 6)].p == pytest.approx(mixed[1])
     assert root.children[(1, 2)].p == 0.5  # an existing child keeps its prior
+
+
+def test_widening_normalises_the_new_sets_with_the_stored_ones_as_drawn(tiny: HFModel) -> None:
+    """node.add (HH/nodes.py) puts the new sets before ``self.logits``, which search sets to
+    ``egp``: the expansion's sets with group_getp's unnormalised probabilities. poise kept the
+    children's priors there instead (normalised, and mixed at the root), so the new children
+    of a widened node got other priors than the reference's: here 0.03 against 0.625."""
+    rain = Rain(tiny, similarity="none")
+    prompt = tiny.prompt_ids([{"role": "user", "content": "hi"}])
+    root = Node(None, 0.0)
+    eos = set(tiny.eos_token_ids)
+    search = rain._search(
+        root, list(prompt), len(prompt), 8, "hi", {}, None, torch.Generator(), eos
+    )
+    assert isinstance(next(search), _Rollout)
+    assert isinstance(search.send([*prompt, 5]), _Evaluate)
+    assert isinstance(search.send(-1.0), _Sets)
+    drawn = [((5, 6), 0.02), ((7, 8), 0.01)]
+    with pytest.raises(StopIteration):
+        search.send(drawn)
+    expanded = mix_priors([2 / 3, 1 / 3])  # the children's priors: normalised, root-mixed
+    assert [c.p for c in root.children.values()] == pytest.approx(expanded)
+    root.widen([((9, 10), 0.03), ((11, 12), 0.01)])
+    # the first children + 1 = 3 sets: the two new ones, then (5, 6) as drawn (0.02)
+    head = [0.03, 0.01, 0.02]
+    mixed = mix_priors([p / sum(head) for p in head])
+    assert root.children[(9, 10)].p == pytest.approx(mixed[0])
+    assert root.children[(11, 12)].p == pytest.approx(mixed[1])
 
 
 def test_reference_schedules() -> None:

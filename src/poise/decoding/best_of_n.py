@@ -61,6 +61,9 @@ __all__ = ["BestOfN", "calibrated", "select"]
 TRANSFORMS = ("none", "bon", "won")
 #: samples drawn per chat at most (sampling.n x N), the bound of ``Sampling.n``
 MAX_DRAWN = 4096
+#: the transforms' temperature at most: ``exp(t u)`` of a calibrated ``u`` in (0, 1) stays a
+#: finite float (exp overflows past about 709) and ``exp(-t u)`` a normal one (no false ties at 0)
+MAX_T = 700.0
 
 
 def calibrated(scores: Sequence[float]) -> list[float]:
@@ -155,6 +158,12 @@ class BestOfN(WrappedModel):
             )
         lam = 1.0 if lam is None else check_number("best_of_n", "lam", lam)
         t = 1.0 if t is None else check_number("best_of_n", "t", t, positive=True)
+        if t > MAX_T:
+            # an OverflowError only once every sample had been drawn and scored
+            raise PoiseError(
+                f"best_of_n: t must be at most {MAX_T:g} (exp(t u) of a calibrated score u "
+                f"overflows past it), got {t!r}"
+            )
         if transform != "none" and not calibrate:
             raise PoiseError(
                 "best_of_n: InfAlign's transformations act on calibrated scores: add calibrate=true"
@@ -250,7 +259,9 @@ class BestOfN(WrappedModel):
                 if costs is not None:
                     meta["calibrated_cost"] = calibrated(costs)[pick]
                 # the picked sample as the base gave it (its token ids too: what a server's
-                # usage counts and its log-probs cover), with the choice recorded
+                # usage counts and its log-probs cover), with the choice recorded beside what
+                # the base recorded (a wrapped strategy's own record, e.g. rain's counts)
+                meta = {**(picked.metadata or {}), **meta}
                 chosen.append(dataclasses.replace(picked, metadata=meta))
             results.append(chosen)
             offset += len(row)

@@ -8,7 +8,10 @@ candidate is extended greedily by ``lookahead`` tokens; the candidate is scored 
 
 (the log-likelihood of the prefix with the candidate token, plus ``lam`` times the heuristic of
 its greedy lookahead), and the ``beam`` best candidates of the prompt are kept. A prompt is done
-when its best candidate ends (EOS) or reaches ``max_new_tokens``. The heuristic ``h`` is a
+when its best candidate ends (EOS) or reaches ``max_new_tokens``, or where the prompt, the answer
+and the lookahead fill the model's context (finish reason ``"length"``, as plain decoding ends a
+row there; a prompt that leaves no room is a
+:class:`~poise.models.context.ContextLengthError`). The heuristic ``h`` is a
 weighted sum of the scorers given (:mod:`poise.decoding.scorers`: a reward or cost model,
 ``keywords:...`` coverage, ``length:N``), the kinds of alignment objective the paper searches by:
 
@@ -48,6 +51,7 @@ from poise.decoding import strategies
 from poise.decoding.scorers import Scorer, check_scorer, load_scorer
 from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
+from poise.models.context import ContextLengthError
 from poise.models.decode import cut_at_stop
 from poise.models.hf import row_seed, tempered
 from poise.models.wrapped import WrappedModel
@@ -105,6 +109,7 @@ class _Search:
     scores: list[float] = field(default_factory=lambda: [0.0])  # log p of each beam's prefix
     answer: tuple[list[int], list[float], str] | None = None  # tokens, log-probs, finish
     end_token: int | None = None  # the EOS token that ended the answer, if one did
+    limit: int = 0  # the answer's tokens at most: max_new_tokens, or fewer where the context ends
 
 
 @strategies.register(
@@ -222,6 +227,17 @@ class DeAL(WrappedModel):
     ) -> list[list[Completion]]:
         if not chats:
             return []
+        inner: Any = self.inner
+        context = self.context_length  # the base's, less the lookahead's tokens
+        if context is not None:
+            # past the context a model of learned positions fails (IndexError) and one of rotary
+            # positions decodes garbage: a prompt that leaves no room is refused, before any
+            # search, as the base model's generate refuses one
+            for c, prompt in enumerate(inner._encode_prompts(chats)):
+                if len(prompt) >= context:
+                    raise ContextLengthError(
+                        context, len(prompt), None, at_least=False, where=f"{self.name}: chat {c}"
+                    )
         searches = []
         for chat in chats:
             for sample in range(sampling.n):
@@ -309,6 +325,13 @@ class DeAL(WrappedModel):
         pad = inner.pad_token_id
         sampling = searches[0].sampling
         prompts = inner._encode_prompts([s.chat for s in searches])
+        for search, prompt in zip(searches, prompts, strict=True):
+            # the candidate and its lookahead must fit after the answer: an answer ends where
+            # they would not ("length"), as the base model ends a row at its context
+            room = None if self.context_length is None else self.context_length - len(prompt)
+            search.limit = (
+                sampling.max_new_tokens if room is None else min(room, sampling.max_new_tokens)
+            )
         state = inner.prefill(prompts, reserve=sampling.max_new_tokens + self.lookahead + 1)
         if self.lookahead and not state.mergeable:
             raise PoiseError(f"deal: {inner.name!r}'s KV cache cannot rewind (not plain attention)")
@@ -356,7 +379,7 @@ class DeAL(WrappedModel):
                     tokens = [*search.beams[b], token]
                     token_logps = [*search.logprobs[b], cand_logprobs[first + b][j]]
                     finished = token in eos
-                    full = len(tokens) >= sampling.max_new_tokens
+                    full = len(tokens) >= search.limit
                     if rank == 0 and (finished or full):
                         search.answer = (
                             tokens[:-1] if finished else tokens,

@@ -86,8 +86,10 @@ def parse_feedback(text: str) -> tuple[bool, bool, str] | None:
         if isinstance(data, dict):
             unsafe, over = data.get("unsafe"), data.get("overrefusal")
             if isinstance(unsafe, bool) and isinstance(over, bool):
-                note = data.get("feedback", "")
-                return unsafe, over, note if isinstance(note, str) else json.dumps(note)
+                # a null (or absent) feedback is none to act on, not the text "null"
+                note = data.get("feedback")
+                note = "" if note is None else note if isinstance(note, str) else json.dumps(note)
+                return unsafe, over, note
         start = text.find("{", start + 1)
     return None
 
@@ -198,7 +200,9 @@ class FeedbackRevision(WrappedModel):
             if i in revisions:
                 meta["first_answer"] = answer.text
                 answer = revisions[i]
-            # the answer (or its revision) as the conversation model gave it, token ids too
+            # the answer (or its revision) as the conversation model gave it, token ids too,
+            # and what that model recorded (a wrapped strategy's own record) beside ours
+            meta = {**(answer.metadata or {}), **meta}
             results[c].append(dataclasses.replace(answer, metadata=meta))
         if progress is not None:
             progress(len(chats))

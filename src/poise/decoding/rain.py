@@ -48,8 +48,9 @@ threshold means something different under each.
 a node with fewer than 20 children, all with embeddings, whose embeddings' variance has norm
 below ``0.03`` times the set length and whose best child has ``q < 0`` gets more children: the
 top ``children + 1`` tokens for single-token sets, else two more candidate sets (the greedy one
-and one sampled) put before the stored ones, of which the first ``children + 1`` are normalised
-and the new ones added. The threshold was set for the reference's encoder; under poise's
+and one sampled) put before the stored ones (with the probabilities they were drawn with, not
+the children's priors), of which the first ``children + 1`` are normalised and the new ones
+added. The threshold was set for the reference's encoder; under poise's
 substitutes it means something else.
 
 **Where poise departs from the reference.** The value bounds are one tracker per answer (the
@@ -273,7 +274,8 @@ class Node:
         self.q = 0.0
         self.reward = 0.0
         self.embedding: Embedding | None = None
-        # what expand() was given: the candidate sets, for node.add's widening
+        # the candidate sets with their unnormalised probabilities (main.py: search's ``egp``),
+        # for node.add's widening
         self.sets: list[tuple[tuple[int, ...], float]] = []
 
     def expand(self, sets: Sequence[tuple[tuple[int, ...], float]]) -> None:
@@ -935,6 +937,10 @@ class Rain(WrappedModel):
             if node.parent is None:
                 priors = mix_priors(priors)
             node.expand([(t, p) for (t, _), p in zip(sets, priors, strict=True)])
+            # node.add normalises the stored sets with the new ones as group_getp gave them
+            # (main.py: search keeps ``egp``, the sets' unnormalised probabilities), not the
+            # priors just derived from them (normalised, and mixed at the root)
+            node.sets = list(sets)
         node.backup(value, full, embed, path_n=len(full) - len(state))
 
     @torch.inference_mode()

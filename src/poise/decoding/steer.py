@@ -17,7 +17,10 @@ to the same norm.
   attention and MLP outputs): the embeddings (block 0's input), each block's attention output
   (so its MLP reads no component along ``r``) and each block's output (the next one's input;
   with the attention output ablated, the same as ablating the MLP's). ``strength=1`` removes
-  the component entirely. ``layer`` is not used by ablation. A block whose attention module
+  the component entirely (the paper's ablation; applying it again changes nothing). Another
+  strength is poise's extension, applied at every one of those writes: the component that
+  reaches a block is scaled by ``1 - strength`` at each, so it compounds over the layers
+  (``(1 - s)^k`` after ``k`` writes), not one scaling of the whole stream. ``layer`` is not used by ablation. A block whose attention module
   poise does not find (``self_attn``, ``attn``, ``attention``, ``self_attention``) is ablated
   at its input and output only, with a warning.
 

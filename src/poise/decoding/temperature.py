@@ -6,7 +6,9 @@ arXiv 1503.02531, Section 2). The audit's own ``sampling.temperature`` T still a
 hook, so sampling runs at an effective temperature of ``t * T``; greedy decoding is unchanged
 (dividing by ``t > 0`` keeps the argmax). Its use is as a test of the step seam (wrapped models
 built on the hook, their names, specs and resumable runs) and as a sharpening or flattening
-knob that composes with other strategies.
+knob that composes with other strategies as the outer one (``logit_temperature(best_of_n(M))``):
+it has no token-level step of its own, so a strategy that needs one (``eft``, ``deal``, another
+``logit_temperature``) refuses it as its inner model.
 """
 
 from __future__ import annotations
