@@ -149,6 +149,20 @@ def test_n_choices(start_server: StartServer, echo_model: EchoModel) -> None:
     assert len(set(contents)) == 3
 
 
+def test_text_parts_are_joined_by_newlines_as_vllm_joins_them(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    """A message's content given as text parts reaches the model as vLLM hands it to a chat
+    template that takes a string: the parts joined by "\\n" (two sentences sent as two parts are
+    not glued into one word)."""
+    server = start_server(echo_model)
+    parts = [{"type": "text", "text": "first part."}, {"type": "text", "text": "second part"}]
+    payload = {"model": "echo", "messages": [{"role": "user", "content": parts}]}
+    response = httpx.post(f"{server.base_url}/chat/completions", json=payload, timeout=30)
+    assert response.status_code == 200, response.text
+    assert echo_model.seen_messages()[-1] == "first part.\nsecond part"
+
+
 def test_stream_concatenates_to_the_full_text(
     start_server: StartServer, echo_model: EchoModel
 ) -> None:

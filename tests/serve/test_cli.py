@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -189,3 +190,34 @@ def test_which_hosts_are_exposed(host: str, exposed: bool) -> None:
 
     assert (exposure_warning(host, None) is not None) is exposed
     assert exposure_warning(host, "sk-key") is None
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [("127.0.0.1", "http://127.0.0.1:{port}/v1"), ("::1", "http://[::1]:{port}/v1")],
+)
+def test_the_url_said_at_start_is_one_a_client_can_use(
+    host: str, url: str, unused_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The line printed once the model is loaded gives the base URL to paste into a client; an
+    IPv6 address goes in brackets there (http://::1:8000/v1 is no URL)."""
+    import types
+
+    import poise.serve.app
+
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", unused_port))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    monkeypatch.setattr(
+        poise.models, "load_model", lambda spec, **_: types.SimpleNamespace(name="m")
+    )
+
+    def serve(config: object, *, model: object, on_ready: Any, **_: object) -> None:
+        on_ready(model)
+
+    monkeypatch.setattr(poise.serve.app, "serve", serve)
+    code, output = run("--host", host, "--port", str(unused_port), "--api-key", "k")
+    assert code == 0, output
+    assert url.format(port=unused_port) in output

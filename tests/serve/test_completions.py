@@ -646,3 +646,126 @@ def test_a_completion_request_body_with_a_key_given_twice_is_a_400() -> None:
         parse_completion_request(raw, ServeConfig(served_name="tiny"))
     assert (info.value.status, info.value.code) == (400, "invalid_json")
     assert "key 'prompt' given twice: line 1 column 34" in info.value.message
+
+
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+def test_a_number_too_long_to_read_is_a_400_not_a_500(server: ThreadServer, route: str) -> None:
+    """Python refuses to convert an integer of more than 4300 digits (a ValueError that is not a
+    JSONDecodeError): the client's malformed body, so a 400 as for any other, not a 500 with a
+    traceback in the log."""
+    fields = (
+        '"prompt": "x"'
+        if route == "completions"
+        else '"messages": [{"role": "user", "content": "x"}]'
+    )
+    for number in ("9" * 5000, "-" + "1" * 4301):
+        raw = f'{{"model": "tiny", {fields}, "max_tokens": {number}}}'
+        response = httpx.post(
+            f"{server.url}/v1/{route}",
+            content=raw,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_json")
+        assert "more than 4300 digits" in error["message"]
+    # ... and a long number that Python does read is still a number (a 400 naming the field)
+    raw = f'{{"model": "tiny", {fields}, "max_tokens": {"9" * 4300}}}'
+    response = httpx.post(
+        f"{server.url}/v1/{route}", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "max_tokens"
+
+
+def test_a_model_failure_in_a_completion_is_a_500_logged_once(
+    model: HFModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As in the chat route: the route answers an unexpected failure itself with the 500 error
+    object, logged once. Left to the app's exception handler, Starlette re-raised it after the
+    response, and uvicorn logged it a second time as "Exception in ASGI application" (here,
+    httpx's ASGI transport raises what the app lets out)."""
+    import asyncio
+    import logging
+
+    from poise.serve.app import create_app
+    from poise.serve.schema import ServeConfig
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("scripted failure")
+
+    monkeypatch.setattr(model, "complete", fail)
+    app = create_app(model, ServeConfig(served_name="tiny"))
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://poise") as client:
+            body = {"model": "tiny", "prompt": "the cat", "max_tokens": 2}
+            return await client.post("/v1/completions", json=body)
+
+    with caplog.at_level(logging.ERROR):
+        response = asyncio.run(main())
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "message": "internal server error (see the server log)",
+        "type": "server_error",
+        "param": None,
+        "code": "internal_error",
+    }
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None and "scripted failure" in str(failures[0].exc_info[1])
+
+
+def test_a_log_prob_of_minus_infinity_is_sent_as_vllm_sends_it(
+    server: ThreadServer, model: HFModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A token the model rules out (a logit of -inf) has a log-prob of -inf, which JSON cannot
+    hold: a plain response failed with a 500 and a stream sent ``-Infinity``, which strict JSON
+    parsers refuse. vLLM sends -9999.0 in its place (its source calls it "the JSON-serializable
+    float that OpenAI uses"); so does poise serve, in both routes."""
+    from poise.models.base import SequenceLogprobs
+
+    original = model.sequence_logprobs
+
+    def ruled_out(*args: Any, **kwargs: Any) -> list[SequenceLogprobs]:
+        found = []
+        for result in original(*args, **kwargs):
+            logprobs = list(result.logprobs)
+            top = [list(alternatives) for alternatives in result.top]
+            # the last position: a generated token, never the prompt's first
+            logprobs[-1] = float("-inf")
+            if top[-1]:  # with alternatives asked for
+                top[-1][-1] = (top[-1][-1][0], float("-inf"))
+            found.append(
+                SequenceLogprobs(result.token_ids, tuple(logprobs), tuple(map(tuple, top)))
+            )
+        return found
+
+    monkeypatch.setattr(model, "sequence_logprobs", ruled_out)
+    fields: dict[str, Any] = {"max_tokens": 4, "temperature": 0}
+    chat = post(server, "chat/completions", messages=CHAT, logprobs=True, top_logprobs=2, **fields)
+    assert chat.status_code == 200, chat.text
+    assert "Infinity" not in chat.text
+    last = chat.json()["choices"][0]["logprobs"]["content"][-1]
+    assert last["logprob"] == -9999.0
+    assert last["top_logprobs"][-1]["logprob"] == -9999.0
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        json={"model": "tiny", "messages": CHAT, "logprobs": True, "stream": True, **fields},
+        timeout=60,
+    ) as response:
+        lines = list(response.iter_lines())
+    assert not any("Infinity" in line for line in lines)
+    chunks, done = read_sse(lines)
+    assert done
+    streamed = [c["choices"][0]["logprobs"] for c in chunks if c["choices"][0]["logprobs"]]
+    assert streamed[-1]["content"][-1]["logprob"] == -9999.0
+    legacy = post(server, "completions", prompt="the cat", logprobs=2, **fields)
+    assert legacy.status_code == 200, legacy.text
+    assert "Infinity" not in legacy.text
+    logprobs = legacy.json()["choices"][0]["logprobs"]
+    assert logprobs["token_logprobs"][-1] == -9999.0
+    assert -9999.0 in logprobs["top_logprobs"][-1].values()

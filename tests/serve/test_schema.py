@@ -58,7 +58,7 @@ def test_extensions_and_aliases() -> None:
     )
     assert req.chat == [
         {"role": "system", "content": "be brief"},
-        {"role": "user", "content": "ab"},
+        {"role": "user", "content": "a\nb"},  # as vLLM joins text parts
     ]
     assert req.sampling.top_k == 0
     assert req.sampling.max_new_tokens == 5
@@ -76,6 +76,8 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
     (body(messages="hi"), "messages", "invalid_type"),
     (body(messages=[{"role": "user"}]), "messages[0].content", "missing_required_parameter"),
     (body(messages=[{"role": "user", "content": 3}]), "messages[0].content", "invalid_type"),
+    (body(messages=[{"role": "user", "content": None}]), "messages[0].content", "invalid_type"),
+    (body(messages=[{"role": "system"}]), "messages[0].content", "missing_required_parameter"),
     (body(messages=[{"role": "robot", "content": "x"}]), "messages[0].role", "invalid_value"),
     (body(messages=[{"role": "tool", "content": "x"}]), "messages[0].role", "invalid_value"),
     (
@@ -167,6 +169,23 @@ def test_malformed_requests_are_400_with_the_param(
     assert err.code == code
     assert err.body()["error"]["type"] == "invalid_request_error"
     assert err.message and "\n" not in err.message
+
+
+def test_an_assistant_message_may_go_without_content_as_openai_allows() -> None:
+    """OpenAI's schema lets an assistant message's content be null or absent (vLLM reads it as
+    empty); it was a 400. Only an assistant message: a user's or system's stays required."""
+    for assistant in ({"role": "assistant", "content": None}, {"role": "assistant"}):
+        req = parse_request(
+            body(
+                messages=[
+                    {"role": "user", "content": "hi"},
+                    assistant,
+                    {"role": "user", "content": "go on"},
+                ]
+            ),
+            CONFIG,
+        )
+        assert req.chat[1] == {"role": "assistant", "content": ""}
 
 
 def test_harmless_off_values_of_unsupported_parameters_pass() -> None:

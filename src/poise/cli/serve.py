@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         max_batch: int = typer.Option(
             32,
             "--max-batch",
-            help="Most rows decoding together (continuous batching) or chats in one generate call.",
+            help="Most rows decoding together (continuous batching) or chats in one generate call. "
+            "A request of more samples (n) than this waits for an empty batch and decodes its n rows together.",
         ),
         join_rows: int = typer.Option(
             8,
@@ -123,9 +124,11 @@ def register(app: typer.Typer) -> None:
 
             def ready(served: LanguageModel) -> None:
                 keyed = "API key required" if config.api_key else "no API key"
+                # an IPv6 address goes in brackets in a URL (RFC 3986): http://[::1]:8000/v1
+                host = f"[{config.host}]" if ":" in config.host else config.host
                 console.print(
                     f"serving [bold]{shown(served.name)}[/] as [bold]{shown(config.name)}[/] on "
-                    f"http://{config.host}:{config.port}/v1 ({keyed}; Ctrl-C to stop)",
+                    f"http://{host}:{config.port}/v1 ({keyed}; Ctrl-C to stop)",
                     highlight=False,
                     soft_wrap=True,
                 )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import secrets
 import threading
 import time
@@ -38,7 +39,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 from poise.config import Sampling
-from poise.errors import PoiseError, parse_json
+from poise.errors import PoiseError
 from poise.guards.record import generated_tokens
 from poise.models.base import Completion, LanguageModel, SequenceLogprobs, StepView
 from poise.models.context import tokens_at_least
@@ -58,12 +59,15 @@ from poise.serve.schema import (
     check_unsupported,
     error_body,
     parse_sampling,
+    read_body,
     shutdown_error,
     validation_error,
 )
 from poise.serve.ticket import fresh_seed
 
 __all__ = ["CompletionRequest", "add_completions_route", "parse_completion_request"]
+
+logger = logging.getLogger(__name__)
 
 _FINISH_REASONS = {"stop": "stop", "length": "length", "guard": "content_filter"}
 # Prompts one request may hold (lm-eval sends its batch as one list).
@@ -138,14 +142,7 @@ class CompletionRequest:
 
 def parse_completion_request(raw: bytes, config: ServeConfig) -> CompletionRequest:
     """Bytes of a request body -> :class:`CompletionRequest`, or :class:`RequestError` (400)."""
-    try:
-        data = parse_json(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise RequestError(
-            f"the request body is not valid JSON ({exc})", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise RequestError("the request body must be a JSON object", code="invalid_type")
+    data = read_body(raw)
     try:
         req = _CompletionIn.model_validate(data)
     except (ValidationError, RecursionError) as exc:
@@ -512,6 +509,16 @@ def add_completions_route(
         except PoiseError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return JSONResponse(error_body(first), status_code=400)
+        except Exception:
+            # answered here, as the chat route answers it: left to the app's handler, the error
+            # would be logged twice, the second time by uvicorn as "Exception in ASGI application"
+            logger.exception("unexpected error while answering a completion")
+            body = error_body(
+                "internal server error (see the server log)",
+                type="server_error",
+                code="internal_error",
+            )
+            return JSONResponse(body, status_code=500)
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": sum(c.completion_tokens for c in choices),

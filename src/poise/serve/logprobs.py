@@ -49,6 +49,14 @@ _MODEL_LOCK = threading.Lock()
 # Most alternatives per token a request may ask for (OpenAI allows 20 in chat, 5 in legacy
 # completions; vLLM 20 in both).
 MAX_TOP_LOGPROBS = 20
+# What a log-prob of -inf (a token the model rules out, a logit of -inf) is sent as: JSON has no
+# infinity, so vLLM sends "the JSON-serializable float that OpenAI uses" in its place
+# (vllm/entrypoints/openai, max(logprob, -9999.0)).
+LOGPROB_FLOOR = -9999.0
+
+
+def _sendable(logprob: float) -> float:
+    return max(logprob, LOGPROB_FLOOR)
 
 
 def check_tokens_capability(model: LanguageModel, what: str) -> None:
@@ -133,7 +141,7 @@ def _chat_logprobs_sync(
         if token_id not in texts:
             texts[token_id] = token_text(tokenizer, token_id)
             raw[token_id] = token_bytes(tokenizer, token_id)
-        return {"token": texts[token_id], "logprob": logprob, "bytes": raw[token_id]}
+        return {"token": texts[token_id], "logprob": _sendable(logprob), "bytes": raw[token_id]}
 
     out = []
     for result in scored:
@@ -279,15 +287,16 @@ def completion_logprobs(
     for token_id, logprob, top in zip(result.token_ids, result.logprobs, result.top, strict=True):
         text = text_of(token_id)
         tokens.append(text)
-        token_logprobs.append(logprob)
         if logprob is None:
+            token_logprobs.append(None)
             top_logprobs.append(None)
             continue
+        token_logprobs.append(_sendable(logprob))
         alternatives: dict[str, float] = {}
         for alt_id, value in top[:top_k]:
-            alternatives.setdefault(text_of(alt_id), value)
+            alternatives.setdefault(text_of(alt_id), _sendable(value))
         # the chosen token is always listed (so there can be top_k + 1 entries)
-        alternatives.setdefault(text, logprob)
+        alternatives.setdefault(text, _sendable(logprob))
         top_logprobs.append(alternatives)
     if len(text_offset) != len(tokens):
         raise ValueError(f"{len(text_offset)} text offsets for {len(tokens)} tokens")

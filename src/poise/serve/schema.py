@@ -10,6 +10,7 @@ with status 400 and the offending ``param`` named, never a 422 or a 500::
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -138,7 +139,8 @@ class _MessageIn(BaseModel):
     # ``name`` and other per-message fields change nothing here: ignored.
     model_config = ConfigDict(extra="ignore", strict=True)
     role: str
-    content: str | list[_TextPart]
+    # None (or absent) only in an assistant message, as OpenAI's schema allows; see parse_request
+    content: str | list[_TextPart] | None = None
 
 
 class _RequestIn(BaseModel):
@@ -255,18 +257,7 @@ class ChatRequest:
 
 def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     """Bytes of a request body -> :class:`ChatRequest`, or :class:`RequestError` (400)."""
-    try:
-        data = parse_json(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(
-            f"the request body is not valid JSON ({exc})", code="invalid_json"
-        ) from None
-    except RecursionError:
-        raise RequestError(
-            "the request body is JSON nested too deeply", code="invalid_json"
-        ) from None
-    if not isinstance(data, dict):
-        raise RequestError("the request body must be a JSON object", code="invalid_type")
+    data = read_body(raw)
     if data.get("messages") == []:
         raise RequestError(
             "messages must hold at least one message", param="messages", code="invalid_value"
@@ -288,10 +279,26 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
                 param=f"messages[{i}].role",
                 code="invalid_value",
             )
+        if message.content is None and role != "assistant":
+            # OpenAI's schema lets only an assistant message go without content (vLLM reads
+            # any null content as empty)
+            given = "content" in data["messages"][i]
+            raise RequestError(
+                f"messages[{i}].content must be {_UNION_TYPES['content']}"
+                if given
+                else f"messages[{i}].content is required",
+                param=f"messages[{i}].content",
+                code="invalid_type" if given else "missing_required_parameter",
+            )
+        # text parts are one text each, joined by a newline as vLLM joins them for a chat
+        # template that takes a string (vllm/entrypoints/chat_utils.py); an assistant message
+        # without content is an empty one, as vLLM reads it
         content = (
-            message.content
+            ""
+            if message.content is None
+            else message.content
             if isinstance(message.content, str)
-            else "".join(part.text for part in message.content)
+            else "\n".join(part.text for part in message.content)
         )
         check_text(content, f"messages[{i}].content")
         chat.append(Message(role=role, content=content))
@@ -341,6 +348,39 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
         logprobs=bool(req.logprobs),
         top_logprobs=req.top_logprobs or 0,
     )
+
+
+def read_body(raw: bytes) -> dict[str, Any]:
+    """A request body's JSON object, or a 400 ``invalid_json`` (``invalid_type`` for JSON that is
+    not an object). Every way the bytes can fail to be JSON is the client's: a ``ValueError``
+    (a syntax error, bytes that are not text, an integer of more digits than Python converts)
+    or a ``RecursionError`` (nesting deeper than the parser goes)."""
+    try:
+        data = parse_json(raw)
+    except RecursionError:
+        raise RequestError(
+            "the request body is JSON nested too deeply", code="invalid_json"
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(
+            f"the request body is not valid JSON ({exc})", code="invalid_json"
+        ) from None
+    except ValueError as exc:
+        # int("9" * 5000) refuses past sys.get_int_max_str_digits(), with advice for Python
+        # programmers that a client cannot follow; no number of a valid request is that long
+        why = (
+            f"a number of more than {sys.get_int_max_str_digits()} digits"
+            if "digits" in str(exc)
+            else str(exc).splitlines()[0]
+            if str(exc)
+            else type(exc).__name__
+        )
+        raise RequestError(
+            f"the request body is not valid JSON for this server ({why})", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object", code="invalid_type")
+    return data
 
 
 def parse_sampling(req: Any, config: ServeConfig, max_new_tokens: int) -> Sampling:
