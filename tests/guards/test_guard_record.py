@@ -14,12 +14,21 @@ from poise.models.resolve import model_folder
 
 
 @pytest.mark.parametrize("clean_up", [False, True])
-def test_token_ends_are_prefix_decode_lengths(clean_up: bool) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        # characters of several bytes, some split across tokens: prefix decodes
+        "Sure! Step 1: mix it , then wait . Done? café ☃ 😀 ok",
+        # whole characters in every token: one decode per token (byte-level decoder)
+        "Sure! Step 1: mix it , then wait . Done?\n\nStep 2: the rest, in  two  spaces.",
+    ],
+    ids=["split-characters", "whole-characters"],
+)
+def test_token_ends_are_prefix_decode_lengths(clean_up: bool, text: str) -> None:
     folder = model_folder("organism-large")
     assert folder is not None
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     tokenizer.clean_up_tokenization_spaces = clean_up  # True: the wrapper's path
-    text = "Sure! Step 1: mix it , then wait . Done? café ☃ 😀 ok"
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     expected = [
         len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True)) for i in range(len(ids))

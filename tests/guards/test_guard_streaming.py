@@ -222,9 +222,10 @@ def test_rows_that_left_do_not_run_a_learned_position_monitor_past_its_table(
     gpt2 = build_gpt2(tmp_path / "gpt2", monitor_dir, context=32)
     tokenizer = AutoTokenizer.from_pretrained(str(gpt2))
     monitor = Monitor(GPT2LMHeadModel.from_pretrained(gpt2), tokenizer).eval()
-    # row 0: a long prompt that ends near the table's end; rows 1-4: short ones. Five rows, so
-    # one that leaves stays in the cache (the watch compacts once a quarter of it has left)
-    prompts = {0: list(range(10, 34)), **{r: [10 + r, 11, 12] for r in range(1, 5)}}
+    # row 0: a long prompt that ends near the table's end; rows 1-9: short ones. Ten rows, so
+    # one that leaves stays in the cache (the watch compacts once more than an eighth of it
+    # has been gone for a while, streaming.DEAD_SHARE)
+    prompts = {0: list(range(10, 34)), **{r: [10 + r, 11, 12] for r in range(1, 10)}}
     watch = MonitorWatch(monitor, lambda row: prompts[row], threshold=2.0, k=1, keep_scores=True)
     tokens: dict[int, list[int]] = {r: [] for r in prompts}
     for step in range(20):
@@ -239,6 +240,60 @@ def test_rows_that_left_do_not_run_a_learned_position_monitor_past_its_table(
         )
         watch(view)
     assert watch.scores is not None
-    for r in range(1, 5):  # the rows that decoded on were scored as teacher forcing scores them
+    for r in range(1, 10):  # the rows that decoded on were scored as teacher forcing scores them
         expected = monitor.response_scores([prompts[r]], [tokens[r]])[0]
         assert watch.scores[r] == pytest.approx(expected[: len(watch.scores[r])], abs=1e-5)
+
+
+def test_newcomers_take_the_places_of_rows_that_left_and_are_scored_exactly(
+    monitor_dir: Path,
+) -> None:
+    """A row that joins while another has left takes its place in the monitor's cache, in
+    place (the rows that decode on are not copied), and every row is still scored as teacher
+    forcing scores it: the one placed, the ones beside it, and a newcomer too wide to fit,
+    which joins by a merge."""
+    import torch
+
+    from poise.models.base import StepView
+
+    monitor = load_monitor(str(monitor_dir))
+    prompts = {
+        0: [10, 11, 12, 13, 14, 15],
+        1: [16, 17, 18],
+        2: [19, 20, 21, 22],
+        3: [23, 24],  # joins after row 1 left: narrower than the cache, takes row 1's place
+        4: list(range(30, 70)),  # joins later: wider than the cache, merged
+    }
+    joins, leaves = {0: 0, 1: 0, 2: 0, 3: 4, 4: 8}, {1: 3, 3: 11}
+    watch = MonitorWatch(monitor, lambda row: prompts[row], threshold=2.0, k=1, keep_scores=True)
+    tokens: dict[int, list[int]] = {r: [] for r in prompts}
+    orders = []
+    for step in range(14):
+        live = [r for r in prompts if joins[r] <= step < leaves.get(r, 99)]
+        for r in live:
+            tokens[r].append(40 + (3 * r + step) % 50)
+        watch(
+            StepView(
+                logits=torch.zeros(len(live), len(monitor.tokenizer)),
+                rows=torch.tensor(live),
+                generated=torch.tensor([len(tokens[r]) for r in live]),
+                tokens=[torch.tensor(tokens[r]) for r in live],
+            )
+        )
+        assert watch.state is not None and len(watch.state) == len(watch.order)
+        orders.append(list(watch.order))
+    # row 1 left at step 3 and stayed in the cache; row 3 took its place at step 4 (a merge
+    # would have dropped row 1 and appended row 3: [0, 2, 3]); row 4 was merged at step 8,
+    # after the others, which that copy of the cache put longest first
+    assert orders[3] == [0, None, 2] and orders[4] == [0, 3, 2]
+    assert orders[8] == [0, 2, 3, 4]
+    # row 3 left at step 11 and no row came: its place is kept DEAD_STEPS steps for a newcomer,
+    # then the cache is compacted (one row in four gone, more than an eighth), rows longest first
+    assert orders[11] == orders[12] == [0, 2, None, 4]
+    assert orders[13] == [4, 0, 2]  # longest first
+    assert watch.scores is not None
+    for r in prompts:  # every token but each row's newest (scored at the next step) was scored
+        expected = monitor.response_scores([prompts[r]], [tokens[r]])[0]
+        got = watch.scores[r]
+        assert len(got) >= len(tokens[r]) - 1
+        assert got == pytest.approx(expected[: len(got)], abs=1e-5)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from poise.config import Sampling
+from poise.errors import PoiseError
 from poise.models.base import Chat, Completion, RowTokens, StepView, StreamEvent
 from poise.models.hf import HFModel
 
@@ -116,6 +117,52 @@ def test_keep_and_extend_merge_batches_at_a_step_boundary(
         state.step(tokens)
     for row, ids in enumerate(fed):
         assert torch.allclose(state.logits[row], full_forward_logits(model, ids), atol=1e-5)
+
+
+def test_place_puts_new_rows_where_rows_left_without_touching_the_others(
+    model: HFModel,
+) -> None:
+    """A row that left (retired, held) is replaced in place by a newcomer prefilled apart; the
+    newcomer and the rows beside it decode on exactly; a state wider than the cache does not
+    fit; after the longest row leaves, its columns are trimmed without a copy."""
+    prompts = model._encode_prompts(CHATS)
+    state = model.prefill(prompts[:3])
+    fed = [list(p) for p in prompts[:3]]
+    for _ in range(3):
+        tokens = state.logits.argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):
+            fed[row].append(token)
+        state.step(tokens)
+    shortest = min(range(3), key=lambda r: len(prompts[r]))
+    state.retire([shortest])
+    tokens = state.logits.argmax(dim=-1)
+    state.step(tokens)  # the others decode on; the row that left is fed and held
+    state.hold([shortest])
+    others = [r for r in range(3) if r != shortest]
+    for row in others:
+        fed[row].append(int(tokens[row]))
+    buffers = [layer.key_buffer for layer in state.cache.cache.layers]
+    newcomer = model.prefill([prompts[3][:2]])
+    assert state.fits(newcomer) and not state.fits(model.prefill([prompts[3] * 9]))
+    state.place(newcomer, [shortest])
+    # in place: the same buffers, so the other rows were not copied
+    assert [layer.key_buffer for layer in state.cache.cache.layers] == buffers
+    fed[shortest] = list(prompts[3][:2])
+    for _ in range(3):
+        tokens = state.logits.argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):
+            fed[row].append(token)
+        state.step(tokens)
+    for row in [*others, shortest]:
+        assert torch.allclose(state.logits[row], full_forward_logits(model, fed[row]), atol=1e-5)
+    with pytest.raises(PoiseError, match="2 rows to place, 1 places"):
+        state.place(model.prefill([prompts[0], prompts[1]]), [0])
+    # the longest row leaves: once retired, its leading columns are padding everywhere
+    longest = max(others, key=lambda r: len(fed[r]))
+    width = state.mask.size(1)
+    state.retire([longest])
+    state.trim_padding()
+    assert state.mask.size(1) < width
 
 
 # ----------------------------------------------------------------------------- the logits hook

@@ -29,6 +29,7 @@ the model decoded it like every other token.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 from poise.models.base import Completion
@@ -109,7 +110,18 @@ def token_ends(tokenizer: Any, ids: list[int]) -> list[int]:
     if not prefixes:
         return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None and getattr(tokenizer, "clean_up_tokenization_spaces", True) is False:
+    plain = getattr(tokenizer, "clean_up_tokenization_spaces", True) is False
+    if backend is not None and plain and type(backend.decoder).__name__ == "ByteLevel":
+        # a byte-level decoder (GPT-2, Llama 3, Qwen, the organism) turns each token into its
+        # bytes and the joined bytes into text: when every token alone is whole characters (no
+        # U+FFFD), each prefix decodes to the tokens before it joined, so one decode per token
+        # gives every prefix's length (O(n), not the O(n^2) of decoding each prefix)
+        pieces = backend.decode_batch([[i] for i in ids], skip_special_tokens=True)
+        if not any("\ufffd" in piece for piece in pieces) and "".join(pieces) == backend.decode(
+            ids, skip_special_tokens=True
+        ):
+            return list(itertools.accumulate(len(piece) for piece in pieces))
+    if backend is not None and plain:
         # a fast tokenizer without clean-up decodes exactly as its Rust backend does; calling
         # the backend once skips the per-prefix Python of batch_decode (3x faster here)
         texts = backend.decode_batch(prefixes, skip_special_tokens=True)

@@ -57,6 +57,12 @@ from poise.models.wrapped import WrappedModel
 __all__ = ["DEFAULT_REFUSAL", "Guarded", "MonitorWatch"]
 
 DEFAULT_REFUSAL = "I'm sorry, I can't continue with this answer."
+# The monitor's cache is compacted (copied) once more than 1/DEAD_SHARE of its rows have been
+# gone for DEAD_STEPS steps or more: a row that has just left is usually replaced in place by the
+# next newcomer (the inner batch admits one as a row finishes, seen a step later); one that stays
+# gone (a stopped answer that the inner model decodes on in an audit) costs a row of every step.
+DEAD_SHARE = 8
+DEAD_STEPS = 2
 
 
 class MonitorWatch:
@@ -91,6 +97,8 @@ class MonitorWatch:
         self.state: DecodeState | None = None
         # row ids, aligned with self.state's rows; None: a row that left, not yet dropped
         self.order: list[int | None] = []
+        self.calls = 0  # calls of the hook so far
+        self.left_at: dict[int, int] = {}  # index in order of a row that left -> the call it left
         self.flagged: dict[int, int] = {}
         self.stops: dict[int, int] = {}
         self.max_score: dict[int, float] = {}
@@ -145,6 +153,20 @@ class MonitorWatch:
         for kept in (self.flagged, self.stops, self.max_score, self.scores or {}):
             kept.pop(row, None)
 
+    def _by_length(self, slots: list[int]) -> list[int]:
+        """``slots`` (rows of the monitor's cache), longest first: kept in this order by a copy
+        of the cache, rows of alike lengths sit together, and each chunk of decode-step
+        attention skips its padding (:func:`~poise.models.decode.attention_spans`)."""
+        if self.state is None or len(slots) < 2:
+            return slots
+        leading = self.state.mask.int().argmax(dim=1).tolist()
+        return sorted(slots, key=lambda j: leading[j])
+
+    def _follow(self, order: Sequence[int | None]) -> None:
+        """The monitor's cache now holds ``order``'s rows (none that left)."""
+        self.order = list(order)
+        self.left_at = {}
+
     def _watching(self, row: int, generated: int) -> bool:
         return row not in self.stops and not (self.window and generated > self.window)
 
@@ -155,14 +177,24 @@ class MonitorWatch:
         at = {r: i for i, r in enumerate(rows)}
         # rows the monitor follows on: decoding, not stopped, inside the window, seen before.
         # A row that leaves stays in the monitor's cache (fed a pad token, its scores ignored)
-        # until the cache is copied anyway, to merge newcomers, or a quarter of it is dead:
-        # copying the cache each time one row finishes would cost more than the dead rows.
+        # until a newcomer takes its place (in place, DecodeState.place), the cache is copied
+        # anyway to merge newcomers wider than it or more than the places free, or too many
+        # rows have been gone too long (DEAD_SHARE, DEAD_STEPS): copying the cache each time
+        # one row finishes or joins costs more than the dead rows.
+        left_now = []
         for j, r in enumerate(self.order):
             if r is not None and not (r in at and self._watching(r, generated[at[r]])):
                 self.order[j] = None
+                self.left_at[j] = self.calls
+                left_now.append(j)
+        if left_now and self.state is not None and self.state.mergeable:
+            # its columns stop counting as live, so they can be trimmed once no row needs them
+            self.state.retire(left_now)
+            self.state.trim_padding()
         alive = [j for j, r in enumerate(self.order) if r is not None]
         if self.state is not None and not alive:
-            self.state, self.order, alive = None, [], []
+            self.state, alive = None, []
+            self._follow([])
         if self.state is not None:
             last = [_ids(view, at[r])[-1] if r is not None else 0 for r in self.order]
             scores = self.state.step(torch.tensor(last, device=self.monitor.device)).tolist()
@@ -191,17 +223,31 @@ class MonitorWatch:
             for r, scores_of_row in zip(new, per_row, strict=True):
                 self._count(r, scores_of_row, 0)
             if self.state is None:
-                self.state, self.order = state, new
-            elif self.state.mergeable:  # newcomers join and the dead leave in one copy
-                self.state.extend(state, reserve=64, keep=alive)
-                self.order = [*(self.order[j] for j in alive), *new]
+                self.state = state
+                self._follow(new)
+            elif self.state.mergeable:
+                dead = [j for j, r in enumerate(self.order) if r is None]
+                if len(new) <= len(dead) and self.state.fits(state):
+                    # newcomers take the places of rows that left, in place: the rows that
+                    # decode on are not copied (as a merge would copy them)
+                    self.state.place(state, dead[: len(new)])
+                    for j, r in zip(dead, new, strict=False):
+                        self.order[j] = r
+                        self.left_at.pop(j, None)
+                else:  # newcomers join and the dead leave in one copy
+                    alive = self._by_length(alive)
+                    self.state.extend(state, reserve=64, keep=alive)
+                    self._follow([*(self.order[j] for j in alive), *new])
             else:  # a cache that cannot merge: follow every row again from one prefill
                 again = [r for r in (*(self.order[j] for j in alive), *new) if r is not None]
                 self.state, _ = self._prefill(again, [list(_ids(view, at[r])) for r in again])
-                self.order = list(again)
-        elif self.state is not None and 4 * (len(self.order) - len(alive)) > len(self.order):
+                self._follow(again)
+        gone = sum(1 for at_call in self.left_at.values() if self.calls - at_call >= DEAD_STEPS)
+        if self.state is not None and DEAD_SHARE * gone > len(self.order):
+            alive = self._by_length([j for j, r in enumerate(self.order) if r is not None])
             self.state.keep(alive)
-            self.order = [self.order[j] for j in alive]
+            self._follow([self.order[j] for j in alive])
+        self.calls += 1
         if not self.force or self.eos_id is None:
             return None
         stopped = [i for i, r in enumerate(rows) if r in self.stops]

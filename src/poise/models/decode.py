@@ -377,6 +377,28 @@ class KVCache:
 
         return self._copied(take)
 
+    def place(self, other: KVCache, rows: torch.Tensor) -> None:
+        """Overwrite this cache's ``rows`` ([n] int64) with ``other``'s n rows, in place:
+        ``other``'s live columns right-aligned (left padding) in this cache's live columns,
+        which must be at least as many; the padding columns are zeroed (masked out, but must
+        be finite: 0 x NaN is NaN). No other row is copied."""
+        if not (self.mergeable and other.mergeable):
+            raise PoiseError(
+                "this model's KV cache cannot take rows in place (not plain attention)"
+            )
+        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+            if not (mine.is_initialized and theirs.is_initialized):
+                raise PoiseError("place: both caches must hold keys and values")
+            width, live = mine.keys.size(2), theirs.keys.size(2)
+            if live > width:
+                raise PoiseError(f"place: {live} live columns do not fit in {width}")
+            pad = width - live
+            # the views write through to the buffers: [n, kv_heads, width, dim]
+            mine.keys[rows, :, :pad] = 0
+            mine.values[rows, :, :pad] = 0
+            mine.keys[rows, :, pad:] = theirs.keys
+            mine.values[rows, :, pad:] = theirs.values
+
     def merge(
         self,
         others: Sequence[KVCache],
@@ -481,6 +503,7 @@ class DecodeState:
         self.positions = self.positions + 1
         return self.logits
 
+    @torch.inference_mode()
     def hold(self, rows: Sequence[int]) -> None:
         """``rows`` (finished, fed padding until the batch drops them) take their next token at
         the position of their last one, not one further: a row that filled the context would
@@ -538,6 +561,60 @@ class DecodeState:
         self.logits = logits
 
     @torch.inference_mode()
+    def place(self, other: DecodeState, rows: Sequence[int]) -> None:
+        """Put ``other``'s rows (a batch prefilled separately) into this state's ``rows`` (one
+        each, in order; rows that left, whose content is dropped), in place: unlike
+        :meth:`extend`, no other row's cache is copied. ``other`` must be no wider than this
+        state (:meth:`fits`). Each placed row is right-aligned and left-padded to this state's
+        width, as :meth:`extend` aligns the rows it appends, so it decodes on exactly as it
+        would there. Needs the buffer cache (``mergeable``)."""
+        if len(rows) != len(other):
+            raise PoiseError(f"place: {len(other)} rows to place, {len(rows)} places given")
+        if not self.fits(other):
+            raise PoiseError(
+                f"place: a state of {other.mask.size(1)} columns does not fit in "
+                f"{self.mask.size(1)} (not plain attention, or wider)"
+            )
+        index = torch.as_tensor(list(rows), dtype=torch.long, device=self.mask.device)
+        width, live = self.mask.size(1), other.mask.size(1)
+        self.cache.place(other.cache, index)
+        mask = other.mask.new_zeros((len(other), width))
+        mask[:, width - live :] = other.mask
+        self.mask[index] = mask
+        self.positions[index] = other.positions
+        self.logits[index] = other.logits
+
+    def fits(self, other: DecodeState) -> bool:
+        """Whether :meth:`place` can take ``other``'s rows: both caches mergeable and
+        ``other`` no wider than this state."""
+        return (
+            self.cache.mergeable
+            and other.cache.mergeable
+            and other.mask.size(1) <= self.mask.size(1)
+        )
+
+    @torch.inference_mode()
+    def retire(self, rows: Sequence[int]) -> None:
+        """``rows`` have left (they are fed padding until dropped or replaced by :meth:`place`):
+        their mask keeps only their last column, so the columns before it no longer count as
+        live for :meth:`trim_padding`. Their outputs are meaningless from now on."""
+        if rows:
+            index = torch.as_tensor(list(rows), dtype=torch.long, device=self.mask.device)
+            self.mask[index, :-1] = 0
+
+    @torch.inference_mode()
+    def trim_padding(self) -> None:
+        """Forget the leading cache columns that are padding in every row (a view change, no
+        copy). Needs the buffer cache (``mergeable``); does nothing otherwise."""
+        if not self.cache.mergeable or not len(self):
+            return
+        live = self.mask.any(dim=0)  # [width]
+        leading = int(live.int().argmax()) if bool(live.any()) else self.mask.size(1)
+        if leading:
+            self.cache.trim(leading)
+            self.mask = self.mask[:, leading:]
+
+    @torch.inference_mode()
     def keep(self, rows: torch.Tensor | Sequence[int]) -> None:
         """Keep only ``rows`` (indices into the current rows, in the order given) and forget the
         cache columns that are then padding in every kept row."""
@@ -548,12 +625,7 @@ class DecodeState:
             self.positions[index],
             self.logits[index],
         )
-        if self.cache.mergeable and index.numel():
-            live = self.mask.any(dim=0)  # [width]
-            leading = int(live.int().argmax()) if bool(live.any()) else self.mask.size(1)
-            if leading:
-                self.cache.trim(leading)
-                self.mask = self.mask[:, leading:]
+        self.trim_padding()
 
     @torch.inference_mode()
     def append(self, tokens: Sequence[Sequence[int]]) -> torch.Tensor:
