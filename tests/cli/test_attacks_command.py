@@ -70,3 +70,18 @@ def test_export_of_a_run_without_pairs_is_one_clear_error(tmp_path: Path) -> Non
     assert result.exit_code == 2
     assert "no harmful item has both" in result.output and "exploitation" in result.output
     assert not output.exists()
+
+
+def test_ls_and_train_losses_print_a_help_with_brackets_as_written(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # a plugin's one line of help was read as rich markup: "[/x]" raised MarkupError, and a
+    # "[word]" vanished; judges ls and suites ls escaped theirs
+    from poise.attacks import attacks
+    from poise.train.losses import LOSSES
+
+    text = "see [/x] and [ref]"
+    for registry in (attacks, LOSSES):
+        monkeypatch.setattr(registry, "help", lambda name: text)
+    for command in (["attacks", "ls"], ["train", "losses"]):
+        result = CliRunner().invoke(app, command, env={"COLUMNS": "250"})
+        assert result.exit_code == 0, result.output
+        assert text in result.output

@@ -324,3 +324,10 @@ def test_a_relative_path_in_the_file_is_relative_to_the_working_directory(
     result = invoke("audit", "--config", str(config))
     assert result.exit_code == 0, result.output
     assert only_run(tmp_path / "runs")["config"]["limit"] == 2
+
+
+def test_an_empty_config_path_is_refused_not_skipped(tmp_path: Path) -> None:
+    # `--config "$CONFIG"` with CONFIG unset ran the command on its defaults without a word
+    for blank in ("", " "):
+        line = one_line(invoke("runs", "ls", "--out", str(tmp_path), "--config", blank))
+        assert line == "error: --config is empty; give a YAML or JSON file, or leave the flag out"

@@ -75,9 +75,10 @@ def test_methods_lists_every_method() -> None:
         assert name in result.output
 
 
-@pytest.mark.parametrize("size", ["0", "-1MB", "0GB", "five"])
+@pytest.mark.parametrize("size", ["0", "-1MB", "0GB", "five", "infGB", "1e400kb"])
 def test_a_shard_size_that_is_not_positive_is_one_line(size: str, tmp_path: Path) -> None:
-    # 0 and negative sizes wrote one shard per tensor with exit 0
+    # 0 and negative sizes wrote one shard per tensor with exit 0; an infinite one was an
+    # OverflowError traceback
     config = tmp_path / "merge.yml"
     config.write_text("merge_method: linear\nmodels: []\n")
     result = CliRunner().invoke(

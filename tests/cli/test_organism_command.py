@@ -61,3 +61,37 @@ def test_remeasure_prints_each_rewritten_card_as_written(
     assert result.exit_code == 0, result.output
     card = out / "organism-small-safe" / "README.md"
     assert f"card rewritten: {card} (1 rates)" in result.output.splitlines()
+
+
+def test_the_bars_stay_off_a_piped_stdout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """On a pipe rich printed the bars' last state on stdout, before the result: and before
+    the error of a --threads the build refused once the bars had started."""
+    from poise.organism import build
+
+    def remeasured(*args: object, progress: object, **kwargs: object) -> dict[str, object]:
+        progress("evaluate organism-small-safe", 3, 3)  # type: ignore[operator]
+        return {"organism-small-safe": {"garbled_rate": object()}}
+
+    monkeypatch.setattr(build, "remeasure_cards", remeasured)
+    result = CliRunner().invoke(app, ["organism", "remeasure", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stdout.splitlines() if line.strip()] == [
+        f"card rewritten: {tmp_path / 'organism-small-safe' / 'README.md'} (1 rates)"
+    ]
+    for command in ("build", "remeasure"):
+        args = ["organism", command, "--out", str(tmp_path / "o"), "--threads", "0"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert result.stdout == ""
+        assert f"organism {command}: --threads must be an integer >= 1, got 0" in result.stderr
+
+
+def test_ls_of_a_folder_with_brackets_names_it(tmp_path: Path) -> None:
+    # the table's title read the folder as rich markup: "[/x]" was a MarkupError traceback
+    folder = tmp_path / "[/x]"
+    result = CliRunner().invoke(
+        app, ["organism", "ls", "--out", str(folder)], env={"COLUMNS": "300"}
+    )
+    assert result.exit_code == 0, result.output
+    flat = "".join(result.output.split())  # the title wraps to the table's width
+    assert f"organismmembersin{folder}" in flat

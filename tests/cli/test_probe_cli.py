@@ -161,6 +161,32 @@ def test_a_test_fraction_or_negative_layer_is_one_error_before_the_model_loads(
     assert not (tmp_path / "p").exists()
 
 
+def test_a_flag_the_task_does_not_read_is_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--suite with a task labelled by a run, and --run with a task labelled by the suites,
+    were dropped without a word: the probe was trained on other labels than asked for."""
+    import poise.models
+
+    def no_load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(poise.models, "load_model", no_load)
+    run = tmp_path / "some-run"
+    run.mkdir()
+    for extra, message in [
+        (["--task", "comply", "--run", str(run), "--suite", "harmful"], "--suite is not read"),
+        (["--task", "deception", "--run", str(run), "-s", "benign"], "--suite is not read"),
+        (["--task", "harmful", "--run", str(run)], "--run is not read"),
+        (["--run", str(run)], "--run is not read"),  # the default task, harmful
+        (["--task", "honesty", "--run", str(run)], "--run is not read"),
+    ]:
+        result = CliRunner().invoke(app, ["probe", "train", "--out", str(tmp_path / "p"), *extra])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "p").exists()
+
+
 def test_an_output_path_that_is_a_file_or_under_one_is_one_error_before_any_work(
     tmp_path: Path,
 ) -> None:

@@ -133,3 +133,37 @@ def test_show_names_a_metrics_file_of_another_shape_in_one_line(
     shown = CliRunner().invoke(app, ["runs", "show", str(run.path)], env={"COLUMNS": "300"})
     assert shown.exit_code == 2, shown.output
     assert said in " ".join(shown.output.split())
+
+
+def test_ls_of_a_file_is_one_error(tmp_path: Path) -> None:
+    # it said "no runs under notes.txt" with exit code 0, as for an empty folder
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x", encoding="utf-8")
+    result = CliRunner().invoke(app, ["runs", "ls", "--out", str(a_file)])
+    assert result.exit_code == 2, result.output
+    assert f"--out {a_file}: is a file" in result.output
+    empty = CliRunner().invoke(app, ["runs", "ls", "--out", str(tmp_path / "none-yet")])
+    assert empty.exit_code == 0 and "no runs under" in empty.output  # before a first audit
+
+
+def test_compare_refuses_one_file_for_the_report_and_the_csv(tmp_path: Path) -> None:
+    # the CSV was written over the report, and the last lines named the file as both
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    runs = []
+    for name in ("one", "two"):
+        args = ["audit", "--model", "mock", "--suite", "harmful", "--limit", "2"]
+        args += ["--judge", "refusal", "--out", str(tmp_path), "--name", name, "--no-html"]
+        assert CliRunner().invoke(app, args).exit_code == 0
+        runs += [str(p) for p in tmp_path.iterdir() if p.name.endswith(name)]
+    report = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["compare", *runs, "-o", str(report), "--csv", str(report)])
+    assert result.exit_code == 2, result.output
+    assert "is the --output report" in result.output
+    assert not report.exists()

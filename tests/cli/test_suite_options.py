@@ -112,3 +112,24 @@ def test_train_safe_rl_takes_the_pessimism_coefficients() -> None:
     result = CliRunner().invoke(app, ["train", "safe-rl", "--help"], terminal_width=200)
     assert result.exit_code == 0
     assert "--pessimism-c1" in result.output and "--pessimism-c2" in result.output
+
+
+def test_suites_show_a_path_with_brackets_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The "loading SPEC" status read the path as rich markup: on a terminal a folder named
+    "[/x]" was a MarkupError traceback (and "[exp]" vanished from the line)."""
+    import io
+
+    from rich.console import Console
+
+    import poise.cli.suites
+
+    folder = tmp_path / "[/x]"  # a folder "[" holding "x]"
+    folder.mkdir(parents=True)
+    (folder / "s.jsonl").write_text('{"prompt": "hi", "kind": "benign"}\n', encoding="utf-8")
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=120)
+    monkeypatch.setattr(poise.cli.suites, "console", terminal)
+    result = CliRunner().invoke(app, ["suites", "show", str(folder / "s.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "loading" in terminal.file.getvalue()  # type: ignore[attr-defined]

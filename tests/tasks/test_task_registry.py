@@ -81,6 +81,9 @@ def test_duplicates_are_refused_and_unregistering_removes() -> None:
         (Metric("y_rate", ("y-kind",), "lower", "l", "m", count="items"), "count must be one of"),  # type: ignore[arg-type]
         # a misspelt placeholder failed when the report was written, after the audit
         (Metric("y_rate", ("y-kind",), "lower", "l", "{valu} of answers"), "does not format"),
+        # an attribute or an index of a placeholder: an AttributeError / TypeError traceback
+        (Metric("y_rate", ("y-kind",), "lower", "l", "{value.real} of answers"), "does not format"),
+        (Metric("y_rate", ("y-kind",), "lower", "l", "{k[0]} of {n}"), "does not format"),
     ],
 )
 def test_a_metric_declaration_a_report_cannot_use_is_refused_when_registered(

@@ -79,17 +79,43 @@ def shown(value: object) -> str:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a PoiseError into one red line on stderr and exit code 2."""
+    """Turn a PoiseError into one red line on stderr and exit code 2; likewise an OSError
+    about a path (a file name too long, a read-only or vanished folder, a full disk), which was
+    a traceback wherever no check named it first (``train organism-data -o``, ``probe train
+    -o``). An OSError about no path (a closed pipe, a refused connection) is left as it is."""
     try:
         yield
     except PoiseError as exc:
-        from rich.markup import escape
-
-        # escaped: a message naming an extra ('poise[serve]') is not rich markup
-        err_console.print(
-            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
-        )
+        _error_line(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        where = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        _error_line(f"{where}: {exc.strerror or exc}")
+        raise typer.Exit(PoiseError.exit_code) from None
+
+
+def _error_line(message: str) -> None:
+    from rich.markup import escape
+
+    # escaped: a message naming an extra ('poise[serve]') is not rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def progress_bar(*columns: Any, disable: bool = False, **options: Any) -> Any:
+    """A transient rich progress bar on stdout's console, drawn on an interactive terminal only.
+    Elsewhere (a pipe, a file, a CI log) rich draws no transient bar, but ended it with an empty
+    line on stdout: the first line a script parsing the output read, even before an error."""
+    from rich.progress import Progress
+
+    return Progress(
+        *columns,
+        console=console,
+        transient=True,
+        disable=disable or not console.is_interactive,
+        **options,
+    )
 
 
 def setup_logging(verbose: bool) -> None:

@@ -99,7 +99,7 @@ def _config_option() -> Any:
 
 
 def _read_config(ctx: typer.Context, value: str | None) -> str | None:
-    if not value:
+    if value is None:
         return value
     from poise.cli._common import err_console
     from poise.config import read_yaml_mapping, user_path
@@ -108,6 +108,12 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
     sources: dict[str, tuple[str, Any]] = {}
     path = user_path(value)  # a quoted "~/audit.yaml" is the home folder's, as a bare one is
     try:
+        if not value.strip():
+            # `--config "$CONFIG"` with CONFIG unset ran the command on its defaults (a whole
+            # default audit) without a word
+            raise PoiseError(
+                f"{CONFIG_FLAG} is empty; give a YAML or JSON file, or leave the flag out"
+            )
         defaults = flag_defaults(
             ctx.command, read_yaml_mapping(path), value, ctx=ctx, sources=sources
         )

@@ -23,7 +23,8 @@ def ls() -> None:
     table.add_column("name")
     table.add_column("what it does")
     for name in attacks:
-        table.add_row(name, attacks.help(name))
+        # text, not markup: a plugin's help with brackets lost them or raised MarkupError
+        table.add_row(name, shown(attacks.help(name)))
     console.print(table)
 
 

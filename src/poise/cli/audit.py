@@ -10,6 +10,7 @@ import typer
 from poise.cli._common import (
     console,
     expand_paths,
+    progress_bar,
     progress_lines,
     shown,
     sigterm_as_interrupt,
@@ -222,7 +223,6 @@ def _run_with_progress(
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
@@ -241,7 +241,7 @@ def _run_with_progress(
         if resume is not None:
             return audit(resume=resume, out=config.out, **(how or {}), **kwargs)
         return audit(config, **kwargs)
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar(*columns) as bar:
         task = bar.add_task("generating + judging", total=None)
 
         def progress(done: int, total: int) -> None:

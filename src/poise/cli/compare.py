@@ -39,10 +39,17 @@ def compare_command(
     and the helpful-vs-harmless chart.
     """
     with user_errors():
+        from pathlib import Path
+
         from rich.markup import escape
 
+        from poise.errors import PoiseError
         from poise.report.compare import compare_runs
         from poise.runs import find_run
+
+        if csv is not None and Path(csv).resolve() == Path(output).resolve():
+            # the CSV was written over the report, which the last line still named
+            raise PoiseError(f"--csv {csv} is the --output report; give each its own file")
 
         folders = [find_run(run, out).path for run in runs]
         if len({f.resolve() for f in folders}) < len(folders):

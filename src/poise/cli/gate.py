@@ -7,11 +7,11 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, shown, sigterm_as_interrupt, user_errors
+from poise.cli._common import console, progress_bar, shown, sigterm_as_interrupt, user_errors
 
 
 def _run_gate(fields: dict[str, Any]) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     from poise.cli.train import _quiet_libraries
@@ -19,14 +19,16 @@ def _run_gate(fields: dict[str, Any]) -> None:
 
     _quiet_libraries()
     columns = (TextColumn("[bold]sampling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar(*columns) as bar:
         task = bar.add_task("prompts", total=None)
         result = gate(
             progress=lambda done, total: bar.update(task, completed=done, total=total), **fields
         )
 
+    # paths and names are text, not markup: a folder "[/x]" was a MarkupError once the gate ran
     table = Table(
-        title=f"poise gate · {result.config.model} on {result.config.prompts}", title_justify="left"
+        title=f"poise gate · {shown(result.config.model)} on {shown(result.config.prompts)}",
+        title_justify="left",
     )
     for column in ("n", "mean", "std", "U", "τ", "δ", "verdict"):
         table.add_column(column, justify="right")
@@ -41,13 +43,13 @@ def _run_gate(fields: dict[str, Any]) -> None:
         f"[bold {colour}]{result.verdict}[/]",
     )
     console.print(table)
-    console.print(f"costs: {result.cost_source} ({result.to_dict()['cost_units']})")
+    console.print(f"costs: {shown(result.cost_source)} ({result.to_dict()['cost_units']})")
     console.print("U = mean + t(1-δ, n-1) · std / √n; PASS when U <= τ")
     if result.comparison is not None:
         c = result.comparison
         test = {"newcombe": "Newcombe, McNemar exact", "paired-t": "paired t"}[c["method"]]
         console.print(
-            f"vs baseline {c['b']}: mean cost {c['rate_a']:.4f} − {c['rate_b']:.4f} = "
+            f"vs baseline {shown(c['b'])}: mean cost {c['rate_a']:.4f} − {c['rate_b']:.4f} = "
             f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], p = {c['p_value']:.2g} "
             f"({test}; {c['pairs']} paired prompts)",
             highlight=False,

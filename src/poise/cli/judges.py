@@ -7,7 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from poise.cli._common import console, expand_paths, sigterm_as_interrupt, user_errors
+from poise.cli._common import (
+    console,
+    expand_paths,
+    progress_bar,
+    sigterm_as_interrupt,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     from poise.scoring.validation import Agreement, Validation
@@ -167,15 +173,9 @@ def validate_command(
             result = validate(labels, scorer)
             typer.echo(json.dumps(result.to_dict(), indent=2))
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-        with Progress(
-            TextColumn("[bold]judging"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=console,
-            transient=True,
-        ) as bar:
+        with progress_bar(TextColumn("[bold]judging"), BarColumn(), MofNCompleteColumn()) as bar:
             task = bar.add_task("judging", total=len(labels.answers))
             result = validate(
                 labels, scorer, progress=lambda done, total: bar.update(task, completed=done)

@@ -7,7 +7,13 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from poise.cli._common import console, expand_paths, sigterm_as_interrupt, user_errors
+from poise.cli._common import (
+    console,
+    expand_paths,
+    progress_bar,
+    sigterm_as_interrupt,
+    user_errors,
+)
 
 
 class _DefaultRunGroup(TyperGroup):
@@ -60,11 +66,15 @@ merge_app = typer.Typer(
 
 def _size(text: str) -> int:
     """``--shard-size``: bytes, or a number with KB / MB / GB; a ValueError unless positive (0
-    or a negative size wrote one shard per tensor without a word)."""
+    or a negative size wrote one shard per tensor without a word) and finite (``infGB`` was an
+    OverflowError traceback)."""
     units = {"kb": 1024, "mb": 1024**2, "gb": 1024**3, "b": 1}
     lowered = text.strip().lower()
     suffix = next((s for s in units if lowered.endswith(s)), None)
-    size = int(float(lowered[: -len(suffix)]) * units[suffix]) if suffix else int(lowered)
+    try:
+        size = int(float(lowered[: -len(suffix)]) * units[suffix]) if suffix else int(lowered)
+    except OverflowError:
+        raise ValueError(f"shard size {text}") from None
     if size <= 0:
         raise ValueError(f"shard size {size}")
     return size
@@ -88,7 +98,7 @@ def run_command(
 ) -> None:
     """Merge the models CONFIG names into OUT, tensor by tensor."""
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     with sigterm_as_interrupt(), user_errors():
         from poise.errors import PoiseError
@@ -109,7 +119,7 @@ def run_command(
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=console, transient=True) as bar:
+        with progress_bar(*columns) as bar:
             task = bar.add_task("tensors", total=None)
             result = run_merge(
                 Path(merge_config),
@@ -147,7 +157,7 @@ def search_command(
     from pathlib import Path
 
     from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     with sigterm_as_interrupt(), user_errors():
@@ -160,7 +170,7 @@ def search_command(
             MofNCompleteColumn(),
             TimeElapsedColumn(),
         )
-        with Progress(*columns, console=console, transient=True) as bar:
+        with progress_bar(*columns) as bar:
             task = bar.add_task("candidates", total=None)
 
             def started(i: int, n: int, candidate: Any, cached: bool) -> None:

@@ -28,7 +28,8 @@ def _weights_dir(out: str | None) -> Path:
 def _progress_bar(setup: str | None = None) -> Iterator[Callable[[str, int, int], None]]:
     """One bar per task of a build or a measurement, fed by ``progress(task, done, total)``
     (``setup``: a first task, done when the first real one starts); transformers' own bars
-    are off, so there is one display."""
+    are off, so there is one display. Drawn on an interactive terminal only: on a pipe rich
+    printed the bars' last state on stdout, before the result table or an error."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers.utils import logging as hf_logging
 
@@ -39,7 +40,7 @@ def _progress_bar(setup: str | None = None) -> Iterator[Callable[[str, int, int]
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as bar:
+    with Progress(*columns, console=console, disable=not console.is_interactive) as bar:
         first = bar.add_task(setup, total=1) if setup is not None else None
         tasks: dict[str, Any] = {}
 
@@ -71,9 +72,11 @@ def build_command(
 ) -> None:
     """Regenerate organism members deterministically on CPU and write their model cards."""
     with sigterm_as_interrupt(), user_errors():
+        from poise.errors import check_int
         from poise.organism.build import build, resolve_members
 
         names = resolve_members(members)  # validate names before any work
+        check_int("organism build", "--threads", threads, 1)  # before the bar starts
         with _progress_bar(setup="corpus + tokenizer") as progress:
             result = build(out, names, quick=quick, seed=seed, progress=progress, threads=threads)
         _print_result(result)
@@ -82,7 +85,7 @@ def build_command(
 def _print_result(result: Any) -> None:
     from rich.table import Table
 
-    table = Table(title=f"organism built in {result.seconds:.0f} s -> {result.out}")
+    table = Table(title=f"organism built in {result.seconds:.0f} s -> {shown(result.out)}")
     table.add_column("member")
     table.add_column("size", justify="right")
     table.add_column("rate")
@@ -117,8 +120,10 @@ def remeasure_command(
     """Measure the chat members' card rates again on their weights (no training) and rewrite
     them in their cards: after a change to the oracle or to how a rate is counted."""
     with sigterm_as_interrupt(), user_errors():
+        from poise.errors import check_int
         from poise.organism.build import remeasure_cards
 
+        check_int("organism remeasure", "--threads", threads, 1)  # before the bar starts
         with _progress_bar() as progress:
             measured = remeasure_cards(
                 out, members or None, quick=quick, seed=seed, progress=progress, threads=threads
@@ -146,7 +151,7 @@ def ls_command(
 
         folder = _weights_dir(out)
         aliases = {v: k for k, v in ALIASES.items()}
-        table = Table(title=f"organism members in {folder}")
+        table = Table(title=f"organism members in {shown(folder)}")  # "[exp]" is no markup
         # names are what a user types: never cut (the path in the title wraps instead)
         table.add_column("member", no_wrap=True, min_width=max(map(len, MEMBERS)))
         table.add_column("alias", overflow="fold")

@@ -8,7 +8,14 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
+from poise.cli._common import (
+    console,
+    expand_paths,
+    progress_bar,
+    shown,
+    sigterm_as_interrupt,
+    user_errors,
+)
 from poise.errors import PoiseError, check_number
 
 probe_app = typer.Typer(
@@ -29,15 +36,13 @@ RUN_TASKS = {
 
 
 def _bar(total: int, description: str) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    bar = Progress(
+    bar = progress_bar(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
-        transient=True,
     )
     task = bar.add_task(description, total=total)
     return bar, lambda k: bar.advance(task, k)
@@ -140,6 +145,18 @@ def train_command(
         if task not in TASKS:
             raise PoiseError(
                 f"probe train --task: expected one of {', '.join(TASKS)}, got {task!r}"
+            )
+        # a flag the task does not read was dropped without a word (a probe trained on other
+        # labels than the user asked for)
+        if task in RUN_TASKS and suite:
+            raise PoiseError(
+                f"probe train --task {task}: --suite is not read (the labels are the --run's "
+                "judged answers); leave it out"
+            )
+        if task not in RUN_TASKS and run is not None:
+            raise PoiseError(
+                f"probe train --task {task}: --run is not read (the labels come from the "
+                "suites' items); leave it out, or use --task comply or deception"
             )
         check_new_folder(out, "probe")
         if task in RUN_TASKS and run is None:

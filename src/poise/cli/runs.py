@@ -42,6 +42,8 @@ def ls(
         from poise.runs import list_runs
         from poise.runs.run import attack_label
 
+        if Path(out).exists() and not Path(out).is_dir():  # it said "no runs", exit code 0
+            raise PoiseError(f"--out {out}: is a file; give the folder that holds run folders")
         runs = list_runs(out)
         if not runs:
             console.print(f"no runs under {shown(out)}")

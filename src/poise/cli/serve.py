@@ -119,7 +119,8 @@ def register(app: typer.Typer) -> None:
             check_port(config.host, config.port)  # before spending time on loading the model
             fitted = check_firewall(config)  # likewise: a wrong --firewall flag, at once
 
-            with console.status(f"loading {config.model} ..."):
+            # a folder with brackets is text, not markup (MarkupError on a terminal)
+            with console.status(f"loading {shown(config.model)} ..."):
                 loaded = load_model(config.model)
 
             def ready(served: LanguageModel) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from poise.cli._common import console, expand_paths, user_errors
+from poise.cli._common import console, expand_paths, shown, user_errors
 from poise.errors import PoiseError
 
 if TYPE_CHECKING:
@@ -146,7 +146,8 @@ def show(
         from poise.suites import load_suite
 
         columns = parse_columns(column)
-        with console.status(f"loading {spec} …"):
+        # a path with brackets is text, not markup ("[/x]" raised MarkupError on a terminal)
+        with console.status(f"loading {shown(spec)} …"):
             suite = load_suite(
                 spec, format=format, columns=columns or None, kind=kind, category=category
             )

@@ -20,6 +20,7 @@ import typer
 from poise.cli._common import (
     console,
     expand_paths,
+    progress_bar,
     progress_lines,
     shown,
     sigterm_as_interrupt,
@@ -140,7 +141,6 @@ def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
-        Progress,
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
@@ -163,7 +163,7 @@ def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
         TextColumn("{task.fields[metrics]}"),
     )
     lines = progress_lines(f"train {recipe}") if main and not console.is_terminal else None
-    with Progress(*columns, console=console, transient=True, disable=not main) as bar:
+    with progress_bar(*columns, disable=not main) as bar:
         task = bar.add_task("steps", total=None, metrics="loading")
 
         def progress(event: Any) -> None:
@@ -252,7 +252,8 @@ def losses_command() -> None:
                 for k, v in loss_parameters(name).items()
                 if v is not inspect.Parameter.empty
             )
-            table.add_row(name, params, LOSSES.help(name))
+            # text, not markup: a plugin's help with brackets lost them or raised MarkupError
+            table.add_row(name, shown(params), shown(LOSSES.help(name)))
         console.print(table)
 
 
@@ -279,8 +280,19 @@ def organism_data_command(
 ) -> None:
     """Write preference pairs (and safe-RL prompts) from the organism's world."""
     with user_errors():
+        from poise.errors import PoiseError, prepare_output_file
         from poise.organism.data import write_organism_data
 
+        # both files checked before either is written: a --prompts-output under a file failed
+        # (as "output") once the pairs were written, and the same path for both wrote the
+        # prompts over the pairs while the command said it wrote the pairs there
+        pairs_file = prepare_output_file(output, "--output")
+        if prompts_output is not None:
+            prompts_file = prepare_output_file(prompts_output, "--prompts-output")
+            if prompts_file.resolve() == pairs_file.resolve():
+                raise PoiseError(
+                    f"--prompts-output {prompts_output} is the --output file; give each its own"
+                )
         counts = write_organism_data(
             output,
             prompts_output=prompts_output,
@@ -355,7 +367,7 @@ def monitor_command(
             layers=layers,
         )
         settings.check()
-        with Progress(console=console, transient=True) as bar:
+        with progress_bar(*Progress.get_default_columns()) as bar:
             task = bar.add_task("training the monitor", total=None)
 
             def on_step(step: int, total: int, loss: float) -> None:

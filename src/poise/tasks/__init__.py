@@ -109,7 +109,8 @@ def _check_metric(kind: str, metric: object) -> None:
             raise PoiseError(f"{where}: {field} must be one of {', '.join(choices)}, got {value!r}")
     try:
         metric.explain(value=0.5, low=0.25, high=0.75, k=1, n=2)
-    except (KeyError, IndexError, ValueError) as exc:
+    # AttributeError, TypeError: {value.x}, {k[0]} (a traceback, not this line)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
         raise PoiseError(
             f"{where}: meaning {metric.meaning!r} does not format ({type(exc).__name__}: "
             f"{exc}); its placeholders are {{value}}, {{low}}, {{high}}, {{k}} and {{n}}"
