@@ -165,3 +165,24 @@ def test_rows_reach_dpo_and_safe_rl_as_the_audit_renders_them(tmp_path: Path) ->
         text = encoder.prompt_text(chat)
         assert text.count(default) == (1 if chat[0]["content"] else 0)
     assert {bool(c[0]["content"]) for c in chats} == {True, False}
+
+
+def test_written_files_get_the_umask_mode_not_owner_only(tmp_path: Path) -> None:
+    """The atomic writers wrote through tempfile.mkstemp, whose file is owner-only (0600):
+    organism data, the built-in suites and a trained model's JSON were unreadable to the
+    group and others, unlike every other file poise writes."""
+    import os
+
+    from poise.organism.data import write_jsonl
+    from poise.train.recipes.common import write_json_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_jsonl(tmp_path / "rows.jsonl", [{"a": 1}])
+        write_json_atomic(tmp_path / "meta.json", {"a": 1})
+        suites = world.write_builtin_suites(tmp_path / "suites")
+    finally:
+        os.umask(umask)
+    for path in [tmp_path / "rows.jsonl", tmp_path / "meta.json", *suites.values()]:
+        assert path.stat().st_mode & 0o777 == 0o644, path
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary file left

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -154,9 +153,10 @@ def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``rows`` as JSON lines, atomically (a failure leaves no partial file)."""
     target = Path(path).expanduser()
     prepare_output_file(target, "output")
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # a file of the process's own name, opened as any file (mkstemp made it owner-only, 0600)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
         os.replace(tmp, target)

@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1582,9 +1581,10 @@ def write_builtin_suites(directory: str | Path | None = None) -> dict[str, Path]
     for name, items in builtin_suite_items().items():
         lines = [SuiteItem.model_validate(item).model_dump_json() for item in items]
         path = out_dir / f"{name}.jsonl"
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+        # opened as any file, so it gets the umask's mode (mkstemp made it owner-only, 0600)
+        tmp = out_dir / f".{name}.jsonl.tmp-{os.getpid()}"
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            with open(tmp, "w", encoding="utf-8") as fh:
                 fh.write("\n".join(lines) + "\n")
             os.replace(tmp, path)
         except BaseException:
