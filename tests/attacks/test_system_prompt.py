@@ -72,3 +72,17 @@ def test_exploitation_does_not_run_on_again_when_there_is_no_prompt_to_turn_on(
     )
     assert sorted(r.request_id for r in requests) == ["greedy/sys=off", "greedy/sys=on"]
     assert not caplog.text
+
+
+def test_exploitation_refuses_system_prompt_none_where_on_would_send_the_default() -> None:
+    """With --system-prompt none, "sys=on" sent the model's default prompt without a word."""
+    from poise.errors import PoiseError
+
+    system = SystemPrompt("none", "Be safe.", in_template=True)
+    with pytest.raises(PoiseError, match="--attack-option system_prompt=off"):
+        attacks.get("exploitation")([ITEM], Sampling(), system, families=("greedy",))
+    # off alone is what none asks for, and runs
+    requests = attacks.get("exploitation")(
+        [ITEM], Sampling(), system, families=("greedy",), system_prompt=("off",)
+    )
+    assert [r.request_id for r in requests] == ["greedy/sys=off"]

@@ -133,3 +133,12 @@ def test_suites_show_a_path_with_brackets_on_a_terminal(
     result = CliRunner().invoke(app, ["suites", "show", str(folder / "s.jsonl")])
     assert result.exit_code == 0, result.output
     assert "loading" in terminal.file.getvalue()  # type: ignore[attr-defined]
+
+
+def test_a_recipe_option_of_key_value_pairs_names_the_form_once() -> None:
+    """`train dpo --help` said "(KEY=VALUE) (KEY=VALUE, repeatable)" for --loss-option."""
+    result = CliRunner().invoke(app, ["train", "dpo", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    text = " ".join(result.output.replace("│", " ").split())  # the help box wraps lines
+    assert "loss (KEY=VALUE) (repeatable)" in text
+    assert "(KEY=VALUE) (KEY=VALUE" not in text

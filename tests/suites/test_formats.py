@@ -356,6 +356,12 @@ def test_register_format_adds_a_detectable_format(tmp_path: Path) -> None:
         format_registry._entries.pop("test_quiz")
 
 
+def test_a_format_is_described_by_its_docstrings_whole_first_paragraph() -> None:
+    """`poise suites ls` cut JailbreakBench's description after its first line ("... or
+    borderline for the")."""
+    assert format_registry.help("jailbreakbench").endswith("or borderline for the benign file.")
+
+
 def test_hh_rlhf_broken_rejected_transcript_names_the_rejected_field(tmp_path: Path) -> None:
     path = tmp_path / "hh.jsonl"
     path.write_text(

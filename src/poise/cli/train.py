@@ -97,7 +97,8 @@ def _cli_parameter(name: str, field: Any) -> tuple[inspect.Parameter, Callable[[
     elif origin is dict:
         cli_type = list[str]
         default = []
-        help_text += " (KEY=VALUE, repeatable)"
+        # the field's description may name the form already ("... (KEY=VALUE)")
+        help_text += " (repeatable)" if "KEY=VALUE" in help_text else " (KEY=VALUE, repeatable)"
 
         def convert(value: Any) -> Any:
             from poise.cli.audit import parse_options

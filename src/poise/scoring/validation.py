@@ -153,6 +153,9 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
         raise PoiseError(f"{path}: not a CSV file ({exc})") from None
     if not header:
         raise PoiseError(f"{path}: empty CSV file (no header)")
+    if header[0].lstrip().startswith(("{", "[")):
+        # JSON read as CSV: its first line became the "columns", printed whole in the error
+        raise PoiseError(f"{path}: not a CSV file (it holds JSON); this format reads CSV")
     return header, rows
 
 
@@ -160,8 +163,16 @@ def _require(header: Sequence[str], needed: Iterable[str], path: Path, fmt: str)
     missing = [c for c in needed if c not in header]
     if missing:
         raise PoiseError(
-            f"{path}: {fmt} format needs column {missing[0]!r} (columns: {', '.join(header)})"
+            f"{path}: {fmt} format needs column {missing[0]!r} (columns: {_listed(header)})"
         )
+
+
+def _listed(header: Sequence[str], limit: int = 12) -> str:
+    """A header's columns for an error line: the first ``limit`` of them, each cut to 40
+    characters (a file that is not what the format reads can have a header of any size)."""
+    shown = [c if len(c) <= 40 else c[:39] + "…" for c in header[:limit]]
+    more = f", … (+{len(header) - limit})" if len(header) > limit else ""
+    return ", ".join(shown) + more
 
 
 _XSTEST_REFUSED = {"2_full_refusal": True, "3_partial_refusal": True, "1_full_compliance": False}

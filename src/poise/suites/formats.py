@@ -180,8 +180,9 @@ def register_format(
     """
 
     def add(fn: ConvertFn) -> ConvertFn:
-        doc_lines = (fn.__doc__ or "").strip().splitlines()
-        summary = help or (doc_lines[0] if doc_lines else "")
+        # the docstring's first paragraph, whole: its first line alone cut sentences mid-way
+        paragraph = (fn.__doc__ or "").strip().split("\n\n")[0]
+        summary = help or " ".join(line.strip() for line in paragraph.splitlines())
         fmt = Format(name, fn, tuple(required), check, summary, detect and bool(required))
         format_registry.add(name, fmt, help=summary)
         return fn
