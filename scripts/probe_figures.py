@@ -208,6 +208,9 @@ def paired(base: str, steered: str, exclude_limit: int) -> None:
             ("benign", "helpful", True),
         ):
             rows = [r for r in runs.values() if r.get("kind") == kind]
+            if not rows:  # a run of other suites (harmful + benign): no such rate
+                parts.append(f"{kind} {key}: no {kind} items")
+                continue
             k = sum(bool(r["verdict"].get(key)) == want for r in rows)
             low, high = wilson_interval(k, len(rows))
             parts.append(f"{kind} {key} {k}/{len(rows)} = {100 * k / len(rows):.1f}% "

@@ -115,12 +115,13 @@ def test_a_value_of_the_wrong_type_is_blamed_on_the_file_not_on_a_flag(tmp_path:
     config = tmp_path / "audit.yaml"
     config.write_text("model: mock\nsampling: {temperature: hot}\n")
     line = one_line(invoke("audit", "--config", str(config)))
-    assert f"{config}: sampling.temperature: " in line and "valid number" in line
+    # and on its line, as a value out of range is (it was the file alone)
+    assert f"{config}:2: sampling.temperature: " in line and "valid number" in line
     assert "--temperature" not in line
     train = tmp_path / "train.yaml"
-    train.write_text("epochs: many\n")
+    train.write_text("# a comment\nepochs: many\n")
     result = invoke("train", "dpo", "--config", str(train))
-    assert result.exit_code == 2 and f"{train}: epochs: " in result.output
+    assert result.exit_code == 2 and f"{train}:2: epochs: " in result.output
 
 
 def test_a_broken_file_is_one_line(tmp_path: Path) -> None:

@@ -114,8 +114,11 @@ def _read_config(ctx: typer.Context, value: str | None) -> str | None:
             raise PoiseError(
                 f"{CONFIG_FLAG} is empty; give a YAML or JSON file, or leave the flag out"
             )
+        from poise.config import yaml_key_lines
+
+        data = read_yaml_mapping(path)
         defaults = flag_defaults(
-            ctx.command, read_yaml_mapping(path), value, ctx=ctx, sources=sources
+            ctx.command, data, value, ctx=ctx, sources=sources, lines=yaml_key_lines(path)
         )
     except PoiseError as exc:
         from rich.markup import escape
@@ -166,12 +169,17 @@ def flag_defaults(
     *,
     ctx: Any = None,
     sources: dict[str, tuple[str, Any]] | None = None,
+    lines: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The file's keys as ``{parameter name: value}`` for ``ctx.default_map``. Given ``ctx``,
     each value is also converted as its flag would be, so that a wrong type is blamed on the
     file's key, not on a flag the user never typed. ``sources``, when given, receives
-    ``{parameter name: (the file's key, (its value, its converted value))}``."""
+    ``{parameter name: (the file's key, (its value, its converted value))}``. ``lines``: the
+    line of each key (``OUTER.INNER`` for a nested one), named in the errors as ``FILE:LINE``."""
     from poise.errors import PoiseError
+
+    def at(key: str) -> str:  # FILE:LINE of a key, or FILE
+        return f"{source}:{lines[key]}" if lines and key in lines else source
 
     params = {p.name: p for p in command.params if p.name and CONFIG_FLAG not in p.opts}
     names: dict[str, str] = {}  # every spelling of a key -> the parameter's name
@@ -190,7 +198,7 @@ def flag_defaults(
         if normal in _NESTED and normal not in names:
             if not isinstance(value, Mapping):
                 raise PoiseError(
-                    f"{source}: {key}: expected a mapping of its options (e.g. {key}: "
+                    f"{at(key)}: {key}: expected a mapping of its options (e.g. {key}: "
                     f"{{temperature: 1.0}}), got {'null' if value is None else repr(value)}"
                 )
             fields = _nested_fields(normal)
@@ -202,7 +210,7 @@ def flag_defaults(
                     close = difflib.get_close_matches(str(inner), known, n=3, cutoff=0.6)
                     hint = f"; did you mean {', '.join(close)}?" if close else ""
                     raise PoiseError(
-                        f"{source}: unknown key {f'{key}.{inner}'!r} for `{command.name}`{hint} "
+                        f"{at(f'{key}.{inner}')}: unknown key {f'{key}.{inner}'!r} for `{command.name}`{hint} "
                         f"(keys of {key}: {', '.join(known)})"
                     )
             flat.extend((f"{key}.{k}", v) for k, v in value.items())
@@ -212,12 +220,13 @@ def flag_defaults(
     defaults: dict[str, Any] = {}
     given: dict[str, str] = {}  # parameter name -> the file's key that gave it
     for key, value in flat:
+        source_of_key = at(key)
         normal = key.rsplit(".", 1)[-1].replace("-", "_")
         if normal not in names:
             close = difflib.get_close_matches(normal, sorted(names), n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise PoiseError(
-                f"{source}: unknown key {key!r} for `{command.name}`{hint} "
+                f"{source_of_key}: unknown key {key!r} for `{command.name}`{hint} "
                 f"(keys: {', '.join(sorted(params))})"
             )
         param = params[names[normal]]
@@ -226,18 +235,18 @@ def flag_defaults(
             # sampling.temperature, suite and suites): the later one silently won
             flag = next((o for o in param.opts if o.startswith("--")), names[normal])
             raise PoiseError(
-                f"{source}: keys {given[names[normal]]!r} and {key!r} both give {flag}; keep one"
+                f"{source_of_key}: keys {given[names[normal]]!r} and {key!r} both give {flag}; keep one"
             )
         given[names[normal]] = key
-        _check_value(param, key, value, source)
-        flag_value = _as_flag_value(param, value, f"{source}: {key}")
+        _check_value(param, key, value, source_of_key)
+        flag_value = _as_flag_value(param, value, f"{source_of_key}: {key}")
         converted = flag_value
         coercion = getattr(param, "get_runtime_param", None)  # typer's own conversion
         if ctx is not None and coercion is not None and flag_value is not None:
             try:
                 converted = coercion().coerce(flag_value, param=param, ctx=ctx)
             except typer.BadParameter as exc:
-                raise PoiseError(f"{source}: {key}: {exc.message}") from None
+                raise PoiseError(f"{source_of_key}: {key}: {exc.message}") from None
         defaults[param.name or normal] = flag_value
         if sources is not None:
             sources[param.name or normal] = (key, (value, converted))
