@@ -9,7 +9,14 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
+from poise.cli._common import (
+    console,
+    err_console,
+    expand_paths,
+    shown,
+    sigterm_as_interrupt,
+    user_errors,
+)
 from poise.errors import PoiseError
 
 organism_app = typer.Typer(
@@ -28,8 +35,9 @@ def _weights_dir(out: str | None) -> Path:
 def _progress_bar(setup: str | None = None) -> Iterator[Callable[[str, int, int], None]]:
     """One bar per task of a build or a measurement, fed by ``progress(task, done, total)``
     (``setup``: a first task, done when the first real one starts); transformers' own bars
-    are off, so there is one display. Drawn on an interactive terminal only: on a pipe rich
-    printed the bars' last state on stdout, before the result table or an error."""
+    are off, so there is one display. On stderr, as progress displays go: stdout holds the
+    result alone, and a log of both (``2>&1``) keeps the bars' last state, what each task took
+    (on a pipe rich prints it when they end)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     from transformers.utils import logging as hf_logging
 
@@ -40,7 +48,7 @@ def _progress_bar(setup: str | None = None) -> Iterator[Callable[[str, int, int]
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, disable=not console.is_interactive) as bar:
+    with Progress(*columns, console=err_console) as bar:
         first = bar.add_task(setup, total=1) if setup is not None else None
         tasks: dict[str, Any] = {}
 
