@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Hashable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -82,6 +83,15 @@ def test_prefill_and_step_equal_a_full_forward(model: HFModel) -> None:
         assert torch.allclose(state.logits[row], full_forward_logits(model, ids), atol=1e-5)
 
 
+def greedy_steps(state: Any, fed: list[list[int]], steps: int) -> None:
+    """Feed each row its greedy token ``steps`` times, appending them to ``fed``."""
+    for _ in range(steps):
+        tokens = state.logits.argmax(dim=-1)
+        for row, token in enumerate(tokens.tolist()):
+            fed[row].append(token)
+        state.step(tokens)
+
+
 @pytest.mark.parametrize("in_one_copy", [False, True], ids=["keep-then-extend", "extend-keep"])
 def test_keep_and_extend_merge_batches_at_a_step_boundary(
     model: HFModel, in_one_copy: bool
@@ -89,11 +99,7 @@ def test_keep_and_extend_merge_batches_at_a_step_boundary(
     prompts = model._encode_prompts(CHATS)
     state = model.prefill(prompts[:3])
     fed = [list(p) for p in prompts[:3]]
-    for _ in range(3):
-        tokens = state.logits.argmax(dim=-1)
-        for row, token in enumerate(tokens.tolist()):
-            fed[row].append(token)
-        state.step(tokens)
+    greedy_steps(state, fed, 3)
     # the longest prompt leaves: the cache's all-padding columns are dropped
     longest = max(range(3), key=lambda r: len(prompts[r]))
     kept = [r for r in range(3) if r != longest]
@@ -110,11 +116,7 @@ def test_keep_and_extend_merge_batches_at_a_step_boundary(
     fed = [fed[r] for r in kept]
     fed += [list(p) for p in newcomer]
     assert len(state) == len(fed)
-    for _ in range(3):
-        tokens = state.logits.argmax(dim=-1)
-        for row, token in enumerate(tokens.tolist()):
-            fed[row].append(token)
-        state.step(tokens)
+    greedy_steps(state, fed, 3)
     for row, ids in enumerate(fed):
         assert torch.allclose(state.logits[row], full_forward_logits(model, ids), atol=1e-5)
 
@@ -128,11 +130,7 @@ def test_place_puts_new_rows_where_rows_left_without_touching_the_others(
     prompts = model._encode_prompts(CHATS)
     state = model.prefill(prompts[:3])
     fed = [list(p) for p in prompts[:3]]
-    for _ in range(3):
-        tokens = state.logits.argmax(dim=-1)
-        for row, token in enumerate(tokens.tolist()):
-            fed[row].append(token)
-        state.step(tokens)
+    greedy_steps(state, fed, 3)
     shortest = min(range(3), key=lambda r: len(prompts[r]))
     state.retire([shortest])
     tokens = state.logits.argmax(dim=-1)
@@ -148,11 +146,7 @@ def test_place_puts_new_rows_where_rows_left_without_touching_the_others(
     # in place: the same buffers, so the other rows were not copied
     assert [layer.key_buffer for layer in state.cache.cache.layers] == buffers
     fed[shortest] = list(prompts[3][:2])
-    for _ in range(3):
-        tokens = state.logits.argmax(dim=-1)
-        for row, token in enumerate(tokens.tolist()):
-            fed[row].append(token)
-        state.step(tokens)
+    greedy_steps(state, fed, 3)
     for row in [*others, shortest]:
         assert torch.allclose(state.logits[row], full_forward_logits(model, fed[row]), atol=1e-5)
     with pytest.raises(PoiseError, match="2 rows to place, 1 places"):
