@@ -1,4 +1,5 @@
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,15 @@ def test_the_cli_refuses_per_prompt_below_one_before_reading_the_run(tmp_path: P
     assert result.exit_code == 2
     assert "--per-prompt must be an integer >= 1, got 0" in result.output
     assert not output.exists()
+
+
+def test_write_pairs_interrupted_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """Ctrl-C while the pairs were written left the temporary file beside the output."""
+
+    def pairs() -> Iterator[dict[str, str]]:
+        yield {"prompt": "p", "chosen": "a", "rejected": "b"}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_pairs(pairs(), tmp_path / "pairs.jsonl")
+    assert list(tmp_path.iterdir()) == []

@@ -98,4 +98,7 @@ def write_pairs(pairs: Iterable[Mapping[str, Any]], path: str | Path) -> int:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise PoiseError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except BaseException:  # Ctrl-C, or a pair that fails as it is made: no file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     return count
