@@ -213,6 +213,25 @@ def test_a_different_vocabulary_is_one_clear_error(
         EmulatedFineTuning(base, tuned=other, reference=ref)
 
 
+def test_logits_of_another_width_are_refused_before_any_generation(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel], tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """The same tokenizer over an output layer padded to more rows: refused when the model is
+    built (it was refused only at the first prefill, after every model had loaded)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base, _, _, ref = trio
+    padded = AutoModelForCausalLM.from_pretrained(str(tiny_hf_model_dir))
+    padded.resize_token_embeddings(padded.config.vocab_size + 8)
+    padded.save_pretrained(tmp_path / "padded")
+    AutoTokenizer.from_pretrained(str(tiny_hf_model_dir)).save_pretrained(tmp_path / "padded")
+    other = HFModel(str(tmp_path / "padded"), device="cpu")
+    with pytest.raises(
+        PoiseError, match=r"eft: the models' logits have different vocabulary sizes"
+    ):
+        EmulatedFineTuning(base, tuned=other, reference=ref)
+
+
 @pytest.mark.slow
 def test_on_the_organism_the_weight_moves_refusal_both_ways() -> None:
     """First-generation organism: organism-small-safe minus organism-small is a refusal delta.

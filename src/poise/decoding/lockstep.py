@@ -34,8 +34,20 @@ __all__ = ["Combine", "LockstepModel", "LockstepState", "check_shared_vocabulary
 Combine = Callable[[list[torch.Tensor]], torch.Tensor]
 
 
+def _logit_width(model: Any) -> int | None:
+    """The width of a local model's logits (its output layer's rows), through wrappers; None
+    where it is not known before a forward pass."""
+    while getattr(model, "inner", None) is not None:
+        model = model.inner
+    output = getattr(getattr(model, "model", None), "get_output_embeddings", None)
+    layer = output() if callable(output) else None
+    weight = getattr(layer, "weight", None)
+    return int(weight.shape[0]) if weight is not None else None
+
+
 def check_shared_vocabulary(kind: str, models: Sequence[LanguageModel]) -> None:
-    """Refuse models whose tokenizers map tokens to different ids (one clear line)."""
+    """Refuse models whose tokenizers map tokens to different ids, or whose logits have
+    different widths (a padded output layer), in one clear line, before any generation."""
     first = models[0]
     if first.tokenizer is None:
         raise PoiseError(f"{kind}: {first.name!r} has no tokenizer to compare vocabularies with")
@@ -51,6 +63,15 @@ def check_shared_vocabulary(kind: str, models: Sequence[LanguageModel]) -> None:
                 f"({len(theirs)} vs {len(vocab)} tokens, {differ} of {first.name!r}'s tokens "
                 "with another id or missing); token-level mixing needs one vocabulary"
             )
+    widths = {m.name: w for m in models if (w := _logit_width(m)) is not None}
+    if len(set(widths.values())) > 1:
+        # the same tokenizer over output layers of different sizes: found only at the first
+        # prefill (LockstepState) before, after every model's weights were loaded
+        shown = ", ".join(f"{name}: {width}" for name, width in widths.items())
+        raise PoiseError(
+            f"{kind}: the models' logits have different vocabulary sizes ({shown}); "
+            "token-level mixing needs one width"
+        )
 
 
 class LockstepState:
