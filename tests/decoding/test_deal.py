@@ -74,13 +74,15 @@ def test_a_vanishing_temperature_draws_the_top_k_in_order(tiny: HFModel) -> None
     deal = DeAL(tiny, k=3, lookahead=1, beam=1, lam=0.0)
     logprobs = torch.log_softmax(torch.tensor([[0.3, 2.0, -1.0, 0.5, 1.5, -4.0]]), dim=-1)
     for temperature in (1e-38, 1e-300, 5e-324):
-        search = _Search([], Sampling(temperature=temperature), torch.Generator().manual_seed(0))
+        search = _Search(
+            [], [], Sampling(temperature=temperature), torch.Generator().manual_seed(0)
+        )
         chosen = deal._candidates(logprobs, [search])
         assert chosen.tolist() == [[1, 4, 3]]
     # at T = 1 the draw is still random (without replacement): not always the top 3
     draws = set()
     for seed in range(20):
-        search = _Search([], Sampling(temperature=1.0), torch.Generator().manual_seed(seed))
+        search = _Search([], [], Sampling(temperature=1.0), torch.Generator().manual_seed(seed))
         draws.add(tuple(deal._candidates(logprobs, [search])[0].tolist()))
     assert len(draws) > 1
 

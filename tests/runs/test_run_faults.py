@@ -162,3 +162,23 @@ def test_a_sqlite_error_in_the_cache_is_one_line(tmp_path: Path) -> None:
     assert cache.get("k") is None  # nothing half-stored
     cache.put_many("m", {"small": [Completion(text="ok", num_tokens=1, finish_reason="stop")]})
     assert cache.get("small") is not None
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file_and_no_temporary_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every atomic writer goes through write_text_atomic; it removed its temporary file on an
+    OSError only, so Ctrl-C between the write and the rename left it beside the output."""
+    from poise.runs import run as run_module
+
+    target = tmp_path / "out.json"
+    target.write_text("old\n")
+
+    def interrupted(src: object, dst: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_module.write_text_atomic(target, "new\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    assert target.read_text() == "old\n"

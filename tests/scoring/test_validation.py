@@ -169,14 +169,15 @@ def test_generic_jsonl_with_a_column_mapping(tmp_path: Path) -> None:
 
 def test_json_forced_into_a_csv_format_is_one_short_line(tmp_path: Path) -> None:
     """A JSON file read with a CSV format (--format xstest) had its first line printed whole as
-    the "columns": a one-line JSON of 679 KB gave an error of 689 KB."""
+    the "columns": a one-line JSON gave an error as long as the file. The rows are written
+    here; no public label file is read."""
     big = tmp_path / "val.jsonl"
     big.write_text(json.dumps({"prompt": "p", "output": "x" * 100_000}) + "\n")
     with pytest.raises(PoiseError, match="not a CSV file \\(it holds JSON\\)") as info:
         read_labels(big, format="xstest")
     assert len(str(info.value)) < 200
     wide = write_csv(tmp_path / "wide.csv", [f"c{i}" for i in range(50)], [list(range(50))])
-    with pytest.raises(PoiseError, match=r"columns: c0, c1, .*, … \(\+38\)\)") as info:
+    with pytest.raises(PoiseError, match=r"columns: c0, c1, .*, … \(\+38\)\)"):
         read_labels(wide, format="xstest")
 
 

@@ -102,6 +102,7 @@ class _Search:
     """The search of one (chat, sample): its beams and, once done, its answer."""
 
     chat: Chat
+    prompt: list[int]  # the chat's prompt token ids
     sampling: Sampling
     generator: torch.Generator | None
     beams: list[list[int]] = field(default_factory=lambda: [[]])  # tokens of each beam
@@ -229,23 +230,28 @@ class DeAL(WrappedModel):
             return []
         inner: Any = self.inner
         context = self.context_length  # the base's, less the lookahead's tokens
+        prompts = inner._encode_prompts(chats)  # once: each sample's search reads its chat's
         if context is not None:
             # past the context a model of learned positions fails (IndexError) and one of rotary
             # positions decodes garbage: a prompt that leaves no room is refused, before any
             # search, as the base model's generate refuses one
-            for c, prompt in enumerate(inner._encode_prompts(chats)):
+            for c, prompt in enumerate(prompts):
                 if len(prompt) >= context:
                     raise ContextLengthError(
                         context, len(prompt), None, at_least=False, where=f"{self.name}: chat {c}"
                     )
         searches = []
-        for chat in chats:
+        for chat, prompt in zip(chats, prompts, strict=True):
+            # the candidate and its lookahead must fit after the answer: an answer ends where
+            # they would not ("length"), as the base model ends a row at its context
+            room = None if context is None else context - len(prompt)
+            limit = sampling.max_new_tokens if room is None else min(room, sampling.max_new_tokens)
             for sample in range(sampling.n):
                 generator = None
                 if not sampling.greedy:
                     seed = row_seed(sampling.seed, chat, sample)
                     generator = torch.Generator().manual_seed(seed)
-                searches.append(_Search(chat, sampling, generator))
+                searches.append(_Search(chat, prompt, sampling, generator, limit=limit))
         # searches per batch: beams x k rows each while looking ahead
         per_batch = max(1, self.batch_size // (self.beam * self.k))
         reported = 0
@@ -324,14 +330,7 @@ class DeAL(WrappedModel):
         eos = set(inner.eos_token_ids)
         pad = inner.pad_token_id
         sampling = searches[0].sampling
-        prompts = inner._encode_prompts([s.chat for s in searches])
-        for search, prompt in zip(searches, prompts, strict=True):
-            # the candidate and its lookahead must fit after the answer: an answer ends where
-            # they would not ("length"), as the base model ends a row at its context
-            room = None if self.context_length is None else self.context_length - len(prompt)
-            search.limit = (
-                sampling.max_new_tokens if room is None else min(room, sampling.max_new_tokens)
-            )
+        prompts = [s.prompt for s in searches]
         state = inner.prefill(prompts, reserve=sampling.max_new_tokens + self.lookahead + 1)
         if self.lookahead and not state.mergeable:
             raise PoiseError(f"deal: {inner.name!r}'s KV cache cannot rewind (not plain attention)")

@@ -278,10 +278,19 @@ class Node:
         # for node.add's widening
         self.sets: list[tuple[tuple[int, ...], float]] = []
 
-    def expand(self, sets: Sequence[tuple[tuple[int, ...], float]]) -> None:
-        """Children for token sets with their priors (``nodes.py: node.expand``)."""
+    def expand(
+        self,
+        sets: Sequence[tuple[tuple[int, ...], float]],
+        priors: Sequence[float] | None = None,
+    ) -> None:
+        """Children for token sets (``nodes.py: node.expand``): each set with its probability,
+        kept for :meth:`add`'s widening, and its child's prior (default: that probability).
+        The search derives the priors from the probabilities (normalised, mixed at the root),
+        but widening mixes the stored probabilities as ``group_getp`` gave them (``main.py``:
+        search keeps ``egp``)."""
         self.sets = list(sets)
-        for tokens, prior in sets:
+        chosen = [p for _, p in sets] if priors is None else list(priors)
+        for (tokens, _), prior in zip(sets, chosen, strict=True):
             self.children[tokens] = Node(self, prior, tokens, self.depth + 1)
 
     def needs_widening(self) -> bool:
@@ -936,11 +945,7 @@ class Rain(WrappedModel):
             priors = [p / total for _, p in sets]
             if node.parent is None:
                 priors = mix_priors(priors)
-            node.expand([(t, p) for (t, _), p in zip(sets, priors, strict=True)])
-            # node.add normalises the stored sets with the new ones as group_getp gave them
-            # (main.py: search keeps ``egp``, the sets' unnormalised probabilities), not the
-            # priors just derived from them (normalised, and mixed at the root)
-            node.sets = list(sets)
+            node.expand(sets, priors)
         node.backup(value, full, embed, path_n=len(full) - len(state))
 
     @torch.inference_mode()

@@ -48,6 +48,7 @@ from poise.errors import PoiseError, UnknownNameError
 from poise.merge.config import MergeConfig, check_config, merged_entries, run_merge
 from poise.merge.executor import check_folder_path
 from poise.merge.methods import KEYWORD_OPTIONS, METHODS
+from poise.runs.run import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -330,9 +331,7 @@ def run_search(
             for c in found
         ],
     }
-    tmp = out / "search.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    tmp.replace(out / "search.json")
+    write_text_atomic(out / "search.json", json.dumps(summary, indent=2, default=str) + "\n")
     return SearchResult(out, found, chosen)
 
 

@@ -24,7 +24,6 @@ seed.
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -151,18 +150,11 @@ def prompt_items(
 
 def write_jsonl(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Write ``rows`` as JSON lines, atomically (a failure leaves no partial file)."""
+    from poise.runs.run import write_text_atomic
+
     target = Path(path).expanduser()
     prepare_output_file(target, "output")
-    # a file of the process's own name, opened as any file (mkstemp made it owner-only, 0600)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return target
 
 

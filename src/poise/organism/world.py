@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -1573,6 +1572,7 @@ def write_builtin_suites(directory: str | Path | None = None) -> dict[str, Path]
     """Write ``{harmful,borderline,benign,honesty,sycophancy}.jsonl`` into ``directory`` (default: the
     package's ``suites/builtin``). Each file is validated against SuiteItem and replaced
     atomically, so a failure leaves the previous files intact."""
+    from poise.runs.run import write_text_atomic
     from poise.suites.schema import SuiteItem
 
     out_dir = Path(directory) if directory is not None else default_suites_dir()
@@ -1581,15 +1581,7 @@ def write_builtin_suites(directory: str | Path | None = None) -> dict[str, Path]
     for name, items in builtin_suite_items().items():
         lines = [SuiteItem.model_validate(item).model_dump_json() for item in items]
         path = out_dir / f"{name}.jsonl"
-        # opened as any file, so it gets the umask's mode (mkstemp made it owner-only, 0600)
-        tmp = out_dir / f".{name}.jsonl.tmp-{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write("\n".join(lines) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_text_atomic(path, "\n".join(lines) + "\n")
         logger.info("wrote %d items to %s", len(lines), path)
         written[name] = path
     return written

@@ -112,8 +112,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
-    """Write ``text`` next to ``path`` and rename it into place; PoiseError on a failed write
-    (the temporary file is removed)."""
+    """Write ``text`` next to ``path`` and rename it into place; PoiseError on a failed write.
+    The temporary file is removed whatever stops the write (a full disk, Ctrl-C), and the file
+    gets the umask's mode, as any file the process writes (``mkstemp`` would make it 0600)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -125,6 +126,9 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         raise write_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def check_runs_root(root: str | Path) -> None:

@@ -604,17 +604,11 @@ def library_versions() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """``data`` as JSON at ``path``, whole or not at all; the file gets the umask's mode, as any
-    file the process writes (mkstemp made it owner-only, 0600)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` as JSON at ``path``, whole or not at all (:func:`poise.runs.run.write_text_atomic`);
+    values JSON has no type for are written as their text."""
+    from poise.runs.run import write_text_atomic
+
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 @dataclass
