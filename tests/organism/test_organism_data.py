@@ -186,3 +186,12 @@ def test_written_files_get_the_umask_mode_not_owner_only(tmp_path: Path) -> None
     for path in [tmp_path / "rows.jsonl", tmp_path / "meta.json", *suites.values()]:
         assert path.stat().st_mode & 0o777 == 0o644, path
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary file left
+
+
+def test_the_writer_checks_both_paths_before_writing_either(tmp_path: Path) -> None:
+    """The checks lived in the command only: another caller of write_organism_data wrote the
+    prompts over the pairs given one path for both."""
+    pairs = tmp_path / "pairs.jsonl"
+    with pytest.raises(PoiseError, match="prompts_output .* is the output file"):
+        write_organism_data(pairs, prompts_output=pairs, phrasings=1)
+    assert not pairs.exists()

@@ -281,19 +281,8 @@ def organism_data_command(
 ) -> None:
     """Write preference pairs (and safe-RL prompts) from the organism's world."""
     with user_errors():
-        from poise.errors import PoiseError, prepare_output_file
         from poise.organism.data import write_organism_data
 
-        # both files checked before either is written: a --prompts-output under a file failed
-        # (as "output") once the pairs were written, and the same path for both wrote the
-        # prompts over the pairs while the command said it wrote the pairs there
-        pairs_file = prepare_output_file(output, "--output")
-        if prompts_output is not None:
-            prompts_file = prepare_output_file(prompts_output, "--prompts-output")
-            if prompts_file.resolve() == pairs_file.resolve():
-                raise PoiseError(
-                    f"--prompts-output {prompts_output} is the --output file; give each its own"
-                )
         counts = write_organism_data(
             output,
             prompts_output=prompts_output,
@@ -301,6 +290,7 @@ def organism_data_command(
             phrasings=phrasings,
             system_share=system_share,
             kinds=tuple(kind),
+            names=("--output", "--prompts-output"),
         )
         console.print(f"wrote {counts['pairs']} pairs to [bold]{shown(output)}[/]")
         if prompts_output is not None:

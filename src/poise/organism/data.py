@@ -166,8 +166,20 @@ def write_organism_data(
     phrasings: int = 4,
     system_share: float = 0.5,
     kinds: Sequence[str] = KINDS,
+    names: tuple[str, str] = ("output", "prompts_output"),
 ) -> dict[str, int]:
-    """Write the preference pairs (and optionally the safe-RL prompts); returns the counts."""
+    """Write the preference pairs (and optionally the safe-RL prompts); returns the counts.
+
+    Both paths are checked before either file is written (``names``: how the errors call
+    them, e.g. the command's flags): a prompts path under a file failed once the pairs were
+    written, and one path for both wrote the prompts over the pairs."""
+    pairs_file = prepare_output_file(output, names[0])
+    if prompts_output is not None:
+        prompts_file = prepare_output_file(prompts_output, names[1])
+        if prompts_file.resolve() == pairs_file.resolve():
+            raise PoiseError(
+                f"{names[1]} {prompts_output} is the {names[0]} file; give each its own"
+            )
     rows = preference_rows(seed=seed, phrasings=phrasings, system_share=system_share, kinds=kinds)
     counts = {"pairs": len(rows)}
     items = None
