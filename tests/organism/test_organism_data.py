@@ -192,6 +192,6 @@ def test_the_writer_checks_both_paths_before_writing_either(tmp_path: Path) -> N
     """The checks lived in the command only: another caller of write_organism_data wrote the
     prompts over the pairs given one path for both."""
     pairs = tmp_path / "pairs.jsonl"
-    with pytest.raises(PoiseError, match="prompts_output .* is the output file"):
+    with pytest.raises(PoiseError, match=r"prompts_output .* is the output file"):
         write_organism_data(pairs, prompts_output=pairs, phrasings=1)
     assert not pairs.exists()
