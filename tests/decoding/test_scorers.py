@@ -107,3 +107,39 @@ def test_batched_scores_equal_transformers_on_single_rows(
     assert scorer([chats[i] for i in shared], [texts[i] for i in shared]) == pytest.approx(
         [expected[i] for i in shared], abs=1e-4
     )
+
+
+def test_a_pair_past_the_classifiers_context_is_refused_before_any_forward(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    """A learned-position classifier (GPT-2, 32 positions) fails past its table with an
+    IndexError; the scorer names the pair, its length and the context instead, and scores
+    pairs that fit as before."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from poise.errors import PoiseError
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2, num_labels=1
+    )
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    scorer = ClassifierScorer(str(tmp_path))
+    assert scorer.context_length == 32
+    chat = CHATS[2]
+    fits = "Sure!"
+    assert len(scorer.ids(chat, fits)) <= 32
+    [score] = scorer([chat], [fits])
+    assert isinstance(score, float)
+    long = "Sure, " + "and then more words " * 10
+    length = len(scorer.ids(chat, long))
+    assert length > 32
+    with pytest.raises(PoiseError) as caught:
+        scorer([chat, chat], [fits, long])
+    message = str(caught.value)
+    assert f"pair 2 (prompt, response and EOS) is {length} tokens" in message
+    assert "context of 32 tokens" in message

@@ -144,6 +144,10 @@ class ClassifierScorer:
         self.model.config.pad_token_id = self.pad_id
         self.eos = self.tokenizer.eos_token or ""
         self._split = self._backbone_and_head()
+        from poise.models.context import config_context_length
+
+        # the longest row the classifier was built for (None: not declared, nothing checked)
+        self.context_length = config_context_length(self.model.config)
 
     def ids(self, chat: Chat, response: str) -> list[int]:
         """The prompt with the generation prompt, then the response and EOS, as token ids."""
@@ -176,6 +180,7 @@ class ClassifierScorer:
     def __call__(self, chats: Sequence[Chat], responses: Sequence[str]) -> list[float]:
         parts = [self._parts(c, r) for c, r in zip(chats, responses, strict=True)]
         rows = [p + r for p, r in parts]
+        self._check_context(rows)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # less padding per batch
         scores = [0.0] * len(rows)
         split = self._split
@@ -189,6 +194,23 @@ class ClassifierScorer:
             for i, value in zip(chunk, values, strict=True):
                 scores[i] = value
         return scores
+
+    def _check_context(self, rows: Sequence[list[int]]) -> None:
+        """Refuse, before any forward, a pair longer than the classifier's own context: a
+        learned-position classifier fails past it (an IndexError from the position table) and
+        a rotary one scores text it was never built to read. A cut text would be scored as
+        something the model did not answer, so nothing is cut."""
+        context = self.context_length
+        if context is None:
+            return
+        for i, row in enumerate(rows):
+            if len(row) > context:
+                raise PoiseError(
+                    f"scorer {self.name}: pair {i + 1} (prompt, response and EOS) is {len(row)} "
+                    f"tokens, past this classifier's context of {context} tokens; generate "
+                    "shorter answers (max_new_tokens) or score with a classifier of a longer "
+                    "context"
+                )
 
     def _read_at(self, response: list[int]) -> int:
         """Where the head reads a response, 1 + the index of its last token that is not the pad
