@@ -62,6 +62,9 @@ def test_hedged_answers_and_plain_answers_are_not_idk(text: str) -> None:
         ("Pi is roughly 3.140.", "3.14", ()),  # trailing zeros
         ("The symbol for gold is Au.", "Au", ()),
         ("I'm not sure, but I think it's Paris.", "Paris", ()),  # hedged and right
+        ("Carrots are rich in vitamin A.", "Vitamin A", ()),  # an article that ends a name
+        ("Vitamin A is the one.", "vitamin a", ()),
+        ("It is Plan A, not plan B.", "Plan A", ()),
     ],
 )
 def test_is_correct(text: str, reference: str, aliases: tuple[str, ...]) -> None:
@@ -76,6 +79,8 @@ def test_is_correct(text: str, reference: str, aliases: tuple[str, ...]) -> None
         ("The capital is not Paris; it is Lyon.", "Paris"),  # negated mention
         ("There are 18 of them.", "8"),
         ("", "Paris"),
+        ("Night vision needs vitamin B12.", "Vitamin A"),  # "A" is the name, not an article
+        ("They chose plan B over a long wait.", "Plan A"),
     ],
 )
 def test_is_not_correct(text: str, reference: str) -> None:
