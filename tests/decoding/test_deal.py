@@ -338,3 +338,21 @@ def test_an_answer_ends_at_the_context_and_nothing_is_fed_past_it(
     assert len(gpt.prompt_ids(crowded)) == 22
     with pytest.raises(ContextLengthError, match=r"chat 1: .* maximum context length is 21"):
         deal.generate([chat, crowded], Sampling())
+
+
+def test_lam_0_computes_no_lookahead_so_it_costs_no_context(
+    tiny_hf_model_dir: Path, build_gpt2: Any, tmp_path: Path
+) -> None:
+    """With ``lam=0`` no heuristic reads a lookahead and none is computed, yet the search kept
+    ``lookahead`` (4 by default) tokens of the context for it: greedy ``deal(lam=0, beam=1)``
+    ended 4 tokens before the base model at a short context. It is plain greedy decoding now,
+    to the base model's last token."""
+    gpt = HFModel(str(build_gpt2(tmp_path / "gpt", tiny_hf_model_dir, context=24)), device="cpu")
+    chat = [{"role": "user", "content": "hi"}]
+    long = Sampling(max_new_tokens=40)
+    [[plain]] = gpt.generate([chat], long)
+    deal = DeAL(gpt, k=2, beam=1, lam=0)
+    assert deal.lookahead == 4 and deal.context_length == 24
+    [[greedy]] = deal.generate([chat], long)
+    assert greedy.token_ids == plain.token_ids
+    assert (greedy.finish_reason, greedy.num_tokens) == ("length", plain.num_tokens)

@@ -191,7 +191,10 @@ class DeAL(WrappedModel):
         vocab = len(tokenizer) if tokenizer is not None else None
         if vocab is not None and k > vocab:
             raise PoiseError(f"deal: k={k} exceeds {base.name!r}'s vocabulary of {vocab} tokens")
-        if base.context_length is not None and lookahead >= base.context_length:
+        # the tokens a lookahead puts in the KV cache past the answer: none with lam=0, where
+        # no heuristic reads them and none is computed
+        self._ahead = lookahead if lam != 0 else 0
+        if base.context_length is not None and self._ahead >= base.context_length:
             raise PoiseError(
                 f"deal: lookahead={lookahead} does not fit {base.name!r}'s context of "
                 f"{base.context_length} tokens"
@@ -202,7 +205,7 @@ class DeAL(WrappedModel):
         if base.context_length is not None:
             # the lookahead's tokens sit in the KV cache past the answer: the context left for
             # the prompt and the answer is that much shorter (the audit's context check reads it)
-            self.context_length = base.context_length - lookahead
+            self.context_length = base.context_length - self._ahead
         self.k, self.lookahead, self.beam, self.lam = k, lookahead, beam, float(lam)
         self.batch_size = batch_size
         self._scorers: dict[str, Scorer] = {}
@@ -331,8 +334,8 @@ class DeAL(WrappedModel):
         pad = inner.pad_token_id
         sampling = searches[0].sampling
         prompts = [s.prompt for s in searches]
-        state = inner.prefill(prompts, reserve=sampling.max_new_tokens + self.lookahead + 1)
-        if self.lookahead and not state.mergeable:
+        state = inner.prefill(prompts, reserve=sampling.max_new_tokens + self._ahead + 1)
+        if self._ahead and not state.mergeable:
             raise PoiseError(f"deal: {inner.name!r}'s KV cache cannot rewind (not plain attention)")
         live = list(searches)
         while live:
@@ -345,7 +348,7 @@ class DeAL(WrappedModel):
             flat = candidates.reshape(-1)  # [rows * k]
             after = state.step(flat).clone()  # logits after the candidate token
             ahead: list[torch.Tensor] = []
-            if self.lam != 0:
+            if self._ahead:
                 ended = torch.isin(flat, torch.tensor(sorted(eos), device=flat.device))
                 for _ in range(self.lookahead):
                     if bool(ended.all()):
