@@ -95,6 +95,37 @@ def test_ties_sign_election_paper_and_mergekit_differ_with_unequal_weights() -> 
     assert not torch.allclose(paper, weighted, atol=1e-6)
 
 
+def _authors_ties(deltas: torch.Tensor, keep: float, lam: float) -> torch.Tensor:
+    """TIES as the authors' code computes it (github.com/prateeky2806/ties-merging,
+    src/utils/merge_utils.py: ``topk_values_mask``, ``resolve_sign("mass")`` with
+    ``resolve_zero_signs("majority")``, ``disjoint_merge("dis-mean")``), transcribed:
+    ``deltas`` [T, d] flattened task vectors -> ``lam`` times the merged update [d]."""
+    d = deltas.shape[1]
+    kth, _ = deltas.abs().kthvalue(d - int(d * keep), dim=1, keepdim=True)
+    trimmed = deltas * (deltas.abs() >= kth)  # int(d * keep) + 1 entries per row
+    sign = torch.sign(trimmed.sum(dim=0))
+    sign[sign == 0] = torch.sign(sign.sum())
+    selected = trimmed * torch.where(sign.unsqueeze(0) > 0, trimmed > 0, trimmed < 0)
+    counts = (selected != 0).sum(dim=0).double()
+    return lam * selected.sum(dim=0) / counts.clamp(min=1)
+
+
+@pytest.mark.parametrize(("keep", "lam"), [(0.2, 1.0), (0.5, 0.7), (0.9, 1.3)])
+def test_ties_equals_the_authors_code_on_one_tensor(keep: float, lam: float) -> None:
+    """On one tensor (where their whole-vector trim is poise's per-tensor trim) with equal
+    weights, poise's TIES (paper sign election, disjoint mean) equals the authors' code, once
+    poise keeps as many entries as they do (int(d * keep) + 1)."""
+    tensors = _inputs(7, n=3)
+    base = tensors[0]
+    deltas = torch.stack([(x - base).reshape(-1) for x in tensors[1:]])  # [3, 960]
+    d = deltas.shape[1]
+    density = (int(d * keep) + 1.5) / d  # poise keeps int(density * d) = int(d * keep) + 1
+    got = _poise(tensors, "ties", weight=[1.0, 1.0, 1.0], density=density, **{"lambda": lam})
+    expected = base + _authors_ties(deltas, keep, lam).reshape(base.shape)
+    assert torch.allclose(got, expected, atol=1e-12, rtol=0)
+    assert not torch.allclose(got, base + lam * deltas.mean(0).reshape(base.shape), atol=1e-3)
+
+
 @pytest.mark.parametrize("weights", [[0.6, -0.8, 0.7], [0.6, 0.0, -0.7], [-1.0, -1.0, -1.0]])
 @pytest.mark.parametrize(
     ("method", "options"),

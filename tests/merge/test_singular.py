@@ -3,6 +3,8 @@ additions (outlier reweighting, rank selection) against closed forms."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -41,6 +43,30 @@ def test_tsv_m_equals_published_algorithm(shape: tuple[int, int], n_tasks: int) 
     assert torch.allclose(got, expected, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize(
+    ("shape", "weights"), [((30, 20), [0.5, 1.0, 1.5]), ((16, 40), [2.0, -0.5])]
+)
+def test_weighted_tsv_m_scales_each_task_vector_before_its_svd(
+    shape: tuple[int, int], weights: list[float]
+) -> None:
+    """``weight`` is FusionBench's list-valued alpha (github.com/tanganke/fusion_bench,
+    TaskSingularVectorMerging): each task vector is scaled, then merged as the authors merge
+    (matrices) or averaged (other weights); ``alpha`` scales the result."""
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(shape, generator=g, dtype=torch.float64)
+    deltas = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in weights]
+    got = get_method("tsv_m")([base + d for d in deltas], base, weight=weights, alpha=0.8)
+    scaled = [w * d for w, d in zip(weights, deltas, strict=True)]
+    expected = base + 0.8 * _reference_tsv_m(scaled)
+    assert torch.allclose(got, expected, atol=1e-10, rtol=0)
+    assert not torch.allclose(got, base + 0.8 * _reference_tsv_m(deltas), atol=1e-3)
+    bias = base[0]
+    models = [bias + d[0] for d in deltas]
+    mean = torch.stack(scaled).mean(0)[0]
+    got_bias = get_method("tsv_m")(models, bias, weight=weights, alpha=0.8)
+    assert torch.allclose(got_bias, bias + 0.8 * mean, atol=1e-12)
+
+
 def test_tsv_m_averages_non_matrix_weights() -> None:
     base = torch.randn(7, dtype=torch.float64)
     models = [base + 1.0, base + 3.0]
@@ -63,6 +89,24 @@ def test_tsv_m_refuses_ranks_beyond_the_matrix() -> None:
     base = torch.zeros(6, 6)
     with pytest.raises(PoiseError, match="rank_fraction"):
         get_method("tsv_m")([base + 1, base + 2], base, rank_fraction=0.9)
+
+
+@pytest.mark.parametrize("method", ["tsv_m", "resm"])
+def test_a_matrix_narrower_than_the_number_of_tasks_is_left_at_the_base_and_said(
+    method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """int(k / T) = 0 for a [2, 8] matrix and 3 tasks: each task keeps no direction, so the
+    matrix stays at the base, as in the authors' code; a warning names the shape."""
+    base = torch.zeros(2, 8, dtype=torch.float64)
+    g = torch.Generator().manual_seed(6)
+    models = [base + torch.randn(2, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="poise.merge.singular"):
+        assert torch.equal(get_method(method)(models, base), base)
+    assert "(2, 8) matrix keeps int(2 x 0.333333) = 0 directions" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="poise.merge.singular"):
+        get_method(method)(models[:2], base)  # int(2 / 2) = 1: no warning
+    assert "directions" not in caplog.text
 
 
 def test_randomized_svd_close_to_exact_on_low_rank_tasks() -> None:

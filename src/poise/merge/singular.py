@@ -1,48 +1,76 @@
 """Singular-vector merging: TSV-M and RESM (R-TSVM).
 
 Shapes: ``tensors`` is T tensors ``[m, n]`` (or any shape for non-matrix weights), ``base`` the
-same; ``delta_t = tensors[t] - base``; ``k = min(m, n)``.
+same; ``delta_t = w_t (tensors[t] - base)`` (``w_t = weight[t]``, default 1); ``k = min(m, n)``.
 
 **TSV-M** (Task Singular Vectors: Merge; Gargiulo et al., CVPR 2025, arXiv 2412.00081, sec. 4 and
-the authors' code github.com/AntoAndGar/task_singular_vectors, ``compute_and_sum_svd_mem_reduction``):
+the authors' code github.com/AntoAndGar/task_singular_vectors, ``src/utils/TSVM_utils.py``,
+``compute_and_sum_svd_mem_reduction``):
 
     delta_t = U_t S_t V_t^T                        # thin SVD, per task
-    r       = int(k / T)                           # each task keeps its first r singular triplets
+    r       = int(k * (1 / T))                     # each task keeps its first r singular triplets
     U = [U_1[:, :r] | ... | U_T[:, :r]]            # [m, T r]
     S = diag(S_1[:r], ..., S_T[:r])                # [T r, T r]
     V = [V_1[:, :r] | ... | V_T[:, :r]]            # [n, T r]
     U_perp = polar(U), V_perp = polar(V)           # polar(A) = P Q^T for A = P Sigma Q^T
     merged = U_perp S V_perp^T                     # [m, n]
-    theta  = base + alpha * merged                 # alpha = 1 in the authors' TSV-M runs
+    theta  = base + alpha * merged
 
 Weights that are not matrices (biases, norms) are averaged: ``merged = mean_t delta_t``.
-The authors zero-pad U and V to ``k`` columns; the polar factor of the padded matrix agrees with
-the unpadded one on the columns that carry non-zero singular values, so the result is the same.
-poise departs from them where a task vector's rank is below ``r``: its directions of zero
-singular value are arbitrary and are left out (:func:`truncated_svd`), where the authors' code
-stacks them; on full-rank task vectors the two agree.
+``r`` is computed as the authors' code computes it (``int(s.shape[0] * (1 / T))``; the same as
+``int(k / T)`` for every k < 5000 and T < 30). A matrix with ``k < T`` (a reward model's
+``[1, hidden]`` score head merged from two models) keeps no direction and stays at the base, as
+in the authors' code; poise logs a warning naming its shape. Sources and where they differ:
+
+- The authors' code and FusionBench's port of it (github.com/tanganke/fusion_bench,
+  ``fusion_bench/method/task_singular_vector/utils/TSVM_utils.py``) compute the same merge;
+  tests/merge/test_singular.py transcribes it (zero-padded stacks, SVD-based polar factors) and
+  poise equals it to 1e-10 in float64. The padding does not matter: the polar factor of the
+  padded stack agrees with the unpadded one on the columns with non-zero singular values.
+- ``weight``: the authors have no per-task weight; FusionBench's ``alpha`` given as a list
+  scales each task vector before the SVD, which is what ``weight`` does (all ones is the
+  authors' method).
+- ``alpha``: FusionBench's default is 1 (no scaling), poise's too. The authors' ``main.py``
+  picks alpha on validation data from 0.1, 0.2, ..., 3.0 (``np.linspace(0, 3, 31)[1:]`` in
+  ``src/eval/eval.py``) unless ``specify_lambda`` is set: alpha is a tuned parameter, not
+  fixed at 1.
+- Rank below ``r``: poise leaves out a task vector's directions of (numerically) zero singular
+  value (:func:`truncated_svd`); both codes stack them, although they are arbitrary and rotate
+  the other tasks' directions through the polar factors. On full-rank task vectors (ordinary
+  fine-tuning) the results agree; on a zero or low-rank update (a LoRA's) they differ.
 
 ``svd="randomized"`` replaces each per-task SVD by ``torch.svd_lowrank`` with ``r + oversample``
 columns and ``niter`` power iterations (Halko et al., arXiv 0909.4061): only the first r triplets
 are needed, so this is cheaper on wide layers, at an error the benchmark states.
 
-**RESM** (Reweighting Enhanced task Singular Merging, called R-TSVM in earlier versions;
-Yang et al., arXiv 2502.06876) is TSV-M with two additions. The paper names them (outlier
-weighting against preference-noise accumulation; sparsity-aware rank selection adapting to the
-layer); the exact formulas below are **poise's choice**, each behind a parameter:
+**RESM** (Reweighting Enhanced task Singular Merging, called R-TSVM, "Reweighting-enhanced Task
+Singular Vector Merging", in v1; Yang et al., arXiv 2502.06876) is TSV-M with two additions.
+What its sources say of them is only this: "outlier weighting and sparsity-aware rank selection
+strategies to address the challenges of preference noise accumulation and layer sparsity
+adaptation" (v3 abstract), "outlier-aware parameter weighting and sparsity-adaptive rank
+selection strategies adapted to the heavy-tailed parameter distribution and sparsity for LLMs"
+(v1 abstract). The authors release merged models ("We release our models through
+3H_Merging"); the paper's equations and any implementation of theirs were not available to
+check against, so each formula below is **poise's choice**, behind a parameter, and turning
+both off gives TSV-M exactly:
 
 1. Outlier weighting (``outlier_weighting="huber"``): each task vector is reweighted entry-wise with
    Huber weights ``w_ij = min(1, c * sigma_t / |delta_t,ij|)``, ``sigma_t = 1.4826 * median|delta_t|``
    over the entries that changed (the MAD scale of a zero-centred vector; unchanged parameters
-   say nothing about the update's scale), ``c = outlier_threshold``; i.e. entries beyond
-   ``c sigma_t`` are shrunk to ``+-c sigma_t``. ``"none"`` turns it off.
+   say nothing about the update's scale; for an even count ``torch.median``'s lower median),
+   ``c = outlier_threshold``; i.e. entries beyond ``c sigma_t`` are shrunk to ``+-c sigma_t``.
+   ``"none"`` turns it off.
 2. Rank selection (``rank_selection="energy"``): task t keeps the smallest rank whose singular values
    hold an ``energy`` share of ``||delta_t||_F^2``, capped at TSV-M's ``int(k/T)``, so a layer whose
-   update is spectrally sparse takes fewer directions. ``"uniform"`` is TSV-M's ``int(k/T)``.
+   update is spectrally sparse (its energy in few directions) takes fewer directions. The
+   abstracts' "sparsity" may instead mean the share of (near-)zero entries of a layer's update,
+   which this rule does not measure: a dense update of low rank takes few directions here.
+   ``"uniform"`` is TSV-M's ``int(k/T)``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
@@ -50,6 +78,8 @@ import torch
 
 from poise.errors import PoiseError
 from poise.merge.methods import merge_method
+
+log = logging.getLogger(__name__)
 
 SvdKind = Literal["exact", "randomized"]
 MAD_TO_SIGMA = 1.4826  # 1 / Phi^-1(3/4): MAD -> standard deviation for a normal distribution
@@ -131,6 +161,17 @@ def _rank_cap(shape: torch.Size, n_tasks: int, rank_fraction: float | None) -> i
             f"TSV rank_fraction {rank_fraction} keeps {rank} x {n_tasks} tasks > {k} directions "
             f"of a {tuple(shape)} matrix; use rank_fraction <= 1/{n_tasks}"
         )
+    if rank == 0:
+        # as in the authors' code, where int(k / T) is 0 for a matrix narrower than the number
+        # of tasks: said, since the merge keeps such a matrix at the base whatever the tasks did
+        log.warning(
+            "TSV: a %s matrix keeps int(%d x %g) = 0 directions per task for %d tasks: the "
+            "merge leaves it at the base",
+            tuple(shape),
+            k,
+            fraction,
+            n_tasks,
+        )
     return rank
 
 
@@ -166,8 +207,9 @@ def tsv_m(
 ) -> torch.Tensor:
     """TSV-M: per-task low-rank SVD, stacked and orthogonalised (see the module docstring).
 
-    ``weight`` (one per model, default 1) scales each task vector before its SVD (poise's
-    extension; all ones is the authors' method); ``rank_fraction`` defaults to ``1/T``.
+    ``weight`` (one per model, default 1) scales each task vector before its SVD, as
+    FusionBench's list-valued ``alpha`` does (all ones is the authors' method);
+    ``rank_fraction`` defaults to ``1/T``; ``alpha`` scales the merged update (default 1).
     """
     deltas = _deltas(tensors, base, weight)
     if base.dim() != 2:
@@ -204,7 +246,8 @@ def resm(
 ) -> torch.Tensor:
     """RESM: TSV-M on outlier-reweighted task vectors with per-task adaptive ranks.
 
-    The reweighting and the rank rule are poise's reading of arXiv 2502.06876 (module docstring).
+    The reweighting and the rank rule are poise's choices for the two components arXiv
+    2502.06876 names, not checked against its equations (module docstring).
     """
     deltas = _deltas(tensors, base, weight)
     if outlier_weighting == "huber":

@@ -4,9 +4,15 @@ Every function takes ``delta`` ``[*shape]`` (float32 or float64) and returns a t
 shape: the kept entries, optionally rescaled, the rest zero.
 
 - ``magnitude`` (TIES "trim", arXiv 2306.01708 sec. 3): keep the ``k = max(1, int(density*N))``
-  entries of largest ``|delta|``.
+  entries of largest ``|delta|``, per tensor, as mergekit 0.1.5 does. The TIES authors' code
+  (github.com/prateeky2806/ties-merging, ``src/utils/merge_utils.py``, ``topk_values_mask``)
+  trims each model's whole flattened task vector at once and keeps ``|delta| >=`` its
+  ``(d - int(d*K))``-th smallest magnitude: ``int(d*K) + 1`` entries, and every entry tied at
+  the threshold. poise keeps mergekit's per-tensor count (tests/merge/test_methods.py checks
+  the rest of the authors' TIES on one tensor with the counts made equal).
 - ``random`` (DARE, arXiv 2311.03099 eq. 2): keep each entry independently with probability
-  ``density``.
+  ``density``; the authors' ``mask_input_with_mask_rate`` (github.com/yule-BUAA/MergeLM) drops
+  with probability ``mask_rate = 1 - density`` and divides by ``1 - mask_rate``: the same rule.
 - ``magnitude_outliers`` (Model Breadcrumbs, arXiv 2312.06795 sec. 3): drop the top ``gamma``
   share by magnitude (the outliers) and then the smallest entries, keeping ``int(density*N)``.
 - ``della_magprune`` (DELLA MagPrune, arXiv 2406.11617 sec. 3.1): within each row, keep entry i with

@@ -21,7 +21,12 @@ negative weight, task negation, flips the sign it votes and agrees with; a weigh
 with nothing). ``sign_election="paper"`` (the default) is the paper's rule, ``"weighted"`` is
 mergekit's; the two agree when all weights are equal and positive. Consensus ``"count"`` elects
 by the majority of signs, ``sign(sum_t sign(o_t delta_hat_t))``. A tie (a sum of exactly 0)
-elects ``+``, as mergekit does.
+elects ``+``, as mergekit does; the TIES authors' code (``resolve_zero_signs(..., "majority")``
+in github.com/prateeky2806/ties-merging) gives it the sign of the whole vector's sum of elected
+signs instead. The two differ only where surviving entries cancel exactly; where none survive
+the merged entry is 0 either way. The paper's disjoint mean (the authors' ``disjoint_merge``,
+``dis-mean``: the agreeing entries' sum over their count, at least 1) is ``normalize=True``
+with equal weights.
 
 Rescaling after random dropping: ``rescale_norm="inverse_probability"`` (the DARE and DELLA papers,
 the default) or ``"l1"`` (mergekit 0.1.5); see :mod:`poise.merge.sparsify`.
