@@ -374,3 +374,25 @@ def test_a_key_given_twice_in_a_pair_names_the_line_and_the_key(tmp_path: Path) 
     with pytest.raises(PoiseError) as caught:
         load_preferences(path)
     assert str(caught.value) == f"{path}:2: key 'chosen' given twice (again at column 49)"
+
+
+def test_a_line_that_is_not_utf8_is_named_and_a_byte_order_mark_is_accepted(
+    tmp_path: Path,
+) -> None:
+    """A Latin-1 byte on line 3 was "pairs.jsonl: not UTF-8 text" with no line, and a file
+    saved with a UTF-8 byte-order mark (as Windows editors do) was refused at line 1 as
+    invalid JSON, where the suite loader reads the same file."""
+    row = {"prompt": "p", "chosen": "a", "rejected": "b"}
+    good = json.dumps(row).encode()
+    latin = json.dumps({**row, "chosen": "caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+    path = tmp_path / "pairs.jsonl"
+    path.write_bytes(good + b"\n" + good + b"\n" + latin + b"\n")
+    with pytest.raises(PoiseError, match=r"pairs\.jsonl:3: not UTF-8 text \(byte 31 of the line\)"):
+        load_preferences(path)
+    zipped = tmp_path / "pairs.jsonl.gz"
+    zipped.write_bytes(gzip.compress(good + b"\n" + latin + b"\n"))
+    with pytest.raises(PoiseError, match=r"pairs\.jsonl\.gz:2: not UTF-8 text"):
+        load_preferences(zipped)
+    marked = tmp_path / "bom.jsonl"
+    marked.write_bytes(b"\xef\xbb\xbf" + good + b"\r\n" + good + b"\r\n")
+    assert [p.chosen for p in load_preferences(marked)] == ["a", "a"]

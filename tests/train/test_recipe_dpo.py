@@ -464,3 +464,103 @@ def test_pairs_that_are_the_same_tokens_once_cut_are_left_out(
             model=str(tiny_hf_model_dir), data=str(data), output=str(tmp_path / "o"), max_length=48
         )
     assert not (tmp_path / "o").exists()
+
+
+# ------------------------------------------------------------------------- Ctrl-C and SIGTERM
+
+
+def _interrupt_at(step: int) -> Callable[[Any], None]:
+    """A progress callback that presses Ctrl-C after optimizer step ``step``."""
+
+    def progress(event: Any) -> None:
+        if event.step == step:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_no_folder_and_says_so(
+    tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interrupted run with nothing to resume from left a folder whose header said
+    "running", a log and no model: a half-written folder, and not a word of it."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    out = tmp_path / "new" / "out"
+    common: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        **FAST,
+        "batch_size": 2,
+    }
+    with caplog.at_level("WARNING", logger="poise"), pytest.raises(KeyboardInterrupt):
+        train_dpo(output=str(out), progress=_interrupt_at(1), **common)
+    assert not out.exists()
+    assert "nothing was saved" in caplog.text and "was removed" in caplog.text
+    # an empty folder the user made stays, emptied of what the run wrote
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(output=str(mine), progress=_interrupt_at(1), **common)
+    assert mine.is_dir() and not any(mine.iterdir())
+    train_dpo(output=str(mine), **common)  # the same command then just runs
+    assert json.loads((mine / "poise_train.json").read_text())["status"] == "complete"
+
+
+def test_ctrl_c_after_a_checkpoint_keeps_it_and_says_how_to_resume(
+    tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    out = tmp_path / "out"
+    common: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        **FAST,
+        "batch_size": 2,
+        "save_steps": 2,
+    }
+    with caplog.at_level("WARNING", logger="poise"), pytest.raises(KeyboardInterrupt):
+        train_dpo(output=str(out), progress=_interrupt_at(3), **common)
+    assert (out / "checkpoints" / "step-2").is_dir()
+    assert "keeps the checkpoint of step 2" in caplog.text
+    assert "run the same command again to resume from step 2" in caplog.text
+    assert train_dpo(output=str(out), **common).resumed_from == 2
+
+
+def test_ctrl_c_in_an_overwrite_before_a_checkpoint_puts_the_replaced_run_back(
+    tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    out = tmp_path / "out"
+    common: dict[str, Any] = {"model": str(tiny_hf_model_dir), "data": str(data), **FAST}
+    train_dpo(output=str(out), **common)
+    before = weights(out)
+    with caplog.at_level("WARNING", logger="poise"), pytest.raises(KeyboardInterrupt):
+        train_dpo(output=str(out), overwrite=True, beta=0.5, progress=_interrupt_at(1), **common)
+    assert "holds the run it was to replace again" in caplog.text
+    assert not (out / ".replaced").exists()
+    header = json.loads((out / "poise_train.json").read_text())
+    assert header["status"] == "complete" and header["config"]["beta"] == 0.1
+    assert all(torch.equal(before[k], v) for k, v in weights(out).items())
+    assert train_dpo(output=str(out), **common).skipped  # still the finished run
+
+
+def test_ctrl_c_while_the_final_model_is_written_leaves_no_half_written_folder(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted inside the final save (some model files moved into place, the header still
+    "running", no checkpoint): the folder held a model that no header vouched for."""
+    from poise.train.recipes.common import Session
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    out = tmp_path / "out"
+    real_save = Session.save_model
+
+    def save_then_interrupt(self: Session, folder: Path, source: Path) -> None:
+        real_save(self, folder, source)
+        (folder / "model.safetensors").replace(out / "model.safetensors")  # one file in place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Session, "save_model", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(output=str(out), model=str(tiny_hf_model_dir), data=str(data), **FAST)
+    assert not out.exists()

@@ -166,3 +166,25 @@ def test_scores_are_read_at_the_last_real_token_when_the_config_pads_with_anothe
     together = classifier_scores(model, rows, pad)
     alone = torch.cat([classifier_scores(model, [row], pad) for row in rows])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_ctrl_c_in_a_cost_run_before_a_checkpoint_leaves_no_folder(
+    tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every recipe, not only dpo, cleans up after Ctrl-C (here: cost, from a callback)."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8, safety=True)
+    out = tmp_path / "cost"
+
+    def interrupt(event: object) -> None:
+        raise KeyboardInterrupt
+
+    with caplog.at_level("WARNING", logger="poise"), pytest.raises(KeyboardInterrupt):
+        train_cost(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(out),
+            progress=interrupt,
+            **FAST,
+        )
+    assert not out.exists()
+    assert "nothing was saved" in caplog.text

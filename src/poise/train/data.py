@@ -329,8 +329,18 @@ def _rows(path: Path) -> Iterator[_Row]:
         # opening a FIFO would wait for a writer forever
         raise PoiseError(f"{path}: not a regular file (a FIFO, socket or device)")
     try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
+        # bytes, decoded line by line: a line that is not UTF-8 is named (a text stream decodes
+        # ahead in blocks, so its error could not say which line)
+        with opener(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise located(
+                        path, number, f"not UTF-8 text (byte {exc.start + 1} of the line)"
+                    ) from None
+                if number == 1:
+                    line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is fine
                 if not line.strip():
                     continue
                 try:
@@ -346,8 +356,6 @@ def _rows(path: Path) -> Iterator[_Row]:
         raise PoiseError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise PoiseError(f"{path}: is a directory, expected a .jsonl file") from None
-    except UnicodeDecodeError:
-        raise PoiseError(f"{path}: not UTF-8 text") from None
     except (gzip.BadGzipFile, EOFError):
         raise PoiseError(f"{path}: not a readable gzip file") from None
 

@@ -141,6 +141,31 @@ def trl_dpo(
     discopop_tau: float = 0.05,
 ) -> tuple[float, dict[str, list[float]]]:
     """TRL's batch loss (mean over pairs) and logged metrics for ``batch``."""
+    loss, metrics = trl_dpo_tensor(
+        batch,
+        loss_type,
+        beta=beta,
+        label_smoothing=label_smoothing,
+        f_divergence_type=f_divergence_type,
+        f_alpha_divergence_coef=f_alpha_divergence_coef,
+        ld_alpha=ld_alpha,
+        discopop_tau=discopop_tau,
+    )
+    return float(loss), metrics
+
+
+def trl_dpo_tensor(
+    batch: Batch,
+    loss_type: str,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+    ld_alpha: float | None = None,
+    discopop_tau: float = 0.05,
+) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    """:func:`trl_dpo` with the loss as TRL returns it (a tensor that backward goes through)."""
     dpo_trainer = pytest.importorskip("trl.trainer.dpo_trainer")
     policy = _StandInLM(batch.policy_tokens_trl)
     stub = SimpleNamespace(
@@ -171,7 +196,7 @@ def trl_dpo(
         "completion_mask": batch.completion_mask,
     }
     loss = dpo_trainer.DPOTrainer._compute_loss(stub, policy, inputs, return_outputs=False)
-    return float(loss), stub._metrics["train"]
+    return loss, stub._metrics["train"]
 
 
 def _poise(batch: Batch, loss_type: str, **params: Any) -> Any:
@@ -251,6 +276,83 @@ def test_loss_matches_trl(loss_type: str, beta: float) -> None:
                 float(_poise(one, loss_type, **ours_i).losses[0]),
                 trl_dpo(one, loss_type, **trl_i)[0],
             )
+
+
+def _gradients(
+    loss_type: str, beta: float, seed: int, **extra: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(batch loss)/d(policy token log-probs) from poise and from TRL, both ``[2B, T-1]``.
+
+    The per-token log-probs are the leaves, so the comparison covers the loss and the
+    reduction to sequence log-probs (summing, LD-DPO's weighting, IPO's lengths) together."""
+    grads = []
+    for side in ("poise", "trl"):
+        batch = Batch(8, seed=seed)
+        leaf = batch.policy_tokens_trl.clone().requires_grad_(True)
+        batch.policy_tokens_trl = leaf
+        ours, theirs = _params(loss_type, batch, beta)
+        ld_alpha = extra.get("ld_alpha")
+        f_div = extra.get("f_divergence", "reverse_kl")
+        f_alpha = extra.get("f_alpha", 0.5)
+        if f_div != "reverse_kl":
+            ours.update(f_divergence=f_div, f_alpha=f_alpha)
+        if side == "poise":
+            if ld_alpha is None:
+                loss = _poise(batch, loss_type, **ours).losses.mean()
+            else:
+                t = batch.poise_tokens()
+                loss = ld_dpo_loss(
+                    t["policy_chosen"],
+                    t["policy_rejected"],
+                    t["reference_chosen"],
+                    t["reference_rejected"],
+                    t["chosen_mask"],
+                    t["rejected_mask"],
+                    ld_alpha=ld_alpha,
+                    loss_type=loss_type,
+                    **ours,
+                ).losses.mean()
+        else:
+            loss, _ = trl_dpo_tensor(
+                batch,
+                loss_type,
+                ld_alpha=ld_alpha,
+                f_divergence_type=f_div,
+                f_alpha_divergence_coef=1.0 - f_alpha,
+                **theirs,
+            )
+        loss.backward()
+        assert leaf.grad is not None
+        # on the response tokens only: TRL's LM head gives 0 elsewhere (labels -100), where the
+        # stand-in's sum over every position would show a gradient no real token gets
+        grads.append(leaf.grad * batch.completion_mask[:, 1:])
+    return grads[0], grads[1]
+
+
+@pytest.mark.parametrize("loss_type", sorted(_TRL_LOSSES))
+def test_gradient_matches_trl(loss_type: str) -> None:
+    """Not only the loss value: the gradient the policy receives, token by token."""
+    ours, theirs = _gradients(loss_type, 0.3, seed=7 + len(loss_type))
+    assert theirs.abs().sum() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "robust", "discopop"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"ld_alpha": 0.3},
+        {"f_divergence": "js_divergence"},
+        {"f_divergence": "alpha_divergence", "f_alpha": 0.3},
+        {"f_divergence": "forward_kl"},
+    ],
+    ids=["ld", "js", "alpha", "forward_kl"],
+)
+def test_gradient_matches_trl_with_ld_alpha_and_f_divergences(
+    loss_type: str, extra: dict[str, Any]
+) -> None:
+    ours, theirs = _gradients(loss_type, 0.2, seed=11, **extra)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("loss_type", _F_DIVERGENCE_LOSSES)

@@ -45,7 +45,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -623,13 +623,17 @@ class OutputFolder:
     previous_data: dict[str, Any] = dataclasses.field(default_factory=dict)
     # an --overwrite killed while it moved the old run aside: begin() finishes the move
     interrupted_overwrite: bool = False
+    # whether the folder was there before this run (an interrupted run removes only one it made)
+    existed: bool = False
+    # set once begin() has made the folder this run's (before it, an interrupt wrote nothing)
+    begun: bool = False
 
     @classmethod
     def prepare(cls, config: TrainConfig, recipe: str) -> OutputFolder:
         """Check the output folder (before anything is loaded) and decide: fresh start,
         resume, already done, or an error. Writes nothing."""
         path = Path(config.output).expanduser()
-        out = cls(path=path, recipe=recipe, config=config)
+        out = cls(path=path, recipe=recipe, config=config, existed=path.exists())
         if path.exists() and not path.is_dir():
             raise PoiseError(f"output: {path} exists and is not a folder")
         blocker = file_on_the_way(path)
@@ -725,8 +729,94 @@ class OutputFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         if self.status == "running":
             self.remove_temporary_files()
+            self.begun = True
             return  # keep the header of the run being resumed
         self.write_header(status="running", data=data, metrics={})
+        self.begun = True
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Around the part of a recipe that loads, trains and writes: on Ctrl-C (or SIGTERM,
+        which the CLI raises as one) say what the folder keeps, and leave no half-written run.
+
+        - nothing written yet (before :meth:`begin`): the folder is as it was;
+        - a checkpoint saved: it stays (half-saved checkpoints and final files go), and the
+          same command resumes from it;
+        - no checkpoint: what this run wrote goes (the folder too, if the run made it), and a
+          run that ``--overwrite`` set aside in ``.replaced`` is put back;
+        - the run completed before the interrupt landed: nothing changes.
+
+        The KeyboardInterrupt is raised again (the CLI's exit code stays 130, or 143)."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            if _is_main_process():
+                try:
+                    self._after_interrupt()
+                except OSError as exc:  # the interrupt is what the user needs to hear of
+                    logger.warning("interrupted; cleaning %s failed: %s", self.path, exc)
+            raise
+
+    def _after_interrupt(self) -> None:
+        where = self.path
+        if not self.begun:
+            if self.path.is_dir() and any(self.path.glob(f"{REPLACING}*")):
+                logger.warning(
+                    "interrupted while --overwrite moved the previous run of %s aside; the next "
+                    "run on that folder finishes the move (and keeps that run until it completes)",
+                    where,
+                )
+            else:
+                logger.warning(
+                    "interrupted before training began: nothing was written to %s", where
+                )
+            return
+        if _header_status(self.path) == "complete":
+            self.drop_replaced()
+            logger.warning("interrupted after the run completed: %s holds the model", where)
+            return
+        self.remove_temporary_files()
+        last = self.last_checkpoint()
+        if last is not None:
+            step, folder = last
+            kept = (
+                f"; the run it replaces stays in {self.replaced_dir}"
+                if self.replaced_dir.exists()
+                else ""
+            )
+            logger.warning(
+                "interrupted: %s keeps the checkpoint of step %d (%s), no final model%s; run the "
+                "same command again to resume from step %d",
+                where,
+                step,
+                folder,
+                kept,
+                step,
+            )
+            return
+        _remove([c for c in self.path.iterdir() if not _set_aside_item(c)])
+        restored = self.replaced_dir.is_dir() and not any(self.path.glob(f"{REPLACING}*"))
+        if restored:
+            for child in sorted(self.replaced_dir.iterdir(), key=lambda c: c.name == TRAIN_JSON):
+                os.replace(child, self.path / child.name)  # the header last
+            self.replaced_dir.rmdir()
+        if not self.existed and not any(self.path.iterdir()):
+            self.path.rmdir()
+            logger.warning(
+                "interrupted before the first checkpoint: nothing was saved; %s was removed", where
+            )
+        elif restored:
+            logger.warning(
+                "interrupted before the first checkpoint: nothing was saved; %s holds the run "
+                "it was to replace again",
+                where,
+            )
+        else:
+            logger.warning(
+                "interrupted before the first checkpoint: nothing was saved; what the run wrote "
+                "in %s was removed",
+                where,
+            )
 
     @property
     def replaced_dir(self) -> Path:
@@ -829,6 +919,11 @@ class OutputFolder:
 def _set_aside_item(path: Path) -> bool:
     """``.replaced`` or a ``.replacing-*`` staging folder: not part of the folder's own run."""
     return path.name == REPLACED or path.name.startswith(REPLACING)
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a distributed launch (or a single process): the one that writes the folder."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def _header_status(folder: Path) -> str | None:

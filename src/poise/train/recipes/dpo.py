@@ -350,43 +350,46 @@ def train_dpo(
     if out.status == "complete":
         logger.info("%s already holds this finished run", out.path)
         return finished_result(out)
-    tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)
+    with out.interruptible():
+        tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)
 
-    # ---- load and train
-    session = Session.start(
-        config,
-        out,
-        load_causal_lm(source),
-        tokenizer,
-        rows_per_epoch=len(train_idx),
-        data_info=split_info(config, pairs, train_idx, eval_idx),
-        progress=progress,
-    )
-    reference = Reference.load(ref_folder, source, session)
-    pad = tokenizer.pad_token_id
-    session.model.train()
-    for rows in session.micro_batches(len(train_idx)):
-        batch = pair_batch([encoded[train_idx[i]] for i in rows], pad)
-        mask = batch["response_mask"].to(session.device)
-        # the reference first: its forward's transient memory is freed before the policy's
-        # activations are held for backward, instead of stacking on top of them
-        ref = reference.logps(batch)  # [2B, K]
-        policy = token_logps(session.model, batch, session.device)  # [2B, K]
-        out_loss = dpo_losses(config, params, policy, ref, mask)
-        session.backward(
-            out_loss.losses.sum() / session.rows_in_step, reward_metrics(out_loss, policy, mask)
+        # ---- load and train
+        session = Session.start(
+            config,
+            out,
+            load_causal_lm(source),
+            tokenizer,
+            rows_per_epoch=len(train_idx),
+            data_info=split_info(config, pairs, train_idx, eval_idx),
+            progress=progress,
         )
-        session.step_done()
-
-    # ---- evaluate and save
-    metrics: dict[str, Any] = {**loss_summary(session.history()), **session.last_metrics}
-    if eval_idx:
-        session.model.eval()
-        with torch.no_grad():
-            metrics.update(
-                _evaluate(config, params, session, reference, [encoded[i] for i in eval_idx], pad)
+        reference = Reference.load(ref_folder, source, session)
+        pad = tokenizer.pad_token_id
+        session.model.train()
+        for rows in session.micro_batches(len(train_idx)):
+            batch = pair_batch([encoded[train_idx[i]] for i in rows], pad)
+            mask = batch["response_mask"].to(session.device)
+            # the reference first: its forward's transient memory is freed before the policy's
+            # activations are held for backward, instead of stacking on top of them
+            ref = reference.logps(batch)  # [2B, K]
+            policy = token_logps(session.model, batch, session.device)  # [2B, K]
+            out_loss = dpo_losses(config, params, policy, ref, mask)
+            session.backward(
+                out_loss.losses.sum() / session.rows_in_step, reward_metrics(out_loss, policy, mask)
             )
-    return session.finish(metrics, source=source)
+            session.step_done()
+
+        # ---- evaluate and save
+        metrics: dict[str, Any] = {**loss_summary(session.history()), **session.last_metrics}
+        if eval_idx:
+            session.model.eval()
+            with torch.no_grad():
+                metrics.update(
+                    _evaluate(
+                        config, params, session, reference, [encoded[i] for i in eval_idx], pad
+                    )
+                )
+        return session.finish(metrics, source=source)
 
 
 def _evaluate(

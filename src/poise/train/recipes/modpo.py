@@ -147,60 +147,61 @@ def train_modpo(
     out.check_same_data(config.data)
     if out.status == "complete":
         return finished_result(out)
-    tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)
-    session = Session.start(
-        config,
-        out,
-        load_causal_lm(source),
-        tokenizer,
-        rows_per_epoch=len(train_idx),
-        data_info=split_info(config, pairs, train_idx, eval_idx),
-        progress=progress,
-    )
-    margins_chosen, margins_rejected = margin_rewards(config, pairs, session.device)  # [N, K-1]
-    reference = Reference.load(ref_folder, source, session)
-    pad = tokenizer.pad_token_id
-    weights = list(config.weights)
-
-    def losses(rows: list[int]) -> tuple[Any, dict[str, float]]:
-        batch = pair_batch([encoded[i] for i in rows], pad)
-        mask = batch["response_mask"].to(session.device)
-        ref = reference.logps(batch)  # first: its transient memory is gone before the policy's
-        with session.accelerator.autocast():
-            policy = token_logps(session.model, batch, session.device)  # [2B, K]
-        half = len(rows)
-        sums, ref_sums = masked_sum(policy, mask), masked_sum(ref, mask)  # [2B]
-        result = modpo_loss(
-            sums[:half],
-            sums[half:],
-            ref_sums[:half],
-            ref_sums[half:],
-            margins_chosen[rows].to(session.device),
-            margins_rejected[rows].to(session.device),
-            weights,
-            beta=config.beta,
+    with out.interruptible():
+        tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)
+        session = Session.start(
+            config,
+            out,
+            load_causal_lm(source),
+            tokenizer,
+            rows_per_epoch=len(train_idx),
+            data_info=split_info(config, pairs, train_idx, eval_idx),
+            progress=progress,
         )
-        return result.losses, reward_metrics(result, policy, mask)
+        margins_chosen, margins_rejected = margin_rewards(config, pairs, session.device)  # [N, K-1]
+        reference = Reference.load(ref_folder, source, session)
+        pad = tokenizer.pad_token_id
+        weights = list(config.weights)
 
-    session.model.train()
-    for rows in session.micro_batches(len(train_idx)):
-        loss, batch_metrics = losses([train_idx[i] for i in rows])
-        session.backward(loss.sum() / session.rows_in_step, batch_metrics)
-        session.step_done()
+        def losses(rows: list[int]) -> tuple[Any, dict[str, float]]:
+            batch = pair_batch([encoded[i] for i in rows], pad)
+            mask = batch["response_mask"].to(session.device)
+            ref = reference.logps(batch)  # first: its transient memory is gone before the policy's
+            with session.accelerator.autocast():
+                policy = token_logps(session.model, batch, session.device)  # [2B, K]
+            half = len(rows)
+            sums, ref_sums = masked_sum(policy, mask), masked_sum(ref, mask)  # [2B]
+            result = modpo_loss(
+                sums[:half],
+                sums[half:],
+                ref_sums[:half],
+                ref_sums[half:],
+                margins_chosen[rows].to(session.device),
+                margins_rejected[rows].to(session.device),
+                weights,
+                beta=config.beta,
+            )
+            return result.losses, reward_metrics(result, policy, mask)
 
-    metrics: dict[str, Any] = {**loss_summary(session.history()), **session.last_metrics}
-    if eval_idx:
-        import torch
+        session.model.train()
+        for rows in session.micro_batches(len(train_idx)):
+            loss, batch_metrics = losses([train_idx[i] for i in rows])
+            session.backward(loss.sum() / session.rows_in_step, batch_metrics)
+            session.step_done()
 
-        session.model.eval()
-        totals: dict[str, float] = {}
-        with torch.no_grad():
-            for start in range(0, len(eval_idx), config.batch_size):
-                chunk = eval_idx[start : start + config.batch_size]
-                _, batch_metrics = losses(chunk)
-                for key, value in batch_metrics.items():
-                    if key != "rows":
-                        totals[key] = totals.get(key, 0.0) + value * len(chunk)
-        metrics.update({f"eval/{k}": v / len(eval_idx) for k, v in totals.items()})
-        metrics["eval/pairs"] = float(len(eval_idx))
-    return session.finish(metrics, source=source)
+        metrics: dict[str, Any] = {**loss_summary(session.history()), **session.last_metrics}
+        if eval_idx:
+            import torch
+
+            session.model.eval()
+            totals: dict[str, float] = {}
+            with torch.no_grad():
+                for start in range(0, len(eval_idx), config.batch_size):
+                    chunk = eval_idx[start : start + config.batch_size]
+                    _, batch_metrics = losses(chunk)
+                    for key, value in batch_metrics.items():
+                        if key != "rows":
+                            totals[key] = totals.get(key, 0.0) + value * len(chunk)
+            metrics.update({f"eval/{k}": v / len(eval_idx) for k, v in totals.items()})
+            metrics["eval/pairs"] = float(len(eval_idx))
+        return session.finish(metrics, source=source)

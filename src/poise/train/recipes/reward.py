@@ -144,105 +144,108 @@ def _train(config: Any, kind: Kind, progress: ProgressFn | None) -> TrainResult:
     labels = safety_labels(config, pairs) if kind == "cost" else []
     if out.status == "complete":
         return finished_result(out)
-    tokenizer = load_tokenizer(source, need_chat_template=False)
-    encoder = ChatEncoder(tokenizer, config.max_length, plain=not tokenizer.chat_template)
+    with out.interruptible():
+        tokenizer = load_tokenizer(source, need_chat_template=False)
+        encoder = ChatEncoder(tokenizer, config.max_length, plain=not tokenizer.chat_template)
 
-    encoded = [
-        (
-            encoder.classifier_ids(p.messages, p.chosen),
-            encoder.classifier_ids(p.messages, p.rejected),
-        )
-        for p in pairs
-    ]
-    check_rows_fit(
-        (
-            (row_name(config.data, i, pair), max(len(chosen), len(rejected)))
-            for i, (pair, (chosen, rejected)) in enumerate(zip(pairs, encoded, strict=True))
-        ),
-        folder_context_length(source),
-        config.max_length,
-    )
-    train_idx, eval_idx = split_holdout(len(pairs), config.eval_fraction, config.seed)
-    # a causal LM folder gets a new score head, drawn from torch's global generator: seeded
-    # here, so --seed decides it rather than whatever drew from the generator before
-    torch.manual_seed(config.seed)
-    model = load_classifier(source, tokenizer.pad_token_id)
-    session = Session.start(
-        config,
-        out,
-        model,
-        tokenizer,
-        rows_per_epoch=len(train_idx),
-        data_info=split_info(config, pairs, train_idx, eval_idx),
-        progress=progress,
-        lora_task_type="SEQ_CLS",
-    )
-    pad = tokenizer.pad_token_id
-
-    def scores(rows: list[int]) -> tuple[Any, Any]:
-        """``[B]`` scores of the chosen and of the rejected responses of ``rows``."""
-        input_ids, mask = pad_rows(
-            [encoded[i][0] for i in rows] + [encoded[i][1] for i in rows], pad
-        )
-        out = session.model(
-            input_ids=input_ids.to(session.device),
-            attention_mask=mask.to(session.device),
-            use_cache=False,
-        )
-        logits = out.logits[:, 0].float()  # [2B]
-        return logits[: len(rows)], logits[len(rows) :]
-
-    def losses(chosen: Any, rejected: Any, rows: list[int]) -> Any:
-        if kind == "reward":
-            return reward_model_loss(
-                chosen,
-                rejected,
-                margin=config.margin or None,
-                center_rewards_coefficient=config.center_rewards_coefficient,
+        encoded = [
+            (
+                encoder.classifier_ids(p.messages, p.chosen),
+                encoder.classifier_ids(p.messages, p.rejected),
             )
-        flags = torch.tensor([labels[i] for i in rows], device=chosen.device)  # [B, 2]
-        full = cost_model_loss(chosen, rejected, flags[:, 0], flags[:, 1])  # [B]
-        if config.rank_equal_safety:
-            return full
-        # no "more harmful" side: only the classification part -log σ(s · C) of arXiv 2310.12773
-        sign_only = -F.logsigmoid(safety_signs(flags[:, 0]) * chosen) - F.logsigmoid(
-            safety_signs(flags[:, 1]) * rejected
+            for p in pairs
+        ]
+        check_rows_fit(
+            (
+                (row_name(config.data, i, pair), max(len(chosen), len(rejected)))
+                for i, (pair, (chosen, rejected)) in enumerate(zip(pairs, encoded, strict=True))
+            ),
+            folder_context_length(source),
+            config.max_length,
         )
-        return torch.where(flags[:, 0] != flags[:, 1], full, sign_only)
+        train_idx, eval_idx = split_holdout(len(pairs), config.eval_fraction, config.seed)
+        # a causal LM folder gets a new score head, drawn from torch's global generator: seeded
+        # here, so --seed decides it rather than whatever drew from the generator before
+        torch.manual_seed(config.seed)
+        model = load_classifier(source, tokenizer.pad_token_id)
+        session = Session.start(
+            config,
+            out,
+            model,
+            tokenizer,
+            rows_per_epoch=len(train_idx),
+            data_info=split_info(config, pairs, train_idx, eval_idx),
+            progress=progress,
+            lora_task_type="SEQ_CLS",
+        )
+        pad = tokenizer.pad_token_id
 
-    session.model.train()
-    for batch_rows in session.micro_batches(len(train_idx)):
-        rows = [train_idx[i] for i in batch_rows]
-        chosen, rejected = scores(rows)
-        loss = losses(chosen, rejected, rows)
-        session.backward(loss.sum() / session.rows_in_step, _metrics(kind, loss, chosen, rejected))
-        session.step_done()
+        def scores(rows: list[int]) -> tuple[Any, Any]:
+            """``[B]`` scores of the chosen and of the rejected responses of ``rows``."""
+            input_ids, mask = pad_rows(
+                [encoded[i][0] for i in rows] + [encoded[i][1] for i in rows], pad
+            )
+            out = session.model(
+                input_ids=input_ids.to(session.device),
+                attention_mask=mask.to(session.device),
+                use_cache=False,
+            )
+            logits = out.logits[:, 0].float()  # [2B]
+            return logits[: len(rows)], logits[len(rows) :]
 
-    metrics: dict[str, Any] = {**loss_summary(session.history()), **session.last_metrics}
-    if eval_idx:
-        session.model.eval()
-        chosen_all, rejected_all = [], []
-        with torch.no_grad(), session.accelerator.autocast():
-            for start in range(0, len(eval_idx), config.batch_size):
-                c, r = scores(eval_idx[start : start + config.batch_size])
-                chosen_all.append(c)
-                rejected_all.append(r)
-        chosen, rejected = torch.cat(chosen_all), torch.cat(rejected_all)
-        eval_labels = [labels[i] for i in eval_idx] if labels else None
-        ranked = None
-        if eval_labels is not None and not config.rank_equal_safety:
-            ranked = torch.tensor([c != r for c, r in eval_labels], device=chosen.device)
-        metrics.update(_held_out(kind, chosen, rejected, eval_labels, ranked))
-        metrics["eval/pairs"] = float(len(eval_idx))
+        def losses(chosen: Any, rejected: Any, rows: list[int]) -> Any:
+            if kind == "reward":
+                return reward_model_loss(
+                    chosen,
+                    rejected,
+                    margin=config.margin or None,
+                    center_rewards_coefficient=config.center_rewards_coefficient,
+                )
+            flags = torch.tensor([labels[i] for i in rows], device=chosen.device)  # [B, 2]
+            full = cost_model_loss(chosen, rejected, flags[:, 0], flags[:, 1])  # [B]
+            if config.rank_equal_safety:
+                return full
+            # no "more harmful" side: only the classification part -log σ(s · C) of arXiv 2310.12773
+            sign_only = -F.logsigmoid(safety_signs(flags[:, 0]) * chosen) - F.logsigmoid(
+                safety_signs(flags[:, 1]) * rejected
+            )
+            return torch.where(flags[:, 0] != flags[:, 1], full, sign_only)
 
-    def save(folder: Any) -> None:
-        session.save_model(folder, source)
-        meta = {"base_model": str(source), "trained_by": kind, "score": kind}
-        if kind == "cost":
-            meta["convention"] = "cost > 0 means harmful (Safe RLHF)"
-        write_json_atomic(folder / "poise.json", meta)
+        session.model.train()
+        for batch_rows in session.micro_batches(len(train_idx)):
+            rows = [train_idx[i] for i in batch_rows]
+            chosen, rejected = scores(rows)
+            loss = losses(chosen, rejected, rows)
+            session.backward(
+                loss.sum() / session.rows_in_step, _metrics(kind, loss, chosen, rejected)
+            )
+            session.step_done()
 
-    return session.finish(metrics, source=source, save_model=save)
+        metrics: dict[str, Any] = {**loss_summary(session.history()), **session.last_metrics}
+        if eval_idx:
+            session.model.eval()
+            chosen_all, rejected_all = [], []
+            with torch.no_grad(), session.accelerator.autocast():
+                for start in range(0, len(eval_idx), config.batch_size):
+                    c, r = scores(eval_idx[start : start + config.batch_size])
+                    chosen_all.append(c)
+                    rejected_all.append(r)
+            chosen, rejected = torch.cat(chosen_all), torch.cat(rejected_all)
+            eval_labels = [labels[i] for i in eval_idx] if labels else None
+            ranked = None
+            if eval_labels is not None and not config.rank_equal_safety:
+                ranked = torch.tensor([c != r for c, r in eval_labels], device=chosen.device)
+            metrics.update(_held_out(kind, chosen, rejected, eval_labels, ranked))
+            metrics["eval/pairs"] = float(len(eval_idx))
+
+        def save(folder: Any) -> None:
+            session.save_model(folder, source)
+            meta = {"base_model": str(source), "trained_by": kind, "score": kind}
+            if kind == "cost":
+                meta["convention"] = "cost > 0 means harmful (Safe RLHF)"
+            write_json_atomic(folder / "poise.json", meta)
+
+        return session.finish(metrics, source=source, save_model=save)
 
 
 def _metrics(kind: Kind, loss: Any, chosen: Any, rejected: Any) -> dict[str, float]:

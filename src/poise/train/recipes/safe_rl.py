@@ -379,121 +379,129 @@ def train_safe_rl(
 
     if out.status == "complete":
         return finished_result(out)
-    tokenizer = load_tokenizer(source, need_chat_template=not config.from_base)
-    tokenizer.padding_side = "left"
-    encoder = ChatEncoder(tokenizer, config.max_length, plain=config.from_base)
-    check_prompts_fit(config, encoder, chats, folder_context_length(source))
+    with out.interruptible():
+        tokenizer = load_tokenizer(source, need_chat_template=not config.from_base)
+        tokenizer.padding_side = "left"
+        encoder = ChatEncoder(tokenizer, config.max_length, plain=config.from_base)
+        check_prompts_fit(config, encoder, chats, folder_context_length(source))
 
-    # ---- load
-    session = Session.start(
-        config,
-        out,
-        load_causal_lm(source),
-        tokenizer,
-        rows_per_epoch=len(train_idx),
-        data_info={
-            "prompts": config.prompts,
-            "fingerprint": prompts_fingerprint,
-            "train_prompts": len(train_idx),
-            "safety_prompts": len(safety_idx),
-            "system_prompt": system,
-        },
-        progress=progress,
-        extra_state={"log_lambda": math.log(config.lambda_init)},
-    )
-    reference = Reference.load(None, source, session)
-    reward_model = Scorer(folders["reward_model"], config.max_length, session.device)
-    cost_model = Scorer(folders["cost_model"], config.max_length, session.device)
-    rank = session.accelerator.process_index
-    step_costs: list[Any] = []
-
-    # ---- train
-    session.model.train()
-    for rows in session.micro_batches(len(train_idx)):
-        batch_chats = [chats[train_idx[i]] for i in rows]
-        seed = _row_seed(config.seed, session.state.step, session.micro_in_step, rank)
-        prompt_ids, response_ids, texts = sample(session, encoder, batch_chats, k, config, seed)
-        group_chats = [c for c in batch_chats for _ in range(k)]
-        rewards = reward_model(group_chats, texts)  # [N = B * k]
-        costs = to_cost(cost_model(group_chats, texts), config.cost_transform)  # [N]
-        step_costs.append(costs)
-        lam = math.exp(session.state.extra["log_lambda"])
-
-        constrained = costs
-        if config.high_confidence and float(costs.std()) > 0:
-            # HC-RLHF: the gradient of the pessimistic bound mean + κ·std, per sample
-            constrained = augmented_costs(
-                costs,
-                mean=float(costs.mean()),
-                std=float(costs.std()),
-                coefficient=kappa(costs.numel()),
-            )
-        reward_adv = rloo_advantages(rewards, k)  # [N]
-        cost_adv = rloo_advantages(constrained, k)  # [N]
-        if config.scale_advantages:
-            reward_adv, cost_adv = _unit_scale(reward_adv), _unit_scale(cost_adv)
-        advantages = safe_rlhf_advantages(reward_adv, cost_adv, lam).to(session.device)  # [N]
-
-        batch = sequence_batch(
-            list(zip(prompt_ids, response_ids, strict=True)), tokenizer.pad_token_id
-        )
-        mask = batch["response_mask"].to(session.device)  # [N, K]
-        # log-probs at the sampling temperature, the distribution the completions came from (the
-        # reference's too: the KL is 0 while the policy is the starting model). The reference
-        # first, so its memory is freed before backward's.
-        temperature = config.temperature
-        ref = reference.logps(batch, temperature=temperature)  # [N, K]
-        policy = token_logps(session.model, batch, session.device, temperature=temperature)
-        per_sequence, kl = policy_loss(policy, ref, mask, advantages, config.kl_coef)  # [N], [N]
-        session.backward(
-            per_sequence.sum() / (session.rows_in_step * k),
-            {
-                "loss": float(per_sequence.detach().mean()),
-                "reward": float(rewards.mean()),
-                "cost": float(costs.mean()),
-                "kl": float(kl.mean()),
-                "lambda": lam,
-                "response_tokens": float(sequence_lengths(mask).float().mean()),
-                "rows": float(len(texts)),
+        # ---- load
+        session = Session.start(
+            config,
+            out,
+            load_causal_lm(source),
+            tokenizer,
+            rows_per_epoch=len(train_idx),
+            data_info={
+                "prompts": config.prompts,
+                "fingerprint": prompts_fingerprint,
+                "train_prompts": len(train_idx),
+                "safety_prompts": len(safety_idx),
+                "system_prompt": system,
             },
+            progress=progress,
+            extra_state={"log_lambda": math.log(config.lambda_init)},
         )
-        if session.at_step_end:
-            all_costs = session.accelerator.gather(torch.cat(step_costs).to(session.device))
-            step_costs = []
-            estimate = (
-                pessimistic_upper_bound(
-                    all_costs,
-                    len(safety_idx),
-                    config.delta,
-                    candidate_coef=config.pessimism_c1,
-                    safety_coef=config.pessimism_c2,
-                )
-                if config.high_confidence
-                else float(all_costs.mean())
-            )
-            session.state.extra["log_lambda"] = log_lagrange_multiplier_step(
-                session.state.extra["log_lambda"],
-                estimate,
-                config.cost_limit,
-                config.lambda_lr,
-                max_multiplier=config.lambda_max,
-            )
-            session.log_extra({"cost_estimate": estimate})
-        session.step_done()
+        reference = Reference.load(None, source, session)
+        reward_model = Scorer(folders["reward_model"], config.max_length, session.device)
+        cost_model = Scorer(folders["cost_model"], config.max_length, session.device)
+        rank = session.accelerator.process_index
+        step_costs: list[Any] = []
 
-    # ---- summarise, safety test, save
-    history = session.history()
-    metrics: dict[str, Any] = {**_summary(history), **session.last_metrics}
-    metrics["lambda_final"] = math.exp(session.state.extra["log_lambda"])
-    extra: dict[str, Any] = {}
-    if config.high_confidence:
-        result = _safety_test(session, encoder, cost_model, [chats[i] for i in safety_idx], config)
-        extra["safety_test"] = {**result.to_dict(), "verdict": "PASS" if result.passed else "FAIL"}
-        metrics["safety_test/passed"] = result.passed
-        metrics["safety_test/upper_bound"] = result.upper_bound
-    # trained from a base with plain turns and no system prompt: the folder declares none
-    session.keeps_system_prompt = not config.from_base
-    return session.finish(metrics, source=source, extra=extra)
+        # ---- train
+        session.model.train()
+        for rows in session.micro_batches(len(train_idx)):
+            batch_chats = [chats[train_idx[i]] for i in rows]
+            seed = _row_seed(config.seed, session.state.step, session.micro_in_step, rank)
+            prompt_ids, response_ids, texts = sample(session, encoder, batch_chats, k, config, seed)
+            group_chats = [c for c in batch_chats for _ in range(k)]
+            rewards = reward_model(group_chats, texts)  # [N = B * k]
+            costs = to_cost(cost_model(group_chats, texts), config.cost_transform)  # [N]
+            step_costs.append(costs)
+            lam = math.exp(session.state.extra["log_lambda"])
+
+            constrained = costs
+            if config.high_confidence and float(costs.std()) > 0:
+                # HC-RLHF: the gradient of the pessimistic bound mean + κ·std, per sample
+                constrained = augmented_costs(
+                    costs,
+                    mean=float(costs.mean()),
+                    std=float(costs.std()),
+                    coefficient=kappa(costs.numel()),
+                )
+            reward_adv = rloo_advantages(rewards, k)  # [N]
+            cost_adv = rloo_advantages(constrained, k)  # [N]
+            if config.scale_advantages:
+                reward_adv, cost_adv = _unit_scale(reward_adv), _unit_scale(cost_adv)
+            advantages = safe_rlhf_advantages(reward_adv, cost_adv, lam).to(session.device)  # [N]
+
+            batch = sequence_batch(
+                list(zip(prompt_ids, response_ids, strict=True)), tokenizer.pad_token_id
+            )
+            mask = batch["response_mask"].to(session.device)  # [N, K]
+            # log-probs at the sampling temperature, the distribution the completions came from (the
+            # reference's too: the KL is 0 while the policy is the starting model). The reference
+            # first, so its memory is freed before backward's.
+            temperature = config.temperature
+            ref = reference.logps(batch, temperature=temperature)  # [N, K]
+            policy = token_logps(session.model, batch, session.device, temperature=temperature)
+            per_sequence, kl = policy_loss(
+                policy, ref, mask, advantages, config.kl_coef
+            )  # [N], [N]
+            session.backward(
+                per_sequence.sum() / (session.rows_in_step * k),
+                {
+                    "loss": float(per_sequence.detach().mean()),
+                    "reward": float(rewards.mean()),
+                    "cost": float(costs.mean()),
+                    "kl": float(kl.mean()),
+                    "lambda": lam,
+                    "response_tokens": float(sequence_lengths(mask).float().mean()),
+                    "rows": float(len(texts)),
+                },
+            )
+            if session.at_step_end:
+                all_costs = session.accelerator.gather(torch.cat(step_costs).to(session.device))
+                step_costs = []
+                estimate = (
+                    pessimistic_upper_bound(
+                        all_costs,
+                        len(safety_idx),
+                        config.delta,
+                        candidate_coef=config.pessimism_c1,
+                        safety_coef=config.pessimism_c2,
+                    )
+                    if config.high_confidence
+                    else float(all_costs.mean())
+                )
+                session.state.extra["log_lambda"] = log_lagrange_multiplier_step(
+                    session.state.extra["log_lambda"],
+                    estimate,
+                    config.cost_limit,
+                    config.lambda_lr,
+                    max_multiplier=config.lambda_max,
+                )
+                session.log_extra({"cost_estimate": estimate})
+            session.step_done()
+
+        # ---- summarise, safety test, save
+        history = session.history()
+        metrics: dict[str, Any] = {**_summary(history), **session.last_metrics}
+        metrics["lambda_final"] = math.exp(session.state.extra["log_lambda"])
+        extra: dict[str, Any] = {}
+        if config.high_confidence:
+            result = _safety_test(
+                session, encoder, cost_model, [chats[i] for i in safety_idx], config
+            )
+            extra["safety_test"] = {
+                **result.to_dict(),
+                "verdict": "PASS" if result.passed else "FAIL",
+            }
+            metrics["safety_test/passed"] = result.passed
+            metrics["safety_test/upper_bound"] = result.upper_bound
+        # trained from a base with plain turns and no system prompt: the folder declares none
+        session.keeps_system_prompt = not config.from_base
+        return session.finish(metrics, source=source, extra=extra)
 
 
 def _summary(history: Sequence[dict[str, Any]]) -> dict[str, float]:
