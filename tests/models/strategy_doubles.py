@@ -8,6 +8,7 @@ import pytest
 
 from poise.config import Sampling
 from poise.decoding import strategies
+from poise.errors import check_int
 from poise.models.base import Chat, Completion, LanguageModel, ProgressFn
 from poise.models.wrapped import WrappedModel
 from poise.registry import Entry
@@ -29,6 +30,7 @@ class Suffix(WrappedModel):
         loud: bool = False,
         other: LanguageModel | None = None,
     ) -> None:
+        check_int("test_suffix", "times", times, 0)
         options: dict[str, object] = {"text": text, "times": times, "weight": weight, "loud": loud}
         if other is not None:
             options["other"] = other

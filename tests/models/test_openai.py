@@ -436,3 +436,85 @@ def test_seeds_sent_stay_in_the_range_every_server_takes(
     assert all(0 <= s < 2**31 - 1 for s in sent)
     assert sent[-1] == 5  # seeds already in the range are sent as they are
     assert len(set(sent)) == 4
+
+
+def unsupported(param: str, message: str) -> Reply:
+    """A refusal as OpenAI's API words it for a reasoning model (o1, o3, gpt-5)."""
+    body = {
+        "error": {
+            "message": message,
+            "type": "invalid_request_error",
+            "param": param,
+            "code": "unsupported_parameter",
+        }
+    }
+    return 400, {}, body
+
+
+def reasoning_model(request: dict[str, Any]) -> Reply:
+    """A fake OpenAI reasoning model: no max_tokens, no top_p, only the default temperature."""
+    if "max_tokens" in request:
+        return unsupported(
+            "max_tokens",
+            "Unsupported parameter: 'max_tokens' is not supported with this model. "
+            "Use 'max_completion_tokens' instead.",
+        )
+    if "top_p" in request:
+        return unsupported(
+            "top_p", "Unsupported parameter: 'top_p' is not supported with this model."
+        )
+    if request.get("temperature", 1) != 1:
+        return (
+            400,
+            {},
+            {
+                "error": {
+                    "message": f"Unsupported value: 'temperature' does not support "
+                    f"{request['temperature']} with this model. Only the default (1) value is "
+                    "supported.",
+                    "type": "invalid_request_error",
+                    "param": "temperature",
+                    "code": "unsupported_value",
+                }
+            },
+        )
+    limit = request["max_completion_tokens"]
+    return ok([f"{request['messages'][-1]['content']} <= {limit}"], completion_tokens=2)
+
+
+def test_a_reasoning_model_gets_max_completion_tokens_and_no_top_p(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server(reasoning_model)
+    model = OpenAIModel("o3-mini", base_urls=[server.url], concurrency=1, max_retries=0)
+    sampling = Sampling(temperature=1.0, max_new_tokens=50, seed=3)
+    rows = model.generate([chat("a"), chat("b")], sampling)
+    # the limit asked for is the one sent, in the field the model takes; top_p (1: none) left out
+    assert [[c.text for c in row] for row in rows] == [["a <= 50"], ["b <= 50"]]
+    first, second, third, fourth = server.requests
+    assert "max_tokens" in first and "max_completion_tokens" not in first
+    assert second["max_completion_tokens"] == 50 and second["top_p"] == 1.0
+    assert "top_p" not in third and "max_tokens" not in third and "top_p" not in fourth
+    # learnt once: the next call sends the form the model takes at once
+    [[again]] = model.generate([chat("c")], sampling)
+    assert again.text == "c <= 50"
+    assert len(server.requests) == 5
+
+
+def test_what_a_reasoning_model_cannot_do_still_stops_with_its_message(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server(reasoning_model)
+    model = OpenAIModel("o3-mini", base_urls=[server.url], concurrency=1)
+    # greedy is temperature 0, which the model refuses: one line naming the parameter
+    with pytest.raises(openai_backend.EndpointRefused, match="'temperature' does not support 0"):
+        model.generate([chat("a")], Sampling())
+    # a top_p that truncates is not dropped silently
+    with pytest.raises(openai_backend.EndpointRefused, match="'top_p' is not supported"):
+        model.generate([chat("a")], Sampling(temperature=1.0, top_p=0.9))
+    # nor is a max_tokens refused for its value
+    other = fake_server([error(400, "max_tokens must be at most 2048")])
+    plain = OpenAIModel("m", base_urls=[other.url])
+    with pytest.raises(PoiseError, match="max_tokens must be at most 2048"):
+        plain.generate([chat("a")], Sampling(max_new_tokens=4096))
+    assert plain.max_tokens_param == "max_tokens" and len(other.requests) == 1

@@ -245,3 +245,39 @@ def _greedy():  # type: ignore[no-untyped-def]
     from poise.config import Sampling
 
     return Sampling()
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "reason"),
+    [
+        ("f(a, =3)", 6, "expected an option name before '='"),
+        ("f(a t=0.8)", 5, "expected ',' before option 't'"),
+        ("f(a, k=b n=2)", 10, "expected ',' before option 'n'"),
+    ],
+)
+def test_a_missing_comma_or_option_name_is_located(text: str, column: int, reason: str) -> None:
+    with pytest.raises(SpecError) as err:
+        parse_spec(text)
+    assert (err.value.column, err.value.reason) == (column, reason)
+
+
+def test_too_many_models_points_at_the_first_one_too_many(
+    suffix_strategy: type[Suffix],
+) -> None:
+    with pytest.raises(SpecError, match="takes 1 model") as err:
+        check_spec("test_suffix(mock, mock:b, times=2)")
+    assert err.value.column == 19
+
+
+def test_errors_while_building_a_composed_spec_point_at_the_call_or_option(
+    suffix_strategy: type[Suffix], tmp_path: Path
+) -> None:
+    # an inner model that fails to load: under its name
+    with pytest.raises(SpecError, match="does not exist") as err:
+        load_model(f"test_suffix(test_suffix(hf:{tmp_path / 'gone'}), times=2)")
+    assert err.value.column == 25
+    # a constructor's range check: under its option, in the call it belongs to
+    with pytest.raises(SpecError, match="times") as err:
+        load_model("test_suffix(test_suffix(mock, times=-1), times=2)")
+    assert err.value.column == 31
+    assert str(err.value).splitlines()[1] == "  test_suffix(test_suffix(mock, times=-1), times=2)"

@@ -44,8 +44,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# config fields that hold the longest sequence a model was built for, most common first
-_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+# config fields that hold the longest sequence a model was built for (GPT-2's n_positions,
+# MPT's max_seq_len, ChatGLM's seq_length, ...); where a config has several, the smallest
+# counts, as in vLLM (``_get_and_verify_max_len`` in vllm/config)
+_CONTEXT_FIELDS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
 # a tokenizer's normalisation may shorten text (composition): the character bound allows for it
 _NORMALISATION_SLACK = 2
 
@@ -87,14 +97,14 @@ class ContextLengthError(PoiseError):
 
 
 def config_context_length(config: Any) -> int | None:
-    """The context length a Hugging Face model config declares (its text part's), or ``None``."""
+    """The context length a Hugging Face model config declares (its text part's): the smallest
+    of the fields in ``_CONTEXT_FIELDS`` it sets, or ``None``. A model fed past it decodes
+    garbage (rotary positions) or fails inside torch (learned positions, MPT's ALiBi table)."""
     get_text = getattr(config, "get_text_config", None)
     text = get_text() if callable(get_text) else config
-    for field in _CONTEXT_FIELDS:
-        value = getattr(text, field, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
+    values = [getattr(text, field, None) for field in _CONTEXT_FIELDS]
+    declared = [v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+    return min(declared) if declared else None
 
 
 def prompt_token_count(model: LanguageModel, chat: Chat) -> int | None:

@@ -112,6 +112,12 @@ _N_REFUSED = re.compile(
     r"completion choice|['\"`]n['\"`]|\bn\s*(?:must|should|can|>|!=|=|is not|not supported)",
     re.IGNORECASE,
 )
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5) refuse ``max_tokens`` ("Unsupported
+# parameter: 'max_tokens' is not supported with this model. Use 'max_completion_tokens'
+# instead.", param ``max_tokens``) and ``top_p`` even at its default 1 ("Unsupported parameter:
+# 'top_p' is not supported with this model."): the request is sent again in the form they take.
+_USE_MAX_COMPLETION_TOKENS = re.compile(r"\bmax_completion_tokens\b", re.IGNORECASE)
+_UNSUPPORTED = re.compile(r"unsupported parameter|not supported|unsupported_parameter", re.I)
 
 
 class EndpointRefused(EndpointError):
@@ -153,6 +159,15 @@ class OpenAIModel(ModelBase):
             (:func:`poise.models.no_system_prompt`). None (the default): as the server's model
             listing declares it (``poise serve`` lists the declaration of the model it serves;
             read by :meth:`check_endpoint`), else False.
+
+    Servers differ in the fields they take; the request adapts, once per model, to a refusal
+    that names the form it wants: ``n > 1`` refused (llama.cpp) is asked one choice at a time;
+    ``max_tokens`` refused for ``max_completion_tokens`` (OpenAI's reasoning models: o1, o3,
+    o4-mini, gpt-5) sends the same limit in that field, which for those models counts the
+    hidden reasoning tokens too (an answer may then end at "length" with little text: give a
+    larger ``max_new_tokens``); ``top_p`` refused when it was 1 (no truncation) leaves it out.
+    A refusal of what was asked (greedy decoding, that is temperature 0, from a model that only
+    samples at temperature 1; a ``top_p`` below 1) stops the call with the server's message.
 
     ``score`` is not supported: chat endpoints do not return prompt log-probs portably.
     """
@@ -197,6 +212,10 @@ class OpenAIModel(ModelBase):
         self.system_prompt_declared = system_prompt_in_template is not None
         # set once a server refuses n > 1: every request then asks for one choice
         self.one_choice_per_request = False
+        # set once a server refuses max_tokens for max_completion_tokens, or refuses top_p (sent
+        # at 1, which is no truncation): every request then takes the form the server takes
+        self.max_tokens_param = "max_tokens"
+        self.send_top_p = True
 
     def __repr__(self) -> str:
         return (
@@ -347,9 +366,18 @@ class OpenAIModel(ModelBase):
         """One chat completion request with retries; returns the completions and the number of
         attempts made (so a follow-up request keeps rotating over the base URLs)."""
         openai = _import_openai()
-        kwargs = request_kwargs(self.model, chat, sampling, n=n, seed=seed)
         last_error = ""
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while attempt <= self.max_retries:
+            kwargs = request_kwargs(
+                self.model,
+                chat,
+                sampling,
+                n=n,
+                seed=seed,
+                max_tokens_param=self.max_tokens_param,
+                send_top_p=self.send_top_p,
+            )
             url_index = (slot + attempt) % len(clients)
             client = clients[url_index]
             retry_after: float | None = None
@@ -367,6 +395,8 @@ class OpenAIModel(ModelBase):
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = _server_message(exc)
+                if self._adapt_to_refusal(status, message, exc.body, kwargs, url):
+                    continue  # sent again at once in the form the server asked for
                 if n > 1 and _refuses_choices(status, message, exc.body):
                     raise _ChoicesRefused(
                         f"{url} refused n={n} (HTTP {status}): {message}"
@@ -395,9 +425,51 @@ class OpenAIModel(ModelBase):
                 delay,
             )
             await asyncio.sleep(delay)
+            attempt += 1
         raise PoiseError(
             f"{self.name}: request failed after {self.max_retries + 1} attempts: {last_error}"
         )
+
+    def _adapt_to_refusal(
+        self, status: int, message: str, body: object, sent: dict[str, Any], url: str
+    ) -> bool:
+        """Whether a 400 / 422 refuses a field this client can send in another form without
+        changing what is asked, and the model now sends it that way: ``max_tokens`` where the
+        server asks for ``max_completion_tokens`` (the same limit), and ``top_p`` left out where
+        the server does not take it and it was sent at 1 (no truncation, every server's
+        default). OpenAI's reasoning models refuse both. Warns once for each."""
+        if status not in (400, 422):
+            return False
+        inner = body.get("error", body) if isinstance(body, dict) else None
+        param = inner.get("param") if isinstance(inner, dict) else None
+        names = _refused_field(param, message)
+        if (
+            "max_tokens" in sent
+            and "max_tokens" in names
+            and _USE_MAX_COMPLETION_TOKENS.search(message)
+        ):
+            if self.max_tokens_param != "max_completion_tokens":  # not yet (requests overlap)
+                self.max_tokens_param = "max_completion_tokens"
+                logger.warning(
+                    "%s: %s refused max_tokens (%s); sending the limit as max_completion_tokens "
+                    "from now on",
+                    self.name,
+                    url,
+                    message,
+                )
+            return True
+        if sent.get("top_p") == 1.0 and "top_p" in names and _UNSUPPORTED.search(message):
+            if self.send_top_p:
+                self.send_top_p = False
+                logger.warning(
+                    "%s: %s refused top_p (%s); leaving it out from now on (it was 1, no "
+                    "truncation)",
+                    self.name,
+                    url,
+                    message,
+                )
+            return True
+        return False
 
     def _api_key(self) -> str:
         return os.environ.get(self.api_key_env) or _PLACEHOLDER_API_KEY
@@ -545,19 +617,28 @@ class OpenAIModel(ModelBase):
 
 
 def request_kwargs(
-    model: str, chat: Chat, sampling: Sampling, *, n: int, seed: int
+    model: str,
+    chat: Chat,
+    sampling: Sampling,
+    *,
+    n: int,
+    seed: int,
+    max_tokens_param: str = "max_tokens",
+    send_top_p: bool = True,
 ) -> dict[str, Any]:
     """The keyword arguments of ``chat.completions.create`` for ``sampling``.
 
     Greedy (``sampling.greedy``, which includes ``top_k == 1``) is sent as temperature 0 with
     no truncation, the form every server understands. ``top_k`` is not part of the OpenAI API;
     vLLM, SGLang and ``poise serve`` accept it in the request body, so it goes through
-    ``extra_body`` and only when it is on.
+    ``extra_body`` and only when it is on. ``max_tokens_param``: the field that carries
+    ``max_new_tokens`` (``max_completion_tokens`` for servers that refuse ``max_tokens``);
+    ``send_top_p`` False leaves out a ``top_p`` of 1 (for servers that refuse the field).
     """
     kwargs: dict[str, Any] = {
         "model": model,
         "messages": [{"role": m["role"], "content": m["content"]} for m in chat],
-        "max_tokens": sampling.max_new_tokens,
+        max_tokens_param: sampling.max_new_tokens,
         "n": n,
         "seed": seed,
     }
@@ -565,7 +646,8 @@ def request_kwargs(
         kwargs["temperature"] = 0.0
     else:
         kwargs["temperature"] = sampling.temperature
-        kwargs["top_p"] = sampling.top_p
+        if send_top_p or sampling.top_p != 1.0:
+            kwargs["top_p"] = sampling.top_p
         if sampling.top_k > 0:
             kwargs["extra_body"] = {"top_k": sampling.top_k}
     if sampling.stop:
@@ -700,6 +782,14 @@ def _stops_everything(status: int, message: str, body: object) -> bool:
     if isinstance(param, str):
         return param in _REQUEST_PARAMS
     return _NAMED_PARAM.search(message) is not None
+
+
+def _refused_field(param: object, message: str) -> set[str]:
+    """The request fields a refusal names: its ``param``, else the quoted names in its message
+    (``'max_tokens'``)."""
+    if isinstance(param, str) and param:
+        return {param}
+    return set(re.findall(r"['\"`]([a-z_]+)['\"`]", message))
 
 
 def _refuses_choices(status: int, message: str, body: object) -> bool:

@@ -405,8 +405,10 @@ def _check_node(text: str, node: Node) -> None:
     count = len(node.args)
     if count < low or (high is not None and count > high):
         want = f"{low}" if low == high else f"at least {low}" if high is None else f"{low}-{high}"
+        # too many: the caret goes under the first model too many; too few: under the call
+        column = node.args[high].column if high is not None and count > high else node.column
         raise SpecError(
-            text, node.column, f"{node.kind} takes {want} model(s) before its options, got {count}"
+            text, column, f"{node.kind} takes {want} model(s) before its options, got {count}"
         )
     valid = option_names(factory)
     for index, (key, value) in enumerate(node.options):
@@ -474,9 +476,30 @@ def _coerce(kind: str, key: str, value: object, param: inspect.Parameter) -> obj
     return value
 
 
+def _located(text: str, node: Node, build: Callable[[], LanguageModel]) -> LanguageModel:
+    """``build()``, a plain :class:`PoiseError` it raises (a model that fails to load, an option
+    out of range) pointing at ``node`` in the spec ``text``: at the option the message starts
+    with (``"KIND: KEY ..."``), else at the node; other kinds of error (a missing extra, a
+    refused endpoint) keep their type and message."""
+    try:
+        return build()
+    except PoiseError as exc:
+        if type(exc) not in (PoiseError, UnknownNameError):
+            raise
+        message = str(exc)
+        column = node.column
+        if isinstance(node, Call):
+            for index, (key, _) in enumerate(node.options):
+                if re.match(rf"{re.escape(node.kind)}: (?:option )?'?{re.escape(key)}\b", message):
+                    column = node.option_column(index)
+                    break
+        raise SpecError(text, column, message) from None
+
+
 def _build(text: str, node: Node, options: Mapping[str, Any]) -> LanguageModel:
     if isinstance(node, (Name, Str)):
-        return _load_name(node.text, options)
+        name = node.text
+        return _located(text, node, lambda: _load_name(name, options))
     registry = _wrapper_registry(node.kind)
     assert registry is not None  # checked
     factory = registry.get(node.kind)
@@ -490,8 +513,7 @@ def _build(text: str, node: Node, options: Mapping[str, Any]) -> LanguageModel:
             kwargs[key] = _build(text, value, options)
         else:
             kwargs[key] = _coerce(node.kind, key, _option_value(value), param)
-    model: LanguageModel = registry.build(node.kind, *inner, **kwargs)
-    return model
+    return _located(text, node, lambda: registry.build(node.kind, *inner, **kwargs))
 
 
 def load_model(spec: str | os.PathLike[str], **options: Any) -> LanguageModel:

@@ -19,7 +19,8 @@ Grammar (whitespace between tokens is ignored)::
 ``KIND`` and ``KEY`` are identifiers; ``KIND(`` is a call (``KIND`` must be a registered strategy
 or guard); anything else is a name, so paths (``./a/b``, ``~/m``), hub ids (``org/model``) and
 ``openai:m@http://host:8000/v1`` stay valid specs. Inside a call a ``WORD`` runs to the next ``,``
-or ``)``; a name with a comma or a parenthesis is quoted (``"./runs/a,b"``, JSON escapes).
+or ``)``; a name with a comma or a parenthesis is quoted (``"./runs/a,b"``, JSON escapes), and so
+is one with ``KEY=`` after a space (else ``m t=0.8`` is read as a missing comma).
 Positional arguments are models; an option is a model when the strategy's parameter is typed as a
 ``LanguageModel``, else a number, boolean or string.
 
@@ -198,6 +199,8 @@ class _Parser:
         if self.peek() in ("'", '"'):
             return self.string()
         start = self.pos
+        if self.peek() == "=":
+            self.fail("expected an option name before '='")
         word = self.word()
         if not word:
             self.fail("expected a model")
@@ -223,15 +226,19 @@ class _Parser:
 
     def word(self) -> str:
         start = self.pos
-        depth = 0
         while self.pos < len(self.text):
             char = self.text[self.pos]
-            if char in ",)" and depth == 0:
+            if char in ",)":
                 break
             if char in "\"'":
                 self.fail("a quote inside a name: quote the whole name")
             if char == "(":
                 self.fail("'(' inside a name: quote the name, or is the strategy misspelt?")
+            if char.isspace():
+                # "m t=0.8": an option after a bare word with no comma between them
+                keyword = _KEYWORD_START.match(self.text, self.pos)
+                if keyword is not None:
+                    self.fail(f"expected ',' before option {keyword.group(1)!r}", keyword.start(1))
             self.pos += 1
         return self.text[start : self.pos].strip()
 
