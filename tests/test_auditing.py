@@ -292,6 +292,71 @@ def test_resuming_after_an_items_prompt_was_edited_is_refused(tmp_path: Path) ->
     assert result.run.path == run.path and len(list(result.run.records())) == 20
 
 
+def test_other_weights_behind_the_same_model_spec_do_not_continue_a_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fingerprint holds the model's spec (a folder path), not its weights: a run killed
+    midway, its folder trained again, then the same command went on, mixing answers of the old
+    and the new weights in one run (the model's name, which carries a hash of its files, was
+    overwritten in run.json without a word)."""
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = str(tmp_path / "runs")
+    fields: dict[str, Any] = dict(suites=[str(suite)], judge="refusal", out=out, batch_size=4)
+
+    def model(name: str, script: Any) -> MockModel:
+        made = MockModel(name, script)
+        made.spec = "out/dpo"  # one folder, as its weights were then and are now
+        return made
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(model=model("hf:out/dpo#aaaa", crash_after(9)), **fields)
+    [run] = list_runs(out)
+    recorded = list(run.records())
+    assert 0 < len(recorded) < 20
+
+    retrained = model("hf:out/dpo#bbbb", scripted)
+    with pytest.raises(PoiseError, match=r"cannot resume: its records were made with model "
+                       r"'hf:out/dpo#aaaa', and this model is 'hf:out/dpo#bbbb'"):  # fmt: skip
+        poise.audit(model=retrained, resume=run.path)
+    assert list(run.records()) == recorded and retrained.generated == 0  # nothing written
+    with caplog.at_level("WARNING"):
+        result = poise.audit(model=retrained, **fields)
+    assert result.run.path != run.path and "starting a new run" in caplog.text
+    assert len(list(result.run.records())) == 20
+    assert {r["item_id"] for r in run.records()} == {r["item_id"] for r in recorded}
+    # the weights the run began with continue it
+    again = poise.audit(model=model("hf:out/dpo#aaaa", scripted), resume=run.path)
+    assert again.run.path == run.path and len(list(run.records())) == 20
+
+
+def test_a_run_whose_items_are_no_longer_asked_is_not_continued(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--limit spreads N items over the suite: a suite file that grew since a run was killed
+    picks other items, and the run went on with the answers to items no longer asked beside the
+    new ones (6 items under --limit 5, all counted in its metrics)."""
+    suite = write_suite(tmp_path / "mini.jsonl", 12, 8)
+    out = str(tmp_path / "runs")
+    fields: dict[str, Any] = dict(suites=[str(suite)], judge="refusal", out=out, limit=5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(model=MockModel("scripted", crash_after(3)), batch_size=2, **fields)
+    [run] = list_runs(out)
+    recorded = [r["item_id"] for r in run.records()]
+    assert recorded == ["h-00", "h-04"]
+
+    write_suite(suite, 20, 10)  # the suite grew: --limit 5 asks h-00, h-06, h-12, h-18, b-04
+    with pytest.raises(PoiseError, match=r"cannot resume: item h-04 of suite mini is recorded "
+                       r"but is no longer among the audit's items"):  # fmt: skip
+        poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+    with caplog.at_level("WARNING"):
+        result = poise.audit(model=MockModel("scripted", scripted), **fields)
+    assert result.run.path != run.path and "starting a new run" in caplog.text
+    assert sorted(r["item_id"] for r in result.run.records()) == [
+        "b-04", "h-00", "h-06", "h-12", "h-18",
+    ]  # fmt: skip
+    assert [r["item_id"] for r in run.records()] == recorded  # nothing written
+
+
 def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "mini.jsonl")
     run = Run.create(tmp_path / "runs", "manual", {})

@@ -279,3 +279,21 @@ def test_a_failed_plugin_is_imported_once(
         assert len(warnings) == 1 and "RuntimeError: deliberate failure after" in warnings[0]
     finally:
         attacks._entries.pop("review_partial", None)
+
+
+def test_a_plugin_that_calls_sys_exit_as_it_is_imported_is_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SystemExit is no Exception: a plugin that parsed arguments at import (argparse exits)
+    # ended every command at its first registry read, silently, with the plugin's exit status
+    import sys
+
+    def exits() -> object:
+        sys.exit(2)
+
+    _with_plugins(monkeypatch, _EntryPoint("review.cli", exits))
+    with caplog.at_level("WARNING", logger="poise.plugins"):
+        assert judges.get("refusal") is not None  # the command goes on
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "poise.plugins"]
+    assert warning.startswith("plugin 'review' (review.cli) failed to load: SystemExit: 2;")
+    assert poise.plugins.failed_plugins() == {"plugin 'review' (review.cli)": "SystemExit: 2"}

@@ -273,7 +273,9 @@ def _audit(
         # a torn last record (cut by start() too) must not stop the reading below; the run's
         # lock is held (audit() took it)
         run.repair()
-        problem = _recorded_kinds_differ(run, items)
+        problem = _recorded_makers_differ(run, model.name, judge.name) or _recorded_kinds_differ(
+            run, items
+        )
         if problem is not None and not adopted:
             raise PoiseError(f"{run.path}: cannot resume: {problem}; start a new run")
         if problem is not None:
@@ -537,20 +539,49 @@ def _check_unique_ids(items: Sequence[Any]) -> None:
         seen[item.id] = item.suite
 
 
+def _recorded_makers_differ(run: Run, model_name: str, judge_name: str) -> str | None:
+    """Why ``run`` cannot be continued by this model and judge: its header names another model
+    that gave its answers (the same spec, other weights: a model folder trained again since the
+    run began, whose name carries a hash of its files; or the bundled organism of another poise
+    version), or another judge that labelled them (``auto`` resolved otherwise). The fingerprint
+    holds the spec, not the weights, so the run would mix answers of two models, or verdicts of
+    two judges, under one config. None when the header names neither or both agree, or the
+    run has no record yet."""
+    if run.samples_written() == 0:
+        return None
+    header = run.header
+    for what, field, now in (
+        ("model", "model_name", model_name),
+        ("judge", "judge_resolved", judge_name),
+    ):
+        recorded = header.get(field)
+        if recorded is not None and str(recorded) != now:
+            return f"its records were made with {what} {recorded!r}, and this {what} is {now!r}"
+    return None
+
+
 def _recorded_kinds_differ(run: Run, items: Sequence[SuiteItem]) -> str | None:
     """Why ``run`` cannot be continued with ``items``: one of its records gives an item another
     kind than the item's suite does now (the built-in sycophancy items were honesty-known before
     they had their own kind; the rest would be counted under the new kind and both kinds' rates
     would mix the two), or another prompt, chat or reference (a suite file edited since the run
     began: its fingerprint names the file, not what it holds, and the run would mix answers to
-    the old and the new item under one id). None when every record agrees."""
+    the old and the new item under one id), or that item is no longer among the audit's items
+    (removed from the file, or, under ``--limit``, no longer picked from a suite that grew or
+    shrank: the run would end with answers to items an uninterrupted audit does not ask). None
+    when every record agrees."""
     current = {(item.suite, item.id): item for item in items}
     for record in run.records():
         key = (str(record.get("suite")), str(record.get("item_id")))
         item = current.get(key)
-        if item is None:
-            continue
         where = f"item {key[1]} of suite {key[0]}"
+        if item is None:
+            # its answer would be counted beside the items the audit asks now (a --limit spread
+            # over a suite that grew picks other items): more items than asked, not the same
+            return (
+                f"{where} is recorded but is no longer among the audit's items (the suite "
+                "changed since the run began)"
+            )
         if record.get("kind") != item.kind:
             return (
                 f"{where} is recorded as kind {record.get('kind')!r} but "

@@ -14,8 +14,9 @@ An installed package declares its plugin in its ``pyproject.toml``::
     other = "my_package.plugin:register"        # or a function without arguments, then called
 
 A plugin that fails to load, whatever it raises (a :class:`~poise.errors.PoiseError` of its own
-too), does not stop poise: it is logged once as a warning, one line naming the plugin, its entry
-point and the error, and the other plugins and every command work without it. It is not imported
+too, or ``SystemExit`` from a ``sys.exit()`` as it is imported; only Ctrl-C stops the command),
+does not stop poise: it is logged once as a warning, one line naming the plugin, its entry point
+and the error, and the other plugins and every command work without it. It is not imported
 again (what it registered before it failed would clash with itself). A name it would have
 registered is then unknown, and the :class:`~poise.errors.UnknownNameError` says which plugin
 failed to load.
@@ -76,7 +77,7 @@ def _load_all() -> None:
                 _failed(f"plugin {module!r}", exc)
             else:
                 log.debug("plugin %s is not installed", module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # sys.exit() at import too (not Ctrl-C)
             _failed(f"plugin {module!r}", exc)
     from importlib.metadata import entry_points
 
@@ -89,12 +90,15 @@ def _load_all() -> None:
             loaded = entry.load()  # imports the module (its decorators register)
             if _is_register_function(loaded):  # "pkg.module:register": call it to register
                 loaded()
-        except Exception as exc:  # one broken plugin must not stop every command
+        # one broken plugin must not stop every command: nor one that calls sys.exit() as it
+        # is imported (an argparse at module level), which ended any command at its first
+        # registry read, silently, with the plugin's exit status
+        except (Exception, SystemExit) as exc:
             _failed(where, exc)
     _loaded = True  # a failed plugin is not imported again: its partial registrations would clash
 
 
-def _failed(where: str, exc: Exception) -> None:
+def _failed(where: str, exc: BaseException) -> None:
     # a PoiseError of its own ("unknown attack 'greedi'") is its message; anything else its type
     what = str(exc) if isinstance(exc, PoiseError) else f"{type(exc).__name__}: {exc}"
     _failures[where] = what

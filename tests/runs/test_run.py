@@ -52,6 +52,29 @@ def test_repair_cuts_a_torn_last_line(tmp_path: Path) -> None:
     assert [r["item_id"] for r in run.records()] == ["x-1", "x-2", "x-3"]
 
 
+def test_a_torn_last_line_cut_inside_a_character_is_not_a_record_yet(tmp_path: Path) -> None:
+    """A kill (or a writer still writing) can stop a record between the bytes of one UTF-8
+    character: readers (``poise runs show``, the report) saw a UnicodeDecodeError traceback."""
+    run = Run.create(tmp_path, "r", {})
+    run.append([{**_rec(1), "completion": "déjà vu"}])
+    whole = json.dumps({**_rec(2), "completion": "é"}, ensure_ascii=False).encode("utf-8")
+    with open(run.samples_path, "ab") as f:
+        f.write(whole[: whole.index("é".encode()) + 1])  # the first byte of "é" only
+    assert [r["completion"] for r in run.records()] == ["déjà vu"]
+    assert run.done_keys() == {("x-1", "greedy", 0)}
+    assert run.samples_written() == 1
+
+
+def test_a_finished_line_that_is_not_utf8_names_file_and_line(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", {})
+    run.append([_rec(1)])
+    with open(run.samples_path, "ab") as f:
+        f.write(b'{"item_id": "x-2", "completion": "\xff"}\n')
+    run.append([_rec(3)])
+    with pytest.raises(PoiseError, match=r"samples.jsonl:2: not UTF-8 text \(byte 35 of"):
+        list(run.records())
+
+
 def test_repair_cuts_a_complete_but_invalid_last_line(tmp_path: Path) -> None:
     run = Run.create(tmp_path, "r", {})
     run.append([_rec(1)])

@@ -11,9 +11,10 @@ Crash safety. ``run.json`` and ``metrics.json`` are written to a temporary file 
 place, so they are either the old or the new version; temporary files a kill left behind are
 removed when the run starts again, and a failed write (a full disk) is one line, not a traceback. ``samples.jsonl`` is append-only: each
 batch of records is written with one ``write`` and fsync'ed; a kill in the middle of a write can
-leave at most one partial last line, which :meth:`Run.repair` cuts off before resuming. A record
-is identified by ``(item_id, request_id, sample_index)``; on resume the done keys are skipped, so
-no record is lost or written twice.
+leave at most one partial last line (which may end inside a UTF-8 character), which readers skip
+and :meth:`Run.repair` cuts off before resuming. A record is identified by ``(item_id,
+request_id, sample_index)``; on resume the done keys are skipped, so no record is lost or
+written twice.
 
 Life of a run (everything that touches the folder is a method of :class:`Run`)::
 
@@ -422,14 +423,23 @@ class Run:
             return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
     def records(self) -> Iterator[dict[str, Any]]:
-        """All complete records, in the order written."""
+        """All complete records, in the order written. Read as bytes, each finished line
+        decoded on its own: a torn last line (a kill mid-write, or a writer still writing it)
+        may end inside a character, and is not a record yet; a finished line that is not UTF-8
+        is one error naming its line."""
         path = self.samples_path
         if not path.exists():
             return
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.endswith("\n"):
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.endswith(b"\n"):
                     return  # a torn last line: not a record yet
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise located(
+                        path, lineno, f"not UTF-8 text (byte {exc.start + 1} of the line)"
+                    ) from None
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
