@@ -75,6 +75,34 @@ def test_a_finished_line_that_is_not_utf8_names_file_and_line(tmp_path: Path) ->
         list(run.records())
 
 
+def test_last_newline_reads_backwards_across_chunks() -> None:
+    import io
+
+    from poise.runs.run import _last_newline
+
+    data = b"ab\ncdefgh\nijklmnopq"
+    f = io.BytesIO(data)
+    for chunk in (1, 3, 4, 64):
+        assert _last_newline(f, len(data), chunk) == data.rfind(b"\n")
+        assert _last_newline(f, data.rfind(b"\n"), chunk) == 2
+        assert _last_newline(f, 2, chunk) == -1
+        assert _last_newline(f, 0, chunk) == -1
+
+
+def test_repair_finds_a_last_line_longer_than_its_read_chunk(tmp_path: Path) -> None:
+    """repair reads the file's tail backwards, not the whole file: a torn record longer than
+    the 64 KiB it reads at a time, and a complete one, are told apart as before."""
+    run = Run.create(tmp_path, "r", {})
+    long = {**_rec(1), "completion": "x" * 200_000}
+    run.append([long])
+    torn = json.dumps({**_rec(2), "completion": "y" * 150_000}).encode()[:-3]
+    with open(run.samples_path, "ab") as f:
+        f.write(torn)
+    assert run.repair() == len(torn)
+    assert run.repair() == 0
+    assert [r["completion"] for r in run.records()] == [long["completion"]]
+
+
 def test_repair_cuts_a_complete_but_invalid_last_line(tmp_path: Path) -> None:
     run = Run.create(tmp_path, "r", {})
     run.append([_rec(1)])

@@ -164,6 +164,20 @@ def environment_versions() -> dict[str, str | None]:
     }
 
 
+def _last_newline(f: Any, end: int, chunk: int = 1 << 16) -> int:
+    """The offset of the last ``\n`` before byte ``end`` of the binary file ``f``, or -1: read
+    backwards a chunk at a time, so a long run's samples file is not read whole to find its
+    last line."""
+    while end > 0:
+        begin = max(0, end - chunk)
+        f.seek(begin)
+        found = f.read(end - begin).rfind(b"\n")
+        if found >= 0:
+            return begin + found
+        end = begin
+    return -1
+
+
 @dataclass
 class Run:
     path: Path
@@ -368,24 +382,27 @@ class Run:
             return 0
         fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         with open(fd, "rb+") as f:
-            data = f.read()
-            if not data:
+            size = f.seek(0, os.SEEK_END)
+            if not size:
                 return 0
-            keep = len(data)
-            if not data.endswith(b"\n"):
-                keep = data.rfind(b"\n") + 1  # 0 when there is no complete line at all
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                keep = _last_newline(f, size) + 1  # 0 when there is no complete line at all
             else:
                 # a complete-looking last line that is not valid JSON (torn write) goes too
-                start = data.rfind(b"\n", 0, len(data) - 1) + 1
+                start = _last_newline(f, size - 1) + 1
+                f.seek(start)
                 try:
-                    json.loads(data[start:])
+                    json.loads(f.read(size - start))
                 except ValueError:
                     keep = start
-            if keep < len(data):
+                else:
+                    keep = size
+            if keep < size:
                 f.truncate(keep)
                 f.flush()
                 os.fsync(f.fileno())
-            return len(data) - keep
+            return size - keep
 
     def append(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Append records in one write + fsync; returns how many were written."""
