@@ -178,3 +178,81 @@ def test_an_anchor_with_a_key_given_twice_names_the_line_and_the_key(tmp_path: P
     )
     with pytest.raises(PoiseError, match=r"anchors\.jsonl:2: key 'role' given twice \(again at"):
         read_anchors(anchors)
+
+
+class _Stub:
+    """A model with 4 decoder blocks (hidden states 0-4) and 8 features: each query's states
+    are drawn from a generator seeded by its text; a query containing "overflow" gives NaN
+    states. ``forwards`` counts the rows read."""
+
+    name = "stub"
+    spec = "stub"
+    capabilities = type("Capabilities", (), {"activations": True})()
+
+    def __init__(self) -> None:
+        self.forwards = 0
+
+    def decoder_layers(self) -> list[Any]:
+        return [object()] * 4
+
+    def hidden_states(self, chats: Any, continuations: Any = None, **_: Any) -> Any:
+        import hashlib
+
+        import torch
+
+        rows = []
+        for chat in chats:
+            text = chat[-1]["content"]
+            seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+            state = torch.randn(5, 8, generator=torch.Generator().manual_seed(seed))
+            rows.append(state * float("nan") if "overflow" in text else state)
+        self.forwards += len(chats)
+        return torch.stack(rows)
+
+
+def test_anchor_counts_and_layers_are_checked_before_a_forward_pass(tmp_path: Path) -> None:
+    """A role with 2 anchors was refused only once every earlier role's activations had been
+    read (after the weights loaded, from the CLI), and a layer past the model's last only after
+    the first role's: minutes on a large model."""
+    anchors = tmp_path / "anchors.jsonl"
+    rows = [("cooking", "a"), ("cooking", "b"), ("cooking", "c"), ("law", "d"), ("law", "e")]
+    anchors.write_text(
+        "".join(json.dumps({"role": r, "query": q}) + "\n" for r, q in rows), encoding="utf-8"
+    )
+    with pytest.raises(PoiseError, match=r"anchors\.jsonl: role 'law' has 2 anchors; it needs 3\+"):
+        read_anchors(anchors)
+    stub = _Stub()
+    with pytest.raises(PoiseError, match="role 'law' has 2 anchors"):
+        Firewall.fit(stub, {"cooking": ["a", "b", "c"], "law": ["d", "e"]})  # type: ignore[arg-type]
+    assert stub.forwards == 0
+    with pytest.raises(PoiseError, match=r"layer 5 is not one of stub's hidden states 0-4"):
+        Firewall.fit(stub, {"cooking": ["a", "b", "c"]}, layers=[2, 5])  # type: ignore[arg-type]
+    assert stub.forwards == 0
+    fitted = Firewall.fit(stub, {"cooking": ["a", "b", "c"]})  # type: ignore[arg-type]
+    assert fitted.layers == [1, 2, 3, 4] and stub.forwards == 3
+    # a firewall of a deeper model: refused from the blocks, before the queries are read
+    fitted.layers = [1, 6]
+    with pytest.raises(PoiseError, match=r"layer 6 is not one of stub's hidden states 0-4"):
+        fitted.scores(stub, "cooking", ["q"])  # type: ignore[arg-type]
+    assert stub.forwards == 3
+
+
+def test_activations_that_are_not_finite_do_not_open_the_firewall(tmp_path: Path) -> None:
+    """NaN anchor states gave a NaN threshold, and a NaN query score is not above anything:
+    the zone let every query through, without a word."""
+    stub = _Stub()
+    with pytest.raises(PoiseError, match=r"role 'cooking': .* 1 of its 3 anchors are not finite"):
+        Firewall.fit(stub, {"cooking": ["a", "b", "overflow"]})  # type: ignore[arg-type]
+    fitted = Firewall.fit(stub, {"cooking": ["a", "b", "c", "d"]}, percentile=100)  # type: ignore[arg-type]
+    inside, overflowed = fitted.check(stub, "cooking", ["a", "an overflow"])  # type: ignore[arg-type]
+    assert not inside.flagged and inside.score <= inside.threshold
+    assert overflowed.flagged and "not finite" in overflowed.reason
+    folder = fitted.save(tmp_path / "fw")
+    header_file = folder / "firewall.json"
+    header = json.loads(header_file.read_text(encoding="utf-8"))
+    header["roles"]["cooking"]["threshold"] = float("nan")
+    header_file.write_text(json.dumps(header), encoding="utf-8")  # json writes NaN, reads it
+    with pytest.raises(
+        PoiseError, match=r"firewall\.json: role 'cooking': threshold must be a fin"
+    ):
+        load_firewall(folder)

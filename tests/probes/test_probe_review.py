@@ -386,3 +386,58 @@ def test_rows_with_and_without_continuations_in_different_chunks_are_refused() -
     with pytest.raises(PoiseError, match="mixes rows with and without continuations"):
         collect(Stub(), rows)  # type: ignore[arg-type]
     assert collect(Stub(), rows[:64]).shape == (64, 2, 4)
+
+
+def test_a_layer_the_model_lacks_names_the_model_and_its_layer_count(
+    small: Any, examples: list[Example], tmp_path: Path
+) -> None:
+    """It said "layer 9 out of range (0 .. 3)", naming neither the model nor what the range
+    counts, after a forward pass to find it out."""
+    rows: list[int] = []
+    with pytest.raises(PoiseError) as refused:
+        train_probe(small, examples, tmp_path / "p", task="t", layer=9, progress=rows.append)
+    message = str(refused.value)
+    assert f"{small.name} has 3 decoder layers" in message, message
+    assert "hidden states 0 (the embeddings) to 3" in message, message
+    assert rows == [] and not (tmp_path / "p").exists()
+
+
+class _Overflowing:
+    """A model of 2 decoder blocks whose states of a chat mentioning "overflow" are NaN at
+    its last layer (a float16 overflow), and random elsewhere."""
+
+    name = "overflowing"
+    spec = "overflowing"
+    capabilities = type("Capabilities", (), {"activations": True})()
+
+    def decoder_layers(self) -> list[Any]:
+        return [object(), object()]
+
+    def hidden_states(self, chats: Any, continuations: Any = None, **options: Any) -> torch.Tensor:
+        upto = options.get("upto")
+        g = torch.Generator().manual_seed(len(chats))
+        states = torch.randn(len(chats), 3, 6, generator=g)
+        for row, chat in enumerate(chats):
+            if "overflow" in chat[-1]["content"]:
+                states[row, 2] = float("nan")
+        return states if upto is None else states[:, : upto + 1]
+
+
+def test_activations_that_are_not_finite_are_one_error_naming_a_row(tmp_path: Path) -> None:
+    """A NaN state made the sweep's AUROC raise a ValueError traceback (train), and an answer's
+    NaN score was never above the threshold: it passed unflagged (score)."""
+    chat = [{"role": "user", "content": "fine"}]
+    rows = [Example(chat, i % 2, f"item{i}") for i in range(20)]
+    rows[7] = Example([{"role": "user", "content": "an overflow"}], 1, "item7")
+    with pytest.raises(PoiseError, match=r"1 of 20 rows are not finite \(NaN or inf at layers 2;"):
+        train_probe(_Overflowing(), rows, tmp_path / "p", task="t")  # type: ignore[arg-type]
+    assert not (tmp_path / "p").exists()
+    records = [
+        {"item_id": f"i{i}", "kind": "benign", "prompt": p, "completion": "x"}
+        for i, p in enumerate(["fine", "also fine", "an overflow", "fine again"])
+    ]
+    probe = _probe(6, layer=2)
+    with pytest.raises(PoiseError, match=r"samples\.jsonl:3: the model's activations of this an"):
+        score_answers(_Overflowing(), probe, records, None, source="samples.jsonl")  # type: ignore[arg-type]
+    # at a layer where the states are finite the answers are scored
+    assert len(score_answers(_Overflowing(), _probe(6, layer=1), records, None).scores) == 4  # type: ignore[arg-type]

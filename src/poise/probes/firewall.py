@@ -9,12 +9,12 @@ After ControlNET (Yao et al., "ControlNET: A Firewall for RAG-based LLM System",
   a percentile of the anchors' own scores; a flagged query is refused before generation. The
   same check applies to a retrieved passage (score its text as a query).
 - **Simplified**: the index here is a standardised distance to the zone's centroid, averaged
-  over layers: ``ASI(x) = mean_l |x_l - mu_l| / s_l`` with ``x_l`` [hidden] the last prompt
+  over layers: ``ASI(x) = mean_l ||x_l - mu_l||_2 / s_l`` with ``x_l`` [hidden] the last prompt
   token's residual stream at layer ``l``, ``mu_l`` the anchors' mean and ``s_l`` the anchors'
-  median distance to it. The paper's own index and its learned detectors are not reproduced,
-  and its mitigation (steering flagged queries with a hyper-network, ProNet) is not built: a
-  flagged request is refused. Anchor scores are leave-one-out (each anchor against the centroid
-  of the others), so the percentile is not flattered by an anchor scoring itself.
+  median Euclidean distance to it. The paper's own index and its learned detectors are not
+  reproduced, and its mitigation (steering flagged queries with a hyper-network, ProNet) is not
+  built: a flagged request is refused. Anchor scores are leave-one-out (each anchor against the
+  centroid of the others), so the percentile is not flattered by an anchor scoring itself.
 
 A firewall folder holds ``firewall.json`` (model, layers, per role: threshold, percentile,
 anchor count) and ``firewall.safetensors`` (per role: ``<role>.centroid`` [layers, hidden],
@@ -24,6 +24,7 @@ anchor count) and ``firewall.safetensors`` (per role: ``<role>.centroid`` [layer
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,19 +37,27 @@ from poise.errors import PoiseError, invalid_json, json_lines, located, parse_js
 from poise.models.base import LanguageModel
 from poise.probes.data import Example
 from poise.probes.linear import read_saved, write_folder
-from poise.probes.sweep import collect
+from poise.probes.sweep import collect, require_activations
 
-__all__ = ["Firewall", "Verdict", "check_fit_options", "load_firewall", "read_anchors"]
+__all__ = [
+    "Firewall",
+    "Verdict",
+    "check_anchor_counts",
+    "check_fit_options",
+    "load_firewall",
+    "read_anchors",
+]
 
 FIREWALL_JSON = "firewall.json"
 FIREWALL_TENSORS = "firewall.safetensors"
 FORMAT = 1
+MIN_ANCHORS = 3  # a centroid, a median distance and a leave-one-out percentile need a spread
 
 
 def check_fit_options(percentile: float, layers: Sequence[int] | None) -> None:
     """Before any activation is read (or, from the CLI, any weight loaded): a percentile in
-    (0, 100] and layer indices >= 0 (those past the model's last are refused once its states
-    are known)."""
+    (0, 100] and layer indices >= 0 (those past the model's last are refused from its decoder
+    blocks, before its first forward pass)."""
     if not 0.0 < percentile <= 100.0:
         raise PoiseError(f"firewall: percentile must be in (0, 100], got {percentile:g}")
     negative = [layer for layer in layers or () if layer < 0]
@@ -59,8 +68,20 @@ def check_fit_options(percentile: float, layers: Sequence[int] | None) -> None:
         )
 
 
+def check_anchor_counts(anchors: Mapping[str, Sequence[str]], where: str = "firewall") -> None:
+    """Every role has at least :data:`MIN_ANCHORS` anchors; else one error naming the role
+    (``where``: the anchors file, or "firewall"), before any weight is loaded or activation
+    read."""
+    for role, queries in anchors.items():
+        if len(queries) < MIN_ANCHORS:
+            raise PoiseError(
+                f"{where}: role {role!r} has {len(queries)} anchors; it needs {MIN_ANCHORS}+"
+            )
+
+
 def _shift(states: torch.Tensor, centroid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """states [n, layers, hidden], centroid [layers, hidden], scale [layers] -> ASI [n]."""
+    """states [n, layers, hidden], centroid [layers, hidden], scale [layers] -> ASI [n]:
+    ``mean_l ||x_l - mu_l||_2 / s_l``, the Euclidean distance at each layer."""
     distance = (states.double() - centroid.double()).norm(dim=-1)  # [n, layers]
     return (distance / scale.double()).mean(dim=-1)
 
@@ -87,6 +108,11 @@ class Verdict:
 
     @property
     def reason(self) -> str:
+        if not math.isfinite(self.score):
+            return (
+                f"the query's activations are not finite (activation-shift index {self.score}); "
+                f"the role {self.role!r} cannot vouch for it"
+            )
         return (
             f"the query falls outside the role {self.role!r} (activation-shift index "
             f"{self.score:.3f} > threshold {self.threshold:.3f})"
@@ -113,21 +139,31 @@ class Firewall:
         system_prompt: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Firewall:
-        """One zone per role from its anchor queries (at least 3 each)."""
+        """One zone per role from its anchor queries (at least :data:`MIN_ANCHORS` each).
+        Options, anchor counts and layers (from the model's decoder blocks) are checked before
+        the first forward pass."""
         check_fit_options(percentile, layers)
+        check_anchor_counts(anchors)
         # the model is recorded once fitted: a layer refused while fitting names no fitted model
         firewall = cls(None, [], system_prompt=system_prompt)
+        available = len(require_activations("a firewall", model).decoder_layers()) + 1
+        # default: every decoder block's output (the embeddings of one last token carry little
+        # about the query)
+        firewall.layers = list(layers) if layers else list(range(1, available))
+        firewall._check_layers(available, model)
         for role, queries in anchors.items():
-            if len(queries) < 3:
-                raise PoiseError(f"firewall: role {role!r} has {len(queries)} anchors; it needs 3+")
             states = firewall._states(model, queries, progress)  # [n, layers + 1, hidden]
-            if not firewall.layers:
-                # default: every decoder block's output (the embeddings of one last token carry
-                # little about the query)
-                firewall.layers = list(layers) if layers else list(range(1, states.shape[1]))
-                firewall._check_layers(states.shape[1], model)
+            firewall._check_layers(states.shape[1], model)
             kept = states[:, firewall.layers].double()  # [n, layers, hidden]
             n = kept.shape[0]
+            finite = torch.isfinite(kept).flatten(1).all(dim=1)  # [n]
+            if not bool(finite.all()):
+                # NaN states gave a NaN threshold, and no score is above NaN: the zone let
+                # every query through
+                raise PoiseError(
+                    f"firewall: role {role!r}: the model's activations of {int((~finite).sum())} "
+                    f"of its {n} anchors are not finite (NaN or inf; a float16 overflow?)"
+                )
             centroid = kept.mean(dim=0)  # [layers, hidden]
             # the median (mean of the two middle values for an even count) of the distances
             distances = (kept - centroid).norm(dim=-1)  # [n, layers]
@@ -177,6 +213,10 @@ class Firewall:
     def scores(self, model: LanguageModel, role: str, queries: Sequence[str]) -> list[float]:
         """The activation-shift index of each query against ``role``'s zone."""
         zone = self.zone(role)
+        # the layers from the model's blocks, before a forward pass (a firewall of another model)
+        self._check_layers(
+            len(require_activations("a firewall", model).decoder_layers()) + 1, model
+        )
         all_states = self._states(model, queries)  # [n, L + 1, hidden]
         self._check_layers(all_states.shape[1], model)
         states = all_states[:, self.layers]  # [n, layers, hidden]
@@ -188,9 +228,11 @@ class Firewall:
         return [float(s) for s in _shift(states, zone.centroid, zone.scale)]
 
     def check(self, model: LanguageModel, role: str, queries: Sequence[str]) -> list[Verdict]:
+        """A verdict per query: flagged above the role's threshold, and when its score is not a
+        number (activations that overflowed: nothing shows the query is inside the zone)."""
         zone = self.zone(role)
         return [
-            Verdict(role, s, zone.threshold, s > zone.threshold)
+            Verdict(role, s, zone.threshold, not s <= zone.threshold)
             for s in self.scores(model, role, queries)
         ]
 
@@ -254,6 +296,13 @@ def load_firewall(folder: str | Path) -> Firewall:
         raise located(header_path, None, f"a field of the wrong type ({exc})") from None
     layers = len(firewall.layers)
     for role, zone in firewall.zones.items():
+        if not math.isfinite(zone.threshold):
+            # a NaN threshold flags nothing: the zone would let every query through
+            raise located(
+                header_path,
+                None,
+                f"role {role!r}: threshold must be a finite number, got {zone.threshold}",
+            )
         centroid, scale = tuple(zone.centroid.shape), tuple(zone.scale.shape)
         if len(centroid) != 2 or centroid[0] != layers or scale != (layers,):
             raise located(
@@ -292,4 +341,5 @@ def read_anchors(path: str | Path) -> dict[str, list[str]]:
         roles.setdefault(row["role"], []).append(row["query"])
     if not roles:
         raise PoiseError(f"{source}: no anchors")
+    check_anchor_counts(roles, str(source))  # before the model loads
     return roles

@@ -5,10 +5,16 @@ Using Linear Probes" (arXiv 2502.03407, Sec. 3.2), which "Strategic dishonesty c
 safety evaluations" (arXiv 2509.18058, Sec. 6) trains on honest vs deceptive instructions:
 activations of one layer are standardised with the training set's per-feature mean and standard
 deviation, and a logistic regression with an L2 penalty (coefficient 10, no intercept) is fitted
-on them; the probe's score is the logit ``w . (x - mu) / sigma``. The penalty and the missing
-intercept follow the paper's text; poise fits the same objective by L-BFGS in float64
-(checked against scikit-learn's ``LogisticRegression(C=1/l2, fit_intercept=False)`` in the
-tests) instead of depending on scikit-learn.
+on them; the probe's score is the logit ``w . (x - mu) / sigma``. poise fits the same
+objective by L-BFGS in float64 (checked against scikit-learn's
+``LogisticRegression(C=1/l2, fit_intercept=False)`` in the tests) instead of depending on
+scikit-learn.
+
+Unlike the authors' released code, which fits every read token as its own example (and scores
+a transcript by the mean of its tokens' scores), a row here is one example: the mean of its
+tokens' activations. The score is affine, so the two agree on scoring but not on fitting.
+The released code also uses the sample standard deviation; poise uses the population one
+(docs/probes.md lists the differences).
 
 A probe folder holds ``probe.safetensors`` (weights [hidden], mean [hidden], std [hidden],
 difference_of_means [hidden]) and ``probe.json`` (layer, model spec, where the features are

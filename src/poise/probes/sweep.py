@@ -15,7 +15,14 @@ from poise.probes.data import Example
 from poise.probes.linear import LinearProbe
 from poise.probes.metrics import auroc_interval
 
-__all__ = ["LayerResult", "collect", "layer_sweep", "require_activations", "split_by_group"]
+__all__ = [
+    "LayerResult",
+    "collect",
+    "layer_sweep",
+    "not_finite",
+    "require_activations",
+    "split_by_group",
+]
 
 
 def require_activations(what: str, model: LanguageModel) -> Any:
@@ -61,6 +68,16 @@ def collect(
         if progress is not None:
             progress(len(batch))
     return torch.cat(parts, dim=0)
+
+
+def not_finite(states: torch.Tensor) -> tuple[list[int], list[int]]:
+    """(rows, layers) of ``states`` [rows, layers, hidden] holding a NaN or an infinity (a
+    float16 overflow): a probe fitted on them is NaN, and a NaN score is never above a
+    threshold, so such rows are refused rather than scored."""
+    bad = ~torch.isfinite(states)  # [rows, layers, hidden]
+    rows = torch.nonzero(bad.any(dim=2).any(dim=1)).flatten().tolist()
+    layers = torch.nonzero(bad.any(dim=2).any(dim=0)).flatten().tolist()
+    return rows, layers
 
 
 def split_by_group(

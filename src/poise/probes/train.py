@@ -25,6 +25,7 @@ from poise.probes.sweep import (
     LayerResult,
     collect,
     layer_sweep,
+    not_finite,
     require_activations,
     split_by_group,
 )
@@ -84,12 +85,22 @@ def train_probe(
         )
     target = Path(out)
     check_new_folder(target, "probe")
-    if layer is not None and examples:  # one row's forward tells the layers, before them all
-        available = collect(model, examples[:1]).shape[1]  # [1, layers + 1, hidden]
-        if not 0 <= layer < available:
-            raise PoiseError(f"probe: layer {layer} out of range (0 .. {available - 1})")
+    if layer is not None:  # the model's blocks tell the layers, before a forward pass
+        blocks = len(require_activations("poise probe train", model).decoder_layers())
+        if not 0 <= layer <= blocks:
+            raise PoiseError(
+                f"probe: layer {layer} out of range (0 .. {blocks}): {model.name} has {blocks} "
+                f"decoder layers, so hidden states 0 (the embeddings) to {blocks}"
+            )
     started = time.perf_counter()
     features = collect(model, examples, progress=progress)  # [rows, layers + 1, hidden]
+    rows, layers = not_finite(features)
+    if rows:  # else a traceback from the sweep's AUROC of NaN scores
+        raise PoiseError(
+            f"probe: the model's activations of {len(rows)} of {len(examples)} rows are not "
+            f"finite (NaN or inf at layers {', '.join(map(str, layers))}; a float16 "
+            f"overflow?), first: item {examples[rows[0]].group!r}"
+        )
     labels = torch.tensor([e.label for e in examples])
     groups = [e.group for e in examples]
     train, test = split_by_group(groups, test_fraction=test_fraction, seed=seed)
@@ -199,6 +210,13 @@ def score_answers(
         )
     # [rows, probe.layer + 1, hidden]: the forward pass stops at the probe's layer
     states = collect(model, examples, progress=progress, upto=probe.layer)
+    rows, _ = not_finite(states[:, probe.layer : probe.layer + 1])
+    if rows:  # a NaN score is never above the threshold: the answer would pass unflagged
+        raise PoiseError(
+            f"{record_where(source, rows[0] + 1)}: the model's activations of this answer are "
+            f"not finite at the probe's layer {probe.layer} (NaN or inf; a float16 overflow?); "
+            f"{len(rows)} of {len(records)} answers are"
+        )
     scores = probe.score(states[:, probe.layer, :]).tolist()
     benign = [s for s, r in zip(scores, records, strict=True) if r.get("kind") == "benign"]
     # the benign answers to items the probe was not fitted on: on its own training items its
