@@ -105,3 +105,29 @@ def test_delong_interval_equals_the_midrank_algorithm_with_ties(
     assert auroc_interval(scores, labels) == pytest.approx(
         (area, max(0.0, area - half), min(1.0, area + half)), abs=1e-12
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 1)), min_size=2, max_size=80).filter(
+        lambda rows: len({label for _, label in rows}) == 2
+    )
+)
+def test_components_from_sorted_scores_equal_the_pair_matrix_to_the_bit(
+    rows: list[tuple[int, int]],
+) -> None:
+    """The components are computed from sorted scores, without the [m, n] matrix of pairs
+    (gigabytes for a large run); every value equals the matrix's exactly, ties included."""
+    import torch
+
+    from poise.probes.metrics import _components
+
+    scores = torch.tensor([s / 3 for s, _ in rows], dtype=torch.float64)
+    labels = torch.tensor([label for _, label in rows])
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    diff = positives[:, None] - negatives[None, :]  # [m, n]
+    psi = (diff > 0).double() + 0.5 * (diff == 0).double()
+    v10, v01, area = _components(positives, negatives)
+    assert torch.equal(v10, psi.mean(dim=1))
+    assert torch.equal(v01, psi.mean(dim=0))
+    assert area == float(psi.mean())

@@ -28,17 +28,31 @@ def _split(scores: Sequence[float], labels: Sequence[int]) -> tuple[torch.Tensor
     return positives, negatives
 
 
-def _placements(positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """psi[i, j] = 1 if positive i outscores negative j, 1/2 on a tie, else 0: [m, n]."""
-    diff = positives[:, None] - negatives[None, :]  # [m, n]
-    return (diff > 0).double() + 0.5 * (diff == 0).double()
+def _components(
+    positives: torch.Tensor, negatives: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """DeLong's structural components and the area, from sorted scores (no [m, n] matrix: a
+    run of 30k judged answers would need gigabytes for it).
+
+    With psi[i, j] = 1 if positive i outscores negative j, 1/2 on a tie, else 0:
+    V10_i = mean_j psi[i, j] [m], V01_j = mean_i psi[i, j] [n], area = mean psi. Each count of
+    halves is exact in float64, so the values are those of the matrix to the last bit."""
+    m, n = positives.numel(), negatives.numel()
+    neg_sorted, pos_sorted = negatives.sort().values, positives.sort().values
+    below = torch.searchsorted(neg_sorted, positives, right=False).double()  # negatives < p_i
+    up_to = torch.searchsorted(neg_sorted, positives, right=True).double()  # negatives <= p_i
+    wins10 = below + 0.5 * (up_to - below)  # [m]: sum_j psi[i, j]
+    p_below = torch.searchsorted(pos_sorted, negatives, right=False).double()
+    p_up_to = torch.searchsorted(pos_sorted, negatives, right=True).double()
+    wins01 = (m - p_up_to) + 0.5 * (p_up_to - p_below)  # [n]: sum_i psi[i, j]
+    return wins10 / n, wins01 / m, float(wins10.sum()) / (m * n)
 
 
 def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     """The area under the ROC curve: P(score of a positive > score of a negative), ties 1/2
     (the Mann-Whitney statistic over m * n pairs)."""
     positives, negatives = _split(scores, labels)
-    return float(_placements(positives, negatives).mean())
+    return _components(positives, negatives)[2]
 
 
 def auroc_interval(
@@ -60,10 +74,8 @@ def auroc_interval(
     rows all come from one cluster has no spread between clusters to estimate its term from
     (0 would shrink the interval below DeLong's): that side's term is DeLong's."""
     positives, negatives = _split(scores, labels)
-    psi = _placements(positives, negatives)  # [m, n]
-    m, n = psi.shape
-    area = float(psi.mean())
-    v10, v01 = psi.mean(dim=1), psi.mean(dim=0)  # [m], [n]
+    v10, v01, area = _components(positives, negatives)  # [m], [n], float
+    m, n = v10.numel(), v01.numel()
     if groups is None:
         s10 = float(v10.var(unbiased=True)) if m > 1 else 0.0
         s01 = float(v01.var(unbiased=True)) if n > 1 else 0.0
