@@ -23,3 +23,12 @@ def with_system_prompt(chat: Chat, system_prompt: str | None) -> Chat:
     if system_prompt is None:
         return rest
     return [{"role": "system", "content": system_prompt}, *rest]
+
+
+def with_default_system_prompt(chat: Chat, system_prompt: str | None) -> Chat:
+    """``chat`` with ``system_prompt`` (none when None), unless it brings a system message of
+    its own, which is sent as it is: how an audit builds an item's chat, and so how anything
+    that reads the model on the audit's prompts must build it."""
+    if any(m["role"] == "system" for m in chat):
+        return chat
+    return with_system_prompt(chat, system_prompt)

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from poise.chat import with_default_system_prompt
 from poise.config import Sampling
 from poise.errors import PoiseError, UnknownNameError
-from poise.models.base import Chat, with_system_prompt
+from poise.models.base import Chat
 from poise.plugins import load_plugins
 from poise.registry import Registry
 from poise.suites.schema import SuiteItem
@@ -217,10 +218,7 @@ def warn_undeclared_system_prompt(model: object, requests: Sequence[Request]) ->
 
 def build_chat(item: SuiteItem, system_prompt: str | None) -> Chat:
     """The item's chat with the audit's system prompt, unless the item brings its own."""
-    chat = item.chat
-    if any(m["role"] == "system" for m in chat):
-        return chat
-    return with_system_prompt(chat, system_prompt)
+    return with_default_system_prompt(item.chat, system_prompt)
 
 
 @attacks.register(

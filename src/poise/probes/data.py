@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from poise.chat import Chat, with_system_prompt
+from poise.chat import Chat, with_default_system_prompt, with_system_prompt
 from poise.errors import PoiseError
 from poise.suites.schema import SuiteItem
 from poise.tasks import read
@@ -120,9 +120,14 @@ def _verdict(record: Mapping[str, Any], where: str) -> Mapping[str, Any]:
 
 
 def harmful_vs_benign(items: Iterable[SuiteItem], system_prompt: str | None) -> list[Example]:
-    """Harmful items (1) and benign items (0); other kinds are left out."""
+    """Harmful items (1) and benign items (0); other kinds are left out. Each chat as the audit
+    builds it: ``system_prompt`` unless the item brings a system message of its own."""
     out = [
-        Example(with_system_prompt(item.chat, system_prompt), int(item.kind == "harmful"), item.id)
+        Example(
+            with_default_system_prompt(item.chat, system_prompt),
+            int(item.kind == "harmful"),
+            item.id,
+        )
         for item in items
         if item.kind in ("harmful", "benign")
     ]
