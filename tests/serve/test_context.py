@@ -104,6 +104,37 @@ def test_without_max_tokens_a_request_gets_what_is_left_of_the_context(
     assert usage["completion_tokens"] == expected.num_tokens
 
 
+def test_a_served_openai_model_passes_a_request_without_max_tokens_on_without_it(
+    start_server: StartServer, tiny_model: LanguageModel
+) -> None:
+    """``poise serve`` fronting an ``openai:`` model (which knows neither its context nor its
+    tokenizer) sent ``max_tokens = --max-tokens-limit`` (2048) upstream for a request without
+    one, and the upstream refused it (a 400) once the messages and 2048 tokens passed its
+    context. The request now goes on without max_tokens: the upstream fills its context, and
+    the answer is the one the upstream gives directly."""
+    upstream = start_server(tiny_model, served_name="tiny")  # context 512
+    remote = load_model(f"openai:tiny@{upstream.base_url}", max_retries=0)
+    assert remote.capabilities.open_limit and remote.context_length is None
+    front = start_server(remote, served_name="tiny")
+    text = "the cat sat on the mat " * 20
+    count = prompt_tokens(tiny_model, text)
+    assert count + 2048 > 512
+    direct = post(upstream, text, temperature=0)
+    through = post(front, text, temperature=0)
+    assert through.status_code == 200, through.text
+    assert direct.status_code == 200, direct.text
+    assert (
+        through.json()["choices"][0]["message"]["content"]
+        == direct.json()["choices"][0]["message"]["content"]
+    )
+    assert through.json()["usage"]["completion_tokens"] <= 512 - count
+    # a request that sets max_tokens still sends it (and is refused where it does not fit)
+    assert post(front, text, temperature=0, max_tokens=4).json()["usage"]["completion_tokens"] <= 4
+    refused = post(front, text, temperature=0, max_tokens=2000)
+    assert refused.status_code == 400
+    assert "maximum context length is 512" in refused.json()["error"]["message"]
+
+
 def test_an_over_long_request_fails_alone(
     start_server: StartServer, tiny_model: LanguageModel
 ) -> None:

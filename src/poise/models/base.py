@@ -181,6 +181,10 @@ class Capabilities:
     - ``activations``: ``hidden_states(chats, continuations=None, *, reduce=...)`` returns the
       residual stream at every layer ([rows, layers + 1, hidden]) and ``decoder_layers()`` the
       decoder blocks (``torch.nn.Module``), for probes and steering (``poise.probes``).
+    - ``open_limit``: ``generate(..., open_limit=True)`` leaves an answer's length to the server
+      behind the model (what is left of its context) instead of ``sampling.max_new_tokens``:
+      ``poise serve`` fronting a model that knows neither its context nor its tokenizer (an
+      ``openai:`` model) passes a request without ``max_tokens`` on as one without it.
     """
 
     score: bool = False
@@ -189,6 +193,7 @@ class Capabilities:
     engine: bool = False
     tokens: bool = False
     activations: bool = False
+    open_limit: bool = False
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from poise.config import Sampling
 from poise.errors import MissingExtraError, PoiseError
 from poise.models.base import (
+    Capabilities,
     Chat,
     Completion,
     EndpointError,
@@ -227,6 +228,8 @@ class OpenAIModel(ModelBase):
     # generate(..., on_result=) hands over each chat's answers as they arrive, and a failed
     # request raises GenerationError with everything else that came back
     partial_results = True
+    # generate(..., open_limit=True) sends no max_tokens: the server sizes the answer
+    capabilities = Capabilities(open_limit=True)
 
     def generate(
         self,
@@ -235,8 +238,14 @@ class OpenAIModel(ModelBase):
         *,
         progress: Callable[[int], None] | None = None,
         on_result: ResultFn | None = None,
+        open_limit: bool = False,
     ) -> list[list[Completion]]:
         """``sampling.n`` completions per chat, requested concurrently.
+
+        ``open_limit`` (declared by ``capabilities.open_limit``): no ``max_tokens`` is sent, so
+        the server gives each answer what is left of its context, as vLLM does for a request
+        without one (``poise serve`` passes it for such a request, which it cannot size itself
+        without this model's tokenizer and context); ``sampling.max_new_tokens`` is not sent.
 
         ``progress``, when given, is called with the number of chats just finished (1 each time);
         ``on_result(index, completions)`` with each chat's answers as soon as they arrive. A
@@ -250,7 +259,7 @@ class OpenAIModel(ModelBase):
         if not chats:
             return []
         return _run_coroutine(
-            lambda: self._generate_all(list(chats), sampling, progress, on_result)
+            lambda: self._generate_all(list(chats), sampling, progress, on_result, open_limit)
         )
 
     def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
@@ -268,6 +277,7 @@ class OpenAIModel(ModelBase):
         sampling: Sampling,
         progress: Callable[[int], None] | None,
         on_result: ResultFn | None = None,
+        open_limit: bool = False,
     ) -> list[list[Completion]]:
         openai = _import_openai()
         api_key = self._api_key()
@@ -285,7 +295,9 @@ class OpenAIModel(ModelBase):
         async def one(index: int) -> None:
             try:
                 async with semaphore:
-                    out = await self._complete(clients, index, chats[index], sampling)
+                    out = await self._complete(
+                        clients, index, chats[index], sampling, open_limit=open_limit
+                    )
             except EndpointRefused:
                 raise  # every chat would fail the same way: stop them all
             except PoiseError as exc:
@@ -315,7 +327,13 @@ class OpenAIModel(ModelBase):
         return [r for r in results if r is not None]
 
     async def _complete(
-        self, clients: list[Any], index: int, chat: Chat, sampling: Sampling
+        self,
+        clients: list[Any],
+        index: int,
+        chat: Chat,
+        sampling: Sampling,
+        *,
+        open_limit: bool = False,
     ) -> list[Completion]:
         """All ``sampling.n`` completions of one chat, asking again for any the server left out
         (Ollama, for instance, ignores ``n``), and one at a time where the server refuses
@@ -326,7 +344,7 @@ class OpenAIModel(ModelBase):
         """
         if sampling.greedy and sampling.n > 1:
             [completion] = await self._complete(
-                clients, index, chat, sampling.model_copy(update={"n": 1})
+                clients, index, chat, sampling.model_copy(update={"n": 1}), open_limit=open_limit
             )
             return [completion] * sampling.n
         completions: list[Completion] = []
@@ -339,7 +357,13 @@ class OpenAIModel(ModelBase):
             ask = 1 if self.one_choice_per_request else wanted
             try:
                 got, used = await self._request(
-                    clients, index + attempt_offset, chat, sampling, n=ask, seed=seed
+                    clients,
+                    index + attempt_offset,
+                    chat,
+                    sampling,
+                    n=ask,
+                    seed=seed,
+                    open_limit=open_limit,
                 )
             except _ChoicesRefused as exc:
                 if not self.one_choice_per_request:
@@ -362,6 +386,7 @@ class OpenAIModel(ModelBase):
         *,
         n: int,
         seed: int,
+        open_limit: bool = False,
     ) -> tuple[list[Completion], int]:
         """One chat completion request with retries; returns the completions and the number of
         attempts made (so a follow-up request keeps rotating over the base URLs)."""
@@ -375,7 +400,7 @@ class OpenAIModel(ModelBase):
                 sampling,
                 n=n,
                 seed=seed,
-                max_tokens_param=self.max_tokens_param,
+                max_tokens_param=None if open_limit else self.max_tokens_param,
                 send_top_p=self.send_top_p,
             )
             url_index = (slot + attempt) % len(clients)
@@ -623,7 +648,7 @@ def request_kwargs(
     *,
     n: int,
     seed: int,
-    max_tokens_param: str = "max_tokens",
+    max_tokens_param: str | None = "max_tokens",
     send_top_p: bool = True,
 ) -> dict[str, Any]:
     """The keyword arguments of ``chat.completions.create`` for ``sampling``.
@@ -632,16 +657,18 @@ def request_kwargs(
     no truncation, the form every server understands. ``top_k`` is not part of the OpenAI API;
     vLLM, SGLang and ``poise serve`` accept it in the request body, so it goes through
     ``extra_body`` and only when it is on. ``max_tokens_param``: the field that carries
-    ``max_new_tokens`` (``max_completion_tokens`` for servers that refuse ``max_tokens``);
+    ``max_new_tokens`` (``max_completion_tokens`` for servers that refuse ``max_tokens``; None:
+    no limit is sent, the server's own applies);
     ``send_top_p`` False leaves out a ``top_p`` of 1 (for servers that refuse the field).
     """
     kwargs: dict[str, Any] = {
         "model": model,
         "messages": [{"role": m["role"], "content": m["content"]} for m in chat],
-        max_tokens_param: sampling.max_new_tokens,
         "n": n,
         "seed": seed,
     }
+    if max_tokens_param is not None:
+        kwargs[max_tokens_param] = sampling.max_new_tokens
     if sampling.greedy:
         kwargs["temperature"] = 0.0
     else:

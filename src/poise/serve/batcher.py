@@ -41,6 +41,7 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from poise.config import Sampling
 from poise.errors import PoiseError
@@ -339,6 +340,9 @@ class Batcher:
         self.running = len(live)
 
         fill = live[0].fill  # one group: the same for all
+        # a request without max_tokens, to a model that cannot size it (no context known) but
+        # can leave it to the server behind it: sent on without max_tokens, as it came
+        open_limit = fill and self.model.capabilities.open_limit
 
         def call() -> list[Generation | Exception]:
             # Each chat is admitted on its own (a prompt longer than the context fails alone);
@@ -363,6 +367,7 @@ class Batcher:
                     [listeners[i] for i in rows],
                     [admitted[i][1] for i in rows],
                     loop,
+                    open_limit=open_limit and all(admitted[i][1] is None for i in rows),
                 )
                 for i, outcome in zip(rows, outcomes, strict=True):
                     results[i] = outcome
@@ -390,12 +395,18 @@ class Batcher:
         listeners: list[list[Listener]],
         prompt_tokens: list[int | None],
         loop: asyncio.AbstractEventLoop,
+        *,
+        open_limit: bool = False,
     ) -> list[Generation | Exception]:
         """One call for ``chats``; when it fails, one call per chat, so that one bad chat (a
         text the model refuses ...) fails alone. Runs in the worker thread."""
         sent = [_Sent() for _ in chats]
         try:
-            return list(self._call_model(chats, sampling, listeners, prompt_tokens, loop, sent))
+            return list(
+                self._call_model(
+                    chats, sampling, listeners, prompt_tokens, loop, sent, open_limit=open_limit
+                )
+            )
         except Exception as exc:
             if len(chats) == 1:
                 if not isinstance(exc, PoiseError):
@@ -408,7 +419,13 @@ class Batcher:
         for i, chat in enumerate(chats):
             try:
                 (result,) = self._call_model(
-                    [chat], sampling, [listeners[i]], [prompt_tokens[i]], loop, [sent[i]]
+                    [chat],
+                    sampling,
+                    [listeners[i]],
+                    [prompt_tokens[i]],
+                    loop,
+                    [sent[i]],
+                    open_limit=open_limit,
                 )
             except Exception as exc:
                 if not isinstance(exc, PoiseError):
@@ -426,11 +443,17 @@ class Batcher:
         prompt_tokens: list[int | None],
         loop: asyncio.AbstractEventLoop,
         sent: list[_Sent],
+        *,
+        open_limit: bool = False,
     ) -> list[Generation]:
-        """Runs in the worker thread: the model and its tokenizer are only touched here."""
+        """Runs in the worker thread: the model and its tokenizer are only touched here.
+        ``open_limit``: ``generate(..., open_limit=True)`` (see ``Capabilities.open_limit``)."""
         logger.debug("generate: %d chats, %s", len(chats), sampling.key())
         if self.model.capabilities.stream and any(listeners):
             outputs = self._stream(chats, sampling, listeners, prompt_tokens, loop, sent)
+        elif open_limit:
+            generate: Any = self.model.generate
+            outputs = generate(chats, sampling, open_limit=True)
         else:
             outputs = self.model.generate(chats, sampling)
         if len(outputs) != len(chats):
