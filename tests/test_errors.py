@@ -186,8 +186,9 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path: Path) -> None:
     data.write_text(json.dumps(row, ensure_ascii=False) + "\n" + json.dumps(row) + "\n")
     assert [e.response for e in read_monitor_data(data)] == [text, text]
     anchors = tmp_path / "anchors.jsonl"
-    anchors.write_text(json.dumps({"role": "cook", "query": text}, ensure_ascii=False) + "\n")
-    assert read_anchors(anchors) == {"cook": [text]}
+    row = json.dumps({"role": "cook", "query": text}, ensure_ascii=False) + "\n"
+    anchors.write_text(row * 3)  # a role needs three anchors
+    assert read_anchors(anchors) == {"cook": [text] * 3}
 
 
 def test_a_run_header_and_a_monitor_header_not_in_utf8_are_one_error(tmp_path: Path) -> None:
