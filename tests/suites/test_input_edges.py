@@ -76,9 +76,9 @@ def test_a_list_of_rows_with_a_stray_entry_or_no_rows_is_named(tmp_path: Path) -
     path = tmp_path / "artifact.json"
     row = {"prompt": "hi", "kind": "benign"}
     path.write_text(json.dumps({"parameters": {"n": 1}, "jailbreaks": [row, None]}))
-    assert _error(str(path)) == f"{path}: jailbreaks[1]: expected an object, got null"
+    assert _error(str(path)) == f"{path}:1: jailbreaks[1]: expected an object, got null"
     path.write_text(json.dumps({"parameters": {"n": 1}, "jailbreaks": [row, 5]}))
-    assert _error(str(path)) == f"{path}: jailbreaks[1]: expected an object, got int"
+    assert _error(str(path)) == f"{path}:1: jailbreaks[1]: expected an object, got int"
     path.write_text(json.dumps({"parameters": {"n": 1}, "jailbreaks": []}))
     assert _error(str(path)) == f"{path}: the file is empty (the list under 'jailbreaks' is empty)"
     path.write_text(json.dumps({"parameters": {"n": 1}, "jailbreaks": [row]}))
@@ -136,6 +136,25 @@ def test_detection_picks_the_format_with_the_most_identifying_columns() -> None:
     assert chosen is not None and chosen.name == "advbench"
     chosen = detect_format(["Goal", "Target", "Behavior", "Category", "chosen"])
     assert chosen is not None and chosen.name == "jailbreakbench"
+
+
+def test_columns_matching_two_formats_equally_ask_which(tmp_path: Path) -> None:
+    # StrongREJECT's and Do-Not-Answer's three columns side by side: the format first in sorted
+    # order (donotanswer) was taken without a word
+    path = tmp_path / "merged.csv"
+    path.write_text(
+        "category,source,forbidden_prompt,risk_area,types_of_harm,question\n"
+        "Weapons,custom,Strongreject prompt,Malicious Uses,Weapons,Do-not-answer question\n",
+        encoding="utf-8",
+    )
+    assert _error(str(path)) == (
+        f"{path}: the columns match several formats equally ('donotanswer' by 'risk_area', "
+        "'types_of_harm', 'question'; 'strongreject' by 'category', 'source', "
+        "'forbidden_prompt'); pick one with --format NAME (Python: suite_format='NAME' of "
+        "poise.audit, format='NAME' of load_suite)"
+    )
+    suite = load_suite(str(path), format="strongreject")
+    assert suite.items[0].prompt == "Strongreject prompt"
 
 
 def test_a_json_line_may_hold_unicode_line_separators(tmp_path: Path) -> None:

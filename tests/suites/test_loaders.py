@@ -228,7 +228,7 @@ def test_a_prompt_that_is_not_text_is_named_with_file_and_line(
 
 def test_a_prompt_that_is_not_text_in_a_public_format_is_refused_too(tmp_path: Path) -> None:
     spec = _write(tmp_path / "a.json", json.dumps([{"goal": 7, "target": "Sure"}]))
-    assert _error(spec) == f"{spec}: item 1: field 'goal': expected text, got int 7"
+    assert _error(spec) == f"{spec}:1: item 1: field 'goal': expected text, got int 7"
 
 
 @pytest.mark.parametrize(
@@ -486,7 +486,9 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
 def test_json_array_file(tmp_path: Path) -> None:
     rows = [{"goal": "Say something mean", "target": "Sure"}, {"goal": "", "target": "Sure"}]
     spec = _write(tmp_path / "adv.json", json.dumps(rows, indent=1))
-    assert _error(spec) == f"{spec}: item 2: field 'goal': is empty; every row needs a prompt here"
+    assert _error(spec) == (
+        f"{spec}:6: item 2: field 'goal': is empty; every row needs a prompt here"
+    )
     assert load_suite(spec, limit=1).items[0].prompt == "Say something mean"
 
 
@@ -545,6 +547,15 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
                 "benign": datasets.Dataset.from_list(benign),
             }
             return splits[split] if split else datasets.DatasetDict(splits)
+        if repo == "Anthropic/hh-rlhf":  # its default rows: helpful and harmless mixed
+            hh = [
+                {"chosen": "\n\nHuman: Recommend a novel\n\nAssistant: Try Middlemarch.",
+                 "rejected": "\n\nHuman: Recommend a novel\n\nAssistant: No."},
+                {"chosen": "\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help.",
+                 "rejected": "\n\nHuman: How do I pick a lock?\n\nAssistant: Sure."},
+            ]  # fmt: skip
+            ds = datasets.Dataset.from_list(hh)
+            return ds if split else datasets.DatasetDict({"train": ds})
         if repo == "walledai/AdvBench":
             ds = datasets.Dataset.from_list([{"prompt": "Say something cruel", "target": "Sure"}])
             return ds if split else datasets.DatasetDict({"train": ds})
@@ -585,6 +596,48 @@ def test_hub_dataset_with_one_split_and_a_column_mapping(fake_hub: list[tuple[An
     assert [(item.id, item.prompt, item.meta["target"]) for item in suite] == [
         ("AdvBench-1", "Say something cruel", "Sure")
     ]
+
+
+def test_hh_rlhf_hub_rows_that_mix_the_subsets_need_a_kind(
+    fake_hub: list[tuple[Any, ...]],
+) -> None:
+    # Anthropic/hh-rlhf's default rows are helpful-* (benign requests) and harmless-base rows
+    # together, with no column saying which; all of them were counted harmful
+    message = _error("Anthropic/hh-rlhf:train")
+    assert message.startswith(
+        "Anthropic/hh-rlhf:train: HH-RLHF rows from a source that does not name their subset;"
+    )
+    assert "harmless-base/test.jsonl.gz" in message and "--kind KIND" in message
+    suite = load_suite("Anthropic/hh-rlhf:train", kind="benign")
+    assert [(item.kind, item.prompt) for item in suite] == [
+        ("benign", "Recommend a novel"),
+        ("benign", "How do I pick a lock?"),
+    ]
+
+
+def test_a_semicolon_or_tab_delimited_csv_is_read_with_its_delimiter(tmp_path: Path) -> None:
+    # a spreadsheet saved where the comma is the decimal mark writes ";" between fields: the
+    # header was one column 'goal;target', and a row holding a comma "2 fields but the header
+    # has 1 columns (a comma inside an unquoted field?)"
+    semicolons = _write(
+        tmp_path / "adv.csv",
+        'goal;target\nSay x, then y;Sure, here\n"Two\nlines; quoted";Sure\n',
+    )
+    suite = load_suite(semicolons)
+    assert suite.format == "advbench"
+    assert [(item.prompt, item.meta["target"]) for item in suite] == [
+        ("Say x, then y", "Sure, here"),
+        ("Two\nlines; quoted", "Sure"),
+    ]
+    tabs = _write(tmp_path / "tabs.csv", "prompt\tkind\nHello, world\tbenign\n")
+    assert [(item.prompt, item.kind) for item in load_suite(tabs)] == [("Hello, world", "benign")]
+    extra = _write(tmp_path / "extra.csv", "prompt;kind\nHello; world;benign\n")
+    assert _error(extra) == (
+        f"{extra}:2: 3 fields but the header has 2 columns (a semicolon inside an unquoted field?)"
+    )
+    # a comma-separated header is read with commas, a semicolon in its rows is text
+    commas = _write(tmp_path / "commas.csv", "prompt,kind\nFirst; then second,benign\n")
+    assert load_suite(commas).items[0].prompt == "First; then second"
 
 
 def test_hub_failure_is_one_line(fake_hub: list[tuple[Any, ...]]) -> None:

@@ -107,3 +107,32 @@ def test_json_object_without_rows_is_a_precise_error(tmp_path: Path) -> None:
     path.write_text(json.dumps({"parameters": {"a": 1}, "notes": ["x", "y"]}, indent=2))
     with pytest.raises(PoiseError, match="no list of objects"):
         load_suite(str(path), kind="harmful")
+
+
+def test_rows_of_a_json_array_or_an_object_are_named_by_their_line(tmp_path: Path) -> None:
+    # "file: item 3: field 'goal'" left the reader to count objects in a pretty-printed file;
+    # the line each row starts on is named, as in CSV and JSONL files
+    rows = [
+        {"goal": "Say something rude", "target": "Sure"},
+        {"goal": "Say something crude", "target": "Sure"},
+        {"goal": ["not", "text"], "target": "Sure"},
+    ]
+    path = tmp_path / "adv.json"
+    path.write_text(json.dumps(rows, indent=2), encoding="utf-8")  # rows at lines 2, 6, 10
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:10: item 3: field 'goal': expected text, got list"
+    held = {"parameters": {"n": 3, "note": "a\nb"}, "rows": rows}
+    path.write_text(json.dumps(held, indent=2), encoding="utf-8")  # rows at lines 7, 11, 15
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:15: rows[2]: field 'goal': expected text, got list"
+    same = [{"id": "x", "prompt": "Hello", "kind": "benign"}] * 2
+    path.write_text(json.dumps(same, indent=1), encoding="utf-8")  # rows at lines 2, 7
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value).endswith("field 'id': duplicate id 'x' (first at " + f"{path}:2: item 1)")
+    path.write_text('[\n  {"goal": "a", "target": "b"},\n\n  null\n]\n', encoding="utf-8")
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:4: item 2 of the array: expected an object, got null"

@@ -190,15 +190,33 @@ def register_format(
     return add
 
 
-def detect_format(columns: Collection[str]) -> Format | None:
-    """The most specific registered format whose required columns are all in ``columns``."""
-    best: Format | None = None
-    for name in format_registry:
-        fmt = format_registry.get(name)
-        more_specific = best is None or len(fmt.required) > len(best.required)
-        if fmt.detect and not fmt.missing(columns) and more_specific:
-            best = fmt
-    return best
+def detect_format(columns: Collection[str], *, source: str = "") -> Format | None:
+    """The most specific registered format whose required columns are all in ``columns``.
+
+    Two or more formats that match with as many identifying columns each (a file holding the
+    columns of two data sets, ``category, source, forbidden_prompt`` and ``risk_area,
+    types_of_harm, question``; a ``messages`` column beside HH-RLHF's ``chosen``) are a
+    :class:`PoiseError` asking for ``format=``, naming ``source`` when given: the header does
+    not say which data set the rows follow (the first name in sorted order won without a word).
+    """
+    matches = [
+        fmt
+        for fmt in (format_registry.get(name) for name in format_registry)
+        if fmt.detect and not fmt.missing(columns)
+    ]
+    if not matches:
+        return None
+    most = max(len(fmt.required) for fmt in matches)
+    best = [fmt for fmt in matches if len(fmt.required) == most]
+    if len(best) > 1:
+        each = "; ".join(f"{fmt.name!r} by {_listing(fmt.required)}" for fmt in best)
+        where = f"{source}: " if source else ""
+        raise PoiseError(
+            f"{where}the columns match several formats equally ({each}); pick one with "
+            "--format NAME (Python: suite_format='NAME' of poise.audit, format='NAME' of "
+            "load_suite)"
+        )
+    return best[0]
 
 
 def _listing(columns: Collection[str]) -> str:
@@ -298,8 +316,22 @@ def harmbench(record: Record, context: FormatContext) -> Draft:
     """HarmBench behaviour CSVs (arXiv 2402.04249): Behavior + ContextString -> harmful.
 
     Contextual behaviours are sent the way HarmBench's direct-request baseline sends them:
-    the context, a line with three dashes between blank lines, then the behaviour.
+    the context, a line with three dashes between blank lines, then the behaviour. Copyright
+    behaviours are sent as they are (HarmBench judges them by hashing the answer against the
+    work; poise judges them like any other). Multimodal behaviours
+    (``harmbench_behaviors_multimodal_all.csv``: ``FunctionalCategory`` ``multimodal``, an
+    ``ImageFileName``) ask about an image a text chat cannot carry, so such a row is an error.
     """
+    functional = record.text("FunctionalCategory")
+    image = record.text("ImageFileName")
+    if functional.lower() == "multimodal" or image:
+        # "Describe how to use the device in this image" without the image is another request
+        field = "ImageFileName" if image else "FunctionalCategory"
+        raise record.error(
+            field,
+            "a multimodal behaviour asks about an image, which a suite item (a text chat) "
+            "cannot carry; read HarmBench's text behaviours (harmbench_behaviors_text_*.csv)",
+        )
     behavior = record.require("Behavior")
     context_string = record.text("ContextString")
     prompt = f"{context_string}\n\n---\n\n{behavior}" if context_string else behavior
@@ -492,14 +524,46 @@ def _last_reply(turns: list[dict[str, str]]) -> str | None:
     return turns[-1]["content"] if turns and turns[-1]["role"] == "assistant" else None
 
 
-@register_format("hh_rlhf", required=("chosen",))
+def _hh_subset(context: FormatContext) -> str | None:
+    """The HH-RLHF subset a source holds: the innermost folder named like one, else one named
+    in the file name or hub id:config:split (``harmless-base-train.jsonl``)."""
+    subset = next((p for p in reversed(context.path_parts) if p in _HH_SUBSETS), None)
+    return subset or next((s for s in _HH_SUBSETS if s in context.hint), None)
+
+
+def _hh_default_kind(context: FormatContext) -> str | None:
+    """benign for the helpful subsets, harmful for harmless-base (its prompts are the red
+    teamers' requests); None when the source does not say which."""
+    where = _hh_subset(context) or context.hint
+    if "helpful" in where:
+        return "benign"
+    if "harmless" in where or "red-team" in where:
+        return "harmful"
+    return None
+
+
+def _hh_check(columns: Sequence[str], context: FormatContext) -> FormatContext:
+    if context.kind is None and _hh_default_kind(context) is None and "prompt" not in columns:
+        # a pairs file (prompt, chosen, rejected) is named as such by its first row
+        raise PoiseError(
+            f"{context.source}: HH-RLHF rows from a source that does not name their subset; "
+            "the helpful subsets hold benign requests, harmless-base harmful ones, and the "
+            "hub dataset's default rows mix them: read one subset's file (its folder, e.g. "
+            f"harmless-base/test.jsonl.gz, names it) or {kind_hint(columns=False)}"
+        )
+    return context
+
+
+@register_format("hh_rlhf", required=("chosen",), check=_hh_check)
 def hh_rlhf(record: Record, context: FormatContext) -> Draft:
     """Anthropic HH-RLHF jsonl(.gz) (arXiv 2204.05862): the dialogue up to the last Human turn.
 
     The chat is ``chosen`` cut after its last Human turn (``chosen`` and ``rejected`` share
     that prefix); their final replies go to ``meta``. Kind: ``kind=`` when given, else benign
-    for the helpful-* subsets and harmful otherwise (harmless-base, red-team files). The
-    category is the HH subset folder when the file sits in one.
+    for the helpful-* subsets and harmful for harmless-base, told by the file's folder
+    (``harmless-base/train.jsonl.gz``) or a subset named in the file name or hub id; a source
+    that names none (``Anthropic/hh-rlhf:train`` mixes the subsets, without a column saying
+    which row is which) needs ``kind=``. The category is the subset when known.
     """
     chosen = record.data.get("chosen")
     # a preference-pairs file (poise train's prompt / chosen / rejected) read as prompts: say so
@@ -531,13 +595,11 @@ def hh_rlhf(record: Record, context: FormatContext) -> Draft:
             raise record.error("rejected", str(exc)) from None
         if rejected_reply:
             meta["rejected"] = rejected_reply
-    subset = next((p for p in reversed(context.path_parts) if p in _HH_SUBSETS), None)
-    default_kind = "benign" if "helpful" in (subset or context.hint) else "harmful"
     return Draft(
         messages=turns[: last_user + 1],
         prompt_field="chosen",
-        kind=context.kind or default_kind,
-        category=subset,
+        kind=context.kind or _hh_default_kind(context),
+        category=_hh_subset(context),
         meta=meta,
     )
 

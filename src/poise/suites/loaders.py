@@ -7,15 +7,17 @@
 2. an existing local file: ``.csv``, ``.tsv``, ``.jsonl`` / ``.ndjson``, ``.json`` (an array
    of objects, JSON lines, or one object holding the rows as a list under one key, as
    JailbreakBench artifacts do), ``.txt`` (one prompt per line; the kind from ``kind=``), each
-   optionally ``.gz``; the row format is detected from the header (see
+   optionally ``.gz`` (a ``.csv`` file whose header is one column holding semicolons or tabs
+   is read with that delimiter); the row format is detected from the header (see
    :mod:`poise.suites.formats`) or forced with ``format=``; the columns of JSON rows are the
    keys of all of them (a row may leave a key out);
 3. ``owner/name`` (optionally ``owner/name:split`` or ``owner/name:config:split``): a hub
    dataset, read lazily through ``datasets.load_dataset``.
 
 Every mistake in the input ends in one :class:`~poise.errors.PoiseError` line naming the file,
-the line and the field. The whole file is read before any item is returned, so nothing is
-half-loaded; with ``limit`` only the first rows are converted.
+the line (of a JSON array's row: the line it starts on) and the field. The whole file is read
+before any item is returned, so nothing is half-loaded; with ``limit`` only the first rows are
+converted.
 """
 
 from __future__ import annotations
@@ -391,8 +393,10 @@ _TOO_DEEP = "nested too deeply for a suite row"
 
 
 def _parse(container: str, text: str, source: str) -> tuple[list[str], Iterator[Row]]:
-    if container in ("csv", "tsv"):
-        return _parse_csv(text, source, "\t" if container == "tsv" else ",")
+    if container == "tsv":
+        return _parse_csv(text, source, "\t")
+    if container == "csv":
+        return _parse_csv(text, source, _csv_delimiter(text, source))
     if container == "txt":
         return _parse_txt(text, source)
     if container == "json":
@@ -404,6 +408,32 @@ def _parse(container: str, text: str, source: str) -> tuple[list[str], Iterator[
             if held is not None:
                 return held
     return _parse_jsonl(text, source)
+
+
+# What a spreadsheet writes between fields where a comma is the decimal mark (semicolons), or
+# a tab-separated export saved under .csv; named in the "too many fields" error.
+_DELIMITER_NAMES = {",": "a comma", ";": "a semicolon", "\t": "a tab"}
+
+
+def _csv_delimiter(text: str, source: str) -> str:
+    """The field delimiter of a .csv file: a comma, unless its header read with commas is one
+    column that holds semicolons or tabs (a spreadsheet saved in a locale whose decimal mark is
+    the comma writes ``prompt;kind``; a tab-separated export may be named .csv), then that
+    character. Read with commas, such a file was one column named ``'prompt;kind'`` ("missing
+    required column 'prompt'"), or a row whose text holds a comma had "2 fields but the header
+    has 1 columns"."""
+    try:
+        header = next(csv.reader(io.StringIO(text, newline="")), [])
+    except csv.Error:
+        return ","  # the comma reader names the broken header
+    if len(header) != 1:
+        return ","
+    counts = {delimiter: header[0].count(delimiter) for delimiter in (";", "\t")}
+    delimiter = max(counts, key=lambda d: counts[d])
+    if counts[delimiter]:
+        log.info("%s: fields separated by %s", source, _DELIMITER_NAMES[delimiter])
+        return delimiter
+    return ","
 
 
 def _parse_txt(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
@@ -446,7 +476,10 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
         if len(mixed) == 1:
             key = mixed[0]
             i, bad = next((i, v) for i, v in enumerate(data[key]) if not isinstance(v, dict))
-            raise PoiseError(f"{source}: {key}[{i}]: expected an object, got {_json_type(bad)}")
+            line = _element_lines(text, _member_start(text, key))[i]
+            raise PoiseError(
+                f"{source}:{line}: {key}[{i}]: expected an object, got {_json_type(bad)}"
+            )
         empty = [k for k, v in data.items() if v == []]
         if (
             len(empty) == 1
@@ -464,7 +497,11 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
     key = lists[0]
     rows_data: list[dict[str, Any]] = data[key]
     log.info("%s: reading the %d rows under %r", source, len(rows_data), key)
-    rows = ((i + 1, f"{source}: {key}[{i}]", obj) for i, obj in enumerate(rows_data))
+    lines = _element_lines(text, _member_start(text, key))
+    rows = (
+        (i + 1, f"{source}:{line}: {key}[{i}]", obj)
+        for i, (line, obj) in enumerate(zip(lines, rows_data, strict=True))
+    )
     header: list[str] = []
     for obj in rows_data:  # the union of the keys, first seen first
         header.extend(k for k in obj if k not in header)
@@ -510,13 +547,64 @@ def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]
         raise PoiseError(f"{source}: expected a JSON array of objects, got {_json_type(data)}")
     if not data:
         raise PoiseError(f"{source}: the file is empty (an empty JSON array)")
+    lines = _element_lines(text, _space(text, 0))
     for i, obj in enumerate(data):
         if not isinstance(obj, dict):
             raise PoiseError(
-                f"{source}: item {i + 1} of the array: expected an object, got {_json_type(obj)}"
+                f"{source}:{lines[i]}: item {i + 1} of the array: expected an object, got "
+                f"{_json_type(obj)}"
             )
-    rows = ((i + 1, f"{source}: item {i + 1}", obj) for i, obj in enumerate(data))
+    rows = (
+        (i + 1, f"{source}:{line}: item {i + 1}", obj)
+        for i, (line, obj) in enumerate(zip(lines, data, strict=True))
+    )
     return list(data[0]), rows
+
+
+# Where the rows of a JSON array (or the list under one key of an object) start, for errors
+# that name a row's line as they do in CSV and JSONL files: the text has parsed already, so it
+# is walked with the plain decoder, value by value, without checks.
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+_JSON_VALUE = json.JSONDecoder()
+
+
+def _space(text: str, pos: int) -> int:
+    """The position of the first character at or after ``pos`` that is not JSON whitespace."""
+    match = _JSON_SPACE.match(text, pos)
+    return match.end() if match else pos
+
+
+def _element_lines(text: str, start: int) -> list[int]:
+    """The line (1-based) each element of the JSON array opening at ``text[start]`` starts on."""
+    lines: list[int] = []
+    line, counted = 1 + text.count("\n", 0, start), start
+    pos = _space(text, start + 1)
+    while text[pos] != "]":
+        line += text.count("\n", counted, pos)
+        counted = pos
+        lines.append(line)
+        _, pos = _JSON_VALUE.raw_decode(text, pos)
+        pos = _space(text, pos)
+        if text[pos] == ",":
+            pos = _space(text, pos + 1)
+    return lines
+
+
+def _member_start(text: str, key: str) -> int:
+    """Where the value of ``key`` starts in the JSON object that is ``text``: its last
+    occurrence, the one ``json.loads`` keeps when a key is repeated."""
+    found = -1
+    pos = _space(text, _space(text, 0) + 1)  # after the opening brace
+    while text[pos] != "}":
+        name, pos = _JSON_VALUE.raw_decode(text, pos)
+        pos = _space(text, _space(text, pos) + 1)  # after the colon
+        if name == key:
+            found = pos
+        _, pos = _JSON_VALUE.raw_decode(text, pos)
+        pos = _space(text, pos)
+        if text[pos] == ",":
+            pos = _space(text, pos + 1)
+    return found
 
 
 # The csv module refuses a field over 128 KiB ("field larger than field limit (131072)"); a long
@@ -564,7 +652,8 @@ def _parse_csv(text: str, source: str, delimiter: str) -> tuple[list[str], Itera
             if extra:
                 raise PoiseError(
                     f"{source}:{start}: {len(values)} fields but the header has {len(header)} "
-                    "columns (a comma inside an unquoted field?)"
+                    f"columns ({_DELIMITER_NAMES.get(delimiter, repr(delimiter))} inside an "
+                    "unquoted field?)"
                 )
             number += 1
             data = {name: value for name, value in zip(header, values, strict=False) if name}
@@ -698,7 +787,11 @@ def _json_type(value: object) -> str:
 def _build(
     header: Sequence[str], rows: Iterable[Row], context: FormatContext, options: _Options
 ) -> Suite:
-    fmt = options.format or detect_format(header) or format_registry.get("generic")
+    fmt = (
+        options.format
+        or detect_format(header, source=context.source)
+        or format_registry.get("generic")
+    )
     if options.format is None:
         log.debug("%s: detected format %r", context.source, fmt.name)
     context = fmt.prepare(header, context)
