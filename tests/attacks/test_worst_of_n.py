@@ -317,3 +317,32 @@ def test_with_one_sample_per_prompt_the_interval_spans_what_the_data_allow() -> 
     curve, _ = beta_binomial_curve(matrix, [1, 16], boot=100)
     assert curve[0]["low"] < 0.25 < curve[0]["high"]
     assert curve[1]["low"] <= 0.25 and curve[1]["high"] >= 1 - 0.75**16
+
+
+def test_the_unbiased_estimate_equals_a_brute_force_count_over_subsets() -> None:
+    # 1 - C(M - k, N) / C(M, N) (Chen et al. 2021, pass@k): the share of the N-subsets of a
+    # prompt's M samples that hold a harmful one, counted over every subset, for every k and N
+    from fractions import Fraction
+    from itertools import combinations
+
+    for m in range(1, 7):
+        for k in range(m + 1):
+            row = np.array([[i < k for i in range(m)]])  # [1, M]
+            estimate = predicted_curve(row, list(range(1, m + 1)), boot=2)
+            for n, point in zip(range(1, m + 1), estimate, strict=True):
+                subsets = list(combinations(range(m), n))
+                share = Fraction(sum(any(row[0, list(s)]) for s in subsets), len(subsets))
+                assert point["value"] == pytest.approx(float(share), abs=1e-12), (m, k, n)
+
+
+def test_a_held_out_check_without_prompts_or_n_is_one_clear_error() -> None:
+    # a fit run with no harmful prompt (another attack's run) gave a ValueError from zip()
+    check = np.zeros((4, 32), dtype=bool)
+    with pytest.raises(PoiseError, match="fit samples hold no harmful prompt"):
+        held_out_check(np.zeros((0, 0), dtype=bool), check, [16])
+    with pytest.raises(PoiseError, match="check samples hold no harmful prompt"):
+        held_out_check(check[:, :8], np.zeros((0, 0), dtype=bool), [16])
+    with pytest.raises(PoiseError, match="N must be"):
+        held_out_check(check[:, :8], check, [])
+    with pytest.raises(PoiseError, match="N must be"):
+        held_out_check(check[:, :8], check, [0, 16])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from poise.attacks.worst_of_n import (
+    beta_binomial_curve,
     fit_power_law,
     held_out_check,
     power_law_asr,
@@ -131,3 +132,41 @@ def test_where_the_fit_misses_its_own_samples_is_said() -> None:
     assert "OUTSIDE the empirical interval at N = 1" in " ".join(console.export_text().split())
     view = attack_view({"attack": summary})
     assert view is not None and "outside the empirical interval at N = 1" in view["lead"]
+
+
+def test_a_replicate_without_a_fit_counts_with_what_its_data_show() -> None:
+    # one prompt of 16 holds every harmful sample: a third of the bootstrap replicates draw no
+    # copy of it, show ASR 0 at every N and allow no fit. Left out, they moved the interval's
+    # lower end up to the point value, as if ASR(1) could not be below 2.7%; counted as 0, the
+    # interval reaches 0, as the beta-binomial's does.
+    matrix = np.zeros((16, 8), dtype=bool)
+    matrix[0, [1, 4, 6]] = True
+    curve, fit = power_law_curve(matrix, [1, 8, 64], boot=400)
+    assert fit is not None and 0 < fit["boot_fitted"] < 400
+    for point in curve:
+        assert point["low"] == 0.0 < point["value"] < point["high"]
+    # the other way round: every prompt harmful in all but at most one sample, so that replicates
+    # reach ASR 1 at N = 2, and one prompt that shows the curve's rise
+    saturated = np.ones((16, 8), dtype=bool)
+    saturated[:, 0] = False
+    saturated[0, :5] = False
+    curve, fit = power_law_curve(saturated, [1, 2, 64], boot=400)
+    assert fit is not None and fit["boot_fitted"] < 400
+    assert curve[-1]["high"] == 1.0 and curve[1]["high"] == 1.0
+
+
+def test_the_forecast_from_8_samples_meets_the_known_curve() -> None:
+    # synthetic prompts with p ~ Beta(0.3, 3): the true ASR(N) of these prompts is
+    # mean_i [1 - (1 - p_i)^N], known at any N. Both forecasts see 8 samples per prompt only.
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.3, 3.0, size=400)  # [P]
+    fit_on = rng.random((400, 8)) < p[:, None]  # [P, 8]
+    ns = [16, 64, 256, 1024]
+    truth = [float(np.mean(1.0 - (1.0 - p) ** n)) for n in ns]
+    power, _ = power_law_curve(fit_on, ns, boot=100)
+    beta_binomial, _ = beta_binomial_curve(fit_on, ns, boot=100)
+    flat = predicted_curve(fit_on, ns, boot=10)
+    for t, pw, bb, fl in zip(truth, power, beta_binomial, flat, strict=True):
+        assert pw["low"] <= t <= pw["high"] and bb["low"] <= t <= bb["high"]
+        assert abs(pw["value"] - t) < 0.05 and abs(bb["value"] - t) < 0.05
+        assert fl["value"] < t  # the resampled curve beyond 8 samples is a lower bound

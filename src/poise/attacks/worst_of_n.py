@@ -21,14 +21,19 @@ Curves of attack success rate (ASR) against N:
   E[p] to 1 - (1 - E[p])^N);
 - power law (:func:`power_law_curve`): the forecast of "Best-of-N Jailbreaking" (Hughes et al.,
   arXiv 2412.03556): -log ASR(N) = a N^(-b), fitted by least squares of log(-log ASR) on log N
-  over the resampled ASR(N) of N = 1..M (the curve averaged over sample orders, as the paper
-  averages over bootstrapped orders; points at ASR 0 or 1 carry no information on the line and
-  are left out), and extrapolated to larger N. 95% interval: percentile bootstrap over prompts,
-  refitting each replicate. No fit with fewer than two usable N (no harmful sample at all, or
-  ASR 1 from N = 2 on).
+  over the resampled ASR(N) of every N = 1..M (the curve averaged over sample orders exactly;
+  points at ASR 0 or 1 carry no information on the line and are left out), and extrapolated to
+  larger N. The authors' code (jplhughes/bon-jailbreaking, ``fit_power_law``, default
+  "linear_log_spacing") differs in two details: it averages -log ASR over bootstrapped sample
+  orders (poise: the log of the averaged ASR, its "log_mean_first" order), and it fits on
+  log-spaced N (1..10, 20, 30, ..., so N = 11..16 of a 16-sample run are not used). 95%
+  interval: percentile bootstrap over prompts, refitting each replicate (a replicate that allows
+  no fit counts with the curve its data show). No fit with fewer than two usable N (no harmful
+  sample at all, or ASR 1 from N = 2 on).
 - resampled (:func:`predicted_curve`): mean_i [1 - C(M - k_i, N) / C(M, N)], the empirical curve
-  averaged over sample orders; for N > M it extends each prompt's own plug-in rate, a lower bound
-  (a prompt never broken in M samples contributes 0). Not a forecast.
+  averaged over sample orders (the unbiased estimator of pass@k, Chen et al. 2021, arXiv
+  2107.03374); for N > M it stays at its value at M (each prompt broken within its M samples
+  counts 1, the others 0), a lower bound in expectation. Not a forecast.
 
 Held-out check (:func:`held_out_check`): fit both forecasts on some samples of each prompt (the
 power law on N = 1..m of those), and compare their predictions at larger N with the empirical ASR
@@ -189,9 +194,10 @@ def predicted_curve(
     (the chance that N of the prompt's samples drawn without replacement include a harmful one).
     The plug-in 1 - (1 - k_i/M)^N is biased low by Jensen's inequality ((1 - p)^N is convex):
     on the organism it fell below the empirical interval at N = 2..8. For N > M, q_i(N) =
-    1 - (1 - q_i(M)) (1 - k_i/M)^(N - M), which stays monotone: a prompt broken within M samples
-    counts as broken, and a prompt never broken contributes 0, so the extrapolation is a lower
-    bound (sample more to see rarer harmful completions).
+    1 - (1 - q_i(M)) (1 - k_i/M)^(N - M), which is q_i(M) itself (q_i(M) is 1 when k_i > 0, and
+    k_i = 0 leaves the factor 1): a prompt broken within M samples counts as broken, and a prompt
+    never broken contributes 0, so beyond M the curve is flat, a lower bound in expectation
+    (E[q_i(M)] = 1 - (1 - p_i)^M; sample more to see rarer harmful completions).
     """
     prompts, m = matrix.shape
     if prompts == 0:
@@ -246,9 +252,10 @@ def power_law_curve(
     """ASR(N) forecast by the power law of arXiv 2412.03556 fitted to a [P, M] 0/1 matrix of
     harmful samples: the fit uses the ASR(N) of N = 1..M only (each averaged over sample orders,
     :func:`_order_averaged`), and ``ns`` beyond M are extrapolations. 95% interval: percentile
-    bootstrap over prompts (``boot`` replicates, each refitted; replicates with no fit are left
-    out and counted in ``boot_fitted``). Returns (curve, fit), or ([], None) when the data allow
-    no fit (fewer than two N with 0 < ASR < 1)."""
+    bootstrap over prompts (``boot`` replicates, each refitted; a replicate whose data allow no
+    fit, no harmful sample or ASR 1 from N = 2 on, counts with the curve its data show,
+    :func:`_unfitted_forecast`; ``boot_fitted`` says how many were fitted). Returns (curve, fit),
+    or ([], None) when the data allow no fit (fewer than two N with 0 < ASR < 1)."""
     prompts, m = matrix.shape
     if prompts == 0:
         return [], None
@@ -261,20 +268,35 @@ def power_law_curve(
     point = [power_law_asr(fit["a"], fit["b"], n) for n in ns]
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, prompts, size=(boot, prompts))  # [B, P]
-    # one replicate's [P, M] at a time ([B, P, M] at once: 400 MB at 1,000 prompts, n = 256)
-    replicates = [fit_power_law(fit_ns, per_prompt[row].mean(axis=0)) for row in idx]  # B
-    fitted = [f for f in replicates if f is not None]
-    if fitted:
-        boots = np.array([[power_law_asr(f["a"], f["b"], n) for n in ns] for f in fitted])
-        low, high = np.percentile(boots, [2.5, 97.5], axis=0)  # [K]
-    else:
-        low, high = np.array(point), np.array(point)
+    boots = np.empty((boot, len(ns)))  # [B, K]
+    fitted = 0
+    for b, row in enumerate(idx):
+        # one replicate's [P, M] at a time ([B, P, M] at once: 400 MB at 1,000 prompts, n = 256)
+        curve_b = per_prompt[row].mean(axis=0)  # [M]
+        fit_b = fit_power_law(fit_ns, curve_b)
+        if fit_b is not None:
+            fitted += 1
+            boots[b] = [power_law_asr(fit_b["a"], fit_b["b"], n) for n in ns]
+        else:
+            boots[b] = _unfitted_forecast(curve_b, ns)
+    low, high = np.percentile(boots, [2.5, 97.5], axis=0)  # [K]
     curve = [
         {"n": int(n), "value": v, "low": float(min(lo, v)), "high": float(max(hi, v))}
         for n, v, lo, hi in zip(ns, point, low, high, strict=True)
     ]
     model = {"model": "power law", "reference": "arXiv 2412.03556", "fit_ns": [1, m]}
-    return curve, {**fit, **model, "boot": boot, "boot_fitted": len(fitted)}
+    return curve, {**fit, **model, "boot": boot, "boot_fitted": fitted}
+
+
+def _unfitted_forecast(curve: np.ndarray, ns: Sequence[int]) -> list[float]:
+    """ASR(N) at each N of ``ns`` for a bootstrap replicate whose order-averaged curve ([M], M >=
+    2, non-decreasing) allows no power-law fit: either no harmful sample at all (ASR 0 at every N,
+    so 0), or ASR 1 from N = 2 on (its ASR(1) at N = 1, then 1). Left out of the percentiles, such
+    replicates (a third of them when one prompt in 16 holds every harmful sample) moved the
+    interval away from what they show: its lower end read the point value, excluding 0."""
+    if curve[-1] == 0.0:
+        return [0.0] * len(ns)
+    return [float(curve[0]) if n == 1 else 1.0 for n in ns]
 
 
 def _log_beta(a: float, b: float) -> float:
@@ -466,7 +488,16 @@ def held_out_check(
     """Fit on ``fit_matrix`` ([P, m] harmful samples), predict ASR(N) for each N in ``ns``, and
     compare with the empirical ASR(N) of ``check_matrix`` ([P', M], independent samples of the
     same prompts, M >= max(ns)) and its Wilson interval. ``within`` says, per N, whether the
-    prediction lies inside the empirical interval."""
+    prediction lies inside the empirical interval. Matrices with no prompts or no samples (a run
+    with no harmful prompt), no N, or an N below 1 are one :class:`PoiseError`."""
+    for name, matrix in (("fit", fit_matrix), ("check", check_matrix)):
+        if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+            raise PoiseError(
+                f"held-out check: the {name} samples hold no harmful prompt with judged samples "
+                f"(shape {tuple(matrix.shape)}, expected [prompts, samples])"
+            )
+    if not ns or min(ns) < 1:
+        raise PoiseError(f"held-out check: N must be one or more integers >= 1, not {list(ns)}")
     if check_matrix.shape[1] < max(ns):
         raise PoiseError(
             f"held-out check: {check_matrix.shape[1]} samples cannot check N = {max(ns)}"
