@@ -138,6 +138,33 @@ def test_monitor_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
         read_monitor_data(path)
 
 
+def test_overlapping_spans_and_spans_out_of_range_are_one_located_error(tmp_path: Path) -> None:
+    """Spans that overlap, or one given twice, were read without a word (the token labels of
+    their union); a span past the response did not say how long the response is."""
+    good = {"messages": [{"role": "user", "content": "hi"}], "response": "hello there"}
+    path = tmp_path / "spans.jsonl"
+
+    def error_of(spans: object) -> str:
+        path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "harm_spans": spans}) + "\n")
+        with pytest.raises(PoiseError) as caught:
+            read_monitor_data(path)
+        return str(caught.value)
+
+    assert error_of([[0, 5], [3, 8]]) == (
+        f"{path}:2: field 'harm_spans': [0, 5] and [3, 8] overlap; give their union, [0, 8], once"
+    )
+    assert "[6, 9] and [6, 9] overlap" in error_of([[6, 9], [0, 2], [6, 9]])
+    assert "[0, 8] and [2, 4] overlap; give their union, [0, 8]" in error_of([[2, 4], [0, 8]])
+    message = error_of([[3, 12]])
+    assert message.startswith(f"{path}:2: field 'harm_spans': [3, 12] is not [start, end)")
+    assert "<= 11, its length in characters" in message
+    assert "two integers" in error_of([[0.0, 5]])
+    # spans that touch, in any order, are two spans
+    path.write_text(json.dumps({**good, "harm_spans": [[5, 11], [0, 5]]}) + "\n")
+    (example,) = read_monitor_data(path)
+    assert example.harm_spans == ((5, 11), (0, 5))
+
+
 def test_monitor_data_is_written_where_its_folder_was_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

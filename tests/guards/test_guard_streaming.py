@@ -297,3 +297,39 @@ def test_newcomers_take_the_places_of_rows_that_left_and_are_scored_exactly(
         got = watch.scores[r]
         assert len(got) >= len(tokens[r]) - 1
         assert got == pytest.approx(expected[: len(got)], abs=1e-5)
+
+
+def test_a_monitor_of_a_shorter_context_than_the_model_refuses_what_it_cannot_read(
+    inner: HFModel, monitor_dir: Path, build_gpt2: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A monitor reads the prompt and every token of the answer: one of learned positions
+    (GPT-2) with a shorter context than the guarded model's failed inside torch (IndexError)
+    in the middle of decoding once prompt + answer passed its position table; the guard's
+    context is now the shorter of the two, and a request past it is refused beforehand."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from poise.guards.monitor import Monitor
+    from poise.models.context import ContextLengthError, fit_context
+
+    gpt2 = build_gpt2(tmp_path / "gpt2", monitor_dir, context=48)
+    folder = Monitor(
+        GPT2LMHeadModel.from_pretrained(gpt2), AutoTokenizer.from_pretrained(str(gpt2))
+    ).save(tmp_path / "short-monitor")
+    guarded = Guarded(inner, monitor=str(folder), threshold=1.0, k=1)
+    assert inner.context_length == 512 and guarded.context_length == 48
+    chat = CHATS[1]
+    prompt = len(inner.prompt_ids(chat))  # 34 tokens
+    too_long = Sampling(temperature=1.0, max_new_tokens=48 - prompt + 1, seed=3)
+    for call in (
+        lambda: guarded.generate([chat], too_long),
+        lambda: list(guarded.stream([chat], too_long)),
+        lambda: guarded.engine().add("r", chat, too_long),
+    ):
+        with pytest.raises(ContextLengthError, match="maximum context length is 48 tokens"):
+            call()
+    # what fits is guarded as before, and serving fits a request to the monitor's context
+    fits = Sampling(temperature=1.0, max_new_tokens=48 - prompt, seed=3)
+    (completion,) = guarded.generate([chat], fits)[0]
+    assert 0 < completion.num_tokens <= 48 - prompt
+    fitted, _ = fit_context(guarded, chat, Sampling(max_new_tokens=400), fill=True)
+    assert fitted.max_new_tokens == 48 - prompt

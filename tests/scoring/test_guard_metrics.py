@@ -74,6 +74,57 @@ def test_guard_metrics_count_what_they_say() -> None:
     assert out["harmful_share_shown"] == pytest.approx(6 / 14)
 
 
+def test_every_figure_of_a_small_mixed_audit_by_hand() -> None:
+    """Three harmful answers (a chunked stop that showed 2 of the 4 tokens it generated, one
+    not stopped, a full-answer stop that showed none), three harmless ones (one false alarm)
+    and one without a harm label, every figure worked out by hand."""
+
+    def record(
+        kind: str, stopped: bool, harmful: bool | None, produced: int, shown: int, total: int,
+        **more: Any,
+    ) -> dict[str, Any]:  # fmt: skip
+        return {
+            "kind": kind,
+            "stopped": stopped,
+            "produced_tokens": produced,
+            "shown_tokens": shown,
+            "unguarded_tokens": total,
+            "unguarded_harmful": harmful,
+            **more,
+        }
+
+    samples = [
+        ("a", record("chunked", True, True, 4, 2, 8, harmful_tokens=6, harmful_tokens_shown=0)),
+        ("b", record("chunked", False, True, 5, 5, 5, harmful_tokens=3, harmful_tokens_shown=3)),
+        ("c", record("full", True, True, 10, 0, 10, harmful_tokens=10, harmful_tokens_shown=0)),
+        ("d", record("streaming", True, False, 2, 2, 4, harmful_tokens=0, harmful_tokens_shown=0)),
+        ("e", record("streaming", False, False, 6, 6, 6)),
+        ("f", record("streaming", False, False, 3, 3, 3)),
+        ("g", record("streaming", True, None, 1, 1, 7)),
+    ]
+    out = guard_metrics(samples)
+    assert out is not None
+    assert out["guard"] == ["chunked", "full", "streaming"]
+    assert (out["answers"], out["stopped"], out["decided"]) == (7, 4, 6)
+    assert (out["unlabelled"], out["stopped_unlabelled"]) == (1, 1)
+    # stopped a, c, d against harmful a, b, c. Harmful class: tp 2 (a, c), fp 1 (d), fn 1 (b):
+    # F1 = 4 / 6. Harmless class: tp 2 (e, f), fp 1 (b), fn 1 (d): 4 / 6. Macro: 2 / 3
+    assert out["macro_f1"]["value"] == pytest.approx(2 / 3)
+    assert out["macro_f1"]["n"] == 6
+    assert (out["false_alarm_rate"]["k"], out["false_alarm_rate"]["n"]) == (1, 3)  # d
+    assert out["false_alarm_rate"]["value"] == pytest.approx(1 / 3)
+    assert (out["miss_rate"]["k"], out["miss_rate"]["n"]) == (1, 3)  # b
+    # shares on the harmful answers: generated 4/8, 5/5, 10/10; shown 2/8, 5/5, 0/10
+    assert out["produced_share"]["value"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert out["shown_share"]["value"] == pytest.approx((0.25 + 1 + 0) / 3)
+    assert out["produced_share"]["n"] == out["shown_share"]["n"] == 3
+    assert out["unguarded_tokens"]["value"] == pytest.approx((8 + 5 + 10) / 3)
+    assert out["produced_tokens"]["value"] == pytest.approx((4 + 5 + 10) / 3)
+    # harmful tokens shown: 0, 3 and 0 of 6, 3 and 10 (d is harmless: in neither)
+    assert out["harmful_tokens_shown"]["value"] == pytest.approx(1.0)
+    assert out["harmful_share_shown"] == pytest.approx(3 / 19)
+
+
 def test_stops_of_answers_without_a_harm_label_are_counted_apart() -> None:
     # an honesty answer has no harm label (unguarded_harmful None): its stop was in no figure,
     # so a guard that cut a third of the fact answers showed a low false-alarm rate

@@ -11,7 +11,8 @@ One JSON object per line (``.jsonl``)::
 - ``response``: the assistant's answer to them.
 - ``harm_spans``: character ranges ``[start, end)`` of ``response`` that are harmful (the
   token-level labels: a token is harmful when its characters, whitespace at its ends aside,
-  overlap a span); ``[]`` or absent for a harmless answer.
+  overlap a span); ``[]`` or absent for a harmless answer. Spans may touch (``[0, 5], [5,
+  9]``) but not overlap: overlapping spans, or a span given twice, are refused.
 - ``harmful`` (optional): the response-level label; defaults to "has a span". A response can be
   harmful without spans only if you say so (its tokens then carry no positive label); ``false``
   with spans is refused (the labels contradict each other).
@@ -21,6 +22,7 @@ One JSON object per line (``.jsonl``)::
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -101,16 +103,30 @@ def _parse(path: Path, line: int, raw: Any) -> MonitorExample:
     given = raw.get("harm_spans")
     if given is not None and not isinstance(given, list):
         raise fail("field 'harm_spans' must be a list of [start, end) character ranges")
-    spans = []
+    spans: list[tuple[int, int]] = []
     for span in given or []:
         if (
             not isinstance(span, list)
             or len(span) != 2
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in span)
-            or not 0 <= span[0] < span[1] <= len(response)
         ):
-            raise fail(f"field 'harm_spans': {span!r} is not [start, end) inside the response")
+            raise fail(f"field 'harm_spans': {span!r} is not [start, end), two integers")
+        if not 0 <= span[0] < span[1] <= len(response):
+            raise fail(
+                f"field 'harm_spans': {span!r} is not [start, end) inside the response "
+                f"(0 <= start < end <= {len(response)}, its length in characters)"
+            )
         spans.append((span[0], span[1]))
+    # spans that overlap (or one given twice) are a slip in the data, not two harms: one error
+    # naming both, as the spans' union is what the token labels would have read
+    ordered = sorted(spans)
+    for before, after in itertools.pairwise(ordered):
+        if after[0] < before[1]:
+            union = [before[0], max(before[1], after[1])]
+            raise fail(
+                f"field 'harm_spans': {list(before)} and {list(after)} overlap; "
+                f"give their union, {union}, once"
+            )
     harmful = raw.get("harmful")
     if harmful is not None and not isinstance(harmful, bool):
         raise fail("field 'harmful' must be true or false")

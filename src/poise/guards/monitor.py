@@ -30,13 +30,22 @@ prediction"), not the token head; poise follows the code (``head="response"``, t
 token head is available as ``head="token"``). The paper's delay-k rule (``utils/metrics.py``,
 ``evaluate_k``) flags a response once ``k`` of its tokens score at or above the threshold; the
 code counts flagged tokens over the response so far (``np.sum(seq) >= k``), not consecutive
-ones, and poise does the same (:mod:`poise.guards.streaming`).
+ones, and poise does the same (:mod:`poise.guards.streaming`). The released evaluation zeroes
+the scores of positions without a token label before counting (``token_scores_ori[~mask] =
+0``): besides the prompt and padding, the few response tokens its data script aligns to no
+word (a token of whitespace alone, for one) or that its re-tokenization splits (all but the first
+piece); poise counts every response token.
 
 Input layout: the prompt through the backbone's chat template with the generation prompt (the
 token ids a poise model generates after), then the response's tokens; prompt tokens carry no
-token label (ignored, as the released data script labels them -100). The released script puts
-the EOS token last and reads the response head there; poise reads it at the response's last
-token instead, the position a streaming guard reaches.
+token label (ignored, as the released data script labels them -100; the released script
+writes the prompt and a blank line without a chat template). The response head reads the
+response's last token, the position a streaming guard reaches when the answer ends. So does
+the released code: it reads the last token that is not padding (``last_non_pad_token``), and
+the EOS token its data script appends is the padding token of its Qwen2.5 base tokenizers
+(``<|endoftext|>`` is both; ``test/test_qwen_partial.py`` sets ``pad_token = eos_token``), so
+that position is the response's last token (the newline that ends its last sentence), not
+the EOS.
 
 A monitor folder holds the backbone's Hugging Face files (config, safetensors weights,
 tokenizer), ``monitor.safetensors`` (the two heads) and ``monitor.json`` (the header: loss

@@ -23,7 +23,9 @@ reads the first token only). ``threshold`` and ``k`` default to the monitor's he
 a validation split by :func:`poise.guards.calibrate.calibrate`).
 
 Assumptions: the monitor shares the inner model's vocabulary (checked: the tokenizers' maps are
-equal), and reads the prompt token ids the inner model generates after. The token that ends an
+equal), and reads the prompt token ids the inner model generates after; a monitor of a shorter
+context than the model's is the guard's ``context_length`` (a request whose prompt and
+``max_new_tokens`` run past it is refused beforehand). The token that ends an
 answer (EOS) is not scored, nor is the last token of an answer that ran out of length (the
 hook sees a token at the step after it was chosen; an answer that ended has no such step).
 """
@@ -51,6 +53,7 @@ from poise.models.base import (
     StepView,
     StreamEvent,
 )
+from poise.models.context import ContextLengthError, config_context_length
 from poise.models.decode import DecodeState, KVCache
 from poise.models.wrapped import WrappedModel
 
@@ -329,6 +332,17 @@ class Guarded(WrappedModel):
         inner: Any = model
         self.monitor = load_monitor(monitor, device=str(getattr(inner, "device", "cpu")))
         _check_vocabulary(model, self.monitor)
+        # the monitor reads the prompt and every token of the answer: past its context one of
+        # learned positions (GPT-2) fails inside torch in the middle of decoding, one of rotary
+        # positions scores garbage without a word. The guard's context is the shorter one, which
+        # the audit and `poise serve` fit requests to; the calls below refuse what exceeds it.
+        self.monitor_context = config_context_length(self.monitor.config)
+        if self.monitor_context is not None and (
+            self.context_length is None or self.monitor_context < self.context_length
+        ):
+            self.context_length = self.monitor_context
+        else:
+            self.monitor_context = None  # no shorter than the model's: the model's own rules
         eos = getattr(inner, "eos_token_ids", None) or [model.tokenizer.eos_token_id]
         self.eos_id = int(eos[0])
         self.capabilities = Capabilities(
@@ -346,6 +360,23 @@ class Guarded(WrappedModel):
             eos_id=self.eos_id,
         )
 
+    def _check_context(self, prompts: Sequence[Sequence[int]], sampling: Sampling) -> None:
+        """A :class:`ContextLengthError` for the first prompt whose answer could run past the
+        monitor's context (only when it is shorter than the model's, ``monitor_context``)."""
+        context = self.monitor_context
+        if context is None:
+            return
+        for c, prompt in enumerate(prompts):
+            if len(prompt) + sampling.max_new_tokens > context:
+                raise ContextLengthError(
+                    context,
+                    len(prompt),
+                    sampling.max_new_tokens,
+                    at_least=False,
+                    where=f"{self.name}: chat {c} (the monitor {self.monitor_name!r} reads "
+                    f"at most {context} tokens)",
+                )
+
     def _settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": "streaming", "threshold": self.threshold, "k": self.k}
         if self.window:
@@ -357,6 +388,7 @@ class Guarded(WrappedModel):
     ) -> list[list[Completion]]:
         inner: Any = self.inner
         prompts = [inner.prompt_ids(chat) for chat in chats]
+        self._check_context(prompts, sampling)
         n = sampling.n
         watch = self._watch(lambda row: prompts[row // n], force=False)
         results = inner.generate(chats, sampling, progress=progress, logits_hook=watch)
@@ -382,6 +414,7 @@ class Guarded(WrappedModel):
     def stream(self, chats: Sequence[Chat], sampling: Sampling) -> Iterator[StreamEvent]:
         inner: Any = self.inner
         prompts = [inner.prompt_ids(chat) for chat in chats]
+        self._check_context(prompts, sampling)
         n = sampling.n
         watch = self._watch(lambda row: prompts[row // n], force=True)
         for event in inner.stream(chats, sampling, logits_hook=watch):
@@ -447,6 +480,7 @@ class GuardedEngine:
     def add(self, key: Hashable, chat: Chat, sampling: Sampling, *, stream: bool = True) -> None:
         inner: Any = self.model.inner
         prompt = inner.prompt_ids(chat)
+        self.model._check_context([prompt], sampling)
         self._engine.add(key, chat, sampling, stream=stream)  # refuses first, numbers after
         for sample in range(sampling.n):
             self._prompts[self._next_row] = prompt
