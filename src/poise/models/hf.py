@@ -102,7 +102,7 @@ def hub_access(
     """Extra ``from_pretrained`` options for a hub id, decided before any download is tried.
 
     ``{}`` when the hub is reachable (or when that cannot be probed: offline mode already set, or
-    a proxy in between); ``{"local_files_only": True}`` when the hub cannot be reached but the
+    a proxy in between that answers); ``{"local_files_only": True}`` when the hub cannot be reached but the
     repository is in the local cache; otherwise a :class:`PoiseError` at once. Without this a
     machine with no network spends most of a minute in the hub client's retries before failing.
     The probe is :func:`poise.hub.hub_reachable`, shared with the hub dataset loader.
