@@ -654,7 +654,7 @@ def _no_network(monkeypatch: pytest.MonkeyPatch, *, cached: bool) -> None:
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     found = "/cache/models--owner--model/snapshots/abc/config.json" if cached else None
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: found)
@@ -676,10 +676,15 @@ def test_hub_id_without_network_fails_at_once_with_what_to_do(
 
 
 def test_hub_id_without_network_but_cached_loads_locally(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
     from poise.models.hf import hub_access
 
     _no_network(monkeypatch, cached=True)
     assert hub_access("owner/model") == {"local_files_only": True}
-    # behind a proxy a direct connection says nothing: leave it to the hub client
+    # behind a proxy a direct connection says nothing; a proxy that does not answer (refused
+    # here like every connection) means no network, one that answers leaves it to the hub client
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert hub_access("owner/model") == {"local_files_only": True}
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())
     assert hub_access("owner/model") == {}
