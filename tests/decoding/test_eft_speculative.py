@@ -4,6 +4,7 @@ EFT's greedy tokens, and its acceptance rule is the closed form."""
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -197,6 +198,107 @@ def residual_from_p(
     n, _ = speculative_accept(p, q, drafted, accept_uniforms, final_uniforms)
     p_n = p[torch.arange(p.size(0)), n]  # [rows, vocab]
     return n, sample_dense(p_n, final_uniforms)
+
+
+# ----------------------------------------------------------------------------- exact enumeration
+
+VOCAB, DRAFTS = 3, 2  # a tiny vocabulary, K = 2 drafts per round
+
+
+def toy_law(prefix: tuple[int, ...], seed: int) -> torch.Tensor:
+    """[VOCAB] float64: a fixed distribution for each prefix (the target's, seed 0; the
+    draft's, seed 1), with one token of probability 0 after some prefixes."""
+    key = sum((token + 1) * 4**i for i, token in enumerate(prefix))  # one per prefix
+    generator = torch.Generator().manual_seed(seed * 1000 + key)
+    probs = torch.rand(VOCAB, generator=generator, dtype=torch.float64) + 0.05
+    if sum(prefix) % 3 == seed:
+        probs[(len(prefix) + seed) % VOCAB] = 0.0
+    return probs / probs.sum()
+
+
+def cells(breaks: set[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The midpoints and lengths of the intervals [0, 1) is cut into at ``breaks``."""
+    edges = sorted({0.0, 1.0} | {b for b in breaks if 0.0 < b < 1.0})
+    ends = torch.tensor(edges, dtype=torch.float64)
+    return (ends[:-1] + ends[1:]) / 2, ends[1:] - ends[:-1]
+
+
+def round_law(
+    prefix: tuple[int, ...], rule: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+) -> dict[tuple[int, ...], float]:
+    """The exact law of the tokens one speculative round emits after ``prefix``: the drafts
+    are enumerated (weights q), and each uniform's range is cut where the rule can change its
+    answer (at p(x)/q(x) for an acceptance test; at each normalised CDF value of p and of
+    max(0, p - q) for the final draw). The rule is constant on each cell, so its midpoint
+    weighted by the cell's volume integrates it exactly."""
+    law: dict[tuple[int, ...], float] = {}
+    for drafted in itertools.product(range(VOCAB), repeat=DRAFTS):
+        seen = [tuple(prefix) + drafted[:i] for i in range(DRAFTS + 1)]
+        p = torch.stack([toy_law(s, 0) for s in seen])  # [K + 1, VOCAB]
+        q = torch.stack([toy_law(s, 1) for s in seen[:DRAFTS]])  # [K, VOCAB]
+        weight = float(torch.prod(q[torch.arange(DRAFTS), torch.tensor(drafted)]))
+        if weight == 0.0:
+            continue
+        accept = [
+            cells({float(p[i, x] / q[i, x])}) for i, x in enumerate(drafted)
+        ]  # one cut per acceptance test
+        laws = [*p, *(p[:DRAFTS] - q).clamp(min=0)]
+        final = cells({float(c) for w in laws if w.sum() > 0 for c in w.cumsum(0) / w.sum()})
+        grids = [*accept, final]
+        points = torch.cartesian_prod(*(g[0] for g in grids))  # [cells, K + 1]
+        volume = torch.cartesian_prod(*(g[1] for g in grids)).prod(dim=-1)  # [cells]
+        rows = points.size(0)
+        n, following = rule(
+            p.expand(rows, DRAFTS + 1, VOCAB),
+            q.expand(rows, DRAFTS, VOCAB),
+            torch.tensor(drafted).expand(rows, DRAFTS),
+            points[:, :DRAFTS],
+            points[:, DRAFTS],
+        )
+        for count, token, share in zip(
+            n.tolist(), following.tolist(), volume.tolist(), strict=True
+        ):
+            emitted = (*drafted[:count], token)
+            law[emitted] = law.get(emitted, 0.0) + weight * share
+    return law
+
+
+def first_two_tokens(
+    rule: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+) -> dict[tuple[int, int], float]:
+    """The exact law of the first two emitted tokens: a round that emits one token is
+    followed by a round after it."""
+    law: dict[tuple[int, int], float] = {}
+    for emitted, mass in round_law((), rule).items():
+        if len(emitted) >= 2:
+            key = (emitted[0], emitted[1])
+            law[key] = law.get(key, 0.0) + mass
+            continue
+        for after, more in round_law(emitted, rule).items():
+            key = (emitted[0], after[0])
+            law[key] = law.get(key, 0.0) + mass * more
+    return law
+
+
+def test_the_emitted_tokens_follow_the_target_exactly_on_a_tiny_vocabulary() -> None:
+    """Speculative sampling's claim (arXiv 2211.17192, Theorem 1; arXiv 2302.01318, Theorem 1):
+    whatever the draft q, the emitted tokens are distributed as the target p. Enumerated
+    exactly for K = 2 over a 3-token vocabulary whose target and draft depend on the whole
+    prefix (zeros included): the first two tokens' law equals p(a) p(b | a) to 1e-12. Two
+    wrong rules are off by far more."""
+    target = {
+        (a, b): float(toy_law((), 0)[a] * toy_law((a,), 0)[b])
+        for a in range(VOCAB)
+        for b in range(VOCAB)
+    }
+    got = first_two_tokens(speculative_accept)
+    assert sum(got.values()) == pytest.approx(1.0, abs=1e-12)
+    for key, mass in target.items():
+        assert got.get(key, 0.0) == pytest.approx(mass, abs=1e-12), key
+    for wrong in (always_accept, residual_from_p):
+        off = first_two_tokens(wrong)
+        distance = sum(abs(off.get(k, 0.0) - m) for k, m in target.items()) / 2
+        assert distance > 0.01, wrong.__name__
 
 
 @pytest.mark.slow

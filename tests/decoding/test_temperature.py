@@ -94,6 +94,30 @@ def test_needs_the_step_and_a_positive_t() -> None:
             LogitTemperature(MockModel("mock"), t=bad)
 
 
+def test_it_is_the_inner_model_of_a_generate_only_strategy_not_the_outer(
+    tiny: HFModel,
+) -> None:
+    """best_of_n has no token-level step for the hook: logit_temperature(best_of_n(M)) is
+    refused with an error that says so (it said "use a local Hugging Face model", which M
+    already is); best_of_n(logit_temperature(M)) composes and samples at the product
+    temperature."""
+    from poise.decoding.best_of_n import BestOfN
+
+    outer = BestOfN(tiny, n=2, reward="length:4")
+    with pytest.raises(PoiseError) as caught:
+        LogitTemperature(outer, t=0.5)
+    message = str(caught.value)
+    assert message.startswith("logit_temperature needs a model with a token-level step")
+    assert "best_of_n decodes through its own generate and offers no step" in message
+    assert "use a local Hugging Face model (hf backend)" not in message
+    assert "eft(...)" in message
+    inner = BestOfN(LogitTemperature(tiny, t=0.5), n=2, reward="length:4")
+    product = BestOfN(tiny, n=2, reward="length:4")
+    assert texts(inner.generate(CHATS, SAMPLED)) == texts(
+        product.generate(CHATS, SAMPLED.model_copy(update={"temperature": 0.5}))
+    )
+
+
 def test_spec_name_and_declarations(tiny_hf_model_dir: Path) -> None:
     model = load_model(f"logit_temperature({tiny_hf_model_dir}, t=1)")
     assert model.spec == f"logit_temperature({tiny_hf_model_dir}, t=1.0)"

@@ -6,9 +6,15 @@ arXiv 1503.02531, Section 2). The audit's own ``sampling.temperature`` T still a
 hook, so sampling runs at an effective temperature of ``t * T``; greedy decoding is unchanged
 (dividing by ``t > 0`` keeps the argmax). Its use is as a test of the step seam (wrapped models
 built on the hook, their names, specs and resumable runs) and as a sharpening or flattening
-knob that composes with other strategies as the outer one (``logit_temperature(best_of_n(M))``):
-it has no token-level step of its own, so a strategy that needs one (``eft``, ``deal``, another
-``logit_temperature``) refuses it as its inner model.
+knob.
+
+Composition: its inner model needs the token-level step (``capabilities.step``: a local ``hf``
+model, or ``eft(...)``, whose hook then sees the mixed log-probs). It has no step of its own,
+so it is the *inner* model of the strategies that answer through ``generate`` alone
+(``best_of_n(logit_temperature(M))``, ``feedback_revision(logit_temperature(M))``), and a
+strategy that needs a step (``eft``, ``deal``, ``rain``, another ``logit_temperature``) refuses
+it as its inner model; ``logit_temperature(best_of_n(M))`` is refused too (best-of-N has no step
+to hook).
 """
 
 from __future__ import annotations
@@ -52,9 +58,19 @@ def require_step(kind: str, model: LanguageModel) -> None:
     a model (:func:`require_model`)."""
     require_model(kind, model)
     if not model.capabilities.step:
+        wrapper = getattr(model, "kind", "")
+        if getattr(model, "inner", None) is not None and wrapper:
+            # a strategy around an hf model: "use an hf model" would not say what is wrong
+            advice = (
+                f"{wrapper} decodes through its own generate and offers no step for {kind} "
+                f"to act on: give {kind} a local Hugging Face model (hf backend) or eft(...) "
+                "(best_of_n and feedback_revision can wrap the result)"
+            )
+        else:
+            advice = "use a local Hugging Face model (hf backend)"
         raise PoiseError(
             f"{kind} needs a model with a token-level step (capabilities.step), and "
-            f"{model.name!r} has none: use a local Hugging Face model (hf backend)"
+            f"{model.name!r} has none: {advice}"
         )
 
 
