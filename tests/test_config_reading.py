@@ -117,3 +117,18 @@ def test_a_field_error_names_the_flag_of_the_field_not_of_an_item_of_its_value()
     assert format_field_error(caught.value, dashed_flag).startswith("sampling.stop.0 (--stop): ")
     with pytest.raises(PoiseError, match=r"judge_labels_columns \(--judge-labels-column\): "):
         make_config(None, judge_labels_columns=["prompt"])
+
+
+def test_a_file_that_begins_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    # a JSON config saved by a Windows editor was refused ("Unexpected UTF-8 BOM"), its YAML twin
+    # read; both are read, and the lines of their keys found
+    for name, text in (
+        ("c.json", '{\n  "model": "mock",\n  "sampling": {"n": 2}\n}\n'),
+        ("c.yaml", "model: mock\nsampling:\n  n: 2\n"),
+    ):
+        config = tmp_path / name
+        config.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+        assert read_yaml_mapping(config) == {"model": "mock", "sampling": {"n": 2}}
+        lines = yaml_key_lines(config)
+        assert lines["model"] == (2 if name == "c.json" else 1)
+        assert lines["sampling.n"] == 3

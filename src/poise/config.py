@@ -88,12 +88,14 @@ def stable_hash(obj: Any) -> str:
 def read_yaml(path: str | Path) -> Any:
     """The document of a YAML file (None when empty), or of a JSON file (``.json``: read as
     JSON, whose tab indentation YAML refuses); every error is one line naming the file (and
-    line): a key given twice in one mapping is one, not the last one silently."""
+    line): a key given twice in one mapping is one, not the last one silently. A UTF-8 byte
+    order mark (Windows editors, PowerShell's ``Out-File``) is skipped, as YAML skips it; the
+    JSON parser refused a file that began with one."""
     import yaml
 
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
         if _is_json(path):
             return parse_json(text) if text.strip() else None
         return yaml.load(text, Loader=_unique_key_loader())
@@ -136,7 +138,7 @@ def yaml_key_lines(path: str | Path) -> dict[str, int]:
     import yaml
 
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
         # a JSON file's tabs stand between tokens (a string holds none raw): spaces to YAML
         node = yaml.compose(text.replace("\t", " ") if _is_json(path) else text, yaml.SafeLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):

@@ -74,3 +74,17 @@ def test_a_bound_one_ulp_inside_the_value_draws_a_whisker_of_zero() -> None:
     assert svg is not None and svg.startswith("<svg")
     svg = tradeoff_chart([Point("m", x=rate, y=zero)], xlabel="x")
     assert svg is not None and "m" in texts(svg)
+
+
+def test_a_series_whose_name_starts_with_an_underscore_is_in_the_legend() -> None:
+    # matplotlib leaves an artist labelled "_..." out of the legend: the run of a model folder
+    # "_ckpt" had bars of a colour the legend did not name
+    rate = Rate.of("harmful_rate", 1, 3)
+    svg = category_chart(
+        [Series("_ckpt", {"cyber": rate}), Series("base", {"cyber": rate})],
+        title="t",
+        xlabel="x",
+    )
+    assert svg is not None
+    assert [label.lstrip("\u200b") for label in texts(svg)].count("_ckpt") == 1
+    assert "base" in texts(svg)

@@ -373,3 +373,35 @@ def test_records_without_a_request_id_are_paired_in_their_default_group() -> Non
         assert run.metrics["default_group"] == "default"
     (diff,) = [d for d in paired_differences(runs) if d.metric == "harmful_rate"]
     assert diff.items == 4 and diff.value == pytest.approx(0.25)
+
+
+def test_runs_that_ask_a_paired_item_another_prompt_are_said(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two suite files of one name give their rows the same ids (prompts-1, prompts-2, ...):
+    the paired differences paired different prompts without a word. The terminal and the
+    report say so; runs of the same files say nothing."""
+    import logging
+
+    from poise.report.compare import compare_runs
+
+    for folder, rows in (("a", ("bake bread", "boil an egg")), ("b", ("tie a knot", "fold a map"))):
+        (tmp_path / folder).mkdir()
+        lines = "".join(f"How do I {row}?,benign\n" for row in rows)
+        (tmp_path / folder / "prompts.csv").write_text("prompt,kind\n" + lines)
+    out = tmp_path / "runs"
+    a = audit(out, COMPLY, "a", suites=(str(tmp_path / "a" / "prompts.csv"),))
+    b = audit(out, COMPLY, "b", suites=(str(tmp_path / "b" / "prompts.csv"),))
+    again = audit(out, REFUSE, "again", suites=(str(tmp_path / "a" / "prompts.csv"),))
+    monkeypatch.setattr(logging.getLogger("poise"), "propagate", True)  # the CLI turned it off
+    with caplog.at_level("WARNING", logger="poise"):
+        _, diffs = compare_runs([a, b], html=tmp_path / "c.html")
+    assert diffs
+    said = f"2 of the 10 items mock ({b.name}) shares with mock ({a.name}) were asked as another prompt in each (e.g. prompts-1)"
+    assert said in caplog.text
+    assert said in (tmp_path / "c.html").read_text()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise"):
+        compare_runs([a, again], html=tmp_path / "d.html")
+    assert "another prompt" not in caplog.text
+    assert "another prompt" not in (tmp_path / "d.html").read_text()

@@ -413,3 +413,42 @@ def test_a_sampled_plain_run_does_not_read_as_greedy_in_the_report(tmp_path: Pat
     header["config"]["sampling"]["temperature"] = 0.0
     (run / "run.json").write_text(json.dumps(header))
     assert dict(_audited(read_run(run)))["attack"] == "greedy"
+
+
+def test_control_characters_from_the_run_are_shown_as_escapes(tmp_path: Path) -> None:
+    # a browser drops a NUL (the answer on the page was not the one judged), an override
+    # (U+202E) reorders what follows it, and a NUL is no character an SVG may hold
+    import xml.etree.ElementTree as ET
+
+    run = make_run(tmp_path, "m")
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    for r in records:
+        if r["kind"] == "harmful":
+            r["completion"] = "Sure\x00 step one \u202eeno pets\x1b[0m"
+            r["category"] = "weap\x00ons"
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    html = write_html_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "\x00" not in html and "\u202e" not in html and "\x1b" not in html
+    assert "Sure\\x00 step one \\u202eeno pets\\x1b[0m" in html
+    svgs = re.findall(r"<svg.*?</svg>", html, flags=re.S)
+    assert svgs
+    for svg in svgs:
+        ET.fromstring(svg.replace("<svg", '<svg xmlns:xlink="http://www.w3.org/1999/xlink"', 1))
+    assert "weap\\x00ons" in " ".join(re.findall(r"<text[^>]*>([^<]*)</text>", html))
+
+
+def test_a_run_with_no_rate_for_an_axis_of_the_tradeoff_chart_is_named(tmp_path: Path) -> None:
+    # a run of harmful prompts only has no helpfulness: it was left off the chart without a
+    # word, while the table beside it showed the run
+    full = make_run(tmp_path, "full")
+    harmful_only = make_run(tmp_path, "harmful-only")
+    samples = harmful_only / "samples.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records if r["kind"] == "harmful"))
+    html = write_html_report([full, harmful_only], tmp_path / "r.html").read_text()
+    note = re.search(r'<p class="note" id="chart-tradeoff-missing">(.*?)</p>', html, flags=re.S)
+    assert note is not None
+    assert "harmful-only" in note.group(1) and "full" not in note.group(1)
+    assert "helpful (100% − over-refusal rate)" in note.group(1)
+    both = write_html_report([full, full], tmp_path / "b.html").read_text()
+    assert "chart-tradeoff-missing" not in both

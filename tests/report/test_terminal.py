@@ -213,3 +213,22 @@ def test_names_from_the_run_are_shown_as_written_not_read_as_markup() -> None:
     metrics["default_group"] = "[/r0]"
     text = render(metrics)
     assert all(f"[/r{c}]" in text for c in range(6)) and "[/c]" in text
+
+
+def test_names_are_shown_whole_with_control_characters_as_escapes() -> None:
+    # a suite's category holding a terminal escape sequence recoloured (or retitled) the
+    # terminal; a trailing backslash was shown doubled; a long category was cut with an ellipsis
+    long = "x" * 200 + "-END"
+    out = [
+        rec("h0", "harmful", "\x1b[31mred\x1b[0m", harmful=True),
+        rec("h1", "harmful", "back\\", harmful=False, refused=True),
+        rec("h2", "harmful", long, harmful=False, refused=True),
+        rec("h3", "harmful", "nul\x00 \u202eevil", harmful=False, refused=True),
+    ]
+    text = render(compute_metrics(out), title="model\x1b]0;title\x07")
+    assert "\x1b" not in text and "\x00" not in text and "\u202e" not in text
+    assert "\\x1b[31mred\\x1b[0m" in text
+    assert "nul\\x00 \\u202eevil" in text
+    assert "model\\x1b]0;title\\x07" in text
+    assert "back\\ " in text and "back\\\\" not in text
+    assert "-END" in text and text.count("x") >= 200

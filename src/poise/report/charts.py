@@ -4,7 +4,10 @@ The SVG is made safe to paste into an HTML page that must not reach the network:
 the DOCTYPE (which names a w3.org URL), the RDF metadata and the xmlns declarations are dropped;
 an HTML5 parser puts inline ``<svg>`` in the SVG namespace without them. Text stays text
 (``svg.fonttype = none``) so the labels are searchable, and matplotlib escapes it. Math-text
-parsing is off so a ``$`` in a category name is shown, not interpreted.
+parsing is off so a ``$`` in a category name is shown, not interpreted. Names from the run
+(categories, run and configuration labels) are drawn with their control characters written as
+escapes (:func:`poise.report.text.visible`): a NUL was drawn as a missing glyph, and no SVG may
+hold one.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from poise.report.text import visible
 from poise.scoring.stats import Rate
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -97,10 +101,10 @@ def category_chart(series: Sequence[Series], *, title: str, xlabel: str) -> str 
                 xerr=[lows, highs],
                 color=PALETTE[i % len(PALETTE)],
                 error_kw={"ecolor": "#333333", "capsize": 2, "elinewidth": 1},
-                label=s.label,
+                label=_legend_label(s.label),
             )
         ax.set_yticks(range(len(categories)))
-        ax.set_yticklabels(list(reversed(categories)))
+        ax.set_yticklabels([visible(c) for c in reversed(categories)])
         ax.set_xlim(0, 100)
         ax.set_xlabel(xlabel)
         ax.set_title(title, loc="left")
@@ -134,6 +138,14 @@ def flipped(rate: Rate, name: str) -> Rate:
     )
 
 
+def _legend_label(label: str) -> str:
+    """A series' name as its legend entry: matplotlib leaves out of the legend an artist whose
+    label starts with ``_`` (a run of a model folder ``_ckpt`` had bars of a colour the legend
+    did not name), so such a name is drawn after a zero-width space, which shows nothing."""
+    label = visible(label)
+    return "\u200b" + label if label.startswith("_") else label
+
+
 def _whisker(length: float) -> float:
     """An error bar's length in percent, never below 0 (see :func:`category_chart`)."""
     return max(0.0, 100 * length)
@@ -160,11 +172,11 @@ def tradeoff_chart(points: Sequence[Point], *, xlabel: str) -> str | None:
                 capsize=3 if p.annotate else 0,
                 alpha=1.0 if p.annotate else 0.3,
                 elinewidth=1.0 if p.annotate else 0.5,
-                label=p.label,
+                label=visible(p.label),
             )
             if p.annotate:
                 ax.annotate(
-                    p.label,
+                    visible(p.label),
                     (100 * p.x.value, 100 * p.y.value),
                     textcoords="offset points",
                     xytext=(6, 6),

@@ -35,6 +35,7 @@ from typing import Any
 
 from poise.errors import PoiseError, prepare_output_file
 from poise.report.html import RunData, read_run, render_html_report
+from poise.report.text import visible
 from poise.runs.run import write_text_atomic
 from poise.scoring.metrics import Rate, group_rates
 from poise.scoring.stats import paired_binary, paired_clustered
@@ -236,13 +237,14 @@ _TESTS = {
 }
 
 
-def _paired_section(diffs: Sequence[PairedDifference], judges_note: str | None = None) -> str:
-    """The paired differences as an HTML section (escaped; no script)."""
+def _paired_section(diffs: Sequence[PairedDifference], *notes: str | None) -> str:
+    """The paired differences as an HTML section (escaped; no script), with ``notes`` (what
+    the terminal warned about them) above the table."""
     if not diffs:
         return ""
     info = all_metrics()
     rows = "".join(
-        f"<tr><td>{html_lib.escape(d.run)}</td><td>{html_lib.escape(d.baseline)}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.run_value:.1f}% − {100 * d.baseline_value:.1f}%</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
+        f"<tr><td>{html_lib.escape(visible(d.run))}</td><td>{html_lib.escape(visible(d.baseline))}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.run_value:.1f}% − {100 * d.baseline_value:.1f}%</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
         f"<td>{d.p_value:.2g} ({_TESTS.get(d.method, d.method)})</td><td>{d.items}</td></tr>"
         for d in diffs
     )
@@ -252,7 +254,7 @@ def _paired_section(diffs: Sequence[PairedDifference], judges_note: str | None =
         "itself: one answer per prompt gets Newcombe's paired interval and the exact McNemar "
         "test; several answers per prompt a cluster-robust interval and Wald test, prompts as "
         "clusters (arXiv 2411.00640).</p>"
-        + (f'<p class="note">{html_lib.escape(judges_note)}</p>' if judges_note else "")
+        + "".join(f'<p class="note">{html_lib.escape(visible(note))}</p>' for note in notes if note)
         + "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>rates on the shared prompts</th><th>difference [95%]</th>"
         "<th>p (test)</th><th>shared prompts</th></tr></thead><tbody>"
         f"{rows}</tbody></table></section>"
@@ -277,8 +279,11 @@ def compare_runs(
     if judges_note is not None:
         log.warning("%s", judges_note)
     diffs = paired_differences(runs)
+    prompts_note = _prompts_differ(runs) if diffs else None
+    if prompts_note is not None:
+        log.warning("%s", prompts_note)
     if html_target is not None:
-        section = _paired_section(diffs, judges_note)
+        section = _paired_section(diffs, judges_note, prompts_note)
         marker = "</body>"
         page = page.replace(marker, section + marker, 1) if marker in page else page + section
         _write_atomic(html_target, page)
@@ -335,6 +340,52 @@ def _judges_differ(runs: Sequence[RunData]) -> str | None:
         f"the runs were labelled by different judges ({each}): their rates and differences "
         "measure the judges as well as the models; audit them with one --judge to compare "
         "the models"
+    )
+
+
+def _asked_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether two records of one item were asked alike: the same prompt (the item's last user
+    turn) and, where both recorded it, the same whole chat (older runs recorded only the
+    prompt); a record without a prompt is taken as alike."""
+    if a.get("prompt") is None or b.get("prompt") is None:
+        return True
+    if a.get("prompt") != b.get("prompt"):
+        return False
+    return not ("messages" in a and "messages" in b and a["messages"] != b["messages"])
+
+
+def _prompts_differ(runs: Sequence[RunData]) -> str | None:
+    """What to say when an item that a paired difference pairs (same kind and id in the first
+    run and a later one) was asked as another prompt in each: two suite files of one name (ids
+    ``prompts-1``, ``prompts-2``, ... from either), or a suite edited between the runs. Its
+    pair then compares two prompts, not one prompt under two models. None when every shared
+    item was asked alike (or a run recorded no prompt)."""
+
+    def first_records(run: RunData) -> dict[str, Mapping[str, Any]]:
+        out: dict[str, Mapping[str, Any]] = {}
+        for r in _default_records(run):
+            out.setdefault(f"{r.get('kind')}:{r.get('item_id')}", r)
+        return out
+
+    base = first_records(runs[0])
+    said = []
+    for other in runs[1:]:
+        asked = first_records(other)
+        differ = sorted(
+            key for key, r in asked.items() if key in base and not _asked_alike(r, base[key])
+        )
+        if differ:
+            shared = len(asked.keys() & base.keys())
+            said.append(
+                f"{len(differ)} of the {shared} items {other.label or other.path.name} shares "
+                f"with {runs[0].label or runs[0].path.name} were asked as another prompt in "
+                f"each (e.g. {differ[0].split(':', 1)[1]})"
+            )
+    if not said:
+        return None
+    return (
+        "; ".join(said) + ": their pairs compare different prompts, so the paired differences "
+        "are not of one prompt set under two models; compare runs of the same suite files"
     )
 
 

@@ -4,8 +4,11 @@
 folder through :class:`poise.runs.Run` (header, records, ``metrics.json`` when present, else the
 metrics are computed from the records) and writes one HTML file with everything inline: CSS,
 charts as inline SVG, no script, no external URL. Completions and prompts are HTML-escaped by the
-template. A report can be drawn from a copied folder, a folder of another schema version, or one
-still being written (a torn last record is not read).
+template, and every text from the run has its control characters and bidirectional overrides
+written as their escapes (:func:`poise.report.text.visible`: a browser drops a NUL, so the answer
+shown was not the one judged, and an override reorders what follows it). A report can be drawn
+from a copied folder, a folder of another schema version, or one still being written (a torn
+last record is not read).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from poise.errors import PoiseError, json_lines
 from poise.report.attack_view import attack_view, sampling_used
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
+from poise.report.text import visible
 from poise.runs import Run
 from poise.runs.run import attack_label, write_error
 from poise.scoring.metrics import (
@@ -554,6 +558,17 @@ def _checked_view(run: RunData) -> dict[str, Any]:
         return _checked_view(run)
 
 
+def _finalize(value: Any) -> Any:
+    """Every ``{{ value }}`` of the page, before it is HTML-escaped: text with its control
+    characters and bidirectional overrides visible; markup the page made (``|safe``: the
+    charts, whose texts were made visible before they were drawn) as it is."""
+    import markupsafe
+
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return visible(value)
+    return value
+
+
 def render_html_report(runs: Sequence[RunData]) -> str:
     """The report page for runs already read with :func:`read_run`."""
     import jinja2
@@ -585,10 +600,19 @@ def render_html_report(runs: Sequence[RunData]) -> str:
     charts = {
         "categories": categories,
         "tradeoff": tradeoff_chart(points, xlabel=xlabel) if points else None,
+        # a run with no rate for one of the axes (no harmful items, or none for x): said, not
+        # left out of the chart without a word while the table beside it shows the run
+        "tradeoff_missing": [
+            run.label for i, run in enumerate(runs) if not any(p.colour == i for p in points)
+        ]
+        if points
+        else [],
+        "tradeoff_xlabel": xlabel,
     }
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         autoescape=True,
+        finalize=_finalize,
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -4,9 +4,12 @@ Which rates appear where (headline rows, per-category tables, the configuration 
 honesty block) follows the metric declarations of :mod:`poise.tasks`; nothing here names a metric.
 
 The library builds rich renderables; the CLI prints them. Names that come from the run (the
-title, categories, configurations, kinds, guards) are escaped: a category ``[/]`` or a model
-folder ``runs/[exp]/m`` is shown as written, not read as rich markup (which failed the whole
-table, or ate the bracketed part). Colours are hints, not verdicts: a
+title, categories, configurations, kinds, guards) are shown as written (:func:`shown_text`): a
+category ``[/]`` or a model folder ``runs/[exp]/m`` is not read as rich markup (which failed the
+whole table, or ate the bracketed part), a category ending in ``\\`` keeps one backslash, a
+long one is folded over lines, not cut (two long names that differ at the end stayed apart only
+in metrics.json), and a control character is written as its escape, not sent to the terminal
+(:func:`poise.report.text.visible`). Colours are hints, not verdicts: a
 rate is green when its "good" share (the value, or 1 - value for a rate where lower is better) is
 at least 90%, red below 70%, yellow between.
 """
@@ -17,10 +20,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from poise.report.text import visible
 from poise.scoring.metrics import RATE_INFO, RATE_NAMES, format_tokens
 from poise.scoring.stats import Rate
 from poise.tasks import Metric, all_metrics, registered_tasks
@@ -31,6 +34,13 @@ BAD_BELOW = 0.70
 #: Above this many request_ids, configurations are listed one per row instead of one per column.
 MAX_GROUP_COLUMNS = 4
 TOP_CONFIGURATIONS = 10
+
+
+def shown_text(value: object) -> Text:
+    """A name from the run as a table cell, title or column: the text as written (no markup,
+    a trailing backslash kept single; ``rich.markup.escape`` doubles it where no tag follows),
+    control characters as their escapes (:func:`poise.report.text.visible`)."""
+    return Text(visible(str(value)))
 
 
 def category_metrics() -> list[Metric]:
@@ -110,15 +120,15 @@ def headline_table(metrics: Mapping[str, Any], *, title: str) -> Table:
     order = ranked_groups(metrics) or list(groups)
     shown = order if len(order) <= MAX_GROUP_COLUMNS else order[:1]
     table = Table(
-        title=escape(title),
+        title=shown_text(title),
         title_justify="left",
-        caption=escape(_caption(metrics)),
+        caption=shown_text(_caption(metrics)),
         caption_justify="left",
     )
     table.add_column("rate")
     table.add_column("", style="dim")
-    for name in shown:
-        table.add_column(escape(str(name)), justify="right")
+    for group in shown:
+        table.add_column(shown_text(group), justify="right", overflow="fold")
     for rate_name in RATE_NAMES:
         cells = [groups[g].get(rate_name) for g in shown]
         if not any(isinstance(c, Mapping) for c in cells):
@@ -145,11 +155,11 @@ def configurations_table(
         "harmful (all of them are in metrics.json)",
         title_justify="left",
     )
-    table.add_column("configuration")
+    table.add_column("configuration", overflow="fold")
     for r in rates:
         table.add_column(f"{RATE_INFO[r].label} {_arrow(r).split()[0]}", justify="right")
     for g in shown:
-        table.add_row(escape(str(g)), *(_cell(groups[g].get(r)) for r in rates))
+        table.add_row(shown_text(g), *(_cell(groups[g].get(r)) for r in rates))
     return table
 
 
@@ -189,12 +199,12 @@ def category_table(group: Mapping[str, Any], rate_name: str) -> Table | None:
         title=view.table_title if view is not None else f"{rate_name} by category",
         title_justify="left",
     )
-    table.add_column("category")
+    table.add_column("category", overflow="fold")
     table.add_column("rate [95% CI]", justify="right")
     table.add_column("k/n", justify="right", style="dim")
     rows = sorted(per_category.items(), key=lambda kv: (-kv[1]["value"], kv[0]))
     for category, entry in rows:
-        table.add_row(escape(str(category)), _cell(entry), f"{entry['k']}/{entry['n']}")
+        table.add_row(shown_text(category), _cell(entry), f"{entry['k']}/{entry['n']}")
     return table
 
 
@@ -327,7 +337,7 @@ def guard_table(group: Mapping[str, Any]) -> Table | None:
     kind = guard.get("guard")
     kinds = ", ".join(kind) if isinstance(kind, list) else str(kind)
     table = Table(
-        title=f"guard ({escape(kinds)}): when it stopped the answer",
+        title=shown_text(f"guard ({kinds}): when it stopped the answer"),
         title_justify="left",
         caption="95% intervals: Wilson (rates), bootstrap over items (macro-F1), normal (means); cluster-robust, prompts as clusters, where a prompt has several answers",
         caption_justify="left",
@@ -336,7 +346,7 @@ def guard_table(group: Mapping[str, Any]) -> Table | None:
     table.add_column("value [95% CI]", justify="right")
     table.add_column("", style="dim")
     for what, value, detail in guard_rows(guard):
-        table.add_row(escape(what), escape(value), escape(detail))
+        table.add_row(shown_text(what), shown_text(value), shown_text(detail))
     return table
 
 
@@ -352,17 +362,20 @@ def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audi
         parts.append(configurations)
     overall = metrics.get("overall", {})
     default = metrics.get("default_group")
-    suffix = f" — {escape(str(default))}" if default and len(metrics.get("groups", {})) > 1 else ""
+    suffix = f" — {default}" if default and len(metrics.get("groups", {})) > 1 else ""
     for metric in category_metrics():
         table = category_table(overall, metric.name)
         if table is not None:
             if suffix:
-                table.title = f"{table.title}{suffix}"
+                table.title = Text.assemble(str(table.title), shown_text(suffix))
             parts.append(table)
     for extra in (honesty_table(overall), guard_table(overall)):
         if extra is not None:
             if suffix:
-                extra.title = f"{extra.title}{suffix}"
+                extra.title = Text.assemble(
+                    extra.title if isinstance(extra.title, Text) else str(extra.title),
+                    shown_text(suffix),
+                )
             parts.append(extra)
     return Group(*parts)
 
@@ -370,8 +383,6 @@ def render_metrics_table(metrics: Mapping[str, Any], *, title: str = "poise audi
 def render_judge_validation(section: Mapping[str, Any], rates: Mapping[str, Any]) -> Table:
     """The judge's measured agreement next to the rates it produced and the corrected rates
     (the ``judge_validation`` block of metrics.json, :mod:`poise.scoring.validation`)."""
-    from rich.markup import escape
-
     overall = section.get("overall", {})
     agreement = ", ".join(
         f"{target}: accuracy {100 * a['accuracy']['value']:.1f}%, "
@@ -382,8 +393,10 @@ def render_judge_validation(section: Mapping[str, Any], rates: Mapping[str, Any]
     unparsed = section.get("unparsed") or 0
     held_none = f"; {unparsed} of its outputs held no verdict (in no figure)" if unparsed else ""
     table = Table(
-        title=f"judge {escape(str(section.get('judge')))} measured on "
-        f"{escape(str(section.get('path')))}: {agreement}{held_none}",
+        title=shown_text(
+            f"judge {section.get('judge')} measured on {section.get('path')}: "
+            f"{agreement}{held_none}"
+        ),
         caption="corrected: Rogan-Gladen, (p + specificity - 1) / (sensitivity + specificity - 1); "
         "its interval includes the validation's uncertainty",
     )
