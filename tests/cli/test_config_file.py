@@ -207,6 +207,24 @@ def test_a_mapping_for_a_single_valued_flag_is_one_line(tmp_path: Path) -> None:
     assert "model: expected a single value, got a mapping" in line
 
 
+def test_a_list_for_a_single_valued_flag_or_nested_in_a_repeatable_one_is_one_line(
+    tmp_path: Path,
+) -> None:
+    """A list for a flag of one value was joined with commas and run (``name: [a, b]`` named
+    the run "a,b", ``temperature: [0.5]`` ran at 0.5); a list inside a repeatable flag's list
+    reached it as its str() ("unknown suite \"['harmful']\"", no line)."""
+    for text, key in (
+        ("model: mock\nname: [a, b]\n", "name"),
+        ("model: mock\nsampling: {temperature: [0.5]}\n", "sampling.temperature"),
+        ("model: [mock, other]\n", "model"),
+    ):
+        line = one_line_error(tmp_path, text)
+        assert f"{key}: expected a single value, got a list" in line, line
+        assert ":2:" in line or ":1:" in line
+    line = one_line_error(tmp_path, "model: mock\nsuites: [[harmful]]\n")
+    assert "suites: expected a list of single values, got a list ['harmful']" in line
+
+
 def test_null_for_a_flag_with_a_default_is_refused_not_taken_as_the_default(
     tmp_path: Path,
 ) -> None:

@@ -302,6 +302,17 @@ def _as_flag_value(param: Any, value: Any, where: str) -> Any:
         value = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in value.items()]
     if repeatable and not isinstance(value, list | tuple):
         return [value]
-    if not repeatable and isinstance(value, list | tuple) and param.nargs == 1:
-        return ",".join(str(v) for v in value)  # a comma-separated flag
+    if repeatable:
+        nested = next((v for v in value if isinstance(v, list | tuple | Mapping)), None)
+        if nested is not None:
+            # str() of it reached the flag ("unknown suite \"['harmful']\""), blamed on no line
+            kind = "a mapping" if isinstance(nested, Mapping) else "a list"
+            raise PoiseError(
+                f"{where}: expected a list of single values, got {kind} {nested!r} among them"
+            )
+        return value
+    if isinstance(value, list | tuple) and param.nargs == 1:
+        # a flag that takes one value: a list was joined with commas and run as one value
+        # (name: [a, b] named the run "a,b"; temperature: [0.5] ran at 0.5)
+        raise PoiseError(f"{where}: expected a single value, got a list {list(value)!r}")
     return value
