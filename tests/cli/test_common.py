@@ -30,3 +30,18 @@ def test_ctrl_c_keeps_its_own_exit() -> None:
     with pytest.raises(KeyboardInterrupt) as caught, sigterm_as_interrupt():
         raise KeyboardInterrupt
     assert type(caught.value) is KeyboardInterrupt
+
+
+def test_shown_names_print_control_characters_as_escapes_and_brackets_as_written() -> None:
+    """A model name or run folder holding an escape sequence reached the terminal (recolouring
+    what followed); brackets must still print as written, not as markup."""
+    from rich.console import Console
+
+    from poise.cli._common import shown
+
+    console = Console(record=True, width=200, force_terminal=True)
+    name = "evil\x1b[31mred [INST] \u202edone"
+    console.print(f"run {shown(name)} ok", highlight=False)
+    text = console.export_text(styles=False)
+    assert "\\x1b[31mred [INST] \\u202edone ok" in text
+    assert "\x1b" not in text and "\u202e" not in text

@@ -71,10 +71,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
 def shown(value: object) -> str:
     """``value`` as text for a rich string: a path, name or query with brackets (``runs/[exp]``,
     ``[INST]``) is printed as written, not read as markup (which dropped it, or raised
-    MarkupError after the work was done)."""
+    MarkupError after the work was done); a control character in it (an escape sequence in a
+    model's name or a run's folder) is shown as its escape, not sent to the terminal."""
     from rich.markup import escape
 
-    return escape(str(value))
+    from poise.report.text import visible
+
+    return escape(visible(str(value)))
 
 
 @contextmanager

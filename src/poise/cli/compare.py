@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from poise.cli._common import console, expand_paths, user_errors
+from poise.cli._common import console, expand_paths, shown, user_errors
 
 _TEST_NAMES = {
     "newcombe": "McNemar",
@@ -41,8 +41,6 @@ def compare_command(
     with user_errors():
         from pathlib import Path
 
-        from rich.markup import escape
-
         from poise.errors import PoiseError
         from poise.report.compare import compare_runs
         from poise.runs import find_run
@@ -63,16 +61,16 @@ def compare_command(
             )
         for d in diffs:
             console.print(
-                f"{escape(d.metric)}: {escape(d.run)} − {escape(d.baseline)} = "
+                f"{shown(d.metric)}: {shown(d.run)} − {shown(d.baseline)} = "
                 f"{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}], "
                 f"p = {d.p_value:.2g} ({_TEST_NAMES.get(d.method, d.method)}) "
                 f"on {d.items} shared prompts ({100 * d.run_value:.1f}% against "
                 f"{100 * d.baseline_value:.1f}% there)",
                 highlight=False,
             )
-        console.print(f"report: [bold]{escape(output)}[/]", highlight=False, soft_wrap=True)
+        console.print(f"report: [bold]{shown(output)}[/]", highlight=False, soft_wrap=True)
         if csv:
-            console.print(f"csv: [bold]{escape(csv)}[/]", highlight=False, soft_wrap=True)
+            console.print(f"csv: [bold]{shown(csv)}[/]", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
