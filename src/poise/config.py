@@ -187,19 +187,6 @@ def _unique_key_loader() -> type:
     return UniqueKeyLoader
 
 
-def load_yaml_config(
-    path: str | Path, model: type[BaseModel], overrides: dict[str, Any] | None = None
-) -> Any:
-    """Read a YAML file into ``model``; errors name the file and the field."""
-    path = Path(path)
-    data = read_yaml_mapping(path)
-    data.update(overrides or {})
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise PoiseError(f"{path}: {format_validation_error(exc)}") from None
-
-
 def format_validation_error(exc: ValidationError) -> str:
     """First error of a pydantic ValidationError, as 'field: message'; when the field's value
     came from a config file (:func:`value_sources`), the message says so: 'field: message

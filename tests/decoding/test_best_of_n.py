@@ -149,6 +149,9 @@ def test_a_flag_that_is_not_true_or_false_and_an_unused_bad_number_are_refused(
         # an option that changes nothing was dropped from the spec without a word
         ("lam=5", "lam weighs the cost against the reward: it needs both reward= and cost="),
         ("t=5", "t is the temperature of transform=bon or transform=won"),
+        # lam 0 reads the cost model for nothing; below 0 it picks the most harmful answer
+        ("cost=keywords:b, lam=0", "lam weighs the cost against the reward and must be positive"),
+        ("cost=keywords:b, lam=-1", "lam .* must be positive, got -1 "),
         ("calibrate=true, transform=none, t=3", "t is the temperature of transform=bon"),
     ]:
         with pytest.raises(PoiseError, match=f"best_of_n: {message}"):

@@ -157,6 +157,14 @@ class BestOfN(WrappedModel):
                 "leave t out"
             )
         lam = 1.0 if lam is None else check_number("best_of_n", "lam", lam)
+        if lam <= 0:
+            # 0 loads a cost model and never reads it; below 0 the pick rewards the cost, an
+            # attack spelled as a defence
+            raise PoiseError(
+                f"best_of_n: lam weighs the cost against the reward and must be positive, got "
+                f"{lam:g} (leave cost= out to pick by the reward alone; worst=true picks the "
+                "worst answer for an audit)"
+            )
         t = 1.0 if t is None else check_number("best_of_n", "t", t, positive=True)
         if t > MAX_T:
             # an OverflowError only once every sample had been drawn and scored
