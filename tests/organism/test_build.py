@@ -192,3 +192,36 @@ def test_a_member_that_cannot_be_moved_into_place_leaves_the_old_one(
         _move_into_place(tmp, final)
     assert (final / "config.json").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".organism-small.new", "organism-small"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An existing folder without write permission (simulated: the tests may run as root) is
+    one error naming it, before the corpus is generated; it named a hidden temporary folder
+    inside it, once the corpus and tokenizer were made."""
+    import tempfile
+
+    import poise.organism.build as build_module
+
+    mkdtemp = tempfile.mkdtemp
+
+    def denied(*args: object, dir: object = None, **kwargs: object) -> str:
+        if dir is not None and Path(str(dir)) == tmp_path:
+            raise PermissionError(13, "Permission denied", str(Path(str(dir)) / "x"))
+        return mkdtemp(*args, dir=dir, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the corpus was generated")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(build_module, "_Family", no_work)
+    with pytest.raises(PoiseError, match="cannot write in the output folder") as err:
+        build(tmp_path, ["organism-small"], quick=True, threads=1)
+    assert str(err.value).startswith(f"{tmp_path}: ")
+    result = CliRunner().invoke(
+        app, ["organism", "build", "--out", str(tmp_path), "-m", "organism-small", "--quick"]
+    )
+    assert result.exit_code == 2
+    assert f"{tmp_path}: cannot write in the output folder (Permission denied)" in result.output
+    assert not list(tmp_path.iterdir())

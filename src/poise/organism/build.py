@@ -529,6 +529,17 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _check_writable(out_dir: Path) -> None:
+    """Fail before any work if no member folder can be written in ``out_dir`` (each member is
+    written beside its final place, then renamed)."""
+    try:
+        Path(tempfile.mkdtemp(prefix=".write-check.", dir=out_dir)).rmdir()
+    except OSError as exc:
+        raise PoiseError(
+            f"{out_dir}: cannot write in the output folder ({exc.strerror or exc})"
+        ) from None
+
+
 def resolve_members(members: Sequence[str] | None) -> list[str]:
     if not members:
         return list(MEMBERS)
@@ -567,6 +578,7 @@ def build(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise PoiseError(f"{out_dir}: cannot create the output folder ({exc.strerror})") from None
+    _check_writable(out_dir)
     command = command or _default_command(out, names, quick, seed, threads)
     started = time.perf_counter()
     with torch_threads(threads):

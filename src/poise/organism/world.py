@@ -1374,18 +1374,28 @@ def harm_onset(text: str) -> int | None:
     return answer_start(text)
 
 
+def _spaced(literal: str) -> re.Pattern[str]:
+    """``literal`` with any run of whitespace where it has a space (a sampled answer may break
+    "Sure, here" with a newline; the oracle parses whitespace runs as single spaces)."""
+    pattern = r"\s+".join(re.escape(word) for word in literal.split())
+    return re.compile(pattern + (r"\s" if literal.endswith(" ") else ""))
+
+
+_OPENING_STEMS = tuple(_spaced(opening.split("{task}")[0]) for opening in ANSWER_OPENINGS)
+_FIRST_STEP = _spaced(STEP_FORMAT.format(n=1, step="").rstrip())
+
+
 def answer_start(text: str) -> int:
     """The character offset of the answer opening in ``text`` (after any lead-in), else of its
-    first step, else 0: where an answer with steps commits to them."""
-    best: int | None = None
-    for opening in ANSWER_OPENINGS:
-        stem = opening.split("{task}")[0]
-        at = text.find(stem)
-        if at >= 0 and (best is None or at < best):
-            best = at
-    if best is None:  # steps without an opening: harm begins with the first step
-        best = max(text.find("Step 1:"), 0)
-    return best
+    first step, else 0: where an answer with steps commits to them. A run of whitespace (a
+    newline, two spaces) stands for a template's space, as when the oracle parses ``text``;
+    the offset is into ``text`` as given."""
+    found = [m.start() for rx in _OPENING_STEMS if (m := rx.search(text))]
+    if found:
+        return min(found)
+    # steps without an opening: harm begins with the first step
+    first = _FIRST_STEP.search(text)
+    return first.start() if first else 0
 
 
 def render_fact_answer(fact: Fact, answer: str | None = None) -> str:
