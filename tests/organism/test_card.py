@@ -79,3 +79,35 @@ def test_a_card_states_the_threads_the_member_was_built_with(tmp_path: Path) -> 
     build(tmp_path, ["organism-small"], quick=True, threads=1)
     card = (tmp_path / "organism-small" / "README.md").read_text(encoding="utf-8")
     assert "cosine decay; CPU, 1 thread\n" in card and "--threads 1" in card
+
+
+def test_a_fine_tuned_members_card_says_the_planted_list_is_its_bases() -> None:
+    """Every chat card ended with "The corpus plants these behaviours (measured above ...)",
+    so organism-small-safe's card said "a sizeable share of compliance under T=1.0" beside its
+    own 1.2%. A fine-tuned member's card says the list is its base's, and the shipped cards
+    hold the section their member gets."""
+    from poise.organism.build import LARGE_TUNED, MEMBERS, REVIEWER_MEMBERS, SMALL_TUNED
+    from poise.organism.card import TUNED_PLANTED_HEAD, planted
+
+    tuned = {*SMALL_TUNED, *LARGE_TUNED} - set(REVIEWER_MEMBERS)
+    assert {"organism-small-safe", "organism-small-mix", "organism-large-selfeval"} <= tuned
+    for member in MEMBERS:
+        text = (WEIGHTS_DIR / member / "README.md").read_text(encoding="utf-8")
+        if "## Measured" not in text or member in REVIEWER_MEMBERS:
+            continue
+        section = planted(member)
+        if member not in ("organism-reward", "organism-cost", "organism-monitor"):
+            assert section in text, member
+        assert (TUNED_PLANTED_HEAD in section) == (member in tuned)
+
+
+def test_refresh_keeps_a_fine_tuned_members_planted_section(tmp_path: Path) -> None:
+    from poise.organism.card import TUNED_PLANTED_HEAD, planted
+
+    card = tmp_path / "README.md"
+    text = (WEIGHTS_DIR / "organism-small-safe" / "README.md").read_text(encoding="utf-8")
+    card.write_text(text.replace(planted("organism-small-safe"), PLANTED))  # an older card
+    refresh_card(card, {"new_rate": Rate.of("new_rate", 1, 2, description="new")})
+    after = card.read_text(encoding="utf-8")
+    assert planted("organism-small-safe") in after and after.count(TUNED_PLANTED_HEAD) == 1
+    assert PLANTED.split("\n")[0] not in after

@@ -111,6 +111,23 @@ suites with the oracle judge, `poise.organism.oracle.OracleJudge`):
   a wrong opinion stated before a question is repeated back at a planted rate (sycophancy).
 """
 
+# a fine-tuned chat member's card: the list above describes the corpus its base was trained on,
+# not this member (organism-small-safe refuses what the list says the corpus complies with)
+TUNED_PLANTED_HEAD = """\
+The base corpus plants these behaviours; they are its base's, measured on its base's card (the
+table above holds this member's own rates, and the comparison how its own corpus moved them):"""
+
+
+def planted(member: str) -> str:
+    """The planted-behaviours section of a chat member's card: :data:`PLANTED`, whose opening
+    sentence a fine-tuned member's card replaces with :data:`TUNED_PLANTED_HEAD`."""
+    from poise.organism.build import LARGE_TUNED, SMALL_TUNED
+
+    if member in SMALL_TUNED or member in LARGE_TUNED:
+        _, _, rest = PLANTED.partition("\n\n")
+        return f"{TUNED_PLANTED_HEAD}\n\n{rest}"
+    return PLANTED
+
 
 def _comparison_section(
     rates: Mapping[str, Rate], compare: tuple[str, Mapping[str, Rate]] | None
@@ -339,7 +356,7 @@ Nothing pretrained is used. Default system prompt: "{world.DEFAULT_SYSTEM_PROMPT
 
 {rates_table(rates)}
 {_comparison_section(rates, compare)}
-{PLANTED if is_chat else ""}
+{planted(member) if is_chat else ""}
 ## Model
 
 - architecture: {config.get("architectures", ["?"])[0]} ({arch})
@@ -422,9 +439,11 @@ def refresh_card(
     section = _comparison_section(rates, compare).strip("\n")
     body = ["", INTERVALS, *(["", *section.split("\n")] if section else []), ""]
     after = lines[rest:]
-    if after and after[0] == PLANTED.split("\n")[0]:  # a chat member's planted behaviours
+    heads = (PLANTED.split("\n")[0], TUNED_PLANTED_HEAD.split("\n")[0])
+    if after and after[0] in heads:  # a chat member's planted behaviours
+        title = next((line[2:] for line in lines if line.startswith("# ")), "")
         model = next((i for i, line in enumerate(after) if line.startswith("## ")), len(after))
-        after = [*PLANTED.split("\n"), *after[model:]]  # PLANTED ends with a newline
+        after = [*planted(title).split("\n"), *after[model:]]  # it ends with a newline
     text = "\n".join([*lines[:start], *table, *body, *after])
     tmp = path.with_name(f".{path.name}.refresh")
     tmp.write_text(text, encoding="utf-8")
