@@ -149,6 +149,12 @@ def test_lora_folder_is_a_task_vector(specialists: list[Path], tmp_path: Path) -
         "models": [{"model": f"{base}+{tmp_path / 'lora'}", "parameters": {"weight": 1.0}}],
     }), out2)  # fmt: skip
     assert all(torch.allclose(t, expected[n], atol=1e-6) for n, t in _state(out2).items())
+    # merge.json names the LoRA with the base it was applied to, both absolute (it recorded the
+    # adapter's path alone, relative when the config gave it so)
+    lora = (tmp_path / "lora").resolve()
+    for folder, given_base in ((out, base), (out2, base)):
+        record = json.loads((folder / "merge.json").read_text())
+        assert record["models"] == [f"{Path(given_base).resolve()}+{lora}"]
 
 
 def test_vocabulary_mismatch_takes_the_tokenizer_sources_rows(

@@ -580,7 +580,7 @@ def run_merge(
         )
         check_inputs(job)  # one architecture: names and shapes, from the headers only
         check_tensor_options(method, resolver, reference.keys(), [e.model for e in entries])
-        records = _records(config, method, reference, [m.path for m in models], base)
+        records = _records(config, method, reference, models, base)
         files = write_merge(
             job,
             out,
@@ -621,7 +621,7 @@ def _records(
     config: MergeConfig,
     method: MergeMethod,
     reference: TensorSource,
-    model_paths: list[Path],
+    models: list[TensorSource],
     base: TensorSource | None,
 ) -> dict[str, str]:
     from poise.runs.run import environment_versions
@@ -635,8 +635,8 @@ def _records(
     resolved = {
         "merge_method": method.name,
         "reference": METHODS.reference(method.name),
-        "base_model": str(base.path) if base is not None else None,
-        "models": [str(p) for p in model_paths],
+        "base_model": _provenance(base) if base is not None else None,
+        "models": [_provenance(m) for m in models],
         "options": {**defaults, **config.parameters},
         "versions": versions,
     }
@@ -647,6 +647,14 @@ def _records(
         MERGE_RECORD: json.dumps(resolved, indent=2, default=str) + "\n",
         "README.md": card,
     }
+
+
+def _provenance(source: TensorSource) -> str:
+    """Where a merge input came from, for merge.json: its absolute folder, and for a LoRA the
+    base it was applied to as well (``BASE+LORA``, both absolute), as a config spells it."""
+    if isinstance(source, LoraFolder):
+        return f"{source.base.path.resolve()}+{source.path.resolve()}"
+    return str(source.path.resolve())
 
 
 def _model_card(config: MergeConfig, method: MergeMethod, versions: Mapping[str, Any]) -> str:
