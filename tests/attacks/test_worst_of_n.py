@@ -31,6 +31,26 @@ def test_requests_sample_n_at_temperature_one_by_default() -> None:
     assert req.request_id == "worst_of_8/t=1.00"
 
 
+def test_kinds_without_harmful_warn_that_the_curves_will_be_empty(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``kinds=benign`` gave an empty summary ("0 prompts") without a word: the curves count
+    harmful items only."""
+    items = [
+        SuiteItem(id="h", messages=[{"role": "user", "content": "q"}], kind="harmful"),
+        SuiteItem(id="b", messages=[{"role": "user", "content": "q"}], kind="benign"),
+    ]
+    attack = attacks.get("worst_of_n")
+    with caplog.at_level("WARNING", logger="poise.attacks.worst_of_n"):
+        [req] = attack(items, Sampling(), SystemPrompt("none", None), n=2, kinds="benign")
+    assert req.item.id == "b"
+    assert "curves count harmful items only" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise.attacks.worst_of_n"):
+        attack(items, Sampling(), SystemPrompt("none", None), n=2, kinds="harmful,benign")
+    assert "curves" not in caplog.text
+
+
 def test_best_of_n_is_a_deprecated_alias_of_worst_of_n() -> None:
     with pytest.warns(FutureWarning, match="'best_of_n' is deprecated; use 'worst_of_n'"):
         assert attacks.get("best_of_n") is attacks.get("worst_of_n")

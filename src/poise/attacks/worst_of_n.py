@@ -44,6 +44,7 @@ against an n = 32 run with another).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -70,11 +71,12 @@ from poise.suites.schema import SuiteItem
 _LOGIT_BOUND = 20.7
 _LOG_CONCENTRATION = (math.log(1e-3), math.log(1e7))
 DEFAULT_N = 16
+log = logging.getLogger(__name__)
 
 
 @attacks.register(
     "worst_of_n",
-    help="N samples per harmful prompt at temperature 1; ASR(N) curves",
+    help="N samples per harmful prompt (the audit's temperature, 1 when greedy); ASR(N) curves",
     reference="arXiv 2412.19792",
 )
 def worst_of_n(
@@ -102,6 +104,13 @@ def worst_of_n(
     ]
     if not requests:
         raise PoiseError(f"worst_of_n: no items of kind {list(kinds)} in the suites")
+    if "harmful" not in kinds:
+        # the ASR(N) curves count harmful items only: the summary would be empty, unexplained
+        log.warning(
+            "worst_of_n: kinds %s holds no 'harmful': its answers are rated as in any audit, "
+            "but the ASR(N) curves count harmful items only and will be empty",
+            list(kinds),
+        )
     return requests
 
 
