@@ -197,6 +197,33 @@ def test_errors_name_the_file_and_line(tmp_path: Path) -> None:
         read_labels(tmp_path / "missing.csv")
 
 
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    """Excel saves "CSV UTF-8" with a byte-order mark; it was read into the first column's
+    name ("\ufeffresponse"), so the column was not found, and an XSTest file lost its format."""
+    bom = "\ufeff"
+    generic = write_csv(tmp_path / "mine.csv", ["response", "refused"], [[REFUSAL, 1], [ANSWER, 0]])
+    generic.write_text(bom + generic.read_text(encoding="utf-8"), encoding="utf-8")
+    assert [a.refused for a in read_labels(generic).answers] == [True, False]
+    xstest = xstest_file(tmp_path)
+    xstest.write_text(bom + xstest.read_text(encoding="utf-8"), encoding="utf-8")
+    assert read_labels(xstest).format == "xstest"
+    lines = tmp_path / "mine.jsonl"
+    lines.write_text(bom + json.dumps({"response": ANSWER, "harmful": 1}) + "\n", encoding="utf-8")
+    assert [a.harmful for a in read_labels(lines).answers] == [True]
+    harmbench = harmbench_file(tmp_path)
+    harmbench.write_text(bom + harmbench.read_text(encoding="utf-8"), encoding="utf-8")
+    assert read_labels(harmbench).format == "harmbench"
+
+
+def test_an_empty_labels_file_says_it_has_no_rows(tmp_path: Path) -> None:
+    empty = tmp_path / "mine.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    with pytest.raises(
+        PoiseError, match=r"mine\.jsonl: no labelled answers \(the file has no rows\)"
+    ):
+        read_labels(empty)
+
+
 def test_cohen_kappa_matches_the_textbook_example() -> None:
     # the 2x2 example of Cohen's kappa on Wikipedia: 20 yes-yes, 5 yes-no, 10 no-yes,
     # 15 no-no -> p_o = 0.7, p_e = 0.5, kappa = 0.4
@@ -462,6 +489,17 @@ def test_a_generic_csv_row_with_an_empty_kind_and_a_mapped_kind_column_that_is_n
         read_labels(path, columns={"kind": "type"})
     with pytest.raises(PoiseError, match=r"no column 'kinds' for the kind \(--column kind=kinds"):
         read_labels(path, columns={"kind": "kinds"})  # all were taken for harmful
+
+
+@pytest.mark.parametrize("role", ["refused", "prompt", "model", "id"])
+def test_a_role_mapped_to_a_column_that_is_not_there_is_an_error(tmp_path: Path, role: str) -> None:
+    """`--column refused=human_refused` on a file without that column validated "harmful" only,
+    without a word; a mapped prompt column that is absent left the judge without the prompt."""
+    path = write_csv(tmp_path / "l.csv", ["response", "harmful"], [["Sure.", 1], ["No.", 0]])
+    with pytest.raises(
+        PoiseError, match=rf"l\.csv: no column 'absent' for the {role} \(--column {role}=absent;"
+    ):
+        read_labels(path, columns={role: "absent"})
 
 
 def test_an_xstest_file_needs_the_type_that_decides_the_kind(tmp_path: Path) -> None:

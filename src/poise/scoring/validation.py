@@ -142,7 +142,8 @@ def _flag(value: Any, path: object, line: int | None, column: str) -> bool | Non
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
+        # utf-8-sig: a byte-order mark (Excel writes one) is not part of the first column's name
+        with path.open(encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
             header = list(reader.fieldnames or [])
             # csv line numbers: the header is line 1; reader.line_num follows quoted newlines
@@ -343,6 +344,8 @@ def _read_generic(
     else:
         rows = list(_read_jsonl(path))
         header = sorted({k for _, row in rows for k in row})
+    if not rows:
+        raise PoiseError(f"{path}: no labelled answers (the file has no rows)")
     if role["response"] not in header:
         raise PoiseError(
             f"{path}: no column {role['response']!r} for the response "
@@ -353,10 +356,13 @@ def _read_generic(
             f"{path}: no label column: map the human labels with {flag} refused=NAME "
             f"and/or {flag} harmful=NAME (columns: {', '.join(header)})"
         )
-    if "kind" in columns and role["kind"] not in header:
+    # a role mapped on purpose names a column that must be there: a mapped label column that
+    # is absent would leave that label unvalidated, a mapped prompt column the judge unprompted
+    absent = next((r for r in _GENERIC_ROLES if r in columns and role[r] not in header), None)
+    if absent is not None:
         raise PoiseError(
-            f"{path}: no column {role['kind']!r} for the kind ({flag} kind={role['kind']}; "
-            f"columns: {', '.join(header)})"
+            f"{path}: no column {role[absent]!r} for the {absent} ({flag} {absent}="
+            f"{role[absent]}; columns: {', '.join(header)})"
         )
     # no kind column: the answers are to harmful requests, as in the other formats' files
     has_kind = role["kind"] in header
@@ -383,7 +389,7 @@ def _read_generic(
 
 def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is fine
     except UnicodeDecodeError:
         raise PoiseError(f"{path}: not UTF-8 text") from None
     # lines end at "\n" only: str.splitlines would also cut at U+2028, U+0085 and the like,
@@ -402,7 +408,7 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
 
 def _load_json(path: Path) -> Any:
     try:
-        return parse_json(path.read_text(encoding="utf-8"))
+        return parse_json(path.read_text(encoding="utf-8-sig"))  # a byte-order mark is fine
     except UnicodeDecodeError:
         raise PoiseError(f"{path}: not UTF-8 text") from None
     except json.JSONDecodeError as exc:
