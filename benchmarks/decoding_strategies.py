@@ -78,12 +78,14 @@ def bench_eft(chats: list[Any], steps: int) -> None:
     fixed = torch.full((rows,), 42, dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
 
-    # warm-up of both sides (first calls allocate and set kernels up), not timed
-    states = [m.prefill(prompts[:4], reserve=2) for m in models]
+    # warm-up of both sides (first calls allocate and set kernels up), not timed; at most 4
+    # rows, fewer when --prompts asks for fewer
+    warm = min(4, rows)
+    states = [m.prefill(prompts[:warm], reserve=2) for m in models]
     for state in states:
-        state.step(fixed[:4])
-    state = eft.prefill(prompts[:4], reserve=2)
-    state.step(sample_tokens(state.logits, torch.rand(4, generator=generator), sampling))
+        state.step(fixed[:warm])
+    state = eft.prefill(prompts[:warm], reserve=2)
+    state.step(sample_tokens(state.logits, torch.rand(warm, generator=generator), sampling))
 
     # side 1: the three models' forwards alone
     start = time.perf_counter()
