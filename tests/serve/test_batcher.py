@@ -7,7 +7,8 @@ from typing import Any, TypeVar
 import pytest
 
 from poise.config import Sampling
-from poise.models.base import Chat
+from poise.errors import PoiseError
+from poise.models.base import Capabilities, Chat, Completion, GenerationError
 from poise.serve.batcher import Batcher, Generation
 
 from .helpers import EchoModel, last_user
@@ -186,3 +187,76 @@ def test_stop_fails_waiting_requests() -> None:
                 await future
 
     asyncio.run(main())
+
+
+class PartlyRefusing(EchoModel):
+    """EchoModel that answers a call's chats but those starting "BAD", and then raises
+    GenerationError as the openai backend does when its server refuses one request (the
+    others' answers in ``results``, each failure's reason in ``failures``)."""
+
+    capabilities = Capabilities(open_limit=True)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open_limits: list[bool] = []
+
+    def generate(  # type: ignore[override]
+        self, chats: Any, sampling: Sampling, *, progress: Any = None, open_limit: bool = False
+    ) -> list[list[Completion]]:
+        self.calls.append(([list(c) for c in chats], sampling))
+        self.open_limits.append(open_limit)
+        results: list[list[Completion] | None] = []
+        failures: dict[int, str] = {}
+        for i, c in enumerate(chats):
+            if last_user(c).startswith("BAD"):
+                results.append(None)
+                failures[i] = f"upstream refused the request (HTTP 400): no {last_user(c)}"
+            else:
+                results.append([self.reply(c, sampling, k) for k in range(sampling.n)])
+        if failures:
+            raise GenerationError(self, results, failures)
+        return [r for r in results if r is not None]
+
+
+def test_a_call_that_answers_some_chats_is_not_made_again() -> None:
+    """A model that answers some chats of a call and says why the others failed (the openai
+    backend's GenerationError) was asked again, chat by chat: every answered chat's request was
+    sent upstream twice, and the failed request's error read "1 of 1 requests failed (...); the
+    0 answers received are kept". The answers are kept, and each failure is its own reason."""
+    model = PartlyRefusing()
+    sampling = Sampling(max_new_tokens=2048, n=2, temperature=0.7, seed=3)
+
+    async def body(batcher: Batcher) -> list[Generation | BaseException]:
+        futures = [
+            batcher.submit(chat(text), sampling, seeded=True, fill=True)
+            for text in ["one", "BAD one", "two", "BAD two"]
+        ]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    one, bad_one, two, bad_two = run(body, model, window_s=0.05)
+    assert len(model.calls) == 1
+    for result, text in [(one, "one"), (two, "two")]:
+        assert isinstance(result, Generation)
+        assert texts(result) == [model.reply(chat(text), sampling, k).text for k in range(2)]
+    for error, text in [(bad_one, "BAD one"), (bad_two, "BAD two")]:
+        assert isinstance(error, PoiseError) and not isinstance(error, GenerationError)
+        assert str(error) == f"echo: upstream refused the request (HTTP 400): no {text}"
+
+
+def test_a_request_without_max_tokens_never_shares_a_call_with_one_that_sets_it() -> None:
+    """In one batch window, the same chat and sampling with and without max_tokens: the one
+    without is sent with ``open_limit`` (no max_tokens upstream), the other with its limit, so
+    they are two calls, not one answer shared."""
+    model = PartlyRefusing()
+    sampling = Sampling(max_new_tokens=2048)  # greedy: identical requests would share a row
+
+    async def body(batcher: Batcher) -> None:
+        futures = [
+            batcher.submit(chat("same"), sampling, seeded=False, fill=fill)
+            for fill in (True, False, True, False)
+        ]
+        await asyncio.gather(*futures)
+
+    run(body, model, window_s=0.05)
+    assert sorted(model.open_limits) == [False, True]
+    assert [len(chats) for chats, _ in model.calls] == [1, 1]

@@ -4,13 +4,16 @@ a bounded load test, and (slow) a tiny Hugging Face model served and compared in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +297,86 @@ def test_ctrl_c_mid_stream_ends_it_with_an_error_event_and_no_traceback(
     assert "stopped" in output
     for noise in ("Traceback", "CancelledError", "ERROR"):
         assert noise not in output, output
+
+
+class _HeldUpstream(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that lists model "held" and answers a chat completion only
+    once ``release`` is set: a remote model whose call is in flight for as long as a test likes."""
+
+    received: threading.Event
+    release: threading.Event
+
+    def _send(self, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._send({"object": "list", "data": [{"id": "held", "object": "model"}]})
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.received.set()
+        self.release.wait(timeout=300)
+        message = {"role": "assistant", "content": "late"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+        with contextlib.suppress(OSError):  # the client may have left
+            self._send(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": "held",
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_ctrl_c_exits_without_waiting_for_a_remote_models_call_in_flight(tmp_path: Path) -> None:
+    """``poise serve --model openai:...`` stopped by Ctrl-C while its upstream still worked on a
+    request answered its client (503) but then did not exit until the upstream answered (the
+    interpreter joins the model's worker thread at exit), minutes for a long generation, and a
+    second Ctrl-C did not end the wait. The process now exits without that answer."""
+    handler = type("Held", (_HeldUpstream,), {})
+    handler.received, handler.release = threading.Event(), threading.Event()
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    upstream_url = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    server = start_serve_process(
+        ["--model", f"openai:held@{upstream_url}", "--served-name", "held"], tmp_path / "serve.log"
+    )
+    answers: list[httpx.Response] = []
+
+    def ask() -> None:
+        body = {"model": "held", "messages": chat("hi"), "stream": True}
+        answers.append(httpx.post(f"{server.base_url}/chat/completions", json=body, timeout=120))
+
+    client = threading.Thread(target=ask)
+    try:
+        client.start()
+        assert handler.received.wait(timeout=60)
+        server.process.send_signal(signal.SIGINT)
+        # the upstream still holds its answer (until released below)
+        assert server.process.wait(timeout=60) == 0, server.log.read_text()
+        client.join(timeout=60)
+        assert [a.status_code for a in answers] == [503]
+        assert answers[0].json()["error"]["code"] == "server_shutting_down"
+        output = server.log.read_text()
+        for noise in ("Traceback", "CancelledError", "ERROR"):
+            assert noise not in output, output
+    finally:
+        handler.release.set()
+        server.stop()
+        upstream.shutdown()
+        upstream.server_close()
 
 
 @pytest.mark.slow

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
 import typer
 
 from poise.cli._common import console, expand_paths, shown, user_errors
@@ -134,4 +138,18 @@ def register(app: typer.Typer) -> None:
                     soft_wrap=True,
                 )
 
-            serve(config, model=loaded, firewall=fitted, on_ready=ready)
+            if serve(config, model=loaded, firewall=fitted, on_ready=ready):
+                # Every request has been answered, but the model is still in a call nothing can
+                # interrupt (a remote model's request, a strategy's generate): the interpreter
+                # would wait for its thread at exit, minutes for a slow upstream, and a second
+                # Ctrl-C would not end the wait. Exit now; a remote server sees its client leave.
+                console.print("stopped (not waiting for the model's call in progress)")
+                _exit_now()
+
+
+def _exit_now() -> None:
+    """Exit with status 0 at once, without joining the worker threads (output flushed)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

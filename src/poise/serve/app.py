@@ -385,9 +385,15 @@ def serve(
     model: LanguageModel | None = None,
     firewall: Firewall | None = None,
     on_ready: Callable[[LanguageModel], None] | None = None,
-) -> None:
+) -> bool:
     """Load ``config.model`` (unless ``model`` is given) and serve it until interrupted;
-    ``firewall``: ``config``'s, when the caller has loaded it (:func:`check_firewall`)."""
+    ``firewall``: ``config``'s, when the caller has loaded it (:func:`check_firewall`).
+
+    Returns whether a call of the model was still running when the server stopped: a model
+    without an engine (an ``openai:`` model, a decoding strategy) cannot be interrupted in a
+    ``generate`` call, and its worker thread runs on until the call returns (a remote request
+    may take minutes), though every request has been answered. A process about to exit should
+    then not wait for that thread (``poise serve`` exits at once)."""
     check_port(config.host, config.port)
     warning = exposure_warning(config.host, config.api_key)
     if warning is not None:
@@ -409,6 +415,8 @@ def serve(
         server.run()
     if not server.started:
         raise SystemExit(3)  # uvicorn has logged why (as uvicorn.run exits)
+    scheduler = app.state.poise.scheduler
+    return isinstance(scheduler, Batcher) and scheduler.calling
 
 
 def make_server(

@@ -20,7 +20,15 @@ a seed, or greedy) are generated once and the result shared.
 
 A call that fails fails no request by itself when it held several chats: each chat is then
 generated alone (a streamed row sends only the text it had not sent yet), so a request whose chat
-the model refuses (a PoiseError: 400) or cannot generate (500) fails alone.
+the model refuses (a PoiseError: 400) or cannot generate (500) fails alone. A model that answers
+some chats of a call and says why the others failed (a
+:class:`~poise.models.base.GenerationError`, as the openai backend raises when its server refuses
+one request) is not asked again: the answered chats keep their answers and each failed one fails
+with its own reason.
+
+A call runs to its end once started (nothing can interrupt a model's ``generate``):
+:attr:`Batcher.calling` says whether one is still running after :meth:`Batcher.stop`, so that a
+process about to exit need not wait for an answer nobody will read.
 
 A request whose client went away before its batch ran is dropped from the queue (its future is
 cancelled), so no generation is wasted on it.
@@ -45,7 +53,7 @@ from typing import Any
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion, LanguageModel, StreamEvent
+from poise.models.base import Chat, Completion, GenerationError, LanguageModel, StreamEvent
 from poise.serve.ticket import Generation, Ticket, fresh_seed
 
 __all__ = ["Batcher", "Generation", "fresh_seed", "text_pieces"]
@@ -157,6 +165,7 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.running = 0  # chats in the generate call now running
+        self._call: concurrent.futures.Future[list[Generation | Exception]] | None = None
         self.generate_calls = 0
         self.generated_chats = 0
 
@@ -249,6 +258,13 @@ class Batcher:
 
         future.add_done_callback(finished)
         return ticket
+
+    @property
+    def calling(self) -> bool:
+        """Whether a call of the model is running in the worker thread, even after
+        :meth:`stop` (which cannot interrupt it: a remote model's request, a strategy's
+        generate)."""
+        return self._call is not None and not self._call.done()
 
     @property
     def pending(self) -> int:
@@ -373,8 +389,9 @@ class Batcher:
                     results[i] = outcome
             return [r if r is not None else RuntimeError("not generated") for r in results]
 
+        self._call = self._executor.submit(call)
         try:
-            results = await loop.run_in_executor(self._executor, call)
+            results = await asyncio.wrap_future(self._call)
         finally:
             self.running = 0
         self.generate_calls += 1
@@ -407,6 +424,12 @@ class Batcher:
                     chats, sampling, listeners, prompt_tokens, loop, sent, open_limit=open_limit
                 )
             )
+        except GenerationError as exc:
+            partial = self._partial(exc, chats, sampling, prompt_tokens)
+            if partial is not None:
+                return partial
+            if len(chats) == 1:
+                return [exc]
         except Exception as exc:
             if len(chats) == 1:
                 if not isinstance(exc, PoiseError):
@@ -433,6 +456,32 @@ class Batcher:
                 outcomes.append(exc)
                 continue
             outcomes.append(result)
+        return outcomes
+
+    def _partial(
+        self,
+        exc: GenerationError,
+        chats: list[Chat],
+        sampling: Sampling,
+        prompt_tokens: list[int | None],
+    ) -> list[Generation | Exception] | None:
+        """The outcome of each chat of a call that answered some chats and failed the others
+        for good (the model has retried them already): the answers it gave, and for each failed
+        chat a :class:`PoiseError` with its own reason (not the whole call's summary). None when
+        ``exc`` is not this call's (a wrapped model's, or the wrong length)."""
+        if exc.model is not self.model or len(exc.results) != len(chats):
+            return None
+        if any(r is not None and len(r) != sampling.n for r in exc.results):
+            return None
+        outcomes: list[Generation | Exception] = []
+        for i, result in enumerate(exc.results):
+            if result is not None:
+                outcomes.append(
+                    Generation(completions=list(result), prompt_tokens=prompt_tokens[i])
+                )
+            else:
+                reason = exc.failures.get(i, "the model gave no answer")
+                outcomes.append(PoiseError(f"{self.model.name}: {reason}"))
         return outcomes
 
     def _call_model(
