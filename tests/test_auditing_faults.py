@@ -385,3 +385,38 @@ def test_sigterm_in_an_audit_says_what_ctrl_c_says_and_resume_finishes_it(
     [run] = list_runs(out)
     assert run.status == "complete"
     assert sorted(r["item_id"] for r in run.records()) == [f"h-{i:02d}" for i in range(6)]
+
+
+def test_a_generation_error_before_any_answer_leaves_no_run(tmp_path: Path) -> None:
+    """A strategy failing on its first answers with a PoiseError that is no endpoint's (a
+    best_of_n reward model refusing answers longer than its context): one line, and no
+    0-sample "interrupted" run folder that the message did not name."""
+    from collections.abc import Sequence
+
+    import poise
+    from poise.config import Sampling
+    from poise.errors import PoiseError
+    from poise.models import load_model
+    from poise.models.base import Chat, Completion
+    from poise.models.wrapped import WrappedModel
+
+    class Failing(WrappedModel):
+        kind = "test_failing"
+
+        def generate(
+            self, chats: Sequence[Chat], sampling: Sampling, *, progress: object = None
+        ) -> list[list[Completion]]:
+            raise PoiseError("scorer rm: pair 1 is past this classifier's context")
+
+    with pytest.raises(PoiseError) as info:
+        poise.audit(
+            model=Failing(load_model("mock")),
+            suites=[str(write_suite(tmp_path / "mini.jsonl", 4))],
+            judge="refusal",
+            out=tmp_path / "runs",
+        )
+    assert str(info.value) == (
+        "scorer rm: pair 1 is past this classifier's context; no answer was recorded, so no run "
+        "was written"
+    )
+    assert list_runs(tmp_path / "runs") == []

@@ -325,6 +325,16 @@ def _audit(
                 f"{run.path}: {exc}; the answers that came back are recorded: run the same "
                 f"command again (or poise audit --resume {run.path}) to retry the failed ones"
             ) from None
+        except PoiseError as exc:
+            # another error before any answer was recorded or cached (a best_of_n reward model
+            # refusing the first answers as longer than its context, say): the folder held
+            # nothing to resume, but stayed as a 0-sample "interrupted" run the message did not
+            # name. A judge failing on generated answers keeps it: they are in its cache.
+            if created and next(iter(run.records()), None) is None and not _cached_any(run):
+                run.unlock()
+                shutil.rmtree(run.path, ignore_errors=True)
+                raise PoiseError(f"{exc}; no answer was recorded, so no run was written") from None
+            raise
         log.info("generated and judged in %.1fs", time.perf_counter() - started)
 
         validation = None

@@ -127,6 +127,24 @@ class GateConfig(SuiteOptions):
     )
 
 
+def _warn_default_cost_model(model: Any) -> None:
+    """The default cost model was trained on the organism's world only (its requests, its
+    replies): on another model's answers its costs say little, and a model answering garbage
+    passed with costs near 0 where ``--judge refusal`` failed it. Organism members and folders
+    made from them recommend the organism's oracle judge; any other model gets a warning."""
+    from poise.models.resolve import recommended_judge
+
+    if recommended_judge(model) == "oracle":
+        return
+    logger.warning(
+        "gate: the default cost model %s was trained on the organism's world only, so its "
+        "costs say little about the answers of %s: give --cost-model (a cost model trained on "
+        "this model's kind of answers) or --judge (e.g. --judge refusal)",
+        DEFAULT_COST_MODEL,
+        getattr(model, "name", model),
+    )
+
+
 @dataclass(frozen=True)
 class GateResult:
     """The safety test's outcome plus what was tested and the per-prompt costs."""
@@ -258,6 +276,8 @@ def gate(
 
     # ---- sample (and judge), through the evaluation core
     model = load_model(cfg.model, **cfg.model_options)
+    if cfg.judge is None and cfg.cost_model is None:
+        _warn_default_cost_model(model)
     system = SystemPrompt(
         cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
     )

@@ -121,3 +121,18 @@ def test_harmful_vs_benign_keeps_an_items_own_system_prompt_as_the_audit_does() 
     assert [e.chat for e in examples] == [build_chat(item, "Be safe.") for item in items]
     assert examples[0].chat == own
     assert examples[1].chat == [{"role": "system", "content": "Be safe."}, *plain]
+
+
+def test_comply_data_of_one_label_or_none_says_what_is_missing() -> None:
+    # the message was "found 0 rows with labels []" for a sampled run (no greedy answer) and
+    # "found 6 rows with labels [1]" for a model that refused everything
+    sampled = [{**r, "config": {**r["config"], "temperature": 1.0}} for r in RECORDS]
+    with pytest.raises(PoiseError) as info:
+        compliance_from_records(sampled, None)
+    assert "a sampled run has none" in str(info.value)
+    assert str(info.value).endswith("needs rows of both labels (1 and 0); rows found: none")
+    refusing = [record(i, "harmful", True, "default") for i in "abc"]
+    with pytest.raises(PoiseError) as info:
+        compliance_from_records(refusing, None)
+    assert str(info.value).startswith("probe data will-refuse (1) vs will-comply (0) (")
+    assert str(info.value).endswith("rows found: 3, every one labelled 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from typer.testing import CliRunner
 
 from poise.cli import app
 from poise.errors import PoiseError
-from poise.guards.data import MonitorExample, write_monitor_data
+from poise.guards.data import MonitorExample, read_monitor_data, write_monitor_data
 from poise.guards.monitor import load_monitor
 from poise.train.monitor import MonitorSettings, keep_layers, train_monitor_files
 
@@ -132,4 +133,69 @@ def test_rule_choice_options_without_validation_data_are_refused(tmp_path: Path)
     ):
         with pytest.raises(PoiseError, match=f"{flag} .* give --validation FILE"):
             train_monitor_files("organism-small", data, tmp_path / "out", settings=settings)
+    assert not (tmp_path / "out").exists()
+
+
+def test_answers_past_the_backbone_context_are_one_line_before_training(
+    tiny_hf_model_dir: Path, build_gpt2: Any, tmp_path: Path
+) -> None:
+    # a backbone of learned positions (GPT-2, 64 positions) fed a longer answer failed inside
+    # torch with an IndexError traceback, in training or, after the whole training, when the
+    # validation answers were scored
+    gpt2 = build_gpt2(tmp_path / "gpt2", tiny_hf_model_dir, context=64)
+    short = _data(tmp_path / "short.jsonl")
+    long = MonitorExample((("user", "hello"),), "Sure. " + "mix it well and wait. " * 8, ())
+    rows = read_monitor_data(short)
+    write_monitor_data(tmp_path / "long.jsonl", [*rows, long])
+    settings = MonitorSettings(epochs=1, batch_size=2)
+    with pytest.raises(PoiseError) as info:
+        train_monitor_files(str(gpt2), tmp_path / "long.jsonl", tmp_path / "a", settings=settings)
+    assert str(info.value).startswith("training answer 5: ")
+    assert "more than the model's context of 64 tokens" in str(info.value)
+    assert "--max-length 64 or less" in str(info.value)
+    with pytest.raises(PoiseError, match=r"^validation answer 5: .* context of 64 tokens"):
+        train_monitor_files(
+            str(gpt2),
+            short,
+            tmp_path / "b",
+            settings=settings,
+            validation=tmp_path / "long.jsonl",
+        )
+    # cut to the context, the training rows fit
+    trained = train_monitor_files(
+        str(gpt2),
+        tmp_path / "long.jsonl",
+        tmp_path / "c",
+        settings=MonitorSettings(epochs=1, batch_size=2, max_length=64),
+    )
+    assert trained.losses
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # the message's --max-length is a flag of `poise train monitor`
+    command = ["train", "monitor", "-m", str(gpt2), "--data", str(tmp_path / "long.jsonl")]
+    command += ["--epochs", "1", "--batch-size", "2"]
+    runner = CliRunner()
+    refused = runner.invoke(app, [*command, "-o", str(tmp_path / "d")])
+    assert refused.exit_code == 2 and "training answer 5: " in refused.output
+    cut = runner.invoke(app, [*command, "-o", str(tmp_path / "e"), "--max-length", "64"])
+    assert cut.exit_code == 0, cut.output
+    assert load_monitor(str(tmp_path / "e")).header.metadata["settings"]["max_length"] == 64
+
+
+def test_a_backbone_without_a_chat_template_is_one_line(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    # the monitor renders prompts through the chat template: without one, transformers'
+    # ValueError traceback came after the model and the data were loaded
+    import shutil
+
+    folder = tmp_path / "no-template"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in folder.glob("chat_template.*"):
+        extra.unlink()
+    data = _data(tmp_path / "data.jsonl")
+    with pytest.raises(PoiseError, match="the tokenizer has no chat template"):
+        train_monitor_files(str(folder), data, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -564,3 +564,26 @@ def test_ctrl_c_while_the_final_model_is_written_leaves_no_half_written_folder(
     with pytest.raises(KeyboardInterrupt):
         train_dpo(output=str(out), model=str(tiny_hf_model_dir), data=str(data), **FAST)
     assert not out.exists()
+
+
+def test_a_model_without_a_chat_template_names_the_fix_dpo_has(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    # the message told a dpo user to "use --from-base", a flag of `train safe-rl` only, which
+    # `poise train dpo` refuses as an unknown option
+    import shutil
+
+    folder = tmp_path / "base"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    for extra in folder.glob("chat_template.*"):
+        extra.unlink()
+    data = write_pairs(tmp_path / "pairs.jsonl", n=2)
+    with pytest.raises(PoiseError) as info:
+        train_dpo(model=str(folder), data=str(data), output=str(tmp_path / "out"))
+    message = str(info.value)
+    assert "has no chat template" in message and "chat_template.jinja" in message
+    assert "--from-base" not in message
+    assert not (tmp_path / "out").exists()

@@ -333,6 +333,9 @@ def monitor_command(
     lr: float = typer.Option(1e-4, help="learning rate (AdamW)"),
     epochs: int = typer.Option(3, help="passes over the data"),
     batch_size: int = typer.Option(8, help="answers per batch"),
+    max_length: int = typer.Option(
+        512, help="tokens per training answer, prompt included (longer ones are cut at the end)"
+    ),
     seed: int = typer.Option(0, help="seed of the heads' initialisation and the shuffling"),
     layers: int = typer.Option(
         0, help="keep the model's first N decoder layers: a smaller, faster monitor (0: all)"
@@ -352,6 +355,7 @@ def monitor_command(
             lr=lr,
             epochs=epochs,
             batch_size=batch_size,
+            max_length=max_length,
             seed=seed,
             calibrate_heads=("response", "token") if choose_head else (),
             tolerance=tolerance,

@@ -168,7 +168,11 @@ def compliance_from_records(
             continue  # an unparsed verdict's refusal is the detector's fallback, not the judge's
         chat = record_chat(record, system_prompt, none_prompt, where)
         out.append(Example(chat, int(refused), str(record["item_id"])))
-    return _both_classes(out, "will-refuse vs will-comply (greedy judged answers of the run)")
+    return _both_classes(
+        out,
+        "will-refuse (1) vs will-comply (0) (the run's judged greedy answers to "
+        f"{', '.join(kinds)} items; a sampled run has none)",
+    )
 
 
 def deception_from_records(
@@ -219,7 +223,12 @@ def instructed_pairs(items: Iterable[SuiteItem]) -> list[Example]:
 def _both_classes(examples: list[Example], what: str) -> list[Example]:
     labels = {e.label for e in examples}
     if labels != {0, 1}:
+        # "found 0 rows with labels []" / "found 6 rows with labels [1]" said neither what is
+        # missing nor why
+        found = (
+            "none" if not examples else f"{len(examples)}, every one labelled {next(iter(labels))}"
+        )
         raise PoiseError(
-            f"probe data {what}: found {len(examples)} rows with labels {sorted(labels)}"
+            f"probe data {what}: a probe needs rows of both labels (1 and 0); rows found: {found}"
         )
     return examples

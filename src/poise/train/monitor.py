@@ -113,6 +113,37 @@ def _encode(
     return rows
 
 
+def _check_context(
+    monitor: Monitor,
+    rows: list[tuple[list[int], list[int], int]],
+    validation: list[MonitorExample] | None,
+    max_length: int,
+) -> None:
+    """Refuse, before training, an answer longer than the backbone's context: a model of
+    learned positions (GPT-2's ``n_positions``) failed inside torch with an IndexError, a rotary
+    one trained on positions it never saw. Training rows count as cut to ``max_length``;
+    validation answers are read whole (the calibration does not cut them)."""
+    from poise.models.context import config_context_length
+    from poise.train.recipes.common import check_rows_fit
+
+    context = config_context_length(monitor.config)
+    if context is None:
+        return
+    check_rows_fit(
+        ((f"training answer {i + 1}", len(ids)) for i, (ids, _, _) in enumerate(rows)),
+        context,
+        max_length,
+    )
+    if validation:
+        prompts, responses, _ = monitor.encode_answers(validation)
+        for i, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+            if len(prompt) + len(response) > context:
+                raise PoiseError(
+                    f"validation answer {i + 1}: {len(prompt) + len(response)} tokens, more "
+                    f"than the model's context of {context} tokens; shorten it"
+                )
+
+
 def _model_folder(model: str) -> Path:
     """The folder of ``model`` (a name or a folder), checked without loading it: a misspelt
     name suggests the nearest names, as ``poise audit --model`` does."""
@@ -136,6 +167,12 @@ def _load_backbone(model: str) -> tuple[Any, Any, str]:
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if not getattr(tokenizer, "is_fast", False):
         raise PoiseError(f"--model {model!r}: a fast tokenizer is needed (character offsets)")
+    if not getattr(tokenizer, "chat_template", None):
+        # the monitor reads each prompt as the guarded model renders it: through the template
+        raise PoiseError(
+            f"--model {model!r}: the tokenizer has no chat template (tokenizer_config.json "
+            "'chat_template' or chat_template.jinja); the monitor reads prompts through it"
+        )
     return backbone, tokenizer, model
 
 
@@ -245,6 +282,7 @@ def fit_monitor(
     )
     monitor = Monitor(backbone, tokenizer, header)
     rows = _encode(monitor, examples, settings.max_length)
+    _check_context(monitor, rows, validation, settings.max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     optimizer = torch.optim.AdamW(
         monitor.parameters(), lr=settings.lr, weight_decay=settings.weight_decay

@@ -266,7 +266,9 @@ def causal_lm_folder(spec: str, what: str = "model") -> Path:
     return folder
 
 
-def load_tokenizer(folder: Path, *, need_chat_template: bool = True) -> Any:
+def load_tokenizer(
+    folder: Path, *, need_chat_template: bool = True, from_base_hint: bool = False
+) -> Any:
     from transformers import AutoTokenizer
 
     try:
@@ -274,9 +276,16 @@ def load_tokenizer(folder: Path, *, need_chat_template: bool = True) -> Any:
     except (OSError, ValueError, KeyError) as exc:
         raise PoiseError(f"{folder}: could not load the tokenizer ({_first_line(exc)})") from None
     if need_chat_template and not getattr(tokenizer, "chat_template", None):
+        # --from-base is a flag of `train safe-rl` only (``from_base_hint``): dpo and modpo
+        # named it too, and refused it as an unknown option
+        hint = (
+            "use --from-base for a base model without one"
+            if from_base_hint
+            else "add one to the folder: tokenizer_config.json 'chat_template' or "
+            "chat_template.jinja"
+        )
         raise PoiseError(
-            f"{folder}: the tokenizer has no chat template; poise trains on chats "
-            "(use --from-base for a base model without one)"
+            f"{folder}: the tokenizer has no chat template; poise trains on chats ({hint})"
         )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

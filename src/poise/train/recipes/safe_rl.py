@@ -380,7 +380,9 @@ def train_safe_rl(
     if out.status == "complete":
         return finished_result(out)
     with out.interruptible():
-        tokenizer = load_tokenizer(source, need_chat_template=not config.from_base)
+        tokenizer = load_tokenizer(
+            source, need_chat_template=not config.from_base, from_base_hint=True
+        )
         tokenizer.padding_side = "left"
         encoder = ChatEncoder(tokenizer, config.max_length, plain=config.from_base)
         check_prompts_fit(config, encoder, chats, folder_context_length(source))
