@@ -145,3 +145,24 @@ def test_serve_reads_the_firewall_folder_once(tmp_path: Path, monkeypatch: Any) 
     )
     serve(config, model=model)
     assert loads == [str(tmp_path / "fw")]
+
+
+def test_a_firewall_fitted_on_another_model_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A firewall fitted on organism-small guarded organism-small-safe (same shape, so every
+    layer check passed) without a word: its zones are another model's activations."""
+    from poise.probes.firewall import Firewall
+    from poise.serve.app import _firewall_guard
+    from poise.serve.schema import ServeConfig
+
+    cook = [i.prompt for i in load_suite("benign").items if i.category == "cooking"][:6]
+    Firewall.fit(load_model("organism-small"), {"cooking": cook}).save(tmp_path / "fw")
+    config = ServeConfig(model="x", firewall=str(tmp_path / "fw"), firewall_role="cooking")
+    with caplog.at_level("WARNING", logger="poise.serve.app"):
+        assert _firewall_guard(load_model("organism-small-safe"), config) is not None
+    assert "fitted on organism-small, guarding organism-small-safe" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise.serve.app"):
+        _firewall_guard(load_model("organism-small"), config)
+    assert "fitted on" not in caplog.text

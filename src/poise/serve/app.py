@@ -349,6 +349,16 @@ def _firewall_guard(
         return None
     role = config.firewall_role
     assert role is not None
+    served = {model.spec, model.name} - {None, ""}
+    if firewall.model and firewall.model not in served:
+        # a firewall's zones are one model's activations: another model of the same shape
+        # passes the layer checks below and is guarded by distances that mean nothing for it
+        logger.warning(
+            "firewall: fitted on %s, guarding %s: its zones describe the activations of the "
+            "model it was fitted on; fit it again on the served model (poise firewall fit)",
+            firewall.model,
+            model.spec or model.name,
+        )
     # one query at start: a model without activations, or with other layers than the
     # firewall's, fails now rather than on every request
     firewall.scores(model, role, ["hello"])
