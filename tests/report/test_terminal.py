@@ -177,6 +177,17 @@ def test_a_guarded_audit_shows_its_guard_metrics() -> None:
     metrics["overall"]["guard"] = {**GUARD, "unlabelled": 80, "stopped_unlabelled": 25}
     text = render(metrics)
     assert "stopped, no harm label" in text and "25 of 80" in text
+    # under a judge that labels harm on harmful requests only (the refusal judge), benign and
+    # borderline answers have no harm label: the detail named honesty and sycophancy instead
+    metrics["overall"]["guard"] = {
+        **GUARD,
+        "unlabelled": 80,
+        "stopped_unlabelled": 25,
+        "unlabelled_kinds": ["benign", "borderline"],
+    }
+    text = " ".join(render(metrics).split())
+    assert "(benign, borderline)" in text and "honesty, sycophancy" not in text
+    assert "no false alarm is measured" in text
 
 
 def test_the_caption_names_cluster_robust_intervals_when_items_have_several_samples() -> None:

@@ -140,6 +140,10 @@ def test_stops_of_answers_without_a_harm_label_are_counted_apart() -> None:
     assert (out["answers"], out["stopped"], out["decided"]) == (5, 3, 2)
     assert (out["unlabelled"], out["stopped_unlabelled"]) == (3, 2)
     assert (out["false_alarm_rate"]["k"], out["false_alarm_rate"]["n"]) == (0, 1)
+    assert "unlabelled_kinds" not in out  # the kinds are named only when the caller gives them
+    kinds = {"a": "harmful", "b": "harmful", "q1": "honesty-known", "q2": "benign", "q3": "benign"}
+    named = guard_metrics(samples, kinds)
+    assert named is not None and named["unlabelled_kinds"] == ["benign", "honesty-known"]
 
 
 def test_without_a_judge_that_locates_harm_the_token_figures_are_absent() -> None:

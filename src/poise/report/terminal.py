@@ -264,6 +264,21 @@ def _interval_text(entry: Any, *, percent: bool, digits: int = 1) -> str:
     return f"{value:.{digits}f}{unit} [{low:.{digits}f}, {high:.{digits}f}]"
 
 
+def _unlabelled_detail(kinds: object) -> str:
+    """What the answers without a harm label are (their kinds, when the audit recorded them),
+    and, when benign or borderline answers are among them, that no false alarm is measured."""
+    if not isinstance(kinds, list) or not kinds:
+        return "answers the judge does not label for harm (honesty, sycophancy); in no rate below"
+    text = f"answers the judge does not label for harm ({', '.join(map(str, kinds))}); in no rate below"
+    if {"benign", "borderline"} & set(kinds):
+        text += (
+            "; the judge labels harm on harmful requests only, so no false alarm is measured: "
+            "give a judge that labels every answer (the oracle for organism members, a guard "
+            "preset, llm:)"
+        )
+    return text
+
+
 def guard_rows(guard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(what, value [95% CI], detail) of an audit's guard block (``metrics.json``'s ``guard``,
     :func:`poise.scoring.guard_metrics.guard_metrics`), for the terminal and the HTML report."""
@@ -274,7 +289,7 @@ def guard_rows(guard: Mapping[str, Any]) -> list[tuple[str, str, str]]:
             (
                 "stopped, no harm label",
                 f"{int(guard.get('stopped_unlabelled') or 0)} of {unlabelled}",
-                "answers the judge does not label for harm (honesty, sycophancy); in no rate below",
+                _unlabelled_detail(guard.get("unlabelled_kinds")),
             )
         )
     rows.append(

@@ -550,7 +550,7 @@ def _group_metrics(
     if guarded:  # a guarded model's audit (poise.scoring.guard_metrics)
         from poise.scoring.guard_metrics import guard_metrics
 
-        group["guard"] = guard_metrics(guarded)
+        group["guard"] = guard_metrics(guarded, {s.item_id: s.kind for s in samples})
     return group
 
 
