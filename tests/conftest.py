@@ -3,6 +3,7 @@ monitor that reads their answers."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -137,6 +138,30 @@ def build_tiny_model() -> Callable[..., Path]:
     seed). A fixture rather than an import: several ``conftest`` modules exist under tests/,
     so ``from conftest import ...`` resolves to whichever was imported first."""
     return build_tiny_hf_model
+
+
+def remove_chat_template(folder: Path) -> Path:
+    """``folder`` (a copy of a model) without a chat template: neither in tokenizer_config.json
+    nor in a chat_template.* file beside it."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("chat_template", None)
+    config_path.write_text(json.dumps(config))
+    for extra in folder.glob("chat_template.*"):
+        extra.unlink()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def no_template_hf_model_dir(
+    tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of the tiny model whose tokenizer has no chat template (a base model's)."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-no-template") / "model"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    return remove_chat_template(folder)
 
 
 # The chat whose greedy answer ``eos_hf_model_dir``'s model ends with its EOS token.

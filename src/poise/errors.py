@@ -90,6 +90,15 @@ def located(path: object, line: int | None, message: str) -> PoiseError:
     return PoiseError(f"{where}: {message}")
 
 
+def decode_line(raw: bytes, path: object, line: int) -> str:
+    """Line ``line`` of ``path``, read as bytes, decoded as UTF-8; one located error naming the
+    byte when it is not (a text stream decodes ahead in blocks, so its error names no line)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise located(path, line, f"not UTF-8 text (byte {exc.start + 1} of the line)") from None
+
+
 def check_int(owner: str, name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` when it is an integer (not a bool) ``>= low`` (and ``<= high`` when given);
     else ``"OWNER: NAME must be an integer >= LOW, got VALUE"`` (``in [LOW, HIGH]``). For the

@@ -211,13 +211,9 @@ def test_system_prompt_in_template_from_poise_json(copy_dir: Path) -> None:
         HFModel(str(copy_dir))
 
 
-def test_tokenizer_without_chat_template_is_refused(copy_dir: Path) -> None:
-    (copy_dir / "chat_template.jinja").unlink(missing_ok=True)
-    config = json.loads((copy_dir / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (copy_dir / "tokenizer_config.json").write_text(json.dumps(config))
+def test_tokenizer_without_chat_template_is_refused(no_template_hf_model_dir: Path) -> None:
     with pytest.raises(PoiseError, match="no chat template"):
-        HFModel(str(copy_dir))
+        HFModel(str(no_template_hf_model_dir))
 
 
 def test_bad_device_dtype_and_batch_size(tiny_hf_model_dir: Path) -> None:

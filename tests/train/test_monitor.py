@@ -182,20 +182,11 @@ def test_answers_past_the_backbone_context_are_one_line_before_training(
 
 
 def test_a_backbone_without_a_chat_template_is_one_line(
-    tiny_hf_model_dir: Path, tmp_path: Path
+    no_template_hf_model_dir: Path, tmp_path: Path
 ) -> None:
     # the monitor renders prompts through the chat template: without one, transformers'
     # ValueError traceback came after the model and the data were loaded
-    import shutil
-
-    folder = tmp_path / "no-template"
-    shutil.copytree(tiny_hf_model_dir, folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    for extra in folder.glob("chat_template.*"):
-        extra.unlink()
     data = _data(tmp_path / "data.jsonl")
     with pytest.raises(PoiseError, match="the tokenizer has no chat template"):
-        train_monitor_files(str(folder), data, tmp_path / "out")
+        train_monitor_files(str(no_template_hf_model_dir), data, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -567,19 +567,11 @@ def test_ctrl_c_while_the_final_model_is_written_leaves_no_half_written_folder(
 
 
 def test_a_model_without_a_chat_template_names_the_fix_dpo_has(
-    tiny_hf_model_dir: Path, tmp_path: Path
+    no_template_hf_model_dir: Path, tmp_path: Path
 ) -> None:
     # the message told a dpo user to "use --from-base", a flag of `train safe-rl` only, which
     # `poise train dpo` refuses as an unknown option
-    import shutil
-
-    folder = tmp_path / "base"
-    shutil.copytree(tiny_hf_model_dir, folder)
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config.pop("chat_template", None)
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    for extra in folder.glob("chat_template.*"):
-        extra.unlink()
+    folder = no_template_hf_model_dir
     data = write_pairs(tmp_path / "pairs.jsonl", n=2)
     with pytest.raises(PoiseError) as info:
         train_dpo(model=str(folder), data=str(data), output=str(tmp_path / "out"))

@@ -56,6 +56,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks, one writer
 
 from poise.errors import (
     PoiseError,
+    decode_line,
     file_on_the_way,
     invalid_json,
     located,
@@ -451,12 +452,7 @@ class Run:
             for lineno, raw in enumerate(f, 1):
                 if not raw.endswith(b"\n"):
                     return  # a torn last line: not a record yet
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise located(
-                        path, lineno, f"not UTF-8 text (byte {exc.start + 1} of the line)"
-                    ) from None
+                line = decode_line(raw, path, lineno)
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:

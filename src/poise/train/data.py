@@ -41,7 +41,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from poise.errors import PoiseError, invalid_json, located, parse_json
+from poise.errors import PoiseError, decode_line, invalid_json, located, parse_json
 from poise.models.base import Chat, Message
 from poise.suites import parse_hh_transcript  # shared with the suite loader: one HH reader
 
@@ -333,12 +333,7 @@ def _rows(path: Path) -> Iterator[_Row]:
         # ahead in blocks, so its error could not say which line)
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise located(
-                        path, number, f"not UTF-8 text (byte {exc.start + 1} of the line)"
-                    ) from None
+                line = decode_line(raw, path, number)
                 if number == 1:
                     line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is fine
                 if not line.strip():

@@ -129,28 +129,10 @@ class _StandInLM(torch.nn.Module):
         )
 
 
-def trl_dpo(
-    batch: Batch,
-    loss_type: str,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-    f_divergence_type: str = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-    ld_alpha: float | None = None,
-    discopop_tau: float = 0.05,
-) -> tuple[float, dict[str, list[float]]]:
-    """TRL's batch loss (mean over pairs) and logged metrics for ``batch``."""
-    loss, metrics = trl_dpo_tensor(
-        batch,
-        loss_type,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        f_divergence_type=f_divergence_type,
-        f_alpha_divergence_coef=f_alpha_divergence_coef,
-        ld_alpha=ld_alpha,
-        discopop_tau=discopop_tau,
-    )
+def trl_dpo(batch: Batch, loss_type: str, **options: Any) -> tuple[float, dict[str, list[float]]]:
+    """TRL's batch loss (mean over pairs) and logged metrics for ``batch`` (the options of
+    :func:`trl_dpo_tensor`)."""
+    loss, metrics = trl_dpo_tensor(batch, loss_type, **options)
     return float(loss), metrics
 
 
