@@ -56,5 +56,7 @@ def test_gate_prints_a_prompts_file_with_brackets_as_written(tmp_path: Path) -> 
     args = ["gate", "--model", "mock", "--judge", "refusal", "--prompts", str(prompts)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert result.exit_code in (0, 1), result.output  # PASS or FAIL, not a traceback
+    # under CliRunner a crash exits 1 too: the exception says which it was
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     flat = "".join(result.stdout.split())  # the title wraps to the table's width
     assert f"poisegate·mockon{prompts}" in flat

@@ -9,7 +9,6 @@ Multi-GPU: ``accelerate launch -m poise.cli train dpo ...``.
 from __future__ import annotations
 
 import inspect
-import os
 import types
 import typing
 from collections.abc import Callable
@@ -48,11 +47,6 @@ _ALIASES = {
     "output": ("--output", "-o"),
     **{field: (flag,) for field, flag in FIELD_FLAGS.items()},
 }
-
-
-def _is_main_process() -> bool:
-    """Under ``accelerate launch`` only rank 0 prints."""
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 # --------------------------------------------------------------------------------------------
@@ -154,7 +148,9 @@ def _run_recipe(recipe: str, fields: dict[str, Any]) -> None:
     _quiet_libraries()
     train = RECIPES.get(recipe).train
     shown = _SHOWN.get(recipe, ("loss",))
-    main = _is_main_process()
+    from poise.train.recipes.common import is_main_process
+
+    main = is_main_process()  # under accelerate launch only rank 0 prints
     columns = (
         TextColumn(f"[bold]train {recipe}"),
         BarColumn(),

@@ -1,4 +1,4 @@
-"""``best_of_n(BASE, n=8, reward=organism-reward, cost=organism-cost, lam=1.0, ...)``.
+"""``best_of_n(BASE, n=4, reward=organism-reward, cost=organism-cost, lam=1.0, ...)``.
 
 Best-of-N: draw N samples from the base model, answer with the one a reward model, a cost
 model or both prefer (arXiv 2412.19792, InfAlign, problem setup: the best-of-N policy picks

@@ -37,7 +37,7 @@ from poise.errors import PoiseError, invalid_json, json_lines, located, parse_js
 from poise.models.base import LanguageModel
 from poise.probes.data import Example
 from poise.probes.linear import read_saved, write_folder
-from poise.probes.sweep import collect, require_activations
+from poise.probes.sweep import collect, not_finite, require_activations
 
 __all__ = [
     "Firewall",
@@ -153,15 +153,14 @@ class Firewall:
         firewall._check_layers(available, model)
         for role, queries in anchors.items():
             states = firewall._states(model, queries, progress)  # [n, layers + 1, hidden]
-            firewall._check_layers(states.shape[1], model)
             kept = states[:, firewall.layers].double()  # [n, layers, hidden]
             n = kept.shape[0]
-            finite = torch.isfinite(kept).flatten(1).all(dim=1)  # [n]
-            if not bool(finite.all()):
+            bad, _ = not_finite(kept)
+            if bad:
                 # NaN states gave a NaN threshold, and no score is above NaN: the zone let
                 # every query through
                 raise PoiseError(
-                    f"firewall: role {role!r}: the model's activations of {int((~finite).sum())} "
+                    f"firewall: role {role!r}: the model's activations of {len(bad)} "
                     f"of its {n} anchors are not finite (NaN or inf; a float16 overflow?)"
                 )
             centroid = kept.mean(dim=0)  # [layers, hidden]
@@ -218,7 +217,6 @@ class Firewall:
             len(require_activations("a firewall", model).decoder_layers()) + 1, model
         )
         all_states = self._states(model, queries)  # [n, L + 1, hidden]
-        self._check_layers(all_states.shape[1], model)
         states = all_states[:, self.layers]  # [n, layers, hidden]
         if states.shape[-1] != zone.centroid.shape[-1]:
             raise PoiseError(

@@ -180,9 +180,10 @@ def _needle(answer: str) -> tuple[list[str], str | None]:
     """An answer's tokens for matching, and the article it ends with when that article is a
     word of the name ("Vitamin A", "Plan A": an article ends no noun phrase), else None."""
     tokens = _all_tokens(answer)
+    words = [tok for tok in tokens if tok not in _ARTICLES]
     if len(tokens) > 1 and tokens[-1] in _ARTICLES and tokens[-2] not in _ARTICLES:
-        return answer_tokens(answer), tokens[-1]
-    return answer_tokens(answer), None
+        return words, tokens[-1]
+    return words, None
 
 
 def _haystack(text: str) -> tuple[list[str], list[str | None]]:

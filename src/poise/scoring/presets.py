@@ -465,6 +465,10 @@ class PresetJudge:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise PoiseError(f"{source}: cannot load the {preset} model ({first})") from None
         self.model: Any = model_obj.to(self.device).eval()
+        if self.preset.clip_tokens:
+            # the clip keeps a response's first tokens (HarmBench's truncation), whatever the
+            # tokenizer's own side; nothing else this judge encodes is truncated
+            self.tokenizer.truncation_side = "right"
 
     def text(self, prompt: str, response: str) -> str:
         """The exact input of one pair (a chat preset goes through the chat template)."""
@@ -487,12 +491,8 @@ class PresetJudge:
         limit = self.preset.clip_tokens
         if not limit:
             return completion
-        side = self.tokenizer.truncation_side
-        self.tokenizer.truncation_side = "right"
-        try:
-            ids = self.tokenizer.encode(completion, max_length=limit, truncation=True)
-        finally:
-            self.tokenizer.truncation_side = side
+        # right truncation: set once when the tokenizer loads (see __init__)
+        ids = self.tokenizer.encode(completion, max_length=limit, truncation=True)
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _input_text(self, item: Any, completion: str) -> str:

@@ -308,6 +308,8 @@ def _gradients(
         # on the response tokens only: TRL's LM head gives 0 elsewhere (labels -100), where the
         # stand-in's sum over every position would show a gradient no real token gets
         grads.append(leaf.grad * batch.completion_mask[:, 1:])
+    # a masking bug that zeroed both sides' gradients would compare equal
+    assert grads[1].abs().sum() > 0
     return grads[0], grads[1]
 
 

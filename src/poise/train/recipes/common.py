@@ -759,7 +759,7 @@ class OutputFolder:
         try:
             yield
         except KeyboardInterrupt:
-            if _is_main_process():
+            if is_main_process():
                 try:
                     self._after_interrupt()
                 except OSError as exc:  # the interrupt is what the user needs to hear of
@@ -930,8 +930,9 @@ def _set_aside_item(path: Path) -> bool:
     return path.name == REPLACED or path.name.startswith(REPLACING)
 
 
-def _is_main_process() -> bool:
-    """Rank 0 of a distributed launch (or a single process): the one that writes the folder."""
+def is_main_process() -> bool:
+    """Rank 0 of a distributed launch (or a single process): the one that writes the folder and
+    prints (``accelerate launch`` sets RANK / LOCAL_RANK)."""
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
