@@ -167,3 +167,23 @@ def test_compare_refuses_one_file_for_the_report_and_the_csv(tmp_path: Path) -> 
     assert result.exit_code == 2, result.output
     assert "is the --output report" in result.output
     assert not report.exists()
+
+
+def test_show_recomputes_a_finished_runs_lost_metrics_from_its_samples(tmp_path: Path) -> None:
+    # a finished run whose metrics.json was deleted (or not copied) was "no metrics yet
+    # (complete, ...); resume it", and resuming a complete run does nothing: the report
+    # recomputed the rates from the samples, `runs show` refused to
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.cli import app
+
+    result = poise.audit(model="mock", suites=["harmful"], limit=3, out=str(tmp_path), html=False)
+    path = result.run.path
+    before = CliRunner().invoke(app, ["runs", "show", str(path)], env={"COLUMNS": "300"})
+    assert "100.0% [43.9, 100.0]" in before.output  # the mock complies with all 3
+    (path / "metrics.json").unlink()
+    shown = CliRunner().invoke(app, ["runs", "show", str(path)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert "no metrics yet" not in shown.output
+    assert shown.output == before.output

@@ -123,8 +123,9 @@ def show(
             found = find_run(matches[0].path, out)
         else:
             found = find_run(run, out)
-        metrics = found.metrics()
-        if metrics is None:
+        # a finished run whose metrics.json is gone is recomputed from its samples, as the
+        # report does; an unfinished one has no metrics to show yet
+        if found.metrics() is None and found.state != "complete":
             raise PoiseError(
                 f"{found.path}: no metrics yet ({found.state}, {found.samples_written()} samples "
                 f"written); resume it with `poise audit --resume {found.path}`"
