@@ -256,3 +256,19 @@ def test_a_malformed_run_record_is_one_error_naming_its_line(tmp_path: Path) -> 
         assert "samples.jsonl:2: expected a record with a text 'prompt'" in result.output
         assert "Traceback" not in result.output
     assert not probe.exists() and not (run / "probe_scores.jsonl").exists()
+
+
+def test_score_finds_a_run_by_name_under_out(tmp_path: Path) -> None:
+    # `probe score` looked for a run's name under ./runs only, where every other command that
+    # takes a run has --out: a run audited with --out elsewhere could be named by path only
+    import poise
+
+    runs = tmp_path / "elsewhere"
+    done = poise.audit(model="mock", suites=["harmful"], limit=1, out=str(runs), html=False)
+    result = CliRunner().invoke(
+        app,
+        ["probe", "score", done.run.path.name, "--out", str(runs), "--probe", str(tmp_path / "x")],
+    )
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "no run" not in said and str(tmp_path / "x") in said  # past the run, at the probe

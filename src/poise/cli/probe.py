@@ -216,6 +216,7 @@ def score_command(
     fpr: float | None = typer.Option(
         None, help="False-positive rate on the run's benign answers (default: the probe's, 1%)."
     ),
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
 ) -> None:
     """Score a run's answers with a probe: probe_scores.jsonl, and the report shows them."""
     with sigterm_as_interrupt(), user_errors():
@@ -228,7 +229,7 @@ def score_command(
         from poise.runs import find_run
 
         _check_fpr(fpr)
-        found = find_run(run)
+        found = find_run(run, out)
         loaded_probe = load_probe(probe)
         spec = model or loaded_probe.model
         if spec is None:
