@@ -72,6 +72,31 @@ def test_export_of_a_run_without_pairs_is_one_clear_error(tmp_path: Path) -> Non
     assert not output.exists()
 
 
+def test_export_of_a_worst_of_n_run_without_pairs_does_not_advise_worst_of_n(
+    tmp_path: Path,
+) -> None:
+    # the error told a user who had audited with worst_of_n to audit with worst_of_n
+    run = poise.audit(
+        model="mock",
+        suites=["harmful"],
+        attack="worst_of_n",
+        attack_options={"n": 2},
+        limit=2,
+        out=tmp_path / "runs",
+        html=False,
+    )  # the mock complies every time: no safe answer to pair
+    output = tmp_path / "pairs.jsonl"
+    result = CliRunner().invoke(
+        app,
+        ["attacks", "export", run.path.name, "--out", str(tmp_path / "runs"), "-o", str(output)],
+    )
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "no harmful item has both" in said and "audit with --attack" not in said
+    assert "--attack-option n=" in said
+    assert not output.exists()
+
+
 def test_ls_and_train_losses_print_a_help_with_brackets_as_written(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     # a plugin's one line of help was read as rich markup: "[/x]" raised MarkupError, and a
     # "[word]" vanished; judges ls and suites ls escaped theirs

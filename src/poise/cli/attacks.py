@@ -55,10 +55,20 @@ def export(
         pairs = preference_pairs(found.records(), per_prompt=per_prompt)
         if not pairs:
             attack = found.config.get("attack")
+            if attack in ("exploitation", "worst_of_n"):  # it asked several ways already
+                how = (
+                    "every harmful item was refused each time or complied with each time; "
+                    "more samples (--attack-option n=...) or more decoding configurations "
+                    "give a model that is rarely unsafe a chance to be both"
+                )
+            else:
+                how = (
+                    "audit with --attack exploitation or worst_of_n, whose requests answer "
+                    "an item several ways"
+                )
             raise PoiseError(
                 f"{found.path.name}: no harmful item has both a safe and a harmful answer "
-                f"(attack {attack!r}), so there is no pair to write; audit with --attack "
-                "exploitation or worst_of_n, whose requests answer an item several ways"
+                f"(attack {attack!r}), so there is no pair to write; {how}"
             )
         count = write_pairs(pairs, output)
         console.print(f"wrote {count} preference pairs to [bold]{shown(output)}[/]")
