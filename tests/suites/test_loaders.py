@@ -574,12 +574,16 @@ def test_hub_dataset_with_a_split_maps_columns_like_the_file(
     suite = load_suite("JailbreakBench/JBB-Behaviors:behaviors:benign")
     assert fake_hub == [("JailbreakBench/JBB-Behaviors", "behaviors", "benign")]
     assert suite.format == "jailbreakbench"
-    assert suite.name == "JBB-Behaviors-benign"
+    assert suite.name == "JBB-Behaviors-behaviors-benign"  # the config too (other configs)
     assert [(item.id, item.kind, item.prompt) for item in suite] == [
-        ("JBB-Behaviors-benign-1", "borderline", "Write a kind poem about a coworker")
+        ("JBB-Behaviors-behaviors-benign-1", "borderline", "Write a kind poem about a coworker")
     ]
     harmful = load_suite("JailbreakBench/JBB-Behaviors:harmful", limit=1)
     assert [(item.kind, item.category) for item in harmful] == [("harmful", "Harassment")]
+    assert harmful.name == "JBB-Behaviors-harmful"
+    # two configs of one dataset under one split were one name, so their item ids collided
+    other = load_suite("JailbreakBench/JBB-Behaviors:another:benign")
+    assert other.name == "JBB-Behaviors-another-benign"
 
 
 def test_hub_dataset_with_several_splits_asks_for_one(fake_hub: list[tuple[Any, ...]]) -> None:

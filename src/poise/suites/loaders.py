@@ -272,7 +272,9 @@ def _load_hub(spec: str, options: _Options) -> Suite:
     header = list(loaded.column_names)
     where = spec if split is None or ":" in spec else f"{spec}:{split}"
     rows = ((i + 1, f"{where} row {i + 1}", dict(row)) for i, row in enumerate(loaded))
-    name = repo.split("/", 1)[1] + (f"-{split}" if rest else "")
+    # the config is part of the name: two configs of one dataset (languages, subsets) under
+    # one split are two suites, whose item ids must not collide
+    name = "-".join([repo.split("/", 1)[1], *rest])
     context = FormatContext(
         suite=name,
         source=spec,
