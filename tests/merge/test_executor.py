@@ -762,3 +762,35 @@ def test_unreadable_weights_and_configs_are_one_line(
     with pytest.raises(PoiseError, match=r"adapter_config.json: not a peft LoRA config"):
         merge(lora)
     assert _nothing_written(tmp_path, out)
+
+
+def test_a_randomized_svd_draws_from_the_configs_top_level_seed(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    # TSV-M with svd: randomized drew its sketch from seed 0 whatever the config's `seed` said
+    # (read by DARE and DELLA only); a seed the method is given itself still wins
+    base, a, b = specialists
+
+    def merged(name: str, seed: int | None, method_seed: int | None = None) -> dict:
+        parameters: dict[str, object] = {"svd": "randomized", "rank_fraction": 0.25}
+        if method_seed is not None:
+            parameters["seed"] = method_seed
+        config: dict[str, object] = {
+            "merge_method": "tsv_m", "base_model": str(base), "parameters": parameters,
+            "models": [{"model": str(a)}, {"model": str(b)}],
+        }  # fmt: skip
+        if seed is not None:
+            config["seed"] = seed
+        run_merge(_write(tmp_path / f"{name}.yml", config), tmp_path / name)
+        return _state(tmp_path / name)
+
+    zero, default, one, own = (
+        merged("zero", 0),
+        merged("default", None),
+        merged("one", 1),
+        merged("own", 0, method_seed=1),
+    )
+    matrix = "model.layers.0.mlp.down_proj.weight"
+    assert torch.equal(zero[matrix], default[matrix])
+    assert not torch.equal(zero[matrix], one[matrix])
+    assert torch.equal(one[matrix], own[matrix])

@@ -101,7 +101,10 @@ class MergeConfig(BaseModel):
     )
     chat_template: str | None = None  # accepted; the tokenizer source's template is copied
     name: str | None = None
-    seed: int = Field(default=0, description="poise: seed of the random methods (DARE, DELLA)")
+    seed: int = Field(
+        default=0,
+        description="poise: seed of the random methods (DARE, DELLA) and of svd: randomized (TSV-M, RESM)",
+    )
 
 
 def load_config(path: Path | Mapping[str, Any]) -> MergeConfig:

@@ -241,6 +241,8 @@ def merge_tensor(job: MergeJob, name: str) -> torch.Tensor:
     options = dict(job.options_for(name))
     if job.method.random:
         options["seed"] = tensor_seed(int(options.get("seed", job.seed)), name)
+    elif "seed" in job.method.parameters():  # a randomized SVD (TSV-M, RESM): the config's
+        options.setdefault("seed", job.seed)  # top-level seed, unless the method names its own
     # the output's dtype: the config's, else the base's stored one (the first model's without a
     # base); a LoRA source gives float32 and a vocabulary fill may widen, neither changes it
     anchor = job.base if job.base is not None else job.models[0]
