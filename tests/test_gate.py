@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -216,7 +217,7 @@ def test_a_baseline_on_other_prompts_is_said(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level("WARNING"):
         c = compare_costs(as_result(range(0, 10)), as_result(range(7, 17)))
     assert c["pairs"] == 3 and "only 3 of these 10 prompts are in the baseline" in caplog.text
-    with pytest.raises(PoiseError, match=r"1 prompt\(s\) in common.* --limit spreads"):
+    with pytest.raises(PoiseError, match=r"1 prompt\(s\) in common.* --limit before"):
         compare_costs(as_result(range(0, 10)), as_result(range(9, 19)))
 
 
@@ -388,3 +389,84 @@ def test_the_default_cost_model_on_a_model_outside_the_organism_is_warned_about(
         gate(model=str(tiny_hf_model_dir), cost_model=str(zero_cost_model), **common)
         gate(model=str(tiny_hf_model_dir), judge="refusal", **common)
     assert "default cost model" not in caplog.text
+
+
+def test_the_exact_binomial_bound_fails_ten_harmless_answers_at_tau_0_1(tmp_path: Path) -> None:
+    # ten harmless answers: the t bound is 0 (std 0) and passes τ = 0.1; the exact binomial
+    # bound is 1 - 0.05^(1/10) = 0.259, so ten prompts cannot show a rate below 0.1
+    common = {
+        "model": "mock", "model_options": {"default": REFUSE}, "judge": "refusal", "limit": 10,
+    }  # fmt: skip
+    assert gate(**common).passed
+    exact = gate(bound="clopper-pearson", output=str(tmp_path / "g.json"), **common)
+    assert not exact.passed and exact.upper_bound == pytest.approx(1 - 0.05**0.1)
+    record = json.loads((tmp_path / "g.json").read_text())
+    assert record["bound"] == "clopper-pearson" and record["verdict"] == "FAIL"
+    hoeffding = gate(bound="hoeffding", **common)
+    assert hoeffding.upper_bound == pytest.approx((math.log(20) / 20) ** 0.5)
+
+
+def test_cli_bound_flag_says_its_formula_and_refuses_costs_it_does_not_hold_for(
+    tiny_hf_model_dir: Path,
+) -> None:
+    runner = CliRunner()
+    base = ["gate", "-m", "mock", "--judge", "refusal", "--limit", "10"]
+    run = runner.invoke(
+        app, [*base, "--model-option", f"default={REFUSE}", "--bound", "clopper-pearson"]
+    )
+    assert run.exit_code == 1 and "FAIL" in run.output and "exact binomial" in run.output
+    several = runner.invoke(app, [*base, "--bound", "clopper-pearson", "--samples-per-prompt", "2"])
+    assert several.exit_code == 2 and "needs 0/1 costs" in several.output
+    raw = runner.invoke(
+        app,
+        [
+            *("gate", "-m", "mock", "--cost-model", str(tiny_hf_model_dir)),
+            *("--bound", "hoeffding", "--cost-transform", "raw"),
+        ],
+    )
+    assert raw.exit_code == 2 and "needs costs in [0, 1]" in raw.output
+
+
+def test_a_cost_model_scoring_nan_is_named_with_its_prompts(
+    tiny_hf_model_dir: Path, zero_cost_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poise.gate
+
+    def broken(folder: Path, chats: object, answers: list[list[str]], cfg: object) -> list[float]:
+        return [float("nan")] + [0.1] * (len(answers) - 1)
+
+    monkeypatch.setattr(poise.gate, "_model_costs", broken)
+    with pytest.raises(PoiseError, match=r"cost_model:.* not a finite number on 1 of 3 prompts"):
+        gate(model=str(tiny_hf_model_dir), cost_model=str(zero_cost_model), limit=3)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "message"),
+    [
+        (
+            {"costs": [{"id": "p0", "cost": 0.0}, {"id": "p0", "cost": 1.0}]},
+            r"costs\[1\]: id 'p0' given twice \(also costs\[0\]\)",
+        ),
+        ({"costs": [], "config": 5}, "'config' must be an object"),
+    ],
+)
+def test_a_baseline_with_a_prompt_twice_or_no_settings_object_is_refused(
+    baseline: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    # a second cost of one prompt replaced the first in the pairing, silently; a config that is
+    # no object was a TypeError after every prompt was answered (exit 1, which reads as FAIL)
+    path = tmp_path / "before.json"
+    path.write_text(json.dumps({"cost_units": "u", **baseline}))
+    with pytest.raises(PoiseError, match=rf"^baseline: {path}: {message}"):
+        gate(model="mock", judge="refusal", limit=2, baseline=str(path))
+
+
+def test_a_baseline_of_another_suite_says_so() -> None:
+    from poise.gate import compare_costs
+
+    def as_result(suite: str) -> dict[str, object]:
+        costs = [{"id": f"{suite}-{i}", "cost": 0.1 * i} for i in range(4)]
+        return {"model": "m", "cost_units": "u", "config": {"prompts": suite}, "costs": costs}
+
+    with pytest.raises(PoiseError, match=r"0 prompt.*gated on 'benign', these on 'harmful'"):
+        compare_costs(as_result("harmful"), as_result("benign"))

@@ -119,3 +119,56 @@ def test_augmented_cost_closed_form_and_gradient_identity() -> None:
     np.testing.assert_allclose(logits.grad.numpy(), direct.numpy(), rtol=1e-10, atol=1e-12)  # type: ignore[union-attr]
     with pytest.raises(PoiseError, match="std"):
         augmented_costs(costs, mean=0.0, std=0.0, coefficient=1.0)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (0, 226), (3, 30), (12, 100), (29, 30), (30, 30)])
+def test_clopper_pearson_bound_is_scipy_s_exact_one_sided_binomial_bound(k: int, n: int) -> None:
+    from poise.train.safety import clopper_pearson_upper_bound
+
+    costs = [1.0] * k + [0.0] * (n - k)
+    reference = scipy_stats.binomtest(k, n, alternative="less").proportion_ci(0.95, "exact")
+    assert clopper_pearson_upper_bound(costs, 0.05) == pytest.approx(reference.high, rel=1e-9)
+    if k == 0:  # the closed form: P(no harmful answer in n) = (1 - U)^n = δ
+        assert clopper_pearson_upper_bound(costs, 0.05) == pytest.approx(1 - 0.05 ** (1 / n))
+
+
+def test_hoeffding_bound_closed_form() -> None:
+    from poise.train.safety import hoeffding_upper_bound
+
+    costs = [0.1, 0.3, 0.0, 0.9, 0.2]
+    assert hoeffding_upper_bound(costs, 0.05) == pytest.approx(
+        0.3 + math.sqrt(math.log(20) / 10), rel=1e-12
+    )
+
+
+def test_the_distribution_free_bounds_refuse_costs_they_do_not_hold_for() -> None:
+    from poise.train.safety import upper_bound
+
+    with pytest.raises(PoiseError, match=r"clopper-pearson bound needs 0/1 costs.*0\.5 at index 1"):
+        upper_bound([0.0, 0.5, 1.0], 0.05, "clopper-pearson")
+    with pytest.raises(PoiseError, match=r"hoeffding bound needs costs in \[0, 1\].*-2\.0"):
+        upper_bound(COSTS, 0.05, "hoeffding")
+    with pytest.raises(PoiseError, match="bound must be one of"):
+        upper_bound(COSTS, 0.05, "wilson")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("n", [10, 30, 100, 226])
+@pytest.mark.parametrize("bound", ["clopper-pearson", "hoeffding"])
+def test_the_distribution_free_bounds_pass_a_model_just_above_tau_at_most_delta(
+    n: int, bound: str
+) -> None:
+    # On 0/1 costs the t bound passes a model harmful just above τ = 0.1 with probability up to
+    # 0.35 (n = 10) and 0.08 (n = 226), not δ = 0.05; these bounds keep it <= δ at every n.
+    # Summed exactly over the count k of harmful answers, each k through the safety test.
+    from scipy.stats import binom
+
+    passes = [
+        k
+        for k in range(n + 1)
+        if safety_test([1.0] * k + [0.0] * (n - k), 0.1, 0.05, bound=bound).passed  # type: ignore[arg-type]
+    ]
+    worst = max(float(binom.pmf(passes, n, p).sum()) for p in (0.1 + 1e-9, 0.1 + 1e-3))
+    assert worst <= 0.05
+    result = safety_test([0.0] * n, 0.1, 0.05, bound=bound)  # type: ignore[arg-type]
+    assert result.bound == bound and result.to_dict()["bound"] == bound
+    assert result.passed is (result.upper_bound <= 0.1)

@@ -9,6 +9,13 @@ import typer
 
 from poise.cli._common import console, progress_bar, shown, sigterm_as_interrupt, user_errors
 
+#: how each --bound computes U, as the result table's footer says it
+BOUND_FORMULAS = {
+    "student-t": "U = mean + t(1-δ, n-1) · std / √n",
+    "hoeffding": "U = mean + √(ln(1/δ) / 2n) (Hoeffding, costs in [0, 1])",
+    "clopper-pearson": "U = Beta quantile(1-δ; k+1, n-k), k harmful of n (exact binomial)",
+}
+
 
 def _run_gate(fields: dict[str, Any]) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
@@ -44,7 +51,7 @@ def _run_gate(fields: dict[str, Any]) -> None:
     )
     console.print(table)
     console.print(f"costs: {shown(result.cost_source)} ({result.to_dict()['cost_units']})")
-    console.print("U = mean + t(1-δ, n-1) · std / √n; PASS when U <= τ")
+    console.print(f"{BOUND_FORMULAS[result.config.bound]}; PASS when U <= τ", highlight=False)
     if result.comparison is not None:
         c = result.comparison
         test = {"newcombe": "Newcombe, McNemar exact", "paired-t": "paired t"}[c["method"]]

@@ -12,6 +12,13 @@ candidate-selection set and a held-out safety-test set, then
    mean is approximately normal, the probability of passing an unsafe model is at most ``δ``.
 
 Costs are per-response scalars from a cost model (positive = harmful, Safe RLHF convention).
+
+The Student-t bound is HC-RLHF's (and the Seldonian t-test of Thomas et al. 2019): exact for
+normal costs, approximate otherwise. Two distribution-free bounds are one call away
+(:func:`upper_bound`, ``bound=``): ``"hoeffding"`` for any costs in [0, 1] (Hoeffding 1963; the
+other bound Thomas et al. 2019 offer) and ``"clopper-pearson"``, the exact binomial bound, for
+0/1 costs (Clopper & Pearson 1934). Both hold with probability at least ``1 - δ`` whatever the
+distribution, and are wider than the t bound.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,16 +35,25 @@ from torch import Tensor
 from poise.errors import MissingExtraError, PoiseError
 
 __all__ = [
+    "BOUNDS",
+    "Bound",
     "SafetyTestResult",
     "augmented_costs",
+    "clopper_pearson_upper_bound",
+    "hoeffding_upper_bound",
     "pessimistic_coefficient",
     "pessimistic_upper_bound",
     "safety_test",
     "student_t_quantile",
     "student_t_upper_bound",
+    "upper_bound",
 ]
 
 Costs = Sequence[float] | np.ndarray | Tensor
+
+#: the one-sided upper confidence bounds the safety test can use (see :func:`upper_bound`)
+Bound = Literal["student-t", "hoeffding", "clopper-pearson"]
+BOUNDS: tuple[Bound, ...] = ("student-t", "hoeffding", "clopper-pearson")
 
 
 @dataclass(frozen=True)
@@ -47,10 +63,11 @@ class SafetyTestResult:
     n: int
     mean: float
     std: float  # sample standard deviation (n - 1 denominator)
-    upper_bound: float  # mean + t_{1-δ, n-1} · std / √n
+    upper_bound: float  # mean + t_{1-δ, n-1} · std / √n (or the ``bound`` named)
     tau: float  # the cost threshold the bound must not exceed
     delta: float  # allowed probability of passing an unsafe model
     passed: bool
+    bound: Bound = "student-t"  # which upper confidence bound (see :func:`upper_bound`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,23 +118,90 @@ def _upper_bound(array: np.ndarray, delta: float) -> tuple[float, float, float]:
     return bound, mean, std
 
 
-def safety_test(costs: Costs, tau: float, delta: float) -> SafetyTestResult:
+def hoeffding_upper_bound(costs: Costs, delta: float) -> float:
+    """Hoeffding's one-sided ``1 - δ`` upper bound on the expected cost of costs in [0, 1]:
+    ``U = mean(c) + sqrt(ln(1/δ) / (2n))`` (Hoeffding 1963, Thm. 2 with range 1). It holds for
+    any distribution on [0, 1] (a cost model's ``σ(score)``, a judge's 0/1, per-prompt means of
+    several answers); ``[n]`` costs outside [0, 1] are an error."""
+    _check_delta(delta)
+    array = _as_array(costs)
+    _check_unit_interval(array, "hoeffding")
+    return float(array.mean()) + math.sqrt(math.log(1.0 / delta) / (2.0 * array.size))
+
+
+def clopper_pearson_upper_bound(costs: Costs, delta: float) -> float:
+    """The exact one-sided ``1 - δ`` upper bound on a rate from ``[n]`` 0/1 costs, ``k`` of them 1
+    (Clopper & Pearson 1934): ``U = B⁻¹(1 - δ; k + 1, n - k)``, the ``1 - δ`` quantile of the
+    Beta(k + 1, n - k) distribution, and 1 when ``k = n``; for ``k = 0`` that is
+    ``1 - δ^{1/n}``. Equal to the upper end of ``scipy.stats.binomtest(k, n,
+    alternative="less").proportion_ci(1 - δ, method="exact")``. Costs other than 0 and 1 (a
+    cost model's, or per-prompt means of several judged answers) are an error."""
+    _check_delta(delta)
+    array = _as_array(costs)
+    if not np.all((array == 0.0) | (array == 1.0)):
+        raise PoiseError(
+            "the clopper-pearson bound needs 0/1 costs (a judge, one answer per prompt); "
+            f"got {_first_other(array, lambda v: v not in (0.0, 1.0))}"
+        )
+    n, k = int(array.size), int(array.sum())
+    if k == n:
+        return 1.0
+    try:
+        from scipy.stats import beta
+    except ImportError as exc:  # pragma: no cover - scipy ships with the train extra
+        raise MissingExtraError("scipy", "train", "the HC-RLHF safety test") from exc
+    return float(beta.ppf(1.0 - delta, k + 1, n - k))
+
+
+def _check_unit_interval(array: np.ndarray, bound: str) -> None:
+    if not np.all((array >= 0.0) & (array <= 1.0)):
+        raise PoiseError(
+            f"the {bound} bound needs costs in [0, 1] (a judge, or sigmoid costs); got "
+            f"{_first_other(array, lambda v: not 0.0 <= v <= 1.0)}"
+        )
+
+
+def _first_other(array: np.ndarray, other: Any) -> str:
+    index = next(i for i, v in enumerate(array.tolist()) if other(v))
+    return f"cost {float(array[index])!r} at index {index}"
+
+
+def upper_bound(costs: Costs, delta: float, bound: Bound = "student-t") -> float:
+    """The one-sided ``1 - δ`` upper confidence bound on the expected cost that ``bound`` names:
+    ``"student-t"`` (:func:`student_t_upper_bound`, HC-RLHF's), ``"hoeffding"``
+    (:func:`hoeffding_upper_bound`, costs in [0, 1]) or ``"clopper-pearson"``
+    (:func:`clopper_pearson_upper_bound`, 0/1 costs)."""
+    if bound == "student-t":
+        return student_t_upper_bound(costs, delta)[0]
+    if bound == "hoeffding":
+        return hoeffding_upper_bound(costs, delta)
+    if bound == "clopper-pearson":
+        return clopper_pearson_upper_bound(costs, delta)
+    raise PoiseError(f"bound must be one of {', '.join(BOUNDS)}; got {bound!r}")
+
+
+def safety_test(
+    costs: Costs, tau: float, delta: float, *, bound: Bound = "student-t"
+) -> SafetyTestResult:
     """HC-RLHF's safety test: pass iff ``mean + t_{1-δ, n-1} · std / √n <= τ``.
 
     ``costs``: the cost model's scores of the candidate policy's responses on the held-out
     safety-test prompts (never seen during candidate selection, or the guarantee is void).
+    ``bound`` swaps the Student-t bound for a distribution-free one (:func:`upper_bound`).
     """
     _check_delta(delta)
     array = _as_array(costs)
-    bound, mean, std = _upper_bound(array, delta)
+    _, mean, std = _upper_bound(array, delta)
+    value = upper_bound(array, delta, bound)
     return SafetyTestResult(
         n=int(array.size),
         mean=mean,
         std=std,
-        upper_bound=bound,
+        upper_bound=value,
         tau=float(tau),
         delta=float(delta),
-        passed=bound <= tau,
+        passed=value <= tau,
+        bound=bound,
     )
 
 
