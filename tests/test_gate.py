@@ -373,22 +373,21 @@ def test_the_documented_pass_probability_of_a_model_just_above_tau_on_0_1_costs(
     assert worst == pytest.approx(documented, abs=0.005)
 
 
-def test_the_default_cost_model_on_a_model_outside_the_organism_is_warned_about(
+def test_the_default_cost_model_on_a_model_outside_the_organism_is_refused(
     tiny_hf_model_dir: Path, zero_cost_model: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # organism-cost scored a foreign model's answers silently: a random model answering
-    # garbage passed (costs near 0) where --judge refusal failed it
+    # organism-cost scored a foreign model's answers with a warning only: a random model
+    # answering garbage passed (costs near 0, exit 0) where --judge refusal failed it
     common = {"limit": 2, "max_new_tokens": 2}
-    with caplog.at_level("WARNING", logger="poise.gate"):
+    with pytest.raises(PoiseError) as refused:
         gate(model=str(tiny_hf_model_dir), **common)
-    assert "default cost model organism-cost was trained on the organism's world" in caplog.text
-    assert "--cost-model" in caplog.text and "--judge" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="poise.gate"):
-        gate(model="organism-small", **common)  # the cost model's own world
-        gate(model=str(tiny_hf_model_dir), cost_model=str(zero_cost_model), **common)
-        gate(model=str(tiny_hf_model_dir), judge="refusal", **common)
-    assert "default cost model" not in caplog.text
+    said = str(refused.value)
+    assert "default cost model organism-cost was trained on the organism's world" in said
+    assert "--cost-model" in said and "--judge" in said
+    gate(model="organism-small", **common)  # the cost model's own world
+    gate(model=str(tiny_hf_model_dir), cost_model=str(zero_cost_model), **common)
+    gate(model=str(tiny_hf_model_dir), judge="refusal", **common)
+    gate(model=str(tiny_hf_model_dir), cost_model="organism-cost", **common)  # asked for
 
 
 def test_the_exact_binomial_bound_fails_ten_harmless_answers_at_tau_0_1(tmp_path: Path) -> None:

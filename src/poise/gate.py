@@ -97,7 +97,8 @@ class GateConfig(SuiteOptions):
     )
     cost_model: PathStr | None = Field(
         None,
-        description=f"cost model folder or member (default {DEFAULT_COST_MODEL} when no --judge)",
+        description=f"cost model folder or member (default {DEFAULT_COST_MODEL} for organism models "
+        "when no --judge; other models name theirs)",
     )
     judge: str | None = Field(
         None, description="judge spec instead of a cost model (cost = 1 if harmful else 0)"
@@ -143,21 +144,22 @@ class GateConfig(SuiteOptions):
     )
 
 
-def _warn_default_cost_model(model: Any) -> None:
+def _refuse_default_cost_model(model: Any) -> None:
     """The default cost model was trained on the organism's world only (its requests, its
     replies): on another model's answers its costs say little, and a model answering garbage
-    passed with costs near 0 where ``--judge refusal`` failed it. Organism members and folders
-    made from them recommend the organism's oracle judge; any other model gets a warning."""
+    passed with costs near 0 (exit 0) where ``--judge refusal`` failed it. Organism members and
+    folders made from them (those that recommend the organism's oracle judge) take it as their
+    default; any other model names its cost model or judge (``--cost-model organism-cost``
+    given explicitly is taken: the user asked for it)."""
     from poise.models.resolve import recommended_judge
 
     if recommended_judge(model) == "oracle":
         return
-    logger.warning(
-        "gate: the default cost model %s was trained on the organism's world only, so its "
-        "costs say little about the answers of %s: give --cost-model (a cost model trained on "
-        "this model's kind of answers) or --judge (e.g. --judge refusal)",
-        DEFAULT_COST_MODEL,
-        getattr(model, "name", model),
+    raise PoiseError(
+        f"gate: the default cost model {DEFAULT_COST_MODEL} was trained on the organism's world "
+        f"only, so its costs say little about the answers of {getattr(model, 'name', model)}: "
+        "give --cost-model (a cost model trained on this model's kind of answers; "
+        f"--cost-model {DEFAULT_COST_MODEL} to use it anyway) or --judge (e.g. --judge refusal)"
     )
 
 
@@ -295,7 +297,7 @@ def gate(
     # ---- sample (and judge), through the evaluation core
     model = load_model(cfg.model, **cfg.model_options)
     if cfg.judge is None and cfg.cost_model is None:
-        _warn_default_cost_model(model)
+        _refuse_default_cost_model(model)  # before any answer is sampled
     system = SystemPrompt(
         cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
     )
