@@ -378,3 +378,19 @@ def test_edited_prompts_are_not_taken_for_the_finished_run(
     prompts.write_text("".join(i.model_dump_json() + "\n" for i in items[8:16]), encoding="utf-8")
     with pytest.raises(PoiseError, match=r"prompts: .*prompts.jsonl changed since .*was trained"):
         train_safe_rl(output=out, **common)
+
+
+def test_limit_spreads_the_prompts_over_the_suite_as_the_audit_does() -> None:
+    # --limit N took the first N prompts: the harmful suite is ordered by category, so a short
+    # run trained on one category (the organism's prompts file: harmful prompts only)
+    from poise.auditing import spread_subset
+    from poise.suites import load_suite
+    from poise.train.recipes.safe_rl import SafeRLConfig, load_prompts
+
+    config = SafeRLConfig(
+        model="m", reward_model="r", cost_model="c", prompts="harmful", limit=6, output="o"
+    )
+    chats = load_prompts(config, None)
+    expected = spread_subset(load_suite("harmful").items, 6)
+    assert [chat[-1]["content"] for chat in chats] == [item.prompt for item in expected]
+    assert len({item.category for item in expected}) > 1

@@ -103,6 +103,9 @@ class SafeRLConfig(TrainConfig, SuiteOptions):
     prompts: PathStr = Field(
         ..., description="training prompts: a built-in suite name or a suite file"
     )
+    limit: int | None = Field(
+        None, ge=1, description="use only N prompts, spread over the suite (as the audit's)"
+    )
     batch_size: int = Field(8, ge=1, description="prompts per process and micro-step")
     samples_per_prompt: int = Field(
         4, ge=2, description="completions sampled per prompt (the RLOO group)"
@@ -169,13 +172,17 @@ class SafeRLConfig(TrainConfig, SuiteOptions):
 
 def load_prompts(config: SafeRLConfig, system: str | None) -> list[Messages]:
     """The prompts as chats; an item's own system message wins over ``system``."""
+    from poise.auditing import spread_subset
     from poise.suites import load_suite
 
-    suite = load_suite(config.prompts, limit=config.limit, **config.suite_options())
+    suite = load_suite(config.prompts, **config.suite_options())
     if not suite.items:
         raise PoiseError(f"prompts: {config.prompts} holds no prompts")
     chats = []
-    for item in suite.items:
+    # N prompts spread over the suite, as the audit and the gate take them: suites are ordered
+    # by category (the organism's prompts file holds its harmful prompts first), so the first N
+    # trained on one or two categories
+    for item in spread_subset(suite.items, config.limit):
         chat = as_messages(item.messages)
         if system is not None and not any(m["role"] == "system" for m in chat):
             chat = [{"role": "system", "content": system}, *chat]
