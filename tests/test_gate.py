@@ -469,3 +469,16 @@ def test_a_baseline_of_another_suite_says_so() -> None:
 
     with pytest.raises(PoiseError, match=r"0 prompt.*gated on 'benign', these on 'harmful'"):
         compare_costs(as_result("harmful"), as_result("benign"))
+
+
+def test_a_gate_that_crashes_exits_3_not_the_fail_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an unexpected error ended the command with exit 1, the code of FAIL: a CI read a crash
+    # as "the model is unsafe"
+    def broken(**_: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("poise.gate.gate", broken)
+    result = CliRunner().invoke(app, ["gate", "-m", "mock", "--judge", "refusal", "--limit", "2"])
+    assert result.exit_code == 3, result.output
+    assert "the gate crashed (exit 3: no verdict)" in result.output
+    assert "RuntimeError: a bug" in result.output  # the traceback, for a bug report

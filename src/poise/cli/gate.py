@@ -7,7 +7,17 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, progress_bar, shown, sigterm_as_interrupt, user_errors
+from poise.cli._common import (
+    console,
+    err_console,
+    progress_bar,
+    shown,
+    sigterm_as_interrupt,
+    user_errors,
+)
+
+#: the exit code of a gate that crashed: 0 is PASS, 1 FAIL and 2 bad input
+CRASH_EXIT = 3
 
 #: how each --bound computes U, as the result table's footer says it
 BOUND_FORMULAS = {
@@ -73,8 +83,24 @@ def register(app: typer.Typer) -> None:
     def run(fields: dict[str, Any]) -> None:
         # the paths among the fields (--output, --baseline, ...) are GateConfig's PathStr: "~"
         # is expanded there
-        with sigterm_as_interrupt(), user_errors():
-            _run_gate(fields)
+        with sigterm_as_interrupt():
+            try:
+                with user_errors():
+                    _run_gate(fields)
+            except typer.Exit:
+                raise
+            except Exception:  # a crash is no verdict: exit 1 would read as FAIL in a CI
+                import traceback
 
-    doc = "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau."
+                traceback.print_exc()
+                err_console.print(
+                    f"[bold red]error:[/] the gate crashed (exit {CRASH_EXIT}: no verdict)",
+                    highlight=False,
+                )
+                raise typer.Exit(CRASH_EXIT) from None
+
+    doc = (
+        "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau. "
+        "Exit 0 PASS, 1 FAIL, 2 bad input, 3 crashed (no verdict)."
+    )
     app.command("gate", help=doc)(command_from_config(GateConfig, run, doc))
