@@ -105,3 +105,59 @@ def test_a_task_of_the_wrong_type_or_a_metric_twice_in_one_task_is_refused() -> 
     with pytest.raises(PoiseError, match="metric 'y_rate' is already declared by task 'y-kind'"):
         register_task(Task(kind="y-kind", meaning="m", metrics=(twice, twice)))
     assert "y-kind" not in kinds()
+
+
+@pytest.mark.parametrize("name", ["honesty", "counts", "by_category", "config"])
+def test_a_metric_named_as_a_field_of_a_metrics_group_is_refused(name: str) -> None:
+    # "honesty" was replaced by the honesty analysis (the rate vanished), "counts" replaced the
+    # group's counts, "by_category" made metrics.json unreadable once the audit had run
+    metric = Metric(name, ("y-kind",), "lower", "l", "{value}")
+    with pytest.raises(PoiseError, match=rf"metric '{name}': the name is a field of every"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(metric,)))
+    assert "y-kind" not in kinds()
+
+
+def test_the_group_fields_are_those_compute_metrics_writes() -> None:
+    from poise.scoring.metrics import compute_metrics
+    from poise.tasks import GROUP_FIELDS
+
+    def record(item: str, kind: str, sample: int, **verdict: object) -> dict[str, object]:
+        return {
+            "item_id": item,
+            "suite": kind,
+            "kind": kind,
+            "category": "c",
+            "request_id": "greedy",
+            "attack": "greedy",
+            "config": {"temperature": 1.0, "n": 2},
+            "sample_index": sample,
+            "prompt": "p",
+            "completion": "a",
+            "num_tokens": 3,
+            "finish_reason": "stop",
+            "reference": None,
+            "verdict": {"label": "x", "refused": False, **verdict},
+            "judge": "oracle",
+        }
+
+    records = [
+        record(f"{kind}-{i}", kind, s, harmful=bool(i), helpful=True, honesty="correct")
+        for kind in ("harmful", "benign", "honesty-known", "honesty-unknown")
+        for i in range(2)
+        for s in range(2)
+    ]
+    group = compute_metrics(records)["overall"]
+    rates = {name for name in group if name in all_metrics()}
+    assert rates and set(group) - rates <= GROUP_FIELDS
+
+
+def test_a_metric_that_reads_an_unregistered_kind_is_refused() -> None:
+    # a misspelt kind: the metric counted nothing and was missing from metrics.json unsaid
+    metric = Metric("y_rate", ("y-knid",), "lower", "l", "{value}")
+    with pytest.raises(PoiseError, match="metric 'y_rate' reads kind 'y-knid', which is neither"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(metric,)))
+    assert "y-kind" not in kinds()
+    # its own kind and the kinds registered before it are read
+    both = Metric("y_rate", ("y-kind", "harmful"), "lower", "l", "{value}")
+    register_task(Task(kind="y-kind", meaning="m", metrics=(both,)))
+    unregister_task("y-kind")

@@ -34,6 +34,7 @@ from poise.tasks.base import (
 )
 
 __all__ = [
+    "GROUP_FIELDS",
     "UNPARSED",
     "CategoryView",
     "Count",
@@ -60,6 +61,22 @@ __all__ = [
 
 _TASKS: dict[str, Task] = {}
 
+#: The fields a group of ``metrics.json`` holds beside its rates (:mod:`poise.scoring.metrics`):
+#: a metric of one of these names would overwrite the field or be overwritten by it.
+GROUP_FIELDS = frozenset(
+    {
+        "request_id",
+        "attack",
+        "config",
+        "counts",
+        "interval",
+        "by_category",
+        "response_tokens",
+        "honesty",
+        "guard",
+    }
+)
+
 
 def register_task(task: Task) -> Task:
     """Add a kind of evaluation. Its kind and metric names must be new, and its declarations
@@ -77,8 +94,16 @@ def register_task(task: Task) -> Task:
             f"got {task.scorer!r}"
         )
     taken = {m.name: t.kind for t in _TASKS.values() if t is not task for m in t.metrics}
+    known_kinds = {*_TASKS, task.kind}
     for metric in task.metrics:
         _check_metric(task.kind, metric)
+        unknown = [k for k in metric.kinds if k not in known_kinds]
+        if unknown:  # it would count nothing: never in metrics.json, without a word
+            raise PoiseError(
+                f"task {task.kind!r}: metric {metric.name!r} reads kind {unknown[0]!r}, which is "
+                f"neither this task's kind nor a registered one (known: "
+                f"{', '.join(sorted(known_kinds))}); register that kind's task first"
+            )
         if metric.name in taken:
             raise PoiseError(
                 f"task {task.kind!r}: metric {metric.name!r} is already declared by task "
@@ -99,6 +124,11 @@ def _check_metric(kind: str, metric: object) -> None:
     where = f"task {kind!r}: metric {metric.name!r}"
     if not isinstance(metric.name, str) or not metric.name:
         raise PoiseError(f"{where}: its name must be a non-empty string")
+    if metric.name in GROUP_FIELDS:  # "honesty" vanished, "counts" replaced the counts
+        raise PoiseError(
+            f"{where}: the name is a field of every metrics.json group "
+            f"({', '.join(sorted(GROUP_FIELDS))}); give the metric another name"
+        )
     if isinstance(metric.kinds, str) or not all(isinstance(k, str) for k in metric.kinds):
         raise PoiseError(f"{where}: kinds must be a tuple of kind names, got {metric.kinds!r}")
     if not metric.kinds:
