@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from poise.attacks.base import Request
 from poise.config import Sampling
-from poise.evaluation import Scorers, blocks, evaluate, generate, verdicts_per_request
+from poise.errors import PoiseError
+from poise.evaluation import (
+    Scorers,
+    blocks,
+    evaluate,
+    generate,
+    task_scorers,
+    verdicts_per_request,
+)
 from poise.models.mock import MockModel, last_user_message
 from poise.scoring.base import Verdict
 from poise.scoring.judges import RefusalJudge
 from poise.suites.schema import SuiteItem
+from poise.tasks import Task, register_task, unregister_task
 
 GREEDY = Sampling()
 SAMPLED = Sampling(temperature=1.0, n=2, seed=0)
@@ -183,3 +195,51 @@ def test_an_item_of_several_turns_is_recorded_whole_and_read_back_as_it_was_sent
     refusal["verdict"] = {**refusal["verdict"], "harmful": False, "refused": True}
     [pair] = preference_pairs([records["turns"], refusal])
     assert pair["prompt"] == turns
+
+
+class Returns:
+    """A judge that returns ``out(completions)``: what a task's own scorer may get wrong."""
+
+    name = "own"
+
+    def __init__(self, out: Callable[[Sequence[str]], object]) -> None:
+        self.out = out
+
+    def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> object:
+        return self.out(completions)
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        # one verdict short: a RuntimeError traceback
+        (lambda c: [Verdict(label="x", refused=False)], "returned 1 verdicts for 2 answers"),
+        # None, and dicts: a TypeError / AttributeError deep in the record
+        (lambda c: None, "returned NoneType, not a list of verdicts"),
+        (lambda c: [{"refused": False} for _ in c], "returned dict .* for item 'i0', not a"),
+        # a numpy bool label: "Object of type bool is not JSON serializable"
+        (
+            lambda c: [Verdict(label="x", refused=False, labels={"p": np.bool_(True)}) for _ in c],
+            "the verdict of item 'i0' cannot be recorded .* JSON values",
+        ),
+    ],
+)
+def test_a_scorer_that_returns_no_verdict_per_answer_is_one_error_naming_it(
+    out: Callable[[Sequence[str]], object], message: str
+) -> None:
+    model = MockModel()
+    scorers = Scorers(RefusalJudge(), {"benign": Returns(out)})  # type: ignore[dict-item]
+    with pytest.raises(PoiseError, match=rf"judge 'own' \(labelling kind benign\).*{message}"):
+        list(evaluate(model, [request(0), request(1)], scorers, batch_size=8))
+
+
+def test_a_task_scorer_that_does_not_build_names_the_task() -> None:
+    # the user ran --judge refusal and read "unknown judge 'refusall'" with no word of the task
+    register_task(Task(kind="own-kind", meaning="m", scorer="refusall"))
+    try:
+        with pytest.raises(
+            PoiseError, match="task 'own-kind': its scorer 'refusall': unknown judge"
+        ):
+            task_scorers([item(0, "own-kind")])
+    finally:
+        unregister_task("own-kind")

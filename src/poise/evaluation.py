@@ -118,14 +118,14 @@ class Scorers:
             groups.setdefault(id(scorer), (scorer, []))[1].append(index)
         verdicts: list[tuple[Verdict, str] | None] = [None] * len(generated)
         for scorer, indices in groups.values():
-            labelled = scorer.judge(
+            labelled = _checked(
+                scorer,
                 [generated[i].request.item for i in indices],
-                [generated[i].completion.text for i in indices],
+                scorer.judge(
+                    [generated[i].request.item for i in indices],
+                    [generated[i].completion.text for i in indices],
+                ),
             )
-            if len(labelled) != len(indices):
-                raise RuntimeError(
-                    f"judge {scorer.name!r} returned {len(labelled)} verdicts for {len(indices)} answers"
-                )
             for i, verdict in zip(indices, labelled, strict=True):
                 verdicts[i] = (verdict, scorer.name)
         out = []
@@ -166,9 +166,8 @@ class Scorers:
             for i in indices:
                 harmful[i] = judged[i].verdict.harmful
             if stopped:  # the shown answer's verdict is not the unguarded answer's
-                again = scorer.judge(
-                    [judged[i].request.item for i in stopped], [texts[i] for i in stopped]
-                )
+                asked = [judged[i].request.item for i in stopped]
+                again = _checked(scorer, asked, scorer.judge(asked, [texts[i] for i in stopped]))
                 for i, verdict in zip(stopped, again, strict=True):
                     harmful[i] = verdict.harmful
             if isinstance(scorer, LocatesHarm):
@@ -200,6 +199,41 @@ class Scorers:
         return out
 
 
+def _checked(scorer: Judge, items: Sequence[SuiteItem], labelled: Any) -> list[Verdict]:
+    """``labelled``, what ``scorer`` returned for the answers to ``items``, if it is one
+    :class:`Verdict` per answer, each of which a record can hold (JSON); else one PoiseError
+    naming the scorer and the kinds it labelled, before any record of the block is written (a
+    task's own scorer returning a dict, None or a numpy bool failed deep inside the record)."""
+    where = (
+        f"judge {scorer.name!r} (labelling kind {', '.join(dict.fromkeys(i.kind for i in items))})"
+    )
+    if not isinstance(labelled, Sequence) or isinstance(labelled, (str, bytes)):
+        raise PoiseError(
+            f"{where} returned {type(labelled).__name__}, not a list of verdicts: judge(items, "
+            "completions) returns one Verdict per answer, in order"
+        )
+    if len(labelled) != len(items):
+        raise PoiseError(
+            f"{where} returned {len(labelled)} verdicts for {len(items)} answers: judge(items, "
+            "completions) returns one Verdict per answer, in order"
+        )
+    for verdict, item in zip(labelled, items, strict=True):
+        if not isinstance(verdict, Verdict):
+            raise PoiseError(
+                f"{where} returned {type(verdict).__name__} {verdict!r} for item {item.id!r}, "
+                "not a poise.scoring.base.Verdict"
+            )
+        try:
+            json.dumps(verdict.to_dict())
+        except (TypeError, ValueError) as exc:
+            raise PoiseError(
+                f"{where}: the verdict of item {item.id!r} cannot be recorded ({exc}): its fields "
+                "and labels must be JSON values (bool, int, float, str, None, lists and dicts "
+                "of them; a numpy value's .item())"
+            ) from None
+    return list(labelled)
+
+
 def task_scorers(items: Iterable[SuiteItem]) -> dict[str, Judge]:
     """The scorers the kinds of ``items`` declare, each built once: a judge spec through
     ``poise.scoring.judges.get_judge``, or the task's own factory (checked to be a judge). Kinds
@@ -213,7 +247,13 @@ def task_scorers(items: Iterable[SuiteItem]) -> dict[str, Judge]:
         scorer = get_task(kind).scorer
         if scorer is None:
             continue
-        judge = get_judge(scorer) if isinstance(scorer, str) else scorer()
+        try:
+            judge = get_judge(scorer) if isinstance(scorer, str) else scorer()
+        except PoiseError as exc:  # said of the task: the audit's --judge is another
+            raise PoiseError(f"task {kind!r}: its scorer {scorer!r}: {exc}") from None
+        except Exception as exc:  # a plugin's own error: its traceback, and whose it is
+            exc.add_note(f"(building the scorer of task {kind!r}: {scorer!r})")
+            raise
         if not isinstance(judge, Judge):
             raise PoiseError(
                 f"task {kind!r}: its scorer built {type(judge).__name__}, not a judge "
