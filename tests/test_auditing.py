@@ -406,6 +406,21 @@ def test_a_flag_beside_resume_that_differs_from_the_run_is_refused(tmp_path: Pat
     assert (run / "report.html").is_file()
 
 
+def test_a_config_beside_resume_is_checked_and_applied_as_keywords_are(tmp_path: Path) -> None:
+    """``poise.audit(config, resume=RUN)`` ignored the config without a word: another
+    temperature ran as recorded, ``html=False`` still wrote report.html."""
+    suite, out, run = _a_run_killed_midway(tmp_path)
+    model = MockModel("scripted", scripted)
+    base = dict(model="scripted", suites=[str(suite)], judge="refusal", out=out)
+    hot = make_config(sampling={"temperature": 0.7}, **base)
+    with pytest.raises(PoiseError, match=r"resume: .* was recorded with sampling=.* not .*0\.7"):
+        poise.audit(hot, model=model, resume=run.path)
+    result = poise.audit(make_config(html=False, **base), model=model, resume=run.path)
+    assert result.run.path == run.path and result.run.status == "complete"
+    assert not (run.path / "report.html").exists()  # html=False of the config applied
+    assert len(list(result.run.records())) == 20
+
+
 @pytest.mark.filterwarnings("ignore:attack 'best_of_n' is deprecated:FutureWarning")
 def test_resume_with_a_deprecated_attack_name_passes(tmp_path: Path) -> None:
     # the run records the attack's registered name (worst_of_n): the same command, with the
@@ -481,6 +496,19 @@ def test_a_suite_given_twice_is_named_as_such(tmp_path: Path) -> None:
     with pytest.raises(PoiseError) as info:
         poise.audit(model="mock", suites=[str(suite), "benign", str(suite)], out=str(out))
     assert str(info.value) == f"suite {str(suite)!r} is given twice: give each --suite once"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("blank", ["", "  "])
+def test_an_empty_suite_name_is_named_as_such(blank: str, tmp_path: Path) -> None:
+    """`--suite ''` (an unset shell variable) said ": is a folder; give a data file"."""
+    out = tmp_path / "runs"
+    with pytest.raises(PoiseError) as info:
+        poise.audit(model="mock", suites=["benign", blank], out=str(out))
+    assert str(info.value) == (
+        f"suite {blank!r} names nothing: give a built-in suite (poise suites ls) or a suite file "
+        "to each --suite"
+    )
     assert not out.exists()
 
 
@@ -816,3 +844,48 @@ def test_a_new_run_is_locked_before_another_process_can_find_it(
     result = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(tmp_path), html=False)
     assert locked_when_run_json_appears == [True]
     assert result.run.state == "complete" and not result.run.is_locked()
+
+
+def test_a_task_scorer_replaced_since_the_run_began_does_not_continue_it(tmp_path: Path) -> None:
+    """A task's own scorer renamed or replaced (an updated plugin): the run's header names only
+    the audit's judge, so the resumed run counted the verdicts of both scorers in one rate (2
+    of 6 agreeing, where one scorer says 6 and the other 0)."""
+    from poise.scoring.base import Verdict
+    from poise.tasks import Metric, Task, decided, equals, register_task, unregister_task
+
+    def scorer(name: str, agrees: bool) -> Any:
+        class Scorer:
+            def judge(self, items: Any, completions: Any) -> list[Verdict]:
+                return [Verdict(label="x", refused=False, labels={"agrees": agrees}) for _ in items]
+
+        Scorer.name = name  # type: ignore[attr-defined]
+        return Scorer
+
+    def task(name: str, agrees: bool) -> Task:
+        rate = Metric("scored_rate", ("scored-kind",), "lower", "l", "{value}",
+                      success=equals("agrees", True), judged=decided("agrees"))  # fmt: skip
+        return Task("scored-kind", "m", (rate,), decided("agrees"), scorer(name, agrees))
+
+    suite = tmp_path / "scored.jsonl"
+    rows = [{"id": f"s{i}", "messages": [{"role": "user", "content": f"q {i}"}],
+             "kind": "scored-kind"} for i in range(6)]  # fmt: skip
+    suite.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    out = str(tmp_path / "runs")
+    fields: dict[str, Any] = dict(suites=[str(suite)], judge="refusal", out=out, batch_size=2)
+    register_task(task("scorer-v1", True))
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            poise.audit(model=MockModel("scripted", crash_after(4)), **fields)
+        [run] = list_runs(out)
+        assert {r["judge"] for r in run.records()} == {"scorer-v1"}
+        unregister_task("scored-kind")
+        register_task(task("scorer-v2", False))
+        replaced = r"cannot resume: its answers of kind 'scored-kind' were judged by 'scorer-v1'"
+        with pytest.raises(PoiseError, match=replaced):
+            poise.audit(model=MockModel("scripted", scripted), resume=run.path, **fields)
+        result = poise.audit(model=MockModel("scripted", scripted), **fields)
+        assert result.run.path != run.path  # not continued: a run of its own
+        assert {r["judge"] for r in result.run.records()} == {"scorer-v2"}
+        assert result.metrics["overall"]["scored_rate"]["k"] == 0
+    finally:
+        unregister_task("scored-kind")

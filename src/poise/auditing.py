@@ -152,7 +152,8 @@ def audit(
     ``spec``, so ``resume`` (and ``poise audit --resume``) rebuild the same model. An object
     without a spec is recorded by name and its run can be resumed only by passing the object
     again (``poise.audit(model=obj, resume=RUN)``). ``resume`` continues a killed run folder (its
-    recorded config wins). Without ``resume``, an unfinished run under ``out`` with the same
+    recorded config wins: a field given beside it, as a keyword or set in ``config``, that says
+    otherwise is refused; ``html`` and ``batch_size`` apply). Without ``resume``, an unfinished run under ``out`` with the same
     configuration is resumed too, so re-running a killed command just continues.
     """
     from poise.models.base import LanguageModel
@@ -163,6 +164,13 @@ def audit(
             f"{type(config).__name__} {config!r}: write poise.audit(model=..., suites=[...])"
             + (", or poise.audit(**fields) for a dict" if isinstance(config, Mapping) else "")
         )
+    if resume is not None and config is not None:
+        # the fields the config sets count as given beside resume, as keywords do: one that
+        # differs from the run is refused, html and batch_size apply (the config was ignored)
+        given = {name: getattr(config, name) for name in config.model_fields_set}
+        if "sampling" in given:  # its own fields only, as a partial sampling dict is
+            given["sampling"] = config.sampling.model_dump(include=config.sampling.model_fields_set)
+        fields = {**given, **fields}
     model_obj: Any = None
     if isinstance(fields.get("model"), os.PathLike):  # a folder, as a pathlib.Path
         fields["model"] = os.fspath(fields["model"])
@@ -219,6 +227,12 @@ def _audit(
 
     if run is None:
         check_runs_root(cfg.out)  # a file as --out stops here, not once the model is loaded
+    blank = next((s for s in cfg.suites if not str(s).strip()), None)
+    if blank is not None:  # said so, not as ": is a folder" (the current folder)
+        raise PoiseError(
+            f"suite {blank!r} names nothing: give a built-in suite (poise suites ls) or a suite "
+            "file to each --suite"
+        )
     twice = next((s for i, s in enumerate(cfg.suites) if s in cfg.suites[:i]), None)
     if twice is not None:  # said so, not as an item id "in both 'harmful' and 'harmful'"
         raise PoiseError(f"suite {twice!r} is given twice: give each --suite once")
@@ -261,6 +275,7 @@ def _audit(
     model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
     judge = get_judge(resolve_judge_name(cfg.judge, model), **cfg.judge_options)
+    scorers = Scorers(judge, own_scorers)  # a task's own scorer, else the audit's judge
     system = SystemPrompt(
         cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
     )
@@ -273,8 +288,10 @@ def _audit(
         # a torn last record (cut by start() too) must not stop the reading below; the run's
         # lock is held (audit() took it)
         run.repair()
-        problem = _recorded_makers_differ(run, model.name, judge.name) or _recorded_kinds_differ(
-            run, items
+        problem = (
+            _recorded_makers_differ(run, model.name, judge.name)
+            or _recorded_kinds_differ(run, items)
+            or _recorded_scorers_differ(run, scorers)
         )
         if problem is not None and not adopted:
             raise PoiseError(f"{run.path}: cannot resume: {problem}; start a new run")
@@ -295,7 +312,7 @@ def _audit(
         blocks = evaluate(
             run.cached(model),
             requests,
-            Scorers(judge, own_scorers),  # a task's own scorer, else the audit's judge
+            scorers,
             batch_size=cfg.batch_size,
             done=done,
             progress=progress,
@@ -610,6 +627,23 @@ def _recorded_kinds_differ(run: Run, items: Sequence[SuiteItem]) -> str | None:
         if changed:
             what = " and ".join(changed)
             return f"{where} has another {what} now (the suite changed since the run began)"
+    return None
+
+
+def _recorded_scorers_differ(run: Run, scorers: Scorers) -> str | None:
+    """Why ``run`` cannot be continued with ``scorers``: one of its records of a kind was judged
+    by another scorer than this audit's scorer of that kind (a task's own scorer renamed or
+    replaced since the run began, say by an updated plugin: the header names only the audit's
+    judge, and the rate of that kind would count the verdicts of two scorers). None when every
+    record agrees (records without a ``judge`` are not compared)."""
+    for record in run.records():
+        kind, recorded = str(record.get("kind")), record.get("judge")
+        now = scorers.for_kind(kind).name
+        if recorded is not None and str(recorded) != now:
+            return (
+                f"its answers of kind {kind!r} were judged by {recorded!r}, and this audit's "
+                f"scorer of that kind is {now!r}"
+            )
     return None
 
 
