@@ -889,3 +889,28 @@ def test_a_task_scorer_replaced_since_the_run_began_does_not_continue_it(tmp_pat
         assert result.metrics["overall"]["scored_rate"]["k"] == 0
     finally:
         unregister_task("scored-kind")
+
+
+@pytest.mark.parametrize(
+    ("fields", "said"),
+    [
+        (
+            {"sampling": {"temprature": 1}},
+            "unknown sampling field 'temprature'; did you mean 'temperature'?",
+        ),
+        (
+            {"temprature": 1},
+            "unknown field 'temprature'; did you mean sampling={'temperature': ...}?",
+        ),
+        ({"jugde": "refusal"}, "unknown audit config field 'jugde'; did you mean 'judge'?"),
+    ],
+)
+def test_a_misspelt_sampling_field_names_the_field_it_stands_for(
+    fields: dict[str, object], said: str, tmp_path: Path
+) -> None:
+    # sampling={"temprature": 1} was "sampling.temprature: not an option here", naming no
+    # field, and temprature=1 "did you mean 'system_prompt'?"
+    with pytest.raises(PoiseError) as refused:
+        poise.audit(model="mock", suites=["harmful"], limit=1, out=str(tmp_path), **fields)
+    assert said in str(refused.value)
+    assert not any(tmp_path.iterdir())

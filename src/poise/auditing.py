@@ -11,6 +11,7 @@ with exactly the records an uninterrupted audit has.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import shutil
@@ -115,7 +116,22 @@ def _check_field_names(fields: Mapping[str, Any]) -> None:
             continue
         if name in _FIELD_FOR:
             raise PoiseError(f"audit config: {name!r} is not a field; use {_FIELD_FOR[name]}")
+        sampled = difflib.get_close_matches(name.lower(), Sampling.model_fields, n=1, cutoff=0.8)
+        if sampled and not difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.8):
+            # "temprature": a sampling field misspelt, not the nearest audit field
+            raise PoiseError(
+                f"audit config: unknown field {name!r}; did you mean "
+                f"sampling={{'{sampled[0]}': ...}}?"
+            )
         raise UnknownNameError("audit config field", name, known)
+
+
+def _check_sampling_names(sampling: Mapping[str, Any]) -> None:
+    """One error for a key of a ``sampling`` dict that is no sampling field, with the nearest
+    (pydantic said "sampling.temprature: not an option here", naming no field)."""
+    for name in sampling:
+        if name not in Sampling.model_fields:
+            raise UnknownNameError("sampling field", str(name), Sampling.model_fields)
 
 
 def make_config(
@@ -126,6 +142,7 @@ def make_config(
     _check_field_names(fields)
     try:
         if "sampling" in fields and isinstance(fields["sampling"], dict):
+            _check_sampling_names(fields["sampling"])
             fields["sampling"] = Sampling(**fields["sampling"])
         if "suites" in fields and isinstance(fields["suites"], (str, os.PathLike)):
             fields["suites"] = (fields["suites"],)

@@ -84,7 +84,8 @@ def audit_command(
         [], "--model-option", help="KEY=VALUE backend option (device, dtype, ...); repeatable."
     ),
     limit: int | None = typer.Option(
-        None, help="Use N items of each suite, spread evenly over its categories."
+        None,
+        help="Use N items of each suite, spread evenly over it in file order (over its categories where, as in the built-in suites, they are grouped).",
     ),
     batch_size: int = typer.Option(
         256, help="Chats per generate call (the backend splits them into its own batches)."
