@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -546,3 +548,141 @@ def test_a_completions_client_that_leaves_frees_the_model(tiny_hf_model_dir: Pat
     assert answer.status_code == 200, answer.text
     assert answer.json()["usage"]["completion_tokens"] == 3
     assert model.steps < 100  # of the 480 the first request asked for, and the next one's 3
+
+
+# -- a served openai: model whose upstream fails ------------------------------------------------
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+class _FailingUpstream(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that answers every chat completion with
+    ``status`` (a 5xx: a server behind a gateway that keeps failing)."""
+
+    status = 503
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        send_json(self, self.status, {"error": {"message": "the engine is down", "type": "x"}})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def http_stub(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on a free port of 127.0.0.1 in a thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_upstream_that_fails_is_a_502_and_a_refusal_of_the_request_stays_a_400(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    """``poise serve`` in front of another OpenAI-compatible server answered an upstream that
+    could not be reached, or kept failing with 5xx, with a 400 ``invalid_request_error``: the
+    client's fault, which clients (the openai client, inspect, lm-eval) do not retry. It is now
+    a 502 ``server_error`` naming the upstream failure; a request the upstream refuses stays a
+    400. Checked with the official openai client, plain and streamed."""
+    import openai
+
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    with http_stub(_FailingUpstream) as failing:
+        for url, why in [(dead, f"cannot reach {dead} ("), (failing, "HTTP 503 from")]:
+            remote = OpenAIModel("up", base_urls=[url], max_retries=0)
+            front = start_server(remote, served_name="up")
+            client = openai.OpenAI(base_url=front.base_url, api_key="x", max_retries=0)
+            for stream in (False, True):
+                with pytest.raises(openai.InternalServerError) as caught:
+                    client.chat.completions.create(
+                        model="up", messages=[{"role": "user", "content": "hi"}], stream=stream
+                    )
+                assert caught.value.status_code == 502
+                error = caught.value.body
+                assert isinstance(error, dict)
+                assert error["type"] == "server_error" and error["code"] == "upstream_error"
+                assert "request failed after 1 attempts" in error["message"]
+                assert why in error["message"]
+    # an upstream that refuses the request (its max_tokens over the upstream's limit): a 400
+    upstream = start_server(echo_model, served_name="up", max_tokens_limit=16)
+    front = start_server(OpenAIModel("up", base_urls=[upstream.base_url], max_retries=0))
+    client = openai.OpenAI(base_url=front.base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model=front.state.config.name,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=32,
+        )
+    assert refused.value.status_code == 400
+    assert "refused the request (HTTP 400)" in str(refused.value.body)
+
+
+class _SeedCounter(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server of model "up" that answers a chat completion only once
+    ``expected`` requests are in flight together (a barrier), with its seed as the text."""
+
+    barrier: threading.Barrier
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        try:
+            self.barrier.wait(timeout=20)
+        except threading.BrokenBarrierError:
+            send_json(self, 500, {"error": {"message": "alone", "type": "x"}})
+            return
+        message = {"role": "assistant", "content": f"seed {body['seed']}"}
+        choice = {"index": 0, "message": message, "finish_reason": "stop"}
+        send_json(
+            self,
+            200,
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 0,
+                "model": "up",
+                "choices": [choice],
+            },
+        )
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_seeded_requests_to_a_served_openai_model_go_upstream_together(
+    start_server: StartServer,
+) -> None:
+    """Each distinct seed is its own ``generate`` call, and the server made its calls one after
+    another in one worker thread: 3 concurrent seeded requests to a server in front of another
+    went upstream one at a time. A call's samples depend on its chats and sampling only, so the
+    order changes nothing: the openai backend (``capabilities.concurrent``) now has them sent
+    side by side. The upstream here answers only once all 3 are in flight."""
+    handler = type("Seeds", (_SeedCounter,), {"barrier": threading.Barrier(3)})
+    with http_stub(handler) as url:
+        remote = OpenAIModel("up", base_urls=[url], max_retries=0)
+        front = start_server(remote, served_name="up", batch_window_ms=1000)
+
+        def one(seed: int) -> httpx.Response:
+            payload = {"model": "up", "messages": chat("hi"), "seed": seed, "temperature": 1.0}
+            return httpx.post(f"{front.base_url}/chat/completions", json=payload, timeout=60)
+
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(one, [11, 22, 33]))
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
+    # each answer is its own request's (the seed the backend forwards)
+    assert [a.json()["choices"][0]["message"]["content"] for a in answers] == [
+        "seed 11",
+        "seed 22",
+        "seed 33",
+    ]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -260,3 +261,59 @@ def test_a_request_without_max_tokens_never_shares_a_call_with_one_that_sets_it(
     run(body, model, window_s=0.05)
     assert sorted(model.open_limits) == [False, True]
     assert [len(chats) for chats, _ in model.calls] == [1, 1]
+
+
+def test_a_chat_whose_upstream_failed_is_told_from_one_it_refused() -> None:
+    """The openai backend's GenerationError says per chat why it failed; the batcher turned every
+    failure into a plain PoiseError (a 400), the server behind the model being down included.
+    The backend's exception for each chat is now kept: an UpstreamError stays one (a 502)."""
+    from poise.models.base import UpstreamError
+
+    class HalfDown(PartlyRefusing):
+        def generate(  # type: ignore[override]
+            self, chats: Any, sampling: Sampling, **_: Any
+        ) -> list[list[Completion]]:
+            failures = {0: "upstream refused the request (HTTP 400): no", 1: "cannot reach it"}
+            errors: dict[int, Exception] = {0: PoiseError("refused"), 1: UpstreamError("down")}
+            raise GenerationError(
+                self, [None, None, [self.reply(chats[2], sampling, 0)]], failures, errors
+            )
+
+    model = HalfDown()
+
+    async def body(batcher: Batcher) -> list[Generation | BaseException]:
+        futures = [batcher.submit(chat(t), Sampling(), seeded=True) for t in ("a", "b", "c")]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    refused, down, answered = run(body, model, window_s=0.05)
+    assert isinstance(refused, PoiseError) and not isinstance(refused, UpstreamError)
+    assert str(refused) == "echo: upstream refused the request (HTTP 400): no"
+    assert isinstance(down, UpstreamError) and str(down) == "echo: cannot reach it"
+    assert isinstance(answered, Generation)
+
+
+def test_a_concurrent_model_gets_its_calls_for_distinct_seeds_side_by_side() -> None:
+    """Distinct seeds are distinct ``generate`` calls, made one after another in one worker
+    thread. A model that may be called from several threads (``capabilities.concurrent``, the
+    openai backend) now gets them side by side: here each call waits until all 3 are running.
+    Each request still gets its own chat's answer, as the model gives it alone."""
+    barrier = threading.Barrier(3)
+
+    class Together(EchoModel):
+        capabilities = Capabilities(concurrent=True)
+
+        def generate(self, chats: Any, sampling: Sampling, **kwargs: Any) -> list[list[Completion]]:
+            barrier.wait(timeout=20)  # a BrokenBarrierError when the calls run one by one
+            return super().generate(chats, sampling, **kwargs)
+
+    model = Together()
+    samplings = [Sampling(temperature=1.0, seed=seed) for seed in (1, 2, 3)]
+
+    async def body(batcher: Batcher) -> list[Generation]:
+        futures = [batcher.submit(chat("same"), s, seeded=True) for s in samplings]
+        return list(await asyncio.gather(*futures))
+
+    results = run(body, model, window_s=0.05)
+    assert len(model.calls) == 3
+    for result, sampling in zip(results, samplings, strict=True):
+        assert texts(result) == [model.reply(chat("same"), sampling, 0).text]

@@ -415,3 +415,40 @@ def test_tiny_hf_model_served_matches_in_process(tiny_hf_model_dir: Path, tmp_pa
         assert full["usage"]["prompt_tokens"] > 0  # counted with the model's chat template
     finally:
         server.stop()
+
+
+def test_a_base_model_without_a_chat_template_serves_raw_prompts(
+    no_template_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """``poise serve`` refused to start on a model whose tokenizer has no chat template (a base
+    model), though ``/v1/completions`` feeds raw prompts and needs none. It now starts, as vLLM
+    does: ``/v1/completions`` answers, and each chat request gets one 400 saying the model has
+    no chat template (vLLM: "default chat template is no longer allowed"). Checked with the
+    official openai client."""
+    import openai
+
+    server = start_serve_process(
+        ["--model", str(no_template_hf_model_dir), "--served-name", "base"],
+        tmp_path / "serve.log",
+    )
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        completion = client.completions.create(
+            model="base", prompt="the cat sat", max_tokens=4, temperature=0
+        )
+        assert completion.choices[0].finish_reason in ("stop", "length")
+        assert completion.usage is not None and completion.usage.prompt_tokens > 0
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as refused:
+                client.chat.completions.create(
+                    model="base", messages=[{"role": "user", "content": "hi"}], stream=stream
+                )
+            error = refused.value.body
+            assert isinstance(error, dict) and error["code"] == "no_chat_template"
+            assert "'base' has no chat template" in error["message"]
+            assert "/v1/completions" in error["message"]
+        # the server said so once at start, and is still healthy
+        assert "no chat template" in server.log.read_text()
+        assert server.health()["status"] == "ok"
+    finally:
+        server.stop()

@@ -114,18 +114,17 @@ def register(app: typer.Typer) -> None:
                 )
                 raise PoiseError(f"poise serve: {error}") from None
             try:
-                from poise.serve.app import check_firewall, check_port, serve
+                from poise.serve.app import check_firewall, check_port, load_served_model, serve
             except ImportError as exc:
                 raise MissingExtraError(exc.name or "fastapi", "serve", "poise serve") from None
-
-            from poise.models import load_model
 
             check_port(config.host, config.port)  # before spending time on loading the model
             fitted = check_firewall(config)  # likewise: a wrong --firewall flag, at once
 
             # a folder with brackets is text, not markup (MarkupError on a terminal)
             with console.status(f"loading {shown(config.model)} ..."):
-                loaded = load_model(config.model)
+                # a base model (no chat template) too: it serves /v1/completions
+                loaded = load_served_model(config.model)
 
             def ready(served: LanguageModel) -> None:
                 keyed = "API key required" if config.api_key else "no API key"

@@ -97,11 +97,25 @@ class EndpointError(PoiseError):
     all then keeps no run folder."""
 
 
+class UpstreamError(PoiseError):
+    """The server behind a remote model failed to answer a request that may well be good: it
+    could not be reached, did not answer in time, or kept failing (HTTP 5xx, 408, 429) through
+    every retry. Not the request's fault: ``poise serve`` answers it with a 502 (Bad Gateway),
+    where a refusal of the request is a 400."""
+
+
+class NoChatTemplateError(PoiseError):
+    """The model's tokenizer has no chat template (a base model), so it cannot render a chat.
+    ``poise serve`` still serves such a model's raw-prompt ``/v1/completions``."""
+
+
 class GenerationError(PoiseError):
     """Some chats of one ``generate`` call failed for good, the others were answered.
 
     ``results[i]`` holds chat ``i``'s completions, or None where it failed; ``failures[i]`` says
-    why chat ``i`` failed (one line each). ``model`` is the model whose ``generate`` raised, so
+    why chat ``i`` failed (one line each), and ``errors[i]``, where the backend keeps it, is the
+    exception that failed it (its type tells an :class:`UpstreamError` from a refusal of the
+    request). ``model`` is the model whose ``generate`` raised, so
     a wrapper can tell whether the indices are those of its own call. A backend that raises it
     sets ``partial_results = True`` and accepts ``generate(..., on_result=ResultFn)``, through
     which it hands over each chat's completions as they arrive (the response cache stores them
@@ -112,10 +126,12 @@ class GenerationError(PoiseError):
         model: object,
         results: Sequence[list[Completion] | None],
         failures: dict[int, str],
+        errors: dict[int, Exception] | None = None,
     ) -> None:
         self.model = model
         self.results = list(results)
         self.failures = dict(failures)
+        self.errors = dict(errors or {})
         name = getattr(model, "name", type(model).__name__)
         first = failures[min(failures)] if failures else "?"
         received = sum(r is not None for r in self.results)
@@ -185,6 +201,9 @@ class Capabilities:
       behind the model (what is left of its context) instead of ``sampling.max_new_tokens``:
       ``poise serve`` fronting a model that knows neither its context nor its tokenizer (an
       ``openai:`` model) passes a request without ``max_tokens`` on as one without it.
+    - ``concurrent``: ``generate`` may run in several threads at once (a client of a remote
+      server, each call with its own connections): ``poise serve`` makes such a model's calls
+      for different samplings (distinct seeds) side by side instead of one after another.
     """
 
     score: bool = False
@@ -194,6 +213,7 @@ class Capabilities:
     tokens: bool = False
     activations: bool = False
     open_limit: bool = False
+    concurrent: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from poise.models.base import (
     Completion,
     LogitsHook,
     ModelBase,
+    NoChatTemplateError,
     SequenceLogprobs,
     StreamEvent,
     TokenLogprobs,
@@ -54,6 +55,11 @@ logger = logging.getLogger(__name__)
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_WEIGHTS_INDEX = "model.safetensors.index.json"
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.bin", "*.pt", "*.pth", "*.ckpt")
+# What a tokenizer without a chat template (a base model's) is refused with.
+_NO_CHAT_TEMPLATE = (
+    "the tokenizer has no chat template (tokenizer_config.json 'chat_template' or "
+    "chat_template.jinja)"
+)
 # Files besides the weights that change what a folder generates: part of the fingerprint.
 CONFIG_FILES = (
     "config.json",
@@ -438,7 +444,10 @@ class HFModel(ModelBase):
     ``path_or_id`` is a local folder (config.json + safetensors weights) or a hub id. ``device``
     and ``dtype`` default to cuda + bfloat16 when a GPU is present, else cpu + float32.
     ``batch_size`` counts rows (chats times samples) per forward pass. ``trust_remote_code``
-    stays off unless asked for; pickle checkpoints are refused unless ``allow_pickle``.
+    stays off unless asked for; pickle checkpoints are refused unless ``allow_pickle``. A
+    tokenizer without a chat template (a base model) is refused at load
+    (:class:`~poise.models.base.NoChatTemplateError`) unless ``require_chat_template=False``
+    (``poise serve``, whose ``/v1/completions`` needs none): then every chat raises it.
 
     ``name`` is "hf:<resolved path>#<fingerprint>" for a folder and "hf:<id>@<revision>" for a
     hub id. The raw objects are exposed as ``model``, ``tokenizer`` and ``device``.
@@ -458,6 +467,7 @@ class HFModel(ModelBase):
         trust_remote_code: bool = False,
         allow_pickle: bool = False,
         revision: str | None = None,
+        require_chat_template: bool = True,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PoiseError(f"batch_size: expected a positive integer, got {batch_size!r}")
@@ -467,6 +477,7 @@ class HFModel(ModelBase):
         self.trust_remote_code = trust_remote_code
         self.allow_pickle = allow_pickle
         self.revision = revision
+        self.require_chat_template = require_chat_template
         self.path: Path | None = None
         self.fingerprint: str | None = None
         self.default_system_prompt: str | None = None
@@ -532,10 +543,9 @@ class HFModel(ModelBase):
             raise PoiseError(
                 f"{source}: could not load the tokenizer ({_first_line(exc)})"
             ) from None
-        if not getattr(tokenizer, "chat_template", None):
-            raise PoiseError(
-                f"{source}: the tokenizer has no chat template (tokenizer_config.json "
-                "'chat_template' or chat_template.jinja); poise sends chats, so it needs one"
+        if self.require_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise NoChatTemplateError(
+                f"{source}: {_NO_CHAT_TEMPLATE}; poise sends chats, so it needs one"
             )
         return tokenizer
 
@@ -586,6 +596,10 @@ class HFModel(ModelBase):
 
     def prompt_text(self, chat: Chat) -> str:
         """The chat rendered by the tokenizer's chat template, ready for the assistant's turn."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise NoChatTemplateError(
+                f"{self.name}: {_NO_CHAT_TEMPLATE}, so it cannot render a chat"
+            )
         try:
             text = self.tokenizer.apply_chat_template(
                 chat, add_generation_prompt=True, tokenize=False

@@ -52,6 +52,7 @@ from poise.models.base import (
     ModelBase,
     ResultFn,
     TokenLogprobs,
+    UpstreamError,
 )
 
 if TYPE_CHECKING:
@@ -228,8 +229,9 @@ class OpenAIModel(ModelBase):
     # generate(..., on_result=) hands over each chat's answers as they arrive, and a failed
     # request raises GenerationError with everything else that came back
     partial_results = True
-    # generate(..., open_limit=True) sends no max_tokens: the server sizes the answer
-    capabilities = Capabilities(open_limit=True)
+    # generate(..., open_limit=True) sends no max_tokens: the server sizes the answer; each
+    # generate call runs its own loop and clients, so calls may overlap in several threads
+    capabilities = Capabilities(open_limit=True, concurrent=True)
 
     def generate(
         self,
@@ -291,6 +293,7 @@ class OpenAIModel(ModelBase):
         semaphore = asyncio.Semaphore(self.concurrency)
         results: list[list[Completion] | None] = [None] * len(chats)
         failures: dict[int, str] = {}
+        errors: dict[int, Exception] = {}
 
         async def one(index: int) -> None:
             try:
@@ -303,6 +306,7 @@ class OpenAIModel(ModelBase):
             except PoiseError as exc:
                 # this request failed for good; the others go on, and their answers are kept
                 failures[index] = str(exc).removeprefix(f"{self.name}: ")
+                errors[index] = exc
                 return
             results[index] = out
             if on_result is not None:
@@ -323,7 +327,7 @@ class OpenAIModel(ModelBase):
             for client in clients:
                 await client.close()
         if failures:
-            raise GenerationError(self, results, failures)
+            raise GenerationError(self, results, failures, errors)
         return [r for r in results if r is not None]
 
     async def _complete(
@@ -451,7 +455,9 @@ class OpenAIModel(ModelBase):
             )
             await asyncio.sleep(delay)
             attempt += 1
-        raise PoiseError(
+        # unreachable, timed out, or failing (5xx, 408, 429) through every retry: the
+        # server's failure, not the request's (UpstreamError, which poise serve answers with 502)
+        raise UpstreamError(
             f"{self.name}: request failed after {self.max_retries + 1} attempts: {last_error}"
         )
 

@@ -51,8 +51,11 @@ from poise.guards.record import generated_tokens
 from poise.models.base import (
     Chat,
     Completion,
+    GenerationError,
     LanguageModel,
+    NoChatTemplateError,
     StreamEvent,
+    UpstreamError,
     system_prompt_in_template,
 )
 from poise.models.context import ContextLengthError, fit_context, prompt_token_count
@@ -83,8 +86,11 @@ __all__ = [
     "check_port",
     "create_app",
     "exposure_warning",
+    "failed_upstream",
+    "load_served_model",
     "make_server",
     "prompt_token_counter",
+    "renders_chats",
     "serve",
     "text_pieces",
 ]
@@ -258,6 +264,7 @@ def create_app(
             await state.scheduler.stop()
 
     guard = _firewall_guard(model, config, firewall)
+    chats = renders_chats(model)
     app = FastAPI(title="poise serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.poise = state
     _install_error_handlers(app)
@@ -284,6 +291,8 @@ def create_app(
             parsed = parse_request(await request.body(), config)
             if parsed.model not in _accepted_names(state):
                 raise _unknown_model(parsed.model, state)
+            if not chats:
+                raise _no_chat_template(state)
             if parsed.logprobs:
                 check_tokens_capability(state.model, "logprobs")
             if guard is not None:
@@ -299,7 +308,12 @@ def create_app(
             return _error(shutdown_error())
         except ContextLengthError as exc:
             return _error(RequestError(str(exc), param="messages", code="context_length_exceeded"))
+        except NoChatTemplateError:
+            return _error(_no_chat_template(state))
         except PoiseError as exc:
+            if failed_upstream(exc):
+                # the server behind the model failed, not the request: a 502, which clients retry
+                return _error(_upstream_error(exc))
             # The model refused the request's values (e.g. a prompt longer than its context).
             return _error(RequestError(str(exc)))
         except Exception:
@@ -411,9 +425,7 @@ def serve(
     if firewall is None:  # checked before the model loads, and loaded once
         firewall = check_firewall(config)
     if model is None:
-        from poise.models import load_model
-
-        model = load_model(config.model)
+        model = load_served_model(config.model)
     app = create_app(model, config, firewall=firewall)
     if on_ready is not None:
         on_ready(model)
@@ -597,6 +609,63 @@ async def _wait_for_disconnect(request: Request) -> None:
             return
 
 
+def renders_chats(model: LanguageModel) -> bool:
+    """Whether ``model`` can render a chat: False for a model whose Hugging Face tokenizer has no
+    chat template (a base model, loaded by :func:`load_served_model`), which serves only
+    ``/v1/completions``."""
+    tokenizer = model.tokenizer
+    return not (
+        tokenizer is not None
+        and hasattr(tokenizer, "apply_chat_template")
+        and not getattr(tokenizer, "chat_template", None)
+    )
+
+
+def load_served_model(spec: str) -> LanguageModel:
+    """``spec`` loaded for serving. A model whose tokenizer has no chat template (a base model)
+    is loaded all the same, as vLLM serves one: ``/v1/completions`` takes raw prompts, and
+    ``/v1/chat/completions`` answers each request with a 400 saying the model has no chat
+    template (vLLM's "default chat template is no longer allowed")."""
+    from poise.models import load_model
+
+    try:
+        return load_model(spec)
+    except NoChatTemplateError:
+        model = load_model(spec, require_chat_template=False)
+        logger.warning(
+            "%s: the tokenizer has no chat template (a base model): /v1/completions serves raw "
+            "prompts, /v1/chat/completions answers 400",
+            spec,
+        )
+        return model
+
+
+def failed_upstream(exc: BaseException) -> bool:
+    """Whether ``exc`` is the failure of the server behind a remote model (unreachable, timed
+    out, 5xx through every retry: :class:`~poise.models.base.UpstreamError`), for every chat it
+    failed, rather than a refusal of the request."""
+    if isinstance(exc, UpstreamError):
+        return True
+    return (
+        isinstance(exc, GenerationError)
+        and bool(exc.failures)
+        and all(isinstance(exc.errors.get(i), UpstreamError) for i in exc.failures)
+    )
+
+
+def _upstream_error(exc: BaseException) -> RequestError:
+    return RequestError(str(exc), status=502, type="server_error", code="upstream_error")
+
+
+def _no_chat_template(state: ServerState) -> RequestError:
+    return RequestError(
+        f"the model {state.config.name!r} has no chat template (its tokenizer defines none), so "
+        "it cannot answer a chat; send a raw prompt to /v1/completions, or serve a model with "
+        "a chat template",
+        code="no_chat_template",
+    )
+
+
 def _accepted_names(state: ServerState) -> set[str]:
     return {state.config.name, state.model.name}
 
@@ -731,7 +800,7 @@ async def _sse_events(
                 error_body(
                     str(exc) if isinstance(exc, PoiseError) else "internal server error",
                     type="server_error",
-                    code="internal_error",
+                    code="upstream_error" if failed_upstream(exc) else "internal_error",
                 )
             )
             return

@@ -8,8 +8,12 @@ A ``LanguageModel`` is batch-first: one call over 32 chats costs little more tha
 single chat. The server therefore never calls the model per request. Requests wait in a queue
 for up to ``window_s`` (or until ``max_batch`` chats are waiting); the batch is then split into
 groups of identical sampling parameters, and each group is one ``model.generate`` call made in a
-single worker thread, so the model is never used by two threads at once. While a call runs, new
-requests queue up and form the next batch.
+single worker thread, so the model is never used by two threads at once. A model that declares
+``capabilities.concurrent`` (the openai backend: a client whose calls share nothing) has its
+groups called side by side instead, each in its own worker thread: a server in front of another
+server would otherwise send requests with distinct seeds upstream one after another. The order
+of the calls changes no output: a call's samples depend on its chats and sampling only (below).
+While a batch's calls run, new requests queue up and form the next batch.
 
 Seeds. A request with a seed is reproducible: it is generated with exactly its ``Sampling``.
 Requests without a seed share one freshly drawn seed per call, which keeps them batchable; since
@@ -53,7 +57,14 @@ from typing import Any
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion, GenerationError, LanguageModel, StreamEvent
+from poise.models.base import (
+    Chat,
+    Completion,
+    GenerationError,
+    LanguageModel,
+    StreamEvent,
+    UpstreamError,
+)
 from poise.serve.ticket import Generation, Ticket, fresh_seed
 
 __all__ = ["Batcher", "Generation", "fresh_seed", "text_pieces"]
@@ -164,8 +175,9 @@ class Batcher:
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self.running = 0  # chats in the generate call now running
-        self._call: concurrent.futures.Future[list[Generation | Exception]] | None = None
+        self.running = 0  # chats in the generate calls now running
+        # the calls running in the worker threads (several only for a concurrent model)
+        self._calls: set[concurrent.futures.Future[list[Generation | Exception]]] = set()
         self.generate_calls = 0
         self.generated_chats = 0
 
@@ -175,8 +187,10 @@ class Batcher:
         if self._task is not None:
             return
         self._arrived = asyncio.Event()
+        # one worker: the model is never used by two threads at once, unless it says it may be
+        workers = self.max_batch if self.model.capabilities.concurrent else 1
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="poise-generate"
+            max_workers=workers, thread_name_prefix="poise-generate"
         )
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="poise-batcher")
 
@@ -264,7 +278,7 @@ class Batcher:
         """Whether a call of the model is running in the worker thread, even after
         :meth:`stop` (which cannot interrupt it: a remote model's request, a strategy's
         generate)."""
-        return self._call is not None and not self._call.done()
+        return any(not call.done() for call in list(self._calls))
 
     @property
     def pending(self) -> int:
@@ -317,10 +331,11 @@ class Batcher:
         groups: dict[tuple[bool, str, bool], list[_Queued]] = {}
         for item in batch:
             groups.setdefault(item.group_key, []).append(item)
+        calls: list[tuple[list[_Queued], Sampling]] = []
         for (seeded, _, _), items in groups.items():
             sampling = items[0].sampling
             if seeded or sampling.greedy:
-                await self._generate(items, sampling)
+                calls.append((items, sampling))
                 continue
             # Unseeded sampling: the k-th copy of a chat goes to the k-th call so that copies
             # get independent samples.
@@ -333,9 +348,12 @@ class Batcher:
                     rounds.append([])
                 rounds[k].append(item)
             for round_items in rounds:
-                await self._generate(
-                    round_items, sampling.model_copy(update={"seed": fresh_seed()})
-                )
+                calls.append((round_items, sampling.model_copy(update={"seed": fresh_seed()})))
+        if self.model.capabilities.concurrent:
+            await asyncio.gather(*(self._generate(items, sampling) for items, sampling in calls))
+            return
+        for items, sampling in calls:
+            await self._generate(items, sampling)
 
     async def _generate(self, items: list[_Queued], sampling: Sampling) -> None:
         live = [item for item in items if not item.future.done()]
@@ -353,7 +371,7 @@ class Batcher:
                 listeners[index[item.chat_key]].append(item.listener)
         assert self._executor is not None
         loop = asyncio.get_running_loop()
-        self.running = len(live)
+        self.running += len(live)
 
         fill = live[0].fill  # one group: the same for all
         # a request without max_tokens, to a model that cannot size it (no context known) but
@@ -389,11 +407,13 @@ class Batcher:
                     results[i] = outcome
             return [r if r is not None else RuntimeError("not generated") for r in results]
 
-        self._call = self._executor.submit(call)
+        running = self._executor.submit(call)
+        self._calls.add(running)
+        running.add_done_callback(self._calls.discard)
         try:
-            results = await asyncio.wrap_future(self._call)
+            results = await asyncio.wrap_future(running)
         finally:
-            self.running = 0
+            self.running -= len(live)
         self.generate_calls += 1
         self.generated_chats += len(chats)
         for item in live:
@@ -481,7 +501,9 @@ class Batcher:
                 )
             else:
                 reason = exc.failures.get(i, "the model gave no answer")
-                outcomes.append(PoiseError(f"{self.model.name}: {reason}"))
+                # the server behind the model failed (a 502), or refused the request (a 400)
+                kind = UpstreamError if isinstance(exc.errors.get(i), UpstreamError) else PoiseError
+                outcomes.append(kind(f"{self.model.name}: {reason}"))
         return outcomes
 
     def _call_model(
