@@ -232,3 +232,20 @@ def test_several_answers_to_a_prompt_get_cluster_robust_intervals() -> None:
     assert single is not None and "interval" not in single["produced_share"]
     plain = Rate.of("false_alarm_rate", 1, 6)
     assert single["false_alarm_rate"]["high"] == pytest.approx(plain.high)
+
+
+def test_macro_f1_of_one_prompt_is_not_reported_as_certain() -> None:
+    """Resampling items with one item draws that item every time: the interval was the point,
+    0.5 [0.5, 0.5] from four answers to one prompt. One item cannot show how the F1 varies over
+    items; the interval is the uninformative [0, 1]."""
+    answers = [(True, True), (False, True), (True, False), (False, False)]
+    one = guard_metrics([("p", _record(s, h, 5, 10)) for s, h in answers])
+    assert one is not None
+    f1 = one["macro_f1"]
+    assert f1["value"] == pytest.approx(macro_f1([s for s, _ in answers], [h for _, h in answers]))
+    assert (f1["low"], f1["high"]) == (0.0, 1.0)
+    # with two prompts the bootstrap speaks again (and its band holds the value)
+    two = guard_metrics([(f"p{i % 2}", _record(s, h, 5, 10)) for i, (s, h) in enumerate(answers)])
+    assert two is not None
+    assert two["macro_f1"]["low"] <= two["macro_f1"]["value"] <= two["macro_f1"]["high"]
+    assert (two["macro_f1"]["low"], two["macro_f1"]["high"]) != (0.0, 1.0)

@@ -254,3 +254,30 @@ def test_prompts_that_moved_alike_by_a_fraction_are_found_despite_rounding() -> 
     expected = confint_proportions_2indep(7 / 9 * m, m, 1 / 9 * m, m, method="newcomb")
     assert (diff.low, diff.high) == pytest.approx(expected, abs=1e-9)
     assert diff.p_value == pytest.approx(mcnemar([[0, 3], [0, 0]], exact=True).pvalue)
+
+
+def test_no_spread_from_the_numbers_of_trials_alone_is_no_evidence_of_a_change() -> None:
+    # Each prompt has the same rate under a and b (0 and 1), but the prompt with no harmful
+    # answer has fewer judged answers under a: D = 2/3 - 1/3 with residuals of exactly 0. The
+    # sign test counted every prompt as moved (p = 2 / 2^m: 0.002 on 10 prompts); no prompt did.
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    a_counts, b_counts = [(0, 1), (2, 2)] * 5, [(0, 2), (1, 1)] * 5
+    diff = paired_clustered("r", a_counts, b_counts)
+    assert diff.value == pytest.approx(1 / 3)
+    assert diff.test == "sign-prompts"
+    assert diff.p_value == pytest.approx(mcnemar([[0, 0], [0, 0]], exact=True).pvalue) == 1.0
+    # prompts whose own rate moved count once each, in their direction, the others not at all:
+    # 1/1 vs 1/2 and 1/3 vs 0/1 went up, 0/1 vs 0/2 did not move: 2 up, 0 down (not 3 up)
+    a_counts, b_counts = [(0, 1), (1, 1), (1, 3)], [(0, 2), (1, 2), (0, 1)]
+    diff = paired_clustered("r", a_counts, b_counts)
+    assert diff.value == pytest.approx(2 / 5 - 1 / 5)
+    assert diff.test == "sign-prompts"
+    assert diff.p_value == pytest.approx(mcnemar([[0, 2], [0, 0]], exact=True).pvalue)
+
+
+def test_paired_counts_outside_0_to_n_are_refused_with_the_prompt() -> None:
+    with pytest.raises(ValueError, match=r"r: prompt 1 under after: .* got 3/2"):
+        paired_clustered("r", [(1, 2), (0, 2)], [(0, 2), (3, 2)], a="before", b="after")
+    with pytest.raises(ValueError, match=r"prompt 0 under a: .* got -1/2"):
+        paired_clustered("r", [(-1, 2), (0, 2)], [(0, 2), (1, 2)])

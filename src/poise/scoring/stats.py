@@ -257,10 +257,19 @@ def paired_clustered(
     ``D = K_a / N_a - K_b / N_b``; its cluster-robust variance, prompts as clusters, is
     ``m / (m - 1) · Σ_i r_i²`` with ``r_i = (k_ai - p_a n_ai) / N_a - (k_bi - p_b n_bi) / N_b``
     (the linearisation of both ratio estimators, which keeps their within-prompt covariance;
-    arXiv 2411.00640, paired differences). Normal interval and two-sided Wald test.
+    arXiv 2411.00640, paired differences). Normal interval and two-sided Wald test; with no
+    spread between prompts (every ``r_i = 0``), Newcombe's interval with a trial per prompt and
+    the exact sign test over the prompts whose own rate moved (see the code). Counts outside
+    ``0 <= successes <= trials`` are a ValueError naming the prompt.
     """
     if len(a_counts) != len(b_counts) or len(a_counts) < 2:
         raise ValueError(f"{name}: need the same prompts, at least 2, under both conditions")
+    for label, counts in ((a, a_counts), (b, b_counts)):
+        for i, (k, n) in enumerate(counts):
+            if not 0 <= k <= n:
+                raise ValueError(
+                    f"{name}: prompt {i} under {label}: need 0 <= successes <= trials, got {k}/{n}"
+                )
     n_a = sum(n for _, n in a_counts)
     n_b = sum(n for _, n in b_counts)
     if n_a <= 0 or n_b <= 0:
@@ -287,12 +296,22 @@ def paired_clustered(
         # and none under b): the Wald interval is a point and its p-value 0 on any number of
         # prompts. The data are then as if each prompt were one trial (the design effect's
         # limit): Newcombe's hybrid score interval with n = m prompts (his 1998 method 10, no
-        # correlation term) and the exact sign test over the m prompts.
+        # correlation term) and the exact sign test over the prompts: those whose own rate
+        # went up against those whose rate went down (compared exactly, k_a n_b vs k_b n_a),
+        # prompts that did not move (or lack trials under a or b) left out. Residuals can
+        # vanish with no prompt moving at all: (0/1, 2/2) under a and (0/2, 1/1) under b give
+        # D = +1/3 from the numbers of trials alone; that is no evidence of a change.
         l_a, u_a = wilson_interval_effective(p_a, m, z)
         l_b, u_b = wilson_interval_effective(p_b, m, z)
         low = diff - math.sqrt((p_a - l_a) ** 2 + (u_b - p_b) ** 2)
         high = diff + math.sqrt((p_b - l_b) ** 2 + (u_a - p_a) ** 2)
-        p_value = 1.0 if diff == 0.0 else mcnemar_exact(m, 0)
+        moved = [
+            ka * nb - kb * na
+            for (ka, na), (kb, nb) in zip(a_counts, b_counts, strict=True)
+            if na > 0 and nb > 0
+        ]  # [<= m]: the sign of each prompt's own difference of rates
+        up, down = sum(1 for x in moved if x > 0), sum(1 for x in moved if x < 0)
+        p_value = 1.0 if diff == 0.0 else mcnemar_exact(up, down)
         test = "sign-prompts"
     else:
         p_value = math.erfc(abs(diff) / se / math.sqrt(2))
