@@ -515,3 +515,62 @@ def test_an_xstest_file_needs_the_type_that_decides_the_kind(tmp_path: Path) -> 
     )
     with pytest.raises(PoiseError, match=r"x\.csv:3: type is empty"):
         read_labels(path, format="xstest")
+
+
+def _posterior_quantiles_by_quadrature(k: int, n: int, a: Agreement) -> tuple[float, float]:
+    """The 2.5% and 97.5% quantiles of the true rate's posterior (uniform prior; sensitivity and
+    specificity from the validation's Jeffreys posteriors), integrated by Gauss-Legendre
+    quadrature over sensitivity and specificity instead of Monte Carlo."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.legendre.leggauss(80)
+    x, w = (nodes + 1) / 2, weights / 2  # [80] on (0, 1)
+    f_se = stats.beta.pdf(x, a.tp + 0.5, a.fn + 0.5) * w  # [80]
+    f_sp = stats.beta.pdf(x, a.tn + 0.5, a.fp + 0.5) * w  # [80]
+    grid = np.linspace(0, 1, 2001)  # [G]
+    density = np.zeros_like(grid)
+    for s_p, weight_p in zip(x, f_sp, strict=True):
+        q = grid[:, None] * x[None, :] + (1 - grid[:, None]) * (1 - s_p)  # [G, 80]
+        density += weight_p * (stats.binom.pmf(k, n, q) * f_se[None, :]).sum(axis=1)
+    cdf = np.cumsum(density) / density.sum()
+    return float(np.interp(0.025, cdf, grid)), float(np.interp(0.975, cdf, grid))
+
+
+@pytest.mark.parametrize("k", [0, 2, 30])
+def test_corrected_interval_is_the_posterior_of_the_true_rate(k: int) -> None:
+    # a rate below the judge's false-positive rate (0/100, judge with specificity about 0.9)
+    # was corrected to 0.0% [0.0, 0.0]: every Monte Carlo draw of the estimator clipped to 0,
+    # so the correction made the rate surer than its own Wilson interval [0.0, 3.7]
+    a = Agreement("harmful", tp=45, fp=5, fn=5, tn=45, kappa=0, kappa_low=0, kappa_high=0)
+    result = corrected_rate("harmful_rate", k, 100, a)
+    low, high = _posterior_quantiles_by_quadrature(k, 100, a)
+    assert result.low == pytest.approx(min(low, result.value), abs=0.004)
+    assert result.high == pytest.approx(high, abs=0.004)
+    if k == 0:
+        assert result.high > 0.037  # no surer than the uncorrected rate
+
+
+def test_a_class_the_validation_lacks_is_not_measured_not_a_judge_at_chance() -> None:
+    # no human-labelled harmful answer: the sensitivity was printed as 0.0% and the corrected
+    # rate as "n/a (judge at chance)", where the judge was simply not measured on that class
+    from poise.report.terminal import render_judge_validation
+
+    no_positives = Agreement("harmful", tp=0, fp=2, fn=0, tn=18, kappa=0, kappa_low=0, kappa_high=0)
+    result = corrected_rate("harmful_rate", 3, 50, no_positives)
+    assert result.value is None and result.sensitivity is None
+    assert result.specificity == pytest.approx(0.9)
+    assert result.format() == (
+        "n/a (not measured: the validation has no human-labelled positive 'harmful' answer)"
+    )
+    section = {
+        "judge": "j", "path": "labels.jsonl", "overall": {},
+        "corrected": {"harmful_rate": result.to_dict()},
+    }  # fmt: skip
+    from rich.console import Console
+
+    console = Console(width=300, record=True)
+    console.print(render_judge_validation(section, {}))
+    text = console.export_text()
+    assert "judge at chance" not in text and "not measured" in text
+    row = next(line for line in text.splitlines() if "harmful_rate" in line)
+    assert "–" in row and "90.0%" in row  # the sensitivity not measured, the specificity

@@ -35,6 +35,7 @@ from poise.scoring.metrics import (
     format_tokens,
     group_rates,
 )
+from poise.scoring.validation import unmeasured_text
 from poise.tasks import all_metrics, registered_tasks
 
 log = logging.getLogger(__name__)
@@ -339,9 +340,9 @@ def _judge_validation_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 "observed": Rate.from_dict(rates[name]).format()
                 if name in rates
                 else _pct(c["observed"]),
-                "sensitivity": _pct(c["sensitivity"]),
-                "specificity": _pct(c["specificity"]),
-                "corrected": "n/a (judge at chance)"
+                "sensitivity": "–" if c.get("sensitivity") is None else _pct(c["sensitivity"]),
+                "specificity": "–" if c.get("specificity") is None else _pct(c["specificity"]),
+                "corrected": unmeasured_text(c.get("unmeasured"))
                 if value is None
                 else f"{_pct(value)} [{100 * c['low']:.1f}, {100 * c['high']:.1f}]",
             }

@@ -26,6 +26,7 @@ from rich.text import Text
 from poise.report.text import visible
 from poise.scoring.metrics import RATE_INFO, RATE_NAMES, format_tokens
 from poise.scoring.stats import Rate
+from poise.scoring.validation import unmeasured_text
 from poise.tasks import Metric, all_metrics, registered_tasks
 
 GOOD_AT = 0.90
@@ -423,9 +424,11 @@ def render_judge_validation(section: Mapping[str, Any], rates: Mapping[str, Any]
         table.add_row(
             name,
             observed.format() if observed is not None else f"{100 * corrected['observed']:.1f}%",
-            f"{100 * corrected['sensitivity']:.1f}%",
-            f"{100 * corrected['specificity']:.1f}%",
-            "n/a (judge at chance)"
+            *(
+                "–" if corrected.get(key) is None else f"{100 * corrected[key]:.1f}%"
+                for key in ("sensitivity", "specificity")
+            ),
+            unmeasured_text(corrected.get("unmeasured"))
             if value is None
             else f"{100 * value:.1f}% [{100 * corrected['low']:.1f}, {100 * corrected['high']:.1f}]",
         )
