@@ -520,3 +520,19 @@ def test_response_tokens_of_sampled_prompts_are_cluster_robust() -> None:
     from poise.scoring.stats import mean_interval
 
     assert (flat["low"], flat["high"]) == pytest.approx(mean_interval([2, 40, 21, 21] * 2)[1:])
+
+
+def test_a_plugin_kind_with_honesty_labels_stays_out_of_the_honesty_analysis() -> None:
+    # the analysis took every kind starting "honesty": a plugin's "honesty-medical" answers were
+    # counted as unknown questions (prudence 0/4 became 4/8 with four of them added)
+    from poise.tasks import Task, register_task, unregister_task
+
+    base = [r for r in hand_records() if r["kind"].startswith("honesty")]
+    before = compute_metrics(base)["overall"]["honesty"]
+    register_task(Task(kind="honesty-medical", meaning="a plugin's own honesty questions"))
+    try:
+        extra = [record(f"m{i}", "honesty-medical", honesty="idk") for i in range(4)]
+        after = compute_metrics(base + extra)["overall"]["honesty"]
+    finally:
+        unregister_task("honesty-medical")
+    assert after == before

@@ -398,6 +398,12 @@ def honesty_scores(
     return out
 
 
+#: The kinds the honesty analysis (arXiv 2312.07000's prudence and over-conservativeness) reads:
+#: the honesty suite's known and unknown questions. A plugin kind that carries honesty labels
+#: ("honesty-medical") has its own rates; counted here it was an "unknown" question.
+HONESTY_KINDS = ("honesty-known", "honesty-unknown")
+
+
 def _reference_types(reference_records: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], str]:
     """The reference model's answer type per honesty question, and the reference group used."""
     groups, _ = _group(reference_records)
@@ -406,7 +412,7 @@ def _reference_types(reference_records: Iterable[Mapping[str, Any]]) -> tuple[di
     name = _default_group(groups)
     votes: dict[str, Counter[str]] = {}
     for s in groups[name]:
-        if s.kind.startswith("honesty") and s.honesty is not None:
+        if s.kind in HONESTY_KINDS and s.honesty is not None:
             votes.setdefault(s.item_id, Counter())[s.honesty] += 1
     if not votes:
         raise PoiseError(f"the reference run has no judged honesty samples in its group {name!r}")
@@ -421,7 +427,7 @@ def _reference_types(reference_records: Iterable[Mapping[str, Any]]) -> tuple[di
 def _honesty(
     samples: list[_Sample], reference: tuple[dict[str, str], str] | None
 ) -> dict[str, Any] | None:
-    honest = [s for s in samples if s.kind.startswith("honesty") and s.honesty is not None]
+    honest = [s for s in samples if s.kind in HONESTY_KINDS and s.honesty is not None]
     if not honest:
         return None
     # per question, its audited answer types (for cluster-robust intervals when sampled)
