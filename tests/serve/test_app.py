@@ -629,6 +629,39 @@ def test_an_upstream_that_fails_is_a_502_and_a_refusal_of_the_request_stays_a_40
     assert "refused the request (HTTP 400)" in str(refused.value.body)
 
 
+class _KeyRefusingUpstream(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that refuses every chat completion with a 401 (the key the
+    front server sends is wrong)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        send_json(self, 401, {"error": {"message": "Incorrect API key provided", "type": "x"}})
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_upstream_that_refuses_the_front_servers_key_is_a_502(
+    start_server: StartServer,
+) -> None:
+    """An upstream 401 (the front server's own key is wrong) came back as a 400: the client's
+    fault, though no request of theirs could be answered. The key is the front server's
+    configuration: a 502, as for an upstream that cannot be reached."""
+    import openai
+
+    with http_stub(_KeyRefusingUpstream) as refusing:
+        front = start_server(OpenAIModel("up", base_urls=[refusing], max_retries=0))
+        client = openai.OpenAI(base_url=front.base_url, api_key="x", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.chat.completions.create(
+                model=front.state.config.name, messages=[{"role": "user", "content": "hi"}]
+            )
+    assert caught.value.status_code == 502
+    error = caught.value.body
+    assert isinstance(error, dict) and error["code"] == "upstream_error"
+    assert "refused the request (HTTP 401)" in error["message"]
+
+
 class _SeedCounter(BaseHTTPRequestHandler):
     """An OpenAI-compatible server of model "up" that answers a chat completion only once
     ``expected`` requests are in flight together (a barrier), with its seed as the text."""

@@ -127,6 +127,13 @@ class EndpointRefused(EndpointError):
     parameter the server does not take): it stops the whole ``generate`` call."""
 
 
+class UpstreamRefused(EndpointRefused, UpstreamError):
+    """A refusal of the server's own access (a wrong key: 401; an unknown model or route: 404):
+    no request would be answered, whatever it asks. It stops the whole ``generate`` call, and
+    ``poise serve`` in front of that server answers it with a 502, not a 400 that blames the
+    client's request (the key and model name are the front server's configuration)."""
+
+
 class _ChoicesRefused(Exception):
     """The server refused a request for more than one choice (``n > 1``); its message says how."""
 
@@ -432,7 +439,8 @@ class OpenAIModel(ModelBase):
                     ) from None
                 if status not in (408, 429) and status < 500:
                     if _stops_everything(status, message, exc.body):
-                        raise EndpointRefused(self._refusal(url, status, message)) from None
+                        refused = UpstreamRefused if status in (401, 404) else EndpointRefused
+                        raise refused(self._refusal(url, status, message)) from None
                     raise PoiseError(
                         f"{self.name}: {url} refused the request (HTTP {status}): {message}"
                     ) from None
