@@ -179,6 +179,7 @@ def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: H
         ({"prompt": "x", "n": 5}, "n"),
         ({"prompt": "x", "max_tokens": 65}, "max_tokens"),
         ({"prompt": "x", "echo": "yes"}, "echo"),
+        ({"prompt": "x", "user": 5}, "user"),  # was accepted: a string in OpenAI's schema
         ({"prompt": "x", "stop": [""]}, "stop"),
         ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
         (

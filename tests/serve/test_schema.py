@@ -85,6 +85,7 @@ MALFORMED: list[tuple[bytes, str | None, str]] = [
         "model",
         "missing_required_parameter",
     ),
+    (body(user=5), "user", "invalid_type"),  # was accepted: OpenAI's schema has a string
     (body(temperature=-0.1), "temperature", "invalid_value"),
     (body(temperature="hot"), "temperature", "invalid_type"),
     (body(temperature=float("nan")), "temperature", "invalid_value"),  # NaN: JSON's extension

@@ -118,6 +118,7 @@ class _CompletionIn(BaseModel):
     stream_options: dict[str, Any] | None = None
     echo: StrictBool | None = None
     logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    user: str | None = None  # read by no one, typed as OpenAI's schema types it
 
 
 # the body's schema, for the OpenAPI description (poise.serve.openapi)
