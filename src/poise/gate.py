@@ -185,6 +185,9 @@ class GateResult:
     cost_fingerprint: str | None = None
     # answers whose judge output could not be read (each cost 1); 0 with a cost model
     unjudged: int = 0
+    # each prompt's chat hashed (prompt_hash): a baseline pairs its prompts by id, and two
+    # prompt files whose ids coincide must not pair different prompts
+    prompt_hashes: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -209,7 +212,15 @@ class GateResult:
             "cost_units": self._units(),
             **({"unjudged": self.unjudged} if self.config.judge is not None else {}),
             "config": self.config.model_dump(mode="json"),
-            "costs": [{"id": i, "cost": c} for i, c in zip(self.item_ids, self.costs, strict=True)],
+            "costs": [
+                {"id": i, "cost": c, **({"prompt": h} if h else {})}
+                for i, c, h in zip(
+                    self.item_ids,
+                    self.costs,
+                    self.prompt_hashes or [None] * len(self.costs),
+                    strict=True,
+                )
+            ],
             **({"comparison": self.comparison} if self.comparison is not None else {}),
         }
 
@@ -284,6 +295,13 @@ def gate(
             raise PoiseError(f"cost_model: {cost_folder} is not a sequence-classification model")
     judge = _make_judge(cfg)
     baseline = _read_baseline(cfg.baseline) if cfg.baseline is not None else None
+    hashes = tuple(prompt_hash(item) for item in items)
+    if baseline is not None:  # before sampling: another prompt under the same id is no pair
+        _check_same_prompts(
+            [{"id": item.id, "prompt": h} for item, h in zip(items, hashes, strict=True)],
+            baseline,
+            str(cfg.baseline),
+        )
     sampling = Sampling(
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -373,6 +391,7 @@ def gate(
         item_ids=tuple(item.id for item in items),
         cost_fingerprint=fingerprint,
         unjudged=unjudged,
+        prompt_hashes=hashes,
     )
     if baseline is not None:
         gate_result = replace(
@@ -385,6 +404,33 @@ def gate(
         write_json_atomic(Path(cfg.output).expanduser(), gate_result.to_dict())
     logger.info("gate %s: U=%.4f tau=%.4f", gate_result.verdict, result.upper_bound, cfg.tau)
     return gate_result
+
+
+def prompt_hash(item: Any) -> str:
+    """A short hash of a suite item's chat (its messages as JSON): what a gate result records
+    beside each prompt's id, so that a baseline's costs pair with the same prompts only."""
+    import hashlib
+    import json
+
+    text = json.dumps(item.messages, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _check_same_prompts(
+    costs: Sequence[dict[str, Any]], baseline: dict[str, Any], where: str
+) -> None:
+    """Refuse a baseline that holds another prompt under one of these ids (two prompt files
+    whose ids coincide: the audit's row numbers, say); a baseline written before prompts were
+    hashed is not checked."""
+    theirs = {str(c["id"]): c.get("prompt") for c in baseline.get("costs", [])}
+    for entry in costs:
+        before = theirs.get(str(entry["id"]))
+        if before is not None and entry.get("prompt") is not None and before != entry["prompt"]:
+            raise PoiseError(
+                f"{where}: prompt {entry['id']!r} is another prompt there than here (the "
+                "baseline was gated on other prompts whose ids coincide); gate both models on "
+                "the same prompts file"
+            )
 
 
 def _check_bound(cfg: GateConfig) -> None:
@@ -547,6 +593,7 @@ def compare_costs(
             where,
             ", ".join(f"{k} {theirs[k]!r} there, {ours[k]!r} here" for k in differ),
         )
+    _check_same_prompts(result["costs"], baseline, where)
     before = {str(c["id"]): float(c["cost"]) for c in baseline["costs"]}
     pairs = [
         (float(c["cost"]), before[str(c["id"])]) for c in result["costs"] if str(c["id"]) in before
