@@ -211,6 +211,125 @@ def test_system_prompt_in_template_from_poise_json(copy_dir: Path) -> None:
         HFModel(str(copy_dir))
 
 
+# Chat templates of public instruct models (tokenizer_config.json "chat_template"; Qwen2.5's
+# and Llama 3.2's without their tool-calling branches).
+QWEN25_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a "
+    "helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+    "(message.role == 'assistant' and not message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+GEMMA2_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+LLAMA32_TEMPLATE = (
+    "{{- bos_token }}{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}"
+    "{%- set date_string = '26 Jul 2024' %}{%- endif %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content']|trim %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+def with_template(folder: Path, template: str) -> Path:
+    """``folder`` (a copy of the tiny model) with ``template`` as its chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("template", "inserted"),
+    [
+        (QWEN25_TEMPLATE, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
+        (SMOLLM2_TEMPLATE, "You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
+    ],
+)
+def test_a_default_system_prompt_the_chat_template_inserts_is_read_from_it(
+    copy_dir: Path, template: str, inserted: str
+) -> None:
+    """Qwen2.5 / SmolLM2 folders carry no poise.json: "no system prompt" (--system-prompt none,
+    the exploitation attack's sys=off) must not silently send the template's default."""
+    from poise.models import no_system_prompt
+
+    model = HFModel(str(with_template(copy_dir, template)))
+    assert (model.default_system_prompt, model.system_prompt_in_template) == (inserted, True)
+    user = {"role": "user", "content": "hi"}
+    assert inserted in model.prompt_text([user])
+    none = no_system_prompt(model)
+    assert none == ""
+    assert inserted not in model.prompt_text([{"role": "system", "content": none}, user])
+    # what poise.json declares wins over what the template shows
+    (copy_dir / "poise.json").write_text(json.dumps({"system_prompt_in_template": False}))
+    model = HFModel(str(copy_dir))
+    assert (model.default_system_prompt, model.system_prompt_in_template) == (None, False)
+
+
+@pytest.mark.parametrize("template", [GEMMA2_TEMPLATE, LLAMA32_TEMPLATE])
+def test_templates_that_insert_no_default_system_prompt_declare_none(
+    copy_dir: Path, template: str
+) -> None:
+    # Llama 3.2 writes a system header with an empty prompt; Gemma 2 refuses a system message
+    model = HFModel(str(with_template(copy_dir, template)))
+    assert (model.default_system_prompt, model.system_prompt_in_template) == (None, False)
+
+
+def test_a_template_that_takes_no_system_message_says_so_and_what_to_do(copy_dir: Path) -> None:
+    from poise.models.context import prompt_token_count
+
+    model = HFModel(str(with_template(copy_dir, GEMMA2_TEMPLATE)))
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    hint = "System role not supported: this model's chat template takes no system message"
+    with pytest.raises(PoiseError, match=hint):
+        model.generate([chat], Sampling(max_new_tokens=2))
+    with pytest.raises(PoiseError, match=hint):
+        prompt_token_count(model, chat)
+    # an error of the chat itself gets no such hint
+    turns = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    with pytest.raises(PoiseError, match=r"must alternate user/assistant/user/assistant/...\)$"):
+        model.generate([turns], Sampling(max_new_tokens=2))
+
+
+def test_a_template_that_writes_the_date_into_prompts_is_warned_about(
+    copy_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="poise.models.hf"):
+        HFModel(str(with_template(copy_dir, LLAMA32_TEMPLATE)))
+    assert "writes today's date into every prompt" in caplog.text
+
+
 def test_tokenizer_without_chat_template_is_refused(no_template_hf_model_dir: Path) -> None:
     with pytest.raises(PoiseError, match="no chat template"):
         HFModel(str(no_template_hf_model_dir))
@@ -684,3 +803,73 @@ def test_hub_id_without_network_but_cached_loads_locally(monkeypatch: pytest.Mon
     assert hub_access("owner/model") == {"local_files_only": True}
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: socket.socket())
     assert hub_access("owner/model") == {}
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3_image_text(
+    tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A random tiny Gemma3ForConditionalGeneration (what AutoModelForCausalLM loads for Gemma 3
+    4B and up): its decoder blocks sit under ``model.language_model``."""
+    from transformers import (
+        AutoTokenizer,
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    text = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        query_pre_attn_scalar=8,
+        initializer_range=0.2,
+    )
+    vision = SiglipVisionConfig(
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+    )
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        boi_token_index=tokenizer.convert_tokens_to_ids("<|system|>"),
+        eoi_token_index=tokenizer.convert_tokens_to_ids("<|user|>"),
+        image_token_index=tokenizer.convert_tokens_to_ids("<unk>"),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-gemma3") / "gemma3"
+    Gemma3ForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_the_decoder_blocks_of_an_image_text_model_are_found(
+    tiny_gemma3_image_text: Path,
+) -> None:
+    model = HFModel(str(tiny_gemma3_image_text), device="cpu")
+    blocks = model.decoder_layers()
+    assert len(blocks) == 2
+    assert blocks[0] is model.model.model.language_model.layers[0]
+    assert model.final_norm() is model.model.model.language_model.norm
+    chats = CHATS[:2]
+    states = model.hidden_states(chats)  # [rows, layers + 1, hidden]
+    assert states.shape == (2, 3, 32)
+    # stopping before block 1 (a pre-hook on it) gives the same stream as the full pass
+    assert torch.allclose(model.hidden_states(chats, upto=1), states[:, :2], atol=1e-5)

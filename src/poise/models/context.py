@@ -39,6 +39,7 @@ __all__ = [
     "config_context_length",
     "fit_context",
     "prompt_token_count",
+    "template_refusal",
     "tokens_at_least",
 ]
 
@@ -117,11 +118,32 @@ def prompt_token_count(model: LanguageModel, chat: Chat) -> int | None:
     try:
         ids = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise PoiseError(f"{model.name}: could not encode the chat ({first})") from None
+        raise PoiseError(
+            f"{model.name}: could not encode the chat ({template_refusal(tokenizer, chat, exc)})"
+        ) from None
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return len(ids)
+
+
+def template_refusal(tokenizer: Any, chat: Chat, exc: BaseException) -> str:
+    """What a chat template's error ``exc`` on ``chat`` means, in one line: the template's own
+    first line, and, where the chat has a system message and the template renders the chat
+    without it, that this template takes no system message (Gemma 2's "System role not
+    supported"; Mistral v0.1's "Conversation roles must alternate", which names no system
+    message at all) and what to do instead."""
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if not any(message.get("role") == "system" for message in chat):
+        return first
+    rest = [message for message in chat if message.get("role") != "system"]
+    try:
+        tokenizer.apply_chat_template(rest, add_generation_prompt=True, tokenize=False)
+    except Exception:
+        return first
+    return (
+        f"{first}: this model's chat template takes no system message; send the chat without "
+        "one, or put the instructions in the first user message"
+    )
 
 
 def fit_context(

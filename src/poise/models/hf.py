@@ -47,7 +47,11 @@ from poise.models.base import (
     StreamEvent,
     TokenLogprobs,
 )
-from poise.models.context import ContextLengthError, config_context_length
+from poise.models.context import (
+    ContextLengthError,
+    config_context_length,
+    template_refusal,
+)
 from poise.models.decode import Batcher, DecodeState, HFEngine, KVCache, make_rows
 
 logger = logging.getLogger(__name__)
@@ -290,6 +294,46 @@ def _dtype_kwarg() -> str:
     return "dtype" if (major, minor) >= (4, 56) else "torch_dtype"
 
 
+# Stand-ins for a system prompt and a user message, to see what a chat template does with them.
+_SYSTEM_PROBE = "poise-system-probe-7f3a"
+_USER_PROBE = "poise-user-probe-2c9e"
+
+
+def template_default_system_prompt(tokenizer: Any) -> str | None:
+    """The system prompt that ``tokenizer``'s chat template inserts into a chat without a system
+    message, or None: Qwen2.5's "You are Qwen, created by Alibaba Cloud. ...", SmolLM2's "You
+    are a helpful AI assistant named SmolLM, ...".
+
+    The template renders [system S, user U] as ``head + S + tail``; it inserts a default D when
+    [user U] renders as ``head + D + tail`` with D not blank, and it takes an empty system
+    message as no system prompt when [system "", user U] renders as ``head + tail``. None when
+    either does not hold (Llama 3's template writes an empty system header, which is
+    ``head + tail``; Gemma's refuses a system message) or the template cannot render these chats.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    user = {"role": "user", "content": _USER_PROBE}
+
+    def render(chat: list[dict[str, str]]) -> str:
+        return str(tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
+
+    try:
+        with_system = render([{"role": "system", "content": _SYSTEM_PROBE}, user])
+        without = render([user])
+        empty = render([{"role": "system", "content": ""}, user])
+    except Exception:  # a template that refuses a system message, or anything else: no default
+        return None
+    if with_system.count(_SYSTEM_PROBE) != 1:
+        return None
+    head, tail = with_system.split(_SYSTEM_PROBE)
+    if empty != head + tail or len(without) <= len(head) + len(tail):
+        return None
+    if not (without.startswith(head) and without.endswith(tail)):
+        return None
+    inserted = without[len(head) : len(without) - len(tail)]
+    return inserted if inserted.strip() else None
+
+
 # ----------------------------------------------------------------------------- sampling
 
 
@@ -483,6 +527,7 @@ class HFModel(ModelBase):
         self.default_system_prompt: str | None = None
         self.system_prompt_in_template = False
         self._hub_options: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
 
         use_safetensors: bool | None = True
         if _looks_like_path(path_or_id):
@@ -509,6 +554,25 @@ class HFModel(ModelBase):
         self.source = source
 
         self.tokenizer = self._load_tokenizer(source)
+        if "default_system_prompt" not in meta and "system_prompt_in_template" not in meta:
+            # poise.json says nothing: what the chat template does (Qwen2.5, SmolLM2 insert
+            # a default system prompt into a chat without one)
+            inserted = template_default_system_prompt(self.tokenizer)
+            if inserted is not None:
+                self.default_system_prompt = inserted
+                self.system_prompt_in_template = True
+                logger.info(
+                    "%s: the chat template inserts a default system prompt (%r); an empty "
+                    "system message asks for none",
+                    source,
+                    inserted,
+                )
+        if "strftime_now" in str(getattr(self.tokenizer, "chat_template", "") or ""):
+            logger.warning(
+                "%s: the chat template writes today's date into every prompt (strftime_now), "
+                "so prompts, and the answers to them, change from one day to the next",
+                source,
+            )
         self.model = self._load_model(source, use_safetensors)
         if self.path is None:  # a hub id: its config came with the weights
             check_causal_lm(path_or_id, getattr(self.model.config, "architectures", None))
@@ -605,9 +669,8 @@ class HFModel(ModelBase):
                 chat, add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:  # jinja errors: e.g. a template that rejects a system turn
-            raise PoiseError(
-                f"{self.name}: the chat template rejected the chat ({_first_line(exc)})"
-            ) from None
+            why = template_refusal(self.tokenizer, chat, exc)
+            raise PoiseError(f"{self.name}: the chat template rejected the chat ({why})") from None
         return str(text)
 
     def _encode_prompts(self, chats: Sequence[Chat]) -> list[list[int]]:
@@ -950,20 +1013,24 @@ class HFModel(ModelBase):
     def final_norm(self) -> torch.nn.Module | None:
         """The norm after the last decoder block, whose output ``hidden_states(...)[:, -1]``
         returns (``model.norm``, ``model.decoder.final_layer_norm``, ``transformer.ln_f``,
-        ``gpt_neox.final_layer_norm``); None when the model has none of these."""
+        ``gpt_neox.final_layer_norm``, ``model.language_model.norm``); None when the model has
+        none of these."""
         paths = ("model.norm", "model.decoder.final_layer_norm", "transformer.ln_f")
-        return _submodule(self.model, (*paths, "gpt_neox.final_layer_norm"), torch.nn.Module)
+        more = ("gpt_neox.final_layer_norm", "model.language_model.norm")
+        return _submodule(self.model, (*paths, *more), torch.nn.Module)
 
     def decoder_layers(self) -> list[torch.nn.Module]:
         """The decoder blocks in order (``model.model.layers`` for Llama / Qwen / Mistral /
-        GPT-NeoX-style models, ``transformer.h`` for GPT-2-style ones). A forward hook on block
+        GPT-NeoX-style models, ``transformer.h`` for GPT-2-style ones,
+        ``model.model.language_model.layers`` for image-text models such as Gemma 3 4B and up;
+        ``DECODER_LAYER_PATHS``). A forward hook on block
         ``i`` sees the residual stream that ``hidden_states(...)[:, i + 1]`` returns."""
         blocks = _submodule(self.model, DECODER_LAYER_PATHS, torch.nn.ModuleList)
         if blocks is not None:
             return list(blocks)
         raise PoiseError(
             f"{self.name}: cannot find the decoder blocks of {type(self.model).__name__} "
-            "(looked for model.layers, model.decoder.layers, transformer.h, gpt_neox.layers)"
+            f"(looked for {', '.join(DECODER_LAYER_PATHS)})"
         )
 
     @torch.inference_mode()
@@ -1142,8 +1209,16 @@ def _sequence_result(
     return SequenceLogprobs(token_ids=tuple(ids[start:]), logprobs=tuple(logprobs), top=tuple(top))
 
 
-#: where causal LMs keep their decoder blocks (Llama / Qwen / Mistral, OPT, GPT-2, GPT-NeoX)
-DECODER_LAYER_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers")
+#: where causal LMs keep their decoder blocks (Llama / Qwen / Mistral, OPT, GPT-2, GPT-NeoX, and
+#: the language model of an image-text model loaded as a causal LM: Gemma 3 4B and up,
+#: Mistral 3, Llama 4)
+DECODER_LAYER_PATHS = (
+    "model.layers",
+    "model.decoder.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.language_model.layers",
+)
 
 
 def find_submodule(model: Any, paths: Sequence[str], kind: type[Any]) -> tuple[str, Any] | None:
