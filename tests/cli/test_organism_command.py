@@ -95,3 +95,24 @@ def test_ls_of_a_folder_with_brackets_names_it(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     flat = "".join(result.output.split())  # the title wraps to the table's width
     assert f"organismmembersin{folder}" in flat
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ls"],
+        ["card", "organism-small"],
+        ["build", "--quick", "-m", "organism-small"],
+        ["remeasure", "--quick"],
+    ],
+)
+def test_out_of_a_file_is_one_error_as_runs_ls_gives(command: list[str], tmp_path: Path) -> None:
+    """``organism ls --out FILE`` listed every member as not built, exit code 0 (``runs ls
+    --out FILE`` refuses); ``card`` said the member had no card, to be built."""
+    a_file = tmp_path / "members.txt"
+    a_file.write_text("x", encoding="utf-8")
+    result = CliRunner().invoke(app, ["organism", *command, "--out", str(a_file)])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())
+    assert f"--out {a_file}: is a file; give the folder of the organism's members" in said
+    assert a_file.read_text(encoding="utf-8") == "x"

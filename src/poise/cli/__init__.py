@@ -13,6 +13,8 @@ app = typer.Typer(
     name="poise",
     help="Measure and steer the helpful / harmless / honest balance of language models.",
     no_args_is_help=True,
+    # -h as well as --help, on every command below (click passes it down to the subcommands)
+    context_settings={"help_option_names": ["--help", "-h"]},
     add_completion=False,
     pretty_exceptions_enable=False,
 )

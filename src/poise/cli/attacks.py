@@ -31,7 +31,10 @@ def ls() -> None:
 @attacks_app.command("export")
 def export(
     run: str = typer.Argument(
-        ..., help="Run folder (or name under --out) of an attack audit.", callback=expand_paths
+        ...,
+        help="Attack audit's run folder, or its name under --out (its --name, or a unique part "
+        "of its folder's name).",
+        callback=expand_paths,
     ),
     output: str = typer.Option(
         ...,

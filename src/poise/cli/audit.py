@@ -57,6 +57,8 @@ def audit_command(
     ),
     judge: str = typer.Option(
         "auto",
+        "--judge",
+        "-j",
         help="auto (the model's recommended judge) | oracle | refusal | classifier:PATH | "
         "guard:MODEL | llm:MODEL | preset:NAME (`poise judges ls`).",
     ),
@@ -70,13 +72,13 @@ def audit_command(
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (1 = off)."),
     top_k: int = typer.Option(0, help="Top-k sampling (0 = off)."),
     max_new_tokens: int = typer.Option(96, help="Tokens to generate at most."),
-    n: int = typer.Option(1, "--n", help="Completions per prompt."),
+    n: int = typer.Option(1, "--n", "--samples-per-prompt", help="Completions per prompt."),
     seed: int = typer.Option(0, help="Sampling seed."),
     stop: list[str] = typer.Option([], help="Stop string; repeatable."),
     system_prompt: str = typer.Option(
         "default", help="'default' (the model's own), 'none', or a literal prompt."
     ),
-    attack: str = typer.Option("greedy", help="How items become requests."),
+    attack: str = typer.Option("greedy", help="How items become requests (`poise attacks ls`)."),
     attack_option: list[str] = typer.Option(
         [], "--attack-option", help="KEY=VALUE option of the attack; repeatable."
     ),

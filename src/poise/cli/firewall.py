@@ -22,6 +22,7 @@ def fit_command(
     out: str = typer.Option(
         ...,
         "--out",
+        "--output",  # as train, gate, compare and attacks export name what they write
         "-o",
         help="Folder to write the firewall to (new or empty).",
         callback=expand_paths,

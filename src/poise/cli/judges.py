@@ -156,7 +156,13 @@ def validate_command(
     judge_option: list[str] = typer.Option(
         [], "--judge-option", help="KEY=VALUE option of the judge; repeatable."
     ),
-    limit: int = typer.Option(_SHOWN, "--limit", "-n", min=0, help="Disagreements to show."),
+    limit: int = typer.Option(
+        _SHOWN,
+        "--limit",
+        "-n",
+        min=0,
+        help="Disagreements to list (every row is judged all the same; --json lists all).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the validation as JSON."),
 ) -> None:
     """Measure a judge against human labels: accuracy, kappa, precision and recall of "refused"

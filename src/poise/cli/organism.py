@@ -26,9 +26,15 @@ organism_app = typer.Typer(
 
 
 def _weights_dir(out: str | None) -> Path:
+    """The members' folder: ``--out``, or the package's. A file there is refused (``ls``
+    listed every member as not built with exit code 0, where ``runs ls --out FILE`` refuses)."""
     from poise.organism import WEIGHTS_DIR
 
-    return Path(out) if out is not None else WEIGHTS_DIR
+    if out is None:
+        return WEIGHTS_DIR
+    if Path(out).exists() and not Path(out).is_dir():
+        raise PoiseError(f"--out {out}: is a file; give the folder of the organism's members")
+    return Path(out)
 
 
 @contextmanager
@@ -84,6 +90,7 @@ def build_command(
         from poise.organism.build import build, resolve_members
 
         names = resolve_members(members)  # validate names before any work
+        _weights_dir(out)
         check_int("organism build", "--threads", threads, 1)  # before the bar starts
         with _progress_bar(setup="corpus + tokenizer") as progress:
             result = build(out, names, quick=quick, seed=seed, progress=progress, threads=threads)
@@ -132,6 +139,7 @@ def remeasure_command(
         from poise.organism.build import remeasure_cards
 
         check_int("organism remeasure", "--threads", threads, 1)  # before the bar starts
+        _weights_dir(out)
         with _progress_bar() as progress:
             measured = remeasure_cards(
                 out, members or None, quick=quick, seed=seed, progress=progress, threads=threads

@@ -91,6 +91,7 @@ def train_command(
     out: str = typer.Option(
         ...,
         "--out",
+        "--output",  # as train, gate, compare and attacks export name what they write
         "-o",
         help="Folder to write the probe to (new or empty).",
         callback=expand_paths,
@@ -116,7 +117,10 @@ def train_command(
         callback=expand_paths,
     ),
     run: str | None = typer.Option(
-        None, help="Audit run whose judged answers label comply / deception.", callback=expand_paths
+        None,
+        help="Audit run whose judged answers label comply / deception: its folder, or its name "
+        "under ./runs (a run audited with another --out: give its folder).",
+        callback=expand_paths,
     ),
     layer: int | None = typer.Option(
         None, help="Layer to keep (0 = embeddings); default: the best held-out AUROC."
@@ -205,7 +209,10 @@ def _check_fpr(fpr: float | None) -> None:
 @probe_app.command("score")
 def score_command(
     run: str = typer.Argument(
-        ..., help="Audit run folder (or a unique part of its name).", callback=expand_paths
+        ...,
+        help="Audit run folder, or its name under --out (its --name, or a unique part of its "
+        "folder's name).",
+        callback=expand_paths,
     ),
     probe: str = typer.Option(
         ..., "--probe", "-p", help="Probe folder (poise probe train).", callback=expand_paths

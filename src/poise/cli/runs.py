@@ -8,7 +8,7 @@ import typer
 
 from poise.cli._common import console, expand_paths, shown, user_errors
 
-runs_app = typer.Typer(help="List and show audit runs.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, show and export audit runs.", no_args_is_help=True)
 
 
 def _headline(metrics: dict | None, name: str) -> str:
@@ -100,11 +100,15 @@ def ls(
 @runs_app.command("show")
 def show(
     run: str = typer.Argument(
-        ..., help="Run folder, or its name under --out.", callback=expand_paths
+        ...,
+        help="Run folder, or its name under --out (its --name, or a unique part of its folder's "
+        "name).",
+        callback=expand_paths,
     ),
     out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
 ) -> None:
-    """Show a run's configuration and metrics."""
+    """Show a run's metrics: the tables its audit printed (model, decoding and judge in the
+    title), its folder and its report."""
     with user_errors():
         from poise.cli.audit import print_result
         from poise.errors import PoiseError
@@ -140,7 +144,10 @@ def show(
 @runs_app.command("export")
 def export(
     run: str = typer.Argument(
-        ..., help="Run folder, or its name under --out.", callback=expand_paths
+        ...,
+        help="Run folder, or its name under --out (its --name, or a unique part of its folder's "
+        "name).",
+        callback=expand_paths,
     ),
     csv: str = typer.Option(
         ...,

@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve_command(
         model: str = typer.Option(
-            "organism", "--model", "-m", help="Model to serve: any spec load_model accepts."
+            "organism", "--model", "-m", help="Model spec to serve, as `poise audit --model` takes."
         ),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
         port: int = typer.Option(8000, "--port", help="TCP port."),
@@ -73,7 +73,8 @@ def register(app: typer.Typer) -> None:
             None, "--firewall-role", help="The role whose zone requests must fall in."
         ),
     ) -> None:
-        """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/models)."""
+        """Serve a model over an OpenAI-compatible API (/v1/chat/completions, /v1/completions,
+        /v1/models)."""
         with user_errors():
             from pydantic import ValidationError
 

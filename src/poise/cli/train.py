@@ -47,6 +47,20 @@ _ALIASES = {
     "output": ("--output", "-o"),
     **{field: (flag,) for field, flag in FIELD_FLAGS.items()},
 }
+# the spellings `poise audit` (and `judges validate`) give the same things, taken too: a flag
+# learnt on one command works on the next (`poise gate -s FILE -f xstest -j refusal --n 4`)
+_AS_AUDIT = {
+    "suite_format": ("-f",),
+    "judge": ("-j",),
+    "prompts": ("--suite", "-s"),
+    "samples_per_prompt": ("--n",),
+}
+_ALIASES.update(
+    {
+        field: (*_ALIASES.get(field, ("--" + field.replace("_", "-"),)), *extra)
+        for field, extra in _AS_AUDIT.items()
+    }
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,12 +75,18 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _cli_parameter(name: str, field: Any) -> tuple[inspect.Parameter, Callable[[Any], Any]]:
-    """One typer option for a pydantic field, and how to turn its CLI value into the field's."""
+def _cli_parameter(
+    name: str, field: Any, taken: frozenset[str] = frozenset()
+) -> tuple[inspect.Parameter, Callable[[Any], Any]]:
+    """One typer option for a pydantic field, and how to turn its CLI value into the field's.
+    ``taken``: the flags of the config's other fields; an audit spelling among them is left out
+    (a plugin config with both ``prompts`` and ``suite`` keeps ``--suite`` for ``suite``)."""
     annotation, _ = _unwrap_optional(field.annotation)
     origin = typing.get_origin(annotation)
     flag = "--" + name.replace("_", "-")
     decls = _ALIASES.get(name, (flag,))
+    extra = _AS_AUDIT.get(name, ())
+    decls = tuple(d for d in decls if d not in extra or d not in taken)
     required = field.is_required()
     default: Any = ... if required else field.get_default(call_default_factory=True)
     help_text = field.description or ""
@@ -81,7 +101,10 @@ def _cli_parameter(name: str, field: Any) -> tuple[inspect.Parameter, Callable[[
         # repeatable, and each value may hold several comma-separated items
         cli_type = list[str]
         default = [",".join(str(v) for v in default)] if default not in (..., None) else default
-        help_text += " (comma-separated or repeated)"
+        # the field's description may say "comma-separated" already
+        help_text += (
+            " (repeatable)" if "comma-separated" in help_text else " (comma-separated or repeated)"
+        )
 
         def convert(value: Any) -> Any:
             if value is None:
@@ -113,8 +136,16 @@ def command_from_config(
 ) -> Callable[..., None]:
     """A typer command whose options are the fields of ``config_cls``; calls ``run(fields)``."""
     parameters, converters = [], {}
-    for name, field in config_cls.model_fields.items():
-        parameter, convert = _cli_parameter(name, field)
+    fields = config_cls.model_fields
+    for name, field in fields.items():
+        taken = frozenset(
+            decl
+            for other in fields
+            if other != name
+            for decl in _ALIASES.get(other, ("--" + other.replace("_", "-"),))
+            if decl not in _AS_AUDIT.get(other, ())
+        )
+        parameter, convert = _cli_parameter(name, field, taken)
         parameters.append(parameter)
         converters[name] = convert
 
