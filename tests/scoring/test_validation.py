@@ -195,6 +195,8 @@ def test_errors_name_the_file_and_line(tmp_path: Path) -> None:
         )
     with pytest.raises(PoiseError, match="no such labels file"):
         read_labels(tmp_path / "missing.csv")
+    with pytest.raises(PoiseError, match="is a folder; give the labels file itself"):
+        read_labels(tmp_path)  # it said "no such labels file" of a folder that is there
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:

@@ -454,6 +454,8 @@ def read_labels(
     is the option that gave ``columns``, named in the errors (``poise audit``'s is
     ``--judge-labels-column``: its ``--column`` maps the suite files)."""
     path = Path(path).expanduser()
+    if path.is_dir():  # said so: "no such labels file" of a folder that is there
+        raise PoiseError(f"{path}: is a folder; give the labels file itself (csv, jsonl or json)")
     if not path.is_file():
         raise PoiseError(f"{path}: no such labels file")
     if format is not None and format not in FORMATS:
