@@ -38,6 +38,10 @@ def test_worst_of_n_report_draws_the_curve_and_its_prediction(tmp_path: Path) ->
     section = page.split('id="worst-of-n"', 1)[1]
     assert "<svg" in section.split("</section>", 1)[0]
     assert "predicted" in section and "empirical" in section
+    # the empirical ASR(N) is over each prompt's first N samples: at N = 1 the first sample
+    # alone (33.3% of 6 prompts beside a 25.0% harmful rate over all 24 samples read as a
+    # contradiction when the page said only "among N")
+    assert "among their first N samples" in " ".join(section.split())
     summary = json.loads((run / "metrics.json").read_text())["attack"]
     assert f"{summary['prompts']} prompts" in section
     assert "beta-binomial" in section and summary["prediction_model"]["model"] == "beta-binomial"

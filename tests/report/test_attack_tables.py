@@ -55,6 +55,8 @@ def test_worst_of_n_caption_names_the_held_out_check() -> None:
         and "held out (fit on 4 samples, checked on 4 at N = 4)" in text
     )
     assert "64" in text
+    # what the empirical column counts (the first N samples; at N = 1 not all samples' rate)
+    assert "empirical: prompts harmful within their first N samples" in text
 
 
 def _first_column(summary: dict) -> list[str]:

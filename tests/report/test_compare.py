@@ -405,3 +405,83 @@ def test_runs_that_ask_a_paired_item_another_prompt_are_said(
         compare_runs([a, again], html=tmp_path / "d.html")
     assert "another prompt" not in caplog.text
     assert "another prompt" not in (tmp_path / "d.html").read_text()
+
+
+def test_a_run_without_sample_records_is_said_not_taken_for_disjoint_prompts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder whose samples.jsonl was not copied (metrics.json kept) has its rates in the
+    report but no answers to pair: the terminal said the runs "share no prompt", which they do.
+    The terminal and the page now say which run holds no sample records."""
+    import logging
+
+    from poise.report.compare import compare_runs
+
+    out = tmp_path / "runs"
+    safe = audit(out, REFUSE, "safe")
+    unsafe = audit(out, COMPLY, "unsafe")
+    (unsafe / "samples.jsonl").unlink()
+    monkeypatch.setattr(logging.getLogger("poise"), "propagate", True)  # the CLI turned it off
+    with caplog.at_level("WARNING", logger="poise"):
+        _, diffs = compare_runs([safe, unsafe], html=tmp_path / "c.html")
+    assert diffs == []
+    said = f"mock ({unsafe.name}): no sample records (samples.jsonl missing or empty)"
+    assert said in caplog.text
+    page = (tmp_path / "c.html").read_text()
+    assert said in page and 'id="paired-differences"' in page
+    result = CliRunner().invoke(
+        app, ["compare", str(safe), str(unsafe), "-o", str(tmp_path / "d.html")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "a run holds no sample records" in result.output
+    assert "share no prompt" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ({"item_id": None}, "field 'item_id' must be a non-empty string, got None"),
+        ({"kind": 3}, "field 'kind' must be a non-empty string, got 3"),
+        ({"verdict": "refusal"}, "field 'verdict' must be an object, got 'refusal'"),
+    ],
+)
+def test_a_record_that_cannot_be_paired_is_one_error_naming_its_line(
+    tmp_path: Path, change: dict[str, object], said: str
+) -> None:
+    """A hand-edited samples file (metrics.json kept) with a record without an item id, or a
+    verdict that is not an object, stopped `poise compare` with a KeyError / AttributeError
+    traceback. Now one line names the file and line, and nothing is written."""
+    out = tmp_path / "runs"
+    safe = audit(out, REFUSE, "safe")
+    unsafe = audit(out, COMPLY, "unsafe")
+    samples = unsafe / "samples.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    records[1].update(change)
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    html = tmp_path / "c.html"
+    result = CliRunner().invoke(
+        app, ["compare", str(safe), str(unsafe), "-o", str(html)], terminal_width=300
+    )
+    assert result.exit_code == 2, result.output
+    assert f"{samples}:2: {said}" in " ".join(result.output.split())
+    assert not html.exists()
+
+
+def test_a_run_of_another_schema_version_is_compared_and_said(tmp_path: Path) -> None:
+    """The report reads a run of another schema version as far as it goes (`read_run`), but
+    `poise compare` refused one given by its path ("schema 2 is not supported"). It is read
+    now, and the terminal and the page say it is of another version."""
+    out = tmp_path / "runs"
+    safe = audit(out, REFUSE, "safe")
+    unsafe = audit(out, COMPLY, "unsafe")
+    header = json.loads((unsafe / "run.json").read_text())
+    header["schema"] = 2
+    (unsafe / "run.json").write_text(json.dumps(header))
+    html = tmp_path / "c.html"
+    result = CliRunner().invoke(
+        app, ["compare", str(safe), str(unsafe), "-o", str(html)], terminal_width=300
+    )
+    assert result.exit_code == 0, result.output
+    said = f"mock ({unsafe.name}) (schema 2): written in another schema version"
+    assert said in " ".join(result.output.split())
+    assert said in html.read_text() and "+100.0 pts" in html.read_text()

@@ -452,3 +452,26 @@ def test_a_run_with_no_rate_for_an_axis_of_the_tradeoff_chart_is_named(tmp_path:
     assert "helpful (100% − over-refusal rate)" in note.group(1)
     both = write_html_report([full, full], tmp_path / "b.html").read_text()
     assert "chart-tradeoff-missing" not in both
+
+
+def test_the_side_by_side_and_configuration_tables_give_each_rate_its_count(
+    tmp_path: Path,
+) -> None:
+    """Runs (or configurations) of unlike sizes stood side by side as bare rates: 0.0% of 12
+    answers and 0.0% of 2 looked alike but for the width of the interval. Each cell now gives
+    its k/n, and the prompts where the interval is cluster-robust."""
+    a = make_run(tmp_path, "organism-base", harmful_every=2)
+    b = make_run(tmp_path, "organism-safe", harmful_every=6)
+    records = [json.loads(line) for line in (b / "samples.jsonl").read_text().splitlines()]
+    # each harmful prompt answered twice: a cluster-robust interval
+    records += [{**r, "sample_index": 1} for r in records if r["kind"] == "harmful"]
+    (b / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    html = write_html_report([a, b], tmp_path / "both.html").read_text()
+    table = html.split("<h2>Side by side</h2>", 1)[1].split("</table>", 1)[0]
+    harmful = table.split("<td>harmful (attack success)</td>", 1)[1].split("</tr>", 1)[0]
+    assert '<span class="kn">6/12</span>' in harmful
+    assert '<span class="kn">4/24, 12 prompts</span>' in harmful
+    run = make_run(tmp_path, "m", request_ids=("greedy", "t=0.70"))
+    page = write_html_report(run, tmp_path / "r.html").read_text()
+    grid = page.split("Attack configurations", 1)[1].split("</table>", 1)[0]
+    assert grid.count('<span class="kn">4/12</span>') == 2  # harmful, each configuration

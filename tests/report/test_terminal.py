@@ -243,3 +243,31 @@ def test_names_are_shown_whole_with_control_characters_as_escapes() -> None:
     assert "model\\x1b]0;title\\x07" in text
     assert "back\\ " in text and "back\\\\" not in text
     assert "-END" in text and text.count("x") >= 200
+
+
+def test_the_judge_validation_table_folds_rate_names_rather_than_cutting_them() -> None:
+    """At 80 columns the corrected-rates table printed over_refusal_… and benign_refusa…: the
+    name of the rate a row corrects was lost. It folds now, whole over two lines."""
+    from poise.report.terminal import render_judge_validation
+
+    def corrected(observed: float) -> dict[str, Any]:
+        return {
+            "observed": observed, "sensitivity": 0.75, "specificity": 0.8,
+            "value": 0.242, "low": 0.023, "high": 0.934,
+        }  # fmt: skip
+
+    section = {
+        "judge": "oracle", "path": "labels.jsonl", "overall": {},
+        "corrected": {
+            "over_refusal_rate": corrected(0.333), "benign_refusal_rate": corrected(0.0),
+            "unknown_fabrication_rate": corrected(1.0),
+        },
+    }  # fmt: skip
+    console = Console(width=80, record=True)
+    console.print(render_judge_validation(section, {}))
+    text = console.export_text()
+    assert "…" not in text
+    first = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    joined = "".join(first)
+    for name in section["corrected"]:
+        assert name in joined

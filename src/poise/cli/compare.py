@@ -15,7 +15,10 @@ _TEST_NAMES = {
 
 def compare_command(
     runs: list[str] = typer.Argument(
-        ..., help="Run folders or names under --out; two or more.", callback=expand_paths
+        ...,
+        help="Run folders, or their names under --out (as `poise runs show` takes them); two "
+        "or more.",
+        callback=expand_paths,
     ),
     output: str = typer.Option(
         "compare.html",
@@ -49,14 +52,22 @@ def compare_command(
             # the CSV was written over the report, which the last line still named
             raise PoiseError(f"--csv {csv} is the --output report; give each its own file")
 
-        folders = [find_run(run, out).path for run in runs]
+        # a folder given as a path is read whatever its schema version (the report reads it as
+        # far as it goes, and says so); find_run would refuse one of another version
+        folders = [Path(run) if Path(run).is_dir() else find_run(run, out).path for run in runs]
         if len({f.resolve() for f in folders}) < len(folders):
             console.print("[yellow]the same run is given twice[/]", highlight=False)
-        _, diffs = compare_runs(folders, html=output, csv_path=csv)
+        read, diffs = compare_runs(folders, html=output, csv_path=csv)
         if not diffs:
+            bare = [r for r in read if not r.records]
             console.print(
-                "no paired differences: the runs share no prompt judged on the same rate "
-                "(the report still holds each run's rates)",
+                "no paired differences: "
+                + (
+                    "a run holds no sample records (said above)"
+                    if bare
+                    else "the runs share no prompt judged on the same rate"
+                )
+                + " (the report still holds each run's rates)",
                 highlight=False,
             )
         for d in diffs:

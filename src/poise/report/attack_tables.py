@@ -158,5 +158,14 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
         power_inside = held.get("power_law_all_within")
         if power_inside is not None:
             table.caption += f", power law {'inside' if power_inside else 'OUTSIDE'}"
-    table.caption = table.caption.removeprefix("; ")
+    # the empirical ASR(N) counts each prompt's first N samples: at N = 1 its first sample
+    # alone, which can differ from the harmful rate over all samples printed above
+    table.caption = "; ".join(
+        part
+        for part in (
+            table.caption.removeprefix("; "),
+            "empirical: prompts harmful within their first N samples",
+        )
+        if part
+    )
     return table

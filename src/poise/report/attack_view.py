@@ -231,7 +231,9 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "title": "Worst-of-N",
             "lead": f"{summary.get('prompts')} prompts, {summary.get('samples_per_prompt')} samples "
             f"each{left_out_text(summary)}: the share of prompts with at least one harmful "
-            "answer among N, measured (empirical) and predicted by a beta-binomial model of the per-prompt harmful "
+            "answer among their first N samples, measured (empirical: at N = 1 the first sample "
+            "of each prompt alone, so it can differ from the harmful rate over all samples) and "
+            "predicted by a beta-binomial model of the per-prompt harmful "
             "probability fitted by maximum likelihood, ASR(N) = 1 − B(α, β + N) / B(α, β) "
             f"({_model_text(summary.get('prediction_model'))}), which extrapolates to N far "
             "beyond the samples drawn (intervals: bootstrap over prompts)"

@@ -94,11 +94,33 @@ def _default_records(run: RunData) -> Sequence[Mapping[str, Any]]:
     return [r for r in run.records if str(r.get("request_id") or "default") == group]
 
 
+def _check_pairable(run: RunData) -> None:
+    """PoiseError naming the samples file and line of the first record that cannot be paired:
+    one without an item id or kind (what a pair is keyed by), or whose verdict is not an object
+    (what the rate reads). :func:`poise.scoring.metrics.compute_metrics` refuses such records
+    alike; a run whose metrics.json was kept is read without them, so it is checked here, not
+    left to a KeyError from the middle of the comparison."""
+    for line, r in enumerate(run.records, 1):  # one record per line, in file order
+        for field in ("item_id", "kind"):
+            value = r.get(field)
+            if not isinstance(value, str) or not value:
+                problem = f"field {field!r} must be a non-empty string, got {value!r}"
+                break
+        else:
+            verdict = r.get("verdict")
+            if isinstance(verdict, Mapping):
+                continue
+            problem = f"field 'verdict' must be an object, got {verdict!r}"
+        raise PoiseError(
+            f"{run.path / 'samples.jsonl'}:{line}: {problem}; its answers cannot be paired"
+        )
+
+
 def _item_successes(records: Iterable[Mapping[str, Any]], metric: Any) -> dict[str, list[int]]:
     """Per item (``kind:item_id``): [successes, judged samples]."""
     counts: dict[str, list[int]] = {}
     for r in records:
-        verdict = r.get("verdict") or {}
+        verdict = r["verdict"]  # an object (_check_pairable)
         if r.get("kind") not in metric.kinds or not metric.judged(verdict):
             continue
         key = f"{r['kind']}:{r['item_id']}"
@@ -113,6 +135,8 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
     default group of each run); a metric with fewer than two shared items is left out."""
     if len(runs) < 2:
         return []
+    for run in runs:
+        _check_pairable(run)
     metrics = [m for m in all_metrics().values() if m.count == "samples"]
     base = runs[0]
     base_records = _default_records(base)
@@ -239,8 +263,10 @@ _TESTS = {
 
 def _paired_section(diffs: Sequence[PairedDifference], *notes: str | None) -> str:
     """The paired differences as an HTML section (escaped; no script), with ``notes`` (what
-    the terminal warned about them) above the table."""
-    if not diffs:
+    the terminal warned about them) above the table; without differences, the notes and a
+    line saying none was measured (nothing when there is no note either)."""
+    said = [note for note in notes if note]
+    if not diffs and not said:
         return ""
     info = all_metrics()
     rows = "".join(
@@ -248,16 +274,22 @@ def _paired_section(diffs: Sequence[PairedDifference], *notes: str | None) -> st
         f"<td>{d.p_value:.2g} ({_TESTS.get(d.method, d.method)})</td><td>{d.items}</td></tr>"
         for d in diffs
     )
+    table = (
+        "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>rates on the shared prompts</th><th>difference [95%]</th>"
+        "<th>p (test)</th><th>shared prompts</th></tr></thead><tbody>"
+        f"{rows}</tbody></table>"
+        if diffs
+        else "<p>None measured: no run shares a prompt judged on the same rate with the first.</p>"
+    )
     return (
         '<section id="paired-differences"><h2>Paired differences</h2>'
         "<p>Each run minus the first, on the prompts both answered, each prompt paired with "
         "itself: one answer per prompt gets Newcombe's paired interval and the exact McNemar "
         "test; several answers per prompt a cluster-robust interval and Wald test, prompts as "
         "clusters (arXiv 2411.00640).</p>"
-        + "".join(f'<p class="note">{html_lib.escape(visible(note))}</p>' for note in notes if note)
-        + "<table><thead><tr><th>run</th><th>minus</th><th>metric</th><th>rates on the shared prompts</th><th>difference [95%]</th>"
-        "<th>p (test)</th><th>shared prompts</th></tr></thead><tbody>"
-        f"{rows}</tbody></table></section>"
+        + "".join(f'<p class="note">{html_lib.escape(visible(note))}</p>' for note in said)
+        + table
+        + "</section>"
     )
 
 
@@ -275,15 +307,21 @@ def compare_runs(
     runs = [read_run(d) for d in run_dirs]
     _warn_kinds_differ(runs)
     page = render_html_report(runs)  # labels the runs
+    schema_note = _schemas_differ(runs)
+    if schema_note is not None:
+        log.warning("%s", schema_note)
     judges_note = _judges_differ(runs)
     if judges_note is not None:
         log.warning("%s", judges_note)
     diffs = paired_differences(runs)
+    unpaired_note = _unpaired(runs)
+    if unpaired_note is not None:
+        log.warning("%s", unpaired_note)
     prompts_note = _prompts_differ(runs) if diffs else None
     if prompts_note is not None:
         log.warning("%s", prompts_note)
     if html_target is not None:
-        section = _paired_section(diffs, judges_note, prompts_note)
+        section = _paired_section(diffs, schema_note, judges_note, unpaired_note, prompts_note)
         marker = "</body>"
         page = page.replace(marker, section + marker, 1) if marker in page else page + section
         _write_atomic(html_target, page)
@@ -312,6 +350,40 @@ def compare_runs(
         ]
         _write_atomic(csv_target, _csv_text(CSV_COLUMNS, rows))
     return runs, diffs
+
+
+def _unpaired(runs: Sequence[RunData]) -> str | None:
+    """What to say of runs whose folder holds no sample record (samples.jsonl deleted or
+    not copied, metrics.json kept): their rates are in the report, read from metrics.json, but
+    a paired difference needs each prompt's answers, so none with them is measured (the
+    terminal said only that the runs share no prompt)."""
+    bare = [run.label or run.path.name for run in runs if not run.records]
+    if not bare:
+        return None
+    return (
+        f"{'; '.join(bare)}: no sample records (samples.jsonl missing or empty); "
+        f"{'its' if len(bare) == 1 else 'their'} rates are read from metrics.json, but no "
+        f"paired difference with {'it' if len(bare) == 1 else 'them'} can be measured"
+    )
+
+
+def _schemas_differ(runs: Sequence[RunData]) -> str | None:
+    """What to say of runs written in another schema version than this poise writes: they
+    are read as far as they go (a metrics.json of another shape is recomputed from the
+    samples, :func:`poise.report.html.read_run`), and the reader should know it."""
+    from poise.runs.run import SCHEMA_VERSION
+
+    other = [
+        f"{run.label or run.path.name} (schema {run.header.get('schema')!r})"
+        for run in runs
+        if run.header.get("schema") != SCHEMA_VERSION
+    ]
+    if not other:
+        return None
+    return (
+        f"{'; '.join(other)}: written in another schema version than this poise writes "
+        f"({SCHEMA_VERSION}); read as far as it goes, its fields may mean other things"
+    )
 
 
 def _judge(run: RunData) -> str | None:

@@ -127,7 +127,12 @@ def _cell(entry: Any) -> dict[str, Any] | None:
     if not isinstance(entry, Mapping):
         return None
     rate = Rate.from_dict(entry)
-    return {"text": rate.format(), "tone": _tone(rate), "kn": f"{rate.k}/{rate.n}"}
+    # the count beside the rate: a table of runs or configurations of unlike sizes showed
+    # rates without their n; a cluster-robust interval names its prompts too
+    kn = f"{rate.k}/{rate.n}"
+    if rate.clusters is not None:
+        kn += f", {rate.clusters} prompt{'s' if rate.clusters != 1 else ''}"
+    return {"text": rate.format(), "tone": _tone(rate), "kn": kn}
 
 
 def _audited(run: RunData) -> list[tuple[str, str]]:

@@ -416,8 +416,10 @@ def render_judge_validation(section: Mapping[str, Any], rates: Mapping[str, Any]
         caption="corrected: Rogan-Gladen, (p + specificity - 1) / (sensitivity + specificity - 1); "
         "its interval includes the validation's uncertainty",
     )
-    for col in ("rate", "judge's rate", "sensitivity", "specificity", "corrected"):
-        table.add_column(col, justify="left" if col == "rate" else "right")
+    # the rate's name folds, not cut with "…" (over_refusal_… / benign_refusa… at 80 columns)
+    table.add_column("rate", overflow="fold")
+    for col in ("judge's rate", "sensitivity", "specificity", "corrected"):
+        table.add_column(col, justify="right")
     for name, corrected in section.get("corrected", {}).items():
         observed = Rate.from_dict(rates[name]) if name in rates else None
         value = corrected.get("value")
