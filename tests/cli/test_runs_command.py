@@ -187,3 +187,27 @@ def test_show_recomputes_a_finished_runs_lost_metrics_from_its_samples(tmp_path:
     assert shown.exit_code == 0, shown.output
     assert "no metrics yet" not in shown.output
     assert shown.output == before.output
+
+
+def test_show_and_export_read_a_run_of_another_schema_version_given_by_path(
+    tmp_path: Path,
+) -> None:
+    # the report and compare read such a run as far as it goes, with a warning; runs show and
+    # runs export refused it ("schema 0 is not supported")
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.cli import app
+    from poise.runs import Run
+
+    result = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(tmp_path), html=False)
+    Run.open(result.run.path).update_header(schema=0)
+    shown = CliRunner().invoke(app, ["runs", "show", str(result.run.path)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert "written in schema 0" in shown.output and "100.0%" in shown.output
+    csv = tmp_path / "x.csv"
+    exported = CliRunner().invoke(
+        app, ["runs", "export", str(result.run.path), "--csv", str(csv)], env={"COLUMNS": "300"}
+    )
+    assert exported.exit_code == 0, exported.output
+    assert "written in schema 0" in exported.output and csv.is_file()

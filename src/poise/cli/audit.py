@@ -278,7 +278,7 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
     from poise.report.terminal import render_metrics_table
     from poise.runs import Run
 
-    header = Run.open(run_path).header
+    header = Run.open(run_path, any_schema=True).header  # checked by the caller
     config = header["config"]
     judge = header.get("judge_resolved", config["judge"])
     title = f"{config['model']} · {_decoding(config)} · judge {judge}"

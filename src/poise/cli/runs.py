@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -112,7 +113,7 @@ def show(
     with user_errors():
         from poise.cli.audit import print_result
         from poise.errors import PoiseError
-        from poise.runs import find_run
+        from poise.runs import Run, find_run
         from poise.runs.run import matching_runs
 
         matches = [] if Path(run).is_dir() else matching_runs(run, out)
@@ -125,6 +126,9 @@ def show(
                 soft_wrap=True,
             )
             found = find_run(matches[0].path, out)
+        elif Path(run).is_dir():  # a folder given as a path is read whatever its schema version,
+            found = Run.open(run, any_schema=True)  # as the report and compare read it
+            _say_other_schema(found)
         else:
             found = find_run(run, out)
         # a finished run whose metrics.json is gone is recomputed from its samples, as the
@@ -164,11 +168,34 @@ def export(
         from poise.report.compare import export_run_csv
         from poise.runs import find_run
 
-        samples, metrics, n_samples, n_metrics = export_run_csv(find_run(run, out).path, csv)
+        if Path(run).is_dir():  # read whatever its schema version, as show and compare do
+            from poise.runs import Run
+
+            folder = Run.open(run, any_schema=True)
+            _say_other_schema(folder)
+            path = folder.path
+        else:
+            path = find_run(run, out).path
+        samples, metrics, n_samples, n_metrics = export_run_csv(path, csv)
         for n, what, path in ((n_samples, "sample", samples), (n_metrics, "metric", metrics)):
             console.print(
                 f"wrote {n} {what} rows to {shown(path)}", highlight=False, soft_wrap=True
             )
+
+
+def _say_other_schema(run: Any) -> None:
+    """A warning line for a run written in another schema version than this poise writes: it is
+    read as far as it goes (its fields may mean other things)."""
+    from poise.runs.run import SCHEMA_VERSION
+
+    schema = run.header.get("schema")
+    if schema != SCHEMA_VERSION:
+        console.print(
+            f"[yellow]{shown(run.path)}: written in schema {schema!r}, not this poise's "
+            f"({SCHEMA_VERSION}); read as far as it goes, its fields may mean other things[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:
