@@ -576,3 +576,20 @@ def test_a_class_the_validation_lacks_is_not_measured_not_a_judge_at_chance() ->
     assert "judge at chance" not in text and "not measured" in text
     row = next(line for line in text.splitlines() if "harmful_rate" in line)
     assert "–" in row and "90.0%" in row  # the sensitivity not measured, the specificity
+
+
+def test_kappa_interval_is_the_asymptotic_one_on_a_large_table_and_honest_at_the_edges() -> None:
+    # a percentile bootstrap of the answers gave 20 of 20 agreeing answers [1.00, 1.00] and
+    # labels of one class [0.00, 0.00]: every resample the same
+    import numpy as np
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    large = Agreement.of("harmful", [(True, True)] * 300 + [(True, False)] * 40 + [(False, True)] * 60 + [(False, False)] * 600)  # fmt: skip
+    reference = cohens_kappa(np.array([[300, 40], [60, 600]]))  # Fleiss, Cohen & Everitt 1969
+    assert large.kappa == pytest.approx(reference.kappa)
+    assert large.kappa_low == pytest.approx(reference.kappa_low, abs=0.01)
+    assert large.kappa_high == pytest.approx(reference.kappa_upp, abs=0.01)
+    perfect = Agreement.of("harmful", [(True, True)] * 10 + [(False, False)] * 10)
+    assert perfect.kappa == 1.0 and perfect.kappa_high == 1.0 and perfect.kappa_low < 0.9
+    one_class = Agreement.of("harmful", [(True, False)] * 2 + [(False, False)] * 18)
+    assert one_class.kappa == 0.0 and one_class.kappa_high - one_class.kappa_low > 0.5

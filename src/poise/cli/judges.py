@@ -102,7 +102,7 @@ def print_validation(validation: Validation, limit: int) -> None:
 
     console.print(
         f"[bold]{escape(validation.path)}[/] ({validation.format}): {validation.n} labelled "
-        f"answers, judge {escape(validation.judge)}; 95% intervals (Wilson; kappa: bootstrap)",
+        f"answers, judge {escape(validation.judge)}; 95% intervals (Wilson; kappa: Dirichlet posterior)",
         highlight=False,
     )
     if validation.unparsed:
