@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,37 @@ def test_a_percentile_or_layer_out_of_range_is_one_error_before_the_model_loads(
         assert message in result.output
         assert "Traceback" not in result.output
     assert not (tmp_path / "fw").exists()
+
+
+def test_checking_with_another_model_than_the_fitted_one_warns(
+    tmp_path: Path, tiny_hf_model_dir: Path, build_tiny_model: Callable[..., Path]
+) -> None:
+    """A firewall fitted on one model and checked with another of the same shape passed every
+    check and scored by distances that mean nothing for that model, without a word (`poise
+    serve --firewall` warns; `probe score` and `steer` do for a probe)."""
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(
+        "".join(
+            json.dumps({"role": "chef", "query": f"How do I cook dish {i}?"}) + "\n"
+            for i in range(4)
+        ),
+        encoding="utf-8",
+    )
+    folder = tmp_path / "fw"
+    fit = CliRunner().invoke(
+        app,
+        ["firewall", "fit", "--anchors", str(anchors), "-o", str(folder),
+         "-m", str(tiny_hf_model_dir)],
+    )  # fmt: skip
+    assert fit.exit_code == 0, fit.output
+    base = ["firewall", "check", "-f", str(folder), "-r", "chef", "How do I cook rice?"]
+    same = CliRunner().invoke(app, base)
+    assert same.exit_code in (0, 1), same.output
+    assert "fitted on" not in same.output
+    again = CliRunner().invoke(app, [*base, "-m", str(tiny_hf_model_dir)])
+    assert "fitted on" not in again.output
+    moved = CliRunner().invoke(app, [*base, "-m", str(other)])
+    assert moved.exit_code in (0, 1), moved.output
+    assert "firewall: fitted on" in moved.output
+    assert "fit it again on this model" in " ".join(moved.output.split())

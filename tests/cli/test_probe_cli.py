@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -272,3 +273,43 @@ def test_score_finds_a_run_by_name_under_out(tmp_path: Path) -> None:
     assert result.exit_code == 2
     said = " ".join(result.output.split())
     assert "no run" not in said and str(tmp_path / "x") in said  # past the run, at the probe
+
+
+def test_scoring_another_models_run_warns(
+    tmp_path: Path,
+    tiny_hf_model_dir: Path,
+    build_tiny_model: Callable[..., Path],
+) -> None:
+    """`probe score` of a run another model answered crossed the probe's flags with the judge's
+    verdicts on that model's answers without a word (`probe train` warns on such a run)."""
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    suite = tmp_path / "suite.jsonl"
+    suite.write_text(
+        "".join(
+            json.dumps({"id": f"{kind}{i}", "prompt": f"{kind} request {i}", "kind": kind}) + "\n"
+            for kind in ("harmful", "benign")
+            for i in range(6)
+        ),
+        encoding="utf-8",
+    )
+    runner = CliRunner()
+    probe = tmp_path / "probe"
+    trained = runner.invoke(
+        app,
+        ["probe", "train", "-m", str(tiny_hf_model_dir), "-s", str(suite), "--test-fraction",
+         "0.5", "--out", str(probe)],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    runs = tmp_path / "runs"
+    for name, model in [("own", tiny_hf_model_dir), ("other", other)]:
+        audit = runner.invoke(
+            app,
+            ["audit", "-m", str(model), "-s", str(suite), "--limit", "2", "--max-new-tokens",
+             "4", "--out", str(runs), "--name", name, "--no-html"],
+        )  # fmt: skip
+        assert audit.exit_code == 0, audit.output
+    own, another = (next(runs.glob(f"*-{name}")) for name in ("own", "other"))
+    for run, warned in [(own, False), (another, True)]:
+        scored = runner.invoke(app, ["probe", "score", str(run), "--probe", str(probe)])
+        assert scored.exit_code == 0, scored.output
+        assert ("another model's answers" in " ".join(scored.output.split())) is warned

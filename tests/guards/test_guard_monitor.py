@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -175,6 +176,26 @@ def test_monitor_data_is_written_where_its_folder_was_made(
     assert write_monitor_data("~/d/train.jsonl", [example]) == 1
     (read,) = read_monitor_data(tmp_path / "d" / "train.jsonl")
     assert (read.messages, read.response) == (example.messages, example.response)
+
+
+def test_monitor_data_interrupted_half_way_leaves_no_file(tmp_path: Path) -> None:
+    """A generator of examples that fails (or is interrupted) after some lines left the partial
+    ``.NAME.tmp`` beside the output."""
+    example = MonitorExample((("user", "hi"),), "Hello!", ())
+
+    def examples() -> Iterator[MonitorExample]:
+        yield example
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_monitor_data(tmp_path / "train.jsonl", examples())
+    assert list(tmp_path.iterdir()) == []
+    # an existing file is kept as it was
+    (tmp_path / "train.jsonl").write_text("old\n", encoding="utf-8")
+    with pytest.raises(KeyboardInterrupt):
+        write_monitor_data(tmp_path / "train.jsonl", examples())
+    assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
+    assert (tmp_path / "train.jsonl").read_text(encoding="utf-8") == "old\n"
 
 
 def test_monitor_folder_round_trips(monitor_dir: Path) -> None:

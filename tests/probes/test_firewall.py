@@ -180,6 +180,23 @@ def test_an_anchor_with_a_key_given_twice_names_the_line_and_the_key(tmp_path: P
         read_anchors(anchors)
 
 
+def test_an_anchor_of_an_empty_role_or_query_names_the_line(tmp_path: Path) -> None:
+    """An empty query fitted into the zone, and an empty role made a zone no --role can name;
+    both were accepted without a word."""
+    good = "".join(json.dumps({"role": "cooking", "query": f"dish {i}"}) + "\n" for i in range(3))
+    for row, key in [
+        ({"role": "cooking", "query": ""}, "query"),
+        ({"role": "cooking", "query": "  \n"}, "query"),
+        ({"role": "", "query": "dish 9"}, "role"),
+    ]:
+        anchors = tmp_path / "anchors.jsonl"
+        anchors.write_text(good + json.dumps(row) + "\n", encoding="utf-8")
+        with pytest.raises(PoiseError, match=rf"anchors\.jsonl:4: field '{key}' is empty"):
+            read_anchors(anchors)
+    anchors.write_text(good, encoding="utf-8")
+    assert read_anchors(anchors) == {"cooking": ["dish 0", "dish 1", "dish 2"]}
+
+
 class _Stub:
     """A model with 4 decoder blocks (hidden states 0-4) and 8 features: each query's states
     are drawn from a generator seeded by its text; a query containing "overflow" gives NaN

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
@@ -82,7 +84,18 @@ def check_command(
         spec = model or loaded_firewall.model
         if spec is None:
             raise PoiseError(f"{firewall}: the firewall names no model; pass --model")
-        verdicts = loaded_firewall.check(load_model(spec), role, queries)
+        loaded = load_model(spec)
+        fitted = loaded_firewall.model
+        if fitted and fitted not in {loaded.spec, loaded.name} - {None, ""}:
+            # zones are one model's activations: another model of the same shape passes the
+            # layer and width checks and is scored by distances that mean nothing for it
+            logging.getLogger(__name__).warning(
+                "firewall: fitted on %s, checked with %s: its zones describe the activations of "
+                "the model it was fitted on; fit it again on this model (poise firewall fit)",
+                fitted,
+                loaded.spec or loaded.name,
+            )
+        verdicts = loaded_firewall.check(loaded, role, queries)
         for query, verdict in zip(queries, verdicts, strict=True):
             mark = "[red]flagged[/]" if verdict.flagged else "[green]ok[/]"
             console.print(

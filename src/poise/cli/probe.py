@@ -48,6 +48,20 @@ def _bar(total: int, description: str) -> Any:
     return bar, lambda k: bar.advance(task, k)
 
 
+def _other_model(found: Any, model: Any) -> str | None:
+    """The model a run audited when it is not ``model`` (None when it is, or when the run does
+    not say). The run's resolved name is compared (an alias such as ``organism`` resolves to its
+    member, with the weights' fingerprint); runs written before it was recorded have the spec
+    only."""
+    audited = found.header.get("model_name")
+    if isinstance(audited, str):
+        return None if audited == model.name else audited
+    spec = found.config.get("model")
+    if isinstance(spec, str) and model.spec is not None and spec != model.spec:
+        return spec
+    return None
+
+
 def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list[Any]:
     from poise.models.base import default_system_prompt, no_system_prompt
     from poise.probes import data
@@ -60,19 +74,13 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
         from poise.runs import find_run
 
         found = find_run(run)
-        # the run's resolved name (an alias such as ``organism`` resolves to its member, with
-        # the weights' fingerprint); runs written before it was recorded have the spec only
-        audited = found.header.get("model_name")
-        same = audited == model.name if isinstance(audited, str) else None
-        spec = found.config.get("model")
-        if same is None and isinstance(spec, str) and model.spec is not None:
-            same = spec == model.spec
-        if same is False:
+        audited = _other_model(found, model)
+        if audited is not None:
             logging.getLogger(__name__).warning(
                 "the run %s audited %r and the probe reads %r: the labels should come from the "
                 "probed model's own answers",
                 found.path,
-                audited if isinstance(audited, str) else spec,
+                audited,
                 model.name,
             )
         records, none = list(found.records()), no_system_prompt(model)
@@ -253,6 +261,17 @@ def score_command(
         check_benign_for_fpr(records, fpr)  # before the model loads
         loaded = load_model(spec)
         require_activations("poise probe score", loaded)
+        audited = _other_model(found, loaded)
+        if audited is not None:
+            # the flags are crossed with the judge's verdicts on the run's answers, which are
+            # another model's: the AUROC against the judge mixes two models
+            logging.getLogger(__name__).warning(
+                "the run %s audited %r and the probe reads %r: the judge's verdicts it is "
+                "measured against are another model's answers",
+                found.path,
+                audited,
+                loaded.name,
+            )
         bar, advance = _bar(len(records), f"probe on {len(records)} answers")
         with bar:
             result = score_answers(

@@ -9,7 +9,8 @@ One JSON object per line (``.jsonl``)::
 
 - ``messages``: the prompt, as chat messages (``role`` system / user / assistant, ``content``).
 - ``response``: the assistant's answer to them.
-- ``harm_spans``: character ranges ``[start, end)`` of ``response`` that are harmful (the
+- ``harm_spans``: character ranges ``[start, end)`` of ``response`` (Unicode code points, as
+  Python indexes a ``str``; not UTF-8 bytes or UTF-16 units) that are harmful (the
   token-level labels: a token is harmful when its characters, whitespace at its ends aside,
   overlap a span); ``[]`` or absent for a harmless answer. Spans may touch (``[0, 5], [5,
   9]``) but not overlap: overlapping spans, or a span given twice, are refused.
@@ -163,11 +164,17 @@ def write_monitor_data(path: str | Path, examples: Iterable[MonitorExample]) -> 
     file = prepare_output_file(path, "output")
     tmp = file.with_name(f".{file.name}.tmp")
     count = 0
-    with tmp.open("w", encoding="utf-8") as out:
-        for example in examples:
-            out.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
-            count += 1
-    tmp.replace(file)
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            for example in examples:
+                out.write(json.dumps(example.to_dict(), ensure_ascii=False) + "\n")
+                count += 1
+        tmp.replace(file)
+    except BaseException:
+        # ``examples`` may be a generator that fails (or is interrupted) half-way: no partial
+        # file is left beside the output either
+        tmp.unlink(missing_ok=True)
+        raise
     return count
 
 

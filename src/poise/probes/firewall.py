@@ -314,7 +314,8 @@ def load_firewall(folder: str | Path) -> Firewall:
 
 
 def read_anchors(path: str | Path) -> dict[str, list[str]]:
-    """A jsonl of ``{"role": ..., "query": ...}`` lines -> queries per role."""
+    """A jsonl of ``{"role": ..., "query": ...}`` lines -> queries per role; a line that is not
+    one, or whose role or query is empty, is one error naming ``file:line``."""
     source = Path(path)
     try:
         lines = json_lines(source.read_text(encoding="utf-8"))
@@ -336,6 +337,11 @@ def read_anchors(path: str | Path) -> dict[str, list[str]]:
             or not isinstance(row.get("query"), str)
         ):
             raise located(source, number, 'expected {"role": "...", "query": "..."}')
+        # an empty role cannot be named (--role, --firewall-role), and an empty query is no
+        # legitimate request: either is a slip in the file, which would still fit a zone
+        for key in ("role", "query"):
+            if not row[key].strip():
+                raise located(source, number, f"field {key!r} is empty")
         roles.setdefault(row["role"], []).append(row["query"])
     if not roles:
         raise PoiseError(f"{source}: no anchors")
