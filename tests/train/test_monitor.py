@@ -54,6 +54,7 @@ def test_a_one_layer_monitor_trains_saves_and_guards(
     tiny_hf_model_dir: Path, tmp_path: Path
 ) -> None:
     data = _data(tmp_path / "data.jsonl")
+    held = _data(tmp_path / "validation.jsonl")  # the same rows: warned about, not refused
     out = tmp_path / "monitor"
     runner = CliRunner()
     result = runner.invoke(
@@ -68,7 +69,7 @@ def test_a_one_layer_monitor_trains_saves_and_guards(
             "-o",
             str(out),
             "--validation",
-            str(data),
+            str(held),
             "--layers",
             "1",
             "--epochs",
@@ -189,4 +190,15 @@ def test_a_backbone_without_a_chat_template_is_one_line(
     data = _data(tmp_path / "data.jsonl")
     with pytest.raises(PoiseError, match="the tokenizer has no chat template"):
         train_monitor_files(str(no_template_hf_model_dir), data, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_training_data_as_validation_is_refused(
+    tmp_path: Path,
+) -> None:
+    # the same file as --data and --validation chose the rule (threshold, k, head) on the
+    # answers the monitor learnt from, without a word
+    data = _data(tmp_path / "data.jsonl")
+    with pytest.raises(PoiseError, match=r"--validation .* is the training data"):
+        train_monitor_files("organism-small", data, tmp_path / "out", validation=data)
     assert not (tmp_path / "out").exists()

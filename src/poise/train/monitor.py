@@ -388,9 +388,25 @@ def train_monitor_files(
         raise PoiseError(f"--output {out}: cannot make the folder, {blocker} is a file")
     (settings or MonitorSettings()).check()
     _needs_validation(settings or MonitorSettings(), validation is not None)
+    if validation is not None and Path(validation).resolve() == Path(data).resolve():
+        # the rule (threshold, k, head) would be chosen on the answers the heads learnt from
+        raise PoiseError(
+            f"--validation {validation} is the training data: the threshold and k are chosen on "
+            "answers the monitor did not learn from; give a held-out file"
+        )
     _model_folder(model)  # a misspelt name fails before the data is read
     examples = read_monitor_data(data)
     held = read_monitor_data(validation) if validation is not None else None
+    if held:
+        seen = {(e.messages, e.response) for e in examples}
+        shared = sum((e.messages, e.response) in seen for e in held)
+        if shared:
+            logger.warning(
+                "%d of the %d validation answers are also in the training data (same chat and "
+                "answer): the rule chosen on them will look better than it is",
+                shared,
+                len(held),
+            )
     trained = train_monitor(
         model,
         examples,
