@@ -77,6 +77,48 @@ def weights(folder: Path) -> dict[str, Any]:
     return load_file(str(folder / "model.safetensors"))
 
 
+# Chat templates of public instruct models, verbatim ("chat_template" of tokenizer_config.json:
+# Qwen/Qwen2.5-*-Instruct, meta-llama/Meta-Llama-3-8B-Instruct, google/gemma-2-*-it), and the
+# special tokens each writes.
+QWEN25_TEMPLATE = "{%- if tools %}\n    {{- '<|im_start|>system\\n' }}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- messages[0]['content'] }}\n    {%- else %}\n        {{- 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' }}\n    {%- endif %}\n    {{- \"\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>\" }}\n    {%- for tool in tools %}\n        {{- \"\\n\" }}\n        {{- tool | tojson }}\n    {%- endfor %}\n    {{- \"\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\\"name\\\": <function-name>, \\\"arguments\\\": <args-json-object>}\\n</tool_call><|im_end|>\\n\" }}\n{%- else %}\n    {%- if messages[0]['role'] == 'system' %}\n        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n    {%- else %}\n        {{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}\n    {%- endif %}\n{%- endif %}\n{%- for message in messages %}\n    {%- if (message.role == \"user\") or (message.role == \"system\" and not loop.first) or (message.role == \"assistant\" and not message.tool_calls) %}\n        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}\n    {%- elif message.role == \"assistant\" %}\n        {{- '<|im_start|>' + message.role }}\n        {%- if message.content %}\n            {{- '\\n' + message.content }}\n        {%- endif %}\n        {%- for tool_call in message.tool_calls %}\n            {%- if tool_call.function is defined %}\n                {%- set tool_call = tool_call.function %}\n            {%- endif %}\n            {{- '\\n<tool_call>\\n{\"name\": \"' }}\n            {{- tool_call.name }}\n            {{- '\", \"arguments\": ' }}\n            {{- tool_call.arguments | tojson }}\n            {{- '}\\n</tool_call>' }}\n        {%- endfor %}\n        {{- '<|im_end|>\\n' }}\n    {%- elif message.role == \"tool\" %}\n        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != \"tool\") %}\n            {{- '<|im_start|>user' }}\n        {%- endif %}\n        {{- '\\n<tool_response>\\n' }}\n        {{- message.content }}\n        {{- '\\n</tool_response>' }}\n        {%- if loop.last or (messages[loop.index0 + 1].role != \"tool\") %}\n            {{- '<|im_end|>\\n' }}\n        {%- endif %}\n    {%- endif %}\n{%- endfor %}\n{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}\n{%- endif %}\n"
+QWEN25_DEFAULT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+LLAMA3_TEMPLATE = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+GEMMA2_TEMPLATE = "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+TEMPLATE_SPECIAL_TOKENS = {
+    "qwen2.5": (QWEN25_TEMPLATE, ("<|im_start|>", "<|im_end|>"), "<|im_end|>"),
+    "llama3": (
+        LLAMA3_TEMPLATE,
+        ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        "<|eot_id|>",
+    ),
+    "gemma2": (GEMMA2_TEMPLATE, ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"), "<eos>"),
+}
+
+
+def with_public_template(lm_dir: Path, folder: Path, family: str) -> Path:
+    """A copy of the tiny model in ``folder`` whose tokenizer has ``family``'s public chat
+    template, special tokens and EOS (the embeddings grown to match), without a poise.json: a
+    user's own model, as poise finds it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    template, special, eos = TEMPLATE_SPECIAL_TOKENS[family]
+    tokenizer = AutoTokenizer.from_pretrained(str(lm_dir))
+    tokenizer.add_special_tokens({"additional_special_tokens": list(special)})
+    tokenizer.eos_token = eos
+    if family == "llama3":
+        tokenizer.bos_token = "<|begin_of_text|>"
+    if family == "gemma2":
+        tokenizer.bos_token = "<bos>"
+    tokenizer.chat_template = template
+    model = AutoModelForCausalLM.from_pretrained(str(lm_dir))
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
 # ----------------------------------------------------------------------------- chat encoding
 
 
@@ -126,6 +168,61 @@ def test_a_response_ends_with_the_templates_own_turn_marker_when_it_is_not_the_e
     assert tokenizer.decode(response) == "the answer<|end|>"
     # the prompt and the response are the template's own rendering of the reply, cut after it
     assert rendered.startswith(tokenizer.decode(encoder.prompt_ids(chat) + response))
+
+
+def _trl_conversational(tokenizer: Any, chat: list[dict[str, str]], reply: str) -> tuple[Any, Any]:
+    """(prompt ids, completion ids) as TRL 1.16's DPOTrainer tokenises a conversational pair
+    (``tokenize_fn`` in trl/trainer/dpo_trainer.py): the prompt through the template with the
+    generation prompt, prompt + reply through the template, the completion after their common
+    prefix."""
+
+    def ids(messages: list[dict[str, str]], **kwargs: Any) -> list[int]:
+        out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+        return list(out["input_ids"])
+
+    prompt = ids(chat, add_generation_prompt=True)
+    full = ids([*chat, {"role": "assistant", "content": reply}])
+    n = 0
+    while n < min(len(prompt), len(full)) and prompt[n] == full[n]:
+        n += 1
+    return prompt[:n], full[n:]
+
+
+@pytest.mark.parametrize("family", ["qwen2.5", "llama3", "gemma2"])
+def test_pairs_are_the_tokens_of_trls_conversational_tokenisation(
+    tiny_hf_model_dir: Path, tmp_path: Path, family: str
+) -> None:
+    """Prompt ids are apply_chat_template's with the generation prompt; the response is what
+    TRL trains on, up to and including the template's end-of-turn token (TRL also keeps the
+    newline the template writes after it). Llama 3's and Gemma 2's templates trim the reply
+    (``content | trim``): a reply with surrounding spaces was trained with them, as no
+    rendering of the chat writes it."""
+    from transformers import AutoTokenizer
+
+    from poise.train.recipes.common import ChatEncoder, load_tokenizer
+
+    folder = with_public_template(tiny_hf_model_dir, tmp_path / family, family)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    encoder = ChatEncoder(load_tokenizer(folder), 512)
+    end = {"qwen2.5": "<|im_end|>", "llama3": "<|eot_id|>", "gemma2": "<end_of_turn>"}[family]
+    chats = [
+        [{"role": "user", "content": "hi"}],
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "Tell me a joke"},
+        ],
+    ]
+    if family != "gemma2":
+        chats.append([{"role": "system", "content": "Be brief."}, chats[0][0]])
+    for chat in chats:
+        for reply in ("Paris.", "  a reply with spaces  ", "two\nlines\n"):
+            prompt, completion = _trl_conversational(tokenizer, chat, reply)
+            assert encoder.prompt_ids(chat) == prompt
+            response = encoder.response_ids(reply)
+            assert response[-1] == tokenizer.convert_tokens_to_ids(end)
+            assert completion[: len(response)] == response
+            assert tokenizer.decode(completion[len(response) :]) in ("", "\n")
 
 
 def test_chat_encoder_fit_keeps_the_response_and_cuts_the_prompt_from_the_left(

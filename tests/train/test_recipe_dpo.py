@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 import torch
-from test_recipe_common import one_torch_thread, weights, write_pairs  # noqa: F401
+from test_recipe_common import (  # noqa: F401
+    one_torch_thread,
+    weights,
+    with_public_template,
+    write_pairs,
+)
 
 from poise.errors import PoiseError, UnknownNameError
 from poise.train.recipes.dpo import train_dpo
@@ -221,6 +226,60 @@ def test_bad_data_row_is_one_line_with_file_and_line_and_writes_nothing(
     message = str(info.value)
     assert f"{data}:4" in message and "rejected" in message and "\n" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_a_template_without_system_messages_names_the_row_that_has_one(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """Gemma 2's template raises "System role not supported": the error said only that, with
+    no row, and nothing about what to change."""
+    from poise.train.recipes.reward import train_reward
+
+    source = with_public_template(tiny_hf_model_dir, tmp_path / "gemma", "gemma2")
+    data = write_pairs(tmp_path / "pairs.jsonl", n=3)
+    rows = data.read_text().splitlines()
+    row = json.loads(rows[1])
+    row["prompt"] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": row["prompt"]},
+    ]
+    rows[1] = json.dumps(row)
+    data.write_text("\n".join(rows) + "\n")
+    for train in (train_dpo, train_reward):
+        with pytest.raises(PoiseError) as info:
+            train(model=str(source), data=str(data), output=str(tmp_path / "out"))
+        message = str(info.value)
+        assert message.startswith(f"{data}:2: the chat template rejected the chat (")
+        assert "System role not supported" in message
+        assert "takes no system message" in message and "\n" not in message
+        assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("declared", [None, {"system_prompt_in_template": False}])
+def test_the_trained_model_follows_the_system_prompt_rule_of_its_source(
+    tiny_hf_model_dir: Path, tmp_path: Path, declared: dict[str, Any] | None
+) -> None:
+    """A Qwen2.5 folder whose poise.json declares that its template inserts no default (the
+    declaration wins over the template) gave a trained model whose poise.json dropped it, so
+    audits of the trained model sent "none" as an empty system message, the source's as none."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from poise.models.hf import HFModel
+
+    source = with_public_template(tiny_hf_model_dir, tmp_path / "qwen", "qwen2.5")
+    if declared is not None:
+        (source / "poise.json").write_text(json.dumps(declared))
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    out = tmp_path / "out"
+    train_dpo(model=str(source), data=str(data), output=str(out), max_steps=1, **FAST)
+    before, after = HFModel(str(source), device="cpu"), HFModel(str(out), device="cpu")
+    rule = ("default_system_prompt", "system_prompt_in_template")
+    assert [getattr(after, k) for k in rule] == [getattr(before, k) for k in rule]
+    # the folder keeps the template and loads with plain transformers
+    tokenizer = AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer.chat_template == AutoTokenizer.from_pretrained(str(source)).chat_template
+    assert tokenizer.eos_token == "<|im_end|>"
+    AutoModelForCausalLM.from_pretrained(str(out))
 
 
 def test_unknown_loss_and_foreign_parameters_fail_before_training(

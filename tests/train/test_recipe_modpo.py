@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_recipe_common import build_tiny_classifier, one_torch_thread, weights, write_pairs  # noqa: F401
+from test_recipe_common import (  # noqa: F401
+    build_tiny_classifier,
+    one_torch_thread,
+    weights,
+    with_public_template,
+    write_pairs,
+)
 
 from poise.errors import PoiseError
 from poise.train.recipes.modpo import margin_rewards, train_modpo
@@ -94,4 +100,33 @@ def test_a_margin_model_whose_tokenizer_cannot_load_fails_before_the_output_fold
             margin_reward_models=[str(broken)],
             weights=[0.5, 0.5],
         )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_margin_model_whose_template_refuses_a_row_is_named_before_anything_is_written(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """The policy's template takes a system message, the margin model's (Gemma 2's) does not:
+    the refusal came once the run had begun (a "running" folder without a model left behind)
+    and named no row."""
+    gemma = with_public_template(tiny_hf_model_dir, tmp_path / "gemma", "gemma2")
+    margin = build_tiny_classifier(tmp_path / "margin", gemma)
+    data = write_pairs(tmp_path / "pairs.jsonl", n=3)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    rows[2]["prompt"] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": rows[2]["prompt"]},
+    ]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(PoiseError) as info:
+        train_modpo(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(tmp_path / "out"),
+            margin_reward_models=[str(margin)],
+            weights=[0.5, 0.5],
+        )
+    message = str(info.value)
+    assert message.startswith(f"{data}:3 ({margin}): the chat template rejected the chat (")
+    assert "takes no system message" in message and "\n" not in message
     assert not (tmp_path / "out").exists()

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from test_recipe_common import build_tiny_classifier, one_torch_thread, weights  # noqa: F401
+from test_recipe_common import (  # noqa: F401
+    QWEN25_DEFAULT,
+    build_tiny_classifier,
+    one_torch_thread,
+    weights,
+    with_public_template,
+)
 
 from poise.errors import PoiseError
 from poise.train.recipes.safe_rl import policy_loss, train_safe_rl
@@ -338,6 +344,73 @@ def test_none_is_an_empty_system_message_where_the_template_inserts_the_default(
     assert system_prompt(default, source) == "Be safe."
     # a base model is trained on the plain dialogue template, which inserts nothing
     assert system_prompt(config.model_copy(update={"from_base": True}), source) is None
+
+
+@pytest.mark.parametrize("family", ["qwen2.5", "llama3"])
+def test_the_system_prompt_rule_of_a_folder_without_poise_json_is_the_audits(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path, family: str
+) -> None:
+    """A Qwen2.5 folder (no poise.json) inserts "You are Qwen, ..." into a chat without a
+    system message: --system-prompt none trained on prompts carrying it, while an audit of the
+    trained model with --system-prompt none sends an empty system message (no prompt)."""
+    from poise.chat import with_default_system_prompt
+    from poise.models import default_system_prompt, no_system_prompt
+    from poise.models.hf import HFModel
+    from poise.train.recipes.common import ChatEncoder, load_tokenizer
+    from poise.train.recipes.safe_rl import SafeRLConfig, load_prompts, system_prompt
+
+    source = with_public_template(tiny_hf_model_dir, tmp_path / "source", family)
+    audited = HFModel(str(source), device="cpu")
+    encoder = ChatEncoder(load_tokenizer(source), 512)
+    rules = {"none": no_system_prompt(audited), "default": default_system_prompt(audited)}
+    for setting, audit_system in rules.items():
+        config = SafeRLConfig.model_validate(
+            _common(source, scorers, output=str(tmp_path / "o"), system_prompt=setting)
+        )
+        system = system_prompt(config, source)
+        assert system == audit_system
+        trained_on = load_prompts(config, system)[0]
+        audit_chat = with_default_system_prompt(
+            [m for m in trained_on if m["role"] != "system"],
+            audit_system,
+        )
+        assert encoder.prompt_ids(trained_on) == audited._encode_prompts([audit_chat])[0]
+    if family == "qwen2.5":
+        assert rules == {"none": "", "default": QWEN25_DEFAULT}
+    else:
+        assert rules == {"none": None, "default": None}
+
+
+def test_a_system_prompt_the_template_refuses_is_named_before_anything_is_written(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    """Gemma 2's template refuses a system message: --system-prompt TEXT failed naming no
+    prompt and nothing to change (and, for a model whose config gives no context length, only
+    at the first sampling step, inside the run)."""
+    source = with_public_template(tiny_hf_model_dir, tmp_path / "gemma", "gemma2")
+    common = _common(source, scorers, output=str(tmp_path / "o"), max_steps=1)
+    with pytest.raises(PoiseError) as info:
+        train_safe_rl(**common, system_prompt="Be careful.")
+    message = str(info.value)
+    assert message.startswith("harmful: prompt 1: the chat template rejected the chat (")
+    assert "takes no system message" in message and "\n" not in message
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_cost_model_whose_template_refuses_the_system_prompt_is_named_first(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    """The policy's template takes the system prompt, the cost model's (Gemma 2's) does not:
+    the refusal came at the first step, after the run had begun, naming no prompt."""
+    gemma = with_public_template(tiny_hf_model_dir, tmp_path / "gemma", "gemma2")
+    cost = build_tiny_classifier(tmp_path / "cost", gemma, zero_head=True)
+    common = _common(tiny_hf_model_dir, {**scorers, "cost_model": cost}, output=str(tmp_path / "o"))
+    with pytest.raises(PoiseError) as info:
+        train_safe_rl(**{**common, "max_steps": 1}, system_prompt="Be careful.")
+    message = str(info.value)
+    assert message.startswith("harmful: prompt 1 (cost_model): the chat template rejected the")
+    assert "takes no system message" in message and "\n" not in message
+    assert not (tmp_path / "o").exists()
 
 
 def test_the_trained_model_keeps_the_declaration_with_its_template(

@@ -372,6 +372,20 @@ def as_messages(prompt: str | Sequence[Mapping[str, str]]) -> Messages:
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
 
 
+class ChatTemplateError(PoiseError):
+    """A chat template refused a chat (a recipe names the row: :func:`chat_of`)."""
+
+
+@contextmanager
+def chat_of(where: str) -> Iterator[None]:
+    """Put ``where`` (``FILE:LINE``, a prompt's number) before a chat template's refusal of
+    the chat encoded inside, so the error says which row to fix."""
+    try:
+        yield
+    except ChatTemplateError as exc:
+        raise ChatTemplateError(f"{where}: {exc}") from None
+
+
 class ChatEncoder:
     """Token ids of a prompt and of an assistant response, as the model sees them at inference.
 
@@ -388,6 +402,10 @@ class ChatEncoder:
         if plain:
             tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
         self.eos_strings = self._eos_strings()
+        # what the template writes after an assistant message's content (the end marker and
+        # anything after it), set by _response_frame
+        self._after_content: str | None = None
+        self._probe_prompt = ""
         self.response_prefix, self.response_suffix = self._response_frame()
 
     def _eos_strings(self) -> list[str]:
@@ -411,6 +429,7 @@ class ChatEncoder:
         rest = full[len(prompt) :]
         at = rest.index(probe)
         before, after = rest[:at], rest[at + len(probe) :]
+        self._after_content, self._probe_prompt = after, prompt
         ends = [(after.find(e), e) for e in self.eos_strings if e and e in after]
         if not ends:
             # a template that closes a turn with its own marker, not the tokenizer's EOS
@@ -436,7 +455,7 @@ class ChatEncoder:
         try:
             return str(self.tokenizer.apply_chat_template(messages, tokenize=False))
         except Exception as exc:  # jinja errors, e.g. a template that rejects a system turn
-            raise PoiseError(f"the chat template rejected a chat ({_first_line(exc)})") from None
+            raise self._rejected(messages, exc) from None
 
     def prompt_text(self, messages: Messages) -> str:
         try:
@@ -444,8 +463,16 @@ class ChatEncoder:
                 messages, add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:
-            raise PoiseError(f"the chat template rejected a chat ({_first_line(exc)})") from None
+            raise self._rejected(messages, exc) from None
         return str(text)
+
+    def _rejected(self, messages: Messages, exc: BaseException) -> ChatTemplateError:
+        """The template's error in one line; where the chat has a system message that the
+        template takes none of (Gemma 2's "System role not supported"), it says so."""
+        from poise.models.context import template_refusal
+
+        why = template_refusal(self.tokenizer, messages, exc)  # type: ignore[arg-type]
+        return ChatTemplateError(f"the chat template rejected the chat ({why})")
 
     def ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -454,7 +481,28 @@ class ChatEncoder:
         return self.ids(self.prompt_text(messages))
 
     def response_ids(self, response: str) -> list[int]:
-        return self.ids(self.response_prefix + response + self.response_suffix)
+        return self.ids(
+            self.response_prefix + self.response_content(response) + self.response_suffix
+        )
+
+    def response_content(self, response: str) -> str:
+        """``response`` as the chat template writes it in an assistant turn. Llama 3's and
+        Gemma's templates trim the content (``message['content'] | trim``): a reply with
+        leading or trailing whitespace is trained as the template writes it, as TRL's
+        conversational tokenisation (prompt + completion through the template) has it.
+        Unchanged where the template writes the content as it is, or where the turn cannot
+        be told apart from the template's text around it."""
+        after = self._after_content
+        if after is None:
+            return response
+        chat: Messages = [{"role": "user", "content": "hi"}]
+        prompt = self._probe_prompt
+        full = self.render([*chat, {"role": "assistant", "content": response}])
+        rest = full[len(prompt) :] if full.startswith(prompt) else ""
+        start, end = len(self.response_prefix), len(rest) - len(after)
+        if not (rest.startswith(self.response_prefix) and rest.endswith(after)) or end < start:
+            return response
+        return rest[start:end]
 
     def fit(self, prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
         """Cut a (prompt, response) to ``max_length``: the prompt loses its oldest tokens first
@@ -1483,12 +1531,17 @@ class Session:
         poise_meta: dict[str, Any] = {"base_model": str(source), "trained_by": self.out.recipe}
         if isinstance(meta.get("default_system_prompt"), str) and self.keeps_system_prompt:
             poise_meta["default_system_prompt"] = meta["default_system_prompt"]
+        in_template = meta.get("system_prompt_in_template")
         if self.keeps_system_prompt and (
-            meta.get("system_prompt_in_template") is True
-            and self.tokenizer.chat_template != PLAIN_CHAT_TEMPLATE
+            in_template is True and self.tokenizer.chat_template != PLAIN_CHAT_TEMPLATE
         ):
             # the source's chat template (saved above) still inserts its default prompt
             poise_meta["system_prompt_in_template"] = True
+        elif self.keeps_system_prompt and in_template is False:
+            # what the source declares wins over what its template shows (the hf backend reads
+            # the template only where poise.json declares neither field): kept, or an audit of
+            # the trained model would follow another system-prompt rule than the source's
+            poise_meta["system_prompt_in_template"] = False
         write_json_atomic(folder / POISE_JSON, poise_meta)
 
 
@@ -1717,6 +1770,18 @@ class Reference:
             )
             with adapters:
                 return token_logps(session.model, batch, session.device, temperature=temperature)
+
+
+def check_classifier_reads(folder: Path, chats: Iterable[tuple[str, Messages]]) -> None:
+    """Encode each ``(where, chat)`` prompt with the chat template of the classifier in
+    ``folder`` (a reward, cost or margin model reads chats through its own template, which may
+    refuse what the policy's takes, such as Gemma 2's a system message): a refusal is one
+    error naming ``where``, raised before training rather than at its first step."""
+    tokenizer = load_tokenizer(folder, need_chat_template=False)
+    encoder = ChatEncoder(tokenizer, 1, plain=not tokenizer.chat_template)
+    for where, chat in chats:
+        with chat_of(where):
+            encoder.prompt_text(chat)
 
 
 class Scorer:

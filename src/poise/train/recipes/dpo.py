@@ -37,6 +37,7 @@ from poise.train.recipes.common import (
     TrainConfig,
     TrainResult,
     causal_lm_folder,
+    chat_of,
     check_lora_available,
     check_precision,
     check_rows_fit,
@@ -141,7 +142,7 @@ def encode_and_split(
     preference any more, its gradient is 0 under every loss, and it would still count in the
     step's mean and as a miss in the reward accuracy."""
     tokenizer = load_tokenizer(source)
-    encoded = encode_pairs(ChatEncoder(tokenizer, config.max_length), pairs)
+    encoded = encode_pairs(ChatEncoder(tokenizer, config.max_length), pairs, config.data)
     check_rows_fit(
         (
             (row_name(config.data, i, pair), len(p) + max(len(c), len(r)))
@@ -165,10 +166,13 @@ def encode_and_split(
     return tokenizer, encoded, [kept[j] for j in train_pos], [kept[j] for j in eval_pos]
 
 
-def encode_pairs(encoder: ChatEncoder, pairs: Sequence[Any]) -> list[EncodedPair]:
+def encode_pairs(encoder: ChatEncoder, pairs: Sequence[Any], data: str) -> list[EncodedPair]:
+    """``(prompt, chosen, rejected)`` token ids of each pair of the file ``data``; a chat the
+    template refuses is one error naming its row."""
     encoded = []
-    for pair in pairs:
-        prompt = encoder.prompt_ids(pair.messages)
+    for index, pair in enumerate(pairs):
+        with chat_of(row_name(data, index, pair)):
+            prompt = encoder.prompt_ids(pair.messages)
         p_c, chosen = encoder.fit(prompt, encoder.response_ids(pair.chosen))
         p_r, rejected = encoder.fit(prompt, encoder.response_ids(pair.rejected))
         # both responses must follow the same prompt tokens; cut to the shorter kept prompt

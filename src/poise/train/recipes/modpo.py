@@ -35,6 +35,8 @@ from poise.train.recipes.common import (
     Session,
     TrainResult,
     causal_lm_folder,
+    chat_of,
+    check_classifier_reads,
     check_lora_available,
     check_precision,
     classifier_scores,
@@ -45,6 +47,7 @@ from poise.train.recipes.common import (
     load_tokenizer,
     make_config,
     resolve_model_folder,
+    row_name,
     split_list,
     token_logps,
 )
@@ -112,7 +115,10 @@ def margin_rewards(config: MODPOConfig, pairs: list[Any], device: Any) -> tuple[
         encoder = ChatEncoder(tokenizer, config.max_length, plain=not tokenizer.chat_template)
         sign = -1.0 if negate else 1.0
         for column, field in ((chosen_cols, "chosen"), (rejected_cols, "rejected")):
-            rows = [encoder.classifier_ids(p.messages, getattr(p, field)) for p in pairs]
+            rows = []
+            for i, pair in enumerate(pairs):
+                with chat_of(f"{row_name(config.data, i, pair)} ({spec})"):
+                    rows.append(encoder.classifier_ids(pair.messages, getattr(pair, field)))
             scores = classifier_scores(
                 model, rows, tokenizer.pad_token_id, batch_size=config.batch_size
             )
@@ -149,6 +155,15 @@ def train_modpo(
         return finished_result(out)
     with out.interruptible():
         tokenizer, encoded, train_idx, eval_idx = encode_and_split(config, source, pairs)
+        for spec in config.margin_reward_models:
+            folder = resolve_model_folder(spec.removeprefix(NEGATE_PREFIX), "margin_reward_models")
+            check_classifier_reads(
+                folder,
+                (
+                    (f"{row_name(config.data, i, p)} ({spec})", p.messages)
+                    for i, p in enumerate(pairs)
+                ),
+            )
         session = Session.start(
             config,
             out,

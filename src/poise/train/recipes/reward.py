@@ -34,6 +34,7 @@ from poise.train.recipes.common import (
     ProgressFn,
     Session,
     TrainResult,
+    chat_of,
     check_lora_available,
     check_precision,
     check_rows_fit,
@@ -148,13 +149,15 @@ def _train(config: Any, kind: Kind, progress: ProgressFn | None) -> TrainResult:
         tokenizer = load_tokenizer(source, need_chat_template=False)
         encoder = ChatEncoder(tokenizer, config.max_length, plain=not tokenizer.chat_template)
 
-        encoded = [
-            (
-                encoder.classifier_ids(p.messages, p.chosen),
-                encoder.classifier_ids(p.messages, p.rejected),
-            )
-            for p in pairs
-        ]
+        encoded = []
+        for i, pair in enumerate(pairs):
+            with chat_of(row_name(config.data, i, pair)):
+                encoded.append(
+                    (
+                        encoder.classifier_ids(pair.messages, pair.chosen),
+                        encoder.classifier_ids(pair.messages, pair.rejected),
+                    )
+                )
         check_rows_fit(
             (
                 (row_name(config.data, i, pair), max(len(chosen), len(rejected)))

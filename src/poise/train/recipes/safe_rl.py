@@ -69,6 +69,8 @@ from poise.train.recipes.common import (
     TrainResult,
     as_messages,
     causal_lm_folder,
+    chat_of,
+    check_classifier_reads,
     check_lora_available,
     check_precision,
     finished_result,
@@ -193,15 +195,15 @@ def load_prompts(config: SafeRLConfig, system: str | None) -> list[Messages]:
 def check_prompts_fit(
     config: SafeRLConfig, encoder: ChatEncoder, chats: list[Messages], context_length: int | None
 ) -> None:
-    """Refuse, before training, a prompt that leaves no room in the model's context for
-    ``max_new_tokens`` sampled tokens: one line naming the prompt."""
+    """Refuse, before training, a prompt that the chat template refuses (Gemma 2's takes no
+    system message) or that leaves no room in the model's context for ``max_new_tokens``
+    sampled tokens: one line naming the prompt."""
     from poise.models.context import ContextLengthError
 
-    if context_length is None:
-        return
     for index, chat in enumerate(chats):
-        tokens = len(encoder.prompt_ids(chat))
-        if tokens + config.max_new_tokens > context_length:
+        with chat_of(f"{config.prompts}: prompt {index + 1}"):
+            tokens = len(encoder.prompt_ids(chat))
+        if context_length is not None and tokens + config.max_new_tokens > context_length:
             problem = ContextLengthError(
                 context_length, tokens, config.max_new_tokens, at_least=False
             )
@@ -212,16 +214,40 @@ def check_prompts_fit(
 
 
 def system_prompt(config: SafeRLConfig, source: Path) -> str | None:
+    """The system message every training prompt gets (None: none), by the rule an audit of
+    the trained model follows (``poise.models.no_system_prompt`` / ``default_system_prompt`` on
+    the ``hf`` backend): what ``poise.json`` declares, and where it declares neither
+    ``default_system_prompt`` nor ``system_prompt_in_template`` (a folder not made by poise),
+    what the chat template does. "none" is an explicit empty system message where the template
+    inserts a default into a chat without one (Qwen2.5's "You are Qwen, ..."), else no system
+    message; "default" is the model's default prompt, or no system message."""
     if config.from_base and config.system_prompt in ("none", "default"):
         return None
+    if config.system_prompt not in ("none", "default"):
+        return config.system_prompt
+    meta = read_poise_json(source)
+    in_template = meta.get("system_prompt_in_template") is True
+    value = meta.get("default_system_prompt")
+    if "default_system_prompt" not in meta and "system_prompt_in_template" not in meta:
+        value = _template_default(source)
+        in_template = value is not None
     if config.system_prompt == "none":
         # a template that inserts its default system prompt renders an empty one as none
-        in_template = read_poise_json(source).get("system_prompt_in_template") is True
         return "" if in_template else None
-    if config.system_prompt == "default":
-        value = read_poise_json(source).get("default_system_prompt")
-        return value if isinstance(value, str) and value else None
-    return config.system_prompt
+    return value if isinstance(value, str) and value else None
+
+
+def _template_default(source: Path) -> str | None:
+    """The default system prompt ``source``'s chat template inserts into a chat without one
+    (as the ``hf`` backend reads it), or None; None too where the tokenizer cannot load (the
+    recipe refuses it later, with its own message)."""
+    from poise.models.hf import template_default_system_prompt
+
+    try:
+        tokenizer = load_tokenizer(source, need_chat_template=False)
+    except PoiseError:
+        return None
+    return template_default_system_prompt(tokenizer)
 
 
 def _unit_scale(advantages: Any) -> Any:
@@ -393,6 +419,11 @@ def train_safe_rl(
         tokenizer.padding_side = "left"
         encoder = ChatEncoder(tokenizer, config.max_length, plain=config.from_base)
         check_prompts_fit(config, encoder, chats, folder_context_length(source))
+        for name, folder in folders.items():
+            check_classifier_reads(
+                folder,
+                ((f"{config.prompts}: prompt {i + 1} ({name})", c) for i, c in enumerate(chats)),
+            )
 
         # ---- load
         session = Session.start(
