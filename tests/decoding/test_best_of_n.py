@@ -303,3 +303,35 @@ def test_the_answer_is_the_picked_sample_with_its_token_ids(eos_hf_model_dir: Pa
     # the sample this seed picks ended on EOS: it is among its ids, counted as decoded
     assert answer.finish_reason == "stop" and answer.token_ids[-1] in base.eos_token_ids
     assert generated_tokens(answer) == answer.num_tokens + 1
+
+
+def write_reward_config(folder: Path) -> Path:
+    """A folder that passes the scorer check (a one-output sequence classifier's config.json;
+    the weights are read only when it scores)."""
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        '{"architectures": ["LlamaForSequenceClassification"], "num_labels": 1}'
+    )
+    return folder
+
+
+def test_a_scorer_folder_given_by_a_relative_path_is_recorded_by_its_absolute_one(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base model's folder is recorded absolute; the scorer's was recorded as typed, so the
+    spec (run.json's model_spec) rebuilt another scorer, or none, from another directory, and
+    the same spelling in two directories gave two reward models one name (a cache key)."""
+    first, other = (write_reward_config(tmp_path / where / "rm") for where in ("one", "two"))
+    spec = f"best_of_n({tiny_hf_model_dir}, n=2, reward=rm, cost=length:3)"
+    monkeypatch.chdir(tmp_path / "one")
+    model = load_model(spec)
+    assert model.spec == (
+        f"best_of_n({tiny_hf_model_dir}, cost=length:3, lam=1.0, n=2, reward={first.resolve()})"
+    )
+    monkeypatch.chdir(tmp_path / "two")
+    assert load_model(spec).name == model.name.replace(str(first.resolve()), str(other.resolve()))
+    assert load_model(spec).name != model.name
+    assert load_model(str(model.spec)).name == model.name  # rebuilt from elsewhere
+    # names of the organism, keywords:, length: and absolute folders are kept as written
+    absolute = load_model(f"best_of_n({tiny_hf_model_dir}, n=2, reward={first})")
+    assert f"reward={first}" in str(absolute.spec)

@@ -356,3 +356,41 @@ def test_lam_0_computes_no_lookahead_so_it_costs_no_context(
     [[greedy]] = deal.generate([chat], long)
     assert greedy.token_ids == plain.token_ids
     assert (greedy.finish_reason, greedy.num_tokens) == ("length", plain.num_tokens)
+
+
+def test_a_scorer_folder_given_by_a_relative_path_is_recorded_by_its_absolute_one(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a base model's folder: the spec rebuilds the same scorer from any directory."""
+    folder = tmp_path / "here" / "cost-model"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(
+        '{"architectures": ["LlamaForSequenceClassification"], "num_labels": 1}'
+    )
+    monkeypatch.chdir(tmp_path / "here")
+    model = load_model(f"deal({tiny_hf_model_dir}, k=2, cost=length:3, cost_2=cost-model)")
+    assert f"cost_2={folder.resolve()}," in str(model.spec)
+    assert f"cost_2={folder.resolve()}," in model.name
+    monkeypatch.chdir(tmp_path)
+    assert load_model(str(model.spec)).name == model.name
+
+
+def test_a_weight_that_changes_nothing_is_refused(tiny: HFModel) -> None:
+    """A weight without its scorer was dropped from the spec unsaid when it was 1 (refused
+    otherwise), and a weight of 0 loaded a scorer that was never read, as lam=0 would."""
+    with pytest.raises(PoiseError, match="deal: cost_weight is set but cost is not"):
+        DeAL(tiny, reward="length:3", cost_weight=1.0)
+    with pytest.raises(PoiseError, match="deal: reward_weight_2 is set but reward_2 is not"):
+        DeAL(tiny, reward="length:3", reward_weight_2=1.0)
+    with pytest.raises(PoiseError, match="deal: cost_weight_2=0 weighs cost_2 by nothing"):
+        DeAL(tiny, reward="length:3", cost_2="length:5", cost_weight_2=0)
+    model = DeAL(tiny, reward="length:3", reward_weight=1.0, cost="length:5", cost_weight=-0.5)
+    assert model.options == {
+        "k": 4,
+        "lookahead": 4,
+        "beam": 2,
+        "lam": 1.0,
+        "reward": "length:3",
+        "cost": "length:5",
+        "cost_weight": -0.5,
+    }

@@ -254,3 +254,29 @@ def test_answers_and_revisions_keep_their_token_ids(tiny_hf_model_dir: Path) -> 
             expected.finish_reason,
         )
         assert base.tokenizer.decode(got.token_ids, skip_special_tokens=True) == got.text
+
+
+def test_answers_left_unread_for_the_context_are_said_once_per_call(
+    tiny_hf_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The tiny model's 512 tokens cannot hold the feedback prompt: every answer is left as it
+    was, which was recorded in each sample's metadata but said nowhere, so the strategy changed
+    nothing in silence."""
+    import logging
+
+    from poise.models.hf import HFModel
+
+    short = HFModel(str(tiny_hf_model_dir), device="cpu")
+    chats: list[Chat] = [
+        [{"role": "user", "content": "the cat"}],
+        [{"role": "user", "content": "hi"}],
+    ]
+    strategy = FeedbackRevision(short, max_feedback_tokens=8)
+    with caplog.at_level(logging.WARNING, logger="poise"):
+        out = strategy.generate(chats, Sampling(max_new_tokens=6, temperature=1.0, n=2))
+    assert all(c.metadata["skipped"] == "feedback" for row in out for c in row)
+    said = [r.getMessage() for r in caplog.records if "feedback_revision" in r.getMessage()]
+    assert said == [
+        f"feedback_revision: 4 of 4 answers got no feedback: its prompt does not fit "
+        f"{short.name!r}'s context of 512 tokens; those answers are left as they were"
+    ]

@@ -585,3 +585,28 @@ def test_a_prompt_that_fills_the_context_is_refused_before_any_search(
     assert len(gpt.prompt_ids(long)) >= 24
     with pytest.raises(ContextLengthError, match=r"rain\(.*\): chat 1: This model's maximum"):
         rain.generate([[{"role": "user", "content": "hi"}], long], Sampling(max_new_tokens=4))
+
+
+def test_a_tokenizer_without_the_option_letters_is_refused_when_built(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """The self-evaluation compares the next-token scores of "A" and "B". A vocabulary without
+    them reads the unknown token for both: every answer then scored -1 (harmful) in silence, and
+    the search ran on that value."""
+    import json
+    import shutil
+
+    folder = tmp_path / "no-letters"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    path = folder / "tokenizer.json"
+    tokenizer = json.loads(path.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["\u00c0"], vocab["\u00c1"] = vocab.pop("A"), vocab.pop("B")  # ids kept, letters gone
+    path.write_text(json.dumps(tokenizer))
+    with pytest.raises(PoiseError) as error:
+        load_model(f"rain({folder})")
+    text = str(error.value)
+    assert "rain: the self-evaluation reads the next-token scores of the option letters" in text
+    assert "the unknown token" in text
+    # the tiny model's own vocabulary has them: built as before
+    assert isinstance(load_model(f"rain({tiny_hf_model_dir})"), Rain)

@@ -212,3 +212,16 @@ def test_a_direction_read_from_another_model_is_warned_about(
         assert caplog.text == ""
         _steer(tiny_hf_model_dir, other, mode="add")
     assert "read from 'organism-large'" in caplog.text and own in caplog.text
+
+
+def test_a_probe_folder_given_by_a_relative_path_is_recorded_by_its_absolute_one(
+    tiny_hf_model_dir: Path, direction: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spec recorded the direction as typed: rebuilt from another directory it read another
+    probe folder, or none, and two folders of one spelling gave two steered models one name."""
+    monkeypatch.chdir(direction.parent)
+    model = load_model(f"steer({tiny_hf_model_dir}, direction={direction.name}, strength=2)")
+    assert f"direction={direction.resolve()}," in str(model.spec)
+    assert f"direction={direction.resolve()}," in model.name
+    monkeypatch.chdir(tiny_hf_model_dir)
+    assert load_model(str(model.spec)).name == model.name

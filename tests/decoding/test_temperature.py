@@ -224,3 +224,27 @@ def test_a_run_of_an_object_without_a_spec_resumes_only_with_the_object(tmp_path
     poise.audit(model=model, resume=result.path, out=str(tmp_path))  # the object itself: fine
     with pytest.raises(PoiseError, match="not the model given"):
         poise.audit(model=MockModel("another"), resume=result.path, out=str(tmp_path))
+
+
+def test_a_t_whose_division_overflows_tends_to_the_argmax_not_nan(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """logits / t overflowed float32 for a small t (every finite logit +-inf, then inf - inf =
+    NaN in the softmax): greedy answered "" and sampling drew garbage. The row is now shifted by
+    its largest logit first, which is the limit t -> 0 (the argmax), and plain division where it
+    does not overflow."""
+    base = load_model(str(tiny_hf_model_dir))
+    greedy = Sampling(max_new_tokens=6)
+    expected = [[c.text for c in row] for row in base.generate(CHATS, greedy)]
+    for t in ("1e-40", "1e-300"):  # float32 overflows; 1e-300 is 0 in float32
+        model = load_model(f"logit_temperature({tiny_hf_model_dir}, t={t})")
+        for sampling in (greedy, Sampling(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=4)):
+            assert [[c.text for c in row] for row in model.generate(CHATS, sampling)] == expected
+    model = load_model(f"logit_temperature({tiny_hf_model_dir}, t=1e-40)")
+    logits = torch.tensor([[1.0, 3.0, float("-inf")], [0.5, 0.25, 0.5], [1e-3, 2.0, -1.0]])
+    view = StepView(logits=logits, rows=torch.arange(3), generated=torch.zeros(3), tokens=[])
+    probs = torch.softmax(model.hook(view), dim=-1)
+    assert torch.equal(probs, torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.0, 0.5], [0.0, 1.0, 0.0]]))
+    # where nothing overflows, the hook is the plain division, bit for bit
+    half = load_model(f"logit_temperature({tiny_hf_model_dir}, t=0.5)")
+    assert torch.equal(half.hook(view), logits / 0.5)

@@ -51,7 +51,7 @@ from typing import Any
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.decoding.scorers import Scorer, check_scorer, load_scorer
+from poise.decoding.scorers import Scorer, canonical_scorer, check_scorer, load_scorer
 from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.wrapped import WrappedModel
@@ -179,6 +179,8 @@ class BestOfN(WrappedModel):
         for what, name in (("reward", reward), ("cost", cost)):
             if name:
                 check_scorer(f"best_of_n: {what}", name)
+        reward = canonical_scorer(reward) if reward else reward
+        cost = canonical_scorer(cost) if cost else cost
         options: dict[str, Any] = {"n": n}
         if reward:
             options["reward"] = reward

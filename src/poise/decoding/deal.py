@@ -48,7 +48,7 @@ import torch
 
 from poise.config import Sampling
 from poise.decoding import strategies
-from poise.decoding.scorers import Scorer, check_scorer, load_scorer
+from poise.decoding.scorers import Scorer, canonical_scorer, check_scorer, load_scorer
 from poise.errors import PoiseError, check_int, check_number
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.context import ContextLengthError
@@ -135,8 +135,8 @@ class DeAL(WrappedModel):
         lam: float = 1.0,
         reward: str = "",
         cost: str = "",
-        reward_weight: float = 1.0,
-        cost_weight: float = 1.0,
+        reward_weight: float | None = None,
+        cost_weight: float | None = None,
         batch_size: int = 64,
         **numbered: Any,
     ) -> None:
@@ -166,14 +166,22 @@ class DeAL(WrappedModel):
         for what in ("reward", "cost"):
             for n, group in groups.items():
                 slot = f"_{n}" if n > 1 else ""
-                name, weight = group.get(what, ""), group.get(f"{what}_weight", 1.0)
+                name, given = group.get(what, ""), group.get(f"{what}_weight")
                 label = f"{what}_weight{slot}"
-                check_number("deal", label, weight)
+                # a weight given without its scorer, or a weight of 0, would change nothing: it
+                # is refused (as lam=0 beside a scorer is), not dropped from the spec unsaid
                 if not name:
-                    if weight != 1.0:
+                    if given is not None:
                         raise PoiseError(f"deal: {label} is set but {what}{slot} is not")
                     continue
+                weight = 1.0 if given is None else check_number("deal", label, given)
+                if weight == 0:
+                    raise PoiseError(
+                        f"deal: {label}=0 weighs {what}{slot} by nothing, so it would be loaded "
+                        f"and never read: leave {what}{slot} out, or give it a weight"
+                    )
                 check_scorer(f"deal: {what}{slot}", name)
+                name = canonical_scorer(name)
                 options[f"{what}{slot}"] = name
                 if weight != 1.0:
                     options[label] = float(weight)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,8 @@ from poise.decoding import strategies
 from poise.errors import check_int
 from poise.models.base import Capabilities, Chat, Completion, LanguageModel, ProgressFn
 from poise.models.wrapped import WrappedModel
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FEEDBACK_INSTRUCTIONS",
@@ -185,6 +188,20 @@ class FeedbackRevision(WrappedModel):
                 [chat for _, chat in kept], sampling.model_copy(update={"n": 1})
             )
             revisions = {i: row[0] for (i, _), row in zip(kept, revised, strict=True)}
+        for what, model in (("feedback", self.feedback_model), ("revision", self.inner)):
+            count = sum(1 for kind in skipped.values() if kind == what)
+            if count:
+                # recorded per answer (metadata "skipped"), and said here: where every ask is
+                # too long (a feedback model of a short context), the strategy changes nothing
+                logger.warning(
+                    "feedback_revision: %d of %d answers got no %s: its prompt does not fit "
+                    "%r's context of %s tokens; those answers are left as they were",
+                    count,
+                    len(flat),
+                    what,
+                    model.name,
+                    model.context_length,
+                )
         results: list[list[Completion]] = [[] for _ in chats]
         for i, (c, s) in enumerate(flat):
             answer = first[c][s]

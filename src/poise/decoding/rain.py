@@ -460,6 +460,17 @@ class Rain(WrappedModel):
         if batch_size != 32:
             options["batch_size"] = batch_size
         super().__init__(base, **options)
+        # the self-evaluation compares the letters' next-token scores: without two distinct
+        # letter tokens (both unknown to the vocabulary, say) every answer would score -1
+        # (harmful) in silence, and the search would run on that
+        a, b = self._letters
+        unknown = getattr(base.tokenizer, "unk_token_id", None)
+        if a == b or unknown in (a, b):
+            raise PoiseError(
+                f"rain: the self-evaluation reads the next-token scores of the option letters "
+                f"'A' and 'B', and {base.name!r}'s tokenizer has no token of its own for each "
+                f"(ids {a} and {b}{', the unknown token' if unknown in (a, b) else ''})"
+            )
         self.max_searches, self.min_visits = max_searches, min_visits
         self.threshold, self.extra_searches = float(threshold), extra_searches
         self.similarity = similarity

@@ -31,7 +31,7 @@ from typing import Any
 from poise.errors import PoiseError, read_json_object
 from poise.models.base import Chat
 
-__all__ = ["Scorer", "check_scorer", "load_scorer"]
+__all__ = ["Scorer", "canonical_scorer", "check_scorer", "load_scorer"]
 
 # scorer(chats, responses) -> one float per pair
 Scorer = Callable[[Sequence[Chat], Sequence[str]], list[float]]
@@ -72,6 +72,22 @@ def check_scorer(what: str, name: str) -> None:
         _check_one_output_classifier(name, folder)
     except PoiseError as exc:
         raise PoiseError(f"{what}: {exc}") from None
+
+
+def canonical_scorer(name: str) -> str:
+    """The spelling a strategy records for a (checked) scorer name: a folder given by a relative
+    path or ``~`` becomes its absolute path, as a base model's folder does in its spec, so the
+    spec rebuilds the same scorer from any working directory and two scorers in different
+    folders never share a model name (a response-cache key). ``keywords:``, ``length:``, a
+    plugin's model name and an absolute path are kept as written."""
+    kind, _, _ = name.partition(":")
+    if kind in ("keywords", "length"):
+        return name
+    from poise.models.resolve import model_folder
+
+    if model_folder(name) is not None or Path(name).is_absolute():
+        return name
+    return str(Path(name).expanduser().resolve())
 
 
 def _json_object(path: Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,6 +109,10 @@ class Steer(WrappedModel):
                 f"and {model.name!r} does not: use a local Hugging Face model (hf backend)"
             )
         probe = load_probe(direction)
+        if not Path(direction).is_absolute():
+            # as a base model's folder in its spec: the spec rebuilds the same direction from any
+            # working directory, and two probe folders never share a model name (a cache key)
+            direction = str(Path(direction).expanduser().resolve())
         base: Any = model
         while getattr(base, "inner", None) is not None:  # the model whose activations it reads
             base = base.inner

@@ -96,7 +96,21 @@ class LogitTemperature(WrappedModel):
         )
 
     def hook(self, view: StepView) -> torch.Tensor:
-        return view.logits / self.t  # [rows, vocab]; each row on its own
+        """``logits / t`` [rows, vocab], each row on its own. Where that overflows a finite
+        logit to +-inf (a small ``t``: float32 ends near 3.4e38), the row is shifted by its
+        largest logit first, ``(logits - max) / t``, the same distribution (softmax is
+        shift-invariant) without inf - inf = NaN: as ``t`` goes to 0 the row tends to its
+        argmax, and greedy decoding stays the inner model's."""
+        import torch
+
+        scaled = view.logits / self.t  # [rows, vocab]
+        overflowed = (torch.isfinite(view.logits) & ~torch.isfinite(scaled)).any(dim=-1)  # [rows]
+        if bool(overflowed.any()):
+            rows = view.logits[overflowed]  # [bad rows, vocab], each with a finite largest logit
+            top = rows.amax(dim=-1, keepdim=True)  # [bad rows, 1]
+            # the largest stays 0 where t itself underflows float32 to 0 (0 / 0 is NaN)
+            scaled[overflowed] = torch.where(rows == top, 0.0, (rows - top) / self.t)
+        return scaled
 
     def generate(
         self, chats: Sequence[Chat], sampling: Sampling, *, progress: ProgressFn | None = None
