@@ -914,3 +914,38 @@ def test_a_misspelt_sampling_field_names_the_field_it_stands_for(
         poise.audit(model="mock", suites=["harmful"], limit=1, out=str(tmp_path), **fields)
     assert said in str(refused.value)
     assert not any(tmp_path.iterdir())
+
+
+def test_resume_from_another_directory_builds_the_model_the_run_recorded(
+    tmp_path: Path, tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a run begun with a relative folder ("./tiny-llama") was rebuilt from the spec as typed:
+    # resumed from another directory it named another folder, or none
+    from poise.models import load_model
+
+    suite = write_suite(tmp_path / "mini.jsonl", n_harmful=2, n_benign=1)
+    monkeypatch.chdir(tiny_hf_model_dir.parent)
+    relative = f"./{tiny_hf_model_dir.name}"
+    built = load_model(relative)
+    config = make_config(
+        None,
+        model=relative,
+        suites=(str(suite),),
+        judge="refusal",
+        sampling={"max_new_tokens": 4},
+        out=str(tmp_path / "runs"),
+        html=False,
+    )
+    run = Run.create(tmp_path / "runs", "begun", {})
+    run.update_header(
+        config={**config.model_dump(mode="json"), "fingerprint": config.fingerprint()},
+        model_spec=built.spec,  # what the audit records of the model it built: absolute
+        model_name=built.name,
+    )
+    run.unlock()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # "./tiny-llama" names nothing here
+    result = poise.audit(resume=run.path)
+    assert result.run.path == run.path and len(list(result.run.records())) == 3
+    assert result.run.header["model_name"] == built.name

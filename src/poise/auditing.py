@@ -273,7 +273,7 @@ def _audit(
             )
         judges.check_options(judge_name, cfg.judge_options)
     if model_obj is None:
-        check_spec(cfg.model)
+        check_spec(_spec_to_build(cfg, run))
     reference_records = _reference_records(cfg)
     labels = None
     if cfg.judge_labels is not None:
@@ -289,7 +289,11 @@ def _audit(
     # ---- load, then generate and judge block by block ------------------------------------
     from poise.models import default_system_prompt, load_model, system_prompt_in_template
 
-    model = model_obj if model_obj is not None else load_model(cfg.model, **cfg.model_options)
+    model = (
+        model_obj
+        if model_obj is not None
+        else load_model(_spec_to_build(cfg, run), **cfg.model_options)
+    )
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
     judge = get_judge(resolve_judge_name(cfg.judge, model), **cfg.judge_options)
     scorers = Scorers(judge, own_scorers)  # a task's own scorer, else the audit's judge
@@ -528,6 +532,15 @@ def _check_resume_fields(
                 f"{asked.get(key)!r}: a resumed run keeps its config; leave {key} out, or start "
                 "a new run without resume"
             )
+
+
+def _spec_to_build(cfg: AuditConfig, run: Run | None) -> str:
+    """The spec the audit builds its model from: a continued run's recorded ``model_spec`` (the
+    model it built, folders by their absolute paths: the typed spec names a relative folder
+    from the directory the run began in, another folder or none from elsewhere), else the
+    config's."""
+    built = run.header.get("model_spec") if run is not None else None
+    return built if isinstance(built, str) and built else cfg.model
 
 
 def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:
