@@ -297,3 +297,64 @@ def test_a_plugin_that_calls_sys_exit_as_it_is_imported_is_one_warning(
     [warning] = [r.getMessage() for r in caplog.records if r.name == "poise.plugins"]
     assert warning.startswith("plugin 'review' (review.cli) failed to load: SystemExit: 2;")
     assert poise.plugins.failed_plugins() == {"plugin 'review' (review.cli)": "SystemExit: 2"}
+
+
+def test_a_plugin_backend_prefix_is_known_to_load_model_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the backends registry did not load plugins: load_model("PREFIX:x") read it before any
+    # other registry and said "unknown model 'PREFIX:x'; did you mean 'PREFIX:...'?"
+    from poise.models import load_model
+    from poise.models.mock import MockModel
+    from poise.models.resolve import backends
+
+    def backend(spec: str, **options: object) -> MockModel:
+        model = MockModel(name=spec)
+        model.spec = spec
+        return model
+
+    def register() -> None:
+        backends.add("review_back", backend, help="a backend a plugin registered")
+
+    _with_plugins(monkeypatch, _EntryPoint("review.backend:register", lambda: register))
+    try:
+        assert load_model("review_back:x").name == "review_back:x"
+    finally:
+        backends._entries.pop("review_back", None)
+
+
+def test_an_entry_point_function_that_takes_arguments_and_is_registered_nowhere_is_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # "pkg.plugin:register" with register(registry) was neither called nor named: the plugin
+    # registered nothing, without a word, and its names were just "unknown"
+    from poise.attacks import attacks
+
+    calls: list[object] = []
+
+    def register(registry: object) -> None:
+        calls.append(registry)
+
+    def attack(items: object, sampling: object, system: object) -> object:
+        return items
+
+    attacks.add("review_named", attack)  # type: ignore[arg-type]
+    try:
+        _with_plugins(
+            monkeypatch,
+            _EntryPoint("review.plugin:register", lambda: register),
+            _EntryPoint("review.attack:attack", lambda: attack),  # a registered factory: quiet
+        )
+        with caplog.at_level("WARNING", logger="poise.plugins"):
+            assert "greedy" in attacks  # the command goes on
+        assert calls == []
+        [warning] = [r.getMessage() for r in caplog.records if r.name == "poise.plugins"]
+        assert warning.startswith(
+            "plugin 'review' (review.plugin:register) names "
+            "test_an_entry_point_function_that_takes_arguments_and_is_registered_nowhere_is_a_"
+            "warning.<locals>.register, which takes arguments (registry) and is registered "
+            "nowhere: it was not called"
+        )
+        assert poise.plugins.failed_plugins() == {}  # what its module registered stays known
+    finally:
+        attacks._entries.pop("review_named", None)

@@ -13,6 +13,9 @@ An installed package declares its plugin in its ``pyproject.toml``::
     mine = "my_package.poise_plugin"            # a module whose import registers
     other = "my_package.plugin:register"        # or a function without arguments, then called
 
+An entry point naming a function that takes arguments is not called: it is a factory its module
+registered (an attack, a judge); one that no registry holds is one warning naming it.
+
 A plugin that fails to load, whatever it raises (a :class:`~poise.errors.PoiseError` of its own
 too, or ``SystemExit`` from a ``sys.exit()`` as it is imported; only Ctrl-C stops the command),
 does not stop poise: it is logged once as a warning, one line naming the plugin, its entry point
@@ -90,6 +93,8 @@ def _load_all() -> None:
             loaded = entry.load()  # imports the module (its decorators register)
             if _is_register_function(loaded):  # "pkg.module:register": call it to register
                 loaded()
+            elif inspect.isfunction(loaded) and not _is_registered(loaded):
+                _not_called(where, loaded)
         # one broken plugin must not stop every command: nor one that calls sys.exit() as it
         # is imported (an argparse at module level), which ended any command at its first
         # registry read, silently, with the plugin's exit status
@@ -106,6 +111,35 @@ def _failed(where: str, exc: BaseException) -> None:
         "%s failed to load: %s; poise goes on without it (what it registers is unknown)",
         where,
         what,
+    )
+
+
+def _is_registered(obj: object) -> bool:
+    """:func:`poise.registry.is_registered`, found by name: the registry and the plugins sit
+    side by side in the lowest layer, and neither imports the other (the registry, which calls
+    the plugins' loader, is imported whenever a registry exists)."""
+    import sys
+
+    registry = sys.modules.get("poise.registry")
+    check = getattr(registry, "is_registered", None)
+    return bool(check(obj)) if callable(check) else False
+
+
+def _not_called(where: str, fn: object) -> None:
+    """A function an entry point names that takes arguments and that no registry holds: it is
+    neither a ``register`` to call (a ``register(registry)`` did nothing, without a word) nor a
+    registered factory. One warning; what its module registered as it was imported stays."""
+    required = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()  # type: ignore[arg-type]
+        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    log.warning(
+        "%s names %s, which takes arguments (%s) and is registered nowhere: it was not called "
+        "(an entry point's function is called with no arguments)",
+        where,
+        getattr(fn, "__qualname__", fn),
+        ", ".join(required),
     )
 
 

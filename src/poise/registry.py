@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import re
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -51,6 +52,22 @@ def _first_doc_line(obj: object) -> str:
     return lines[0].strip() if lines else ""
 
 
+# every registry made, for is_registered (weak: a registry made in a test goes away with it)
+_REGISTRIES: weakref.WeakSet[Registry[Any]] = weakref.WeakSet()
+
+
+def is_registered(obj: object) -> bool:
+    """Whether ``obj`` is registered in any registry (as looked up so far, plugins not loaded):
+    itself, or as the function or class a registered record holds (a merge method's function)."""
+    for registry in list(_REGISTRIES):
+        for entry in registry._entries.values():
+            if entry.obj is obj:
+                return True
+            if any(value is obj for value in getattr(entry.obj, "__dict__", {}).values()):
+                return True
+    return False
+
+
 class Registry(Generic[T]):
     """Objects of one kind by name (see the module docstring)."""
 
@@ -70,6 +87,7 @@ class Registry(Generic[T]):
         self._aliases: dict[str, str] = {}  # deprecated name -> current name
         self._loader = loader
         self._check = check
+        _REGISTRIES.add(self)
 
     def _load(self) -> None:
         if self._loader is not None:

@@ -413,3 +413,33 @@ def test_check_refuses_unknown_and_missing_options() -> None:
     with pytest.raises(PoiseError, match="at most 1"):
         get_method("slerp").check({"t": 0.5}, n_models=2, has_base=True)
     ties.check({"weight": 1, "lambda": 0.5}, n_models=2, has_base=True)
+
+
+def test_a_method_the_executor_cannot_call_is_refused_at_registration() -> None:
+    # a plugin's fn(tensors) registered, was listed, and failed only at merge time with a
+    # TypeError traceback; a per_model option it does not take made that option "unknown"
+    from poise.merge.methods import merge_method
+
+    def one_argument(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return tensors[0]
+
+    def positional_option(tensors: list[torch.Tensor], base: object, scale: float) -> torch.Tensor:
+        return tensors[0] * scale
+
+    def fine(tensors: list[torch.Tensor], base: object, *, weight: float = 1.0) -> torch.Tensor:
+        return tensors[0] * weight
+
+    try:
+        with pytest.raises(ValueError, match=r"merge method 'review_one' .*one_argument.* must "
+                           r"be fn\(tensors, base, \*, OPTIONS\)"):  # fmt: skip
+            merge_method("review_one", reference="x", base="none")(one_argument)
+        with pytest.raises(ValueError, match="must be fn"):  # an option without '*' first
+            merge_method("review_positional", reference="x")(positional_option)
+        with pytest.raises(ValueError, match="per_model option 'density' is not one of its "
+                           r"keyword-only options \(weight\)"):  # fmt: skip
+            merge_method("review_per_model", reference="x", per_model=("density",))(fine)
+        assert not {"review_one", "review_positional", "review_per_model"} & set(METHODS.names())
+        merge_method("review_fine", reference="x", per_model=("weight",))(fine)
+        assert get_method("review_fine").parameters().keys() == {"weight"}
+    finally:
+        METHODS._entries.pop("review_fine", None)

@@ -115,6 +115,7 @@ def merge_method(
     """Register a per-tensor merge function under ``name`` (see the module docstring)."""
 
     def register(fn: MethodFn) -> MethodFn:
+        _check_signature(name, fn, per_model)
         METHODS.add(
             name,
             MergeMethod(name, fn, per_model, base, min_models, max_models, random),
@@ -124,6 +125,32 @@ def merge_method(
         return fn
 
     return register
+
+
+def _check_signature(name: str, fn: MethodFn, per_model: tuple[str, ...]) -> None:
+    """Refuse (ValueError, as a name clash is) a function the executor cannot call as
+    ``fn(tensors, base, **options)`` with its keyword-only options, or ``per_model`` options it
+    does not take: a plugin's method failed only at merge time, with a traceback, or had its
+    options refused as unknown."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature (a builtin): the call itself checks
+        return
+    options = [p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY]
+    where = f"merge method {name!r} ({getattr(fn, '__qualname__', fn)!r})"
+    try:
+        signature.bind([], None, **dict.fromkeys(options))
+    except TypeError as exc:
+        raise ValueError(
+            f"{where} must be fn(tensors, base, *, OPTIONS) -> Tensor, with its options "
+            f"keyword-only: {exc}"
+        ) from None
+    for option in per_model:
+        if option not in options:
+            raise ValueError(
+                f"{where}: per_model option {option!r} is not one of its keyword-only options "
+                f"({', '.join(options) or 'none'})"
+            )
 
 
 def get_method(name: str) -> MergeMethod:

@@ -58,7 +58,8 @@ __all__ = [
 
 Backend = Callable[..., LanguageModel]
 
-backends: Registry[Backend] = Registry("model backend")
+# plugins load on the first read: a plugin's prefix is known to load_model("PREFIX:...")
+backends: Registry[Backend] = Registry("model backend", loader=load_plugins)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 # how a backend prefix is shown in "known" listings

@@ -653,3 +653,35 @@ def test_ld_dpo_with_alpha_one_is_dpo(seed: int, beta: float) -> None:
         beta=beta,
     )
     torch.testing.assert_close(ld.losses, sigmoid_loss(*batch.summed(), beta=beta).losses)
+
+
+def test_a_loss_that_cannot_be_called_as_the_trainer_calls_it_is_refused() -> None:
+    # a plugin's fn(a, b) registered and then failed as "loss 'x' does not take beta (it takes:
+    # )"; an option with a default but no '*' before it was invisible to loss_parameters
+    from poise.train.losses import LOSSES
+    from poise.train.losses.preference import register_loss
+
+    def two(a: torch.Tensor, b: torch.Tensor) -> Any:
+        return a
+
+    def positional(
+        pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, beta: float = 0.1
+    ) -> Any:
+        return pc
+
+    def fine(
+        pc: torch.Tensor, pr: torch.Tensor, rc: torch.Tensor, rr: torch.Tensor, *, beta: float = 0.1
+    ) -> Any:
+        return pc
+
+    try:
+        with pytest.raises(ValueError, match=r"loss 'review_two' .*two.* must take the four "
+                           r"\[B\] log-prob tensors positionally"):  # fmt: skip
+            register_loss("review_two")(two)
+        with pytest.raises(ValueError, match="option 'beta' must be keyword-only"):
+            register_loss("review_positional")(positional)
+        assert not {"review_two", "review_positional"} & set(LOSSES.names())
+        register_loss("review_fine")(fine)
+        assert loss_parameters("review_fine") == {"beta": 0.1}
+    finally:
+        LOSSES._entries.pop("review_fine", None)

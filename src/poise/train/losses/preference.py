@@ -173,8 +173,47 @@ def _per_token(scores: Tensor, lengths: Tensor | None, loss: str, which: str) ->
 
 
 def register_loss(name: str) -> Callable[[PreferenceLoss], PreferenceLoss]:
-    """Register a preference loss under ``name`` in :data:`LOSSES`."""
-    return LOSSES.register(name)
+    """Register a preference loss under ``name`` in :data:`LOSSES`.
+
+    A loss is ``fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps,
+    reference_rejected_logps, *, beta=..., <options>) -> PreferenceLossOutput``: four ``[B]``
+    tensors of summed log-probs, then keyword-only options with defaults (``poise train dpo``
+    passes ``beta`` always, the others from ``--loss-option``; ``poise train losses`` lists
+    them). A function that cannot be called so is refused here (ValueError), naming it."""
+
+    def add(fn: PreferenceLoss) -> PreferenceLoss:
+        _check_loss_signature(name, fn)
+        LOSSES.add(name, fn)
+        return fn
+
+    return add
+
+
+def _check_loss_signature(name: str, fn: PreferenceLoss) -> None:
+    """Refuse a loss that cannot take the four log-prob tensors positionally, or whose options
+    are not keyword-only (:func:`loss_parameters` reads those only: a positional option with a
+    default was "does not take beta (it takes: )")."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # no signature (a builtin): the call itself checks
+        return
+    params = list(signature.parameters.values())
+    where = f"loss {name!r} ({getattr(fn, '__qualname__', fn)!r})"
+    zero = [None] * 4
+    options = {p.name: None for p in params if p.kind is p.KEYWORD_ONLY}
+    try:
+        signature.bind(*zero, **options)
+    except TypeError as exc:
+        raise ValueError(
+            f"{where} must take the four [B] log-prob tensors positionally, then keyword-only "
+            f"options: {exc}"
+        ) from None
+    extra = [p.name for p in params[4:] if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if extra:
+        raise ValueError(
+            f"{where}: option {extra[0]!r} must be keyword-only (after a bare '*'), or "
+            "poise train dpo cannot pass it"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
