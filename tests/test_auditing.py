@@ -949,3 +949,23 @@ def test_resume_from_another_directory_builds_the_model_the_run_recorded(
     result = poise.audit(resume=run.path)
     assert result.run.path == run.path and len(list(result.run.records())) == 3
     assert result.run.header["model_name"] == built.name
+
+
+def test_an_attack_of_a_wrong_signature_is_said_of_the_attack_not_of_options(
+    tmp_path: Path,
+) -> None:
+    # a plugin's attack taking two parameters was "bad options []": options never given
+    from poise.attacks import attacks
+
+    def two(items: object, sampling: object) -> object:
+        return items
+
+    attacks.add("review_two", two)  # type: ignore[arg-type]
+    try:
+        with pytest.raises(PoiseError) as refused:
+            poise.audit(model="mock", suites=["harmful"], attack="review_two", out=str(tmp_path))
+    finally:
+        attacks._entries.pop("review_two", None)
+    said = str(refused.value)
+    assert "cannot be called as attack(items, sampling, system, **options)" in said
+    assert "bad options" not in said

@@ -576,8 +576,16 @@ def _check_attack_options(name: str, attack: Callable[..., Any], options: dict[s
     import inspect
 
     attacks.check_options(name, options)  # a misspelt option names the nearest valid ones
+    signature = inspect.signature(attack)
     try:
-        inspect.signature(attack).bind(None, None, None, **options)
+        signature.bind(None, None, None)
+    except TypeError as exc:  # the attack itself, not the options: a plugin's wrong signature
+        raise PoiseError(
+            f"attack {name!r} cannot be called as attack(items, sampling, system, **options) "
+            f"({exc}); its signature is {signature}"
+        ) from None
+    try:
+        signature.bind(None, None, None, **options)
     except TypeError as exc:
         raise PoiseError(f"attack {name!r}: bad options {sorted(options)} ({exc})") from None
     from poise.attacks.base import check_attack_options
