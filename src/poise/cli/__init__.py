@@ -22,6 +22,7 @@ app = typer.Typer(
 # Each module exposes ``register(app)``; the list is the order of ``poise --help``.
 _COMMAND_MODULES = [
     "audit",
+    "models",
     "runs",
     "compare",
     "attacks",
