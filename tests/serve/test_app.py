@@ -719,3 +719,18 @@ def test_seeded_requests_to_a_served_openai_model_go_upstream_together(
         "seed 22",
         "seed 33",
     ]
+
+
+def test_a_strategys_refusal_of_the_sampling_is_a_400_as_in_the_audit(
+    start_server: StartServer, tiny_hf_model_dir: Path
+) -> None:
+    """best_of_n under greedy decoding draws N identical answers: the audit refuses it, the
+    server answered it (at N times the cost)."""
+    from poise.models import load_model
+
+    model = load_model(f"best_of_n({tiny_hf_model_dir}, n=2, reward=keywords:the)")
+    server = start_server(model)
+    refused = ask(server, "hi", temperature=0, max_tokens=2)
+    assert refused.status_code == 400, refused.text
+    assert "under greedy decoding draws 2 identical answers" in refused.json()["error"]["message"]
+    assert ask(server, "hi", temperature=1, max_tokens=2, seed=1).status_code == 200

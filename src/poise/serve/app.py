@@ -301,6 +301,9 @@ def create_app(
                 users = [m["content"] for m in parsed.chat if m["role"] == "user"]
                 query = users[-1] if users else parsed.chat[-1]["content"]
                 await asyncio.to_thread(guard, [query], "messages")
+            check = getattr(state.model, "check_sampling", None)
+            if callable(check):  # a strategy's refusal of these settings, as the audit's
+                check(parsed.sampling)  # (best_of_n under greedy: N identical draws)
             return await _answer(state, request, parsed)
         except RequestError as exc:
             return _error(exc)
