@@ -153,3 +153,67 @@ def test_a_misspelt_model_name_suggests_the_nearest(tmp_path: Path) -> None:
     with pytest.raises(PoiseError) as info:  # a path: its folder is simply missing
         resolve_model_path("./nowhere", tmp_path)
     assert str(info.value) == "model './nowhere': no such folder"
+
+
+SLERP = "merge_method: slerp\nbase_model: a\nmodels: [{model: a}, {model: b}]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # model cards' gradient SLERP: layer ranges that a models: list can say
+        (SLERP.replace("models: [{model: a}, {model: b}]", "slices: [{sources: [{model: a, "
+         "layer_range: [0, 32]}, {model: b, layer_range: [0, 32]}]}]") + "parameters: {t: 0.5}\n",
+         "slices (layer-range merges) are not supported by poise merge; where every source's "
+         "layer_range covers all the layers, list the models under models: instead"),
+        # mergekit's examples/gradient-slerp.yml
+        (SLERP + "parameters: {t: [{pattern: self_attn, value: [0, 1]}, {value: 0.5}]}\n",
+         "parameters.t[0]: {pattern: 'self_attn'} is the old spelling of a filter; "
+         "write filter: 'self_attn'"),
+        # mergekit's tokenizer block
+        (SLERP + "parameters: {t: 0.5}\ntokenizer: {source: union}\n",
+         "tokenizer: (mergekit's tokenizer block) is not supported by poise merge; use "
+         "tokenizer_source: base or a model's name instead"),
+        # a named template, and inline Jinja: mergekit writes them, poise would drop them
+        (SLERP + "parameters: {t: 0.5}\nchat_template: chatml\n",
+         "chat_template: 'chatml' is not applied by poise merge, which keeps the tokenizer "
+         "source's chat template; remove the key (or write 'auto'), or set tokenizer_source to "
+         "a model that has the template you want"),
+        (SLERP + "parameters: {t: 0.5}\nchat_template: \"{% for m in messages %}{{ m['content'] }}"
+         "{% endfor %}\"\n",
+         "chat_template: 'a Jinja template' is not applied by poise merge, which keeps the "
+         "tokenizer source's chat template; remove the key (or write 'auto'), or set "
+         "tokenizer_source to a model that has the template you want"),
+    ],
+)  # fmt: skip
+def test_mergekit_keys_poise_does_not_apply_are_one_line_saying_what_to_do(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """A named chat template was accepted and silently not written (the merge kept the
+    source's); the tokenizer block was pydantic's "Extra inputs are not permitted"; a
+    ``pattern:`` entry and slices said what was wrong but not what to write."""
+    path = tmp_path / "merge.yml"
+    path.write_text(text)
+    with pytest.raises(PoiseError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_chat_template_auto_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "merge.yml"
+    path.write_text(SLERP + "parameters: {t: 0.5}\nchat_template: auto\n")
+    assert load_config(path).chat_template == "auto"
+
+
+def test_an_empty_parameters_key_is_no_parameters(tmp_path: Path) -> None:
+    """mergekit's examples/ties.yml leaves ``parameters:`` empty (YAML null), and model cards
+    leave a model's ``parameters:`` empty after commenting its values out; both were
+    "Input should be a valid dictionary"."""
+    path = tmp_path / "merge.yml"
+    path.write_text(
+        TIES + "models:\n  - model: a\n    parameters: {weight: 1, density: 0.5}\n"
+        "  - model: base\n    parameters:\nparameters:\ndtype: bfloat16\n"
+    )
+    config = load_config(path)
+    assert config.parameters == {}
+    assert config.models[1].parameters == {}

@@ -27,7 +27,9 @@ Differences from mergekit: tensors are merged in float32 (float64 stays float64)
 ``dtype`` says; ``dtype`` / ``out_dtype`` set the output's dtype. Methods whose defaults follow a
 paper where mergekit differs (TIES sign election, DARE / DELLA rescaling) say so in
 ``docs/merging.md``; the options ``sign_election: weighted`` and ``rescale_norm: l1`` give
-mergekit's behaviour. ``slices``, ``modules`` and ``tokenizer_source: union`` are refused.
+mergekit's behaviour. ``slices``, ``modules``, ``tokenizer_source: union``, the ``tokenizer:``
+block and a named or inline ``chat_template`` (the output keeps the tokenizer source's
+template; ``auto`` is accepted) are refused. ``base_model`` may be ``BASE+LORA``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from poise.config import PathStr, format_validation_error, read_yaml
 from poise.errors import PoiseError, UnknownNameError
@@ -67,7 +69,8 @@ DTYPES = {
     "float64": torch.float64,
 }
 _REFUSED = {
-    "slices": "slices (layer-range merges) are not supported by poise merge",
+    "slices": "slices (layer-range merges) are not supported by poise merge; where every "
+    "source's layer_range covers all the layers, list the models under models: instead",
     "modules": "modules (multi-module merges) are not supported by poise merge",
 }
 CONFIG_RECORD = "merge_config.yml"
@@ -81,6 +84,11 @@ class ModelEntry(BaseModel):
 
     model: PathStr = Field(description="path, hub id, or BASE+LORA (a peft LoRA folder on BASE)")
     parameters: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        return {} if value is None else value  # ``parameters:`` with nothing under it
 
 
 class MergeConfig(BaseModel):
@@ -99,12 +107,22 @@ class MergeConfig(BaseModel):
     tokenizer_source: PathStr | None = Field(
         default=None, description="'base' (default) or a model whose vocabulary the output keeps"
     )
-    chat_template: str | None = None  # accepted; the tokenizer source's template is copied
+    chat_template: str | None = Field(
+        default=None,
+        description="'auto' or unset: the output keeps the tokenizer source's chat template "
+        "(a named or inline template is refused)",
+    )
     name: str | None = None
     seed: int = Field(
         default=0,
         description="poise: seed of the random methods (DARE, DELLA) and of svd: randomized (TSV-M, RESM)",
     )
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _empty(cls, value: Any) -> Any:
+        # ``parameters:`` with nothing under it (YAML null), as in mergekit's examples/ties.yml
+        return {} if value is None else value
 
 
 def load_config(path: Path | Mapping[str, Any]) -> MergeConfig:
@@ -120,6 +138,11 @@ def load_config(path: Path | Mapping[str, Any]) -> MergeConfig:
     for key, reason in _REFUSED.items():
         if key in raw:
             raise PoiseError(f"{path}: {reason}")
+    if "tokenizer" in raw:  # mergekit's newer block (source, tokens, pad_to_multiple_of)
+        raise PoiseError(
+            f"{path}: tokenizer: (mergekit's tokenizer block) is not supported by poise merge; "
+            "use tokenizer_source: base or a model's name instead"
+        )
     try:
         config = MergeConfig.model_validate(raw)
     except ValidationError as exc:
@@ -182,6 +205,15 @@ def check_config(config: MergeConfig) -> None:
             raise UnknownNameError(f"{field_name}", value, DTYPES)
     if config.tokenizer_source == "union":
         raise PoiseError("tokenizer_source: 'union' is not supported; use 'base' or a model")
+    if config.chat_template not in (None, "auto"):
+        # mergekit writes a named template (chatml, llama3 ...) or the Jinja text given; poise
+        # copies the tokenizer source's files, so anything else would be silently dropped
+        shown = config.chat_template if len(config.chat_template) <= 40 else "a Jinja template"
+        raise PoiseError(
+            f"chat_template: {shown!r} is not applied by poise merge, which keeps the tokenizer "
+            "source's chat template; remove the key (or write 'auto'), or set tokenizer_source "
+            "to a model that has the template you want"
+        )
 
 
 def merged_entries(config: MergeConfig, method: MergeMethod) -> list[ModelEntry]:
@@ -220,6 +252,13 @@ def _leaves(value: Any, path: str = "") -> list[tuple[str, Any]]:
             raise PoiseError(f"{path}: an empty list has no value")
         return [leaf for i, item in enumerate(value) for leaf in _leaves(item, f"{path}[{i}]")]
     if isinstance(value, dict):
+        if "pattern" in value and "filter" not in value:
+            # mergekit's older examples (gradient-slerp.yml) spell it so; mergekit 0.1.5 drops
+            # the unknown key and applies the entry to every tensor
+            raise PoiseError(
+                f"{path}: {{pattern: {value['pattern']!r}}} is the old spelling of a filter; "
+                f"write filter: {value['pattern']!r}"
+            )
         if set(value) - {"filter", "value"} or "value" not in value:
             raise PoiseError(f"{path}: {value!r} is not a {{filter, value}} entry")
         filt = value.get("filter")
@@ -506,7 +545,8 @@ def open_model(
     if is_lora_folder(path):
         if base is None:
             raise PoiseError(
-                f"model {reference!r} is a LoRA adapter; give a base_model or MODEL+LORA"
+                f"model {reference!r} is a LoRA adapter; give a base_model that is a model "
+                "folder, or name it MODEL+LORA"
             )
         return LoraFolder(path, base, label=reference)
     return SafetensorsFolder(path, label=reference)
@@ -551,16 +591,18 @@ def run_merge(
     entries = merged_entries(config, method)
     opened: list[TensorSource] = []
     try:
-        base: SafetensorsFolder | None = None
+        base: TensorSource | None = None
         if config.base_model is not None:
-            base_source = open_model(config.base_model, config_dir, None)
-            opened.append(base_source)
-            if not isinstance(base_source, SafetensorsFolder):
-                raise PoiseError(f"base_model {config.base_model!r} must be a model folder")
-            base = base_source
+            # a folder, or BASE+LORA (as in mergekit): the task vectors are then taken from
+            # the adapted base; a bare LoRA folder is not a model
+            base = open_model(config.base_model, config_dir, None)
+            opened.append(base)
+        # what a LoRA folder given alone applies to: a plain base (on BASE+LORA it would be
+        # ambiguous, so open_model asks for MODEL+LORA there)
+        lora_target = base if isinstance(base, SafetensorsFolder) else None
         models = []
         for entry in entries:
-            source = open_model(entry.model, config_dir, base)
+            source = open_model(entry.model, config_dir, lora_target)
             opened.append(source)
             models.append(source)
         tokenizer = _tokenizer_source(config, base, models, entries)

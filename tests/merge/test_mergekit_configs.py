@@ -1,0 +1,319 @@
+"""Configs as users write them for mergekit (its README and examples/, model cards), run end to
+end by ``poise merge`` and by mergekit 0.1.5's own ``run_merge`` (CPU, no lazy unpickling) on the
+same tiny float32 models, written to disk, read back and compared tensor by tensor.
+
+This checks the YAML plumbing the per-tensor tests of test_methods.py do not: per-layer gradients
+(``t = i / (L - 1)`` over 4 layers), ``{filter, value}`` entries, the base listed among the
+models, ``BASE+LORA`` models and bases, a tied-embedding (Qwen2-like) model without an LM head.
+Inputs are float32 with noise drawn in float32: on bfloat16 checkpoints task vectors are
+quantised, many magnitudes tie at TIES' trim threshold, and poise (``topk``) and mergekit
+(``argsort``) keep different tied entries.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from poise.merge.config import run_merge
+
+pytestmark = pytest.mark.slow
+
+mergekit_merge = pytest.importorskip("mergekit.merge")
+mergekit_config = pytest.importorskip("mergekit.config")
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def _save(model: Any, out: Path, tokenizer_from: Path) -> Path:
+    model.save_pretrained(out)
+    for name in TOKENIZER_FILES:
+        if (tokenizer_from / name).is_file():
+            shutil.copyfile(tokenizer_from / name, out / name)
+    return out
+
+
+def _family(config: Any, root: Path, tokenizer_from: Path, seed: int) -> dict[str, Path]:
+    """A base of ``config`` and three copies with float32 Gaussian noise on every weight."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_config(config)
+    folders = {"base": _save(base, root / "base", tokenizer_from)}
+    for i, name in enumerate(("a", "b", "c")):
+        model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(base.state_dict())
+        g = torch.Generator().manual_seed(seed * 10 + i)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=g))
+        folders[name] = _save(model, root / name, tokenizer_from)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def zoo(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Llama (4 layers, untied) and Qwen2 (3 layers, tied embeddings, q/k/v biases) families
+    sharing the tiny tokenizer and its chat template, and a peft LoRA on the Llama base."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen2Config
+
+    root = tmp_path_factory.mktemp("zoo")
+    llama = AutoConfig.from_pretrained(tiny_hf_model_dir)
+    llama.num_hidden_layers = 4
+    qwen = Qwen2Config(
+        vocab_size=llama.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=True, initializer_range=0.2,
+        bos_token_id=llama.bos_token_id, eos_token_id=llama.eos_token_id,
+    )  # fmt: skip
+    zoo = {f"llama-{k}": v for k, v in _family(llama, root / "llama", tiny_hf_model_dir, 1).items()}
+    zoo |= {f"qwen-{k}": v for k, v in _family(qwen, root / "qwen", tiny_hf_model_dir, 2).items()}
+    model = AutoModelForCausalLM.from_pretrained(zoo["llama-base"])
+    lora = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    lora.save_pretrained(root / "lora")
+    zoo["lora"] = root / "lora"
+    return zoo
+
+
+# (id, config with {name} placeholders, options poise needs to take mergekit's rule)
+CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    (  # mergekit README: TIES with a density gradient, a weight gradient and a filter
+        "readme-ties",
+        """
+models:
+  - model: {llama-a}
+    parameters: {{density: [1, 0.7, 0.1], weight: 1.0}}
+  - model: {llama-b}
+    parameters: {{density: 0.5, weight: [0, 0.3, 0.7, 1]}}
+  - model: {llama-c}
+    parameters:
+      density: 0.33
+      weight:
+        - filter: mlp
+          value: 0.5
+        - value: 0
+merge_method: ties
+base_model: {llama-base}
+parameters: {{normalize: true, int8_mask: true}}
+dtype: float32
+""",
+        {"sign_election": "weighted"},
+    ),
+    (  # mergekit examples/ties.yml (ranked_ties there): three-point gradients per model
+        "examples-ties-gradients",
+        """
+models:
+  - model: {llama-a}
+    parameters: {{density: [0.8, 0.3, 0.1], weight: [1.0, 0.8, 0.5]}}
+  - model: {llama-b}
+    parameters: {{density: [0.1, 0.4, 0.1], weight: [0.2, 0.8, 0.1]}}
+  - model: {llama-c}
+    parameters: {{density: [0.1, 0.2, 0.6], weight: [0.5, 0.8, 1.0]}}
+merge_method: ties
+base_model: {llama-base}
+dtype: float32
+""",
+        {"sign_election": "weighted"},
+    ),
+    (  # model cards' gradient SLERP (slices covering every layer, rewritten as models:)
+        "card-slerp-filters",
+        """
+models:
+  - model: {qwen-a}
+  - model: {qwen-b}
+merge_method: slerp
+base_model: {qwen-a}
+parameters:
+  t:
+    - filter: self_attn
+      value: [0, 0.5, 0.3, 0.7, 1]
+    - filter: mlp
+      value: [1, 0.5, 0.7, 0.3, 0]
+    - value: 0.5
+dtype: float32
+""",
+        {},
+    ),
+    (  # model card: V-shaped SLERP, the base listed among the models
+        "card-slerp-v-shape",
+        """
+models:
+  - model: {llama-a}
+  - model: {llama-b}
+base_model: {llama-b}
+merge_method: slerp
+parameters: {{t: [0, 0.5, 1, 0.5, 0]}}
+dtype: float32
+""",
+        {},
+    ),
+    (  # model card: DARE-linear at density 1 without rescaling (deterministic)
+        "card-dare-linear",
+        """
+models:
+  - model: {llama-a}
+    parameters: {{weight: 1.0, density: 1.0}}
+  - model: {llama-b}
+    parameters: {{weight: 0.8, density: 1.0}}
+base_model: {llama-base}
+merge_method: dare_linear
+parameters: {{lambda: 1.0, rescale: false}}
+dtype: float32
+""",
+        {},
+    ),
+    (  # breadcrumbs-TIES with name filters and a gradient inside a filter
+        "breadcrumbs-ties-filters",
+        """
+models:
+  - model: {llama-a}
+    parameters:
+      weight:
+        - filter: self_attn
+          value: [0.2, 0.6]
+        - filter: mlp
+          value: 0.7
+        - value: 0.5
+      density: 0.9
+      gamma: 0.02
+  - model: {llama-b}
+    parameters: {{weight: 0.5, density: 0.8, gamma: 0.01}}
+base_model: {llama-base}
+merge_method: breadcrumbs_ties
+parameters: {{normalize: true}}
+dtype: float32
+""",
+        {"sign_election": "weighted"},
+    ),
+    (  # Model Stock on a tied-embedding model
+        "model-stock-tied",
+        """
+models:
+  - model: {qwen-a}
+  - model: {qwen-b}
+  - model: {qwen-c}
+base_model: {qwen-base}
+merge_method: model_stock
+dtype: float32
+""",
+        {},
+    ),
+    (  # a LoRA named as MODEL+LORA
+        "task-arithmetic-model-plus-lora",
+        """
+models:
+  - model: {llama-base}+{lora}
+    parameters: {{weight: 0.7}}
+  - model: {llama-a}
+    parameters: {{weight: 0.5}}
+base_model: {llama-base}
+merge_method: task_arithmetic
+dtype: float32
+""",
+        {},
+    ),
+    (  # the base itself given as BASE+LORA: task vectors from the adapted base
+        "task-arithmetic-base-plus-lora",
+        """
+models:
+  - model: {llama-a}
+    parameters: {{weight: 0.7}}
+  - model: {llama-c}
+    parameters: {{weight: 0.5}}
+base_model: {llama-base}+{lora}
+merge_method: task_arithmetic
+dtype: float32
+""",
+        {},
+    ),
+]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("text", "poise_options"), [c[1:] for c in CONFIGS], ids=[c[0] for c in CONFIGS]
+)
+def test_a_users_mergekit_config_gives_mergekits_tensors(
+    zoo: dict[str, Path], tmp_path: Path, text: str, poise_options: dict[str, Any]
+) -> None:
+    config = yaml.safe_load(text.format(**{k: str(v) for k, v in zoo.items()}))
+    options = mergekit_merge.MergeOptions(
+        lora_merge_cache=str(tmp_path / "lora-cache"), lazy_unpickle=False, cuda=False
+    )
+    mergekit_merge.run_merge(
+        mergekit_config.MergeConfiguration.model_validate(config), str(tmp_path / "mk"), options
+    )
+    ours = dict(config, parameters={**(config.get("parameters") or {}), **poise_options})
+    run_merge(ours, tmp_path / "poise")
+    expected, got = _weights(tmp_path / "mk"), _weights(tmp_path / "poise")
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype, name
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_a_merge_of_a_tied_model_loads_and_keeps_the_tokenizer_and_template(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """The merged folder is a plain transformers model: the tied head comes from the merged
+    embeddings, the tokenizer and chat template are the base's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "m"
+    run_merge({
+        "merge_method": "ties", "base_model": str(zoo["qwen-base"]),
+        "models": [{"model": str(zoo[k]), "parameters": {"weight": 1.0, "density": 0.5}}
+                   for k in ("qwen-a", "qwen-b")],
+        "tokenizer_source": "base", "chat_template": "auto", "dtype": "bfloat16",
+    }, out)  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.dtype == torch.bfloat16
+    assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is True
+    assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    source, merged = (
+        AutoTokenizer.from_pretrained(zoo["qwen-base"]),
+        AutoTokenizer.from_pretrained(out),
+    )
+    assert merged.apply_chat_template(chat, tokenize=False) == source.apply_chat_template(
+        chat, tokenize=False
+    )
+    assert merged.get_vocab() == source.get_vocab()
+
+
+def test_a_lora_folder_alone_on_an_adapted_base_asks_for_model_plus_lora(
+    zoo: dict[str, Path], tmp_path: Path
+) -> None:
+    """With ``base_model: BASE+LORA`` a bare LoRA folder has no single model to apply to."""
+    from poise.errors import PoiseError
+
+    config = {
+        "merge_method": "task_arithmetic",
+        "base_model": f"{zoo['llama-base']}+{zoo['lora']}",
+        "models": [{"model": str(zoo["lora"]), "parameters": {"weight": 1.0}}],
+    }
+    with pytest.raises(PoiseError, match=r"is a LoRA adapter; .* or name it MODEL\+LORA$"):
+        run_merge(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
