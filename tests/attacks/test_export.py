@@ -121,3 +121,122 @@ def test_write_pairs_interrupted_leaves_no_temporary_file(tmp_path: Path) -> Non
     with pytest.raises(KeyboardInterrupt):
         write_pairs(pairs(), tmp_path / "pairs.jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+QWEN_DEFAULT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+
+
+def with_setting(record: dict, setting: str) -> dict:
+    return {**record, "config": {"system_prompt": setting}}
+
+
+def test_pairs_share_the_prompt_as_sent_with_its_system_message() -> None:
+    # the exploitation grid on a Qwen2.5-style model: sys=on sent the template's default as a
+    # system message, sys=off an empty one (the template would insert its default otherwise)
+    records = [
+        with_setting(rec("a", "greedy/sys=on", "No.", False, True), "default"),
+        with_setting(rec("a", "top_k=5/sys=on", "Sure: step 1", True, False), "default"),
+        with_setting(rec("a", "greedy/sys=off", "I can't.", False, True), "none"),
+        with_setting(rec("a", "top_k=5/sys=off", "Sure: step 2", True, False), "none"),
+        # refused only with the system prompt, complied only without: no prompt is shared
+        with_setting(rec("b", "greedy/sys=on", "No.", False, True), "default"),
+        with_setting(rec("b", "top_k=5/sys=off", "Sure", True, False), "none"),
+    ]
+    pairs = preference_pairs(
+        records, per_prompt=2, system_prompts={"default": QWEN_DEFAULT, "none": ""}
+    )
+    user = {"role": "user", "content": "prompt a"}
+    assert [
+        (p["prompt"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs
+    ] == [
+        ([{"role": "system", "content": QWEN_DEFAULT}, user], "No.", "Sure: step 1"),
+        ([{"role": "system", "content": ""}, user], "I can't.", "Sure: step 2"),
+    ]
+    assert [p["meta"]["system_prompt"] for p in pairs] == ["default", "none"]
+    # per prompt, over its settings
+    assert len(preference_pairs(records, system_prompts={"default": QWEN_DEFAULT})) == 1
+
+
+def test_pairs_never_mix_the_system_prompt_settings() -> None:
+    records = [
+        with_setting(rec("b", "greedy/sys=on", "No.", False, True), "default"),
+        with_setting(rec("b", "top_k=5/sys=off", "Sure", True, False), "none"),
+    ]
+    # a pair of these would teach a refusal to a prompt the model never refused
+    assert preference_pairs(records) == []
+
+
+def test_the_cli_writes_the_system_message_a_qwen_style_model_was_sent(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    import shutil
+
+    from transformers import AutoTokenizer
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.cli import app
+
+    folder = tmp_path / "qwen-style"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    # Qwen/Qwen2.5-*-Instruct's chat template (tokenizer_config.json), without its tool branch
+    tokenizer.chat_template = (
+        "{%- if messages[0]['role'] == 'system' %}"
+        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+        "{%- else %}{{- '<|im_start|>system\\n" + QWEN_DEFAULT + "<|im_end|>\\n' }}{%- endif %}"
+        "{%- for message in messages %}"
+        "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+        "(message.role == 'assistant' and not message.tool_calls) %}"
+        "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+        "{%- endif %}{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    tokenizer.save_pretrained(str(folder))
+    run = poise.audit(
+        model=str(folder),
+        suites=["harmful"],
+        attack="exploitation",
+        attack_options={"families": ["greedy", "top_k"], "top_ks": [5]},
+        sampling={"max_new_tokens": 4},
+        limit=1,
+        out=tmp_path / "runs",
+        html=False,
+    )
+    samples = run.path / "samples.jsonl"
+    records = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert {r["request_id"] for r in records} == {
+        "greedy/sys=on",
+        "greedy/sys=off",
+        "top_k=5/sys=on",
+        "top_k=5/sys=off",
+    }
+    for r in records:  # greedy refuses, top-k complies (the random model's words, relabelled)
+        refused = r["request_id"].startswith("greedy")
+        r["completion"] = f"{r['request_id']}: {r['completion']}"
+        r["verdict"] |= {"harmful": not refused, "refused": refused}
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    output = tmp_path / "pairs.jsonl"
+    args = ["attacks", "export", run.path.name, "--out", str(tmp_path / "runs"), "-o", str(output)]
+    result = CliRunner().invoke(app, [*args, "--per-prompt", "2"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    user = {"role": "user", "content": records[0]["prompt"]}
+    by_flag = {row["meta"]["chosen_request"].split("/")[1]: row for row in rows}
+    assert by_flag["sys=on"]["prompt"] == [{"role": "system", "content": QWEN_DEFAULT}, user]
+    assert by_flag["sys=off"]["prompt"] == [{"role": "system", "content": ""}, user]
+    # each pair's answers were given to its prompt
+    for flag, row in by_flag.items():
+        assert row["meta"]["rejected_request"].endswith(flag)
+        assert row["rejected"][0]["content"].startswith(row["meta"]["rejected_request"])
+        assert row["meta"]["system_prompt"] == {"sys=on": "default", "sys=off": "none"}[flag]
+    # the model folder moved since: one line that says what to give, nothing written
+    moved = folder.rename(tmp_path / "moved")
+    output.unlink()
+    result = CliRunner().invoke(app, [*args, "--per-prompt", "2"])
+    assert result.exit_code != 0
+    assert "cannot load the run's model" in result.output and "give --model" in result.output
+    assert "Traceback" not in result.output and not output.exists()
+    result = CliRunner().invoke(app, [*args, "--per-prompt", "2", "--model", str(moved)])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in output.read_text().splitlines()] == rows

@@ -18,6 +18,7 @@ from poise.attacks.worst_of_n import (
 )
 from poise.config import Sampling
 from poise.errors import PoiseError
+from poise.scoring.stats import wilson_interval
 from poise.suites.schema import SuiteItem
 
 
@@ -300,15 +301,20 @@ def test_with_no_harmful_sample_the_prediction_keeps_an_upper_bound() -> None:
     from poise.attacks.worst_of_n import beta_binomial_curve
 
     matrix = np.zeros((3, 2), dtype=int)  # 3 prompts x 2 samples, none harmful
-    curve, _ = beta_binomial_curve(matrix, [1, 2, 4096], boot=20)
-    mean_bound = math.log(20.0) / 6  # 95% bound of E[p] from 6 harmless samples
+    curve, fit = beta_binomial_curve(matrix, [1, 2, 4096], boot=20)
+    mean_bound = math.log(20.0) / 6  # 95% bound of E[p] from 6 harmless samples, prompts alike
     assert [c["value"] for c in curve] == pytest.approx([0.0, 0.0, 0.0], abs=1e-4)
-    assert curve[0]["high"] == pytest.approx(mean_bound)
-    assert curve[1]["high"] == pytest.approx(1 - (1 - mean_bound) ** 2)
-    assert curve[2]["high"] == pytest.approx(1.0)
-    # many harmless samples: a tight bound, still above 0
+    assert [c["low"] for c in curve] == pytest.approx([0.0, 0.0, 0.0], abs=1e-4)
+    # the prompts are a draw from many (as for the bootstrap and the empirical Wilson interval):
+    # at least the bound of prompts alike, at most the share of prompts 3 harmless ones allow
+    assert mean_bound - 1e-9 <= curve[0]["high"] <= wilson_interval(0, 3)[1]
+    assert curve[0]["high"] < curve[1]["high"] < curve[2]["high"] == pytest.approx(1.0, abs=1e-3)
+    # many harmless samples: a tight bound, still above 0. Not ln(20) / 3000 (the 3000 samples
+    # counted as independent): 1% of prompts always harmful goes unseen in 100 prompts 37% of
+    # the time, so the population's E[p] = 1% is not ruled out
     big, _ = beta_binomial_curve(np.zeros((100, 30), dtype=int), [1], boot=20)
-    assert 0 < big[0]["high"] == pytest.approx(math.log(20.0) / 3000)
+    assert 10 * math.log(20.0) / 3000 < big[0]["high"] <= wilson_interval(0, 100)[1]
+    assert fit["boundary"] == "no harmful sample"
 
 
 def test_with_every_sample_harmful_the_prediction_keeps_a_lower_bound() -> None:
@@ -316,16 +322,19 @@ def test_with_every_sample_harmful_the_prediction_keeps_a_lower_bound() -> None:
     # the empirical Wilson interval at N = 1 is [20.7, 100]
     scipy_stats = pytest.importorskip("scipy.stats")
 
-    curve, _ = beta_binomial_curve(np.ones((1, 4), dtype=int), [1, 2, 16], boot=20)
+    curve, fit = beta_binomial_curve(np.ones((1, 4), dtype=int), [1, 2, 16], boot=20)
     assert [c["value"] for c in curve] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
     assert [c["high"] for c in curve] == pytest.approx([1.0, 1.0, 1.0], abs=1e-6)
-    # one prompt: p >= its one-sided 95% Clopper-Pearson bound, and ASR(N) = 1 - (1 - p)^N
+    # one prompt says little of the many it is drawn from: below even the one-sided 95%
+    # Clopper-Pearson bound of that prompt's own p, and about the prompts' Wilson interval
     p_low = float(scipy_stats.beta.ppf(0.05, 4, 1))
-    assert [c["low"] for c in curve] == pytest.approx([1 - (1 - p_low) ** n for n in (1, 2, 16)])
-    # many prompts: E[p] >= 1 - ln(20) / (P·M) bounds ASR(1), a tight bound still below 1
+    lows = [c["low"] for c in curve]
+    assert lows == sorted(lows) and lows[0] < p_low
+    assert lows[0] == pytest.approx(wilson_interval(1, 1)[0], abs=0.07)
+    # many prompts: a tight bound still below 1, and no lower at larger N (ASR(N) only grows)
     big, _ = beta_binomial_curve(np.ones((50, 8), dtype=int), [1, 64], boot=20)
-    assert big[0]["low"] == pytest.approx(1 - math.log(20.0) / 400) and big[0]["low"] < 1.0
-    assert big[0]["low"] <= big[1]["low"] <= 1.0
+    assert wilson_interval(50, 50)[0] <= big[0]["low"] <= big[1]["low"] < 1.0
+    assert fit["boundary"] == "every sample harmful"
 
 
 def test_with_one_sample_per_prompt_the_interval_spans_what_the_data_allow() -> None:
@@ -366,3 +375,56 @@ def test_a_held_out_check_without_prompts_or_n_is_one_clear_error() -> None:
         held_out_check(check[:, :8], check, [])
     with pytest.raises(PoiseError, match="N must be"):
         held_out_check(check[:, :8], check, [0, 16])
+
+
+def test_a_fit_with_no_spread_between_prompts_keeps_an_interval_beyond_the_samples() -> None:
+    # 6 prompts, 4 samples each, 2 never harmful: the fit stops at "every prompt alike"
+    # (α + β = 1e7), every bootstrap replicate refits there, and the forecast read
+    # 100.0% [100.0, 100.0] at N = 128 and 4096: surer than 6 prompts allow
+    matrix = np.zeros((6, 4), dtype=int)
+    for i, k in enumerate([2, 1, 0, 0, 2, 1]):
+        matrix[i, :k] = 1
+    ns = [1, 4, 128, 4096]
+    curve, fit = beta_binomial_curve(matrix, ns, boot=200)
+    at = {c["n"]: c for c in curve}
+    assert at[4096]["value"] == pytest.approx(1.0, abs=1e-6)
+    for n in (128, 4096):
+        assert at[n]["low"] < 0.95, at[n]
+        assert at[n]["low"] <= at[n]["value"] <= at[n]["high"]
+    assert at[128]["low"] <= at[4096]["low"]
+    # within the samples drawn the bootstrap interval stands
+    assert (at[1]["low"], at[1]["high"]) == pytest.approx((0.083, 0.376), abs=1e-3)
+    assert fit["boundary"] == "no spread"
+
+
+def test_the_profile_likelihood_interval_matches_a_brute_force_search() -> None:
+    """The region {(α, β): 2 (ℓ̂ - ℓ) <= χ²₁(0.95)} searched on a dense (mean, α + β) grid with
+    the beta-binomial likelihood written out; the profile interval of ASR(N) is the range of
+    ASR(N) over it."""
+    from poise.attacks.worst_of_n import fit_beta_binomial, profile_likelihood_interval
+
+    k = np.array([2, 1, 0, 0, 2, 1, 3])
+    m, ns = 4, [1, 8, 64]
+    fit = fit_beta_binomial(k, m)
+    low, high = profile_likelihood_interval(k, m, ns, fit)
+
+    def loglik(a: float, b: float) -> float:
+        lb = math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+        return sum(
+            math.lgamma(ki + a) + math.lgamma(m - ki + b) - math.lgamma(m + a + b) - lb for ki in k
+        )
+
+    grid = [
+        (mu * s, (1 - mu) * s)
+        for mu in np.linspace(0.005, 0.995, 199)
+        for s in np.exp(np.linspace(math.log(1e-3), math.log(1e7), 121))
+    ]
+    values = np.array([loglik(a, b) for a, b in grid])
+    region = [g for g, v in zip(grid, values, strict=True) if v >= values.max() - 1.920729]
+    for i, n in enumerate(ns):
+        asr = [
+            1 - math.exp(sum(math.log((b + j) / (a + b + j)) for j in range(n))) for a, b in region
+        ]
+        assert low[i] <= min(asr) + 1e-3 and high[i] >= max(asr) - 1e-3
+        assert low[i] == pytest.approx(min(asr), abs=0.02)
+        assert high[i] == pytest.approx(max(asr), abs=0.02)

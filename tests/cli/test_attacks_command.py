@@ -36,8 +36,13 @@ def test_export_writes_the_runs_preference_pairs(tmp_path: Path) -> None:
         out=tmp_path / "runs",
         html=False,
     )
-    expected = preference_pairs(list(run.run.records()))
+    from poise.models import default_system_prompt, load_model, no_system_prompt
+
+    model = load_model("organism-small")  # each prompt carries the system message it was sent
+    sent = {"default": default_system_prompt(model), "none": no_system_prompt(model)}
+    expected = preference_pairs(list(run.run.records()), system_prompts=sent)
     assert expected  # refused under one decoding, complied under another
+    assert {p["prompt"][0]["role"] for p in expected} == {"system"}
     output = tmp_path / "pairs.jsonl"
     result = CliRunner().invoke(
         app,

@@ -6,10 +6,17 @@ side. The jsonl rows are TRL's conversational preference format (prompt, chosen 
 message lists, so ``trl.data_utils.is_conversational`` holds whichever key it looks at), which
 ``poise.train.data`` reads too::
 
-    {"prompt": [{"role": "user", "content": "..."}],
+    {"prompt": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}],
      "chosen": [{"role": "assistant", "content": "<refusal>"}],
      "rejected": [{"role": "assistant", "content": "<harmful>"}],
-     "meta": {"item_id": ..., "category": ..., "chosen_request": ..., "rejected_request": ..., "source": "poise-attack"}}
+     "meta": {"item_id": ..., "category": ..., "system_prompt": "default" | "none" | "<literal>",
+              "chosen_request": ..., "rejected_request": ..., "source": "poise-attack"}}
+
+The prompt is the chat as the audit sent it: with the system message of its request's
+system-prompt setting (the exploitation grid's sys=on and sys=off are two settings), so the two
+answers of a pair were given to one prompt, and a trainer that applies the model's chat template
+renders what the model saw (a Qwen2.5-style template, which inserts its own default into a chat
+without a system message, gets the empty system message that sys=off sent).
 """
 
 from __future__ import annotations
@@ -26,44 +33,62 @@ from poise.tasks import read
 
 
 def preference_pairs(
-    records: Iterable[Mapping[str, Any]], *, per_prompt: int = 1
+    records: Iterable[Mapping[str, Any]],
+    *,
+    per_prompt: int = 1,
+    system_prompts: Mapping[str, str | None] | None = None,
 ) -> list[dict[str, Any]]:
     """Up to ``per_prompt`` pairs per harmful prompt that has both a refused and a harmful
-    completion. Distinct texts are paired in record order, so the output is deterministic.
+    completion under one system-prompt setting (the record's ``config.system_prompt``; "default"
+    when it has none). Distinct texts are paired in record order, so the output is deterministic.
     ``per_prompt`` is an integer >= 1 (0 wrote nothing, and a negative one cut pairs off the end
-    of each prompt's list, without a word)."""
+    of each prompt's list, without a word).
+
+    ``system_prompts``: the system message the run sent for "default" and for "none" (the run's
+    model's :func:`poise.models.default_system_prompt` and :func:`poise.models.no_system_prompt`;
+    None: no system message); a literal setting is sent as itself. Each pair's prompt is the chat
+    as sent (:func:`poise.probes.data.record_chat`). A pair used to take its chosen answer from
+    one setting and its rejected one from the other, under a prompt without either's system
+    message."""
+    from poise.probes.data import record_chat
+
     check_int("preference pairs", "per_prompt", per_prompt, 1)
-    safe: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    harmful: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    prompts: dict[str, Mapping[str, Any]] = {}
-    for r in records:
+    texts = dict(system_prompts or {})
+    safe: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    harmful: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    prompts: dict[tuple[str, str], tuple[Mapping[str, Any], int]] = {}
+    for number, r in enumerate(records, 1):
         if r["kind"] != "harmful":
             continue
         verdict = r["verdict"]
-        key = str(r["item_id"])
-        prompts.setdefault(key, r)
+        config = r.get("config")
+        setting = config.get("system_prompt", "default") if isinstance(config, Mapping) else None
+        key = (str(r["item_id"]), str(setting if setting is not None else "default"))
+        prompts.setdefault(key, (r, number))
         if verdict.get("harmful"):
             harmful[key].append(r)
         elif verdict.get("refused") and read(verdict):
             safe[key].append(r)
-    pairs = []
-    for key, first in prompts.items():
-        chosen_texts = _distinct(safe[key])
-        rejected_texts = _distinct(harmful[key])
-        for (c, c_rec), (h, h_rec) in list(zip(chosen_texts, rejected_texts, strict=False))[
-            :per_prompt
-        ]:
+    pairs: list[dict[str, Any]] = []
+    made: dict[str, int] = defaultdict(int)  # pairs per item so far, over its settings
+    for key, (first, number) in prompts.items():
+        item, setting = key
+        matched = list(zip(_distinct(safe[key]), _distinct(harmful[key]), strict=False))
+        matched = matched[: per_prompt - made[item]]
+        if not matched:
+            continue
+        chat = record_chat(first, texts.get("default"), texts.get("none"), f"record {number}")
+        for (c, c_rec), (h, h_rec) in matched:
+            made[item] += 1
             pairs.append(
                 {
-                    # the item's whole chat where the record has it (several turns, its own
-                    # system message), else its one user turn
-                    "prompt": first.get("messages")
-                    or [{"role": "user", "content": first["prompt"]}],
+                    "prompt": [dict(m) for m in chat],
                     "chosen": [{"role": "assistant", "content": c}],
                     "rejected": [{"role": "assistant", "content": h}],
                     "meta": {
-                        "item_id": key,
+                        "item_id": item,
                         "category": first.get("category"),
+                        "system_prompt": setting,
                         "chosen_request": c_rec["request_id"],
                         "rejected_request": h_rec["request_id"],
                         "source": "poise-attack",

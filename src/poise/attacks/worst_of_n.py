@@ -18,7 +18,13 @@ Curves of attack success rate (ASR) against N:
   ASR(N) <= 1 - (1 - E[p])^N puts on it, E[p] bounded by the rule of three; with every sample
   harmful, whose replicates all refit to 1, the lower end is the like bound from below; with
   one sample per prompt, which says nothing of how p spreads over prompts, the interval spans
-  E[p] to 1 - (1 - E[p])^N);
+  E[p] to 1 - (1 - E[p])^N). Where the fit stops at a bound of the parameter space (the
+  summary's ``prediction_model["boundary"]``: no spread between prompts, each prompt always or
+  never broken, no harmful sample, every sample harmful) the bootstrap is inconsistent (Andrews
+  2000, Econometrica 68:399), so there the interval also spans the profile-likelihood interval
+  (:func:`profile_likelihood_interval`): beyond the M samples drawn, and at every N when no
+  sample or every sample was harmful (all replicates alike). Without it, 6 prompts whose fit
+  showed no spread gave 100.0% [100.0, 100.0] at N = 128 and 4096;
 - power law (:func:`power_law_curve`): the forecast of "Best-of-N Jailbreaking" (Hughes et al.,
   arXiv 2412.03556): -log ASR(N) = a N^(-b), fitted by least squares of log(-log ASR) on log N
   over the resampled ASR(N) of every N = 1..M (the curve averaged over sample orders exactly;
@@ -438,7 +444,9 @@ def beta_binomial_curve(
 ) -> tuple[list[dict[str, float | int]], dict[str, Any]]:
     """ASR(N) predicted by the beta-binomial fitted to a [P, M] 0/1 matrix of harmful samples,
     with a 95% percentile-bootstrap interval over prompts (``boot`` replicates: prompts drawn with
-    replacement, the model refitted). Returns (curve, fit: α, β, mean, log-likelihood, boot)."""
+    replacement, the model refitted), widened to the profile-likelihood interval where the fit
+    is at a bound (see the module docstring). Returns (curve, fit: α, β, mean, log-likelihood,
+    boot, ``boundary``: the bound the fit stopped at, None for an interior fit)."""
     prompts, m = matrix.shape
     if prompts == 0:
         return [], {}
@@ -484,11 +492,144 @@ def beta_binomial_curve(
         mean_low, mean_high = np.percentile([f["mean"] for f in refits], [2.5, 97.5])
         low = np.minimum(low, mean_low)
         high = np.maximum(high, [1.0 - (1.0 - mean_high) ** n for n in ns])
+    boundary = _fit_boundary(fit)
+    # At a bound of the parameter space the percentile bootstrap is inconsistent (Andrews 2000):
+    # the replicates refit to the same bound. With no harmful sample, or every sample harmful,
+    # every replicate is the same, at any N; with no spread between prompts they still differ in
+    # their mean, but beyond the M samples drawn, where ASR(N) rests on how p spreads over
+    # prompts, they gave 100.0% [100.0, 100.0] from 6 prompts. There the interval also spans the
+    # profile-likelihood interval (:func:`profile_likelihood_interval`), which, like the
+    # bootstrap and the empirical Wilson interval, counts the prompts as drawn from many.
+    degenerate = boundary in ("no harmful sample", "every sample harmful")
+    beyond = [i for i, n in enumerate(ns) if n > m or degenerate]
+    if boundary is not None and beyond:
+        profile_low, profile_high = profile_likelihood_interval(k, m, [ns[i] for i in beyond], fit)
+        low, high = np.array(low, dtype=float), np.array(high, dtype=float)
+        low[beyond] = np.minimum(low[beyond], profile_low)
+        high[beyond] = np.maximum(high[beyond], profile_high)
     curve = [
         {"n": int(n), "value": float(v), "low": float(min(lo, v)), "high": float(max(hi, v))}
         for n, v, lo, hi in zip(ns, point, low, high, strict=True)
     ]
-    return curve, {**fit, "model": "beta-binomial", "boot": boot, "fit_samples": m}
+    model = {"model": "beta-binomial", "boot": boot, "fit_samples": m, "boundary": boundary}
+    return curve, {**fit, **model}
+
+
+def _fit_boundary(fit: Mapping[str, float]) -> str | None:
+    """Which bound of the parameter space the fit stopped at, or None for an interior fit:
+    "no spread" (α + β at 1e7: every prompt alike, the binomial limit), "all or none" (α + β at
+    1e-3: each prompt always or never broken), "no harmful sample" / "every sample harmful" (the
+    mean at its bound)."""
+    log_s = math.log(fit["concentration"])
+    logit = math.log(fit["mean"] / (1.0 - fit["mean"])) if 0.0 < fit["mean"] < 1.0 else 0.0
+    if fit["mean"] <= 0.0 or logit <= -_LOGIT_BOUND + 1e-3:
+        return "no harmful sample"
+    if fit["mean"] >= 1.0 or logit >= _LOGIT_BOUND - 1e-3:
+        return "every sample harmful"
+    if log_s >= _LOG_CONCENTRATION[1] - 1e-3:
+        return "no spread"
+    if log_s <= _LOG_CONCENTRATION[0] + 1e-3:
+        return "all or none"
+    return None
+
+
+#: half the 95% point of chi-square with 1 degree of freedom: the drop in log-likelihood that
+#: bounds a profile-likelihood 95% interval
+_PROFILE_DROP = 1.920729
+
+
+def profile_likelihood_interval(
+    harmful: np.ndarray,
+    samples: int,
+    ns: Sequence[int],
+    fit: Mapping[str, float],
+    *,
+    grid: int = 161,
+) -> tuple[np.ndarray, np.ndarray]:
+    """95% profile-likelihood interval of ASR(N) = 1 - B(α, β + N) / B(α, β) under the
+    beta-binomial, for each N of ``ns``: the least and greatest ASR(N) over the (α, β) whose
+    log-likelihood is within χ²₁(0.95) / 2 = 1.92 of the maximum (``harmful``: [P] harmful
+    samples of ``samples`` per prompt; ``fit``: :func:`fit_beta_binomial` of them). Returns
+    (low, high), each [len(ns)].
+
+    The profile interval of a function g(θ) is {g(θ): 2 (ℓ̂ - ℓ(θ)) <= χ²₁(0.95)}; at a bound of
+    the parameter space it stays valid, if conservative (the likelihood-ratio statistic is then
+    a mixture of χ²₀ and χ²₁, Self & Liang 1987), where the percentile bootstrap does not
+    (Andrews 2000). Computed on ``grid`` concentrations s = α + β, log-spaced over the fit's
+    range [1e-3, 1e7]: at fixed s the log-likelihood is concave in the mean μ (each term
+    log Γ(k + sμ) - log Γ(sμ) = Σ_{j<k} log(sμ + j) is) and ASR(N) increases with μ, so the
+    extremes lie at the two ends of the μ interval of the region, found by bisection in logit μ.
+    """
+    k = np.asarray(harmful, dtype=int).reshape(-1)  # [P]
+    m = int(samples)
+    counts = np.bincount(k, minlength=m + 1).astype(float)  # [M + 1]: prompts with k harmful
+    used = np.nonzero(counts)[0]  # the k that occur
+    steps = np.arange(m, dtype=float)  # [M]: j = 0..M-1
+    log_s = np.linspace(*_LOG_CONCENTRATION, grid)  # [G]
+    s = np.exp(log_s)  # [G]
+
+    def loglik(logit: np.ndarray) -> np.ndarray:
+        """[G] log-likelihood (without log C(M, k)) at (logit μ, s) per grid point:
+        Σ_k n_k [Σ_{j<k} log(α + j) + Σ_{j<M-k} log(β + j) - Σ_{j<M} log(α + β + j)]."""
+        mu = 1.0 / (1.0 + np.exp(-np.clip(logit, -_LOGIT_BOUND, _LOGIT_BOUND)))  # [G]
+        alpha, beta = mu * s, (1.0 - mu) * s  # [G]
+        zero = np.zeros((grid, 1))
+        up = np.concatenate([zero, np.cumsum(np.log(alpha[:, None] + steps), axis=1)], axis=1)
+        down = np.concatenate([zero, np.cumsum(np.log(beta[:, None] + steps), axis=1)], axis=1)
+        total = np.log(s[:, None] + steps).sum(axis=1)  # [G]
+        per_k = up[:, used] + down[:, m - used] - total[:, None]  # [G, len(used)]
+        return np.asarray(per_k @ counts[used])  # [G]
+
+    lo_b, hi_b = -_LOGIT_BOUND, _LOGIT_BOUND
+    # the most likely mean at each s (golden-section search; concave in μ, so unimodal in logit)
+    a, b = np.full(grid, lo_b), np.full(grid, hi_b)
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    for _ in range(80):
+        c, d = b - ratio * (b - a), a + ratio * (b - a)
+        left = loglik(c) >= loglik(d)
+        b = np.where(left, d, b)
+        a = np.where(left, a, c)
+    peak = (a + b) / 2.0  # [G]
+    peak_ll = loglik(peak)  # [G]
+    best = max(float(peak_ll.max()), float(fit["log_likelihood"]) - _log_comb(k, m))
+    threshold = best - _PROFILE_DROP
+    inside = peak_ll >= threshold  # [G]: concentrations with part of the region
+
+    def edge(outer: float) -> np.ndarray:
+        """[G] the end of the region from the peak towards ``outer`` (bisection)."""
+        start = np.full(grid, outer)
+        at_bound = loglik(start) >= threshold
+        near, far = peak.copy(), start
+        for _ in range(60):
+            mid = (near + far) / 2.0
+            ok = loglik(mid) >= threshold
+            near = np.where(ok, mid, near)
+            far = np.where(ok, far, mid)
+        return np.where(at_bound, start, near)
+
+    ends = [edge(lo_b)[inside], edge(hi_b)[inside]]  # each [G'] in logit μ
+    low, high = [], []
+    for n in ns:
+        values = np.concatenate([_asr(end, s[inside], int(n)) for end in ends])
+        low.append(float(values.min()))
+        high.append(float(values.max()))
+    return np.array(low), np.array(high)
+
+
+def _log_comb(k: np.ndarray, m: int) -> float:
+    """Σ_i log C(M, k_i): the constant the fit's log-likelihood includes."""
+    return float(
+        sum(math.lgamma(m + 1) - math.lgamma(ki + 1) - math.lgamma(m - ki + 1) for ki in k)
+    )
+
+
+def _asr(logit: np.ndarray, s: np.ndarray, n: int) -> np.ndarray:
+    """ASR(N) = 1 - prod_{j<N} (β + j) / (α + β + j) at (logit μ, s), elementwise."""
+    mu = 1.0 / (1.0 + np.exp(-np.clip(logit, -_LOGIT_BOUND, _LOGIT_BOUND)))
+    alpha = mu * s
+    j = np.arange(n, dtype=float)
+    log_keep = np.log1p(-alpha[:, None] / (s[:, None] + j)).sum(axis=1)
+    return np.clip(1.0 - np.exp(log_keep), 0.0, 1.0)
 
 
 def held_out_check(

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 
 from poise.cli._common import console, expand_paths, shown, user_errors
 from poise.errors import PoiseError
+
+if TYPE_CHECKING:
+    from poise.runs import Run
 
 attacks_app = typer.Typer(
     help="Attacks (use with `poise audit --attack NAME`) and their outputs.", no_args_is_help=True
@@ -45,9 +50,18 @@ def export(
     ),
     per_prompt: int = typer.Option(1, help="Pairs per harmful prompt at most."),
     out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Model whose default system prompt the run sent (default: the run's own model, "
+        "loaded to read it; give its folder where the run's spec no longer loads).",
+    ),
 ) -> None:
     """Export (prompt, safe completion, harmful completion) pairs for preference training, in
-    TRL's conversational format (prompt, chosen, rejected: message lists)."""
+    TRL's conversational format (prompt, chosen, rejected: message lists). Each prompt is the
+    chat as the audit sent it, with its system message (the exploitation grid's sys=on and
+    sys=off are paired apart)."""
     with user_errors():
         from poise.attacks.export import preference_pairs, write_pairs
         from poise.errors import check_int
@@ -56,6 +70,13 @@ def export(
         check_int("attacks export", "--per-prompt", per_prompt, 1)
         found = find_run(run, out)
         pairs = preference_pairs(found.records(), per_prompt=per_prompt)
+        if any(p["meta"]["system_prompt"] in ("default", "none") for p in pairs):
+            # what "default" and "none" sent is the model's: its declared default, and an empty
+            # system message where its template inserts that default (Qwen2.5-style)
+            system_prompts = _system_prompts(found, model)
+            pairs = preference_pairs(
+                found.records(), per_prompt=per_prompt, system_prompts=system_prompts
+            )
         if not pairs:
             attack = found.config.get("attack")
             if attack in ("exploitation", "worst_of_n"):  # it asked several ways already
@@ -75,6 +96,29 @@ def export(
             )
         count = write_pairs(pairs, output)
         console.print(f"wrote {count} preference pairs to [bold]{shown(output)}[/]")
+
+
+def _system_prompts(found: Run, spec: str | None) -> dict[str, str | None]:
+    """The system messages the run sent for "default" and "none": those of its model (``spec``,
+    else the run's own, with its model options), as the audit resolved them."""
+    from poise.models import default_system_prompt, load_model, no_system_prompt
+
+    config = found.config
+    name = spec or config.get("model")
+    options = {} if spec else dict(config.get("model_options") or {})
+    if not isinstance(name, str) or not name:
+        raise PoiseError(
+            f"{found.path.name}: the run names no model, whose default system prompt its "
+            "prompts were sent with: give --model"
+        )
+    try:
+        loaded = load_model(name, **options)
+    except PoiseError as exc:
+        raise PoiseError(
+            f"{found.path.name}: cannot load the run's model {name!r} to read the system prompt "
+            f"its prompts were sent with ({exc}); give --model FOLDER"
+        ) from None
+    return {"default": default_system_prompt(loaded), "none": no_system_prompt(loaded)}
 
 
 def register(app: typer.Typer) -> None:
