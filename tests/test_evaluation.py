@@ -150,8 +150,8 @@ def test_an_item_of_several_turns_is_recorded_whole_and_read_back_as_it_was_sent
 ) -> None:
     """The record's ``prompt`` is an item's last user turn; an item of several turns, or with
     its own system message, also records ``messages``, so that what the model was asked can be
-    rebuilt: probes read its activations on that chat, exports pair answers with it. Both read
-    a multi-turn item as its last user turn alone."""
+    rebuilt: probes read its activations on that chat, exports pair answers with it (with the
+    system message it was sent with)."""
     import json
 
     import poise
@@ -194,7 +194,10 @@ def test_an_item_of_several_turns_is_recorded_whole_and_read_back_as_it_was_sent
     refusal = {**records["turns"], "completion": "No.", "request_id": "other"}
     refusal["verdict"] = {**refusal["verdict"], "harmful": False, "refused": True}
     [pair] = preference_pairs([records["turns"], refusal])
-    assert pair["prompt"] == turns
+    # the chat as sent: the audit's literal system prompt before the turns
+    assert pair["prompt"] == build_chat(
+        SuiteItem(id="t", kind="harmful", messages=turns), "Be safe."
+    )
 
 
 class Returns:

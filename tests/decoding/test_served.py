@@ -47,7 +47,10 @@ def test_strategy_served_through_the_openai_client(
         chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
         return [m.generate([chat], sampling)[0][0].text for chat in chats]
 
-    expected, expected_sampled = answers(model, greedy), answers(model, sampled)
+    # best_of_n refuses greedy decoding (N identical draws), in the audit and the server alike
+    refuses_greedy = name == "best_of_n"
+    expected = [""] * len(QUESTIONS) if refuses_greedy else answers(model, greedy)
+    expected_sampled = answers(model, sampled)
     if name != "feedback_revision":  # the tiny feedback model never flags: no revision
         # the served answers below can only match if the server runs the strategy
         assert expected_sampled != answers(base, sampled)
@@ -57,14 +60,23 @@ def test_strategy_served_through_the_openai_client(
         client = openai.OpenAI(base_url=server.base_url, api_key="unused")
         for question, text, drawn in zip(QUESTIONS, expected, expected_sampled, strict=True):
             messages = [{"role": "user", "content": question}]
-            answer = client.chat.completions.create(
-                model=name, messages=messages, temperature=0, max_tokens=12
-            )
-            assert answer.choices[0].message.content == text
+            if refuses_greedy:
+                with pytest.raises(openai.BadRequestError, match="under greedy decoding"):
+                    client.chat.completions.create(
+                        model=name, messages=messages, temperature=0, max_tokens=12
+                    )
+            else:
+                answer = client.chat.completions.create(
+                    model=name, messages=messages, temperature=0, max_tokens=12
+                )
+                assert answer.choices[0].message.content == text
+            # streamed: greedy, or seeded for a strategy that refuses greedy decoding
+            how = {"temperature": 1.0, "seed": 7} if refuses_greedy else {"temperature": 0}
             pieces = client.chat.completions.create(
-                model=name, messages=messages, temperature=0, max_tokens=12, stream=True
+                model=name, messages=messages, max_tokens=12, stream=True, **how
             )
-            assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) == text
+            streamed = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+            assert streamed == (drawn if refuses_greedy else text)
             answer = client.chat.completions.create(
                 model=name, messages=messages, temperature=1.0, seed=7, max_tokens=12
             )
