@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from chat_templates import QWEN25_DEFAULT, QWEN25_TEMPLATE
 from poise.attacks.export import preference_pairs, write_pairs
 from poise.errors import PoiseError
 
@@ -123,9 +124,6 @@ def test_write_pairs_interrupted_leaves_no_temporary_file(tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
-QWEN_DEFAULT = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-
-
 def with_setting(record: dict, setting: str) -> dict:
     return {**record, "config": {"system_prompt": setting}}
 
@@ -143,18 +141,18 @@ def test_pairs_share_the_prompt_as_sent_with_its_system_message() -> None:
         with_setting(rec("b", "top_k=5/sys=off", "Sure", True, False), "none"),
     ]
     pairs = preference_pairs(
-        records, per_prompt=2, system_prompts={"default": QWEN_DEFAULT, "none": ""}
+        records, per_prompt=2, system_prompts={"default": QWEN25_DEFAULT, "none": ""}
     )
     user = {"role": "user", "content": "prompt a"}
     assert [
         (p["prompt"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs
     ] == [
-        ([{"role": "system", "content": QWEN_DEFAULT}, user], "No.", "Sure: step 1"),
+        ([{"role": "system", "content": QWEN25_DEFAULT}, user], "No.", "Sure: step 1"),
         ([{"role": "system", "content": ""}, user], "I can't.", "Sure: step 2"),
     ]
     assert [p["meta"]["system_prompt"] for p in pairs] == ["default", "none"]
     # per prompt, over its settings
-    assert len(preference_pairs(records, system_prompts={"default": QWEN_DEFAULT})) == 1
+    assert len(preference_pairs(records, system_prompts={"default": QWEN25_DEFAULT})) == 1
 
 
 def test_pairs_never_mix_the_system_prompt_settings() -> None:
@@ -180,18 +178,7 @@ def test_the_cli_writes_the_system_message_a_qwen_style_model_was_sent(
     folder = tmp_path / "qwen-style"
     shutil.copytree(tiny_hf_model_dir, folder)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    # Qwen/Qwen2.5-*-Instruct's chat template (tokenizer_config.json), without its tool branch
-    tokenizer.chat_template = (
-        "{%- if messages[0]['role'] == 'system' %}"
-        "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
-        "{%- else %}{{- '<|im_start|>system\\n" + QWEN_DEFAULT + "<|im_end|>\\n' }}{%- endif %}"
-        "{%- for message in messages %}"
-        "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
-        "(message.role == 'assistant' and not message.tool_calls) %}"
-        "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
-        "{%- endif %}{%- endfor %}"
-        "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-    )
+    tokenizer.chat_template = QWEN25_TEMPLATE  # Qwen/Qwen2.5-*-Instruct's
     tokenizer.save_pretrained(str(folder))
     run = poise.audit(
         model=str(folder),
@@ -223,7 +210,7 @@ def test_the_cli_writes_the_system_message_a_qwen_style_model_was_sent(
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     user = {"role": "user", "content": records[0]["prompt"]}
     by_flag = {row["meta"]["chosen_request"].split("/")[1]: row for row in rows}
-    assert by_flag["sys=on"]["prompt"] == [{"role": "system", "content": QWEN_DEFAULT}, user]
+    assert by_flag["sys=on"]["prompt"] == [{"role": "system", "content": QWEN25_DEFAULT}, user]
     assert by_flag["sys=off"]["prompt"] == [{"role": "system", "content": ""}, user]
     # each pair's answers were given to its prompt
     for flag, row in by_flag.items():

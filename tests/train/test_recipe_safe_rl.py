@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import torch
 from test_recipe_common import (  # noqa: F401
-    QWEN25_DEFAULT,
     build_tiny_classifier,
     one_torch_thread,
     weights,
     with_public_template,
 )
 
+from chat_templates import QWEN25_DEFAULT
 from poise.errors import PoiseError
 from poise.train.recipes.safe_rl import policy_loss, train_safe_rl
 
