@@ -48,18 +48,22 @@ def _bar(total: int, description: str) -> Any:
     return bar, lambda k: bar.advance(task, k)
 
 
-def _other_model(found: Any, model: Any) -> str | None:
-    """The model a run audited when it is not ``model`` (None when it is, or when the run does
-    not say). The run's resolved name is compared (an alias such as ``organism`` resolves to its
+def _warn_other_model(found: Any, model: Any, why: str) -> None:
+    """Warn when the run ``found`` audited another model than ``model`` (``why``: what that
+    spoils). The run's resolved name is compared (an alias such as ``organism`` resolves to its
     member, with the weights' fingerprint); runs written before it was recorded have the spec
-    only."""
+    only; a run that says neither is not warned about."""
     audited = found.header.get("model_name")
-    if isinstance(audited, str):
-        return None if audited == model.name else audited
-    spec = found.config.get("model")
-    if isinstance(spec, str) and model.spec is not None and spec != model.spec:
-        return spec
-    return None
+    if not isinstance(audited, str):
+        spec = found.config.get("model")
+        audited = spec if isinstance(spec, str) and model.spec is not None else None
+        same = audited is None or audited == model.spec
+    else:
+        same = audited == model.name
+    if not same:
+        logging.getLogger(__name__).warning(
+            "the run %s audited %r and the probe reads %r: %s", found.path, audited, model.name, why
+        )
 
 
 def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list[Any]:
@@ -74,15 +78,9 @@ def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list
         from poise.runs import find_run
 
         found = find_run(run)
-        audited = _other_model(found, model)
-        if audited is not None:
-            logging.getLogger(__name__).warning(
-                "the run %s audited %r and the probe reads %r: the labels should come from the "
-                "probed model's own answers",
-                found.path,
-                audited,
-                model.name,
-            )
+        _warn_other_model(
+            found, model, "the labels should come from the probed model's own answers"
+        )
         records, none = list(found.records()), no_system_prompt(model)
         source = found.samples_path
         if task == "comply":
@@ -261,17 +259,11 @@ def score_command(
         check_benign_for_fpr(records, fpr)  # before the model loads
         loaded = load_model(spec)
         require_activations("poise probe score", loaded)
-        audited = _other_model(found, loaded)
-        if audited is not None:
-            # the flags are crossed with the judge's verdicts on the run's answers, which are
-            # another model's: the AUROC against the judge mixes two models
-            logging.getLogger(__name__).warning(
-                "the run %s audited %r and the probe reads %r: the judge's verdicts it is "
-                "measured against are another model's answers",
-                found.path,
-                audited,
-                loaded.name,
-            )
+        # the flags are crossed with the judge's verdicts on the run's answers: the AUROC
+        # against the judge would mix two models
+        _warn_other_model(
+            found, loaded, "the judge's verdicts it is measured against are another model's answers"
+        )
         bar, advance = _bar(len(records), f"probe on {len(records)} answers")
         with bar:
             result = score_answers(
