@@ -311,8 +311,7 @@ def _audit(
         run.repair()
         problem = (
             _recorded_makers_differ(run, model.name, judge.name)
-            or _recorded_kinds_differ(run, items)
-            or _recorded_scorers_differ(run, scorers)
+            or _recorded_items_differ(run, items, scorers)  # one pass over the records
         )
         if problem is not None and not adopted:
             raise PoiseError(f"{run.path}: cannot resume: {problem}; start a new run")
@@ -625,7 +624,7 @@ def _recorded_makers_differ(run: Run, model_name: str, judge_name: str) -> str |
     return None
 
 
-def _recorded_kinds_differ(run: Run, items: Sequence[SuiteItem]) -> str | None:
+def _recorded_items_differ(run: Run, items: Sequence[SuiteItem], scorers: Scorers) -> str | None:
     """Why ``run`` cannot be continued with ``items``: one of its records gives an item another
     kind than the item's suite does now (the built-in sycophancy items were honesty-known before
     they had their own kind; the rest would be counted under the new kind and both kinds' rates
@@ -633,8 +632,11 @@ def _recorded_kinds_differ(run: Run, items: Sequence[SuiteItem]) -> str | None:
     began: its fingerprint names the file, not what it holds, and the run would mix answers to
     the old and the new item under one id), or that item is no longer among the audit's items
     (removed from the file, or, under ``--limit``, no longer picked from a suite that grew or
-    shrank: the run would end with answers to items an uninterrupted audit does not ask). None
-    when every record agrees."""
+    shrank: the run would end with answers to items an uninterrupted audit does not ask); or
+    the record was judged by another scorer than this audit's scorer of its kind (a task's own
+    scorer renamed or replaced since the run began, say by an updated plugin: the header names
+    only the audit's judge, and the rate of that kind would count the verdicts of two scorers;
+    records without a ``judge`` are not compared). None when every record agrees."""
     current = {(item.suite, item.id): item for item in items}
     for record in run.records():
         key = (str(record.get("suite")), str(record.get("item_id")))
@@ -665,22 +667,11 @@ def _recorded_kinds_differ(run: Run, items: Sequence[SuiteItem]) -> str | None:
         if changed:
             what = " and ".join(changed)
             return f"{where} has another {what} now (the suite changed since the run began)"
-    return None
-
-
-def _recorded_scorers_differ(run: Run, scorers: Scorers) -> str | None:
-    """Why ``run`` cannot be continued with ``scorers``: one of its records of a kind was judged
-    by another scorer than this audit's scorer of that kind (a task's own scorer renamed or
-    replaced since the run began, say by an updated plugin: the header names only the audit's
-    judge, and the rate of that kind would count the verdicts of two scorers). None when every
-    record agrees (records without a ``judge`` are not compared)."""
-    for record in run.records():
-        kind, recorded = str(record.get("kind")), record.get("judge")
-        now = scorers.for_kind(kind).name
-        if recorded is not None and str(recorded) != now:
+        judged_by, now = record.get("judge"), scorers.for_kind(item.kind).name
+        if judged_by is not None and str(judged_by) != now:
             return (
-                f"its answers of kind {kind!r} were judged by {recorded!r}, and this audit's "
-                f"scorer of that kind is {now!r}"
+                f"its answers of kind {item.kind!r} were judged by {judged_by!r}, and this "
+                f"audit's scorer of that kind is {now!r}"
             )
     return None
 
