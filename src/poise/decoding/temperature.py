@@ -104,6 +104,8 @@ class LogitTemperature(WrappedModel):
         import torch
 
         scaled = view.logits / self.t  # [rows, vocab]
+        if bool(torch.isfinite(scaled).all()):  # the usual step: one pass to know it
+            return scaled
         overflowed = (torch.isfinite(view.logits) & ~torch.isfinite(scaled)).any(dim=-1)  # [rows]
         if bool(overflowed.any()):
             rows = view.logits[overflowed]  # [bad rows, vocab], each with a finite largest logit
