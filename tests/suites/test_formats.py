@@ -419,3 +419,41 @@ def test_hh_rlhf_broken_rejected_transcript_names_the_rejected_field(tmp_path: P
         PoiseError, match=r"hh\.jsonl:1: field 'rejected': not an HH-RLHF transcript"
     ):
         load_suite(str(path), kind="harmful")
+
+
+def test_a_generic_prompt_cell_may_hold_a_chat(tmp_path: Path) -> None:
+    # inspect_ai's samples keep their input as text or as a list of role / content messages;
+    # the list was refused ("expected text, got list"), so such files could not be read
+    rows = [
+        {
+            "id": "q1",
+            "input": [
+                {"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": "Capital of France?"},
+            ],
+            "target": "Paris",
+        },
+        {"id": "q2", "input": "Capital of Italy?", "target": "Rome"},
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    columns = {"prompt": "input", "reference": "target"}
+    suite = load_suite(str(path), columns=columns, kind="benign")
+    assert [(item.id, item.chat, item.reference) for item in suite] == [
+        ("q1", rows[0]["input"], "Paris"),
+        ("q2", [{"role": "user", "content": "Capital of Italy?"}], "Rome"),
+    ]
+    # a chat that does not end in a user turn is one located error, as in a poise item file
+    rows[1]["input"] = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path), columns=columns, kind="benign")
+    assert str(err.value) == f"{path}:2: field 'input': the last message must be a user turn"
+    # its own system message and a system column: which one is meant is not said
+    rows[1] = {**rows[0], "id": "q3", "persona": "Be kind."}
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(PoiseError, match=r":2: field .input.: the chat opens with its own"):
+        load_suite(str(path), columns={**columns, "system": "persona"}, kind="benign")

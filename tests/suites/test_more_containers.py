@@ -136,3 +136,85 @@ def test_rows_of_a_json_array_or_an_object_are_named_by_their_line(tmp_path: Pat
     with pytest.raises(PoiseError) as err:
         load_suite(str(path))
     assert str(err.value) == f"{path}:4: item 2 of the array: expected an object, got null"
+
+
+def _decoded_spans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record the (start, end) of every value json's decoder reads while a test runs."""
+    spans: list[tuple[int, int]] = []
+    raw_decode = json.JSONDecoder.raw_decode
+
+    def recording(self: json.JSONDecoder, s: str, idx: int = 0) -> tuple[object, int]:
+        value, end = raw_decode(self, s, idx)
+        spans.append((idx, end))
+        return value, end
+
+    monkeypatch.setattr(json.JSONDecoder, "raw_decode", recording)
+    return spans
+
+
+@pytest.mark.parametrize("layout", ["array", "object"])
+def test_a_json_file_is_decoded_once_and_its_rows_keep_their_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
+    # the rows' lines were found by decoding the text a second time (twice for an object: its
+    # members, then the list), after json had read it all; one pass now reads both
+    rows = [
+        {"id": f"r{i}", "prompt": f"Question {i}\nwith two lines", "kind": "benign"}
+        for i in range(6)
+    ]
+    held: object = rows if layout == "array" else {"parameters": {"note": "x\ny"}, "rows": rows}
+    text = json.dumps(held, indent=2)
+    path = tmp_path / "rows.json"
+    path.write_text(text, encoding="utf-8")
+    spans = _decoded_spans(monkeypatch)
+    suite = load_suite(str(path))
+    assert [item.id for item in suite] == [f"r{i}" for i in range(6)]
+    assert suite.items[3].prompt == "Question 3\nwith two lines"
+    assert sum(end - start for start, end in spans) <= len(text)  # no character read twice
+    # a mistake in a row still names the line the row starts on
+    rows[4]["kind"] = "harmfull"
+    text = json.dumps(held, indent=2)
+    path.write_text(text, encoding="utf-8")
+    first = 1 + next(n for n, line in enumerate(text.splitlines()) if '"r4"' in line) - 1
+    where = "item 5" if layout == "array" else "rows[4]"
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value).startswith(f"{path}:{first}: {where}: field 'kind': unknown kind")
+    # a key given twice inside a row, and broken JSON, are located as before
+    path.write_text(text.replace('"kind": "harmfull"', '"kind": "benign", "kind": "benign"'))
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value).startswith(f"{path}:{first + 3}: key 'kind' given twice (again at")
+    # broken JSON names json's line: for an object written over several lines too (it was
+    # read as JSON lines: "line 1: Expecting property name ... where the text ends")
+    path.write_text(text.replace('"r5",', '"r5"'))
+    r5 = 1 + next(n for n, line in enumerate(text.splitlines()) if '"r5"' in line)
+    after = text.splitlines()[r5]  # the line after r5's id, where json expects the comma
+    column = 1 + len(after) - len(after.lstrip())
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == (
+        f"{path}:{r5 + 1}: invalid JSON (Expecting ',' delimiter at column {column})"
+    )
+
+
+def test_a_broken_json_object_over_several_lines_names_jsons_line(tmp_path: Path) -> None:
+    # a pretty-printed object (one row, or rows held under a key) with a comma left out was
+    # read as JSON lines and named line 1: "Expecting property name ... where the text ends"
+    path = tmp_path / "row.json"
+    path.write_text('{\n  "prompt": "Hello",\n  "kind": "benign"\n  "category": "x"\n}\n')
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:4: invalid JSON (Expecting ',' delimiter at column 3)"
+    path.write_text(
+        '{\n  "parameters": {"n": 2},\n  "rows": [\n    {"prompt": "a", "kind": "benign"}\n'
+        '    {"prompt": "b", "kind": "benign"}\n  ]\n}\n'
+    )
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:5: invalid JSON (Expecting ',' delimiter at column 5)"
+    # JSON lines under .json are still read as such, their broken line named
+    path.write_text('{"prompt": "a", "kind": "benign"}\n{"prompt": "b" "kind": "benign"}\n')
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:2: invalid JSON (Expecting ',' delimiter at column 16)"

@@ -666,17 +666,32 @@ format_registry.alias("hh-rlhf", "hh_rlhf")  # the name before registries were s
 
 @register_format("generic", check=_generic_check, detect=False)
 def generic(record: Record, context: FormatContext) -> Draft:
-    """Any CSV / JSONL: columns prompt, id, kind, category, reference, system (renamable)."""
+    """Any CSV / JSONL: columns prompt, id, kind, category, reference, system (renamable).
+
+    The prompt cell is text (one user turn), or in a JSON row a list of ``{"role", "content"}``
+    messages ending in a user turn (a chat, as inspect_ai's ``input`` may be one).
+    """
     cols = context.columns
     prompt_column = cols["prompt"]
-    prompt = record.require(prompt_column)
+    chat = record.data.get(prompt_column)
     kind = context.kind
     kind_value = record.text(cols["kind"]) if "kind" in cols else ""
     if kind_value:
         kind = _parse_kind(record, cols["kind"], kind_value)
     system = record.text(cols["system"]) if "system" in cols else ""
-    messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": prompt})
+    messages: list[Any] = [{"role": "system", "content": system}] if system else []
+    if isinstance(chat, list) and chat and all(isinstance(m, dict) for m in chat):
+        # a chat (inspect_ai's ``input`` may be a list of role / content messages): sent as
+        # it is, checked as a poise item's messages are
+        if system and chat[0].get("role") == "system":
+            raise record.error(
+                prompt_column,
+                f"the chat opens with its own system message and the row has a system "
+                f"column ({cols['system']!r}); keep one",
+            )
+        messages.extend(chat)
+    else:
+        messages.append({"role": "user", "content": record.require(prompt_column)})
     used = set(cols.values())
     meta: dict[str, Any] = {"row": record.number}
     for name, value in record.data.items():

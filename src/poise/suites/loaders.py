@@ -10,7 +10,8 @@
    optionally ``.gz`` (a ``.csv`` file whose header is one column holding semicolons or tabs
    is read with that delimiter); the row format is detected from the header (see
    :mod:`poise.suites.formats`) or forced with ``format=``; the columns of JSON rows are the
-   keys of all of them (a row may leave a key out);
+   keys of all of them (a row may leave a key out); or a folder written by ``datasets``'
+   ``save_to_disk`` (one split's folder), read with ``datasets.load_from_disk``;
 3. ``owner/name`` (optionally ``owner/name:split`` or ``owner/name:config:split``): a hub
    dataset, read lazily through ``datasets.load_dataset``.
 
@@ -49,6 +50,7 @@ from poise.errors import (
     json_lines,
     located,
     parse_json,
+    unique_keys,
 )
 from poise.suites.formats import (
     Draft,
@@ -208,7 +210,12 @@ def _load_builtin(name: str, options: _Options) -> Suite:
 
 def _load_file(path: Path, source: str, options: _Options, *, name: str | None = None) -> Suite:
     if path.is_dir():
-        raise PoiseError(f"{source}: is a folder; give a data file ({', '.join(DATA_EXTENSIONS)})")
+        if any((path / marker).is_file() for marker in _SAVED_DATASET):
+            return _load_saved(path, source, options)
+        raise PoiseError(
+            f"{source}: is a folder; give a data file ({', '.join(DATA_EXTENSIONS)}) or a "
+            "folder written by datasets' save_to_disk"
+        )
     if not path.is_file():  # reading a FIFO would wait for a writer forever
         raise PoiseError(
             f"{source}: not a regular file (a FIFO, socket or device); give a data file"
@@ -282,6 +289,53 @@ def _load_hub(spec: str, options: _Options) -> Suite:
         kind=options.kind,
         category=options.category,
         columns=options.columns,
+    )
+    return _build(header, rows, context, options)
+
+
+# The files datasets' save_to_disk writes: a Dataset's folder holds state.json (and
+# dataset_info.json), a DatasetDict's dataset_dict.json and a folder per split.
+_SAVED_DATASET = ("state.json", "dataset_dict.json")
+
+
+def _load_saved(path: Path, source: str, options: _Options) -> Suite:
+    """A dataset saved with ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (read with
+    ``datasets.load_from_disk``, no network); a DatasetDict of several splits asks for one
+    split's folder."""
+    try:
+        import datasets
+    except ImportError:
+        raise MissingExtraError(
+            "datasets", "datasets", f"loading the saved dataset {source!r}"
+        ) from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a broken or foreign folder: one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise PoiseError(
+            f"{source}: cannot read the saved dataset ({type(exc).__name__}: {first})"
+        ) from None
+    split = None
+    if isinstance(loaded, Mapping):  # a DatasetDict: a folder per split
+        splits = sorted(loaded)
+        if len(splits) != 1:
+            raise PoiseError(
+                f"{source}: the saved dataset has splits {', '.join(splits)}; give one split's "
+                f"folder ({path / splits[0]})"
+            )
+        split = splits[0]
+        loaded = loaded[split]
+    header = list(loaded.column_names)
+    rows = ((i + 1, f"{source} row {i + 1}", dict(row)) for i, row in enumerate(loaded))
+    folder = path / split if split is not None else path
+    context = FormatContext(
+        suite=suite_name(folder.resolve()),
+        source=source,
+        hint=f"{path.resolve().name}:{split or ''}".lower(),
+        kind=options.kind,
+        category=options.category,
+        columns=options.columns,
+        path_parts=tuple(folder.resolve().parts),
     )
     return _build(header, rows, context, options)
 
@@ -452,10 +506,14 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
     artifacts: ``{"parameters": {...}, "jailbreaks": [{...}, ...]}``). None when the text is
     JSON lines or a single row (no list of objects inside): the caller reads it as JSON lines."""
     try:
-        data = parse_json(text)
+        data, starts = _decode_json(text)
     except DuplicateKeyError as exc:  # a well-formed text: its key given twice is the error
         raise located(source, json_error_line(exc), invalid_json(exc)) from None
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as exc:
+        if exc.msg != "Extra data" and _opens_a_document(text):
+            # one object written over several lines, broken inside: the JSON-lines reader
+            # would read its first line alone ("line 1: ... where the text ends")
+            raise located(source, json_error_line(exc), invalid_json(exc)) from None
         return None  # JSON lines (several objects), or broken JSON the JSON-lines reader locates
     except RecursionError:
         raise PoiseError(f"{source}: invalid JSON ({_TOO_DEEP})") from None
@@ -478,10 +536,8 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
         if len(mixed) == 1:
             key = mixed[0]
             i, bad = next((i, v) for i, v in enumerate(data[key]) if not isinstance(v, dict))
-            line = _element_lines(text, _member_start(text, key))[i]
-            raise PoiseError(
-                f"{source}:{line}: {key}[{i}]: expected an object, got {_json_type(bad)}"
-            )
+            where = _row_where(source, starts.get(key), i)
+            raise PoiseError(f"{where}: {key}[{i}]: expected an object, got {_json_type(bad)}")
         empty = [k for k, v in data.items() if v == []]
         if (
             len(empty) == 1
@@ -499,15 +555,23 @@ def _parse_json_object(text: str, source: str) -> tuple[list[str], Iterator[Row]
     key = lists[0]
     rows_data: list[dict[str, Any]] = data[key]
     log.info("%s: reading the %d rows under %r", source, len(rows_data), key)
-    lines = _element_lines(text, _member_start(text, key))
+    lines = starts.get(key)
     rows = (
-        (i + 1, f"{source}:{line}: {key}[{i}]", obj)
-        for i, (line, obj) in enumerate(zip(lines, rows_data, strict=True))
+        (i + 1, f"{_row_where(source, lines, i)}: {key}[{i}]", obj)
+        for i, obj in enumerate(rows_data)
     )
     header: list[str] = []
     for obj in rows_data:  # the union of the keys, first seen first
         header.extend(k for k in obj if k not in header)
     return header, rows
+
+
+def _opens_a_document(text: str) -> bool:
+    """Whether the first line of ``text`` leaves a JSON value open (ends with ``{``, ``[``,
+    ``,`` or ``:``), as a pretty-printed JSON document's first line does; a JSON line holds a
+    whole row."""
+    first = text.lstrip().split("\n", 1)[0].rstrip()
+    return first.endswith(("{", "[", ",", ":"))
 
 
 def _holds_objects(values: list[Any]) -> bool:
@@ -540,7 +604,7 @@ def _parse_jsonl(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
 
 def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
     try:
-        data = parse_json(text)
+        data, starts = _decode_json(text)
     except json.JSONDecodeError as exc:
         raise located(source, json_error_line(exc), invalid_json(exc)) from None
     except RecursionError:
@@ -549,25 +613,35 @@ def _parse_json_array(text: str, source: str) -> tuple[list[str], Iterator[Row]]
         raise PoiseError(f"{source}: expected a JSON array of objects, got {_json_type(data)}")
     if not data:
         raise PoiseError(f"{source}: the file is empty (an empty JSON array)")
-    lines = _element_lines(text, _space(text, 0))
+    lines = starts.get(None)
     for i, obj in enumerate(data):
         if not isinstance(obj, dict):
             raise PoiseError(
-                f"{source}:{lines[i]}: item {i + 1} of the array: expected an object, got "
-                f"{_json_type(obj)}"
+                f"{_row_where(source, lines, i)}: item {i + 1} of the array: expected an "
+                f"object, got {_json_type(obj)}"
             )
     rows = (
-        (i + 1, f"{source}:{line}: item {i + 1}", obj)
-        for i, (line, obj) in enumerate(zip(lines, data, strict=True))
+        (i + 1, f"{_row_where(source, lines, i)}: item {i + 1}", obj) for i, obj in enumerate(data)
     )
     return list(data[0]), rows
 
 
-# Where the rows of a JSON array (or the list under one key of an object) start, for errors
-# that name a row's line as they do in CSV and JSONL files: the text has parsed already, so it
-# is walked with the plain decoder, value by value, without checks.
+def _row_where(source: str, lines: list[int] | None, i: int) -> str:
+    """``source:LINE`` of the i-th row (0-based) of a JSON array, ``source`` when unknown."""
+    return f"{source}:{lines[i]}" if lines is not None and i < len(lines) else source
+
+
+# A .json file is read in one pass that also notes where each row of its array (or of an array
+# under a key of its top-level object) starts, so that errors name a row's line as they do in
+# CSV and JSONL files: the top level is walked here, each element decoded once by json's own
+# scanner. Rows are read as parse_json reads them (a key given twice is refused); text the walk
+# cannot read is parsed again by parse_json, whose error says what and where.
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")
-_JSON_VALUE = json.JSONDecoder()
+_ROW_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+# Where rows start: under None for a top-level array, under KEY for the array that is the value
+# of KEY in a top-level object; a line (1-based) per element.
+RowStarts = dict[str | None, list[int]]
 
 
 def _space(text: str, pos: int) -> int:
@@ -576,37 +650,73 @@ def _space(text: str, pos: int) -> int:
     return match.end() if match else pos
 
 
-def _element_lines(text: str, start: int) -> list[int]:
-    """The line (1-based) each element of the JSON array opening at ``text[start]`` starts on."""
+def _decode_json(text: str) -> tuple[Any, RowStarts]:
+    """``parse_json(text)`` and the line each row of its arrays starts on (:data:`RowStarts`),
+    in one pass over the text. Invalid JSON raises parse_json's :class:`json.JSONDecodeError`
+    (:class:`DuplicateKeyError` for a key given twice), from a second parse made only then."""
+    try:
+        return _walk_json(text)
+    except (ValueError, IndexError):  # invalid JSON (a key given twice), or text cut short
+        pass
+    return parse_json(text), {}  # raises: the walk reads every text json reads
+
+
+def _walk_json(text: str) -> tuple[Any, RowStarts]:
+    starts: RowStarts = {}
+    pos = _space(text, 0)
+    value: Any
+    if text[pos] == "[":
+        value, pos = _walk_array(text, pos, starts, None)
+    elif text[pos] == "{":
+        value = {}
+        pos = _space(text, pos + 1)
+        while text[pos] != "}":
+            key, pos = _ROW_DECODER.raw_decode(text, pos)
+            pos = _space(text, pos)
+            if not isinstance(key, str) or key in value or text[pos] != ":":
+                raise ValueError("not a JSON object member")  # json's error says which
+            pos = _space(text, pos + 1)
+            if text[pos] == "[":
+                value[key], pos = _walk_array(text, pos, starts, key)
+            else:
+                value[key], pos = _ROW_DECODER.raw_decode(text, pos)
+            pos = _space(text, pos)
+            if text[pos] == ",":
+                pos = _space(text, pos + 1)
+                if text[pos] == "}":
+                    raise ValueError("a trailing comma")
+            elif text[pos] != "}":
+                raise ValueError("no comma between members")
+        pos += 1
+    else:
+        value, pos = _ROW_DECODER.raw_decode(text, pos)
+    if _space(text, pos) != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value, starts
+
+
+def _walk_array(text: str, pos: int, starts: RowStarts, key: str | None) -> tuple[list[Any], int]:
+    """The JSON array opening at ``text[pos]`` and the position after it; the line each of its
+    elements starts on goes to ``starts[key]``."""
+    values: list[Any] = []
     lines: list[int] = []
-    line, counted = 1 + text.count("\n", 0, start), start
-    pos = _space(text, start + 1)
+    line, counted = 1 + text.count("\n", 0, pos), pos
+    pos = _space(text, pos + 1)
     while text[pos] != "]":
         line += text.count("\n", counted, pos)
         counted = pos
         lines.append(line)
-        _, pos = _JSON_VALUE.raw_decode(text, pos)
+        value, pos = _ROW_DECODER.raw_decode(text, pos)
+        values.append(value)
         pos = _space(text, pos)
         if text[pos] == ",":
             pos = _space(text, pos + 1)
-    return lines
-
-
-def _member_start(text: str, key: str) -> int:
-    """Where the value of ``key`` starts in the JSON object that is ``text``: its last
-    occurrence, the one ``json.loads`` keeps when a key is repeated."""
-    found = -1
-    pos = _space(text, _space(text, 0) + 1)  # after the opening brace
-    while text[pos] != "}":
-        name, pos = _JSON_VALUE.raw_decode(text, pos)
-        pos = _space(text, _space(text, pos) + 1)  # after the colon
-        if name == key:
-            found = pos
-        _, pos = _JSON_VALUE.raw_decode(text, pos)
-        pos = _space(text, pos)
-        if text[pos] == ",":
-            pos = _space(text, pos + 1)
-    return found
+            if text[pos] == "]":
+                raise ValueError("a trailing comma")
+        elif text[pos] != "]":
+            raise ValueError("no comma between elements")
+    starts[key] = lines
+    return values, pos + 1
 
 
 # The csv module refuses a field over 128 KiB ("field larger than field limit (131072)"); a long
