@@ -329,6 +329,123 @@ def test_other_weights_behind_the_same_model_spec_do_not_continue_a_run(
     assert again.run.path == run.path and len(list(run.records())) == 20
 
 
+def _weights_folder(path: Path, content: bytes) -> Path:
+    """A folder as a scorer, monitor or judge trained by poise leaves it (only its files'
+    contents matter here: nothing loads them)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text('{"architectures": ["X"]}', encoding="utf-8")
+    _rewrite(path / "model.safetensors", content)
+    return path
+
+
+def _rewrite(file: Path, content: bytes) -> None:
+    """Write ``content`` to ``file``; a file there keeps its size and modification time, as a
+    training run that rewrites a checkpoint of the same shape within a second can leave it. The
+    next audit reads it as a new process does (the hashes cached by this one forgotten)."""
+    from poise.runs import provenance
+
+    stat = file.stat() if file.exists() else None
+    file.write_bytes(content)
+    if stat is not None:
+        assert stat.st_size == len(content)
+        os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    provenance._FILE_HASHES.clear()
+
+
+def test_a_scorer_trained_again_in_place_does_not_continue_a_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reward model (or a monitor, a probe) trained again keeps its folder: run.json recorded
+    only the spec, so a resumed run mixed answers chosen by the old and the new scorer."""
+    suite = write_suite(tmp_path / "mini.jsonl")
+    out = str(tmp_path / "runs")
+    reward = _weights_folder(tmp_path / "reward", b"\x00" * 64)
+    fields: dict[str, Any] = dict(suites=[str(suite)], judge="refusal", out=out, batch_size=4)
+
+    def model(script: Any) -> MockModel:
+        made = MockModel("scripted", script)
+        made.spec = f"best_of_n(mock, n=2, reward={reward})"  # one name, before and after
+        return made
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(model=model(crash_after(9)), **fields)
+    [run] = list_runs(out)
+    recorded = list(run.records())
+    assert run.header["weights"]["model > best_of_n(reward)"]["source"] == str(reward)
+
+    _rewrite(reward / "model.safetensors", b"\x01" * 64)  # trained again
+    with pytest.raises(PoiseError, match=r"cannot resume: the model > best_of_n\(reward\) \(\S*"
+                       r"reward\) has other weights than when its records were made \(sha256 "
+                       r"[0-9a-f]{16} then, [0-9a-f]{16} now\); start a new run"):  # fmt: skip
+        poise.audit(model=model(scripted), resume=run.path)
+    assert list(run.records()) == recorded  # nothing written
+    with caplog.at_level("WARNING"):
+        result = poise.audit(model=model(scripted), **fields)
+    assert result.run.path != run.path and "starting a new run" in caplog.text
+    # the weights the run began with continue it
+    _rewrite(reward / "model.safetensors", b"\x00" * 64)
+    again = poise.audit(model=model(scripted), resume=run.path)
+    assert again.run.path == run.path and len(list(run.records())) == 20
+
+
+def test_a_judge_trained_again_in_place_does_not_continue_a_run(tmp_path: Path) -> None:
+    """A judge named by its folder (classifier:PATH, a plugin's NAME:PATH) or given one by an
+    option (preset:NAME with model=FOLDER) keeps its name when trained again: the run would
+    count the verdicts of two judges."""
+    from poise.scoring import judges as module
+    from poise.scoring.judges import RefusalJudge, judges, register_judge
+
+    register_judge("review_folder", argument="PATH")(lambda arg, model=None: RefusalJudge())
+    try:
+        suite = write_suite(tmp_path / "mini.jsonl")
+        by_arg = _weights_folder(tmp_path / "judge", b"\x00" * 64)
+        by_option = _weights_folder(tmp_path / "judge-model", b"\x00" * 64)
+        fields: dict[str, Any] = dict(
+            suites=[str(suite)], judge=f"review_folder:{by_arg}",
+            judge_options={"model": str(by_option)}, out=str(tmp_path / "runs"), batch_size=4,
+        )  # fmt: skip
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            poise.audit(model=MockModel("scripted", crash_after(9)), **fields)
+        [run] = list_runs(tmp_path / "runs")
+        assert set(run.header["weights"]) == {"judge", "judge option model"}
+        for folder, role in ((by_arg, "judge"), (by_option, "judge option model")):
+            _rewrite(folder / "model.safetensors", b"\x01" * 64)
+            with pytest.raises(PoiseError, match=rf"cannot resume: the {role} \(\S*{folder.name}\) "
+                               "has other weights"):  # fmt: skip
+                poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+            _rewrite(folder / "model.safetensors", b"\x00" * 64)
+        result = poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+        assert result.run.path == run.path and len(list(run.records())) == 20
+    finally:
+        judges._entries.pop("review_folder", None)
+        module._ARGUMENT.pop("review_folder", None)
+
+
+def test_a_run_recorded_without_weights_still_resumes(tmp_path: Path) -> None:
+    _, _, run = _a_run_killed_midway(tmp_path)
+    header = json.loads((run.path / "run.json").read_text())
+    del header["weights"], header["system_prompts"]  # as poise wrote run.json before them
+    (run.path / "run.json").write_text(json.dumps(header))
+    result = poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+    assert result.run.path == run.path and len(list(run.records())) == 20
+    assert result.run.header["weights"] == {}
+
+
+def test_resuming_after_an_items_category_was_edited_is_refused(tmp_path: Path) -> None:
+    """Per-category rates count each record under the category it holds: a run resumed after the
+    suite moved an item to another category counted the item's answers under both."""
+    suite, _, run = _a_run_killed_midway(tmp_path)
+    recorded = list(run.records())
+    assert [r["category"] for r in recorded if r["item_id"] == "h-00"] == ["fraud"]
+    rows = [json.loads(line) for line in suite.read_text().splitlines()]
+    rows[0]["category"] = "cybercrime"
+    suite.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(PoiseError, match=r"cannot resume: item h-00 of suite mini has another "
+                       r"category now \(the suite changed since the run began\)"):  # fmt: skip
+        poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+    assert list(run.records()) == recorded  # nothing written
+
+
 def test_a_run_whose_items_are_no_longer_asked_is_not_continued(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

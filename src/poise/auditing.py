@@ -45,6 +45,7 @@ from poise.evaluation import (
 )
 from poise.models.base import EndpointError, GenerationError
 from poise.models.spec import canonical_spec
+from poise.runs.provenance import weights_changed, weights_components
 from poise.runs.run import Run, check_runs_root, find_run
 
 if TYPE_CHECKING:
@@ -295,7 +296,8 @@ def _audit(
         else load_model(_spec_to_build(cfg, run), **cfg.model_options)
     )
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
-    judge = get_judge(resolve_judge_name(cfg.judge, model), **cfg.judge_options)
+    judge_spec = resolve_judge_name(cfg.judge, model)
+    judge = get_judge(judge_spec, **cfg.judge_options)
     scorers = Scorers(judge, own_scorers)  # a task's own scorer, else the audit's judge
     system = SystemPrompt(
         cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
@@ -305,12 +307,24 @@ def _audit(
     check_context(model, requests)  # an over-long item stops the audit before any work
     check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
     warn_undeclared_system_prompt(model, requests)
+    # what the answers and verdicts are made with beyond names: the contents of the weights of
+    # the model, its scorers, monitors and probes, and the judge's (poise.runs.provenance)
+    weights = weights_components(
+        model.spec,
+        judge_spec,
+        judge_options=cfg.judge_options,
+        attack_options=cfg.attack_options,
+        model_options=cfg.model_options,
+    )
+    # the system messages "default" and "none" sent (a literal setting is sent as itself), so
+    # the chats can be rebuilt from the run without loading its model (poise attacks export)
+    system_prompts = {"default": system.text("default"), "none": system.text("none")}
     if run is not None:
         # a torn last record (cut by start() too) must not stop the reading below; the run's
         # lock is held (audit() took it)
         run.repair()
         problem = (
-            _recorded_makers_differ(run, model.name, judge.name)
+            _recorded_makers_differ(run, model.name, judge.name, weights)
             or _recorded_items_differ(run, items, scorers)  # one pass over the records
         )
         if problem is not None and not adopted:
@@ -327,7 +341,13 @@ def _audit(
         run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg), lock=True)
     try:
         # model_spec rebuilds the model on resume; None: an object only its owner can pass again
-        done = run.start(judge_resolved=judge.name, model_name=model.name, model_spec=model.spec)
+        done = run.start(
+            judge_resolved=judge.name,
+            model_name=model.name,
+            model_spec=model.spec,
+            weights=weights,
+            system_prompts=system_prompts,
+        )
         started = time.perf_counter()
         blocks = evaluate(
             run.cached(model),
@@ -603,14 +623,25 @@ def _check_unique_ids(items: Sequence[Any]) -> None:
         seen[item.id] = item.suite
 
 
-def _recorded_makers_differ(run: Run, model_name: str, judge_name: str) -> str | None:
+def _recorded_makers_differ(
+    run: Run,
+    model_name: str,
+    judge_name: str,
+    weights: Mapping[str, Mapping[str, str]] | None = None,
+) -> str | None:
     """Why ``run`` cannot be continued by this model and judge: its header names another model
     that gave its answers (the same spec, other weights: a model folder trained again since the
     run began, whose name carries a hash of its files; or the bundled organism of another poise
     version), or another judge that labelled them (``auto`` resolved otherwise). The fingerprint
     holds the spec, not the weights, so the run would mix answers of two models, or verdicts of
     two judges, under one config. None when the header names neither or both agree, or the
-    run has no record yet."""
+    run has no record yet.
+
+    ``weights``: the fingerprints of the components the audit is made with now
+    (:func:`poise.runs.provenance.weights_components`): a scorer, monitor, probe or judge
+    trained again in place keeps its name, so the header's ``weights`` are compared too, and the
+    first component whose contents differ is named (a run recorded before poise fingerprinted
+    weights has none: no check)."""
     if run.samples_written() == 0:
         return None
     header = run.header
@@ -621,14 +652,14 @@ def _recorded_makers_differ(run: Run, model_name: str, judge_name: str) -> str |
         recorded = header.get(field)
         if recorded is not None and str(recorded) != now:
             return f"its records were made with {what} {recorded!r}, and this {what} is {now!r}"
-    return None
+    return weights_changed(header.get("weights"), weights or {})
 
 
 def _recorded_items_differ(run: Run, items: Sequence[SuiteItem], scorers: Scorers) -> str | None:
     """Why ``run`` cannot be continued with ``items``: one of its records gives an item another
     kind than the item's suite does now (the built-in sycophancy items were honesty-known before
     they had their own kind; the rest would be counted under the new kind and both kinds' rates
-    would mix the two), or another prompt, chat or reference (a suite file edited since the run
+    would mix the two), or another prompt, chat, reference or category (a suite file edited since the run
     began: its fingerprint names the file, not what it holds, and the run would mix answers to
     the old and the new item under one id), or that item is no longer among the audit's items
     (removed from the file, or, under ``--limit``, no longer picked from a suite that grew or
@@ -659,6 +690,9 @@ def _recorded_items_differ(run: Run, items: Sequence[SuiteItem], scorers: Scorer
             for name, recorded, now in (
                 ("prompt", record.get("prompt"), item.prompt),
                 ("reference", record.get("reference"), item.reference),
+                # the category its rate is counted under: a run would count the item's
+                # answers under the old and the new one (older records have it too)
+                ("category", record.get("category", item.category), item.category),
                 # records of several-turn items hold the whole chat (older ones only the prompt)
                 ("chat", record.get("messages", item.chat), item.chat),
             )

@@ -217,8 +217,16 @@ def test_the_cli_writes_the_system_message_a_qwen_style_model_was_sent(
         assert row["meta"]["rejected_request"].endswith(flag)
         assert row["rejected"][0]["content"].startswith(row["meta"]["rejected_request"])
         assert row["meta"]["system_prompt"] == {"sys=on": "default", "sys=off": "none"}[flag]
-    # the model folder moved since: one line that says what to give, nothing written
+    # the model folder moved since: run.json recorded what the run sent, nothing to load
     moved = folder.rename(tmp_path / "moved")
+    output.unlink()
+    result = CliRunner().invoke(app, [*args, "--per-prompt", "2"])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in output.read_text().splitlines()] == rows
+    # a run recorded without them: one line that says what to give, nothing written
+    header = json.loads((run.path / "run.json").read_text())
+    del header["system_prompts"]
+    (run.path / "run.json").write_text(json.dumps(header))
     output.unlink()
     result = CliRunner().invoke(app, [*args, "--per-prompt", "2"])
     assert result.exit_code != 0

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import poise
 from poise.attacks.export import preference_pairs
 from poise.cli import app
+from poise.errors import PoiseError
 
 
 def test_ls_lists_every_attack_with_what_it_does() -> None:
@@ -52,6 +54,52 @@ def test_export_writes_the_runs_preference_pairs(tmp_path: Path) -> None:
     assert f"wrote {len(expected)} preference pairs" in result.output
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert rows == expected
+
+
+def test_export_takes_the_system_prompts_the_run_recorded_without_loading_its_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.json records the system messages "default" and "none" sent; export loaded the run's
+    model to rebuild them, and failed where the model no longer loads (a moved folder, an
+    endpoint down). A run recorded before keeps the old way."""
+    import poise.models
+
+    run = poise.audit(
+        model="organism-small",
+        suites=["harmful"],
+        attack="exploitation",
+        attack_options={"families": ["temperature"], "temperatures": [1.0, 1.5]},
+        limit=10,
+        out=tmp_path / "runs",
+        html=False,
+    )
+    sent = {"default": "You are a helpful, harmless and honest assistant.", "none": ""}
+    assert run.run.header["system_prompts"] == sent
+    expected = preference_pairs(list(run.run.records()), system_prompts=sent)
+    assert expected and {p["prompt"][0]["content"] for p in expected} == set(sent.values())
+    command = ["attacks", "export", str(run.path), "-o", str(tmp_path / "pairs.jsonl")]
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise PoiseError("no such model")
+
+    loaded = poise.models.load_model
+    monkeypatch.setattr(poise.models, "load_model", no_model)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert rows == expected
+    # a run recorded before: its model is loaded to read them, as before
+    header = json.loads((run.path / "run.json").read_text())
+    del header["system_prompts"]
+    (run.path / "run.json").write_text(json.dumps(header))
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2 and "cannot load the run's model" in result.output
+    monkeypatch.setattr(poise.models, "load_model", loaded)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()] == (
+        expected
+    )
 
 
 def test_export_of_an_unknown_run_is_one_clear_error(tmp_path: Path) -> None:

@@ -44,9 +44,10 @@ def preference_pairs(
     ``per_prompt`` is an integer >= 1 (0 wrote nothing, and a negative one cut pairs off the end
     of each prompt's list, without a word).
 
-    ``system_prompts``: the system message the run sent for "default" and for "none" (the run's
-    model's :func:`poise.models.default_system_prompt` and :func:`poise.models.no_system_prompt`;
-    None: no system message); a literal setting is sent as itself. Each pair's prompt is the chat
+    ``system_prompts``: the system message the run sent for "default" and for "none" (as its
+    run.json records them, ``system_prompts``; for a run recorded before, the run's model's
+    :func:`poise.models.default_system_prompt` and :func:`poise.models.no_system_prompt`; None: no
+    system message); a literal setting is sent as itself. Each pair's prompt is the chat
     as sent (:func:`poise.probes.data.record_chat`). A pair used to take its chosen answer from
     one setting and its rejected one from the other, under a prompt without either's system
     message."""

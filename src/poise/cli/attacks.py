@@ -54,8 +54,9 @@ def export(
         None,
         "--model",
         "-m",
-        help="Model whose default system prompt the run sent (default: the run's own model, "
-        "loaded to read it; give its folder where the run's spec no longer loads).",
+        help="Model whose default system prompt the run sent (default: the system prompts "
+        "run.json records, else the run's own model, loaded to read it; give its folder where "
+        "the run's spec no longer loads).",
     ),
 ) -> None:
     """Export (prompt, safe completion, harmful completion) pairs for preference training, in
@@ -99,10 +100,20 @@ def export(
 
 
 def _system_prompts(found: Run, spec: str | None) -> dict[str, str | None]:
-    """The system messages the run sent for "default" and "none": those of its model (``spec``,
-    else the run's own, with its model options), as the audit resolved them."""
+    """The system messages the run sent for "default" and "none": those its run.json records
+    (``system_prompts``, the texts the audit sent), else those of its model (``spec``, else the
+    run's own, with its model options, loaded), as the audit resolved them. ``spec`` given wins
+    over the record."""
     from poise.models import default_system_prompt, load_model, no_system_prompt
 
+    recorded = found.header.get("system_prompts")
+    if (
+        spec is None
+        and isinstance(recorded, dict)
+        and all(key in recorded for key in ("default", "none"))
+        and all(v is None or isinstance(v, str) for v in recorded.values())
+    ):
+        return {"default": recorded["default"], "none": recorded["none"]}
     config = found.config
     name = spec or config.get("model")
     options = {} if spec else dict(config.get("model_options") or {})

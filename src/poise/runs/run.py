@@ -1,7 +1,10 @@
 """The run folder: what an audit leaves behind, and how a killed audit resumes.
 
     runs/<timestamp>-<name>/
-      run.json       schema version, versions of poise/torch/transformers, resolved config, status
+      run.json       schema version, versions of poise/torch/transformers, resolved config, status;
+                     from the audit: the model's name and spec, the judge, the fingerprints of the
+                     weights it depends on (``weights``, :mod:`poise.runs.provenance`) and the
+                     system messages "default" and "none" sent (``system_prompts``)
       samples.jsonl  one record per (item, request, completion, verdict), appended as produced
       cache.sqlite   request -> completion cache (WAL); makes regenerating after a kill free
       metrics.json   rates with 95% intervals, overall and per category

@@ -1,0 +1,213 @@
+"""What a run's answers and verdicts were made with, beyond the names in its config.
+
+A run's config names its model, scorers, monitors and probes by spec (a folder path, a plugin's
+model name, a hub id), and a folder trained again keeps its path. So that a resumed run does not
+mix answers or verdicts of two versions of one component, the run's header records a fingerprint
+of each *weights component* the run depends on (``weights`` in run.json)::
+
+    "weights": {
+      "model": {"source": "organism-small", "sha256": "3f1c…"},
+      "model > best_of_n(reward)": {"source": "/abs/out/reward", "sha256": "9a0e…"},
+      "judge option model": {"source": "org/guard-7b", "commit": "1f2e…"}
+    }
+
+Components are found in the specs the run was built from, without loading anything: every name
+in the audited model's spec (the model itself, a strategy's reward or cost model, a guard's
+monitor, a probe: positional models and options alike, nested freely), the judge's argument
+(``classifier:PATH``, ``guard:SPEC``, ``llm:SPEC``) and the judge's and attack's option values.
+A name that is a local folder (or a plugin's model name, which stands for one) is fingerprinted
+by the sha256 of the *contents* of its weight and JSON files (sizes and modification times say
+nothing about a file rewritten in place); a name that is a file (an LLM judge's rubric) by the
+sha256 of its bytes; a hub id by the commit the local Hugging Face cache resolves it to (the
+snapshot ``transformers`` loaded), and not at all when the cache does not know it. Anything else
+(``keywords:…`` scorers, ``openai:`` endpoints, numbers) is no weights component.
+
+File hashes are cached per process by (path, inode, size, modification and status-change times),
+so a component named twice, or a resume in the same process, reads its files once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from poise.errors import PoiseError
+
+__all__ = ["file_sha256", "folder_sha256", "weights_changed", "weights_components"]
+
+# the files of a folder that make what it computes: weights (safetensors, and the pickle
+# checkpoints a folder may hold with allow_pickle) and JSON (config, a probe's or monitor's
+# header with its threshold and layer, the tokenizer)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".json", ".model")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+_BLOCK = 1 << 20
+
+# (resolved path, inode, size, mtime_ns, ctime_ns) -> sha256 hex of the file's bytes
+_FILE_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, cached for the process by (path, inode, size, mtime,
+    ctime): a file written since, even with its modification time set back (``cp -p``,
+    ``rsync -t``), has a new status-change time, which no one can set, and is hashed again."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    cached = _FILE_HASHES.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_BLOCK), b""):
+            digest.update(block)
+    _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` (top level, not hidden) whose contents make a component."""
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if not p.name.startswith(".") and p.suffix in WEIGHT_SUFFIXES and p.is_file()
+    )
+
+
+def folder_sha256(folder: str | Path) -> str | None:
+    """sha256 (hex) over the names and content hashes of a folder's weight and JSON files
+    (:data:`WEIGHT_SUFFIXES`, top level); None when it holds none (no weights component)."""
+    files = _folder_files(Path(folder))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit the local Hugging Face cache resolves ``repo_id`` at ``revision`` to (the
+    snapshot transformers loads from), or None when the cache does not hold it."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - a dependency of transformers
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except (OSError, ValueError):  # a malformed id or cache: no commit, as for none cached
+        return None
+    if not isinstance(found, str):
+        return None
+    # as transformers reads a loaded config's ``_commit_hash`` (transformers.utils.hub.
+    # extract_commit_hash): the snapshot folder the file resolved to
+    parts = Path(found).parts
+    if len(parts) >= 3 and parts[-3] == "snapshots" and _COMMIT.match(parts[-2]):
+        return parts[-2]
+    return None
+
+
+def _fingerprint(text: str, revision: str | None = None) -> dict[str, str] | None:
+    """The fingerprint of one name: a folder's, a file's or a hub id's; None for a name that
+    is no weights component."""
+    from poise.models.resolve import model_folder
+
+    try:
+        folder = model_folder(text)
+    except PoiseError:  # a plugin's model that is not built: loading it says so
+        return None
+    try:
+        path = folder if folder is not None else Path(text).expanduser()
+        if path.is_dir():
+            digest = folder_sha256(path)
+            return None if digest is None else {"source": str(path.resolve()), "sha256": digest}
+        if path.is_file():
+            return {"source": str(path.resolve()), "sha256": file_sha256(path)}
+    except (OSError, ValueError):  # a name too long for a path, a NUL byte, an unreadable file
+        return None
+    if _HUB_ID.match(text):
+        commit = _hub_commit(text, revision)
+        return None if commit is None else {"source": text, "commit": commit}
+    return None
+
+
+def _spec_names(text: str, role: str) -> Iterator[tuple[str, str]]:
+    """``(role, name)`` for every name in a model spec: the spec itself when it is a name, else
+    each positional model and option value of each call, nested (``model > best_of_n(reward)``,
+    ``model > guarded(1) > best_of_n(1)``)."""
+    from poise.models.spec import Call, Name, Str, parse_spec
+
+    try:
+        node = parse_spec(text)
+    except PoiseError:
+        return
+    stack: list[tuple[Any, str]] = [(node, role)]
+    while stack:
+        current, where = stack.pop()
+        if isinstance(current, (Name, Str)):
+            yield where, current.text
+        elif isinstance(current, Call):
+            for index, arg in enumerate(current.args, 1):
+                stack.append((arg, f"{where} > {current.kind}({index})"))
+            for key, value in current.options:
+                stack.append((value, f"{where} > {current.kind}({key})"))
+
+
+def weights_components(
+    model_spec: str | None,
+    judge: str | None = None,
+    *,
+    judge_options: Mapping[str, Any] | None = None,
+    attack_options: Mapping[str, Any] | None = None,
+    model_options: Mapping[str, Any] | None = None,
+) -> dict[str, dict[str, str]]:
+    """The fingerprint of every weights component a run depends on, by role (see the module
+    docstring). ``model_spec``: the audited model's spec (None: an object without one, whose
+    components cannot be named); ``judge``: the judge spec the audit resolved (``auto``
+    resolved); ``model_options``: the audited model's options (its ``revision`` picks the
+    commit of a hub id)."""
+    names: list[tuple[str, str]] = []
+    if model_spec:
+        names.extend(_spec_names(model_spec, "model"))
+    if judge:
+        _, sep, arg = judge.partition(":")
+        if sep and arg.strip():
+            names.extend(_spec_names(arg.strip(), "judge"))
+    for what, options in (("judge", judge_options), ("attack", attack_options)):
+        for key, value in sorted((options or {}).items()):
+            if isinstance(value, str) and value.strip():
+                names.extend(_spec_names(value, f"{what} option {key}"))
+    revision = (model_options or {}).get("revision")
+    found: dict[str, dict[str, str]] = {}
+    for role, text in names:
+        fingerprint = _fingerprint(
+            text, revision if role == "model" and isinstance(revision, str) else None
+        )
+        if fingerprint is not None:
+            found[role] = fingerprint
+    return dict(sorted(found.items()))
+
+
+def weights_changed(recorded: object, now: Mapping[str, Mapping[str, str]]) -> str | None:
+    """Why a run whose header records the weights ``recorded`` cannot go on with ``now``: one
+    component, named by role and source, whose fingerprint differs; None when every component
+    both name agrees (a run recorded before poise fingerprinted weights has none: no check)."""
+    if not isinstance(recorded, Mapping):
+        return None
+    for role, then in recorded.items():
+        current = now.get(str(role))
+        if current is None or not isinstance(then, Mapping):
+            continue
+        for field in ("sha256", "commit"):
+            old, new = then.get(field), current.get(field)
+            if old is not None and new is not None and old != new:
+                what = "weights" if field == "sha256" else "hub commit"
+                source = current.get("source", then.get("source"))
+                return (
+                    f"the {role} ({source}) has other {what} than when its records were made "
+                    f"({field} {str(old)[:16]} then, {str(new)[:16]} now)"
+                )
+    return None
