@@ -181,3 +181,44 @@ def test_an_audit_spelling_a_config_field_owns_stays_that_fields() -> None:
     result = CliRunner().invoke(plugin, ["go", "--suite", "x", "-s", "y"])
     assert result.exit_code == 0, result.output
     assert seen == {"suite": "x", "prompts": "y"}
+
+
+@pytest.fixture
+def poise_log_level() -> Any:
+    import logging
+
+    logger = logging.getLogger("poise")
+    level = logger.level
+    yield logger
+    logger.setLevel(level)
+
+
+def test_verbose_works_after_the_command_too(tmp_path: Path, poise_log_level: Any) -> None:
+    """``poise audit ... -v`` was "No such option: -v": the flag was the root's only, so it
+    worked before the command (``poise -v audit``) and nowhere else."""
+    import logging
+
+    runner = CliRunner()
+    for path, _ in _commands():
+        result = runner.invoke(app, [*path, "-v", "-h"])
+        assert result.exit_code == 0, (path, result.output)
+        result = runner.invoke(app, [*path, "--verbose", "-h"])
+        assert result.exit_code == 0, (path, result.output)
+    out = str(tmp_path / "runs")
+    for args in (
+        ["runs", "ls", "--out", out, "-v"],  # after the command
+        ["runs", "-v", "ls", "--out", out],  # after the group
+        ["-v", "runs", "ls", "--out", out],  # before the command, as it was
+    ):
+        poise_log_level.setLevel(logging.WARNING)
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert poise_log_level.level == logging.DEBUG, args
+    # merge's group runs `run` when no subcommand is named: its -v ran `run` with "methods"
+    result = runner.invoke(app, ["merge", "-v", "methods"])
+    assert result.exit_code == 0, result.output
+    assert "ties" in result.output
+    # left out, it leaves the level at warnings
+    result = runner.invoke(app, ["runs", "ls", "--out", out])
+    assert result.exit_code == 0, result.output
+    assert poise_log_level.level == logging.WARNING

@@ -1,5 +1,5 @@
 """A new user's first commands (issue 10, items 11-17): version, run names, `runs show` with
-several matches, `runs ls` at 80 columns, extras named intact."""
+a name several runs match, `runs ls` at 80 columns, extras named intact."""
 
 from __future__ import annotations
 
@@ -58,16 +58,33 @@ def test_run_name_says_the_sampling_of_a_sampled_run(tmp_path: Path) -> None:
     assert warm.endswith("-mock-t0.7"), warm
 
 
-def test_runs_show_picks_the_latest_of_several_matches_and_says_so(tmp_path: Path) -> None:
+def test_runs_show_refuses_a_name_several_runs_match_as_export_and_compare_do(
+    tmp_path: Path,
+) -> None:
+    """`runs show NAME` with a name two runs match showed the newest (exit 0), while `runs
+    export` and `compare` refuse such a name and list the candidates: the same name showed one
+    run and exported none. Now all three give the same one-line error."""
     audit(tmp_path)
     audit(tmp_path)
     names = run_names(tmp_path)
     assert len(names) == 2
-    code, output = invoke("runs", "show", "mock", "--out", str(tmp_path))
-    assert code == 0, output
-    flat = " ".join(output.split())
-    assert "2 runs match 'mock'" in flat
-    assert f"showing the latest, {names[-1]}" in flat
+    errors = []
+    for command in (
+        ["runs", "show", "mock"],
+        ["runs", "export", "mock", "--csv", str(tmp_path / "x.csv")],
+    ):
+        code, output = invoke(*command, "--out", str(tmp_path))
+        assert code == 2, output
+        flat = " ".join(output.split())
+        assert "matches 2 runs" in flat and all(name in flat for name in names), flat
+        assert "Traceback" not in output
+        errors.append(flat)
+    assert errors[0] == errors[1]  # the same message, from the same helper
+    # a name only one run matches, and a folder given as a path, still show that run
+    for spec in (names[0], str(tmp_path / names[1])):
+        code, output = invoke("runs", "show", spec, "--out", str(tmp_path))
+        assert code == 0, output
+        assert "harmful" in output
 
 
 def test_runs_ls_fits_80_columns(tmp_path: Path) -> None:

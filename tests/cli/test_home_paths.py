@@ -84,3 +84,21 @@ def test_expand_paths_expands_a_leading_tilde_only(home: Path) -> None:
         "org/data:test",
     ]
     assert expand_paths("runs/~x") == "runs/~x"  # only a leading ~ is the home folder
+
+
+def test_an_empty_path_is_refused_naming_the_option(home: Path) -> None:
+    """``--out "$OUT"`` with OUT unset: the audit wrote its run folder into the working
+    directory, and ``runs ls`` said "no runs under " with exit code 0."""
+    runner = CliRunner()
+    audit = ["audit", "-m", "mock", "-s", "harmful", "--limit", "1", "--no-html"]
+    for args, option in (
+        ([*audit, "--out", ""], "--out"),
+        (["runs", "ls", "--out", " "], "--out"),
+        ([*audit, "-s", ""], "--suite"),  # one empty value of a repeatable option
+        (["runs", "show", ""], "run"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        flat = " ".join(result.output.split())
+        assert f"Invalid value for '{option}'" in flat and "empty" in flat, flat
+    assert not any(Path.cwd().iterdir())  # nothing written where the command ran

@@ -59,7 +59,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug messages."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log debug messages (after the command too: poise audit -v)."
+    ),
     version: bool = typer.Option(
         False,
         "--version",

@@ -26,8 +26,15 @@ def expand_paths(value: T) -> T:
     ``~`` expanded (:func:`poise.config.user_path`) in its value, in each value of a repeatable
     one, and in a value from ``--config`` too; None stays None. Only the shell expands a bare
     ``~``: a quoted one (``--out "~/runs"``) made a folder named ``~`` in the working
-    directory."""
+    directory.
+
+    An empty value (``--out "$OUT"`` with OUT unset) is refused: it stood for the working
+    directory, where an audit then wrote its run folder and ``runs ls`` said "no runs under "
+    with exit code 0. Raised from the callback, click names the option ("Invalid value for
+    '--out'")."""
     if isinstance(value, str):
+        if not value.strip():
+            raise typer.BadParameter("empty; give a value (a shell variable left unset gives none)")
         return user_path(value)  # type: ignore[return-value]
     if isinstance(value, (list, tuple)):
         return type(value)(expand_paths(v) for v in value)

@@ -47,11 +47,65 @@ _RECORDED_ONLY = ("fingerprint",)
 
 
 class PoiseGroup(TyperGroup):
-    """The root group: gives every command below it the ``--config`` option."""
+    """The root group: gives every command below it the ``--config`` option, and every group
+    and command below it the root's ``--verbose/-v``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         add_config_option(self)
+        for sub in getattr(self, "commands", {}).values():
+            add_verbose_option(sub)
+
+
+VERBOSE_FLAGS = ("--verbose", "-v")
+
+
+def add_verbose_option(command: Any) -> None:
+    """Add ``--verbose/-v`` to ``command`` and, for a group, to every command below it, so that
+    ``poise audit ... -v`` logs debug messages as ``poise -v audit ...`` does: the root's flag
+    alone was "No such option: -v" after the command. A spelling the command already gives
+    to an option of its own stays that option's."""
+    for sub in getattr(command, "commands", {}).values():
+        add_verbose_option(sub)
+    taken = {
+        opt
+        for p in command.params
+        for opt in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))
+    }
+    flags = [flag for flag in VERBOSE_FLAGS if flag not in taken]
+    if VERBOSE_FLAGS[0] in flags:
+        command.params.append(_verbose_option(flags))
+
+
+def _verbose_option(flags: list[str]) -> Any:
+    """The ``--verbose`` option of a command, built as :func:`_config_option` builds
+    ``--config``. Given (or ``verbose: true`` in a ``--config`` file), it turns debug logging
+    on; left out, it leaves the root's ``-v`` as it is."""
+    probe = typer.Typer()
+
+    @probe.command()
+    def _probe(
+        verbose: bool = typer.Option(
+            False,
+            *flags,
+            is_eager=True,  # logging set before the other options' callbacks run
+            callback=_set_verbose,
+            help="Log debug messages (as `poise -v`).",
+        ),
+    ) -> None:  # pragma: no cover - never run
+        pass
+
+    (option,) = [p for p in typer.main.get_command(probe).params if p.name == "verbose"]
+    option.expose_value = False  # the commands' functions never see it
+    return option
+
+
+def _set_verbose(value: bool) -> bool:
+    if value:
+        from poise.cli._common import setup_logging
+
+        setup_logging(True)
+    return value
 
 
 def add_config_option(command: Any) -> None:

@@ -24,8 +24,13 @@ class _DefaultRunGroup(TyperGroup):
     _showing_help = False
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["run", *args]
+        # the group's own on/off flags (--verbose/-v) come before the command: `poise merge -v
+        # methods` ran `run` with the argument "methods"
+        own = {o for p in self.params if getattr(p, "is_flag", False) for o in p.opts}
+        first = next((i for i, arg in enumerate(args) if arg not in own), len(args))
+        named = args[first] if first < len(args) else None
+        if named is not None and named not in self.commands and named not in ("--help", "-h"):
+            args = [*args[:first], "run", *args[first:]]
         return super().parse_args(ctx, args)
 
     def _run(self) -> Any:

@@ -114,22 +114,13 @@ def show(
         from poise.cli.audit import print_result
         from poise.errors import PoiseError
         from poise.runs import Run, find_run
-        from poise.runs.run import matching_runs
 
-        matches = [] if Path(run).is_dir() else matching_runs(run, out)
-        if len(matches) > 1:
-            console.print(
-                f"{len(matches)} runs match {run!r}; showing the latest, {matches[0].path.name} "
-                f"(others: {', '.join(m.path.name for m in matches[1:4])}"
-                f"{' …' if len(matches) > 4 else ''})",
-                highlight=False,
-                soft_wrap=True,
-            )
-            found = find_run(matches[0].path, out)
-        elif Path(run).is_dir():  # a folder given as a path is read whatever its schema version,
+        if Path(run).is_dir():  # a folder given as a path is read whatever its schema version,
             found = Run.open(run, any_schema=True)  # as the report and compare read it
             _say_other_schema(found)
         else:
+            # a name several runs match is refused with the candidates, as `runs export` and
+            # `compare` refuse it (it showed the newest: not always the run the user meant)
             found = find_run(run, out)
         # a finished run whose metrics.json is gone is recomputed from its samples, as the
         # report does; an unfinished one has no metrics to show yet

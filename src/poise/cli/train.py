@@ -399,10 +399,29 @@ def monitor_command(
                 model, data, output, settings=settings, validation=validation, on_step=on_step
             )
         header = trained.monitor.header
+        # monitor.json's `base` is --model as typed (a relative folder, an alias): it named
+        # another model, or none, from another working directory. What it resolved to is added
+        # to the metadata (a monitor.json without it reads as before)
+        header.metadata.update(_model_record(model))
+        trained.monitor.save_header(output)  # replaced whole, never half-written
         console.print(
             f"wrote [bold]{shown(output)}[/] (head {header.head}, threshold {header.threshold}, "
             f"k {header.k}; {trained.seconds:.0f} s)"
         )
+
+
+def _model_record(model: str) -> dict[str, str]:
+    """What ``--model`` resolved to, for a monitor's metadata: ``base_model``, the absolute
+    folder it was loaded from (as ``poise train dpo`` records ``base_model`` in its
+    ``config.json``), and ``base_name``, the canonical organism member when ``model`` names one
+    (``organism`` -> ``organism-large``)."""
+    from poise.organism import canonical_member, is_member
+    from poise.train.recipes.common import resolve_model_folder
+
+    record = {"base_model": str(resolve_model_folder(model, "--model").resolve())}
+    if is_member(model):
+        record["base_name"] = canonical_member(model)
+    return record
 
 
 @train_app.command("monitor-data")
