@@ -202,10 +202,60 @@ def test_paired_clustered_matches_statsmodels(
     diff = paired_clustered("harmful_rate", a, b)
     m = len(a)
     assert diff.value == pytest.approx(float(fit.params[1]), rel=1e-12)
-    se = (diff.high - diff.value) / 1.959963984540054
+    # the reference is Student's t with m - 1 degrees of freedom (statsmodels' use_t, Stata's)
+    from scipy.stats import t as student_t
+
+    t_critical = float(student_t.ppf(0.975, m - 1))
+    se = (diff.high - diff.value) / t_critical
     assert se == pytest.approx(float(fit.bse[1]) * math.sqrt(m / (m - 1)), rel=1e-9)
-    assert diff.p_value == pytest.approx(math.erfc(abs(diff.value) / se / math.sqrt(2)), rel=1e-9)
-    assert diff.method == "cluster" and diff.pairs == 9
+    assert diff.p_value == pytest.approx(
+        2 * float(student_t.sf(abs(diff.value) / se, m - 1)), rel=1e-8
+    )
+    assert diff.method == "cluster" and diff.test == "t-cluster" and diff.pairs == 9
+
+
+def test_few_prompts_are_tested_against_t_with_m_minus_1_degrees_of_freedom() -> None:
+    """Three prompts, every answer harmful under a and none (or one) under b: the normal
+    reference gave p = 5e-117 and an interval 0.1 points wide; Student's t(2), the few-clusters
+    reference (Cameron & Miller 2015, Sec. VI), gives p = 0.002. With the same number of answers
+    of each prompt under a and b it is the paired t-test on the prompts' rates (scipy's
+    ttest_rel), and statsmodels' clustered OLS with use_t agrees up to its (N - 1) / (N - K)."""
+    from scipy.stats import ttest_rel
+
+    a_counts, b_counts = [(8, 8), (8, 8), (7, 8)], [(0, 8), (0, 8), (0, 8)]
+    diff = paired_clustered("r", a_counts, b_counts)
+    expected = ttest_rel([k / n for k, n in a_counts], [k / n for k, n in b_counts])
+    assert diff.p_value == pytest.approx(float(expected.pvalue), rel=1e-9)
+    assert 1e-3 < diff.p_value < 3e-3
+    low, high = expected.confidence_interval(0.95)
+    # the difference of two rates stays in [-1, 1]
+    assert (diff.low, diff.high) == pytest.approx((float(low), min(1.0, float(high))), rel=1e-9)
+    assert high > 1.0
+    # on many prompts: still the paired t-test (200 prompts, 4 answers each)
+    a_counts = [(i % 5, 4) for i in range(200)]
+    b_counts = [((3 * i + 1) % 5, 4) for i in range(200)]
+    diff = paired_clustered("r", a_counts, b_counts)
+    expected = ttest_rel([k / n for k, n in a_counts], [k / n for k, n in b_counts])
+    assert diff.p_value == pytest.approx(float(expected.pvalue), rel=1e-8)
+    low, high = expected.confidence_interval(0.95)
+    assert (diff.low, diff.high) == pytest.approx((float(low), float(high)), rel=1e-9)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 7, 39, 79, 112, 225, 5000])
+def test_student_t_without_scipy_is_scipys(df: int) -> None:
+    """The t distribution poise computes itself (the core has no scipy): two-sided p-values
+    and critical values against scipy's, from the centre to far tails."""
+    from scipy.stats import t as student_t
+
+    from poise.scoring.stats import student_t_quantile, student_t_two_sided_p
+
+    for x in (0.0, 0.05, 0.7, 1.0, 1.96, 2.5, 4.0, 9.0, 40.0):
+        expected = 2 * float(student_t.sf(x, df))
+        assert student_t_two_sided_p(x, df) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+        assert student_t_two_sided_p(-x, df) == student_t_two_sided_p(x, df)
+    for level in (0.5, 0.9, 0.95, 0.99, 0.999):
+        expected = float(student_t.ppf((1 + level) / 2, df))
+        assert student_t_quantile(level, df) == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from poise.cli._common import console, expand_paths, shown, user_errors
 
 _TEST_NAMES = {
     "newcombe": "McNemar",
-    "cluster": "cluster Wald",
+    "cluster": "cluster t",
     "cluster-sign": "sign test, prompts",
 }
 

@@ -12,8 +12,8 @@ runs. Pairing removes the between-prompt variance that two independent intervals
 pair. With one judged answer per prompt in both runs (a greedy audit), the difference of the two
 rates gets Newcombe's paired hybrid score interval (Stat. Med. 17:2635, 1998, method 10) and the
 exact McNemar test; with several answers per prompt, the difference of the two rates over answers
-gets a cluster-robust interval and Wald test, prompts as clusters
-(:func:`poise.scoring.stats.paired_clustered`); without spread between prompts (every prompt moved
+gets a cluster-robust interval and test, prompts as clusters, against Student's t with m - 1
+degrees of freedom for m prompts (:func:`poise.scoring.stats.paired_clustered`); without spread between prompts (every prompt moved
 alike), Newcombe's interval with a trial per prompt and the sign test over prompts (method
 ``cluster-sign``).
 
@@ -57,7 +57,7 @@ CSV_COLUMNS = (
     "high",
     "baseline_run",  # paired differences: the run subtracted
     "p_value",  # paired differences: the test of no difference
-    "method",  # paired differences: newcombe (McNemar test), cluster (Wald test) or cluster-sign
+    "method",  # paired differences: newcombe (McNemar test), cluster (t test) or cluster-sign
     "run_value",  # paired differences: the run's rate on the shared prompts
     "baseline_value",  # paired differences: the baseline's rate on the shared prompts
 )
@@ -74,7 +74,7 @@ class PairedDifference:
     value: float  # run's rate minus baseline's, on the shared items
     low: float
     high: float
-    p_value: float = float("nan")  # exact McNemar (newcombe) or cluster-robust Wald (cluster)
+    p_value: float = float("nan")  # exact McNemar (newcombe) or cluster-robust t (cluster)
     method: str = ""  # "newcombe" | "cluster" | "cluster-sign" (no spread between prompts)
     # each run's rate on the shared items: what the difference is between (each run's own rate,
     # in the report, counts all its items, so it can differ from these)
@@ -169,7 +169,7 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
                     diff.low,
                     diff.high,
                     p_value=diff.p_value,
-                    # no spread between prompts: the sign test over prompts, not a Wald test
+                    # no spread between prompts: the sign test over prompts, not a t test
                     method="cluster-sign" if diff.test == "sign-prompts" else diff.method,
                     run_value=diff.rate_a,
                     baseline_value=diff.rate_b,
@@ -256,7 +256,7 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
 
 _TESTS = {
     "newcombe": "McNemar exact",
-    "cluster": "cluster-robust Wald",
+    "cluster": "cluster-robust, t(prompts - 1)",
     "cluster-sign": "sign test over prompts: no spread between them",
 }
 
@@ -285,8 +285,9 @@ def _paired_section(diffs: Sequence[PairedDifference], *notes: str | None) -> st
         '<section id="paired-differences"><h2>Paired differences</h2>'
         "<p>Each run minus the first, on the prompts both answered, each prompt paired with "
         "itself: one answer per prompt gets Newcombe's paired interval and the exact McNemar "
-        "test; several answers per prompt a cluster-robust interval and Wald test, prompts as "
-        "clusters (arXiv 2411.00640).</p>"
+        "test; several answers per prompt a cluster-robust interval and test, prompts as "
+        "clusters (arXiv 2411.00640), against Student's t with one degree of freedom fewer than "
+        "the prompts (Cameron &amp; Miller 2015).</p>"
         + "".join(f'<p class="note">{html_lib.escape(visible(note))}</p>' for note in said)
         + table
         + "</section>"

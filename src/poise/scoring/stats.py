@@ -13,7 +13,8 @@
   before / after training): the difference of rates with Newcombe's paired hybrid score interval
   (Newcombe, Stat. Med. 17:2635, 1998, method 10) and the exact McNemar test.
 - :func:`paired_clustered`: two rates over several samples per prompt on the same prompts: the
-  difference with a cluster-robust interval and Wald test, prompts as clusters.
+  difference with a cluster-robust interval and test, prompts as clusters, against Student's t
+  with m - 1 degrees of freedom (m prompts; Cameron & Miller 2015, Sec. VI).
 """
 
 from __future__ import annotations
@@ -51,6 +52,68 @@ def wilson_interval(
 
 
 Z95 = 1.959963984540054  # the standard normal's 0.975 quantile
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)`` (a, b > 0, 0 <= x <= 1), by its
+    continued fraction evaluated with the modified Lentz method (Press et al., Numerical Recipes,
+    3rd ed., Sec. 6.4, ``betacf``): for x < (a + 1) / (a + b + 2) directly, else through
+    ``I_x(a, b) = 1 - I_{1-x}(b, a)``, where the fraction converges fast."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 10_000):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def student_t_two_sided_p(t: float, df: float) -> float:
+    """``P(|T| >= |t|)`` for Student's t with ``df`` degrees of freedom:
+    ``I_{df / (df + t²)}(df / 2, 1 / 2)`` (Abramowitz & Stegun 26.7.1 with 26.5.2)."""
+    if df <= 0:
+        raise ValueError(f"need df > 0, got {df}")
+    if math.isinf(t):
+        return 0.0
+    return _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+
+def student_t_quantile(level: float, df: float) -> float:
+    """The two-sided ``level`` critical value of Student's t with ``df`` degrees of freedom
+    (``t`` with ``P(|T| <= t) = level``: 12.706 for level 0.95 and df 1, 1.960 in the limit), by
+    bisection on :func:`student_t_two_sided_p` to 1e-12."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"need 0 < level < 1, got {level}")
+    target = 1.0 - level
+    low, high = 0.0, 1.0
+    while student_t_two_sided_p(high, df) > target:  # the p-value falls as t grows
+        high *= 2.0
+    while high - low > 1e-12 * max(1.0, high):
+        middle = (low + high) / 2.0
+        if student_t_two_sided_p(middle, df) > target:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2.0
 
 
 def wilson_interval_effective(
@@ -165,7 +228,7 @@ class PairedDifference:
 
     ``method``: ``"newcombe"`` (one binary outcome per prompt and condition; ``counts`` holds the
     2x2 table and ``test`` is ``"mcnemar-exact"``) or ``"cluster"`` (several samples per prompt;
-    cluster-robust Wald interval and test, ``test = "wald-cluster"``; with no spread between
+    cluster-robust interval and test against t(m - 1), ``test = "t-cluster"``; with no spread between
     prompts, Newcombe's interval with a trial per prompt and the sign test over prompts,
     ``test = "sign-prompts"``). ``pairs``: prompts in both.
     """
@@ -249,7 +312,7 @@ def paired_clustered(
     *,
     a: str = "a",
     b: str = "b",
-    z: float = Z95,
+    level: float = 0.95,
 ) -> PairedDifference:
     """The difference of two rates over several samples per prompt on the same prompts
     (``a_counts[i] = (successes, trials)`` of prompt ``i`` under a; shapes [m]).
@@ -257,10 +320,17 @@ def paired_clustered(
     ``D = K_a / N_a - K_b / N_b``; its cluster-robust variance, prompts as clusters, is
     ``m / (m - 1) · Σ_i r_i²`` with ``r_i = (k_ai - p_a n_ai) / N_a - (k_bi - p_b n_bi) / N_b``
     (the linearisation of both ratio estimators, which keeps their within-prompt covariance;
-    arXiv 2411.00640, paired differences). Normal interval and two-sided Wald test; with no
-    spread between prompts (every ``r_i = 0``), Newcombe's interval with a trial per prompt and
-    the exact sign test over the prompts whose own rate moved (see the code). Counts outside
-    ``0 <= successes <= trials`` are a ValueError naming the prompt.
+    arXiv 2411.00640, paired differences). Interval ``D ± t_{m-1} · se`` and the two-sided test
+    of ``D / se`` against Student's t with m - 1 degrees of freedom: the few-clusters reference
+    of Cameron & Miller, "A Practitioner's Guide to Cluster-Robust Inference" (J. Human
+    Resources 50, 2015), Sec. VI, and Stata's for clustered standard errors. A normal reference
+    is far too ready on few prompts (three prompts at 8/8, 8/8, 7/8 against 0/8 each gave
+    p = 5e-117; t(2) gives 0.002). With the same number of samples of each prompt under a and
+    b this is exactly the paired t-test on the prompts' differences of rates (and the CR2
+    variance with Bell & McCaffrey's degrees of freedom). With no spread between prompts (every
+    ``r_i = 0``), Newcombe's interval with a trial per prompt and the exact sign test over the
+    prompts whose own rate moved (see the code). Counts outside ``0 <= successes <= trials``
+    are a ValueError naming the prompt.
     """
     if len(a_counts) != len(b_counts) or len(a_counts) < 2:
         raise ValueError(f"{name}: need the same prompts, at least 2, under both conditions")
@@ -283,8 +353,9 @@ def paired_clustered(
     ]  # [m]
     se = math.sqrt(m / (m - 1) * sum(r * r for r in residuals))
     diff = p_a - p_b
-    low, high = diff - z * se, diff + z * se
-    test = "wald-cluster"
+    t_critical = student_t_quantile(level, m - 1)
+    low, high = diff - t_critical * se, diff + t_critical * se
+    test = "t-cluster"
     # r_i · N_a² N_b² in integers: "no spread" decided exactly (in floats, every prompt moving
     # by 2/3 left residuals of 1e-17: a point interval with p = 0)
     spread = any(
@@ -293,7 +364,7 @@ def paired_clustered(
     )
     if not spread:
         # No spread between prompts (every prompt moved alike, e.g. all answers harmful under a
-        # and none under b): the Wald interval is a point and its p-value 0 on any number of
+        # and none under b): the t interval is a point and its p-value 0 on any number of
         # prompts. The data are then as if each prompt were one trial (the design effect's
         # limit): Newcombe's hybrid score interval with n = m prompts (his 1998 method 10, no
         # correlation term) and the exact sign test over the prompts: those whose own rate
@@ -301,6 +372,7 @@ def paired_clustered(
         # prompts that did not move (or lack trials under a or b) left out. Residuals can
         # vanish with no prompt moving at all: (0/1, 2/2) under a and (0/2, 1/1) under b give
         # D = +1/3 from the numbers of trials alone; that is no evidence of a change.
+        z = statistics.NormalDist().inv_cdf((1.0 + level) / 2.0)
         l_a, u_a = wilson_interval_effective(p_a, m, z)
         l_b, u_b = wilson_interval_effective(p_b, m, z)
         low = diff - math.sqrt((p_a - l_a) ** 2 + (u_b - p_b) ** 2)
@@ -314,7 +386,7 @@ def paired_clustered(
         p_value = 1.0 if diff == 0.0 else mcnemar_exact(up, down)
         test = "sign-prompts"
     else:
-        p_value = math.erfc(abs(diff) / se / math.sqrt(2))
+        p_value = student_t_two_sided_p(diff / se, m - 1)
     return PairedDifference(
         name=name,
         a=a,
