@@ -194,11 +194,31 @@ def test_spec_registry_and_errors(
         load_model(f"eft({d}, tuned={d}, reference={d}, beta_3=2)")
     with pytest.raises(PoiseError, match="eft needs a model with a token-level step"):
         EmulatedFineTuning(base, tuned=MockModel("mock"), reference=ref)
-    with pytest.raises(PoiseError, match="beta must be a finite number"):
+    with pytest.raises(PoiseError, match=r"beta must be a number in \[-100, 100\], got nan"):
         EmulatedFineTuning(base, tuned=tuned, reference=ref, beta=float("nan"))
     # a spec string as the draft in Python was an AttributeError ('str' has no 'tokenizer')
     with pytest.raises(PoiseError, match=r"eft: expected a model as draft= .* got str 'x'"):
         EmulatedFineTuning(base, tuned=tuned, reference=ref, speculative=2, draft="x")  # type: ignore[arg-type]
+
+
+def test_a_weight_past_its_bound_is_one_error_naming_the_option(
+    trio: tuple[HFModel, HFModel, HFModel, HFModel], tiny_hf_model_dir: Path
+) -> None:
+    """A weight is an exponent on p_tuned / p_ref: beta=1e38 was accepted and overflowed the
+    float32 mixture (greedy decoding answered "", sampling drew garbage). |beta_i| <= 100."""
+    base, tuned, other, ref = trio
+    for weight in (1e38, -1e38, 1e3, -100.5):
+        with pytest.raises(PoiseError, match=r"^eft: beta must be a number in \[-100, 100\]"):
+            EmulatedFineTuning(base, tuned=tuned, reference=ref, beta=weight)
+    with pytest.raises(PoiseError, match=r"eft: beta_2 must be a number in \[-100, 100\], got 1e"):
+        EmulatedFineTuning(base, tuned=tuned, reference=ref, tuned_2=other, beta_2=1e300)
+    d = tiny_hf_model_dir
+    with pytest.raises(PoiseError, match=r"eft: beta must be a number in \[-100, 100\]"):
+        load_model(f"eft({d}, tuned={d}, reference={d}, beta=1e38)")
+    edge = EmulatedFineTuning(
+        base, tuned=tuned, reference=ref, beta=100, tuned_2=other, beta_2=-100
+    )
+    assert edge.weights == [100.0, -100.0]
 
 
 def test_a_different_vocabulary_is_one_clear_error(

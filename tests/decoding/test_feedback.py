@@ -170,8 +170,26 @@ def test_registry_and_spec(tiny_hf_model_dir: Path) -> None:
     built = load_model(f"feedback_revision({tiny_hf_model_dir}, feedback=mock:judge)")
     assert built.spec == f"feedback_revision({tiny_hf_model_dir}, feedback=mock:judge)"
     assert load_model(built.spec).name == built.name
-    with pytest.raises(PoiseError, match="max_feedback_tokens must be an integer >= 1"):
+    with pytest.raises(PoiseError, match=r"max_feedback_tokens must be an integer in \[1, "):
         FeedbackRevision(MockModel("m"), max_feedback_tokens=0)
+
+
+def test_feedback_tokens_past_what_sampling_takes_are_refused_when_built() -> None:
+    """The feedback call decodes with Sampling(max_new_tokens=max_feedback_tokens): a value past
+    Sampling's bound was accepted and failed at the first generate as a pydantic
+    ValidationError about max_new_tokens, after the answers had been generated."""
+    bound = Sampling.model_fields["max_new_tokens"].metadata[-1].le
+    for value in (bound + 1, 10**12):
+        with pytest.raises(
+            PoiseError,
+            match=rf"^feedback_revision: max_feedback_tokens must be an integer in \[1, {bound}\]",
+        ):
+            FeedbackRevision(MockModel("m"), max_feedback_tokens=value)
+    with pytest.raises(PoiseError, match=r"max_feedback_tokens must be an integer in"):
+        load_model("feedback_revision(mock, max_feedback_tokens=1000000000000)")
+    edge = FeedbackRevision(MockModel("m"), max_feedback_tokens=bound)
+    assert edge.max_feedback_tokens == bound
+    edge.generate([[{"role": "user", "content": "hi"}]], Sampling(max_new_tokens=4))
 
 
 def test_a_spec_string_instead_of_a_model_is_refused_when_built() -> None:

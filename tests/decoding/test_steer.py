@@ -225,3 +225,18 @@ def test_a_probe_folder_given_by_a_relative_path_is_recorded_by_its_absolute_one
     assert f"direction={direction.resolve()}," in model.name
     monkeypatch.chdir(tiny_hf_model_dir)
     assert load_model(str(model.spec)).name == model.name
+
+
+def test_a_layer_given_to_ablation_is_refused_not_ignored(
+    tiny_hf_model_dir: Path, direction: Path
+) -> None:
+    """Ablation edits every layer: ``layer=1`` beside ``mode=ablate`` was accepted, written into
+    the spec (another name for the same model) and ignored."""
+    with pytest.raises(
+        PoiseError, match=r"steer: mode=ablate removes the direction at every layer, so layer=1 "
+    ):
+        _steer(tiny_hf_model_dir, direction, mode="ablate", layer=1)
+    # the default (the probe's layer) and mode=add's layer are as before
+    ablated = _steer(tiny_hf_model_dir, direction, mode="ablate")
+    assert "layer=-1" in ablated.spec and "mode=ablate" in ablated.spec
+    assert "layer=1" in _steer(tiny_hf_model_dir, direction, mode="add", layer=1).spec

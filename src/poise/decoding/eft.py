@@ -14,6 +14,15 @@ the paper's test-time reward interpolation (Section 4.2: the helpful / harmless 
 ``w_help (log p_help - log p_ref) + w_safe (log p_safe - log p_ref)``); a negative weight
 subtracts a behaviour (emulated disalignment, arXiv 2402.12343).
 
+``beta_i`` is the weight ``w_i`` of tuned model i's implicit reward, as in the emulated
+disalignment authors' reference implementation of EFT (ZHZisZZ/emulated-disalignment,
+``EFTPosthocGenerationMixin``: ``logits = base + sum_i w_i (tuned_i - ref)``, ``w=1.0`` "unscaled"),
+not the paper's KL coefficient ``beta`` of Section 3.1 (``r = beta log pi_ft / pi_ref``, policy
+``pi_ref exp(r / beta)``). In the paper's terms a weight ``w`` emulates fine-tuning with the
+coefficient ``beta / w``: ``beta=1`` is the paper's up-scaling, ``beta=0.5`` a weaker
+fine-tune (twice the KL coefficient), a larger weight a stronger one; the paper's interpolation
+weights (Section 4.2) lie in [0, 1]. A weight is a number in ``[-MAX_BETA, MAX_BETA]`` (100).
+
 The spec takes any number of tuned models: ``tuned`` / ``beta``, then ``tuned_2`` / ``beta_2``,
 ``tuned_3`` / ``beta_3``, ... (numbered options, :func:`poise.registry.numbered_options`; the
 weights default to 1), mixed in the order of their numbers. Every model keeps its own KV
@@ -64,6 +73,11 @@ __all__ = ["EmulatedFineTuning", "eft_logits"]
 
 # Draft tokens per speculative round at most (acceptance of K in a row falls geometrically).
 MAX_SPECULATIVE = 16
+# |beta_i| at most. The weight is an exponent on the ratio p_tuned / p_ref: at 100 the mixture is
+# already that ratio's argmax with the base model's log-probs a rounding term (on the organism the
+# answers are garbled from about 10), and near 1e37 the float32 sum overflows (greedy decoding
+# then answered "", sampling drew garbage). The paper's weights lie in [0, 1] (Section 4.2).
+MAX_BETA = 100.0
 
 
 def eft_logits(
@@ -163,7 +177,9 @@ class EmulatedFineTuning(WrappedModel):
         self.weights: list[float] = []
         for slot, pair in given.items():
             model = pair.get("tuned")
-            weight = check_number("eft", f"beta{slot}", pair.get("beta", 1.0))
+            weight = check_number(
+                "eft", f"beta{slot}", pair.get("beta", 1.0), low=-MAX_BETA, high=MAX_BETA
+            )
             if model is None:
                 raise PoiseError(f"eft: beta{slot} is set but tuned{slot} is not")
             options[f"tuned{slot}"] = model

@@ -110,6 +110,16 @@ def _last_user(chat: Chat) -> str:
     return ""
 
 
+def _max_new_tokens() -> int:
+    """The most tokens one :class:`~poise.config.Sampling` may ask for (its ``max_new_tokens``
+    bound)."""
+    from annotated_types import Le
+
+    bounds = Sampling.model_fields["max_new_tokens"].metadata
+    high: Any = next(b.le for b in bounds if isinstance(b, Le))
+    return int(high)
+
+
 @strategies.register(
     "feedback_revision",
     help="a feedback model flags unsafe answers or over-refusals; flagged answers are revised once",
@@ -132,7 +142,12 @@ class FeedbackRevision(WrappedModel):
         require_model(self.kind, base)
         if feedback is not None:
             require_model(self.kind, feedback, "feedback=")
-        check_int("feedback_revision", "max_feedback_tokens", max_feedback_tokens, 1)
+        # the feedback call decodes with Sampling(max_new_tokens=max_feedback_tokens): a value
+        # past Sampling's bound was accepted here and failed at the first generate, as a
+        # pydantic ValidationError about ``max_new_tokens``
+        check_int(
+            "feedback_revision", "max_feedback_tokens", max_feedback_tokens, 1, _max_new_tokens()
+        )
         options: dict[str, Any] = {}
         if feedback is not None:
             options["feedback"] = feedback

@@ -60,7 +60,15 @@ clause is read from the answer's text only (the reference reads the whole decode
 prompt ends in "Assistant:", so at the root it never simulates; under a chat template the
 prompt's end says nothing about the answer). The
 evaluation prompt is poise's wording, without the reference's few-shot examples, put to the
-model through its chat template (the reference prompts a base model with raw text).
+model through its chat template (the reference prompts a base model with raw text). A
+single-token expansion lists its 10 children by probability, most likely first (``topk``); the
+reference lists them by token id (``group_getp``: ``np.where(acp > 0)``), and keeps every token
+tied with the 10th (``TopKLogitsWarper``). Only single tokens are affected (the root's first
+expansion, depth 0, and its widening); multi-token sets come in the reference's order (the
+greedy set, then the sampled ones as drawn). The order decides the ties that ``node.select``
+and ``node.get_max_n_action`` break by "first wins", and which child a draw at ``temperature >
+0`` maps a random number to, so changing it would change sampled answers (on organism-large,
+the first 3 tokens of 3-4 of 16 seeded answers at T = 1, none of the 16 greedy ones).
 
 Each (chat, sample) is searched on its own tree, seeded per row as every poise model seeds a
 row. The reference searches one prompt at a time; poise runs ``batch_size`` searches (default 32)

@@ -20,7 +20,7 @@ to the same norm.
   the component entirely (the paper's ablation; applying it again changes nothing). Another
   strength is poise's extension, applied at every one of those writes: the component that
   reaches a block is scaled by ``1 - strength`` at each, so it compounds over the layers
-  (``(1 - s)^k`` after ``k`` writes), not one scaling of the whole stream. ``layer`` is not used by ablation. A block whose attention module
+  (``(1 - s)^k`` after ``k`` writes), not one scaling of the whole stream. ``layer`` is not used by ablation (one given with ``mode=ablate`` is refused). A block whose attention module
   poise does not find (``self_attn``, ``attn``, ``attention``, ``self_attention``) is ablated
   at its input and output only, with a warning.
 
@@ -102,6 +102,14 @@ class Steer(WrappedModel):
         if isinstance(layer, bool) or not isinstance(layer, int) or layer < -1:
             raise PoiseError(
                 f"steer: layer must be -1 (the probe's) or an index >= 0, got {layer!r}"
+            )
+        if mode == "ablate" and layer != -1:
+            # ablation edits every write to the residual stream (every layer), so a layer would
+            # be written into the spec and change nothing: refused, as options that change
+            # nothing are elsewhere (it was ignored unsaid)
+            raise PoiseError(
+                f"steer: mode=ablate removes the direction at every layer, so layer={layer} "
+                "would change nothing: leave layer out (it is mode=add's)"
             )
         if not model.capabilities.activations:
             raise PoiseError(
