@@ -5,9 +5,9 @@ same tiny float32 models, written to disk, read back and compared tensor by tens
 This checks the YAML plumbing the per-tensor tests of test_methods.py do not: per-layer gradients
 (``t = i / (L - 1)`` over 4 layers), ``{filter, value}`` entries, the base listed among the
 models, ``BASE+LORA`` models and bases, a tied-embedding (Qwen2-like) model without an LM head.
-Inputs are float32 with noise drawn in float32: on bfloat16 checkpoints task vectors are
-quantised, many magnitudes tie at TIES' trim threshold, and poise (``topk``) and mergekit
-(``argsort``) keep different tied entries.
+Inputs are float32 with noise drawn in float32, except in the bfloat16 tests at the end: there
+task vectors are quantised, many magnitudes tie at the trims' thresholds and many votes cancel
+exactly, and poise takes mergekit's decisions on them (``poise.merge.task_arithmetic``).
 """
 
 from __future__ import annotations
@@ -317,3 +317,109 @@ def test_a_lora_folder_alone_on_an_adapted_base_asks_for_model_plus_lora(
     with pytest.raises(PoiseError, match=r"is a LoRA adapter; .* or name it MODEL\+LORA$"):
         run_merge(config, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# -- bfloat16 checkpoints: magnitude ties and exactly cancelling votes
+
+
+def _bf16_family(config: Any, root: Path, tokenizer_from: Path, seed: int) -> dict[str, Path]:
+    """A bfloat16 base of ``config`` and three bfloat16 copies whose noise is a multiple of 2^-8
+    (at most 6 steps): most task-vector magnitudes tie with many others."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+    folders = {"base": _save(base, root / "base", tokenizer_from)}
+    for i, name in enumerate(("a", "b", "c")):
+        model = AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+        model.load_state_dict(base.state_dict())
+        g = torch.Generator().manual_seed(seed * 10 + i)
+        with torch.no_grad():
+            for p in model.parameters():
+                steps = torch.randint(-6, 7, p.shape, generator=g)
+                p.copy_((p.float() + steps / 256).to(torch.bfloat16))
+        folders[name] = _save(model, root / name, tokenizer_from)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def bf16_zoo(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tiny_hf_model_dir)
+    config.num_hidden_layers = 2
+    return _bf16_family(config, tmp_path_factory.mktemp("bf16"), tiny_hf_model_dir, 7)
+
+
+def _bf16_spacing(x: torch.Tensor) -> torch.Tensor:
+    """The distance between adjacent bfloat16 numbers at ``|x|`` (float32 ``[*shape]``)."""
+    return torch.ldexp(torch.ones_like(x), torch.frexp(x.abs().clamp_min(2**-100)).exponent - 8)
+
+
+BF16_CONFIGS = [
+    ("ties", {"weight": 1.0, "density": [0.3, 0.5, 0.7]}, {}, {"normalize": True}),
+    ("ties", {"weight": [0.5, 0.3, 0.9], "density": 0.4}, {"sign_election": "weighted"}, {}),
+    ("breadcrumbs", {"weight": [0.5, 0.3, 0.9], "density": 0.6, "gamma": 0.05}, {}, {}),
+    ("breadcrumbs_ties", {"weight": 1.0, "density": 0.8, "gamma": 0.02}, {}, {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "per_model", "poise_options", "shared"),
+    BF16_CONFIGS,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(BF16_CONFIGS)],
+)
+def test_a_bfloat16_merge_keeps_mergekits_tied_entries(
+    bf16_zoo: dict[str, Path],
+    tmp_path: Path,
+    method: str,
+    per_model: dict[str, Any],
+    poise_options: dict[str, Any],
+    shared: dict[str, Any],
+) -> None:
+    """On bfloat16 checkpoints mergekit subtracts in bfloat16 and sorts the rounded magnitudes
+    with ``argsort``; poise keeps the same tied entries and elects the same signs, so the merges
+    differ only by mergekit's bfloat16 arithmetic: at most one bfloat16 step of the result plus
+    two of the largest task-vector entry per model. Ranking the exact float32 differences with ``topk``
+    kept other tied entries (a whole task-vector entry, 2^-8 and more, off)."""
+    models = ["a", "b", "c"]
+    config = {
+        "merge_method": method,
+        "base_model": str(bf16_zoo["base"]),
+        "models": [
+            {
+                "model": str(bf16_zoo[m]),
+                "parameters": {k: v[i] if isinstance(v, list) else v for k, v in per_model.items()},
+            }
+            for i, m in enumerate(models)
+        ],
+        "parameters": shared,
+        "dtype": "bfloat16",
+    }
+    options = mergekit_merge.MergeOptions(lazy_unpickle=False, cuda=False)
+    mergekit_merge.run_merge(
+        mergekit_config.MergeConfiguration.model_validate(config), str(tmp_path / "mk"), options
+    )
+    run_merge(dict(config, parameters={**shared, **poise_options}), tmp_path / "poise")
+    expected, got = _weights(tmp_path / "mk"), _weights(tmp_path / "poise")
+    base = _weights(bf16_zoo["base"])
+    vectors = {  # the exact task vectors, float32
+        m: {k: v.float() - base[k].float() for k, v in _weights(bf16_zoo[m]).items()}
+        for m in models
+    }
+    assert set(got) == set(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype == torch.bfloat16, name
+        mk, ours = tensor.float(), got[name].float()
+        # mergekit rounds each task vector, weight and product to bfloat16 (1.5 steps of the
+        # largest term, at most) and the sum; poise and mergekit both round the result
+        largest = torch.stack([vectors[m][name] for m in models]).abs().amax(dim=0)
+        bound = _bf16_spacing(torch.maximum(mk.abs(), ours.abs())) + 2 * len(models) * (
+            _bf16_spacing(largest)
+        )
+        off = (ours - mk).abs() > bound
+        assert not off.any(), (
+            f"{name}: {int(off.sum())} of {off.numel()} entries off mergekit's "
+            f"(largest {(ours - mk).abs().max().item():.3g})"
+        )
+        assert not torch.equal(ours, base[name].float()), name  # the merge moved

@@ -389,6 +389,112 @@ def test_random_methods_equal_mergekit_drawing_the_same_masks(
     assert not torch.allclose(a, _poise(tensors, "task_arithmetic", weight=WEIGHTS), atol=1e-3)
 
 
+# -- half-precision inputs: mergekit's decisions on the rounded task vectors
+
+
+def _grid_inputs(dtype: torch.dtype, seed: int = 0, shape: tuple[int, ...] = (40, 48),
+                 n: int = 3) -> list[torch.Tensor]:  # fmt: skip
+    """A base and ``n`` models in ``dtype`` whose task vectors are multiples of 2^-8 (at most 6
+    steps) before rounding: most magnitudes tie with many others."""
+    g = torch.Generator().manual_seed(seed)
+    base = (0.05 * torch.randn(shape, generator=g)).to(dtype)
+    return [base] + [(base.float() + torch.randint(-6, 7, shape, generator=g) / 256).to(dtype)
+                     for _ in range(n)]  # fmt: skip
+
+
+def _spacing(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The distance between adjacent numbers of ``dtype`` at ``|x|`` (float32 ``[*shape]``)."""
+    exponent = torch.frexp(x.abs().clamp_min(2**-60)).exponent - 1
+    return torch.ldexp(torch.full_like(x, torch.finfo(dtype).eps), exponent)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("method", "options", "poise_only"),
+    [
+        ("ties", {"weight": 1.0, "density": [0.3, 0.5, 0.7]}, {}),
+        ("ties", {"weight": WEIGHTS, "density": 0.4}, {"sign_election": "weighted"}),
+        ("breadcrumbs", {"weight": WEIGHTS, "density": 0.6, "gamma": 0.05}, {}),
+        ("breadcrumbs_ties", {"weight": 1.0, "density": 0.8, "gamma": 0.05}, {}),
+    ],
+)
+def test_half_precision_trims_keep_mergekits_tied_entries(
+    dtype: torch.dtype, method: str, options: dict[str, object], poise_only: dict[str, object]
+) -> None:
+    """mergekit subtracts in the inputs' dtype and keeps, among equal rounded magnitudes, the
+    entries ``argsort`` puts first; poise keeps the same ones, so the merges differ only by
+    mergekit's half-precision arithmetic (one step of the result, two of the largest task-vector
+    entry per model). Ranking the exact float32 differences with ``topk`` kept other entries
+    (0.03-0.07 off)."""
+    tensors = _grid_inputs(dtype)
+    expected = _mergekit(tensors, method, **options).float()
+    got = _poise(tensors, method, **options, **poise_only)
+    assert got.dtype == dtype
+    got = got.float()
+    largest = torch.stack([t.float() - tensors[0].float() for t in tensors[1:]]).abs().amax(0)
+    bound = _spacing(torch.maximum(got.abs(), expected.abs()), dtype) + 6 * _spacing(largest, dtype)
+    off = (got - expected).abs() > bound
+    assert not off.any(), f"{int(off.sum())} entries off, largest {(got - expected).abs().max()}"
+    assert not torch.equal(got, tensors[0].float())
+
+
+@pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties"])
+def test_float32_magnitudes_tied_at_the_threshold_keep_mergekits_entries(method: str) -> None:
+    """float32 task vectors that are exact multiples of 2^-8 tie at the trim threshold; poise
+    keeps the tied entries mergekit's ``argsort`` keeps and equals its merge to 1e-6 (``topk``
+    kept others)."""
+    g = torch.Generator().manual_seed(1)
+    base = torch.round(50 * torch.randn(40, 48, generator=g)) / 1024
+    tensors = [base] + [base + torch.randint(-6, 7, (40, 48), generator=g) / 256 for _ in range(3)]
+    options: dict[str, object] = {"weight": 1.0, "density": [0.3, 0.5, 0.7], "gamma": 0.05}
+    if method == "ties":
+        del options["gamma"]
+    expected = _mergekit(tensors, method, **options)
+    assert torch.allclose(_poise(tensors, method, **options), expected, atol=1e-6, rtol=0)
+
+
+def test_bfloat16_votes_that_cancel_after_rounding_elect_plus_as_in_mergekit() -> None:
+    """Task vectors 0.010727, -0.026917, 0.016121 (exact differences of bfloat16 numbers) sum to
+    -7e-5; rounded to bfloat16, as mergekit subtracts, they are 0.010742, -0.026855, 0.016113 and
+    sum to exactly 0, which elects ``+``. poise elects on the rounded vectors too and keeps the
+    two positive ones (it elected ``-`` and kept -0.026917, 0.040 off mergekit)."""
+    base = torch.tensor([-0.01458740234375, 0.5], dtype=torch.bfloat16)
+    steps = [[0.0107269287109375, 0.0078125], [-0.02691650390625, 0.0078125],
+             [0.01612091064453125, -0.00390625]]  # fmt: skip
+    tensors = [base] + [(base.float() + torch.tensor(d)).bfloat16() for d in steps]
+    for t, d in zip(tensors[1:], steps, strict=True):
+        assert torch.equal(t.float() - base.float(), torch.tensor(d))  # exact differences
+    for method in ("ties", "breadcrumbs_ties"):
+        options: dict[str, object] = {"weight": 1.0, "density": 1.0}
+        expected = _mergekit(tensors, method, **options).float()
+        got = _poise(tensors, method, **options).float()
+        assert expected[0] > base[0].float()  # mergekit elected +
+        assert torch.allclose(got, expected, atol=2**-10, rtol=0), method
+
+
+def test_bfloat16_della_ranks_the_rounded_magnitudes_as_mergekit() -> None:
+    """DELLA's keep probabilities (arXiv 2406.11617 sec. 3.1) on bfloat16 inputs, as each tool
+    hands them to ``torch.bernoulli``: poise ranks the rounded task vectors in mergekit's
+    ``argsort`` order, so they equal mergekit's to bfloat16 rounding (0.003 here); ranking the
+    exact differences gave tied entries other ranks (0.17 off, 0.057 per rank)."""
+    tensors = _grid_inputs(torch.bfloat16, seed=2, shape=(64, 8), n=1)
+    captured: list[torch.Tensor] = []
+    bernoulli = torch.bernoulli
+
+    def capture(probs: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        captured.append(probs.float())
+        return bernoulli(probs, *args, **kwargs)  # type: ignore[call-overload]
+
+    options: dict[str, object] = {"weight": 1.0, "density": 0.5, "epsilon": 0.2}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "bernoulli", capture)
+        _mergekit(tensors, "della_linear", **options)
+        _poise(tensors, "della_linear", **options)
+    mergekit_probs, poise_probs = captured
+    assert poise_probs.shape == mergekit_probs.shape == (64, 8)
+    assert torch.allclose(poise_probs, mergekit_probs, atol=2**-7, rtol=0)
+
+
 # -- the registry
 
 

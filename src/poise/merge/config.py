@@ -24,7 +24,8 @@ weight is read, and :func:`run_merge` refuses models of different architectures 
 (:func:`poise.merge.executor.check_inputs`) before writing anything.
 
 Differences from mergekit: tensors are merged in float32 (float64 stays float64) whatever
-``dtype`` says; ``dtype`` / ``out_dtype`` set the output's dtype. Methods whose defaults follow a
+``dtype`` says; ``dtype`` / ``out_dtype`` set the output's dtype (on bfloat16 / float16 inputs
+the trims' masks and the elected signs are still mergekit's, :mod:`poise.merge.task_arithmetic`). Methods whose defaults follow a
 paper where mergekit differs (TIES sign election, DARE / DELLA rescaling) say so in
 ``docs/merging.md``; the options ``sign_election: weighted`` and ``rescale_norm: l1`` give
 mergekit's behaviour. ``slices``, ``modules``, ``tokenizer_source: union``, the ``tokenizer:``

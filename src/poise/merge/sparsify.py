@@ -3,6 +3,16 @@
 Every function takes ``delta`` ``[*shape]`` (float32 or float64) and returns a tensor of the same
 shape: the kept entries, optionally rescaled, the rest zero.
 
+Ranking by magnitude (``magnitude``, ``magnitude_outliers``, ``della_magprune``) follows mergekit
+0.1.5 (``mergekit/sparsify.py``), which subtracts in the checkpoints' dtype and ranks those
+differences. With ``rank_dtype`` (bfloat16 or float16: the inputs' dtype) the entries are ranked
+by the magnitudes of ``delta`` rounded to it, as mergekit's ``entry.tensor - base`` is; the kept
+entries keep their exact float32 values. Rounding to bfloat16's 8 significant bits makes many
+magnitudes equal, and which of the entries tied at the threshold are kept is then decided by the
+order of ``torch.argsort`` on the float32 magnitudes (``descending=True``, the default unstable
+sort), the call mergekit makes on CPU, where poise merges: ``torch.topk`` keeps other tied entries.
+A float64 ``delta`` is ranked in float64 (mergekit rounds it to float32 for the sort).
+
 - ``magnitude`` (TIES "trim", arXiv 2306.01708 sec. 3): keep the ``k = max(1, int(density*N))``
   entries of largest ``|delta|``, per tensor, as mergekit 0.1.5 does. The TIES authors' code
   (github.com/prateeky2806/ties-merging, ``src/utils/merge_utils.py``, ``topk_values_mask``)
@@ -44,6 +54,8 @@ Sparsification = Literal["magnitude", "random", "magnitude_outliers", "della_mag
 RescaleNorm = Literal["inverse_probability", "l1"]
 
 _EPS = 1e-7
+#: the dtypes whose rounded differences set the magnitude ranking (``rank_dtype``)
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def sparsify(
@@ -56,23 +68,27 @@ def sparsify(
     gamma: float = 0.01,
     epsilon: float = 0.15,
     generator: torch.Generator | None = None,
+    rank_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Sparsify ``delta`` ``[*shape]`` by ``method`` (see the module docstring)."""
+    """Sparsify ``delta`` ``[*shape]`` by ``method`` (see the module docstring).
+
+    ``rank_dtype``: rank magnitudes as ``delta`` rounded to this dtype (``None``: as given).
+    """
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
         return torch.zeros_like(delta)
     if method == "magnitude":
-        mask = _magnitude_mask(delta, density)
+        mask = _magnitude_mask(delta, density, rank_dtype)
         keep_prob: torch.Tensor | float = mask.sum().item() / delta.numel()
     elif method == "random":
         mask = torch.bernoulli(torch.full_like(delta, density), generator=generator)
         keep_prob = density
     elif method == "magnitude_outliers":
-        mask = _outlier_mask(delta, density, gamma)
+        mask = _outlier_mask(delta, density, gamma, rank_dtype)
         keep_prob = max(mask.sum().item(), 1.0) / delta.numel()
     elif method == "della_magprune":
-        probs = della_keep_probabilities(delta, density, epsilon)
+        probs = della_keep_probabilities(delta, density, epsilon, rank_dtype=rank_dtype)
         mask = torch.bernoulli(probs, generator=generator)
         keep_prob = probs
     else:  # pragma: no cover - the Literal names every case
@@ -89,30 +105,57 @@ def sparsify(
     return kept / keep_prob
 
 
-def _magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    k = max(1, int(density * delta.numel()))
-    flat = delta.abs().reshape(-1)  # [N]
-    top = torch.topk(flat, k, sorted=False).indices
-    mask = torch.zeros_like(flat)
+def _magnitudes(delta: torch.Tensor, rank_dtype: torch.dtype | None) -> torch.Tensor:
+    """``|delta|`` ``[*shape]`` as ranked: rounded to ``rank_dtype`` first (a half type), then
+    float32 for the sort, as mergekit sorts on CPU; float32 and float64 as given."""
+    if rank_dtype in HALF_DTYPES and delta.dtype not in HALF_DTYPES:
+        return delta.to(rank_dtype).abs().float()
+    return delta.abs()
+
+
+def _magnitude_mask(
+    delta: torch.Tensor, density: float, rank_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """1 at the ``k = max(1, int(density*N))`` entries of largest ranked magnitude, ``[*shape]``;
+    ties at the threshold go by ``torch.argsort``'s order (mergekit's ``magnitude``)."""
+    n = delta.numel()
+    k = max(1, int(density * n))
+    flat = _magnitudes(delta, rank_dtype).reshape(-1)  # [N]
+    # the k-th largest magnitude; where exactly k entries reach it the kept set is unique and a
+    # selection (O(N)) finds it, else the full sort decides which tied entries are kept
+    threshold = torch.kthvalue(flat, n - k + 1).values
+    above = flat >= threshold  # [N] bool
+    if int(above.sum()) == k:
+        return above.to(delta.dtype).reshape(delta.shape)
+    top = torch.argsort(flat, descending=True)[:k]  # [k]
+    mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
     mask[top] = 1
     return mask.reshape(delta.shape)
 
 
-def _outlier_mask(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+def _outlier_mask(
+    delta: torch.Tensor, density: float, gamma: float, rank_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     n = delta.numel()
     keep = int(density * n)
     n_top = int(gamma * n)
     # Fewer outliers are dropped when the density asks for more entries than remain.
     n_bottom = max(0, n - keep - n_top)
-    order = torch.argsort(delta.abs().reshape(-1))  # ascending magnitude, [N]
+    order = torch.argsort(_magnitudes(delta, rank_dtype).reshape(-1))  # ascending magnitude, [N]
     mask = torch.zeros(n, dtype=delta.dtype, device=delta.device)
     mask[order[n_bottom : n_bottom + keep]] = 1
     return mask.reshape(delta.shape)
 
 
-def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+def della_keep_probabilities(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    *,
+    rank_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Per-entry keep probabilities of DELLA's MagPrune, ``[*shape]``, rows ranked separately
-    (a 1-D tensor is one row)."""
+    (a 1-D tensor is one row); ``rank_dtype`` as for :func:`sparsify`."""
     if not (density - epsilon > 0 and density + epsilon < 1):
         raise ValueError(
             f"DELLA needs 0 < density - epsilon and density + epsilon < 1 "
@@ -120,7 +163,8 @@ def della_keep_probabilities(delta: torch.Tensor, density: float, epsilon: float
         )
     rows = delta.reshape(1, -1) if delta.dim() < 2 else delta.reshape(delta.shape[0], -1)
     n = rows.shape[1]
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1), dim=1).to(delta.dtype)  # 0..n-1
+    magnitudes = _magnitudes(rows, rank_dtype)  # [rows, n]
+    ranks = torch.argsort(torch.argsort(magnitudes, dim=1), dim=1).to(delta.dtype)  # 0..n-1
     rank_norm = ranks / (n - 1) if n > 1 else torch.full_like(ranks, 0.5)
     probs = (density - epsilon) + 2 * epsilon * rank_norm
     return probs.reshape(delta.shape)

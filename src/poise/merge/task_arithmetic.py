@@ -28,6 +28,16 @@ the merged entry is 0 either way. The paper's disjoint mean (the authors' ``disj
 ``dis-mean``: the agreeing entries' sum over their count, at least 1) is ``normalize=True``
 with equal weights.
 
+Half-precision inputs. mergekit 0.1.5 computes in the checkpoints' dtype: its task vectors are
+``delta_t`` rounded to bfloat16 (or float16), whose 8 (11) significant bits make many magnitudes
+equal and make votes cancel exactly. Where every input (``base`` and ``tensors``) is bfloat16 or
+float16, poise takes its discrete decisions on those rounded vectors, so they are mergekit's:
+the magnitude ranking of the trims (TIES, breadcrumbs, DELLA; ties at the threshold in
+mergekit's ``argsort`` order, :mod:`poise.merge.sparsify`) and the ``sum`` election, from
+``sum_t h(h(s_t) h(delta_hat_t))`` with ``h`` the rounding (an exact 0 elects ``+``). The values
+merged stay the exact ``delta_hat_t`` in float32, so the result differs from mergekit's only by
+mergekit's rounding in half precision. float32 and float64 inputs are unchanged by this.
+
 Rescaling after random dropping: ``rescale_norm="inverse_probability"`` (the DARE and DELLA papers,
 the default) or ``"l1"`` (mergekit 0.1.5); see :mod:`poise.merge.sparsify`.
 
@@ -53,7 +63,7 @@ from typing import Literal
 import torch
 
 from poise.merge.methods import merge_method, work_dtype
-from poise.merge.sparsify import RescaleNorm, Sparsification, sparsify
+from poise.merge.sparsify import HALF_DTYPES, RescaleNorm, Sparsification, sparsify
 
 Consensus = Literal["sum", "count"]
 SignElection = Literal["paper", "weighted"]
@@ -104,6 +114,9 @@ def generalized_task_arithmetic(
     base_w = base.to(dtype)
     generator = torch.Generator(device=base.device).manual_seed(seed) if sparsification else None
     deltas = torch.empty((n, *base.shape), dtype=dtype, device=base.device)  # [T, *shape]
+    # half-precision inputs: masks and elected signs are decided, as mergekit does, on the task
+    # vectors rounded to the inputs' dtype (see the module docstring); None: on the exact ones
+    half = _half_dtype(base, tensors)
     for t, tensor in enumerate(tensors):
         delta = torch.sub(tensor.to(dtype), base_w, out=deltas[t])
         if sparsification is not None:
@@ -116,6 +129,7 @@ def generalized_task_arithmetic(
                 gamma=BREADCRUMBS_GAMMA if gamma is None else float(gamma[t]),
                 epsilon=DELLA_EPSILON if epsilon is None else float(epsilon[t]),
                 generator=generator,
+                rank_dtype=half,
             )
             deltas[t] = delta
     weights = [float(w) for w in weight]
@@ -128,8 +142,12 @@ def generalized_task_arithmetic(
         for t in range(n):
             if consensus == "count":
                 votes.add_(deltas[t].sign(), alpha=orient[t])
-            else:
+            elif half is None:
                 votes.add_(deltas[t], alpha=weights[t] if sign_election == "weighted" else 1.0)
+            else:  # round_h(round_h(w_t) * round_h(delta_hat_t)), mergekit's weighted delta
+                scale = weights[t] if sign_election == "weighted" else 1.0
+                alpha = torch.tensor(scale, dtype=half, device=base.device)  # h(s_t)
+                votes.add_(deltas[t].to(half) * alpha)  # the product rounded to ``half``
         positive = votes >= 0  # elected sign +1 (a tie elects +), else -1; [*shape] bool
         del votes
         merged = torch.zeros_like(base_w)
@@ -157,6 +175,14 @@ def generalized_task_arithmetic(
         if normalize and abs(total) >= NORMALIZE_EPS:
             merged.div_(total)
     return (base_w + lambda_ * merged).to(base.dtype)
+
+
+def _half_dtype(base: torch.Tensor, tensors: Sequence[torch.Tensor]) -> torch.dtype | None:
+    """The inputs' common dtype where it is bfloat16 or float16, else None."""
+    common = base.dtype
+    for tensor in tensors:
+        common = torch.promote_types(common, tensor.dtype)
+    return common if common in HALF_DTYPES else None
 
 
 def _sign(x: float) -> float:
