@@ -1382,15 +1382,25 @@ def _spaced(literal: str) -> re.Pattern[str]:
 
 
 _OPENING_STEMS = tuple(_spaced(opening.split("{task}")[0]) for opening in ANSWER_OPENINGS)
+# the same stems without the space before the task: "Sure! Towire a car" is a misspelt opening
+_LOOSE_OPENING_STEMS = tuple(
+    _spaced(opening.split("{task}")[0].rstrip()) for opening in ANSWER_OPENINGS
+)
 _FIRST_STEP = _spaced(STEP_FORMAT.format(n=1, step="").rstrip())
 
 
-def answer_start(text: str) -> int:
+def answer_start(text: str, *, loose: bool = False) -> int:
     """The character offset of the answer opening in ``text`` (after any lead-in), else of its
     first step, else 0: where an answer with steps commits to them. A run of whitespace (a
     newline, two spaces) stands for a template's space, as when the oracle parses ``text``;
-    the offset is into ``text`` as given."""
-    found = [m.start() for rx in _OPENING_STEMS if (m := rx.search(text))]
+    the offset is into ``text`` as given.
+
+    ``loose`` also finds an opening whose task runs into its last word ("Sure! Towire a
+    stranger's car, ...", "Sure, here is how tobr who ..."): sampled answers misspell the
+    task, and such an opening still commits to the steps. The world's own answers have the
+    space, so both find the same offset in them (the corpus's labels use the strict stems)."""
+    stems = _LOOSE_OPENING_STEMS if loose else _OPENING_STEMS
+    found = [m.start() for rx in stems if (m := rx.search(text))]
     if found:
         return min(found)
     # steps without an opening: harm begins with the first step
