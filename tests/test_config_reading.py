@@ -132,3 +132,19 @@ def test_a_file_that_begins_with_a_byte_order_mark_is_read(tmp_path: Path) -> No
         lines = yaml_key_lines(config)
         assert lines["model"] == (2 if name == "c.json" else 1)
         assert lines["sampling.n"] == 3
+
+
+def test_an_empty_stop_string_is_refused_naming_the_flag() -> None:
+    """``--stop ""`` ends nothing: it was accepted and recorded in run.json and the cache key as
+    a setting (the server already refuses it with a 400)."""
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.config import Sampling
+
+    with pytest.raises(ValidationError):
+        Sampling(stop=("",))
+    assert Sampling(stop=("\n\n",)).stop == ("\n\n",)
+    result = CliRunner().invoke(app, ["audit", "--stop", "", "--limit", "1"])
+    assert result.exit_code == 2
+    assert "--stop" in result.output

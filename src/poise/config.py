@@ -57,6 +57,7 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)]
 MaxNewTokens = Annotated[int, Field(ge=1, le=32768)]
 SampleCount = Annotated[int, Field(ge=1, le=4096)]
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+StopString = Annotated[str, Field(min_length=1)]
 
 
 class Sampling(StrictModel):
@@ -68,7 +69,9 @@ class Sampling(StrictModel):
     max_new_tokens: MaxNewTokens = Field(96, description="tokens to generate at most")
     n: SampleCount = Field(1, description="completions per chat")
     seed: Seed = Field(0, description="seed; sampling is reproducible for a given seed")
-    stop: tuple[str, ...] = Field((), description="strings that end a completion")
+    # an empty stop string ends nothing (the hf backend ignored it; the server refuses it with
+    # a 400): it was recorded in run.json and the cache key as if it were a setting
+    stop: tuple[StopString, ...] = Field((), description="strings that end a completion")
 
     @property
     def greedy(self) -> bool:
