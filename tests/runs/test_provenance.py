@@ -102,3 +102,35 @@ def test_the_component_whose_weights_changed_is_named_and_old_runs_pass() -> Non
         weights_changed(hub, {"model": {"source": "org/m", "commit": "2" * 40}})
     )
     assert weights_changed(then, {"model": now["model"]}) is None  # a component no longer named
+
+
+def test_the_chat_template_counts_and_a_trainer_checkpoints_resume_state_does_not(
+    tmp_path: Path,
+) -> None:
+    """A model folder's chat template (``chat_template.jinja``, as transformers saves it) builds
+    every prompt, so editing it changes the fingerprint; the optimizer, scheduler and RNG state
+    a Trainer checkpoint keeps to resume training change nothing a loaded model computes, and
+    are not read (the optimizer's state alone is twice the float32 weights)."""
+    from poise.runs import provenance
+
+    folder = weights_folder(tmp_path / "checkpoint-500")
+    (folder / "chat_template.jinja").write_text("{{ messages }}", encoding="utf-8")
+    state = {
+        "optimizer.pt": b"adam",
+        "scheduler.pt": b"cosine",
+        "rng_state.pth": b"rng",
+        "rng_state_3.pth": b"rng3",
+        "training_args.bin": b"args",
+        "trainer_state.json": b'{"global_step": 500}',
+    }
+    for name, content in state.items():
+        (folder / name).write_bytes(content)
+    before = folder_sha256(folder)
+    for name, content in state.items():
+        rewrite_in_place(folder / name, content.upper())
+    provenance._FILE_HASHES.clear()
+    assert folder_sha256(folder) == before
+    assert not any(key[0].endswith(tuple(state)) for key in provenance._FILE_HASHES)  # not read
+    rewrite_in_place(folder / "chat_template.jinja", b"{{ MESSAGES }}")
+    provenance._FILE_HASHES.clear()
+    assert folder_sha256(folder) != before

@@ -331,3 +331,21 @@ def test_paired_counts_outside_0_to_n_are_refused_with_the_prompt() -> None:
         paired_clustered("r", [(1, 2), (0, 2)], [(0, 2), (3, 2)], a="before", b="after")
     with pytest.raises(ValueError, match=r"prompt 0 under a: .* got -1/2"):
         paired_clustered("r", [(-1, 2), (0, 2)], [(0, 2), (1, 2)])
+
+
+def test_student_t_with_infinite_or_undefined_degrees_of_freedom() -> None:
+    """``df = inf`` is the standard normal (its quantile was 4.5e-13, its p-value NaN: the
+    bisection compared NaN p-values); a NaN df is refused as df <= 0 is, not answered with 0."""
+    from statistics import NormalDist
+
+    from poise.scoring.stats import student_t_quantile, student_t_two_sided_p
+
+    inf = float("inf")
+    assert student_t_quantile(0.95, inf) == pytest.approx(NormalDist().inv_cdf(0.975), rel=1e-12)
+    assert student_t_two_sided_p(1.959963984540054, inf) == pytest.approx(0.05, rel=1e-12)
+    assert student_t_two_sided_p(0.0, inf) == 1.0
+    for bad in (float("nan"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="need df > 0"):
+            student_t_quantile(0.95, bad)
+        with pytest.raises(ValueError, match="need df > 0"):
+            student_t_two_sided_p(2.0, bad)

@@ -16,11 +16,13 @@ in the audited model's spec (the model itself, a strategy's reward or cost model
 monitor, a probe: positional models and options alike, nested freely), the judge's argument
 (``classifier:PATH``, ``guard:SPEC``, ``llm:SPEC``) and the judge's and attack's option values.
 A name that is a local folder (or a plugin's model name, which stands for one) is fingerprinted
-by the sha256 of the *contents* of its weight and JSON files (sizes and modification times say
-nothing about a file rewritten in place); a name that is a file (an LLM judge's rubric) by the
-sha256 of its bytes; a hub id by the commit the local Hugging Face cache resolves it to (the
-snapshot ``transformers`` loaded), and not at all when the cache does not know it. Anything else
-(``keywords:…`` scorers, ``openai:`` endpoints, numbers) is no weights component.
+by the sha256 of the *contents* of its weight, JSON and tokenizer files, a chat template
+included, and not of the optimizer and other state a Trainer checkpoint keeps to resume
+training (sizes and modification times say nothing about a file rewritten in place); a name
+that is a file (an LLM judge's rubric) by the sha256 of its bytes; a hub id by the commit the
+local Hugging Face cache resolves it to (the snapshot ``transformers`` loaded), and not at all
+when the cache does not know it. Anything else (``keywords:…`` scorers, ``openai:`` endpoints,
+numbers) is no weights component.
 
 File hashes are cached per process by (path, inode, size, modification and status-change times),
 so a component named twice, or a resume in the same process, reads its files once.
@@ -42,6 +44,17 @@ __all__ = ["file_sha256", "folder_sha256", "weights_changed", "weights_component
 # checkpoints a folder may hold with allow_pickle) and JSON (config, a probe's or monitor's
 # header with its threshold and layer, the tokenizer)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".json", ".model")
+# files that make it too whatever their suffix: the chat template transformers saves beside
+# tokenizer_config.json (it builds every prompt) and the vocabularies of slow tokenizers
+TOKENIZER_FILES = frozenset({"chat_template.jinja", "vocab.txt", "merges.txt"})
+# what transformers' Trainer writes into a checkpoint-N folder beside the weights to resume
+# training (transformers.trainer: OPTIMIZER_NAME, SCHEDULER_NAME, SCALER_NAME, the RNG states,
+# TRAINING_ARGS_NAME, TRAINER_STATE_NAME): nothing a loaded model computes with, and the
+# optimizer's state is twice the size of float32 weights, read in full at every audit
+TRAINER_STATE = re.compile(
+    r"(optimizer\.pt|scheduler\.pt|scaler\.pt|rng_state(_\d+)?\.pth|training_args\.bin"
+    r"|trainer_state\.json)$"
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _BLOCK = 1 << 20
@@ -69,17 +82,22 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """The files of ``folder`` (top level, not hidden) whose contents make a component."""
+    """The files of ``folder`` (top level, not hidden) whose contents make a component: weights
+    and JSON (:data:`WEIGHT_SUFFIXES`) and the tokenizer's other files
+    (:data:`TOKENIZER_FILES`), without a Trainer checkpoint's state (:data:`TRAINER_STATE`)."""
     return sorted(
         p
         for p in folder.iterdir()
-        if not p.name.startswith(".") and p.suffix in WEIGHT_SUFFIXES and p.is_file()
+        if not p.name.startswith(".")
+        and (p.suffix in WEIGHT_SUFFIXES or p.name in TOKENIZER_FILES)
+        and not TRAINER_STATE.match(p.name)
+        and p.is_file()
     )
 
 
 def folder_sha256(folder: str | Path) -> str | None:
-    """sha256 (hex) over the names and content hashes of a folder's weight and JSON files
-    (:data:`WEIGHT_SUFFIXES`, top level); None when it holds none (no weights component)."""
+    """sha256 (hex) over the names and content hashes of a folder's weight, JSON and tokenizer
+    files (:func:`_folder_files`, top level); None when it holds none (no weights component)."""
     files = _folder_files(Path(folder))
     if not files:
         return None

@@ -89,20 +89,28 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 def student_t_two_sided_p(t: float, df: float) -> float:
     """``P(|T| >= |t|)`` for Student's t with ``df`` degrees of freedom:
-    ``I_{df / (df + t²)}(df / 2, 1 / 2)`` (Abramowitz & Stegun 26.7.1 with 26.5.2)."""
-    if df <= 0:
+    ``I_{df / (df + t²)}(df / 2, 1 / 2)`` (Abramowitz & Stegun 26.7.1 with 26.5.2); ``df = inf``
+    is the standard normal. The relative error grows with df, as the difference of ``lgamma``
+    values of size df·ln(df) loses digits: 1e-8 at df = 1e6, 1e-4 at 1e10."""
+    if not df > 0:  # NaN too
         raise ValueError(f"need df > 0, got {df}")
     if math.isinf(t):
         return 0.0
+    if math.isinf(df):
+        return math.erfc(abs(t) / math.sqrt(2.0))
     return _betainc(df / 2.0, 0.5, df / (df + t * t))
 
 
 def student_t_quantile(level: float, df: float) -> float:
     """The two-sided ``level`` critical value of Student's t with ``df`` degrees of freedom
-    (``t`` with ``P(|T| <= t) = level``: 12.706 for level 0.95 and df 1, 1.960 in the limit), by
-    bisection on :func:`student_t_two_sided_p` to 1e-12."""
+    (``t`` with ``P(|T| <= t) = level``: 12.706 for level 0.95 and df 1, 1.960 for
+    ``df = inf``), by bisection on :func:`student_t_two_sided_p` to 1e-12."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"need 0 < level < 1, got {level}")
+    if not df > 0:  # NaN too: every comparison below would be False, and the bisection end at 0
+        raise ValueError(f"need df > 0, got {df}")
+    if math.isinf(df):
+        return statistics.NormalDist().inv_cdf((1.0 + level) / 2.0)
     target = 1.0 - level
     low, high = 0.0, 1.0
     while student_t_two_sided_p(high, df) > target:  # the p-value falls as t grows
@@ -228,8 +236,8 @@ class PairedDifference:
 
     ``method``: ``"newcombe"`` (one binary outcome per prompt and condition; ``counts`` holds the
     2x2 table and ``test`` is ``"mcnemar-exact"``) or ``"cluster"`` (several samples per prompt;
-    cluster-robust interval and test against t(m - 1), ``test = "t-cluster"``; with no spread between
-    prompts, Newcombe's interval with a trial per prompt and the sign test over prompts,
+    cluster-robust interval and test against t(m - 1), ``test = "t-cluster"``; with no spread
+    between prompts, Newcombe's interval with a trial per prompt and the sign test over prompts,
     ``test = "sign-prompts"``). ``pairs``: prompts in both.
     """
 
