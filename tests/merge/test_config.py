@@ -217,3 +217,91 @@ def test_an_empty_parameters_key_is_no_parameters(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.parameters == {}
     assert config.models[1].parameters == {}
+
+
+NUSLERP = "merge_method: nuslerp\n"
+TWO = "models: [{model: a, parameters: {weight: 0.6}}, {model: b, parameters: {weight: 0.4}}]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (NUSLERP + "models: [{model: a, parameters: {weight: 1}}]\n",
+         "merge method 'nuslerp' needs at least 2 model(s) besides the base, got 1"),
+        (NUSLERP + "models: [{model: a, parameters: {weight: 1}}, {model: b, parameters: "
+         "{weight: 1}}, {model: c, parameters: {weight: 1}}]\n",
+         "merge method 'nuslerp' takes at most 2 model(s) besides the base, got 3"),
+        (NUSLERP + "base_model: z\nmodels: [{model: a, parameters: {weight: 1}}, {model: b, "
+         "parameters: {weight: 1}}, {model: c, parameters: {weight: 1}}]\n",
+         "merge method 'nuslerp' takes at most 2 model(s) besides the base, got 3"),
+        (NUSLERP + "models: [{model: a, parameters: {weight: 1}}, {model: b}]\n",
+         "model 'b' has no 'weight' parameter"),
+        (NUSLERP + TWO + "parameters: {nuslerp_flatten: 'no'}\n",
+         "parameters.nuslerp_flatten: 'no' is not true or false"),
+        (NUSLERP + TWO + "parameters: {nuslerp_row_wise: 2}\n",
+         "parameters.nuslerp_row_wise: 2 is not true or false"),
+        (NUSLERP + "models: [{model: a, parameters: {weight: .inf}}, {model: b, parameters: "
+         "{weight: 1}}]\n",
+         "models[0] ('a').parameters.weight: inf is not a finite number"),
+        (NUSLERP + "models: [{model: a, parameters: {weight: 1, nuslerp_flatten: false}}, "
+         "{model: b, parameters: {weight: 1}}]\n",
+         "models[0] ('a').parameters.nuslerp_flatten: 'nuslerp_flatten' is shared by all models "
+         "of 'nuslerp'; set it under the top-level parameters"),
+        (NUSLERP + TWO + "parameters: {t: 0.5}\n",
+         "unknown parameters key (option of 'nuslerp'): 't' "
+         "(known: nuslerp_flatten, nuslerp_row_wise, weight)"),
+    ],
+)  # fmt: skip
+def test_nuslerp_configs_with_other_than_two_models_or_bad_options_are_refused(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    """NuSLERP merges exactly two models (besides an optional base), each with a weight."""
+    path = tmp_path / "merge.yml"
+    path.write_text(text)
+    with pytest.raises(PoiseError) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}: {message}"
+
+
+def test_a_nuslerp_base_listed_among_the_models_is_the_base(tmp_path: Path) -> None:
+    """As in mergekit (and model cards that list the base with a weight): the two others are
+    merged, the base's weight is not used."""
+    from poise.merge import get_method
+    from poise.merge.config import merged_entries
+
+    path = tmp_path / "merge.yml"
+    path.write_text(
+        NUSLERP + "base_model: z\nmodels: [{model: a, parameters: {weight: 0.6}}, {model: b, "
+        "parameters: {weight: 0.2}}, {model: z, parameters: {weight: 1.0}}]\n"
+        "parameters: {nuslerp_flatten: false, nuslerp_row_wise: true}\n"
+    )
+    config = load_config(path)
+    assert [e.model for e in merged_entries(config, get_method("nuslerp"))] == ["a", "b"]
+    # without a base the two models are merged directly
+    path.write_text(NUSLERP + TWO)
+    config = load_config(path)
+    assert [e.model for e in merged_entries(config, get_method("nuslerp"))] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("parameters", "warned"),
+    [
+        ("{nuslerp_row_wise: true}", True),
+        ("{nuslerp_row_wise: true, nuslerp_flatten: true}", True),
+        ("{nuslerp_row_wise: true, nuslerp_flatten: false}", False),
+        ("{nuslerp_row_wise: false}", False),
+    ],
+)
+def test_nuslerp_row_wise_with_flattening_warns_that_it_does_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, parameters: str, warned: bool
+) -> None:
+    """mergekit ignores ``nuslerp_row_wise`` while ``nuslerp_flatten`` is true (its default); the
+    merge says so instead of silently treating each tensor as one vector. The warning comes
+    before anything is read (the models here do not exist)."""
+    from poise.merge.config import run_merge
+
+    path = tmp_path / "merge.yml"
+    path.write_text(NUSLERP + TWO + f"parameters: {parameters}\n")
+    with caplog.at_level("WARNING", logger="poise.merge.config"), pytest.raises(PoiseError):
+        run_merge(path, tmp_path / "out")
+    assert ("nuslerp_row_wise has no effect" in caplog.text) is warned

@@ -226,6 +226,56 @@ dtype: float32
 """,
         {},
     ),
+    (  # model card (Nemesia): NuSLERP of task vectors, one angle per column, the base listed
+        # among the models with a weight (it is the base: its weight is not used)
+        "card-nuslerp-base-listed",
+        """
+models:
+  - model: {llama-a}
+    parameters: {{weight: 0.6}}
+  - model: {llama-b}
+    parameters: {{weight: 0.2}}
+  - model: {llama-base}
+    parameters: {{weight: 1.0}}
+merge_method: nuslerp
+base_model: {llama-base}
+parameters: {{nuslerp_flatten: false, nuslerp_row_wise: true}}
+dtype: float32
+""",
+        {},
+    ),
+    (  # NuSLERP of the models themselves (no base), whole tensors, a weight gradient and filter
+        "nuslerp-no-base-gradient",
+        """
+models:
+  - model: {llama-a}
+    parameters: {{weight: [1, 0.2, 0.5, 0.0]}}
+  - model: {llama-c}
+    parameters:
+      weight:
+        - filter: mlp
+          value: 0.3
+        - value: 1
+merge_method: nuslerp
+dtype: float32
+""",
+        {},
+    ),
+    (  # NuSLERP of task vectors one row at a time, on a tied-embedding model
+        "nuslerp-tied-rows",
+        """
+models:
+  - model: {qwen-a}
+    parameters: {{weight: 0.7}}
+  - model: {qwen-b}
+    parameters: {{weight: 0.3}}
+merge_method: nuslerp
+base_model: {qwen-base}
+parameters: {{nuslerp_flatten: false}}
+dtype: float32
+""",
+        {},
+    ),
     (  # the base itself given as BASE+LORA: task vectors from the adapted base
         "task-arithmetic-base-plus-lora",
         """

@@ -4,6 +4,8 @@ invariants too."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -311,6 +313,169 @@ def test_model_stock_two_models_closed_form() -> None:
     assert torch.allclose(got, t * (a + b) / 2, atol=1e-12)
 
 
+# -- NuSLERP (mergekit's nuslerp; SLERP: Shoemake 1985)
+
+
+def _float32(seed: int, shape: tuple[int, ...]) -> list[torch.Tensor]:
+    """[base, a, b], float32: poise computes NuSLERP in float32 as mergekit does on them."""
+    return [t.float() for t in _inputs(seed, shape, n=2)]
+
+
+@pytest.mark.parametrize("shape", [(24, 40), (4, 6, 5), (40,)])
+@pytest.mark.parametrize(("flatten", "row_wise"), [(True, False), (False, False), (False, True)])
+@pytest.mark.parametrize("with_base", [True, False])
+@pytest.mark.parametrize("weights", [[0.3, 0.9], [1.0, 1.0], [2.0, -0.5]])
+def test_nuslerp_equals_mergekit(
+    shape: tuple[int, ...], flatten: bool, row_wise: bool, with_base: bool, weights: list[float]
+) -> None:
+    """Whole tensors, one angle per slice along the last dimension, one per slice along the
+    first; task vectors (with a base) and the models themselves; t inside and outside [0, 1]."""
+    tensors = _float32(5, shape)
+    options = {"nuslerp_flatten": flatten, "nuslerp_row_wise": row_wise}
+    if with_base:
+        expected = _mergekit(tensors, "nuslerp", weight=weights, **options)
+        got = _poise(tensors, "nuslerp", weight=weights, **options)
+    else:
+        parameters = {"weight": dict(zip(IDS[1:3], weights, strict=True)), **options}
+        expected = mergekit_api.merge_tensors(
+            tensors[1:], "nuslerp", parameters=parameters, ids=IDS[1:3]
+        )
+        got = get_method("nuslerp")(tensors[1:], None, weight=weights, **options)
+    assert got.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("flatten", "row_wise"), [(True, False), (False, False), (False, True)])
+def test_nuslerp_equals_mergekits_function_on_the_task_vectors(
+    flatten: bool, row_wise: bool
+) -> None:
+    """``theta = base + nuslerp(t, a - base, b - base)`` with ``t = w_1 / (w_0 + w_1)``, against
+    mergekit's ``nuslerp`` function itself (``dim=0`` where row-wise)."""
+    from mergekit.merge_methods.nuslerp import nuslerp as mergekit_nuslerp
+
+    base, a, b = _float32(6, (12, 20))
+    t = 0.7 / (0.3 + 0.7)
+    expected = base + mergekit_nuslerp(t, a - base, b - base, dim=0 if row_wise else -1,
+                                       flatten=flatten)  # fmt: skip
+    got = get_method("nuslerp")(
+        [a, b], base, weight=[0.3, 0.7], nuslerp_flatten=flatten, nuslerp_row_wise=row_wise
+    )
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+
+
+def test_nuslerp_is_spherical_not_linear() -> None:
+    """Two orthogonal unit vectors at t = 1/2 meet at ``(a + b) / sqrt 2`` (on the sphere);
+    linear interpolation would give ``(a + b) / 2``."""
+    a = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    b = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    got = get_method("nuslerp")([a, b], None, weight=[1.0, 1.0])
+    assert torch.allclose(got, (a + b) / 2**0.5, atol=1e-12)
+    # t = w_1 / (w_0 + w_1) = 0.25: the angle pi/8 from a
+    got = get_method("nuslerp")([a, b], None, weight=[3.0, 1.0])
+    angle = torch.pi / 8
+    assert torch.allclose(
+        got, torch.tensor([math.cos(angle), math.sin(angle)], dtype=torch.float64)
+    )
+
+
+def test_nuslerp_parallel_vectors_fall_back_to_lerp_as_in_mergekit() -> None:
+    """Parallel task vectors are interpolated linearly; with one angle per row, only the
+    parallel rows are, the others stay spherical."""
+    base, a, _ = _float32(7, (6, 10))
+    delta = a - base
+    b = base.clone()
+    b[:3] = base[:3] + 3 * delta[:3]  # parallel rows
+    b[3:] = base[3:] + torch.flip(delta[3:], dims=[1])  # other directions
+    for flatten in (True, False):
+        options = {"weight": [0.4, 0.6], "nuslerp_flatten": flatten}
+        expected = _mergekit([base, a, b], "nuslerp", **options)
+        got = _poise([base, a, b], "nuslerp", **options)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    lerp = base + 0.4 * delta + 0.6 * (b - base)
+    torch.testing.assert_close(got[:3], lerp[:3], atol=1e-6, rtol=0)
+    assert not torch.allclose(got[3:], lerp[3:], atol=1e-4)  # spherical there
+    # a whole tensor that is a multiple of the other, without a base
+    got = get_method("nuslerp")([a, 2 * a], None, weight=[1.0, 3.0])
+    torch.testing.assert_close(got, 0.25 * a + 0.75 * 2 * a, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("flatten", [True, False])
+def test_nuslerp_antipodal_vectors_are_interpolated_linearly(flatten: bool) -> None:
+    """A task vector and its negation (``v_1 = -2 v_0`` exactly) are colinear: linear
+    interpolation. mergekit 0.1.5's test ``1 - cos^2 <= 1e-16`` is below float32's rounding of
+    ``cos``, so it took the spherical branch for about a third of such vectors and divided by
+    ``sin(omega) ~ 3e-4``: on these 16 rows, results up to ~2750 times the inputs'."""
+    from mergekit.merge_methods.nuslerp import nuslerp as mergekit_nuslerp
+
+    v0 = torch.randn(16, 64, generator=torch.Generator().manual_seed(12))
+    v1 = -2 * v0
+    lerp = 0.6 * v0 + 0.4 * v1
+    got = get_method("nuslerp")([v0, v1], None, weight=[0.6, 0.4], nuslerp_flatten=flatten)
+    torch.testing.assert_close(got, lerp, atol=1e-6, rtol=0)
+    with_base = get_method("nuslerp")(
+        [v0 + 1, v1 + 1], torch.ones(16, 64), weight=[0.6, 0.4], nuslerp_flatten=flatten
+    )
+    torch.testing.assert_close(with_base, lerp + 1, atol=1e-5, rtol=0)
+    if not flatten:  # mergekit's result on the same rows: the departure is real
+        off = (mergekit_nuslerp(0.4, v0, v1, flatten=False) - lerp).abs().amax(dim=1)
+        assert (off > 1).any() and (off < 1e-5).any()
+
+
+def test_nuslerp_weights_summing_to_0_interpolate_halfway_as_in_mergekit() -> None:
+    """|w_0 + w_1| < 1e-6 gives t = 1/2 (mergekit's rule), not a division by 0."""
+    tensors = _float32(8, (8, 12))
+    for weights in ([0.0, 0.0], [1.0, -1.0]):
+        expected = _mergekit(tensors, "nuslerp", weight=weights)
+        got = _poise(tensors, "nuslerp", weight=weights)
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(got, _poise(tensors, "nuslerp", weight=[1.0, 1.0]))
+
+
+def test_nuslerp_a_zero_task_vector_is_orthogonal_as_in_mergekit() -> None:
+    """A model equal to the base on a tensor (a frozen layer) has a zero task vector: cos 0,
+    so the other's is scaled by sin(t pi/2) (0.707 at t = 1/2), as mergekit does."""
+    base, _, b = _float32(9, (8, 12))
+    expected = _mergekit([base, base.clone(), b], "nuslerp", weight=[1.0, 1.0])
+    got = _poise([base, base.clone(), b], "nuslerp", weight=[1.0, 1.0])
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got, base + math.sin(math.pi / 4) * (b - base), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_nuslerp_half_precision_is_computed_in_float32_and_returned_in_the_bases_dtype(
+    dtype: torch.dtype,
+) -> None:
+    """bfloat16 / float16 inputs: the float32 merge of their exact values (mergekit with
+    ``dtype=float32``), rounded once to the base's dtype."""
+    tensors = [t.to(dtype) for t in _float32(10, (16, 24))]
+    got = _poise(tensors, "nuslerp", weight=[0.3, 0.7], nuslerp_flatten=False)
+    assert got.dtype == dtype
+    expected = mergekit_api.merge_tensors(
+        [t.float() for t in tensors], "nuslerp",
+        parameters={"weight": {"a": 0.3, "b": 0.7}, "nuslerp_flatten": False},
+        ids=IDS[:3], base_index=0,
+    )  # fmt: skip
+    assert torch.equal(got, expected.to(dtype))
+
+
+def test_nuslerp_refuses_other_than_two_models_in_one_line() -> None:
+    base, a, b = _float32(11, (4, 4))
+    method = get_method("nuslerp")
+    with pytest.raises(PoiseError, match=r"^nuslerp merges exactly 2 models with one weight each, "
+                       r"got 3 model\(s\) and 3 weight\(s\)$"):  # fmt: skip
+        method([a, b, a], base, weight=1.0)
+    with pytest.raises(PoiseError, match=r"got 2 model\(s\) and 1 weight\(s\)$"):
+        method([a, b], base, weight=[1.0])
+    with pytest.raises(PoiseError, match="needs at least 2 model"):
+        method.check({"weight": 1}, n_models=1, has_base=True)
+    with pytest.raises(PoiseError, match="takes at most 2 model"):
+        method.check({"weight": 1}, n_models=3, has_base=False)
+    with pytest.raises(PoiseError, match="needs the option"):
+        method.check({}, n_models=2, has_base=False)
+    method.check({"weight": 1}, n_models=2, has_base=False)  # the base is optional
+
+
 # -- random methods: invariants
 
 
@@ -501,7 +666,8 @@ def test_bfloat16_della_ranks_the_rounded_magnitudes_as_mergekit() -> None:
 def test_every_method_is_registered_with_help_and_reference() -> None:
     expected = {
         "linear", "task_arithmetic", "ties", "dare_linear", "dare_ties", "breadcrumbs",
-        "breadcrumbs_ties", "della", "della_linear", "slerp", "model_stock", "tsv_m", "resm",
+        "breadcrumbs_ties", "della", "della_linear", "slerp", "nuslerp", "model_stock", "tsv_m",
+        "resm",
     }  # fmt: skip
     assert expected <= set(METHODS.names())
     for name in expected:

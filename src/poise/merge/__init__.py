@@ -3,7 +3,7 @@
 - :mod:`poise.merge.methods`: the registry (:data:`METHODS`) and the method contract.
 - :mod:`poise.merge.task_arithmetic`: linear and the task-arithmetic family (TIES, DARE,
   breadcrumbs, DELLA) as one generalised function.
-- :mod:`poise.merge.interpolation`: SLERP and Model Stock.
+- :mod:`poise.merge.interpolation`: SLERP, NuSLERP and Model Stock.
 - :mod:`poise.merge.singular`: TSV-M and RESM.
 
 Importing this package registers every method.

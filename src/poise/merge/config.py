@@ -28,14 +28,16 @@ Differences from mergekit: tensors are merged in float32 (float64 stays float64)
 the trims' masks and the elected signs are still mergekit's, :mod:`poise.merge.task_arithmetic`). Methods whose defaults follow a
 paper where mergekit differs (TIES sign election, DARE / DELLA rescaling) say so in
 ``docs/merging.md``; the options ``sign_election: weighted`` and ``rescale_norm: l1`` give
-mergekit's behaviour. ``slices``, ``modules``, ``tokenizer_source: union``, the ``tokenizer:``
-block and a named or inline ``chat_template`` (the output keeps the tokenizer source's
+mergekit's behaviour. NuSLERP's colinear test allows for the rounding of the compute dtype
+(:func:`poise.merge.interpolation.nuslerp`). ``slices``, ``modules``, ``tokenizer_source: union``,
+the ``tokenizer:`` block and a named or inline ``chat_template`` (the output keeps the tokenizer source's
 template; ``auto`` is accepted) are refused. ``base_model`` may be ``BASE+LORA``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import typing
@@ -76,6 +78,8 @@ _REFUSED = {
 }
 CONFIG_RECORD = "merge_config.yml"
 MERGE_RECORD = "merge.json"
+
+log = logging.getLogger(__name__)
 
 
 class ModelEntry(BaseModel):
@@ -219,8 +223,10 @@ def check_config(config: MergeConfig) -> None:
 
 def merged_entries(config: MergeConfig, method: MergeMethod) -> list[ModelEntry]:
     """The models merged besides the base: a base listed among ``models`` (as mergekit configs
-    often do) is the base, not a merged model, for methods that take a base."""
-    if method.base == "required" and config.base_model is not None:
+    often do) is the base, not a merged model, for methods that need a base and for those
+    that declare ``drop_listed_base`` (NuSLERP, whose base is optional)."""
+    takes_base = method.base == "required" or method.drop_listed_base
+    if takes_base and config.base_model is not None:
         return [e for e in config.models if e.model != config.base_model]
     return list(config.models)
 
@@ -590,6 +596,7 @@ def run_merge(
     check_output(out)
     method = METHODS.get(config.merge_method)
     entries = merged_entries(config, method)
+    _warn_ignored_options(config, method)
     opened: list[TensorSource] = []
     try:
         base: TensorSource | None = None
@@ -639,6 +646,22 @@ def run_merge(
     finally:
         for source in opened:
             source.close()
+
+
+def _warn_ignored_options(config: MergeConfig, method: MergeMethod) -> None:
+    """Options a config sets that change nothing, accepted as mergekit accepts them."""
+    shared = config.parameters
+    if (
+        "nuslerp_row_wise" in method.parameters()
+        and shared.get("nuslerp_row_wise") in (True, 1)
+        and shared.get("nuslerp_flatten", True) not in (False, 0)
+    ):
+        log.warning(
+            "%s: nuslerp_row_wise has no effect while nuslerp_flatten is true (the default), "
+            "which treats each tensor as one vector; set nuslerp_flatten: false for one angle "
+            "per vector",
+            method.name,
+        )
 
 
 def _files_folder(source: TensorSource) -> Path:

@@ -46,6 +46,9 @@ class MergeMethod:
     min_models: int = 1
     max_models: int | None = None
     random: bool = False  # draws random masks: takes a ``seed`` option
+    # a base_model also listed under models is the base, not a merged model (so with a
+    # required base; mergekit's rule for methods whose per-model options skip the base)
+    drop_listed_base: bool = False
 
     def parameters(self) -> dict[str, inspect.Parameter]:
         """The keyword options of the function (name -> parameter with its default)."""
@@ -110,6 +113,7 @@ def merge_method(
     min_models: int = 1,
     max_models: int | None = None,
     random: bool = False,
+    drop_listed_base: bool = False,
     help: str = "",
 ) -> Callable[[MethodFn], MethodFn]:
     """Register a per-tensor merge function under ``name`` (see the module docstring)."""
@@ -118,7 +122,9 @@ def merge_method(
         _check_signature(name, fn, per_model)
         METHODS.add(
             name,
-            MergeMethod(name, fn, per_model, base, min_models, max_models, random),
+            MergeMethod(
+                name, fn, per_model, base, min_models, max_models, random, drop_listed_base
+            ),
             help=help or _first_line(fn),
             reference=reference,
         )
