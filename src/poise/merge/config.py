@@ -630,6 +630,7 @@ def run_merge(
             tokenizer_source=tokenizer,
             dtype=DTYPES[dtype_name] if dtype_name else None,
             seed=config.seed,
+            compute_dtype=DTYPES[config.dtype] if config.dtype else None,
         )
         check_inputs(job)  # one architecture: names and shapes, from the headers only
         check_tensor_options(method, resolver, reference.keys(), [e.model for e in entries])

@@ -44,6 +44,7 @@ import torch
 from poise.errors import PoiseError, file_on_the_way, read_json_object
 from poise.merge.methods import MergeMethod
 from poise.merge.sources import INDEX_NAME, SINGLE_NAME, LoraFolder, TensorSource
+from poise.merge.sparsify import HALF_DTYPES
 from poise.merge.task_arithmetic import tensor_seed
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,10 @@ class MergeJob:
     tokenizer_source: TensorSource | None = None  # whose vocabulary the output has
     dtype: torch.dtype | None = None  # output dtype; None keeps the base's (or first model's)
     seed: int = 0
+    # the config's ``dtype``, mergekit's compute dtype: float32 / float64 there give a method
+    # its inputs in that dtype, so half-precision checkpoints are not ranked as mergekit ranks
+    # them in their own dtype (poise.merge.task_arithmetic, "Half-precision inputs")
+    compute_dtype: torch.dtype | None = None
 
     @property
     def reference(self) -> TensorSource:
@@ -253,6 +258,12 @@ def merge_tensor(job: MergeJob, name: str) -> torch.Tensor:
         base = base.to(torch.promote_types(base.dtype, out_dtype))
     if tensors:
         tensors[0] = tensors[0].to(torch.promote_types(tensors[0].dtype, out_dtype))
+    if job.compute_dtype is not None and job.compute_dtype not in HALF_DTYPES:
+        # mergekit casts every input to its ``dtype`` before it subtracts: with float32 its task
+        # vectors are exact differences, not rounded to the checkpoints' bfloat16
+        if base is not None:
+            base = base.to(torch.promote_types(base.dtype, job.compute_dtype))
+        tensors = [t.to(torch.promote_types(t.dtype, job.compute_dtype)) for t in tensors]
     merged = job.method(tensors, base, **options)
     return merged.to(out_dtype)
 

@@ -142,8 +142,13 @@ def generalized_task_arithmetic(
         for t in range(n):
             if consensus == "count":
                 votes.add_(deltas[t].sign(), alpha=orient[t])
+            elif half is None and sign_election == "weighted":
+                # w_t delta_t rounded to the working dtype, then summed task by task, as
+                # mergekit's ``deltas.mul_(weights)`` and ``sum(dim=0)``: a fused a + w b
+                # rounds once, and an exact cancellation then elects another sign
+                votes.add_(deltas[t] * torch.tensor(weights[t], dtype=dtype))
             elif half is None:
-                votes.add_(deltas[t], alpha=weights[t] if sign_election == "weighted" else 1.0)
+                votes.add_(deltas[t])
             else:  # round_h(round_h(w_t) * round_h(delta_hat_t)), mergekit's weighted delta
                 scale = weights[t] if sign_election == "weighted" else 1.0
                 alpha = torch.tensor(scale, dtype=half, device=base.device)  # h(s_t)
