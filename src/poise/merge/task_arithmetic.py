@@ -28,7 +28,9 @@ the merged entry is 0 either way. The paper's disjoint mean (the authors' ``disj
 ``dis-mean``: the agreeing entries' sum over their count, at least 1) is ``normalize=True``
 with equal weights.
 
-Half-precision inputs. mergekit 0.1.5 computes in the checkpoints' dtype: its task vectors are
+Half-precision inputs. mergekit 0.1.5 computes in its config's ``dtype``, else the checkpoints'
+dtype (with ``dtype: float32`` poise's executor hands a method float32 inputs, and nothing below
+applies): its task vectors are
 ``delta_t`` rounded to bfloat16 (or float16), whose 8 (11) significant bits make many magnitudes
 equal and make votes cancel exactly. Where every input (``base`` and ``tensors``) is bfloat16 or
 float16, poise takes its discrete decisions on those rounded vectors, so they are mergekit's:
