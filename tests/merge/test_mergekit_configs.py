@@ -482,6 +482,7 @@ def test_a_bfloat16_merge_keeps_mergekits_tied_entries(
 )
 def test_bfloat16_checkpoints_computed_in_float32_are_ranked_in_float32(
     bf16_zoo: dict[str, Path],
+    tiny_hf_model_dir: Path,
     tmp_path: Path,
     method: str,
     per_model: dict[str, Any],
@@ -490,37 +491,43 @@ def test_bfloat16_checkpoints_computed_in_float32_are_ranked_in_float32(
 ) -> None:
     """``dtype: float32`` is mergekit's compute dtype: it casts the bfloat16 checkpoints to
     float32 before it subtracts, so its task vectors are exact and ranked in float32. poise
-    ranked them rounded to the checkpoints' bfloat16 whatever ``dtype`` said, and kept other
-    tied entries (0.04 off on `benchmarks/merge_throughput.py`'s TIES). With the output written
-    in bfloat16 both round the same float32 merge: equal up to one bfloat16 step."""
+    ranked them rounded to the checkpoints' bfloat16 whatever ``dtype`` said (0.04 off mergekit
+    on `benchmarks/merge_throughput.py`'s TIES, written in bfloat16). Now the merge is that of
+    float32 copies of the checkpoints, to the bit."""
+    from transformers import AutoModelForCausalLM
+
     models = ["a", "b", "c"]
-    config = {
-        "merge_method": method,
-        "base_model": str(bf16_zoo["base"]),
-        "models": [
-            {
-                "model": str(bf16_zoo[m]),
-                "parameters": {k: v[i] if isinstance(v, list) else v for k, v in per_model.items()},
-            }
-            for i, m in enumerate(models)
-        ],
-        "parameters": shared,
-        "dtype": "float32",
-        "out_dtype": "bfloat16",
+    copies = {
+        name: _save(
+            AutoModelForCausalLM.from_pretrained(bf16_zoo[name]).to(torch.float32),
+            tmp_path / f"f32-{name}",
+            tiny_hf_model_dir,
+        )
+        for name in ("base", *models)
     }
-    options = mergekit_merge.MergeOptions(lazy_unpickle=False, cuda=False)
-    mergekit_merge.run_merge(
-        mergekit_config.MergeConfiguration.model_validate(config), str(tmp_path / "mk"), options
-    )
-    run_merge(dict(config, parameters={**shared, **poise_options}), tmp_path / "poise")
-    expected, got = _weights(tmp_path / "mk"), _weights(tmp_path / "poise")
+
+    def config(zoo: dict[str, Path]) -> dict[str, Any]:
+        return {
+            "merge_method": method,
+            "base_model": str(zoo["base"]),
+            "models": [
+                {
+                    "model": str(zoo[m]),
+                    "parameters": {
+                        k: v[i] if isinstance(v, list) else v for k, v in per_model.items()
+                    },
+                }
+                for i, m in enumerate(models)
+            ],
+            "parameters": {**shared, **poise_options},
+            "dtype": "float32",
+            "out_dtype": "bfloat16",
+        }
+
+    run_merge(config(bf16_zoo), tmp_path / "from-bf16")
+    run_merge(config(copies), tmp_path / "from-f32")
+    got, expected = _weights(tmp_path / "from-bf16"), _weights(tmp_path / "from-f32")
     assert set(got) == set(expected)
     for name, tensor in expected.items():
         assert got[name].dtype == tensor.dtype == torch.bfloat16, name
-        mk, ours = tensor.float(), got[name].float()
-        # one bfloat16 step of the result, and float32's rounding where the merge is near 0
-        off = (ours - mk).abs() > _bf16_spacing(torch.maximum(mk.abs(), ours.abs())) + 1e-7
-        assert not off.any(), (
-            f"{name}: {int(off.sum())} of {off.numel()} entries off mergekit's "
-            f"(largest {(ours - mk).abs().max().item():.3g})"
-        )
+        assert torch.equal(got[name], tensor), name
