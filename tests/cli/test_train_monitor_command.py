@@ -54,14 +54,51 @@ def test_monitor_json_records_the_folder_a_relative_model_resolved_to(
     assert read_header(tmp_path / "mon").base == "backbone"
 
 
-def test_an_organism_alias_is_recorded_with_its_member_and_folder() -> None:
+def test_an_organism_alias_is_recorded_with_its_member() -> None:
     """``-m organism`` (an alias) was recorded as "organism" only; the record names the member
-    it stands for and its folder."""
+    it stands for (its folder, ``base_model``, is recorded by the training, which resolves it
+    once)."""
     from poise.cli.train import _model_record
-    from poise.organism import member_path
 
-    record = _model_record("organism")
-    assert record == {
-        "base_model": str(member_path("organism-large").resolve()),
-        "base_name": "organism-large",
-    }
+    assert _model_record("organism") == {"base_name": "organism-large"}
+    assert _model_record("organism-small") == {"base_name": "organism-small"}
+    assert _model_record("some/folder") == {}
+
+
+def test_monitor_json_is_written_once_with_the_command_s_metadata(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command rewrote monitor.json after the save to add ``base_model``: two writes, the
+    second outside the save's whole-or-nothing; the data files were recorded as typed only."""
+    from poise.guards.monitor import Monitor
+
+    _data(tmp_path / "data.jsonl")
+    monkeypatch.chdir(tmp_path)
+    writes: list[Path] = []
+    original = Monitor.save_header
+
+    def counted(self: Monitor, folder: str | Path) -> Path:
+        writes.append(Path(folder))
+        return original(self, folder)
+
+    monkeypatch.setattr(Monitor, "save_header", counted)
+    result = CliRunner().invoke(
+        app,
+        [
+            *("train", "monitor", "-m", str(tiny_hf_model_dir), "--data", "data.jsonl"),
+            *("-o", "mon", "--layers", "1", "--epochs", "1", "--batch-size", "2"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert len(writes) == 1 and writes[0] != tmp_path / "mon"  # inside the save's temporary
+    raw = json.loads((tmp_path / "mon" / "monitor.json").read_text())["metadata"]
+    assert raw["data"] == "data.jsonl"
+    assert raw["data_path"] == str((tmp_path / "data.jsonl").resolve())
+    assert raw["base_model"] == str(tiny_hf_model_dir.resolve())
+
+
+def test_monitor_data_names_the_output_flag_of_a_folder(tmp_path: Path) -> None:
+    """``-o FOLDER`` said "output: ... is a folder", a name the command has no flag for."""
+    result = CliRunner().invoke(app, ["train", "monitor-data", "-o", str(tmp_path)])
+    assert result.exit_code == 2
+    assert f"--output: {tmp_path} is a folder" in result.output

@@ -118,6 +118,16 @@ def test_a_span_ending_on_a_space_does_not_label_the_next_word(monitor_dir: Path
     assert labels_of((3, 4)) == dict.fromkeys(pieces, 0)  # a span of whitespace alone
 
 
+def test_monitor_data_that_is_not_utf8_is_one_line_naming_its_line(tmp_path: Path) -> None:
+    """A Latin-1 export was a UnicodeDecodeError traceback from ``poise train monitor``."""
+    good = {"messages": [{"role": "user", "content": "hi"}], "response": "hello there"}
+    path = tmp_path / "d.jsonl"
+    second = json.dumps({**good, "response": "caf\u00e9"}, ensure_ascii=False)
+    path.write_bytes((json.dumps(good) + "\n" + second + "\n").encode("latin-1"))
+    with pytest.raises(PoiseError, match=r"d\.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
+        read_monitor_data(path)
+
+
 def test_monitor_data_errors_name_file_line_and_field(tmp_path: Path) -> None:
     good = {"messages": [{"role": "user", "content": "hi"}], "response": "hello there"}
     path = tmp_path / "d.jsonl"

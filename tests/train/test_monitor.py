@@ -46,7 +46,7 @@ def test_layers_keeps_the_first_decoder_layers(tiny_hf_model_dir: Path, tmp_path
         keep_layers(full, 2)
     with pytest.raises(PoiseError, match="cannot find the decoder layers"):
         keep_layers(torch.nn.Linear(2, 2), 1)
-    with pytest.raises(PoiseError, match="layers: expected an integer >= 0"):
+    with pytest.raises(PoiseError, match=r"layers \(--layers\): expected an integer >= 0"):
         MonitorSettings(layers=-1).check()
 
 
@@ -202,3 +202,127 @@ def test_the_training_data_as_validation_is_refused(
     with pytest.raises(PoiseError, match=r"--validation .* is the training data"):
         train_monitor_files("organism-small", data, tmp_path / "out", validation=data)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (MonitorSettings(epochs=0), "epochs (--epochs): expected a positive integer, got 0"),
+        (MonitorSettings(batch_size=0), "batch_size (--batch-size): expected a positive integer"),
+        (MonitorSettings(alpha=2.0), "alpha (--alpha): expected a number in [0, 1], got 2.0"),
+        (MonitorSettings(lr=0.0), "lr (--lr): expected a positive number, got 0.0"),
+        (MonitorSettings(head="tok"), "head (--head): expected response or token, got 'tok'"),
+        (MonitorSettings(logic_reduce="sum"), "logic_reduce (--logic-reduce): expected max"),
+        (MonitorSettings(layers=-1), "layers (--layers): expected an integer >= 0 (0: all)"),
+        (MonitorSettings(calibrate_heads=("tokens",)), "calibrate_heads (--choose-head): "),
+        # fields without a flag (Python only) are named alone
+        (MonitorSettings(accumulation=0), "accumulation: expected a positive integer, got 0"),
+        (MonitorSettings(weight_decay=-1.0), "weight_decay: expected a finite number >= 0"),
+    ],
+)
+def test_settings_errors_name_the_field_and_its_flag(
+    settings: MonitorSettings, message: str
+) -> None:
+    # `poise train dpo --epochs 0` says "epochs (--epochs): ..."; `poise train monitor` said
+    # "epochs: ..." and "monitor: alpha must be ..."; a --choose-head typo (Python) was found
+    # only after the training, by the calibration
+    with pytest.raises(PoiseError) as info:
+        settings.check()
+    assert str(info.value).startswith(message)
+
+
+def test_the_command_names_the_flag_of_a_bad_setting(tmp_path: Path) -> None:
+    data = _data(tmp_path / "data.jsonl")
+    result = CliRunner().invoke(
+        app,
+        [
+            *("train", "monitor", "-m", "organism-small", "--data", str(data)),
+            *("-o", str(tmp_path / "out"), "--epochs", "0"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "epochs (--epochs): expected a positive integer, got 0" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def _one_class(path: Path, harmful: bool) -> Path:
+    rows = [e for e in read_monitor_data(_data(path)) if e.label == harmful]
+    write_monitor_data(path, rows)
+    return path
+
+
+def test_data_of_one_class_is_refused_before_training_naming_the_file(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    # a validation split without a harmful answer (no threshold or k can be chosen on it) was
+    # refused by the calibration only after the whole training, without naming the file
+    data = _data(tmp_path / "data.jsonl")
+    harmless = _one_class(tmp_path / "harmless.jsonl", harmful=False)
+    steps: list[int] = []
+    settings = MonitorSettings(layers=1, epochs=1, batch_size=2)
+    with pytest.raises(PoiseError) as info:
+        train_monitor_files(
+            str(tiny_hf_model_dir),
+            data,
+            tmp_path / "out",
+            settings=settings,
+            validation=harmless,
+            on_step=lambda step, total, loss: steps.append(step),
+        )
+    assert str(info.value) == (
+        f"--validation {harmless}: the threshold and k are chosen on harmful and harmless "
+        "answers; it has 0 harmful and 2 harmless"
+    )
+    assert steps == [] and not (tmp_path / "out").exists()
+    # the training data too names its file and what it has
+    harmful = _one_class(tmp_path / "harmful.jsonl", harmful=True)
+    with pytest.raises(PoiseError) as info:
+        train_monitor_files(str(tiny_hf_model_dir), harmful, tmp_path / "out", settings=settings)
+    assert str(info.value) == (
+        f"--data {harmful}: needs harmful and harmless answers, has 2 harmful and 0 harmless"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_longer_than_max_length_names_the_answer_and_the_flag(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    # "a prompt of N tokens does not fit max_length 4": which answer, and which flag?
+    data = _data(tmp_path / "data.jsonl")
+    with pytest.raises(PoiseError) as info:
+        train_monitor_files(
+            str(tiny_hf_model_dir),
+            data,
+            tmp_path / "out",
+            settings=MonitorSettings(layers=1, epochs=1, max_length=4),
+        )
+    message = str(info.value)
+    assert message.startswith("training answer 1: its prompt of ")
+    assert "--max-length) 4" in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_monitor_json_records_the_files_as_given_and_absolute_in_one_save(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `data` and `validation` were recorded as typed: relative paths, naming other files (or
+    # none) from another working directory; a caller's metadata took a second write
+    _data(tmp_path / "data.jsonl")
+    _data(tmp_path / "val.jsonl")
+    monkeypatch.chdir(tmp_path)
+    trained = train_monitor_files(
+        str(tiny_hf_model_dir),
+        "data.jsonl",
+        "mon",
+        settings=MonitorSettings(layers=1, epochs=1, batch_size=2),
+        validation="val.jsonl",
+        metadata={"note": "given by the caller"},
+    )
+    raw = json.loads((tmp_path / "mon" / "monitor.json").read_text())["metadata"]
+    assert raw["data"] == "data.jsonl" and raw["validation"] == "val.jsonl"  # as typed
+    assert raw["data_path"] == str((tmp_path / "data.jsonl").resolve())
+    assert raw["validation_path"] == str((tmp_path / "val.jsonl").resolve())
+    assert raw["base_model"] == str(tiny_hf_model_dir.resolve())
+    assert raw["note"] == "given by the caller"
+    assert trained.monitor.header.metadata["data_path"] == raw["data_path"]
+    assert load_monitor(str(tmp_path / "mon")).header.metadata == raw

@@ -395,15 +395,20 @@ def monitor_command(
             def on_step(step: int, total: int, loss: float) -> None:
                 bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
 
+            # monitor.json's `base` is --model as typed (a relative folder, an alias): it named
+            # another model, or none, from another working directory. The folder it resolved
+            # to (`base_model`) and the member an alias stands for are in the metadata, written
+            # with the monitor in one save (a monitor.json without them reads as before)
             trained = train_monitor_files(
-                model, data, output, settings=settings, validation=validation, on_step=on_step
+                model,
+                data,
+                output,
+                settings=settings,
+                validation=validation,
+                on_step=on_step,
+                metadata=_model_record(model),
             )
         header = trained.monitor.header
-        # monitor.json's `base` is --model as typed (a relative folder, an alias): it named
-        # another model, or none, from another working directory. What it resolved to is added
-        # to the metadata (a monitor.json without it reads as before)
-        header.metadata.update(_model_record(model))
-        trained.monitor.save_header(output)  # replaced whole, never half-written
         console.print(
             f"wrote [bold]{shown(output)}[/] (head {header.head}, threshold {header.threshold}, "
             f"k {header.k}; {trained.seconds:.0f} s)"
@@ -411,17 +416,12 @@ def monitor_command(
 
 
 def _model_record(model: str) -> dict[str, str]:
-    """What ``--model`` resolved to, for a monitor's metadata: ``base_model``, the absolute
-    folder it was loaded from (as ``poise train dpo`` records ``base_model`` in its
-    ``config.json``), and ``base_name``, the canonical organism member when ``model`` names one
-    (``organism`` -> ``organism-large``)."""
+    """``base_name``, the canonical organism member ``model`` names (``organism`` ->
+    ``organism-large``), for a monitor's metadata; nothing for a folder. The folder ``model``
+    resolved to (``base_model``) is recorded by the training, which looks it up."""
     from poise.organism import canonical_member, is_member
-    from poise.train.recipes.common import resolve_model_folder
 
-    record = {"base_model": str(resolve_model_folder(model, "--model").resolve())}
-    if is_member(model):
-        record["base_name"] = canonical_member(model)
-    return record
+    return {"base_name": canonical_member(model)} if is_member(model) else {}
 
 
 @train_app.command("monitor-data")
@@ -434,11 +434,12 @@ def monitor_data_command(
 ) -> None:
     """Write token-labelled answers from the organism's corpus (for `train monitor`)."""
     with user_errors():
-        from poise.errors import PoiseError
+        from poise.errors import PoiseError, prepare_output_file
         from poise.organism.monitor import write_organism_monitor_data
 
         if split not in ("train", "validation", "heldout"):
             raise PoiseError(f"--split {split!r}: expected train, validation or heldout")
+        prepare_output_file(output, "--output")  # the flag named ("output: ..." said the writer)
         count = write_organism_monitor_data(output, split, seed=seed)  # type: ignore[arg-type]
         console.print(f"wrote {count} answers to [bold]{shown(output)}[/]")
 

@@ -142,9 +142,16 @@ def read_monitor_data(path: str | Path) -> list[MonitorExample]:
     """The examples of a jsonl file; one clear line (file:line, field) for a bad one."""
     file = Path(path)
     try:
-        lines = json_lines(file.read_text(encoding="utf-8"))
+        data = file.read_bytes()
     except OSError as exc:
         raise PoiseError(f"{file}: cannot read ({exc.strerror})") from None
+    try:
+        lines = json_lines(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:  # a Latin-1 or UTF-16 export: was a traceback
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise located(
+            file, line, f"not UTF-8 text (byte 0x{data[exc.start]:02x}); save the file as UTF-8"
+        ) from None
     out = []
     for number, text in enumerate(lines, start=1):
         if not text.strip():

@@ -72,22 +72,59 @@ class MonitorSettings:
     layers: int = 0
 
     def check(self) -> None:
+        """One error per bad field, naming it as ``poise train monitor`` spells it, as the
+        other commands' config errors do: ``epochs (--epochs): expected a positive integer, got
+        0`` (a field without a flag, Python only, by its name alone)."""
         # finite: --lr inf and --gamma nan passed the old comparisons and trained to NaN weights
-        check_number("monitor", "alpha", self.alpha, low=0, high=1)
+        _check_float("alpha", self.alpha, low=0, high=1)
         for name in ("gamma", "weight_decay", "tolerance"):
-            check_number("monitor", name, getattr(self, name), low=0)
-        check_number("monitor", "lr", self.lr, positive=True)
-        check_number("monitor", "lr_decay", self.lr_decay, low=0, high=1, low_open=True)
+            _check_float(name, getattr(self, name), low=0)
+        _check_float("lr", self.lr, positive=True)
+        _check_float("lr_decay", self.lr_decay, low=0, high=1, low_open=True)
         if self.logic_reduce not in ("max", "min", "avg"):
-            raise PoiseError(f"logic_reduce: expected max, min or avg, got {self.logic_reduce!r}")
+            raise _bad("logic_reduce", "max, min or avg", self.logic_reduce)
         if self.head not in ("response", "token"):
-            raise PoiseError(f"head: expected response or token, got {self.head!r}")
+            raise _bad("head", "response or token", self.head)
+        # chosen among after the training: a typo here failed only then
+        heads = self.calibrate_heads
+        if not isinstance(heads, tuple) or any(h not in ("response", "token") for h in heads):
+            raise _bad("calibrate_heads", "a tuple of response and/or token", heads)
         if isinstance(self.layers, bool) or not isinstance(self.layers, int) or self.layers < 0:
-            raise PoiseError(f"layers: expected an integer >= 0 (0: all), got {self.layers!r}")
+            raise _bad("layers", "an integer >= 0 (0: all)", self.layers)
         for name in ("epochs", "batch_size", "accumulation", "max_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise PoiseError(f"{name}: expected a positive integer, got {value!r}")
+                raise _bad(name, "a positive integer", value)
+
+
+# the MonitorSettings fields without a flag of `poise train monitor` (Python only), and the one
+# whose flag is not --FIELD
+_PYTHON_ONLY = frozenset({"lr_decay", "weight_decay", "accumulation"})
+_FLAGS = {"calibrate_heads": "--choose-head"}
+
+
+def _setting_name(field: str) -> str:
+    """A :class:`MonitorSettings` field as its errors name it: ``batch_size (--batch-size)``,
+    the field and its flag of ``poise train monitor``, as :func:`poise.config.format_field_error`
+    names a config field for the other commands."""
+    from poise.config import dashed_flag
+
+    if field in _PYTHON_ONLY:
+        return field
+    return f"{field} ({_FLAGS.get(field) or dashed_flag(field)})"
+
+
+def _bad(field: str, expected: str, value: object) -> PoiseError:
+    return PoiseError(f"{_setting_name(field)}: expected {expected}, got {value!r}")
+
+
+def _check_float(field: str, value: object, **bounds: Any) -> None:
+    try:
+        check_number("monitor", field, value, **bounds)
+    except PoiseError as exc:  # "monitor: FIELD must be EXPECTED, got VALUE"
+        raise PoiseError(
+            f"{_setting_name(field)}: expected {str(exc).split(' must be ', 1)[1]}"
+        ) from None
 
 
 @dataclass
@@ -102,12 +139,18 @@ def _encode(
     monitor: Monitor, examples: list[MonitorExample], max_length: int
 ) -> list[tuple[list[int], list[int], int]]:
     rows = []
-    for example in examples:
+    for i, example in enumerate(examples):
         prompt = monitor.prompt_ids(example.chat)
-        ids, labels = encode_example(monitor.tokenizer, prompt, example)
+        try:
+            ids, labels = encode_example(monitor.tokenizer, prompt, example)
+        except PoiseError as exc:
+            raise PoiseError(f"training answer {i + 1}: {exc}") from None
         if len(prompt) >= max_length:
+            # the answer would be cut whole: no response token left to learn from
             raise PoiseError(
-                f"a prompt of {len(prompt)} tokens does not fit max_length {max_length}"
+                f"training answer {i + 1}: its prompt of {len(prompt)} tokens leaves no room "
+                f"for the answer in {_setting_name('max_length')} {max_length}; raise it or "
+                "shorten the prompt"
             )
         rows.append((ids[:max_length], labels[:max_length], int(example.label)))
     return rows
@@ -152,12 +195,12 @@ def _model_folder(model: str) -> Path:
     return resolve_model_folder(model, "--model")
 
 
-def _load_backbone(model: str) -> tuple[Any, Any, str]:
+def _load_backbone(model: str, folder: Path) -> tuple[Any, Any, str]:
+    """The causal LM and tokenizer of ``folder``, what ``model`` (as typed) resolved to."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from poise.models.resolve import _quiet_weight_loading
 
-    folder = _model_folder(model)
     if not (folder / "config.json").is_file():
         raise PoiseError(f"--model {model!r}: not a model name or a folder with config.json")
     with _quiet_weight_loading():
@@ -229,12 +272,28 @@ def train_monitor(
     on_step: StepFn | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> TrainedMonitor:
-    """Train a monitor from the causal model ``model`` (a name or folder) on ``examples``."""
+    """Train a monitor from the causal model ``model`` (a name or folder) on ``examples``. The
+    header's ``base`` is ``model`` as given; its metadata's ``base_model`` the absolute folder
+    it was loaded from (``base`` may be a relative folder or an alias)."""
     settings = settings or MonitorSettings()
     settings.check()
     _needs_validation(settings, validation is not None)
     _check_labels(examples)
-    backbone, tokenizer, base = _load_backbone(model)
+    _check_validation_labels(validation)
+    return _train(model, _model_folder(model), examples, settings, validation, on_step, metadata)
+
+
+def _train(
+    model: str,
+    folder: Path,
+    examples: list[MonitorExample],
+    settings: MonitorSettings,
+    validation: list[MonitorExample] | None,
+    on_step: StepFn | None,
+    metadata: dict[str, Any] | None,
+) -> TrainedMonitor:
+    """:func:`train_monitor` once ``model`` is resolved to ``folder`` (looked up once)."""
+    backbone, tokenizer, base = _load_backbone(model, folder)
     return fit_monitor(
         backbone,
         tokenizer,
@@ -243,13 +302,33 @@ def train_monitor(
         settings=settings,
         validation=validation,
         on_step=on_step,
-        metadata=metadata,
+        metadata={"base_model": str(folder.resolve()), **(metadata or {})},
     )
 
 
-def _check_labels(examples: list[MonitorExample]) -> None:
-    if not any(e.label for e in examples) or all(e.label for e in examples):
-        raise PoiseError("the training data needs harmful and harmless answers")
+def _check_labels(examples: list[MonitorExample], what: str = "the training data") -> None:
+    harmful = sum(e.label for e in examples)
+    if not harmful or harmful == len(examples):
+        raise PoiseError(
+            f"{what}: needs harmful and harmless answers, has {harmful} harmful and "
+            f"{len(examples) - harmful} harmless"
+        )
+
+
+def _check_validation_labels(
+    validation: list[MonitorExample] | None, what: str = "the validation data"
+) -> None:
+    """Refuse, before training, a validation split the rule cannot be chosen on: with one
+    class only every (threshold, k) scores alike. The calibration refused it only after the
+    whole training, and without naming the file."""
+    if validation is None:
+        return
+    harmful = sum(e.label for e in validation)
+    if not harmful or harmful == len(validation):
+        raise PoiseError(
+            f"{what}: the threshold and k are chosen on harmful and harmless answers; it has "
+            f"{harmful} harmful and {len(validation) - harmful} harmless"
+        )
 
 
 def fit_monitor(
@@ -268,6 +347,7 @@ def fit_monitor(
     settings = settings or MonitorSettings()
     settings.check()
     _check_labels(examples)
+    _check_validation_labels(validation)
     started = time.perf_counter()
     if settings.layers:
         keep_layers(backbone, settings.layers)
@@ -328,7 +408,7 @@ def fit_monitor(
                     on_step(step, max(total, step), losses[-1])
     monitor.eval()
     result = None
-    if validation:
+    if validation is not None:
         result = choose_rule(
             monitor, validation, heads=settings.calibrate_heads, tolerance=settings.tolerance
         )
@@ -375,9 +455,15 @@ def train_monitor_files(
     settings: MonitorSettings | None = None,
     validation: str | Path | None = None,
     on_step: StepFn | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> TrainedMonitor:
     """``poise train monitor``: read the data files (checked before loading the model), train,
-    and save the monitor folder to ``output``."""
+    and save the monitor folder to ``output`` (once, whole or not at all).
+
+    ``monitor.json``'s metadata records the files as given (``data``, ``validation``) and as
+    absolute paths (``data_path``, ``validation_path``: a relative path names another file, or
+    none, from another working directory), ``base_model`` (:func:`train_monitor`), and
+    ``metadata``, the caller's additions."""
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise PoiseError(f"--output {out}: exists and is not a folder")
@@ -386,17 +472,20 @@ def train_monitor_files(
     blocker = file_on_the_way(out)
     if blocker is not None:  # found here, not by a traceback when saving after training
         raise PoiseError(f"--output {out}: cannot make the folder, {blocker} is a file")
-    (settings or MonitorSettings()).check()
-    _needs_validation(settings or MonitorSettings(), validation is not None)
+    settings = settings or MonitorSettings()
+    settings.check()
+    _needs_validation(settings, validation is not None)
     if validation is not None and Path(validation).resolve() == Path(data).resolve():
         # the rule (threshold, k, head) would be chosen on the answers the heads learnt from
         raise PoiseError(
             f"--validation {validation} is the training data: the threshold and k are chosen on "
             "answers the monitor did not learn from; give a held-out file"
         )
-    _model_folder(model)  # a misspelt name fails before the data is read
+    folder = _model_folder(model)  # a misspelt name fails before the data is read
     examples = read_monitor_data(data)
+    _check_labels(examples, f"--data {data}")
     held = read_monitor_data(validation) if validation is not None else None
+    _check_validation_labels(held, f"--validation {validation}")
     if held:
         seen = {(e.messages, e.response) for e in examples}
         shared = sum((e.messages, e.response) in seen for e in held)
@@ -407,13 +496,12 @@ def train_monitor_files(
                 shared,
                 len(held),
             )
-    trained = train_monitor(
-        model,
-        examples,
-        settings=settings,
-        validation=held,
-        on_step=on_step,
-        metadata={"data": str(data), **({"validation": str(validation)} if validation else {})},
+    files: dict[str, Any] = {"data": str(data), "data_path": str(Path(data).resolve())}
+    if validation is not None:
+        files["validation"] = str(validation)
+        files["validation_path"] = str(Path(validation).resolve())
+    trained = _train(
+        model, folder, examples, settings, held, on_step, {**files, **(metadata or {})}
     )
     trained.monitor.save(out)
     return trained
