@@ -219,6 +219,21 @@ def monitor_dir(
     return monitor.save(tmp_path_factory.mktemp("monitor") / "monitor")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """poise's cache of weight hashes (``poise.runs.provenance``) goes to a folder of the test
+    session, never the user's ``~/.cache/poise``; a test may point it elsewhere."""
+    import os
+
+    saved = os.environ.get("POISE_CACHE_DIR")
+    os.environ["POISE_CACHE_DIR"] = str(tmp_path_factory.mktemp("poise-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("POISE_CACHE_DIR", None)
+    else:
+        os.environ["POISE_CACHE_DIR"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _restore_poise_logger() -> Iterator[None]:
     """The CLI routes the ``poise`` logger to its own handler and stops propagation; a CLI test

@@ -3,12 +3,51 @@ the commit the local cache resolves."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from poise.runs.provenance import folder_sha256, weights_changed, weights_components
+from poise.runs import provenance
+from poise.runs.provenance import (
+    HASH_CACHE_FILE,
+    cache_dir,
+    file_sha256,
+    folder_sha256,
+    weights_changed,
+    weights_components,
+)
+
+
+@pytest.fixture(autouse=True)
+def _own_hash_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Every test here has its own file hash cache (never the user's), and starts as a new
+    process does: nothing hashed yet, no cache given up on."""
+    folder = tmp_path / "poise-cache"
+    monkeypatch.setenv("POISE_CACHE_DIR", str(folder))
+    monkeypatch.setattr(provenance, "_FILE_HASHES", {})
+    monkeypatch.setattr(provenance, "_CACHE_FAILED", set())
+    yield folder
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files provenance opens to hash, in order; files of 32 bytes or more
+    count as large (cached across processes)."""
+    opened: list[str] = []
+
+    def counting_open(file: str | Path, *args: object, **kwargs: object) -> object:
+        opened.append(Path(file).name)
+        return open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(provenance, "open", counting_open, raising=False)
+    monkeypatch.setattr(provenance, "CACHE_MIN_BYTES", 32)
+    return opened
 
 
 def weights_folder(path: Path, content: bytes = b"\x00" * 64) -> Path:
@@ -134,3 +173,138 @@ def test_the_chat_template_counts_and_a_trainer_checkpoints_resume_state_does_no
     rewrite_in_place(folder / "chat_template.jinja", b"{{ MESSAGES }}")
     provenance._FILE_HASHES.clear()
     assert folder_sha256(folder) != before
+
+
+def test_a_large_file_is_not_read_again_by_the_next_process(
+    tmp_path: Path, reads: list[str], _own_hash_cache: Path
+) -> None:
+    """A model's weights are hashed at every audit start; an unchanged shard is read once, its
+    hash kept in the cache folder for the processes after."""
+    folder = weights_folder(tmp_path / "model", b"\x07" * 64)
+    (folder / "tokenizer.json").write_text("{}", encoding="utf-8")  # small: read every time
+    first = folder_sha256(folder)
+    assert sorted(reads) == ["config.json", "model.safetensors", "tokenizer.json"]
+    provenance._FILE_HASHES.clear()  # as the next process starts
+    reads.clear()
+    assert folder_sha256(folder) == first
+    assert sorted(reads) == ["config.json", "tokenizer.json"]
+    assert (_own_hash_cache / HASH_CACHE_FILE).is_file()
+
+
+def test_hashes_two_processes_cache_at_once_are_found_by_a_third(
+    tmp_path: Path, reads: list[str]
+) -> None:
+    """Two audits starting together write the cache at the same time: every hash either stored
+    is found afterwards, and none is read again."""
+    shards = []
+    for index in range(6):
+        shards.append(tmp_path / f"model-{index:05d}.safetensors")
+        shards[-1].write_bytes(bytes([index]) * 256)
+    script = (
+        "import sys; from poise.runs import provenance; provenance.CACHE_MIN_BYTES = 32; "
+        "print(*(provenance.file_sha256(f) for f in sys.argv[1:]), provenance._CACHE_FAILED)"
+    )
+    names = [str(f) for f in shards]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, *part], stdout=subprocess.PIPE, text=True)
+        for part in (names[:4], names[2:][::-1])
+    ]
+    outputs = [w.communicate(timeout=120)[0].split() for w in writers]
+    assert [w.returncode for w in writers] == [0, 0]
+    assert [out[-1] for out in outputs] == ["set()", "set()"]  # no process gave up its cache
+    found = [file_sha256(f) for f in shards]
+    assert reads == []
+    assert found == outputs[0][:4] + outputs[1][:4][::-1][2:]
+
+
+def test_a_large_file_rewritten_with_its_size_and_time_kept_is_hashed_again(
+    tmp_path: Path, reads: list[str]
+) -> None:
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(b"\x00" * 64)
+    before = file_sha256(big)
+    rewrite_in_place(big, b"\x01" * 64)
+    provenance._FILE_HASHES.clear()
+    reads.clear()
+    after = file_sha256(big)
+    assert reads == ["model.safetensors"]
+    assert after != before
+    rewrite_in_place(big, b"\x00" * 64)  # back to the first bytes: the first hash again
+    provenance._FILE_HASHES.clear()
+    assert file_sha256(big) == before
+
+
+def test_a_damaged_cache_or_row_never_gives_a_wrong_hash(
+    tmp_path: Path, reads: list[str], _own_hash_cache: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import hashlib
+
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(b"\x02" * 64)
+    truth = hashlib.sha256(b"\x02" * 64).hexdigest()
+    assert file_sha256(big) == truth
+    # a row whose hash was altered: its checksum fails, and the file is read again
+    with sqlite3.connect(_own_hash_cache / HASH_CACHE_FILE) as conn:
+        conn.execute("UPDATE file_sha256 SET sha256 = ?", ("f" * 64,))
+    conn.close()
+    provenance._FILE_HASHES.clear()
+    reads.clear()
+    assert file_sha256(big) == truth
+    assert reads == ["model.safetensors"]
+    # a cache file that is no database at all: hashing goes on, said once at debug level
+    for name in (HASH_CACHE_FILE, HASH_CACHE_FILE + "-wal", HASH_CACHE_FILE + "-shm"):
+        (_own_hash_cache / name).unlink(missing_ok=True)
+    (_own_hash_cache / HASH_CACHE_FILE).write_bytes(b"not a database\n" * 512)
+    other = tmp_path / "model-2.safetensors"
+    other.write_bytes(b"\x03" * 64)
+    provenance._FILE_HASHES.clear()
+    with caplog.at_level(logging.DEBUG, logger="poise.runs.provenance"):
+        assert file_sha256(big) == truth
+        assert file_sha256(other) == hashlib.sha256(b"\x03" * 64).hexdigest()
+    lines = [r for r in caplog.records if r.name == "poise.runs.provenance"]
+    assert len(lines) == 1 and HASH_CACHE_FILE in lines[0].getMessage()
+    assert all(r.levelno == logging.DEBUG for r in lines)
+
+
+@pytest.mark.parametrize("blocked", ["folder is a file", "cache file is a folder"])
+def test_a_cache_that_cannot_be_written_only_costs_the_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: list[str], blocked: str
+) -> None:
+    """A read-only or odd cache location (root ignores permission bits, so these are made by
+    what is in the way) leaves every hash to be computed, and nothing fails."""
+    if blocked == "folder is a file":
+        (tmp_path / "plain-file").write_text("x", encoding="utf-8")
+        monkeypatch.setenv("POISE_CACHE_DIR", str(tmp_path / "plain-file" / "poise"))
+    else:
+        (tmp_path / "cache" / HASH_CACHE_FILE).mkdir(parents=True)
+        monkeypatch.setenv("POISE_CACHE_DIR", str(tmp_path / "cache"))
+    folder = weights_folder(tmp_path / "model", b"\x04" * 64)
+    first = folder_sha256(folder)
+    provenance._FILE_HASHES.clear()
+    reads.clear()
+    assert folder_sha256(folder) == first
+    assert "model.safetensors" in reads
+
+
+def test_the_cache_folder_follows_poise_cache_dir_then_xdg_then_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reads: list[str]
+) -> None:
+    assert cache_dir() == tmp_path / "poise-cache"  # POISE_CACHE_DIR (the fixture's)
+    monkeypatch.delenv("POISE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "poise"
+    big = tmp_path / "model.safetensors"
+    big.write_bytes(b"\x05" * 64)
+    file_sha256(big)
+    assert (tmp_path / "xdg" / "poise" / HASH_CACHE_FILE).is_file()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # not absolute: ignored, as XDG says
+    assert cache_dir() == tmp_path / "home" / ".cache" / "poise"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_dir() == tmp_path / "home" / ".cache" / "poise"
+
+
+def test_a_small_file_does_not_touch_the_cache(tmp_path: Path, _own_hash_cache: Path) -> None:
+    folder = weights_folder(tmp_path / "model")  # 64 bytes: far below CACHE_MIN_BYTES
+    assert folder_sha256(folder) is not None
+    assert not _own_hash_cache.exists()

@@ -24,21 +24,44 @@ local Hugging Face cache resolves it to (the snapshot ``transformers`` loaded), 
 when the cache does not know it. Anything else (``keywords:…`` scorers, ``openai:`` endpoints,
 numbers) is no weights component.
 
-File hashes are cached per process by (path, inode, size, modification and status-change times),
-so a component named twice, or a resume in the same process, reads its files once.
+File hashes are cached by the file's identity (resolved path, device, inode, size, modification
+and status-change times): per process for every file, so a component named twice, or a resume in
+the same process, reads its files once; and across processes for files of at least
+:data:`CACHE_MIN_BYTES` (the shards of a model's weights), in one SQLite file,
+``file-sha256.sqlite`` in :func:`cache_dir` (``$POISE_CACHE_DIR``, else
+``$XDG_CACHE_HOME/poise``, else ``~/.cache/poise``), so the next audit does not read again the
+gigabytes of a model that has not changed. A file written since, even with its modification time
+set back (``cp -p``, ``rsync -t``, ``os.utime``), has a new status-change time, which no one can
+set, and is hashed again. The file cache is only a cache: one that cannot be created, read or
+written (a read-only home, a damaged file, a lock held too long) is left alone for the rest of
+the process with one debug log line, and every hash is then computed from the file's bytes; a
+row whose checksum does not match is ignored, so it never answers a wrong hash. It is not used
+on Windows, where a file's ``st_ctime`` is its creation time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
+import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from poise.errors import PoiseError
 
-__all__ = ["file_sha256", "folder_sha256", "weights_changed", "weights_components"]
+__all__ = [
+    "CACHE_MIN_BYTES",
+    "cache_dir",
+    "file_sha256",
+    "folder_sha256",
+    "weights_changed",
+    "weights_components",
+]
+
+logger = logging.getLogger(__name__)
 
 # the files of a folder that make what it computes: weights (safetensors, and the pickle
 # checkpoints a folder may hold with allow_pickle) and JSON (config, a probe's or monitor's
@@ -59,26 +82,182 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 _BLOCK = 1 << 20
 
-# (resolved path, inode, size, mtime_ns, ctime_ns) -> sha256 hex of the file's bytes
-_FILE_HASHES: dict[tuple[str, int, int, int, int], str] = {}
+# (resolved path, device, inode, size, mtime_ns, ctime_ns) -> sha256 hex of the file's bytes
+_FileKey = tuple[str, int, int, int, int, int]
+_FILE_HASHES: dict[_FileKey, str] = {}
+
+# files this large or larger are looked up in, and added to, the file cache (cache_dir()); a
+# smaller one is read again, which costs less than a SQLite round trip. Its size also keeps the
+# cache safe from a change within one tick of the coarse clock that stamps a file's times (a few
+# ms): reading 64 MiB takes longer than that, and a file whose identity changed while it was
+# read is not cached.
+CACHE_MIN_BYTES = 64 << 20
+CACHE_DIR_ENV = "POISE_CACHE_DIR"
+HASH_CACHE_FILE = "file-sha256.sqlite"
+# seconds a lookup or a store waits for another process's write lock before giving up
+_CACHE_TIMEOUT = 5.0
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CACHE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS file_sha256 (
+    path TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    checksum TEXT NOT NULL
+)
+"""
+# cache files that failed in this process: not tried again (and said once, at debug level)
+_CACHE_FAILED: set[str] = set()
+
+
+def cache_dir() -> Path:
+    """The folder where poise keeps what it can compute again: ``$POISE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/poise`` (an absolute path, as the XDG Base Directory specification
+    asks), else ``~/.cache/poise``. Read at each call, not created."""
+    explicit = os.environ.get(CACHE_DIR_ENV, "")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "poise"
+    return Path.home() / ".cache" / "poise"
+
+
+def _row_checksum(path: str, identity: str, digest: str) -> str:
+    """What a cache row's ``checksum`` holds: a row torn or altered in any field fails it."""
+    return hashlib.sha256(f"{path}\0{identity}\0{digest}".encode()).hexdigest()
+
+
+def _cache_failed(where: Path | None, exc: BaseException) -> None:
+    """Stop using the file cache ``where`` for this process, saying why once (debug)."""
+    name = str(where)
+    if name not in _CACHE_FAILED:
+        _CACHE_FAILED.add(name)
+        logger.debug(
+            "not using the file hash cache %s (%s: %s); hashing files in full, and deleting "
+            "that file is safe",
+            where,
+            type(exc).__name__,
+            exc,
+        )
+
+
+def _open_cache() -> tuple[Path, sqlite3.Connection] | None:
+    """A connection to the file cache (created, with its folder, when missing), or None when
+    the cache is not to be used or cannot be opened (said once)."""
+    if os.name == "nt":  # st_ctime is the creation time there: a rewrite would go unseen
+        return None
+    where: Path | None = None
+    try:
+        where = cache_dir() / HASH_CACHE_FILE
+        if str(where) in _CACHE_FAILED:
+            return None
+        where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(where), timeout=_CACHE_TIMEOUT, isolation_level=None)
+    except (OSError, ValueError, RuntimeError, KeyError, sqlite3.Error) as exc:
+        # RuntimeError, KeyError: no home folder to be found (Path.home)
+        _cache_failed(where, exc)
+        return None
+    try:
+        # SQLite's rollback journal and its file locks, not WAL: two processes may write at
+        # once (one waits for the other's lock), and this holds on a home folder that several
+        # hosts share over a network filesystem (NFS, Lustre), where WAL's shared-memory index
+        # does not work (sqlite.org/wal.html); the cache's few small writes gain nothing from
+        # WAL
+        conn.execute(f"PRAGMA busy_timeout = {int(_CACHE_TIMEOUT * 1000)}")
+        conn.execute(_CACHE_SCHEMA)
+    except (sqlite3.Error, OSError) as exc:  # a damaged or read-only file
+        conn.close()
+        _cache_failed(where, exc)
+        return None
+    return where, conn
+
+
+def _cached_sha256(key: _FileKey) -> str | None:
+    """The file cache's sha256 for ``key``, or None: not there, or a row that fails its
+    checksum (ignored), or no cache to read."""
+    opened = _open_cache()
+    if opened is None:
+        return None
+    where, conn = opened
+    path, identity = key[0], ":".join(map(str, key[1:]))
+    try:
+        row = conn.execute(
+            "SELECT identity, sha256, checksum FROM file_sha256 WHERE path = ?", (path,)
+        ).fetchone()
+    except sqlite3.Error as exc:
+        _cache_failed(where, exc)
+        return None
+    finally:
+        conn.close()
+    if row is None or row[0] != identity or not isinstance(row[1], str):
+        return None
+    digest = row[1]
+    if not _HEX64.match(digest) or row[2] != _row_checksum(path, identity, digest):
+        return None
+    return digest
+
+
+def _store_sha256(key: _FileKey, digest: str) -> None:
+    """Record ``digest`` for ``key`` in the file cache, replacing the row of an older version
+    of the same path; nothing when there is no cache to write."""
+    opened = _open_cache()
+    if opened is None:
+        return
+    where, conn = opened
+    path, identity = key[0], ":".join(map(str, key[1:]))
+    try:
+        with conn:  # one transaction
+            conn.execute(
+                "INSERT OR REPLACE INTO file_sha256 (path, identity, sha256, checksum) "
+                "VALUES (?, ?, ?, ?)",
+                (path, identity, digest, _row_checksum(path, identity, digest)),
+            )
+    except sqlite3.Error as exc:
+        _cache_failed(where, exc)
+    finally:
+        conn.close()
+
+
+def _file_key(path: Path) -> _FileKey:
+    stat = path.stat()
+    return (
+        str(path),
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_size,
+        stat.st_mtime_ns,
+        stat.st_ctime_ns,
+    )
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 (hex) of a file's bytes, cached for the process by (path, inode, size, mtime,
-    ctime): a file written since, even with its modification time set back (``cp -p``,
-    ``rsync -t``), has a new status-change time, which no one can set, and is hashed again."""
+    """sha256 (hex) of a file's bytes, cached by the file's identity (resolved path, device,
+    inode, size, modification and status-change times): for the process, and across processes
+    for a file of at least :data:`CACHE_MIN_BYTES` (see the module docstring). A file written
+    since, even with its modification time set back (``cp -p``, ``rsync -t``), has a new
+    status-change time, which no one can set, and is hashed again."""
     path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    key = _file_key(path)
     cached = _FILE_HASHES.get(key)
     if cached is not None:
         return cached
+    persistent = key[3] >= CACHE_MIN_BYTES
+    if persistent:
+        cached = _cached_sha256(key)
+        if cached is not None:
+            _FILE_HASHES[key] = cached
+            return cached
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_BLOCK), b""):
             digest.update(block)
-    _FILE_HASHES[key] = digest.hexdigest()
-    return _FILE_HASHES[key]
+    value = digest.hexdigest()
+    if _file_key(path) != key:  # written while it was read: a hash of neither version
+        return value
+    _FILE_HASHES[key] = value
+    if persistent:
+        _store_sha256(key, value)
+    return value
 
 
 def _folder_files(folder: Path) -> list[Path]:
