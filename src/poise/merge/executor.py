@@ -258,12 +258,13 @@ def merge_tensor(job: MergeJob, name: str) -> torch.Tensor:
         base = base.to(torch.promote_types(base.dtype, out_dtype))
     if tensors:
         tensors[0] = tensors[0].to(torch.promote_types(tensors[0].dtype, out_dtype))
-    if job.compute_dtype is not None and job.compute_dtype not in HALF_DTYPES:
+    if job.compute_dtype is not None and job.compute_dtype not in HALF_DTYPES and base is not None:
         # mergekit casts every input to its ``dtype`` before it subtracts: with float32 its task
-        # vectors are exact differences, not rounded to the checkpoints' bfloat16
-        if base is not None:
-            base = base.to(torch.promote_types(base.dtype, job.compute_dtype))
-        tensors = [t.to(torch.promote_types(t.dtype, job.compute_dtype)) for t in tensors]
+        # vectors are exact differences, not rounded to the checkpoints' bfloat16. A float32
+        # base is enough to tell the method so (its inputs' common dtype is then float32), and
+        # it makes that copy of the base anyway; the models stay as stored (a float32 copy of
+        # each at once cost 0.3 GB more on a 134M model)
+        base = base.to(torch.promote_types(base.dtype, job.compute_dtype))
     merged = job.method(tensors, base, **options)
     return merged.to(out_dtype)
 
