@@ -306,13 +306,14 @@ def _train(
     )
 
 
-def _check_labels(examples: list[MonitorExample], what: str = "the training data") -> None:
+def _check_labels(
+    examples: list[MonitorExample],
+    what: str = "the training data",
+    why: str = "needs harmful and harmless answers, has",
+) -> None:
     harmful = sum(e.label for e in examples)
     if not harmful or harmful == len(examples):
-        raise PoiseError(
-            f"{what}: needs harmful and harmless answers, has {harmful} harmful and "
-            f"{len(examples) - harmful} harmless"
-        )
+        raise PoiseError(f"{what}: {why} {harmful} harmful and {len(examples) - harmful} harmless")
 
 
 def _check_validation_labels(
@@ -321,14 +322,9 @@ def _check_validation_labels(
     """Refuse, before training, a validation split the rule cannot be chosen on: with one
     class only every (threshold, k) scores alike. The calibration refused it only after the
     whole training, and without naming the file."""
-    if validation is None:
-        return
-    harmful = sum(e.label for e in validation)
-    if not harmful or harmful == len(validation):
-        raise PoiseError(
-            f"{what}: the threshold and k are chosen on harmful and harmless answers; it has "
-            f"{harmful} harmful and {len(validation) - harmful} harmless"
-        )
+    if validation is not None:
+        why = "the threshold and k are chosen on harmful and harmless answers; it has"
+        _check_labels(validation, what, why)
 
 
 def fit_monitor(
