@@ -7,13 +7,16 @@ This checks the YAML plumbing the per-tensor tests of test_methods.py do not: pe
 models, ``BASE+LORA`` models and bases, a tied-embedding (Qwen2-like) model without an LM head.
 Inputs are float32 with noise drawn in float32, except in the bfloat16 tests at the end: there
 task vectors are quantised, many magnitudes tie at the trims' thresholds and many votes cancel
-exactly, and poise takes mergekit's decisions on them (``poise.merge.task_arithmetic``).
+exactly, and poise takes mergekit's decisions on them (``poise.merge.task_arithmetic``). The
+random methods (DARE, DELLA) are compared with mergekit's generator reseeded, as each tensor's
+merge starts, with poise's per-tensor seed.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -531,3 +534,120 @@ def test_bfloat16_checkpoints_computed_in_float32_are_ranked_in_float32(
     for name, tensor in expected.items():
         assert got[name].dtype == tensor.dtype == torch.bfloat16, name
         assert torch.equal(got[name], tensor), name
+
+
+# -- random methods end to end: mergekit reseeded per tensor as poise seeds
+
+
+def _per_tensor_seed(seed: int, name: str) -> int:
+    """poise's documented per-tensor seed, written out here so that a change to poise's seeding
+    (``poise.merge.task_arithmetic.tensor_seed``) fails the test below."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
+
+
+RANDOM_SEED = 11
+RANDOM_CONFIGS = [  # (method, per-model options, options poise needs to take mergekit's rule)
+    ("dare_linear", {"weight": [0.5, 0.3, 0.9], "density": [[0.3, 0.6], 0.5, 0.7]}, {}),
+    (
+        "dare_ties",
+        {"weight": [0.5, 0.3, 0.9], "density": [[0.3, 0.6], 0.5, 0.7]},
+        {"sign_election": "weighted"},
+    ),
+    (
+        "della",
+        {"weight": [0.5, 0.3, 0.9], "density": [[0.3, 0.6], 0.5, 0.7], "epsilon": 0.1},
+        {"sign_election": "weighted"},
+    ),
+    (
+        "della_linear",
+        {"weight": [0.5, 0.3, 0.9], "density": [[0.3, 0.6], 0.5, 0.7], "epsilon": 0.1},
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "per_model", "poise_options"), RANDOM_CONFIGS, ids=[c[0] for c in RANDOM_CONFIGS]
+)
+def test_a_random_merge_equals_mergekit_reseeded_per_tensor(
+    zoo: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    method: str,
+    per_model: dict[str, Any],
+    poise_options: dict[str, Any],
+) -> None:
+    """DARE and DELLA draw their masks from one generator per tensor, seeded with the config's
+    ``seed`` mixed with the tensor's name; mergekit seeds torch's global generator once and draws
+    in the order it processes tensors. Seeding mergekit's generator with poise's seed as each
+    tensor's merge starts (the models then draw in config order from it, as poise's do) makes
+    the two merges of a whole model equal, so poise's masks are mergekit's Bernoulli draws,
+    tensor by tensor, for a density gradient too. ``rescale: true`` is mergekit's L1 rescale
+    (poise's ``rescale_norm: l1``)."""
+    from mergekit.merge_methods import generalized_task_arithmetic as mk_gta
+
+    names: list[str] = []
+    draws = 0
+    original_merge_group = mk_gta.GeneralizedTaskArithmeticMerge.merge_group
+    original_sparsify = mk_gta.sparsify
+
+    def merge_group(self: Any, group: Any, /, **parameters: Any) -> torch.Tensor:
+        names.append(group.metadata.name)
+        torch.manual_seed(_per_tensor_seed(RANDOM_SEED, group.metadata.name))
+        return original_merge_group(self, group, **parameters)
+
+    def sparsify(*args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal draws
+        draws += 1
+        return original_sparsify(*args, **kwargs)
+
+    monkeypatch.setattr(mk_gta.GeneralizedTaskArithmeticMerge, "merge_group", merge_group)
+    monkeypatch.setattr(mk_gta, "sparsify", sparsify)
+
+    models = ["llama-a", "llama-b", "llama-c"]
+    config = {
+        "merge_method": method,
+        "base_model": str(zoo["llama-base"]),
+        "models": [
+            {
+                "model": str(zoo[m]),
+                "parameters": {k: v[i] if isinstance(v, list) else v for k, v in per_model.items()},
+            }
+            for i, m in enumerate(models)
+        ],
+        "parameters": {"rescale": True},
+        "dtype": "float32",
+    }
+    with torch.random.fork_rng(devices=[]):
+        mergekit_merge.run_merge(
+            mergekit_config.MergeConfiguration.model_validate(config),
+            str(tmp_path / "mk"),
+            mergekit_merge.MergeOptions(lazy_unpickle=False, cuda=False),
+        )
+    ours = dict(
+        config,
+        parameters={"rescale": True, "rescale_norm": "l1", **poise_options},
+        seed=RANDOM_SEED,
+    )
+    run_merge(ours, tmp_path / "poise")
+    expected, got = _weights(tmp_path / "mk"), _weights(tmp_path / "poise")
+    assert set(got) == set(expected)
+    # the reseeding ran for every tensor, each model drawing once
+    assert sorted(names) == sorted(expected) and draws == len(models) * len(expected)
+    task_arithmetic = {  # the same weights, nothing dropped
+        "merge_method": "task_arithmetic",
+        "base_model": config["base_model"],
+        "models": [
+            {"model": m["model"], "parameters": {"weight": m["parameters"]["weight"]}}
+            for m in config["models"]
+        ],
+        "dtype": "float32",
+    }
+    run_merge(task_arithmetic, tmp_path / "dense")
+    dense = _weights(tmp_path / "dense")
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype == torch.float32, name
+        torch.testing.assert_close(
+            got[name], tensor, atol=1e-6, rtol=0, msg=lambda m, name=name: f"{name}: {m}"
+        )
+        assert not torch.allclose(got[name], dense[name], atol=1e-4), name  # the masks dropped
