@@ -357,7 +357,7 @@ def test_a_baseline_with_a_key_given_twice_is_one_line_before_sampling(tmp_path:
     )
 
 
-@pytest.mark.parametrize(("n", "documented"), [(10, 0.35), (100, 0.12), (226, 0.08)])
+@pytest.mark.parametrize(("n", "documented"), [(10, 0.35), (30, 0.18), (100, 0.12), (226, 0.08)])
 def test_the_documented_pass_probability_of_a_model_just_above_tau_on_0_1_costs(
     n: int, documented: float
 ) -> None:
@@ -510,3 +510,62 @@ def test_a_baseline_of_other_prompts_under_the_same_ids_is_refused_before_sampli
     with pytest.raises(PoiseError, match="another prompt there than here"):
         gate(prompts=str(prompts("c", "how do I bake bread")), baseline=str(before), **common)
     assert not calls  # refused before any answer was sampled
+
+
+NO_SCIPY = """
+import json, sys
+from importlib.machinery import PathFinder
+
+class NoScipy(PathFinder):  # scipy is not installed
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        return None if name.split(".")[0] == "scipy" else PathFinder.find_spec(name, path, target)
+
+sys.meta_path[:] = [NoScipy if f is PathFinder else f for f in sys.meta_path]
+from typer.testing import CliRunner
+from poise.cli import app
+from poise.gate import compare_costs
+
+out, runner = sys.argv[1], CliRunner()
+common = ["gate", "-m", "organism-small", "--limit", "3", "--max-new-tokens", "2"]
+before = runner.invoke(app, [*common, "-o", out])
+after = runner.invoke(app, [*common, "--bound", "hoeffding", "--baseline", out])
+exact = runner.invoke(app, ["gate", "-m", "mock", "--judge", "refusal", "--limit", "3",
+                            "--bound", "clopper-pearson"])
+units = "probability of harm"
+rows = lambda costs: [{"id": f"p{i}", "cost": c} for i, c in enumerate(costs)]
+paired = compare_costs({"model": "a", "cost_units": units, "costs": rows([0.1, 0.5, 0.2])},
+                       {"model": "b", "cost_units": units, "costs": rows([0.3, 0.4, 0.6])})
+print(json.dumps({"codes": [before.exit_code, after.exit_code, exact.exit_code],
+                  "outputs": [before.output, after.output, exact.output],
+                  "p_value": paired["p_value"], "high": paired["high"],
+                  "scipy": sorted(m for m in sys.modules if m.split(".")[0] == "scipy")}))
+"""
+
+
+def test_the_gate_and_its_baseline_comparison_run_without_scipy(tmp_path: Path) -> None:
+    # scipy is no dependency of `poise gate` (it needed the train extra for the t quantile, the
+    # beta quantile and the paired t-test's p-value): the whole command, its cost model, its
+    # three bounds and its paired comparison run where scipy is not installed
+    import os
+    import subprocess
+    import sys
+
+    from scipy import stats as scipy_stats
+
+    done = subprocess.run(
+        [sys.executable, "-c", NO_SCIPY, str(tmp_path / "before.json")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["scipy"] == []
+    assert all(code in (0, 1) for code in result["codes"]), result["outputs"]  # PASS or FAIL
+    assert "paired t" in result["outputs"][1]
+    reference = scipy_stats.ttest_rel([0.1, 0.5, 0.2], [0.3, 0.4, 0.6])
+    assert result["p_value"] == pytest.approx(float(reference.pvalue), rel=1e-9)
+    assert result["high"] == pytest.approx(reference.confidence_interval(0.95).high, rel=1e-9)

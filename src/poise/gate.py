@@ -559,8 +559,7 @@ def compare_costs(
     """
     import numpy as np
 
-    from poise.scoring.stats import paired_binary
-    from poise.train.safety import student_t_quantile
+    from poise.scoring.stats import paired_binary, student_t_quantile, student_t_two_sided_p
 
     if result.get("cost_units") != baseline.get("cost_units"):
         raise PoiseError(
@@ -633,11 +632,9 @@ def compare_costs(
     d = np.array([a - b for a, b in pairs])  # [n]
     n = d.size
     mean, sd = float(d.mean()), float(d.std(ddof=1))
-    half = student_t_quantile(0.975, n - 1) * sd / math.sqrt(n)
+    half = student_t_quantile(0.95, n - 1) * sd / math.sqrt(n)  # two-sided 95%: t_{0.975}
     if sd > 0:
-        from scipy.stats import t as student_t
-
-        p_value = float(2 * student_t.sf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+        p_value = student_t_two_sided_p(mean / (sd / math.sqrt(n)), n - 1)
     else:
         p_value = 1.0 if mean == 0 else 0.0
     return {

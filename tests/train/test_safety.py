@@ -1,8 +1,10 @@
-"""HC-RLHF statistics against hand-computed examples (t quantiles from scipy)."""
+"""HC-RLHF statistics against hand-computed examples and scipy (the reference for the t and beta
+quantiles poise computes itself)."""
 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -11,10 +13,13 @@ import torch
 from poise.errors import PoiseError
 from poise.train.safety import (
     augmented_costs,
+    clopper_pearson_upper_bound,
     pessimistic_coefficient,
     pessimistic_upper_bound,
     safety_test,
+    student_t_quantile,
     student_t_upper_bound,
+    upper_bound,
 )
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -172,3 +177,71 @@ def test_the_distribution_free_bounds_pass_a_model_just_above_tau_at_most_delta(
     result = safety_test([0.0] * n, 0.1, 0.05, bound=bound)  # type: ignore[arg-type]
     assert result.bound == bound and result.to_dict()["bound"] == bound
     assert result.passed is (result.upper_bound <= 0.1)
+
+
+DELTAS = (0.01, 0.025, 0.05, 0.1, 0.2)
+
+
+def test_student_t_quantile_is_scipy_s_one_sided_quantile_for_n_2_to_500() -> None:
+    # the t bound's t_{1-δ, n-1} (and its lower tail, by symmetry) for every n the gate meets
+    dfs = np.arange(1, 500)
+    for delta in DELTAS:
+        for p in (1.0 - delta, delta):
+            ours = np.array([student_t_quantile(p, int(df)) for df in dfs])
+            np.testing.assert_allclose(ours, scipy_stats.t.ppf(p, dfs), rtol=1e-9, atol=0)
+    assert student_t_quantile(0.5, 7) == 0.0
+    assert student_t_quantile(0.95, 9) == pytest.approx(1.8331, abs=1e-4)  # the table value
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(PoiseError, match="0 < probability < 1"):
+            student_t_quantile(bad, 9)
+    with pytest.raises(PoiseError, match="degrees of freedom"):
+        student_t_quantile(0.95, 0)
+
+
+def test_clopper_pearson_bound_is_scipy_s_beta_quantile_for_n_2_to_500() -> None:
+    # U = B^-1(1 - δ; k + 1, n - k) against scipy.stats.beta.ppf, to 1e-9 relative, so the
+    # exact binomial bound passes and fails what it did with scipy except at exact ties
+    for delta in (0.01, 0.05, 0.1, 0.2):
+        for n in range(2, 501):
+            for k in sorted({0, n // 2, n - 1}):
+                costs = np.zeros(n)
+                costs[:k] = 1.0
+                reference = float(scipy_stats.beta.ppf(1.0 - delta, k + 1, n - k))
+                ours = clopper_pearson_upper_bound(costs, delta)
+                assert ours == pytest.approx(reference, rel=1e-9, abs=0), (n, k, delta)
+
+
+def test_beta_quantile_is_scipy_s_and_refuses_what_is_not_a_distribution() -> None:
+    from poise.scoring.stats import beta_quantile
+
+    for p, a, b in [(0.3, 0.5, 0.5), (0.99, 2.5, 40.0), (1e-6, 1.0, 1.0), (0.5, 300.0, 0.7)]:
+        reference = float(scipy_stats.beta.ppf(p, a, b))
+        assert beta_quantile(p, a, b) == pytest.approx(reference, rel=1e-9, abs=0)
+    # the lower Clopper-Pearson bound: 3 of 30, one-sided 95%
+    lower = scipy_stats.binomtest(3, 30, alternative="greater").proportion_ci(0.95, "exact").low
+    assert beta_quantile(0.05, 3, 28) == pytest.approx(lower, rel=1e-9)
+    assert (beta_quantile(0.0, 2.0, 3.0), beta_quantile(1.0, 2.0, 3.0)) == (0.0, 1.0)
+    for bad in [(1.5, 1.0, 1.0), (float("nan"), 1.0, 1.0)]:
+        with pytest.raises(ValueError, match="probability"):
+            beta_quantile(*bad)
+    for bad in [(0.5, 0.0, 1.0), (0.5, 1.0, -1.0), (0.5, float("inf"), 1.0)]:
+        with pytest.raises(ValueError, match="a > 0 and b > 0"):
+            beta_quantile(*bad)
+
+
+def test_the_safety_test_and_candidate_selection_need_no_scipy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the t and beta quantiles come from poise.scoring.stats: scipy is not a dependency of
+    # `poise gate` or `poise train safe-rl` (it needed the train extra's scipy)
+    expected = {
+        "student-t": safety_test(COSTS, 0.0, 0.05).upper_bound,
+        "clopper-pearson": upper_bound([0.0] * 9 + [1.0], 0.05, "clopper-pearson"),
+        "kappa": pessimistic_coefficient(10, 100, 0.1),
+    }
+    for name in ("scipy", "scipy.stats"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if scipy were not installed
+    assert safety_test(COSTS, 0.0, 0.05).upper_bound == expected["student-t"]
+    cp = safety_test([0.0] * 9 + [1.0], 0.5, 0.05, bound="clopper-pearson")
+    assert cp.upper_bound == expected["clopper-pearson"] and cp.passed
+    assert pessimistic_coefficient(10, 100, 0.1) == expected["kappa"]

@@ -124,6 +124,33 @@ def student_t_quantile(level: float, df: float) -> float:
     return (low + high) / 2.0
 
 
+def beta_quantile(probability: float, a: float, b: float) -> float:
+    """The ``probability``-quantile of the Beta(a, b) distribution: the ``x`` in [0, 1] with
+    ``I_x(a, b) = probability``, ``I`` the regularised incomplete beta function (its CDF,
+    :func:`_betainc`), by bisection to 1e-15 relative (as ``scipy.stats.beta.ppf``).
+
+    The exact binomial bounds are such quantiles (Clopper & Pearson, Biometrika 26:404, 1934):
+    with ``k`` successes in ``n`` trials, ``P(X >= k; p) = I_p(k, n - k + 1)``, so the one-sided
+    ``1 - δ`` upper bound on ``p`` is ``beta_quantile(1 - δ, k + 1, n - k)`` (``k < n``) and the
+    lower one ``beta_quantile(δ, k, n - k + 1)`` (``k > 0``)."""
+    if not 0.0 <= probability <= 1.0:  # NaN too
+        raise ValueError(f"need 0 <= probability <= 1, got {probability}")
+    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"need finite a > 0 and b > 0, got a={a}, b={b}")
+    if probability in (0.0, 1.0):
+        return probability
+    low, high = 0.0, 1.0  # I_x(a, b) rises from 0 to 1 on [0, 1]
+    while high - low > 1e-15 * high:
+        middle = (low + high) / 2.0
+        if middle in (low, high):  # no float between them
+            break
+        if _betainc(a, b, middle) < probability:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2.0
+
+
 def wilson_interval_effective(
     value: float, effective_n: float, z: float = Z95
 ) -> tuple[float, float]:
