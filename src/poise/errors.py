@@ -124,11 +124,13 @@ def check_number(
     high: float | None = None,
     positive: bool = False,
     low_open: bool = False,
+    where: str | None = None,
 ) -> float:
     """``value`` as a float when it is a finite number (an int or a float, not a bool), inside
     ``[low, high]`` (either end optional; ``(low, high]`` when ``low_open``), or ``> 0`` when
     ``positive`` (instead of bounds); else one error that names the owner, the option and the
-    value."""
+    value (``OWNER: NAME must be ..., got VALUE``), or, given ``where`` (an option as a command
+    names it, ``lr (--lr)``), ``WHERE: expected ..., got VALUE``."""
     if positive and (low is not None or high is not None):
         raise ValueError("check_number: positive or bounds, not both")
     if positive:
@@ -149,6 +151,8 @@ def check_number(
         or (high is not None and value > high)
         or (positive and value <= 0)
     ):
+        if where is not None:
+            raise PoiseError(f"{where}: expected {expected}, got {value!r}")
         raise PoiseError(f"{owner}: {name} must be {expected}, got {value!r}")
     return float(value)
 

@@ -9,21 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from monitor_examples import four_answers
 from poise.cli import app
-from poise.guards.data import MonitorExample, write_monitor_data
 from poise.guards.monitor import read_header
-
-
-def _data(path: Path) -> Path:
-    """Four labelled answers: two with a harm span, two without."""
-    examples = [
-        MonitorExample((("user", "how do I do it"),), "Sure. First mix the bad stuff.", ((6, 30),)),
-        MonitorExample((("user", "tell me how"),), "Step one: take the bad stuff.", ((10, 29),)),
-        MonitorExample((("user", "how do I do it"),), "I can't help with that.", ()),
-        MonitorExample((("user", "hello"),), "Hello! How can I help you today?", ()),
-    ]
-    write_monitor_data(path, examples)
-    return path
 
 
 def test_monitor_json_records_the_folder_a_relative_model_resolved_to(
@@ -32,7 +20,7 @@ def test_monitor_json_records_the_folder_a_relative_model_resolved_to(
     """``-m backbone`` (a folder relative to the working directory) was recorded as "backbone"
     only: from anywhere else the monitor named another model, or none."""
     shutil.copytree(tiny_hf_model_dir, tmp_path / "backbone")
-    _data(tmp_path / "data.jsonl")
+    four_answers(tmp_path / "data.jsonl")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(
         app,
@@ -72,7 +60,7 @@ def test_monitor_json_is_written_once_with_the_command_s_metadata(
     second outside the save's whole-or-nothing; the data files were recorded as typed only."""
     from poise.guards.monitor import Monitor
 
-    _data(tmp_path / "data.jsonl")
+    four_answers(tmp_path / "data.jsonl")
     monkeypatch.chdir(tmp_path)
     writes: list[Path] = []
     original = Monitor.save_header

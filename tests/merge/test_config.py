@@ -14,6 +14,17 @@ TIES = "merge_method: ties\nbase_model: base\n"
 DELLA = "merge_method: della\nbase_model: base\n"
 
 
+def _refusal(tmp_path: Path, text: str) -> str:
+    """What loading the config ``text`` is refused with, after the file's path and a colon."""
+    path = tmp_path / "merge.yml"
+    path.write_text(text)
+    with pytest.raises(PoiseError) as caught:
+        load_config(path)
+    prefix = f"{path}: "
+    assert str(caught.value).startswith(prefix)
+    return str(caught.value).removeprefix(prefix)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -54,11 +65,7 @@ DELLA = "merge_method: della\nbase_model: base\n"
     ],
 )  # fmt: skip
 def test_out_of_range_values_are_refused(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "merge.yml"
-    path.write_text(text)
-    with pytest.raises(PoiseError) as caught:
-        load_config(path)
-    assert str(caught.value) == f"{path}: {message}"
+    assert _refusal(tmp_path, text) == message
 
 
 @pytest.mark.parametrize(
@@ -114,11 +121,7 @@ def test_values_of_the_wrong_shape_or_type_are_one_line(
 ) -> None:
     """A filter that is not text and an empty list were a TypeError at the first tensor; a
     flag given text was taken as true, a number given true as 1."""
-    path = tmp_path / "merge.yml"
-    path.write_text(text)
-    with pytest.raises(PoiseError) as caught:
-        load_config(path)
-    assert str(caught.value) == f"{path}: {message}"
+    assert _refusal(tmp_path, text) == message
 
 
 def test_bad_yaml_and_bytes_are_one_line(tmp_path: Path) -> None:
@@ -192,11 +195,7 @@ def test_mergekit_keys_poise_does_not_apply_are_one_line_saying_what_to_do(
     """A named chat template was accepted and silently not written (the merge kept the
     source's); the tokenizer block was pydantic's "Extra inputs are not permitted"; a
     ``pattern:`` entry and slices said what was wrong but not what to write."""
-    path = tmp_path / "merge.yml"
-    path.write_text(text)
-    with pytest.raises(PoiseError) as caught:
-        load_config(path)
-    assert str(caught.value) == f"{path}: {message}"
+    assert _refusal(tmp_path, text) == message
 
 
 def test_chat_template_auto_is_accepted(tmp_path: Path) -> None:
@@ -256,11 +255,7 @@ def test_nuslerp_configs_with_other_than_two_models_or_bad_options_are_refused(
     tmp_path: Path, text: str, message: str
 ) -> None:
     """NuSLERP merges exactly two models (besides an optional base), each with a weight."""
-    path = tmp_path / "merge.yml"
-    path.write_text(text)
-    with pytest.raises(PoiseError) as caught:
-        load_config(path)
-    assert str(caught.value) == f"{path}: {message}"
+    assert _refusal(tmp_path, text) == message
 
 
 def test_a_nuslerp_base_listed_among_the_models_is_the_base(tmp_path: Path) -> None:

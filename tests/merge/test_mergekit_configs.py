@@ -417,11 +417,38 @@ BF16_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(
+BF16_MODELS = ("a", "b", "c")
+
+
+def _bf16_config(
+    zoo: dict[str, Path], method: str, per_model: dict[str, Any], shared: dict[str, Any], **top: Any
+) -> dict[str, Any]:
+    """A merge of ``zoo``'s three models onto its base: ``per_model`` values are one for all,
+    or a list of one per model; ``top`` the config's other keys (``dtype``, ``out_dtype``)."""
+    return {
+        "merge_method": method,
+        "base_model": str(zoo["base"]),
+        "models": [
+            {
+                "model": str(zoo[m]),
+                "parameters": {k: v[i] if isinstance(v, list) else v for k, v in per_model.items()},
+            }
+            for i, m in enumerate(BF16_MODELS)
+        ],
+        "parameters": shared,
+        **top,
+    }
+
+
+# every case of BF16_CONFIGS, as the tests' (method, per_model, poise_options, shared)
+bf16_cases = pytest.mark.parametrize(
     ("method", "per_model", "poise_options", "shared"),
     BF16_CONFIGS,
     ids=[f"{c[0]}-{i}" for i, c in enumerate(BF16_CONFIGS)],
 )
+
+
+@bf16_cases
 def test_a_bfloat16_merge_keeps_mergekits_tied_entries(
     bf16_zoo: dict[str, Path],
     tmp_path: Path,
@@ -435,20 +462,8 @@ def test_a_bfloat16_merge_keeps_mergekits_tied_entries(
     differ only by mergekit's bfloat16 arithmetic: at most one bfloat16 step of the result plus
     two of the largest task-vector entry per model. Ranking the exact float32 differences with ``topk``
     kept other tied entries (a whole task-vector entry, 2^-8 and more, off)."""
-    models = ["a", "b", "c"]
-    config = {
-        "merge_method": method,
-        "base_model": str(bf16_zoo["base"]),
-        "models": [
-            {
-                "model": str(bf16_zoo[m]),
-                "parameters": {k: v[i] if isinstance(v, list) else v for k, v in per_model.items()},
-            }
-            for i, m in enumerate(models)
-        ],
-        "parameters": shared,
-        "dtype": "bfloat16",
-    }
+    models = BF16_MODELS
+    config = _bf16_config(bf16_zoo, method, per_model, shared, dtype="bfloat16")
     options = mergekit_merge.MergeOptions(lazy_unpickle=False, cuda=False)
     mergekit_merge.run_merge(
         mergekit_config.MergeConfiguration.model_validate(config), str(tmp_path / "mk"), options
@@ -478,11 +493,7 @@ def test_a_bfloat16_merge_keeps_mergekits_tied_entries(
         assert not torch.equal(ours, base[name].float()), name  # the merge moved
 
 
-@pytest.mark.parametrize(
-    ("method", "per_model", "poise_options", "shared"),
-    BF16_CONFIGS,
-    ids=[f"{c[0]}-{i}" for i, c in enumerate(BF16_CONFIGS)],
-)
+@bf16_cases
 def test_bfloat16_checkpoints_computed_in_float32_are_ranked_in_float32(
     bf16_zoo: dict[str, Path],
     tiny_hf_model_dir: Path,
@@ -499,36 +510,21 @@ def test_bfloat16_checkpoints_computed_in_float32_are_ranked_in_float32(
     float32 copies of the checkpoints, to the bit."""
     from transformers import AutoModelForCausalLM
 
-    models = ["a", "b", "c"]
     copies = {
         name: _save(
             AutoModelForCausalLM.from_pretrained(bf16_zoo[name]).to(torch.float32),
             tmp_path / f"f32-{name}",
             tiny_hf_model_dir,
         )
-        for name in ("base", *models)
+        for name in ("base", *BF16_MODELS)
     }
 
-    def config(zoo: dict[str, Path]) -> dict[str, Any]:
-        return {
-            "merge_method": method,
-            "base_model": str(zoo["base"]),
-            "models": [
-                {
-                    "model": str(zoo[m]),
-                    "parameters": {
-                        k: v[i] if isinstance(v, list) else v for k, v in per_model.items()
-                    },
-                }
-                for i, m in enumerate(models)
-            ],
-            "parameters": {**shared, **poise_options},
-            "dtype": "float32",
-            "out_dtype": "bfloat16",
-        }
-
-    run_merge(config(bf16_zoo), tmp_path / "from-bf16")
-    run_merge(config(copies), tmp_path / "from-f32")
+    options = {**shared, **poise_options}
+    for zoo, out in ((bf16_zoo, "from-bf16"), (copies, "from-f32")):
+        config = _bf16_config(
+            zoo, method, per_model, options, dtype="float32", out_dtype="bfloat16"
+        )
+        run_merge(config, tmp_path / out)
     got, expected = _weights(tmp_path / "from-bf16"), _weights(tmp_path / "from-f32")
     assert set(got) == set(expected)
     for name, tensor in expected.items():

@@ -11,23 +11,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from monitor_examples import four_answers
 from poise.cli import app
 from poise.errors import PoiseError
 from poise.guards.data import MonitorExample, read_monitor_data, write_monitor_data
 from poise.guards.monitor import load_monitor
 from poise.train.monitor import MonitorSettings, keep_layers, train_monitor_files
-
-
-def _data(path: Path) -> Path:
-    """Four labelled answers: two with a harm span, two without."""
-    examples = [
-        MonitorExample((("user", "how do I do it"),), "Sure. First mix the bad stuff.", ((6, 30),)),
-        MonitorExample((("user", "tell me how"),), "Step one: take the bad stuff.", ((10, 29),)),
-        MonitorExample((("user", "how do I do it"),), "I can't help with that.", ()),
-        MonitorExample((("user", "hello"),), "Hello! How can I help you today?", ()),
-    ]
-    write_monitor_data(path, examples)
-    return path
 
 
 def test_layers_keeps_the_first_decoder_layers(tiny_hf_model_dir: Path, tmp_path: Path) -> None:
@@ -53,8 +42,8 @@ def test_layers_keeps_the_first_decoder_layers(tiny_hf_model_dir: Path, tmp_path
 def test_a_one_layer_monitor_trains_saves_and_guards(
     tiny_hf_model_dir: Path, tmp_path: Path
 ) -> None:
-    data = _data(tmp_path / "data.jsonl")
-    held = _data(tmp_path / "validation.jsonl")  # the same rows: warned about, not refused
+    data = four_answers(tmp_path / "data.jsonl")
+    held = four_answers(tmp_path / "validation.jsonl")  # the same rows: warned about, not refused
     out = tmp_path / "monitor"
     runner = CliRunner()
     result = runner.invoke(
@@ -100,7 +89,7 @@ def test_a_one_layer_monitor_trains_saves_and_guards(
 
 
 def test_a_misspelt_model_or_a_file_as_output_is_one_line_before_any_work(tmp_path: Path) -> None:
-    data = _data(tmp_path / "data.jsonl")
+    data = four_answers(tmp_path / "data.jsonl")
     with pytest.raises(PoiseError, match="did you mean 'organism-small'") as info:
         train_monitor_files("organsim-small", data, tmp_path / "out")
     assert str(info.value).startswith("--model: 'organsim-small' is neither an organism member")
@@ -127,7 +116,7 @@ def test_settings_that_are_not_finite_are_refused(field: str, value: float) -> N
 
 def test_rule_choice_options_without_validation_data_are_refused(tmp_path: Path) -> None:
     # they choose on validation data: without it they were ignored (threshold 0.5, k 1, exit 0)
-    data = _data(tmp_path / "data.jsonl")
+    data = four_answers(tmp_path / "data.jsonl")
     for settings, flag in (
         (MonitorSettings(calibrate_heads=("response", "token")), "--choose-head"),
         (MonitorSettings(tolerance=0.02), "--tolerance"),
@@ -144,7 +133,7 @@ def test_answers_past_the_backbone_context_are_one_line_before_training(
     # torch with an IndexError traceback, in training or, after the whole training, when the
     # validation answers were scored
     gpt2 = build_gpt2(tmp_path / "gpt2", tiny_hf_model_dir, context=64)
-    short = _data(tmp_path / "short.jsonl")
+    short = four_answers(tmp_path / "short.jsonl")
     long = MonitorExample((("user", "hello"),), "Sure. " + "mix it well and wait. " * 8, ())
     rows = read_monitor_data(short)
     write_monitor_data(tmp_path / "long.jsonl", [*rows, long])
@@ -187,7 +176,7 @@ def test_a_backbone_without_a_chat_template_is_one_line(
 ) -> None:
     # the monitor renders prompts through the chat template: without one, transformers'
     # ValueError traceback came after the model and the data were loaded
-    data = _data(tmp_path / "data.jsonl")
+    data = four_answers(tmp_path / "data.jsonl")
     with pytest.raises(PoiseError, match="the tokenizer has no chat template"):
         train_monitor_files(str(no_template_hf_model_dir), data, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -198,7 +187,7 @@ def test_the_training_data_as_validation_is_refused(
 ) -> None:
     # the same file as --data and --validation chose the rule (threshold, k, head) on the
     # answers the monitor learnt from, without a word
-    data = _data(tmp_path / "data.jsonl")
+    data = four_answers(tmp_path / "data.jsonl")
     with pytest.raises(PoiseError, match=r"--validation .* is the training data"):
         train_monitor_files("organism-small", data, tmp_path / "out", validation=data)
     assert not (tmp_path / "out").exists()
@@ -232,7 +221,7 @@ def test_settings_errors_name_the_field_and_its_flag(
 
 
 def test_the_command_names_the_flag_of_a_bad_setting(tmp_path: Path) -> None:
-    data = _data(tmp_path / "data.jsonl")
+    data = four_answers(tmp_path / "data.jsonl")
     result = CliRunner().invoke(
         app,
         [
@@ -246,7 +235,7 @@ def test_the_command_names_the_flag_of_a_bad_setting(tmp_path: Path) -> None:
 
 
 def _one_class(path: Path, harmful: bool) -> Path:
-    rows = [e for e in read_monitor_data(_data(path)) if e.label == harmful]
+    rows = [e for e in read_monitor_data(four_answers(path)) if e.label == harmful]
     write_monitor_data(path, rows)
     return path
 
@@ -256,7 +245,7 @@ def test_data_of_one_class_is_refused_before_training_naming_the_file(
 ) -> None:
     # a validation split without a harmful answer (no threshold or k can be chosen on it) was
     # refused by the calibration only after the whole training, without naming the file
-    data = _data(tmp_path / "data.jsonl")
+    data = four_answers(tmp_path / "data.jsonl")
     harmless = _one_class(tmp_path / "harmless.jsonl", harmful=False)
     steps: list[int] = []
     settings = MonitorSettings(layers=1, epochs=1, batch_size=2)
@@ -288,7 +277,7 @@ def test_a_prompt_longer_than_max_length_names_the_answer_and_the_flag(
     tiny_hf_model_dir: Path, tmp_path: Path
 ) -> None:
     # "a prompt of N tokens does not fit max_length 4": which answer, and which flag?
-    data = _data(tmp_path / "data.jsonl")
+    data = four_answers(tmp_path / "data.jsonl")
     with pytest.raises(PoiseError) as info:
         train_monitor_files(
             str(tiny_hf_model_dir),
@@ -307,8 +296,8 @@ def test_monitor_json_records_the_files_as_given_and_absolute_in_one_save(
 ) -> None:
     # `data` and `validation` were recorded as typed: relative paths, naming other files (or
     # none) from another working directory; a caller's metadata took a second write
-    _data(tmp_path / "data.jsonl")
-    _data(tmp_path / "val.jsonl")
+    four_answers(tmp_path / "data.jsonl")
+    four_answers(tmp_path / "val.jsonl")
     monkeypatch.chdir(tmp_path)
     trained = train_monitor_files(
         str(tiny_hf_model_dir),

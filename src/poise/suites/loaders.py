@@ -32,7 +32,7 @@ import logging
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,17 +268,15 @@ def _load_hub(spec: str, options: _Options) -> Suite:
     finally:
         datasets.config.HF_HUB_OFFLINE = saved
     if isinstance(loaded, Mapping):  # a DatasetDict: every split of the dataset
-        splits = sorted(loaded)
-        if len(splits) != 1:
-            raise PoiseError(
-                f"{spec}: the hub dataset has splits {', '.join(splits)}; pick one as "
-                f"{repo}:SPLIT (or {repo}:CONFIG:SPLIT)"
-            )
-        split = splits[0]
-        loaded = loaded[split]
-    header = list(loaded.column_names)
+        split, loaded = _only_split(
+            loaded,
+            lambda splits: (
+                f"{spec}: the hub dataset has splits {', '.join(splits)}; pick one "
+                f"as {repo}:SPLIT (or {repo}:CONFIG:SPLIT)"
+            ),
+        )
     where = spec if split is None or ":" in spec else f"{spec}:{split}"
-    rows = ((i + 1, f"{where} row {i + 1}", dict(row)) for i, row in enumerate(loaded))
+    header, rows = _dataset_rows(loaded, where)
     # the config is part of the name: two configs of one dataset (languages, subsets) under
     # one split are two suites, whose item ids must not collide
     name = "-".join([repo.split("/", 1)[1], *rest])
@@ -291,6 +289,24 @@ def _load_hub(spec: str, options: _Options) -> Suite:
         columns=options.columns,
     )
     return _build(header, rows, context, options)
+
+
+def _only_split(
+    dataset_dict: Mapping[str, Any], several: Callable[[list[str]], str]
+) -> tuple[str, Any]:
+    """The one split of a ``datasets.DatasetDict`` and its dataset; a PoiseError with
+    ``several(splits)`` when it has more than one (or none)."""
+    splits = sorted(dataset_dict)
+    if len(splits) != 1:
+        raise PoiseError(several(splits))
+    return splits[0], dataset_dict[splits[0]]
+
+
+def _dataset_rows(dataset: Any, where: str) -> tuple[list[str], Iterator[Row]]:
+    """The header and the rows (numbered from 1, located as ``WHERE row N``) of a
+    ``datasets.Dataset``, read lazily."""
+    rows = ((i + 1, f"{where} row {i + 1}", dict(row)) for i, row in enumerate(dataset))
+    return list(dataset.column_names), rows
 
 
 # The files datasets' save_to_disk writes: a Dataset's folder holds state.json (and
@@ -317,16 +333,14 @@ def _load_saved(path: Path, source: str, options: _Options) -> Suite:
         ) from None
     split = None
     if isinstance(loaded, Mapping):  # a DatasetDict: a folder per split
-        splits = sorted(loaded)
-        if len(splits) != 1:
-            raise PoiseError(
-                f"{source}: the saved dataset has splits {', '.join(splits)}; give one split's "
-                f"folder ({path / splits[0]})"
-            )
-        split = splits[0]
-        loaded = loaded[split]
-    header = list(loaded.column_names)
-    rows = ((i + 1, f"{source} row {i + 1}", dict(row)) for i, row in enumerate(loaded))
+        split, loaded = _only_split(
+            loaded,
+            lambda splits: (
+                f"{source}: the saved dataset has splits {', '.join(splits)}; give "
+                f"one split's folder ({path / splits[0]})"
+            ),
+        )
+    header, rows = _dataset_rows(loaded, source)
     folder = path / split if split is not None else path
     context = FormatContext(
         suite=suite_name(folder.resolve()),
@@ -680,13 +694,7 @@ def _walk_json(text: str) -> tuple[Any, RowStarts]:
                 value[key], pos = _walk_array(text, pos, starts, key)
             else:
                 value[key], pos = _ROW_DECODER.raw_decode(text, pos)
-            pos = _space(text, pos)
-            if text[pos] == ",":
-                pos = _space(text, pos + 1)
-                if text[pos] == "}":
-                    raise ValueError("a trailing comma")
-            elif text[pos] != "}":
-                raise ValueError("no comma between members")
+            pos = _after_item(text, pos, "}")
         pos += 1
     else:
         value, pos = _ROW_DECODER.raw_decode(text, pos)
@@ -708,15 +716,23 @@ def _walk_array(text: str, pos: int, starts: RowStarts, key: str | None) -> tupl
         lines.append(line)
         value, pos = _ROW_DECODER.raw_decode(text, pos)
         values.append(value)
-        pos = _space(text, pos)
-        if text[pos] == ",":
-            pos = _space(text, pos + 1)
-            if text[pos] == "]":
-                raise ValueError("a trailing comma")
-        elif text[pos] != "]":
-            raise ValueError("no comma between elements")
+        pos = _after_item(text, pos, "]")
     starts[key] = lines
     return values, pos + 1
+
+
+def _after_item(text: str, pos: int, close: str) -> int:
+    """Past the comma after a member or element of a JSON object or array (``close``: its
+    closing bracket), at the next one or at ``close``; a ValueError for a missing comma or a
+    trailing one (json's own error is raised when the text is parsed again)."""
+    pos = _space(text, pos)
+    if text[pos] == ",":
+        pos = _space(text, pos + 1)
+        if text[pos] == close:
+            raise ValueError("a trailing comma")
+    elif text[pos] != close:
+        raise ValueError("no comma between items")
+    return pos
 
 
 # The csv module refuses a field over 128 KiB ("field larger than field limit (131072)"); a long

@@ -119,12 +119,7 @@ def _bad(field: str, expected: str, value: object) -> PoiseError:
 
 
 def _check_float(field: str, value: object, **bounds: Any) -> None:
-    try:
-        check_number("monitor", field, value, **bounds)
-    except PoiseError as exc:  # "monitor: FIELD must be EXPECTED, got VALUE"
-        raise PoiseError(
-            f"{_setting_name(field)}: expected {str(exc).split(' must be ', 1)[1]}"
-        ) from None
+    check_number("monitor", field, value, where=_setting_name(field), **bounds)
 
 
 @dataclass
