@@ -61,6 +61,7 @@ __all__ = [
     "finalize",
     "make_config",
     "recorded_config",
+    "rejudge",
     "spread_subset",
 ]
 
@@ -417,6 +418,168 @@ def _audit(
     return AuditResult(run=run, config=cfg, metrics=metrics)
 
 
+def rejudge(
+    run: str | Path,
+    *,
+    judge: str | None = None,
+    judge_options: Mapping[str, Any] | None = None,
+    out: str | Path | None = None,
+    name: str | None = None,
+    html: bool = True,
+    runs_root: str | Path = "runs",
+) -> AuditResult:
+    """Judge a complete run's answers again, without generating: a new run folder (under
+    ``out``, by default beside the old run) with the same answers, each with the verdict of
+    ``judge`` (default: the run's own judge, as it labels now), and its metrics, report and
+    attack summary computed again. What ``inspect score`` does for an inspect_ai log: a judge
+    fixed or replaced since the run (a validated classifier, a corrected oracle) is applied to
+    answers that took hours, or an endpoint's money, to generate.
+
+    The old run is not touched. The new run's header records the model, sampling and answers of
+    the old one, ``rejudged_from`` (the old run's folder and judge) and the new judge's
+    fingerprint in ``weights``; its config is the old config with the new judge, so it reads as
+    the audit that made those answers and judged them so. Refused: a run that is not complete
+    (resume it first), suites whose items changed since the run (their answers would be judged
+    against other items), a judge or judge option that does not exist.
+
+    Items of a task with its own scorer keep that scorer, as in the audit. A guarded answer's
+    account of the unguarded one (harm onset, harmful tokens shown) is recomputed by the new
+    judge too."""
+    from poise.attacks.base import Request
+    from poise.evaluation import Generated
+    from poise.models.base import Completion
+    from poise.scoring.judges import get_judge, judges, parse_judge_spec, resolve_judge_name
+    from poise.suites import load_suite
+
+    source = find_run(run, runs_root)
+    if source.state != "complete":
+        raise PoiseError(
+            f"{source.path}: the run is {source.state}, not complete: finish it first (poise "
+            f"audit --resume {source.path}), then judge it again"
+        )
+    cfg = recorded_config(source)
+    header = source.header
+    model_spec = header.get("model_spec")
+    if judge is None:
+        judge, options = (
+            cfg.judge,
+            dict(cfg.judge_options if judge_options is None else judge_options),
+        )
+    else:
+        options = dict(judge_options or {})
+    judge_name, _ = parse_judge_spec(judge)
+    if options:
+        if judge_name == "auto":
+            raise PoiseError("judge options need a named judge (--judge NAME), not auto")
+        judges.check_options(judge_name, options)
+    resolved = header.get("judge_resolved")
+    if judge_name == "auto" and isinstance(resolved, str) and resolved in judges:
+        judge_spec = resolved  # the run's own judge: the one auto chose when it ran
+    else:
+        # auto: what the recorded model recommends (from its spec, no weights loaded)
+        judge_spec = resolve_judge_name(judge, str(model_spec or cfg.model))
+    root = source.path.parent if out is None else Path(out)
+    run_name = name or f"{cfg.name or _default_name(cfg)}-rejudged"
+    new_cfg = cfg.model_copy(
+        update={
+            "judge": judge_spec,
+            "judge_options": options,
+            "out": str(root),
+            "name": run_name,
+            "html": html,
+        }
+    )
+
+    suites = [load_suite(spec, **cfg.suite_options()) for spec in cfg.suites]
+    items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
+    scorers = Scorers(get_judge(judge_spec, **options), task_scorers(items))
+    problem = _recorded_items_differ(source, items, None)
+    if problem is not None:
+        raise PoiseError(f"{source.path}: cannot judge again: {problem}")
+    labels = None
+    if cfg.judge_labels is not None:
+        from poise.scoring.validation import read_labels
+
+        labels = read_labels(
+            cfg.judge_labels,
+            format=cfg.judge_labels_format,
+            columns=dict(cfg.judge_labels_columns) or None,
+            flag="--judge-labels-column",
+        )
+
+    current = {(item.suite, item.id): item for item in items}
+    old = list(source.records())
+    generated = []
+    for record in old:
+        item = current[(str(record.get("suite")), str(record.get("item_id")))]
+        sampling = {k: v for k, v in dict(record["config"]).items() if k != "system_prompt"}
+        request = Request(
+            item,
+            str(record["request_id"]),
+            item.chat,  # what was sent is not needed to judge an answer: the item is
+            Sampling(**sampling),
+            str(record["config"].get("system_prompt", cfg.system_prompt)),
+        )
+        metadata = record.get("metadata")
+        completion = Completion(
+            str(record["completion"]),
+            int(record.get("num_tokens", 0)),
+            record.get("finish_reason", "stop"),
+            metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
+        )
+        generated.append(Generated(request, int(record["sample_index"]), completion))
+
+    weights = {
+        role: fingerprint
+        for role, fingerprint in dict(header.get("weights") or {}).items()
+        if not str(role).startswith("judge")
+    } | weights_components(None, judge_spec, judge_options=options)
+    target = Run.create(root, run_name, _header_config(new_cfg), lock=True)
+    try:
+        target.start(
+            judge_resolved=scorers.default.name,
+            model_name=header.get("model_name"),
+            model_spec=model_spec,
+            weights=dict(sorted(weights.items())),
+            system_prompts=header.get("system_prompts"),
+            rejudged_from={
+                "run": str(source.path),
+                "judge": header.get("judge_resolved", cfg.judge),
+            },
+        )
+        step = max(1, cfg.batch_size)
+        for start in range(0, len(generated), step):
+            block = generated[start : start + step]
+            judged = scorers.judge(block)
+            target.append(
+                {
+                    **record,
+                    "verdict": j.verdict.to_dict(),
+                    "judge": j.judge,
+                    **({"metadata": dict(j.completion.metadata)} if j.completion.metadata else {}),
+                }
+                for record, j in zip(old[start : start + step], judged, strict=True)
+            )
+        validation = None
+        if labels is not None:
+            from poise.scoring.validation import validate
+
+            validation = validate(labels, scorers.default)
+        metrics = finalize(
+            target,
+            reference_records=_reference_records(new_cfg),
+            html=html,
+            judge_validation=validation,
+        )
+    except BaseException:
+        # half a run of verdicts is no run: nothing is resumable here (the answers are in the
+        # old run), so the folder goes
+        target.unlock()
+        shutil.rmtree(target.path, ignore_errors=True)
+        raise
+    return AuditResult(run=target, config=new_cfg, metrics=metrics)
+
+
 def _cached_any(run: Run) -> bool:
     """Whether the run's response cache holds an answer (a block cut short by its endpoint
     keeps the answers that came back in it, though no record was written)."""
@@ -655,7 +818,9 @@ def _recorded_makers_differ(
     return weights_changed(header.get("weights"), weights or {})
 
 
-def _recorded_items_differ(run: Run, items: Sequence[SuiteItem], scorers: Scorers) -> str | None:
+def _recorded_items_differ(
+    run: Run, items: Sequence[SuiteItem], scorers: Scorers | None
+) -> str | None:
     """Why ``run`` cannot be continued with ``items``: one of its records gives an item another
     kind than the item's suite does now (the built-in sycophancy items were honesty-known before
     they had their own kind; the rest would be counted under the new kind and both kinds' rates
@@ -667,7 +832,8 @@ def _recorded_items_differ(run: Run, items: Sequence[SuiteItem], scorers: Scorer
     the record was judged by another scorer than this audit's scorer of its kind (a task's own
     scorer renamed or replaced since the run began, say by an updated plugin: the header names
     only the audit's judge, and the rate of that kind would count the verdicts of two scorers;
-    records without a ``judge`` are not compared). None when every record agrees."""
+    records without a ``judge`` are not compared; nor any when ``scorers`` is None, as when a
+    run is judged again). None when every record agrees."""
     current = {(item.suite, item.id): item for item in items}
     for record in run.records():
         key = (str(record.get("suite")), str(record.get("item_id")))
@@ -701,6 +867,8 @@ def _recorded_items_differ(run: Run, items: Sequence[SuiteItem], scorers: Scorer
         if changed:
             what = " and ".join(changed)
             return f"{where} has another {what} now (the suite changed since the run began)"
+        if scorers is None:
+            continue
         judged_by, now = record.get("judge"), scorers.for_kind(item.kind).name
         if judged_by is not None and str(judged_by) != now:
             return (

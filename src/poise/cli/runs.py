@@ -9,7 +9,9 @@ import typer
 
 from poise.cli._common import console, expand_paths, shown, user_errors
 
-runs_app = typer.Typer(help="List, show and export audit runs.", no_args_is_help=True)
+runs_app = typer.Typer(
+    help="List, show and export audit runs; judge a run again.", no_args_is_help=True
+)
 
 
 def _headline(metrics: dict | None, name: str) -> str:
@@ -172,6 +174,46 @@ def export(
             console.print(
                 f"wrote {n} {what} rows to {shown(path)}", highlight=False, soft_wrap=True
             )
+
+
+@runs_app.command("rejudge")
+def rejudge(
+    run: str = typer.Argument(
+        ...,
+        help="A complete run: its folder, or its name under --out (its --name, or a unique part "
+        "of its folder's name).",
+        callback=expand_paths,
+    ),
+    judge: str | None = typer.Option(
+        None,
+        help="Judge spec (poise judges ls); default: the run's own judge, as it labels now.",
+    ),
+    judge_option: list[str] = typer.Option(
+        [],
+        "--judge-option",
+        help="KEY=VALUE option of the judge (repeatable); default: the run's, with its judge.",
+    ),
+    name: str | None = typer.Option(
+        None, help="Name of the new run (default: the old run's name and -rejudged)."
+    ),
+    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
+    html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
+) -> None:
+    """Judge a complete run's answers again, without generating: a new run beside it, with the
+    same answers, new verdicts, metrics and report (the old run is kept)."""
+    with user_errors():
+        from poise.auditing import rejudge as rejudge_run
+        from poise.cli.audit import parse_options, print_result
+
+        result = rejudge_run(
+            run,
+            judge=judge,
+            judge_options=parse_options(judge_option, "--judge-option") if judge_option else None,
+            name=name,
+            html=html,
+            runs_root=out,
+        )
+        print_result(result.path, result.metrics)
 
 
 def _say_other_schema(run: Any) -> None:
