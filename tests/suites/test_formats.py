@@ -457,3 +457,42 @@ def test_a_generic_prompt_cell_may_hold_a_chat(tmp_path: Path) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     with pytest.raises(PoiseError, match=r":2: field .input.: the chat opens with its own"):
         load_suite(str(path), columns={**columns, "system": "persona"}, kind="benign")
+
+
+def test_a_chat_as_inspect_ai_writes_it_is_read_as_its_roles_and_text(tmp_path: Path) -> None:
+    # inspect_ai's own dump of a sample: each message with its id, null fields (source,
+    # metadata, tool_call_id) and content as a string or a list of text parts. Such rows were
+    # refused ("message 0 must have exactly 'role' and 'content'")
+    from inspect_ai.dataset import Sample
+    from inspect_ai.model import ChatMessageSystem, ChatMessageUser, ContentImage, ContentText
+
+    question = ChatMessageUser(
+        content=[ContentText(text="Capital of"), ContentText(text="France?")]
+    )
+    sample = Sample(
+        id="q1", input=[ChatMessageSystem(content="Answer in one word."), question], target="Paris"
+    )
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps(sample.model_dump(mode="json")) + "\n", encoding="utf-8")
+    columns = {"prompt": "input", "reference": "target"}
+    (item,) = load_suite(str(path), columns=columns, kind="benign")
+    assert item.chat == [
+        {"role": "system", "content": "Answer in one word."},
+        # joined as inspect_ai's ChatMessage.text joins text parts
+        {"role": "user", "content": question.text},
+    ]
+    assert item.chat[1]["content"] == "Capital of\nFrance?"
+
+    # a message that holds more than text is refused, naming what it holds
+    image = Sample(input=[ChatMessageUser(content=[ContentImage(image="cat.png")])], target="x")
+    path.write_text(json.dumps(image.model_dump(mode="json")) + "\n", encoding="utf-8")
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path), columns=columns, kind="benign")
+    assert str(err.value) == (
+        f"{path}:1: field 'input': message 0 holds a content part of type 'image': poise sends "
+        "text only"
+    )
+    row = {"input": [{"role": "user", "content": "hi", "tool_calls": [{"id": "t"}]}]}
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(PoiseError, match=r":1: field 'input': message 0 has 'tool_calls': "):
+        load_suite(str(path), columns={"prompt": "input"}, kind="benign")

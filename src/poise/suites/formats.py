@@ -664,6 +664,38 @@ def _generic_check(columns: Sequence[str], context: FormatContext) -> FormatCont
 format_registry.alias("hh-rlhf", "hh_rlhf")  # the name before registries were snake_case
 
 
+# inspect_ai's ChatMessage fields that keep account of a message, not what the model is sent
+_MESSAGE_BOOKKEEPING = frozenset({"id", "source", "metadata", "internal", "model"})
+
+
+def _plain_message(record: Record, column: str, index: int, message: dict[str, Any]) -> Any:
+    """A chat message as poise sends it: its role and its text. inspect_ai writes a message
+    with bookkeeping fields (``id``, ``source``, ``metadata``, ...), its unset fields as null,
+    and content as a string or a list of parts; the text parts are joined with newlines, as
+    inspect_ai's ``ChatMessage.text`` joins them. A message that holds more than text (a tool
+    call, an image) is refused, naming what it holds. The role and the text are checked with
+    the item, as a poise item's messages are."""
+    plain = {k: v for k, v in message.items() if v is not None and k not in _MESSAGE_BOOKKEEPING}
+    content = plain.get("content")
+    if isinstance(content, list):
+        other = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in content]
+        other = [t for t in other if t != "text"]
+        if other:
+            raise record.error(
+                column,
+                f"message {index} holds a content part of type {other[0]!r}: poise sends text only",
+            )
+        plain["content"] = "\n".join(str(part.get("text", "")) for part in content)
+    extra = sorted(set(plain) - {"role", "content"})
+    if extra:
+        raise record.error(
+            column,
+            f"message {index} has {extra[0]!r}: poise sends a message's role and text only "
+            "(a tool call or a tool's result cannot be sent)",
+        )
+    return plain
+
+
 @register_format("generic", check=_generic_check, detect=False)
 def generic(record: Record, context: FormatContext) -> Draft:
     """Any CSV / JSONL: columns prompt, id, kind, category, reference, system (renamable).
@@ -689,7 +721,9 @@ def generic(record: Record, context: FormatContext) -> Draft:
                 f"the chat opens with its own system message and the row has a system "
                 f"column ({cols['system']!r}); keep one",
             )
-        messages.extend(chat)
+        messages.extend(
+            _plain_message(record, prompt_column, i, m) for i, m in enumerate(chat, len(messages))
+        )
     else:
         messages.append({"role": "user", "content": record.require(prompt_column)})
     used = set(cols.values())
