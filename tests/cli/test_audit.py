@@ -59,3 +59,12 @@ def test_resume_with_flags_reads_the_recorded_config_as_the_api_does(tmp_path: P
     )
     assert result.exit_code == 2, result.output
     assert "run.json: field 'config' has no 'model' or 'suites'" in result.output.replace("\n", "")
+
+
+def test_the_progress_line_counts_prompts_and_says_so(tmp_path: Path) -> None:
+    """With several answers per prompt the count is of prompts (it read as answers)."""
+    out = str(tmp_path / "runs")
+    flags = ["--limit", "3", "--n", "2", "--temperature", "1", "--out", out, "--no-html"]
+    result = CliRunner().invoke(app, ["audit", "--model", "mock", "--suite", "harmful", *flags])
+    assert result.exit_code == 0, result.output
+    assert "prompts generated + judged: 3/3 (100%)" in result.output

@@ -239,13 +239,13 @@ def _run_with_progress(
         TimeRemainingColumn(),
     )
     if not console.is_terminal:  # a pipe or a CI log: a line now and then instead of a bar
-        lines = progress_lines("generating + judging")
+        lines = progress_lines("prompts generated + judged")
         kwargs: dict[str, Any] = {"progress": lambda done, total: lines(done, total)}
         if resume is not None:
             return audit(resume=resume, out=config.out, **(how or {}), **kwargs)
         return audit(config, **kwargs)
     with progress_bar(*columns) as bar:
-        task = bar.add_task("generating + judging", total=None)
+        task = bar.add_task("prompts generated + judged", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
