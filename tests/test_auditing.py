@@ -352,6 +352,38 @@ def _rewrite(file: Path, content: bytes) -> None:
     provenance._FILE_HASHES.clear()
 
 
+def test_the_same_weights_under_a_new_name_continue_a_run(tmp_path: Path) -> None:
+    """A model's name carries the sizes and modification times of its large files: a copy or a
+    `touch` renamed the same weights, and the run they began was refused as another model's.
+    Their contents (run.json's ``weights``) now decide; other contents are still refused."""
+    suite = write_suite(tmp_path / "mini.jsonl")
+    folder = _weights_folder(tmp_path / "dpo", b"\x00" * 64)
+    fields: dict[str, Any] = dict(suites=[str(suite)], judge="refusal", batch_size=4)
+
+    def model(name: str, script: Any) -> MockModel:
+        made = MockModel(name, script)
+        made.spec = str(folder)
+        return made
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(
+            model=model("hf:dpo#aaaa", crash_after(9)), out=str(tmp_path / "runs"), **fields
+        )
+    [run] = list_runs(tmp_path / "runs")
+    assert run.header["weights"]["model"]["source"] == str(folder)
+    result = poise.audit(model=model("hf:dpo#bbbb", scripted), resume=run.path)  # touched
+    assert result.run.path == run.path and len(list(run.records())) == 20
+    assert run.header["model_name"] == "hf:dpo#bbbb"
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        poise.audit(model=model("hf:dpo#aaaa", crash_after(9)), out=str(tmp_path / "b"), **fields)
+    [other] = list_runs(tmp_path / "b")
+    _rewrite(folder / "model.safetensors", b"\x01" * 64)  # trained again, and renamed
+    with pytest.raises(PoiseError, match=r"cannot resume: its records were made with model "
+                       r"'hf:dpo#aaaa', and this model is 'hf:dpo#cccc'"):  # fmt: skip
+        poise.audit(model=model("hf:dpo#cccc", scripted), resume=other.path)
+
+
 def test_a_scorer_trained_again_in_place_does_not_continue_a_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -814,8 +814,33 @@ def _recorded_makers_differ(
     ):
         recorded = header.get(field)
         if recorded is not None and str(recorded) != now:
+            if what == "model" and _same_model_contents(header.get("weights"), weights or {}):
+                # a model's name carries the sizes and times of its large files
+                # (poise.models.hf.folder_fingerprint): a copy or a `touch` renames the same
+                # weights, whose answers continue the run
+                log.info("%s: model %r is %r now, with the same contents", run.path, recorded, now)
+                continue
             return f"its records were made with {what} {recorded!r}, and this {what} is {now!r}"
     return weights_changed(header.get("weights"), weights or {})
+
+
+def _same_model_contents(recorded: object, now: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether the model's components (the ``weights`` roles of the model and of what its spec
+    names) are known, the same ones, and of the same contents (sha256 of a folder's files, or
+    a hub commit) in a run's header and now."""
+    if not isinstance(recorded, Mapping):
+        return False
+    then = {str(r): f for r, f in recorded.items() if str(r).startswith("model")}
+    current = {r: f for r, f in now.items() if r.startswith("model")}
+    if not then or set(then) != set(current):
+        return False
+    for role, old in then.items():
+        if not isinstance(old, Mapping):
+            return False
+        same = [old.get(k) == current[role].get(k) for k in ("sha256", "commit") if old.get(k)]
+        if not same or not all(same):
+            return False
+    return True
 
 
 def _recorded_items_differ(
