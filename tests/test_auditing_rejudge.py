@@ -4,6 +4,10 @@ run the audit would have written with that judge, from the same answers, and not
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,7 @@ from poise.auditing import rejudge
 from poise.cli import app
 from poise.errors import PoiseError
 from poise.models.mock import MockModel
-from poise.runs import Run
+from poise.runs import Run, list_runs
 from test_auditing import scripted, write_suite
 
 # what differs between two runs of the same answers by construction
@@ -79,28 +83,181 @@ def test_an_attack_summary_is_computed_again_from_the_new_verdicts(tmp_path: Pat
     _same_run(result.run, by_oracle)
 
 
+def _guarded_audit(tmp_path: Path, judge: str, out: str) -> Run:
+    return poise.audit(
+        model="guarded(organism-large, monitor=organism-monitor)",
+        suites=["harmful"],
+        judge=judge,
+        limit=6,
+        sampling={"temperature": 1.0, "n": 2, "seed": 0, "max_new_tokens": 48},
+        out=str(tmp_path / out),
+        name="guarded",
+        html=False,
+    ).run
+
+
 def test_a_guarded_answers_account_of_harm_is_recomputed_by_the_new_judge(
     tmp_path: Path,
 ) -> None:
-    def run(judge: str, out: str) -> Run:
-        return poise.audit(
-            model="guarded(organism-large, monitor=organism-monitor)",
-            suites=["harmful"],
-            judge=judge,
-            limit=6,
-            sampling={"temperature": 1.0, "n": 2, "seed": 0, "max_new_tokens": 48},
-            out=str(tmp_path / out),
-            name="guarded",
-            html=False,
-        ).run
-
-    by_refusal, by_oracle = run("refusal", "a"), run("oracle", "b")
+    by_refusal = _guarded_audit(tmp_path, "refusal", "a")
+    by_oracle = _guarded_audit(tmp_path, "oracle", "b")
     result = rejudge(by_refusal.path, judge="oracle", html=False)
     _same_run(result.run, by_oracle)
     # the oracle locates harm, the refusal detector does not
     onsets = [r["metadata"]["guard"].get("harm_onset") for r in _records(result.run)]
     assert any(o is not None for o in onsets)
     assert all("harm_onset" not in r["metadata"]["guard"] for r in _records(by_refusal))
+
+
+def test_a_judge_that_locates_no_harm_keeps_no_harm_onset_of_the_old_judge(
+    tmp_path: Path,
+) -> None:
+    """The oracle's harm onset and harmful token counts in a guard's record are the old judge's
+    account: judged again by the refusal detector, which locates no harm, they went on beside
+    its verdicts (and into the guard metrics), where an audit with it has none."""
+    by_oracle = _guarded_audit(tmp_path, "oracle", "a")
+    by_refusal = _guarded_audit(tmp_path, "refusal", "b")
+    assert any("harm_onset" in r["metadata"]["guard"] for r in _records(by_oracle))
+    result = rejudge(by_oracle.path, judge="refusal", html=False)
+    _same_run(result.run, by_refusal)
+    assert all("harm_onset" not in r["metadata"]["guard"] for r in _records(result.run))
+
+
+def test_a_reference_run_is_read_beside_the_run_before_a_folder_is_written(
+    tmp_path: Path,
+) -> None:
+    """The audit found its reference run by name under its --out; judged again into another
+    folder, the name was looked up there, after every answer was judged."""
+    base: dict[str, Any] = {
+        "suites": ["harmful", "honesty"],
+        "limit": 4,
+        "sampling": {"max_new_tokens": 24},
+        "out": str(tmp_path / "runs"),
+        "html": False,
+    }
+    poise.audit(model="organism-small", judge="refusal", name="base", **base)
+    audited = poise.audit(
+        model="organism-large", judge="refusal", name="big", reference_run="base", **base
+    ).run
+    beside = rejudge(audited.path, judge="oracle", html=False)
+    elsewhere = rejudge(audited.path, judge="oracle", out=tmp_path / "other", html=False)
+    assert elsewhere.path.parent == tmp_path / "other"
+    assert elsewhere.metrics == beside.metrics
+    assert any("reference" in json.dumps(group) for group in beside.metrics["groups"].values())
+
+    for run in (beside.run, elsewhere.run):
+        shutil.rmtree(run.path)
+    shutil.rmtree(next(r.path for r in list_runs(tmp_path / "runs") if r.path != audited.path))
+    with pytest.raises(PoiseError, match="no run 'base' found"):
+        rejudge(audited.path, judge="oracle", out=tmp_path / "other", html=False)
+    assert [r.path for r in list_runs(tmp_path / "runs")] == [audited.path]
+    assert list_runs(tmp_path / "other") == []
+
+
+def _mini_run(tmp_path: Path, **fields: Any) -> Run:
+    suite = write_suite(tmp_path / "mini.jsonl")
+    return poise.audit(
+        model=MockModel("scripted", scripted),
+        suites=[str(suite)],
+        judge="refusal",
+        out=str(tmp_path / "runs"),
+        name="mini",
+        html=False,
+        **fields,
+    ).run
+
+
+def test_a_record_without_its_answer_is_one_error_naming_its_line(tmp_path: Path) -> None:
+    audited = _mini_run(tmp_path)
+    lines = audited.samples_path.read_text().splitlines()
+    broken = json.loads(lines[2])
+    del broken["completion"]
+    lines[2] = json.dumps(broken)
+    audited.samples_path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(PoiseError, match=r"samples.jsonl:3: cannot judge again: .*'completion'"):
+        rejudge(audited.path, judge="oracle")
+    assert list_runs(tmp_path / "runs") == [audited]
+
+
+def test_a_records_sampling_is_kept_as_written_not_parsed(tmp_path: Path) -> None:
+    """The judge reads the item and the answer, not how it was sampled: a record whose config
+    holds a field this poise's Sampling does not know (written by another version) was a
+    pydantic traceback; it is judged, its config kept as written."""
+    audited = _mini_run(tmp_path)
+    records = [json.loads(line) for line in audited.samples_path.read_text().splitlines()]
+    for record in records:
+        record["config"]["min_p"] = 0.05
+    audited.samples_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = rejudge(audited.path, judge="refusal", html=False)
+    assert [r["config"] for r in result.run.records()] == [r["config"] for r in records]
+
+
+def test_sigterm_removes_the_half_judged_run_and_exits_143(tmp_path: Path) -> None:
+    """SIGTERM (``kill``, ``timeout``, a batch scheduler) ended ``poise runs rejudge`` at once:
+    a half-judged run stayed, unfinished, with the configuration of an audit with that judge,
+    for the next such audit to adopt. Now it is Ctrl-C: the folder goes, exit code 143."""
+    audited = _mini_run(tmp_path, batch_size=2)
+    script = (
+        "import signal, sys\n"
+        "import poise.evaluation as ev\n"
+        "from poise.cli import app\n"
+        "judge, calls = ev.Scorers.judge, []\n"
+        "def stopping(self, generated):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        signal.raise_signal(signal.SIGTERM)\n"
+        "    return judge(self, generated)\n"
+        "ev.Scorers.judge = stopping\n"
+        "app(sys.argv[1:])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, "runs", "rejudge", str(audited.path), "--no-html"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "300"},
+    )
+    assert done.returncode == 143, done.stderr
+    assert "interrupted: no run was written" in " ".join(done.stderr.split())
+    assert list_runs(tmp_path / "runs") == [audited]
+
+
+def test_a_rejudge_killed_midway_is_not_continued_by_the_next_audit(tmp_path: Path) -> None:
+    """Killed without clean-up (SIGKILL, the OOM killer), a half-judged run stayed unfinished
+    with the fingerprint of an audit with that judge: the next such ``poise audit`` continued
+    it ("continuing unfinished run"), generating the rest into a run that says
+    ``rejudged_from``. It now carries the fingerprint only once every verdict is written."""
+    audited = _mini_run(tmp_path, batch_size=2)
+    script = (
+        "import os, sys\n"
+        "import poise.evaluation as ev\n"
+        "from poise.auditing import rejudge\n"
+        "judge, calls = ev.Scorers.judge, []\n"
+        "def dying(self, generated):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os._exit(9)\n"
+        "    return judge(self, generated)\n"
+        "ev.Scorers.judge = dying\n"
+        "rejudge(sys.argv[1], html=False)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(audited.path)], capture_output=True, timeout=120
+    )
+    assert done.returncode == 9, done.stderr
+    [killed] = [r for r in list_runs(tmp_path / "runs") if r.path != audited.path]
+    assert killed.state == "interrupted" and killed.samples_written() > 0
+
+    again = poise.audit(
+        model=MockModel("scripted", scripted),
+        suites=[str(tmp_path / "mini.jsonl")],
+        judge="refusal",
+        out=str(tmp_path / "runs"),
+        html=False,
+        batch_size=2,
+    )
+    assert again.path not in (killed.path, audited.path)
+    assert "rejudged_from" not in again.run.header
 
 
 def test_the_same_judge_gives_the_same_run(tmp_path: Path) -> None:

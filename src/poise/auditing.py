@@ -33,7 +33,7 @@ from poise.config import (
     format_field_error,
     format_validation_error,
 )
-from poise.errors import PoiseError, UnknownNameError
+from poise.errors import PoiseError, UnknownNameError, located
 from poise.evaluation import (
     ProgressFn,
     RequestsFailed,
@@ -46,7 +46,7 @@ from poise.evaluation import (
 from poise.models.base import EndpointError, GenerationError
 from poise.models.spec import canonical_spec
 from poise.runs.provenance import weights_changed, weights_components
-from poise.runs.run import Run, check_runs_root, find_run
+from poise.runs.run import Run, check_runs_root, find_run, key_problem
 
 if TYPE_CHECKING:
     from poise.scoring.validation import Validation
@@ -444,7 +444,11 @@ def rejudge(
 
     Items of a task with its own scorer keep that scorer, as in the audit. A guarded answer's
     account of the unguarded one (harm onset, harmful tokens shown) is recomputed by the new
-    judge too."""
+    judge too; the old judge's is dropped first (a judge that locates no harm leaves none). A
+    ``reference_run`` is read where the audit found it (beside the old run), before any folder
+    is written. Stopped by an error, Ctrl-C or SIGTERM, the new folder is removed; killed
+    outright, it is left unfinished and without the audit's fingerprint, so no later audit
+    continues it as its own."""
     from poise.attacks.base import Request
     from poise.evaluation import Generated
     from poise.models.base import Completion
@@ -506,26 +510,37 @@ def rejudge(
             columns=dict(cfg.judge_labels_columns) or None,
             flag="--judge-labels-column",
         )
+    # the reference run by the name the audit found it under: beside the run (the audit's
+    # --out), wherever the new run goes; read now, so a missing one stops before any folder
+    reference_records = _reference_records(cfg.model_copy(update={"out": str(source.path.parent)}))
 
     current = {(item.suite, item.id): item for item in items}
     old = list(source.records())
     generated = []
-    for record in old:
+    for lineno, record in enumerate(old, 1):
+        problem = key_problem(record)
+        if problem is None and not isinstance(record.get("completion"), str):
+            problem = "the record has no 'completion' text"
+        if problem is not None:  # a hand-edited samples file: one line, before any folder
+            raise located(source.samples_path, lineno, f"cannot judge again: {problem}")
         item = current[(str(record.get("suite")), str(record.get("item_id")))]
-        sampling = {k: v for k, v in dict(record["config"]).items() if k != "system_prompt"}
+        recorded = record.get("config")
+        system_prompt = recorded.get("system_prompt") if isinstance(recorded, Mapping) else None
         request = Request(
             item,
             str(record["request_id"]),
             item.chat,  # what was sent is not needed to judge an answer: the item is
-            Sampling(**sampling),
-            str(record["config"].get("system_prompt", cfg.system_prompt)),
+            # nor how it was sampled: the record keeps its own config as written
+            cfg.sampling,
+            str(system_prompt if system_prompt is not None else cfg.system_prompt),
         )
-        metadata = record.get("metadata")
+        metadata = _without_judges_account(record.get("metadata"))
+        num_tokens = record.get("num_tokens")
         completion = Completion(
-            str(record["completion"]),
-            int(record.get("num_tokens", 0)),
-            record.get("finish_reason", "stop"),
-            metadata=dict(metadata) if isinstance(metadata, Mapping) else None,
+            record["completion"],
+            num_tokens if isinstance(num_tokens, int) else 0,
+            record.get("finish_reason") or "stop",
+            metadata=metadata,
         )
         generated.append(Generated(request, int(record["sample_index"]), completion))
 
@@ -534,7 +549,12 @@ def rejudge(
         for role, fingerprint in dict(header.get("weights") or {}).items()
         if not str(role).startswith("judge")
     } | weights_components(None, judge_spec, judge_options=options)
-    target = Run.create(root, run_name, _header_config(new_cfg), lock=True)
+    # the audit's fingerprint only once every verdict is written: a run killed mid-way (no
+    # clean-up) is not an unfinished run of that audit's configuration, which the next such
+    # `poise audit` would adopt and fill with answers of its own under `rejudged_from`
+    header_config = _header_config(new_cfg)
+    judging = {k: v for k, v in header_config.items() if k != "fingerprint"}
+    target = Run.create(root, run_name, judging, lock=True)
     try:
         target.start(
             judge_resolved=scorers.default.name,
@@ -556,7 +576,11 @@ def rejudge(
                     **record,
                     "verdict": j.verdict.to_dict(),
                     "judge": j.judge,
-                    **({"metadata": dict(j.completion.metadata)} if j.completion.metadata else {}),
+                    **(
+                        {"metadata": dict(j.completion.metadata)}
+                        if j.completion.metadata is not None
+                        else {}
+                    ),
                 }
                 for record, j in zip(old[start : start + step], judged, strict=True)
             )
@@ -565,19 +589,40 @@ def rejudge(
             from poise.scoring.validation import validate
 
             validation = validate(labels, scorers.default)
+        target.update_header(config=header_config)
         metrics = finalize(
             target,
-            reference_records=_reference_records(new_cfg),
+            reference_records=reference_records,
             html=html,
             judge_validation=validation,
         )
-    except BaseException:
+    except BaseException as exc:
         # half a run of verdicts is no run: nothing is resumable here (the answers are in the
         # old run), so the folder goes
         target.unlock()
         shutil.rmtree(target.path, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM through the CLI
+            log.warning("interrupted: no run was written; %s is as it was", source.path)
         raise
     return AuditResult(run=target, config=new_cfg, metrics=metrics)
+
+
+# what the evaluation core adds to a guard's record from the judge's account of the unguarded
+# answer (poise.evaluation.Scorers._guarded); the guard's own fields are kept
+_JUDGES_GUARD_FIELDS = ("unguarded_harmful", "harm_onset", "harmful_tokens", "harmful_tokens_shown")
+
+
+def _without_judges_account(metadata: object) -> dict[str, Any] | None:
+    """A record's ``metadata`` as the model wrote it, before any judge: a guard's record
+    without the old judge's account of the unguarded answer (a judge that locates no harm adds
+    no ``harm_onset``, so the old judge's would otherwise stay beside the new verdicts)."""
+    if not isinstance(metadata, Mapping):
+        return None
+    out = dict(metadata)
+    guard = out.get("guard")
+    if isinstance(guard, Mapping):
+        out["guard"] = {k: v for k, v in guard.items() if k not in _JUDGES_GUARD_FIELDS}
+    return out
 
 
 def _cached_any(run: Run) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, expand_paths, shown, user_errors
+from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
 
 runs_app = typer.Typer(
     help="List, show and export audit runs; judge a run again.", no_args_is_help=True
@@ -201,7 +201,9 @@ def rejudge(
 ) -> None:
     """Judge a complete run's answers again, without generating: a new run beside it, with the
     same answers, new verdicts, metrics and report (the old run is kept)."""
-    with user_errors():
+    # SIGTERM as Ctrl-C: the half-judged new run is removed (a kill left it, an unfinished run
+    # of an audit's configuration, for the next such audit to adopt)
+    with sigterm_as_interrupt(), user_errors():
         from poise.auditing import rejudge as rejudge_run
         from poise.cli.audit import parse_options, print_result
 
