@@ -154,12 +154,13 @@ def test_a_reference_run_is_read_beside_the_run_before_a_folder_is_written(
     assert list_runs(tmp_path / "other") == []
 
 
-def _mini_run(tmp_path: Path, **fields: Any) -> Run:
+def _mini_run(tmp_path: Path, judge: str = "refusal", **fields: Any) -> Run:
+    """A complete run of the scripted mock on a small suite file (``tmp_path/mini.jsonl``)."""
     suite = write_suite(tmp_path / "mini.jsonl")
     return poise.audit(
         model=MockModel("scripted", scripted),
         suites=[str(suite)],
-        judge="refusal",
+        judge=judge,
         out=str(tmp_path / "runs"),
         name="mini",
         html=False,
@@ -262,14 +263,7 @@ def test_a_rejudge_killed_midway_is_not_continued_by_the_next_audit(tmp_path: Pa
 
 def test_the_same_judge_gives_the_same_run(tmp_path: Path) -> None:
     """Without a judge, the run's own: here the one auto chose when it ran."""
-    suite = write_suite(tmp_path / "mini.jsonl")
-    audited = poise.audit(
-        model=MockModel("scripted", scripted),
-        suites=[str(suite)],
-        judge="auto",
-        out=str(tmp_path / "runs"),
-        html=False,
-    ).run
+    audited = _mini_run(tmp_path, judge="auto")
     again = rejudge(audited.path, out=tmp_path / "again", name="again", html=False)
     assert again.run.header["judge_resolved"] == audited.header["judge_resolved"] == "refusal"
     assert _records(again.run) == _records(audited)
@@ -278,14 +272,7 @@ def test_the_same_judge_gives_the_same_run(tmp_path: Path) -> None:
 
 
 def test_only_a_complete_run_is_judged_again(tmp_path: Path) -> None:
-    suite = write_suite(tmp_path / "mini.jsonl")
-    audited = poise.audit(
-        model=MockModel("scripted", scripted),
-        suites=[str(suite)],
-        judge="refusal",
-        out=str(tmp_path / "runs"),
-        html=False,
-    ).run
+    audited = _mini_run(tmp_path)
     audited.update_header(status="running")  # killed: header running, lock free
     with pytest.raises(PoiseError, match="interrupted, not complete: finish it first"):
         rejudge(audited.path)
@@ -293,14 +280,8 @@ def test_only_a_complete_run_is_judged_again(tmp_path: Path) -> None:
 
 
 def test_a_suite_edited_since_the_run_is_refused(tmp_path: Path) -> None:
-    suite = write_suite(tmp_path / "mini.jsonl")
-    audited = poise.audit(
-        model=MockModel("scripted", scripted),
-        suites=[str(suite)],
-        judge="refusal",
-        out=str(tmp_path / "runs"),
-        html=False,
-    ).run
+    audited = _mini_run(tmp_path)
+    suite = tmp_path / "mini.jsonl"
     suite.write_text(suite.read_text().replace("harmful request 4", "another request"))
     with pytest.raises(PoiseError, match=r"cannot judge again: item h-04 .* another prompt"):
         rejudge(audited.path)
@@ -317,30 +298,15 @@ def test_a_suite_edited_since_the_run_is_refused(tmp_path: Path) -> None:
 def test_a_bad_judge_is_refused_before_a_folder_is_written(
     tmp_path: Path, judge: str, options: dict[str, Any] | None, message: str
 ) -> None:
-    suite = write_suite(tmp_path / "mini.jsonl")
-    audited = poise.audit(
-        model=MockModel("scripted", scripted),
-        suites=[str(suite)],
-        judge="refusal",
-        out=str(tmp_path / "runs"),
-        html=False,
-    ).run
+    audited = _mini_run(tmp_path)
     with pytest.raises(PoiseError, match=message):
         rejudge(audited.path, judge=judge, judge_options=options)
     assert len(list((tmp_path / "runs").iterdir())) == 1
 
 
 def test_cli_runs_rejudge(tmp_path: Path) -> None:
-    suite = write_suite(tmp_path / "mini.jsonl")
     out = tmp_path / "runs"
-    poise.audit(
-        model=MockModel("scripted", scripted),
-        suites=[str(suite)],
-        judge="refusal",
-        out=str(out),
-        name="mini",
-        html=False,
-    )
+    _mini_run(tmp_path)
     result = CliRunner().invoke(
         app, ["runs", "rejudge", "mini", "--out", str(out), "--judge", "refusal", "--no-html"]
     )

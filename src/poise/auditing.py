@@ -49,7 +49,7 @@ from poise.runs.provenance import weights_changed, weights_components
 from poise.runs.run import Run, check_runs_root, find_run, key_problem
 
 if TYPE_CHECKING:
-    from poise.scoring.validation import Validation
+    from poise.scoring.validation import LabelSet, Validation
     from poise.suites.schema import SuiteItem
 
 log = logging.getLogger(__name__)
@@ -277,16 +277,7 @@ def _audit(
     if model_obj is None:
         check_spec(_spec_to_build(cfg, run))
     reference_records = _reference_records(cfg)
-    labels = None
-    if cfg.judge_labels is not None:
-        from poise.scoring.validation import read_labels
-
-        labels = read_labels(
-            cfg.judge_labels,
-            format=cfg.judge_labels_format,
-            columns=dict(cfg.judge_labels_columns) or None,
-            flag="--judge-labels-column",
-        )
+    labels = _judge_labels(cfg)
 
     # ---- load, then generate and judge block by block ------------------------------------
     from poise.models import default_system_prompt, load_model, system_prompt_in_template
@@ -500,16 +491,7 @@ def rejudge(
     problem = _recorded_items_differ(source, items, None)
     if problem is not None:
         raise PoiseError(f"{source.path}: cannot judge again: {problem}")
-    labels = None
-    if cfg.judge_labels is not None:
-        from poise.scoring.validation import read_labels
-
-        labels = read_labels(
-            cfg.judge_labels,
-            format=cfg.judge_labels_format,
-            columns=dict(cfg.judge_labels_columns) or None,
-            flag="--judge-labels-column",
-        )
+    labels = _judge_labels(cfg)
     # the reference run by the name the audit found it under: beside the run (the audit's
     # --out), wherever the new run goes; read now, so a missing one stops before any folder
     reference_records = _reference_records(cfg.model_copy(update={"out": str(source.path.parent)}))
@@ -787,6 +769,21 @@ def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:
             f"({header.get('model_name')!r}), which cannot be rebuilt from run.json; resume it "
             "in Python with poise.audit(model=<that model>, resume=RUN)"
         )
+
+
+def _judge_labels(cfg: AuditConfig) -> LabelSet | None:
+    """The human-labelled answers ``--judge-labels`` names (read before the model loads), or
+    None."""
+    if cfg.judge_labels is None:
+        return None
+    from poise.scoring.validation import read_labels
+
+    return read_labels(
+        cfg.judge_labels,
+        format=cfg.judge_labels_format,
+        columns=dict(cfg.judge_labels_columns) or None,
+        flag="--judge-labels-column",
+    )
 
 
 def _reference_records(cfg: AuditConfig) -> list[dict[str, Any]] | None:
