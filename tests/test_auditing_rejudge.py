@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +155,7 @@ def test_a_reference_run_is_read_beside_the_run_before_a_folder_is_written(
     assert list_runs(tmp_path / "other") == []
 
 
-def _mini_run(tmp_path: Path, judge: str = "refusal", **fields: Any) -> Run:
+def _mini_run(tmp_path: Path, judge: str = "refusal", html: bool = False, **fields: Any) -> Run:
     """A complete run of the scripted mock on a small suite file (``tmp_path/mini.jsonl``)."""
     suite = write_suite(tmp_path / "mini.jsonl")
     return poise.audit(
@@ -163,7 +164,7 @@ def _mini_run(tmp_path: Path, judge: str = "refusal", **fields: Any) -> Run:
         judge=judge,
         out=str(tmp_path / "runs"),
         name="mini",
-        html=False,
+        html=html,
         **fields,
     ).run
 
@@ -314,3 +315,18 @@ def test_cli_runs_rejudge(tmp_path: Path) -> None:
     assert "mini-rejudged" in result.output and "harmful" in result.output
     bad = CliRunner().invoke(app, ["runs", "rejudge", "mini", "--out", str(out), "--judge", "x"])
     assert bad.exit_code == 2 and "unknown judge 'x'" in bad.output
+
+
+def test_a_rejudged_run_says_where_its_answers_come_from(tmp_path: Path) -> None:
+    """The report's "What was audited" and the terminal table name the run the answers are
+    from and the judge that labelled them there; a run that generated its own says nothing."""
+    audited = _mini_run(tmp_path, html=True)
+    again = rejudge(audited.path, judge="refusal", name="again")
+    said = f"answers of {audited.path}, judged there by refusal"
+    page = (again.path / "report.html").read_text(encoding="utf-8")
+    assert "judged again" in page and escape(said) in page
+    assert "judged again" not in (audited.path / "report.html").read_text(encoding="utf-8")
+    shown = CliRunner().invoke(app, ["runs", "show", str(again.path)], terminal_width=400)
+    assert shown.exit_code == 0 and f"judged again: {said}" in shown.output
+    first = CliRunner().invoke(app, ["runs", "show", str(audited.path)], terminal_width=400)
+    assert first.exit_code == 0 and "judged again" not in first.output

@@ -293,6 +293,10 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
         from poise.report.attack_tables import render_attack_summary
 
         console.print(render_attack_summary(metrics["attack"]))
+    from poise.runs.run import rejudged_label
+
+    if rejudged_label(header):
+        console.print(f"judged again: {rejudged_label(header)}", highlight=False, soft_wrap=True)
     # soft_wrap: a long path is one line to copy (or parse), not cut where the width ends
     console.print(f"run folder: [bold]{shown(run_path)}[/]", soft_wrap=True)
     if (run_path / "report.html").exists():

@@ -25,7 +25,7 @@ from poise.report.attack_view import attack_view, sampling_used
 from poise.report.charts import Point, Series, category_chart, flipped, tradeoff_chart
 from poise.report.text import visible
 from poise.runs import Run
-from poise.runs.run import attack_label, write_error
+from poise.runs.run import attack_label, rejudged_label, write_error
 from poise.scoring.metrics import (
     RATE_INFO,
     RATE_NAMES,
@@ -158,6 +158,7 @@ def _audited(run: RunData) -> list[tuple[str, str]]:
         ("model", str(cfg.get("model", "?"))),
         ("suites", ", ".join(map(str, suites)) if isinstance(suites, list) else str(suites or "")),
         ("judge", str(run.header.get("judge_resolved") or cfg.get("judge", "?"))),
+        ("judged again", rejudged_label(run.header)),
         ("attack", attack_label(cfg) if cfg.get("attack") else ""),
         ("sampling", sampling_text),
         ("system prompt", str(cfg.get("system_prompt", ""))),

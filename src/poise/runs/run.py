@@ -612,6 +612,15 @@ def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
     )
 
 
+def rejudged_label(header: Mapping[str, object]) -> str:
+    """Where a run judged again (``poise runs rejudge``) took its answers, and the judge that
+    labelled them there; empty for a run that generated its own."""
+    source = header.get("rejudged_from")
+    if not isinstance(source, Mapping):
+        return ""
+    return f"answers of {source.get('run', '?')}, judged there by {source.get('judge', '?')}"
+
+
 def attack_label(cfg: Mapping[str, object]) -> str:
     """The attack of a run's config; the plain attack ("greedy", which asks each item once with
     the run's sampling) says how it sampled, so a sampled run does not read as greedy."""
