@@ -51,7 +51,6 @@ def test_a_csv_prompt_over_128_kib_loads_as_it_does_from_jsonl(tmp_path: Path, n
 @pytest.mark.parametrize(
     ("name", "content", "what"),
     [
-        ("rows.parquet", b"PAR1\x15\x04\x15\x84\x01\x00\xffPAR1", "Parquet"),
         ("rows.yaml", b"- prompt: hi\n  kind: benign\n", "YAML"),
         ("rows.yml", b"- prompt: hi\n", "YAML"),
         ("rows.xlsx", b"PK\x03\x04\x14\x00\x06\x00", "Excel"),

@@ -10,8 +10,10 @@
    optionally ``.gz`` (a ``.csv`` file whose header is one column holding semicolons or tabs
    is read with that delimiter); the row format is detected from the header (see
    :mod:`poise.suites.formats`) or forced with ``format=``; the columns of JSON rows are the
-   keys of all of them (a row may leave a key out); or a folder written by ``datasets``'
-   ``save_to_disk`` (one split's folder), read with ``datasets.load_from_disk``;
+   keys of all of them (a row may leave a key out); with the ``datasets`` extra, a ``.parquet``
+   or ``.arrow`` file (read with pyarrow), a folder written by ``datasets``' ``save_to_disk``
+   (one split's folder), read with ``datasets.load_from_disk``, or a folder of data files as a
+   hub dataset's repository holds them, read with ``datasets.load_dataset(FOLDER)``;
 3. ``owner/name`` (optionally ``owner/name:split`` or ``owner/name:config:split``): a hub
    dataset, read lazily through ``datasets.load_dataset``.
 
@@ -29,6 +31,7 @@ import io
 import itertools
 import json
 import logging
+import os
 import re
 import zlib
 from collections import Counter
@@ -74,9 +77,9 @@ DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt")
 # Files people keep prompt sets in that poise does not read: named as such, not misread as CSV
 # (a Parquet file was "not UTF-8 text; save the file as UTF-8", a YAML list "missing required
 # column 'prompt' (columns found: '- prompt: ...')").
+# Columnar files, as the hub stores datasets: read with pyarrow (the datasets extra)
+COLUMNAR_FORMATS = {".parquet": "Parquet", ".arrow": "Arrow"}
 OTHER_FORMATS = {
-    ".parquet": "Parquet",
-    ".arrow": "Arrow",
     ".feather": "Feather",
     ".xlsx": "Excel",
     ".xls": "Excel",
@@ -88,6 +91,7 @@ OTHER_FORMATS = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?::[\w.-]+){0,2}$")
 # Generic data-split file names; the folder above them names the suite instead.
 _SPLIT_STEMS = {"train", "test", "validation", "valid", "val", "dev"}
+_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
 
 
 @dataclass
@@ -163,7 +167,11 @@ def load_suite(
     path = Path(spec).expanduser()
     if _exists(path, spec):
         return _load_file(path, spec, options)
-    if path.name.lower().removesuffix(".gz").endswith((*DATA_EXTENSIONS, *OTHER_FORMATS)):
+    if (
+        path.name.lower()
+        .removesuffix(".gz")
+        .endswith((*DATA_EXTENSIONS, *COLUMNAR_FORMATS, *OTHER_FORMATS))
+    ):
         raise PoiseError(f"{spec}: no such file")
     if _HUB_ID.match(spec):
         return _load_hub(spec, options)
@@ -212,19 +220,25 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
     if path.is_dir():
         if any((path / marker).is_file() for marker in _SAVED_DATASET):
             return _load_saved(path, source, options)
+        if _holds_data_files(path):
+            return _load_folder(path, source, options)
         raise PoiseError(
-            f"{source}: is a folder; give a data file ({', '.join(DATA_EXTENSIONS)}) or a "
-            "folder written by datasets' save_to_disk"
+            f"{source}: is a folder with no data file; give a data file "
+            f"({', '.join((*DATA_EXTENSIONS, *COLUMNAR_FORMATS))}), a folder of them (a clone of "
+            "a hub dataset's repository) or a folder written by datasets' save_to_disk"
         )
     if not path.is_file():  # reading a FIFO would wait for a writer forever
         raise PoiseError(
             f"{source}: not a regular file (a FIFO, socket or device); give a data file"
         )
+    if path.suffix.lower() in COLUMNAR_FORMATS:
+        return _load_columnar(path, source, options, name=name)
     other = OTHER_FORMATS.get(path.suffix.lower())
     if other is not None:
         raise PoiseError(
             f"{source}: {other} files are not read as suites; convert it to JSONL or CSV "
-            f"(suites are read from {', '.join(DATA_EXTENSIONS)} files, optionally .gz)"
+            f"(suites are read from {', '.join(DATA_EXTENSIONS)} files, optionally .gz, and "
+            f"{', '.join(COLUMNAR_FORMATS)} files)"
         )
     text = _read_text(path, source)
     container = _container(path, text)
@@ -354,6 +368,112 @@ def _load_saved(path: Path, source: str, options: _Options) -> Suite:
     return _build(header, rows, context, options)
 
 
+def _load_columnar(path: Path, source: str, options: _Options, *, name: str | None) -> Suite:
+    """A Parquet or Arrow file (as the hub stores a dataset's split, ``train-00000-of-00001.
+    parquet``; an Arrow file in the IPC stream format datasets writes, or the file format),
+    read whole with pyarrow; its columns are the header, its rows numbered from 1."""
+    what = COLUMNAR_FORMATS[path.suffix.lower()]
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise MissingExtraError(
+            "datasets", "datasets", f"reading the {what} file {source!r}"
+        ) from None
+    try:
+        if what == "Parquet":
+            table = pq.read_table(path)
+        else:
+            try:
+                table = pa.ipc.open_stream(path).read_all()
+            except pa.ArrowInvalid:
+                table = pa.ipc.open_file(path).read_all()
+    except (OSError, pa.ArrowException) as exc:  # not Parquet / Arrow, or cut short: one line
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise PoiseError(f"{source}: cannot read the {what} file ({first})") from None
+    rows = ((i + 1, f"{source} row {i + 1}", row) for i, row in enumerate(table.to_pylist()))
+    context = FormatContext(
+        suite=name or suite_name(path),
+        source=source,
+        hint=path.name.lower(),
+        kind=options.kind,
+        category=options.category,
+        columns=options.columns,
+        path_parts=tuple(path.resolve().parent.parts),
+    )
+    return _build(list(table.column_names), rows, context, options)
+
+
+def _holds_data_files(folder: Path) -> bool:
+    """Whether ``folder`` (or a folder in it, as a hub repository's ``data/``) holds a data file
+    datasets reads: CSV, JSON lines, JSON, text, Parquet or Arrow; hidden folders (``.git``)
+    and folders written by save_to_disk (each a dataset of its own) are not looked in."""
+    suffixes = {*DATA_EXTENSIONS, *COLUMNAR_FORMATS}
+    seen = 0
+    for root, dirs, files in os.walk(folder):
+        names = set(files)
+        if root != str(folder) and names.intersection(_SAVED_DATASET):
+            dirs.clear()
+            continue
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if any(Path(f).suffix.lower() in suffixes and not f.startswith(".") for f in files):
+            return True
+        seen += len(files)
+        if seen > 10_000:  # a folder of something else: not searched to the end
+            return False
+    return False
+
+
+def _load_folder(path: Path, source: str, options: _Options) -> Suite:
+    """A folder of data files as a hub dataset's repository holds them (a clone of it: its
+    splits named by the files, ``data/train-00000-of-00002.parquet``, ``test.csv``), read
+    with ``datasets.load_dataset(FOLDER)``, which reads a local folder with the hub's own
+    rules and needs no network; a folder of several splits asks for one split's file."""
+    try:
+        import datasets
+    except ImportError:
+        raise MissingExtraError(
+            "datasets", "datasets", f"loading the folder {source!r} as a dataset"
+        ) from None
+    import tempfile
+
+    from datasets.utils import logging as datasets_logging
+
+    bars = datasets_logging.is_progress_bar_enabled()
+    datasets_logging.disable_progress_bar()  # a bar per split of a few rows: noise
+    # datasets converts the files to Arrow in a cache: a temporary one, gone once the items
+    # are built, so reading a folder leaves nothing behind
+    with tempfile.TemporaryDirectory(prefix="poise-dataset-") as cache:
+        try:
+            loaded = datasets.load_dataset(str(path), cache_dir=cache)
+        except Exception as exc:  # files of several formats, unreadable rows: one line
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise PoiseError(
+                f"{source}: cannot read the folder as a dataset ({type(exc).__name__}: {first})"
+            ) from None
+        finally:
+            if bars:
+                datasets_logging.enable_progress_bar()
+        split, loaded = _only_split(
+            loaded,
+            lambda splits: (
+                f"{source}: the folder's data files make the splits {', '.join(splits)}; give "
+                "one split's data file"
+            ),
+        )
+        header, rows = _dataset_rows(loaded, f"{source}:{split}")
+        context = FormatContext(
+            suite=f"{path.resolve().name}-{split}",
+            source=source,
+            hint=f"{path.resolve().name}:{split}".lower(),
+            kind=options.kind,
+            category=options.category,
+            columns=options.columns,
+            path_parts=tuple(path.resolve().parts),
+        )
+        return _build(header, rows, context, options)
+
+
 def _hub_offline(repo: str) -> bool:
     """True when the hub cannot be reached but ``repo`` is in a local cache; a PoiseError at once
     when it can be reached from neither (instead of the hub client's retries)."""
@@ -391,14 +511,19 @@ def suite_name(path: Path) -> str:
     """A file's suite name: its stem without data extensions, or its folder's for split files.
 
     ``harmful_behaviors.csv`` -> ``harmful_behaviors``; ``harmless-base/train.jsonl.gz`` ->
-    ``harmless-base-train``.
+    ``harmless-base-train``; a hub repository's shard ``advbench/data/train-00000-of-00001.
+    parquet`` -> ``advbench-train``.
     """
     stem = path.name
-    for ext in (".gz", *DATA_EXTENSIONS):
+    for ext in (".gz", *DATA_EXTENSIONS, *COLUMNAR_FORMATS):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
-    if stem.lower() in _SPLIT_STEMS and path.resolve().parent.name:
-        return f"{path.resolve().parent.name}-{stem}"
+    stem = _SHARD.sub("", stem)
+    folder = path.resolve().parent
+    if folder.name == "data" and folder.parent.name:  # a hub repository's data folder
+        folder = folder.parent
+    if stem.lower() in _SPLIT_STEMS and folder.name:
+        return f"{folder.name}-{stem}"
     return stem
 
 
