@@ -330,3 +330,36 @@ def test_a_rejudged_run_says_where_its_answers_come_from(tmp_path: Path) -> None
     assert shown.exit_code == 0 and f"judged again: {said}" in shown.output
     first = CliRunner().invoke(app, ["runs", "show", str(audited.path)], terminal_width=400)
     assert first.exit_code == 0 and "judged again" not in first.output
+
+
+def test_a_judge_sees_the_blocks_it_saw_in_the_audit(tmp_path: Path) -> None:
+    """A judge that scores a block at once (a batched classifier pads it) is given the audit's
+    blocks, ``batch_size`` requests with all their answers, not ``batch_size`` answers."""
+    from poise.scoring.judges import RefusalJudge, judges, register_judge
+
+    seen: list[int] = []
+
+    class Counting(RefusalJudge):
+        name = "counting"
+
+        def judge(self, items: Any, completions: Any) -> Any:
+            seen.append(len(completions))
+            return super().judge(items, completions)
+
+    register_judge("counting")(lambda arg, **options: Counting())
+    try:
+        audited = _mini_run(
+            tmp_path, judge="counting", batch_size=3, sampling={"temperature": 1.0, "n": 2}
+        )
+        in_audit, seen[:] = list(seen), []
+        rejudge(audited.path)
+        assert seen == in_audit == [6] * 6 + [4]  # 20 items, 3 per block, 2 answers each
+    finally:
+        judges._entries.pop("counting", None)
+
+
+def test_the_command_says_how_far_it_got(tmp_path: Path) -> None:
+    _mini_run(tmp_path)
+    result = CliRunner().invoke(app, ["runs", "rejudge", "mini", "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    assert "answers judged: 20/20 (100%)" in result.output

@@ -418,6 +418,7 @@ def rejudge(
     name: str | None = None,
     html: bool = True,
     runs_root: str | Path = "runs",
+    progress: ProgressFn | None = None,
 ) -> AuditResult:
     """Judge a complete run's answers again, without generating: a new run folder (under
     ``out``, by default beside the old run) with the same answers, each with the verdict of
@@ -433,7 +434,10 @@ def rejudge(
     (resume it first), suites whose items changed since the run (their answers would be judged
     against other items), a judge or judge option that does not exist.
 
-    Items of a task with its own scorer keep that scorer, as in the audit. A guarded answer's
+    Answers are judged in the audit's blocks (``batch_size`` requests, each with all its
+    answers), so a judge that scores a block at once sees what it saw in the audit;
+    ``progress(done, total)`` counts answers judged. Items of a task with its own scorer keep
+    that scorer, as in the audit. A guarded answer's
     account of the unguarded one (harm onset, harmful tokens shown) is recomputed by the new
     judge too; the old judge's is dropped first (a judge that locates no harm leaves none). A
     ``reference_run`` is read where the audit found it (beside the old run), before any folder
@@ -549,10 +553,12 @@ def rejudge(
                 "judge": header.get("judge_resolved", cfg.judge),
             },
         )
-        step = max(1, cfg.batch_size)
-        for start in range(0, len(generated), step):
-            block = generated[start : start + step]
-            judged = scorers.judge(block)
+        blocks = _request_blocks(generated, max(1, cfg.batch_size))
+        done = 0
+        if progress is not None:
+            progress(0, len(generated))
+        for start, stop in blocks:
+            judged = scorers.judge(generated[start:stop])
             target.append(
                 {
                     **record,
@@ -564,8 +570,11 @@ def rejudge(
                         else {}
                     ),
                 }
-                for record, j in zip(old[start : start + step], judged, strict=True)
+                for record, j in zip(old[start:stop], judged, strict=True)
             )
+            done += stop - start
+            if progress is not None:
+                progress(done, len(generated))
         validation = None
         if labels is not None:
             from poise.scoring.validation import validate
@@ -587,6 +596,24 @@ def rejudge(
             log.warning("interrupted: no run was written; %s is as it was", source.path)
         raise
     return AuditResult(run=target, config=new_cfg, metrics=metrics)
+
+
+def _request_blocks(generated: Sequence[Any], size: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` of consecutive runs of ``generated`` holding ``size`` requests each
+    (a request's answers are consecutive, as the audit records them), as the audit judged
+    them."""
+    blocks: list[tuple[int, int]] = []
+    start, requests, last = 0, 0, None
+    for index, g in enumerate(generated):
+        key = (g.request.item.id, g.request.request_id)
+        if key != last:
+            if requests == size:
+                blocks.append((start, index))
+                start, requests = index, 0
+            requests, last = requests + 1, key
+    if start < len(generated):
+        blocks.append((start, len(generated)))
+    return blocks
 
 
 # what the evaluation core adds to a guard's record from the judge's account of the unguarded

@@ -7,7 +7,15 @@ from typing import Any
 
 import typer
 
-from poise.cli._common import console, expand_paths, shown, sigterm_as_interrupt, user_errors
+from poise.cli._common import (
+    console,
+    expand_paths,
+    progress_bar,
+    progress_lines,
+    shown,
+    sigterm_as_interrupt,
+    user_errors,
+)
 
 runs_app = typer.Typer(
     help="List, show and export audit runs; judge a run again.", no_args_is_help=True
@@ -204,17 +212,27 @@ def rejudge(
     # SIGTERM as Ctrl-C: the half-judged new run is removed (a kill left it, an unfinished run
     # of an audit's configuration, for the next such audit to adopt)
     with sigterm_as_interrupt(), user_errors():
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
         from poise.auditing import rejudge as rejudge_run
         from poise.cli.audit import parse_options, print_result
 
-        result = rejudge_run(
-            run,
-            judge=judge,
-            judge_options=parse_options(judge_option, "--judge-option") if judge_option else None,
-            name=name,
-            html=html,
-            runs_root=out,
-        )
+        options = parse_options(judge_option, "--judge-option") if judge_option else None
+        kwargs: dict[str, Any] = dict(judge=judge, judge_options=options, name=name, html=html)
+        if not console.is_terminal:  # a pipe or a CI log: a line now and then
+            lines = progress_lines("answers judged")
+            result = rejudge_run(run, runs_root=out, progress=lambda d, t: lines(d, t), **kwargs)
+        else:
+            with progress_bar(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()
+            ) as bar:
+                task = bar.add_task("answers judged", total=None)
+                result = rejudge_run(
+                    run,
+                    runs_root=out,
+                    progress=lambda d, t: bar.update(task, completed=d, total=t),
+                    **kwargs,
+                )
         print_result(result.path, result.metrics)
 
 
