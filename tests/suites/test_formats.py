@@ -496,3 +496,30 @@ def test_a_chat_as_inspect_ai_writes_it_is_read_as_its_roles_and_text(tmp_path: 
     path.write_text(json.dumps(row) + "\n", encoding="utf-8")
     with pytest.raises(PoiseError, match=r":1: field 'input': message 0 has 'tool_calls': "):
         load_suite(str(path), columns={"prompt": "input"}, kind="benign")
+
+
+def test_an_assistant_turn_with_an_empty_list_of_tool_calls_is_read_as_its_text(
+    tmp_path: Path,
+) -> None:
+    # inspect_ai writes "tool_calls": [] for an assistant turn that made no tool call; it was
+    # refused ("message 1 has 'tool_calls': ... a tool call ... cannot be sent")
+    from inspect_ai.dataset import Sample
+    from inspect_ai.model import ChatMessageAssistant, ChatMessageUser
+
+    sample = Sample(
+        input=[
+            ChatMessageUser(content="Name a colour."),
+            ChatMessageAssistant(content="Blue.", tool_calls=[]),
+            ChatMessageUser(content="Another?", source="input"),
+        ],
+        target="x",
+    )
+    path = tmp_path / "samples.jsonl"
+    path.write_text(json.dumps(sample.model_dump(mode="json")) + "\n", encoding="utf-8")
+    assert '"tool_calls": []' in path.read_text(encoding="utf-8")
+    (item,) = load_suite(str(path), columns={"prompt": "input"}, kind="benign")
+    assert item.chat == [
+        {"role": "user", "content": "Name a colour."},
+        {"role": "assistant", "content": "Blue."},
+        {"role": "user", "content": "Another?"},
+    ]

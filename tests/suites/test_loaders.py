@@ -871,3 +871,138 @@ def test_a_clone_of_a_hub_datasets_repository_is_read_as_the_hub_dataset(
     assert _error(str(tmp_path / "empty")).startswith(
         f"{tmp_path / 'empty'}: is a folder with no data file; give a data file"
     )
+
+
+def test_a_clone_holding_compressed_data_files_is_read_as_the_hub_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HH-RLHF's repository holds harmless-base/train.jsonl.gz: datasets reads it (JSON lines,
+    # from the name's suffixes), but the folder was "a folder with no data file"
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    repo = tmp_path / "hh-rlhf"
+    (repo / "harmless-base").mkdir(parents=True)
+    row = {"chosen": "\n\nHuman: Hi there\n\nAssistant: Hello", "rejected": "\n\nHuman: Hi there"}
+    with gzip.open(repo / "harmless-base" / "train.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    suite = load_suite(str(repo), kind="harmful")
+    assert (suite.name, suite.format) == ("hh-rlhf-train", "hh_rlhf")
+    assert [item.prompt for item in suite] == ["Hi there"]
+
+
+def test_a_clone_made_without_git_lfs_is_named_as_such(tmp_path: Path) -> None:
+    # without git-lfs a clone holds small pointer files in place of the data: they were "cannot
+    # read the Parquet file (... Parquet magic bytes not found in footer ...)"
+    pytest.importorskip("datasets")
+    repo = _hub_repository(tmp_path / "advbench", {"train": ADVBENCH_ROWS})
+    shard = repo / "data" / "train-00000-of-00001.parquet"
+    shard.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 2048\n",
+        encoding="utf-8",
+    )
+    pointer = (
+        f"{shard}: is a Git LFS pointer, not the data (the repository was cloned without "
+        "git-lfs); fetch the data with `git lfs install && git lfs pull` in the clone"
+    )
+    assert _error(str(shard)) == pointer
+    assert _error(str(repo)) == pointer
+
+
+def test_a_models_folder_is_not_read_as_a_dataset(tmp_path: Path) -> None:
+    # its config.json and tokenizer.json were read as a dataset's rows: "cannot read the folder
+    # as a dataset (DatasetGenerationError: An error occurred while generating the dataset)"
+    pytest.importorskip("datasets")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"architectures": ["X"]}', encoding="utf-8")
+    (model / "tokenizer.json").write_text('{"version": "1.0"}', encoding="utf-8")
+    (model / "generation_config.json").write_text('{"do_sample": false}', encoding="utf-8")
+    assert _error(str(model)) == (
+        f"{model}: is a model's folder (config.json, tokenizer.json), not a dataset; a suite is "
+        "a data file, a folder of data files or a folder written by datasets' save_to_disk"
+    )
+
+
+def test_a_folder_that_datasets_cannot_read_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    # a README.md declaring several configs: they are named ("Config name is missing." alone)
+    repo = tmp_path / "two"
+    for config in ("harmful", "benign"):
+        (repo / config).mkdir(parents=True)
+        (repo / config / "train.jsonl").write_text(
+            json.dumps(ADVBENCH_ROWS[0]) + "\n", encoding="utf-8"
+        )
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n"
+        + "".join(
+            f"- config_name: {c}\n  data_files:\n  - split: train\n    path: {c}/train.jsonl\n"
+            for c in ("harmful", "benign")
+        )
+        + "---\n",
+        encoding="utf-8",
+    )
+    assert _error(str(repo)) == (
+        f"{repo}: the folder's README.md declares the configs harmful, benign; give the data "
+        "file of one config's split (the README.md's configs: name each one's files)"
+    )
+    # a broken row: the error it arose from ("An error occurred while generating the dataset")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "train.jsonl").write_text('{"goal": "a", "target": "b"}\n{"goal": \n')
+    assert _error(str(broken)).startswith(
+        f"{broken}: cannot read the folder as a dataset (ArrowInvalid: JSON parse error"
+    )
+
+
+def test_a_shard_is_named_by_its_split_or_its_saved_datasets_folder(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    # push_to_hub once wrote a fingerprint after the shard number: the suite (and every id)
+    # was named "train-00000-of-00001-5c4d6a1e7c8a2e3f"
+    (tmp_path / "advbench" / "data").mkdir(parents=True)
+    hashed = tmp_path / "advbench" / "data" / "train-00000-of-00001-5c4d6a1e7c8a2e3f.parquet"
+    datasets.Dataset.from_list(ADVBENCH_ROWS).to_parquet(str(hashed))
+    assert load_suite(str(hashed)).name == "advbench-train"
+    # save_to_disk's data-00000-of-00001.arrow was the suite "data"; it is named as its folder
+    datasets.Dataset.from_list(ADVBENCH_ROWS).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(ADVBENCH_ROWS)}).save_to_disk(
+        str(tmp_path / "dict")
+    )
+    for folder in (tmp_path / "saved", tmp_path / "dict" / "test"):
+        arrow = load_suite(str(folder / "data-00000-of-00001.arrow"))
+        assert arrow.name == load_suite(str(folder)).name
+    assert load_suite(str(tmp_path / "dict" / "test")).name == "dict-test"
+
+
+def test_a_struct_column_does_not_add_the_fields_other_rows_give(tmp_path: Path) -> None:
+    # a Parquet struct holds every field any row gives: a chat message {"role", "content"} read
+    # as {"role", "content", "name": None} ("message 0 'name': Input should be a valid string")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi there"}], "kind": "benign"},
+        {"messages": [{"role": "user", "content": "Hello", "name": "bo"}], "kind": "benign"},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "chats.parquet"))
+    assert _error(str(tmp_path / "chats.parquet")).startswith(
+        f"{tmp_path / 'chats.parquet'} row 2: field 'messages': message 0 "
+    )
+    (item,) = load_suite(str(tmp_path / "chats.parquet"), limit=1)
+    assert item.chat == [{"role": "user", "content": "Hi there"}]
+
+
+def test_a_saved_datasets_struct_column_does_not_add_the_fields_other_rows_give(
+    tmp_path: Path,
+) -> None:
+    # as for a Parquet file: a message read as {"role", "content", "name": None}
+    datasets = pytest.importorskip("datasets")
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi there"}], "kind": "benign"},
+        {"messages": [{"role": "user", "content": "Hello", "name": "bo"}], "kind": "benign"},
+    ]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "chats"))
+    (item,) = load_suite(str(tmp_path / "chats"), limit=1)
+    assert item.chat == [{"role": "user", "content": "Hi there"}]

@@ -673,9 +673,14 @@ def _plain_message(record: Record, column: str, index: int, message: dict[str, A
     with bookkeeping fields (``id``, ``source``, ``metadata``, ...), its unset fields as null,
     and content as a string or a list of parts; the text parts are joined with newlines, as
     inspect_ai's ``ChatMessage.text`` joins them. A message that holds more than text (a tool
-    call, an image) is refused, naming what it holds. The role and the text are checked with
-    the item, as a poise item's messages are."""
-    plain = {k: v for k, v in message.items() if v is not None and k not in _MESSAGE_BOOKKEEPING}
+    call, an image) is refused, naming what it holds; an empty list of tool calls (inspect_ai
+    writes ``"tool_calls": []`` for an assistant turn that made none) holds none. The role and
+    the text are checked with the item, as a poise item's messages are."""
+    plain = {
+        k: v
+        for k, v in message.items()
+        if v is not None and k not in _MESSAGE_BOOKKEEPING and not (k == "tool_calls" and v == [])
+    }
     content = plain.get("content")
     if isinstance(content, list):
         other = [p.get("type") if isinstance(p, dict) else type(p).__name__ for p in content]

@@ -91,7 +91,9 @@ OTHER_FORMATS = {
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*(?::[\w.-]+){0,2}$")
 # Generic data-split file names; the folder above them names the suite instead.
 _SPLIT_STEMS = {"train", "test", "validation", "valid", "val", "dev"}
-_SHARD = re.compile(r"-\d{5}-of-\d{5}$")
+# A shard of a split: "-00000-of-00001", and the fingerprint push_to_hub once added after it
+# ("train-00000-of-00001-5c4d6a1e7c8a2e3f.parquet").
+_SHARD = re.compile(r"-\d{5}-of-\d{5}(?:-[0-9a-f]{8,})?$")
 
 
 @dataclass
@@ -318,8 +320,11 @@ def _only_split(
 
 def _dataset_rows(dataset: Any, where: str) -> tuple[list[str], Iterator[Row]]:
     """The header and the rows (numbered from 1, located as ``WHERE row N``) of a
-    ``datasets.Dataset``, read lazily."""
-    rows = ((i + 1, f"{where} row {i + 1}", dict(row)) for i, row in enumerate(dataset))
+    ``datasets.Dataset``, read lazily, the null fields of their structs left out
+    (:func:`_unset_fields`)."""
+    rows = (
+        (i + 1, f"{where} row {i + 1}", _unset_fields(dict(row))) for i, row in enumerate(dataset)
+    )
     return list(dataset.column_names), rows
 
 
@@ -380,6 +385,8 @@ def _load_columnar(path: Path, source: str, options: _Options, *, name: str | No
         raise MissingExtraError(
             "datasets", "datasets", f"reading the {what} file {source!r}"
         ) from None
+    if _lfs_pointer(path):
+        raise PoiseError(_LFS_MESSAGE.format(where=source))
     try:
         if what == "Parquet":
             table = pq.read_table(path)
@@ -391,7 +398,10 @@ def _load_columnar(path: Path, source: str, options: _Options, *, name: str | No
     except (OSError, pa.ArrowException) as exc:  # not Parquet / Arrow, or cut short: one line
         first = (str(exc).strip().splitlines() or [""])[0]
         raise PoiseError(f"{source}: cannot read the {what} file ({first})") from None
-    rows = ((i + 1, f"{source} row {i + 1}", row) for i, row in enumerate(table.to_pylist()))
+    rows = (
+        (i + 1, f"{source} row {i + 1}", _unset_fields(row))
+        for i, row in enumerate(table.to_pylist())
+    )
     context = FormatContext(
         suite=name or suite_name(path),
         source=source,
@@ -404,11 +414,58 @@ def _load_columnar(path: Path, source: str, options: _Options, *, name: str | No
     return _build(list(table.column_names), rows, context, options)
 
 
+# A clone of a hub repository made without git-lfs holds, in place of each large file, a small
+# text file pointing at it (https://github.com/git-lfs/git-lfs/blob/main/docs/spec.md): it was
+# read as a broken Parquet file ("Parquet magic bytes not found in footer").
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_LFS_MESSAGE = (
+    "{where}: is a Git LFS pointer, not the data (the repository was cloned without git-lfs); "
+    "fetch the data with `git lfs install && git lfs pull` in the clone"
+)
+
+
+def _lfs_pointer(path: Path) -> bool:
+    """Whether the file at ``path`` is a Git LFS pointer in place of the data."""
+    try:
+        with path.open("rb") as file:
+            return file.read(len(_LFS_POINTER)) == _LFS_POINTER
+    except OSError:
+        return False  # reading it again says why
+
+
+def _unset_fields(value: Any) -> Any:
+    """A row of a columnar file with the null fields of its structs left out, at any depth
+    (the top-level cells stay: a null cell is an empty one). A struct column holds every
+    field any row gives, so a message ``{"role", "content"}`` of a chat whose other messages
+    carry a ``name`` read as ``{"role", "content", "name": None}``, as its JSON row never
+    was."""
+    if isinstance(value, dict):
+        return {k: _unset_nested(v) for k, v in value.items()}
+    return value
+
+
+def _unset_nested(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unset_nested(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_unset_nested(v) for v in value]
+    return value
+
+
+def _data_file(name: str) -> bool:
+    """Whether a file name is one of a data file datasets reads from a folder: any of its
+    suffixes names the format (``train.jsonl.gz``, as HH-RLHF's files, is JSON lines), as
+    datasets infers it; hidden files are not."""
+    suffixes = {*DATA_EXTENSIONS, *COLUMNAR_FORMATS}
+    return not name.startswith(".") and any(
+        f".{part.lower()}" in suffixes for part in name.split(".")[1:]
+    )
+
+
 def _holds_data_files(folder: Path) -> bool:
     """Whether ``folder`` (or a folder in it, as a hub repository's ``data/``) holds a data file
     datasets reads: CSV, JSON lines, JSON, text, Parquet or Arrow; hidden folders (``.git``)
     and folders written by save_to_disk (each a dataset of its own) are not looked in."""
-    suffixes = {*DATA_EXTENSIONS, *COLUMNAR_FORMATS}
     seen = 0
     for root, dirs, files in os.walk(folder):
         names = set(files)
@@ -416,7 +473,7 @@ def _holds_data_files(folder: Path) -> bool:
             dirs.clear()
             continue
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(Path(f).suffix.lower() in suffixes and not f.startswith(".") for f in files):
+        if any(_data_file(f) for f in files):
             return True
         seen += len(files)
         if seen > 10_000:  # a folder of something else: not searched to the end
@@ -428,13 +485,17 @@ def _load_folder(path: Path, source: str, options: _Options) -> Suite:
     """A folder of data files as a hub dataset's repository holds them (a clone of it: its
     splits named by the files, ``data/train-00000-of-00002.parquet``, ``test.csv``), read
     with ``datasets.load_dataset(FOLDER)``, which reads a local folder with the hub's own
-    rules and needs no network; a folder of several splits asks for one split's file."""
+    rules and needs no network; a folder of several splits asks for one split's file, one whose
+    README.md declares several configs names them. A model's folder and a clone made without
+    git-lfs (pointer files in place of the data) are refused as such before datasets reads
+    them. Nested null fields of the rows are left out (see :func:`_unset_fields`)."""
     try:
         import datasets
     except ImportError:
         raise MissingExtraError(
             "datasets", "datasets", f"loading the folder {source!r} as a dataset"
         ) from None
+    _check_folder(path, source)
     import tempfile
 
     from datasets.utils import logging as datasets_logging
@@ -447,10 +508,7 @@ def _load_folder(path: Path, source: str, options: _Options) -> Suite:
         try:
             loaded = datasets.load_dataset(str(path), cache_dir=cache)
         except Exception as exc:  # files of several formats, unreadable rows: one line
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise PoiseError(
-                f"{source}: cannot read the folder as a dataset ({type(exc).__name__}: {first})"
-            ) from None
+            raise PoiseError(_folder_error(path, source, exc)) from None
         finally:
             if bars:
                 datasets_logging.enable_progress_bar()
@@ -472,6 +530,71 @@ def _load_folder(path: Path, source: str, options: _Options) -> Suite:
             path_parts=tuple(path.resolve().parts),
         )
         return _build(header, rows, context, options)
+
+
+# A model's folder (from_pretrained / save_pretrained): config.json beside the weights or the
+# tokenizer. Its JSON files were read as a dataset's rows ("DatasetGenerationError: An error
+# occurred while generating the dataset").
+_MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+def _check_folder(path: Path, source: str) -> None:
+    """Refuse, in one line, a folder that is not a dataset's files: a model's folder, or a
+    clone whose data files are Git LFS pointers."""
+    found = [name for name in ("config.json", *_MODEL_FILES) if (path / name).is_file()]
+    if "adapter_config.json" in found or ("config.json" in found and len(found) > 1):
+        raise PoiseError(
+            f"{source}: is a model's folder ({', '.join(found[:3])}), "
+            "not a dataset; a suite is a data file, a folder of data files or a folder "
+            "written by datasets' save_to_disk"
+        )
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if _data_file(name) and _lfs_pointer(Path(root) / name):
+                where = Path(source) / Path(root).relative_to(path) / name
+                raise PoiseError(_LFS_MESSAGE.format(where=where))
+
+
+def _folder_error(path: Path, source: str, exc: Exception) -> str:
+    """One line for a failure of ``datasets.load_dataset(FOLDER)``: the configs to pick from
+    when its README.md declares several, else the error and the one it arose from (datasets'
+    DatasetGenerationError says only "An error occurred while generating the dataset")."""
+    if isinstance(exc, ValueError) and str(exc).startswith("Config name is missing"):
+        import datasets
+
+        try:
+            names = ", ".join(datasets.get_dataset_config_names(str(path)))
+        except Exception:  # the error says no more: the README.md lists them
+            names = "(see its README.md)"
+        return (
+            f"{source}: the folder's README.md declares the configs {names}; give the data "
+            "file of one config's split (the README.md's configs: name each one's files)"
+        )
+    text = _first_line(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and type(exc).__name__ == "DatasetGenerationError":
+        lines = str(cause).strip().splitlines()
+        # a CastError ("Couldn't cast" / a schema / "because column names don't match")
+        detail = lines[0] + (f" ... {lines[-1]}" if len(lines) > 1 else "") if lines else ""
+        text = f"{type(cause).__name__}: {detail}"
+    return (
+        f"{source}: cannot read the folder as a dataset ({text}); give one of its data files "
+        "(read on its own, an error names the line)"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"
 
 
 def _hub_offline(repo: str) -> bool:
@@ -512,13 +635,17 @@ def suite_name(path: Path) -> str:
 
     ``harmful_behaviors.csv`` -> ``harmful_behaviors``; ``harmless-base/train.jsonl.gz`` ->
     ``harmless-base-train``; a hub repository's shard ``advbench/data/train-00000-of-00001.
-    parquet`` -> ``advbench-train``.
+    parquet`` -> ``advbench-train``; the shard save_to_disk writes, ``advbench/data-00000-of-
+    00001.arrow``, is named by its folder as the folder itself is (``advbench``).
     """
     stem = path.name
     for ext in (".gz", *DATA_EXTENSIONS, *COLUMNAR_FORMATS):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
-    stem = _SHARD.sub("", stem)
+    shard = _SHARD.search(stem)
+    stem = stem[: shard.start()] if shard else stem
+    if shard and stem == "data" and path.resolve().parent.name:  # a save_to_disk shard
+        return suite_name(path.resolve().parent)
     folder = path.resolve().parent
     if folder.name == "data" and folder.parent.name:  # a hub repository's data folder
         folder = folder.parent
