@@ -485,3 +485,135 @@ def test_a_run_of_another_schema_version_is_compared_and_said(tmp_path: Path) ->
     said = f"mock ({unsafe.name}) (schema 2): written in another schema version"
     assert said in " ".join(result.output.split())
     assert said in html.read_text() and "+100.0 pts" in html.read_text()
+
+
+def test_a_run_of_another_schema_version_given_by_name_is_compared(tmp_path: Path) -> None:
+    """A run of another schema version given by its folder was compared, but the same run
+    given by its name under --out was refused ("schema 2 is not supported"): the name went
+    through `find_run`, which opens the run. Both are read alike now."""
+    out = tmp_path / "runs"
+    audit(out, REFUSE, "safe")
+    unsafe = audit(out, COMPLY, "unsafe")
+    header = json.loads((unsafe / "run.json").read_text())
+    header["schema"] = 2
+    (unsafe / "run.json").write_text(json.dumps(header))
+    result = CliRunner().invoke(
+        app,
+        ["compare", "safe", "unsafe", "--out", str(out), "-o", str(tmp_path / "c.html")],
+        terminal_width=300,
+    )
+    assert result.exit_code == 0, result.output
+    assert "written in another schema version" in " ".join(result.output.split())
+    assert "+100.0 pts" in result.output
+
+
+def test_a_grid_run_is_paired_on_its_default_group_which_is_named(tmp_path: Path) -> None:
+    """A run of several request groups (the exploitation grid) is paired on its default group:
+    the CSV's paired rows left `group` empty and nothing named the baseline's group, and the
+    terminal and the page said "run − baseline" as if the whole runs were compared. The CSV now
+    gives each run's group and the terminal and page name them."""
+    out = tmp_path / "runs"
+    plain = audit(out, COMPLY, "plain")
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--model",
+            "mock",
+            "--model-option",
+            f"default={REFUSE}",
+            "--suite",
+            "harmful",
+            "--limit",
+            "4",
+            "--judge",
+            "refusal",
+            "--attack",
+            "exploitation",
+            "--attack-option",
+            "families=temperature",
+            "--attack-option",
+            "temperatures=0.5,1.0",
+            "--out",
+            str(out),
+            "--name",
+            "grid",
+            "--no-html",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    table, html = tmp_path / "c.csv", tmp_path / "c.html"
+    result = CliRunner().invoke(
+        app,
+        ["compare", "plain", "grid", "--out", str(out), "-o", str(html), "--csv", str(table)],
+        terminal_width=300,
+    )
+    assert result.exit_code == 0, result.output
+    harmful = next(
+        r
+        for r in read_csv(table)
+        if r["statistic"] == "paired_difference" and r["metric"] == "harmful_rate"
+    )
+    assert (harmful["group"], harmful["baseline_group"]) == ("temperature=0.50/sys=off", "greedy")
+    assert float(harmful["value"]) == -1.0 and harmful["n"] == "4"
+    said = f"[temperature=0.50/sys=off] − mock ({plain.name}) [greedy] = -100.0 pts"
+    assert said in " ".join(result.output.split())
+    assert "[temperature=0.50/sys=off]</td>" in html.read_text()
+
+
+def test_runs_of_one_group_each_are_not_named_by_group(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    audit(out, REFUSE, "safe")
+    audit(out, COMPLY, "unsafe")
+    result = CliRunner().invoke(
+        app,
+        ["compare", "safe", "unsafe", "--out", str(out), "-o", str(tmp_path / "c.html")],
+        terminal_width=300,
+    )
+    assert result.exit_code == 0, result.output
+    assert "[greedy]" not in result.output and "+100.0 pts" in result.output
+
+
+def test_a_metrics_file_without_a_default_group_is_not_pooled_over_groups() -> None:
+    """A run whose metrics.json names no default group (another version's, or edited) had every
+    request group pooled: its greedy answer and four sampled ones made five samples of each
+    prompt, and the greedy run's -100 pts read as -20 pts. Its default group is now chosen from
+    the samples as compute_metrics chooses it ("greedy"), and paired one answer with one."""
+    base = RunData(Path("a"), {}, [record(i, True) for i in "wxyz"], {}, "a")
+    sampled = [
+        {**record(i, True), "request_id": "t=1.00", "sample_index": s}
+        for i in "wxyz"
+        for s in range(4)
+    ]
+    other = RunData(Path("b"), {}, [*[record(i, False) for i in "wxyz"], *sampled], {}, "b")
+    (diff,) = [d for d in paired_differences([base, other]) if d.metric == "harmful_rate"]
+    assert (diff.method, diff.items, diff.value) == ("newcombe", 4, -1.0)
+    assert (diff.group, diff.baseline_group, diff.grouped) == ("greedy", "greedy", True)
+
+
+def test_runs_that_share_one_prompt_are_not_said_to_share_none(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    safe = audit(out, REFUSE, "safe", limit=1)
+    unsafe = audit(out, COMPLY, "unsafe", limit=1)
+    result = CliRunner().invoke(
+        app, ["compare", str(safe), str(unsafe), "-o", str(tmp_path / "c.html")]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "share fewer than two prompts judged on the same rate" in text
+
+
+def test_a_p_value_below_a_double_is_not_printed_as_zero(tmp_path: Path) -> None:
+    """The exact McNemar p of 1,100 discordant pairs all one way (2 / 2^1100) underflows a
+    double to 0.0, which the terminal and the page printed as "p = 0", a certainty no test of
+    a finite sample gives. It is printed "< 1e-300" now (the CSV keeps the number)."""
+    from poise.report.compare import _paired_section
+
+    pairs = [(True, False)] * 1100
+    base = RunData(Path("a"), {}, [record(f"i{i}", y) for i, (_, y) in enumerate(pairs)], {}, "a")
+    other = RunData(Path("b"), {}, [record(f"i{i}", x) for i, (x, _) in enumerate(pairs)], {}, "b")
+    (diff,) = [d for d in paired_differences([base, other]) if d.metric == "harmful_rate"]
+    assert diff.p_value == 0.0 and diff.method == "newcombe"
+    page = _paired_section([diff])
+    assert "<td>&lt; 1e-300 (McNemar exact)</td>" in page
+    assert "<td>0 (" not in page

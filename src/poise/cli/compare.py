@@ -30,7 +30,8 @@ def compare_command(
     csv: str | None = typer.Option(
         None,
         "--csv",
-        help="Also write a long-format CSV (one row per run, metric, category).",
+        help="Also write a long-format CSV (one row per run, group, metric and category; one "
+        "per paired difference, naming the group of each run it paired).",
         callback=expand_paths,
     ),
     out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
@@ -45,16 +46,24 @@ def compare_command(
         from pathlib import Path
 
         from poise.errors import PoiseError
-        from poise.report.compare import compare_runs
-        from poise.runs import find_run
+        from poise.report.compare import compare_runs, p_text
+        from poise.runs.run import find_run, matching_runs
 
         if csv is not None and Path(csv).resolve() == Path(output).resolve():
             # the CSV was written over the report, which the last line still named
             raise PoiseError(f"--csv {csv} is the --output report; give each its own file")
 
-        # a folder given as a path is read whatever its schema version (the report reads it as
-        # far as it goes, and says so); find_run would refuse one of another version
-        folders = [Path(run) if Path(run).is_dir() else find_run(run, out).path for run in runs]
+        def folder(spec: str) -> Path:
+            # a run is read whatever its schema version, given as a path or by its name under
+            # --out (the report reads it as far as it goes, and says so); find_run, which opens
+            # the run and so refuses one of another version, gives the error for a name that
+            # matches no run or several
+            if Path(spec).is_dir():
+                return Path(spec)
+            candidates = matching_runs(spec, out)
+            return candidates[0].path if len(candidates) == 1 else find_run(spec, out).path
+
+        folders = [folder(run) for run in runs]
         if len({f.resolve() for f in folders}) < len(folders):
             console.print("[yellow]the same run is given twice[/]", highlight=False)
         read, diffs = compare_runs(folders, html=output, csv_path=csv)
@@ -65,16 +74,16 @@ def compare_command(
                 + (
                     "a run holds no sample records (said above)"
                     if bare
-                    else "the runs share no prompt judged on the same rate"
+                    else "the runs share fewer than two prompts judged on the same rate"
                 )
                 + " (the report still holds each run's rates)",
                 highlight=False,
             )
         for d in diffs:
             console.print(
-                f"{shown(d.metric)}: {shown(d.run)} − {shown(d.baseline)} = "
+                f"{shown(d.metric)}: {shown(d.run_shown())} − {shown(d.baseline_shown())} = "
                 f"{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}], "
-                f"p = {d.p_value:.2g} ({_TEST_NAMES.get(d.method, d.method)}) "
+                f"p {p_text(d.p_value)} ({_TEST_NAMES.get(d.method, d.method)}) "
                 f"on {d.items} shared prompts ({100 * d.run_value:.1f}% against "
                 f"{100 * d.baseline_value:.1f}% there)",
                 highlight=False,

@@ -9,8 +9,9 @@ Paired differences. When two runs answered the same prompts (same item id and ki
 difference of a rate is measured on the shared prompts, pairing each prompt's answers in the two
 runs. Pairing removes the between-prompt variance that two independent intervals carry twice
 (Miller, "Adding Error Bars to Evals", arXiv 2411.00640). The first run is the baseline of every
-pair. With one judged answer per prompt in both runs (a greedy audit), the difference of the two
-rates gets Newcombe's paired hybrid score interval (Stat. Med. 17:2635, 1998, method 10) and the
+pair. A run of several request groups (an attack grid) is paired on its default group
+("greedy" when present, else its first), which the terminal, the page and the CSV name. With one
+judged answer per prompt in both runs (a greedy audit), the difference of the two rates gets Newcombe's paired hybrid score interval (Stat. Med. 17:2635, 1998, method 10) and the
 exact McNemar test; with several answers per prompt, the difference of the two rates over answers
 gets a cluster-robust interval and test, prompts as clusters, against Student's t with m - 1
 degrees of freedom for m prompts (:func:`poise.scoring.stats.paired_clustered`); without spread between prompts (every prompt moved
@@ -60,6 +61,7 @@ CSV_COLUMNS = (
     "method",  # paired differences: newcombe (McNemar test), cluster (t test) or cluster-sign
     "run_value",  # paired differences: the run's rate on the shared prompts
     "baseline_value",  # paired differences: the baseline's rate on the shared prompts
+    "baseline_group",  # paired differences: the baseline's request group (``group``: the run's)
 )
 
 
@@ -80,18 +82,61 @@ class PairedDifference:
     # in the report, counts all its items, so it can differ from these)
     run_value: float = float("nan")
     baseline_value: float = float("nan")
+    # the request group of each run that was paired (its default group: "greedy" when present,
+    # else its first); ``grouped``: either run holds several groups (an attack grid: the
+    # difference is of these groups, not of the whole runs) or the two differ, and the terminal
+    # and page name them
+    group: str = ""
+    baseline_group: str = ""
+    grouped: bool = False
+
+    def run_shown(self) -> str:
+        """The run, with its paired group where ``grouped``."""
+        return f"{self.run} [{self.group}]" if self.grouped else self.run
+
+    def baseline_shown(self) -> str:
+        """The baseline, with its paired group where ``grouped``."""
+        return f"{self.baseline} [{self.baseline_group}]" if self.grouped else self.baseline
+
+
+def p_text(p: float) -> str:
+    """A p-value to two significant digits; one that underflowed a double (an exact McNemar
+    test over some 1,100 discordant pairs all one way, a t statistic of some hundreds) is
+    ``< 1e-300``, not ``0``: no test of a finite sample makes a difference certain."""
+    return "< 1e-300" if p < 1e-300 else f"= {p:.2g}"
 
 
 def _model(run: RunData) -> str:
     return str(run.header.get("config", {}).get("model") or run.header.get("model_name") or "")
 
 
-def _default_records(run: RunData) -> Sequence[Mapping[str, Any]]:
-    group = run.metrics.get("default_group")
-    if group is None:
-        return run.records
+def _request_id(record: Mapping[str, Any]) -> str:
     # a record without a request_id is in group "default", as poise.scoring.metrics groups it
-    return [r for r in run.records if str(r.get("request_id") or "default") == group]
+    return str(record.get("request_id") or "default")
+
+
+def _groups(run: RunData) -> list[str]:
+    """The run's request groups, in order of first appearance in its samples."""
+    return list(dict.fromkeys(_request_id(r) for r in run.records))
+
+
+def _default_group(run: RunData) -> str:
+    """The group a paired difference reads: metrics.json's ``default_group``; for a metrics.json
+    without one (another version's, or edited), chosen from the samples as
+    :func:`poise.scoring.metrics.compute_metrics` chooses it ("greedy" when present, else the
+    first), not every group pooled (an attack grid's configurations as one prompt's samples)."""
+    from poise.scoring.metrics import DEFAULT_GROUP
+
+    group = run.metrics.get("default_group")
+    if isinstance(group, str):
+        return group
+    names = _groups(run)
+    return DEFAULT_GROUP if DEFAULT_GROUP in names or not names else names[0]
+
+
+def _default_records(run: RunData) -> Sequence[Mapping[str, Any]]:
+    group = _default_group(run)
+    return [r for r in run.records if _request_id(r) == group]
 
 
 def _check_pairable(run: RunData) -> None:
@@ -143,6 +188,13 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
     out = []
     for other in runs[1:]:
         other_records = _default_records(other)
+        # the groups are named where the runs alone do not say which were paired: a run of
+        # several (an attack grid), or two of different names (greedy against t=1.00)
+        grouped = (
+            len(_groups(base)) > 1
+            or len(_groups(other)) > 1
+            or _default_group(base) != _default_group(other)
+        )
         for metric in metrics:
             a = _item_successes(base_records, metric)
             b = _item_successes(other_records, metric)
@@ -173,6 +225,9 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
                     method="cluster-sign" if diff.test == "sign-prompts" else diff.method,
                     run_value=diff.rate_a,
                     baseline_value=diff.rate_b,
+                    group=_default_group(other),
+                    baseline_group=_default_group(base),
+                    grouped=grouped,
                 )
             )
     return out
@@ -270,8 +325,8 @@ def _paired_section(diffs: Sequence[PairedDifference], *notes: str | None) -> st
         return ""
     info = all_metrics()
     rows = "".join(
-        f"<tr><td>{html_lib.escape(visible(d.run))}</td><td>{html_lib.escape(visible(d.baseline))}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.run_value:.1f}% − {100 * d.baseline_value:.1f}%</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
-        f"<td>{d.p_value:.2g} ({_TESTS.get(d.method, d.method)})</td><td>{d.items}</td></tr>"
+        f"<tr><td>{html_lib.escape(visible(d.run_shown()))}</td><td>{html_lib.escape(visible(d.baseline_shown()))}</td><td>{html_lib.escape(info[d.metric].label if d.metric in info else d.metric)}</td><td>{100 * d.run_value:.1f}% − {100 * d.baseline_value:.1f}%</td><td>{100 * d.value:+.1f} pts [{100 * d.low:+.1f}, {100 * d.high:+.1f}]</td>"
+        f"<td>{html_lib.escape(p_text(d.p_value).removeprefix('= '))} ({_TESTS.get(d.method, d.method)})</td><td>{d.items}</td></tr>"
         for d in diffs
     )
     table = (
@@ -279,7 +334,8 @@ def _paired_section(diffs: Sequence[PairedDifference], *notes: str | None) -> st
         "<th>p (test)</th><th>shared prompts</th></tr></thead><tbody>"
         f"{rows}</tbody></table>"
         if diffs
-        else "<p>None measured: no run shares a prompt judged on the same rate with the first.</p>"
+        else "<p>None measured: no run shares two or more prompts judged on the same rate with "
+        "the first.</p>"
     )
     return (
         '<section id="paired-differences"><h2>Paired differences</h2>'
@@ -333,7 +389,7 @@ def compare_runs(
                 "statistic": "paired_difference",
                 "run": d.run,
                 "model": next(_model(r) for r in runs if r.label == d.run),
-                "group": "",
+                "group": d.group,
                 "metric": d.metric,
                 "category": "overall",
                 "k": "",
@@ -346,6 +402,7 @@ def compare_runs(
                 "method": d.method,
                 "run_value": d.run_value,
                 "baseline_value": d.baseline_value,
+                "baseline_group": d.baseline_group,
             }
             for d in diffs
         ]
