@@ -784,7 +784,7 @@ def make_preset_judge(
     arg: str | None,
     *,
     model: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     batch_size: int = 8,
     device: str = "auto",
     min_words: int = 3,
@@ -795,7 +795,7 @@ def make_preset_judge(
     if preset.reading == "classifier":
         return ClassifierJudge(
             model or preset.model_id,
-            threshold=threshold,
+            threshold=0.5 if threshold is None else threshold,
             batch_size=batch_size,
             max_length=preset.max_length,
             device=device,
