@@ -273,3 +273,43 @@ def test_activations_that_are_not_finite_do_not_open_the_firewall(tmp_path: Path
         PoiseError, match=r"firewall\.json: role 'cooking': threshold must be a fin"
     ):
         load_firewall(folder)
+
+
+def test_a_firewall_file_that_would_open_or_blind_it_is_one_error(tmp_path: Path) -> None:
+    """A negative scale made every score negative, under any threshold: the zone let every
+    query through. No layers flagged every query (a NaN score), true / 2.7 were read as layers
+    1 / 2, and a model that is not a name failed serve's start with a TypeError. Each is now
+    one error naming the file."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    stub = _Stub()
+    fitted = Firewall.fit(stub, {"cooking": ["a", "b", "c", "d"]})  # type: ignore[arg-type]
+    folder = fitted.save(tmp_path / "fw")
+    header_file, tensor_file = folder / "firewall.json", folder / "firewall.safetensors"
+    header = json.loads(header_file.read_text(encoding="utf-8"))
+    tensors = load_file(str(tensor_file))
+    for name, change, message in [
+        ("cooking.scale", lambda t: -t, r"scale must be finite and > 0"),
+        ("cooking.scale", torch.zeros_like, r"scale must be finite and > 0"),
+        ("cooking.centroid", lambda t: t * float("nan"), r"centroid is not finite"),
+    ]:
+        save_file({**tensors, name: change(tensors[name])}, str(tensor_file))
+        with pytest.raises(
+            PoiseError, match=rf"firewall\.safetensors: role 'cooking': the {message}"
+        ):
+            load_firewall(folder)
+    save_file(tensors, str(tensor_file))
+    assert load_firewall(folder).check(stub, "cooking", ["a"])[0].score > 0  # type: ignore[arg-type]
+    for field, value in [
+        ("layers", []),
+        ("layers", [True, 2, 3, 4]),
+        ("layers", [1.0, 2, 3, 4]),
+        ("layers", [-1, 2, 3, 4]),
+        ("model", ["stub"]),
+        ("system_prompt", 5),
+        ("roles", {"cooking": {**header["roles"]["cooking"], "threshold": True}}),
+    ]:
+        header_file.write_text(json.dumps({**header, field: value}), encoding="utf-8")
+        with pytest.raises(PoiseError, match=r"firewall\.json: a field of the wrong type"):
+            load_firewall(folder)

@@ -166,3 +166,50 @@ def test_a_firewall_fitted_on_another_model_is_said_at_start(
     with caplog.at_level("WARNING", logger="poise.serve.app"):
         _firewall_guard(load_model("organism-small"), config)
     assert "fitted on" not in caplog.text
+
+
+def test_every_user_turn_of_a_chat_is_checked(tmp_path: Path) -> None:
+    """Only the last user turn was checked: an off-role request in an earlier turn, under an
+    in-role last one, was answered (the model reads the whole chat), streamed or not. The 400
+    is the OpenAI error naming the flagged message."""
+    from fastapi.testclient import TestClient
+
+    from poise.probes.firewall import Firewall
+    from poise.serve.app import create_app
+    from poise.serve.schema import ServeConfig
+
+    model = load_model("organism-small")
+    cook = [i.prompt for i in load_suite("benign").items if i.category == "cooking"]
+    harmful = load_suite("harmful").items[0].prompt
+    firewall = Firewall.fit(
+        model, {"cooking": cook[::2]}, system_prompt=model.default_system_prompt
+    )
+    assert firewall.check(model, "cooking", [harmful])[0].flagged
+    scores = firewall.scores(model, "cooking", cook[1::2])
+    inside = cook[1::2][scores.index(min(scores))]
+    # the fitted firewall is given: the folder named is not read
+    config = ServeConfig(model="organism-small", firewall="unread", firewall_role="cooking")
+    app = create_app(model, config, firewall=firewall)
+    history = [
+        {"role": "user", "content": harmful},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": inside},
+    ]
+    with TestClient(app) as client:
+
+        def chat(messages: list[dict[str, str]], stream: bool = False) -> Any:
+            body = {"model": model.name, "messages": messages, "max_tokens": 2, "stream": stream}
+            return client.post("/v1/chat/completions", json=body)
+
+        for stream in (False, True):
+            response = chat(history, stream)
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert (error["type"], error["code"], error["param"]) == (
+                "invalid_request_error",
+                "firewall",
+                "messages[0].content",
+            )
+            assert "outside the role 'cooking'" in error["message"]
+        assert chat(history[2:]).status_code == 200
+        assert chat([{"role": "user", "content": inside}, *history[1:]]).status_code == 200

@@ -6,8 +6,10 @@ After ControlNET (Yao et al., "ControlNET: A Firewall for RAG-based LLM System",
 - **Follows**: an allow-list per role (the paper's per-client "activation zone") built from the
   served model's activations on legitimate *anchor* queries of that role; a query is scored by
   how far its activations shift away from the zone (an activation-shift index); the threshold is
-  a percentile of the anchors' own scores; a flagged query is refused before generation. The
-  same check applies to a retrieved passage (score its text as a query).
+  a percentile of the anchors' own scores (linear interpolation between the sorted scores, as
+  numpy's default); a flagged query is refused before generation. The same check applies to a
+  retrieved passage (its text scored as a query) against a zone fitted on legitimate passages:
+  a zone of queries flags in-role passages too.
 - **Simplified**: the index here is a standardised distance to the zone's centroid, averaged
   over layers: ``ASI(x) = mean_l ||x_l - mu_l||_2 / s_l`` with ``x_l`` [hidden] the last prompt
   token's residual stream at layer ``l``, ``mu_l`` the anchors' mean and ``s_l`` the anchors'
@@ -271,9 +273,42 @@ class Firewall:
 
 
 def load_firewall(folder: str | Path) -> Firewall:
+    """The firewall saved in ``folder`` (``firewall.json`` + ``firewall.safetensors``), or one
+    error naming the file and what is wrong: a field of the wrong type, no layers, a zone whose
+    tensors do not match the layers, or a centroid / scale that is not finite (a scale must
+    also be > 0: a negative one gives negative scores, under any threshold)."""
     header_path, header, tensors = read_saved(
         folder, FIREWALL_JSON, FIREWALL_TENSORS, FORMAT, "firewall", "poise firewall fit"
     )
+    wrong = "a field of the wrong type"
+    for key in ("model", "system_prompt"):
+        if not isinstance(header.get(key), (str, type(None))):
+            raise located(header_path, None, f"{wrong} ({key} must be a string or null)")
+    layers_field = header.get("layers")
+    if "layers" in header and (
+        not isinstance(layers_field, list)
+        or not layers_field
+        or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in layers_field)
+    ):
+        # int() took 2.7 for layer 2 and true for layer 1; no layers gave every query a NaN score
+        raise located(
+            header_path,
+            None,
+            f"{wrong} (layers must be a non-empty list of hidden-state indices >= 0, got "
+            f"{layers_field!r})",
+        )
+    roles_field = header.get("roles")
+    if isinstance(roles_field, dict):
+        for role, info in roles_field.items():
+            value = info.get("threshold") if isinstance(info, dict) else None
+            if isinstance(value, bool) or (
+                value is not None and not isinstance(value, (int, float))
+            ):
+                raise located(
+                    header_path,
+                    None,
+                    f"{wrong} (role {role!r}: threshold must be a number, got {value!r})",
+                )
     try:
         firewall = Firewall(
             header.get("model"),
@@ -309,6 +344,22 @@ def load_firewall(folder: str | Path) -> Firewall:
                 f"role {role!r}: expected a centroid [{layers}, hidden] and a scale [{layers}] "
                 f"for the {layers} layers of {FIREWALL_JSON}, got {list(centroid)} and "
                 f"{list(scale)}",
+            )
+        if not bool(torch.isfinite(zone.centroid.double()).all()):
+            raise located(
+                Path(folder) / FIREWALL_TENSORS,
+                None,
+                f"role {role!r}: the centroid is not finite (NaN or inf)",
+            )
+        scales = zone.scale.double()
+        if not bool((torch.isfinite(scales) & (scales > 0)).all()):
+            # ASI divides by the scale: a negative one made every score negative, under any
+            # threshold (the zone let every query through); 0 or NaN flagged every query
+            raise located(
+                Path(folder) / FIREWALL_TENSORS,
+                None,
+                f"role {role!r}: the scale must be finite and > 0 at every layer, got "
+                f"{[round(float(x), 6) for x in scales]}",
             )
     return firewall
 

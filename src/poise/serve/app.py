@@ -296,11 +296,18 @@ def create_app(
             if parsed.logprobs:
                 check_tokens_capability(state.model, "logprobs")
             if guard is not None:
-                # the last user turn; a chat without one (a request put in a system message)
-                # is checked on its last message, not let through unchecked
-                users = [m["content"] for m in parsed.chat if m["role"] == "user"]
-                query = users[-1] if users else parsed.chat[-1]["content"]
-                await asyncio.to_thread(guard, [query], "messages")
+                # every user turn: the model reads the whole chat, so an off-role request in an
+                # earlier turn (a history the client wrote) is as much the query as the last
+                # turn; a chat without one (a request put in a system message) is checked on
+                # its last message, not let through unchecked
+                turns = [i for i, m in enumerate(parsed.chat) if m["role"] == "user"]
+                turns = turns or [len(parsed.chat) - 1]
+                await asyncio.to_thread(
+                    guard,
+                    [parsed.chat[i]["content"] for i in turns],
+                    "messages",
+                    [f"messages[{i}].content" for i in turns],
+                )
             check = getattr(state.model, "check_sampling", None)
             if callable(check):  # a strategy's refusal of these settings, as the audit's
                 check(parsed.sampling)  # (best_of_n under greedy: N identical draws)
@@ -353,12 +360,19 @@ def _quiet_length_warning(model: LanguageModel) -> None:
         warnings[_LENGTH_WARNING] = True
 
 
+class _Guard(Protocol):
+    def __call__(
+        self, queries: Sequence[str], param: str, where: Sequence[str] | None = None
+    ) -> None: ...
+
+
 def _firewall_guard(
     model: LanguageModel, config: ServeConfig, firewall: Firewall | None = None
-) -> Callable[[Sequence[str], str], None] | None:
-    """With ``config.firewall``: ``check(queries, param)``, which raises a 400 naming the reason
-    and ``param`` (``param[i]`` among several) when a query (a chat request's last user turn,
-    each prompt of a completion request) falls outside ``config.firewall_role``'s zone
+) -> _Guard | None:
+    """With ``config.firewall``: ``check(queries, param, where=None)``, which raises a 400
+    naming the reason and where the flagged query is (``where[i]``, else ``param``, or
+    ``param[i]`` among several) when a query (each user turn of a chat request, each prompt of
+    a completion request) falls outside ``config.firewall_role``'s zone
     (``poise.probes.firewall``)."""
     if firewall is None:
         firewall = check_firewall(config)
@@ -380,11 +394,14 @@ def _firewall_guard(
     # firewall's, fails now rather than on every request
     firewall.scores(model, role, ["hello"])
 
-    def check(queries: Sequence[str], param: str) -> None:
+    def check(queries: Sequence[str], param: str, where: Sequence[str] | None = None) -> None:
         for i, verdict in enumerate(firewall.check(model, role, queries)):
             if verdict.flagged:
-                where = param if len(queries) == 1 else f"{param}[{i}]"
-                raise RequestError(f"firewall: {verdict.reason}", code="firewall", param=where)
+                if where is not None:
+                    at = where[i]
+                else:
+                    at = param if len(queries) == 1 else f"{param}[{i}]"
+                raise RequestError(f"firewall: {verdict.reason}", code="firewall", param=at)
 
     return check
 
