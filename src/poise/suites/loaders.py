@@ -247,7 +247,16 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
     header, rows = _parse(container, text, source)
     if container in ("jsonl", "json"):
         header, rows = _all_keys(header, rows, options.limit)
-    context = FormatContext(
+    context = _file_context(path, source, options, name, plain_text=container == "txt")
+    return _build(header, rows, context, options)
+
+
+def _file_context(
+    path: Path, source: str, options: _Options, name: str | None, *, plain_text: bool = False
+) -> FormatContext:
+    """How the rows of the data file at ``path`` are read: its suite name (``name``, else
+    :func:`suite_name`), its file name as the format's hint, the caller's options."""
+    return FormatContext(
         suite=name or suite_name(path),
         source=source,
         hint=path.name.lower(),
@@ -255,9 +264,8 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
         category=options.category,
         columns=options.columns,
         path_parts=tuple(path.resolve().parent.parts),
-        plain_text=container == "txt",
+        plain_text=plain_text,
     )
-    return _build(header, rows, context, options)
 
 
 def _load_hub(spec: str, options: _Options) -> Suite:
@@ -402,16 +410,9 @@ def _load_columnar(path: Path, source: str, options: _Options, *, name: str | No
         (i + 1, f"{source} row {i + 1}", _unset_fields(row))
         for i, row in enumerate(table.to_pylist())
     )
-    context = FormatContext(
-        suite=name or suite_name(path),
-        source=source,
-        hint=path.name.lower(),
-        kind=options.kind,
-        category=options.category,
-        columns=options.columns,
-        path_parts=tuple(path.resolve().parent.parts),
+    return _build(
+        list(table.column_names), rows, _file_context(path, source, options, name), options
     )
-    return _build(list(table.column_names), rows, context, options)
 
 
 # A clone of a hub repository made without git-lfs holds, in place of each large file, a small
