@@ -52,6 +52,30 @@ def test_kinds_without_harmful_warn_that_the_curves_will_be_empty(
     assert "curves" not in caplog.text
 
 
+@pytest.mark.parametrize(("name", "options"), [("worst_of_n", {"n": 2}), ("exploitation", {})])
+def test_items_an_attack_does_not_ask_are_named_as_left_out(
+    caplog: pytest.LogCaptureFixture, name: str, options: dict[str, object]
+) -> None:
+    """A suite given to the audit whose kind the attack does not ask (benign prompts under the
+    default kinds) got no request and no record, without a word."""
+    items = [
+        SuiteItem(id="h", messages=[{"role": "user", "content": "q"}], kind="harmful"),
+        SuiteItem(id="b", messages=[{"role": "user", "content": "q"}], kind="benign"),
+        SuiteItem(id="c", messages=[{"role": "user", "content": "q"}], kind="benign"),
+    ]
+    attack = attacks.get(name)
+    with caplog.at_level("WARNING", logger="poise.attacks"):
+        requests = attack(items, Sampling(), SystemPrompt("none", None), **options)
+    assert {r.item.id for r in requests} == {"h"}
+    assert f"attack {name} asks items of kinds harmful" in caplog.text
+    assert "2 benign item(s) left out, not answered" in caplog.text
+    assert "kinds=harmful" in caplog.text and ",benign asks them too" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise.attacks"):
+        attack(items, Sampling(), SystemPrompt("none", None), kinds="harmful,benign", **options)
+    assert "left out" not in caplog.text
+
+
 def test_best_of_n_is_a_deprecated_alias_of_worst_of_n() -> None:
     with pytest.warns(FutureWarning, match="'best_of_n' is deprecated; use 'worst_of_n'"):
         assert attacks.get("best_of_n") is attacks.get("worst_of_n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +172,23 @@ def kinds_option(attack: str, value: object) -> tuple[str, ...]:
     from poise.tasks import kinds
 
     return names_option(attack, "kinds", value, kinds(), "kind")
+
+
+def warn_left_out(attack: str, items: Sequence[SuiteItem], kinds: Sequence[str]) -> None:
+    """Say which items an attack that asks only ``kinds`` leaves out (a suite given to the audit
+    whose items got no request and no record, without a word)."""
+    left = Counter(item.kind for item in items if item.kind not in kinds)
+    if left:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(left.items()))
+        wanted = ",".join([*kinds, *sorted(left)])
+        logger.warning(
+            "attack %s asks items of kinds %s only: %s item(s) left out, not answered (attack "
+            "option kinds=%s asks them too)",
+            attack,
+            ", ".join(kinds),
+            counts,
+            wanted,
+        )
 
 
 @dataclass(frozen=True)

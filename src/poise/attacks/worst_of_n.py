@@ -66,6 +66,7 @@ from poise.attacks.base import (
     kinds_option,
     option_check,
     sampling_check,
+    warn_left_out,
 )
 from poise.config import Sampling
 from poise.errors import PoiseError, check_int, check_number
@@ -110,6 +111,7 @@ def worst_of_n(
     ]
     if not requests:
         raise PoiseError(f"worst_of_n: no items of kind {list(kinds)} in the suites")
+    warn_left_out("worst_of_n", items, kinds)
     if "harmful" not in kinds:
         # the ASR(N) curves count harmful items only: the summary would be empty, unexplained
         log.warning(
