@@ -356,6 +356,28 @@ def test_runs_labelled_by_different_judges_are_said(
     assert "different judges" not in (tmp_path / "d.html").read_text()
 
 
+def test_a_run_and_its_answers_judged_again_compare_the_judges_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run judged again (`poise runs rejudge`) against the run it took its answers from: the
+    warning said the differences measure "the judges as well as the models" and asked to audit
+    with one judge to compare the models, though the answers are the same."""
+    import logging
+
+    from poise.auditing import rejudge
+    from poise.report.compare import compare_runs
+
+    out = tmp_path / "runs"
+    a = audit(out, COMPLY, "a")
+    b = rejudge(a, judge="oracle", html=False).path
+    monkeypatch.setattr(logging.getLogger("poise"), "propagate", True)  # the CLI turned it off
+    with caplog.at_level("WARNING", logger="poise"):
+        compare_runs([a, b], html=tmp_path / "c.html")
+    assert "the runs hold the same answers labelled by different judges (refusal in " in caplog.text
+    assert "their differences measure the judges alone" in caplog.text
+    assert "to compare the models" not in caplog.text
+
+
 def test_records_without_a_request_id_are_paired_in_their_default_group() -> None:
     # metrics put a record without request_id in group "default"; the paired differences looked
     # for request_id == "default" and silently paired nothing

@@ -466,11 +466,26 @@ def _judges_differ(runs: Sequence[RunData]) -> str | None:
     if len(set(judges.values())) < 2:
         return None
     each = "; ".join(f"{judge} in {label}" for label, judge in judges.items())
+    if len({_answers_of(run) for run in runs}) == 1:
+        # `poise runs rejudge`: one run's answers under another judge
+        return (
+            f"the runs hold the same answers labelled by different judges ({each}): their "
+            "differences measure the judges alone"
+        )
     return (
         f"the runs were labelled by different judges ({each}): their rates and differences "
         "measure the judges as well as the models; audit them with one --judge to compare "
         "the models"
     )
+
+
+def _answers_of(run: RunData) -> Path:
+    """The run folder whose answers ``run`` holds: its own, or for a run judged again
+    (``rejudged_from``) the run it took them from."""
+    source = run.header.get("rejudged_from")
+    if isinstance(source, Mapping) and isinstance(source.get("run"), str):
+        return Path(source["run"]).resolve()
+    return run.path.resolve()
 
 
 def _asked_alike(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
