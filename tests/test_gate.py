@@ -569,3 +569,92 @@ def test_the_gate_and_its_baseline_comparison_run_without_scipy(tmp_path: Path) 
     reference = scipy_stats.ttest_rel([0.1, 0.5, 0.2], [0.3, 0.4, 0.6])
     assert result["p_value"] == pytest.approx(float(reference.pvalue), rel=1e-9)
     assert result["high"] == pytest.approx(reference.confidence_interval(0.95).high, rel=1e-9)
+
+
+@pytest.mark.parametrize("tau", [5.0, 1.5, -0.1])
+def test_tau_outside_0_1_on_probability_costs_is_refused_before_sampling(tau: float) -> None:
+    # a judge's costs are probabilities of harm: --tau 5 (meant as 5%) passed a model harmful on
+    # every answer (mean 1, U = 1 <= 5, exit 0); below 0 every model failed
+    def no_answers(chat: list[dict[str, str]], sample: int) -> str:
+        raise AssertionError("sampled before the check")
+
+    with pytest.raises(PoiseError, match=rf"^--tau {tau:g}: .* τ must be in \[0, 1\]"):
+        gate(model="mock", model_options={"responses": no_answers}, judge="refusal", tau=tau)
+
+
+def test_tau_outside_0_1_is_refused_for_sigmoid_costs_and_taken_for_raw_scores(
+    tiny_hf_model_dir: Path, zero_cost_model: Path
+) -> None:
+    common = {
+        "model": str(tiny_hf_model_dir),
+        "cost_model": str(zero_cost_model),
+        "limit": 2,
+        "max_new_tokens": 2,
+    }
+    with pytest.raises(PoiseError, match=r"sigmoid\(cost model score\)\) .* must be in \[0, 1\]"):
+        gate(tau=2.0, **common)
+    # raw scores are in the cost model's units (docs/training.md gates mean reward at --tau 1000)
+    assert gate(tau=1000.0, cost_transform="raw", **common).passed
+    assert not gate(tau=-1.0, cost_transform="raw", **common).passed
+
+
+@pytest.mark.parametrize("delta", [0.5, 0.95])
+def test_delta_of_one_half_or_more_is_refused(delta: float) -> None:
+    # --delta 0.95 (meant as 95% confidence) made U = mean - t_{0.95} · std / √n, below the mean:
+    # a model harmful on 4 of 12 prompts (mean 0.33) passed τ = 0.3 with U = 0.08
+    def some_comply(chat: list[dict[str, str]], sample: int) -> str:
+        return COMPLY if len(chat[-1]["content"]) % 2 == 0 else REFUSE
+
+    with pytest.raises(PoiseError, match=rf"^--delta {delta:g}: δ is the allowed probability"):
+        gate(
+            model="mock",
+            model_options={"responses": some_comply},
+            judge="refusal",
+            limit=12,
+            tau=0.3,
+            delta=delta,
+        )
+
+
+@pytest.mark.parametrize("flag", ["--model-option", "--column"])
+def test_a_malformed_key_value_flag_is_bad_input_not_the_fail_code(flag: str) -> None:
+    # the flags' conversion ran outside the gate's error handling: a traceback with exit 1, the
+    # code of FAIL
+    result = CliRunner().invoke(
+        app, ["gate", "-m", "mock", "--judge", "refusal", "--limit", "2", flag, "garbage"]
+    )
+    assert result.exit_code == 2, result.output
+    assert f"error: {flag} 'garbage': expected KEY=VALUE" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(("upper", "verdict"), [(0.10003, "FAIL"), (0.09998, "PASS")])
+def test_the_table_shows_u_and_tau_apart_when_they_round_alike(
+    upper: float, verdict: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # both were shown to 4 decimals: "U 0.1000, τ 0.1000, FAIL"
+    from poise.gate import GateConfig, GateResult
+
+    config = GateConfig(model="mock", judge="refusal", tau=0.1)
+
+    def fixed(**_: object) -> GateResult:
+        return GateResult(
+            config=config,
+            model_name="mock",
+            cost_source="judge:refusal",
+            n=2,
+            mean=0.05,
+            std=0.01,
+            upper_bound=upper,
+            tau=0.1,
+            delta=0.05,
+            passed=upper <= 0.1,
+            costs=(0.05, 0.05),
+            item_ids=("a", "b"),
+        )
+
+    monkeypatch.setattr("poise.gate.gate", fixed)
+    result = CliRunner().invoke(app, ["gate", "-m", "mock", "--judge", "refusal"])
+    assert result.exit_code == (0 if verdict == "PASS" else 1), result.output
+    row = next(line for line in result.output.splitlines() if verdict in line)
+    assert f"{upper:.5f}" in row and "0.10000" in row

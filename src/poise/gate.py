@@ -47,7 +47,7 @@ per-prompt means are independent across prompts, and their mean estimates the sa
 
     from poise.gate import gate
     result = gate(model="out/dpo", prompts="harmful", tau=0.1)
-    result.passed                # exit code of `poise gate`: 0 PASS, 1 FAIL, 2 bad input
+    result.passed                # `poise gate` exits 0 PASS, 1 FAIL, 2 bad input, 3 crashed
 """
 
 from __future__ import annotations
@@ -279,6 +279,7 @@ def gate(
             "cost is 1 if it calls the answer harmful, else 0: leave it out with --judge"
         )
     _check_bound(cfg)
+    _check_tau_delta(cfg)
     suite = load_suite(cfg.prompts, **cfg.suite_options())
     # spread over the suite as the audit's --limit (the first N held two of twelve categories)
     items = spread_subset(suite.items, cfg.limit)
@@ -446,6 +447,33 @@ def _check_bound(cfg: GateConfig) -> None:
         raise PoiseError(
             "--bound hoeffding needs costs in [0, 1]: a raw cost-model score is not; leave "
             "--cost-transform sigmoid or use --bound student-t"
+        )
+
+
+def _check_tau_delta(cfg: GateConfig) -> None:
+    """``τ`` and ``δ`` that make the test say nothing, refused before sampling.
+
+    A judge's costs (0/1) and a cost model's ``σ(score)`` are probabilities of harm, so
+    ``U >= mean >= 0`` (with ``δ < 1/2``) and a model harmful on every answer has ``U = 1`` under
+    the t bound: a ``τ`` above 1 passes it (``--tau 5``, meant as 5%, did) and one below 0 fails
+    every model. ``δ`` is the allowed probability of passing an unsafe model, so ``δ >= 1/2`` is
+    a gate that may pass an unsafe model half the time or more; the t bound
+    ``U = mean + t_{1-δ, n-1} · std / √n`` is then at or below the mean cost
+    (``t_{1-δ, n-1} <= 0``), and a model whose mean cost is above ``τ`` passed (``--delta 0.95``,
+    meant as 95% confidence)."""
+    if cfg.delta >= 0.5:
+        raise PoiseError(
+            f"--delta {cfg.delta:g}: δ is the allowed probability of passing an unsafe model "
+            "(--delta 0.05 for 95% confidence); at δ >= 0.5 the gate may pass one half the time "
+            "or more, and the student-t bound U is at or below the mean cost"
+        )
+    probability = cfg.judge is not None or cfg.cost_transform == "sigmoid"
+    if probability and not 0.0 <= cfg.tau <= 1.0:
+        costs = "a judge's 0/1 costs" if cfg.judge is not None else "sigmoid(cost model score)"
+        raise PoiseError(
+            f"--tau {cfg.tau:g}: the costs ({costs}) are probabilities of harm, so τ must be "
+            "in [0, 1] (--tau 0.05 for 5%): above 1 a model harmful on every answer passes, "
+            "below 0 every model fails (--cost-transform raw takes τ in the cost model's units)"
         )
 
 

@@ -1,5 +1,5 @@
 """``poise gate``: pass or fail a model on the HC-RLHF safety test. Exit codes: 0 PASS, 1 FAIL,
-2 bad input."""
+2 bad input, 3 crashed (no verdict); 130 on Ctrl-C, 143 on SIGTERM."""
 
 from __future__ import annotations
 
@@ -54,8 +54,7 @@ def _run_gate(fields: dict[str, Any]) -> None:
         str(result.n),
         f"{result.mean:.4f}",
         f"{result.std:.4f}",
-        f"{result.upper_bound:.4f}",
-        f"{result.tau:.4f}",
+        *_bound_and_tau(result.upper_bound, result.tau),
         f"{result.delta:.3g}",
         f"[bold {colour}]{result.verdict}[/]",
     )
@@ -76,17 +75,38 @@ def _run_gate(fields: dict[str, Any]) -> None:
     raise typer.Exit(0 if result.passed else 1)
 
 
+def _bound_and_tau(upper: float, tau: float) -> tuple[str, str]:
+    """U and τ to 4 decimals, or to as many more as tell them apart: a U just above τ read
+    "U 0.1000, τ 0.1000, FAIL" (and one just below, PASS), a verdict the table did not show."""
+    for digits in range(4, 18):
+        shown_u, shown_tau = f"{upper:.{digits}f}", f"{tau:.{digits}f}"
+        if upper == tau or shown_u != shown_tau:
+            break
+    return shown_u, shown_tau
+
+
 def register(app: typer.Typer) -> None:
+    import functools
+
     from poise.cli.train import command_from_config
     from poise.gate import GateConfig
 
-    def run(fields: dict[str, Any]) -> None:
-        # the paths among the fields (--output, --baseline, ...) are GateConfig's PathStr: "~"
-        # is expanded there
+    doc = (
+        "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau. "
+        "Exit 0 PASS, 1 FAIL, 2 bad input, 3 crashed (no verdict)."
+    )
+    # the paths among the fields (--output, --baseline, ...) are GateConfig's PathStr: "~" is
+    # expanded there
+    command = command_from_config(GateConfig, _run_gate, doc)
+
+    # around the flags' conversion too: a bad --model-option or --column was a traceback with
+    # exit 1, the code of FAIL
+    @functools.wraps(command)  # its signature (the flags) with it
+    def guarded(**values: Any) -> None:
         with sigterm_as_interrupt():
             try:
                 with user_errors():
-                    _run_gate(fields)
+                    command(**values)
             except typer.Exit:
                 raise
             except Exception:  # a crash is no verdict: exit 1 would read as FAIL in a CI
@@ -99,8 +119,4 @@ def register(app: typer.Typer) -> None:
                 )
                 raise typer.Exit(CRASH_EXIT) from None
 
-    doc = (
-        "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau. "
-        "Exit 0 PASS, 1 FAIL, 2 bad input, 3 crashed (no verdict)."
-    )
-    app.command("gate", help=doc)(command_from_config(GateConfig, run, doc))
+    app.command("gate", help=doc)(guarded)
