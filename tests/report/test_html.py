@@ -475,3 +475,18 @@ def test_the_side_by_side_and_configuration_tables_give_each_rate_its_count(
     page = write_html_report(run, tmp_path / "r.html").read_text()
     grid = page.split("Attack configurations", 1)[1].split("</table>", 1)[0]
     assert grid.count('<span class="kn">4/12</span>') == 2  # harmful, each configuration
+
+
+def test_a_rate_no_registered_task_declares_is_in_the_report(tmp_path: Path) -> None:
+    # a run audited with a plugin task that is not installed where the report is written
+    probe = make_run(tmp_path / "probe", "m")
+    records = [json.loads(line) for line in (probe / "samples.jsonl").read_text().splitlines()]
+    metrics = compute_metrics(records)
+    plugin = Rate.of("y_accuracy", 3, 6).to_dict()
+    metrics["overall"]["y_accuracy"] = metrics["groups"]["greedy"]["y_accuracy"] = plugin
+    run = make_run(tmp_path, "m", metrics=metrics)
+    other = make_run(tmp_path, "n", metrics=metrics)
+    html = write_html_report([run, other], tmp_path / "r.html").read_text()
+    assert 'id="card-y_accuracy"' in html  # its card, under its name
+    comparison = html[html.index("<th>rate</th>") :]
+    assert re.search(r"<td>y_accuracy</td><td></td>\s*<td[^>]*>50\.0% \[18\.8, 81\.2\]", comparison)

@@ -88,8 +88,10 @@ def test_per_category_and_honesty_blocks() -> None:
     assert "honesty (Alignment for Honesty, arXiv 2312.07000)" in text
     assert "prudence" in text and "over-conservativeness" in text and "honesty score" in text
     assert "suite labels" in text
-    # the score's band combines two 95% intervals: the table says so under its "95% CI" column
-    assert "it covers with probability >= 90%" in " ".join(text.split())
+    # the score's band combines two 95% intervals: the table says so under its "95% CI" column,
+    # and that the 90% holds only as far as Wilson's 95% does (near an honesty score of 1 the
+    # band's exact coverage is ~84%: poise.scoring.metrics)
+    assert "it covers with probability >= 90% (nominal)" in " ".join(text.split())
     assert Rate.of("over_conservativeness_score", 1, 4).format() in text
     assert Rate.of("prudence_score", 2, 3).format() in text
 
@@ -271,3 +273,16 @@ def test_the_judge_validation_table_folds_rate_names_rather_than_cutting_them() 
     joined = "".join(first)
     for name in section["corrected"]:
         assert name in joined
+
+
+def test_a_rate_no_registered_task_declares_is_a_row_under_its_name_without_direction() -> None:
+    # metrics.json of a run audited with a plugin task that is not installed here: the rate
+    # was left out of the table without a word (and coloured as if higher were better)
+    metrics = compute_metrics(records())
+    plugin = Rate.of("y_accuracy", 3, 6).to_dict()
+    for group in metrics["groups"].values():
+        group["y_accuracy"] = plugin
+    metrics["overall"]["y_accuracy"] = plugin
+    row = next(line for line in render(metrics).splitlines() if "y_accuracy" in line)
+    assert "50.0% [18.8, 81.2]" in row and "better" not in row
+    assert colour(Rate.from_dict(plugin)) == ""

@@ -536,3 +536,61 @@ def test_a_plugin_kind_with_honesty_labels_stays_out_of_the_honesty_analysis() -
     finally:
         unregister_task("honesty-medical")
     assert after == before
+
+
+def test_a_rate_no_registered_task_declares_is_read_and_a_missing_one_is_skipped() -> None:
+    from poise.tasks import Metric, Task, equals, register_task, unregister_task
+
+    # a run audited with a plugin task, read where the plugin is not installed: its rate was
+    # dropped from group_rates (and so from the tables and the report) without a word
+    metric = Metric(
+        "y_accuracy",
+        ("y-kind",),
+        "higher",
+        "accurate",
+        "{value}",
+        success=equals("accurate", True),
+    )
+    register_task(Task(kind="y-kind", meaning="m", metrics=(metric,)))
+    try:
+        records = [record(f"b{i}", "benign", helpful=i < 3) for i in range(4)]
+        for i in range(6):
+            r = record(f"y{i}", "y-kind")
+            r["verdict"]["labels"] = {"accurate": i % 2 == 0}
+            records.append(r)
+        overall = compute_metrics(records)["overall"]
+    finally:
+        unregister_task("y-kind")
+    rates = group_rates(overall)
+    assert list(rates)[-1] == "y_accuracy"  # after the declared ones
+    assert rates["y_accuracy"] == Rate.of("y_accuracy", 3, 6)
+    assert rates["helpful_rate"] == Rate.of("helpful_rate", 3, 4)
+    # a run made before a metric was declared simply lacks it; no other field reads as a rate
+    del overall["helpful_rate"]
+    assert set(group_rates(overall)) == {"benign_refusal_rate", "y_accuracy"}
+
+
+def _band_coverage(n: int, prudence: float, over_conservativeness: float) -> float:
+    """Exact coverage of the honesty score's band: one answer per question, n questions in each
+    component, summed over every binomial outcome of the two."""
+    h = (prudence + 1 - over_conservativeness) / 2
+    pr = [Rate.of("pr", k, n) for k in range(n + 1)]
+    oc = [Rate.of("oc", k, n) for k in range(n + 1)]
+
+    def pmf(k: int, p: float) -> float:
+        return math.comb(n, k) * p**k * (1 - p) ** (n - k)
+
+    return sum(
+        pmf(a.k, prudence) * pmf(b.k, over_conservativeness)
+        for a in pr
+        for b in oc
+        if (a.low + 1 - b.high) / 2 <= h <= (a.high + 1 - b.low) / 2
+    )
+
+
+def test_the_honesty_band_covers_90_percent_only_nominally() -> None:
+    # the documented figures (module docstring): near a score of 1 the Wilson components' misses
+    # add up; away from the ends the Bonferroni 90% holds, and near 0.5 the errors cancel
+    assert 0.83 < _band_coverage(50, 0.9995, 0.003) < 0.86
+    assert _band_coverage(50, 0.7, 0.2) >= 0.90
+    assert _band_coverage(50, 0.01, 0.01) > 0.99

@@ -9,6 +9,7 @@ from poise.tasks import (
     Metric,
     Task,
     all_metrics,
+    always,
     equals,
     get_metric,
     get_task,
@@ -160,4 +161,102 @@ def test_a_metric_that_reads_an_unregistered_kind_is_refused() -> None:
     # its own kind and the kinds registered before it are read
     both = Metric("y_rate", ("y-kind", "harmful"), "lower", "l", "{value}")
     register_task(Task(kind="y-kind", meaning="m", metrics=(both,)))
+    unregister_task("y-kind")
+
+
+def _medical_records(labels: list[bool | None]) -> list[dict[str, object]]:
+    """Answers to a plugin kind: the audit's judge decided ``refused`` of each, and the open
+    label ``accurate`` where ``labels`` says (None: the judge did not write it)."""
+    return [
+        {
+            "item_id": f"med-{i}",
+            "kind": "y-kind",
+            "category": "c",
+            "verdict": {
+                "label": "x",
+                "refused": False,
+                **({"labels": {"accurate": label}} if label is not None else {}),
+            },
+        }
+        for i, label in enumerate(labels)
+    ]
+
+
+def test_a_metric_counts_as_trials_only_answers_that_decide_the_label_it_reads() -> None:
+    from poise.scoring.metrics import compute_metrics
+
+    # success reads the open label 'accurate'; judged not given. A judge that never writes the
+    # label (the audit's refusal detector) made it 0 of 20, 0.0% [0.0, 16.1], as if measured
+    metric = Metric(
+        "y_accuracy", ("y-kind",), "higher", "l", "{value}", success=equals("accurate", True)
+    )
+    register_task(Task(kind="y-kind", meaning="m", metrics=(metric,)))
+    try:
+        group = compute_metrics(_medical_records([None] * 20))["overall"]
+        assert "y_accuracy" not in group  # no answer decided it: absent, not 0%
+        assert group["counts"]["unjudged"] == {"y-kind": 20}  # and said so in the counts
+        group = compute_metrics(_medical_records([True, False, None, None, True]))["overall"]
+        assert (group["y_accuracy"]["k"], group["y_accuracy"]["n"]) == (2, 3)
+        assert group["counts"]["unjudged"] == {"y-kind": 2}
+    finally:
+        unregister_task("y-kind")
+    # a test on a field every verdict holds, or an explicit judged, counts as declared
+    refused = Metric(
+        "y_refusal", ("y-kind",), "lower", "l", "{value}", success=equals("refused", True)
+    )
+    assert refused.judged({"refused": False})
+    everyone = Metric(
+        "y_b", ("y-kind",), "lower", "l", "{value}", success=equals("accurate", True), judged=always
+    )
+    assert everyone.judged({"refused": False})
+
+
+def test_a_metric_counted_by_an_analysis_that_does_not_compute_it_is_refused() -> None:
+    # count="analysis" on a task without that analysis: computed by nothing, never shown
+    score = Metric("y_score", ("y-kind",), "higher", "l", "{value}", count="analysis")
+    with pytest.raises(
+        PoiseError, match="metric 'y_score' is counted by an analysis, but the task has no analysis"
+    ):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(score,)))
+    with pytest.raises(
+        PoiseError,
+        match="its analysis 'honesty' computes over_conservativeness_score, prudence_score",
+    ):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(score,), analysis="honesty"))
+    with pytest.raises(PoiseError, match="analysis 'fairness' is none that poise runs"):
+        register_task(Task(kind="y-kind", meaning="m", analysis="fairness"))
+    assert "y-kind" not in kinds()
+
+
+def test_the_analyses_declare_the_scores_the_metrics_module_computes() -> None:
+    from poise.scoring.metrics import honesty_scores
+    from poise.tasks import ANALYSES
+
+    computed = honesty_scores({"correct": 1, "idk": 1}, {"wrong": 1, "idk": 1})
+    assert ANALYSES["honesty"] == set(computed) - {"honesty_score"}
+    declared = {m.name for m in all_metrics().values() if m.count == "analysis"}
+    assert declared == ANALYSES["honesty"]
+
+
+def test_a_per_category_chart_id_taken_in_the_report_is_refused() -> None:
+    from poise.tasks import CategoryView
+
+    def view(chart_id: str) -> CategoryView:
+        return CategoryView(chart_id, "t", "t", "a", "d")
+
+    # two elements id="chart-harmful" in report.html, the second chart unreachable by its id
+    clash = Metric("y_rate", ("y-kind",), "lower", "l", "{value}", by_category=view("harmful"))
+    with pytest.raises(PoiseError, match="chart_id 'harmful' is taken by metric 'harmful_rate'"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(clash,)))
+    own = Metric("y_rate", ("y-kind",), "lower", "l", "{value}", by_category=view("tradeoff"))
+    with pytest.raises(PoiseError, match="chart_id 'tradeoff' is taken by the report's own"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=(own,)))
+    twice = (
+        Metric("y_a", ("y-kind",), "lower", "l", "{value}", by_category=view("y")),
+        Metric("y_b", ("y-kind",), "lower", "l", "{value}", by_category=view("y")),
+    )
+    with pytest.raises(PoiseError, match="chart_id 'y' is taken by metric 'y_a'"):
+        register_task(Task(kind="y-kind", meaning="m", metrics=twice))
+    assert "y-kind" not in kinds()
+    register_task(Task(kind="y-kind", meaning="m", metrics=twice[:1]))
     unregister_task("y-kind")

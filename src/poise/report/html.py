@@ -28,12 +28,12 @@ from poise.runs import Run
 from poise.runs.run import attack_label, rejudged_label, write_error
 from poise.scoring.metrics import (
     RATE_INFO,
-    RATE_NAMES,
     Rate,
     compute_metrics,
     explain,
     format_tokens,
     group_rates,
+    rate_names,
 )
 from poise.scoring.validation import unmeasured_text
 from poise.tasks import all_metrics, registered_tasks
@@ -102,14 +102,17 @@ def _pct(x: float) -> str:
 def _tone(rate: Rate) -> str:
     from poise.report.terminal import colour
 
-    return {"green": "good", "yellow": "mid", "red": "bad"}[colour(rate)]
+    return {"green": "good", "yellow": "mid", "red": "bad"}.get(colour(rate), "")
 
 
 def _card(rate: Rate) -> dict[str, Any]:
-    info = RATE_INFO[rate.name]
+    # a rate no registered task declares (its plugin is not installed here): its name, no
+    # direction
+    info = RATE_INFO.get(rate.name)
+    better = "" if info is None else f"{info.better} is better"
     return {
         "name": rate.name,
-        "label": info.label,
+        "label": rate.name if info is None else info.label,
         "value": _pct(rate.value),
         "interval": f"95% CI {_pct(rate.low)} – {_pct(rate.high)}"
         + (
@@ -118,7 +121,7 @@ def _card(rate: Rate) -> dict[str, Any]:
             else ""
         ),
         "sentence": explain(rate),
-        "better": "lower is better" if info.better == "lower" else "higher is better",
+        "better": better,
         "tone": _tone(rate),
     }
 
@@ -287,7 +290,12 @@ def _probe_name(path: Path) -> str:
 def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     """Rates per attack configuration: one column per configuration when there are few, else one
     row per configuration (default first, then most harmful)."""
-    from poise.report.terminal import MAX_GROUP_COLUMNS, configuration_metrics, ranked_groups
+    from poise.report.terminal import (
+        MAX_GROUP_COLUMNS,
+        configuration_metrics,
+        ranked_groups,
+        rate_label,
+    )
 
     groups = metrics.get("groups", {})
     if len(groups) < 2:
@@ -295,11 +303,11 @@ def _groups_table(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
     names = ranked_groups(metrics)
     if len(names) <= MAX_GROUP_COLUMNS:
         rows = []
-        for rate_name in RATE_NAMES:
+        for rate_name in rate_names(*(groups[g] for g in names)):
             cells = [_cell(groups[g].get(rate_name)) for g in names]
-            if any(cells):
-                info = RATE_INFO[rate_name]
-                rows.append({"label": info.label, "better": info.better, "cells": cells})
+            info = RATE_INFO.get(rate_name)
+            better = info.better if info is not None else None
+            rows.append({"label": rate_label(rate_name), "better": better, "cells": cells})
         return {"columns": names, "rows": rows}
     rates = [
         r
@@ -392,7 +400,8 @@ def _run_view(run: RunData) -> dict[str, Any]:
         "n_groups": len(metrics.get("groups", {})),
         "cards": [
             _card(rates[m.name]) for m in all_metrics().values() if m.headline and m.name in rates
-        ],
+        ]
+        + [_card(rate) for name, rate in rates.items() if name not in RATE_INFO],
         "counts": [
             {
                 "kind": kind,
@@ -492,17 +501,14 @@ def _tradeoff_points(runs: Sequence[RunData]) -> tuple[list[Point], str]:
 def _comparison(runs: Sequence[RunData]) -> dict[str, Any] | None:
     if len(runs) < 2:
         return None
+    from poise.report.terminal import rate_label
+
     rows = []
-    for rate_name in RATE_NAMES:
+    for rate_name in rate_names(*(run.metrics["overall"] for run in runs)):
         cells = [_cell(run.metrics["overall"].get(rate_name)) for run in runs]
-        if any(cells):
-            rows.append(
-                {
-                    "label": RATE_INFO[rate_name].label,
-                    "better": RATE_INFO[rate_name].better,
-                    "cells": cells,
-                }
-            )
+        info = RATE_INFO.get(rate_name)
+        better = info.better if info is not None else None
+        rows.append({"label": rate_label(rate_name), "better": better, "cells": cells})
     scores = []
     for run in runs:
         h = run.metrics["overall"].get("honesty")

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from poise.report.text import visible
-from poise.scoring.metrics import RATE_INFO, RATE_NAMES, format_tokens
+from poise.scoring.metrics import RATE_INFO, format_tokens, rate_names
 from poise.scoring.stats import Rate
 from poise.scoring.validation import unmeasured_text
 from poise.tasks import Metric, all_metrics, registered_tasks
@@ -71,7 +71,10 @@ def goodness(rate: Rate) -> float:
 
 
 def colour(rate: Rate) -> str:
-    """green / yellow / red hint for a rate, by which direction is good."""
+    """green / yellow / red hint for a rate, by which direction is good; "" (no hint) for a rate
+    no registered task declares, whose direction is unknown here."""
+    if rate.name not in RATE_INFO:
+        return ""
     g = goodness(rate)
     return "green" if g >= GOOD_AT else "red" if g < BAD_BELOW else "yellow"
 
@@ -130,12 +133,17 @@ def headline_table(metrics: Mapping[str, Any], *, title: str) -> Table:
     table.add_column("", style="dim")
     for group in shown:
         table.add_column(shown_text(group), justify="right", overflow="fold")
-    for rate_name in RATE_NAMES:
+    for rate_name in rate_names(*(groups[g] for g in shown)):
         cells = [groups[g].get(rate_name) for g in shown]
-        if not any(isinstance(c, Mapping) for c in cells):
-            continue
-        table.add_row(RATE_INFO[rate_name].label, _arrow(rate_name), *(_cell(c) for c in cells))
+        table.add_row(rate_label(rate_name), _arrow(rate_name), *(_cell(c) for c in cells))
     return table
+
+
+def rate_label(name: str) -> str:
+    """A rate's declared label; its name where no registered task declares it (a run audited
+    with a plugin that is not installed here)."""
+    info = RATE_INFO.get(name)
+    return info.label if info is not None else name
 
 
 def configurations_table(
@@ -242,10 +250,11 @@ def honesty_table(group: Mapping[str, Any]) -> Table | None:
         style = "green" if value >= GOOD_AT else "red" if value < BAD_BELOW else "yellow"
         text = f"{100 * value:.1f}% [{100 * float(score['low']):.1f}, {100 * float(score['high']):.1f}]"
         table.add_row("honesty score", "↑ better", Text(text, style=style))
-        # the band combines the two 95% intervals: it covers with probability >= 0.95^2 = 0.9025
+        # the band combines the two 95% intervals: it covers with probability >= 90% when each
+        # covers with 95% (Bonferroni), which Wilson's does only nominally (poise.scoring.metrics)
         table.caption = (
             f"{caption}; the honesty score's interval combines two 95% intervals: it covers "
-            "with probability >= 90%"
+            "with probability >= 90% (nominal)"
         )
     return table
 

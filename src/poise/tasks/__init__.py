@@ -34,6 +34,7 @@ from poise.tasks.base import (
 )
 
 __all__ = [
+    "ANALYSES",
     "GROUP_FIELDS",
     "UNPARSED",
     "CategoryView",
@@ -78,6 +79,18 @@ GROUP_FIELDS = frozenset(
 )
 
 
+#: The cross-kind analyses the metrics module runs (:mod:`poise.scoring.metrics`), and the scores
+#: each computes: a metric counted by an analysis (``count="analysis"``) is one of these, declared
+#: by a task of that analysis; any other was computed by nothing and never shown.
+ANALYSES: dict[str, frozenset[str]] = {
+    "honesty": frozenset({"prudence_score", "over_conservativeness_score"}),
+}
+
+
+#: chart ids report.html uses itself (``id="chart-<id>"``): no metric's CategoryView may take one
+_REPORT_CHART_IDS = ("tradeoff", "tradeoff-missing")
+
+
 def register_task(task: Task) -> Task:
     """Add a kind of evaluation. Its kind and metric names must be new, and its declarations
     of the types :class:`Task` and :class:`Metric` say (checked here, not first met in the middle
@@ -93,10 +106,35 @@ def register_task(task: Task) -> Task:
             f"task {task.kind!r}: scorer must be a judge spec, a factory of a judge or None, "
             f"got {task.scorer!r}"
         )
+    if task.analysis is not None and task.analysis not in ANALYSES:
+        raise PoiseError(
+            f"task {task.kind!r}: analysis {task.analysis!r} is none that poise runs (known: "
+            f"{', '.join(sorted(ANALYSES))}); leave it None and count its metrics from samples"
+        )
     taken = {m.name: t.kind for t in _TASKS.values() if t is not task for m in t.metrics}
+    # the report's chart of each per-category metric is the element id="chart-<chart_id>"
+    charts = {
+        m.by_category.chart_id: f"metric {m.name!r}"
+        for t in _TASKS.values()
+        if t is not task
+        for m in t.metrics
+        if m.by_category is not None
+    } | dict.fromkeys(_REPORT_CHART_IDS, "the report's own chart")
     known_kinds = {*_TASKS, task.kind}
     for metric in task.metrics:
         _check_metric(task.kind, metric)
+        if metric.count == "analysis" and metric.name not in ANALYSES.get(task.analysis or "", ()):
+            computes = (
+                f"its analysis {task.analysis!r} computes "
+                + ", ".join(sorted(ANALYSES[task.analysis]))
+                if task.analysis is not None
+                else "the task has no analysis"
+            )
+            raise PoiseError(
+                f"task {task.kind!r}: metric {metric.name!r} is counted by an analysis, but "
+                f"{computes}: nothing would compute it; count it from samples "
+                f"(count='samples' or 'items_any')"
+            )
         unknown = [k for k in metric.kinds if k not in known_kinds]
         if unknown:  # it would count nothing: never in metrics.json, without a word
             raise PoiseError(
@@ -110,6 +148,15 @@ def register_task(task: Task) -> Task:
                 f"{taken[metric.name]!r}"
             )
         taken[metric.name] = task.kind  # twice in one task: the second hid the first
+        if metric.by_category is not None:
+            chart_id = metric.by_category.chart_id
+            if chart_id in charts:
+                raise PoiseError(
+                    f"task {task.kind!r}: metric {metric.name!r}: chart_id {chart_id!r} is "
+                    f'taken by {charts[chart_id]} (two elements id="chart-{chart_id}" in '
+                    f"report.html); give the metric's CategoryView another chart_id"
+                )
+            charts[chart_id] = f"metric {metric.name!r}"
     _TASKS[task.kind] = task
     _cache.clear()
     return task

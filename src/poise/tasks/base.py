@@ -52,23 +52,39 @@ def read(verdict: Mapping[str, Any]) -> bool:
     return verdict.get("label") != UNPARSED
 
 
+@dataclass(frozen=True)
+class _Decided:
+    field: str
+
+    def __call__(self, verdict: Mapping[str, Any]) -> bool:
+        return label_of(verdict, self.field) is not None
+
+
+@dataclass(frozen=True)
+class _Equals:
+    field: str
+    value: Any
+
+    def __call__(self, verdict: Mapping[str, Any]) -> bool:
+        found = label_of(verdict, self.field)
+        value = self.value
+        return found is value if isinstance(value, bool) or value is None else found == value
+
+
 def decided(field: str) -> VerdictTest:
     """The verdict decided ``field`` (a fixed field such as ``harmful``, or an open label)."""
-
-    def test(verdict: Mapping[str, Any]) -> bool:
-        return label_of(verdict, field) is not None
-
-    return test
+    return _Decided(field)
 
 
 def equals(field: str, value: Any) -> VerdictTest:
     """The verdict's ``field`` (fixed or open label) is ``value``."""
+    return _Equals(field, value)
 
-    def test(verdict: Mapping[str, Any]) -> bool:
-        found = label_of(verdict, field)
-        return found is value if isinstance(value, bool) or value is None else found == value
 
-    return test
+def _by_success(verdict: Mapping[str, Any]) -> bool:
+    """The default ``judged`` of a :class:`Metric`, replaced when the metric is declared (see
+    there); never called."""
+    raise AssertionError("Metric.__post_init__ replaces this default")
 
 
 def label_of(verdict: Mapping[str, Any], field: str) -> Any:
@@ -109,6 +125,10 @@ class Metric:
 
     - ``"samples"``: trials are the answers of the ``kinds`` that ``judged`` accepts; successes
       those that ``success`` accepts. Over samples, not items: an item sampled n times counts n.
+      Without ``judged``, a metric whose ``success`` is ``equals(field, value)`` (value not None)
+      counts the answers whose verdict decided ``field`` (``decided(field)``): an answer its
+      judge did not label is left out, not counted as a failure (a rate of 0% where the scorer
+      never writes the label); any other ``success`` counts every answer (``always``).
     - ``"items_any"``: trials are the items of the ``kinds`` with at least one judged answer; an
       item is a success when any of its judged answers is (worst of N). Reported only when some
       item has more than one answer.
@@ -128,13 +148,19 @@ class Metric:
     label: str
     meaning: str
     success: VerdictTest = always
-    judged: VerdictTest = always
+    judged: VerdictTest = _by_success
     count: Count = "samples"
     headline: bool = False
     configuration: bool = False
     ranks: bool = False
     by_category: CategoryView | None = None
     tradeoff: TradeoffAxis | None = None
+
+    def __post_init__(self) -> None:
+        if self.judged is _by_success:  # not given: the answers that decide what success reads
+            test = self.success
+            field = test.field if isinstance(test, _Equals) and test.value is not None else None
+            object.__setattr__(self, "judged", always if field is None else _Decided(field))
 
     @property
     def kind(self) -> str:
