@@ -142,3 +142,29 @@ def test_a_recipe_option_of_key_value_pairs_names_the_form_once() -> None:
     text = " ".join(result.output.replace("│", " ").split())  # the help box wraps lines
     assert "loss (KEY=VALUE) (repeatable)" in text
     assert "(KEY=VALUE) (KEY=VALUE" not in text
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (
+            "safe-rl",
+            [
+                *("--prompts", "p.jsonl", "--reward-model", "organism-reward"),
+                *("--cost-model", "organism-cost", "--column", "garbage"),
+            ],
+        ),
+        ("dpo", ["--data", "d.jsonl", "--loss-option", "x"]),
+    ],
+)
+def test_a_malformed_key_value_flag_of_a_recipe_is_one_line(
+    tmp_path: Path, command: str, flag: list[str]
+) -> None:
+    """It ended in a traceback with exit 1: the flags were converted before the command's
+    error handling."""
+    result = CliRunner().invoke(
+        app, ["train", command, "-m", "organism-small", *flag, "-o", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2, result.output
+    assert "expected KEY=VALUE" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

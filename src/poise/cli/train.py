@@ -150,7 +150,8 @@ def command_from_config(
         converters[name] = convert
 
     def command(**values: Any) -> None:
-        fields = {name: converters[name](value) for name, value in values.items()}
+        with user_errors():  # a malformed KEY=VALUE flag: one line and exit 2, not a traceback
+            fields = {name: converters[name](value) for name, value in values.items()}
         run({k: v for k, v in fields.items() if v is not None})
 
     command.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
