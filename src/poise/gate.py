@@ -52,12 +52,13 @@ per-prompt means are independent across prompts, and their mean estimates the sa
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field
 
@@ -72,6 +73,9 @@ from poise.config import (
 )
 from poise.errors import PoiseError, parse_json, prepare_output_file
 from poise.tasks import UNPARSED
+
+if TYPE_CHECKING:
+    from poise.suites.schema import SuiteItem
 
 logger = logging.getLogger(__name__)
 
@@ -232,6 +236,38 @@ class GateResult:
         return "raw cost model score (mean per prompt)"
 
 
+def _check_held_out(model: str, items: Sequence[SuiteItem]) -> None:
+    """Refuse prompts the model was trained on. The bound is a bound on the cost of prompts
+    drawn apart from the model's training (HC-RLHF's safety data, arXiv 2506.08266, Sec. 3; the
+    Seldonian safety test): on its own training prompts it holds nothing. A folder trained by
+    poise records its training prompts' digests in poise.json (``trained_prompts_sha256``,
+    :func:`poise.train.recipes.common.prompt_digest`); other models record none, and nothing is
+    checked."""
+    from poise.models.resolve import model_folder
+    from poise.train.recipes.common import POISE_JSON, TRAINED_PROMPTS, prompt_digest
+
+    try:
+        folder = model_folder(model) or Path(model).expanduser()
+        file = folder / POISE_JSON
+        if not file.is_file():
+            return
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (PoiseError, OSError, ValueError):  # no folder, or one loading the model names
+        return
+    recorded = meta.get(TRAINED_PROMPTS) if isinstance(meta, dict) else None
+    if not isinstance(recorded, list):
+        return
+    digests = {str(d) for d in recorded}
+    trained = [item.id for item in items if prompt_digest(item.prompt) in digests]
+    if trained:
+        shown = ", ".join(trained[:3]) + (" ..." if len(trained) > 3 else "")
+        raise PoiseError(
+            f"prompts: {len(trained)} of the {len(items)} prompts ({shown}) are prompts {model} "
+            f"was trained on ({file}: {TRAINED_PROMPTS}); the bound holds only on prompts it "
+            "was not trained on: give held-out prompts (--prompts)"
+        )
+
+
 def gate(
     config: GateConfig | None = None, /, *, progress: GateProgress | None = None, **fields: Any
 ) -> GateResult:
@@ -285,6 +321,7 @@ def gate(
     items = spread_subset(suite.items, cfg.limit)
     if len(items) < 2:
         raise PoiseError(f"prompts: {cfg.prompts} has {len(items)} prompt(s); the test needs >= 2")
+    _check_held_out(cfg.model, items)
     if cfg.output is not None:
         prepare_output_file(cfg.output, "output")
     cost_folder = None

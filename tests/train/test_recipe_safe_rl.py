@@ -198,6 +198,19 @@ def test_high_confidence_records_the_safety_test(
         assert result.metrics["safety_test/passed"] is (verdict == "PASS")
         header = json.loads((out / "poise_train.json").read_text())
         assert header["data"]["train_prompts"] == 6 and header["data"]["safety_prompts"] == 2
+    # the six prompts it trained on (not the two held out) are recorded, and a gate on them is
+    # refused before anything is sampled: its bound holds on prompts the model did not train on
+    from poise.gate import gate
+    from poise.suites import load_suite
+    from poise.train.recipes.common import prompt_digest
+
+    recorded = set(json.loads((out / "poise.json").read_text())["trained_prompts_sha256"])
+    items = load_suite("harmful").items
+    spread = [items[(i * len(items)) // 8] for i in range(8)]  # the 8 of --limit 8
+    assert len(recorded) == 6 and recorded < {prompt_digest(i.prompt) for i in spread}
+    with pytest.raises(PoiseError, match=r"prompts: 6 of the 8 prompts \(.*\) are prompts .* was "
+                       r"trained on \(.*poise\.json: trained_prompts_sha256\)"):  # fmt: skip
+        gate(model=str(out), prompts="harmful", limit=8, judge="refusal")
 
 
 def test_from_base_writes_the_plain_dialogue_template(

@@ -64,6 +64,16 @@ logger = logging.getLogger(__name__)
 TRAIN_JSON = "poise_train.json"
 TRAIN_LOG = "train_log.jsonl"
 POISE_JSON = "poise.json"
+#: poise.json's list of the digests of the prompts a model was trained on (:func:`prompt_digest`)
+TRAINED_PROMPTS = "trained_prompts_sha256"
+
+
+def prompt_digest(prompt: str) -> str:
+    """A prompt's digest as poise.json records the prompts a model was trained on: sha256 of
+    its text with runs of whitespace as one space (first 16 hex digits)."""
+    return hashlib.sha256(" ".join(prompt.split()).encode("utf-8")).hexdigest()[:16]
+
+
 CHECKPOINTS = "checkpoints"
 #: where `--overwrite` keeps the run it replaces until the new one is complete
 REPLACED = ".replaced"
@@ -1511,6 +1521,10 @@ class Session:
     #: trains without it, safe-rl --from-base, sets False: an audit would send the prompt the
     #: model never saw)
     keeps_system_prompt: bool = True
+    #: the prompts the model was trained on (their last user turns), recorded in poise.json as
+    #: :func:`prompt_digest` each, so a safety test on them can be refused (``poise gate``: its
+    #: bound holds on prompts the model was not trained on); a recipe sets it
+    trained_prompts: tuple[str, ...] = ()
 
     def save_model(self, folder: Path, source: Path) -> None:
         """The trained weights (in the source's dtype), tokenizer and poise.json into ``folder``."""
@@ -1542,6 +1556,8 @@ class Session:
             # the template only where poise.json declares neither field): kept, or an audit of
             # the trained model would follow another system-prompt rule than the source's
             poise_meta["system_prompt_in_template"] = False
+        if self.trained_prompts:
+            poise_meta[TRAINED_PROMPTS] = sorted({prompt_digest(p) for p in self.trained_prompts})
         write_json_atomic(folder / POISE_JSON, poise_meta)
 
 

@@ -172,6 +172,11 @@ class SafeRLConfig(TrainConfig, SuiteOptions):
 # pieces
 
 
+def _last_user_turn(chat: Messages) -> str:
+    """The text of a chat's last user turn (what an audit or a gate records as its prompt)."""
+    return next((str(m["content"]) for m in reversed(chat) if m["role"] == "user"), "")
+
+
 def load_prompts(config: SafeRLConfig, system: str | None) -> list[Messages]:
     """The prompts as chats; an item's own system message wins over ``system``."""
     from poise.auditing import spread_subset
@@ -541,6 +546,8 @@ def train_safe_rl(
             metrics["safety_test/upper_bound"] = result.upper_bound
         # trained from a base with plain turns and no system prompt: the folder declares none
         session.keeps_system_prompt = not config.from_base
+        # the prompts it learned from (not the held-out safety prompts): a gate on them is refused
+        session.trained_prompts = tuple(_last_user_turn(chats[i]) for i in train_idx)
         return session.finish(metrics, source=source, extra=extra)
 
 
