@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -241,7 +241,7 @@ def _audit(
 ) -> AuditResult:
     # ---- validate everything before loading weights -------------------------------------
     from poise.models.resolve import check_spec
-    from poise.scoring.judges import get_judge, parse_judge_spec, resolve_judge_name
+    from poise.scoring.judges import get_judge, resolve_judge_name
     from poise.suites import load_suite
 
     if run is None:
@@ -264,16 +264,7 @@ def _audit(
     attack = attacks.get(cfg.attack)
     _check_attack_options(cfg.attack, attack, cfg.attack_options)
     check_attack_sampling(attack, cfg.sampling)  # e.g. worst_of_n's n is its own option
-    judge_name, _ = parse_judge_spec(cfg.judge)
-    if cfg.judge_options:
-        from poise.scoring.judges import judges
-
-        if judge_name == "auto":
-            raise PoiseError(
-                "judge options need a named judge (--judge NAME), not auto: auto picks the "
-                "judge from the model"
-            )
-        judges.check_options(judge_name, cfg.judge_options)
+    _check_judge_options(cfg.judge, cfg.judge_options)
     if model_obj is None:
         check_spec(_spec_to_build(cfg, run))
     reference_records = _reference_records(cfg)
@@ -317,7 +308,7 @@ def _audit(
         run.repair()
         problem = (
             _recorded_makers_differ(run, model.name, judge.name, weights)
-            or _recorded_items_differ(run, items, scorers)  # one pass over the records
+            or _recorded_items_differ(run.records(), items, scorers)  # one pass over them
         )
         if problem is not None and not adopted:
             raise PoiseError(f"{run.path}: cannot resume: {problem}; start a new run")
@@ -447,7 +438,7 @@ def rejudge(
     from poise.attacks.base import Request
     from poise.evaluation import Generated
     from poise.models.base import Completion
-    from poise.scoring.judges import get_judge, judges, parse_judge_spec, resolve_judge_name
+    from poise.scoring.judges import get_judge, judges, resolve_judge_name
     from poise.suites import load_suite
 
     source = find_run(run, runs_root)
@@ -466,11 +457,7 @@ def rejudge(
         )
     else:
         options = dict(judge_options or {})
-    judge_name, _ = parse_judge_spec(judge)
-    if options:
-        if judge_name == "auto":
-            raise PoiseError("judge options need a named judge (--judge NAME), not auto")
-        judges.check_options(judge_name, options)
+    judge_name = _check_judge_options(judge, options)
     resolved = header.get("judge_resolved")
     if judge_name == "auto" and isinstance(resolved, str) and resolved in judges:
         judge_spec = resolved  # the run's own judge: the one auto chose when it ran
@@ -492,7 +479,8 @@ def rejudge(
     suites = [load_suite(spec, **cfg.suite_options()) for spec in cfg.suites]
     items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
     scorers = Scorers(get_judge(judge_spec, **options), task_scorers(items))
-    problem = _recorded_items_differ(source, items, None)
+    old = list(source.records())
+    problem = _recorded_items_differ(old, items, None)
     if problem is not None:
         raise PoiseError(f"{source.path}: cannot judge again: {problem}")
     labels = _judge_labels(cfg)
@@ -501,7 +489,6 @@ def rejudge(
     reference_records = _reference_records(cfg.model_copy(update={"out": str(source.path.parent)}))
 
     current = {(item.suite, item.id): item for item in items}
-    old = list(source.records())
     generated = []
     for lineno, record in enumerate(old, 1):
         problem = key_problem(record)
@@ -553,11 +540,9 @@ def rejudge(
                 "judge": header.get("judge_resolved", cfg.judge),
             },
         )
-        blocks = _request_blocks(generated, max(1, cfg.batch_size))
-        done = 0
         if progress is not None:
             progress(0, len(generated))
-        for start, stop in blocks:
+        for start, stop in _request_blocks(generated, max(1, cfg.batch_size)):
             judged = scorers.judge(generated[start:stop])
             target.append(
                 {
@@ -572,9 +557,8 @@ def rejudge(
                 }
                 for record, j in zip(old[start:stop], judged, strict=True)
             )
-            done += stop - start
-            if progress is not None:
-                progress(done, len(generated))
+            if progress is not None:  # blocks are consecutive: all answers up to stop judged
+                progress(stop, len(generated))
         validation = None
         if labels is not None:
             from poise.scoring.validation import validate
@@ -798,6 +782,22 @@ def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:
         )
 
 
+def _check_judge_options(judge: str, options: Mapping[str, Any]) -> str:
+    """The name of the judge ``judge`` specs, its ``options`` checked against what it takes
+    (one PoiseError naming the nearest valid ones); options beside ``auto`` are refused."""
+    from poise.scoring.judges import judges, parse_judge_spec
+
+    name, _ = parse_judge_spec(judge)
+    if options:
+        if name == "auto":
+            raise PoiseError(
+                "judge options need a named judge (--judge NAME), not auto: auto picks the "
+                "judge from the model"
+            )
+        judges.check_options(name, options)
+    return name
+
+
 def _judge_labels(cfg: AuditConfig) -> LabelSet | None:
     """The human-labelled answers ``--judge-labels`` names (read before the model loads), or
     None."""
@@ -913,9 +913,9 @@ def _same_model_contents(recorded: object, now: Mapping[str, Mapping[str, str]])
 
 
 def _recorded_items_differ(
-    run: Run, items: Sequence[SuiteItem], scorers: Scorers | None
+    records: Iterable[Mapping[str, Any]], items: Sequence[SuiteItem], scorers: Scorers | None
 ) -> str | None:
-    """Why ``run`` cannot be continued with ``items``: one of its records gives an item another
+    """Why a run whose records are ``records`` cannot be continued with ``items``: one of its records gives an item another
     kind than the item's suite does now (the built-in sycophancy items were honesty-known before
     they had their own kind; the rest would be counted under the new kind and both kinds' rates
     would mix the two), or another prompt, chat, reference or category (a suite file edited since the run
@@ -929,7 +929,7 @@ def _recorded_items_differ(
     records without a ``judge`` are not compared; nor any when ``scorers`` is None, as when a
     run is judged again). None when every record agrees."""
     current = {(item.suite, item.id): item for item in items}
-    for record in run.records():
+    for record in records:
         key = (str(record.get("suite")), str(record.get("item_id")))
         item = current.get(key)
         where = f"item {key[1]} of suite {key[0]}"

@@ -6,6 +6,7 @@ shape; the backend applies the chat template.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 
@@ -32,3 +33,12 @@ def with_default_system_prompt(chat: Chat, system_prompt: str | None) -> Chat:
     if any(m["role"] == "system" for m in chat):
         return chat
     return with_system_prompt(chat, system_prompt)
+
+
+def last_user_message(chat: Sequence[Mapping[str, object]]) -> str:
+    """The content of the chat's last user turn ("" when there is none): what an audit records
+    as an item's prompt."""
+    for message in reversed(chat):
+        if message["role"] == "user":
+            return str(message["content"])
+    return ""

@@ -128,6 +128,19 @@ def progress_bar(*columns: Any, disable: bool = False, **options: Any) -> Any:
     )
 
 
+@contextmanager
+def progress_callback(label: str, *columns: Any) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback for long work: a bar of ``columns`` on a terminal
+    (its description ``label``), else :func:`progress_lines`' line now and then."""
+    if not console.is_terminal:  # a pipe or a CI log: a line now and then instead of a bar
+        lines = progress_lines(label)
+        yield lambda done, total: lines(done, total)
+        return
+    with progress_bar(*columns) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 

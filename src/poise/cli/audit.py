@@ -10,8 +10,7 @@ import typer
 from poise.cli._common import (
     console,
     expand_paths,
-    progress_bar,
-    progress_lines,
+    progress_callback,
     shown,
     sigterm_as_interrupt,
     user_errors,
@@ -238,22 +237,10 @@ def _run_with_progress(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    if not console.is_terminal:  # a pipe or a CI log: a line now and then instead of a bar
-        lines = progress_lines("prompts generated + judged")
-        kwargs: dict[str, Any] = {"progress": lambda done, total: lines(done, total)}
+    with progress_callback("prompts generated + judged", *columns) as progress:
         if resume is not None:
-            return audit(resume=resume, out=config.out, **(how or {}), **kwargs)
-        return audit(config, **kwargs)
-    with progress_bar(*columns) as bar:
-        task = bar.add_task("prompts generated + judged", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        kwargs = {"progress": progress}
-        if resume is not None:
-            return audit(resume=resume, out=config.out, **(how or {}), **kwargs)
-        return audit(config, **kwargs)
+            return audit(resume=resume, out=config.out, **(how or {}), progress=progress)
+        return audit(config, progress=progress)
 
 
 def _decoding(config: dict[str, Any]) -> str:
@@ -295,8 +282,9 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
         console.print(render_attack_summary(metrics["attack"]))
     from poise.runs.run import rejudged_label
 
-    if rejudged_label(header):
-        console.print(f"judged again: {rejudged_label(header)}", highlight=False, soft_wrap=True)
+    rejudged = rejudged_label(header)
+    if rejudged:
+        console.print(f"judged again: {rejudged}", highlight=False, soft_wrap=True)
     # soft_wrap: a long path is one line to copy (or parse), not cut where the width ends
     console.print(f"run folder: [bold]{shown(run_path)}[/]", soft_wrap=True)
     if (run_path / "report.html").exists():

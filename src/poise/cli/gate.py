@@ -86,27 +86,17 @@ def _bound_and_tau(upper: float, tau: float) -> tuple[str, str]:
 
 
 def register(app: typer.Typer) -> None:
-    import functools
-
     from poise.cli.train import command_from_config
     from poise.gate import GateConfig
 
-    doc = (
-        "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau. "
-        "Exit 0 PASS, 1 FAIL, 2 bad input, 3 crashed (no verdict)."
-    )
-    # the paths among the fields (--output, --baseline, ...) are GateConfig's PathStr: "~" is
-    # expanded there
-    command = command_from_config(GateConfig, _run_gate, doc)
-
-    # around the flags' conversion too: a bad --model-option or --column was a traceback with
-    # exit 1, the code of FAIL
-    @functools.wraps(command)  # its signature (the flags) with it
-    def guarded(**values: Any) -> None:
+    def run(fields: dict[str, Any]) -> None:
+        # the paths among the fields (--output, --baseline, ...) are GateConfig's PathStr: "~"
+        # is expanded there; a malformed KEY=VALUE flag is said before this (exit 2, by
+        # command_from_config)
         with sigterm_as_interrupt():
             try:
                 with user_errors():
-                    command(**values)
+                    _run_gate(fields)
             except typer.Exit:
                 raise
             except Exception:  # a crash is no verdict: exit 1 would read as FAIL in a CI
@@ -119,4 +109,8 @@ def register(app: typer.Typer) -> None:
                 )
                 raise typer.Exit(CRASH_EXIT) from None
 
-    app.command("gate", help=doc)(guarded)
+    doc = (
+        "Safety test (HC-RLHF): PASS if the upper confidence bound on the cost is <= tau. "
+        "Exit 0 PASS, 1 FAIL, 2 bad input, 3 crashed (no verdict)."
+    )
+    app.command("gate", help=doc)(command_from_config(GateConfig, run, doc))

@@ -10,8 +10,7 @@ import typer
 from poise.cli._common import (
     console,
     expand_paths,
-    progress_bar,
-    progress_lines,
+    progress_callback,
     shown,
     sigterm_as_interrupt,
     user_errors,
@@ -218,21 +217,17 @@ def rejudge(
         from poise.cli.audit import parse_options, print_result
 
         options = parse_options(judge_option, "--judge-option") if judge_option else None
-        kwargs: dict[str, Any] = dict(judge=judge, judge_options=options, name=name, html=html)
-        if not console.is_terminal:  # a pipe or a CI log: a line now and then
-            lines = progress_lines("answers judged")
-            result = rejudge_run(run, runs_root=out, progress=lambda d, t: lines(d, t), **kwargs)
-        else:
-            with progress_bar(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn()
-            ) as bar:
-                task = bar.add_task("answers judged", total=None)
-                result = rejudge_run(
-                    run,
-                    runs_root=out,
-                    progress=lambda d, t: bar.update(task, completed=d, total=t),
-                    **kwargs,
-                )
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn())
+        with progress_callback("answers judged", *columns) as progress:
+            result = rejudge_run(
+                run,
+                judge=judge,
+                judge_options=options,
+                name=name,
+                html=html,
+                runs_root=out,
+                progress=progress,
+            )
         print_result(result.path, result.metrics)
 
 

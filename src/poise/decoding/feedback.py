@@ -35,6 +35,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from poise.chat import last_user_message
 from poise.config import Sampling
 from poise.decoding import strategies
 from poise.errors import check_int
@@ -103,13 +104,6 @@ def feedback_fires(verdict: tuple[bool, bool, str] | None) -> bool:
     return verdict is not None and (verdict[0] or verdict[1]) and bool(verdict[2].strip())
 
 
-def _last_user(chat: Chat) -> str:
-    for message in reversed(chat):
-        if message["role"] == "user":
-            return str(message["content"])
-    return ""
-
-
 def _max_new_tokens() -> int:
     """The most tokens one :class:`~poise.config.Sampling` may ask for (its ``max_new_tokens``
     bound)."""
@@ -171,7 +165,7 @@ class FeedbackRevision(WrappedModel):
                 {
                     "role": "user",
                     "content": FEEDBACK_INSTRUCTIONS.format(
-                        request=_last_user(chats[c]), answer=first[c][s].text
+                        request=last_user_message(chats[c]), answer=first[c][s].text
                     ),
                 }
             ]

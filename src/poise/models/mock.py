@@ -23,6 +23,7 @@ import zlib
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from poise.chat import last_user_message
 from poise.config import Sampling
 from poise.models.base import (
     Capabilities,
@@ -39,14 +40,6 @@ Script = Mapping[str, str | Sequence[str]] | Callable[[Chat, int], str]
 # A "token" of the mock is a run of non-space characters with its trailing whitespace, so
 # truncating at a token boundary keeps the text exactly as scripted.
 _TOKEN = re.compile(r"\S+\s*|\s+")
-
-
-def last_user_message(chat: Chat) -> str:
-    """The content of the last user turn ("" when there is none)."""
-    for message in reversed(chat):
-        if message["role"] == "user":
-            return message["content"]
-    return ""
 
 
 class MockModel(ModelBase):

@@ -134,8 +134,8 @@ def _default_group(run: RunData) -> str:
     return DEFAULT_GROUP if DEFAULT_GROUP in names or not names else names[0]
 
 
-def _default_records(run: RunData) -> Sequence[Mapping[str, Any]]:
-    group = _default_group(run)
+def _default_records(run: RunData, group: str) -> Sequence[Mapping[str, Any]]:
+    """The run's records of request group ``group`` (its :func:`_default_group`)."""
     return [r for r in run.records if _request_id(r) == group]
 
 
@@ -184,17 +184,15 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
         _check_pairable(run)
     metrics = [m for m in all_metrics().values() if m.count == "samples"]
     base = runs[0]
-    base_records = _default_records(base)
+    base_group, base_several = _default_group(base), len(_groups(base)) > 1
+    base_records = _default_records(base, base_group)
     out = []
     for other in runs[1:]:
-        other_records = _default_records(other)
+        group = _default_group(other)
+        other_records = _default_records(other, group)
         # the groups are named where the runs alone do not say which were paired: a run of
         # several (an attack grid), or two of different names (greedy against t=1.00)
-        grouped = (
-            len(_groups(base)) > 1
-            or len(_groups(other)) > 1
-            or _default_group(base) != _default_group(other)
-        )
+        grouped = base_several or len(_groups(other)) > 1 or base_group != group
         for metric in metrics:
             a = _item_successes(base_records, metric)
             b = _item_successes(other_records, metric)
@@ -225,8 +223,8 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
                     method="cluster-sign" if diff.test == "sign-prompts" else diff.method,
                     run_value=diff.rate_a,
                     baseline_value=diff.rate_b,
-                    group=_default_group(other),
-                    baseline_group=_default_group(base),
+                    group=group,
+                    baseline_group=base_group,
                     grouped=grouped,
                 )
             )
@@ -508,7 +506,7 @@ def _prompts_differ(runs: Sequence[RunData]) -> str | None:
 
     def first_records(run: RunData) -> dict[str, Mapping[str, Any]]:
         out: dict[str, Mapping[str, Any]] = {}
-        for r in _default_records(run):
+        for r in _default_records(run, _default_group(run)):
             out.setdefault(f"{r.get('kind')}:{r.get('item_id')}", r)
         return out
 

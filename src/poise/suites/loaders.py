@@ -74,11 +74,12 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "builtin"
 # Extensions read as data files (before an optional ".gz").
 DATA_EXTENSIONS = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".txt")
 
-# Files people keep prompt sets in that poise does not read: named as such, not misread as CSV
-# (a Parquet file was "not UTF-8 text; save the file as UTF-8", a YAML list "missing required
-# column 'prompt' (columns found: '- prompt: ...')").
 # Columnar files, as the hub stores datasets: read with pyarrow (the datasets extra)
 COLUMNAR_FORMATS = {".parquet": "Parquet", ".arrow": "Arrow"}
+
+# Files people keep prompt sets in that poise does not read: named as such, not misread as CSV
+# (an Excel file was "not UTF-8 text; save the file as UTF-8", a YAML list "missing required
+# column 'prompt' (columns found: '- prompt: ...')").
 OTHER_FORMATS = {
     ".feather": "Feather",
     ".xlsx": "Excel",
@@ -222,8 +223,9 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
     if path.is_dir():
         if any((path / marker).is_file() for marker in _SAVED_DATASET):
             return _load_saved(path, source, options)
-        if _holds_data_files(path):
-            return _load_folder(path, source, options)
+        files = _folder_data_files(path)
+        if files:
+            return _load_folder(path, source, options, files)
         raise PoiseError(
             f"{source}: is a folder with no data file; give a data file "
             f"({', '.join((*DATA_EXTENSIONS, *COLUMNAR_FORMATS))}), a folder of them (a clone of "
@@ -284,10 +286,9 @@ def _load_hub(spec: str, options: _Options) -> Suite:
             datasets.config.HF_HUB_OFFLINE = True
         loaded = datasets.load_dataset(repo, config, split=split)
     except Exception as exc:  # any failure of the hub is one line for the user
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise PoiseError(
             f"{spec}: not a built-in suite or local file, and loading it as a hub dataset "
-            f"failed ({type(exc).__name__}: {first})"
+            f"failed ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
     finally:
         datasets.config.HF_HUB_OFFLINE = saved
@@ -354,9 +355,8 @@ def _load_saved(path: Path, source: str, options: _Options) -> Suite:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # a broken or foreign folder: one line
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise PoiseError(
-            f"{source}: cannot read the saved dataset ({type(exc).__name__}: {first})"
+            f"{source}: cannot read the saved dataset ({type(exc).__name__}: {_first_line(exc)})"
         ) from None
     split = None
     if isinstance(loaded, Mapping):  # a DatasetDict: a folder per split
@@ -404,8 +404,7 @@ def _load_columnar(path: Path, source: str, options: _Options, *, name: str | No
             except pa.ArrowInvalid:
                 table = pa.ipc.open_file(path).read_all()
     except (OSError, pa.ArrowException) as exc:  # not Parquet / Arrow, or cut short: one line
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise PoiseError(f"{source}: cannot read the {what} file ({first})") from None
+        raise PoiseError(f"{source}: cannot read the {what} file ({_first_line(exc)})") from None
     rows = (
         (i + 1, f"{source} row {i + 1}", _unset_fields(row))
         for i, row in enumerate(table.to_pylist())
@@ -463,26 +462,26 @@ def _data_file(name: str) -> bool:
     )
 
 
-def _holds_data_files(folder: Path) -> bool:
-    """Whether ``folder`` (or a folder in it, as a hub repository's ``data/``) holds a data file
-    datasets reads: CSV, JSON lines, JSON, text, Parquet or Arrow; hidden folders (``.git``)
-    and folders written by save_to_disk (each a dataset of its own) are not looked in."""
+def _folder_data_files(folder: Path) -> list[Path]:
+    """The data files datasets reads in ``folder`` and the folders in it (as a hub repository's
+    ``data/``): CSV, JSON lines, JSON, text, Parquet or Arrow; hidden folders (``.git``) and
+    folders written by save_to_disk (each a dataset of its own) are not looked in, and a folder
+    of something else is not searched past 10,000 files."""
+    found: list[Path] = []
     seen = 0
     for root, dirs, files in os.walk(folder):
-        names = set(files)
-        if root != str(folder) and names.intersection(_SAVED_DATASET):
+        if root != str(folder) and set(files).intersection(_SAVED_DATASET):
             dirs.clear()
             continue
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        if any(_data_file(f) for f in files):
-            return True
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / f for f in sorted(files) if _data_file(f))
         seen += len(files)
-        if seen > 10_000:  # a folder of something else: not searched to the end
-            return False
-    return False
+        if seen > 10_000:
+            break
+    return found
 
 
-def _load_folder(path: Path, source: str, options: _Options) -> Suite:
+def _load_folder(path: Path, source: str, options: _Options, files: Sequence[Path]) -> Suite:
     """A folder of data files as a hub dataset's repository holds them (a clone of it: its
     splits named by the files, ``data/train-00000-of-00002.parquet``, ``test.csv``), read
     with ``datasets.load_dataset(FOLDER)``, which reads a local folder with the hub's own
@@ -496,7 +495,7 @@ def _load_folder(path: Path, source: str, options: _Options) -> Suite:
         raise MissingExtraError(
             "datasets", "datasets", f"loading the folder {source!r} as a dataset"
         ) from None
-    _check_folder(path, source)
+    _check_folder(path, source, files)
     import tempfile
 
     from datasets.utils import logging as datasets_logging
@@ -547,9 +546,9 @@ _MODEL_FILES = (
 )
 
 
-def _check_folder(path: Path, source: str) -> None:
+def _check_folder(path: Path, source: str, files: Sequence[Path]) -> None:
     """Refuse, in one line, a folder that is not a dataset's files: a model's folder, or a
-    clone whose data files are Git LFS pointers."""
+    clone whose data ``files`` are Git LFS pointers."""
     found = [name for name in ("config.json", *_MODEL_FILES) if (path / name).is_file()]
     if "adapter_config.json" in found or ("config.json" in found and len(found) > 1):
         raise PoiseError(
@@ -557,12 +556,9 @@ def _check_folder(path: Path, source: str) -> None:
             "not a dataset; a suite is a data file, a folder of data files or a folder "
             "written by datasets' save_to_disk"
         )
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if _data_file(name) and _lfs_pointer(Path(root) / name):
-                where = Path(source) / Path(root).relative_to(path) / name
-                raise PoiseError(_LFS_MESSAGE.format(where=where))
+    pointer = next((file for file in files if _lfs_pointer(file)), None)
+    if pointer is not None:
+        raise PoiseError(_LFS_MESSAGE.format(where=Path(source) / pointer.relative_to(path)))
 
 
 def _folder_error(path: Path, source: str, exc: Exception) -> str:
@@ -580,7 +576,7 @@ def _folder_error(path: Path, source: str, exc: Exception) -> str:
             f"{source}: the folder's README.md declares the configs {names}; give the data "
             "file of one config's split (the README.md's configs: name each one's files)"
         )
-    text = _first_line(exc)
+    text = f"{type(exc).__name__}: {_first_line(exc)}"
     cause = exc.__cause__ or exc.__context__
     if cause is not None and type(exc).__name__ == "DatasetGenerationError":
         lines = str(cause).strip().splitlines()
@@ -594,8 +590,8 @@ def _folder_error(path: Path, source: str, exc: Exception) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return f"{type(exc).__name__}: {first}"
+    """The first line of an error's message (a library's may run over many)."""
+    return (str(exc).strip().splitlines() or [""])[0]
 
 
 def _hub_offline(repo: str) -> bool:

@@ -55,6 +55,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from poise.chat import last_user_message
 from poise.config import PathStr, SuiteOptions, stable_hash
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
@@ -170,11 +171,6 @@ class SafeRLConfig(TrainConfig, SuiteOptions):
 
 # --------------------------------------------------------------------------------------------
 # pieces
-
-
-def _last_user_turn(chat: Messages) -> str:
-    """The text of a chat's last user turn (what an audit or a gate records as its prompt)."""
-    return next((str(m["content"]) for m in reversed(chat) if m["role"] == "user"), "")
 
 
 def load_prompts(config: SafeRLConfig, system: str | None) -> list[Messages]:
@@ -547,7 +543,7 @@ def train_safe_rl(
         # trained from a base with plain turns and no system prompt: the folder declares none
         session.keeps_system_prompt = not config.from_base
         # the prompts it learned from (not the held-out safety prompts): a gate on them is refused
-        session.trained_prompts = tuple(_last_user_turn(chats[i]) for i in train_idx)
+        session.trained_prompts = tuple(last_user_message(chats[i]) for i in train_idx)
         return session.finish(metrics, source=source, extra=extra)
 
 
