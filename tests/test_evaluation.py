@@ -225,6 +225,11 @@ class Returns:
             lambda c: [Verdict(label="x", refused=False, labels={"p": np.bool_(True)}) for _ in c],
             "the verdict of item 'i0' cannot be recorded .* JSON values",
         ),
+        # an open label named like a fixed field: every metric read the field (None), never it
+        (
+            lambda c: [Verdict(label="x", refused=False, labels={"harmful": True}) for _ in c],
+            "the verdict of item 'i0' has an open label named like a fixed field \\('harmful'\\)",
+        ),
     ],
 )
 def test_a_scorer_that_returns_no_verdict_per_answer_is_one_error_naming_it(

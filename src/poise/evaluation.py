@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from poise.attacks.base import Request
@@ -28,6 +29,9 @@ from poise.models.base import Completion, GenerationError, LanguageModel
 from poise.models.context import fit_context
 from poise.scoring.base import Judge, LocatesHarm, Verdict
 from poise.suites.schema import SuiteItem
+
+# Verdict's fixed fields: ``label_of`` reads these before any open label of the same name.
+_FIXED_FIELDS = frozenset(f.name for f in dataclass_fields(Verdict)) - {"labels"}
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +226,13 @@ def _checked(scorer: Judge, items: Sequence[SuiteItem], labelled: Any) -> list[V
             raise PoiseError(
                 f"{where} returned {type(verdict).__name__} {verdict!r} for item {item.id!r}, "
                 "not a poise.scoring.base.Verdict"
+            )
+        shadowed = sorted(set(verdict.labels) & _FIXED_FIELDS)
+        if shadowed:
+            raise PoiseError(
+                f"{where}: the verdict of item {item.id!r} has an open label named like a fixed "
+                f"field ({', '.join(map(repr, shadowed))}): a metric reading that name reads the "
+                "fixed field, never the label; set the field itself or name the label otherwise"
             )
         try:
             json.dumps(verdict.to_dict())

@@ -57,6 +57,28 @@ def test_open_labels_are_read_beside_the_fixed_fields() -> None:
     assert equals("agrees", True)(verdict) and not equals("agrees", False)(verdict)
 
 
+@pytest.mark.parametrize(
+    ("written", "true", "false"),
+    [
+        (True, True, False),
+        (False, False, True),
+        (1, True, False),  # JSON's 1 for true (a scorer writing ints read 0% before)
+        (0, False, True),
+        (1.0, False, False),  # not a truth value: neither
+        ("true", False, False),
+        (2, False, False),
+        (None, False, False),
+    ],
+)
+def test_a_truth_value_test_reads_true_false_and_their_integers(
+    written: object, true: bool, false: bool
+) -> None:
+    verdict = {"refused": False, "labels": {"accurate": written}}
+    assert equals("accurate", True)(verdict) is true
+    assert equals("accurate", False)(verdict) is false
+    assert equals("accurate", None)(verdict) is (written is None)
+
+
 def test_duplicates_are_refused_and_unregistering_removes() -> None:
     with pytest.raises(PoiseError, match="task 'harmful' is already registered"):
         register_task(Task(kind="harmful", meaning="again"))

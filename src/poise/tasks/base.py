@@ -68,7 +68,13 @@ class _Equals:
     def __call__(self, verdict: Mapping[str, Any]) -> bool:
         found = label_of(verdict, self.field)
         value = self.value
-        return found is value if isinstance(value, bool) or value is None else found == value
+        if value is None:
+            return found is None
+        if isinstance(value, bool):
+            # a truth value: True/False, or the JSON integers 1/0 that a scorer written in another
+            # language (or one counting) writes for them; never 1.0, "true" or 2
+            return isinstance(found, int) and found in (0, 1) and bool(found) is value
+        return found == value
 
 
 def decided(field: str) -> VerdictTest:
@@ -77,7 +83,8 @@ def decided(field: str) -> VerdictTest:
 
 
 def equals(field: str, value: Any) -> VerdictTest:
-    """The verdict's ``field`` (fixed or open label) is ``value``."""
+    """The verdict's ``field`` (fixed or open label) is ``value``. For ``True`` / ``False`` the
+    integers 1 / 0 count too (valid JSON for a truth value); other values compare with ``==``."""
     return _Equals(field, value)
 
 
