@@ -245,6 +245,13 @@ def test_anchor_counts_and_layers_are_checked_before_a_forward_pass(tmp_path: Pa
     with pytest.raises(PoiseError, match=r"layer 5 is not one of stub's hidden states 0-4"):
         Firewall.fit(stub, {"cooking": ["a", "b", "c"]}, layers=[2, 5])  # type: ignore[arg-type]
     assert stub.forwards == 0
+    # no role at all (the CLI refused an empty file; from Python it saved an empty firewall),
+    # and a layer given twice (read twice, weighed twice in the mean over layers)
+    with pytest.raises(PoiseError, match="firewall: no roles: give each role at least 3"):
+        Firewall.fit(stub, {})  # type: ignore[arg-type]
+    with pytest.raises(PoiseError, match="layer 2 is given more than once"):
+        Firewall.fit(stub, {"cooking": ["a", "b", "c"]}, layers=[2, 3, 2])  # type: ignore[arg-type]
+    assert stub.forwards == 0
     fitted = Firewall.fit(stub, {"cooking": ["a", "b", "c"]})  # type: ignore[arg-type]
     assert fitted.layers == [1, 2, 3, 4] and stub.forwards == 3
     # a firewall of a deeper model: refused from the blocks, before the queries are read

@@ -58,10 +58,16 @@ MIN_ANCHORS = 3  # a centroid, a median distance and a leave-one-out percentile 
 
 def check_fit_options(percentile: float, layers: Sequence[int] | None) -> None:
     """Before any activation is read (or, from the CLI, any weight loaded): a percentile in
-    (0, 100] and layer indices >= 0 (those past the model's last are refused from its decoder
+    (0, 100] and layer indices >= 0, each once (those past the model's last are refused from its decoder
     blocks, before its first forward pass)."""
     if not 0.0 < percentile <= 100.0:
         raise PoiseError(f"firewall: percentile must be in (0, 100], got {percentile:g}")
+    repeated = sorted({layer for layer in layers or () if list(layers or ()).count(layer) > 1})
+    if repeated:
+        # a repeated layer was read twice and weighed twice in the mean over layers
+        raise PoiseError(
+            f"firewall: layer {repeated[0]} is given more than once; give each layer once"
+        )
     negative = [layer for layer in layers or () if layer < 0]
     if negative:
         raise PoiseError(
@@ -74,6 +80,9 @@ def check_anchor_counts(anchors: Mapping[str, Sequence[str]], where: str = "fire
     """Every role has at least :data:`MIN_ANCHORS` anchors; else one error naming the role
     (``where``: the anchors file, or "firewall"), before any weight is loaded or activation
     read."""
+    if not anchors:
+        # a firewall without a zone was saved without a word: no query could be checked
+        raise PoiseError(f"{where}: no roles: give each role at least {MIN_ANCHORS} anchors")
     for role, queries in anchors.items():
         if len(queries) < MIN_ANCHORS:
             raise PoiseError(
