@@ -638,3 +638,32 @@ def test_a_model_without_a_chat_template_names_the_fix_dpo_has(
     assert "has no chat template" in message and "chat_template.jinja" in message
     assert "--from-base" not in message
     assert not (tmp_path / "out").exists()
+
+
+def test_the_prompts_it_trained_on_are_recorded_and_a_gate_on_them_is_refused(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """A gate's bound holds only on prompts the model did not train on: DPO recorded none, so a
+    gate on the pairs' own prompts passed as if they were held out."""
+    from poise.gate import _check_held_out
+    from poise.suites.schema import SuiteItem
+    from poise.train.recipes.common import prompt_digest
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    out = tmp_path / "out"
+    train_dpo(
+        model=str(tiny_hf_model_dir), data=str(data), output=str(out), eval_fraction=0.25, **FAST
+    )
+    header = json.loads((out / "poise_train.json").read_text())
+    recorded = set(json.loads((out / "poise.json").read_text())["trained_prompts_sha256"])
+    prompts = [f"How do I bake bread number {i}?" for i in range(8)]
+    trained = [p for p in prompts if prompt_digest(p) in recorded]
+    # the training split's prompts, not the eval split's
+    assert len(recorded) == len(trained) == header["data"]["train_pairs"] < 8
+    items = [
+        SuiteItem(id=f"p{i}", kind="harmful", messages=[{"role": "user", "content": p}])
+        for i, p in enumerate(prompts)
+    ]
+    with pytest.raises(PoiseError, match=rf"prompts: {len(trained)} of the 8 prompts .* trained"):
+        _check_held_out(str(out), items)
+    _check_held_out(str(out), [i for i in items if i.prompt not in trained])  # held out: passes

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from poise.chat import last_user_message
 from poise.config import PathStr
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
@@ -393,6 +394,8 @@ def train_dpo(
                         config, params, session, reference, [encoded[i] for i in eval_idx], pad
                     )
                 )
+        # the prompts of the pairs it learned from (not the eval split's): a gate on them is refused
+        session.trained_prompts = tuple(last_user_message(pairs[i].messages) for i in train_idx)
         return session.finish(metrics, source=source)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from poise.chat import last_user_message
 from poise.config import PathStr
 from poise.errors import PoiseError
 from poise.train.recipes.common import (
@@ -219,4 +220,6 @@ def train_modpo(
                             totals[key] = totals.get(key, 0.0) + value * len(chunk)
             metrics.update({f"eval/{k}": v / len(eval_idx) for k, v in totals.items()})
             metrics["eval/pairs"] = float(len(eval_idx))
+        # the prompts of the pairs it learned from (not the eval split's): a gate on them is refused
+        session.trained_prompts = tuple(last_user_message(pairs[i].messages) for i in train_idx)
         return session.finish(metrics, source=source)
