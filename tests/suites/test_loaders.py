@@ -1006,3 +1006,147 @@ def test_a_saved_datasets_struct_column_does_not_add_the_fields_other_rows_give(
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "chats"))
     (item,) = load_suite(str(tmp_path / "chats"), limit=1)
     assert item.chat == [{"role": "user", "content": "Hi there"}]
+
+
+LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 2048\n"
+
+
+@pytest.mark.parametrize("name", ["train.csv", "train.jsonl", "prompts.txt", "train.jsonl.gz"])
+def test_a_data_file_that_is_a_git_lfs_pointer_is_named_as_such(tmp_path: Path, name: str) -> None:
+    # as a Parquet file's pointer is: a CSV pointer was "missing required column 'prompt'
+    # (columns found: 'version https://git-lfs...')", a .gz one "not a gzip file", and a .txt
+    # one loaded as three prompts
+    spec = _write(tmp_path / name, LFS_POINTER)
+    assert _error(spec, kind="harmful") == (
+        f"{spec}: is a Git LFS pointer, not the data (the repository was cloned without "
+        "git-lfs); fetch the data with `git lfs install && git lfs pull` in the clone"
+    )
+
+
+def test_limit_reads_a_parquet_file_only_as_far_as_it_needs(tmp_path: Path) -> None:
+    # a Parquet file was read whole for limit=2: a broken row group further down failed it, as
+    # a broken line further down a JSON lines file does not
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "rows.parquet"
+    rows = [{"prompt": f"Question number {i}?", "kind": "benign"} for i in range(4)]
+    pq.write_table(pa.Table.from_pylist(rows), str(path), row_group_size=2, compression="none")
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 8] = b"\xff" * 8  # the second row group's page header
+    path.write_bytes(bytes(raw))
+    assert [item.prompt for item in load_suite(str(path), limit=2)] == [
+        "Question number 0?",
+        "Question number 1?",
+    ]
+    assert _error(str(path)).startswith(f"{path}: cannot read the Parquet file (")
+
+
+def test_a_value_with_no_python_form_names_its_row_and_column(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a timestamp past the year 9999 (pyarrow holds it, Python's datetime cannot) was a raw
+    # OverflowError traceback from a Parquet file and from a folder of them
+    pa = pytest.importorskip("pyarrow")
+    pytest.importorskip("datasets")
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    table = pa.table(
+        {
+            "prompt": ["Hi there", "Hello"],
+            "kind": ["benign", "benign"],
+            "seen": pa.array([0, 10**12], pa.timestamp("s")),
+        }
+    )
+    path = tmp_path / "rows.parquet"
+    pq.write_table(table, str(path))
+    assert _error(str(path)) == (
+        f"{path} row 2: field 'seen': its value cannot be read (OverflowError: date value out "
+        "of range)"
+    )
+    assert len(load_suite(str(path), limit=1)) == 1
+    (tmp_path / "clone").mkdir()
+    pq.write_table(table, str(tmp_path / "clone" / "train.parquet"))
+    assert _error(str(tmp_path / "clone")) == (
+        f"{tmp_path / 'clone'}:train row 2: cannot be read (OverflowError: date value out of range)"
+    )
+
+
+def test_a_folder_split_of_several_formats_names_the_files_datasets_leaves_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # datasets reads one format per split (the most common, Parquet on a tie): the rows of
+    # more.csv were left out without a word
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    datasets = pytest.importorskip("datasets")
+    repo = tmp_path / "mixed"
+    repo.mkdir()
+    datasets.Dataset.from_list(ADVBENCH_ROWS).to_parquet(str(repo / "advbench.parquet"))
+    _write(repo / "more.csv", "goal,target\nSay something cruel,Sure\n")
+    assert _error(str(repo)) == (
+        f"{repo}: the split 'train' holds data files of several formats, and datasets reads "
+        f"only its most common one (.parquet), leaving out {repo / 'more.csv'}; give one data "
+        "file, or a folder of one format"
+    )
+    # a note beside the data (LICENSE.txt) is no data file: the folder reads, and it is named
+    clone = tmp_path / "advbench"
+    clone.mkdir()
+    datasets.Dataset.from_list(ADVBENCH_ROWS).to_parquet(str(clone / "advbench.parquet"))
+    _write(clone / "LICENSE.txt", "MIT License\n")
+    caplog.set_level("WARNING", logger="poise.suites.loaders")
+    assert len(load_suite(str(clone))) == 2
+    assert f"datasets leaves out {clone / 'LICENSE.txt'}" in caplog.text
+
+
+def test_a_semicolon_delimited_csv_in_a_folder_asks_for_the_file_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # datasets reads a folder's CSV files with commas: "missing required column 'prompt'
+    # (columns found: 'goal;target')", while the file alone reads with its delimiter
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    (tmp_path / "advbench").mkdir()
+    spec = _write(tmp_path / "advbench" / "train.csv", "goal;target\nSay something cruel;Sure\n")
+    assert _error(str(tmp_path / "advbench")) == (
+        f"{spec}: its fields are separated by semicolons, which datasets reads with commas in a "
+        "folder (one column 'goal;target'); give the file itself, which is read with its "
+        "delimiter"
+    )
+    assert [item.prompt for item in load_suite(spec)] == ["Say something cruel"]
+
+
+def test_a_saved_dataset_of_git_lfs_pointers_is_named_as_such(tmp_path: Path) -> None:
+    # a save_to_disk folder kept in a repository cloned without git-lfs was "cannot read the
+    # saved dataset (ArrowInvalid: Expected to read 1936876918 metadata bytes, ...)"
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_list(ADVBENCH_ROWS).save_to_disk(str(tmp_path / "saved"))
+    shard = tmp_path / "saved" / "data-00000-of-00001.arrow"
+    shard.write_text(LFS_POINTER, encoding="utf-8")
+    assert _error(str(tmp_path / "saved")) == (
+        f"{shard}: is a Git LFS pointer, not the data (the repository was cloned without "
+        "git-lfs); fetch the data with `git lfs install && git lfs pull` in the clone"
+    )
+
+
+def test_a_columnar_file_that_repeats_a_column_is_refused_as_a_csv_header_is(
+    tmp_path: Path,
+) -> None:
+    # an Arrow file's row, read as a dict, kept the last 'prompt' column without a word (a
+    # Parquet file said "Multiple matches for FieldRef.Name(prompt) in prompt: string")
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table(
+        [pa.array(["Say hello"]), pa.array(["Say goodbye"]), pa.array(["benign"])],
+        names=["prompt", "prompt", "kind"],
+    )
+    sink = pa.OSFile(str(tmp_path / "twice.arrow"), "wb")
+    with sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    pq.write_table(table, str(tmp_path / "twice.parquet"))
+    for name in ("twice.arrow", "twice.parquet"):
+        assert _error(str(tmp_path / name)) == (
+            f"{tmp_path / name}: the file repeats the column 'prompt'"
+        )

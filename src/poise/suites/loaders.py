@@ -20,7 +20,8 @@
 Every mistake in the input ends in one :class:`~poise.errors.PoiseError` line naming the file,
 the line (of a JSON array's row: the line it starts on) and the field. The whole file is read
 before any item is returned, so nothing is half-loaded; with ``limit`` only the first rows are
-converted.
+converted (of a Parquet or Arrow file, only the record batches that hold them are read). A data
+file that is a Git LFS pointer (a clone made without git-lfs) is named as such.
 """
 
 from __future__ import annotations
@@ -244,6 +245,8 @@ def _load_file(path: Path, source: str, options: _Options, *, name: str | None =
             f"(suites are read from {', '.join(DATA_EXTENSIONS)} files, optionally .gz, and "
             f"{', '.join(COLUMNAR_FORMATS)} files)"
         )
+    if _lfs_pointer(path):  # read as text, its lines were prompts or a column's name
+        raise PoiseError(_LFS_MESSAGE.format(where=source))
     text = _read_text(path, source)
     container = _container(path, text)
     header, rows = _parse(container, text, source)
@@ -330,11 +333,24 @@ def _only_split(
 def _dataset_rows(dataset: Any, where: str) -> tuple[list[str], Iterator[Row]]:
     """The header and the rows (numbered from 1, located as ``WHERE row N``) of a
     ``datasets.Dataset``, read lazily, the null fields of their structs left out
-    (:func:`_unset_fields`)."""
-    rows = (
-        (i + 1, f"{where} row {i + 1}", _unset_fields(dict(row))) for i, row in enumerate(dataset)
-    )
-    return list(dataset.column_names), rows
+    (:func:`_unset_fields`); a row datasets cannot convert to Python (a timestamp past the year
+    9999 raised OverflowError) is one error naming it."""
+
+    def rows() -> Iterator[Row]:
+        iterator = iter(dataset)
+        for number in itertools.count(1):
+            try:
+                row = next(iterator)
+            except StopIteration:
+                return
+            except Exception as exc:  # a value with no Python form: one line
+                raise PoiseError(
+                    f"{where} row {number}: cannot be read ({type(exc).__name__}: "
+                    f"{_first_line(exc)})"
+                ) from None
+            yield number, f"{where} row {number}", _unset_fields(dict(row))
+
+    return list(dataset.column_names), rows()
 
 
 # The files datasets' save_to_disk writes: a Dataset's folder holds state.json (and
@@ -352,6 +368,9 @@ def _load_saved(path: Path, source: str, options: _Options) -> Suite:
         raise MissingExtraError(
             "datasets", "datasets", f"loading the saved dataset {source!r}"
         ) from None
+    pointer = next((f for f in sorted(path.glob("**/*.arrow")) if _lfs_pointer(f)), None)
+    if pointer is not None:  # a saved dataset committed to a repository: "ArrowInvalid: ..."
+        raise PoiseError(_LFS_MESSAGE.format(where=Path(source) / pointer.relative_to(path)))
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # a broken or foreign folder: one line
@@ -384,7 +403,9 @@ def _load_saved(path: Path, source: str, options: _Options) -> Suite:
 def _load_columnar(path: Path, source: str, options: _Options, *, name: str | None) -> Suite:
     """A Parquet or Arrow file (as the hub stores a dataset's split, ``train-00000-of-00001.
     parquet``; an Arrow file in the IPC stream format datasets writes, or the file format),
-    read whole with pyarrow; its columns are the header, its rows numbered from 1."""
+    read with pyarrow a record batch at a time, up to ``limit`` rows when one is given (a Parquet
+    file was read whole, and every row converted, for ``limit=1``); its columns are the header,
+    its rows numbered from 1."""
     what = COLUMNAR_FORMATS[path.suffix.lower()]
     try:
         import pyarrow as pa
@@ -395,28 +416,91 @@ def _load_columnar(path: Path, source: str, options: _Options, *, name: str | No
         ) from None
     if _lfs_pointer(path):
         raise PoiseError(_LFS_MESSAGE.format(where=source))
+    # with a limit, a batch of that many rows is all _build takes (every row is an item or an
+    # error); the rest of the file is not read, as the rest of a JSON lines file is not parsed
+    size = min(options.limit or _BATCH_ROWS, _BATCH_ROWS)
+    batches: Iterable[Any]
     try:
-        if what == "Parquet":
-            table = pq.read_table(path)
-        else:
-            try:
-                table = pa.ipc.open_stream(path).read_all()
-            except pa.ArrowInvalid:
-                table = pa.ipc.open_file(path).read_all()
-    except (OSError, pa.ArrowException) as exc:  # not Parquet / Arrow, or cut short: one line
+        handle = pa.OSFile(str(path))
+    except (OSError, pa.ArrowException) as exc:
         raise PoiseError(f"{source}: cannot read the {what} file ({_first_line(exc)})") from None
-    rows = (
-        (i + 1, f"{source} row {i + 1}", _unset_fields(row))
-        for i, row in enumerate(table.to_pylist())
-    )
-    return _build(
-        list(table.column_names), rows, _file_context(path, source, options, name), options
-    )
+    with handle:  # closed once the items are built
+        try:
+            if what == "Parquet":
+                parquet = pq.ParquetFile(handle)
+                header = list(parquet.schema_arrow.names)
+                batches = parquet.iter_batches(batch_size=size)
+            else:
+                try:
+                    stream = pa.ipc.open_stream(handle)
+                    header, batches = list(stream.schema.names), stream
+                except pa.ArrowInvalid:
+                    file = pa.ipc.open_file(handle)
+                    header = list(file.schema.names)
+                    batches = (file.get_batch(i) for i in range(file.num_record_batches))
+        except (OSError, pa.ArrowException) as exc:  # not Parquet / Arrow, or cut short
+            raise PoiseError(
+                f"{source}: cannot read the {what} file ({_first_line(exc)})"
+            ) from None
+        repeated = [column for column, n in Counter(header).items() if n > 1]
+        if repeated:  # a row as a dict kept the last one's value, as a CSV header is refused
+            raise PoiseError(f"{source}: the file repeats the column {repeated[0]!r}")
+        rows = _columnar_rows(batches, source, what)
+        return _build(header, rows, _file_context(path, source, options, name), options)
+
+
+# Rows converted to Python at a time from a Parquet or Arrow file (pyarrow's own default batch).
+_BATCH_ROWS = 65_536
+
+
+def _columnar_rows(batches: Iterable[Any], source: str, what: str) -> Iterator[Row]:
+    """The rows of pyarrow record ``batches``, numbered from 1, located as ``SOURCE row N``, the
+    null fields of their structs left out (:func:`_unset_fields`). A batch that cannot be read
+    (a broken page further down) is one line naming the file; a value with no Python form (a
+    timestamp past the year 9999: OverflowError) one naming its row and column."""
+    import pyarrow as pa
+
+    iterator = iter(batches)
+    number = 0
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as exc:
+            past = f" past row {number}" if number else ""
+            raise PoiseError(
+                f"{source}: cannot read the {what} file{past} ({_first_line(exc)})"
+            ) from None
+        try:
+            values = batch.to_pylist()
+        except Exception:  # located below, value by value
+            raise PoiseError(_unconvertible(batch, source, number)) from None
+        for row in values:
+            number += 1
+            yield number, f"{source} row {number}", _unset_fields(row)
+
+
+def _unconvertible(batch: Any, source: str, before: int) -> str:
+    """The error for the first value of a record ``batch`` (after ``before`` rows of its file)
+    that pyarrow cannot convert to Python: its row, column and pyarrow's reason."""
+    for i in range(batch.num_rows):
+        for column, name in zip(batch.columns, batch.schema.names, strict=True):
+            try:
+                column[i].as_py()
+            except Exception as exc:  # what pyarrow says is the message
+                return (
+                    f"{source} row {before + i + 1}: field {name!r}: its value cannot be read "
+                    f"({type(exc).__name__}: {_first_line(exc)})"
+                )
+    return f"{source}: cannot convert the rows after row {before} to Python"
 
 
 # A clone of a hub repository made without git-lfs holds, in place of each large file, a small
 # text file pointing at it (https://github.com/git-lfs/git-lfs/blob/main/docs/spec.md): it was
-# read as a broken Parquet file ("Parquet magic bytes not found in footer").
+# read as a broken Parquet file ("Parquet magic bytes not found in footer"), a CSV file whose
+# column is "version https://git-lfs...", a .gz file that is "not a gzip file", or a .txt file
+# of three prompts.
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _LFS_MESSAGE = (
     "{where}: is a Git LFS pointer, not the data (the repository was cloned without git-lfs); "
@@ -488,7 +572,9 @@ def _load_folder(path: Path, source: str, options: _Options, files: Sequence[Pat
     rules and needs no network; a folder of several splits asks for one split's file, one whose
     README.md declares several configs names them. A model's folder and a clone made without
     git-lfs (pointer files in place of the data) are refused as such before datasets reads
-    them. Nested null fields of the rows are left out (see :func:`_unset_fields`)."""
+    them; so are a split whose files are of several formats and a CSV file separated by
+    semicolons or tabs (:func:`_check_split_files`). Nested null fields of the rows are left
+    out (see :func:`_unset_fields`)."""
     try:
         import datasets
     except ImportError:
@@ -506,7 +592,11 @@ def _load_folder(path: Path, source: str, options: _Options, files: Sequence[Pat
     # are built, so reading a folder leaves nothing behind
     with tempfile.TemporaryDirectory(prefix="poise-dataset-") as cache:
         try:
+            builder = datasets.load_dataset_builder(str(path), cache_dir=cache)
+            _check_split_files(path, source, builder)
             loaded = datasets.load_dataset(str(path), cache_dir=cache)
+        except PoiseError:
+            raise
         except Exception as exc:  # files of several formats, unreadable rows: one line
             raise PoiseError(_folder_error(path, source, exc)) from None
         finally:
@@ -559,6 +649,95 @@ def _check_folder(path: Path, source: str, files: Sequence[Path]) -> None:
     pointer = next((file for file in files if _lfs_pointer(file)), None)
     if pointer is not None:
         raise PoiseError(_LFS_MESSAGE.format(where=Path(source) / pointer.relative_to(path)))
+
+
+# The data files datasets reads as rows of one table (Parquet, Arrow, CSV, JSON lines): a file of
+# these left out of a split is rows lost; a .json or .txt one may be a note (LICENSE.txt,
+# dataset_infos.json) and is only named in a warning.
+_ROW_FORMATS = (".parquet", ".arrow", ".csv", ".tsv", ".jsonl", ".ndjson")
+_PLURAL = {";": "semicolons", "\t": "tabs"}
+
+
+def _check_split_files(path: Path, source: str, builder: Any) -> None:
+    """Refuse, in one line, a folder whose data files datasets would not read as the user
+    expects: a split that holds files of several formats (datasets reads its most common
+    format only, Parquet first on a tie, and left the other files' rows out without a word),
+    and a CSV file whose fields are separated by semicolons or tabs (datasets reads it with
+    commas: one column ``'goal;target'``); the file itself is read with its delimiter."""
+    data_files = builder.config.data_files or {}
+    used = {str(split): [Path(f) for f in files] for split, files in data_files.items()}
+    for split, files in sorted(_left_out(path, used).items()):
+        rows = [f for f in files if _has_suffix(f.name, _ROW_FORMATS)]
+        names = ", ".join(str(Path(source) / f.relative_to(path.resolve())) for f in files)
+        if rows:
+            kept = used[split]
+            raise PoiseError(
+                f"{source}: the split {split!r} holds data files of several formats, and "
+                f"datasets reads only its most common one ({_suffixes(kept)}), leaving out "
+                f"{names}; give one data file, or a folder of one format"
+            )
+        log.warning("%s: datasets leaves out %s (not of the split's format)", source, names)
+    for files in used.values():
+        for file in files:
+            if _has_suffix(file.name, (".csv",)):
+                delimiter = _csv_delimiter(_head(file), str(file))
+                if delimiter != ",":
+                    shown = Path(source) / file.relative_to(path.resolve())
+                    raise PoiseError(
+                        f"{shown}: its fields are separated by {_PLURAL[delimiter]}, which "
+                        "datasets reads with commas in a folder (one column "
+                        f"{_head(file).splitlines()[0].strip()!r}); give the file itself, which "
+                        "is read with its delimiter"
+                    )
+
+
+def _left_out(path: Path, used: Mapping[str, Sequence[Path]]) -> dict[str, list[Path]]:
+    """Data files of each split of the folder at ``path`` that datasets leaves out of ``used``
+    (the split's files it reads): those of another format than the split's. The splits are
+    resolved with datasets' own patterns for a folder; a README.md that declares configs names
+    each one's files itself, and is not second-guessed."""
+    readme = path / "README.md"
+    try:
+        from datasets.data_files import DataFilesDict, get_data_patterns
+
+        if readme.is_file():
+            from huggingface_hub import DatasetCard
+
+            if DatasetCard.load(readme).data.to_dict().get("configs"):
+                return {}
+        base = path.resolve().as_posix()
+        resolved = DataFilesDict.from_patterns(get_data_patterns(base), base_path=base)
+    except Exception:  # no such check where datasets reads the folder otherwise
+        return {}
+    left: dict[str, list[Path]] = {}
+    for split, files in resolved.items():
+        kept = {f.resolve() for f in used.get(str(split), ())}
+        out = [Path(f) for f in files if _data_file(Path(f).name) and Path(f).resolve() not in kept]
+        if out and kept:
+            left[str(split)] = out
+    return left
+
+
+def _has_suffix(name: str, suffixes: Sequence[str]) -> bool:
+    """Whether any suffix of a file name is one of ``suffixes`` (``train.csv.gz``: ``.csv``)."""
+    return any(f".{part.lower()}" in suffixes for part in name.split(".")[1:])
+
+
+def _suffixes(files: Sequence[Path]) -> str:
+    """The data suffixes of ``files``, as ``.parquet`` or ``.jsonl``."""
+    known = (*DATA_EXTENSIONS, *COLUMNAR_FORMATS)
+    found = {f".{p.lower()}" for f in files for p in f.name.split(".")[1:]}
+    return ", ".join(sorted(found.intersection(known))) or "its files"
+
+
+def _head(file: Path) -> str:
+    """The first 64 KiB of a (gzipped) text file, as text; empty when it cannot be read."""
+    try:
+        opener: Any = gzip.open if file.name.lower().endswith(".gz") else open
+        with opener(file, "rb") as handle:
+            return str(handle.read(65_536).decode("utf-8", errors="replace"))
+    except (OSError, EOFError, zlib.error):
+        return ""
 
 
 def _folder_error(path: Path, source: str, exc: Exception) -> str:
