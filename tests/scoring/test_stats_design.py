@@ -349,3 +349,83 @@ def test_student_t_with_infinite_or_undefined_degrees_of_freedom() -> None:
             student_t_quantile(0.95, bad)
         with pytest.raises(ValueError, match="need df > 0"):
             student_t_two_sided_p(2.0, bad)
+
+
+# scipy.stats.beta.ppf(q, a, b), scipy 1.17.1: (q, a, b, quantile)
+BETA_UPPER_QUANTILES = [
+    (1 - 1e-10, 1768, 2987, 0.41702108758624107),
+    (1 - 1e-16, 1.56, 6882, 0.005638895972151186),
+    (1 - 1e-16, 9.418, 55.26, 0.6368282506529905),
+    (1 - 1e-10, 1.305, 17.41, 0.7470930496179649),
+    # the exact (Clopper-Pearson) 1 - δ upper bound at 0 of 100: 1 - δ^(1/100), δ the float
+    # 1 - (1 - 1e-12) = 9.99978e-13
+    (1 - 1e-12, 1, 100, 0.24142259278306188),
+    (0.95, 1, 100, 0.029513049607039925),
+]
+
+
+@pytest.mark.parametrize(("probability", "a", "b", "expected"), BETA_UPPER_QUANTILES)
+def test_beta_quantile_near_probability_1_keeps_its_digits(
+    probability: float, a: float, b: float, expected: float
+) -> None:
+    """Near probability 1 the bisection compared I_x(a, b), which is 1 - (its upper tail)
+    rounded next to 1: 6 correct digits at 1 - 1e-10 (1.5e-9 relative), 2 at 1 - 1e-16; the
+    Clopper-Pearson bound at 0/100 and δ = 1e-12 was 0.2414222 for 0.2414226."""
+    from poise.scoring.stats import beta_quantile
+
+    assert beta_quantile(probability, a, b) == pytest.approx(expected, rel=1e-12)
+
+
+def test_beta_quantile_in_the_far_lower_tail() -> None:
+    # I_x(a, b) = 1e-300, solved with mpmath 1.3.0 (betainc, 40 digits): scipy.stats.beta.ppf
+    # 1.17.1 answers 5.9e-31 here (its I is 7e-90), so the reference is mpmath
+    from poise.scoring.stats import beta_quantile
+
+    assert beta_quantile(1e-300, 3.261, 1506) == pytest.approx(1.285498645330646e-95, rel=1e-11)
+    assert beta_quantile(1e-300, 512.4, 37.71) == pytest.approx(0.20401401188050457, rel=1e-12)
+
+
+# 2 * scipy.stats.t.sf(t, df) and scipy.stats.t.ppf((1 + level) / 2, df), scipy 1.17.1
+T_P_NEAR_ZERO = [
+    (1e-6, 39, 0.9999992072131693),
+    (1e-6, 1e5, 0.9999992021174339),
+    (1e-3, 1e5, 0.9992021175668878),
+    (0.01, 10, 0.9922179749909714),
+]
+T_SMALL_LEVELS = [
+    (1e-6, 39, 1.261373122200745e-06),
+    (1e-6, 1e5, 1.2533172705019817e-06),
+    (0.01, 1e5, 0.01253350084670452),
+    (0.5, 7, 0.7111417780817866),
+]
+
+
+def test_student_t_near_zero_against_scipy() -> None:
+    """p near 1 came from 1 - x with x = df / (df + t²) rounded next to 1: p(1e-6, df = 1e5)
+    was 1.0 (abs. error 8e-7), and the critical value for level 1e-6 at df = 1e5 was
+    2.7e-6 for 1.25e-6; the absolute bisection tolerance (1e-12) added its own error there."""
+    from poise.scoring.stats import student_t_quantile, student_t_two_sided_p
+
+    for t, df, expected in T_P_NEAR_ZERO:
+        assert student_t_two_sided_p(t, df) == pytest.approx(expected, abs=1e-13)
+    for level, df, expected in T_SMALL_LEVELS:
+        assert student_t_quantile(level, df) == pytest.approx(expected, rel=1e-9)
+
+
+def test_prompts_without_trials_are_no_clusters() -> None:
+    """37 prompts with no trials under either condition beside 3 with data counted as clusters: t(39)
+    and m / (m - 1) = 40/39 in place of t(2) and 3/2, p = 2.5e-27 in place of 0.0019. The
+    reference: statsmodels 0.15.0 OLS of the 0/1 answers on [1, arm], cov_type="cluster" with
+    the 3 prompts as groups (use_correction=False, times G / (G - 1)), and scipy 1.17.1's
+    t(G - 1): D = 0.958333, low = 0.7790561362604392, p = 0.0018850158136836759."""
+    a_counts, b_counts = [(8, 8), (8, 8), (7, 8)], [(0, 8), (0, 8), (0, 8)]
+    padded_a = [(0, 0)] * 20 + a_counts[:2] + [(0, 0)] * 17 + a_counts[2:]
+    padded_b = [(0, 0)] * 20 + b_counts[:2] + [(0, 0)] * 17 + b_counts[2:]
+    diff = paired_clustered("r", padded_a, padded_b)
+    assert diff.p_value == pytest.approx(0.0018850158136836759, rel=1e-9)
+    assert diff.low == pytest.approx(0.7790561362604392, rel=1e-9) and diff.high == 1.0
+    assert diff.pairs == 3
+    assert diff == paired_clustered("r", a_counts, b_counts)
+    # one prompt with trials is no paired comparison
+    with pytest.raises(ValueError, match="need at least 2 prompts with trials, got 1"):
+        paired_clustered("r", [(1, 2), (0, 0)], [(0, 2), (0, 0)])
