@@ -1118,3 +1118,23 @@ def test_an_attack_of_a_wrong_signature_is_said_of_the_attack_not_of_options(
     said = str(refused.value)
     assert "cannot be called as attack(items, sampling, system, **options)" in said
     assert "bad options" not in said
+
+
+def test_a_reference_run_without_honesty_answers_is_refused_before_any_answer(
+    tmp_path: Path,
+) -> None:
+    """A reference run of the harmful suite has no honesty answers to set the knowledge
+    boundary: the audit stopped only once every answer was generated and judged, left its run
+    unfinished, and every resume or rerun stopped there again."""
+    suite = write_suite(tmp_path / "mini.jsonl", 3, 0)
+    out = tmp_path / "runs"
+    poise.audit(model="mock", suites=[str(suite)], judge="refusal", out=out, name="base",
+                html=False)  # fmt: skip
+    model = MockModel("scripted", scripted)
+    with pytest.raises(PoiseError) as info:
+        poise.audit(model=model, suites=[str(suite)], judge="refusal", out=out,
+                    reference_run="base", html=False)  # fmt: skip
+    [base] = list_runs(out)  # no run folder beside it
+    assert str(info.value).startswith(f"{base.path}: the reference run has no judged honesty")
+    assert "--reference-run takes a run of the unaligned model" in str(info.value)
+    assert model.generated == 0

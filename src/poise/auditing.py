@@ -814,12 +814,24 @@ def _judge_labels(cfg: AuditConfig) -> LabelSet | None:
 
 
 def _reference_records(cfg: AuditConfig) -> list[dict[str, Any]] | None:
+    """The records of ``reference_run``, checked as the metrics read them (judged honesty
+    answers in its default group) before the model loads: a reference without them stopped the
+    audit once every answer was generated, and left a run that no resume could finish."""
     if cfg.reference_run is None:
         return None
+    from poise.scoring.metrics import _reference_types
+
     ref = find_run(cfg.reference_run, cfg.out)
     records = list(ref.records())
     if not records:
         raise PoiseError(f"{ref.path}: the reference run has no records")
+    try:
+        _reference_types(records)
+    except PoiseError as exc:
+        raise PoiseError(
+            f"{ref.path}: {exc}; --reference-run takes a run of the unaligned model on the "
+            "honesty suite"
+        ) from None
     return records
 
 

@@ -68,3 +68,21 @@ def test_the_progress_line_counts_prompts_and_says_so(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["audit", "--model", "mock", "--suite", "harmful", *flags])
     assert result.exit_code == 0, result.output
     assert "prompts generated + judged: 3/3 (100%)" in result.output
+
+
+def test_a_name_beside_resume_that_is_not_the_runs_is_refused_as_the_api_does(
+    tmp_path: Path,
+) -> None:
+    """--name beside --resume was ignored without a word (poise.audit refuses it): the run went
+    on under its own name, and the user looked for a run of the name given."""
+    import poise
+
+    out = tmp_path / "runs"
+    run = poise.audit(model="mock", suites=["harmful"], limit=2, out=out, name="first").run
+    argv = ["audit", "--resume", str(run.path), "--out", str(out), "--no-html"]
+    refused = CliRunner().invoke(app, [*argv, "--name", "second"], env={"COLUMNS": "300"})
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert f"--resume {run.path.name}: it was recorded with --name 'first', not 'second'" in said
+    same = CliRunner().invoke(app, [*argv, "--name", "first"], env={"COLUMNS": "300"})
+    assert same.exit_code == 0, same.output

@@ -285,3 +285,32 @@ def test_create_with_lock_holds_the_lock_before_the_header_exists(
         Run(run.path).lock()
     run.unlock()
     Run(run.path).lock().unlock()
+
+
+def test_a_run_continued_under_other_versions_records_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """run.json named only the versions of the process that began the run: a run resumed after
+    an upgrade (transformers, torch, poise) said its records were all made under the old ones."""
+    import poise.runs.run as module
+
+    began = module.environment_versions()
+    run = Run.create(tmp_path, "r", {})
+    run.append([_rec(1)])
+    run.start()  # the same versions: nothing added
+    assert "continued_with" not in run.header
+    upgraded = {**began, "transformers_version": "99.0"}
+    monkeypatch.setattr(module, "environment_versions", lambda: upgraded)
+    with caplog.at_level("WARNING"):
+        run.start()
+    assert "transformers_version" in caplog.text and "99.0" in caplog.text
+    header = run.header
+    assert header["transformers_version"] == began["transformers_version"]  # the run began so
+    [entry] = header["continued_with"]
+    assert {k: entry[k] for k in upgraded} == upgraded and entry["records_before"] == 1
+    run.append([_rec(2)])
+    run.start()  # continued again under the same upgrade: nothing new to say
+    assert len(run.header["continued_with"]) == 1
+    fresh = Run.create(tmp_path, "fresh", {})
+    fresh.start()  # a new run under any versions has no records to tell apart
+    assert "continued_with" not in fresh.header

@@ -196,7 +196,9 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
     how: dict[str, Any] = {}
     for param in ctx.command.params:
         name = param.name
-        if name in (None, "resume", "out", "config", "name"):
+        # --out finds the run; --name is compared, as poise.audit(resume=..., name=...) does
+        # (ignored, it left a user looking for a run of that name that was never made)
+        if name in (None, "resume", "out", "config"):
             continue
         source = ctx.get_parameter_source(name)  # typer's own click: compare by name
         if getattr(source, "name", None) not in ("COMMANDLINE", "DEFAULT_MAP"):

@@ -1,7 +1,8 @@
 """The run folder: what an audit leaves behind, and how a killed audit resumes.
 
     runs/<timestamp>-<name>/
-      run.json       schema version, versions of poise/torch/transformers, resolved config, status;
+      run.json       schema version, versions of poise/torch/transformers (and, for a run continued
+                     under others, those in ``continued_with``), resolved config, status;
                      from the audit: the model's name and spec, the judge, the fingerprints of the
                      weights it depends on (``weights``, :mod:`poise.runs.provenance`) and the
                      system messages "default" and "none" sent (``system_prompts``)
@@ -514,8 +515,41 @@ class Run:
         self.remove_temporary_files()
         self.repair()
         done = self.done_keys()  # a malformed record stops here, the header still as it was
+        continued = self._continued_with() if done else None
+        if continued is not None:
+            header_fields["continued_with"] = continued
         self.update_header(status="running", **header_fields)
         return done
+
+    def _continued_with(self) -> list[Any] | None:
+        """The header's ``continued_with`` with this process's versions added, when they are not
+        those its last records were made with (:func:`environment_versions`: the header's since
+        :meth:`create`, or the last ``continued_with`` entry): the header named only the first
+        process's, though the records written from now on are made under these. None when they
+        are the same."""
+        header = self.header
+        earlier = header.get("continued_with")
+        earlier = earlier if isinstance(earlier, list) else []
+        # the versions of the last process that wrote records: the first, or the last continuer
+        last = earlier[-1] if earlier and isinstance(earlier[-1], Mapping) else header
+        now = environment_versions()
+        changed = {k: v for k, v in now.items() if k in last and last[k] != v}
+        if not changed:
+            return None
+        log.warning(
+            "%s: continued under other versions than its records so far were made with (%s); "
+            "run.json keeps both (continued_with)",
+            self.path,
+            ", ".join(f"{k} {last[k]} -> {v}" for k, v in changed.items()),
+        )
+        return [
+            *earlier,
+            {
+                "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "records_before": self.samples_written(),
+                **now,
+            },
+        ]
 
     def remove_temporary_files(self) -> list[Path]:
         """Remove what a killed writer left half-done (``.run.json.tmp-*``, ``.metrics.json.tmp-*``,
