@@ -3,6 +3,8 @@ request that fails for good among many that succeed (every other answer is kept 
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,3 +150,40 @@ def test_the_cache_stores_every_answer_received_and_resume_asks_only_the_failed(
     answers = cached.generate(chats, Sampling())
     assert [a[0].text for a in answers] == [f"answer to q{i}" for i in range(10)]
     assert [r["messages"][-1]["content"] for r in server.requests[asked_before:]] == ["q3"]
+
+
+def test_an_interrupt_in_a_task_ends_the_call_without_an_asyncio_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """SIGTERM (raised as an interrupt by the CLI) or Ctrl-C that lands in a step of one of the
+    backend's tasks: asyncio kept it as the task's exception, which no one retrieved once the
+    loop stopped, and logged "Task exception was never retrieved" with a traceback after the
+    CLI's one line (the audit's SIGTERM test failed on it about once in ten runs)."""
+    import gc
+
+    from poise.models.openai import _run_coroutine
+
+    async def main() -> None:
+        async def child() -> None:
+            raise KeyboardInterrupt
+
+        task = asyncio.ensure_future(child())
+        await asyncio.sleep(10)
+        await task
+
+    async def failing() -> None:
+        async def child() -> None:
+            raise ValueError("boom")
+
+        unretrieved = asyncio.ensure_future(child())
+        await asyncio.sleep(0)
+        assert unretrieved.done()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        with pytest.raises(KeyboardInterrupt):
+            _run_coroutine(main)
+        gc.collect()
+        assert "never retrieved" not in caplog.text
+        _run_coroutine(failing)  # other errors of a task are still logged
+        gc.collect()
+    assert "never retrieved" in caplog.text and "boom" in caplog.text
