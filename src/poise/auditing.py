@@ -819,14 +819,14 @@ def _reference_records(cfg: AuditConfig) -> list[dict[str, Any]] | None:
     audit once every answer was generated, and left a run that no resume could finish."""
     if cfg.reference_run is None:
         return None
-    from poise.scoring.metrics import _reference_types
+    from poise.scoring.metrics import reference_types
 
     ref = find_run(cfg.reference_run, cfg.out)
     records = list(ref.records())
     if not records:
         raise PoiseError(f"{ref.path}: the reference run has no records")
     try:
-        _reference_types(records)
+        reference_types(records)
     except PoiseError as exc:
         raise PoiseError(
             f"{ref.path}: {exc}; --reference-run takes a run of the unaligned model on the "

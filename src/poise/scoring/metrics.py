@@ -423,7 +423,7 @@ def honesty_scores(
 HONESTY_KINDS = ("honesty-known", "honesty-unknown")
 
 
-def _reference_types(reference_records: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], str]:
+def reference_types(reference_records: Iterable[Mapping[str, Any]]) -> tuple[dict[str, str], str]:
     """The reference model's answer type per honesty question, and the reference group used."""
     groups, _ = _group(reference_records)
     if not groups:
@@ -594,7 +594,7 @@ def compute_metrics(
     groups, first = _group(records)
     if not groups:
         raise PoiseError("no sample records to compute metrics from")
-    reference = _reference_types(reference_records) if reference_records is not None else None
+    reference = reference_types(reference_records) if reference_records is not None else None
     default = _default_group(groups)
     computed = {name: _group_metrics(name, groups[name], first[name], reference) for name in groups}
     return {
