@@ -71,8 +71,8 @@ class _Equals:
         if value is None:
             return found is None
         if isinstance(value, bool):
-            # a truth value: True/False, or the JSON integers 1/0 that a scorer written in another
-            # language (or one counting) writes for them; never 1.0, "true" or 2
+            # a truth value: True/False, or the JSON integers 1/0 a scorer may write for them
+            # (it read 0% for a scorer writing 1); never 1.0, "true" or 2
             return isinstance(found, int) and found in (0, 1) and bool(found) is value
         return found == value
 
