@@ -75,3 +75,13 @@ def test_one_class_or_no_examples_is_an_error() -> None:
         calibrate(_StubMonitor(), [], **GRID)
     with pytest.raises(PoiseError, match="head 'middle'"):
         calibrate(_StubMonitor(), EXAMPLES, heads=("middle",), **GRID)
+
+
+def test_delay_k_flags_a_score_equal_to_the_threshold() -> None:
+    """The released rule flags a token whose score is at or above the threshold, and counts the
+    flags over the answer so far (``np.sum(seq) >= k``), not in a run."""
+    from poise.guards.calibrate import delay_k_stop
+
+    assert delay_k_stop([0.5, 0.2, 0.5, 0.1], 0.5, 2) == 3
+    assert delay_k_stop([0.5, 0.2, 0.49, 0.1], 0.5, 2) is None
+    assert delay_k_stop([0.5, 0.2, 0.5], 0.5, 2, window=2) is None

@@ -333,3 +333,27 @@ def test_a_monitor_of_a_shorter_context_than_the_model_refuses_what_it_cannot_re
     assert 0 < completion.num_tokens <= 48 - prompt
     fitted, _ = fit_context(guarded, chat, Sampling(max_new_tokens=400), fill=True)
     assert fitted.max_new_tokens == 48 - prompt
+
+
+def test_the_watch_flags_a_score_equal_to_the_threshold() -> None:
+    """delay-k on scores given by hand (no monitor is run): a score at the threshold flags, as
+    :func:`delay_k_stop` says; flags count over the answer, not in a run; ``window`` scores its
+    first ``window`` tokens only."""
+    for scores, window, expected in (
+        ([0.5, 0.2, 0.5, 0.1], 0, 3),
+        ([0.5, 0.2, 0.49, 0.1], 0, None),
+        ([0.5, 0.2, 0.5], 2, None),
+    ):
+        watch = MonitorWatch(None, lambda row: [], threshold=0.5, k=2, window=window)  # type: ignore[arg-type]
+        watch._count(7, scores, 0)
+        assert watch.stops.get(7) == expected == delay_k_stop(scores, 0.5, 2, window)
+
+
+def test_a_window_scores_exactly_its_tokens(inner: HFModel, monitor_dir: Path) -> None:
+    """threshold 0 flags every scored token: with ``window=2`` two are scored, so ``k=3`` never
+    stops an answer and ``k=2`` stops every answer long enough at its second token."""
+    never = Guarded(inner, monitor=str(monitor_dir), threshold=0.0, k=3, window=2)
+    assert all(c.finish_reason != "guard" for r in never.generate(CHATS, SAMPLING) for c in r)
+    at_two = Guarded(inner, monitor=str(monitor_dir), threshold=0.0, k=2, window=2)
+    stopped = [c for r in at_two.generate(CHATS, SAMPLING) for c in r if c.finish_reason == "guard"]
+    assert stopped and all(c.num_tokens == 2 for c in stopped)

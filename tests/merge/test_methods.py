@@ -735,3 +735,19 @@ def test_a_method_the_executor_cannot_call_is_refused_at_registration() -> None:
         assert get_method("review_fine").parameters().keys() == {"weight"}
     finally:
         METHODS._entries.pop("review_fine", None)
+
+
+def test_slerp_nearly_antipodal_falls_back_to_lerp_as_in_mergekit() -> None:
+    """``|cos(omega)| > dot_threshold`` takes the linear branch for antipodal pairs too (mergekit's
+    ``dot.abs() > dot_threshold``): through the spherical branch, ``sin(omega)`` near 0 blows the
+    result up."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    other = -2.0 * base + 1e-3 * torch.randn(6, 8, generator=g, dtype=torch.float64)
+    cos = float(torch.nn.functional.cosine_similarity(base.reshape(-1), other.reshape(-1), dim=0))
+    assert -1.0 < cos < -0.9995
+    for t in (0.3, 0.5):
+        expected = _mergekit([base, other], "slerp", t=t)
+        got = _poise([base, other], "slerp", t=t)
+        assert torch.allclose(got, expected, atol=1e-9, rtol=0)
+        assert torch.allclose(got, (1 - t) * base + t * other, atol=1e-12)

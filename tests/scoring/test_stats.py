@@ -93,3 +93,14 @@ def test_cluster_mean_interval_matches_statsmodels_cluster_covariance() -> None:
     # one value per cluster: the sandwich with m / (m - 1) is exactly s^2 / n, the iid interval
     singles = [[v] for v in (3.0, 8.0, 1.0, 9.0)]
     assert cluster_mean_interval(singles) == pytest.approx(mean_interval([3.0, 8.0, 1.0, 9.0]))
+
+
+def test_cluster_mean_interval_ignores_empty_clusters() -> None:
+    """A cluster with no values is no cluster: m counts the others, so ``m / (m - 1)`` and the
+    interval are those of the clusters with values (statsmodels' groups are the observed ones)."""
+    from poise.scoring.stats import cluster_mean_interval
+
+    clusters = [[10.0, 12.0, 30.0], [5.0], [40.0, 41.0]]
+    assert cluster_mean_interval([*clusters, [], []]) == pytest.approx(
+        cluster_mean_interval(clusters)
+    )

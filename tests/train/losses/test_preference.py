@@ -685,3 +685,22 @@ def test_a_loss_that_cannot_be_called_as_the_trainer_calls_it_is_refused() -> No
         assert loss_parameters("review_fine") == {"beta": 0.1}
     finally:
         LOSSES._entries.pop("review_fine", None)
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm"])
+def test_an_empty_response_counts_as_one_token_in_the_per_token_average(loss_type: str) -> None:
+    """An empty response (summed log-probs 0 over 0 tokens) is averaged over 1 token, as TRL's
+    ``chosen_mask.sum(dim=1).clamp(min=1.0)`` does: its score is 0, not 0/0 = NaN."""
+    beta = 0.2
+    pc, pr = torch.tensor([0.0, -4.0]), torch.tensor([-6.0, -2.0])
+    rc, rr = torch.tensor([0.0, -3.0]), torch.tensor([-5.0, -4.0])
+    lengths_c, lengths_r = torch.tensor([0, 2]), torch.tensor([3, 4])
+    out = preference_loss(
+        loss_type, pc, pr, rc, rr, beta=beta, chosen_lengths=lengths_c, rejected_lengths=lengths_r
+    )
+    delta = [(0.0 - 0.0) / 1 - (-6.0 + 5.0) / 3, (-4.0 + 3.0) / 2 - (-2.0 + 4.0) / 4]
+    if loss_type == "ipo":  # arXiv 2310.12036 Eq. 17 on per-token averages
+        expected = [(d - 1 / (2 * beta)) ** 2 for d in delta]
+    else:
+        expected = [-math.log(1 / (1 + math.exp(-beta * d))) for d in delta]
+    assert out.losses.tolist() == pytest.approx(expected, rel=1e-6)
