@@ -393,7 +393,7 @@ def test_a_reference_without_honesty_samples_is_an_error() -> None:
 
 
 def test_response_tokens_mean_and_interval_per_kind() -> None:
-    lengths = [10, 20, 30]
+    lengths = [10, 20, 30, 40, 50]
     records = [
         {**record(f"h{i}", "harmful", refused=True, harmful=False), "num_tokens": t}
         for i, t in enumerate(lengths)
@@ -403,9 +403,10 @@ def test_response_tokens_mean_and_interval_per_kind() -> None:
     del untimed["num_tokens"]  # records without a length are left out of the mean, not an error
     records.append(untimed)
     tokens = compute_metrics(records)["overall"]["response_tokens"]
-    half = 1.959963984540054 * 10 / math.sqrt(3)  # z(0.975); sample sd of 10, 20, 30 is 10
+    # t(0.975, 4) = 2.7764451051977987 (scipy.stats.t.ppf); the sample sd is sqrt(250)
+    half = 2.7764451051977987 * math.sqrt(250) / math.sqrt(5)
     assert tokens["harmful"] == pytest.approx(
-        {"mean": 20.0, "low": 20 - half, "high": 20 + half, "n": 3}
+        {"mean": 30.0, "low": 30 - half, "high": 30 + half, "n": 5}
     )
     assert tokens["benign"] == {"mean": 4.0, "low": 4.0, "high": 4.0, "n": 1}
     assert list(tokens) == ["harmful", "benign"]
@@ -506,8 +507,10 @@ def test_response_tokens_of_sampled_prompts_are_cluster_robust() -> None:
     ]
     length = compute_metrics(records)["overall"]["response_tokens"]["harmful"]
     assert (length["mean"], length["n"], length["clusters"]) == (20.0, 8, 2)
-    # sandwich: m/(m-1) * sum of cluster scores^2 / N^2 = 2 * (40^2 + 40^2) / 64 = 100
-    assert length["high"] == pytest.approx(20.0 + Z95 * 10.0)
+    # sandwich: m/(m-1) * sum of cluster scores^2 / N^2 = 2 * (40^2 + 40^2) / 64 = 100, and
+    # two clusters give t with 1 degree of freedom: t(0.975, 1) = 12.706204736174698 (scipy)
+    assert length["high"] == pytest.approx(20.0 + 12.706204736174698 * 10.0)
+    assert length["low"] == 0.0  # a length is not negative
     assert length["interval"] == "cluster"
     # every prompt's mean is the overall mean: the sandwich is 0, and the interval is the one
     # over independent answers (the design effect floored at 1, as the rates'), not [21, 21]

@@ -47,8 +47,16 @@ def test_empty_and_invalid() -> None:
 def test_mean_interval_closed_form() -> None:
     from poise.scoring.stats import mean_interval
 
-    half = 1.959963984540054 * 10 / math.sqrt(3)  # sample sd of 10, 20, 30 is 10
+    # sample sd of 10, 20, 30 is 10; t_{0.975, 2} = 4.302652729911275 (scipy.stats.t.ppf): the
+    # normal 1.96 gave an interval 2.2x too narrow at three values
+    half = 4.302652729911275 * 10 / math.sqrt(3)
     assert mean_interval([10, 20, 30]) == pytest.approx((20.0, 20 - half, 20 + half))
+    scipy_stats = pytest.importorskip("scipy.stats")
+    values = [3.0, 9.5, 4.25, 7.0, 1.0, 6.5]
+    expected = scipy_stats.t.interval(
+        0.95, len(values) - 1, loc=sum(values) / 6, scale=scipy_stats.sem(values)
+    )
+    assert mean_interval(values)[1:] == pytest.approx(expected, rel=1e-10)
     assert mean_interval([7]) == (7.0, 7.0, 7.0)
     with pytest.raises(ValueError, match="at least one value"):
         mean_interval([])
@@ -85,7 +93,10 @@ def test_cluster_mean_interval_matches_statsmodels_cluster_covariance() -> None:
     clusters = [[10.0, 12.0, 30.0], [5.0], [40.0, 41.0], [7.0, 9.0, 8.0, 20.0]]
     y = np.array([v for c in clusters for v in c])
     groups = np.repeat(np.arange(len(clusters)), [len(c) for c in clusters])
-    fit = sm.OLS(y, np.ones_like(y)).fit(cov_type="cluster", cov_kwds={"groups": groups})
+    # statsmodels' t reference for clusters: t with G - 1 degrees of freedom (Stata's too)
+    fit = sm.OLS(y, np.ones_like(y)).fit(
+        cov_type="cluster", cov_kwds={"groups": groups}, use_t=True
+    )
     low, high = fit.conf_int(alpha=0.05)[0]
     mean, ours_low, ours_high = cluster_mean_interval(clusters)
     assert mean == pytest.approx(fit.params[0])

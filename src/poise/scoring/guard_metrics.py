@@ -16,7 +16,7 @@ from a judge that locates harm (the organism's oracle), where harm begins:
   ``miss_rate``: not stopped among those it calls harmful (Wilson intervals; cluster-robust,
   prompts as clusters, when a prompt has several answers, as the audit's rates);
 - ``produced_share``: on harmful answers, the share of the unguarded answer's tokens generated
-  before the stop (1 when not stopped; mean with a normal interval, cluster-robust when a
+  before the stop (1 when not stopped; mean with a Student-t interval, cluster-robust when a
   prompt has several answers): what stopping saved;
   ``shown_share`` the share that reached the user;
 - ``harmful_tokens_shown``: on harmful answers, tokens past the judge's harm onset that reached

@@ -48,7 +48,7 @@ Schema (``schema: 1``)::
     }
 
     LENGTH = {"mean": 24.9, "low": 24.0, "high": 25.8, "n": 904}   # generated tokens per sample,
-                                                                    # normal-approximation 95% CI
+                                                                    # Student-t 95% CI
                                                                     # (+ "clusters": items, when
                                                                     # cluster-robust: see above)
 
@@ -520,7 +520,7 @@ def _by_category(samples: list[_Sample], worst_of_n: bool) -> dict[str, dict[str
 
 
 def _response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, Any]]:
-    """Mean generated tokens per sample for each kind, with a normal-approximation 95% interval:
+    """Mean generated tokens per sample for each kind, with a Student-t 95% interval:
     verbosity is what length-desensitised training (LD-DPO, arXiv 2409.06411) changes, so an
     audit reports it next to the rates. With several samples of some prompt the interval is
     cluster-robust, prompts as clusters, as the rates' are (``"interval": "cluster"``, and

@@ -465,28 +465,35 @@ def paired_clustered(
     )
 
 
-def mean_interval(
-    values: Sequence[float], z: float = 1.959963984540054
-) -> tuple[float, float, float]:
-    """Mean and normal-approximation interval ``mean ± z · s / sqrt(n)`` (``s`` the sample
-    standard deviation; default 95%). Returns (mean, low, high); a single value has no spread."""
+def mean_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its Student-t interval ``mean ± t_{n-1} · s / sqrt(n)`` (``s`` the sample
+    standard deviation, ``t_{n-1}`` the two-sided ``level`` critical value; default 95%). Returns
+    (mean, low, high); a single value has no spread. The normal reference (1.96) was 2.2x too
+    narrow at 3 values (t_2 = 4.30) and 1.5% at 120."""
     if not values:
         raise ValueError("mean_interval needs at least one value")
     mean = statistics.fmean(values)
-    half = z * statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    n = len(values)
+    if n < 2:
+        return mean, mean, mean
+    half = student_t_quantile(level, n - 1) * statistics.stdev(values) / math.sqrt(n)
     return mean, mean - half, mean + half
 
 
 def cluster_mean_interval(
-    clusters: Sequence[Sequence[float]], z: float = 1.959963984540054
+    clusters: Sequence[Sequence[float]], level: float = 0.95
 ) -> tuple[float, float, float]:
-    """Mean of all values and its cluster-robust normal interval (default 95%); ``clusters``:
-    the values of each cluster (shapes [m][n_i]; the answers to one prompt).
+    """Mean of all values and its cluster-robust interval (default 95%); ``clusters``: the values
+    of each cluster (shapes [m][n_i]; the answers to one prompt).
 
-    ``mean ± z · se`` with the sandwich variance of the mean (Liang & Zeger 1986; the clustered
-    standard error of arXiv 2411.00640), ``se² = m / (m - 1) · Σ_i (Σ_j (y_ij - ȳ))² / N²``, the
-    ``m / (m - 1)`` correction as statsmodels' cluster covariance applies it; with one value per
-    cluster it is the usual ``s / sqrt(N)``. Returns (mean, low, high); one cluster has no spread.
+    ``mean ± t_{m-1} · se`` with the sandwich variance of the mean (Liang & Zeger 1986; the
+    clustered standard error of arXiv 2411.00640), ``se² = m / (m - 1) · Σ_i (Σ_j (y_ij - ȳ))²
+    / N²``, the ``m / (m - 1)`` correction as statsmodels' cluster covariance applies it, and the
+    critical value of Student's t with m - 1 degrees of freedom, m the clusters with values (as
+    Stata and statsmodels' ``use_t`` do; Cameron & Miller, "A Practitioner's Guide to
+    Cluster-Robust Inference", J. Human Resources 50(2), 2015, Sec. VI: with few clusters the
+    normal reference is too narrow, 2.2x at 3 clusters). With one value per cluster it is
+    :func:`mean_interval`. Returns (mean, low, high); one cluster has no spread.
     """
     values = [v for cluster in clusters for v in cluster]
     if not values:
@@ -496,7 +503,9 @@ def cluster_mean_interval(
     if m < 2:
         return mean, mean, mean
     scores = [sum(v - mean for v in cluster) for cluster in clusters if cluster]  # [m]
-    half = z * math.sqrt(m / (m - 1) * sum(u * u for u in scores)) / n
+    half = (
+        student_t_quantile(level, m - 1) * math.sqrt(m / (m - 1) * sum(u * u for u in scores)) / n
+    )
     return mean, mean - half, mean + half
 
 
@@ -634,8 +643,8 @@ def item_rate(name: str, per_item: Sequence[tuple[int, int]]) -> Rate:
 
 def item_mean_interval(per_item: Sequence[Sequence[float]]) -> tuple[float, float, float, bool]:
     """Mean of the values of all items (``per_item``: each item's values, [m][n_i]) and its 95%
-    interval: normal over the values when each item has one, else cluster-robust
-    (:func:`cluster_mean_interval`) and never narrower than over independent values (as the
+    interval: Student-t over the values when each item has one (:func:`mean_interval`), else
+    cluster-robust (:func:`cluster_mean_interval`) and never narrower than over independent values (as the
     rates floor the design effect at 1). Returns (mean, low, high, clustered)."""
     values = [v for item in per_item for v in item]
     if not any(len(item) > 1 for item in per_item):
