@@ -1138,3 +1138,125 @@ def test_a_reference_run_without_honesty_answers_is_refused_before_any_answer(
     assert str(info.value).startswith(f"{base.path}: the reference run has no judged honesty")
     assert "--reference-run takes a run of the unaligned model" in str(info.value)
     assert model.generated == 0
+
+
+def _cut_to(run: Run, records: int) -> None:
+    """``run`` as a kill after ``records`` records leaves it: fewer records, status running, no
+    metrics."""
+    lines = run.samples_path.read_bytes().splitlines(keepends=True)
+    run.samples_path.write_bytes(b"".join(lines[:records]))
+    run.update_header(status="running")
+    (run.path / "metrics.json").unlink()
+
+
+def test_a_run_resumed_from_another_directory_reads_the_files_it_began_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorded suites, reference_run and judge_labels keep their relative paths as typed
+    (they are in the fingerprint): `poise audit --resume /abs/RUN` from another directory
+    stopped with "mini.jsonl: no such file", or read a file or a reference run of the same name
+    there. The run records the directory it began in (``workdir``) and reads them there."""
+    began, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    began.mkdir()
+    elsewhere.mkdir()
+    write_suite(began / "mini.jsonl", 4, 2)
+    rows = [{"output": REFUSE, "refused": 1, "harmful": 0}, {"output": COMPLY, "refused": 0, "harmful": 1}]  # fmt: skip
+    (began / "labels.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # what another directory holds under the same names: other items, a reference run without
+    # the honesty answers a reference needs
+    write_suite(elsewhere / "mini.jsonl", 2, 2)
+    monkeypatch.chdir(elsewhere)
+    poise.audit(model="mock", suites=["harmful"], limit=2, judge="refusal", name="ref", html=False)
+    monkeypatch.chdir(began)
+    plain = dict(model="mock", judge="refusal", html=False)
+    poise.audit(suites=["honesty"], limit=4, name="ref", **plain)  # under ./runs
+    fields: dict[str, Any] = dict(
+        suites=["mini.jsonl", "honesty"],
+        limit=4,
+        reference_run="ref",
+        judge_labels="labels.jsonl",
+        judge_labels_columns={"response": "output"},
+        **plain,
+    )
+    whole = poise.audit(name="whole", **fields)
+    killed = poise.audit(name="killed", **fields)
+    # recorded as typed: the fingerprint of the same command typed here is the one it had
+    assert killed.run.config["suites"] == ["mini.jsonl", "honesty"]
+    assert (
+        killed.run.config["fingerprint"] == make_config(None, name="killed", **fields).fingerprint()
+    )
+    _cut_to(killed.run, 3)
+    path, records = began / killed.run.path, list(whole.run.records())
+
+    monkeypatch.chdir(elsewhere)
+    resumed = poise.audit(resume=str(path))
+    assert resumed.run.path == path and resumed.run.status == "complete"
+    assert list(resumed.run.records()) == records
+    assert resumed.run.header["workdir"] == str(began)
+    assert {**resumed.metrics, "judge_validation": None} == {**whole.metrics, "judge_validation": None}  # fmt: skip
+    validated = resumed.metrics["judge_validation"]
+    assert validated["path"] == str(began / "labels.jsonl")
+    assert {**validated, "path": None} == {**whole.metrics["judge_validation"], "path": None}
+    # the file gone where the run began: said so, the file of that name here not read instead
+    _cut_to(resumed.run, 3)
+    (began / "mini.jsonl").unlink()
+    with pytest.raises(PoiseError) as info:
+        poise.audit(resume=str(path))
+    assert str(info.value) == f"{began / 'mini.jsonl'}: no such file"
+
+
+def test_a_run_recorded_without_its_directory_resumes_as_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder of an older poise (no ``workdir``) reads its relative paths from the working
+    directory, as it did; the same command typed there continues it (its fingerprint)."""
+    write_suite(tmp_path / "mini.jsonl", 4, 2)
+    monkeypatch.chdir(tmp_path)
+    fields: dict[str, Any] = dict(model="mock", suites=["mini.jsonl"], judge="refusal", html=False)
+    whole = poise.audit(out="whole", **fields)
+    killed = poise.audit(**fields)
+    header = killed.run.header
+    header.pop("workdir", None)
+    (killed.run.path / "run.json").write_text(json.dumps(header))
+    _cut_to(killed.run, 3)
+    again = poise.audit(**fields)
+    assert again.run.path == killed.run.path
+    assert list(again.run.records()) == list(whole.run.records())
+    assert "workdir" not in again.run.header
+    _cut_to(killed.run, 3)
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    with pytest.raises(PoiseError, match=r"^mini\.jsonl: no such file$"):
+        poise.audit(resume=str(tmp_path / killed.run.path))
+
+
+def test_resuming_a_complete_run_says_so_and_leaves_it_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`--resume` of a complete run loaded the model, set the status to running, wrote
+    metrics.json and the report again, and said nothing: killed meanwhile, the complete run
+    showed as interrupted. It is left as it is, in one line; ``html`` given draws a missing
+    report."""
+    suite = write_suite(tmp_path / "mini.jsonl", 3, 2)
+    done = poise.audit(model="mock", suites=[str(suite)], judge="refusal", out=str(tmp_path),
+                       html=False).run  # fmt: skip
+    before = {p.name: p.read_bytes() for p in done.path.iterdir() if p.is_file()}
+    written: list[dict[str, Any]] = []
+    real = Run.update_header
+    monkeypatch.setattr(Run, "update_header", lambda run, **f: (written.append(f), real(run, **f)))
+    caplog.set_level("WARNING", logger="poise")
+
+    result = poise.audit(resume=str(done.path))
+    assert written == []
+    assert {p.name: p.read_bytes() for p in done.path.iterdir() if p.is_file()} == before
+    assert result.metrics == json.loads(before["metrics.json"])
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("poise")]
+    assert said == [
+        f"{done.path} is complete: nothing to resume; its recorded results are unchanged "
+        f"(poise runs show {done.path})"
+    ]
+    with pytest.raises(PoiseError, match="was recorded with limit=None, not 2"):
+        poise.audit(resume=str(done.path), limit=2)  # a field that says otherwise: refused
+
+    poise.audit(resume=str(done.path), html=True)
+    assert written == [] and done.report_path.is_file() and done.status == "complete"

@@ -363,3 +363,27 @@ def test_the_command_says_how_far_it_got(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["runs", "rejudge", "mini", "--out", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     assert "answers judged: 20/20 (100%)" in result.output
+
+
+def test_a_run_judged_again_from_another_directory_reads_the_files_it_began_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's suite file, named relative to the directory the audit ran in, was read from
+    the working directory: from another one, a file of that name with other items there (or
+    none) stopped the judging. It is read where the run began (run.json's ``workdir``), and the
+    new run records that directory, against which its config's paths are relative."""
+    began, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    began.mkdir()
+    elsewhere.mkdir()
+    write_suite(began / "mini.jsonl")
+    write_suite(elsewhere / "mini.jsonl", 2, 2)  # other items under the same name
+    monkeypatch.chdir(began)
+    fields: dict[str, Any] = dict(suites=["mini.jsonl"], html=False)
+    audited = poise.audit(model=MockModel("scripted", scripted), judge="oracle", **fields).run
+    by_refusal = poise.audit(model=MockModel("scripted", scripted), judge="refusal", out="b",
+                             **fields).run  # fmt: skip
+    expected = _records(by_refusal)
+    monkeypatch.chdir(elsewhere)
+    result = rejudge(began / audited.path, judge="refusal", html=False)
+    assert _records(result.run) == expected
+    assert result.run.header["workdir"] == str(began)

@@ -46,7 +46,14 @@ from poise.evaluation import (
 from poise.models.base import EndpointError, GenerationError
 from poise.models.spec import canonical_spec
 from poise.runs.provenance import weights_changed, weights_components
-from poise.runs.run import Run, check_runs_root, find_run, key_problem
+from poise.runs.run import (
+    Run,
+    check_runs_root,
+    find_run,
+    key_problem,
+    recorded_workdir,
+    working_directory,
+)
 
 if TYPE_CHECKING:
     from poise.scoring.validation import LabelSet, Validation
@@ -174,6 +181,12 @@ def audit(
     recorded config wins: a field given beside it, as a keyword or set in ``config``, that says
     otherwise is refused; ``html`` and ``batch_size`` apply). Without ``resume``, an unfinished run under ``out`` with the same
     configuration is resumed too, so re-running a killed command just continues.
+
+    A resumed run reads the relative paths of its config (suite files, ``reference_run``,
+    ``judge_labels``) from the directory it began in (run.json's ``workdir``), wherever it is
+    resumed from. ``resume`` of a complete run returns it as it is, with a warning: nothing is
+    generated, judged or recomputed, and its status stays complete (``html=True`` draws a
+    missing report).
     """
     from poise.models.base import LanguageModel
 
@@ -214,6 +227,8 @@ def audit(
         if how:
             cfg = make_config(None, **{**cfg.model_dump(), **how})
         _check_resumable(run, cfg, model_obj)
+        if run.status == "complete":
+            return _already_complete(run, cfg, report="html" in how)
         run.lock()  # one writer: a second process resuming it stops here, before any work
         log.info("resuming %s", run.path)
     else:
@@ -224,8 +239,12 @@ def audit(
             run.lock()  # one writer: a second process adopting it stops here, before any work
             # said, not only logged: a user who meant a fresh run sees where the answers go
             log.warning("continuing unfinished run %s (same configuration)", run.path)
+    # a resumed run reads the relative paths of its config (suite files, --reference-run,
+    # --judge-labels) where it began, wherever it is resumed from; a run adopted by the same
+    # command reads them here, as typed here (another file holding other items is refused)
+    workdir = recorded_workdir(run) if resume is not None and run is not None else None
     try:
-        return _audit(cfg, run, model_obj, progress, adopted=resume is None)
+        return _audit(cfg, run, model_obj, progress, adopted=resume is None, workdir=workdir)
     finally:
         if run is not None:
             run.unlock()
@@ -238,7 +257,11 @@ def _audit(
     progress: ProgressFn | None,
     *,
     adopted: bool = False,
+    workdir: Path | None = None,
 ) -> AuditResult:
+    """The audit of ``cfg`` into ``run`` (None: a new run folder). ``workdir``: the directory
+    the relative paths of ``cfg`` are read against (:func:`poise.runs.run.recorded_workdir`;
+    None: the working directory)."""
     # ---- validate everything before loading weights -------------------------------------
     from poise.models.resolve import check_spec
     from poise.scoring.judges import get_judge, resolve_judge_name
@@ -255,7 +278,7 @@ def _audit(
     twice = next((s for i, s in enumerate(cfg.suites) if s in cfg.suites[:i]), None)
     if twice is not None:  # said so, not as an item id "in both 'harmful' and 'harmful'"
         raise PoiseError(f"suite {twice!r} is given twice: give each --suite once")
-    suites = [load_suite(spec, **cfg.suite_options()) for spec in cfg.suites]
+    suites = [load_suite(_suite_spec(spec, workdir), **cfg.suite_options()) for spec in cfg.suites]
     items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
     if not items:
         raise PoiseError("the audit has no items: every suite is empty")
@@ -267,8 +290,10 @@ def _audit(
     _check_judge_options(cfg.judge, cfg.judge_options)
     if model_obj is None:
         check_spec(_spec_to_build(cfg, run))
-    reference_records = _reference_records(cfg)
-    labels = _judge_labels(cfg)
+    # a reference run named by name is looked for beside the run, as poise runs rejudge does
+    reference_root = run.path.parent if run is not None and workdir is not None else None
+    reference_records = _reference_records(cfg, root=reference_root, base=workdir)
+    labels = _judge_labels(cfg, base=workdir)
 
     # ---- load, then generate and judge block by block ------------------------------------
     from poise.models import default_system_prompt, load_model, system_prompt_in_template
@@ -321,7 +346,13 @@ def _audit(
 
     created = run is None
     if run is None:
-        run = Run.create(cfg.out, cfg.name or _default_name(cfg), _header_config(cfg), lock=True)
+        run = Run.create(
+            cfg.out,
+            cfg.name or _default_name(cfg),
+            _header_config(cfg),
+            lock=True,
+            workdir=working_directory(),
+        )
     try:
         # model_spec rebuilds the model on resume; None: an object only its owner can pass again
         done = run.start(
@@ -476,17 +507,20 @@ def rejudge(
         }
     )
 
-    suites = [load_suite(spec, **cfg.suite_options()) for spec in cfg.suites]
+    # the config's relative paths where the run began (a run from before poise recorded it:
+    # here, as they were read before)
+    base = recorded_workdir(source)
+    suites = [load_suite(_suite_spec(spec, base), **cfg.suite_options()) for spec in cfg.suites]
     items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
     scorers = Scorers(get_judge(judge_spec, **options), task_scorers(items))
     old = list(source.records())
     problem = _recorded_items_differ(old, items, None)
     if problem is not None:
         raise PoiseError(f"{source.path}: cannot judge again: {problem}")
-    labels = _judge_labels(cfg)
+    labels = _judge_labels(cfg, base=base)
     # the reference run by the name the audit found it under: beside the run (the audit's
     # --out), wherever the new run goes; read now, so a missing one stops before any folder
-    reference_records = _reference_records(cfg.model_copy(update={"out": str(source.path.parent)}))
+    reference_records = _reference_records(cfg, root=source.path.parent, base=base)
 
     current = {(item.suite, item.id): item for item in items}
     generated = []
@@ -527,7 +561,8 @@ def rejudge(
     # `poise audit` would adopt and fill with answers of its own under `rejudged_from`
     header_config = _header_config(new_cfg)
     judging = {k: v for k, v in header_config.items() if k != "fingerprint"}
-    target = Run.create(root, run_name, judging, lock=True)
+    # its config's relative paths are the old run's: relative to where they were read now
+    target = Run.create(root, run_name, judging, lock=True, workdir=base or working_directory())
     try:
         target.start(
             judge_resolved=scorers.default.name,
@@ -782,6 +817,64 @@ def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:
         )
 
 
+def _suite_spec(spec: str, base: Path | None) -> str:
+    """``spec`` as :func:`poise.suites.load_suite` reads it from the directory ``base`` (None:
+    the working directory, ``spec`` as it is): a relative path of a file or folder there, or
+    of a data file no longer there (so the error names where it was looked for, and a file of
+    that name here is not read in its place), becomes its absolute path; a built-in suite name,
+    an absolute path, and a hub id such as ``owner/name`` (which load_suite tries once no file
+    has the name) stay as they are."""
+    from poise.suites import builtin_suites
+    from poise.suites.loaders import COLUMNAR_FORMATS, DATA_EXTENSIONS, OTHER_FORMATS
+
+    if base is None or spec in builtin_suites():
+        return spec
+    path = Path(spec).expanduser()
+    if path.is_absolute():
+        return spec
+    there = base / path
+    a_file = (
+        path.name.lower()
+        .removesuffix(".gz")
+        .endswith((*DATA_EXTENSIONS, *COLUMNAR_FORMATS, *OTHER_FORMATS))
+    )
+    try:
+        return str(there) if a_file or there.exists() else spec
+    except OSError:  # a name the file system refuses (too long): load_suite says so
+        return spec
+
+
+def _already_complete(run: Run, cfg: AuditConfig, *, report: bool) -> AuditResult:
+    """``resume`` of a run that is complete: nothing is generated, judged or recomputed, and
+    the run stays complete (its metrics as its audit wrote them; ``poise runs rejudge``
+    judges it again). It was finished again, its status set to running meanwhile, so a kill
+    then showed a complete run as interrupted. ``report``: ``html`` was given, so a run written
+    without report.html gets one."""
+    from poise.report.html import write_run_report
+
+    metrics = run.metrics()
+    if metrics is None:
+        raise PoiseError(
+            f"{run.path}: the run is complete but has no metrics.json; judge its answers again "
+            f"into a new run with poise runs rejudge {run.path}"
+        )
+    drawn = report and cfg.html and not run.report_path.exists()
+    log.warning(
+        "%s is complete: nothing to resume; its recorded results are unchanged%s (poise runs "
+        "show %s)",
+        run.path,
+        ", its report drawn" if drawn else "",
+        run.path,
+    )
+    if drawn:
+        run.lock()  # one writer, as for any write into a run folder
+        try:
+            write_run_report(run)
+        finally:
+            run.unlock()
+    return AuditResult(run=run, config=cfg, metrics=metrics)
+
+
 def _check_judge_options(judge: str, options: Mapping[str, Any]) -> str:
     """The name of the judge ``judge`` specs, its ``options`` checked against what it takes
     (one PoiseError naming the nearest valid ones); options beside ``auto`` are refused."""
@@ -798,30 +891,36 @@ def _check_judge_options(judge: str, options: Mapping[str, Any]) -> str:
     return name
 
 
-def _judge_labels(cfg: AuditConfig) -> LabelSet | None:
+def _judge_labels(cfg: AuditConfig, *, base: Path | None = None) -> LabelSet | None:
     """The human-labelled answers ``--judge-labels`` names (read before the model loads), or
-    None."""
+    None. ``base``: the directory a relative path is relative to (default: the working
+    directory)."""
     if cfg.judge_labels is None:
         return None
     from poise.scoring.validation import read_labels
 
+    path = Path(cfg.judge_labels).expanduser()
     return read_labels(
-        cfg.judge_labels,
+        base / path if base is not None else cfg.judge_labels,
         format=cfg.judge_labels_format,
         columns=dict(cfg.judge_labels_columns) or None,
         flag="--judge-labels-column",
     )
 
 
-def _reference_records(cfg: AuditConfig) -> list[dict[str, Any]] | None:
+def _reference_records(
+    cfg: AuditConfig, *, root: str | Path | None = None, base: Path | None = None
+) -> list[dict[str, Any]] | None:
     """The records of ``reference_run``, checked as the metrics read them (judged honesty
     answers in its default group) before the model loads: a reference without them stopped the
-    audit once every answer was generated, and left a run that no resume could finish."""
+    audit once every answer was generated, and left a run that no resume could finish. A
+    name is looked for under ``root`` (default: ``cfg.out``), a relative path from ``base``
+    (default: the working directory)."""
     if cfg.reference_run is None:
         return None
     from poise.scoring.metrics import reference_types
 
-    ref = find_run(cfg.reference_run, cfg.out)
+    ref = find_run(cfg.reference_run, cfg.out if root is None else root, base=base)
     records = list(ref.records())
     if not records:
         raise PoiseError(f"{ref.path}: the reference run has no records")

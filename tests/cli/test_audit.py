@@ -86,3 +86,37 @@ def test_a_name_beside_resume_that_is_not_the_runs_is_refused_as_the_api_does(
     assert f"--resume {run.path.name}: it was recorded with --name 'first', not 'second'" in said
     same = CliRunner().invoke(app, [*argv, "--name", "first"], env={"COLUMNS": "300"})
     assert same.exit_code == 0, same.output
+
+
+def test_resume_from_another_directory_then_of_the_complete_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`poise audit --resume /abs/RUN` from another directory stopped with "mini.jsonl: no such
+    file" (the suite as typed where the run began); resumed once complete, the run was finished
+    again without a word, its status set to running meanwhile."""
+    import json
+
+    from poise.runs import Run, list_runs
+
+    began, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    began.mkdir()
+    elsewhere.mkdir()
+    rows = [{"id": f"h-{i}", "prompt": f"harmful request {i}", "kind": "harmful"} for i in range(4)]
+    (began / "mini.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(began)
+    argv = ["audit", "--model", "mock", "--suite", "mini.jsonl", "--judge", "refusal", "--no-html"]
+    assert CliRunner().invoke(app, argv).exit_code == 0
+    [run] = [Run(began / r.path) for r in list_runs("runs")]
+    samples = run.samples_path.read_text().splitlines(keepends=True)
+    run.samples_path.write_text("".join(samples[:2]))
+    run.update_header(status="running")
+
+    monkeypatch.chdir(elsewhere)
+    resumed = CliRunner().invoke(app, ["audit", "--resume", str(run.path)], env={"COLUMNS": "300"})
+    assert resumed.exit_code == 0, resumed.output
+    assert run.samples_path.read_text() == "".join(samples) and run.status == "complete"
+    again = CliRunner().invoke(app, ["audit", "--resume", str(run.path)], env={"COLUMNS": "300"})
+    assert again.exit_code == 0, again.output
+    said = " ".join(again.output.split())
+    assert f"{run.path} is complete: nothing to resume; its recorded results are unchanged" in said
+    assert f"run folder: {run.path}" in said and run.status == "complete"

@@ -314,3 +314,32 @@ def test_a_run_continued_under_other_versions_records_them(
     fresh = Run.create(tmp_path, "fresh", {})
     fresh.start()  # a new run under any versions has no records to tell apart
     assert "continued_with" not in fresh.header
+
+
+def test_a_run_reads_its_relative_paths_where_it_began_while_that_directory_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.json's ``workdir`` is where the relative paths of the run's config are read: from
+    another directory, that one; from the same one, or once it is gone (a moved project) or for
+    a run recorded without it, the working directory, as before."""
+    from poise.runs.run import recorded_workdir
+
+    began, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    began.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(began)
+    run = Run.create(tmp_path / "runs", "a", {"suites": ["mini.jsonl"]}, workdir=".")
+    assert run.header["workdir"] == str(began)
+    assert recorded_workdir(run) is None  # here: the paths as typed
+    monkeypatch.chdir(elsewhere)
+    assert recorded_workdir(run) == began
+    # a reference run given as a relative path is found from there, not from here
+    (began / "runs").symlink_to(tmp_path / "runs")
+    (elsewhere / "runs").mkdir()
+    relative = Path("runs") / run.path.name
+    assert find_run(relative, base=began).path == began / relative
+    with pytest.raises(PoiseError, match="no run"):
+        find_run(relative)
+    began.rename(tmp_path / "moved")
+    assert recorded_workdir(run) is None
+    assert recorded_workdir(Run.create(tmp_path / "runs", "old", {})) is None

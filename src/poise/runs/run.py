@@ -2,7 +2,8 @@
 
     runs/<timestamp>-<name>/
       run.json       schema version, versions of poise/torch/transformers (and, for a run continued
-                     under others, those in ``continued_with``), resolved config, status;
+                     under others, those in ``continued_with``), resolved config, status, the
+                     directory its config's relative paths are relative to (``workdir``);
                      from the audit: the model's name and spec, the judge, the fingerprints of the
                      weights it depends on (``weights``, :mod:`poise.runs.provenance`) and the
                      system messages "default" and "none" sent (``system_prompts``)
@@ -191,11 +192,19 @@ class Run:
     # ---- creating and opening -------------------------------------------------------------
     @classmethod
     def create(
-        cls, root: str | Path, name: str, config: Mapping[str, Any], *, lock: bool = False
+        cls,
+        root: str | Path,
+        name: str,
+        config: Mapping[str, Any],
+        *,
+        lock: bool = False,
+        workdir: str | Path | None = None,
     ) -> Run:
         """A new run folder under ``root``. ``lock``: take the run's lock before its header is
         written, so no other process can adopt the run (:meth:`find_unfinished` finds it as soon
-        as run.json exists) before its writer holds it."""
+        as run.json exists) before its writer holds it. ``workdir``: the directory the relative
+        paths of ``config`` are relative to (recorded as an absolute path, ``workdir``, so a
+        resume from another directory reads the same files: :func:`recorded_workdir`)."""
         root = Path(root)
         check_runs_root(root)
         try:
@@ -224,6 +233,7 @@ class Run:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "status": "running",
             **environment_versions(),
+            **({"workdir": str(Path(workdir).absolute())} if workdir is not None else {}),
             "config": dict(config),
         }
         try:
@@ -623,9 +633,11 @@ def matching_runs(spec: str | Path, root: str | Path = "runs") -> list[Run]:
     return exact or named or [r for r in runs if spec in r.path.name]
 
 
-def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
-    """A run by path, by folder name under ``root``, or by a unique prefix/suffix of its name."""
-    path = Path(spec)
+def find_run(spec: str | Path, root: str | Path = "runs", *, base: str | Path | None = None) -> Run:
+    """A run by path, by folder name under ``root``, or by a unique prefix/suffix of its name.
+    ``base``: the directory a relative path is relative to (default: the working directory),
+    as a run's :func:`recorded_workdir` for a path its config names."""
+    path = Path(spec) if base is None else Path(base) / spec
     if path.is_dir():
         return Run.open(path)
     candidates = matching_runs(spec, root)
@@ -644,6 +656,34 @@ def find_run(spec: str | Path, root: str | Path = "runs") -> Run:
         f"{str(spec)!r} matches {len(candidates)} runs under {root} (newest first): {shown}"
         f"{' …' if len(candidates) > 5 else ''}; give the folder name of the one you mean"
     )
+
+
+def working_directory() -> str | None:
+    """The absolute working directory, or None when it is gone (removed while the process ran
+    in it): what :meth:`Run.create` records as ``workdir``."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def recorded_workdir(run: Run) -> Path | None:
+    """The directory the relative paths of ``run``'s config (suite files, a reference run, a
+    labels file) are read against when the run is continued or judged again: the ``workdir`` it
+    began in, when that is another directory than the working one and still there. None (read
+    them from the working directory, as when it began) for a run recorded before poise kept it,
+    one begun here, or one whose directory is gone (a project moved: its paths are read from
+    here, and the items check of the resume still refuses a suite file that holds other items)."""
+    recorded = run.header.get("workdir")
+    if not isinstance(recorded, str) or not recorded:
+        return None
+    there = Path(recorded)
+    try:
+        if not there.is_dir() or there.samefile(Path.cwd()):
+            return None
+    except OSError:  # the working directory is gone: the recorded one is the one there is
+        return there
+    return there
 
 
 def rejudged_label(header: Mapping[str, object]) -> str:
