@@ -794,8 +794,8 @@ def _spec_to_build(cfg: AuditConfig, run: Run | None) -> str:
     model it built, folders by their absolute paths: the typed spec names a relative folder
     from the directory the run began in, another folder or none from elsewhere), else the
     config's."""
-    built = run.header.get("model_spec") if run is not None else None
-    return built if isinstance(built, str) and built else cfg.model
+    built = run.model_to_build if run is not None else None
+    return built or cfg.model
 
 
 def _check_resumable(run: Run, cfg: AuditConfig, model_obj: Any) -> None:

@@ -97,6 +97,12 @@ def test_export_takes_the_system_prompts_the_run_recorded_without_loading_its_mo
     monkeypatch.setattr(poise.models, "load_model", loaded)
     result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
+    # the model as the audit built it (run.json's model_spec), not the config's spec as typed:
+    # a relative folder was read from the directory export ran in
+    header["config"]["model"] = "./a-folder-of-the-directory-the-audit-ran-in"
+    (run.path / "run.json").write_text(json.dumps(header))
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
     assert [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()] == (
         expected
     )

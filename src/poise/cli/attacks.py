@@ -115,7 +115,8 @@ def _system_prompts(found: Run, spec: str | None) -> dict[str, str | None]:
     ):
         return {"default": recorded["default"], "none": recorded["none"]}
     config = found.config
-    name = spec or config.get("model")
+    # the model the audit built (folders by absolute path: export from any directory)
+    name = spec or found.model_to_build
     options = {} if spec else dict(config.get("model_options") or {})
     if not isinstance(name, str) or not name:
         raise PoiseError(

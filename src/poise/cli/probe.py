@@ -175,8 +175,8 @@ def train_command(
         if model is None and task in RUN_TASKS and run is not None:
             from poise.runs import find_run
 
-            recorded = find_run(run).config.get("model")
-            model = recorded if isinstance(recorded, str) else None
+            # the model the audit built (folders by absolute path: read from any directory)
+            model = find_run(run).model_to_build
         loaded = load_model(model or "organism-large")
         require_activations("poise probe train", loaded)
         examples = _examples(task, loaded, list(suite) or default, run)

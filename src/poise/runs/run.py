@@ -281,6 +281,19 @@ class Run:
         return dict(self.header["config"])
 
     @property
+    def model_to_build(self) -> str | None:
+        """The spec that rebuilds the run's model: the recorded ``model_spec`` (the model the
+        audit built, folders by their absolute paths), else the config's ``model`` as typed (a
+        run from before it was recorded; a relative folder there is read from here); None when
+        the run names none (a model object without a spec)."""
+        header = self.header
+        built = header.get("model_spec")
+        if isinstance(built, str) and built:
+            return built
+        typed = header["config"].get("model")
+        return typed if isinstance(typed, str) and typed else None
+
+    @property
     def status(self) -> str:
         return str(self.header.get("status", "unknown"))
 
