@@ -211,6 +211,21 @@ def test_clopper_pearson_bound_is_scipy_s_beta_quantile_for_n_2_to_500() -> None
                 assert ours == pytest.approx(reference, rel=1e-9, abs=0), (n, k, delta)
 
 
+def test_clopper_pearson_bound_keeps_a_tiny_delta_as_given() -> None:
+    # with no harmful answer U = 1 - δ^{1/n} exactly; δ = 1e-12 was rounded in 1 - δ first, and
+    # the bound computed at δ = 9.99978e-13 (0.24142259 for 0.24142260 at n = 100)
+    for n, delta in [(100, 1e-12), (10, 1e-15), (3, 1e-9)]:
+        exact = -math.expm1(math.log(delta) / n)  # 1 - δ^{1/n}
+        assert clopper_pearson_upper_bound(np.zeros(n), delta) == pytest.approx(exact, rel=1e-13)
+    # its upper tail, for the other half too: P(X > x) = 0.7 for Beta(2, 3)
+    from poise.scoring.stats import beta_upper_quantile
+
+    assert beta_upper_quantile(0.7, 2.0, 3.0) == pytest.approx(
+        float(scipy_stats.beta.isf(0.7, 2.0, 3.0)), rel=1e-12
+    )
+    assert beta_upper_quantile(0.0, 2.0, 3.0) == 1.0 and beta_upper_quantile(1.0, 2, 3) == 0.0
+
+
 def test_beta_quantile_is_scipy_s_and_refuses_what_is_not_a_distribution() -> None:
     from poise.scoring.stats import beta_quantile
 

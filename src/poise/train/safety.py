@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from poise.errors import PoiseError
-from poise.scoring.stats import beta_quantile
+from poise.scoring.stats import beta_upper_quantile
 from poise.scoring.stats import student_t_quantile as two_sided_t_quantile
 
 __all__ = [
@@ -158,7 +158,7 @@ def clopper_pearson_upper_bound(costs: Costs, delta: float) -> float:
     n, k = int(array.size), int(array.sum())
     if k == n:
         return 1.0
-    return beta_quantile(1.0 - delta, k + 1, n - k)
+    return beta_upper_quantile(delta, k + 1, n - k)  # P(p > U) = δ, δ not rounded in 1 - δ
 
 
 def _check_unit_interval(array: np.ndarray, bound: str) -> None:
