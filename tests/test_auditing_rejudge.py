@@ -358,6 +358,39 @@ def test_a_judge_sees_the_blocks_it_saw_in_the_audit(tmp_path: Path) -> None:
         judges._entries.pop("counting", None)
 
 
+def test_auto_is_judged_again_by_the_spec_it_resolved_to(tmp_path: Path) -> None:
+    """A model object without a spec recommending a judge that takes an argument: its name is
+    not its spec, and rejudge resolved `auto` again from the model's name, which recommends
+    nothing: the run was judged again by `refusal`, without a word."""
+    from poise.scoring.judges import RefusalJudge, judges, register_judge
+
+    made: list[str | None] = []
+
+    class Worded(RefusalJudge):
+        def __init__(self, word: str | None) -> None:
+            super().__init__()
+            self.name = f"worded({word})"  # a display name, not the spec "worded:WORD"
+
+    def make(arg: str | None, **options: Any) -> Any:
+        made.append(arg)
+        return Worded(arg)
+
+    register_judge("worded", argument="WORD")(make)
+    try:
+        model = MockModel("scripted", scripted)
+        model.recommended_judge = "worded:bomb"
+        suite = write_suite(tmp_path / "mini.jsonl")
+        audited = poise.audit(
+            model=model, suites=[str(suite)], judge="auto", out=str(tmp_path / "runs"), html=False
+        ).run
+        assert audited.header["judge_resolved"] == "worded(bomb)"
+        again = rejudge(audited.path, html=False)
+        assert again.run.header["judge_resolved"] == "worded(bomb)" and made == ["bomb", "bomb"]
+        assert audited.header["judge_spec"] == again.run.header["judge_spec"] == "worded:bomb"
+    finally:
+        judges._entries.pop("worded", None)
+
+
 def test_the_command_says_how_far_it_got(tmp_path: Path) -> None:
     _mini_run(tmp_path)
     result = CliRunner().invoke(app, ["runs", "rejudge", "mini", "--out", str(tmp_path / "runs")])

@@ -357,6 +357,9 @@ def _audit(
         # model_spec rebuilds the model on resume; None: an object only its owner can pass again
         done = run.start(
             judge_resolved=judge.name,
+            # the spec that built the judge (what `auto` resolved to): a judge's name is not
+            # always a spec (a plugin's "x(bomb)" for "x:bomb"), and rejudge rebuilds it from this
+            judge_spec=judge_spec,
             model_name=model.name,
             model_spec=model.spec,
             weights=weights,
@@ -490,8 +493,11 @@ def rejudge(
         options = dict(judge_options or {})
     judge_name = _check_judge_options(judge, options)
     resolved = header.get("judge_resolved")
-    if judge_name == "auto" and isinstance(resolved, str) and resolved in judges:
-        judge_spec = resolved  # the run's own judge: the one auto chose when it ran
+    built = header.get("judge_spec")
+    if judge_name == "auto" and isinstance(built, str) and built:
+        judge_spec = built  # the run's own judge: the spec auto resolved to when it ran
+    elif judge_name == "auto" and isinstance(resolved, str) and resolved in judges:
+        judge_spec = resolved  # a run from before judge_spec was recorded: its judge's name
     else:
         # auto: what the recorded model recommends (from its spec, no weights loaded)
         judge_spec = resolve_judge_name(judge, str(model_spec or cfg.model))
@@ -566,6 +572,7 @@ def rejudge(
     try:
         target.start(
             judge_resolved=scorers.default.name,
+            judge_spec=judge_spec,
             model_name=header.get("model_name"),
             model_spec=model_spec,
             weights=dict(sorted(weights.items())),
