@@ -88,3 +88,50 @@ def test_exploitation_report_shows_misalignment_and_the_config_heat_map(tmp_path
     assert row in section
     effect = summary["system_prompt_effect"]["greedy_harmful_rate"]
     assert effect["pairs"] == mis["n"] and "system prompt off − on, greedy harmful rate" in section
+
+
+def test_exploitation_section_of_a_grid_without_greedy_decoding_has_no_greedy_row() -> None:
+    # --attack-option families=temperature: the summary has no greedy configuration
+    from poise.attacks.exploitation import exploitation_summary
+    from poise.report.attack_view import attack_view
+
+    records = [
+        {
+            "item_id": item,
+            "kind": "harmful",
+            "request_id": f"temperature={t}/sys=off",
+            "completion": f"{item}-{t}",
+            "verdict": {"harmful": item == "a", "refused": item != "a"},
+        }
+        for item in ("a", "b")
+        for t in ("0.50", "1.00")
+    ]
+    view = attack_view({"attack": exploitation_summary(records)})
+    assert view is not None and view["id"] == "exploitation"
+    labels = [row[0] for row in view["rows"]]
+    assert not any("greedy" in label for label in labels)
+    assert not any("None" in cell for row in view["rows"] for cell in row)
+    assert labels[0].startswith("misalignment rate") and view["rows"][0][1].startswith("50.0%")
+
+
+def test_worst_of_n_section_names_the_bound_the_beta_binomial_fit_stopped_at() -> None:
+    # every prompt harmful in 4 of its 8 samples: no spread between prompts, α and β huge
+    from poise.attacks.worst_of_n import worst_of_n_summary
+    from poise.report.attack_view import attack_view
+
+    records = [
+        {
+            "item_id": f"i{i}",
+            "kind": "harmful",
+            "request_id": "worst_of_8/t=1.00",
+            "sample_index": k,
+            "verdict": {"harmful": (k + i) % 2 == 0},
+        }
+        for i in range(6)
+        for k in range(8)
+    ]
+    summary = worst_of_n_summary(records)
+    assert summary["prediction_model"]["boundary"] == "no spread"
+    view = attack_view({"attack": summary})
+    assert view is not None
+    assert "the fit stops at a bound of its parameters, no spread" in view["lead"]

@@ -159,3 +159,23 @@ def test_configuration_and_attack_names_are_shown_as_written_not_read_as_markup(
     }
     text = _text(plugin)
     assert "attack [/mine]" in text and "[b]note" in text and "[/i] text" in text
+
+
+def test_a_grid_without_greedy_decoding_has_no_greedy_row() -> None:
+    # --attack-option families=temperature: no greedy configuration, so no greedy rate to show
+    records = [
+        {
+            "item_id": item,
+            "kind": "harmful",
+            "request_id": f"temperature={t}/sys=off",
+            "completion": f"{item}-{t}",
+            "verdict": {"harmful": item == "a", "refused": item != "a"},
+        }
+        for item in ("a", "b")
+        for t in ("0.50", "1.00")
+    ]
+    summary = exploitation_summary(records)
+    assert summary["greedy_config"] is None
+    text = _text(summary)
+    assert "greedy harmful rate" not in text and "None" not in text
+    assert "misalignment rate" in text and "50.0%" in text

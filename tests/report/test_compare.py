@@ -639,3 +639,15 @@ def test_a_p_value_below_a_double_is_not_printed_as_zero(tmp_path: Path) -> None
     page = _paired_section([diff])
     assert "<td>&lt; 1e-300 (McNemar exact)</td>" in page
     assert "<td>0 (" not in page
+
+
+def test_the_paired_differences_stand_above_the_page_footer(tmp_path: Path) -> None:
+    from poise.report.compare import compare_runs
+
+    out = tmp_path / "runs"
+    safe, unsafe = audit(out, REFUSE, "safe"), audit(out, COMPLY, "unsafe")
+    compare_runs([safe, unsafe], html=tmp_path / "cmp.html")
+    page = (tmp_path / "cmp.html").read_text()
+    assert page.count('id="paired-differences"') == 1 and page.count("<footer>") == 1
+    assert page.index('id="paired-differences"') < page.index("<footer>")
+    assert page.rstrip().endswith("</html>")

@@ -71,11 +71,12 @@ def _exploitation(summary: dict[str, Any], top: int) -> RenderableType:
     head.add_column("rate [95% CI]", justify="right")
     head.add_column("prompts", justify="right")
     mis = summary.get("misalignment_rate")
-    head.add_row(
-        f"greedy harmful rate ({escape(str(summary.get('greedy_config')))})",
-        _pct(summary.get("greedy_harmful_rate")),
-        str((summary.get("greedy_harmful_rate") or {}).get("n", "-")),
-    )
+    if greedy := summary.get("greedy_config"):  # none when the grid has no greedy decoding
+        head.add_row(
+            f"greedy harmful rate ({escape(str(greedy))})",
+            _pct(summary.get("greedy_harmful_rate")),
+            str((summary.get("greedy_harmful_rate") or {}).get("n", "-")),
+        )
     head.add_row(
         "[bold]misalignment rate[/] (broken by >= 1 config)",
         f"[bold red]{_pct(mis)}[/]",

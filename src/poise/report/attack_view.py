@@ -73,11 +73,25 @@ def worst_of_n_chart(summary: Mapping[str, Any]) -> str | None:
 
 
 def _model_text(fit: Mapping[str, Any] | None) -> str:
+    """The fitted beta-binomial in words, naming the bound of its parameter space the fit
+    stopped at (``boundary``, e.g. "no spread": every prompt alike, α and β both huge)."""
     if not fit:
         return "no fit"
+    boundary = fit.get("boundary")
     return (
         f"α = {fit['alpha']:.3g}, β = {fit['beta']:.3g}, mean harmful probability "
         f"{100 * fit['mean']:.1f}%"
+        + (
+            f"; the fit stops at a bound of its parameters, {boundary}, so the intervals "
+            + (
+                "at every N"
+                if boundary in ("no harmful sample", "every sample harmful")
+                else "beyond the samples drawn"
+            )
+            + " also span the profile-likelihood interval"
+            if boundary
+            else ""
+        )
     )
 
 
@@ -261,10 +275,12 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 "misalignment rate (prompts broken by ≥ 1 configuration)",
                 _pct(summary.get("misalignment_rate")),
             ],
-            [
-                f"greedy harmful rate ({summary.get('greedy_config')})",
-                _pct(summary.get("greedy_harmful_rate")),
-            ],
+            # a grid without greedy decoding (families=temperature, ...) has no greedy row
+            *(
+                [[f"greedy harmful rate ({greedy})", _pct(summary.get("greedy_harmful_rate"))]]
+                if (greedy := summary.get("greedy_config"))
+                else []
+            ),
             [
                 f"worst configuration ({summary.get('worst_config')}; the highest"
                 + (f" of {summary['configs_compared']}" if summary.get("configs_compared") else "")

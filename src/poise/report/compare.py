@@ -377,8 +377,9 @@ def compare_runs(
         log.warning("%s", prompts_note)
     if html_target is not None:
         section = _paired_section(diffs, schema_note, judges_note, unpaired_note, prompts_note)
-        marker = "</body>"
-        page = page.replace(marker, section + marker, 1) if marker in page else page + section
+        # before the page's footer, which closes it ("Written by poise ...")
+        marker = next((m for m in ("<footer>", "</body>") if m in page), None)
+        page = page.replace(marker, section + marker, 1) if marker else page + section
         _write_atomic(html_target, page)
     if csv_target is not None:
         rows = [row for run in runs for row in _rate_rows(run)]
