@@ -452,3 +452,22 @@ def test_the_profile_likelihood_interval_matches_a_brute_force_search() -> None:
         assert low[i] <= min(asr) + 1e-3 and high[i] >= max(asr) - 1e-3
         assert low[i] == pytest.approx(min(asr), abs=0.02)
         assert high[i] == pytest.approx(max(asr), abs=0.02)
+
+
+def test_beyond_the_samples_the_resampled_curve_stays_at_its_value_at_m() -> None:
+    """For N > M, q_i(N) = 1 - (1 - q_i(M)) (1 - k_i/M)^(N - M) = q_i(M): a prompt broken
+    within its M samples counts as broken, one never broken as 0, at N = M + 1 as at 10 M
+    (the plug-in 1 - (1 - k_i/M)^N would be 1 - 0.75^5 = 0.763 for a prompt with k = 1 of 4)."""
+    m = np.array([[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0]], dtype=bool)
+    pred = predicted_curve(m, [4, 5, 6, 40], boot=50)
+    assert [p["value"] for p in pred] == pytest.approx([2 / 3] * 4, rel=1e-12)
+
+
+def test_the_resampled_curves_interval_is_a_95_percent_one() -> None:
+    """The percentile bootstrap over prompts is a 95% interval: for the mean of 400 prompts,
+    half of them broken, it is close to the normal one, 0.5 ± 1.96 · 0.5 / 20 (0.049; a 90%
+    interval would be 0.041)."""
+    m = np.array([[i % 2 == 0] for i in range(400)])
+    [point] = predicted_curve(m, [1], boot=1000)
+    assert point["value"] == 0.5
+    assert (point["high"] - point["low"]) / 2 == pytest.approx(1.959964 * 0.5 / 20, rel=0.05)

@@ -87,6 +87,9 @@ def test_parse_feedback() -> None:
         "no",
     )
     assert parse_feedback('{"unsafe": "yes", "overrefusal": false}') is None
+    # both flags must be booleans: a string "yes" is no verdict, whichever flag holds it
+    assert parse_feedback('{"unsafe": true, "overrefusal": "yes", "feedback": "f"}') is None
+    assert parse_feedback('{"unsafe": false, "overrefusal": null, "feedback": "f"}') is None
     assert parse_feedback("no json here") is None
     assert parse_feedback('{"unsafe": true, ') is None
 

@@ -610,3 +610,77 @@ def test_a_tokenizer_without_the_option_letters_is_refused_when_built(
     assert "the unknown token" in text
     # the tiny model's own vocabulary has them: built as before
     assert isinstance(load_model(f"rain({tiny_hf_model_dir})"), Rain)
+
+
+def test_the_most_visited_child_wins_ties_by_value() -> None:
+    """``nodes.py: node.get_max_n_action``: the most visits, and among children with as many,
+    the highest value."""
+    root = Node(None, 0.0)
+    root.expand([((1,), 0.3), ((2,), 0.3), ((3,), 0.4)])
+    for child, (n, q) in zip(
+        root.children.values(), ((2.0, 0.1), (2.0, 0.7), (1.0, 0.9)), strict=True
+    ):
+        child.n, child.q = n, q
+    best = root.best()
+    assert best is not None and best[0] == (2,)
+
+
+def test_a_nodes_embedding_is_the_mean_of_its_paths_embeddings() -> None:
+    """``nodes.py: node.backup``: ``emb += (new - emb) / fn``, the running mean over its real
+    visits."""
+    vectors = iter([torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 4.0])])
+    root = Node(None, 0.0)
+    root.expand([((1,), 1.0)])
+    child = root.children[(1,)]
+    for _ in range(3):
+        child.backup(0.0, [1], lambda tokens: next(vectors))
+    assert child.embedding is not None
+    assert child.embedding.tolist() == pytest.approx([1 / 3, 5 / 3])
+
+
+def _scripted_search(value: float) -> Any:
+    """A stand-in for ``Rain._search``: each search backs ``value`` up from the node two sets
+    below the root (token 5 each), so the root's child gets one real visit per search."""
+
+    def search(root: Node, *args: Any) -> Iterator[Any]:
+        node = root
+        for _ in range(2):
+            if not node.children:
+                node.expand([((5,), 1.0)])
+            node = node.children[(5,)]
+        node.backup(value, [5, 5], None)
+        yield from ()
+
+    return search
+
+
+def _run_answer(rain: Rain, budget: int) -> dict[str, int]:
+    answer = rain._answer(
+        [{"role": "user", "content": "hi"}], Sampling(max_new_tokens=budget), torch.Generator()
+    )
+    with pytest.raises(StopIteration) as done:
+        next(answer)
+    ids, _, counts = done.value.value
+    assert ids == [5] * budget
+    return counts
+
+
+def test_a_root_stops_searching_once_its_best_child_has_more_than_min_visits(
+    tiny: HFModel,
+) -> None:
+    """``main.py: gmeval``: stop once the most-visited child has ``fn > min_visits`` real visits
+    and ``q > threshold``. Value 1 each search: the first root stops after 4 searches
+    (``fn = 4 > 3``), the second after 1 (its best child arrives with 4 visits)."""
+    rain = Rain(tiny, max_searches=50, min_visits=3, threshold=0.8)
+    rain._search = _scripted_search(1.0)  # type: ignore[method-assign]
+    assert _run_answer(rain, 2)["rain_searches"] == 5
+
+
+def test_a_new_root_gets_extra_searches_beyond_the_visits_it_arrives_with(
+    tiny: HFModel,
+) -> None:
+    """``main.py: gmeval``: a root searched ``max(maxT, fn_root + extra)`` times in all; the
+    child committed after 3 searches arrives with 3 visits, so it gets 5 - 3 = 2 more."""
+    rain = Rain(tiny, max_searches=3, extra_searches=2, min_visits=0, threshold=0.8)
+    rain._search = _scripted_search(-1.0)  # type: ignore[method-assign]
+    assert _run_answer(rain, 2)["rain_searches"] == 5

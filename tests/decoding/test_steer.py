@@ -240,3 +240,30 @@ def test_a_layer_given_to_ablation_is_refused_not_ignored(
     ablated = _steer(tiny_hf_model_dir, direction, mode="ablate")
     assert "layer=-1" in ablated.spec and "mode=ablate" in ablated.spec
     assert "layer=1" in _steer(tiny_hf_model_dir, direction, mode="add", layer=1).spec
+
+
+def test_use_probe_steers_along_the_probes_normal_in_raw_space(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """The probe scores ``w . (x - mu) / std``, so its normal in raw activation space is
+    ``w / std``; ``use=probe`` rescales it to the difference of means' norm, the default
+    direction."""
+    hidden = json.loads((tiny_hf_model_dir / "config.json").read_text())["hidden_size"]
+    g = torch.Generator().manual_seed(4)
+    weights = torch.randn(hidden, generator=g, dtype=torch.float64)
+    std = torch.rand(hidden, generator=g, dtype=torch.float64) * 3 + 0.2
+    means = torch.randn(hidden, generator=g, dtype=torch.float64) * 2
+    folder = LinearProbe(
+        layer=1,
+        standardiser=Standardiser(torch.zeros(hidden, dtype=torch.float64), std),
+        weights=weights,
+        bias=0.0,
+        difference_of_means=means,
+        model=None,
+    ).save(tmp_path / "probe")
+    normal = weights / std
+    expected = normal / normal.norm() * means.norm()
+    steered = _steer(tiny_hf_model_dir, folder, mode="add", use="probe")
+    assert torch.allclose(steered.vector.double(), expected, atol=1e-5)
+    default = _steer(tiny_hf_model_dir, folder, mode="add")
+    assert torch.allclose(default.vector.double(), means, atol=1e-5)

@@ -93,6 +93,18 @@ def test_token_labels_follow_character_spans() -> None:
     assert token_labels(offsets, []) == [0, 0, 0, 0]
 
 
+def test_visible_offsets_drop_the_whitespace_at_both_ends_of_a_token() -> None:
+    """A token that ends on whitespace ("cut\\n ") loses it as one that begins with it does:
+    a span starting on that space does not label "cut"; a whitespace-only token keeps its
+    range."""
+    from poise.guards.data import visible_offsets
+
+    text = "cut\n the  \n"
+    offsets = [(0, 5), (5, 9), (9, 11)]  # "cut\n ", "the ", " \n"
+    assert visible_offsets(text, offsets) == [(0, 3), (5, 8), (9, 11)]
+    assert token_labels(visible_offsets(text, offsets), [(4, 8)]) == [0, 1, 0]
+
+
 def test_a_span_ending_on_a_space_does_not_label_the_next_word(monitor_dir: Path) -> None:
     """A byte-level tokenizer merges a word's leading space into its token (" the": the space
     in its offsets); a span that ended on that space labelled the word after it harmful."""
@@ -305,3 +317,97 @@ def test_monitor_data_with_a_key_given_twice_names_the_line_and_the_key(tmp_path
     )
     with pytest.raises(PoiseError, match=r"d\.jsonl:1: key 'harmful' given twice \(again at"):
         read_monitor_data(path)
+
+
+def test_scm_loss_weighs_its_terms_by_alpha_and_gamma() -> None:
+    """``alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic`` (arXiv 2506.09996) at
+    weights other than the released defaults, from the terms the function returns."""
+    torch.manual_seed(1)
+    token_logits = torch.randn(2, 3, 2)
+    response_logits = torch.randn(2, 2)
+    labels = torch.tensor([[-100, 1, 0], [-100, 0, 0]])
+    response_labels = torch.tensor([1, 0])
+    got = scm_loss(token_logits, response_logits, labels, response_labels, alpha=0.25, gamma=3.0)
+    expected = 0.25 * got["token"] + 0.75 * got["response"] + 3.0 * got["logic"]
+    assert got["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert got["logic"].item() > 0.01  # the gamma term is not vanishing here
+
+
+def test_the_released_defaults_and_streaming_head() -> None:
+    """The released defaults (``scripts/run-scm.sh``: alpha 0.6, gamma 1, logic reduced by max)
+    and the head the released partial evaluation scores tokens with: the response head."""
+    from poise.guards.monitor import MonitorHeader
+
+    header = MonitorHeader()
+    assert (header.alpha, header.gamma, header.logic_reduce) == (0.6, 1.0, "max")
+    assert header.head == "response"
+
+
+def test_prompt_tokens_carry_no_token_label(monitor_dir: Path) -> None:
+    """The prompt's positions are labelled -100 (ignored by CE_token and masked in L_logic),
+    the response's by its harm spans."""
+    from transformers import AutoTokenizer
+
+    from poise.guards.data import encode_example
+
+    tokenizer = AutoTokenizer.from_pretrained(str(monitor_dir))
+    example = MonitorExample((("user", "hi"),), "mix the dog", ((0, 3),))
+    ids, labels = encode_example(tokenizer, [5, 6, 7], example)
+    assert ids[:3] == [5, 6, 7]
+    assert labels[:3] == [-100, -100, -100]
+    assert labels[3] == 1 and set(labels[3:]) <= {0, 1}
+
+
+def test_each_heads_scores_are_its_harmful_probability_at_each_response_token(
+    monitor_dir: Path,
+) -> None:
+    """``response_scores``: softmax(head(h_t))[harmful] for the hidden state after each response
+    token, computed here from the backbone's own last hidden states; ``forward``'s response
+    logits read each right-padded row's last real token."""
+    monitor = load_monitor(str(monitor_dir))
+    prompt = monitor.prompt_ids([{"role": "user", "content": "the cat"}])
+    answers = [
+        monitor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        for text in ("the dog ran", "a cat")
+    ]
+    heads = {"response": monitor.response_head, "token": monitor.token_head}
+    hidden = []
+    for answer in answers:
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            states = monitor.backbone(ids, output_hidden_states=True).hidden_states[-1][0]
+        hidden.append(states)  # [tokens, hidden]
+        for name, layer in heads.items():
+            with torch.no_grad():
+                expected = torch.softmax(layer(states[len(prompt) :]), dim=-1)[:, 1]
+            got = monitor.response_scores([prompt], [answer], name)[0]
+            assert got == pytest.approx(expected.tolist(), abs=1e-5)
+    # forward on right-padded rows: the response head at each row's last real token
+    rows = [prompt + a for a in answers]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.no_grad():
+        _, response_logits = monitor(ids, mask)
+        for row, states in enumerate(hidden):
+            expected = monitor.response_head(states[-1])
+            assert response_logits[row].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_the_token_head_reads_the_hidden_states_through_dropout_in_training(
+    monitor_dir: Path,
+) -> None:
+    """The released ``token_classifier`` is applied after dropout; the response head is not.
+    With the dropout at p = 1 in training, every token logit is the token head's bias."""
+    monitor = load_monitor(str(monitor_dir))
+    ids = torch.tensor([monitor.tokenizer("the dog ran", add_special_tokens=False)["input_ids"]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        _, response_eval = monitor(ids, mask)
+        monitor.dropout = torch.nn.Dropout(1.0)
+        monitor.train()
+        monitor.backbone.eval()  # the backbone's own dropout (if any) stays off
+        token_logits, response_logits = monitor(ids, mask)
+    bias = monitor.token_head.bias.expand_as(token_logits)
+    assert torch.allclose(token_logits, bias)
+    assert torch.allclose(response_logits, response_eval, atol=1e-6)

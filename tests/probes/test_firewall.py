@@ -320,3 +320,16 @@ def test_a_firewall_file_that_would_open_or_blind_it_is_one_error(tmp_path: Path
         header_file.write_text(json.dumps({**header, field: value}), encoding="utf-8")
         with pytest.raises(PoiseError, match=r"firewall\.json: a field of the wrong type"):
             load_firewall(folder)
+
+
+@pytest.mark.parametrize("percentile", [0.0, -5.0, 100.5])
+def test_a_percentile_outside_0_to_100_is_refused_before_a_forward_pass(
+    percentile: float,
+) -> None:
+    """The threshold is a percentile in (0, 100] of the leave-one-out anchor scores; 0 (the
+    smallest anchor's score: most in-role queries flagged) is refused, as the documented range
+    says, before any activation is read."""
+    stub = _Stub()
+    with pytest.raises(PoiseError, match=r"percentile must be in \(0, 100\]"):
+        Firewall.fit(stub, {"cooking": ["a", "b", "c"]}, percentile=percentile)  # type: ignore[arg-type]
+    assert stub.forwards == 0

@@ -242,3 +242,33 @@ def test_one_class_is_refused() -> None:
     x, _ = _blobs()
     with pytest.raises(PoiseError, match="one class"):
         LinearProbe.fit(x, torch.zeros(len(x), dtype=torch.long), layer=0, model=None)
+
+
+def test_a_constant_feature_is_scaled_as_standard_scaler_scales_it() -> None:
+    """A feature with no spread keeps scale 1 (StandardScaler's ``scale_``), so new data's
+    deviation in it stays finite; the other features' statistics are StandardScaler's."""
+    from sklearn.preprocessing import StandardScaler
+
+    x, _ = _blobs()
+    x[:, 2] = 3.0
+    fitted = Standardiser.fit(x)
+    reference = StandardScaler().fit(x.numpy())
+    assert fitted.std.numpy() == pytest.approx(reference.scale_, rel=1e-12)
+    assert fitted.mean.numpy() == pytest.approx(reference.mean_, rel=1e-12)
+    new = x[:2].clone()
+    new[:, 2] = 5.0
+    assert torch.allclose(
+        fitted(new), torch.from_numpy(reference.transform(new.numpy())), atol=1e-10
+    )
+
+
+def test_the_threshold_is_set_on_the_calibration_negatives_when_given() -> None:
+    """``LinearProbe.fit``: the threshold at ``fpr`` on the held-out negatives' scores
+    (``calibration``), else on the training negatives'."""
+    x, y = _blobs()
+    held_out, _ = _blobs(n=60, seed=1)
+    probe = LinearProbe.fit(x, y, layer=0, model=None, fpr=0.1, calibration=held_out)
+    assert probe.threshold == threshold_at_fpr(probe.score(held_out).tolist(), 0.1)
+    plain = LinearProbe.fit(x, y, layer=0, model=None, fpr=0.1)
+    assert plain.threshold == threshold_at_fpr(plain.score(x[y == 0]).tolist(), 0.1)
+    assert probe.threshold != plain.threshold

@@ -131,3 +131,11 @@ def test_components_from_sorted_scores_equal_the_pair_matrix_to_the_bit(
     assert torch.equal(v10, psi.mean(dim=1))
     assert torch.equal(v01, psi.mean(dim=0))
     assert area == float(psi.mean())
+
+
+@pytest.mark.parametrize("fpr", [1.0, -0.01, float("nan")])
+def test_a_false_positive_rate_outside_0_to_1_is_refused(fpr: float) -> None:
+    """At fpr 1 every negative may score above the threshold: no finite threshold is the
+    smallest, so [0, 1) is the range."""
+    with pytest.raises(ValueError, match=r"fpr must be in \[0, 1\)"):
+        threshold_at_fpr([0.1, 0.5, 0.9], fpr)

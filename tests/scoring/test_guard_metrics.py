@@ -251,3 +251,38 @@ def test_macro_f1_of_one_prompt_is_not_reported_as_certain() -> None:
     assert two is not None
     assert two["macro_f1"]["low"] <= two["macro_f1"]["value"] <= two["macro_f1"]["high"]
     assert (two["macro_f1"]["low"], two["macro_f1"]["high"]) != (0.0, 1.0)
+
+
+def test_the_macro_f1_interval_is_scipys_95_percent_percentile_bootstrap() -> None:
+    """One answer per item: the interval is the 95% percentile bootstrap over answers, as
+    ``scipy.stats.bootstrap(method="percentile")`` computes it (other draws, so within the
+    resampling noise; a 90% interval would be about 16% narrower)."""
+    import random
+
+    import numpy as np
+
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = random.Random(3)
+    rows = []
+    for i in range(300):
+        harmful = rng.random() < 0.4
+        stopped = rng.random() < (0.8 if harmful else 0.15)
+        rows.append(
+            (f"i{i}", {"kind": "monitor", "stopped": stopped, "unguarded_harmful": harmful})
+        )
+    ours = guard_metrics(rows)["macro_f1"]
+    stopped_ = np.array([r["stopped"] for _, r in rows])
+    harmful_ = np.array([r["unguarded_harmful"] for _, r in rows])
+    reference = scipy_stats.bootstrap(
+        (stopped_, harmful_),
+        lambda s, h: macro_f1(list(s), list(h)),
+        paired=True,
+        vectorized=False,
+        n_resamples=2000,
+        method="percentile",
+        confidence_level=0.95,
+        random_state=0,
+    ).confidence_interval
+    assert ours["value"] == pytest.approx(macro_f1(list(stopped_), list(harmful_)))
+    assert ours["high"] - ours["low"] == pytest.approx(reference.high - reference.low, rel=0.07)
+    assert (ours["low"], ours["high"]) == pytest.approx((reference.low, reference.high), abs=0.01)

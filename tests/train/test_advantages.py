@@ -122,3 +122,12 @@ def test_grpo_advantages_have_zero_mean_per_group(
     )
     means = out.view(-1, k).mean(dim=1)
     assert means.abs().max() <= 1e-9 * max(1.0, max(abs(r) for r in rewards))
+
+
+def test_grpo_default_eps_is_trls() -> None:
+    """TRL's GRPOTrainer divides by ``std + 1e-4``; a group whose rewards barely differ (std
+    7.1e-4) shows the default."""
+    rewards = torch.tensor([0.0, 1e-3, 0.0, 1e-3], dtype=torch.float64)
+    std = float(rewards.view(2, 2)[0].std())
+    out = grpo_advantages(rewards, group_size=2)
+    assert out.tolist() == pytest.approx([-5e-4 / (std + 1e-4), 5e-4 / (std + 1e-4)] * 2, rel=1e-12)
