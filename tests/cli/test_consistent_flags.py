@@ -222,3 +222,18 @@ def test_verbose_works_after_the_command_too(tmp_path: Path, poise_log_level: An
     result = runner.invoke(app, ["runs", "ls", "--out", out])
     assert result.exit_code == 0, result.output
     assert poise_log_level.level == logging.WARNING
+
+
+def test_the_commands_panel_gives_each_command_s_summary_on_one_line() -> None:
+    """A docstring whose first paragraph wraps in the source broke there in the commands panel
+    of ``--help`` (rich markup keeps newlines): "... /v1/completions," then "/v1/models)."."""
+    wrapped = []
+    for path, command in _commands():
+        if not path:
+            continue
+        shown = command.short_help or (command.help or "").split("\n\n", 1)[0]
+        if "\n" in shown.strip():
+            wrapped.append(" ".join(path))
+    assert wrapped == []
+    serve = dict((tuple(p), c) for p, c in _commands())[("serve",)]
+    assert serve.short_help and serve.short_help.endswith("/v1/completions, /v1/models).")

@@ -18,6 +18,7 @@ from the file, and on nothing else when the flag was typed (:func:`poise.config.
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import typing
 from collections.abc import Mapping
@@ -55,6 +56,20 @@ class PoiseGroup(TyperGroup):
         add_config_option(self)
         for sub in getattr(self, "commands", {}).values():
             add_verbose_option(sub)
+        one_line_short_help(self)
+
+
+def one_line_short_help(command: Any) -> None:
+    """Give ``command`` and every command below it whose help's first paragraph spans several
+    source lines that paragraph on one line as its ``short_help``: the commands panel of
+    ``--help`` (rich markup keeps newlines) broke it where the docstring wrapped ("...
+    /v1/completions," then "/v1/models)." on a line of its own)."""
+    for sub in getattr(command, "commands", {}).values():
+        one_line_short_help(sub)
+    text = inspect.cleandoc(command.help or "")
+    first = text.split("\n\n", 1)[0]
+    if command.short_help is None and "\n" in first:
+        command.short_help = " ".join(first.split())
 
 
 VERBOSE_FLAGS = ("--verbose", "-v")
