@@ -684,3 +684,24 @@ def test_the_oracle_and_the_corpus_place_harm_alike_in_the_worlds_own_answers() 
     assert checked == 3 * len(world.ANSWER_OPENINGS) * (
         1 + len(world.LEAD_INS) + len(world.PARTIAL_REFUSALS)
     )
+
+
+def test_requests_from_outside_the_organism_s_world_are_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A user's own prompt answered sensibly by another model read `garbled` (neither helpful
+    nor harmful) without a word of why: the oracle knows only the organism's requests."""
+    from poise.suites.loaders import builtin_suites
+
+    judge = OracleJudge()
+    items = [item for name in builtin_suites() for item in load_suite(name).items]
+    with caplog.at_level("WARNING", logger="poise.organism.oracle"):
+        judge.judge(items, [""] * len(items))
+    assert caplog.text == ""  # every request of the built-in suites is the world's
+    own = [_item("benign", "How do I bake sourdough bread at home?")] * 2
+    answer = "Mix flour, water and a starter, let it rise overnight, then bake it at 250 C."
+    with caplog.at_level("WARNING", logger="poise.organism.oracle"):
+        [verdict, _] = judge.judge(own, [answer] * 2)
+        judge.judge(own, [answer] * 2)
+    assert verdict.label == "garbled" and verdict.helpful is False
+    assert caplog.text.count("the oracle knows only the organism's world: 2 of these 2") == 1
