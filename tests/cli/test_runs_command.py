@@ -211,3 +211,96 @@ def test_show_and_export_read_a_run_of_another_schema_version_given_by_path(
     )
     assert exported.exit_code == 0, exported.output
     assert "written in schema 0" in exported.output and csv.is_file()
+
+
+def _rate(name: str, k: int, n: int) -> dict[str, object]:
+    return {"name": name, "k": k, "n": n, "value": k / n, "low": 0.0, "high": 1.0}
+
+
+def _ls_rows(tmp_path: Path, columns: str) -> tuple[dict[str, str], str]:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": columns}
+    )
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    rows = {}
+    for name in ("plain", "grid-greedy", "grid-sampled", "worst"):
+        at = next(
+            i for i, line in enumerate(lines) if line.strip(" │").split(" ")[0].endswith(f"-{name}")
+        )
+        rows[name] = " ".join(lines[at : at + 3]) if columns == "80" else lines[at]
+    return rows, listing.output
+
+
+@pytest.mark.parametrize("columns", ["250", "80"])
+def test_ls_shows_an_attack_runs_headline_and_the_configuration_its_rates_are_of(
+    tmp_path: Path, columns: str
+) -> None:
+    # an exploitation grid without greedy decoding was listed by its first configuration's rates
+    # ("harmful 0.0%") while its misalignment rate was 100%; worst-of-N by its per-answer rate,
+    # not the share of prompts broken in any of N samples
+    import json
+
+    from poise.runs import Run
+
+    def make(name: str, attack: str, metrics: dict[str, object]) -> None:
+        run = Run.create(tmp_path, name, {"model": "m", "attack": attack})
+        run.update_header(status="complete", samples=4)
+        run.unlock()
+        (run.path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+    quiet = {"harmful_rate": _rate("harmful_rate", 0, 2)}
+    loud = {"harmful_rate": _rate("harmful_rate", 2, 2)}
+    make(
+        "plain",
+        "greedy",
+        {"default_group": "greedy", "groups": {"greedy": quiet}, "overall": quiet},
+    )
+    for name, first in (
+        ("grid-greedy", "greedy/sys=on"),
+        ("grid-sampled", "temperature=0.05/sys=on"),
+    ):
+        make(
+            name,
+            "exploitation",
+            {
+                "default_group": first,
+                "groups": {first: quiet, "temperature=0.20/sys=off": loud},
+                "overall": quiet,
+                "attack": {
+                    "attack": "exploitation",
+                    "misalignment_rate": _rate("misalignment_rate", 2, 2),
+                    "greedy_config": first if first.startswith("greedy") else None,
+                },
+            },
+        )
+    worst = {
+        "harmful_rate": _rate("harmful_rate", 1, 4),
+        "harmful_any_rate": _rate("harmful_any_rate", 1, 2),
+    }
+    make(
+        "worst",
+        "worst_of_n",
+        {
+            "default_group": "worst_of_2/t=1.00",
+            "groups": {"worst_of_2/t=1.00": worst},
+            "overall": worst,
+            "attack": {"attack": "worst_of_n", "prompts": 2, "samples_per_prompt": 2},
+        },
+    )
+    rows, output = _ls_rows(tmp_path, columns)
+    for name, first in (
+        ("grid-greedy", "greedy/sys=on"),
+        ("grid-sampled", "temperature=0.05/sys=on"),
+    ):
+        assert "misalignment 100.0%" in rows[name], rows[name]
+        assert f"rates of {first}" in rows[name], rows[name]
+    assert "harmful in any of 2: 50.0%" in rows["worst"], rows["worst"]
+    assert "25.0%" in rows["worst"]  # its per-answer harmful rate stays, in its own column
+    assert "misalignment" not in rows["plain"] and "any of" not in rows["plain"]
+    assert "rates of" not in rows["plain"]
+    assert "misalignment rate (harmful prompts broken by at least one" in " ".join(output.split())

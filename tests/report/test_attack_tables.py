@@ -69,9 +69,10 @@ def _first_column(summary: dict) -> list[str]:
     ]
 
 
-def test_worst_of_n_rows_are_the_powers_of_two_and_the_largest_n_as_in_the_html() -> None:
+def test_worst_of_n_rows_are_the_powers_of_two_the_samples_drawn_and_the_largest_n() -> None:
     """The terminal table showed the largest empirical N (max() of an empty list raised with
-    predictions alone); the HTML report shows the largest of the empirical and predicted N."""
+    predictions alone); the HTML report shows the largest of the empirical and predicted N. The
+    samples drawn per prompt (6, no power of two) were left out: the last N measured."""
     rate = {"value": 0.5, "low": 0.4, "high": 0.6}
     summary = {
         "attack": "worst_of_n",
@@ -80,8 +81,8 @@ def test_worst_of_n_rows_are_the_powers_of_two_and_the_largest_n_as_in_the_html(
         "empirical": [{"n": n, **rate} for n in (1, 2, 3, 6)],
         "predicted": [{"n": n, **rate} for n in (1, 2, 3, 6, 100)],
     }
-    assert _first_column(summary) == ["1", "2", "100"]
-    assert _first_column({**summary, "empirical": []}) == ["1", "2", "100"]
+    assert _first_column(summary) == ["1", "2", "6", "100"]
+    assert _first_column({**summary, "empirical": []}) == ["1", "2", "6", "100"]
 
 
 def test_whether_the_beta_binomial_fits_is_said_in_words_not_as_true_or_false() -> None:
@@ -179,3 +180,32 @@ def test_a_grid_without_greedy_decoding_has_no_greedy_row() -> None:
     text = _text(summary)
     assert "greedy harmful rate" not in text and "None" not in text
     assert "misalignment rate" in text and "50.0%" in text
+
+
+def test_worst_of_n_says_why_no_doubling_past_the_samples_drawn_has_a_row() -> None:
+    """With 8 samples per prompt the table went from N = 8 to 32 (and 256 to 1024) without a
+    word: the forecast is computed at a fixed list of N. The caption and the report's note name
+    the doublings that have no row and the N that were forecast."""
+    from poise.report.attack_view import attack_view
+
+    records = [
+        {
+            "item_id": f"i{i}",
+            "kind": "harmful",
+            "request_id": "worst_of_8/t=1.00",
+            "sample_index": k,
+            "verdict": {"harmful": (i + k) % 5 == 0},
+        }
+        for i in range(10)
+        for k in range(8)
+    ]
+    summary = worst_of_n_summary(records)
+    said = (
+        "no row at N = 16, 512, 2048: beyond the 8 samples drawn, the forecasts are computed "
+        "at N = 32, 64, 128, 256, 1024, 4096 only"
+    )
+    assert said in _text(summary)
+    view = attack_view({"attack": summary})
+    assert view is not None and said[1:] in view["note"] and "No row at N = 16" in view["note"]
+    every = worst_of_n_summary(records, extrapolate=(16, 32))  # every doubling forecast
+    assert "no row" not in _text(every)

@@ -622,7 +622,8 @@ def test_runs_that_share_one_prompt_are_not_said_to_share_none(tmp_path: Path) -
     )
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "share fewer than two prompts judged on the same rate" in text
+    assert "shares 2 prompts with" in text and "at most 1 of them judged on the same rate" in text
+    assert "needs at least 2 shared prompts judged on the same rate" in text
 
 
 def test_a_p_value_below_a_double_is_not_printed_as_zero(tmp_path: Path) -> None:
@@ -651,3 +652,36 @@ def test_the_paired_differences_stand_above_the_page_footer(tmp_path: Path) -> N
     assert page.count('id="paired-differences"') == 1 and page.count("<footer>") == 1
     assert page.index('id="paired-differences"') < page.index("<footer>")
     assert page.rstrip().endswith("</html>")
+
+
+def test_a_run_that_shares_too_few_prompts_with_the_first_is_named_with_its_counts(
+    tmp_path: Path,
+) -> None:
+    """`poise compare A B C` printed B's paired differences and nothing of C, which shares one
+    prompt with A (a difference needs two): C is named now, with the prompts it shares, in the
+    terminal and on the page; B, which is paired, is not."""
+    from poise.report.compare import too_few_shared
+
+    base = RunData(Path("a"), {}, [record(i, True) for i in "wxyz"], {}, "a")
+    paired = RunData(Path("b"), {}, [record(i, False) for i in "wxyz"], {}, "b")
+    lone = RunData(Path("c"), {}, [record("w", False), record("v", True)], {}, "c")
+    diffs = paired_differences([base, paired, lone])
+    assert {d.run for d in diffs} == {"b"}
+    note = too_few_shared([base, paired, lone], diffs)
+    assert note is not None and note.startswith("c shares 1 prompt with a: ")
+    assert "needs at least 2 shared prompts" in note and "b shares" not in note
+    assert too_few_shared([base, paired], paired_differences([base, paired])) is None
+
+    out = tmp_path / "runs"
+    a = audit(out, REFUSE, "first")
+    b = audit(out, COMPLY, "second")
+    c = audit(out, COMPLY, "third", limit=1)
+    page = tmp_path / "c.html"
+    result = CliRunner().invoke(
+        app, ["compare", str(a), str(b), str(c), "-o", str(page)], terminal_width=300
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert f"mock ({c.name}) shares 2 prompts with mock ({a.name})" in text
+    assert "+100.0 pts" in text  # the second run's differences are still printed
+    assert f"mock ({c.name}) shares 2 prompts" in " ".join(page.read_text().split())

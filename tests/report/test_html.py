@@ -490,3 +490,49 @@ def test_a_rate_no_registered_task_declares_is_in_the_report(tmp_path: Path) -> 
     assert 'id="card-y_accuracy"' in html  # its card, under its name
     comparison = html[html.index("<th>rate</th>") :]
     assert re.search(r"<td>y_accuracy</td><td></td>\s*<td[^>]*>50\.0% \[18\.8, 81\.2\]", comparison)
+
+
+def _section(html: str, element_id: str) -> str:
+    start = html.index(f'id="{element_id}"')
+    return html[start : html.index("</table>", start)]
+
+
+def test_every_rate_of_the_terminal_table_and_each_categorys_count_is_in_the_report(
+    tmp_path: Path,
+) -> None:
+    """The page showed the headline rates as cards only: "borderline answered helpfully" and
+    "benign refused", in the terminal's table, were nowhere in it, and the per-category charts
+    had no numbers, so the report could not be checked against the terminal. Every rate of the
+    terminal's table is in a table of the page now, with its interval and k/n, and under each
+    per-category chart a table gives each category's rate and k/n."""
+    from markupsafe import escape
+
+    from poise.report.terminal import category_metrics, rate_label
+    from poise.scoring.metrics import rate_names
+
+    run = make_run(tmp_path, "m")
+    html = write_html_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    overall = compute_metrics(
+        json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()
+    )["overall"]
+    names = rate_names(overall)
+    assert {"borderline_helpful_rate", "benign_refusal_rate"} <= set(names)
+    table = _section(html, "rates-table")
+    for name in names:
+        rate = Rate.from_dict(overall[name])
+        assert f"<td>{escape(rate_label(name))}</td>" in table, name
+        assert f'{rate.format()} <span class="kn">{rate.k}/{rate.n}</span>' in table, name
+    charted = 0
+    for metric in category_metrics():
+        per_category = overall["by_category"].get(metric.name)
+        if not per_category:
+            continue
+        assert metric.by_category is not None
+        figures = _section(html, f"table-{metric.by_category.chart_id}")
+        for category, entry in per_category.items():
+            rate = Rate.from_dict(entry)
+            assert f"<td>{category}</td>" in figures
+            assert f'{rate.format()} <span class="kn">{rate.k}/{rate.n}</span>' in figures
+            charted += 1
+    assert charted >= 5  # weapons, cyber, drugs; kill-process, history
+    assert external_refs(html) == [] and "<script" not in html.lower()

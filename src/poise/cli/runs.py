@@ -26,6 +26,12 @@ def _headline(metrics: dict | None, name: str) -> str:
         return "-"
     overall = metrics.get("overall", metrics)
     rate = overall.get(name) if isinstance(overall, dict) else None
+    return _percent(rate)
+
+
+def _percent(rate: Any) -> str:
+    """A rate of metrics.json as ``12.5%``; "-" when absent or over nothing, "?" for a rate of
+    another shape."""
     value = rate.get("value") if isinstance(rate, dict) and rate.get("n") else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{100 * value:.1f}%"
@@ -37,6 +43,42 @@ _HEADLINES = (
     ("over-refusal", "over_refusal_rate"),
     ("helpful", "helpful_rate"),
 )
+
+#: what ``runs ls`` says under its table: which figures the columns hold for an attack run
+_LEGEND = (
+    "harmful, over-refusal, helpful: rates over answers of the run's default configuration "
+    "(named after the attack when a grid has several); attack success: for exploitation the "
+    "misalignment rate (harmful prompts broken by at least one configuration), for worst-of-N "
+    "the harmful prompts broken in any of their N samples"
+)
+
+
+def _attack_success(metrics: dict | None) -> str:
+    """The figure an attack run is read by, labelled: exploitation's misalignment rate,
+    worst-of-N's share of harmful prompts broken in any of their N samples; "-" for a run
+    without an attack summary (a plain audit, a plugin's attack)."""
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("attack"), dict):
+        return "-"
+    summary = metrics["attack"]
+    if summary.get("attack") == "exploitation":
+        return f"misalignment {_percent(summary.get('misalignment_rate'))}"
+    if summary.get("attack") in ("worst_of_n", "best_of_n"):  # best_of_n: runs before 0.2
+        overall = metrics.get("overall")
+        rate = overall.get("harmful_any_rate") if isinstance(overall, dict) else None
+        n = summary.get("samples_per_prompt")
+        return f"harmful in any of {n if isinstance(n, int) and n else 'N'}: {_percent(rate)}"
+    return "-"
+
+
+def _attack_cell(label: str, metrics: dict | None) -> str:
+    """The attack column: the attack's label and, for a run of several configurations (an
+    exploitation grid), the one whose rates the harmful / over-refusal / helpful columns show
+    (its default: greedy when the grid has it, else its first)."""
+    groups = metrics.get("groups") if isinstance(metrics, dict) else None
+    default = metrics.get("default_group") if isinstance(metrics, dict) else None
+    if isinstance(groups, dict) and len(groups) > 1 and isinstance(default, str):
+        return f"{label} (rates of {default})"
+    return label
 
 
 @runs_app.command("ls")
@@ -63,19 +105,21 @@ def ls(
             try:
                 header = run.header
             except Exception:  # a damaged header must not hide the other runs
-                rows.append((run.path.name, "?", "?", "unreadable", "", "-", "-", "-"))
+                rows.append((run.path.name, "?", "?", "unreadable", "", "-", "-", "-", "-"))
                 continue
             cfg = header.get("config", {})
             try:
                 metrics = run.metrics()
                 headlines = [_headline(metrics, key) for _, key in _HEADLINES]
+                headlines.append(_attack_success(metrics))
             except PoiseError:  # a damaged metrics.json must not hide the other runs either
-                headlines = ["?"] * len(_HEADLINES)
+                metrics = None
+                headlines = ["?"] * (len(_HEADLINES) + 1)
             rows.append(
                 (
                     run.path.name,
                     str(cfg.get("model")),
-                    attack_label(cfg),
+                    _attack_cell(attack_label(cfg), metrics),
                     run.state,  # "interrupted": running in the header, nobody holds its lock
                     # an unfinished run's header has no count yet: its records so far (a
                     # finished run's file is not read: it can be large)
@@ -83,8 +127,14 @@ def ls(
                     *headlines,
                 )
             )
-        table = Table(title=f"runs under {shown(out)}")
-        for col in ("run", "model", "attack", "status", "samples", *(h for h, _ in _HEADLINES)):
+        attacked = any(row[-1] not in ("-", "?") for row in rows)
+        table = Table(
+            title=f"runs under {shown(out)}",
+            caption=_LEGEND if attacked else None,
+            caption_justify="left",
+        )
+        columns = ("run", "model", "attack", "status", "samples", *(h for h, _ in _HEADLINES))
+        for col in (*columns, "attack success"):
             # never cut: a run name is what the user copies into --resume or `runs show`
             table.add_column(col, no_wrap=True)
         for row in rows:
@@ -96,15 +146,23 @@ def ls(
         # too narrow for the table (80 columns and a long model name): one block per run, its
         # name whole on the first line, the numbers below it
         console.print(f"[bold]runs under {shown(out)}[/]", highlight=False)
-        for name, model, attack, status, samples, *rates in rows:
+        for name, model, attack, status, samples, *rates, success in rows:
             console.print(f"[bold]{shown(name)}[/]", highlight=False, soft_wrap=True)
             numbers = " · ".join(f"{h} {r}" for (h, _), r in zip(_HEADLINES, rates, strict=True))
-            console.print(f"  {status} · {samples or '0'} samples · {numbers}", highlight=False)
+            if success not in ("-", "?"):
+                numbers += f" · attack success: {success}"
+            console.print(
+                f"  {status} · {samples or '0'} samples · {shown(numbers)}",
+                highlight=False,
+                soft_wrap=True,
+            )
             console.print(
                 f"  [dim]model {shown(model)} · attack {shown(attack)}[/]",
                 highlight=False,
                 overflow="fold",
             )
+        if attacked:
+            console.print(f"[dim]{_LEGEND}[/]", highlight=False)
 
 
 @runs_app.command("show")

@@ -12,7 +12,13 @@ from rich.console import Group, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
-from poise.report.attack_view import beta_binomial_fit_text, distinct_text, left_out_text
+from poise.report.attack_view import (
+    beta_binomial_fit_text,
+    distinct_text,
+    left_out_text,
+    missing_forecast_text,
+    shown_ns,
+)
 
 
 def _pct(rate: dict[str, Any] | None) -> str:
@@ -129,11 +135,8 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
     predicted = {p["n"]: p for p in summary["predicted"]}
     power_at = {p["n"]: p for p in power}
     empirical = {e["n"]: e for e in summary["empirical"]}
-    # powers of two and the largest N, empirical or predicted, as the HTML report shows them
-    largest = max(set(predicted) | set(empirical), default=None)
-    for n in sorted(set(predicted) | set(empirical)):
-        if n & (n - 1) != 0 and n != largest:
-            continue
+    # powers of two, the samples drawn and the largest N, as the HTML report shows them
+    for n in shown_ns(summary):
         cells = [str(n), _pct(empirical.get(n)), _pct(predicted.get(n))]
         table.add_row(*cells, *([_pct(power_at.get(n))] if power else []))
     table.caption = beta_binomial_fit_text(summary)
@@ -166,6 +169,7 @@ def _worst_of_n(summary: dict[str, Any]) -> RenderableType:
         for part in (
             table.caption.removeprefix("; "),
             "empirical: prompts harmful within their first N samples",
+            missing_forecast_text(summary),
         )
         if part
     )

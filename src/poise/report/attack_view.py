@@ -104,6 +104,42 @@ def left_out_text(summary: Mapping[str, Any]) -> str:
     return f", {left_out} prompt{'s' if left_out != 1 else ''} left out (fewer judged samples)"
 
 
+def shown_ns(summary: Mapping[str, Any]) -> list[int]:
+    """The N a worst-of-N table shows: the powers of two, the samples drawn per prompt (M, the
+    last N measured, which was left out when it is no power of two) and the largest N."""
+    ns: set[int] = {int(e["n"]) for e in summary.get("empirical") or []} | {
+        int(p["n"]) for p in summary.get("predicted") or []
+    }
+    m = summary.get("samples_per_prompt")
+    keep = {n for n in ns if n & (n - 1) == 0 or n == m} | ({max(ns)} if ns else set())
+    return sorted(keep)
+
+
+def missing_forecast_text(summary: Mapping[str, Any]) -> str:
+    """Why the table has no row at some doublings past the M samples drawn (M = 8: no N = 16
+    before 32): the forecast is computed at a fixed list of N beyond M
+    (:func:`poise.attacks.worst_of_n.worst_of_n_summary`'s ``extrapolate``), which this names;
+    empty when every power of two up to the largest N has its row."""
+    m = summary.get("samples_per_prompt")
+    if not isinstance(m, int):
+        return ""
+    forecast = sorted(p["n"] for p in summary.get("predicted") or [] if p["n"] > m)
+    if not forecast:
+        return ""
+    missing = []
+    n = 1
+    while n < forecast[-1]:  # the powers of two the table shows, past M
+        if n > m and n not in forecast:
+            missing.append(n)
+        n *= 2
+    if not missing:
+        return ""
+    return (
+        f"no row at N = {', '.join(map(str, missing))}: beyond the {m} samples drawn, the "
+        f"forecasts are computed at N = {', '.join(map(str, forecast))} only"
+    )
+
+
 def beta_binomial_fit_text(summary: Mapping[str, Any]) -> str:
     """Whether the beta-binomial prediction lies inside the empirical interval at every sampled
     N, in words (it was printed as a bare True / False): ``... OUTSIDE ... at N = 1, 2``."""
@@ -234,11 +270,9 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
         predicted = {p["n"]: p for p in summary.get("predicted") or []}
         power_law = summary.get("power_law") or {}
         power = {p["n"]: p for p in power_law.get("predicted") or []}
-        shown = sorted(n for n in set(empirical) | set(predicted) if n & (n - 1) == 0)
-        largest = max(set(empirical) | set(predicted), default=None)
-        if largest is not None and largest not in shown:
-            shown.append(largest)
+        shown = shown_ns(summary)
         fit_text = beta_binomial_fit_text(summary)
+        missing_text = missing_forecast_text(summary)
         return {
             "id": "worst-of-n",
             "svg_id": "worst-of-n-curve",
@@ -266,7 +300,9 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
                 + ([_pct(power.get(n))] if power else [])
                 for n in shown
             ],
-            "note": (f"{fit_text}. " if fit_text else "") + _held_out_text(summary.get("held_out")),
+            "note": (f"{fit_text}. " if fit_text else "")
+            + (f"{missing_text[0].upper()}{missing_text[1:]}. " if missing_text else "")
+            + _held_out_text(summary.get("held_out")),
         }
     if kind == "exploitation":
         configs = summary.get("configs") or {}

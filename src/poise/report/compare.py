@@ -44,6 +44,10 @@ from poise.tasks import all_metrics
 
 log = logging.getLogger(__name__)
 
+#: the fewest shared prompts, judged on one rate in both runs, that a paired difference is
+#: measured on (:func:`paired_differences`; :func:`too_few_shared` names a run with fewer)
+MIN_SHARED = 2
+
 CSV_COLUMNS = (
     "statistic",  # rate | honesty_score | mean_tokens | paired_difference
     "run",
@@ -197,7 +201,7 @@ def paired_differences(runs: Sequence[RunData]) -> list[PairedDifference]:
             a = _item_successes(base_records, metric)
             b = _item_successes(other_records, metric)
             shared = sorted(a.keys() & b.keys())
-            if len(shared) < 2:
+            if len(shared) < MIN_SHARED:
                 continue
             if all(a[key][1] == 1 and b[key][1] == 1 for key in shared):
                 diff = paired_binary(
@@ -372,11 +376,16 @@ def compare_runs(
     unpaired_note = _unpaired(runs)
     if unpaired_note is not None:
         log.warning("%s", unpaired_note)
+    few_note = too_few_shared(runs, diffs)
+    if few_note is not None:
+        log.warning("%s", few_note)
     prompts_note = _prompts_differ(runs) if diffs else None
     if prompts_note is not None:
         log.warning("%s", prompts_note)
     if html_target is not None:
-        section = _paired_section(diffs, schema_note, judges_note, unpaired_note, prompts_note)
+        section = _paired_section(
+            diffs, schema_note, judges_note, unpaired_note, few_note, prompts_note
+        )
         # before the page's footer, which closes it ("Written by poise ...")
         marker = next((m for m in ("<footer>", "</body>") if m in page), None)
         page = page.replace(marker, section + marker, 1) if marker else page + section
@@ -421,6 +430,49 @@ def _unpaired(runs: Sequence[RunData]) -> str | None:
         f"{'; '.join(bare)}: no sample records (samples.jsonl missing or empty); "
         f"{'its' if len(bare) == 1 else 'their'} rates are read from metrics.json, but no "
         f"paired difference with {'it' if len(bare) == 1 else 'them'} can be measured"
+    )
+
+
+def too_few_shared(runs: Sequence[RunData], diffs: Sequence[PairedDifference]) -> str | None:
+    """What to say of each later run that holds sample records but got no paired difference
+    with the first: it shares fewer than :data:`MIN_SHARED` prompts with it judged on any one
+    rate (each run's default group). Named with its counts: the prompts it shares with the first
+    run, and the most of them judged on one rate (with three runs, one such run was left out of
+    the terminal without a word). None when every such run was paired."""
+    if len(runs) < 2 or not runs[0].records:
+        return None
+    paired = {d.run for d in diffs}
+    metrics = [m for m in all_metrics().values() if m.count == "samples"]
+    base = runs[0]
+    base_records = _default_records(base, _default_group(base))
+    base_items = {f"{r.get('kind')}:{r.get('item_id')}" for r in base_records}
+    said = []
+    for other in runs[1:]:
+        if other.label in paired or not other.records:  # no records: said by _unpaired
+            continue
+        records = _default_records(other, _default_group(other))
+        shared = len(base_items & {f"{r.get('kind')}:{r.get('item_id')}" for r in records})
+        judged = max(
+            (
+                len(_item_successes(base_records, m).keys() & _item_successes(records, m).keys())
+                for m in metrics
+            ),
+            default=0,
+        )
+        text = (
+            f"{other.label or other.path.name} shares {shared} prompt{'s' if shared != 1 else ''}"
+            f" with {base.label or base.path.name}"
+        )
+        if judged < shared:  # e.g. one harmful and one benign prompt: one of each rate
+            text += f", at most {judged} of them judged on the same rate"
+        said.append(text)
+    if not said:
+        return None
+    return (
+        "; ".join(said)
+        + f": a paired difference needs at least {MIN_SHARED} shared prompts judged on the "
+        + f"same rate, so none is measured with {'it' if len(said) == 1 else 'them'} (the report "
+        + "still holds every run's rates)"
     )
 
 

@@ -129,7 +129,10 @@ def _card(rate: Rate) -> dict[str, Any]:
 def _cell(entry: Any) -> dict[str, Any] | None:
     if not isinstance(entry, Mapping):
         return None
-    rate = Rate.from_dict(entry)
+    return _rate_cell(Rate.from_dict(entry))
+
+
+def _rate_cell(rate: Rate) -> dict[str, Any]:
     # the count beside the rate: a table of runs or configurations of unlike sizes showed
     # rates without their n; a cluster-robust interval names its prompts too
     kn = f"{rate.k}/{rate.n}"
@@ -387,6 +390,43 @@ def _guard_view(group: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _rates_table(group: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every rate of a group, as the terminal's rate table lists it (:func:`rate_names`: the
+    declared ones in display order, then the undeclared), with its interval and k/n: the cards
+    show the headline rates only, and a report should hold every figure the terminal printed
+    ("borderline answered helpfully", "benign refused" were in none of its sections)."""
+    from poise.report.terminal import rate_label
+
+    rows = []
+    for name in rate_names(group):
+        info = RATE_INFO.get(name)
+        rows.append(
+            {
+                "label": rate_label(name),
+                "better": info.better if info is not None else None,
+                "cell": _cell(group.get(name)),
+            }
+        )
+    return rows
+
+
+def _category_table(series: Sequence[Series]) -> dict[str, Any]:
+    """The figures of a per-category chart: one row per category, in the chart's order (top to
+    bottom), one cell per run (rate, interval, k/n), so the bars can be read as numbers and
+    checked against the terminal's per-category tables."""
+    categories = sorted({c for s in series for c in s.rates})
+    return {
+        "columns": [s.label for s in series],
+        "rows": [
+            (
+                category,
+                [_rate_cell(s.rates[category]) if category in s.rates else None for s in series],
+            )
+            for category in categories
+        ],
+    }
+
+
 def _run_view(run: RunData) -> dict[str, Any]:
     metrics = run.metrics
     overall = metrics["overall"]
@@ -402,6 +442,7 @@ def _run_view(run: RunData) -> dict[str, Any]:
             _card(rates[m.name]) for m in all_metrics().values() if m.headline and m.name in rates
         ]
         + [_card(rate) for name, rate in rates.items() if name not in RATE_INFO],
+        "rates": _rates_table(overall),
         "counts": [
             {
                 "kind": kind,
@@ -598,9 +639,8 @@ def render_html_report(runs: Sequence[RunData]) -> str:
     for metric in category_metrics():
         view = metric.by_category
         assert view is not None
-        svg = category_chart(
-            _category_series(runs, metric.name), title=view.chart_title, xlabel=view.axis
-        )
+        series = _category_series(runs, metric.name)
+        svg = category_chart(series, title=view.chart_title, xlabel=view.axis)
         if svg:
             categories.append(
                 {
@@ -608,6 +648,7 @@ def render_html_report(runs: Sequence[RunData]) -> str:
                     "title": view.chart_title,
                     "description": view.description,
                     "svg": svg,
+                    "table": _category_table(series),
                 }
             )
     charts = {
