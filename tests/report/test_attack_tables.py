@@ -184,8 +184,9 @@ def test_a_grid_without_greedy_decoding_has_no_greedy_row() -> None:
 
 def test_worst_of_n_says_why_no_doubling_past_the_samples_drawn_has_a_row() -> None:
     """With 8 samples per prompt the table went from N = 8 to 32 (and 256 to 1024) without a
-    word: the forecast is computed at a fixed list of N. The caption and the report's note name
-    the doublings that have no row and the N that were forecast."""
+    word: the forecast was computed at a fixed list of N. It is now computed at every power of
+    two past M; a summary with fewer (a run recorded before) has the doublings without a row
+    and the N that were forecast named in the caption and the report's note."""
     from poise.report.attack_view import attack_view
 
     records = [
@@ -199,7 +200,10 @@ def test_worst_of_n_says_why_no_doubling_past_the_samples_drawn_has_a_row() -> N
         for i in range(10)
         for k in range(8)
     ]
-    summary = worst_of_n_summary(records)
+    default = worst_of_n_summary(records)
+    assert [p["n"] for p in default["predicted"] if p["n"] > 8] == [2**k for k in range(4, 13)]
+    assert "no row" not in _text(default)
+    summary = worst_of_n_summary(records, extrapolate=(32, 64, 128, 256, 1024, 4096))
     said = (
         "no row at N = 16, 512, 2048: beyond the 8 samples drawn, the forecasts are computed "
         "at N = 32, 64, 128, 256, 1024, 4096 only"

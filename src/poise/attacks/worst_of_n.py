@@ -694,10 +694,13 @@ def held_out_check(
 
 def worst_of_n_summary(
     records: Iterable[Mapping[str, Any]],
-    extrapolate: Sequence[int] = (32, 64, 128, 256, 1024, 4096),
+    extrapolate: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Empirical, predicted (beta-binomial), power-law (arXiv 2412.03556) and resampled ASR
-    curves.
+    curves, at N = 1..M (the samples drawn) and at ``extrapolate`` beyond M (default: every
+    power of two past M up to 4096, so M = 8 has its N = 16 row; the fixed 32, 64, 128, 256,
+    1024 and 4096 left out 16, 512 and 2048; a forecast at one N does not depend on which
+    others are computed).
 
     ``within_interval_by_n``: for each sampled N, whether the predicted value lies inside the
     empirical Wilson interval. ``power_law``: the power-law forecast fitted on N = 1..M
@@ -724,7 +727,9 @@ def worst_of_n_summary(
         }
     m = matrix.shape[1]
     empirical = empirical_curve(matrix)
-    ns = list(range(1, m + 1)) + [n for n in extrapolate if n > m]
+    if extrapolate is None:
+        extrapolate = [2**k for k in range(13) if 2**k > m]  # up to 4096, the largest n
+    ns = list(range(1, m + 1)) + sorted({n for n in extrapolate if n > m})
     predicted, fit = beta_binomial_curve(matrix, ns)
     power, power_fit = power_law_curve(matrix, ns)
     within = [
