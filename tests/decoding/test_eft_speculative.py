@@ -519,3 +519,28 @@ def test_the_last_rounds_drafts_fit_the_context(
     (want,) = plain.generate([chat], Sampling(max_new_tokens=room - 4))[0]
     (got,) = fast.generate([chat], Sampling(max_new_tokens=room))[0]
     assert (got.token_ids, got.finish_reason) == (want.token_ids, want.finish_reason)
+
+
+def test_a_rejection_at_the_second_draft_resamples_from_that_positions_residual() -> None:
+    """K = 2 (arXiv 2211.17192, Algorithm 1): the first draft is accepted, the second with
+    probability min(1, p_1(x) / q_1(x)); when it is rejected the next token follows
+    norm(max(0, p_1 - q_1)), the residual at the rejected position, not at the first one."""
+    p = torch.tensor([P0, [0.1, 0.4, 0.4, 0.1], P1], dtype=torch.float64)  # [K + 1, vocab]
+    q = torch.tensor([Q0, [0.4, 0.1, 0.1, 0.4]], dtype=torch.float64)  # [K, vocab]
+    u = (torch.arange(GRID, dtype=torch.float64) + 0.5) / GRID
+    rows = GRID * GRID
+    drafted = torch.tensor([0, 3]).expand(rows, 2)  # x_1 = 0 (p/q = 5), x_2 = 3 (p/q = 1/4)
+    n, following = speculative_accept(
+        p.expand(rows, 3, 4),
+        q.expand(rows, 2, 4),
+        drafted,
+        torch.stack([torch.zeros(rows, dtype=torch.float64), u.repeat_interleave(GRID)], -1),
+        u.repeat(GRID),
+    )
+    assert set(n.tolist()) == {1, 2}
+    assert float((n == 2).double().mean()) == pytest.approx(0.1 / 0.4, abs=1 / GRID)
+    residual = (p[1] - q[1]).clamp(min=0)
+    residual = residual / residual.sum()  # [0, 0.5, 0.5, 0]
+    rejected = n == 1
+    shares = torch.bincount(following[rejected], minlength=4).double() / int(rejected.sum())
+    assert shares.tolist() == pytest.approx(residual.tolist(), abs=2 / GRID)

@@ -143,3 +143,73 @@ def test_a_pair_past_the_classifiers_context_is_refused_before_any_forward(
     message = str(caught.value)
     assert f"pair 2 (prompt, response and EOS) is {length} tokens" in message
     assert "context of 32 tokens" in message
+
+
+def test_keywords_and_length_scores_are_their_closed_forms() -> None:
+    """``keywords:W|W``: the share of the words found (case-insensitive); ``length:N``:
+    ``-|words - N| / N`` over whitespace-separated words (DeAL, arXiv 2402.06147)."""
+    from poise.decoding.scorers import load_scorer
+
+    keywords = load_scorer("keywords:Paris|France|capital|Lyon")
+    texts = ["paris is the Capital of FRANCE", "Lyon", "nothing", "Paris, Lyon and France"]
+    assert keywords([[]] * 4, texts) == [0.75, 0.25, 0.0, 0.75]
+    length = load_scorer("length:4")
+    texts = ["one two three four", "a b", "a   much longer answer of seven words", ""]
+    assert length([[]] * 4, texts) == [0.0, -0.5, -0.75, -1.0]
+
+
+def test_a_pair_exactly_as_long_as_the_classifiers_context_is_scored(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    """The learned-position table has ``context`` rows: a pair of exactly that many tokens
+    fits (the last position is context - 1) and is scored, one token more is refused."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from poise.errors import PoiseError
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=32, n_embd=16, n_layer=1, n_head=2, num_labels=1
+    )
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(0)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    scorer = ClassifierScorer(str(tmp_path))
+    chat = CHATS[2]
+    texts = ["S" + pad * i for pad in (" x", "x", "!") for i in range(40)]
+    lengths = {len(scorer.ids(chat, text)): text for text in texts}
+    [score] = scorer([chat], [lengths[32]])
+    assert isinstance(score, float)
+    with pytest.raises(PoiseError, match="is 33 tokens"):
+        scorer([chat], [lengths[33]])
+
+
+def test_an_encoder_classifiers_batched_scores_equal_its_single_row_scores(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    """A bidirectional classifier (BERT) attends to every position its mask allows: the padding
+    of a shorter row in a batch must be masked, or its score changes with its batch."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=256,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    scorer = ClassifierScorer(str(tmp_path))
+    chats, texts = [*CHATS[:2], CHATS[2]], RESPONSES[:3]
+    batched = scorer(chats, texts)
+    single = [scorer([c], [t])[0] for c, t in zip(chats, texts, strict=True)]
+    assert batched == pytest.approx(single, abs=1e-5)

@@ -794,3 +794,152 @@ def test_a_randomized_svd_draws_from_the_configs_top_level_seed(
     assert torch.equal(zero[matrix], default[matrix])
     assert not torch.equal(zero[matrix], one[matrix])
     assert torch.equal(one[matrix], own[matrix])
+
+
+def _float32_copy(folder: Path, out: Path) -> Path:
+    """``folder``'s model (e.g. a bfloat16 copy) saved in float32: the same values, widened."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (folder / name).is_file():
+            shutil.copyfile(folder / name, out / name)
+    return out
+
+
+def test_dtype_float32_trims_bfloat16_checkpoints_as_their_float32_copies(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """mergekit computes in its config's ``dtype``: with ``dtype: float32`` the task vectors of
+    bfloat16 checkpoints are exact float32 differences, ranked as such, so the merge equals the
+    merge of float32 copies of the same checkpoints (the half-precision ranking of
+    poise.merge.task_arithmetic applies only without it), also when the output is bfloat16."""
+    from safetensors.torch import load_file
+
+    halves = [_bfloat16_copy(p, tmp_path / f"h{i}") for i, p in enumerate(specialists)]
+    wides = [_float32_copy(p, tmp_path / f"w{i}") for i, p in enumerate(halves)]
+    merged = {}
+    for label, (base, a, b) in (("half", halves), ("wide", wides)):
+        run_merge(_write(tmp_path / f"{label}.yml", {
+            "merge_method": "ties", "base_model": str(base), "dtype": "float32",
+            "out_dtype": "bfloat16",
+            "models": [{"model": str(a), "parameters": {"weight": 0.6, "density": 0.3}},
+                       {"model": str(b), "parameters": {"weight": 0.4, "density": 0.3}}],
+        }), tmp_path / label)  # fmt: skip
+        merged[label] = load_file(tmp_path / label / "model.safetensors")
+    for name, tensor in merged["wide"].items():
+        assert torch.equal(merged["half"][name], tensor), name
+
+
+def test_the_shard_index_holds_the_total_size_of_the_tensors_written(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """``metadata.total_size`` of the index is the bytes of every tensor, as transformers'
+    ``save_pretrained`` writes it."""
+    from safetensors.torch import load_file
+
+    base, a, b = specialists
+    out = tmp_path / "out"
+    result = run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base),
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(b), "parameters": {"weight": 0.5}}],
+    }), out, shard_size=40_000)  # fmt: skip
+    assert len(result.files) > 1
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    tensors = [t for f in result.files for t in load_file(out / f).values()]
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_an_embedding_of_another_hidden_size_is_refused(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """Only the vocabulary (first) axis of an embedding may differ between models."""
+    from safetensors.torch import load_file, save_file
+
+    base, a, _ = specialists
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    weights = load_file(a / "model.safetensors")
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"][:, :16].clone()
+    save_file(weights, broken / "model.safetensors")
+    out = tmp_path / "out"
+    with pytest.raises(PoiseError, match=r"model.embed_tokens.weight.*\[110, 16\]"):
+        run_merge(_write(tmp_path / "c.yml", {
+            "merge_method": "task_arithmetic", "base_model": str(base),
+            "models": [{"model": str(broken), "parameters": {"weight": 1.0}}],
+        }), out)  # fmt: skip
+    assert not out.exists()
+
+
+def test_a_config_that_names_torch_dtype_gets_the_dtype_written_under_that_key(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """A config of transformers 4.x says ``torch_dtype``: the output's config says the dtype
+    written there, not a second, contradicting ``dtype`` key."""
+    import shutil
+
+    base, a, _ = specialists
+    old = tmp_path / "old"
+    shutil.copytree(base, old)
+    config = json.loads((old / "config.json").read_text())
+    config["torch_dtype"] = config.pop("dtype")
+    (old / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(old), "out_dtype": "bfloat16",
+        "models": [{"model": str(a), "parameters": {"weight": 1.0}}],
+    }), out)  # fmt: skip
+    written = json.loads((out / "config.json").read_text())
+    assert written["torch_dtype"] == "bfloat16"
+    assert "dtype" not in written
+
+
+def test_each_tensor_of_a_random_merge_draws_its_own_mask(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """DARE drops entries independently (arXiv 2311.03099 eq. 2): two tensors of one shape
+    get different masks (each tensor's seed is drawn from the config's seed and its name)."""
+    from safetensors.torch import load_file
+
+    base, a, _ = specialists
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "dare_linear", "base_model": str(base), "seed": 3,
+        "models": [{"model": str(a), "parameters": {"weight": 1.0, "density": 0.5}}],
+    }), out)  # fmt: skip
+    merged, original = load_file(out / "model.safetensors"), load_file(base / "model.safetensors")
+    names = [f"model.layers.{i}.self_attn.{p}.weight" for i in (0, 1) for p in ("q_proj", "o_proj")]
+    kept = [merged[n] != original[n] for n in names]  # [32, 32] bool each
+    assert all(0.3 < float(k.float().mean()) < 0.7 for k in kept)
+    assert len({tuple(k.flatten().tolist()) for k in kept}) == len(names)
+
+
+def test_the_config_dtype_is_the_weights_not_an_integer_buffers(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """An integer buffer stored first (a step counter, BERT's position ids) is copied as it is;
+    the config's dtype is that of the floating-point weights."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base, a, _ = specialists
+    copies = []
+    for source in (base, a):
+        folder = tmp_path / source.name
+        shutil.copytree(source, folder)
+        weights = load_file(folder / "model.safetensors")
+        weights["a_step"] = torch.tensor([7, 8], dtype=torch.int64)
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        copies.append(folder)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(copies[0]),
+        "models": [{"model": str(copies[1]), "parameters": {"weight": 1.0}}],
+    }), out)  # fmt: skip
+    merged = load_file(out / "model.safetensors")
+    assert merged["a_step"].tolist() == [7, 8]
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"

@@ -751,3 +751,41 @@ def test_slerp_nearly_antipodal_falls_back_to_lerp_as_in_mergekit() -> None:
         got = _poise([base, other], "slerp", t=t)
         assert torch.allclose(got, expected, atol=1e-9, rtol=0)
         assert torch.allclose(got, (1 - t) * base + t * other, atol=1e-12)
+
+
+@pytest.mark.parametrize(("density", "gamma"), [(0.95, 0.2), (0.7, 0.5), (0.5, 0.1)])
+def test_breadcrumbs_mask_equals_mergekits_where_density_and_gamma_overlap(
+    density: float, gamma: float
+) -> None:
+    """density + gamma > 1: fewer outliers are dropped so that int(density * N) entries stay
+    (mergekit 0.1.5 ``magnitude_outliers``: ``n_bot = max(0, N - target_n - n_top)``)."""
+    import mergekit.sparsify as mk
+
+    delta = torch.randn(20, generator=torch.Generator().manual_seed(4))
+    ours = sparsify(delta, "magnitude_outliers", density=density, gamma=gamma)
+    theirs = mk.magnitude_outliers(delta, density, gamma=gamma)
+    assert torch.equal(ours, theirs)
+    assert int((ours != 0).sum()) == int(density * 20)
+    ours = sparsify(
+        delta, "magnitude_outliers", density=density, gamma=gamma, rescale=True, rescale_norm="l1"
+    )
+    theirs = mk.magnitude_outliers(delta, density, rescale_norm=mk.RescaleNorm.l1, gamma=gamma)
+    assert torch.allclose(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_a_sparsification_that_keeps_nothing_or_scales_nothing_stays_finite() -> None:
+    """Nothing kept (int(density * N) = 0 outliers-dropped entries) rescales to zeros, not
+    0 / 0; an all-zero delta under the L1 rescale stays zero, as mergekit's
+    ``rescaled_masked_tensor`` leaves norms under its eps unscaled."""
+    import mergekit.sparsify as mk
+
+    small = torch.tensor([0.5, -2.0, 1.0])
+    for norm in ("inverse_probability", "l1"):
+        out = sparsify(small, "magnitude_outliers", density=0.2, rescale=True, rescale_norm=norm)
+        assert out.tolist() == [0.0, 0.0, 0.0]
+    zeros = torch.zeros(6)
+    for method in ("magnitude", "magnitude_outliers"):
+        out = sparsify(zeros, method, density=0.5, rescale=True, rescale_norm="l1")
+        assert out.tolist() == [0.0] * 6
+    theirs = mk.magnitude_outliers(zeros, 0.5, rescale_norm=mk.RescaleNorm.l1, gamma=0.01)
+    assert theirs.tolist() == [0.0] * 6

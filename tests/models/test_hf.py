@@ -831,3 +831,59 @@ def test_the_decoder_blocks_of_an_image_text_model_are_found(
     assert states.shape == (2, 3, 32)
     # stopping before block 1 (a pre-hook on it) gives the same stream as the full pass
     assert torch.allclose(model.hidden_states(chats, upto=1), states[:, :2], atol=1e-5)
+
+
+def test_a_temperature_just_above_float32s_smallest_normal_is_greedy_not_nan() -> None:
+    """T = 2e-38 is a normal float32 (above ``finfo.tiny``), so it is divided by, not treated
+    as 0: ``30 / 2e-38`` overflows to inf, and without the row's best subtracted first the
+    softmax of [inf, inf, ...] is NaN. Shifted, the best token scores 0 and the rest -inf."""
+    rows = torch.tensor([[30.0, 29.5, -2.0, 0.0], [1.0, 40.0, 39.0, 0.0]])
+    sampling = Sampling(temperature=2e-38)
+    assert sample_tokens(rows, torch.tensor([0.5, 0.999]), sampling).tolist() == [0, 1]
+    probs = filtered_probs(rows, sampling)
+    assert probs.tolist() == [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("top_p", [0.25, 0.5, 0.75])
+def test_top_p_drops_a_token_whose_preceding_mass_is_exactly_p_as_transformers(
+    top_p: float,
+) -> None:
+    """Equal logits give probabilities of exactly 1/4 (and cumulative sums exact in float32),
+    so the mass before the (j+1)-th token is exactly j/4: transformers' TopPLogitsWarper
+    removes a token once the mass before it reaches p (``cumsum(ascending) <= 1 - p``), which
+    keeps 4p tokens here, as ``sample_tokens`` and ``filtered_probs`` must."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    logits = torch.zeros(1, 4)
+    warped = TopPLogitsWarper(top_p)(torch.zeros(1, 1, dtype=torch.long), logits.clone())
+    kept = int(torch.isfinite(warped).sum())
+    assert kept == round(4 * top_p)
+    sampling = Sampling(temperature=1.0, top_p=top_p)
+    assert int((filtered_probs(logits, sampling) > 0).sum()) == kept
+    uniforms = (torch.arange(64, dtype=torch.float32) + 0.5) / 64
+    chosen = sample_tokens(logits.expand(64, -1), uniforms, sampling)
+    assert len(set(chosen.tolist())) == kept
+
+
+def test_each_sampled_token_is_the_inverse_cdf_at_its_own_steps_uniform(model: HFModel) -> None:
+    """Token t of a row is ``sample_tokens`` of the next-token logits after the prompt and the
+    row's first t tokens, at uniform t of the row's seeded stream (``row_seed``): the stream
+    advances one uniform per token, replayed here with a fresh prefill per step."""
+    sampling = Sampling(temperature=1.5, max_new_tokens=10, seed=5)
+    chat = CHATS[3]
+    model.eos_token_ids = []  # ten tokens, whatever is drawn
+    [[completion]] = model.generate([chat], sampling)
+    tokens = list(completion.token_ids)
+    assert len(tokens) == 10
+    generator = torch.Generator().manual_seed(row_seed(sampling.seed, chat, 0))
+    uniforms = torch.rand(sampling.max_new_tokens, generator=generator)
+    [prompt] = model._encode_prompts([chat])
+    for t, token in enumerate(tokens):
+        logits = model.prefill([prompt + tokens[:t]]).logits  # [1, vocab]
+        assert sample_tokens(logits, uniforms[t : t + 1], sampling).tolist() == [token], t
+    # the same uniform at every step draws other tokens: the check above can tell
+    replay = [
+        int(sample_tokens(model.prefill([prompt + tokens[:t]]).logits, uniforms[:1], sampling))
+        for t in range(len(tokens))
+    ]
+    assert replay != tokens

@@ -691,3 +691,34 @@ def test_prefix_cache_continues_each_key_from_its_last_row(model: HFModel) -> No
     assert cache.reused - reused == len(rows[0])  # continued from that row, not from base[2]
     cache.forget("c")
     assert len(cache) == 2
+
+
+def test_cut_at_stop_cuts_at_the_earliest_stop_string_whichever_is_listed_first() -> None:
+    from poise.models.decode import cut_at_stop
+
+    # the OpenAI API's rule: the text ends where the first stop sequence begins
+    assert cut_at_stop("a END b STOP c", ["STOP", "END"]) == ("a ", True)
+    assert cut_at_stop("a STOP b END c", ["END", "STOP"]) == ("a ", True)
+    assert cut_at_stop("a b", ["END", ""]) == ("a b", False)
+
+
+def test_the_stop_window_sees_a_stop_string_of_multi_byte_characters() -> None:
+    """A byte-level BPE without merges (the 256 pieces of GPT-2's byte alphabet) spends one
+    token per UTF-8 byte, so "é" is two tokens and "🙂" four: decoding the last
+    ``stop_window`` tokens after the stop string's last token must still show it whole."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from poise.models.decode import stop_window
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {piece: i for i, piece in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok)
+    for stop in ("é", "🙂", "fin.", "«é»"):
+        ids = tokenizer.encode(f"and then {stop}", add_special_tokens=False)
+        assert len(ids) == len(f"and then {stop}".encode())  # one token per byte
+        tail = tokenizer.decode(ids[-stop_window([stop]) :])
+        assert stop in tail, (stop, tail)

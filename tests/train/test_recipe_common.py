@@ -788,3 +788,55 @@ def test_a_config_error_names_the_field_not_the_python_class() -> None:
     with pytest.raises(PoiseError) as info:
         make_config(DPOConfig, model="organism-small", output="/tmp/never-written")
     assert str(info.value) == "train config: data (--data): Field required"
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+@pytest.mark.parametrize(("total", "ratio"), [(10, 0.0), (10, 0.3), (7, 0.25), (40, 0.1)])
+def test_the_schedule_after_warm_up_is_transformers_and_warm_up_is_linear(
+    kind: str, total: int, ratio: float
+) -> None:
+    """After ``int(total * ratio)`` warm-up steps the rate follows transformers' own schedules
+    (get_linear / get_cosine / get_constant_schedule_with_warmup: 1 - progress, or
+    (1 + cos(pi * progress)) / 2, progress = (step - warmup) / (total - warmup)); the warm-up
+    itself rises linearly from lr / (warmup + 1), never 0, to lr at its last step + 1."""
+    import torch
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
+
+    from poise.train.recipes.common import TrainConfig, _make_scheduler
+
+    config = TrainConfig(model="m", output="o", lr_scheduler=kind, warmup_ratio=ratio, lr=1.0)
+    warmup = int(total * ratio)
+
+    def rates(make: Any) -> list[float]:
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.SGD([parameter], lr=1.0)
+        scheduler = make(optimizer)
+        seen = []
+        for _ in range(total):
+            seen.append(float(scheduler.get_last_lr()[0]))
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    ours = rates(lambda o: _make_scheduler(o, config, total))
+    reference = {
+        "linear": lambda o: get_linear_schedule_with_warmup(o, warmup, total),
+        "cosine": lambda o: get_cosine_schedule_with_warmup(o, warmup, total),
+        "constant": lambda o: get_constant_schedule_with_warmup(o, warmup),
+    }[kind]
+    theirs = rates(reference)
+    assert ours[warmup:] == pytest.approx(theirs[warmup:], abs=1e-12)
+    assert ours[:warmup] == pytest.approx([(s + 1) / (warmup + 1) for s in range(warmup)])
+
+
+def test_the_held_out_split_has_round_n_times_fraction_rows() -> None:
+    from poise.train.recipes.common import split_holdout
+
+    for n, fraction, held in ((20, 0.19, 4), (10, 0.35, 4), (7, 0.3, 2), (3, 0.9, 2)):
+        train, out = split_holdout(n, fraction, seed=1)
+        assert len(out) == held, (n, fraction)
+        assert sorted(train + out) == list(range(n))

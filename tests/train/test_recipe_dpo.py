@@ -667,3 +667,60 @@ def test_the_prompts_it_trained_on_are_recorded_and_a_gate_on_them_is_refused(
     with pytest.raises(PoiseError, match=rf"prompts: {len(trained)} of the 8 prompts .* trained"):
         _check_held_out(str(out), items)
     _check_held_out(str(out), [i for i in items if i.prompt not in trained])  # held out: passes
+
+
+def test_a_last_partial_step_is_trained_and_weighed_by_its_own_rows(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """5 rows: batch 4, batch 2 x 2 and batch 1 x 4 all take 2 optimizer steps (4 rows, then
+    the last row alone, as transformers' Trainer counts the remainder of an epoch), and the
+    last step's loss is divided by the 1 row it holds, so the three end with the same weights."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=5)
+    common: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        "lr": 1e-2,
+        "save_steps": 0,
+    }
+    runs = {
+        "b4": train_dpo(output=str(tmp_path / "b4"), batch_size=4, **common),
+        "b2x2": train_dpo(output=str(tmp_path / "b2x2"), batch_size=2, grad_accum=2, **common),
+        "b1x4": train_dpo(output=str(tmp_path / "b1x4"), batch_size=1, grad_accum=4, **common),
+    }
+    assert {name: r.steps for name, r in runs.items()} == {"b4": 2, "b2x2": 2, "b1x4": 2}
+    reference = weights(tmp_path / "b1x4")
+    for name in ("b2x2", "b4"):
+        other = weights(tmp_path / name)
+        for key, value in reference.items():
+            torch.testing.assert_close(other[key], value, rtol=1e-4, atol=1e-6, msg=f"{name} {key}")
+
+
+def test_a_run_resumed_inside_an_epoch_continues_with_that_epochs_next_rows(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """Interrupted after the checkpoint of step 3 of a 4-step epoch, the resumed run trains on
+    the epoch's fourth batch, not its first again: the same weights as without interruption."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    common: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        "lr": 5e-3,
+        "batch_size": 2,
+        "save_steps": 1,
+        "max_length": 64,
+    }
+    straight = train_dpo(output=str(tmp_path / "straight"), **common)
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_step_3(event: Any) -> None:
+        if event.step == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_dpo(output=str(tmp_path / "resumed"), progress=stop_at_step_3, **common)
+    resumed = train_dpo(output=str(tmp_path / "resumed"), **common)
+    assert resumed.resumed_from == 3 and resumed.steps == straight.steps == 4
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
