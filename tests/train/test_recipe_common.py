@@ -6,6 +6,7 @@ Also home of the small builders the other recipe tests import (tiny classifiers,
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from collections.abc import Iterator
@@ -792,13 +793,13 @@ def test_a_config_error_names_the_field_not_the_python_class() -> None:
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
 @pytest.mark.parametrize(("total", "ratio"), [(10, 0.0), (10, 0.3), (7, 0.25), (40, 0.1)])
-def test_the_schedule_after_warm_up_is_transformers_and_warm_up_is_linear(
-    kind: str, total: int, ratio: float
-) -> None:
-    """After ``int(total * ratio)`` warm-up steps the rate follows transformers' own schedules
-    (get_linear / get_cosine / get_constant_schedule_with_warmup: 1 - progress, or
-    (1 + cos(pi * progress)) / 2, progress = (step - warmup) / (total - warmup)); the warm-up
-    itself rises linearly from lr / (warmup + 1), never 0, to lr at its last step + 1."""
+def test_the_schedule_is_transformers_warm_up_included(kind: str, total: int, ratio: float) -> None:
+    """The rate at every step is that of transformers' own schedules as TRL builds them
+    (get_linear / get_cosine / get_constant_schedule_with_warmup with ceil(total * ratio)
+    warm-up steps, TrainingArguments.get_warmup_steps): after the warm-up 1 - progress, or
+    (1 + cos(pi * progress)) / 2, progress = (step - warmup) / (total - warmup); the warm-up
+    rises linearly from 0. poise's own warm-up (from lr / (warmup + 1) over int(total * ratio)
+    steps) took other rates at every warm-up step."""
     import torch
     from transformers import (
         get_constant_schedule_with_warmup,
@@ -809,7 +810,7 @@ def test_the_schedule_after_warm_up_is_transformers_and_warm_up_is_linear(
     from poise.train.recipes.common import TrainConfig, _make_scheduler
 
     config = TrainConfig(model="m", output="o", lr_scheduler=kind, warmup_ratio=ratio, lr=1.0)
-    warmup = int(total * ratio)
+    warmup = math.ceil(total * ratio)
 
     def rates(make: Any) -> list[float]:
         parameter = torch.nn.Parameter(torch.zeros(1))
@@ -829,8 +830,8 @@ def test_the_schedule_after_warm_up_is_transformers_and_warm_up_is_linear(
         "constant": lambda o: get_constant_schedule_with_warmup(o, warmup),
     }[kind]
     theirs = rates(reference)
-    assert ours[warmup:] == pytest.approx(theirs[warmup:], abs=1e-12)
-    assert ours[:warmup] == pytest.approx([(s + 1) / (warmup + 1) for s in range(warmup)])
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert ours[:warmup] == pytest.approx([s / warmup for s in range(warmup)])
 
 
 def test_the_held_out_split_has_round_n_times_fraction_rows() -> None:

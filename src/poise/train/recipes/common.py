@@ -1835,14 +1835,19 @@ def _source_dtype(source: Path) -> Any:
 
 
 def _make_scheduler(optimizer: Any, config: TrainConfig, total_steps: int) -> Any:
-    """Linear warm-up over ``warmup_ratio`` of the steps, then constant, linear or cosine decay."""
+    """Linear warm-up over ``warmup_ratio`` of the steps, then constant, linear or cosine decay:
+    transformers' schedules as TRL's trainers build them (``get_linear / get_cosine /
+    get_constant_schedule_with_warmup``, ``ceil(total_steps * warmup_ratio)`` warm-up steps as
+    ``TrainingArguments.get_warmup_steps``), so a run with a warm-up takes the steps a TRL run
+    takes; the warm-up's first step has rate 0, as there. (poise's own warm-up rose from
+    ``lr / (warmup + 1)`` over ``int(total * ratio)`` steps: other rates at every warm-up step.)"""
     import torch
 
-    warmup = int(total_steps * config.warmup_ratio)
+    warmup = math.ceil(total_steps * config.warmup_ratio)
 
     def factor(step: int) -> float:
         if step < warmup:
-            return (step + 1) / (warmup + 1)
+            return step / max(1, warmup)
         if config.lr_scheduler == "constant":
             return 1.0
         progress = (step - warmup) / max(1, total_steps - warmup)
