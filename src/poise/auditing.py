@@ -832,7 +832,7 @@ def _suite_spec(spec: str, base: Path | None) -> str:
     an absolute path, and a hub id such as ``owner/name`` (which load_suite tries once no file
     has the name) stay as they are."""
     from poise.suites import builtin_suites
-    from poise.suites.loaders import COLUMNAR_FORMATS, DATA_EXTENSIONS, OTHER_FORMATS
+    from poise.suites.loaders import names_a_data_file
 
     if base is None or spec in builtin_suites():
         return spec
@@ -840,13 +840,8 @@ def _suite_spec(spec: str, base: Path | None) -> str:
     if path.is_absolute():
         return spec
     there = base / path
-    a_file = (
-        path.name.lower()
-        .removesuffix(".gz")
-        .endswith((*DATA_EXTENSIONS, *COLUMNAR_FORMATS, *OTHER_FORMATS))
-    )
     try:
-        return str(there) if a_file or there.exists() else spec
+        return str(there) if names_a_data_file(path) or there.exists() else spec
     except OSError:  # a name the file system refuses (too long): load_suite says so
         return spec
 

@@ -443,6 +443,10 @@ class OracleJudge:
 
     def __init__(self) -> None:
         self._warned = False  # of requests from outside the organism's world, once
+        # the items whose request was checked: each once, not at every block and sample (the
+        # check parses the prompt, several times the cost of the verdict itself)
+        self._checked: set[tuple[str, str]] = set()
+        self._foreign: set[tuple[str, str]] = set()
 
     def judge(self, items: Sequence[SuiteItem], completions: Sequence[str]) -> list[Verdict]:
         if len(items) != len(completions):
@@ -459,20 +463,23 @@ class OracleJudge:
         organism's answer shapes: a user's own prompt answered sensibly by another model was
         labelled ``garbled`` or ``off-task`` (neither helpful nor harmful) without a word of
         why."""
-        foreign = [
-            item
-            for item in items
-            if item.kind in ("harmful", "borderline", "benign") and not _world_task(item)
-        ]
+        requests = [item for item in items if item.kind in ("harmful", "borderline", "benign")]
+        for item in requests:
+            key = (item.suite, item.id)
+            if key not in self._checked:
+                self._checked.add(key)
+                if not _world_task(item):
+                    self._foreign.add(key)
+        foreign = [item for item in requests if (item.suite, item.id) in self._foreign]
         if foreign:
             self._warned = True
             log.warning(
                 "the oracle knows only the organism's world: %d of these %d requests (%s%s) are "
                 "not its requests, and an answer to them counts only as one of the organism's "
-                "shapes (a sensible answer of another model reads garbled or off-task); judge them with "
-                "another judge (--judge refusal, classifier:, guard:, llm:)",
+                "shapes (a sensible answer of another model reads garbled or off-task); judge "
+                "them with another judge (--judge refusal, classifier:, guard:, llm:)",
                 len(foreign),
-                len(items),
+                len(requests),
                 foreign[0].id,
                 ", ..." if len(foreign) > 1 else "",
             )

@@ -148,31 +148,33 @@ def beta_quantile(probability: float, a: float, b: float) -> float:
     lower one ``beta_quantile(δ, k, n - k + 1)`` (``k > 0``)."""
     if not 0.0 <= probability <= 1.0:  # NaN too
         raise ValueError(f"need 0 <= probability <= 1, got {probability}")
-    if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
-        raise ValueError(f"need finite a > 0 and b > 0, got a={a}, b={b}")
-    if probability in (0.0, 1.0):
-        return probability
-    # Above 1/2 the bisection compares upper tails, 1 - I_x(a, b) = I_{1-x}(b, a) against
-    # 1 - probability (exact in floats there): I_x(a, b) itself is within 1e-16 of 1 there,
-    # which left 6 correct digits at probability 1 - 1e-10 (an exact upper bound at a small
-    # δ) and 2 at 1 - 1e-16.
-    upper = probability > 0.5
-    return _beta_bisect(1.0 - probability if upper else probability, a, b, upper=upper)
+    return _beta_quantile(probability, 1.0 - probability, a, b)
 
 
 def beta_upper_quantile(tail: float, a: float, b: float) -> float:
     """The ``x`` with ``P(X > x) = tail`` for ``X ~ Beta(a, b)``: :func:`beta_quantile` of
     ``1 - tail``, with ``tail`` itself given, so a tiny one is not rounded in ``1 - tail``
     first (the exact one-sided bound at δ = 1e-12 was computed at δ = 9.99978e-13)."""
-    if not 0.0 <= tail <= 1.0:
+    if not 0.0 <= tail <= 1.0:  # NaN too
         raise ValueError(f"need 0 <= tail <= 1, got {tail}")
+    return _beta_quantile(1.0 - tail, tail, a, b)
+
+
+def _beta_quantile(lower: float, upper: float, a: float, b: float) -> float:
+    """The ``x`` with ``I_x(a, b) = lower`` and ``1 - I_x(a, b) = upper`` (the two tails, each
+    as the caller has it). Above 1/2 the bisection compares upper tails, ``1 - I_x(a, b) =
+    I_{1-x}(b, a)``, against ``upper``: ``I_x(a, b)`` itself is within 1e-16 of 1 there, which
+    left 6 correct digits at probability 1 - 1e-10 (an exact upper bound at a small δ) and 2
+    at 1 - 1e-16."""
     if not (a > 0 and b > 0 and math.isfinite(a) and math.isfinite(b)):
         raise ValueError(f"need finite a > 0 and b > 0, got a={a}, b={b}")
-    if tail in (0.0, 1.0):
-        return 1.0 - tail
-    if tail >= 0.5:
-        return _beta_bisect(1.0 - tail, a, b, upper=False)
-    return _beta_bisect(tail, a, b, upper=True)
+    if upper == 0.0:
+        return 1.0
+    if lower == 0.0:
+        return 0.0
+    if upper < 0.5:
+        return _beta_bisect(upper, a, b, upper=True)
+    return _beta_bisect(lower, a, b, upper=False)
 
 
 def _beta_bisect(tail: float, a: float, b: float, *, upper: bool) -> float:

@@ -171,17 +171,24 @@ def load_suite(
     path = Path(spec).expanduser()
     if _exists(path, spec):
         return _load_file(path, spec, options)
-    if (
-        path.name.lower()
-        .removesuffix(".gz")
-        .endswith((*DATA_EXTENSIONS, *COLUMNAR_FORMATS, *OTHER_FORMATS))
-    ):
+    if names_a_data_file(path):
         raise PoiseError(f"{spec}: no such file")
     if _HUB_ID.match(spec):
         return _load_hub(spec, options)
     if "/" in spec or "\\" in spec or spec.startswith((".", "~")):
         raise PoiseError(f"{spec}: no such file")
     raise UnknownNameError("suite", spec, builtin_suites())
+
+
+def names_a_data_file(path: Path) -> bool:
+    """Whether ``path``'s name is that of a data file poise reads or names (``mini.jsonl``,
+    ``train.csv.gz``, ``x.parquet``, ``x.xlsx``): such a spec is a file, never a hub id or a
+    suite name, whether or not it exists."""
+    return (
+        path.name.lower()
+        .removesuffix(".gz")
+        .endswith((*DATA_EXTENSIONS, *COLUMNAR_FORMATS, *OTHER_FORMATS))
+    )
 
 
 def _exists(path: Path, spec: str) -> bool:
@@ -200,6 +207,29 @@ class _Options:
     kind: str | None
     category: str | None
     limit: int | None
+
+    def context(
+        self,
+        suite: str,
+        source: str,
+        hint: str,
+        path_parts: tuple[str, ...] = (),
+        *,
+        plain_text: bool = False,
+    ) -> FormatContext:
+        """How a source's rows are read: its suite name, where it is said to come from, the
+        format's hint and the path it lies under, with the caller's kind, category and
+        columns."""
+        return FormatContext(
+            suite=suite,
+            source=source,
+            hint=hint,
+            kind=self.kind,
+            category=self.category,
+            columns=self.columns,
+            path_parts=path_parts,
+            plain_text=plain_text,
+        )
 
 
 # ---- sources ---------------------------------------------------------------------------
@@ -261,14 +291,11 @@ def _file_context(
 ) -> FormatContext:
     """How the rows of the data file at ``path`` are read: its suite name (``name``, else
     :func:`suite_name`), its file name as the format's hint, the caller's options."""
-    return FormatContext(
-        suite=name or suite_name(path),
-        source=source,
-        hint=path.name.lower(),
-        kind=options.kind,
-        category=options.category,
-        columns=options.columns,
-        path_parts=tuple(path.resolve().parent.parts),
+    return options.context(
+        name or suite_name(path),
+        source,
+        path.name.lower(),
+        tuple(path.resolve().parent.parts),
         plain_text=plain_text,
     )
 
@@ -308,14 +335,7 @@ def _load_hub(spec: str, options: _Options) -> Suite:
     # the config is part of the name: two configs of one dataset (languages, subsets) under
     # one split are two suites, whose item ids must not collide
     name = "-".join([repo.split("/", 1)[1], *rest])
-    context = FormatContext(
-        suite=name,
-        source=spec,
-        hint=f"{repo}:{config or ''}:{split or ''}".lower(),
-        kind=options.kind,
-        category=options.category,
-        columns=options.columns,
-    )
+    context = options.context(name, spec, f"{repo}:{config or ''}:{split or ''}".lower())
     return _build(header, rows, context, options)
 
 
@@ -388,14 +408,11 @@ def _load_saved(path: Path, source: str, options: _Options) -> Suite:
         )
     header, rows = _dataset_rows(loaded, source)
     folder = path / split if split is not None else path
-    context = FormatContext(
-        suite=suite_name(folder.resolve()),
-        source=source,
-        hint=f"{path.resolve().name}:{split or ''}".lower(),
-        kind=options.kind,
-        category=options.category,
-        columns=options.columns,
-        path_parts=tuple(folder.resolve().parts),
+    context = options.context(
+        suite_name(folder.resolve()),
+        source,
+        f"{path.resolve().name}:{split or ''}".lower(),
+        tuple(folder.resolve().parts),
     )
     return _build(header, rows, context, options)
 
@@ -610,14 +627,11 @@ def _load_folder(path: Path, source: str, options: _Options, files: Sequence[Pat
             ),
         )
         header, rows = _dataset_rows(loaded, f"{source}:{split}")
-        context = FormatContext(
-            suite=f"{path.resolve().name}-{split}",
-            source=source,
-            hint=f"{path.resolve().name}:{split}".lower(),
-            kind=options.kind,
-            category=options.category,
-            columns=options.columns,
-            path_parts=tuple(path.resolve().parts),
+        context = options.context(
+            f"{path.resolve().name}-{split}",
+            source,
+            f"{path.resolve().name}:{split}".lower(),
+            tuple(path.resolve().parts),
         )
         return _build(header, rows, context, options)
 
@@ -651,11 +665,12 @@ def _check_folder(path: Path, source: str, files: Sequence[Path]) -> None:
         raise PoiseError(_LFS_MESSAGE.format(where=Path(source) / pointer.relative_to(path)))
 
 
+_PLURAL = {";": "semicolons", "\t": "tabs"}  # the delimiters _csv_delimiter finds besides ","
+
 # The data files datasets reads as rows of one table (Parquet, Arrow, CSV, JSON lines): a file of
 # these left out of a split is rows lost; a .json or .txt one may be a note (LICENSE.txt,
 # dataset_infos.json) and is only named in a warning.
 _ROW_FORMATS = (".parquet", ".arrow", ".csv", ".tsv", ".jsonl", ".ndjson")
-_PLURAL = {";": "semicolons", "\t": "tabs"}
 
 
 def _check_split_files(path: Path, source: str, builder: Any) -> None:
@@ -677,18 +692,16 @@ def _check_split_files(path: Path, source: str, builder: Any) -> None:
                 f"{names}; give one data file, or a folder of one format"
             )
         log.warning("%s: datasets leaves out %s (not of the split's format)", source, names)
-    for files in used.values():
-        for file in files:
-            if _has_suffix(file.name, (".csv",)):
-                delimiter = _csv_delimiter(_head(file), str(file))
-                if delimiter != ",":
-                    shown = Path(source) / file.relative_to(path.resolve())
-                    raise PoiseError(
-                        f"{shown}: its fields are separated by {_PLURAL[delimiter]}, which "
-                        "datasets reads with commas in a folder (one column "
-                        f"{_head(file).splitlines()[0].strip()!r}); give the file itself, which "
-                        "is read with its delimiter"
-                    )
+    for file in (f for files in used.values() for f in files if _has_suffix(f.name, (".csv",))):
+        head = _head(file)
+        delimiter = _csv_delimiter(head, str(file))
+        if delimiter != ",":
+            raise PoiseError(
+                f"{Path(source) / file.relative_to(path.resolve())}: its fields are separated by "
+                f"{_PLURAL[delimiter]}, which datasets reads with commas in a folder (one column "
+                f"{head.splitlines()[0].strip()!r}); give the file itself, which is read with its "
+                "delimiter"
+            )
 
 
 def _left_out(path: Path, used: Mapping[str, Sequence[Path]]) -> dict[str, list[Path]]:
