@@ -53,7 +53,9 @@ preset                 source of the prompt format
                        github.com/centerforaisafety/HarmBench and the model card of
                        cais/HarmBench-Llama-2-13b-cls), ``["prompt_contextual"]`` for a
                        contextual behaviour (its context and behaviour apart, from the
-                       HarmBench suite row); the answer is "Yes" / "No". The response is
+                       HarmBench suite row); a row's ``behavior`` (a jailbreak test case's
+                       behaviour) is what [BEHAVIOR] holds, not the prompt the model was sent,
+                       as HarmBench judges a test case; the answer is "Yes" / "No". The response is
                        first cut to its first 512 tokens of the classifier's tokenizer (BOS
                        counted) and decoded, as ``evaluate_completions.py`` clips every
                        generation (``--num_tokens 512``) before judging it
@@ -553,18 +555,22 @@ class PresetJudge:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def _input_text(self, item: Any, completion: str) -> str:
-        """The judge's input for one answer: a HarmBench contextual behaviour (its suite row gave
-        a context: ``meta`` holds ``context`` and ``behavior``) through HarmBench's contextual
-        prompt, as HarmBench judges it; a Llama Guard preset reads the item's whole chat (its
-        earlier user and assistant turns too, :func:`llama_guard_turns`), as the authors'
-        ``create_conversation`` and the models' chat templates take it; any other item through
-        :meth:`text` (its last user turn). The response goes through :meth:`clip` first."""
+        """The judge's input for one answer: for the HarmBench classifier, the item's behaviour
+        when its row names one (``meta["behavior"]``: a HarmBench contextual row, or a test
+        case of a jailbreak suite with a ``behavior`` column), not the prompt the model was
+        sent, as HarmBench judges every test case against its behaviour string; with a context
+        (``meta["context"]``) through HarmBench's contextual prompt. A Llama Guard preset reads
+        the item's whole chat (its earlier user and assistant turns too,
+        :func:`llama_guard_turns`), as the authors' ``create_conversation`` and the models' chat
+        templates take it; any other item goes through :meth:`text` (its last user turn). The
+        response goes through :meth:`clip` first."""
         completion = self.clip(completion)
         meta = getattr(item, "meta", None) or {}
         context, behavior = meta.get("context"), meta.get("behavior")
-        contextual = isinstance(context, str) and context and isinstance(behavior, str) and behavior
-        if self.preset.name == "harmbench-cls" and contextual:
-            return render_harmbench_contextual(str(context), str(behavior), completion)
+        if self.preset.name == "harmbench-cls" and isinstance(behavior, str) and behavior.strip():
+            if isinstance(context, str) and context:
+                return render_harmbench_contextual(context, behavior, completion)
+            return self.text(behavior, completion)
         if self.preset.render_chat is not None:
             return self.preset.render_chat(llama_guard_turns(item.messages, completion))
         return self.text(item.prompt, completion)
