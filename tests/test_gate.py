@@ -683,3 +683,33 @@ def test_prompts_a_folder_was_trained_on_are_refused_and_others_pass(tmp_path: P
         _check_held_out(str(folder), items)  # the same text, spacing aside
     _check_held_out(str(folder), items[:1])
     _check_held_out("organism-small", items)  # a member records none
+
+
+def _gate_flag_keywords() -> list[tuple[str, str]]:
+    """(a long flag of `poise gate` as a Python keyword, the field it sets) for each flag whose
+    keyword is not its field: --suite (prompts), --n, --format, --column, --model-option ..."""
+    import typer
+
+    from poise.gate import GateConfig
+
+    command = typer.main.get_command(app).commands["gate"]  # type: ignore[attr-defined]
+    fields = GateConfig.model_fields
+    return [
+        (opt[2:].replace("-", "_"), param.name)
+        for param in command.params
+        if param.name in fields
+        for opt in param.opts
+        if opt.startswith("--") and opt[2:].replace("-", "_") not in fields
+    ]
+
+
+@pytest.mark.parametrize(("keyword", "field"), _gate_flag_keywords())
+def test_a_flags_name_as_a_keyword_names_the_field_it_sets(keyword: str, field: str) -> None:
+    """Every `poise gate` flag is a field of the Python API: poise.gate.gate(suite=...) says
+    the field is ``prompts`` (it said "suite: not an option here"), as poise.audit does."""
+    with pytest.raises(PoiseError) as info:
+        gate(model="organism-small", **{keyword: "x"})
+    assert str(info.value) == (
+        f"gate config: {keyword}: not an option here; use {field} (the field of "
+        f"--{keyword.replace('_', '-')})"
+    )

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -202,18 +202,28 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 def format_field_error(
-    exc: ValidationError, flag: Callable[[str], str], *, unknown: str = "not an option here"
+    exc: ValidationError,
+    flag: Callable[[str], str],
+    *,
+    unknown: str = "not an option here",
+    spellings: Mapping[str, str] | None = None,
 ) -> str:
     """'FIELD (--FLAG): what is wrong, got VALUE': the first error of ``exc`` with the field as
     the API spells it, ``flag(field)`` as the command line spells it, and the value given (a
     model-level check names its own; a missing field has no value, an unknown one no flag); a
-    value from a ``--config`` file says so, as in :func:`format_validation_error`."""
+    value from a ``--config`` file says so, as in :func:`format_validation_error`.
+    ``spellings`` (:func:`flag_keywords`): a flag's name given as a keyword, with the field it
+    stands for, which an unknown key that is one of them is told to use."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
     if not loc:
         return format_validation_error(exc)
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
+        field = (spellings or {}).get(loc[0]) if len(loc) == 1 else None
+        if field is not None:
+            # the flag's name (suite, n, format) is not the field's (prompts, ...)
+            return f"{loc[0]}: {unknown}; use {field} (the field of {dashed_flag(loc[0])})"
         return f"{'.'.join(loc)}: {unknown}"
     # a sampling field's flag is its own (--temperature), not that of an item of its value
     where = f"{'.'.join(loc)} ({flag(loc[1] if loc[0] == 'sampling' and len(loc) > 1 else loc[0])})"
@@ -238,6 +248,25 @@ COMMON_FIELD_FLAGS = {
 def dashed_flag(field: str) -> str:
     """The flag a command line spells a field as by default: ``--max-new-tokens``."""
     return "--" + field.replace("_", "-")
+
+
+def flag_keywords(
+    fields: Iterable[str],
+    flag: Callable[[str], str],
+    aliases: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, str]:
+    """``{a long flag's name as a keyword: the field it stands for}`` for each of ``fields``
+    whose flag (``flag(field)``, and its other spellings in ``aliases``) is not ``--FIELD``:
+    ``{"suite_format": "--format"}`` gives ``{"format": "suite_format"}``. For
+    :func:`format_field_error`'s ``spellings``; a name that is a field itself is left out."""
+    names = set(fields)
+    out: dict[str, str] = {}
+    for field in sorted(names):
+        for spelt in (flag(field), *(aliases or {}).get(field, ())):
+            keyword = spelt[2:].replace("-", "_") if spelt.startswith("--") else None
+            if keyword and keyword != field and keyword not in names:
+                out.setdefault(keyword, field)
+    return out
 
 
 @dataclass(frozen=True)
@@ -403,7 +432,11 @@ class AuditConfig(StrictModel, SuiteOptions):
         "refused, harmful, kind)",
     )
     out: PathStr = Field("runs", description="folder that holds run folders")
-    name: str | None = Field(None, description="run name (default: model and attack)")
+    name: str | None = Field(
+        None,
+        description="run name (default: the model and the attack, or for a sampled plain run "
+        "its temperature and n: organism-small-t1-n4)",
+    )
     html: bool = Field(True, description="write report.html")
 
     def fingerprint(self) -> str:

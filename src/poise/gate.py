@@ -293,7 +293,7 @@ def gate(
     )
     from poise.models import default_system_prompt, load_model, system_prompt_in_template
     from poise.suites import load_suite
-    from poise.train.flags import field_flag
+    from poise.train.flags import field_flag, field_spellings
     from poise.train.safety import safety_test
 
     try:
@@ -304,7 +304,10 @@ def gate(
         )
     except ValidationError as exc:
         # the flag as `poise gate` spells it (its flags are made as `poise train`'s) and the value
-        raise PoiseError(f"gate config: {format_field_error(exc, field_flag)}") from None
+        # a flag's name as a keyword (suite, n, format) says the field it stands for
+        spellings = field_spellings(GateConfig.model_fields)
+        error = format_field_error(exc, field_flag, spellings=spellings)
+        raise PoiseError(f"gate config: {error}") from None
 
     # ---- validate before loading weights
     if cfg.judge is not None and cfg.cost_model is not None:

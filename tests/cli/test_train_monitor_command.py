@@ -90,3 +90,50 @@ def test_monitor_data_names_the_output_flag_of_a_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "monitor-data", "-o", str(tmp_path)])
     assert result.exit_code == 2
     assert f"--output: {tmp_path} is a folder" in result.output
+
+
+def test_every_monitor_setting_has_a_flag_that_reaches_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every field of MonitorSettings is a flag of `poise train monitor` (weight decay, the
+    learning rate's decay and the accumulation were Python only), and each flag's value is the
+    field's: the command is one call of train_monitor_files."""
+    import dataclasses
+
+    import poise.train.monitor as monitor_module
+    from poise.errors import PoiseError
+    from poise.train.monitor import MonitorSettings
+
+    seen: list[MonitorSettings] = []
+
+    def fake(*args: object, settings: MonitorSettings, **kwargs: object) -> None:
+        seen.append(settings)
+        raise PoiseError("stopped before training")
+
+    monkeypatch.setattr(monitor_module, "train_monitor_files", fake)
+    given = {
+        "alpha": 0.5, "gamma": 0.5, "logic_reduce": "avg", "head": "token", "lr": 0.002,
+        "lr_decay": 0.95, "weight_decay": 0.1, "epochs": 2, "batch_size": 4, "accumulation": 3,
+        "max_length": 64, "seed": 7, "tolerance": 0.01, "layers": 1,
+    }  # fmt: skip
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in given.items()]
+    result = CliRunner().invoke(
+        app,
+        [
+            *("train", "monitor", "-m", "organism-small", "--data", str(tmp_path / "d.jsonl")),
+            *("-o", str(tmp_path / "mon"), "--choose-head", *flags),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "stopped before training" in result.output
+    (settings,) = seen
+    assert dataclasses.asdict(settings) == {**given, "calibrate_heads": ("response", "token")}
+    defaults = CliRunner().invoke(
+        app,
+        [
+            *("train", "monitor", "-m", "organism-small", "--data", str(tmp_path / "d.jsonl")),
+            *("-o", str(tmp_path / "mon2")),
+        ],
+    )
+    assert defaults.exit_code == 2, defaults.output
+    assert seen[1] == MonitorSettings()  # the flags' defaults are the fields'

@@ -204,9 +204,16 @@ def test_the_training_data_as_validation_is_refused(
         (MonitorSettings(logic_reduce="sum"), "logic_reduce (--logic-reduce): expected max"),
         (MonitorSettings(layers=-1), "layers (--layers): expected an integer >= 0 (0: all)"),
         (MonitorSettings(calibrate_heads=("tokens",)), "calibrate_heads (--choose-head): "),
-        # fields without a flag (Python only) are named alone
-        (MonitorSettings(accumulation=0), "accumulation: expected a positive integer, got 0"),
-        (MonitorSettings(weight_decay=-1.0), "weight_decay: expected a finite number >= 0"),
+        # the optimiser's fields have flags too (they were Python only, named alone)
+        (
+            MonitorSettings(accumulation=0),
+            "accumulation (--accumulation): expected a positive integer, got 0",
+        ),
+        (
+            MonitorSettings(weight_decay=-1.0),
+            "weight_decay (--weight-decay): expected a finite number >= 0",
+        ),
+        (MonitorSettings(lr_decay=0.0), "lr_decay (--lr-decay): expected a number in (0, 1]"),
     ],
 )
 def test_settings_errors_name_the_field_and_its_flag(

@@ -791,6 +791,59 @@ def test_a_config_error_names_the_field_not_the_python_class() -> None:
     assert str(info.value) == "train config: data (--data): Field required"
 
 
+def _recipe_flag_keywords() -> list[tuple[str, str, str]]:
+    """(recipe, a long flag of `poise train RECIPE` as a Python keyword, the field it sets) for
+    each flag whose keyword is not its field (--loss-option, --format, --suite, --n ...)."""
+    import typer
+
+    from poise.cli import app
+    from poise.train.recipes import RECIPES
+
+    group = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    rows = []
+    for name in RECIPES.names():
+        fields = RECIPES.get(name).config.model_fields
+        for param in group.commands[name.replace("_", "-")].params:
+            for opt in param.opts:
+                keyword = opt[2:].replace("-", "_")
+                if opt.startswith("--") and param.name in fields and keyword not in fields:
+                    rows.append((name, keyword, param.name))
+    return rows
+
+
+_REQUIRED: dict[str, dict[str, Any]] = {
+    "dpo": {"data": "pairs.jsonl"},
+    "reward": {"data": "pairs.jsonl"},
+    "cost": {"data": "pairs.jsonl"},
+    "modpo": {
+        "data": "pairs.jsonl",
+        "margin_reward_models": ["organism-reward"],
+        "weights": (0.5, 0.5),
+    },
+    "safe_rl": {"reward_model": "organism-reward", "cost_model": "organism-cost", "prompts": "p"},
+}
+
+
+@pytest.mark.parametrize(("recipe", "keyword", "field"), _recipe_flag_keywords())
+def test_a_flags_name_as_a_keyword_names_the_field_it_sets(
+    recipe: str, keyword: str, field: str
+) -> None:
+    """Every `poise train` flag is a field of the Python API: given by the flag's name
+    (``loss_option``, safe RL's ``format`` and ``suite``), train() says which field it is, as
+    poise.audit does (it said "not an option of this recipe" and no more)."""
+    from poise.train.recipes import RECIPES
+    from poise.train.recipes.common import make_config
+
+    cls = RECIPES.get(recipe).config
+    common = {"model": "organism-small", "output": "/tmp/never-written", **_REQUIRED[recipe]}
+    with pytest.raises(PoiseError) as info:
+        make_config(cls, **common, **{keyword: "x"})
+    assert str(info.value) == (
+        f"train config: {keyword}: not an option of this recipe; use {field} (the field of "
+        f"--{keyword.replace('_', '-')})"
+    )
+
+
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
 @pytest.mark.parametrize(("total", "ratio"), [(10, 0.0), (10, 0.3), (7, 0.25), (40, 0.1)])
 def test_the_schedule_is_transformers_warm_up_included(kind: str, total: int, ratio: float) -> None:

@@ -123,7 +123,11 @@ def audit_command(
         "refused, harmful, kind); repeatable.",
     ),
     out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
-    name: str | None = typer.Option(None, help="Run name (default: model and sampling)."),
+    name: str | None = typer.Option(
+        None,
+        help="Run name (default: the model and the attack, or for a sampled plain run its "
+        "temperature and n: organism-small-t1-n4).",
+    ),
     html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
     resume: str | None = typer.Option(
         None,

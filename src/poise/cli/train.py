@@ -25,7 +25,7 @@ from poise.cli._common import (
     sigterm_as_interrupt,
     user_errors,
 )
-from poise.train.flags import FIELD_FLAGS
+from poise.train.flags import AUDIT_SPELLINGS, FIELD_FLAGS
 
 train_app = typer.Typer(
     name="train",
@@ -49,12 +49,7 @@ _ALIASES = {
 }
 # the spellings `poise audit` (and `judges validate`) give the same things, taken too: a flag
 # learnt on one command works on the next (`poise gate -s FILE -f xstest -j refusal --n 4`)
-_AS_AUDIT = {
-    "suite_format": ("-f",),
-    "judge": ("-j",),
-    "prompts": ("--suite", "-s"),
-    "samples_per_prompt": ("--n",),
-}
+_AS_AUDIT = AUDIT_SPELLINGS
 _ALIASES.update(
     {
         field: (*_ALIASES.get(field, ("--" + field.replace("_", "-"),)), *extra)
@@ -359,8 +354,17 @@ def monitor_command(
         0.0, help="validation macro-F1 to give up for an earlier stop when choosing k"
     ),
     lr: float = typer.Option(1e-4, help="learning rate (AdamW)"),
+    lr_decay: float = typer.Option(
+        0.99,
+        help="exponential decay of the learning rate per optimiser step, in (0, 1] (at least "
+        "0.999 below a batch size of 4, as the released SCM script)",
+    ),
+    weight_decay: float = typer.Option(0.01, help="AdamW weight decay"),
     epochs: int = typer.Option(3, help="passes over the data"),
     batch_size: int = typer.Option(8, help="answers per batch"),
+    accumulation: int = typer.Option(
+        2, help="batches whose gradients add up to one optimiser step"
+    ),
     max_length: int = typer.Option(
         512, help="tokens per training answer, prompt included (longer ones are cut at the end)"
     ),
@@ -381,8 +385,11 @@ def monitor_command(
             logic_reduce=logic_reduce,
             head=head,
             lr=lr,
+            lr_decay=lr_decay,
+            weight_decay=weight_decay,
             epochs=epochs,
             batch_size=batch_size,
+            accumulation=accumulation,
             max_length=max_length,
             seed=seed,
             calibrate_heads=("response", "token") if choose_head else (),

@@ -97,9 +97,8 @@ class MonitorSettings:
                 raise _bad(name, "a positive integer", value)
 
 
-# the MonitorSettings fields without a flag of `poise train monitor` (Python only), and the one
-# whose flag is not --FIELD
-_PYTHON_ONLY = frozenset({"lr_decay", "weight_decay", "accumulation"})
+# the MonitorSettings field whose flag of `poise train monitor` is not --FIELD (every field has
+# a flag)
 _FLAGS = {"calibrate_heads": "--choose-head"}
 
 
@@ -109,8 +108,6 @@ def _setting_name(field: str) -> str:
     names a config field for the other commands."""
     from poise.config import dashed_flag
 
-    if field in _PYTHON_ONLY:
-        return field
     return f"{field} ({_FLAGS.get(field) or dashed_flag(field)})"
 
 

@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from poise.config import PathStr, format_field_error
 from poise.errors import MissingExtraError, PoiseError, file_on_the_way, require_extra
-from poise.train.flags import field_flag
+from poise.train.flags import field_flag, field_spellings
 
 if TYPE_CHECKING:
     import torch
@@ -174,12 +174,17 @@ def make_config(cls: type[Any], config: Any = None, **fields: Any) -> Any:
             raise PoiseError(f"expected a {cls.__name__}, got {type(config).__name__}")
         return cls.model_validate({**config.model_dump(), **fields})
     except ValidationError as exc:
-        raise PoiseError(f"train config: {_field_error(exc)}") from None
+        raise PoiseError(f"train config: {_field_error(exc, cls)}") from None
 
 
-def _field_error(exc: ValidationError) -> str:
-    """'FIELD (--FLAG): what is wrong, got VALUE', the flag as ``poise train`` spells it."""
-    return format_field_error(exc, field_flag, unknown="not an option of this recipe")
+def _field_error(exc: ValidationError, cls: type[Any] | None = None) -> str:
+    """'FIELD (--FLAG): what is wrong, got VALUE', the flag as ``poise train`` spells it; a
+    flag's name given as a keyword (``loss_option``, ``format``) names the field of ``cls`` it
+    stands for."""
+    spellings = field_spellings(cls.model_fields) if cls is not None else None
+    return format_field_error(
+        exc, field_flag, unknown="not an option of this recipe", spellings=spellings
+    )
 
 
 # --------------------------------------------------------------------------------------------
