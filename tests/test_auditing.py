@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import poise
 from killing import kill_after_records
 from poise.auditing import make_config
 from poise.cli import app
+from poise.config import AuditConfig, Sampling
 from poise.errors import PoiseError
 from poise.models.mock import MockModel, last_user_message
 from poise.runs import Run, list_runs
@@ -525,7 +527,7 @@ def test_explicit_resume_uses_the_recorded_config(tmp_path: Path) -> None:
     with pytest.raises(PoiseError, match=r"recorded with judge='refusal', not 'oracle'"):
         poise.audit(resume=run.path, judge="oracle")
     assert list(run.records()) == []
-    with pytest.raises(PoiseError, match=r"recorded with sampling="):
+    with pytest.raises(PoiseError, match=r"recorded with sampling temperature=0\.0, not 0\.7"):
         poise.audit(resume=run.path, sampling={"temperature": 0.7})
     # the same values pass; a partial sampling dict is read key by key
     result = poise.audit(resume=run.path, judge="refusal", sampling={"temperature": 0.0})
@@ -562,8 +564,13 @@ def test_a_config_beside_resume_is_checked_and_applied_as_keywords_are(tmp_path:
     model = MockModel("scripted", scripted)
     base = dict(model="scripted", suites=[str(suite)], judge="refusal", out=out)
     hot = make_config(sampling={"temperature": 0.7}, **base)
-    with pytest.raises(PoiseError, match=r"resume: .* was recorded with sampling=.* not .*0\.7"):
+    # the sampling field that differs is named, with both values (not two dicts of seven)
+    with pytest.raises(PoiseError, match=r"resume: .* was recorded with sampling temperature=0\.0, "
+                       r"not 0\.7: a resumed run keeps its config; leave temperature out of "
+                       "sampling"):  # fmt: skip
         poise.audit(hot, model=model, resume=run.path)
+    with pytest.raises(PoiseError, match=r"recorded with sampling seed=0, not 3: "):
+        poise.audit(model=model, resume=run.path, sampling={"seed": 3})
     result = poise.audit(make_config(html=False, **base), model=model, resume=run.path)
     assert result.run.path == run.path and result.run.status == "complete"
     assert not (run.path / "report.html").exists()  # html=False of the config applied
@@ -826,6 +833,43 @@ def test_a_wrong_field_name_says_which_field_it_stands_for(
 ) -> None:
     with pytest.raises(PoiseError, match=message):
         poise.audit(out=tmp_path, **fields)
+    assert not any(tmp_path.iterdir())
+
+
+def _audit_flag_names() -> list[tuple[str, str]]:
+    """(a long flag of `poise audit` as a Python keyword, the flag) for each flag whose keyword
+    is no AuditConfig field (``--samples-per-prompt`` -> samples_per_prompt)."""
+    import typer
+
+    command = typer.main.get_command(app).commands["audit"]  # type: ignore[attr-defined]
+    names = []
+    for param in command.params:
+        for opt in param.opts:  # not the secondary --no-html
+            name = opt[2:].replace("-", "_")
+            keywords = {"resume", "config", "verbose", "help"}  # audit()'s own, or no field
+            if opt.startswith("--") and name not in {*AuditConfig.model_fields, *keywords}:
+                names.append((name, opt))
+    return names
+
+
+@pytest.mark.parametrize(("name", "flag"), _audit_flag_names())
+def test_every_audit_flag_spelt_as_a_keyword_names_its_field(
+    name: str, flag: str, tmp_path: Path
+) -> None:
+    """Every flag of `poise audit` is a field of the Python API: a flag's own name given to
+    poise.audit says which field it is (`samples_per_prompt` was "did you mean
+    'system_prompt'?", `judge_labels_column` a list of three near names)."""
+    from poise.cli._config import FIELD_FLAGS
+
+    fields = {flag_name: field for field, flag_name in FIELD_FLAGS.items()}
+    sampled = {"samples_per_prompt": "n"}.get(name, name)
+    if sampled in Sampling.model_fields:
+        expected = f"use sampling={{'{sampled}': ...}}"
+    else:
+        expected = f"use {fields[name]}"
+    with pytest.raises(PoiseError) as info:
+        poise.audit(out=tmp_path, **{name: 1})
+    assert f"'{name}' is not a field; {expected}" in str(info.value), (flag, str(info.value))
     assert not any(tmp_path.iterdir())
 
 
@@ -1260,3 +1304,151 @@ def test_resuming_a_complete_run_says_so_and_leaves_it_complete(
 
     poise.audit(resume=str(done.path), html=True)
     assert written == [] and done.report_path.is_file() and done.status == "complete"
+
+
+def test_a_run_resumed_from_another_directory_builds_its_judge_from_the_folders_it_began_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths inside the judge spec (``NAME:./folder``) and option values (``--judge-option
+    model=./folder``) were read from the working directory on resume: a same-named folder there
+    refused the run as "other weights", a missing one was not fingerprinted at all. They are read
+    where the run began, and the judge keeps the name it had (records carry it)."""
+    from poise.scoring import judges as module
+    from poise.scoring.judges import RefusalJudge, judges, register_judge
+
+    def build(arg: str, model: str | None = None) -> RefusalJudge:
+        for folder in (arg, model):  # a judge that reads its folders
+            if folder is not None and not Path(folder, "model.safetensors").is_file():
+                raise PoiseError(f"{folder}: no judge weights there")
+        judge = RefusalJudge()
+        judge.name = f"review_folder:{arg}"
+        return judge
+
+    register_judge("review_folder", argument="PATH")(build)
+    try:
+        began, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+        _weights_folder(began / "judge", b"\x00" * 64)
+        _weights_folder(began / "judge-model", b"\x00" * 64)
+        _weights_folder(elsewhere / "judge", b"\x01" * 64)  # another judge under the same name
+        write_suite(began / "mini.jsonl", 4, 2)
+        monkeypatch.chdir(began)
+        fields: dict[str, Any] = dict(
+            model="mock", suites=["mini.jsonl"], judge="review_folder:judge",
+            judge_options={"model": "judge-model"}, html=False,
+        )  # fmt: skip
+        whole = poise.audit(name="whole", **fields)
+        killed = poise.audit(name="killed", **fields)
+        _cut_to(killed.run, 3)
+        path, records = began / killed.run.path, list(whole.run.records())
+        recorded_weights, config = killed.run.header["weights"], killed.run.config
+        assert set(recorded_weights) == {"judge", "judge option model"}
+
+        monkeypatch.chdir(elsewhere)
+        resumed = poise.audit(resume=str(path))
+        assert resumed.run.status == "complete"
+        assert list(resumed.run.records()) == records
+        header = resumed.run.header
+        assert header["judge_resolved"] == "review_folder:judge"
+        assert header["judge_spec"] == "review_folder:judge"
+        assert header["config"] == config  # as typed
+        assert header["weights"] == recorded_weights
+        assert resumed.metrics == whole.metrics
+
+        # the option's folder gone where the run began, one of that name here: refused, not read
+        _cut_to(resumed.run, 3)
+        (began / "judge-model").rename(began / "moved")
+        _weights_folder(elsewhere / "judge-model", b"\x00" * 64)
+        with pytest.raises(PoiseError) as info:
+            poise.audit(resume=str(path))
+        assert str(info.value).startswith(
+            f"--judge-option model=judge-model: no such file or folder in {began}, where the run "
+            "began"
+        )
+    finally:
+        judges._entries.pop("review_folder", None)
+        module._ARGUMENT.pop("review_folder", None)
+
+
+def test_a_judge_named_by_its_folder_option_keeps_its_name_on_a_resume_from_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_hf_model_dir: Path
+) -> None:
+    """A judge whose name carries its model option (``preset:NAME@FOLDER``) is built from the
+    folder where the run began and keeps the name its records carry: built from the absolute
+    path, it was another judge by name, and the resume was refused."""
+    began, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(tiny_hf_model_dir, began / "cls")
+    write_suite(began / "mini.jsonl", 4, 2)
+    monkeypatch.chdir(began)
+    fields: dict[str, Any] = dict(
+        model="mock", suites=["mini.jsonl"], judge="preset:harmbench-cls",
+        judge_options={"model": "cls"}, html=False,
+    )  # fmt: skip
+    whole = poise.audit(name="whole", **fields)
+    killed = poise.audit(name="killed", **fields)
+    _cut_to(killed.run, 3)
+    path, records = began / killed.run.path, list(whole.run.records())
+    assert len(records) > 3  # the resume has records to add
+    monkeypatch.chdir(elsewhere)
+    resumed = poise.audit(resume=str(path))
+    assert resumed.run.status == "complete"
+    assert resumed.run.header["judge_resolved"] == "preset:harmbench-cls@cls"
+    assert list(resumed.run.records()) == records
+
+
+def test_a_run_whose_chat_template_writes_the_date_is_not_continued_on_another_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_hf_model_dir: Path
+) -> None:
+    """A chat template that writes today's date into every prompt (strftime_now, as Llama
+    3.1-3.3 templates do) rendered other prompts on a resume made another day: the resumed
+    answers came from other prompts than the first part's, under one config. The run records
+    how the template renders on the day its records are made; a resume on a day it renders
+    otherwise is refused, the same command starts a new run, and the same day continues it."""
+    import datetime as dt
+    import shutil
+
+    from transformers import AutoTokenizer
+    from transformers.utils import chat_template_utils
+
+    from chat_templates import LLAMA32_TEMPLATE
+
+    folder = tmp_path / "dated"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.chat_template = LLAMA32_TEMPLATE
+    tokenizer.save_pretrained(str(folder))
+
+    def on(day: int) -> None:  # the clock transformers gives the template
+        class Clock(dt.datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> Clock:
+                return cls(2026, 12, day, 23, 59)
+
+        monkeypatch.setattr(chat_template_utils, "datetime", Clock)
+
+    suite = write_suite(tmp_path / "mini.jsonl", 3, 2)
+    fields: dict[str, Any] = dict(
+        model=str(folder), suites=[str(suite)], judge="refusal", html=False,
+        sampling={"max_new_tokens": 4}, out=str(tmp_path / "runs"),
+    )  # fmt: skip
+    on(4)
+    whole = poise.audit(name="whole", **fields)
+    chat = [{"role": "user", "content": "hi"}]
+    rendered = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+    assert "Today Date: 04 Dec 2026" in str(rendered)  # the clock the template reads
+    killed = poise.audit(name="killed", **fields)
+    _cut_to(killed.run, 2)
+
+    on(5)
+    with pytest.raises(PoiseError, match=r"cannot resume: the model's chat template writes "
+                       r"today's date into every prompt \(strftime_now\)"):  # fmt: skip
+        poise.audit(resume=killed.run.path)
+    assert len(list(killed.run.records())) == 2
+    assert set(killed.run.header["dated_prompts"]) == {"sha256", "rendered_at"}
+    again = poise.audit(name="killed", **fields)  # the same command: a new run, not this one
+    assert again.run.path != killed.run.path and again.run.status == "complete"
+
+    on(4)
+    resumed = poise.audit(resume=killed.run.path)
+    assert resumed.run.status == "complete"
+    assert list(resumed.run.records()) == list(whole.run.records())

@@ -95,6 +95,9 @@ _FIELD_FOR = {
     "model_option": "model_options",
     "attack_option": "attack_options",
     "judge_option": "judge_options",
+    "judge_labels_column": "judge_labels_columns",
+    # `poise audit --samples-per-prompt`, the long form of --n
+    "samples_per_prompt": "sampling={'n': ...}",
     **{
         name: f"sampling={{'{name}': ...}}"
         for name in ("temperature", "top_p", "top_k", "max_new_tokens", "n", "seed", "stop")
@@ -183,8 +186,10 @@ def audit(
     configuration is resumed too, so re-running a killed command just continues.
 
     A resumed run reads the relative paths of its config (suite files, ``reference_run``,
-    ``judge_labels``) from the directory it began in (run.json's ``workdir``), wherever it is
-    resumed from. ``resume`` of a complete run returns it as it is, with a warning: nothing is
+    ``judge_labels``), and those inside its judge spec and option values, from the directory it
+    began in (run.json's ``workdir``), wherever it is resumed from. A run whose model's chat
+    template writes today's date into every prompt (``strftime_now``) is not continued on a day
+    it renders them otherwise (run.json's ``dated_prompts``). ``resume`` of a complete run returns it as it is, with a warning: nothing is
     generated, judged or recomputed, and its status stays complete (``html=True`` draws a
     missing report).
     """
@@ -284,10 +289,13 @@ def _audit(
         raise PoiseError("the audit has no items: every suite is empty")
     _check_unique_ids(items)
     own_scorers = task_scorers(items)  # kinds whose task brings its own scorer
+    # what the judge, the model and the attack are built with: their relative paths read
+    # where the run began (the config, and the names it gives the judge, stay as typed)
+    built = _relocated(cfg, workdir)
     attack = attacks.get(cfg.attack)
-    _check_attack_options(cfg.attack, attack, cfg.attack_options)
+    _check_attack_options(cfg.attack, attack, built.attack_options)
     check_attack_sampling(attack, cfg.sampling)  # e.g. worst_of_n's n is its own option
-    _check_judge_options(cfg.judge, cfg.judge_options)
+    _check_judge_options(built.judge, built.judge_options)
     if model_obj is None:
         check_spec(_spec_to_build(cfg, run))
     # a reference run named by name is looked for beside the run, as poise runs rejudge does
@@ -301,16 +309,19 @@ def _audit(
     model = (
         model_obj
         if model_obj is not None
-        else load_model(_spec_to_build(cfg, run), **cfg.model_options)
+        else load_model(_spec_to_build(cfg, run), **built.model_options)
     )
     # the judge follows the model: `auto` is what the model (through its wrappers) recommends
     judge_spec = resolve_judge_name(cfg.judge, model)
-    judge = get_judge(judge_spec, **cfg.judge_options)
+    judge = get_judge(resolve_judge_name(built.judge, model), **built.judge_options)
+    # named as the run named it (records and header carry the judge's name: its paths as typed,
+    # in its spec or an option, preset:NAME@FOLDER)
+    judge.name = _as_typed(judge.name, cfg, built)
     scorers = Scorers(judge, own_scorers)  # a task's own scorer, else the audit's judge
     system = SystemPrompt(
         cfg.system_prompt, default_system_prompt(model), system_prompt_in_template(model)
     )
-    requests = attack(items, cfg.sampling, system, **cfg.attack_options)
+    requests = attack(items, cfg.sampling, system, **built.attack_options)
     _check_unique_requests(requests)
     check_context(model, requests)  # an over-long item stops the audit before any work
     check_sampling(model, requests)  # e.g. best-of-N under greedy decoding
@@ -319,20 +330,24 @@ def _audit(
     # the model, its scorers, monitors and probes, and the judge's (poise.runs.provenance)
     weights = weights_components(
         model.spec,
-        judge_spec,
-        judge_options=cfg.judge_options,
-        attack_options=cfg.attack_options,
-        model_options=cfg.model_options,
+        built.judge if built.judge != cfg.judge else judge_spec,
+        judge_options=built.judge_options,
+        attack_options=built.attack_options,
+        model_options=built.model_options,
     )
     # the system messages "default" and "none" sent (a literal setting is sent as itself), so
     # the chats can be rebuilt from the run without loading its model (poise attacks export)
     system_prompts = {"default": system.text("default"), "none": system.text("none")}
+    # a chat template that writes today's date: what it renders now (a run goes on only from
+    # the prompts its records were made from)
+    dated = _dated_prompts(model)
     if run is not None:
         # a torn last record (cut by start() too) must not stop the reading below; the run's
         # lock is held (audit() took it)
         run.repair()
         problem = (
             _recorded_makers_differ(run, model.name, judge.name, weights)
+            or _prompts_dated_otherwise(run, dated)
             or _recorded_items_differ(run.records(), items, scorers)  # one pass over them
         )
         if problem is not None and not adopted:
@@ -364,6 +379,7 @@ def _audit(
             model_spec=model.spec,
             weights=weights,
             system_prompts=system_prompts,
+            **({"dated_prompts": dated} if dated is not None else {}),
         )
         started = time.perf_counter()
         blocks = evaluate(
@@ -788,6 +804,14 @@ def _check_resume_fields(
     asked = canonical_attack(make_config(None, **{**recorded.model_dump(), **merged})).model_dump()
     held = canonical_attack(recorded).model_dump()
     for key in given:
+        if key == "sampling" and asked[key] != held[key]:
+            # the sampling field that differs, not the two whole dicts (the seed among seven)
+            field = next(k for k in held[key] if asked[key].get(k) != held[key][k])
+            raise PoiseError(
+                f"resume: {run.path.name} was recorded with sampling {field}="
+                f"{held[key][field]!r}, not {asked[key].get(field)!r}: a resumed run keeps its "
+                f"config; leave {field} out of sampling, or start a new run without resume"
+            )
         if not same_field(key, asked.get(key), held.get(key), run):
             raise PoiseError(
                 f"resume: {run.path.name} was recorded with {key}={held.get(key)!r}, not "
@@ -844,6 +868,66 @@ def _suite_spec(spec: str, base: Path | None) -> str:
         return str(there) if names_a_data_file(path) or there.exists() else spec
     except OSError:  # a name the file system refuses (too long): load_suite says so
         return spec
+
+
+def _relocated_path(value: str, base: Path, what: str) -> str:
+    """``value``, a string a run's config gives an option or a judge, read from ``base`` (the
+    directory the run began in): a relative path of a file or folder there becomes its absolute
+    path; anything else (a name, a hub id, a number written as text, an absolute path) stays as
+    it is. A relative path that is not there but is in the working directory is refused: it
+    was read from there, another folder than the one the run began with."""
+    path = Path(value).expanduser()
+    if not value.strip() or path.is_absolute():
+        return value
+    try:
+        if (base / path).exists():
+            return str(base / path)
+        here = path.exists()
+    except OSError:  # a name the file system refuses (too long): not a path
+        return value
+    if here:
+        raise PoiseError(
+            f"{what}{value}: no such file or folder in {base}, where the run began (the one "
+            f"here is another); put it back there, or resume the run from {base}"
+        )
+    return value
+
+
+def _as_typed(name: str, cfg: AuditConfig, built: AuditConfig) -> str:
+    """``name`` (a judge's, built from ``built``: :func:`_relocated` of ``cfg``) with each path
+    that was read where the run began written as ``cfg`` typed it, the longest first."""
+    pairs = {built.judge.partition(":")[2]: cfg.judge.partition(":")[2]}
+    for field in ("judge_options", "model_options", "attack_options"):
+        typed = getattr(cfg, field)
+        for key, value in getattr(built, field).items():
+            if isinstance(value, str) and value != typed[key]:
+                pairs[value] = typed[key]
+    for read, as_typed in sorted(pairs.items(), key=lambda pair: -len(pair[0])):
+        if read and read != as_typed:
+            name = name.replace(read, as_typed)
+    return name
+
+
+def _relocated(cfg: AuditConfig, base: Path | None) -> AuditConfig:
+    """``cfg`` with the relative paths inside its judge spec (``guard:./folder``) and the values
+    of its judge, model and attack options (``--judge-option model=./folder``) read from
+    ``base`` (:func:`_relocated_path`); ``cfg`` itself when ``base`` is None. The suites, a
+    reference run and a labels file are read there by their own readers."""
+    if base is None:
+        return cfg
+    update: dict[str, Any] = {}
+    kind, sep, arg = cfg.judge.partition(":")
+    if sep and arg.strip():
+        update["judge"] = f"{kind}:{_relocated_path(arg.strip(), base, '--judge ' + kind + ':')}"
+    for field in ("judge_options", "model_options", "attack_options"):
+        options = getattr(cfg, field)
+        update[field] = {
+            key: _relocated_path(value, base, f"{_flag(field)} {key}=")
+            if isinstance(value, str)
+            else value
+            for key, value in options.items()
+        }
+    return cfg.model_copy(update=update)
 
 
 def _already_complete(run: Run, cfg: AuditConfig, *, report: bool) -> AuditResult:
@@ -1004,6 +1088,51 @@ def _recorded_makers_differ(
                 continue
             return f"its records were made with {what} {recorded!r}, and this {what} is {now!r}"
     return weights_changed(header.get("weights"), weights or {})
+
+
+# a chat any chat template renders, to see whether one that writes today's date into every
+# prompt (``strftime_now``: Llama 3.1-3.3 templates) renders it as it did
+_PROBE_CHAT = ({"role": "user", "content": "Hello"},)
+
+
+def _dated_prompts(model: Any) -> dict[str, str] | None:
+    """How the chat template of ``model``'s tokenizer renders a fixed chat now, when the
+    template reads the clock (``strftime_now``, which transformers gives every chat template:
+    the local date): ``{"sha256", "rendered_at"}``. None for a model without a tokenizer or
+    whose template does not read it (its prompts follow from the files in ``weights``)."""
+    tokenizer: Any = getattr(model, "tokenizer", None)
+    if tokenizer is None or "strftime_now" not in str(getattr(tokenizer, "chat_template", "")):
+        return None
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in _PROBE_CHAT], add_generation_prompt=True, tokenize=False
+        )
+    except Exception:  # a template that refuses this chat: the audit's own chats say so
+        return None
+    import hashlib
+
+    return {
+        "sha256": hashlib.sha256(str(text).encode("utf-8")).hexdigest(),
+        "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _prompts_dated_otherwise(run: Run, now: Mapping[str, str] | None) -> str | None:
+    """Why ``run`` cannot be continued with prompts rendered as ``now`` says
+    (:func:`_dated_prompts`): its chat template writes the date into every prompt and renders
+    them otherwise than when its records were made (another day), so its answers would come
+    from two sets of prompts under one config. None when the run has no record yet, or either
+    side names no date."""
+    then = run.header.get("dated_prompts")
+    if now is None or not isinstance(then, Mapping) or run.samples_written() == 0:
+        return None
+    if then.get("sha256") == now["sha256"]:
+        return None
+    return (
+        "the model's chat template writes today's date into every prompt (strftime_now), and "
+        f"its records were made from prompts rendered at {then.get('rendered_at')}, which it "
+        f"renders otherwise now ({now['rendered_at']})"
+    )
 
 
 def _same_model_contents(recorded: object, now: Mapping[str, Mapping[str, str]]) -> bool:

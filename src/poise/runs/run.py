@@ -5,8 +5,10 @@
                      under others, those in ``continued_with``), resolved config, status, the
                      directory its config's relative paths are relative to (``workdir``);
                      from the audit: the model's name and spec, the judge, the fingerprints of the
-                     weights it depends on (``weights``, :mod:`poise.runs.provenance`) and the
-                     system messages "default" and "none" sent (``system_prompts``)
+                     weights it depends on (``weights``, :mod:`poise.runs.provenance`), the
+                     system messages "default" and "none" sent (``system_prompts``) and, for
+                     a chat template that writes today's date, how it rendered
+                     (``dated_prompts``)
       samples.jsonl  one record per (item, request, completion, verdict), appended as produced
       cache.sqlite   request -> completion cache (WAL); makes regenerating after a kill free
       metrics.json   rates with 95% intervals, overall and per category
