@@ -420,3 +420,42 @@ def test_a_run_judged_again_from_another_directory_reads_the_files_it_began_with
     result = rejudge(began / audited.path, judge="refusal", html=False)
     assert _records(result.run) == expected
     assert result.run.header["workdir"] == str(began)
+
+
+def test_a_run_judged_again_from_another_directory_builds_its_judge_where_it_began(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_hf_model_dir: Path
+) -> None:
+    """The run's own judge named by a relative folder (``preset:NAME`` with ``model=./cls``)
+    was built from the working directory: from another one the folder was not there (or
+    another's was). It is built from where the run began and keeps its name; a judge given
+    now is read here, and the new run, which records the old run's directory, records its
+    folder whole."""
+    began, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copytree(tiny_hf_model_dir, began / "cls")
+    write_suite(began / "mini.jsonl")
+    monkeypatch.chdir(began)
+    audited = poise.audit(
+        model=MockModel("scripted", scripted),
+        suites=["mini.jsonl"],
+        judge="preset:harmbench-cls",
+        judge_options={"model": "cls"},
+        html=False,
+    ).run
+    expected = _records(audited)
+    monkeypatch.chdir(elsewhere)
+    again = rejudge(began / audited.path, html=False)
+    assert _records(again.run) == expected
+    assert again.run.header["judge_resolved"] == "preset:harmbench-cls@cls"
+    assert again.run.config["judge_options"] == {"model": "cls"}  # as typed
+    # a judge given now, from here: its folder recorded whole
+    shutil.copytree(tiny_hf_model_dir, elsewhere / "mine")
+    mine = rejudge(
+        began / audited.path,
+        judge="preset:harmbench-cls",
+        judge_options={"model": "mine"},
+        name="mine",
+        html=False,
+    )
+    assert mine.run.config["judge_options"] == {"model": str(elsewhere / "mine")}
+    assert mine.run.header["workdir"] == str(began)

@@ -500,6 +500,7 @@ def rejudge(
     cfg = recorded_config(source)
     header = source.header
     model_spec = header.get("model_spec")
+    own_judge = judge is None
     if judge is None:
         judge, options = (
             cfg.judge,
@@ -519,6 +520,23 @@ def rejudge(
         judge_spec = resolve_judge_name(judge, str(model_spec or cfg.model))
     root = source.path.parent if out is None else Path(out)
     run_name = name or f"{cfg.name or _default_name(cfg)}-rejudged"
+    # the config's relative paths where the run began (a run from before poise recorded it:
+    # here, as they were read before)
+    base = recorded_workdir(source)
+    typed = cfg.model_copy(  # the judge alone: no model or attack is built here
+        update={
+            "judge": judge_spec,
+            "judge_options": options,
+            "model_options": {},
+            "attack_options": {},
+        }
+    )
+    # the run's own judge is built from its paths as read where the run began, and keeps the
+    # name its records carry; a judge given now is read here, and where the new run records
+    # another directory than this one, its paths are recorded whole (they are not relative to it)
+    built = _relocated(typed, base if own_judge else (Path.cwd() if base is not None else None))
+    if not own_judge:
+        judge_spec, options = built.judge, dict(built.judge_options)
     new_cfg = cfg.model_copy(
         update={
             "judge": judge_spec,
@@ -529,12 +547,11 @@ def rejudge(
         }
     )
 
-    # the config's relative paths where the run began (a run from before poise recorded it:
-    # here, as they were read before)
-    base = recorded_workdir(source)
     suites = [load_suite(_suite_spec(spec, base), **cfg.suite_options()) for spec in cfg.suites]
     items = [item for suite in suites for item in spread_subset(suite.items, cfg.limit)]
-    scorers = Scorers(get_judge(judge_spec, **options), task_scorers(items))
+    new_judge = get_judge(built.judge, **built.judge_options)
+    new_judge.name = _as_typed(new_judge.name, typed if own_judge else built, built)
+    scorers = Scorers(new_judge, task_scorers(items))
     old = list(source.records())
     problem = _recorded_items_differ(old, items, None)
     if problem is not None:
@@ -577,7 +594,7 @@ def rejudge(
         role: fingerprint
         for role, fingerprint in dict(header.get("weights") or {}).items()
         if not str(role).startswith("judge")
-    } | weights_components(None, judge_spec, judge_options=options)
+    } | weights_components(None, built.judge, judge_options=built.judge_options)
     # the audit's fingerprint only once every verdict is written: a run killed mid-way (no
     # clean-up) is not an unfinished run of that audit's configuration, which the next such
     # `poise audit` would adopt and fill with answers of its own under `rejudged_from`
