@@ -235,3 +235,37 @@ def test_the_cli_writes_the_system_message_a_qwen_style_model_was_sent(
     result = CliRunner().invoke(app, [*args, "--per-prompt", "2", "--model", str(moved)])
     assert result.exit_code == 0, result.output
     assert [json.loads(line) for line in output.read_text().splitlines()] == rows
+
+
+def test_export_pairs_is_the_command_in_one_call(tmp_path: Path) -> None:
+    """``poise attacks export`` in Python: the pairs the command writes, each prompt with the
+    system message the audit sent. preference_pairs of the records alone leaves it out (the
+    run's system prompts are the command's to read), so a script wrote other prompts than the
+    command."""
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.attacks.export import export_pairs
+    from poise.cli import app
+    from poise.runs import find_run
+
+    audit = poise.audit(
+        model="organism-small",
+        suites=["harmful"],
+        attack="exploitation",
+        attack_options={"families": ["temperature"], "temperatures": [1.0, 1.5]},
+        limit=10,
+        out=tmp_path / "runs",
+        html=False,
+    )
+    by_command, by_call = tmp_path / "command.jsonl", tmp_path / "call.jsonl"
+    result = CliRunner().invoke(
+        app, ["attacks", "export", audit.path.name, "--out", str(tmp_path / "runs"),
+              "-o", str(by_command)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    count = export_pairs(find_run(audit.path.name, tmp_path / "runs"), by_call)
+    rows = [json.loads(line) for line in by_call.read_text().splitlines()]
+    assert count == len(rows) > 0
+    assert by_call.read_text() == by_command.read_text()
+    assert {row["prompt"][0]["role"] for row in rows} == {"system"}

@@ -26,10 +26,99 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from poise.errors import PoiseError, check_int, prepare_output_file
 from poise.tasks import read
+
+__all__ = ["RecordedRun", "export_pairs", "preference_pairs", "run_system_prompts", "write_pairs"]
+
+
+class RecordedRun(Protocol):
+    """What the export reads of a run (a :class:`poise.runs.Run`: ``poise.runs.find_run(NAME)``
+    or ``Run(FOLDER)``); attacks do not import the run folder's module, a sibling layer."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def header(self) -> dict[str, Any]: ...
+    @property
+    def config(self) -> dict[str, Any]: ...
+    @property
+    def model_to_build(self) -> str | None: ...
+    def records(self) -> Iterable[dict[str, Any]]: ...
+
+
+def export_pairs(
+    found: RecordedRun, output: str | Path, *, per_prompt: int = 1, model: str | None = None
+) -> int:
+    """What ``poise attacks export`` does, in one call: the preference pairs of an attack
+    audit's run (``poise.runs.find_run(NAME_OR_FOLDER)``) written to ``output`` (jsonl), each
+    prompt with the system message the audit sent (:func:`run_system_prompts`; ``model``: the
+    model whose default system prompt the run sent, where the run records none and its own model
+    no longer loads). Returns the number of pairs written; a run with no pair is one error
+    saying why, and nothing is written. (:func:`preference_pairs` of the records alone gives
+    prompts without the system message unless it is given the run's ``system_prompts``.)"""
+    check_int("attacks export", "per_prompt", per_prompt, 1)
+    pairs = preference_pairs(found.records(), per_prompt=per_prompt)
+    if any(p["meta"]["system_prompt"] in ("default", "none") for p in pairs):
+        # what "default" and "none" sent is the model's: its declared default, and an empty
+        # system message where its template inserts that default (Qwen2.5-style)
+        pairs = preference_pairs(
+            found.records(), per_prompt=per_prompt, system_prompts=run_system_prompts(found, model)
+        )
+    if not pairs:
+        attack = found.config.get("attack")
+        if attack in ("exploitation", "worst_of_n"):  # it asked several ways already
+            how = (
+                "every harmful item was refused each time or complied with each time; more "
+                "samples (--attack-option n=...) or more decoding configurations give a model "
+                "that is rarely unsafe a chance to be both"
+            )
+        else:
+            how = (
+                "audit with --attack exploitation or worst_of_n, whose requests answer an item "
+                "several ways"
+            )
+        raise PoiseError(
+            f"{found.path.name}: no harmful item has both a safe and a harmful answer (attack "
+            f"{attack!r}), so there is no pair to write; {how}"
+        )
+    return write_pairs(pairs, output)
+
+
+def run_system_prompts(found: RecordedRun, model: str | None = None) -> dict[str, str | None]:
+    """The system messages ``found`` (a run) sent for "default" and "none": those its run.json
+    records (``system_prompts``, the texts the audit sent), else those of its model (``model``,
+    else the run's own, with its model options, loaded), as the audit resolved them. ``model``
+    given wins over the record."""
+    from poise.models import default_system_prompt, load_model, no_system_prompt
+
+    recorded = found.header.get("system_prompts")
+    if (
+        model is None
+        and isinstance(recorded, dict)
+        and all(key in recorded for key in ("default", "none"))
+        and all(v is None or isinstance(v, str) for v in recorded.values())
+    ):
+        return {"default": recorded["default"], "none": recorded["none"]}
+    config = found.config
+    # the model the audit built (folders by absolute path: export from any directory)
+    name = model or found.model_to_build
+    options = {} if model else dict(config.get("model_options") or {})
+    if not isinstance(name, str) or not name:
+        raise PoiseError(
+            f"{found.path.name}: the run names no model, whose default system prompt its "
+            "prompts were sent with: give --model"
+        )
+    try:
+        loaded = load_model(name, **options)
+    except PoiseError as exc:
+        raise PoiseError(
+            f"{found.path.name}: cannot load the run's model {name!r} to read the system prompt "
+            f"its prompts were sent with ({exc}); give --model FOLDER"
+        ) from None
+    return {"default": default_system_prompt(loaded), "none": no_system_prompt(loaded)}
 
 
 def preference_pairs(

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import typer
 
 from poise.cli._common import console, expand_paths, shown, user_errors
-from poise.errors import PoiseError
-
-if TYPE_CHECKING:
-    from poise.runs import Run
 
 attacks_app = typer.Typer(
     help="Attacks (use with `poise audit --attack NAME`) and their outputs.", no_args_is_help=True
@@ -64,73 +58,13 @@ def export(
     chat as the audit sent it, with its system message (the exploitation grid's sys=on and
     sys=off are paired apart)."""
     with user_errors():
-        from poise.attacks.export import preference_pairs, write_pairs
+        from poise.attacks.export import export_pairs
         from poise.errors import check_int
         from poise.runs import find_run
 
         check_int("attacks export", "--per-prompt", per_prompt, 1)
-        found = find_run(run, out)
-        pairs = preference_pairs(found.records(), per_prompt=per_prompt)
-        if any(p["meta"]["system_prompt"] in ("default", "none") for p in pairs):
-            # what "default" and "none" sent is the model's: its declared default, and an empty
-            # system message where its template inserts that default (Qwen2.5-style)
-            system_prompts = _system_prompts(found, model)
-            pairs = preference_pairs(
-                found.records(), per_prompt=per_prompt, system_prompts=system_prompts
-            )
-        if not pairs:
-            attack = found.config.get("attack")
-            if attack in ("exploitation", "worst_of_n"):  # it asked several ways already
-                how = (
-                    "every harmful item was refused each time or complied with each time; "
-                    "more samples (--attack-option n=...) or more decoding configurations "
-                    "give a model that is rarely unsafe a chance to be both"
-                )
-            else:
-                how = (
-                    "audit with --attack exploitation or worst_of_n, whose requests answer "
-                    "an item several ways"
-                )
-            raise PoiseError(
-                f"{found.path.name}: no harmful item has both a safe and a harmful answer "
-                f"(attack {attack!r}), so there is no pair to write; {how}"
-            )
-        count = write_pairs(pairs, output)
+        count = export_pairs(find_run(run, out), output, per_prompt=per_prompt, model=model)
         console.print(f"wrote {count} preference pairs to [bold]{shown(output)}[/]")
-
-
-def _system_prompts(found: Run, spec: str | None) -> dict[str, str | None]:
-    """The system messages the run sent for "default" and "none": those its run.json records
-    (``system_prompts``, the texts the audit sent), else those of its model (``spec``, else the
-    run's own, with its model options, loaded), as the audit resolved them. ``spec`` given wins
-    over the record."""
-    from poise.models import default_system_prompt, load_model, no_system_prompt
-
-    recorded = found.header.get("system_prompts")
-    if (
-        spec is None
-        and isinstance(recorded, dict)
-        and all(key in recorded for key in ("default", "none"))
-        and all(v is None or isinstance(v, str) for v in recorded.values())
-    ):
-        return {"default": recorded["default"], "none": recorded["none"]}
-    config = found.config
-    # the model the audit built (folders by absolute path: export from any directory)
-    name = spec or found.model_to_build
-    options = {} if spec else dict(config.get("model_options") or {})
-    if not isinstance(name, str) or not name:
-        raise PoiseError(
-            f"{found.path.name}: the run names no model, whose default system prompt its "
-            "prompts were sent with: give --model"
-        )
-    try:
-        loaded = load_model(name, **options)
-    except PoiseError as exc:
-        raise PoiseError(
-            f"{found.path.name}: cannot load the run's model {name!r} to read the system prompt "
-            f"its prompts were sent with ({exc}); give --model FOLDER"
-        ) from None
-    return {"default": default_system_prompt(loaded), "none": no_system_prompt(loaded)}
 
 
 def register(app: typer.Typer) -> None:
