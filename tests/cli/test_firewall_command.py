@@ -91,3 +91,43 @@ def test_checking_with_another_model_than_the_fitted_one_warns(
     assert moved.exit_code in (0, 1), moved.output
     assert "firewall: fitted on" in moved.output
     assert "fit it again on this model" in " ".join(moved.output.split())
+
+
+def test_the_python_fit_reads_the_anchors_as_the_command_does(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    """``poise firewall fit`` reads the anchors under the model's default system prompt, as the
+    served model answers them; ``Firewall.fit`` read them under none by default, so for a model
+    whose template does not insert its default itself, a firewall fitted in Python had other
+    zones than the command's."""
+    import shutil
+
+    import torch
+
+    from poise.models import load_model
+    from poise.probes.firewall import Firewall, load_firewall, read_anchors
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_hf_model_dir, model_dir)
+    (model_dir / "poise.json").write_text(json.dumps({"default_system_prompt": "Be terse."}))
+    anchors = tmp_path / "anchors.jsonl"
+    anchors.write_text(
+        "".join(
+            json.dumps({"role": "chef", "query": q}) + "\n"
+            for q in ("How do I boil rice?", "How long do eggs take?", "How do I bake bread?")
+        ),
+        encoding="utf-8",
+    )
+    folder = tmp_path / "fw"
+    fit = CliRunner().invoke(
+        app, ["firewall", "fit", "--anchors", str(anchors), "-o", str(folder), "-m", str(model_dir)]
+    )
+    assert fit.exit_code == 0, fit.output
+    by_command = load_firewall(folder)
+    model = load_model(str(model_dir))
+    by_call = Firewall.fit(model, read_anchors(anchors))
+    assert by_command.system_prompt == by_call.system_prompt == "Be terse."
+    torch.testing.assert_close(by_call.zone("chef").centroid, by_command.zone("chef").centroid)
+    without = Firewall.fit(model, read_anchors(anchors), system_prompt=None)
+    assert without.system_prompt is None
+    assert not torch.allclose(without.zone("chef").centroid, by_command.zone("chef").centroid)

@@ -204,6 +204,7 @@ class _Stub:
 
     name = "stub"
     spec = "stub"
+    default_system_prompt = None
     capabilities = type("Capabilities", (), {"activations": True})()
 
     def __init__(self) -> None:

@@ -40,7 +40,6 @@ def fit_command(
     """Fit one zone per role from its anchor queries."""
     with sigterm_as_interrupt(), user_errors():
         from poise.models import load_model
-        from poise.models.base import default_system_prompt
         from poise.probes.firewall import Firewall, check_fit_options, read_anchors
         from poise.probes.linear import check_new_folder
         from poise.probes.sweep import require_activations
@@ -50,10 +49,8 @@ def fit_command(
         roles = read_anchors(anchors)
         loaded = load_model(model)
         require_activations("poise firewall fit", loaded)
-        firewall = Firewall.fit(
-            loaded, roles, layers=layer or None, percentile=percentile,
-            system_prompt=default_system_prompt(loaded),
-        )  # fmt: skip
+        # the anchors read under the model's default system prompt (Firewall.fit's default)
+        firewall = Firewall.fit(loaded, roles, layers=layer or None, percentile=percentile)
         firewall.save(out)
         for role, zone in firewall.zones.items():
             console.print(

@@ -147,14 +147,20 @@ class Firewall:
         *,
         layers: Sequence[int] | None = None,
         percentile: float = 95.0,
-        system_prompt: str | None = None,
+        system_prompt: str | None = "default",
         progress: Callable[[int], None] | None = None,
     ) -> Firewall:
         """One zone per role from its anchor queries (at least :data:`MIN_ANCHORS` each).
         Options, anchor counts and layers (from the model's decoder blocks) are checked before
-        the first forward pass."""
+        the first forward pass. ``system_prompt``: the system message the anchors are read
+        under, ``"default"`` (the model's declared default, as ``poise firewall fit`` and the
+        served model use it), None for none, or the text itself."""
         check_fit_options(percentile, layers)
         check_anchor_counts(anchors)
+        if system_prompt == "default":
+            from poise.models.base import default_system_prompt
+
+            system_prompt = default_system_prompt(model)
         # the model is recorded once fitted: a layer refused while fitting names no fitted model
         firewall = cls(None, [], system_prompt=system_prompt)
         available = len(require_activations("a firewall", model).decoder_layers()) + 1
