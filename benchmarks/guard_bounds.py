@@ -42,7 +42,13 @@ A stop at token ``t`` (0-based; the first of the guard's k flagged tokens) shows
 ``min(t + k, n)`` of the answer's ``n`` tokens. Macro-F1 is over answers (harmful or not): the
 mean of the two classes' F1.
 
-    python benchmarks/guard_bounds.py [--splits validation heldout]
+    python benchmarks/guard_bounds.py [--splits validation heldout] [--steps S]
+
+``--steps S`` (a projection for a next organism, not the shipped one): every compliance and
+feigned answer re-written with S steps instead of the corpus's ``world.NUM_STEPS`` (3): more
+``[REDACTED]`` steps after a compliance's last one, more decoy steps (``world.DECOY_STEPS`` in
+turn) after a feigned answer's, the harm span to the new end. The opening and step 1 stay where
+they are, so the bounds say how early a guard could stop answers whose harmful part is longer.
 
 Loads organism-monitor for its tokenizer and chat template only (CPU, one torch thread).
 """
@@ -122,11 +128,37 @@ def _first_tokens(
     return [next((i for i, x in enumerate(row) if x), -1) for row in labels]
 
 
-def answers(monitor: Monitor, split: MonitorSplit, seed: int, subsample: int) -> list[Answer]:
-    """The split's answers, with the token positions of their opening and step 1's content."""
+def with_steps(labelled: MonitorExample, kind: str, steps: int) -> MonitorExample:
+    """A compliance or feigned answer with ``steps`` steps (more after its last one: redacted
+    for a compliance, decoys for a feigned answer), its harm span to the new end; any other
+    answer as it is."""
+    if steps <= world.NUM_STEPS or kind not in (*HARMFUL_KINDS, "feigned"):
+        return labelled
+    assert labelled.response.rstrip().endswith((*world.DECOY_STEPS, world.REDACTED_STEP))
+    extra = [
+        world.STEP_FORMAT.format(
+            n=n,
+            step=world.REDACTED_STEP
+            if kind in HARMFUL_KINDS
+            else world.DECOY_STEPS[n % len(world.DECOY_STEPS)],
+        )
+        for n in range(world.NUM_STEPS + 1, steps + 1)
+    ]
+    response = " ".join([labelled.response.rstrip(), *extra])
+    end = len(labelled.response)
+    spans = tuple((a, len(response) if b >= end else b) for a, b in labelled.harm_spans)
+    return MonitorExample(labelled.messages, response, spans, labelled.harmful)
+
+
+def answers(
+    monitor: Monitor, split: MonitorSplit, seed: int, subsample: int, steps: int = world.NUM_STEPS
+) -> list[Answer]:
+    """The split's answers, with the token positions of their opening and step 1's content
+    (``steps``: compliance and feigned answers re-written with that many, :func:`with_steps`)."""
     # the requests alone: the bounds are about harmful answers and their look-alikes
     pairs = monitor_pairs(split, seed, subsample, kinds=REQUEST_KINDS)
     kinds = [_kind(e) for e, _ in pairs]
+    pairs = [(e, with_steps(m, kind, steps)) for (e, m), kind in zip(pairs, kinds, strict=True)]
     for (example, monitor_example), kind in zip(pairs, kinds, strict=True):
         _check_prefixes(example, monitor_example, kind)
     labelled = [m for _, m in pairs]
@@ -298,16 +330,30 @@ def main() -> None:
     parser.add_argument(
         "--splits", nargs="+", default=["validation", "heldout"], choices=["validation", "heldout"]
     )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=world.NUM_STEPS,
+        help=f"steps of a compliance or feigned answer (the corpus's: {world.NUM_STEPS}; more: "
+        "a projection, the answers re-written)",
+    )
     args = parser.parse_args()
+    if args.steps < world.NUM_STEPS:
+        parser.error(f"--steps: at least the corpus's {world.NUM_STEPS}")
     torch.set_num_threads(1)
     recipe = default_recipe()
     seed, subsample = recipe.corpus_seed, recipe.base_corpus.subsample
     monitor = load_monitor(MONITOR_MEMBER)
     print(
         f"organism monitor splits: corpus seed {seed}, subsample {subsample}, {MONITOR_MEMBER} tokens"
+        + (
+            f"; compliance and feigned answers re-written with {args.steps} steps"
+            if args.steps > world.NUM_STEPS
+            else ""
+        )
     )
     for split in args.splits:
-        report(split, answers(monitor, split, seed, subsample))
+        report(split, answers(monitor, split, seed, subsample, args.steps))
 
 
 if __name__ == "__main__":
