@@ -202,3 +202,39 @@ def test_head_is_response_or_token_and_only_for_a_monitor(tiny_hf_model_dir: Pat
         load_model(f"full_guard('{tiny_hf_model_dir}', judge='keywords:cat', head='last')")
     with pytest.raises(PoiseError, match="head applies to a monitor judge"):
         load_model(f"chunked_guard('{tiny_hf_model_dir}', judge='keywords:cat', head='token')")
+
+
+def test_a_keyword_split_across_tokens_flags_the_chunk_that_completes_it(inner: HFModel) -> None:
+    """A chunk that ends inside the keyword ("ha" of "harm") does not hold it yet: the prefix
+    is flagged once it holds the keyword's end."""
+    from poise.guards.judged import _Judge
+
+    judge = _Judge("keywords:harm", None, inner)
+    ends = [2, 5, 7]  # "no", " ha", "rm"
+    (flags,) = judge.flags([[]], [[0, 1, 2]], ["no harm"], [ends], [[1, 2, 3]])
+    assert flags == [False, False, True]
+
+
+def test_the_chunked_guard_stops_at_the_first_flagged_chunk(inner: HFModel) -> None:
+    """Judged every token, a keyword guard stops at the token that completes the first whole
+    occurrence of the word (the regular expression's match, found independently here): not at
+    a later chunk, which is flagged too."""
+    import re
+
+    word = _word(inner)
+    plain = inner.generate(CHATS, SAMPLING)
+    guarded = ChunkedGuard(inner, judge=f"keywords:{word}", every=1).generate(CHATS, SAMPLING)
+    early = 0
+    for before, after in zip(plain, guarded, strict=True):
+        for b, a in zip(before, after, strict=True):
+            found = re.search(rf"\b{re.escape(word)}\b", b.text, re.IGNORECASE)
+            record = a.metadata["guard"]  # type: ignore[index]
+            assert record["stopped"] is (found is not None)
+            if found is None:
+                continue
+            ends = record["token_ends"]
+            first = next(t + 1 for t, end in enumerate(ends) if end >= found.end())
+            assert record["produced_tokens"] == first
+            assert record["shown_tokens"] == a.num_tokens == first - 1
+            early += first < b.num_tokens
+    assert early  # some answer goes on after the word, where a later chunk is flagged too

@@ -75,3 +75,36 @@ def test_generated_tokens_counts_the_eos_that_ended_an_answer(tiny_hf_model_dir:
     # a record written before decoded_tokens existed: unguarded_tokens stands in for it
     old = guard_record(stopped=True, produced=0, shown=0, settings=settings, unguarded_tokens=7)
     assert generated_tokens(Completion("No.", 0, "guard", token_ids=(), metadata=old)) == 7
+
+
+def test_a_stopped_answer_is_its_first_shown_tokens_and_the_refusal(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """``shown_completion`` by hand: the refusal follows a space unless the text is empty or
+    already ends with a space or newline, an empty refusal adds nothing, ``produced`` defaults
+    to ``shown``, and ``shown`` past the answer's end is the whole answer."""
+    from poise.guards.record import refusal_tail
+
+    assert refusal_tail("It is", "No.") == " No."
+    assert refusal_tail("It is ", "No.") == "No."
+    assert refusal_tail("It is\n", "No.") == "No."
+    assert refusal_tail("", "No.") == "No."
+    assert refusal_tail("It is", "") == ""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    eos = tokenizer.eos_token_id
+    ids = tuple(tokenizer("the cat sat on the mat", add_special_tokens=False)["input_ids"])
+    ended = Completion("the cat sat on the mat", len(ids), "stop", token_ids=(*ids, eos))
+    settings = {"kind": "chunked"}
+    first = tokenizer.decode(ids[:2], skip_special_tokens=True)
+    cut = shown_completion(ended, tokenizer, shown=2, produced=None, refusal="", settings=settings)
+    record = (cut.metadata or {})["guard"]
+    assert cut.text == first and cut.finish_reason == "guard"
+    assert cut.num_tokens == 2 and cut.token_ids == ids[:2]
+    assert record["shown_tokens"] == record["produced_tokens"] == 2
+    whole = shown_completion(
+        ended, tokenizer, shown=len(ids) + 5, produced=None, refusal="No.", settings=settings
+    )
+    record = (whole.metadata or {})["guard"]
+    assert whole.num_tokens == len(ids) and whole.token_ids == ids
+    assert record["shown_tokens"] == record["produced_tokens"] == len(ids)
+    assert whole.text == tokenizer.decode(ids, skip_special_tokens=True) + " No."

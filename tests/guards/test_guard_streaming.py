@@ -357,3 +357,36 @@ def test_a_window_scores_exactly_its_tokens(inner: HFModel, monitor_dir: Path) -
     at_two = Guarded(inner, monitor=str(monitor_dir), threshold=0.0, k=2, window=2)
     stopped = [c for r in at_two.generate(CHATS, SAMPLING) for c in r if c.finish_reason == "guard"]
     assert stopped and all(c.num_tokens == 2 for c in stopped)
+
+
+def test_each_answer_records_the_highest_score_the_guard_read(
+    inner: HFModel, monitor_dir: Path, threshold: float
+) -> None:
+    """``metadata["guard"]["max_score"]`` is the highest harmful probability among the tokens
+    the guard scored for that answer (up to and including its stop), each sample of a chat its
+    own: teacher forcing gives the scores."""
+    guarded = Guarded(inner, monitor=str(monitor_dir), threshold=threshold, k=2)
+    plain = inner.generate(CHATS, SAMPLING)
+    got = guarded.generate(CHATS, SAMPLING)
+    monitor = load_monitor(str(monitor_dir))
+    flat = [(c, b) for c, row in enumerate(plain) for b in row]
+    all_scores = monitor.response_scores(
+        [inner.prompt_ids(CHATS[c]) for c, _ in flat],
+        [list(b.token_ids or ())[: b.num_tokens] for _, b in flat],
+    )
+    checked = 0
+    for c, (before, after) in enumerate(zip(plain, got, strict=True)):
+        for s, (b, a) in enumerate(zip(before, after, strict=True)):
+            scores = all_scores[c * SAMPLING.n + s]
+            if b.finish_reason == "length":
+                scores = scores[:-1]  # the last token of a cut answer is never scored
+            stop = delay_k_stop(scores, threshold, 2)
+            read = scores[:stop] if stop is not None else scores
+            record = a.metadata["guard"]  # type: ignore[index]
+            if not read:
+                assert record["max_score"] is None
+                continue
+            checked += 1
+            assert record["max_score"] == pytest.approx(max(read), abs=1e-5)
+    # the samples of one chat differ, so a max_score taken from another row would show
+    assert checked >= 6

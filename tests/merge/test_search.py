@@ -243,3 +243,22 @@ def test_a_bad_audit_field_of_a_search_names_its_key_not_a_flag(tmp_path: Path) 
         run_search(search, tmp_path / "out")
     assert str(caught.value).startswith("audit config: limit: ")
     assert "--limit" not in str(caught.value)
+
+
+def test_maximin_ties_go_to_the_best_mean_and_scores_come_from_the_default_group() -> None:
+    # b and a share their worst objective (0.6); a's mean is higher, whichever is listed first
+    b = _cand("b", helpful=(0.7, 0.6, 0.8), harmless=(0.6, 0.5, 0.7))
+    a = _cand("a", helpful=(0.6, 0.5, 0.7), harmless=(0.9, 0.8, 1.0))
+    pareto([b, a])
+    assert b.on_front and a.on_front
+    assert choose([b, a]) is a and choose([a, b]) is a
+    # the objectives read the default group, not the first one written
+    metrics = {
+        "default_group": "greedy",
+        "groups": {
+            "t=0.70": {"helpful_rate": {"value": 0.2, "low": 0.1, "high": 0.3}},
+            "greedy": {"helpful_rate": {"value": 0.7, "low": 0.6, "high": 0.8}},
+        },
+    }
+    scores = read_scores(metrics, {"helpful": "helpful_rate"})
+    assert vars(scores["helpful"]) == {"value": 0.7, "low": 0.6, "high": 0.8}
