@@ -299,18 +299,6 @@ def _fit(
     return out
 
 
-def merge_to_state_dict(job: MergeJob, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Merge every tensor in memory (for small models and tests)."""
-    check_inputs(job)
-    names = job.names()
-    out = {}
-    for i, name in enumerate(names):
-        out[name] = merge_tensor(job, name)
-        if progress is not None:
-            progress(i + 1, len(names))
-    return out
-
-
 def write_merge(
     job: MergeJob,
     out: Path,
