@@ -887,6 +887,47 @@ def test_the_schedule_is_transformers_warm_up_included(kind: str, total: int, ra
     assert ours[:warmup] == pytest.approx([s / warmup for s in range(warmup)])
 
 
+def _gpt2(seed: int = 0) -> Any:
+    """A tiny GPT-2: biases everywhere and torch.nn.LayerNorm modules (ln_1, ln_2, ln_f)."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_weight_decay_spares_biases_and_norm_gains_as_transformers_trainer_does(
+    arch: str, tiny_hf_model_dir: Path
+) -> None:
+    """AdamW's decay goes on exactly the parameters transformers' Trainer decays (hence TRL's
+    DPOTrainer): not on biases, LayerNorm or RMSNorm gains. poise decayed every parameter,
+    so with --weight-decay the norm gains shrank towards 0 where TRL's stay."""
+    from transformers import AutoModelForCausalLM, Trainer
+
+    from poise.train.recipes.common import decay_groups
+
+    if arch == "llama":
+        model = AutoModelForCausalLM.from_pretrained(str(tiny_hf_model_dir))
+    else:
+        model = _gpt2()
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = decay_groups(model, 0.1)
+    assert [g.get("weight_decay") for g in groups] == [None, 0.0]  # None: AdamW's own, 0.1
+    decayed = {names[id(p)] for p in groups[0]["params"]}
+    spared = {names[id(p)] for p in groups[1]["params"]}
+    expected = set(Trainer.get_decay_parameter_names(None, model)) & set(names.values())
+    assert decayed == expected
+    assert spared == set(names.values()) - expected
+    assert any("norm" in n or "ln_" in n for n in spared)
+    if arch == "gpt2":
+        assert any(n.endswith(".bias") for n in spared)
+    # without decay: one group, in parameters() order (the layout of a plain AdamW's state)
+    assert [[id(p) for p in g["params"]] for g in decay_groups(model, 0.0)] == [
+        [id(p) for p in model.parameters()]
+    ]
+
+
 def test_the_held_out_split_has_round_n_times_fraction_rows() -> None:
     from poise.train.recipes.common import split_holdout
 

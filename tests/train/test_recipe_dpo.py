@@ -585,6 +585,43 @@ def test_ctrl_c_after_a_checkpoint_keeps_it_and_says_how_to_resume(
     assert train_dpo(output=str(out), **common).resumed_from == 2
 
 
+def test_a_checkpoint_whose_optimizer_groups_differ_is_one_error_naming_it(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint written with one AdamW group over every parameter (poise's layout before
+    biases and norm gains were spared weight decay) resumed by a run that has two: torch's
+    "loaded state dict has a different number of parameter groups" traceback, naming no
+    folder. Now one error naming the checkpoint and the way out."""
+    from poise.train.recipes import common as recipe_common
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8)
+    out = tmp_path / "out"
+    settings: dict[str, Any] = {
+        "model": str(tiny_hf_model_dir),
+        "data": str(data),
+        "output": str(out),
+        **FAST,
+        "batch_size": 2,
+        "save_steps": 1,
+        "weight_decay": 0.1,
+    }
+
+    def one_group(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(recipe_common, "decay_groups", one_group, raising=False)
+        with pytest.raises(KeyboardInterrupt):
+            train_dpo(progress=_interrupt_at(1), **settings)
+    assert (out / "checkpoints" / "step-1").is_dir()
+    with pytest.raises(PoiseError) as info:
+        train_dpo(**settings)
+    message = str(info.value)
+    assert str(out / "checkpoints" / "step-1") in message
+    assert "--overwrite" in message and "\n" not in message
+    assert train_dpo(overwrite=True, **settings).steps == 4
+
+
 def test_ctrl_c_in_an_overwrite_before_a_checkpoint_puts_the_replaced_run_back(
     tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

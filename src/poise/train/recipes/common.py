@@ -39,6 +39,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -1139,6 +1140,44 @@ def apply_lora(model: Any, config: TrainConfig, *, task_type: str = "CAUSAL_LM")
         raise PoiseError(f"lora_targets: {_first_line(exc)}") from None
 
 
+# names of parameters that get no weight decay: transformers' Trainer.get_decay_parameter_names
+# (the rule TRL's trainers use), matched against the lower-cased full parameter name
+_NO_DECAY_NAMES = re.compile(r"bias|layernorm|rmsnorm|(?:^|\.)norm(?:$|\.)|_norm(?:$|\.)")
+
+
+def decay_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups of ``model``'s trainable parameters: weight decay on the weight
+    matrices and embeddings, none on biases and normalisation gains, as transformers' ``Trainer``
+    (hence TRL's ``DPOTrainer``) and poise's own organism trainer do. A parameter goes without
+    decay when it belongs to a ``torch.nn.LayerNorm`` or its name says bias or norm (Llama's
+    ``input_layernorm``, ``post_attention_layernorm`` and ``model.norm`` RMSNorm gains).
+    Decaying a norm's gain pulls it towards 0, i.e. scales the layer's output down.
+
+    With ``weight_decay`` 0 (the default) one group of the trainable parameters in
+    ``model.parameters()`` order, so the optimizer state, and a checkpoint of it, has the
+    layout of one plain AdamW over them."""
+    import torch
+
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if weight_decay == 0:
+        return [{"params": [p for _, p in trainable]}]
+    in_layernorm = {
+        id(p)
+        for module in model.modules()
+        if isinstance(module, torch.nn.LayerNorm)
+        for p in module.parameters(recurse=False)
+    }
+    decay, no_decay = [], []
+    for name, param in trainable:  # named_parameters: a tied weight once, under its first name
+        if id(param) in in_layernorm or _NO_DECAY_NAMES.search(name.lower()):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    if not no_decay:
+        return [{"params": decay}]
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def _enable_checkpointing(model: Any) -> None:
     """Activation checkpointing, non-reentrant (so it also works when only LoRA adapters need
     gradients). transformers 5 renamed the method; older versions have the old name only."""
@@ -1259,8 +1298,9 @@ class Session:
         total = (
             config.max_steps if config.max_steps is not None else steps_per_epoch * config.epochs
         )
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = torch.optim.AdamW(
+            decay_groups(model, config.weight_decay), lr=config.lr, weight_decay=config.weight_decay
+        )
         scheduler = _make_scheduler(optimizer, config, total)
         model, optimizer = accelerator.prepare(model, optimizer)
         state = TrainState()
@@ -1286,7 +1326,14 @@ class Session:
         accelerator.wait_for_everyone()
         last = out.last_checkpoint() if out.status == "running" else None
         if last is not None:
-            accelerator.load_state(str(last[1]))
+            try:
+                accelerator.load_state(str(last[1]))
+            except ValueError as exc:  # torch's optimizer: other parameter groups or sizes
+                raise PoiseError(
+                    f"{last[1]}: the checkpoint's optimizer state does not fit this run's "
+                    f"({_first_line(exc)}); it was written with other parameter groups (an "
+                    "earlier poise split weight decay otherwise); start over with --overwrite"
+                ) from None
             session.resumed_from = session.state.step
             session._trim_log()
             logger.info("resumed from %s (step %d)", last[1], session.state.step)
