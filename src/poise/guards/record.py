@@ -14,7 +14,10 @@ completes and the guard metrics read (:mod:`poise.scoring.metrics`):
   ``decoded_tokens`` (``unguarded_tokens`` and the EOS token that ended the unguarded answer,
   if one did: what the model decoded), ``unguarded_text`` (when stopped: the answer without the
   guard) and ``token_ends`` (the end character of each unguarded token in ``unguarded_text``, so
-  a judge's harm onset, a character offset, counts the harmful tokens that were shown).
+  a judge's harm onset, a character offset, counts the harmful tokens that were shown);
+  a streaming guard's audit records add ``max_score``, the highest score its monitor gave the
+  answer's tokens (None for an answer it scored no token of), to see how near an answer that
+  went through came to the threshold.
 
 The evaluation core adds ``unguarded_harmful`` (the judge's label of the unguarded answer) and,
 with a judge that locates harm (the organism's oracle), ``harm_onset`` (a character offset).
