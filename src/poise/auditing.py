@@ -12,6 +12,7 @@ with exactly the records an uninterrupted audit has.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
 import shutil
@@ -189,9 +190,9 @@ def audit(
     ``judge_labels``), and those inside its judge spec and option values, from the directory it
     began in (run.json's ``workdir``), wherever it is resumed from. A run whose model's chat
     template writes today's date into every prompt (``strftime_now``) is not continued on a day
-    it renders them otherwise (run.json's ``dated_prompts``). ``resume`` of a complete run returns it as it is, with a warning: nothing is
-    generated, judged or recomputed, and its status stays complete (``html=True`` draws a
-    missing report).
+    it renders them otherwise (run.json's ``dated_prompts``). ``resume`` of a complete run
+    returns it as it is, with a warning: nothing is generated, judged or recomputed, and its
+    status stays complete (``html=True`` draws a missing report).
     """
     from poise.models.base import LanguageModel
 
@@ -1126,8 +1127,6 @@ def _dated_prompts(model: Any) -> dict[str, str] | None:
         )
     except Exception:  # a template that refuses this chat: the audit's own chats say so
         return None
-    import hashlib
-
     return {
         "sha256": hashlib.sha256(str(text).encode("utf-8")).hexdigest(),
         "rendered_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
