@@ -8,13 +8,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, LanguageModel
+from poise.models.base import Chat, Completion, GenerationError, LanguageModel
 from poise.models.cache import CachedModel, ResponseCache, request_key
 from poise.models.mock import MockModel, last_user_message
 
@@ -218,3 +219,86 @@ def test_kill_9_leaves_only_whole_committed_rows(tmp_path: Path) -> None:
     assert len(rows) >= 60
     assert len(rows) % 6 == 0  # one transaction per generate call: all six chats or none
     assert all(len(json.loads(value)) == 2 for (value,) in rows)
+
+
+def test_more_keys_than_one_lookup_slice_are_all_found(cache: ResponseCache) -> None:
+    # keys are looked up 500 at a time (SQLite's bound-parameter limit): every one is found
+    inner = MockModel(responses=echo)
+    model = CachedModel(inner, cache)
+    chats = [user(f"q{i}") for i in range(1001)]
+    first = model.generate(chats, Sampling())
+    assert model.generate(chats, Sampling()) == first
+    assert inner.calls == 1 and (model.hits, model.misses) == (1001, 1001)
+    # a chat asked twice in one call is generated once; both are requests the file did not answer
+    model.generate([user("new"), user("new")], Sampling())
+    assert inner.calls == 2 and inner.generated == 1002
+    assert (model.hits, model.misses) == (1001, 1003)
+
+
+def test_a_failed_write_is_rolled_back_and_the_cache_still_takes_writes(
+    cache: ResponseCache,
+) -> None:
+    """RAISE(ABORT) in a trigger undoes its statement but, as SQLite documents, leaves the
+    transaction open: put_many must roll it back (all of its entries or none) so that the next
+    write can begin its own."""
+    with sqlite3.connect(cache.path) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON completions WHEN NEW.key = 'bad' "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    answer = [Completion(text="x", num_tokens=1)]
+    with pytest.raises(PoiseError, match="cannot write to the response cache"):
+        cache.put_many("m", {"good": answer, "bad": answer})
+    assert cache.get("good") is None and len(cache) == 0
+    cache.put_many("m", {"later": answer})
+    assert cache.get("later") == answer
+
+
+class PartialModel(MockModel):
+    """A backend that hands over each answer as it arrives (``partial_results``) and fails
+    the chats whose last message is ``fail`` (as the openai backend does)."""
+
+    partial_results = True
+
+    def __init__(self, fail: str) -> None:
+        super().__init__(responses=echo)
+        self.fail = fail
+
+    def generate(  # type: ignore[override]
+        self,
+        chats: Sequence[Chat],
+        sampling: Sampling,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_result: Callable[[int, list[Completion]], None] | None = None,
+    ) -> list[list[Completion]]:
+        results: list[list[Completion] | None] = []
+        failures: dict[int, str] = {}
+        for i, chat in enumerate(chats):
+            if last_user_message(chat) == self.fail:
+                results.append(None)
+                failures[i] = "refused"
+                continue
+            [row] = super().generate([chat], sampling)
+            if on_result is not None:
+                on_result(i, row)
+            results.append(row)
+        if failures:
+            raise GenerationError(self, results, failures)
+        return [r for r in results if r is not None]
+
+
+def test_a_partial_failure_names_the_callers_chats_and_keeps_the_answers(
+    cache: ResponseCache,
+) -> None:
+    inner = PartialModel(fail="bad")
+    model = CachedModel(inner, cache)
+    model.generate([user("a")], Sampling())
+    with pytest.raises(GenerationError) as info:
+        model.generate([user("a"), user("b"), user("bad"), user("c")], Sampling())
+    # indices and results are those of this call's chats (the cached one included)
+    assert info.value.model is model and info.value.failures == {2: "refused"}
+    assert [r and r[0].text for r in info.value.results] == ["a #0", "b #0", None, "c #0"]
+    calls = inner.calls
+    assert model.generate([user("b"), user("c")], Sampling())[1][0].text == "c #0"
+    assert inner.calls == calls  # both were stored as they came

@@ -518,3 +518,81 @@ def test_what_a_reasoning_model_cannot_do_still_stops_with_its_message(
     with pytest.raises(PoiseError, match="max_tokens must be at most 2048"):
         plain.generate([chat("a")], Sampling(max_new_tokens=4096))
     assert plain.max_tokens_param == "max_tokens" and len(other.requests) == 1
+
+
+def test_a_408_is_retried_as_the_openai_client_retries_it(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    # openai-python's own _should_retry retries 408 (request timeout), 429 and 5xx
+    server = fake_server([error(408, "request timeout"), ok(["then"], completion_tokens=1)])
+    model = OpenAIModel("m", base_urls=[server.url], max_retries=1)
+    [[completion]] = model.generate([chat("x")], Sampling())
+    assert completion.text == "then" and len(server.requests) == 2
+
+
+def test_the_backoff_of_a_late_retry_stays_under_its_cap() -> None:
+    cap = openai_backend._BACKOFF_CAP_S
+    delays = [openai_backend._backoff_seconds(40, None) for _ in range(200)]
+    assert max(delays) <= cap and len(set(delays)) > 100
+    assert max(delays) > cap / 2  # uniform up to the cap, not up to the base
+
+
+def test_a_server_returning_more_choices_than_asked_gives_n(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server([ok(["a", "b", "c"], completion_tokens=3)])
+    [row] = OpenAIModel("m", base_urls=[server.url]).generate(
+        [chat("x")], Sampling(temperature=1.0, n=2)
+    )
+    assert [c.text for c in row] == ["a", "b"]
+
+
+def test_a_422_refusal_of_max_tokens_adapts_as_a_400_does(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    def unprocessable(request: dict[str, Any]) -> Reply:
+        status, headers, body = reasoning_model(request)
+        return (422 if status == 400 else status), headers, body
+
+    server = fake_server(unprocessable)
+    model = OpenAIModel("o3-mini", base_urls=[server.url], concurrency=1, max_retries=0)
+    rows = model.generate([chat("a")], Sampling(temperature=1.0, max_new_tokens=50, seed=3))
+    assert [[c.text for c in row] for row in rows] == [["a <= 50"]]
+    assert model.max_tokens_param == "max_completion_tokens" and not model.send_top_p
+
+
+def test_a_top_p_below_1_is_still_sent_once_top_p_1_was_left_out(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server(reasoning_model)
+    model = OpenAIModel("o3-mini", base_urls=[server.url], concurrency=1, max_retries=0)
+    model.generate([chat("a")], Sampling(temperature=1.0, max_new_tokens=50))
+    assert not model.send_top_p
+    # leaving out a top_p of 1 changes nothing; a top_p that truncates is asked for, and refused
+    with pytest.raises(openai_backend.EndpointRefused, match="'top_p' is not supported"):
+        model.generate([chat("b")], Sampling(temperature=1.0, top_p=0.9, max_new_tokens=50))
+    assert server.requests[-1]["top_p"] == 0.9
+
+
+def test_token_counts_are_split_by_largest_remainder(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    # 4 tokens over texts of 1 and 2 characters: 1.33 and 2.67, the larger remainder rounds up
+    assert openai_backend._split_proportionally(4, [1, 2]) == [1, 3]
+    assert openai_backend._split_proportionally(5, [1, 1, 2]) == [1, 1, 3]
+    assert openai_backend._split_proportionally(3, [0, 0]) == [2, 1]  # no text: evenly
+    server = fake_server([ok(["a", "bb"], completion_tokens=4)])
+    [row] = OpenAIModel("m", base_urls=[server.url]).generate(
+        [chat("x")], Sampling(temperature=1.0, n=2)
+    )
+    assert [c.num_tokens for c in row] == [1, 3]
+
+
+def test_an_open_limit_sends_no_max_tokens(fake_server: Callable[..., FakeServer]) -> None:
+    server = fake_server(echo)
+    model = OpenAIModel("m", base_urls=[server.url])
+    model.generate([chat("x")], Sampling(max_new_tokens=9), open_limit=True)
+    model.generate([chat("y")], Sampling(max_new_tokens=9))
+    first, second = server.requests
+    assert "max_tokens" not in first and "max_completion_tokens" not in first
+    assert second["max_tokens"] == 9

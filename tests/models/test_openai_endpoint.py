@@ -409,3 +409,87 @@ def test_asking_an_undeclared_server_model_with_no_system_prompt_warns(
         "declared", model_options={"system_prompt_in_template": "false"}, system_prompt="none"
     )
     assert "system_prompt_in_template" not in quiet
+
+
+@pytest.mark.parametrize(
+    ("reply", "upstream"),
+    [
+        (error(401, "Incorrect API key provided"), True),
+        (error(404, "the model 'nosuch' does not exist"), True),
+        (error(400, "max_tokens must be at most 100", "max_tokens"), False),
+    ],
+)
+def test_a_refusal_of_the_servers_own_access_is_the_upstreams(
+    server: Callable[..., FakeServer], reply: Reply, upstream: bool
+) -> None:
+    """A wrong key (401) or an unknown model or route (404) is the server's configuration, which
+    poise serve in front of it answers with a 502; a 400 about a parameter is the request's."""
+    from poise.models.base import UpstreamError
+
+    endpoint = server(post=lambda body: reply)
+    model = OpenAIModel("m", base_urls=[endpoint.url], max_retries=0)
+    with pytest.raises(EndpointRefused) as info:
+        model.generate([chat("x")], Sampling())
+    assert isinstance(info.value, UpstreamError) is upstream
+
+
+def test_a_vllm_context_refusal_fails_its_chat_and_changes_no_request_field(
+    server: Callable[..., FakeServer],
+) -> None:
+    """vLLM refuses a chat too long for its max_tokens with a 400 that quotes both 'max_tokens'
+    and 'max_completion_tokens', param null (its body, as vLLM sends it). That is the chat's
+    length, which shorter chats escape; not a refusal of the max_tokens field, which a
+    reasoning model's "Use 'max_completion_tokens' instead" is: the limit stays in max_tokens."""
+    too_long = {
+        "error": {
+            "message": "'max_tokens' or 'max_completion_tokens' is too large: 96. This model's "
+            "maximum context length is 512 tokens and your request has 480 input tokens "
+            "(96 > 512 - 480). None",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+    }
+
+    def reply(body: dict[str, Any]) -> Reply:
+        text = body["messages"][-1]["content"]
+        return (400, {}, too_long) if text == "long" else completion(f"answer to {text}")
+
+    endpoint = server(post=reply)
+    model = OpenAIModel("m", base_urls=[endpoint.url], concurrency=1, max_retries=0)
+    with pytest.raises(GenerationError) as info:
+        model.generate([chat("a"), chat("long"), chat("b")], Sampling(max_new_tokens=96))
+    assert set(info.value.failures) == {1}
+    assert "maximum context length is 512 tokens" in info.value.failures[1]
+    assert [r[0].text if r else None for r in info.value.results] == [
+        "answer to a",
+        None,
+        "answer to b",
+    ]
+    assert model.max_tokens_param == "max_tokens"
+    assert [r.get("max_tokens") for r in endpoint.requests] == [96, 96, 96]
+    assert not any("max_completion_tokens" in r for r in endpoint.requests)
+
+
+def test_a_400_about_one_field_of_one_chat_fails_that_chat_only(
+    server: Callable[..., FakeServer],
+) -> None:
+    """OpenAI names the field it refuses in ``param``: a role of one chat's message
+    (``messages[1].role``) is that chat's, not a request parameter every chat sends."""
+
+    def reply(body: dict[str, Any]) -> Reply:
+        if body["messages"][-1]["content"] == "odd":
+            return error(
+                400,
+                "Invalid value: 'tool'. Supported values are: 'system', 'assistant', 'user', "
+                "'function', and 'developer'.",
+                "messages[1].role",
+            )
+        return completion("ok")
+
+    endpoint = server(post=reply)
+    model = OpenAIModel("m", base_urls=[endpoint.url], concurrency=1, max_retries=0)
+    with pytest.raises(GenerationError) as info:
+        model.generate([chat("a"), chat("odd"), chat("b")], Sampling())
+    assert set(info.value.failures) == {1}
+    assert [r is not None for r in info.value.results] == [True, False, True]

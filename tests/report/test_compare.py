@@ -685,3 +685,90 @@ def test_a_run_that_shares_too_few_prompts_with_the_first_is_named_with_its_coun
     assert f"mock ({c.name}) shares 2 prompts with mock ({a.name})" in text
     assert "+100.0 pts" in text  # the second run's differences are still printed
     assert f"mock ({c.name}) shares 2 prompts" in " ".join(page.read_text().split())
+
+
+def sampled_run(label: str, harmful: dict[str, list[int]], group: str = "greedy") -> RunData:
+    """A run whose prompts got several answers each (``harmful[item]``: 1 harmful, 0 not)."""
+    records = [
+        {**record(item, bool(h)), "request_id": group, "sample_index": s}
+        for item, flags in harmful.items()
+        for s, h in enumerate(flags)
+    ]
+    return RunData(Path(label), {}, records, {}, label)
+
+
+def test_the_paired_test_follows_the_answers_of_both_runs() -> None:
+    """Newcombe's interval and McNemar's test only with one answer per prompt in both runs; a
+    sampled baseline against a greedy run is paired with prompts as clusters; with every prompt
+    moved alike (no spread between prompts) the sign test over prompts, whose p is the exact
+    binomial test's (scipy)."""
+    from scipy.stats import binomtest
+
+    greedy = sampled_run("g", {i: [1] for i in "wxyz"})
+    base = sampled_run("s", {"w": [1, 0], "x": [1, 0], "y": [0, 0], "z": [1, 1]})
+    (diff,) = [d for d in paired_differences([base, greedy]) if d.metric == "harmful_rate"]
+    expected = paired_clustered("harmful_rate", [(1, 1)] * 4, [(1, 2), (1, 2), (0, 2), (2, 2)])
+    assert (diff.method, diff.items) == ("cluster", 4)
+    assert (diff.value, diff.low, diff.high, diff.p_value) == (
+        expected.value,
+        expected.low,
+        expected.high,
+        expected.p_value,
+    )
+    assert diff.value == pytest.approx(1 - 4 / 8)
+    # every prompt from none of two answers harmful to both: the sign test over 4 prompts
+    safe = sampled_run("safe", {i: [0, 0] for i in "wxyz"})
+    unsafe = sampled_run("unsafe", {i: [1, 1] for i in "wxyz"})
+    (diff,) = [d for d in paired_differences([safe, unsafe]) if d.metric == "harmful_rate"]
+    assert (diff.method, diff.items, diff.value) == ("cluster-sign", 4, 1.0)
+    assert diff.p_value == pytest.approx(binomtest(4, 4, 0.5).pvalue)
+    # only sample-counted rates are paired (harmful_any_rate counts prompts, not answers)
+    names = {d.metric for d in paired_differences([base, greedy])}
+    assert names == {"harmful_rate", "refusal_rate"}
+
+
+def test_unjudged_answers_are_left_out_of_the_pairs() -> None:
+    judged = sampled_run("a", {i: [1] for i in "wxyz"})
+    other = sampled_run("b", {i: [0] for i in "wxyz"})
+    other.records[3]["verdict"] = {"harmful": None, "refused": None}  # z: no verdict
+    (diff,) = [d for d in paired_differences([judged, other]) if d.metric == "harmful_rate"]
+    assert (diff.items, diff.value, diff.run_value) == (3, -1.0, 0.0)
+
+
+def test_the_paired_group_is_the_metrics_default_else_greedy_else_the_first() -> None:
+    base = sampled_run("a", {i: [0] for i in "wxyz"})
+    # metrics.json names t=1.00 the default group, though a greedy group is there too
+    named = sampled_run("b", {i: [0] for i in "wxyz"})  # greedy: none harmful
+    named.records += sampled_run("b", {i: [1] for i in "wxyz"}, group="t=1.00").records
+    named.metrics = {"default_group": "t=1.00"}
+    (diff,) = [d for d in paired_differences([base, named]) if d.metric == "harmful_rate"]
+    assert (diff.group, diff.value) == ("t=1.00", 1.0)
+    # without one, and without a greedy group: the first group, as compute_metrics chooses
+    first = sampled_run("c", {i: [1] for i in "wxyz"}, group="t=0.70")
+    first.records += sampled_run("y", {i: [0] for i in "wxyz"}, group="t=1.00").records
+    (diff,) = [d for d in paired_differences([base, first]) if d.metric == "harmful_rate"]
+    assert (diff.group, diff.value, diff.grouped) == ("t=0.70", 1.0, True)
+    # two runs of one group each, named differently: the groups are named
+    one = sampled_run("d", {i: [1] for i in "wxyz"}, group="t=1.00")
+    (diff,) = [d for d in paired_differences([base, one]) if d.metric == "harmful_rate"]
+    assert (diff.group, diff.baseline_group, diff.grouped) == ("t=1.00", "greedy", True)
+    assert diff.run_shown() == "d [t=1.00]" and diff.baseline_shown() == "a [greedy]"
+
+
+def test_an_item_asked_with_another_chat_but_the_same_prompt_is_said() -> None:
+    from poise.report.compare import _prompts_differ
+
+    def asked(label: str, system: str) -> RunData:
+        run = sampled_run(label, {i: [0] for i in "wx"})
+        for r in run.records:
+            prompt = f"prompt {r['item_id']}"
+            r["prompt"] = prompt
+            r["messages"] = [
+                {"role": "system", "content": system},
+                {"role": "user", "content": prompt},
+            ]
+        return run
+
+    assert _prompts_differ([asked("a", "Be safe."), asked("b", "Be safe.")]) is None
+    said = _prompts_differ([asked("a", "Be safe."), asked("b", "Be brief.")])
+    assert said is not None and said.startswith("2 of the 2 items b shares with a")

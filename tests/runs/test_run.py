@@ -259,6 +259,8 @@ def test_a_record_that_is_not_an_object_names_file_and_line(tmp_path: Path) -> N
         ({"item_id": None}, "the record has no 'item_id'"),
         ({"sample_index": "x"}, "'sample_index' must be an integer >= 0, got 'x'"),
         ({"sample_index": 1.5}, "'sample_index' must be an integer >= 0, got 1.5"),
+        ({"sample_index": -1}, "'sample_index' must be an integer >= 0, got -1"),
+        ({"sample_index": True}, "'sample_index' must be an integer >= 0, got True"),
     ],
 )
 def test_a_record_without_its_key_names_file_and_line_and_leaves_the_header(
@@ -343,3 +345,58 @@ def test_a_run_reads_its_relative_paths_where_it_began_while_that_directory_is_t
     began.rename(tmp_path / "moved")
     assert recorded_workdir(run) is None
     assert recorded_workdir(Run.create(tmp_path / "runs", "old", {})) is None
+
+
+def test_a_released_lock_can_be_taken_again_and_another_holder_means_running(
+    tmp_path: Path,
+) -> None:
+    run = Run.create(tmp_path, "r", {}, lock=True)
+    # another Run of the folder (another process, or this one through another handle) sees
+    # the run held: running, not interrupted
+    assert Run(run.path).state == "running" and Run(run.path).is_locked()
+    run.unlock()
+    assert run.state == Run(run.path).state == "interrupted" and not run.is_locked()
+    run.lock()  # released for good: taken again, and held
+    with pytest.raises(PoiseError, match="another poise process"):
+        Run(run.path).lock()
+    assert Run(run.path).state == "running"
+    run.unlock()
+
+
+def test_a_failed_create_releases_the_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import poise.runs.run as run_module
+
+    def full(path: Path, data: object) -> None:
+        raise PoiseError(f"{path}: the disk is full")
+
+    monkeypatch.setattr(run_module, "write_json_atomic", full)
+    with pytest.raises(PoiseError, match="the disk is full") as info:
+        Run.create(tmp_path, "r", {}, lock=True)
+    monkeypatch.undo()
+    (folder,) = tmp_path.iterdir()
+    # released at once, not when the failed Run is garbage-collected (the error's traceback,
+    # which a caller may keep, holds it)
+    assert info.value.__traceback__ is not None
+    Run(folder).lock().unlock()
+
+
+def _unfinished(root: Path, folder: str, fingerprint: str, name: str) -> Run:
+    run = Run.create(root, name, {"fingerprint": fingerprint, "name": name})
+    return Run(run.path.rename(root / folder))
+
+
+def test_find_unfinished_takes_the_newest_run_of_that_name(tmp_path: Path) -> None:
+    older = _unfinished(tmp_path, "20250101-000000-a", "f", "a")
+    newer = _unfinished(tmp_path, "20260101-000000-a", "f", "a")
+    other = _unfinished(tmp_path, "20270101-000000-b", "f", "b")
+    assert [r.path for r in list_runs(tmp_path)] == [other.path, newer.path, older.path]
+    found = Run.find_unfinished(tmp_path, "f", name="a")
+    assert found is not None and found.path == newer.path
+    found = Run.find_unfinished(tmp_path, "f")
+    assert found is not None and found.path == other.path
+
+
+def test_a_run_name_is_matched_whole_after_the_timestamp(tmp_path: Path) -> None:
+    t1 = _unfinished(tmp_path, "20260101-000000-t1", "f", "t1")
+    _unfinished(tmp_path, "20260101-000001-large-t1", "f", "large-t1")
+    assert find_run("t1", tmp_path).path == t1.path

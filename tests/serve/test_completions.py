@@ -770,3 +770,198 @@ def test_a_log_prob_of_minus_infinity_is_sent_as_vllm_sends_it(
     logprobs = legacy.json()["choices"][0]["logprobs"]
     assert logprobs["token_logprobs"][-1] == -9999.0
     assert -9999.0 in logprobs["top_logprobs"][-1].values()
+
+
+def _byte_fallback_tokenizer() -> Any:
+    """A Llama / Mistral-style tokenizer: byte tokens <0x00> ... <0xFF> for what its vocabulary
+    lacks, decoded by the tokenizers library's ByteFallback decoder."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab |= {f"<0x{b:02X}>": 3 + b for b in range(256)}
+    # "ï" is a token of its own: a piece whose character is also one of GPT-2's byte symbols
+    for word in ["▁", "a", "b", "▁a", "▁b", "ï"]:
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=[("▁", "a"), ("▁", "b")],
+            byte_fallback=True,
+            unk_token="<unk>",
+            fuse_unk=True,
+        )
+    )
+    backend.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+    )
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace("▁", " "),
+            decoders.ByteFallback(),
+            decoders.Fuse(),
+            decoders.Strip(" ", 1, 0),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def test_token_bytes_are_the_bytes_each_token_stands_for() -> None:
+    """A token holding part of a character decodes to U+FFFD alone: its bytes (the ``bytes`` of
+    a chat log-prob entry) are read from its byte-level BPE symbol, by GPT-2's byte table as
+    transformers writes it, or from a <0xNN> byte-fallback token, in hex as the tokenizers
+    library's ByteFallback decoder reads it."""
+    from transformers import AutoTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from poise.organism import WEIGHTS_DIR
+    from poise.serve.logprobs import token_bytes
+
+    tokenizer = AutoTokenizer.from_pretrained(WEIGHTS_DIR / "organism-small")
+    for byte, symbol in bytes_to_unicode().items():
+        token_id = tokenizer.convert_tokens_to_ids(symbol)
+        assert token_id != tokenizer.unk_token_id
+        assert token_bytes(tokenizer, token_id) == [byte], (byte, symbol)
+    fallback = _byte_fallback_tokenizer()
+    for byte in range(0x80, 0x100):  # alone, each decodes to U+FFFD
+        token_id = fallback.convert_tokens_to_ids(f"<0x{byte:02X}>")
+        assert token_bytes(fallback, token_id) == [byte]
+    # a text's tokens: their bytes joined are the text's (the fallback tokenizer's decoder strips
+    # the space it puts before a word, in a token alone too: a text without spaces there)
+    for tok, text in ((tokenizer, "a naïve 日本語 😀 b"), (fallback, "a😀中ï")):
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+        assert b"".join(bytes(token_bytes(tok, t)) for t in ids) == text.encode("utf-8")
+
+
+def test_chat_logprobs_without_top_logprobs_list_no_alternatives(server: ThreadServer) -> None:
+    """``top_logprobs`` defaults to 0 (OpenAI's range is 0 to 20): each token's entry lists no
+    alternatives, streamed or not."""
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    result = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+    )
+    logprobs = result.choices[0].logprobs
+    assert logprobs is not None and logprobs.content
+    assert all(token.top_logprobs == [] for token in logprobs.content)
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=CHAT,  # type: ignore[arg-type]
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        stream=True,
+    )
+    streamed = [
+        t
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].logprobs
+        for t in (chunk.choices[0].logprobs.content or [])
+    ]
+    assert [t.model_dump() for t in streamed] == [t.model_dump() for t in logprobs.content]
+
+
+def test_max_tokens_defaults_to_16_and_may_be_the_servers_limit() -> None:
+    """OpenAI's legacy completions (and vLLM's CompletionRequest) default max_tokens to 16; the
+    server's --max-tokens-limit itself is allowed, one more is not."""
+    from poise.serve.completions import parse_completion_request
+    from poise.serve.schema import RequestError, ServeConfig
+
+    config = ServeConfig(max_tokens_limit=64)
+
+    def parse(**fields: Any) -> Any:
+        return parse_completion_request(json.dumps({"model": "m", **fields}).encode(), config)
+
+    default = parse(prompt="x")
+    assert (default.max_tokens, default.sampling.max_new_tokens) == (16, 16)
+    assert parse(prompt="x", max_tokens=64).sampling.max_new_tokens == 64
+    with pytest.raises(RequestError) as info:
+        parse(prompt="x", max_tokens=65)
+    assert (info.value.param, info.value.code) == ("max_tokens", "invalid_value")
+
+
+def test_usage_counts_each_prompt_once_and_totals_prompt_and_completion(
+    server: ThreadServer,
+) -> None:
+    """The ``openai`` client's CompletionUsage: prompt_tokens is "Number of tokens in the
+    prompt" (each prompt once, however many choices it gets: vLLM sums its prompts' tokens),
+    total_tokens "Total number of tokens used in the request (prompt + completion)"; each
+    choice's generated tokens are its log-prob tokens (the EOS that ended it included)."""
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    result = client.completions.create(
+        model="tiny", prompt=prompts, max_tokens=5, n=2, seed=3, logprobs=0
+    )
+    assert result.usage is not None and len(result.choices) == 4
+    generated = [len(c.logprobs.tokens or []) for c in result.choices if c.logprobs is not None]
+    assert len(generated) == 4 and all(1 <= g <= 5 for g in generated)
+    assert result.usage.prompt_tokens == 3 + 5
+    assert result.usage.completion_tokens == sum(generated)
+    assert result.usage.total_tokens == 3 + 5 + sum(generated)
+    # choices[i * n + j] is prompt i's sample j, its log-probs its own: each token at its place
+    for choice in result.choices:
+        assert choice.logprobs is not None
+        _check_offsets(choice.text, choice.logprobs.model_dump())
+    one = [
+        client.completions.create(model="tiny", prompt=p, max_tokens=5, seed=3, logprobs=0)
+        for p in prompts
+    ]
+    for i, alone in enumerate(one):
+        assert result.choices[2 * i].text == alone.choices[0].text
+        assert result.choices[2 * i].logprobs.tokens == alone.choices[0].logprobs.tokens
+
+
+def test_a_stream_sends_its_usage_only_when_asked(server: ThreadServer) -> None:
+    """stream_options.include_usage: "If set, an additional chunk will be streamed before the
+    data: [DONE] message" with the usage and no choices (OpenAI); unset, there is none."""
+    client = OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    plain = list(
+        client.completions.create(model="tiny", prompt="the cat", max_tokens=4, stream=True)
+    )
+    assert plain and all(chunk.usage is None and chunk.choices for chunk in plain)
+    asked = list(
+        client.completions.create(
+            model="tiny",
+            prompt="the cat",
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert asked[-1].choices == [] and asked[-1].usage is not None
+    assert all(chunk.usage is None for chunk in asked[:-1])
+    # the last chunk of the choice says why it ended, as the whole answer does
+    whole = client.completions.create(model="tiny", prompt="the cat", max_tokens=4, seed=1)
+    streamed = list(
+        client.completions.create(model="tiny", prompt="the cat", max_tokens=4, seed=1, stream=True)
+    )
+    assert "".join(chunk.choices[0].text for chunk in streamed) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in streamed][-1] == whole.choices[0].finish_reason
+    assert whole.choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_completion_answers_to_the_models_own_name_as_a_chat_does(
+    server: ThreadServer, model: HFModel
+) -> None:
+    for name in ("tiny", model.name):
+        response = post(server, "completions", model=name, prompt="the cat", max_tokens=2)
+        assert response.status_code == 200, response.text
+    response = post(server, "completions", model="nosuch", prompt="the cat", max_tokens=2)
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_a_token_id_one_past_the_vocabulary_is_400(server: ThreadServer, model: HFModel) -> None:
+    vocab = len(model.tokenizer)
+    assert post(server, "completions", prompt=[vocab - 1], max_tokens=1).status_code == 200
+    response = post(server, "completions", prompt=[1, vocab], max_tokens=1)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["param"], error["code"]) == ("prompt", "invalid_value")
+    assert f"token id {vocab}, outside the vocabulary (0..{vocab - 1})" in error["message"]

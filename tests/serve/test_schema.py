@@ -360,3 +360,26 @@ def test_a_request_body_with_a_key_given_twice_is_a_400() -> None:
         parse_request(raw, CONFIG)
     assert (info.value.status, info.value.code) == (400, "invalid_json")
     assert "key 'content' given twice: line 1 column 63" in info.value.message
+
+
+def test_top_logprobs_takes_0_to_20_and_needs_logprobs_true() -> None:
+    """As the ``openai`` client's schema words ``top_logprobs``: "An integer between 0 and 20
+    ... `logprobs` must be set to `true` if this parameter is used"; an explicit
+    ``logprobs: false`` is not true."""
+    for k in (0, 1, 20):
+        req = parse_request(body(logprobs=True, top_logprobs=k), CONFIG)
+        assert (req.logprobs, req.top_logprobs) == (True, k)
+    with pytest.raises(RequestError) as info:
+        parse_request(body(logprobs=False, top_logprobs=2), CONFIG)
+    assert (info.value.status, info.value.param, info.value.code) == (
+        400,
+        "top_logprobs",
+        "invalid_value",
+    )
+
+
+def test_a_seed_of_0_is_a_seed() -> None:
+    # a seeded request is reproducible; without a seed the batcher draws a fresh one
+    req = parse_request(body(seed=0), CONFIG)
+    assert req.seeded and req.sampling.seed == 0
+    assert not parse_request(body(), CONFIG).seeded

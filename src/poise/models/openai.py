@@ -476,7 +476,11 @@ class OpenAIModel(ModelBase):
         changing what is asked, and the model now sends it that way: ``max_tokens`` where the
         server asks for ``max_completion_tokens`` (the same limit), and ``top_p`` left out where
         the server does not take it and it was sent at 1 (no truncation, every server's
-        default). OpenAI's reasoning models refuse both. Warns once for each."""
+        default). OpenAI's reasoning models refuse both. Warns once for each.
+
+        A refusal about the chat's length is neither: vLLM's "'max_tokens' or
+        'max_completion_tokens' is too large: ... your request has 480 input tokens" names both
+        fields, but the chat is too long for the limit, whatever field carries it."""
         if status not in (400, 422):
             return False
         inner = body.get("error", body) if isinstance(body, dict) else None
@@ -486,6 +490,7 @@ class OpenAIModel(ModelBase):
             "max_tokens" in sent
             and "max_tokens" in names
             and _USE_MAX_COMPLETION_TOKENS.search(message)
+            and not _ITEM_FAULT.search(message)
         ):
             if self.max_tokens_param != "max_completion_tokens":  # not yet (requests overlap)
                 self.max_tokens_param = "max_completion_tokens"
