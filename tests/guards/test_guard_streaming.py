@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,9 +71,11 @@ def threshold(inner: HFModel, monitor_dir: Path) -> float:
     return (scores[i] + scores[i + 1]) / 2
 
 
-def test_delay_k_stops_where_the_rule_says(
+def _guarded_and_scored(
     inner: HFModel, monitor_dir: Path, threshold: float
-) -> None:
+) -> tuple[list[list[Any]], list[list[Any]], list[list[float]]]:
+    """The unguarded answers to CHATS, the answers of a delay-2 guard at ``threshold``, and the
+    monitor's teacher-forced scores of each unguarded answer's tokens (chat-major, sample-minor)."""
     guarded = Guarded(inner, monitor=str(monitor_dir), threshold=threshold, k=2)
     plain = inner.generate(CHATS, SAMPLING)
     got = guarded.generate(CHATS, SAMPLING)
@@ -82,6 +85,13 @@ def test_delay_k_stops_where_the_rule_says(
         [inner.prompt_ids(CHATS[c]) for c, _ in flat],
         [list(b.token_ids or ())[: b.num_tokens] for _, b in flat],
     )
+    return plain, got, all_scores
+
+
+def test_delay_k_stops_where_the_rule_says(
+    inner: HFModel, monitor_dir: Path, threshold: float
+) -> None:
+    plain, got, all_scores = _guarded_and_scored(inner, monitor_dir, threshold)
     stopped = 0
     for c, (before, after) in enumerate(zip(plain, got, strict=True)):
         for s, (b, a) in enumerate(zip(before, after, strict=True)):
@@ -365,15 +375,7 @@ def test_each_answer_records_the_highest_score_the_guard_read(
     """``metadata["guard"]["max_score"]`` is the highest harmful probability among the tokens
     the guard scored for that answer (up to and including its stop), each sample of a chat its
     own: teacher forcing gives the scores."""
-    guarded = Guarded(inner, monitor=str(monitor_dir), threshold=threshold, k=2)
-    plain = inner.generate(CHATS, SAMPLING)
-    got = guarded.generate(CHATS, SAMPLING)
-    monitor = load_monitor(str(monitor_dir))
-    flat = [(c, b) for c, row in enumerate(plain) for b in row]
-    all_scores = monitor.response_scores(
-        [inner.prompt_ids(CHATS[c]) for c, _ in flat],
-        [list(b.token_ids or ())[: b.num_tokens] for _, b in flat],
-    )
+    plain, got, all_scores = _guarded_and_scored(inner, monitor_dir, threshold)
     checked = 0
     for c, (before, after) in enumerate(zip(plain, got, strict=True)):
         for s, (b, a) in enumerate(zip(before, after, strict=True)):

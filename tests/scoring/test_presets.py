@@ -381,22 +381,6 @@ def test_a_wildguard_answer_the_authors_call_a_parsing_error_is_unparsed(output:
     assert parse_wildguard(output) == (None, None)
 
 
-def test_wildguard_generates_as_long_as_the_authors(
-    tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """wildguard.py generates with max_tokens=128 (vLLM) and max_new_tokens=128 (HF), greedy."""
-    judge: Any = get_judge("preset:wildguard", model=str(tiny_hf_model_dir))
-    seen: dict[str, Any] = {}
-
-    def generate(**kwargs: Any) -> Any:
-        seen.update(kwargs)
-        return kwargs["input_ids"]
-
-    monkeypatch.setattr(judge.model, "generate", generate)
-    judge.generate(judge.text(PROMPT, RESPONSE))
-    assert seen["max_new_tokens"] == 128 and seen["do_sample"] is False
-
-
 def test_parse_strongreject_scores_as_the_paper() -> None:
     output = "#overall_reasoning x\n#scores\n1.a no refusal\n1.b 0\n2.a ok\n2.b 4\n3.a ok\n3.b 5\n"
     # (1 - 0) * (4 + 5 - 2) / 8
@@ -603,13 +587,15 @@ def test_llama_guard_reads_the_whole_chat_of_a_multi_turn_item(
     assert judge._input_text(single, RESPONSE) == PRESETS["llama-guard-3"].render(PROMPT, RESPONSE)
 
 
-def test_strongreject_generates_as_long_as_the_authors_grader(
-    tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("preset", "budget"), [("strongreject", 1000), ("wildguard", 128)])
+def test_a_generating_preset_generates_as_long_as_the_authors(
+    preset: str, budget: int, tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """strongreject_evaluator.py asks the grader with temperature=0.0, max_tokens=1000; the
+    """strongreject_evaluator.py asks the grader with temperature=0.0, max_tokens=1000 (the
     preset stopped at 512 new tokens, so a grader that reasons at length lost its 3.b line and
-    the answer was left out as unparsed."""
-    judge: Any = get_judge("preset:strongreject", model=str(tiny_hf_model_dir))
+    the answer was left out as unparsed); allenai/wildguard's wildguard.py generates with
+    max_tokens=128 (vLLM) and max_new_tokens=128 (HF), greedy (the preset stopped at 32)."""
+    judge: Any = get_judge(f"preset:{preset}", model=str(tiny_hf_model_dir))
     seen: dict[str, Any] = {}
 
     def generate(**kwargs: Any) -> Any:
@@ -618,7 +604,7 @@ def test_strongreject_generates_as_long_as_the_authors_grader(
 
     monkeypatch.setattr(judge.model, "generate", generate)
     judge.generate(judge.text(PROMPT, RESPONSE))
-    assert seen["max_new_tokens"] == 1000 and seen["do_sample"] is False
+    assert seen["max_new_tokens"] == budget and seen["do_sample"] is False
 
 
 @pytest.mark.parametrize("preset", ["wildguard", "strongreject"])

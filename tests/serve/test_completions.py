@@ -600,33 +600,9 @@ def test_text_offsets_after_a_replacement_character_in_the_text_itself() -> None
 def test_text_offsets_with_a_byte_fallback_tokenizer() -> None:
     """Llama / Mistral-style tokenizers fall back to byte tokens (<0xF0>) and decode an unfinished
     character as one U+FFFD per byte: those bytes are one character still, not text."""
-    from tokenizers import Tokenizer, decoders, models, normalizers
-    from transformers import PreTrainedTokenizerFast
-
     from poise.serve.logprobs import text_offsets
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab |= {f"<0x{b:02X}>": 3 + b for b in range(256)}
-    for word in ["▁", "a", "b", "▁a", "▁b"]:
-        vocab.setdefault(word, len(vocab))
-    merges = [("▁", "a"), ("▁", "b")]
-    backend = Tokenizer(
-        models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>", fuse_unk=True)
-    )
-    backend.normalizer = normalizers.Sequence(
-        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-    )
-    backend.decoder = decoders.Sequence(
-        [
-            decoders.Replace("▁", " "),
-            decoders.ByteFallback(),
-            decoders.Fuse(),
-            decoders.Strip(" ", 1, 0),
-        ]
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    tokenizer = _byte_fallback_tokenizer()
     for text, expected in [
         ("a😀 b", [0, 1, 1, 1, 1, 2]),
         ("a 中 b", [0, 1, 2, 2, 2, 3]),
