@@ -593,3 +593,97 @@ def test_kappa_interval_is_the_asymptotic_one_on_a_large_table_and_honest_at_the
     assert perfect.kappa == 1.0 and perfect.kappa_high == 1.0 and perfect.kappa_low < 0.9
     one_class = Agreement.of("harmful", [(True, False)] * 2 + [(False, False)] * 18)
     assert one_class.kappa == 0.0 and one_class.kappa_high - one_class.kappa_low > 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# edges of the readers, the kappa prior, the corrected rate's interval and which label corrects
+
+
+def test_a_label_that_is_a_number_other_than_0_or_1_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text('{"response": "Sure.", "harmful": 0.5}\n', encoding="utf-8")
+    with pytest.raises(
+        PoiseError, match=r"labels\.jsonl:1: column 'harmful': expected 0 or 1, got 0\.5"
+    ):
+        read_labels(path)
+
+
+def test_harmbench_annotators_without_a_majority_do_not_make_an_answer_harmful(
+    tmp_path: Path,
+) -> None:
+    # two annotators, split: no majority for harmful; the experiment file's .json is dropped
+    path = tmp_path / "val.json"
+    entry = {"test_case": "t", "generation": "g", "experiment": "zephyr_7b.json"}
+    path.write_text(json.dumps({"b": [{**entry, "human_0": 1, "human_1": 0}]}), encoding="utf-8")
+    [answer] = read_labels(path).answers
+    assert (answer.harmful, answer.source) == (False, "zephyr_7b")
+
+
+def test_kappa_interval_uses_the_jeffreys_prior_on_a_small_table() -> None:
+    # Dirichlet(counts + 1/2) posterior of the four cells (Basu, Banerjee & Sen 2000), drawn here
+    # with scipy and many more draws than the 4000 of poise's interval
+    import numpy as np
+
+    cells = stats.dirichlet.rvs(
+        np.array([6, 1, 2, 5]) + 0.5, size=400_000, random_state=np.random.default_rng(12345)
+    )  # [draws, 4]: tp, fp, fn, tn
+    p_o = cells[:, 0] + cells[:, 3]
+    judge, human = cells[:, 0] + cells[:, 1], cells[:, 0] + cells[:, 2]
+    p_e = judge * human + (1 - judge) * (1 - human)
+    low, high = np.quantile((p_o - p_e) / (1 - p_e), [0.025, 0.975])
+    pairs = [(True, True)] * 6 + [(True, False)] + [(False, True)] * 2 + [(False, False)] * 5
+    small = Agreement.of("harmful", pairs)
+    assert small.kappa_low == pytest.approx(low, abs=0.02)
+    assert small.kappa_high == pytest.approx(high, abs=0.02)
+
+
+def test_a_corrected_rate_clipped_at_0_lies_inside_its_interval() -> None:
+    a = Agreement("harmful", tp=45, fp=5, fn=5, tn=45, kappa=0, kappa_low=0, kappa_high=0)
+    result = corrected_rate("harmful_rate", 0, 100, a)
+    assert result.value == 0.0
+    assert result.low <= result.value <= result.high
+
+
+def test_refusal_rates_are_corrected_by_the_refused_agreement_and_harm_by_the_harmful() -> None:
+    from poise.scoring.validation import CORRECTED_RATES
+
+    refused = Agreement("refused", tp=40, fp=2, fn=10, tn=48, kappa=0, kappa_low=0, kappa_high=0)
+    harmful = Agreement("harmful", tp=45, fp=5, fn=5, tn=45, kappa=0, kappa_low=0, kappa_high=0)
+    validation = Validation(
+        path="labels.jsonl",
+        format="generic",
+        judge="j",
+        n=100,
+        overall={"refused": refused, "harmful": harmful},
+        by_source={},
+    )
+    rates = {name: Rate.of(name, 20, 100).to_dict() for name in CORRECTED_RATES}
+    corrected = judge_validation_section(validation, rates)["corrected"]
+    for name in ("refusal_rate", "over_refusal_rate", "benign_refusal_rate"):
+        assert corrected[name]["sensitivity"] == pytest.approx(0.8), name
+    assert corrected["harmful_rate"]["sensitivity"] == pytest.approx(0.9)
+
+
+def test_a_csv_with_a_question_column_but_no_model_columns_is_generic(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "mine.csv", ["question", "response", "harmful"], [["q", "Sure.", 1]]
+    )
+    labels = read_labels(path)
+    assert labels.format == "generic" and [a.harmful for a in labels.answers] == [True]
+
+
+def test_a_column_mapping_for_a_published_format_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(PoiseError, match="--column applies to the generic format, not to xstest"):
+        read_labels(xstest_file(tmp_path), columns={"response": "completion"})
+
+
+def test_a_label_some_rows_leave_empty_is_still_validated(tmp_path: Path) -> None:
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        '{"response": "Sure.", "harmful": 1, "refused": 0}\n'
+        '{"response": "No.", "harmful": null, "refused": 1}\n',
+        encoding="utf-8",
+    )
+    labels = read_labels(path)
+    assert labels.targets() == ["refused", "harmful"]
+    assert [a.harmful for a in labels.answers] == [True, None]
