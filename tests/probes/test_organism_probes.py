@@ -34,6 +34,44 @@ def test_split_keeps_items_together_and_ignores_order() -> None:
     assert {shuffled[i] for i in test_again} == {groups[i] for i in test}
 
 
+def test_each_layer_is_fitted_with_the_given_l2_and_measured_over_items() -> None:
+    """Every layer's probe is fitted on the train rows with the sweep's own l2, and its held-out
+    AUROC interval is the clustered one over items (two rows per item here)."""
+    g = torch.Generator().manual_seed(3)
+    groups = [f"item-{i // 2}" for i in range(80)]
+    labels = torch.tensor([(i // 2) % 2 for i in range(80)])
+    features = torch.randn(80, 2, 6, generator=g, dtype=torch.float64)
+    features[:, 1, :3] += labels[:, None] * 0.6  # a weak signal over three features
+    train, test = split_by_group(groups, test_fraction=0.4)
+    sweep = layer_sweep(features, labels, train, test, l2=0.05, groups=groups)
+    for layer, result in enumerate(sweep):
+        probe = LinearProbe.fit(
+            features[train, layer], labels[train], layer=layer, model=None, l2=0.05
+        )
+        scores = probe.score(features[test, layer]).tolist()
+        truth = labels[test].tolist()
+        clustered = auroc_interval(scores, truth, [groups[i] for i in test])
+        assert (result.auroc, result.auroc_low, result.auroc_high) == pytest.approx(clustered)
+        assert (result.auroc_low, result.auroc_high) != pytest.approx(
+            auroc_interval(scores, truth)[1:]
+        )
+    assert {(r.train_rows, r.test_rows) for r in sweep} == {(len(train), len(test))}
+    stiff = layer_sweep(features, labels, train, test, l2=1000.0, groups=groups)
+    assert stiff[1].auroc != pytest.approx(sweep[1].auroc)
+    # a split with one class has no AUROC to measure: one error naming the split
+    negatives = [i for i in test if int(labels[i]) == 0]
+    with pytest.raises(PoiseError, match="the test split has only one class"):
+        layer_sweep(features, labels, train, negatives, groups=groups)
+
+
+def test_the_seed_draws_another_split_and_the_same_seed_the_same() -> None:
+    groups = [f"item-{i}" for i in range(100)]
+    first = split_by_group(groups, test_fraction=0.3, seed=0)
+    assert split_by_group(groups, test_fraction=0.3, seed=0) == first
+    other = split_by_group(groups, test_fraction=0.3, seed=1)
+    assert set(other[1]) != set(first[1])
+
+
 def test_hidden_states_are_the_residual_stream_and_batch_independent(organism: Any) -> None:
     chats = [
         [{"role": "user", "content": "hi"}],

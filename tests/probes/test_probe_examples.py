@@ -136,3 +136,67 @@ def test_comply_data_of_one_label_or_none_says_what_is_missing() -> None:
         compliance_from_records(refusing, None)
     assert str(info.value).startswith("probe data will-refuse (1) vs will-comply (0) (")
     assert str(info.value).endswith("rows found: 3, every one labelled 1")
+
+
+def test_a_records_own_chat_is_read_as_the_audit_sent_it() -> None:
+    """A record's ``messages`` (several turns, or the item's own system message) are the chat,
+    with the audit's system prompt unless the item brings its own, as ``build_chat`` sends it."""
+    from poise.attacks.base import build_chat
+    from poise.probes.data import record_chat
+    from poise.suites.schema import SuiteItem
+
+    turns = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "question a"},
+    ]
+    own = [{"role": "system", "content": "Talk like a pirate."}, *turns]
+    for messages in (turns, own):
+        item = SuiteItem(id="a", messages=messages, kind="harmful")
+        rec = {**record("a", "harmful", True, "default"), "messages": messages}
+        assert record_chat(rec, "Be safe.", None, "record 1") == build_chat(item, "Be safe.")
+    assert record_chat({**record("a", "harmful", True, "default"), "messages": own},
+                       "Be safe.", None, "record 1") == own  # fmt: skip
+
+
+def test_only_harmful_and_benign_items_and_only_parsed_verdicts_are_labelled() -> None:
+    """A borderline item is neither harmful (1) nor benign (0); an unparsed verdict's
+    ``refused`` is the refusal detector's fallback, not the judge's."""
+    from poise.probes.data import harmful_vs_benign
+    from poise.suites.schema import SuiteItem
+
+    items = [
+        SuiteItem(id=i, messages=[{"role": "user", "content": f"q {i}"}], kind=kind)
+        for i, kind in (("h", "harmful"), ("b", "benign"), ("x", "borderline"))
+    ]
+    assert [(e.group, e.label) for e in harmful_vs_benign(items, None)] == [("h", 1), ("b", 0)]
+    unparsed = {**record("e", "harmful", True, "default"), "verdict": {"refused": True,
+                                                                      "label": "unparsed"}}  # fmt: skip
+    rows = compliance_from_records([*RECORDS, unparsed], None)
+    assert [e.group for e in rows] == ["a", "b", "c", "d"]
+
+
+def test_instructed_pairs_read_the_reference_as_a_statement_under_both_instructions() -> None:
+    from poise.probes.data import DECEPTIVE_INSTRUCTION, HONEST_INSTRUCTION, instructed_pairs
+    from poise.suites.schema import SuiteItem
+
+    item = SuiteItem(
+        id="q", messages=[{"role": "user", "content": "Capital of France?"}], kind="honesty-known",
+        reference="Paris is the capital of France",
+    )  # fmt: skip
+    rows = instructed_pairs([item])
+    assert [(e.label, e.chat[0]["content"], e.continuation) for e in rows] == [
+        (0, HONEST_INSTRUCTION, "Paris is the capital of France."),
+        (1, DECEPTIVE_INSTRUCTION, "Paris is the capital of France."),
+    ]
+
+
+def test_a_record_without_a_system_prompt_setting_was_sent_the_default() -> None:
+    """``config.system_prompt`` absent: the audit's default ("default"), as SystemPrompt reads
+    it, not "none"."""
+    bare = [{**r, "config": {"temperature": 0.0}} for r in RECORDS[:2]]
+    rows = compliance_from_records(bare, "Be safe.", none_prompt="")
+    assert rows[0].chat == [
+        {"role": "system", "content": "Be safe."},
+        {"role": "user", "content": "question a"},
+    ]

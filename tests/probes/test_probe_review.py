@@ -290,6 +290,19 @@ def test_a_steered_model_reports_the_steered_stream_at_its_layer(
     assert along.abs().max() < 1e-3
 
 
+def test_a_prompt_reader_at_layer_0_reads_the_embeddings(small: Any) -> None:
+    """hidden_states index 0 is the embeddings' output, the first block's input (transformers'
+    ``output_hidden_states``), not that block's output (index 1)."""
+    from poise.probes.reading import PromptReader
+
+    reader = PromptReader(small, 0)
+    with reader.reading():
+        small.generate(CHATS, Sampling(max_new_tokens=3))
+    states = small.hidden_states(CHATS)
+    assert torch.allclose(reader.states_for(CHATS), states[:, 0], atol=1e-4)
+    assert not torch.allclose(states[:, 0], states[:, 1], atol=1e-2)
+
+
 def test_a_prompt_reader_at_the_last_layer_reads_after_the_final_norm(small: Any) -> None:
     from poise.probes.reading import PromptReader
 
@@ -441,3 +454,139 @@ def test_activations_that_are_not_finite_are_one_error_naming_a_row(tmp_path: Pa
         score_answers(_Overflowing(), probe, records, None, source="samples.jsonl")  # type: ignore[arg-type]
     # at a layer where the states are finite the answers are scored
     assert len(score_answers(_Overflowing(), _probe(6, layer=1), records, None).scores) == 4  # type: ignore[arg-type]
+
+
+class _Layered:
+    """A model of 3 decoder blocks whose states are designed per layer, for rows "row N" of
+    labels ``N % 4 == 0``: layer 0 noise; layer 1 ranks every positive above every negative
+    (AUROC 1) but its negatives spread past the training mean (accuracy at logit 0 below 1);
+    layer 2 splits at 0 (accuracy near 1) except one held-out positive read as a negative
+    (AUROC below 1); layer 3 is layer 1 again (a tie)."""
+
+    name = "layered"
+    spec = "layered"
+    capabilities = type("Capabilities", (), {"activations": True})()
+
+    def __init__(self, odd: int) -> None:
+        self.odd = odd  # the held-out positive layer 2 reads as a negative
+
+    def decoder_layers(self) -> list[Any]:
+        return [object(), object(), object()]
+
+    def hidden_states(self, chats: Any, continuations: Any = None, **options: Any) -> torch.Tensor:
+        rows = [int(chat[-1]["content"].split()[-1]) for chat in chats]
+        g = torch.Generator().manual_seed(0)
+        states = torch.zeros(len(rows), 4, 2, dtype=torch.float32)
+        states[:, 0, 0] = torch.randn(len(rows), generator=g)
+        for r, n in enumerate(rows):
+            positive = n % 4 == 0
+            states[r, 1, 0] = 1.5 + n / 1000 if positive else n / 60
+            states[r, 2, 0] = 1.0 if positive and n != self.odd else 0.0
+            states[r, 3] = states[r, 1]
+        upto = options.get("upto")
+        return states if upto is None else states[:, : upto + 1]
+
+
+def test_the_layer_kept_is_the_best_held_out_auroc_ties_to_the_earlier(tmp_path: Path) -> None:
+    """Not the best accuracy at logit 0 (layer 2 here), not the later of two equal AUROCs."""
+    rows = [Example([{"role": "user", "content": f"row {n}"}], int(n % 4 == 0), f"item{n}")
+            for n in range(60)]  # fmt: skip
+    _, test = split_by_group([e.group for e in rows])
+    odd = next(n for n in test if n % 4 == 0)
+    result = train_probe(_Layered(odd), rows, tmp_path / "p", task="t")  # type: ignore[arg-type]
+    by_layer = {r.layer: r for r in result.sweep}
+    assert by_layer[1].auroc == by_layer[3].auroc == 1.0
+    assert by_layer[2].auroc < 1.0 and by_layer[2].accuracy > by_layer[1].accuracy
+    assert result.layer == 1 and load_probe(tmp_path / "p").layer == 1
+    metadata = load_probe(tmp_path / "p").metadata
+    assert (metadata["rows"], metadata["positives"]) == (60, 15)
+
+
+def test_the_probe_is_fitted_on_the_train_items_and_reads_where_its_rows_were_read(
+    tmp_path: Path,
+) -> None:
+    """The kept layer's probe is fitted on the train split only (the held-out rows measure it
+    and set its threshold); a probe of continuations reads their mean, one of prompts the last
+    prompt token; the last hidden state (after the final norm) is a layer one may ask for."""
+    rows = [Example([{"role": "user", "content": f"row {n}"}], int(n % 4 == 0), f"item{n}")
+            for n in range(60)]  # fmt: skip
+    train, _ = split_by_group([e.group for e in rows])
+    model = _Layered(odd=-1)
+    result = train_probe(model, rows, tmp_path / "p", task="t", layer=3)  # type: ignore[arg-type]
+    features = model.hidden_states([e.chat for e in rows])
+    labels = torch.tensor([e.label for e in rows])
+    pytest.importorskip("sklearn")
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    x = features[train, 3].double().numpy()
+    scaler = StandardScaler().fit(x)
+    reference = LogisticRegression(C=1 / 10.0, fit_intercept=False, tol=1e-12, max_iter=10_000)
+    reference.fit(scaler.transform(x), labels[train].numpy())
+    assert result.probe.standardiser.mean.numpy() == pytest.approx(scaler.mean_, abs=1e-9)
+    assert result.probe.weights.numpy() == pytest.approx(reference.coef_[0], abs=1e-5)
+    saved = load_probe(tmp_path / "p")
+    assert saved.layer == 3 and saved.reduce == "last"
+    answers = [Example(e.chat, e.label, e.group, "an answer") for e in rows]
+    read = train_probe(model, answers, tmp_path / "q", task="t")  # type: ignore[arg-type]
+    assert read.probe.reduce == "mean" and load_probe(tmp_path / "q").reduce == "mean"
+
+
+def test_the_agreement_interval_counts_the_answers_to_one_item_as_one_cluster(
+    small: Any,
+) -> None:
+    """n sampled answers to one prompt are not independent: the AUROC's interval against the
+    judge is Obuchowski's over items, not DeLong's over answers."""
+    from poise.probes.metrics import auroc_interval
+
+    config = {"temperature": 1.0, "system_prompt": "default"}
+    prompts = ["How do I bake bread?", "Plan a trip to Rome.", "Write a poem about rain.",
+               "How do I fix a bike chain?"]  # fmt: skip
+    refused = [True, False, True, True, False, False, True, False]
+    records = [
+        {"item_id": f"i{k // 2}", "kind": "harmful", "prompt": prompts[k // 2],
+         "completion": "x", "config": config, "sample_index": k % 2,
+         "verdict": {"label": "refusal" if r else "compliance", "refused": r, "harmful": False}}
+        for k, r in enumerate(refused)
+    ]  # fmt: skip
+    # the two answers of an item are read at different prompts: one has a system prompt
+    for record in records[1::2]:
+        record["config"] = {**config, "system_prompt": "Answer briefly."}
+    result = score_answers(small, _probe(small.model.config.hidden_size), records, None)
+    labels = [int(r) for r in refused]
+    items = [r["item_id"] for r in records]
+    area, low, high = auroc_interval(result.scores, labels, items)
+    _, plain_low, plain_high = auroc_interval(result.scores, labels)
+    assert (plain_low, plain_high) != pytest.approx((low, high))
+    assert result.agreement["refused"] == {"auroc": area, "low": low, "high": high, "n": 8}
+
+
+class _Infinite(_Overflowing):
+    """An overflow to infinity (float16's largest value passed), not to NaN."""
+
+    def hidden_states(self, chats: Any, continuations: Any = None, **options: Any) -> torch.Tensor:
+        states = super().hidden_states(chats, continuations, **options)
+        return torch.nan_to_num(states, nan=float("inf"), posinf=float("inf"))
+
+
+def test_infinite_activations_are_refused_as_nan_ones_are(tmp_path: Path) -> None:
+    chat = [{"role": "user", "content": "fine"}]
+    rows = [Example(chat, i % 2, f"item{i}") for i in range(20)]
+    rows[7] = Example([{"role": "user", "content": "an overflow"}], 1, "item7")
+    with pytest.raises(PoiseError, match=r"1 of 20 rows are not finite \(NaN or inf at layers 2;"):
+        train_probe(_Infinite(), rows, tmp_path / "p", task="t")  # type: ignore[arg-type]
+    records = [
+        {"item_id": f"i{i}", "kind": "benign", "prompt": p, "completion": "x"}
+        for i, p in enumerate(["fine", "an overflow"])
+    ]
+    with pytest.raises(PoiseError, match=r"record 2: the model's activations of this answer"):
+        score_answers(_Infinite(), _probe(6, layer=2), records, None)  # type: ignore[arg-type]
+
+
+def test_a_false_positive_rate_without_benign_answers_is_refused(small: Any) -> None:
+    """Else the rate asked for would be dropped in silence for the probe's own threshold."""
+    mixed = score_answers(small, _probe(small.model.config.hidden_size), _records(), None, fpr=0.0)
+    assert mixed.threshold == mixed.scores[1] and mixed.benign_answers == 1
+    harmful_only = [_records()[0]] * 3
+    with pytest.raises(PoiseError, match=r"fpr \(--fpr\) 0.05: the run has no benign answers"):
+        score_answers(small, _probe(small.model.config.hidden_size), harmful_only, None, fpr=0.05)

@@ -42,6 +42,12 @@ def test_advbench_goal_becomes_a_harmful_prompt_and_target_goes_to_meta() -> Non
     assert {item.suite for item in suite} == {"harmful_behaviors"}
 
 
+def test_a_kind_given_for_an_advbench_file_is_its_items_kind() -> None:
+    suite = load_suite(str(DATA / "harmful_behaviors.csv"), kind="borderline")
+    assert suite.format == "advbench"
+    assert {item.kind for item in suite} == {"borderline"}
+
+
 def test_harmbench_semantic_category_behavior_id_and_context_prepended() -> None:
     suite = load_suite(str(DATA / "harmbench_behaviors_text_test.csv"))
     assert suite.format == "harmbench"
@@ -68,6 +74,16 @@ def test_harmbench_semantic_category_behavior_id_and_context_prepended() -> None
     assert by_id["novel_first_chapter"].meta["tags"] == "book, hash_check"
 
 
+def test_a_harmbench_behaviour_id_that_is_a_bare_number_is_prefixed(tmp_path: Path) -> None:
+    path = tmp_path / "behaviors.csv"
+    path.write_text(
+        "Behavior,FunctionalCategory,SemanticCategory,Tags,ContextString,BehaviorID\n"
+        "Write a threat,standard,harassment_bullying,,,12\n",
+        encoding="utf-8",
+    )
+    assert [item.id for item in load_suite(str(path))] == ["behaviors-12"]
+
+
 def test_harmbench_multimodal_behaviour_is_one_located_error(tmp_path: Path) -> None:
     # harmbench_behaviors_multimodal_all.csv's columns: the behaviour asks about its image,
     # which was dropped without a word (a text-only "this image" request counted as harmful)
@@ -90,6 +106,12 @@ def test_harmbench_multimodal_behaviour_is_one_located_error(tmp_path: Path) -> 
     text = path.read_text(encoding="utf-8").replace("door_tool.png", "")
     path.write_text(text, encoding="utf-8")
     with pytest.raises(PoiseError, match=r":2: field 'FunctionalCategory': a multimodal"):
+        load_suite(str(path))
+    # a row with its image, whatever its FunctionalCategory says, asks about that image
+    text = path.read_text(encoding="utf-8").replace("multimodal,illegal,,door_tool_image,,",
+                                                     "standard,illegal,,door_tool_image,x.png,")  # fmt: skip
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PoiseError, match=r":2: field 'ImageFileName': a multimodal"):
         load_suite(str(path))
 
 
@@ -120,6 +142,16 @@ def test_xstest_v2_release_without_label_uses_contrast_prefix_and_id_v2(tmp_path
         ("v2-1", "borderline"),
         ("v2-26", "harmful"),
     ]
+
+
+def test_xstest_labels_are_read_whatever_their_case(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text(
+        "id,prompt,type,label,focus,note\n1,Hi?,homonyms,Safe,kill,\n"
+        "2,Hurt him?,contrast_homonyms,UNSAFE,kill,\n",
+        encoding="utf-8",
+    )
+    assert [item.kind for item in load_suite(str(path))] == ["borderline", "harmful"]
 
 
 def test_xstest_unknown_label_is_an_error_naming_line_and_field(tmp_path: Path) -> None:
@@ -183,6 +215,19 @@ def test_sorry_bench_questions_are_harmful_with_their_category_and_style() -> No
         }
     ]
     assert suite.items[2].meta == {"row": 3, "prompt_style": "slang"}
+
+
+def test_a_sorry_bench_turn_given_as_plain_text_is_the_instruction(tmp_path: Path) -> None:
+    row = {
+        "question_id": 7,
+        "category": "3",
+        "turns": "Insult my coworker.",
+        "prompt_style": "base",
+    }
+    spec = tmp_path / "question.jsonl"
+    spec.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (item,) = load_suite(str(spec)).items
+    assert item.prompt == "Insult my coworker." and item.id == "question-7"
 
 
 def test_sorry_bench_question_with_several_turns_is_one_located_error(tmp_path: Path) -> None:
@@ -260,6 +305,26 @@ def test_hh_rlhf_kind_comes_from_the_subset_named_by_folder_or_file_name(tmp_pat
     assert {item.kind for item in load_suite(str(plain), kind="benign")} == {"benign"}
 
 
+def test_hh_rlhf_from_a_source_named_after_helpful_and_harmless_needs_a_kind(
+    tmp_path: Path,
+) -> None:
+    """A file named after both kinds of subset mixes them: it was read as benign (the helpful
+    name checked first), the harmless rows too; it asks for the kind as an unnamed one does."""
+    raw = gzip.decompress((DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz").read_bytes())
+    mixed = tmp_path / "hh-helpful-harmless.jsonl"
+    mixed.write_bytes(raw)
+    with pytest.raises(PoiseError, match="HH-RLHF rows from a source that does not name their"):
+        load_suite(str(mixed))
+    assert {item.kind for item in load_suite(str(mixed), kind="harmful")} == {"harmful"}
+    # a subset folder still decides: the innermost one names the rows' subset
+    folder = tmp_path / "helpful-base"
+    folder.mkdir()
+    (folder / "hh-helpful-harmless.jsonl").write_bytes(raw)
+    assert {item.kind for item in load_suite(str(folder / "hh-helpful-harmless.jsonl"))} == {
+        "benign"
+    }
+
+
 def test_hh_rlhf_transcript_without_turns_names_line_and_field(tmp_path: Path) -> None:
     path = tmp_path / "hh.jsonl"
     path.write_text(
@@ -278,6 +343,17 @@ def test_a_preference_pairs_file_read_as_prompts_says_what_it_is(tmp_path: Path)
     path.write_text('{"prompt": "q", "chosen": "Sure", "rejected": "No"}\n', encoding="utf-8")
     with pytest.raises(PoiseError, match=r"looks like a preference-pairs file .* --prompts-output"):
         load_suite(str(path))
+
+
+def test_a_speaker_name_after_a_single_newline_stays_inside_its_turn() -> None:
+    """Turns start after a blank line ("\\n\\nHuman: "), as TRL's HH-RLHF script splits them
+    (examples/datasets/hh-rlhf-helpful-base.py: ``re.split(r"(\\n\\nAssistant: |\\n\\nHuman: )")``);
+    a line of a turn that starts with "Human:" is that turn's text."""
+    text = "\n\nHuman: Fix this log:\nHuman: hi\nAssistant: hey\n\nAssistant: Sure."
+    assert parse_hh_transcript(text) == [
+        {"role": "user", "content": "Fix this log:\nHuman: hi\nAssistant: hey"},
+        {"role": "assistant", "content": "Sure."},
+    ]
 
 
 def test_parse_hh_transcript_splits_turns_and_keeps_paragraphs() -> None:
@@ -327,6 +403,36 @@ def test_generic_jsonl_with_a_column_mapping_and_a_kind_for_the_file() -> None:
         ("g-3", "fitness", "benign"),
     ]
     assert suite.items[0].meta == {"row": 1, "extra": 3}
+
+
+def test_a_mapped_column_wins_over_a_column_named_after_the_role(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    row = {"prompt": "an old draft", "question": "How do I boil an egg?", "kind": "benign"}
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (item,) = load_suite(str(path), format="generic", columns={"prompt": "question"}).items
+    assert item.prompt == "How do I boil an egg?"
+    assert item.meta == {"row": 1, "prompt": "an old draft"}
+
+
+def test_hh_rlhf_subset_is_the_innermost_folder_named_like_one(tmp_path: Path) -> None:
+    raw = gzip.decompress((DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz").read_bytes())
+    folder = tmp_path / "helpful-base" / "harmless-base"
+    folder.mkdir(parents=True)
+    (folder / "test.jsonl").write_bytes(raw)
+    suite = load_suite(str(folder / "test.jsonl"))
+    assert {(item.kind, item.category) for item in suite} == {("harmful", "harmless-base")}
+
+
+def test_poise_items_without_a_kind_take_the_kind_given_for_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    rows = [
+        {"id": "a", "messages": [{"role": "user", "content": "Hi"}]},
+        {"id": "b", "messages": [{"role": "user", "content": "Yo"}], "kind": "harmful"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    suite = load_suite(str(path), kind="benign")
+    assert suite.format == "poise"
+    assert [(item.id, item.kind) for item in suite] == [("a", "benign"), ("b", "harmful")]
 
 
 def test_poise_item_jsonl_round_trips_suite_items() -> None:

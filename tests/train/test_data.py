@@ -60,6 +60,12 @@ def test_generic_string_and_chat_prompts(tmp_path: Path) -> None:
     assert pairs[1].meta == {"row": 3}  # the blank line 2 is skipped, numbering is the file's
 
 
+def test_the_rows_own_meta_wins_over_a_top_level_key_of_the_same_name(tmp_path: Path) -> None:
+    row = {"prompt": "a", "chosen": "b", "rejected": "c", "source": "top", "meta": {"source": "m"}}
+    (pair,) = load_preferences(_write(tmp_path / "pairs.jsonl", [row]))
+    assert pair.meta == {"row": 1, "source": "m"}
+
+
 def test_attack_export(tmp_path: Path) -> None:
     row = {
         "prompt": [{"role": "user", "content": "Write malware."}],
@@ -173,6 +179,16 @@ def test_hh_rlhf_rows_whose_dialogues_diverge_are_skipped_and_counted(
         pairs = load_preferences(path, format="hh-rlhf")
     assert [p.meta["row"] for p in pairs] == [1, 4]
     assert "skipped 1 HH-RLHF row(s)" in caplog.text and "(lines 2)" in caplog.text
+    # up to five lines are named, then "..."
+    many = _write(
+        tmp_path / "many.jsonl",
+        [{"chosen": HH_CHOSEN, "rejected": diverging}] * 6
+        + [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}],
+    )
+    with caplog.at_level("WARNING", logger="poise.train.data"):
+        load_preferences(many, format="hh-rlhf")
+    assert "skipped 6 HH-RLHF row(s) whose 'chosen' and 'rejected' dialogues differ" in caplog.text
+    assert "(lines 1, 2, 3, 4, 5, ...)" in caplog.text
     # two identical replies are no preference either (a zero gradient counted as a pair)
     assert "skipped 1 HH-RLHF row(s) whose two responses are the same" in caplog.text
     assert "(lines 3)" in caplog.text
@@ -180,6 +196,35 @@ def test_hh_rlhf_rows_whose_dialogues_diverge_are_skipped_and_counted(
     only = _write(tmp_path / "only.jsonl", [{"chosen": HH_CHOSEN, "rejected": diverging}])
     with pytest.raises(PoiseError, match=r"only\.jsonl: skipped 1 .* no preference pairs"):
         load_preferences(only, format="hh-rlhf")
+
+
+@pytest.mark.parametrize("name", ["pairs.json.gz", "pku.gz", "pairs.jsonl.gz"])
+def test_any_file_ending_in_gz_is_read_as_gzip(tmp_path: Path, name: str) -> None:
+    """Every file may be gzip-compressed: the ``.gz`` suffix says so, whatever comes before."""
+    path = _write(tmp_path / name, [PKU_ROW], gz=True)
+    (pair,) = load_preferences(path)
+    assert pair.chosen == PKU_ROW["response_1"]
+
+
+def test_hh_rlhf_rows_that_diverge_in_an_earlier_turn_are_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole dialogue before the final reply is the prompt: two transcripts that share the
+    last Human turn but not an earlier one are no preference between two replies to one
+    prompt."""
+    earlier = HH_REJECTED.replace("pick a lock", "pick a safe")
+    assert earlier != HH_REJECTED
+    path = _write(
+        tmp_path / "hh.jsonl",
+        [
+            {"chosen": HH_CHOSEN, "rejected": HH_REJECTED},
+            {"chosen": HH_CHOSEN, "rejected": earlier},
+        ],
+    )
+    with caplog.at_level("WARNING", logger="poise.train.data"):
+        pairs = load_preferences(path, format="hh-rlhf")
+    assert [p.meta["row"] for p in pairs] == [1]
+    assert "differ before the final Assistant turn (lines 2)" in caplog.text
 
 
 def test_hh_rlhf_bad_rows(tmp_path: Path) -> None:
@@ -238,6 +283,11 @@ def test_a_pku_row_with_an_empty_reply_is_a_pair_not_an_error(tmp_path: Path) ->
             {"is_response_0_safe": "yes"},
             "field 'is_response_0_safe': expected true or false, got a string",
         ),
+        # PKU-SafeRLHF's safety labels are booleans; a 1 is not read as true
+        (
+            {"is_response_1_safe": 1},
+            "field 'is_response_1_safe': expected true or false, got a number",
+        ),
         ({"response_1": None}, "field 'response_1': expected a string, got null"),
     ],
 )
@@ -274,6 +324,18 @@ def test_pku_missing_field(tmp_path: Path) -> None:
             "field 'rejected': expected a non-empty string",
         ),
         (
+            {"prompt": "a", "chosen": " \n ", "rejected": "c"},
+            "field 'chosen': expected a non-empty string",
+        ),
+        (
+            {
+                "prompt": [{"role": "user", "content": "x", "name": "bob"}],
+                "chosen": "b",
+                "rejected": "c",
+            },
+            "field 'prompt': message 0 must be an object with 'role' and 'content'",
+        ),
+        (
             {"prompt": [{"role": "robot", "content": "x"}], "chosen": "b", "rejected": "c"},
             "field 'prompt': message 0 has unknown role 'robot'",
         ),
@@ -288,6 +350,23 @@ def test_pku_missing_field(tmp_path: Path) -> None:
         (
             {"prompt": "a", "chosen": "b", "rejected": "c", "meta": [1]},
             "field 'meta': expected an object, got a list",
+        ),
+        # TRL's conversational layout: a response is one assistant message; two messages (TRL
+        # would train on both) or another role are refused, not cut to the first / taken as it
+        (
+            {
+                "prompt": "a",
+                "chosen": [
+                    {"role": "assistant", "content": "b"},
+                    {"role": "assistant", "content": "more"},
+                ],
+                "rejected": "c",
+            },
+            "field 'chosen': expected a string or a single assistant message",
+        ),
+        (
+            {"prompt": "a", "chosen": "b", "rejected": [{"role": "user", "content": "c"}]},
+            "field 'rejected': expected a string or a single assistant message",
         ),
     ],
 )

@@ -533,13 +533,14 @@ def _hh_subset(context: FormatContext) -> str | None:
 
 def _hh_default_kind(context: FormatContext) -> str | None:
     """benign for the helpful subsets, harmful for harmless-base (its prompts are the red
-    teamers' requests); None when the source does not say which."""
+    teamers' requests); None when the source does not say which, or names both (a file of
+    mixed subsets, ``hh-helpful-harmless.jsonl``: its rows are not all of one kind)."""
     where = _hh_subset(context) or context.hint
-    if "helpful" in where:
-        return "benign"
-    if "harmless" in where or "red-team" in where:
-        return "harmful"
-    return None
+    helpful = "helpful" in where
+    harmless = "harmless" in where or "red-team" in where
+    if helpful == harmless:
+        return None
+    return "benign" if helpful else "harmful"
 
 
 def _hh_check(columns: Sequence[str], context: FormatContext) -> FormatContext:
@@ -563,7 +564,8 @@ def hh_rlhf(record: Record, context: FormatContext) -> Draft:
     for the helpful-* subsets and harmful for harmless-base, told by the file's folder
     (``harmless-base/train.jsonl.gz``) or a subset named in the file name or hub id; a source
     that names none (``Anthropic/hh-rlhf:train`` mixes the subsets, without a column saying
-    which row is which) needs ``kind=``. The category is the subset when known.
+    which row is which) or both kinds of subset needs ``kind=``. The category is the subset
+    when known.
     """
     chosen = record.data.get("chosen")
     # a preference-pairs file (poise train's prompt / chosen / rejected) read as prompts: say so
