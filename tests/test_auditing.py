@@ -1306,6 +1306,15 @@ def test_resuming_a_complete_run_says_so_and_leaves_it_complete(
     assert written == [] and done.report_path.is_file() and done.status == "complete"
 
 
+def _whole_and_killed_after_3(fields: dict[str, Any]) -> tuple[Any, Any]:
+    """Two audits of ``fields`` in the working directory: one whole (named "whole"), one
+    ("killed") cut as a kill after 3 records leaves it."""
+    whole = poise.audit(name="whole", **fields)
+    killed = poise.audit(name="killed", **fields)
+    _cut_to(killed.run, 3)
+    return whole, killed
+
+
 def test_a_run_resumed_from_another_directory_builds_its_judge_from_the_folders_it_began_with(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1336,9 +1345,7 @@ def test_a_run_resumed_from_another_directory_builds_its_judge_from_the_folders_
             model="mock", suites=["mini.jsonl"], judge="review_folder:judge",
             judge_options={"model": "judge-model"}, html=False,
         )  # fmt: skip
-        whole = poise.audit(name="whole", **fields)
-        killed = poise.audit(name="killed", **fields)
-        _cut_to(killed.run, 3)
+        whole, killed = _whole_and_killed_after_3(fields)
         path, records = began / killed.run.path, list(whole.run.records())
         recorded_weights, config = killed.run.header["weights"], killed.run.config
         assert set(recorded_weights) == {"judge", "judge option model"}
@@ -1384,9 +1391,7 @@ def test_a_judge_named_by_its_folder_option_keeps_its_name_on_a_resume_from_else
         model="mock", suites=["mini.jsonl"], judge="preset:harmbench-cls",
         judge_options={"model": "cls"}, html=False,
     )  # fmt: skip
-    whole = poise.audit(name="whole", **fields)
-    killed = poise.audit(name="killed", **fields)
-    _cut_to(killed.run, 3)
+    whole, killed = _whole_and_killed_after_3(fields)
     path, records = began / killed.run.path, list(whole.run.records())
     assert len(records) > 3  # the resume has records to add
     monkeypatch.chdir(elsewhere)
