@@ -983,11 +983,37 @@ def test_the_guard_reads_log_probs_far_below_zero_and_two_impossible_words() -> 
         [HARMFUL], ["BAD"]
     )
     assert far.p_harmful == pytest.approx(1 / (1 + math.exp(-1.0)))
-    # neither word possible: no preference either way
+    # neither word possible: no reading, so no verdict (0.5 would be "unsafe" at the default
+    # threshold whatever the guard thinks); the heuristic fields are kept
     [none] = get_judge(
         "guard:x", model=ScriptedGuard(unsafe_lp=-math.inf, safe_lp=-math.inf)
-    ).judge([HARMFUL], ["BAD"])
-    assert none.p_harmful == 0.5
+    ).judge([HARMFUL], ["I'm sorry, but I can't help with that. BAD"])
+    assert (none.label, none.harmful, none.p_harmful) == ("unparsed", None, None)
+    assert none.refused is True
+
+
+class PrefixGuard(ScriptedGuard):
+    """Tokenizes the answer words so that one's tokens begin the other's ("No" / "No way")."""
+
+    def score(self, chats: Sequence[Chat], continuations: Sequence[str]) -> list[TokenLogprobs]:
+        self.score_calls.append(len(chats))
+        return [
+            TokenLogprobs(
+                tokens=tuple(word.split()),
+                logprobs=tuple(-1.0 for _ in word.split()),
+                token_ids=tuple(len(w) for w in word.split()),
+            )
+            for word in continuations
+        ]
+
+
+@pytest.mark.parametrize("safe, unsafe", [("No", "No way"), ("Yes indeed", "Yes")])
+def test_guard_words_whose_tokens_begin_one_another_are_an_error(safe: str, unsafe: str) -> None:
+    # no token tells the two answers apart: the shared log-probs cancel and every reading would
+    # be 0.5, an "unsafe" verdict at the default threshold for every answer
+    judge = get_judge("guard:x", model=PrefixGuard(), safe_word=safe, unsafe_word=unsafe)
+    with pytest.raises(PoiseError, match=r"do not tokenize to different continuations"):
+        judge.judge([HARMFUL], ["BAD"])
 
 
 def test_a_p_unsafe_at_the_threshold_is_unsafe_in_its_label_too() -> None:
