@@ -504,6 +504,49 @@ def test_harmbench_classifier_has_no_verdict_when_its_first_token_is_neither_ans
     assert verdict.refused is False  # the heuristic base still reads the response
 
 
+@pytest.mark.parametrize(
+    "first, harmful", [("yes", True), ("YES", True), ("no", False), ("Sure", None)]
+)
+def test_harmbench_classifier_reads_any_letter_case_of_its_answer_words(
+    tiny_hf_model_dir: Path, first: str, harmful: bool | None
+) -> None:
+    """HarmBench compares ``p.lower()``: a one-token "yes" or "YES" is the classifier saying
+    Yes, and its probability counts with "Yes"'s. The tiny tokenizer spells every word in
+    letters, so the judge is given a tokenizer where these spellings are one token each."""
+    import torch
+
+    judge: Any = get_judge("preset:harmbench-cls", model=str(tiny_hf_model_dir))
+    response = "Sure. Step 1: get a pipe."
+    item = SuiteItem(id="h", messages=[{"role": "user", "content": PROMPT}], kind="harmful")
+    text = PRESETS["harmbench-cls"].render(PROMPT, response)
+    real_encode = judge.encode
+    prompt_ids = real_encode(text)
+    one_token = {"Yes": 40, "yes": 41, "YES": 42, "No": 43, "no": 44, "Sure": 45}
+
+    def encode(value: str) -> list[int]:
+        for spelling, token in one_token.items():
+            if value == text + spelling:
+                return [*prompt_ids, token]
+        return list(real_encode(value))
+
+    judge.encode = encode
+    lift = {40: 60.0, 43: 55.0, 44: 54.0, one_token[first]: 100.0}
+    judge.model = _Lifted(judge.model, lift)
+    [verdict] = judge.judge([item], [response])
+    assert verdict.harmful is harmful
+    if harmful is None:
+        assert (verdict.label, verdict.p_harmful) == (UNPARSED, None)
+        return
+    # the answer words' probabilities summed over their one-token spellings
+    with torch.inference_mode():
+        logits = judge.model.model(input_ids=torch.tensor([prompt_ids])).logits[0, -1]
+        for token, amount in lift.items():
+            logits[token] += amount
+    yes = torch.logsumexp(logits[[40, 41, 42]], 0)
+    no = torch.logsumexp(logits[[43, 44]], 0)
+    assert verdict.p_harmful == pytest.approx(float(torch.sigmoid(yes - no)), abs=1e-5)
+
+
 def test_llama_guard_reads_its_two_words_whatever_the_likeliest_token(
     tiny_hf_model_dir: Path,
 ) -> None:
