@@ -846,7 +846,8 @@ def _audit_flag_names() -> list[tuple[str, str]]:
     for param in command.params:
         for opt in param.opts:  # not the secondary --no-html
             name = opt[2:].replace("-", "_")
-            keywords = {"resume", "config", "verbose", "help"}  # audit()'s own, or no field
+            # audit()'s own keywords, or no field
+            keywords = {"resume", "answers_from", "config", "verbose", "help"}
             if opt.startswith("--") and name not in {*AuditConfig.model_fields, *keywords}:
                 names.append((name, opt))
     return names
@@ -1457,3 +1458,70 @@ def test_a_run_whose_chat_template_writes_the_date_is_not_continued_on_another_d
     resumed = poise.audit(resume=killed.run.path)
     assert resumed.run.status == "complete"
     assert list(resumed.run.records()) == list(whole.run.records())
+
+
+# ---------------------------------------------------------------------------------------------
+# answers_from: a run extended with another run's answers
+
+
+def test_a_run_extended_with_answers_from_generates_only_the_new_items(tmp_path: Path) -> None:
+    suite = str(write_suite(tmp_path / "mini.jsonl"))
+    out = str(tmp_path / "runs")
+    small = poise.audit(
+        model=MockModel("scripted", scripted), suites=[suite], judge="refusal", out=out, limit=4
+    )
+    model = MockModel("scripted", scripted)
+    larger = poise.audit(
+        model=model, suites=[suite], judge="refusal", out=out, limit=8, answers_from=small.run.path
+    )
+    assert larger.run.path != small.run.path  # a run of its own, with its own config
+    assert model.generated == 8 - 4  # the four items both ask were taken, not generated
+    assert larger.run.header["answers_from"] == {"run": str(small.run.path.resolve()), "answers": 4}
+    fresh = poise.audit(
+        model=MockModel("scripted", scripted), suites=[suite], judge="refusal", out=out,
+        limit=8, name="fresh",
+    )  # fmt: skip
+    assert keyset(larger.run.records()) == keyset(fresh.run.records())
+    assert larger.metrics["overall"] == fresh.metrics["overall"]
+
+
+@pytest.mark.slow
+def test_sampled_organism_answers_taken_from_a_smaller_run_are_those_of_a_fresh_run(
+    tmp_path: Path,
+) -> None:
+    """Each row's random numbers follow from (seed, chat, sample), not from its batch: the
+    extended run's records, taken and generated, are the fresh larger run's."""
+    fields: dict[str, Any] = dict(
+        model="organism-small",
+        suites=["harmful"],
+        sampling={"temperature": 1.0, "max_new_tokens": 24, "seed": 3},
+        out=str(tmp_path / "runs"),
+    )
+    small = poise.audit(**fields, limit=3, name="small")
+    larger = poise.audit(**fields, limit=6, name="larger", answers_from="small")
+    fresh = poise.audit(**fields, limit=6, name="fresh")
+    assert larger.run.header["answers_from"]["answers"] == 3
+    assert keyset(larger.run.records()) == keyset(fresh.run.records())
+    assert {r["item_id"] for r in small.run.records()} < {r["item_id"] for r in fresh.run.records()}
+
+
+def test_answers_from_another_model_or_beside_resume_is_refused(tmp_path: Path) -> None:
+    suite = str(write_suite(tmp_path / "mini.jsonl"))
+    out = str(tmp_path / "runs")
+    other = poise.audit(
+        model=MockModel("other", scripted), suites=[suite], judge="refusal", out=out, limit=2
+    )
+    with pytest.raises(PoiseError, match=r"answers were made by model .*other.*not this model's"):
+        poise.audit(
+            model=MockModel("scripted", scripted), suites=[suite], judge="refusal", out=out,
+            answers_from=other.run.path,
+        )  # fmt: skip
+    assert len(list_runs(out)) == 1  # refused before a run folder was made
+    with pytest.raises(PoiseError, match=r"give resume or answers_from, not both"):
+        poise.audit(resume=other.run.path, answers_from=other.run.path, out=out)
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--resume", str(other.run.path), "--answers-from", str(other.run.path)],
+    )
+    assert result.exit_code == 2
+    assert "give --resume or --answers-from, not both" in result.output

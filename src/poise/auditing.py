@@ -172,6 +172,7 @@ def audit(
     /,
     *,
     resume: str | Path | None = None,
+    answers_from: str | Path | None = None,
     progress: ProgressFn | None = None,
     **fields: Any,
 ) -> AuditResult:
@@ -193,6 +194,16 @@ def audit(
     it renders them otherwise (run.json's ``dated_prompts``). ``resume`` of a complete run
     returns it as it is, with a warning: nothing is generated, judged or recomputed, and its
     status stays complete (``html=True`` draws a missing report).
+
+    ``answers_from`` (a run folder or name) starts the audit with that run's answers: those of
+    its requests this audit asks again (same model and weights, chat and sampling, seed
+    included) are taken from its cache instead of generated, and judged anew. A run cannot be
+    resumed under another config, so this is how one is extended (a larger ``limit``, another
+    suite beside it) or judged under another config. For a local model every answer taken is
+    what generating it again would give (up to the rounding of batches of another size, as on a
+    resume), since each row's random numbers follow from (seed, chat, sample), not from the
+    batch; a server's are the answers it gave then. The run's header names the source
+    (``answers_from``).
     """
     from poise.models.base import LanguageModel
 
@@ -222,6 +233,11 @@ def audit(
         model_obj = fields["model"]
         fields["model"] = model_obj.spec if model_obj.spec is not None else model_obj.name
     run: Run | None = None
+    if resume is not None and answers_from is not None:
+        raise PoiseError(
+            "answers_from starts a new run with another run's answers; a resumed run has its "
+            "own: give resume or answers_from, not both"
+        )
     if resume is not None:
         run = find_run(resume, fields.get("out", "runs"))
         run.check_samples_file()  # a folder poise will not write to stops before anything else
@@ -250,7 +266,15 @@ def audit(
     # command reads them here, as typed here (another file holding other items is refused)
     workdir = recorded_workdir(run) if resume is not None and run is not None else None
     try:
-        return _audit(cfg, run, model_obj, progress, adopted=resume is None, workdir=workdir)
+        return _audit(
+            cfg,
+            run,
+            model_obj,
+            progress,
+            adopted=resume is None,
+            workdir=workdir,
+            answers_from=answers_from,
+        )
     finally:
         if run is not None:
             run.unlock()
@@ -264,10 +288,12 @@ def _audit(
     *,
     adopted: bool = False,
     workdir: Path | None = None,
+    answers_from: str | Path | None = None,
 ) -> AuditResult:
     """The audit of ``cfg`` into ``run`` (None: a new run folder). ``workdir``: the directory
     the relative paths of ``cfg`` are read against (:func:`poise.runs.run.recorded_workdir`;
-    None: the working directory)."""
+    None: the working directory). ``answers_from``: a run whose cached answers this audit
+    starts from (see :func:`audit`)."""
     # ---- validate everything before loading weights -------------------------------------
     from poise.models.resolve import check_spec
     from poise.scoring.judges import get_judge, resolve_judge_name
@@ -342,6 +368,11 @@ def _audit(
     # a chat template that writes today's date: what it renders now (a run goes on only from
     # the prompts its records were made from)
     dated = _dated_prompts(model)
+    source = (
+        _answers_source(answers_from, cfg.out, model.name, weights, dated)
+        if answers_from is not None
+        else None
+    )
     if run is not None:
         # a torn last record (cut by start() too) must not stop the reading below; the run's
         # lock is held (audit() took it)
@@ -382,6 +413,8 @@ def _audit(
             system_prompts=system_prompts,
             **({"dated_prompts": dated} if dated is not None else {}),
         )
+        if source is not None:
+            _take_answers(run, source, model.name)
         started = time.perf_counter()
         blocks = evaluate(
             run.cached(model),
@@ -1106,6 +1139,55 @@ def _recorded_makers_differ(
                 continue
             return f"its records were made with {what} {recorded!r}, and this {what} is {now!r}"
     return weights_changed(header.get("weights"), weights or {})
+
+
+def _answers_source(
+    spec: str | Path,
+    out: str | Path,
+    model_name: str,
+    weights: Mapping[str, Mapping[str, str]],
+    dated: Mapping[str, str] | None,
+) -> Run:
+    """The run ``spec`` names, checked to hold answers of this model: the same model name (the
+    cache's keys hold it), model components of the same contents, and a chat template that
+    dates its prompts as it does now. Its judge may differ (its answers are judged anew)."""
+    source = find_run(spec, out)
+    header = source.header
+    recorded = header.get("model_name")
+    problem: str | None = None
+    if recorded is not None and str(recorded) != model_name:
+        problem = f"its answers were made by model {recorded!r}, and this model is {model_name!r}"
+    if problem is None:
+        recorded_weights = header.get("weights")
+        model_weights = (
+            {r: f for r, f in recorded_weights.items() if str(r).startswith("model")}
+            if isinstance(recorded_weights, Mapping)
+            else None
+        )
+        problem = weights_changed(model_weights, weights)
+    if problem is None:
+        problem = _prompts_dated_otherwise(source, dated)
+    if problem is not None:
+        raise PoiseError(f"answers from {source.path}: {problem}; they are not this model's")
+    return source
+
+
+def _take_answers(run: Run, source: Run, model_name: str) -> None:
+    """Copy ``source``'s cached answers of ``model_name`` into ``run``'s cache (those it lacks)
+    and name the source in the header."""
+    from poise.models.cache import ResponseCache
+
+    if source.path.resolve() == run.path.resolve():
+        return
+    with ResponseCache(run.cache_path) as cache:
+        added = cache.copy_from(source.cache_path, model_name)
+    if added:
+        log.info("%s: %d cached answers taken from %s", run.path, added, source.path)
+    else:
+        log.warning(
+            "%s holds no cached answer of %s: every answer is generated", source.path, model_name
+        )
+    run.update_header(answers_from={"run": str(source.path.resolve()), "answers": added})
 
 
 # a chat any chat template renders, to see whether one that writes today's date into every

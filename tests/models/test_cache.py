@@ -302,3 +302,23 @@ def test_a_partial_failure_names_the_callers_chats_and_keeps_the_answers(
     calls = inner.calls
     assert model.generate([user("b"), user("c")], Sampling())[1][0].text == "c #0"
     assert inner.calls == calls  # both were stored as they came
+
+
+def test_copy_from_adds_the_models_missing_answers_and_keeps_its_own(tmp_path: Path) -> None:
+    mine, theirs = Completion(text="mine", num_tokens=1), Completion(text="theirs", num_tokens=1)
+    with ResponseCache(tmp_path / "source.sqlite") as source:
+        source.put_many("m", {"a": [theirs], "b": [theirs]})
+        source.put_many("other", {"c": [theirs]})
+    with ResponseCache(tmp_path / "run.sqlite") as cache:
+        cache.put_many("m", {"a": [mine]})
+        assert cache.copy_from(tmp_path / "source.sqlite", "m") == 1  # b only
+        assert cache.get("a") == [mine]  # an answer it holds is not replaced
+        assert cache.get("b") == [theirs]
+        assert cache.get("c") is None  # another model's answers stay behind
+        assert cache.copy_from(tmp_path / "absent.sqlite", "m") == 0
+    (tmp_path / "broken.sqlite").write_text("not a database")
+    with (
+        ResponseCache(tmp_path / "run.sqlite") as cache,
+        pytest.raises(PoiseError, match=r"broken\.sqlite: cannot read the response cache"),
+    ):
+        cache.copy_from(tmp_path / "broken.sqlite", "m")

@@ -134,6 +134,14 @@ def audit_command(
         help="Resume a killed or stopped run (folder or name); its config wins.",
         callback=expand_paths,
     ),
+    answers_from: str | None = typer.Option(
+        None,
+        "--answers-from",
+        help="Start from this run's answers (folder or name): those this audit asks again (same "
+        "model, chat and sampling) are taken from its cache, not generated, and judged anew. "
+        "Extends a run to a larger --limit or more suites.",
+        callback=expand_paths,
+    ),
 ) -> None:
     """Audit a model: harmful, borderline, benign and honesty rates with 95% intervals."""
     # SIGTERM as Ctrl-C: the answers so far stay recorded and the message says how to resume
@@ -175,9 +183,14 @@ def audit_command(
         )
         config = make_config(None, **fields)
         how: dict[str, Any] = {}
+        if resume is not None and answers_from is not None:
+            raise PoiseError(
+                "--answers-from starts a new run with another run's answers; a resumed run has "
+                "its own: give --resume or --answers-from, not both"
+            )
         if resume is not None:
             how = _check_resume_flags(ctx, config, resume)
-        result = _run_with_progress(audit, config, resume, how)
+        result = _run_with_progress(audit, config, resume, how, answers_from)
         print_result(result.run.path, result.metrics)
 
 
@@ -226,7 +239,11 @@ def _check_resume_flags(ctx: typer.Context, config: Any, resume: str) -> dict[st
 
 
 def _run_with_progress(
-    audit: Any, config: Any, resume: str | None, how: dict[str, Any] | None = None
+    audit: Any,
+    config: Any,
+    resume: str | None,
+    how: dict[str, Any] | None = None,
+    answers_from: str | None = None,
 ) -> Any:
     from rich.progress import (
         BarColumn,
@@ -246,7 +263,7 @@ def _run_with_progress(
     with progress_callback("prompts generated + judged", *columns) as progress:
         if resume is not None:
             return audit(resume=resume, out=config.out, **(how or {}), progress=progress)
-        return audit(config, progress=progress)
+        return audit(config, progress=progress, answers_from=answers_from)
 
 
 def _decoding(config: dict[str, Any]) -> str:

@@ -145,6 +145,40 @@ class ResponseCache:
                     self._conn.execute("ROLLBACK")
                 raise
 
+    def copy_from(self, other: str | Path, model_name: str) -> int:
+        """Add the answers of ``model_name`` that the cache file ``other`` holds and this one
+        does not, in one transaction; returns how many were added. ``other`` is read only."""
+        source = Path(other)
+        if not source.is_file():
+            return 0
+        uri = "file:" + str(source.resolve()).replace("?", "%3F").replace("#", "%23") + "?mode=ro"
+        try:
+            reader = sqlite3.connect(uri, uri=True, timeout=60.0)
+            try:
+                rows = reader.execute(
+                    "SELECT key, model, value, created FROM completions WHERE model = ?",
+                    (model_name,),
+                ).fetchall()
+            finally:
+                reader.close()
+        except sqlite3.Error as exc:
+            raise PoiseError(f"{source}: cannot read the response cache ({exc})") from None
+        with self._lock, self._errors("write to"):
+            before = self._conn.total_changes
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO completions (key, model, value, created) "
+                    "VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            return int(self._conn.total_changes - before)
+
     def __len__(self) -> int:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM completions").fetchone()[0])
