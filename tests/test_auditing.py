@@ -1525,3 +1525,14 @@ def test_answers_from_another_model_or_beside_resume_is_refused(tmp_path: Path) 
     )
     assert result.exit_code == 2
     assert "give --resume or --answers-from, not both" in result.output
+
+
+def test_the_cli_says_where_a_runs_answers_came_from(tmp_path: Path) -> None:
+    suite = str(write_suite(tmp_path / "mini.jsonl"))
+    out = str(tmp_path / "runs")
+    args = ["audit", "--model", "mock", "--suite", suite, "--judge", "refusal", "--out", out]
+    assert CliRunner().invoke(app, [*args, "--limit", "2", "--name", "a"]).exit_code == 0
+    result = CliRunner().invoke(app, [*args, "--limit", "4", "--answers-from", "a", "--no-html"])
+    assert result.exit_code == 0, result.output
+    [source] = [r for r in list_runs(out) if r.path.name.endswith("-a")]
+    assert f"answers from: {source.path.resolve()} (2 taken from its cache" in result.output

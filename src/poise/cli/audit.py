@@ -308,6 +308,14 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
     rejudged = rejudged_label(header)
     if rejudged:
         console.print(f"judged again: {rejudged}", highlight=False, soft_wrap=True)
+    taken = header.get("answers_from")
+    if isinstance(taken, dict):
+        console.print(
+            f"answers from: {taken.get('run')} ({taken.get('answers')} taken from its cache, "
+            "the rest generated)",
+            highlight=False,
+            soft_wrap=True,
+        )
     # soft_wrap: a long path is one line to copy (or parse), not cut where the width ends
     console.print(f"run folder: [bold]{shown(run_path)}[/]", soft_wrap=True)
     if (run_path / "report.html").exists():
