@@ -1402,19 +1402,10 @@ def test_a_judge_named_by_its_folder_option_keeps_its_name_on_a_resume_from_else
     assert list(resumed.run.records()) == records
 
 
-def test_a_run_whose_chat_template_writes_the_date_is_not_continued_on_another_day(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_hf_model_dir: Path
-) -> None:
-    """A chat template that writes today's date into every prompt (strftime_now, as Llama
-    3.1-3.3 templates do) rendered other prompts on a resume made another day: the resumed
-    answers came from other prompts than the first part's, under one config. The run records
-    how the template renders on the day its records are made; a resume on a day it renders
-    otherwise is refused, the same command starts a new run, and the same day continues it."""
-    import datetime as dt
-    import shutil
-
+def _dated_template_model(tmp_path: Path, tiny_hf_model_dir: Path) -> tuple[Path, Any]:
+    """A copy of the tiny model whose chat template writes today's date (Llama 3.2's), and its
+    tokenizer."""
     from transformers import AutoTokenizer
-    from transformers.utils import chat_template_utils
 
     from chat_templates import LLAMA32_TEMPLATE
 
@@ -1423,14 +1414,35 @@ def test_a_run_whose_chat_template_writes_the_date_is_not_continued_on_another_d
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     tokenizer.chat_template = LLAMA32_TEMPLATE
     tokenizer.save_pretrained(str(folder))
+    return folder, tokenizer
 
-    def on(day: int) -> None:  # the clock transformers gives the template
-        class Clock(dt.datetime):
-            @classmethod
-            def now(cls, tz: Any = None) -> Clock:
-                return cls(2026, 12, day, 23, 59)
 
-        monkeypatch.setattr(chat_template_utils, "datetime", Clock)
+def _set_clock(monkeypatch: pytest.MonkeyPatch, day: int) -> None:
+    """The clock transformers gives chat templates (strftime_now) reads 2026-12-``day``."""
+    import datetime as dt
+
+    from transformers.utils import chat_template_utils
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> Clock:
+            return cls(2026, 12, day, 23, 59)
+
+    monkeypatch.setattr(chat_template_utils, "datetime", Clock)
+
+
+def test_a_run_whose_chat_template_writes_the_date_is_not_continued_on_another_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_hf_model_dir: Path
+) -> None:
+    """A chat template that writes today's date into every prompt (strftime_now, as Llama
+    3.1-3.3 templates do) rendered other prompts on a resume made another day: the resumed
+    answers came from other prompts than the first part's, under one config. The run records
+    how the template renders on the day its records are made; a resume on a day it renders
+    otherwise is refused, the same command starts a new run, and the same day continues it."""
+    folder, tokenizer = _dated_template_model(tmp_path, tiny_hf_model_dir)
+
+    def on(day: int) -> None:
+        _set_clock(monkeypatch, day)
 
     suite = write_suite(tmp_path / "mini.jsonl", 3, 2)
     fields: dict[str, Any] = dict(
@@ -1458,6 +1470,28 @@ def test_a_run_whose_chat_template_writes_the_date_is_not_continued_on_another_d
     resumed = poise.audit(resume=killed.run.path)
     assert resumed.run.status == "complete"
     assert list(resumed.run.records()) == list(whole.run.records())
+
+
+def test_a_run_whose_template_date_is_fixed_by_an_option_continues_on_another_day(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_hf_model_dir: Path
+) -> None:
+    """--model-option chat_template_kwargs='{"date_string": ...}' fixes the date a Llama-style
+    template writes: every prompt is the same whatever the day, so a run goes on."""
+    folder, _ = _dated_template_model(tmp_path, tiny_hf_model_dir)
+    fields: dict[str, Any] = dict(
+        model=str(folder), suites=[str(write_suite(tmp_path / "mini.jsonl", 3, 2))],
+        judge="refusal", html=False, sampling={"max_new_tokens": 4}, out=str(tmp_path / "runs"),
+        model_options={"chat_template_kwargs": {"date_string": "26 Jul 2024"}},
+    )  # fmt: skip
+    _set_clock(monkeypatch, 4)
+    whole = poise.audit(name="whole", **fields)
+    killed = poise.audit(name="killed", **fields)
+    _cut_to(killed.run, 2)
+    _set_clock(monkeypatch, 5)
+    resumed = poise.audit(resume=killed.run.path)
+    assert resumed.run.status == "complete"
+    assert list(resumed.run.records()) == list(whole.run.records())
+    assert resumed.run.header["model_name"].endswith('+{"date_string":"26 Jul 2024"}')
 
 
 # ---------------------------------------------------------------------------------------------

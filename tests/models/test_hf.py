@@ -286,6 +286,55 @@ def test_a_template_that_writes_the_date_into_prompts_is_warned_about(
     with caplog.at_level("WARNING", logger="poise.models.hf"):
         HFModel(str(with_template(copy_dir, LLAMA32_TEMPLATE)))
     assert "writes today's date into every prompt" in caplog.text
+    assert 'chat_template_kwargs={"date_string": ' in caplog.text  # and how to fix it
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise.models.hf"):
+        pinned = HFModel(str(copy_dir), chat_template_kwargs={"date_string": "26 Jul 2024"})
+    assert "today's date" not in caplog.text
+    assert "Today Date: 26 Jul 2024" in pinned.prompt_text([{"role": "user", "content": "hi"}])
+
+
+# Qwen3's way of asking for an answer without a thinking block (its template's last lines)
+THINKING_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '</s>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\n\n</think>\n\n' }}{% endif %}{% endif %}"
+)
+
+
+def test_chat_template_kwargs_reach_every_render_of_the_models_chats(copy_dir: Path) -> None:
+    from poise.models import load_model
+    from poise.models.context import prompt_token_count
+
+    assert "enable_thinking" in THINKING_TEMPLATE
+    folder = with_template(copy_dir, THINKING_TEMPLATE)
+    plain = HFModel(str(folder))
+    model = HFModel(str(folder), chat_template_kwargs={"enable_thinking": False})
+    chat: Chat = [{"role": "user", "content": "hi"}]
+    assert "<think>" not in plain.prompt_text(chat)
+    assert model.prompt_text(chat).endswith("<|assistant|>\n<think>\n\n</think>\n\n")
+    # the generated prompt, the context check and any wrapper's renders see the same text
+    [ids] = model._encode_prompts([chat])
+    assert model.tokenizer.decode(ids) == model.prompt_text(chat)
+    assert prompt_token_count(model, chat) == len(ids) > len(plain._encode_prompts([chat])[0])
+    # a strategy's spec takes the option to the model it wraps, whose tokenizer it passes on
+    wrapped = load_model(
+        f'logit_temperature("{folder}", t=0.5)', chat_template_kwargs={"enable_thinking": False}
+    )
+    assert "enable_thinking" in wrapped.name  # its inner model's name, quoted
+    rendered = wrapped.tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=False
+    )
+    assert rendered == model.prompt_text(chat)
+    # answers to prompts rendered otherwise never share a cache key
+    assert model.name == plain.name + '+{"enable_thinking":false}'
+    # as --model-option chat_template_kwargs='{"enable_thinking": false}' gives it
+    loaded = load_model(str(folder), chat_template_kwargs={"enable_thinking": False})
+    assert loaded.name == model.name and loaded.prompt_text(chat) == model.prompt_text(chat)
+    with pytest.raises(PoiseError, match=r"tokenize is a keyword of apply_chat_template itself"):
+        HFModel(str(folder), chat_template_kwargs={"tokenize": False})
 
 
 def test_tokenizer_without_chat_template_is_refused(no_template_hf_model_dir: Path) -> None:

@@ -111,6 +111,55 @@ def test_sampling_maps_onto_the_request(fake_server: Callable[..., FakeServer]) 
     assert top_k_one["temperature"] == 0.0 and "top_k" not in top_k_one  # top_k 1 is greedy
 
 
+def test_chat_template_kwargs_go_in_every_request_body_and_the_name(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server(echo)
+    kwargs = {"enable_thinking": False}
+    model = OpenAIModel("m", base_urls=[server.url], chat_template_kwargs=kwargs)
+    model.generate([chat("a")], Sampling(temperature=1.0, top_k=5))
+    model.generate([chat("b")], Sampling())
+    sampled, greedy = server.requests
+    # at the top level of the JSON body, beside top_k, as vLLM and SGLang read it
+    assert sampled["chat_template_kwargs"] == kwargs and sampled["top_k"] == 5
+    assert greedy["chat_template_kwargs"] == kwargs
+    # answers to prompts rendered otherwise never share a cache key
+    assert model.name == f'openai:m@{server.url}+{{"enable_thinking":false}}'
+    plain = OpenAIModel("m", base_urls=[server.url])
+    plain.generate([chat("c")], Sampling())
+    assert "chat_template_kwargs" not in server.requests[-1]
+    assert plain.name == f"openai:m@{server.url}"
+    loaded = load(f"openai:m@{server.url}", chat_template_kwargs=kwargs, check_endpoint=False)
+    assert loaded.chat_template_kwargs == kwargs
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("enable_thinking=false", r"expected a JSON object of template variables"),
+        ({"add_generation_prompt": False}, r"add_generation_prompt is a keyword of apply_chat"),
+        ({"x": float("nan")}, r"not JSON"),
+    ],
+)
+def test_chat_template_kwargs_that_are_no_template_variables_are_refused(
+    value: object, message: str
+) -> None:
+    with pytest.raises(PoiseError, match=rf"chat_template_kwargs of the openai backend: {message}"):
+        OpenAIModel("m", base_urls=["http://127.0.0.1:1/v1"], chat_template_kwargs=value)  # type: ignore[arg-type]
+
+
+def test_a_server_refusing_chat_template_kwargs_stops_the_call_at_once(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    server = fake_server(
+        lambda request: error(400, "chat_template_kwargs: this server takes no template variables")
+    )
+    model = OpenAIModel("m", base_urls=[server.url], chat_template_kwargs={"x": 1}, concurrency=1)
+    with pytest.raises(openai_backend.EndpointRefused, match=r"chat_template_kwargs"):
+        model.generate([chat(str(i)) for i in range(6)], Sampling())
+    assert len(server.requests) == 1  # a refusal of the request's form, not of each chat
+
+
 def test_retries_on_429_and_503_then_succeeds(fake_server: Callable[..., FakeServer]) -> None:
     server = fake_server(
         [

@@ -221,3 +221,31 @@ def test_the_url_said_at_start_is_one_a_client_can_use(
     code, output = run("--host", host, "--port", str(unused_port), "--api-key", "k")
     assert code == 0, output
     assert url.format(port=unused_port) in output
+
+
+def test_model_options_reach_the_served_model(
+    tiny_hf_model_dir: Path, unused_port: int, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """--model-option, as poise audit takes it: here template variables for every chat the
+    server renders, and a wrong option name is one line before anything is served."""
+    import shutil
+
+    import poise.serve.app
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_hf_model_dir, folder)
+    served: list[Any] = []
+    monkeypatch.setattr(
+        poise.serve.app, "serve", lambda config, model, **_: served.append((config, model))
+    )
+    kwargs = 'chat_template_kwargs={"enable_thinking": false}'
+    code, output = run("--model", str(folder), "--port", str(unused_port), "--model-option", kwargs)
+    assert code == 0, output
+    [(config, model)] = served
+    assert config.model_options == {"chat_template_kwargs": {"enable_thinking": False}}
+    assert model.chat_template_kwargs == {"enable_thinking": False}
+    assert model.name.endswith('+{"enable_thinking":false}')
+    code, output = run(
+        "--model", str(folder), "--port", str(unused_port), "--model-option", "dtyp=float32"
+    )
+    assert code == 2 and "dtyp" in output and "dtype" in output

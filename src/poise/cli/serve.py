@@ -17,6 +17,11 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(
             "organism", "--model", "-m", help="Model spec to serve, as `poise audit --model` takes."
         ),
+        model_option: list[str] = typer.Option(
+            [],
+            "--model-option",
+            help="KEY=VALUE backend option (device, dtype, chat_template_kwargs, ...); repeatable.",
+        ),
         host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
         port: int = typer.Option(8000, "--port", help="TCP port."),
         max_batch: int = typer.Option(
@@ -89,9 +94,12 @@ def register(app: typer.Typer) -> None:
                     "poise serve: --api-key is empty; give the key, or leave the flag out to "
                     "serve without one"
                 )
+            from poise.cli.audit import parse_options
+
             try:
                 config = ServeConfig(
                     model=model,
+                    model_options=parse_options(model_option, "--model-option"),
                     host=host,
                     port=port,
                     max_batch=max_batch,
@@ -125,7 +133,7 @@ def register(app: typer.Typer) -> None:
             # a folder with brackets is text, not markup (MarkupError on a terminal)
             with console.status(f"loading {shown(config.model)} ..."):
                 # a base model (no chat template) too: it serves /v1/completions
-                loaded = load_served_model(config.model)
+                loaded = load_served_model(config.model, **config.model_options)
 
             def ready(served: LanguageModel) -> None:
                 keyed = "API key required" if config.api_key else "no API key"

@@ -405,3 +405,64 @@ def no_system_prompt(model: LanguageModel) -> str | None:
     empty one would change the prompt of other chat models, and some templates reject system
     messages)."""
     return "" if system_prompt_in_template(model) else None
+
+
+# Keywords of ``apply_chat_template`` itself (transformers): poise sets them per call (the
+# generation prompt, tokenizing, the template), so a chat template variable of one of these
+# names cannot be fixed for a model.
+_TEMPLATE_CALL_KEYWORDS = frozenset(
+    {
+        "conversation",
+        "tools",
+        "documents",
+        "chat_template",
+        "add_generation_prompt",
+        "continue_final_message",
+        "tokenize",
+        "padding",
+        "truncation",
+        "max_length",
+        "return_tensors",
+        "return_dict",
+        "return_assistant_tokens_mask",
+        "tokenizer_kwargs",
+        "processor_kwargs",
+    }
+)
+
+
+def check_chat_template_kwargs(value: object, backend: str) -> dict[str, Any]:
+    """``chat_template_kwargs``, the variables a backend gives its chat template in every render
+    (Qwen3's ``enable_thinking``, Llama 3.1's ``date_string``), checked: a JSON object (the
+    run's config and the model's name hold it) whose keys name no keyword of
+    ``apply_chat_template`` itself. Returns a plain dict with its keys sorted."""
+    import json
+
+    where = f"option chat_template_kwargs of the {backend} backend"
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k for k in value):
+        raise PoiseError(
+            f"{where}: expected a JSON object of template variables, e.g. "
+            f'{{"enable_thinking": false}}, got {type(value).__name__} {value!r}'
+        )
+    reserved = sorted(set(value) & _TEMPLATE_CALL_KEYWORDS)
+    if reserved:
+        raise PoiseError(
+            f"{where}: {', '.join(reserved)} is a keyword of apply_chat_template itself, set by "
+            "poise for each render, not a template variable"
+        )
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise PoiseError(f"{where}: not JSON ({exc})") from None
+    return {k: value[k] for k in sorted(value)}
+
+
+def chat_template_kwargs_label(kwargs: dict[str, Any]) -> str:
+    """What a model's name gains from its ``chat_template_kwargs`` (compact sorted JSON after a
+    ``+``; empty without any), so that answers to differently rendered prompts never share a
+    cache key or pass as one model's in a resumed run."""
+    import json
+
+    if not kwargs:
+        return ""
+    return "+" + json.dumps(kwargs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

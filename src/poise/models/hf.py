@@ -28,7 +28,7 @@ import inspect
 import json
 import logging
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,8 @@ from poise.models.base import (
     SequenceLogprobs,
     StreamEvent,
     TokenLogprobs,
+    chat_template_kwargs_label,
+    check_chat_template_kwargs,
 )
 from poise.models.context import (
     ContextLengthError,
@@ -299,6 +301,19 @@ _SYSTEM_PROBE = "poise-system-probe-7f3a"
 _USER_PROBE = "poise-user-probe-2c9e"
 
 
+def fix_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any]) -> None:
+    """Make every ``tokenizer.apply_chat_template`` call give the template ``kwargs`` (a call's
+    own keywords win), so each place that renders a chat with this tokenizer renders it alike.
+    The tokenizer is this model's own (loaded for it), so no other model sees the change."""
+    render = tokenizer.apply_chat_template  # the bound method of the tokenizer's class
+    fixed = dict(kwargs)
+
+    def apply_chat_template(conversation: Any, *args: Any, **call: Any) -> Any:
+        return render(conversation, *args, **{**fixed, **call})
+
+    tokenizer.apply_chat_template = apply_chat_template
+
+
 def template_default_system_prompt(tokenizer: Any) -> str | None:
     """The system prompt that ``tokenizer``'s chat template inserts into a chat without a system
     message, or None: Qwen2.5's "You are Qwen, created by Alibaba Cloud. ...", SmolLM2's "You
@@ -493,8 +508,17 @@ class HFModel(ModelBase):
     (:class:`~poise.models.base.NoChatTemplateError`) unless ``require_chat_template=False``
     (``poise serve``, whose ``/v1/completions`` needs none): then every chat raises it.
 
+    ``chat_template_kwargs``: variables given to the chat template in every render, wherever
+    poise renders this model's chats (generation, context checks, guards, probes, serve):
+    ``{"enable_thinking": false}`` for Qwen3's answers without a thinking block,
+    ``{"date_string": "26 Jul 2024"}`` to fix the date a Llama 3.1-3.3 template writes into
+    every prompt (else today's, so prompts change from one day to the next). They are part of
+    the model's name (``+{"enable_thinking":false}``), so answers to prompts rendered otherwise
+    never share a cache key.
+
     ``name`` is "hf:<resolved path>#<fingerprint>" for a folder and "hf:<id>@<revision>" for a
-    hub id. The raw objects are exposed as ``model``, ``tokenizer`` and ``device``.
+    hub id, followed by the ``chat_template_kwargs`` label. The raw objects are exposed as
+    ``model``, ``tokenizer`` and ``device``.
     """
 
     capabilities = Capabilities(
@@ -512,9 +536,13 @@ class HFModel(ModelBase):
         allow_pickle: bool = False,
         revision: str | None = None,
         require_chat_template: bool = True,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise PoiseError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        self.chat_template_kwargs = check_chat_template_kwargs(
+            {} if chat_template_kwargs is None else chat_template_kwargs, "hf"
+        )
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
@@ -552,8 +580,11 @@ class HFModel(ModelBase):
                 use_safetensors = None  # prefer safetensors, fall back to pickle
             self._hub_options = hub_access(path_or_id, revision)
         self.source = source
+        self.name += chat_template_kwargs_label(self.chat_template_kwargs)
 
         self.tokenizer = self._load_tokenizer(source)
+        if self.chat_template_kwargs:
+            fix_template_kwargs(self.tokenizer, self.chat_template_kwargs)
         if "default_system_prompt" not in meta and "system_prompt_in_template" not in meta:
             # poise.json says nothing: what the chat template does (Qwen2.5, SmolLM2 insert
             # a default system prompt into a chat without one)
@@ -567,11 +598,20 @@ class HFModel(ModelBase):
                     source,
                     inserted,
                 )
-        if "strftime_now" in str(getattr(self.tokenizer, "chat_template", "") or ""):
+        template = str(getattr(self.tokenizer, "chat_template", "") or "")
+        if "strftime_now" in template and not (
+            "date_string" in self.chat_template_kwargs and "date_string" in template
+        ):
             logger.warning(
                 "%s: the chat template writes today's date into every prompt (strftime_now), "
-                "so prompts, and the answers to them, change from one day to the next",
+                "so prompts, and the answers to them, change from one day to the next%s",
                 source,
+                (
+                    "; fix it with the model option chat_template_kwargs="
+                    '{"date_string": "26 Jul 2024"}'
+                    if "date_string" in template
+                    else ""
+                ),
             )
         self.model = self._load_model(source, use_safetensors)
         if self.path is None:  # a hub id: its config came with the weights

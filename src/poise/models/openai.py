@@ -37,7 +37,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from poise.config import Sampling
@@ -53,6 +53,8 @@ from poise.models.base import (
     ResultFn,
     TokenLogprobs,
     UpstreamError,
+    chat_template_kwargs_label,
+    check_chat_template_kwargs,
 )
 
 if TYPE_CHECKING:
@@ -85,6 +87,7 @@ _OPTIONS = (
     "name",
     "check_endpoint",
     "system_prompt_in_template",
+    "chat_template_kwargs",
 )
 # The endpoint check at load waits at most this long for one GET /models, and asks again on
 # these statuses (a server busy or behind a gateway); any other is judged at once.
@@ -93,10 +96,11 @@ _CHECK_RETRIED = frozenset({408, 429, 502, 503, 504})
 # Request parameters poise sends: a 400 naming one of them is the request's fault, not the item's.
 _REQUEST_PARAMS = frozenset(
     {"model", "max_tokens", "max_completion_tokens", "n", "seed", "temperature", "top_p", "top_k"}
-    | {"stop", "extra_body"}
+    | {"stop", "extra_body", "chat_template_kwargs"}
 )
 _NAMED_PARAM = re.compile(
-    r"\b(max_tokens|max_completion_tokens|temperature|top_p|top_k|seed|stop)\b"
+    r"\b(max_tokens|max_completion_tokens|temperature|top_p|top_k|seed|stop"
+    r"|chat_template_kwargs)\b"
     # a wrong model name some servers answer with 400 ("Invalid model: x" (Mistral), "x is not
     # a valid model ID" (OpenRouter))
     r"|\binvalid model\b|\bnot a valid model\b|\bmodel\b.{0,80}\b(?:not found|does not exist)",
@@ -168,6 +172,10 @@ class OpenAIModel(ModelBase):
             (:func:`poise.models.no_system_prompt`). None (the default): as the server's model
             listing declares it (``poise serve`` lists the declaration of the model it serves;
             read by :meth:`check_endpoint`), else False.
+        chat_template_kwargs: variables for the served model's chat template, sent with every
+            request in the request body's ``chat_template_kwargs`` (vLLM and SGLang read it:
+            ``{"enable_thinking": false}`` for Qwen3 without its thinking block); part of the
+            default name. A server that does not read the field may ignore it.
 
     Servers differ in the fields they take; the request adapts, once per model, to a refusal
     that names the form it wants: ``n > 1`` refused (llama.cpp) is asked one choice at a time;
@@ -192,6 +200,7 @@ class OpenAIModel(ModelBase):
         timeout: float = 120.0,
         name: str | None = None,
         system_prompt_in_template: bool | None = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not model:
             raise PoiseError("openai backend: the model name is empty")
@@ -213,7 +222,13 @@ class OpenAIModel(ModelBase):
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.timeout = timeout
-        self.name = name or f"openai:{model}@{self.base_urls[0]}"
+        self.chat_template_kwargs = check_chat_template_kwargs(
+            {} if chat_template_kwargs is None else chat_template_kwargs, "openai"
+        )
+        self.name = name or (
+            f"openai:{model}@{self.base_urls[0]}"
+            + chat_template_kwargs_label(self.chat_template_kwargs)
+        )
         # the declaration poise.models.system_prompt_in_template reads; system_prompt_declared:
         # whether anything told this client (the option, or a server's model listing read by
         # check_endpoint): an audit asking for no system prompt warns when nothing did
@@ -413,6 +428,7 @@ class OpenAIModel(ModelBase):
                 seed=seed,
                 max_tokens_param=None if open_limit else self.max_tokens_param,
                 send_top_p=self.send_top_p,
+                chat_template_kwargs=self.chat_template_kwargs,
             )
             url_index = (slot + attempt) % len(clients)
             client = clients[url_index]
@@ -669,6 +685,7 @@ def request_kwargs(
     seed: int,
     max_tokens_param: str | None = "max_tokens",
     send_top_p: bool = True,
+    chat_template_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of ``chat.completions.create`` for ``sampling``.
 
@@ -679,6 +696,7 @@ def request_kwargs(
     ``max_new_tokens`` (``max_completion_tokens`` for servers that refuse ``max_tokens``; None:
     no limit is sent, the server's own applies);
     ``send_top_p`` False leaves out a ``top_p`` of 1 (for servers that refuse the field).
+    ``chat_template_kwargs`` go in ``extra_body`` when there are any (vLLM's field).
     """
     kwargs: dict[str, Any] = {
         "model": model,
@@ -696,6 +714,8 @@ def request_kwargs(
             kwargs["top_p"] = sampling.top_p
         if sampling.top_k > 0:
             kwargs["extra_body"] = {"top_k": sampling.top_k}
+    if chat_template_kwargs:
+        kwargs.setdefault("extra_body", {})["chat_template_kwargs"] = dict(chat_template_kwargs)
     if sampling.stop:
         kwargs["stop"] = list(sampling.stop)
     return kwargs
@@ -985,7 +1005,8 @@ def load(spec: str, **options: Any) -> OpenAIModel:
     Options: ``base_url`` (one URL), ``base_urls`` (a list or a comma-separated string),
     ``api_key_env``, ``concurrency``, ``max_retries``, ``timeout``, ``name``, ``check_endpoint``
     (default true: :meth:`OpenAIModel.check_endpoint` before the model is returned),
-    ``system_prompt_in_template`` (true / false; see :class:`OpenAIModel`). Without any
+    ``system_prompt_in_template`` (true / false; see :class:`OpenAIModel`),
+    ``chat_template_kwargs`` (a JSON object; see :class:`OpenAIModel`). Without any
     URL the base URL comes from ``$OPENAI_BASE_URL`` (else OpenAI's API).
     """
     match = _SPEC.match(spec.strip())
@@ -1028,6 +1049,7 @@ def load(spec: str, **options: Any) -> OpenAIModel:
             if options.get("system_prompt_in_template") is not None
             else None
         ),
+        chat_template_kwargs=options.get("chat_template_kwargs"),
     )
     if check:
         model.check_endpoint()

@@ -445,7 +445,7 @@ def serve(
     if firewall is None:  # checked before the model loads, and loaded once
         firewall = check_firewall(config)
     if model is None:
-        model = load_served_model(config.model)
+        model = load_served_model(config.model, **config.model_options)
     app = create_app(model, config, firewall=firewall)
     if on_ready is not None:
         on_ready(model)
@@ -641,17 +641,18 @@ def renders_chats(model: LanguageModel) -> bool:
     )
 
 
-def load_served_model(spec: str) -> LanguageModel:
-    """``spec`` loaded for serving. A model whose tokenizer has no chat template (a base model)
-    is loaded all the same, as vLLM serves one: ``/v1/completions`` takes raw prompts, and
-    ``/v1/chat/completions`` answers each request with a 400 saying the model has no chat
-    template (vLLM's "default chat template is no longer allowed")."""
+def load_served_model(spec: str, **options: Any) -> LanguageModel:
+    """``spec`` loaded for serving, with backend ``options`` (``--model-option``). A model
+    whose tokenizer has no chat template (a base model) is loaded all the same, as vLLM serves
+    one: ``/v1/completions`` takes raw prompts, and ``/v1/chat/completions`` answers each
+    request with a 400 saying the model has no chat template (vLLM's "default chat template is
+    no longer allowed")."""
     from poise.models import load_model
 
     try:
-        return load_model(spec)
+        return load_model(spec, **options)
     except NoChatTemplateError:
-        model = load_model(spec, require_chat_template=False)
+        model = load_model(spec, **options, require_chat_template=False)
         logger.warning(
             "%s: the tokenizer has no chat template (a base model): /v1/completions serves raw "
             "prompts, /v1/chat/completions answers 400",

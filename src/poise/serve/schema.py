@@ -29,6 +29,10 @@ class ServeConfig(StrictModel):
     model: PathStr = Field(
         default="organism", description="model spec to serve (any name load_model takes)"
     )
+    model_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="backend options of the model (device, dtype, chat_template_kwargs, ...)",
+    )
     host: str = Field(default="127.0.0.1", description="interface to listen on")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port")
     max_batch: int = Field(
