@@ -1519,6 +1519,24 @@ def test_a_run_extended_with_answers_from_generates_only_the_new_items(tmp_path:
     assert larger.metrics["overall"] == fresh.metrics["overall"]
 
 
+def test_answers_from_a_run_of_another_sampling_takes_none_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    suite = str(write_suite(tmp_path / "mini.jsonl"))
+    out = str(tmp_path / "runs")
+    greedy = poise.audit(
+        model=MockModel("scripted", scripted), suites=[suite], judge="refusal", out=out, limit=4
+    )
+    model = MockModel("scripted", scripted)
+    with caplog.at_level("WARNING"):
+        sampled = poise.audit(
+            model=model, suites=[suite], judge="refusal", out=out, limit=4,
+            sampling={"temperature": 1.0}, answers_from=greedy.run.path,
+        )  # fmt: skip
+    assert model.generated == 4 and sampled.run.header["answers_from"]["answers"] == 0
+    assert "holds no answer to this audit's requests" in caplog.text
+
+
 @pytest.mark.slow
 def test_sampled_organism_answers_taken_from_a_smaller_run_are_those_of_a_fresh_run(
     tmp_path: Path,
@@ -1569,4 +1587,4 @@ def test_the_cli_says_where_a_runs_answers_came_from(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [*args, "--limit", "4", "--answers-from", "a", "--no-html"])
     assert result.exit_code == 0, result.output
     [source] = [r for r in list_runs(out) if r.path.name.endswith("-a")]
-    assert f"answers from: {source.path.resolve()} (2 taken from its cache" in result.output
+    assert f"answers from: {source.path.resolve()} (those to 2 requests taken" in result.output

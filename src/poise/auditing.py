@@ -414,7 +414,7 @@ def _audit(
             **({"dated_prompts": dated} if dated is not None else {}),
         )
         if source is not None:
-            _take_answers(run, source, model.name)
+            _take_answers(run, source, model.name, requests)
         started = time.perf_counter()
         blocks = evaluate(
             run.cached(model),
@@ -1172,22 +1172,26 @@ def _answers_source(
     return source
 
 
-def _take_answers(run: Run, source: Run, model_name: str) -> None:
-    """Copy ``source``'s cached answers of ``model_name`` into ``run``'s cache (those it lacks)
-    and name the source in the header."""
-    from poise.models.cache import ResponseCache
+def _take_answers(run: Run, source: Run, model_name: str, requests: Sequence[Request]) -> None:
+    """Copy into ``run``'s cache the answers ``source``'s cache holds of ``requests`` (by the
+    keys the run's cached model looks them up by), and name the source and how many it held
+    in the header."""
+    from poise.models.cache import ResponseCache, request_key
 
     if source.path.resolve() == run.path.resolve():
         return
+    keys = [request_key(model_name, r.chat, r.sampling) for r in requests]
     with ResponseCache(run.cache_path) as cache:
-        added = cache.copy_from(source.cache_path, model_name)
-    if added:
-        log.info("%s: %d cached answers taken from %s", run.path, added, source.path)
+        taken = cache.copy_from(source.cache_path, model_name, keys)
+    if taken:
+        log.info("%s: %d answers taken from %s", run.path, taken, source.path)
     else:
         log.warning(
-            "%s holds no cached answer of %s: every answer is generated", source.path, model_name
+            "%s holds no answer to this audit's requests (another sampling, system prompt or "
+            "suite?): every answer is generated",
+            source.path,
         )
-    run.update_header(answers_from={"run": str(source.path.resolve()), "answers": added})
+    run.update_header(answers_from={"run": str(source.path.resolve()), "answers": taken})
 
 
 # a chat any chat template renders, to see whether one that writes today's date into every

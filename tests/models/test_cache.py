@@ -311,11 +311,16 @@ def test_copy_from_adds_the_models_missing_answers_and_keeps_its_own(tmp_path: P
         source.put_many("other", {"c": [theirs]})
     with ResponseCache(tmp_path / "run.sqlite") as cache:
         cache.put_many("m", {"a": [mine]})
-        assert cache.copy_from(tmp_path / "source.sqlite", "m") == 1  # b only
-        assert cache.get("a") == [mine]  # an answer it holds is not replaced
+        # the source's answers to a and b: b is added, a is kept as it was
+        assert cache.copy_from(tmp_path / "source.sqlite", "m") == 2
+        assert cache.get("a") == [mine]
         assert cache.get("b") == [theirs]
         assert cache.get("c") is None  # another model's answers stay behind
         assert cache.copy_from(tmp_path / "absent.sqlite", "m") == 0
+    with ResponseCache(tmp_path / "keyed.sqlite") as cache:
+        # only the keys asked, found in slices of the lookup's size
+        assert cache.copy_from(tmp_path / "source.sqlite", "m", ["b", "x"] * 400) == 1
+        assert (cache.get("a"), cache.get("b")) == (None, [theirs])
     (tmp_path / "broken.sqlite").write_text("not a database")
     with (
         ResponseCache(tmp_path / "run.sqlite") as cache,

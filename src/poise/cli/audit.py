@@ -311,8 +311,8 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
     taken = header.get("answers_from")
     if isinstance(taken, dict):
         console.print(
-            f"answers from: {taken.get('run')} ({taken.get('answers')} taken from its cache, "
-            "the rest generated)",
+            f"answers from: {taken.get('run')} (those to {taken.get('answers')} requests taken "
+            "from its cache, the rest generated)",
             highlight=False,
             soft_wrap=True,
         )

@@ -145,26 +145,36 @@ class ResponseCache:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    def copy_from(self, other: str | Path, model_name: str) -> int:
-        """Add the answers of ``model_name`` that the cache file ``other`` holds and this one
-        does not, in one transaction; returns how many were added. ``other`` is read only."""
+    def copy_from(
+        self, other: str | Path, model_name: str, keys: Iterable[str] | None = None
+    ) -> int:
+        """Add the answers of ``model_name`` that the cache file ``other`` holds (only those of
+        ``keys``, when given) and this one does not, in one transaction; an answer this cache
+        holds is kept. Returns how many answers ``other`` held of those asked. ``other`` is
+        read only."""
         source = Path(other)
         if not source.is_file():
             return 0
         uri = "file:" + str(source.resolve()).replace("?", "%3F").replace("#", "%23") + "?mode=ro"
+        query = "SELECT key, model, value, created FROM completions WHERE model = ?"
         try:
             reader = sqlite3.connect(uri, uri=True, timeout=60.0)
             try:
-                rows = reader.execute(
-                    "SELECT key, model, value, created FROM completions WHERE model = ?",
-                    (model_name,),
-                ).fetchall()
+                if keys is None:
+                    rows = reader.execute(query, (model_name,)).fetchall()
+                else:
+                    wanted, rows = list(dict.fromkeys(keys)), []
+                    for start in range(0, len(wanted), _LOOKUP_SLICE):
+                        part = wanted[start : start + _LOOKUP_SLICE]
+                        marks = ",".join("?" * len(part))
+                        rows += reader.execute(
+                            f"{query} AND key IN ({marks})", (model_name, *part)
+                        ).fetchall()
             finally:
                 reader.close()
         except sqlite3.Error as exc:
             raise PoiseError(f"{source}: cannot read the response cache ({exc})") from None
         with self._lock, self._errors("write to"):
-            before = self._conn.total_changes
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
@@ -177,7 +187,7 @@ class ResponseCache:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
-            return int(self._conn.total_changes - before)
+        return len(rows)
 
     def __len__(self) -> int:
         with self._lock:
