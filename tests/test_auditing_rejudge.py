@@ -317,6 +317,21 @@ def test_cli_runs_rejudge(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown judge 'x'" in bad.output
 
 
+def test_cli_runs_rejudge_writes_under_out_as_audit_does(tmp_path: Path) -> None:
+    """--out is the folder that holds run folders, as poise audit's: the new run goes there,
+    whether RUN is found by name under it or given as a folder elsewhere; without --out, beside
+    RUN."""
+    audited = _mini_run(tmp_path)
+    other = tmp_path / "elsewhere"
+    given = ["runs", "rejudge", str(audited.path), "--judge", "refusal", "--no-html"]
+    result = CliRunner().invoke(app, [*given, "--out", str(other), "--name", "there"])
+    assert result.exit_code == 0, result.output
+    assert [r.path.name.endswith("-there") for r in list_runs(other)] == [True]
+    result = CliRunner().invoke(app, [*given, "--name", "beside"])
+    assert result.exit_code == 0, result.output
+    assert any(r.path.name.endswith("-beside") for r in list_runs(audited.path.parent))
+
+
 def test_a_rejudged_run_says_where_its_answers_come_from(tmp_path: Path) -> None:
     """The report's "What was audited" and the terminal table name the run the answers are
     from and the judge that labelled them there; a run that generated its own says nothing."""

@@ -261,11 +261,16 @@ def rejudge(
     name: str | None = typer.Option(
         None, help="Name of the new run (default: the old run's name and -rejudged)."
     ),
-    out: str = typer.Option("runs", help="Folder that holds run folders.", callback=expand_paths),
+    out: str | None = typer.Option(
+        None,
+        help="Folder that holds run folders: where RUN is looked for by name and the new run is "
+        "written (default: RUN looked for under ./runs, the new run written beside it).",
+        callback=expand_paths,
+    ),
     html: bool = typer.Option(True, "--html/--no-html", help="Write report.html."),
 ) -> None:
-    """Judge a complete run's answers again, without generating: a new run beside it, with the
-    same answers, new verdicts, metrics and report (the old run is kept)."""
+    """Judge a complete run's answers again, without generating: a new run beside it (or under
+    --out), with the same answers, new verdicts, metrics and report (the old run is kept)."""
     # SIGTERM as Ctrl-C: the half-judged new run is removed (a kill left it, an unfinished run
     # of an audit's configuration, for the next such audit to adopt)
     with sigterm_as_interrupt(), user_errors():
@@ -283,7 +288,8 @@ def rejudge(
                 judge_options=options,
                 name=name,
                 html=html,
-                runs_root=out,
+                out=out,
+                runs_root=out or "runs",
                 progress=progress,
             )
         print_result(result.path, result.metrics)
