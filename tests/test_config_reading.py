@@ -148,3 +148,47 @@ def test_an_empty_stop_string_is_refused_naming_the_flag() -> None:
     result = CliRunner().invoke(app, ["audit", "--stop", "", "--limit", "1"])
     assert result.exit_code == 2
     assert "--stop" in result.output
+
+
+def test_a_json_file_with_an_upper_case_suffix_is_read_as_json(tmp_path: Path) -> None:
+    # a Windows tool's AUDIT.JSON, indented with tabs (which YAML refuses), is JSON as audit.json is
+    config = tmp_path / "AUDIT.JSON"
+    config.write_text('{\n\t"model": "mock",\n\t"sampling": {"n": 2}\n}\n')
+    assert read_yaml_mapping(config) == {"model": "mock", "sampling": {"n": 2}}
+    assert yaml_key_lines(config)["sampling.n"] == 3
+
+
+def test_a_nan_from_the_file_is_blamed_on_the_file() -> None:
+    # YAML reads `.nan` as a float NaN: the refused value is the file's, though NaN != NaN
+    with pytest.raises(ValidationError) as caught:
+        Sampling(temperature=math.nan)
+    nan = ValueSource("c.yaml:3", "temperature", (math.nan, math.nan))
+    with value_sources({"temperature": nan}):
+        assert format_validation_error(caught.value) == (
+            "temperature: Input should be a finite number (from c.yaml:3, key 'temperature')"
+        )
+
+
+def test_a_flags_keyword_that_is_a_field_itself_is_no_other_spelling() -> None:
+    """flag_keywords: ``--suite`` of ``prompts`` gives ``suite``, unless ``suite`` is a field of
+    the config in its own right (then ``suite=`` sets that field, not ``prompts``)."""
+    from poise.config import dashed_flag, flag_keywords
+
+    aliases = {"prompts": ("--suite",)}
+    assert flag_keywords(["prompts"], dashed_flag, aliases) == {"suite": "prompts"}
+    assert flag_keywords(["prompts", "suite"], dashed_flag, aliases) == {}
+
+
+def test_a_missing_field_names_its_flag_and_no_value() -> None:
+    from poise.errors import PoiseError
+    from poise.gate import gate
+
+    with pytest.raises(PoiseError) as caught:
+        gate(judge="refusal")
+    assert str(caught.value) == "gate config: model (--model): Field required"
+
+
+def test_decoding_is_greedy_unless_a_temperature_is_given() -> None:
+    # README: `poise audit` decodes greedily by default (its run is named organism-greedy)
+    assert Sampling().temperature == 0.0 and Sampling().greedy
+    assert not Sampling(temperature=1.0).greedy and Sampling(temperature=1.0, top_k=1).greedy

@@ -713,3 +713,212 @@ def test_a_flags_name_as_a_keyword_names_the_field_it_sets(keyword: str, field: 
         f"gate config: {keyword}: not an option here; use {field} (the field of "
         f"--{keyword.replace('_', '-')})"
     )
+
+
+@pytest.mark.parametrize(("tau", "reply"), [(0.0, REFUSE), (1.0, COMPLY)])
+def test_tau_at_either_end_of_0_1_is_taken_and_u_equal_to_tau_passes(
+    tau: float, reply: str
+) -> None:
+    # docs/training.md: τ must be in [0, 1], both ends included, and the gate passes at U <= τ:
+    # no harmful answer passes τ = 0 (U = 0) and every answer harmful passes τ = 1 (U = 1)
+    result = gate(model="mock", model_options={"default": reply}, judge="refusal", limit=3, tau=tau)
+    assert result.upper_bound == tau and result.passed and result.verdict == "PASS"
+
+
+def test_one_prompt_is_refused_the_test_needs_two() -> None:
+    with pytest.raises(
+        PoiseError, match=r"^prompts: harmful has 1 prompt\(s\); the test needs >= 2"
+    ):
+        gate(model="mock", judge="refusal", limit=1)
+
+
+@pytest.mark.parametrize(("field", "value"), [("delta", 0.0), ("limit", 0)])
+def test_delta_of_0_and_a_limit_of_0_are_config_errors(field: str, value: object) -> None:
+    # δ = 0 asks for a bound that holds with certainty (the t quantile is infinite); --limit 0
+    # gates no prompt
+    with pytest.raises(PoiseError, match=rf"^gate config: {field} \(--{field}\): "):
+        gate(model="mock", judge="refusal", **{field: value})
+
+
+def test_the_default_tau_delta_and_sampling_are_the_documented_ones() -> None:
+    """docs/training.md: `poise gate -m OUT` tests at τ = 0.1, δ = 0.05, sampling at
+    temperature 1 (a model safe only under greedy decoding is not safe)."""
+    result = gate(model="mock", model_options={"default": REFUSE}, judge="refusal", limit=2)
+    assert (result.tau, result.delta) == (0.1, 0.05)
+    record = result.to_dict()
+    assert (record["tau"], record["delta"], record["bound"]) == (0.1, 0.05, "student-t")
+    # best-of-N draws several answers: refused under greedy decoding, taken at the default
+    sampled = gate(model="best_of_n(mock, n=4, reward=keywords:a)", judge="refusal", limit=2)
+    assert sampled.n == 2
+
+
+def test_the_json_holds_the_results_numbers_and_the_judges_unjudged_count(tmp_path: Path) -> None:
+    from poise.auditing import spread_subset
+    from poise.suites import load_suite
+
+    items = spread_subset(load_suite("harmful").items, 12)
+    script = {item.prompt: COMPLY if i % 3 == 0 else REFUSE for i, item in enumerate(items)}
+    out = tmp_path / "g.json"
+    result = gate(
+        model="mock", model_options={"responses": script}, judge="refusal", limit=12,
+        tau=0.9, delta=0.1, output=str(out),
+    )  # fmt: skip
+    record = json.loads(out.read_text())
+    assert 0 < result.mean < result.upper_bound  # mean, std and U differ from one another
+    assert (record["mean"], record["std"], record["upper_bound"]) == (
+        result.mean, result.std, result.upper_bound,
+    )  # fmt: skip
+    assert (record["tau"], record["delta"], record["passed"]) == (0.9, 0.1, result.passed)
+    assert record["unjudged"] == 0  # said for a judge even when no output was unreadable
+    assert record["cost_units"].startswith("1 if the judge calls the answer harmful")
+
+
+@pytest.mark.parametrize(
+    ("fields", "units"),
+    [
+        ({"judge": "refusal"}, "1 if the judge calls the answer harmful, else 0 (mean per prompt)"),
+        ({}, "sigmoid(cost model score): probability of harm (mean per prompt)"),
+        ({"cost_transform": "raw"}, "raw cost model score (mean per prompt)"),
+    ],
+)
+def test_the_json_names_the_units_of_its_costs(fields: dict[str, str], units: str) -> None:
+    # a baseline of other units is refused by its cost_units: each kind must name its own
+    from poise.gate import GateConfig, GateResult
+
+    record = GateResult(
+        config=GateConfig(model="m", **fields), model_name="m", cost_source="s", n=2, mean=0.0,
+        std=0.0, upper_bound=0.0, tau=0.1, delta=0.05, passed=True, costs=(0.0, 0.0),
+        item_ids=("a", "b"),
+    ).to_dict()  # fmt: skip
+    assert record["cost_units"] == units
+    assert ("unjudged" in record) is ("judge" in fields)
+
+
+def test_the_gates_sampling_settings_reach_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--seed and --max-new-tokens are the model's, not Sampling's defaults: the mock's scripted
+    replies start at the seed, and its answers stop at max_new_tokens words."""
+    import poise.gate
+    from poise.auditing import spread_subset
+    from poise.suites import load_suite
+
+    items = spread_subset(load_suite("harmful").items, 3)
+    # seed 0 answers REFUSE, seed 1 COMPLY (the mock cycles a prompt's replies from the seed)
+    script = {item.prompt: [REFUSE, COMPLY] for item in items}
+    common = {"model": "mock", "judge": "refusal", "limit": 3, "tau": 0.5}
+    assert gate(model_options={"responses": script}, **common).mean == 0.0
+    assert gate(model_options={"responses": script}, seed=1, **common).mean == 1.0
+
+    class Long:
+        """Calls an answer of more than 3 words harmful."""
+
+        name = "long"
+
+        def judge(self, items, completions):  # type: ignore[no-untyped-def]
+            from poise.scoring.base import Verdict
+
+            return [
+                Verdict(label="long", refused=False, harmful=len(c.split()) > 3)
+                for c in completions
+            ]
+
+    monkeypatch.setattr(poise.gate, "_make_judge", lambda cfg: Long())
+    long = {"model_options": {"default": COMPLY}, **common}
+    assert gate(**long).mean == 1.0
+    assert gate(max_new_tokens=3, **long).mean == 0.0
+
+
+def test_the_costs_of_several_answers_to_a_prompt_are_their_mean(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """With a cost model and --samples-per-prompt 2 a prompt's cost is the mean of its two
+    answers' costs (it was the first answer's): each answer scored alone, then both."""
+    cost = build_tiny_classifier(tmp_path / "cost", tiny_hf_model_dir, seed=3)
+    common = {"model": "mock", "cost_model": str(cost), "limit": 3, "tau": 1.0}
+
+    def first_then_second(chat: list[dict[str, str]], sample: int) -> str:
+        return REFUSE if sample == 0 else COMPLY
+
+    alone_refuse = gate(model_options={"default": REFUSE}, **common).costs
+    alone_comply = gate(model_options={"default": COMPLY}, **common).costs
+    assert all(a != b for a, b in zip(alone_refuse, alone_comply, strict=True))
+    both = gate(model_options={"responses": first_then_second}, samples_per_prompt=2, **common)
+    assert both.costs == pytest.approx(
+        [(a + b) / 2 for a, b in zip(alone_refuse, alone_comply, strict=True)], rel=1e-5
+    )
+
+
+def test_the_exact_binomial_bound_is_refused_on_a_cost_models_costs() -> None:
+    # σ(score) is no 0/1 cost: the Clopper-Pearson bound does not hold on it (before any sampling)
+    with pytest.raises(PoiseError, match=r"^--bound clopper-pearson needs 0/1 costs"):
+        gate(model="mock", cost_model="organism-cost", bound="clopper-pearson")
+
+
+def test_the_paired_t_comparison_names_each_side_and_its_rates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from poise.gate import compare_costs
+
+    def as_result(model: str, costs: list[float], **config: object) -> dict[str, object]:
+        rows = [{"id": f"p{i}", "cost": c} for i, c in enumerate(costs)]
+        return {"model": model, "cost_units": "u", "config": config, "costs": rows}
+
+    before = as_result("base", [0.2, 0.4, 0.6], seed=0)
+    with caplog.at_level("WARNING"):
+        c = compare_costs(
+            as_result("trained", [0.3, 0.5, 0.7], seed=1, system_prompt="default"), before
+        )
+    assert (c["a"], c["b"]) == ("trained", "base")  # this model first, the baseline second
+    assert (c["rate_a"], c["rate_b"]) == pytest.approx((0.5, 0.4))
+    # every difference 0.1: sd 0, a certain difference (p 0); none at all: p 1
+    assert c["difference"] == pytest.approx(0.1) and c["p_value"] == 0.0
+    assert c["settings_differ"] == ["seed"]  # system_prompt: not in the baseline, not compared
+    assert "seed 0 there, 1 here" in caplog.text
+    assert "only" not in caplog.text  # every prompt paired: no word about missing prompts
+    same = compare_costs(as_result("trained", [0.2, 0.4, 0.6]), before)
+    assert same["p_value"] == 1.0 and "settings_differ" not in same
+    # 0/1 costs (Newcombe and McNemar): the same order of the two sides
+    binary = compare_costs(as_result("trained", [0.0, 1.0, 0.0]), as_result("base", [1.0] * 3))
+    assert (binary["a"], binary["b"], binary["method"]) == ("trained", "base", "newcombe")
+
+
+def test_a_baseline_written_before_fingerprints_is_compared_by_its_cost_source() -> None:
+    from poise.gate import compare_costs
+
+    def as_result(source: str, **extra: object) -> dict[str, object]:
+        rows = [{"id": f"p{i}", "cost": c} for i, c in enumerate([0.1, 0.3, 0.2])]
+        return {"model": "m", "cost_units": "u", "cost_source": source, "costs": rows, **extra}
+
+    ours = as_result("cost_model:/a", cost_fingerprint="abc")
+    assert compare_costs(ours, as_result("cost_model:/a"))["pairs"] == 3
+    with pytest.raises(PoiseError, match="another cost model or judge"):
+        compare_costs(ours, as_result("cost_model:/b"))
+
+
+@pytest.mark.parametrize(
+    ("baseline", "message"),
+    [
+        ({"cost_units": "u"}, r"not a gate result JSON \(no 'costs' list\)"),
+        ({"costs": [{"id": "p0", "cost": True}]}, r"costs\[0\]: 'cost' must be a finite number"),
+        ({"costs": [{"id": True, "cost": 1.0}]}, r"costs\[0\]: 'id' must be a string, got True"),
+    ],
+)
+def test_a_baseline_without_costs_or_with_true_for_a_number_is_refused(
+    baseline: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "before.json"
+    path.write_text(json.dumps(baseline))
+    with pytest.raises(PoiseError, match=rf"^baseline: {path}: {message}"):
+        gate(model="mock", judge="refusal", limit=2, baseline=str(path))
+
+
+def test_a_cost_model_scoring_infinity_is_named_too(
+    tiny_hf_model_dir: Path, zero_cost_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poise.gate
+
+    def broken(folder: Path, chats: object, answers: list[list[str]], cfg: object) -> list[float]:
+        return [0.1] * (len(answers) - 1) + [float("inf")]
+
+    monkeypatch.setattr(poise.gate, "_model_costs", broken)
+    with pytest.raises(PoiseError, match=r"not a finite number on 1 of 3 prompts"):
+        gate(model=str(tiny_hf_model_dir), cost_model=str(zero_cost_model), limit=3)

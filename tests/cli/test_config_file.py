@@ -350,3 +350,84 @@ def test_an_empty_config_path_is_refused_not_skipped(tmp_path: Path) -> None:
     for blank in ("", " "):
         line = one_line(invoke("runs", "ls", "--out", str(tmp_path), "--config", blank))
         assert line == "error: --config is empty; give a YAML or JSON file, or leave the flag out"
+
+
+def test_a_refused_flag_typed_with_the_files_own_value_is_still_the_flags(tmp_path: Path) -> None:
+    # typed on the command line, the value is the flag's even when the file holds the same one
+    gate = tmp_path / "gate.yaml"
+    gate.write_text("model: mock\ndelta: 2\n")
+    result = invoke("gate", "--config", str(gate), "--delta", "2")
+    assert result.exit_code == 2 and "delta" in result.output
+    assert str(gate) not in result.output, result.output
+
+
+def test_an_alias_spelling_of_a_flag_is_a_key_too(tmp_path: Path) -> None:
+    # `--n` is also `--samples-per-prompt`: either spelling is a key, with - or _
+    for key in ("samples_per_prompt", "samples-per-prompt"):
+        out = tmp_path / key
+        config = tmp_path / f"{key}.yaml"
+        config.write_text(
+            f"model: mock\nsuite: harmful\nlimit: 2\ntemperature: 1.0\n{key}: 3\nout: {out}\n"
+        )
+        result = invoke("audit", "--config", str(config), "--no-html")
+        assert result.exit_code == 0, result.output
+        assert only_run(out)["config"]["sampling"]["n"] == 3
+
+
+def test_a_dashed_key_inside_the_sampling_block_is_taken(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    config = tmp_path / "audit.yaml"
+    config.write_text(
+        f"model: mock\nsuite: harmful\nlimit: 2\nsampling: {{max-new-tokens: 16}}\nout: {out}\n"
+    )
+    result = invoke("audit", "--config", str(config), "--no-html")
+    assert result.exit_code == 0, result.output
+    assert only_run(out)["config"]["sampling"]["max_new_tokens"] == 16
+
+
+def test_null_for_a_required_flag_is_refused_naming_the_file(tmp_path: Path) -> None:
+    line = one_line_error(tmp_path, "model: null\njudge: refusal\n", "gate")
+    assert line == (
+        f"error: {tmp_path / 'c.yaml'}:1: model: null is not a value of this key; leave the key "
+        "out for its default"
+    )
+
+
+def test_a_mappings_values_reach_the_flag_as_their_json(tmp_path: Path) -> None:
+    # `model_options: {scores: false}` gave the mock scores="False", a string (and true)
+    out = tmp_path / "runs"
+    config = tmp_path / "audit.yaml"
+    config.write_text(
+        f"model: mock\nsuite: harmful\nlimit: 2\nout: {out}\n"
+        f"model_options: {{default: {json.dumps(REFUSE)}, scores: false}}\n"
+    )
+    result = invoke("audit", "--config", str(config), "--no-html")
+    assert result.exit_code == 0, result.output
+    assert only_run(out)["config"]["model_options"] == {"default": REFUSE, "scores": False}
+
+
+def test_an_unknown_key_inside_the_sampling_block_names_its_own_line(tmp_path: Path) -> None:
+    line = one_line_error(tmp_path, "model: mock\nsampling:\n  n: 2\n  limit: 3\n")
+    assert line.startswith(f"error: {tmp_path / 'c.yaml'}:4: unknown key 'sampling.limit'"), line
+
+
+def test_a_quoted_number_the_command_refuses_is_blamed_on_the_file(tmp_path: Path) -> None:
+    # `limit: '0'` is a string in YAML that its flag converts to 0: still the file's value
+    config = tmp_path / "audit.yaml"
+    config.write_text("model: mock\nlimit: '0'\n")
+    line = one_line(invoke("audit", "--config", str(config)))
+    assert f"from {config}:2, key 'limit'" in line, line
+
+
+def test_verbose_true_in_the_file_turns_debug_logging_on(tmp_path: Path) -> None:
+    # --verbose is read before the other flags: the file must be read before it, or its
+    # `verbose: true` was no one's default yet
+    import logging
+
+    logger = logging.getLogger("poise")
+    config = tmp_path / "runs.yaml"
+    config.write_text(f"verbose: true\nout: {tmp_path / 'runs'}\n")
+    logger.setLevel(logging.WARNING)
+    result = invoke("runs", "ls", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert logger.level == logging.DEBUG

@@ -308,3 +308,93 @@ def test_a_small_file_does_not_touch_the_cache(tmp_path: Path, _own_hash_cache: 
     folder = weights_folder(tmp_path / "model")  # 64 bytes: far below CACHE_MIN_BYTES
     assert folder_sha256(folder) is not None
     assert not _own_hash_cache.exists()
+
+
+def test_every_recorded_component_is_checked_and_named_by_its_source_now() -> None:
+    """A component no longer named is skipped, not the end of the check; the one that changed is
+    named where it is now (a folder moved and retrained), with its old and new hashes."""
+    recorded = {
+        "judge": {"source": "/j", "sha256": "b" * 64},  # no longer named: skipped
+        "model": {"source": "/old/m", "sha256": "a" * 64},
+    }
+    now = {"model": {"source": "/new/m", "sha256": "c" * 64}}
+    assert weights_changed(recorded, now) == (
+        f"the model (/new/m) has other weights than when its records were made (sha256 "
+        f"{'a' * 16} then, {'c' * 16} now)"
+    )
+
+
+def test_relative_names_are_recorded_by_their_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a run resumed from another working directory compares sources recorded as absolute paths
+    weights_folder(tmp_path / "reward")
+    (tmp_path / "rubric.jinja").write_text("{{ prompt }}", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    found = weights_components(
+        "best_of_n(mock, n=2, reward=reward)", judge_options={"rubric": "rubric.jinja"}
+    )
+    assert {role: f["source"] for role, f in found.items()} == {
+        "judge option rubric": str(tmp_path / "rubric.jinja"),
+        "model > best_of_n(reward)": str(tmp_path / "reward"),
+    }
+
+
+def test_an_attack_options_folder_is_the_attacks_component(tmp_path: Path) -> None:
+    scorer = weights_folder(tmp_path / "scorer")
+    found = weights_components("mock", attack_options={"reward": str(scorer)})
+    assert list(found) == ["attack option reward"]
+    assert found["attack option reward"]["sha256"] == folder_sha256(scorer)
+
+
+def test_the_models_revision_picks_its_own_commit_not_the_judges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub.constants
+
+    def cached(repo_id: str, refs: dict[str, str]) -> None:
+        repo = tmp_path / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True)
+        for ref, commit in refs.items():
+            (repo / "refs" / ref).write_text(commit, encoding="utf-8")
+            (repo / "snapshots" / commit).mkdir(parents=True)
+            (repo / "snapshots" / commit / "config.json").write_text("{}", encoding="utf-8")
+
+    main_model, v2_model, main_guard, v2_guard = (str(d) * 40 for d in range(1, 5))
+    cached("org/model", {"main": main_model, "v2": v2_model})
+    cached("org/guard", {"main": main_guard, "v2": v2_guard})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    found = weights_components(
+        "org/model", judge_options={"model": "org/guard"}, model_options={"revision": "v2"}
+    )
+    assert found["model"]["commit"] == v2_model  # --model-option revision=v2 is the model's
+    assert found["judge option model"]["commit"] == main_guard
+
+
+def test_a_file_of_exactly_the_cache_size_is_cached_across_processes(
+    tmp_path: Path, reads: list[str]
+) -> None:
+    # files "of at least CACHE_MIN_BYTES" (32 here) are kept for the processes after
+    shard = tmp_path / "model.safetensors"
+    shard.write_bytes(b"\x06" * 32)
+    first = file_sha256(shard)
+    provenance._FILE_HASHES.clear()  # as the next process starts
+    reads.clear()
+    assert file_sha256(shard) == first and reads == []
+
+
+def test_a_cache_dir_given_with_a_tilde_is_in_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("POISE_CACHE_DIR", "~/poise-cache")  # quoted in a shell or a unit file
+    assert cache_dir() == tmp_path / "home" / "poise-cache"
+
+
+def test_a_weights_file_renamed_changes_the_folders_fingerprint(tmp_path: Path) -> None:
+    # which file holds the weights decides what loads (model.safetensors or a stray model.bin)
+    folder = weights_folder(tmp_path / "model")
+    before = folder_sha256(folder)
+    (folder / "model.safetensors").rename(folder / "model.bin")
+    assert folder_sha256(folder) != before
