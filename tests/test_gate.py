@@ -326,6 +326,23 @@ def test_answers_the_judge_cannot_label_cost_1_and_are_counted(
         gate(model="mock", model_options={"default": COMPLY}, judge="refusal", limit=4)
 
 
+def test_an_output_that_cannot_hold_the_config_is_refused_before_sampling(tmp_path: Path) -> None:
+    """The result JSON holds the config: a function in model_options (the Python API only)
+    failed when the result was written, after every answer was sampled and judged."""
+    sampled: list[int] = []
+
+    def answer(chat: list[dict[str, str]], sample: int) -> str:
+        sampled.append(sample)
+        return REFUSE
+
+    out = tmp_path / "gate.json"
+    with pytest.raises(PoiseError, match=r"output: the gate's config cannot be written as JSON"):
+        gate(
+            model="mock", model_options={"responses": answer}, judge="refusal", limit=4, output=out
+        )
+    assert sampled == [] and not out.exists()
+
+
 def test_a_benign_answer_the_judge_labels_no_harm_on_costs_nothing(tmp_path: Path) -> None:
     """The refusal judge labels no harm on benign items by design: counting every such answer
     as harmful (cost 1) failed a model that refused every harmful prompt and helped on every

@@ -327,6 +327,7 @@ def gate(
     _check_held_out(cfg.model, items)
     if cfg.output is not None:
         prepare_output_file(cfg.output, "output")
+        _check_json_config(cfg)  # before any answer is sampled, not when the result is written
     cost_folder = None
     if cfg.judge is None:
         from poise.train.recipes.common import is_classifier_folder, resolve_model_folder
@@ -472,6 +473,21 @@ def _check_same_prompts(
                 "baseline was gated on other prompts whose ids coincide); gate both models on "
                 "the same prompts file"
             )
+
+
+def _check_json_config(cfg: GateConfig) -> None:
+    """The result JSON holds the config: one that cannot be written as JSON (a Python object in
+    ``model_options``, which only the Python API can pass) is refused before the gate samples."""
+    from pydantic_core import PydanticSerializationError
+
+    try:
+        cfg.model_dump(mode="json")
+    except PydanticSerializationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise PoiseError(
+            f"output: the gate's config cannot be written as JSON ({first}); give JSON values "
+            "(in model_options too), or leave output out"
+        ) from None
 
 
 def _check_bound(cfg: GateConfig) -> None:
