@@ -1579,6 +1579,26 @@ def test_answers_from_another_model_or_beside_resume_is_refused(tmp_path: Path) 
     assert "give --resume or --answers-from, not both" in result.output
 
 
+def test_a_missing_answers_from_run_stops_before_the_model_is_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mistyped --answers-from was found only once the model's weights were loaded (minutes
+    for a large model), as "no run 'smal' found"; now it stops first and says which option."""
+    import poise.models
+
+    def never(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(poise.models, "load_model", never)
+    out = tmp_path / "runs"
+    with pytest.raises(PoiseError, match=r"^answers_from: no run 'smal' found"):
+        poise.audit(
+            model="mock", suites=[str(write_suite(tmp_path / "mini.jsonl"))], out=str(out),
+            answers_from="smal",
+        )  # fmt: skip
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_the_cli_says_where_a_runs_answers_came_from(tmp_path: Path) -> None:
     suite = str(write_suite(tmp_path / "mini.jsonl"))
     out = str(tmp_path / "runs")

@@ -329,6 +329,8 @@ def _audit(
     reference_root = run.path.parent if run is not None and workdir is not None else None
     reference_records = _reference_records(cfg, root=reference_root, base=workdir)
     labels = _judge_labels(cfg, base=workdir)
+    # a run to take answers from is found before the weights load (a mistyped name stops here)
+    source_run = _find_answers_source(answers_from, cfg.out) if answers_from is not None else None
 
     # ---- load, then generate and judge block by block ------------------------------------
     from poise.models import default_system_prompt, load_model, system_prompt_in_template
@@ -369,9 +371,7 @@ def _audit(
     # the prompts its records were made from)
     dated = _dated_prompts(model)
     source = (
-        _answers_source(answers_from, cfg.out, model.name, weights, dated)
-        if answers_from is not None
-        else None
+        _answers_source(source_run, model.name, weights, dated) if source_run is not None else None
     )
     if run is not None:
         # a torn last record (cut by start() too) must not stop the reading below; the run's
@@ -1141,17 +1141,25 @@ def _recorded_makers_differ(
     return weights_changed(header.get("weights"), weights or {})
 
 
+def _find_answers_source(spec: str | Path, out: str | Path) -> Run:
+    """The run ``answers_from`` names (a folder, or a name under ``out``); an error says which
+    option named it."""
+    try:
+        return find_run(spec, out)
+    except PoiseError as exc:
+        raise PoiseError(f"answers_from: {exc}") from None
+
+
 def _answers_source(
-    spec: str | Path,
-    out: str | Path,
+    source: Run,
     model_name: str,
     weights: Mapping[str, Mapping[str, str]],
     dated: Mapping[str, str] | None,
 ) -> Run:
-    """The run ``spec`` names, checked to hold answers of this model: the same model name (the
-    cache's keys hold it), model components of the same contents, and a chat template that
-    dates its prompts as it does now. Its judge may differ (its answers are judged anew)."""
-    source = find_run(spec, out)
+    """``source`` (:func:`_find_answers_source`), checked to hold answers of this model: the
+    same model name (the cache's keys hold it), model components of the same contents, and a
+    chat template that dates its prompts as it does now. Its judge may differ (its answers are
+    judged anew)."""
     header = source.header
     recorded = header.get("model_name")
     problem: str | None = None

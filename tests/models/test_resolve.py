@@ -103,6 +103,20 @@ def test_organism_members_resolve_to_readable_names(
         load_model("organism-small")
 
 
+def test_an_organism_member_with_chat_template_kwargs_is_named_by_them(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's name is set by its resolver ("organism-large#<fingerprint>"), which dropped
+    the chat_template_kwargs label: answers to prompts rendered with and without the variables
+    shared one model name, so one cache key, and --answers-from took one's for the other."""
+    shutil.copytree(tiny_hf_model_dir, tmp_path / "organism-large")
+    monkeypatch.setattr(poise.organism, "WEIGHTS_DIR", tmp_path)
+    plain = load_model("organism-large")
+    fixed = load_model("organism-large", chat_template_kwargs={"enable_thinking": False})
+    assert fixed.name == f'{plain.name}+{{"enable_thinking":false}}'
+    assert fixed.spec == "organism-large"
+
+
 def test_unknown_name_lists_members_and_prefixes() -> None:
     with pytest.raises(UnknownNameError) as err:
         load_model("organism-lage")
