@@ -337,6 +337,29 @@ def test_chat_template_kwargs_reach_every_render_of_the_models_chats(copy_dir: P
         HFModel(str(folder), chat_template_kwargs={"tokenize": False})
 
 
+def test_a_tokenizer_with_fixed_template_variables_still_pickles_and_copies(
+    copy_dir: Path,
+) -> None:
+    """A datasets.map worker pickles the tokenizer; a deep copy must render with its own
+    template, not call back into the original tokenizer."""
+    import copy
+    import pickle
+
+    model = HFModel(
+        str(with_template(copy_dir, THINKING_TEMPLATE)),
+        chat_template_kwargs={"enable_thinking": False},
+    )
+    chat: Chat = [{"role": "user", "content": "hi"}]
+    expected = model.prompt_text(chat)
+    for other in (pickle.loads(pickle.dumps(model.tokenizer)), copy.deepcopy(model.tokenizer)):
+        assert other.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) == (
+            expected
+        )
+        other.chat_template = "{{ 'own template' }}"
+        assert other.apply_chat_template(chat, tokenize=False) == "own template"
+    assert model.prompt_text(chat) == expected  # the model's own is untouched
+
+
 def test_tokenizer_without_chat_template_is_refused(no_template_hf_model_dir: Path) -> None:
     with pytest.raises(PoiseError, match="no chat template"):
         HFModel(str(no_template_hf_model_dir))

@@ -301,17 +301,25 @@ _SYSTEM_PROBE = "poise-system-probe-7f3a"
 _USER_PROBE = "poise-user-probe-2c9e"
 
 
+class _FixedTemplateKwargs:
+    """A tokenizer's ``apply_chat_template`` with template variables given in every call (a
+    call's own keywords win). An object, not a closure, so the tokenizer still pickles (a
+    ``datasets.map`` worker) and a deep copy renders with its own copy's template."""
+
+    def __init__(self, tokenizer: Any, kwargs: Mapping[str, Any]) -> None:
+        self.tokenizer = tokenizer
+        self.kwargs = dict(kwargs)
+
+    def __call__(self, conversation: Any, *args: Any, **call: Any) -> Any:
+        render = type(self.tokenizer).apply_chat_template
+        return render(self.tokenizer, conversation, *args, **{**self.kwargs, **call})
+
+
 def fix_template_kwargs(tokenizer: Any, kwargs: Mapping[str, Any]) -> None:
     """Make every ``tokenizer.apply_chat_template`` call give the template ``kwargs`` (a call's
     own keywords win), so each place that renders a chat with this tokenizer renders it alike.
     The tokenizer is this model's own (loaded for it), so no other model sees the change."""
-    render = tokenizer.apply_chat_template  # the bound method of the tokenizer's class
-    fixed = dict(kwargs)
-
-    def apply_chat_template(conversation: Any, *args: Any, **call: Any) -> Any:
-        return render(conversation, *args, **{**fixed, **call})
-
-    tokenizer.apply_chat_template = apply_chat_template
+    tokenizer.apply_chat_template = _FixedTemplateKwargs(tokenizer, kwargs)
 
 
 def template_default_system_prompt(tokenizer: Any) -> str | None:
