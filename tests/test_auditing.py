@@ -1599,6 +1599,52 @@ def test_a_missing_answers_from_run_stops_before_the_model_is_loaded(
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_answers_from_a_copy_of_the_models_folder_are_taken(
+    tmp_path: Path, tiny_hf_model_dir: Path
+) -> None:
+    """A copied folder has another name (its path), the same weights: as a resume continues
+    with it, its answers are taken, looked up under the name they were made under."""
+    first = tmp_path / "first"
+    shutil.copytree(tiny_hf_model_dir, first)
+    fields: dict[str, Any] = dict(
+        suites=[str(write_suite(tmp_path / "mini.jsonl", 6, 2))], judge="refusal", html=False,
+        sampling={"max_new_tokens": 4}, out=str(tmp_path / "runs"),
+    )  # fmt: skip
+    small = poise.audit(model=str(first), limit=2, name="small", **fields)
+    second = tmp_path / "second"
+    shutil.copytree(first, second)
+    larger = poise.audit(model=str(second), limit=4, name="larger", answers_from="small", **fields)
+    assert larger.run.header["model_name"] != small.run.header["model_name"]
+    assert larger.run.header["answers_from"]["answers"] == 2  # the two items both ask
+    fresh = poise.audit(model=str(second), limit=4, name="fresh", **fields)
+    assert keyset(larger.run.records()) == keyset(fresh.run.records())
+
+
+def test_answers_from_a_run_judged_again_are_those_of_the_run_it_was_judged_from(
+    tmp_path: Path,
+) -> None:
+    from poise.auditing import rejudge
+
+    suite = str(write_suite(tmp_path / "mini.jsonl"))
+    out = str(tmp_path / "runs")
+    small = poise.audit(
+        model=MockModel("scripted", scripted), suites=[suite], judge="refusal", out=out, limit=4
+    )
+    again = rejudge(small.run.path, judge="refusal", name="again")
+    model = MockModel("scripted", scripted)
+    larger = poise.audit(
+        model=model, suites=[suite], judge="refusal", out=out, limit=8, answers_from=again.path
+    )
+    assert model.generated == 4  # a run judged again keeps no cache: its origin's was read
+    assert larger.run.header["answers_from"]["run"] == str(small.run.path.resolve())
+    shutil.rmtree(small.run.path)
+    with pytest.raises(PoiseError, match=r"was judged again from .*, which holds its answers"):
+        poise.audit(
+            model=model, suites=[suite], judge="refusal", out=out, limit=8,
+            answers_from=again.path,
+        )  # fmt: skip
+
+
 def test_the_cli_says_where_a_runs_answers_came_from(tmp_path: Path) -> None:
     suite = str(write_suite(tmp_path / "mini.jsonl"))
     out = str(tmp_path / "runs")

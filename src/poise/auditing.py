@@ -414,7 +414,7 @@ def _audit(
             **({"dated_prompts": dated} if dated is not None else {}),
         )
         if source is not None:
-            _take_answers(run, source, model.name, requests)
+            _take_answers(run, *source, model.name, requests)
         started = time.perf_counter()
         blocks = evaluate(
             run.cached(model),
@@ -645,7 +645,7 @@ def rejudge(
             weights=dict(sorted(weights.items())),
             system_prompts=header.get("system_prompts"),
             rejudged_from={
-                "run": str(source.path),
+                "run": str(source.path.resolve()),
                 "judge": header.get("judge_resolved", cfg.judge),
             },
         )
@@ -1143,11 +1143,27 @@ def _recorded_makers_differ(
 
 def _find_answers_source(spec: str | Path, out: str | Path) -> Run:
     """The run ``answers_from`` names (a folder, or a name under ``out``); an error says which
-    option named it."""
+    option named it. A run judged again (``poise runs rejudge``) keeps no cache of answers: the
+    run it was judged from, which holds them, is taken instead."""
     try:
-        return find_run(spec, out)
+        source = find_run(spec, out)
     except PoiseError as exc:
         raise PoiseError(f"answers_from: {exc}") from None
+    seen = {source.path.resolve()}
+    while not source.cache_path.is_file():
+        origin = source.header.get("rejudged_from")
+        if not isinstance(origin, Mapping) or not isinstance(origin.get("run"), str):
+            break
+        path = Path(origin["run"])
+        if not path.is_dir() or path.resolve() in seen:
+            raise PoiseError(
+                f"answers_from: {source.path} was judged again from {path}, which holds its "
+                "answers and is gone; a run judged again keeps no cache of answers"
+            )
+        seen.add(path.resolve())
+        log.info("%s was judged again from %s: its answers are taken from there", source.path, path)
+        source = Run.open(path)
+    return source
 
 
 def _answers_source(
@@ -1155,15 +1171,20 @@ def _answers_source(
     model_name: str,
     weights: Mapping[str, Mapping[str, str]],
     dated: Mapping[str, str] | None,
-) -> Run:
-    """``source`` (:func:`_find_answers_source`), checked to hold answers of this model: the
-    same model name (the cache's keys hold it), model components of the same contents, and a
-    chat template that dates its prompts as it does now. Its judge may differ (its answers are
-    judged anew)."""
+) -> tuple[Run, str]:
+    """``source`` (:func:`_find_answers_source`), checked to hold answers of this model: model
+    components of the same contents and a chat template that dates its prompts as it does now,
+    under the same name or another one (a copied or touched folder: its name carries its files'
+    sizes and times), as a resume takes them. Returns it with the model name its cache's keys
+    hold. Its judge may differ (its answers are judged anew)."""
     header = source.header
     recorded = header.get("model_name")
     problem: str | None = None
-    if recorded is not None and str(recorded) != model_name:
+    if (
+        recorded is not None
+        and str(recorded) != model_name
+        and not _same_model_contents(header.get("weights"), weights)
+    ):
         problem = f"its answers were made by model {recorded!r}, and this model is {model_name!r}"
     if problem is None:
         recorded_weights = header.get("weights")
@@ -1177,22 +1198,29 @@ def _answers_source(
         problem = _prompts_dated_otherwise(source, dated)
     if problem is not None:
         raise PoiseError(f"answers from {source.path}: {problem}; they are not this model's")
-    return source
+    return source, model_name if recorded is None else str(recorded)
 
 
-def _take_answers(run: Run, source: Run, model_name: str, requests: Sequence[Request]) -> None:
-    """Copy into ``run``'s cache the answers ``source``'s cache holds of ``requests`` (by the
-    keys the run's cached model looks them up by), and name the source and how many it held
-    in the header."""
+def _take_answers(
+    run: Run, source: Run, source_model: str, model_name: str, requests: Sequence[Request]
+) -> None:
+    """Copy into ``run``'s cache the answers ``source``'s cache holds of ``requests``, looked up
+    under the model name they were made under (``source_model``) and stored under this model's,
+    and name the source and how many requests it answered in the header."""
     from poise.models.cache import ResponseCache, request_key
 
     if source.path.resolve() == run.path.resolve():
         return
-    keys = [request_key(model_name, r.chat, r.sampling) for r in requests]
+    keys = {
+        request_key(source_model, r.chat, r.sampling): request_key(model_name, r.chat, r.sampling)
+        for r in requests
+    }
     with ResponseCache(run.cache_path) as cache:
         taken = cache.copy_from(source.cache_path, model_name, keys)
     if taken:
-        log.info("%s: %d answers taken from %s", run.path, taken, source.path)
+        log.info("%s: answers to %d requests taken from %s", run.path, taken, source.path)
+    elif not source.cache_path.is_file():
+        log.warning("%s keeps no cache of answers: every answer is generated", source.path)
     else:
         log.warning(
             "%s holds no answer to this audit's requests (another sampling, system prompt or "

@@ -318,9 +318,11 @@ def test_copy_from_adds_the_models_missing_answers_and_keeps_its_own(tmp_path: P
         assert cache.get("c") is None  # another model's answers stay behind
         assert cache.copy_from(tmp_path / "absent.sqlite", "m") == 0
     with ResponseCache(tmp_path / "keyed.sqlite") as cache:
-        # only the keys asked, found in slices of the lookup's size
-        assert cache.copy_from(tmp_path / "source.sqlite", "m", ["b", "x"] * 400) == 1
-        assert (cache.get("a"), cache.get("b")) == (None, [theirs])
+        # only the keys asked (found in slices of the lookup's size), each stored under the key
+        # it maps to: a model renamed since has other keys
+        keys = {"b": "b-now", **{f"x{i}": f"y{i}" for i in range(800)}}
+        assert cache.copy_from(tmp_path / "source.sqlite", "m-now", keys) == 1
+        assert (cache.get("a"), cache.get("b"), cache.get("b-now")) == (None, None, [theirs])
     (tmp_path / "broken.sqlite").write_text("not a database")
     with (
         ResponseCache(tmp_path / "run.sqlite") as cache,

@@ -310,9 +310,10 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
         console.print(f"judged again: {rejudged}", highlight=False, soft_wrap=True)
     taken = header.get("answers_from")
     if isinstance(taken, dict):
+        count = taken.get("answers")
         console.print(
-            f"answers from: {taken.get('run')} (those to {taken.get('answers')} requests taken "
-            "from its cache, the rest generated)",
+            f"answers from: {taken.get('run')} (those to {count} "
+            f"request{'' if count == 1 else 's'} taken from its cache, the rest generated)",
             highlight=False,
             soft_wrap=True,
         )

@@ -146,30 +146,30 @@ class ResponseCache:
                 raise
 
     def copy_from(
-        self, other: str | Path, model_name: str, keys: Iterable[str] | None = None
+        self, other: str | Path, model_name: str, keys: Mapping[str, str] | None = None
     ) -> int:
-        """Add the answers of ``model_name`` that the cache file ``other`` holds (only those of
-        ``keys``, when given) and this one does not, in one transaction; an answer this cache
-        holds is kept. Returns how many answers ``other`` held of those asked. ``other`` is
-        read only."""
+        """Add answers that the cache file ``other`` holds and this one does not, in one
+        transaction; an answer this cache holds is kept. ``keys``: the keys to take, each
+        stored under the key it maps to (a request of a model now named otherwise: another
+        name, other keys); None: every answer of ``model_name``, under its own key. Returns how
+        many answers ``other`` held of those asked. ``other`` is read only."""
         source = Path(other)
         if not source.is_file():
             return 0
         uri = "file:" + str(source.resolve()).replace("?", "%3F").replace("#", "%23") + "?mode=ro"
-        query = "SELECT key, model, value, created FROM completions WHERE model = ?"
+        query = "SELECT key, model, value, created FROM completions"
         try:
             reader = sqlite3.connect(uri, uri=True, timeout=60.0)
             try:
                 if keys is None:
-                    rows = reader.execute(query, (model_name,)).fetchall()
+                    rows = reader.execute(query + " WHERE model = ?", (model_name,)).fetchall()
                 else:
-                    wanted, rows = list(dict.fromkeys(keys)), []
+                    wanted, rows = list(keys), []
                     for start in range(0, len(wanted), _LOOKUP_SLICE):
                         part = wanted[start : start + _LOOKUP_SLICE]
                         marks = ",".join("?" * len(part))
-                        rows += reader.execute(
-                            f"{query} AND key IN ({marks})", (model_name, *part)
-                        ).fetchall()
+                        found = reader.execute(f"{query} WHERE key IN ({marks})", part)
+                        rows += [(keys[k], model_name, v, t) for k, _, v, t in found.fetchall()]
             finally:
                 reader.close()
         except sqlite3.Error as exc:
