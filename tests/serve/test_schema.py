@@ -383,3 +383,9 @@ def test_a_seed_of_0_is_a_seed() -> None:
     req = parse_request(body(seed=0), CONFIG)
     assert req.seeded and req.sampling.seed == 0
     assert not parse_request(body(), CONFIG).seeded
+
+
+def test_a_request_with_template_variables_is_told_how_the_server_takes_them() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(body(chat_template_kwargs={"enable_thinking": False}), CONFIG)
+    assert "start it with --model-option chat_template_kwargs=JSON" in info.value.message

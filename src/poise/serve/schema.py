@@ -410,6 +410,13 @@ def parse_sampling(req: Any, config: ServeConfig, max_new_tokens: int) -> Sampli
 
 
 _GUIDED_SETTINGS = frozenset({"guided_decoding_backend", "guided_whitespace_pattern"})
+# what to do instead, for a field a client is likely to send with a reason
+_UNSUPPORTED_HINTS = {
+    "chat_template_kwargs": (
+        "; the server renders every chat alike: start it with --model-option "
+        "chat_template_kwargs=JSON to set template variables for its model"
+    ),
+}
 
 
 def check_unsupported(data: dict[str, Any], unsupported: dict[str, tuple[object, ...]]) -> None:
@@ -419,7 +426,9 @@ def check_unsupported(data: dict[str, Any], unsupported: dict[str, tuple[object,
     for key, off_values in unsupported.items():
         if key in data and not _is_off(data[key], off_values):
             raise RequestError(
-                f"{key} is not supported by poise serve", param=key, code="unsupported_parameter"
+                f"{key} is not supported by poise serve{_UNSUPPORTED_HINTS.get(key, '')}",
+                param=key,
+                code="unsupported_parameter",
             )
     for key, value in data.items():
         # the backend and whitespace options only tune a guided decoding asked for otherwise
