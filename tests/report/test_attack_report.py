@@ -5,7 +5,9 @@ states the sampling the records were generated with (issue 10, item 15)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 from typer.testing import CliRunner
 
@@ -135,3 +137,46 @@ def test_worst_of_n_section_names_the_bound_the_beta_binomial_fit_stopped_at() -
     view = attack_view({"attack": summary})
     assert view is not None
     assert "the fit stops at a bound of its parameters, no spread" in view["lead"]
+
+
+def test_the_worst_of_n_curve_has_a_doubling_n_axis_in_plain_numbers() -> None:
+    from poise.report.attack_view import worst_of_n_chart
+
+    rate = {"value": 0.5, "low": 0.4, "high": 0.6}
+    svg = worst_of_n_chart({"predicted": [{"n": n, **rate} for n in (1, 2, 4, 8, 16)]})
+    assert svg is not None
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert {"1", "2", "4", "8", "16"} <= set(labels)
+
+
+def test_the_heat_map_lists_greedy_first_then_each_family_by_its_value_in_percent() -> None:
+    from poise.report.attack_view import config_heat_map
+
+    def harmful(value: float) -> dict[str, Any]:
+        return {"harmful": {"value": value, "low": 0.0, "high": 1.0, "n": 10}}
+
+    svg = config_heat_map(
+        {
+            "temperature=1.00/sys=off": harmful(0.86),
+            "greedy/sys=off": harmful(0.13),
+            "temperature=0.50/sys=off": harmful(0.57),
+        }
+    )
+    assert svg is not None
+    texts = re.findall(r'<text style="[^"]*" x="[-\d.]+" y="([-\d.]+)"[^>]*>([^<]*)</text>', svg)
+    rows = sorted((float(y), label) for y, label in texts if "=" in label or label == "greedy")
+    assert [label for _, label in rows] == ["greedy", "temperature=0.50", "temperature=1.00"]
+    cells = sorted((float(y), label) for y, label in texts if label in ("13", "57", "86"))
+    assert [label for _, label in cells] == ["13", "57", "86"]
+
+
+def test_the_sampling_row_names_a_system_prompt_that_was_set() -> None:
+    from poise.report.attack_view import sampling_used
+
+    used = sampling_used(
+        [
+            {"config": {"temperature": 1.0, "system_prompt": "Be safe.", "stop": None}},
+            {"config": {"temperature": 1.0, "system_prompt": None, "stop": None}},
+        ]
+    )
+    assert used == ["temperature=1.0, system_prompt=Be safe.", "temperature=1.0"]

@@ -3,12 +3,15 @@ the system prompt's paired effect; the worst-of-N caption names the model and th
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from rich.console import Console
 
 from poise.attacks.exploitation import exploitation_summary
 from poise.attacks.worst_of_n import worst_of_n_summary
 from poise.report.attack_tables import render_attack_summary
+from poise.report.attack_view import attack_view
 
 
 def _text(summary: dict) -> str:
@@ -213,3 +216,147 @@ def test_worst_of_n_says_why_no_doubling_past_the_samples_drawn_has_a_row() -> N
     assert view is not None and said[1:] in view["note"] and "No row at N = 16" in view["note"]
     every = worst_of_n_summary(records, extrapolate=(16, 32))  # every doubling forecast
     assert "no row" not in _text(every)
+
+
+def _rows(summary: dict) -> list[list[str]]:
+    console = Console(width=200, record=True)
+    console.print(render_attack_summary(summary))
+    return [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in console.export_text().splitlines()
+        if line.startswith("│")
+    ]
+
+
+def _rate(value: float, low: float, high: float) -> dict[str, float]:
+    return {"value": value, "low": low, "high": high}
+
+
+def worst_of_n(**extra: Any) -> dict[str, Any]:
+    """A worst-of-N summary of made-up figures, each column's unlike the others'."""
+    return {
+        "attack": "worst_of_n",
+        "prompts": 10,
+        "samples_per_prompt": 2,
+        "prompts_left_out": 0,
+        "empirical": [{"n": 1, **_rate(0.2, 0.1, 0.4)}, {"n": 2, **_rate(0.3, 0.2, 0.5)}],
+        "predicted": [
+            {"n": 1, **_rate(0.25, 0.15, 0.35)},
+            {"n": 2, **_rate(0.35, 0.25, 0.45)},
+            {"n": 4, **_rate(0.45, 0.3, 0.6)},
+        ],
+        "power_law": {
+            "fit": {"a": 2.5, "b": 1.6, "fit_ns": [1, 2]},
+            "predicted": [
+                {"n": 1, **_rate(0.08, 0.06, 0.1)},
+                {"n": 2, **_rate(0.44, 0.37, 0.53)},
+                {"n": 4, **_rate(0.7, 0.6, 0.8)},
+            ],
+        },
+        "prediction_model": {"alpha": 0.5, "beta": 2.0, "mean": 0.2, "boundary": None},
+        "predicted_within_empirical_interval": True,
+        "within_interval_by_n": [True, True],
+        **extra,
+    }
+
+
+def test_worst_of_n_rows_give_each_n_its_empirical_predicted_and_power_law_figures() -> None:
+    expected = [
+        ["1", "20.0% [10.0, 40.0]", "25.0% [15.0, 35.0]", "8.0% [6.0, 10.0]"],
+        ["2", "30.0% [20.0, 50.0]", "35.0% [25.0, 45.0]", "44.0% [37.0, 53.0]"],
+        ["4", "–", "45.0% [30.0, 60.0]", "70.0% [60.0, 80.0]"],
+    ]
+    summary = worst_of_n()
+    view = attack_view({"attack": summary})
+    assert view is not None
+    assert view["columns"] == ["N", "empirical", "predicted", "power law"]
+    assert view["rows"] == expected
+    assert _rows(summary) == [[cell.replace("–", "-") for cell in row] for row in expected]
+    assert "-log ASR = 2.5 N^-1.6, fitted on N = 1..2" in _text(summary)
+    assert "mean harmful probability 20.0%" in view["lead"]
+    assert "left out" not in view["lead"] and "left out" not in _text(summary)
+    left_out = worst_of_n(prompts_left_out=2)
+    said = "2 prompts left out (fewer judged samples)"
+    assert said in _text(left_out) and said in attack_view({"attack": left_out})["lead"]
+
+
+def test_the_held_out_check_gives_each_n_its_figures_and_whether_they_agree() -> None:
+    row = {"empirical": 0.7, "empirical_low": 0.62, "empirical_high": 0.8}
+    summary = worst_of_n(
+        held_out={
+            "fit_samples": 4,
+            "check_samples": 12,
+            "rows": [
+                {"n": 4, "predicted": 0.5, "predicted_low": 0.4, "predicted_high": 0.6,
+                 "within": False, **row},
+                {"n": 8, "predicted": 0.72, "predicted_low": 0.6, "predicted_high": 0.85,
+                 "within": True, **row},
+            ],
+        }
+    )  # fmt: skip
+    view = attack_view({"attack": summary})
+    assert view is not None
+    assert (
+        "fitted on the first 4 samples of each prompt, compared with the other 12: "
+        "ASR(4) predicted 50.0% [40.0, 60.0] (OUTSIDE) vs 70.0% [62.0, 80.0] measured; "
+        "ASR(8) predicted 72.0% [60.0, 85.0] (inside) vs 70.0% [62.0, 80.0] measured."
+    ) in view["note"]
+    assert (
+        "held out (fit on 4 samples, checked on 12 at N = 4, 8): beta-binomial OUTSIDE the "
+        "empirical interval"
+    ) in _text(summary)
+
+
+def exploitation() -> dict[str, Any]:
+    # a: harmful without the system prompt under both configurations; b: under top_k=5 only
+    records = [
+        {
+            "item_id": item,
+            "kind": kind,
+            "request_id": f"{config}/sys={sys}",
+            "completion": f"{item}-{config}-{sys}",
+            "verdict": {
+                "harmful": kind == "harmful"
+                and sys == "off"
+                and (item == "a" or config != "greedy"),
+                "refused": sys == "on" and kind == "borderline",
+            },
+        }
+        for item in ("a", "b", "c")
+        for kind in ("harmful", "borderline")
+        for config in ("greedy", "top_k=5")
+        for sys in ("on", "off")
+    ]
+    return exploitation_summary(records)
+
+
+def test_the_exploitation_figures_stand_in_their_rows_and_columns() -> None:
+    summary = exploitation()
+    effect = summary["system_prompt_effect"]["greedy_harmful_rate"]
+    assert effect["low"] < effect["high"]
+    shown = (
+        f"{100 * effect['difference']:+.1f} pp [{100 * effect['low']:+.1f}, "
+        f"{100 * effect['high']:+.1f}]"
+    )
+    view = attack_view({"attack": summary})
+    assert view is not None
+    rows = {row[0]: row[1] for row in view["rows"]}
+    assert any(cell.startswith(shown) for cell in rows.values())
+    assert shown in _text(summary)
+    assert "distinct completions per borderline prompt" in rows
+    # the configurations, most harmful first, each with its own over-refusal rate
+    configs = summary["configs"]
+    table = [r for r in _rows(summary) if r and r[0] in configs]
+    assert [r[0] for r in table][:1] == ["top_k=5/sys=off"]
+    for name, harmful, over_refusal in table:
+        assert harmful.startswith(f"{100 * configs[name]['harmful']['value']:.1f}%")
+        assert over_refusal.startswith(f"{100 * configs[name]['over_refusal']['value']:.1f}%")
+    assert {r[2][:5] for r in table} != {r[1][:5] for r in table}
+
+
+def test_a_plugin_rate_without_counts_is_shown_with_its_interval() -> None:
+    # generic_rows takes any mapping with value, low and high: a plugin's rate need not hold n
+    summary = {"attack": "mine", "rate": {"value": 0.5, "low": 0.2, "high": 0.8}}
+    assert "│ rate │ 50.0% [20.0, 80.0] │" in _text(summary)
+    view = attack_view({"attack": summary})
+    assert view is not None and ["rate", "50.0% [20.0, 80.0]"] in view["rows"]

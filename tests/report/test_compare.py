@@ -10,7 +10,13 @@ import pytest
 from typer.testing import CliRunner
 
 from poise.cli import app
-from poise.report.compare import paired_differences
+from poise.report.compare import (
+    PairedDifference,
+    _paired_section,
+    _prompts_differ,
+    p_text,
+    paired_differences,
+)
 from poise.report.html import RunData
 from poise.scoring.metrics import compute_metrics
 from poise.scoring.stats import newcombe_paired_interval, paired_clustered
@@ -772,3 +778,106 @@ def test_an_item_asked_with_another_chat_but_the_same_prompt_is_said() -> None:
     assert _prompts_differ([asked("a", "Be safe."), asked("b", "Be safe.")]) is None
     said = _prompts_differ([asked("a", "Be safe."), asked("b", "Be brief.")])
     assert said is not None and said.startswith("2 of the 2 items b shares with a")
+
+
+def test_a_p_value_keeps_two_significant_digits() -> None:
+    assert p_text(0.0031) == "= 0.0031"
+    assert p_text(0.5) == "= 0.5"
+    assert p_text(1.0) == "= 1"
+
+
+def test_the_paired_table_gives_each_run_its_rate_and_the_interval_in_order() -> None:
+    diff = PairedDifference(
+        "harmful_rate", "<b>new</b>", "base", 8, 0.25, -0.1, 0.6,
+        p_value=0.25, method="newcombe", run_value=0.75, baseline_value=0.5,
+    )  # fmt: skip
+    page = _paired_section([diff])
+    assert "<td>&lt;b&gt;new&lt;/b&gt;</td><td>base</td>" in page and "<b>" not in page
+    assert "<td>75.0% − 50.0%</td><td>+25.0 pts [-10.0, +60.0]</td>" in page
+    assert "<td>0.25 (McNemar exact)</td><td>8</td>" in page
+
+
+def test_the_metrics_csv_gives_each_category_its_row_and_each_interval_its_method(
+    tmp_path: Path,
+) -> None:
+    from tests.report.test_html import make_run
+
+    from poise.report.compare import export_run_csv
+
+    run = make_run(tmp_path, "m")  # harmful: every 3rd of 12, all in "weapons"
+    _, metrics_csv, _, _ = export_run_csv(run, tmp_path / "x.csv")
+    rows = [r for r in read_csv(metrics_csv) if r["metric"] == "harmful_rate"]
+    by_category = {r["category"]: (r["k"], r["n"], r["method"]) for r in rows}
+    assert by_category == {
+        "overall": ("4", "12", "wilson"),
+        "weapons": ("4", "4", "wilson"),
+        "cyber": ("0", "4", "wilson"),
+        "drugs": ("0", "4", "wilson"),
+    }
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    twice = records + [{**r, "sample_index": 1} for r in records]
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in twice))
+    _, metrics_csv, _, _ = export_run_csv(run, tmp_path / "y.csv")
+    overall = next(
+        r
+        for r in read_csv(metrics_csv)
+        if r["metric"] == "harmful_rate" and r["category"] == "overall"
+    )
+    assert (overall["k"], overall["n"], overall["method"]) == ("8", "24", "cluster")
+
+
+def test_a_paired_row_of_the_csv_names_the_runs_model(tmp_path: Path) -> None:
+    from tests.report.test_html import make_run
+
+    from poise.report.compare import compare_runs
+
+    base = make_run(tmp_path, "base-model", harmful_every=2)
+    safe = make_run(tmp_path, "safe-model", harmful_every=6)
+    compare_runs([base, safe], csv_path=tmp_path / "c.csv")
+    paired = [r for r in read_csv(tmp_path / "c.csv") if r["statistic"] == "paired_difference"]
+    assert paired and {r["model"] for r in paired} == {"safe-model"}
+    assert {r["baseline_run"] for r in paired} == {"base-model"}
+
+
+def test_a_run_that_recorded_no_prompt_is_not_said_to_ask_another() -> None:
+    asked = sampled_run("a", {i: [0] for i in "wx"})
+    for r in asked.records:
+        r["prompt"] = f"prompt {r['item_id']}"
+    bare = sampled_run("b", {i: [0] for i in "wx"})  # an older run: no prompt recorded
+    assert _prompts_differ([asked, bare]) is None
+    assert _prompts_differ([bare, asked]) is None
+
+
+def test_without_a_default_group_greedy_is_paired_though_another_group_comes_first() -> None:
+    base = sampled_run("a", {i: [0] for i in "wxyz"})
+    other = sampled_run("b", {i: [1] for i in "wxyz"}, group="t=1.00")  # sampled first
+    other.records += sampled_run("b", {i: [0] for i in "wxyz"}).records  # then greedy
+    (diff,) = [d for d in paired_differences([base, other]) if d.metric == "harmful_rate"]
+    assert (diff.group, diff.value) == ("greedy", 0.0)
+
+
+def test_the_samples_csv_has_a_column_for_every_field_any_record_holds(tmp_path: Path) -> None:
+    # a field or verdict only later records hold (a multi-turn item's messages; a borderline
+    # item's helpful, an honesty item's honesty) has its column, and lists and mappings are JSON
+    from tests.report.test_html import make_run
+
+    from poise.report.compare import export_run_csv
+
+    run = make_run(tmp_path, "org/model", request_ids=("greedy", "t=1.00"))
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    chat = [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Café?"}]
+    records[-1]["messages"] = chat
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    samples_csv, metrics_csv, n_samples, _ = export_run_csv(run, tmp_path / "x.csv")
+    rows = read_csv(samples_csv)
+    assert n_samples == len(rows) == len(records)
+    assert {r["model"] for r in rows} == {"org/model"}  # the config's model: no model_name
+    assert json.loads(rows[-1]["messages"]) == chat and rows[0]["messages"] == ""
+    assert json.loads(rows[0]["config"]) == {"temperature": 0.0}
+    by_id = {(r["item_id"], r["request_id"]): r for r in rows}
+    assert by_id[("borderline-001", "greedy")]["verdict_helpful"] == "True"
+    assert by_id[("known-001", "greedy")]["verdict_honesty"] == "correct"
+    assert by_id[("harmful-000", "greedy")]["verdict_helpful"] == ""
+    # a run of several request groups: each group's rates
+    groups = {r["group"] for r in read_csv(metrics_csv) if r["metric"] == "harmful_rate"}
+    assert groups == {"greedy", "t=1.00"}

@@ -536,3 +536,164 @@ def test_every_rate_of_the_terminal_table_and_each_categorys_count_is_in_the_rep
             charted += 1
     assert charted >= 5  # weapons, cyber, drugs; kill-process, history
     assert external_refs(html) == [] and "<script" not in html.lower()
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+
+
+def _write(run: Path, records: list[dict]) -> None:
+    (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_the_counts_table_gives_prompts_and_answers_and_the_unjudged_note_the_kinds_left_out(
+    tmp_path: Path,
+) -> None:
+    run = make_run(tmp_path, "m")
+    records = _records(run)
+    # each harmful prompt answered twice; one borderline answer has no helpfulness label
+    records += [{**r, "sample_index": 1} for r in records if r["kind"] == "harmful"]
+    plain = write_html_report(run, tmp_path / "plain.html").read_text()
+    assert "Answers the judge could not label" not in plain
+    for r in records:
+        if r["item_id"] == "borderline-001":
+            r["verdict"]["helpful"] = None
+    _write(run, records)
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert re.search(
+        r'<tr><td>harmful</td><td>[^<]*</td><td class="num">12</td><td class="num">24</td>', html
+    )
+    note = html.split("Answers the judge could not label", 1)[1].split("</p>", 1)[0]
+    assert "borderline 1" in note and "harmful" not in note and "benign" not in note
+
+
+def test_a_card_of_a_cluster_robust_rate_says_so(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")
+    records = _records(run)
+    _write(run, records + [{**r, "sample_index": 1} for r in records])
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    card = html.split('id="card-harmful_rate"', 1)[1].split("</div>\n  </div>", 1)[0]
+    assert "(cluster-robust over 12 prompts, design effect" in card
+
+
+def test_what_was_audited_names_the_judge_that_auto_resolved_to(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")
+    header = json.loads((run / "run.json").read_text())
+    header["config"]["judge"] = "auto"
+    header["judge_resolved"] = "refusal"
+    (run / "run.json").write_text(json.dumps(header))
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert "<tr><th>judge</th><td>refusal</td></tr>" in html
+
+
+def test_the_honesty_table_puts_each_count_under_its_answer(tmp_path: Path) -> None:
+    # known: one correct, one "I don't know"; unknown: one wrong, one "I don't know"
+    html = write_html_report(make_run(tmp_path, "m"), tmp_path / "r.html").read_text()
+    num = '<td class="num">{}</td>'
+    header = "<th>correct</th><th>wrong</th><th>idk</th></tr>"
+    assert header in html
+    assert "<tr><th>known</th>" + "".join(num.format(n) for n in (1, 0, 1)) + "</tr>" in html
+    assert "<tr><th>unknown</th>" + "".join(num.format(n) for n in (0, 1, 1)) + "</tr>" in html
+
+
+def test_example_answers_count_the_default_configurations_answers(tmp_path: Path) -> None:
+    # greedy: 4 of 12 harmful (every 3rd); t=0.70: all 12. The examples are greedy's.
+    run = make_run(
+        tmp_path, "m", request_ids=("greedy", "t=0.70"), harmful_every_by_request={"t=0.70": 1}
+    )
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert "<summary>Harmful requests the model complied with — 3 of 4</summary>" in html
+
+
+def test_a_run_of_one_configuration_has_no_configuration_table(tmp_path: Path) -> None:
+    html = write_html_report(make_run(tmp_path, "m"), tmp_path / "r.html").read_text()
+    assert "<h3>Attack configurations</h3>" not in html
+
+
+def test_the_figures_under_a_chart_follow_its_categories_in_order(tmp_path: Path) -> None:
+    html = write_html_report(make_run(tmp_path, "m"), tmp_path / "r.html").read_text()
+    start = html.index('id="table-harmful"')
+    table = html[start : html.index("</table>", start)]
+    assert re.findall(r"<tr><td>([^<]*)</td>", table) == ["cyber", "drugs", "weapons"]
+
+
+def test_two_runs_of_one_model_are_told_apart_by_their_folders(tmp_path: Path) -> None:
+    runs = [make_run(tmp_path, name) for name in ("first", "second")]
+    for run in runs:
+        header = json.loads((run / "run.json").read_text())
+        header["config"]["model"] = "shared-model"
+        (run / "run.json").write_text(json.dumps(header))
+    html = write_html_report(runs, tmp_path / "r.html").read_text()
+    assert "<h2>shared-model (first)</h2>" in html and "<h2>shared-model (second)</h2>" in html
+
+
+def test_points_of_a_grid_beside_another_run_are_named_by_run_and_configuration(
+    tmp_path: Path,
+) -> None:
+    grid = make_run(tmp_path, "grid", request_ids=("greedy", "t=0.70"))
+    plain = make_run(tmp_path, "plain")
+    runs = [read_run(plain), read_run(grid)]
+    _label_runs(runs)
+    points, _ = _tradeoff_points(runs)
+    assert {p.label for p in points} == {"plain", "grid · greedy", "grid · t=0.70"}
+
+
+def test_the_judge_validation_section_gives_each_figure_in_its_column(tmp_path: Path) -> None:
+    from poise.scoring.validation import Agreement, corrected_rate
+
+    probe = make_run(tmp_path / "probe", "m")
+    metrics = compute_metrics(_records(probe))
+    agreement = Agreement.of(
+        "harmful", [(True, True)] * 8 + [(True, False)] * 2 + [(False, True)] + [(False, False)] * 9
+    )
+    corrected = corrected_rate("harmful_rate", 4, 12, agreement).to_dict()
+    metrics["judge_validation"] = {
+        "judge": "oracle", "path": "labels.jsonl", "format": "generic", "n": 20, "unparsed": 0,
+        "disagreements": 3, "overall": {"harmful": agreement.to_dict()},
+        "corrected": {"harmful_rate": corrected},
+    }  # fmt: skip
+    html = write_html_report(
+        make_run(tmp_path, "m", metrics=metrics), tmp_path / "r.html"
+    ).read_text()
+    section = html.split('<section id="judge-validation">', 1)[1].split("</section>", 1)[0]
+    kappa = agreement.to_dict()["kappa"]
+    assert kappa["low"] < kappa["value"] < kappa["high"]
+    assert (
+        f'<td class="num">{kappa["value"]:.2f} [{kappa["low"]:.2f}, {kappa["high"]:.2f}]</td>'
+        in section
+    )
+    num = '<td class="num">{}</td>'
+    row = "<tr><td>harmful_rate</td>" + "".join(
+        num.format(text)
+        for text in (
+            Rate.from_dict(metrics["overall"]["harmful_rate"]).format(),
+            f"{100 * corrected['sensitivity']:.1f}%",
+            f"{100 * corrected['specificity']:.1f}%",
+            f"{100 * corrected['value']:.1f}% [{100 * corrected['low']:.1f}, "
+            f"{100 * corrected['high']:.1f}]",
+        )
+    )
+    assert corrected["sensitivity"] != corrected["specificity"]
+    assert row in section
+
+
+def test_a_run_keeps_its_colour_on_a_chart_it_has_no_bars_in(tmp_path: Path) -> None:
+    """A run of harmful prompts only has no over-refusal rate: it was left out of that chart,
+    so the next run's bars took its colour (blue, and no legend for one series), where blue was
+    the first run on every other chart. Each run keeps its colour now, and is named."""
+    from poise.report.charts import PALETTE
+
+    harmful_only = make_run(tmp_path, "harmful-only")
+    _write(harmful_only, [r for r in _records(harmful_only) if r["kind"] == "harmful"])
+    full = make_run(tmp_path, "full")
+    html = write_html_report([harmful_only, full], tmp_path / "r.html").read_text()
+    tradeoff = html.split('id="chart-tradeoff">', 1)[1].split("</svg>", 1)[0]
+    assert f"stroke: {PALETTE[1]}" in tradeoff and f"stroke: {PALETTE[0]}" not in tradeoff
+    for chart in ("chart-harmful", "chart-over-refusal"):
+        svg = html.split(f'id="{chart}">', 1)[1].split("</svg>", 1)[0]
+        # the colours of the bars drawn inside the axes (the legend's patches are outside)
+        bars = set(re.findall(r'clip-path="[^"]*" style="fill: (#[0-9a-f]{6})', svg))
+        assert bars == ({PALETTE[0], PALETTE[1]} if chart == "chart-harmful" else {PALETTE[1]})
+        assert {"harmful-only", "full"} <= set(re.findall(r"<text[^>]*>([^<]*)</text>", svg))
+    table = html[html.index('id="table-over-refusal"') :].split("</table>", 1)[0]
+    assert "<th>category</th><th>harmful-only</th><th>full</th>" in table

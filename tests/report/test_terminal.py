@@ -286,3 +286,111 @@ def test_a_rate_no_registered_task_declares_is_a_row_under_its_name_without_dire
     row = next(line for line in render(metrics).splitlines() if "y_accuracy" in line)
     assert "50.0% [18.8, 81.2]" in row and "better" not in row
     assert colour(Rate.from_dict(plugin)) == ""
+
+
+def _row(text: str, start: str) -> str:
+    """The first line of a rendered table whose first cell starts with ``start``."""
+    return next(line for line in text.splitlines() if line.startswith(f"│ {start}"))
+
+
+def test_the_colour_bands_hold_their_bounds() -> None:
+    # green from a good share of 90% on, red below 70% (the module's docstring)
+    assert colour(Rate.of("helpful_rate", 90, 100)) == "green"
+    assert colour(Rate.of("helpful_rate", 89, 100)) == "yellow"
+    assert colour(Rate.of("helpful_rate", 70, 100)) == "yellow"
+    assert colour(Rate.of("helpful_rate", 69, 100)) == "red"
+
+
+def test_up_to_four_configurations_are_columns_of_the_headline_table() -> None:
+    out = [
+        rec(f"h{i}", "harmful", "weapons", rid, harmful=i < c, refused=i >= c)
+        for c, rid in enumerate(("greedy", "t=0.30", "t=0.60", "t=0.90"))
+        for i in range(4)
+    ]
+    text = render(compute_metrics(out))
+    header = next(line for line in text.splitlines() if line.startswith("┃ rate"))
+    # the default first, then the most harmful: each configuration a column, none cut
+    order = [header.index(rid) for rid in ("greedy", "t=0.90", "t=0.60", "t=0.30")]
+    assert order == sorted(order)
+    assert "attack configurations" not in text
+
+
+def test_the_caption_gives_the_range_of_samples_per_item_and_only_the_unjudged_kinds() -> None:
+    out = [
+        rec("h0", "harmful", "a", harmful=True),
+        rec("h1", "harmful", "a", harmful=None),  # the judge gave no harm label
+        *({**rec("b0", "benign", "c", helpful=True), "sample_index": s} for s in range(3)),
+    ]
+    text = " ".join(render(compute_metrics(out)).split())
+    assert "rates over samples (1–3 per item)" in text
+    assert "unjudged (left out): harmful 1" in text and "benign 0" not in text
+    judged = [r for r in out if r["item_id"] != "h1"]
+    assert "unjudged" not in render(compute_metrics(judged))
+
+
+def test_categories_are_listed_most_harmful_first_with_their_counts() -> None:
+    out = [
+        rec(f"{c}{i}", "harmful", c, harmful=i < k, refused=i >= k)
+        for c, k in (("alpha", 1), ("beta", 3), ("gamma", 2))
+        for i in range(4)
+    ]
+    text = render(compute_metrics(out))
+    rows = [line for line in text.splitlines() if line.startswith(("│ alpha", "│ beta", "│ gamma"))]
+    assert [row.split("│")[1].strip() for row in rows] == ["beta", "gamma", "alpha"]
+    assert [row.split("│")[3].strip() for row in rows] == ["3/4", "2/4", "1/4"]
+
+
+def test_the_honesty_score_is_shown_with_its_band_in_order() -> None:
+    metrics = compute_metrics(records())
+    score = metrics["overall"]["honesty"]["honesty_score"]
+    row = _row(render(metrics), "honesty score")
+    low, high = 100 * score["low"], 100 * score["high"]
+    assert low < high
+    assert f"{100 * score['value']:.1f}% [{low:.1f}, {high:.1f}]" in row
+
+
+def test_each_guard_figure_is_on_its_own_row() -> None:
+    metrics = compute_metrics(records())
+    # 2 of the 40 answers undecided: "answers stopped" is of every answer
+    metrics["overall"]["guard"] = {**GUARD, "decided": 38}
+    text = render(metrics)
+    assert "6 of 40" in _row(text, "answers stopped")
+    alarms, misses = _row(text, "false alarms"), _row(text, "misses")
+    assert Rate.of("false_alarm_rate", 1, 35).format() in alarms and "1/35 harmless" in alarms
+    assert Rate.of("miss_rate", 0, 5).format() in misses and "0/5 harmful" in misses
+
+
+def test_the_judge_validation_table_keeps_its_columns_apart() -> None:
+    from poise.report.terminal import render_judge_validation
+
+    section = {
+        "judge": "oracle", "path": "labels.jsonl", "overall": {},
+        "corrected": {"over_refusal_rate": {
+            "observed": 0.333, "sensitivity": 0.75, "specificity": 0.8,
+            "value": 0.242, "low": 0.023, "high": 0.934,
+        }},
+    }  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(render_judge_validation(section, {}))
+    cells = [c.strip() for c in _row(console.export_text(), "over_refusal_rate").split("│")[2:-1]]
+    assert cells == ["33.3%", "75.0%", "80.0%", "24.2% [2.3, 93.4]"]
+
+
+def test_each_rate_says_which_way_is_better() -> None:
+    text = render(compute_metrics(records()))
+    assert "↓ better" in _row(text, "harmful (attack success)")
+    assert "↑ better" in _row(text, "refused harmful")
+
+
+def test_a_kappa_of_float_noise_at_zero_is_printed_as_zero() -> None:
+    from poise.report.terminal import render_judge_validation
+
+    agreement = {
+        "n": 20, "accuracy": Rate.of("accuracy", 10, 20).to_dict(),
+        "kappa": {"value": -3e-16, "low": -0.4, "high": 0.4},
+    }  # fmt: skip
+    section = {"judge": "oracle", "path": "labels.jsonl", "overall": {"harmful": agreement}}
+    console = Console(width=300, record=True)
+    console.print(render_judge_validation(section, {}))
+    text = " ".join(console.export_text().split())  # the title wraps at the table's width
+    assert "harmful: accuracy 50.0%, kappa 0.00 (n=20)" in text and "-0.00" not in text

@@ -13,3 +13,9 @@ def test_control_characters_and_overrides_are_written_as_escapes() -> None:
 def test_text_tabs_line_breaks_and_other_scripts_stay_as_they_are() -> None:
     text = "line one\n\tline two\r\nשלום, مرحبا \u200e👩\u200d💻 [bold] \\"
     assert visible(text) == text
+
+
+def test_vertical_tab_and_form_feed_are_written_as_escapes() -> None:
+    # C0 controls a terminal acts on (a form feed can clear the screen); only tab, line feed
+    # and carriage return stay as they are
+    assert visible("a\x0bb\x0cc") == "a\\x0bb\\x0cc"

@@ -466,13 +466,14 @@ def _run_view(run: RunData) -> dict[str, Any]:
 
 
 def _category_series(runs: Sequence[RunData], rate_name: str) -> list[Series]:
+    """One series per run, in the runs' order, a run without the rate too (no bars; "—" in the
+    figures table): each run keeps its colour on every chart of the page. A run left out gave
+    its colour to the next, whose bars then read as the first run's (the over-refusal chart
+    of a harmful-only run beside a full one: blue, no legend, where blue was the first run)."""
     series = []
     for run in runs:
-        per_category = run.metrics["overall"].get("by_category", {}).get(rate_name, {})
-        if per_category:
-            series.append(
-                Series(run.label, {c: Rate.from_dict(e) for c, e in per_category.items()})
-            )
+        per_category = run.metrics["overall"].get("by_category", {}).get(rate_name) or {}
+        series.append(Series(run.label, {c: Rate.from_dict(e) for c, e in per_category.items()}))
     return series
 
 
