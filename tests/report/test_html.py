@@ -697,3 +697,17 @@ def test_a_run_keeps_its_colour_on_a_chart_it_has_no_bars_in(tmp_path: Path) -> 
         assert {"harmful-only", "full"} <= set(re.findall(r"<text[^>]*>([^<]*)</text>", svg))
     table = html[html.index('id="table-over-refusal"') :].split("</table>", 1)[0]
     assert "<th>category</th><th>harmful-only</th><th>full</th>" in table
+
+
+def test_runs_of_one_model_in_folders_of_one_name_get_labels_of_their_own(tmp_path: Path) -> None:
+    """The CSV and the paired differences look runs up by label: two runs of one model in
+    folders of the same name (under two parents) were both "m (m)"."""
+    first = make_run(tmp_path / "before", "m")
+    second = make_run(tmp_path / "after", "m")
+    other = make_run(tmp_path / "else", "other")
+    runs = [read_run(first), read_run(second), read_run(other), read_run(first)]
+    _label_runs(runs)
+    assert [r.label for r in runs] == ["m (before/m) #1", "m (after/m)", "other", "m (before/m) #2"]
+    pair = [read_run(make_run(tmp_path / "x", "a")), read_run(make_run(tmp_path / "y", "b"))]
+    _label_runs(pair)
+    assert [r.label for r in pair] == ["a", "b"]  # a model's own name where it is unique

@@ -568,13 +568,28 @@ def _comparison(runs: Sequence[RunData]) -> dict[str, Any] | None:
 
 
 def _label_runs(runs: list[RunData]) -> None:
-    labels = [
+    """Each run's label: its model, with its folder's name where two runs share a model, its
+    parent's too where they share that, and a number where even those agree (the same folder
+    given twice). Labels are unique: the CSV and the paired differences look runs up by them."""
+    models = [
         str(run.header.get("config", {}).get("model") or run.header.get("name") or run.path.name)
         for run in runs
     ]
+
+    def label(i: int, level: int) -> str:
+        path = runs[i].path
+        where = ("", f" ({path.name})", f" ({path.parent.name}/{path.name})")[level]
+        return models[i] + where
+
+    labels = []
+    for i in range(len(runs)):
+        level = 0
+        while level < 2 and [label(j, level) for j in range(len(runs))].count(label(i, level)) > 1:
+            level += 1
+        labels.append(label(i, level))
     for i, run in enumerate(runs):
-        duplicate = labels.count(labels[i]) > 1
-        run.label = f"{labels[i]} ({run.path.name})" if duplicate else labels[i]
+        same = [j for j, text in enumerate(labels) if text == labels[i]]
+        run.label = labels[i] if len(same) == 1 else f"{labels[i]} #{same.index(i) + 1}"
 
 
 # what reading a metrics.json of another shape raises (a rate without "low", a list for a dict)
