@@ -474,3 +474,23 @@ def test_a_run_judged_again_from_another_directory_builds_its_judge_where_it_beg
     )
     assert mine.run.config["judge_options"] == {"model": str(elsewhere / "mine")}
     assert mine.run.header["workdir"] == str(began)
+
+
+def test_cli_runs_rejudge_takes_its_judge_its_options_and_html_flags(tmp_path: Path) -> None:
+    audited = _mini_run(tmp_path)
+    out = tmp_path / "runs"
+    base = ["runs", "rejudge", "mini", "--out", str(out)]
+    result = CliRunner().invoke(
+        app, [*base, "--judge-option", "min_words=40", "--name", "opts", "--no-html"]
+    )
+    assert result.exit_code == 0, result.output
+    [opts] = [r for r in list_runs(out) if r.path.name.endswith("-opts")]
+    assert opts.config["judge_options"] == {"min_words": 40}
+    assert opts.config["judge"] == "refusal"  # the run's own, without --judge
+    assert not (opts.path / "report.html").exists()
+    result = CliRunner().invoke(app, [*base, "--judge", "oracle", "--name", "other"])
+    assert result.exit_code == 0, result.output
+    [other] = [r for r in list_runs(out) if r.path.name.endswith("-other")]
+    assert other.header["judge_resolved"] == "oracle"
+    assert other.header["rejudged_from"]["judge"] == audited.header["judge_resolved"]
+    assert (other.path / "report.html").is_file()  # --html is the default

@@ -136,3 +136,64 @@ def test_validate_says_how_many_judge_outputs_held_no_verdict(
     data = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
     assert data["unparsed"] == 2
     assert data["overall"]["refused"]["n"] == 2
+
+
+def _cells(output: str) -> list[list[str]]:
+    """The body rows of every table printed, in order, as their cells."""
+    return [
+        [cell.strip() for cell in line.strip("│").split("│")]
+        for line in output.splitlines()
+        if line.startswith("│")
+    ]
+
+
+def test_validate_puts_each_figure_under_its_column_per_source(tmp_path: Path) -> None:
+    args = ["judges", "validate", str(labels_file(tmp_path)), "--column", "response=output"]
+    result = CliRunner().invoke(app, [*args, "--limit", "1"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    rows = _cells(result.output)
+    # refused: the judge says refused for rows 1, 3, 4; people for 1 and 3
+    everyone, a, b = rows[0], rows[1], rows[2]
+    assert everyone[:3] == ["all", "4", "75.0% [30.1, 95.4]"]
+    assert everyone[4:] == ["66.7% [20.8, 93.9]", "100.0% [34.2, 100.0]", "50.0% [15.0, 85.0]"]
+    assert (a[:2], b[:2]) == (["a", "2"], ["b", "2"])
+    # harmful of source b: the judge calls nothing harmful there, so no precision
+    harmful_b = rows[5]
+    assert harmful_b[0] == "b" and harmful_b[4] == "-" and harmful_b[5] == "0.0% [0.0, 79.3]"
+    # --limit 1: one disagreement listed (judge, then the human label), and how many more
+    assert rows[6:] == [["4", "b", "refused", "true", "false", "I won't do that."]]
+    assert "… 1 more (--limit N shows more" in result.output
+    every = CliRunner().invoke(app, [*args, "--limit", "2"], env={"COLUMNS": "250"})
+    assert len(_cells(every.output)) == 6 + 2 and "more" not in every.output
+
+
+def test_validate_reads_its_format_and_judge_options(tmp_path: Path) -> None:
+    args = ["judges", "validate", str(labels_file(tmp_path)), "--column", "response=output"]
+    for extra, said in (
+        (["--format", "harmbench"], "--column applies to the generic format, not to harmbench"),
+        (["--judge-option", "modle=3"], "unknown option of judge 'refusal': 'modle'"),
+    ):
+        result = CliRunner().invoke(app, [*args, *extra])
+        assert result.exit_code == 2, result.output
+        assert said in result.output
+
+
+def test_judges_ls_gives_each_preset_its_model() -> None:
+    from poise.scoring.presets import PRESETS
+
+    result = CliRunner().invoke(app, ["judges", "ls"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    models = {cells[0]: cells[1] for cells in _cells(result.output) if len(cells) == 3}
+    assert models["wildguard"] == PRESETS["wildguard"].model_id == "allenai/wildguard"
+
+
+def test_limit_0_lists_no_disagreement_and_says_how_many_there_are(tmp_path: Path) -> None:
+    # --limit 0 said "no disagreements" of a file the judge disagreed with twice
+    args = ["judges", "validate", str(labels_file(tmp_path)), "--column", "response=output"]
+    result = CliRunner().invoke(app, [*args, "--limit", "0"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "no disagreements" not in result.output
+    assert result.output.splitlines()[-1] == (
+        "disagreements (2): --limit N lists them, --json lists all"
+    )
+    assert len(_cells(result.output)) == 6  # the two agreement tables only

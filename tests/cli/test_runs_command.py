@@ -304,3 +304,223 @@ def test_ls_shows_an_attack_runs_headline_and_the_configuration_its_rates_are_of
     assert "misalignment" not in rows["plain"] and "any of" not in rows["plain"]
     assert "rates of" not in rows["plain"]
     assert "misalignment rate (harmful prompts broken by at least one" in " ".join(output.split())
+
+
+def _table(output: str) -> list[dict[str, str]]:
+    """The rows of `runs ls`'s table, each as {column: cell}."""
+    lines = output.splitlines()
+    header = next(line for line in lines if line.startswith("┃"))
+    names = [cell.strip() for cell in header.strip("┃").split("┃")]
+    return [
+        dict(zip(names, (cell.strip() for cell in line.strip("│").split("│")), strict=True))
+        for line in lines
+        if line.startswith("│")
+    ]
+
+
+def _finished(root: Path, name: str, metrics: object, **config: object) -> Path:
+    import json
+
+    from poise.runs import Run
+
+    run = Run.create(root, name, {"model": "m", "attack": "greedy", **config})
+    run.update_header(status="complete", samples=4)
+    run.unlock()
+    (run.path / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    return run.path
+
+
+def test_ls_puts_each_rate_under_its_own_column_and_a_rate_over_nothing_as_a_dash(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    overall = {
+        "harmful_rate": _rate("harmful_rate", 1, 4),
+        "over_refusal_rate": _rate("over_refusal_rate", 1, 2),
+        "helpful_rate": _rate("helpful_rate", 3, 4),
+    }
+    _finished(tmp_path, "rates", {"overall": overall}, model="org/the-model")
+    nothing = {"harmful_rate": {"name": "harmful_rate", "k": 0, "n": 0, "value": 0.0}}
+    _finished(tmp_path, "nothing", {"overall": nothing})
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": "250"}
+    )
+    assert listing.exit_code == 0, listing.output
+    rows = {row["run"].split("-", 2)[2]: row for row in _table(listing.output)}
+    assert {k: rows["rates"][k] for k in ("model", "harmful", "over-refusal", "helpful")} == {
+        "model": "org/the-model",
+        "harmful": "25.0%",
+        "over-refusal": "50.0%",
+        "helpful": "75.0%",
+    }
+    assert rows["rates"]["status"] == "complete" and rows["rates"]["samples"] == "4"
+    # no answers to rate: no rate, not 0.0% (poise writes no such rate: "?", read as another
+    # shape, though _percent's docstring says "-")
+    assert rows["nothing"]["harmful"] in ("-", "?")
+    assert "attack success" in listing.output and rows["rates"]["attack success"] == "-"
+
+
+def test_ls_lists_the_newest_run_first(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    for stamp in ("20260101-000000", "20261201-000000", "20260601-000000"):
+        made = _finished(tmp_path, stamp, {"overall": {}})
+        made.rename(tmp_path / f"{stamp}-run")
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": "250"}
+    )
+    assert listing.exit_code == 0, listing.output
+    assert [row["run"] for row in _table(listing.output)] == [
+        "20261201-000000-run",
+        "20260601-000000-run",
+        "20260101-000000-run",
+    ]
+
+
+def test_the_attack_legend_is_said_only_under_a_listing_that_holds_an_attack_run(
+    tmp_path: Path,
+) -> None:
+    # plain runs, one with a damaged metrics.json ("?" in its attack success column too)
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    _finished(tmp_path, "plain", {"overall": {"harmful_rate": _rate("harmful_rate", 1, 4)}})
+    damaged = _finished(tmp_path, "damaged", {})
+    (damaged / "metrics.json").write_text('{"overall": ', encoding="utf-8")
+    for columns in ("250", "80"):
+        listing = CliRunner().invoke(
+            app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": columns}
+        )
+        assert listing.exit_code == 0, listing.output
+        assert "25.0%" in listing.output
+        assert "misalignment" not in listing.output, listing.output
+
+
+def test_the_narrow_listing_names_each_rate_the_status_the_model_and_the_samples(
+    tmp_path: Path,
+) -> None:
+    # at 80 columns a long model name makes the table too wide: one block per run
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    model = "an-organisation/a-model-whose-name-is-much-too-long-for-a-table-of-eighty-columns"
+    overall = {
+        "harmful_rate": _rate("harmful_rate", 1, 4),
+        "over_refusal_rate": _rate("over_refusal_rate", 1, 2),
+        "helpful_rate": _rate("helpful_rate", 3, 4),
+    }
+    _finished(tmp_path, "long", {"overall": overall}, model=model)
+    listing = CliRunner().invoke(app, ["runs", "ls", "--out", str(tmp_path)], terminal_width=80)
+    assert listing.exit_code == 0, listing.output
+    flat = " ".join(listing.output.split())
+    assert "complete · 4 samples · harmful 25.0% · over-refusal 50.0% · helpful 75.0%" in flat
+    assert f"model{model}·attackgreedy" in "".join(flat.split())  # the name folds
+
+
+def test_a_model_name_with_brackets_is_listed_as_written(tmp_path: Path) -> None:
+    # the table's cells were rich markup: "[beta]" was taken for a style and dropped
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    _finished(tmp_path, "br", {"overall": {}}, model="org/[beta]-7b")
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": "250"}
+    )
+    assert listing.exit_code == 0, listing.output
+    [row] = _table(listing.output)
+    assert row["model"] == "org/[beta]-7b"
+
+
+def test_show_warns_of_a_run_written_by_a_newer_poise_too(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.cli import app
+    from poise.runs import Run
+    from poise.runs.run import SCHEMA_VERSION
+
+    result = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(tmp_path), html=False)
+    Run.open(result.run.path).update_header(schema=SCHEMA_VERSION + 1)
+    shown = CliRunner().invoke(app, ["runs", "show", str(result.run.path)], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0, shown.output
+    assert f"written in schema {SCHEMA_VERSION + 1}, not this poise's ({SCHEMA_VERSION})" in (
+        shown.output
+    )
+
+
+def test_show_of_an_unfinished_run_says_how_to_resume_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+    from poise.runs import Run
+
+    run = Run.create(tmp_path, "half", {"model": "m", "attack": "greedy"})
+    run.unlock()
+    shown = CliRunner().invoke(app, ["runs", "show", str(run.path)], env={"COLUMNS": "400"})
+    assert shown.exit_code == 2
+    assert f"resume it with `poise audit --resume {run.path}`" in " ".join(shown.output.split())
+
+
+def test_export_names_each_file_it_wrote_with_its_rows(tmp_path: Path) -> None:
+    import csv
+
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.cli import app
+
+    result = poise.audit(model="mock", suites=["harmful"], limit=3, out=str(tmp_path), html=False)
+    target = tmp_path / "out.csv"
+    exported = CliRunner().invoke(
+        app, ["runs", "export", str(result.run.path), "--csv", str(target)], terminal_width=300
+    )
+    assert exported.exit_code == 0, exported.output
+    metrics = tmp_path / "out-metrics.csv"
+    with open(metrics, encoding="utf-8") as f:
+        n_metrics = len(list(csv.DictReader(f)))
+    assert exported.output.splitlines() == [
+        f"wrote 3 sample rows to {target}",
+        f"wrote {n_metrics} metric rows to {metrics}",
+    ]
+
+
+def test_export_checks_the_metrics_file_before_writing_the_samples(tmp_path: Path) -> None:
+    # --csv x.csv where x-metrics.csv is a folder: the samples were written, then an error
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.cli import app
+
+    result = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(tmp_path), html=False)
+    (tmp_path / "x-metrics.csv").mkdir()
+    exported = CliRunner().invoke(
+        app, ["runs", "export", str(result.run.path), "--csv", str(tmp_path / "x.csv")]
+    )
+    assert exported.exit_code == 2, exported.output
+    assert "x-metrics.csv is a folder" in " ".join(exported.output.split())
+    assert not (tmp_path / "x.csv").exists()  # nothing half-written
+
+
+def test_a_damaged_run_json_is_listed_as_unreadable_beside_the_other_runs(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from poise.cli import app
+
+    _finished(tmp_path, "fine", {"overall": {"harmful_rate": _rate("harmful_rate", 1, 4)}})
+    cut = _finished(tmp_path, "cut", {"overall": {}})
+    (cut / "run.json").write_text('{"schema": 1, "config": ', encoding="utf-8")
+    listing = CliRunner().invoke(
+        app, ["runs", "ls", "--out", str(tmp_path)], env={"COLUMNS": "250"}
+    )
+    assert listing.exit_code == 0, listing.output
+    rows = {row["run"].split("-", 2)[2]: row for row in _table(listing.output)}
+    assert rows["fine"]["harmful"] == "25.0%"
+    assert rows["cut"]["status"] == "unreadable"

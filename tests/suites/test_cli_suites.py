@@ -170,3 +170,88 @@ def test_a_stray_quote_is_one_line_naming_its_line(runner: CliRunner, tmp_path: 
     assert result.exit_code == 2 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}:3: the quoted field that opens here is never closed")
+
+
+def _rows(output: str) -> dict[str, list[str]]:
+    """`suites show`'s table: id -> its cells."""
+    return {
+        cells[0]: cells
+        for line in output.splitlines()
+        if line.startswith("│")
+        for cells in [[c.strip() for c in line.strip("│").split("│")]]
+    }
+
+
+def test_show_marks_earlier_turns_and_cuts_a_long_prompt_at_the_width(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    def item(id_: str, *turns: tuple[str, str]) -> str:
+        messages = [{"role": role, "content": text} for role, text in turns]
+        return json.dumps({"id": id_, "messages": messages, "kind": "benign", "category": "c"})
+
+    path = tmp_path / "chats.jsonl"
+    lines = [
+        item("long", ("user", "word " * 40)),
+        item("three", ("user", "Hi"), ("assistant", "Hello"), ("user", "Now this")),
+        item("two", ("assistant", "Hey"), ("user", "Second")),
+        item("one", ("user", "Alone")),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = runner.invoke(app, ["suites", "show", str(path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = _rows(result.stdout)
+    assert rows["three"][3] == "(+2 earlier turns) Now this"
+    assert rows["two"][3] == "(+1 earlier turn) Second"
+    assert rows["one"][3] == "Alone"
+    long = rows["long"][3]
+    assert len(long) == 100 and long.endswith("…") and long.startswith("word word")
+    assert "4 items (benign 4) in 1 category," in result.stdout  # not "1 categories"
+
+
+def test_show_says_no_more_when_the_limit_holds_every_item(runner: CliRunner) -> None:
+    args = ["suites", "show", str(DATA / "xstest_prompts.csv"), "--limit", "5"]
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert len(_rows(result.stdout)) == 5  # every item
+    assert "more" not in result.stdout
+
+
+def test_show_gives_rows_without_a_category_the_one_given(runner: CliRunner) -> None:
+    args = ["suites", "show", str(DATA / "generic.jsonl"), "--column", "prompt=question"]
+    result = runner.invoke(
+        app, [*args, "--kind", "benign", "--category", "chat"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert {cells[2] for cells in _rows(result.stdout).values()} == {"chat"}
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        (["prompt=question", "prompt=qid"], "the role 'prompt' is already mapped to 'question'"),
+        (["prompt="], "--column 'prompt=': expected ROLE=COLUMN"),
+    ],
+)
+def test_a_column_given_twice_or_empty_is_one_line(
+    runner: CliRunner, columns: list[str], message: str
+) -> None:
+    args = ["suites", "show", str(DATA / "generic.jsonl")]
+    result = runner.invoke(app, [*args, *(a for c in columns for a in ("--column", c))])
+    assert result.exit_code == 2
+    [line] = result.stderr.strip().splitlines()
+    assert message in line
+
+
+def test_ls_shows_four_categories_and_how_many_more(runner: CliRunner, builtin_dir: Path) -> None:
+    rows = [
+        {"id": f"h-{i}", "messages": [{"role": "user", "content": f"q{i}"}], "kind": "harmful",
+         "category": f"cat{i}", "suite": "harmful"}
+        for i in range(6)
+    ]  # fmt: skip
+    (builtin_dir / "harmful.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = runner.invoke(app, ["suites", "ls"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    harmful = next(line for line in result.stdout.splitlines() if line.startswith("│ harmful "))
+    assert "6: cat0, cat1, cat2, cat3, … (+2)" in harmful
+    generic = next(line for line in result.stdout.splitlines() if line.startswith("│ generic "))
+    assert "(fallback; --column ROLE=NAME)" in generic

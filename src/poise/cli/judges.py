@@ -113,9 +113,16 @@ def print_validation(validation: Validation, limit: int) -> None:
         )
     for target in validation.overall:
         console.print(_table(validation, target))
-    shown = validation.disagreements[:limit]
-    if not shown:
+    if not validation.disagreements:
         console.print("no disagreements")
+        return
+    shown = validation.disagreements[:limit]
+    if not shown:  # --limit 0: it said "no disagreements" of a file with some
+        console.print(
+            f"disagreements ({len(validation.disagreements)}): --limit N lists them, --json "
+            "lists all",
+            highlight=False,
+        )
         return
     table = Table(title=f"disagreements ({len(validation.disagreements)})")
     for col in ("id", "source", "label", "judge", "human", "response"):
