@@ -357,9 +357,8 @@ def test_ls_puts_each_rate_under_its_own_column_and_a_rate_over_nothing_as_a_das
         "helpful": "75.0%",
     }
     assert rows["rates"]["status"] == "complete" and rows["rates"]["samples"] == "4"
-    # no answers to rate: no rate, not 0.0% (poise writes no such rate: "?", read as another
-    # shape, though _percent's docstring says "-")
-    assert rows["nothing"]["harmful"] in ("-", "?")
+    # no answers to rate: no rate ("-"), not 0.0%, nor "?" (a rate of another shape)
+    assert rows["nothing"]["harmful"] == "-"
     assert "attack success" in listing.output and rows["rates"]["attack success"] == "-"
 
 
@@ -490,6 +489,29 @@ def test_export_names_each_file_it_wrote_with_its_rows(tmp_path: Path) -> None:
         f"wrote 3 sample rows to {target}",
         f"wrote {n_metrics} metric rows to {metrics}",
     ]
+
+
+def test_export_of_an_unfinished_run_says_its_metrics_are_of_the_samples_so_far(
+    tmp_path: Path,
+) -> None:
+    """`runs show` refuses an unfinished run; export writes what it has (a killed run's answers
+    are worth reading), and now says that its metrics are of those answers only."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import poise
+    from poise.cli import app
+
+    result = poise.audit(model="mock", suites=["harmful"], limit=3, out=str(tmp_path), html=False)
+    header = json.loads((result.run.path / "run.json").read_text())
+    (result.run.path / "run.json").write_text(json.dumps({**header, "status": "running"}))
+    args = ["runs", "export", str(result.run.path), "--csv", str(tmp_path / "out.csv")]
+    exported = CliRunner().invoke(app, args, terminal_width=300)
+    assert exported.exit_code == 0, exported.output
+    first = exported.output.splitlines()[0]
+    assert "is interrupted (3 samples written): its metrics are of those samples only" in first
+    assert exported.output.splitlines()[1] == f"wrote 3 sample rows to {tmp_path / 'out.csv'}"
 
 
 def test_export_checks_the_metrics_file_before_writing_the_samples(tmp_path: Path) -> None:

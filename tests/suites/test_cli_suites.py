@@ -195,6 +195,9 @@ def test_show_marks_earlier_turns_and_cuts_a_long_prompt_at_the_width(
         item("three", ("user", "Hi"), ("assistant", "Hello"), ("user", "Now this")),
         item("two", ("assistant", "Hey"), ("user", "Second")),
         item("one", ("user", "Alone")),
+        item(
+            "sys", ("system", "Be brief."), ("user", "Asked alone")
+        ),  # a system message is no turn
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     result = runner.invoke(app, ["suites", "show", str(path)], env={"COLUMNS": "200"})
@@ -203,9 +206,10 @@ def test_show_marks_earlier_turns_and_cuts_a_long_prompt_at_the_width(
     assert rows["three"][3] == "(+2 earlier turns) Now this"
     assert rows["two"][3] == "(+1 earlier turn) Second"
     assert rows["one"][3] == "Alone"
+    assert rows["sys"][3] == "Asked alone"
     long = rows["long"][3]
     assert len(long) == 100 and long.endswith("…") and long.startswith("word word")
-    assert "4 items (benign 4) in 1 category," in result.stdout  # not "1 categories"
+    assert "5 items (benign 5) in 1 category," in result.stdout  # not "1 categories"
 
 
 def test_show_says_no_more_when_the_limit_holds_every_item(runner: CliRunner) -> None:

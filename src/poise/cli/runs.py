@@ -32,10 +32,12 @@ def _headline(metrics: dict | None, name: str) -> str:
 def _percent(rate: Any) -> str:
     """A rate of metrics.json as ``12.5%``; "-" when absent or over nothing, "?" for a rate of
     another shape."""
-    value = rate.get("value") if isinstance(rate, dict) and rate.get("n") else None
+    if not isinstance(rate, dict) or rate.get("n") == 0:
+        return "-"
+    value = rate.get("value") if rate.get("n") else None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{100 * value:.1f}%"
-    return "?" if isinstance(rate, dict) else "-"  # "?": a rate of another shape
+    return "?"  # a rate of another shape
 
 
 _HEADLINES = (
@@ -231,9 +233,19 @@ def export(
 
             folder = Run.open(run, any_schema=True)
             _say_other_schema(folder)
-            path = folder.path
         else:
-            path = find_run(run, out).path
+            folder = find_run(run, out)
+        path = folder.path
+        if folder.state != "complete":
+            # exported as far as it goes (a killed run's answers are worth a look), and said:
+            # its metrics are those of the samples written so far
+            console.print(
+                f"[yellow]{shown(path)} is {folder.state} ({folder.samples_written()} samples "
+                "written): its metrics are of those samples only; resume it with "
+                f"`poise audit --resume {shown(path)}`[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
         samples, metrics, n_samples, n_metrics = export_run_csv(path, csv)
         for n, what, path in ((n_samples, "sample", samples), (n_metrics, "metric", metrics)):
             console.print(

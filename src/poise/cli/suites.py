@@ -66,7 +66,8 @@ def _one_line(text: str, width: int = _PROMPT_WIDTH) -> str:
 
 
 def _prompt(item: SuiteItem) -> str:
-    earlier = len(item.messages) - 1
+    # the turns before the last user message; an item's own system message is no turn
+    earlier = sum(m.get("role") != "system" for m in item.messages) - 1
     prefix = f"[dim](+{earlier} earlier turn{'s' if earlier > 1 else ''})[/] " if earlier else ""
     from rich.markup import escape
 
