@@ -10,10 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from poise.cli import app
+from poise.errors import PoiseError
 from poise.report.compare import (
     PairedDifference,
     _paired_section,
     _prompts_differ,
+    compare_runs,
     p_text,
     paired_differences,
 )
@@ -881,3 +883,17 @@ def test_the_samples_csv_has_a_column_for_every_field_any_record_holds(tmp_path:
     # a run of several request groups: each group's rates
     groups = {r["group"] for r in read_csv(metrics_csv) if r["metric"] == "harmful_rate"}
     assert groups == {"greedy", "t=1.00"}
+
+
+def test_compare_runs_takes_run_names_as_poise_compare_does(tmp_path: Path) -> None:
+    """The Python API finds runs by name under a root, as the command does under --out (it
+    took folders only, so a script had to repeat the command's look-up)."""
+    out = tmp_path / "runs"
+    audit(out, REFUSE, "safe")
+    audit(out, COMPLY, "unsafe")
+    runs, diffs = compare_runs(["safe", "unsafe"], root=out)
+    assert [r.path.name.split("-", 2)[2] for r in runs] == ["safe", "unsafe"]
+    harmful = next(d for d in diffs if d.metric == "harmful_rate")
+    assert harmful.value == pytest.approx(1.0)  # unsafe - safe, the first run the baseline
+    with pytest.raises(PoiseError, match=r"no run 'nothing' found"):
+        compare_runs(["safe", "nothing"], root=out)

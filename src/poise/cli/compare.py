@@ -46,24 +46,13 @@ def compare_command(
         from pathlib import Path
 
         from poise.errors import PoiseError
-        from poise.report.compare import compare_runs, p_text
-        from poise.runs.run import find_run, matching_runs
+        from poise.report.compare import compare_runs, p_text, run_folder
 
         if csv is not None and Path(csv).resolve() == Path(output).resolve():
             # the CSV was written over the report, which the last line still named
             raise PoiseError(f"--csv {csv} is the --output report; give each its own file")
 
-        def folder(spec: str) -> Path:
-            # a run is read whatever its schema version, given as a path or by its name under
-            # --out (the report reads it as far as it goes, and says so); find_run, which opens
-            # the run and so refuses one of another version, gives the error for a name that
-            # matches no run or several
-            if Path(spec).is_dir():
-                return Path(spec)
-            candidates = matching_runs(spec, out)
-            return candidates[0].path if len(candidates) == 1 else find_run(spec, out).path
-
-        folders = [folder(run) for run in runs]
+        folders = [run_folder(run, out) for run in runs]
         if len({f.resolve() for f in folders}) < len(folders):
             console.print("[yellow]the same run is given twice[/]", highlight=False)
         read, diffs = compare_runs(folders, html=output, csv_path=csv)

@@ -352,18 +352,35 @@ def _paired_section(diffs: Sequence[PairedDifference], *notes: str | None) -> st
     )
 
 
+def run_folder(spec: str | Path, root: str | Path = "runs") -> Path:
+    """A run's folder from a path, or from its name under ``root`` (its ``--name``, or a unique
+    part of its folder's name), as ``poise compare`` and ``poise runs show`` take them. A folder
+    given as a path is read whatever its schema version (the report reads it as far as it goes
+    and says so); a name that matches no run, or several, is one error naming them."""
+    from poise.runs.run import find_run, matching_runs
+
+    if Path(spec).is_dir():
+        return Path(spec)
+    candidates = matching_runs(spec, root)
+    return candidates[0].path if len(candidates) == 1 else find_run(spec, root).path
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path],
     *,
     html: str | Path | None = None,
     csv_path: str | Path | None = None,
+    root: str | Path = "runs",
 ) -> tuple[list[RunData], list[PairedDifference]]:
-    """Read the runs, write the side-by-side report and/or the long-format CSV."""
+    """Read the runs (folders, or names under ``root``: :func:`run_folder`), write the
+    side-by-side report and/or the long-format CSV. The first run is the baseline of the
+    paired differences, as in ``poise compare``."""
     if len(run_dirs) < 2:
         raise PoiseError("compare needs at least two runs")
+    folders = [run_folder(d, root) for d in run_dirs]
     html_target = prepare_output_file(html, "output") if html is not None else None
     csv_target = prepare_output_file(csv_path, "csv") if csv_path is not None else None
-    runs = [read_run(d) for d in run_dirs]
+    runs = [read_run(d) for d in folders]
     _warn_kinds_differ(runs)
     page = render_html_report(runs)  # labels the runs
     schema_note = _schemas_differ(runs)
