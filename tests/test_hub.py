@@ -111,3 +111,35 @@ def test_a_proxy_that_does_not_answer_makes_the_hub_unreachable(
     monkeypatch.setenv("NO_PROXY", "huggingface.co")
     probes.clear()
     assert hub.hub_reachable() is True and probes == [("huggingface.co", 443)]
+
+
+def test_an_http_endpoint_without_a_port_is_probed_on_port_80(
+    probes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example")
+    assert hub.hub_reachable() is False and probes == [("mirror.example", 80)]
+
+
+def test_offline_mode_is_not_probed(
+    probes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HF_HUB_OFFLINE: the hub client will not try the network, so neither does the probe
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub.hub_reachable() is None and probes == []
+
+
+def test_a_proxy_without_a_port_is_probed_on_its_schemes_port(
+    probes: list[tuple[str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "https://huggingface.co")
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example")
+    assert hub.hub_reachable() is False and probes == [("proxy.example", 80)]
+    probes.clear()
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example")
+    assert hub.hub_reachable() is False and probes == [("proxy.example", 443)]

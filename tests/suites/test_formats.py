@@ -629,3 +629,115 @@ def test_an_assistant_turn_with_an_empty_list_of_tool_calls_is_read_as_its_text(
         {"role": "assistant", "content": "Blue."},
         {"role": "user", "content": "Another?"},
     ]
+
+
+# ---- a tenth mutation check: reading prompt suites ------------------------------------------
+
+
+def test_a_json_row_without_the_prompt_key_says_it_is_missing(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(
+        '{"prompt": "Hi", "kind": "benign"}\n{"kind": "benign"}\n{"prompt": " ", "kind": "benign"}\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:2: field 'prompt': is missing; every row needs a prompt here"
+    path.write_text('{"prompt": "Hi", "kind": "benign"}\n{"prompt": " ", "kind": "benign"}\n')
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value) == f"{path}:2: field 'prompt': is empty; every row needs a prompt here"
+
+
+def test_an_unknown_kind_in_a_poise_row_suggests_the_nearest(tmp_path: Path) -> None:
+    path = tmp_path / "items.jsonl"
+    row = {"id": "a", "messages": [{"role": "user", "content": "hi"}], "kind": "benignn"}
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(PoiseError) as err:
+        load_suite(str(path))
+    assert str(err.value).startswith(
+        f"{path}:1: field 'kind': unknown kind 'benignn'; did you mean 'benign'"
+    )
+
+
+def test_a_kind_given_for_an_xstest_file_leaves_its_labels_alone() -> None:
+    # an XSTest row's label (or contrast_ type) is its own kind, as a kind column is
+    plain = load_suite(str(DATA / "xstest_prompts.csv"))
+    given = load_suite(str(DATA / "xstest_prompts.csv"), kind="benign")
+    assert [item.kind for item in given] == [item.kind for item in plain]
+    assert {item.kind for item in given} == {"borderline", "harmful"}
+
+
+def test_jailbreakbench_ids_are_its_index_not_the_row_number(tmp_path: Path) -> None:
+    # a few behaviours picked out of the file keep their JailbreakBench index
+    lines = (DATA / "jbb" / "harmful-behaviors.csv").read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], lines[1:]
+    picked = [rows[2], rows[0]]
+    path = tmp_path / "picked.csv"
+    path.write_text("\n".join([header, *picked]) + "\n", encoding="utf-8")
+    indices = [row.split(",", 1)[0] for row in picked]
+    assert [item.id for item in load_suite(str(path))] == [f"picked-{i}" for i in indices]
+    assert indices == ["3", "1"]
+
+
+def test_hh_rlhf_rows_under_a_red_team_folder_are_harmful(tmp_path: Path) -> None:
+    folder = tmp_path / "red-team-attempts"
+    folder.mkdir()
+    shutil.copy(DATA / "hh-rlhf" / "harmless-base" / "test.jsonl.gz", folder / "train.jsonl.gz")
+    suite = load_suite(str(folder / "train.jsonl.gz"))
+    assert {(item.kind, item.category) for item in suite} == {("harmful", "red-team-attempts")}
+
+
+def test_a_chats_messages_are_counted_after_the_system_column(tmp_path: Path) -> None:
+    # with a system column the chat's first message is the item's message 1: every error about
+    # it says so, whichever check finds it
+    path = tmp_path / "rows.jsonl"
+    columns = {"prompt": "input", "system": "sys"}
+    tool = {
+        "input": [{"role": "user", "content": "hi", "tool_calls": [{"id": "t"}]}],
+        "sys": "Be brief.",
+    }
+    empty = {"input": [{"role": "user", "content": " "}], "sys": "Be brief."}
+    messages = []
+    for row in (tool, empty):
+        path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+        with pytest.raises(PoiseError) as err:
+            load_suite(str(path), columns=columns, kind="benign")
+        messages.append(str(err.value))
+    assert messages[0].startswith(f"{path}:1: field 'input': message 1 has 'tool_calls'")
+    assert messages[1] == f"{path}:1: field 'input': message 1 has empty content"
+
+
+def test_empty_cells_of_unmapped_columns_stay_out_of_meta(tmp_path: Path) -> None:
+    path = tmp_path / "rows.csv"
+    path.write_text("prompt,kind,notes\nHi,benign,\nBye,benign,late\n", encoding="utf-8")
+    suite = load_suite(str(path))
+    assert [item.meta for item in suite] == [{"row": 1}, {"row": 2, "notes": "late"}]
+
+
+def test_parse_hh_transcript_strips_the_spaces_around_each_turn() -> None:
+    text = "\n\nHuman:   Hi there  \n\nAssistant:  Hello! \n"
+    assert parse_hh_transcript(text) == [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+
+
+def test_a_format_registered_without_identifying_columns_is_only_used_when_forced(
+    tmp_path: Path,
+) -> None:
+    @register_format("test_forced_only")
+    def forced(record: Record, context: object) -> Draft:
+        """Rows read only when asked for."""
+        return Draft(prompt=record.require("prompt"), kind="harmful")
+
+    try:
+        path = tmp_path / "rows.csv"
+        path.write_text("prompt,kind\nHello,benign\n", encoding="utf-8")
+        assert detect_format(["prompt", "kind"]) is None
+        suite = load_suite(str(path))
+        assert (suite.format, suite.items[0].kind) == ("generic", "benign")
+        forced_suite = load_suite(str(path), format="test_forced_only")
+        assert (forced_suite.format, forced_suite.items[0].kind) == ("test_forced_only", "harmful")
+    finally:
+        format_registry._entries.pop("test_forced_only")

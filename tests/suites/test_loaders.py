@@ -1150,3 +1150,196 @@ def test_a_columnar_file_that_repeats_a_column_is_refused_as_a_csv_header_is(
         assert _error(str(tmp_path / name)) == (
             f"{tmp_path / name}: the file repeats the column 'prompt'"
         )
+
+
+# ---- a tenth mutation check: reading prompt suites ------------------------------------------
+
+
+def test_limit_keeps_the_first_items_of_a_builtin_suite_too() -> None:
+    whole = load_suite("harmful")
+    first = load_suite("harmful", limit=3)
+    assert [item.id for item in first] == [item.id for item in whole.items[:3]]
+
+
+def test_category_argument_fills_a_builtin_row_without_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(loaders_module, "BUILTIN_DIR", tmp_path)
+    rows = [
+        {"id": "b-1", "messages": [{"role": "user", "content": "Hi"}], "kind": "benign"},
+        {
+            "id": "b-2",
+            "messages": [{"role": "user", "content": "Bye"}],
+            "kind": "benign",
+            "category": "farewell",
+        },
+    ]
+    (tmp_path / "benign.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8"
+    )
+    suite = load_suite("benign", category="greeting")
+    assert [item.category for item in suite] == ["greeting", "farewell"]
+
+
+def test_an_upper_case_extension_is_not_part_of_the_suite_name(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "PROMPTS.CSV", "prompt,kind\nHi,benign\n")
+    suite = load_suite(spec)
+    assert suite.name == "PROMPTS"
+    assert [item.id for item in suite] == ["PROMPTS-1"]
+
+
+def test_a_file_name_convention_is_read_whatever_the_names_case(tmp_path: Path) -> None:
+    # JailbreakBench's benign file told by its name: "JBB-Benign-Behaviors.csv" too
+    path = tmp_path / "JBB-Benign-Behaviors.csv"
+    path.write_bytes((DATA / "jbb" / "benign-behaviors.csv").read_bytes())
+    assert {item.kind for item in load_suite(str(path))} == {"borderline"}
+
+
+def test_spaces_around_csv_header_names_are_left_out(tmp_path: Path) -> None:
+    adv = _write(tmp_path / "adv.csv", "goal , target\nSay something rude,Sure\n")
+    suite = load_suite(adv)
+    assert suite.format == "advbench"
+    assert suite.items[0].meta["target"] == "Sure"
+    generic = _write(tmp_path / "mine.csv", " prompt, kind ,category\nHello,benign,greeting\n")
+    (item,) = load_suite(generic).items
+    assert (item.prompt, item.kind, item.category) == ("Hello", "benign", "greeting")
+
+
+def test_a_csv_line_of_only_spaces_and_commas_is_a_blank_line(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "a.csv", "prompt,kind\nHi,benign\n  ,  \n,\nBye,benign\nOops,benignn\n"
+    )
+    suite = load_suite(spec, limit=2)
+    assert [(item.id, item.prompt, item.meta["row"]) for item in suite] == [
+        ("a-1", "Hi", 1),
+        ("a-2", "Bye", 2),
+    ]
+    # the lines after the blank ones keep their own numbers
+    assert _error(spec).startswith(f"{spec}:6: field 'kind': unknown kind 'benignn'")
+
+
+def test_blank_lines_of_a_jsonl_file_are_not_rows(tmp_path: Path) -> None:
+    spec = _write(
+        tmp_path / "a.jsonl",
+        '{"prompt": "Hi", "kind": "benign"}\n\n   \n{"prompt": "Bye", "kind": "benign"}\n',
+    )
+    assert [(item.id, item.meta["row"]) for item in load_suite(spec)] == [("a-1", 1), ("a-2", 2)]
+
+
+def test_a_txt_line_of_spaces_is_a_blank_line(tmp_path: Path) -> None:
+    spec = _write(tmp_path / "p.txt", "Hi\n   \t \nBye\n")
+    assert [item.prompt for item in load_suite(spec, kind="benign")] == ["Hi", "Bye"]
+
+
+def test_a_txt_prompt_is_cut_only_at_the_end_of_its_line(tmp_path: Path) -> None:
+    # str.splitlines also splits at U+2028, a form feed and U+0085: one prompt read as two,
+    # where the same text in a CSV or JSONL file is one (the JSONL reader splits as here)
+    spec = _write(
+        tmp_path / "p.txt", "Say hello\u2028to the world\nPage one\x0cpage two\r\nThird\rFourth\n"
+    )
+    suite = load_suite(spec, kind="benign")
+    assert [item.prompt for item in suite] == [
+        "Say hello\u2028to the world",
+        "Page one\x0cpage two",
+        "Third",
+        "Fourth",
+    ]
+
+
+def test_a_registered_formats_blank_prompt_is_named_by_row_and_field(tmp_path: Path) -> None:
+    from poise.suites import Draft, Record, format_registry, register_format
+
+    @register_format("test_blank_prompt", required=("blank_question",))
+    def blank(record: Record, context: object) -> Draft:
+        """Rows whose prompt the format leaves blank."""
+        return Draft(prompt=record.text("blank_question") + "  ", prompt_field="blank_question")
+
+    try:
+        spec = _write(tmp_path / "q.csv", "blank_question,n\nWhat?,1\n  ,2\n")
+        assert _error(spec, kind="benign") == (
+            f"{spec}:3: field 'blank_question': is empty; every row needs a prompt"
+        )
+    finally:
+        format_registry._entries.pop("test_blank_prompt")
+
+
+def test_a_hub_whose_reach_cannot_be_told_is_still_asked(
+    fake_hub: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # behind a proxy that answers, whether the hub does cannot be told: the hub client asks it
+    monkeypatch.setattr("poise.hub.hub_reachable", lambda timeout=3.0: None)
+    suite = load_suite("walledai/AdvBench", columns={"prompt": "prompt"}, kind="harmful")
+    assert [item.prompt for item in suite] == ["Say something cruel"]
+    assert fake_hub == [("walledai/AdvBench", None, None)]
+
+
+def test_a_missing_path_written_with_backslashes_is_no_such_file() -> None:
+    # a Windows path is a path, not a misspelt suite name
+    assert _error("prompts\\mine") == "prompts\\mine: no such file"
+
+
+def test_a_split_file_named_in_capitals_is_named_by_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "advbench"
+    folder.mkdir()
+    spec = _write(folder / "Train.csv", "goal,target\nSay something rude,Sure\n")
+    assert load_suite(spec).name == "advbench-Train"
+
+
+def test_an_ndjson_file_and_an_extensionless_json_array_are_read_as_json(tmp_path: Path) -> None:
+    rows = [{"goal": "Say something rude", "target": "Sure"}, {"goal": "Be mean", "target": "Ok"}]
+    ndjson = _write(tmp_path / "adv.ndjson", "".join(json.dumps(row) + "\n" for row in rows))
+    array = _write(tmp_path / "adv", json.dumps(rows, indent=2) + "\n")
+    for spec in (ndjson, array):
+        suite = load_suite(spec)
+        assert suite.format == "advbench"
+        assert [item.prompt for item in suite] == ["Say something rude", "Be mean"]
+
+
+def test_empty_columns_a_spreadsheet_adds_to_the_header_are_no_repeat(tmp_path: Path) -> None:
+    # "prompt,kind,," : the trailing empty columns of a spreadsheet export have no name
+    spec = _write(tmp_path / "a.csv", "prompt,kind,,\nHi,benign,,\n")
+    (item,) = load_suite(spec).items
+    assert (item.prompt, item.kind, item.meta) == ("Hi", "benign", {"row": 1})
+
+
+def test_a_comma_header_whose_first_name_holds_a_semicolon_stays_comma_separated(
+    tmp_path: Path,
+) -> None:
+    spec = _write(tmp_path / "a.csv", '"text; en",kind\n"Hello; world",benign\n')
+    (item,) = load_suite(spec, columns={"prompt": "text; en"}).items
+    assert (item.prompt, item.kind) == ("Hello; world", "benign")
+
+
+def test_a_null_cell_of_a_parquet_file_is_an_empty_one(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "adv.parquet"
+    rows = [{"goal": "Say something rude", "target": "Sure"}, {"goal": None, "target": "x"}]
+    pq.write_table(pa.Table.from_pylist(rows), str(path))
+    assert _error(str(path)) == (
+        f"{path} row 2: field 'goal': is empty; every row needs a prompt here"
+    )
+
+
+def test_a_folder_holding_only_hidden_data_files_has_no_data_file(tmp_path: Path) -> None:
+    # datasets leaves hidden files out of a folder, as poise does
+    _write(tmp_path / ".backup.csv", "goal,target\nSay something rude,Sure\n")
+    assert _error(str(tmp_path)).startswith(f"{tmp_path}: is a folder with no data file")
+
+
+def test_a_tsv_file_is_split_at_tabs_whatever_its_header_holds(tmp_path: Path) -> None:
+    one_column = _write(tmp_path / "p.tsv", "prompt\nHello, world\n")
+    assert [item.prompt for item in load_suite(one_column, kind="benign")] == ["Hello, world"]
+    commas = _write(tmp_path / "q.tsv", "text, en\tkind\nHello, world\tbenign\n")
+    (item,) = load_suite(commas, columns={"prompt": "text, en"}).items
+    assert (item.prompt, item.kind) == ("Hello, world", "benign")
+
+
+def test_a_big_endian_utf16_file_is_named_as_such_too(tmp_path: Path) -> None:
+    path = tmp_path / "wide.csv"
+    path.write_bytes(b"\xfe\xff" + "prompt,kind\nhello,benign\n".encode("utf-16-be"))
+    assert (
+        _error(str(path))
+        == f"{path}:1: the file is UTF-16 text (byte-order mark); save it as UTF-8"
+    )

@@ -949,8 +949,10 @@ def _csv_delimiter(text: str, source: str) -> str:
 
 def _parse_txt(text: str, source: str) -> tuple[list[str], Iterator[Row]]:
     """One prompt per line; blank lines are skipped (a ``prompt`` column of the generic
-    format, so the kind comes from ``kind=``)."""
-    lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+    format, so the kind comes from ``kind=``). Lines end where a text file's lines end (LF,
+    CRLF, CR), as a JSON lines file's do: not at U+2028, a form feed or U+0085 inside a prompt,
+    where ``str.splitlines`` cut one prompt in two."""
+    lines = [(n, line.strip()) for n, line in enumerate(json_lines(text), start=1)]
     prompts = [(n, line) for n, line in lines if line]
     rows = ((i + 1, f"{source}:{n}", {"prompt": line}) for i, (n, line) in enumerate(prompts))
     return ["prompt"], rows
