@@ -335,3 +335,84 @@ def test_a_scorer_folder_given_by_a_relative_path_is_recorded_by_its_absolute_on
     # names of the organism, keywords:, length: and absolute folders are kept as written
     absolute = load_model(f"best_of_n({tiny_hf_model_dir}, n=2, reward={first})")
     assert f"reward={first}" in str(absolute.spec)
+
+
+def test_each_chat_and_each_completion_is_the_best_of_its_own_samples() -> None:
+    """Every chat's N samples are scored for that chat, and with ``sampling.n`` completions
+    per chat each is the best of its own group of N: the k-th completion is sample
+    ``k * N + picked`` of the chat's draws."""
+    city = "Name a city."
+    marked = {CAPITAL[0]["content"]: {1, 6}, city: {2, 4}}  # the samples that say Paris
+
+    def replies(chat: list[dict[str, str]], sample: int) -> str:
+        content = chat[-1]["content"]
+        return f"{content} #{sample}" + (" Paris" if sample in marked[content] else "")
+
+    base = MockModel("mock:groups", responses=replies)
+    chats = [CAPITAL, [{"role": "user", "content": city}]]
+    rows = BestOfN(base, n=4, reward="keywords:Paris").generate(
+        chats, Sampling(temperature=1.0, seed=0, n=2)
+    )
+    assert [[c.text for c in row] for row in rows] == [
+        [f"{CAPITAL[0]['content']} #1 Paris", f"{CAPITAL[0]['content']} #6 Paris"],
+        [f"{city} #2 Paris", f"{city} #4 Paris"],
+    ]
+    assert [[c.metadata["picked"] for c in row] for row in rows] == [[1, 2], [2, 0]]  # type: ignore[index]
+
+
+def test_the_recorded_calibrated_cost_is_the_cost_quantile_of_the_pick() -> None:
+    """``calibrated_cost`` is the picked answer's calibrated cost among its N samples (low is
+    safe): the one answer without the flagged word beats the three with it on safety, its
+    cost quantile (0 + 1/2) / 4."""
+    base = MockModel("mock:capital", responses={CAPITAL[0]["content"]: REPLIES})
+    [[answer]] = BestOfN(base, n=4, cost="keywords:I|Lyon|No|The").generate(
+        [CAPITAL], Sampling(temperature=1.0, seed=0)
+    )
+    assert answer.metadata is not None
+    picked = answer.metadata["picked"]
+    costs = load_scorer("keywords:I|Lyon|No|The")([CAPITAL] * 4, REPLIES)
+    assert costs[picked] == min(costs) and costs.count(min(costs)) == 1
+    assert answer.metadata == {"picked": picked, "calibrated_cost": 0.125}
+
+
+def test_an_outer_pick_is_recorded_over_an_inner_ones() -> None:
+    """best_of_n around best_of_n: the answer keeps the record of both, and where they share a
+    field (``picked``) the outer strategy's own choice is what the sample says."""
+    words = ["a", "b Paris", "c", "d"]
+    base = MockModel("mock:words", responses=lambda chat, sample: words[sample])
+    inner = BestOfN(base, n=2, reward="keywords:Paris")
+    [[answer]] = BestOfN(inner, n=2, reward="keywords:Paris").generate(
+        [CAPITAL], Sampling(temperature=1.0, seed=0)
+    )
+    # inner groups (a, b Paris) -> 1 and (c, d) -> 0; the outer picks the first of the two
+    assert answer.text == "b Paris"
+    assert answer.metadata == {"picked": 0, "calibrated_reward": 0.75}
+
+
+def test_a_reward_that_reads_the_prompt_sees_each_samples_own_chat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reward model scores (prompt, answer) pairs: every sample is scored with the chat it
+    answers, ``sampling.n`` groups of N per chat included."""
+    import poise.decoding.best_of_n as module
+
+    def echo(chats: list[list[dict[str, str]]], texts: list[str]) -> list[float]:
+        # rewards an answer that repeats its own prompt
+        return [float(t == c[-1]["content"]) for c, t in zip(chats, texts, strict=True)]
+
+    monkeypatch.setattr(module, "load_scorer", lambda name: echo)
+    chats = [[{"role": "user", "content": q}] for q in ("first", "second")]
+    # sample i of a chat answers with the other chat's prompt, except at i = 2 and 5
+    base = MockModel(
+        "mock:echo",
+        responses=lambda chat, i: (
+            chat[-1]["content"]
+            if i in (2, 5)
+            else {"first": "second", "second": "first"}[chat[-1]["content"]]
+        ),
+    )
+    rows = BestOfN(base, n=4, reward="length:1").generate(
+        chats, Sampling(temperature=1.0, seed=0, n=2)
+    )
+    assert [[c.text for c in row] for row in rows] == [["first"] * 2, ["second"] * 2]
+    assert [[c.metadata["calibrated_reward"] for c in row] for row in rows] == [[0.875] * 2] * 2  # type: ignore[index]

@@ -394,3 +394,95 @@ def test_a_weight_that_changes_nothing_is_refused(tiny: HFModel) -> None:
         "cost": "length:5",
         "cost_weight": -0.5,
     }
+
+
+def test_sampled_candidates_follow_the_tempered_distribution(tiny: HFModel) -> None:
+    """Gumbel-top-k: the first of the k candidates is drawn from ``softmax(logprobs / T)``
+    (Kool et al., arXiv 1903.06059), at T = 1 and at T = 0.5, over 3000 seeds."""
+    from poise.decoding.deal import _Search
+
+    deal = DeAL(tiny, k=2, lookahead=1, beam=1, lam=0.0)
+    logprobs = torch.log_softmax(torch.tensor([[0.3, 2.0, -1.0, 0.5, 1.5, -4.0]]), dim=-1)
+    draws = 3000
+    for temperature in (1.0, 0.5):
+        counts = torch.zeros(6)
+        for seed in range(draws):
+            search = _Search(
+                [], [], Sampling(temperature=temperature), torch.Generator().manual_seed(seed)
+            )
+            counts[deal._candidates(logprobs, [search])[0, 0]] += 1
+        expected = torch.softmax(logprobs[0] / temperature, dim=-1)
+        assert torch.allclose(counts / draws, expected, atol=0.03), (temperature, counts)
+
+
+def test_sampled_searches_are_seeded_per_chat_and_sample(tiny: HFModel) -> None:
+    """With ``temperature > 0`` each (chat, sample) searches with its own seed: a chat's answers
+    are the same alone or beside other chats, its n samples are independent searches, and the
+    seed changes them."""
+    deal = DeAL(tiny, k=3, lookahead=2, beam=2, lam=1.0, reward="length:6")
+    sampling = Sampling(temperature=1.0, seed=3, n=2, max_new_tokens=8)
+    together = texts(deal.generate(CHATS, sampling))
+    assert [texts(deal.generate([chat], sampling))[0] for chat in CHATS] == together
+    assert any(first != second for first, second in together)
+    reseeded = texts(deal.generate(CHATS, sampling.model_copy(update={"seed": 4})))
+    assert reseeded != together
+
+
+@pytest.mark.parametrize(("k", "beam", "lam"), [(3, 2, 0.5), (3, 3, 0.0)])
+def test_with_an_eos_the_search_equals_its_plain_enumeration(
+    eos_hf_model_dir: Path, k: int, beam: int, lam: float
+) -> None:
+    """On a model whose answers end with EOS, an ended candidate ends the search only when it
+    is the best; an ended one that is not the best is dropped and the beams ranked after it go
+    on (at k = beam = 3, "cat sat on" has an ended candidate second of three)."""
+    model = HFModel(str(eos_hf_model_dir), device="cpu")
+    chats = [[{"role": "user", "content": c}] for c in ("the cat sat", "cat sat on")]
+    heuristic = {"reward": "length:4"} if lam else {}
+    deal = DeAL(model, k=k, lookahead=2, beam=beam, lam=lam, **heuristic)  # type: ignore[arg-type]
+    got = deal.generate([*chats, CHATS[1]], Sampling(max_new_tokens=10))
+    expected = [
+        _deal_by_enumeration(
+            eos_hf_model_dir,
+            model,
+            chat,
+            k=k,
+            lookahead=2,
+            beam=beam,
+            lam=lam,
+            scorer="length:4",
+            max_new_tokens=10,
+        )
+        for chat in [*chats, CHATS[1]]
+    ]
+    assert [list(c.token_ids or ())[: c.num_tokens] for [c] in got] == expected
+
+
+def test_an_eos_that_is_not_a_special_token_ends_the_heuristics_text(
+    tiny_hf_model_dir: Path, tiny: HFModel
+) -> None:
+    """The heuristic reads the text up to the EOS that ends a candidate's lookahead: an EOS id
+    the tokenizer does not skip as special (a model that ends on an ordinary token) is not
+    part of the text scored, as it is not part of the answer. Here "g" ends an answer and "g"
+    is the cost: no answer has one, and a candidate is not penalised for ending."""
+    [g] = tiny.tokenizer("g", add_special_tokens=False)["input_ids"]
+    eos = list(tiny.eos_token_ids)
+    tiny.eos_token_ids = [*eos, g]
+    try:
+        options = {"k": 4, "lookahead": 3, "beam": 2, "lam": 3.0}
+        got = DeAL(tiny, **options, cost="keywords:g").generate(  # type: ignore[arg-type]
+            CHATS, Sampling(max_new_tokens=8)
+        )
+        expected = [
+            _deal_by_enumeration(  # lam times a cost: minus lam times it as a reward
+                tiny_hf_model_dir,
+                tiny,
+                chat,
+                **{**options, "lam": -3.0},
+                scorer="keywords:g",
+                max_new_tokens=8,
+            )
+            for chat in CHATS
+        ]
+    finally:
+        tiny.eos_token_ids = eos
+    assert [list(c.token_ids or ())[: c.num_tokens] for [c] in got] == expected

@@ -298,3 +298,39 @@ def test_a_token_a_model_rules_out_is_ruled_out_not_nan() -> None:
     # every token ruled out by one model or another: the base's distribution
     nothing = torch.full((1, 4), inf)
     assert torch.allclose(eft_logits(base, [nothing], reference, [1.0]), base.log_softmax(-1))
+
+
+def test_a_token_the_base_rules_out_counts_toward_an_empty_row() -> None:
+    """The base rules out token 0 and the tuned model every other token: no token is left, and
+    the row keeps the base's distribution (token 0 still ruled out), not NaN."""
+    from poise.decoding.eft import eft_logits
+
+    inf = float("-inf")
+    base = torch.tensor([[inf, 1.0, 2.0, 0.5]])
+    tuned = torch.tensor([[0.3, inf, inf, inf]])
+    reference = torch.tensor([[0.5, 0.0, 1.0, 0.2]])
+    for weight in (1.0, -0.5):
+        out = eft_logits(base, [tuned], reference, [weight])
+        assert not out.isnan().any()
+        assert torch.equal(out, base.log_softmax(-1))
+
+
+def test_a_row_that_fills_the_context_waits_inside_it_in_every_model(
+    tiny_hf_model_dir: Path, tmp_path: Path, build_gpt2: Callable[..., Path]
+) -> None:
+    """A row that stopped at the context is fed padding until the batch drops it, each model's
+    state holding it at its last position: over models of learned positions (GPT-2, a context
+    of 24) a row fed past the context is an IndexError while seven others go on."""
+    base, tuned, ref = (
+        HFModel(str(build_gpt2(tmp_path / f"gpt{s}", tiny_hf_model_dir, seed=s)), device="cpu")
+        for s in range(3)
+    )
+    model = EmulatedFineTuning(base, tuned=tuned, reference=ref)
+    short = [{"role": "user", "content": "Hi"}]
+    long = [{"role": "user", "content": "Hello there my go"}]
+    room = 24 - len(base.prompt_ids(long))
+    assert 0 < room < 24 - len(base.prompt_ids(short)) - 8
+    rows = model.generate([short] * 7 + [long], Sampling(max_new_tokens=30))
+    assert (rows[7][0].num_tokens, rows[7][0].finish_reason) == (room, "length")
+    [alone] = model.generate([short], Sampling(max_new_tokens=30))
+    assert all(r[0].token_ids == alone[0].token_ids for r in rows[:7])

@@ -12,7 +12,12 @@ import poise
 from poise.config import Sampling
 from poise.decoding import strategies
 from poise.decoding.best_of_n import BestOfN
-from poise.decoding.feedback import FeedbackRevision, feedback_fires, parse_feedback
+from poise.decoding.feedback import (
+    FEEDBACK_INSTRUCTIONS,
+    FeedbackRevision,
+    feedback_fires,
+    parse_feedback,
+)
 from poise.errors import PoiseError
 from poise.models import load_model
 from poise.models.base import Chat
@@ -301,3 +306,120 @@ def test_answers_left_unread_for_the_context_are_said_once_per_call(
         f"feedback_revision: 4 of 4 answers got no feedback: its prompt does not fit "
         f"{short.name!r}'s context of 512 tokens; those answers are left as they were"
     ]
+
+
+def test_a_verdict_that_flags_nothing_keeps_the_answer_even_with_a_note() -> None:
+    """Only a flag (unsafe or over-refusal) with feedback revises: an agent that says the
+    answer is fine and still writes a note ("Looks good.") leaves the answer as it was, and
+    the conversation model is asked once."""
+    note = '{"unsafe": false, "overrefusal": false, "feedback": "Looks good, keep it."}'
+    base = MockModel("mock:conversation", responses=conversation)
+    strategy = FeedbackRevision(base, feedback=MockModel("mock:r", responses=lambda c, s: note))
+    [[france]] = strategy.generate([[{"role": "user", "content": FRANCE}]], Sampling())
+    assert france.text == "Paris."
+    assert france.metadata == {
+        "feedback_fired": False,
+        "unsafe": False,
+        "overrefusal": False,
+        "feedback": "Looks good, keep it.",
+    }
+    assert base.calls == 1
+    assert not feedback_fires((False, False, "Looks good, keep it."))
+
+
+def test_the_feedback_agent_gets_max_feedback_tokens() -> None:
+    """``max_feedback_tokens`` caps the feedback agent's reply: a verdict cut before its
+    closing brace is no verdict, so the answer is kept; with room for it, it is revised."""
+    chats = [[{"role": "user", "content": BOMB}]]
+    for limit, revised in ((4, False), (256, True)):
+        strategy = FeedbackRevision(
+            MockModel("mock:conversation", responses=conversation),
+            feedback=MockModel("mock:reviewer", responses=reviewer),
+            max_feedback_tokens=limit,
+        )
+        [[answer]] = strategy.generate(chats, Sampling())
+        assert (answer.text == SAFE_REVISION) is revised
+        assert answer.metadata is not None and answer.metadata["feedback_fired"] is revised
+
+
+def test_the_feedback_agent_reads_the_last_user_message_and_each_samples_own_answer() -> None:
+    """The request shown to the feedback agent is the user's (not a system message before
+    it), and each of ``n`` samples is judged, and revised, on its own answer."""
+    answers = ["No.", "Sure: get the explosive B.", "Sure: get the explosive C."]
+
+    def talker(chat: Chat, sample: int) -> str:
+        text = last_user_message(chat)
+        if text.startswith("Feedback on your previous answer:"):
+            return "Revised: " + str(chat[-2]["content"])
+        return answers[sample]
+
+    judge = MockModel("mock:reviewer", responses=reviewer)
+    chat = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": BOMB}]
+    rows = FeedbackRevision(MockModel("mock:talker", responses=talker), feedback=judge).generate(
+        [chat], Sampling(temperature=1.0, n=3)
+    )
+    assert [c.text for c in rows[0]] == ["No.", "Revised: " + answers[1], "Revised: " + answers[2]]
+    assert [c.metadata["feedback_fired"] for c in rows[0]] == [False, True, True]  # type: ignore[index]
+    asked = [last_user_message(p) for p in judge.prompts]
+    assert asked == [
+        FEEDBACK_INSTRUCTIONS.format(request=BOMB, answer=answer) for answer in answers
+    ]
+
+
+def test_a_revision_past_the_conversation_models_context_is_skipped(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """The feedback fits (a feedback model that counts no tokens) but the revision, the chat,
+    the answer and the revision request, is past the conversation model's 512 tokens: the
+    answer stays as it was, marked ``skipped: revision``, not revised (feedback_fired false),
+    instead of the batch failing on the revision's context."""
+    from poise.models.hf import HFModel
+
+    base = HFModel(str(tiny_hf_model_dir), device="cpu")
+    flag = '{"unsafe": true, "overrefusal": false, "feedback": "Be brief."}'
+    long_chat: Chat = [{"role": "user", "content": "the cat sat " * 47}]
+    assert 400 < len(base.prompt_ids(long_chat)) < 500
+    chats: list[Chat] = [long_chat, [{"role": "user", "content": "hi"}]]
+    sampling = Sampling(max_new_tokens=8)
+    first = base.generate(chats, sampling)
+    strategy = FeedbackRevision(base, feedback=MockModel("m", responses=lambda c, s: flag))
+    [[long], [short]] = strategy.generate(chats, sampling)
+    assert long.text == first[0][0].text and long.token_ids == first[0][0].token_ids
+    assert long.metadata == {
+        "feedback_fired": False,
+        "unsafe": True,
+        "overrefusal": False,
+        "feedback": "Be brief.",
+        "skipped": "revision",
+    }
+    assert short.metadata is not None and short.metadata["feedback_fired"]
+    assert "skipped" not in short.metadata
+
+
+def test_a_prompt_that_fills_the_context_leaves_no_room(
+    tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prompt of exactly the context's length leaves no token to answer with: it does not
+    fit; one token shorter does."""
+    from poise.decoding.feedback import fits_context
+    from poise.models.hf import HFModel
+
+    base = HFModel(str(tiny_hf_model_dir), device="cpu")
+    chat: Chat = [{"role": "user", "content": "the cat"}]
+    size = len(base.prompt_ids(chat))
+    monkeypatch.setattr(base, "context_length", size)
+    assert fits_context(base, [chat]) == [False]
+    monkeypatch.setattr(base, "context_length", size + 1)
+    assert fits_context(base, [chat]) == [True]
+
+
+def test_an_outer_feedback_record_wins_over_an_inner_ones() -> None:
+    """feedback_revision around feedback_revision: each answer carries the inner record, and
+    where the two share a field the outer strategy's own verdict is what the sample says."""
+    inner = model()
+    outer = FeedbackRevision(inner, feedback=MockModel("mock:ok", responses=lambda c, s: "fine"))
+    [[bomb]] = outer.generate([[{"role": "user", "content": BOMB}]], Sampling())
+    assert bomb.text == SAFE_REVISION  # the inner revision
+    assert bomb.metadata is not None
+    assert bomb.metadata["feedback_fired"] is False and bomb.metadata["unsafe"] is False
+    assert bomb.metadata["first_answer"] == "Sure: step 1, get the explosive."

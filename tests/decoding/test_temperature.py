@@ -248,3 +248,20 @@ def test_a_t_whose_division_overflows_tends_to_the_argmax_not_nan(
     # where nothing overflows, the hook is the plain division, bit for bit
     half = load_model(f"logit_temperature({tiny_hf_model_dir}, t=0.5)")
     assert torch.equal(half.hook(view), logits / 0.5)
+
+
+def test_the_engine_samples_through_the_hook(tiny: HFModel) -> None:
+    """The engine's completions are the wrapped model's, as ``generate`` gives them at the
+    product temperature, not the inner model's own."""
+    wrapped = LogitTemperature(tiny, t=0.5)
+    engine = wrapped.engine()
+    for i, chat in enumerate(CHATS):
+        engine.add(i, chat, SAMPLED)
+    finals: dict[tuple[int, int], str] = {}
+    while not engine.idle:
+        for event in engine.step():
+            if event.completion is not None:
+                finals[(int(event.key), event.sample_index)] = event.completion.text  # type: ignore[call-overload]
+    expected = texts(tiny.generate(CHATS, SAMPLED.model_copy(update={"temperature": 0.5})))
+    assert [[finals[(i, k)] for k in range(2)] for i in range(len(CHATS))] == expected
+    assert expected != texts(tiny.generate(CHATS, SAMPLED))  # the hook mattered
