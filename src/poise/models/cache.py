@@ -131,11 +131,16 @@ class ResponseCache:
             (key, model_name, json.dumps([c.to_dict() for c in completions]), now)
             for key, completions in entries.items()
         ]
+        self._insert(rows, "OR REPLACE")
+
+    def _insert(self, rows: Sequence[tuple[str, str, str, float]], conflict: str) -> None:
+        """(key, model, value, created) rows in one transaction: all of them land, or none.
+        ``conflict``: "OR REPLACE" (a row of the same key is replaced) or "OR IGNORE" (kept)."""
         with self._lock, self._errors("write to"):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
-                    "INSERT OR REPLACE INTO completions (key, model, value, created) "
+                    f"INSERT {conflict} INTO completions (key, model, value, created) "
                     "VALUES (?, ?, ?, ?)",
                     rows,
                 )
@@ -174,19 +179,7 @@ class ResponseCache:
                 reader.close()
         except sqlite3.Error as exc:
             raise PoiseError(f"{source}: cannot read the response cache ({exc})") from None
-        with self._lock, self._errors("write to"):
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO completions (key, model, value, created) "
-                    "VALUES (?, ?, ?, ?)",
-                    rows,
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        self._insert(rows, "OR IGNORE")
         return len(rows)
 
     def __len__(self) -> int:
