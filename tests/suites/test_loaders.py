@@ -201,6 +201,18 @@ def test_missing_prompt_column_names_the_flag_and_the_python_fields(tmp_path: Pa
     )
 
 
+def test_a_row_whose_kind_cell_is_empty_is_told_to_fill_it(tmp_path: Path) -> None:
+    # the file has a kind column: "give the kind of the whole file" alone said nothing of the
+    # cell left empty; with --column kind=COLUMN the error names that column
+    spec = _write(tmp_path / "a.csv", "prompt,kind\nfirst,benign\nsecond,\n")
+    message = _error(spec)
+    assert message.startswith(f"{spec}:3: field 'kind': the row's kind is empty; fill it, or ")
+    assert "--kind KIND" in message
+    named = _write(tmp_path / "b.csv", "prompt,label\nfirst,benign\nsecond,\n")
+    with pytest.raises(PoiseError, match=r"b\.csv:3: field 'label': the row's kind is empty"):
+        load_suite(named, columns={"kind": "label"})
+
+
 def test_a_poise_row_without_a_kind_names_the_flag_and_the_python_fields(tmp_path: Path) -> None:
     row = {"messages": [{"role": "user", "content": "hi"}]}
     spec = _write(tmp_path / "items.jsonl", json.dumps(row) + "\n")

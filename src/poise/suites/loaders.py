@@ -1392,6 +1392,11 @@ def _finish(draft: Draft, record: Record, context: FormatContext) -> SuiteItem:
         raise record.error(draft.prompt_field, "is empty; every row needs a prompt")
     kind = draft.kind or context.kind
     if kind is None:
+        column = (context.columns or {}).get("kind", "kind")
+        if column in record.data:  # the file has a kind column, and this row's cell is empty
+            raise record.error(
+                column, f"the row's kind is empty; fill it, or {kind_hint(columns=False)}"
+            )
         raise record.error("kind", f"the row has no kind; {kind_hint(columns=False)}")
     try:
         return SuiteItem(
