@@ -1178,21 +1178,17 @@ def _answers_source(
     sizes and times), as a resume takes them. Returns it with the model name its cache's keys
     hold. Its judge may differ (its answers are judged anew)."""
     header = source.header
-    recorded = header.get("model_name")
+    recorded, recorded_weights = header.get("model_name"), header.get("weights")
     problem: str | None = None
     if (
         recorded is not None
         and str(recorded) != model_name
-        and not _same_model_contents(header.get("weights"), weights)
+        and not _same_model_contents(recorded_weights, weights)
     ):
         problem = f"its answers were made by model {recorded!r}, and this model is {model_name!r}"
-    if problem is None:
-        recorded_weights = header.get("weights")
-        model_weights = (
-            {r: f for r, f in recorded_weights.items() if str(r).startswith("model")}
-            if isinstance(recorded_weights, Mapping)
-            else None
-        )
+    if problem is None and isinstance(recorded_weights, Mapping):
+        # the model's components only: the judge's may differ (the answers are judged anew)
+        model_weights = {r: f for r, f in recorded_weights.items() if str(r).startswith("model")}
         problem = weights_changed(model_weights, weights)
     if problem is None:
         problem = _prompts_dated_otherwise(source, dated)

@@ -312,11 +312,12 @@ def test_copy_from_adds_the_models_missing_answers_and_keeps_its_own(tmp_path: P
     with ResponseCache(tmp_path / "run.sqlite") as cache:
         cache.put_many("m", {"a": [mine]})
         # the source's answers to a and b: b is added, a is kept as it was
-        assert cache.copy_from(tmp_path / "source.sqlite", "m") == 2
+        same = {"a": "a", "b": "b"}
+        assert cache.copy_from(tmp_path / "source.sqlite", "m", same) == 2
         assert cache.get("a") == [mine]
         assert cache.get("b") == [theirs]
-        assert cache.get("c") is None  # another model's answers stay behind
-        assert cache.copy_from(tmp_path / "absent.sqlite", "m") == 0
+        assert cache.get("c") is None  # an answer not asked for stays behind
+        assert cache.copy_from(tmp_path / "absent.sqlite", "m", same) == 0
     with ResponseCache(tmp_path / "keyed.sqlite") as cache:
         # only the keys asked (found in slices of the lookup's size), each stored under the key
         # it maps to: a model renamed since has other keys
@@ -328,4 +329,4 @@ def test_copy_from_adds_the_models_missing_answers_and_keeps_its_own(tmp_path: P
         ResponseCache(tmp_path / "run.sqlite") as cache,
         pytest.raises(PoiseError, match=r"broken\.sqlite: cannot read the response cache"),
     ):
-        cache.copy_from(tmp_path / "broken.sqlite", "m")
+        cache.copy_from(tmp_path / "broken.sqlite", "m", {"a": "a"})

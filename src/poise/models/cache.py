@@ -150,31 +150,28 @@ class ResponseCache:
                     self._conn.execute("ROLLBACK")
                 raise
 
-    def copy_from(
-        self, other: str | Path, model_name: str, keys: Mapping[str, str] | None = None
-    ) -> int:
-        """Add answers that the cache file ``other`` holds and this one does not, in one
-        transaction; an answer this cache holds is kept. ``keys``: the keys to take, each
-        stored under the key it maps to (a request of a model now named otherwise: another
-        name, other keys); None: every answer of ``model_name``, under its own key. Returns how
-        many answers ``other`` held of those asked. ``other`` is read only."""
+    def copy_from(self, other: str | Path, model_name: str, keys: Mapping[str, str]) -> int:
+        """Add the answers that the cache file ``other`` holds under the keys of ``keys`` and
+        this one does not, each stored under the key it maps to (the same key, or a request's
+        key under the model's name now, where it was made under another) with ``model_name``;
+        an answer this cache holds is kept. One transaction. Returns how many answers ``other``
+        held of those asked. ``other`` is read only."""
         source = Path(other)
         if not source.is_file():
             return 0
         uri = "file:" + str(source.resolve()).replace("?", "%3F").replace("#", "%23") + "?mode=ro"
-        query = "SELECT key, model, value, created FROM completions"
+        wanted: list[str] = list(keys)
+        rows: list[tuple[str, str, str, float]] = []
         try:
             reader = sqlite3.connect(uri, uri=True, timeout=60.0)
             try:
-                if keys is None:
-                    rows = reader.execute(query + " WHERE model = ?", (model_name,)).fetchall()
-                else:
-                    wanted, rows = list(keys), []
-                    for start in range(0, len(wanted), _LOOKUP_SLICE):
-                        part = wanted[start : start + _LOOKUP_SLICE]
-                        marks = ",".join("?" * len(part))
-                        found = reader.execute(f"{query} WHERE key IN ({marks})", part)
-                        rows += [(keys[k], model_name, v, t) for k, _, v, t in found.fetchall()]
+                for start in range(0, len(wanted), _LOOKUP_SLICE):
+                    part = wanted[start : start + _LOOKUP_SLICE]
+                    marks = ",".join("?" * len(part))
+                    found = reader.execute(
+                        f"SELECT key, value, created FROM completions WHERE key IN ({marks})", part
+                    )
+                    rows += [(keys[k], model_name, v, t) for k, v, t in found.fetchall()]
             finally:
                 reader.close()
         except sqlite3.Error as exc:

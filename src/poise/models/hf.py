@@ -517,7 +517,8 @@ class HFModel(ModelBase):
     (``poise serve``, whose ``/v1/completions`` needs none): then every chat raises it.
 
     ``chat_template_kwargs``: variables given to the chat template in every render, wherever
-    poise renders this model's chats (generation, context checks, guards, probes, serve):
+    poise renders this model's chats with its tokenizer (generation, guarded generation,
+    context checks, probes, serve; a guard's monitor renders with its own):
     ``{"enable_thinking": false}`` for Qwen3's answers without a thinking block,
     ``{"date_string": "26 Jul 2024"}`` to fix the date a Llama 3.1-3.3 template writes into
     every prompt (else today's, so prompts change from one day to the next). They are part of
@@ -588,7 +589,7 @@ class HFModel(ModelBase):
                 use_safetensors = None  # prefer safetensors, fall back to pickle
             self._hub_options = hub_access(path_or_id, revision)
         self.source = source
-        self.name += chat_template_kwargs_label(self.chat_template_kwargs)
+        self.rename(self.name)
 
         self.tokenizer = self._load_tokenizer(source)
         if self.chat_template_kwargs:
@@ -638,6 +639,12 @@ class HFModel(ModelBase):
 
     def __repr__(self) -> str:
         return f"HFModel({self.name!r}, device={self.device}, dtype={self.dtype})"
+
+    def rename(self, base: str) -> None:
+        """Name the model ``base`` followed by its ``chat_template_kwargs`` label, so a name
+        given by another owner (an organism member's) still tells prompts rendered otherwise
+        apart."""
+        self.name = base + chat_template_kwargs_label(self.chat_template_kwargs)
 
     # -- loading
 

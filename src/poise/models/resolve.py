@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from poise.errors import PoiseError, UnknownNameError
-from poise.models.base import LanguageModel, chat_template_kwargs_label
+from poise.models.base import LanguageModel
 from poise.models.spec import (
     Call,
     Name,
@@ -341,10 +341,7 @@ def _load_name(spec: str, options: Mapping[str, Any]) -> LanguageModel:
     if resolver is not None:
         member = resolver.canonical(spec)
         model = _hf(str(resolver.folder(member)), {**resolver.options, **options})
-        # the chat template variables stay in the name, as HFModel names a folder with them
-        model.name = f"{member}#{model.fingerprint}" + chat_template_kwargs_label(
-            model.chat_template_kwargs
-        )
+        model.rename(f"{member}#{model.fingerprint}")  # its template variables kept in the name
         model.spec = member
         model.recommended_judge = resolver.recommended_judge
         return model

@@ -576,17 +576,19 @@ def _label_runs(runs: list[RunData]) -> None:
         for run in runs
     ]
 
-    def label(i: int, level: int) -> str:
-        path = runs[i].path
-        where = ("", f" ({path.name})", f" ({path.parent.name}/{path.name})")[level]
-        return models[i] + where
-
-    labels = []
-    for i in range(len(runs)):
-        level = 0
-        while level < 2 and [label(j, level) for j in range(len(runs))].count(label(i, level)) > 1:
-            level += 1
-        labels.append(label(i, level))
+    # the candidate labels, one list per level: model; model (folder); model (parent/folder)
+    levels = [
+        [f"{model}{where(run.path)}" for model, run in zip(models, runs, strict=True)]
+        for where in (
+            lambda path: "",
+            lambda path: f" ({path.name})",
+            lambda path: f" ({path.parent.name}/{path.name})",
+        )
+    ]
+    labels = [
+        next((level[i] for level in levels[:2] if level.count(level[i]) == 1), levels[2][i])
+        for i in range(len(runs))
+    ]
     for i, run in enumerate(runs):
         same = [j for j, text in enumerate(labels) if text == labels[i]]
         run.label = labels[i] if len(same) == 1 else f"{labels[i]} #{same.index(i) + 1}"
