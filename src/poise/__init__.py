@@ -10,7 +10,8 @@ The API at the top level (the command line, ``poise --help``, does the same thin
 - ``poise.Sampling``: how answers are drawn (temperature, top_p, top_k, max_new_tokens, n, seed).
 
 Training, merging, probes, guards and serving live in ``poise.train``, ``poise.merge``,
-``poise.probes``, ``poise.guards`` and ``poise.serve``. Importing poise is cheap: torch and
+``poise.probes`` (with ``poise.probing``: a probe trained, a run scored, one call each),
+``poise.guards`` and ``poise.serve``. Importing poise is cheap: torch and
 transformers load only when a model is used.
 """
 

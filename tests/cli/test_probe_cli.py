@@ -107,8 +107,8 @@ def test_a_run_of_the_same_model_under_an_alias_is_its_own_answers(
     """The default audit names the model ``organism``, an alias of organism-large: probing
     organism-large on it reads the model's own answers, and says nothing; another model's run
     gets the warning."""
-    from poise.cli.probe import _examples
     from poise.models import load_model
+    from poise.probing import probe_examples
 
     runs = tmp_path / "runs"
     audit = CliRunner().invoke(
@@ -120,10 +120,10 @@ def test_a_run_of_the_same_model_under_an_alias_is_its_own_answers(
     assert json.loads((run / "run.json").read_text())["config"]["model"] == "organism"
     logging.getLogger("poise").propagate = True  # the CLI run above stopped it (conftest restores)
     with caplog.at_level("WARNING"):
-        _examples("comply", load_model("organism-large"), [], str(run))
+        probe_examples("comply", load_model("organism-large"), run=run)
     assert "own answers" not in caplog.text
     with caplog.at_level("WARNING"):
-        _examples("comply", load_model("organism-small"), [], str(run))
+        probe_examples("comply", load_model("organism-small"), run=run)
     assert "own answers" in caplog.text and "organism-large#" in caplog.text
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any
 
 import typer
@@ -11,85 +9,26 @@ import typer
 from poise.cli._common import (
     console,
     expand_paths,
-    progress_bar,
+    progress_callback,
     shown,
     sigterm_as_interrupt,
     user_errors,
 )
-from poise.errors import PoiseError, check_number
 
 probe_app = typer.Typer(
     help="Linear probes on a model's hidden states: train one (with a layer sweep), score a run.",
     no_args_is_help=True,
 )
 
-TASKS = ("harmful", "comply", "honesty", "deception")
 
-
-# tasks whose labels are an audit run's judged answers, and the error when --run is missing
-RUN_TASKS = {
-    "comply": "probe train --task comply: pass --run RUN, a greedy audit of the same model "
-    "(its judged answers are the labels)",
-    "deception": "probe train --task deception: pass --run RUN, an audit of the same model on "
-    "harmful items judged by a judge that labels feigned answers (the organism's oracle)",
-}
-
-
-def _bar(total: int, description: str) -> Any:
+def _progress(label: str) -> Any:
+    """A ``progress(done, total)`` callback: a bar on a terminal, else a line now and then."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
-    bar = progress_bar(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+    return progress_callback(
+        label, TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(),
-    )
-    task = bar.add_task(description, total=total)
-    return bar, lambda k: bar.advance(task, k)
-
-
-def _warn_other_model(found: Any, model: Any, why: str) -> None:
-    """Warn when the run ``found`` audited another model than ``model`` (``why``: what that
-    spoils). The run's resolved name is compared (an alias such as ``organism`` resolves to its
-    member, with the weights' fingerprint); runs written before it was recorded have the spec
-    only; a run that says neither is not warned about."""
-    audited = found.header.get("model_name")
-    if not isinstance(audited, str):
-        spec = found.config.get("model")
-        audited = spec if isinstance(spec, str) and model.spec is not None else None
-        same = audited is None or audited == model.spec
-    else:
-        same = audited == model.name
-    if not same:
-        logging.getLogger(__name__).warning(
-            "the run %s audited %r and the probe reads %r: %s", found.path, audited, model.name, why
-        )
-
-
-def _examples(task: str, model: Any, suites: list[str], run: str | None) -> list[Any]:
-    from poise.models.base import default_system_prompt, no_system_prompt
-    from poise.probes import data
-    from poise.suites.loaders import load_suite
-
-    system = default_system_prompt(model)
-    if task in RUN_TASKS:
-        if run is None:
-            raise PoiseError(RUN_TASKS[task])
-        from poise.runs import find_run
-
-        found = find_run(run)
-        _warn_other_model(
-            found, model, "the labels should come from the probed model's own answers"
-        )
-        records, none = list(found.records()), no_system_prompt(model)
-        source = found.samples_path
-        if task == "comply":
-            return data.compliance_from_records(records, system, none_prompt=none, source=source)
-        return data.deception_from_records(records, system, none_prompt=none, source=source)
-    items = [item for name in suites for item in load_suite(name).items]
-    if task == "harmful":
-        return data.harmful_vs_benign(items, system)
-    return data.instructed_pairs(items)
+    )  # fmt: skip
 
 
 @probe_app.command("train")
@@ -138,53 +77,14 @@ def train_command(
 ) -> None:
     """Fit a probe: activations of every layer, a sweep (held-out accuracy and AUROC), a folder."""
     with sigterm_as_interrupt(), user_errors():
-        _check_fpr(fpr)
-        check_number("probe", "l2", l2, positive=True)
-        # before the model loads (train_probe checks them again, before the activations)
-        if not 0.0 < test_fraction < 1.0:
-            raise PoiseError(f"--test-fraction: a share in (0, 1), got {test_fraction:g}")
-        if layer is not None and layer < 0:
-            raise PoiseError(f"--layer: an index >= 0 (0 = the embeddings), got {layer}")
         from rich.table import Table
 
-        from poise.models import load_model
-        from poise.probes.linear import check_new_folder
-        from poise.probes.sweep import require_activations
-        from poise.probes.train import train_probe
+        from poise.probing import train_probe
 
-        if task not in TASKS:
-            raise PoiseError(
-                f"probe train --task: expected one of {', '.join(TASKS)}, got {task!r}"
-            )
-        # a flag the task does not read was dropped without a word (a probe trained on other
-        # labels than the user asked for)
-        if task in RUN_TASKS and suite:
-            raise PoiseError(
-                f"probe train --task {task}: --suite is not read (the labels are the --run's "
-                "judged answers); leave it out"
-            )
-        if task not in RUN_TASKS and run is not None:
-            raise PoiseError(
-                f"probe train --task {task}: --run is not read (the labels come from the "
-                "suites' items); leave it out, or use --task comply or deception"
-            )
-        check_new_folder(out, "probe")
-        if task in RUN_TASKS and run is None:
-            raise PoiseError(RUN_TASKS[task])
-        default = {"harmful": ["harmful", "benign"], "honesty": ["honesty"]}.get(task, [])
-        if model is None and task in RUN_TASKS and run is not None:
-            from poise.runs import find_run
-
-            # the model the audit built (folders by absolute path: read from any directory)
-            model = find_run(run).model_to_build
-        loaded = load_model(model or "organism-large")
-        require_activations("poise probe train", loaded)
-        examples = _examples(task, loaded, list(suite) or default, run)
-        bar, advance = _bar(len(examples), f"activations of {len(examples)} rows")
-        with bar:
+        with _progress("rows read") as progress:
             result = train_probe(
-                loaded, examples, out, task=task, layer=layer, test_fraction=test_fraction,
-                l2=l2, fpr=fpr, seed=seed, progress=advance,
+                out, task=task, model=model, suites=suite, run=run, layer=layer,
+                test_fraction=test_fraction, l2=l2, fpr=fpr, seed=seed, progress=progress,
             )  # fmt: skip
         meta = result.probe.metadata
         table = Table(
@@ -204,12 +104,6 @@ def train_command(
             f"probe (layer {result.layer}) -> {shown(result.out)}  [{result.seconds:.0f} s]",
             soft_wrap=True,
         )
-
-
-def _check_fpr(fpr: float | None) -> None:
-    """A false-positive rate in [0, 1), checked before any model loads."""
-    if fpr is not None and not 0.0 <= fpr < 1.0:
-        raise PoiseError(f"--fpr: a false-positive rate in [0, 1), got {fpr}")
 
 
 @probe_app.command("score")
@@ -233,50 +127,14 @@ def score_command(
 ) -> None:
     """Score a run's answers with a probe: probe_scores.jsonl, and the report shows them."""
     with sigterm_as_interrupt(), user_errors():
-        from poise.models import load_model
-        from poise.models.base import default_system_prompt
-        from poise.probes.linear import load_probe
-        from poise.probes.sweep import require_activations
-        from poise.probes.train import check_benign_for_fpr, score_answers, write_scores
-        from poise.report.html import write_run_report
-        from poise.runs import find_run
+        from poise.probing import score_probe
 
-        _check_fpr(fpr)
-        found = find_run(run, out)
-        loaded_probe = load_probe(probe)
-        spec = model or loaded_probe.model
-        if spec is None:
-            raise PoiseError(f"{probe}: the probe names no model; pass --model")
-        if model is not None and loaded_probe.model and model != loaded_probe.model:
-            logging.getLogger(__name__).warning(
-                "the probe was trained on %r and reads %r's activations: its direction and "
-                "threshold are %r's",
-                loaded_probe.model,
-                model,
-                loaded_probe.model,
-            )
-        records = list(found.records())
-        check_benign_for_fpr(records, fpr)  # before the model loads
-        loaded = load_model(spec)
-        require_activations("poise probe score", loaded)
-        # the flags are crossed with the judge's verdicts on the run's answers: the AUROC
-        # against the judge would mix two models
-        _warn_other_model(
-            found, loaded, "the judge's verdicts it is measured against are another model's answers"
-        )
-        bar, advance = _bar(len(records), f"probe on {len(records)} answers")
-        with bar:
-            result = score_answers(
-                loaded, loaded_probe, records, default_system_prompt(loaded), fpr=fpr,
-                progress=advance, source=found.samples_path,
-            )  # fmt: skip
-        write_scores(found.path / "probe_scores.jsonl", Path(probe).name, records, result)
-        if found.status == "complete":
-            write_run_report(found)
-        flagged = sum(result.flagged)
+        with _progress("answers read") as progress:
+            scored = score_probe(run, probe, model=model, fpr=fpr, runs_dir=out, progress=progress)
+        result = scored.scores
         console.print(
-            f"{flagged} of {len(records)} answers flagged (threshold {result.threshold:.3f}: "
-            f"{result.threshold_source}) -> {shown(found.path / 'probe_scores.jsonl')}",
+            f"{sum(result.flagged)} of {scored.answers} answers flagged (threshold "
+            f"{result.threshold:.3f}: {result.threshold_source}) -> {shown(scored.path)}",
             soft_wrap=True,
         )
         for key, value in result.agreement.items():
