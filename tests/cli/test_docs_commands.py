@@ -58,6 +58,7 @@ def check_line(root: Any, line: str) -> str | None:
         node, path = sub, [*path, tokens[0]]
         tokens = tokens[1:]
     flags = {name for param in node.params for name in (*param.opts, *param.secondary_opts)}
+    flags |= {"--help", "-h"}
     for token in tokens:
         if re.fullmatch(r"--?[A-Za-z][\w-]*(=.*)?", token):
             flag = token.split("=", 1)[0]
@@ -98,3 +99,86 @@ def test_the_check_finds_a_flag_or_command_the_cli_lacks() -> None:
     assert (
         check_line(root, "poise merge CONFIG.yml OUT --shards 2") == "poise merge has no --shards"
     )
+
+
+PYTHON_PAGE = ROOT / "docs" / "python.md"
+
+
+def _leaf_commands(node: Any, path: tuple[str, ...] = ()) -> list[str]:
+    commands = getattr(node, "commands", None)
+    if not commands:
+        return [] if node.hidden else [" ".join(("poise", *path))]
+    return [c for name, sub in commands.items() for c in _leaf_commands(sub, (*path, name))]
+
+
+def _python_rows() -> list[tuple[list[str], str]]:
+    """(the commands, the call) of each row of docs/python.md's table."""
+    rows = []
+    for line in PYTHON_PAGE.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].startswith("`poise"):
+            continue
+        named = re.findall(r"`([^`]+)`", cells[0])
+        base = named[0].split()
+        # `poise train dpo` (`modpo`, `reward`): the others replace the last word
+        commands = [" ".join(base), *(" ".join([*base[:-1], other]) for other in named[1:])]
+        rows.append((commands, cells[1]))
+    return rows
+
+
+def _resolve(dotted: str) -> Any:
+    import importlib
+
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            target: Any = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for attribute in parts[cut:]:
+            target = getattr(target, attribute)
+        return target
+    raise ModuleNotFoundError(dotted)
+
+
+def _keywords(text: str, start: int) -> list[str]:
+    """The ``name=`` keywords at the top level of the parentheses opening at ``text[start]``."""
+    depth, found, i = 0, [], start
+    while i < len(text):
+        char = text[i]
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+            if depth == 0:
+                break
+        elif depth == 1 and (m := re.match(r"[,(]\s*(\w+)=", text[i - 1 if char != "(" else i :])):
+            found.append(m.group(1))
+        i += 1
+    return found
+
+
+def test_the_python_page_names_every_command_and_calls_that_exist() -> None:
+    import inspect
+
+    rows = _python_rows()
+    documented = {command for commands, _ in rows for command in commands}
+    # `poise merge CONFIG OUT` is the hidden `merge run`
+    missing = set(_leaf_commands(typer.main.get_command(app))) - documented - {"poise merge"}
+    assert not missing, f"docs/python.md: no row for {sorted(missing)}"
+    wrong = []
+    for _, call in rows:
+        for match in re.finditer(r"poise(?:\.\w+)+", call):
+            try:
+                target = _resolve(match.group())
+            except (ImportError, AttributeError) as exc:
+                wrong.append(f"{match.group()}: {exc}")
+                continue
+            end = match.end()
+            if end < len(call) and call[end] == "(" and callable(target):
+                parameters = inspect.signature(target).parameters
+                takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+                unknown = [k for k in _keywords(call, end) if k not in parameters]
+                if unknown and not takes_any:
+                    wrong.append(f"{match.group()} takes no {', '.join(unknown)}")
+    assert not wrong, "\n".join(wrong)
