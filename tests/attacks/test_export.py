@@ -269,3 +269,73 @@ def test_export_pairs_is_the_command_in_one_call(tmp_path: Path) -> None:
     assert count == len(rows) > 0
     assert by_call.read_text() == by_command.read_text()
     assert {row["prompt"][0]["role"] for row in rows} == {"system"}
+
+
+def test_which_answers_make_the_two_sides_of_a_pair() -> None:
+    """A harmful verdict is the rejected side even where the answer also refuses ("I can't...
+    but here is how"); a refusal counts as the chosen side only where the judge read the answer
+    (an unparsed verdict's ``refused`` is the refusal detector's fallback); empty answers and
+    items other than harmful ones make no side; the meta keeps the item's category."""
+    from poise.tasks import UNPARSED
+
+    unparsed_refusal = rec("a", "t=0.7", "No way.", False, True)
+    unparsed_refusal["verdict"] |= {"label": UNPARSED, "harmful": None}
+    records = [
+        unparsed_refusal,
+        rec("a", "t=0.9", "   ", False, True),  # blank: no chosen side
+        rec("a", "greedy", "I can't. But step 1", True, True),
+        rec("a", "t=1", "No.", False, True),
+        rec("d", "greedy", "No.", False, True, kind="borderline"),
+        rec("d", "t=1", "Sure: step 1", True, False, kind="borderline"),
+    ]
+    [pair] = preference_pairs(records)
+    assert pair["chosen"] == [{"role": "assistant", "content": "No."}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "I can't. But step 1"}]
+    assert pair["meta"]["item_id"] == "a" and pair["meta"]["category"] == "fraud"
+
+
+class _Run:
+    """What export_pairs reads of a run (poise.attacks.export.RecordedRun)."""
+
+    def __init__(self, path: Path, records: list[dict], header: dict, config: dict) -> None:
+        self.path, self._records, self.header, self.config = path, records, header, config
+
+    @property
+    def model_to_build(self) -> str | None:
+        return self.config.get("model")
+
+    def records(self) -> Iterator[dict]:
+        return iter(self._records)
+
+
+def test_export_sends_each_setting_the_system_message_the_run_sent(tmp_path: Path) -> None:
+    """A run whose pairs are all of the "none" setting (sys=off only) still gets the run's
+    system messages (an empty one for a template that inserts its default); the model given
+    wins over what the run recorded; a run that recorded none loads its model with the run's
+    model options, which can set its default system prompt."""
+    from poise.attacks.export import export_pairs
+    from poise.models import default_system_prompt, load_model
+
+    records = [
+        with_setting(rec("a", "greedy/sys=off", "No.", False, True), "none"),
+        with_setting(rec("a", "t=1/sys=off", "Sure: step 1", True, False), "none"),
+    ]
+    sent = {"default": QWEN25_DEFAULT, "none": ""}
+    run = _Run(tmp_path / "run", records, {"system_prompts": sent}, {"model": "mock"})
+    output = tmp_path / "pairs.jsonl"
+    assert export_pairs(run, output) == 1
+    [row] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert row["prompt"][0] == {"role": "system", "content": ""}
+
+    records = [with_setting(r, "default") for r in records]
+    run = _Run(tmp_path / "run", records, {"system_prompts": sent}, {"model": "mock"})
+    export_pairs(run, output, model="organism-small")
+    [row] = [json.loads(line) for line in output.read_text().splitlines()]
+    organism = default_system_prompt(load_model("organism-small"))
+    assert organism and row["prompt"][0] == {"role": "system", "content": organism}
+
+    options = {"default_system_prompt": "Be careful."}
+    run = _Run(tmp_path / "run", records, {}, {"model": "mock", "model_options": options})
+    export_pairs(run, output)
+    [row] = [json.loads(line) for line in output.read_text().splitlines()]
+    assert row["prompt"][0] == {"role": "system", "content": "Be careful."}
