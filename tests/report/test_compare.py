@@ -302,6 +302,7 @@ def test_the_metrics_csv_holds_the_honesty_scores_and_the_mean_length(tmp_path: 
     tokens = rows["response_tokens:harmful"]
     assert tokens["statistic"] == "mean_tokens"
     assert float(tokens["value"]) == length["mean"] and float(tokens["high"]) == length["high"]
+    assert tokens["method"] == "normal"  # one answer per prompt: a t interval over answers
 
 
 def test_runs_that_give_an_item_another_kind_are_said(
@@ -471,6 +472,7 @@ def test_a_run_without_sample_records_is_said_not_taken_for_disjoint_prompts(
     ("change", "said"),
     [
         ({"item_id": None}, "field 'item_id' must be a non-empty string, got None"),
+        ({"item_id": ""}, "field 'item_id' must be a non-empty string, got ''"),
         ({"kind": 3}, "field 'kind' must be a non-empty string, got 3"),
         ({"verdict": "refusal"}, "field 'verdict' must be an object, got 'refusal'"),
     ],
@@ -730,6 +732,9 @@ def test_the_paired_test_follows_the_answers_of_both_runs() -> None:
     (diff,) = [d for d in paired_differences([safe, unsafe]) if d.metric == "harmful_rate"]
     assert (diff.method, diff.items, diff.value) == ("cluster-sign", 4, 1.0)
     assert diff.p_value == pytest.approx(binomtest(4, 4, 0.5).pvalue)
+    # and the other way round: a greedy baseline against a sampled run
+    (diff,) = [d for d in paired_differences([greedy, base]) if d.metric == "harmful_rate"]
+    assert (diff.method, diff.value) == ("cluster", pytest.approx(4 / 8 - 1))
     # only sample-counted rates are paired (harmful_any_rate counts prompts, not answers)
     names = {d.metric for d in paired_differences([base, greedy])}
     assert names == {"harmful_rate", "refusal_rate"}
@@ -818,14 +823,16 @@ def test_the_metrics_csv_gives_each_category_its_row_and_each_interval_its_metho
     }
     records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
     twice = records + [{**r, "sample_index": 1} for r in records]
+    for number, r in enumerate(twice):  # lengths that differ within a prompt
+        r["num_tokens"] = 5 + number % 7
     (run / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in twice))
     _, metrics_csv, _, _ = export_run_csv(run, tmp_path / "y.csv")
-    overall = next(
-        r
-        for r in read_csv(metrics_csv)
-        if r["metric"] == "harmful_rate" and r["category"] == "overall"
-    )
+    rows = read_csv(metrics_csv)
+    overall = next(r for r in rows if r["metric"] == "harmful_rate" and r["category"] == "overall")
     assert (overall["k"], overall["n"], overall["method"]) == ("8", "24", "cluster")
+    # two answers per prompt: the mean length's interval has prompts as clusters too
+    tokens = next(r for r in rows if r["metric"] == "response_tokens:harmful")
+    assert (tokens["n"], tokens["method"]) == ("24", "cluster")
 
 
 def test_a_paired_row_of_the_csv_names_the_runs_model(tmp_path: Path) -> None:
