@@ -330,3 +330,54 @@ def test_copy_from_adds_the_models_missing_answers_and_keeps_its_own(tmp_path: P
         pytest.raises(PoiseError, match=r"broken\.sqlite: cannot read the response cache"),
     ):
         cache.copy_from(tmp_path / "broken.sqlite", "m", {"a": "a"})
+
+
+def test_copy_from_reads_a_cache_whose_path_holds_uri_characters(tmp_path: Path) -> None:
+    """The source is opened read-only through a SQLite URI, where '?' starts the options and
+    '#' a fragment and %HH an escaped character: a run folder named with any of them ("runs/#3",
+    "what?", "a%20b", which was read as "a b") is read all the same."""
+    answer = [Completion(text="theirs", num_tokens=1)]
+    for name in ("run #3", "what?", "50%", "a%20b", "é ü"):
+        source = tmp_path / name / "cache.sqlite"
+        with ResponseCache(source) as writer:
+            writer.put_many("m", {"a": answer})
+        with ResponseCache(tmp_path / f"copy-{name}.sqlite") as cache:
+            assert cache.copy_from(source, "m", {"a": "a"}) == 1, name
+            assert cache.get("a") == answer
+
+
+def test_a_chat_asked_twice_gets_answers_of_its_own(cache: ResponseCache) -> None:
+    """The two answers of one chat asked twice in a call are two lists: a caller that edits one
+    (a strategy keeping its pick) does not edit the other."""
+    model = CachedModel(MockModel(responses=echo), cache)
+    first, second = model.generate([user("a"), user("a")], Sampling())
+    first.append(Completion(text="extra", num_tokens=1))
+    assert [c.text for c in second] == ["a #0"]
+
+
+def test_a_full_disk_says_how_to_go_on(cache: ResponseCache) -> None:
+    with (
+        pytest.raises(PoiseError, match="free some space and run the same command again"),
+        cache._errors("write to"),
+    ):
+        raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_an_error_of_a_model_inside_the_backend_stores_nothing(cache: ResponseCache) -> None:
+    """A GenerationError raised by another model than the cached one (a wrapper's inner model)
+    holds that model's indices and answers, not this call's: none is stored under this call's
+    keys, and the error goes on as it was raised."""
+    other = MockModel(name="inner")
+
+    class Wrapper(MockModel):
+        partial_results = True
+
+        def generate(self, chats, sampling, *, progress=None, on_result=None):  # type: ignore[no-untyped-def,override]
+            stray = [[Completion(text="another call's answer", num_tokens=3)], None]
+            raise GenerationError(other, stray, {1: "refused"})
+
+    model = CachedModel(Wrapper(), cache)
+    with pytest.raises(GenerationError) as info:
+        model.generate([user("a"), user("b")], Sampling())
+    assert info.value.model is other
+    assert len(cache) == 0

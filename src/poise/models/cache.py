@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from poise.config import Sampling
 from poise.errors import PoiseError
@@ -159,7 +160,9 @@ class ResponseCache:
         source = Path(other)
         if not source.is_file():
             return 0
-        uri = "file:" + str(source.resolve()).replace("?", "%3F").replace("#", "%23") + "?mode=ro"
+        # a SQLite URI decodes %HH and ends the path at '?' or '#': every such character of
+        # the path is escaped ("runs/a%20b" is a folder of that name, not "runs/a b")
+        uri = "file:" + quote(str(source.resolve()), safe="/") + "?mode=ro"
         wanted: list[str] = list(keys)
         rows: list[tuple[str, str, str, float]] = []
         try:
