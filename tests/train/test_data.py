@@ -60,6 +60,22 @@ def test_generic_string_and_chat_prompts(tmp_path: Path) -> None:
     assert pairs[1].meta == {"row": 3}  # the blank line 2 is skipped, numbering is the file's
 
 
+def test_a_chat_prompt_without_meta_and_an_extra_response_0_key_are_generic(
+    tmp_path: Path,
+) -> None:
+    """The format is told from the first row: a chat prompt is the attack format only with a
+    ``meta`` object (the attack export always writes one), and PKU-SafeRLHF needs both
+    ``response_0`` and ``response_1``; other generic rows keep such keys in ``meta``."""
+    chat = [{"role": "user", "content": "Hi"}]
+    (pair,) = load_preferences(
+        _write(tmp_path / "chat.jsonl", [{"prompt": chat, "chosen": "Hello!", "rejected": "Go."}])
+    )
+    assert pair.prompt == chat and pair.meta == {"row": 1}
+    row = {"prompt": "Hi", "chosen": "Hello!", "rejected": "Go.", "response_0": "Hello!"}
+    (pair,) = load_preferences(_write(tmp_path / "extra.jsonl", [row]))
+    assert pair.meta == {"row": 1, "response_0": "Hello!"}
+
+
 def test_the_rows_own_meta_wins_over_a_top_level_key_of_the_same_name(tmp_path: Path) -> None:
     row = {"prompt": "a", "chosen": "b", "rejected": "c", "source": "top", "meta": {"source": "m"}}
     (pair,) = load_preferences(_write(tmp_path / "pairs.jsonl", [row]))
@@ -196,6 +212,16 @@ def test_hh_rlhf_rows_whose_dialogues_diverge_are_skipped_and_counted(
     only = _write(tmp_path / "only.jsonl", [{"chosen": HH_CHOSEN, "rejected": diverging}])
     with pytest.raises(PoiseError, match=r"only\.jsonl: skipped 1 .* no preference pairs"):
         load_preferences(only, format="hh-rlhf")
+    # exactly five are all named, with no "..." after them
+    five = _write(
+        tmp_path / "five.jsonl",
+        [{"chosen": HH_CHOSEN, "rejected": diverging}] * 5
+        + [{"chosen": HH_CHOSEN, "rejected": HH_REJECTED}],
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="poise.train.data"):
+        load_preferences(five, format="hh-rlhf")
+    assert "skipped 5 HH-RLHF row(s)" in caplog.text and "(lines 1, 2, 3, 4, 5)" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["pairs.json.gz", "pku.gz", "pairs.jsonl.gz"])

@@ -165,6 +165,13 @@ def test_a_response_ends_with_the_templates_own_turn_marker_when_it_is_not_the_e
     assert tokenizer.decode(response) == "the answer<|end|>"
     # the prompt and the response are the template's own rendering of the reply, cut after it
     assert rendered.startswith(tokenizer.decode(encoder.prompt_ids(chat) + response))
+    # a template that writes two special tokens after a reply (here the next turn's opener): the
+    # response ends at the first, the end of the turn, where generation stops
+    tokenizer.chat_template = tokenizer.chat_template.replace(
+        "'<|end|>\\n'", "'<|end|><|user|>\\n'"
+    )
+    encoder = ChatEncoder(tokenizer, 512)
+    assert tokenizer.decode(encoder.response_ids("the answer")) == "the answer<|end|>"
 
 
 def _trl_conversational(tokenizer: Any, chat: list[dict[str, str]], reply: str) -> tuple[Any, Any]:
@@ -935,3 +942,28 @@ def test_the_held_out_split_has_round_n_times_fraction_rows() -> None:
         train, out = split_holdout(n, fraction, seed=1)
         assert len(out) == held, (n, fraction)
         assert sorted(train + out) == list(range(n))
+    # a fraction that rounds to no row still holds one out, and never every row
+    assert [len(split_holdout(n, f, seed=1)[1]) for n, f in ((10, 0.01), (2, 0.99))] == [1, 1]
+
+
+def test_token_logps_of_a_padded_batch_are_each_rows_own_with_absolute_positions() -> None:
+    """On GPT-2 (learned absolute positions, so a shifted position is a different input), the
+    log-probs of each response token in a left-padded batch equal those of the row's own
+    unpadded forward at positions 0, 1, ... (what generation feeds), read off the next-token
+    distribution with ``log_softmax``."""
+    import torch
+
+    from poise.train.recipes.common import sequence_batch, token_logps
+
+    model = _gpt2(seed=3).eval()
+    rows = [([5, 9, 13], [7, 2, 30]), ([11, 4, 8, 20, 6, 17], [3]), ([12], [40, 41, 42, 43])]
+    batch = sequence_batch(rows, pad_id=0)
+    with torch.no_grad():
+        batched = token_logps(model, batch, "cpu")  # [3, K]
+        mask = batch["response_mask"].bool()
+        for i, (prompt, response) in enumerate(rows):
+            ids = torch.tensor([prompt + response])
+            logps = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)  # [T, V]
+            own = [float(logps[len(prompt) - 1 + j, t]) for j, t in enumerate(response)]
+            assert batched[i][mask[i]].tolist() == pytest.approx(own, abs=1e-5)
+            assert float(batched[i][~mask[i]].abs().sum()) == 0.0

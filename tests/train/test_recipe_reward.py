@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -188,3 +189,160 @@ def test_ctrl_c_in_a_cost_run_before_a_checkpoint_leaves_no_folder(
         )
     assert not out.exists()
     assert "nothing was saved" in caplog.text
+
+
+def _initial_scores(folder: Path, data: Path, seed: int = 0) -> tuple[list[float], list[float]]:
+    """The chosen and rejected scores of every pair under the model the run starts from: the
+    folder's backbone with the score head ``--seed`` draws, reading the chat as the recipe does."""
+    from poise.train.data import load_preferences
+    from poise.train.recipes.common import (
+        ChatEncoder,
+        classifier_scores,
+        load_classifier,
+        load_tokenizer,
+    )
+
+    pairs = load_preferences(data)
+    tokenizer = load_tokenizer(folder, need_chat_template=False)
+    encoder = ChatEncoder(tokenizer, FAST["max_length"], plain=not tokenizer.chat_template)
+    torch.manual_seed(seed)
+    model = load_classifier(folder, tokenizer.pad_token_id).eval()
+    rows = [encoder.classifier_ids(p.messages, r) for p in pairs for r in (p.chosen, p.rejected)]
+    scores = classifier_scores(model, rows, tokenizer.pad_token_id).tolist()
+    return scores[0::2], scores[1::2]
+
+
+def _nls(z: float) -> float:
+    """-log σ(z)."""
+    return math.log1p(math.exp(-z)) if z > -30 else -z
+
+
+def _first_step(folder: Path) -> dict[str, float]:
+    return json.loads((folder / "train_log.jsonl").read_text().splitlines()[0])
+
+
+def test_the_first_step_is_bradley_terry_with_the_margin_and_the_centring(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """One step over all 4 pairs: the logged loss is the mean of ``-log σ(r_c - r_r - m) +
+    η (r_c + r_r)²`` (arXiv 2203.02155 Eq. 1, Llama 2's margin, arXiv 2312.09244's centring)
+    on the starting model's scores, with the chosen response's score as ``r_c``."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4)
+    margin, eta = 0.5, 0.1
+    train_reward(
+        model=str(tiny_hf_model_dir),
+        data=str(data),
+        output=str(tmp_path / "rm"),
+        eval_fraction=0.0,
+        max_steps=1,
+        **{**FAST, "epochs": 1},
+        margin=margin,
+        center_rewards_coefficient=eta,
+    )
+    chosen, rejected = _initial_scores(tiny_hf_model_dir, data)
+    pairs = list(zip(chosen, rejected, strict=True))
+    record = _first_step(tmp_path / "rm")
+    expected = sum(_nls(c - r - margin) + eta * (c + r) ** 2 for c, r in pairs) / 4
+    assert record["loss"] == pytest.approx(expected, rel=1e-5)
+    assert record["reward/chosen"] == pytest.approx(sum(chosen) / 4, rel=1e-5)
+    assert record["accuracy"] == sum(c > r for c, r in pairs) / 4
+
+
+def test_the_first_cost_step_ranks_only_pairs_of_different_safety_when_told(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """Safe RLHF's cost loss (arXiv 2310.12773) on the starting model's costs: pairs 1 and 3
+    (chosen safe, rejected unsafe) get ``-log σ(C_r - C_c) - log σ(-C_c) - log σ(C_r)``; pairs
+    0 and 2 (both safe) only the sign terms ``-log σ(-C_c) - log σ(-C_r)`` with
+    ``rank_equal_safety`` off, and the ranking term too with it on."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=4, safety=True)
+    chosen, rejected = _initial_scores(tiny_hf_model_dir, data)
+    for rank_equal in (False, True):
+        out = tmp_path / f"cm-{rank_equal}"
+        train_cost(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(out),
+            eval_fraction=0.0,
+            max_steps=1,
+            rank_equal_safety=rank_equal,
+            **{**FAST, "epochs": 1},
+        )
+        expected = []
+        for i, (c, r) in enumerate(zip(chosen, rejected, strict=True)):
+            both_safe = i % 2 == 0
+            signs = _nls(-c) + (_nls(-r) if both_safe else _nls(r))
+            expected.append(signs + (_nls(r - c) if rank_equal or not both_safe else 0.0))
+        record = _first_step(out)
+        assert record["loss"] == pytest.approx(sum(expected) / 4, rel=1e-5)
+        assert record["cost/chosen"] == pytest.approx(sum(chosen) / 4, rel=1e-5)
+        # a cost model is right when the rejected (more harmful) response costs more
+        assert record["accuracy"] == sum(r > c for c, r in zip(chosen, rejected, strict=True)) / 4
+
+
+def test_the_held_out_cost_metrics_are_those_of_the_saved_model(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """``eval/accuracy``: the share of held-out pairs whose rejected (more harmful) response the
+    saved cost model costs more, over the pairs of different safety only when
+    ``rank_equal_safety`` is off; ``eval/sign_accuracy``: the share of held-out responses with
+    ``cost > 0`` exactly when unsafe (Safe RLHF's convention)."""
+    from poise.train.recipes.common import split_holdout
+
+    data = write_pairs(tmp_path / "pairs.jsonl", n=8, safety=True)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    for row in rows[::2]:  # both safe: swap the texts, so these pairs rank the other way
+        row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "cm"
+    result = train_cost(
+        model=str(tiny_hf_model_dir),
+        data=str(data),
+        output=str(out),
+        eval_fraction=0.5,
+        max_steps=1,
+        rank_equal_safety=False,
+        **{**FAST, "epochs": 1},
+    )
+    chosen, rejected = _initial_scores(out, data)  # a classifier folder: its own, trained head
+    _, held = split_holdout(8, 0.5, 0)
+    ranked = [i for i in held if i % 2 == 1]  # rejected unsafe in odd rows, safe in even ones
+    assert result.metrics["eval/accuracy"] == pytest.approx(
+        sum(rejected[i] > chosen[i] for i in ranked) / len(ranked)
+    )
+    right = [chosen[i] < 0 for i in held] + [(rejected[i] > 0) is (i % 2 == 1) for i in held]
+    assert result.metrics["eval/sign_accuracy"] == pytest.approx(sum(right) / len(right))
+
+
+def test_a_step_is_the_mean_over_its_rows_however_it_is_split(
+    tiny_hf_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two steps over 7 pairs (4, then 3), as micro-batches of 4 and 3, or of 2 + 2 and 2 + 1
+    with ``grad_accum`` 2: each step's gradient is the mean over its own rows (every pair of
+    the second step weighs 1/3, not 1/4 or 1/2), so the same weights after both steps. No
+    clipping: a clipped gradient hides its scale, and AdamW would not see a uniformly scaled
+    first step; the second step's relative scale shows."""
+    data = write_pairs(tmp_path / "pairs.jsonl", n=7)
+    trained, logged = [], []
+    for batch_size, grad_accum in ((4, 1), (2, 2)):
+        out = tmp_path / f"rm-{batch_size}"
+        train_reward(
+            model=str(tiny_hf_model_dir),
+            data=str(data),
+            output=str(out),
+            eval_fraction=0.0,
+            **{**FAST, "epochs": 1, "batch_size": batch_size},
+            grad_accum=grad_accum,
+            max_grad_norm=0.0,
+        )
+        trained.append(weights(out))
+        logged.append(
+            [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        )
+    for key in trained[0]:
+        torch.testing.assert_close(trained[0][key], trained[1][key], rtol=0, atol=1e-5)
+    # the logged step metrics are means over the step's pairs too, not over its micro-batches
+    assert len(logged[0]) == len(logged[1]) == 2
+    for one, split in zip(logged[0], logged[1], strict=True):
+        for key in ("loss", "accuracy", "reward/chosen", "reward/rejected"):
+            assert split[key] == pytest.approx(one[key], rel=1e-5, abs=1e-6)

@@ -74,6 +74,10 @@ def test_safe_rl_updates_the_policy_and_the_multiplier_as_safe_rlhf_says(
     assert result.metrics["lambda_final"] == pytest.approx(lam, rel=1e-6)
     assert log[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference before any step
     assert log[-1]["kl"] != pytest.approx(0.0, abs=1e-6)
+    # the summary: the first and the last tenth of the steps (one step each of 3)
+    for key in ("reward", "cost", "kl"):
+        assert result.metrics[f"{key}_start"] == pytest.approx(log[0][key])
+        assert result.metrics[f"{key}_end"] == pytest.approx(log[-1][key])
 
 
 def test_one_policy_step_lowers_its_own_loss() -> None:
@@ -252,6 +256,17 @@ def test_safe_rl_resume_gives_the_same_weights(
     assert [r["lambda"] for r in _log(tmp_path / "straight")] == [
         r["lambda"] for r in _log(tmp_path / "resumed")
     ]
+
+
+def test_a_safety_test_of_one_prompt_is_refused_before_anything_is_written(
+    tiny_hf_model_dir: Path, scorers: dict[str, Path], tmp_path: Path
+) -> None:
+    """A Student-t bound needs at least 2 costs: 3 prompts with safety_fraction 0.25 hold out
+    one, refused with the config rather than after training."""
+    fields = _common(tiny_hf_model_dir, scorers, output=str(tmp_path / "out"), limit=3)
+    with pytest.raises(PoiseError, match="the safety test needs at least 2 held-out prompts"):
+        train_safe_rl(**fields, high_confidence=True, safety_fraction=0.25)
+    assert not (tmp_path / "out").exists()
 
 
 def test_reward_model_must_be_a_classifier(
@@ -480,3 +495,271 @@ def test_limit_spreads_the_prompts_over_the_suite_as_the_audit_does() -> None:
     expected = spread_subset(load_suite("harmful").items, 6)
     assert [chat[-1]["content"] for chat in chats] == [item.prompt for item in expected]
     assert len({item.category for item in expected}) > 1
+
+
+def test_a_prompts_own_system_message_wins_over_the_default_one(tmp_path: Path) -> None:
+    """Every training prompt gets the system message, except one that has its own: that one
+    keeps it (and only it), as an audit of the trained model would send it."""
+    from poise.train.recipes.safe_rl import SafeRLConfig, load_prompts
+
+    own = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Hi"}]
+    suite = tmp_path / "mine.jsonl"
+    rows = [
+        {"id": "a", "messages": own, "kind": "harmful"},
+        {"id": "b", "messages": [own[1]], "kind": "harmful"},
+    ]
+    suite.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = SafeRLConfig(
+        model="m", reward_model="r", cost_model="c", prompts=str(suite), output="o"
+    )
+    assert load_prompts(config, "Be safe.") == [
+        own,
+        [{"role": "system", "content": "Be safe."}, own[1]],
+    ]
+
+
+class _StandInScorers:
+    """Reward and cost models that return seeded random scores and record every call, so that
+    everything the recipe computes from them has a closed form."""
+
+    def __init__(self, cost_folder: Path, cost_scale: float) -> None:
+        self.cost_folder, self.cost_scale = cost_folder, cost_scale
+        self.calls: dict[str, list[tuple[list[Any], list[str], torch.Tensor]]] = {
+            "reward": [],
+            "cost": [],
+        }
+        self.generator = torch.Generator().manual_seed(0)
+
+    def __call__(self, folder: Path, max_length: int, device: Any) -> Any:
+        kind = "cost" if Path(folder) == Path(self.cost_folder).resolve() else "reward"
+        scale = self.cost_scale if kind == "cost" else 1.0
+
+        def score(chats: list[Any], texts: list[str]) -> torch.Tensor:
+            scores = scale * torch.randn(len(texts), generator=self.generator)
+            self.calls[kind].append((list(chats), list(texts), scores))
+            return scores
+
+        return score
+
+
+def _spy_on_advantages(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    from poise.train.recipes import safe_rl
+
+    seen: list[torch.Tensor] = []
+    original = safe_rl.policy_loss
+
+    def spy(policy: Any, reference: Any, mask: Any, advantages: Any, kl_coef: float) -> Any:
+        seen.append(advantages.detach().cpu().double())
+        return original(policy, reference, mask, advantages, kl_coef)
+
+    monkeypatch.setattr(safe_rl, "policy_loss", spy)
+    return seen
+
+
+def _rloo(scores: torch.Tensor) -> torch.Tensor:
+    """RLOO (arXiv 2402.14740) over groups of 2: ``r_i - r_other``."""
+    pairs = scores.double().view(-1, 2)
+    return torch.stack([pairs[:, 0] - pairs[:, 1], pairs[:, 1] - pairs[:, 0]], 1).view(-1)
+
+
+def _rloo_unit(scores: torch.Tensor) -> torch.Tensor:
+    """:func:`_rloo` over the batch's standard deviation (``scale_advantages``)."""
+    advantages = _rloo(scores)
+    return advantages / advantages.std()
+
+
+def test_each_micro_batch_is_scored_and_weighted_as_safe_rlhf_says(
+    tiny_hf_model_dir: Path,
+    scorers: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two steps of two micro-batches (2 prompts x 2 samples): each completion is scored with
+    its own prompt and trained under it, the advantages are ``(A_R - λ A_C) / (1 + λ)`` (arXiv
+    2310.12773 §3.3) of batch-scaled RLOO advantages, and λ moves on the mean cost of all the
+    step's completions (both micro-batches)."""
+    from poise.train.recipes import safe_rl
+    from poise.train.recipes.common import ChatEncoder, load_tokenizer
+
+    stand_in = _StandInScorers(scorers["cost_model"], 1.0)
+    monkeypatch.setattr(safe_rl, "Scorer", stand_in)
+    advantages = _spy_on_advantages(monkeypatch)
+    rows: list[Any] = []
+    original = safe_rl.sequence_batch
+    monkeypatch.setattr(
+        safe_rl, "sequence_batch", lambda pairs, pad: rows.append(pairs) or original(pairs, pad)
+    )
+    out = tmp_path / "out"
+    fields = _common(tiny_hf_model_dir, scorers, output=str(out), max_steps=2, grad_accum=2)
+    train_safe_rl(**fields, cost_transform="raw", cost_limit=0.1)
+    log = _log(out)
+    encoder = ChatEncoder(load_tokenizer(tiny_hf_model_dir), 1024)
+    assert len(advantages) == len(rows) == len(stand_in.calls["cost"]) == 4
+    for m, ((chats, _, rewards), (cost_chats, _, costs)) in enumerate(
+        zip(stand_in.calls["reward"], stand_in.calls["cost"], strict=True)
+    ):
+        # a prompt's two samples are consecutive, and each is trained under its own prompt
+        assert cost_chats == chats and chats[0] == chats[1] and chats[2] == chats[3] != chats[0]
+        assert [prompt for prompt, _ in rows[m]] == [encoder.prompt_ids(c) for c in chats]
+        lam = log[m // 2]["lambda"]
+        expected = (_rloo_unit(rewards) - lam * _rloo_unit(costs)) / (1 + lam)
+        torch.testing.assert_close(advantages[m], expected, rtol=1e-5, atol=1e-6)
+    for step in range(2):
+        costs = torch.cat([stand_in.calls["cost"][2 * step + i][2] for i in range(2)])
+        assert log[step]["cost_estimate"] == pytest.approx(float(costs.mean()), rel=1e-5)
+    lam = log[0]["lambda"]
+    assert lam == pytest.approx(1.0)
+    # log λ <- log λ + lr · λ · (J_C - d), Safe RLHF §3.3
+    step = math.exp(math.log(lam) + 0.1 * lam * (log[0]["cost_estimate"] - 0.1))
+    assert log[1]["lambda"] == pytest.approx(step, rel=1e-5)
+
+
+def test_high_confidence_trains_on_augmented_costs_and_tests_the_held_out_prompts(
+    tiny_hf_model_dir: Path,
+    scorers: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HC-RLHF (arXiv 2506.08266): the cost advantages are RLOO of the augmented costs
+    ``c + κ (c² - 2μc) / (2σ)`` of ``σ(score)`` (μ, σ the micro-batch's mean and sample std, κ
+    for 4 costs and a safety test of 2), and the safety test's bound is the Student-t bound of
+    the costs of one answer to each of the 2 held-out prompts, never trained on."""
+    from poise.chat import last_user_message
+    from poise.train import safety
+    from poise.train.recipes import safe_rl
+    from poise.train.recipes.common import prompt_digest
+
+    stand_in = _StandInScorers(scorers["cost_model"], 0.3)  # costs with a std below 1
+    monkeypatch.setattr(safe_rl, "Scorer", stand_in)
+    advantages = _spy_on_advantages(monkeypatch)
+    out = tmp_path / "out"
+    fields = _common(tiny_hf_model_dir, scorers, output=str(out), max_steps=1)
+    train_safe_rl(**fields, high_confidence=True, safety_fraction=0.25, scale_advantages=False)
+    (_, _, rewards), *_ = stand_in.calls["reward"]
+    (_, _, scores), *rest = stand_in.calls["cost"]
+    costs = torch.sigmoid(scores).double()
+    kappa = safety.pessimistic_coefficient(4, 2, 0.05)
+    augmented = costs + kappa * (costs**2 - 2 * costs.mean() * costs) / (2 * costs.std())
+    expected = (_rloo(rewards) - 1.0 * _rloo(augmented)) / 2.0  # λ = 1 at step 1, unscaled
+    torch.testing.assert_close(advantages[0], expected, rtol=1e-5, atol=1e-6)
+    # the safety test: one answer per held-out prompt, none of them a prompt trained on
+    held_chats = [c for call in rest for c in call[0]]
+    held_costs = torch.sigmoid(torch.cat([call[2] for call in rest]))
+    trained = set(json.loads((out / "poise.json").read_text())["trained_prompts_sha256"])
+    held = {prompt_digest(last_user_message(c)) for c in held_chats}
+    assert len(held_chats) == 2 and len(held) == 2 and not held & trained
+    test = json.loads((out / "poise_train.json").read_text())["safety_test"]
+    bound, _, _ = safety.student_t_upper_bound(held_costs, 0.05)
+    assert test["upper_bound"] == pytest.approx(bound, rel=1e-5) and test["n"] == 2
+
+
+def test_a_sampled_completion_is_trained_up_to_and_including_its_eos(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """The EOS a completion ends with stays in its trained tokens (the policy learns to stop,
+    as ChatEncoder's responses end with it); here every token is an EOS of the model's
+    generation config, so each completion is its first token, an EOS."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from poise.train.recipes.common import ChatEncoder, load_causal_lm, load_tokenizer
+    from poise.train.recipes.safe_rl import SafeRLConfig, sample
+
+    model = load_causal_lm(tiny_hf_model_dir)
+    every_token = list(range(model.config.vocab_size))
+    model.generation_config.eos_token_id = every_token
+    tokenizer = load_tokenizer(tiny_hf_model_dir)
+    tokenizer.padding_side = "left"
+    session = SimpleNamespace(
+        unwrapped=model, accelerator=SimpleNamespace(autocast=nullcontext), device="cpu"
+    )
+    config = SafeRLConfig(
+        model="m", reward_model="r", cost_model="c", prompts="p", output="o", max_new_tokens=4
+    )
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Hello there"}]]
+    encoder = ChatEncoder(tokenizer, 64)
+    prompts, responses, _ = sample(session, encoder, chats, 2, config, seed=0)  # type: ignore[arg-type]
+    assert prompts == [encoder.prompt_ids(c) for c in chats for _ in range(2)]
+    assert [len(r) for r in responses] == [1, 1, 1, 1]
+
+
+def test_a_base_models_completion_ends_where_it_opens_a_user_turn(tiny_hf_model_dir: Path) -> None:
+    """Direct Harmless RLHF from a base model (arXiv 2403.02513): a completion that goes on
+    into a new ``User:`` turn is cut there, in its text (what the scorers read) and in its
+    tokens (the shortest prefix whose text reaches the turn); a chat model's is kept whole."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from poise.train.recipes.common import ChatEncoder, load_tokenizer
+    from poise.train.recipes.safe_rl import SafeRLConfig, sample
+
+    tokenizer = load_tokenizer(tiny_hf_model_dir)
+    tokenizer.padding_side = "left"
+    canned = tokenizer("Sure thing.\nUser: and more", add_special_tokens=False)["input_ids"]
+    seen: list[dict[str, Any]] = []
+
+    class Canned:
+        training = False
+        generation_config = SimpleNamespace(eos_token_id=None)
+
+        def eval(self) -> None: ...
+
+        def train(self, mode: bool = True) -> None: ...
+
+        def generate(self, input_ids: Any, num_return_sequences: int, **kwargs: Any) -> Any:
+            seen.append(kwargs)
+            rows = input_ids.repeat_interleave(num_return_sequences, dim=0)
+            return torch.cat([rows, torch.tensor([canned] * rows.shape[0])], dim=1)
+
+    session = SimpleNamespace(
+        unwrapped=Canned(), accelerator=SimpleNamespace(autocast=nullcontext), device="cpu"
+    )
+    chats = [[{"role": "user", "content": "Hi"}]]
+    for from_base in (True, False):
+        config = SafeRLConfig(
+            model="m",
+            reward_model="r",
+            cost_model="c",
+            prompts="p",
+            output="o",
+            from_base=from_base,
+            temperature=0.7,
+            top_p=0.9,
+        )
+        encoder = ChatEncoder(tokenizer, 64, plain=from_base)
+        _, (tokens, *_), (text, *_) = sample(session, encoder, chats, 2, config, seed=0)  # type: ignore[arg-type]
+        if from_base:
+            assert text == "Sure thing."
+            kept = tokenizer.decode(tokens, skip_special_tokens=True)
+            assert "\nUser:" in kept and "\nUser:" not in tokenizer.decode(tokens[:-1])
+        else:
+            assert text == "Sure thing.\nUser: and more" and tokens == canned
+    # sampled from softmax(logits / T), nucleus top_p, no top-k: what the loss's log-probs assume
+    assert all(
+        (k["do_sample"], k["temperature"], k["top_p"], k["top_k"]) == (True, 0.7, 0.9, 0)
+        for k in seen
+    )
+
+
+def test_the_loss_backpropagated_is_the_mean_over_the_steps_completions(
+    tiny_hf_model_dir: Path,
+    scorers: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One micro-batch per step of 2 prompts x 2 samples: what backward receives is the mean of
+    the 4 completions' losses, the logged ``loss`` (a sum over the k samples of a prompt grew
+    the gradient with k, and the clipping and AdamW's state with it)."""
+    from poise.train.recipes.common import Session
+
+    seen: list[float] = []
+    original = Session.backward
+
+    def spy(self: Any, loss: Any, metrics: Any = None) -> None:
+        seen.append(float(loss.detach()))
+        original(self, loss, metrics)
+
+    monkeypatch.setattr(Session, "backward", spy)
+    out = tmp_path / "out"
+    train_safe_rl(**_common(tiny_hf_model_dir, scorers, output=str(out), max_steps=2))
+    assert seen == pytest.approx([record["loss"] for record in _log(out)], rel=1e-5)

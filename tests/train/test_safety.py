@@ -155,6 +155,20 @@ def test_the_distribution_free_bounds_refuse_costs_they_do_not_hold_for() -> Non
         upper_bound(COSTS, 0.05, "hoeffding")
     with pytest.raises(PoiseError, match="bound must be one of"):
         upper_bound(COSTS, 0.05, "wilson")  # type: ignore[arg-type]
+    # Hoeffding's range is [0, 1] at both ends: a cost above 1 is refused too, naming it
+    with pytest.raises(
+        PoiseError, match=r"hoeffding bound needs costs in \[0, 1\].*1\.5 at index 2"
+    ):
+        upper_bound([0.0, 0.5, 1.5], 0.05, "hoeffding")
+
+
+def test_a_bound_equal_to_tau_passes() -> None:
+    # HC-RLHF (arXiv 2506.08266) and the Seldonian test accept iff U <= tau. Constant costs have
+    # std 0, so the t bound is the mean itself, exactly tau here.
+    result = safety_test([0.25, 0.25, 0.25, 0.25], tau=0.25, delta=0.05)
+    assert result.upper_bound == 0.25 and result.std == 0.0
+    assert result.passed
+    assert not safety_test([0.25, 0.25, 0.25, 0.25], tau=0.2499, delta=0.05).passed
 
 
 @pytest.mark.parametrize("n", [10, 30, 100, 226])

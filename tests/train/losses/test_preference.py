@@ -500,6 +500,9 @@ def test_modpo_closed_form() -> None:
         modpo_loss(pc, pr, rc, rr, margins_c, margins_r, [0.5, 0.5, 0.5])
     with pytest.raises(PoiseError, match="weights\\[0\\] > 0"):
         modpo_loss(pc, pr, rc, rr, margins_c, margins_r, [0.0, 0.5, 0.5])
+    # the simplex is checked to 1e-4, not loosely: weights summing to 1.05 scale the objective
+    with pytest.raises(PoiseError, match="sum to 1"):
+        modpo_loss(pc, pr, rc, rr, margins_c, margins_r, [0.5, 0.3, 0.25])
 
 
 def test_modpo_with_zero_margin_weights_is_dpo_scaled() -> None:
@@ -532,6 +535,13 @@ def test_registry_and_parameter_errors() -> None:
         preference_loss("exo_pair", pc, pr, rc, rr, label_smoothing=0.0)
     with pytest.raises(PoiseError, match="needs chosen_lengths"):
         preference_loss("sigmoid_norm", pc, pr, rc, rr)
+    # f-DPO's alpha-divergence (arXiv 2309.16240) needs alpha in the open interval (0, 1): at 0
+    # the score (1 - u^-alpha) / alpha is 0/0, at 1 it is forward KL (its own name)
+    for f_alpha in (0.0, 1.0):
+        with pytest.raises(PoiseError, match="f_alpha must be in \\(0, 1\\)"):
+            preference_loss(
+                "sigmoid", pc, pr, rc, rr, f_divergence="alpha_divergence", f_alpha=f_alpha
+            )
     with pytest.raises(ValueError, match="four \\[batch\\] tensors"):
         sigmoid_loss(pc, pr[:2], rc, rr)
     assert loss_parameters("robust") == {

@@ -64,6 +64,12 @@ def test_reward_loss_shape_check() -> None:
         reward_model_loss(torch.zeros(3), torch.zeros(3), margin=torch.ones(3, 1))
     with pytest.raises(ValueError, match="margin must be"):
         reward_model_loss(torch.zeros(3), torch.zeros(3), margin=torch.ones(2))
+    # [B, 1] scores (a classifier's logits not yet squeezed) are refused, not returned as [B, 1]
+    with pytest.raises(ValueError, match="one shape"):
+        reward_model_loss(torch.zeros(3, 1), torch.zeros(3, 1))
+    flags = torch.ones(3, 1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="one shape"):
+        cost_model_loss(torch.zeros(3, 1), torch.zeros(3, 1), flags, flags)
     # a 0-d tensor is a number
     assert reward_model_loss(torch.zeros(3), torch.zeros(3), margin=torch.tensor(1.0)).shape == (3,)
 
