@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable
 
@@ -137,3 +138,23 @@ def test_the_default_body_limit_refuses_a_10_mb_prompt() -> None:
     from poise.serve.schema import ServeConfig
 
     assert ServeConfig().max_body_bytes < 10 * 1000 * 1000
+
+
+def test_a_body_of_exactly_the_limit_is_answered(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    """--max-body-bytes is the largest body taken: one of exactly that many bytes is answered,
+    one byte more is a 413, with its size declared or not (chunked)."""
+    limit = 4096
+    server = start_server(echo_model, max_body_bytes=limit)
+    raw = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    exact = raw + b" " * (limit - len(raw))
+    for content, status in ((exact, 200), (exact + b" ", 413)):
+        for chunked in (False, True):
+            response = httpx.post(
+                f"{server.base_url}/chat/completions",
+                content=iter([content]) if chunked else content,  # type: ignore[arg-type]
+                headers={"content-type": "application/json"},
+                timeout=30,
+            )
+            assert response.status_code == status, (len(content), chunked, response.text)

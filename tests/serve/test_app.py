@@ -20,7 +20,15 @@ import torch
 
 from poise.config import Sampling
 from poise.errors import PoiseError
-from poise.models.base import Chat, Completion, StepView
+from poise.models.base import (
+    Capabilities,
+    Chat,
+    Completion,
+    GenerationError,
+    StepView,
+    StreamEvent,
+    UpstreamError,
+)
 from poise.models.mock import MockModel
 from poise.models.openai import OpenAIModel
 
@@ -734,3 +742,110 @@ def test_a_strategys_refusal_of_the_sampling_is_a_400_as_in_the_audit(
     assert refused.status_code == 400, refused.text
     assert "under greedy decoding draws 2 identical answers" in refused.json()["error"]["message"]
     assert ask(server, "hi", temperature=1, max_tokens=2, seed=1).status_code == 200
+
+
+# -- what a client reads of a response ---------------------------------------------------------------
+
+
+def test_a_stream_without_include_usage_sends_no_usage_chunk(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    """OpenAI sends the usage chunk (``choices: []``) only with ``stream_options.include_usage``:
+    without it, every chunk is a choice's, and the last is the one with its finish_reason."""
+    server = start_server(echo_model)
+    chunks = ask_stream(server, "no usage", max_tokens=3)
+    assert all("usage" not in c for c in chunks)
+    assert all(c["choices"] for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_served_name_is_the_model_of_every_answer(start_server: StartServer) -> None:
+    """A model served under another name (``--served-name``) answers with that name in
+    ``model``, plain and streamed, whichever of its names the request used."""
+    server = start_server(EchoModel("echo"), served_name="my-model")
+    for asked in ("my-model", "echo"):
+        payload = {"model": asked, "messages": chat("hi"), "max_tokens": 2}
+        body = httpx.post(f"{server.base_url}/chat/completions", json=payload, timeout=30).json()
+        assert body["model"] == "my-model"
+        with httpx.stream(
+            "POST", f"{server.base_url}/chat/completions", json={**payload, "stream": True}
+        ) as response:
+            chunks, done = read_sse(list(response.iter_lines()))
+        assert done and {c["model"] for c in chunks} == {"my-model"}
+
+
+class _FailsMidStream(EchoModel):
+    """A streaming model that sends its first word, then fails with ``error``."""
+
+    capabilities = Capabilities(stream=True)
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__("midway")
+        self.error = error
+
+    def stream(self, chats: Any, sampling: Sampling) -> Iterator[StreamEvent]:
+        yield StreamEvent(0, 0, "first ")
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "message"),
+    [
+        (UpstreamError("midway: HTTP 503 from upstream"), "upstream_error", None),
+        (
+            RuntimeError("a bug's internals /home/x/secret.py"),
+            "internal_error",
+            "internal server error",
+        ),
+    ],
+    ids=["upstream", "bug"],
+)
+def test_a_stream_that_fails_after_its_first_token_ends_with_an_error_event(
+    start_server: StartServer, error: Exception, code: str, message: str | None
+) -> None:
+    """Once the 200 and the first token are sent, a failure is an ``error`` object in the
+    stream, without ``[DONE]`` (as vLLM sends it): a failed upstream says so (upstream_error,
+    with its message), a bug in the server says only "internal server error", never its text."""
+    server = start_server(_FailsMidStream(error))
+    payload = {"model": "midway", "messages": chat("hi"), "stream": True}
+    with httpx.stream(
+        "POST", f"{server.base_url}/chat/completions", json=payload, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        chunks, done = read_sse(list(response.iter_lines()))
+    assert not done
+    assert stream_texts(chunks[:-1]) == {0: "first "}
+    assert chunks[-1] == {
+        "error": {
+            "message": message or str(error),
+            "type": "server_error",
+            "param": None,
+            "code": code,
+        }
+    }
+
+
+def test_a_partial_failure_is_an_upstream_one_only_when_every_failed_chat_was() -> None:
+    """A call whose failed chats were all failed by the server behind the model is a 502; one
+    where the model refused any of them is the request's fault (a 400)."""
+    from poise.serve.app import failed_upstream
+
+    upstream, refused = UpstreamError("HTTP 503"), PoiseError("too long")
+    both = GenerationError(None, [None, None], {0: "503", 1: "too long"}, {0: upstream, 1: refused})
+    only = GenerationError(None, [None, None], {0: "503", 1: "503"}, {0: upstream, 1: upstream})
+    assert not failed_upstream(both)
+    assert failed_upstream(only)
+
+
+def test_an_unknown_route_or_method_gets_an_openai_error(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    """FastAPI's own 404 and 405 come as OpenAI error objects, with a code a client can test."""
+    server = start_server(echo_model)
+    missing = httpx.post(f"{server.base_url}/embeddings", json={"model": "echo", "input": "x"})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = httpx.get(f"{server.base_url}/chat/completions")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
+    assert wrong.headers["allow"] == "POST"

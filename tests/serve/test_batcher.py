@@ -244,16 +244,19 @@ def test_a_call_that_answers_some_chats_is_not_made_again() -> None:
         assert str(error) == f"echo: upstream refused the request (HTTP 400): no {text}"
 
 
-def test_a_request_without_max_tokens_never_shares_a_call_with_one_that_sets_it() -> None:
+@pytest.mark.parametrize("seeded", [False, True])
+def test_a_request_without_max_tokens_never_shares_a_call_with_one_that_sets_it(
+    seeded: bool,
+) -> None:
     """In one batch window, the same chat and sampling with and without max_tokens: the one
     without is sent with ``open_limit`` (no max_tokens upstream), the other with its limit, so
-    they are two calls, not one answer shared."""
+    they are two calls, not one answer shared (with the client's seed or without)."""
     model = PartlyRefusing()
     sampling = Sampling(max_new_tokens=2048)  # greedy: identical requests would share a row
 
     async def body(batcher: Batcher) -> None:
         futures = [
-            batcher.submit(chat("same"), sampling, seeded=False, fill=fill)
+            batcher.submit(chat("same"), sampling, seeded=seeded, fill=fill)
             for fill in (True, False, True, False)
         ]
         await asyncio.gather(*futures)
@@ -317,3 +320,67 @@ def test_a_concurrent_model_gets_its_calls_for_distinct_seeds_side_by_side() -> 
     assert len(model.calls) == 3
     for result, sampling in zip(results, samplings, strict=True):
         assert texts(result) == [model.reply(chat("same"), sampling, 0).text]
+
+
+def test_a_plain_request_sharing_a_streamed_requests_row_gets_all_its_choices() -> None:
+    """The same seeded chat asked twice in one batch, streamed and not, on a model that streams:
+    one row answers both, and each gets its n choices in sample order."""
+
+    class Streaming(EchoModel):
+        capabilities = Capabilities(stream=True)
+
+    model = Streaming()
+    sampling = Sampling(temperature=1.0, seed=3, n=2)
+
+    async def body(batcher: Batcher) -> tuple[Generation, Generation]:
+        streamed = batcher.open(chat("same"), sampling, seeded=True, stream=True)
+        plain = batcher.open(chat("same"), sampling, seeded=True, stream=False)
+        return await streamed.generation(), await plain.generation()
+
+    streamed, plain = run(body, model, window_s=0.05)
+    expected = [model.reply(chat("same"), sampling, k).text for k in range(2)]
+    assert texts(streamed) == texts(plain) == expected
+    assert len(model.calls) == 1
+
+
+def test_a_request_withdrawn_while_an_earlier_call_of_its_batch_runs_is_not_generated() -> None:
+    """A batch's groups of distinct sampling are calls made one after another: a request whose
+    client leaves while an earlier group's call runs is not generated."""
+    model = EchoModel(delay=0.3)
+
+    async def body(batcher: Batcher) -> None:
+        first = batcher.submit(chat("busy"), Sampling(), seeded=True)
+        later = batcher.submit(chat("gone"), Sampling(temperature=0.5), seeded=True)
+        while batcher.running == 0:  # the batch runs: "busy" is being generated
+            await asyncio.sleep(0.01)
+        later.cancel()
+        await first
+        await batcher.submit(chat("after"), Sampling(), seeded=True)  # the next batch's
+
+    run(body, model, window_s=0.05)
+    assert model.seen_messages() == ["busy", "after"]
+
+
+def test_a_wrapped_models_partial_failure_is_not_read_as_the_calls_own() -> None:
+    """A GenerationError from a model inside the served one counts the chats of that model's
+    call (here asked in reverse order), not of the batcher's: its answers are not handed to the
+    batcher's chats by position; each chat is generated alone instead."""
+
+    class Reversing(EchoModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = PartlyRefusing()
+
+        def generate(self, chats: Any, sampling: Sampling, **_: Any) -> list[list[Completion]]:
+            return self.inner.generate(list(reversed(chats)), sampling)[::-1]
+
+    model = Reversing()
+
+    async def body(batcher: Batcher) -> list[Generation | BaseException]:
+        futures = [batcher.submit(chat(t), Sampling(), seeded=True) for t in ("one", "BAD one")]
+        return list(await asyncio.gather(*futures, return_exceptions=True))
+
+    one, bad = run(body, model, window_s=0.05)
+    assert isinstance(one, Generation)
+    assert texts(one) == [model.reply(chat("one"), Sampling(), 0).text]
+    assert isinstance(bad, PoiseError)

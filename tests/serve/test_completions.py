@@ -941,3 +941,91 @@ def test_a_token_id_one_past_the_vocabulary_is_400(server: ThreadServer, model: 
     error = response.json()["error"]
     assert (error["param"], error["code"]) == ("prompt", "invalid_value")
     assert f"token id {vocab}, outside the vocabulary (0..{vocab - 1})" in error["message"]
+
+
+def test_max_n_above_the_choices_limit_raises_it(
+    model: HFModel, start_server: Callable[..., ThreadServer]
+) -> None:
+    """A server started with --max-n 2048 takes a request for 1500 choices of one prompt (the
+    limit on choices is --max-n where that is larger than 1024)."""
+    server = start_server(model, served_name="tiny", max_n=2048)
+    response = post(server, "completions", prompt=[5, 6], n=1500, max_tokens=0, echo=True)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["choices"]) == 1500
+
+
+def test_a_request_at_the_alternatives_limit_passes_and_one_past_it_does_not(
+    server: ThreadServer,
+) -> None:
+    """At most 4096 log-prob alternatives per token position over all choices: 256 x 16 is
+    answered, 256 x 17 is a 400 naming logprobs."""
+    payload: dict[str, Any] = {"prompt": [[5, 6]] * 256, "max_tokens": 0, "echo": True}
+    answered = post(server, "completions", **payload, logprobs=16)
+    assert answered.status_code == 200, answered.text
+    assert len(answered.json()["choices"]) == 256
+    refused = post(server, "completions", **payload, logprobs=17)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "logprobs"
+
+
+def test_a_streamed_completion_with_logprobs_sends_them_with_its_text(
+    server: ThreadServer,
+) -> None:
+    """A streamed legacy completion with ``logprobs`` sends its log-probs (the plain answer's)
+    in the chunk with its text; every chunk is a ``text_completion``, as OpenAI's are."""
+    payload = {"prompt": "the cat", "max_tokens": 4, "temperature": 0, "logprobs": 2}
+    whole = post(server, "completions", **payload).json()
+    assert whole["object"] == "text_completion"
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/completions",
+        json={"model": "tiny", **payload, "stream": True},
+        timeout=60,
+    ) as response:
+        chunks, done = read_sse(list(response.iter_lines()))
+    assert done
+    assert {c["object"] for c in chunks} == {"text_completion"}
+    (choice,) = whole["choices"]
+    sent = [c["choices"][0] for c in chunks]
+    assert "".join(s["text"] for s in sent) == choice["text"]
+    assert [s["logprobs"] for s in sent if s["logprobs"]] == [choice["logprobs"]]
+    assert sent[-1]["finish_reason"] == choice["finish_reason"]
+
+
+def test_requests_without_a_seed_are_sampled_anew(server: ThreadServer) -> None:
+    """Two requests alike without a seed get independent samples, as from OpenAI and vLLM."""
+    payload = {"prompt": "the cat", "max_tokens": 12, "temperature": 1.0}
+    texts = {post(server, "completions", **payload).json()["choices"][0]["text"] for _ in range(3)}
+    assert len(texts) == 3
+
+
+def test_a_model_refusing_a_completion_is_a_400_with_the_first_line_of_why(
+    model: HFModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PoiseError from the model (it refuses the request's values) is the request's fault: a
+    400 with the error's first line, as a chat completion's refusal is."""
+    import asyncio
+
+    from poise.errors import PoiseError
+    from poise.serve.app import create_app
+    from poise.serve.schema import ServeConfig
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise PoiseError("top_k 3 is not allowed here\n(a second line of detail)")
+
+    monkeypatch.setattr(model, "complete", refuse)
+    app = create_app(model, ServeConfig(served_name="tiny"))
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://poise") as client:
+            body = {"model": "tiny", "prompt": "the cat", "max_tokens": 2}
+            return await client.post("/v1/completions", json=body)
+
+    response = asyncio.run(main())
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["message"]) == (
+        "invalid_request_error",
+        "top_k 3 is not allowed here",
+    )

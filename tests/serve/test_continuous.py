@@ -390,3 +390,37 @@ def test_while_steps_are_slow_a_joiner_joins_at_once(start_server: StartServer) 
     server = start_server(model, join_rows=8, join_wait_ms=20)
     arrived, a_joined, _ = _join_steps(server, gap_s=0.5)
     assert a_joined <= arrived + 2
+
+
+def test_max_batch_rows_decode_together(start_server: StartServer) -> None:
+    """--max-batch 4 decodes 4 rows together, not one fewer: a burst of 4 requests joins at
+    the first step and takes one request's steps."""
+    model = MockModel(responses={"q": words(10)}, step_delay=0.005)
+    server = start_server(model, max_batch=4, batch_window_ms=1000)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            replies = await asyncio.gather(
+                *(client.post("/chat/completions", json=payload(server, "q")) for _ in range(4))
+            )
+            assert all(r.status_code == 200 for r in replies)
+
+    asyncio.run(main())
+    engine = engine_of(server)
+    assert sorted(engine.added_at.values()) == [0] * 4
+    assert engine.steps == 10
+
+
+def test_rows_that_fill_the_batch_join_without_waiting_for_join_rows(
+    start_server: StartServer,
+) -> None:
+    """Steps of 5 ms, join wait 5 s, join_rows 8, but room for only 2 more rows (--max-batch 3,
+    one decoding): "a" and "b" fill the batch, so they join as soon as both wait, instead of
+    waiting for 8 rows that could never join."""
+    model = MockModel(
+        responses={"long": words(300), "a": words(3), "b": words(3)}, step_delay=0.005
+    )
+    server = start_server(model, max_batch=3, join_rows=8, join_wait_ms=5000)
+    arrived, a_joined, b_joined = _join_steps(server, gap_s=0.1)
+    assert a_joined == b_joined
+    assert b_joined < arrived + 100  # 0.1 s of 5 ms steps (20), not the 300 of "long"

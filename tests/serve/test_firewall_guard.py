@@ -213,3 +213,7 @@ def test_every_user_turn_of_a_chat_is_checked(tmp_path: Path) -> None:
             assert "outside the role 'cooking'" in error["message"]
         assert chat(history[2:]).status_code == 200
         assert chat([{"role": "user", "content": inside}, *history[1:]]).status_code == 200
+        # the error names the turn flagged, here the last one after an in-role first one
+        response = chat([{"role": "user", "content": inside}, *history[1:2], history[0]])
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "messages[2].content"

@@ -43,25 +43,32 @@ class PickyEcho(EchoModel):
 
 
 class StreamingPickyEcho(PickyEcho):
-    """Streams each chat's words in turn and fails on reaching a bad chat, after the chats
-    before it have streamed (some of them finished, one half-way)."""
+    """Streams each chat's words in turn; a bad chat fails the call once the chat after it has
+    streamed its first word (the chats before it finished, that one half-way)."""
 
     capabilities = Capabilities(stream=True)
 
     def stream(self, chats: Sequence[Chat], sampling: Sampling, **kw: Any) -> Iterator[StreamEvent]:
         self.sizes.append(len(chats))
+        failure: Exception | None = None
         for row, chat in enumerate(chats):
             message = last_user(chat)
             if message.startswith(("BAD", "FAIL")):
                 if message.startswith("BAD"):
-                    raise PoiseError("the tokenizer cannot encode this chat")
-                raise RuntimeError("scripted failure")
+                    failure = PoiseError("the tokenizer cannot encode this chat")
+                else:
+                    failure = RuntimeError("scripted failure")
+                continue
             for sample in range(sampling.n):
                 completion = self.reply(chat, sampling, sample)
                 pieces = text_pieces(completion.text)
                 for piece in pieces[:-1]:
                     yield StreamEvent(row, sample, piece)
+                    if failure is not None:
+                        raise failure  # the row after the bad chat, half-way
                 yield StreamEvent(row, sample, pieces[-1], completion)
+        if failure is not None:
+            raise failure
 
 
 def body(text: str, **fields: Any) -> dict[str, Any]:
