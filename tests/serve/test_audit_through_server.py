@@ -119,3 +119,35 @@ def test_audit_through_poise_serve_equals_in_process(
     assert len(remote_records) == 6
     assert key(remote_records) == key(local.run.records())
     assert remote.metrics["overall"]["refusal_rate"] == local.metrics["overall"]["refusal_rate"]
+
+
+def test_an_audit_with_the_servers_own_template_variables_goes_through(
+    start_server: Callable[..., ThreadServer], tmp_path: Path
+) -> None:
+    """`poise audit -m openai:NAME@<poise serve> --model-option chat_template_kwargs=JSON` sends
+    the variables in every request: against a server started with the same ones the audit runs
+    (it was refused at its first request); against one started with others it stops in one
+    line, before its run folder is written."""
+    variables = {"enable_thinking": False}
+    server = start_server(
+        EchoModel("tiny"), served_name="tiny", model_options={"chat_template_kwargs": variables}
+    )
+    common: dict[str, Any] = {
+        "model": f"openai:tiny@{server.base_url}",
+        "suites": [str(suite_file(tmp_path / "suite.jsonl"))],
+        "judge": "refusal",
+        "sampling": {"max_new_tokens": 8},
+        "html": False,
+    }
+    result = poise.audit(
+        **common, model_options={"chat_template_kwargs": variables}, out=str(tmp_path / "same")
+    )
+    assert len(list(result.run.records())) == 6
+    other = tmp_path / "other"
+    with pytest.raises(PoiseError, match="chat_template_kwargs is not supported by poise serve"):
+        poise.audit(
+            **common,
+            model_options={"chat_template_kwargs": {"enable_thinking": True}, "max_retries": 0},
+            out=str(other),
+        )
+    assert not other.exists() or not any(other.iterdir())

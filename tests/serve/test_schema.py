@@ -389,3 +389,19 @@ def test_a_request_with_template_variables_is_told_how_the_server_takes_them() -
     with pytest.raises(RequestError) as info:
         parse_request(body(chat_template_kwargs={"enable_thinking": False}), CONFIG)
     assert "start it with --model-option chat_template_kwargs=JSON" in info.value.message
+
+
+def test_a_request_may_repeat_the_template_variables_the_server_was_started_with() -> None:
+    """A poise client given the server's own ``--model-option chat_template_kwargs`` sends them
+    in every request: the same variables are what the server renders with, so they are taken;
+    others (or the same keys with other values, ``1`` for ``true`` included) are refused."""
+    served = {"enable_thinking": False, "date_string": "26 Jul 2024"}
+    config = CONFIG.model_copy(update={"model_options": {"chat_template_kwargs": served}})
+    same = {"date_string": "26 Jul 2024", "enable_thinking": False}  # any key order
+    assert parse_request(body(chat_template_kwargs=same), config).chat[-1]["content"] == "hi"
+    for other in ({"enable_thinking": True}, {**same, "enable_thinking": 0}, {**same, "x": 1}):
+        with pytest.raises(RequestError, match="start it with --model-option") as info:
+            parse_request(body(chat_template_kwargs=other), config)
+        assert info.value.param == "chat_template_kwargs"
+    with pytest.raises(RequestError, match="chat_template_kwargs"):  # a server started without
+        parse_request(body(chat_template_kwargs=same), CONFIG)

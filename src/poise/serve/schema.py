@@ -273,6 +273,10 @@ def parse_request(raw: bytes, config: ServeConfig) -> ChatRequest:
     except ValidationError as exc:
         raise validation_error(exc) from None
 
+    if _same_template_variables(data.get("chat_template_kwargs"), config):
+        # the variables the served model renders every chat with already (a poise client
+        # given the server's own --model-option sends them in each request)
+        data = {k: v for k, v in data.items() if k != "chat_template_kwargs"}
     check_unsupported(data, _UNSUPPORTED)
 
     chat: Chat = []
@@ -414,9 +418,25 @@ _GUIDED_SETTINGS = frozenset({"guided_decoding_backend", "guided_whitespace_patt
 _UNSUPPORTED_HINTS = {
     "chat_template_kwargs": (
         "; the server renders every chat alike: start it with --model-option "
-        "chat_template_kwargs=JSON to set template variables for its model"
+        "chat_template_kwargs=JSON to set template variables for its model (a request may "
+        "then give those same variables)"
     ),
 }
+
+
+def _same_template_variables(asked: object, config: ServeConfig) -> bool:
+    """Whether a request's ``chat_template_kwargs`` are exactly those the server was started
+    with (``--model-option chat_template_kwargs=JSON``), compared as JSON (``true`` is not
+    ``1``)."""
+    import json
+
+    served = config.model_options.get("chat_template_kwargs")
+    if not isinstance(asked, dict) or not asked or not isinstance(served, dict):
+        return False
+    try:
+        return json.dumps(asked, sort_keys=True) == json.dumps(served, sort_keys=True)
+    except (TypeError, ValueError):
+        return False
 
 
 def check_unsupported(data: dict[str, Any], unsupported: dict[str, tuple[object, ...]]) -> None:
