@@ -400,3 +400,80 @@ def test_a_run_name_is_matched_whole_after_the_timestamp(tmp_path: Path) -> None
     t1 = _unfinished(tmp_path, "20260101-000000-t1", "f", "t1")
     _unfinished(tmp_path, "20260101-000001-large-t1", "f", "large-t1")
     assert find_run("t1", tmp_path).path == t1.path
+
+
+def test_a_run_without_records_or_a_version_it_never_named_is_not_said_continued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``continued_with`` tells apart records made under other versions: a run with no record
+    yet has none to tell apart, and a version its header never named (a run of an older poise
+    that did not record it) is no change."""
+    import poise.runs.run as module
+
+    began = module.environment_versions()
+    empty = Run.create(tmp_path, "empty", {})
+    older = Run.create(tmp_path, "older", {})
+    older.append([_rec(1)])
+    header = older.header
+    del header["python_version"]
+    (older.path / "run.json").write_text(json.dumps(header))
+    monkeypatch.setattr(
+        module, "environment_versions", lambda: {**began, "python_version": "3.99.0"}
+    )
+    for run in (empty, older):
+        run.start()
+        assert "continued_with" not in run.header, run.path.name
+        run.unlock()
+
+
+def test_records_are_written_whole_through_short_writes_and_keep_their_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """os.write may write fewer bytes than asked (a signal, a pipe, some file systems): the rest
+    is written too. Text outside ASCII is written as itself, so `grep café samples.jsonl` finds
+    it."""
+    import os
+
+    import poise.runs.run as module
+
+    real = os.write
+    monkeypatch.setattr(module.os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+    run = Run.create(tmp_path, "r", {})
+    records = [{**_rec(i), "completion": f"café n°{i}"} for i in range(3)]
+    assert run.append(records) == 3
+    assert list(run.records()) == records
+    assert "café n°2" in run.samples_path.read_text(encoding="utf-8")
+
+
+def test_only_poises_own_temporary_files_are_removed_at_start(tmp_path: Path) -> None:
+    run = Run.create(tmp_path, "r", {})
+    left = run.path / ".metrics.json.tmp-123"
+    mine = run.path / "notes.tmp-1"  # a user's file that looks alike, not hidden
+    left.write_text("{")
+    mine.write_text("keep me")
+    run.start()
+    assert not left.exists() and mine.read_text() == "keep me"
+
+
+def test_the_lock_names_its_holder_and_holds_only_its_pid(tmp_path: Path) -> None:
+    import os
+
+    run = Run.create(tmp_path, "r", {})
+    (run.path / ".lock").write_text("1234567890123\n")  # a longer pid left by an earlier holder
+    run.lock()
+    assert (run.path / ".lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(PoiseError, match=rf"another poise process \(pid {os.getpid()}\)"):
+        Run(run.path).lock()
+    run.unlock()
+
+
+def test_a_plain_run_is_labelled_greedy_or_sampled_with_its_n() -> None:
+    from poise.runs.run import attack_label
+
+    def label(**sampling: object) -> str:
+        return attack_label({"attack": "greedy", "sampling": sampling})
+
+    assert label(temperature=0) == label(temperature=0.0) == label() == "greedy"
+    assert label(temperature=1.0) == label(temperature=1.0, n=1) == "sampled T=1"
+    assert label(temperature=0.7, n=4) == "sampled T=0.7 n=4"
+    assert attack_label({"attack": "worst_of_n", "sampling": {"temperature": 1}}) == "worst_of_n"
