@@ -74,6 +74,7 @@ def test_every_option_is_checked_before_the_model_loads(
         ({"task": "honesty", "run": run}, "--run is not read"),
         ({"fpr": 1.0}, "--fpr: a false-positive rate in [0, 1), got 1.0"),
         ({"test_fraction": 0.0}, "--test-fraction: a share in (0, 1), got 0"),
+        ({"test_fraction": "half"}, "--test-fraction: a share in (0, 1), got 'half'"),
         ({"layer": -2}, "--layer: an index >= 0"),
         ({"l2": -1.0}, "l2"),
     ]:

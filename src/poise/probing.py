@@ -61,7 +61,9 @@ def check_train_options(
         raise PoiseError(f"probe train --task: expected one of {', '.join(TASKS)}, got {task!r}")
     check_fpr(fpr)
     check_number("probe", "l2", l2, positive=True)
-    if isinstance(test_fraction, bool) or not 0.0 < test_fraction < 1.0:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+        raise PoiseError(f"--test-fraction: a share in (0, 1), got {test_fraction!r}")
+    if not 0.0 < test_fraction < 1.0:
         raise PoiseError(f"--test-fraction: a share in (0, 1), got {test_fraction:g}")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 0):
         raise PoiseError(f"--layer: an index >= 0 (0 = the embeddings), got {layer}")
