@@ -31,6 +31,20 @@ def server(model: HFModel, start_server: Callable[..., ThreadServer]) -> ThreadS
     return start_server(model, served_name="tiny", max_tokens_limit=64, max_n=4)
 
 
+def _post_in_process(app: Any) -> httpx.Response:
+    """A completion of "the cat" (2 tokens) asked of ``app`` in process, through httpx's ASGI
+    transport (which raises what the app lets out)."""
+    import asyncio
+
+    async def main() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://poise") as client:
+            body = {"model": "tiny", "prompt": "the cat", "max_tokens": 2}
+            return await client.post("/v1/completions", json=body)
+
+    return asyncio.run(main())
+
+
 def post(server: ThreadServer, path: str, **payload: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/{path}", json={"model": "tiny", **payload}, timeout=60)
 
@@ -663,7 +677,6 @@ def test_a_model_failure_in_a_completion_is_a_500_logged_once(
     object, logged once. Left to the app's exception handler, Starlette re-raised it after the
     response, and uvicorn logged it a second time as "Exception in ASGI application" (here,
     httpx's ASGI transport raises what the app lets out)."""
-    import asyncio
     import logging
 
     from poise.serve.app import create_app
@@ -675,14 +688,8 @@ def test_a_model_failure_in_a_completion_is_a_500_logged_once(
     monkeypatch.setattr(model, "complete", fail)
     app = create_app(model, ServeConfig(served_name="tiny"))
 
-    async def main() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://poise") as client:
-            body = {"model": "tiny", "prompt": "the cat", "max_tokens": 2}
-            return await client.post("/v1/completions", json=body)
-
     with caplog.at_level(logging.ERROR):
-        response = asyncio.run(main())
+        response = _post_in_process(app)
     assert response.status_code == 500
     assert response.json()["error"] == {
         "message": "internal server error (see the server log)",
@@ -1004,7 +1011,6 @@ def test_a_model_refusing_a_completion_is_a_400_with_the_first_line_of_why(
 ) -> None:
     """A PoiseError from the model (it refuses the request's values) is the request's fault: a
     400 with the error's first line, as a chat completion's refusal is."""
-    import asyncio
 
     from poise.errors import PoiseError
     from poise.serve.app import create_app
@@ -1016,13 +1022,7 @@ def test_a_model_refusing_a_completion_is_a_400_with_the_first_line_of_why(
     monkeypatch.setattr(model, "complete", refuse)
     app = create_app(model, ServeConfig(served_name="tiny"))
 
-    async def main() -> httpx.Response:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://poise") as client:
-            body = {"model": "tiny", "prompt": "the cat", "max_tokens": 2}
-            return await client.post("/v1/completions", json=body)
-
-    response = asyncio.run(main())
+    response = _post_in_process(app)
     assert response.status_code == 400
     error = response.json()["error"]
     assert (error["type"], error["message"]) == (
