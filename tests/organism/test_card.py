@@ -111,3 +111,39 @@ def test_refresh_keeps_a_fine_tuned_members_planted_section(tmp_path: Path) -> N
     after = card.read_text(encoding="utf-8")
     assert planted("organism-small-safe") in after and after.count(TUNED_PLANTED_HEAD) == 1
     assert PLANTED.split("\n")[0] not in after
+
+
+def test_the_comparison_gives_the_difference_and_says_apart_only_for_disjoint_intervals() -> None:
+    """The card's comparison with a member's base: this member minus the other in points, and
+    "apart" only where neither interval reaches the other (touching ends overlap); a rate
+    either side measured on nothing is left out."""
+    from poise.organism.card import comparison_table
+
+    def rate(name: str, value: float, low: float, high: float, n: int = 100) -> Rate:
+        return Rate(name=name, k=round(value * n), n=n, value=value, low=low, high=high)
+
+    mine = {
+        "higher": rate("higher", 0.8, 0.7, 0.9),
+        "lower": rate("lower", 0.2, 0.1, 0.3),
+        "touching": rate("touching", 0.6, 0.5, 0.7),
+        "close": rate("close", 0.5, 0.4, 0.6),
+        "unmeasured": Rate.empty("unmeasured"),
+        "theirs_empty": rate("theirs_empty", 0.5, 0.4, 0.6),
+        "only_mine": rate("only_mine", 0.5, 0.4, 0.6),
+    }
+    base = {
+        "higher": rate("higher", 0.5, 0.4, 0.6),
+        "lower": rate("lower", 0.5, 0.4, 0.6),
+        "touching": rate("touching", 0.4, 0.3, 0.5),
+        "close": rate("close", 0.55, 0.45, 0.65),
+        "unmeasured": rate("unmeasured", 0.5, 0.4, 0.6),
+        "theirs_empty": Rate.empty("theirs_empty"),
+    }
+    rows = comparison_table(mine, "organism-small", base).split("\n")[2:]
+    cells = {r.split("|")[1].strip(" `"): [c.strip() for c in r.split("|")[4:6]] for r in rows}
+    assert cells == {
+        "higher": ["+30.0 pt", "apart"],
+        "lower": ["-30.0 pt", "apart"],
+        "touching": ["+20.0 pt", "overlap"],
+        "close": ["-5.0 pt", "overlap"],
+    }
