@@ -789,3 +789,33 @@ def test_a_sparsification_that_keeps_nothing_or_scales_nothing_stays_finite() ->
         assert out.tolist() == [0.0] * 6
     theirs = mk.magnitude_outliers(zeros, 0.5, rescale_norm=mk.RescaleNorm.l1, gamma=0.01)
     assert theirs.tolist() == [0.0] * 6
+
+
+def test_slerp_from_a_zero_tensor_equals_mergekit() -> None:
+    """A weight that is all zeros in the base (a bias initialised to 0) has no direction: it is
+    orthogonal to the other model's, so SLERP gives sin(t pi/2) b, as mergekit's normalise
+    (which leaves a vector of norm <= eps as it is) makes it, not (1 - t) 0 + t b."""
+    other = torch.randn(6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    tensors = [torch.zeros(6, 5, dtype=torch.float64), other]
+    got = _poise(tensors, "slerp", t=0.5)
+    assert torch.allclose(got, _mergekit(tensors, "slerp", t=0.5), atol=1e-12, rtol=0)
+    assert torch.allclose(got, math.sin(math.pi / 4) * other, atol=1e-12, rtol=0)
+
+
+def test_nuslerp_weights_of_one_sign_give_the_same_t() -> None:
+    """t = w_1 / (w_0 + w_1): negative weights (-1, -3) are the positive (1, 3), t = 3/4."""
+    a, b, c = _inputs(5, n=2)
+    merge = get_method("nuslerp")
+    negative = merge([b, c], a, weight=[-1.0, -3.0])
+    assert torch.allclose(negative, merge([b, c], a, weight=[1.0, 3.0]), atol=1e-12, rtol=0)
+    assert not torch.allclose(negative, merge([b, c], a, weight=[1.0, 1.0]))
+
+
+def test_model_stock_keeps_the_base_where_the_updates_oppose() -> None:
+    """Eq. 8's ratio T cos / (1 + (T - 1) cos) has no value where 1 + (T - 1) cos is 0: two
+    updates in opposite directions (cos = -1) of different sizes keep the base, not their
+    average (which is base - delta / 2 here)."""
+    base = torch.randn(4, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    delta = torch.randn(4, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    got = get_method("model_stock")([base + delta, base - 2 * delta], base)
+    assert torch.allclose(got, base, atol=1e-12, rtol=0)
