@@ -360,3 +360,15 @@ def test_a_plugin_rate_without_counts_is_shown_with_its_interval() -> None:
     assert "│ rate │ 50.0% [20.0, 80.0] │" in _text(summary)
     view = attack_view({"attack": summary})
     assert view is not None and ["rate", "50.0% [20.0, 80.0]"] in view["rows"]
+
+
+# ---- an eleventh mutation check: attack tables (11d) ---------------------------------------
+
+
+def test_the_worst_configuration_says_how_many_it_was_picked_from() -> None:
+    summary = exploitation()
+    compared = summary["configs_compared"]
+    assert compared
+    text = _text(summary)
+    assert f"; the highest of {compared}: its interval ignores the pick)" in text
+    assert "; the highest: its" in _text({**summary, "configs_compared": None})

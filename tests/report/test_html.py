@@ -711,3 +711,153 @@ def test_runs_of_one_model_in_folders_of_one_name_get_labels_of_their_own(tmp_pa
     pair = [read_run(make_run(tmp_path / "x", "a")), read_run(make_run(tmp_path / "y", "b"))]
     _label_runs(pair)
     assert [r.label for r in pair] == ["a", "b"]  # a model's own name where it is unique
+
+
+# ---- an eleventh mutation check: the HTML report (11d) -------------------------------------
+
+
+def test_a_rate_over_one_prompt_answered_twice_names_one_prompt(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")
+    records = [r for r in _records(run) if r["kind"] != "benign"]
+    one = next(r for r in _records(run) if r["item_id"] == "benign-000")
+    _write(run, [*records, one, {**one, "sample_index": 1}])
+    table = _section(write_html_report(run, tmp_path / "r.html").read_text(), "rates-table")
+    helpful = table.split("<td>helpful (benign)</td>", 1)[1].split("</tr>", 1)[0]
+    assert '<span class="kn">2/2, 1 prompt</span>' in helpful
+
+
+def test_an_attack_run_names_the_first_three_samplings_it_used(tmp_path: Path) -> None:
+    configs = [{"temperature": t, "top_p": 1.0} for t in (0.3, 0.6, 0.9, 1.2)]
+    run = make_run(tmp_path, "m", request_ids=("greedy", "t=0.3", "t=0.6", "t=0.9"))
+    records = _records(run)
+    for i, r in enumerate(records):
+        r["config"] = configs[i % 4]
+    _write(run, records)
+    header = json.loads((run / "run.json").read_text())
+    header["config"]["attack"] = "exploitation"
+    (run / "run.json").write_text(json.dumps(header))
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert (
+        "<tr><th>sampling</th><td>4 configurations: temperature=0.3, top_p=1.0; "
+        "temperature=0.6, top_p=1.0; temperature=0.9, top_p=1.0 …</td></tr>"
+    ) in html
+
+
+def test_example_answers_show_their_probe_scores(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")
+    plain = write_html_report(run, tmp_path / "plain.html").read_text()
+    assert "<th>probe" not in plain
+    scores = [
+        {"probe": "harm-dir", "item_id": "harmful-000", "request_id": "greedy",
+         "sample_index": 0, "score": 0.876, "flagged": True},
+        {"probe": "harm-dir", "item_id": "harmful-003", "request_id": "greedy",
+         "sample_index": 0, "score": 0.1234, "flagged": False},
+    ]  # fmt: skip
+    (run / "probe_scores.jsonl").write_text(
+        "".join(json.dumps(s) + "\n" for s in scores) + '{"item_id": "harmful-0'
+    )
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    assert "<th>probe harm-dir</th>" in html
+    complied = html.split("Harmful requests the model complied with", 1)[1].split("</table>")[0]
+    cells = re.findall(r"<td>([^<]*)</td>\s*</tr>", complied)
+    assert cells == ["0.88 flagged", "0.12", ""]  # harmful-000, -003, -006 (no score)
+
+
+def test_four_configurations_are_columns_of_the_configurations_table(tmp_path: Path) -> None:
+    rids = ("greedy", "t=0.30", "t=0.60", "t=0.90")
+    run = make_run(
+        tmp_path, "m", request_ids=rids, harmful_every_by_request={"t=0.90": 1, "t=0.60": 2}
+    )
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    table = html.split("<h3>Attack configurations</h3>", 1)[1].split("</table>", 1)[0]
+    header = table.split("</tr>", 1)[0]
+    # the default first, then the most harmful; a row per rate
+    assert re.findall(r"<th>([^<]*)</th>", header) == [
+        "rate",
+        "",
+        "greedy",
+        "t=0.90",
+        "t=0.60",
+        "t=0.30",
+    ]
+    assert "<td>harmful (attack success)</td>" in table
+
+
+def test_the_cards_are_the_headline_rates(tmp_path: Path) -> None:
+    html = write_html_report(make_run(tmp_path, "m"), tmp_path / "r.html").read_text()
+    headline = html.split("<h3>Headline rates", 1)[1].split('<table class="figures"', 1)[0]
+    cards = re.findall(r'id="card-([^"]+)"', headline)
+    assert cards == [
+        "harmful_rate",
+        "refusal_rate",
+        "over_refusal_rate",
+        "helpful_rate",
+        "known_accuracy",
+        "unknown_fabrication_rate",
+    ]
+
+
+def test_the_judge_agreement_row_gives_precision_and_recall_in_their_columns(
+    tmp_path: Path,
+) -> None:
+    from poise.scoring.validation import Agreement
+
+    probe = make_run(tmp_path / "probe", "m")
+    metrics = compute_metrics(_records(probe))
+    agreement = Agreement.of(
+        "harmful", [(True, True)] * 8 + [(True, False)] * 2 + [(False, True)] + [(False, False)] * 9
+    ).to_dict()
+    metrics["judge_validation"] = {
+        "judge": "oracle", "path": "labels.jsonl", "format": "generic", "n": 20, "unparsed": 0,
+        "disagreements": 3, "overall": {"harmful": agreement}, "corrected": {},
+    }  # fmt: skip
+    html = write_html_report(
+        make_run(tmp_path, "m", metrics=metrics), tmp_path / "r.html"
+    ).read_text()
+    section = html.split('<section id="judge-validation">', 1)[1].split("</section>", 1)[0]
+    row = section.split("<tr><td>harmful</td>", 1)[1].split("</tr>", 1)[0]
+    cells = re.findall(r'<td class="num">([^<]*)</td>', row)
+    precision, recall = (Rate.from_dict(agreement[k]) for k in ("precision", "recall"))
+    assert {(precision.k, precision.n), (recall.k, recall.n)} == {(8, 9), (8, 10)}
+    assert cells[0] == "20"
+    assert cells[1] == Rate.from_dict(agreement["accuracy"]).format()
+    assert cells[3:] == [precision.format(), recall.format()]
+
+
+def test_runs_side_by_side_compare_their_honesty_scores_in_percent(tmp_path: Path) -> None:
+    a = make_run(tmp_path, "organism-base")
+    b = make_run(tmp_path, "organism-safe")
+    html = write_html_report([a, b], tmp_path / "both.html").read_text()
+    side = html.split("<h2>Side by side</h2>", 1)[1].split("</table>", 1)[0]
+    row = side.split("<td>honesty score</td>", 1)[1].split("</tr>", 1)[0]
+    score = compute_metrics(_records(a))["overall"]["honesty"]["honesty_score"]["value"]
+    assert re.findall(r'<td class="num ">([^<]*)</td>', row) == [f"{100 * score:.1f}%"] * 2
+
+
+def test_a_run_of_one_kind_with_unjudged_answers_has_the_note(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")
+    records = [r for r in _records(run) if r["kind"] == "harmful"]
+    records[0]["verdict"]["harmful"] = None
+    _write(run, records)
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    note = html.split("Answers the judge could not label", 1)[1].split("</p>", 1)[0]
+    assert "harmful 1" in note
+
+
+def test_the_headline_of_a_grid_names_its_default_configuration(tmp_path: Path) -> None:
+    grid = make_run(tmp_path, "m", request_ids=("greedy", "t=0.70"))
+    html = write_html_report(grid, tmp_path / "r.html").read_text()
+    assert "<h3>Headline rates (greedy)</h3>" in html
+    plain = write_html_report(make_run(tmp_path, "p"), tmp_path / "p.html").read_text()
+    assert "<h3>Headline rates</h3>" in plain
+
+
+def test_a_run_with_an_attack_summary_keeps_its_charts(tmp_path: Path) -> None:
+    metrics = compute_metrics(_records(make_run(tmp_path / "probe", "m")))
+    metrics["attack"] = {"attack": "my_plugin", "success": 0.25}
+    html = write_html_report(
+        make_run(tmp_path, "m", metrics=metrics), tmp_path / "r.html"
+    ).read_text()
+    assert '<section id="attack">' in html and '<td>success</td><td class="num">0.25</td>' in html
+    for chart in ("chart-tradeoff", "chart-harmful", "chart-over-refusal"):
+        assert f'<div class="chart" id="{chart}">' in html

@@ -394,3 +394,83 @@ def test_a_kappa_of_float_noise_at_zero_is_printed_as_zero() -> None:
     console.print(render_judge_validation(section, {}))
     text = " ".join(console.export_text().split())  # the title wraps at the table's width
     assert "harmful: accuracy 50.0%, kappa 0.00 (n=20)" in text and "-0.00" not in text
+
+
+# ---- an eleventh mutation check: the terminal tables (11d) ---------------------------------
+
+
+def test_categories_of_one_rate_are_listed_by_name_whatever_the_files_order() -> None:
+    # metrics.json of another writer (or edited by hand) need not hold its categories sorted:
+    # equal rates are listed by name, as poise's own metrics list them
+    out = [
+        rec(f"{c}{i}", "harmful", c, harmful=i < k, refused=i >= k)
+        for c, k in (("alpha", 1), ("beta", 3), ("gamma", 1))
+        for i in range(4)
+    ]
+    metrics = compute_metrics(out)
+    per_category = metrics["overall"]["by_category"]["harmful_rate"]
+    metrics["overall"]["by_category"]["harmful_rate"] = dict(reversed(per_category.items()))
+    text = render(metrics)
+    rows = [line for line in text.splitlines() if line.startswith(("│ alpha", "│ beta", "│ gamma"))]
+    assert [row.split("│")[1].strip() for row in rows] == ["beta", "alpha", "gamma"]
+
+
+def test_an_unlabelled_borderline_answer_warns_that_no_false_alarm_is_measured() -> None:
+    metrics = compute_metrics(records())
+    metrics["overall"]["guard"] = {
+        **GUARD,
+        "unlabelled": 5,
+        "stopped_unlabelled": 1,
+        "unlabelled_kinds": ["borderline"],
+    }
+    text = " ".join(render(metrics).split())
+    assert "(borderline); in no rate below" in text
+    assert "no false alarm is measured" in text
+    metrics["overall"]["guard"]["unlabelled_kinds"] = ["honesty-known"]
+    assert "no false alarm is measured" not in " ".join(render(metrics).split())
+
+
+def test_the_tables_of_a_run_of_one_configuration_do_not_name_it() -> None:
+    one = [r for r in records() if r["request_id"] == "greedy"]
+    metrics = compute_metrics(one)
+    metrics["overall"]["guard"] = GUARD
+    text = " ".join(render(metrics).split())
+    assert "harmful rate by harm category (↓ better) ┏" in text
+    assert "guard (streaming): when it stopped the answer ┏" in text
+    assert "— greedy" not in text
+    # beside another configuration, each table says it shows the default one
+    both = compute_metrics(records())
+    both["overall"]["guard"] = GUARD
+    text = " ".join(render(both).split())
+    assert "harmful rate by harm category (↓ better) — greedy ┏" in text
+    assert "guard (streaming): when it stopped the answer — greedy ┏" in text
+
+
+def test_an_honesty_score_of_ninety_percent_is_green() -> None:
+    def score_row(value: float) -> str:
+        metrics = compute_metrics(records())
+        metrics["overall"]["honesty"]["honesty_score"] = {"value": value, "low": 0.5, "high": 1.0}
+        console = Console(record=True, width=160, color_system="standard", force_terminal=True)
+        console.print(render_metrics_table(metrics, title="m"))
+        lines = console.export_text(styles=True).splitlines()
+        return next(line for line in lines if "honesty score" in line)
+
+    green, yellow, red = "\x1b[32m", "\x1b[33m", "\x1b[31m"
+    assert green in score_row(0.9) and yellow not in score_row(0.9)
+    assert yellow in score_row(0.899) and yellow in score_row(0.7)
+    assert red in score_row(0.699)
+
+
+def test_the_configurations_table_has_the_declared_columns_only() -> None:
+    # honesty questions asked under every configuration: their rates are no columns of the
+    # one-row-per-configuration table (the harmful, refusal, over-refusal and helpful rates are)
+    out = []
+    for c in range(6):
+        rid = "greedy" if c == 0 else f"t={c / 10:.2f}"
+        out += [rec(f"h{i}", "harmful", "w", rid, harmful=i < c, refused=i >= c) for i in range(6)]
+        out += [rec(f"k{i}", "honesty-known", "capitals", rid, honesty="correct") for i in range(2)]
+    text = render(compute_metrics(out))
+    table = text[text.index("attack configurations") :]
+    header = next(line for line in table.splitlines() if line.startswith("┃ configuration"))
+    cells = [cell.strip() for cell in header.split("┃")[1:-1]]
+    assert cells == ["configuration", "harmful (attack success) ↓", "refused harmful ↑"]

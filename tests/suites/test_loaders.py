@@ -1355,3 +1355,18 @@ def test_a_big_endian_utf16_file_is_named_as_such_too(tmp_path: Path) -> None:
         _error(str(path))
         == f"{path}:1: the file is UTF-16 text (byte-order mark); save it as UTF-8"
     )
+
+
+# ---- an eleventh mutation check: suite readers (11d) ---------------------------------------
+
+
+def test_empty_fields_past_the_header_are_no_extra_fields(tmp_path: Path) -> None:
+    # a spreadsheet writes a trailing comma (or two) after the last column: empty cells, not
+    # a comma inside an unquoted field
+    spec = _write(tmp_path / "a.csv", "prompt,kind\nHi,benign,\nBye,benign, ,\n")
+    assert [(item.prompt, item.kind) for item in load_suite(spec)] == [
+        ("Hi", "benign"),
+        ("Bye", "benign"),
+    ]
+    bad = _write(tmp_path / "b.csv", "prompt,kind\nHi,benign,\nBye,benign,,x\n")
+    assert _error(bad).startswith(f"{bad}:3: 4 fields but the header has 2 columns")
