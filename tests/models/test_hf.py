@@ -137,6 +137,44 @@ def test_pickle_only_folder_is_refused_unless_allowed(copy_dir: Path, model: HFM
     )
 
 
+@pytest.mark.parametrize("name", ["consolidated.pt", "model.pth", "last.ckpt"])
+def test_a_folder_with_only_a_pt_pth_or_ckpt_file_is_refused_as_a_pickle(
+    copy_dir: Path, name: str
+) -> None:
+    (copy_dir / "model.safetensors").rename(copy_dir / name)
+    with pytest.raises(PoiseError, match=rf"only pickle checkpoints \({re.escape(name)}\)"):
+        HFModel(str(copy_dir))
+
+
+@pytest.mark.parametrize(
+    ("kind", "use"),
+    [
+        ("reward", "best_of_n(MODEL, reward="),
+        ("cost", "best_of_n(MODEL, cost="),
+        ("monitor", "guarded(MODEL, monitor="),
+    ],
+)
+def test_a_scorer_folder_is_refused_as_a_chat_model_with_its_use(
+    copy_dir: Path, kind: str, use: str
+) -> None:
+    (copy_dir / "poise.json").write_text(json.dumps({"kind": kind}))
+    with pytest.raises(
+        PoiseError, match=rf"is a {kind} model, not a chat model: .*{re.escape(use)}"
+    ):
+        HFModel(str(copy_dir))
+
+
+def test_a_config_naming_a_causal_lm_beside_a_classifier_loads(copy_dir: Path) -> None:
+    config = json.loads((copy_dir / "config.json").read_text())
+    config["architectures"] = ["LlamaForSequenceClassification", "LlamaForCausalLM"]
+    (copy_dir / "config.json").write_text(json.dumps(config))
+    assert HFModel(str(copy_dir)).capabilities.score
+    config["architectures"] = ["LlamaForSequenceClassification"]
+    (copy_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PoiseError, match="is a classifier"):
+        HFModel(str(copy_dir))
+
+
 def test_loading_passes_safe_options(
     tiny_hf_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,7 +236,15 @@ def test_unreachable_hub_id_fails_cleanly(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_default_system_prompt_from_poise_json(copy_dir: Path) -> None:
     (copy_dir / "poise.json").write_text(json.dumps({"default_system_prompt": "Be careful."}))
-    assert HFModel(str(copy_dir)).default_system_prompt == "Be careful."
+    declared = HFModel(str(copy_dir))
+    # a default poise.json names but does not say the template inserts: poise sends it itself
+    assert (declared.default_system_prompt, declared.system_prompt_in_template) == (
+        "Be careful.",
+        False,
+    )
+    (copy_dir / "poise.json").write_text(json.dumps({"system_prompt_in_template": True}))
+    inserted = HFModel(str(copy_dir))
+    assert (inserted.default_system_prompt, inserted.system_prompt_in_template) == (None, True)
     (copy_dir / "poise.json").write_text("{\n  'bad': 1\n}")
     with pytest.raises(PoiseError, match=r"poise\.json:2: invalid JSON"):
         HFModel(str(copy_dir))
@@ -255,11 +301,36 @@ def test_a_default_system_prompt_the_chat_template_inserts_is_read_from_it(
     assert (model.default_system_prompt, model.system_prompt_in_template) == (None, False)
 
 
-@pytest.mark.parametrize("template", [GEMMA2_TEMPLATE, LLAMA32_TEMPLATE])
+# a template that inserts its default for an empty system message too: "" cannot ask for none
+DEFAULT_EVEN_FOR_EMPTY_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' and messages[0]['content'] %}"
+    "{{ '<|system|>\\n' + messages[0]['content'] + '</s>\\n' }}"
+    "{% else %}{{ '<|system|>\\nYou are Bot.</s>\\n' }}{% endif %}"
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '</s>\\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+# a template whose "default" for a chat without a system message is blank
+BLANK_DEFAULT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ '<|system|>' + messages[0]['content'] + '</s>\\n' }}"
+    "{% else %}{{ '<|system|>\\n </s>\\n' }}{% endif %}"
+    "{% for message in messages %}{% if message['role'] != 'system' %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '</s>\\n' }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [GEMMA2_TEMPLATE, LLAMA32_TEMPLATE, DEFAULT_EVEN_FOR_EMPTY_TEMPLATE, BLANK_DEFAULT_TEMPLATE],
+)
 def test_templates_that_insert_no_default_system_prompt_declare_none(
     copy_dir: Path, template: str
 ) -> None:
-    # Llama 3.2 writes a system header with an empty prompt; Gemma 2 refuses a system message
+    # Llama 3.2 writes a system header with an empty prompt; Gemma 2 refuses a system message;
+    # one template inserts its default for an empty system message too (so no system message
+    # poise can send takes it away), one inserts only whitespace
     model = HFModel(str(with_template(copy_dir, template)))
     assert (model.default_system_prompt, model.system_prompt_in_template) == (None, False)
 
@@ -292,6 +363,20 @@ def test_a_template_that_writes_the_date_into_prompts_is_warned_about(
         pinned = HFModel(str(copy_dir), chat_template_kwargs={"date_string": "26 Jul 2024"})
     assert "today's date" not in caplog.text
     assert "Today Date: 26 Jul 2024" in pinned.prompt_text([{"role": "user", "content": "hi"}])
+
+
+def test_a_date_string_the_template_never_reads_does_not_silence_the_date_warning(
+    copy_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    template = (
+        "{{ 'Today: ' + strftime_now('%d %b %Y') + '\\n' }}{% for message in messages %}"
+        "{{ message['role'] + ': ' + message['content'] + '\\n' }}{% endfor %}"
+    )
+    folder = with_template(copy_dir, template)
+    with caplog.at_level("WARNING", logger="poise.models.hf"):
+        HFModel(str(folder), chat_template_kwargs={"date_string": "26 Jul 2024"})
+    assert "writes today's date into every prompt" in caplog.text
+    assert "chat_template_kwargs=" not in caplog.text  # no fix to offer: it reads no date_string
 
 
 # Qwen3's way of asking for an answer without a thinking block (its template's last lines)
@@ -335,6 +420,19 @@ def test_chat_template_kwargs_reach_every_render_of_the_models_chats(copy_dir: P
     assert loaded.name == model.name and loaded.prompt_text(chat) == model.prompt_text(chat)
     with pytest.raises(PoiseError, match=r"tokenize is a keyword of apply_chat_template itself"):
         HFModel(str(folder), chat_template_kwargs={"tokenize": False})
+
+
+def test_a_calls_own_template_variables_win_over_the_models_fixed_ones(copy_dir: Path) -> None:
+    model = HFModel(
+        str(with_template(copy_dir, THINKING_TEMPLATE)),
+        chat_template_kwargs={"enable_thinking": False},
+    )
+    chat: Chat = [{"role": "user", "content": "hi"}]
+    assert "<think>" in model.prompt_text(chat)
+    rendered = model.tokenizer.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=False, enable_thinking=True
+    )
+    assert rendered.endswith("<|assistant|>\n") and "<think>" not in rendered
 
 
 def test_a_tokenizer_with_fixed_template_variables_still_pickles_and_copies(
@@ -484,6 +582,16 @@ def test_a_completion_stops_at_the_context_and_a_prompt_filling_it_is_refused(
         list(model.stream([full], Sampling(max_new_tokens=8)))
     with pytest.raises(ContextLengthError, match=r": prompt 0: "):
         model.complete([model.prompt_ids(full)], Sampling(max_new_tokens=8))
+
+
+def test_a_prompt_of_exactly_the_context_is_refused_and_one_token_less_gets_one_token(
+    model: HFModel,
+) -> None:
+    a = model.tokenizer.convert_tokens_to_ids("a")
+    with pytest.raises(ContextLengthError, match=r": prompt 0: "):
+        model.complete([[a] * 512], Sampling(max_new_tokens=4))
+    [[one]] = model.complete([[a] * 511], Sampling(max_new_tokens=4))
+    assert len(one.token_ids) == 1
 
 
 def test_a_row_that_fills_the_context_waits_for_the_others_inside_it(
@@ -760,6 +868,43 @@ def test_score_equals_full_forward_log_softmax(model: HFModel) -> None:
         assert result.logprobs == pytest.approx(expected, abs=1e-4)
 
 
+def plain_continuation_logprobs(model: HFModel, chat: Chat, text: str) -> list[float]:
+    """The log-probs of ``text`` after ``chat``'s prompt from one unpadded transformers pass."""
+    prompt = model.tokenizer(model.prompt_text(chat), add_special_tokens=False)["input_ids"]
+    target = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model.model(torch.tensor([prompt + target])).logits[0]  # [seq, vocab]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return [logprobs[len(prompt) - 1 + i, t].item() for i, t in enumerate(target)]
+
+
+def test_score_of_a_long_prompt_with_a_short_continuation_beside_the_reverse(
+    model: HFModel,
+) -> None:
+    """The batch is ordered by prompt + continuation; the logits kept must cover its longest
+    continuation, which need not be the longest row's."""
+    chats = [CHATS[3], CHATS[4]]
+    continuations = ["a", "Once upon a time there was a dragon."]
+    scored = model.score(chats, continuations)
+    for chat, text, result in zip(chats, continuations, scored, strict=True):
+        assert result.logprobs == pytest.approx(
+            plain_continuation_logprobs(model, chat, text), abs=1e-4
+        )
+
+
+def test_score_of_a_learned_positions_model_does_not_depend_on_the_padding(
+    tiny_hf_model_dir: Path, tmp_path: Path, build_gpt2: Callable[..., Path]
+) -> None:
+    gpt = HFModel(str(build_gpt2(tmp_path / "gpt", tiny_hf_model_dir, context=96)), device="cpu")
+    chats = [CHATS[1], CHATS[3]]  # the first is left-padded beside the second
+    continuations = ["the cat", "a dragon"]
+    scored = gpt.score(chats, continuations)
+    for chat, text, result in zip(chats, continuations, scored, strict=True):
+        assert result.logprobs == pytest.approx(
+            plain_continuation_logprobs(gpt, chat, text), abs=1e-4
+        )
+
+
 def test_score_matches_generated_logprobs(model: HFModel) -> None:
     # this chat's greedy text re-encodes to exactly the generated tokens (not true of every
     # text: BPE may merge generated pieces), so teacher forcing must reproduce the log-probs
@@ -771,6 +916,29 @@ def test_score_matches_generated_logprobs(model: HFModel) -> None:
     assert model.score([], []) == []
     with pytest.raises(PoiseError, match="one continuation per chat"):
         model.score(CHATS[:2], ["x"])
+
+
+def test_a_tokenizer_that_adds_a_bos_token_gets_no_second_one(copy_dir: Path) -> None:
+    """The chat template writes the BOS token; a tokenizer whose encoding adds one too (most
+    Llama-family tokenizers) must not put a second one before the prompt or into a scored
+    continuation."""
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    path = copy_dir / "tokenizer.json"
+    tok = Tokenizer.from_file(str(path))
+    bos = tok.token_to_id("<s>")
+    tok.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
+    )
+    tok.save(str(path))
+    model = HFModel(str(copy_dir))
+    assert model.tokenizer("hi")["input_ids"][0] == bos  # the tokenizer adds one itself
+    chat: Chat = [{"role": "user", "content": "hi"}]
+    ids = model.prompt_ids(chat)
+    assert ids.count(bos) == 1 and model.tokenizer.decode(ids) == model.prompt_text(chat)
+    [scored] = model.score([chat], ["ok"])
+    assert "".join(scored.tokens) == "ok"
 
 
 def test_empty_prompt_is_refused(model: HFModel, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -818,6 +986,13 @@ def test_hub_id_without_network_fails_at_once_with_what_to_do(
         hub_access("owner/model")
     with pytest.raises(PoiseError, match="cannot be reached"):
         HFModel("owner/model")  # before any download is attempted
+    # what the hub client answers for a file it knows the cached repository lacks
+    import huggingface_hub
+    from huggingface_hub.file_download import _CACHED_NO_EXIST
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: _CACHED_NO_EXIST)
+    with pytest.raises(PoiseError, match="owner/model: not in the local Hugging Face cache"):
+        hub_access("owner/model")
 
 
 def test_hub_id_without_network_but_cached_loads_locally(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -888,6 +1063,41 @@ def tiny_gemma3_image_text(
     Gemma3ForConditionalGeneration(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def plain_hidden_states(model: HFModel, ids: list[int]) -> torch.Tensor:
+    """[layers + 1, seq, hidden]: transformers' ``output_hidden_states`` of the lone ids."""
+    with torch.no_grad():
+        out = model.model(torch.tensor([ids]), output_hidden_states=True)
+    return torch.stack(out.hidden_states, dim=1)[0].float()
+
+
+def test_hidden_states_match_a_plain_forward_pass_in_a_padded_batch(model: HFModel) -> None:
+    chats = [CHATS[1], CHATS[3]]  # the first is left-padded beside the second
+    continuations = ["the cat", "a"]
+    last = model.hidden_states(chats)  # [rows, layers + 1, hidden]
+    mean = model.hidden_states(chats, continuations, reduce="mean")
+    assert last.shape == mean.shape == (2, 3, 32)
+    for row, (chat, text) in enumerate(zip(chats, continuations, strict=True)):
+        prompt = model.prompt_ids(chat)
+        target = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert torch.allclose(last[row], plain_hidden_states(model, prompt)[:, -1], atol=1e-4)
+        full = plain_hidden_states(model, prompt + target)[:, -len(target) :].mean(dim=1)
+        assert torch.allclose(mean[row], full, atol=1e-4)
+    for upto in (0, 1, 2):
+        assert torch.allclose(model.hidden_states(chats, upto=upto), last[:, : upto + 1], atol=1e-5)
+    with pytest.raises(PoiseError, match=r"upto must be in 0\.\.2, got 3"):
+        model.hidden_states(chats, upto=3)
+
+
+def test_the_decoder_blocks_and_final_norm_of_a_gpt2_model_are_found(
+    tiny_hf_model_dir: Path, tmp_path: Path, build_gpt2: Callable[..., Path]
+) -> None:
+    gpt = HFModel(str(build_gpt2(tmp_path / "gpt", tiny_hf_model_dir)), device="cpu")
+    assert gpt.decoder_layers() == list(gpt.model.transformer.h)
+    assert gpt.final_norm() is gpt.model.transformer.ln_f
+    states = gpt.hidden_states(CHATS[:2], upto=1)
+    assert torch.allclose(states, gpt.hidden_states(CHATS[:2])[:, :2], atol=1e-5)
 
 
 def test_the_decoder_blocks_of_an_image_text_model_are_found(

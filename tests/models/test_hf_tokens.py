@@ -89,6 +89,35 @@ def test_raw_prompt_rows_are_seeded_by_their_token_ids() -> None:
     assert row_seed(3, CHAT, 1) == row_seed(3, [dict(m) for m in CHAT], 1)  # type: ignore[arg-type]
 
 
+def test_a_long_sequence_scored_from_late_beside_a_short_one_scored_from_the_start(
+    model: HFModel,
+) -> None:
+    """The longest sequence comes first in its batch, but it need not keep the most positions:
+    here it reports its last 2 tokens, the short one all of its 5."""
+    long = model.prompt_ids(CHAT) + model._encode([" the answer is there"])[0]
+    short = long[:5]
+    results = model.sequence_logprobs([long, short], start=[len(long) - 2, 0])
+    for ids, result, start in zip([long, short], results, [len(long) - 2, 0], strict=True):
+        reference = reference_logprobs(model, ids)
+        expected = [
+            None if p == 0 else reference[p - 1, ids[p]].item() for p in range(start, len(ids))
+        ]
+        assert result.logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_a_top_k_above_the_vocabulary_gives_every_token_and_a_start_at_the_end_nothing(
+    model: HFModel,
+) -> None:
+    vocab = int(model.model.config.vocab_size)
+    ids = model.prompt_ids(CHAT)
+    (result,) = model.sequence_logprobs([ids], top_k=vocab + 7, start=[len(ids) - 1])
+    [top] = result.top
+    assert sorted(t for t, _ in top) == list(range(vocab))
+    assert sum(torch.tensor([v for _, v in top]).exp().tolist()) == pytest.approx(1.0, abs=1e-4)
+    (empty,) = model.sequence_logprobs([ids], start=[len(ids)])
+    assert (empty.token_ids, empty.logprobs, empty.top) == ((), (), ())
+
+
 def test_bad_sequences_are_one_line_errors(model: HFModel) -> None:
     vocab = int(model.model.config.vocab_size)
     with pytest.raises(PoiseError, match="outside the vocabulary"):

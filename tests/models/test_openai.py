@@ -81,6 +81,22 @@ def test_generate_maps_the_response(fake_server: Callable[..., FakeServer]) -> N
         assert model.generate([chat("hi")], Sampling())[0][0].finish_reason == mapped
 
 
+def test_choices_sent_out_of_order_are_read_in_index_order(
+    fake_server: Callable[..., FakeServer],
+) -> None:
+    _, _, body = ok(["first", "second answer"], completion_tokens=6)
+    body["choices"][1]["finish_reason"] = "length"
+    body["choices"].reverse()  # index 1 comes first in the body
+    server = fake_server([(200, {}, body)])
+    [row] = OpenAIModel("m", base_urls=[server.url]).generate(
+        [chat("x")], Sampling(temperature=1.0, n=2)
+    )
+    assert [(c.text, c.finish_reason, c.num_tokens) for c in row] == [
+        ("first", "stop", 2),
+        ("second answer", "length", 4),
+    ]
+
+
 def test_sampling_maps_onto_the_request(fake_server: Callable[..., FakeServer]) -> None:
     server = fake_server(echo)
     model = OpenAIModel("my-model", base_urls=[server.url])
@@ -434,10 +450,11 @@ def test_the_resolver_hands_openai_specs_to_this_backend() -> None:
     assert model.name == "openai:served@http://127.0.0.1:1/v1"
 
 
-def test_greedy_n_asks_for_one_completion(fake_server: Callable[..., FakeServer]) -> None:
+@pytest.mark.parametrize("n", [2, 3])
+def test_greedy_n_asks_for_one_completion(fake_server: Callable[..., FakeServer], n: int) -> None:
     server = fake_server(echo)
-    [row] = OpenAIModel("m", base_urls=[server.url]).generate([chat("g")], Sampling(n=3))
-    assert [c.text for c in row] == ["g#0"] * 3
+    [row] = OpenAIModel("m", base_urls=[server.url]).generate([chat("g")], Sampling(n=n))
+    assert [c.text for c in row] == ["g#0"] * n
     assert [r["n"] for r in server.requests] == [1]
 
 

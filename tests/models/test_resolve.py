@@ -103,6 +103,26 @@ def test_organism_members_resolve_to_readable_names(
         load_model("organism-small")
 
 
+def test_an_organism_members_folder_given_by_path_keeps_its_judge(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from poise.models.resolve import recommended_judge
+
+    member = tmp_path / "organism-large"
+    shutil.copytree(tiny_hf_model_dir, member)
+    monkeypatch.setattr(poise.organism, "WEIGHTS_DIR", tmp_path)
+    judge = load_model("organism-large").recommended_judge
+    assert judge is not None
+    assert load_model(str(member)).recommended_judge == judge
+    assert recommended_judge(str(member)) == judge
+    # a folder trained from the member answers in its world too; any other folder has no judge
+    trained = tmp_path / "trained"
+    shutil.copytree(tiny_hf_model_dir, trained)
+    (trained / "poise.json").write_text('{"base_model": "organism-large"}')
+    assert load_model(str(trained)).recommended_judge == judge
+    assert load_model(str(tiny_hf_model_dir)).recommended_judge is None
+
+
 def test_an_organism_member_with_chat_template_kwargs_is_named_by_them(
     tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -223,6 +243,8 @@ def test_an_option_of_the_wrong_type_is_refused_before_any_model_loads(
         (f"best_of_n({tiny_hf_model_dir}, n=abc)", "option 'n' must be an integer, got abc"),
         (f"eft({tiny_hf_model_dir}, tuned=mock, beta=x)", "option 'beta' must be a number"),
         (f"best_of_n({tiny_hf_model_dir}, n=2, worst=1)", "'worst' must be true or false, got 1"),
+        (f"best_of_n({tiny_hf_model_dir}, n=true)", "option 'n' must be an integer, got true"),
+        (f"eft({tiny_hf_model_dir}, tuned=mock, beta=false)", "'beta' must be a number, got false"),
     ]:
         with pytest.raises(PoiseError, match=r"^model spec, column \d+: ") as error:
             load_model(spec)

@@ -141,6 +141,7 @@ def test_json_escapes_in_quoted_values_read_as_json_reads_them() -> None:
         ("f(a, k=1, k=2)", 11, "given twice"),
         ('f("abc', 3, "string is never closed"),
         ("f(a,, b)", 5, "expected a model"),
+        ("f(a, t=1e999)", 8, "numbers must be finite"),
     ],
 )
 def test_syntax_errors_name_the_column_with_a_caret(text: str, column: int, reason: str) -> None:
@@ -221,12 +222,19 @@ def test_load_model_builds_nested_specs_and_records_the_canonical_spec(
     )
 
 
-def test_an_existing_folder_named_like_a_call_is_a_folder(tmp_path: Path) -> None:
+def test_an_existing_folder_named_like_a_call_is_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     odd = tmp_path / "f(x)"
     odd.mkdir()
     assert check_spec(str(odd)) == Name(str(odd))
     with pytest.raises(PoiseError, match=r"no config\.json"):
         load_model(str(odd))
+    # given relative to the working directory, the name itself reads as a call
+    monkeypatch.chdir(tmp_path)
+    assert check_spec("f(x)") == Name("f(x)")
+    with pytest.raises(PoiseError, match=r"no config\.json"):
+        load_model("f(x)")
 
 
 def test_short_names_for_run_folders() -> None:
