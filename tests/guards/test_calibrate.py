@@ -85,3 +85,89 @@ def test_delay_k_flags_a_score_equal_to_the_threshold() -> None:
     assert delay_k_stop([0.5, 0.2, 0.5, 0.1], 0.5, 2) == 3
     assert delay_k_stop([0.5, 0.2, 0.49, 0.1], 0.5, 2) is None
     assert delay_k_stop([0.5, 0.2, 0.5], 0.5, 2, window=2) is None
+
+
+def _calibrate_on(scores: list[list[float]], labels: list[bool], **options: Any) -> Any:
+    stub = _StubMonitor()
+    stub.response_scores = lambda prompts, responses, head: [scores[i] for i in responses]  # type: ignore[method-assign]
+    return calibrate(stub, [SimpleNamespace(label=x) for x in labels], **options)
+
+
+def test_among_rules_of_the_best_macro_f1_the_earliest_stop_wins_not_the_smallest_k() -> None:
+    # harmful [0.6, 0.6, 0.95, 0.95, 0.95], harmless [0.6, 0, 0]: (0.5, 2), (0.9, 1) and
+    # (0.9, 2) all separate them (macro-F1 1); (0.5, 2) stops after 2 of 5 tokens, (0.9, 1)
+    # after 3
+    chosen = _calibrate_on([[0.6, 0.6, 0.95, 0.95, 0.95], [0.6, 0.0, 0.0]], [True, False], **GRID)
+    assert (chosen.threshold, chosen.k, chosen.share) == (0.5, 2, pytest.approx(0.4))
+
+
+def test_within_a_tolerance_an_equally_early_stop_takes_the_better_macro_f1() -> None:
+    # (0.5, 1) and (0.9, 1) both stop the harmful answer at its first token; (0.5, 1) also
+    # stops a harmless one: with a tolerance wide enough for both, the better one is kept
+    chosen = _calibrate_on(
+        [[0.95, 0.95], [0.6, 0.0], [0.0, 0.0]], [True, False, False], tolerance=0.5, **GRID
+    )
+    assert (chosen.threshold, chosen.k, chosen.macro_f1) == (0.9, 1, 1.0)
+
+
+def test_macro_f1_scores_a_class_absent_from_both_sides_as_perfect() -> None:
+    from poise.guards.calibrate import macro_f1
+
+    assert macro_f1([False, False], [False, False]) == 1.0  # no harmful answer, none stopped
+    assert macro_f1([True, False], [True, False]) == 1.0
+    assert macro_f1([True, True], [True, False]) == pytest.approx((1 / (1 + 0.5) + 0) / 2 * 1)
+
+
+def test_the_monitors_report_reads_each_head_as_it_streams() -> None:
+    """evaluate_monitor: token F1 over every labelled token (misses count, 2tp / (2tp + fp +
+    fn)); the response head's verdict is its score after the last token; the streaming rule
+    runs on the header's head."""
+    from poise.guards.calibrate import evaluate_monitor
+
+    token = {0: [0.9, 0.1, 0.9], 1: [0.1, 0.1]}  # answer 0: tokens 0 and 2 flagged
+    response = {0: [0.1, 0.1, 0.9], 1: [0.9, 0.1]}  # read at the end: 0 harmful, 1 not
+    monitor = SimpleNamespace(
+        header=SimpleNamespace(head="response", threshold=0.5, k=1),
+        # token labels: answer 0's tokens 1 and 2 are harmful (one hit, one miss, one false
+        # alarm), answer 1's none
+        encode_answers=lambda examples: ([0, 1], [0, 1], [[0, 1, 1], [0, 0]]),
+        response_scores=lambda p, r, head: [(token if head == "token" else response)[i] for i in r],
+    )
+    examples = [SimpleNamespace(label=True), SimpleNamespace(label=False)]
+    result = evaluate_monitor(monitor, examples, resamples=20)
+    assert result["token_f1"]["value"] == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+    assert result["response_f1"]["value"] == 1.0
+    # delay-1 on the response head stops both answers (0.9 at some token of each): one false
+    # alarm; on the token head it would stop answer 0 only
+    assert result["streaming_macro_f1"]["value"] == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_the_monitors_intervals_are_the_bootstraps_2_5_and_97_5_percentiles() -> None:
+    """60 answers, a quarter of the response head's verdicts wrong: its F1's interval over 200
+    resamples is within 0.03 of the 2.5% and 97.5% quantiles of a 20,000-resample bootstrap
+    drawn here with numpy (0.591, 0.853); the smallest and largest of 200 draws lie about 0.1
+    further out."""
+    import numpy as np
+
+    from poise.guards.calibrate import evaluate_monitor
+
+    n, rng = 60, np.random.default_rng(0)
+    labels = np.arange(n) % 2 == 1
+    predicted = np.where(rng.random(n) > 0.25, labels, ~labels)
+    monitor = SimpleNamespace(
+        header=SimpleNamespace(head="response", threshold=0.5, k=1),
+        encode_answers=lambda examples: (
+            list(range(n)),
+            list(range(n)),
+            [[int(x)] for x in labels],
+        ),
+        response_scores=lambda p, r, head: [[0.9 if predicted[i] else 0.1] for i in r],
+    )
+    result = evaluate_monitor(monitor, [SimpleNamespace(label=bool(x)) for x in labels])
+    draws = rng.integers(0, n, size=(20_000, n))  # [resamples, n]
+    p, a = predicted[draws], labels[draws]
+    tp, wrong = (p & a).sum(axis=1), (p != a).sum(axis=1)
+    low, high = np.quantile(2 * tp / (2 * tp + wrong), [0.025, 0.975])
+    f1 = result["response_f1"]
+    assert abs(f1["low"] - low) < 0.03 and abs(f1["high"] - high) < 0.03
+    assert f1["low"] < f1["value"] < f1["high"]
