@@ -662,3 +662,20 @@ def test_an_open_limit_sends_no_max_tokens(fake_server: Callable[..., FakeServer
     first, second = server.requests
     assert "max_tokens" not in first and "max_completion_tokens" not in first
     assert second["max_tokens"] == 9
+
+
+def test_a_server_that_refuses_every_form_of_a_request_ends_in_an_error_not_a_loop(
+    fake_server: Callable[..., FakeServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal the client can meet by sending a field in another form is sent again at once,
+    not counted as a retry; at most once per such field (two), so a server that refuses every
+    form (here: each refusal read as adaptable) stops with its message instead of being asked
+    for ever."""
+    server = fake_server(
+        lambda request: unsupported("max_tokens", "Unsupported parameter: 'max_tokens'.")
+    )
+    model = OpenAIModel("m", base_urls=[server.url], concurrency=1, max_retries=0)
+    monkeypatch.setattr(model, "_adapt_to_refusal", lambda *args: True)
+    with pytest.raises(PoiseError, match="Unsupported parameter: 'max_tokens'"):
+        model.generate([chat("a")], Sampling(temperature=1.0))
+    assert len(server.requests) == 3  # the first and two sent again at once

@@ -67,6 +67,9 @@ T = TypeVar("T")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Local servers (vLLM, poise serve) ignore the key but the client insists on one.
 _PLACEHOLDER_API_KEY = "EMPTY"
+# The fields _adapt_to_refusal may send in another form (max_tokens, top_p): a request is sent
+# again at once at most this many times.
+_MAX_ADAPTATIONS = 2
 # Backoff: attempt k (0-based) waits up to min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**k) seconds.
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_CAP_S = 30.0
@@ -419,6 +422,7 @@ class OpenAIModel(ModelBase):
         openai = _import_openai()
         last_error = ""
         attempt = 0
+        adapted = 0  # requests sent again at once in another form (not counted as attempts)
         while attempt <= self.max_retries:
             kwargs = request_kwargs(
                 self.model,
@@ -447,8 +451,13 @@ class OpenAIModel(ModelBase):
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 message = _server_message(exc)
-                if self._adapt_to_refusal(status, message, exc.body, kwargs, url):
-                    continue  # sent again at once in the form the server asked for
+                if adapted < _MAX_ADAPTATIONS and self._adapt_to_refusal(
+                    status, message, exc.body, kwargs, url
+                ):
+                    # sent again at once in the form the server asked for; at most once per
+                    # field, so a server that refuses every form ends in an error, not a loop
+                    adapted += 1
+                    continue
                 if n > 1 and _refuses_choices(status, message, exc.body):
                     raise _ChoicesRefused(
                         f"{url} refused n={n} (HTTP {status}): {message}"
