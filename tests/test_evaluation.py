@@ -219,6 +219,7 @@ class Returns:
         (lambda c: [Verdict(label="x", refused=False)], "returned 1 verdicts for 2 answers"),
         # None, and dicts: a TypeError / AttributeError deep in the record
         (lambda c: None, "returned NoneType, not a list of verdicts"),
+        (lambda c: "ok", "returned str, not a list of verdicts"),  # a str is a sequence too
         (lambda c: [{"refused": False} for _ in c], "returned dict .* for item 'i0', not a"),
         # a numpy bool label: "Object of type bool is not JSON serializable"
         (
