@@ -3,9 +3,12 @@ model is opened (the models named here do not exist, so nothing could be read)."
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 
 from poise.errors import PoiseError
 from poise.merge.config import load_config
@@ -300,3 +303,288 @@ def test_nuslerp_row_wise_with_flattening_warns_that_it_does_nothing(
     with caplog.at_level("WARNING", logger="poise.merge.config"), pytest.raises(PoiseError):
         run_merge(path, tmp_path / "out")
     assert ("nuslerp_row_wise has no effect" in caplog.text) is warned
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (TIES + "models: [{model: a, weigth: 1}]\n",
+         "models.0.weigth: Extra inputs are not permitted"),
+        ("merge_method: linear\nmodules: {}\n",
+         "modules (multi-module merges) are not supported by poise merge"),
+        # DELLA's bounds from the top-level density and epsilon, as from a model's own
+        (DELLA + "models: [{model: a, parameters: {weight: 1}}]\n"
+         "parameters: {density: 0.9, epsilon: 0.15}\n",
+         "model 'a': della needs 0 < density - epsilon and density + epsilon < 1, "
+         "got density 0.9 and epsilon 0.15"),
+        (TIES + "models: [{model: a, parameters: {weight: 1, density: 0.5}}]\nout_dtype: fp8\n",
+         "unknown out_dtype 'fp8' (known: bfloat16, float16, float32, float64)"),
+        (TIES + "models: [{model: a, parameters: {weight: 1, density: 0.5}}]\n"
+         "tokenizer_source: union\n",
+         "tokenizer_source: 'union' is not supported; use 'base' or a model"),
+        (TASK + "models: [{model: a, parameters: {weight: [{fliter: mlp, value: 1}]}}]\n",
+         "models[0] ('a').parameters.weight[0]: {'fliter': 'mlp', 'value': 1} is not a "
+         "{filter, value} entry"),
+        (TASK + "models: [{model: a, parameters: {weight: null}}]\n",
+         "models[0] ('a').parameters.weight: None is not a number"),
+        # DELLA's keep probabilities reach 1 at density + epsilon = 1
+        (DELLA + "models: [{model: a, parameters: {weight: 1, density: 0.75, epsilon: 0.25}}]\n",
+         "model 'a': della needs 0 < density - epsilon and density + epsilon < 1, "
+         "got density 0.75 and epsilon 0.25"),
+        # '*' is no filter: the place is shown without it
+        ("merge_method: slerp\nbase_model: base\nmodels: [{model: a}]\n"
+         "parameters: {t: [{filter: '*', value: 2}]}\n",
+         "parameters.t[0]: 2 is outside [0, 1]"),
+    ],
+)  # fmt: skip
+def test_other_mistakes_are_one_line_naming_the_file_and_the_field(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    assert _refusal(tmp_path, text) == message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        DELLA + "models: [{model: a, parameters: {weight: 1, density: 0.5, epsilon: 0}}]\n",
+        "merge_method: slerp\nbase_model: base\nmodels: [{model: a}]\nparameters: {t: 1}\n",
+    ],
+)
+def test_the_closed_ends_of_epsilon_and_t_are_accepted(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "merge.yml"
+    path.write_text(text)
+    load_config(path)
+
+
+# -- run_merge's output folder, against closed forms on the tiny specialists
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(file))
+    return out
+
+
+def test_a_linear_merge_averages_a_listed_base_and_records_the_config(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """linear's base is optional: a base_model also listed under models is merged with its own
+    weight, as mergekit 0.1.5 does. merge.json has the absolute folders and the config's
+    options over the defaults; merge_config.yml reads back as the same config."""
+    from poise.merge.config import run_merge
+
+    base, a, _ = specialists
+    config = {
+        "merge_method": "linear", "base_model": str(base), "name": "soup",
+        "models": [{"model": str(base), "parameters": {"weight": 0.25}},
+                   {"model": str(a), "parameters": {"weight": 0.5}}],
+        "parameters": {"normalize": False}, "dtype": "float32",
+    }  # fmt: skip
+    out = tmp_path / "out"
+    result = run_merge(config, out)
+    got, b, m = _tensors(out), _tensors(base), _tensors(a)
+    assert result.n_tensors == len(got) == len(b)
+    for name, tensor in got.items():
+        torch.testing.assert_close(tensor, 0.25 * b[name] + 0.5 * m[name], msg=name)
+    record = json.loads((out / "merge.json").read_text())
+    assert record["base_model"] == str(base.resolve())
+    assert record["models"] == [str(base.resolve()), str(a.resolve())]
+    assert record["options"] == {"normalize": False}
+    assert load_config(out / "merge_config.yml") == load_config(config)
+    assert (out / "README.md").read_text().splitlines()[3] == "# soup"
+
+
+def test_gradients_filters_and_lambda_reach_each_tensor_and_out_dtype_wins(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """task_arithmetic over the 2-layer specialists, the base listed among the models:
+    ``base + lambda(t) * (0.5 (a - base) + w_b (b - base))`` with ``t = i / (L - 1)`` in layer i
+    and 0 outside the layers, ``lambda = [0.5, 1]`` a top-level gradient, and b's weight 0 on
+    self_attn tensors (a filter) and the gradient ``[1, 0]`` elsewhere (``*``). ``out_dtype``
+    wins over ``dtype``; the card lists the base once, as the base."""
+    from poise.merge.config import run_merge
+
+    base, a, b = specialists
+    config = {
+        "merge_method": "task_arithmetic", "base_model": str(base), "name": "ta",
+        "models": [
+            {"model": str(base)},
+            {"model": str(a), "parameters": {"weight": 0.5}},
+            {"model": str(b), "parameters": {"weight": [
+                {"filter": "self_attn", "value": 0.0}, {"filter": "*", "value": [1.0, 0.0]}]}},
+        ],
+        "parameters": {"lambda": [0.5, 1.0]}, "dtype": "float32", "out_dtype": "bfloat16",
+    }  # fmt: skip
+    out = tmp_path / "out"
+    run_merge(config, out)
+    got, t0, ta, tb = _tensors(out), _tensors(base), _tensors(a), _tensors(b)
+    assert {n: t.dtype for n, t in got.items()} == {n: torch.bfloat16 for n in t0}
+    for name, tensor in got.items():
+        layer = {"layers.0.": 0.0, "layers.1.": 1.0}
+        t = next((v for k, v in layer.items() if k in name), 0.0)
+        w_b = 0.0 if "self_attn" in name else 1.0 - t
+        delta = 0.5 * (ta[name] - t0[name]) + w_b * (tb[name] - t0[name])
+        expected = t0[name] + (0.5 + 0.5 * t) * delta
+        torch.testing.assert_close(tensor, expected.to(torch.bfloat16), msg=name)
+    card = (out / "README.md").read_text().splitlines()
+    assert card[3] == "# ta"
+    assert [line for line in card if line.startswith(("- base model", "- merged"))] == [
+        f"- base model: `{base}`",
+        f"- merged: `{a}`",
+        f"- merged: `{b}`",
+    ]
+
+
+def test_a_gradient_over_a_single_layer_takes_its_last_point(
+    tiny_hf_model_dir: Path, specialist_builder: Callable[..., Path], tmp_path: Path
+) -> None:
+    """mergekit's ``t`` of the one layer of a 1-layer model is 1 (its plan.py), not 0; tensors
+    outside the layers take the gradient's first point."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from poise.merge.config import run_merge
+
+    config = AutoConfig.from_pretrained(tiny_hf_model_dir)
+    config.num_hidden_layers = 1
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    base = tmp_path / "base"
+    tuned = specialist_builder(base, tmp_path / "tuned", seed=1)
+    out = tmp_path / "out"
+    run_merge({
+        "merge_method": "task_arithmetic", "base_model": str(base),
+        "models": [{"model": str(tuned), "parameters": {"weight": [0.0, 1.0]}}],
+    }, out)  # fmt: skip
+    got, t0, t1 = _tensors(out), _tensors(base), _tensors(tuned)
+    assert any(".layers.0." in name for name in got)
+    for name, tensor in got.items():
+        torch.testing.assert_close(tensor, t1[name] if ".layers.0." in name else t0[name])
+
+
+def test_a_linear_merge_whose_weights_sum_below_zero_is_divided_by_their_sum(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """Only a sum of 0 is refused: weights 0.5 and -1 give ``(0.5 a - b) / -0.5 = 2 b - a``."""
+    from poise.merge.config import run_merge
+
+    _, a, b = specialists
+    out = tmp_path / "out"
+    run_merge({
+        "merge_method": "linear", "dtype": "float32",
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(b), "parameters": {"weight": -1.0}}],
+    }, out)  # fmt: skip
+    got, ta, tb = _tensors(out), _tensors(a), _tensors(b)
+    for name, tensor in got.items():
+        torch.testing.assert_close(tensor, 2 * tb[name] - ta[name], msg=name)
+
+
+def test_della_bounds_per_tensor_take_each_models_own_epsilon(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """b's density gradient ends at 0.9 with b's epsilon 0.15 (a's is 0.05): refused at the
+    last layer, naming b, before anything is written."""
+    from poise.merge.config import run_merge
+
+    base, a, b = specialists
+    config = {
+        "merge_method": "della", "base_model": str(base),
+        "models": [
+            {"model": str(a), "parameters": {"weight": 1, "density": [0.5, 0.9], "epsilon": 0.05}},
+            {"model": str(b), "parameters": {"weight": 1, "density": [0.5, 0.9], "epsilon": 0.15}},
+        ],
+    }  # fmt: skip
+    with pytest.raises(PoiseError) as caught:
+        run_merge(config, tmp_path / "out")
+    assert str(caught.value).startswith(f"model {str(b)!r}, tensor 'model.layers.1.")
+    assert str(caught.value).endswith("got density 0.9 and epsilon 0.15")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_list_of_flags_picks_the_point_at_or_below_each_layer(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """As mergekit's evaluate_setting: a list that is not all numbers is not interpolated but
+    read at ``int(t * (n - 1))``: ``normalize: [true, false]`` normalises layer 0 and the
+    tensors outside the layers (t = 0), not layer 1 (t = 1)."""
+    from poise.merge.config import run_merge
+
+    _, a, b = specialists
+    out = tmp_path / "out"
+    run_merge({
+        "merge_method": "linear", "dtype": "float32",
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(b), "parameters": {"weight": 0.25}}],
+        "parameters": {"normalize": [True, False]},
+    }, out)  # fmt: skip
+    got, ta, tb = _tensors(out), _tensors(a), _tensors(b)
+    for name, tensor in got.items():
+        total = 0.5 * ta[name] + 0.25 * tb[name]
+        expected = total if ".layers.1." in name else total / 0.75
+        torch.testing.assert_close(tensor, expected, msg=name)
+
+
+@pytest.mark.parametrize("key", ["lambda", "lambda_"])
+def test_lambda_is_read_in_either_spelling(
+    specialists: list[Path], tmp_path: Path, key: str
+) -> None:
+    """``lambda_`` (the Python name, as poise's own options spell it) is accepted by the
+    check and so must reach the tensors as ``lambda`` does: ``base + 0.5 (a - base)``."""
+    from poise.merge.config import run_merge
+
+    base, a, _ = specialists
+    out = tmp_path / "out"
+    run_merge({
+        "merge_method": "task_arithmetic", "base_model": str(base), "dtype": "float32",
+        "models": [{"model": str(a), "parameters": {"weight": 1.0}}],
+        "parameters": {key: 0.5},
+    }, out)  # fmt: skip
+    got, t0, ta = _tensors(out), _tensors(base), _tensors(a)
+    for name, tensor in got.items():
+        torch.testing.assert_close(tensor, t0[name] + 0.5 * (ta[name] - t0[name]), msg=name)
+
+
+def test_model_paths_are_found_beside_the_config_file(
+    specialists: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``models/a`` in ``cfg/merge.yml`` is ``cfg/models/a``, whatever the working folder;
+    merge.json records the folders read, absolute."""
+    from poise.merge.config import run_merge
+
+    base, a, _ = specialists
+    folder = tmp_path / "cfg"
+    (folder / "models").mkdir(parents=True)
+    (folder / "models" / "base").symlink_to(base)
+    (folder / "models" / "a").symlink_to(a)
+    path = folder / "merge.yml"
+    path.write_text(
+        "merge_method: task_arithmetic\nbase_model: models/base\ndtype: float32\n"
+        "models: [{model: models/a, parameters: {weight: 1.0}}]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    run_merge(path, tmp_path / "out")
+    got, ta = _tensors(tmp_path / "out"), _tensors(a)
+    for name, tensor in got.items():
+        torch.testing.assert_close(tensor, ta[name], msg=name)
+    record = json.loads((tmp_path / "out" / "merge.json").read_text())
+    assert (record["base_model"], record["models"]) == (str(base.resolve()), [str(a.resolve())])
+
+
+def test_a_merge_config_object_is_checked_like_a_file(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    from poise.merge.config import MergeConfig, ModelEntry, run_merge
+
+    base, a, _ = specialists
+    config = MergeConfig(
+        merge_method="ties",
+        base_model=str(base),
+        models=[ModelEntry(model=str(a), parameters={"weight": 1, "density": 1.5})],
+    )
+    with pytest.raises(PoiseError) as caught:
+        run_merge(config, tmp_path / "out")
+    assert str(caught.value) == f"models[0] ({str(a)!r}).parameters.density: 1.5 is outside (0, 1]"
+    assert not (tmp_path / "out").exists()

@@ -116,6 +116,9 @@ _LORA_KEY = re.compile(
 )
 
 
+PEFT_DEFAULT_LORA_ALPHA = 8  # peft.LoraConfig's lora_alpha default (peft 0.21)
+
+
 class LoraFolder:
     """A peft LoRA folder applied to its base: ``W' = W + scaling * B @ A`` for every adapted
     module, the base's tensor elsewhere (so ``W' - W`` is the LoRA's task vector).
@@ -140,7 +143,8 @@ class LoraFolder:
         if config.get("use_dora"):
             raise PoiseError(f"{path}: DoRA adapters cannot be read as task vectors")
         rank = int(config["r"])
-        alpha = float(config.get("lora_alpha", rank))
+        # peft's LoraConfig default (8) where the key is missing, as peft would load the folder
+        alpha = float(config.get("lora_alpha", PEFT_DEFAULT_LORA_ALPHA))
         self.fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
         self.alpha = alpha
         self.scaling = alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
@@ -177,11 +181,12 @@ class LoraFolder:
         return self.base.dtype(name)
 
     def _scaling(self, name: str, rank: int) -> float:
-        """peft's per-module alpha (``alpha_pattern``, matched on the module name's tail)."""
+        """peft's per-module alpha (``alpha_pattern``, matched on the module name's tail as
+        peft's ``get_pattern_key`` matches it, the pattern a group: ``a|b`` is either)."""
         module = name.removesuffix(".weight")
         alpha = self.alpha
         for pattern, value in self._alpha_pattern.items():
-            if re.fullmatch(rf"(.*\.)?{pattern}", module):
+            if re.fullmatch(rf"(.*\.)?(?:{pattern})", module):
                 alpha = float(value)
                 break
         return alpha / (math.sqrt(rank) if self._use_rslora else rank)
