@@ -49,6 +49,19 @@ def post(server: ThreadServer, path: str, **payload: Any) -> httpx.Response:
     return httpx.post(f"{server.url}/v1/{path}", json={"model": "tiny", **payload}, timeout=60)
 
 
+def stream_completion(
+    server: ThreadServer, payload: dict[str, Any]
+) -> tuple[list[dict[str, Any]], bool]:
+    """The chunks of ``payload`` asked as a streamed completion, and whether [DONE] ended it."""
+    with httpx.stream(
+        "POST",
+        f"{server.url}/v1/completions",
+        json={"model": "tiny", **payload, "stream": True},
+        timeout=60,
+    ) as response:
+        return read_sse(list(response.iter_lines()))
+
+
 def test_echo_with_max_tokens_0_scores_the_prompt_as_score_does(
     server: ThreadServer, model: HFModel
 ) -> None:
@@ -105,13 +118,7 @@ def test_seeded_samples_repeat_and_streaming_joins_to_the_same_text(server: Thre
     again = post(server, "completions", **payload).json()
     texts = [c["text"] for c in first["choices"]]
     assert texts == [c["text"] for c in again["choices"]]
-    with httpx.stream(
-        "POST",
-        f"{server.url}/v1/completions",
-        json={"model": "tiny", **payload, "stream": True},
-        timeout=60,
-    ) as response:
-        chunks, done = read_sse(list(response.iter_lines()))
+    chunks, done = stream_completion(server, payload)
     assert done
     joined = ["", ""]
     for chunk in chunks:
@@ -983,13 +990,7 @@ def test_a_streamed_completion_with_logprobs_sends_them_with_its_text(
     payload = {"prompt": "the cat", "max_tokens": 4, "temperature": 0, "logprobs": 2}
     whole = post(server, "completions", **payload).json()
     assert whole["object"] == "text_completion"
-    with httpx.stream(
-        "POST",
-        f"{server.url}/v1/completions",
-        json={"model": "tiny", **payload, "stream": True},
-        timeout=60,
-    ) as response:
-        chunks, done = read_sse(list(response.iter_lines()))
+    chunks, done = stream_completion(server, payload)
     assert done
     assert {c["object"] for c in chunks} == {"text_completion"}
     (choice,) = whole["choices"]
