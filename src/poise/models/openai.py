@@ -454,8 +454,9 @@ class OpenAIModel(ModelBase):
                 if adapted < _MAX_ADAPTATIONS and self._adapt_to_refusal(
                     status, message, exc.body, kwargs, url
                 ):
-                    # sent again at once in the form the server asked for; at most once per
-                    # field, so a server that refuses every form ends in an error, not a loop
+                    # sent again at once in the form the server asked for; at most as often
+                    # as there are such fields, so a server that refuses every form ends in an
+                    # error, not a loop
                     adapted += 1
                     continue
                 if n > 1 and _refuses_choices(status, message, exc.body):
