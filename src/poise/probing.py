@@ -122,16 +122,26 @@ def probe_examples(
     harmful and honesty tasks, from the run ``run`` (a folder, or a name under ``runs_dir``)
     for comply and deception, whose judged answers should be ``model``'s own (a warning says
     when the run audited another model)."""
+    check_train_options(task, suites=suites, run=run)
+    return _examples(task, model, suites, _found(run, runs_dir))
+
+
+def _found(run: str | Path | None, runs_dir: str | Path) -> Any:
+    """The run ``run`` names (a folder, or a name under ``runs_dir``), None for none."""
+    if run is None:
+        return None
+    from poise.runs import find_run
+
+    return find_run(str(run), runs_dir)
+
+
+def _examples(task: str, model: LanguageModel, suites: Sequence[str], found: Any) -> list[Example]:
+    """:func:`probe_examples` of options already checked, the run (``found``) already read."""
     from poise.models.base import default_system_prompt, no_system_prompt
     from poise.probes import data
 
-    check_train_options(task, suites=suites, run=run)
     system = default_system_prompt(model)
     if task in RUN_TASKS:
-        from poise.runs import find_run
-
-        assert run is not None  # check_train_options
-        found = find_run(str(run), runs_dir)
         warn_other_model(found, model, "the labels should come from the probed model's own answers")
         records, none = list(found.records()), no_system_prompt(model)
         source = found.samples_path
@@ -201,14 +211,13 @@ def train_probe(
         task, suites=suites, run=run, layer=layer, test_fraction=test_fraction, l2=l2, fpr=fpr
     )
     check_new_folder(out, "probe")
-    if model is None and run is not None:
-        from poise.runs import find_run
-
+    found = _found(run, runs_dir)
+    if model is None and found is not None:
         # the model the audit built (folders by absolute path: read from any directory)
-        model = find_run(str(run), runs_dir).model_to_build
+        model = found.model_to_build
     loaded = _loaded(model or "organism-large")
     require_activations("poise probe train", loaded)
-    examples = probe_examples(task, loaded, suites=suites, run=run, runs_dir=runs_dir)
+    examples = _examples(task, loaded, suites, found)
     return fit(
         loaded, examples, out, task=task, layer=layer, test_fraction=test_fraction, l2=l2,
         fpr=fpr, seed=seed, progress=_counting(progress, len(examples)),

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 
 from poise.config import PathStr, Sampling, StrictModel
 from poise.errors import parse_json
-from poise.models.base import Chat, Message
+from poise.models.base import Chat, Message, chat_template_kwargs_label
 from poise.serve.continuous import SHUTDOWN
 
 
@@ -426,17 +426,12 @@ _UNSUPPORTED_HINTS = {
 
 def _same_template_variables(asked: object, config: ServeConfig) -> bool:
     """Whether a request's ``chat_template_kwargs`` are exactly those the server was started
-    with (``--model-option chat_template_kwargs=JSON``), compared as JSON (``true`` is not
-    ``1``)."""
-    import json
-
+    with (``--model-option chat_template_kwargs=JSON``): the same label in the model's name
+    (compact sorted JSON, so ``true`` is not ``1``)."""
     served = config.model_options.get("chat_template_kwargs")
     if not isinstance(asked, dict) or not asked or not isinstance(served, dict):
         return False
-    try:
-        return json.dumps(asked, sort_keys=True) == json.dumps(served, sort_keys=True)
-    except (TypeError, ValueError):
-        return False
+    return chat_template_kwargs_label(asked) == chat_template_kwargs_label(served)
 
 
 def check_unsupported(data: dict[str, Any], unsupported: dict[str, tuple[object, ...]]) -> None:
