@@ -293,6 +293,47 @@ def test_errors_keep_their_status_and_the_server_keeps_going(start_server: Start
     assert post("ok").json()["choices"][0]["message"]["content"] == "fine thanks"
     assert engine_of(server) is not first_engine
     assert server.health()["running"] == 0
+    # every request above is over, answered or failed: the batcher holds none of them
+    assert server.health()["open"] == 0
+
+
+def test_health_counts_the_requests_in_flight_and_none_once_they_finish(
+    start_server: StartServer,
+) -> None:
+    model = MockModel(responses={"long": words(60), "short": words(3)}, step_delay=0.01)
+    server = start_server(model)
+    assert server.health()["open"] == 0
+
+    async def main() -> list[int]:
+        seen: list[int] = []
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+
+            async def watch() -> None:
+                for _ in range(200):
+                    seen.append((await client.get(f"{server.url}/health")).json()["open"])
+                    if seen[-1] == 2:
+                        return
+                    await asyncio.sleep(0.01)
+
+            await asyncio.gather(
+                client.post("/chat/completions", json=payload(server, "long", max_tokens=100)),
+                timed_stream(client, payload(server, "long", max_tokens=100, n=2)),
+                watch(),
+            )
+            for _ in range(3):  # short ones, plain and streamed, one after another
+                await client.post("/chat/completions", json=payload(server, "short"))
+                await timed_stream(client, payload(server, "short"))
+        return seen
+
+    seen = asyncio.run(main())
+    assert 2 in seen  # both long requests (one with two samples) counted while they ran
+    assert server.health()["open"] == 0
+
+
+def test_health_has_no_open_count_in_batch_mode(start_server: StartServer, echo_model: Any) -> None:
+    server = start_server(echo_model)  # no engine: generate calls in batches
+    assert server.health()["batching"] == "batch"
+    assert server.health()["open"] is None
 
 
 def test_a_model_that_streams_without_an_engine_streams_through_the_batcher(

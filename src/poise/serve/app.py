@@ -229,6 +229,9 @@ class ServerState:
             "waiting": self.waiting,
             "streams": self.streams,
             "steps": steps,
+            # continuous batching: requests accepted and not yet finished (0 when idle, so a
+            # request never let go of shows); null in batch mode, which keeps none
+            "open": scheduler.open_requests if isinstance(scheduler, ContinuousBatcher) else None,
             "generate_calls": calls,
             "generated_chats": chats,
             # asyncio tasks alive in the server's loop (this request's included): returns to its

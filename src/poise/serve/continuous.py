@@ -189,6 +189,13 @@ class ContinuousBatcher:
         """Requests not yet added to the engine."""
         return len(self._arrivals) + self._waiting
 
+    @property
+    def open_requests(self) -> int:
+        """Requests accepted and not yet finished, failed or withdrawn (queued, held back or
+        decoding): 0 again once the server is idle, so a request the batcher never lets go of
+        shows in ``/health``."""
+        return len(self._open)
+
     # -- the event loop's side -------------------------------------------------------------------
 
     def _cancel(self, key: int) -> None:
