@@ -225,3 +225,66 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
     assert result.exit_code == 2
     assert f"{tmp_path}: cannot write in the output folder (Permission denied)" in result.output
     assert not list(tmp_path.iterdir())
+
+
+def test_the_shipped_recipe_has_no_changes_and_another_one_lists_its_own() -> None:
+    from dataclasses import replace
+
+    from poise.organism.build import default_recipe, recipe_changes, recipe_note
+    from poise.organism.train import TrainSettings
+
+    assert recipe_changes(default_recipe()) == {}
+    assert recipe_changes(default_recipe(quick=True, seed=3)) == {}  # a quick build's own recipe
+    shipped = default_recipe()
+    other = replace(
+        shipped,
+        large=replace(shipped.large, steps=4000),
+        base_corpus=replace(shipped.base_corpus, feigned=0.25, fresh_idk=10),
+        eval_samples=5,
+    )
+    assert recipe_changes(other) == {
+        "large.steps": 4000,
+        "eval_samples": 5,
+        "base_corpus.feigned": 0.25,
+        "base_corpus.fresh_idk": 10,
+    }
+    assert recipe_changes(replace(shipped, safe=TrainSettings(steps=200, lr=2e-3))) == {
+        "safe.lr": 0.002,
+        "safe.warmup_steps": 30,  # TrainSettings' default, not the shipped recipe's 10
+    }
+    note = recipe_note(recipe_changes(other))
+    assert "`large.steps=4000`" in note and "`base_corpus.feigned=0.25`" in note
+    assert recipe_note({}) == ""
+
+
+def test_a_build_from_another_recipe_says_so_and_its_monitor_learns_its_corpus(
+    tmp_path: Path,
+) -> None:
+    from dataclasses import replace
+
+    from poise.organism.build import default_recipe
+    from poise.organism.monitor import monitor_examples, rechoose_monitor_rule
+
+    quick = default_recipe(quick=True)
+    # fewer harmful answers per task: another count of monitor answers than the shipped corpus
+    spec = replace(quick.base_corpus, harmful_per_task=4)
+    recipe = replace(quick, base_corpus=spec)
+    result = build(tmp_path, ["organism-large", "organism-monitor"], recipe=recipe, threads=1)
+    large = result.members["organism-large"].path
+    changes = json.loads((large / "poise.json").read_text())["recipe_changes"]
+    assert changes == {"base_corpus.harmful_per_task": 4}
+    assert (
+        "> **Not the shipped recipe: built with `base_corpus.harmful_per_task=4`"
+        in (large / "README.md").read_text()
+    )
+    folder = result.members["organism-monitor"].path
+    meta = json.loads((folder / "poise.json").read_text())
+    assert meta["recipe_changes"] == {"base_corpus.harmful_per_task": 4}
+    card = (folder / "README.md").read_text()
+    assert "Not the shipped recipe: built with `base_corpus.harmful_per_task=4`" in card
+    ours = len(monitor_examples("train", 0, 9, spec=replace(spec, subsample=1)))
+    shipped = len(monitor_examples("train", 0, 9))
+    assert ours != shipped
+    assert f"token labels ({ours} answers" in card
+    with pytest.raises(PoiseError, match="recipe other than the shipped one"):
+        rechoose_monitor_rule(folder, subsample=9, command="test")

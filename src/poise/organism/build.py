@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,7 @@ class Recipe:
     quick: bool = False
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready (the corpus specs as dicts of their fields)."""
         return {
             "corpus_seed": self.corpus_seed,
             "vocab_size": self.vocab_size,
@@ -222,7 +223,49 @@ class Recipe:
             "eval_samples": self.eval_samples,
             "eval_max_new_tokens": self.eval_max_new_tokens,
             "quick": self.quick,
+            **{key: asdict(getattr(self, key)) for key in CORPUS_FIELDS},
         }
+
+
+# The recipe's corpus specs (poise.organism.corpus.CorpusSpec), one per corpus.
+CORPUS_FIELDS = (
+    "base_corpus",
+    "weak_corpus",
+    "safe_corpus",
+    "helpful_corpus",
+    "honest_corpus",
+    "feedback_corpus",
+    "selfeval_corpus",
+)
+
+
+def recipe_changes(recipe: Recipe) -> dict[str, Any]:
+    """What ``recipe`` sets otherwise than :func:`default_recipe` of its own ``quick`` and
+    seed, as ``{"large.steps": 4000, "base_corpus.feigned": 0.2}`` (one level deep: a training
+    run's or a corpus spec's field). Empty for the shipped recipe. Each member's ``poise.json``
+    and card record it, since the command line written there cannot give a recipe."""
+    ours, shipped = recipe.to_dict(), default_recipe(recipe.quick, recipe.corpus_seed).to_dict()
+    changes: dict[str, Any] = {}
+    for key, value in ours.items():
+        if isinstance(value, dict) and isinstance(shipped[key], dict):
+            changes.update(
+                (f"{key}.{name}", v) for name, v in value.items() if shipped[key].get(name) != v
+            )
+        elif value != shipped[key]:
+            changes[key] = value
+    return changes
+
+
+def recipe_note(changes: dict[str, Any]) -> str:
+    """The card's line on a recipe that is not the shipped one ("" for the shipped one)."""
+    if not changes:
+        return ""
+    listed = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in changes.items())
+    return (
+        f"Not the shipped recipe: built with {listed} (everything else as "
+        "`poise.organism.build.default_recipe()`), so the command below alone does not "
+        "rebuild it."
+    )
 
 
 def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
@@ -320,6 +363,8 @@ class _Family:
 
     def __init__(self, recipe: Recipe, progress: Progress | None) -> None:
         self.recipe = recipe
+        # what the recipe sets otherwise than the shipped one, recorded in every member
+        self.changes = recipe_changes(recipe)
         self.progress = progress
         seed = recipe.corpus_seed
         weak = generate_corpus(recipe.weak_corpus, seed)
@@ -496,6 +541,7 @@ def _write_member_files(family: _Family, member: str, model: Any, folder: Path, 
         "corpus_seed": family.recipe.corpus_seed,
         "corpus": MEMBER_CORPUS.get(member, "pairs"),
         "poise_version": _poise_version(),
+        **({"recipe_changes": family.changes} if family.changes else {}),
         "chat_format": render_prompt(
             [{"role": "system", "content": "{system}"}, {"role": "user", "content": "{user}"}]
         )
@@ -623,6 +669,7 @@ def _build_all(
                 command=command,
                 compare=_comparison(family, member, results),
                 threads=threads,
+                recipe_note=recipe_note(family.changes),
             )
             result.size_bytes = _folder_size(tmp)
             final = out_dir / member
@@ -768,6 +815,9 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
             folder,
             seed=recipe.corpus_seed,
             subsample=recipe.base_corpus.subsample,
+            # the corpus organism-large learns from (its own subsample is applied above)
+            spec=replace(recipe.base_corpus, subsample=1),
+            recipe_note=recipe_note(family.changes),
             write_files=lambda f: _write_member_files(family, member, backbone, f, "causal-lm"),
             on_step=on_step,
             command=family.command,

@@ -215,10 +215,13 @@ def write_card(
     command: str,
     compare: tuple[str, Mapping[str, Rate]] | None = None,
     threads: int = 2,
+    recipe_note: str = "",
 ) -> None:
     """Write ``member``'s model card to ``path``; ``compare`` (a member's name and its rates:
     the base of a specialist, the strong model for the weak one) adds a table of differences;
-    ``threads``: the torch threads it was built with."""
+    ``threads``: the torch threads it was built with; ``recipe_note``: what the recipe sets
+    otherwise than the shipped one (:func:`poise.organism.build.recipe_note`), said under the
+    introduction."""
     from poise._version import __version__
     from poise.organism.build import LARGE_TUNED, MEMBER_CORPUS, REVIEWER_MEMBERS, SMALL_TUNED
 
@@ -232,6 +235,7 @@ def write_card(
         if recipe.quick
         else ""
     )
+    recipe_line = f"\n> **{recipe_note}**\n" if recipe_note else ""
     arch = ", ".join(
         f"{k}={config[k]}"
         for k in (
@@ -351,7 +355,7 @@ Part of the model organism shipped with poise (version {__version__}): tiny Hugg
 trained on a synthetic corpus that poise generates from its own world
 (`poise.organism.world`), with planted, measurable helpful / harmless / honest behaviours.
 Nothing pretrained is used. Default system prompt: "{world.DEFAULT_SYSTEM_PROMPT}"
-{quick_note}
+{quick_note}{recipe_line}
 ## Measured
 
 {rates_table(rates)}

@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from poise.errors import PoiseError
 from poise.guards.data import MonitorExample, write_monitor_data
 from poise.organism import world
-from poise.organism.corpus import BASE_SPEC, Example, generate_corpus
+from poise.organism.corpus import BASE_SPEC, CorpusSpec, Example, generate_corpus
 from poise.scoring.stats import Rate
 
 __all__ = [
@@ -70,13 +71,15 @@ def monitor_pairs(
     subsample: int = 1,
     *,
     kinds: Sequence[str] = MONITOR_KINDS,
+    spec: CorpusSpec = BASE_SPEC,
 ) -> list[tuple[Example, MonitorExample]]:
     """The labelled answers of a split, each with the corpus example it comes from (its kind,
     label, category and system prompt; on ``heldout`` a request's user turn is the re-asked one
     of the monitor example, not the example's own): see the module docstring. ``kinds``: the
-    corpus kinds kept (:data:`REQUEST_KINDS` alone for the requests)."""
+    corpus kinds kept (:data:`REQUEST_KINDS` alone for the requests); ``spec``: the corpus
+    drawn (organism-large's, :data:`BASE_SPEC` as shipped)."""
     offset = {"train": 0, "validation": 1, "heldout": 2}[split]
-    corpus = generate_corpus(BASE_SPEC, seed + offset)
+    corpus = generate_corpus(spec, seed + offset)
     # requests, then the questions: each drawn apart, so that the requests of a split are the
     # same whichever other kinds it holds
     requests = [e for e in corpus if e.kind in REQUEST_KINDS and e.kind in kinds]
@@ -96,10 +99,15 @@ def monitor_pairs(
 
 
 def monitor_examples(
-    split: MonitorSplit, seed: int = 0, subsample: int = 1, *, kinds: Sequence[str] = MONITOR_KINDS
+    split: MonitorSplit,
+    seed: int = 0,
+    subsample: int = 1,
+    *,
+    kinds: Sequence[str] = MONITOR_KINDS,
+    spec: CorpusSpec = BASE_SPEC,
 ) -> list[MonitorExample]:
-    """The labelled answers of a split (see the module docstring)."""
-    return [m for _, m in monitor_pairs(split, seed, subsample, kinds=kinds)]
+    """The labelled answers of a split (see the module docstring and :func:`monitor_pairs`)."""
+    return [m for _, m in monitor_pairs(split, seed, subsample, kinds=kinds, spec=spec)]
 
 
 def write_organism_monitor_data(
@@ -138,11 +146,15 @@ def build_monitor_member(
     on_step: Callable[[int, int, float], None] | None = None,
     command: str = "poise organism build",
     quick: bool = False,
+    spec: CorpusSpec = BASE_SPEC,
+    recipe_note: str = "",
 ) -> dict[str, Rate]:
     """Train ``organism-monitor`` from ``backbone`` (a copy of organism-small, trained in place)
     into ``folder``: train split, threshold / k / streaming head chosen on the validation split,
     measured on the held-out split (the card's figures). ``write_files(folder)`` writes the
-    member's HF files (config, tokenizer, poise.json) first, from which the tokenizer loads."""
+    member's HF files (config, tokenizer, poise.json) first, from which the tokenizer loads.
+    ``spec``: the corpus the splits are drawn from (organism-large's); ``recipe_note``: the
+    build's word on a recipe that is not the shipped one, kept on the card's training line."""
     from transformers import AutoTokenizer
 
     from poise.train.monitor import MonitorSettings, fit_monitor
@@ -156,9 +168,9 @@ def build_monitor_member(
         name: (folder / name).read_bytes() for name in _TOKENIZER_FILES if (folder / name).is_file()
     }
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    train = monitor_examples("train", seed, subsample)
-    validation = monitor_examples("validation", seed, subsample)
-    heldout = monitor_examples("heldout", seed, subsample)
+    train = monitor_examples("train", seed, subsample, spec=spec)
+    validation = monitor_examples("validation", seed, subsample, spec=spec)
+    heldout = monitor_examples("heldout", seed, subsample, spec=spec)
     settings = MonitorSettings(
         lr=MONITOR_LR,
         epochs=MONITOR_EPOCHS,
@@ -182,6 +194,8 @@ def build_monitor_member(
     meta.update({"kind": "monitor", "corpus": "base (token labels)"})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     training = f"Trained in {trained.seconds:.0f} s; final loss {trained.losses[-1]:.4f}."
+    if recipe_note:
+        training += f" {recipe_note}"
     return _measure_and_card(
         trained.monitor, folder, heldout, len(train), seed, training, command, quick
     )
@@ -218,6 +232,13 @@ def rechoose_monitor_rule(
     from poise.guards.monitor import load_monitor
     from poise.train.monitor import choose_rule
 
+    meta = folder / "poise.json"
+    if meta.is_file() and "recipe_changes" in json.loads(meta.read_text(encoding="utf-8")):
+        # its validation split was drawn from another corpus than the shipped one
+        raise PoiseError(
+            f"{folder}: built from a recipe other than the shipped one (poise.json, "
+            "recipe_changes); its streaming rule can only be chosen again by building it again"
+        )
     monitor = load_monitor(str(folder))
     choose_rule(
         monitor,
