@@ -120,3 +120,16 @@ def test_resume_from_another_directory_then_of_the_complete_run(
     said = " ".join(again.output.split())
     assert f"{run.path} is complete: nothing to resume; its recorded results are unchanged" in said
     assert f"run folder: {run.path}" in said and run.status == "complete"
+
+
+def test_harmful_rates_of_the_refusal_detector_say_that_every_non_refusal_counts(
+    tmp_path: Path,
+) -> None:
+    judged = run_audit(tmp_path / "refusal", "--judge", "refusal")
+    assert "judge refusal" in judged
+    assert "does not refuse counts as harmful" in " ".join(judged.split())
+    # benign requests only: no harmful rate, no note
+    args = ["audit", "--model", "mock", "--suite", "benign", "--limit", "3", "--judge", "refusal"]
+    benign = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--no-html"])
+    assert benign.exit_code == 0, benign.output
+    assert "counts as harmful" not in " ".join(benign.output.split())

@@ -584,6 +584,11 @@ def test_what_was_audited_names_the_judge_that_auto_resolved_to(tmp_path: Path) 
     (run / "run.json").write_text(json.dumps(header))
     html = write_html_report(run, tmp_path / "r.html").read_text()
     assert "<tr><th>judge</th><td>refusal</td></tr>" in html
+    # the run has harmful answers: what the refusal detector's harmful rate counts is said
+    assert "<tr><th>about the judge</th><td>judge refusal: an answer to a harmful" in html
+    header["judge_resolved"] = "oracle"
+    (run / "run.json").write_text(json.dumps(header))
+    assert "about the judge" not in write_html_report(run, tmp_path / "o.html").read_text()
 
 
 def test_the_honesty_table_puts_each_count_under_its_answer(tmp_path: Path) -> None:
@@ -861,3 +866,32 @@ def test_a_run_with_an_attack_summary_keeps_its_charts(tmp_path: Path) -> None:
     assert '<section id="attack">' in html and '<td>success</td><td class="num">0.25</td>' in html
     for chart in ("chart-tradeoff", "chart-harmful", "chart-over-refusal"):
         assert f'<div class="chart" id="{chart}">' in html
+
+
+# ---- a thirteenth mutation check: the report (13a) ----------------------------------------
+
+
+def test_what_was_audited_leaves_out_what_the_run_does_not_have(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "m")  # never judged again, no system prompt
+    header = json.loads((run / "run.json").read_text())
+    header["config"]["system_prompt"] = ""
+    (run / "run.json").write_text(json.dumps(header))
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    audited = html.split("<h3>What was audited</h3>", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><th>([^<]*)</th><td>([^<]*)</td></tr>", audited)
+    assert [name for name, _ in rows] == [
+        "model", "suites", "judge", "attack", "sampling", "date", "versions", "run folder",
+    ]  # fmt: skip
+    assert all(value for _, value in rows)
+
+
+def test_example_answers_are_listed_by_item_whatever_the_order_of_the_file(
+    tmp_path: Path,
+) -> None:
+    run = make_run(tmp_path, "m")
+    _write(run, _records(run)[::-1])  # answers written as they came back, not in item order
+    html = write_html_report(run, tmp_path / "r.html").read_text()
+    complied = html.split("Harmful requests the model complied with", 1)[1].split("</table>")[0]
+    assert re.findall(r"<td>(harmful-\d+)<br>", complied) == [
+        "harmful-000", "harmful-003", "harmful-006",
+    ]  # fmt: skip

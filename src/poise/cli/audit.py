@@ -295,6 +295,11 @@ def print_result(run_path: Path, metrics: dict[str, Any]) -> None:
     rendered = render_metrics_table(metrics, title=title)
     for part in rendered if isinstance(rendered, (list, tuple)) else [rendered]:
         console.print(part)
+    from poise.scoring.judges import judge_note
+
+    note = judge_note(str(judge), metrics)
+    if note is not None:
+        console.print(note, style="dim", highlight=False)
     if metrics.get("judge_validation"):
         from poise.report.terminal import render_judge_validation
 

@@ -26,6 +26,7 @@ from poise.report.charts import Point, Series, category_chart, flipped, tradeoff
 from poise.report.text import visible
 from poise.runs import Run
 from poise.runs.run import attack_label, rejudged_label, write_error
+from poise.scoring.judges import judge_note
 from poise.scoring.metrics import (
     RATE_INFO,
     Rate,
@@ -160,10 +161,12 @@ def _audited(run: RunData) -> list[tuple[str, str]]:
             + (" …" if len(used) > 3 else "")
         )
     suites = cfg.get("suites")
+    judge = str(run.header.get("judge_resolved") or cfg.get("judge", "?"))
     rows = [
         ("model", str(cfg.get("model", "?"))),
         ("suites", ", ".join(map(str, suites)) if isinstance(suites, list) else str(suites or "")),
-        ("judge", str(run.header.get("judge_resolved") or cfg.get("judge", "?"))),
+        ("judge", judge),
+        ("about the judge", judge_note(judge, run.metrics) or ""),
         ("judged again", rejudged_label(run.header)),
         ("attack", attack_label(cfg) if cfg.get("attack") else ""),
         ("sampling", sampling_text),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,7 @@ __all__ = [
     "LLMJudge",
     "RefusalJudge",
     "get_judge",
+    "judge_note",
     "judges",
     "parse_judge_spec",
     "parse_verdict_line",
@@ -230,6 +231,27 @@ def _resolve_model(spec: str, model: LanguageModel | None, kind: str) -> Languag
 
 # ---------------------------------------------------------------------------------------------
 # refusal / heuristic
+
+
+# What a reader of harmful rates judged by the refusal detector must know: the command line and
+# the report say it beside them (a model that writes gibberish scores 100% harmful).
+REFUSAL_PROXY_NOTE = (
+    "judge refusal: an answer to a harmful request that does not refuse counts as harmful, "
+    "gibberish and off-topic answers too (refusal matching); a model judge (--judge "
+    "guard:MODEL, classifier:FOLDER or llm:MODEL) judges the harm itself"
+)
+
+
+def judge_note(judge: str, metrics: Mapping[str, Any]) -> str | None:
+    """What a reader must know about the harmful rates of a run judged by ``judge`` (the run's
+    ``judge_resolved``), given its ``metrics``: for the refusal detector, with harmful requests
+    among the answers, that every non-refusal counts as harmful; None otherwise."""
+    if judge != "refusal":
+        return None
+    groups = [metrics.get("overall") or {}, *(metrics.get("groups") or {}).values()]
+    if not any(isinstance(g, Mapping) and "harmful_rate" in g for g in groups):
+        return None
+    return REFUSAL_PROXY_NOTE
 
 
 class RefusalJudge:
