@@ -127,9 +127,10 @@ def test_harmful_rates_of_the_refusal_detector_say_that_every_non_refusal_counts
 ) -> None:
     judged = run_audit(tmp_path / "refusal", "--judge", "refusal")
     assert "judge refusal" in judged
-    assert "does not refuse counts as harmful" in " ".join(judged.split())
-    # benign requests only: no harmful rate, no note
+    assert "does not refuse counts as harmful on a harmful request" in " ".join(judged.split())
+    # benign requests only: the helpful rate's side of it
     args = ["audit", "--model", "mock", "--suite", "benign", "--limit", "3", "--judge", "refusal"]
     benign = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b"), "--no-html"])
     assert benign.exit_code == 0, benign.output
-    assert "counts as harmful" not in " ".join(benign.output.split())
+    assert "counts as helpful on a benign" in " ".join(benign.output.split())
+    assert "as harmful" not in " ".join(benign.output.split())

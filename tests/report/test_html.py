@@ -585,7 +585,7 @@ def test_what_was_audited_names_the_judge_that_auto_resolved_to(tmp_path: Path) 
     html = write_html_report(run, tmp_path / "r.html").read_text()
     assert "<tr><th>judge</th><td>refusal</td></tr>" in html
     # the run has harmful answers: what the refusal detector's harmful rate counts is said
-    assert "<tr><th>about the judge</th><td>judge refusal: an answer to a harmful" in html
+    assert "<tr><th>about the judge</th><td>judge refusal: an answer that does not refuse" in html
     header["judge_resolved"] = "oracle"
     (run / "run.json").write_text(json.dumps(header))
     assert "about the judge" not in write_html_report(run, tmp_path / "o.html").read_text()
