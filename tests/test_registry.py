@@ -184,3 +184,30 @@ def test_every_registry_of_poise_uses_one_naming_style() -> None:
         assert poise.suites.formats.format_registry.canonical("hh-rlhf") == "hh_rlhf"
     with pytest.warns(FutureWarning):
         assert poise.attacks.attacks.canonical("best_of_n") == "worst_of_n"
+
+
+def test_spec_form_writes_each_option_as_a_spec_would() -> None:
+    from poise.models.base import LanguageModel
+    from poise.registry import spec_form
+
+    class Wrapper:
+        numbered_options = ("other",)
+
+        def __init__(
+            self,
+            base: LanguageModel,
+            *,
+            direction: str,
+            other: LanguageModel | None = None,
+            scorer: str = "",
+            n: int = 4,
+            strict: bool = True,
+            mode: str = "add",
+            note: str = "a note.",
+            **numbered: object,
+        ) -> None: ...
+
+    assert spec_form("wrap", Wrapper) == (
+        "wrap(MODEL, direction=…, other=MODEL, scorer=…, n=4, strict=true, mode=add, "
+        "note='a note.', other_N=…)"
+    )

@@ -311,3 +311,25 @@ def _takes_any_keyword(obj: object) -> bool:
     except (TypeError, ValueError):
         return True
     return any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def spec_form(name: str, factory: object) -> str:
+    """How a spec names the wrapper ``name``, with every option it takes: ``name(MODEL, n=4,
+    reward=…, ...)``. An option with a fixed default shows it (booleans as a spec writes them);
+    ``name=…`` has none: it is required, or follows from the other options or the model (the
+    wrapper's error says which); ``name=MODEL`` takes a model spec; ``name_N=…``: numbered
+    copies (``tuned_2``, ...)."""
+    parts = ["MODEL"]
+    for option, parameter in keyword_options(factory).items():
+        default = parameter.default
+        if default is inspect.Parameter.empty or default is None or default == "":
+            model = "LanguageModel" in str(parameter.annotation)
+            parts.append(f"{option}={'MODEL' if model else '…'}")
+        elif isinstance(default, bool):
+            parts.append(f"{option}={str(default).lower()}")
+        elif isinstance(default, str) and not default.isidentifier():
+            parts.append(f"{option}={default!r}")
+        else:
+            parts.append(f"{option}={default}")
+    parts += [f"{option}_N=…" for option in numbered_options(factory)]
+    return f"{name}({', '.join(parts)})"

@@ -22,13 +22,14 @@ def ls() -> None:
         from poise.decoding import strategies
         from poise.guards import guards
         from poise.models.resolve import backends
+        from poise.registry import spec_form
 
         sections = (
-            ("backends", "prefix", backends, "{name}:..."),
-            ("decoding strategies", "strategy", strategies, "{name}(MODEL, ...)"),
-            ("guards", "guard", guards, "{name}(MODEL, ...)"),
+            ("backends", "prefix", backends, False),
+            ("decoding strategies", "strategy", strategies, True),
+            ("guards", "guard", guards, True),
         )
-        for title, column, registry, form in sections:
+        for title, column, registry, wraps in sections:
             table = Table(title=title)
             table.add_column(column)
             table.add_column("spec")
@@ -38,14 +39,17 @@ def ls() -> None:
                 # text, not markup: a plugin's help with brackets lost them or raised MarkupError
                 table.add_row(
                     name,
-                    shown(form.format(name=name)),
+                    shown(spec_form(name, registry.get(name)) if wraps else f"{name}:..."),
                     shown(registry.help(name)),
                     shown(registry.reference(name) or ""),
                 )
             console.print(table)
         console.print(
             "A folder or hub id needs no prefix; organism members: `poise organism ls`. "
-            "Specs compose: best_of_n(guarded(organism-large, monitor=organism-monitor), n=4, cost=organism-cost).",
+            "Specs compose: best_of_n(guarded(organism-large, monitor=organism-monitor), n=4, cost=organism-cost). "
+            "An option shown as NAME=… has no fixed default: it is required or follows from the "
+            "others (the wrapper's error says which; docs/steering.md and docs/guards.md say what "
+            "each does); NAME_N=…: more of the same, numbered from 2.",
             highlight=False,
             soft_wrap=True,
         )
