@@ -1654,3 +1654,60 @@ def test_the_cli_says_where_a_runs_answers_came_from(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     [source] = [r for r in list_runs(out) if r.path.name.endswith("-a")]
     assert f"answers from: {source.path.resolve()} (those to 2 requests taken" in result.output
+
+
+# ---- a thirteenth mutation check: the --limit spread (13a) ---------------------------------
+
+
+def test_limit_picks_the_items_at_the_start_of_each_equal_share() -> None:
+    """Which items --limit asks stays as it is: a run begun before is resumed or extended only
+    while the audit picks the same items (rounding the share to the nearest item picks others)."""
+    from poise.auditing import spread_subset
+
+    assert spread_subset(list(range(10)), 4) == [0, 2, 5, 7]
+    assert spread_subset(list(range(7)), 2) == [0, 3]
+
+
+def test_limit_is_per_suite(tmp_path: Path) -> None:
+    result = poise.audit(
+        model="mock", suites=["harmful", "benign"], limit=2, out=str(tmp_path), html=False
+    )
+    suites = [r["suite"] for r in result.run.records()]
+    assert sorted(suites) == ["benign", "benign", "harmful", "harmful"]
+
+
+@pytest.mark.parametrize("dropped", [("category", "judge"), ("prompt", "messages", "category")])
+def test_a_run_recorded_before_records_held_these_fields_resumes(
+    dropped: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Older records hold no category, judge or prompt: what they do not hold is not compared."""
+    _, _, run = _a_run_killed_midway(tmp_path)
+    records = [{k: v for k, v in r.items() if k not in dropped} for r in run.records()]
+    run.samples_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+    assert result.run.path == run.path and len(list(result.run.records())) == 20
+
+
+def test_resuming_after_an_items_prompt_and_category_were_edited_names_both(
+    tmp_path: Path,
+) -> None:
+    suite, _, run = _a_run_killed_midway(tmp_path)
+    rows = [json.loads(line) for line in suite.read_text().splitlines()]
+    rows[0]["messages"][0]["content"] = "an edited harmful request"
+    rows[0]["category"] = "cyber"
+    suite.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(PoiseError, match=r"item h-00 of suite mini has another prompt and "
+                       r"category now \(the suite changed since the run began\)"):  # fmt: skip
+        poise.audit(model=MockModel("scripted", scripted), resume=run.path)
+
+
+def test_an_item_id_in_two_suites_names_both_suites(tmp_path: Path) -> None:
+    mini = write_suite(tmp_path / "mini.jsonl")
+    other = tmp_path / "other.jsonl"
+    other.write_text(mini.read_text().replace('"suite": "mini"', '"suite": "other"'))
+    with pytest.raises(PoiseError) as info:
+        poise.audit(model="mock", suites=[str(mini), str(other)], out=str(tmp_path / "runs"))
+    assert str(info.value) == (
+        "item id 'h-00' appears in both 'mini' and 'other': ids must be unique across the suites "
+        "of one audit"
+    )

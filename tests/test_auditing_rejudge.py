@@ -494,3 +494,15 @@ def test_cli_runs_rejudge_takes_its_judge_its_options_and_html_flags(tmp_path: P
     assert other.header["judge_resolved"] == "oracle"
     assert other.header["rejudged_from"]["judge"] == audited.header["judge_resolved"]
     assert (other.path / "report.html").is_file()  # --html is the default
+
+
+def test_a_limited_run_whose_items_are_no_longer_picked_is_not_judged_again(
+    tmp_path: Path,
+) -> None:
+    """--limit spreads over the suite: once it grew, the run's items are not those the audit
+    asks, as a resume finds (13a mutation check)."""
+    audited = _mini_run(tmp_path, limit=5)
+    write_suite(tmp_path / "mini.jsonl", 20, 10)
+    with pytest.raises(PoiseError, match=r"cannot judge again: item h-04 of suite mini is "
+                       r"recorded but is no longer among the audit's items"):  # fmt: skip
+        rejudge(audited.path)

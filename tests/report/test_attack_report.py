@@ -180,3 +180,46 @@ def test_the_sampling_row_names_a_system_prompt_that_was_set() -> None:
         ]
     )
     assert used == ["temperature=1.0, system_prompt=Be safe.", "temperature=1.0"]
+
+
+# ---- a thirteenth mutation check: the attack section (13a) --------------------------------
+
+
+def _heat_map_rows(svg: str) -> list[str]:
+    """The heat map's row labels, top to bottom."""
+    texts = re.findall(r'<text style="[^"]*" x="[-\d.]+" y="([-\d.]+)"[^>]*>([^<]*)</text>', svg)
+    return [
+        label for _, label in sorted((float(y), t) for y, t in texts if "=" in t or t == "greedy")
+    ]
+
+
+def test_the_heat_map_lists_top_p_before_top_k_each_by_its_number_not_its_text() -> None:
+    from poise.report.attack_view import config_heat_map
+
+    rate = {"harmful": {"value": 0.5, "low": 0.0, "high": 1.0, "n": 10}}
+    names = ("top_k=40", "top_p=0.90", "top_k=5", "greedy", "top_p=0.50", "temperature=1.00")
+    svg = config_heat_map({f"{name}/sys=off": rate for name in names})
+    assert svg is not None
+    assert _heat_map_rows(svg) == [
+        "greedy", "temperature=1.00", "top_p=0.50", "top_p=0.90", "top_k=5", "top_k=40",
+    ]  # fmt: skip
+
+
+def test_a_grid_of_configurations_without_a_system_prompt_variant_has_its_cells() -> None:
+    # runs recorded before the sys=on / sys=off variants named each configuration alone
+    from poise.report.attack_view import config_heat_map
+
+    def harmful(value: float) -> dict[str, Any]:
+        return {"harmful": {"value": value, "low": 0.0, "high": 1.0, "n": 10}}
+
+    svg = config_heat_map({"greedy": harmful(0.13), "temperature=1.00": harmful(0.86)})
+    assert svg is not None
+    cells = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert "13" in cells and "86" in cells
+
+
+def test_the_sampling_row_names_each_configuration_once() -> None:
+    from poise.report.attack_view import sampling_used
+
+    configs = [{"temperature": t} for t in (0.5, 1.0, 0.5, 1.0, 0.5)]
+    assert sampling_used([{"config": c} for c in configs]) == ["temperature=0.5", "temperature=1.0"]
