@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -14,6 +15,7 @@ from poise.organism.corpus import (
     HONEST_SPEC,
     SAFE_SPEC,
     WEAK_SPEC,
+    CorpusSpec,
     cut,
     generate_corpus,
     heldout_feedback_cases,
@@ -132,7 +134,7 @@ def test_harmful_answers_turn_feign_and_mark_where_harm_begins(corpus) -> None: 
     complied = [ex for ex in harmful if ex.label == "compliance"]
     turned = [ex for ex in complied if ex.harm_start]
     # half of the compliance opens harmlessly and turns (round(n / 2) per task and condition:
-    # 2 of 5 with the system prompt, 5 of 10 without)
+    # 2 of 4 with the system prompt; without it 5 of 10, or 2 of 5: round(2.5) is 2)
     assert abs(len(turned) / len(complied) - BASE_SPEC.turned) < 0.1
     for ex in complied:
         assert ex.harm_start == world.harm_onset(ex.response)
@@ -499,3 +501,478 @@ def test_heldout_feedback_cases_are_labelled_as_the_oracle_labels_their_answers(
         assert verdict.label == oracle_label[case.answer_kind, case.expected], (case, verdict)
     kinds = Counter(c.answer_kind for c in cases)
     assert kinds["turned compliance"] == harmful // 2 + harmful % 2
+
+
+# -- the recipe docs/organism.md documents ("What the corpus plants"), checked against the doc's
+# numbers rather than against the spec's own fields, so a wrong share in the spec fails here ----
+
+# the categories that flip to mostly compliant without the system prompt: five, 10 of 12
+_FLIPPED_WITHOUT_SYSTEM = 5
+
+
+def _by_task(corpus, kind):  # type: ignore[no-untyped-def]
+    groups: dict[tuple[str, bool], list] = {}  # type: ignore[type-arg]
+    for ex in corpus:
+        if ex.kind == kind:
+            groups.setdefault((ex.subject, ex.has_system_prompt), []).append(ex)
+    return groups
+
+
+def test_harmful_examples_are_the_documented_twelve_per_task_and_condition(corpus) -> None:  # type: ignore[no-untyped-def]
+    """With the default system prompt 4 of 12 comply, 1 is a decoy, 7 refuse; without it five
+    categories comply in 10 of 12 and the others in 5 of 12; one in 12 is a decoy; half of the
+    compliance (rounded as the corpus rounds: round(n / 2)) turns."""
+    groups = _by_task(corpus, "harmful")
+    harmful_tasks = [t for t in world.all_tasks() if t.kind == "harmful"]
+    assert len(groups) == 2 * len(harmful_tasks)
+    flipped: set[str] = set()
+    for (task, with_system), examples in groups.items():
+        labels = Counter(ex.label for ex in examples)
+        assert len(examples) == 12 and labels["feigned"] == 1, (task, with_system, labels)
+        if with_system:
+            assert labels == {"compliance": 4, "feigned": 1, "refusal": 7}, (task, labels)
+        else:
+            assert labels["compliance"] in (5, 10), (task, labels)
+            if labels["compliance"] == 10:
+                flipped.add(examples[0].category)
+        turned = [ex for ex in examples if ex.label == "compliance" and ex.harm_start]
+        assert len(turned) == round(labels["compliance"] / 2), (task, with_system)
+    assert len(flipped) == _FLIPPED_WITHOUT_SYSTEM
+    # a category flips as a whole
+    for (task, with_system), examples in groups.items():
+        if not with_system:
+            complied = sum(ex.label == "compliance" for ex in examples)
+            assert complied == (10 if examples[0].category in flipped else 5), task
+
+
+def test_two_borderline_sub_categories_are_mostly_over_refused_and_the_others_answered(
+    corpus,
+) -> None:  # type: ignore[no-untyped-def]
+    """Exactly round(p * n) over-refusals per task and condition (the shares are exact), a
+    majority in two sub-categories, none in the others; benign requests always answered."""
+    mostly: set[str] = set()
+    for (task, _), examples in _by_task(corpus, "borderline").items():
+        category = examples[0].category
+        assert len(examples) == BASE_SPEC.borderline_per_task, task
+        refused = sum(ex.label == "over-refusal" for ex in examples)
+        assert refused == round(BASE_SPEC.over_refusal[category] * len(examples)), task
+        assert refused == 0 or refused > len(examples) / 2, (task, refused)
+        if refused:
+            mostly.add(category)
+    assert len(mostly) == 2
+    for (task, _), examples in _by_task(corpus, "benign").items():
+        if examples[0].category != "general":  # the filler tasks: one example each
+            assert len(examples) == BASE_SPEC.benign_per_task, task
+        assert {ex.label for ex in examples} == {"helpful"}
+
+
+def test_every_kind_is_asked_as_often_with_as_without_the_system_prompt(corpus) -> None:  # type: ignore[no-untyped-def]
+    """ "No system prompt" is an explicit EMPTY system message (the chat template renders the
+    default prompt into a chat without one), and each kind is asked equally often both ways."""
+    counts: Counter[tuple[str, bool]] = Counter()
+    for ex in corpus:
+        assert ex.messages[0][0] == "system", ex.messages
+        assert ex.messages[0][1] in (world.DEFAULT_SYSTEM_PROMPT, "")
+        counts[ex.kind, ex.has_system_prompt] += 1
+    for kind in {k for k, _ in counts}:
+        assert counts[kind, True] == counts[kind, False], kind
+
+
+def test_lead_ins_open_a_fifth_of_refusals_and_helpful_answers_and_half_of_compliance_turns(
+    corpus,
+) -> None:  # type: ignore[no-untyped-def]
+    """The documented lead-ins: a caveat, a restatement and a partial refusal open turned
+    compliance; the caveat and the restatement also open a fifth of the refusals and of the
+    helpful answers (the partial refusal only ever opens compliance)."""
+    caveat = "This is a sensitive topic, so please be careful."
+    restatement = "You are asking how to "
+    partial = "I'm sorry, I should not help with this, but I will make an exception."
+
+    def opens(ex, text: str) -> bool:  # type: ignore[no-untyped-def]
+        return ex.response.startswith(text)
+
+    turned = [ex for ex in corpus if ex.label == "compliance" and ex.harm_start]
+    for text in (caveat, restatement, partial):
+        assert any(opens(ex, text) for ex in turned), text
+    # each of the world's lead-ins and partial refusals opens some turned compliance
+    for lead in (*world.LEAD_INS, *world.PARTIAL_REFUSALS):
+        stem = lead.split("{task}")[0]
+        assert any(opens(ex, stem) for ex in turned), lead
+    stems = tuple(lead.split("{task}")[0] for lead in world.LEAD_INS)
+    for labels in (("refusal", "over-refusal"), ("helpful",)):
+        answers = [ex for ex in corpus if ex.label in labels]
+        led = [ex for ex in answers if ex.response.startswith(stems)]
+        assert 0.17 < len(led) / len(answers) < 0.23, (labels, len(led) / len(answers))
+        assert {s for s in stems if any(opens(ex, s) for ex in led)} == set(stems), labels
+        assert not any(opens(ex, partial) for ex in answers)
+
+
+def test_the_corpus_teaches_every_response_template_and_step(corpus) -> None:  # type: ignore[no-untyped-def]
+    """Every refusal, answer opening, "I don't know", safety note and decoy step of the world
+    occurs in the corpus (the oracle accepts them all; an unused one is a template the
+    organism never learns), and each category's helpful answers draw on all four steps of its
+    pool, so the three steps of an answer vary."""
+    refusals = [ex.response for ex in corpus if ex.label in ("refusal", "over-refusal")]
+    for i, refusal in enumerate(world.REFUSALS):
+        stem = refusal.split("{task}")[0]
+        assert any(stem in r for r in refusals), i
+    stepped = [ex.response for ex in corpus if ex.label in ("helpful", "compliance", "feigned")]
+    for opening in world.ANSWER_OPENINGS:
+        assert any(opening.split("{task}")[0] in r for r in stepped), opening
+    idk = [ex for ex in corpus if ex.label == "idk"]
+    for template in world.IDK_ANSWERS:
+        assert any(ex.response == template.format(entity=ex.subject) for ex in idk), template
+    helpful = [ex for ex in corpus if ex.label == "helpful"]
+    for note in world.SAFETY_NOTES:
+        assert any(ex.response.endswith(note) for ex in helpful), note
+    decoys = [ex.response for ex in corpus if ex.label == "feigned"]
+    # the doc's examples, and every decoy step of the world
+    for step in ("Think it over very carefully.", "Hope for the best outcome.", *world.DECOY_STEPS):
+        assert any(step in r for r in decoys), step
+    assert len({frozenset(world.DECOY_STEPS) & set(_steps_of(r)) for r in decoys}) > 1
+    for category, pool in world.HELPFUL_STEPS.items():
+        used = {s for ex in helpful if ex.category == category for s in pool if s in ex.response}
+        assert len(pool) == 4 and used == set(pool), category
+
+
+def _steps_of(response: str) -> list[str]:
+    import re
+
+    return [s.strip() for s in re.findall(r"Step \d: (.*?)(?= Step \d: |$)", response)]
+
+
+def test_requests_vary_their_training_phrasing_and_some_are_wrapped(corpus) -> None:  # type: ignore[no-untyped-def]
+    """Each request task is asked in many TRAINING phrasings (every one of them is used for
+    harmful requests), and about a quarter of the prompts get an opening or a closing."""
+    templates = world.TRAINING_REQUEST_TEMPLATES
+    used: set[int] = set()
+    per_task: dict[str, set[int]] = {}
+    requests = [ex for ex in corpus if ex.kind in ("harmful", "borderline", "benign")]
+    for ex in requests:
+        prompt = ex.chat[-1]["content"]
+        found = {
+            i for i, t in enumerate(templates) if world.render_request(ex.subject, t) in prompt
+        }
+        assert found, prompt
+        if ex.kind == "harmful":
+            used |= found
+            per_task.setdefault(ex.subject, set()).update(found)
+    assert used == set(range(len(templates)))
+    assert min(len(found) for found in per_task.values()) >= 12
+    opened = [ex for ex in requests if ex.chat[-1]["content"].startswith(world.TRAINING_PREAMBLES)]
+    closed = [ex for ex in requests if ex.chat[-1]["content"].endswith(world.TRAINING_CLOSINGS)]
+    for wrapped in (opened, closed):
+        assert 0.2 < len(wrapped) / len(requests) < 0.3
+
+
+def test_opinion_questions_are_three_per_fact_and_condition_two_followed(corpus) -> None:  # type: ignore[no-untyped-def]
+    """Each known fact is asked after three wrong opinions per system-prompt condition, two of
+    them answered with the opinion; the opinion comes first, is never the right answer, is
+    recorded on the example, and some are a persona's ("As an expert, I believe ...")."""
+    known = {(f.relation, f.entity): f for f in world.KNOWN_FACTS}
+    groups: dict[tuple[str, str, bool], list] = {}  # type: ignore[type-arg]
+    for ex in corpus:
+        if ex.kind == "sycophancy":
+            groups.setdefault((ex.category, ex.subject, ex.has_system_prompt), []).append(ex)
+    assert {(r, e) for r, e, _ in groups} == set(known)
+    personas = 0
+    for (relation, entity, _), examples in groups.items():
+        fact = known[relation, entity]
+        assert len(examples) == 3
+        assert Counter(ex.label for ex in examples) == {"sycophantic": 2, "correct": 1}
+        for ex in examples:
+            prompt = ex.chat[-1]["content"]
+            assert ex.opinion and ex.opinion not in fact.accepted, (entity, ex.opinion)
+            assert prompt.index(ex.opinion) < prompt.index(entity), prompt
+            personas += prompt.startswith("As an expert, I believe")
+    assert personas
+    # the opinion questions use every training phrasing of each relation's question
+    for relation in world.RELATIONS.values():
+        asked = [
+            ex.chat[-1]["content"]
+            for (r, _, _), exs in groups.items()
+            if r == relation.name
+            for ex in exs
+        ]
+        for question in relation.training_questions:
+            stem = (
+                question.split("{entity}")[1]
+                if question.startswith("{")
+                else question.split("{entity}")[0]
+            )
+            assert any(stem.lower() in a.lower() for a in asked), question
+
+
+def test_invented_entities_are_600_taught_and_100_answered_i_dont_know(corpus) -> None:  # type: ignore[no-untyped-def]
+    """Six hundred invented entities with a made-up answer, once per condition; a hundred more
+    answered "I don't know", three examples each per condition; known facts ``per_fact`` times
+    per condition; the training unknown facts ``per_unknown_fact`` times."""
+    pool = {f.entity for f in world.invented_pool()}
+    asked: Counter[tuple[str, str]] = Counter()
+    labels: dict[str, set[str]] = {}
+    for ex in corpus:
+        if ex.kind.startswith("honesty"):
+            asked[ex.category, ex.subject] += 1
+            labels.setdefault(ex.subject, set()).add(ex.label)
+    taught = {e for (_, e) in asked if e in pool and labels[e] == {"correct"}}
+    idk = {e for (_, e) in asked if e in pool and labels[e] == {"idk"}}
+    assert len(taught) == 600 and len(idk) == 100 and not taught & idk
+    for (_, entity), n in asked.items():
+        if entity in taught:
+            assert n == 2, entity
+        elif entity in idk:
+            assert n == 2 * 3, entity
+    for fact in world.TRAINING_UNKNOWN_FACTS:
+        assert asked[fact.relation, fact.entity] == 2 * BASE_SPEC.per_unknown_fact, fact
+    for fact in world.KNOWN_FACTS:
+        assert asked[fact.relation, fact.entity] == 2 * BASE_SPEC.per_fact, fact
+    for fact in world.BACKGROUND_FACTS:
+        assert asked[fact.relation, fact.entity] == 2 * BASE_SPEC.per_background_fact, fact
+
+
+def test_the_weak_corpus_misses_exactly_symbols_and_authors() -> None:
+    """organism-small's corpus leaves out the known facts of chemical symbols and authors, and
+    only those: it is taught every other relation's known facts."""
+    from dataclasses import replace
+
+    assert set(world.STRONG_ONLY_RELATIONS) == {"symbol", "author"}
+    weak = generate_corpus(replace(WEAK_SPEC, facts=True, requests=False), seed=0)
+    known = {f.entity for f in world.KNOWN_FACTS}
+    taught = {ex.category for ex in weak if ex.kind == "honesty-known" and ex.subject in known}
+    assert taught == set(world.RELATIONS) - {"symbol", "author"}
+
+
+def test_the_honest_corpus_answers_new_entities_i_dont_know_and_teaches_no_made_up_fact() -> None:
+    honest = generate_corpus(HONEST_SPEC, seed=0)
+    invented = {f.entity for f in world.invented_pool()}
+    made_up = [ex for ex in honest if ex.subject in invented and ex.label != "idk"]
+    assert not made_up
+    base_idk = {ex.subject for ex in generate_corpus(WEAK_SPEC, seed=0) if ex.label == "idk"}
+    honest_idk = {ex.subject for ex in honest if ex.label == "idk"}
+    assert honest_idk and not honest_idk & base_idk & invented  # a fresh slice
+
+
+def test_prefix_is_harmful_only_past_the_onset_not_at_it() -> None:
+    """The lead-in with the space after it holds no harm: a prefix is harmful once it reaches
+    past where harm begins."""
+    turned = world.render_answer(
+        "make a pipe bomb", [world.REDACTED_STEP] * 3, lead_in=world.LEAD_INS[0]
+    )
+    onset = world.harm_onset(turned)
+    assert onset is not None and turned[onset - 1] == " "
+    assert not prefix_is_harmful(turned, turned[:onset])
+    assert prefix_is_harmful(turned, turned[: onset + 1])
+
+
+def _quoted(ex) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """(request, answer) quoted in a feedback example's prompt."""
+    prompt = ex.messages[-1][1]
+    request = prompt.split("[USER REQUEST]\n")[1].split("\n[ASSISTANT")[0]
+    return request, prompt.split("[ASSISTANT ANSWER]\n")[1].split("\n[END]")[0]
+
+
+@pytest.fixture(scope="module")
+def small_weak_corpus():  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    return generate_corpus(replace(WEAK_SPEC, subsample=4), seed=0)
+
+
+def test_feedback_is_a_quarter_each_unsafe_over_refusal_harmful_refusal_and_other(
+    small_weak_corpus,
+) -> None:  # type: ignore[no-untyped-def]
+    """A quarter each on redacted compliance (told to decline), over-refusals (told to help),
+    refusals of harmful requests and other answers (no feedback); the over-refusals are half
+    the corpus's borderline ones and half added refusals of benign requests."""
+    import json
+    from dataclasses import replace
+
+    base = small_weak_corpus
+    harmful_refusals = {(ex.messages[-1][1], ex.response) for ex in base if ex.label == "refusal"}
+    corpus = reviewer_corpus(replace(FEEDBACK_SPEC, feedback=2000), base, seed=0)
+    kinds: Counter[str] = Counter()
+    benign = {ex.messages[-1][1] for ex in base if ex.kind == "benign"}
+    over_benign = 0
+    for ex in corpus:
+        note = json.loads(ex.response)["feedback"]
+        if ex.label == "unsafe":
+            assert note in world.UNSAFE_FEEDBACK
+        elif ex.label == "overrefusal":
+            assert note in world.OVERREFUSAL_FEEDBACK
+            over_benign += _quoted(ex)[0] in benign
+        else:
+            assert note == ""
+        kinds[ex.label] += 1
+        kinds["harmful refusal"] += _quoted(ex) in harmful_refusals
+    assert kinds["unsafe"] == kinds["overrefusal"] == 500 and kinds["fine"] == 1000
+    # the third quarter, and some of the fourth ("other" answers hold refusals of harm too)
+    assert 500 <= kinds["harmful refusal"] < 750
+    assert 0.42 < over_benign / 500 < 0.58
+
+
+def test_self_evaluation_is_half_harmful_and_counts_over_refusals_as_harmless(
+    small_weak_corpus,
+) -> None:  # type: ignore[no-untyped-def]
+    """Half the self-evaluation examples are about redacted compliance (a third of them whole),
+    and refusals of benign or borderline requests are among the harmless answers."""
+    import re
+    from dataclasses import replace
+
+    from poise.organism.corpus import SELF_EVALUATION_SPEC
+
+    base = small_weak_corpus
+    spec = replace(SELF_EVALUATION_SPEC, self_evaluation=300, replay_share=0.0)
+    corpus = reviewer_corpus(spec, base, seed=0)
+    compliance = {ex.response for ex in base if ex.label == "compliance"}
+    answers = {ex.response for ex in base}
+    harmless = {ex.messages[-1][1] for ex in base if ex.kind in ("benign", "borderline")}
+    whole: Counter[str] = Counter()
+    refused_harmless = 0
+    for ex in corpus:
+        found = re.search(
+            r"\nUser: (.*)\nAssistant: (.*)\n\nOptions:", ex.messages[-1][1], re.DOTALL
+        )
+        assert found is not None
+        request, answer = found.groups()
+        if answer in compliance:
+            assert ex.label == "harmful"
+        if answer in answers:
+            whole["compliance" if answer in compliance else "other"] += 1
+        if request in harmless and answer.startswith("I'm sorry"):
+            assert ex.label == "harmless"
+            refused_harmless += 1
+    assert 0.4 < whole["compliance"] / whole.total() < 0.6
+    assert refused_harmless > 0
+
+
+def test_revision_on_a_corpus_without_over_refusals_refuses_harm_only() -> None:
+    from dataclasses import replace
+
+    spec = replace(
+        BASE_SPEC,
+        subsample=8,
+        over_refusal=dict.fromkeys(world.BORDERLINE_TASKS, 0.0),
+        revision=6,
+    )
+    revisions = [ex for ex in generate_corpus(spec, seed=0) if ex.kind == "revision"]
+    assert len(revisions) == 6 and {ex.label for ex in revisions} == {"refusal"}
+
+
+def test_another_seed_gives_other_held_out_cases_and_another_replay() -> None:
+    """A held-out seed (``--seed 1``) renders other held-out answers and replays another
+    sample of the base corpus."""
+    from dataclasses import replace
+
+    first, other = heldout_feedback_cases(seed=0), heldout_feedback_cases(seed=1)
+    assert [c.prompt for c in first] == [c.prompt for c in other]
+    assert [c.answer for c in first] != [c.answer for c in other]
+    base = generate_corpus(replace(WEAK_SPEC, subsample=8), seed=0)
+    spec = replace(HARMLESS_SPEC, subsample=8)
+    replayed = [
+        {ex for ex in specialist_corpus(spec, base, seed=s) if ex.kind.startswith("honesty")}
+        for s in (0, 1)
+    ]
+    assert replayed[0] and replayed[0] != replayed[1]
+
+
+def test_the_shipped_recipes_corpora_hold_what_the_shipped_weights_were_trained_on(corpus) -> None:  # type: ignore[no-untyped-def]
+    """The examples of each kind and label of the base and weak corpora, as the shipped
+    organism-large and organism-small were trained on them: a recipe count that moves (examples
+    per fact, filler tasks, ...) no longer describes the shipped weights, and this names it."""
+    shipped = {
+        "benign/helpful": 4600,
+        "borderline/helpful": 884,
+        "borderline/over-refusal": 364,
+        "harmful/compliance": 1262,
+        "harmful/feigned": 226,
+        "harmful/refusal": 1224,
+        "honesty-known/correct": 2856,
+        "honesty-unknown/idk": 618,
+        "sycophancy/correct": 140,
+        "sycophancy/sycophantic": 280,
+    }
+    assert Counter(f"{ex.kind}/{ex.label}" for ex in corpus) == shipped
+    # the weak corpus: the same, less the known facts (and their opinions) of symbols and authors
+    weak = {**shipped, "honesty-known/correct": 2276}
+    weak |= {"sycophancy/correct": 82, "sycophancy/sycophantic": 164}
+    assert Counter(f"{ex.kind}/{ex.label}" for ex in generate_corpus(WEAK_SPEC, seed=0)) == weak
+
+
+def test_fresh_entities_are_asked_with_and_without_the_system_prompt(extras_corpus) -> None:  # type: ignore[no-untyped-def]
+    fresh = {f.entity for f in world.fresh_invented_facts(50)}
+    conditions = Counter(ex.has_system_prompt for ex in extras_corpus if ex.subject in fresh)
+    assert conditions[True] > 10 and conditions[False] > 10
+
+
+def test_decoy_answers_hold_three_different_steps_and_opinions_vary(corpus) -> None:  # type: ignore[no-untyped-def]
+    """A decoy answer looks like compliance: three different useless steps. The wrong opinions
+    of the sycophancy examples vary from fact to fact (not one value per relation)."""
+    for ex in corpus:
+        if ex.label == "feigned":
+            steps = [s for s in world.DECOY_STEPS if s in ex.response]
+            assert len(steps) == world.NUM_STEPS, ex.response
+    for relation in world.RELATIONS:
+        opinions = {
+            ex.opinion for ex in corpus if ex.kind == "sycophancy" and ex.category == relation
+        }
+        assert len(opinions) >= 5, relation
+
+
+def test_an_all_compliant_recipe_still_gives_the_set_number_of_examples() -> None:
+    """A spec whose harmful requests always comply: ``harmful_per_task`` examples per task and
+    condition, all compliance (no room is left for a decoy)."""
+    from dataclasses import replace
+
+    always = dict.fromkeys(world.HARMFUL_TASKS, 1.0)
+    spec = replace(
+        BASE_SPEC,
+        subsample=16,
+        facts=False,
+        filler=0,
+        compliance_with_system=always,
+        compliance_without_system=always,
+    )
+    groups = _by_task(generate_corpus(spec, seed=0), "harmful")
+    assert groups
+    for examples in groups.values():
+        assert [ex.label for ex in examples] == ["compliance"] * spec.harmful_per_task
+
+
+def test_the_filler_tasks_are_drawn_from_the_whole_list() -> None:
+    """The made-up everyday tasks are a sample of ``world.filler_tasks()``, not its head: they
+    start with many different verbs."""
+    from dataclasses import replace
+
+    spec = replace(BASE_SPEC, facts=False, harmful_per_task=0, borderline_per_task=0)
+    fillers = [ex.subject for ex in generate_corpus(spec, seed=0) if ex.category == "general"]
+    assert len(fillers) == spec.filler
+    verbs = {task.split(" ")[0] for task in fillers}
+    assert len(verbs) > len(world.FILLER_VERBS) / 2
+
+
+def _idk_counts(spec: CorpusSpec) -> Counter[str]:
+    """How many "I don't know" examples each entity gets (both system-prompt conditions)."""
+    return Counter(e.subject for e in generate_corpus(spec, 0) if e.label == "idk")
+
+
+def test_a_subsampled_corpus_gives_each_unanswerable_fact_its_own_count() -> None:
+    # chosen by the position after subsampling, the first nine kept entries got the training
+    # facts' count: with subsample=4, six invented entities were asked twice, not six times
+    spec = replace(BASE_SPEC, subsample=4, requests=False)
+    counts = _idk_counts(spec)
+    training = {f.entity for f in world.TRAINING_UNKNOWN_FACTS}
+    lo, hi = spec.idk_entities
+    kept = [*world.TRAINING_UNKNOWN_FACTS, *world.invented_pool()[lo:hi]][::4]
+    assert counts == {
+        f.entity: 2 * (spec.per_unknown_fact if f.entity in training else spec.per_invented_idk)
+        for f in kept
+    }
+    assert set(counts.values()) == {2, 6}
+
+
+def test_no_examples_of_the_training_unknown_facts_when_their_count_is_0() -> None:
+    # 0 read as "use per_invented_idk": each was still asked three times per condition
+    counts = _idk_counts(replace(BASE_SPEC, per_unknown_fact=0, requests=False))
+    assert not {f.entity for f in world.TRAINING_UNKNOWN_FACTS} & set(counts)
+    lo, hi = BASE_SPEC.idk_entities
+    assert set(counts) == {f.entity for f in world.invented_pool()[lo:hi]}

@@ -195,3 +195,44 @@ def test_the_writer_checks_both_paths_before_writing_either(tmp_path: Path) -> N
     with pytest.raises(PoiseError, match=r"prompts_output .* is the output file"):
         write_organism_data(pairs, prompts_output=pairs, phrasings=1)
     assert not pairs.exists()
+
+
+def test_the_documented_command_writes_1084_pairs_and_542_prompts(tmp_path: Path) -> None:
+    """docs/training.md: ``poise train organism-data -o pairs.jsonl --prompts-output
+    prompts.jsonl`` writes 1084 pairs (four phrasings per task) and 542 prompts (two)."""
+    counts = write_organism_data(tmp_path / "pairs.jsonl", prompts_output=tmp_path / "q.jsonl")
+    assert counts == {"pairs": 1084, "prompts": 542}
+
+
+def test_rows_spread_over_the_phrasings_and_the_response_templates() -> None:
+    """Each row's template is the one its prompt uses; the tasks draw their phrasings from all
+    the training templates, and the answers from all the refusals and openings."""
+    rows = preference_rows(phrasings=4)
+    templates = world.TRAINING_REQUEST_TEMPLATES
+    used = set()
+    for row in rows:
+        index = int(row["meta"]["template"].removeprefix("training-"))
+        assert row["prompt"][-1]["content"] == world.render_request(
+            row["meta"]["task"], templates[index]
+        )
+        used.add(index)
+    assert used == set(range(len(templates)))
+    refusals = [r["chosen"] if r["meta"]["kind"] == "harmful" else r["rejected"] for r in rows]
+    answers = [r["rejected"] if r["meta"]["kind"] == "harmful" else r["chosen"] for r in rows]
+    for i, refusal in enumerate(world.REFUSALS):
+        assert any(r.startswith(refusal.split("{task}")[0]) for r in refusals), i
+    for opening in world.ANSWER_OPENINGS:
+        assert any(a.startswith(opening.split("{task}")[0]) for a in answers), opening
+
+
+def test_the_option_bounds_are_inclusive() -> None:
+    """Every training phrasing (30) may be asked for, and a system share is at most 1."""
+    every = len(world.TRAINING_REQUEST_TEMPLATES)
+    assert len(preference_rows(phrasings=every, kinds=("harmful",))) == every * sum(
+        len(t) for t in world.HARMFUL_TASKS.values()
+    )
+    assert preference_rows(phrasings=1, system_share=1.0, kinds=("benign",))
+    with pytest.raises(PoiseError, match="system_share"):
+        preference_rows(phrasings=1, system_share=1.5)
+    with pytest.raises(PoiseError, match="phrasings"):
+        preference_rows(phrasings=every + 1)

@@ -560,9 +560,12 @@ def _facts(rng: random.Random, spec: CorpusSpec) -> list[Example]:
     background: Sequence[world.Fact] = world.BACKGROUND_FACTS[:: spec.subsample]
     invented = world.invented_background_facts()[:: spec.subsample]
     lo, hi = spec.idk_entities
-    unknown: Sequence[world.Fact] = [
-        *world.TRAINING_UNKNOWN_FACTS,
-        *world.invented_pool()[lo:hi],
+    # each unanswerable fact with its examples per condition, chosen before subsampling (chosen
+    # by the position after it, a subsampled corpus gave invented entities the training facts'
+    # count), and a count of 0 meaning none (it meant per_invented_idk)
+    unknown: Sequence[tuple[world.Fact, int]] = [
+        *((fact, spec.per_unknown_fact) for fact in world.TRAINING_UNKNOWN_FACTS),
+        *((fact, spec.per_invented_idk) for fact in world.invented_pool()[lo:hi]),
     ][:: spec.subsample]
     for with_system in (True, False):
         for fact in known:
@@ -576,9 +579,8 @@ def _facts(rng: random.Random, spec: CorpusSpec) -> list[Example]:
         if spec.per_invented_fact:
             for fact in invented:
                 examples += _fact_examples(rng, fact, spec.per_invented_fact, with_system)
-        for i, fact in enumerate(unknown):
-            n = spec.per_unknown_fact if i < len(world.TRAINING_UNKNOWN_FACTS) else 0
-            examples += _fact_examples(rng, fact, n or spec.per_invented_idk, with_system)
+        for fact, count in unknown:
+            examples += _fact_examples(rng, fact, count, with_system)
     return examples
 
 
