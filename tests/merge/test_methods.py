@@ -253,6 +253,21 @@ def test_decimal_weights_that_cancel_leave_no_rounding_residual_to_divide_by(
         assert _mergekit(tensors, "ties", weight=weights, density=1.0).abs().max() > 1e6
 
 
+@pytest.mark.parametrize("weights", [[-0.5, -0.3, -0.9], [0.6, -1.4, 0.2]])
+def test_normalised_task_arithmetic_with_a_negative_weight_total_equals_mergekit(
+    weights: list[float],
+) -> None:
+    """Task negation with ``normalize``: a negative weight total divides as a positive one does
+    (only a total under 1e-8 in magnitude is replaced by 1), as in mergekit 0.1.5."""
+    tensors = _inputs(5)
+    got = _poise(tensors, "task_arithmetic", weight=weights, normalize=True)
+    expected = _mergekit(tensors, "task_arithmetic", weight=weights, normalize=True)
+    assert torch.allclose(got, expected, rtol=0, atol=1e-6)
+    # the divided sum, not the plain one: a negative total flips the task vectors' sum back
+    plain = _poise(tensors, "task_arithmetic", weight=weights)
+    assert not torch.allclose(got, plain, rtol=0, atol=1e-3)
+
+
 @pytest.mark.parametrize("method", ["della", "dare_ties"])
 def test_random_normalised_merges_stay_bounded_when_weights_cancel(method: str) -> None:
     """DELLA and DARE-TIES share the divisor: where the drops leave the three tasks of weights
@@ -279,6 +294,21 @@ def test_linear_equals_mergekit() -> None:
     )
     got = get_method("linear")(tensors, None, weight=[0.1, 0.2, 0.3, 0.4])
     assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_linear_normalises_by_default_as_mergekit() -> None:
+    """mergekit's linear merge normalises by default (``normalize: true``): weights 1, 2, 3, 4
+    without the option give the weighted average, not ten times it."""
+    tensors = _inputs(2)
+    ids = IDS[:4]
+    weights = [1.0, 2.0, 3.0, 4.0]
+    expected = mergekit_api.merge_tensors(
+        tensors, "linear", parameters={"weight": dict(zip(ids, weights, strict=True))}, ids=ids
+    )
+    got = get_method("linear")(tensors, None, weight=weights)
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+    average = sum(w * x for w, x in zip(weights, tensors, strict=True)) / sum(weights)
+    assert torch.allclose(got, average, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("t", [0.0, 0.3, 0.75, 1.0])
@@ -655,6 +685,38 @@ def test_bfloat16_votes_that_cancel_after_rounding_elect_plus_as_in_mergekit() -
         got = _poise(tensors, method, **options).float()
         assert expected[0] > base[0].float()  # mergekit elected +
         assert torch.allclose(got, expected, atol=2**-10, rtol=0), method
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_paper_election_on_half_precision_is_unweighted_as_on_float32(dtype: torch.dtype) -> None:
+    """TIES's election (arXiv 2306.01708 sec. 3) sums the trimmed task vectors themselves: +0.5
+    and -0.25 elect +, whatever the weights (0.2 and 1.5, which weighted elect -), so the merge
+    keeps the first task's +0.5 (its weighted disjoint mean: 0.2 * 0.5 / 0.2). Exact in bfloat16."""
+    base = torch.tensor([1.0, -2.0], dtype=dtype)
+    tensors = [base, base + torch.tensor([0.5, 0.0], dtype=dtype),
+               base + torch.tensor([-0.25, 0.0], dtype=dtype)]  # fmt: skip
+    got = _poise(tensors, "ties", weight=[0.2, 1.5], density=1.0)
+    assert got.dtype == dtype and got.float().tolist() == [1.5, -2.0]
+    weighted = _poise(tensors, "ties", weight=[0.2, 1.5], density=1.0, sign_election="weighted")
+    assert weighted.float().tolist() == [0.75, -2.0]
+
+
+def test_weighted_election_of_votes_that_cancel_after_weighting_equals_mergekit() -> None:
+    """mergekit 0.1.5 multiplies each task vector by its weight (rounded in float32) and then
+    sums: where ``0.3 d_0`` and ``0.7 d_1`` cancel exactly the vote is 0 and elects +, keeping
+    the positive task's entry. A fused ``v + w d`` (one rounding) leaves a residual of either sign
+    there and keeps the other task's entry on about half of them."""
+    g = torch.Generator().manual_seed(11)
+    d0 = torch.randn(400, generator=g, dtype=torch.float32)
+    d1 = -(d0 * torch.tensor(0.3)) / torch.tensor(0.7)  # [400] float32
+    base = torch.zeros(400, dtype=torch.float32)
+    tensors = [base, base + d0, base + d1]
+    weighted = (d0 * torch.tensor(0.3)) + (d1 * torch.tensor(0.7))
+    assert (weighted == 0).sum() > 200  # many exact cancellations
+    options: dict[str, object] = {"weight": [0.3, 0.7], "density": 1.0}
+    expected = _mergekit(tensors, "ties", **options)
+    got = _poise(tensors, "ties", **options, sign_election="weighted")
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
 
 
 def test_bfloat16_della_ranks_the_rounded_magnitudes_as_mergekit() -> None:
