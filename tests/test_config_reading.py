@@ -192,3 +192,12 @@ def test_decoding_is_greedy_unless_a_temperature_is_given() -> None:
     # README: `poise audit` decodes greedily by default (its run is named organism-greedy)
     assert Sampling().temperature == 0.0 and Sampling().greedy
     assert not Sampling(temperature=1.0).greedy and Sampling(temperature=1.0, top_k=1).greedy
+
+
+def test_yaml_nested_past_the_recursion_limit_is_one_line(tmp_path: Path) -> None:
+    # YAML's parser recurses per level: a RecursionError traceback from poise merge or --config
+    path = tmp_path / "deep.yml"
+    path.write_text("merge_method: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(PoiseError, match=r"deep\.yml: invalid YAML \(nested too deeply"):
+        read_yaml_mapping(path)
+    assert yaml_key_lines(path) == {}  # the lines of keys: none, not a traceback either

@@ -147,6 +147,22 @@ def test_a_json_object_file_is_read_or_named_in_one_line(tmp_path: Path) -> None
         read_json_object(tmp_path)  # a folder
 
 
+@pytest.mark.parametrize("inner", ['{"a": 1}', '{"a": 1, "a": 2}'])
+def test_json_nested_past_the_recursion_limit_is_one_error(tmp_path: Path, inner: str) -> None:
+    # json's parser recurses per level: this was a RecursionError traceback
+    import json
+
+    from poise.errors import parse_json, read_json_object
+
+    text = '{"x": ' + "[" * 100_000 + inner + "]" * 100_000 + "}"
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        parse_json(text)
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    with pytest.raises(PoiseError, match=rf"^{re.escape(str(path))}:1: invalid JSON .*nested"):
+        read_json_object(path)
+
+
 def test_a_model_folder_and_a_run_with_a_poise_json_not_in_utf8_are_one_error(
     tmp_path: Path,
 ) -> None:
@@ -256,3 +272,103 @@ def test_a_json_object_file_with_a_key_given_twice_names_the_line_and_key(
     with pytest.raises(PoiseError) as caught:
         read_json_object(path)
     assert str(caught.value) == f"{path}:3: key 'hidden_size' given twice (again at column 3)"
+
+
+def test_an_unknown_name_suggests_up_to_three_near_names_whatever_their_case() -> None:
+    from poise.errors import UnknownNameError
+
+    known = ["best_of_n", "greedy", "greedy2", "greedy3", "greedy4"]
+    assert str(UnknownNameError("strategy", "GREEDY", known)) == (
+        "unknown strategy 'GREEDY'; did you mean 'greedy', 'greedy4', 'greedy3'? "
+        "(known: best_of_n, greedy, greedy2, greedy3, greedy4)"
+    )
+    assert str(UnknownNameError("judge", "x", [])) == "unknown judge 'x' (known: (none registered))"
+
+
+def test_a_note_on_unknown_names_is_added_to_names_not_to_options(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import poise.errors
+    from poise.errors import UnknownNameError, explain_unknown_names
+
+    monkeypatch.setattr(poise.errors, "_unknown_name_notes", [])
+    explain_unknown_names(lambda: "plugin 'p' failed to load")
+    explain_unknown_names(lambda: "")  # nothing to say: no "; " of its own
+    assert str(UnknownNameError("attack", "x", ["a"])) == (
+        "unknown attack 'x' (known: a); plugin 'p' failed to load"
+    )
+    option = UnknownNameError("option of attack 'a':", "n", ["k"])
+    assert str(option) == "unknown option of attack 'a': 'n' (known: k)"
+
+
+def test_a_missing_or_broken_extra_is_named_with_its_install_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from poise.errors import MissingExtraError, require_extra
+
+    def broken(name: str) -> None:
+        raise ValueError(f"{name}.__spec__ is None")  # a module half-imported, as find_spec says
+
+    monkeypatch.setattr(importlib.util, "find_spec", broken)
+    with pytest.raises(MissingExtraError) as caught:
+        require_extra("fastapi", "serve", "poise serve")
+    assert (
+        str(caught.value) == "poise serve needs the package 'fastapi': pip install 'poise[serve]'"
+    )
+    assert caught.value.exit_code == 2
+
+
+def test_a_line_not_in_utf8_names_its_file_line_and_byte() -> None:
+    from poise.errors import decode_line
+
+    assert decode_line("é".encode(), "rows.jsonl", 3) == "é"
+    with pytest.raises(PoiseError) as caught:
+        decode_line(b'{"a": "\xe9"}', "rows.jsonl", 3)
+    assert str(caught.value) == "rows.jsonl:3: not UTF-8 text (byte 8 of the line)"
+
+
+def test_check_int_and_check_number_keep_both_ends_as_they_say() -> None:
+    assert check_int("deal", "k", 5, 1, 5) == 5
+    with pytest.raises(PoiseError) as caught:
+        check_int("deal", "k", 6, 1, 5)
+    assert str(caught.value) == "deal: k must be an integer in [1, 5], got 6"
+    assert check_number("rain", "p", 1, low=0, high=1, low_open=True) == 1.0
+    with pytest.raises(PoiseError) as caught:
+        check_number("rain", "p", 0, low=0, high=1, low_open=True)
+    assert str(caught.value) == "rain: p must be a number in (0, 1], got 0"
+    with pytest.raises(PoiseError) as caught:
+        check_number("train", "lr", 0.0, positive=True, where="lr (--lr)")
+    assert str(caught.value) == "lr (--lr): expected a positive number, got 0.0"
+
+
+def test_json_lines_end_at_lf_crlf_and_cr_and_the_last_newline_starts_none() -> None:
+    from poise.errors import json_lines
+
+    assert json_lines('{"a": 1}\r{"b": 2}\r\n{"c": 3}\n') == ['{"a": 1}', '{"b": 2}', '{"c": 3}']
+    assert json_lines("x\n\n") == ["x", ""]
+
+
+def test_a_folder_given_with_a_tilde_is_refused_as_an_output_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(PoiseError) as caught:
+        prepare_output_file("~/runs", "--output")
+    assert str(caught.value) == f"--output: {tmp_path / 'runs'} is a folder; give a file path"
+
+
+def test_a_json_file_that_starts_with_a_bom_says_so(tmp_path: Path) -> None:
+    # json.loads refuses a BOM with this message; parse_json's own decoder alone would say
+    # "Expecting value", which leaves one looking for a typo in the first character
+    from poise.errors import read_json_object
+
+    path = tmp_path / "config.json"
+    path.write_text('\ufeff{"a": 1}', encoding="utf-8")
+    with pytest.raises(PoiseError) as caught:
+        read_json_object(path)
+    assert str(caught.value) == (
+        f"{path}:1: invalid JSON (Unexpected UTF-8 BOM (decode using utf-8-sig) at column 1)"
+    )

@@ -118,6 +118,12 @@ def read_yaml(path: str | Path) -> Any:
         raise located(
             path, mark.line + 1 if mark is not None else None, f"invalid YAML ({problem})"
         ) from None
+    except RecursionError:
+        # YAML's parser recurses once per level of nesting, as json's does
+        raise PoiseError(
+            f"{path}: invalid YAML (nested too deeply to read: more levels than Python's "
+            "recursion limit)"
+        ) from None
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -144,7 +150,7 @@ def yaml_key_lines(path: str | Path) -> dict[str, int]:
         text = Path(path).read_text(encoding="utf-8-sig")
         # a JSON file's tabs stand between tokens (a string holds none raw): spaces to YAML
         node = yaml.compose(text.replace("\t", " ") if _is_json(path) else text, yaml.SafeLoader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return {}
     lines: dict[str, int] = {}
     if not isinstance(node, yaml.MappingNode):

@@ -252,6 +252,12 @@ def parse_json(text: str | bytes) -> Any:
         return _UNIQUE_KEYS.decode(text)
     except _KeyTwice as twice:
         raise _key_twice(text, twice.key) from None
+    except RecursionError:
+        # json's parser recurses once per level: nested past Python's recursion limit (about a
+        # thousand levels), a document was a RecursionError traceback, not a located error
+        raise json.JSONDecodeError(
+            "nested too deeply to read (more levels than Python's recursion limit)", text, 0
+        ) from None
 
 
 def _key_twice(text: str, key: str) -> DuplicateKeyError:
