@@ -358,3 +358,96 @@ def test_an_entry_point_function_that_takes_arguments_and_is_registered_nowhere_
         assert poise.plugins.failed_plugins() == {}  # what its module registered stays known
     finally:
         attacks._entries.pop("review_named", None)
+
+
+def test_a_listed_plugin_missing_one_of_its_imports_is_a_failure_not_absent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A listed plugin that is not installed is skipped without a word; one that is installed
+    but imports a package that is not, or calls sys.exit() as it is imported, failed to load."""
+
+    def imports(name: str) -> types.ModuleType:
+        if name == "poise_needs_a_dep":
+            raise ModuleNotFoundError("No module named 'missing_dep'", name="missing_dep")
+        if name == "poise_exits":
+            raise SystemExit(3)
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    plugins = ("poise_needs_a_dep", "poise_not_installed", "poise_exits")
+    monkeypatch.setattr(poise.plugins, "PLUGINS", plugins)
+    _with_plugins(monkeypatch)
+    monkeypatch.setattr(poise.plugins.importlib, "import_module", imports)
+    poise.plugins.load_plugins()
+    assert poise.plugins.failed_plugins() == {
+        "plugin 'poise_needs_a_dep'": "ModuleNotFoundError: No module named 'missing_dep'",
+        "plugin 'poise_exits'": "SystemExit: 3",
+    }
+
+
+def test_an_entry_point_register_taking_only_star_args_is_called(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[object, ...]] = []
+
+    def register(*names: object, **options: object) -> None:
+        calls.append(names)
+
+    _with_plugins(monkeypatch, _EntryPoint("review.plugin:register", lambda: register))
+    poise.plugins.load_plugins()
+    assert calls == [()]
+    assert poise.plugins.failed_plugins() == {}
+
+
+def test_a_plugin_may_read_a_registry_while_it_registers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It sees what is there so far; the plugins are not loaded again from inside it."""
+    loads: list[str] = []
+
+    def register() -> None:
+        loads.append("load")
+        judges.add("review_reader", judges.get("refusal"), help="registered after a read")
+
+    _with_plugins(monkeypatch, _EntryPoint("review.reader:register", lambda: register))
+    try:
+        assert judges.get("review_reader") is judges.get("refusal")
+        assert loads == ["load"]
+        assert poise.plugins.failed_plugins() == {}
+    finally:
+        judges._entries.pop("review_reader", None)
+
+
+def test_what_failed_plugins_returns_is_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from poise.errors import UnknownNameError
+
+    def broken() -> object:
+        raise RuntimeError("deliberate")
+
+    _with_plugins(monkeypatch, _EntryPoint("review.broken", broken))
+    poise.plugins.load_plugins()
+    poise.plugins.failed_plugins().clear()  # a caller's change
+    with pytest.raises(UnknownNameError) as caught:
+        judges.get("from_the_broken_plugin")
+    assert "plugin 'review' (review.broken) failed to load (RuntimeError: deliberate)" in str(
+        caught.value
+    )
+
+
+def test_a_plugin_s_own_poise_error_is_told_as_its_message_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a PoiseError is a sentence for the user; its class name is noise ("UnknownNameError: ...")
+    from poise.errors import PoiseError
+
+    def register() -> None:
+        raise PoiseError("review.toml: unknown key 'temprature'")
+
+    _with_plugins(monkeypatch, _EntryPoint("review.plugin:register", lambda: register))
+    with caplog.at_level("WARNING", logger="poise.plugins"):
+        judges.get("refusal")
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "poise.plugins"]
+    assert warning.startswith(
+        "plugin 'review' (review.plugin:register) failed to load: review.toml: unknown key "
+        "'temprature'; poise goes on without it"
+    )
+    assert poise.plugins.failed_plugins() == {
+        "plugin 'review' (review.plugin:register)": "review.toml: unknown key 'temprature'"
+    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -137,3 +138,84 @@ def test_every_monitor_setting_has_a_flag_that_reaches_it(
     )
     assert defaults.exit_code == 2, defaults.output
     assert seen[1] == MonitorSettings()  # the flags' defaults are the fields'
+
+
+@pytest.fixture
+def monitor_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> list[tuple[tuple[object, ...], dict[str, Any]]]:
+    """``train monitor`` with a fake training: its arguments kept, a trained monitor's header
+    (head token, threshold 0.7, k 3) returned after 5 s."""
+    import types
+
+    import poise.train.monitor as monitor_module
+
+    calls: list[tuple[tuple[object, ...], dict[str, Any]]] = []
+
+    def fake(*args: object, **kwargs: Any) -> object:
+        calls.append((args, kwargs))
+        header = types.SimpleNamespace(head="token", threshold=0.7, k=3)
+        return types.SimpleNamespace(monitor=types.SimpleNamespace(header=header), seconds=5.0)
+
+    monkeypatch.setattr(monitor_module, "train_monitor_files", fake)
+    return calls
+
+
+def test_train_monitor_passes_the_validation_and_the_member_and_says_what_it_wrote(
+    tmp_path: Path, monitor_calls: list[tuple[tuple[object, ...], dict[str, Any]]]
+) -> None:
+    data, validation, out = tmp_path / "d.jsonl", tmp_path / "v.jsonl", tmp_path / "mon"
+    result = CliRunner().invoke(
+        app,
+        [
+            *("train", "monitor", "-m", "organism", "--data", str(data), "-o", str(out)),
+            *("--validation", str(validation)),
+        ],
+        env={"COLUMNS": "300"},
+    )
+    assert result.exit_code == 0, result.output
+    [(args, kwargs)] = monitor_calls
+    assert args == ("organism", str(data), str(out))
+    assert kwargs["validation"] == str(validation)
+    assert kwargs["metadata"] == {"base_name": "organism-large"}
+    assert result.stdout.strip() == f"wrote {out} (head token, threshold 0.7, k 3; 5 s)"
+
+
+def test_a_bad_monitor_setting_is_refused_before_any_training(
+    tmp_path: Path, monitor_calls: list[tuple[tuple[object, ...], dict[str, Any]]]
+) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            *("train", "monitor", "-m", "organism-small", "--data", str(tmp_path / "d.jsonl")),
+            *("-o", str(tmp_path / "mon"), "--lr-decay", "2"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "lr_decay (--lr-decay): expected a number in (0, 1], got 2.0" in result.output
+    assert monitor_calls == []
+
+
+def test_monitor_data_writes_the_split_and_seed_asked(tmp_path: Path) -> None:
+    from poise.organism.monitor import write_organism_monitor_data
+
+    out = tmp_path / "heldout.jsonl"
+    args = ["train", "monitor-data", "-o", str(out), "--split", "heldout", "--seed", "1"]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    count = write_organism_monitor_data(tmp_path / "same.jsonl", "heldout", seed=1)
+    assert out.read_text() == (tmp_path / "same.jsonl").read_text()
+    assert result.stdout.strip() == f"wrote {count} answers to {out}"
+    default = tmp_path / "default.jsonl"
+    result = CliRunner().invoke(app, ["train", "monitor-data", "-o", str(default)])
+    assert result.exit_code == 0, result.output
+    write_organism_monitor_data(tmp_path / "train.jsonl", "train", seed=0)
+    assert default.read_text() == (tmp_path / "train.jsonl").read_text()
+
+
+def test_monitor_data_of_an_unknown_split_is_one_line_and_no_file(tmp_path: Path) -> None:
+    out = tmp_path / "x.jsonl"
+    result = CliRunner().invoke(app, ["train", "monitor-data", "-o", str(out), "--split", "test"])
+    assert result.exit_code == 2, result.output
+    assert "--split 'test': expected train, validation or heldout" in result.output
+    assert not out.exists()
