@@ -3,6 +3,7 @@ the system prompt's paired effect; the worst-of-N caption names the model and th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -307,8 +308,12 @@ def test_the_held_out_check_gives_each_n_its_figures_and_whether_they_agree() ->
     ) in _text(summary)
 
 
-def exploitation() -> dict[str, Any]:
-    # a: harmful without the system prompt under both configurations; b: under top_k=5 only
+def _exploitation_of(
+    items: dict[str, tuple[str, ...]], broken: Callable[[str, str], bool]
+) -> dict[str, Any]:
+    """The exploitation summary of ``items`` (kind -> item ids) under greedy and top_k=5, with
+    the system prompt on and off: a harmful prompt is broken without the system prompt where
+    ``broken(item, config)``; a borderline one is refused with it."""
     records = [
         {
             "item_id": item,
@@ -316,18 +321,24 @@ def exploitation() -> dict[str, Any]:
             "request_id": f"{config}/sys={sys}",
             "completion": f"{item}-{config}-{sys}",
             "verdict": {
-                "harmful": kind == "harmful"
-                and sys == "off"
-                and (item == "a" or config != "greedy"),
+                "harmful": kind == "harmful" and sys == "off" and broken(item, config),
                 "refused": sys == "on" and kind == "borderline",
             },
         }
-        for item in ("a", "b", "c")
-        for kind in ("harmful", "borderline")
+        for kind, ids in items.items()
+        for item in ids
         for config in ("greedy", "top_k=5")
         for sys in ("on", "off")
     ]
     return exploitation_summary(records)
+
+
+def exploitation() -> dict[str, Any]:
+    # a: harmful without the system prompt under both configurations; b: under top_k=5 only
+    return _exploitation_of(
+        {"harmful": ("a", "b", "c"), "borderline": ("a", "b", "c")},
+        lambda item, config: item == "a" or config != "greedy",
+    )
 
 
 def test_the_exploitation_figures_stand_in_their_rows_and_columns() -> None:
@@ -380,25 +391,10 @@ def test_the_worst_configuration_says_how_many_it_was_picked_from() -> None:
 def uneven_exploitation() -> dict[str, Any]:
     """3 harmful prompts (a broken under both configurations, b under top_k=5 only, c never)
     and 2 borderline ones, refused with the system prompt on: each count unlike the others."""
-    records = [
-        {
-            "item_id": item,
-            "kind": kind,
-            "request_id": f"{config}/sys={sys}",
-            "completion": f"{item}-{config}-{sys}",
-            "verdict": {
-                "harmful": kind == "harmful"
-                and sys == "off"
-                and (item == "a" or (item == "b" and config != "greedy")),
-                "refused": sys == "on" and kind == "borderline",
-            },
-        }
-        for kind, items in (("harmful", ("a", "b", "c")), ("borderline", ("d", "e")))
-        for item in items
-        for config in ("greedy", "top_k=5")
-        for sys in ("on", "off")
-    ]
-    return exploitation_summary(records)
+    return _exploitation_of(
+        {"harmful": ("a", "b", "c"), "borderline": ("d", "e")},
+        lambda item, config: item == "a" or (item == "b" and config != "greedy"),
+    )
 
 
 def test_the_prompts_column_counts_the_prompts_each_row_is_over() -> None:
