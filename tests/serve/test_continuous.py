@@ -33,6 +33,21 @@ def payload(server: ThreadServer, text: str, **fields: Any) -> dict[str, Any]:
     return {"model": server.state.config.name, "messages": chat(text), **fields}
 
 
+def burst(server: ThreadServer, text: str, count: int) -> list[httpx.Response]:
+    """``count`` plain chat requests of ``text`` sent at once; their responses, in order."""
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
+            body = payload(server, text)
+            return list(
+                await asyncio.gather(
+                    *(client.post("/chat/completions", json=body) for _ in range(count))
+                )
+            )
+
+    return asyncio.run(main())
+
+
 def engine_of(server: ThreadServer) -> MockEngine:
     engine = server.state.scheduler.engine
     assert isinstance(engine, MockEngine)
@@ -212,14 +227,8 @@ def test_max_batch_caps_the_rows_decoded_together(start_server: StartServer) -> 
     model = MockModel(responses={"q": words(10)}, step_delay=0.005)
     server = start_server(model, max_batch=4)
 
-    async def main() -> list[str]:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-            replies = await asyncio.gather(
-                *(client.post("/chat/completions", json=payload(server, "q")) for _ in range(10))
-            )
-            return [r.json()["choices"][0]["message"]["content"] for r in replies]
-
-    assert asyncio.run(main()) == [words(10)] * 10
+    replies = burst(server, "q", 10)
+    assert [r.json()["choices"][0]["message"]["content"] for r in replies] == [words(10)] * 10
     # 10 requests of 10 tokens, at most 4 at a time: at least 3 rounds of 10 steps.
     assert engine_of(server).steps >= 30
 
@@ -366,14 +375,7 @@ def test_a_burst_joins_a_few_rows_a_step(start_server: StartServer) -> None:
     model = MockModel(responses={"q": words(12)}, step_delay=0.005)
     server = start_server(model, join_rows=4, batch_window_ms=1000)
 
-    async def main() -> None:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-            replies = await asyncio.gather(
-                *(client.post("/chat/completions", json=payload(server, "q")) for _ in range(10))
-            )
-            assert all(r.status_code == 200 for r in replies)
-
-    asyncio.run(main())
+    assert all(r.status_code == 200 for r in burst(server, "q", 10))
     joined_at = sorted(engine_of(server).added_at.values())
     # The burst arrived within the window; it joined 4, 4 and 2 rows at three steps in a row.
     assert joined_at == [0] * 4 + [1] * 4 + [2] * 2
@@ -439,14 +441,7 @@ def test_max_batch_rows_decode_together(start_server: StartServer) -> None:
     model = MockModel(responses={"q": words(10)}, step_delay=0.005)
     server = start_server(model, max_batch=4, batch_window_ms=1000)
 
-    async def main() -> None:
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=60) as client:
-            replies = await asyncio.gather(
-                *(client.post("/chat/completions", json=payload(server, "q")) for _ in range(4))
-            )
-            assert all(r.status_code == 200 for r in replies)
-
-    asyncio.run(main())
+    assert all(r.status_code == 200 for r in burst(server, "q", 4))
     engine = engine_of(server)
     assert sorted(engine.added_at.values()) == [0] * 4
     assert engine.steps == 10

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from poise.errors import PoiseError
+from poise.errors import PoiseError, read_json_object
 from poise.guards.data import MonitorExample, write_monitor_data
 from poise.organism import world
 from poise.organism.corpus import BASE_SPEC, CorpusSpec, Example, generate_corpus
@@ -233,7 +233,7 @@ def rechoose_monitor_rule(
     from poise.train.monitor import choose_rule
 
     meta = folder / "poise.json"
-    if meta.is_file() and "recipe_changes" in json.loads(meta.read_text(encoding="utf-8")):
+    if meta.is_file() and "recipe_changes" in read_json_object(meta):
         # its validation split was drawn from another corpus than the shipped one
         raise PoiseError(
             f"{folder}: built from a recipe other than the shipped one (poise.json, "
