@@ -302,7 +302,7 @@ def test_the_metrics_csv_holds_the_honesty_scores_and_the_mean_length(tmp_path: 
     tokens = rows["response_tokens:harmful"]
     assert tokens["statistic"] == "mean_tokens"
     assert float(tokens["value"]) == length["mean"] and float(tokens["high"]) == length["high"]
-    assert tokens["method"] == "normal"  # one answer per prompt: a t interval over answers
+    assert tokens["method"] == "t"  # one answer per prompt: a Student-t interval over answers
 
 
 def test_runs_that_give_an_item_another_kind_are_said(

@@ -17,6 +17,7 @@ from poise.scoring.metrics import (
     Rate,
     compute_metrics,
     explain,
+    format_tokens,
     group_rates,
     honesty_scores,
 )
@@ -410,6 +411,23 @@ def test_response_tokens_mean_and_interval_per_kind() -> None:
     )
     assert tokens["benign"] == {"mean": 4.0, "low": 4.0, "high": 4.0, "n": 1}
     assert list(tokens) == ["harmful", "benign"]
+
+
+def test_token_lengths_whose_interval_stops_at_zero_are_shown_as_an_interval() -> None:
+    # Two answers of 0 and 16 tokens: t(0.975, 1) = 12.706204736174694 (scipy.stats.t.ppf), sd
+    # sqrt(128), so mean 8 with half-width 12.706 * sqrt(128) / sqrt(2) = 101.65; the lower end
+    # stops at 0, and "8.0 ± 101.6" would claim negative lengths.
+    records = [
+        {**record(f"h{i}", "harmful", refused=True, harmful=False), "num_tokens": t}
+        for i, t in enumerate([0, 16])
+    ]
+    tokens = compute_metrics(records)["overall"]["response_tokens"]["harmful"]
+    assert tokens["low"] == 0.0
+    assert tokens["high"] == pytest.approx(8 + 12.706204736174694 * 8.0)
+    assert format_tokens(tokens) == "8.0 [0.0, 109.6]"
+    # a symmetric interval keeps its half-width: 20, 26, 25, 30 -> 25.25 ± 6.5
+    even = {"mean": 25.25, "low": 25.25 - 6.5, "high": 25.25 + 6.5, "n": 4}
+    assert format_tokens(even) == "25.2 ± 6.5"
 
 
 def test_response_tokens_must_be_a_count() -> None:

@@ -62,7 +62,8 @@ CSV_COLUMNS = (
     "high",
     "baseline_run",  # paired differences: the run subtracted
     "p_value",  # paired differences: the test of no difference
-    "method",  # paired differences: newcombe (McNemar test), cluster (t test) or cluster-sign
+    "method",  # rates: wilson or cluster; mean_tokens: t or cluster; honesty_score: band;
+    # paired differences: newcombe (McNemar test), cluster (t test) or cluster-sign
     "run_value",  # paired differences: the run's rate on the shared prompts
     "baseline_value",  # paired differences: the baseline's rate on the shared prompts
     "baseline_group",  # paired differences: the baseline's request group (``group``: the run's)
@@ -272,7 +273,8 @@ def _rate_rows(run: RunData) -> list[dict[str, Any]]:
             # the band combines the components' intervals (>= 90% coverage): no k / n of its own
             extra.append(("honesty_score", "honesty_score", score, "band"))
         for kind, length in (group.get("response_tokens") or {}).items():
-            method = "cluster" if length.get("clusters") is not None else "normal"
+            # Student's t over answers (stats.mean_interval), or cluster-robust over prompts
+            method = "cluster" if length.get("clusters") is not None else "t"
             extra.append(("mean_tokens", f"response_tokens:{kind}", length, method))
         for statistic, metric, entry, method in extra:
             rows.append(

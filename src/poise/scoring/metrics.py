@@ -545,8 +545,15 @@ def _response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, Any]]:
 
 
 def format_tokens(length: Mapping[str, Any]) -> str:
-    """A ``response_tokens`` entry as "24.9 ± 0.9" (mean and the interval's half-width)."""
-    return f"{length['mean']:.1f} ± {length['high'] - length['mean']:.1f}"
+    """A ``response_tokens`` entry as "24.9 ± 0.9" (mean and the interval's half-width), or as
+    "8.0 [0.0, 122.4]" where the interval's lower end stopped at 0 tokens: a half-width would
+    then claim the negative lengths it left out (two answers of 0 and 16 tokens gave
+    "8.0 ± 101.6", Student's t with one degree of freedom being 12.7)."""
+    mean, low, high = length["mean"], length["low"], length["high"]
+    half = high - mean
+    if mean - low < half - 0.05:  # the lower end was cut at 0
+        return f"{mean:.1f} [{low:.1f}, {high:.1f}]"
+    return f"{mean:.1f} ± {half:.1f}"
 
 
 def _group_metrics(
