@@ -100,6 +100,10 @@ def test_a_finished_run_prints_its_metrics_where_it_resumed_and_its_folder(
     assert result.exit_code == 0, result.output
     assert "out already holds this finished run; nothing to do." in result.stdout
     assert "resumed from" not in result.stdout
+    training.result = TrainResult(output=Path("out"), recipe="dpo", steps=1, metrics={})
+    result = _dpo()
+    assert "poise train dpo · 1 step" in " ".join(result.stdout.split())
+    assert "1 steps" not in result.stdout
 
 
 def test_train_losses_shows_only_the_parameters_that_have_defaults(

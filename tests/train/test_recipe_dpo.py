@@ -525,6 +525,29 @@ def test_pairs_that_are_the_same_tokens_once_cut_are_left_out(
     assert not (tmp_path / "o").exists()
 
 
+def test_data_smaller_than_one_optimiser_step_say_each_epoch_is_one_step(
+    tiny_hf_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two pairs trained one DPO step, whose loss is log 2 whatever the data, with no word."""
+    small = write_pairs(tmp_path / "small.jsonl", n=2)
+    with caplog.at_level("WARNING", logger="poise.train"):
+        result = train_dpo(
+            model=str(tiny_hf_model_dir), data=str(small), output=str(tmp_path / "a"), **FAST
+        )
+    assert result.steps == 1
+    assert "the data hold 2 rows, fewer than one optimiser step takes (4 per micro-step" in (
+        caplog.text
+    )
+    assert "each epoch is one step" in caplog.text
+    caplog.clear()
+    enough = write_pairs(tmp_path / "enough.jsonl", n=4)  # one full batch of 4: no warning
+    with caplog.at_level("WARNING", logger="poise.train"):
+        train_dpo(
+            model=str(tiny_hf_model_dir), data=str(enough), output=str(tmp_path / "b"), **FAST
+        )
+    assert "fewer than one optimiser step" not in caplog.text
+
+
 # ------------------------------------------------------------------------- Ctrl-C and SIGTERM
 
 

@@ -223,7 +223,8 @@ def _print_result(result: Any) -> None:
         console.print(
             f"[bold]{shown(result.output)}[/] already holds this finished run; nothing to do."
         )
-    table = Table(title=f"poise train {result.recipe} · {result.steps} steps", title_justify="left")
+    steps = f"{result.steps} step" + ("" if result.steps == 1 else "s")
+    table = Table(title=f"poise train {result.recipe} · {steps}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in result.metrics.items():

@@ -1295,6 +1295,18 @@ class Session:
             rows_per_process = math.ceil(rows_per_epoch / world)
             micro = math.ceil(rows_per_process / config.batch_size)
             steps_per_epoch = max(1, math.ceil(micro / config.grad_accum))
+            per_step = config.batch_size * config.grad_accum * world
+            if rows_per_epoch < per_step and accelerator.is_main_process:
+                # two preference pairs trained one DPO step, whose loss is log 2 = 0.693
+                # whatever the data (policy = reference), and said nothing of it
+                logger.warning(
+                    "the data hold %d rows, fewer than one optimiser step takes (%d per "
+                    "micro-step x %d accumulated x %d processes): each epoch is one step",
+                    rows_per_epoch,
+                    config.batch_size,
+                    config.grad_accum,
+                    world,
+                )
         total = (
             config.max_steps if config.max_steps is not None else steps_per_epoch * config.epochs
         )
