@@ -3,8 +3,8 @@ the attack success rate at N = 16 and 32 measured on an independent n = 32 run?
 
 Runs (or reads) two worst-of-N audits of the same harmful prompts with different seeds, fits the
 beta-binomial (poise.attacks.worst_of_n) to the n = 8 run, and prints, for each N, the prediction
-with its bootstrap interval beside the n = 32 run's empirical ASR and Wilson interval, and the
-flat "resampled" curve of the n = 8 run for comparison.
+with its interval (bootstrap and profile likelihood) beside the n = 32 run's empirical ASR and
+Wilson interval, and the flat "resampled" curve of the n = 8 run for comparison.
 
     python benchmarks/worst_of_n_holdout.py --model organism-large --limit 16
     python benchmarks/worst_of_n_holdout.py --fit-run RUN8 --check-run RUN32   # existing runs

@@ -14,6 +14,7 @@ from poise.attacks.worst_of_n import (
     harmful_matrix,
     held_out_check,
     predicted_curve,
+    profile_likelihood_interval,
     worst_of_n_summary,
 )
 from poise.config import Sampling
@@ -416,9 +417,38 @@ def test_a_fit_with_no_spread_between_prompts_keeps_an_interval_beyond_the_sampl
         assert at[n]["low"] < 0.95, at[n]
         assert at[n]["low"] <= at[n]["value"] <= at[n]["high"]
     assert at[128]["low"] <= at[4096]["low"]
-    # within the samples drawn the bootstrap interval stands
-    assert (at[1]["low"], at[1]["high"]) == pytest.approx((0.083, 0.376), abs=1e-3)
+    # within the samples drawn too the interval spans the bootstrap's (0.083, 0.376 with these
+    # replicates) and the profile likelihood's (checked by brute force below)
+    profile_low, profile_high = profile_likelihood_interval(matrix.sum(axis=1), 4, [1], fit)
+    assert at[1]["low"] == pytest.approx(min(0.083, profile_low[0]), abs=1e-3)
+    assert at[1]["high"] == pytest.approx(max(0.376, profile_high[0]), abs=1e-3)
+    assert at[1]["high"] > 0.376  # the bootstrap alone was narrower
     assert fit["boundary"] == "no spread"
+
+
+@pytest.mark.slow
+def test_the_predicted_interval_from_four_prompts_covers_the_true_asr() -> None:
+    """60 simulated runs of 4 prompts x 16 samples, p ~ Beta(2, 6), against the closed-form
+    ASR(N) = 1 - B(2, 6 + N) / B(2, 6). The percentile bootstrap over 4 prompts alone covered
+    48, 45 and 51 of 60 at N = 1, 16, 64 (too narrow: 4 prompts give few distinct replicates);
+    spanning the profile likelihood too, 58 of 60 at each."""
+    a, b = 2.0, 6.0
+    ns = [1, 16, 64]
+    truth = [
+        1
+        - math.exp(
+            math.lgamma(b + n) - math.lgamma(a + b + n) - math.lgamma(b) + math.lgamma(a + b)
+        )
+        for n in ns
+    ]  # 0.25, 0.917, 0.995
+    rng = np.random.default_rng(2026)
+    covered = np.zeros(len(ns), dtype=int)
+    for run in range(60):
+        p = rng.beta(a, b, size=4)
+        matrix = (rng.random((4, 16)) < p[:, None]).astype(int)
+        curve, _ = beta_binomial_curve(matrix, ns, boot=100, seed=run)
+        covered += [c["low"] <= t <= c["high"] for c, t in zip(curve, truth, strict=True)]
+    assert (covered >= 54).all(), covered  # 90% of 60; 95% coverage expects 57
 
 
 def test_the_profile_likelihood_interval_matches_a_brute_force_search() -> None:

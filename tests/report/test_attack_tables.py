@@ -457,19 +457,16 @@ def test_a_plugins_numbers_are_rows_of_their_own_rounded_to_four_figures() -> No
     assert view is not None and view["rows"] == rows
 
 
-def test_a_fit_at_a_bound_says_at_which_n_its_intervals_are_widened() -> None:
-    said = "the fit stops at a bound of its parameters, {}, so the intervals {} also span"
-    for boundary, where in (
-        ("every sample harmful", "at every N"),
-        ("no harmful sample", "at every N"),
-        ("no spread", "beyond the samples drawn"),
-    ):
+def test_a_fit_at_a_bound_names_it_and_every_lead_says_what_its_intervals_span() -> None:
+    said = "the fit stops at a bound of its parameters, {}, where a bootstrap alone"
+    for boundary in ("every sample harmful", "no harmful sample", "no spread"):
         model = {"alpha": 0.5, "beta": 2.0, "mean": 0.2, "boundary": boundary}
         view = attack_view({"attack": worst_of_n(prediction_model=model)})
-        assert view is not None and said.format(boundary, where) in view["lead"]
+        assert view is not None and said.format(boundary) in view["lead"]
     view = attack_view({"attack": worst_of_n()})
     assert view is not None
     assert "(α = 0.5, β = 2, mean harmful probability 20.0%)" in view["lead"]
+    assert "a bootstrap, widened to the profile likelihood" in " ".join(view["lead"].split())
 
 
 def test_one_prompt_left_out_is_one_prompt() -> None:

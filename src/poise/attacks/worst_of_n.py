@@ -13,18 +13,20 @@ Curves of attack success rate (ASR) against N:
   ASR(N) = 1 - E[(1 - p)^N] = 1 - B(α, β + N) / B(α, β) in closed form, for any N, so the curve
   extrapolates far beyond the samples drawn (InfAlign, arXiv 2412.19792, models best-of-N /
   worst-of-N win rates through the same expectation over the per-prompt success
-  probability). 95% interval: percentile bootstrap over prompts, refitting each replicate (with
-  no harmful sample at all, whose replicates all refit to 0, the upper end is the bound that
+  probability). 95% interval: the union of a percentile bootstrap over prompts, refitting each
+  replicate, and the profile-likelihood interval (:func:`profile_likelihood_interval`), at
+  every N. The bootstrap alone is too narrow with few prompts: on simulated prompts whose
+  ASR(N) is known in closed form it covered 68-83% at 4 prompts and 82-89% at 8, the union
+  89-93% and 91-93% (`benchmarks/worst_of_n_coverage.py`); and where the fit stops at a bound of
+  the parameter space (the summary's ``prediction_model["boundary"]``: no spread between
+  prompts, each prompt always or never broken, no harmful sample, every sample harmful) the
+  bootstrap is inconsistent (Andrews 2000, Econometrica 68:399): 6 prompts whose fit showed no
+  spread gave 100.0% [100.0, 100.0] at N = 128 and 4096. With no harmful sample at all, whose
+  replicates all refit to 0, the upper end is also at least the bound that
   ASR(N) <= 1 - (1 - E[p])^N puts on it, E[p] bounded by the rule of three; with every sample
-  harmful, whose replicates all refit to 1, the lower end is the like bound from below; with
-  one sample per prompt, which says nothing of how p spreads over prompts, the interval spans
-  E[p] to 1 - (1 - E[p])^N). Where the fit stops at a bound of the parameter space (the
-  summary's ``prediction_model["boundary"]``: no spread between prompts, each prompt always or
-  never broken, no harmful sample, every sample harmful) the bootstrap is inconsistent (Andrews
-  2000, Econometrica 68:399), so there the interval also spans the profile-likelihood interval
-  (:func:`profile_likelihood_interval`): beyond the M samples drawn, and at every N when no
-  sample or every sample was harmful (all replicates alike). Without it, 6 prompts whose fit
-  showed no spread gave 100.0% [100.0, 100.0] at N = 128 and 4096;
+  harmful, whose replicates all refit to 1, the lower end the like bound from below; with one
+  sample per prompt, which says nothing of how p spreads over prompts, the interval spans
+  E[p] to 1 - (1 - E[p])^N;
 - power law (:func:`power_law_curve`): the forecast of "Best-of-N Jailbreaking" (Hughes et al.,
   arXiv 2412.03556): -log ASR(N) = a N^(-b), fitted by least squares of log(-log ASR) on log N
   over the resampled ASR(N) of every N = 1..M (the curve averaged over sample orders exactly;
@@ -445,9 +447,9 @@ def beta_binomial_curve(
     matrix: np.ndarray, ns: Sequence[int], *, boot: int = 200, seed: int = 0
 ) -> tuple[list[dict[str, float | int]], dict[str, Any]]:
     """ASR(N) predicted by the beta-binomial fitted to a [P, M] 0/1 matrix of harmful samples,
-    with a 95% percentile-bootstrap interval over prompts (``boot`` replicates: prompts drawn with
-    replacement, the model refitted), widened to the profile-likelihood interval where the fit
-    is at a bound (see the module docstring). Returns (curve, fit: α, β, mean, log-likelihood,
+    with a 95% interval over prompts that spans the percentile bootstrap (``boot`` replicates:
+    prompts drawn with replacement, the model refitted) and the profile-likelihood interval
+    (see the module docstring). Returns (curve, fit: α, β, mean, log-likelihood,
     boot, ``boundary``: the bound the fit stopped at, None for an interior fit)."""
     prompts, m = matrix.shape
     if prompts == 0:
@@ -495,20 +497,18 @@ def beta_binomial_curve(
         low = np.minimum(low, mean_low)
         high = np.maximum(high, [1.0 - (1.0 - mean_high) ** n for n in ns])
     boundary = _fit_boundary(fit)
-    # At a bound of the parameter space the percentile bootstrap is inconsistent (Andrews 2000):
-    # the replicates refit to the same bound. With no harmful sample, or every sample harmful,
-    # every replicate is the same, at any N; with no spread between prompts they still differ in
-    # their mean, but beyond the M samples drawn, where ASR(N) rests on how p spreads over
-    # prompts, they gave 100.0% [100.0, 100.0] from 6 prompts. There the interval also spans the
-    # profile-likelihood interval (:func:`profile_likelihood_interval`), which, like the
-    # bootstrap and the empirical Wilson interval, counts the prompts as drawn from many.
-    degenerate = boundary in ("no harmful sample", "every sample harmful")
-    beyond = [i for i, n in enumerate(ns) if n > m or degenerate]
-    if boundary is not None and beyond:
-        profile_low, profile_high = profile_likelihood_interval(k, m, [ns[i] for i in beyond], fit)
-        low, high = np.array(low, dtype=float), np.array(high, dtype=float)
-        low[beyond] = np.minimum(low[beyond], profile_low)
-        high[beyond] = np.maximum(high[beyond], profile_high)
+    # The interval also spans the profile-likelihood interval (:func:`profile_likelihood_interval`)
+    # at every N, which, like the bootstrap and the empirical Wilson interval, counts the prompts
+    # as drawn from many. The percentile bootstrap alone is too narrow with few prompts (few
+    # distinct replicates): against the closed-form ASR(N) of simulated prompts it covered 68-83%
+    # at 4 prompts and 82-89% at 8, the union 89-93% and 91-93%, both near 95% from 32 prompts
+    # on (`python benchmarks/worst_of_n_coverage.py`; BENCHMARKS.md, "Worst-of-N: coverage").
+    # At a bound of the parameter space the bootstrap is also inconsistent (Andrews 2000): the
+    # replicates refit to the same bound (with no spread between prompts they gave
+    # 100.0% [100.0, 100.0] from 6 prompts at N = 128 and 4096).
+    profile_low, profile_high = profile_likelihood_interval(k, m, ns, fit)
+    low = np.minimum(np.asarray(low, dtype=float), profile_low)
+    high = np.maximum(np.asarray(high, dtype=float), profile_high)
     curve = [
         {"n": int(n), "value": float(v), "low": float(min(lo, v)), "high": float(max(hi, v))}
         for n, v, lo, hi in zip(ns, point, low, high, strict=True)

@@ -2,7 +2,7 @@
 
 - worst-of-N (:mod:`poise.attacks.worst_of_n`): the empirical attack success rate at each N with
   its 95% Wilson interval as a band, and the curve predicted by the beta-binomial model of the
-  per-prompt harmful probabilities with its bootstrap interval, extrapolated beyond the samples
+  per-prompt harmful probabilities with its interval (bootstrap and profile likelihood), extrapolated beyond the samples
   drawn, on a log-2 N axis; the power-law forecast of arXiv 2412.03556 (-log ASR = a N^(-b),
   fitted on N = 1..M) as a column of the table; the held-out check (fit on the first quarter of
   each prompt's samples, at least 4, compared with the rest at larger N) in the note.
@@ -82,13 +82,8 @@ def _model_text(fit: Mapping[str, Any] | None) -> str:
         f"α = {fit['alpha']:.3g}, β = {fit['beta']:.3g}, mean harmful probability "
         f"{100 * fit['mean']:.1f}%"
         + (
-            f"; the fit stops at a bound of its parameters, {boundary}, so the intervals "
-            + (
-                "at every N"
-                if boundary in ("no harmful sample", "every sample harmful")
-                else "beyond the samples drawn"
-            )
-            + " also span the profile-likelihood interval"
+            f"; the fit stops at a bound of its parameters, {boundary}, where a bootstrap alone "
+            "would be too sure"
             if boundary
             else ""
         )
@@ -284,7 +279,8 @@ def attack_view(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
             "predicted by a beta-binomial model of the per-prompt harmful "
             "probability fitted by maximum likelihood, ASR(N) = 1 − B(α, β + N) / B(α, β) "
             f"({_model_text(summary.get('prediction_model'))}), which extrapolates to N far "
-            "beyond the samples drawn (intervals: bootstrap over prompts)"
+            "beyond the samples drawn (intervals over prompts: a bootstrap, widened to the profile "
+            "likelihood, as a bootstrap over few prompts is too narrow)"
             + (
                 "; power law: the forecast of arXiv 2412.03556, −log ASR(N) = a·N^(−b) "
                 f"(a = {power_law['fit']['a']:.3g}, b = {power_law['fit']['b']:.3g}), fitted on "

@@ -364,7 +364,7 @@ def guard_table(group: Mapping[str, Any]) -> Table | None:
     table = Table(
         title=shown_text(f"guard ({kinds}): when it stopped the answer"),
         title_justify="left",
-        caption="95% intervals: Wilson (rates), bootstrap over items (macro-F1), normal (means); cluster-robust, prompts as clusters, where a prompt has several answers",
+        caption="95% intervals: Wilson (rates), bootstrap over items (macro-F1), Student t (means); cluster-robust, prompts as clusters, where a prompt has several answers",
         caption_justify="left",
     )
     table.add_column("metric")

@@ -40,7 +40,7 @@ BOOTSTRAP = 1000
 
 
 def _interval(rows: Sequence[tuple[str, float]], upper: float | None = None) -> dict[str, Any]:
-    """Mean of ``(item id, value)`` rows with its 95% interval: normal, or cluster-robust with
+    """Mean of ``(item id, value)`` rows with its 95% interval: Student t, or cluster-robust with
     prompts as clusters when a prompt has several answers (:func:`item_mean_interval`), cut to
     the quantity's range (a count or a share is never below 0; a share never above ``upper`` =
     1): with many zeros the plain interval of a count would reach below 0."""
