@@ -334,3 +334,20 @@ def test_a_percentile_outside_0_to_100_is_refused_before_a_forward_pass(
     with pytest.raises(PoiseError, match=r"percentile must be in \(0, 100\]"):
         Firewall.fit(stub, {"cooking": ["a", "b", "c"]}, percentile=percentile)  # type: ignore[arg-type]
     assert stub.forwards == 0
+
+
+def test_a_query_scoring_exactly_the_threshold_passes_and_one_above_it_is_flagged() -> None:
+    """A query is flagged only above the threshold, as the verdict's reason says ("index >
+    threshold"): at percentile 100 the anchor that sets the threshold is inside its own zone."""
+    import dataclasses
+
+    stub = _Stub()
+    fitted = Firewall.fit(stub, {"cooking": ["a", "b", "c", "d"]})  # type: ignore[arg-type]
+    (score,) = fitted.scores(stub, "cooking", ["q"])  # type: ignore[arg-type]
+    zone = fitted.zone("cooking")
+    fitted.zones["cooking"] = dataclasses.replace(zone, threshold=score)
+    (at,) = fitted.check(stub, "cooking", ["q"])  # type: ignore[arg-type]
+    assert at.score == at.threshold == score and not at.flagged
+    fitted.zones["cooking"] = dataclasses.replace(zone, threshold=score - 1e-9)
+    (above,) = fitted.check(stub, "cooking", ["q"])  # type: ignore[arg-type]
+    assert above.flagged and f"{score:.3f} > threshold" in above.reason

@@ -123,6 +123,19 @@ def test_harmful_vs_benign_keeps_an_items_own_system_prompt_as_the_audit_does() 
     assert examples[1].chat == [{"role": "system", "content": "Be safe."}, *plain]
 
 
+def test_top_k_one_is_greedy_for_the_comply_data_as_for_the_audit() -> None:
+    # an audit with --top-k 1 --temperature 0.7 is greedy (Sampling.greedy) and was refused as
+    # "a sampled run has none"; a top_k of another type is one error naming it
+    top1 = [{**r, "config": {**r["config"], "temperature": 0.7, "top_k": 1}} for r in RECORDS]
+    assert [e.group for e in compliance_from_records(top1, None)] == ["a", "b", "c", "d"]
+    top5 = [{**r, "config": {**r["config"], "temperature": 0.7, "top_k": 5}} for r in RECORDS]
+    with pytest.raises(PoiseError, match="a sampled run has none"):
+        compliance_from_records(top5, None)
+    broken = [{**RECORDS[0], "config": {**RECORDS[0]["config"], "top_k": "1"}}]
+    with pytest.raises(PoiseError, match=r"record 1: config.top_k must be an integer, got '1'"):
+        compliance_from_records(broken, None)
+
+
 def test_comply_data_of_one_label_or_none_says_what_is_missing() -> None:
     # the message was "found 0 rows with labels []" for a sampled run (no greedy answer) and
     # "found 6 rows with labels [1]" for a model that refused everything

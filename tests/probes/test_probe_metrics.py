@@ -139,3 +139,17 @@ def test_a_false_positive_rate_outside_0_to_1_is_refused(fpr: float) -> None:
     smallest, so [0, 1) is the range."""
     with pytest.raises(ValueError, match=r"fpr must be in \[0, 1\)"):
         threshold_at_fpr([0.1, 0.5, 0.9], fpr)
+
+
+def test_negatives_all_from_one_cluster_take_delongs_term_for_their_side() -> None:
+    """Seven benign answers sampled for one item, positives from five items: there is no spread
+    between clusters on the negatives' side, so its term is DeLong's per-answer one (dropping
+    it left only the positives' term: an interval too narrow)."""
+    scores = [0.9, 0.2, 0.7, 0.4, 0.8, 0.1, 0.5, 0.3, 0.6, 0.35, 0.05, 0.45]
+    labels = [1] * 5 + [0] * 7
+    groups = list("abcde") + ["f"] * 7
+    area, variance = _delong_by_midranks(scores, labels)
+    half = 1.959963984540054 * math.sqrt(variance)
+    assert auroc_interval(scores, labels, groups) == pytest.approx(
+        (area, max(0.0, area - half), min(1.0, area + half)), abs=1e-12
+    )

@@ -314,6 +314,19 @@ def test_a_prompt_reader_at_the_last_layer_reads_after_the_final_norm(small: Any
     assert torch.allclose(reader.states_for(CHATS), expected, atol=1e-4)
 
 
+def test_a_prompt_reader_keeps_the_prompts_and_not_the_generated_tokens(small: Any) -> None:
+    """Only prefills are read: a decoding step (one new token per row) is no prompt, and keeping
+    it would add an entry per distinct generated token, keyed as if it were a one-token prompt."""
+    from poise.probes.reading import PromptReader
+
+    reader = PromptReader(small, 1)
+    with reader.reading():
+        small.generate(CHATS, Sampling(max_new_tokens=4))
+    assert len(reader.states) == len(CHATS)
+    expected = small.hidden_states(CHATS)[:, 1]
+    assert torch.allclose(reader.states_for(CHATS), expected, atol=1e-4)
+
+
 def test_the_probes_own_threshold_says_where_it_was_set(small: Any) -> None:
     # a run without benign answers uses the probe's threshold: a probe saved before the
     # threshold moved to the held-out negatives has no threshold_on and was set on its training

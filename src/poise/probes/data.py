@@ -144,7 +144,8 @@ def compliance_from_records(
 ) -> list[Example]:
     """Will-refuse (1) vs will-comply (0) from an audit's judged greedy answers.
 
-    Only greedy records (temperature 0) of ``kinds`` with a ``refused`` verdict count; the chat
+    Only greedy records (temperature 0 or top-k 1, as ``Sampling.greedy``) of ``kinds`` with a
+    ``refused`` verdict count; the chat
     is the record's prompt as a single user turn with ``system_prompt`` when the record's
     request used the default system prompt, ``none_prompt`` when it used none (the model's way
     of saying "no system prompt": ``poise.models.no_system_prompt``), else the literal prompt
@@ -161,7 +162,10 @@ def compliance_from_records(
         temperature = config.get("temperature", 1.0)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise PoiseError(f"{where}: config.temperature must be a number, got {temperature!r}")
-        if temperature != 0.0:
+        top_k = config.get("top_k")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+            raise PoiseError(f"{where}: config.top_k must be an integer, got {top_k!r}")
+        if temperature != 0.0 and top_k != 1:  # greedy as Sampling.greedy: either one
             continue
         refused = verdict.get("refused")
         if not isinstance(refused, bool) or not read(verdict):
