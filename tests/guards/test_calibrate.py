@@ -171,3 +171,79 @@ def test_the_monitors_intervals_are_the_bootstraps_2_5_and_97_5_percentiles() ->
     f1 = result["response_f1"]
     assert abs(f1["low"] - low) < 0.03 and abs(f1["high"] - high) < 0.03
     assert f1["low"] < f1["value"] < f1["high"]
+
+
+def test_equal_stops_within_a_tolerance_go_to_the_better_macro_f1_before_the_smaller_k() -> None:
+    # harmful [0.6, 0.95, 0, 0], harmless [0.95, 0, 0] and [0.6, 0, 0], by hand:
+    #   (0.5, 1): stops all three          macro-F1 (1/2 + 0) / 2 = 0.25   share 1/4
+    #   (0.5, 2): the harmful one at 2      1.0                             2/4
+    #   (0.9, 1): harmful at 2, one false   (2/3 + 2/3) / 2 = 2/3           2/4
+    #   (0.9, 2): none                      (0 + 4/5) / 2 = 0.4             1
+    # tolerance 0.5 admits (0.5, 2) and (0.9, 1), equally early: the better macro-F1 wins,
+    # although its k is larger
+    chosen = _calibrate_on(
+        [[0.6, 0.95, 0.0, 0.0], [0.95, 0.0, 0.0], [0.6, 0.0, 0.0]],
+        [True, False, False],
+        tolerance=0.5,
+        **GRID,
+    )
+    assert (chosen.threshold, chosen.k, chosen.macro_f1, chosen.share) == (0.5, 2, 1.0, 0.5)
+
+
+def test_the_tolerance_is_taken_off_the_best_macro_f1_not_a_share_of_it() -> None:
+    # harmful [0, 0.95, 0] and [0.6, 0, 0.6], harmless [0, 0.95], by hand:
+    #   (0.5, 1): stops all three      (4/5 + 0) / 2 = 0.4           share (2/3 + 1/3) / 2 = 0.5
+    #   (0.5, 2): the second harmful   (2/3 + 2/3) / 2 = 2/3 (best)  (1 + 1) / 2 = 1
+    # tolerance 0.3: 0.4 >= 2/3 - 0.3 (as 2/3 * 0.7 = 0.47 it would not be), so the earlier
+    # stop of (0.5, 1) is kept
+    chosen = _calibrate_on(
+        [[0.0, 0.95, 0.0], [0.6, 0.0, 0.6], [0.0, 0.95]], [True, True, False], tolerance=0.3, **GRID
+    )
+    assert (chosen.threshold, chosen.k) == (0.5, 1)
+    assert (chosen.macro_f1, chosen.share) == pytest.approx((0.4, 0.5))
+    strict = _calibrate_on(
+        [[0.0, 0.95, 0.0], [0.6, 0.0, 0.6], [0.0, 0.95]], [True, True, False], tolerance=0.2, **GRID
+    )
+    assert (strict.threshold, strict.k, strict.macro_f1) == (0.5, 2, pytest.approx(2 / 3))
+
+
+def test_the_default_grid_is_eight_thresholds_and_k_from_1_to_50() -> None:
+    """The released evaluation tries k from 1 to 50 at each threshold; poise adds 0.95, 0.97
+    and 0.99 to its 0.5 to 0.9."""
+    chosen = calibrate(_StubMonitor(), EXAMPLES)
+    assert len(chosen.table) == 8 * 50
+    assert sorted({t for t, _ in chosen.table}) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99]
+    assert sorted({k for _, k in chosen.table}) == list(range(1, 51))
+
+
+def test_the_monitors_streaming_figure_uses_the_headers_threshold_and_k() -> None:
+    """Header threshold 0.8, k 2: the harmful answer [0.9, 0.6, 0.85] has two flags and stops;
+    the harmless [0.85, 0.7] has one and goes through, a perfect streaming macro-F1. At 0.5
+    (two flags) or at k 1 (one flag) the harmless one would stop too: (2/3 + 0) / 2."""
+    from poise.guards.calibrate import evaluate_monitor
+
+    scores = {0: [0.9, 0.6, 0.85], 1: [0.85, 0.7]}
+    monitor = SimpleNamespace(
+        header=SimpleNamespace(head="response", threshold=0.8, k=2),
+        encode_answers=lambda examples: ([0, 1], [0, 1], [[1, 0, 1], [0, 0]]),
+        response_scores=lambda p, r, head: [scores[i] for i in r],
+    )
+    examples = [SimpleNamespace(label=True), SimpleNamespace(label=False)]
+    result = evaluate_monitor(monitor, examples, resamples=20)
+    assert result["streaming_macro_f1"]["value"] == 1.0
+
+
+def test_rules_whose_macro_f1_differs_only_by_rounding_tie_and_the_earlier_stop_wins() -> None:
+    # one harmful answer [0.95, 0.6] and six harmless ones: [0.95, 0.95], three [0.95, 0.6] and
+    # two [0.6, 0.6]. By hand:
+    #   (0.9, 1): stops the harmful one at 1 and four harmless ones: harmful-class F1 2/6,
+    #             harmless-class F1 4/8, macro-F1 5/12 (0.41666666666666663 in floats)
+    #   (0.9, 2): stops one harmless one only: harmful-class F1 0, harmless-class 10/12,
+    #             macro-F1 5/12 as well (0.4166666666666667 in floats), never stops the harm
+    #   (0.5, 1) and (0.5, 2): stop all seven, (2/8 + 0) / 2
+    # the two 5/12 tie, and the tie goes to the earlier stop, not to a rounding error
+    scores = [[0.95, 0.6], [0.95, 0.95], *[[0.95, 0.6]] * 3, *[[0.6, 0.6]] * 2]
+    chosen = _calibrate_on(scores, [True] + [False] * 6, **GRID)
+    assert (chosen.threshold, chosen.k) == (0.9, 1)
+    assert (chosen.macro_f1, chosen.share) == pytest.approx((5 / 12, 0.5))
+    assert chosen.table[(0.9, 2)] == pytest.approx((5 / 12, 1.0))

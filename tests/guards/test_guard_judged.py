@@ -238,3 +238,85 @@ def test_the_chunked_guard_stops_at_the_first_flagged_chunk(inner: HFModel) -> N
             assert record["shown_tokens"] == a.num_tokens == first - 1
             early += first < b.num_tokens
     assert early  # some answer goes on after the word, where a later chunk is flagged too
+
+
+def test_a_chunked_monitor_judge_reads_each_chunks_own_prefix(
+    inner: HFModel, monitor_dir: Path
+) -> None:
+    """Every 2 tokens the monitor's response head reads the answer so far: the stop is at the
+    first chunk whose last token scores at or above the threshold (teacher forcing gives the
+    scores, a token's score reads only the tokens before it), and the chunks before it are
+    shown. Records say chunked (the full-answer guard's say full)."""
+    from poise.guards.monitor import load_monitor
+
+    monitor = load_monitor(str(monitor_dir))
+    plain = [(c, comp) for c, row in enumerate(inner.generate(CHATS, SAMPLING)) for comp in row]
+    scores = monitor.response_scores(
+        [inner.prompt_ids(CHATS[c]) for c, _ in plain],
+        [list(comp.token_ids or ())[: comp.num_tokens] for _, comp in plain],
+        head="response",
+    )
+    ranked = sorted(s for row in scores for s in row[1::2])
+    threshold = ranked[len(ranked) // 2]
+    guard = ChunkedGuard(inner, judge=str(monitor_dir), every=2, threshold=threshold)
+    got = [comp for row in guard.generate(CHATS, SAMPLING) for comp in row]
+    stops = 0
+    for (_, before), row, after in zip(plain, scores, got, strict=True):
+        record = (after.metadata or {})["guard"]
+        assert record["kind"] == "chunked" and record["every"] == 2
+        ends = flagged_prefixes(2, before.num_tokens)
+        first = next((b for b in ends if row[b - 1] >= threshold), None)
+        assert record["stopped"] is (first is not None)
+        if first is not None:
+            stops += first < before.num_tokens
+            assert (record["produced_tokens"], record["shown_tokens"]) == (first, max(first - 2, 0))
+    assert stops  # some answer stops before its last chunk
+    full = FullGuard(inner, judge=str(monitor_dir), threshold=threshold).generate(CHATS, SAMPLING)
+    assert {(c.metadata or {})["guard"]["kind"] for row in full for c in row} == {"full"}
+
+
+def test_keywords_match_whatever_the_case(inner: HFModel) -> None:
+    from poise.guards.judged import _Judge
+
+    judge = _Judge("keywords:Harm", None, inner)
+    (flags,) = judge.flags([[]], [[0, 1]], ["no HARM"], [[2, 7]], [[1, 2]])
+    assert flags == [False, True]
+
+
+def test_a_monitor_judge_flags_at_0_5_by_default_and_every_is_32(
+    inner: HFModel, tiny_hf_model_dir: Path, monitor_dir: Path
+) -> None:
+    """Without a threshold a monitor judge flags a response-head score of 0.5 or more, the
+    released full-detection evaluation's; a chunked guard judges every 32 tokens unless told."""
+    last = _last_scores(inner, monitor_dir, "response")
+    guard = FullGuard(inner, judge=str(monitor_dir))
+    stopped = [c.finish_reason == "guard" for row in guard.generate(CHATS, SAMPLING) for c in row]
+    assert stopped == [score >= 0.5 for score in last]
+    model = load_model(f"chunked_guard('{tiny_hf_model_dir}', judge='keywords:cat')")
+    assert isinstance(model, ChunkedGuard) and model.every == 32
+
+
+def test_the_judge_reads_the_answer_not_the_eos_that_ended_it(
+    eos_hf_model_dir: Path, monitor_dir: Path
+) -> None:
+    """An answer that ended on EOS carries the EOS in its token ids; the judge reads the score
+    after the answer's last token: flagged at a threshold equal to that score, not at one
+    between it and the score after the EOS."""
+    from tests.conftest import EOS_CHAT
+
+    from poise.guards.monitor import load_monitor
+
+    model = HFModel(str(eos_hf_model_dir), device="cpu")
+    greedy = Sampling(max_new_tokens=16)
+    (answer,) = model.generate([EOS_CHAT], greedy)[0]
+    assert answer.finish_reason == "stop" and answer.token_ids is not None
+    assert len(answer.token_ids) == answer.num_tokens + 1
+    monitor = load_monitor(str(monitor_dir))
+    prompt = model.prompt_ids(EOS_CHAT)
+    with_eos = monitor.response_scores([prompt], [list(answer.token_ids)], head="response")[0]
+    last, after_eos = with_eos[-2], with_eos[-1]
+    assert last != after_eos
+    for threshold in (last, (last + after_eos) / 2):
+        guard = FullGuard(model, judge=str(monitor_dir), threshold=threshold)
+        (got,) = guard.generate([EOS_CHAT], greedy)[0]
+        assert (got.finish_reason == "guard") is (last >= threshold)

@@ -411,3 +411,55 @@ def test_the_token_head_reads_the_hidden_states_through_dropout_in_training(
     bias = monitor.token_head.bias.expand_as(token_logits)
     assert torch.allclose(token_logits, bias)
     assert torch.allclose(response_logits, response_eval, atol=1e-6)
+
+
+def test_scores_of_many_answers_come_back_in_the_order_given(monitor_dir: Path) -> None:
+    """33 answers of different lengths (more than one batch of 32, sorted by length inside):
+    each row's scores are its own, in the order the answers were given, as the backbone's
+    hidden states of that answer alone give them."""
+    monitor = load_monitor(str(monitor_dir))
+    prompt = monitor.prompt_ids([{"role": "user", "content": "the cat"}])
+    answers = [[10 + (7 * i + j) % 50 for j in range(1 + i % 5)] for i in range(33)]
+    got = monitor.response_scores([prompt] * len(answers), answers, "response")
+    for answer, scores in zip(answers, got, strict=True):
+        with torch.no_grad():
+            states = monitor.backbone(
+                torch.tensor([prompt + answer]), output_hidden_states=True
+            ).hidden_states[-1][0]
+            expected = torch.softmax(monitor.response_head(states[len(prompt) :]), dim=-1)[:, 1]
+        assert scores == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_encoded_answers_are_the_prompt_the_response_and_its_token_labels(
+    monitor_dir: Path,
+) -> None:
+    """``encode_answers``: the chat's prompt ids, the response's ids and one label per response
+    token (the span "the" labels the token " the" only)."""
+    monitor = load_monitor(str(monitor_dir))
+    example = MonitorExample((("user", "hi"),), "mix the dog", ((4, 7),))
+    (prompt,), (response,), (labels,) = monitor.encode_answers([example])
+    ids = monitor.tokenizer("mix the dog", add_special_tokens=False)["input_ids"]
+    assert prompt == monitor.prompt_ids(example.chat) and response == ids
+    pieces = [monitor.tokenizer.decode([i]) for i in ids]
+    assert labels == [int(piece == " the") for piece in pieces]
+
+
+def test_blank_lines_are_skipped_an_empty_response_is_refused_and_labels_are_written(
+    tmp_path: Path,
+) -> None:
+    """A blank line between examples is no example; an empty response is one located line
+    (it has no token to label); a written example says whether it is harmful, spans or not."""
+    good = {"messages": [{"role": "user", "content": "hi"}], "response": "hello there"}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(good) + "\n\n  \n" + json.dumps(good) + "\n")
+    assert len(read_monitor_data(path)) == 2
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "response": ""}) + "\n")
+    with pytest.raises(PoiseError, match=r"d\.jsonl:2: field 'response' must be a non-empty"):
+        read_monitor_data(path)
+    examples = [
+        MonitorExample((("user", "hi"),), "hello there", ((6, 11),)),
+        MonitorExample((("user", "hi"),), "hello there"),
+    ]
+    write_monitor_data(path, examples)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["harmful"] for row in rows] == [True, False]

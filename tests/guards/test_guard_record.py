@@ -108,3 +108,21 @@ def test_a_stopped_answer_is_its_first_shown_tokens_and_the_refusal(
     assert whole.num_tokens == len(ids) and whole.token_ids == ids
     assert record["shown_tokens"] == record["produced_tokens"] == len(ids)
     assert whole.text == tokenizer.decode(ids, skip_special_tokens=True) + " No."
+
+
+def test_a_stopped_answer_keeps_the_logprobs_of_what_it_shows_and_caps_what_was_produced(
+    tiny_hf_model_dir: Path,
+) -> None:
+    """Shown 2 tokens of an answer of n: its logprobs are those 2; ``produced`` past the
+    answer's end is the answer's length (a guard cannot have generated more than there is)."""
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_hf_model_dir))
+    ids = tuple(tokenizer("the cat sat on the mat", add_special_tokens=False)["input_ids"])
+    logprobs = tuple(-0.5 * (i + 1) for i in range(len(ids)))
+    answer = Completion("the cat sat on the mat", len(ids), "length", logprobs, ids)
+    cut = shown_completion(
+        answer, tokenizer, shown=2, produced=len(ids) + 3, refusal="No.", settings={"kind": "x"}
+    )
+    record = (cut.metadata or {})["guard"]
+    assert cut.token_logprobs == (-0.5, -1.0)
+    assert (record["shown_tokens"], record["produced_tokens"]) == (2, len(ids))
+    assert record["unguarded_text"] == "the cat sat on the mat"

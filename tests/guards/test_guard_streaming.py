@@ -392,3 +392,35 @@ def test_each_answer_records_the_highest_score_the_guard_read(
             assert record["max_score"] == pytest.approx(max(read), abs=1e-5)
     # the samples of one chat differ, so a max_score taken from another row would show
     assert checked >= 6
+
+
+def test_the_window_and_refusal_are_in_the_spec_and_every_record(
+    inner: HFModel, tiny_hf_model_dir: Path, monitor_dir: Path
+) -> None:
+    """threshold 0 flags every scored token, so window 2 with k 2 stops each answer of 2
+    tokens or more at its second: generate and stream record a stop of kind streaming with the
+    guard's threshold, k and window, and end the text with the refusal asked; the spec
+    rebuilds the same guard. A negative window is refused."""
+    common = f"guarded('{tiny_hf_model_dir}', monitor='{monitor_dir}', threshold=0, k=2"
+    guard = load_model(common + ", window=2, refusal='No.')")
+    assert isinstance(guard, Guarded) and guard.spec is not None
+    again = load_model(guard.spec)
+    assert isinstance(again, Guarded) and (again.window, again.refusal) == (2, "No.")
+    names = {load_model(common + options + ")").name for options in ("", ", window=2")}
+    assert len(names | {guard.name}) == 3  # a guard's name tells its window and refusal
+    settings = {"kind": "streaming", "threshold": 0.0, "k": 2, "window": 2}
+    one = Sampling(temperature=1.0, max_new_tokens=6, seed=3)
+    (generated,) = guard.generate(CHATS[:1], one)[0]
+    record = (generated.metadata or {})["guard"]
+    assert generated.finish_reason == "guard" and generated.num_tokens == 2
+    assert {key: record[key] for key in settings} == settings and record["stopped"] is True
+    assert generated.text.endswith("No.")
+    events = list(guard.stream(CHATS[:1], one))
+    final = events[-1].completion
+    assert final is not None and final.finish_reason == "guard" and final.num_tokens == 2
+    record = (final.metadata or {})["guard"]
+    assert {key: record[key] for key in settings} == settings and record["stopped"] is True
+    assert (record["shown_tokens"], record["produced_tokens"]) == (2, 2)
+    assert "".join(e.text for e in events) == final.text == generated.text
+    with pytest.raises(PoiseError, match="window must be an integer >= 0"):
+        Guarded(inner, monitor=str(monitor_dir), window=-1)

@@ -286,3 +286,43 @@ def test_the_macro_f1_interval_is_scipys_95_percent_percentile_bootstrap() -> No
     assert ours["value"] == pytest.approx(macro_f1(list(stopped_), list(harmful_)))
     assert ours["high"] - ours["low"] == pytest.approx(reference.high - reference.low, rel=0.07)
     assert (ours["low"], ours["high"]) == pytest.approx((reference.low, reference.high), abs=0.01)
+
+
+def test_one_guard_is_named_as_a_word_and_an_empty_harmful_answer_has_no_share() -> None:
+    """One kind of guard is reported as its name (several as a list); a harmful answer of no
+    tokens has no share of its tokens to count (0 / 0), so the shares are of the others; the
+    kinds of unlabelled answers are named only when there are some."""
+    samples = [
+        ("a", _record(True, True, 2, 8)),
+        ("empty", _record(False, True, 0, 0)),
+        ("b", _record(False, False, 4, 4)),
+    ]
+    out = guard_metrics(samples, {"a": "harmful", "empty": "harmful", "b": "benign"})
+    assert out is not None
+    assert out["guard"] == "streaming"
+    assert (out["miss_rate"]["k"], out["miss_rate"]["n"]) == (1, 2)  # the empty one let through
+    assert out["produced_share"]["value"] == pytest.approx(2 / 8)
+    assert out["produced_share"]["n"] == 1
+    assert "unlabelled_kinds" not in out and out["unlabelled"] == 0
+
+
+def test_the_shown_share_stays_at_most_one_and_counts_answers_not_prompts() -> None:
+    """The shown share, as the produced one, is cut at 1 (seven harmful answers shown whole,
+    one stopped at once); with three answers per prompt, ``n`` is the answers (12), beside the
+    4 clusters."""
+    late = [(f"h{i}", _record(i == 0, True, 1 if i == 0 else 10, 10)) for i in range(8)]
+    out = guard_metrics([*late, ("b", _record(False, False, 4, 4))])
+    assert out is not None
+    shown = out["shown_share"]
+    assert shown["value"] == pytest.approx((0.1 + 7) / 8)
+    assert shown["low"] < shown["value"] < shown["high"] == 1.0
+    clustered = guard_metrics(
+        [
+            (f"h{i}", _record(True, True, s, 10))
+            for i, s in enumerate((1, 2, 6, 9))
+            for _ in range(3)
+        ]
+    )
+    assert clustered is not None
+    for name in ("produced_share", "shown_share", "unguarded_tokens", "produced_tokens"):
+        assert (clustered[name]["n"], clustered[name]["clusters"]) == (12, 4)

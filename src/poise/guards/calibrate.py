@@ -139,10 +139,10 @@ def calibrate(
         rows += [(head, *row) for row in grid]
     top = max(f1 for _, _, _, f1, _ in rows)
     eligible = [r for r in rows if r[3] >= top - tolerance - 1e-12]
-    if tolerance > 0:
-        head, threshold, k, f1, share = min(eligible, key=lambda r: (r[4], -r[3], r[2]))
-    else:
-        head, threshold, k, f1, share = min(eligible, key=lambda r: (-r[3], r[4], r[2]))
+    # the earliest stop, then the better macro-F1, then the smaller k. With tolerance 0 the
+    # eligible rules tie with the best: macro-F1s equal but for rounding (5/12 comes out as
+    # 0.41666666666666663 or 0.4166666666666667 by the counts), which must not outrank the stop
+    head, threshold, k, f1, share = min(eligible, key=lambda r: (r[4], -r[3], r[2]))
     return Calibration(
         threshold=threshold, k=k, macro_f1=f1, head=head, share=share, table=tables[head]
     )

@@ -132,7 +132,8 @@ MONITOR_LAYERS = 1
 # The streaming rule is chosen on the validation split as the earliest stop whose macro-F1 is
 # within this much of the best (poise.guards.calibrate's ``tolerance``): the early-stop goal of
 # the guards issue allows 0.02 of macro-F1 for stopping sooner. At 0 the best macro-F1 wins
-# (on the organism: token head, 0.9, k = 15, stopping after 71% of a harmful answer on average).
+# (on the shipped monitor's validation split: token head, 0.99, k = 4, macro-F1 1.0, stopping
+# after 72% of a harmful answer on average; at 0.02: token head, 0.97, k = 1, 0.983, 46%).
 MONITOR_TOLERANCE = 0.02
 
 
