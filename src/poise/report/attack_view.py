@@ -2,8 +2,8 @@
 
 - worst-of-N (:mod:`poise.attacks.worst_of_n`): the empirical attack success rate at each N with
   its 95% Wilson interval as a band, and the curve predicted by the beta-binomial model of the
-  per-prompt harmful probabilities with its interval (bootstrap and profile likelihood), extrapolated beyond the samples
-  drawn, on a log-2 N axis; the power-law forecast of arXiv 2412.03556 (-log ASR = a N^(-b),
+  per-prompt harmful probabilities with its interval (bootstrap and profile likelihood),
+  extrapolated beyond the samples drawn, on a log-2 N axis; the power-law forecast of arXiv 2412.03556 (-log ASR = a N^(-b),
   fitted on N = 1..M) as a column of the table; the held-out check (fit on the first quarter of
   each prompt's samples, at least 4, compared with the rest at larger N) in the note.
 - decoding exploitation (arXiv 2310.06987): the misalignment rate (prompts broken by at least

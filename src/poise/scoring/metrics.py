@@ -546,7 +546,7 @@ def _response_tokens(samples: Iterable[_Sample]) -> dict[str, dict[str, Any]]:
 
 def format_tokens(length: Mapping[str, Any]) -> str:
     """A ``response_tokens`` entry as "24.9 ± 0.9" (mean and the interval's half-width), or as
-    "8.0 [0.0, 122.4]" where the interval's lower end stopped at 0 tokens: a half-width would
+    "8.0 [0.0, 109.6]" where the interval's lower end stopped at 0 tokens: a half-width would
     then claim the negative lengths it left out (two answers of 0 and 16 tokens gave
     "8.0 ± 101.6", Student's t with one degree of freedom being 12.7)."""
     mean, low, high = length["mean"], length["low"], length["high"]
