@@ -544,3 +544,47 @@ def test_a_rejection_at_the_second_draft_resamples_from_that_positions_residual(
     rejected = n == 1
     shares = torch.bincount(following[rejected], minlength=4).double() / int(rejected.sum())
     assert shares.tolist() == pytest.approx(residual.tolist(), abs=2 / GRID)
+
+
+def test_a_rejection_that_rounding_leaves_without_residual_resamples_from_the_target() -> None:
+    """The residual max(0, p - q) has no mass only where rounding makes p <= q everywhere: here
+    p(1) is the float32 just below q(1) = 0.5 and the largest float32 uniform below 1 rejects
+    the draft (u q(1) = p(1) exactly). The next token then follows p, as documented: with a
+    final uniform of 0.9 the inverse CDF of p = [0.5, 0.49999997] gives token 1 (a residual of
+    zeros sampled as it stands gives token 0, which p does not say)."""
+    below = float(torch.nextafter(torch.tensor(0.5), torch.tensor(0.0)))
+    p = torch.tensor([[[0.5, below], [0.5, 0.5]]])  # [rows, K + 1, vocab], float32
+    q = torch.tensor([[[0.5, 0.5]]])  # [rows, K, vocab]
+    u = float(torch.nextafter(torch.tensor(1.0), torch.tensor(0.0)))  # 1 - 2**-24
+    assert u * 0.5 == below
+    n, following = speculative_accept(
+        p, q, torch.tensor([[1]]), torch.tensor([[u]]), torch.tensor([0.9])
+    )
+    assert n.tolist() == [0]
+    assert following.tolist() == [1]
+    # and with a final uniform below p(0) = 0.5: token 0
+    _, following = speculative_accept(
+        p, q, torch.tensor([[1]]), torch.tensor([[u]]), torch.tensor([0.3])
+    )
+    assert following.tolist() == [0]
+
+
+def test_the_token_logprobs_are_normalised_whatever_the_mixture(models: list[HFModel]) -> None:
+    """A lockstep mixture need not return log-probabilities (here one model's logits shifted by
+    3): the logprobs a completion reports are the mixture's log-softmax, as plain decoding of
+    that model reports them (greedy: the same tokens, the same log-probs)."""
+    from poise.decoding.speculative import SpeculativeModel
+
+    model = models[0]
+    shifted = SpeculativeModel(
+        "shifted", [model], lambda logits: logits[0] + 3.0, targets=1, draft=0, k=2, batch_size=4
+    )
+    greedy = Sampling(max_new_tokens=8)
+    chats = CHATS[:3]
+    for mine, theirs in zip(
+        shifted.generate(chats, greedy), model.generate(chats, greedy), strict=True
+    ):
+        assert mine[0].token_ids == theirs[0].token_ids
+        assert mine[0].token_logprobs is not None and theirs[0].token_logprobs is not None
+        assert mine[0].token_logprobs == pytest.approx(theirs[0].token_logprobs, abs=1e-4)
+        assert max(mine[0].token_logprobs) <= 0.0

@@ -684,3 +684,184 @@ def test_a_new_root_gets_extra_searches_beyond_the_visits_it_arrives_with(
     rain = Rain(tiny, max_searches=3, extra_searches=2, min_visits=0, threshold=0.8)
     rain._search = _scripted_search(-1.0)  # type: ignore[method-assign]
     assert _run_answer(rain, 2)["rain_searches"] == 5
+
+
+def test_an_unvisited_childs_scaled_value_is_0_not_the_middle_of_the_bounds() -> None:
+    """``nodes.py: node.getqu``: ``qh`` is 0 for a child never visited, whatever the bounds (a
+    value of 0 scaled by [-1, 1] would be 0.5). Root children a (prior 0.6, visited once at
+    v = 0.2) and b (prior 0.4, unvisited): a scores (0.2 + 1) / (2 + 1e-5) + 2 * 0.6 * 1 / 2
+    = 1.19999, b scores 0 + 2 * 0.4 * 1 / 1 = 0.8, so a is selected (b would score 1.3 with
+    qh = 0.5)."""
+    root = Node(None, 0.0)
+    root.expand([((1,), 0.6), ((2,), 0.4)])
+    a, b = root.children[(1,)], root.children[(2,)]
+    a.backup(0.2, [1], None)
+    assert a.score() == pytest.approx(1.2 / (2 + 1e-5) + 0.6)
+    assert b.score() == pytest.approx(0.8)
+    assert root.select()[0] == (1,)
+
+
+def test_a_committed_childs_children_get_the_roots_mixed_priors(tiny: HFModel) -> None:
+    """``main.py: gmeval``: the child committed becomes the root with its subtree, and its
+    children's priors are mixed ``0.75 p + 0.25 / K`` again, as a root's are: priors 0.8 and
+    0.2 below the first commit become 0.725 and 0.275 (0.75 * 0.8 + 0.125, 0.75 * 0.2 + 0.125)
+    when their parent is the root."""
+    rain = Rain(tiny, max_searches=50, min_visits=0, threshold=0.8)
+    seen: list[list[float]] = []
+
+    def search(root: Node, *args: Any) -> Iterator[Any]:
+        seen.append([c.p for c in root.children.values()])
+        node = root
+        for sets in ([((5,), 1.0)], [((6,), 0.8), ((7,), 0.2)]):
+            if not node.children:
+                node.expand(sets)
+            node = next(iter(node.children.values()))
+        node.backup(1.0, [5, 6], None)
+        yield from ()
+
+    rain._search = search  # type: ignore[method-assign]
+    answer = rain._answer(
+        [{"role": "user", "content": "hi"}], Sampling(max_new_tokens=2), torch.Generator()
+    )
+    with pytest.raises(StopIteration) as done:
+        next(answer)
+    assert done.value.value[0] == [5, 6]
+    assert seen[0] == [] and seen[1] == pytest.approx([0.725, 0.275])
+
+
+def test_the_evaluation_prompt_asks_in_both_orders_and_ends_at_the_letter(tiny: HFModel) -> None:
+    """``main.py: getv``: the question is put twice, (A) harmless then (A) harmful, and the
+    prompt ends with "The answer is: (" so that the next token is the option's letter."""
+    rain = Rain(tiny, max_searches=1)
+    first, second = (
+        tiny.tokenizer.decode(row, skip_special_tokens=True)
+        for row in rain._evaluation_rows([("how do I bake bread?", "Mix flour.")])
+    )
+    for text, a, b in ((first, "harmless", "harmful"), (second, "harmful", "harmless")):
+        assert "User: how do I bake bread?\nAssistant: Mix flour." in text
+        assert f"(A) The assistant's answer is {a}.\n(B) The assistant's answer is {b}." in text
+        assert text.endswith("The answer is: (")
+
+
+def test_a_leaf_is_judged_with_its_simulated_clause_and_the_last_request(tiny: HFModel) -> None:
+    """``main.py: search``: the leaf's answer is simulated to the end of a clause and that text
+    is judged, against the chat's last user turn; a judgement that did not fit the context
+    (None) backs up 0, an undecided value, not -1."""
+    rain = Rain(tiny, similarity="none")
+    chat = [
+        {"role": "user", "content": "first question"},
+        {"role": "assistant", "content": "an answer"},
+        {"role": "user", "content": "hi"},
+    ]
+    requests: list[str] = []
+
+    def search(root: Node, prefix: list[int], start: int, budget: int, request: str, *_: Any):
+        requests.append(request)
+        if not root.children:
+            root.expand([((5,), 1.0)])
+        root.children[(5,)].backup(1.0, [5], None)
+        yield from ()
+
+    scripted = Rain(tiny, max_searches=1, extra_searches=1, similarity="none")
+    scripted._search = search  # type: ignore[method-assign]
+    with pytest.raises(StopIteration):
+        next(scripted._answer(chat, Sampling(max_new_tokens=1), torch.Generator()))
+    assert requests == ["hi"]
+
+    prompt = tiny.prompt_ids(chat)
+    root = Node(None, 0.0)
+    eos = set(tiny.eos_token_ids)
+    run = rain._search(root, list(prompt), len(prompt), 8, "hi", {}, None, torch.Generator(), eos)
+    assert isinstance(next(run), _Rollout)
+    clause = tiny.tokenizer.encode("Hello there,", add_special_tokens=False)
+    judged = run.send([*prompt, *clause])
+    assert isinstance(judged, _Evaluate)
+    assert (judged.request, judged.answer) == ("hi", "Hello there,")
+    assert isinstance(run.send(None), _Sets)
+    with pytest.raises(StopIteration):
+        run.send([((7,), 1.0)])
+    assert (root.n, root.q) == (1, 0.0)
+
+
+def test_a_leaf_that_ends_with_eos_is_judged_as_it_is_and_not_expanded(tiny: HFModel) -> None:
+    """An answer that reached EOS has ended: it is judged without a simulation and gets no
+    children (``main.py: search`` expands only a leaf whose answer goes on)."""
+    rain = Rain(tiny, similarity="none")
+    prompt = tiny.prompt_ids([{"role": "user", "content": "hi"}])
+    stop = tiny.eos_token_ids[0]
+    root = Node(None, 0.0)
+    root.expand([((7, stop), 1.0)])
+    run = rain._search(
+        root, list(prompt), len(prompt), 8, "hi", {}, None, torch.Generator(), {stop}
+    )
+    judged = next(run)
+    assert isinstance(judged, _Evaluate)
+    assert judged.answer == tiny.tokenizer.decode([7], skip_special_tokens=True)
+    with pytest.raises(StopIteration):
+        run.send(1.0)
+    leaf = root.children[(7, stop)]
+    assert leaf.children == {} and (leaf.n, leaf.q) == (1, 1.0)
+
+
+@pytest.mark.parametrize("end", [",", ".", "?", ":", ";", "\n"])
+def test_a_simulation_ends_with_its_clause(tiny: HFModel, end: str) -> None:
+    """``main.py: simg``: a simulated continuation ends where its text ends in , . ? : ; or a
+    newline, and not before."""
+    rain = Rain(tiny, max_searches=1)
+    prompt = tiny.prompt_ids([{"role": "user", "content": "hi"}])
+    for text, ended in ((f"Hello there{end}", True), ("Hello there", False)):
+        state = [*prompt, *tiny.tokenizer.encode(text, add_special_tokens=False)]
+        request = _Rollout(list(prompt), len(prompt), 100, torch.Generator())
+        assert rain._rollout_ended(request, state) == ended, text
+
+
+def test_a_simulation_stops_at_its_budget(tiny: HFModel) -> None:
+    """A simulation never runs past the answer's token budget: with one token left each
+    continuation is one token long, whatever it draws."""
+    rain = Rain(tiny, max_searches=1)
+    prompt = tiny.prompt_ids([{"role": "user", "content": "a b c"}])
+    requests = [
+        _Rollout(list(prompt), len(prompt), 1, torch.Generator().manual_seed(s)) for s in range(6)
+    ]
+    assert [len(state) - len(prompt) for state in rain._serve(requests)] == [1] * 6
+
+
+def test_the_widening_threshold_grows_with_the_set_length() -> None:
+    """``nodes.py: node.checkadd``: children look alike when their embeddings' variance has a
+    norm below 0.03 times the set length. Embeddings [1, 0] and [1, 0.3]: variance [0, 0.045]
+    (unbiased), so 2-token children with q < 0 are widened (0.045 < 0.06) and 1-token ones are
+    not (0.045 > 0.03)."""
+    for tokens, widened in (((1, 2), (3, 4)), True), (((1,), (3,)), False):
+        root = Node(None, 0.0)
+        root.expand([(tokens[0], 0.5), (tokens[1], 0.5)])
+        a, b = root.children[tokens[0]], root.children[tokens[1]]
+        a.embedding, b.embedding = torch.tensor([1.0, 0.0]), torch.tensor([1.0, 0.3])
+        a.q, b.q = -0.5, -0.2
+        assert root.needs_widening() == widened, tokens
+
+
+def test_sampled_decoding_commits_a_child_drawn_by_its_visits(tiny: HFModel) -> None:
+    """At ``temperature > 0`` the committed child is drawn with probability proportional to
+    ``n ** (1 / T)``: children of 3 and 1 visits at T = 1 are committed 3/4 and 1/4 of the
+    time over seeds (greedy decoding always commits the first)."""
+
+    def search(root: Node, *args: Any) -> Iterator[Any]:
+        if not root.children:
+            root.expand([((5,), 0.5), ((6,), 0.5)])
+        visits = sum(c.fn for c in root.children.values())
+        root.children[(6,) if visits == 3 else (5,)].backup(-1.0, [5], None)
+        yield from ()
+
+    rain = Rain(tiny, max_searches=4, extra_searches=1, min_visits=0)
+    rain._search = search  # type: ignore[method-assign]
+    chat = [{"role": "user", "content": "hi"}]
+
+    def first_token(sampling: Sampling, seed: int) -> int:
+        answer = rain._answer(chat, sampling, torch.Generator().manual_seed(seed))
+        with pytest.raises(StopIteration) as done:
+            next(answer)
+        return int(done.value.value[0][0])
+
+    sampled = [first_token(Sampling(temperature=1.0, max_new_tokens=1), s) for s in range(400)]
+    assert sampled.count(6) / 400 == pytest.approx(0.25, abs=0.06)
+    assert {first_token(Sampling(max_new_tokens=1), s) for s in range(5)} == {5}

@@ -213,3 +213,86 @@ def test_an_encoder_classifiers_batched_scores_equal_its_single_row_scores(
     batched = scorer(chats, texts)
     single = [scorer([c], [t])[0] for c, t in zip(chats, texts, strict=True)]
     assert batched == pytest.approx(single, abs=1e-5)
+
+
+@pytest.mark.parametrize("template", [True, False])
+def test_a_pair_is_scored_as_the_prompt_with_the_generation_prompt_then_the_answer_and_eos(
+    tiny_hf_model_dir: Path, no_template_hf_model_dir: Path, tmp_path: Path, template: bool
+) -> None:
+    """The classifier reads what the module docstring says a reward or cost model is trained
+    on: the prompt through the chat template with the generation prompt (without a template:
+    "User: ...\\nAssistant: "), then the response and the EOS token, encoded apart. The scores
+    equal transformers' on those ids written out here, and differ from a reading without the
+    EOS or without the generation prompt."""
+    import torch
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForSequenceClassification,
+    )
+
+    source = tiny_hf_model_dir if template else no_template_hf_model_dir
+    config = LlamaConfig.from_pretrained(str(source))
+    config.num_labels = 1
+    torch.manual_seed(2)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    tokenizer.save_pretrained(tmp_path)
+    assert bool(getattr(tokenizer, "chat_template", None)) == template
+    scorer = ClassifierScorer(str(tmp_path), batch_size=4)
+    model = AutoModelForSequenceClassification.from_pretrained(str(tmp_path)).eval()
+    model.config.pad_token_id = scorer.pad_id
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def score(ids: list[int]) -> float:
+        with torch.inference_mode():
+            return float(model(input_ids=torch.tensor([ids])).logits[0, 0])
+
+    chats, texts = CHATS[:2], RESPONSES[:2]
+    expected, without_eos, without_generation_prompt = [], [], []
+    for chat, text in zip(chats, texts, strict=True):
+        if template:
+            prompt = tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+            bare = tokenizer.apply_chat_template(chat, add_generation_prompt=False, tokenize=False)
+        else:
+            turns = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in chat)
+            prompt, bare = turns + "Assistant: ", turns
+        expected.append(score(encode(str(prompt)) + encode(text + tokenizer.eos_token)))
+        without_eos.append(score(encode(str(prompt)) + encode(text)))
+        without_generation_prompt.append(
+            score(encode(str(bare)) + encode(text + tokenizer.eos_token))
+        )
+    got = scorer(chats, texts)
+    assert got == pytest.approx(expected, abs=1e-4)
+    assert got != pytest.approx(without_eos, abs=1e-3)
+    if template:
+        assert got != pytest.approx(without_generation_prompt, abs=1e-3)
+
+
+def test_blank_keywords_do_not_count_toward_the_share() -> None:
+    """``keywords:Paris||France|`` names two words (the blanks between and after the bars are
+    no words, as check_scorer reads them): an answer with both scores 1, with one 1/2."""
+    from poise.decoding.scorers import load_scorer
+
+    keywords = load_scorer("keywords:Paris||France| ")
+    assert keywords([[]] * 3, ["Paris, France", "paris", "Lyon"]) == [1.0, 0.5, 0.0]
+
+
+@pytest.mark.parametrize(
+    "arg",
+    ["0", "-3", "4.5", "", "²", "¹⁰"],
+    ids=["zero", "negative", "decimal", "empty", "superscript", "superscripts"],
+)
+def test_a_length_that_is_no_positive_integer_is_a_one_line_error(arg: str) -> None:
+    """``length:N`` takes a positive integer. A superscript digit passed ``str.isdigit`` and
+    then failed in ``int`` with a bare ValueError instead of the scorer's own message."""
+    from poise.decoding.scorers import check_scorer, load_scorer
+    from poise.errors import PoiseError
+
+    with pytest.raises(PoiseError, match=r"length:N needs a positive integer N"):
+        check_scorer("best_of_n: scorer", f"length:{arg}")
+    with pytest.raises(PoiseError, match=r"length:N needs a positive integer N"):
+        load_scorer(f"length:{arg}")

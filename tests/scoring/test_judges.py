@@ -872,6 +872,9 @@ def test_harmful_label_index() -> None:
     assert harmful_label_index({0: "a", 1: "b"}, 2, override=0) == 0
     with pytest.raises(PoiseError, match="harmful_label"):
         harmful_label_index({0: "a", 1: "b"}, 2, override="z")
+    # a superscript digit passes str.isdigit but not int(): one located error, no ValueError
+    with pytest.raises(PoiseError, match="harmful_label: '²' is not a label of this head"):
+        harmful_label_index({0: "a", 1: "b"}, 2, override="²")
 
 
 def test_classifier_uses_the_chat_template(cost_model_dir: Path) -> None:

@@ -967,3 +967,15 @@ def test_token_logps_of_a_padded_batch_are_each_rows_own_with_absolute_positions
             own = [float(logps[len(prompt) - 1 + j, t]) for j, t in enumerate(response)]
             assert batched[i][mask[i]].tolist() == pytest.approx(own, abs=1e-5)
             assert float(batched[i][~mask[i]].abs().sum()) == 0.0
+
+
+def test_only_checkpoint_folders_named_by_a_step_number_are_checkpoints(tmp_path: Path) -> None:
+    # "step-²" passed str.isdigit and then int() raised a bare ValueError while resuming
+    from poise.train.recipes.common import CHECKPOINTS, OutputFolder, TrainConfig
+
+    for name in ("step-3", "step-12", "step-²", "step-x", "other"):
+        (tmp_path / CHECKPOINTS / name).mkdir(parents=True)
+    config = TrainConfig(model="m", output=str(tmp_path))
+    out = OutputFolder(path=tmp_path, recipe="dpo", config=config)
+    assert [step for step, _ in out.checkpoints()] == [3, 12]
+    assert out.last_checkpoint() == (12, tmp_path / CHECKPOINTS / "step-12")

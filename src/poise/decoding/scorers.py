@@ -64,7 +64,7 @@ def check_scorer(what: str, name: str) -> None:
             raise PoiseError(f"{what}: keywords:WORD|WORD needs at least one word")
         return
     if kind == "length":
-        if not arg.isdigit() or int(arg) < 1:
+        if not arg.isdecimal() or int(arg) < 1:
             raise PoiseError(f"{what}: length:N needs a positive integer N, got {arg!r}")
         return
     try:

@@ -330,7 +330,7 @@ def harmful_label_index(
     names = {int(i): str(n).strip().lower() for i, n in id2label.items()}
     if override is not None:
         key = str(override).strip().lower()
-        if key.isdigit() and int(key) < num_labels:
+        if key.isdecimal() and int(key) < num_labels:
             return int(key)
         for index, name in names.items():
             if name == key:

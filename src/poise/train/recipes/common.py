@@ -785,7 +785,7 @@ class OutputFolder:
         found = []
         for child in self.checkpoints_dir.iterdir():
             name = child.name
-            if child.is_dir() and name.startswith("step-") and name[5:].isdigit():
+            if child.is_dir() and name.startswith("step-") and name[5:].isdecimal():
                 found.append((int(name[5:]), child))
         return sorted(found)
 
