@@ -236,18 +236,20 @@ def test_the_config_says_the_dtype_written_when_it_comes_from_a_tokenizer_source
     assert AutoModelForCausalLM.from_pretrained(out).dtype == torch.float32
 
 
+@pytest.mark.parametrize("key", ["dtype", "out_dtype"])
 def test_float32_merge_of_a_bfloat16_base_is_not_rounded_to_bfloat16(
-    specialists: list[Path], tmp_path: Path
+    specialists: list[Path], tmp_path: Path, key: str
 ) -> None:
-    """``dtype: float32`` on a bfloat16 base writes the float32 merge; the method's result was
-    rounded to the base's bfloat16 before being cast to float32."""
+    """``dtype: float32`` (or ``out_dtype: float32``, which leaves the compute dtype unset) on a
+    bfloat16 base writes the float32 merge; the method's result was rounded to the base's
+    bfloat16 before being cast to float32."""
     from safetensors.torch import load_file
 
     base, a, b = specialists
     base16 = _bfloat16_copy(base, tmp_path / "base16")
     out = tmp_path / "out"
     run_merge(_write(tmp_path / "c.yml", {
-        "merge_method": "task_arithmetic", "base_model": str(base16), "dtype": "float32",
+        "merge_method": "task_arithmetic", "base_model": str(base16), key: "float32",
         "models": [{"model": str(a), "parameters": {"weight": 0.5}},
                    {"model": str(b), "parameters": {"weight": 0.5}}],
     }), out)  # fmt: skip
@@ -851,6 +853,109 @@ def test_the_shard_index_holds_the_total_size_of_the_tensors_written(
     index = json.loads((out / "model.safetensors.index.json").read_text())
     tensors = [t for f in result.files for t in load_file(out / f).values()]
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_no_shard_holds_more_than_the_shard_size_unless_one_tensor_is_larger(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """``shard_size`` is a limit, as transformers' ``max_shard_size``: a shard's tensors add up
+    to at most that many bytes, and only a single tensor larger than it stands alone above it."""
+    from safetensors.torch import load_file
+
+    base, a, b = specialists
+    out = tmp_path / "out"
+    result = run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(base),
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(b), "parameters": {"weight": 0.5}}],
+    }), out, shard_size=40_000)  # fmt: skip
+    assert len(result.files) > 2
+    for file_name in result.files:
+        tensors = list(load_file(out / file_name).values())
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        assert size <= 40_000 or len(tensors) == 1, (file_name, size, len(tensors))
+
+
+def test_an_integer_buffer_that_differs_between_models_is_the_bases_not_merged(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """Integer buffers (a step counter) are copied from the base, whatever the models store:
+    averaged they were 8 and 9 (or refused), not the base's 7 and 8."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base, a, _ = specialists
+    copies = []
+    for source, step in ((base, [7, 8]), (a, [9, 10])):
+        folder = tmp_path / source.name
+        shutil.copytree(source, folder)
+        weights = load_file(folder / "model.safetensors")
+        weights["a_step"] = torch.tensor(step, dtype=torch.int64)
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        copies.append(folder)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "linear", "base_model": str(copies[0]),
+        "models": [{"model": str(copies[0]), "parameters": {"weight": 0.5}},
+                   {"model": str(copies[1]), "parameters": {"weight": 0.5}}],
+    }), out)  # fmt: skip
+    merged = load_file(out / "model.safetensors")
+    assert merged["a_step"].dtype == torch.int64 and merged["a_step"].tolist() == [7, 8]
+
+
+def test_rows_a_model_lacks_take_the_bases_so_its_task_vector_is_0_there(
+    specialists: list[Path], specialist_builder: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Base and tokenizer source both have 4 tokens more than model a: on those rows a's task
+    vector is 0 (its missing rows come from the base, not from the tokenizer source), so the
+    output is base + 0.5 (source - base) there, not base + 1.0 (source - base)."""
+    base, a, _ = specialists
+    wide_base = specialist_builder(base, tmp_path / "wide_base", seed=5, extra_tokens=4)
+    source = specialist_builder(base, tmp_path / "source", seed=6, extra_tokens=4)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(wide_base),
+        "tokenizer_source": str(source),
+        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
+                   {"model": str(source), "parameters": {"weight": 0.5}}],
+    }), out)  # fmt: skip
+    merged, sa, ss, sb = (_state(p) for p in (out, a, source, wide_base))
+    vocab = sa["model.embed_tokens.weight"].shape[0]
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        new_b, new_s = sb[name][vocab:], ss[name][vocab:]
+        assert not torch.allclose(new_b, new_s)
+        assert torch.allclose(merged[name][vocab:], new_b + 0.5 * (new_s - new_b), atol=1e-6)
+        shared = sb[name][:vocab] + 0.5 * (sa[name] - sb[name][:vocab])
+        shared = shared + 0.5 * (ss[name][:vocab] - sb[name][:vocab])
+        assert torch.allclose(merged[name][:vocab], shared, atol=1e-6)
+
+
+def test_the_config_dtype_is_the_weights_not_a_float32_tensor_stored_last(
+    specialists: list[Path], tmp_path: Path
+) -> None:
+    """A bfloat16 model that keeps one small tensor in float32 (stored last, as a float32
+    router or scale can be): the config says bfloat16, the dtype of its weights, and that tensor
+    is written in float32, as the base stores it."""
+    from safetensors.torch import load_file, save_file
+
+    base, a, _ = specialists
+    copies = []
+    for source in (base, a):
+        folder = _bfloat16_copy(source, tmp_path / source.name)
+        weights = load_file(folder / "model.safetensors")
+        weights["zz_scale"] = torch.tensor([0.5, 2.0], dtype=torch.float32)
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        copies.append(folder)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(copies[0]),
+        "models": [{"model": str(copies[1]), "parameters": {"weight": 1.0}}],
+    }), out)  # fmt: skip
+    merged = load_file(out / "model.safetensors")
+    assert merged["zz_scale"].dtype == torch.float32
+    assert merged["model.embed_tokens.weight"].dtype == torch.bfloat16
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
 
 
 def test_an_embedding_of_another_hidden_size_is_refused(

@@ -43,6 +43,18 @@ def test_front_noise_and_maximin_choice() -> None:
     assert choose([a, b, c, d]) is b  # worst objective 0.6 > a's 0.5
 
 
+def test_within_noise_needs_overlapping_intervals_on_every_objective() -> None:
+    """c is dominated by a; their helpful intervals overlap (0.75..0.88 and 0.85..0.95), their
+    harmless ones do not (0.45..0.55 and 0.85..0.95): c is not within noise of a. d overlaps a on
+    both and is."""
+    a = _cand("a", helpful=(0.9, 0.85, 0.95), harmless=(0.9, 0.85, 0.95))
+    c = _cand("c", helpful=(0.8, 0.75, 0.88), harmless=(0.5, 0.45, 0.55))
+    d = _cand("d", helpful=(0.8, 0.75, 0.88), harmless=(0.8, 0.7, 0.86))
+    pareto([a, c, d])
+    assert [x.on_front for x in (a, c, d)] == [True, False, False]
+    assert c.within_noise_of == [] and d.within_noise_of == ["a"]
+
+
 def test_read_scores_turns_lower_is_better_into_higher() -> None:
     metrics = {
         "default_group": "g",
