@@ -16,8 +16,8 @@ Curves of attack success rate (ASR) against N:
   probability). 95% interval: the union of a percentile bootstrap over prompts, refitting each
   replicate, and the profile-likelihood interval (:func:`profile_likelihood_interval`), at
   every N. The bootstrap alone is too narrow with few prompts: on simulated prompts whose
-  ASR(N) is known in closed form it covered 68-83% at 4 prompts and 82-89% at 8, the union
-  89-93% and 91-93% (`benchmarks/worst_of_n_coverage.py`); and where the fit stops at a bound of
+  ASR(N) is known in closed form it covered 48-82% of runs at 4 prompts and 77-89% at 8, the
+  union 90-94% and 91-96% (`benchmarks/worst_of_n_coverage.py`); and where the fit stops at a bound of
   the parameter space (the summary's ``prediction_model["boundary"]``: no spread between
   prompts, each prompt always or never broken, no harmful sample, every sample harmful) the
   bootstrap is inconsistent (Andrews 2000, Econometrica 68:399): 6 prompts whose fit showed no
@@ -500,9 +500,10 @@ def beta_binomial_curve(
     # The interval also spans the profile-likelihood interval (:func:`profile_likelihood_interval`)
     # at every N, which, like the bootstrap and the empirical Wilson interval, counts the prompts
     # as drawn from many. The percentile bootstrap alone is too narrow with few prompts (few
-    # distinct replicates): against the closed-form ASR(N) of simulated prompts it covered 68-83%
-    # at 4 prompts and 82-89% at 8, the union 89-93% and 91-93%, both near 95% from 32 prompts
-    # on (`python benchmarks/worst_of_n_coverage.py`; BENCHMARKS.md, "Worst-of-N: coverage").
+    # distinct replicates): against the closed-form ASR(N) of simulated prompts it covered 48-82%
+    # of runs at 4 prompts and 77-89% at 8, the union 90-94% and 91-96%, both near 95% from 32
+    # prompts on (`python benchmarks/worst_of_n_coverage.py`; BENCHMARKS.md, "Worst-of-N:
+    # coverage of the predicted interval").
     # At a bound of the parameter space the bootstrap is also inconsistent (Andrews 2000): the
     # replicates refit to the same bound (with no spread between prompts they gave
     # 100.0% [100.0, 100.0] from 6 prompts at N = 128 and 4096).
