@@ -381,3 +381,79 @@ def test_an_error_of_a_model_inside_the_backend_stores_nothing(cache: ResponseCa
         model.generate([user("a"), user("b")], Sampling())
     assert info.value.model is other
     assert len(cache) == 0
+
+
+def test_a_completion_comes_back_from_the_file_with_everything_it_recorded(
+    tmp_path: Path,
+) -> None:
+    """The finish reason, the token count, the token log-probs and a wrapper's metadata of a
+    cached answer are those generated, after the file is closed and opened again."""
+    answer = Completion(
+        text="cut short here",
+        num_tokens=5,
+        finish_reason="length",
+        token_logprobs=(-0.5, -1.25, -2.0, -0.125, -3.0),
+        token_ids=(7, 8, 9, 10, 11),
+        metadata={"fired": True, "rounds": 2},
+    )
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        cache.put_many("m", {"k": [answer, Completion(text="", num_tokens=0)]})
+    with ResponseCache(tmp_path / "c.sqlite") as cache:
+        [back, empty] = cache.get("k") or []
+    assert (back.text, back.num_tokens, back.finish_reason) == ("cut short here", 5, "length")
+    assert back.token_logprobs == (-0.5, -1.25, -2.0, -0.125, -3.0)
+    assert back.metadata == {"fired": True, "rounds": 2}
+    assert back == answer  # token ids are not recorded and not compared
+    assert (empty.text, empty.num_tokens, empty.finish_reason, empty.metadata) == (
+        "",
+        0,
+        "stop",
+        None,
+    )
+
+
+def test_put_many_replaces_the_answer_of_a_key_already_stored(cache: ResponseCache) -> None:
+    cache.put_many("m", {"k": [Completion(text="old", num_tokens=1)]})
+    cache.put_many("m", {"k": [Completion(text="new", num_tokens=1)]})
+    assert cache.get("k") == [Completion(text="new", num_tokens=1)] and len(cache) == 1
+
+
+def test_copy_from_leaves_the_source_files_as_they_were(tmp_path: Path) -> None:
+    """The earlier run's cache is only read: a file a killed run left with its answers still in
+    the write-ahead log is not checkpointed (its database file and log are unchanged)."""
+    import shutil
+
+    source = tmp_path / "live" / "cache.sqlite"
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    with ResponseCache(source) as writer:
+        writer.put_many("m", {"a": [Completion(text="theirs", num_tokens=1)]})
+        for suffix in ("", "-wal"):  # copied while open: the answer is in the log only
+            shutil.copy(f"{source}{suffix}", killed / f"cache.sqlite{suffix}")
+    files = {name: (killed / name).read_bytes() for name in ("cache.sqlite", "cache.sqlite-wal")}
+    with ResponseCache(tmp_path / "run.sqlite") as cache:
+        assert cache.copy_from(killed / "cache.sqlite", "m", {"a": "a"}) == 1
+        assert cache.get("a") == [Completion(text="theirs", num_tokens=1)]
+    assert {name: (killed / name).read_bytes() for name in files} == files
+
+
+def test_answers_handed_over_only_with_the_error_are_stored(cache: ResponseCache) -> None:
+    """A backend that fails some chats and hands the others' answers over only in its
+    GenerationError (not through on_result): those answers are still stored."""
+
+    class AtTheEnd(PartialModel):
+        def generate(self, chats, sampling, *, progress=None, on_result=None):  # type: ignore[no-untyped-def,override]
+            return super().generate(chats, sampling, progress=progress)
+
+    inner = AtTheEnd(fail="bad")
+    model = CachedModel(inner, cache)
+    with pytest.raises(GenerationError) as info:
+        model.generate([user("a"), user("bad"), user("b")], Sampling())
+    assert [r and r[0].text for r in info.value.results] == ["a #0", None, "b #0"]
+    assert len(cache) == 2
+    calls = inner.calls
+    assert [row[0].text for row in model.generate([user("b"), user("a")], Sampling())] == [
+        "b #0",
+        "a #0",
+    ]
+    assert inner.calls == calls

@@ -8,10 +8,13 @@ import pytest
 from strategy_doubles import Suffix
 
 from poise.config import Sampling
+from poise.decoding.best_of_n import BestOfN
+from poise.errors import PoiseError
 from poise.models import load_model
 from poise.models.base import Capabilities, system_prompt_in_template
 from poise.models.cache import CachedModel, ResponseCache
 from poise.models.mock import MockModel
+from poise.models.wrapped import WrappedModel
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -75,6 +78,8 @@ def test_declarations_pass_through() -> None:
     inner = MockModel("base", default_system_prompt="Be brief.", system_prompt_in_template=True)
     inner.tokenizer = object()
     inner.recommended_judge = "oracle"
+    inner.context_length = 64
+    inner.system_prompt_declared = False  # type: ignore[attr-defined]
     for model in (
         Suffix(inner),
         Suffix(Suffix(inner)),
@@ -84,6 +89,9 @@ def test_declarations_pass_through() -> None:
         assert system_prompt_in_template(model) is True
         assert model.tokenizer is inner.tokenizer
         assert model.recommended_judge == "oracle"
+        # the audit's up-front context check and its no-system-prompt warning read these
+        assert model.context_length == 64
+        assert model.system_prompt_declared is False
 
 
 def test_progress_passes_through() -> None:
@@ -122,6 +130,42 @@ def test_cached_model_is_a_transparent_wrapper(tmp_path: Path) -> None:
     )
     cached.generate([CHAT], Sampling(), progress=seen.append)
     assert sum(seen) == 4  # misses reported by the inner model, hits and repeats by the cache
+
+
+class Plain(WrappedModel):
+    """A wrapper that keeps WrappedModel's own generate and score."""
+
+    kind = "test_plain"
+    preserves_distribution = True
+
+
+def test_a_wrapper_without_its_own_generate_passes_every_sampling_setting_on() -> None:
+    inner = MockModel("base", responses={"q": ["one two", "three four five", "six seven eight"]})
+    chat = [{"role": "user", "content": "q"}]
+    sampling = Sampling(temperature=1.0, seed=1, n=2, stop=("four",), max_new_tokens=2)
+    [row] = Plain(Plain(inner)).generate([chat], sampling)
+    # seed 1: samples 1 and 2 of the script; "four" stops the first, 2 tokens end the second
+    assert [(c.text, c.num_tokens, c.finish_reason) for c in row] == [
+        ("three ", 1, "stop"),
+        ("six seven ", 2, "length"),
+    ]
+
+
+def test_a_wrappers_sampling_check_asks_every_wrapped_model() -> None:
+    base = MockModel("base")
+    strict = BestOfN(base, n=4096, reward="keywords:a")
+    sampling = Sampling(n=2, temperature=1.0)
+    # the inner model, a second wrapped model, and two levels down
+    for model in (Suffix(strict), Plain(base, strict), Plain(Plain(strict))):
+        with pytest.raises(PoiseError, match="draw 8192 samples per chat"):
+            model.check_sampling(sampling)
+    Plain(base, BestOfN(base, n=2, reward="keywords:a")).check_sampling(sampling)  # 4 draws
+
+
+def test_a_wrapper_scores_with_its_inner_model_not_its_helper() -> None:
+    model = Plain(MockModel("base"), MockModel("helper", scores=False))
+    assert model.name == "test_plain(base, helper)"
+    assert model.score([CHAT], ["a b c"])[0].total == -3.0
 
 
 def _memory_cache() -> ResponseCache:
