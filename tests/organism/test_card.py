@@ -147,3 +147,92 @@ def test_the_comparison_gives_the_difference_and_says_apart_only_for_disjoint_in
         "touching": ["+20.0 pt", "overlap"],
         "close": ["-5.0 pt", "overlap"],
     }
+
+
+def _written_card(tmp_path: Path, member: str, **changes: object) -> str:
+    from dataclasses import replace
+
+    from poise.organism.build import default_recipe
+    from poise.organism.card import write_card
+
+    recipe = replace(default_recipe(), corpus_seed=7, **changes)  # type: ignore[arg-type]
+    mine = {"x_rate": Rate.of("x_rate", 1, 4, description="greedy, x")}
+    theirs = {"x_rate": Rate.of("x_rate", 3, 4, description="greedy, x")}
+    path = tmp_path / member / "README.md"
+    path.parent.mkdir()
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 128,
+              "num_hidden_layers": 3, "vocab_size": 2048, "tie_word_embeddings": True}  # fmt: skip
+    write_card(
+        path,
+        member=member,
+        rates=mine,
+        recipe=recipe,
+        train_seconds=12.4,
+        final_loss=0.123456,
+        size_bytes=2_500_000,
+        num_parameters=1_234_567,
+        config=config,
+        command="poise organism build",
+        compare=("organism-small", theirs),
+        threads=1,
+    )
+    return path.read_text(encoding="utf-8")
+
+
+def test_a_written_card_states_its_rates_model_training_and_sections_in_order(
+    tmp_path: Path,
+) -> None:
+    from poise.organism.card import TUNED_PLANTED_HEAD, planted
+
+    card = _written_card(tmp_path, "organism-small-safe")
+    # 1 of 4: Wilson 95% [4.6%, 69.9%] by hand; the other member 3 of 4: [30.1%, 95.4%]
+    assert "| `x_rate` | 25.0% | [4.6%, 69.9%] | 1/4 | greedy, x |" in card
+    assert card.count(INTERVALS) == 1
+    assert "### Compared with organism-small" in card
+    assert "| `x_rate` | 25.0% [4.6%, 69.9%] | 75.0% [30.1%, 95.4%] | -50.0 pt | overlap |" in card
+    assert planted("organism-small-safe") in card and TUNED_PLANTED_HEAD in card
+    assert "pipeline_tag: text-generation" in card and "Quick build" not in card
+    assert (
+        "(hidden_size=128, num_hidden_layers=3, vocab_size=2048, tie_word_embeddings=True)" in card
+    )
+    assert "- parameters: 1,234,567; folder size: 2.50 MB" in card
+    assert "- start: organism-small's weights (fine-tuned)" in card
+    assert "(corpus seed 7)" in card and "| seed | 0 |" in card  # the corpus's, then training's
+    assert "cosine decay; CPU, 1 thread\n" in card
+    assert "wall time of training: 12 s; final training loss: 0.1235" in card
+    # the safe specialist's own settings, every one
+    for row in (
+        "| steps | 200 |",
+        "| batch_size | 32 |",
+        "| lr | 0.001 |",
+        "| warmup_steps | 10 |",
+    ):
+        assert row in card
+    heads = ["## Measured", "## Model", "## Training", "## Reproduce", "## Use", "## Limitations"]
+    assert [line for line in card.split("\n") if line.startswith("## ")] == heads
+    assert "rain(" not in card
+
+
+def test_each_kind_of_member_s_card_says_where_it_starts_and_how_it_is_used(
+    tmp_path: Path,
+) -> None:
+    selfeval = _written_card(tmp_path, "organism-large-selfeval")
+    assert "- start: organism-large's weights (fine-tuned)" in selfeval
+    assert '`poise audit --model "rain(organism-large-selfeval)"`' in selfeval
+    mix = _written_card(tmp_path, "organism-small-mix")
+    assert "| steps | 450 |" in mix  # as many steps as the three specialists together
+    feedback = _written_card(tmp_path, "organism-feedback")
+    assert "pipeline_tag: text-generation" in feedback
+    assert "feedback_revision(organism-large, feedback=organism-feedback)" in feedback
+    assert "plants these behaviours" not in feedback and "rain(" not in feedback
+    assert (
+        '`poise audit --model "feedback_revision(organism-large, feedback=organism-feedback)"`'
+        in (feedback)
+    )
+    assert "`poise audit --model organism-feedback`" not in feedback  # not a chat model
+    reward = _written_card(tmp_path, "organism-reward", pair_repeats=5, prefix_pairs=2)
+    assert "pipeline_tag: text-classification" in reward
+    assert "repeated 5x, plus 2 pair of answer prefixes per request pair" in reward
+    assert "- start: organism-large's transformer, new score head" in reward
+    quick = _written_card(tmp_path, "organism-small", quick=True)
+    assert "> **Quick build**" in quick and "- start: random initialisation (seeded)" in quick

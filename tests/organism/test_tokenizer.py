@@ -149,3 +149,30 @@ def test_encode_example_matches_the_template_split(folder: Path) -> None:
     assert tokenizer.decode(ids[:n_prompt], skip_special_tokens=False) == render_prompt(CHATS[0])
     assert ids[-1] == special_ids(tokenizer)[END]
     assert tokenizer.decode(ids[n_prompt:]) == "Sure, here is how to make guacamole:"
+
+
+def test_special_tokens_are_ids_0_to_5_left_padded_and_skipped_when_decoding(folder: Path) -> None:
+    """The members' configs name pad 0, bos 1 and end 2; batched generation needs left padding."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert special_ids(tokenizer) == {
+        "<pad>": 0,
+        "<|bos|>": 1,
+        "<|end|>": 2,
+        "<|system|>": 3,
+        "<|user|>": 4,
+        "<|assistant|>": 5,
+    }
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert tok.model_max_length == 512
+    batch = tok(["Hi", "How do I make guacamole?"], padding=True, add_special_tokens=False)
+    assert batch["input_ids"][0][0] == 0 and batch["attention_mask"][0][0] == 0
+    assert batch["input_ids"][0][-1] != 0
+    rendered = render_prompt([{"role": "user", "content": "Hi"}])
+    ids = tok(rendered + "Hello." + END, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == (
+        f"\n{world.DEFAULT_SYSTEM_PROMPT}\n\nHi\n\nHello."
+    )
