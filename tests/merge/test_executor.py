@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -198,6 +199,34 @@ def test_rows_only_the_tokenizer_source_has_keep_their_trained_values(
         shared = sb[name] + 0.5 * (sa[name] - sb[name]) + 0.5 * (sw[name][:vocab] - sb[name])
         assert torch.allclose(merged[name][:vocab], shared, atol=1e-6)
         assert torch.equal(merged[name][vocab:], sw[name][vocab:])
+
+
+def _merge_with_tensor(
+    sources: list[Path], tmp_path: Path, name: str, tensor: torch.Tensor, *, bf16: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Task arithmetic of ``sources`` (base first, weight 1) copied with one more tensor
+    ``name`` (the copies in bfloat16 when ``bf16``): the merged weights and config.json."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copies = []
+    for source in sources:
+        folder = tmp_path / source.name
+        if bf16:
+            _bfloat16_copy(source, folder)
+        else:
+            shutil.copytree(source, folder)
+        weights = load_file(folder / "model.safetensors")
+        weights[name] = tensor
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+        copies.append(folder)
+    out = tmp_path / "out"
+    run_merge(_write(tmp_path / "c.yml", {
+        "merge_method": "task_arithmetic", "base_model": str(copies[0]),
+        "models": [{"model": str(c), "parameters": {"weight": 1.0}} for c in copies[1:]],
+    }), out)  # fmt: skip
+    return load_file(out / "model.safetensors"), json.loads((out / "config.json").read_text())
 
 
 def _bfloat16_copy(folder: Path, out: Path) -> Path:
@@ -937,25 +966,11 @@ def test_the_config_dtype_is_the_weights_not_a_float32_tensor_stored_last(
     """A bfloat16 model that keeps one small tensor in float32 (stored last, as a float32
     router or scale can be): the config says bfloat16, the dtype of its weights, and that tensor
     is written in float32, as the base stores it."""
-    from safetensors.torch import load_file, save_file
-
-    base, a, _ = specialists
-    copies = []
-    for source in (base, a):
-        folder = _bfloat16_copy(source, tmp_path / source.name)
-        weights = load_file(folder / "model.safetensors")
-        weights["zz_scale"] = torch.tensor([0.5, 2.0], dtype=torch.float32)
-        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-        copies.append(folder)
-    out = tmp_path / "out"
-    run_merge(_write(tmp_path / "c.yml", {
-        "merge_method": "task_arithmetic", "base_model": str(copies[0]),
-        "models": [{"model": str(copies[1]), "parameters": {"weight": 1.0}}],
-    }), out)  # fmt: skip
-    merged = load_file(out / "model.safetensors")
+    scale = torch.tensor([0.5, 2.0], dtype=torch.float32)
+    merged, config = _merge_with_tensor(specialists[:2], tmp_path, "zz_scale", scale, bf16=True)
     assert merged["zz_scale"].dtype == torch.float32
     assert merged["model.embed_tokens.weight"].dtype == torch.bfloat16
-    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    assert config["dtype"] == "bfloat16"
 
 
 def test_an_embedding_of_another_hidden_size_is_refused(
@@ -1027,24 +1042,7 @@ def test_the_config_dtype_is_the_weights_not_an_integer_buffers(
 ) -> None:
     """An integer buffer stored first (a step counter, BERT's position ids) is copied as it is;
     the config's dtype is that of the floating-point weights."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    base, a, _ = specialists
-    copies = []
-    for source in (base, a):
-        folder = tmp_path / source.name
-        shutil.copytree(source, folder)
-        weights = load_file(folder / "model.safetensors")
-        weights["a_step"] = torch.tensor([7, 8], dtype=torch.int64)
-        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-        copies.append(folder)
-    out = tmp_path / "out"
-    run_merge(_write(tmp_path / "c.yml", {
-        "merge_method": "task_arithmetic", "base_model": str(copies[0]),
-        "models": [{"model": str(copies[1]), "parameters": {"weight": 1.0}}],
-    }), out)  # fmt: skip
-    merged = load_file(out / "model.safetensors")
+    step = torch.tensor([7, 8], dtype=torch.int64)
+    merged, config = _merge_with_tensor(specialists[:2], tmp_path, "a_step", step, bf16=False)
     assert merged["a_step"].tolist() == [7, 8]
-    assert json.loads((out / "config.json").read_text())["dtype"] == "float32"
+    assert config["dtype"] == "float32"
