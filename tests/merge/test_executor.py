@@ -864,11 +864,13 @@ def test_dtype_float32_trims_bfloat16_checkpoints_as_their_float32_copies(
         assert torch.equal(merged["half"][name], tensor), name
 
 
-def test_the_shard_index_holds_the_total_size_of_the_tensors_written(
+def test_the_shard_index_holds_the_total_size_and_no_shard_passes_the_shard_size(
     specialists: list[Path], tmp_path: Path
 ) -> None:
     """``metadata.total_size`` of the index is the bytes of every tensor, as transformers'
-    ``save_pretrained`` writes it."""
+    ``save_pretrained`` writes it. ``shard_size`` is a limit, as transformers'
+    ``max_shard_size``: a shard's tensors add up to at most that many bytes, and only a single
+    tensor larger than it stands alone above it."""
     from safetensors.torch import load_file
 
     base, a, b = specialists
@@ -882,22 +884,6 @@ def test_the_shard_index_holds_the_total_size_of_the_tensors_written(
     index = json.loads((out / "model.safetensors.index.json").read_text())
     tensors = [t for f in result.files for t in load_file(out / f).values()]
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in tensors)
-
-
-def test_no_shard_holds_more_than_the_shard_size_unless_one_tensor_is_larger(
-    specialists: list[Path], tmp_path: Path
-) -> None:
-    """``shard_size`` is a limit, as transformers' ``max_shard_size``: a shard's tensors add up
-    to at most that many bytes, and only a single tensor larger than it stands alone above it."""
-    from safetensors.torch import load_file
-
-    base, a, b = specialists
-    out = tmp_path / "out"
-    result = run_merge(_write(tmp_path / "c.yml", {
-        "merge_method": "task_arithmetic", "base_model": str(base),
-        "models": [{"model": str(a), "parameters": {"weight": 0.5}},
-                   {"model": str(b), "parameters": {"weight": 0.5}}],
-    }), out, shard_size=40_000)  # fmt: skip
     assert len(result.files) > 2
     for file_name in result.files:
         tensors = list(load_file(out / file_name).values())
