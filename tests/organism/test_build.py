@@ -49,6 +49,11 @@ def test_quick_build_writes_every_member(quick_build: BuildResult) -> None:
         card = (folder / "README.md").read_text()
         assert "Quick build" in card and "poise organism build" in card and "Wilson" in card
         assert result.rates and result.size_bytes > 0
+        if member != "organism-monitor":  # the monitor's card states no size
+            # the stated size counts the card itself, as `du` of the folder would
+            total = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+            assert result.size_bytes == total
+            assert f"folder size: {total / 1e6:.2f} MB" in card
     # nothing half-written is left next to the members
     assert sorted(p.name for p in quick_build.out.iterdir()) == sorted(MEMBERS)
 

@@ -33,6 +33,7 @@ moved into place, so an interrupted build never leaves a half-written member.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -554,6 +555,20 @@ def _folder_size(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
 
 
+def _write_sized_card(folder: Path, card: Callable[..., None]) -> int:
+    """Write a card that states its folder's size with the card itself counted: written with
+    the size before it, then again with the size it made, until the stated size (in MB, to
+    the card's two decimals) is the folder's. Returns the folder's size in bytes."""
+    size = _folder_size(folder)
+    for _ in range(4):  # the card's own few KB move the figure at most once or twice
+        card(size_bytes=size)
+        after = _folder_size(folder)
+        if f"{after / 1e6:.2f}" == f"{size / 1e6:.2f}":
+            return after
+        size = after
+    raise RuntimeError(f"{folder}: the card's stated folder size does not settle")
+
+
 def _move_into_place(tmp: Path, final: Path) -> None:
     """Replace ``final`` by ``tmp`` with no moment where a half-written member is visible."""
     # mkdtemp folders are private; a shipped member is read by everyone
@@ -656,14 +671,14 @@ def _build_all(
                 result.path = final
                 results[member] = result
                 continue
-            write_card(
+            card = functools.partial(
+                write_card,
                 tmp / "README.md",
                 member=member,
                 rates=result.rates,
                 recipe=recipe,
                 train_seconds=family.train_seconds.get(member, 0.0),
                 final_loss=(family.losses.get(member) or [float("nan")])[-1],
-                size_bytes=result.size_bytes,
                 num_parameters=sum(p.numel() for p in family.models[member].parameters()),
                 config=json.loads((tmp / "config.json").read_text(encoding="utf-8")),
                 command=command,
@@ -671,7 +686,7 @@ def _build_all(
                 threads=threads,
                 recipe_note=recipe_note(family.changes),
             )
-            result.size_bytes = _folder_size(tmp)
+            result.size_bytes = _write_sized_card(tmp, card)
             final = out_dir / member
             _move_into_place(tmp, final)
             result.path = final
