@@ -11,7 +11,7 @@ from poise.config import Sampling
 from poise.decoding.best_of_n import BestOfN
 from poise.errors import PoiseError
 from poise.models import load_model
-from poise.models.base import Capabilities, system_prompt_in_template
+from poise.models.base import Capabilities, LanguageModel, system_prompt_in_template
 from poise.models.cache import CachedModel, ResponseCache
 from poise.models.mock import MockModel
 from poise.models.wrapped import WrappedModel
@@ -160,6 +160,26 @@ def test_a_wrappers_sampling_check_asks_every_wrapped_model() -> None:
         with pytest.raises(PoiseError, match="draw 8192 samples per chat"):
             model.check_sampling(sampling)
     Plain(base, BestOfN(base, n=2, reward="keywords:a")).check_sampling(sampling)  # 4 draws
+
+
+class WithHelper(WrappedModel):
+    """A wrapper given a second model as a keyword option, as eft's tuned_N and draft are."""
+
+    kind = "test_with_helper"
+
+    def __init__(self, inner: LanguageModel, helper: LanguageModel) -> None:
+        super().__init__(inner, helper=helper)
+
+
+def test_a_wrappers_sampling_check_asks_models_given_as_options() -> None:
+    base = MockModel("base")
+    model = WithHelper(base, helper=BestOfN(base, n=4096, reward="keywords:a"))
+    assert model.name.startswith("test_with_helper(base, helper=best_of_n(")
+    with pytest.raises(PoiseError, match="draw 8192 samples per chat"):
+        model.check_sampling(Sampling(n=2, temperature=1.0))
+    WithHelper(base, helper=BestOfN(base, n=2, reward="keywords:a")).check_sampling(
+        Sampling(n=2, temperature=1.0)
+    )
 
 
 def test_a_wrapper_scores_with_its_inner_model_not_its_helper() -> None:

@@ -128,8 +128,11 @@ class WrappedModel(ModelBase):
     def check_sampling(self, sampling: Sampling) -> None:
         """Refuse (PoiseError) decoding settings this model would answer wrongly under, before
         anything is generated; checks the wrapped models too. By default nothing is refused;
-        a strategy with a rule overrides it and calls ``super().check_sampling``."""
-        for model in self.models:
+        a strategy with a rule overrides it and calls ``super().check_sampling``. The wrapped
+        models are the positional ones and those given as options (eft's ``tuned_N``, a
+        ``draft``)."""
+        named = (v for v in self.options.values() if _is_model(v))
+        for model in (*self.models, *named):
             if isinstance(model, WrappedModel):
                 model.check_sampling(sampling)
 
