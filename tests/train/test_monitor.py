@@ -322,3 +322,36 @@ def test_monitor_json_records_the_files_as_given_and_absolute_in_one_save(
     assert raw["note"] == "given by the caller"
     assert trained.monitor.header.metadata["data_path"] == raw["data_path"]
     assert load_monitor(str(tmp_path / "mon")).header.metadata == raw
+
+
+def test_progress_counts_every_optimiser_step_and_reports_their_mean_loss(
+    tiny_hf_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 answers, batches of 1, 3 accumulated: each epoch steps after batches 3 and 4 (the one
+    # left over), so 2 epochs make 4 optimiser steps; the progress total said 2 (8 // 3) and
+    # each step's loss was its last batch's alone
+    import poise.train.monitor as module
+
+    seen: list[float] = []
+    real = module.scm_loss
+
+    def recording(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        parts = real(*args, **kwargs)
+        seen.append(float(parts["loss"].detach()))
+        return parts
+
+    monkeypatch.setattr(module, "scm_loss", recording)
+    calls: list[tuple[int, int, float]] = []
+    trained = train_monitor_files(
+        str(tiny_hf_model_dir),
+        four_answers(tmp_path / "data.jsonl"),
+        tmp_path / "out",
+        settings=MonitorSettings(layers=1, epochs=2, batch_size=1, accumulation=3),
+        on_step=lambda step, total, loss: calls.append((step, total, loss)),
+    )
+    assert [(step, total) for step, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert len(seen) == 8
+    groups = [seen[0:3], seen[3:4], seen[4:7], seen[7:8]]
+    expected = [sum(g) / len(g) for g in groups]
+    assert trained.losses == pytest.approx(expected, rel=1e-12)
+    assert [loss for _, _, loss in calls] == trained.losses

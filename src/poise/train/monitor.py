@@ -359,9 +359,12 @@ def fit_monitor(
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
     rng = random.Random(settings.seed)
     batches_per_epoch = (len(rows) + settings.batch_size - 1) // settings.batch_size
-    total = settings.epochs * batches_per_epoch // settings.accumulation
-    losses: list[float] = []
+    # an epoch's last optimiser step takes the batches left over (fewer than accumulation)
+    steps_per_epoch = (batches_per_epoch + settings.accumulation - 1) // settings.accumulation
+    total = settings.epochs * steps_per_epoch
+    losses: list[float] = []  # per optimiser step: the mean of its batches' losses
     step = 0
+    accumulated: list[float] = []
     monitor.train()
     for _ in range(settings.epochs):
         order = list(range(len(rows)))
@@ -386,14 +389,16 @@ def fit_monitor(
                 reduce=settings.logic_reduce,  # type: ignore[arg-type]
             )
             (parts["loss"] / settings.accumulation).backward()
+            accumulated.append(float(parts["loss"].detach()))
             if (b + 1) % settings.accumulation == 0 or b + 1 == batches_per_epoch:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
                 step += 1
-                losses.append(float(parts["loss"].detach()))
+                losses.append(sum(accumulated) / len(accumulated))
+                accumulated = []
                 if on_step is not None:
-                    on_step(step, max(total, step), losses[-1])
+                    on_step(step, total, losses[-1])
     monitor.eval()
     result = None
     if validation is not None:
