@@ -21,3 +21,17 @@ def test_open_labels_round_trip() -> None:
     assert data["labels"] == {"agrees": True, "score": 0.7}
     assert Verdict.from_dict(data) == verdict
     assert Verdict.from_dict({"label": "x", "refused": False}).labels == {}
+
+
+def test_every_field_of_a_verdict_survives_its_record() -> None:
+    verdict = Verdict(
+        label="complied",
+        refused=False,
+        harmful=True,
+        helpful=False,
+        honesty="wrong",
+        p_harmful=0.83,
+    )
+    assert Verdict.from_dict(verdict.to_dict()) == verdict
+    # a record without "refused" (an old or hand-written one) is not read as a refusal
+    assert Verdict.from_dict({"label": "complied"}).refused is False
