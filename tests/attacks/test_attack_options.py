@@ -164,3 +164,26 @@ def test_cli_attack_options_are_one_line_and_write_nothing(
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {message}"), line
     assert not out.exists()
+
+
+def test_repeats_tuples_booleans_and_empty_names_in_list_options() -> None:
+    """A value given twice is one configuration (one request per item, not two alike); a tuple
+    from Python is a list as a list is; ``true`` is no temperature; an empty name ("harmful,")
+    is refused naming the value as given."""
+    parsed = _check(
+        "exploitation",
+        temperatures="0.5,0.7,0.5",
+        top_ps=(0.9, 1),
+        families=["greedy", "temperature", "greedy"],
+    )
+    assert parsed["temperatures"] == (0.5, 0.7)
+    assert parsed["top_ps"] == (0.9, 1.0)
+    assert parsed["families"] == ("greedy", "temperature")
+    with pytest.raises(
+        PoiseError, match=r"temperatures must be numbers in \[0, 100\].*got \[True\]$"
+    ):
+        _check("exploitation", temperatures=[True])
+    with pytest.raises(PoiseError) as info:
+        _check("worst_of_n", kinds="harmful,")
+    assert str(info.value).startswith("attack worst_of_n: kinds must be kinds out of harmful, ")
+    assert str(info.value).endswith("got 'harmful,'")

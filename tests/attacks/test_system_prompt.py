@@ -86,3 +86,45 @@ def test_exploitation_refuses_system_prompt_none_where_on_would_send_the_default
         [ITEM], Sampling(), system, families=("greedy",), system_prompt=("off",)
     )
     assert [r.request_id for r in requests] == ["greedy/sys=off"]
+
+
+class _Served:
+    """A server's model (``openai:``) that cannot tell how its template treats no system."""
+
+    name = "openai:m"
+    system_prompt_declared = False
+
+
+class _Local:
+    """A model that reads its own template (no declaration to make): hf, mock, the organism."""
+
+    name = "organism"
+
+
+def test_only_a_no_system_prompt_chat_to_an_undeclared_server_model_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from poise.attacks.base import warn_undeclared_system_prompt
+
+    greedy = attacks.get("greedy")
+    none = greedy([ITEM], Sampling(), SystemPrompt("none", None))
+    default = greedy([ITEM], Sampling(), SystemPrompt("default", "Be safe."))
+
+    def warned(model: object, requests: list) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="poise"):
+            warn_undeclared_system_prompt(model, requests)
+        return "system_prompt_in_template=true" in caplog.text
+
+    assert warned(_Served(), none)
+    assert not warned(_Served(), default)  # the default prompt is sent: nothing to tell
+    assert not warned(_Local(), none)
+
+
+def test_the_greedy_attack_names_its_requests_by_the_audits_decoding() -> None:
+    # the request_id of samples.jsonl and of the per-configuration metrics
+    greedy = attacks.get("greedy")
+    system = SystemPrompt("none", None)
+    assert [r.request_id for r in greedy([ITEM, OWN], Sampling(), system)] == ["greedy"] * 2
+    sampled = greedy([ITEM], Sampling(temperature=0.7, n=2), system)
+    assert [(r.request_id, r.sampling.n) for r in sampled] == [("sampled", 2)]

@@ -71,6 +71,14 @@ def test_without_a_key_every_route_is_open(
     server = start_server(echo_model)
     client = openai.OpenAI(base_url=server.base_url, api_key="anything", max_retries=0)
     assert ask(client, "echo")
+    # an empty key is no key (as an empty POISE_API_KEY is), not a key nobody can send
+    open_server = start_server(echo_model, api_key="")
+    response = httpx.post(
+        f"{open_server.base_url}/chat/completions",
+        json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert response.status_code == 200, response.text
 
 
 def test_a_body_over_the_limit_gets_413_before_it_is_read(
@@ -158,3 +166,34 @@ def test_a_body_of_exactly_the_limit_is_answered(
                 timeout=30,
             )
             assert response.status_code == status, (len(content), chunked, response.text)
+            if status == 413 and not chunked:
+                # the size it declared is the size said, not the limit
+                assert response.json()["error"]["message"] == (
+                    f"the request body of {limit + 1} bytes is over this server's limit of "
+                    f"{limit} bytes (poise serve --max-body-bytes)"
+                )
+
+
+def test_the_bearer_scheme_is_any_case_and_an_empty_token_is_no_key(
+    start_server: StartServer, echo_model: EchoModel
+) -> None:
+    """HTTP auth schemes are case-insensitive (RFC 9110 11.1): "bearer KEY" is the key, and so
+    is a key after two spaces; "Bearer" with no token is a missing key, not a wrong one."""
+    server = start_server(echo_model, api_key=KEY)
+
+    def post(authorization: str) -> httpx.Response:
+        return httpx.post(
+            f"{server.base_url}/chat/completions",
+            json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": authorization},
+            timeout=10,
+        )
+
+    for authorization in (f"bearer {KEY}", f"BEARER {KEY}", f"Bearer  {KEY}"):
+        response = post(authorization)
+        assert response.status_code == 200, (authorization, response.text)
+    response = post("Bearer")
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert error["code"] is None
+    assert error["message"].startswith("You didn't provide an API key.")

@@ -5,6 +5,7 @@ thread of the test process; numbers are checked against the model's own ``score`
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,8 @@ def test_chat_logprobs_cover_the_generated_tokens(server: ThreadServer, model: H
         values = [t.logprob for t in token.top_logprobs]
         assert values == sorted(values, reverse=True)
         assert token.top_logprobs[0].token == token.token  # greedy: the chosen is the likeliest
+        assert token.top_logprobs[0].logprob == token.logprob
+        assert values[1] < values[0]  # each alternative with its own log-prob, not the chosen's
         assert bytes(token.bytes or []).decode("utf-8") == token.token
 
     stream = client.chat.completions.create(
@@ -264,7 +267,15 @@ def test_openapi_describes_both_request_bodies(server: ThreadServer) -> None:
         body = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]
         name = body["schema"]["$ref"].rsplit("/", 1)[-1]
         assert "model" in schema["components"]["schemas"][name]["properties"]
-    assert json.dumps(schema)  # serialisable as served
+        assert not name.startswith("_")  # a public name for client generators
+        operation = schema["paths"][path]["post"]
+        assert operation["requestBody"]["required"] is True
+        assert "400" in operation["responses"]  # every malformed body gets OpenAI's error
+    # every reference resolves (a message of a chat is a schema of its own): a generator or
+    # fuzzer reading the description finds each type it names
+    text = json.dumps(schema)  # serialisable as served
+    refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text))
+    assert refs and refs <= set(schema["components"]["schemas"])
 
 
 @pytest.mark.slow
@@ -824,6 +835,59 @@ def test_token_bytes_are_the_bytes_each_token_stands_for() -> None:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.decode(ids) == text
         assert b"".join(bytes(token_bytes(tok, t)) for t in ids) == text.encode("utf-8")
+
+
+# ids 3 and 4 are two byte pieces of one character, each U+FFFD alone
+_PIECES = {0: "a", 1: "b", 2: "c", 3: "\ufffd", 4: "\ufffd", 5: "ï", 6: "ve", 7: "日本"}
+
+
+class _PieceTokenizer:
+    """Each token id decodes to its piece of ``_PIECES``."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(_PIECES[i] for i in ids)
+
+    def batch_decode(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        return [self.decode(ids) for ids in batch]
+
+
+def test_text_offsets_of_whole_non_ascii_tokens_count_characters() -> None:
+    """Tokens that each decode to whole characters ("ï", "日本"): an offset counts characters of
+    the text, as ``text[offset:]`` reads it, not UTF-8 bytes."""
+    from poise.serve.logprobs import text_offsets
+
+    text = "aïve日本a"
+    offsets = text_offsets(_PieceTokenizer(), [0, 5, 6, 7, 0], text, skip_special_tokens=True)
+    assert offsets == [0, 1, 2, 4, 6]
+    assert [text[o:][:1] for o in offsets] == ["a", "ï", "v", "日", "a"]
+
+
+def test_legacy_logprobs_list_k_alternatives_the_chosen_token_and_null_first() -> None:
+    """``logprobs: k`` of a legacy completion: ``top_logprobs[j]`` maps the ``k`` likeliest
+    token strings to their log-probs, plus the chosen token when it is not among them; the
+    first token (nothing predicts it) has null for both, and two alternatives of the same text
+    keep the likelier log-prob."""
+    from poise.models.base import SequenceLogprobs
+    from poise.serve.logprobs import completion_logprobs
+
+    result = SequenceLogprobs(
+        token_ids=(0, 1, 2),
+        logprobs=(None, -0.5, -3.0),
+        top=((), ((1, -0.5), (3, -1.0), (4, -2.0)), ((0, -0.1), (1, -0.2), (2, -3.0))),
+    )
+    one = completion_logprobs(_PieceTokenizer(), result, 1, [0, 1, 2])
+    assert one == {
+        "tokens": ["a", "b", "c"],
+        "token_logprobs": [None, -0.5, -3.0],
+        "top_logprobs": [None, {"b": -0.5}, {"a": -0.1, "c": -3.0}],
+        "text_offset": [0, 1, 2],
+    }
+    three = completion_logprobs(_PieceTokenizer(), result, 3, [0, 1, 2])
+    assert three["top_logprobs"] == [
+        None,
+        {"b": -0.5, "\ufffd": -1.0},
+        {"a": -0.1, "b": -0.2, "c": -3.0},
+    ]
 
 
 def test_chat_logprobs_without_top_logprobs_list_no_alternatives(server: ThreadServer) -> None:

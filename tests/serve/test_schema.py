@@ -405,3 +405,41 @@ def test_a_request_may_repeat_the_template_variables_the_server_was_started_with
         assert info.value.param == "chat_template_kwargs"
     with pytest.raises(RequestError, match="chat_template_kwargs"):  # a server started without
         parse_request(body(chat_template_kwargs=same), CONFIG)
+
+
+def test_the_servers_limits_are_inclusive_and_temperature_goes_to_100() -> None:
+    """``--max-n`` and ``--max-tokens-limit`` are the largest values taken, not the first refused;
+    a temperature above OpenAI's 2 is taken up to poise's own 100 (the exploitation attack's grid
+    sends such temperatures to a served model through ``openai:``)."""
+    req = parse_request(body(n=8, max_tokens=256, temperature=100.0), CONFIG)
+    assert (req.sampling.n, req.sampling.max_new_tokens, req.sampling.temperature) == (8, 256, 100)
+    assert parse_request(body(max_completion_tokens=256), CONFIG).sampling.max_new_tokens == 256
+    # max_tokens given: exactly that many at most; none given: what is left of the context
+    assert not req.fill_max_tokens
+    assert parse_request(body(), CONFIG).fill_max_tokens
+
+
+def test_whitespace_stop_strings_and_empty_stream_options_are_taken() -> None:
+    """A newline is a common stop string (only "" is refused), and ``stream_options: {}`` asks
+    for no usage chunk (``include_usage`` defaults to false, as OpenAI's)."""
+    assert parse_request(body(stop=["\n", " "]), CONFIG).sampling.stop == ("\n", " ")
+    assert parse_request(body(stop="\n\n"), CONFIG).sampling.stop == ("\n\n",)
+    assert not parse_request(body(stream=True, stream_options={}), CONFIG).include_usage
+
+
+def test_refusals_say_where_and_what() -> None:
+    with pytest.raises(RequestError) as info:
+        parse_request(body(messages=[{"role": "user", "content": "bad \ud800 x"}]), CONFIG)
+    assert info.value.message == (
+        "messages[0].content holds a lone surrogate ('\\ud800' at character 4), which is not "
+        "valid Unicode text"
+    )
+    with pytest.raises(RequestError) as info:
+        parse_request(body(messages=[]), CONFIG)
+    assert info.value.message == "messages must hold at least one message"
+
+
+def test_serve_defaults_are_those_the_docs_give() -> None:
+    # docs/serving.md, "What a request may ask"
+    config = ServeConfig()
+    assert (config.max_body_bytes, config.max_tokens_limit, config.max_n) == (4194304, 2048, 128)
