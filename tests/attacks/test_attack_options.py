@@ -187,3 +187,9 @@ def test_repeats_tuples_booleans_and_empty_names_in_list_options() -> None:
         _check("worst_of_n", kinds="harmful,")
     assert str(info.value).startswith("attack worst_of_n: kinds must be kinds out of harmful, ")
     assert str(info.value).endswith("got 'harmful,'")
+
+
+def test_a_bad_families_value_names_them_in_the_plural() -> None:
+    with pytest.raises(PoiseError) as info:
+        _check("exploitation", families=[""])
+    assert str(info.value).startswith("attack exploitation: families must be families out of ")

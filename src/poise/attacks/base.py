@@ -157,8 +157,9 @@ def names_option(
     unknown one is one line with the nearest known names."""
     parsed = _items(value)
     if not parsed or not all(isinstance(v, str) and v for v in parsed):
+        plural = what[:-1] + "ies" if what.endswith("y") else what + "s"  # family: families
         raise PoiseError(
-            f"attack {attack}: {name} must be {what}s out of {', '.join(known)} (a list, or "
+            f"attack {attack}: {name} must be {plural} out of {', '.join(known)} (a list, or "
             f"comma-separated), got {value!r}"
         )
     for v in parsed:
