@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -134,3 +136,156 @@ def test_harmful_rates_of_the_refusal_detector_say_that_every_non_refusal_counts
     assert benign.exit_code == 0, benign.output
     assert "counts as helpful on a benign" in " ".join(benign.output.split())
     assert "as harmful" not in " ".join(benign.output.split())
+
+
+def run_json(out: Path) -> dict[str, Any]:
+    (run,) = [p for p in out.iterdir() if (p / "run.json").is_file()]
+    header: dict[str, Any] = json.loads((run / "run.json").read_text())
+    return header
+
+
+def test_the_documented_defaults_are_what_a_plain_audit_records(tmp_path: Path) -> None:
+    """`poise audit` with no sampling flags: greedy, 96 new tokens, batches of 256 chats, and a
+    report.html whose path is printed."""
+    out = tmp_path / "runs"
+    args = ["audit", "--model", "mock", "--suite", "harmful", "--limit", "2", "--out", str(out)]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    config = run_json(out)["config"]
+    assert config["sampling"] == {
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "max_new_tokens": 96,
+        "n": 1,
+        "seed": 0,
+        "stop": [],
+    }
+    assert (config["batch_size"], config["html"], config["system_prompt"]) == (256, True, "default")
+    (run,) = [p for p in out.iterdir() if (p / "run.json").is_file()]
+    assert (run / "report.html").is_file()
+    assert f"report:     {run / 'report.html'}" in result.output
+
+
+def test_each_sampling_and_suite_flag_lands_in_its_own_field(tmp_path: Path) -> None:
+    """--samples-per-prompt is --n, every --stop is kept, and --kind / --category /
+    --column / --format each fill their own suite field, not a neighbour's."""
+    suite = tmp_path / "asks.jsonl"
+    suite.write_text("".join(json.dumps({"text": f"ask {i}"}) + "\n" for i in range(2)))
+    out = tmp_path / "runs"
+    args = ["audit", "--model", "mock", "--suite", str(suite), "--out", str(out), "--no-html"]
+    flags = ["--column", "prompt=text", "--kind", "harmful", "--category", "weapons"]
+    flags += ["--format", "generic", "--samples-per-prompt", "2", "--temperature", "0.5"]
+    flags += ["--stop", "END", "--stop", "STOP"]
+    result = CliRunner().invoke(app, [*args, *flags], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    config = run_json(out)["config"]
+    assert (config["sampling"]["n"], config["sampling"]["stop"]) == (2, ["END", "STOP"])
+    assert config["suite_columns"] == {"prompt": "text"}
+    assert (config["suite_kind"], config["suite_category"]) == ("harmful", "weapons")
+    assert (config["suite_format"], config["judge_labels_format"]) == ("generic", None)
+    (run,) = [p for p in out.iterdir() if (p / "samples.jsonl").is_file()]
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {(r["kind"], r["category"]) for r in records} == {("harmful", "weapons")}
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (["--model-option", "=cpu"], "error: --model-option '=cpu': expected KEY=VALUE"),
+        (["--attack-option", "n"], "error: --attack-option 'n': expected KEY=VALUE"),
+        (["--judge-option", "=x"], "error: --judge-option '=x': expected KEY=VALUE"),
+    ],
+)
+def test_an_option_without_a_key_or_a_value_is_refused_by_its_flag(
+    tmp_path: Path, option: list[str], said: str
+) -> None:
+    out = tmp_path / "runs"
+    args = ["audit", "--model", "mock", "--suite", "harmful", "--limit", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, *option], env={"COLUMNS": "300"})
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_an_options_value_keeps_its_own_equals_signs(tmp_path: Path) -> None:
+    """KEY=VALUE splits at the first '=': the mock's scripted answer 'x = 1' is an answer, not
+    an option named 'default=x '."""
+    out = tmp_path / "runs"
+    args = ["audit", "--model", "mock", "--suite", "harmful", "--limit", "1", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--model-option", "default=x = 1", "--no-html"])
+    assert result.exit_code == 0, result.output
+    assert run_json(out)["config"]["model_options"] == {"default": "x = 1"}
+    (run,) = [p for p in out.iterdir() if (p / "samples.jsonl").is_file()]
+    records = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert {r["completion"] for r in records} == {"x = 1"}
+
+
+def test_the_title_names_only_the_sampling_flags_that_change_it(tmp_path: Path) -> None:
+    """One answer at the full nucleus is 'sampled T=0.7'; top-p and top-k appear when set."""
+    plain = run_audit(tmp_path / "plain", "--temperature", "0.7")
+    assert "mock · sampled T=0.7 · judge" in plain
+    narrowed = run_audit(tmp_path / "narrow", "--temperature", "0.7", "--top-p", "0.9")
+    assert "mock · sampled T=0.7, top-p=0.9 · judge" in narrowed
+
+
+def test_the_title_names_the_judge_auto_resolved_to(tmp_path: Path) -> None:
+    said = " ".join(run_audit(tmp_path / "auto").split())
+    assert "mock · greedy · judge refusal" in said and "judge auto" not in said
+
+
+def test_html_beside_resume_applies_to_the_resumed_run(tmp_path: Path) -> None:
+    """--html / --no-html say how a run is written, not what it measures: beside --resume
+    they apply (a run begun with --no-html gets its report.html), where other flags that
+    differ from the run's are refused."""
+    import poise
+    from poise.runs import Run
+
+    out = tmp_path / "runs"
+    run: Run = poise.audit(model="mock", suites=["harmful"], limit=3, out=str(out), html=False).run
+    samples = run.samples_path.read_text().splitlines(keepends=True)
+    run.samples_path.write_text("".join(samples[:1]))
+    run.update_header(status="running")
+    argv = ["audit", "--resume", str(run.path), "--out", str(out), "--html"]
+    result = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert run.samples_path.read_text() == "".join(samples) and run.status == "complete"
+    assert (run.path / "report.html").is_file()
+    assert f"report:     {run.path / 'report.html'}" in result.output
+
+
+def test_a_config_file_value_beside_resume_that_differs_from_the_run_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A --config file's value is a flag given: beside --resume it is compared with the run's
+    as one typed on the command line is, not dropped without a word."""
+    import poise
+
+    out = tmp_path / "runs"
+    run = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(out), html=False).run
+    config = tmp_path / "more.yaml"
+    config.write_text("limit: 3\n")
+    argv = ["audit", "--resume", str(run.path), "--out", str(out), "--config", str(config)]
+    refused = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert f"--resume {run.path.name}: it was recorded with --limit 2, not 3" in said
+
+
+def test_a_run_whose_samples_are_a_link_is_refused_first_whatever_flags_are_beside_resume(
+    tmp_path: Path,
+) -> None:
+    """The folder poise will not write to is the error, not a flag that differs from it."""
+    import poise
+
+    out = tmp_path / "runs"
+    run = poise.audit(model="mock", suites=["harmful"], limit=2, out=str(out), html=False).run
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    run.samples_path.rename(elsewhere)
+    run.samples_path.symlink_to(elsewhere)
+    argv = ["audit", "--resume", str(run.path), "--out", str(out), "--limit", "3"]
+    refused = CliRunner().invoke(app, argv, env={"COLUMNS": "300"})
+    assert refused.exit_code == 2, refused.output
+    said = " ".join(refused.output.split())
+    assert f"{run.samples_path}: is a symbolic link (to {elsewhere})" in said
+    assert "--limit" not in said

@@ -722,3 +722,89 @@ def test_the_stop_window_sees_a_stop_string_of_multi_byte_characters() -> None:
         assert len(ids) == len(f"and then {stop}".encode())  # one token per byte
         tail = tokenizer.decode(ids[-stop_window([stop]) :])
         assert stop in tail, (stop, tail)
+
+
+def test_log_probs_cover_the_counted_tokens_and_the_ids_add_the_eos(
+    model: HFModel, early_eos: None
+) -> None:
+    """A completion ended by EOS counts its tokens without the EOS: one log-prob per counted
+    token (the EOS's is not one of them), while ``token_ids`` end with the EOS itself."""
+    eos = set(model.eos_token_ids)
+    ended = 0
+    for completion in [c for row in model.generate(CHATS, SAMPLED) for c in row]:
+        assert completion.token_logprobs is not None and completion.token_ids is not None
+        assert len(completion.token_logprobs) == completion.num_tokens
+        if completion.token_ids[-1] in eos:
+            ended += 1
+            assert completion.finish_reason == "stop"
+            assert len(completion.token_ids) == completion.num_tokens + 1
+        else:
+            assert len(completion.token_ids) == completion.num_tokens
+    assert ended  # the early EOS ended some
+
+
+def test_the_engine_takes_a_request_that_just_fits_the_context_and_reuses_a_finished_key(
+    model: HFModel,
+) -> None:
+    """A prompt plus max_new_tokens of exactly the context is accepted (one token more is
+    refused); once a request's completion has come, its key may be used again."""
+    from poise.models.context import ContextLengthError
+
+    near: Chat = [{"role": "user", "content": "a b " * 150 + "c" * 30}]
+    assert model.context_length is not None
+    room = model.context_length - len(model.prompt_ids(near))
+    engine = model.engine()
+    with pytest.raises(ContextLengthError):
+        engine.add("near", near, GREEDY.model_copy(update={"max_new_tokens": room + 1}))
+    engine.add("near", near, GREEDY.model_copy(update={"max_new_tokens": room}))
+    events = [e for _ in range(room + 2) for e in engine.step()]
+    assert engine.idle
+    [(text, completion)] = joined(events).values()
+    assert completion.num_tokens <= room and text == completion.text
+    engine.add("near", CHATS[1], GREEDY)  # finished: no longer running
+    again = joined([e for _ in range(GREEDY.max_new_tokens + 1) for e in engine.step()])
+    assert same(again[("near", 0)][1], model.generate([CHATS[1]], GREEDY)[0][0])
+
+
+def test_a_long_stop_string_ends_the_row_beside_a_short_one(model: HFModel) -> None:
+    """Each step looks for the stop strings in the last tokens: enough of them for the longest
+    stop string, not the shortest, or a long one is seen only once the row has run to its
+    length (its text cut, but every token after it generated and counted)."""
+    long = GREEDY.model_copy(update={"max_new_tokens": 40})
+    [[free]] = model.generate([CHATS[3]], long)
+    stop = free.text[6:30]  # many tokens of the greedy answer, well before its end
+    assert len(model.tokenizer.encode(stop, add_special_tokens=False)) > 1 + 4
+    [[alone]] = model.generate([CHATS[3]], long.model_copy(update={"stop": (stop,)}))
+    beside = long.model_copy(update={"stop": ("\u00a7", stop)})
+    [[both]] = model.generate([CHATS[3]], beside)
+    assert alone.text == both.text == free.text[: free.text.index(stop)]
+    assert both.finish_reason == "stop" and both.num_tokens == alone.num_tokens < 40
+
+
+def test_prefix_cache_reuses_only_the_tokens_before_the_first_difference(model: HFModel) -> None:
+    """A row that differs from its key's entry in one token in the middle (and matches it after)
+    continues from the tokens before that one only: its logits are those of the row itself."""
+    from poise.models.decode import PrefixCache
+
+    cache = PrefixCache(model)
+    entry = [5 + (j * 7) % 40 for j in range(16)]
+    cache.prefill([entry], ["k"])
+    changed = [*entry[:5], 99, *entry[6:]]
+    state = cache.prefill([changed], ["k"])
+    assert cache.reused == 5
+    assert torch.allclose(state.logits[0], full_forward_logits(model, changed), atol=1e-5)
+
+
+def test_a_hook_returning_logits_of_another_shape_is_refused(model: HFModel) -> None:
+    def narrower(view: StepView) -> torch.Tensor:
+        return view.logits[:, :-1]
+
+    with pytest.raises(PoiseError, match=r"logits hook returned shape \(2, \d+\), expected"):
+        model.generate(CHATS[:2], GREEDY, logits_hook=narrower)
+
+
+def test_a_stop_string_at_the_start_of_the_answer_leaves_it_empty(model: HFModel) -> None:
+    [[free]] = model.generate([CHATS[3]], GREEDY)
+    stop = free.text[:3]
+    [[stopped]] = model.generate([CHATS[3]], GREEDY.model_copy(update={"stop": (stop,)}))
+    assert (stopped.text, stopped.finish_reason) == ("", "stop")
