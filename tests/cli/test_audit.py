@@ -227,6 +227,11 @@ def test_the_title_names_only_the_sampling_flags_that_change_it(tmp_path: Path) 
     assert "mock · sampled T=0.7 · judge" in plain
     narrowed = run_audit(tmp_path / "narrow", "--temperature", "0.7", "--top-p", "0.9")
     assert "mock · sampled T=0.7, top-p=0.9 · judge" in narrowed
+    # top-k 1 leaves one token to draw: greedy, as the run's name (mock-greedy) says
+    one = run_audit(tmp_path / "one", "--temperature", "0.7", "--top-k", "1")
+    assert "mock · greedy (top-k=1 at T=0.7) · judge" in one
+    [folder] = (tmp_path / "one").iterdir()
+    assert folder.name.endswith("mock-greedy")
 
 
 def test_the_title_names_the_judge_auto_resolved_to(tmp_path: Path) -> None:

@@ -476,4 +476,6 @@ def test_a_plain_run_is_labelled_greedy_or_sampled_with_its_n() -> None:
     assert label(temperature=0) == label(temperature=0.0) == label() == "greedy"
     assert label(temperature=1.0) == label(temperature=1.0, n=1) == "sampled T=1"
     assert label(temperature=0.7, n=4) == "sampled T=0.7 n=4"
+    assert label(temperature=0.7, top_k=1) == "greedy (top-k=1)"  # one token to draw
+    assert label(temperature=0.7, top_k=2) == "sampled T=0.7"
     assert attack_label({"attack": "worst_of_n", "sampling": {"temperature": 1}}) == "worst_of_n"

@@ -274,6 +274,9 @@ def _decoding(config: dict[str, Any]) -> str:
     temperature = sampling.get("temperature", 0.0)
     if not temperature:
         return "greedy"
+    if sampling.get("top_k") == 1:
+        # one candidate token: the argmax whatever the temperature, as the run's name says
+        return f"greedy (top-k=1 at T={temperature:g})"
     parts = [f"T={temperature:g}"]
     if sampling.get("top_p", 1.0) < 1.0:
         parts.append(f"top-p={sampling['top_p']:g}")

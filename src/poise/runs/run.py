@@ -720,5 +720,7 @@ def attack_label(cfg: Mapping[str, object]) -> str:
     temperature = sampling.get("temperature") or 0
     if not isinstance(temperature, (int, float)) or temperature <= 0:
         return attack
+    if sampling.get("top_k") == 1:  # the argmax whatever the temperature
+        return f"{attack} (top-k=1)"
     n = sampling.get("n") or 1
     return f"sampled T={temperature:g}" + (f" n={n}" if n != 1 else "")
