@@ -293,3 +293,125 @@ def test_a_build_from_another_recipe_says_so_and_its_monitor_learns_its_corpus(
     assert f"token labels ({ours} answers" in card
     with pytest.raises(PoiseError, match="recipe other than the shipped one"):
         rechoose_monitor_rule(folder, subsample=9, command="test")
+
+
+def test_a_recipe_change_anywhere_is_listed_and_its_note_quotes_it() -> None:
+    """Every part of the recipe is compared with the shipped one: the scorers' prefix pairs and
+    starting member, each training run's settings, each corpus spec. The note gives each
+    value as JSON, so a string reads as one."""
+    from dataclasses import replace
+
+    from poise.organism.build import default_recipe, recipe_changes, recipe_note
+
+    shipped = default_recipe()
+    other = replace(
+        shipped,
+        prefix_pairs=2,
+        scorer_size="small",
+        cost=replace(shipped.cost, steps=500),
+        selfeval_corpus=replace(shipped.selfeval_corpus, self_evaluation=40),
+    )
+    assert recipe_changes(other) == {
+        "prefix_pairs": 2,
+        "scorer_size": "small",
+        "cost.steps": 500,
+        "selfeval_corpus.self_evaluation": 40,
+    }
+    note = recipe_note(recipe_changes(other))
+    assert note.startswith("Not the shipped recipe: built with `")
+    assert (
+        "`prefix_pairs=2`" in note
+        and '`scorer_size="small"`' in note
+        and "`cost.steps=500`" in note
+    )
+
+
+def test_the_default_recipe_is_the_one_the_shipped_cards_were_built_with() -> None:
+    """Each shipped member's card lists its training settings: the default recipe's, so
+    `poise organism build` rebuilds what ships; a seed and --quick are the recipe's own."""
+    from poise.organism import WEIGHTS_DIR
+    from poise.organism.build import LARGE_TUNED, SMALL_TUNED, default_recipe
+
+    recipe = default_recipe()
+    fields = {"organism-large": "large", "organism-small": "small", **SMALL_TUNED,
+              **LARGE_TUNED, "organism-reward": "reward", "organism-cost": "cost"}  # fmt: skip
+    for member, name in fields.items():
+        card = (WEIGHTS_DIR / member / "README.md").read_text(encoding="utf-8")
+        for key, value in getattr(recipe, name).to_dict().items():
+            assert f"\n| {key} | {value} |\n" in card, (member, key)
+    assert default_recipe(seed=3).corpus_seed == 3 and not default_recipe(seed=3).quick
+    quick = default_recipe(quick=True, seed=3)
+    assert quick.quick and quick.corpus_seed == 3 and quick.large.steps < recipe.large.steps
+
+
+def test_a_sized_card_states_the_folder_size_with_itself_counted(tmp_path: Path) -> None:
+    from poise.organism.build import _write_sized_card
+
+    (tmp_path / "model.safetensors").write_bytes(b"x" * 1_234_000)
+
+    def card(size_bytes: int) -> None:
+        (tmp_path / "README.md").write_text(f"folder size: {size_bytes / 1e6:.2f} MB\n")
+
+    size = _write_sized_card(tmp_path, card)
+    total = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert size == total
+    assert (tmp_path / "README.md").read_text().startswith(f"folder size: {total / 1e6:.2f} MB")
+
+    def growing(size_bytes: int) -> None:  # a card that never settles is an error
+        (tmp_path / "README.md").write_text("x" * (size_bytes + 10_000))
+
+    with pytest.raises(RuntimeError, match="does not settle"):
+        _write_sized_card(tmp_path, growing)
+
+
+def test_a_member_moved_into_place_replaces_the_old_one_and_is_readable(tmp_path: Path) -> None:
+    import stat
+
+    from poise.organism.build import _move_into_place
+
+    final, tmp = tmp_path / "organism-small", tmp_path / ".organism-small.new"
+    final.mkdir()
+    (final / "config.json").write_text("old")
+    tmp.mkdir(mode=0o700)
+    (tmp / "config.json").write_text("new")
+    (tmp / "config.json").chmod(0o600)
+    _move_into_place(tmp, final)
+    assert (final / "config.json").read_text() == "new"
+    assert stat.S_IMODE(final.stat().st_mode) == 0o755
+    assert stat.S_IMODE((final / "config.json").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["organism-small"]  # no old copy left
+
+
+def test_members_resolve_to_build_order_with_aliases_and_none_means_all() -> None:
+    assert resolve_members(["organism-cost", "organism", "organism-large"]) == [
+        "organism-large",
+        "organism-cost",
+    ]
+    assert resolve_members(["organism-small-harmless"]) == ["organism-small-safe"]
+    assert resolve_members([]) == resolve_members(None) == list(MEMBERS)
+
+
+def test_build_uses_the_seeds_recipe_and_records_its_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import poise.organism.build as build_module
+    from poise.organism.build import default_recipe
+
+    seen: list[tuple[object, ...]] = []
+
+    def build_all(out_dir: Path, names: object, recipe: object, progress: object,
+                  command: str, threads: int = 2) -> dict[str, object]:  # fmt: skip
+        seen.append((names, recipe, command))
+        return {}
+
+    monkeypatch.setattr(build_module, "_build_all", build_all)
+    build(tmp_path, ["organism-small", "organism"], quick=True, seed=1, threads=1)
+    names, recipe, command = seen[0]
+    assert names == ["organism-large", "organism-small"]
+    assert recipe == default_recipe(quick=True, seed=1)
+    assert command == (
+        f"poise organism build --out {tmp_path} --members organism-large "
+        "--members organism-small --quick --seed 1 --threads 1"
+    )
+    with pytest.raises(PoiseError, match="threads: expected a positive integer, got True"):
+        build(tmp_path, threads=True)
