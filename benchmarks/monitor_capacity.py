@@ -6,7 +6,7 @@ held out, each answer labelled by token) are re-written with ``S`` steps per com
 feigned answer (``benchmarks/guard_bounds.py``'s ``with_steps``: more ``[REDACTED]`` steps after
 a compliance's last one, more decoys after a feigned answer's; 3 is the shipped corpus). For each
 ``S,LAYERS,EPOCHS`` given, a monitor is trained from the shipped organism-small as the build
-trains ``organism-monitor`` (:func:`poise.organism.monitor.build_monitor_member`: learning rate
+trains ``organism-monitor`` (:func:`poise.organism.monitor.monitor_settings`: learning rate
 ``MONITOR_LR``, both heads offered, the rule chosen on validation at ``MONITOR_TOLERANCE``),
 except that it keeps ``LAYERS`` decoder layers (the build keeps 1 of organism-small's 3) and
 trains ``EPOCHS`` epochs (the build: 1). Printed per monitor, one JSON line: the chosen head,
@@ -56,8 +56,8 @@ def main() -> None:
     from poise.guards.calibrate import calibrate
     from poise.organism import WEIGHTS_DIR
     from poise.organism.build import default_recipe
-    from poise.organism.monitor import MONITOR_LR, MONITOR_TOLERANCE, monitor_pairs
-    from poise.train.monitor import MonitorSettings, fit_monitor
+    from poise.organism.monitor import monitor_pairs, monitor_settings
+    from poise.train.monitor import fit_monitor
 
     recipe = default_recipe()
     seed, subsample = recipe.corpus_seed, recipe.base_corpus.subsample
@@ -75,20 +75,12 @@ def main() -> None:
             }
         data = splits[steps]
         start = time.perf_counter()
-        settings = MonitorSettings(
-            lr=MONITOR_LR,
-            epochs=epochs,
-            seed=seed,
-            calibrate_heads=("response", "token"),
-            tolerance=MONITOR_TOLERANCE,
-            layers=layers,
-        )
         trained = fit_monitor(
             copy.deepcopy(small),
             tokenizer,
             data["train"],
             base="organism-small",
-            settings=settings,
+            settings=monitor_settings(seed, layers=layers, epochs=epochs),
             validation=data["validation"],
         )
         chosen = trained.calibration

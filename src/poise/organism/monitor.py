@@ -24,13 +24,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from poise.errors import PoiseError, read_json_object
 from poise.guards.data import MonitorExample, write_monitor_data
 from poise.organism import world
 from poise.organism.corpus import BASE_SPEC, CorpusSpec, Example, generate_corpus
 from poise.scoring.stats import Rate
+
+if TYPE_CHECKING:
+    from poise.train.monitor import MonitorSettings
 
 __all__ = [
     "MONITOR_KINDS",
@@ -40,6 +43,7 @@ __all__ = [
     "build_monitor_member",
     "monitor_examples",
     "monitor_pairs",
+    "monitor_settings",
     "rechoose_monitor_rule",
     "write_organism_monitor_data",
 ]
@@ -137,6 +141,24 @@ MONITOR_LAYERS = 1
 MONITOR_TOLERANCE = 0.02
 
 
+def monitor_settings(
+    seed: int, *, layers: int = MONITOR_LAYERS, epochs: int = MONITOR_EPOCHS
+) -> MonitorSettings:
+    """How the build trains ``organism-monitor`` (``layers`` and ``epochs`` for experiments,
+    ``benchmarks/monitor_capacity.py``): the module's constants, both heads offered to the
+    rule chosen on validation."""
+    from poise.train.monitor import MonitorSettings
+
+    return MonitorSettings(
+        lr=MONITOR_LR,
+        epochs=epochs,
+        seed=seed,
+        calibrate_heads=("response", "token"),
+        tolerance=MONITOR_TOLERANCE,
+        layers=layers,
+    )
+
+
 def build_monitor_member(
     backbone: Any,
     folder: Path,
@@ -158,7 +180,7 @@ def build_monitor_member(
     build's word on a recipe that is not the shipped one, kept on the card's training line."""
     from transformers import AutoTokenizer
 
-    from poise.train.monitor import MonitorSettings, fit_monitor
+    from poise.train.monitor import fit_monitor
 
     write_files(folder)
     meta_path = folder / "poise.json"
@@ -172,20 +194,12 @@ def build_monitor_member(
     train = monitor_examples("train", seed, subsample, spec=spec)
     validation = monitor_examples("validation", seed, subsample, spec=spec)
     heldout = monitor_examples("heldout", seed, subsample, spec=spec)
-    settings = MonitorSettings(
-        lr=MONITOR_LR,
-        epochs=MONITOR_EPOCHS,
-        seed=seed,
-        calibrate_heads=("response", "token"),
-        tolerance=MONITOR_TOLERANCE,
-        layers=MONITOR_LAYERS,
-    )
     trained = fit_monitor(
         backbone,
         tokenizer,
         train,
         base="organism-small",
-        settings=settings,
+        settings=monitor_settings(seed),
         validation=validation,
         on_step=on_step,
         metadata={"corpus": "base", "corpus_seed": seed, "splits": "train/validation/heldout"},
