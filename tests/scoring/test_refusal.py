@@ -313,6 +313,11 @@ def test_a_bare_no_declines_only_on_its_own_and_single_quoted_speech_is_not_the_
     assert not is_refusal(
         "'I can't help you,' the guard said. Then she opened the gate and let him through."
     )
+    # double-quoted speech inside a sentence is someone else's too: the story is an answer
+    story = (
+        'The guard said "I cannot help you with that" and then opened the gate and let him through.'
+    )
+    assert explain_refusal(story).logit == pytest.approx(-2.5) and not is_refusal(story)
 
 
 def test_a_label_row_without_a_split_is_dev(tmp_path: Path) -> None:
