@@ -152,6 +152,29 @@ def test_the_same_seed_trains_the_same_weights_and_weight_decay_matters() -> Non
     assert not all(torch.equal(a[k], decayed[k]) for k in a)
 
 
+def test_each_step_follows_its_own_batchs_gradient_alone() -> None:
+    """The gradient a step leaves is its own batch's loss gradient at the weights before it:
+    nothing carries over from the step before (every batch here is the whole data, so the
+    last step's batch is known; clipping is off)."""
+    import copy
+
+    data = [([3, 4, 5, 6], 2), ([3, 7, 8, 9], 1), ([10, 11, 12], 1)]
+    s = TrainSettings(steps=2, batch_size=8, warmup_steps=1, grad_clip=1e9)
+    model = tiny_lm()
+    before_last: list[Any] = []
+
+    def snapshot(step: int, _: float) -> None:
+        if step == 1:  # after the first step's update: the weights the second step starts from
+            before_last.append(copy.deepcopy(model))
+
+    train_lm(model, data, s, pad_id=0, on_step=snapshot)
+    [reference] = before_last
+    lm_loss(reference, lm_batch(data, 0)).backward()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None, name
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 # --------------------------------------------------------------------------------------------
 # scorers, with a stand-in whose score of a row is set by its first token
 # --------------------------------------------------------------------------------------------
