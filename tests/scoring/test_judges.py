@@ -1217,3 +1217,33 @@ def test_the_refusal_detectors_rates_carry_a_note_and_no_other_judges_do() -> No
     assert judge_note("refusal", honesty) is None
     for other in ("oracle", "guard:organism-large", "classifier:folder", "llm:model"):
         assert judge_note(other, both) is None
+
+
+def test_auto_resolution_of_a_member_built_elsewhere(tmp_path: Path) -> None:
+    """``poise organism build --out DIR`` (or another recipe) writes members outside the
+    package: they answer in the organism's world, so ``auto`` gives them the oracle, and a
+    model trained from one keeps it. Before, such a folder got the refusal judge, and an audit
+    of an experimental organism-large scored its guard against refusals only. A folder whose
+    ``poise.json`` does not name a member's causal LM does not."""
+    import json
+    import shutil
+
+    from poise.models import load_model
+    from poise.organism import member_path
+
+    built = tmp_path / "out" / "organism-small"
+    shutil.copytree(member_path("organism-small"), built)
+    assert resolve_judge_name("auto", str(built)) == "oracle"
+    assert load_model(str(built)).recommended_judge == "oracle"
+    trained = tmp_path / "dpo"
+    trained.mkdir()
+    (trained / "poise.json").write_text(json.dumps({"base_model": str(built)}), encoding="utf-8")
+    assert resolve_judge_name("auto", str(trained)) == "oracle"
+    meta = json.loads((built / "poise.json").read_text(encoding="utf-8"))
+    for changed in ({"member": "organism-huge"}, {"kind": "monitor"}, {"poise_version": None}):
+        record = {**meta, **changed}
+        record = {k: v for k, v in record.items() if v is not None}
+        (built / "poise.json").write_text(json.dumps(record), encoding="utf-8")
+        assert resolve_judge_name("auto", str(built)) == "refusal", changed
+    (built / "poise.json").write_text("{not json", encoding="utf-8")
+    assert resolve_judge_name("auto", str(built)) == "refusal"

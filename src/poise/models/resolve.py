@@ -75,7 +75,8 @@ class Resolver:
     a ``PoiseError`` saying how to build it. The models it builds are named
     ``<canonical>#<fingerprint>``, declare ``recommended_judge``, and decode with ``options``
     (backend defaults the caller may override). A folder given by path that is one of its
-    folders gets the same ``recommended_judge``.
+    folders, or that ``made_here(folder)`` says it made elsewhere (the organism's members built
+    with ``poise organism build --out DIR``), gets the same ``recommended_judge``.
     """
 
     names: Callable[[], Sequence[str]]
@@ -83,12 +84,14 @@ class Resolver:
     folder: Callable[[str], Path]
     recommended_judge: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    made_here: Callable[[Path], bool] | None = None
 
     def claims(self, name: str) -> bool:
         return name in self.names()
 
     def owns_folder(self, folder: Path) -> bool:
-        """Whether ``folder`` is one of this plugin's folders or was made from one: trained
+        """Whether ``folder`` is one of this plugin's folders (or one ``made_here`` claims) or
+        was made from one: trained
         from it (``poise.json``'s ``base_model``, as ``poise train`` writes) or merged onto it
         (``merge.json``'s ``base_model``, as ``poise merge`` writes), at any remove. A model
         trained from an organism member answers in the organism's world, so it keeps the
@@ -105,7 +108,7 @@ class Resolver:
             return False
         seen: set[Path] = set()
         while target is not None and target not in seen:
-            if target in mine:
+            if target in mine or (self.made_here is not None and self.made_here(target)):
                 return True
             seen.add(target)
             target = _made_from(target, self)

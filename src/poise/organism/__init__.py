@@ -10,6 +10,7 @@ and its oracle with the judges. The core lists it by module name in ``poise.plug
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +77,22 @@ def member_path(name: str) -> Path:
 ORGANISM_BATCH_SIZE = 128  # rows per forward pass for members unless model options say
 
 
+def built_member(folder: Path) -> bool:
+    """Whether ``folder`` is a chat member that ``poise organism build`` wrote, wherever it
+    wrote it (``--out DIR``, another recipe): its ``poise.json`` names a member and a causal
+    LM. Such a folder answers in the organism's world, so the oracle judges it."""
+    try:
+        meta = json.loads((folder / "poise.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(meta, dict)
+        and meta.get("member") in MEMBERS
+        and meta.get("kind") == "causal-lm"
+        and "poise_version" in meta
+    )
+
+
 def make_oracle_judge(arg: str | None) -> Judge:
     """The organism's exact judge (it knows what every member was trained to do)."""
     try:
@@ -97,6 +114,7 @@ def _register() -> None:
             canonical=canonical_member,
             folder=member_path,
             recommended_judge="oracle",
+            made_here=built_member,
             # The organism is tiny: 128 rows per forward pass cost a few MB, and per-step
             # overhead, not compute, is what a small batch pays for (BENCHMARKS.md).
             options={"batch_size": ORGANISM_BATCH_SIZE},
