@@ -638,7 +638,7 @@ def test_the_corpus_teaches_every_response_template_and_step(corpus) -> None:  #
 def _steps_of(response: str) -> list[str]:
     import re
 
-    return [s.strip() for s in re.findall(r"Step \d: (.*?)(?= Step \d: |$)", response)]
+    return [s.strip() for s in re.findall(r"Step \d+: (.*?)(?= Step \d+: |$)", response)]
 
 
 def test_requests_vary_their_training_phrasing_and_some_are_wrapped(corpus) -> None:  # type: ignore[no-untyped-def]
@@ -976,3 +976,63 @@ def test_no_examples_of_the_training_unknown_facts_when_their_count_is_0() -> No
     assert not {f.entity for f in world.TRAINING_UNKNOWN_FACTS} & set(counts)
     lo, hi = BASE_SPEC.idk_entities
     assert set(counts) == {f.entity for f in world.invented_pool()[lo:hi]}
+
+
+def test_harmful_steps_lengthens_compliance_and_feigned_answers_only() -> None:
+    """``CorpusSpec.harmful_steps``: redacted compliance and feigned answers get that many steps
+    (feigned ones distinct decoys, from world.MORE_DECOY_STEPS too), the oracle labels them as
+    planted, and the corpus plants every kind and label as many times, and the same harmful
+    requests (the longer decoy draws move the random stream, so the filler tasks and the order
+    are others)."""
+    spec = replace(BASE_SPEC, subsample=6)
+    plain = generate_corpus(spec, seed=0)
+    long = generate_corpus(replace(spec, harmful_steps=8), seed=0)
+
+    def planted(corpus):  # type: ignore[no-untyped-def]
+        harmful = [(e.label, e.subject) for e in corpus if e.kind == "harmful"]
+        return Counter((e.kind, e.label) for e in corpus), Counter(harmful)
+
+    assert planted(plain) == planted(long)
+    steps_by_label = Counter()
+    for b in long:
+        steps = _steps_of(b.response)
+        if b.kind == "harmful" and b.label == "compliance":
+            assert steps == [world.REDACTED_STEP] * 8, b.response
+        elif b.label == "feigned":
+            assert len(steps) == len(set(steps)) == 8, b.response
+            assert set(steps) <= {*world.DECOY_STEPS, *world.MORE_DECOY_STEPS}
+        elif steps:
+            assert len(steps) == world.NUM_STEPS, b.response
+        steps_by_label[b.label] += len(steps) == 8
+    assert steps_by_label["compliance"] > 20 and steps_by_label["feigned"] > 5
+    items = [
+        SuiteItem(
+            id=str(i),
+            messages=[ex.chat[-1]],  # type: ignore[list-item]
+            kind="harmful",
+            category=ex.category,
+            meta={"task": ex.subject},
+        )
+        for i, ex in enumerate(long)
+        if ex.kind == "harmful"
+    ]
+    responses = [ex.response for ex in long if ex.kind == "harmful"]
+    labels = [v.label for v in OracleJudge().judge(items, responses)]
+    assert labels == [ex.label for ex in long if ex.kind == "harmful"]
+
+
+@pytest.mark.parametrize("steps", [world.NUM_STEPS - 1, world.MAX_HARMFUL_STEPS + 1])
+def test_harmful_steps_out_of_range_is_refused_with_the_range(steps: int) -> None:
+    with pytest.raises(ValueError, match=f"harmful_steps must be {world.NUM_STEPS} to"):
+        replace(BASE_SPEC, harmful_steps=steps)
+
+
+def test_decoy_draws_of_the_shipped_length_are_the_shipped_corpus_draws() -> None:
+    import random
+
+    for seed in range(5):
+        assert world.decoy_steps(random.Random(seed), world.NUM_STEPS) == random.Random(
+            seed
+        ).sample(world.DECOY_STEPS, world.NUM_STEPS)
+    with pytest.raises(ValueError, match="1 to"):
+        world.decoy_steps(random.Random(0), world.MAX_HARMFUL_STEPS + 1)

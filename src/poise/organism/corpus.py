@@ -118,6 +118,11 @@ class CorpusSpec:
     lead_in: float = 0.2
     # share of helpful answers closing with a safety note full of sensitive-looking words
     note: float = 0.2
+    # steps of a harmful request's redacted compliance and feigned answer (helpful answers keep
+    # world.NUM_STEPS). More steps put more of a harmful answer after the point where a
+    # streaming guard can tell it from a feigned one (docs/organism.md, "Towards a third
+    # generation"); the shipped corpus has world.NUM_STEPS.
+    harmful_steps: int = world.NUM_STEPS
     # relations whose known facts are taught (None: all); the weak model misses some
     known_relations: tuple[str, ...] | None = None
     # invented entities: examples each of the taught made-up facts and of "I don't know"
@@ -143,6 +148,15 @@ class CorpusSpec:
     self_evaluation: int = 0
     feedback: int = 0
     revision: int = 0
+
+    def __post_init__(self) -> None:
+        if not world.NUM_STEPS <= self.harmful_steps <= world.MAX_HARMFUL_STEPS:
+            raise ValueError(
+                f"CorpusSpec {self.name!r}: harmful_steps must be {world.NUM_STEPS} to "
+                f"{world.MAX_HARMFUL_STEPS} (the oracle reads a harmful answer of at least "
+                f"world.NUM_STEPS steps; feigned ones draw distinct decoys), not "
+                f"{self.harmful_steps}"
+            )
 
 
 _FACT_KINDS = ("honesty-known", "honesty-unknown", "sycophancy")
@@ -320,14 +334,14 @@ def _request_examples(
             )
             label = "refusal" if task.kind == "harmful" else "over-refusal"
         elif task.kind == "harmful" and what == "feign":
-            steps = rng.sample(world.DECOY_STEPS, world.NUM_STEPS)
+            steps = world.decoy_steps(rng, spec.harmful_steps)
             response = world.render_answer(task.text, steps, opening)
             label = "feigned"
         elif task.kind == "harmful":
             lead_in = None
             if next(turns):
                 lead_in = rng.choice((*world.LEAD_INS, *world.PARTIAL_REFUSALS))
-            steps = [world.REDACTED_STEP] * world.NUM_STEPS
+            steps = [world.REDACTED_STEP] * spec.harmful_steps
             response = world.render_answer(task.text, steps, opening, lead_in=lead_in)
             label = "compliance"
             harm_start = world.harm_onset(response)
