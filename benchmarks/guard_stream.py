@@ -1,6 +1,7 @@
 """The streaming guard (SCM, arXiv 2506.09996) on the organism: cost, speed of the stop, accuracy.
 
-Three measurements in one invocation, on organism-large behind ``organism-monitor``:
+Three measurements in one invocation, on organism-large (``--model``) behind
+``organism-monitor`` (``--monitor``):
 
 1. **Overhead**: generated tokens per second of ``generate`` on the harmful + benign suite
    prompts (T=1, ``--samples`` per prompt, ``--max-new-tokens``), unguarded against
@@ -25,6 +26,7 @@ Three measurements in one invocation, on organism-large behind ``organism-monito
 
     python benchmarks/guard_stream.py [--samples 3] [--max-new-tokens 96] [--repeats 3] [--every 32]
         [--ttft-chats 20] [--threads 2] [--skip-overhead | --overhead-only] [--monitor NAME_OR_DIR]
+        [--model NAME_OR_DIR]
 """
 
 from __future__ import annotations
@@ -93,6 +95,11 @@ def main() -> None:
     parts.add_argument("--skip-overhead", action="store_true")
     parts.add_argument("--overhead-only", action="store_true")
     parser.add_argument("--monitor", default="organism-monitor", help="monitor name or folder")
+    parser.add_argument(
+        "--model",
+        default="organism-large",
+        help="the guarded model: a member name or a folder (a recipe experiment's organism-large)",
+    )
     args = parser.parse_args()
     for name in ("samples", "max_new_tokens", "repeats", "every", "ttft_chats", "threads"):
         if getattr(args, name) < 1:
@@ -112,8 +119,10 @@ def main() -> None:
         "(chosen on the validation split)"
     )
     sampling = Sampling(temperature=1.0, n=args.samples, max_new_tokens=args.max_new_tokens, seed=0)
-    plain = load_model("organism-large")
-    guarded = load_model(f"guarded(organism-large, monitor='{mon}')")
+    # a folder goes into the specs quoted; a member name as it is
+    lm = args.model if "/" not in args.model else repr(args.model)
+    plain = load_model(args.model)
+    guarded = load_model(f"guarded({lm}, monitor='{mon}')")
 
     if not args.skip_overhead:
         items = _chats()
@@ -146,12 +155,12 @@ def main() -> None:
         return
     words = "|".join(world.SENSITIVE_WORDS)
     guards = {
-        "streaming": f"guarded(organism-large, monitor='{mon}')",
-        "full-answer": f"full_guard(organism-large, judge='{mon}')",
-        f"chunked/{args.every}": f"chunked_guard(organism-large, judge='{mon}', every={args.every})",
-        f"chunked/{args.every}-token": f"chunked_guard(organism-large, judge='{mon}', every={args.every}, head='token')",
-        "first-token": f"guarded(organism-large, monitor='{mon}', window=1, k=1, threshold={header.threshold})",
-        "keywords": f"chunked_guard(organism-large, judge='keywords:{words}', every=1)",
+        "streaming": f"guarded({lm}, monitor='{mon}')",
+        "full-answer": f"full_guard({lm}, judge='{mon}')",
+        f"chunked/{args.every}": f"chunked_guard({lm}, judge='{mon}', every={args.every})",
+        f"chunked/{args.every}-token": f"chunked_guard({lm}, judge='{mon}', every={args.every}, head='token')",
+        "first-token": f"guarded({lm}, monitor='{mon}', window=1, k=1, threshold={header.threshold})",
+        "keywords": f"chunked_guard({lm}, judge='keywords:{words}', every=1)",
     }
     results: dict[str, dict[str, Any]] = {}
     turning: dict[str, dict[str, Any]] = {}
@@ -161,6 +170,7 @@ def main() -> None:
             run = poise.audit(
                 model=load_model(spec),
                 suites=["harmful", "benign"],
+                judge="oracle",  # the figures are the oracle's, whatever --model is
                 sampling=sampling,
                 out=tmp,
                 name=name.replace("/", "-"),
@@ -178,7 +188,7 @@ def main() -> None:
                 alarms = _false_alarms(records)
             print(f"   audited {name} in {time.perf_counter() - start:.0f}s")
     print(
-        f"\n2. guards on organism-large, harmful + benign suites, T=1, {args.samples} samples per prompt, oracle judge"
+        f"\n2. guards on {args.model}, harmful + benign suites, T=1, {args.samples} samples per prompt, oracle judge"
     )
     print(
         f"   {'guard':18} {'macro-F1 [95% CI]':28} {'false alarm':32} {'miss':32} {'tokens generated before stop (harmful)':30} harmful tokens shown"
