@@ -72,6 +72,22 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
         )
     assert seen["train"] == monitor_examples("train", 0, 9, spec=spec)
     assert seen["validation"] == monitor_examples("validation", 0, 9, spec=spec)
+    # balanced: the train split alone is drawn from balanced_spec
+    from poise.organism.monitor import balanced_spec
+
+    with pytest.raises(Stop):
+        build_monitor_member(
+            None,
+            tmp_path / "b",
+            seed=0,
+            subsample=9,
+            write_files=write_files,
+            spec=spec,
+            balanced=True,
+        )
+    assert seen["train"] == monitor_examples("train", 0, 9, spec=balanced_spec(spec))
+    assert seen["train"] != monitor_examples("train", 0, 9, spec=spec)
+    assert seen["validation"] == monitor_examples("validation", 0, 9, spec=spec)
 
 
 def test_rechoosing_the_rule_of_a_changed_recipes_monitor_is_refused(tmp_path: Path) -> None:

@@ -113,3 +113,32 @@ def test_kinds_and_spec_choose_what_a_split_holds(tmp_path) -> None:  # type: ig
     count = write_organism_monitor_data(out, "validation", seed=0, subsample=7)
     assert count == len(monitor_examples("validation", seed=0, subsample=7))
     assert len(out.read_text(encoding="utf-8").splitlines()) == count
+
+
+def test_a_balanced_spec_complies_under_the_system_prompt_as_often_as_without() -> None:
+    """``balanced_spec``: each category's compliance share under the system prompt is raised
+    to its share without it (never lowered), and a train split drawn from it holds more
+    compliance under the system prompt, the same amount without it."""
+    from collections import Counter
+    from dataclasses import replace
+
+    from poise.organism.corpus import BASE_SPEC
+    from poise.organism.monitor import balanced_spec, monitor_pairs
+
+    spec = replace(BASE_SPEC, compliance_with_system={**BASE_SPEC.compliance_with_system})
+    spec.compliance_with_system["weapons"] = 0.9  # above its share without the system prompt
+    balanced = balanced_spec(spec)
+    for category, share in balanced.compliance_with_system.items():
+        without = spec.compliance_without_system[category]
+        assert share == max(spec.compliance_with_system[category], without), category
+    assert balanced.compliance_with_system["weapons"] == 0.9
+    assert balanced.compliance_without_system == spec.compliance_without_system
+
+    def complied(s):  # type: ignore[no-untyped-def]
+        pairs = monitor_pairs("train", 0, kinds=("harmful",), spec=s)
+        return Counter(
+            any(r == "system" and c for r, c in e.messages) for e, m in pairs if m.harmful
+        )
+
+    plain, more = complied(BASE_SPEC), complied(balanced_spec(BASE_SPEC))
+    assert more[True] > 1.5 * plain[True] and more[False] == plain[False]

@@ -200,6 +200,9 @@ class Recipe:
     eval_every: int = 1
     eval_samples: int = 3
     eval_max_new_tokens: int = 80
+    # organism-monitor's train split complies under the system prompt as often as without it
+    # (poise.organism.monitor.balanced_spec); the shipped monitor learnt the corpus's shares
+    monitor_balanced: bool = False
     quick: bool = False
 
     def to_dict(self) -> dict[str, Any]:
@@ -223,6 +226,7 @@ class Recipe:
             "eval_every": self.eval_every,
             "eval_samples": self.eval_samples,
             "eval_max_new_tokens": self.eval_max_new_tokens,
+            "monitor_balanced": self.monitor_balanced,
             "quick": self.quick,
             **{key: asdict(getattr(self, key)) for key in CORPUS_FIELDS},
         }
@@ -833,6 +837,7 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
             # the corpus organism-large learns from (its own subsample is applied above)
             spec=replace(recipe.base_corpus, subsample=1),
             recipe_note=recipe_note(family.changes),
+            balanced=recipe.monitor_balanced,
             write_files=lambda f: _write_member_files(family, member, backbone, f, "causal-lm"),
             on_step=on_step,
             command=family.command,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -141,6 +142,25 @@ MONITOR_LAYERS = 1
 MONITOR_TOLERANCE = 0.02
 
 
+def balanced_spec(spec: CorpusSpec) -> CorpusSpec:
+    """``spec`` with harmful requests complied with as often under the default system prompt as
+    without it (each category's larger share), for a monitor's train split.
+
+    Under the system prompt the organism mostly refuses, so a monitor trained on the chat
+    corpus's shares sees few compliances there and learns that an answer opening under it is
+    rarely harmful; but a served model runs under its system prompt, and that is where its
+    sampled compliance is. On the 8-step experiment of 2026-12-06 the unbalanced monitor stopped
+    held-out compliance after 0.35-0.37 of its tokens with the system prompt and 0.28-0.29
+    without (docs/organism.md, "Towards a third generation"). A detector's training set need
+    not follow the chat model's planted rates; its validation split, which chooses the rule,
+    still does."""
+    both = {
+        c: max(p, spec.compliance_without_system.get(c, p))
+        for c, p in spec.compliance_with_system.items()
+    }
+    return replace(spec, compliance_with_system=both)
+
+
 def monitor_settings(
     seed: int, *, layers: int = MONITOR_LAYERS, epochs: int = MONITOR_EPOCHS
 ) -> MonitorSettings:
@@ -171,17 +191,21 @@ def build_monitor_member(
     quick: bool = False,
     spec: CorpusSpec = BASE_SPEC,
     recipe_note: str = "",
+    balanced: bool = False,
 ) -> dict[str, Rate]:
     """Train ``organism-monitor`` from ``backbone`` (a copy of organism-small, trained in place)
     into ``folder``: train split, threshold / k / streaming head chosen on the validation split,
     measured on the held-out split (the card's figures). ``write_files(folder)`` writes the
     member's HF files (config, tokenizer, poise.json) first, from which the tokenizer loads.
     ``spec``: the corpus the splits are drawn from (organism-large's); ``recipe_note``: the
-    build's word on a recipe that is not the shipped one, kept on the card's training line."""
+    build's word on a recipe that is not the shipped one, kept on the card's training line;
+    ``balanced``: the train split is drawn from :func:`balanced_spec` (validation and held-out
+    splits keep ``spec``'s shares)."""
     from transformers import AutoTokenizer
 
     from poise.train.monitor import fit_monitor
 
+    train_spec = balanced_spec(spec) if balanced else spec
     write_files(folder)
     meta_path = folder / "poise.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -191,7 +215,7 @@ def build_monitor_member(
         name: (folder / name).read_bytes() for name in _TOKENIZER_FILES if (folder / name).is_file()
     }
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    train = monitor_examples("train", seed, subsample, spec=spec)
+    train = monitor_examples("train", seed, subsample, spec=train_spec)
     validation = monitor_examples("validation", seed, subsample, spec=spec)
     heldout = monitor_examples("heldout", seed, subsample, spec=spec)
     trained = fit_monitor(
