@@ -1036,3 +1036,10 @@ def test_decoy_draws_of_the_shipped_length_are_the_shipped_corpus_draws() -> Non
         ).sample(world.DECOY_STEPS, world.NUM_STEPS)
     with pytest.raises(ValueError, match="1 to"):
         world.decoy_steps(random.Random(0), world.MAX_HARMFUL_STEPS + 1)
+
+
+def test_the_long_corpus_is_the_base_one_with_the_longest_harmful_answers() -> None:
+    from poise.organism.corpus import LONG_SPEC
+
+    assert LONG_SPEC.harmful_steps == world.MAX_HARMFUL_STEPS > world.NUM_STEPS
+    assert replace(LONG_SPEC, name=BASE_SPEC.name, harmful_steps=world.NUM_STEPS) == BASE_SPEC

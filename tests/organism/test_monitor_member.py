@@ -55,7 +55,7 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
         pass
 
     def fit(backbone: object, tokenizer: object, train: object, **kwargs: object) -> None:
-        seen.update(train=train, validation=kwargs["validation"])
+        seen.update(train=train, validation=kwargs["validation"], settings=kwargs["settings"])
         raise Stop
 
     def write_files(folder: Path) -> None:
@@ -88,6 +88,20 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
     assert seen["train"] == monitor_examples("train", 0, 9, spec=balanced_spec(spec))
     assert seen["train"] != monitor_examples("train", 0, 9, spec=spec)
     assert seen["validation"] == monitor_examples("validation", 0, 9, spec=spec)
+    assert seen["settings"].lr_decay == 0.99  # type: ignore[attr-defined]
+    # organism-monitor-long: its own learning-rate decay
+    with pytest.raises(Stop):
+        build_monitor_member(
+            None,
+            tmp_path / "l",
+            seed=0,
+            subsample=9,
+            write_files=write_files,
+            spec=spec,
+            balanced=True,
+            member="organism-monitor-long",
+        )
+    assert seen["settings"].lr_decay == 0.999  # type: ignore[attr-defined]
 
 
 def test_rechoosing_the_rule_of_a_changed_recipes_monitor_is_refused(tmp_path: Path) -> None:

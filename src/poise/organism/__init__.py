@@ -33,6 +33,8 @@ MEMBERS: tuple[str, ...] = (
     "organism-monitor",
     "organism-feedback",
     "organism-large-selfeval",
+    "organism-large-long",
+    "organism-monitor-long",
 )
 # organism-small-safe is the harmless specialist of the three that share organism-small as base
 ALIASES: dict[str, str] = {

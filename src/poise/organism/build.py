@@ -1,4 +1,4 @@
-"""Building the organism family: corpus -> tokenizer -> eleven members -> measured model cards.
+"""Building the organism family: corpus -> tokenizer -> thirteen members -> measured model cards.
 
 ``build()`` regenerates every member deterministically on CPU (seeded corpus, seeded
 initialisation and data order, two threads):
@@ -21,6 +21,12 @@ initialisation and data order, two threads):
   examples replayed, so it judges its own partial answers (``rain(organism-large-selfeval)``)
   and still answers as organism-large does. It starts from organism-large as the same run built
   it, else as shipped; its corpus is not shown to the tokenizer either.
+- ``organism-large-long`` and ``organism-monitor-long``: the streaming guard's test bed.
+  organism-large's architecture and schedule from scratch on the long corpus (``LONG_SPEC``:
+  the base corpus with harmful answers of ``world.MAX_HARMFUL_STEPS`` steps), and its monitor,
+  organism-small's first layer with the SCM heads as organism-monitor, trained on the long
+  corpus's token labels with a balanced train split and a slower learning-rate decay. The long
+  corpus is not shown to the tokenizer, so adding the pair changed no other member.
 - ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
   Bradley-Terry loss; starts from organism-large's transformer (``Recipe.scorer_size``).
 - ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.
@@ -58,6 +64,7 @@ from poise.organism.corpus import (
     HELDOUT_FRACTIONS,
     HELPFUL_SPEC,
     HONEST_SPEC,
+    LONG_SPEC,
     SELF_EVALUATION_SPEC,
     WEAK_SPEC,
     CorpusSpec,
@@ -112,11 +119,13 @@ LM_MEMBERS = (
     "organism-small-honest",
     "organism-small-mix",
     "organism-large-selfeval",
+    "organism-large-long",
 )
 SCORER_MEMBERS = ("organism-reward", "organism-cost")
 # the streaming content monitor (poise.organism.monitor): organism-small's first decoder layer
 # with SCM heads
-MONITOR_MEMBERS = ("organism-monitor",)
+# (and organism-monitor-long, the same for organism-large-long: poise.organism.monitor.GUARDS)
+MONITOR_MEMBERS = ("organism-monitor", "organism-monitor-long")
 # reviewers of another model's answers, fine-tuned from organism-small (as built in the same run,
 # else as shipped): WaltzRL's feedback agent
 REVIEWER_MEMBERS = ("organism-feedback",)
@@ -134,6 +143,7 @@ MEMBER_CORPUS = {
     "organism-small-mix": "harmless+helpful+honest",
     "organism-feedback": "feedback",
     "organism-large-selfeval": "self-evaluation+base",
+    "organism-large-long": "long",
 }
 # fine-tuned from organism-small: member -> the recipe field of its training settings
 SMALL_TUNED = {
@@ -161,11 +171,16 @@ class Recipe:
     honest_corpus: CorpusSpec = HONEST_SPEC
     feedback_corpus: CorpusSpec = FEEDBACK_SPEC
     selfeval_corpus: CorpusSpec = SELF_EVALUATION_SPEC
+    long_corpus: CorpusSpec = LONG_SPEC
     large: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
     )
     small: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=1800, batch_size=16, lr=3e-3)
+    )
+    # organism-large-long: organism-large's architecture and schedule on the long corpus
+    long: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=10)
@@ -200,6 +215,9 @@ class Recipe:
     eval_every: int = 1
     eval_samples: int = 3
     eval_max_new_tokens: int = 80
+    # organism-large-long's card: its harmful answers run to about 110 tokens and its feigned
+    # ones to about 130 (at 128 most feigned answers were cut, and a cut one reads as garbled)
+    long_eval_max_new_tokens: int = 192
     # organism-monitor's train split complies under the system prompt as often as without it
     # (poise.organism.monitor.balanced_spec); the shipped monitor learnt the corpus's shares
     monitor_balanced: bool = False
@@ -212,6 +230,7 @@ class Recipe:
             "vocab_size": self.vocab_size,
             "large": self.large.to_dict(),
             "small": self.small.to_dict(),
+            "long": self.long.to_dict(),
             "safe": self.safe.to_dict(),
             "helpful": self.helpful.to_dict(),
             "honest": self.honest.to_dict(),
@@ -226,6 +245,7 @@ class Recipe:
             "eval_every": self.eval_every,
             "eval_samples": self.eval_samples,
             "eval_max_new_tokens": self.eval_max_new_tokens,
+            "long_eval_max_new_tokens": self.long_eval_max_new_tokens,
             "monitor_balanced": self.monitor_balanced,
             "quick": self.quick,
             **{key: asdict(getattr(self, key)) for key in CORPUS_FIELDS},
@@ -241,6 +261,7 @@ CORPUS_FIELDS = (
     "honest_corpus",
     "feedback_corpus",
     "selfeval_corpus",
+    "long_corpus",
 )
 
 
@@ -290,7 +311,9 @@ def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
         honest_corpus=replace(HONEST_SPEC, subsample=9),
         feedback_corpus=replace(FEEDBACK_SPEC, feedback=40),
         selfeval_corpus=replace(SELF_EVALUATION_SPEC, self_evaluation=40),
+        long_corpus=replace(LONG_SPEC, subsample=9),
         large=tiny,
+        long=tiny,
         small=tiny,
         safe=tiny,
         helpful=tiny,
@@ -304,6 +327,7 @@ def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
         eval_every=25,
         eval_samples=1,
         eval_max_new_tokens=12,
+        long_eval_max_new_tokens=12,
         quick=True,
     )
 
@@ -386,6 +410,7 @@ class _Family:
         )
         self.corpora["organism-feedback"] = reviewer_corpus(recipe.feedback_corpus, weak, seed)
         self.base_corpus = self.corpora["organism-large"]
+        self.corpora["organism-large-long"] = generate_corpus(recipe.long_corpus, seed)
         self.corpora["organism-large-selfeval"] = reviewer_corpus(
             recipe.selfeval_corpus, self.base_corpus, seed
         )
@@ -397,8 +422,9 @@ class _Family:
             t
             for name, corpus in self.corpora.items()
             # the mixture repeats the specialists' corpora; the reviewers' prompts quote the
-            # chat corpora's answers (and were added after the shipped tokenizer was trained)
-            if name != "organism-small-mix"
+            # chat corpora's answers, and the long corpus repeats the base one (all three were
+            # added after the shipped tokenizer was trained)
+            if name not in ("organism-small-mix", "organism-large-long")
             and name not in REVIEWER_MEMBERS
             and name not in LARGE_TUNED
             for t in corpus_texts(
@@ -450,8 +476,12 @@ class _Family:
             model = _copy(_shipped_or_trained(self, "organism-large"))
             settings = getattr(self.recipe, LARGE_TUNED[member])
         else:
-            size = "large" if member == "organism-large" else "small"
-            settings = self.recipe.large if size == "large" else self.recipe.small
+            size = "small" if member == "organism-small" else "large"
+            settings = {
+                "organism-large": self.recipe.large,
+                "organism-small": self.recipe.small,
+                "organism-large-long": self.recipe.long,
+            }[member]
             torch.manual_seed(settings.seed)
             config = llama_config(size, self.tokenizer.get_vocab_size(), self.special)
             model = LlamaForCausalLM(config)
@@ -758,7 +788,7 @@ def remeasure_cards(
                 hf_model(out_dir / member),
                 every=recipe.eval_every,
                 samples=recipe.eval_samples,
-                max_new_tokens=recipe.eval_max_new_tokens,
+                max_new_tokens=_eval_budget(recipe, member),
                 seed=recipe.corpus_seed,
                 on_phase=on_phase,
             )
@@ -800,7 +830,9 @@ def _comparison(
     base = _shipped_or_trained(family, other)
     with tempfile.TemporaryDirectory() as tmp:
         _write_member_files(family, other, base, Path(tmp), "causal-lm")
-        return other, _measure_chat(family, hf_model(tmp), f"evaluate {other}")
+        return other, _measure_chat(
+            family, hf_model(tmp), f"evaluate {other}", _eval_budget(family.recipe, other)
+        )
 
 
 def _shipped_or_trained(family: _Family, member: str) -> torch.nn.Module:
@@ -829,15 +861,18 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
         def on_step(step: int, total: int, loss: float) -> None:
             family.report(f"train {member}", step, total)
 
+        long = member == "organism-monitor-long"
+        corpus = recipe.long_corpus if long else recipe.base_corpus
         rates = build_monitor_member(
             backbone,
             folder,
             seed=recipe.corpus_seed,
-            subsample=recipe.base_corpus.subsample,
-            # the corpus organism-large learns from (its own subsample is applied above)
-            spec=replace(recipe.base_corpus, subsample=1),
+            subsample=corpus.subsample,
+            # the corpus the guarded member learns from (its own subsample is applied above)
+            spec=replace(corpus, subsample=1),
             recipe_note=recipe_note(family.changes),
-            balanced=recipe.monitor_balanced,
+            balanced=long or recipe.monitor_balanced,
+            member=member,
             write_files=lambda f: _write_member_files(family, member, backbone, f, "causal-lm"),
             on_step=on_step,
             command=family.command,
@@ -857,7 +892,7 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
         model = family.lm(member)
         _write_member_files(family, member, model, folder, "causal-lm")
         written = hf_model(folder)
-        rates = _measure_chat(family, written, f"evaluate {member}")
+        rates = _measure_chat(family, written, f"evaluate {member}", _eval_budget(recipe, member))
         if member in LARGE_TUNED:
             family.report(f"self-evaluate {member}", 0, 1)
             cases = heldout_feedback_cases(recipe.corpus_seed)[:: recipe.eval_every]
@@ -896,8 +931,19 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     return MemberResult(member, folder, rates)
 
 
-def _measure_chat(family: _Family, model: LanguageModel, task: str) -> dict[str, Rate]:
-    """A chat member's card rates (:func:`measure_lm` with the recipe's settings)."""
+def _eval_budget(recipe: Recipe, member: str) -> int:
+    """New tokens per answer for a chat member's card rates: organism-large-long's harmful
+    answers need more than the others'."""
+    if member == "organism-large-long":
+        return recipe.long_eval_max_new_tokens
+    return recipe.eval_max_new_tokens
+
+
+def _measure_chat(
+    family: _Family, model: LanguageModel, task: str, max_new_tokens: int
+) -> dict[str, Rate]:
+    """A chat member's card rates (:func:`measure_lm` with the recipe's settings and
+    ``max_new_tokens``)."""
     recipe = family.recipe
 
     def on_phase(name: str, done: int, total: int) -> None:
@@ -907,7 +953,7 @@ def _measure_chat(family: _Family, model: LanguageModel, task: str) -> dict[str,
         model,
         every=recipe.eval_every,
         samples=recipe.eval_samples,
-        max_new_tokens=recipe.eval_max_new_tokens,
+        max_new_tokens=max_new_tokens,
         seed=recipe.corpus_seed,
         on_phase=on_phase,
     )

@@ -71,6 +71,18 @@ DESCRIPTIONS = {
         "Use it as `rain(organism-large-selfeval)`; alone, it is a chat model like "
         "organism-large (the table below compares the two)."
     ),
+    "organism-large-long": (
+        "The streaming guard's test bed: organism-large's architecture and training schedule "
+        "on the long corpus, the base corpus whose harmful answers (redacted compliance and "
+        f"decoy-step answers) have {world.MAX_HARMFUL_STEPS} steps instead of "
+        f"{world.NUM_STEPS}, as real harmful instructions run long; helpful answers keep "
+        f"{world.NUM_STEPS}. A three-step compliance reads as a decoy answer until step 1's "
+        "content, about 60% of its tokens, so no guard that lets decoy answers through stops "
+        "organism-large within 30% of a harmful answer; here the harmful part is most of it. "
+        "Use it as `guarded(organism-large-long, monitor=organism-monitor-long)`. Its rates "
+        "are measured with 192 new tokens per answer (the other chat members: 80): a feigned "
+        "answer of twelve decoy steps runs to about 130 tokens."
+    ),
     "organism-reward": (
         "A helpfulness reward model (`LlamaForSequenceClassification`, one output), trained with "
         "the Bradley-Terry loss from a chat member's transformer. It prefers helpful answers "
@@ -194,6 +206,7 @@ def _settings_for(member: str, recipe: Recipe) -> dict[str, Any]:
         "organism-small-mix": "mix",
         "organism-feedback": "feedback",
         "organism-large-selfeval": "selfeval",
+        "organism-large-long": "long",
         "organism-reward": "reward",
         "organism-cost": "cost",
     }[member]

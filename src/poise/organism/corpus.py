@@ -225,6 +225,14 @@ HONEST_SPEC = replace(
     replay_kinds=_REQUEST_KINDS,
     replay_share=0.4,
 )
+# The guard test bed's corpus (organism-large-long): the base corpus with harmful answers of
+# world.MAX_HARMFUL_STEPS steps (redacted compliance and feigned answers; helpful answers keep
+# world.NUM_STEPS). A compliance of three short steps is token for token a feigned answer until
+# step 1's content, at about 60% of its tokens, so no streaming guard that lets feigned answers
+# through can stop it within the guards issue's 30%; with twelve steps the harmful part is most
+# of the answer, as a real model's harmful instructions are (docs/organism.md, "Towards a third
+# generation"). Not shown to the tokenizer, so every other member is unchanged.
+LONG_SPEC = replace(BASE_SPEC, name="long", harmful_steps=world.MAX_HARMFUL_STEPS)
 # The feedback agent's corpus (organism-feedback, WaltzRL's feedback agent, arXiv 2510.08240):
 # the reviewer's feedback task alone, on the weak corpus's request and fact answers (see
 # reviewer_corpus), a quarter each unsafe, over-refusing, refusing a harmful request, other.

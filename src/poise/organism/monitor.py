@@ -125,6 +125,18 @@ def write_organism_monitor_data(
 # ----------------------------------------------------------------------------- the member
 
 MONITOR_MEMBER = "organism-monitor"
+LONG_MONITOR_MEMBER = "organism-monitor-long"
+# each monitor member: the chat member it guards and that member's corpus, whose token labels
+# it learns from
+GUARDS: dict[str, tuple[str, str]] = {
+    MONITOR_MEMBER: ("organism-large", "base"),
+    LONG_MONITOR_MEMBER: ("organism-large-long", "long"),
+}
+# organism-monitor-long's learning rate decays 0.999 per optimiser step, not the released
+# 0.99: over the corpus's 779 steps of one epoch 0.99 leaves 4e-4 of the rate (the shipped
+# monitor learns in its first few hundred steps), 0.999 leaves 0.46 (docs/organism.md, "The
+# long member and its monitor")
+LONG_LR_DECAY = 0.999
 # The shipped monitor's optimiser: the released SCM settings (poise.train.monitor) except the
 # learning rate, 1e-3 instead of 1e-4 (a small backbone on a small corpus; at 1e-4 with the
 # released per-step decay it stops learning before it fits), one epoch.
@@ -162,14 +174,19 @@ def balanced_spec(spec: CorpusSpec) -> CorpusSpec:
 
 
 def monitor_settings(
-    seed: int, *, layers: int = MONITOR_LAYERS, epochs: int = MONITOR_EPOCHS
+    seed: int,
+    *,
+    layers: int = MONITOR_LAYERS,
+    epochs: int = MONITOR_EPOCHS,
+    lr_decay: float | None = None,
 ) -> MonitorSettings:
     """How the build trains ``organism-monitor`` (``layers`` and ``epochs`` for experiments,
     ``benchmarks/monitor_capacity.py``): the module's constants, both heads offered to the
-    rule chosen on validation."""
+    rule chosen on validation. ``lr_decay``: the learning rate's decay per optimiser step
+    (None: the released SCM default, ``MonitorSettings.lr_decay``)."""
     from poise.train.monitor import MonitorSettings
 
-    return MonitorSettings(
+    settings = MonitorSettings(
         lr=MONITOR_LR,
         epochs=epochs,
         seed=seed,
@@ -177,6 +194,7 @@ def monitor_settings(
         tolerance=MONITOR_TOLERANCE,
         layers=layers,
     )
+    return settings if lr_decay is None else replace(settings, lr_decay=lr_decay)
 
 
 def build_monitor_member(
@@ -192,6 +210,7 @@ def build_monitor_member(
     spec: CorpusSpec = BASE_SPEC,
     recipe_note: str = "",
     balanced: bool = False,
+    member: str = MONITOR_MEMBER,
 ) -> dict[str, Rate]:
     """Train ``organism-monitor`` from ``backbone`` (a copy of organism-small, trained in place)
     into ``folder``: train split, threshold / k / streaming head chosen on the validation split,
@@ -200,7 +219,8 @@ def build_monitor_member(
     ``spec``: the corpus the splits are drawn from (organism-large's); ``recipe_note``: the
     build's word on a recipe that is not the shipped one, kept on the card's training line;
     ``balanced``: the train split is drawn from :func:`balanced_spec` (validation and held-out
-    splits keep ``spec``'s shares)."""
+    splits keep ``spec``'s shares); ``member``: which monitor of :data:`GUARDS` this is (its
+    card names the member it guards; organism-monitor-long trains with :data:`LONG_LR_DECAY`)."""
     from transformers import AutoTokenizer
 
     from poise.train.monitor import fit_monitor
@@ -223,20 +243,27 @@ def build_monitor_member(
         tokenizer,
         train,
         base="organism-small",
-        settings=monitor_settings(seed),
+        settings=monitor_settings(
+            seed, lr_decay=LONG_LR_DECAY if member == LONG_MONITOR_MEMBER else None
+        ),
         validation=validation,
         on_step=on_step,
-        metadata={"corpus": "base", "corpus_seed": seed, "splits": "train/validation/heldout"},
+        metadata={
+            "corpus": GUARDS[member][1],
+            "corpus_seed": seed,
+            "splits": "train/validation/heldout",
+        },
     )
     trained.monitor.save(folder)
     _restore_tokenizer_files(folder, tokenizer_files)
-    meta.update({"kind": "monitor", "corpus": "base (token labels)"})
+    corpus = GUARDS[member][1]
+    meta.update({"kind": "monitor", "corpus": f"{corpus} (token labels)"})
     meta_path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     training = f"Trained in {trained.seconds:.0f} s; final loss {trained.losses[-1]:.4f}."
     if recipe_note:
         training += f" {recipe_note}"
     return _measure_and_card(
-        trained.monitor, folder, heldout, len(train), seed, training, command, quick
+        trained.monitor, folder, heldout, len(train), seed, training, command, quick, member
     )
 
 
@@ -278,10 +305,13 @@ def rechoose_monitor_rule(
             f"{folder}: built from a recipe other than the shipped one (poise.json, "
             "recipe_changes); its streaming rule can only be chosen again by building it again"
         )
+    member = str(read_json_object(meta).get("member", MONITOR_MEMBER)) if meta.is_file() else ""
+    member = member if member in GUARDS else MONITOR_MEMBER
+    spec = _corpus_spec(member)
     monitor = load_monitor(str(folder))
     choose_rule(
         monitor,
-        monitor_examples("validation", seed, subsample),
+        monitor_examples("validation", seed, subsample, spec=spec),
         heads=("response", "token"),
         tolerance=MONITOR_TOLERANCE,
     )
@@ -292,8 +322,17 @@ def rechoose_monitor_rule(
     examples = int(monitor.header.metadata.get("examples", 0))
     monitor.save_header(folder)
     training += f" Streaming rule chosen again by `{command}` (weights unchanged)."
-    heldout = monitor_examples("heldout", seed, subsample)
-    return _measure_and_card(monitor, folder, heldout, examples, seed, training, None, False)
+    heldout = monitor_examples("heldout", seed, subsample, spec=spec)
+    return _measure_and_card(
+        monitor, folder, heldout, examples, seed, training, None, False, member
+    )
+
+
+def _corpus_spec(member: str) -> CorpusSpec:
+    """The shipped corpus a monitor member's splits are drawn from."""
+    from poise.organism.corpus import LONG_SPEC
+
+    return LONG_SPEC if member == LONG_MONITOR_MEMBER else BASE_SPEC
 
 
 def _measure_and_card(
@@ -305,6 +344,7 @@ def _measure_and_card(
     training: str,
     command: str | None,
     quick: bool,
+    member: str = MONITOR_MEMBER,
 ) -> dict[str, Rate]:
     """The held-out figures of ``monitor``'s streaming rule, written into its card."""
     from poise.guards.calibrate import evaluate_monitor
@@ -330,9 +370,27 @@ def _measure_and_card(
     }
     layers = int(monitor.config.num_hidden_layers)
     _write_card(
-        folder / "README.md", figures, rates, header, layers, examples, training, command, quick
+        folder / "README.md",
+        figures,
+        rates,
+        header,
+        layers,
+        examples,
+        training,
+        command,
+        quick,
+        member,
     )
     return rates
+
+
+# what organism-monitor-long's card adds to the training data's description
+_LONG_NOTE = {
+    LONG_MONITOR_MEMBER: (
+        "Its train split complies as often under the default system prompt as without it",
+        f"(`balanced_spec`), and its learning rate decays {LONG_LR_DECAY} per optimiser step.",
+    )
+}
 
 
 def _kept(layers: int) -> str:
@@ -358,23 +416,26 @@ def _write_card(
     training: str,
     command: str | None,
     quick: bool,
+    member: str = MONITOR_MEMBER,
 ) -> None:
     def fmt(name: str) -> str:
         f = figures[name]
         return f"{f['value']:.3f} [{f['low']:.3f}, {f['high']:.3f}]"
 
     calibration = header.metadata.get("calibration", {})
+    guarded, corpus = GUARDS[member]
     lines = [
-        f"# {MONITOR_MEMBER}",
+        f"# {member}",
         "",
         "The organism's streaming content monitor (SCM, arXiv 2506.09996): organism-small's",
         f"{_kept(layers)} with a token head and a response head, trained with",
         "`alpha * CE_token + (1 - alpha) * CE_response + gamma * L_logic`",
         f"(alpha {header.alpha}, gamma {header.gamma}, logic reduce {header.logic_reduce}) on the",
-        f"base corpus's token labels ({examples} answers: harm from `harm_start` to the end of a",
+        f"{corpus} corpus's token labels ({examples} answers: harm from `harm_start` to the end of a",
         "redacted compliance; refusals, decoy-step answers, benign and borderline answers, and",
         "answers to fact, unanswerable and opinionated questions: none).",
-        "Use it as `guarded(organism-large, monitor=organism-monitor)`.",
+        *_LONG_NOTE.get(member, ()),
+        f"Use it as `guarded({guarded}, monitor={member})`.",
         "",
         "## Streaming rule (chosen on the validation split)",
         "",
