@@ -66,41 +66,32 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
 
     monkeypatch.setattr(poise.train.monitor, "fit_monitor", fit)
     spec = replace(BASE_SPEC, harmful_per_task=4)
-    with pytest.raises(Stop):
-        build_monitor_member(
-            None, tmp_path / "m", seed=0, subsample=9, write_files=write_files, spec=spec
-        )
+
+    def start(folder: str, **options: object) -> None:
+        with pytest.raises(Stop):
+            build_monitor_member(
+                None,
+                tmp_path / folder,
+                seed=0,
+                subsample=9,
+                write_files=write_files,
+                spec=spec,
+                **options,  # type: ignore[arg-type]
+            )
+
+    start("m")
     assert seen["train"] == monitor_examples("train", 0, 9, spec=spec)
     assert seen["validation"] == monitor_examples("validation", 0, 9, spec=spec)
     # balanced: the train split alone is drawn from balanced_spec
     from poise.organism.monitor import balanced_spec
 
-    with pytest.raises(Stop):
-        build_monitor_member(
-            None,
-            tmp_path / "b",
-            seed=0,
-            subsample=9,
-            write_files=write_files,
-            spec=spec,
-            balanced=True,
-        )
+    start("b", balanced=True)
     assert seen["train"] == monitor_examples("train", 0, 9, spec=balanced_spec(spec))
     assert seen["train"] != monitor_examples("train", 0, 9, spec=spec)
     assert seen["validation"] == monitor_examples("validation", 0, 9, spec=spec)
     assert seen["settings"].lr_decay == 0.99  # type: ignore[attr-defined]
     # organism-monitor-long: its own learning-rate decay
-    with pytest.raises(Stop):
-        build_monitor_member(
-            None,
-            tmp_path / "l",
-            seed=0,
-            subsample=9,
-            write_files=write_files,
-            spec=spec,
-            balanced=True,
-            member="organism-monitor-long",
-        )
+    start("l", balanced=True, member="organism-monitor-long")
     assert seen["settings"].lr_decay == 0.999  # type: ignore[attr-defined]
 
 
