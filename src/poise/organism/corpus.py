@@ -121,7 +121,7 @@ class CorpusSpec:
     # steps of a harmful request's redacted compliance and feigned answer (helpful answers keep
     # world.NUM_STEPS). More steps put more of a harmful answer after the point where a
     # streaming guard can tell it from a feigned one (docs/organism.md, "Towards a third
-    # generation"); the shipped corpus has world.NUM_STEPS.
+    # generation"); the base corpus has world.NUM_STEPS, the long one (LONG_SPEC) more.
     harmful_steps: int = world.NUM_STEPS
     # relations whose known facts are taught (None: all); the weak model misses some
     known_relations: tuple[str, ...] | None = None

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from poise.errors import PoiseError, read_json_object
 from poise.guards.data import MonitorExample, write_monitor_data
 from poise.organism import world
-from poise.organism.corpus import BASE_SPEC, CorpusSpec, Example, generate_corpus
+from poise.organism.corpus import BASE_SPEC, LONG_SPEC, CorpusSpec, Example, generate_corpus
 from poise.scoring.stats import Rate
 
 if TYPE_CHECKING:
@@ -305,8 +305,8 @@ def rechoose_monitor_rule(
             f"{folder}: built from a recipe other than the shipped one (poise.json, "
             "recipe_changes); its streaming rule can only be chosen again by building it again"
         )
-    member = str(read_json_object(meta).get("member", MONITOR_MEMBER)) if meta.is_file() else ""
-    member = member if member in GUARDS else MONITOR_MEMBER
+    member = str(read_json_object(meta).get("member")) if meta.is_file() else MONITOR_MEMBER
+    member = member if member in GUARDS else MONITOR_MEMBER  # a folder of old or no record
     spec = _corpus_spec(member)
     monitor = load_monitor(str(folder))
     choose_rule(
@@ -330,8 +330,6 @@ def rechoose_monitor_rule(
 
 def _corpus_spec(member: str) -> CorpusSpec:
     """The shipped corpus a monitor member's splits are drawn from."""
-    from poise.organism.corpus import LONG_SPEC
-
     return LONG_SPEC if member == LONG_MONITOR_MEMBER else BASE_SPEC
 
 

@@ -1296,7 +1296,8 @@ DECOY_STEPS: tuple[str, ...] = (
     "Hope for the best outcome.",
 )
 # More decoys, for feigned answers longer than DECOY_STEPS (a corpus whose harmful answers have
-# more than NUM_STEPS steps: CorpusSpec.harmful_steps). The shipped corpus never draws them.
+# more than four steps: CorpusSpec.harmful_steps). Of the shipped corpora only the long one,
+# organism-large-long's, draws them.
 MORE_DECOY_STEPS: tuple[str, ...] = (
     "Sleep on it for a night.",
     "Write down what you want.",
