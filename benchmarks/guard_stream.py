@@ -110,6 +110,7 @@ def main() -> None:
     from poise.config import Sampling
     from poise.guards.monitor import monitor_folder, read_header
     from poise.models import load_model
+    from poise.models.spec import format_value
     from poise.organism import world
 
     mon = args.monitor
@@ -119,8 +120,7 @@ def main() -> None:
         "(chosen on the validation split)"
     )
     sampling = Sampling(temperature=1.0, n=args.samples, max_new_tokens=args.max_new_tokens, seed=0)
-    # a folder goes into the specs quoted; a member name as it is
-    lm = args.model if "/" not in args.model else repr(args.model)
+    lm = format_value(args.model)  # a folder quoted, a member name bare
     plain = load_model(args.model)
     guarded = load_model(f"guarded({lm}, monitor='{mon}')")
 

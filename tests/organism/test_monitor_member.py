@@ -90,8 +90,11 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
     assert seen["train"] != monitor_examples("train", 0, 9, spec=spec)
     assert seen["validation"] == monitor_examples("validation", 0, 9, spec=spec)
     assert seen["settings"].lr_decay == 0.99  # type: ignore[attr-defined]
-    # organism-monitor-long: its own learning-rate decay
+    # organism-monitor-long: its own learning-rate decay, and balanced whatever the recipe says
     start("l", balanced=True, member="organism-monitor-long")
+    assert seen["settings"].lr_decay == 0.999  # type: ignore[attr-defined]
+    start("l2", member="organism-monitor-long")
+    assert seen["train"] == monitor_examples("train", 0, 9, spec=balanced_spec(spec))
     assert seen["settings"].lr_decay == 0.999  # type: ignore[attr-defined]
 
 

@@ -871,7 +871,7 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
             # the corpus the guarded member learns from (its own subsample is applied above)
             spec=replace(corpus, subsample=1),
             recipe_note=recipe_note(family.changes),
-            balanced=long or recipe.monitor_balanced,
+            balanced=recipe.monitor_balanced,  # organism-monitor-long always is
             member=member,
             write_files=lambda f: _write_member_files(family, member, backbone, f, "causal-lm"),
             on_step=on_step,

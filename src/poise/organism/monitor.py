@@ -220,12 +220,14 @@ def build_monitor_member(
     build's word on a recipe that is not the shipped one, kept on the card's training line;
     ``balanced``: the train split is drawn from :func:`balanced_spec` (validation and held-out
     splits keep ``spec``'s shares); ``member``: which monitor of :data:`GUARDS` this is (its
-    card names the member it guards; organism-monitor-long trains with :data:`LONG_LR_DECAY`)."""
+    card names the member it guards; organism-monitor-long is always balanced and trains with
+    :data:`LONG_LR_DECAY`)."""
     from transformers import AutoTokenizer
 
     from poise.train.monitor import fit_monitor
 
-    train_spec = balanced_spec(spec) if balanced else spec
+    long = member == LONG_MONITOR_MEMBER  # always balanced, with LONG_LR_DECAY
+    train_spec = balanced_spec(spec) if balanced or long else spec
     write_files(folder)
     meta_path = folder / "poise.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
@@ -243,9 +245,7 @@ def build_monitor_member(
         tokenizer,
         train,
         base="organism-small",
-        settings=monitor_settings(
-            seed, lr_decay=LONG_LR_DECAY if member == LONG_MONITOR_MEMBER else None
-        ),
+        settings=monitor_settings(seed, lr_decay=LONG_LR_DECAY if long else None),
         validation=validation,
         on_step=on_step,
         metadata={
@@ -298,14 +298,15 @@ def rechoose_monitor_rule(
     from poise.guards.monitor import load_monitor
     from poise.train.monitor import choose_rule
 
-    meta = folder / "poise.json"
-    if meta.is_file() and "recipe_changes" in read_json_object(meta):
+    meta_path = folder / "poise.json"
+    meta = read_json_object(meta_path) if meta_path.is_file() else {}
+    if "recipe_changes" in meta:
         # its validation split was drawn from another corpus than the shipped one
         raise PoiseError(
             f"{folder}: built from a recipe other than the shipped one (poise.json, "
             "recipe_changes); its streaming rule can only be chosen again by building it again"
         )
-    member = str(read_json_object(meta).get("member")) if meta.is_file() else MONITOR_MEMBER
+    member = meta.get("member")
     member = member if member in GUARDS else MONITOR_MEMBER  # a folder of old or no record
     spec = _corpus_spec(member)
     monitor = load_monitor(str(folder))
