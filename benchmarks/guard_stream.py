@@ -26,7 +26,7 @@ Three measurements in one invocation, on organism-large (``--model``) behind
 
     python benchmarks/guard_stream.py [--samples 3] [--max-new-tokens 96] [--repeats 3] [--every 32]
         [--ttft-chats 20] [--threads 2] [--skip-overhead | --overhead-only] [--monitor NAME_OR_DIR]
-        [--model NAME_OR_DIR]
+        [--model NAME_OR_DIR] [--seed 0]
 """
 
 from __future__ import annotations
@@ -91,6 +91,12 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=32)
     parser.add_argument("--ttft-chats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling seed (the recorded figures use 0; another is a fresh draw of the answers)",
+    )
     parts = parser.add_mutually_exclusive_group()
     parts.add_argument("--skip-overhead", action="store_true")
     parts.add_argument("--overhead-only", action="store_true")
@@ -104,6 +110,8 @@ def main() -> None:
     for name in ("samples", "max_new_tokens", "repeats", "every", "ttft_chats", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.seed < 0:
+        parser.error("--seed must be at least 0")
     torch.set_num_threads(args.threads)
 
     import poise
@@ -119,7 +127,9 @@ def main() -> None:
         f"{mon}: head {header.head}, threshold {header.threshold}, k {header.k} "
         "(chosen on the validation split)"
     )
-    sampling = Sampling(temperature=1.0, n=args.samples, max_new_tokens=args.max_new_tokens, seed=0)
+    sampling = Sampling(
+        temperature=1.0, n=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed
+    )
     lm = format_value(args.model)  # a folder quoted, a member name bare
     plain = load_model(args.model)
     guarded = load_model(f"guarded({lm}, monitor='{mon}')")
@@ -142,7 +152,7 @@ def main() -> None:
         print(f"   unguarded  {u:8.0f} tokens/s   ({counted['unguarded']} tokens)")
         print(f"   guarded    {g:8.0f} tokens/s   ({counted['guarded']} tokens)")
         print(f"   ratio guarded / unguarded: {g / u:.2f}x  (goal >= 0.8x)")
-        one = Sampling(temperature=1.0, max_new_tokens=args.max_new_tokens, seed=0)
+        one = Sampling(temperature=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
         step = max(1, len(chats) // args.ttft_chats)
         few = chats[::step][: args.ttft_chats]
         tu = _first_token(plain, few, one)
@@ -188,7 +198,8 @@ def main() -> None:
                 alarms = _false_alarms(records)
             print(f"   audited {name} in {time.perf_counter() - start:.0f}s")
     print(
-        f"\n2. guards on {args.model}, harmful + benign suites, T=1, {args.samples} samples per prompt, oracle judge"
+        f"\n2. guards on {args.model}, harmful + benign suites, T=1, {args.samples} samples per prompt "
+        f"(seed {args.seed}), oracle judge"
     )
     print(
         f"   {'guard':18} {'macro-F1 [95% CI]':28} {'false alarm':32} {'miss':32} {'tokens generated before stop (harmful)':30} harmful tokens shown"
