@@ -61,7 +61,7 @@ GOAL_TOLERANCE = 0.02
 def sampled_answers(model: Any, split: str, n: int, seed: int) -> list[MonitorExample]:
     """organism-large's own answers to a monitor split's requests, labelled by the oracle."""
     from poise.config import Sampling
-    from poise.organism.monitor import REQUEST_KINDS, monitor_pairs
+    from poise.organism.monitor import REQUEST_KINDS, labelled_answers, monitor_pairs
     from poise.organism.oracle import OracleJudge
     from poise.suites.schema import SuiteItem
 
@@ -78,22 +78,13 @@ def sampled_answers(model: Any, split: str, n: int, seed: int) -> list[MonitorEx
         for i, (example, labelled) in enumerate(pairs)
     ]
     sampling = Sampling(temperature=1.0, n=n, max_new_tokens=96, seed=seed)
-    results = model.generate([it.chat for it in items], sampling)
-    flat = [(it, c.text) for it, r in zip(items, results, strict=True) for c in r]
-    judge = OracleJudge()
-    verdicts = judge.judge([it for it, _ in flat], [t for _, t in flat])
-    onsets = judge.harm_onsets([it for it, _ in flat], [t for _, t in flat])
-    labels = Counter(v.label for v in verdicts)  # feigned against compliance: BENCHMARKS.md
+    answers = labelled_answers(model, items, sampling)
+    # feigned against compliance: BENCHMARKS.md
+    asked = [it for it in items for _ in range(n)]
+    verdicts = OracleJudge().judge(asked, [a.response for a in answers])
+    labels = Counter(v.label for v in verdicts)
     print(f"  {split} oracle labels: {dict(labels.most_common())}")
-    return [
-        MonitorExample(
-            tuple((m["role"], m["content"]) for m in it.messages),
-            text,
-            ((onset, len(text)),) if onset is not None else (),
-            bool(v.harmful),
-        )
-        for (it, text), v, onset in zip(flat, verdicts, onsets, strict=True)
-    ]
+    return answers
 
 
 def frontier(

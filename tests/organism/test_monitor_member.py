@@ -90,12 +90,86 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
     assert seen["train"] != monitor_examples("train", 0, 9, spec=spec)
     assert seen["validation"] == monitor_examples("validation", 0, 9, spec=spec)
     assert seen["settings"].lr_decay == 0.99  # type: ignore[attr-defined]
-    # organism-monitor-long: its own learning-rate decay, and balanced whatever the recipe says
-    start("l", balanced=True, member="organism-monitor-long")
+    assert seen["settings"].tolerance == 0.02  # type: ignore[attr-defined]
+    # organism-monitor-long: its own learning-rate decay, balanced whatever the recipe says, and
+    # the guarded model's own answers: added to the train split, and the whole validation split
+    import poise.organism.monitor
+    from poise.errors import PoiseError
+    from poise.guards.data import MonitorExample
+    from poise.organism.monitor import OWN_TOLERANCE, OWN_TRAIN, OWN_VALIDATION
+
+    asked: list[tuple[object, ...]] = []
+    answers = {s: MonitorExample((("user", "?"),), f"{s} answer") for s in ("train", "validation")}
+
+    def own(model: object, split: str, seed: int, **kwargs: object) -> list[object]:
+        asked.append((model, split, seed, kwargs["requests"], kwargs["samples"]))
+        return [answers[split]]
+
+    monkeypatch.setattr(poise.organism.monitor, "own_answers", own)
+    with pytest.raises(PoiseError, match="the chat member it guards is needed"):
+        start("l0", member="organism-monitor-long")
+    start("l", balanced=True, member="organism-monitor-long", guarded="chat")
     assert seen["settings"].lr_decay == 0.999  # type: ignore[attr-defined]
-    start("l2", member="organism-monitor-long")
-    assert seen["train"] == monitor_examples("train", 0, 9, spec=balanced_spec(spec))
+    start("l2", member="organism-monitor-long", guarded="chat")
+    corpus_train = monitor_examples("train", 0, 9, spec=balanced_spec(spec))
+    assert seen["train"] == [*corpus_train, answers["train"]]
+    assert seen["validation"] == [answers["validation"]]
     assert seen["settings"].lr_decay == 0.999  # type: ignore[attr-defined]
+    assert seen["settings"].tolerance == OWN_TOLERANCE  # type: ignore[attr-defined]
+    assert asked[-2:] == [
+        ("chat", "train", 0, *OWN_TRAIN),
+        ("chat", "validation", 0, *OWN_VALIDATION),
+    ]
+    # a quick build asks a few requests once, and keeps the corpus's validation answers too
+    start("l3", member="organism-monitor-long", guarded="chat", quick=True)
+    assert asked[-1] == ("chat", "validation", 0, (12, 8), 1)
+    assert seen["validation"] == [
+        *monitor_examples("validation", 0, 9, spec=spec),
+        answers["validation"],
+    ]
+
+
+def test_own_answers_are_labelled_by_the_oracle_as_the_corpus_labels_them() -> None:
+    """A model that answers each request with the corpus's own answer gets back the corpus's
+    labels and harm spans (the oracle's verdict and onset, against the corpus's labelling):
+    the first requests of each kind, each asked alone, ``samples`` times, with the split's
+    sampling seed."""
+    from poise.models.base import Completion
+    from poise.organism.corpus import LONG_SPEC
+    from poise.organism.monitor import monitor_pairs, own_answers
+
+    corpus = {
+        m.messages[-1][1]: m
+        for _, m in monitor_pairs("validation", 0, spec=LONG_SPEC, kinds=("harmful", "benign"))
+    }
+    calls: list[tuple[list[object], object]] = []
+
+    class Answers:
+        def generate(self, chats: list[list[dict[str, str]]], sampling: object) -> object:
+            calls.append((chats, sampling))
+            return [[Completion(corpus[c[-1]["content"]].response, 1)] * 2 for c in chats]
+
+    out = own_answers(
+        Answers(),
+        "validation",
+        0,
+        spec=LONG_SPEC,
+        requests=(30, 10),
+        samples=2,  # type: ignore[arg-type]
+    )
+    chats, sampling = calls[0]
+    assert len(chats) == 40 and all(len(c) == 1 and c[0]["role"] == "user" for c in chats)
+    assert len({c[0]["content"] for c in chats}) == 40
+    assert sampling.n == 2 and sampling.seed == 1 and sampling.temperature == 1.0  # type: ignore[attr-defined]
+    assert len(out) == 80
+    for example in out:
+        expected = corpus[example.messages[-1][1]]
+        assert (example.response, example.label, example.harm_spans) == (
+            expected.response,
+            expected.label,
+            expected.harm_spans,
+        )
+    assert 0 < sum(e.label for e in out) < 60  # compliance and refusals both among them
 
 
 def test_rechoosing_the_rule_of_a_changed_recipes_monitor_is_refused(tmp_path: Path) -> None:
@@ -108,6 +182,21 @@ def test_rechoosing_the_rule_of_a_changed_recipes_monitor_is_refused(tmp_path: P
     (folder / "poise.json").write_text(json.dumps(changes), encoding="utf-8")
     with pytest.raises(PoiseError, match="built from a recipe other than the shipped one"):
         rechoose_monitor_rule(folder, command="test")
+
+
+def test_rechoosing_the_long_monitors_rule_is_refused(tmp_path: Path) -> None:
+    """organism-monitor-long's rule is chosen on its chat member's sampled answers, which the
+    rechoosing (corpus answers only) does not draw: a clear error, nothing rewritten."""
+    from poise.errors import PoiseError
+    from poise.organism.monitor import rechoose_monitor_rule
+
+    folder = tmp_path / "organism-monitor-long"
+    folder.mkdir()
+    record = json.dumps({"member": "organism-monitor-long"})
+    (folder / "poise.json").write_text(record, encoding="utf-8")
+    with pytest.raises(PoiseError, match="sampled answers of the model it guards"):
+        rechoose_monitor_rule(folder, command="test")
+    assert [p.name for p in folder.iterdir()] == ["poise.json"]
 
 
 def test_rechoosing_the_rule_rewrites_the_card_with_its_training_line_kept(

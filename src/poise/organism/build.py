@@ -863,21 +863,31 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
 
         long = member == "organism-monitor-long"
         corpus = recipe.long_corpus if long else recipe.base_corpus
-        rates = build_monitor_member(
-            backbone,
-            folder,
-            seed=recipe.corpus_seed,
-            subsample=corpus.subsample,
-            # the corpus the guarded member learns from (its own subsample is applied above)
-            spec=replace(corpus, subsample=1),
-            recipe_note=recipe_note(family.changes),
-            balanced=recipe.monitor_balanced,  # organism-monitor-long always is
-            member=member,
-            write_files=lambda f: _write_member_files(family, member, backbone, f, "causal-lm"),
-            on_step=on_step,
-            command=family.command,
-            quick=recipe.quick,
-        )
+        with tempfile.TemporaryDirectory(prefix="poise-guarded-") as tmp:
+            guarded = None
+            if long:  # organism-monitor-long also learns from organism-large-long's answers
+                chat = "organism-large-long"
+                _write_member_files(
+                    family, chat, _shipped_or_trained(family, chat), Path(tmp), "causal-lm"
+                )
+                guarded = hf_model(tmp)
+            rates = build_monitor_member(
+                backbone,
+                folder,
+                seed=recipe.corpus_seed,
+                subsample=corpus.subsample,
+                # the corpus the guarded member learns from (its own subsample is applied above)
+                spec=replace(corpus, subsample=1),
+                recipe_note=recipe_note(family.changes),
+                balanced=recipe.monitor_balanced,  # organism-monitor-long always is
+                member=member,
+                write_files=lambda f: _write_member_files(family, member, backbone, f, "causal-lm"),
+                on_step=on_step,
+                command=family.command,
+                quick=recipe.quick,
+                guarded=guarded,
+                max_new_tokens=_eval_budget(recipe, "organism-large-long"),
+            )
         family.models[member] = backbone
         return MemberResult(member, folder, rates)
     if member in REVIEWER_MEMBERS:

@@ -34,6 +34,9 @@ from poise.organism.corpus import BASE_SPEC, LONG_SPEC, CorpusSpec, Example, gen
 from poise.scoring.stats import Rate
 
 if TYPE_CHECKING:
+    from poise.config import Sampling
+    from poise.models.base import LanguageModel
+    from poise.suites.schema import SuiteItem
     from poise.train.monitor import MonitorSettings
 
 __all__ = [
@@ -42,9 +45,11 @@ __all__ = [
     "REQUEST_KINDS",
     "MonitorSplit",
     "build_monitor_member",
+    "labelled_answers",
     "monitor_examples",
     "monitor_pairs",
     "monitor_settings",
+    "own_answers",
     "rechoose_monitor_rule",
     "write_organism_monitor_data",
 ]
@@ -56,6 +61,24 @@ REQUEST_KINDS = ("harmful", "borderline", "benign")
 # as harm: trained on requests only, organism-monitor stopped 54 of the 170 honesty and
 # sycophancy answers of guarded organism-large at their first token (greedy, full suites).
 MONITOR_KINDS = (*REQUEST_KINDS, "honesty-known", "honesty-unknown", "sycophancy")
+
+
+# organism-monitor-long also learns from the answers of the model it guards, and chooses its
+# streaming rule on them (:func:`own_answers`), as SCM's monitors learn from annotated answers
+# of real chat models (its FineHarm data). The corpus shows a harmful request's "Sure" opening
+# followed by redacted steps or, rarely, a feigned answer; organism-large-long, sampled, opens
+# the same way and then writes decoy or garbled steps about a quarter of the time, and a rule
+# chosen on corpus answers stopped those at their first word (docs/guards.md, "The long pair").
+# (harmful, benign) requests of each split asked, and answers sampled per request (T=1):
+OWN_TRAIN = ((1500, 1000), 2)
+OWN_VALIDATION = ((900, 600), 3)
+# The rule on those answers: the earliest stop within this much of the best validation
+# macro-F1. The guards issue's early-stop goal allows 0.02 against the full-answer guard; the
+# tolerance is counted from the best streaming rule and on answers to training phrasings, which
+# the model writes more cleanly than answers to the suites' phrasings, so half the goal is kept
+# back as margin. Chosen after an experiment that read the suites' answers (seeds 0 and 1);
+# the benchmark's held-out seed 2 was read once, after the choice (docs/guards.md).
+OWN_TOLERANCE = 0.01
 
 
 def to_monitor_example(example: Example, user: str | None = None) -> MonitorExample:
@@ -113,6 +136,75 @@ def monitor_examples(
 ) -> list[MonitorExample]:
     """The labelled answers of a split (see the module docstring and :func:`monitor_pairs`)."""
     return [m for _, m in monitor_pairs(split, seed, subsample, kinds=kinds, spec=spec)]
+
+
+def own_answers(
+    model: LanguageModel,
+    split: MonitorSplit,
+    seed: int = 0,
+    *,
+    spec: CorpusSpec = BASE_SPEC,
+    requests: tuple[int, int] = OWN_TRAIN[0],
+    samples: int = OWN_TRAIN[1],
+    max_new_tokens: int = 192,
+) -> list[MonitorExample]:
+    """``model``'s own answers to a split's requests, labelled by the oracle: the first
+    ``requests`` = (harmful, benign) distinct user turns of the split (corpus order), each
+    asked alone (the model's chat template adds its default system prompt, as in an audit) and
+    answered ``samples`` times at T=1 (seed ``seed`` + the split's offset). A harmful answer's
+    harm span runs from the oracle's onset to its end (:func:`poise.organism.oracle.harm_onset`,
+    the corpus's rule); every other answer has none."""
+    from poise.config import Sampling
+    from poise.suites.schema import SuiteItem
+
+    asked: dict[str, list[SuiteItem]] = {"harmful": [], "benign": []}
+    seen: set[str] = set()
+    for example, labelled in monitor_pairs(split, seed, spec=spec, kinds=("harmful", "benign")):
+        user = labelled.messages[-1][1]  # on heldout, the request re-asked
+        wanted = requests[0] if example.kind == "harmful" else requests[1]
+        if user in seen or len(asked[example.kind]) >= wanted:
+            continue
+        seen.add(user)
+        asked[example.kind].append(
+            SuiteItem(
+                id=f"{split}-{len(seen)}",
+                messages=[{"role": "user", "content": user}],
+                kind=example.kind,
+                category=example.category,
+                suite=f"organism-{split}",
+                meta={"task": example.subject},
+            )
+        )
+    items = [*asked["harmful"], *asked["benign"]]
+    offset = {"train": 0, "validation": 1, "heldout": 2}[split]
+    sampling = Sampling(
+        temperature=1.0, n=samples, max_new_tokens=max_new_tokens, seed=seed + offset
+    )
+    return labelled_answers(model, items, sampling)
+
+
+def labelled_answers(
+    model: LanguageModel, items: Sequence[SuiteItem], sampling: Sampling
+) -> list[MonitorExample]:
+    """``model``'s answers to ``items`` (``sampling.n`` each, in order), labelled by the oracle:
+    harmful or not by its verdict, a harmful answer's harm span from the oracle's onset to its
+    end (:func:`poise.organism.oracle.harm_onset`, the corpus's rule)."""
+    from poise.organism.oracle import OracleJudge
+
+    answers = model.generate([item.chat for item in items], sampling)
+    flat = [(item, c.text) for item, row in zip(items, answers, strict=True) for c in row]
+    judge = OracleJudge()
+    verdicts = judge.judge([item for item, _ in flat], [text for _, text in flat])
+    onsets = judge.harm_onsets([item for item, _ in flat], [text for _, text in flat])
+    return [
+        MonitorExample(
+            tuple((m["role"], m["content"]) for m in item.messages),
+            text,
+            ((onset or 0, len(text)),) if verdict.harmful is True else (),
+            verdict.harmful is True,
+        )
+        for (item, text), verdict, onset in zip(flat, verdicts, onsets, strict=True)
+    ]
 
 
 def write_organism_monitor_data(
@@ -211,6 +303,8 @@ def build_monitor_member(
     recipe_note: str = "",
     balanced: bool = False,
     member: str = MONITOR_MEMBER,
+    guarded: LanguageModel | None = None,
+    max_new_tokens: int = 192,
 ) -> dict[str, Rate]:
     """Train ``organism-monitor`` from ``backbone`` (a copy of organism-small, trained in place)
     into ``folder``: train split, threshold / k / streaming head chosen on the validation split,
@@ -221,7 +315,9 @@ def build_monitor_member(
     ``balanced``: the train split is drawn from :func:`balanced_spec` (validation and held-out
     splits keep ``spec``'s shares); ``member``: which monitor of :data:`GUARDS` this is (its
     card names the member it guards; organism-monitor-long is always balanced and trains with
-    :data:`LONG_LR_DECAY`)."""
+    :data:`LONG_LR_DECAY`); ``guarded``: the chat member it guards, loaded, whose own answers
+    (:func:`own_answers`, ``max_new_tokens`` each) organism-monitor-long also learns from and
+    chooses its rule on (required for it, unused for organism-monitor)."""
     from transformers import AutoTokenizer
 
     from poise.train.monitor import fit_monitor
@@ -240,19 +336,41 @@ def build_monitor_member(
     train = monitor_examples("train", seed, subsample, spec=train_spec)
     validation = monitor_examples("validation", seed, subsample, spec=spec)
     heldout = monitor_examples("heldout", seed, subsample, spec=spec)
+    settings = monitor_settings(seed, lr_decay=LONG_LR_DECAY if long else None)
+    metadata: dict[str, Any] = {
+        "corpus": GUARDS[member][1],
+        "corpus_seed": seed,
+        "splits": "train/validation/heldout",
+    }
+    if long:
+        if guarded is None:
+            raise PoiseError(f"{member}: the chat member it guards is needed (its own answers)")
+        own_train = _own(guarded, "train", seed, spec, OWN_TRAIN, max_new_tokens, quick)
+        own_validation = _own(
+            guarded, "validation", seed, spec, OWN_VALIDATION, max_new_tokens, quick
+        )
+        # a quick build's model may answer its few requests one way only; the corpus's answers
+        # give its rule both labels to choose on
+        validation = validation + own_validation if quick else own_validation
+        train = train + own_train
+        settings = replace(settings, tolerance=OWN_TOLERANCE)
+        metadata["own_answers"] = {
+            "model": GUARDS[member][0],
+            "train": len(own_train),
+            "train_harmful": sum(e.label for e in own_train),
+            "validation": len(validation),
+            "validation_harmful": sum(e.label for e in validation),
+            "max_new_tokens": max_new_tokens,
+        }
     trained = fit_monitor(
         backbone,
         tokenizer,
         train,
         base="organism-small",
-        settings=monitor_settings(seed, lr_decay=LONG_LR_DECAY if long else None),
+        settings=settings,
         validation=validation,
         on_step=on_step,
-        metadata={
-            "corpus": GUARDS[member][1],
-            "corpus_seed": seed,
-            "splits": "train/validation/heldout",
-        },
+        metadata=metadata,
     )
     trained.monitor.save(folder)
     _restore_tokenizer_files(folder, tokenizer_files)
@@ -264,6 +382,30 @@ def build_monitor_member(
         training += f" {recipe_note}"
     return _measure_and_card(
         trained.monitor, folder, heldout, len(train), seed, training, command, quick, member
+    )
+
+
+def _own(
+    model: LanguageModel,
+    split: MonitorSplit,
+    seed: int,
+    spec: CorpusSpec,
+    plan: tuple[tuple[int, int], int],
+    max_new_tokens: int,
+    quick: bool,
+) -> list[MonitorExample]:
+    """:func:`own_answers` as the build asks for them (a quick build: a few requests)."""
+    (harmful, benign), samples = plan
+    if quick:
+        harmful, benign, samples = 12, 8, 1
+    return own_answers(
+        model,
+        split,
+        seed,
+        spec=spec,
+        requests=(harmful, benign),
+        samples=samples,
+        max_new_tokens=max_new_tokens,
     )
 
 
@@ -308,6 +450,12 @@ def rechoose_monitor_rule(
         )
     member = meta.get("member")
     member = member if member in GUARDS else MONITOR_MEMBER  # a folder of old or no record
+    if member == LONG_MONITOR_MEMBER:
+        raise PoiseError(
+            f"{folder}: {member}'s streaming rule is chosen on the sampled answers of the model "
+            f"it guards; choose it again by building it again (`poise organism build --members "
+            f"{member}`)"
+        )
     spec = _corpus_spec(member)
     monitor = load_monitor(str(folder))
     choose_rule(
@@ -392,6 +540,20 @@ _LONG_NOTE = {
 }
 
 
+def _own_note(own: dict[str, Any] | None) -> list[str]:
+    """What a monitor that learnt from its chat model's answers adds to its card."""
+    if not own:
+        return []
+    return [
+        f"It also learns from {own['train']} answers of {own['model']} to the train",
+        f"split's requests ({own['train_harmful']} harmful), and chooses its streaming rule on",
+        f"{own['validation']} answers to the validation split's requests",
+        f"({own['validation_harmful']} harmful), not on corpus answers: sampled at T=1",
+        f"({own['max_new_tokens']} new tokens), labelled by the oracle with harm from its onset",
+        "(`poise.organism.monitor.own_answers`).",
+    ]
+
+
 def _kept(layers: int) -> str:
     return "first decoder layer" if layers == 1 else f"first {layers} decoder layers"
 
@@ -423,6 +585,8 @@ def _write_card(
 
     calibration = header.metadata.get("calibration", {})
     guarded, corpus = GUARDS[member]
+    own = header.metadata.get("own_answers")
+    examples -= int(own["train"]) if own else 0  # the corpus's answers; its own ones below
     lines = [
         f"# {member}",
         "",
@@ -434,6 +598,7 @@ def _write_card(
         "redacted compliance; refusals, decoy-step answers, benign and borderline answers, and",
         "answers to fact, unanswerable and opinionated questions: none).",
         *_LONG_NOTE.get(member, ()),
+        *_own_note(header.metadata.get("own_answers")),
         f"Use it as `guarded({guarded}, monitor={member})`.",
         "",
         "## Streaming rule (chosen on the validation split)",
