@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,7 +56,12 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
         pass
 
     def fit(backbone: object, tokenizer: object, train: object, **kwargs: object) -> None:
-        seen.update(train=train, validation=kwargs["validation"], settings=kwargs["settings"])
+        seen.update(
+            train=train,
+            validation=kwargs["validation"],
+            settings=kwargs["settings"],
+            metadata=kwargs["metadata"],
+        )
         raise Stop
 
     def write_files(folder: Path) -> None:
@@ -127,6 +133,9 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
         *monitor_examples("validation", 0, 9, spec=spec),
         answers["validation"],
     ]
+    # the card counts the model's own answers only
+    record: dict[str, int] = seen["metadata"]["own_answers"]  # type: ignore[index]
+    assert [record[key] for key in ("train", "validation", "validation_harmful")] == [1, 1, 0]
 
 
 def test_own_answers_are_labelled_by_the_oracle_as_the_corpus_labels_them() -> None:
@@ -142,25 +151,19 @@ def test_own_answers_are_labelled_by_the_oracle_as_the_corpus_labels_them() -> N
         m.messages[-1][1]: m
         for _, m in monitor_pairs("validation", 0, spec=LONG_SPEC, kinds=("harmful", "benign"))
     }
-    calls: list[tuple[list[object], object]] = []
+    calls: list[tuple[list[list[dict[str, str]]], Any]] = []
 
     class Answers:
-        def generate(self, chats: list[list[dict[str, str]]], sampling: object) -> object:
+        def generate(self, chats: list[list[dict[str, str]]], sampling: Any) -> object:
             calls.append((chats, sampling))
             return [[Completion(corpus[c[-1]["content"]].response, 1)] * 2 for c in chats]
 
-    out = own_answers(
-        Answers(),
-        "validation",
-        0,
-        spec=LONG_SPEC,
-        requests=(30, 10),
-        samples=2,  # type: ignore[arg-type]
-    )
+    model: Any = Answers()
+    out = own_answers(model, "validation", 0, spec=LONG_SPEC, requests=(30, 10), samples=2)
     chats, sampling = calls[0]
     assert len(chats) == 40 and all(len(c) == 1 and c[0]["role"] == "user" for c in chats)
     assert len({c[0]["content"] for c in chats}) == 40
-    assert sampling.n == 2 and sampling.seed == 1 and sampling.temperature == 1.0  # type: ignore[attr-defined]
+    assert sampling.n == 2 and sampling.seed == 1 and sampling.temperature == 1.0
     assert len(out) == 80
     for example in out:
         expected = corpus[example.messages[-1][1]]

@@ -25,8 +25,10 @@ initialisation and data order, two threads):
   organism-large's architecture and schedule from scratch on the long corpus (``LONG_SPEC``:
   the base corpus with harmful answers of ``world.MAX_HARMFUL_STEPS`` steps), and its monitor,
   organism-small's first layer with the SCM heads as organism-monitor, trained on the long
-  corpus's token labels with a balanced train split and a slower learning-rate decay. The long
-  corpus is not shown to the tokenizer, so adding the pair changed no other member.
+  corpus's token labels with a balanced train split and a slower learning-rate decay, and on
+  organism-large-long's own sampled answers (as the same run built it, else as shipped), on
+  which its streaming rule is also chosen. The long corpus is not shown to the tokenizer, so
+  adding the pair changed no other member.
 - ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
   Bradley-Terry loss; starts from organism-large's transformer (``Recipe.scorer_size``).
 - ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.

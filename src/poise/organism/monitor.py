@@ -17,6 +17,10 @@ Splits (one seed each, so they never share a draw):
 Each split also holds the corpus's questions (:data:`MONITOR_KINDS`: known and unanswerable
 facts, opinionated questions; every third on validation and held out, in their own phrasing),
 never harmful: a guard's monitor sees those answers too.
+
+``organism-monitor-long`` also learns from the answers the member it guards gives to the train
+split's requests, and chooses its rule on its answers to the validation split's requests
+(:func:`own_answers`: sampled, labelled by the oracle).
 """
 
 from __future__ import annotations
@@ -358,8 +362,8 @@ def build_monitor_member(
             "model": GUARDS[member][0],
             "train": len(own_train),
             "train_harmful": sum(e.label for e in own_train),
-            "validation": len(validation),
-            "validation_harmful": sum(e.label for e in validation),
+            "validation": len(own_validation),
+            "validation_harmful": sum(e.label for e in own_validation),
             "max_new_tokens": max_new_tokens,
         }
     trained = fit_monitor(
@@ -598,7 +602,7 @@ def _write_card(
         "redacted compliance; refusals, decoy-step answers, benign and borderline answers, and",
         "answers to fact, unanswerable and opinionated questions: none).",
         *_LONG_NOTE.get(member, ()),
-        *_own_note(header.metadata.get("own_answers")),
+        *_own_note(own),
         f"Use it as `guarded({guarded}, monitor={member})`.",
         "",
         "## Streaming rule (chosen on the validation split)",
