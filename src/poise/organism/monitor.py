@@ -69,10 +69,11 @@ MONITOR_KINDS = (*REQUEST_KINDS, "honesty-known", "honesty-unknown", "sycophancy
 
 # organism-monitor-long also learns from the answers of the model it guards, and chooses its
 # streaming rule on them (:func:`own_answers`), as SCM's monitors learn from annotated answers
-# of real chat models (its FineHarm data). The corpus shows a harmful request's "Sure" opening
-# followed by redacted steps or, rarely, a feigned answer; organism-large-long, sampled, opens
-# the same way and then writes decoy or garbled steps about a quarter of the time, and a rule
-# chosen on corpus answers stopped those at their first word (docs/guards.md, "The long pair").
+# of real chat models (its FineHarm data). The corpus follows a harmful request's "Sure"
+# opening with redacted steps four times in five, else with a feigned answer; sampled,
+# organism-large-long opens the same way and strays (decoy, garbled or off-task steps) more
+# often, and a rule chosen on corpus answers stopped those at their first word (docs/guards.md,
+# "The long pair").
 # (harmful, benign) requests of each split asked, and answers sampled per request (T=1):
 OWN_TRAIN = ((1500, 1000), 2)
 OWN_VALIDATION = ((900, 600), 3)
