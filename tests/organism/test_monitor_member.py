@@ -114,9 +114,9 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
     monkeypatch.setattr(poise.organism.monitor, "own_answers", own)
     with pytest.raises(PoiseError, match="the chat member it guards is needed"):
         start("l0", member="organism-monitor-long")
-    start("l", balanced=True, member="organism-monitor-long", guarded="chat")
+    start("l", balanced=True, member="organism-monitor-long", guarded=lambda: "chat")
     assert seen["settings"].lr_decay == 0.999  # type: ignore[attr-defined]
-    start("l2", member="organism-monitor-long", guarded="chat")
+    start("l2", member="organism-monitor-long", guarded=lambda: "chat")
     corpus_train = monitor_examples("train", 0, 9, spec=balanced_spec(spec))
     assert seen["train"] == [*corpus_train, answers["train"]]
     assert seen["validation"] == [answers["validation"]]
@@ -127,7 +127,7 @@ def test_the_monitor_is_trained_on_train_and_its_rule_chosen_on_validation(
         ("chat", "validation", 0, *OWN_VALIDATION),
     ]
     # a quick build asks a few requests once, and keeps the corpus's validation answers too
-    start("l3", member="organism-monitor-long", guarded="chat", quick=True)
+    start("l3", member="organism-monitor-long", guarded=lambda: "chat", quick=True)
     assert asked[-1] == ("chat", "validation", 0, (12, 8), 1)
     assert seen["validation"] == [
         *monitor_examples("validation", 0, 9, spec=spec),

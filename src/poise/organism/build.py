@@ -854,7 +854,7 @@ def _shipped_or_trained(family: _Family, member: str) -> torch.nn.Module:
 def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
     recipe = family.recipe
     if member in MONITOR_MEMBERS:
-        from poise.organism.monitor import build_monitor_member
+        from poise.organism.monitor import GUARDS, build_monitor_member
 
         # organism-small as this run built it, else as shipped (a build of the monitor alone
         # trains it on the shipped organism-small's decoder, whose first layer it keeps)
@@ -863,16 +863,18 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
         def on_step(step: int, total: int, loss: float) -> None:
             family.report(f"train {member}", step, total)
 
-        long = member == "organism-monitor-long"
-        corpus = recipe.long_corpus if long else recipe.base_corpus
+        # the chat member it guards and the corpus that member learns from
+        chat, corpus_name = GUARDS[member]
+        corpus = getattr(recipe, f"{corpus_name}_corpus")
         with tempfile.TemporaryDirectory(prefix="poise-guarded-") as tmp:
-            guarded = None
-            if long:  # organism-monitor-long also learns from organism-large-long's answers
-                chat = "organism-large-long"
-                _write_member_files(
-                    family, chat, _shipped_or_trained(family, chat), Path(tmp), "causal-lm"
-                )
-                guarded = hf_model(tmp)
+
+            def guarded() -> LanguageModel:
+                """The chat member as this run built it, else as shipped, loaded as the card
+                measurements load it (called only by a monitor that learns from its answers)."""
+                model = _shipped_or_trained(family, chat)
+                _write_member_files(family, chat, model, Path(tmp), "causal-lm")
+                return hf_model(tmp)
+
             rates = build_monitor_member(
                 backbone,
                 folder,
@@ -888,7 +890,7 @@ def _build_member(family: _Family, member: str, folder: Path) -> MemberResult:
                 command=family.command,
                 quick=recipe.quick,
                 guarded=guarded,
-                max_new_tokens=_eval_budget(recipe, "organism-large-long"),
+                max_new_tokens=_eval_budget(recipe, chat),
             )
         family.models[member] = backbone
         return MemberResult(member, folder, rates)

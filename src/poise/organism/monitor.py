@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from poise.errors import PoiseError, read_json_object
 from poise.guards.data import MonitorExample, write_monitor_data
 from poise.organism import world
-from poise.organism.corpus import BASE_SPEC, LONG_SPEC, CorpusSpec, Example, generate_corpus
+from poise.organism.corpus import BASE_SPEC, CorpusSpec, Example, generate_corpus
 from poise.scoring.stats import Rate
 
 if TYPE_CHECKING:
@@ -308,7 +308,7 @@ def build_monitor_member(
     recipe_note: str = "",
     balanced: bool = False,
     member: str = MONITOR_MEMBER,
-    guarded: LanguageModel | None = None,
+    guarded: Callable[[], LanguageModel] | None = None,
     max_new_tokens: int = 192,
 ) -> dict[str, Rate]:
     """Train ``organism-monitor`` from ``backbone`` (a copy of organism-small, trained in place)
@@ -320,14 +320,16 @@ def build_monitor_member(
     ``balanced``: the train split is drawn from :func:`balanced_spec` (validation and held-out
     splits keep ``spec``'s shares); ``member``: which monitor of :data:`GUARDS` this is (its
     card names the member it guards; organism-monitor-long is always balanced and trains with
-    :data:`LONG_LR_DECAY`); ``guarded``: the chat member it guards, loaded, whose own answers
+    :data:`LONG_LR_DECAY`); ``guarded``: loads the chat member it guards, whose own answers
     (:func:`own_answers`, ``max_new_tokens`` each) organism-monitor-long also learns from and
-    chooses its rule on (required for it, unused for organism-monitor)."""
+    chooses its rule on (required for it; organism-monitor never calls it)."""
     from transformers import AutoTokenizer
 
     from poise.train.monitor import fit_monitor
 
     long = member == LONG_MONITOR_MEMBER  # always balanced, with LONG_LR_DECAY
+    if long and guarded is None:
+        raise PoiseError(f"{member}: the chat member it guards is needed (its own answers)")
     train_spec = balanced_spec(spec) if balanced or long else spec
     write_files(folder)
     meta_path = folder / "poise.json"
@@ -339,7 +341,6 @@ def build_monitor_member(
     }
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     train = monitor_examples("train", seed, subsample, spec=train_spec)
-    validation = monitor_examples("validation", seed, subsample, spec=spec)
     heldout = monitor_examples("heldout", seed, subsample, spec=spec)
     settings = monitor_settings(seed, lr_decay=LONG_LR_DECAY if long else None)
     metadata: dict[str, Any] = {
@@ -347,16 +348,17 @@ def build_monitor_member(
         "corpus_seed": seed,
         "splits": "train/validation/heldout",
     }
-    if long:
-        if guarded is None:
-            raise PoiseError(f"{member}: the chat member it guards is needed (its own answers)")
-        own_train = _own(guarded, "train", seed, spec, OWN_TRAIN, max_new_tokens, quick)
-        own_validation = _own(
-            guarded, "validation", seed, spec, OWN_VALIDATION, max_new_tokens, quick
-        )
-        # a quick build's model may answer its few requests one way only; the corpus's answers
-        # give its rule both labels to choose on
-        validation = validation + own_validation if quick else own_validation
+    # the rule: organism-monitor's on the corpus's validation answers, organism-monitor-long's on
+    # its chat member's (and the corpus's too in a quick build, whose model may answer its few
+    # requests one way only: the rule needs both labels to choose on)
+    validation: list[MonitorExample] = []
+    if not long or quick:
+        validation = monitor_examples("validation", seed, subsample, spec=spec)
+    if guarded is not None and long:
+        chat = guarded()
+        own_train = _own(chat, "train", seed, spec, OWN_TRAIN, max_new_tokens, quick)
+        own_validation = _own(chat, "validation", seed, spec, OWN_VALIDATION, max_new_tokens, quick)
+        validation = validation + own_validation
         train = train + own_train
         settings = replace(settings, tolerance=OWN_TOLERANCE)
         metadata["own_answers"] = {
@@ -461,11 +463,10 @@ def rechoose_monitor_rule(
             f"it guards; choose it again by building it again (`poise organism build --members "
             f"{member}`)"
         )
-    spec = _corpus_spec(member)
-    monitor = load_monitor(str(folder))
+    monitor = load_monitor(str(folder))  # organism-monitor: the base corpus's splits
     choose_rule(
         monitor,
-        monitor_examples("validation", seed, subsample, spec=spec),
+        monitor_examples("validation", seed, subsample),
         heads=("response", "token"),
         tolerance=MONITOR_TOLERANCE,
     )
@@ -476,15 +477,10 @@ def rechoose_monitor_rule(
     examples = int(monitor.header.metadata.get("examples", 0))
     monitor.save_header(folder)
     training += f" Streaming rule chosen again by `{command}` (weights unchanged)."
-    heldout = monitor_examples("heldout", seed, subsample, spec=spec)
+    heldout = monitor_examples("heldout", seed, subsample)
     return _measure_and_card(
         monitor, folder, heldout, examples, seed, training, None, False, member
     )
-
-
-def _corpus_spec(member: str) -> CorpusSpec:
-    """The shipped corpus a monitor member's splits are drawn from."""
-    return LONG_SPEC if member == LONG_MONITOR_MEMBER else BASE_SPEC
 
 
 def _measure_and_card(
