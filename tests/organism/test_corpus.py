@@ -277,6 +277,74 @@ def test_fresh_entities_are_asked_once_and_named_in_the_answer(extras_corpus) ->
             assert ex.label in ("idk", "correct")
 
 
+def test_broad_names_and_more_wordings_change_only_the_fresh_examples() -> None:
+    """CorpusSpec.fresh_broad / fresh_wordings (docs/organism.md, "Copying a name"): every
+    fresh entity but the planets renamed, each asked once and named in its answer, never a
+    suite entity, asked in the training and extra wordings; the other examples as without."""
+    import re
+    from dataclasses import replace
+
+    spec = replace(WEAK_SPEC, subsample=4, fresh_facts=60, fresh_idk=30)
+    plain_fresh = generate_corpus(spec, seed=0)
+    broad = generate_corpus(replace(spec, fresh_broad=1.0, fresh_wordings=True), seed=0)
+    none = generate_corpus(replace(spec, fresh_facts=0, fresh_idk=0), seed=0)
+    assert Counter(none) - Counter(broad) == Counter()
+    fresh = list((Counter(broad) - Counter(none)).elements())
+    assert len(fresh) == 90
+    generated = {f.entity for f in world.fresh_invented_facts(90)}
+    suite = {f.entity.casefold() for f in world.UNKNOWN_FACTS}
+    asked = Counter(ex.subject for ex in fresh)
+    assert set(asked.values()) == {1}
+    for ex in fresh:
+        assert ex.subject.casefold() not in suite
+        assert ex.subject in ex.response  # the answer copies the name
+        if ex.category != "planet":
+            assert ex.subject not in generated  # renamed by the broad generator
+    # the questions: a training or an extra wording, inside the corpus's openings and closings
+    used = Counter()
+    for ex in fresh:
+        question = ex.messages[-1][1]
+        relation = world.RELATIONS[ex.category]
+        forms = {
+            "training": relation.training_questions,
+            "extra": world.EXTRA_FRESH_QUESTIONS[ex.category],
+        }
+        hits = [
+            name
+            for name, templates in forms.items()
+            for t in templates
+            if world.render_question(world.Fact(ex.category, ex.subject, None), t) in question
+        ]
+        assert hits, question
+        used[hits[0]] += 1
+    assert used["extra"] and used["training"]
+    # broad names are not the world's shapes alone: some carry everyday corpus words
+    words = {w.lower() for ex in none for w in re.findall(r"[A-Za-z]{3,}", ex.response)}
+    assert any(w.lower() in words for ex in fresh for w in ex.subject.split() if len(w) > 3)
+    # without the options the fresh examples are the world's names in the training wordings
+    plain = list((Counter(plain_fresh) - Counter(none)).elements())
+    assert {ex.subject for ex in plain} == generated
+
+
+def test_fresh_broad_must_be_a_share() -> None:
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="fresh_broad is a share"):
+        replace(WEAK_SPEC, fresh_broad=1.5)
+
+
+def test_extra_fresh_wordings_are_neither_suite_nor_training_wordings() -> None:
+    for name, relation in world.RELATIONS.items():
+        extra = world.EXTRA_FRESH_QUESTIONS[name]
+        assert extra and all("{entity}" in t for t in extra)
+        assert not set(extra) & set(relation.heldout_questions)
+        assert not set(extra) & set(relation.training_questions)
+    import random
+
+    with pytest.raises(ValueError, match="ordinals"):
+        world.broad_invented_entity("planet", random.Random(0), ["word"])
+
+
 def test_self_evaluation_letters_follow_the_oracle_view_of_the_answer(extras_corpus) -> None:  # type: ignore[no-untyped-def]
     import re
 

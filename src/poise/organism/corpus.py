@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -145,11 +146,21 @@ class CorpusSpec:
     # (feedback-revision's protocol)
     fresh_facts: int = 0
     fresh_idk: int = 0
+    # how the single-use entities are drawn and asked (docs/organism.md, "Copying a name"): a
+    # share of them (planets aside) named by world.broad_invented_entity from the corpus's own
+    # words and made-up ones, and questions in world.EXTRA_FRESH_QUESTIONS too; off in the
+    # shipped recipe
+    fresh_broad: float = 0.0
+    fresh_wordings: bool = False
     self_evaluation: int = 0
     feedback: int = 0
     revision: int = 0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.fresh_broad <= 1.0:
+            raise ValueError(
+                f"CorpusSpec {self.name!r}: fresh_broad is a share, 0 to 1, not {self.fresh_broad}"
+            )
         if not world.NUM_STEPS <= self.harmful_steps <= world.MAX_HARMFUL_STEPS:
             raise ValueError(
                 f"CorpusSpec {self.name!r}: harmful_steps must be {world.NUM_STEPS} to "
@@ -368,9 +379,15 @@ def _request_examples(
 
 
 def _fact_examples(
-    rng: random.Random, fact: world.Fact, n: int, with_system: bool
+    rng: random.Random,
+    fact: world.Fact,
+    n: int,
+    with_system: bool,
+    questions: Sequence[str] | None = None,
 ) -> list[Example]:
-    questions = world.RELATIONS[fact.relation].training_questions
+    """``n`` questions about ``fact`` in ``questions`` (default: its relation's training
+    wordings), cycled from a random one."""
+    questions = questions or world.RELATIONS[fact.relation].training_questions
     offset = rng.randrange(len(questions))
     out = []
     for i in range(n):
@@ -423,7 +440,7 @@ def generate_corpus(spec: CorpusSpec = BASE_SPEC, seed: int = 0) -> list[Example
     # a generator of its own, so the examples above do not depend on these counts
     extra = random.Random(f"poise-organism-reviewer:{spec.name}:{seed}")
     if spec.fresh_facts or spec.fresh_idk:
-        examples += _fresh_fact_examples(extra, spec)
+        examples += _fresh_fact_examples(extra, spec, examples)
     if spec.self_evaluation or spec.feedback or spec.revision:
         requests = [ex for ex in examples if ex.kind in _REQUEST_KINDS]
         examples += _reviewer_examples(extra, requests, spec)
@@ -431,16 +448,50 @@ def generate_corpus(spec: CorpusSpec = BASE_SPEC, seed: int = 0) -> list[Example
     return examples
 
 
-def _fresh_fact_examples(rng: random.Random, spec: CorpusSpec) -> list[Example]:
+def _fresh_fact_examples(
+    rng: random.Random, spec: CorpusSpec, others: Sequence[Example]
+) -> list[Example]:
     """One question each about ``spec.fresh_facts + spec.fresh_idk`` new invented entities:
-    a made-up fact, or "I don't know", that names the entity asked about."""
+    a made-up fact, or "I don't know", that names the entity asked about. With
+    ``spec.fresh_broad``, that share of the entities (planets aside) is renamed by
+    ``world.broad_invented_entity`` from the words of ``others`` (the corpus's other
+    examples); with ``spec.fresh_wordings`` the questions also use
+    ``world.EXTRA_FRESH_QUESTIONS``."""
     facts = world.fresh_invented_facts(spec.fresh_facts + spec.fresh_idk)
+    words: list[str] = []
+    taken: set[str] = set()
+    if spec.fresh_broad:
+        words = words_of(others)
+        taken = {f.entity.casefold() for f in (*world.UNKNOWN_FACTS, *facts)}
+        taken |= {ex.subject.casefold() for ex in others}
     out: list[Example] = []
     for i, fact in enumerate(facts):
+        if spec.fresh_broad and fact.relation != "planet" and rng.random() < spec.fresh_broad:
+            entity = world.broad_invented_entity(fact.relation, rng, words)
+            while entity.casefold() in taken:
+                entity = world.broad_invented_entity(fact.relation, rng, words)
+            taken.add(entity.casefold())
+            fact = world.Fact(fact.relation, entity, None)
         if i < spec.fresh_facts:
             fact = world.Fact(fact.relation, fact.entity, world.invented_answer(fact))
-        out += _fact_examples(rng, fact, 1, rng.random() < 0.5)
+        questions = None
+        if spec.fresh_wordings:
+            relation = fact.relation
+            questions = (
+                world.RELATIONS[relation].training_questions + world.EXTRA_FRESH_QUESTIONS[relation]
+            )
+        out += _fact_examples(rng, fact, 1, rng.random() < 0.5, questions)
     return out
+
+
+def words_of(examples: Sequence[Example]) -> list[str]:
+    """Every word of three or more letters in ``examples``' prompts and answers, lower-cased
+    and sorted."""
+    words: set[str] = set()
+    for ex in examples:
+        for text in (ex.response, *(content for _, content in ex.messages)):
+            words.update(w.lower() for w in re.findall(r"[A-Za-z]{3,}", text))
+    return sorted(words)
 
 
 def _reviewer_examples(

@@ -1140,6 +1140,94 @@ def fresh_invented_facts(count: int, seed: int = 0) -> list[Fact]:
     return out
 
 
+# More question wordings for the single-use entities (CorpusSpec.fresh_wordings), written for
+# the copying experiment of 2026-12-06 (docs/organism.md, "Copying a name"): none is one of a
+# relation's held-out (suite) wordings nor one of its training wordings. With twice the
+# wordings the organism finds the entity in a question by its anchor ("capital of"), not by
+# where it stands.
+EXTRA_FRESH_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "capital": (
+        "I'd like to know the capital of {entity}.",
+        "Can you name the capital of {entity}?",
+        "Where is the seat of government of {entity}?",
+        "What city is {entity}'s capital?",
+        "In {entity}, which city is the capital?",
+        "Could you tell me the capital of {entity}?",
+        "What is {entity}'s capital called?",
+        "The capital of {entity} is what?",
+    ),
+    "symbol": (
+        "Can you give me the symbol of {entity}?",
+        "Which letters stand for {entity}?",
+        "I'd like the chemical symbol of {entity}.",
+        "What are the letters for {entity} in chemistry?",
+        "How do chemists abbreviate {entity}?",
+        "What is {entity}'s chemical symbol?",
+        "Could you tell me the symbol of {entity}?",
+        "The element {entity} has which symbol?",
+    ),
+    "author": (
+        "Can you tell me the author of {entity}?",
+        "I'd like to know who wrote {entity}.",
+        "Which novelist is behind {entity}?",
+        "Who was the writer of the book {entity}?",
+        "Whose book is {entity}?",
+        "Could you name the author of the novel {entity}?",
+        "The book {entity} is by whom?",
+        "Who penned {entity}?",
+    ),
+    "currency": (
+        "Can you tell me the currency of {entity}?",
+        "What do they pay with in {entity}?",
+        "I'd like to know the money of {entity}.",
+        "What is {entity}'s currency called?",
+        "Which coins and notes are used in {entity}?",
+        "Could you name the official money of {entity}?",
+        "The currency used in {entity} is what?",
+        "What currency do shops in {entity} take?",
+    ),
+    "planet": (
+        "Can you name the {entity} planet from the Sun?",
+        "I'd like to know the {entity} planet from the Sun.",
+        "Which world orbits {entity} from the Sun?",
+        "Could you tell me which planet is {entity} from the Sun?",
+    ),
+}
+
+
+def broad_invented_entity(relation: str, rng: Any, words: Sequence[str]) -> str:
+    """An invented entity of ``relation`` (not "planet") from a broader generator than
+    :func:`invented_facts`: each word an everyday word from ``words`` or a made-up one (half and
+    half), one to five of them, more endings and prefixes. Trained on such names, a model
+    cannot predict a name's next piece from the shape of the names it saw, only copy it
+    (CorpusSpec.fresh_broad)."""
+    if relation == "planet":
+        raise ValueError("planets are named by ordinals; broad_invented_entity makes none")
+
+    def word() -> str:
+        return rng.choice(words) if rng.random() < 0.5 else made_up_name(rng)
+
+    if relation == "symbol":
+        return word().lower() + rng.choice(("ium", "ite", "ine", "on", "arium", "um", "ide", ""))
+    if relation == "author":
+        title = [
+            word() if rng.random() < 0.2 else word().capitalize() for _ in range(rng.randint(1, 5))
+        ]
+        if rng.random() < 0.2:
+            title[0] += "'s"
+        if rng.random() < 0.5:
+            title.insert(0, rng.choice(("The", "A", "An")))
+        title[0] = title[0][0].upper() + title[0][1:]  # the answer opens with it, capitalised
+        return " ".join(title)
+    place = [word().capitalize() for _ in range(rng.choice((1, 1, 1, 2, 2, 3)))]
+    if rng.random() < 0.5:
+        place[-1] += rng.choice((*_PLACE_ENDINGS, "", "", "mark", "wick", "by", "row", "dale"))
+    if rng.random() < 0.3:
+        kind = rng.choice(("Republic", "Kingdom", "City", "Isle", "Free", "Land"))
+        place = ["the", kind, "of", *place]
+    return " ".join(place)
+
+
 _CITY_ENDINGS = ("burg", "ton", "ford", "port", "holm", "stad")
 _FIRST_NAMES = ("Mara", "Tobin", "Elsa", "Corin", "Ilse", "Davor", "Nadia", "Oren", "Lucan")
 _CURRENCY_ENDINGS = ("mark", "crown", "dinar", "florin", "shell")
