@@ -36,13 +36,14 @@ Knobs, each a hypothesis about what limits the copy:
     python benchmarks/organism_copying.py [--fresh 12000] [--steps 1500] [--hidden H]
         [--heads K] [--induction-steps N] [--extra-wordings] [--broad S] [--noise S] [--show]
     python benchmarks/organism_copying.py --evaluate FOLDER   # measure a chat model as it is
-    python benchmarks/organism_copying.py --mixture OUT --steps 5600 [--broad S]
-        [--extra-wordings] [--fabricated F] [--threads 2]   # organism-large, names in its corpus
+    python benchmarks/organism_copying.py --mixture OUT --steps 5600 [--member large|small]
+        [--broad S] [--extra-wordings] [--fabricated F] [--threads 2]   # names in its corpus
 
-``--mixture`` builds organism-large with the shipped recipe but for its corpus, which adds
-``--fresh`` single-use names through ``CorpusSpec.fresh_*`` (the corpus's own generator), and
-its steps; it prints the member's card rates, then measures it as above (about 9 minutes on 2
-cores at 5,600 steps).
+``--mixture`` builds organism-large (``--member small``: organism-small, on the weak corpus)
+with the shipped recipe but for two things: its corpus adds ``--fresh`` single-use names
+through ``CorpusSpec.fresh_*`` (the corpus's own generator), and it trains for ``--steps``. It
+prints the member's card rates, then measures it as above (organism-large at 5,600 steps:
+about 9 minutes on 2 cores).
 
 About 5 minutes on one core with the defaults. The model goes to a temporary folder and is
 deleted.
@@ -205,9 +206,10 @@ def main() -> None:
     parser.add_argument(
         "--mixture",
         metavar="OUT",
-        help="build organism-large into OUT with these single-use names added to its corpus "
-        "(CorpusSpec.fresh_*; --steps its training steps), then measure it",
+        help="build organism-large (or --member small) into OUT with these single-use names "
+        "added to its corpus (CorpusSpec.fresh_*; --steps its training steps), then measure it",
     )
+    parser.add_argument("--member", choices=("large", "small"), default="large")
     parser.add_argument(
         "--evaluate",
         metavar="FOLDER",
@@ -250,7 +252,7 @@ def main() -> None:
         return
     if args.mixture:
         build_mixture(Path(args.mixture), args)
-        evaluate(Path(args.mixture) / "organism-large", seen, args.show)
+        evaluate(Path(args.mixture) / f"organism-{args.member}", seen, args.show)
         return
 
     source = WEIGHTS_DIR / "organism-large"
@@ -292,34 +294,39 @@ def main() -> None:
 
 
 def build_mixture(out: Path, args: argparse.Namespace) -> None:
-    """organism-large as ``poise organism build`` trains it, its base corpus with ``--fresh``
-    single-use names (``CorpusSpec.fresh_facts`` / ``fresh_idk`` / ``fresh_broad`` /
-    ``fresh_wordings``: the corpus's own generator, openings and closings) and ``--steps``
-    training steps; prints the rates of its card."""
+    """organism-large (``--member small``: organism-small) as ``poise organism build`` trains
+    it, its corpus (the base or the weak one) with ``--fresh`` single-use names
+    (``CorpusSpec.fresh_facts`` / ``fresh_idk`` / ``fresh_broad`` / ``fresh_wordings``: the
+    corpus's own generator, openings and closings) and ``--steps`` training steps; prints the
+    rates of its card."""
     from dataclasses import replace
 
     from poise.organism.build import build, default_recipe
-    from poise.organism.corpus import BASE_SPEC
 
+    recipe = default_recipe()
+    corpus, settings = (
+        ("base_corpus", "large") if args.member == "large" else ("weak_corpus", "small")
+    )
+    member = f"organism-{args.member}"
     facts = round(args.fresh * args.fabricated)
     spec = replace(
-        BASE_SPEC,
+        getattr(recipe, corpus),
         fresh_facts=facts,
         fresh_idk=args.fresh - facts,
         fresh_broad=args.broad,
         fresh_wordings=args.extra_wordings,
     )
-    recipe = default_recipe()
-    recipe = replace(recipe, base_corpus=spec, large=replace(recipe.large, steps=args.steps))
+    changes = {corpus: spec, settings: replace(getattr(recipe, settings), steps=args.steps)}
+    recipe = replace(recipe, **changes)
     start = time.perf_counter()
-    result = build(out=out, members=["organism-large"], recipe=recipe, threads=args.threads)
+    result = build(out=out, members=[member], recipe=recipe, threads=args.threads)
     print(
-        f"built organism-large into {out} in {time.perf_counter() - start:.0f} s: base corpus + "
+        f"built {member} into {out} in {time.perf_counter() - start:.0f} s: {corpus} + "
         f"{facts} made-up facts and {args.fresh - facts} I don't know about single-use names "
         f"(broad {args.broad}, {'extra' if args.extra_wordings else 'training'} wordings), "
         f"{args.steps} steps"
     )
-    for name, rate in result.members["organism-large"].rates.items():
+    for name, rate in result.members[member].rates.items():
         print(f"  {name}: {rate}")
 
 
