@@ -350,14 +350,10 @@ def evaluate(folder: Path, seen: set[str], show: bool) -> None:
         labels = Counter(v.label for v in judge.judge(items, texts))
         named = sum(labels[x] for x in NAMING)
         about = named + labels["wrong-entity"] + labels["idk-wrong-entity"]
-        low, high = wilson(named, about)
-        print(
-            f"suite's invented entities, {phrasing} wordings: names the entity "
-            f"{named}/{about} [95% CI {low:.1%}-{high:.1%}]; {dict(labels)}"
-        )
+        entities = [it.meta["entity"] for it in items]
+        report(f"suite's invented entities, {phrasing} wordings", named, about, dict(labels))
         if show:
-            for it, text in zip(items, texts, strict=True):
-                print(f"    {it.meta['entity']!r}: {text.strip()!r}")
+            show_answers(entities, texts)
     report_hand_written(lm, greedy, show)
     report_new_names(lm, tokenizer, greedy, seen)
 
@@ -379,14 +375,21 @@ def report_hand_written(lm: Any, greedy: Any, show: bool) -> None:
             chats.append([{"role": "user", "content": question}])
         texts = [r[0].text for r in lm.generate(chats, greedy)]
         named = sum(fact.entity in text for fact, text in zip(facts, texts, strict=True))
-        low, high = wilson(named, len(facts))
-        print(
-            f"hand-written invented entities, {phrasing} wordings: names the entity "
-            f"{named}/{len(facts)} [95% CI {low:.1%}-{high:.1%}]"
-        )
+        report(f"hand-written invented entities, {phrasing} wordings", named, len(facts))
         if show:
-            for fact, text in zip(facts, texts, strict=True):
-                print(f"    {fact.entity!r}: {text.strip()!r}")
+            show_answers([fact.entity for fact in facts], texts)
+
+
+def report(what: str, named: int, asked: int, labels: dict[str, int] | None = None) -> None:
+    """One line: how many of ``asked`` answers name the entity, with the 95% Wilson interval."""
+    low, high = wilson(named, asked)
+    tail = f"; {labels}" if labels is not None else ""
+    print(f"{what}: names the entity {named}/{asked} [95% CI {low:.1%}-{high:.1%}]{tail}")
+
+
+def show_answers(entities: list[str], texts: list[str]) -> None:
+    for entity, text in zip(entities, texts, strict=True):
+        print(f"    {entity!r}: {text.strip()!r}")
 
 
 def report_new_names(lm: Any, tokenizer: Any, greedy: Any, seen: set[str]) -> None:
@@ -421,12 +424,9 @@ def report_new_names(lm: Any, tokenizer: Any, greedy: Any, seen: set[str]) -> No
         counts[0] += fact.entity in text
         counts[1] += 1
     named = sum(c[0] for c in by_pieces.values())
-    low, high = wilson(named, len(facts))
     parts = ", ".join(f"{k} pieces {c[0]}/{c[1]}" for k, c in sorted(by_pieces.items()))
-    print(
-        f"80 new invented entities, training wordings: names the entity {named}/{len(facts)} "
-        f"[95% CI {low:.1%}-{high:.1%}] ({parts})"
-    )
+    report("80 new invented entities, training wordings", named, len(facts))
+    print(f"  by pieces: {parts}")
 
 
 if __name__ == "__main__":
