@@ -1142,9 +1142,9 @@ def fresh_invented_facts(count: int, seed: int = 0) -> list[Fact]:
 
 # More question wordings for the single-use entities (CorpusSpec.fresh_wordings), written for
 # the copying experiment of 2026-12-06 (docs/organism.md, "Copying a name"): none is one of a
-# relation's held-out (suite) wordings nor one of its training wordings. With twice the
-# wordings the organism finds the entity in a question by its anchor ("capital of"), not by
-# where it stands.
+# relation's held-out (suite) wordings nor one of its training wordings. Meant to teach the
+# organism to find the entity in a question by its anchor ("capital of") rather than by where
+# the training wordings put it; docs/organism.md has what they did.
 EXTRA_FRESH_QUESTIONS: dict[str, tuple[str, ...]] = {
     "capital": (
         "I'd like to know the capital of {entity}.",
@@ -1198,8 +1198,8 @@ EXTRA_FRESH_QUESTIONS: dict[str, tuple[str, ...]] = {
 def broad_invented_entity(relation: str, rng: Any, words: Sequence[str]) -> str:
     """An invented entity of ``relation`` (not "planet") from a broader generator than
     :func:`invented_facts`: each word an everyday word from ``words`` or a made-up one (half and
-    half), one to five of them, more endings and prefixes. Trained on such names, a model
-    cannot predict a name's next piece from the shape of the names it saw, only copy it
+    half), one to five of them, more endings and prefixes, so that the shapes of the names a
+    model saw predict less of a name's next piece and copying it pays more
     (CorpusSpec.fresh_broad)."""
     if relation == "planet":
         raise ValueError("planets are named by ordinals; broad_invented_entity makes none")
