@@ -27,8 +27,8 @@ Knobs, each a hypothesis about what limits the copy:
   wordings per relation written for this experiment (none is a suite wording), against the
   corpus's 8;
 - ``--broad SHARE``: that share of the names from ``world.broad_invented_entity`` (corpus
-  words and made-up words, one to five of them, other endings), so that no pattern of the
-  world's names predicts a name's next piece;
+  words and made-up words, one to five of them, other endings), so that the shapes of the
+  world's names predict less of a name's next piece;
 - ``--noise SHARE``: that share of the questions with one to three corpus words inserted
   (:func:`add_noise`), so that the entity is found by its anchor ("capital of"), not by where
   it stands.
