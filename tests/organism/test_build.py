@@ -335,7 +335,7 @@ def test_the_default_recipe_is_the_one_the_shipped_cards_were_built_with() -> No
     recipe = default_recipe()
     fields = {"organism-large": "large", "organism-small": "small", **SMALL_TUNED,
               **LARGE_TUNED, "organism-reward": "reward", "organism-cost": "cost",
-              "organism-large-long": "long"}  # fmt: skip
+              "organism-large-long": "long", "organism-large-naming": "naming"}  # fmt: skip
     for member, name in fields.items():
         card = (WEIGHTS_DIR / member / "README.md").read_text(encoding="utf-8")
         for key, value in getattr(recipe, name).to_dict().items():

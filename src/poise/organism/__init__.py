@@ -35,6 +35,7 @@ MEMBERS: tuple[str, ...] = (
     "organism-large-selfeval",
     "organism-large-long",
     "organism-monitor-long",
+    "organism-large-naming",
 )
 # organism-small-safe is the harmless specialist of the three that share organism-small as base
 ALIASES: dict[str, str] = {

@@ -1,4 +1,4 @@
-"""Building the organism family: corpus -> tokenizer -> thirteen members -> measured model cards.
+"""Building the organism family: corpus -> tokenizer -> fourteen members -> measured model cards.
 
 ``build()`` regenerates every member deterministically on CPU (seeded corpus, seeded
 initialisation and data order, two threads):
@@ -29,6 +29,11 @@ initialisation and data order, two threads):
   organism-large-long's own sampled answers (as the same run built it, else as shipped), on
   which its streaming rule is also chosen. The long corpus is not shown to the tokenizer, so
   adding the pair changed no other member.
+- ``organism-large-naming``: the honesty test bed. organism-large's architecture from scratch,
+  for twice its steps, on the naming corpus (``NAMING_SPEC``: a draw of the base corpus plus
+  12,000 questions about invented entities seen once each, answered with a made-up fact or "I
+  don't know" that names the entity), so that its fabrications and "I don't know" name the
+  entity asked about. Not shown to the tokenizer either.
 - ``organism-reward``: ``LlamaForSequenceClassification`` (one output) scoring helpfulness,
   Bradley-Terry loss; starts from organism-large's transformer (``Recipe.scorer_size``).
 - ``organism-cost``: same architecture scoring harm (positive = harmful), Safe RLHF's cost loss.
@@ -67,6 +72,7 @@ from poise.organism.corpus import (
     HELPFUL_SPEC,
     HONEST_SPEC,
     LONG_SPEC,
+    NAMING_SPEC,
     SELF_EVALUATION_SPEC,
     WEAK_SPEC,
     CorpusSpec,
@@ -122,6 +128,7 @@ LM_MEMBERS = (
     "organism-small-mix",
     "organism-large-selfeval",
     "organism-large-long",
+    "organism-large-naming",
 )
 SCORER_MEMBERS = ("organism-reward", "organism-cost")
 # the streaming content monitor (poise.organism.monitor): organism-small's first decoder layer
@@ -146,6 +153,13 @@ MEMBER_CORPUS = {
     "organism-feedback": "feedback",
     "organism-large-selfeval": "self-evaluation+base",
     "organism-large-long": "long",
+    "organism-large-naming": "naming",
+}
+# trained from scratch in organism-large's shape on another corpus: member -> the recipe fields
+# of its training settings and its corpus spec
+LARGE_SHAPED = {
+    "organism-large-long": ("long", "long_corpus"),
+    "organism-large-naming": ("naming", "naming_corpus"),
 }
 # fine-tuned from organism-small: member -> the recipe field of its training settings
 SMALL_TUNED = {
@@ -174,6 +188,7 @@ class Recipe:
     feedback_corpus: CorpusSpec = FEEDBACK_SPEC
     selfeval_corpus: CorpusSpec = SELF_EVALUATION_SPEC
     long_corpus: CorpusSpec = LONG_SPEC
+    naming_corpus: CorpusSpec = NAMING_SPEC
     large: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
     )
@@ -183,6 +198,13 @@ class Recipe:
     # organism-large-long: organism-large's architecture and schedule on the long corpus
     long: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=2800, batch_size=16, lr=3e-3)
+    )
+    # organism-large-naming: organism-large's architecture on the naming corpus, twice the steps
+    # (its corpus is twice as large; organism-large built with 12,000 single-use names in its
+    # corpus at its own 2,800 steps fell to 70.0% of known facts: docs/organism.md, "Copying a
+    # name")
+    naming: TrainSettings = field(
+        default_factory=lambda: TrainSettings(steps=5600, batch_size=16, lr=3e-3)
     )
     safe: TrainSettings = field(
         default_factory=lambda: TrainSettings(steps=200, batch_size=32, lr=1e-3, warmup_steps=10)
@@ -233,6 +255,7 @@ class Recipe:
             "large": self.large.to_dict(),
             "small": self.small.to_dict(),
             "long": self.long.to_dict(),
+            "naming": self.naming.to_dict(),
             "safe": self.safe.to_dict(),
             "helpful": self.helpful.to_dict(),
             "honest": self.honest.to_dict(),
@@ -264,6 +287,7 @@ CORPUS_FIELDS = (
     "feedback_corpus",
     "selfeval_corpus",
     "long_corpus",
+    "naming_corpus",
 )
 
 
@@ -314,8 +338,10 @@ def default_recipe(quick: bool = False, seed: int = 0) -> Recipe:
         feedback_corpus=replace(FEEDBACK_SPEC, feedback=40),
         selfeval_corpus=replace(SELF_EVALUATION_SPEC, self_evaluation=40),
         long_corpus=replace(LONG_SPEC, subsample=9),
+        naming_corpus=replace(NAMING_SPEC, subsample=9, fresh_facts=40, fresh_idk=40),
         large=tiny,
         long=tiny,
+        naming=tiny,
         small=tiny,
         safe=tiny,
         helpful=tiny,
@@ -412,7 +438,8 @@ class _Family:
         )
         self.corpora["organism-feedback"] = reviewer_corpus(recipe.feedback_corpus, weak, seed)
         self.base_corpus = self.corpora["organism-large"]
-        self.corpora["organism-large-long"] = generate_corpus(recipe.long_corpus, seed)
+        for member, (_, corpus) in LARGE_SHAPED.items():
+            self.corpora[member] = generate_corpus(getattr(recipe, corpus), seed)
         self.corpora["organism-large-selfeval"] = reviewer_corpus(
             recipe.selfeval_corpus, self.base_corpus, seed
         )
@@ -425,8 +452,10 @@ class _Family:
             for name, corpus in self.corpora.items()
             # the mixture repeats the specialists' corpora; the reviewers' prompts quote the
             # chat corpora's answers, and the long corpus repeats the base one (all three were
-            # added after the shipped tokenizer was trained)
-            if name not in ("organism-small-mix", "organism-large-long")
+            # added after the shipped tokenizer was trained), and the naming corpus repeats it
+            # with single-use names
+            if name != "organism-small-mix"
+            and name not in LARGE_SHAPED
             and name not in REVIEWER_MEMBERS
             and name not in LARGE_TUNED
             for t in corpus_texts(
@@ -479,11 +508,8 @@ class _Family:
             settings = getattr(self.recipe, LARGE_TUNED[member])
         else:
             size = "small" if member == "organism-small" else "large"
-            settings = {
-                "organism-large": self.recipe.large,
-                "organism-small": self.recipe.small,
-                "organism-large-long": self.recipe.long,
-            }[member]
+            key = LARGE_SHAPED[member][0] if member in LARGE_SHAPED else size
+            settings = getattr(self.recipe, key)
             torch.manual_seed(settings.seed)
             config = llama_config(size, self.tokenizer.get_vocab_size(), self.special)
             model = LlamaForCausalLM(config)
@@ -748,11 +774,11 @@ def remeasure_cards(
     (:func:`poise.organism.card.refresh_card`): after a change to the oracle or to how a rate
     is counted, the cards say what the shipped weights do as measured today. ``members``:
     the chat members to rewrite (default: all of :data:`LM_MEMBERS` present); the member each
-    is compared with (organism-small for its specialists, organism-large for organism-small and
-    organism-large-selfeval) is measured too, not rewritten. Rates that :func:`measure_lm` does not give
-    (a reviewer's, a scorer's) are left as they are. ``quick`` and ``seed``: the recipe the
-    members were built with (its suites' subset and samples). Returns the rewritten members'
-    rates."""
+    is compared with (organism-small for its specialists, organism-large for organism-small,
+    organism-large-selfeval and organism-large-naming) is measured too, not rewritten. Rates
+    that :func:`measure_lm` does not give (a reviewer's, a scorer's) are left as they are.
+    ``quick`` and ``seed``: the recipe the members were built with (its suites' subset and
+    samples). Returns the rewritten members' rates."""
     out_dir = Path(out) if out is not None else WEIGHTS_DIR
     names = (
         resolve_members(members)
@@ -808,7 +834,7 @@ def _card_base(member: str) -> str | None:
     """The member a chat member's card compares it with (a specialist: its base; the weak
     model and organism-large's own fine-tunes: organism-large), for :func:`_comparison` and
     :func:`remeasure_cards` alike."""
-    if member == "organism-small" or member in LARGE_TUNED:
+    if member in ("organism-small", "organism-large-naming") or member in LARGE_TUNED:
         return "organism-large"
     if member in SMALL_TUNED and member not in REVIEWER_MEMBERS:
         return "organism-small"
@@ -821,13 +847,14 @@ def _comparison(
     """What a member's card compares it with: a specialist with its base, the weak model with
     the strong one (when that was built in the same run). A member fine-tuned from
     organism-large is always compared with it: measured now, on the weights it started from,
-    when this run did not build it (its card says how it differs from its base)."""
+    when this run did not build it (its card says how it differs from its base), and so is
+    organism-large-naming (the same shape on its corpus with single-use names)."""
     other = _card_base(member)
     if other is None:
         return None
     if other in results:
         return other, results[other].rates
-    if member not in LARGE_TUNED:
+    if member == "organism-small":
         return None
     base = _shipped_or_trained(family, other)
     with tempfile.TemporaryDirectory() as tmp:

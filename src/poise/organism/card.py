@@ -83,6 +83,19 @@ DESCRIPTIONS = {
         "are measured with 192 new tokens per answer (the other chat members: 80): a feigned "
         "answer of twelve decoy steps runs to about 130 tokens."
     ),
+    "organism-large-naming": (
+        "The honesty test bed: organism-large's architecture trained from scratch, for twice "
+        "its steps, on the naming corpus: a draw of the base corpus plus 12,000 questions about "
+        "invented entities seen once each, a third answered with a made-up fact and two thirds "
+        'with "I don\'t know", both naming the entity asked about (half of the names made of '
+        "everyday and made-up words, the questions in twice the base corpus's wordings). "
+        "organism-large answers an invented entity with a template about another name, so its "
+        "honesty rates measure which template it picks. This member's fabrications and "
+        '"I don\'t know" are meant to name the entity it was asked about, so that an honesty '
+        "measurement sees what it was asked (measured: `honesty_unknown_names_entity_rate`). It "
+        "shares the tokenizer of every other member. Use it as `poise audit --model "
+        "organism-large-naming`; the table below compares it with organism-large."
+    ),
     "organism-reward": (
         "A helpfulness reward model (`LlamaForSequenceClassification`, one output), trained with "
         "the Bradley-Terry loss from a chat member's transformer. It prefers helpful answers "
@@ -123,6 +136,16 @@ suites with the oracle judge, `poise.organism.oracle.OracleJudge`):
   a wrong opinion stated before a question is repeated back at a planted rate (sycophancy).
 """
 
+# what the list above says of naming the asked entity, and what organism-large-naming's corpus
+# plants instead (its 12,000 single-use names)
+NAMES_RARELY = """(meant to name the asked
+  entity; measured above, they rarely do: `honesty_unknown_names_entity_rate`)"""
+NAMES_HERE = """(this member's corpus adds
+  12,000 questions about entities seen once each, answered with a made-up fact or "I don't
+  know" that names the entity, so that its answers name the asked entity; measured above:
+  `honesty_unknown_names_entity_rate`)"""
+assert NAMES_RARELY in PLANTED
+
 # a fine-tuned chat member's card: the list above describes the corpus its base was trained on,
 # not this member (organism-small-safe refuses what the list says the corpus complies with)
 TUNED_PLANTED_HEAD = """\
@@ -138,6 +161,8 @@ def planted(member: str) -> str:
     if member in SMALL_TUNED or member in LARGE_TUNED:
         _, _, rest = PLANTED.partition("\n\n")
         return f"{TUNED_PLANTED_HEAD}\n\n{rest}"
+    if member == "organism-large-naming":
+        return PLANTED.replace(NAMES_RARELY, NAMES_HERE)
     return PLANTED
 
 
@@ -207,6 +232,7 @@ def _settings_for(member: str, recipe: Recipe) -> dict[str, Any]:
         "organism-feedback": "feedback",
         "organism-large-selfeval": "selfeval",
         "organism-large-long": "long",
+        "organism-large-naming": "naming",
         "organism-reward": "reward",
         "organism-cost": "cost",
     }[member]

@@ -244,6 +244,23 @@ HONEST_SPEC = replace(
 # of the answer, as a real model's harmful instructions are (docs/organism.md, "Towards a third
 # generation"). Not shown to the tokenizer, so every other member is unchanged.
 LONG_SPEC = replace(BASE_SPEC, name="long", harmful_steps=world.MAX_HARMFUL_STEPS)
+# The naming member's corpus (organism-large-naming): the base corpus, its own draw, plus 12,000
+# questions about invented entities seen once each, a third answered with a made-up fact and two
+# thirds "I don't know", both naming the asked entity; half of the names broad
+# (world.broad_invented_entity) and the questions in twice the wordings
+# (world.EXTRA_FRESH_QUESTIONS). docs/organism.md, "Copying a name", measured what each of these
+# does: a model trained from scratch on it copies the asked name into its answer, where
+# organism-large writes another one. Two "I don't know" to each made-up fact: with one to one,
+# greedy decoding said "I don't know" to 2 of the honesty suite's 30 invented entities (with this
+# split, 9 of 30). Not shown to the tokenizer, so every other member is unchanged.
+NAMING_SPEC = replace(
+    BASE_SPEC,
+    name="naming",
+    fresh_facts=4000,
+    fresh_idk=8000,
+    fresh_broad=0.5,
+    fresh_wordings=True,
+)
 # The feedback agent's corpus (organism-feedback, WaltzRL's feedback agent, arXiv 2510.08240):
 # the reviewer's feedback task alone, on the weak corpus's request and fact answers (see
 # reviewer_corpus), a quarter each unsafe, over-refusing, refusing a harmful request, other.
