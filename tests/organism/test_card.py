@@ -101,6 +101,18 @@ def test_a_fine_tuned_members_card_says_the_planted_list_is_its_bases() -> None:
         assert (TUNED_PLANTED_HEAD in section) == (member in tuned)
 
 
+def test_the_naming_members_card_says_its_corpus_names_the_entity() -> None:
+    """organism-large's card says its fabrications rarely name the asked entity; the naming
+    member's says what its corpus adds instead (a card holding the other's line would state the
+    opposite of its own measured rate)."""
+    from poise.organism.card import NAMES_HERE, NAMES_RARELY, planted
+
+    assert NAMES_RARELY in PLANTED
+    naming = planted("organism-large-naming")
+    assert NAMES_HERE in naming and NAMES_RARELY not in naming
+    assert NAMES_RARELY in planted("organism-large") and NAMES_HERE not in PLANTED
+
+
 def test_refresh_keeps_a_fine_tuned_members_planted_section(tmp_path: Path) -> None:
     from poise.organism.card import TUNED_PLANTED_HEAD, planted
 

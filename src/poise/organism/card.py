@@ -144,7 +144,6 @@ NAMES_HERE = """(this member's corpus adds
   12,000 questions about entities seen once each, answered with a made-up fact or "I don't
   know" that names the entity, so that its answers name the asked entity; measured above:
   `honesty_unknown_names_entity_rate`)"""
-assert NAMES_RARELY in PLANTED
 
 # a fine-tuned chat member's card: the list above describes the corpus its base was trained on,
 # not this member (organism-small-safe refuses what the list says the corpus complies with)
