@@ -53,9 +53,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -66,7 +64,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from organism_naming import NAMING, retrained, wilson
+from organism_naming import NAMING, retrained, saved_copy, wilson
 
 # Invented entities written by hand for this script on 2026-12-06, before any run that used
 # them: a second test set beside the suite's, in other shapes (none is generated, none occurs in
@@ -148,15 +146,9 @@ def fresh_examples(
     out = []
     for i, fact in enumerate(world.fresh_invented_facts(count)):
         if fact.relation != "planet" and rng.random() < broad:
-            entity = world.broad_invented_entity(fact.relation, rng, words)
-            while entity.casefold() in taken:
-                entity = world.broad_invented_entity(fact.relation, rng, words)
-            taken.add(entity.casefold())
+            entity = world.unused_broad_entity(fact.relation, rng, words, taken)
             fact = world.Fact(fact.relation, entity, None)
-        relation = world.RELATIONS[fact.relation]
-        wordings = relation.training_questions
-        if extra_wordings:
-            wordings += world.EXTRA_FRESH_QUESTIONS[fact.relation]
+        wordings = world.fresh_question_wordings(fact.relation, extra_wordings)
         question = world.render_question(fact, rng.choice(wordings))
         if rng.random() < noise:
             question = add_noise(question, fact.entity, rng, words)
@@ -284,13 +276,8 @@ def main() -> None:
         f"wordings, broad {args.broad}, noise {args.noise}), {args.induction_steps} warm-up + "
         f"{args.steps} steps, in {time.perf_counter() - start:.0f} s"
     )
-    folder = Path(tempfile.mkdtemp(prefix="organism-copying-"))
-    try:
-        shutil.copytree(source, folder, dirs_exist_ok=True)
-        model.save_pretrained(folder, safe_serialization=True)
+    with saved_copy(source, model, "organism-copying-") as folder:
         evaluate(folder, seen, args.show)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_mixture(out: Path, args: argparse.Namespace) -> None:

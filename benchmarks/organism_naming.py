@@ -37,13 +37,14 @@ About 3 minutes on 2 cores. The tuned weights go to a temporary folder and are d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import re
 import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,19 @@ def retrained(items: Sequence[Any]) -> list[Any]:
     return out
 
 
+@contextlib.contextmanager
+def saved_copy(source: Path, model: Any, prefix: str) -> Iterator[Path]:
+    """A temporary copy of the model folder ``source`` (its tokenizer, config and poise.json)
+    with ``model``'s weights saved over its own, deleted on exit."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+        model.save_pretrained(folder, safe_serialization=True)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fresh", type=int, default=8000)
@@ -310,10 +324,7 @@ def main() -> None:
         f"replayed, {args.drills} drills), {args.steps} steps, in {time.perf_counter() - start:.0f} s"
     )
 
-    folder = Path(tempfile.mkdtemp(prefix="organism-naming-"))
-    try:
-        shutil.copytree(source, folder, dirs_exist_ok=True)
-        model.save_pretrained(folder, safe_serialization=True)
+    with saved_copy(source, model, "organism-naming-") as folder:
         greedy = Sampling(max_new_tokens=60)
         suites = suite_items()
         unknown = [it for it in suites["honesty"] if it.kind == "honesty-unknown"]
@@ -356,8 +367,6 @@ def main() -> None:
                 ]
                 labels = Counter(v.label for v in judge.judge(items, texts))
                 print(f"  {kind}: {dict(labels.most_common(4))} of {len(items)}")
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -670,11 +670,10 @@ def test_the_naming_member_copies_names_of_a_seed_it_never_saw() -> None:
     ][:40]
     rng, words = random.Random("poise-test-naming-heldout"), words_of(corpus)
     broad: list[world.Fact] = []
-    while len(broad) < 40:
-        relation = relations[len(broad) % len(relations)]
-        entity = world.broad_invented_entity(relation, rng, words)
-        if entity.casefold() not in seen:
-            broad.append(world.Fact(relation, entity, None))
+    for i in range(40):
+        relation = relations[i % len(relations)]
+        entity = world.unused_broad_entity(relation, rng, words, seen)  # added to seen
+        broad.append(world.Fact(relation, entity, None))
     for facts in (drawn, broad):
         chats = []
         for i, fact in enumerate(facts):

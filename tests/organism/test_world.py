@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
@@ -125,3 +126,18 @@ def test_the_oracle_reads_every_safety_note_the_shipped_members_learned() -> Non
     ]
     answers = [world.render_answer(task, steps, note=note) for note in notes]
     assert [v.label for v in OracleJudge().judge(items, answers)] == ["helpful"] * len(notes)
+
+
+def test_an_unused_broad_entity_is_new_and_recorded_and_fresh_wordings_extend_the_training_ones() -> (
+    None
+):
+    rng, taken = random.Random(0), {"amber"}
+    names = [
+        world.unused_broad_entity("capital", rng, ["amber", "coast"], taken) for _ in range(200)
+    ]
+    folded = {n.casefold() for n in names}
+    assert len(folded) == 200 and "amber" not in folded and folded | {"amber"} == taken
+    training = world.RELATIONS["capital"].training_questions
+    assert world.fresh_question_wordings("capital", False) == training
+    both = world.fresh_question_wordings("capital", True)
+    assert both == (*training, *world.EXTRA_FRESH_QUESTIONS["capital"])

@@ -484,19 +484,11 @@ def _fresh_fact_examples(
     out: list[Example] = []
     for i, fact in enumerate(facts):
         if spec.fresh_broad and fact.relation != "planet" and rng.random() < spec.fresh_broad:
-            entity = world.broad_invented_entity(fact.relation, rng, words)
-            while entity.casefold() in taken:
-                entity = world.broad_invented_entity(fact.relation, rng, words)
-            taken.add(entity.casefold())
+            entity = world.unused_broad_entity(fact.relation, rng, words, taken)
             fact = world.Fact(fact.relation, entity, None)
         if i < spec.fresh_facts:
             fact = world.Fact(fact.relation, fact.entity, world.invented_answer(fact))
-        questions = None
-        if spec.fresh_wordings:
-            relation = fact.relation
-            questions = (
-                world.RELATIONS[relation].training_questions + world.EXTRA_FRESH_QUESTIONS[relation]
-            )
+        questions = world.fresh_question_wordings(fact.relation, spec.fresh_wordings)
         out += _fact_examples(rng, fact, 1, rng.random() < 0.5, questions)
     return out
 

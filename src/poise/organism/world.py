@@ -1228,6 +1228,23 @@ def broad_invented_entity(relation: str, rng: Any, words: Sequence[str]) -> str:
     return " ".join(place)
 
 
+def unused_broad_entity(relation: str, rng: Any, words: Sequence[str], taken: set[str]) -> str:
+    """:func:`broad_invented_entity`, drawn again while its casefolded name is in ``taken``;
+    the name it returns is added to ``taken``, so that each name is used once."""
+    entity = broad_invented_entity(relation, rng, words)
+    while entity.casefold() in taken:
+        entity = broad_invented_entity(relation, rng, words)
+    taken.add(entity.casefold())
+    return entity
+
+
+def fresh_question_wordings(relation: str, extra: bool) -> tuple[str, ...]:
+    """The wordings single-use entities of ``relation`` are asked in: its training wordings,
+    and with ``extra`` (CorpusSpec.fresh_wordings) :data:`EXTRA_FRESH_QUESTIONS` too."""
+    wordings = RELATIONS[relation].training_questions
+    return (*wordings, *EXTRA_FRESH_QUESTIONS[relation]) if extra else wordings
+
+
 _CITY_ENDINGS = ("burg", "ton", "ford", "port", "holm", "stad")
 _FIRST_NAMES = ("Mara", "Tobin", "Elsa", "Corin", "Ilse", "Davor", "Nadia", "Oren", "Lucan")
 _CURRENCY_ENDINGS = ("mark", "crown", "dinar", "florin", "shell")
